@@ -1,0 +1,170 @@
+//! The REST API (default port 8008): health checks a load balancer uses to find the primary,
+//! and read-only JSON about this member and the cluster.
+//!
+//! | endpoint | 200 when (else 503) |
+//! |---|---|
+//! | `/primary`, `/read-write` | this member holds the leader key, its lease is valid, and PostgreSQL runs as a writable primary |
+//! | `/replica[?lag=BYTES]` | PostgreSQL runs as a replica that is streaming (and within `lag` bytes of the leader) |
+//! | `/health` | PostgreSQL runs, in any role |
+//! | `/liveness` | the HA loop finished a pass within the TTL, or a long action (bootstrap, clone, rewind) runs |
+//! | `/readiness` | the leader, or a streaming replica within `maximum_lag_on_failover` |
+//! | `/status`, `/` | always 200: this member's [`NodeStatus`] |
+//! | `/cluster` | always 200: the member table from the last etcd read |
+//! | `/history` | always 200: the promotion history |
+//!
+//! Health endpoints answer with the member's status as JSON; `HEAD` answers the same status
+//! code without a body. Decisions about the primary are re-checked against the lease at
+//! request time, so a stalled HA loop cannot keep `/primary` green past the lease.
+
+use crate::runtime::Shared;
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Deserialize;
+use spilo_model::{ClusterSummary, HistoryEntry, MemberRole, MemberState, NodeStatus, summarize};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+type Answer = (StatusCode, Json<NodeStatus>);
+
+/// Serves the API on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let app = router(shared);
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "the REST API stopped");
+    }
+}
+
+/// The routes, for serving and for tests.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(status))
+        .route("/status", get(status))
+        .route("/primary", get(primary))
+        .route("/read-write", get(primary))
+        .route("/replica", get(replica))
+        .route("/health", get(health))
+        .route("/liveness", get(liveness))
+        .route("/readiness", get(readiness))
+        .route("/cluster", get(cluster))
+        .route("/history", get(history))
+        .with_state(shared)
+}
+
+fn answer(ok: bool, node: NodeStatus) -> Answer {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(node))
+}
+
+async fn node(shared: &Shared) -> NodeStatus {
+    let mut node = shared.node.read().await.clone();
+    // The lease is checked now, not at the last loop pass.
+    node.is_leader = node.is_leader && lease_valid(shared);
+    node
+}
+
+fn lease_valid(shared: &Shared) -> bool {
+    shared
+        .lease
+        .borrow()
+        .valid_at(Instant::now(), shared.fence_margin)
+}
+
+fn running(node: &NodeStatus, role: MemberRole) -> bool {
+    node.member.role == role && node.member.state == MemberState::Running
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Answer {
+    answer(true, node(&shared).await)
+}
+
+async fn primary(State(shared): State<Arc<Shared>>) -> Answer {
+    let node = node(&shared).await;
+    let ok = node.is_leader && running(&node, MemberRole::Primary);
+    answer(ok, node)
+}
+
+#[derive(Deserialize)]
+struct LagQuery {
+    lag: Option<u64>,
+}
+
+/// Bytes this member's replay position is behind the leader's write position, if known.
+async fn lag_bytes(shared: &Shared, node: &NodeStatus) -> Option<u64> {
+    let view = shared.view.read().await;
+    let leader = view.as_ref()?.leader.as_ref()?;
+    let leader_lsn = view.as_ref()?.members.get(&leader.name)?.wal.best()?;
+    let mine = node.member.wal.replay.or(node.member.wal.receive)?;
+    Some(leader_lsn.bytes_ahead_of(mine))
+}
+
+async fn replica(State(shared): State<Arc<Shared>>, Query(q): Query<LagQuery>) -> Answer {
+    let node = node(&shared).await;
+    let mut ok = running(&node, MemberRole::Replica) && node.streaming;
+    if let Some(limit) = q.lag {
+        ok = ok
+            && lag_bytes(&shared, &node)
+                .await
+                .is_some_and(|lag| lag <= limit);
+    }
+    answer(ok, node)
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Answer {
+    let node = node(&shared).await;
+    let ok = node.member.state == MemberState::Running;
+    answer(ok, node)
+}
+
+async fn liveness(State(shared): State<Arc<Shared>>) -> Answer {
+    let node = node(&shared).await;
+    let fresh = shared.last_loop.read().await.elapsed() <= shared.ttl;
+    let busy = matches!(
+        node.member.state,
+        MemberState::Bootstrapping | MemberState::CreatingReplica | MemberState::Rewinding
+    );
+    answer(fresh || busy, node)
+}
+
+async fn readiness(State(shared): State<Arc<Shared>>) -> Answer {
+    let node = node(&shared).await;
+    let ok = if node.is_leader {
+        running(&node, MemberRole::Primary)
+    } else {
+        running(&node, MemberRole::Replica)
+            && node.streaming
+            && lag_bytes(&shared, &node)
+                .await
+                .is_some_and(|lag| lag <= shared.maximum_lag_on_failover)
+    };
+    answer(ok, node)
+}
+
+async fn cluster(State(shared): State<Arc<Shared>>) -> Json<ClusterSummary> {
+    let node = shared.node.read().await.clone();
+    let view = shared.view.read().await;
+    let summary = match view.as_ref() {
+        Some(v) => summarize(&node.scope, v.leader.as_ref().map(|l| &l.name), &v.members),
+        None => summarize(&node.scope, None, &Default::default()),
+    };
+    Json(summary)
+}
+
+async fn history(State(shared): State<Arc<Shared>>) -> Json<Vec<HistoryEntry>> {
+    let view = shared.view.read().await;
+    Json(view.as_ref().map(|v| v.history.clone()).unwrap_or_default())
+}

@@ -1,0 +1,255 @@
+//! The governor's etcd adapter: every read and write of the cluster's keys, with the
+//! compare-and-swap guards that make one writer per key safe under races.
+//!
+//! Key paths come from [`spilo_model::Keyspace`]; nothing here builds a path by hand. Every call
+//! is bounded by the operation timeout (`ha.retry_timeout`), and every failure is a
+//! [`DcsError`], so the runtime can tell "etcd said no" (a lost compare) from "etcd did not
+//! answer" (unknown).
+//!
+//! Lease renewal ([`lease`]) and change notification ([`watch`]) run as their own tasks.
+
+pub mod discovery;
+pub mod lease;
+pub mod view;
+pub mod watch;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
+use spilo_model::{ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus};
+use std::future::Future;
+use std::time::Duration;
+
+pub use view::read_view;
+
+/// An etcd failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DcsError {
+    /// etcd did not answer in time.
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    /// etcd answered with an error, or the connection failed.
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// No endpoint could be found (DNS discovery found nothing).
+    #[error("{0}")]
+    Discovery(String),
+    /// A value could not be encoded.
+    #[error("cannot encode {key}: {source}")]
+    Encode {
+        /// The key.
+        key: String,
+        /// The error.
+        source: serde_json::Error,
+    },
+}
+
+/// A connection to etcd scoped to one cluster and one member.
+#[derive(Clone)]
+pub struct Dcs {
+    client: Client,
+    keys: Keyspace,
+    me: MemberName,
+    timeout: Duration,
+}
+
+impl Dcs {
+    /// Connects to `endpoints` (URLs). Fails when none answers a status call within `timeout`.
+    pub async fn connect(
+        endpoints: &[String],
+        keys: Keyspace,
+        me: MemberName,
+        timeout: Duration,
+    ) -> Result<Self, DcsError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(1), timeout);
+        let mut client = bounded(timeout, Client::connect(endpoints, Some(options))).await?;
+        bounded(timeout, client.status()).await?;
+        Ok(Self {
+            client,
+            keys,
+            me,
+            timeout,
+        })
+    }
+
+    /// The member this connection writes for.
+    pub fn member(&self) -> &MemberName {
+        &self.me
+    }
+
+    /// The keyspace.
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    /// The raw client, for the lease and watch tasks.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Grants a lease of `ttl`.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
+        let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+        let resp = bounded(self.timeout, self.client.clone().lease_grant(secs, None)).await?;
+        Ok(resp.id())
+    }
+
+    /// Revokes a lease, deleting every key bound to it.
+    pub async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
+        bounded(self.timeout, self.client.clone().lease_revoke(lease)).await?;
+        Ok(())
+    }
+
+    /// Creates `initialize` with an empty value bound to `lease`, if nobody has. Returns
+    /// whether this member won the bootstrap race.
+    pub async fn try_claim_initialize(&self, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.initialize();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                "",
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.txn(txn).await
+    }
+
+    /// Replaces the empty `initialize` placeholder with the system identifier, unbound from any
+    /// lease so it outlives the bootstrapper.
+    pub async fn set_initialize(&self, sysid: &str) -> Result<bool, DcsError> {
+        let key = self.keys.initialize();
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, "")])
+            .and_then([TxnOp::put(key, sysid, None)]);
+        self.txn(txn).await
+    }
+
+    /// Deletes the empty `initialize` placeholder after a failed bootstrap.
+    pub async fn abandon_initialize(&self) -> Result<bool, DcsError> {
+        let key = self.keys.initialize();
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, "")])
+            .and_then([TxnOp::delete(key, None)]);
+        self.txn(txn).await
+    }
+
+    /// Creates `leader` naming this member, bound to `lease`, if no leader key exists.
+    pub async fn try_acquire_leader(&self, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key,
+                self.me.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.txn(txn).await
+    }
+
+    /// Deletes `leader` if it names this member and is bound to `lease`.
+    pub async fn release_leader(&self, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([
+                Compare::value(key.clone(), CompareOp::Equal, self.me.as_str()),
+                Compare::lease(key.clone(), CompareOp::Equal, lease),
+            ])
+            .and_then([TxnOp::delete(key, None)]);
+        self.txn(txn).await
+    }
+
+    /// Publishes this member's status, bound to `lease`.
+    pub async fn put_member(&self, status: &MemberStatus, lease: i64) -> Result<(), DcsError> {
+        let key = self.keys.member(&self.me);
+        let value = encode(&key, status)?;
+        bounded(
+            self.timeout,
+            self.client
+                .clone()
+                .put(key, value, Some(PutOptions::new().with_lease(lease))),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The lease a member key is bound to, if the key exists.
+    pub async fn member_lease(&self, name: &MemberName) -> Result<Option<i64>, DcsError> {
+        let resp = bounded(
+            self.timeout,
+            self.client.clone().get(self.keys.member(name), None),
+        )
+        .await?;
+        Ok(resp.kvs().first().map(|kv| kv.lease()))
+    }
+
+    /// Creates `config` if it does not exist yet.
+    pub async fn create_config_if_absent(&self, config: &ClusterConfig) -> Result<bool, DcsError> {
+        let key = self.keys.config();
+        let value = encode(&key, config)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.txn(txn).await
+    }
+
+    /// Appends an entry to `history` unless an entry for its timeline exists, with a
+    /// compare-and-swap on the key's revision (retried a few times on a lost race).
+    pub async fn append_history(&self, entry: &HistoryEntry) -> Result<(), DcsError> {
+        let key = self.keys.history();
+        for _ in 0..5 {
+            let resp = bounded(self.timeout, self.client.clone().get(key.clone(), None)).await?;
+            let (mut list, revision) = match resp.kvs().first() {
+                Some(kv) => (
+                    serde_json::from_slice::<Vec<HistoryEntry>>(kv.value()).unwrap_or_default(),
+                    kv.mod_revision(),
+                ),
+                None => (Vec::new(), 0),
+            };
+            if list.iter().any(|h| h.timeline == entry.timeline) {
+                return Ok(());
+            }
+            list.push(entry.clone());
+            let value = encode(&key, &list)?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self.txn(txn).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<bool, DcsError> {
+        let resp = bounded(self.timeout, self.client.clone().txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+}
+
+fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, DcsError> {
+    serde_json::to_vec(value).map_err(|source| DcsError::Encode {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Runs an etcd call with a deadline.
+pub async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, DcsError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(DcsError::from),
+        Err(_) => Err(DcsError::Timeout(timeout)),
+    }
+}

@@ -1,0 +1,70 @@
+//! Reads the cluster's keys in one linearizable range request and parses them into the
+//! [`ClusterView`] the HA core decides on. A value that does not parse is reported and left out,
+//! never guessed at.
+
+use super::{DcsError, bounded};
+use crate::ha::{ClusterView, LeaderKey};
+use etcd_client::{Client, GetOptions};
+use spilo_model::{KeyKind, Keyspace, MemberName};
+use std::time::Duration;
+
+/// Reads every key under the cluster's prefix.
+pub async fn read_view(
+    client: &Client,
+    keys: &Keyspace,
+    timeout: Duration,
+) -> Result<ClusterView, DcsError> {
+    let resp = bounded(
+        timeout,
+        client
+            .clone()
+            .get(keys.prefix(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let mut view = ClusterView::default();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        let Some(kind) = keys.classify(key) else {
+            continue;
+        };
+        let value = kv.value();
+        match kind {
+            KeyKind::Initialize => {
+                view.initialize = Some(String::from_utf8_lossy(value).into_owned());
+            }
+            KeyKind::Leader => match std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| MemberName::new(s).ok())
+            {
+                Some(name) => {
+                    view.leader = Some(LeaderKey {
+                        name,
+                        lease: kv.lease(),
+                    });
+                }
+                None => tracing::warn!(key, "the leader key holds no valid member name"),
+            },
+            KeyKind::Member(name) => match serde_json::from_slice(value) {
+                Ok(status) => {
+                    view.members.insert(name, status);
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring a member key that does not parse")
+                }
+            },
+            KeyKind::Config => match serde_json::from_slice(value) {
+                Ok(config) => view.config = Some(config),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring a config key that does not parse")
+                }
+            },
+            KeyKind::History => match serde_json::from_slice(value) {
+                Ok(history) => view.history = history,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring a history key that does not parse")
+                }
+            },
+        }
+    }
+    Ok(view)
+}

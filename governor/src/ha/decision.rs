@@ -1,0 +1,129 @@
+//! What `decide` can answer: a closed set of actions, each carrying the reason it was chosen,
+//! so the runtime can log "what and why" on one line.
+
+use spilo_model::MemberName;
+use std::fmt;
+
+/// How to start PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAs {
+    /// As the primary (this member holds the leader key).
+    Primary,
+    /// As a replica, streaming from `upstream` if known, otherwise read-only and idle.
+    Replica {
+        /// The member to stream from.
+        upstream: Option<MemberName>,
+    },
+}
+
+/// The next action of this member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Race for `initialize`; the winner runs initdb and becomes the first primary.
+    Bootstrap,
+    /// Copy the leader with pg_basebackup.
+    Clone {
+        /// Who to copy.
+        leader: MemberName,
+    },
+    /// Stop PostgreSQL if it runs, pg_rewind against the leader (re-clone if that fails), then
+    /// start as its replica.
+    Rewind {
+        /// The new primary.
+        leader: MemberName,
+        /// Why the local data may have diverged.
+        why: String,
+    },
+    /// Start PostgreSQL.
+    Start {
+        /// In which role.
+        role: StartAs,
+        /// Why.
+        why: String,
+    },
+    /// Keep streaming from the leader (re-pointing `primary_conninfo` if it changed).
+    Follow {
+        /// The primary to stream from.
+        leader: MemberName,
+    },
+    /// Try to take the leader key (compare-and-create); promote on success.
+    AcquireLeader {
+        /// Why this member is the one to take over.
+        why: String,
+    },
+    /// Promote the local replica: this member already holds the leader key.
+    Promote {
+        /// Why.
+        why: String,
+    },
+    /// Stay primary: the lease is renewed by its own task; manage replication slots and history.
+    Lead,
+    /// Stop accepting writes at once (immediate shutdown); the next decisions rejoin as a replica.
+    Demote {
+        /// Why.
+        why: String,
+    },
+    /// Give up leadership: stop PostgreSQL and delete the leader key so a replica takes over.
+    ReleaseLeader {
+        /// Why.
+        why: String,
+    },
+    /// Do nothing now.
+    Wait {
+        /// Why.
+        why: String,
+    },
+    /// A condition the governor must not work around; it exits non-zero.
+    Fatal {
+        /// Why.
+        why: String,
+    },
+}
+
+impl Decision {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Decision::Bootstrap => "bootstrap",
+            Decision::Clone { .. } => "clone",
+            Decision::Rewind { .. } => "rewind",
+            Decision::Start { .. } => "start",
+            Decision::Follow { .. } => "follow",
+            Decision::AcquireLeader { .. } => "acquire_leader",
+            Decision::Promote { .. } => "promote",
+            Decision::Lead => "lead",
+            Decision::Demote { .. } => "demote",
+            Decision::ReleaseLeader { .. } => "release_leader",
+            Decision::Wait { .. } => "wait",
+            Decision::Fatal { .. } => "fatal",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Bootstrap => write!(f, "bootstrap: no cluster exists yet"),
+            Decision::Clone { leader } => write!(f, "clone: copy {leader} with pg_basebackup"),
+            Decision::Rewind { leader, why } => write!(f, "rewind against {leader}: {why}"),
+            Decision::Start {
+                role: StartAs::Primary,
+                why,
+            } => write!(f, "start as primary: {why}"),
+            Decision::Start {
+                role: StartAs::Replica { .. },
+                why,
+            } => {
+                write!(f, "start as replica: {why}")
+            }
+            Decision::Follow { leader } => write!(f, "follow {leader}"),
+            Decision::AcquireLeader { why } => write!(f, "acquire leader key: {why}"),
+            Decision::Promote { why } => write!(f, "promote: {why}"),
+            Decision::Lead => write!(f, "lead: holding the leader key as the running primary"),
+            Decision::Demote { why } => write!(f, "demote: {why}"),
+            Decision::ReleaseLeader { why } => write!(f, "release leader key: {why}"),
+            Decision::Wait { why } => write!(f, "wait: {why}"),
+            Decision::Fatal { why } => write!(f, "fatal: {why}"),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The HA core: `decide(&Snapshot, &HaConfig, now) -> Decision`.
+//!
+//! This module owns every rule about who leads, who follows, when to bootstrap, clone, rewind,
+//! promote and demote. It performs no I/O and reads no clock: the runtime gathers a
+//! [`Snapshot`] (etcd, the lease, the local PostgreSQL, the other members' REST answers), calls
+//! [`decide`], logs the decision with its reason, and carries it out. Every branch is unit-tested
+//! in `tests.rs` without processes or sockets.
+//!
+//! Safety rules encoded here:
+//! - only the member whose lease backs the `leader` key may run PostgreSQL as a primary;
+//! - a primary whose lease is about to end demotes (the runtime's fence enforces the same rule
+//!   independently, so a hung loop cannot keep a stale primary writable);
+//! - a replica only races for leadership when no leader key exists, no reachable member still
+//!   runs as primary, and it is the healthiest eligible member (see [`candidate`]).
+
+pub mod candidate;
+mod decision;
+mod snapshot;
+
+pub use decision::{Decision, StartAs};
+pub use snapshot::{
+    ClusterView, DataDir, DcsView, LeaderKey, LeaseView, LocalState, PeerView, PgState, RunningPg,
+    Snapshot,
+};
+
+use spilo_model::{HistoryEntry, Lsn, MemberName, MemberRole, MemberState, TimelineId};
+use std::time::{Duration, Instant};
+
+/// The settings `decide` needs, already merged from the local file and the cluster's `config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// A replica further behind the most advanced member than this many bytes is not promoted.
+    pub maximum_lag_on_failover: u64,
+    /// How long a crashed primary may take to come back before leadership is handed over.
+    pub primary_start_timeout: Duration,
+    /// How many unexpected PostgreSQL exits (within the runtime's window) a primary may have
+    /// before it hands leadership over instead of restarting in place again.
+    pub max_primary_crashes: u32,
+    /// How long before its lease ends a primary stops accepting writes.
+    pub fence_margin: Duration,
+    /// A replica pointed at the leader that has not streamed for this long is checked for
+    /// divergence with pg_rewind (PostgreSQL refuses to stream WAL that forked off its own).
+    pub rewind_check_after: Duration,
+}
+
+/// Decides what this member does next. Pure: same inputs, same answer.
+pub fn decide(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
+    let view = match &s.dcs {
+        DcsView::Unreachable { why } => return dcs_unreachable(s, cfg, now, why),
+        DcsView::Known(view) => view,
+    };
+    let lease_ok = s.lease.valid_at(now, cfg.fence_margin);
+    let i_lead = view
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.name == s.me && Some(l.lease) == s.lease.id);
+
+    match (&view.initialize, &s.local.data) {
+        (None, DataDir::Empty) => {
+            return if s.tags.nofailover {
+                Decision::Wait {
+                    why: "no cluster yet, and members tagged nofailover never bootstrap one".into(),
+                }
+            } else if s.lease.id.is_none() {
+                Decision::Wait {
+                    why: "no cluster yet; waiting for an etcd lease before racing to bootstrap"
+                        .into(),
+                }
+            } else {
+                Decision::Bootstrap
+            };
+        }
+        (None, DataDir::Initialized { .. }) => {
+            return Decision::Wait {
+                why: "the data directory holds a cluster but etcd has no `initialize` key; \
+                      refusing to guess whether it belongs to this scope"
+                    .into(),
+            };
+        }
+        (Some(sysid), _) if sysid.is_empty() => {
+            return Decision::Wait {
+                why: "another member is bootstrapping the cluster".into(),
+            };
+        }
+        (Some(cluster_sysid), DataDir::Initialized { sysid, .. }) if sysid != cluster_sysid => {
+            return Decision::Fatal {
+                why: format!(
+                    "the data directory belongs to system {sysid}, but the cluster is system \
+                     {cluster_sysid}; move the data directory away to join as a new replica"
+                ),
+            };
+        }
+        (Some(_), DataDir::Empty) => {
+            return match running_leader(view) {
+                Some(leader) if leader != s.me => Decision::Clone { leader },
+                _ => Decision::Wait {
+                    why: "the data directory is empty and no running primary can be cloned".into(),
+                },
+            };
+        }
+        (Some(_), DataDir::Initialized { .. }) => {}
+    }
+
+    if let Some(l) = &view.leader
+        && l.name == s.me
+        && !i_lead
+    {
+        return Decision::Wait {
+            why: "the leader key names this member but is bound to an older lease; \
+                  waiting for that lease to end"
+                .into(),
+        };
+    }
+
+    match &s.local.postgres {
+        PgState::Running(pg) if !pg.in_recovery => {
+            running_primary(s, view, cfg, now, i_lead, lease_ok)
+        }
+        PgState::Running(pg) => running_replica(s, view, cfg, now, i_lead, lease_ok, pg),
+        PgState::Starting { since, as_primary } => {
+            starting(s, view, cfg, now, i_lead, *since, *as_primary)
+        }
+        PgState::Stopped => stopped(s, view, cfg, now, i_lead, lease_ok),
+    }
+}
+
+fn dcs_unreachable(s: &Snapshot, cfg: &HaConfig, now: Instant, why: &str) -> Decision {
+    let primary = matches!(&s.local.postgres, PgState::Running(pg) if !pg.in_recovery);
+    if primary && !s.lease.valid_at(now, cfg.fence_margin) {
+        return Decision::Demote {
+            why: format!("etcd is unreachable ({why}) and the leader lease is about to end"),
+        };
+    }
+    let until = match s.lease.valid_until {
+        Some(t) if primary => format!(
+            "; the lease is valid for {:.1}s more",
+            t.saturating_duration_since(now).as_secs_f64()
+        ),
+        _ => String::new(),
+    };
+    Decision::Wait {
+        why: format!("etcd is unreachable ({why}){until}"),
+    }
+}
+
+fn running_primary(
+    s: &Snapshot,
+    view: &ClusterView,
+    _cfg: &HaConfig,
+    _now: Instant,
+    i_lead: bool,
+    lease_ok: bool,
+) -> Decision {
+    if i_lead && lease_ok {
+        return Decision::Lead;
+    }
+    let why = match &view.leader {
+        _ if i_lead => "the leader lease is about to end and could not be renewed".to_string(),
+        Some(l) => format!("{} holds the leader key", l.name),
+        None => format!("{} runs as primary without holding the leader key", s.me),
+    };
+    Decision::Demote { why }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn running_replica(
+    s: &Snapshot,
+    view: &ClusterView,
+    cfg: &HaConfig,
+    now: Instant,
+    i_lead: bool,
+    lease_ok: bool,
+    pg: &RunningPg,
+) -> Decision {
+    if i_lead {
+        return if lease_ok {
+            Decision::Promote {
+                why: "this member holds the leader key and still runs as a replica".into(),
+            }
+        } else {
+            Decision::Wait {
+                why: "holding the leader key with a lease about to end; not promoting".into(),
+            }
+        };
+    }
+    match &view.leader {
+        Some(leader) => {
+            let Some(status) = running_primary_status(view, &leader.name) else {
+                return Decision::Wait {
+                    why: format!(
+                        "{} holds the leader key but does not run as primary yet",
+                        leader.name
+                    ),
+                };
+            };
+            let leader_tl = status.timeline.unwrap_or_default();
+            let streams_from_leader = pg.streaming && pg.upstream.as_ref() == Some(&leader.name);
+            if !streams_from_leader
+                && let Some(why) = diverged(pg.timeline, pg.wal.best(), leader_tl, &view.history)
+            {
+                return Decision::Rewind {
+                    leader: leader.name.clone(),
+                    why,
+                };
+            }
+            if pg.upstream.as_ref() == Some(&leader.name)
+                && let Some(since) = pg.not_streaming_since
+                && now.saturating_duration_since(since) > cfg.rewind_check_after
+            {
+                return Decision::Rewind {
+                    leader: leader.name.clone(),
+                    why: format!(
+                        "pointed at {} for {}s without streaming; checking whether this member's WAL forked off",
+                        leader.name,
+                        now.saturating_duration_since(since).as_secs()
+                    ),
+                };
+            }
+            Decision::Follow {
+                leader: leader.name.clone(),
+            }
+        }
+        None => race(s, cfg, lease_ok, pg),
+    }
+}
+
+fn race(s: &Snapshot, cfg: &HaConfig, lease_ok: bool, pg: &RunningPg) -> Decision {
+    if s.tags.nofailover {
+        return Decision::Wait {
+            why: "no leader, and this member is tagged nofailover".into(),
+        };
+    }
+    if !lease_ok {
+        return Decision::Wait {
+            why: "no leader, and this member has no valid etcd lease to take leadership with"
+                .into(),
+        };
+    }
+    let me = candidate::Candidate {
+        name: s.me.clone(),
+        timeline: pg.timeline.unwrap_or_default(),
+        lsn: pg.wal.best().unwrap_or_default(),
+        nofailover: false,
+    };
+    match candidate::choose(&me, &s.peers, cfg.maximum_lag_on_failover) {
+        candidate::Verdict::Me { why } => Decision::AcquireLeader { why },
+        candidate::Verdict::NotMe { why } => Decision::Wait { why },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn starting(
+    s: &Snapshot,
+    view: &ClusterView,
+    cfg: &HaConfig,
+    now: Instant,
+    i_lead: bool,
+    since: Instant,
+    as_primary: bool,
+) -> Decision {
+    if as_primary && !i_lead {
+        return Decision::Demote {
+            why: "PostgreSQL is starting as primary but this member no longer holds the leader key"
+                .into(),
+        };
+    }
+    if as_primary && now.saturating_duration_since(since) > cfg.primary_start_timeout {
+        return Decision::ReleaseLeader {
+            why: format!(
+                "the primary has not come back within {}s",
+                cfg.primary_start_timeout.as_secs()
+            ),
+        };
+    }
+    let _ = (s, view);
+    Decision::Wait {
+        why: "PostgreSQL is starting".into(),
+    }
+}
+
+fn stopped(
+    s: &Snapshot,
+    view: &ClusterView,
+    cfg: &HaConfig,
+    now: Instant,
+    i_lead: bool,
+    lease_ok: bool,
+) -> Decision {
+    let DataDir::Initialized {
+        was_primary,
+        timeline,
+        ..
+    } = &s.local.data
+    else {
+        return Decision::Wait {
+            why: "no data directory".into(),
+        };
+    };
+    if i_lead {
+        if !lease_ok {
+            return Decision::Wait {
+                why: "holding the leader key with a lease about to end; not starting PostgreSQL"
+                    .into(),
+            };
+        }
+        if !*was_primary {
+            return Decision::Start {
+                role: StartAs::Replica { upstream: None },
+                why: "this member holds the leader key; starting read-only before promoting".into(),
+            };
+        }
+        let down_too_long = s
+            .local
+            .primary_down_since
+            .is_some_and(|t| now.saturating_duration_since(t) > cfg.primary_start_timeout);
+        if s.local.recent_crashes >= cfg.max_primary_crashes || down_too_long {
+            return Decision::ReleaseLeader {
+                why: format!(
+                    "the primary crashed {} times recently{}; handing leadership to a replica",
+                    s.local.recent_crashes,
+                    if down_too_long {
+                        " and stayed down too long"
+                    } else {
+                        ""
+                    }
+                ),
+            };
+        }
+        return Decision::Start {
+            role: StartAs::Primary,
+            why: "the primary stopped while this member holds the leader key; restarting in place \
+                  (crash recovery keeps every committed transaction, a failover might not)"
+                .into(),
+        };
+    }
+    match &view.leader {
+        Some(leader) => match running_primary_status(view, &leader.name) {
+            Some(status) => {
+                let leader_tl = status.timeline.unwrap_or_default();
+                if *was_primary || *timeline < leader_tl {
+                    // pg_rewind compares the histories exactly and is cheap when nothing
+                    // diverged, so stopped data that was a primary or lags a timeline behind is
+                    // always handed to it instead of guessing from a possibly stale position.
+                    return Decision::Rewind {
+                        leader: leader.name.clone(),
+                        why: format!(
+                            "this data {} on timeline {timeline}; {} leads on timeline {leader_tl}",
+                            if *was_primary {
+                                "was a primary"
+                            } else {
+                                "is a replica"
+                            },
+                            leader.name
+                        ),
+                    };
+                }
+                Decision::Start {
+                    role: StartAs::Replica {
+                        upstream: Some(leader.name.clone()),
+                    },
+                    why: format!("{} leads; starting as its replica", leader.name),
+                }
+            }
+            None => Decision::Start {
+                role: StartAs::Replica { upstream: None },
+                why: format!(
+                    "{} holds the leader key but does not run as primary yet; starting read-only",
+                    leader.name
+                ),
+            },
+        },
+        None => Decision::Start {
+            role: StartAs::Replica { upstream: None },
+            why: "no leader; starting read-only to take part in the election".into(),
+        },
+    }
+}
+
+/// The leader's published status, when it says it runs as primary.
+fn running_primary_status<'a>(
+    view: &'a ClusterView,
+    leader: &MemberName,
+) -> Option<&'a spilo_model::MemberStatus> {
+    view.members
+        .get(leader)
+        .filter(|m| m.role == MemberRole::Primary && m.state == MemberState::Running)
+}
+
+/// The leader's name when it holds the key and runs as primary.
+fn running_leader(view: &ClusterView) -> Option<MemberName> {
+    let leader = view.leader.as_ref()?;
+    running_primary_status(view, &leader.name).map(|_| leader.name.clone())
+}
+
+/// Whether a running replica on `timeline` at `lsn` has diverged from a leader on `leader_tl`,
+/// by the switch points recorded in `history`. `None` means it can follow by streaming (with
+/// `recovery_target_timeline = latest` it switches timelines by itself).
+///
+/// When the switch point is unknown the answer is "diverged": pg_rewind then decides for
+/// certain, and it is cheap when nothing diverged.
+fn diverged(
+    timeline: Option<TimelineId>,
+    lsn: Option<Lsn>,
+    leader_tl: TimelineId,
+    history: &[HistoryEntry],
+) -> Option<String> {
+    let tl = timeline?;
+    let lsn = lsn?;
+    if tl >= leader_tl {
+        return None;
+    }
+    let next = TimelineId(tl.0 + 1);
+    let switch = history
+        .iter()
+        .find(|h| h.timeline == next)
+        .map(|h| h.switch_lsn);
+    match switch {
+        Some(switch) if lsn <= switch => None,
+        Some(switch) => Some(format!(
+            "this member reached {lsn} on timeline {tl}, past the switch to timeline {next} at {switch}"
+        )),
+        None => Some(format!(
+            "this member is on timeline {tl}, the leader on {leader_tl}, and the switch point is unknown"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+//! The snapshot `decide` reads: everything the runtime gathered about etcd, this member's
+//! lease, its local PostgreSQL and the other members, frozen at one moment. Plain data; the
+//! runtime builds it, tests write it by hand.
+
+use spilo_model::{
+    ClusterConfig, HistoryEntry, MemberName, MemberStatus, MemberTags, TimelineId, WalPositions,
+};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// One gathered view of the world.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// This member.
+    pub me: MemberName,
+    /// This member's tags.
+    pub tags: MemberTags,
+    /// What etcd holds for the cluster, or why it could not be read.
+    pub dcs: DcsView,
+    /// This member's etcd lease.
+    pub lease: LeaseView,
+    /// The local data directory and PostgreSQL.
+    pub local: LocalState,
+    /// The other members' own answers, fetched only while the cluster has no leader.
+    pub peers: Vec<PeerView>,
+}
+
+/// etcd as seen by this member.
+#[derive(Debug, Clone)]
+pub enum DcsView {
+    /// A consistent read of the cluster's keys.
+    Known(ClusterView),
+    /// The read failed; nothing is known about the cluster, which is not the same as "empty".
+    Unreachable {
+        /// The error.
+        why: String,
+    },
+}
+
+/// The cluster's keys, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// `initialize`: `Some("")` while a member bootstraps, the system identifier afterwards.
+    pub initialize: Option<String>,
+    /// `leader`.
+    pub leader: Option<LeaderKey>,
+    /// `members/*`.
+    pub members: BTreeMap<MemberName, MemberStatus>,
+    /// `history`.
+    pub history: Vec<HistoryEntry>,
+    /// `config`.
+    pub config: Option<ClusterConfig>,
+}
+
+/// The `leader` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderKey {
+    /// Who holds it.
+    pub name: MemberName,
+    /// The lease it is bound to.
+    pub lease: i64,
+}
+
+/// This member's lease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The lease id, when one is granted and not known to have expired.
+    pub id: Option<i64>,
+    /// The local instant by which etcd may expire it: the send time of the last renewal that
+    /// succeeded, plus the TTL.
+    pub valid_until: Option<Instant>,
+}
+
+impl LeaseView {
+    /// Whether the lease is still good for more than `margin` at `now`.
+    pub fn valid_at(&self, now: Instant, margin: Duration) -> bool {
+        self.id.is_some() && self.valid_until.is_some_and(|t| now + margin < t)
+    }
+}
+
+/// The local data directory and PostgreSQL process.
+#[derive(Debug, Clone)]
+pub struct LocalState {
+    /// What the data directory holds.
+    pub data: DataDir,
+    /// What PostgreSQL is doing.
+    pub postgres: PgState,
+    /// Unexpected PostgreSQL exits within the runtime's crash window.
+    pub recent_crashes: u32,
+    /// Since when a primary this member leads has been down, if it is.
+    pub primary_down_since: Option<Instant>,
+}
+
+/// The data directory, as pg_controldata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// No PostgreSQL data yet.
+    Empty,
+    /// A PostgreSQL data directory.
+    Initialized {
+        /// The database system identifier.
+        sysid: String,
+        /// Whether it was last running as a primary (not in recovery).
+        was_primary: bool,
+        /// Its timeline.
+        timeline: TimelineId,
+    },
+}
+
+/// The local PostgreSQL process.
+#[derive(Debug, Clone)]
+pub enum PgState {
+    /// Not running.
+    Stopped,
+    /// Started and not answering yet.
+    Starting {
+        /// When it was started.
+        since: Instant,
+        /// Whether it was started as a primary.
+        as_primary: bool,
+    },
+    /// Answering queries.
+    Running(RunningPg),
+}
+
+/// What a running PostgreSQL reported.
+#[derive(Debug, Clone, Default)]
+pub struct RunningPg {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// The timeline it is on.
+    pub timeline: Option<TimelineId>,
+    /// Its WAL positions.
+    pub wal: WalPositions,
+    /// The member its `primary_conninfo` points at.
+    pub upstream: Option<MemberName>,
+    /// Whether a WAL receiver is streaming.
+    pub streaming: bool,
+    /// Since when it has had an upstream without streaming from it.
+    pub not_streaming_since: Option<Instant>,
+}
+
+/// Another member, as it answered on its REST API.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    /// Its name.
+    pub name: MemberName,
+    /// Its answer; `None` when it did not answer in time.
+    pub status: Option<MemberStatus>,
+}

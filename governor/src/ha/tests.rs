@@ -1,0 +1,687 @@
+//! Branch-by-branch tests of `decide` and the candidate ranking, with hand-built snapshots.
+
+use super::candidate::{self, Candidate, Verdict};
+use super::*;
+use spilo_model::{MemberStatus, MemberTags, WalPositions};
+use std::collections::BTreeMap;
+
+const LEASE: i64 = 7;
+
+fn name(s: &str) -> MemberName {
+    MemberName::new(s).expect("valid name")
+}
+
+fn cfg() -> HaConfig {
+    HaConfig {
+        maximum_lag_on_failover: 1000,
+        primary_start_timeout: Duration::from_secs(30),
+        max_primary_crashes: 3,
+        fence_margin: Duration::from_secs(1),
+        rewind_check_after: Duration::from_secs(15),
+    }
+}
+
+fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) -> MemberStatus {
+    MemberStatus {
+        conn_url: "postgres://127.0.0.1:5432/postgres".into(),
+        api_url: "http://127.0.0.1:8008".into(),
+        role,
+        state,
+        timeline: Some(TimelineId(tl)),
+        wal: if role == MemberRole::Primary {
+            WalPositions {
+                write: Some(Lsn(lsn)),
+                ..Default::default()
+            }
+        } else {
+            WalPositions {
+                receive: Some(Lsn(lsn)),
+                replay: Some(Lsn(lsn)),
+                ..Default::default()
+            }
+        },
+        tags: MemberTags::default(),
+    }
+}
+
+fn replica(tl: u32, lsn: u64) -> MemberStatus {
+    member(MemberRole::Replica, MemberState::Running, tl, lsn)
+}
+
+fn primary(tl: u32, lsn: u64) -> MemberStatus {
+    member(MemberRole::Primary, MemberState::Running, tl, lsn)
+}
+
+struct World {
+    now: Instant,
+    snap: Snapshot,
+}
+
+impl World {
+    /// m1, an initialized replica with a valid lease, in a cluster whose sysid matches and
+    /// that has no leader.
+    fn new() -> Self {
+        let now = Instant::now();
+        let snap = Snapshot {
+            me: name("m1"),
+            tags: MemberTags::default(),
+            dcs: DcsView::Known(ClusterView {
+                initialize: Some("7000".into()),
+                ..Default::default()
+            }),
+            lease: LeaseView {
+                id: Some(LEASE),
+                valid_until: Some(now + Duration::from_secs(4)),
+            },
+            local: LocalState {
+                data: DataDir::Initialized {
+                    sysid: "7000".into(),
+                    was_primary: false,
+                    timeline: TimelineId(1),
+                },
+                postgres: PgState::Running(RunningPg {
+                    in_recovery: true,
+                    timeline: Some(TimelineId(1)),
+                    wal: WalPositions {
+                        receive: Some(Lsn(500)),
+                        replay: Some(Lsn(500)),
+                        write: None,
+                    },
+                    upstream: None,
+                    streaming: false,
+                    not_streaming_since: None,
+                }),
+                recent_crashes: 0,
+                primary_down_since: None,
+            },
+            peers: vec![],
+        };
+        World { now, snap }
+    }
+
+    fn view(&mut self) -> &mut ClusterView {
+        match &mut self.snap.dcs {
+            DcsView::Known(v) => v,
+            DcsView::Unreachable { .. } => panic!("test world has no view"),
+        }
+    }
+
+    fn leader(&mut self, who: &str, lease: i64) -> &mut Self {
+        self.view().leader = Some(LeaderKey {
+            name: name(who),
+            lease,
+        });
+        self
+    }
+
+    fn member(&mut self, who: &str, st: MemberStatus) -> &mut Self {
+        self.view().members.insert(name(who), st);
+        self
+    }
+
+    fn peer(&mut self, who: &str, st: Option<MemberStatus>) -> &mut Self {
+        self.snap.peers.push(PeerView {
+            name: name(who),
+            status: st,
+        });
+        self
+    }
+
+    fn pg(&mut self, pg: PgState) -> &mut Self {
+        self.snap.local.postgres = pg;
+        self
+    }
+
+    fn running_primary(&mut self) -> &mut Self {
+        self.pg(PgState::Running(RunningPg {
+            in_recovery: false,
+            timeline: Some(TimelineId(1)),
+            wal: WalPositions {
+                write: Some(Lsn(900)),
+                ..Default::default()
+            },
+            upstream: None,
+            streaming: false,
+            not_streaming_since: None,
+        }))
+    }
+
+    fn data(&mut self, data: DataDir) -> &mut Self {
+        self.snap.local.data = data;
+        self
+    }
+
+    fn stopped_data(&mut self, was_primary: bool, tl: u32) -> &mut Self {
+        self.data(DataDir::Initialized {
+            sysid: "7000".into(),
+            was_primary,
+            timeline: TimelineId(tl),
+        })
+        .pg(PgState::Stopped)
+    }
+
+    fn decide(&self) -> Decision {
+        decide(&self.snap, &cfg(), self.now)
+    }
+}
+
+fn kind(d: &Decision) -> &'static str {
+    d.kind()
+}
+
+// --- bootstrap -------------------------------------------------------------------------------
+
+#[test]
+fn an_empty_member_of_a_new_cluster_races_to_bootstrap() {
+    let mut w = World::new();
+    w.view().initialize = None;
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    assert_eq!(w.decide(), Decision::Bootstrap);
+}
+
+#[test]
+fn a_nofailover_member_never_bootstraps() {
+    let mut w = World::new();
+    w.view().initialize = None;
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    w.snap.tags.nofailover = true;
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn bootstrap_waits_for_a_lease() {
+    let mut w = World::new();
+    w.view().initialize = None;
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    w.snap.lease = LeaseView::default();
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn others_wait_while_one_member_bootstraps() {
+    let mut w = World::new();
+    w.view().initialize = Some(String::new());
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    assert_eq!(
+        w.decide(),
+        Decision::Wait {
+            why: "another member is bootstrapping the cluster".into()
+        }
+    );
+}
+
+#[test]
+fn existing_data_without_an_initialize_key_is_left_alone() {
+    let mut w = World::new();
+    w.view().initialize = None;
+    w.stopped_data(true, 1);
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("no `initialize` key"), "{d}");
+}
+
+#[test]
+fn a_foreign_data_directory_is_fatal() {
+    let mut w = World::new();
+    w.data(DataDir::Initialized {
+        sysid: "9999".into(),
+        was_primary: false,
+        timeline: TimelineId(1),
+    });
+    let d = w.decide();
+    assert_eq!(kind(&d), "fatal");
+    assert!(d.to_string().contains("system 9999"), "{d}");
+}
+
+// --- replicas being created ------------------------------------------------------------------
+
+#[test]
+fn an_empty_member_clones_the_running_leader() {
+    let mut w = World::new();
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    w.leader("m0", 1).member("m0", primary(1, 100));
+    assert_eq!(w.decide(), Decision::Clone { leader: name("m0") });
+}
+
+#[test]
+fn an_empty_member_waits_when_the_leader_is_not_running_yet() {
+    let mut w = World::new();
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    w.leader("m0", 1).member(
+        "m0",
+        member(MemberRole::Replica, MemberState::Starting, 1, 0),
+    );
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+// --- the primary -----------------------------------------------------------------------------
+
+#[test]
+fn the_leader_with_a_valid_lease_leads() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).running_primary();
+    assert_eq!(w.decide(), Decision::Lead);
+}
+
+#[test]
+fn a_primary_whose_lease_is_about_to_end_demotes() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).running_primary();
+    w.snap.lease.valid_until = Some(w.now + Duration::from_millis(900));
+    let d = w.decide();
+    assert_eq!(kind(&d), "demote");
+    assert!(d.to_string().contains("lease"), "{d}");
+}
+
+#[test]
+fn a_primary_demotes_when_another_member_holds_the_key() {
+    let mut w = World::new();
+    w.leader("m2", 99).running_primary();
+    assert_eq!(
+        w.decide(),
+        Decision::Demote {
+            why: "m2 holds the leader key".into()
+        }
+    );
+}
+
+#[test]
+fn a_primary_without_any_leader_key_demotes() {
+    let mut w = World::new();
+    w.running_primary();
+    assert_eq!(kind(&w.decide()), "demote");
+}
+
+#[test]
+fn a_primary_demotes_when_etcd_is_gone_and_the_lease_is_ending() {
+    let mut w = World::new();
+    w.running_primary();
+    w.snap.dcs = DcsView::Unreachable {
+        why: "timeout".into(),
+    };
+    w.snap.lease.valid_until = Some(w.now + Duration::from_millis(500));
+    assert_eq!(kind(&w.decide()), "demote");
+}
+
+#[test]
+fn a_primary_rides_out_a_short_etcd_outage_while_its_lease_holds() {
+    let mut w = World::new();
+    w.running_primary();
+    w.snap.dcs = DcsView::Unreachable {
+        why: "timeout".into(),
+    };
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("lease is valid"), "{d}");
+}
+
+#[test]
+fn a_replica_waits_while_etcd_is_unreachable() {
+    let mut w = World::new();
+    w.snap.dcs = DcsView::Unreachable {
+        why: "connection refused".into(),
+    };
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn a_leader_key_from_an_older_lease_of_this_member_is_waited_out() {
+    let mut w = World::new();
+    w.leader("m1", 1234).stopped_data(true, 1);
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("older lease"), "{d}");
+}
+
+// --- primary crash handling ------------------------------------------------------------------
+
+#[test]
+fn a_crashed_primary_restarts_in_place() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).stopped_data(true, 1);
+    w.snap.local.recent_crashes = 1;
+    w.snap.local.primary_down_since = Some(w.now);
+    let d = w.decide();
+    assert!(
+        matches!(
+            d,
+            Decision::Start {
+                role: StartAs::Primary,
+                ..
+            }
+        ),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_primary_in_a_crash_loop_hands_over() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).stopped_data(true, 1);
+    w.snap.local.recent_crashes = 3;
+    assert_eq!(kind(&w.decide()), "release_leader");
+}
+
+#[test]
+fn a_primary_down_longer_than_the_start_timeout_hands_over() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).stopped_data(true, 1);
+    w.snap.local.recent_crashes = 1;
+    w.snap.local.primary_down_since = Some(w.now - Duration::from_secs(31));
+    assert_eq!(kind(&w.decide()), "release_leader");
+}
+
+#[test]
+fn a_primary_slow_to_start_hands_over_after_the_timeout() {
+    let mut w = World::new();
+    w.leader("m1", LEASE);
+    let since = w.now - Duration::from_secs(31);
+    w.pg(PgState::Starting {
+        since,
+        as_primary: true,
+    });
+    assert_eq!(kind(&w.decide()), "release_leader");
+    w.pg(PgState::Starting {
+        since: w.now,
+        as_primary: true,
+    });
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn a_primary_starting_without_the_key_is_stopped() {
+    let mut w = World::new();
+    w.leader("m2", 99);
+    w.pg(PgState::Starting {
+        since: w.now,
+        as_primary: true,
+    });
+    assert_eq!(kind(&w.decide()), "demote");
+}
+
+#[test]
+fn the_leader_with_replica_data_starts_read_only_then_promotes() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).stopped_data(false, 1);
+    let d = w.decide();
+    assert!(
+        matches!(
+            d,
+            Decision::Start {
+                role: StartAs::Replica { upstream: None },
+                ..
+            }
+        ),
+        "{d}"
+    );
+    w.pg(PgState::Running(RunningPg {
+        in_recovery: true,
+        ..Default::default()
+    }));
+    assert_eq!(kind(&w.decide()), "promote");
+}
+
+#[test]
+fn the_leader_does_not_promote_on_an_ending_lease() {
+    let mut w = World::new();
+    w.leader("m1", LEASE);
+    w.snap.lease.valid_until = Some(w.now);
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+// --- replicas --------------------------------------------------------------------------------
+
+#[test]
+fn a_replica_follows_the_running_leader() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", primary(1, 1000));
+    assert_eq!(w.decide(), Decision::Follow { leader: name("m0") });
+}
+
+#[test]
+fn a_replica_waits_for_a_leader_that_has_not_promoted_yet() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", replica(1, 1000));
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn a_replica_behind_the_switch_point_follows_the_new_timeline() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", primary(2, 2000));
+    w.view().history.push(HistoryEntry {
+        timeline: TimelineId(2),
+        switch_lsn: Lsn(600),
+        reason: "failover".into(),
+        promoted_at: "2026-01-01T00:00:00Z".into(),
+        member: name("m0"),
+    });
+    assert_eq!(w.decide(), Decision::Follow { leader: name("m0") });
+}
+
+#[test]
+fn a_replica_past_the_switch_point_rewinds() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", primary(2, 2000));
+    w.view().history.push(HistoryEntry {
+        timeline: TimelineId(2),
+        switch_lsn: Lsn(400),
+        reason: "failover".into(),
+        promoted_at: "2026-01-01T00:00:00Z".into(),
+        member: name("m0"),
+    });
+    let d = w.decide();
+    assert_eq!(kind(&d), "rewind");
+    assert!(d.to_string().contains("past the switch"), "{d}");
+}
+
+#[test]
+fn a_replica_streaming_from_the_leader_is_never_sent_to_rewind() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", primary(3, 2000));
+    if let PgState::Running(pg) = &mut w.snap.local.postgres {
+        pg.upstream = Some(name("m0"));
+        pg.streaming = true;
+    }
+    assert_eq!(w.decide(), Decision::Follow { leader: name("m0") });
+}
+
+#[test]
+fn a_replica_that_cannot_stream_from_the_leader_is_checked_for_divergence() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", primary(1, 2000));
+    let now = w.now;
+    if let PgState::Running(pg) = &mut w.snap.local.postgres {
+        pg.upstream = Some(name("m0"));
+        pg.not_streaming_since = Some(now - Duration::from_secs(5));
+    }
+    assert_eq!(w.decide(), Decision::Follow { leader: name("m0") });
+    if let PgState::Running(pg) = &mut w.snap.local.postgres {
+        pg.not_streaming_since = Some(now - Duration::from_secs(16));
+    }
+    let d = w.decide();
+    assert_eq!(d.kind(), "rewind");
+    assert!(d.to_string().contains("without streaming"), "{d}");
+}
+
+#[test]
+fn a_replica_on_an_old_timeline_with_unknown_switch_point_rewinds() {
+    let mut w = World::new();
+    w.leader("m0", 1).member("m0", primary(3, 2000));
+    assert_eq!(kind(&w.decide()), "rewind");
+}
+
+#[test]
+fn a_stopped_former_primary_rewinds_before_following() {
+    let mut w = World::new();
+    w.leader("m0", 1)
+        .member("m0", primary(2, 2000))
+        .stopped_data(true, 1);
+    let d = w.decide();
+    assert_eq!(d.kind(), "rewind");
+    assert!(d.to_string().contains("was a primary on timeline 1"), "{d}");
+}
+
+#[test]
+fn a_stopped_replica_on_the_leaders_timeline_starts_streaming() {
+    let mut w = World::new();
+    w.leader("m0", 1)
+        .member("m0", primary(1, 2000))
+        .stopped_data(false, 1);
+    let d = w.decide();
+    assert!(
+        matches!(&d, Decision::Start { role: StartAs::Replica { upstream: Some(u) }, .. } if *u == name("m0")),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_stopped_member_without_a_leader_starts_read_only() {
+    let mut w = World::new();
+    w.stopped_data(true, 1);
+    let d = w.decide();
+    assert!(
+        matches!(
+            d,
+            Decision::Start {
+                role: StartAs::Replica { upstream: None },
+                ..
+            }
+        ),
+        "{d}"
+    );
+}
+
+// --- the leader race -------------------------------------------------------------------------
+
+#[test]
+fn the_healthiest_replica_takes_over() {
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 400))).peer("m3", None);
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+#[test]
+fn a_replica_defers_to_a_more_advanced_one() {
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 700)));
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("m2 ranks first"), "{d}");
+}
+
+#[test]
+fn ties_go_to_the_first_name() {
+    let mut w = World::new();
+    w.peer("m0", Some(replica(1, 500)));
+    assert_eq!(kind(&w.decide()), "wait");
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 500)));
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+#[test]
+fn nobody_races_while_a_member_still_runs_as_primary() {
+    let mut w = World::new();
+    w.peer("m0", Some(primary(1, 900)));
+    let d = w.decide();
+    assert!(d.to_string().contains("still runs as primary"), "{d}");
+}
+
+#[test]
+fn a_nofailover_replica_does_not_race() {
+    let mut w = World::new();
+    w.snap.tags.nofailover = true;
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn a_replica_without_a_lease_does_not_race() {
+    let mut w = World::new();
+    w.snap.lease = LeaseView::default();
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn a_better_nofailover_member_does_not_block_a_close_enough_replica() {
+    let mut w = World::new();
+    let mut nofail = replica(1, 1200);
+    nofail.tags.nofailover = true;
+    w.peer("m0", Some(nofail));
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+#[test]
+fn a_replica_too_far_behind_the_best_member_is_not_eligible() {
+    let mut w = World::new();
+    let mut nofail = replica(1, 5000);
+    nofail.tags.nofailover = true;
+    w.peer("m0", Some(nofail));
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("4500 bytes behind"), "{d}");
+}
+
+// --- candidate ranking alone -----------------------------------------------------------------
+
+fn cand(n: &str, tl: u32, lsn: u64) -> Candidate {
+    Candidate {
+        name: name(n),
+        timeline: TimelineId(tl),
+        lsn: Lsn(lsn),
+        nofailover: false,
+    }
+}
+
+#[test]
+fn a_higher_timeline_beats_a_higher_position() {
+    let me = cand("a", 1, 10_000);
+    let peers = vec![PeerView {
+        name: name("b"),
+        status: Some(replica(2, 10)),
+    }];
+    assert!(matches!(
+        candidate::choose(&me, &peers, u64::MAX),
+        Verdict::NotMe { .. }
+    ));
+}
+
+#[test]
+fn members_that_are_not_running_replicas_are_not_candidates() {
+    let me = cand("b", 1, 10);
+    let stopped = member(MemberRole::Replica, MemberState::Stopped, 1, 10_000);
+    let peers = vec![PeerView {
+        name: name("a"),
+        status: Some(stopped),
+    }];
+    assert!(matches!(
+        candidate::choose(&me, &peers, 0),
+        Verdict::Me { .. }
+    ));
+}
+
+#[test]
+fn every_member_computes_the_same_winner() {
+    let statuses: BTreeMap<&str, (u32, u64)> = [("a", (1, 500)), ("b", (1, 700)), ("c", (1, 700))]
+        .into_iter()
+        .collect();
+    let winners: Vec<&str> = statuses
+        .iter()
+        .filter(|(me, (tl, lsn))| {
+            let peers: Vec<PeerView> = statuses
+                .iter()
+                .filter(|(n, _)| n != me)
+                .map(|(n, (t, l))| PeerView {
+                    name: name(n),
+                    status: Some(replica(*t, *l)),
+                })
+                .collect();
+            matches!(
+                candidate::choose(&cand(me, *tl, *lsn), &peers, 1000),
+                Verdict::Me { .. }
+            )
+        })
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(winners, vec!["b"]);
+}

@@ -1,0 +1,338 @@
+//! SQL against PostgreSQL: the local instance through its private Unix socket, and the
+//! leader over TCP when a rejoin needs it. Every call is bounded by the operation timeout, so
+//! a hung server costs the HA loop at most that long.
+
+use spilo_model::{Lsn, TimelineId, WalPositions};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// A PostgreSQL failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The server did not answer in time.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or the query failed.
+    #[error("PostgreSQL: {0}")]
+    Pg(#[from] tokio_postgres::Error),
+    /// The server answered something unexpected.
+    #[error("unexpected answer from PostgreSQL: {0}")]
+    Unexpected(String),
+}
+
+/// What the status query reports about a running server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStatus {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// The current timeline.
+    pub timeline: Option<TimelineId>,
+    /// WAL positions.
+    pub wal: WalPositions,
+    /// Whether the WAL receiver is streaming.
+    pub streaming: bool,
+}
+
+/// A lazily (re)connected session.
+pub struct Session {
+    config: Config,
+    timeout: Duration,
+    client: Option<Client>,
+    connection: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Session {
+    /// A session to the local server through the socket in `socket_dir`.
+    pub fn local(socket_dir: PathBuf, port: u16, user: &str, timeout: Duration) -> Self {
+        let mut config = Config::new();
+        config
+            .host_path(socket_dir)
+            .port(port)
+            .user(user)
+            .dbname("postgres")
+            .application_name("spilo-governor")
+            .connect_timeout(timeout);
+        Self::new(config, timeout)
+    }
+
+    /// A session to a remote server over TCP with a password.
+    pub fn remote(host: &str, port: u16, user: &str, password: &str, timeout: Duration) -> Self {
+        let mut config = Config::new();
+        config
+            .host(host)
+            .port(port)
+            .user(user)
+            .password(password)
+            .dbname("postgres")
+            .application_name("spilo-governor")
+            .connect_timeout(timeout);
+        Self::new(config, timeout)
+    }
+
+    fn new(config: Config, timeout: Duration) -> Self {
+        Self {
+            config,
+            timeout,
+            client: None,
+            connection: None,
+        }
+    }
+
+    /// Drops the connection; the next call reconnects.
+    pub fn reset(&mut self) {
+        self.client = None;
+        if let Some(c) = self.connection.take() {
+            c.abort();
+        }
+    }
+
+    async fn client(&mut self) -> Result<&Client, SqlError> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.reset();
+        }
+        if self.client.is_none() {
+            let (client, connection) = bounded(self.timeout, self.config.connect(NoTls)).await?;
+            self.connection = Some(tokio::spawn(async move {
+                let _ = connection.await;
+            }));
+            self.client = Some(client);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| SqlError::Unexpected("no connection".into()))
+    }
+
+    async fn run<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, SqlError> {
+        let timeout = self.timeout;
+        let client = self.client().await?;
+        let r = bounded(timeout, f(client)).await;
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    /// Runs statements that return nothing.
+    pub async fn execute(&mut self, sql: &str) -> Result<(), SqlError> {
+        self.run(async |c| c.batch_execute(sql).await).await
+    }
+
+    /// Role, timeline and WAL positions.
+    ///
+    /// A replica's timeline is derived from its WAL position and the newest timeline history
+    /// file in its `pg_wal`: PostgreSQL 15 has no SQL function for the replay timeline, and the
+    /// checkpoint's timeline lags behind until the next restartpoint.
+    pub async fn status(&mut self) -> Result<ServerStatus, SqlError> {
+        const Q: &str = "SELECT pg_is_in_recovery(), \
+             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+             pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+             CASE WHEN pg_is_in_recovery() THEN NULL \
+                  ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+             (SELECT status FROM pg_stat_wal_receiver), \
+             (SELECT received_tli FROM pg_stat_wal_receiver), \
+             CASE WHEN pg_is_in_recovery() THEN \
+               (SELECT name || E'\\n' || pg_read_file('pg_wal/' || name) FROM pg_ls_waldir() \
+                WHERE name ~ '^[0-9A-F]{8}\\.history$' ORDER BY name DESC LIMIT 1) END";
+        let row = self.run(async |c| c.query_one(Q, &[]).await).await?;
+        let lsn = |i: usize| -> Result<Option<Lsn>, SqlError> {
+            let s: Option<String> = row.try_get(i)?;
+            s.map(|s| s.parse().map_err(|e| SqlError::Unexpected(format!("{e}"))))
+                .transpose()
+        };
+        let in_recovery: bool = row.try_get(0)?;
+        let wal = WalPositions {
+            write: lsn(1)?,
+            receive: lsn(2)?,
+            replay: lsn(3)?,
+        };
+        let primary_tl: Option<i32> = row.try_get(4)?;
+        let receiver: Option<String> = row.try_get(5)?;
+        let received_tl: Option<i32> = row.try_get(6)?;
+        let history: Option<String> = row.try_get(7)?;
+        let streaming = receiver.as_deref() == Some("streaming");
+        let timeline = if in_recovery {
+            let from_history = timeline_of(history.as_deref(), wal.best().unwrap_or_default());
+            let received = received_tl
+                .filter(|_| streaming)
+                .and_then(|t| u32::try_from(t).ok())
+                .map(TimelineId);
+            Some(from_history.max(received.unwrap_or_default()))
+        } else {
+            primary_tl
+                .and_then(|t| u32::try_from(t).ok())
+                .map(TimelineId)
+        };
+        Ok(ServerStatus {
+            in_recovery,
+            timeline,
+            wal,
+            streaming,
+        })
+    }
+
+    /// The database system identifier.
+    pub async fn system_identifier(&mut self) -> Result<String, SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one(
+                    "SELECT system_identifier::text FROM pg_control_system()",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// `pg_promote(wait => true)`; returns whether the promotion finished in time.
+    pub async fn promote(&mut self, wait: Duration) -> Result<bool, SqlError> {
+        let secs = i32::try_from(wait.as_secs().max(1)).unwrap_or(60);
+        let row = self
+            .run(async |c| c.query_one("SELECT pg_promote(true, $1)", &[&secs]).await)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Physical replication slots and whether each is in use.
+    pub async fn physical_slots(&mut self) -> Result<Vec<(String, bool)>, SqlError> {
+        let rows = self
+            .run(async |c| {
+                c.query(
+                    "SELECT slot_name::text, active FROM pg_replication_slots WHERE slot_type = 'physical'",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Creates a physical slot that reserves WAL from now on.
+    pub async fn create_physical_slot(&mut self, name: &str) -> Result<(), SqlError> {
+        self.run(async |c| {
+            c.execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&name],
+            )
+            .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Drops a slot.
+    pub async fn drop_slot(&mut self, name: &str) -> Result<(), SqlError> {
+        self.run(async |c| {
+            c.execute("SELECT pg_drop_replication_slot($1)", &[&name])
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Where timeline `tl` branched off its parent, from its `.history` file.
+    pub async fn timeline_switch(&mut self, tl: TimelineId) -> Result<Option<Lsn>, SqlError> {
+        let file = format!("pg_wal/{:08X}.history", tl.0);
+        let row = self
+            .run(async |c| {
+                c.query_one("SELECT pg_read_file($1, 0, 1000000, true)", &[&file])
+                    .await
+            })
+            .await?;
+        let text: Option<String> = row.try_get(0)?;
+        Ok(text.as_deref().and_then(last_switch_point))
+    }
+}
+
+/// The switch point on the last line of a timeline history file
+/// (`<parent tli>\t<switch lsn>\t<reason>`).
+pub fn last_switch_point(history: &str) -> Option<Lsn> {
+    history
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with('#'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The timeline holding WAL position `lsn`, given the newest history file in `pg_wal` as
+/// `"<file name>\n<contents>"` (none: timeline 1). Each history line names a parent timeline
+/// and where it ended; a position at or before a switch point belongs to that parent.
+pub fn timeline_of(newest_history: Option<&str>, lsn: Lsn) -> TimelineId {
+    let Some(text) = newest_history else {
+        return TimelineId(1);
+    };
+    let mut lines = text.lines();
+    let latest = lines
+        .next()
+        .and_then(|name| u32::from_str_radix(name.get(..8)?, 16).ok())
+        .unwrap_or(1);
+    for line in lines {
+        let mut fields = line.split_whitespace();
+        let (Some(tli), Some(switch)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let (Ok(tli), Ok(switch)) = (tli.parse::<u32>(), switch.parse::<Lsn>()) else {
+            continue;
+        };
+        if lsn <= switch {
+            return TimelineId(tli);
+        }
+    }
+    TimelineId(latest)
+}
+
+/// Quotes a string literal for SQL (standard_conforming_strings on).
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Quotes an identifier for SQL.
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, SqlError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(SqlError::from),
+        Err(_) => Err(SqlError::Timeout(timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_switch_point_of_the_newest_timeline() {
+        let h = "1\t0/3000060\tno recovery target specified\n\n2\t0/5000100\tno recovery target specified\n";
+        assert_eq!(last_switch_point(h), Some(Lsn(0x5000100)));
+        assert_eq!(last_switch_point(""), None);
+    }
+
+    #[test]
+    fn a_position_maps_to_the_timeline_that_holds_it() {
+        let h = "00000003.history\n1\t0/3000060\tno recovery target specified\n\n2\t0/5000100\tx\n";
+        assert_eq!(timeline_of(Some(h), Lsn(0x2000000)), TimelineId(1));
+        assert_eq!(timeline_of(Some(h), Lsn(0x3000060)), TimelineId(1));
+        assert_eq!(timeline_of(Some(h), Lsn(0x4000000)), TimelineId(2));
+        assert_eq!(timeline_of(Some(h), Lsn(0x6000000)), TimelineId(3));
+        assert_eq!(timeline_of(None, Lsn(0x6000000)), TimelineId(1));
+    }
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,348 @@
+//! Carrying out decisions: the I/O behind each [`Decision`], and publishing the member key.
+
+use super::{ActError, Governor};
+use crate::ha::{ClusterView, DcsView, Decision, PgState, Snapshot, StartAs};
+use crate::postgres::Upstream;
+use crate::postgres::process::StopMode;
+use spilo_model::{ClusterConfig, HistoryEntry, MemberName, MemberState, NodeStatus};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Slots of members that have been gone this long are dropped, so they stop holding WAL.
+const MEMBER_SLOT_TTL: Duration = Duration::from_secs(30 * 60);
+
+impl Governor {
+    pub(super) async fn act(&mut self, d: &Decision, s: &Snapshot) -> Result<(), ActError> {
+        let view = match &s.dcs {
+            DcsView::Known(v) => Some(v),
+            DcsView::Unreachable { .. } => None,
+        };
+        let params = cluster_params(view);
+        match d {
+            Decision::Bootstrap => self.bootstrap(s, &params).await,
+            Decision::Clone { leader } => {
+                let up = upstream(view, leader)?;
+                self.announce(s, MemberState::CreatingReplica).await;
+                self.pg.clone_from(&up).await?;
+                self.data = None;
+                self.pg.start(false, Some(up), &params)?;
+                Ok(())
+            }
+            Decision::Rewind { leader, .. } => self.rewind(s, view, leader, &params).await,
+            Decision::Start {
+                role: StartAs::Primary,
+                ..
+            } => {
+                self.pg.start(true, None, &params)?;
+                self.arm_fence();
+                Ok(())
+            }
+            Decision::Start {
+                role: StartAs::Replica { upstream: up },
+                ..
+            } => {
+                let up = match up {
+                    Some(leader) => Some(upstream(view, leader)?),
+                    None => None,
+                };
+                self.pg.start(false, up, &params)?;
+                Ok(())
+            }
+            Decision::Follow { leader } => {
+                let up = upstream(view, leader)?;
+                self.pg.follow(up, &params).await
+            }
+            Decision::AcquireLeader { why } => {
+                let lease = s
+                    .lease
+                    .id
+                    .ok_or_else(|| ActError::Other("no lease".into()))?;
+                if self.dcs.try_acquire_leader(lease).await? {
+                    tracing::info!("took the leader key");
+                    self.promote(why).await
+                } else {
+                    tracing::info!("another member took the leader key first");
+                    Ok(())
+                }
+            }
+            Decision::Promote { why } => self.promote(why).await,
+            Decision::Lead => self.lead(view).await,
+            Decision::Demote { .. } => {
+                let _ = self.fence.send(None);
+                self.pg.stop(StopMode::Immediate).await;
+                self.data = None;
+                Ok(())
+            }
+            Decision::ReleaseLeader { .. } => {
+                let _ = self.fence.send(None);
+                self.pg.stop(StopMode::Fast).await;
+                if let Some(id) = s.lease.id {
+                    self.dcs.release_leader(id).await?;
+                }
+                self.crashes.clear();
+                self.primary_down_since = None;
+                self.data = None;
+                Ok(())
+            }
+            Decision::Wait { .. } | Decision::Fatal { .. } => Ok(()),
+        }
+    }
+
+    /// Arms the fence with the running postmaster: from now on, it is stopped at once if the
+    /// lease is about to end.
+    pub(super) fn arm_fence(&self) {
+        let _ = self.fence.send(self.pg.postmaster_pid());
+    }
+
+    async fn bootstrap(
+        &mut self,
+        s: &Snapshot,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        let lease = s
+            .lease
+            .id
+            .ok_or_else(|| ActError::Other("no lease".into()))?;
+        if !self.dcs.try_claim_initialize(lease).await? {
+            tracing::info!("another member won the bootstrap race");
+            return Ok(());
+        }
+        tracing::info!("won the bootstrap race; initializing a new cluster");
+        self.announce(s, MemberState::Bootstrapping).await;
+        if let Err(e) = self.bootstrap_inner(lease, params).await {
+            tracing::error!(error = %e, "bootstrap failed; cleaning up so another attempt can start");
+            let _ = self.fence.send(None);
+            self.pg.stop(StopMode::Immediate).await;
+            let _ = self.dcs.release_leader(lease).await;
+            let _ = self.dcs.abandon_initialize().await;
+            let _ = self.pg.wipe_data();
+            self.data = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn bootstrap_inner(
+        &mut self,
+        lease: i64,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        self.pg.initdb().await?;
+        self.pg.start(true, None, params)?;
+        self.arm_fence();
+        self.pg.wait_ready(Duration::from_secs(120)).await?;
+        self.pg.create_replication_role().await?;
+        if !self.dcs.try_acquire_leader(lease).await? {
+            return Err(ActError::Other(
+                "the leader key was taken during bootstrap".into(),
+            ));
+        }
+        let sysid = self.pg.sql().system_identifier().await?;
+        if !self.dcs.set_initialize(&sysid).await? {
+            return Err(ActError::Other(
+                "the initialize key changed during bootstrap".into(),
+            ));
+        }
+        let ha = &self.loaded.config.ha;
+        let config = ClusterConfig {
+            ttl: Some(ha.ttl),
+            loop_wait: Some(ha.loop_wait),
+            retry_timeout: Some(ha.retry_timeout),
+            maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
+            postgresql_parameters: BTreeMap::new(),
+        };
+        self.dcs.create_config_if_absent(&config).await?;
+        self.data = None;
+        tracing::info!(sysid, "bootstrapped a new cluster");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn rewind(
+        &mut self,
+        s: &Snapshot,
+        view: Option<&ClusterView>,
+        leader: &MemberName,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        let up = upstream(view, leader)?;
+        // pg_rewind reads the source's timeline from its control file, which a fresh primary
+        // only updates at its first checkpoint after promotion. This also proves the leader is
+        // reachable before the local server is stopped.
+        let mut remote = self.pg.remote_session(&up);
+        remote.execute("CHECKPOINT").await?;
+        let _ = self.fence.send(None);
+        self.pg.stop(StopMode::Fast).await;
+        self.announce(s, MemberState::Rewinding).await;
+        match self.pg.rewind_from(&up).await {
+            Ok(out) => {
+                let summary = out.lines().last().unwrap_or("").to_string();
+                tracing::info!(output = summary, "pg_rewind finished");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pg_rewind failed; copying the leader again");
+                self.pg.wipe_data()?;
+                self.pg.clear_unfinished_marker()?;
+                self.announce(s, MemberState::CreatingReplica).await;
+                self.pg.clone_from(&up).await?;
+            }
+        }
+        self.data = None;
+        self.pg.start(false, Some(up), params)?;
+        Ok(())
+    }
+
+    async fn promote(&mut self, why: &str) -> Result<(), ActError> {
+        self.arm_fence();
+        let started = Instant::now();
+        self.pg.promote().await?;
+        let status = self.pg.sql().status().await?;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            timeline = ?status.timeline,
+            "promoted; accepting writes"
+        );
+        if let Some(tl) = status.timeline {
+            match self.pg.sql().timeline_switch(tl).await {
+                Ok(Some(switch_lsn)) => {
+                    self.pending_history = Some(HistoryEntry {
+                        timeline: tl,
+                        switch_lsn,
+                        reason: why.to_string(),
+                        promoted_at:
+                            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                                .to_string(),
+                        member: self.loaded.config.name.clone(),
+                    });
+                }
+                Ok(None) => tracing::warn!(timeline = %tl, "no history file for the new timeline"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the new timeline's history"),
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn lead(&mut self, view: Option<&ClusterView>) -> Result<(), ActError> {
+        self.arm_fence();
+        if let Some(entry) = self.pending_history.clone() {
+            match self.dcs.append_history(&entry).await {
+                Ok(()) => self.pending_history = None,
+                Err(e) => tracing::warn!(error = %e, "cannot record the promotion in history yet"),
+            }
+        }
+        if let Some(view) = view
+            && let Err(e) = self.sync_slots(view).await
+        {
+            tracing::warn!(error = %e, "cannot manage replication slots");
+        }
+        Ok(())
+    }
+
+    /// Keeps one physical slot per other member; drops slots of members gone for a while.
+    async fn sync_slots(&mut self, view: &ClusterView) -> Result<(), ActError> {
+        let me = &self.loaded.config.name;
+        let wanted: Vec<String> = view
+            .members
+            .keys()
+            .filter(|m| *m != me)
+            .map(MemberName::slot_name)
+            .collect();
+        let existing = self.pg.sql().physical_slots().await?;
+        for slot in &wanted {
+            if !existing.iter().any(|(name, _)| name == slot) {
+                self.pg.sql().create_physical_slot(slot).await?;
+                tracing::info!(slot, "created a replication slot");
+            }
+        }
+        let now = Instant::now();
+        self.slot_absent_since
+            .retain(|slot, _| !wanted.contains(slot));
+        for (slot, active) in existing {
+            if wanted.contains(&slot) || active {
+                continue;
+            }
+            let since = *self.slot_absent_since.entry(slot.clone()).or_insert(now);
+            if now.saturating_duration_since(since) > MEMBER_SLOT_TTL {
+                self.pg.sql().drop_slot(&slot).await?;
+                self.slot_absent_since.remove(&slot);
+                tracing::info!(slot, "dropped the slot of a member gone for 30 minutes");
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a state that a long action is about to enter, before it starts.
+    async fn announce(&mut self, s: &Snapshot, state: MemberState) {
+        let status = self.member_status(s, Some(state));
+        // Copy the id out: a watch guard held across an await blocks the lease task.
+        let lease = self.lease.borrow().id;
+        if let Some(id) = lease
+            && let Err(e) = self.dcs.put_member(&status, id).await
+        {
+            tracing::warn!(error = %e, "cannot publish the member key");
+        }
+        self.shared.node.write().await.member = status;
+    }
+
+    /// Publishes the member key when it changed, and the REST API's view of this member.
+    pub(super) async fn publish(&mut self, s: &Snapshot, d: &Decision) {
+        let status = self.member_status(s, None);
+        let lease = self.lease.borrow().id;
+        let dcs_known = matches!(s.dcs, DcsView::Known(_));
+        // When this pass could not read etcd, a write would only wait out its timeout too.
+        if let Some(id) = lease.filter(|_| dcs_known) {
+            let fresh = (status.clone(), id);
+            if self.published.as_ref() != Some(&fresh) {
+                match self.dcs.put_member(&status, id).await {
+                    Ok(()) => self.published = Some(fresh),
+                    Err(e) => tracing::warn!(error = %e, "cannot publish the member key"),
+                }
+            }
+        }
+        let (leader, dcs_reachable) = match &s.dcs {
+            DcsView::Known(v) => (v.leader.as_ref().map(|l| l.name.clone()), true),
+            DcsView::Unreachable { .. } => {
+                (self.leader_seen.as_ref().map(|l| l.name.clone()), false)
+            }
+        };
+        let streaming = matches!(&s.local.postgres, PgState::Running(pg) if pg.streaming);
+        let node = NodeStatus {
+            name: self.loaded.config.name.clone(),
+            scope: self.loaded.config.scope.clone(),
+            member: status,
+            leader,
+            is_leader: self.is_leading(),
+            streaming,
+            upstream: self.pg.upstream().map(|u| u.name.clone()),
+            dcs_reachable,
+            governor_pid: std::process::id(),
+            postmaster_pid: self.pg.postmaster_pid(),
+            last_decision: d.to_string(),
+        };
+        *self.shared.node.write().await = node;
+    }
+}
+
+fn cluster_params(view: Option<&ClusterView>) -> BTreeMap<String, String> {
+    view.and_then(|v| v.config.as_ref())
+        .map(|c| c.postgresql_parameters.clone())
+        .unwrap_or_default()
+}
+
+fn upstream(view: Option<&ClusterView>, leader: &MemberName) -> Result<Upstream, ActError> {
+    let status = view
+        .and_then(|v| v.members.get(leader))
+        .ok_or_else(|| ActError::Other(format!("{leader} has no member key")))?;
+    let (host, port) = status.host_port().ok_or_else(|| {
+        ActError::Other(format!(
+            "{leader} publishes no usable conn_url: {}",
+            status.conn_url
+        ))
+    })?;
+    Ok(Upstream {
+        name: leader.clone(),
+        host,
+        port,
+    })
+}

@@ -1,0 +1,221 @@
+//! Gathering a snapshot: the local PostgreSQL, the data directory, etcd, the lease and, while
+//! there is no leader, the other members' own answers. All the I/O before a decision.
+
+use super::{CRASH_WINDOW, Governor};
+use crate::config::GovernorConfig;
+use crate::dcs::{Dcs, read_view};
+use crate::ha::{DataDir, DcsView, LocalState, PgState, Snapshot};
+use crate::postgres::Exit;
+use spilo_model::{MemberRole, MemberState, MemberStatus, NodeStatus, WalPositions};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+impl Governor {
+    pub(super) async fn gather(&mut self) -> Snapshot {
+        let cfg = &self.loaded.config;
+        let (postgres, exit) = self.pg.observe().await;
+        let now = Instant::now();
+        let fenced = self.fence_fired.swap(false, Ordering::SeqCst);
+        if exit != Exit::None {
+            let _ = self.fence.send(None);
+        }
+        if exit == Exit::Crashed && !fenced {
+            self.crashes.push_back(now);
+            if self.is_leading() {
+                self.primary_down_since.get_or_insert(now);
+            }
+        }
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > CRASH_WINDOW)
+        {
+            self.crashes.pop_front();
+        }
+        match &postgres {
+            PgState::Running(pg) if !pg.in_recovery => self.primary_down_since = None,
+            PgState::Running(_) => {
+                // A replica is never fenced: it cannot accept writes.
+                let _ = self.fence.send(None);
+            }
+            _ => {}
+        }
+        if matches!(postgres, PgState::Stopped) || self.data.is_none() {
+            self.data = match self.pg.data_state().await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the data directory");
+                    None
+                }
+            };
+        }
+        let data = self.data.clone().unwrap_or(DataDir::Empty);
+
+        let dcs = match read_view(&self.dcs.client(), self.dcs.keys(), self.dcs.timeout()).await {
+            Ok(view) => DcsView::Known(view),
+            Err(e) => DcsView::Unreachable { why: e.to_string() },
+        };
+        if let DcsView::Known(view) = &dcs {
+            if view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
+                self.primary_down_since = None;
+            }
+            self.leader_seen = view.leader.clone();
+            *self.shared.view.write().await = Some(view.clone());
+        }
+        let lease = *self.lease.borrow();
+
+        let peers = match (&dcs, &postgres) {
+            (DcsView::Known(view), PgState::Running(pg))
+                if view.leader.is_none() && pg.in_recovery =>
+            {
+                super::peers::fetch(&self.http, &cfg.name, &view.members, self.dcs.timeout()).await
+            }
+            _ => Vec::new(),
+        };
+
+        Snapshot {
+            me: cfg.name.clone(),
+            tags: cfg.tags.clone(),
+            dcs,
+            lease,
+            local: LocalState {
+                data,
+                postgres,
+                recent_crashes: u32::try_from(self.crashes.len()).unwrap_or(u32::MAX),
+                primary_down_since: self.primary_down_since,
+            },
+            peers,
+        }
+    }
+
+    /// Whether the last etcd read showed this member holding the leader key with its lease.
+    pub(super) fn is_leading(&self) -> bool {
+        let lease = self.lease.borrow().id;
+        self.leader_seen
+            .as_ref()
+            .is_some_and(|l| l.name == self.loaded.config.name && Some(l.lease) == lease)
+    }
+
+    /// This member's status as published in etcd, from the snapshot the loop acted on.
+    pub(super) fn member_status(
+        &self,
+        s: &Snapshot,
+        state_override: Option<MemberState>,
+    ) -> MemberStatus {
+        let cfg = &self.loaded.config;
+        let (role, state, timeline, wal) = match &s.local.postgres {
+            PgState::Running(pg) => (
+                if pg.in_recovery {
+                    MemberRole::Replica
+                } else {
+                    MemberRole::Primary
+                },
+                MemberState::Running,
+                pg.timeline,
+                pg.wal.clone(),
+            ),
+            PgState::Starting { .. } => (
+                role_of(&s.local.data),
+                MemberState::Starting,
+                data_tl(&s.local.data),
+                WalPositions::default(),
+            ),
+            PgState::Stopped => (
+                role_of(&s.local.data),
+                if s.local.recent_crashes > 0 && self.pg.postmaster_pid().is_none() {
+                    MemberState::Crashed
+                } else {
+                    MemberState::Stopped
+                },
+                data_tl(&s.local.data),
+                WalPositions::default(),
+            ),
+        };
+        MemberStatus {
+            conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),
+            api_url: format!("http://{}", cfg.api_connect_address()),
+            role,
+            state: state_override.unwrap_or(state),
+            timeline,
+            wal,
+            tags: cfg.tags.clone(),
+        }
+    }
+}
+
+fn role_of(data: &DataDir) -> MemberRole {
+    match data {
+        DataDir::Empty => MemberRole::Uninitialized,
+        DataDir::Initialized { .. } => MemberRole::Replica,
+    }
+}
+
+fn data_tl(data: &DataDir) -> Option<spilo_model::TimelineId> {
+    match data {
+        DataDir::Empty => None,
+        DataDir::Initialized { timeline, .. } => Some(*timeline),
+    }
+}
+
+/// The REST API's status before the first loop finishes.
+pub(super) fn initial_node_status(cfg: &GovernorConfig) -> NodeStatus {
+    NodeStatus {
+        name: cfg.name.clone(),
+        scope: cfg.scope.clone(),
+        member: MemberStatus {
+            conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),
+            api_url: format!("http://{}", cfg.api_connect_address()),
+            role: MemberRole::Uninitialized,
+            state: MemberState::Stopped,
+            timeline: None,
+            wal: WalPositions::default(),
+            tags: cfg.tags.clone(),
+        },
+        leader: None,
+        is_leader: false,
+        streaming: false,
+        upstream: None,
+        dcs_reachable: false,
+        governor_pid: std::process::id(),
+        postmaster_pid: None,
+        last_decision: String::new(),
+    }
+}
+
+/// Refuses to start when another live governor already uses this member name, and revokes
+/// the lease of a dead earlier run of this member so its keys do not linger for a TTL.
+pub(super) async fn check_name_is_free(
+    dcs: &Dcs,
+    http: &reqwest::Client,
+    my_api_url: &str,
+) -> anyhow::Result<()> {
+    let name = dcs.member().clone();
+    let me = dcs.keys().member(&name);
+    let Some(old_lease) = dcs.member_lease(&name).await? else {
+        return Ok(());
+    };
+    let view = read_view(&dcs.client(), dcs.keys(), dcs.timeout()).await?;
+    if let Some(status) = view.members.get(&name) {
+        let url = format!("{}/status", status.api_url.trim_end_matches('/'));
+        if let Ok(resp) = http.get(&url).send().await
+            && let Ok(node) = resp.json::<NodeStatus>().await
+            && node.governor_pid != std::process::id()
+        {
+            anyhow::bail!(
+                "member name {} is already used by a running governor (pid {}, REST API {}); \
+                 each member needs its own name",
+                node.name,
+                node.governor_pid,
+                status.api_url
+            );
+        }
+    }
+    tracing::info!(
+        key = me,
+        lease = format_args!("{old_lease:x}"),
+        api = my_api_url,
+        "revoking the lease of an earlier run of this member"
+    );
+    dcs.revoke_lease(old_lease).await?;
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The runtime: owns the tasks and runs the HA loop, gather -> decide -> act.
+//!
+//! [`run`] connects to etcd, prepares the run directory, starts the lease, watch, fence and
+//! REST API tasks (each owned here and cancelled on shutdown), then loops: gather a
+//! [`crate::ha::Snapshot`] ([`gather`]), call [`crate::ha::decide`], log the decision when it
+//! changes, carry it out ([`act`]), publish the member key. The loop wakes on etcd events,
+//! PostgreSQL exits, lease changes and the `loop_wait` tick.
+//!
+//! On shutdown it stops PostgreSQL (fast: replicas receive all WAL) and then revokes the lease,
+//! which deletes the member key and, on the primary, the leader key: a replica takes over at
+//! once instead of after the TTL.
+
+mod act;
+pub mod fence;
+mod gather;
+pub mod peers;
+
+use crate::api;
+use crate::config::Loaded;
+use crate::dcs::{self, Dcs, DcsError};
+use crate::ha::{self, ClusterView, Decision, HaConfig, LeaseView};
+use crate::postgres::process::StopMode;
+use crate::postgres::{Instance, query::SqlError, tools::ToolError};
+use anyhow::Context;
+use spilo_model::{Keyspace, MemberStatus, NodeStatus};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, RwLock, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// An action that failed; the loop logs it and decides again.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// etcd failed.
+    #[error(transparent)]
+    Dcs(#[from] DcsError),
+    /// SQL failed.
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    /// A PostgreSQL tool failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How far back unexpected PostgreSQL exits count towards a crash loop.
+const CRASH_WINDOW: Duration = Duration::from_secs(300);
+
+/// State shared with the REST API.
+pub struct Shared {
+    /// This member's status, refreshed every loop.
+    pub node: RwLock<NodeStatus>,
+    /// The last cluster view read from etcd.
+    pub view: RwLock<Option<ClusterView>>,
+    /// The lease.
+    pub lease: watch::Receiver<LeaseView>,
+    /// When the HA loop last finished a pass.
+    pub last_loop: RwLock<Instant>,
+    /// The lease margin the fence uses.
+    pub fence_margin: Duration,
+    /// The lease length.
+    pub ttl: Duration,
+    /// The lag limit for `/readiness`.
+    pub maximum_lag_on_failover: u64,
+}
+
+/// The HA loop's own state.
+pub(crate) struct Governor {
+    loaded: Loaded,
+    dcs: Dcs,
+    pg: Instance,
+    ha: HaConfig,
+    http: reqwest::Client,
+    shared: Arc<Shared>,
+    lease: watch::Receiver<LeaseView>,
+    fence: watch::Sender<fence::Armed>,
+    fence_fired: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    crashes: VecDeque<Instant>,
+    primary_down_since: Option<Instant>,
+    data: Option<ha::DataDir>,
+    published: Option<(MemberStatus, i64)>,
+    pending_history: Option<spilo_model::HistoryEntry>,
+    last_decision: Option<Decision>,
+    leader_seen: Option<ha::LeaderKey>,
+    slot_absent_since: std::collections::BTreeMap<String, Instant>,
+}
+
+/// Runs the governor until `shutdown` fires or a fatal decision is made.
+pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = loaded.config.clone();
+    let timeout = cfg.ha.retry_timeout();
+    let endpoints = dcs::discovery::endpoints(&cfg.etcd, timeout.max(Duration::from_secs(3)))
+        .await
+        .context("find etcd")?;
+    let keys = Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
+    let dcs = Dcs::connect(&endpoints, keys, cfg.name.clone(), timeout)
+        .await
+        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
+    tracing::info!(endpoints = endpoints.join(","), scope = %cfg.scope, member = %cfg.name, "connected to etcd");
+
+    let wake = Arc::new(Notify::new());
+    let pg = Instance::new(&loaded, wake.clone());
+    pg.prepare_run_dir()
+        .with_context(|| format!("prepare the run directory {}", cfg.run_dir().display()))?;
+    pg.stop_stale_postmaster()
+        .await
+        .context("stop a leftover PostgreSQL")?;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("build an HTTP client")?;
+    let api_url = format!("http://{}", cfg.api_connect_address());
+    gather::check_name_is_free(&dcs, &http, &api_url).await?;
+
+    let cancel = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
+    tasks.spawn(dcs::lease::run(
+        dcs.clone(),
+        cfg.ha.ttl(),
+        cfg.ha.keepalive_interval(),
+        lease_tx,
+        cancel.clone(),
+    ));
+    tasks.spawn(dcs::watch::run(
+        dcs.client(),
+        dcs.keys().clone(),
+        wake.clone(),
+        cancel.clone(),
+    ));
+    let (fence_tx, fence_rx) = watch::channel(None);
+    let fence_fired = Arc::new(AtomicBool::new(false));
+    tasks.spawn(fence::run(
+        fence_rx,
+        lease_rx.clone(),
+        cfg.ha.fence_margin(),
+        fence_fired.clone(),
+        wake.clone(),
+        cancel.clone(),
+    ));
+
+    let shared = Arc::new(Shared {
+        node: RwLock::new(gather::initial_node_status(&cfg)),
+        view: RwLock::new(None),
+        lease: lease_rx.clone(),
+        last_loop: RwLock::new(Instant::now()),
+        fence_margin: cfg.ha.fence_margin(),
+        ttl: cfg.ha.ttl(),
+        maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.restapi.listen)
+        .await
+        .with_context(|| format!("listen for the REST API on {}", cfg.restapi.listen))?;
+    tasks.spawn(api::serve(listener, shared.clone(), cancel.clone()));
+
+    let ha = HaConfig {
+        maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
+        primary_start_timeout: Duration::from_secs(cfg.ha.primary_start_timeout),
+        max_primary_crashes: 3,
+        fence_margin: cfg.ha.fence_margin(),
+        rewind_check_after: Duration::from_secs(15),
+    };
+    let mut gov = Governor {
+        loaded,
+        dcs,
+        pg,
+        ha,
+        http,
+        shared,
+        lease: lease_rx,
+        fence: fence_tx,
+        fence_fired,
+        wake: wake.clone(),
+        crashes: VecDeque::new(),
+        primary_down_since: None,
+        data: None,
+        published: None,
+        pending_history: None,
+        last_decision: None,
+        leader_seen: None,
+        slot_absent_since: Default::default(),
+    };
+    let result = gov.ha_loop(&shutdown).await;
+    gov.shutdown().await;
+    cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+impl Governor {
+    async fn ha_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let loop_wait = self.loaded.config.ha.loop_wait();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let snapshot = self.gather().await;
+            let now = Instant::now();
+            let decision = ha::decide(&snapshot, &self.ha, now);
+            let repeated = self.last_decision.as_ref() == Some(&decision);
+            self.log_decision(&decision);
+            if let Decision::Fatal { why } = &decision {
+                anyhow::bail!("{why}");
+            }
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.act(&decision, &snapshot) => r,
+            };
+            if let Err(e) = outcome {
+                tracing::error!(decision = decision.kind(), error = %e, "action failed");
+                // Back off a little so a persistent failure does not spin.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(loop_wait) => {}
+                }
+                continue;
+            }
+            self.publish(&snapshot, &decision).await;
+            *self.shared.last_loop.write().await = Instant::now();
+            // An action changed something: look again at once, unless the same action was
+            // just taken, which means it did not help and must not spin.
+            if acts(&decision) && !repeated {
+                continue;
+            }
+            // Only a new lease id matters here (the member key must be re-published at once);
+            // renewals alone move nothing.
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = self.wake.notified() => {}
+                _ = self.lease.wait_for(|l| l.id != snapshot.lease.id) => {}
+                _ = tokio::time::sleep(loop_wait) => {}
+            }
+        }
+    }
+
+    fn log_decision(&mut self, d: &Decision) {
+        let changed = self.last_decision.as_ref() != Some(d);
+        if changed {
+            match d {
+                Decision::Fatal { .. } => tracing::error!(decision = d.kind(), "{d}"),
+                Decision::Demote { .. } | Decision::ReleaseLeader { .. } => {
+                    tracing::warn!(decision = d.kind(), "{d}");
+                }
+                _ => tracing::info!(decision = d.kind(), "{d}"),
+            }
+        } else {
+            tracing::debug!(decision = d.kind(), "{d}");
+        }
+        self.last_decision = Some(d.clone());
+    }
+
+    /// Stops PostgreSQL and gives up the lease (and with it the member and leader keys).
+    async fn shutdown(&mut self) {
+        let _ = self.fence.send(None);
+        self.pg.stop(StopMode::Fast).await;
+        let lease = self.lease.borrow().id;
+        if let Some(id) = lease {
+            match self.dcs.revoke_lease(id).await {
+                Ok(()) => tracing::info!("released the lease and with it this member's keys"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not revoke the lease; it will expire by itself")
+                }
+            }
+        }
+    }
+}
+
+/// Whether the decision changed something, so the loop should look again at once.
+fn acts(d: &Decision) -> bool {
+    !matches!(
+        d,
+        Decision::Wait { .. } | Decision::Lead | Decision::Follow { .. }
+    )
+}

@@ -1,0 +1,152 @@
+//! The etcd v3 keyspace of a cluster, defined here and nowhere else.
+//!
+//! Every key lives under `<namespace>/<scope>/` (default namespace `/service`, as in the 2015
+//! Spilo talk). Each key has exactly one writer; concurrent writers are made safe by
+//! compare-and-swap transactions or by binding the key to the writer's lease.
+//!
+//! | key | writer | value | lifetime |
+//! |---|---|---|---|
+//! | `initialize` | the governor that wins the bootstrap race (create-if-absent) | PostgreSQL system identifier; empty while bootstrap runs | bound to the winner's lease while empty, permanent once it holds the identifier |
+//! | `leader` | the governor that holds leadership (create-if-absent, delete-if-ours) | member name | bound to the holder's lease |
+//! | `members/<name>` | the governor named `<name>` | [`crate::MemberStatus`] JSON | bound to that governor's lease |
+//! | `config` | created once by the bootstrap leader if absent; afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
+//! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
+
+use crate::names::{ClusterName, MemberName};
+
+/// The default namespace, as used by the original Spilo and by Patroni.
+pub const DEFAULT_NAMESPACE: &str = "/service";
+
+/// Paths of one cluster's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+/// What a key under a cluster's prefix is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `initialize`: the system identifier of the cluster.
+    Initialize,
+    /// `leader`: the name of the member holding leadership.
+    Leader,
+    /// `members/<name>`: one member's published status.
+    Member(MemberName),
+    /// `config`: cluster-wide settings.
+    Config,
+    /// `history`: one entry per promotion.
+    History,
+}
+
+impl Keyspace {
+    /// The keyspace of `scope` under the default namespace.
+    pub fn new(scope: &ClusterName) -> Self {
+        Self::with_namespace(DEFAULT_NAMESPACE, scope)
+    }
+
+    /// The keyspace of `scope` under `namespace` (leading `/` added, trailing `/` removed).
+    pub fn with_namespace(namespace: &str, scope: &ClusterName) -> Self {
+        let ns = namespace.trim_end_matches('/');
+        let ns = if ns.starts_with('/') {
+            ns.to_string()
+        } else {
+            format!("/{ns}")
+        };
+        Self {
+            prefix: format!("{ns}/{scope}/"),
+        }
+    }
+
+    /// The prefix every key of the cluster starts with, ending in `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `initialize`.
+    pub fn initialize(&self) -> String {
+        format!("{}initialize", self.prefix)
+    }
+
+    /// `leader`.
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// `config`.
+    pub fn config(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+
+    /// `history`.
+    pub fn history(&self) -> String {
+        format!("{}history", self.prefix)
+    }
+
+    /// `members/`, the prefix of all member keys.
+    pub fn members_prefix(&self) -> String {
+        format!("{}members/", self.prefix)
+    }
+
+    /// `members/<name>`.
+    pub fn member(&self, name: &MemberName) -> String {
+        format!("{}members/{name}", self.prefix)
+    }
+
+    /// Classifies a full key; `None` for keys outside this cluster or unknown to this version.
+    pub fn classify(&self, key: &str) -> Option<KeyKind> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        match rest {
+            "initialize" => Some(KeyKind::Initialize),
+            "leader" => Some(KeyKind::Leader),
+            "config" => Some(KeyKind::Config),
+            "history" => Some(KeyKind::History),
+            _ => rest
+                .strip_prefix("members/")
+                .and_then(|n| MemberName::new(n).ok())
+                .map(KeyKind::Member),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks() -> Keyspace {
+        Keyspace::new(&ClusterName::new("demo").expect("valid"))
+    }
+
+    #[test]
+    fn keys_follow_the_seed_layout() {
+        let k = ks();
+        assert_eq!(k.leader(), "/service/demo/leader");
+        assert_eq!(k.initialize(), "/service/demo/initialize");
+        assert_eq!(
+            k.member(&MemberName::new("demo-0").expect("valid")),
+            "/service/demo/members/demo-0"
+        );
+        assert_eq!(k.prefix(), "/service/demo/");
+    }
+
+    #[test]
+    fn classify_is_the_inverse_of_the_paths() {
+        let k = ks();
+        let m = MemberName::new("m1").expect("valid");
+        assert_eq!(k.classify(&k.leader()), Some(KeyKind::Leader));
+        assert_eq!(k.classify(&k.config()), Some(KeyKind::Config));
+        assert_eq!(k.classify(&k.history()), Some(KeyKind::History));
+        assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
+        assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));
+        assert_eq!(k.classify("/service/other/leader"), None);
+        assert_eq!(k.classify("/service/demo/unknown"), None);
+    }
+
+    #[test]
+    fn namespace_is_normalised() {
+        let c = ClusterName::new("x").expect("valid");
+        assert_eq!(
+            Keyspace::with_namespace("svc/", &c).leader(),
+            "/svc/x/leader"
+        );
+    }
+}

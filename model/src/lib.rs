@@ -1,0 +1,20 @@
+//! What the governor and the `spilo` CLI agree on, and nothing else: the names of clusters and
+//! members, PostgreSQL positions (LSN, timeline), the etcd keyspace with its single writer per
+//! key, and the JSON values stored under those keys.
+//!
+//! This crate is synchronous and performs no I/O: no etcd client, no tokio, no PostgreSQL.
+//! Both programs depend on it so that the layout of `/service/<scope>/` is defined exactly once.
+
+pub mod keys;
+pub mod lsn;
+pub mod member;
+pub mod names;
+pub mod summary;
+
+pub use keys::{KeyKind, Keyspace};
+pub use lsn::{Lsn, TimelineId};
+pub use member::{
+    ClusterConfig, HistoryEntry, MemberRole, MemberState, MemberStatus, MemberTags, WalPositions,
+};
+pub use names::{ClusterName, InvalidName, MemberName, NameError};
+pub use summary::{ClusterSummary, MemberRow, NodeStatus, summarize};

@@ -1,0 +1,218 @@
+//! The JSON values stored in etcd: a member's published status, the cluster-wide
+//! configuration and the promotion history. Field names are part of the on-disk contract that
+//! `spilo list`, the REST API and later versions read; add fields, never rename them.
+
+use crate::lsn::{Lsn, TimelineId};
+use crate::names::MemberName;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a member's PostgreSQL currently is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// Accepts writes; only the holder of the leader key may be in this role.
+    Primary,
+    /// In recovery: streaming from the primary or waiting for one.
+    Replica,
+    /// No data directory yet, or it is being created.
+    Uninitialized,
+}
+
+/// What a member is doing right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// PostgreSQL runs and answers queries.
+    Running,
+    /// PostgreSQL was started and does not answer yet.
+    Starting,
+    /// PostgreSQL is stopping.
+    Stopping,
+    /// PostgreSQL is not running.
+    Stopped,
+    /// PostgreSQL exited without being asked to.
+    Crashed,
+    /// This member runs initdb for a new cluster.
+    Bootstrapping,
+    /// This member copies the primary with pg_basebackup.
+    CreatingReplica,
+    /// This member runs pg_rewind to rejoin after a timeline change.
+    Rewinding,
+}
+
+impl MemberState {
+    /// The lowercase name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Running => "running",
+            MemberState::Starting => "starting",
+            MemberState::Stopping => "stopping",
+            MemberState::Stopped => "stopped",
+            MemberState::Crashed => "crashed",
+            MemberState::Bootstrapping => "bootstrapping",
+            MemberState::CreatingReplica => "creating_replica",
+            MemberState::Rewinding => "rewinding",
+        }
+    }
+}
+
+impl MemberRole {
+    /// The lowercase name used in JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Primary => "primary",
+            MemberRole::Replica => "replica",
+            MemberRole::Uninitialized => "uninitialized",
+        }
+    }
+}
+
+/// Per-member tags that change how the cluster treats it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberTags {
+    /// Never promote this member automatically.
+    #[serde(default)]
+    pub nofailover: bool,
+}
+
+/// WAL positions of a member. A primary reports `write`; a replica `receive` and `replay`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalPositions {
+    /// The primary's current write position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<Lsn>,
+    /// The last position a replica received and flushed from the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive: Option<Lsn>,
+    /// The last position a replica replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Lsn>,
+}
+
+impl WalPositions {
+    /// The position that decides who is most up to date: the primary's write position, or the
+    /// further of a replica's receive and replay positions (promotion replays what was received).
+    pub fn best(&self) -> Option<Lsn> {
+        [self.write, self.receive, self.replay]
+            .into_iter()
+            .flatten()
+            .max()
+    }
+}
+
+/// The value of `members/<name>`: what one member publishes about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// `postgres://host:port/postgres`: how to reach this member's PostgreSQL.
+    pub conn_url: String,
+    /// `http://host:port`: this member's REST API.
+    pub api_url: String,
+    /// Current role.
+    pub role: MemberRole,
+    /// Current state.
+    pub state: MemberState,
+    /// The timeline of the member's data, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineId>,
+    /// WAL positions.
+    #[serde(default)]
+    pub wal: WalPositions,
+    /// Tags.
+    #[serde(default)]
+    pub tags: MemberTags,
+}
+
+impl MemberStatus {
+    /// `(host, port)` parsed from `conn_url`, when it has that shape.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let rest = self.conn_url.strip_prefix("postgres://")?;
+        let hostport = rest.split('/').next()?;
+        let hostport = hostport.rsplit('@').next()?;
+        let (host, port) = hostport.rsplit_once(':')?;
+        Some((host.to_string(), port.parse().ok()?))
+    }
+}
+
+/// The value of `history`: one entry per promotion, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The timeline the promotion started.
+    pub timeline: TimelineId,
+    /// Where the previous timeline ended (from the new timeline's `.history` file).
+    pub switch_lsn: Lsn,
+    /// Why the promotion happened.
+    pub reason: String,
+    /// When, as RFC 3339 UTC.
+    pub promoted_at: String,
+    /// Who was promoted.
+    pub member: MemberName,
+}
+
+/// The value of `config`: cluster-wide settings every governor follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    /// Leader lease length in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    /// Seconds between HA loop runs when nothing wakes the loop earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_wait: Option<u64>,
+    /// Seconds an etcd or PostgreSQL operation may take, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_timeout: Option<u64>,
+    /// A replica further behind the most advanced member than this many bytes is not promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_lag_on_failover: Option<u64>,
+    /// PostgreSQL parameters for every member.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub postgresql_parameters: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_position_prefers_the_furthest() {
+        let w = WalPositions {
+            write: None,
+            receive: Some(Lsn(20)),
+            replay: Some(Lsn(10)),
+        };
+        assert_eq!(w.best(), Some(Lsn(20)));
+        assert_eq!(WalPositions::default().best(), None);
+    }
+
+    #[test]
+    fn member_status_json_is_stable() {
+        let s = MemberStatus {
+            conn_url: "postgres://127.0.0.1:5432/postgres".into(),
+            api_url: "http://127.0.0.1:8008".into(),
+            role: MemberRole::Replica,
+            state: MemberState::Running,
+            timeline: Some(TimelineId(2)),
+            wal: WalPositions {
+                write: None,
+                receive: Some(Lsn(0x3000060)),
+                replay: Some(Lsn(0x3000060)),
+            },
+            tags: MemberTags { nofailover: true },
+        };
+        let json = serde_json::to_value(&s).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "conn_url": "postgres://127.0.0.1:5432/postgres",
+                "api_url": "http://127.0.0.1:8008",
+                "role": "replica",
+                "state": "running",
+                "timeline": 2,
+                "wal": {"receive": "0/3000060", "replay": "0/3000060"},
+                "tags": {"nofailover": true}
+            })
+        );
+        assert_eq!(s.host_port(), Some(("127.0.0.1".to_string(), 5432)));
+    }
+}

@@ -1,0 +1,222 @@
+//! Views derived from the keys: one member's full status as its REST API reports it
+//! ([`NodeStatus`]), and the member table that `spilo list` and `GET /cluster` print
+//! ([`ClusterSummary`]). Both are JSON contracts for scripts; add fields, never rename them.
+
+use crate::lsn::{Lsn, TimelineId};
+use crate::member::{MemberRole, MemberStatus, MemberTags};
+use crate::names::{ClusterName, MemberName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One member's own account of itself (`GET /status` on its REST API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The member.
+    pub name: MemberName,
+    /// The cluster.
+    pub scope: ClusterName,
+    /// What it publishes in etcd.
+    #[serde(flatten)]
+    pub member: MemberStatus,
+    /// Who held the leader key at the member's last etcd read.
+    #[serde(default)]
+    pub leader: Option<MemberName>,
+    /// Whether this member holds the leader key with a valid lease right now.
+    #[serde(default)]
+    pub is_leader: bool,
+    /// Whether a replica's WAL receiver is streaming.
+    #[serde(default)]
+    pub streaming: bool,
+    /// The member a replica streams from.
+    #[serde(default)]
+    pub upstream: Option<MemberName>,
+    /// Whether the last etcd read succeeded.
+    #[serde(default)]
+    pub dcs_reachable: bool,
+    /// The governor's process id.
+    pub governor_pid: u32,
+    /// The postmaster's process id, while it runs.
+    #[serde(default)]
+    pub postmaster_pid: Option<u32>,
+    /// The last decision of the HA loop, with its reason.
+    #[serde(default)]
+    pub last_decision: String,
+}
+
+/// A row of the member table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    /// The member.
+    pub name: MemberName,
+    /// PostgreSQL host.
+    pub host: String,
+    /// PostgreSQL port.
+    pub port: u16,
+    /// `primary` for the leader key holder, otherwise the published role.
+    pub role: String,
+    /// The published state.
+    pub state: String,
+    /// The timeline.
+    pub timeline: Option<TimelineId>,
+    /// Bytes behind the leader's write position; `None` for the leader or when unknown.
+    pub lag_bytes: Option<u64>,
+    /// The best WAL position.
+    pub lsn: Option<Lsn>,
+    /// The REST API.
+    pub api_url: String,
+    /// Tags.
+    pub tags: MemberTags,
+}
+
+/// The member table of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// The cluster.
+    pub scope: ClusterName,
+    /// The leader key holder.
+    pub leader: Option<MemberName>,
+    /// Members sorted by name.
+    pub members: Vec<MemberRow>,
+}
+
+/// Builds the member table from the `leader` and `members/*` keys.
+pub fn summarize(
+    scope: &ClusterName,
+    leader: Option<&MemberName>,
+    members: &BTreeMap<MemberName, MemberStatus>,
+) -> ClusterSummary {
+    let leader_lsn = leader
+        .and_then(|l| members.get(l))
+        .and_then(|m| m.wal.best());
+    let rows = members
+        .iter()
+        .map(|(name, m)| {
+            let (host, port) = m.host_port().unwrap_or_default();
+            let is_leader = leader == Some(name);
+            let role = if is_leader {
+                "primary".to_string()
+            } else if m.role == MemberRole::Primary {
+                "primary (no leader key)".to_string()
+            } else {
+                m.role.as_str().to_string()
+            };
+            let lsn = m.wal.best();
+            let lag_bytes = match (is_leader, leader_lsn, lsn) {
+                (false, Some(l), Some(mine)) if m.role == MemberRole::Replica => {
+                    Some(l.bytes_ahead_of(mine))
+                }
+                _ => None,
+            };
+            MemberRow {
+                name: name.clone(),
+                host,
+                port,
+                role,
+                state: m.state.as_str().to_string(),
+                timeline: m.timeline,
+                lag_bytes,
+                lsn,
+                api_url: m.api_url.clone(),
+                tags: m.tags.clone(),
+            }
+        })
+        .collect();
+    ClusterSummary {
+        scope: scope.clone(),
+        leader: leader.cloned(),
+        members: rows,
+    }
+}
+
+impl ClusterSummary {
+    /// The table as text: member, host:port, role, state, timeline, lag in MB.
+    pub fn to_table(&self) -> String {
+        let mut rows = vec![[
+            "Member".to_string(),
+            "Host".to_string(),
+            "Role".to_string(),
+            "State".to_string(),
+            "TL".to_string(),
+            "Lag in MB".to_string(),
+        ]];
+        for m in &self.members {
+            rows.push([
+                m.name.to_string(),
+                format!("{}:{}", m.host, m.port),
+                m.role.clone(),
+                m.state.clone(),
+                m.timeline.map(|t| t.to_string()).unwrap_or_default(),
+                m.lag_bytes
+                    .map(|b| format!("{:.1}", b as f64 / 1_048_576.0))
+                    .unwrap_or_default(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..6)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        let mut out = format!("Cluster: {}\n", self.scope);
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::member::{MemberState, WalPositions};
+
+    fn st(port: u16, role: MemberRole, lsn: u64) -> MemberStatus {
+        MemberStatus {
+            conn_url: format!("postgres://127.0.0.1:{port}/postgres"),
+            api_url: format!("http://127.0.0.1:{}", port + 1000),
+            role,
+            state: MemberState::Running,
+            timeline: Some(TimelineId(1)),
+            wal: if role == MemberRole::Primary {
+                WalPositions {
+                    write: Some(Lsn(lsn)),
+                    ..Default::default()
+                }
+            } else {
+                WalPositions {
+                    replay: Some(Lsn(lsn)),
+                    receive: Some(Lsn(lsn)),
+                    write: None,
+                }
+            },
+            tags: MemberTags::default(),
+        }
+    }
+
+    #[test]
+    fn lag_is_measured_against_the_leader() {
+        let scope = ClusterName::new("demo").expect("valid");
+        let a = MemberName::new("a").expect("valid");
+        let b = MemberName::new("b").expect("valid");
+        let members: BTreeMap<_, _> = [
+            (a.clone(), st(5432, MemberRole::Primary, 3 * 1_048_576)),
+            (b.clone(), st(5433, MemberRole::Replica, 1_048_576)),
+        ]
+        .into_iter()
+        .collect();
+        let s = summarize(&scope, Some(&a), &members);
+        assert_eq!(s.members[0].role, "primary");
+        assert_eq!(s.members[0].lag_bytes, None);
+        assert_eq!(s.members[1].lag_bytes, Some(2 * 1_048_576));
+        assert_eq!(
+            s.to_table(),
+            "Cluster: demo\n\
+             Member  Host            Role     State    TL  Lag in MB\n\
+             a       127.0.0.1:5432  primary  running  1\n\
+             b       127.0.0.1:5433  replica  running  1   2.0\n"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! `spilo list CLUSTER --etcd URL`: the member table of a running cluster, read straight from
+//! etcd (the `leader` and `members/*` keys), as text or JSON.
+
+use anyhow::Context;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use spilo_model::{
+    ClusterName, ClusterSummary, KeyKind, Keyspace, MemberName, MemberStatus, summarize,
+};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Reads the member table of `scope` from etcd at `endpoints`.
+pub async fn read_summary(
+    endpoints: &[String],
+    namespace: &str,
+    scope: &ClusterName,
+) -> anyhow::Result<ClusterSummary> {
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            if e.contains("://") {
+                e.clone()
+            } else {
+                format!("http://{e}")
+            }
+        })
+        .collect();
+    let timeout = Duration::from_secs(3);
+    let options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout);
+    let mut client = tokio::time::timeout(timeout, Client::connect(&endpoints, Some(options)))
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
+    let keys = Keyspace::with_namespace(namespace, scope);
+    let resp = tokio::time::timeout(
+        timeout,
+        client.get(keys.prefix(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("read {} from etcd", keys.prefix()))?;
+    let mut leader = None;
+    let mut members: BTreeMap<MemberName, MemberStatus> = BTreeMap::new();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        match keys.classify(key) {
+            Some(KeyKind::Leader) => {
+                leader = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|s| MemberName::new(s).ok());
+            }
+            Some(KeyKind::Member(name)) => {
+                let status = serde_json::from_slice(kv.value())
+                    .with_context(|| format!("{key} does not hold a member status"))?;
+                members.insert(name, status);
+            }
+            _ => {}
+        }
+    }
+    if members.is_empty() && leader.is_none() {
+        anyhow::bail!(
+            "no cluster named {scope} in etcd (nothing under {})",
+            keys.prefix()
+        );
+    }
+    Ok(summarize(scope, leader.as_ref(), &members))
+}

@@ -1,0 +1,453 @@
+//! A cluster of governors on one machine, each with its own data directory, PostgreSQL port
+//! and REST port, all in one temporary work directory that the unprivileged user owns.
+
+use crate::etcd::Etcd;
+use crate::ports;
+use crate::proc::{self, RunAs, Spawned};
+use crate::wait;
+use nix::sys::signal::Signal;
+use spilo_model::NodeStatus;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+/// The superuser password every test cluster uses.
+pub const SUPERUSER_PASSWORD: &str = "e2e-superuser-secret";
+
+/// How a test cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// The etcd scope.
+    pub scope: String,
+    /// How many members.
+    pub members: usize,
+    /// The `ha:` section of every member's configuration, as YAML flow text.
+    pub ha: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            scope: "e2e".into(),
+            members: 3,
+            ha: "{}".into(),
+        }
+    }
+}
+
+/// One member.
+pub struct Member {
+    /// Its name (`m1`, `m2`, ...).
+    pub name: String,
+    /// Its PostgreSQL port.
+    pub pg_port: u16,
+    /// Its REST port.
+    pub api_port: u16,
+    /// Its directory (data, run dir, config, log).
+    pub dir: PathBuf,
+    /// The etcd endpoint it uses (a proxy in partition tests).
+    pub etcd_hosts: Vec<String>,
+    /// Extra YAML appended to its configuration.
+    pub extra_yaml: String,
+    process: Option<Spawned>,
+}
+
+impl Member {
+    /// Its governor configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("governor.yaml")
+    }
+
+    /// Its governor log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("governor.log")
+    }
+
+    /// Its PostgreSQL server log.
+    pub fn pg_log_path(&self) -> PathBuf {
+        self.dir.join("data.run/postgresql.log")
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The governor's pid while it runs.
+    pub fn governor_pid(&mut self) -> Option<u32> {
+        let p = self.process.as_mut()?;
+        if p.exited() { None } else { Some(p.pid()) }
+    }
+}
+
+/// A test cluster with its own etcd.
+pub struct Cluster {
+    /// The etcd scope.
+    pub scope: String,
+    /// The members.
+    pub members: Vec<Member>,
+    /// The etcd all members use (unless a member's `etcd_hosts` says otherwise).
+    pub etcd: Etcd,
+    run_as: RunAs,
+    governor: PathBuf,
+    spilo: PathBuf,
+    secrets: PathBuf,
+    options: ClusterOptions,
+    // Dropped last: removes the work directory.
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Creates the work directory, starts etcd and writes every member's configuration.
+    /// Governors are not started yet.
+    pub async fn new(options: ClusterOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("spilo-e2e-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let run_as = RunAs::detect()?;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        let governor = proc::install_binary("governor", &bin)?;
+        let spilo = proc::install_binary("spilo", &bin)?;
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets)?;
+        for (file, value) in [
+            ("superuser", SUPERUSER_PASSWORD),
+            ("replication", "e2e-replication-secret"),
+        ] {
+            let p = secrets.join(file);
+            std::fs::write(&p, value)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            run_as.own(&p)?;
+        }
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))?;
+        run_as.own(&secrets)?;
+        let etcd = Etcd::start(dir.path()).await?;
+        let mut members = Vec::new();
+        for i in 1..=options.members {
+            let name = format!("m{i}");
+            let mdir = dir.path().join(&name);
+            std::fs::create_dir(&mdir)?;
+            run_as.own(&mdir)?;
+            members.push(Member {
+                name,
+                pg_port: ports::free(),
+                api_port: ports::free(),
+                dir: mdir,
+                etcd_hosts: vec![etcd.client_addr.clone()],
+                extra_yaml: String::new(),
+                process: None,
+            });
+        }
+        Ok(Self {
+            scope: options.scope.clone(),
+            members,
+            etcd,
+            run_as,
+            governor,
+            spilo,
+            secrets,
+            options,
+            dir,
+        })
+    }
+
+    /// The work directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The user servers run as.
+    pub fn run_as(&self) -> RunAs {
+        self.run_as
+    }
+
+    /// The installed governor binary.
+    pub fn governor_bin(&self) -> &Path {
+        &self.governor
+    }
+
+    /// The installed spilo binary.
+    pub fn spilo_bin(&self) -> &Path {
+        &self.spilo
+    }
+
+    /// The member called `name`.
+    pub fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The governor configuration text of a member.
+    pub fn config_text(&self, m: &Member) -> String {
+        let hosts: Vec<String> = m.etcd_hosts.iter().map(|h| format!("\"{h}\"")).collect();
+        format!(
+            "scope: {scope}\n\
+             name: {name}\n\
+             etcd: {{hosts: [{hosts}]}}\n\
+             postgresql:\n  \
+               bin_dir: /usr/lib/postgresql/15/bin\n  \
+               data_dir: {data}\n  \
+               listen: 127.0.0.1:{pg}\n  \
+               parameters: {{shared_buffers: 16MB, max_connections: '40'}}\n  \
+               authentication:\n    \
+                 superuser: {{username: postgres, password: {{file: {secrets}/superuser}}}}\n    \
+                 replication: {{username: replicator, password: {{file: {secrets}/replication}}}}\n\
+             restapi: {{listen: 127.0.0.1:{api}}}\n\
+             ha: {ha}\n{extra}",
+            scope = self.scope,
+            name = m.name,
+            hosts = hosts.join(", "),
+            data = m.data_dir().display(),
+            pg = m.pg_port,
+            secrets = self.secrets.display(),
+            api = m.api_port,
+            ha = self.options.ha,
+            extra = m.extra_yaml,
+        )
+    }
+
+    /// Writes a member's configuration and starts its governor.
+    pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
+        let text = self.config_text(self.member(name));
+        let run_as = self.run_as;
+        let governor = self.governor.clone();
+        let m = self.member_mut(name);
+        let path = m.config_path();
+        std::fs::write(&path, text)?;
+        run_as.own(&path)?;
+        let mut cmd = run_as.command(&governor);
+        cmd.arg("run").arg("--config").arg(&path).env(
+            "SPILO_LOG",
+            std::env::var("SPILO_E2E_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        m.process = Some(Spawned::start(cmd, &m.log_path())?);
+        Ok(())
+    }
+
+    /// Starts every member.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        for n in names {
+            self.start(&n)?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM to a governor; waits for it to exit (it stops PostgreSQL and releases its keys).
+    pub fn stop(&mut self, name: &str) -> anyhow::Result<()> {
+        let m = self.member_mut(name);
+        let Some(p) = m.process.as_mut() else {
+            return Ok(());
+        };
+        p.signal(Signal::SIGTERM);
+        if p.wait_exit(Duration::from_secs(60)).is_none() {
+            anyhow::bail!("governor {name} did not exit within 60s of SIGTERM");
+        }
+        m.process = None;
+        Ok(())
+    }
+
+    /// `kill -9` of a member's governor and of every process of its PostgreSQL at once.
+    /// Returns when the signals were sent (the processes are gone when it returns).
+    pub async fn kill9(&mut self, name: &str) -> anyhow::Result<std::time::Instant> {
+        let postmaster = self.status(name).await.and_then(|s| s.postmaster_pid);
+        let m = self.member_mut(name);
+        let Some(p) = m.process.as_mut() else {
+            anyhow::bail!("{name} is not running")
+        };
+        let governor = p.pid();
+        proc::kill_group(governor);
+        if let Some(pm) = postmaster {
+            proc::kill_group(pm);
+        }
+        let at = std::time::Instant::now();
+        p.wait_exit(Duration::from_secs(10));
+        m.process = None;
+        if let Some(pm) = postmaster {
+            wait::until(
+                "the killed postmaster to be gone",
+                Duration::from_secs(10),
+                || async move { (!proc::alive(pm)).then_some(()) },
+            )
+            .await?;
+        }
+        Ok(at)
+    }
+
+    /// `GET /status` of a member.
+    pub async fn status(&self, name: &str) -> Option<NodeStatus> {
+        let m = self.member(name);
+        let url = format!("http://127.0.0.1:{}/status", m.api_port);
+        let resp = http().get(url).send().await.ok()?;
+        resp.json().await.ok()
+    }
+
+    /// The HTTP status code of `path` on a member's REST API (`None` when it does not answer).
+    pub async fn http_code(&self, name: &str, path: &str) -> Option<u16> {
+        let m = self.member(name);
+        let url = format!("http://127.0.0.1:{}{path}", m.api_port);
+        http()
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    /// The members whose `/primary` answers 200.
+    pub async fn primaries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in &self.members {
+            if self.http_code(&m.name, "/primary").await == Some(200) {
+                out.push(m.name.clone());
+            }
+        }
+        out
+    }
+
+    /// Waits until exactly one member reports itself primary and returns it.
+    pub async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<String> {
+        wait::until("exactly one primary", timeout, || async {
+            let p = self.primaries().await;
+            (p.len() == 1).then(|| p[0].clone())
+        })
+        .await
+    }
+
+    /// Waits until `name` is a replica that streams from the leader (`/replica` answers 200).
+    pub async fn wait_streaming(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait::until(
+            &format!("{name} to stream as a replica"),
+            timeout,
+            || async { (self.http_code(name, "/replica").await == Some(200)).then_some(()) },
+        )
+        .await
+    }
+
+    /// A SQL connection to a member as the superuser, over TCP with its password.
+    pub async fn sql(&self, name: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let m = self.member(name);
+        connect(m.pg_port).await
+    }
+
+    /// The multi-host libpq string over every member that picks the writable one.
+    pub fn read_write_dsn(&self) -> String {
+        let hosts: Vec<&str> = self.members.iter().map(|_| "127.0.0.1").collect();
+        let ports: Vec<String> = self.members.iter().map(|m| m.pg_port.to_string()).collect();
+        format!(
+            "host={} port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres \
+             target_session_attrs=read-write connect_timeout=2",
+            hosts.join(","),
+            ports.join(",")
+        )
+    }
+
+    /// Runs the `spilo` CLI with `args`; returns (exit code, stdout, stderr).
+    pub fn spilo(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = std::process::Command::new(&self.spilo)
+            .args(args)
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The governor log lines of a member at ERROR level that match none of `allowed`.
+    pub fn unexpected_errors(&self, name: &str, allowed: &[&str]) -> Vec<String> {
+        let text = std::fs::read_to_string(self.member(name).log_path()).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(" ERROR "))
+            .filter(|l| !allowed.iter().any(|a| l.contains(a)))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Passes a test's result through, printing every log first when it is an error.
+    pub fn finish<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if result.is_err() {
+            self.print_logs();
+        }
+        result
+    }
+
+    /// Prints every log of the cluster (used when a test fails).
+    pub fn print_logs(&self) {
+        for m in &self.members {
+            for (what, path) in [("governor", m.log_path()), ("postgresql", m.pg_log_path())] {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(150)..];
+                eprintln!(
+                    "===== {} {what} log ({}) =====\n{}",
+                    m.name,
+                    path.display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        let text = std::fs::read_to_string(self.etcd.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!(
+            "===== etcd log (tail) =====\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        for m in &mut self.members {
+            if let Some(p) = m.process.as_mut() {
+                p.signal(Signal::SIGTERM);
+            }
+        }
+        for m in &mut self.members {
+            if let Some(p) = m.process.as_mut()
+                && p.wait_exit(Duration::from_secs(20)).is_none()
+            {
+                p.kill_group();
+            }
+        }
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Connects to a local PostgreSQL port as the test superuser.
+pub async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
+    let dsn = format!(
+        "host=127.0.0.1 port={port} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2"
+    );
+    connect_dsn(&dsn).await
+}
+
+/// Connects with a libpq-style connection string; the connection task ends with the client.
+pub async fn connect_dsn(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(dsn, NoTls)).await??;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}

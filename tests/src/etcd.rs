@@ -1,0 +1,96 @@
+//! A single-node etcd from Debian's `etcd-server`, on free loopback ports, with its data in the
+//! test's work directory.
+
+use crate::ports;
+use crate::proc::Spawned;
+use crate::wait;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A running etcd.
+pub struct Etcd {
+    /// `127.0.0.1:<client port>`.
+    pub client_addr: String,
+    /// The peer port (what `_etcd-server._tcp` SRV records point at).
+    pub peer_port: u16,
+    process: Spawned,
+}
+
+impl Etcd {
+    /// Starts etcd under `dir` and waits until it answers.
+    pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let binary = which("etcd")?;
+        let client = ports::free();
+        let peer = ports::free();
+        let data = dir.join("etcd");
+        std::fs::create_dir_all(&data)?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--name")
+            .arg("e0")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(format!("http://127.0.0.1:{client}"))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://127.0.0.1:{client}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer}"))
+            .arg("--initial-cluster")
+            .arg(format!("e0=http://127.0.0.1:{peer}"))
+            .arg("--logger")
+            .arg("zap");
+        let process = Spawned::start(cmd, &dir.join("etcd.log"))?;
+        let etcd = Self {
+            client_addr: format!("127.0.0.1:{client}"),
+            peer_port: peer,
+            process,
+        };
+        let url = etcd.url();
+        wait::until("etcd to answer", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let mut c = etcd_client::Client::connect([url], None).await.ok()?;
+                c.status().await.ok().map(|_| ())
+            }
+        })
+        .await?;
+        Ok(etcd)
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    /// A client.
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect([self.url()], None).await?)
+    }
+
+    /// The value of `key`, if set.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Option<(String, i64)>> {
+        let resp = self.client().await?.get(key, None).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())))
+    }
+
+    /// The log file.
+    pub fn log(&self) -> &Path {
+        &self.process.log
+    }
+}
+
+/// Finds a program on PATH or in the usual sbin directories.
+pub fn which(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{name} is not installed (run ./scripts/install-deps)"))
+}

@@ -1,0 +1,227 @@
+//! Write probers and the checks made on what they recorded.
+//!
+//! A prober writes a numbered row every interval and records, for each write PostgreSQL
+//! acknowledged, when it was sent and when the acknowledgement arrived. Two checks follow:
+//! every acknowledged row exists on the final primary (nothing acknowledged was lost), and, for
+//! per-member probers, no two members accepted writes at the same time.
+
+use crate::cluster::connect_dsn;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The table probers write into.
+pub const TABLE_DDL: &str =
+    "CREATE TABLE IF NOT EXISTS probe_writes (id bigint PRIMARY KEY, member text NOT NULL)";
+
+/// One acknowledged write.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    /// Who accepted it (the prober's label).
+    pub member: String,
+    /// The row id.
+    pub id: i64,
+    /// When the INSERT was sent.
+    pub sent: Instant,
+    /// When the acknowledgement arrived.
+    pub acked: Instant,
+}
+
+/// Running probers.
+pub struct Prober {
+    acks: Arc<Mutex<Vec<Ack>>>,
+    failures: Arc<Mutex<Vec<Instant>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+static NEXT_ID: AtomicI64 = AtomicI64::new(1);
+
+impl Prober {
+    /// One prober per `(label, dsn)`, each writing every `interval`.
+    pub fn start(targets: Vec<(String, String)>, interval: Duration) -> Self {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = targets
+            .into_iter()
+            .map(|(label, dsn)| {
+                let acks = acks.clone();
+                let failures = failures.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move { run(label, dsn, interval, acks, failures, stop).await })
+            })
+            .collect();
+        Self {
+            acks,
+            failures,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Acknowledged writes so far.
+    pub fn acks(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The first acknowledgement after `t`, if any.
+    pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+        self.acks().iter().map(|a| a.acked).filter(|a| *a > t).min()
+    }
+
+    /// Stops every prober and returns all acknowledged writes and the times writes failed.
+    pub async fn stop(self) -> (Vec<Ack>, Vec<Instant>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let acks = self.acks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (acks, failures)
+    }
+}
+
+async fn run(
+    label: String,
+    dsn: String,
+    interval: Duration,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    failures: Arc<Mutex<Vec<Instant>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let tick = Instant::now();
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = connect_dsn(&dsn).await.ok();
+        }
+        if let Some(c) = &client {
+            let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+            let sent = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(2),
+                c.execute(
+                    "INSERT INTO probe_writes (id, member) VALUES ($1, $2)",
+                    &[&id, &label],
+                ),
+            )
+            .await;
+            match r {
+                Ok(Ok(_)) => acks.lock().unwrap_or_else(|e| e.into_inner()).push(Ack {
+                    member: label.clone(),
+                    id,
+                    sent,
+                    acked: Instant::now(),
+                }),
+                _ => {
+                    failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(sent);
+                    client = None;
+                }
+            }
+        }
+        let next = tick + interval;
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
+/// Checks that the members accepted writes one after another, never two at once: ordered by
+/// acknowledgement, the writes form runs per member, and each run's last acknowledgement came
+/// before the next run's first write was even sent.
+pub fn check_single_writer(acks: &[Ack]) -> Result<(), String> {
+    let mut sorted: Vec<&Ack> = acks.iter().collect();
+    sorted.sort_by_key(|a| a.acked);
+    let mut runs: Vec<(String, Instant, Instant, Instant)> = Vec::new(); // member, first sent, last acked, first acked
+    for a in sorted {
+        match runs.last_mut() {
+            Some(run) if run.0 == a.member => {
+                run.2 = run.2.max(a.acked);
+                run.1 = run.1.min(a.sent);
+            }
+            _ => runs.push((a.member.clone(), a.sent, a.acked, a.acked)),
+        }
+    }
+    for pair in runs.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.2 >= b.1 {
+            return Err(format!(
+                "{} acknowledged a write {:?} after {} had already been sent one that it acknowledged: two writable members",
+                a.0,
+                a.2.saturating_duration_since(b.1),
+                b.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The acknowledged ids missing from `present`.
+pub fn lost(acks: &[Ack], present: &HashSet<i64>) -> Vec<i64> {
+    let mut missing: Vec<i64> = acks
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    missing.sort_unstable();
+    missing
+}
+
+/// The ids in `probe_writes` on a server.
+pub async fn ids_on(client: &tokio_postgres::Client) -> anyhow::Result<HashSet<i64>> {
+    let rows = client.query("SELECT id FROM probe_writes", &[]).await?;
+    rows.iter().map(|r| Ok(r.try_get::<_, i64>(0)?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(member: &str, sent_ms: u64, acked_ms: u64, base: Instant) -> Ack {
+        Ack {
+            member: member.into(),
+            id: 0,
+            sent: base + Duration::from_millis(sent_ms),
+            acked: base + Duration::from_millis(acked_ms),
+        }
+    }
+
+    #[test]
+    fn one_writer_after_another_passes() {
+        let t = Instant::now();
+        let acks = vec![
+            ack("a", 0, 5, t),
+            ack("a", 50, 55, t),
+            ack("b", 900, 905, t),
+        ];
+        assert!(check_single_writer(&acks).is_ok());
+    }
+
+    #[test]
+    fn writers_taking_turns_pass() {
+        let t = Instant::now();
+        let acks = vec![ack("a", 0, 5, t), ack("b", 50, 55, t), ack("a", 60, 65, t)];
+        assert!(check_single_writer(&acks).is_ok());
+    }
+
+    #[test]
+    fn a_write_accepted_while_another_member_was_writable_fails() {
+        let t = Instant::now();
+        let acks = vec![ack("a", 0, 5, t), ack("b", 50, 70, t), ack("a", 60, 65, t)];
+        assert!(check_single_writer(&acks).is_err());
+    }
+
+    #[test]
+    fn overlapping_writes_fail() {
+        let t = Instant::now();
+        let acks = vec![ack("a", 0, 100, t), ack("b", 50, 60, t)];
+        assert!(check_single_writer(&acks).is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! Processes: the unprivileged user servers run as, spawning them with logs in files, and
+//! stopping them for good.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Gid, Pid, Uid, User};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The user PostgreSQL and the governors run as: `postgres` when the tests run as root (CI
+/// does), otherwise the current user.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    /// User id.
+    pub uid: Uid,
+    /// Group id.
+    pub gid: Gid,
+}
+
+impl RunAs {
+    /// Picks the user as described above.
+    pub fn detect() -> anyhow::Result<Self> {
+        if Uid::effective().is_root() {
+            let user = User::from_name("postgres")?.ok_or_else(|| {
+                anyhow::anyhow!("running as root needs a `postgres` user for PostgreSQL")
+            })?;
+            Ok(Self {
+                uid: user.uid,
+                gid: user.gid,
+            })
+        } else {
+            Ok(Self {
+                uid: Uid::effective(),
+                gid: Gid::effective(),
+            })
+        }
+    }
+
+    /// Whether servers run as another user than the test.
+    pub fn is_other_user(&self) -> bool {
+        self.uid != Uid::effective()
+    }
+
+    /// Makes `path` belong to the run-as user.
+    pub fn own(&self, path: &Path) -> anyhow::Result<()> {
+        if self.is_other_user() {
+            nix::unistd::chown(path, Some(self.uid), Some(self.gid))?;
+        }
+        Ok(())
+    }
+
+    /// A command that runs as this user.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        if self.is_other_user() {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(self.uid.as_raw()).gid(self.gid.as_raw());
+        }
+        cmd
+    }
+}
+
+/// The workspace's target directory (where `cargo build --workspace` put the binaries).
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        let dir = PathBuf::from(dir);
+        let profile = dir.join("debug");
+        if profile.exists() {
+            return Ok(profile);
+        }
+    }
+    // A test executable lives in <target>/<profile>/deps/, a binary in <target>/<profile>/.
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().ok_or_else(|| {
+        anyhow::anyhow!("cannot find the target directory from {}", exe.display())
+    })?;
+    Ok(if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// Copies a workspace binary into `dir` (mode 0755) so the unprivileged user can run it even
+/// when the checkout lives under a directory it cannot enter.
+pub fn install_binary(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let src = target_dir()?.join(name);
+    if !src.exists() {
+        anyhow::bail!(
+            "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+            src.display()
+        );
+    }
+    let dst = dir.join(name);
+    std::fs::copy(&src, &dst)?;
+    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dst)
+}
+
+/// A spawned process whose output goes to a log file. Killed (with its process group) on drop.
+pub struct Spawned {
+    child: Child,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Spawned {
+    /// Starts `cmd` in its own process group with stdout and stderr appended to `log`.
+    pub fn start(mut cmd: Command, log: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0);
+        let child = cmd.spawn()?;
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Sends `signal`.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(pid(self.child.id()), signal);
+    }
+
+    /// Waits up to `timeout` for the exit; returns its code if it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL to the whole process group, then reaps.
+    pub fn kill_group(&mut self) {
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if !self.exited() {
+            self.kill_group();
+        }
+    }
+}
+
+/// A pid as nix wants it.
+pub fn pid(p: u32) -> Pid {
+    Pid::from_raw(i32::try_from(p).unwrap_or(i32::MAX))
+}
+
+/// Kills a process group by its leader's pid.
+pub fn kill_group(leader: u32) {
+    let _ = kill(Pid::from_raw(-(leader as i32)), Signal::SIGKILL);
+}
+
+/// Whether a process exists and is not a zombie (an orphan nobody has reaped yet is dead).
+pub fn alive(p: u32) -> bool {
+    if kill(pid(p), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}

@@ -1,0 +1,95 @@
+//! A TCP proxy the test controls, placed between one member and etcd. `partition()` makes it
+//! a black hole (open connections stop carrying bytes, new ones hang), like a network cut
+//! rather than a refused connection; `heal()` closes the stuck connections so clients
+//! reconnect.
+
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A running proxy.
+pub struct Proxy {
+    /// `127.0.0.1:<port>` to connect to instead of the upstream.
+    pub addr: String,
+    cut: Arc<watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`host:port`).
+    pub async fn start(upstream: String) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (tx, rx) = watch::channel(false);
+        let cut = Arc::new(tx);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let rx = rx.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move { relay(client, upstream, rx).await });
+            }
+        });
+        Ok(Self { addr, cut, task })
+    }
+
+    /// Stops carrying bytes.
+    pub fn partition(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Carries bytes again (connections stuck during the partition are closed).
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn relay(client: TcpStream, upstream: String, mut cut: watch::Receiver<bool>) {
+    if *cut.borrow() {
+        let _ = cut.wait_for(|c| !*c).await;
+        return;
+    }
+    let Ok(server) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (cr, cw) = client.into_split();
+    let (sr, sw) = server.into_split();
+    let a = tokio::spawn(pipe(cr, sw, cut.clone()));
+    let b = tokio::spawn(pipe(sr, cw, cut));
+    let _ = tokio::join!(a, b);
+}
+
+async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut cut: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if *cut.borrow() {
+            let _ = cut.wait_for(|c| !*c).await;
+            return;
+        }
+        tokio::select! {
+            r = from.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if *cut.borrow() {
+                        let _ = cut.wait_for(|c| !*c).await;
+                        return;
+                    }
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            r = cut.changed() => if r.is_err() { return },
+        }
+    }
+}
