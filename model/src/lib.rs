@@ -9,6 +9,7 @@ pub mod keys;
 pub mod lsn;
 pub mod member;
 pub mod names;
+pub mod spec;
 pub mod summary;
 
 pub use keys::{KeyKind, Keyspace};

@@ -107,6 +107,20 @@ dns_label_name!(
     /// The name of a PostgreSQL cluster: the etcd scope under `/service/`.
     ClusterName
 );
+
+impl schemars::JsonSchema for ClusterName {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ClusterName".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A DNS label: lowercase letters, digits and '-', at most 63 characters.",
+            "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+        })
+    }
+}
 dns_label_name!(
     /// The name of one member (one governor + one PostgreSQL instance) of a cluster.
     MemberName

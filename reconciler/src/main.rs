@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use spilo_model::ClusterName;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// spilo: highly available PostgreSQL clusters declared in git.
@@ -20,6 +21,19 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check cluster files: YAML, the schema, and the rules across fields and files.
+    Validate {
+        /// Files or directories (default: clusters/).
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Ask for a new cluster's settings (like `senza init`) and write its file.
+    Init(spilo::init::InitArgs),
+    /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
+    #[command(hide = true)]
+    Schema,
     /// Print the members of a running cluster (name, host:port, role, state, timeline, lag).
     List {
         /// The cluster (etcd scope).
@@ -54,7 +68,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -62,8 +76,50 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Validate { paths, format } => {
+            let paths = if paths.is_empty() {
+                vec![PathBuf::from("clusters")]
+            } else {
+                paths
+            };
+            let files = spilo::spec::read_files(&paths)?;
+            let checked = spilo::spec::validate_files(&files);
+            match format {
+                Format::Text => {
+                    print!("{}", spilo::spec::render_text(&checked.diagnostics));
+                    let errors = checked
+                        .diagnostics
+                        .iter()
+                        .filter(|d| d.severity == spilo::spec::Severity::Error)
+                        .count();
+                    let warnings = checked.diagnostics.len() - errors;
+                    eprintln!(
+                        "{} file(s) checked: {errors} error(s), {warnings} warning(s)",
+                        files.len()
+                    );
+                }
+                Format::Json => println!("{}", spilo::spec::render_json(&checked.diagnostics)),
+            }
+            Ok(if checked.has_errors() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Init(args) => {
+            let stdin = std::io::stdin();
+            let mut input = stdin.lock();
+            let mut out = std::io::stdout();
+            let path = spilo::init::run(&args, &mut input, &mut out)?;
+            println!("Check it with: spilo validate {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            print!("{}", spilo::spec::schema_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List {
             cluster,
             etcd,
@@ -75,7 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Format::Text => print!("{}", summary.to_table()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,0 +1,317 @@
+//! Rules the schema cannot express: exactly-one-of choices, limits that depend on other
+//! fields or on the target, and, across files, unique names and clone sources that exist.
+
+use super::diagnostic::{Diagnostic, Severity};
+use super::position::{Path, Positions};
+use super::validate::Reporter;
+use spilo_model::spec::{ClusterFile, Target, VolumeType};
+use std::collections::BTreeMap;
+
+/// Rules within one file.
+pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
+    let s = &f.spec;
+    let p = Path::parse;
+    match s.instances {
+        1 => r.at(
+            &p("spec.instances"),
+            Severity::Warning,
+            "a single instance cannot fail over; use 3 for high availability",
+        ),
+        2 => r.at(
+            &p("spec.instances"),
+            Severity::Warning,
+            "with 2 instances, losing one leaves no replica to fail over to; use 3",
+        ),
+        _ => {}
+    }
+
+    let ha = &s.ha;
+    if ha.loop_wait > ha.ttl {
+        r.at(
+            &p("spec.ha.loopWait"),
+            Severity::Error,
+            format!(
+                "must not exceed spec.ha.ttl ({}s), got {}s",
+                ha.ttl, ha.loop_wait
+            ),
+        );
+    }
+    if ha.retry_timeout >= ha.ttl {
+        r.at(&p("spec.ha.retryTimeout"), Severity::Error, format!(
+            "must be below spec.ha.ttl ({}s), got {}s: a primary must learn that etcd is gone before its lease ends",
+            ha.ttl, ha.retry_timeout
+        ));
+    }
+    if ha.synchronous_mode && ha.synchronous_node_count >= s.instances {
+        r.at(&p("spec.ha.synchronousNodeCount"), Severity::Error, format!(
+            "must be below spec.instances ({}): one instance is the primary, so at most {} can be synchronous standbys",
+            s.instances,
+            s.instances.saturating_sub(1)
+        ));
+    }
+
+    match (&s.bootstrap.initdb, &s.bootstrap.clone) {
+        (Some(_), Some(_)) => r.at(
+            &p("spec.bootstrap"),
+            Severity::Error,
+            "set exactly one of initdb or clone",
+        ),
+        (_, Some(c)) => {
+            if c.from == f.metadata.name {
+                r.at(
+                    &p("spec.bootstrap.clone.from"),
+                    Severity::Error,
+                    "a cluster cannot be cloned from itself",
+                );
+            }
+            if let Some(t) = &c.target_time
+                && time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .is_err()
+            {
+                r.at(&p("spec.bootstrap.clone.targetTime"), Severity::Error, format!(
+                    "must be an RFC 3339 time with a zone, such as 2026-11-25T18:00:00Z, got {t:?}"
+                ));
+            }
+            if s.backup.is_none() && s.target == Target::Aws {
+                r.at(
+                    &p("spec.bootstrap.clone"),
+                    Severity::Warning,
+                    "a clone reads the source's archive; the source needs spec.backup",
+                );
+            }
+        }
+        _ => {}
+    }
+
+    if let Some(dcs) = &s.dcs
+        && dcs.hosts.is_empty() == dcs.discovery_domain.is_none()
+    {
+        r.at(
+            &p("spec.dcs"),
+            Severity::Error,
+            "set exactly one of hosts or discoveryDomain",
+        );
+    }
+
+    for (field, secret) in [
+        ("superuser", &s.secrets.superuser),
+        ("replication", &s.secrets.replication),
+    ] {
+        if let Some(sr) = secret
+            && sr.sources() != 1
+        {
+            r.at(
+                &p(&format!("spec.secrets.{field}")),
+                Severity::Error,
+                "set exactly one of env, file, ssm or secretsManager",
+            );
+        }
+    }
+
+    match (s.target, &s.aws) {
+        (Target::Aws, None) => {
+            r.at(
+                &p("spec.target"),
+                Severity::Error,
+                "target aws needs a spec.aws section (at least region)",
+            );
+        }
+        (Target::Local, Some(_)) => {
+            r.at_key(
+                &p("spec.aws"),
+                Severity::Warning,
+                "ignored: this cluster's target is local",
+            );
+        }
+        _ => {}
+    }
+    if let (Target::Aws, Some(aws)) = (s.target, &s.aws) {
+        let st = &aws.storage;
+        if st.size < 10 {
+            r.at(
+                &p("spec.aws.storage.size"),
+                Severity::Error,
+                format!("must be at least 10 (GB) on AWS, got {}", st.size),
+            );
+        }
+        if st.iops.is_some()
+            && !matches!(
+                st.volume_type,
+                VolumeType::Io1 | VolumeType::Io2 | VolumeType::Gp3
+            )
+        {
+            r.at(
+                &p("spec.aws.storage.iops"),
+                Severity::Error,
+                "only io1, io2 and gp3 volumes take provisioned IOPS",
+            );
+        }
+        if st.throughput.is_some() && st.volume_type != VolumeType::Gp3 {
+            r.at(
+                &p("spec.aws.storage.throughput"),
+                Severity::Error,
+                "only gp3 volumes take a throughput",
+            );
+        }
+        if matches!(st.volume_type, VolumeType::Io1 | VolumeType::Io2) && st.iops.is_none() {
+            r.at(
+                &p("spec.aws.storage.iops"),
+                Severity::Error,
+                "io1 and io2 volumes need iops",
+            );
+        }
+        if aws.region.is_empty() {
+            r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
+        }
+        for (i, rule) in aws.extra_ingress.iter().enumerate() {
+            let at = p(&format!("spec.aws.extraIngress[{i}]"));
+            if rule.cidr.is_some() == rule.security_group.is_some() {
+                r.at(
+                    &at,
+                    Severity::Error,
+                    "set exactly one of cidr or securityGroup",
+                );
+            } else if let Some(c) = &rule.cidr
+                && !is_cidr(c)
+            {
+                r.at(
+                    &at.key("cidr"),
+                    Severity::Error,
+                    format!("must be an IPv4 range such as 10.0.0.0/16, got {c:?}"),
+                );
+            }
+        }
+    }
+
+    if let Some(b) = &s.backup
+        && b.schedule.split_whitespace().count() != 5
+    {
+        r.at(
+            &p("spec.backup.schedule"),
+            Severity::Error,
+            format!(
+                "must be a five-field cron expression such as \"0 1 * * *\", got {:?}",
+                b.schedule
+            ),
+        );
+    }
+
+    let ep = &s.endpoints;
+    if ep.replica.enabled && ep.replica.port == ep.primary.port {
+        r.at(
+            &p("spec.endpoints.replica.port"),
+            Severity::Error,
+            format!(
+                "must differ from spec.endpoints.primary.port ({})",
+                ep.primary.port
+            ),
+        );
+    }
+    for (field, path) in [
+        (
+            &ep.health_check.primary_path,
+            "spec.endpoints.healthCheck.primaryPath",
+        ),
+        (
+            &ep.health_check.replica_path,
+            "spec.endpoints.healthCheck.replicaPath",
+        ),
+    ] {
+        if !field.starts_with('/') {
+            r.at(
+                &p(path),
+                Severity::Error,
+                format!("must start with '/', got {field:?}"),
+            );
+        }
+    }
+
+    if let Some(ports) = &s.local.ports {
+        let n = u32::from(u16::try_from(s.instances).unwrap_or(u16::MAX));
+        let mut used: Vec<(&str, u32, u32)> = vec![
+            ("primary", u32::from(ports.primary), 1),
+            ("postgres", u32::from(ports.postgres), n),
+            ("api", u32::from(ports.api), n),
+        ];
+        if let Some(rp) = ports.replica {
+            used.push(("replica", u32::from(rp), 1));
+        }
+        if let Some(e) = ports.etcd {
+            used.push(("etcd", u32::from(e), 2));
+        }
+        'outer: for (i, a) in used.iter().enumerate() {
+            for b in &used[i + 1..] {
+                if a.1 < b.1 + b.2 && b.1 < a.1 + a.2 {
+                    r.at(
+                        &p(&format!("spec.local.ports.{}", b.0)),
+                        Severity::Error,
+                        format!(
+                            "ports {}..{} overlap spec.local.ports.{} ({}..{})",
+                            b.1,
+                            b.1 + b.2 - 1,
+                            a.0,
+                            a.1,
+                            a.1 + a.2 - 1
+                        ),
+                    );
+                    break 'outer;
+                }
+            }
+            if a.1 + a.2 - 1 > 65535 {
+                r.at(
+                    &p(&format!("spec.local.ports.{}", a.0)),
+                    Severity::Error,
+                    "the range runs past port 65535",
+                );
+            }
+        }
+    }
+}
+
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, bits)) = s.split_once('/') else {
+        return false;
+    };
+    ip.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+}
+
+/// Rules across files: unique names, clone sources that exist.
+pub(super) fn across_files<'a, F>(
+    files: &'a [(String, ClusterFile, Positions)],
+    out: &'a mut Vec<Diagnostic>,
+    reporter: F,
+) where
+    F: for<'b> Fn(&'b str, &'b Positions, &'b mut Vec<Diagnostic>) -> Reporter<'b>,
+{
+    let mut first: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, f, pos) in files {
+        let cluster = f.metadata.name.to_string();
+        match first.get(&cluster) {
+            Some(other) => reporter(name, pos, out).at(
+                &Path::parse("metadata.name"),
+                Severity::Error,
+                format!("cluster name `{cluster}` is already used by {other}"),
+            ),
+            None => {
+                first.insert(cluster, name);
+            }
+        }
+    }
+    for (name, f, pos) in files {
+        if let Some(c) = &f.spec.bootstrap.clone
+            && c.from != f.metadata.name
+            && !first.contains_key(c.from.as_str())
+        {
+            let known: Vec<&str> = first.keys().map(String::as_str).collect();
+            reporter(name, pos, out).at(
+                &Path::parse("spec.bootstrap.clone.from"),
+                Severity::Error,
+                format!(
+                    "no cluster named `{}` in the files checked (known: {})",
+                    c.from,
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+}

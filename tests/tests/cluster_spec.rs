@@ -1,0 +1,211 @@
+//! The cluster file: its schema is current, the examples in `clusters/` are valid, and every
+//! broken file in `tests/corpus/invalid/` produces exactly the diagnostics in its `.expected`
+//! file (`SPILO_BLESS=1 cargo test --test cluster_spec` rewrites them after a reviewed change).
+
+use spilo::spec::{Severity, render_text, validate_files};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn read_case(dir: &Path, entry: &Path) -> Vec<(String, String)> {
+    let files: Vec<PathBuf> = if entry.is_dir() {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(entry)
+            .expect("case dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        f.sort();
+        f
+    } else {
+        vec![entry.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let name = f
+                .strip_prefix(dir)
+                .expect("inside corpus")
+                .display()
+                .to_string();
+            (name, std::fs::read_to_string(&f).expect("read case"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_broken_file_gets_exactly_its_expected_messages() {
+    let dir = root().join("tests/corpus/invalid");
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.is_dir() || p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    assert!(
+        entries.len() >= 25,
+        "the corpus has {} cases",
+        entries.len()
+    );
+    let bless = std::env::var_os("SPILO_BLESS").is_some();
+    let mut messages = BTreeSet::new();
+    let mut mismatches = Vec::new();
+    for entry in &entries {
+        let checked = validate_files(&read_case(&dir, entry));
+        assert!(checked.has_errors(), "{} must be rejected", entry.display());
+        for d in &checked.diagnostics {
+            messages.insert(d.message.clone());
+        }
+        let got = render_text(&checked.diagnostics);
+        let expected_path = if entry.is_dir() {
+            entry.join("expected")
+        } else {
+            entry.with_extension("expected")
+        };
+        if bless {
+            std::fs::write(&expected_path, &got).expect("write expected");
+            continue;
+        }
+        let want = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if got != want {
+            mismatches.push(format!(
+                "{}:\n--- expected\n{want}--- got\n{got}",
+                entry.display()
+            ));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(
+        messages.len() >= 25,
+        "only {} distinct messages",
+        messages.len()
+    );
+}
+
+#[test]
+fn the_example_clusters_and_the_minimal_file_are_valid() {
+    for dir in [root().join("clusters"), root().join("tests/corpus/valid")] {
+        let files = spilo::spec::read_files(std::slice::from_ref(&dir)).expect("read");
+        assert!(!files.is_empty(), "{} has cluster files", dir.display());
+        let checked = validate_files(&files);
+        assert_eq!(render_text(&checked.diagnostics), "", "{}", dir.display());
+        assert_eq!(checked.files.len(), files.len());
+    }
+}
+
+#[test]
+fn the_committed_schema_is_generated_from_the_types() {
+    let committed =
+        std::fs::read_to_string(root().join("schemas/cluster.schema.json")).unwrap_or_default();
+    assert!(
+        committed == spilo::spec::schema_json(),
+        "schemas/cluster.schema.json is stale: run `cargo run -p spilo -- schema > schemas/cluster.schema.json`"
+    );
+}
+
+#[test]
+fn a_file_with_few_instances_is_accepted_with_a_warning() {
+    let text = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: solo\nspec:\n  instances: 1\n";
+    let checked = validate_files(&[("solo.yaml".into(), text.into())]);
+    assert!(!checked.has_errors());
+    assert_eq!(
+        render_text(&checked.diagnostics),
+        "solo.yaml:6:14: spec.instances: warning: a single instance cannot fail over; use 3 for high availability\n"
+    );
+    assert_eq!(checked.diagnostics[0].severity, Severity::Warning);
+}
+
+#[test]
+fn spilo_validate_prints_every_problem_and_exits_1() {
+    let spilo = spilo_e2e::proc::target_dir().expect("target").join("spilo");
+    let bad = root().join("tests/corpus/invalid/19-retry-timeout-not-below-ttl.yaml");
+    let out = std::process::Command::new(&spilo)
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .expect("run spilo");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "{}:8:19: spec.ha.retryTimeout: must be below",
+            bad.display()
+        )),
+        "{stdout}"
+    );
+    let json = std::process::Command::new(&spilo)
+        .args(["validate", "--format", "json"])
+        .arg(&bad)
+        .output()
+        .expect("run spilo");
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(parsed[0]["path"], "spec.ha.retryTimeout");
+    assert_eq!(parsed[0]["line"], 8);
+    assert_eq!(parsed[0]["severity"], "error");
+    let good = std::process::Command::new(&spilo)
+        .arg("validate")
+        .arg(root().join("clusters"))
+        .output()
+        .expect("run spilo");
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stdout)
+    );
+}
+
+#[test]
+fn spilo_init_takes_answers_on_stdin_and_writes_a_valid_file() {
+    use std::io::Write;
+    let spilo = spilo_e2e::proc::target_dir().expect("target").join("spilo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("clusters/payments.yaml");
+    let mut child = std::process::Command::new(&spilo)
+        .arg("init")
+        .arg("--output")
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run spilo init");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"payments\n3\naws\n\n\n\n\n\n100\ngp3\n\n\n\n")
+        .expect("answer");
+    let result = child.wait_with_output().expect("wait");
+    let shown = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(result.status.code(), Some(0), "{shown}");
+    for prompt in [
+        "EC2 instance type [t2.micro]: ",
+        "Hosted Zone [acid.example.com]: ",
+        "ETCD Discovery Domain [postgres.example.com]: ",
+        "Database volume size (GB, 10 or more) [10]: ",
+        "Filesystem mount options (comma-separated) [noatime,nodiratime,nobarrier]: ",
+    ] {
+        assert!(
+            shown.contains(prompt),
+            "missing prompt {prompt:?} in {shown}"
+        );
+    }
+    let check = std::process::Command::new(&spilo)
+        .arg("validate")
+        .arg(&out)
+        .output()
+        .expect("validate");
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let text = std::fs::read_to_string(&out).expect("written");
+    assert!(text.contains("storage: {size: 100, type: gp3, filesystem: ext4, mountOptions: [noatime, nodiratime, nobarrier]}"), "{text}");
+}
