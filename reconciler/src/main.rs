@@ -30,7 +30,7 @@ enum Command {
         format: Format,
     },
     /// Ask for a new cluster's settings (like `senza init`) and write its file.
-    Init(spilo::init::InitArgs),
+    Init(Box<spilo::init::InitArgs>),
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
     #[command(hide = true)]
     Schema,
