@@ -8,4 +8,5 @@
 
 pub mod init;
 pub mod list;
+pub mod local;
 pub mod spec;

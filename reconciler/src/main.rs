@@ -31,6 +31,30 @@ enum Command {
     },
     /// Ask for a new cluster's settings (like `senza init`) and write its file.
     Init(Box<spilo::init::InitArgs>),
+    /// Run the local clusters of clusters/ on this machine, in the foreground.
+    Up(spilo::local::up::UpArgs),
+    /// Show local clusters: endpoints and members with role, state, lag and pids.
+    Status {
+        /// One cluster (default: all).
+        cluster: Option<String>,
+        /// The state directory (default: .spilo/ beside clusters/).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Stop local clusters; --purge also deletes their data.
+    Down {
+        /// One cluster (default: all).
+        cluster: Option<String>,
+        /// The state directory (default: .spilo/ beside clusters/).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Delete the cluster's data, logs and generated files too.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
     #[command(hide = true)]
     Schema,
@@ -55,9 +79,16 @@ enum Command {
     },
 }
 
+fn local_layout(state_dir: Option<PathBuf>) -> anyhow::Result<spilo::local::state::Layout> {
+    let run_as = spilo::local::user::RunAs::detect()?;
+    let (root, _) =
+        spilo::local::state_dir(state_dir.as_deref(), &[PathBuf::from("clusters")], &run_as)?;
+    Ok(spilo::local::state::Layout { root })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -114,6 +145,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout();
             let path = spilo::init::run(&args, &mut input, &mut out)?;
             println!("Check it with: spilo validate {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up(args) => {
+            spilo::local::up::up(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            cluster,
+            state_dir,
+            format,
+        } => {
+            let layout = local_layout(state_dir)?;
+            let report = spilo::local::status::collect(&layout, cluster.as_deref()).await?;
+            match format {
+                Format::Text => print!("{}", spilo::local::status::render(&report)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down {
+            cluster,
+            state_dir,
+            purge,
+        } => {
+            let layout = local_layout(state_dir)?;
+            spilo::local::down::down(&layout, cluster.as_deref(), purge).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod dns;
 pub mod etcd;
+pub mod local;
 pub mod patroni;
 pub mod ports;
 pub mod probe;

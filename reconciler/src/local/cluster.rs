@@ -1,0 +1,569 @@
+//! One local cluster under supervision: etcd (unless the cluster names etcd hosts), one
+//! governor per instance, HAProxy. Starts them, starts again whatever dies (like the
+//! auto-scaling group replaces dead instances), resizes, and stops them in order: replicas,
+//! then the primary (which releases the leader key), then HAProxy, then etcd.
+
+use super::governor_config;
+use super::haproxy;
+use super::ports::Ports;
+use super::state::{ClusterState, Layout, MemberState};
+use super::user::RunAs;
+use anyhow::{Context, bail};
+use spilo_model::NodeStatus;
+use spilo_model::spec::ClusterFile;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// A child process with its restart bookkeeping.
+struct Proc {
+    child: Child,
+    pid: u32,
+    started: Instant,
+}
+
+/// One cluster as `spilo up` runs it.
+pub struct LocalCluster {
+    /// The cluster name.
+    pub name: String,
+    /// The cluster file it runs.
+    pub file: ClusterFile,
+    source: String,
+    dir: PathBuf,
+    layout: Layout,
+    ports: Ports,
+    run_as: RunAs,
+    governor_bin: PathBuf,
+    etcd_endpoints: Vec<String>,
+    etcd: Option<Proc>,
+    haproxy: Option<Proc>,
+    members: Vec<Option<Proc>>,
+    restart_after: Vec<Option<Instant>>,
+    failures: Vec<u32>,
+}
+
+fn spawn(mut cmd: Command, log: &Path, run_as: &RunAs) -> anyhow::Result<Proc> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    run_as.own(log)?;
+    run_as.apply(&mut cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("start {:?}", cmd.as_std().get_program()))?;
+    let pid = child.id().unwrap_or(0);
+    Ok(Proc {
+        child,
+        pid,
+        started: Instant::now(),
+    })
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(p) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
+    }
+}
+
+async fn stop_proc(p: &mut Proc, what: &str, timeout: Duration) {
+    signal(p.pid, nix::sys::signal::Signal::SIGTERM);
+    if tokio::time::timeout(timeout, p.child.wait()).await.is_err() {
+        eprintln!(
+            "  {what} did not stop within {}s; killing it",
+            timeout.as_secs()
+        );
+        if let Ok(pgid) = i32::try_from(p.pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = p.child.wait().await;
+    }
+}
+
+/// Whether a PostgreSQL server answers on `port`: it replies to an SSLRequest with one byte,
+/// `N` or `S`, while HAProxy with no healthy server behind it just closes the connection.
+pub async fn postgres_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .ok()?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.ok()?;
+        Some(b[0] == b'N' || b[0] == b'S')
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// A random password, hex encoded.
+fn random_password() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 18];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &Path, text: &str, run_as: &RunAs) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    run_as.own(path)?;
+    Ok(())
+}
+
+fn mkdir(path: &Path, mode: u32, run_as: &RunAs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    run_as.own(path)?;
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Prepares a cluster's directory: secrets (generated once), the governor binary, etcd and
+    /// member directories, the WAL bucket directory. Starts nothing.
+    pub fn prepare(
+        file: ClusterFile,
+        source: String,
+        layout: &Layout,
+        ports: Ports,
+        run_as: &RunAs,
+        governor_bin: &Path,
+    ) -> anyhow::Result<Self> {
+        let name = file.metadata.name.to_string();
+        let dir = layout.cluster(&name);
+        mkdir(&dir, 0o755, run_as)?;
+        let secrets = dir.join("secrets");
+        mkdir(&secrets, 0o700, run_as)?;
+        for s in ["superuser", "replication"] {
+            let p = secrets.join(s);
+            if !p.exists() {
+                write_private(&p, &random_password()?, run_as)?;
+            }
+        }
+        let su = std::fs::read_to_string(secrets.join("superuser"))?;
+        write_private(
+            &dir.join("pgpass"),
+            &format!("*:*:*:postgres:{}\n", su.trim()),
+            run_as,
+        )?;
+        mkdir(&dir.join("bin"), 0o755, run_as)?;
+        let bin = dir.join("bin/governor");
+        std::fs::copy(governor_bin, &bin)
+            .with_context(|| format!("copy {}", governor_bin.display()))?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        mkdir(&dir.join("members"), 0o755, run_as)?;
+        mkdir(&dir.join("bucket"), 0o700, run_as)?;
+        let etcd_endpoints = match (&file.spec.dcs, ports.etcd) {
+            (Some(dcs), _) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
+            (_, Some(port)) => vec![format!("127.0.0.1:{port}")],
+            _ => bail!(
+                "cluster {name}: the local target needs etcd hosts in spec.dcs.hosts or runs its own etcd"
+            ),
+        };
+        let n = usize::from(ports.instances);
+        Ok(Self {
+            name,
+            file,
+            source,
+            dir,
+            layout: layout.clone(),
+            ports,
+            run_as: run_as.clone(),
+            governor_bin: bin,
+            etcd_endpoints,
+            etcd: None,
+            haproxy: None,
+            members: (0..n).map(|_| None).collect(),
+            restart_after: vec![None; n],
+            failures: vec![0; n],
+        })
+    }
+
+    /// The cluster's ports.
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    fn member_name(&self, i: usize) -> String {
+        format!("{}-{i}", self.name)
+    }
+
+    fn member_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("members").join(self.member_name(i))
+    }
+
+    /// Starts etcd (when this cluster runs its own) and waits until it answers.
+    pub async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let Some(port) = self.ports.etcd else {
+            return Ok(());
+        };
+        let data = self.dir.join("etcd");
+        mkdir(&data, 0o700, &self.run_as)?;
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg("--advertise-client-urls")
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", port + 1))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{}", port + 1))
+            .arg("--initial-cluster")
+            .arg(format!("{}=http://127.0.0.1:{}", self.name, port + 1))
+            .arg("--logger")
+            .arg("zap");
+        self.etcd = Some(spawn(cmd, &self.dir.join("etcd.log"), &self.run_as)?);
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = async {
+                let mut c = etcd_client::Client::connect([url.clone()], None)
+                    .await
+                    .ok()?;
+                c.status().await.ok()
+            };
+            if tokio::time::timeout(Duration::from_secs(2), ok)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Ok(());
+            }
+            if let Some(p) = self.etcd.as_mut()
+                && let Ok(Some(status)) = p.child.try_wait()
+            {
+                bail!(
+                    "etcd exited ({status}); see {}",
+                    self.dir.join("etcd.log").display()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "etcd did not answer within 30s; see {}",
+                    self.dir.join("etcd.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Writes member `i`'s configuration and starts its governor.
+    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let mdir = self.member_dir(i);
+        mkdir(&mdir, 0o755, &self.run_as)?;
+        let idx = u16::try_from(i).unwrap_or(u16::MAX);
+        let cfg = governor_config::render(
+            &self.file,
+            idx,
+            &self.ports,
+            &self.etcd_endpoints,
+            &mdir,
+            &self.dir.join("secrets"),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", self.source))?;
+        let path = mdir.join("governor.yaml");
+        std::fs::write(&path, cfg)?;
+        self.run_as.own(&path)?;
+        let mut cmd = Command::new(&self.governor_bin);
+        cmd.arg("run").arg("--config").arg(&path).env(
+            "SPILO_LOG",
+            std::env::var("SPILO_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let p = spawn(cmd, &mdir.join("governor.log"), &self.run_as)?;
+        if let Some(slot) = self.members.get_mut(i) {
+            *slot = Some(p);
+        }
+        Ok(())
+    }
+
+    /// Writes haproxy.cfg and starts HAProxy, or makes a running one reload it.
+    pub fn start_or_reload_haproxy(&mut self) -> anyhow::Result<()> {
+        let hc = &self.file.spec.endpoints.health_check;
+        let cfg = haproxy::config(
+            &self.name,
+            &self.ports,
+            &hc.primary_path,
+            &hc.replica_path,
+            hc.interval,
+        );
+        let path = self.dir.join("haproxy.cfg");
+        std::fs::write(&path, cfg)?;
+        if let Some(p) = &self.haproxy {
+            // HAProxy in master-worker mode re-reads its configuration on SIGUSR2.
+            signal(p.pid, nix::sys::signal::Signal::SIGUSR2);
+            return Ok(());
+        }
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-W").arg("-db").arg("-f").arg(&path);
+        self.haproxy = Some(spawn(cmd, &self.dir.join("haproxy.log"), &self.run_as)?);
+        Ok(())
+    }
+
+    /// Starts everything that is not running yet, in order.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        if self.etcd.is_none() {
+            self.start_etcd().await?;
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].is_none() {
+                self.start_member(i)?;
+            }
+        }
+        self.start_or_reload_haproxy()?;
+        self.write_state()
+    }
+
+    /// Starts again whatever exited, with a growing delay for things that keep dying.
+    pub async fn keep_alive(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if let Some(p) = self.etcd.as_mut()
+            && let Ok(Some(status)) = p.child.try_wait()
+        {
+            eprintln!("{}: etcd exited ({status}); starting it again", self.name);
+            self.etcd = None;
+            self.start_etcd().await?;
+        }
+        if let Some(p) = self.haproxy.as_mut()
+            && let Ok(Some(status)) = p.child.try_wait()
+        {
+            eprintln!(
+                "{}: HAProxy exited ({status}); starting it again",
+                self.name
+            );
+            self.haproxy = None;
+            self.start_or_reload_haproxy()?;
+        }
+        for i in 0..self.members.len() {
+            let exited = match self.members[i].as_mut() {
+                Some(p) => match p.child.try_wait() {
+                    Ok(Some(status)) => Some((status, p.started.elapsed())),
+                    _ => None,
+                },
+                None => None,
+            };
+            if let Some((status, ran)) = exited {
+                // The first death is replaced at once; a member that keeps dying waits longer
+                // each time (1 s, 2 s, ... up to a minute) so it does not spin.
+                self.failures[i] = if ran > Duration::from_secs(60) {
+                    1
+                } else {
+                    self.failures[i] + 1
+                };
+                let delay = match self.failures[i] {
+                    0 | 1 => Duration::ZERO,
+                    n => Duration::from_secs(1u64 << (n - 2).min(6)).min(Duration::from_secs(60)),
+                };
+                eprintln!(
+                    "{}: the governor of {} exited ({status}); starting it again{} (log: {})",
+                    self.name,
+                    self.member_name(i),
+                    if delay.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" in {}s", delay.as_secs())
+                    },
+                    self.member_dir(i).join("governor.log").display()
+                );
+                self.members[i] = None;
+                self.restart_after[i] = Some(now + delay);
+            }
+            if self.members[i].is_none() && self.restart_after[i].is_some_and(|t| now >= t) {
+                self.restart_after[i] = None;
+                self.start_member(i)?;
+            }
+        }
+        self.write_state()
+    }
+
+    /// Changes the number of members: new ones start and join; removed ones (the highest
+    /// numbers) stop gracefully, so a primary among them hands over first.
+    pub async fn resize(&mut self, file: ClusterFile, ports: Ports) -> anyhow::Result<()> {
+        let want = usize::from(ports.instances);
+        let have = self.members.len();
+        self.file = file;
+        if want < have {
+            for i in (want..have).rev() {
+                if let Some(mut p) = self.members[i].take() {
+                    eprintln!("{}: stopping {}", self.name, self.member_name(i));
+                    stop_proc(&mut p, &self.member_name(i), Duration::from_secs(90)).await;
+                }
+            }
+            self.members.truncate(want);
+            self.restart_after.truncate(want);
+            self.failures.truncate(want);
+        }
+        for i in have..want {
+            let i = u16::try_from(i).unwrap_or(u16::MAX);
+            for (port, what) in [
+                (ports.postgres + i, "PostgreSQL"),
+                (ports.api + i, "REST API"),
+            ] {
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                    bail!(
+                        "port {port} for the {what} of {}-{i} is already in use; the new member was not started",
+                        self.name
+                    );
+                }
+            }
+        }
+        self.ports = ports;
+        while self.members.len() < want {
+            self.members.push(None);
+            self.restart_after.push(None);
+            self.failures.push(0);
+        }
+        for i in have..want {
+            self.start_member(i)?;
+        }
+        self.start_or_reload_haproxy()?;
+        self.write_state()
+    }
+
+    async fn leader(&self) -> Option<usize> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .ok()?;
+        for i in 0..self.members.len() {
+            let url = format!(
+                "http://127.0.0.1:{}/status",
+                self.ports.api + u16::try_from(i).ok()?
+            );
+            if let Ok(resp) = http.get(url).send().await
+                && let Ok(s) = resp.json::<NodeStatus>().await
+                && s.is_leader
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Stops everything in order: replicas, the primary, HAProxy, etcd.
+    pub async fn stop(&mut self) {
+        let leader = self.leader().await;
+        let mut replicas = Vec::new();
+        for i in 0..self.members.len() {
+            if Some(i) != leader
+                && let Some(p) = self.members[i].take()
+            {
+                replicas.push((self.member_name(i), p));
+            }
+        }
+        if !replicas.is_empty() {
+            let names: Vec<&str> = replicas.iter().map(|(n, _)| n.as_str()).collect();
+            eprintln!("{}: stopping replicas {}", self.name, names.join(", "));
+            futures::future::join_all(
+                replicas
+                    .iter_mut()
+                    .map(|(n, p)| stop_proc(p, n, Duration::from_secs(90))),
+            )
+            .await;
+        }
+        if let Some(i) = leader
+            && let Some(mut p) = self.members[i].take()
+        {
+            eprintln!(
+                "{}: stopping the primary {} (it releases the leader key)",
+                self.name,
+                self.member_name(i)
+            );
+            stop_proc(&mut p, &self.member_name(i), Duration::from_secs(90)).await;
+        }
+        if let Some(mut p) = self.haproxy.take() {
+            eprintln!("{}: stopping HAProxy", self.name);
+            stop_proc(&mut p, "HAProxy", Duration::from_secs(10)).await;
+        }
+        if let Some(mut p) = self.etcd.take() {
+            eprintln!("{}: stopping etcd", self.name);
+            stop_proc(&mut p, "etcd", Duration::from_secs(30)).await;
+        }
+        let _ = self.write_state();
+    }
+
+    /// Records the processes in `state.json`.
+    pub fn write_state(&self) -> anyhow::Result<()> {
+        let members = (0..self.members.len())
+            .map(|i| MemberState {
+                name: self.member_name(i),
+                governor_pid: self.members[i].as_ref().map(|p| p.pid),
+                pg_port: self.ports.postgres + u16::try_from(i).unwrap_or(0),
+                api_port: self.ports.api + u16::try_from(i).unwrap_or(0),
+            })
+            .collect();
+        self.layout.write(&ClusterState {
+            cluster: self.name.clone(),
+            file: self.source.clone(),
+            supervisor_pid: std::process::id(),
+            ports: self.ports.clone(),
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            etcd_pid: self.etcd.as_ref().map(|p| p.pid),
+            haproxy_pid: self.haproxy.as_ref().map(|p| p.pid),
+            members,
+        })
+    }
+
+    /// Waits until a member is the primary and PostgreSQL answers through the primary endpoint.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.leader().await.is_some() && postgres_answers(self.ports.primary).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "cluster {} has no primary after {}s; see {}",
+                    self.name,
+                    timeout.as_secs(),
+                    self.dir.join("members").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The connection strings printed when the cluster is ready.
+    pub fn connection_info(&self) -> String {
+        let hosts: Vec<&str> = (0..self.ports.instances).map(|_| "127.0.0.1").collect();
+        let ports: Vec<String> = (0..self.ports.instances)
+            .map(|i| (self.ports.postgres + i).to_string())
+            .collect();
+        let mut s = format!(
+            "cluster {} is ready\n  primary (through HAProxy):  postgresql://postgres@127.0.0.1:{}/postgres\n",
+            self.name, self.ports.primary
+        );
+        if let Some(r) = self.ports.replica {
+            s.push_str(&format!(
+                "  replicas (through HAProxy): postgresql://postgres@127.0.0.1:{r}/postgres\n"
+            ));
+        }
+        s.push_str(&format!(
+            "  any member, read-write:     host={} port={} user=postgres dbname=postgres target_session_attrs=read-write\n  \
+             password:                   PGPASSFILE={}\n",
+            hosts.join(","),
+            ports.join(","),
+            self.dir.join("pgpass").display()
+        ));
+        s
+    }
+}

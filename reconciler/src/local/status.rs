@@ -1,0 +1,226 @@
+//! `spilo status [CLUSTER] [--format json]`: each local cluster's endpoints and, per member,
+//! role, state, timeline, lag, address, REST URL and the pids of its governor and postmaster,
+//! asked from the governors themselves.
+//!
+//! The JSON form is a contract for scripts (documented in README): add fields, never rename.
+
+use super::state::{self, ClusterState, Layout};
+use serde::Serialize;
+use spilo_model::NodeStatus;
+use std::time::Duration;
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// One entry per cluster.
+    pub clusters: Vec<ClusterReport>,
+}
+
+/// One cluster.
+#[derive(Debug, Serialize)]
+pub struct ClusterReport {
+    /// Its name.
+    pub name: String,
+    /// Whether its `spilo up` supervisor is alive.
+    pub supervised: bool,
+    /// The supervisor's pid.
+    pub supervisor_pid: u32,
+    /// The cluster file.
+    pub file: String,
+    /// `host:port` of the load-balanced endpoints.
+    pub endpoints: Endpoints,
+    /// etcd client endpoints.
+    pub etcd: Vec<String>,
+    /// The member that holds the leader key, if any.
+    pub leader: Option<String>,
+    /// Members in order.
+    pub members: Vec<MemberReport>,
+}
+
+/// Load-balanced endpoints.
+#[derive(Debug, Serialize)]
+pub struct Endpoints {
+    /// The primary endpoint.
+    pub primary: String,
+    /// The replica endpoint, when enabled.
+    pub replica: Option<String>,
+}
+
+/// One member.
+#[derive(Debug, Serialize)]
+pub struct MemberReport {
+    /// Name.
+    pub name: String,
+    /// `primary`, `replica`, `uninitialized`, or `unknown` when the governor does not answer.
+    pub role: String,
+    /// The governor's state, or `unreachable`.
+    pub state: String,
+    /// Timeline.
+    pub timeline: Option<u32>,
+    /// Bytes behind the primary (replicas only).
+    pub lag_bytes: Option<u64>,
+    /// PostgreSQL host.
+    pub host: String,
+    /// PostgreSQL port.
+    pub port: u16,
+    /// REST API.
+    pub api_url: String,
+    /// Governor pid.
+    pub governor_pid: Option<u32>,
+    /// Postmaster pid.
+    pub postmaster_pid: Option<u32>,
+}
+
+async fn ask(http: &reqwest::Client, port: u16) -> Option<NodeStatus> {
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/status"))
+        .send()
+        .await
+        .ok()?;
+    resp.json().await.ok()
+}
+
+/// Builds the report of one cluster.
+pub async fn report(st: &ClusterState) -> ClusterReport {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap_or_default();
+    let answers =
+        futures::future::join_all(st.members.iter().map(|m| ask(&http, m.api_port))).await;
+    let leader = answers.iter().flatten().find(|n| n.is_leader);
+    let leader_lsn = leader.and_then(|l| l.member.wal.best());
+    let members = st
+        .members
+        .iter()
+        .zip(&answers)
+        .map(|(m, a)| match a {
+            Some(n) => MemberReport {
+                name: m.name.clone(),
+                role: if n.is_leader {
+                    "primary".into()
+                } else {
+                    n.member.role.as_str().into()
+                },
+                state: n.member.state.as_str().into(),
+                timeline: n.member.timeline.map(|t| t.0),
+                lag_bytes: match (n.is_leader, leader_lsn, n.member.wal.best()) {
+                    (false, Some(l), Some(mine)) => Some(l.bytes_ahead_of(mine)),
+                    _ => None,
+                },
+                host: "127.0.0.1".into(),
+                port: m.pg_port,
+                api_url: format!("http://127.0.0.1:{}", m.api_port),
+                governor_pid: Some(n.governor_pid),
+                postmaster_pid: n.postmaster_pid,
+            },
+            None => MemberReport {
+                name: m.name.clone(),
+                role: "unknown".into(),
+                state: "unreachable".into(),
+                timeline: None,
+                lag_bytes: None,
+                host: "127.0.0.1".into(),
+                port: m.pg_port,
+                api_url: format!("http://127.0.0.1:{}", m.api_port),
+                governor_pid: m.governor_pid.filter(|p| state::alive(*p)),
+                postmaster_pid: None,
+            },
+        })
+        .collect();
+    ClusterReport {
+        name: st.cluster.clone(),
+        supervised: state::alive(st.supervisor_pid),
+        supervisor_pid: st.supervisor_pid,
+        file: st.file.clone(),
+        endpoints: Endpoints {
+            primary: format!("127.0.0.1:{}", st.ports.primary),
+            replica: st.ports.replica.map(|p| format!("127.0.0.1:{p}")),
+        },
+        etcd: st.etcd_endpoints.clone(),
+        leader: leader.map(|l| l.name.to_string()),
+        members,
+    }
+}
+
+/// The report of `cluster`, or of every cluster in the state directory.
+pub async fn collect(layout: &Layout, cluster: Option<&str>) -> anyhow::Result<Report> {
+    let names = match cluster {
+        Some(c) => vec![c.to_string()],
+        None => layout.clusters(),
+    };
+    let mut clusters = Vec::new();
+    for n in names {
+        let st = layout.read(&n)?;
+        clusters.push(report(&st).await);
+    }
+    Ok(Report { clusters })
+}
+
+/// The report as text.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    if report.clusters.is_empty() {
+        out.push_str("no local clusters\n");
+    }
+    for c in &report.clusters {
+        out.push_str(&format!(
+            "Cluster {} ({}, {})\n",
+            c.name,
+            if c.supervised {
+                format!("supervised by spilo up pid {}", c.supervisor_pid)
+            } else {
+                "not supervised".into()
+            },
+            c.file
+        ));
+        out.push_str(&format!(
+            "Endpoint: postgresql://postgres@{}/postgres (primary)",
+            c.endpoints.primary
+        ));
+        if let Some(r) = &c.endpoints.replica {
+            out.push_str(&format!(", postgresql://postgres@{r}/postgres (replicas)"));
+        }
+        out.push('\n');
+        let mut rows = vec![
+            [
+                "Member",
+                "Role",
+                "State",
+                "TL",
+                "Lag",
+                "Host:Port",
+                "REST",
+                "Governor",
+                "Postmaster",
+            ]
+            .map(String::from),
+        ];
+        for m in &c.members {
+            rows.push([
+                m.name.clone(),
+                m.role.clone(),
+                m.state.clone(),
+                m.timeline.map(|t| t.to_string()).unwrap_or_default(),
+                m.lag_bytes.map(|b| b.to_string()).unwrap_or_default(),
+                format!("{}:{}", m.host, m.port),
+                m.api_url.clone(),
+                m.governor_pid.map(|p| p.to_string()).unwrap_or_default(),
+                m.postmaster_pid.map(|p| p.to_string()).unwrap_or_default(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..9)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,346 @@
+//! `spilo up`: validates the cluster files, plans, starts every local cluster, prints the
+//! connection strings, then stays in the foreground reconciling: dead processes are started
+//! again, edits of the files are applied on the next pass, `spilo down` requests are honoured,
+//! and Ctrl-C stops everything in order.
+
+use super::cluster::LocalCluster;
+use super::plan::{Change, plan};
+use super::ports::{self, Ports};
+use super::state::{self, Layout};
+use super::user::RunAs;
+use crate::spec::{Severity, read_files, render_text, validate_files};
+use anyhow::{Context, bail};
+use spilo_model::spec::{ClusterFile, Target};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Arguments of `spilo up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Cluster files or directories (default: clusters/).
+    pub paths: Vec<PathBuf>,
+    /// Where data, logs and generated files go (default: .spilo/ beside clusters/).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The governor binary (default: the one next to this spilo binary).
+    #[arg(long)]
+    pub governor: Option<PathBuf>,
+    /// Start, print the connection strings and exit, leaving the cluster running unsupervised.
+    #[arg(long, hide = true)]
+    pub detach: bool,
+}
+
+/// Desired local clusters, by name: (source file, text, parsed file).
+type Desired = BTreeMap<String, (String, ClusterFile)>;
+
+/// Reads and validates the files; only valid files selecting the local target are returned.
+fn load(paths: &[PathBuf]) -> anyhow::Result<(Desired, String)> {
+    let files = read_files(paths)?;
+    let text: String = files.iter().map(|(n, t)| format!("{n}\n{t}\n")).collect();
+    let checked = validate_files(&files);
+    let warnings: Vec<_> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .cloned()
+        .collect();
+    if checked.has_errors() {
+        bail!(
+            "invalid cluster files; nothing was started or changed:\n{}",
+            render_text(&checked.diagnostics).trim_end()
+        );
+    }
+    eprint!("{}", render_text(&warnings));
+    let desired = checked
+        .files
+        .into_iter()
+        .filter(|(_, f)| f.spec.target == Target::Local)
+        .map(|(src, f)| (f.metadata.name.to_string(), (src, f)))
+        .collect();
+    Ok((desired, text))
+}
+
+fn ports_of(f: &ClusterFile) -> Ports {
+    let runs_etcd = f.spec.dcs.as_ref().is_none_or(|d| d.hosts.is_empty());
+    Ports::of(f, runs_etcd)
+}
+
+/// Fails, naming the port, when any port of `clusters` is taken.
+fn check_free(clusters: &[(String, String, Ports)]) -> anyhow::Result<()> {
+    for (name, source, p) in clusters {
+        for (port, what) in p.all() {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!(
+                    "port {port} ({what} of cluster {name}, {source}) is already in use; free it or set spec.local.ports in {source}; nothing was started"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|d| std::path::Path::new(d).join(program).is_file())
+}
+
+/// Runs `spilo up`.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from("clusters")]
+    } else {
+        args.paths.clone()
+    };
+    let run_as = RunAs::detect()?;
+    let (root, note) = super::state_dir(args.state_dir.as_deref(), &paths, &run_as)?;
+    if let Some(n) = note {
+        eprintln!("note: {n}");
+    }
+    if run_as.switching {
+        eprintln!(
+            "running as root: PostgreSQL, the governors, etcd and HAProxy run as the {} user",
+            run_as.name
+        );
+    }
+    for tool in ["etcd", "haproxy"] {
+        if !which(tool) {
+            bail!("{tool} is not installed; run ./scripts/install-deps");
+        }
+    }
+    let governor = match &args.governor {
+        Some(g) => g.clone(),
+        None => std::env::current_exe()?.with_file_name("governor"),
+    };
+    if !governor.is_file() {
+        bail!(
+            "the governor binary {} is missing; build it with `cargo build --workspace --bins` or pass --governor",
+            governor.display()
+        );
+    }
+    let (desired, mut last_text) = load(&paths)?;
+    if desired.is_empty() {
+        bail!(
+            "no cluster in {} selects the local target",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    run_as.own(&root)?;
+    let layout = Layout { root: root.clone() };
+    for name in desired.keys() {
+        if let Ok(st) = layout.read(name)
+            && st.supervisor_pid != std::process::id()
+            && state::alive(st.supervisor_pid)
+        {
+            bail!(
+                "cluster {name} already runs under spilo up (pid {}); stop it with `spilo down {name}`",
+                st.supervisor_pid
+            );
+        }
+        // Leftovers of a supervisor that was killed are stopped before anything starts.
+        super::down::sweep(&layout, name).await;
+    }
+    let planned: Vec<(String, String, Ports)> = desired
+        .iter()
+        .map(|(n, (src, f))| (n.clone(), src.clone(), ports_of(f)))
+        .collect();
+    let named: Vec<(String, Ports)> = planned
+        .iter()
+        .map(|(n, _, p)| (n.clone(), p.clone()))
+        .collect();
+    if let Some(msg) = ports::clash(&named) {
+        bail!("{msg}; nothing was started");
+    }
+    check_free(&planned)?;
+    let want: BTreeMap<String, u32> = desired
+        .iter()
+        .map(|(n, (_, f))| (n.clone(), f.spec.instances))
+        .collect();
+    for change in plan(&want, &BTreeMap::new()) {
+        let resumed = layout
+            .cluster(change_name(&change))
+            .join("members")
+            .exists();
+        println!(
+            "{change}{}",
+            if resumed {
+                " [resuming existing data]"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("state: {}", root.display());
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut running: BTreeMap<String, LocalCluster> = BTreeMap::new();
+    let started = async {
+        for (name, (src, f)) in &desired {
+            let mut c = LocalCluster::prepare(
+                f.clone(),
+                src.clone(),
+                &layout,
+                ports_of(f),
+                &run_as,
+                &governor,
+            )?;
+            c.start().await?;
+            running.insert(name.clone(), c);
+        }
+        for c in running.values() {
+            c.wait_ready(Duration::from_secs(180)).await?;
+            print!("{}", c.connection_info());
+        }
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        r = started => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted while starting")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated while starting")),
+    };
+    if let Err(e) = outcome {
+        eprintln!("error: {e:#}; stopping what was started");
+        stop_all(&mut running).await;
+        return Err(e.context("spilo up failed"));
+    }
+    if args.detach {
+        return Ok(());
+    }
+    println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
+
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        // `spilo down <cluster>` from another terminal.
+        let downs: Vec<String> = running
+            .keys()
+            .filter(|n| layout.down_marker(n).exists())
+            .cloned()
+            .collect();
+        for name in downs {
+            if let Some(mut c) = running.remove(&name) {
+                println!("- cluster {name} (spilo down)");
+                c.stop().await;
+            }
+            let _ = std::fs::remove_file(layout.down_marker(&name));
+        }
+        if running.is_empty() {
+            println!("no cluster left to run");
+            return Ok(());
+        }
+        for c in running.values_mut() {
+            if let Err(e) = c.keep_alive().await {
+                eprintln!("{}: {e:#}", c.name);
+            }
+        }
+        // Edits of the cluster files are applied on the next pass.
+        let Ok(files) = read_files(&paths) else {
+            continue;
+        };
+        let text: String = files.iter().map(|(n, t)| format!("{n}\n{t}\n")).collect();
+        if text == last_text {
+            continue;
+        }
+        last_text = text;
+        match load(&paths) {
+            Err(e) => eprintln!("{e:#}\n(the clusters keep running as they are)"),
+            Ok((desired, _)) => {
+                apply_edit(&desired, &mut running, &layout, &run_as, &governor).await
+            }
+        }
+    }
+    println!("stopping");
+    stop_all(&mut running).await;
+    Ok(())
+}
+
+fn change_name(c: &Change) -> &str {
+    match c {
+        Change::Create { cluster, .. }
+        | Change::Resize { cluster, .. }
+        | Change::Stop { cluster } => cluster,
+    }
+}
+
+async fn apply_edit(
+    desired: &Desired,
+    running: &mut BTreeMap<String, LocalCluster>,
+    layout: &Layout,
+    run_as: &RunAs,
+    governor: &std::path::Path,
+) {
+    let want: BTreeMap<String, u32> = desired
+        .iter()
+        .map(|(n, (_, f))| (n.clone(), f.spec.instances))
+        .collect();
+    let have: BTreeMap<String, u32> = running
+        .iter()
+        .map(|(n, c)| (n.clone(), c.file.spec.instances))
+        .collect();
+    for change in plan(&want, &have) {
+        println!("{change}");
+        let result = match &change {
+            Change::Create { cluster, .. } => {
+                let (src, f) = &desired[cluster];
+                let ports = ports_of(f);
+                let others: Vec<(String, Ports)> = running
+                    .iter()
+                    .map(|(n, c)| (n.clone(), c.ports().clone()))
+                    .chain([(cluster.clone(), ports.clone())])
+                    .collect();
+                match ports::clash(&others) {
+                    Some(msg) => Err(anyhow::anyhow!(msg)),
+                    None => match check_free(&[(cluster.clone(), src.clone(), ports.clone())]) {
+                        Err(e) => Err(e),
+                        Ok(()) => match LocalCluster::prepare(
+                            f.clone(),
+                            src.clone(),
+                            layout,
+                            ports,
+                            run_as,
+                            governor,
+                        ) {
+                            Err(e) => Err(e),
+                            Ok(mut c) => {
+                                let r = c.start().await;
+                                running.insert(cluster.clone(), c);
+                                r
+                            }
+                        },
+                    },
+                }
+            }
+            Change::Resize { cluster, .. } => {
+                let (_, f) = &desired[cluster];
+                match running.get_mut(cluster) {
+                    Some(c) => c.resize(f.clone(), ports_of(f)).await,
+                    None => Ok(()),
+                }
+            }
+            Change::Stop { cluster } => {
+                if let Some(mut c) = running.remove(cluster) {
+                    c.stop().await;
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            eprintln!("could not apply `{change}`: {e:#}");
+        }
+    }
+}
+
+async fn stop_all(running: &mut BTreeMap<String, LocalCluster>) {
+    futures::future::join_all(running.values_mut().map(|c| c.stop())).await;
+}

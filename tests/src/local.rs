@@ -1,0 +1,235 @@
+//! A scratch repository for the local target: a `clusters/` directory the test writes cluster
+//! files into, a state directory, and `spilo up` / `status` / `down` run as real processes.
+
+use crate::proc::{self, Spawned};
+use crate::wait;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A scratch repository.
+pub struct LocalRepo {
+    spilo: PathBuf,
+    up: Option<Spawned>,
+    runs: u32,
+    dir: tempfile::TempDir,
+}
+
+impl LocalRepo {
+    /// Creates the directory (reachable by the unprivileged user) and installs the binaries.
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("spilo-local-").tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin)?;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+        let spilo = proc::install_binary("spilo", &bin)?;
+        proc::install_binary("governor", &bin)?;
+        std::fs::create_dir(dir.path().join("clusters"))?;
+        Ok(Self {
+            spilo,
+            up: None,
+            runs: 0,
+            dir,
+        })
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The clusters directory.
+    pub fn clusters(&self) -> PathBuf {
+        self.dir.path().join("clusters")
+    }
+
+    /// Writes `clusters/<file>`.
+    pub fn write(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        std::fs::write(self.clusters().join(file), text)?;
+        Ok(())
+    }
+
+    /// A cluster file with explicit ports starting at `base`: primary `base`, replica
+    /// `base+1`, etcd `base+2..3`, PostgreSQL from `base+10`, REST from `base+20`.
+    pub fn cluster_yaml(name: &str, instances: u32, base: u16) -> String {
+        format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  \
+             postgresql: {{parameters: {{shared_buffers: 16MB, max_connections: 40}}}}\n  \
+             endpoints: {{replica: {{enabled: true, port: 5433}}, healthCheck: {{interval: 1}}}}\n  \
+             local:\n    ports: {{primary: {base}, replica: {}, etcd: {}, postgres: {}, api: {}}}\n",
+            base + 1,
+            base + 2,
+            base + 10,
+            base + 20
+        )
+    }
+
+    /// Runs `spilo up` in the background (each run prints to a log of its own).
+    pub fn up(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        let mut cmd = Command::new(&self.spilo);
+        cmd.arg("up")
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg(self.clusters());
+        self.up = Some(Spawned::start(cmd, &self.up_log_path())?);
+        Ok(())
+    }
+
+    fn up_log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("up-{}.log", self.runs))
+    }
+
+    /// What the latest `spilo up` printed so far.
+    pub fn up_log(&self) -> String {
+        std::fs::read_to_string(self.up_log_path()).unwrap_or_default()
+    }
+
+    /// Waits until `spilo up` printed `text`; fails early if it exited.
+    pub async fn wait_printed(&mut self, text: &str, timeout: Duration) -> anyhow::Result<()> {
+        let log = self.up_log_path();
+        wait::until(&format!("spilo up to print {text:?}"), timeout, || {
+            let exited = self.up.as_mut().is_none_or(|p| p.exited());
+            let log = log.clone();
+            async move {
+                let out = std::fs::read_to_string(&log).unwrap_or_default();
+                if out.contains(text) || exited {
+                    Some(())
+                } else {
+                    None
+                }
+            }
+        })
+        .await?;
+        if !self.up_log().contains(text) {
+            anyhow::bail!(
+                "spilo up exited before printing {text:?}:\n{}",
+                self.up_log()
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for `spilo up` to exit; returns its exit code.
+    pub fn wait_up_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let p = self.up.as_mut()?;
+        p.wait_exit(timeout).map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// Runs a `spilo` command against this repository's state directory.
+    pub fn spilo(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(&self.spilo)
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state())
+            .current_dir(self.dir.path())
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs `spilo up` in the foreground (for refusals) and returns (code, stdout, stderr).
+    pub fn up_once(&self) -> anyhow::Result<(i32, String, String)> {
+        let out = Command::new(&self.spilo)
+            .arg("up")
+            .arg("--state-dir")
+            .arg(self.state())
+            .arg(self.clusters())
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `spilo status --format json`.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let (code, out, err) = self.spilo(&["status", "--format", "json"])?;
+        anyhow::ensure!(code == 0, "spilo status failed: {err}");
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// A connection string to `port` as the cluster's superuser.
+    pub fn dsn(&self, cluster: &str, port: u16) -> anyhow::Result<String> {
+        let pw = std::fs::read_to_string(self.state().join(cluster).join("secrets/superuser"))?;
+        Ok(format!(
+            "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
+            pw.trim()
+        ))
+    }
+
+    /// Processes whose command line mentions the state directory.
+    pub fn processes(&self) -> Vec<u32> {
+        let needle = self.state().to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&needle) && proc::alive(pid) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Passes a test's result through, printing `spilo up`'s output and the member logs first
+    /// when it is an error.
+    pub fn finish<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if result.is_err() {
+            eprintln!("===== spilo up =====\n{}", self.up_log());
+            print_logs(&self.state());
+        }
+        result
+    }
+}
+
+fn print_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            print_logs(&p);
+        } else if p.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "===== {} =====\n{}",
+                p.display(),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for LocalRepo {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("===== spilo up =====\n{}", self.up_log());
+            print_logs(&self.state());
+        }
+        if let Some(p) = self.up.as_mut()
+            && !p.exited()
+        {
+            p.signal(nix::sys::signal::Signal::SIGTERM);
+            p.wait_exit(Duration::from_secs(120));
+        }
+        if !self.processes().is_empty() {
+            let _ = self.spilo(&["down"]);
+        }
+    }
+}

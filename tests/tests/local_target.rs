@@ -1,0 +1,347 @@
+//! End-to-end tests of the local target: `spilo up` realizes cluster files on this machine
+//! (etcd, governors, PostgreSQL 15, HAProxy), keeps them alive, applies edits; `spilo status`
+//! and `spilo down` inspect and stop them.
+
+use spilo_e2e::cluster::connect_dsn;
+use spilo_e2e::local::LocalRepo;
+use spilo_e2e::{ports, proc, wait};
+use std::time::Duration;
+
+const READY: Duration = Duration::from_secs(120);
+
+fn member<'a>(
+    status: &'a serde_json::Value,
+    cluster: &str,
+    role: &str,
+) -> Option<&'a serde_json::Value> {
+    status["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == cluster)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == role)
+}
+
+async fn write_through(dsn: &str, sql: &str) -> Option<()> {
+    let c = connect_dsn(dsn).await.ok()?;
+    c.batch_execute(sql).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilo_up_survives_kill_9_of_the_primary_applies_edits_and_spilo_down_leaves_nothing()
+-> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario_kill_edit_down(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("alpha.yaml", &LocalRepo::cluster_yaml("alpha", 3, base))?;
+    repo.up()?;
+    repo.wait_printed("cluster alpha is ready", READY).await?;
+    let log = repo.up_log();
+    assert!(log.contains("+ cluster alpha (3 instances)"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "primary (through HAProxy):  postgresql://postgres@127.0.0.1:{base}/postgres"
+        )),
+        "{log}"
+    );
+    assert!(log.contains("target_session_attrs=read-write"), "{log}");
+    assert!(repo.state().join("alpha/haproxy.cfg").exists());
+
+    let lb = repo.dsn("alpha", base)?;
+    write_through(&lb, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .await
+        .ok_or_else(|| anyhow::anyhow!("first write through HAProxy"))?;
+    let replicas_lb = repo.dsn("alpha", base + 1)?;
+    wait::until("a read through the replica port", READY, || async {
+        let c = connect_dsn(&replicas_lb).await.ok()?;
+        let row = c
+            .query_one("SELECT pg_is_in_recovery(), count(*) FROM t", &[])
+            .await
+            .ok()?;
+        (row.get::<_, bool>(0) && row.get::<_, i64>(1) == 1).then_some(())
+    })
+    .await?;
+
+    // kill -9 of the primary's governor and all its PostgreSQL processes.
+    let status = repo.status()?;
+    let primary = member(&status, "alpha", "primary")
+        .ok_or_else(|| anyhow::anyhow!("no primary: {status}"))?
+        .clone();
+    let name = primary["name"].as_str().unwrap_or_default().to_string();
+    let governor = primary["governor_pid"].as_u64().unwrap_or(0) as u32;
+    let postmaster = primary["postmaster_pid"].as_u64().unwrap_or(0) as u32;
+    assert!(governor > 0 && postmaster > 0, "{primary}");
+    proc::kill_group(governor);
+    proc::kill_group(postmaster);
+
+    wait::until(
+        "a write through the same HAProxy port after the kill",
+        READY,
+        || async { write_through(&lb, "INSERT INTO t VALUES (2)").await },
+    )
+    .await?;
+    wait::until(
+        &format!("{name} to come back as a replica on its own"),
+        READY,
+        || async {
+            let s = repo.status().ok()?;
+            let m = s["clusters"][0]["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["name"] == name.as_str())?
+                .clone();
+            (m["role"] == "replica"
+                && m["state"] == "running"
+                && m["governor_pid"].as_u64() != Some(u64::from(governor)))
+            .then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        repo.up_log()
+            .contains(&format!("the governor of {name} exited")),
+        "{}",
+        repo.up_log()
+    );
+
+    // An edit of the file (3 -> 4 instances) is applied on the next pass.
+    repo.write("alpha.yaml", &LocalRepo::cluster_yaml("alpha", 4, base))?;
+    repo.wait_printed("~ cluster alpha (instances 3 -> 4)", READY)
+        .await?;
+    wait::until("a fourth member streaming", READY, || async {
+        let s = repo.status().ok()?;
+        let members = s["clusters"][0]["members"].as_array()?.clone();
+        (members.len() == 4
+            && members
+                .iter()
+                .filter(|m| m["role"] == "replica" && m["state"] == "running")
+                .count()
+                == 3)
+            .then_some(())
+    })
+    .await?;
+
+    // spilo down --purge: no process, no files.
+    let (code, out, err) = repo.spilo(&["down", "alpha", "--purge"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        repo.processes(),
+        Vec::<u32>::new(),
+        "no process of the cluster is left"
+    );
+    assert!(
+        !repo.state().join("alpha").exists(),
+        "--purge deletes the state"
+    );
+    assert_eq!(
+        repo.wait_up_exit(Duration::from_secs(30)),
+        Some(0),
+        "spilo up ends when its last cluster is down"
+    );
+    let log = repo.up_log();
+    let order: Vec<usize> = [
+        "stopping replicas",
+        "stopping the primary",
+        "stopping HAProxy",
+        "stopping etcd",
+    ]
+    .iter()
+    .map(|s| log.find(s).unwrap_or(usize::MAX))
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]) && order[3] != usize::MAX,
+        "stop order: {log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_spilo_up_resumes_the_data_of_the_first() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario_resume(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario_resume(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("beta.yaml", &LocalRepo::cluster_yaml("beta", 2, base))?;
+    repo.up()?;
+    repo.wait_printed("cluster beta is ready", READY).await?;
+    let lb = repo.dsn("beta", base)?;
+    write_through(
+        &lb,
+        "CREATE TABLE kept (x text); INSERT INTO kept VALUES ('before down')",
+    )
+    .await
+    .ok_or_else(|| anyhow::anyhow!("write"))?;
+    let (code, _, err) = repo.spilo(&["down", "beta"])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(repo.processes(), Vec::<u32>::new());
+    assert_eq!(repo.wait_up_exit(Duration::from_secs(30)), Some(0));
+
+    repo.up()?;
+    repo.wait_printed("cluster beta is ready", READY).await?;
+    assert!(
+        repo.up_log()
+            .contains("+ cluster beta (2 instances) [resuming existing data]"),
+        "{}",
+        repo.up_log()
+    );
+    let row = wait::until("the row written before down", READY, || async {
+        let c = connect_dsn(&lb).await.ok()?;
+        c.query_one("SELECT x FROM kept", &[])
+            .await
+            .ok()
+            .map(|r| r.get::<_, String>(0))
+    })
+    .await?;
+    assert_eq!(row, "before down");
+    let mut initdbs = 0;
+    for i in 0..2 {
+        let log = std::fs::read_to_string(
+            repo.state()
+                .join(format!("beta/members/beta-{i}/governor.log")),
+        )?;
+        initdbs += log.matches("running tool=\"initdb\"").count();
+    }
+    assert_eq!(initdbs, 1, "initdb ran once, in the first run only");
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(repo.processes(), Vec::<u32>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_run_side_by_side_and_status_shows_both() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario_two(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario_two(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    let a = ports::free_block(30);
+    let b = ports::free_block(30);
+    repo.write("one.yaml", &LocalRepo::cluster_yaml("one", 2, a))?;
+    repo.write("two.yaml", &LocalRepo::cluster_yaml("two", 2, b))?;
+    repo.up()?;
+    repo.wait_printed("cluster one is ready", READY).await?;
+    repo.wait_printed("cluster two is ready", READY).await?;
+    for (name, port) in [("one", a), ("two", b)] {
+        let dsn = repo.dsn(name, port)?;
+        write_through(&dsn, &format!("CREATE TABLE {name} (x int)"))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("write to {name}"))?;
+    }
+    let status = wait::until("every member of both clusters running", READY, || async {
+        let s = repo.status().ok()?;
+        let all_running = s["clusters"].as_array()?.iter().all(|c| {
+            c["members"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().all(|m| m["state"] == "running"))
+        });
+        all_running.then_some(s)
+    })
+    .await?;
+    let clusters = status["clusters"].as_array().cloned().unwrap_or_default();
+    assert_eq!(clusters.len(), 2, "{status}");
+    for c in &clusters {
+        assert_eq!(c["supervised"], true);
+        assert_eq!(c["members"].as_array().map(Vec::len), Some(2));
+        assert!(c["leader"].is_string(), "{c}");
+        for m in c["members"].as_array().into_iter().flatten() {
+            for field in [
+                "name",
+                "role",
+                "state",
+                "timeline",
+                "host",
+                "port",
+                "api_url",
+                "governor_pid",
+                "postmaster_pid",
+            ] {
+                assert!(!m[field].is_null(), "{field} in {m}");
+            }
+        }
+    }
+    let (code, text, _) = repo.spilo(&["status", "one"])?;
+    assert_eq!(code, 0);
+    assert!(
+        text.starts_with("Cluster one (supervised by spilo up pid"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Endpoint: postgresql://postgres@127.0.0.1:{a}/postgres (primary)"
+        )),
+        "{text}"
+    );
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(repo.processes(), Vec::<u32>::new());
+    Ok(())
+}
+
+#[test]
+fn invalid_yaml_starts_nothing_and_names_the_file() -> anyhow::Result<()> {
+    let repo = LocalRepo::new()?;
+    repo.write("gamma.yaml", "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: gamma\nspec:\n  instances: two\n")?;
+    let (code, _, err) = repo.up_once()?;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("invalid cluster files; nothing was started or changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("gamma.yaml:6:14: spec.instances: expected an integer"),
+        "{err}"
+    );
+    assert_eq!(repo.processes(), Vec::<u32>::new());
+    assert!(!repo.state().join("gamma").exists());
+    Ok(())
+}
+
+#[test]
+fn a_taken_port_starts_nothing_and_names_the_port() -> anyhow::Result<()> {
+    let repo = LocalRepo::new()?;
+    let base = ports::free_block(30);
+    repo.write("delta.yaml", &LocalRepo::cluster_yaml("delta", 3, base))?;
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", base + 11))?;
+    let (code, _, err) = repo.up_once()?;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "port {} (member 1 PostgreSQL of cluster delta,",
+            base + 11
+        )) && err.contains("is already in use"),
+        "{err}"
+    );
+    assert_eq!(repo.processes(), Vec::<u32>::new());
+    Ok(())
+}
+
+#[test]
+fn clusters_whose_ports_clash_are_refused_before_anything_starts() -> anyhow::Result<()> {
+    let repo = LocalRepo::new()?;
+    let base = ports::free_block(30);
+    repo.write("e1.yaml", &LocalRepo::cluster_yaml("e1", 3, base))?;
+    repo.write("e2.yaml", &LocalRepo::cluster_yaml("e2", 3, base + 10))?;
+    let (code, _, err) = repo.up_once()?;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("port {} is used by cluster e1", base + 10))
+            || err.contains("is used by cluster e1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("set spec.local.ports in one of them; nothing was started"),
+        "{err}"
+    );
+    assert_eq!(repo.processes(), Vec::<u32>::new());
+    Ok(())
+}
