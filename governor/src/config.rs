@@ -205,20 +205,25 @@ pub struct HaSettings {
     pub primary_start_timeout: u64,
 }
 
+use spilo_model::spec::{
+    DEFAULT_LOOP_WAIT, DEFAULT_MAXIMUM_LAG_ON_FAILOVER, DEFAULT_PRIMARY_START_TIMEOUT,
+    DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, TimingField,
+};
+
 fn d_ttl() -> u64 {
-    4
+    DEFAULT_TTL
 }
 fn d_loop_wait() -> u64 {
-    1
+    DEFAULT_LOOP_WAIT
 }
 fn d_retry_timeout() -> u64 {
-    2
+    DEFAULT_RETRY_TIMEOUT
 }
 fn d_max_lag() -> u64 {
-    1024 * 1024
+    DEFAULT_MAXIMUM_LAG_ON_FAILOVER
 }
 fn d_primary_start_timeout() -> u64 {
-    30
+    DEFAULT_PRIMARY_START_TIMEOUT
 }
 
 impl Default for HaSettings {
@@ -264,39 +269,22 @@ impl HaSettings {
     }
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            field: format!("ha.{field}"),
-            message,
-        };
-        if self.ttl < 2 {
-            return Err(bad(
-                "ttl",
-                format!(
-                    "must be at least 2 seconds (etcd's shortest lease), got {}",
-                    self.ttl
-                ),
-            ));
+        match spilo_model::spec::timing_problems(self.ttl, self.loop_wait, self.retry_timeout)
+            .into_iter()
+            .next()
+        {
+            None => Ok(()),
+            Some(p) => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: match p.field {
+                    TimingField::Ttl => "ha.ttl",
+                    TimingField::LoopWait => "ha.loop_wait",
+                    TimingField::RetryTimeout => "ha.retry_timeout",
+                }
+                .to_string(),
+                message: p.message,
+            }),
         }
-        if self.loop_wait == 0 || self.loop_wait > self.ttl {
-            return Err(bad(
-                "loop_wait",
-                format!(
-                    "must be between 1 and ttl ({}), got {}",
-                    self.ttl, self.loop_wait
-                ),
-            ));
-        }
-        if self.retry_timeout == 0 || self.retry_timeout >= self.ttl {
-            return Err(bad(
-                "retry_timeout",
-                format!(
-                    "must be at least 1 and below ttl ({}), got {}",
-                    self.ttl, self.retry_timeout
-                ),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -525,7 +513,7 @@ postgresql:
         let text = format!("{MINIMAL}ha: {{ttl: 4, retry_timeout: 4}}\n");
         assert_eq!(
             parse(&text).expect_err("inconsistent").to_string(),
-            "g.yaml: ha.retry_timeout: must be at least 1 and below ttl (4), got 4"
+            "g.yaml: ha.retry_timeout: must be at least 1 and below the ttl (4s), got 4: a primary must learn that etcd is gone before its lease ends"
         );
         let text = format!("{MINIMAL}ha: {{ttl: 1}}\n");
         assert!(

@@ -269,7 +269,7 @@ impl Cluster {
         let governor = p.pid();
         proc::kill_group(governor);
         if let Some(pm) = postmaster {
-            proc::kill_group(pm);
+            proc::kill_postgres(pm);
         }
         let at = std::time::Instant::now();
         p.wait_exit(Duration::from_secs(10));
@@ -343,14 +343,7 @@ impl Cluster {
 
     /// The multi-host libpq string over every member that picks the writable one.
     pub fn read_write_dsn(&self) -> String {
-        let hosts: Vec<&str> = self.members.iter().map(|_| "127.0.0.1").collect();
-        let ports: Vec<String> = self.members.iter().map(|m| m.pg_port.to_string()).collect();
-        format!(
-            "host={} port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres \
-             target_session_attrs=read-write connect_timeout=2",
-            hosts.join(","),
-            ports.join(",")
-        )
+        read_write_dsn(&self.members.iter().map(|m| m.pg_port).collect::<Vec<_>>())
     }
 
     /// Runs the `spilo` CLI with `args`; returns (exit code, stdout, stderr).
@@ -432,6 +425,18 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap_or_default()
+}
+
+/// A multi-host libpq string over local `ports` with `target_session_attrs=read-write`.
+pub fn read_write_dsn(ports: &[u16]) -> String {
+    let hosts: Vec<&str> = ports.iter().map(|_| "127.0.0.1").collect();
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "host={} port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres \
+         target_session_attrs=read-write connect_timeout=2",
+        hosts.join(","),
+        ports.join(",")
+    )
 }
 
 /// Connects to a local PostgreSQL port as the test superuser.

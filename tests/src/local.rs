@@ -112,6 +112,13 @@ impl LocalRepo {
         Ok(())
     }
 
+    /// Sends SIGINT (what Ctrl-C sends) to `spilo up`.
+    pub fn interrupt_up(&self) {
+        if let Some(p) = &self.up {
+            p.signal(nix::sys::signal::Signal::SIGINT);
+        }
+    }
+
     /// Waits for `spilo up` to exit; returns its exit code.
     pub fn wait_up_exit(&mut self, timeout: Duration) -> Option<i32> {
         let p = self.up.as_mut()?;
@@ -166,23 +173,7 @@ impl LocalRepo {
 
     /// Processes whose command line mentions the state directory.
     pub fn processes(&self) -> Vec<u32> {
-        let needle = self.state().to_string_lossy().into_owned();
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for e in entries.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            if String::from_utf8_lossy(&cmd).contains(&needle) && proc::alive(pid) {
-                out.push(pid);
-            }
-        }
-        out
+        spilo::local::down::processes_under(&self.state())
     }
 
     /// Passes a test's result through, printing `spilo up`'s output and the member logs first

@@ -119,15 +119,11 @@ impl PatroniCluster {
         let postmaster: Option<u32> = std::fs::read_to_string(m.data_dir().join("postmaster.pid"))
             .ok()
             .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()));
-        let mut victims: Vec<u32> = postmaster.into_iter().collect();
-        if let Some(pm) = postmaster {
-            victims.extend(children_of(pm));
-        }
         if let Some(p) = m.process.as_mut() {
-            victims.push(p.pid());
+            let _ = nix::sys::signal::kill(proc::pid(p.pid()), nix::sys::signal::Signal::SIGKILL);
         }
-        for v in &victims {
-            let _ = nix::sys::signal::kill(proc::pid(*v), nix::sys::signal::Signal::SIGKILL);
+        if let Some(pm) = postmaster {
+            proc::kill_postgres(pm);
         }
         let at = std::time::Instant::now();
         if let Some(mut p) = m.process.take() {
@@ -138,14 +134,7 @@ impl PatroniCluster {
 
     /// The multi-host read-write connection string.
     pub fn read_write_dsn(&self) -> String {
-        let hosts: Vec<&str> = self.members.iter().map(|_| "127.0.0.1").collect();
-        let ports: Vec<String> = self.members.iter().map(|m| m.pg_port.to_string()).collect();
-        format!(
-            "host={} port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres \
-             target_session_attrs=read-write connect_timeout=2",
-            hosts.join(","),
-            ports.join(",")
-        )
+        crate::cluster::read_write_dsn(&self.members.iter().map(|m| m.pg_port).collect::<Vec<_>>())
     }
 
     /// Prints the tail of every member's Patroni log.
@@ -168,29 +157,6 @@ impl PatroniCluster {
             .find(|m| m.name == name)
             .map(|m| m.pg_port)
     }
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // The parent pid is the second field after the parenthesised command name.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Patroni's configuration with its default timing (ttl 30, loop_wait 10, retry_timeout 10).

@@ -181,12 +181,42 @@ pub fn kill_group(leader: u32) {
 
 /// Whether a process exists and is not a zombie (an orphan nobody has reaped yet is dead).
 pub fn alive(p: u32) -> bool {
-    if kill(pid(p), None).is_err() {
-        return false;
+    spilo::local::state::alive(p)
+}
+
+/// The processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(p);
+        }
     }
-    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
+    out
+}
+
+/// `kill -9` of a PostgreSQL instance: the postmaster and every backend and auxiliary process.
+/// Backends are group leaders of their own (PostgreSQL calls setsid), so killing the
+/// postmaster's group would leave them running, able to acknowledge a commit after "the kill".
+/// The postmaster is stopped first so it cannot fork while its children are collected.
+pub fn kill_postgres(postmaster: u32) {
+    let _ = kill(pid(postmaster), Signal::SIGSTOP);
+    let children = children_of(postmaster);
+    let _ = kill(pid(postmaster), Signal::SIGKILL);
+    for c in children {
+        let _ = kill(pid(c), Signal::SIGKILL);
+    }
 }

@@ -133,7 +133,7 @@ fn spilo_validate_prints_every_problem_and_exits_1() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.starts_with(&format!(
-            "{}:8:19: spec.ha.retryTimeout: must be below",
+            "{}:8:19: spec.ha.retryTimeout: must be at least 1 and below the ttl",
             bad.display()
         )),
         "{stdout}"

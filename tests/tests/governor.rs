@@ -539,3 +539,78 @@ async fn etcd_is_found_through_dns_srv_records_body(c: &mut Cluster) -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_primary_under_a_live_governor_restarts_in_place() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "crash".into(),
+        ..Default::default()
+    })
+    .await?;
+    let result = crash_in_place(&mut c).await;
+    c.finish(result)
+}
+
+async fn crash_in_place(c: &mut Cluster) -> anyhow::Result<()> {
+    c.start_all()?;
+    let primary = c.wait_primary(BOOT).await?;
+    for m in c.members.iter().filter(|m| m.name != primary) {
+        c.wait_streaming(&m.name, BOOT).await?;
+    }
+    create_probe_table(c, &primary).await?;
+    c.sql(&primary)
+        .await?
+        .execute("INSERT INTO probe_writes VALUES (1, 'before crash')", &[])
+        .await?;
+    let before = c.status(&primary).await.expect("status");
+    let (_, lease_before) = c
+        .etcd
+        .get("/service/crash/leader")
+        .await?
+        .expect("leader key");
+    let old_pm = before.postmaster_pid.expect("postmaster pid");
+    // PostgreSQL dies (every process of it); the governor lives on.
+    spilo_e2e::proc::kill_postgres(old_pm);
+    let after = wait::until(
+        "the same member primary again with a new postmaster",
+        BOOT,
+        || async {
+            let s = c.status(&primary).await?;
+            let ok = s.is_leader
+                && s.member.state.as_str() == "running"
+                && s.postmaster_pid.is_some_and(|p| p != old_pm);
+            (ok && c.http_code(&primary, "/primary").await == Some(200)).then_some(s)
+        },
+    )
+    .await?;
+    assert_eq!(
+        after.member.timeline, before.member.timeline,
+        "restarted in place: no promotion, no new timeline"
+    );
+    let (leader, lease_after) = c
+        .etcd
+        .get("/service/crash/leader")
+        .await?
+        .expect("leader key");
+    assert_eq!(
+        (leader.as_str(), lease_after),
+        (primary.as_str(), lease_before),
+        "leadership never moved"
+    );
+    assert!(
+        c.etcd.get("/service/crash/history").await?.is_none(),
+        "no promotion was recorded"
+    );
+    let present = probe::ids_on(&c.sql(&primary).await?).await?;
+    assert!(
+        present.contains(&1),
+        "crash recovery kept the committed row"
+    );
+    let log = std::fs::read_to_string(c.member(&primary).log_path())?;
+    assert!(log.contains("restarting in place"), "{log}");
+    assert_eq!(
+        c.unexpected_errors(&primary, &["PostgreSQL exited unexpectedly"]),
+        Vec::<String>::new()
+    );
+    Ok(())
+}

@@ -77,7 +77,7 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let postmaster = primary["postmaster_pid"].as_u64().unwrap_or(0) as u32;
     assert!(governor > 0 && postmaster > 0, "{primary}");
     proc::kill_group(governor);
-    proc::kill_group(postmaster);
+    proc::kill_postgres(postmaster);
 
     wait::until(
         "a write through the same HAProxy port after the kill",
@@ -179,10 +179,24 @@ async fn scenario_resume(repo: &mut LocalRepo) -> anyhow::Result<()> {
     )
     .await
     .ok_or_else(|| anyhow::anyhow!("write"))?;
-    let (code, _, err) = repo.spilo(&["down", "beta"])?;
-    assert_eq!(code, 0, "{err}");
+    // Ctrl-C stops everything spilo up started, in order, and leaves no process behind.
+    repo.interrupt_up();
+    assert_eq!(repo.wait_up_exit(Duration::from_secs(120)), Some(0));
     assert_eq!(repo.processes(), Vec::<u32>::new());
-    assert_eq!(repo.wait_up_exit(Duration::from_secs(30)), Some(0));
+    let log = repo.up_log();
+    let order: Vec<usize> = [
+        "stopping replicas",
+        "stopping the primary",
+        "stopping HAProxy",
+        "stopping etcd",
+    ]
+    .iter()
+    .map(|s| log.find(s).unwrap_or(usize::MAX))
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]) && order[3] != usize::MAX,
+        "stop order: {log}"
+    );
 
     repo.up()?;
     repo.wait_printed("cluster beta is ready", READY).await?;

@@ -4,7 +4,7 @@
 use super::diagnostic::{Diagnostic, Severity};
 use super::position::{Path, Positions};
 use super::validate::Reporter;
-use spilo_model::spec::{ClusterFile, Target, VolumeType};
+use spilo_model::spec::{ClusterFile, Target, TimingField, VolumeType, timing_problems};
 use std::collections::BTreeMap;
 
 /// Rules within one file.
@@ -26,21 +26,13 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
     }
 
     let ha = &s.ha;
-    if ha.loop_wait > ha.ttl {
-        r.at(
-            &p("spec.ha.loopWait"),
-            Severity::Error,
-            format!(
-                "must not exceed spec.ha.ttl ({}s), got {}s",
-                ha.ttl, ha.loop_wait
-            ),
-        );
-    }
-    if ha.retry_timeout >= ha.ttl {
-        r.at(&p("spec.ha.retryTimeout"), Severity::Error, format!(
-            "must be below spec.ha.ttl ({}s), got {}s: a primary must learn that etcd is gone before its lease ends",
-            ha.ttl, ha.retry_timeout
-        ));
+    for problem in timing_problems(ha.ttl, ha.loop_wait, ha.retry_timeout) {
+        let field = match problem.field {
+            TimingField::Ttl => "spec.ha.ttl",
+            TimingField::LoopWait => "spec.ha.loopWait",
+            TimingField::RetryTimeout => "spec.ha.retryTimeout",
+        };
+        r.at(&p(field), Severity::Error, problem.message);
     }
     if ha.synchronous_mode && ha.synchronous_node_count >= s.instances {
         r.at(&p("spec.ha.synchronousNodeCount"), Severity::Error, format!(
