@@ -1,0 +1,133 @@
+//! The `spec.aws` section: instance type, image, the EBS data volume, subnets, hosted zone,
+//! extra ingress and IAM policies.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// AWS settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AwsSpec {
+    /// The region, e.g. `eu-central-1`.
+    pub region: String,
+    /// EC2 instance type.
+    #[serde(default = "d_instance_type")]
+    pub instance_type: String,
+    /// The AMI; the latest spilo image of the region when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The data volume.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Subnets for the instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
+    /// The Route53 hosted zone the DNS name is created in, e.g. `db.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted_zone: Option<String>,
+    /// More sources allowed to reach PostgreSQL (bastions, monitoring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_ingress: Vec<IngressRule>,
+    /// More IAM policy ARNs for the instances' role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_policies: Vec<String>,
+}
+
+fn d_instance_type() -> String {
+    "t3.medium".into()
+}
+
+/// The EBS data volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size in GB (10 or more).
+    #[serde(default = "d_size")]
+    pub size: u32,
+    /// Volume type.
+    #[serde(default, rename = "type")]
+    pub volume_type: VolumeType,
+    /// Provisioned IOPS (io1, io2, gp3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops: Option<u32>,
+    /// Throughput in MiB/s (gp3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<u32>,
+    /// A snapshot to create the volume from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// Filesystem of the data partition.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Mount options.
+    #[serde(default = "d_mount_options")]
+    pub mount_options: Vec<String>,
+}
+
+fn d_size() -> u32 {
+    10
+}
+fn d_mount_options() -> Vec<String> {
+    vec!["noatime".into(), "nodiratime".into()]
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: d_size(),
+            volume_type: VolumeType::default(),
+            iops: None,
+            throughput: None,
+            snapshot_id: None,
+            filesystem: Filesystem::default(),
+            mount_options: d_mount_options(),
+        }
+    }
+}
+
+/// EBS volume types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    /// General purpose SSD, the default.
+    #[default]
+    Gp3,
+    /// Older general purpose SSD.
+    Gp2,
+    /// Provisioned IOPS SSD.
+    Io1,
+    /// Provisioned IOPS SSD, newer.
+    Io2,
+    /// Magnetic.
+    Standard,
+}
+
+/// Filesystems for the data volume.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    /// ext4, the default.
+    #[default]
+    Ext4,
+    /// XFS.
+    Xfs,
+}
+
+/// A source allowed to reach PostgreSQL: exactly one of `cidr` or `securityGroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngressRule {
+    /// An IPv4 range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    /// A security group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group: Option<String>,
+    /// Ports (default 5432).
+    #[serde(default = "d_ingress_ports")]
+    pub ports: Vec<u16>,
+}
+
+fn d_ingress_ports() -> Vec<u16> {
+    vec![5432]
+}
