@@ -22,6 +22,9 @@ struct Args {
     /// The `patroni` program; without it only spilo is measured.
     #[arg(long)]
     patroni: Option<PathBuf>,
+    /// Measure only Patroni (with --patroni).
+    #[arg(long)]
+    patroni_only: bool,
 }
 
 struct Sample {
@@ -34,41 +37,56 @@ struct Sample {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
-    let mut spilo = Vec::new();
-    for run in 1..=args.runs {
-        let s = spilo_run().await?;
-        eprintln!(
-            "spilo run {run}: {:.2}s unavailable, {} of {} acknowledged writes lost",
-            s.unavailable.as_secs_f64(),
-            s.lost,
-            s.acked
-        );
-        spilo.push(s);
+    let mut failed: Vec<(String, Vec<String>)> = Vec::new();
+    let mut systems: Vec<(&str, Option<&std::path::Path>)> = Vec::new();
+    if !args.patroni_only {
+        systems.push(("spilo (defaults: ttl 4s)", None));
     }
-    results.push(("spilo (defaults: ttl 4s)".into(), spilo));
     if let Some(p) = &args.patroni {
-        let mut patroni = Vec::new();
-        for run in 1..=args.runs {
-            let s = patroni_run(p).await?;
-            eprintln!(
-                "patroni run {run}: {:.2}s unavailable, {} of {} acknowledged writes lost",
-                s.unavailable.as_secs_f64(),
-                s.lost,
-                s.acked
-            );
-            patroni.push(s);
-        }
-        results.push((
-            "Patroni 4 (defaults: ttl 30s, loop_wait 10s)".into(),
-            patroni,
+        systems.push((
+            "Patroni 4 (defaults: ttl 30s, loop_wait 10s)",
+            Some(p.as_path()),
         ));
+    }
+    for (name, patroni) in systems {
+        let mut samples = Vec::new();
+        let mut fails = Vec::new();
+        for run in 1..=args.runs {
+            let r = match patroni {
+                None => spilo_run().await,
+                Some(p) => patroni_run(p).await,
+            };
+            match r {
+                Ok(s) => {
+                    eprintln!(
+                        "{name} run {run}: {:.2}s unavailable, {} of {} acknowledged writes lost",
+                        s.unavailable.as_secs_f64(),
+                        s.lost,
+                        s.acked
+                    );
+                    samples.push(s);
+                }
+                Err(e) => {
+                    eprintln!("{name} run {run} failed: {e:#}");
+                    fails.push(format!("{e:#}"));
+                }
+            }
+        }
+        results.push((name.to_string(), samples));
+        failed.push((name.to_string(), fails));
     }
     println!(
         "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, prober every 50 ms"
     );
-    println!("| system | runs | median unavailability | min | max | lost acknowledged writes |");
-    println!("|---|---|---|---|---|---|");
-    for (name, samples) in results.iter().filter(|(_, s)| !s.is_empty()) {
+    println!(
+        "| system | runs measured | median unavailability | min | max | lost acknowledged writes | runs that failed |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for ((name, samples), (_, fails)) in results
+        .iter()
+        .zip(&failed)
+        .filter(|((_, s), _)| !s.is_empty())
+    {
         let mut d: Vec<f64> = samples
             .iter()
             .map(|s| s.unavailable.as_secs_f64())
@@ -78,22 +96,49 @@ async fn main() -> anyhow::Result<()> {
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
         println!(
-            "| {name} | {} | {median:.2} s | {:.2} s | {:.2} s | {lost} of {acked} |",
+            "| {name} | {} | {median:.2} s | {:.2} s | {:.2} s | {lost} of {acked} | {} |",
             samples.len(),
             d[0],
-            d[d.len() - 1]
+            d[d.len() - 1],
+            fails.len()
         );
+    }
+    for (name, fails) in &failed {
+        for f in fails {
+            println!("failed run of {name}: {f}");
+        }
     }
     Ok(())
 }
 
 /// Probes until steady, kills the primary, waits for the first write after the kill, and
 /// checks every acknowledged write on the final primary.
-async fn measure<K, F>(dsn: String, kill: K, final_port: F) -> anyhow::Result<Sample>
+async fn measure<K, F>(
+    dsn: String,
+    replicas: Vec<u16>,
+    kill: K,
+    final_port: F,
+) -> anyhow::Result<Sample>
 where
     K: AsyncFnOnce() -> anyhow::Result<Instant>,
     F: AsyncFnOnce() -> anyhow::Result<u16>,
 {
+    // Both systems start measuring only once every replica has replicated the probe table.
+    for port in replicas {
+        wait::until(
+            &format!("the replica on port {port} to replicate the probe table"),
+            Duration::from_secs(60),
+            || async move {
+                let c = cluster::connect(port).await.ok()?;
+                let row = c
+                    .query_one("SELECT to_regclass('probe_writes') IS NOT NULL", &[])
+                    .await
+                    .ok()?;
+                row.get::<_, bool>(0).then_some(())
+            },
+        )
+        .await?;
+    }
     let prober = Prober::start(vec![("rw".into(), dsn)], Duration::from_millis(50));
     let steady = Instant::now();
     wait::until(
@@ -145,12 +190,19 @@ async fn spilo_run() -> anyhow::Result<Sample> {
         .batch_execute(probe::TABLE_DDL)
         .await?;
     let dsn = c.read_write_dsn();
+    let replicas: Vec<u16> = c
+        .members
+        .iter()
+        .filter(|m| m.name != primary)
+        .map(|m| m.pg_port)
+        .collect();
     let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
     let k = c.clone();
     let f = c.clone();
     let p = primary.clone();
     measure(
         dsn,
+        replicas,
         async move || k.lock().await.kill9(&p).await,
         async move || {
             let c = f.lock().await;
@@ -172,11 +224,18 @@ async fn patroni_run(patroni: &std::path::Path) -> anyhow::Result<Sample> {
         .batch_execute(probe::TABLE_DDL)
         .await?;
     let dsn = c.read_write_dsn();
+    let replicas: Vec<u16> = c
+        .members
+        .iter()
+        .filter(|m| m.name != primary)
+        .map(|m| m.pg_port)
+        .collect();
     let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
     let k = c.clone();
     let f = c.clone();
     let r = measure(
         dsn,
+        replicas,
         async move || k.lock().await.kill9(&primary),
         async move || {
             let c = f.lock().await;
