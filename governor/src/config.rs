@@ -206,25 +206,10 @@ pub struct HaSettings {
 }
 
 use spilo_model::spec::{
-    DEFAULT_LOOP_WAIT, DEFAULT_MAXIMUM_LAG_ON_FAILOVER, DEFAULT_PRIMARY_START_TIMEOUT,
-    DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, TimingField,
+    TimingField, default_loop_wait as d_loop_wait, default_maximum_lag_on_failover as d_max_lag,
+    default_primary_start_timeout as d_primary_start_timeout,
+    default_retry_timeout as d_retry_timeout, default_ttl as d_ttl,
 };
-
-fn d_ttl() -> u64 {
-    DEFAULT_TTL
-}
-fn d_loop_wait() -> u64 {
-    DEFAULT_LOOP_WAIT
-}
-fn d_retry_timeout() -> u64 {
-    DEFAULT_RETRY_TIMEOUT
-}
-fn d_max_lag() -> u64 {
-    DEFAULT_MAXIMUM_LAG_ON_FAILOVER
-}
-fn d_primary_start_timeout() -> u64 {
-    DEFAULT_PRIMARY_START_TIMEOUT
-}
 
 impl Default for HaSettings {
     fn default() -> Self {

@@ -23,6 +23,23 @@ fn member<'a>(
         .find(|m| m["role"] == role)
 }
 
+/// `spilo up` stopped replicas, then the primary, then HAProxy, then etcd.
+fn assert_stopped_in_order(log: &str) {
+    let order: Vec<usize> = [
+        "stopping replicas",
+        "stopping the primary",
+        "stopping HAProxy",
+        "stopping etcd",
+    ]
+    .iter()
+    .map(|s| log.find(s).unwrap_or(usize::MAX))
+    .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]) && order[3] != usize::MAX,
+        "stop order: {log}"
+    );
+}
+
 async fn write_through(dsn: &str, sql: &str) -> Option<()> {
     let c = connect_dsn(dsn).await.ok()?;
     c.batch_execute(sql).await.ok()
@@ -143,20 +160,7 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
         Some(0),
         "spilo up ends when its last cluster is down"
     );
-    let log = repo.up_log();
-    let order: Vec<usize> = [
-        "stopping replicas",
-        "stopping the primary",
-        "stopping HAProxy",
-        "stopping etcd",
-    ]
-    .iter()
-    .map(|s| log.find(s).unwrap_or(usize::MAX))
-    .collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]) && order[3] != usize::MAX,
-        "stop order: {log}"
-    );
+    assert_stopped_in_order(&repo.up_log());
     Ok(())
 }
 
@@ -183,20 +187,7 @@ async fn scenario_resume(repo: &mut LocalRepo) -> anyhow::Result<()> {
     repo.interrupt_up();
     assert_eq!(repo.wait_up_exit(Duration::from_secs(120)), Some(0));
     assert_eq!(repo.processes(), Vec::<u32>::new());
-    let log = repo.up_log();
-    let order: Vec<usize> = [
-        "stopping replicas",
-        "stopping the primary",
-        "stopping HAProxy",
-        "stopping etcd",
-    ]
-    .iter()
-    .map(|s| log.find(s).unwrap_or(usize::MAX))
-    .collect();
-    assert!(
-        order.windows(2).all(|w| w[0] < w[1]) && order[3] != usize::MAX,
-        "stop order: {log}"
-    );
+    assert_stopped_in_order(&repo.up_log());
 
     repo.up()?;
     repo.wait_printed("cluster beta is ready", READY).await?;

@@ -10,22 +10,22 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HaSpec {
     /// Leader lease in seconds: a dead primary is replaced about this long after it died.
-    #[serde(default = "d_ttl")]
+    #[serde(default = "default_ttl")]
     #[schemars(range(min = 2, max = 3600))]
     pub ttl: u64,
     /// Seconds between HA loop runs when no event wakes them sooner.
-    #[serde(default = "d_loop_wait")]
+    #[serde(default = "default_loop_wait")]
     #[schemars(range(min = 1, max = 3600))]
     pub loop_wait: u64,
     /// Seconds one etcd or PostgreSQL operation may take.
-    #[serde(default = "d_retry_timeout")]
+    #[serde(default = "default_retry_timeout")]
     #[schemars(range(min = 1, max = 3600))]
     pub retry_timeout: u64,
     /// A replica further than this many bytes behind the most advanced member is not promoted.
-    #[serde(default = "d_max_lag")]
+    #[serde(default = "default_maximum_lag_on_failover")]
     pub maximum_lag_on_failover: u64,
     /// Seconds a crashed primary may take to restart in place before a replica takes over.
-    #[serde(default = "d_primary_start_timeout")]
+    #[serde(default = "default_primary_start_timeout")]
     pub primary_start_timeout: u64,
     /// Commit only once a synchronous standby has the WAL; failover only to such a standby.
     #[serde(default)]
@@ -53,19 +53,24 @@ pub const DEFAULT_MAXIMUM_LAG_ON_FAILOVER: u64 = 1_048_576;
 /// Default time a crashed primary may take to restart in place, in seconds.
 pub const DEFAULT_PRIMARY_START_TIMEOUT: u64 = 30;
 
-fn d_ttl() -> u64 {
+/// [`DEFAULT_TTL`], for `#[serde(default = ...)]`.
+pub fn default_ttl() -> u64 {
     DEFAULT_TTL
 }
-fn d_loop_wait() -> u64 {
+/// [`DEFAULT_LOOP_WAIT`], for `#[serde(default = ...)]`.
+pub fn default_loop_wait() -> u64 {
     DEFAULT_LOOP_WAIT
 }
-fn d_retry_timeout() -> u64 {
+/// [`DEFAULT_RETRY_TIMEOUT`], for `#[serde(default = ...)]`.
+pub fn default_retry_timeout() -> u64 {
     DEFAULT_RETRY_TIMEOUT
 }
-fn d_max_lag() -> u64 {
+/// [`DEFAULT_MAXIMUM_LAG_ON_FAILOVER`], for `#[serde(default = ...)]`.
+pub fn default_maximum_lag_on_failover() -> u64 {
     DEFAULT_MAXIMUM_LAG_ON_FAILOVER
 }
-fn d_primary_start_timeout() -> u64 {
+/// [`DEFAULT_PRIMARY_START_TIMEOUT`], for `#[serde(default = ...)]`.
+pub fn default_primary_start_timeout() -> u64 {
     DEFAULT_PRIMARY_START_TIMEOUT
 }
 
@@ -125,11 +130,11 @@ fn d_sync_count() -> u32 {
 impl Default for HaSpec {
     fn default() -> Self {
         Self {
-            ttl: d_ttl(),
-            loop_wait: d_loop_wait(),
-            retry_timeout: d_retry_timeout(),
-            maximum_lag_on_failover: d_max_lag(),
-            primary_start_timeout: d_primary_start_timeout(),
+            ttl: default_ttl(),
+            loop_wait: default_loop_wait(),
+            retry_timeout: default_retry_timeout(),
+            maximum_lag_on_failover: default_maximum_lag_on_failover(),
+            primary_start_timeout: default_primary_start_timeout(),
             synchronous_mode: false,
             synchronous_node_count: d_sync_count(),
             synchronous_mode_strict: false,

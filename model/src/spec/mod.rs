@@ -23,7 +23,9 @@ pub use aws::{AwsSpec, Filesystem, IngressRule, StorageSpec, VolumeType};
 pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck};
 pub use ha::{
     DEFAULT_LOOP_WAIT, DEFAULT_MAXIMUM_LAG_ON_FAILOVER, DEFAULT_PRIMARY_START_TIMEOUT,
-    DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, HaSpec, TimingField, TimingProblem, timing_problems,
+    DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, HaSpec, TimingField, TimingProblem, default_loop_wait,
+    default_maximum_lag_on_failover, default_primary_start_timeout, default_retry_timeout,
+    default_ttl, timing_problems,
 };
 
 use crate::names::ClusterName;
