@@ -105,11 +105,8 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("spilo-e2e-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let run_as = RunAs::detect()?;
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin)?;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-        let governor = proc::install_binary("governor", &bin)?;
-        let spilo = proc::install_binary("spilo", &bin)?;
+        let governor = proc::installed("governor")?;
+        let spilo = proc::installed("spilo")?;
         let secrets = dir.path().join("secrets");
         std::fs::create_dir(&secrets)?;
         for (file, value) in [

@@ -21,11 +21,7 @@ impl LocalRepo {
     pub fn new() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("spilo-local-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin)?;
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
-        let spilo = proc::install_binary("spilo", &bin)?;
-        proc::install_binary("governor", &bin)?;
+        let spilo = proc::installed("spilo")?;
         std::fs::create_dir(dir.path().join("clusters"))?;
         Ok(Self {
             spilo,

@@ -82,20 +82,53 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
     })
 }
 
-/// Copies a workspace binary into `dir` (mode 0755) so the unprivileged user can run it even
-/// when the checkout lives under a directory it cannot enter.
-pub fn install_binary(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let src = target_dir()?.join(name);
-    if !src.exists() {
-        anyhow::bail!(
-            "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
-            src.display()
-        );
+static INSTALLED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+
+/// The workspace binaries (`governor`, `spilo`), copied once per build into a directory the
+/// unprivileged user can enter even when the checkout lives under one it cannot (`/root`).
+///
+/// The copy happens once per test process, before any test spawns a process: a thread that
+/// forks while another thread still holds a freshly copied executable open for writing makes
+/// that executable fail to start with "Text file busy" (ETXTBSY).
+pub fn installed(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = INSTALLED
+        .get_or_init(|| install_all().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(dir.join(name))
+}
+
+fn install_all() -> anyhow::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let target = target_dir()?;
+    let mut key = std::collections::hash_map::DefaultHasher::new();
+    for name in ["governor", "spilo"] {
+        let src = target.join(name);
+        let meta = std::fs::metadata(&src).map_err(|_| {
+            anyhow::anyhow!(
+                "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+                src.display()
+            )
+        })?;
+        meta.len().hash(&mut key);
+        meta.modified()?.hash(&mut key);
     }
-    let dst = dir.join(name);
-    std::fs::copy(&src, &dst)?;
-    std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))?;
-    Ok(dst)
+    let dir = std::env::temp_dir().join(format!("spilo-e2e-bin-{:016x}", key.finish()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    for name in ["governor", "spilo"] {
+        let dst = dir.join(name);
+        if dst.exists() {
+            continue;
+        }
+        // Copy under a private name, then rename: another test process may install the same
+        // build at the same time, and must never run a half-written file.
+        let tmp = dir.join(format!("{name}.{}", std::process::id()));
+        std::fs::copy(target.join(name), &tmp)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &dst)?;
+    }
+    Ok(dir)
 }
 
 /// A spawned process whose output goes to a log file. Killed (with its process group) on drop.

@@ -18,7 +18,7 @@ impl Setup {
         let dir = tempfile::Builder::new().prefix("spilo-cfg-").tempdir()?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let run_as = RunAs::detect()?;
-        let governor = proc::install_binary("governor", dir.path())?;
+        let governor = proc::installed("governor")?;
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "secret")?;
         run_as.own(&pw)?;
