@@ -10,6 +10,7 @@
 //! | `leader` | the governor that holds leadership (create-if-absent, delete-if-ours) | member name | bound to the holder's lease |
 //! | `members/<name>` | the governor named `<name>` | [`crate::MemberStatus`] JSON | bound to that governor's lease |
 //! | `config` | created once by the bootstrap leader if absent; afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
+//! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
 
 use crate::names::{ClusterName, MemberName};
@@ -36,6 +37,8 @@ pub enum KeyKind {
     Config,
     /// `history`: one entry per promotion.
     History,
+    /// `apply-lock`: held by the `spilo apply` changing this cluster.
+    ApplyLock,
 }
 
 impl Keyspace {
@@ -77,6 +80,11 @@ impl Keyspace {
         format!("{}config", self.prefix)
     }
 
+    /// `apply-lock`.
+    pub fn apply_lock(&self) -> String {
+        format!("{}apply-lock", self.prefix)
+    }
+
     /// `history`.
     pub fn history(&self) -> String {
         format!("{}history", self.prefix)
@@ -100,6 +108,7 @@ impl Keyspace {
             "leader" => Some(KeyKind::Leader),
             "config" => Some(KeyKind::Config),
             "history" => Some(KeyKind::History),
+            "apply-lock" => Some(KeyKind::ApplyLock),
             _ => rest
                 .strip_prefix("members/")
                 .and_then(|n| MemberName::new(n).ok())
@@ -135,6 +144,7 @@ mod tests {
         assert_eq!(k.classify(&k.leader()), Some(KeyKind::Leader));
         assert_eq!(k.classify(&k.config()), Some(KeyKind::Config));
         assert_eq!(k.classify(&k.history()), Some(KeyKind::History));
+        assert_eq!(k.classify(&k.apply_lock()), Some(KeyKind::ApplyLock));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));
         assert_eq!(k.classify("/service/other/leader"), None);

@@ -32,6 +32,12 @@ pub struct InitArgs {
     /// Route53 hosted zone.
     #[arg(long)]
     pub hosted_zone: Option<String>,
+    /// The VPC the cluster lives in.
+    #[arg(long)]
+    pub vpc: Option<String>,
+    /// Subnets of that VPC, comma separated (one per availability zone).
+    #[arg(long)]
+    pub subnets: Option<String>,
     /// etcd discovery domain (SRV records).
     #[arg(long)]
     pub discovery_domain: Option<String>,
@@ -205,6 +211,20 @@ pub fn run(
             "acid.example.com",
             not_empty,
         )?;
+        let vpc = a.ask(&args.vpc, "vpc", "VPC id", "vpc-0example", not_empty)?;
+        let subnets = a.ask(
+            &args.subnets,
+            "subnets",
+            "Subnets (comma-separated, one per availability zone)",
+            "subnet-0example-a,subnet-0example-b,subnet-0example-c",
+            not_empty,
+        )?;
+        let subnets: Vec<&str> = subnets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let subnets = subnets.join(", ");
         let discovery = a.ask(
             &args.discovery_domain,
             "discovery-domain",
@@ -276,7 +296,7 @@ pub fn run(
         storage.push_str(&format!(", mountOptions: [{}]", opts.join(", ")));
         body.push_str(&format!(
             "  dcs:\n    discoveryDomain: {discovery}\n\
-             \x20 aws:\n    region: {region}\n    instanceType: {instance_type}\n    hostedZone: {zone}\n    storage: {{{storage}}}\n\
+             \x20 aws:\n    region: {region}\n    instanceType: {instance_type}\n    hostedZone: {zone}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    storage: {{{storage}}}\n\
              \x20 backup:\n    bucket: {bucket}\n\
              \x20 secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    replication: {{ssm: /spilo/{name}/replication}}\n"
         ));
@@ -323,9 +343,9 @@ mod tests {
             output: Some(out_path.clone()),
             ..Default::default()
         };
-        // name, instances, target, region, bucket, type, zone, domain, size (5 is refused, then 20),
-        // volume type, iops, snapshot, filesystem, mount options.
-        let input = "orders\n\n\n\norders-wal\nm6g.large\n\n\n5\n20\nio1\n\n\nxfs\n\n";
+        // name, instances, target, region, bucket, type, zone, vpc, subnets, domain,
+        // size (5 is refused, then 20), volume type, iops, snapshot, filesystem, mount options.
+        let input = "orders\n\n\n\norders-wal\nm6g.large\n\nvpc-1\nsubnet-a, subnet-b\n\n5\n20\nio1\n\n\nxfs\n\n";
         let (r, shown) = run_with(args, input);
         r.expect("init succeeds");
         assert!(shown.contains("Cluster name []: "), "{shown}");

@@ -2,12 +2,11 @@
 //! etcd (the `leader` and `members/*` keys), as text or JSON.
 
 use anyhow::Context;
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::GetOptions;
 use spilo_model::{
     ClusterName, ClusterSummary, KeyKind, Keyspace, MemberName, MemberStatus, summarize,
 };
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// Reads the member table of `scope` from etcd at `endpoints`.
 pub async fn read_summary(
@@ -15,25 +14,10 @@ pub async fn read_summary(
     namespace: &str,
     scope: &ClusterName,
 ) -> anyhow::Result<ClusterSummary> {
-    let endpoints: Vec<String> = endpoints
-        .iter()
-        .map(|e| {
-            if e.contains("://") {
-                e.clone()
-            } else {
-                format!("http://{e}")
-            }
-        })
-        .collect();
-    let timeout = Duration::from_secs(3);
-    let options = ConnectOptions::new()
-        .with_connect_timeout(timeout)
-        .with_timeout(timeout);
-    let mut client = tokio::time::timeout(timeout, Client::connect(&endpoints, Some(options)))
+    let timeout = crate::etcd::TIMEOUT;
+    let mut client = crate::etcd::connect(endpoints)
         .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
+        .map_err(anyhow::Error::msg)?;
     let keys = Keyspace::with_namespace(namespace, scope);
     let resp = tokio::time::timeout(
         timeout,

@@ -55,6 +55,18 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
+    /// Plan the AWS clusters of a commit against AWS and etcd (exit 0: no changes, 2: changes, 1: error).
+    Plan(spilo::aws::commands::PlanArgs),
+    /// Apply a plan (saved with `plan -o`, or made now) through CloudFormation change sets.
+    Apply(spilo::aws::commands::ApplyArgs),
+    /// What moving from one ref to another changes, without AWS credentials (for pull requests).
+    Diff(spilo::aws::commands::DiffArgs),
+    /// The resources of a cluster's stack.
+    Resources(spilo::aws::commands::InspectArgs),
+    /// The events of a cluster's stack, oldest first.
+    Events(spilo::aws::commands::InspectArgs),
+    /// The instances of a cluster with their members' roles.
+    Instances(spilo::aws::commands::InspectArgs),
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
     #[command(hide = true)]
     Schema,
@@ -173,6 +185,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spilo::local::down::down(&layout, cluster.as_deref(), purge).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan(args) => Ok(ExitCode::from(spilo::aws::commands::plan(args).await?)),
+        Command::Apply(args) => Ok(ExitCode::from(spilo::aws::commands::apply(args).await?)),
+        Command::Diff(args) => Ok(ExitCode::from(spilo::aws::commands::diff(args).await?)),
+        Command::Resources(args) => Ok(ExitCode::from(
+            spilo::aws::commands::inspect(spilo::aws::commands::Inspect::Resources, args).await?,
+        )),
+        Command::Events(args) => Ok(ExitCode::from(
+            spilo::aws::commands::inspect(spilo::aws::commands::Inspect::Events, args).await?,
+        )),
+        Command::Instances(args) => Ok(ExitCode::from(
+            spilo::aws::commands::inspect(spilo::aws::commands::Inspect::Instances, args).await?,
+        )),
         Command::Schema => {
             print!("{}", spilo::spec::schema_json());
             Ok(ExitCode::SUCCESS)

@@ -7,6 +7,7 @@
 //! Tests poll with deadlines through [`wait::until`]; nothing sleeps to wait. Every spawned
 //! process is killed when its handle drops, and logs are printed when a test fails.
 
+pub mod aws;
 pub mod cluster;
 pub mod dns;
 pub mod etcd;

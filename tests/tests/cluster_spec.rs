@@ -178,7 +178,7 @@ fn spilo_init_takes_answers_on_stdin_and_writes_a_valid_file() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"payments\n3\naws\n\n\n\n\n\n100\ngp3\n\n\n\n")
+        .write_all(b"payments\n3\naws\n\n\n\n\n\n\n\n100\ngp3\n\n\n\n")
         .expect("answer");
     let result = child.wait_with_output().expect("wait");
     let shown = String::from_utf8_lossy(&result.stdout);

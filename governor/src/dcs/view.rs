@@ -64,6 +64,8 @@ pub async fn read_view(
                     tracing::warn!(key, error = %e, "ignoring a history key that does not parse")
                 }
             },
+            // The reconciler's lock; nothing the governor decides on.
+            KeyKind::ApplyLock => {}
         }
     }
     Ok(view)

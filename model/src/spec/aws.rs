@@ -19,7 +19,10 @@ pub struct AwsSpec {
     /// The data volume.
     #[serde(default)]
     pub storage: StorageSpec,
-    /// Subnets for the instances.
+    /// The VPC the instances, the load balancer and the security groups live in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
+    /// Subnets of that VPC for the instances and the load balancer (one per availability zone).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<String>,
     /// The Route53 hosted zone the DNS name is created in, e.g. `db.example.com`.

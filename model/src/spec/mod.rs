@@ -28,6 +28,7 @@ pub use ha::{
     default_ttl, timing_problems,
 };
 
+use crate::member::ClusterConfig;
 use crate::names::ClusterName;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,25 @@ impl Default for ClusterSpec {
             reconcile: ReconcileSpec::default(),
             secrets: SecretsSpec::default(),
             tags: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// The cluster-wide settings `spilo` keeps in etcd `config`: HA timing and PostgreSQL
+    /// parameters, which every governor applies.
+    pub fn dynamic_config(&self) -> ClusterConfig {
+        ClusterConfig {
+            ttl: Some(self.ha.ttl),
+            loop_wait: Some(self.ha.loop_wait),
+            retry_timeout: Some(self.ha.retry_timeout),
+            maximum_lag_on_failover: Some(self.ha.maximum_lag_on_failover),
+            postgresql_parameters: self
+                .postgresql
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
         }
     }
 }

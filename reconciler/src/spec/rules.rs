@@ -155,6 +155,27 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         if aws.region.is_empty() {
             r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
         }
+        if aws.vpc.is_none() {
+            r.at_key(
+                &p("spec.aws"),
+                Severity::Error,
+                "target aws needs vpc: the security groups and the load balancer live in it",
+            );
+        }
+        if aws.subnets.is_empty() {
+            r.at_key(
+                &p("spec.aws"),
+                Severity::Error,
+                "target aws needs subnets (one per availability zone) for the instances and the load balancer",
+            );
+        }
+        if s.dcs.is_none() {
+            r.at(
+                &p("spec.target"),
+                Severity::Error,
+                "target aws needs spec.dcs: the etcd cluster the governors use",
+            );
+        }
         for (i, rule) in aws.extra_ingress.iter().enumerate() {
             let at = p(&format!("spec.aws.extraIngress[{i}]"));
             if rule.cidr.is_some() == rule.security_group.is_some() {

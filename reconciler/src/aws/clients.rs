@@ -1,0 +1,66 @@
+//! AWS clients per region. The endpoint can be overridden (`--endpoint-url`, or the SDK's own
+//! `AWS_ENDPOINT_URL`): the tests point it at `moto_server`, and every code path stays the
+//! production one. Credentials come from the SDK's default chain.
+
+use aws_config::{BehaviorVersion, Region};
+use std::collections::BTreeMap;
+use tokio::sync::Mutex;
+
+/// The clients of one region.
+#[derive(Clone)]
+pub struct RegionClients {
+    /// CloudFormation.
+    pub cfn: aws_sdk_cloudformation::Client,
+    /// Route53 (global, but built per region for simplicity).
+    pub route53: aws_sdk_route53::Client,
+    /// S3 (path-style when the endpoint is overridden).
+    pub s3: aws_sdk_s3::Client,
+    /// Auto Scaling, for the instances of a cluster.
+    pub autoscaling: aws_sdk_autoscaling::Client,
+}
+
+/// Lazily built clients, one set per region.
+pub struct Clients {
+    endpoint: Option<String>,
+    by_region: Mutex<BTreeMap<String, RegionClients>>,
+}
+
+impl Clients {
+    /// Clients that talk to `endpoint` instead of AWS when given.
+    pub fn new(endpoint: Option<String>) -> Self {
+        Clients {
+            endpoint,
+            by_region: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The clients of `region`.
+    pub async fn region(&self, region: &str) -> RegionClients {
+        let mut map = self.by_region.lock().await;
+        if let Some(c) = map.get(region) {
+            return c.clone();
+        }
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
+        if let Some(e) = &self.endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        let conf = loader.load().await;
+        let s3_conf = aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(self.endpoint.is_some())
+            .build();
+        let clients = RegionClients {
+            cfn: aws_sdk_cloudformation::Client::new(&conf),
+            route53: aws_sdk_route53::Client::new(&conf),
+            s3: aws_sdk_s3::Client::from_conf(s3_conf),
+            autoscaling: aws_sdk_autoscaling::Client::new(&conf),
+        };
+        map.insert(region.to_string(), clients.clone());
+        clients
+    }
+}
+
+/// An SDK error with its code and message, for humans.
+pub fn describe<E: std::error::Error + 'static>(e: &E) -> String {
+    aws_sdk_cloudformation::error::DisplayErrorContext(e).to_string()
+}

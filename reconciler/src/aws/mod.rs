@@ -1,0 +1,130 @@
+//! The AWS target: cluster files from git become CloudFormation stacks.
+//!
+//! The flow is desired ([`crate::desired`], a commit's files) + observed ([`observe`], AWS and
+//! etcd, each part absent/present/unknown) -> [`plan::plan`] (pure) -> a [`plan::Plan`] value,
+//! which [`show`] prints three ways and [`apply`] carries out through change sets.
+//! [`template`] renders a cluster file into its stack; [`diff`] compares stacks.
+//! `spilo diff` plans one commit against another with no AWS at all ([`plan_between`]).
+
+pub mod apply;
+pub mod clients;
+pub mod commands;
+pub mod diff;
+pub mod inspect;
+pub mod observe;
+pub mod observed;
+pub mod plan;
+pub mod show;
+pub mod template;
+pub mod userdata;
+
+use crate::desired::{self, Desired};
+use observed::{
+    Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd, ObservedStack,
+};
+use plan::{DesiredInput, Plan, PlanOptions};
+use spilo_model::spec::{ClusterFile, Target};
+use std::path::Path;
+
+/// The AWS clusters of a desired state, with their file paths.
+pub fn aws_clusters(d: &Desired) -> Vec<(&str, &ClusterFile)> {
+    d.clusters
+        .iter()
+        .filter(|(_, f)| f.spec.target == Target::Aws)
+        .map(|(p, f)| (p.as_str(), f))
+        .collect()
+}
+
+/// Reads the desired state, observes AWS and etcd, and plans.
+pub async fn make_plan(
+    clients: &clients::Clients,
+    repo: &str,
+    reference: &str,
+    cache: &Path,
+    regions: &[String],
+    options: PlanOptions,
+) -> anyhow::Result<(Desired, Plan)> {
+    let desired = desired::read(repo, reference, cache)?;
+    let files = aws_clusters(&desired);
+    let only_files: Vec<&ClusterFile> = files.iter().map(|(_, f)| *f).collect();
+    let observed = observe::observe(clients, &only_files, regions).await;
+    let plan = plan::plan(
+        &DesiredInput {
+            based_on: (&desired.repo, &desired.reference, &desired.commit),
+            clusters: files,
+        },
+        &observed,
+        options,
+    );
+    Ok((desired, plan))
+}
+
+/// What `base` would look like once applied: its stacks and etcd configs, as if observed.
+pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
+    let mut out = Observed::default();
+    let mut names = Vec::new();
+    for (_, f) in aws_clusters(base) {
+        let Some(stack) = template::render(f) else {
+            continue;
+        };
+        let name = f.metadata.name.to_string();
+        names.push(name.clone());
+        out.clusters.insert(
+            name.clone(),
+            ObservedCluster {
+                name,
+                stack: Observation::Present(ObservedStack {
+                    stack_id: format!("{}@{}", stack.stack_name, base.commit),
+                    status: "CREATE_COMPLETE".into(),
+                    last_changed: String::new(),
+                    template: stack.template,
+                    parameters: stack.parameters,
+                    tags: stack.tags,
+                    resources: Default::default(),
+                    outputs: Default::default(),
+                }),
+                dns: None,
+                bucket: None,
+                etcd: Observation::Present(ObservedEtcd {
+                    config: Observation::Present(ObservedConfig {
+                        value: Some(f.spec.dynamic_config()),
+                        mod_revision: 1,
+                    }),
+                    members: Vec::new(),
+                }),
+            },
+        );
+    }
+    for (_, f) in aws_clusters(head) {
+        let name = f.metadata.name.to_string();
+        out.clusters.entry(name.clone()).or_insert(ObservedCluster {
+            name,
+            stack: Observation::Absent,
+            dns: None,
+            bucket: None,
+            etcd: Observation::Present(ObservedEtcd {
+                config: Observation::Absent,
+                members: Vec::new(),
+            }),
+        });
+    }
+    out.stack_list = Observation::Present(names);
+    out
+}
+
+/// `spilo diff BASE HEAD`: what moving from `base` to `head` changes, desired against
+/// desired, with no AWS credentials.
+pub fn plan_between(base: &Desired, head: &Desired, options: PlanOptions) -> Plan {
+    let observed = observed_from(base, head);
+    let mut p = plan::plan(
+        &DesiredInput {
+            based_on: (&head.repo, &head.reference, &head.commit),
+            clusters: aws_clusters(head),
+        },
+        &observed,
+        options,
+    );
+    // Nothing here was observed: a diff is never applied.
+    p.based_on.clusters.clear();
+    p
+}

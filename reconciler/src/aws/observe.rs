@@ -1,0 +1,391 @@
+//! Observing: the stacks, Route53 records, WAL buckets and etcd keys of the clusters a plan
+//! covers, turned into [`Observed`]. Every failed call becomes *unknown* with the reason;
+//! only a definite "does not exist" becomes *absent*.
+
+use super::clients::{Clients, RegionClients, describe};
+use super::observed::{
+    Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd, ObservedMember,
+    ObservedStack,
+};
+use super::template::{self, CLUSTER_TAG};
+use aws_sdk_cloudformation::error::ProvideErrorMetadata;
+use aws_sdk_cloudformation::primitives::DateTimeFormat;
+use aws_sdk_cloudformation::types::TemplateStage;
+use etcd_client::GetOptions;
+use futures::StreamExt;
+use serde_json::Value;
+use spilo_model::spec::{ClusterFile, DcsSpec};
+use spilo_model::{ClusterName, KeyKind, Keyspace, MemberStatus};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many clusters are observed at once.
+const PARALLEL: usize = 16;
+
+/// Observes every cluster in `files` and every managed stack in `regions` (plus the files'
+/// regions) whose file is gone.
+pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[String]) -> Observed {
+    let mut all_regions: BTreeSet<String> = regions.iter().cloned().collect();
+    for f in files {
+        if let Some(a) = &f.spec.aws {
+            all_regions.insert(a.region.clone());
+        }
+    }
+    let mut observed = Observed::default();
+    let results: Vec<ObservedCluster> = futures::stream::iter(files.iter())
+        .map(|f| observe_cluster(clients, f))
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    for o in results {
+        observed.clusters.insert(o.name.clone(), o);
+    }
+    let wanted: BTreeSet<&str> = files.iter().map(|f| f.metadata.name.as_str()).collect();
+    let mut managed = Vec::new();
+    for region in &all_regions {
+        let c = clients.region(region).await;
+        match list_managed(&c).await {
+            Ok(stacks) => {
+                for (name, stack) in stacks {
+                    if wanted.contains(name.as_str()) {
+                        continue;
+                    }
+                    let stack = match full_stack(&c, &stack.stack_id).await {
+                        Ok(Some(s)) => Observation::Present(s),
+                        Ok(None) => Observation::Absent,
+                        Err(e) => Observation::Unknown(e),
+                    };
+                    managed.push(name.clone());
+                    observed.clusters.insert(
+                        name.clone(),
+                        ObservedCluster {
+                            name,
+                            stack,
+                            dns: None,
+                            bucket: None,
+                            etcd: Observation::Absent,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                observed.stack_list = Observation::Unknown(format!("{region}: {e}"));
+                return observed;
+            }
+        }
+    }
+    managed.sort();
+    observed.stack_list = Observation::Present(managed);
+    observed
+}
+
+/// Observes one cluster.
+pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedCluster {
+    let name = file.metadata.name.to_string();
+    let Some(aws) = &file.spec.aws else {
+        return ObservedCluster {
+            name,
+            stack: Observation::Unknown("not an AWS cluster".into()),
+            dns: None,
+            bucket: None,
+            etcd: Observation::Absent,
+        };
+    };
+    let c = clients.region(&aws.region).await;
+    let stack_name = template::stack_name(&name);
+    let stack = async {
+        match full_stack(&c, &stack_name).await {
+            Ok(Some(s)) => Observation::Present(s),
+            Ok(None) => Observation::Absent,
+            Err(e) => Observation::Unknown(e),
+        }
+    };
+    let dns = async {
+        match (&aws.hosted_zone, template::dns_name(file)) {
+            (Some(zone), Some(fqdn)) => Some(dns_record(&c, zone, &fqdn).await),
+            _ => None,
+        }
+    };
+    let bucket = async {
+        match &file.spec.backup {
+            Some(b) => Some(bucket(&c, &b.bucket).await),
+            None => None,
+        }
+    };
+    let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
+    let (stack, dns, bucket, etcd) = tokio::join!(stack, dns, bucket, etcd);
+    ObservedCluster {
+        name,
+        stack,
+        dns,
+        bucket,
+        etcd,
+    }
+}
+
+fn is_missing_stack<E: ProvideErrorMetadata>(e: &E) -> bool {
+    e.code() == Some("ValidationError") && e.message().is_some_and(|m| m.contains("does not exist"))
+}
+
+/// The stack `id` (name or ARN) with its template and resources; `None` when it does not exist.
+pub async fn full_stack(c: &RegionClients, id: &str) -> Result<Option<ObservedStack>, String> {
+    let described = match c.cfn.describe_stacks().stack_name(id).send().await {
+        Ok(d) => d,
+        Err(e) if is_missing_stack(&e) => return Ok(None),
+        Err(e) => return Err(format!("describe-stacks: {}", describe(&e))),
+    };
+    let Some(s) = described.stacks().first() else {
+        return Ok(None);
+    };
+    let status = s
+        .stack_status()
+        .map(|x| x.as_str().to_string())
+        .unwrap_or_default();
+    if status == "DELETE_COMPLETE" {
+        return Ok(None);
+    }
+    let stack_id = s.stack_id().unwrap_or(id).to_string();
+    let when = s.last_updated_time().or(s.creation_time());
+    let last_changed = when
+        .and_then(|t| t.fmt(DateTimeFormat::DateTime).ok())
+        .unwrap_or_default();
+    let parameters = s
+        .parameters()
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p.parameter_key()?.to_string(),
+                p.parameter_value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect();
+    let tags = s
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect();
+    let outputs = s
+        .outputs()
+        .iter()
+        .filter_map(|o| {
+            Some((
+                o.output_key()?.to_string(),
+                o.output_value().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect();
+    let body = c
+        .cfn
+        .get_template()
+        .stack_name(&stack_id)
+        .template_stage(TemplateStage::Original)
+        .send()
+        .await
+        .map_err(|e| format!("get-template: {}", describe(&e)))?;
+    let template: Value = serde_json::from_str(body.template_body().unwrap_or("{}"))
+        .map_err(|e| format!("the stack's template is not the JSON spilo writes: {e}"))?;
+    let res = c
+        .cfn
+        .describe_stack_resources()
+        .stack_name(&stack_id)
+        .send()
+        .await
+        .map_err(|e| format!("describe-stack-resources: {}", describe(&e)))?;
+    let resources = res
+        .stack_resources()
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.logical_resource_id()?.to_string(),
+                (
+                    r.resource_type().unwrap_or_default().to_string(),
+                    r.physical_resource_id().map(str::to_string),
+                ),
+            ))
+        })
+        .collect();
+    Ok(Some(ObservedStack {
+        stack_id,
+        status,
+        last_changed,
+        template,
+        parameters,
+        tags,
+        resources,
+        outputs,
+    }))
+}
+
+/// A managed stack found by its tag.
+pub struct ManagedStack {
+    /// Its id.
+    pub stack_id: String,
+}
+
+/// Stacks tagged `spilo:cluster` in one region, by cluster name.
+async fn list_managed(c: &RegionClients) -> Result<BTreeMap<String, ManagedStack>, String> {
+    let mut out = BTreeMap::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = c
+            .cfn
+            .describe_stacks()
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| format!("describe-stacks: {}", describe(&e)))?;
+        for s in page.stacks() {
+            let deleted = s
+                .stack_status()
+                .is_some_and(|st| st.as_str() == "DELETE_COMPLETE");
+            let cluster = s
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(CLUSTER_TAG))
+                .and_then(|t| t.value());
+            if let (false, Some(name), Some(id)) = (deleted, cluster, s.stack_id()) {
+                out.insert(
+                    name.to_string(),
+                    ManagedStack {
+                        stack_id: id.to_string(),
+                    },
+                );
+            }
+        }
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The CNAME target of `fqdn` in `zone`.
+async fn dns_record(c: &RegionClients, zone: &str, fqdn: &str) -> Observation<String> {
+    let zone_dot = format!("{}.", zone.trim_end_matches('.'));
+    let zones = match c
+        .route53
+        .list_hosted_zones_by_name()
+        .dns_name(&zone_dot)
+        .send()
+        .await
+    {
+        Ok(z) => z,
+        Err(e) => return Observation::Unknown(format!("list-hosted-zones: {}", describe(&e))),
+    };
+    let Some(z) = zones.hosted_zones().iter().find(|z| z.name() == zone_dot) else {
+        return Observation::Unknown(format!("hosted zone {zone_dot} not found"));
+    };
+    let records = match c
+        .route53
+        .list_resource_record_sets()
+        .hosted_zone_id(z.id())
+        .start_record_name(fqdn)
+        .max_items(10)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Observation::Unknown(format!("list-resource-record-sets: {}", describe(&e)));
+        }
+    };
+    match records
+        .resource_record_sets()
+        .iter()
+        .find(|r| r.name().trim_end_matches('.') == fqdn.trim_end_matches('.'))
+    {
+        Some(r) => Observation::Present(
+            r.resource_records()
+                .iter()
+                .map(|v| v.value().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        None => Observation::Absent,
+    }
+}
+
+/// Whether the bucket exists.
+async fn bucket(c: &RegionClients, name: &str) -> Observation<()> {
+    match c.s3.head_bucket().bucket(name).send().await {
+        Ok(_) => Observation::Present(()),
+        Err(e) => {
+            let not_found = e.as_service_error().is_some_and(|s| s.is_not_found());
+            if not_found {
+                Observation::Absent
+            } else {
+                Observation::Unknown(format!("head-bucket: {}", describe(&e)))
+            }
+        }
+    }
+}
+
+/// The cluster's `config` and members in etcd.
+pub async fn observe_etcd(dcs: Option<&DcsSpec>, scope: &ClusterName) -> Observation<ObservedEtcd> {
+    let Some(dcs) = dcs else {
+        return Observation::Absent;
+    };
+    let endpoints = match crate::etcd::endpoints(dcs).await {
+        Ok(e) => e,
+        Err(e) => return Observation::Unknown(e),
+    };
+    match read_etcd(&endpoints, scope).await {
+        Ok(e) => Observation::Present(e),
+        Err(e) => Observation::Unknown(e),
+    }
+}
+
+async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<ObservedEtcd, String> {
+    let mut client = crate::etcd::connect(endpoints).await?;
+    let keys = Keyspace::new(scope);
+    let resp = tokio::time::timeout(
+        crate::etcd::TIMEOUT,
+        client.get(keys.prefix(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| "reading from etcd timed out".to_string())?
+    .map_err(|e| format!("reading {}: {e}", keys.prefix()))?;
+    let mut config = Observation::Absent;
+    let mut leader = None;
+    let mut members = Vec::new();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        match keys.classify(key) {
+            Some(KeyKind::Config) => {
+                config = Observation::Present(ObservedConfig {
+                    value: serde_json::from_slice(kv.value()).ok(),
+                    mod_revision: kv.mod_revision(),
+                });
+            }
+            Some(KeyKind::Leader) => {
+                leader = std::str::from_utf8(kv.value()).ok().map(str::to_string)
+            }
+            Some(KeyKind::Member(name)) => {
+                // A corrupt member value is shown as such; it never stops a plan.
+                let (role, state) = match serde_json::from_slice::<MemberStatus>(kv.value()) {
+                    Ok(m) => (
+                        serde_json::to_value(m.role)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        serde_json::to_value(m.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    ),
+                    Err(_) => ("?".into(), "unreadable".into()),
+                };
+                members.push(ObservedMember {
+                    name: name.to_string(),
+                    role,
+                    state,
+                    leader: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    for m in &mut members {
+        m.leader = leader.as_deref() == Some(m.name.as_str());
+    }
+    Ok(ObservedEtcd { config, members })
+}

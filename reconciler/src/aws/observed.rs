@@ -1,0 +1,121 @@
+//! Observed state of the AWS clusters, as plain data: what `observe` found, and what the
+//! planner reads. Each part is *absent*, *present* or *unknown*; unknown (a failed call, a
+//! stack in progress) never reads as absent, so nothing is created or deleted on a guess.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use spilo_model::ClusterConfig;
+use std::collections::BTreeMap;
+
+/// One observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", content = "value", rename_all = "lowercase")]
+pub enum Observation<T> {
+    /// Looked, and it is not there.
+    Absent,
+    /// Looked, and this is it.
+    Present(T),
+    /// Could not tell; the reason.
+    Unknown(String),
+}
+
+impl<T> Observation<T> {
+    /// The value when present.
+    pub fn present(&self) -> Option<&T> {
+        match self {
+            Observation::Present(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The reason when unknown.
+    pub fn unknown(&self) -> Option<&str> {
+        match self {
+            Observation::Unknown(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// A CloudFormation stack as described.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedStack {
+    /// The stack id (an ARN).
+    pub stack_id: String,
+    /// `CREATE_COMPLETE`, `UPDATE_ROLLBACK_COMPLETE`, ...
+    pub status: String,
+    /// Last update, or creation when never updated (RFC 3339).
+    pub last_changed: String,
+    /// The template as last applied.
+    pub template: Value,
+    /// Parameter values.
+    pub parameters: BTreeMap<String, String>,
+    /// Stack tags.
+    pub tags: BTreeMap<String, String>,
+    /// Resources: logical id -> (type, physical id).
+    pub resources: BTreeMap<String, (String, Option<String>)>,
+    /// Outputs by key.
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The cluster's `config` key in etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedConfig {
+    /// The value, when it parses; `None` when the key holds something unreadable.
+    pub value: Option<ClusterConfig>,
+    /// The key's modification revision, for compare-and-swap.
+    pub mod_revision: i64,
+}
+
+/// A member as published in etcd.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedMember {
+    /// Member name.
+    pub name: String,
+    /// Role and state as published (`primary running`).
+    pub role: String,
+    /// State.
+    pub state: String,
+    /// Whether it holds the leader key.
+    pub leader: bool,
+}
+
+/// The etcd side of a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedEtcd {
+    /// `config`.
+    pub config: Observation<ObservedConfig>,
+    /// The members.
+    pub members: Vec<ObservedMember>,
+}
+
+/// Everything observed about one cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedCluster {
+    /// The cluster name.
+    pub name: String,
+    /// Its stack.
+    pub stack: Observation<ObservedStack>,
+    /// The Route53 record of its DNS name (the value it points at), when a zone is set.
+    pub dns: Option<Observation<String>>,
+    /// Its WAL bucket, when the file names one.
+    pub bucket: Option<Observation<()>>,
+    /// Its etcd keys.
+    pub etcd: Observation<ObservedEtcd>,
+}
+
+/// What was observed for a whole plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Per desired cluster, and per managed stack whose file is gone, by cluster name.
+    pub clusters: BTreeMap<String, ObservedCluster>,
+    /// Whether the list of managed stacks could be read: when it could not, no cluster is
+    /// planned for deletion.
+    pub stack_list: Observation<Vec<String>>,
+}
+
+impl Default for Observation<Vec<String>> {
+    fn default() -> Self {
+        Observation::Present(Vec::new())
+    }
+}

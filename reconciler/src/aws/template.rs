@@ -1,0 +1,480 @@
+//! Rendering: one cluster file becomes one CloudFormation stack `spilo-<name>`: its template
+//! (JSON, deterministic: the same file always renders the same bytes), its parameters and
+//! its tags. Pure; `cfn-lint` checks the output in the tests.
+//!
+//! Resources: the members' security group (PostgreSQL and REST API between members and from
+//! the load balancer, plus `extraIngress`), the load balancer's security group, an IAM role
+//! and instance profile (S3 access only under the cluster's WAL prefix), a launch template
+//! (image, instance type, EBS data volume, user data carrying the governor configuration),
+//! an auto-scaling group with min = max = desired = `instances`, a load balancer per enabled
+//! endpoint whose health check asks each governor's REST API who is primary (or a streaming
+//! replica), and a Route53 record `<dns name>.<hostedZone>` pointing at the primary's.
+
+use super::userdata;
+use serde_json::{Value, json};
+use spilo_model::spec::{ClusterFile, IngressRule};
+use std::collections::BTreeMap;
+
+/// The governors' REST API port on AWS instances.
+pub const API_PORT: u16 = 8008;
+/// PostgreSQL's port on AWS instances.
+pub const POSTGRES_PORT: u16 = 5432;
+/// The SSM parameter holding the current spilo image id, used when `aws.image` is absent.
+pub const DEFAULT_IMAGE_PARAMETER: &str = "/spilo/images/latest";
+/// The tag naming the cluster a stack belongs to: how `spilo` finds the stacks it manages.
+pub const CLUSTER_TAG: &str = "spilo:cluster";
+/// The tag recording the file's `reconcile.prune` at the last apply, so a plan can honour it
+/// once the file is gone.
+pub const PRUNE_TAG: &str = "spilo:prune";
+
+/// What one cluster should be in CloudFormation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StackSpec {
+    /// `spilo-<name>`.
+    pub stack_name: String,
+    /// The region the stack lives in.
+    pub region: String,
+    /// The template.
+    pub template: Value,
+    /// Parameter values by name.
+    pub parameters: BTreeMap<String, String>,
+    /// Stack tags (CloudFormation copies them to every resource).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The stack name of cluster `name`.
+pub fn stack_name(name: &str) -> String {
+    format!("spilo-{name}")
+}
+
+/// Renders `file`; `None` when its target is not AWS.
+pub fn render(file: &ClusterFile) -> Option<StackSpec> {
+    let aws = file.spec.aws.as_ref()?;
+    if file.spec.target != spilo_model::spec::Target::Aws {
+        return None;
+    }
+    let spec = &file.spec;
+    let name = file.metadata.name.as_str();
+    let mut resources = serde_json::Map::new();
+    let vpc = aws.vpc.clone().unwrap_or_default();
+    let subnets = json!(aws.subnets);
+    let endpoint_ports: Vec<u16> = [&spec.endpoints.primary, &spec.endpoints.replica]
+        .iter()
+        .filter(|e| e.enabled)
+        .map(|e| e.port)
+        .collect();
+
+    // Security groups.
+    let mut member_ingress: Vec<Value> = Vec::new();
+    for rule in &aws.extra_ingress {
+        member_ingress.extend(ingress(rule, &rule.ports));
+    }
+    resources.insert(
+        "MemberSecurityGroup".into(),
+        json!({"Type": "AWS::EC2::SecurityGroup", "Properties": {
+            "GroupDescription": format!("spilo {name}: PostgreSQL members"),
+            "VpcId": vpc,
+            "SecurityGroupIngress": member_ingress,
+        }}),
+    );
+    let mut lb_ingress: Vec<Value> = Vec::new();
+    for rule in &aws.extra_ingress {
+        if rule.ports.contains(&POSTGRES_PORT) {
+            lb_ingress.extend(ingress(rule, &endpoint_ports));
+        }
+    }
+    resources.insert(
+        "LoadBalancerSecurityGroup".into(),
+        json!({"Type": "AWS::EC2::SecurityGroup", "Properties": {
+            "GroupDescription": format!("spilo {name}: load balancers"),
+            "VpcId": vpc,
+            "SecurityGroupIngress": lb_ingress,
+        }}),
+    );
+    for (id, port, source) in [
+        (
+            "MemberIngressPostgres",
+            POSTGRES_PORT,
+            "MemberSecurityGroup",
+        ),
+        ("MemberIngressApi", API_PORT, "MemberSecurityGroup"),
+        (
+            "LoadBalancerIngressPostgres",
+            POSTGRES_PORT,
+            "LoadBalancerSecurityGroup",
+        ),
+        (
+            "LoadBalancerIngressApi",
+            API_PORT,
+            "LoadBalancerSecurityGroup",
+        ),
+    ] {
+        resources.insert(
+            id.into(),
+            json!({"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
+                "GroupId": {"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]},
+                "IpProtocol": "tcp",
+                "FromPort": port,
+                "ToPort": port,
+                "SourceSecurityGroupId": {"Fn::GetAtt": [source, "GroupId"]},
+            }}),
+        );
+    }
+
+    // IAM: S3 only under the cluster's WAL prefix.
+    let mut role = json!({"Type": "AWS::IAM::Role", "Properties": {
+        "AssumeRolePolicyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": ["ec2.amazonaws.com"]},
+                "Action": ["sts:AssumeRole"],
+            }],
+        },
+    }});
+    if let Some(backup) = &spec.backup {
+        let prefix = wal_prefix(file);
+        role["Properties"]["Policies"] = json!([{
+            "PolicyName": "wal-archive",
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:ListBucket"],
+                        "Resource": format!("arn:aws:s3:::{}", backup.bucket),
+                        "Condition": {"StringLike": {"s3:prefix": [format!("{prefix}*")]}},
+                    },
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                        "Resource": format!("arn:aws:s3:::{}/{prefix}*", backup.bucket),
+                    },
+                ],
+            },
+        }]);
+    }
+    if !aws.extra_policies.is_empty() {
+        role["Properties"]["ManagedPolicyArns"] = json!(aws.extra_policies);
+    }
+    resources.insert("Role".into(), role);
+    resources.insert(
+        "InstanceProfile".into(),
+        json!({"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Role"}]}}),
+    );
+
+    // Launch template and auto-scaling group.
+    let st = &aws.storage;
+    let mut ebs = json!({
+        "VolumeSize": st.size,
+        "VolumeType": serde_json::to_value(st.volume_type).unwrap_or(Value::Null),
+        "Encrypted": true,
+        "DeleteOnTermination": true,
+    });
+    if let Some(iops) = st.iops {
+        ebs["Iops"] = json!(iops);
+    }
+    if let Some(t) = st.throughput {
+        ebs["Throughput"] = json!(t);
+    }
+    if let Some(s) = &st.snapshot_id {
+        ebs["SnapshotId"] = json!(s);
+    }
+    resources.insert(
+        "LaunchTemplate".into(),
+        json!({"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
+            "ImageId": {"Ref": "ImageId"},
+            "InstanceType": {"Ref": "InstanceType"},
+            "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["InstanceProfile", "Arn"]}},
+            "SecurityGroupIds": [{"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]}],
+            "BlockDeviceMappings": [{"DeviceName": userdata::DATA_DEVICE, "Ebs": ebs}],
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+            "UserData": {"Fn::Base64": userdata::render(file)},
+        }}}),
+    );
+    let load_balancers: Vec<Value> = lb_ids(file)
+        .iter()
+        .map(|(id, _, _)| json!({"Ref": id}))
+        .collect();
+    resources.insert(
+        "AutoScalingGroup".into(),
+        json!({"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": {
+            "MinSize": {"Ref": "Instances"},
+            "MaxSize": {"Ref": "Instances"},
+            "DesiredCapacity": {"Ref": "Instances"},
+            "LaunchTemplate": {
+                "LaunchTemplateId": {"Ref": "LaunchTemplate"},
+                "Version": {"Fn::GetAtt": ["LaunchTemplate", "LatestVersionNumber"]},
+            },
+            "VPCZoneIdentifier": subnets,
+            "LoadBalancerNames": load_balancers,
+            // The load balancers' checks say who is primary, not who is alive: an ELB check
+            // here would replace every replica.
+            "HealthCheckType": "EC2",
+            "HealthCheckGracePeriod": 300,
+            "Tags": [{"Key": "Name", "Value": stack_name(name), "PropagateAtLaunch": true}],
+        }}),
+    );
+
+    // Load balancers: the health check finds the primary (or the streaming replicas).
+    let hc = &spec.endpoints.health_check;
+    let interval = hc.interval.max(5);
+    for (id, endpoint_port, path) in lb_ids(file) {
+        resources.insert(
+            id.into(),
+            json!({"Type": "AWS::ElasticLoadBalancing::LoadBalancer", "Properties": {
+                "Scheme": "internal",
+                "Subnets": subnets,
+                "SecurityGroups": [{"Fn::GetAtt": ["LoadBalancerSecurityGroup", "GroupId"]}],
+                "CrossZone": true,
+                "Listeners": [{
+                    "LoadBalancerPort": endpoint_port.to_string(),
+                    "InstancePort": POSTGRES_PORT.to_string(),
+                    "Protocol": "TCP",
+                }],
+                "HealthCheck": {
+                    "Target": format!("HTTP:{API_PORT}{path}"),
+                    "Interval": interval.to_string(),
+                    "Timeout": (interval - 1).min(5).to_string(),
+                    "HealthyThreshold": "2",
+                    "UnhealthyThreshold": "2",
+                },
+                // Connections to a demoted primary must end, not drain.
+                "ConnectionDrainingPolicy": {"Enabled": false},
+            }}),
+        );
+    }
+
+    // DNS.
+    let mut outputs = serde_json::Map::new();
+    if spec.endpoints.primary.enabled {
+        outputs.insert(
+            "PrimaryEndpoint".into(),
+            json!({"Value": {"Fn::GetAtt": ["PrimaryLoadBalancer", "DNSName"]}}),
+        );
+    }
+    if let (Some(zone), true) = (&aws.hosted_zone, spec.endpoints.primary.enabled) {
+        let zone = zone.trim_end_matches('.');
+        let fqdn = format!("{}.{zone}.", dns_label(file));
+        resources.insert(
+            "DnsRecord".into(),
+            json!({"Type": "AWS::Route53::RecordSet", "Properties": {
+                "HostedZoneName": format!("{zone}."),
+                "Name": fqdn,
+                "Type": "CNAME",
+                "TTL": spec.endpoints.dns.ttl.to_string(),
+                "ResourceRecords": [{"Fn::GetAtt": ["PrimaryLoadBalancer", "DNSName"]}],
+            }}),
+        );
+        outputs.insert("DnsName".into(), json!({"Value": fqdn}));
+    }
+    if spec.endpoints.replica.enabled {
+        outputs.insert(
+            "ReplicaEndpoint".into(),
+            json!({"Value": {"Fn::GetAtt": ["ReplicaLoadBalancer", "DNSName"]}}),
+        );
+    }
+
+    let image_type = if aws.image.is_some() {
+        "AWS::EC2::Image::Id"
+    } else {
+        "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    };
+    let template = json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": format!("spilo PostgreSQL cluster {name}; managed by spilo from git, do not edit by hand"),
+        "Parameters": {
+            "Instances": {"Type": "Number", "MinValue": 1, "MaxValue": 64, "Description": "PostgreSQL instances"},
+            "InstanceType": {"Type": "String", "Description": "EC2 instance type"},
+            "ImageId": {"Type": image_type, "Description": "The spilo image"},
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    });
+    let parameters = BTreeMap::from([
+        ("Instances".to_string(), spec.instances.to_string()),
+        ("InstanceType".to_string(), aws.instance_type.clone()),
+        (
+            "ImageId".to_string(),
+            aws.image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_IMAGE_PARAMETER.to_string()),
+        ),
+    ]);
+    let mut tags = spec.tags.clone();
+    for (k, v) in &file.metadata.labels {
+        tags.insert(format!("spilo:label:{k}"), v.clone());
+    }
+    if let Some(team) = &file.metadata.team {
+        tags.insert("spilo:team".into(), team.clone());
+    }
+    tags.insert(CLUSTER_TAG.into(), name.to_string());
+    tags.insert(PRUNE_TAG.into(), spec.reconcile.prune.to_string());
+    Some(StackSpec {
+        stack_name: stack_name(name),
+        region: aws.region.clone(),
+        template,
+        parameters,
+        tags,
+    })
+}
+
+/// The record name inside the hosted zone.
+pub fn dns_label(file: &ClusterFile) -> String {
+    file.spec
+        .endpoints
+        .dns
+        .name
+        .clone()
+        .unwrap_or_else(|| file.metadata.name.to_string())
+}
+
+/// The fully qualified DNS name (with the trailing dot), when a hosted zone is set.
+pub fn dns_name(file: &ClusterFile) -> Option<String> {
+    let zone = file.spec.aws.as_ref()?.hosted_zone.as_ref()?;
+    Some(format!(
+        "{}.{}.",
+        dns_label(file),
+        zone.trim_end_matches('.')
+    ))
+}
+
+/// The WAL prefix in the bucket: `spilo/<cluster>/wal/<major>/` unless the file names one.
+pub fn wal_prefix(file: &ClusterFile) -> String {
+    match file.spec.backup.as_ref().and_then(|b| b.prefix.clone()) {
+        Some(p) if p.ends_with('/') => p,
+        Some(p) => format!("{p}/"),
+        None => format!(
+            "spilo/{}/wal/{}/",
+            file.metadata.name, file.spec.postgresql.version
+        ),
+    }
+}
+
+/// The load balancers: logical id, client port, health-check path.
+fn lb_ids(file: &ClusterFile) -> Vec<(&'static str, u16, String)> {
+    let e = &file.spec.endpoints;
+    let mut out = Vec::new();
+    if e.primary.enabled {
+        out.push((
+            "PrimaryLoadBalancer",
+            e.primary.port,
+            e.health_check.primary_path.clone(),
+        ));
+    }
+    if e.replica.enabled {
+        out.push((
+            "ReplicaLoadBalancer",
+            e.replica.port,
+            e.health_check.replica_path.clone(),
+        ));
+    }
+    out
+}
+
+/// Ingress entries for one rule over `ports`.
+fn ingress(rule: &IngressRule, ports: &[u16]) -> Vec<Value> {
+    ports
+        .iter()
+        .map(|p| {
+            let mut v = json!({"IpProtocol": "tcp", "FromPort": p, "ToPort": p});
+            if let Some(c) = &rule.cidr {
+                v["CidrIp"] = json!(c);
+            }
+            if let Some(sg) = &rule.security_group {
+                v["SourceSecurityGroupId"] = json!(sg);
+            }
+            v
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(extra: &str) -> ClusterFile {
+        serde_yaml::from_str(&format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: orders, team: shop}}\nspec:\n  target: aws\n  dcs: {{hosts: [\"10.0.0.1:2379\"]}}\n  aws: {{region: eu-central-1, vpc: vpc-1, subnets: [subnet-a, subnet-b], hostedZone: db.example.com}}\n{extra}"
+        ))
+        .expect("valid file")
+    }
+
+    #[test]
+    fn a_local_cluster_has_no_stack() {
+        let f: ClusterFile = serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: x}\nspec: {}\n",
+        )
+        .expect("valid");
+        assert!(render(&f).is_none());
+    }
+
+    #[test]
+    fn the_stack_routes_to_the_primary_and_names_the_dns_record() {
+        let s = render(&file("")).expect("aws");
+        assert_eq!(s.stack_name, "spilo-orders");
+        let r = &s.template["Resources"];
+        assert_eq!(
+            r["PrimaryLoadBalancer"]["Properties"]["HealthCheck"]["Target"],
+            "HTTP:8008/primary"
+        );
+        assert!(r.get("ReplicaLoadBalancer").is_none());
+        assert_eq!(
+            r["DnsRecord"]["Properties"]["Name"],
+            "orders.db.example.com."
+        );
+        assert_eq!(
+            r["AutoScalingGroup"]["Properties"]["MinSize"],
+            json!({"Ref": "Instances"})
+        );
+        assert_eq!(s.parameters["Instances"], "3");
+        assert_eq!(s.parameters["InstanceType"], "t3.medium");
+        assert_eq!(s.tags[CLUSTER_TAG], "orders");
+        assert_eq!(s.tags["spilo:team"], "shop");
+        // No backup section: no S3 access at all.
+        assert!(r["Role"]["Properties"].get("Policies").is_none());
+    }
+
+    #[test]
+    fn s3_access_is_limited_to_the_wal_prefix() {
+        let s = render(&file("  backup: {bucket: wal-bucket}\n")).expect("aws");
+        let statements = &s.template["Resources"]["Role"]["Properties"]["Policies"][0]["PolicyDocument"]
+            ["Statement"];
+        assert_eq!(
+            statements[1]["Resource"],
+            "arn:aws:s3:::wal-bucket/spilo/orders/wal/15/*"
+        );
+        assert_eq!(
+            statements[0]["Condition"]["StringLike"]["s3:prefix"][0],
+            "spilo/orders/wal/15/*"
+        );
+    }
+
+    #[test]
+    fn a_replica_endpoint_adds_a_second_load_balancer() {
+        let s = render(&file(
+            "  endpoints: {replica: {enabled: true, port: 5433}}\n",
+        ))
+        .expect("aws");
+        let r = &s.template["Resources"];
+        assert_eq!(
+            r["ReplicaLoadBalancer"]["Properties"]["HealthCheck"]["Target"],
+            "HTTP:8008/replica"
+        );
+        assert_eq!(
+            r["ReplicaLoadBalancer"]["Properties"]["Listeners"][0]["LoadBalancerPort"],
+            "5433"
+        );
+        assert_eq!(
+            r["AutoScalingGroup"]["Properties"]["LoadBalancerNames"],
+            json!([{"Ref": "PrimaryLoadBalancer"}, {"Ref": "ReplicaLoadBalancer"}])
+        );
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let a = serde_json::to_string(&render(&file("")).expect("aws").template).expect("json");
+        let b = serde_json::to_string(&render(&file("")).expect("aws").template).expect("json");
+        assert_eq!(a, b);
+    }
+}

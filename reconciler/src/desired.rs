@@ -1,0 +1,339 @@
+//! Desired state from git: the cluster files of one commit, read with git2 from the commit's
+//! tree (never from the work tree), so a plan names exactly the commit it was made from.
+//!
+//! A local path is opened in place. A URL (`https://`, `ssh://`, `git@host:path`, `file://`)
+//! is mirrored into a cache directory with the `git` command (libgit2 is built without TLS and
+//! SSH here, and `git` brings the user's credential helpers and SSH agent), then read with git2.
+
+use crate::spec::{Diagnostic, Severity, validate_files};
+use spilo_model::spec::ClusterFile;
+use std::path::{Path, PathBuf};
+
+/// The directory cluster files live in, relative to the repository root.
+pub const CLUSTERS_DIR: &str = "clusters";
+
+/// Why desired state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    /// libgit2 failed (no repository, unknown ref, unreadable object).
+    #[error("{what}: {source}")]
+    Git {
+        /// What was being done.
+        what: String,
+        /// libgit2's error.
+        source: git2::Error,
+    },
+    /// Mirroring a remote repository failed.
+    #[error("fetching {url}: {message}")]
+    Fetch {
+        /// The remote.
+        url: String,
+        /// git's output.
+        message: String,
+    },
+    /// A file in the commit is not UTF-8.
+    #[error("{path} at {commit}: not UTF-8 text")]
+    NotText {
+        /// The file.
+        path: String,
+        /// The commit.
+        commit: String,
+    },
+    /// Some cluster files are invalid: nothing is planned from a commit with a broken file,
+    /// because a broken file could otherwise read as a deleted cluster.
+    #[error("{commit}: {count} invalid cluster file(s); nothing is planned from this commit")]
+    Invalid {
+        /// The commit.
+        commit: String,
+        /// The number of errors.
+        count: usize,
+        /// Every diagnostic, errors and warnings.
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// The cluster files of one commit, validated.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Where they were read from, as given.
+    pub repo: String,
+    /// The ref as given (`HEAD`, a branch, a tag, a commit).
+    pub reference: String,
+    /// The commit id the ref resolved to.
+    pub commit: String,
+    /// Each cluster with the path of its file inside the repository.
+    pub clusters: Vec<(String, ClusterFile)>,
+    /// Warnings from validation.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Desired {
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterFile> {
+        self.clusters
+            .iter()
+            .map(|(_, c)| c)
+            .find(|c| c.metadata.name.as_str() == name)
+    }
+}
+
+fn git(what: impl Into<String>) -> impl FnOnce(git2::Error) -> DesiredError {
+    let what = what.into();
+    move |source| DesiredError::Git { what, source }
+}
+
+/// Whether `repo` names a remote rather than a local path.
+pub fn is_url(repo: &str) -> bool {
+    repo.contains("://") || (repo.contains('@') && repo.contains(':') && !Path::new(repo).exists())
+}
+
+/// Reads and validates the cluster files of `reference` in `repo`.
+pub fn read(repo: &str, reference: &str, cache: &Path) -> Result<Desired, DesiredError> {
+    let files = read_files(repo, reference, cache)?;
+    let (commit, files) = files;
+    let checked = validate_files(&files);
+    let errors = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    if errors > 0 {
+        return Err(DesiredError::Invalid {
+            commit,
+            count: errors,
+            diagnostics: checked.diagnostics,
+        });
+    }
+    Ok(Desired {
+        repo: repo.to_string(),
+        reference: reference.to_string(),
+        commit,
+        clusters: checked.files,
+        warnings: checked.diagnostics,
+    })
+}
+
+/// The commit `reference` resolves to and the `(path, text)` of every `clusters/*.y(a)ml` in it.
+pub fn read_files(
+    repo: &str,
+    reference: &str,
+    cache: &Path,
+) -> Result<(String, Vec<(String, String)>), DesiredError> {
+    let path = if is_url(repo) {
+        mirror(repo, cache)?
+    } else {
+        PathBuf::from(repo)
+    };
+    let repository = git2::Repository::discover(&path).map_err(git(format!(
+        "opening the git repository {}",
+        path.display()
+    )))?;
+    let object = repository
+        .revparse_single(reference)
+        .map_err(git(format!("resolving {reference:?} in {repo}")))?;
+    let commit = object
+        .peel_to_commit()
+        .map_err(git(format!("{reference:?} is not a commit")))?;
+    let id = commit.id().to_string();
+    let tree = commit.tree().map_err(git("reading the commit's tree"))?;
+    let mut files = Vec::new();
+    let dir = match tree.get_path(Path::new(CLUSTERS_DIR)) {
+        Ok(entry) => entry,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok((id, files)),
+        Err(e) => return Err(git("reading clusters/")(e)),
+    };
+    let dir = dir
+        .to_object(&repository)
+        .and_then(|o| o.peel_to_tree())
+        .map_err(git("clusters/ is not a directory"))?;
+    for entry in dir.iter() {
+        let Ok(name) = entry.name() else { continue };
+        if !(name.ends_with(".yaml") || name.ends_with(".yml"))
+            || entry.kind() != Some(git2::ObjectType::Blob)
+        {
+            continue;
+        }
+        let blob = entry
+            .to_object(&repository)
+            .and_then(|o| o.peel_to_blob())
+            .map_err(git(format!("reading {CLUSTERS_DIR}/{name}")))?;
+        let path = format!("{CLUSTERS_DIR}/{name}");
+        let text = std::str::from_utf8(blob.content())
+            .map_err(|_| DesiredError::NotText {
+                path: path.clone(),
+                commit: id.clone(),
+            })?
+            .to_string();
+        files.push((path, text));
+    }
+    files.sort();
+    Ok((id, files))
+}
+
+/// Mirrors `url` into `cache/<sanitized url>` (clone once, fetch afterwards) and returns it.
+fn mirror(url: &str, cache: &Path) -> Result<PathBuf, DesiredError> {
+    let fetch_error = |message: String| DesiredError::Fetch {
+        url: url.to_string(),
+        message,
+    };
+    let dir_name: String = url
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let dir = cache.join(dir_name);
+    std::fs::create_dir_all(cache)
+        .map_err(|e| fetch_error(format!("creating {}: {e}", cache.display())))?;
+    let mut cmd = std::process::Command::new("git");
+    if dir.exists() {
+        cmd.arg("-C")
+            .arg(&dir)
+            .args(["fetch", "--prune", "--quiet", "origin"]);
+    } else {
+        cmd.args(["clone", "--mirror", "--quiet", url]).arg(&dir);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| fetch_error(format!("running git: {e}")))?;
+    if !out.status.success() {
+        return Err(fetch_error(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit_files(repo: &git2::Repository, files: &[(&str, &str)], message: &str) -> String {
+        let root = repo.workdir().expect("work tree").to_path_buf();
+        let mut index = repo.index().expect("index");
+        index
+            .remove_all(["*"].iter(), None)
+            .expect("clear the index");
+        for (path, text) in files {
+            let full = root.join(path);
+            std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&full, text).expect("write");
+            index.add_path(Path::new(path)).expect("add");
+        }
+        index.write().expect("write index");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("find tree");
+        let sig = git2::Signature::now("t", "t@example.com").expect("signature");
+        let parents: Vec<git2::Commit> = repo
+            .head()
+            .ok()
+            .and_then(|h| h.peel_to_commit().ok())
+            .into_iter()
+            .collect();
+        let parents: Vec<&git2::Commit> = parents.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+            .expect("commit")
+            .to_string()
+    }
+
+    const A: &str = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: a}\nspec: {}\n";
+    const B: &str = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: b}\nspec: {}\n";
+
+    #[test]
+    fn files_come_from_the_commit_not_the_work_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = git2::Repository::init(dir.path()).expect("init");
+        let first = commit_files(&repo, &[("clusters/a.yaml", A)], "one");
+        let second = commit_files(
+            &repo,
+            &[("clusters/a.yaml", A), ("clusters/b.yaml", B)],
+            "two",
+        );
+        // An uncommitted edit is not desired state.
+        std::fs::write(
+            dir.path().join("clusters/c.yaml"),
+            A.replace("{name: a}", "{name: c}"),
+        )
+        .expect("write");
+        let cache = dir.path().join("cache");
+        let repo_path = dir.path().to_str().expect("utf-8");
+        let head = read(repo_path, "HEAD", &cache).expect("reads HEAD");
+        assert_eq!(head.commit, second);
+        let names: Vec<&str> = head
+            .clusters
+            .iter()
+            .map(|(_, c)| c.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let old = read(repo_path, &first, &cache).expect("reads the first commit");
+        assert_eq!(old.clusters.len(), 1);
+        assert_eq!(old.clusters[0].0, "clusters/a.yaml");
+    }
+
+    #[test]
+    fn a_commit_with_an_invalid_file_is_refused_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = git2::Repository::init(dir.path()).expect("init");
+        commit_files(
+            &repo,
+            &[
+                ("clusters/a.yaml", A),
+                (
+                    "clusters/b.yaml",
+                    "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: b}\nspec: {instances: 0}\n",
+                ),
+            ],
+            "bad",
+        );
+        let err = read(
+            dir.path().to_str().expect("utf-8"),
+            "HEAD",
+            &dir.path().join("cache"),
+        )
+        .expect_err("invalid");
+        match err {
+            DesiredError::Invalid { diagnostics, .. } => {
+                assert!(
+                    diagnostics
+                        .iter()
+                        .any(|d| d.file == "clusters/b.yaml" && d.path == "spec.instances"),
+                    "{diagnostics:?}"
+                );
+            }
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_remote_url_is_mirrored_and_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let origin = dir.path().join("origin");
+        let repo = git2::Repository::init(&origin).expect("init");
+        let id = commit_files(&repo, &[("clusters/a.yaml", A)], "one");
+        let url = format!("file://{}", origin.display());
+        let cache = dir.path().join("cache");
+        let got = read(&url, "HEAD", &cache).expect("clone");
+        assert_eq!(got.commit, id);
+        let id2 = commit_files(
+            &repo,
+            &[("clusters/a.yaml", A), ("clusters/b.yaml", B)],
+            "two",
+        );
+        let got = read(&url, "HEAD", &cache).expect("fetch");
+        assert_eq!(got.commit, id2);
+        assert_eq!(got.clusters.len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_ref_names_the_ref() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = git2::Repository::init(dir.path()).expect("init");
+        commit_files(&repo, &[("clusters/a.yaml", A)], "one");
+        let err = read(
+            dir.path().to_str().expect("utf-8"),
+            "no-such-branch",
+            &dir.path().join("cache"),
+        )
+        .expect_err("unknown ref");
+        assert!(err.to_string().contains("\"no-such-branch\""), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Talking to a cluster's etcd from `spilo`: connecting with timeouts, and resolving a
+//! cluster file's `dcs` (hosts, or a discovery domain's SRV records) to client URLs.
+
+use etcd_client::{Client, ConnectOptions};
+use spilo_model::spec::DcsSpec;
+use std::time::Duration;
+
+/// How long one etcd call may take.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `http://` added to a bare `host:port`.
+pub fn normalize(endpoints: &[String]) -> Vec<String> {
+    endpoints
+        .iter()
+        .map(|e| governor::dcs::discovery::normalize(e))
+        .collect()
+}
+
+/// Client URLs of the etcd a cluster file names.
+pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
+    let cfg = governor::config::EtcdConfig {
+        hosts: dcs.hosts.clone(),
+        discovery_domain: dcs.discovery_domain.clone(),
+        discovery_nameserver: None,
+    };
+    governor::dcs::discovery::endpoints(&cfg, TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// A client for `endpoints`, or why not.
+pub async fn connect(endpoints: &[String]) -> Result<Client, String> {
+    let endpoints = normalize(endpoints);
+    let options = ConnectOptions::new()
+        .with_connect_timeout(TIMEOUT)
+        .with_timeout(TIMEOUT);
+    match tokio::time::timeout(TIMEOUT, Client::connect(&endpoints, Some(options))).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!(
+            "cannot reach etcd at {}: {e}",
+            endpoints.join(", ")
+        )),
+        Err(_) => Err(format!(
+            "cannot reach etcd at {}: timed out",
+            endpoints.join(", ")
+        )),
+    }
+}

@@ -1,0 +1,80 @@
+//! The governor configuration of one member, rendered from the cluster file: the part every
+//! target shares (scope, PostgreSQL parameters, pg_hba, HA timing). Each target supplies the
+//! placement: member name, addresses, data directory, etcd and password references. The
+//! local target writes it to a file; on AWS it travels in the instances' user data.
+
+use spilo_model::spec::ClusterFile;
+use std::fmt::Write;
+
+/// Where and as whom one member runs, already spelled as YAML values.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// A comment line at the top.
+    pub header: &'static str,
+    /// The member name (a YAML scalar; may be a shell variable on AWS).
+    pub name: String,
+    /// The `etcd:` mapping.
+    pub etcd: String,
+    /// The data directory.
+    pub data_dir: String,
+    /// PostgreSQL's `host:port`.
+    pub postgres_listen: String,
+    /// The REST API's `host:port`.
+    pub api_listen: String,
+    /// The superuser's password reference (`{file: ...}` or `{env: ...}`).
+    pub superuser: String,
+    /// The replication user's password reference.
+    pub replication: String,
+}
+
+/// The configuration file text.
+pub fn render(file: &ClusterFile, at: &Placement) -> String {
+    let spec = &file.spec;
+    let mut params = String::new();
+    for (k, v) in &spec.postgresql.parameters {
+        let _ = write!(params, "{k}: '{}', ", v.to_string().replace('\'', "''"));
+    }
+    let ha = &spec.ha;
+    let mut out = format!(
+        "{header}\n\
+         scope: {scope}\n\
+         name: {name}\n\
+         etcd: {etcd}\n\
+         postgresql:\n  \
+           bin_dir: /usr/lib/postgresql/{version}/bin\n  \
+           data_dir: {data}\n  \
+           listen: {pg}\n  \
+           parameters: {{{params}}}\n  \
+           authentication:\n    \
+             superuser: {{username: postgres, password: {su}}}\n    \
+             replication: {{username: replicator, password: {repl}}}\n",
+        header = at.header,
+        scope = file.metadata.name,
+        name = at.name,
+        etcd = at.etcd,
+        version = spec.postgresql.version,
+        data = at.data_dir,
+        pg = at.postgres_listen,
+        params = params.trim_end_matches(", "),
+        su = at.superuser,
+        repl = at.replication,
+    );
+    if !spec.postgresql.pg_hba.is_empty() {
+        out.push_str("  pg_hba:\n");
+        for line in &spec.postgresql.pg_hba {
+            let _ = writeln!(out, "    - \"{}\"", line.replace('"', "\\\""));
+        }
+    }
+    let _ = write!(
+        out,
+        "restapi: {{listen: {api}}}\n\
+         ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}}}\n",
+        api = at.api_listen,
+        ttl = ha.ttl,
+        lw = ha.loop_wait,
+        rt = ha.retry_timeout,
+        lag = ha.maximum_lag_on_failover,
+        pst = ha.primary_start_timeout,
+    );
+    out
+}

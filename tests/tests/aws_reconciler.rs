@@ -1,0 +1,414 @@
+//! End-to-end tests of the AWS reconciler: `spilo plan|apply|resources|instances` against
+//! `moto_server` (the SDK's endpoint overridden; the code paths are the production ones) and a
+//! real etcd, reading cluster files from commits of a scratch git repository.
+
+use spilo_e2e::aws::{Moto, Network, Repo};
+use spilo_e2e::{Etcd, proc};
+use std::process::Command;
+
+const REGION: &str = "eu-central-1";
+
+struct World {
+    dir: tempfile::TempDir,
+    moto: Moto,
+    etcd: Etcd,
+    repo: Repo,
+    net: Network,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A cluster file's variable parts.
+struct Shape<'a> {
+    instances: u32,
+    instance_type: &'a str,
+    dns: &'a str,
+    max_connections: u32,
+}
+
+const DEFAULT: Shape<'static> = Shape {
+    instances: 3,
+    instance_type: "t3.medium",
+    dns: "orders",
+    max_connections: 200,
+};
+
+impl World {
+    async fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let moto = Moto::start(dir.path()).await.expect("moto");
+        let etcd = Etcd::start(dir.path()).await.expect("etcd");
+        let repo = Repo::init(&dir.path().join("repo")).expect("repo");
+        let net = moto.network(REGION, "db.example.com").expect("network");
+        World {
+            dir,
+            moto,
+            etcd,
+            repo,
+            net,
+        }
+    }
+
+    fn cluster(&self, name: &str, s: &Shape<'_>) -> String {
+        self.cluster_with_etcd(name, s, &self.etcd.client_addr)
+    }
+
+    fn cluster_with_etcd(&self, name: &str, s: &Shape<'_>, etcd: &str) -> String {
+        format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: {name}, team: orders}}\nspec:\n  instances: {instances}\n  target: aws\n  postgresql: {{parameters: {{max_connections: {mc}}}}}\n  dcs: {{hosts: [\"{etcd}\"]}}\n  aws:\n    region: {REGION}\n    instanceType: {it}\n    image: {image}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    hostedZone: {zone}\n  backup: {{bucket: {name}-wal}}\n  endpoints: {{dns: {{name: {dns}}}}}\n",
+            instances = s.instances,
+            mc = s.max_connections,
+            it = s.instance_type,
+            image = self.net.image,
+            vpc = self.net.vpc,
+            subnets = self.net.subnets.join(", "),
+            zone = self.net.zone,
+            dns = s.dns,
+        )
+    }
+
+    fn spilo(&self, args: &[&str]) -> Run {
+        self.spilo_env(args, &self.moto.env())
+    }
+
+    fn spilo_env(&self, args: &[&str], env: &[(&str, String)]) -> Run {
+        let bin = proc::target_dir().expect("target dir").join("spilo");
+        let mut cmd = Command::new(bin);
+        cmd.args(args).arg("--repo").arg(&self.repo.path);
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let out = cmd.output().expect("run spilo");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn instances(&self, cluster: &str) -> Vec<serde_json::Value> {
+        let r = self.spilo(&["instances", cluster, "--format", "json"]);
+        assert_eq!(r.code, 0, "{r}");
+        serde_json::from_str(&r.stdout).expect("instances JSON")
+    }
+
+    fn resources(&self, cluster: &str) -> Run {
+        self.spilo(&["resources", cluster, "--format", "json", "--region", REGION])
+    }
+
+    async fn etcd_config(&self, cluster: &str) -> Option<serde_json::Value> {
+        let mut c = etcd_client::Client::connect([self.etcd.url()], None)
+            .await
+            .expect("etcd");
+        let r = c
+            .get(format!("/service/{cluster}/config"), None)
+            .await
+            .expect("get");
+        r.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()).expect("config JSON"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_then_a_new_plan_is_all_noop_and_the_etcd_config_is_written() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 2, "changes exit 2: {plan}");
+    assert!(
+        plan.stdout.contains(
+            "+ cluster orders: create stack spilo-orders in eu-central-1 (clusters/orders.yaml)"
+        ),
+        "{plan}"
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 12 to add, 1 to change, 0 to destroy."),
+        "{plan}"
+    );
+    assert!(
+        plan.stdout.contains("WAL bucket orders-wal does not exist"),
+        "{plan}"
+    );
+    assert!(
+        w.etcd_config("orders").await.is_none(),
+        "a plan changes nothing"
+    );
+
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    assert!(apply.stdout.contains("orders: applied"), "{apply}");
+    assert!(
+        apply.stdout.contains("CREATE_COMPLETE"),
+        "events are streamed: {apply}"
+    );
+
+    let config = w.etcd_config("orders").await.expect("config written");
+    assert_eq!(config["ttl"], 4);
+    assert_eq!(config["postgresql_parameters"]["max_connections"], "200");
+    let instances = w.instances("orders");
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    let resources = w.resources("orders");
+    assert_eq!(resources.code, 0, "{resources}");
+    for id in [
+        "AutoScalingGroup",
+        "PrimaryLoadBalancer",
+        "DnsRecord",
+        "Role",
+    ] {
+        assert!(resources.stdout.contains(id), "{id} in {resources}");
+    }
+
+    let again = w.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "no changes exit 0: {again}");
+    assert!(
+        again.stdout.contains("= cluster orders: no changes"),
+        "{again}"
+    );
+    assert!(
+        again
+            .stdout
+            .contains("Plan: 0 to add, 0 to change, 0 to destroy."),
+        "{again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_changes_instances_and_type_in_place_and_then_plans_noop() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    let created = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(created.code, 0, "{created}");
+
+    let bigger = Shape {
+        instances: 5,
+        instance_type: "m6i.large",
+        max_connections: 300,
+        ..DEFAULT
+    };
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &bigger)))
+        .expect("commit");
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 2, "{plan}");
+    for line in [
+        "~ cluster orders: update stack spilo-orders",
+        "~ parameter Instances: \"3\" -> \"5\"",
+        "~ parameter InstanceType: \"t3.medium\" -> \"m6i.large\"",
+        "~ DesiredCapacity: \"3\" -> \"5\"",
+        "~ LaunchTemplateData.InstanceType: \"t3.medium\" -> \"m6i.large\"",
+        "~ postgresql_parameters.max_connections: \"200\" -> \"300\"",
+    ] {
+        assert!(plan.stdout.contains(line), "missing {line:?}: {plan}");
+    }
+    assert!(!plan.stdout.contains("must be replaced"), "{plan}");
+
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    assert_eq!(w.instances("orders").len(), 5);
+    let config = w.etcd_config("orders").await.expect("config");
+    assert_eq!(config["postgresql_parameters"]["max_connections"], "300");
+
+    let again = w.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_file_is_not_deleted_without_prune() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
+    w.repo.commit("orders", None).expect("remove the file");
+
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 0, "an orphan is not a change: {plan}");
+    assert!(
+        plan.stdout.contains("reconcile.prune was off") && plan.stdout.contains("pass --prune"),
+        "{plan}"
+    );
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    assert_eq!(w.resources("orders").code, 0, "the stack is still there");
+
+    let prune = w.spilo(&["plan", "--prune"]);
+    assert_eq!(prune.code, 2, "{prune}");
+    assert!(
+        prune
+            .stdout
+            .contains("- cluster orders: delete stack spilo-orders"),
+        "{prune}"
+    );
+    assert!(
+        prune
+            .stdout
+            .contains("0 to add, 0 to change, 12 to destroy."),
+        "{prune}"
+    );
+    let deleted = w.spilo(&["apply", "--auto-approve", "--prune"]);
+    assert_eq!(deleted.code, 0, "{deleted}");
+    let gone = w.resources("orders");
+    assert_ne!(gone.code, 0, "the stack is gone: {gone}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replacement_is_refused_without_allow_replace() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
+    let renamed = Shape {
+        dns: "orders-v2",
+        ..DEFAULT
+    };
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &renamed)))
+        .expect("commit");
+
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 1, "a refused replacement is an error: {plan}");
+    assert!(
+        plan.stdout
+            .contains("-/+ DnsRecord (AWS::Route53::RecordSet) must be replaced"),
+        "{plan}"
+    );
+    assert!(
+        plan.stdout
+            .contains("replaces DnsRecord: refused without --allow-replace"),
+        "{plan}"
+    );
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 1, "{apply}");
+    let before = w.resources("orders");
+    assert!(
+        before.stdout.contains("\"orders.db.example.com.\""),
+        "the record is untouched: {before}"
+    );
+
+    let allowed = w.spilo(&["apply", "--auto-approve", "--allow-replace"]);
+    assert_eq!(allowed.code, 0, "{allowed}");
+    let after = w.resources("orders");
+    assert!(
+        after.stdout.contains("\"orders-v2.db.example.com.\""),
+        "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_saved_plan_is_refused() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    let saved = w.dir.path().join("plan.json");
+    let saved_str = saved.to_str().expect("utf-8");
+    let plan = w.spilo(&["plan", "-o", saved_str, "--format", "json"]);
+    assert_eq!(plan.code, 2, "{plan}");
+    let parsed: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
+    assert_eq!(parsed["format_version"], 1);
+    assert_eq!(parsed["clusters"][0]["action"], "create");
+
+    // Someone applies first.
+    assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
+    let stale = w.spilo(&["apply", saved_str, "--auto-approve"]);
+    assert_eq!(stale.code, 1, "{stale}");
+    assert!(
+        stale.stderr.contains("the saved plan is stale")
+            && stale
+                .stderr
+                .contains("orders: the stack changed since the plan"),
+        "{stale}"
+    );
+
+    // A new commit makes a saved plan stale too.
+    let fresh = w.spilo(&["plan", "-o", saved_str]);
+    assert_eq!(fresh.code, 0, "{fresh}");
+    w.repo
+        .commit(
+            "orders",
+            Some(&w.cluster(
+                "orders",
+                &Shape {
+                    instances: 4,
+                    ..DEFAULT
+                },
+            )),
+        )
+        .expect("commit");
+    let moved = w.spilo(&["apply", saved_str, "--auto-approve"]);
+    assert_eq!(moved.code, 1, "{moved}");
+    assert!(moved.stderr.contains("now resolves to"), "{moved}");
+    assert_eq!(w.instances("orders").len(), 3, "nothing was applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_state_blocks_the_cluster_and_touches_nothing() {
+    let w = World::new().await;
+    let dead_etcd = format!("127.0.0.1:{}", spilo_e2e::ports::free());
+    w.repo
+        .commit(
+            "orders",
+            Some(&w.cluster_with_etcd("orders", &DEFAULT, &dead_etcd)),
+        )
+        .expect("commit");
+    w.repo
+        .commit("billing", Some(&w.cluster("billing", &DEFAULT)))
+        .expect("commit");
+
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 1, "{plan}");
+    assert!(
+        plan.stdout.contains("! cluster orders: blocked")
+            && plan.stdout.contains("cannot plan orders: etcd: "),
+        "{plan}"
+    );
+    assert!(
+        plan.stdout
+            .contains("+ cluster billing: create stack spilo-billing"),
+        "the other cluster is still planned: {plan}"
+    );
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 1, "{apply}");
+    assert!(apply.stdout.contains("billing: applied"), "{apply}");
+    let orders = w.resources("orders");
+    assert_ne!(orders.code, 0, "no stack for the blocked cluster: {orders}");
+
+    // AWS itself unreachable: every cluster is unknown, nothing is planned as absent.
+    let mut env = w.moto.env();
+    env[0].1 = format!("http://127.0.0.1:{}", spilo_e2e::ports::free());
+    let offline = w.spilo_env(&["plan"], &env);
+    assert_eq!(offline.code, 1, "{offline}");
+    assert!(
+        offline
+            .stdout
+            .contains("cannot plan billing: stack spilo-billing:"),
+        "{offline}"
+    );
+    assert!(!offline.stdout.contains("+ cluster"), "{offline}");
+}
