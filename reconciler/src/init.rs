@@ -211,12 +211,18 @@ pub fn run(
             "acid.example.com",
             not_empty,
         )?;
-        let vpc = a.ask(&args.vpc, "vpc", "VPC id", "vpc-0example", not_empty)?;
+        let vpc = a.ask(
+            &args.vpc,
+            "vpc",
+            "VPC id",
+            "vpc-0123456789abcdef0",
+            not_empty,
+        )?;
         let subnets = a.ask(
             &args.subnets,
             "subnets",
             "Subnets (comma-separated, one per availability zone)",
-            "subnet-0example-a,subnet-0example-b,subnet-0example-c",
+            "subnet-0123456789abcdef0,subnet-1123456789abcdef0,subnet-2123456789abcdef0",
             not_empty,
         )?;
         let subnets: Vec<&str> = subnets
@@ -345,7 +351,7 @@ mod tests {
         };
         // name, instances, target, region, bucket, type, zone, vpc, subnets, domain,
         // size (5 is refused, then 20), volume type, iops, snapshot, filesystem, mount options.
-        let input = "orders\n\n\n\norders-wal\nm6g.large\n\nvpc-1\nsubnet-a, subnet-b\n\n5\n20\nio1\n\n\nxfs\n\n";
+        let input = "orders\n\n\n\norders-wal\nm6g.large\n\nvpc-0a1b2c3d\nsubnet-0a1b2c3d, subnet-1a1b2c3d\n\n5\n20\nio1\n\n\nxfs\n\n";
         let (r, shown) = run_with(args, input);
         r.expect("init succeeds");
         assert!(shown.contains("Cluster name []: "), "{shown}");

@@ -25,13 +25,22 @@ pub struct Placement {
     pub superuser: String,
     /// The replication user's password reference.
     pub replication: String,
+    /// Whether the cluster's PostgreSQL parameters go into the file. On AWS they live only in
+    /// etcd `config` (which the governors merge in), so changing one never changes the
+    /// launch template.
+    pub parameters_in_file: bool,
 }
 
 /// The configuration file text.
 pub fn render(file: &ClusterFile, at: &Placement) -> String {
     let spec = &file.spec;
     let mut params = String::new();
-    for (k, v) in &spec.postgresql.parameters {
+    for (k, v) in spec
+        .postgresql
+        .parameters
+        .iter()
+        .filter(|_| at.parameters_in_file)
+    {
         let _ = write!(params, "{k}: '{}', ", v.to_string().replace('\'', "''"));
     }
     let ha = &spec.ha;

@@ -449,6 +449,9 @@ fn plan_removed(name: &str, obs: &ObservedCluster, options: PlanOptions) -> Clus
     let prune_tag = s.tags.get(PRUNE_TAG).map(String::as_str) == Some("true");
     if options.prune || prune_tag {
         p.action = Action::Delete;
+        p.warnings.push(format!(
+            "its etcd keys (/service/{name}/) and its WAL archive are kept"
+        ));
         p.resources = diff::resources(
             &s.template,
             &s.parameters,

@@ -44,7 +44,7 @@ pub fn summary_line(plan: &Plan) -> String {
         s.add, s.change, s.destroy
     );
     if s.blocked > 0 {
-        let _ = write!(line, " {} cluster(s) blocked.", s.blocked);
+        let _ = write!(line, " {} cluster(s) blocked or refused.", s.blocked);
     }
     line
 }
@@ -335,7 +335,11 @@ pub fn markdown(plan: &Plan, limit: usize) -> String {
             "<details><summary><code>{}</code>: {}</summary>\n\n```diff\n{}",
             c.name,
             markdown_action(c),
+            // Lines start with their +/- so GitHub colours the diff block.
             details(c, Style::new(false), false)
+                .lines()
+                .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+                .collect::<String>()
         );
         if !c.template_diff.is_empty() {
             section.push_str("```\n\nTemplate diff:\n\n```diff\n");

@@ -83,6 +83,7 @@ pub fn render(file: &ClusterFile) -> String {
             api_listen: "${LOCAL_IP}:8008".into(),
             superuser: "{file: /etc/spilo/superuser}".into(),
             replication: "{file: /etc/spilo/replication}".into(),
+            parameters_in_file: false,
         },
     );
     let mut out = format!(

@@ -46,6 +46,7 @@ pub fn render(
             api_listen: format!("127.0.0.1:{}", ports.api + index),
             superuser,
             replication,
+            parameters_in_file: true,
         },
     ))
 }

@@ -155,6 +155,24 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         if aws.region.is_empty() {
             r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
         }
+        if let Some(v) = &aws.vpc
+            && !is_aws_id(v, "vpc")
+        {
+            r.at(
+                &p("spec.aws.vpc"),
+                Severity::Error,
+                format!("must be a VPC id such as vpc-0a1b2c3d4e5f60718, got {v:?}"),
+            );
+        }
+        for (i, s) in aws.subnets.iter().enumerate() {
+            if !is_aws_id(s, "subnet") {
+                r.at(
+                    &p(&format!("spec.aws.subnets[{i}]")),
+                    Severity::Error,
+                    format!("must be a subnet id such as subnet-0a1b2c3d4e5f60718, got {s:?}"),
+                );
+            }
+        }
         if aws.vpc.is_none() {
             r.at_key(
                 &p("spec.aws"),
@@ -183,6 +201,14 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                     &at,
                     Severity::Error,
                     "set exactly one of cidr or securityGroup",
+                );
+            } else if let Some(sg) = &rule.security_group
+                && !is_aws_id(sg, "sg")
+            {
+                r.at(
+                    &at.key("securityGroup"),
+                    Severity::Error,
+                    format!("must be a security group id such as sg-0a1b2c3d4e5f60718, got {sg:?}"),
                 );
             } else if let Some(c) = &rule.cidr
                 && !is_cidr(c)
@@ -327,4 +353,16 @@ pub(super) fn across_files<'a, F>(
             );
         }
     }
+}
+
+/// Whether `s` is an AWS resource id `<kind>-` followed by 8 or 17 lowercase hex digits.
+fn is_aws_id(s: &str, kind: &str) -> bool {
+    s.strip_prefix(kind)
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|hex| {
+            matches!(hex.len(), 8 | 17)
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        })
 }
