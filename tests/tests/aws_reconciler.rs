@@ -47,6 +47,11 @@ const DEFAULT: Shape<'static> = Shape {
     max_connections: 200,
 };
 
+const BILLING: Shape<'static> = Shape {
+    dns: "billing",
+    ..DEFAULT
+};
+
 impl World {
     async fn new() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -378,7 +383,7 @@ async fn unknown_state_blocks_the_cluster_and_touches_nothing() {
         )
         .expect("commit");
     w.repo
-        .commit("billing", Some(&w.cluster("billing", &DEFAULT)))
+        .commit("billing", Some(&w.cluster("billing", &BILLING)))
         .expect("commit");
 
     let plan = w.spilo(&["plan"]);
@@ -411,4 +416,131 @@ async fn unknown_state_blocks_the_cluster_and_touches_nothing() {
         "{offline}"
     );
     assert!(!offline.stdout.contains("+ cluster"), "{offline}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_apply_at_a_time_per_cluster_and_a_failure_leaves_the_others_alone() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    w.repo
+        .commit("billing", Some(&w.cluster("billing", &BILLING)))
+        .expect("commit");
+    // Another apply of orders holds its lock.
+    let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
+        .await
+        .expect("etcd");
+    let lease = etcd.lease_grant(60, None).await.expect("lease").id();
+    etcd.put(
+        "/service/orders/apply-lock",
+        "{\"pid\": 1}",
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .expect("hold the lock");
+
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 1, "{apply}");
+    assert!(
+        apply
+            .stdout
+            .contains("orders: FAILED: another apply of orders is running"),
+        "{apply}"
+    );
+    assert!(apply.stdout.contains("billing: applied"), "{apply}");
+    assert_ne!(w.resources("orders").code, 0, "orders was not touched");
+    assert!(
+        w.etcd_config("orders").await.is_none(),
+        "nor its etcd config"
+    );
+
+    etcd.lease_revoke(lease).await.expect("release");
+    let retry = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(retry.code, 0, "{retry}");
+    assert!(retry.stdout.contains("orders: applied"), "{retry}");
+    let lock = etcd
+        .get("/service/orders/apply-lock", None)
+        .await
+        .expect("get");
+    assert!(lock.kvs().is_empty(), "apply releases its lock");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_stack_is_reported_and_the_other_clusters_are_applied() {
+    let w = World::new().await;
+    // A subnet that does not exist in this account.
+    let broken = w
+        .cluster("orders", &DEFAULT)
+        .replace(&w.net.subnets[0], "subnet-0123456789abcdef0");
+    w.repo.commit("orders", Some(&broken)).expect("commit");
+    w.repo
+        .commit("billing", Some(&w.cluster("billing", &BILLING)))
+        .expect("commit");
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 1, "{apply}");
+    // moto refuses the change set outright; CloudFormation would roll back, and apply then
+    // names the rollback status and the first failed event instead.
+    assert!(
+        apply
+            .stdout
+            .contains("orders: FAILED: execute-change-set: InvalidSubnetID.NotFound: "),
+        "{apply}"
+    );
+    assert!(apply.stdout.contains("billing: applied"), "{apply}");
+    assert_eq!(w.instances("billing").len(), 3);
+}
+
+#[test]
+fn diff_between_two_refs_needs_no_aws() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::init(&dir.path().join("repo")).expect("repo");
+    let file = |instances: u32| {
+        format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: orders}}\nspec:\n  instances: {instances}\n  target: aws\n  dcs: {{hosts: [\"10.0.0.1:2379\"]}}\n  aws: {{region: {REGION}, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d]}}\n"
+        )
+    };
+    let base = repo.commit("orders", Some(&file(3))).expect("commit");
+    repo.commit("orders", Some(&file(5))).expect("commit");
+    let bin = proc::target_dir().expect("target").join("spilo");
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args(args)
+            .arg("--repo")
+            .arg(&repo.path)
+            // No credentials and no reachable AWS: a diff never calls it.
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("SPILO_AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["diff", &base, "HEAD"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("~ parameter Instances: \"3\" -> \"5\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+        "{out}"
+    );
+    let (code, md, _) = run(&["diff", &base, "HEAD", "--format", "markdown"]);
+    assert_eq!(code, 2);
+    assert!(md.starts_with("### spilo plan for `"), "{md}");
+    let (code, same, _) = run(&["diff", "HEAD", "HEAD"]);
+    assert_eq!(code, 0, "{same}");
+    // An invalid head is reported with its file and field, and is an error.
+    repo.commit("orders", Some(&file(0))).expect("commit");
+    let (code, out, err) = run(&["diff", &base, "HEAD"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("clusters/orders.yaml:5:14: spec.instances:"),
+        "{err}"
+    );
 }

@@ -60,7 +60,14 @@ impl Clients {
     }
 }
 
-/// An SDK error with its code and message, for humans.
-pub fn describe<E: std::error::Error + 'static>(e: &E) -> String {
-    aws_sdk_cloudformation::error::DisplayErrorContext(e).to_string()
+/// An SDK error as `Code: message` when the service sent one, else the whole error chain.
+pub fn describe<E>(e: &E) -> String
+where
+    E: aws_sdk_cloudformation::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => aws_sdk_cloudformation::error::DisplayErrorContext(e).to_string(),
+    }
 }

@@ -14,6 +14,8 @@ pub mod inspect;
 pub mod observe;
 pub mod observed;
 pub mod plan;
+#[cfg(test)]
+mod plan_tests;
 pub mod show;
 pub mod template;
 pub mod userdata;

@@ -284,6 +284,13 @@ pub fn cluster_basis(o: &ObservedCluster) -> ClusterBasis {
 }
 
 fn blocked(mut p: ClusterPlan, why: String) -> ClusterPlan {
+    // Nothing of a blocked cluster is touched, so nothing of it is shown as a change.
+    p.config = None;
+    p.resources.clear();
+    p.parameters.clear();
+    p.tags.clear();
+    p.template_diff.clear();
+    p.desired = None;
     p.action = Action::Blocked;
     p.reason = Some(format!("cannot plan {}: {why}", p.name));
     p

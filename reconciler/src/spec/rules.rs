@@ -336,6 +336,35 @@ pub(super) fn across_files<'a, F>(
             }
         }
     }
+    let mut dns_first: BTreeMap<String, &str> = BTreeMap::new();
+    for (name, f, pos) in files {
+        let (Target::Aws, Some(aws)) = (f.spec.target, &f.spec.aws) else {
+            continue;
+        };
+        let Some(zone) = &aws.hosted_zone else {
+            continue;
+        };
+        let label = f
+            .spec
+            .endpoints
+            .dns
+            .name
+            .clone()
+            .unwrap_or_else(|| f.metadata.name.to_string());
+        let fqdn = format!("{label}.{}", zone.trim_end_matches('.'));
+        match dns_first.get(&fqdn) {
+            Some(other) => reporter(name, pos, out).at(
+                &Path::parse("spec.aws.hostedZone"),
+                Severity::Error,
+                format!(
+                    "the DNS name {fqdn} is already used by {other}; set spec.endpoints.dns.name"
+                ),
+            ),
+            None => {
+                dns_first.insert(fqdn, name);
+            }
+        }
+    }
     for (name, f, pos) in files {
         if let Some(c) = &f.spec.bootstrap.clone
             && c.from != f.metadata.name

@@ -1,0 +1,247 @@
+//! Unit tests of the pure planner: observed state built by hand, no AWS.
+
+use super::observed::{
+    Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd, ObservedStack,
+};
+use super::plan::{Action, DesiredInput, Plan, PlanOptions, plan};
+use super::template;
+use spilo_model::spec::ClusterFile;
+use std::collections::BTreeMap;
+
+fn file(name: &str, extra: &str) -> ClusterFile {
+    serde_yaml::from_str(&format!(
+        "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: {name}}}\nspec:\n  target: aws\n  dcs: {{hosts: [\"10.0.0.1:2379\"]}}\n  aws: {{region: eu-west-1, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d], hostedZone: db.example.com}}\n{extra}"
+    ))
+    .expect("valid")
+}
+
+fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
+    Observation::Present(ObservedEtcd {
+        config: match config {
+            Some(f) => Observation::Present(ObservedConfig {
+                value: Some(f.spec.dynamic_config()),
+                mod_revision: 7,
+            }),
+            None => Observation::Absent,
+        },
+        members: Vec::new(),
+    })
+}
+
+fn applied(f: &ClusterFile, status: &str) -> ObservedCluster {
+    let s = template::render(f).expect("aws");
+    ObservedCluster {
+        name: f.metadata.name.to_string(),
+        stack: Observation::Present(ObservedStack {
+            stack_id: format!(
+                "arn:aws:cloudformation:eu-west-1:123456789012:stack/{}/x",
+                s.stack_name
+            ),
+            status: status.into(),
+            last_changed: "2026-11-25T00:00:00Z".into(),
+            template: s.template,
+            parameters: s.parameters,
+            tags: s.tags,
+            resources: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+        }),
+        dns: Some(Observation::Present("lb".into())),
+        bucket: None,
+        etcd: etcd_with(Some(f)),
+    }
+}
+
+fn fresh(f: &ClusterFile) -> ObservedCluster {
+    ObservedCluster {
+        name: f.metadata.name.to_string(),
+        stack: Observation::Absent,
+        dns: Some(Observation::Absent),
+        bucket: None,
+        etcd: etcd_with(None),
+    }
+}
+
+fn run(files: &[&ClusterFile], observed: Vec<ObservedCluster>, options: PlanOptions) -> Plan {
+    let mut o = Observed::default();
+    let mut names = Vec::new();
+    for c in observed {
+        if c.stack.present().is_some() {
+            names.push(c.name.clone());
+        }
+        o.clusters.insert(c.name.clone(), c);
+    }
+    o.stack_list = Observation::Present(names);
+    plan(
+        &DesiredInput {
+            based_on: ("repo", "HEAD", "c0ffee"),
+            clusters: files.iter().map(|f| ("clusters/x.yaml", *f)).collect(),
+        },
+        &o,
+        options,
+    )
+}
+
+fn only(p: &Plan) -> &super::plan::ClusterPlan {
+    assert_eq!(p.clusters.len(), 1, "{p:?}");
+    &p.clusters[0]
+}
+
+#[test]
+fn a_new_cluster_is_created_with_its_config() {
+    let f = file("a", "");
+    let p = run(&[&f], vec![fresh(&f)], PlanOptions::default());
+    let c = only(&p);
+    assert_eq!(c.action, Action::Create);
+    assert_eq!(c.config.as_ref().map(|c| c.expected_revision), Some(0));
+    assert!(c.desired.is_some());
+    assert!(p.has_changes() && !p.has_blocked());
+}
+
+#[test]
+fn an_applied_cluster_is_noop() {
+    let f = file("a", "");
+    let p = run(
+        &[&f],
+        vec![applied(&f, "UPDATE_COMPLETE")],
+        PlanOptions::default(),
+    );
+    assert_eq!(only(&p).action, Action::Noop);
+    assert!(!p.has_changes());
+    assert_eq!(p.based_on.clusters["a"].config_revision, Some(7));
+}
+
+#[test]
+fn unknown_etcd_blocks_and_shows_no_change() {
+    let f = file("a", "");
+    let mut o = fresh(&f);
+    o.etcd = Observation::Unknown("connection refused".into());
+    let p = run(&[&f], vec![o], PlanOptions::default());
+    let c = only(&p);
+    assert_eq!(c.action, Action::Blocked);
+    assert_eq!(
+        c.reason.as_deref(),
+        Some("cannot plan a: etcd: connection refused")
+    );
+    assert!(c.config.is_none() && c.resources.is_empty() && c.desired.is_none());
+    assert!(p.has_blocked());
+}
+
+#[test]
+fn a_stack_in_progress_or_failed_blocks() {
+    let f = file("a", "  instances: 5\n");
+    for (status, why) in [
+        ("UPDATE_IN_PROGRESS", "in progress"),
+        ("ROLLBACK_COMPLETE", "delete the stack"),
+        ("UPDATE_ROLLBACK_FAILED", "fix the stack"),
+    ] {
+        let p = run(
+            &[&f],
+            vec![applied(&file("a", ""), status)],
+            PlanOptions::default(),
+        );
+        let c = only(&p);
+        assert_eq!(c.action, Action::Blocked, "{status}");
+        assert!(c.reason.as_deref().unwrap_or("").contains(why), "{c:?}");
+    }
+}
+
+#[test]
+fn a_dns_name_taken_by_someone_else_blocks_a_create() {
+    let f = file("a", "");
+    let mut o = fresh(&f);
+    o.dns = Some(Observation::Present("elsewhere.example.com".into()));
+    let p = run(&[&f], vec![o], PlanOptions::default());
+    let c = only(&p);
+    assert_eq!(c.action, Action::Blocked);
+    assert!(
+        c.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("a.db.example.com. already exists"),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn a_gone_file_orphans_unless_pruned() {
+    let kept = file("a", "");
+    let pruned = file("b", "  reconcile: {prune: true}\n");
+    let p = run(
+        &[],
+        vec![
+            applied(&kept, "CREATE_COMPLETE"),
+            applied(&pruned, "CREATE_COMPLETE"),
+        ],
+        PlanOptions::default(),
+    );
+    let action = |n: &str| p.clusters.iter().find(|c| c.name == n).map(|c| c.action);
+    assert_eq!(action("a"), Some(Action::Orphan));
+    assert_eq!(action("b"), Some(Action::Delete), "the stack's prune tag");
+    assert_eq!(p.clusters[1].region, "eu-west-1");
+    let forced = run(
+        &[],
+        vec![applied(&kept, "CREATE_COMPLETE")],
+        PlanOptions {
+            prune: true,
+            allow_replace: false,
+        },
+    );
+    assert_eq!(only(&forced).action, Action::Delete);
+}
+
+#[test]
+fn an_unreadable_stack_list_deletes_nothing() {
+    let f = file("a", "");
+    let mut o = Observed::default();
+    o.clusters
+        .insert("a".into(), applied(&f, "CREATE_COMPLETE"));
+    o.stack_list = Observation::Unknown("AccessDenied".into());
+    let p = plan(
+        &DesiredInput {
+            based_on: ("repo", "HEAD", "c0ffee"),
+            clusters: Vec::new(),
+        },
+        &o,
+        PlanOptions {
+            prune: true,
+            allow_replace: false,
+        },
+    );
+    assert!(
+        p.clusters.iter().all(|c| c.action != Action::Delete),
+        "{p:?}"
+    );
+    assert!(p.has_blocked());
+}
+
+#[test]
+fn a_suspended_cluster_is_left_alone() {
+    let f = file("a", "  instances: 5\n  reconcile: {suspend: true}\n");
+    let p = run(
+        &[&f],
+        vec![applied(&file("a", ""), "CREATE_COMPLETE")],
+        PlanOptions::default(),
+    );
+    let c = only(&p);
+    assert_eq!(c.action, Action::Noop);
+    assert!(c.reason.as_deref().unwrap_or("").contains("suspend"));
+}
+
+#[test]
+fn a_replacement_passes_with_allow_replace() {
+    let f = file("a", "  endpoints: {dns: {name: renamed}}\n");
+    let before = applied(&file("a", ""), "CREATE_COMPLETE");
+    let refused = run(&[&f], vec![before.clone()], PlanOptions::default());
+    assert!(only(&refused).refused);
+    let allowed = run(
+        &[&f],
+        vec![before],
+        PlanOptions {
+            prune: false,
+            allow_replace: true,
+        },
+    );
+    let c = only(&allowed);
+    assert_eq!(c.action, Action::Replace);
+    assert!(!c.refused && c.desired.is_some());
+}
