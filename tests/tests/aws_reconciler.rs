@@ -186,6 +186,14 @@ async fn create_then_a_new_plan_is_all_noop_and_the_etcd_config_is_written() {
         assert!(resources.stdout.contains(id), "{id} in {resources}");
     }
 
+    let events = w.spilo(&["events", "orders"]);
+    assert_eq!(events.code, 0, "{events}");
+    let last = events.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("AWS::CloudFormation::Stack") && last.contains("CREATE_COMPLETE"),
+        "oldest first, the stack's completion last: {events}"
+    );
+
     let again = w.spilo(&["plan"]);
     assert_eq!(again.code, 0, "no changes exit 0: {again}");
     assert!(

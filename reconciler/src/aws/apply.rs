@@ -6,7 +6,8 @@
 //! always set explicitly) while streaming its events, and write the etcd config by
 //! compare-and-swap. A new cluster's config is written before its stack, so its governors
 //! start with it; otherwise after the stack succeeded. A failure reports the failing event
-//! and the rollback and stops that cluster only.
+//! and the rollback and stops that cluster only. Clusters are applied [`PARALLEL`] at a time
+//! (a real stack takes minutes); every output line starts with its cluster's name.
 
 use super::clients::{Clients, RegionClients, describe};
 use super::observe;
@@ -24,6 +25,30 @@ use std::time::Duration;
 const STACK_DEADLINE: Duration = Duration::from_secs(3600);
 /// The apply lock's lease.
 const LOCK_TTL: i64 = 30;
+/// How many clusters are applied at once.
+pub const PARALLEL: usize = 8;
+
+/// Where progress lines go: shared by the clusters applied at once, a line at a time.
+pub struct Log {
+    out: std::sync::Mutex<Box<dyn Write + Send>>,
+}
+
+impl Log {
+    /// Lines go to `out`.
+    pub fn new(out: impl Write + Send + 'static) -> Self {
+        Log {
+            out: std::sync::Mutex::new(Box::new(out)),
+        }
+    }
+
+    /// Writes `<cluster>: <text>`.
+    pub fn line(&self, cluster: &str, text: &str) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = writeln!(out, "{cluster}: {text}");
+            let _ = out.flush();
+        }
+    }
+}
 
 /// How one cluster's apply ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,28 +156,32 @@ pub async fn current_basis(
     out
 }
 
-/// Applies `plan`, writing progress to `out`.
-pub async fn apply(clients: &Clients, plan: &Plan, out: &mut (dyn Write + Send)) -> Report {
-    let mut report = Report::default();
-    for c in &plan.clusters {
-        if !wants_apply(c) {
-            let why = c.reason.clone().unwrap_or_else(|| "no changes".into());
-            report
-                .clusters
-                .push((c.name.clone(), Outcome::Skipped(why)));
-            continue;
-        }
-        let _ = writeln!(out, "\n=== {} ({}) ===", c.name, c.stack_name);
-        let outcome = match apply_cluster(clients, plan, c, out).await {
-            Ok(()) => Outcome::Applied,
-            Err(e) => {
-                let _ = writeln!(out, "{}: FAILED: {e}", c.name);
-                Outcome::Failed(e)
-            }
-        };
-        report.clusters.push((c.name.clone(), outcome));
+/// Applies `plan`, writing progress to `log`.
+pub async fn apply(clients: &Clients, plan: &Plan, log: &Log) -> Report {
+    use futures::StreamExt;
+    let mut results: Vec<(usize, String, Outcome)> =
+        futures::stream::iter(plan.clusters.iter().enumerate())
+            .map(|(i, c)| async move {
+                if !wants_apply(c) {
+                    let why = c.reason.clone().unwrap_or_else(|| "no changes".into());
+                    return (i, c.name.clone(), Outcome::Skipped(why));
+                }
+                let outcome = match apply_cluster(clients, plan, c, log).await {
+                    Ok(()) => Outcome::Applied,
+                    Err(e) => {
+                        log.line(&c.name, &format!("FAILED: {e}"));
+                        Outcome::Failed(e)
+                    }
+                };
+                (i, c.name.clone(), outcome)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+    results.sort_by_key(|(i, _, _)| *i);
+    Report {
+        clusters: results.into_iter().map(|(_, n, o)| (n, o)).collect(),
     }
-    report
 }
 
 /// The apply lock of one cluster: a lease-bound key; released on drop of the keep-alive task
@@ -227,10 +256,10 @@ async fn apply_cluster(
     clients: &Clients,
     plan: &Plan,
     c: &ClusterPlan,
-    out: &mut (dyn Write + Send),
+    log: &Log,
 ) -> Result<(), String> {
     let lock = Lock::take(c).await?;
-    let result = apply_locked(clients, plan, c, out).await;
+    let result = apply_locked(clients, plan, c, log).await;
     if let Some(l) = lock {
         l.release().await;
     }
@@ -241,7 +270,7 @@ async fn apply_locked(
     clients: &Clients,
     plan: &Plan,
     c: &ClusterPlan,
-    out: &mut (dyn Write + Send),
+    log: &Log,
 ) -> Result<(), String> {
     // Under the lock, the cluster must still be what the plan saw.
     let now = current_basis_of(clients, plan, c).await;
@@ -251,19 +280,19 @@ async fn apply_locked(
     }
     let region = clients.region(&c.region).await;
     match c.action {
-        Action::Delete => delete_stack(&region, c, out).await,
+        Action::Delete => delete_stack(&region, c, log).await,
         Action::Create => {
             if let Some(cfg) = &c.config {
-                write_config(c, cfg, out).await?;
+                write_config(c, cfg, log).await?;
             }
-            change_stack(&region, plan, c, ChangeSetType::Create, out).await
+            change_stack(&region, plan, c, ChangeSetType::Create, log).await
         }
         _ => {
             if c.desired.is_some() {
-                change_stack(&region, plan, c, ChangeSetType::Update, out).await?;
+                change_stack(&region, plan, c, ChangeSetType::Update, log).await?;
             }
             if let Some(cfg) = &c.config {
-                write_config(c, cfg, out).await?;
+                write_config(c, cfg, log).await?;
             }
             Ok(())
         }
@@ -282,11 +311,7 @@ async fn current_basis_of(
     current_basis(clients, &one).await
 }
 
-async fn write_config(
-    c: &ClusterPlan,
-    cfg: &ConfigChange,
-    out: &mut (dyn Write + Send),
-) -> Result<(), String> {
+async fn write_config(c: &ClusterPlan, cfg: &ConfigChange, log: &Log) -> Result<(), String> {
     let Some(dcs) = &c.dcs else {
         return Err("the plan has an etcd config change but no etcd".into());
     };
@@ -309,7 +334,7 @@ async fn write_config(
             cfg.expected_revision
         ));
     }
-    let _ = writeln!(out, "{}: wrote {key}", c.name);
+    log.line(&c.name, &format!("wrote {key}"));
     Ok(())
 }
 
@@ -327,7 +352,7 @@ async fn change_stack(
     plan: &Plan,
     c: &ClusterPlan,
     kind: ChangeSetType,
-    out: &mut (dyn Write + Send),
+    log: &Log,
 ) -> Result<(), String> {
     let Some(desired) = &c.desired else {
         return Err("the plan carries no stack to apply".into());
@@ -366,7 +391,10 @@ async fn change_stack(
         .await
         .map_err(|e| format!("create-change-set: {}", describe(&e)))?;
     let cs_id = created.id().unwrap_or(&name).to_string();
-    let _ = writeln!(out, "{}: change set {name} ({})", c.name, kind.as_str());
+    log.line(
+        &c.name,
+        &format!("change set {name} ({}) of {}", kind.as_str(), c.stack_name),
+    );
     // Wait for the change set to be computed.
     let mut wait = Backoff::new();
     loop {
@@ -383,7 +411,7 @@ async fn change_stack(
             Some(ChangeSetStatus::Failed) => {
                 let reason = d.status_reason().unwrap_or_default().to_string();
                 if reason.contains("didn't contain changes") || reason.contains("No updates") {
-                    let _ = writeln!(out, "{}: CloudFormation sees no changes", c.name);
+                    log.line(&c.name, "CloudFormation sees no changes");
                     let _ = r
                         .cfn
                         .delete_change_set()
@@ -409,7 +437,7 @@ async fn change_stack(
         .send()
         .await
         .map_err(|e| format!("execute-change-set: {}", describe(&e)))?;
-    let status = stream_events(r, &c.stack_name, started, out).await?;
+    let status = stream_events(r, &c.name, &c.stack_name, started, log).await?;
     if status.ends_with("ROLLBACK_COMPLETE") || status.ends_with("_FAILED") {
         let failing = first_failure(r, &c.stack_name, started).await;
         return Err(format!(
@@ -422,15 +450,11 @@ async fn change_stack(
     Ok(())
 }
 
-async fn delete_stack(
-    r: &RegionClients,
-    c: &ClusterPlan,
-    out: &mut (dyn Write + Send),
-) -> Result<(), String> {
+async fn delete_stack(r: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(), String> {
     let id = match observe::full_stack(r, &c.stack_name).await? {
         Some(s) => s.stack_id,
         None => {
-            let _ = writeln!(out, "{}: the stack is already gone", c.name);
+            log.line(&c.name, "the stack is already gone");
             return Ok(());
         }
     };
@@ -441,7 +465,7 @@ async fn delete_stack(
         .send()
         .await
         .map_err(|e| format!("delete-stack: {}", describe(&e)))?;
-    let status = stream_events(r, &id, started, out).await?;
+    let status = stream_events(r, &c.name, &id, started, log).await?;
     if status != "DELETE_COMPLETE" {
         let failing = first_failure(r, &id, started).await;
         return Err(format!(
@@ -458,9 +482,10 @@ async fn delete_stack(
 /// progress; returns its final status.
 async fn stream_events(
     r: &RegionClients,
+    cluster: &str,
     stack: &str,
     since: aws_sdk_cloudformation::primitives::DateTime,
-    out: &mut (dyn Write + Send),
+    log: &Log,
 ) -> Result<String, String> {
     let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut wait = Backoff::new();
@@ -471,7 +496,7 @@ async fn stream_events(
             Err(e) => return Err(e),
         };
         for line in new_events(r, stack, since, &mut seen).await {
-            let _ = writeln!(out, "{line}");
+            log.line(cluster, &line);
         }
         if !status.ends_with("_IN_PROGRESS") {
             return Ok(status);

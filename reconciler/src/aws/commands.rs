@@ -291,8 +291,8 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_ERROR);
         }
     }
-    let mut stdout = std::io::stdout();
-    let report = apply::apply(&clients, &plan, &mut stdout).await;
+    let log = apply::Log::new(std::io::stdout());
+    let report = apply::apply(&clients, &plan, &log).await;
     println!();
     for (name, outcome) in &report.clusters {
         match outcome {
