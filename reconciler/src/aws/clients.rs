@@ -60,7 +60,8 @@ impl Clients {
     }
 }
 
-/// An SDK error as `Code: message` when the service sent one, else the whole error chain.
+/// An SDK error as `Code: message` when the service sent one, else its chain of causes
+/// (`dispatch failure: io error: ... Connection refused`), one line.
 pub fn describe<E>(e: &E) -> String
 where
     E: aws_sdk_cloudformation::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -68,6 +69,17 @@ where
     match (e.code(), e.message()) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_string(),
-        _ => aws_sdk_cloudformation::error::DisplayErrorContext(e).to_string(),
+        _ => {
+            let mut parts = vec![e.to_string()];
+            let mut source = e.source();
+            while let Some(s) = source {
+                let text = s.to_string();
+                if parts.last() != Some(&text) {
+                    parts.push(text);
+                }
+                source = s.source();
+            }
+            parts.join(": ")
+        }
     }
 }
