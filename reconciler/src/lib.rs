@@ -9,6 +9,7 @@
 
 pub mod aws;
 pub mod desired;
+pub mod drift;
 pub mod etcd;
 pub mod init;
 pub mod list;

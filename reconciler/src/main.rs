@@ -67,6 +67,10 @@ enum Command {
     Events(spilo::aws::commands::InspectArgs),
     /// The instances of a cluster with their members' roles.
     Instances(spilo::aws::commands::InspectArgs),
+    /// Reconcile continuously from a branch: apply new commits, alert on drift, revert it where asked.
+    Watch(spilo::drift::watch::WatchArgs),
+    /// Report drift between git, AWS and the running clusters (exit 0: none, 2: drift, 1: error).
+    Drift(spilo::drift::report::DriftArgs),
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
     #[command(hide = true)]
     Schema,
@@ -197,6 +201,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Instances(args) => Ok(ExitCode::from(
             spilo::aws::commands::inspect(spilo::aws::commands::Inspect::Instances, args).await?,
         )),
+        Command::Watch(args) => Ok(ExitCode::from(spilo::drift::watch::watch(args).await?)),
+        Command::Drift(args) => Ok(ExitCode::from(spilo::drift::report::run(args).await?)),
         Command::Schema => {
             print!("{}", spilo::spec::schema_json());
             Ok(ExitCode::SUCCESS)

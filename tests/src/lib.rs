@@ -18,6 +18,7 @@ pub mod probe;
 pub mod proc;
 pub mod proxy;
 pub mod wait;
+pub mod webhook;
 
 pub use cluster::{Cluster, ClusterOptions, Member};
 pub use etcd::Etcd;

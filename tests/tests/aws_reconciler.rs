@@ -552,3 +552,353 @@ fn diff_between_two_refs_needs_no_aws() {
         "{err}"
     );
 }
+
+/// A running `spilo watch` and what it reports to.
+struct Watching {
+    process: spilo_e2e::proc::Spawned,
+    receiver: spilo_e2e::webhook::Receiver,
+    http: String,
+}
+
+impl World {
+    async fn watch(&self, refuse_first: u32) -> Watching {
+        let receiver = spilo_e2e::webhook::Receiver::start(refuse_first)
+            .await
+            .expect("receiver");
+        std::fs::write(
+            self.repo.path.join("alerts.yaml"),
+            format!("webhooks:\n  - url: {}\n", receiver.url),
+        )
+        .expect("alerts.yaml");
+        let port = spilo_e2e::ports::free();
+        let mut cmd = Command::new(proc::target_dir().expect("target").join("spilo"));
+        cmd.args(["watch", "--branch", "main", "--resync", "1s"])
+            .args(["--no-leader-after", "1h", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--repo")
+            .arg(&self.repo.path);
+        for (k, v) in self.moto.env() {
+            cmd.env(k, v);
+        }
+        let process = spilo_e2e::proc::Spawned::start(cmd, &self.dir.path().join("watch.log"))
+            .expect("watch");
+        let http = format!("http://127.0.0.1:{port}");
+        let url = format!("{http}/healthz");
+        spilo_e2e::wait::until(
+            "spilo watch to serve /healthz",
+            Duration::from_secs(30),
+            || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(url).await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
+        .await
+        .expect("healthz");
+        Watching {
+            process,
+            receiver,
+            http,
+        }
+    }
+
+    async fn until_instances(&self, cluster: &str, n: usize) {
+        spilo_e2e::wait::until(
+            &format!("{cluster} to have {n} instances"),
+            Duration::from_secs(60),
+            || async {
+                let r = self.spilo(&["instances", cluster, "--format", "json"]);
+                let rows: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).ok()?;
+                (r.code == 0 && rows.len() == n).then_some(())
+            },
+        )
+        .await
+        .expect("instances");
+    }
+}
+
+impl Watching {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    }
+
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    async fn reconciles(&self) -> u64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("spilo_reconciles_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn until(&self, what: &str, check: impl Fn(&spilo_e2e::webhook::Receiver) -> bool) {
+        let r = spilo_e2e::wait::until(what, Duration::from_secs(60), || async {
+            check(&self.receiver).then_some(())
+        })
+        .await;
+        if let Err(e) = r {
+            panic!(
+                "{e}\nreceived: {:#?}\n--- watch log\n{}",
+                self.receiver.bodies(),
+                self.log()
+            );
+        }
+    }
+}
+
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_alerts_once_per_drift_and_reverts_where_asked() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    let reverting = w
+        .cluster("billing", &BILLING)
+        .replace("spec:\n", "spec:\n  reconcile: {drift: revert}\n");
+    w.repo.commit("billing", Some(&reverting)).expect("commit");
+    // The receiver is down for the first two deliveries: alerts are retried, not lost.
+    let watching = w.watch(2).await;
+    w.until_instances("orders", 3).await;
+    w.until_instances("billing", 3).await;
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_set_parameter.py");
+    for stack in ["spilo-orders", "spilo-billing"] {
+        w.moto
+            .python(&script, &[REGION, stack, "Instances", "5"])
+            .expect("change a parameter behind spilo's back");
+    }
+    watching
+        .until("a drift alert for orders and a resolve for billing", |r| {
+            r.count("drift", "orders", "stack_parameters") == 1
+                && r.count("drift", "billing", "stack_parameters") == 1
+                && r.count("resolved", "billing", "stack_parameters") == 1
+        })
+        .await;
+    assert_eq!(
+        watching.receiver.refusals_left(),
+        0,
+        "the refused deliveries were retried"
+    );
+    // billing is back to its file; orders (warn) keeps the hand-made change.
+    w.until_instances("billing", 3).await;
+    assert_eq!(w.instances("orders").len(), 5);
+    let drifted = watching
+        .receiver
+        .bodies()
+        .into_iter()
+        .find(|b| b["cluster"] == "orders" && b["kind"] == "stack_parameters")
+        .expect("the alert");
+    assert!(
+        drifted["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Instances is 5 in AWS, 3 in git"),
+        "{drifted}"
+    );
+
+    // No repeats while the drift persists.
+    let seen = watching.reconciles().await;
+    spilo_e2e::wait::until("three more passes", Duration::from_secs(30), || async {
+        (watching.reconciles().await >= seen + 3).then_some(())
+    })
+    .await
+    .expect("passes");
+    assert_eq!(
+        watching
+            .receiver
+            .count("drift", "orders", "stack_parameters"),
+        1
+    );
+    assert_eq!(
+        watching
+            .receiver
+            .count("resolved", "orders", "stack_parameters"),
+        0
+    );
+    let metrics = watching.metrics().await;
+    assert!(
+        metrics.contains("spilo_drift{cluster=\"orders\",kind=\"stack_parameters\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spilo_last_success_timestamp_seconds{cluster=\"billing\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_skips_an_invalid_commit_and_applies_the_next_valid_one() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    let watching = w.watch(0).await;
+    w.until_instances("orders", 3).await;
+
+    let broken = w.cluster(
+        "orders",
+        &Shape {
+            instances: 0,
+            ..DEFAULT
+        },
+    );
+    w.repo.commit("orders", Some(&broken)).expect("commit");
+    watching
+        .until("an invalid_commit alert", |r| {
+            r.count("drift", "*", "invalid_commit") == 1
+        })
+        .await;
+    assert_eq!(
+        w.instances("orders").len(),
+        3,
+        "nothing of the invalid commit was applied"
+    );
+    assert!(
+        watching.log().contains("spec.instances"),
+        "the error names the field: {}",
+        watching.log()
+    );
+
+    w.repo
+        .commit(
+            "orders",
+            Some(&w.cluster(
+                "orders",
+                &Shape {
+                    instances: 4,
+                    ..DEFAULT
+                },
+            )),
+        )
+        .expect("commit");
+    w.until_instances("orders", 4).await;
+    watching
+        .until("the invalid_commit alert resolved", |r| {
+            r.count("resolved", "*", "invalid_commit") == 1
+        })
+        .await;
+    assert_eq!(watching.receiver.count("drift", "*", "invalid_commit"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
+    // The three governors of the cluster, as they publish themselves in etcd.
+    let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
+        .await
+        .expect("etcd");
+    let member = |i: usize, lsn: &str| {
+        let (role, wal) = if i == 0 {
+            ("primary", serde_json::json!({"write": lsn}))
+        } else {
+            (
+                "replica",
+                serde_json::json!({"receive": lsn, "replay": lsn}),
+            )
+        };
+        serde_json::json!({
+            "conn_url": format!("postgres://10.42.0.{i}:5432/postgres"),
+            "api_url": format!("http://10.42.0.{i}:8008"),
+            "role": role, "state": "running", "timeline": 1, "wal": wal, "tags": {}
+        })
+        .to_string()
+    };
+    for i in 0..3 {
+        etcd.put(
+            format!("/service/orders/members/m{i}"),
+            member(i, "0/9000000"),
+            None,
+        )
+        .await
+        .expect("member");
+    }
+    etcd.put("/service/orders/leader", "m0", None)
+        .await
+        .expect("leader");
+
+    let clean = w.spilo(&["drift"]);
+    assert_eq!(clean.code, 0, "{clean}");
+    assert!(
+        clean.stdout.contains("0 drift(s), 0 cluster(s) unknown"),
+        "{clean}"
+    );
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_set_parameter.py");
+    w.moto
+        .python(
+            &script,
+            &[REGION, "spilo-orders", "InstanceType", "m5.large"],
+        )
+        .expect("change a parameter behind spilo's back");
+    etcd.delete("/service/orders/members/m2", None)
+        .await
+        .expect("a member dies");
+    etcd.put("/service/orders/members/m1", member(1, "0/1000000"), None)
+        .await
+        .expect("a replica falls 128 MiB behind");
+    etcd.put(
+        "/service/orders/config",
+        serde_json::json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
+                           "postgresql_parameters": {"max_connections": "200"}}).to_string(),
+        None,
+    )
+    .await
+    .expect("someone edits the config by hand");
+    let drifted = w.spilo(&["drift", "--format", "json"]);
+    assert_eq!(drifted.code, 2, "{drifted}");
+    let report: serde_json::Value = serde_json::from_str(&drifted.stdout).expect("json");
+    let kinds: Vec<&str> = report["drift"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "stack_parameters",
+            "config_differs",
+            "missing_members",
+            "replica_lag"
+        ],
+        "{report:#}"
+    );
+    let text = w.spilo(&["drift"]);
+    assert!(
+        text.stdout.contains(
+            "orders: stack_parameters: InstanceType is m5.large in AWS, t3.medium in git"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.stdout
+            .contains("orders: missing_members: 2 of 3 members running"),
+        "{text}"
+    );
+    assert!(text.stdout.contains("~ ttl: 30 -> 4"), "{text}");
+    assert!(
+        text.stdout.contains(
+            "orders: replica_lag: m1 is 134217728 bytes behind the leader (limit 1048576)"
+        ),
+        "{text}"
+    );
+}

@@ -117,8 +117,8 @@ pub struct InspectArgs {
     /// Send AWS calls to this endpoint instead of AWS.
     #[arg(long, env = "SPILO_AWS_ENDPOINT_URL")]
     endpoint_url: Option<String>,
-    /// The region (default: the cluster file's).
-    #[arg(long)]
+    /// The region when the ref has no readable file for the cluster (the file's region wins).
+    #[arg(long, env = "AWS_REGION")]
     region: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]

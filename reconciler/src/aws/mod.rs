@@ -47,7 +47,18 @@ pub async fn make_plan(
     options: PlanOptions,
 ) -> anyhow::Result<(Desired, Plan)> {
     let desired = desired::read(repo, reference, cache)?;
-    let files = aws_clusters(&desired);
+    let (plan, _) = plan_desired(clients, &desired, regions, options).await;
+    Ok((desired, plan))
+}
+
+/// Observes and plans an already read desired state; also returns what was observed.
+pub async fn plan_desired(
+    clients: &clients::Clients,
+    desired: &Desired,
+    regions: &[String],
+    options: PlanOptions,
+) -> (Plan, Observed) {
+    let files = aws_clusters(desired);
     let only_files: Vec<&ClusterFile> = files.iter().map(|(_, f)| *f).collect();
     let observed = observe::observe(clients, &only_files, regions).await;
     let plan = plan::plan(
@@ -58,7 +69,7 @@ pub async fn make_plan(
         &observed,
         options,
     );
-    Ok((desired, plan))
+    (plan, observed)
 }
 
 /// What `base` would look like once applied: its stacks and etcd configs, as if observed.

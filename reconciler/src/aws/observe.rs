@@ -15,7 +15,7 @@ use etcd_client::GetOptions;
 use futures::StreamExt;
 use serde_json::Value;
 use spilo_model::spec::{ClusterFile, DcsSpec};
-use spilo_model::{ClusterName, KeyKind, Keyspace, MemberStatus};
+use spilo_model::{ClusterName, KeyKind, Keyspace, MemberName, MemberStatus, summarize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How many clusters are observed at once.
@@ -346,7 +346,8 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
     .map_err(|e| format!("reading {}: {e}", keys.prefix()))?;
     let mut config = Observation::Absent;
     let mut leader = None;
-    let mut members = Vec::new();
+    let mut statuses: BTreeMap<MemberName, MemberStatus> = BTreeMap::new();
+    let mut unreadable = Vec::new();
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         match keys.classify(key) {
@@ -357,35 +358,38 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
                 });
             }
             Some(KeyKind::Leader) => {
-                leader = std::str::from_utf8(kv.value()).ok().map(str::to_string)
+                leader = std::str::from_utf8(kv.value())
+                    .ok()
+                    .and_then(|s| MemberName::new(s).ok());
             }
-            Some(KeyKind::Member(name)) => {
-                // A corrupt member value is shown as such; it never stops a plan.
-                let (role, state) = match serde_json::from_slice::<MemberStatus>(kv.value()) {
-                    Ok(m) => (
-                        serde_json::to_value(m.role)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        serde_json::to_value(m.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                    ),
-                    Err(_) => ("?".into(), "unreadable".into()),
-                };
-                members.push(ObservedMember {
-                    name: name.to_string(),
-                    role,
-                    state,
-                    leader: false,
-                });
-            }
+            // A corrupt member value is shown as such; it never stops a plan.
+            Some(KeyKind::Member(name)) => match serde_json::from_slice(kv.value()) {
+                Ok(m) => {
+                    statuses.insert(name, m);
+                }
+                Err(_) => unreadable.push(name),
+            },
             _ => {}
         }
     }
-    for m in &mut members {
-        m.leader = leader.as_deref() == Some(m.name.as_str());
-    }
+    let summary = summarize(scope, leader.as_ref(), &statuses);
+    let mut members: Vec<ObservedMember> = summary
+        .members
+        .into_iter()
+        .map(|row| ObservedMember {
+            leader: summary.leader.as_ref() == Some(&row.name),
+            name: row.name.to_string(),
+            role: row.role,
+            state: row.state,
+            lag_bytes: row.lag_bytes,
+        })
+        .collect();
+    members.extend(unreadable.into_iter().map(|name| ObservedMember {
+        name: name.to_string(),
+        role: "?".into(),
+        state: "unreadable".into(),
+        leader: false,
+        lag_bytes: None,
+    }));
     Ok(ObservedEtcd { config, members })
 }

@@ -78,6 +78,9 @@ pub struct ObservedMember {
     pub state: String,
     /// Whether it holds the leader key.
     pub leader: bool,
+    /// Bytes behind the leader (replicas, when both publish a position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
 }
 
 /// The etcd side of a cluster.

@@ -1,0 +1,235 @@
+//! What has drifted, from desired and observed state: pure.
+//!
+//! AWS side: the stack's parameters, template or tags differ from what the commit renders, the
+//! stack is missing, or it sits in a failed or rolled-back state. Runtime side, from etcd:
+//! no leader, fewer running members than `instances`, a replica lagging beyond
+//! `ha.maximumLagOnFailover`, the `config` key different from the file.
+
+use crate::aws::observed::{Observation, Observed, ObservedCluster};
+use crate::aws::plan::{self, Action, DesiredInput, PlanOptions};
+use serde::{Deserialize, Serialize};
+use spilo_model::spec::ClusterFile;
+
+/// Kinds of drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftKind {
+    /// A stack parameter differs from git.
+    StackParameters,
+    /// The stack's template differs from what git renders.
+    StackTemplate,
+    /// The stack's tags differ from git.
+    StackTags,
+    /// The stack is in a failed or rolled-back state.
+    StackState,
+    /// The file's stack does not exist.
+    StackMissing,
+    /// No member holds the leader key.
+    NoLeader,
+    /// Fewer running members than `instances`.
+    MissingMembers,
+    /// A replica lags beyond the failover limit.
+    ReplicaLag,
+    /// etcd `config` differs from the file.
+    ConfigDiffers,
+    /// The branch's newest commit has an invalid cluster file (nothing of it is applied).
+    InvalidCommit,
+}
+
+impl DriftKind {
+    /// The snake_case name used in alerts and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftKind::StackParameters => "stack_parameters",
+            DriftKind::StackTemplate => "stack_template",
+            DriftKind::StackTags => "stack_tags",
+            DriftKind::StackState => "stack_state",
+            DriftKind::StackMissing => "stack_missing",
+            DriftKind::NoLeader => "no_leader",
+            DriftKind::MissingMembers => "missing_members",
+            DriftKind::ReplicaLag => "replica_lag",
+            DriftKind::ConfigDiffers => "config_differs",
+            DriftKind::InvalidCommit => "invalid_commit",
+        }
+    }
+
+    /// Whether re-applying the file can fix it (the AWS and config kinds).
+    pub fn revertible(self) -> bool {
+        matches!(
+            self,
+            DriftKind::StackParameters
+                | DriftKind::StackTemplate
+                | DriftKind::StackTags
+                | DriftKind::StackMissing
+                | DriftKind::ConfigDiffers
+        )
+    }
+}
+
+/// One drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The cluster (`*` for the repository).
+    pub cluster: String,
+    /// What kind.
+    pub kind: DriftKind,
+    /// What it is about within the cluster (a member), when more than one can drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// For humans.
+    pub detail: String,
+}
+
+impl Drift {
+    /// Identity for alerting: one alert per key while it persists.
+    pub fn key(&self) -> String {
+        match &self.subject {
+            Some(s) => format!("{}/{}/{s}", self.cluster, self.kind.as_str()),
+            None => format!("{}/{}", self.cluster, self.kind.as_str()),
+        }
+    }
+}
+
+/// One cluster's drift, or why it cannot be told.
+pub type ClusterDrift = Result<Vec<Drift>, String>;
+
+fn drift(cluster: &str, kind: DriftKind, detail: String) -> Drift {
+    Drift {
+        cluster: cluster.to_string(),
+        kind,
+        subject: None,
+        detail,
+    }
+}
+
+/// Drift of one AWS cluster.
+pub fn detect(path: &str, file: &ClusterFile, obs: &ObservedCluster) -> ClusterDrift {
+    let name = file.metadata.name.as_str();
+    let mut out = Vec::new();
+    // The stack's own state first: a failed stack is drift even though nothing can be planned.
+    if let Observation::Present(s) = &obs.stack
+        && (s.status.ends_with("ROLLBACK_COMPLETE") || s.status.ends_with("_FAILED"))
+    {
+        out.push(drift(
+            name,
+            DriftKind::StackState,
+            format!("stack {} is {}", s.stack_id, s.status),
+        ));
+    }
+    let mut observed = Observed::default();
+    observed.clusters.insert(name.to_string(), obs.clone());
+    let p = plan::plan(
+        &DesiredInput {
+            based_on: ("", "", ""),
+            clusters: vec![(path, file)],
+        },
+        &observed,
+        PlanOptions {
+            prune: false,
+            allow_replace: true,
+        },
+    );
+    let Some(c) = p.clusters.first() else {
+        return Ok(out);
+    };
+    if c.action == Action::Blocked {
+        if out.is_empty() {
+            return Err(c.reason.clone().unwrap_or_else(|| "cannot observe".into()));
+        }
+        return Ok(out);
+    }
+    if c.action == Action::Create {
+        out.push(drift(
+            name,
+            DriftKind::StackMissing,
+            format!("stack {} does not exist", c.stack_name),
+        ));
+    } else {
+        if !c.parameters.is_empty() {
+            let what: Vec<String> = c
+                .parameters
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{} is {} in AWS, {} in git",
+                        v.name,
+                        v.before.as_deref().unwrap_or("unset"),
+                        v.after.as_deref().unwrap_or("unset")
+                    )
+                })
+                .collect();
+            out.push(drift(name, DriftKind::StackParameters, what.join("; ")));
+        }
+        if !c.template_diff.is_empty() {
+            let ids: Vec<&str> = c.resources.iter().map(|r| r.logical_id.as_str()).collect();
+            out.push(drift(
+                name,
+                DriftKind::StackTemplate,
+                format!("the template differs from git ({})", ids.join(", ")),
+            ));
+        }
+        if !c.tags.is_empty() {
+            let names: Vec<&str> = c.tags.iter().map(|t| t.name.as_str()).collect();
+            out.push(drift(
+                name,
+                DriftKind::StackTags,
+                format!("tags differ from git: {}", names.join(", ")),
+            ));
+        }
+    }
+    if let Some(cfg) = &c.config
+        && cfg.before.is_some()
+    {
+        let lines = crate::aws::show::config_lines(cfg);
+        out.push(drift(
+            name,
+            DriftKind::ConfigDiffers,
+            format!("etcd config differs from git: {}", lines.join("; ")),
+        ));
+    }
+    if let Observation::Present(etcd) = &obs.etcd
+        && obs.stack.present().is_some()
+    {
+        out.extend(runtime(file, etcd));
+    }
+    Ok(out)
+}
+
+/// Runtime drift from the members a cluster publishes in etcd.
+pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) -> Vec<Drift> {
+    let name = file.metadata.name.as_str();
+    let mut out = Vec::new();
+    if !etcd.members.iter().any(|m| m.leader) {
+        out.push(drift(
+            name,
+            DriftKind::NoLeader,
+            "no member holds the leader key".into(),
+        ));
+    }
+    let running = etcd.members.iter().filter(|m| m.state == "running").count();
+    let wanted = file.spec.instances as usize;
+    if running < wanted {
+        out.push(drift(
+            name,
+            DriftKind::MissingMembers,
+            format!("{running} of {wanted} members running"),
+        ));
+    }
+    let limit = file.spec.ha.maximum_lag_on_failover;
+    for m in &etcd.members {
+        if let Some(lag) = m.lag_bytes
+            && lag > limit
+        {
+            out.push(Drift {
+                cluster: name.to_string(),
+                kind: DriftKind::ReplicaLag,
+                subject: Some(m.name.clone()),
+                detail: format!(
+                    "{} is {lag} bytes behind the leader (limit {limit})",
+                    m.name
+                ),
+            });
+        }
+    }
+    out
+}

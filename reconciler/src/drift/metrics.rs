@@ -1,0 +1,94 @@
+//! The watcher's metrics in Prometheus' text format: reconciles, errors, last success and
+//! drift per cluster, apply duration.
+
+use super::detect::Drift;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+/// Counters and gauges, updated by the watch loop and read by `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    /// Reconcile passes.
+    pub reconciles: u64,
+    /// Failed passes (the desired state could not be read).
+    pub errors: u64,
+    /// Per cluster: failed plans or applies.
+    pub cluster_errors: BTreeMap<String, u64>,
+    /// Per cluster: Unix time of the last pass that observed and, if needed, applied it.
+    pub last_success: BTreeMap<String, f64>,
+    /// Per cluster: seconds the last apply took.
+    pub apply_seconds: BTreeMap<String, f64>,
+    /// Raised drifts: (cluster, kind) -> count.
+    pub drift: BTreeMap<(String, String), u64>,
+    /// The last commit reconciled.
+    pub commit: String,
+}
+
+impl Metrics {
+    /// Sets the drift gauges from the raised alerts.
+    pub fn set_drift(&mut self, clusters: &[String], active: &[&Drift]) {
+        self.drift.clear();
+        for c in clusters {
+            self.drift.entry((c.clone(), String::new())).or_insert(0);
+        }
+        for d in active {
+            *self
+                .drift
+                .entry((d.cluster.clone(), d.kind.as_str().to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "# HELP spilo_reconciles_total Reconcile passes.\n# TYPE spilo_reconciles_total counter\nspilo_reconciles_total {}",
+            self.reconciles
+        );
+        let _ = writeln!(
+            out,
+            "# HELP spilo_reconcile_errors_total Passes whose desired state could not be read.\n# TYPE spilo_reconcile_errors_total counter\nspilo_reconcile_errors_total {}",
+            self.errors
+        );
+        out.push_str("# HELP spilo_cluster_errors_total Failed plans or applies of a cluster.\n# TYPE spilo_cluster_errors_total counter\n");
+        for (c, n) in &self.cluster_errors {
+            let _ = writeln!(
+                out,
+                "spilo_cluster_errors_total{{cluster=\"{}\"}} {n}",
+                esc(c)
+            );
+        }
+        out.push_str("# HELP spilo_last_success_timestamp_seconds When the cluster was last reconciled.\n# TYPE spilo_last_success_timestamp_seconds gauge\n");
+        for (c, t) in &self.last_success {
+            let _ = writeln!(
+                out,
+                "spilo_last_success_timestamp_seconds{{cluster=\"{}\"}} {t:.3}",
+                esc(c)
+            );
+        }
+        out.push_str("# HELP spilo_apply_duration_seconds How long the cluster's last apply took.\n# TYPE spilo_apply_duration_seconds gauge\n");
+        for (c, t) in &self.apply_seconds {
+            let _ = writeln!(
+                out,
+                "spilo_apply_duration_seconds{{cluster=\"{}\"}} {t:.3}",
+                esc(c)
+            );
+        }
+        out.push_str("# HELP spilo_drift Raised drift alerts (0 for a cluster without drift).\n# TYPE spilo_drift gauge\n");
+        for ((c, kind), n) in &self.drift {
+            if kind.is_empty() {
+                let _ = writeln!(out, "spilo_drift{{cluster=\"{}\"}} {n}", esc(c));
+            } else {
+                let _ = writeln!(
+                    out,
+                    "spilo_drift{{cluster=\"{}\",kind=\"{kind}\"}} {n}",
+                    esc(c)
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,451 @@
+//! `spilo watch`: the always-on half of GitOps for the AWS target.
+//!
+//! Triggers: a filesystem watch (notify) on the local checkout's git directory, so a commit on
+//! the branch starts a pass at once; for a remote, a periodic fetch; and a periodic full
+//! resync. A pass reads the branch's commit: an invalid commit is reported (an
+//! `invalid_commit` alert) and never applied, and the last good commit stays the desired
+//! state. A new commit is applied (sync). Otherwise the pass looks for drift: each drift is
+//! alerted once and resolved once; clusters with `reconcile.drift: revert` get their file
+//! re-applied. A cluster whose apply fails waits with exponential backoff; the others go on.
+//! `/healthz` and `/metrics` are served over HTTP.
+
+use super::alerts::Alerts;
+use super::detect::{self, Drift, DriftKind};
+use super::metrics::Metrics;
+use super::notify::{self, Notifier};
+use crate::aws::apply::{self, Log, Outcome};
+use crate::aws::clients::Clients;
+use crate::aws::observed::Observed;
+use crate::aws::plan::{Action, Plan, PlanOptions};
+use crate::desired::{self, Desired, DesiredError};
+use spilo_model::spec::DriftPolicy;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// `spilo watch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatchArgs {
+    /// The target: aws (the local target follows its files under `spilo up`).
+    #[arg(long, default_value = "aws")]
+    pub target: String,
+    /// The git repository: a local checkout (watched) or a URL (fetched periodically).
+    #[arg(long, default_value = ".")]
+    pub repo: String,
+    /// The branch to follow.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// Full resync (drift check) period.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// Fetch period for a remote repository.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub fetch_interval: Duration,
+    /// How long a cluster may have no leader before it is an alert.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub no_leader_after: Duration,
+    /// `/healthz` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub listen: std::net::SocketAddr,
+    /// The alert sinks (default: alerts.yaml beside clusters/ in the checkout).
+    #[arg(long)]
+    pub alerts: Option<PathBuf>,
+    /// Send AWS calls to this endpoint instead of AWS.
+    #[arg(long, env = "SPILO_AWS_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Also look for stacks whose file is gone in these regions.
+    #[arg(long = "region", env = "AWS_REGION", value_delimiter = ',')]
+    pub regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    Commit,
+    Resync,
+}
+
+/// Per-cluster failure backoff.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+struct Watcher {
+    args: WatchArgs,
+    clients: Clients,
+    notifier: Notifier,
+    metrics: Arc<Mutex<Metrics>>,
+    alerts: Alerts,
+    last_good: Option<Desired>,
+    /// Per cluster, the commit last applied to it (or found already in sync).
+    synced: BTreeMap<String, String>,
+    /// The commit whose removed files were last handled.
+    applied_commit: Option<String>,
+    backoff: BTreeMap<String, Backoff>,
+    started: Instant,
+}
+
+fn log(fields: serde_json::Value) {
+    eprintln!("{fields}");
+}
+
+/// Runs until Ctrl-C.
+pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
+    if args.target != "aws" {
+        anyhow::bail!(
+            "spilo watch --target {}: only aws is supported yet; local clusters follow their files under `spilo up`",
+            args.target
+        );
+    }
+    let alerts_path = args.alerts.clone().unwrap_or_else(|| {
+        PathBuf::from(if desired::is_url(&args.repo) {
+            "."
+        } else {
+            args.repo.as_str()
+        })
+        .join(notify::CONFIG_FILE)
+    });
+    let alerts_config = notify::load(&alerts_path)?;
+    let metrics = Arc::new(Mutex::new(Metrics::default()));
+    serve(args.listen, metrics.clone()).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Keep the filesystem watcher alive for the whole run.
+    let _fs_watch = if desired::is_url(&args.repo) {
+        let tx = tx.clone();
+        let every = args.fetch_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if tx.send(Trigger::Commit).is_err() {
+                    return;
+                }
+            }
+        });
+        None
+    } else {
+        Some(watch_git_dir(&args.repo, tx.clone())?)
+    };
+    let mut w = Watcher {
+        clients: Clients::new(args.endpoint_url.clone()),
+        notifier: Notifier::start(&alerts_config),
+        metrics,
+        alerts: Alerts::default(),
+        last_good: None,
+        synced: BTreeMap::new(),
+        applied_commit: None,
+        backoff: BTreeMap::new(),
+        started: Instant::now(),
+        args,
+    };
+    log(
+        serde_json::json!({"level": "info", "msg": "watching", "repo": w.args.repo, "branch": w.args.branch, "listen": w.args.listen.to_string(), "webhooks": alerts_config.webhooks.len()}),
+    );
+    let mut resync = tokio::time::interval(w.args.resync);
+    resync.tick().await;
+    w.pass(Trigger::Start).await;
+    loop {
+        tokio::select! {
+            t = rx.recv() => {
+                let Some(t) = t else { break };
+                // Coalesce a burst of filesystem events into one pass.
+                while rx.try_recv().is_ok() {}
+                w.pass(t).await;
+            }
+            _ = resync.tick() => w.pass(Trigger::Resync).await,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    Ok(0)
+}
+
+/// Watches the checkout's git directory (refs, packed refs, HEAD) and sends a trigger on
+/// every change.
+fn watch_git_dir(
+    repo: &str,
+    tx: mpsc::UnboundedSender<Trigger>,
+) -> anyhow::Result<::notify::RecommendedWatcher> {
+    use ::notify::{RecursiveMode, Watcher as _};
+    let git_dir = git2::Repository::discover(repo)
+        .map_err(|e| anyhow::anyhow!("{repo}: not a git checkout: {e}"))?
+        .path()
+        .to_path_buf();
+    let mut watcher =
+        ::notify::recommended_watcher(move |ev: ::notify::Result<::notify::Event>| {
+            if let Ok(ev) = ev {
+                let relevant = ev.paths.iter().any(|p| {
+                    let s = p.to_string_lossy();
+                    !s.ends_with(".lock")
+                        && (s.contains("/refs/")
+                            || s.ends_with("packed-refs")
+                            || s.ends_with("HEAD"))
+                });
+                if relevant {
+                    let _ = tx.send(Trigger::Commit);
+                }
+            }
+        })?;
+    watcher.watch(&git_dir, RecursiveMode::NonRecursive)?;
+    let refs = git_dir.join("refs");
+    if refs.exists() {
+        watcher.watch(&refs, RecursiveMode::Recursive)?;
+    }
+    Ok(watcher)
+}
+
+async fn serve(listen: std::net::SocketAddr, metrics: Arc<Mutex<Metrics>>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    m.lock()
+                        .map(|m| m.render())
+                        .unwrap_or_else(|_| String::new())
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(())
+}
+
+impl Watcher {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn metrics(&self, f: impl FnOnce(&mut Metrics)) {
+        if let Ok(mut m) = self.metrics.lock() {
+            f(&mut m);
+        }
+    }
+
+    fn alert(&mut self, observed: &BTreeSet<String>, drifts: &[Drift]) {
+        let no_leader = self.args.no_leader_after;
+        let events = self.alerts.update(self.now(), observed, drifts, |k| {
+            if k == DriftKind::NoLeader {
+                no_leader
+            } else {
+                Duration::ZERO
+            }
+        });
+        for ev in &events {
+            self.notifier.send(ev);
+        }
+    }
+
+    async fn pass(&mut self, trigger: Trigger) {
+        self.metrics(|m| m.reconciles += 1);
+        let cache = crate::aws::commands::cache_dir();
+        let star: BTreeSet<String> = ["*".to_string()].into();
+        match desired::read(&self.args.repo, &self.args.branch, &cache) {
+            Ok(d) => {
+                self.alert(&star, &[]);
+                self.last_good = Some(d);
+            }
+            Err(DesiredError::Invalid {
+                commit,
+                count,
+                diagnostics,
+            }) => {
+                log(
+                    serde_json::json!({"level": "error", "msg": "invalid commit: not applied; the last good commit stays", "commit": commit, "errors": count, "diagnostics": diagnostics}),
+                );
+                self.alert(
+                    &star,
+                    &[Drift {
+                        cluster: "*".into(),
+                        kind: DriftKind::InvalidCommit,
+                        subject: None,
+                        detail: format!(
+                            "{commit} has {count} error(s) in cluster files: {}",
+                            diagnostics
+                                .iter()
+                                .map(|d| format!(
+                                    "{}:{}: {}: {}",
+                                    d.file, d.line, d.path, d.message
+                                ))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    }],
+                );
+                self.metrics(|m| m.errors += 1);
+            }
+            Err(e) => {
+                log(
+                    serde_json::json!({"level": "error", "msg": "cannot read the branch", "error": e.to_string()}),
+                );
+                self.metrics(|m| m.errors += 1);
+                return;
+            }
+        }
+        let Some(d) = self.last_good.clone() else {
+            return;
+        };
+        let new_commit = self.applied_commit.as_deref() != Some(d.commit.as_str());
+        let names: Vec<String> = crate::aws::aws_clusters(&d)
+            .iter()
+            .map(|(_, f)| f.metadata.name.to_string())
+            .collect();
+        // Clusters whose file changed since they were last applied (or that failed then).
+        let pending: BTreeSet<String> = names
+            .iter()
+            .filter(|n| self.synced.get(*n) != Some(&d.commit))
+            .cloned()
+            .collect();
+        log(
+            serde_json::json!({"level": "info", "msg": "plan started", "commit": d.commit, "trigger": format!("{trigger:?}").to_lowercase(), "pending": pending}),
+        );
+        let (plan, observed) = crate::aws::plan_desired(
+            &self.clients,
+            &d,
+            &self.args.regions,
+            PlanOptions::default(),
+        )
+        .await;
+        // Sync: the pending clusters, and on a new commit the stacks whose file is gone.
+        let known: BTreeSet<&String> = names.iter().collect();
+        let applied = self
+            .apply(&plan, |c| {
+                pending.contains(c) || (new_commit && !known.contains(&c.to_string()))
+            })
+            .await;
+        for c in &plan.clusters {
+            if pending.contains(&c.name) && (c.action == Action::Noop || applied.contains(&c.name))
+            {
+                self.synced.insert(c.name.clone(), d.commit.clone());
+            }
+        }
+        self.applied_commit = Some(d.commit.clone());
+        self.metrics(|m| m.commit = d.commit.clone());
+        // Drift: the clusters that were in sync before this pass.
+        let (mut drifts, mut seen) = self.drifts(&d, &observed);
+        drifts.retain(|x| !pending.contains(&x.cluster));
+        seen.retain(|c| !pending.contains(c));
+        let revert: BTreeSet<String> = crate::aws::aws_clusters(&d)
+            .iter()
+            .filter(|(_, f)| f.spec.reconcile.drift == DriftPolicy::Revert)
+            .filter(|(_, f)| {
+                drifts
+                    .iter()
+                    .any(|x| x.cluster == f.metadata.name.as_str() && x.kind.revertible())
+            })
+            .map(|(_, f)| f.metadata.name.to_string())
+            .collect();
+        self.alert(&seen, &drifts);
+        if !revert.is_empty() {
+            log(serde_json::json!({"level": "info", "msg": "reverting drift", "clusters": revert}));
+            self.apply(&plan, |c| revert.contains(c)).await;
+        }
+        let active: Vec<Drift> = self.alerts.active().into_iter().cloned().collect();
+        let refs: Vec<&Drift> = active.iter().collect();
+        self.metrics(|m| m.set_drift(&names, &refs));
+    }
+
+    /// Drift of every cluster that could be observed, and the set of those clusters.
+    fn drifts(&self, d: &Desired, observed: &Observed) -> (Vec<Drift>, BTreeSet<String>) {
+        let mut drifts = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (path, f) in crate::aws::aws_clusters(d) {
+            let name = f.metadata.name.to_string();
+            let Some(o) = observed.clusters.get(&name) else {
+                continue;
+            };
+            match detect::detect(path, f, o) {
+                Ok(found) => {
+                    drifts.extend(found);
+                    seen.insert(name.clone());
+                    let t = unix_now();
+                    self.metrics(|m| {
+                        m.last_success.insert(name, t);
+                    });
+                }
+                Err(why) => {
+                    log(
+                        serde_json::json!({"level": "warn", "msg": "cannot check drift", "cluster": name, "reason": why}),
+                    );
+                }
+            }
+        }
+        (drifts, seen)
+    }
+
+    /// Applies the changes of the clusters `which` selects, except those backing off; returns
+    /// the clusters applied.
+    async fn apply(&mut self, plan: &Plan, which: impl Fn(&str) -> bool) -> BTreeSet<String> {
+        let mut done = BTreeSet::new();
+        let now = Instant::now();
+        let mut selected = plan.clone();
+        selected.clusters.retain(|c| {
+            which(&c.name)
+                && self
+                    .backoff
+                    .get(&c.name)
+                    .and_then(|b| b.until)
+                    .is_none_or(|until| until <= now)
+        });
+        if !selected.has_changes() {
+            for c in &selected.clusters {
+                if c.action == Action::Noop {
+                    let t = unix_now();
+                    let name = c.name.clone();
+                    self.metrics(|m| {
+                        m.last_success.insert(name, t);
+                    });
+                }
+            }
+            return done;
+        }
+        let started = Instant::now();
+        let report = apply::apply(&self.clients, &selected, &Log::new(std::io::stderr())).await;
+        let seconds = started.elapsed().as_secs_f64();
+        for (name, outcome) in report.clusters {
+            match outcome {
+                Outcome::Applied => {
+                    done.insert(name.clone());
+                    self.backoff.remove(&name);
+                    let t = unix_now();
+                    self.metrics(|m| {
+                        m.apply_seconds.insert(name.clone(), seconds);
+                        m.last_success.insert(name.clone(), t);
+                    });
+                    log(serde_json::json!({"level": "info", "msg": "applied", "cluster": name}));
+                }
+                Outcome::Failed(why) => {
+                    let b = self.backoff.entry(name.clone()).or_default();
+                    b.failures += 1;
+                    let wait = Duration::from_secs(1u64 << b.failures.min(8))
+                        .min(Duration::from_secs(300));
+                    b.until = Some(Instant::now() + wait);
+                    self.metrics(|m| *m.cluster_errors.entry(name.clone()).or_insert(0) += 1);
+                    log(
+                        serde_json::json!({"level": "error", "msg": "apply failed; backing off", "cluster": name, "error": why, "retry_in_s": wait.as_secs()}),
+                    );
+                }
+                Outcome::Skipped(_) => {}
+            }
+        }
+        done
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
