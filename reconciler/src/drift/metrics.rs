@@ -20,6 +20,8 @@ pub struct Metrics {
     pub apply_seconds: BTreeMap<String, f64>,
     /// Raised drifts: (cluster, kind) -> count.
     pub drift: BTreeMap<(String, String), u64>,
+    /// Raised drifts per cluster, 0 for a cluster without drift.
+    pub cluster_drifts: BTreeMap<String, u64>,
     /// The last commit reconciled.
     pub commit: String,
 }
@@ -28,14 +30,13 @@ impl Metrics {
     /// Sets the drift gauges from the raised alerts.
     pub fn set_drift(&mut self, clusters: &[String], active: &[&Drift]) {
         self.drift.clear();
-        for c in clusters {
-            self.drift.entry((c.clone(), String::new())).or_insert(0);
-        }
+        self.cluster_drifts = clusters.iter().map(|c| (c.clone(), 0)).collect();
         for d in active {
             *self
                 .drift
                 .entry((d.cluster.clone(), d.kind.as_str().to_string()))
                 .or_insert(0) += 1;
+            *self.cluster_drifts.entry(d.cluster.clone()).or_insert(0) += 1;
         }
     }
 
@@ -77,18 +78,49 @@ impl Metrics {
                 esc(c)
             );
         }
-        out.push_str("# HELP spilo_drift Raised drift alerts (0 for a cluster without drift).\n# TYPE spilo_drift gauge\n");
+        out.push_str("# HELP spilo_cluster_drifts Raised drift alerts of a cluster.\n# TYPE spilo_cluster_drifts gauge\n");
+        for (c, n) in &self.cluster_drifts {
+            let _ = writeln!(out, "spilo_cluster_drifts{{cluster=\"{}\"}} {n}", esc(c));
+        }
+        out.push_str("# HELP spilo_drift Raised drift alerts by kind.\n# TYPE spilo_drift gauge\n");
         for ((c, kind), n) in &self.drift {
-            if kind.is_empty() {
-                let _ = writeln!(out, "spilo_drift{{cluster=\"{}\"}} {n}", esc(c));
-            } else {
-                let _ = writeln!(
-                    out,
-                    "spilo_drift{{cluster=\"{}\",kind=\"{kind}\"}} {n}",
-                    esc(c)
-                );
-            }
+            let _ = writeln!(
+                out,
+                "spilo_drift{{cluster=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(c)
+            );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::detect::DriftKind;
+
+    #[test]
+    fn drift_gauges_cover_every_cluster_and_raised_kind() {
+        let mut m = Metrics {
+            reconciles: 3,
+            ..Default::default()
+        };
+        let d = Drift {
+            cluster: "a".into(),
+            kind: DriftKind::StackTags,
+            subject: None,
+            detail: String::new(),
+        };
+        m.set_drift(&["a".into(), "b".into()], &[&d]);
+        let text = m.render();
+        for line in [
+            "spilo_reconciles_total 3",
+            "spilo_cluster_drifts{cluster=\"a\"} 1",
+            "spilo_cluster_drifts{cluster=\"b\"} 0",
+            "spilo_drift{cluster=\"a\",kind=\"stack_tags\"} 1",
+            "# TYPE spilo_drift gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 }

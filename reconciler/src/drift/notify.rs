@@ -152,3 +152,46 @@ async fn deliver(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::detect::{Drift, DriftKind};
+
+    fn ev() -> AlertEvent {
+        AlertEvent::Drift(Drift {
+            cluster: "orders".into(),
+            kind: DriftKind::StackParameters,
+            subject: None,
+            detail: "Instances is 5 in AWS, 3 in git".into(),
+        })
+    }
+
+    #[test]
+    fn bodies_name_the_cluster_kind_and_detail() {
+        let j = json_body(&ev());
+        assert_eq!(j["event"], "drift");
+        assert_eq!(j["kind"], "stack_parameters");
+        assert_eq!(j["detail"], "Instances is 5 in AWS, 3 in git");
+        let s = slack_body(&ev());
+        assert_eq!(
+            s["text"],
+            ":warning: spilo: cluster `orders` drifted (stack_parameters): Instances is 5 in AWS, 3 in git"
+        );
+    }
+
+    #[test]
+    fn the_config_refuses_unknown_keys_and_an_absent_file_means_no_hooks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(
+            load(&dir.path().join("alerts.yaml"))
+                .expect("absent")
+                .webhooks
+                .is_empty()
+        );
+        let p = dir.path().join("bad.yaml");
+        std::fs::write(&p, "webhooks:\n  - {url: http://x, fromat: slack}\n").expect("write");
+        let e = load(&p).expect_err("unknown key").to_string();
+        assert!(e.contains("bad.yaml") && e.contains("fromat"), "{e}");
+    }
+}

@@ -248,6 +248,14 @@ impl Watcher {
     }
 
     async fn pass(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        self.pass_inner(trigger).await;
+        log(
+            serde_json::json!({"level": "info", "msg": "pass done", "commit": self.applied_commit, "seconds": started.elapsed().as_secs_f64()}),
+        );
+    }
+
+    async fn pass_inner(&mut self, trigger: Trigger) {
         self.metrics(|m| m.reconciles += 1);
         let cache = crate::aws::commands::cache_dir();
         let star: BTreeSet<String> = ["*".to_string()].into();
