@@ -31,6 +31,33 @@ impl LocalRepo {
         })
     }
 
+    /// The repository's root (clusters/ is inside).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Makes the directory a git repository (once) and commits everything in it.
+    pub fn commit_all(&self, message: &str) -> anyhow::Result<()> {
+        let git = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(self.dir.path())
+                .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+                .args(args)
+                .output()?;
+            if !out.status.success() {
+                anyhow::bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        if !self.dir.path().join(".git").exists() {
+            git(&["init", "-q", "-b", "main"])?;
+            std::fs::write(self.dir.path().join(".gitignore"), "state/\n")?;
+        }
+        git(&["add", "-A"])?;
+        git(&["commit", "-q", "-m", message])
+    }
+
     /// The state directory.
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")

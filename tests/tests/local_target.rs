@@ -350,3 +350,118 @@ fn clusters_whose_ports_clash_are_refused_before_anything_starts() -> anyhow::Re
     assert_eq!(repo.processes(), Vec::<u32>::new());
     Ok(())
 }
+
+/// The member of `cluster` with `role`: (name, governor pid, postmaster pid).
+fn pids(repo: &LocalRepo, cluster: &str, role: &str) -> anyhow::Result<(String, u32, u32)> {
+    let status = repo.status()?;
+    let m = member(&status, cluster, role)
+        .ok_or_else(|| anyhow::anyhow!("no {role} in {cluster}: {status}"))?;
+    Ok((
+        m["name"].as_str().unwrap_or_default().to_string(),
+        m["governor_pid"].as_u64().unwrap_or(0) as u32,
+        m["postmaster_pid"].as_u64().unwrap_or(0) as u32,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reports_a_lost_member_and_spilo_up_replaces_it_only_with_revert()
+-> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario_watch_local(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario_watch_local(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    let (a, b) = (ports::free_block(30), ports::free_block(30));
+    let warned = LocalRepo::cluster_yaml("warned", 2, a)
+        .replace("spec:\n", "spec:\n  reconcile: {drift: warn}\n");
+    repo.write("warned.yaml", &warned)?;
+    // No drift setting: the local default, revert.
+    repo.write("healed.yaml", &LocalRepo::cluster_yaml("healed", 2, b))?;
+    let receiver = spilo_e2e::webhook::Receiver::start(0).await?;
+    std::fs::write(
+        repo.path().join("alerts.yaml"),
+        format!("webhooks:\n  - url: {}\n", receiver.url),
+    )?;
+    repo.commit_all("two local clusters")?;
+    repo.up()?;
+    repo.wait_printed("cluster warned is ready", READY).await?;
+    repo.wait_printed("cluster healed is ready", READY).await?;
+    for cluster in ["warned", "healed"] {
+        wait::until(&format!("{cluster}'s replica streaming"), READY, || async {
+            let s = repo.status().ok()?;
+            member(&s, cluster, "replica")
+                .filter(|m| m["state"] == "running")
+                .map(|_| ())
+        })
+        .await?;
+    }
+    let http = ports::free();
+    let mut watch = std::process::Command::new(proc::installed("spilo")?);
+    watch
+        .args([
+            "watch", "--target", "local", "--branch", "main", "--resync", "1s",
+        ])
+        .args(["--no-leader-after", "1h", "--listen"])
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--repo")
+        .arg(repo.path());
+    let watching = proc::Spawned::start(watch, &repo.path().join("watch.log"))?;
+    let count = |event: &str, cluster: &str| receiver.count(event, cluster, "missing_members");
+
+    // Freeze each cluster's replica governor: its lease ends, its member key goes.
+    let (w_name, w_gov, w_pm) = pids(repo, "warned", "replica")?;
+    let (h_name, h_gov, h_pm) = pids(repo, "healed", "replica")?;
+    for g in [w_gov, h_gov] {
+        kill(proc::pid(g), Signal::SIGSTOP)?;
+    }
+    wait::until(
+        "a missing_members alert for both clusters",
+        READY,
+        || async { (count("drift", "warned") == 1 && count("drift", "healed") == 1).then_some(()) },
+    )
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {:?}\n{}",
+            receiver.bodies(),
+            std::fs::read_to_string(&watching.log).unwrap_or_default()
+        )
+    })?;
+
+    // Now they die.
+    for (g, pm) in [(w_gov, w_pm), (h_gov, h_pm)] {
+        proc::kill_group(g);
+        proc::kill_postgres(pm);
+    }
+    wait::until(&format!("{h_name} replaced by spilo up"), READY, || async {
+        let s = repo.status().ok()?;
+        let m = s["clusters"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "healed")?["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == h_name.as_str())?
+            .clone();
+        (m["state"] == "running" && m["governor_pid"].as_u64() != Some(u64::from(h_gov)))
+            .then_some(())
+    })
+    .await?;
+    wait::until("the healed cluster's alert resolved", READY, || async {
+        (count("resolved", "healed") == 1).then_some(())
+    })
+    .await?;
+    assert!(
+        repo.up_log().contains(&format!(
+            "the governor of {w_name} exited (signal: 9 (SIGKILL)); reconcile.drift is warn, so it is not replaced"
+        )),
+        "{}",
+        repo.up_log()
+    );
+    assert_eq!(count("drift", "warned"), 1, "one alert while it lasts");
+    assert_eq!(count("resolved", "warned"), 0, "a warned member stays lost");
+    drop(watching);
+    Ok(())
+}

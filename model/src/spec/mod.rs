@@ -375,20 +375,30 @@ pub struct ReconcileSpec {
     /// Delete the cluster's resources when its file is removed.
     #[serde(default)]
     pub prune: bool,
-    /// What to do when the running cluster drifts from this file.
-    #[serde(default)]
-    pub drift: DriftPolicy,
+    /// What to do when the running cluster drifts from this file: `warn` or `revert`. When
+    /// absent: `revert` for the local target (`spilo up` replaces dead members), `warn` on AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftPolicy>,
     /// Leave the cluster alone.
     #[serde(default)]
     pub suspend: bool,
 }
 
+impl ClusterSpec {
+    /// The drift policy in effect: the file's, or the target's default.
+    pub fn drift_policy(&self) -> DriftPolicy {
+        self.reconcile.drift.unwrap_or(match self.target {
+            Target::Local => DriftPolicy::Revert,
+            Target::Aws => DriftPolicy::Warn,
+        })
+    }
+}
+
 /// Drift handling.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DriftPolicy {
     /// Alert only.
-    #[default]
     Warn,
     /// Re-apply the file.
     Revert,
@@ -458,6 +468,7 @@ mod tests {
         assert_eq!(f.spec.ha.ttl, 4);
         assert!(f.spec.endpoints.primary.enabled);
         assert_eq!(f.spec.bootstrap, Bootstrap::default());
+        assert_eq!(f.spec.drift_policy(), DriftPolicy::Revert, "local default");
     }
 
     #[test]

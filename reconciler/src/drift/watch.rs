@@ -15,7 +15,7 @@ use super::metrics::Metrics;
 use super::notify::{self, Notifier};
 use crate::aws::apply::{self, Log, Outcome};
 use crate::aws::clients::Clients;
-use crate::aws::observed::Observed;
+use crate::aws::observed::{Observation, Observed};
 use crate::aws::plan::{Action, Plan, PlanOptions};
 use crate::desired::{self, Desired, DesiredError};
 use spilo_model::spec::DriftPolicy;
@@ -28,9 +28,11 @@ use tokio::sync::mpsc;
 /// `spilo watch`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WatchArgs {
-    /// The target: aws (the local target follows its files under `spilo up`).
-    #[arg(long, default_value = "aws")]
-    pub target: String,
+    /// The target: aws (apply commits, alert and revert drift), or local (alert on the runtime
+    /// drift of the clusters `spilo up` runs; `spilo up` itself applies edits and, with
+    /// `reconcile.drift: revert`, replaces dead members).
+    #[arg(long, value_enum, default_value = "aws")]
+    pub target: WatchTarget,
     /// The git repository: a local checkout (watched) or a URL (fetched periodically).
     #[arg(long, default_value = ".")]
     pub repo: String,
@@ -58,6 +60,15 @@ pub struct WatchArgs {
     /// Also look for stacks whose file is gone in these regions.
     #[arg(long = "region", env = "AWS_REGION", value_delimiter = ',')]
     pub regions: Vec<String>,
+}
+
+/// What `spilo watch` reconciles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchTarget {
+    /// CloudFormation stacks.
+    Aws,
+    /// The clusters `spilo up` runs on this machine.
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,12 +106,6 @@ fn log(fields: serde_json::Value) {
 
 /// Runs until Ctrl-C.
 pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
-    if args.target != "aws" {
-        anyhow::bail!(
-            "spilo watch --target {}: only aws is supported yet; local clusters follow their files under `spilo up`",
-            args.target
-        );
-    }
     let alerts_path = args.alerts.clone().unwrap_or_else(|| {
         PathBuf::from(if desired::is_url(&args.repo) {
             "."
@@ -304,6 +309,10 @@ impl Watcher {
         let Some(d) = self.last_good.clone() else {
             return;
         };
+        if self.args.target == WatchTarget::Local {
+            self.local_pass(&d, trigger).await;
+            return;
+        }
         let new_commit = self.applied_commit.as_deref() != Some(d.commit.as_str());
         let names: Vec<String> = crate::aws::aws_clusters(&d)
             .iter()
@@ -346,7 +355,7 @@ impl Watcher {
         seen.retain(|c| !pending.contains(c));
         let revert: BTreeSet<String> = crate::aws::aws_clusters(&d)
             .iter()
-            .filter(|(_, f)| f.spec.reconcile.drift == DriftPolicy::Revert)
+            .filter(|(_, f)| f.spec.drift_policy() == DriftPolicy::Revert)
             .filter(|(_, f)| {
                 drifts
                     .iter()
@@ -359,6 +368,55 @@ impl Watcher {
             log(serde_json::json!({"level": "info", "msg": "reverting drift", "clusters": revert}));
             self.apply(&plan, |c| revert.contains(c)).await;
         }
+        let active: Vec<Drift> = self.alerts.active().into_iter().cloned().collect();
+        let refs: Vec<&Drift> = active.iter().collect();
+        self.metrics(|m| m.set_drift(&names, &refs));
+    }
+
+    /// The local target: runtime drift of every local cluster, from its etcd.
+    async fn local_pass(&mut self, d: &Desired, trigger: Trigger) {
+        log(
+            serde_json::json!({"level": "info", "msg": "plan started", "commit": d.commit, "trigger": format!("{trigger:?}").to_lowercase(), "target": "local"}),
+        );
+        self.applied_commit = Some(d.commit.clone());
+        let mut drifts = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut names = Vec::new();
+        for (_, f) in &d.clusters {
+            if f.spec.target != spilo_model::spec::Target::Local {
+                continue;
+            }
+            let name = f.metadata.name.to_string();
+            names.push(name.clone());
+            let hosts = match &f.spec.dcs {
+                Some(dcs) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
+                _ => match crate::local::ports::Ports::of(f, true).etcd {
+                    Some(port) => vec![format!("127.0.0.1:{port}")],
+                    None => continue,
+                },
+            };
+            let dcs = spilo_model::spec::DcsSpec {
+                hosts,
+                discovery_domain: None,
+            };
+            match crate::aws::observe::observe_etcd(Some(&dcs), &f.metadata.name).await {
+                Observation::Present(etcd) => {
+                    drifts.extend(detect::runtime(f, &etcd));
+                    seen.insert(name.clone());
+                    let t = unix_now();
+                    self.metrics(|m| {
+                        m.last_success.insert(name, t);
+                    });
+                }
+                other => {
+                    let why = other.unknown().unwrap_or("no etcd").to_string();
+                    log(
+                        serde_json::json!({"level": "warn", "msg": "cannot check drift (is spilo up running?)", "cluster": name, "reason": why}),
+                    );
+                }
+            }
+        }
+        self.alert(&seen, &drifts);
         let active: Vec<Drift> = self.alerts.active().into_iter().cloned().collect();
         let refs: Vec<&Drift> = active.iter().collect();
         self.metrics(|m| m.set_drift(&names, &refs));

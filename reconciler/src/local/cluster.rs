@@ -10,7 +10,7 @@ use super::state::{ClusterState, Layout, MemberState};
 use super::user::RunAs;
 use anyhow::{Context, bail};
 use spilo_model::NodeStatus;
-use spilo_model::spec::ClusterFile;
+use spilo_model::spec::{ClusterFile, DriftPolicy};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -361,6 +361,19 @@ impl LocalCluster {
                 },
                 None => None,
             };
+            if let Some((status, _)) = exited
+                && self.file.spec.drift_policy() == DriftPolicy::Warn
+            {
+                eprintln!(
+                    "{}: the governor of {} exited ({status}); reconcile.drift is warn, so it is not replaced (spilo watch --target local reports it; set drift: revert to replace dead members) (log: {})",
+                    self.name,
+                    self.member_name(i),
+                    self.member_dir(i).join("governor.log").display()
+                );
+                self.members[i] = None;
+                self.restart_after[i] = None;
+                continue;
+            }
             if let Some((status, ran)) = exited {
                 // The first death is replaced at once; a member that keeps dying waits longer
                 // each time (1 s, 2 s, ... up to a minute) so it does not spin.
