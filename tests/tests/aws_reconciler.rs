@@ -562,6 +562,11 @@ struct Watching {
 
 impl World {
     async fn watch(&self, refuse_first: u32) -> Watching {
+        self.watch_repo(refuse_first, &self.repo.path.display().to_string(), &[])
+            .await
+    }
+
+    async fn watch_repo(&self, refuse_first: u32, repo: &str, extra: &[&str]) -> Watching {
         let receiver = spilo_e2e::webhook::Receiver::start(refuse_first)
             .await
             .expect("receiver");
@@ -575,11 +580,16 @@ impl World {
         cmd.args(["watch", "--branch", "main", "--resync", "1s"])
             .args(["--no-leader-after", "1h", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(["--alerts"])
+            .arg(self.repo.path.join("alerts.yaml"))
+            .args(extra)
             .arg("--repo")
-            .arg(&self.repo.path);
+            .arg(repo);
         for (k, v) in self.moto.env() {
             cmd.env(k, v);
         }
+        // Mirrors of remote repositories go to this test's directory.
+        cmd.env("XDG_CACHE_HOME", self.dir.path().join("cache"));
         let process = spilo_e2e::proc::Spawned::start(cmd, &self.dir.path().join("watch.log"))
             .expect("watch");
         let http = format!("http://127.0.0.1:{port}");
@@ -900,5 +910,34 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
             "orders: replica_lag: m1 is 134217728 bytes behind the leader (limit 1048576)"
         ),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_fetches_a_remote_repository_periodically() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    let url = format!("file://{}", w.repo.path.display());
+    let watching = w.watch_repo(0, &url, &["--fetch-interval", "1s"]).await;
+    w.until_instances("orders", 3).await;
+    w.repo
+        .commit(
+            "orders",
+            Some(&w.cluster(
+                "orders",
+                &Shape {
+                    instances: 2,
+                    ..DEFAULT
+                },
+            )),
+        )
+        .expect("commit");
+    w.until_instances("orders", 2).await;
+    assert!(
+        watching.log().contains("\"trigger\":\"commit\""),
+        "a fetch tick triggered the pass: {}",
+        watching.log()
     );
 }

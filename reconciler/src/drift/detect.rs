@@ -233,3 +233,102 @@ pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) ->
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::observed::{ObservedConfig, ObservedEtcd, ObservedMember, ObservedStack};
+    use crate::aws::template;
+    use std::collections::BTreeMap;
+
+    fn file() -> ClusterFile {
+        serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: a}\nspec:\n  instances: 2\n  target: aws\n  dcs: {hosts: [\"10.0.0.1:2379\"]}\n  aws: {region: eu-west-1, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d]}\n",
+        )
+        .expect("valid")
+    }
+
+    fn member(name: &str, leader: bool, state: &str) -> ObservedMember {
+        ObservedMember {
+            name: name.into(),
+            role: if leader { "primary" } else { "replica" }.into(),
+            state: state.into(),
+            leader,
+            lag_bytes: None,
+        }
+    }
+
+    fn applied(f: &ClusterFile) -> ObservedCluster {
+        let s = template::render(f).expect("aws");
+        ObservedCluster {
+            name: "a".into(),
+            stack: Observation::Present(ObservedStack {
+                stack_id: "arn:aws:cloudformation:eu-west-1:1:stack/spilo-a/x".into(),
+                status: "UPDATE_COMPLETE".into(),
+                last_changed: String::new(),
+                template: s.template,
+                parameters: s.parameters,
+                tags: s.tags,
+                resources: BTreeMap::new(),
+                outputs: BTreeMap::new(),
+            }),
+            dns: None,
+            bucket: None,
+            etcd: Observation::Present(ObservedEtcd {
+                config: Observation::Present(ObservedConfig {
+                    value: Some(f.spec.dynamic_config()),
+                    mod_revision: 3,
+                }),
+                members: vec![
+                    member("m0", true, "running"),
+                    member("m1", false, "running"),
+                ],
+            }),
+        }
+    }
+
+    fn kinds(d: &[Drift]) -> Vec<DriftKind> {
+        d.iter().map(|x| x.kind).collect()
+    }
+
+    #[test]
+    fn an_applied_healthy_cluster_has_no_drift() {
+        let f = file();
+        assert_eq!(detect("c.yaml", &f, &applied(&f)), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_hand_edited_template_and_a_rolled_back_stack_are_drift() {
+        let f = file();
+        let mut o = applied(&f);
+        if let Observation::Present(s) = &mut o.stack {
+            s.template["Resources"]["Role"]["Properties"]["ManagedPolicyArns"] =
+                serde_json::json!(["arn:aws:iam::aws:policy/AdministratorAccess"]);
+            s.status = "UPDATE_ROLLBACK_COMPLETE".into();
+        }
+        let d = detect("c.yaml", &f, &o).expect("known");
+        assert_eq!(kinds(&d), [DriftKind::StackState, DriftKind::StackTemplate]);
+        assert!(d[1].detail.contains("Role"), "{d:?}");
+    }
+
+    #[test]
+    fn lost_leader_and_members_are_runtime_drift() {
+        let f = file();
+        let mut o = applied(&f);
+        if let Observation::Present(e) = &mut o.etcd {
+            e.members = vec![member("m1", false, "starting")];
+        }
+        let d = detect("c.yaml", &f, &o).expect("known");
+        assert_eq!(kinds(&d), [DriftKind::NoLeader, DriftKind::MissingMembers]);
+        assert_eq!(d[1].detail, "0 of 2 members running");
+    }
+
+    #[test]
+    fn unknown_etcd_is_not_drift_but_unknown() {
+        let f = file();
+        let mut o = applied(&f);
+        o.etcd = Observation::Unknown("connection refused".into());
+        let e = detect("c.yaml", &f, &o).expect_err("unknown");
+        assert!(e.contains("connection refused"), "{e}");
+    }
+}
