@@ -68,6 +68,12 @@ impl World {
         }
     }
 
+    fn commit_shape(&self, name: &str, s: &Shape<'_>) {
+        self.repo
+            .commit(name, Some(&self.cluster(name, s)))
+            .expect("commit");
+    }
+
     fn cluster(&self, name: &str, s: &Shape<'_>) -> String {
         self.cluster_with_etcd(name, s, &self.etcd.client_addr)
     }
@@ -362,18 +368,13 @@ async fn a_stale_saved_plan_is_refused() {
     // A new commit makes a saved plan stale too.
     let fresh = w.spilo(&["plan", "-o", saved_str]);
     assert_eq!(fresh.code, 0, "{fresh}");
-    w.repo
-        .commit(
-            "orders",
-            Some(&w.cluster(
-                "orders",
-                &Shape {
-                    instances: 4,
-                    ..DEFAULT
-                },
-            )),
-        )
-        .expect("commit");
+    w.commit_shape(
+        "orders",
+        &Shape {
+            instances: 4,
+            ..DEFAULT
+        },
+    );
     let moved = w.spilo(&["apply", saved_str, "--auto-approve"]);
     assert_eq!(moved.code, 1, "{moved}");
     assert!(moved.stderr.contains("now resolves to"), "{moved}");
@@ -783,18 +784,13 @@ async fn watch_skips_an_invalid_commit_and_applies_the_next_valid_one() {
         watching.log()
     );
 
-    w.repo
-        .commit(
-            "orders",
-            Some(&w.cluster(
-                "orders",
-                &Shape {
-                    instances: 4,
-                    ..DEFAULT
-                },
-            )),
-        )
-        .expect("commit");
+    w.commit_shape(
+        "orders",
+        &Shape {
+            instances: 4,
+            ..DEFAULT
+        },
+    );
     w.until_instances("orders", 4).await;
     watching
         .until("the invalid_commit alert resolved", |r| {

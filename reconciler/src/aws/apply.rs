@@ -439,13 +439,7 @@ async fn change_stack(
         .map_err(|e| format!("execute-change-set: {}", describe(&e)))?;
     let status = stream_events(r, &c.name, &c.stack_name, started, log).await?;
     if status.ends_with("ROLLBACK_COMPLETE") || status.ends_with("_FAILED") {
-        let failing = first_failure(r, &c.stack_name, started).await;
-        return Err(format!(
-            "the stack ended in {status}{}",
-            failing
-                .map(|f| format!("; first failure: {f}"))
-                .unwrap_or_default()
-        ));
+        return Err(ended_badly(r, &c.stack_name, &status, started).await);
     }
     Ok(())
 }
@@ -467,13 +461,7 @@ async fn delete_stack(r: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
         .map_err(|e| format!("delete-stack: {}", describe(&e)))?;
     let status = stream_events(r, &c.name, &id, started, log).await?;
     if status != "DELETE_COMPLETE" {
-        let failing = first_failure(r, &id, started).await;
-        return Err(format!(
-            "the stack ended in {status}{}",
-            failing
-                .map(|f| format!("; first failure: {f}"))
-                .unwrap_or_default()
-        ));
+        return Err(ended_badly(r, &id, &status, started).await);
     }
     Ok(())
 }
@@ -544,6 +532,22 @@ async fn new_events(
             event_line(e)
         })
         .collect()
+}
+
+/// The error for a stack operation that ended in `status`: the rollback and the first failure.
+async fn ended_badly(
+    r: &RegionClients,
+    stack: &str,
+    status: &str,
+    since: aws_sdk_cloudformation::primitives::DateTime,
+) -> String {
+    let failing = first_failure(r, stack, since).await;
+    format!(
+        "the stack ended in {status}{}",
+        failing
+            .map(|f| format!("; first failure: {f}"))
+            .unwrap_or_default()
+    )
 }
 
 /// The oldest failed event since `since`.

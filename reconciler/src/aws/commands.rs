@@ -167,6 +167,26 @@ fn exit_code(plan: &Plan) -> u8 {
     }
 }
 
+/// Reads the desired state and plans it; an invalid commit prints its diagnostics.
+async fn plan_now(
+    clients: &Clients,
+    source: &Source,
+    aws: &AwsArgs,
+    options: PlanOptions,
+) -> anyhow::Result<Plan> {
+    super::make_plan(
+        clients,
+        &source.repo,
+        &source.reference,
+        &cache_dir(),
+        &aws.regions,
+        options,
+    )
+    .await
+    .map(|(_, plan)| plan)
+    .inspect_err(print_desired_error)
+}
+
 /// `spilo plan`.
 pub async fn plan(args: PlanArgs) -> anyhow::Result<u8> {
     let clients = Clients::new(args.aws.endpoint_url.clone());
@@ -174,22 +194,7 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<u8> {
         prune: args.prune,
         allow_replace: args.allow_replace,
     };
-    let (_, plan) = match super::make_plan(
-        &clients,
-        &args.source.repo,
-        &args.source.reference,
-        &cache_dir(),
-        &args.aws.regions,
-        options,
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            print_desired_error(&e);
-            return Err(e);
-        }
-    };
+    let plan = plan_now(&clients, &args.source, &args.aws, options).await?;
     print!("{}", render(&plan, args.format));
     if let Some(path) = &args.out {
         std::fs::write(path, show::json(&plan) + "\n")
@@ -253,22 +258,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<u8> {
                 prune: args.prune,
                 allow_replace: args.allow_replace,
             };
-            let (_, plan) = match super::make_plan(
-                &clients,
-                &args.source.repo,
-                &args.source.reference,
-                &cache_dir(),
-                &args.aws.regions,
-                options,
-            )
-            .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    print_desired_error(&e);
-                    return Err(e);
-                }
-            };
+            let plan = plan_now(&clients, &args.source, &args.aws, options).await?;
             print!("{}", render(&plan, PlanFormat::Text));
             plan
         }
