@@ -869,6 +869,29 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
     )
     .await
     .expect("someone edits the config by hand");
+    let resources: Vec<serde_json::Value> =
+        serde_json::from_str(&w.resources("orders").stdout).expect("resources");
+    let group = resources
+        .iter()
+        .find(|r| r["logical_id"] == "AutoScalingGroup")
+        .and_then(|r| r["physical_id"].as_str())
+        .expect("the group's name")
+        .to_string();
+    let delete = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_delete.py");
+    w.moto
+        .python(&delete, &[REGION, "asg", &group])
+        .expect("delete the group by hand");
+    w.moto
+        .python(
+            &delete,
+            &[
+                REGION,
+                "record",
+                "db.example.com.",
+                "orders.db.example.com.",
+            ],
+        )
+        .expect("delete the record by hand");
     let drifted = w.spilo(&["drift", "--format", "json"]);
     assert_eq!(drifted.code, 2, "{drifted}");
     let report: serde_json::Value = serde_json::from_str(&drifted.stdout).expect("json");
@@ -881,6 +904,8 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
     assert_eq!(
         kinds,
         [
+            "resource_deleted",
+            "resource_deleted",
             "stack_parameters",
             "config_differs",
             "missing_members",
@@ -901,6 +926,17 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
         "{text}"
     );
     assert!(text.stdout.contains("~ ttl: 30 -> 4"), "{text}");
+    assert!(
+        text.stdout.contains(&format!(
+            "orders: resource_deleted: AutoScalingGroup ({group}) was deleted outside CloudFormation"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.stdout
+            .contains("orders: resource_deleted: DnsRecord (orders.db.example.com.) was deleted"),
+        "{text}"
+    );
     assert!(
         text.stdout.contains(
             "orders: replica_lag: m1 is 134217728 bytes behind the leader (limit 1048576)"

@@ -98,6 +98,7 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
                 }),
                 dns: None,
                 bucket: None,
+                resources_gone: Vec::new(),
                 etcd: Observation::Present(ObservedEtcd {
                     config: Observation::Present(ObservedConfig {
                         value: Some(f.spec.dynamic_config()),
@@ -115,6 +116,7 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
             stack: Observation::Absent,
             dns: None,
             bucket: None,
+            resources_gone: Vec::new(),
             etcd: Observation::Present(ObservedEtcd {
                 config: Observation::Absent,
                 members: Vec::new(),

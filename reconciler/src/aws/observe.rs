@@ -62,6 +62,7 @@ pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[Strin
                             stack,
                             dns: None,
                             bucket: None,
+                            resources_gone: Vec::new(),
                             etcd: Observation::Absent,
                         },
                     );
@@ -87,6 +88,7 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
             stack: Observation::Unknown("not an AWS cluster".into()),
             dns: None,
             bucket: None,
+            resources_gone: Vec::new(),
             etcd: Observation::Absent,
         };
     };
@@ -113,13 +115,48 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
     };
     let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
     let (stack, dns, bucket, etcd) = tokio::join!(stack, dns, bucket, etcd);
+    let resources_gone = match &stack {
+        Observation::Present(s) => resources_gone(&c, s, dns.as_ref()).await,
+        _ => Vec::new(),
+    };
     ObservedCluster {
         name,
         stack,
         dns,
         bucket,
         etcd,
+        resources_gone,
     }
+}
+
+/// Resources the stack lists that are gone: the auto-scaling group (asked by name) and the
+/// DNS record (from its observation). A failed check reports nothing: unknown is not gone.
+async fn resources_gone(
+    c: &RegionClients,
+    stack: &ObservedStack,
+    dns: Option<&Observation<String>>,
+) -> Vec<String> {
+    let mut gone = Vec::new();
+    if let Some((_, Some(group))) = stack.resources.get("AutoScalingGroup")
+        && let Ok(r) = c
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+        && r.auto_scaling_groups().is_empty()
+    {
+        gone.push(format!("AutoScalingGroup ({group})"));
+    }
+    if let (Some((_, physical)), Some(Observation::Absent)) =
+        (stack.resources.get("DnsRecord"), dns)
+    {
+        gone.push(format!(
+            "DnsRecord ({})",
+            physical.as_deref().unwrap_or("?")
+        ));
+    }
+    gone
 }
 
 fn is_missing_stack<E: ProvideErrorMetadata>(e: &E) -> bool {

@@ -105,6 +105,10 @@ pub struct ObservedCluster {
     pub bucket: Option<Observation<()>>,
     /// Its etcd keys.
     pub etcd: Observation<ObservedEtcd>,
+    /// Resources the stack lists that no longer exist (deleted outside CloudFormation), as
+    /// `LogicalId (physical id)`; checked for the auto-scaling group and the DNS record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources_gone: Vec<String>,
 }
 
 /// What was observed for a whole plan.

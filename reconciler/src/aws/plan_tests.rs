@@ -47,6 +47,7 @@ fn applied(f: &ClusterFile, status: &str) -> ObservedCluster {
         }),
         dns: Some(Observation::Present("lb".into())),
         bucket: None,
+        resources_gone: Vec::new(),
         etcd: etcd_with(Some(f)),
     }
 }
@@ -57,6 +58,7 @@ fn fresh(f: &ClusterFile) -> ObservedCluster {
         stack: Observation::Absent,
         dns: Some(Observation::Absent),
         bucket: None,
+        resources_gone: Vec::new(),
         etcd: etcd_with(None),
     }
 }

@@ -22,6 +22,8 @@ pub enum DriftKind {
     StackTags,
     /// The stack is in a failed or rolled-back state.
     StackState,
+    /// A resource the stack lists was deleted outside CloudFormation.
+    ResourceDeleted,
     /// The file's stack does not exist.
     StackMissing,
     /// No member holds the leader key.
@@ -44,6 +46,7 @@ impl DriftKind {
             DriftKind::StackTemplate => "stack_template",
             DriftKind::StackTags => "stack_tags",
             DriftKind::StackState => "stack_state",
+            DriftKind::ResourceDeleted => "resource_deleted",
             DriftKind::StackMissing => "stack_missing",
             DriftKind::NoLeader => "no_leader",
             DriftKind::MissingMembers => "missing_members",
@@ -115,6 +118,16 @@ pub fn detect(path: &str, file: &ClusterFile, obs: &ObservedCluster) -> ClusterD
             DriftKind::StackState,
             format!("stack {} is {}", s.stack_id, s.status),
         ));
+    }
+    for r in &obs.resources_gone {
+        out.push(Drift {
+            cluster: name.to_string(),
+            kind: DriftKind::ResourceDeleted,
+            subject: r.split(' ').next().map(str::to_string),
+            detail: format!(
+                "{r} was deleted outside CloudFormation, which still lists it; re-applying the same template does not bring it back: change the resource's logical id or recreate the stack"
+            ),
+        });
     }
     let mut observed = Observed::default();
     observed.clusters.insert(name.to_string(), obs.clone());
@@ -274,6 +287,7 @@ mod tests {
             }),
             dns: None,
             bucket: None,
+            resources_gone: Vec::new(),
             etcd: Observation::Present(ObservedEtcd {
                 config: Observation::Present(ObservedConfig {
                     value: Some(f.spec.dynamic_config()),
