@@ -122,6 +122,9 @@ pub struct MemberStatus {
     /// Tags.
     #[serde(default)]
     pub tags: MemberTags,
+    /// A changed setting waits for a PostgreSQL restart (`pg_settings.pending_restart`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
 }
 
 impl MemberStatus {
@@ -199,6 +202,7 @@ mod tests {
                 replay: Some(Lsn(0x3000060)),
             },
             tags: MemberTags { nofailover: true },
+            pending_restart: false,
         };
         let json = serde_json::to_value(&s).expect("serializes");
         assert_eq!(

@@ -66,6 +66,9 @@ pub struct MemberRow {
     pub api_url: String,
     /// Tags.
     pub tags: MemberTags,
+    /// A changed setting waits for a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
 }
 
 /// The member table of a cluster.
@@ -118,6 +121,7 @@ pub fn summarize(
                 lsn,
                 api_url: m.api_url.clone(),
                 tags: m.tags.clone(),
+                pending_restart: m.pending_restart,
             }
         })
         .collect();
@@ -144,7 +148,11 @@ impl ClusterSummary {
                 m.name.to_string(),
                 format!("{}:{}", m.host, m.port),
                 m.role.clone(),
-                m.state.clone(),
+                if m.pending_restart {
+                    format!("{} (pending restart)", m.state)
+                } else {
+                    m.state.clone()
+                },
                 m.timeline.map(|t| t.to_string()).unwrap_or_default(),
                 m.lag_bytes
                     .map(|b| format!("{:.1}", b as f64 / 1_048_576.0))
@@ -193,6 +201,7 @@ mod tests {
                 }
             },
             tags: MemberTags::default(),
+            pending_restart: false,
         }
     }
 

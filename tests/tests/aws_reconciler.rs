@@ -861,6 +861,12 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
     etcd.put("/service/orders/members/m1", member(1, "0/1000000"), None)
         .await
         .expect("a replica falls 128 MiB behind");
+    let mut waiting: serde_json::Value =
+        serde_json::from_str(&member(0, "0/9000000")).expect("json");
+    waiting["pending_restart"] = serde_json::json!(true);
+    etcd.put("/service/orders/members/m0", waiting.to_string(), None)
+        .await
+        .expect("the primary waits for a restart");
     etcd.put(
         "/service/orders/config",
         serde_json::json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
@@ -909,6 +915,7 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
             "stack_parameters",
             "config_differs",
             "missing_members",
+            "pending_restart",
             "replica_lag"
         ],
         "{report:#}"
@@ -926,6 +933,12 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
         "{text}"
     );
     assert!(text.stdout.contains("~ ttl: 30 -> 4"), "{text}");
+    assert!(
+        text.stdout.contains(
+            "orders: pending_restart: m0 runs with a changed setting that waits for a restart"
+        ),
+        "{text}"
+    );
     assert!(
         text.stdout.contains(&format!(
             "orders: resource_deleted: AutoScalingGroup ({group}) was deleted outside CloudFormation"

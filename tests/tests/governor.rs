@@ -210,6 +210,21 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
     assert_eq!(head.status().as_u16(), 200);
     assert_eq!(head.bytes().await?.len(), 0, "HEAD has no body");
 
+    // A setting that needs a restart, changed by hand: the member publishes it and
+    // `spilo list` shows it.
+    pg.batch_execute("ALTER SYSTEM SET max_connections = 120")
+        .await?;
+    pg.batch_execute("SELECT pg_reload_conf()").await?;
+    let key = format!("/service/boot/members/{primary}");
+    wait::until("the primary to publish pending_restart", BOOT, || async {
+        let (json, _) = c.etcd.get(&key).await.ok()??;
+        let status: MemberStatus = serde_json::from_str(&json).ok()?;
+        status.pending_restart.then_some(())
+    })
+    .await?;
+    let (_, table, _) = c.spilo(&["list", "boot", "--etcd", &c.etcd.client_addr])?;
+    assert!(table.contains("running (pending restart)"), "{table}");
+
     for m in &c.members {
         assert_eq!(c.unexpected_errors(&m.name, &[]), Vec::<String>::new());
     }

@@ -138,6 +138,8 @@ pub struct RunningPg {
     pub streaming: bool,
     /// Since when it has had an upstream without streaming from it.
     pub not_streaming_since: Option<Instant>,
+    /// A changed setting waits for a restart (published; no decision depends on it).
+    pub pending_restart: bool,
 }
 
 /// Another member, as it answered on its REST API.

@@ -41,6 +41,7 @@ fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) -> MemberStat
             }
         },
         tags: MemberTags::default(),
+        pending_restart: false,
     }
 }
 
@@ -90,6 +91,7 @@ impl World {
                     upstream: None,
                     streaming: false,
                     not_streaming_since: None,
+                    pending_restart: false,
                 }),
                 recent_crashes: 0,
                 primary_down_since: None,
@@ -143,6 +145,7 @@ impl World {
             upstream: None,
             streaming: false,
             not_streaming_since: None,
+            pending_restart: false,
         }))
     }
 

@@ -375,6 +375,7 @@ impl Instance {
                     upstream: self.upstream.as_ref().map(|u| u.name.clone()),
                     streaming: s.streaming,
                     not_streaming_since: self.not_streaming_since,
+                    pending_restart: s.pending_restart,
                 };
                 self.started = None;
                 self.last = Some(running.clone());

@@ -32,6 +32,8 @@ pub struct ServerStatus {
     pub wal: WalPositions,
     /// Whether the WAL receiver is streaming.
     pub streaming: bool,
+    /// Whether a changed setting waits for a restart.
+    pub pending_restart: bool,
 }
 
 /// A lazily (re)connected session.
@@ -136,7 +138,8 @@ impl Session {
              (SELECT received_tli FROM pg_stat_wal_receiver), \
              CASE WHEN pg_is_in_recovery() THEN \
                (SELECT name || E'\\n' || pg_read_file('pg_wal/' || name) FROM pg_ls_waldir() \
-                WHERE name ~ '^[0-9A-F]{8}\\.history$' ORDER BY name DESC LIMIT 1) END";
+                WHERE name ~ '^[0-9A-F]{8}\\.history$' ORDER BY name DESC LIMIT 1) END, \
+             EXISTS (SELECT 1 FROM pg_settings WHERE pending_restart)";
         let row = self.run(async |c| c.query_one(Q, &[]).await).await?;
         let lsn = |i: usize| -> Result<Option<Lsn>, SqlError> {
             let s: Option<String> = row.try_get(i)?;
@@ -153,6 +156,7 @@ impl Session {
         let receiver: Option<String> = row.try_get(5)?;
         let received_tl: Option<i32> = row.try_get(6)?;
         let history: Option<String> = row.try_get(7)?;
+        let pending_restart: bool = row.try_get(8)?;
         let streaming = receiver.as_deref() == Some("streaming");
         let timeline = if in_recovery {
             let from_history = timeline_of(history.as_deref(), wal.best().unwrap_or_default());
@@ -171,6 +175,7 @@ impl Session {
             timeline,
             wal,
             streaming,
+            pending_restart,
         })
     }
 

@@ -103,6 +103,10 @@ impl Governor {
         state_override: Option<MemberState>,
     ) -> MemberStatus {
         let cfg = &self.loaded.config;
+        let pending_restart = match &s.local.postgres {
+            PgState::Running(pg) => pg.pending_restart,
+            _ => false,
+        };
         let (role, state, timeline, wal) = match &s.local.postgres {
             PgState::Running(pg) => (
                 if pg.in_recovery {
@@ -139,6 +143,7 @@ impl Governor {
             timeline,
             wal,
             tags: cfg.tags.clone(),
+            pending_restart,
         }
     }
 }
@@ -170,6 +175,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig) -> NodeStatus {
             timeline: None,
             wal: WalPositions::default(),
             tags: cfg.tags.clone(),
+            pending_restart: false,
         },
         leader: None,
         is_leader: false,

@@ -419,6 +419,7 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
             role: row.role,
             state: row.state,
             lag_bytes: row.lag_bytes,
+            pending_restart: row.pending_restart,
         })
         .collect();
     members.extend(unreadable.into_iter().map(|name| ObservedMember {
@@ -427,6 +428,7 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
         state: "unreadable".into(),
         leader: false,
         lag_bytes: None,
+        pending_restart: false,
     }));
     Ok(ObservedEtcd { config, members })
 }

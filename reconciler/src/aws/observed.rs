@@ -81,6 +81,9 @@ pub struct ObservedMember {
     /// Bytes behind the leader (replicas, when both publish a position).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<u64>,
+    /// A changed setting waits for a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
 }
 
 /// The etcd side of a cluster.

@@ -34,6 +34,8 @@ pub enum DriftKind {
     ReplicaLag,
     /// etcd `config` differs from the file.
     ConfigDiffers,
+    /// A member runs with a changed setting that waits for a restart.
+    PendingRestart,
     /// The branch's newest commit has an invalid cluster file (nothing of it is applied).
     InvalidCommit,
 }
@@ -52,6 +54,7 @@ impl DriftKind {
             DriftKind::MissingMembers => "missing_members",
             DriftKind::ReplicaLag => "replica_lag",
             DriftKind::ConfigDiffers => "config_differs",
+            DriftKind::PendingRestart => "pending_restart",
             DriftKind::InvalidCommit => "invalid_commit",
         }
     }
@@ -229,6 +232,17 @@ pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) ->
         ));
     }
     let limit = file.spec.ha.maximum_lag_on_failover;
+    for m in etcd.members.iter().filter(|m| m.pending_restart) {
+        out.push(Drift {
+            cluster: name.to_string(),
+            kind: DriftKind::PendingRestart,
+            subject: Some(m.name.clone()),
+            detail: format!(
+                "{} runs with a changed setting that waits for a restart",
+                m.name
+            ),
+        });
+    }
     for m in &etcd.members {
         if let Some(lag) = m.lag_bytes
             && lag > limit
@@ -268,6 +282,7 @@ mod tests {
             state: state.into(),
             leader,
             lag_bytes: None,
+            pending_restart: false,
         }
     }
 
