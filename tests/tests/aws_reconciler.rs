@@ -578,7 +578,13 @@ impl World {
         .expect("alerts.yaml");
         let port = spilo_e2e::ports::free();
         let mut cmd = Command::new(proc::target_dir().expect("target").join("spilo"));
-        cmd.args(["watch", "--branch", "main", "--resync", "1s"])
+        let resync = if extra.contains(&"--resync") {
+            &[][..]
+        } else {
+            &["--resync", "1s"][..]
+        };
+        cmd.args(["watch", "--branch", "main"])
+            .args(resync)
             .args(["--no-leader-after", "1h", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--alerts"])
@@ -965,7 +971,10 @@ async fn watch_fetches_a_remote_repository_periodically() {
         .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
         .expect("commit");
     let url = format!("file://{}", w.repo.path.display());
-    let watching = w.watch_repo(0, &url, &["--fetch-interval", "1s"]).await;
+    // No resync during the test: only a fetch tick can bring the new commit.
+    let watching = w
+        .watch_repo(0, &url, &["--fetch-interval", "1s", "--resync", "1h"])
+        .await;
     w.until_instances("orders", 3).await;
     w.repo
         .commit(
@@ -983,6 +992,75 @@ async fn watch_fetches_a_remote_repository_periodically() {
     assert!(
         watching.log().contains("\"trigger\":\"commit\""),
         "a fetch tick triggered the pass: {}",
+        watching.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_backs_off_a_failing_cluster_and_applies_the_others() {
+    let w = World::new().await;
+    w.repo
+        .commit("orders", Some(&w.cluster("orders", &DEFAULT)))
+        .expect("commit");
+    w.repo
+        .commit("billing", Some(&w.cluster("billing", &BILLING)))
+        .expect("commit");
+    // Someone else's apply holds orders' lock: every apply of orders fails until it is gone.
+    let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
+        .await
+        .expect("etcd");
+    let lease = etcd.lease_grant(300, None).await.expect("lease").id();
+    etcd.put(
+        "/service/orders/apply-lock",
+        "{\"pid\": 1}",
+        Some(etcd_client::PutOptions::new().with_lease(lease)),
+    )
+    .await
+    .expect("hold the lock");
+    let watching = w.watch(0).await;
+    w.until_instances("billing", 3).await;
+    let waits = || -> Vec<u64> {
+        watching
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["msg"] == "apply failed; backing off" && v["cluster"] == "orders")
+            .filter_map(|v| v["retry_in_s"].as_u64())
+            .collect()
+    };
+    spilo_e2e::wait::until(
+        "three failed applies of orders",
+        Duration::from_secs(60),
+        || async { (waits().len() >= 3).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", watching.log()));
+    assert_eq!(
+        &waits()[..3],
+        [2, 4, 8],
+        "exponential backoff: {}",
+        watching.log()
+    );
+    let metrics = watching.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spilo_cluster_errors_total{cluster=\"orders\"} ")),
+        "{metrics}"
+    );
+    // Once the lock is gone, the next attempt applies it.
+    etcd.lease_revoke(lease).await.expect("release");
+    w.until_instances("orders", 3).await;
+    // Passes come from resyncs and commits only, not from the watcher reading the repository.
+    let passes = watching
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"msg\":\"plan started\"") && l.contains("\"trigger\":\"commit\""))
+        .count();
+    assert_eq!(
+        passes,
+        0,
+        "no commit was made while watching: {}",
         watching.log()
     );
 }

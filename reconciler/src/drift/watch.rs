@@ -183,13 +183,22 @@ fn watch_git_dir(
     let mut watcher =
         ::notify::recommended_watcher(move |ev: ::notify::Result<::notify::Event>| {
             if let Ok(ev) = ev {
-                let relevant = ev.paths.iter().any(|p| {
-                    let s = p.to_string_lossy();
-                    !s.ends_with(".lock")
-                        && (s.contains("/refs/")
-                            || s.ends_with("packed-refs")
-                            || s.ends_with("HEAD"))
-                });
+                // Only writes: reading refs (every pass does) raises access events too, and
+                // those must not trigger the next pass.
+                let writes = matches!(
+                    ev.kind,
+                    ::notify::EventKind::Create(_)
+                        | ::notify::EventKind::Modify(_)
+                        | ::notify::EventKind::Remove(_)
+                );
+                let relevant = writes
+                    && ev.paths.iter().any(|p| {
+                        let s = p.to_string_lossy();
+                        !s.ends_with(".lock")
+                            && (s.contains("/refs/")
+                                || s.ends_with("packed-refs")
+                                || s.ends_with("HEAD"))
+                    });
                 if relevant {
                     let _ = tx.send(Trigger::Commit);
                 }
