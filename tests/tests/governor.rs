@@ -210,18 +210,48 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
     assert_eq!(head.status().as_u16(), 200);
     assert_eq!(head.bytes().await?.len(), 0, "HEAD has no body");
 
-    // A setting that needs a restart, changed by hand: the member publishes it and
-    // `spilo list` shows it.
-    pg.batch_execute("ALTER SYSTEM SET max_connections = 120")
+    // A cluster-wide parameter written to etcd `config` (what `spilo apply` does) reaches
+    // every member by reload, without a restart.
+    let (config, _) = c.etcd.get("/service/boot/config").await?.expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&config)?;
+    config["postgresql_parameters"] = serde_json::json!({"work_mem": "12MB"});
+    let mut client = etcd_client::Client::connect([c.etcd.url()], None).await?;
+    client
+        .put("/service/boot/config", config.to_string(), None)
         .await?;
-    pg.batch_execute("SELECT pg_reload_conf()").await?;
-    let key = format!("/service/boot/members/{primary}");
-    wait::until("the primary to publish pending_restart", BOOT, || async {
-        let (json, _) = c.etcd.get(&key).await.ok()??;
-        let status: MemberStatus = serde_json::from_str(&json).ok()?;
-        status.pending_restart.then_some(())
-    })
-    .await?;
+    for m in &c.members {
+        let name = m.name.clone();
+        wait::until(
+            &format!("{name} to run with work_mem 12MB"),
+            BOOT,
+            || async {
+                let pg = c.sql(&name).await.ok()?;
+                let row = pg.query_one("SHOW work_mem", &[]).await.ok()?;
+                (row.get::<_, String>(0) == "12MB").then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // A setting that needs a restart: every member publishes `pending_restart`.
+    config["postgresql_parameters"] =
+        serde_json::json!({"work_mem": "12MB", "max_locks_per_transaction": "128"});
+    client
+        .put("/service/boot/config", config.to_string(), None)
+        .await?;
+    for m in &c.members {
+        let key = format!("/service/boot/members/{}", m.name);
+        wait::until(
+            &format!("{} to publish pending_restart", m.name),
+            BOOT,
+            || async {
+                let (json, _) = c.etcd.get(&key).await.ok()??;
+                let status: MemberStatus = serde_json::from_str(&json).ok()?;
+                status.pending_restart.then_some(())
+            },
+        )
+        .await?;
+    }
     let (_, table, _) = c.spilo(&["list", "boot", "--etcd", &c.etcd.client_addr])?;
     assert!(table.contains("running (pending restart)"), "{table}");
 

@@ -59,6 +59,8 @@ pub struct Instance {
     session: Session,
     last: Option<RunningPg>,
     not_streaming_since: Option<Instant>,
+    /// The cluster-wide parameters `postgresql.conf` was last written with.
+    cluster_params: Option<BTreeMap<String, String>>,
 }
 
 /// What happened to the postmaster since the last look.
@@ -109,6 +111,7 @@ impl Instance {
             session,
             last: None,
             not_streaming_since: None,
+            cluster_params: None,
         }
     }
 
@@ -228,7 +231,7 @@ impl Instance {
 
     /// Writes `postgresql.conf` for the given upstream (none for a primary or an idle replica).
     fn write_conf(
-        &self,
+        &mut self,
         upstream: Option<&Upstream>,
         cluster: &BTreeMap<String, String>,
     ) -> std::io::Result<()> {
@@ -255,7 +258,27 @@ impl Instance {
         };
         let text =
             conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);
-        write_private(&self.config_file(), &text)
+        write_private(&self.config_file(), &text)?;
+        self.cluster_params = Some(cluster.clone());
+        Ok(())
+    }
+
+    /// Applies changed cluster-wide parameters (etcd `config`) to the running instance:
+    /// rewrites `postgresql.conf` for the same upstream and reloads. A setting that needs a
+    /// restart then shows as `pending_restart`. Returns whether anything changed.
+    pub async fn apply_cluster_params(
+        &mut self,
+        cluster: &BTreeMap<String, String>,
+    ) -> Result<bool, crate::runtime::ActError> {
+        match &self.cluster_params {
+            Some(current) if current != cluster && self.postmaster.is_some() => {}
+            _ => return Ok(false),
+        }
+        let up = self.upstream.clone();
+        self.write_conf(up.as_ref(), cluster)?;
+        self.session.execute("SELECT pg_reload_conf()").await?;
+        tracing::info!("the cluster's parameters changed; reloaded the configuration");
+        Ok(true)
     }
 
     /// Starts PostgreSQL as a primary, or as a replica of `upstream` (idle and read-only when

@@ -18,6 +18,14 @@ impl Governor {
             DcsView::Unreachable { .. } => None,
         };
         let params = cluster_params(view);
+        if matches!(
+            d,
+            Decision::Lead | Decision::Wait { .. } | Decision::Follow { .. }
+        ) && matches!(s.local.postgres, PgState::Running(_))
+            && view.is_some_and(|v| v.config.is_some())
+        {
+            self.pg.apply_cluster_params(&params).await?;
+        }
         match d {
             Decision::Bootstrap => self.bootstrap(s, &params).await,
             Decision::Clone { leader } => {
