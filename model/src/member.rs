@@ -171,6 +171,10 @@ pub struct ClusterConfig {
     /// PostgreSQL parameters for every member.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postgresql_parameters: BTreeMap<String, String>,
+    /// Maintenance mode (`spilo pause`): no automatic failover, promotion, start or
+    /// re-clone; the governors keep their keys and keep reporting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
 }
 
 #[cfg(test)]

@@ -80,6 +80,9 @@ pub struct ClusterSummary {
     pub leader: Option<MemberName>,
     /// Members sorted by name.
     pub members: Vec<MemberRow>,
+    /// Maintenance mode: no automatic failover.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// Builds the member table from the `leader` and `members/*` keys.
@@ -129,6 +132,7 @@ pub fn summarize(
         scope: scope.clone(),
         leader: leader.cloned(),
         members: rows,
+        paused: false,
     }
 }
 
@@ -163,6 +167,9 @@ impl ClusterSummary {
             .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
             .collect();
         let mut out = format!("Cluster: {}\n", self.scope);
+        if self.paused {
+            out.push_str("Maintenance mode: on (no automatic failover; `spilo resume` ends it)\n");
+        }
         for r in rows {
             let line: Vec<String> = r
                 .iter()

@@ -71,6 +71,10 @@ enum Command {
     Watch(spilo::drift::watch::WatchArgs),
     /// Report drift between git, AWS and the running clusters (exit 0: none, 2: drift, 1: error).
     Drift(spilo::drift::report::DriftArgs),
+    /// Maintenance mode on: no automatic failover, promotion or restarts until `spilo resume`.
+    Pause(EtcdTarget),
+    /// Maintenance mode off.
+    Resume(EtcdTarget),
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
     #[command(hide = true)]
     Schema,
@@ -93,6 +97,24 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+/// A running cluster in etcd.
+#[derive(clap::Args)]
+struct EtcdTarget {
+    /// The cluster (etcd scope).
+    cluster: ClusterName,
+    /// etcd client endpoints, comma separated.
+    #[arg(
+        long,
+        env = "SPILO_ETCD",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    etcd: Vec<String>,
+    /// The etcd key namespace.
+    #[arg(long, default_value = "/service")]
+    namespace: String,
 }
 
 fn local_layout(state_dir: Option<PathBuf>) -> anyhow::Result<spilo::local::state::Layout> {
@@ -124,6 +146,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cli_pause = match &cli.command {
+        Command::Pause(_) => Some(true),
+        Command::Resume(_) => Some(false),
+        _ => None,
+    };
     match cli.command {
         Command::Validate { paths, format } => {
             let paths = if paths.is_empty() {
@@ -203,6 +230,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Watch(args) => Ok(ExitCode::from(spilo::drift::watch::watch(args).await?)),
         Command::Drift(args) => Ok(ExitCode::from(spilo::drift::report::run(args).await?)),
+        Command::Pause(t) | Command::Resume(t) => {
+            let pause = matches!(cli_pause, Some(true));
+            spilo::list::set_pause(&t.etcd, &t.namespace, &t.cluster, pause).await?;
+            if pause {
+                println!(
+                    "{}: maintenance mode on: no automatic failover until `spilo resume {}`",
+                    t.cluster, t.cluster
+                );
+            } else {
+                println!("{}: maintenance mode off", t.cluster);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schema => {
             print!("{}", spilo::spec::schema_json());
             Ok(ExitCode::SUCCESS)

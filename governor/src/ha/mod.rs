@@ -44,7 +44,28 @@ pub struct HaConfig {
 }
 
 /// Decides what this member does next. Pure: same inputs, same answer.
+///
+/// In maintenance mode (`pause` in the cluster's `config`) only keeping things as they are is
+/// allowed: leading, following, waiting, and demoting a primary that lost its leader key
+/// (safety does not pause). Promotion, leader races, starts, clones, rewinds and hand-overs
+/// become a `Wait` that says what would have happened.
 pub fn decide(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
+    let d = decide_unpaused(s, cfg, now);
+    let paused = matches!(&s.dcs, DcsView::Known(v) if v.config.as_ref().is_some_and(|c| c.pause));
+    match d {
+        d if !paused => d,
+        d @ (Decision::Lead
+        | Decision::Follow { .. }
+        | Decision::Wait { .. }
+        | Decision::Fatal { .. }
+        | Decision::Demote { .. }) => d,
+        other => Decision::Wait {
+            why: format!("paused (maintenance mode); would {other}"),
+        },
+    }
+}
+
+fn decide_unpaused(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
     let view = match &s.dcs {
         DcsView::Unreachable { why } => return dcs_unreachable(s, cfg, now, why),
         DcsView::Known(view) => view,

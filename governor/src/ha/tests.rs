@@ -688,3 +688,48 @@ fn every_member_computes_the_same_winner() {
         .collect();
     assert_eq!(winners, vec!["b"]);
 }
+
+// --- maintenance mode ------------------------------------------------------------------------
+
+fn paused(w: &mut World) -> &mut World {
+    w.view().config = Some(spilo_model::ClusterConfig {
+        pause: true,
+        ..Default::default()
+    });
+    w
+}
+
+#[test]
+fn a_paused_cluster_does_not_fail_over() {
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 400))).peer("m3", None);
+    paused(&mut w);
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(
+        d.to_string()
+            .starts_with("wait: paused (maintenance mode); would acquire leader key: "),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_paused_cluster_keeps_its_leader_and_does_not_start_a_stopped_member() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).running_primary();
+    paused(&mut w);
+    assert_eq!(kind(&w.decide()), "lead");
+    let mut w = World::new();
+    w.stopped_data(false, 1);
+    paused(&mut w);
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait", "{d}");
+}
+
+#[test]
+fn a_paused_primary_that_lost_its_key_still_demotes() {
+    let mut w = World::new();
+    w.leader("m2", 99).running_primary();
+    paused(&mut w);
+    assert_eq!(kind(&w.decide()), "demote");
+}

@@ -158,6 +158,7 @@ impl Governor {
             retry_timeout: Some(ha.retry_timeout),
             maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
             postgresql_parameters: BTreeMap::new(),
+            pause: false,
         };
         self.dcs.create_config_if_absent(&config).await?;
         self.data = None;

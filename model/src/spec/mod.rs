@@ -179,6 +179,7 @@ impl ClusterSpec {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
+            pause: false,
         }
     }
 }

@@ -343,11 +343,13 @@ fn plan_cluster(
     }
 
     // The etcd config.
-    let want = file.spec.dynamic_config();
+    let mut want = file.spec.dynamic_config();
     let (before, revision) = match &etcd.config {
         Observation::Present(c) => (c.value.clone(), c.mod_revision),
         _ => (None, 0),
     };
+    // Maintenance mode is operational state (`spilo pause`), not part of the file: keep it.
+    want.pause = before.as_ref().is_some_and(|b| b.pause);
     if before.as_ref() != Some(&want) {
         p.config = Some(ConfigChange {
             before,
