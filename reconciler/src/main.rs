@@ -80,19 +80,8 @@ enum Command {
     Schema,
     /// Print the members of a running cluster (name, host:port, role, state, timeline, lag).
     List {
-        /// The cluster (etcd scope).
-        cluster: ClusterName,
-        /// etcd client endpoints, comma separated.
-        #[arg(
-            long,
-            env = "SPILO_ETCD",
-            value_delimiter = ',',
-            default_value = "127.0.0.1:2379"
-        )]
-        etcd: Vec<String>,
-        /// The etcd key namespace.
-        #[arg(long, default_value = "/service")]
-        namespace: String,
+        #[command(flatten)]
+        target: EtcdTarget,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
@@ -247,13 +236,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", spilo::spec::schema_json());
             Ok(ExitCode::SUCCESS)
         }
-        Command::List {
-            cluster,
-            etcd,
-            namespace,
-            format,
-        } => {
-            let summary = spilo::list::read_summary(&etcd, &namespace, &cluster).await?;
+        Command::List { target, format } => {
+            let summary =
+                spilo::list::read_summary(&target.etcd, &target.namespace, &target.cluster).await?;
             match format {
                 Format::Text => print!("{}", summary.to_table()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),

@@ -68,6 +68,22 @@ impl World {
         }
     }
 
+    /// Holds `cluster`'s apply lock as another apply would, for `ttl` seconds.
+    async fn hold_apply_lock(&self, cluster: &str, ttl: i64) -> (etcd_client::Client, i64) {
+        let mut etcd = etcd_client::Client::connect([self.etcd.url()], None)
+            .await
+            .expect("etcd");
+        let lease = etcd.lease_grant(ttl, None).await.expect("lease").id();
+        etcd.put(
+            format!("/service/{cluster}/apply-lock"),
+            "{\"pid\": 1}",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("hold the lock");
+        (etcd, lease)
+    }
+
     fn commit_shape(&self, name: &str, s: &Shape<'_>) {
         self.repo
             .commit(name, Some(&self.cluster(name, s)))
@@ -437,17 +453,7 @@ async fn one_apply_at_a_time_per_cluster_and_a_failure_leaves_the_others_alone()
         .commit("billing", Some(&w.cluster("billing", &BILLING)))
         .expect("commit");
     // Another apply of orders holds its lock.
-    let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
-        .await
-        .expect("etcd");
-    let lease = etcd.lease_grant(60, None).await.expect("lease").id();
-    etcd.put(
-        "/service/orders/apply-lock",
-        "{\"pid\": 1}",
-        Some(etcd_client::PutOptions::new().with_lease(lease)),
-    )
-    .await
-    .expect("hold the lock");
+    let (mut etcd, lease) = w.hold_apply_lock("orders", 60).await;
 
     let apply = w.spilo(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 1, "{apply}");
@@ -1006,17 +1012,7 @@ async fn watch_backs_off_a_failing_cluster_and_applies_the_others() {
         .commit("billing", Some(&w.cluster("billing", &BILLING)))
         .expect("commit");
     // Someone else's apply holds orders' lock: every apply of orders fails until it is gone.
-    let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
-        .await
-        .expect("etcd");
-    let lease = etcd.lease_grant(300, None).await.expect("lease").id();
-    etcd.put(
-        "/service/orders/apply-lock",
-        "{\"pid\": 1}",
-        Some(etcd_client::PutOptions::new().with_lease(lease)),
-    )
-    .await
-    .expect("hold the lock");
+    let (mut etcd, lease) = w.hold_apply_lock("orders", 300).await;
     let watching = w.watch(0).await;
     w.until_instances("billing", 3).await;
     let waits = || -> Vec<u64> {

@@ -21,6 +21,22 @@ async fn replicated_to(c: &Cluster, replica: &str, id: i64) -> bool {
         .is_ok_and(|r| r.is_some())
 }
 
+/// Starts every member and waits for a primary and all replicas streaming.
+async fn start_streaming(c: &mut Cluster) -> anyhow::Result<(String, Vec<String>)> {
+    c.start_all()?;
+    let primary = c.wait_primary(BOOT).await?;
+    let replicas: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|n| *n != primary)
+        .collect();
+    for r in &replicas {
+        c.wait_streaming(r, BOOT).await?;
+    }
+    Ok((primary, replicas))
+}
+
 async fn create_probe_table(c: &Cluster, primary: &str) -> anyhow::Result<()> {
     c.sql(primary)
         .await?
@@ -276,17 +292,7 @@ async fn kill_9_of_the_primary_fails_over_keeps_replicated_writes_and_the_old_pr
 async fn kill_9_of_the_primary_fails_over_keeps_replicated_writes_and_the_old_primary_rejoins_with_pg_rewind_body(
     c: &mut Cluster,
 ) -> anyhow::Result<()> {
-    c.start_all()?;
-    let old = c.wait_primary(BOOT).await?;
-    let replicas: Vec<String> = c
-        .members
-        .iter()
-        .map(|m| m.name.clone())
-        .filter(|n| *n != old)
-        .collect();
-    for r in &replicas {
-        c.wait_streaming(r, BOOT).await?;
-    }
+    let (old, replicas) = start_streaming(c).await?;
     create_probe_table(c, &old).await?;
 
     // Writes acknowledged by the primary and replicated to every replica before the kill.
@@ -674,17 +680,7 @@ async fn a_paused_cluster_does_not_fail_over_until_it_is_resumed() -> anyhow::Re
 async fn a_paused_cluster_does_not_fail_over_until_it_is_resumed_body(
     c: &mut Cluster,
 ) -> anyhow::Result<()> {
-    c.start_all()?;
-    let old = c.wait_primary(BOOT).await?;
-    let replicas: Vec<String> = c
-        .members
-        .iter()
-        .map(|m| m.name.clone())
-        .filter(|n| *n != old)
-        .collect();
-    for r in &replicas {
-        c.wait_streaming(r, BOOT).await?;
-    }
+    let (old, replicas) = start_streaming(c).await?;
     let etcd = c.etcd.client_addr.clone();
     let (code, out, err) = c.spilo(&["pause", "paused", "--etcd", &etcd])?;
     assert_eq!(code, 0, "{out}{err}");
