@@ -106,6 +106,19 @@ struct EtcdTarget {
     namespace: String,
 }
 
+async fn set_pause(t: EtcdTarget, pause: bool) -> anyhow::Result<ExitCode> {
+    spilo::list::set_pause(&t.etcd, &t.namespace, &t.cluster, pause).await?;
+    if pause {
+        println!(
+            "{}: maintenance mode on: no automatic failover until `spilo resume {}`",
+            t.cluster, t.cluster
+        );
+    } else {
+        println!("{}: maintenance mode off", t.cluster);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn local_layout(state_dir: Option<PathBuf>) -> anyhow::Result<spilo::local::state::Layout> {
     let run_as = spilo::local::user::RunAs::detect()?;
     let (root, _) =
@@ -135,11 +148,6 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let cli_pause = match &cli.command {
-        Command::Pause(_) => Some(true),
-        Command::Resume(_) => Some(false),
-        _ => None,
-    };
     match cli.command {
         Command::Validate { paths, format } => {
             let paths = if paths.is_empty() {
@@ -219,19 +227,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Watch(args) => Ok(ExitCode::from(spilo::drift::watch::watch(args).await?)),
         Command::Drift(args) => Ok(ExitCode::from(spilo::drift::report::run(args).await?)),
-        Command::Pause(t) | Command::Resume(t) => {
-            let pause = matches!(cli_pause, Some(true));
-            spilo::list::set_pause(&t.etcd, &t.namespace, &t.cluster, pause).await?;
-            if pause {
-                println!(
-                    "{}: maintenance mode on: no automatic failover until `spilo resume {}`",
-                    t.cluster, t.cluster
-                );
-            } else {
-                println!("{}: maintenance mode off", t.cluster);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Pause(t) => set_pause(t, true).await,
+        Command::Resume(t) => set_pause(t, false).await,
         Command::Schema => {
             print!("{}", spilo::spec::schema_json());
             Ok(ExitCode::SUCCESS)

@@ -313,6 +313,26 @@ impl Cluster {
         out
     }
 
+    /// Starts every member and waits for a primary and every replica streaming; returns the
+    /// primary and the replicas.
+    pub async fn start_streaming(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, Vec<String>)> {
+        self.start_all()?;
+        let primary = self.wait_primary(timeout).await?;
+        let replicas: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .filter(|n| *n != primary)
+            .collect();
+        for r in &replicas {
+            self.wait_streaming(r, timeout).await?;
+        }
+        Ok((primary, replicas))
+    }
+
     /// Waits until exactly one member reports itself primary and returns it.
     pub async fn wait_primary(&self, timeout: Duration) -> anyhow::Result<String> {
         wait::until("exactly one primary", timeout, || async {

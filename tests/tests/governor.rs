@@ -21,22 +21,6 @@ async fn replicated_to(c: &Cluster, replica: &str, id: i64) -> bool {
         .is_ok_and(|r| r.is_some())
 }
 
-/// Starts every member and waits for a primary and all replicas streaming.
-async fn start_streaming(c: &mut Cluster) -> anyhow::Result<(String, Vec<String>)> {
-    c.start_all()?;
-    let primary = c.wait_primary(BOOT).await?;
-    let replicas: Vec<String> = c
-        .members
-        .iter()
-        .map(|m| m.name.clone())
-        .filter(|n| *n != primary)
-        .collect();
-    for r in &replicas {
-        c.wait_streaming(r, BOOT).await?;
-    }
-    Ok((primary, replicas))
-}
-
 async fn create_probe_table(c: &Cluster, primary: &str) -> anyhow::Result<()> {
     c.sql(primary)
         .await?
@@ -292,7 +276,7 @@ async fn kill_9_of_the_primary_fails_over_keeps_replicated_writes_and_the_old_pr
 async fn kill_9_of_the_primary_fails_over_keeps_replicated_writes_and_the_old_primary_rejoins_with_pg_rewind_body(
     c: &mut Cluster,
 ) -> anyhow::Result<()> {
-    let (old, replicas) = start_streaming(c).await?;
+    let (old, replicas) = c.start_streaming(BOOT).await?;
     create_probe_table(c, &old).await?;
 
     // Writes acknowledged by the primary and replicated to every replica before the kill.
@@ -663,61 +647,5 @@ async fn crash_in_place(c: &mut Cluster) -> anyhow::Result<()> {
         c.unexpected_errors(&primary, &["PostgreSQL exited unexpectedly"]),
         Vec::<String>::new()
     );
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_cluster_does_not_fail_over_until_it_is_resumed() -> anyhow::Result<()> {
-    let mut c = Cluster::new(ClusterOptions {
-        scope: "paused".into(),
-        ..Default::default()
-    })
-    .await?;
-    let result = a_paused_cluster_does_not_fail_over_until_it_is_resumed_body(&mut c).await;
-    c.finish(result)
-}
-
-async fn a_paused_cluster_does_not_fail_over_until_it_is_resumed_body(
-    c: &mut Cluster,
-) -> anyhow::Result<()> {
-    let (old, replicas) = start_streaming(c).await?;
-    let etcd = c.etcd.client_addr.clone();
-    let (code, out, err) = c.spilo(&["pause", "paused", "--etcd", &etcd])?;
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("maintenance mode on"), "{out}");
-    let (_, table, _) = c.spilo(&["list", "paused", "--etcd", &etcd])?;
-    assert!(table.contains("Maintenance mode: on"), "{table}");
-
-    c.kill9(&old).await?;
-    // The best replica sees the leader gone and says it would take over, but does not.
-    let logs: Vec<std::path::PathBuf> = replicas.iter().map(|r| c.member(r).log_path()).collect();
-    wait::until(
-        "the failover candidate to hold back in maintenance mode",
-        BOOT,
-        || async {
-            logs.iter()
-                .any(|l| {
-                    std::fs::read_to_string(l).is_ok_and(|t| {
-                        t.contains("paused (maintenance mode); would acquire leader key")
-                    })
-                })
-                .then_some(())
-        },
-    )
-    .await?;
-    assert_eq!(
-        c.primaries().await,
-        Vec::<String>::new(),
-        "no failover while paused"
-    );
-    assert!(
-        c.etcd.get("/service/paused/leader").await?.is_none(),
-        "the dead leader's key expired and nobody took it"
-    );
-
-    let (code, out, err) = c.spilo(&["resume", "paused", "--etcd", &etcd])?;
-    assert_eq!(code, 0, "{out}{err}");
-    let new = c.wait_primary(BOOT).await?;
-    assert!(replicas.contains(&new), "{new} took over after resume");
     Ok(())
 }

@@ -21,9 +21,7 @@ pub mod template;
 pub mod userdata;
 
 use crate::desired::{self, Desired};
-use observed::{
-    Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd, ObservedStack,
-};
+use observed::{Observation, Observed, ObservedCluster, ObservedEtcd};
 use plan::{DesiredInput, Plan, PlanOptions};
 use spilo_model::spec::{ClusterFile, Target};
 use std::path::Path;
@@ -77,37 +75,16 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
     let mut out = Observed::default();
     let mut names = Vec::new();
     for (_, f) in aws_clusters(base) {
-        let Some(stack) = template::render(f) else {
+        let stack_id = format!(
+            "{}@{}",
+            template::stack_name(f.metadata.name.as_str()),
+            base.commit
+        );
+        let Some(o) = ObservedCluster::as_applied(f, stack_id, "CREATE_COMPLETE", 1) else {
             continue;
         };
-        let name = f.metadata.name.to_string();
-        names.push(name.clone());
-        out.clusters.insert(
-            name.clone(),
-            ObservedCluster {
-                name,
-                stack: Observation::Present(ObservedStack {
-                    stack_id: format!("{}@{}", stack.stack_name, base.commit),
-                    status: "CREATE_COMPLETE".into(),
-                    last_changed: String::new(),
-                    template: stack.template,
-                    parameters: stack.parameters,
-                    tags: stack.tags,
-                    resources: Default::default(),
-                    outputs: Default::default(),
-                }),
-                dns: None,
-                bucket: None,
-                resources_gone: Vec::new(),
-                etcd: Observation::Present(ObservedEtcd {
-                    config: Observation::Present(ObservedConfig {
-                        value: Some(f.spec.dynamic_config()),
-                        mod_revision: 1,
-                    }),
-                    members: Vec::new(),
-                }),
-            },
-        );
+        names.push(o.name.clone());
+        out.clusters.insert(o.name.clone(), o);
     }
     for (_, f) in aws_clusters(head) {
         let name = f.metadata.name.to_string();

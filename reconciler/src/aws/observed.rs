@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use spilo_model::ClusterConfig;
+use spilo_model::spec::ClusterFile;
 use std::collections::BTreeMap;
 
 /// One observation.
@@ -112,6 +113,44 @@ pub struct ObservedCluster {
     /// `LogicalId (physical id)`; checked for the auto-scaling group and the DNS record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources_gone: Vec<String>,
+}
+
+impl ObservedCluster {
+    /// `file` as it looks once applied and healthy in every part spilo writes: its rendered
+    /// stack (with `stack_id` and `status`), its etcd `config` at `config_revision`, no members
+    /// yet. `None` for a file without an AWS stack. `spilo diff` observes a base commit this
+    /// way; tests start from it.
+    pub fn as_applied(
+        file: &ClusterFile,
+        stack_id: String,
+        status: &str,
+        config_revision: i64,
+    ) -> Option<Self> {
+        let stack = super::template::render(file)?;
+        Some(ObservedCluster {
+            name: file.metadata.name.to_string(),
+            stack: Observation::Present(ObservedStack {
+                stack_id,
+                status: status.to_string(),
+                last_changed: String::new(),
+                template: stack.template,
+                parameters: stack.parameters,
+                tags: stack.tags,
+                resources: BTreeMap::new(),
+                outputs: BTreeMap::new(),
+            }),
+            dns: None,
+            bucket: None,
+            resources_gone: Vec::new(),
+            etcd: Observation::Present(ObservedEtcd {
+                config: Observation::Present(ObservedConfig {
+                    value: Some(file.spec.dynamic_config()),
+                    mod_revision: config_revision,
+                }),
+                members: Vec::new(),
+            }),
+        })
+    }
 }
 
 /// What was observed for a whole plan.

@@ -1,12 +1,9 @@
 //! Unit tests of the pure planner: observed state built by hand, no AWS.
 
-use super::observed::{
-    Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd, ObservedStack,
-};
+use super::observed::{Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd};
 use super::plan::{Action, DesiredInput, Plan, PlanOptions, plan};
 use super::template;
 use spilo_model::spec::ClusterFile;
-use std::collections::BTreeMap;
 
 fn file(name: &str, extra: &str) -> ClusterFile {
     serde_yaml::from_str(&format!(
@@ -29,27 +26,13 @@ fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
 }
 
 fn applied(f: &ClusterFile, status: &str) -> ObservedCluster {
-    let s = template::render(f).expect("aws");
-    ObservedCluster {
-        name: f.metadata.name.to_string(),
-        stack: Observation::Present(ObservedStack {
-            stack_id: format!(
-                "arn:aws:cloudformation:eu-west-1:123456789012:stack/{}/x",
-                s.stack_name
-            ),
-            status: status.into(),
-            last_changed: "2026-11-25T00:00:00Z".into(),
-            template: s.template,
-            parameters: s.parameters,
-            tags: s.tags,
-            resources: BTreeMap::new(),
-            outputs: BTreeMap::new(),
-        }),
-        dns: Some(Observation::Present("lb".into())),
-        bucket: None,
-        resources_gone: Vec::new(),
-        etcd: etcd_with(Some(f)),
-    }
+    let id = format!(
+        "arn:aws:cloudformation:eu-west-1:123456789012:stack/{}/x",
+        template::stack_name(f.metadata.name.as_str())
+    );
+    let mut o = ObservedCluster::as_applied(f, id, status, 7).expect("aws");
+    o.dns = Some(Observation::Present("lb".into()));
+    o
 }
 
 fn fresh(f: &ClusterFile) -> ObservedCluster {

@@ -264,9 +264,7 @@ pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::observed::{ObservedConfig, ObservedEtcd, ObservedMember, ObservedStack};
-    use crate::aws::template;
-    use std::collections::BTreeMap;
+    use crate::aws::observed::ObservedMember;
 
     fn file() -> ClusterFile {
         serde_yaml::from_str(
@@ -287,33 +285,15 @@ mod tests {
     }
 
     fn applied(f: &ClusterFile) -> ObservedCluster {
-        let s = template::render(f).expect("aws");
-        ObservedCluster {
-            name: "a".into(),
-            stack: Observation::Present(ObservedStack {
-                stack_id: "arn:aws:cloudformation:eu-west-1:1:stack/spilo-a/x".into(),
-                status: "UPDATE_COMPLETE".into(),
-                last_changed: String::new(),
-                template: s.template,
-                parameters: s.parameters,
-                tags: s.tags,
-                resources: BTreeMap::new(),
-                outputs: BTreeMap::new(),
-            }),
-            dns: None,
-            bucket: None,
-            resources_gone: Vec::new(),
-            etcd: Observation::Present(ObservedEtcd {
-                config: Observation::Present(ObservedConfig {
-                    value: Some(f.spec.dynamic_config()),
-                    mod_revision: 3,
-                }),
-                members: vec![
-                    member("m0", true, "running"),
-                    member("m1", false, "running"),
-                ],
-            }),
+        let id = "arn:aws:cloudformation:eu-west-1:1:stack/spilo-a/x".to_string();
+        let mut o = ObservedCluster::as_applied(f, id, "UPDATE_COMPLETE", 3).expect("aws");
+        if let Observation::Present(e) = &mut o.etcd {
+            e.members = vec![
+                member("m0", true, "running"),
+                member("m1", false, "running"),
+            ];
         }
+        o
     }
 
     fn kinds(d: &[Drift]) -> Vec<DriftKind> {

@@ -247,6 +247,12 @@ impl Watcher {
         }
     }
 
+    /// Sets the drift gauges of `names` from the raised alerts.
+    fn publish_drift(&self, names: &[String]) {
+        let active = self.alerts.active();
+        self.metrics(|m| m.set_drift(names, &active));
+    }
+
     fn alert(&mut self, observed: &BTreeSet<String>, drifts: &[Drift]) {
         let no_leader = self.args.no_leader_after;
         let events = self.alerts.update(self.now(), observed, drifts, |k| {
@@ -377,9 +383,7 @@ impl Watcher {
             log(serde_json::json!({"level": "info", "msg": "reverting drift", "clusters": revert}));
             self.apply(&plan, |c| revert.contains(c)).await;
         }
-        let active: Vec<Drift> = self.alerts.active().into_iter().cloned().collect();
-        let refs: Vec<&Drift> = active.iter().collect();
-        self.metrics(|m| m.set_drift(&names, &refs));
+        self.publish_drift(&names);
     }
 
     /// The local target: runtime drift of every local cluster, from its etcd.
@@ -426,9 +430,7 @@ impl Watcher {
             }
         }
         self.alert(&seen, &drifts);
-        let active: Vec<Drift> = self.alerts.active().into_iter().cloned().collect();
-        let refs: Vec<&Drift> = active.iter().collect();
-        self.metrics(|m| m.set_drift(&names, &refs));
+        self.publish_drift(&names);
     }
 
     /// Drift of every cluster that could be observed, and the set of those clusters.

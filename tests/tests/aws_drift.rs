@@ -1,0 +1,367 @@
+//! End-to-end tests of drift and the continuous reconcile: `spilo drift` and `spilo watch`
+//! against `moto_server` and a real etcd, with a webhook receiver counting alerts.
+
+use spilo_e2e::aws_world::{BILLING, DEFAULT, REGION, Shape, World};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_alerts_once_per_drift_and_reverts_where_asked() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    let reverting = w
+        .cluster("billing", &BILLING)
+        .replace("spec:\n", "spec:\n  reconcile: {drift: revert}\n");
+    w.repo.commit("billing", Some(&reverting)).expect("commit");
+    // The receiver is down for the first two deliveries: alerts are retried, not lost.
+    let watching = w.watch(2).await;
+    w.until_instances("orders", 3).await;
+    w.until_instances("billing", 3).await;
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_set_parameter.py");
+    for stack in ["spilo-orders", "spilo-billing"] {
+        w.moto
+            .python(&script, &[REGION, stack, "Instances", "5"])
+            .expect("change a parameter behind spilo's back");
+    }
+    watching
+        .until("a drift alert for orders and a resolve for billing", |r| {
+            r.count("drift", "orders", "stack_parameters") == 1
+                && r.count("drift", "billing", "stack_parameters") == 1
+                && r.count("resolved", "billing", "stack_parameters") == 1
+        })
+        .await;
+    assert_eq!(
+        watching.receiver.refusals_left(),
+        0,
+        "the refused deliveries were retried"
+    );
+    // billing is back to its file; orders (warn) keeps the hand-made change.
+    w.until_instances("billing", 3).await;
+    assert_eq!(w.instances("orders").len(), 5);
+    let drifted = watching
+        .receiver
+        .bodies()
+        .into_iter()
+        .find(|b| b["cluster"] == "orders" && b["kind"] == "stack_parameters")
+        .expect("the alert");
+    assert!(
+        drifted["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Instances is 5 in AWS, 3 in git"),
+        "{drifted}"
+    );
+
+    // No repeats while the drift persists.
+    let seen = watching.reconciles().await;
+    spilo_e2e::wait::until("three more passes", Duration::from_secs(30), || async {
+        (watching.reconciles().await >= seen + 3).then_some(())
+    })
+    .await
+    .expect("passes");
+    assert_eq!(
+        watching
+            .receiver
+            .count("drift", "orders", "stack_parameters"),
+        1
+    );
+    assert_eq!(
+        watching
+            .receiver
+            .count("resolved", "orders", "stack_parameters"),
+        0
+    );
+    let metrics = watching.metrics().await;
+    assert!(
+        metrics.contains("spilo_drift{cluster=\"orders\",kind=\"stack_parameters\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spilo_last_success_timestamp_seconds{cluster=\"billing\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_skips_an_invalid_commit_and_applies_the_next_valid_one() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    let watching = w.watch(0).await;
+    w.until_instances("orders", 3).await;
+
+    let broken = w.cluster(
+        "orders",
+        &Shape {
+            instances: 0,
+            ..DEFAULT
+        },
+    );
+    w.repo.commit("orders", Some(&broken)).expect("commit");
+    watching
+        .until("an invalid_commit alert", |r| {
+            r.count("drift", "*", "invalid_commit") == 1
+        })
+        .await;
+    assert_eq!(
+        w.instances("orders").len(),
+        3,
+        "nothing of the invalid commit was applied"
+    );
+    assert!(
+        watching.log().contains("spec.instances"),
+        "the error names the field: {}",
+        watching.log()
+    );
+
+    w.commit_shape(
+        "orders",
+        &Shape {
+            instances: 4,
+            ..DEFAULT
+        },
+    );
+    w.until_instances("orders", 4).await;
+    watching
+        .until("the invalid_commit alert resolved", |r| {
+            r.count("resolved", "*", "invalid_commit") == 1
+        })
+        .await;
+    assert_eq!(watching.receiver.count("drift", "*", "invalid_commit"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
+    // The three governors of the cluster, as they publish themselves in etcd.
+    let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
+        .await
+        .expect("etcd");
+    let member = |i: usize, lsn: &str| {
+        let (role, wal) = if i == 0 {
+            ("primary", serde_json::json!({"write": lsn}))
+        } else {
+            (
+                "replica",
+                serde_json::json!({"receive": lsn, "replay": lsn}),
+            )
+        };
+        serde_json::json!({
+            "conn_url": format!("postgres://10.42.0.{i}:5432/postgres"),
+            "api_url": format!("http://10.42.0.{i}:8008"),
+            "role": role, "state": "running", "timeline": 1, "wal": wal, "tags": {}
+        })
+        .to_string()
+    };
+    for i in 0..3 {
+        etcd.put(
+            format!("/service/orders/members/m{i}"),
+            member(i, "0/9000000"),
+            None,
+        )
+        .await
+        .expect("member");
+    }
+    etcd.put("/service/orders/leader", "m0", None)
+        .await
+        .expect("leader");
+
+    let clean = w.spilo(&["drift"]);
+    assert_eq!(clean.code, 0, "{clean}");
+    assert!(
+        clean.stdout.contains("0 drift(s), 0 cluster(s) unknown"),
+        "{clean}"
+    );
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_set_parameter.py");
+    w.moto
+        .python(
+            &script,
+            &[REGION, "spilo-orders", "InstanceType", "m5.large"],
+        )
+        .expect("change a parameter behind spilo's back");
+    etcd.delete("/service/orders/members/m2", None)
+        .await
+        .expect("a member dies");
+    etcd.put("/service/orders/members/m1", member(1, "0/1000000"), None)
+        .await
+        .expect("a replica falls 128 MiB behind");
+    let mut waiting: serde_json::Value =
+        serde_json::from_str(&member(0, "0/9000000")).expect("json");
+    waiting["pending_restart"] = serde_json::json!(true);
+    etcd.put("/service/orders/members/m0", waiting.to_string(), None)
+        .await
+        .expect("the primary waits for a restart");
+    etcd.put(
+        "/service/orders/config",
+        serde_json::json!({"ttl": 30, "loop_wait": 10, "retry_timeout": 10, "maximum_lag_on_failover": 1048576,
+                           "postgresql_parameters": {"max_connections": "200"}}).to_string(),
+        None,
+    )
+    .await
+    .expect("someone edits the config by hand");
+    let resources: Vec<serde_json::Value> =
+        serde_json::from_str(&w.resources("orders").stdout).expect("resources");
+    let group = resources
+        .iter()
+        .find(|r| r["logical_id"] == "AutoScalingGroup")
+        .and_then(|r| r["physical_id"].as_str())
+        .expect("the group's name")
+        .to_string();
+    let delete = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_delete.py");
+    w.moto
+        .python(&delete, &[REGION, "asg", &group])
+        .expect("delete the group by hand");
+    w.moto
+        .python(
+            &delete,
+            &[
+                REGION,
+                "record",
+                "db.example.com.",
+                "orders.db.example.com.",
+            ],
+        )
+        .expect("delete the record by hand");
+    let drifted = w.spilo(&["drift", "--format", "json"]);
+    assert_eq!(drifted.code, 2, "{drifted}");
+    let report: serde_json::Value = serde_json::from_str(&drifted.stdout).expect("json");
+    let kinds: Vec<&str> = report["drift"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|d| d["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "resource_deleted",
+            "resource_deleted",
+            "stack_parameters",
+            "config_differs",
+            "missing_members",
+            "pending_restart",
+            "replica_lag"
+        ],
+        "{report:#}"
+    );
+    let text = w.spilo(&["drift"]);
+    assert!(
+        text.stdout.contains(
+            "orders: stack_parameters: InstanceType is m5.large in AWS, t3.medium in git"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.stdout
+            .contains("orders: missing_members: 2 of 3 members running"),
+        "{text}"
+    );
+    assert!(text.stdout.contains("~ ttl: 30 -> 4"), "{text}");
+    assert!(
+        text.stdout.contains(
+            "orders: pending_restart: m0 runs with a changed setting that waits for a restart"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.stdout.contains(&format!(
+            "orders: resource_deleted: AutoScalingGroup ({group}) was deleted outside CloudFormation"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.stdout
+            .contains("orders: resource_deleted: DnsRecord (orders.db.example.com.) was deleted"),
+        "{text}"
+    );
+    assert!(
+        text.stdout.contains(
+            "orders: replica_lag: m1 is 134217728 bytes behind the leader (limit 1048576)"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_fetches_a_remote_repository_periodically() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    let url = format!("file://{}", w.repo.path.display());
+    // No resync during the test: only a fetch tick can bring the new commit.
+    let watching = w
+        .watch_repo(0, &url, &["--fetch-interval", "1s", "--resync", "1h"])
+        .await;
+    w.until_instances("orders", 3).await;
+    w.commit_shape(
+        "orders",
+        &Shape {
+            instances: 2,
+            ..DEFAULT
+        },
+    );
+    w.until_instances("orders", 2).await;
+    assert!(
+        watching.log().contains("\"trigger\":\"commit\""),
+        "a fetch tick triggered the pass: {}",
+        watching.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_backs_off_a_failing_cluster_and_applies_the_others() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    w.commit_shape("billing", &BILLING);
+    // Someone else's apply holds orders' lock: every apply of orders fails until it is gone.
+    let (mut etcd, lease) = w.hold_apply_lock("orders", 300).await;
+    let watching = w.watch(0).await;
+    w.until_instances("billing", 3).await;
+    let waits = || -> Vec<u64> {
+        watching
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["msg"] == "apply failed; backing off" && v["cluster"] == "orders")
+            .filter_map(|v| v["retry_in_s"].as_u64())
+            .collect()
+    };
+    spilo_e2e::wait::until(
+        "three failed applies of orders",
+        Duration::from_secs(60),
+        || async { (waits().len() >= 3).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", watching.log()));
+    assert_eq!(
+        &waits()[..3],
+        [2, 4, 8],
+        "exponential backoff: {}",
+        watching.log()
+    );
+    let metrics = watching.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spilo_cluster_errors_total{cluster=\"orders\"} ")),
+        "{metrics}"
+    );
+    // Once the lock is gone, the next attempt applies it.
+    etcd.lease_revoke(lease).await.expect("release");
+    w.until_instances("orders", 3).await;
+    // Passes come from resyncs and commits only, not from the watcher reading the repository.
+    let passes = watching
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"msg\":\"plan started\"") && l.contains("\"trigger\":\"commit\""))
+        .count();
+    assert_eq!(
+        passes,
+        0,
+        "no commit was made while watching: {}",
+        watching.log()
+    );
+}
