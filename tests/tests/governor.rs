@@ -45,16 +45,8 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas() -
 async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_body(
     c: &mut Cluster,
 ) -> anyhow::Result<()> {
-    c.start_all()?;
-    let primary = c.wait_primary(BOOT).await?;
-    let replicas: Vec<String> = c
-        .members
-        .iter()
-        .map(|m| m.name.clone())
-        .filter(|n| *n != primary)
-        .collect();
+    let (primary, replicas) = c.start_streaming(BOOT).await?;
     for r in &replicas {
-        c.wait_streaming(r, BOOT).await?;
         assert_eq!(
             c.http_code(r, "/primary").await,
             Some(503),
