@@ -169,6 +169,35 @@ pub struct RestApiConfig {
     /// The `host:port` other members use (default: `listen`).
     #[serde(default)]
     pub connect_address: Option<String>,
+    /// Credentials the mutating endpoints (switchover, failover, restart, reload,
+    /// reinitialize, `PATCH /config`) require; without them those endpoints are disabled.
+    /// Reads (health checks, status) stay open.
+    #[serde(default)]
+    pub auth: Option<ApiAuthConfig>,
+}
+
+/// REST API credentials: a bearer token, basic auth, or both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAuthConfig {
+    /// A token sent as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// The user name for basic auth.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password for basic auth.
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+}
+
+/// Resolved REST API credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiCredentials {
+    /// The bearer token.
+    pub token: Option<String>,
+    /// The basic-auth user and password.
+    pub basic: Option<(String, String)>,
 }
 
 impl Default for RestApiConfig {
@@ -176,6 +205,7 @@ impl Default for RestApiConfig {
         Self {
             listen: default_api_listen(),
             connect_address: None,
+            auth: None,
         }
     }
 }
@@ -284,6 +314,8 @@ pub struct Loaded {
     pub superuser_password: String,
     /// The replication password.
     pub replication_password: String,
+    /// The REST API's credentials; `None` disables its mutating endpoints.
+    pub api_auth: Option<ApiCredentials>,
 }
 
 impl GovernorConfig {
@@ -356,6 +388,33 @@ impl GovernorConfig {
                 ));
             }
         }
+        if let Some(auth) = &self.restapi.auth {
+            match (&auth.token, &auth.username, &auth.password) {
+                (None, None, None) => {
+                    return Err(bad("restapi.auth", "set token, or username and password"));
+                }
+                (_, Some(_), None) | (_, None, Some(_)) => {
+                    return Err(bad("restapi.auth", "username and password go together"));
+                }
+                (_, Some(u), _) if u.is_empty() || u.contains(':') => {
+                    return Err(bad(
+                        "restapi.auth.username",
+                        "must be non-empty and contain no ':'",
+                    ));
+                }
+                _ => {}
+            }
+            for (field, secret) in [
+                ("restapi.auth.token", &auth.token),
+                ("restapi.auth.password", &auth.password),
+            ] {
+                if let Some(secret) = secret
+                    && secret.env.is_some() == secret.file.is_some()
+                {
+                    return Err(bad(field, "set exactly one of env or file"));
+                }
+            }
+        }
         self.ha.check(path)
     }
 
@@ -403,11 +462,26 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         path,
         "postgresql.authentication.replication.password",
     )?;
+    let api_auth = match &config.restapi.auth {
+        None => None,
+        Some(auth) => Some(ApiCredentials {
+            token: auth
+                .token
+                .as_ref()
+                .map(|t| resolve(t, path, "restapi.auth.token"))
+                .transpose()?,
+            basic: match (&auth.username, &auth.password) {
+                (Some(u), Some(p)) => Some((u.clone(), resolve(p, path, "restapi.auth.password")?)),
+                _ => None,
+            },
+        }),
+    };
     Ok(Loaded {
         config,
         path: path.to_path_buf(),
         superuser_password,
         replication_password,
+        api_auth,
     })
 }
 
@@ -428,7 +502,7 @@ fn resolve(secret: &SecretRef, path: &Path, field: &str) -> Result<String, Confi
         (None, None) => return Err(err("set exactly one of env or file".into())),
     };
     if value.is_empty() {
-        return Err(err("the password is empty".into()));
+        return Err(err("the secret is empty".into()));
     }
     Ok(value)
 }
@@ -558,5 +632,22 @@ postgresql:
     fn keepalive_and_fence_fit_inside_the_lease() {
         let ha = HaSettings::default();
         assert!(ha.keepalive_interval() * 3 + ha.fence_margin() < ha.ttl());
+    }
+
+    #[test]
+    fn restapi_auth_needs_a_token_or_a_full_basic_pair() {
+        let with = |auth: &str| parse(&format!("{MINIMAL}restapi: {{auth: {auth}}}\n"));
+        let ok = with("{token: {env: T}}").expect("token");
+        assert!(ok.restapi.auth.is_some_and(|a| a.token.is_some()));
+        with("{username: admin, password: {file: /p}}").expect("basic");
+        for (bad, why) in [
+            ("{}", "set token, or username and password"),
+            ("{username: admin}", "go together"),
+            ("{token: {env: T, file: /t}}", "exactly one of env or file"),
+            ("{username: 'a:b', password: {env: P}}", "contain no ':'"),
+        ] {
+            let e = with(bad).expect_err(bad).to_string();
+            assert!(e.contains("restapi.auth") && e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -12,6 +12,7 @@
 //! | `config` | created once by the bootstrap leader if absent; afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
 //! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
+//! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
 
@@ -39,6 +40,8 @@ pub enum KeyKind {
     History,
     /// `apply-lock`: held by the `spilo apply` changing this cluster.
     ApplyLock,
+    /// `switchover`: a requested switchover or manual failover.
+    Switchover,
 }
 
 impl Keyspace {
@@ -85,6 +88,11 @@ impl Keyspace {
         format!("{}apply-lock", self.prefix)
     }
 
+    /// `switchover`.
+    pub fn switchover(&self) -> String {
+        format!("{}switchover", self.prefix)
+    }
+
     /// `history`.
     pub fn history(&self) -> String {
         format!("{}history", self.prefix)
@@ -109,6 +117,7 @@ impl Keyspace {
             "config" => Some(KeyKind::Config),
             "history" => Some(KeyKind::History),
             "apply-lock" => Some(KeyKind::ApplyLock),
+            "switchover" => Some(KeyKind::Switchover),
             _ => rest
                 .strip_prefix("members/")
                 .and_then(|n| MemberName::new(n).ok())
@@ -145,6 +154,7 @@ mod tests {
         assert_eq!(k.classify(&k.config()), Some(KeyKind::Config));
         assert_eq!(k.classify(&k.history()), Some(KeyKind::History));
         assert_eq!(k.classify(&k.apply_lock()), Some(KeyKind::ApplyLock));
+        assert_eq!(k.classify(&k.switchover()), Some(KeyKind::Switchover));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));
         assert_eq!(k.classify("/service/other/leader"), None);

@@ -5,12 +5,14 @@
 //! This crate is synchronous and performs no I/O: no etcd client, no tokio, no PostgreSQL.
 //! Both programs depend on it so that the layout of `/service/<scope>/` is defined exactly once.
 
+pub mod config_edit;
 pub mod keys;
 pub mod lsn;
 pub mod member;
 pub mod names;
 pub mod spec;
 pub mod summary;
+pub mod switchover;
 
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
@@ -19,3 +21,4 @@ pub use member::{
 };
 pub use names::{ClusterName, InvalidName, MemberName, NameError};
 pub use summary::{ClusterSummary, MemberRow, NodeStatus, summarize};
+pub use switchover::SwitchoverRequest;

@@ -175,6 +175,16 @@ pub struct ClusterConfig {
     /// re-clone; the governors keep their keys and keep reporting.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pause: bool,
+    /// Synchronous replication managed by the primary; failover only to a member named in
+    /// the `sync` key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous_mode: bool,
+    /// With `synchronous_mode`: block writes rather than run without a synchronous standby.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous_mode_strict: bool,
+    /// With `synchronous_mode`: how many synchronous standbys (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_node_count: Option<u32>,
 }
 
 #[cfg(test)]

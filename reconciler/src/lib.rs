@@ -15,4 +15,5 @@ pub mod init;
 pub mod list;
 pub mod local;
 pub mod member_config;
+pub mod operate;
 pub mod spec;

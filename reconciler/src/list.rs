@@ -2,11 +2,7 @@
 //! etcd (the `leader` and `members/*` keys), as text or JSON.
 
 use anyhow::Context;
-use etcd_client::GetOptions;
-use spilo_model::{
-    ClusterName, ClusterSummary, KeyKind, Keyspace, MemberName, MemberStatus, summarize,
-};
-use std::collections::BTreeMap;
+use spilo_model::{ClusterName, ClusterSummary, Keyspace, summarize};
 
 /// Reads the member table of `scope` from etcd at `endpoints`.
 pub async fn read_summary(
@@ -14,50 +10,14 @@ pub async fn read_summary(
     namespace: &str,
     scope: &ClusterName,
 ) -> anyhow::Result<ClusterSummary> {
-    let timeout = crate::etcd::TIMEOUT;
-    let mut client = crate::etcd::connect(endpoints)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let keys = Keyspace::with_namespace(namespace, scope);
-    let resp = tokio::time::timeout(
-        timeout,
-        client.get(keys.prefix(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out"))
-    .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("read {} from etcd", keys.prefix()))?;
-    let mut leader = None;
-    let mut paused = false;
-    let mut members: BTreeMap<MemberName, MemberStatus> = BTreeMap::new();
-    for kv in resp.kvs() {
-        let Ok(key) = kv.key_str() else { continue };
-        match keys.classify(key) {
-            Some(KeyKind::Leader) => {
-                leader = std::str::from_utf8(kv.value())
-                    .ok()
-                    .and_then(|s| MemberName::new(s).ok());
-            }
-            Some(KeyKind::Config) => {
-                paused = serde_json::from_slice::<spilo_model::ClusterConfig>(kv.value())
-                    .is_ok_and(|c| c.pause);
-            }
-            Some(KeyKind::Member(name)) => {
-                let status = serde_json::from_slice(kv.value())
-                    .with_context(|| format!("{key} does not hold a member status"))?;
-                members.insert(name, status);
-            }
-            _ => {}
-        }
-    }
-    if members.is_empty() && leader.is_none() {
-        anyhow::bail!(
-            "no cluster named {scope} in etcd (nothing under {})",
-            keys.prefix()
-        );
-    }
-    let mut summary = summarize(scope, leader.as_ref(), &members);
-    summary.paused = paused;
+    let state = crate::operate::read_state(&crate::operate::Target {
+        cluster: scope.clone(),
+        etcd: endpoints.to_vec(),
+        namespace: namespace.to_string(),
+    })
+    .await?;
+    let mut summary = summarize(scope, state.leader.as_ref(), &state.members);
+    summary.paused = state.cluster_config().pause;
     Ok(summary)
 }
 

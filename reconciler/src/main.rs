@@ -1,7 +1,6 @@
 //! The `spilo` binary: argument parsing, output and exit codes. The work is in the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use spilo_model::ClusterName;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,6 +74,28 @@ enum Command {
     Pause(EtcdTarget),
     /// Maintenance mode off.
     Resume(EtcdTarget),
+    /// Move the primary role to a replica (now, or --at a time), without losing a commit.
+    Switchover(spilo::operate::commands::SwitchoverArgs),
+    /// Promote a named member when there is no healthy primary (also in maintenance mode).
+    Failover(spilo::operate::commands::FailoverArgs),
+    /// Restart PostgreSQL: replicas first, then the primary (--pending: by a switchover).
+    Restart(spilo::operate::commands::MemberArgs),
+    /// Rewrite PostgreSQL's configuration and reload it on every member (or one).
+    Reload(spilo::operate::commands::MemberArgs),
+    /// Throw a replica's data away and copy the primary again.
+    Reinit(spilo::operate::commands::MemberArgs),
+    /// The promotions of a cluster: timeline, switch point, when, who and why.
+    History {
+        #[command(flatten)]
+        target: EtcdTarget,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print the cluster's dynamic configuration (etcd `config`) as YAML.
+    ShowConfig(EtcdTarget),
+    /// Change the cluster's dynamic configuration (--set, --pg, or $EDITOR); shows the diff.
+    EditConfig(spilo::operate::config::EditArgs),
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
     #[command(hide = true)]
     Schema,
@@ -88,23 +109,7 @@ enum Command {
     },
 }
 
-/// A running cluster in etcd.
-#[derive(clap::Args)]
-struct EtcdTarget {
-    /// The cluster (etcd scope).
-    cluster: ClusterName,
-    /// etcd client endpoints, comma separated.
-    #[arg(
-        long,
-        env = "SPILO_ETCD",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:2379"
-    )]
-    etcd: Vec<String>,
-    /// The etcd key namespace.
-    #[arg(long, default_value = "/service")]
-    namespace: String,
-}
+use spilo::operate::Target as EtcdTarget;
 
 async fn set_pause(t: EtcdTarget, pause: bool) -> anyhow::Result<ExitCode> {
     spilo::list::set_pause(&t.etcd, &t.namespace, &t.cluster, pause).await?;
@@ -117,6 +122,10 @@ async fn set_pause(t: EtcdTarget, pause: bool) -> anyhow::Result<ExitCode> {
         println!("{}: maintenance mode off", t.cluster);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn ok(r: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    r.map(|()| ExitCode::SUCCESS)
 }
 
 fn local_layout(state_dir: Option<PathBuf>) -> anyhow::Result<spilo::local::state::Layout> {
@@ -227,6 +236,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         )),
         Command::Watch(args) => Ok(ExitCode::from(spilo::drift::watch::watch(args).await?)),
         Command::Drift(args) => Ok(ExitCode::from(spilo::drift::report::run(args).await?)),
+        Command::Switchover(a) => ok(spilo::operate::commands::switchover(a).await),
+        Command::Failover(a) => ok(spilo::operate::commands::failover(a).await),
+        Command::Restart(a) => ok(spilo::operate::commands::restart(a).await),
+        Command::Reload(a) => ok(spilo::operate::commands::reload(a).await),
+        Command::Reinit(a) => ok(spilo::operate::commands::reinit(a).await),
+        Command::History { target, format } => {
+            ok(spilo::operate::commands::history(target, matches!(format, Format::Json)).await)
+        }
+        Command::ShowConfig(t) => ok(spilo::operate::config::show(t).await),
+        Command::EditConfig(a) => ok(spilo::operate::config::edit(a).await),
         Command::Pause(t) => set_pause(t, true).await,
         Command::Resume(t) => set_pause(t, false).await,
         Command::Schema => {

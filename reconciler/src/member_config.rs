@@ -25,6 +25,8 @@ pub struct Placement {
     pub superuser: String,
     /// The replication user's password reference.
     pub replication: String,
+    /// The REST API token reference; `None` leaves the mutating endpoints disabled.
+    pub api_token: Option<String>,
     /// Whether the cluster's PostgreSQL parameters go into the file. On AWS they live only in
     /// etcd `config` (which the governors merge in), so changing one never changes the
     /// launch template.
@@ -74,9 +76,14 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
             let _ = writeln!(out, "    - \"{}\"", line.replace('"', "\\\""));
         }
     }
+    let auth = at
+        .api_token
+        .as_ref()
+        .map(|t| format!(", auth: {{token: {t}}}"))
+        .unwrap_or_default();
     let _ = write!(
         out,
-        "restapi: {{listen: {api}}}\n\
+        "restapi: {{listen: {api}{auth}}}\n\
          ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}}}\n",
         api = at.api_listen,
         ttl = ha.ttl,

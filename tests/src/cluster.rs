@@ -15,6 +15,9 @@ use tokio_postgres::NoTls;
 /// The superuser password every test cluster uses.
 pub const SUPERUSER_PASSWORD: &str = "e2e-superuser-secret";
 
+/// The REST API token every test cluster's governors require for mutating endpoints.
+pub const API_TOKEN: &str = "e2e-api-token";
+
 /// How a test cluster is set up.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -112,6 +115,7 @@ impl Cluster {
         for (file, value) in [
             ("superuser", SUPERUSER_PASSWORD),
             ("replication", "e2e-replication-secret"),
+            ("restapi-token", API_TOKEN),
         ] {
             let p = secrets.join(file);
             std::fs::write(&p, value)?;
@@ -200,7 +204,7 @@ impl Cluster {
                authentication:\n    \
                  superuser: {{username: postgres, password: {{file: {secrets}/superuser}}}}\n    \
                  replication: {{username: replicator, password: {{file: {secrets}/replication}}}}\n\
-             restapi: {{listen: 127.0.0.1:{api}}}\n\
+             restapi: {{listen: 127.0.0.1:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}}}\n\
              ha: {ha}\n{extra}",
             scope = self.scope,
             name = m.name,
@@ -373,6 +377,34 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+
+    /// Runs an operator command of the `spilo` CLI against this cluster without blocking the
+    /// runtime: `spilo <command> <scope> <args> --etcd <etcd>`, plus `--token <API_TOKEN>` for
+    /// the commands that go through the REST API.
+    pub async fn operate(&self, command: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let mut cmd = tokio::process::Command::new(&self.spilo);
+        cmd.arg(command)
+            .arg(&self.scope)
+            .args(args)
+            .args(["--etcd", &self.etcd.client_addr]);
+        if ["switchover", "failover", "restart", "reload", "reinit"].contains(&command) {
+            cmd.args(["--token", API_TOKEN]);
+        }
+        let out = cmd.output().await?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
+    /// The governor log of a member.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.member(name).log_path()).unwrap_or_default()
     }
 
     /// The governor log lines of a member at ERROR level that match none of `allowed`.

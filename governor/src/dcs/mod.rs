@@ -14,7 +14,9 @@ pub mod view;
 pub mod watch;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
-use spilo_model::{ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus};
+use spilo_model::{
+    ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest,
+};
 use std::future::Future;
 use std::time::Duration;
 
@@ -161,6 +163,92 @@ impl Dcs {
                 Compare::lease(key.clone(), CompareOp::Equal, lease),
             ])
             .and_then([TxnOp::delete(key, None)]);
+        self.txn(txn).await
+    }
+
+    /// Moves `leader` from this member (bound to `lease`) to `to`, bound to `to_lease`, and
+    /// removes the switchover request, in one transaction. It succeeds only if the key still
+    /// names this member with this lease and `to`'s member key is still bound to `to_lease`:
+    /// there is never a moment without a leader key for anyone else to race for.
+    pub async fn hand_over_leader(
+        &self,
+        lease: i64,
+        to: &MemberName,
+        to_lease: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([
+                Compare::value(key.clone(), CompareOp::Equal, self.me.as_str()),
+                Compare::lease(key.clone(), CompareOp::Equal, lease),
+                Compare::lease(self.keys.member(to), CompareOp::Equal, to_lease),
+            ])
+            .and_then([
+                TxnOp::put(
+                    key,
+                    to.as_str(),
+                    Some(PutOptions::new().with_lease(to_lease)),
+                ),
+                TxnOp::delete(self.keys.switchover(), None),
+            ]);
+        self.txn(txn).await
+    }
+
+    /// Writes a switchover request unless one is pending. Returns whether it was written.
+    pub async fn request_switchover(&self, req: &SwitchoverRequest) -> Result<bool, DcsError> {
+        let key = self.keys.switchover();
+        let value = encode(&key, req)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.txn(txn).await
+    }
+
+    /// Removes the switchover request if it is still `req` (a newer request stays).
+    pub async fn clear_switchover(&self, req: &SwitchoverRequest) -> Result<bool, DcsError> {
+        let key = self.keys.switchover();
+        let value = encode(&key, req)?;
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
+            .and_then([TxnOp::delete(key, None)]);
+        self.txn(txn).await
+    }
+
+    /// Removes any switchover request. Returns whether there was one.
+    pub async fn cancel_switchover(&self) -> Result<bool, DcsError> {
+        let resp = bounded(
+            self.timeout,
+            self.client.clone().delete(self.keys.switchover(), None),
+        )
+        .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// The `config` value and its revision (0 when absent).
+    pub async fn read_config(&self) -> Result<(Option<serde_json::Value>, i64), DcsError> {
+        let key = self.keys.config();
+        let resp = bounded(self.timeout, self.client.clone().get(key.clone(), None)).await?;
+        Ok(match resp.kvs().first() {
+            Some(kv) => (serde_json::from_slice(kv.value()).ok(), kv.mod_revision()),
+            None => (None, 0),
+        })
+    }
+
+    /// Writes `config` if its revision is still `revision`. Returns whether it was written.
+    pub async fn write_config(
+        &self,
+        config: &ClusterConfig,
+        revision: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.config();
+        let value = encode(&key, config)?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
         self.txn(txn).await
     }
 

@@ -46,6 +46,7 @@ pub async fn read_view(
             },
             KeyKind::Member(name) => match serde_json::from_slice(value) {
                 Ok(status) => {
+                    view.member_leases.insert(name.clone(), kv.lease());
                     view.members.insert(name, status);
                 }
                 Err(e) => {
@@ -62,6 +63,12 @@ pub async fn read_view(
                 Ok(history) => view.history = history,
                 Err(e) => {
                     tracing::warn!(key, error = %e, "ignoring a history key that does not parse")
+                }
+            },
+            KeyKind::Switchover => match serde_json::from_slice(value) {
+                Ok(request) => view.switchover = Some(request),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring a switchover key that does not parse")
                 }
             },
             // The reconciler's lock; nothing the governor decides on.

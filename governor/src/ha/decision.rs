@@ -58,6 +58,21 @@ pub enum Decision {
     },
     /// Stay primary: the lease is renewed by its own task; manage replication slots and history.
     Lead,
+    /// Hand the primary role to `to`: CHECKPOINT, stop PostgreSQL (fast: the replicas receive
+    /// every WAL record), check `to` received the shutdown checkpoint, then move the leader key
+    /// to `to` bound to its lease `lease` in one compare-and-swap. Any failure before the
+    /// hand-over restarts this primary and drops the request.
+    Switchover {
+        /// The new leader.
+        to: MemberName,
+        /// The lease of its member key.
+        lease: i64,
+    },
+    /// Remove the switchover request: done, stale or refused.
+    ClearSwitchover {
+        /// Why.
+        why: String,
+    },
     /// Stop accepting writes at once (immediate shutdown); the next decisions rejoin as a replica.
     Demote {
         /// Why.
@@ -92,6 +107,8 @@ impl Decision {
             Decision::AcquireLeader { .. } => "acquire_leader",
             Decision::Promote { .. } => "promote",
             Decision::Lead => "lead",
+            Decision::Switchover { .. } => "switchover",
+            Decision::ClearSwitchover { .. } => "clear_switchover",
             Decision::Demote { .. } => "demote",
             Decision::ReleaseLeader { .. } => "release_leader",
             Decision::Wait { .. } => "wait",
@@ -120,6 +137,12 @@ impl fmt::Display for Decision {
             Decision::AcquireLeader { why } => write!(f, "acquire leader key: {why}"),
             Decision::Promote { why } => write!(f, "promote: {why}"),
             Decision::Lead => write!(f, "lead: holding the leader key as the running primary"),
+            Decision::Switchover { to, .. } => {
+                write!(f, "switchover: hand the primary role to {to}")
+            }
+            Decision::ClearSwitchover { why } => {
+                write!(f, "remove the switchover request: {why}")
+            }
             Decision::Demote { why } => write!(f, "demote: {why}"),
             Decision::ReleaseLeader { why } => write!(f, "release leader key: {why}"),
             Decision::Wait { why } => write!(f, "wait: {why}"),

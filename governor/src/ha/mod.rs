@@ -16,6 +16,7 @@
 pub mod candidate;
 mod decision;
 mod snapshot;
+pub mod switchover;
 
 pub use decision::{Decision, StartAs};
 pub use snapshot::{
@@ -49,16 +50,29 @@ pub struct HaConfig {
 /// allowed: leading, following, waiting, and demoting a primary that lost its leader key
 /// (safety does not pause). Promotion, leader races, starts, clones, rewinds and hand-overs
 /// become a `Wait` that says what would have happened.
+/// A manual failover (an operator's explicit choice) is let through too.
 pub fn decide(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
     let d = decide_unpaused(s, cfg, now);
-    let paused = matches!(&s.dcs, DcsView::Known(v) if v.config.as_ref().is_some_and(|c| c.pause));
+    let (paused, manual_failover) = match &s.dcs {
+        DcsView::Known(v) => (
+            v.paused(),
+            v.switchover.as_ref().is_some_and(|r| r.failover),
+        ),
+        DcsView::Unreachable { .. } => (false, false),
+    };
     match d {
         d if !paused => d,
         d @ (Decision::Lead
         | Decision::Follow { .. }
         | Decision::Wait { .. }
         | Decision::Fatal { .. }
-        | Decision::Demote { .. }) => d,
+        | Decision::Demote { .. }
+        | Decision::ClearSwitchover { .. }) => d,
+        d @ (Decision::AcquireLeader { .. } | Decision::ReleaseLeader { .. })
+            if manual_failover =>
+        {
+            d
+        }
         other => Decision::Wait {
             why: format!("paused (maintenance mode); would {other}"),
         },
@@ -167,13 +181,16 @@ fn dcs_unreachable(s: &Snapshot, cfg: &HaConfig, now: Instant, why: &str) -> Dec
 fn running_primary(
     s: &Snapshot,
     view: &ClusterView,
-    _cfg: &HaConfig,
+    cfg: &HaConfig,
     _now: Instant,
     i_lead: bool,
     lease_ok: bool,
 ) -> Decision {
     if i_lead && lease_ok {
-        return Decision::Lead;
+        return match &view.switchover {
+            Some(req) => switchover::as_leader(s, view, cfg, req),
+            None => Decision::Lead,
+        };
     }
     let why = match &view.leader {
         _ if i_lead => "the leader lease is about to end and could not be renewed".to_string(),
@@ -241,11 +258,17 @@ fn running_replica(
                 leader: leader.name.clone(),
             }
         }
-        None => race(s, cfg, lease_ok, pg),
+        None => race(s, view, cfg, lease_ok, pg),
     }
 }
 
-fn race(s: &Snapshot, cfg: &HaConfig, lease_ok: bool, pg: &RunningPg) -> Decision {
+fn race(
+    s: &Snapshot,
+    view: &ClusterView,
+    cfg: &HaConfig,
+    lease_ok: bool,
+    pg: &RunningPg,
+) -> Decision {
     if s.tags.nofailover {
         return Decision::Wait {
             why: "no leader, and this member is tagged nofailover".into(),
@@ -256,6 +279,13 @@ fn race(s: &Snapshot, cfg: &HaConfig, lease_ok: bool, pg: &RunningPg) -> Decisio
             why: "no leader, and this member has no valid etcd lease to take leadership with"
                 .into(),
         };
+    }
+    if let Some(d) = view
+        .switchover
+        .as_ref()
+        .and_then(|r| switchover::without_leader(s, r))
+    {
+        return d;
     }
     let me = candidate::Candidate {
         name: s.me.clone(),
@@ -310,6 +340,7 @@ fn stopped(
     let DataDir::Initialized {
         was_primary,
         timeline,
+        clean_checkpoint,
         ..
     } = &s.local.data
     else {
@@ -323,6 +354,13 @@ fn stopped(
                 why: "holding the leader key with a lease about to end; not starting PostgreSQL"
                     .into(),
             };
+        }
+        if let Some(d) = view
+            .switchover
+            .as_ref()
+            .and_then(|r| switchover::leader_down(s, r))
+        {
+            return d;
         }
         if !*was_primary {
             return Decision::Start {
@@ -358,6 +396,19 @@ fn stopped(
         Some(leader) => match running_primary_status(view, &leader.name) {
             Some(status) => {
                 let leader_tl = status.timeline.unwrap_or_default();
+                if let Some(why) =
+                    follows_cleanly(*clean_checkpoint, *timeline, leader_tl, &view.history)
+                {
+                    return Decision::Start {
+                        role: StartAs::Replica {
+                            upstream: Some(leader.name.clone()),
+                        },
+                        why: format!(
+                            "{why}; starting as a replica of {} without pg_rewind",
+                            leader.name
+                        ),
+                    };
+                }
                 if *was_primary || *timeline < leader_tl {
                     // pg_rewind compares the histories exactly and is cheap when nothing
                     // diverged, so stopped data that was a primary or lags a timeline behind is
@@ -413,6 +464,29 @@ fn running_leader(view: &ClusterView) -> Option<MemberName> {
     running_primary_status(view, &leader.name).map(|_| leader.name.clone())
 }
 
+/// Why a primary that shut down cleanly at `checkpoint` on `timeline` can follow a leader on
+/// `leader_tl` as it is: the next timeline began after its shutdown checkpoint, so every record
+/// it has is also the new primary's (the case of a switchover, whose candidate received the
+/// shutdown checkpoint before it was promoted). `None`: pg_rewind must decide.
+fn follows_cleanly(
+    checkpoint: Option<Lsn>,
+    timeline: TimelineId,
+    leader_tl: TimelineId,
+    history: &[HistoryEntry],
+) -> Option<String> {
+    let checkpoint = checkpoint?;
+    if leader_tl <= timeline {
+        return None;
+    }
+    let next = TimelineId(timeline.0 + 1);
+    let switch = history.iter().find(|h| h.timeline == next)?.switch_lsn;
+    (checkpoint < switch).then(|| {
+        format!(
+            "this primary shut down cleanly at {checkpoint} on timeline {timeline}, before timeline {next} began at {switch}"
+        )
+    })
+}
+
 /// Whether a running replica on `timeline` at `lsn` has diverged from a leader on `leader_tl`,
 /// by the switch points recorded in `history`. `None` means it can follow by streaming (with
 /// `recovery_target_timeline = latest` it switches timelines by itself).
@@ -446,5 +520,7 @@ fn diverged(
     }
 }
 
+#[cfg(test)]
+mod switchover_tests;
 #[cfg(test)]
 mod tests;

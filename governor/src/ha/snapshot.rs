@@ -3,7 +3,8 @@
 //! runtime builds it, tests write it by hand.
 
 use spilo_model::{
-    ClusterConfig, HistoryEntry, MemberName, MemberStatus, MemberTags, TimelineId, WalPositions,
+    ClusterConfig, HistoryEntry, Lsn, MemberName, MemberStatus, MemberTags, SwitchoverRequest,
+    TimelineId, WalPositions,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,9 +24,13 @@ pub struct Snapshot {
     pub local: LocalState,
     /// The other members' own answers, fetched only while the cluster has no leader.
     pub peers: Vec<PeerView>,
+    /// Wall-clock time as Unix seconds, for scheduled switchovers.
+    pub unix_now: u64,
 }
 
 /// etcd as seen by this member.
+// One per loop pass and never stored in bulk: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum DcsView {
     /// A consistent read of the cluster's keys.
@@ -50,6 +55,17 @@ pub struct ClusterView {
     pub history: Vec<HistoryEntry>,
     /// `config`.
     pub config: Option<ClusterConfig>,
+    /// `switchover`: a pending switchover or manual failover request.
+    pub switchover: Option<SwitchoverRequest>,
+    /// The lease each member key is bound to (the lease a leader key handed to it must carry).
+    pub member_leases: BTreeMap<MemberName, i64>,
+}
+
+impl ClusterView {
+    /// Whether maintenance mode is on.
+    pub fn paused(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.pause)
+    }
 }
 
 /// The `leader` key.
@@ -104,6 +120,10 @@ pub enum DataDir {
         was_primary: bool,
         /// Its timeline.
         timeline: TimelineId,
+        /// After a clean shutdown of a primary: the location of the shutdown checkpoint, the
+        /// last record of its WAL. Lets it follow a new timeline that began after that point
+        /// without pg_rewind.
+        clean_checkpoint: Option<Lsn>,
     },
 }
 

@@ -5,13 +5,13 @@ use super::*;
 use spilo_model::{MemberStatus, MemberTags, WalPositions};
 use std::collections::BTreeMap;
 
-const LEASE: i64 = 7;
+pub(super) const LEASE: i64 = 7;
 
-fn name(s: &str) -> MemberName {
+pub(super) fn name(s: &str) -> MemberName {
     MemberName::new(s).expect("valid name")
 }
 
-fn cfg() -> HaConfig {
+pub(super) fn cfg() -> HaConfig {
     HaConfig {
         maximum_lag_on_failover: 1000,
         primary_start_timeout: Duration::from_secs(30),
@@ -21,7 +21,7 @@ fn cfg() -> HaConfig {
     }
 }
 
-fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) -> MemberStatus {
+pub(super) fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) -> MemberStatus {
     MemberStatus {
         conn_url: "postgres://127.0.0.1:5432/postgres".into(),
         api_url: "http://127.0.0.1:8008".into(),
@@ -45,23 +45,23 @@ fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) -> MemberStat
     }
 }
 
-fn replica(tl: u32, lsn: u64) -> MemberStatus {
+pub(super) fn replica(tl: u32, lsn: u64) -> MemberStatus {
     member(MemberRole::Replica, MemberState::Running, tl, lsn)
 }
 
-fn primary(tl: u32, lsn: u64) -> MemberStatus {
+pub(super) fn primary(tl: u32, lsn: u64) -> MemberStatus {
     member(MemberRole::Primary, MemberState::Running, tl, lsn)
 }
 
-struct World {
-    now: Instant,
-    snap: Snapshot,
+pub(super) struct World {
+    pub(super) now: Instant,
+    pub(super) snap: Snapshot,
 }
 
 impl World {
     /// m1, an initialized replica with a valid lease, in a cluster whose sysid matches and
     /// that has no leader.
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let now = Instant::now();
         let snap = Snapshot {
             me: name("m1"),
@@ -79,6 +79,7 @@ impl World {
                     sysid: "7000".into(),
                     was_primary: false,
                     timeline: TimelineId(1),
+                    clean_checkpoint: None,
                 },
                 postgres: PgState::Running(RunningPg {
                     in_recovery: true,
@@ -97,18 +98,19 @@ impl World {
                 primary_down_since: None,
             },
             peers: vec![],
+            unix_now: 1_000_000,
         };
         World { now, snap }
     }
 
-    fn view(&mut self) -> &mut ClusterView {
+    pub(super) fn view(&mut self) -> &mut ClusterView {
         match &mut self.snap.dcs {
             DcsView::Known(v) => v,
             DcsView::Unreachable { .. } => panic!("test world has no view"),
         }
     }
 
-    fn leader(&mut self, who: &str, lease: i64) -> &mut Self {
+    pub(super) fn leader(&mut self, who: &str, lease: i64) -> &mut Self {
         self.view().leader = Some(LeaderKey {
             name: name(who),
             lease,
@@ -116,12 +118,12 @@ impl World {
         self
     }
 
-    fn member(&mut self, who: &str, st: MemberStatus) -> &mut Self {
+    pub(super) fn member(&mut self, who: &str, st: MemberStatus) -> &mut Self {
         self.view().members.insert(name(who), st);
         self
     }
 
-    fn peer(&mut self, who: &str, st: Option<MemberStatus>) -> &mut Self {
+    pub(super) fn peer(&mut self, who: &str, st: Option<MemberStatus>) -> &mut Self {
         self.snap.peers.push(PeerView {
             name: name(who),
             status: st,
@@ -129,12 +131,12 @@ impl World {
         self
     }
 
-    fn pg(&mut self, pg: PgState) -> &mut Self {
+    pub(super) fn pg(&mut self, pg: PgState) -> &mut Self {
         self.snap.local.postgres = pg;
         self
     }
 
-    fn running_primary(&mut self) -> &mut Self {
+    pub(super) fn running_primary(&mut self) -> &mut Self {
         self.pg(PgState::Running(RunningPg {
             in_recovery: false,
             timeline: Some(TimelineId(1)),
@@ -149,26 +151,27 @@ impl World {
         }))
     }
 
-    fn data(&mut self, data: DataDir) -> &mut Self {
+    pub(super) fn data(&mut self, data: DataDir) -> &mut Self {
         self.snap.local.data = data;
         self
     }
 
-    fn stopped_data(&mut self, was_primary: bool, tl: u32) -> &mut Self {
+    pub(super) fn stopped_data(&mut self, was_primary: bool, tl: u32) -> &mut Self {
         self.data(DataDir::Initialized {
             sysid: "7000".into(),
             was_primary,
             timeline: TimelineId(tl),
+            clean_checkpoint: None,
         })
         .pg(PgState::Stopped)
     }
 
-    fn decide(&self) -> Decision {
+    pub(super) fn decide(&self) -> Decision {
         decide(&self.snap, &cfg(), self.now)
     }
 }
 
-fn kind(d: &Decision) -> &'static str {
+pub(super) fn kind(d: &Decision) -> &'static str {
     d.kind()
 }
 
@@ -230,6 +233,7 @@ fn a_foreign_data_directory_is_fatal() {
         sysid: "9999".into(),
         was_primary: false,
         timeline: TimelineId(1),
+        clean_checkpoint: None,
     });
     let d = w.decide();
     assert_eq!(kind(&d), "fatal");

@@ -2,7 +2,7 @@
 //! its system identifier, whether it was last a primary, and its timeline.
 
 use crate::ha::DataDir;
-use spilo_model::TimelineId;
+use spilo_model::{Lsn, TimelineId};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -56,12 +56,21 @@ impl ControlData {
         )
     }
 
+    /// The shutdown checkpoint's location when a primary shut down cleanly (`shut down`, not
+    /// `shut down in recovery`: a replica's last restartpoint is not the end of its WAL).
+    pub fn clean_primary_checkpoint(&self) -> Option<Lsn> {
+        (self.get("Database cluster state") == Some("shut down"))
+            .then(|| self.get("Latest checkpoint location")?.parse().ok())
+            .flatten()
+    }
+
     /// The data directory as the HA core sees it.
     pub fn to_data_dir(&self) -> Option<DataDir> {
         Some(DataDir::Initialized {
             sysid: self.sysid()?.to_string(),
             was_primary: self.was_primary(),
             timeline: self.timeline(),
+            clean_checkpoint: self.clean_primary_checkpoint(),
         })
     }
 }
@@ -110,9 +119,19 @@ Min recovery ending loc's timeline:   2
             Some(DataDir::Initialized {
                 sysid: "7311111111111111111".into(),
                 was_primary: false,
-                timeline: TimelineId(2)
+                timeline: TimelineId(2),
+                clean_checkpoint: None,
             })
         );
+    }
+
+    #[test]
+    fn a_cleanly_stopped_primary_reports_its_shutdown_checkpoint() {
+        let c = ControlData::parse(&SAMPLE.replace("in archive recovery", "shut down"));
+        assert_eq!(c.clean_primary_checkpoint(), Some(Lsn(0x3000060)));
+        let replica =
+            ControlData::parse(&SAMPLE.replace("in archive recovery", "shut down in recovery"));
+        assert_eq!(replica.clean_primary_checkpoint(), None);
     }
 
     #[test]

@@ -281,6 +281,25 @@ impl Instance {
         Ok(true)
     }
 
+    /// Rewrites `postgresql.conf` from the current settings and reloads (`POST /reload`).
+    pub async fn reload(&mut self) -> Result<(), crate::runtime::ActError> {
+        let up = self.upstream.clone();
+        let cluster = self.cluster_params.clone().unwrap_or_default();
+        self.write_conf(up.as_ref(), &cluster)?;
+        self.session.execute("SELECT pg_reload_conf()").await?;
+        Ok(())
+    }
+
+    /// The cluster parameters the running configuration was written with.
+    pub fn cluster_params(&self) -> BTreeMap<String, String> {
+        self.cluster_params.clone().unwrap_or_default()
+    }
+
+    /// The data directory's control file.
+    pub async fn controldata(&self) -> std::io::Result<controldata::ControlData> {
+        controldata::read(&self.bin_dir, &self.data_dir).await
+    }
+
     /// Starts PostgreSQL as a primary, or as a replica of `upstream` (idle and read-only when
     /// `None`). Returns once the postmaster is spawned; [`Instance::observe`] reports readiness.
     pub fn start(

@@ -241,6 +241,34 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the standby `application_name` streams from this primary right now.
+    pub async fn streams_to(&mut self, application_name: &str) -> Result<bool, SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+                     WHERE application_name = $1 AND state = 'streaming')",
+                    &[&application_name],
+                )
+                .await
+            })
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// A replica's last received and flushed WAL position (kept after its upstream stops).
+    pub async fn received_lsn(&mut self) -> Result<Option<Lsn>, SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one("SELECT pg_last_wal_receive_lsn()::text", &[])
+                    .await
+            })
+            .await?;
+        let s: Option<String> = row.try_get(0)?;
+        s.map(|s| s.parse().map_err(|e| SqlError::Unexpected(format!("{e}"))))
+            .transpose()
+    }
+
     /// Where timeline `tl` branched off its parent, from its `.history` file.
     pub async fn timeline_switch(&mut self, tl: TimelineId) -> Result<Option<Lsn>, SqlError> {
         let file = format!("pg_wal/{:08X}.history", tl.0);

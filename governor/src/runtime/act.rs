@@ -75,6 +75,22 @@ impl Governor {
             }
             Decision::Promote { why } => self.promote(why).await,
             Decision::Lead => self.lead(view).await,
+            Decision::Switchover { to, lease } => self.switchover(s, view, to, *lease).await,
+            Decision::ClearSwitchover { why } => {
+                if let Some(req) = view.and_then(|v| v.switchover.as_ref()) {
+                    self.dcs.clear_switchover(req).await?;
+                    let result = match &view.and_then(|v| v.leader.as_ref()) {
+                        Some(l) if req.candidate.as_ref() == Some(&l.name) => Ok(l.name.clone()),
+                        _ => Err(why.clone()),
+                    };
+                    *self.shared.switchover_outcome.write().await =
+                        Some(super::switchover::Outcome {
+                            request: req.clone(),
+                            result,
+                        });
+                }
+                Ok(())
+            }
             Decision::Demote { .. } => {
                 let _ = self.fence.send(None);
                 self.pg.stop(StopMode::Immediate).await;
@@ -158,7 +174,7 @@ impl Governor {
             retry_timeout: Some(ha.retry_timeout),
             maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
             postgresql_parameters: BTreeMap::new(),
-            pause: false,
+            ..Default::default()
         };
         self.dcs.create_config_if_absent(&config).await?;
         self.data = None;
@@ -227,6 +243,13 @@ impl Governor {
                 Ok(None) => tracing::warn!(timeline = %tl, "no history file for the new timeline"),
                 Err(e) => tracing::warn!(error = %e, "cannot read the new timeline's history"),
             }
+        }
+        // Record the promotion before this member publishes itself as primary, so a former
+        // primary that sees it lead also sees where its timeline began.
+        if let Some(entry) = self.pending_history.clone()
+            && self.dcs.append_history(&entry).await.is_ok()
+        {
+            self.pending_history = None;
         }
         self.wake.notify_one();
         Ok(())
@@ -339,7 +362,10 @@ fn cluster_params(view: Option<&ClusterView>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn upstream(view: Option<&ClusterView>, leader: &MemberName) -> Result<Upstream, ActError> {
+pub(super) fn upstream(
+    view: Option<&ClusterView>,
+    leader: &MemberName,
+) -> Result<Upstream, ActError> {
     let status = view
         .and_then(|v| v.members.get(leader))
         .ok_or_else(|| ActError::Other(format!("{leader} has no member key")))?;

@@ -85,6 +85,9 @@ impl Governor {
                 primary_down_since: self.primary_down_since,
             },
             peers,
+            unix_now: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         }
     }
 

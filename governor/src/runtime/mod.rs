@@ -11,12 +11,14 @@
 //! once instead of after the TTL.
 
 mod act;
+pub mod commands;
 pub mod fence;
 mod gather;
 pub mod peers;
+pub mod switchover;
 
 use crate::api;
-use crate::config::Loaded;
+use crate::config::{ApiCredentials, Loaded};
 use crate::dcs::{self, Dcs, DcsError};
 use crate::ha::{self, ClusterView, Decision, HaConfig, LeaseView};
 use crate::postgres::process::StopMode;
@@ -70,6 +72,18 @@ pub struct Shared {
     pub ttl: Duration,
     /// The lag limit for `/readiness`.
     pub maximum_lag_on_failover: u64,
+    /// etcd, for the API's reads and its switchover and config writes.
+    pub dcs: Dcs,
+    /// The HA settings, for the API's switchover pre-checks.
+    pub ha: HaConfig,
+    /// The credentials mutating endpoints require; `None` disables them.
+    pub auth: Option<ApiCredentials>,
+    /// Operator commands for the HA loop.
+    pub commands: tokio::sync::mpsc::Sender<commands::Command>,
+    /// Wakes the HA loop.
+    pub wake: Arc<Notify>,
+    /// The last switchover this member carried out or refused as leader.
+    pub switchover_outcome: RwLock<Option<switchover::Outcome>>,
 }
 
 /// The HA loop's own state.
@@ -92,6 +106,7 @@ pub(crate) struct Governor {
     last_decision: Option<Decision>,
     leader_seen: Option<ha::LeaderKey>,
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
+    commands: tokio::sync::mpsc::Receiver<commands::Command>,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
@@ -149,6 +164,14 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         cancel.clone(),
     ));
 
+    let ha = HaConfig {
+        maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
+        primary_start_timeout: Duration::from_secs(cfg.ha.primary_start_timeout),
+        max_primary_crashes: 3,
+        fence_margin: cfg.ha.fence_margin(),
+        rewind_check_after: Duration::from_secs(15),
+    };
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
     let shared = Arc::new(Shared {
         node: RwLock::new(gather::initial_node_status(&cfg)),
         view: RwLock::new(None),
@@ -157,19 +180,18 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         fence_margin: cfg.ha.fence_margin(),
         ttl: cfg.ha.ttl(),
         maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
+        dcs: dcs.clone(),
+        ha: ha.clone(),
+        auth: loaded.api_auth.clone(),
+        commands: commands_tx,
+        wake: wake.clone(),
+        switchover_outcome: RwLock::new(None),
     });
     let listener = tokio::net::TcpListener::bind(cfg.restapi.listen)
         .await
         .with_context(|| format!("listen for the REST API on {}", cfg.restapi.listen))?;
     tasks.spawn(api::serve(listener, shared.clone(), cancel.clone()));
 
-    let ha = HaConfig {
-        maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
-        primary_start_timeout: Duration::from_secs(cfg.ha.primary_start_timeout),
-        max_primary_crashes: 3,
-        fence_margin: cfg.ha.fence_margin(),
-        rewind_check_after: Duration::from_secs(15),
-    };
     let mut gov = Governor {
         loaded,
         dcs,
@@ -189,6 +211,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         last_decision: None,
         leader_seen: None,
         slot_absent_since: Default::default(),
+        commands: commands_rx,
     };
     let result = gov.ha_loop(&shutdown).await;
     gov.shutdown().await;
@@ -204,6 +227,7 @@ impl Governor {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
+            self.run_commands().await;
             let snapshot = self.gather().await;
             let now = Instant::now();
             let decision = ha::decide(&snapshot, &self.ha, now);

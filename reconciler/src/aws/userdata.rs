@@ -83,6 +83,11 @@ pub fn render(file: &ClusterFile) -> String {
             api_listen: "${LOCAL_IP}:8008".into(),
             superuser: "{file: /etc/spilo/superuser}".into(),
             replication: "{file: /etc/spilo/replication}".into(),
+            api_token: spec
+                .secrets
+                .restapi
+                .as_ref()
+                .map(|_| "{file: /etc/spilo/restapi}".into()),
             parameters_in_file: false,
         },
     );
@@ -115,10 +120,15 @@ pub fn render(file: &ClusterFile) -> String {
         spec.secrets.replication.as_ref(),
         region,
     );
+    let mut secret_files = "/etc/spilo/superuser /etc/spilo/replication".to_string();
+    if let Some(r) = &spec.secrets.restapi {
+        fetch_secret(&mut out, "restapi", Some(r), region);
+        secret_files.push_str(" /etc/spilo/restapi");
+    }
     let _ = write!(
         out,
-        "chown postgres:postgres /etc/spilo/superuser /etc/spilo/replication\n\
-         chmod 600 /etc/spilo/superuser /etc/spilo/replication\n\
+        "chown postgres:postgres {secret_files}\n\
+         chmod 600 {secret_files}\n\
          cat > /etc/spilo/governor.yaml <<SPILO_EOF\n{config}SPILO_EOF\n\
          exec runuser -u postgres -- governor run --config /etc/spilo/governor.yaml\n"
     );

@@ -149,7 +149,7 @@ impl LocalCluster {
         mkdir(&dir, 0o755, run_as)?;
         let secrets = dir.join("secrets");
         mkdir(&secrets, 0o700, run_as)?;
-        for s in ["superuser", "replication"] {
+        for s in ["superuser", "replication", "restapi-token"] {
             let p = secrets.join(s);
             if !p.exists() {
                 write_private(&p, &random_password()?, run_as)?;

@@ -34,6 +34,9 @@ pub fn render(
         .map_err(|e| format!("spec.secrets.superuser: {e}"))?;
     let replication = secret(&repl, &secrets_dir.join("replication"))
         .map_err(|e| format!("spec.secrets.replication: {e}"))?;
+    let api = spec.secrets.restapi.clone().unwrap_or_default();
+    let api_token = secret(&api, &secrets_dir.join("restapi-token"))
+        .map_err(|e| format!("spec.secrets.restapi: {e}"))?;
     let hosts: Vec<String> = etcd.iter().map(|h| format!("\"{h}\"")).collect();
     Ok(member_config::render(
         file,
@@ -46,6 +49,7 @@ pub fn render(
             api_listen: format!("127.0.0.1:{}", ports.api + index),
             superuser,
             replication,
+            api_token: Some(api_token),
             parameters_in_file: true,
         },
     ))
@@ -81,7 +85,9 @@ mod tests {
         assert!(text.contains("name: demo-2\n"), "{text}");
         assert!(text.contains("listen: 127.0.0.1:15434\n"), "{text}");
         assert!(
-            text.contains("restapi: {listen: 127.0.0.1:18010}\n"),
+            text.contains(
+                "restapi: {listen: 127.0.0.1:18010, auth: {token: {file: \"/s/demo/secrets/restapi-token\"}}}\n"
+            ),
             "{text}"
         );
         assert!(

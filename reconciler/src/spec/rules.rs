@@ -88,6 +88,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
     for (field, secret) in [
         ("superuser", &s.secrets.superuser),
         ("replication", &s.secrets.replication),
+        ("restapi", &s.secrets.restapi),
     ] {
         if let Some(sr) = secret
             && sr.sources() != 1

@@ -12,16 +12,22 @@
 //! | `/cluster` | always 200: the member table from the last etcd read |
 //! | `/history` | always 200: the promotion history |
 //!
+//! The operator endpoints (switchover, failover, restart, reload, reinitialize, config) are in
+//! [`ops`]; the mutating ones require the credentials checked in [`auth`].
+//!
 //! Health endpoints answer with the member's status as JSON; `HEAD` answers the same status
 //! code without a body. Decisions about the primary are re-checked against the lease at
 //! request time, so a stalled HA loop cannot keep `/primary` green past the lease.
+
+pub mod auth;
+mod ops;
 
 use crate::runtime::Shared;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use spilo_model::{ClusterSummary, HistoryEntry, MemberRole, MemberState, NodeStatus, summarize};
 use std::sync::Arc;
@@ -58,6 +64,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readiness", get(readiness))
         .route("/cluster", get(cluster))
         .route("/history", get(history))
+        .route(
+            "/switchover",
+            post(ops::post_switchover).delete(ops::delete_switchover),
+        )
+        .route("/failover", post(ops::post_failover))
+        .route("/restart", post(ops::post_restart))
+        .route("/reload", post(ops::post_reload))
+        .route("/reinitialize", post(ops::post_reinitialize))
+        .route("/config", get(ops::get_config).patch(ops::patch_config))
         .with_state(shared)
 }
 

@@ -1,0 +1,294 @@
+//! Tests of switchover and manual failover decisions, with the hand-built snapshots of
+//! `tests.rs`.
+
+use super::tests::{LEASE, World, cfg, kind, name, primary, replica};
+use super::*;
+use spilo_model::{ClusterConfig, SwitchoverRequest};
+
+const NOW: u64 = 1_000_000;
+
+fn request(candidate: Option<&str>) -> SwitchoverRequest {
+    SwitchoverRequest {
+        leader: Some(name("m1")),
+        candidate: candidate.map(name),
+        scheduled_at: None,
+        failover: false,
+        requested_at: NOW - 1,
+    }
+}
+
+/// m1 leads and runs as primary at 900; m2 (lease 20) is at 900, m3 (lease 30) at 850.
+fn leading() -> World {
+    let mut w = World::new();
+    w.leader("m1", LEASE)
+        .running_primary()
+        .member("m1", primary(1, 900))
+        .member("m2", replica(1, 900))
+        .member("m3", replica(1, 850));
+    w.view().member_leases = [(name("m1"), LEASE), (name("m2"), 20), (name("m3"), 30)].into();
+    w.snap.unix_now = NOW;
+    w
+}
+
+fn with_request(mut w: World, r: SwitchoverRequest) -> World {
+    w.view().switchover = Some(r);
+    w
+}
+
+#[test]
+fn the_leader_hands_over_to_the_named_candidate_with_its_lease() {
+    let w = with_request(leading(), request(Some("m3")));
+    assert_eq!(
+        w.decide(),
+        Decision::Switchover {
+            to: name("m3"),
+            lease: 30
+        }
+    );
+}
+
+#[test]
+fn without_a_candidate_the_least_lagging_replica_is_chosen() {
+    let w = with_request(leading(), request(None));
+    assert_eq!(
+        w.decide(),
+        Decision::Switchover {
+            to: name("m2"),
+            lease: 20
+        }
+    );
+}
+
+#[test]
+fn an_ineligible_candidate_is_refused_and_the_request_removed() {
+    type Setup = Box<dyn Fn(&mut World)>;
+    let cases: Vec<(&str, Setup, &str)> = vec![
+        (
+            "m3",
+            Box::new(|w| {
+                w.member("m1", primary(1, 5000))
+                    .member("m3", replica(1, 100));
+            }),
+            "4900 bytes behind",
+        ),
+        (
+            "m3",
+            Box::new(|w| {
+                let mut m = replica(1, 900);
+                m.tags.nofailover = true;
+                w.member("m3", m);
+            }),
+            "nofailover",
+        ),
+        (
+            "m3",
+            Box::new(|w| {
+                w.member("m3", replica(2, 900));
+            }),
+            "timeline",
+        ),
+        (
+            "m3",
+            Box::new(|w| {
+                w.member("m3", member_stopped());
+            }),
+            "not a running replica",
+        ),
+        ("m9", Box::new(|_| {}), "not a member"),
+        ("m1", Box::new(|_| {}), "this member leads, as requested"),
+        (
+            "m3",
+            Box::new(|w| {
+                w.view().member_leases.remove(&name("m3"));
+            }),
+            "no lease",
+        ),
+    ];
+    for (candidate, setup, expect) in cases {
+        let mut w = leading();
+        setup(&mut w);
+        let w = with_request(w, request(Some(candidate)));
+        let d = w.decide();
+        assert_eq!(kind(&d), "clear_switchover", "{candidate}: {d}");
+        assert!(d.to_string().contains(expect), "{candidate}: {d}");
+    }
+}
+
+fn member_stopped() -> spilo_model::MemberStatus {
+    let mut m = replica(1, 900);
+    m.state = MemberState::Stopped;
+    m
+}
+
+#[test]
+fn a_scheduled_switchover_waits_for_its_time() {
+    let mut r = request(Some("m2"));
+    r.scheduled_at = Some(NOW + 60);
+    let mut w = with_request(leading(), r);
+    assert_eq!(w.decide(), Decision::Lead);
+    w.snap.unix_now = NOW + 60;
+    assert_eq!(kind(&w.decide()), "switchover");
+}
+
+#[test]
+fn a_paused_cluster_keeps_its_leader_and_the_request() {
+    let mut w = with_request(leading(), request(Some("m2")));
+    w.view().config = Some(ClusterConfig {
+        pause: true,
+        ..Default::default()
+    });
+    assert_eq!(w.decide(), Decision::Lead);
+    let e = switchover::check(
+        match &w.snap.dcs {
+            DcsView::Known(v) => v,
+            DcsView::Unreachable { .. } => unreachable!(),
+        },
+        &name("m1"),
+        Some(&name("m2")),
+        &cfg(),
+    )
+    .expect_err("paused");
+    assert!(e.contains("paused"), "{e}");
+}
+
+#[test]
+fn a_request_made_under_another_leader_is_dropped() {
+    let mut r = request(Some("m2"));
+    r.leader = Some(name("m0"));
+    let d = with_request(leading(), r).decide();
+    assert_eq!(kind(&d), "clear_switchover");
+    assert!(d.to_string().contains("while m0 led"), "{d}");
+}
+
+#[test]
+fn the_new_leader_removes_the_request_it_fulfilled() {
+    let mut r = request(Some("m1"));
+    r.leader = Some(name("m0"));
+    let d = with_request(leading(), r).decide();
+    assert_eq!(
+        d,
+        Decision::ClearSwitchover {
+            why: "this member leads, as requested".into()
+        }
+    );
+}
+
+#[test]
+fn the_candidate_promotes_once_the_key_names_it_with_its_own_lease() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).member("m0", primary(1, 900));
+    assert_eq!(kind(&w.decide()), "promote");
+}
+
+// --- manual failover -------------------------------------------------------------------------
+
+fn leaderless_with(candidate: &str) -> World {
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 900)));
+    w.view().switchover = Some(SwitchoverRequest {
+        leader: None,
+        candidate: Some(name(candidate)),
+        scheduled_at: None,
+        failover: true,
+        requested_at: NOW,
+    });
+    w
+}
+
+#[test]
+fn only_the_named_candidate_takes_the_key() {
+    // m1 is at 500, m2 at 900: the ranking alone would let m2 take over.
+    let d = leaderless_with("m1").decide();
+    assert_eq!(kind(&d), "acquire_leader", "{d}");
+    let d = leaderless_with("m2").decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("manual failover to m2"), "{d}");
+}
+
+#[test]
+fn a_candidate_that_does_not_answer_does_not_block_failover() {
+    let mut w = leaderless_with("m3");
+    w.snap.peers.clear();
+    w.peer("m2", Some(replica(1, 100)));
+    w.peer("m3", None);
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+#[test]
+fn a_manual_failover_goes_through_maintenance_mode() {
+    let mut w = leaderless_with("m1");
+    w.view().config = Some(ClusterConfig {
+        pause: true,
+        ..Default::default()
+    });
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+    // Without the request, a paused cluster does not fail over.
+    w.view().switchover = None;
+    w.snap.peers.clear();
+    assert_eq!(kind(&w.decide()), "wait");
+}
+
+#[test]
+fn a_leader_whose_postgres_is_down_gives_the_key_to_the_requested_member() {
+    let mut w = World::new();
+    w.leader("m1", LEASE).stopped_data(true, 1);
+    w.view().switchover = Some(SwitchoverRequest {
+        leader: Some(name("m1")),
+        candidate: Some(name("m2")),
+        scheduled_at: None,
+        failover: true,
+        requested_at: NOW,
+    });
+    let d = w.decide();
+    assert_eq!(kind(&d), "release_leader", "{d}");
+}
+
+// --- the former primary rejoins --------------------------------------------------------------
+
+fn former_primary(checkpoint: Option<u64>, switch: Option<u64>) -> World {
+    let mut w = World::new();
+    w.leader("m2", 20).member("m2", primary(2, 2000));
+    w.data(DataDir::Initialized {
+        sysid: "7000".into(),
+        was_primary: true,
+        timeline: TimelineId(1),
+        clean_checkpoint: checkpoint.map(Lsn),
+    })
+    .pg(PgState::Stopped);
+    if let Some(switch) = switch {
+        w.view().history = vec![HistoryEntry {
+            timeline: TimelineId(2),
+            switch_lsn: Lsn(switch),
+            reason: "switchover".into(),
+            promoted_at: "2026-11-26T00:00:00Z".into(),
+            member: name("m2"),
+        }];
+    }
+    w
+}
+
+#[test]
+fn a_cleanly_stopped_primary_follows_without_rewind_when_the_new_timeline_began_after_it() {
+    let d = former_primary(Some(1000), Some(1040)).decide();
+    assert_eq!(kind(&d), "start", "{d}");
+    assert!(d.to_string().contains("without pg_rewind"), "{d}");
+    match d {
+        Decision::Start {
+            role: StartAs::Replica { upstream },
+            ..
+        } => assert_eq!(upstream, Some(name("m2"))),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn otherwise_pg_rewind_decides() {
+    for (checkpoint, switch) in [
+        (Some(1040), Some(1040)), // the candidate did not get the shutdown checkpoint
+        (Some(1000), None),       // the switch point is unknown
+        (None, Some(1040)),       // crashed: WAL may go past the last checkpoint
+    ] {
+        let d = former_primary(checkpoint, switch).decide();
+        assert_eq!(kind(&d), "rewind", "{checkpoint:?} {switch:?}: {d}");
+    }
+}

@@ -1,0 +1,148 @@
+//! Operator commands from the REST API that act on the local PostgreSQL: restart, reload and
+//! reinitialize. They reach the HA loop through a channel and run between two passes, so they
+//! never race a decision; each answers with what it did or why it refused.
+
+use super::act::upstream;
+use super::{ActError, Governor};
+use crate::postgres::process::StopMode;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// What to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Restart PostgreSQL in its current role; with `pending_only`, only if a changed
+    /// setting waits for a restart.
+    Restart {
+        /// Skip the restart when nothing is pending.
+        pending_only: bool,
+    },
+    /// Rewrite the configuration and reload it.
+    Reload,
+    /// Throw the data directory away and copy the leader again (replicas only).
+    Reinitialize,
+}
+
+/// A command and where its answer goes.
+#[derive(Debug)]
+pub struct Command {
+    /// The operation.
+    pub op: Op,
+    /// `Ok(what was done)` or `Err((refused?, why))`: refused means nothing was done.
+    pub reply: oneshot::Sender<Result<String, Failure>>,
+}
+
+/// A command that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Refused before anything was done (a precondition), rather than failed half-way.
+    pub refused: bool,
+    /// Why.
+    pub why: String,
+}
+
+fn refused(why: impl Into<String>) -> Failure {
+    Failure {
+        refused: true,
+        why: why.into(),
+    }
+}
+
+fn failed(e: ActError) -> Failure {
+    Failure {
+        refused: false,
+        why: e.to_string(),
+    }
+}
+
+/// How long a restarted PostgreSQL may take to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Governor {
+    /// Runs the commands that arrived since the last pass.
+    pub(super) async fn run_commands(&mut self) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            tracing::info!(op = ?cmd.op, "running an operator command");
+            let r = self.run_command(cmd.op).await;
+            match &r {
+                Ok(what) => tracing::info!(op = ?cmd.op, "{what}"),
+                Err(f) => tracing::warn!(op = ?cmd.op, refused = f.refused, "{}", f.why),
+            }
+            let _ = cmd.reply.send(r);
+        }
+    }
+
+    async fn run_command(&mut self, op: Op) -> Result<String, Failure> {
+        if self.pg.postmaster_pid().is_none() && op != Op::Reinitialize {
+            return Err(refused("PostgreSQL is not running"));
+        }
+        match op {
+            Op::Reload => {
+                self.pg.reload().await.map_err(failed)?;
+                Ok("reloaded the configuration".into())
+            }
+            Op::Restart { pending_only } => self.restart(pending_only).await,
+            Op::Reinitialize => self.reinitialize().await,
+        }
+    }
+
+    async fn restart(&mut self, pending_only: bool) -> Result<String, Failure> {
+        let status = self
+            .pg
+            .sql()
+            .status()
+            .await
+            .map_err(|e| refused(format!("PostgreSQL does not answer: {e}")))?;
+        if pending_only && !status.pending_restart {
+            return Ok("no restart pending; nothing done".into());
+        }
+        let primary = !status.in_recovery;
+        if primary && !self.is_leading() {
+            return Err(refused(
+                "PostgreSQL runs as primary but this member does not hold the leader key",
+            ));
+        }
+        let up = self.pg.upstream().cloned();
+        let params = self.pg.cluster_params();
+        let _ = self.fence.send(None);
+        self.pg.stop(StopMode::Fast).await;
+        self.pg
+            .start(primary, up, &params)
+            .map_err(|e| failed(e.into()))?;
+        if primary {
+            self.arm_fence();
+        }
+        self.pg.wait_ready(READY_TIMEOUT).await.map_err(failed)?;
+        self.wake.notify_one();
+        Ok(format!(
+            "restarted PostgreSQL as {}",
+            if primary { "primary" } else { "replica" }
+        ))
+    }
+
+    async fn reinitialize(&mut self) -> Result<String, Failure> {
+        if self.is_leading() {
+            return Err(refused(
+                "the leader cannot be reinitialized; switch over first",
+            ));
+        }
+        let view = self.shared.view.read().await.clone();
+        let leader = view
+            .as_ref()
+            .and_then(|v| v.leader.as_ref())
+            .map(|l| l.name.clone())
+            .ok_or_else(|| refused("the cluster has no leader to copy"))?;
+        let up = upstream(view.as_ref(), &leader).map_err(|e| refused(e.to_string()))?;
+        let params = self.pg.cluster_params();
+        let _ = self.fence.send(None);
+        self.pg.stop(StopMode::Fast).await;
+        self.pg.wipe_data().map_err(|e| failed(e.into()))?;
+        self.data = None;
+        self.pg.clone_from(&up).await.map_err(failed)?;
+        self.pg
+            .start(false, Some(up), &params)
+            .map_err(|e| failed(e.into()))?;
+        self.wake.notify_one();
+        Ok(format!("reinitialized from {leader}"))
+    }
+}

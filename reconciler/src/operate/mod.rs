@@ -1,0 +1,265 @@
+//! Operating running clusters: `spilo switchover`, `failover`, `restart`, `reload`,
+//! `reinit` (through the governors' REST API, authenticated), and `history`, `show-config`,
+//! `edit-config`, `pause`, `resume` (straight on etcd, `config` by compare-and-swap).
+//!
+//! A running cluster is found in etcd ([`Target`]); each member publishes its REST API's
+//! address in its member key. Credentials ([`ApiAuth`]) come from the command line or the
+//! environment, and for clusters `spilo up` runs, from the token it generated.
+
+pub mod commands;
+pub mod config;
+
+use anyhow::Context;
+use etcd_client::GetOptions;
+use serde_json::Value;
+use spilo_model::{
+    ClusterConfig, ClusterName, HistoryEntry, KeyKind, Keyspace, MemberName, MemberStatus,
+    SwitchoverRequest,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A running cluster in etcd.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// The cluster (etcd scope).
+    pub cluster: ClusterName,
+    /// etcd client endpoints, comma separated.
+    #[arg(
+        long,
+        env = "SPILO_ETCD",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub etcd: Vec<String>,
+    /// The etcd key namespace.
+    #[arg(long, default_value = "/service")]
+    pub namespace: String,
+}
+
+/// Credentials for the governors' mutating REST endpoints.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ApiAuth {
+    /// A bearer token.
+    #[arg(long, env = "SPILO_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Basic-auth user (with SPILO_API_PASSWORD).
+    #[arg(long, env = "SPILO_API_USER")]
+    pub username: Option<String>,
+    /// Basic-auth password.
+    #[arg(long, env = "SPILO_API_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// The state directory of `spilo up`; its generated token is used when none is given.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// What etcd holds for a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    /// The `leader` key.
+    pub leader: Option<MemberName>,
+    /// `members/*`.
+    pub members: BTreeMap<MemberName, MemberStatus>,
+    /// `config` as JSON, and its revision (0 when absent).
+    pub config: Option<Value>,
+    /// The revision of `config`.
+    pub config_revision: i64,
+    /// `history`.
+    pub history: Vec<HistoryEntry>,
+    /// `switchover`.
+    pub switchover: Option<SwitchoverRequest>,
+}
+
+impl ClusterState {
+    /// `config`, parsed (default when absent or unreadable).
+    pub fn cluster_config(&self) -> ClusterConfig {
+        self.config
+            .clone()
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// A member's status, or an error naming the known members.
+    pub fn member(&self, name: &MemberName) -> anyhow::Result<&MemberStatus> {
+        self.members.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.members.keys().map(MemberName::as_str).collect();
+            anyhow::anyhow!(
+                "{name} is not a member (members: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+}
+
+/// Reads every key of the cluster in one request. Fails when the cluster does not exist.
+pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
+    let mut client = crate::etcd::connect(&t.etcd)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let keys = Keyspace::with_namespace(&t.namespace, &t.cluster);
+    let resp = tokio::time::timeout(
+        crate::etcd::TIMEOUT,
+        client.get(keys.prefix(), Some(GetOptions::new().with_prefix())),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|r| r.map_err(anyhow::Error::from))
+    .with_context(|| format!("read {} from etcd", keys.prefix()))?;
+    let mut state = ClusterState::default();
+    for kv in resp.kvs() {
+        let Ok(key) = kv.key_str() else { continue };
+        let value = kv.value();
+        match keys.classify(key) {
+            Some(KeyKind::Leader) => {
+                state.leader = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| MemberName::new(s).ok());
+            }
+            Some(KeyKind::Member(name)) => {
+                let status = serde_json::from_slice(value)
+                    .with_context(|| format!("{key} does not hold a member status"))?;
+                state.members.insert(name, status);
+            }
+            Some(KeyKind::Config) => {
+                state.config = Some(
+                    serde_json::from_slice(value)
+                        .with_context(|| format!("{key} does not hold JSON"))?,
+                );
+                state.config_revision = kv.mod_revision();
+            }
+            Some(KeyKind::History) => {
+                state.history = serde_json::from_slice(value)
+                    .with_context(|| format!("{key} does not hold the promotion history"))?;
+            }
+            Some(KeyKind::Switchover) => state.switchover = serde_json::from_slice(value).ok(),
+            _ => {}
+        }
+    }
+    if state.members.is_empty() && state.leader.is_none() && state.config.is_none() {
+        anyhow::bail!(
+            "no cluster named {} in etcd (nothing under {})",
+            t.cluster,
+            keys.prefix()
+        );
+    }
+    Ok(state)
+}
+
+/// An authenticated client of the governors' REST API.
+pub struct Api {
+    http: reqwest::Client,
+    auth: Option<Credential>,
+}
+
+enum Credential {
+    Token(String),
+    Basic(String, String),
+}
+
+/// What a governor answered.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Its `message`, or the body.
+    pub message: String,
+}
+
+impl Answer {
+    /// 2xx.
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+impl Api {
+    /// Resolves credentials: `--token`/`SPILO_API_TOKEN`, `--token-file`, basic auth, then the
+    /// token `spilo up` generated for `cluster`; none is fine for reads.
+    pub fn new(auth: &ApiAuth, cluster: &ClusterName) -> anyhow::Result<Self> {
+        let credential = if let Some(t) = &auth.token {
+            Some(Credential::Token(t.clone()))
+        } else if let Some(f) = &auth.token_file {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("read the token file {}", f.display()))?;
+            Some(Credential::Token(t.trim().to_string()))
+        } else if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
+            Some(Credential::Basic(u.clone(), p.clone()))
+        } else {
+            local_token(auth, cluster).map(Credential::Token)
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .context("build an HTTP client")?;
+        Ok(Self {
+            http,
+            auth: credential,
+        })
+    }
+
+    /// `POST base_url + path` with a JSON body.
+    pub async fn post(&self, base: &str, path: &str, body: &Value) -> anyhow::Result<Answer> {
+        let req = self.http.post(format!("{base}{path}")).json(body);
+        self.send(self.authorize(req), base, path).await
+    }
+
+    /// `GET base_url + path`, without credentials.
+    pub async fn get(&self, base: &str, path: &str) -> anyhow::Result<Answer> {
+        let req = self.http.get(format!("{base}{path}"));
+        self.send(req, base, path).await
+    }
+
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Some(Credential::Token(t)) => req.bearer_auth(t),
+            Some(Credential::Basic(u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        }
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        base: &str,
+        path: &str,
+    ) -> anyhow::Result<Answer> {
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{base}{path} did not answer"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(String::from))
+            .unwrap_or(text);
+        Ok(Answer { status, message })
+    }
+}
+
+/// The token `spilo up` generated for `cluster`, when this user can read it.
+fn local_token(auth: &ApiAuth, cluster: &ClusterName) -> Option<String> {
+    let run_as = crate::local::user::RunAs::detect().ok()?;
+    let (root, _) = crate::local::state_dir(
+        auth.state_dir.as_deref(),
+        &[PathBuf::from("clusters")],
+        &run_as,
+    )
+    .ok()?;
+    let layout = crate::local::state::Layout { root };
+    let path = layout
+        .cluster(cluster.as_str())
+        .join("secrets/restapi-token");
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| t.trim().to_string())
+}
