@@ -150,6 +150,15 @@ impl PatroniCluster {
         }
     }
 
+    /// A member's Patroni configuration file (for `patronictl -c`).
+    pub fn config_path(&self, name: &str) -> PathBuf {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.dir.join("patroni.yml"))
+            .unwrap_or_default()
+    }
+
     /// The PostgreSQL port of a member.
     pub fn pg_port(&self, name: &str) -> Option<u16> {
         self.members
