@@ -233,6 +233,20 @@ pub struct HaSettings {
     /// How long a crashed primary may take to restart in place before leadership is handed over.
     #[serde(default = "d_primary_start_timeout")]
     pub primary_start_timeout: u64,
+    /// Synchronous replication: seeds the cluster's `config` at bootstrap (afterwards `config`
+    /// in etcd decides).
+    #[serde(default)]
+    pub synchronous_mode: bool,
+    /// With `synchronous_mode`: block writes rather than run without a synchronous standby.
+    #[serde(default)]
+    pub synchronous_mode_strict: bool,
+    /// With `synchronous_mode`: how many synchronous standbys.
+    #[serde(default = "d_sync_count")]
+    pub synchronous_node_count: u32,
+}
+
+fn d_sync_count() -> u32 {
+    1
 }
 
 use spilo_model::spec::{
@@ -249,6 +263,9 @@ impl Default for HaSettings {
             retry_timeout: d_retry_timeout(),
             maximum_lag_on_failover: d_max_lag(),
             primary_start_timeout: d_primary_start_timeout(),
+            synchronous_mode: false,
+            synchronous_mode_strict: false,
+            synchronous_node_count: d_sync_count(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `config` | created once by the bootstrap leader if absent; afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
 //! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
+//! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -42,6 +43,8 @@ pub enum KeyKind {
     ApplyLock,
     /// `switchover`: a requested switchover or manual failover.
     Switchover,
+    /// `sync`: the synchronous standbys.
+    Sync,
 }
 
 impl Keyspace {
@@ -88,6 +91,11 @@ impl Keyspace {
         format!("{}apply-lock", self.prefix)
     }
 
+    /// `sync`.
+    pub fn sync(&self) -> String {
+        format!("{}sync", self.prefix)
+    }
+
     /// `switchover`.
     pub fn switchover(&self) -> String {
         format!("{}switchover", self.prefix)
@@ -118,6 +126,7 @@ impl Keyspace {
             "history" => Some(KeyKind::History),
             "apply-lock" => Some(KeyKind::ApplyLock),
             "switchover" => Some(KeyKind::Switchover),
+            "sync" => Some(KeyKind::Sync),
             _ => rest
                 .strip_prefix("members/")
                 .and_then(|n| MemberName::new(n).ok())
@@ -155,6 +164,7 @@ mod tests {
         assert_eq!(k.classify(&k.history()), Some(KeyKind::History));
         assert_eq!(k.classify(&k.apply_lock()), Some(KeyKind::ApplyLock));
         assert_eq!(k.classify(&k.switchover()), Some(KeyKind::Switchover));
+        assert_eq!(k.classify(&k.sync()), Some(KeyKind::Sync));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));
         assert_eq!(k.classify("/service/other/leader"), None);

@@ -13,6 +13,7 @@ pub mod names;
 pub mod spec;
 pub mod summary;
 pub mod switchover;
+pub mod sync;
 
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
@@ -22,3 +23,4 @@ pub use member::{
 pub use names::{ClusterName, InvalidName, MemberName, NameError};
 pub use summary::{ClusterSummary, MemberRow, NodeStatus, summarize};
 pub use switchover::SwitchoverRequest;
+pub use sync::SyncState;

@@ -17,7 +17,19 @@ pub async fn read_summary(
     })
     .await?;
     let mut summary = summarize(scope, state.leader.as_ref(), &state.members);
-    summary.paused = state.cluster_config().pause;
+    let config = state.cluster_config();
+    summary.paused = config.pause;
+    if config.synchronous_mode
+        && let Some(sync) = &state.sync
+    {
+        for row in summary
+            .members
+            .iter_mut()
+            .filter(|r| sync.contains(&r.name) && r.role == "replica")
+        {
+            row.role = "sync_standby".into();
+        }
+    }
     Ok(summary)
 }
 

@@ -84,13 +84,21 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
     let _ = write!(
         out,
         "restapi: {{listen: {api}{auth}}}\n\
-         ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}}}\n",
+         ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}{sync}}}\n",
         api = at.api_listen,
         ttl = ha.ttl,
         lw = ha.loop_wait,
         rt = ha.retry_timeout,
         lag = ha.maximum_lag_on_failover,
         pst = ha.primary_start_timeout,
+        sync = if ha.synchronous_mode {
+            format!(
+                ", synchronous_mode: true, synchronous_mode_strict: {}, synchronous_node_count: {}",
+                ha.synchronous_mode_strict, ha.synchronous_node_count
+            )
+        } else {
+            String::new()
+        },
     );
     out
 }

@@ -15,7 +15,7 @@ pub mod watch;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use spilo_model::{
-    ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest,
+    ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest, SyncState,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -191,6 +191,23 @@ impl Dcs {
                 ),
                 TxnOp::delete(self.keys.switchover(), None),
             ]);
+        self.txn(txn).await
+    }
+
+    /// Writes `sync` if its revision is still `revision` (0: absent); `None` deletes it.
+    pub async fn write_sync(
+        &self,
+        sync: Option<&SyncState>,
+        revision: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.sync();
+        let op = match sync {
+            Some(s) => TxnOp::put(key.clone(), encode(&key, s)?, None),
+            None => TxnOp::delete(key.clone(), None),
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([op]);
         self.txn(txn).await
     }
 

@@ -71,6 +71,15 @@ pub async fn read_view(
                     tracing::warn!(key, error = %e, "ignoring a switchover key that does not parse")
                 }
             },
+            KeyKind::Sync => match serde_json::from_slice(value) {
+                Ok(sync) => {
+                    view.sync = Some(sync);
+                    view.sync_revision = kv.mod_revision();
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "ignoring a sync key that does not parse")
+                }
+            },
             // The reconciler's lock; nothing the governor decides on.
             KeyKind::ApplyLock => {}
         }

@@ -17,6 +17,7 @@ pub mod candidate;
 mod decision;
 mod snapshot;
 pub mod switchover;
+pub mod sync;
 
 pub use decision::{Decision, StartAs};
 pub use snapshot::{
@@ -287,13 +288,38 @@ fn race(
     {
         return d;
     }
+    let peers: Vec<PeerView> = match view.promotable() {
+        None => s.peers.clone(),
+        Some(sync) if sync.contains(&s.me) => s
+            .peers
+            .iter()
+            .filter(|p| sync.contains(&p.name))
+            .cloned()
+            .collect(),
+        Some([]) => {
+            return Decision::Wait {
+                why: "no leader, and synchronous mode lists no synchronous standby: promoting \
+                      anyone could lose acknowledged commits (`spilo failover --to` overrides)"
+                    .into(),
+            };
+        }
+        Some(sync) => {
+            let names: Vec<&str> = sync.iter().map(MemberName::as_str).collect();
+            return Decision::Wait {
+                why: format!(
+                    "no leader, and in synchronous mode only {} may take over",
+                    names.join(", ")
+                ),
+            };
+        }
+    };
     let me = candidate::Candidate {
         name: s.me.clone(),
         timeline: pg.timeline.unwrap_or_default(),
         lsn: pg.wal.best().unwrap_or_default(),
         nofailover: false,
     };
-    match candidate::choose(&me, &s.peers, cfg.maximum_lag_on_failover) {
+    match candidate::choose(&me, &peers, cfg.maximum_lag_on_failover) {
         candidate::Verdict::Me { why } => Decision::AcquireLeader { why },
         candidate::Verdict::NotMe { why } => Decision::Wait { why },
     }

@@ -4,7 +4,7 @@
 
 use spilo_model::{
     ClusterConfig, HistoryEntry, Lsn, MemberName, MemberStatus, MemberTags, SwitchoverRequest,
-    TimelineId, WalPositions,
+    SyncState, TimelineId, WalPositions,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -57,6 +57,10 @@ pub struct ClusterView {
     pub config: Option<ClusterConfig>,
     /// `switchover`: a pending switchover or manual failover request.
     pub switchover: Option<SwitchoverRequest>,
+    /// `sync`: the synchronous standbys, and the key's mod revision (0 when absent).
+    pub sync: Option<SyncState>,
+    /// The mod revision of `sync` (0 when absent).
+    pub sync_revision: i64,
     /// The lease each member key is bound to (the lease a leader key handed to it must carry).
     pub member_leases: BTreeMap<MemberName, i64>,
 }
@@ -65,6 +69,18 @@ impl ClusterView {
     /// Whether maintenance mode is on.
     pub fn paused(&self) -> bool {
         self.config.as_ref().is_some_and(|c| c.pause)
+    }
+
+    /// Whether synchronous mode is on.
+    pub fn synchronous(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.synchronous_mode)
+    }
+
+    /// In synchronous mode, the members that may be promoted: the `sync` key's list (empty
+    /// when there is none). `None` outside synchronous mode: anyone may.
+    pub fn promotable(&self) -> Option<&[MemberName]> {
+        self.synchronous()
+            .then(|| self.sync.as_ref().map_or(&[][..], |s| s.members.as_slice()))
     }
 }
 

@@ -47,6 +47,13 @@ pub fn check(
         if m.tags.nofailover {
             return Err(format!("{name} is tagged nofailover"));
         }
+        if let Some(sync) = view.promotable()
+            && !sync.contains(name)
+        {
+            return Err(format!(
+                "{name} is not a synchronous standby (synchronous mode is on)"
+            ));
+        }
         if let (Some(tl), Some(leader_tl)) = (m.timeline, lead.timeline)
             && tl != leader_tl
         {

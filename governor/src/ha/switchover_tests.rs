@@ -292,3 +292,60 @@ fn otherwise_pg_rewind_decides() {
         assert_eq!(kind(&d), "rewind", "{checkpoint:?} {switch:?}: {d}");
     }
 }
+
+// --- synchronous mode ------------------------------------------------------------------------
+
+fn synchronous(w: &mut World, members: &[&str]) {
+    w.view().config = Some(ClusterConfig {
+        synchronous_mode: true,
+        ..Default::default()
+    });
+    w.view().sync = Some(spilo_model::SyncState {
+        leader: Some(name("m0")),
+        members: members.iter().map(|m| name(m)).collect(),
+    });
+}
+
+#[test]
+fn in_synchronous_mode_only_a_listed_standby_takes_over() {
+    // m1 is at 500, m2 at 900: without synchronous mode m2 would take over.
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 900)));
+    synchronous(&mut w, &["m1"]);
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 100)));
+    synchronous(&mut w, &["m2"]);
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(d.to_string().contains("only m2 may take over"), "{d}");
+
+    let mut w = World::new();
+    synchronous(&mut w, &[]);
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait");
+    assert!(
+        d.to_string().contains("lists no synchronous standby"),
+        "{d}"
+    );
+}
+
+#[test]
+fn in_synchronous_mode_a_switchover_goes_only_to_a_listed_standby() {
+    let mut w = leading();
+    synchronous(&mut w, &["m3"]);
+    let w2 = with_request(w, request(Some("m2")));
+    let d = w2.decide();
+    assert_eq!(kind(&d), "clear_switchover");
+    assert!(d.to_string().contains("not a synchronous standby"), "{d}");
+    let mut w = leading();
+    synchronous(&mut w, &["m3"]);
+    assert_eq!(
+        with_request(w, request(None)).decide(),
+        Decision::Switchover {
+            to: name("m3"),
+            lease: 30
+        }
+    );
+}

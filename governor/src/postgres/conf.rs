@@ -21,6 +21,8 @@ pub struct Forced<'a> {
     pub member: &'a str,
     /// `primary_conninfo` and `primary_slot_name` for a replica with an upstream.
     pub upstream: Option<(String, String)>,
+    /// `synchronous_standby_names`, which the governor owns (empty: asynchronous).
+    pub synchronous_standby_names: &'a str,
 }
 
 /// Defaults a cluster may override.
@@ -65,6 +67,10 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
     set("wal_log_hints", "on".into());
     set("logging_collector", "off".into());
     set("recovery_target_timeline", "latest".into());
+    set(
+        "synchronous_standby_names",
+        forced.synchronous_standby_names.to_string(),
+    );
     match &forced.upstream {
         Some((conninfo, slot)) => {
             set("primary_conninfo", conninfo.clone());
@@ -140,6 +146,7 @@ mod tests {
             run_dir: Path::new("/run/m1"),
             member: "m1",
             upstream,
+            synchronous_standby_names: "",
         }
     }
 

@@ -61,6 +61,8 @@ pub struct Instance {
     not_streaming_since: Option<Instant>,
     /// The cluster-wide parameters `postgresql.conf` was last written with.
     cluster_params: Option<BTreeMap<String, String>>,
+    /// `synchronous_standby_names` as last written (empty: asynchronous).
+    standby_names: String,
 }
 
 /// What happened to the postmaster since the last look.
@@ -112,6 +114,7 @@ impl Instance {
             last: None,
             not_streaming_since: None,
             cluster_params: None,
+            standby_names: String::new(),
         }
     }
 
@@ -255,6 +258,7 @@ impl Instance {
             run_dir: &self.run_dir,
             member: self.member.as_str(),
             upstream: up,
+            synchronous_standby_names: &self.standby_names,
         };
         let text =
             conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);
@@ -278,6 +282,28 @@ impl Instance {
         self.write_conf(up.as_ref(), cluster)?;
         self.session.execute("SELECT pg_reload_conf()").await?;
         tracing::info!("the cluster's parameters changed; reloaded the configuration");
+        Ok(true)
+    }
+
+    /// `synchronous_standby_names` as last written.
+    pub fn standby_names(&self) -> &str {
+        &self.standby_names
+    }
+
+    /// Sets `synchronous_standby_names` and reloads when it changed; returns whether it did.
+    pub async fn set_standby_names(
+        &mut self,
+        value: &str,
+    ) -> Result<bool, crate::runtime::ActError> {
+        if self.standby_names == value {
+            return Ok(false);
+        }
+        self.standby_names = value.to_string();
+        self.reload().await?;
+        tracing::info!(
+            synchronous_standby_names = value,
+            "changed the synchronous standbys"
+        );
         Ok(true)
     }
 
@@ -316,6 +342,7 @@ impl Instance {
             }
         } else {
             write_private(&signal, "")?;
+            self.standby_names.clear();
         }
         self.write_conf(upstream.as_ref(), cluster)?;
         self.session.reset();

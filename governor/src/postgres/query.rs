@@ -256,6 +256,46 @@ impl Session {
         Ok(row.try_get(0)?)
     }
 
+    /// The standbys streaming from this primary (`pg_stat_replication`) and its own flush
+    /// position.
+    pub async fn replication(&mut self) -> Result<(Vec<crate::ha::sync::Standby>, Lsn), SqlError> {
+        let rows = self
+            .run(async |c| {
+                c.query(
+                    "SELECT application_name, state = 'streaming', sync_state = 'sync', \
+                     flush_lsn::text FROM pg_stat_replication",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let name: String = r.try_get(0)?;
+            let Ok(name) = spilo_model::MemberName::new(&name) else {
+                continue;
+            };
+            let flush: Option<String> = r.try_get(3)?;
+            out.push(crate::ha::sync::Standby {
+                name,
+                streaming: r.try_get::<_, Option<bool>>(1)?.unwrap_or(false),
+                sync: r.try_get::<_, Option<bool>>(2)?.unwrap_or(false),
+                flush: flush.and_then(|f| f.parse().ok()),
+            });
+        }
+        let row = self
+            .run(async |c| {
+                c.query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+                    .await
+            })
+            .await?;
+        let now: String = row.try_get(0)?;
+        let now = now
+            .parse()
+            .map_err(|e| SqlError::Unexpected(format!("{e}")))?;
+        Ok((out, now))
+    }
+
     /// A replica's last received and flushed WAL position (kept after its upstream stops).
     pub async fn received_lsn(&mut self) -> Result<Option<Lsn>, SqlError> {
         let row = self

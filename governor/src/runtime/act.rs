@@ -67,13 +67,13 @@ impl Governor {
                     .ok_or_else(|| ActError::Other("no lease".into()))?;
                 if self.dcs.try_acquire_leader(lease).await? {
                     tracing::info!("took the leader key");
-                    self.promote(why).await
+                    self.promote(why, view).await
                 } else {
                     tracing::info!("another member took the leader key first");
                     Ok(())
                 }
             }
-            Decision::Promote { why } => self.promote(why).await,
+            Decision::Promote { why } => self.promote(why, view).await,
             Decision::Lead => self.lead(view).await,
             Decision::Switchover { to, lease } => self.switchover(s, view, to, *lease).await,
             Decision::ClearSwitchover { why } => {
@@ -174,7 +174,10 @@ impl Governor {
             retry_timeout: Some(ha.retry_timeout),
             maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
             postgresql_parameters: BTreeMap::new(),
-            ..Default::default()
+            pause: false,
+            synchronous_mode: ha.synchronous_mode,
+            synchronous_mode_strict: ha.synchronous_mode && ha.synchronous_mode_strict,
+            synchronous_node_count: ha.synchronous_mode.then_some(ha.synchronous_node_count),
         };
         self.dcs.create_config_if_absent(&config).await?;
         self.data = None;
@@ -217,7 +220,8 @@ impl Governor {
         Ok(())
     }
 
-    async fn promote(&mut self, why: &str) -> Result<(), ActError> {
+    async fn promote(&mut self, why: &str, view: Option<&ClusterView>) -> Result<(), ActError> {
+        self.prepare_sync_promotion(view).await?;
         self.arm_fence();
         let started = Instant::now();
         self.pg.promote().await?;
@@ -267,6 +271,11 @@ impl Governor {
             && let Err(e) = self.sync_slots(view).await
         {
             tracing::warn!(error = %e, "cannot manage replication slots");
+        }
+        if let Some(view) = view
+            && let Err(e) = self.manage_sync(view).await
+        {
+            tracing::warn!(error = %e, "cannot manage synchronous replication");
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ pub mod fence;
 mod gather;
 pub mod peers;
 pub mod switchover;
+mod sync;
 
 use crate::api;
 use crate::config::{ApiCredentials, Loaded};
@@ -107,6 +108,7 @@ pub(crate) struct Governor {
     leader_seen: Option<ha::LeaderKey>,
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
     commands: tokio::sync::mpsc::Receiver<commands::Command>,
+    sync_pending: std::collections::BTreeMap<spilo_model::MemberName, spilo_model::Lsn>,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
@@ -212,6 +214,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         leader_seen: None,
         slot_absent_since: Default::default(),
         commands: commands_rx,
+        sync_pending: Default::default(),
     };
     let result = gov.ha_loop(&shutdown).await;
     gov.shutdown().await;

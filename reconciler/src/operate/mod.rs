@@ -14,7 +14,7 @@ use etcd_client::GetOptions;
 use serde_json::Value;
 use spilo_model::{
     ClusterConfig, ClusterName, HistoryEntry, KeyKind, Keyspace, MemberName, MemberStatus,
-    SwitchoverRequest,
+    SwitchoverRequest, SyncState,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -73,6 +73,8 @@ pub struct ClusterState {
     pub history: Vec<HistoryEntry>,
     /// `switchover`.
     pub switchover: Option<SwitchoverRequest>,
+    /// `sync`.
+    pub sync: Option<SyncState>,
 }
 
 impl ClusterState {
@@ -141,6 +143,7 @@ pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
                     .with_context(|| format!("{key} does not hold the promotion history"))?;
             }
             Some(KeyKind::Switchover) => state.switchover = serde_json::from_slice(value).ok(),
+            Some(KeyKind::Sync) => state.sync = serde_json::from_slice(value).ok(),
             _ => {}
         }
     }
