@@ -107,6 +107,23 @@ async fn switchover_body(c: &mut Cluster) -> anyhow::Result<()> {
     assert_eq!(wrong.status().as_u16(), 401);
     assert!(c.etcd.get("/service/switch/switchover").await?.is_none());
     assert_eq!(c.primaries().await, vec![old.clone()]);
+    let config_before = c.etcd.get("/service/switch/config").await?;
+    for (method, path) in [
+        ("POST", "/failover"),
+        ("POST", "/restart"),
+        ("POST", "/reload"),
+        ("POST", "/reinitialize"),
+        ("PATCH", "/config"),
+        ("DELETE", "/switchover"),
+    ] {
+        let r = http
+            .request(method.parse()?, format!("{}{path}", api(c, &replicas[0])))
+            .body(r#"{"candidate": "m1", "ttl": 9}"#)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 401, "{method} {path}");
+    }
+    assert_eq!(c.etcd.get("/service/switch/config").await?, config_before);
     // Reads stay open for load balancers.
     assert_eq!(c.http_code(&old, "/primary").await, Some(200));
 

@@ -45,6 +45,18 @@ pub struct HaConfig {
     pub rewind_check_after: Duration,
 }
 
+impl HaConfig {
+    /// These settings with the cluster's `config` applied: `maximum_lag_on_failover` there
+    /// wins over the local file, so a change in git reaches every member without a restart.
+    pub fn merged(&self, view: &ClusterView) -> HaConfig {
+        let mut cfg = self.clone();
+        if let Some(lag) = view.config.as_ref().and_then(|c| c.maximum_lag_on_failover) {
+            cfg.maximum_lag_on_failover = lag;
+        }
+        cfg
+    }
+}
+
 /// Decides what this member does next. Pure: same inputs, same answer.
 ///
 /// In maintenance mode (`pause` in the cluster's `config`) only keeping things as they are is
@@ -85,6 +97,7 @@ fn decide_unpaused(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
         DcsView::Unreachable { why } => return dcs_unreachable(s, cfg, now, why),
         DcsView::Known(view) => view,
     };
+    let cfg = &cfg.merged(view);
     let lease_ok = s.lease.valid_at(now, cfg.fence_margin);
     let i_lead = view
         .leader

@@ -23,6 +23,7 @@ pub fn check(
     if view.paused() {
         return Err("the cluster is paused (maintenance mode); `spilo resume` it first".into());
     }
+    let cfg = &cfg.merged(view);
     let lead = view
         .members
         .get(leader)

@@ -349,3 +349,19 @@ fn in_synchronous_mode_a_switchover_goes_only_to_a_listed_standby() {
         }
     );
 }
+
+#[test]
+fn the_clusters_lag_limit_wins_over_the_local_one() {
+    // Locally 1000 bytes; the cluster's config says 10, and m3 is 50 behind.
+    let mut w = leading();
+    w.view().config = Some(ClusterConfig {
+        maximum_lag_on_failover: Some(10),
+        ..Default::default()
+    });
+    let d = with_request(w, request(Some("m3"))).decide();
+    assert_eq!(kind(&d), "clear_switchover");
+    assert!(
+        d.to_string().contains("maximum_lag_on_failover is 10"),
+        "{d}"
+    );
+}

@@ -225,13 +225,24 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
 
 impl Governor {
     async fn ha_loop(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let loop_wait = self.loaded.config.ha.loop_wait();
+        let local_loop_wait = self.loaded.config.ha.loop_wait();
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             self.run_commands().await;
             let snapshot = self.gather().await;
+            // The cluster's `config` may shorten or lengthen the loop (within the lease).
+            let loop_wait = match &snapshot.dcs {
+                ha::DcsView::Known(v) => v
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.loop_wait)
+                    .map(Duration::from_secs)
+                    .filter(|w| !w.is_zero() && *w < self.loaded.config.ha.ttl())
+                    .unwrap_or(local_loop_wait),
+                ha::DcsView::Unreachable { .. } => local_loop_wait,
+            };
             let now = Instant::now();
             let decision = ha::decide(&snapshot, &self.ha, now);
             let repeated = self.last_decision.as_ref() == Some(&decision);
