@@ -174,6 +174,24 @@ pub struct RestApiConfig {
     /// Reads (health checks, status) stay open.
     #[serde(default)]
     pub auth: Option<ApiAuthConfig>,
+    /// Serve HTTPS instead of HTTP (health checks then need TLS too).
+    #[serde(default)]
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// The REST API's certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// The certificate chain (PEM).
+    pub certfile: PathBuf,
+    /// Its private key (PEM).
+    pub keyfile: PathBuf,
+    /// The CA certificates other members' APIs are checked against (PEM). Default:
+    /// `certfile` itself, which works for a self-signed certificate without `CA:TRUE` (rustls
+    /// refuses a CA certificate as a server's own).
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
 }
 
 /// REST API credentials: a bearer token, basic auth, or both.
@@ -206,6 +224,7 @@ impl Default for RestApiConfig {
             listen: default_api_listen(),
             connect_address: None,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -458,6 +477,16 @@ impl GovernorConfig {
             .connect_address
             .clone()
             .unwrap_or_else(|| self.restapi.listen.to_string())
+    }
+
+    /// The REST API's URL as other members and clients use it (`https` with `restapi.tls`).
+    pub fn api_url(&self) -> String {
+        let scheme = if self.restapi.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.api_connect_address())
     }
 }
 

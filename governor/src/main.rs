@@ -31,6 +31,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process (the REST API's HTTPS and its clients), chosen
+    // explicitly so no dependency's feature set can leave it ambiguous.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SPILO_LOG")

@@ -27,6 +27,8 @@ pub struct ClusterOptions {
     pub members: usize,
     /// The `ha:` section of every member's configuration, as YAML flow text.
     pub ha: String,
+    /// Serve the REST APIs over HTTPS with a self-signed certificate made by `openssl`.
+    pub api_tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -35,6 +37,7 @@ impl Default for ClusterOptions {
             scope: "e2e".into(),
             members: 3,
             ha: "{}".into(),
+            api_tls: false,
         }
     }
 }
@@ -97,6 +100,7 @@ pub struct Cluster {
     spilo: PathBuf,
     secrets: PathBuf,
     options: ClusterOptions,
+    http: reqwest::Client,
     // Dropped last: removes the work directory.
     dir: tempfile::TempDir,
 }
@@ -122,6 +126,83 @@ impl Cluster {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
             run_as.own(&p)?;
         }
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(2));
+        if options.api_tls {
+            // A test CA and a server certificate for 127.0.0.1 signed by it (rustls refuses a
+            // CA certificate used as the server's own).
+            let (ca, ca_key) = (secrets.join("ca.crt"), secrets.join("ca.key"));
+            let (cert, key, csr) = (
+                secrets.join("api.crt"),
+                secrets.join("api.key"),
+                secrets.join("api.csr"),
+            );
+            let ext = secrets.join("api.ext");
+            std::fs::write(
+                &ext,
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )?;
+            let openssl = |args: Vec<&std::ffi::OsStr>| -> anyhow::Result<()> {
+                let out = std::process::Command::new("openssl").args(args).output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "openssl: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Ok(())
+            };
+            let os = |s: &'static str| std::ffi::OsStr::new(s);
+            openssl(vec![
+                os("req"),
+                os("-x509"),
+                os("-newkey"),
+                os("rsa:2048"),
+                os("-nodes"),
+                os("-days"),
+                os("2"),
+                os("-subj"),
+                os("/CN=spilo-e2e-ca"),
+                os("-keyout"),
+                ca_key.as_os_str(),
+                os("-out"),
+                ca.as_os_str(),
+            ])?;
+            openssl(vec![
+                os("req"),
+                os("-newkey"),
+                os("rsa:2048"),
+                os("-nodes"),
+                os("-subj"),
+                os("/CN=127.0.0.1"),
+                os("-keyout"),
+                key.as_os_str(),
+                os("-out"),
+                csr.as_os_str(),
+            ])?;
+            openssl(vec![
+                os("x509"),
+                os("-req"),
+                os("-in"),
+                csr.as_os_str(),
+                os("-CA"),
+                ca.as_os_str(),
+                os("-CAkey"),
+                ca_key.as_os_str(),
+                os("-CAcreateserial"),
+                os("-days"),
+                os("2"),
+                os("-extfile"),
+                ext.as_os_str(),
+                os("-out"),
+                cert.as_os_str(),
+            ])?;
+            for p in [&cert, &key, &ca] {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+                run_as.own(p)?;
+            }
+            let certs = reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca)?)?;
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build()?;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))?;
         run_as.own(&secrets)?;
         let etcd = Etcd::start(dir.path()).await?;
@@ -150,6 +231,7 @@ impl Cluster {
             spilo,
             secrets,
             options,
+            http,
             dir,
         })
     }
@@ -204,7 +286,7 @@ impl Cluster {
                authentication:\n    \
                  superuser: {{username: postgres, password: {{file: {secrets}/superuser}}}}\n    \
                  replication: {{username: replicator, password: {{file: {secrets}/replication}}}}\n\
-             restapi: {{listen: 127.0.0.1:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}}}\n\
+             restapi: {{listen: 127.0.0.1:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}{tls}}}\n\
              ha: {ha}\n{extra}",
             scope = self.scope,
             name = m.name,
@@ -215,6 +297,14 @@ impl Cluster {
             api = m.api_port,
             ha = self.options.ha,
             extra = m.extra_yaml,
+            tls = if self.options.api_tls {
+                format!(
+                    ", tls: {{certfile: {s}/api.crt, keyfile: {s}/api.key, cafile: {s}/ca.crt}}",
+                    s = self.secrets.display()
+                )
+            } else {
+                String::new()
+            },
         )
     }
 
@@ -286,19 +376,37 @@ impl Cluster {
         Ok(at)
     }
 
+    /// A member's REST API base URL (`https` with `api_tls`).
+    pub fn api_url(&self, name: &str) -> String {
+        let scheme = if self.options.api_tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.member(name).api_port)
+    }
+
+    /// An HTTP client that trusts the cluster's REST API certificate.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The CA that signed the REST APIs' certificate (with `api_tls`).
+    pub fn api_cert(&self) -> PathBuf {
+        self.secrets.join("ca.crt")
+    }
+
     /// `GET /status` of a member.
     pub async fn status(&self, name: &str) -> Option<NodeStatus> {
-        let m = self.member(name);
-        let url = format!("http://127.0.0.1:{}/status", m.api_port);
-        let resp = http().get(url).send().await.ok()?;
+        let url = format!("{}/status", self.api_url(name));
+        let resp = self.http.get(url).send().await.ok()?;
         resp.json().await.ok()
     }
 
     /// The HTTP status code of `path` on a member's REST API (`None` when it does not answer).
     pub async fn http_code(&self, name: &str, path: &str) -> Option<u16> {
-        let m = self.member(name);
-        let url = format!("http://127.0.0.1:{}{path}", m.api_port);
-        http()
+        let url = format!("{}{path}", self.api_url(name));
+        self.http
             .get(url)
             .send()
             .await
@@ -390,6 +498,9 @@ impl Cluster {
             .args(["--etcd", &self.etcd.client_addr]);
         if ["switchover", "failover", "restart", "reload", "reinit"].contains(&command) {
             cmd.args(["--token", API_TOKEN]);
+            if self.options.api_tls {
+                cmd.arg("--cacert").arg(self.api_cert());
+            }
         }
         let out = cmd.output().await?;
         Ok((
@@ -467,13 +578,6 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default()
 }
 
 /// A multi-host libpq string over local `ports` with `target_session_attrs=read-write`.

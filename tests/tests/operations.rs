@@ -69,7 +69,7 @@ async fn a_paused_cluster_does_not_fail_over_until_it_is_resumed_body(
 // --- switchover ------------------------------------------------------------------------------
 
 fn api(c: &Cluster, name: &str) -> String {
-    format!("http://127.0.0.1:{}", c.member(name).api_port)
+    c.api_url(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,5 +383,58 @@ async fn manual_body(c: &mut Cluster) -> anyhow::Result<()> {
         "{out}"
     );
     assert_eq!(c.wait_primary(BOOT).await?, replicas[1]);
+    Ok(())
+}
+
+// --- HTTPS ----------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_serves_https_when_configured() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "tls".into(),
+        members: 2,
+        api_tls: true,
+        ..Default::default()
+    })
+    .await?;
+    let result = https_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn https_body(c: &mut Cluster) -> anyhow::Result<()> {
+    // Health checks and the members' own calls go over HTTPS.
+    let (old, replicas) = c.start_streaming(BOOT).await?;
+    let (code, json) = c.operate("list", &["--format", "json"]).await?;
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(
+        json.matches("\"api_url\": \"https://127.0.0.1:").count(),
+        2,
+        "{json}"
+    );
+    // Plain HTTP gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/primary",
+            c.member(&old).api_port
+        ))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    // A client that does not trust the certificate is refused; one that does switches over.
+    let etcd = c.etcd.client_addr.clone();
+    let (code, out, err) = c.spilo(&[
+        "switchover",
+        "tls",
+        "--etcd",
+        &etcd,
+        "--token",
+        cluster::API_TOKEN,
+    ])?;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert_eq!(c.primaries().await, vec![old.clone()]);
+    let (code, out) = c.operate("switchover", &[]).await?;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(c.wait_primary(BOOT).await?, replicas[0]);
     Ok(())
 }

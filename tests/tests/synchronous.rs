@@ -98,6 +98,7 @@ async fn strict_mode_blocks_writes_without_a_synchronous_standby() -> anyhow::Re
         scope: "strict".into(),
         members: 2,
         ha: "{synchronous_mode: true, synchronous_mode_strict: true}".into(),
+        ..Default::default()
     })
     .await?;
     let result = strict_body(&mut c).await;

@@ -36,16 +36,36 @@ use tokio_util::sync::CancellationToken;
 
 type Answer = (StatusCode, Json<NodeStatus>);
 
-/// Serves the API on `listener` until `cancel` fires.
+/// Serves the API on `listener` (HTTPS with `tls`) until `cancel` fires.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
     let app = router(shared);
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await;
+    let r = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(cancel.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stop = handle.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                stop.graceful_shutdown(Some(std::time::Duration::from_secs(1)));
+            });
+            match listener
+                .into_std()
+                .and_then(|std| axum_server::from_tcp_rustls(std, tls))
+            {
+                Ok(server) => server.handle(handle).serve(app.into_make_service()).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
     if let Err(e) = r {
         tracing::error!(error = %e, "the REST API stopped");
     }

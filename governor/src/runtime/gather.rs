@@ -140,7 +140,7 @@ impl Governor {
         };
         MemberStatus {
             conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),
-            api_url: format!("http://{}", cfg.api_connect_address()),
+            api_url: cfg.api_url(),
             role,
             state: state_override.unwrap_or(state),
             timeline,
@@ -172,7 +172,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig) -> NodeStatus {
         scope: cfg.scope.clone(),
         member: MemberStatus {
             conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),
-            api_url: format!("http://{}", cfg.api_connect_address()),
+            api_url: cfg.api_url(),
             role: MemberRole::Uninitialized,
             state: MemberState::Stopped,
             timeline: None,

@@ -132,11 +132,16 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("stop a leftover PostgreSQL")?;
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .context("build an HTTP client")?;
-    let api_url = format!("http://{}", cfg.api_connect_address());
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(2));
+    if let Some(tls) = &cfg.restapi.tls {
+        let ca = tls.cafile.as_ref().unwrap_or(&tls.certfile);
+        let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+        http = http.tls_certs_only(certs);
+    }
+    let http = http.build().context("build an HTTP client")?;
+    let api_url = cfg.api_url();
     gather::check_name_is_free(&dcs, &http, &api_url).await?;
 
     let cancel = shutdown.child_token();
@@ -192,7 +197,21 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(cfg.restapi.listen)
         .await
         .with_context(|| format!("listen for the REST API on {}", cfg.restapi.listen))?;
-    tasks.spawn(api::serve(listener, shared.clone(), cancel.clone()));
+    let tls = match &cfg.restapi.tls {
+        Some(t) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.certfile, &t.keyfile)
+                .await
+                .with_context(|| {
+                    format!(
+                        "load the REST API certificate {} and key {}",
+                        t.certfile.display(),
+                        t.keyfile.display()
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    tasks.spawn(api::serve(listener, tls, shared.clone(), cancel.clone()));
 
     let mut gov = Governor {
         loaded,

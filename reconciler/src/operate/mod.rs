@@ -56,6 +56,9 @@ pub struct ApiAuth {
     /// The state directory of `spilo up`; its generated token is used when none is given.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// CA certificates (PEM) to check an HTTPS REST API against (`restapi.tls`).
+    #[arg(long, env = "SPILO_API_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// What etcd holds for a cluster.
@@ -199,10 +202,14 @@ impl Api {
         } else {
             local_token(auth, cluster).map(Credential::Token)
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .context("build an HTTP client")?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(90));
+        if let Some(ca) = &auth.cacert {
+            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build().context("build an HTTP client")?;
         Ok(Self {
             http,
             auth: credential,
