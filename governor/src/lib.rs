@@ -16,3 +16,4 @@ pub mod ha;
 pub mod postgres;
 pub mod preflight;
 pub mod runtime;
+pub mod watchdog;

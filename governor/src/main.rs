@@ -21,6 +21,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
+    #[command(hide = true)]
+    Watchdog,
     /// Check a configuration file and the machine, then exit.
     Check {
         /// The governor's YAML configuration.
@@ -31,6 +34,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Watchdog) {
+        governor::watchdog::run();
+        return ExitCode::SUCCESS;
+    }
     // One TLS crypto provider for the process (the REST API's HTTPS and its clients), chosen
     // explicitly so no dependency's feature set can leave it ambiguous.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -70,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Command::Watchdog => Ok(()),
         Command::Run { config } => {
             let loaded = governor::config::load(&config)?;
             governor::preflight::check(&loaded.config)?;

@@ -58,7 +58,7 @@ impl Postmaster {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(false);
-        die_with_parent(&mut cmd);
+        die_with_parent(&mut cmd, Signal::SIGQUIT);
         let mut child = cmd.spawn()?;
         let pid = child
             .id()
@@ -151,15 +151,13 @@ fn pid_of(pid: u32) -> Pid {
     Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
 }
 
-/// Asks the kernel to send SIGQUIT to the child when the governor exits.
+/// Asks the kernel to send `signal` to the child when the governor exits.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut tokio::process::Command) {
+pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command, signal: Signal) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
     // is async-signal-safe; it allocates nothing and touches no lock.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT).map_err(std::io::Error::from)
-        });
+        cmd.pre_exec(move || nix::sys::prctl::set_pdeathsig(signal).map_err(std::io::Error::from));
     }
 }
 

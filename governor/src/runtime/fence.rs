@@ -5,13 +5,19 @@
 //! a slow disk, a long action), a primary stops accepting writes before etcd can hand the
 //! leader key to anyone else. It only acts on the pid the runtime armed it with, and only while
 //! armed, so replicas keep running through etcd outages.
+//!
+//! It also tells the external [`crate::watchdog`] process the same deadline at every change, so
+//! that a governor frozen as a whole (where this task cannot run either) still loses its
+//! PostgreSQL in time.
 
 use crate::ha::LeaseView;
+use crate::watchdog::Message;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -20,17 +26,40 @@ pub type Armed = Option<u32>;
 
 /// Runs until `cancel` fires. `fired` is set when the fence stopped PostgreSQL, and `wake`
 /// notified so the HA loop looks at once.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     mut armed: watch::Receiver<Armed>,
     mut lease: watch::Receiver<LeaseView>,
     margin: Duration,
     fired: Arc<AtomicBool>,
     wake: Arc<Notify>,
+    mut watchdog: Option<tokio::process::ChildStdin>,
     cancel: CancellationToken,
 ) {
+    let mut told: Option<Message> = None;
     loop {
         let pid = *armed.borrow_and_update();
         let view = *lease.borrow_and_update();
+        // The watchdog's deadline is half a margin after this task's own, still half a margin
+        // before the lease can end: normally this task fires first and knows it did.
+        let message = match (pid, view.id, view.valid_until) {
+            (Some(pid), Some(_), Some(until)) => Message::Arm {
+                pid,
+                left: until
+                    .checked_sub(margin / 2)
+                    .unwrap_or_else(Instant::now)
+                    .saturating_duration_since(Instant::now()),
+            },
+            (Some(pid), ..) => Message::Arm {
+                pid,
+                left: Duration::ZERO,
+            },
+            (None, ..) => Message::Disarm,
+        };
+        if told != Some(message) {
+            tell(&mut watchdog, message).await;
+            told = Some(message);
+        }
         let Some(pid) = pid else {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -65,5 +94,34 @@ pub async fn run(
             r = armed.changed() => if r.is_err() { return },
             r = lease.changed() => if r.is_err() { return },
         }
+    }
+}
+
+/// Starts `governor watchdog` (this same program) with a pipe on its stdin. It dies with the
+/// governor (PR_SET_PDEATHSIG) and on the pipe's end.
+pub fn spawn_watchdog() -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.arg("watchdog")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    crate::postgres::process::die_with_parent(&mut cmd, Signal::SIGKILL);
+    cmd.spawn()
+}
+
+/// Sends `message` to the watchdog; a watchdog that cannot be written to is dropped (logged
+/// once), leaving the in-process fence alone on guard.
+async fn tell(watchdog: &mut Option<tokio::process::ChildStdin>, message: Message) {
+    let Some(pipe) = watchdog.as_mut() else {
+        return;
+    };
+    let line = message.line();
+    let sent =
+        tokio::time::timeout(Duration::from_millis(500), pipe.write_all(line.as_bytes())).await;
+    if !matches!(sent, Ok(Ok(()))) {
+        tracing::error!(
+            "cannot reach the watchdog process; only the in-process fence guards PostgreSQL now"
+        );
+        *watchdog = None;
     }
 }

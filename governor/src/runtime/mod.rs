@@ -162,12 +162,15 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let (fence_tx, fence_rx) = watch::channel(None);
     let fence_fired = Arc::new(AtomicBool::new(false));
+    let mut watchdog = fence::spawn_watchdog().context("start the watchdog process")?;
+    let watchdog_pipe = watchdog.stdin.take();
     tasks.spawn(fence::run(
         fence_rx,
         lease_rx.clone(),
         cfg.ha.fence_margin(),
         fence_fired.clone(),
         wake.clone(),
+        watchdog_pipe,
         cancel.clone(),
     ));
 
@@ -239,6 +242,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     gov.shutdown().await;
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    let _ = watchdog.kill().await;
     result
 }
 
