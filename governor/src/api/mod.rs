@@ -20,7 +20,7 @@
 //! request time, so a stalled HA loop cannot keep `/primary` green past the lease.
 
 pub mod auth;
-mod ops;
+pub mod ops;
 
 use crate::runtime::Shared;
 use axum::Json;

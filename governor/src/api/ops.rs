@@ -70,12 +70,16 @@ pub struct SwitchoverBody {
     pub scheduled_at: Option<String>,
 }
 
-fn body<T: Default + for<'de> Deserialize<'de>>(raw: &str) -> Result<T, Reply> {
+/// Parses a request body (empty: the defaults); a body that does not parse is a 400.
+pub fn parse_body<T: Default + for<'de> Deserialize<'de>>(raw: &str) -> Result<T, String> {
     if raw.trim().is_empty() {
         return Ok(T::default());
     }
-    serde_json::from_str(raw)
-        .map_err(|e| reply(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+    serde_json::from_str(raw).map_err(|e| format!("bad request body: {e}"))
+}
+
+fn body<T: Default + for<'de> Deserialize<'de>>(raw: &str) -> Result<T, Reply> {
+    parse_body(raw).map_err(|e| reply(StatusCode::BAD_REQUEST, e))
 }
 
 pub(super) async fn post_switchover(

@@ -20,7 +20,7 @@ use spilo_model::{
 use std::future::Future;
 use std::time::Duration;
 
-pub use view::read_view;
+pub use view::{parse_view, read_view};
 
 /// An etcd failure.
 #[derive(Debug, thiserror::Error)]

@@ -21,13 +21,31 @@ pub async fn read_view(
             .get(keys.prefix(), Some(GetOptions::new().with_prefix())),
     )
     .await?;
+    Ok(parse_view(
+        keys,
+        resp.kvs().iter().filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?,
+                kv.value(),
+                kv.lease(),
+                kv.mod_revision(),
+            ))
+        }),
+    ))
+}
+
+/// Parses `(key, value, lease, mod revision)` tuples into a view. Keys outside the cluster
+/// and values that do not parse are left out (and logged), never guessed at: a corrupt or
+/// hostile value cannot crash the governor.
+pub fn parse_view<'a>(
+    keys: &Keyspace,
+    kvs: impl Iterator<Item = (&'a str, &'a [u8], i64, i64)>,
+) -> ClusterView {
     let mut view = ClusterView::default();
-    for kv in resp.kvs() {
-        let Ok(key) = kv.key_str() else { continue };
+    for (key, value, lease, mod_revision) in kvs {
         let Some(kind) = keys.classify(key) else {
             continue;
         };
-        let value = kv.value();
         match kind {
             KeyKind::Initialize => {
                 view.initialize = Some(String::from_utf8_lossy(value).into_owned());
@@ -37,16 +55,13 @@ pub async fn read_view(
                 .and_then(|s| MemberName::new(s).ok())
             {
                 Some(name) => {
-                    view.leader = Some(LeaderKey {
-                        name,
-                        lease: kv.lease(),
-                    });
+                    view.leader = Some(LeaderKey { name, lease });
                 }
                 None => tracing::warn!(key, "the leader key holds no valid member name"),
             },
             KeyKind::Member(name) => match serde_json::from_slice(value) {
                 Ok(status) => {
-                    view.member_leases.insert(name.clone(), kv.lease());
+                    view.member_leases.insert(name.clone(), lease);
                     view.members.insert(name, status);
                 }
                 Err(e) => {
@@ -74,7 +89,7 @@ pub async fn read_view(
             KeyKind::Sync => match serde_json::from_slice(value) {
                 Ok(sync) => {
                     view.sync = Some(sync);
-                    view.sync_revision = kv.mod_revision();
+                    view.sync_revision = mod_revision;
                 }
                 Err(e) => {
                     tracing::warn!(key, error = %e, "ignoring a sync key that does not parse")
@@ -84,5 +99,5 @@ pub async fn read_view(
             KeyKind::ApplyLock => {}
         }
     }
-    Ok(view)
+    view
 }

@@ -309,7 +309,7 @@ fn race(
             .filter(|p| sync.contains(&p.name))
             .cloned()
             .collect(),
-        Some([]) => {
+        Some(sync) if sync.is_empty() => {
             return Decision::Wait {
                 why: "no leader, and synchronous mode lists no synchronous standby: promoting \
                       anyone could lose acknowledged commits (`spilo failover --to` overrides)"

@@ -76,11 +76,16 @@ impl ClusterView {
         self.config.as_ref().is_some_and(|c| c.synchronous_mode)
     }
 
-    /// In synchronous mode, the members that may be promoted: the `sync` key's list (empty
-    /// when there is none). `None` outside synchronous mode: anyone may.
-    pub fn promotable(&self) -> Option<&[MemberName]> {
-        self.synchronous()
-            .then(|| self.sync.as_ref().map_or(&[][..], |s| s.members.as_slice()))
+    /// In synchronous mode, the members that may be promoted: the `sync` key's standbys and
+    /// the primary that wrote it (it has every commit it acknowledged; a primary that crashed
+    /// before confirming any standby must be able to come back). Empty when there is no key.
+    /// `None` outside synchronous mode: anyone may.
+    pub fn promotable(&self) -> Option<Vec<MemberName>> {
+        self.synchronous().then(|| {
+            self.sync.as_ref().map_or_else(Vec::new, |s| {
+                s.leader.iter().chain(&s.members).cloned().collect()
+            })
+        })
     }
 }
 

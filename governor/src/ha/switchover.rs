@@ -118,20 +118,15 @@ pub fn as_leader(
     }
 }
 
-/// Without a leader: a request naming a candidate lets only that candidate take the key, as
-/// long as it answers. `None` leaves the choice to the usual ranking.
+/// Without a leader: a manual failover naming a candidate lets only that candidate take the
+/// key, as long as it answers (the operator's explicit choice, past the ranking and the
+/// synchronous list). A switchover request left by a leader that has since died is not a
+/// failover order: `None`, and the usual rules choose.
 pub fn without_leader(s: &Snapshot, req: &SwitchoverRequest) -> Option<Decision> {
-    let c = req.candidate.as_ref()?;
+    let c = req.candidate.as_ref().filter(|_| req.failover)?;
     if *c == s.me {
         return Some(Decision::AcquireLeader {
-            why: format!(
-                "a {} to this member was requested",
-                if req.failover {
-                    "manual failover"
-                } else {
-                    "switchover"
-                }
-            ),
+            why: "a manual failover to this member was requested".into(),
         });
     }
     let alive = s.peers.iter().any(|p| {

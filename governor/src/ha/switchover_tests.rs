@@ -206,6 +206,17 @@ fn only_the_named_candidate_takes_the_key() {
 }
 
 #[test]
+fn a_switchover_request_left_by_a_dead_leader_is_no_failover_order() {
+    // Found by the simulation (seed 1177): the candidate of a switchover whose leader then
+    // died must not jump the ranking (or the synchronous list); it may lack commits.
+    let mut w = leaderless_with("m1");
+    w.view().switchover.as_mut().expect("request").failover = false;
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait", "{d}");
+    assert!(d.to_string().contains("m2"), "{d}");
+}
+
+#[test]
 fn a_candidate_that_does_not_answer_does_not_block_failover() {
     let mut w = leaderless_with("m3");
     w.snap.peers.clear();
@@ -319,16 +330,26 @@ fn in_synchronous_mode_only_a_listed_standby_takes_over() {
     synchronous(&mut w, &["m2"]);
     let d = w.decide();
     assert_eq!(kind(&d), "wait");
-    assert!(d.to_string().contains("only m2 may take over"), "{d}");
+    assert!(d.to_string().contains("only m0, m2 may take over"), "{d}");
 
+    // No key at all: nobody.
     let mut w = World::new();
     synchronous(&mut w, &[]);
+    w.view().sync = None;
     let d = w.decide();
     assert_eq!(kind(&d), "wait");
     assert!(
         d.to_string().contains("lists no synchronous standby"),
         "{d}"
     );
+
+    // The primary that wrote the key may come back although it confirmed no standby: it has
+    // every commit it acknowledged (found by the simulation, seed 8).
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 900)));
+    synchronous(&mut w, &[]);
+    w.view().sync.as_mut().expect("key").leader = Some(name("m1"));
+    assert_eq!(kind(&w.decide()), "acquire_leader");
 }
 
 #[test]

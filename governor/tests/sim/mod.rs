@@ -1,0 +1,565 @@
+//! A seeded simulation of a cluster of governors: virtual time, a simulated etcd, network and
+//! PostgreSQL, random faults, and the real HA decision code. [`run`] plays one seed and checks
+//! the safety invariants after every step; any violation comes back as an error naming the
+//! seed, so `SIM_SEED=<seed>` replays it.
+
+pub mod etcd;
+pub mod world;
+
+use etcd::Etcd;
+use governor::ha::{self, Decision, HaConfig};
+use spilo_model::{ClusterConfig, MemberName, SwitchoverRequest};
+use std::time::Duration;
+use world::{Clock, Ctx, Event, Member, Pg, Standbys};
+
+/// Virtual milliseconds per step.
+const TICK: u64 = 20;
+const TTL: u64 = 4_000;
+const LOOP_WAIT: u64 = 1_000;
+const RENEW: u64 = TTL / 8;
+const MARGIN: u64 = 1_000;
+/// Faults are injected from here...
+const FAULTS_FROM: u64 = 10_000;
+/// ...to here; then the cluster must converge.
+const FAULTS_UNTIL: u64 = 100_000;
+/// It must have converged by here.
+const END: u64 = 160_000;
+
+/// What one seed did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Promotions after the bootstrap.
+    pub failovers: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Commits acknowledged to clients.
+    pub acked: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Crash,
+    Partition,
+    Freeze,
+    EtcdStall,
+    Slow,
+    Switchover,
+}
+
+struct Scheduled {
+    at: u64,
+    what: Undo,
+}
+
+enum Undo {
+    Restart(usize),
+    Heal(usize),
+    Thaw(usize),
+    EtcdBack,
+}
+
+struct Sim {
+    rng: fastrand::Rng,
+    clock: Clock,
+    now: u64,
+    etcd: Etcd,
+    members: Vec<Member>,
+    cfg: HaConfig,
+    next_id: u64,
+    /// Commits a primary wrote, not yet acknowledged: (member, position, id).
+    pending: Vec<(usize, usize, u64)>,
+    /// Acknowledged commit ids.
+    acked: Vec<u64>,
+    undo: Vec<Scheduled>,
+    synchronous: bool,
+    stats: Stats,
+    trace: Vec<String>,
+}
+
+/// Plays `seed`. `Err` describes the first violated invariant, with the recent trace.
+pub fn run(seed: u64) -> Result<Stats, String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let n = [2usize, 3, 3, 3, 4][rng.usize(..5)];
+    let synchronous = rng.bool();
+    let strict = synchronous && rng.u8(..4) == 0;
+    let config = ClusterConfig {
+        ttl: Some(TTL / 1000),
+        loop_wait: Some(LOOP_WAIT / 1000),
+        synchronous_mode: synchronous,
+        synchronous_mode_strict: strict,
+        synchronous_node_count: synchronous.then_some(1),
+        ..Default::default()
+    };
+    let mut sim = Sim {
+        rng,
+        clock: Clock::new(),
+        now: 0,
+        etcd: Etcd::new(config),
+        members: (1..=n).map(|i| Member::new(&format!("m{i}"))).collect(),
+        cfg: HaConfig {
+            maximum_lag_on_failover: 1 << 20,
+            primary_start_timeout: Duration::from_secs(30),
+            max_primary_crashes: 3,
+            fence_margin: Duration::from_millis(MARGIN),
+            rewind_check_after: Duration::from_secs(15),
+        },
+        next_id: 0,
+        pending: Vec::new(),
+        acked: Vec::new(),
+        undo: Vec::new(),
+        synchronous,
+        stats: Stats::default(),
+        trace: Vec::new(),
+    };
+    for (i, m) in sim.members.iter_mut().enumerate() {
+        m.next_loop = i as u64 * 7;
+    }
+    let mut next_fault = FAULTS_FROM;
+    while sim.now < END {
+        if sim.now >= next_fault && sim.now < FAULTS_UNTIL {
+            sim.inject();
+            next_fault = sim.now + 3_000 + sim.rng.u64(..7_000);
+        }
+        sim.step().map_err(|e| sim.report(seed, &e))?;
+        sim.now += TICK;
+    }
+    sim.converged().map_err(|e| sim.report(seed, &e))?;
+    sim.stats.acked = sim.acked.len() as u64;
+    Ok(sim.stats)
+}
+
+impl Sim {
+    fn log(&mut self, line: String) {
+        self.trace.push(format!("{:>7} ms  {line}", self.now));
+        if self.trace.len() > 60 {
+            self.trace.remove(0);
+        }
+    }
+
+    fn report(&self, seed: u64, e: &str) -> String {
+        format!(
+            "seed {seed} ({} members, synchronous {}): {e}\nlast events:\n{}",
+            self.members.len(),
+            self.synchronous,
+            self.trace.join("\n")
+        )
+    }
+
+    fn primary(&self) -> Option<usize> {
+        self.etcd
+            .leader
+            .as_ref()
+            .and_then(|(n, _)| self.members.iter().position(|m| m.name == *n))
+    }
+
+    fn inject(&mut self) {
+        let kinds = [
+            Fault::Crash,
+            Fault::Crash,
+            Fault::Partition,
+            Fault::Freeze,
+            Fault::EtcdStall,
+            Fault::Slow,
+            Fault::Switchover,
+        ];
+        let kind = kinds[self.rng.usize(..kinds.len())];
+        // Mostly the primary, sometimes anyone.
+        let target = match self.primary() {
+            Some(p) if self.rng.u8(..3) > 0 => p,
+            _ => self.rng.usize(..self.members.len()),
+        };
+        let m = &self.members[target];
+        if !m.up || m.frozen || m.partitioned {
+            return;
+        }
+        let len = 1_000 + self.rng.u64(..9_000);
+        let at = self.now + len;
+        self.stats.faults += 1;
+        let name = m.name.clone();
+        match kind {
+            Fault::Crash => {
+                let m = &mut self.members[target];
+                m.up = false;
+                m.stop(None);
+                m.lease = None;
+                m.valid_until = None;
+                // A new governor process starts with a fresh `Instance`.
+                m.standbys = world::Standbys::None;
+                m.sync_pending.clear();
+                self.undo.push(Scheduled {
+                    at,
+                    what: Undo::Restart(target),
+                });
+            }
+            Fault::Partition => {
+                self.members[target].partitioned = true;
+                self.undo.push(Scheduled {
+                    at,
+                    what: Undo::Heal(target),
+                });
+            }
+            Fault::Freeze => {
+                self.members[target].frozen = true;
+                self.undo.push(Scheduled {
+                    at,
+                    what: Undo::Thaw(target),
+                });
+            }
+            Fault::EtcdStall => {
+                if !self.etcd.available {
+                    return;
+                }
+                self.etcd.available = false;
+                self.undo.push(Scheduled {
+                    at: self.now + 500 + self.rng.u64(..5_000),
+                    what: Undo::EtcdBack,
+                });
+            }
+            Fault::Slow => self.members[target].busy_until = at.min(self.now + 5_000),
+            Fault::Switchover => {
+                if self.etcd.switchover.is_none() && self.etcd.available {
+                    let leader = self.etcd.leader.as_ref().map(|(n, _)| n.clone());
+                    let candidate = self.rng.bool().then(|| {
+                        self.members[self.rng.usize(..self.members.len())]
+                            .name
+                            .clone()
+                    });
+                    self.etcd.switchover = Some(SwitchoverRequest {
+                        leader,
+                        candidate,
+                        scheduled_at: None,
+                        failover: false,
+                        requested_at: self.now / 1000,
+                    });
+                }
+            }
+        }
+        self.log(format!("fault {kind:?} on {name} for {len} ms"));
+    }
+
+    fn undo_due(&mut self) {
+        let now = self.now;
+        let due: Vec<Scheduled> = {
+            let (due, rest): (Vec<_>, Vec<_>) = self.undo.drain(..).partition(|s| s.at <= now);
+            self.undo = rest;
+            due
+        };
+        for s in due {
+            match s.what {
+                Undo::Restart(i) => {
+                    let m = &mut self.members[i];
+                    m.up = true;
+                    m.next_loop = now;
+                    m.next_renew = now;
+                    m.crashes.clear();
+                    m.primary_down_since = None;
+                    m.last = None;
+                    self.log(format!("{} restarts", self.members[i].name));
+                }
+                Undo::Heal(i) => {
+                    self.members[i].partitioned = false;
+                    self.log(format!("{} rejoins the network", self.members[i].name));
+                }
+                Undo::Thaw(i) => {
+                    self.members[i].frozen = false;
+                    self.log(format!("{} thaws", self.members[i].name));
+                }
+                Undo::EtcdBack => {
+                    self.etcd.recover(now, TTL);
+                    self.log("etcd answers again".into());
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<(), String> {
+        self.undo_due();
+        self.etcd.expire(self.now);
+        self.leases();
+        self.fences();
+        self.replicate();
+        self.workload();
+        self.loops()?;
+        self.check()
+    }
+
+    /// The lease tasks: renew every TTL/8 when etcd answers; a lost lease is replaced.
+    fn leases(&mut self) {
+        let now = self.now;
+        for i in 0..self.members.len() {
+            let m = &self.members[i];
+            if !m.up || m.frozen || now < m.next_renew {
+                continue;
+            }
+            let reachable = !m.partitioned && self.etcd.available;
+            let delay = self.rng.u64(..40);
+            let m = &mut self.members[i];
+            m.next_renew = now + RENEW;
+            if !reachable {
+                continue;
+            }
+            let expires = now + delay + TTL;
+            match m.lease {
+                Some(id) if self.etcd.keepalive(id, expires) => m.valid_until = Some(now + TTL),
+                _ => {
+                    m.lease = Some(self.etcd.grant(expires));
+                    m.valid_until = Some(now + TTL);
+                }
+            }
+        }
+    }
+
+    /// The in-process fence (governor running) and the watchdog process (also while the
+    /// governor is frozen) stop a primary whose lease is about to end.
+    fn fences(&mut self) {
+        let now = self.now;
+        for i in 0..self.members.len() {
+            let m = &self.members[i];
+            if m.pg != Pg::Primary || !m.up {
+                continue;
+            }
+            let until = m.valid_until.unwrap_or(0);
+            let fence = !m.frozen && now + MARGIN >= until;
+            let watchdog = now + MARGIN / 2 >= until;
+            if fence || watchdog {
+                let name = m.name.clone();
+                self.members[i].stop(None);
+                self.log(format!(
+                    "{name}: {} stops PostgreSQL",
+                    if fence { "fence" } else { "watchdog" }
+                ));
+            }
+        }
+    }
+
+    /// Streaming: a replica whose WAL is a prefix of its reachable upstream primary's catches
+    /// up by a few records per step; otherwise it does not stream.
+    fn replicate(&mut self) {
+        let now = self.now;
+        for i in 0..self.members.len() {
+            let Pg::Replica { upstream: Some(up) } = self.members[i].pg.clone() else {
+                let m = &mut self.members[i];
+                if m.pg != Pg::Primary {
+                    m.streaming = false;
+                    if m.pg != Pg::Stopped {
+                        m.not_streaming_since.get_or_insert(now);
+                    }
+                }
+                continue;
+            };
+            let src = self
+                .members
+                .iter()
+                .position(|m| m.name == up)
+                .filter(|&j| self.members[j].pg == Pg::Primary && !self.members[j].partitioned);
+            let step = 1 + self.rng.usize(..4);
+            // Copy only the records to ship, without cloning the upstream's whole WAL.
+            let shipped = match (src, &self.members[i].data) {
+                (Some(j), Some(d)) if !self.members[i].partitioned => {
+                    let up = self.members[j].data.as_ref().expect("primary has data");
+                    d.prefix_of(up).then(|| {
+                        let to = (d.log.len() + step).min(up.log.len());
+                        (up.log[d.log.len()..to].to_vec(), up.timeline)
+                    })
+                }
+                _ => None,
+            };
+            let m = &mut self.members[i];
+            let ok = match (shipped, &mut m.data) {
+                (Some((records, tl)), Some(d)) => {
+                    d.log.extend(records);
+                    d.timeline = tl;
+                    true
+                }
+                _ => false,
+            };
+            m.streaming = ok;
+            if ok {
+                m.not_streaming_since = None;
+            } else {
+                m.not_streaming_since.get_or_insert(now);
+            }
+        }
+    }
+
+    /// Clients write to every member that accepts writes; a commit is acknowledged when the
+    /// primary's synchronous standbys have it.
+    fn workload(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].pg == Pg::Primary {
+                self.next_id += 1;
+                let id = self.next_id;
+                let d = self.members[i].data.as_mut().expect("primary has data");
+                d.log.push(world::Entry { id, tl: d.timeline });
+                self.pending.push((i, d.log.len() - 1, id));
+            }
+        }
+        let members = &self.members;
+        let has = |j: usize, pos: usize, id: u64| {
+            members[j]
+                .data
+                .as_ref()
+                .is_some_and(|d| d.log.get(pos).is_some_and(|e| e.id == id))
+        };
+        let mut acked = Vec::new();
+        self.pending.retain(|&(i, pos, id)| {
+            let p = &members[i];
+            if p.pg != Pg::Primary || !has(i, pos, id) {
+                return false; // the client got an error: never acknowledged
+            }
+            let done = match &p.standbys {
+                Standbys::None => true,
+                Standbys::Any => members.iter().enumerate().any(|(j, m)| {
+                    j != i
+                        && m.pg
+                            == (Pg::Replica {
+                                upstream: Some(p.name.clone()),
+                            })
+                        && has(j, pos, id)
+                }),
+                Standbys::All(names) => names.iter().all(|n| {
+                    members
+                        .iter()
+                        .position(|m| m.name == *n)
+                        .is_some_and(|j| has(j, pos, id))
+                }),
+            };
+            if done {
+                acked.push(id);
+            }
+            !done
+        });
+        self.acked.extend(acked);
+    }
+
+    /// The HA loops of the members that run and are due (or woken by a leader change).
+    fn loops(&mut self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            let m = &self.members[i];
+            if !m.up || m.frozen || self.now < m.busy_until {
+                continue;
+            }
+            let woken = !m.partitioned
+                && self.etcd.available
+                && m.seen_leader_version != self.etcd.leader_version;
+            if self.now < m.next_loop && !woken {
+                continue;
+            }
+            self.members[i].seen_leader_version = self.etcd.leader_version;
+            let snap = world::snapshot(&self.members, i, &self.etcd, self.now, self.clock);
+            let d = ha::decide(&snap, &self.cfg, self.clock.at(self.now));
+            let repeated = self.members[i].last.as_ref() == Some(&d);
+            if !repeated {
+                let line = format!("{}: {d}", self.members[i].name);
+                self.log(line);
+            }
+            let was_primary = self.members[i].pg == Pg::Primary;
+            let mut ctx = Ctx {
+                members: &mut self.members,
+                etcd: &mut self.etcd,
+                next_id: &mut self.next_id,
+            };
+            let event = ctx.act(i, &d)?;
+            if event == Event::Promoted {
+                self.stats.failovers += 1;
+                self.check_promotion(i)?;
+            }
+            if was_primary && self.members[i].pg != Pg::Primary {
+                self.pending.retain(|(p, ..)| *p != i);
+            }
+            let m = &mut self.members[i];
+            if let (Some(lease), false) = (m.lease, m.partitioned || !self.etcd.available) {
+                let status = m.status();
+                let name = m.name.clone();
+                self.etcd.put_member(&name, status, lease);
+            }
+            let m = &mut self.members[i];
+            let acts = !matches!(
+                d,
+                Decision::Wait { .. } | Decision::Lead | Decision::Follow { .. }
+            );
+            m.next_loop = if acts && !repeated {
+                self.now + TICK
+            } else {
+                self.now + LOOP_WAIT
+            };
+            m.last = Some(d);
+        }
+        Ok(())
+    }
+
+    /// In synchronous mode nothing acknowledged may be missing on a newly promoted primary.
+    fn check_promotion(&self, i: usize) -> Result<(), String> {
+        if !self.synchronous {
+            return Ok(());
+        }
+        let d = self.members[i].data.as_ref().expect("data");
+        let have: std::collections::HashSet<u64> = d.log.iter().map(|e| e.id).collect();
+        let missing: Vec<u64> = self
+            .acked
+            .iter()
+            .filter(|id| !have.contains(id))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} was promoted without {} acknowledged commit(s), e.g. {:?}",
+                self.members[i].name,
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            ))
+        }
+    }
+
+    /// After every step: at most one member accepts writes, and it holds the leader key.
+    fn check(&self) -> Result<(), String> {
+        let writable: Vec<&MemberName> = self
+            .members
+            .iter()
+            .filter(|m| m.writable())
+            .map(|m| &m.name)
+            .collect();
+        if writable.len() > 1 {
+            return Err(format!("two writable members: {writable:?}"));
+        }
+        if let Some(w) = writable.first() {
+            let holder = self.etcd.leader.as_ref().map(|(n, _)| n);
+            if holder != Some(*w) {
+                return Err(format!(
+                    "{w} accepts writes but the leader key is {holder:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Once faults stop: one primary holding the key, every member running and streaming
+    /// from it.
+    fn converged(&self) -> Result<(), String> {
+        let Some(p) = self.primary() else {
+            return Err("no leader at the end".into());
+        };
+        let leader = &self.members[p];
+        if !leader.writable() {
+            return Err(format!(
+                "{} holds the key but is not primary at the end",
+                leader.name
+            ));
+        }
+        for m in self.members.iter().filter(|m| m.name != leader.name) {
+            let follows =
+                m.pg == Pg::Replica {
+                    upstream: Some(leader.name.clone()),
+                } && m.streaming;
+            if !follows {
+                return Err(format!(
+                    "{} does not stream from {} at the end ({:?}, streaming {})",
+                    m.name, leader.name, m.pg, m.streaming
+                ));
+            }
+        }
+        Ok(())
+    }
+}
