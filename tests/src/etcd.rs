@@ -60,6 +60,15 @@ impl Etcd {
         Ok(etcd)
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the etcd process: an etcd that stops answering.
+    pub fn freeze(&self, frozen: bool) {
+        self.process.signal(if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        });
+    }
+
     /// `http://127.0.0.1:<client port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.client_addr)

@@ -103,3 +103,142 @@ async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Expected: with etcd frozen for 8 s and every member healthy, the primary stops accepting
+/// writes before its lease can end (it cannot tell an etcd outage from being cut off, and
+/// there is no failsafe mode), nobody accepts writes until etcd answers again, then one
+/// primary is back within 30 s; no two members ever accept writes at once and, all members
+/// being reachable, the most advanced one leads again: no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_stops_writes_safely_and_the_cluster_recovers() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "etcdout".into(),
+        ..Default::default()
+    })
+    .await?;
+    let result = etcd_outage_body(&mut c).await;
+    c.etcd.freeze(false);
+    c.finish(result)
+}
+
+async fn etcd_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (old, _) = c.start_streaming(BOOT).await?;
+    c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
+    let prober = per_member_prober(c);
+    wait::until("the primary to acknowledge probe writes", BOOT, || async {
+        prober.acks().iter().any(|a| a.member == old).then_some(())
+    })
+    .await?;
+    c.etcd.freeze(true);
+    let frozen_at = Instant::now();
+    // Within the TTL (4 s) the primary has stopped accepting writes.
+    let fenced = wait::until("the primary to stop accepting writes", BOOT, || async {
+        let last = prober
+            .acks()
+            .iter()
+            .filter(|a| a.member == old)
+            .map(|a| a.acked)
+            .max()?;
+        (Instant::now().saturating_duration_since(last) > Duration::from_millis(500))
+            .then_some(last)
+    })
+    .await?;
+    assert!(
+        fenced.saturating_duration_since(frozen_at) < Duration::from_secs(4),
+        "the primary kept accepting writes for {:?} without etcd",
+        fenced.saturating_duration_since(frozen_at)
+    );
+    wait::until(
+        "eight seconds of outage",
+        Duration::from_secs(20),
+        || async { (frozen_at.elapsed() >= Duration::from_secs(8)).then_some(()) },
+    )
+    .await?;
+    let during: Vec<_> = prober
+        .acks()
+        .into_iter()
+        .filter(|a| a.sent > fenced && a.acked < frozen_at + Duration::from_secs(8))
+        .collect();
+    assert!(
+        during.is_empty(),
+        "writes accepted without etcd: {during:?}"
+    );
+    c.etcd.freeze(false);
+    let back = Instant::now();
+    let primary = c.wait_primary(Duration::from_secs(30)).await?;
+    wait::until("writes to resume", BOOT, || async {
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.member == primary && a.sent > back)
+            .then_some(())
+    })
+    .await?;
+    let (acks, _) = prober.stop().await;
+    probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
+    let present = probe::ids_on(&c.sql(&primary).await?).await?;
+    assert_eq!(
+        probe::lost(&acks, &present),
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
+    Ok(())
+}
+
+/// Expected: PostgreSQL killed under a live governor is restarted in place twice (same
+/// primary, nothing lost); the third crash within five minutes hands leadership to a replica,
+/// and the old primary rejoins as a replica. No two members accept writes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_hands_leadership_over_after_the_third_crash() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "crashloop".into(),
+        ..Default::default()
+    })
+    .await?;
+    let result = crash_loop_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn crash_loop_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (old, _) = c.start_streaming(BOOT).await?;
+    c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
+    let prober = per_member_prober(c);
+    for crash in 1..=3 {
+        let pm = wait::until("the primary's postmaster", BOOT, || async {
+            c.status(&old).await?.postmaster_pid
+        })
+        .await?;
+        let after = Instant::now();
+        wait::until("the primary to acknowledge writes", BOOT, || async {
+            prober
+                .acks()
+                .iter()
+                .any(|a| a.member == old && a.sent > after)
+                .then_some(())
+        })
+        .await?;
+        spilo_e2e::proc::kill_postgres(pm);
+        if crash < 3 {
+            wait::until("the primary to restart in place", BOOT, || async {
+                let s = c.status(&old).await?;
+                (s.is_leader && s.postmaster_pid.is_some_and(|p| p != pm)).then_some(())
+            })
+            .await?;
+        }
+    }
+    let new = wait::until("a replica to take over", BOOT, || async {
+        let p = c.primaries().await;
+        (p.len() == 1 && p[0] != old).then(|| p[0].clone())
+    })
+    .await?;
+    c.wait_streaming(&old, BOOT).await?;
+    let (acks, _) = prober.stop().await;
+    probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
+    let log = c.log(&old);
+    assert!(log.contains("release leader key"), "{log}");
+    assert!(
+        acks.iter().any(|a| a.member == new),
+        "the new primary took writes"
+    );
+    Ok(())
+}
