@@ -20,44 +20,80 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd under `dir` and waits until it answers.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        let mut one = Self::start_cluster(dir, 1).await?;
+        Ok(one.remove(0))
+    }
+
+    /// Starts an `n`-member etcd cluster under `dir` and waits until every member answers.
+    pub async fn start_cluster(dir: &Path, n: usize) -> anyhow::Result<Vec<Self>> {
         let binary = which("etcd")?;
-        let client = ports::free();
-        let peer = ports::free();
-        let data = dir.join("etcd");
-        std::fs::create_dir_all(&data)?;
-        let mut cmd = Command::new(binary);
-        cmd.arg("--name")
-            .arg("e0")
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{client}"))
-            .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{client}"))
-            .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
-            .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{peer}"))
-            .arg("--initial-cluster")
-            .arg(format!("e0=http://127.0.0.1:{peer}"))
-            .arg("--logger")
-            .arg("zap");
-        let process = Spawned::start(cmd, &dir.join("etcd.log"))?;
-        let etcd = Self {
-            client_addr: format!("127.0.0.1:{client}"),
-            peer_port: peer,
-            process,
-        };
-        let url = etcd.url();
-        wait::until("etcd to answer", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                let mut c = etcd_client::Client::connect([url], None).await.ok()?;
-                c.status().await.ok().map(|_| ())
-            }
-        })
-        .await?;
-        Ok(etcd)
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (ports::free(), ports::free())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let data = dir.join(if n == 1 {
+                "etcd".to_string()
+            } else {
+                format!("etcd{i}")
+            });
+            std::fs::create_dir_all(&data)?;
+            let mut cmd = Command::new(&binary);
+            cmd.arg("--name")
+                .arg(format!("e{i}"))
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--listen-client-urls")
+                .arg(format!("http://127.0.0.1:{client}"))
+                .arg("--advertise-client-urls")
+                .arg(format!("http://127.0.0.1:{client}"))
+                .arg("--listen-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-advertise-peer-urls")
+                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg("--initial-cluster")
+                .arg(initial.join(","))
+                .arg("--initial-cluster-state")
+                .arg("new")
+                .arg("--logger")
+                .arg("zap");
+            let log = if n == 1 {
+                dir.join("etcd.log")
+            } else {
+                dir.join(format!("etcd{i}.log"))
+            };
+            members.push(Self {
+                client_addr: format!("127.0.0.1:{client}"),
+                peer_port: *peer,
+                process: Spawned::start(cmd, &log)?,
+            });
+        }
+        for etcd in &members {
+            let url = etcd.url();
+            wait::until("etcd to answer", Duration::from_secs(20), || {
+                let url = url.clone();
+                async move {
+                    let mut c = etcd_client::Client::connect([url], None).await.ok()?;
+                    c.status().await.ok().map(|_| ())
+                }
+            })
+            .await?;
+        }
+        Ok(members)
+    }
+
+    /// Whether this member is the etcd cluster's leader.
+    pub async fn is_leader(&self) -> anyhow::Result<bool> {
+        let s = self.client().await?.status().await?;
+        Ok(s.leader() == s.header().map_or(0, |h| h.member_id()))
+    }
+
+    /// `kill -9` of this member.
+    pub fn kill(&mut self) {
+        self.process.kill_group();
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the etcd process: an etcd that stops answering.

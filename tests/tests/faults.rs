@@ -242,3 +242,63 @@ async fn crash_loop_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Expected: losing the leader of a 3-member etcd cluster changes nothing for the PostgreSQL
+/// cluster: etcd elects a new leader, the governors reach the other two members, the primary
+/// keeps its key and keeps accepting writes; no failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_of_three_etcd_members_changes_nothing() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "etcd3".into(),
+        ..Default::default()
+    })
+    .await?;
+    let mut etcds = spilo_e2e::etcd::Etcd::start_cluster(c.dir(), 3).await?;
+    let hosts: Vec<String> = etcds.iter().map(|e| e.client_addr.clone()).collect();
+    for m in &mut c.members {
+        m.etcd_hosts = hosts.clone();
+    }
+    let result = etcd_member_loss_body(&mut c, &mut etcds).await;
+    c.finish(result)
+}
+
+async fn etcd_member_loss_body(
+    c: &mut Cluster,
+    etcds: &mut [spilo_e2e::etcd::Etcd],
+) -> anyhow::Result<()> {
+    let (primary, _) = c.start_streaming(BOOT).await?;
+    c.sql(&primary)
+        .await?
+        .batch_execute(probe::TABLE_DDL)
+        .await?;
+    let prober = per_member_prober(c);
+    let mut leader = None;
+    for (i, e) in etcds.iter().enumerate() {
+        if e.is_leader().await? {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.ok_or_else(|| anyhow::anyhow!("the etcd cluster has no leader"))?;
+    let key_before = etcds[(leader + 1) % 3].get("/service/etcd3/leader").await?;
+    etcds[leader].kill();
+    let killed_at = Instant::now();
+    // Ten seconds later (well past the TTL) the same member leads with the same lease.
+    wait::until(
+        "ten seconds after the etcd leader died",
+        Duration::from_secs(30),
+        || async { (killed_at.elapsed() >= Duration::from_secs(10)).then_some(()) },
+    )
+    .await?;
+    assert_eq!(c.primaries().await, vec![primary.clone()]);
+    let key_after = etcds[(leader + 1) % 3].get("/service/etcd3/leader").await?;
+    assert_eq!(key_after, key_before, "the leader key changed");
+    let (acks, _) = prober.stop().await;
+    probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
+    assert!(
+        acks.iter()
+            .any(|a| a.member == primary && a.sent > killed_at + Duration::from_secs(8)),
+        "the primary stopped accepting writes"
+    );
+    assert!(acks.iter().all(|a| a.member == primary));
+    Ok(())
+}
