@@ -77,6 +77,10 @@ pub struct GovernorConfig {
     /// Tags published with this member.
     #[serde(default)]
     pub tags: MemberTags,
+    /// WAL archiving (`archive_command`/`restore_command` through `governor wal-push` and
+    /// `wal-fetch`); off when absent.
+    #[serde(default)]
+    pub archive: Option<crate::archive::ArchiveConfig>,
 }
 
 fn default_namespace() -> String {
@@ -450,6 +454,9 @@ impl GovernorConfig {
                     return Err(bad(field, "set exactly one of env or file"));
                 }
             }
+        }
+        if let Some(a) = &self.archive {
+            a.check().map_err(|m| bad("archive", &m))?;
         }
         self.ha.check(path)
     }

@@ -10,6 +10,7 @@
 //! their own tasks so that nothing the loop waits on can delay them.
 
 pub mod api;
+pub mod archive;
 pub mod config;
 pub mod dcs;
 pub mod ha;

@@ -21,6 +21,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Archive one WAL file (PostgreSQL's `archive_command`: `governor wal-push %p -c FILE`).
+    WalPush {
+        /// The file, relative to the data directory as `%p` is.
+        path: PathBuf,
+        /// The governor's YAML configuration (its `archive:` section).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Restore one WAL file (`restore_command`: `governor wal-fetch %f %p -c FILE`); exits 1
+    /// quietly when it is not archived.
+    WalFetch {
+        /// The file name PostgreSQL asks for.
+        name: String,
+        /// Where to write it.
+        dest: PathBuf,
+        /// The governor's YAML configuration (its `archive:` section).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
     #[command(hide = true)]
     Watchdog,
@@ -78,6 +97,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Watchdog => Ok(()),
+        Command::WalPush { path, config } => {
+            let archive = archive_config(&config)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            match governor::archive::wal_push(&archive, &store, &path).await? {
+                governor::archive::Pushed::Stored => {}
+                governor::archive::Pushed::AlreadyThere => {
+                    tracing::info!(path = %path.display(), "already archived with the same content");
+                }
+            }
+            Ok(())
+        }
+        Command::WalFetch { name, dest, config } => {
+            let archive = archive_config(&config)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            if governor::archive::wal_fetch(&archive, &store, &name, &dest).await? {
+                Ok(())
+            } else {
+                // Not archived: PostgreSQL probes for files that may not exist; no noise.
+                std::process::exit(1);
+            }
+        }
         Command::Run { config } => {
             let loaded = governor::config::load(&config)?;
             governor::preflight::check(&loaded.config)?;
@@ -88,6 +128,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             r
         }
     }
+}
+
+/// The `archive:` section of a configuration file (no secrets are resolved: PostgreSQL runs
+/// the archive commands, possibly without the governor's environment).
+fn archive_config(path: &std::path::Path) -> anyhow::Result<governor::archive::ArchiveConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let config = governor::config::GovernorConfig::parse(&text, path)?;
+    config
+        .archive
+        .ok_or_else(|| anyhow::anyhow!("{}: no archive section", path.display()))
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

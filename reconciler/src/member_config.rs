@@ -27,6 +27,9 @@ pub struct Placement {
     pub replication: String,
     /// The REST API token reference; `None` leaves the mutating endpoints disabled.
     pub api_token: Option<String>,
+    /// The store of the WAL archive as a YAML mapping entry (`directory: ...` or
+    /// `s3: {...}`), used when the file has a `backup` section.
+    pub archive_store: String,
     /// Whether the cluster's PostgreSQL parameters go into the file. On AWS they live only in
     /// etcd `config` (which the governors merge in), so changing one never changes the
     /// launch template.
@@ -75,6 +78,18 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
         for line in &spec.postgresql.pg_hba {
             let _ = writeln!(out, "    - \"{}\"", line.replace('"', "\\\""));
         }
+    }
+    if let Some(b) = &spec.backup {
+        let prefix = file.wal_prefix();
+        let compression = match b.compression {
+            spilo_model::spec::Compression::Lz4 => "lz4",
+            spilo_model::spec::Compression::Zstd => "zstd",
+        };
+        let _ = writeln!(
+            out,
+            "archive: {{prefix: \"{prefix}\", compression: {compression}, {store}}}",
+            store = at.archive_store
+        );
     }
     let auth = at
         .api_token

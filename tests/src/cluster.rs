@@ -29,6 +29,8 @@ pub struct ClusterOptions {
     pub ha: String,
     /// Serve the REST APIs over HTTPS with a self-signed certificate made by `openssl`.
     pub api_tls: bool,
+    /// Archive WAL into `<work dir>/bucket` (the filesystem store).
+    pub archive: bool,
 }
 
 impl Default for ClusterOptions {
@@ -38,6 +40,7 @@ impl Default for ClusterOptions {
             members: 3,
             ha: "{}".into(),
             api_tls: false,
+            archive: false,
         }
     }
 }
@@ -205,6 +208,11 @@ impl Cluster {
         let http = http.build()?;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))?;
         run_as.own(&secrets)?;
+        if options.archive {
+            let bucket = dir.path().join("bucket");
+            std::fs::create_dir(&bucket)?;
+            run_as.own(&bucket)?;
+        }
         let etcd = Etcd::start(dir.path()).await?;
         let mut members = Vec::new();
         for i in 1..=options.members {
@@ -287,7 +295,7 @@ impl Cluster {
                  superuser: {{username: postgres, password: {{file: {secrets}/superuser}}}}\n    \
                  replication: {{username: replicator, password: {{file: {secrets}/replication}}}}\n\
              restapi: {{listen: 127.0.0.1:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}{tls}}}\n\
-             ha: {ha}\n{extra}",
+             ha: {ha}\n{archive}{extra}",
             scope = self.scope,
             name = m.name,
             hosts = hosts.join(", "),
@@ -297,6 +305,15 @@ impl Cluster {
             api = m.api_port,
             ha = self.options.ha,
             extra = m.extra_yaml,
+            archive = if self.options.archive {
+                format!(
+                    "archive: {{prefix: spilo/{}/wal/15/, directory: {}}}\n",
+                    self.scope,
+                    self.bucket().display()
+                )
+            } else {
+                String::new()
+            },
             tls = if self.options.api_tls {
                 format!(
                     ", tls: {{certfile: {s}/api.crt, keyfile: {s}/api.key, cafile: {s}/ca.crt}}",
@@ -389,6 +406,17 @@ impl Cluster {
     /// An HTTP client that trusts the cluster's REST API certificate.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The WAL archive directory (with `archive`).
+    pub fn bucket(&self) -> PathBuf {
+        self.dir.path().join("bucket")
+    }
+
+    /// Where archived WAL files of this cluster land (with `archive`).
+    pub fn archived_wal(&self) -> PathBuf {
+        self.bucket()
+            .join(format!("spilo/{}/wal/15/wal_005", self.scope))
     }
 
     /// The CA that signed the REST APIs' certificate (with `api_tls`).

@@ -23,6 +23,8 @@ pub struct Forced<'a> {
     pub upstream: Option<(String, String)>,
     /// `synchronous_standby_names`, which the governor owns (empty: asynchronous).
     pub synchronous_standby_names: &'a str,
+    /// `archive_command` and `restore_command` (with `archive_mode = on`) when archiving.
+    pub archive: Option<(&'a str, &'a str)>,
 }
 
 /// Defaults a cluster may override.
@@ -71,6 +73,11 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
         "synchronous_standby_names",
         forced.synchronous_standby_names.to_string(),
     );
+    if let Some((archive, restore)) = forced.archive {
+        set("archive_mode", "on".into());
+        set("archive_command", archive.to_string());
+        set("restore_command", restore.to_string());
+    }
     match &forced.upstream {
         Some((conninfo, slot)) => {
             set("primary_conninfo", conninfo.clone());
@@ -147,6 +154,7 @@ mod tests {
             member: "m1",
             upstream,
             synchronous_standby_names: "",
+            archive: None,
         }
     }
 

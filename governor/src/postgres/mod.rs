@@ -63,6 +63,27 @@ pub struct Instance {
     cluster_params: Option<BTreeMap<String, String>>,
     /// `synchronous_standby_names` as last written (empty: asynchronous).
     standby_names: String,
+    /// `archive_command` and `restore_command` when WAL archiving is configured.
+    archive_commands: Option<(String, String)>,
+}
+
+/// `archive_command` and `restore_command` running this governor program with `config`.
+fn archive_commands(config: &Path) -> (String, String) {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("governor"));
+    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    (
+        format!(
+            "{} wal-push \"%p\" --config {}",
+            quote(&exe),
+            quote(&config)
+        ),
+        format!(
+            "{} wal-fetch \"%f\" \"%p\" --config {}",
+            quote(&exe),
+            quote(&config)
+        ),
+    )
 }
 
 /// What happened to the postmaster since the last look.
@@ -115,6 +136,7 @@ impl Instance {
             not_streaming_since: None,
             cluster_params: None,
             standby_names: String::new(),
+            archive_commands: c.archive.as_ref().map(|_| archive_commands(&loaded.path)),
         }
     }
 
@@ -259,6 +281,10 @@ impl Instance {
             member: self.member.as_str(),
             upstream: up,
             synchronous_standby_names: &self.standby_names,
+            archive: self
+                .archive_commands
+                .as_ref()
+                .map(|(a, r)| (a.as_str(), r.as_str())),
         };
         let text =
             conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);

@@ -53,6 +53,21 @@ pub struct ClusterFile {
     pub spec: ClusterSpec,
 }
 
+impl ClusterFile {
+    /// The WAL archive's key prefix: `spilo/<cluster>/wal/<major>/` (as in Spilo) unless
+    /// `backup.prefix` names one; always ending in `/`.
+    pub fn wal_prefix(&self) -> String {
+        match self.spec.backup.as_ref().and_then(|b| b.prefix.clone()) {
+            Some(p) if p.ends_with('/') => p,
+            Some(p) => format!("{p}/"),
+            None => format!(
+                "spilo/{}/wal/{}/",
+                self.metadata.name, self.spec.postgresql.version
+            ),
+        }
+    }
+}
+
 /// The file format version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ApiVersion {

@@ -133,7 +133,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         },
     }});
     if let Some(backup) = &spec.backup {
-        let prefix = wal_prefix(file);
+        let prefix = file.wal_prefix();
         role["Properties"]["Policies"] = json!([{
             "PolicyName": "wal-archive",
             "PolicyDocument": {
@@ -337,18 +337,6 @@ pub fn dns_name(file: &ClusterFile) -> Option<String> {
         dns_label(file),
         zone.trim_end_matches('.')
     ))
-}
-
-/// The WAL prefix in the bucket: `spilo/<cluster>/wal/<major>/` unless the file names one.
-pub fn wal_prefix(file: &ClusterFile) -> String {
-    match file.spec.backup.as_ref().and_then(|b| b.prefix.clone()) {
-        Some(p) if p.ends_with('/') => p,
-        Some(p) => format!("{p}/"),
-        None => format!(
-            "spilo/{}/wal/{}/",
-            file.metadata.name, file.spec.postgresql.version
-        ),
-    }
 }
 
 /// The load balancers: logical id, client port, health-check path.

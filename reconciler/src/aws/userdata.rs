@@ -83,6 +83,10 @@ pub fn render(file: &ClusterFile) -> String {
             api_listen: "${LOCAL_IP}:8008".into(),
             superuser: "{file: /etc/spilo/superuser}".into(),
             replication: "{file: /etc/spilo/replication}".into(),
+            archive_store: format!(
+                "s3: {{bucket: \"{}\", region: {region}}}",
+                spec.backup.as_ref().map_or("", |b| b.bucket.as_str())
+            ),
             api_token: spec
                 .secrets
                 .restapi

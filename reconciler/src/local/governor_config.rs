@@ -50,6 +50,15 @@ pub fn render(
             superuser,
             replication,
             api_token: Some(api_token),
+            archive_store: format!(
+                "directory: \"{}\"",
+                member_dir
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(member_dir)
+                    .join("bucket")
+                    .display()
+            ),
             parameters_in_file: true,
         },
     ))
@@ -127,6 +136,37 @@ mod tests {
         assert_eq!(
             err,
             "spec.secrets.superuser: the local target reads only env and file references"
+        );
+    }
+
+    #[test]
+    fn a_backup_section_archives_wal_into_the_clusters_bucket_directory() {
+        let f: ClusterFile = serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  backup: {bucket: ignored-locally, compression: zstd}\n",
+        )
+        .expect("valid");
+        let ports = Ports {
+            primary: 5432,
+            replica: None,
+            etcd: Some(12379),
+            postgres: 15432,
+            api: 18008,
+            instances: 3,
+        };
+        let text = render(
+            &f,
+            0,
+            &ports,
+            &["127.0.0.1:12379".into()],
+            Path::new("/s/demo/members/demo-0"),
+            Path::new("/s/demo/secrets"),
+        )
+        .expect("renders");
+        assert!(
+            text.contains(
+                "archive: {prefix: \"spilo/demo/wal/15/\", compression: zstd, directory: \"/s/demo/bucket\"}\n"
+            ),
+            "{text}"
         );
     }
 }

@@ -1,0 +1,336 @@
+//! WAL archiving, natively, in the layout WAL-G uses: `governor wal-push` (PostgreSQL's
+//! `archive_command`) compresses a finished segment or timeline history file into
+//! `<prefix>wal_005/<name>.lz4` (or `.zst`); `governor wal-fetch` (`restore_command`) brings
+//! one back, refusing a stored copy whose checksum does not match.
+//!
+//! Pushing a file that is already archived with the same content succeeds (PostgreSQL retries
+//! after a crash between upload and acknowledgement); a different file under the same name
+//! fails loudly and is never overwritten. A missing file makes `wal-fetch` exit non-zero
+//! without noise, as PostgreSQL expects while it probes for history files.
+
+pub mod codec;
+pub mod store;
+
+use codec::Method;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use store::{Directory, S3, Store, StoreError};
+
+/// `archive:` in the governor configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Key prefix, e.g. `spilo/demo/wal/15/` (as in Spilo); `wal_005/` goes under it.
+    pub prefix: String,
+    /// Compression of new files (both are read).
+    #[serde(default)]
+    pub compression: Method,
+    /// A directory as the store (the local target's bucket).
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// An S3 bucket as the store.
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+}
+
+/// An S3 store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket.
+    pub bucket: String,
+    /// Its region.
+    pub region: String,
+    /// Another endpoint (an S3-compatible server, a test server).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Server-side encryption: `AES256` or `aws:kms`.
+    #[serde(default)]
+    pub sse: Option<String>,
+}
+
+impl ArchiveConfig {
+    /// Exactly one store.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.directory, &self.s3) {
+            (Some(_), Some(_)) | (None, None) => Err("set exactly one of directory or s3".into()),
+            (Some(d), None) if !d.is_absolute() => Err("directory must be an absolute path".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why archiving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A local file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// Not a name PostgreSQL archives.
+    #[error("{0:?} is not a WAL segment, timeline history or backup label name")]
+    BadName(String),
+    /// A stored copy failed its checksum.
+    #[error("{key}: {source}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decoder's complaint.
+        source: codec::Corrupt,
+    },
+    /// Another file is archived under this name.
+    #[error("{0} is archived already with different content; refusing to overwrite it")]
+    Different(String),
+}
+
+/// The store an archive configuration names.
+pub enum AnyStore {
+    /// A directory.
+    Directory(Directory),
+    /// S3.
+    S3(S3),
+}
+
+impl AnyStore {
+    /// Opens the configured store.
+    pub async fn open(cfg: &ArchiveConfig) -> AnyStore {
+        match (&cfg.directory, &cfg.s3) {
+            (Some(d), _) => AnyStore::Directory(Directory { root: d.clone() }),
+            (None, Some(s)) => AnyStore::S3(
+                S3::new(
+                    &s.bucket,
+                    &s.region,
+                    s.endpoint.as_deref(),
+                    s.path_style,
+                    s.sse.as_deref(),
+                )
+                .await,
+            ),
+            (None, None) => AnyStore::Directory(Directory {
+                root: PathBuf::from("/nonexistent"),
+            }),
+        }
+    }
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            AnyStore::Directory(d) => d.get(key).await,
+            AnyStore::S3(s) => s.get(key).await,
+        }
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Directory(d) => d.put(key, data).await,
+            AnyStore::S3(s) => s.put(key, data).await,
+        }
+    }
+}
+
+/// Whether `name` is something PostgreSQL archives: a 24-hex-digit segment (possibly
+/// `.partial`), `<timeline>.history`, or a `.backup` label.
+pub fn archivable(name: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if let Some(tl) = name.strip_suffix(".history") {
+        return hex(tl, 8);
+    }
+    let base = name
+        .strip_suffix(".partial")
+        .or_else(|| {
+            name.split_once('.')
+                .filter(|(_, r)| r.ends_with(".backup"))
+                .map(|(b, _)| b)
+        })
+        .unwrap_or(name);
+    hex(base, 24)
+}
+
+/// The key of `name` compressed with `method`.
+pub fn key(prefix: &str, name: &str, method: Method) -> String {
+    let prefix = prefix.trim_start_matches('/');
+    let sep = if prefix.is_empty() || prefix.ends_with('/') {
+        ""
+    } else {
+        "/"
+    };
+    format!("{prefix}{sep}wal_005/{name}.{}", method.extension())
+}
+
+/// What `wal_push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Stored now.
+    Stored,
+    /// The same content was there already.
+    AlreadyThere,
+}
+
+/// Archives the file at `path` (relative to the working directory, as `%p` is).
+pub async fn wal_push(
+    cfg: &ArchiveConfig,
+    store: &impl Store,
+    path: &Path,
+) -> Result<Pushed, ArchiveError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| archivable(n))
+        .ok_or_else(|| ArchiveError::BadName(path.display().to_string()))?;
+    let data = tokio::fs::read(path)
+        .await
+        .map_err(|e| ArchiveError::Io(format!("read {}: {e}", path.display())))?;
+    for method in [cfg.compression, other(cfg.compression)] {
+        let k = key(&cfg.prefix, name, method);
+        if let Some(stored) = store.get(&k).await? {
+            let stored =
+                codec::decompress(method, &stored).map_err(|source| ArchiveError::Corrupt {
+                    key: k.clone(),
+                    source,
+                })?;
+            return if stored == data {
+                Ok(Pushed::AlreadyThere)
+            } else {
+                Err(ArchiveError::Different(k))
+            };
+        }
+    }
+    let compressed = codec::compress(cfg.compression, &data)
+        .map_err(|e| ArchiveError::Io(format!("compress {name}: {e}")))?;
+    store
+        .put(&key(&cfg.prefix, name, cfg.compression), compressed)
+        .await?;
+    Ok(Pushed::Stored)
+}
+
+/// Restores `name` into `dest`. `Ok(false)` when it is not archived.
+pub async fn wal_fetch(
+    cfg: &ArchiveConfig,
+    store: &impl Store,
+    name: &str,
+    dest: &Path,
+) -> Result<bool, ArchiveError> {
+    if !archivable(name) {
+        return Err(ArchiveError::BadName(name.to_string()));
+    }
+    for method in [cfg.compression, other(cfg.compression)] {
+        let k = key(&cfg.prefix, name, method);
+        let Some(stored) = store.get(&k).await? else {
+            continue;
+        };
+        let data = codec::decompress(method, &stored).map_err(|source| ArchiveError::Corrupt {
+            key: k.clone(),
+            source,
+        })?;
+        let tmp = dest.with_extension("spilo-fetch");
+        let io = |e: std::io::Error| ArchiveError::Io(format!("write {}: {e}", dest.display()));
+        tokio::fs::write(&tmp, &data).await.map_err(io)?;
+        tokio::fs::rename(&tmp, dest).await.map_err(io)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn other(m: Method) -> Method {
+    match m {
+        Method::Lz4 => Method::Zstd,
+        Method::Zstd => Method::Lz4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path, compression: Method) -> ArchiveConfig {
+        ArchiveConfig {
+            prefix: "spilo/demo/wal/15/".into(),
+            compression,
+            directory: Some(dir.to_path_buf()),
+            s3: None,
+        }
+    }
+
+    #[test]
+    fn names_and_keys_follow_postgres_and_walg() {
+        for ok in [
+            "000000010000000000000001",
+            "00000002.history",
+            "000000010000000000000002.partial",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            assert!(archivable(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "x",
+            "../000000010000000000000001",
+            "0000000100000000000000011",
+            "2.history",
+        ] {
+            assert!(!archivable(bad), "{bad}");
+        }
+        assert_eq!(
+            key("spilo/demo/wal/15/", "00000002.history", Method::Lz4),
+            "spilo/demo/wal/15/wal_005/00000002.history.lz4"
+        );
+        assert_eq!(key("/p", "x", Method::Zstd), "p/wal_005/x.zst");
+    }
+
+    #[tokio::test]
+    async fn push_is_idempotent_refuses_a_different_file_and_fetch_checks() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let bucket = tmp.path().join("bucket");
+        let c = cfg(&bucket, Method::Lz4);
+        let store = AnyStore::open(&c).await;
+        let seg = tmp.path().join("000000010000000000000001");
+        let data: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i % 7) as u8).collect();
+        std::fs::write(&seg, &data).expect("write");
+        assert_eq!(
+            wal_push(&c, &store, &seg).await.expect("push"),
+            Pushed::Stored
+        );
+        assert_eq!(
+            wal_push(&c, &store, &seg).await.expect("again"),
+            Pushed::AlreadyThere
+        );
+        // Switching compression finds the copy stored the other way.
+        let zc = cfg(&bucket, Method::Zstd);
+        assert_eq!(
+            wal_push(&zc, &store, &seg).await.expect("zstd"),
+            Pushed::AlreadyThere
+        );
+        std::fs::write(&seg, b"something else").expect("write");
+        let e = wal_push(&c, &store, &seg).await.expect_err("different");
+        assert!(matches!(e, ArchiveError::Different(_)), "{e}");
+
+        let dest = tmp.path().join("RECOVERYXLOG");
+        assert!(
+            wal_fetch(&c, &store, "000000010000000000000001", &dest)
+                .await
+                .expect("fetch")
+        );
+        assert_eq!(std::fs::read(&dest).expect("read"), data);
+        assert!(
+            !wal_fetch(&c, &store, "00000009.history", &dest)
+                .await
+                .expect("missing")
+        );
+
+        let stored = bucket.join("spilo/demo/wal/15/wal_005/000000010000000000000001.lz4");
+        let mut bytes = std::fs::read(&stored).expect("stored");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 1;
+        std::fs::write(&stored, bytes).expect("corrupt it");
+        let e = wal_fetch(&c, &store, "000000010000000000000001", &dest)
+            .await
+            .expect_err("corrupt");
+        assert!(matches!(e, ArchiveError::Corrupt { .. }), "{e}");
+    }
+}

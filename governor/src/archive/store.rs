@@ -1,0 +1,128 @@
+//! Where archived files live, behind one trait: a directory (the local target's "bucket") or
+//! S3 through aws-sdk-s3 (region, endpoint, path-style addressing, server-side encryption).
+//! Keys are `/`-separated paths under the archive's prefix.
+
+use std::path::PathBuf;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// Object storage.
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// The object at `key`, or `None` when there is none.
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes the object at `key` (whole, or not at all).
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError>;
+}
+
+/// A directory.
+pub struct Directory {
+    /// Its root.
+    pub root: PathBuf,
+}
+
+impl Store for Directory {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match tokio::fs::read(self.root.join(key)).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError(format!("read {key}: {e}"))),
+        }
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.root.join(key);
+        let err = |e: std::io::Error| StoreError(format!("write {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(err)?;
+        }
+        // Written aside and renamed, so a reader never sees half a file.
+        let tmp = path.with_extension("partial");
+        tokio::fs::write(&tmp, &data).await.map_err(err)?;
+        tokio::fs::rename(&tmp, &path).await.map_err(err)
+    }
+}
+
+/// An S3 bucket.
+pub struct S3 {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    sse: Option<String>,
+}
+
+impl S3 {
+    /// A client for `bucket` in `region`; `endpoint` (e.g. a test server) and path-style
+    /// addressing are optional; `sse` is `AES256` or `aws:kms`.
+    pub async fn new(
+        bucket: &str,
+        region: &str,
+        endpoint: Option<&str>,
+        path_style: bool,
+        sse: Option<&str>,
+    ) -> Self {
+        let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .load()
+            .await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&base).force_path_style(path_style);
+        if let Some(e) = endpoint {
+            conf = conf.endpoint_url(e);
+        }
+        S3 {
+            client: aws_sdk_s3::Client::from_conf(conf.build()),
+            bucket: bucket.to_string(),
+            sse: sse.map(str::to_string),
+        }
+    }
+}
+
+impl Store for S3 {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let body = out
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| StoreError(format!("read s3://{}/{key}: {e}", self.bucket)))?;
+                Ok(Some(body.into_bytes().to_vec()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(StoreError(format!(
+                "get s3://{}/{key}: {}",
+                self.bucket,
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            ))),
+        }
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(data.into());
+        if let Some(sse) = &self.sse {
+            req = req.server_side_encryption(sse.as_str().into());
+        }
+        req.send().await.map_err(|e| {
+            StoreError(format!(
+                "put s3://{}/{key}: {}",
+                self.bucket,
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            ))
+        })?;
+        Ok(())
+    }
+}
