@@ -31,6 +31,11 @@ pub struct ClusterOptions {
     pub api_tls: bool,
     /// Archive WAL into `<work dir>/bucket` (the filesystem store).
     pub archive: bool,
+    /// With `archive`: the store as a YAML mapping entry instead of the directory (e.g.
+    /// `s3: {...}`).
+    pub archive_store: Option<String>,
+    /// Extra environment for the governors (and so for PostgreSQL's archive commands).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -41,6 +46,8 @@ impl Default for ClusterOptions {
             ha: "{}".into(),
             api_tls: false,
             archive: false,
+            archive_store: None,
+            env: Vec::new(),
         }
     }
 }
@@ -307,9 +314,12 @@ impl Cluster {
             extra = m.extra_yaml,
             archive = if self.options.archive {
                 format!(
-                    "archive: {{prefix: spilo/{}/wal/15/, directory: {}}}\n",
+                    "archive: {{prefix: spilo/{}/wal/15/, {}}}\n",
                     self.scope,
-                    self.bucket().display()
+                    self.options
+                        .archive_store
+                        .clone()
+                        .unwrap_or_else(|| format!("directory: {}", self.bucket().display()))
                 )
             } else {
                 String::new()
@@ -330,11 +340,13 @@ impl Cluster {
         let text = self.config_text(self.member(name));
         let run_as = self.run_as;
         let governor = self.governor.clone();
+        let env = self.options.env.clone();
         let m = self.member_mut(name);
         let path = m.config_path();
         std::fs::write(&path, text)?;
         run_as.own(&path)?;
         let mut cmd = run_as.command(&governor);
+        cmd.envs(env);
         cmd.arg("run").arg("--config").arg(&path).env(
             "SPILO_LOG",
             std::env::var("SPILO_E2E_LOG").unwrap_or_else(|_| "info".into()),

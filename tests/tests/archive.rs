@@ -121,3 +121,81 @@ async fn archive_body(c: &mut Cluster) -> anyhow::Result<()> {
     assert!(err.contains("corrupt"), "{err}");
     Ok(())
 }
+
+/// The same through S3 (moto, path-style, server-side encryption requested): the production
+/// aws-sdk-s3 code path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_is_archived_to_s3_and_a_corrupt_object_is_refused() -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let moto = spilo_e2e::aws::Moto::start(work.path()).await?;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_s3.py");
+    let region = "eu-central-1";
+    moto.python(&fixture, &[region, "create", "wal"])?;
+    let env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "arch3".into(),
+        members: 2,
+        archive: true,
+        archive_store: Some(format!(
+            "s3: {{bucket: wal, region: {region}, endpoint: \"{}\", path_style: true, sse: AES256}}",
+            moto.endpoint
+        )),
+        env: env.clone(),
+        ..Default::default()
+    })
+    .await?;
+    let result = s3_body(&mut c, &moto, &fixture, &env).await;
+    c.finish(result)
+}
+
+async fn s3_body(
+    c: &mut Cluster,
+    moto: &spilo_e2e::aws::Moto,
+    fixture: &std::path::Path,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    let (primary, _) = c.start_streaming(BOOT).await?;
+    switch_wal(c, &primary).await?;
+    let prefix = "spilo/arch3/wal/15/wal_005/";
+    let key = wait::until("a segment in the bucket", BOOT, || async {
+        let out = moto
+            .python(fixture, &["eu-central-1", "list", "wal", prefix])
+            .ok()?;
+        out.lines()
+            .find(|k| k.ends_with(".lz4") && k.len() == prefix.len() + 28)
+            .map(str::to_string)
+    })
+    .await?;
+    let name = key
+        .trim_start_matches(prefix)
+        .trim_end_matches(".lz4")
+        .to_string();
+    let config = c.member(&primary).config_path();
+    let dest = c.dir().join("fetched");
+    let fetch = || {
+        std::process::Command::new(c.governor_bin())
+            .args(["wal-fetch", &name])
+            .arg(&dest)
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+    };
+    let good = fetch()?;
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(std::fs::metadata(&dest)?.len(), 16 << 20);
+    moto.python(fixture, &["eu-central-1", "flip", "wal", &key])?;
+    let bad = fetch()?;
+    assert_ne!(bad.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("corrupt"), "{err}");
+    Ok(())
+}
