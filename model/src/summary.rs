@@ -41,6 +41,26 @@ pub struct NodeStatus {
     /// The last decision of the HA loop, with its reason.
     #[serde(default)]
     pub last_decision: String,
+    /// WAL archiving on a primary that archives: backlog and lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveStatus>,
+}
+
+/// WAL archiving as the primary sees it (`pg_stat_archiver` and `archive_status/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveStatus {
+    /// Files waiting to be archived (`.ready`).
+    pub backlog: u64,
+    /// Files archived since statistics were reset.
+    pub archived: u64,
+    /// Failed attempts since statistics were reset.
+    pub failed: u64,
+    /// The last file archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_archived: Option<String>,
+    /// Bytes of WAL written after the end of the last archived segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
 }
 
 /// A row of the member table.

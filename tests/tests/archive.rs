@@ -54,6 +54,25 @@ async fn archive_body(c: &mut Cluster) -> anyhow::Result<()> {
             .then_some(())
     })
     .await?;
+    // The primary reports its archiver on the REST API: nothing waiting, nothing failed.
+    let status = wait::until(
+        "the primary to report an empty archive backlog",
+        BOOT,
+        || async {
+            let a = c.status(&old).await?.archive?;
+            (a.backlog == 0 && a.archived > 0).then_some(a)
+        },
+    )
+    .await?;
+    assert_eq!(status.failed, 0, "{status:?}");
+    assert!(
+        status
+            .last_archived
+            .as_deref()
+            .is_some_and(|n| n.starts_with("00000001")),
+        "{status:?}"
+    );
+    assert!(status.lag_bytes.is_some_and(|l| l < 16 << 20), "{status:?}");
 
     c.kill9(&old).await?;
     let new = wait::until("a new primary", BOOT, || async {

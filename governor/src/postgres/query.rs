@@ -296,6 +296,29 @@ impl Session {
         Ok((out, now))
     }
 
+    /// WAL archiving on this primary: backlog, counters and lag.
+    pub async fn archive_status(&mut self) -> Result<spilo_model::ArchiveStatus, SqlError> {
+        const Q: &str = "SELECT \
+             (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), \
+             archived_count, failed_count, last_archived_wal, pg_current_wal_lsn()::text \
+             FROM pg_stat_archiver";
+        let row = self.run(async |c| c.query_one(Q, &[]).await).await?;
+        let last: Option<String> = row.try_get(3)?;
+        let current: String = row.try_get(4)?;
+        let current: Option<Lsn> = current.parse().ok();
+        let lag_bytes = match (last.as_deref().and_then(segment_end), current) {
+            (Some(end), Some(now)) => Some(now.bytes_ahead_of(end)),
+            _ => None,
+        };
+        Ok(spilo_model::ArchiveStatus {
+            backlog: u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0),
+            archived: u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
+            failed: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+            last_archived: last,
+            lag_bytes,
+        })
+    }
+
     /// A replica's last received and flushed WAL position (kept after its upstream stops).
     pub async fn received_lsn(&mut self) -> Result<Option<Lsn>, SqlError> {
         let row = self
@@ -321,6 +344,16 @@ impl Session {
         let text: Option<String> = row.try_get(0)?;
         Ok(text.as_deref().and_then(last_switch_point))
     }
+}
+
+/// Where a 16 MiB WAL segment named `TTTTTTTTLLLLLLLLSSSSSSSS` ends; `None` for other names.
+pub fn segment_end(name: &str) -> Option<Lsn> {
+    if name.len() != 24 {
+        return None;
+    }
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    Some(Lsn((log << 32) + (seg + 1) * (16 << 20)))
 }
 
 /// The switch point on the last line of a timeline history file
@@ -385,6 +418,19 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_name_gives_where_it_ends() {
+        assert_eq!(
+            segment_end("000000010000000000000001"),
+            Some(Lsn(0x2000000))
+        );
+        assert_eq!(
+            segment_end("0000000200000001000000FF"),
+            Some(Lsn(0x2_0000_0000))
+        );
+        assert_eq!(segment_end("00000002.history"), None);
+    }
 
     #[test]
     fn reads_the_switch_point_of_the_newest_timeline() {

@@ -277,6 +277,15 @@ impl Governor {
         {
             tracing::warn!(error = %e, "cannot manage synchronous replication");
         }
+        if self.loaded.config.archive.is_some() {
+            self.archive_status = match self.pg.sql().archive_status().await {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the archiver's status");
+                    None
+                }
+            };
+        }
         Ok(())
     }
 
@@ -360,6 +369,10 @@ impl Governor {
             governor_pid: std::process::id(),
             postmaster_pid: self.pg.postmaster_pid(),
             last_decision: d.to_string(),
+            archive: self
+                .archive_status
+                .clone()
+                .filter(|_| matches!(d, Decision::Lead)),
         };
         *self.shared.node.write().await = node;
     }

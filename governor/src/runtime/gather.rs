@@ -188,6 +188,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig) -> NodeStatus {
         governor_pid: std::process::id(),
         postmaster_pid: None,
         last_decision: String::new(),
+        archive: None,
     }
 }
 

@@ -109,6 +109,7 @@ pub(crate) struct Governor {
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
     commands: tokio::sync::mpsc::Receiver<commands::Command>,
     sync_pending: std::collections::BTreeMap<spilo_model::MemberName, spilo_model::Lsn>,
+    archive_status: Option<spilo_model::ArchiveStatus>,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
@@ -237,6 +238,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         slot_absent_since: Default::default(),
         commands: commands_rx,
         sync_pending: Default::default(),
+        archive_status: None,
     };
     let result = gov.ha_loop(&shutdown).await;
     gov.shutdown().await;
