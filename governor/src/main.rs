@@ -40,6 +40,28 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Take a base backup of this member's PostgreSQL into the archive.
+    BackupPush {
+        /// The governor's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List the finished base backups in the archive.
+    BackupList {
+        /// The governor's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Restore a base backup (a name from backup-list, or LATEST) into an empty directory.
+    BackupFetch {
+        /// The backup, or LATEST.
+        name: String,
+        /// The empty target directory.
+        dest: PathBuf,
+        /// The governor's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
     #[command(hide = true)]
     Watchdog,
@@ -106,6 +128,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::info!(path = %path.display(), "already archived with the same content");
                 }
             }
+            Ok(())
+        }
+        Command::BackupPush { config } => {
+            let text = std::fs::read_to_string(&config)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
+            let cfg = governor::config::GovernorConfig::parse(&text, &config)?;
+            let archive = archive_config(&config)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            let run_dir = cfg.run_dir();
+            let src = governor::archive::backup::Source {
+                bin_dir: &cfg.postgresql.bin_dir,
+                socket_dir: &run_dir,
+                port: cfg.postgresql.listen.port(),
+                user: &cfg.postgresql.authentication.superuser.username,
+            };
+            let s = governor::archive::backup::backup_push(&archive, &store, &src).await?;
+            println!(
+                "{}: {} part(s), {} bytes ({} stored), from {} to {}",
+                s.name, s.parts, s.uncompressed_size, s.compressed_size, s.start_lsn, s.finish_lsn
+            );
+            Ok(())
+        }
+        Command::BackupList { config } => {
+            let archive = archive_config(&config)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            let all = governor::archive::backup::backup_list(&archive, &store).await?;
+            println!(
+                "{:<30} {:<26} {:<22} {:<12} {:<12} {:>12}",
+                "name", "started", "finished", "start lsn", "finish lsn", "bytes"
+            );
+            for s in all {
+                println!(
+                    "{:<30} {:<26} {:<22} {:<12} {:<12} {:>12}",
+                    s.name,
+                    s.start_time,
+                    s.finish_time,
+                    s.start_lsn,
+                    s.finish_lsn,
+                    s.uncompressed_size
+                );
+            }
+            Ok(())
+        }
+        Command::BackupFetch { name, dest, config } => {
+            let archive = archive_config(&config)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            let s = governor::archive::backup::backup_fetch(&archive, &store, &name, &dest).await?;
+            println!("restored {} into {}", s.name, dest.display());
             Ok(())
         }
         Command::WalFetch { name, dest, config } => {

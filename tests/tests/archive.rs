@@ -218,3 +218,147 @@ async fn s3_body(
     assert!(err.contains("corrupt"), "{err}");
     Ok(())
 }
+
+/// Base backup + archived WAL recover to a point in time: a backup taken after rows 1..100,
+/// rows 101..200 committed before the target time, 201..300 after it; PostgreSQL restored from
+/// `backup-fetch LATEST` and recovering with `wal-fetch` up to the target has exactly 1..200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_and_the_archive_recover_to_a_point_in_time() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "pitr".into(),
+        members: 1,
+        archive: true,
+        ..Default::default()
+    })
+    .await?;
+    let result = pitr_body(&mut c).await;
+    c.finish(result)
+}
+
+/// Runs `governor <args> --config <config>` as the servers' user; returns stdout.
+fn governor_as_postgres(
+    c: &Cluster,
+    args: &[&str],
+    config: &std::path::Path,
+) -> anyhow::Result<String> {
+    let out = c
+        .run_as()
+        .command(c.governor_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "governor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
+    c.start_all()?;
+    let primary = c.wait_primary(BOOT).await?;
+    let config = c.member(&primary).config_path();
+    let db = c.sql(&primary).await?;
+    db.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 100)")
+        .await?;
+    let pushed = governor_as_postgres(c, &["backup-push"], &config)?;
+    assert!(pushed.starts_with("base_"), "{pushed}");
+    db.batch_execute("INSERT INTO t SELECT generate_series(101, 200)")
+        .await?;
+    let target: String = db
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await?
+        .get(0);
+    db.batch_execute("INSERT INTO t SELECT generate_series(201, 300)")
+        .await?;
+    let file: String = db
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await?
+        .get(0);
+    db.batch_execute("SELECT pg_switch_wal()").await?;
+    wait::until("the last segment to be archived", BOOT, || async {
+        let last: Option<String> = db
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .ok()?
+            .get(0);
+        last.filter(|l| *l >= file).map(|_| ())
+    })
+    .await?;
+    let list = governor_as_postgres(c, &["backup-list"], &config)?;
+    assert!(
+        list.contains(pushed.split(':').next().unwrap_or("?")),
+        "{list}"
+    );
+
+    let dest = c.dir().join("restored");
+    std::fs::create_dir(&dest)?;
+    c.run_as().own(&dest)?;
+    governor_as_postgres(
+        c,
+        &["backup-fetch", "LATEST", dest.to_str().unwrap_or_default()],
+        &config,
+    )?;
+    let signal = dest.join("recovery.signal");
+    std::fs::write(&signal, "")?;
+    c.run_as().own(&signal)?;
+    let port = spilo_e2e::ports::free();
+    let restore = format!(
+        "{} wal-fetch \"%f\" \"%p\" --config {}",
+        c.governor_bin().display(),
+        config.display()
+    );
+    let mut cmd = c
+        .run_as()
+        .command(std::path::Path::new("/usr/lib/postgresql/15/bin/postgres"));
+    cmd.arg("-D")
+        .arg(&dest)
+        .args([
+            "-c",
+            &format!("port={port}"),
+            "-c",
+            "listen_addresses=127.0.0.1",
+        ])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dest.display()))
+        .arg("-c")
+        .arg(format!("restore_command={restore}"))
+        .arg("-c")
+        .arg(format!("recovery_target_time={target}"))
+        .args([
+            "-c",
+            "recovery_target_action=promote",
+            "-c",
+            "archive_mode=off",
+        ]);
+    let _restored = spilo_e2e::proc::Spawned::start(cmd, &c.dir().join("restored.log"))?;
+    let rows = wait::until(
+        "the restored server to reach the target and open",
+        BOOT,
+        || async {
+            let client = spilo_e2e::cluster::connect(port).await.ok()?;
+            let row = client
+                .query_one(
+                    "SELECT NOT pg_is_in_recovery(), count(*), max(n) FROM t",
+                    &[],
+                )
+                .await
+                .ok()?;
+            row.get::<_, bool>(0)
+                .then(|| (row.get::<_, i64>(1), row.get::<_, Option<i32>>(2)))
+        },
+    )
+    .await
+    .map_err(|e| {
+        let log = std::fs::read_to_string(c.dir().join("restored.log")).unwrap_or_default();
+        e.context(log)
+    })?;
+    assert_eq!(
+        rows,
+        (200, Some(200)),
+        "exactly the rows committed before the target"
+    );
+    Ok(())
+}

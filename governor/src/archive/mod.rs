@@ -8,6 +8,7 @@
 //! fails loudly and is never overwritten. A missing file makes `wal-fetch` exit non-zero
 //! without noise, as PostgreSQL expects while it probes for history files.
 
+pub mod backup;
 pub mod codec;
 pub mod store;
 
@@ -130,6 +131,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Directory(d) => d.put(key, data).await,
             AnyStore::S3(s) => s.put(key, data).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            AnyStore::Directory(d) => d.list(prefix).await,
+            AnyStore::S3(s) => s.list(prefix).await,
         }
     }
 }

@@ -16,6 +16,8 @@ pub trait Store {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Writes the object at `key` (whole, or not at all).
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError>;
+    /// The keys under `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// A directory.
@@ -43,6 +45,32 @@ impl Store for Directory {
         let tmp = path.with_extension("partial");
         tokio::fs::write(&tmp, &data).await.map_err(err)?;
         tokio::fs::rename(&tmp, &path).await.map_err(err)
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.join(prefix)];
+        while let Some(dir) = dirs.pop() {
+            let mut rd = match tokio::fs::read_dir(&dir).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError(format!("list {}: {e}", dir.display()))),
+            };
+            while let Some(e) = rd
+                .next_entry()
+                .await
+                .map_err(|e| StoreError(format!("list {}: {e}", dir.display())))?
+            {
+                let path = e.path();
+                if e.file_type().await.is_ok_and(|t| t.is_dir()) {
+                    dirs.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 }
 
@@ -124,5 +152,32 @@ impl Store for S3 {
             ))
         })?;
         Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                StoreError(format!(
+                    "list s3://{}/{prefix}: {}",
+                    self.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            })?;
+            out.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        out.sort();
+        Ok(out)
     }
 }

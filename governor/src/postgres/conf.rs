@@ -99,11 +99,13 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
 }
 
 /// `pg_hba.conf`: local socket connections are trusted (the socket directory is private to the
-/// governor's OS user), then `extra` lines, or password authentication from anywhere.
+/// governor's OS user; `backup-push` streams its base backup over it), then `extra` lines, or
+/// password authentication from anywhere.
 pub fn pg_hba(replication_user: &str, extra: Option<&[String]>) -> String {
     let mut out = String::from(
         "# Written by the spilo governor.\n\
-         local all all trust\n",
+         local all all trust\n\
+         local replication all trust\n",
     );
     match extra {
         Some(lines) => {
@@ -205,6 +207,8 @@ mod tests {
         assert!(hba.starts_with("# Written by the spilo governor.\nlocal all all trust\n"));
         assert!(hba.contains("host replication replicator 0.0.0.0/0 scram-sha-256\n"));
         let custom = pg_hba("r", Some(&["host all all 10.0.0.0/8 md5".to_string()]));
-        assert!(custom.ends_with("local all all trust\nhost all all 10.0.0.0/8 md5\n"));
+        assert!(custom.ends_with(
+            "local all all trust\nlocal replication all trust\nhost all all 10.0.0.0/8 md5\n"
+        ));
     }
 }

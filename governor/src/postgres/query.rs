@@ -296,6 +296,58 @@ impl Session {
         Ok((out, now))
     }
 
+    /// On a primary: switches to a new WAL file and returns the position before the switch
+    /// and the file holding it. `None` on a replica.
+    pub async fn current_lsn_after_switch(&mut self) -> Result<Option<(String, String)>, SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one(
+                    "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        let Some(lsn): Option<String> = row.try_get(0)? else {
+            return Ok(None);
+        };
+        let row = self
+            .run(async |c| {
+                c.query_one(
+                    "SELECT pg_walfile_name($1::text::pg_lsn), pg_switch_wal()::text",
+                    &[&lsn],
+                )
+                .await
+            })
+            .await?;
+        Ok(Some((lsn, row.try_get(0)?)))
+    }
+
+    /// A replica's replay position.
+    pub async fn replay_lsn(&mut self) -> Result<Option<String>, SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+                    .await
+            })
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Whether every WAL file up to `file` is archived: none of them waits as `.ready`, and
+    /// the archiver got at least that far. Also returns the last archived name.
+    pub async fn archived_through(
+        &mut self,
+        file: &str,
+    ) -> Result<(bool, Option<String>), SqlError> {
+        const Q: &str = "SELECT NOT EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() \
+             WHERE name LIKE '%.ready' AND substr(name, 1, 24) <= $1) \
+             AND COALESCE(substr(last_archived_wal, 1, 24) >= $1, false), last_archived_wal \
+             FROM pg_stat_archiver";
+        let row = self.run(async |c| c.query_one(Q, &[&file]).await).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
     /// WAL archiving on this primary: backlog, counters and lag.
     pub async fn archive_status(&mut self) -> Result<spilo_model::ArchiveStatus, SqlError> {
         const Q: &str = "SELECT \
