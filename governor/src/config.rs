@@ -81,6 +81,29 @@ pub struct GovernorConfig {
     /// `wal-fetch`); off when absent.
     #[serde(default)]
     pub archive: Option<crate::archive::ArchiveConfig>,
+    /// How the first member creates the cluster: initdb (default) or a clone.
+    #[serde(default)]
+    pub bootstrap: Option<BootstrapConfig>,
+}
+
+/// `bootstrap:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapConfig {
+    /// Create the cluster from another cluster's archive instead of initdb.
+    pub clone: CloneConfig,
+}
+
+/// `bootstrap.clone`: the latest base backup of another cluster's archive, recovered with
+/// its WAL to `target_time` (or to the end of the archive).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneConfig {
+    /// The source cluster's archive.
+    pub archive: crate::archive::ArchiveConfig,
+    /// PostgreSQL's `recovery_target_time`, e.g. `2026-11-26 04:00:00+00`.
+    #[serde(default)]
+    pub target_time: Option<String>,
 }
 
 fn default_namespace() -> String {
@@ -457,6 +480,12 @@ impl GovernorConfig {
         }
         if let Some(a) = &self.archive {
             a.check().map_err(|m| bad("archive", &m))?;
+        }
+        if let Some(b) = &self.bootstrap {
+            b.clone
+                .archive
+                .check()
+                .map_err(|m| bad("bootstrap.clone.archive", &m))?;
         }
         self.ha.check(path)
     }

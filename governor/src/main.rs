@@ -39,6 +39,9 @@ enum Command {
         /// The governor's YAML configuration (its `archive:` section).
         #[arg(long, short)]
         config: PathBuf,
+        /// Read the source archive of `bootstrap.clone` instead (while cloning).
+        #[arg(long)]
+        from_clone: bool,
     },
     /// Take a base backup of this member's PostgreSQL into the archive.
     BackupPush {
@@ -178,8 +181,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("restored {} into {}", s.name, dest.display());
             Ok(())
         }
-        Command::WalFetch { name, dest, config } => {
-            let archive = archive_config(&config)?;
+        Command::WalFetch {
+            name,
+            dest,
+            config,
+            from_clone,
+        } => {
+            let archive = if from_clone {
+                let text = std::fs::read_to_string(&config)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
+                governor::config::GovernorConfig::parse(&text, &config)?
+                    .bootstrap
+                    .map(|b| b.clone.archive)
+                    .ok_or_else(|| anyhow::anyhow!("{}: no bootstrap.clone", config.display()))?
+            } else {
+                archive_config(&config)?
+            };
             let store = governor::archive::AnyStore::open(&archive).await;
             if governor::archive::wal_fetch(&archive, &store, &name, &dest).await? {
                 Ok(())

@@ -30,6 +30,9 @@ pub struct Placement {
     /// The store of the WAL archive as a YAML mapping entry (`directory: ...` or
     /// `s3: {...}`), used when the file has a `backup` section.
     pub archive_store: String,
+    /// The store of the clone source's archive (`bootstrap.clone.from`) as a YAML mapping
+    /// entry, when the file clones.
+    pub clone_store: Option<String>,
     /// Whether the cluster's PostgreSQL parameters go into the file. On AWS they live only in
     /// etcd `config` (which the governors merge in), so changing one never changes the
     /// launch template.
@@ -89,6 +92,21 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
             out,
             "archive: {{prefix: \"{prefix}\", compression: {compression}, {store}}}",
             store = at.archive_store
+        );
+    }
+    if let (Some(c), Some(store)) = (&spec.bootstrap.clone, &at.clone_store) {
+        // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`).
+        let _ = writeln!(
+            out,
+            "bootstrap: {{clone: {{archive: {{prefix: \"spilo/{from}/wal/{major}/\", {store}}}{target}}}}}",
+            from = c.from,
+            major = spec.postgresql.version,
+            store = store,
+            target = c
+                .target_time
+                .as_ref()
+                .map(|t| format!(", target_time: \"{t}\""))
+                .unwrap_or_default(),
         );
     }
     let auth = at

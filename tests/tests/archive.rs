@@ -256,7 +256,9 @@ fn governor_as_postgres(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
+/// Rows 1..100, a base backup, rows 101..200, the target time, rows 201..300, all archived.
+/// Returns the primary, the backup's `backup-push` output and the target time.
+async fn backed_up_with_a_target(c: &mut Cluster) -> anyhow::Result<(String, String, String)> {
     c.start_all()?;
     let primary = c.wait_primary(BOOT).await?;
     let config = c.member(&primary).config_path();
@@ -287,6 +289,12 @@ async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
         last.filter(|l| *l >= file).map(|_| ())
     })
     .await?;
+    Ok((primary, pushed, target))
+}
+
+async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (primary, pushed, target) = backed_up_with_a_target(c).await?;
+    let config = c.member(&primary).config_path();
     let list = governor_as_postgres(c, &["backup-list"], &config)?;
     assert!(
         list.contains(pushed.split(':').next().unwrap_or("?")),
@@ -359,6 +367,65 @@ async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
         rows,
         (200, Some(200)),
         "exactly the rows committed before the target"
+    );
+    Ok(())
+}
+
+/// `bootstrap.clone`: a new cluster created from another cluster's latest backup and archive,
+/// recovered to a target time, then leading and writable with its own passwords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_clones_another_to_a_point_in_time() -> anyhow::Result<()> {
+    let mut src = Cluster::new(ClusterOptions {
+        scope: "src".into(),
+        members: 1,
+        archive: true,
+        ..Default::default()
+    })
+    .await?;
+    let prepared = backed_up_with_a_target(&mut src).await;
+    let (_, _, target) = src.finish(prepared)?;
+    let mut dst = Cluster::new(ClusterOptions {
+        scope: "dst".into(),
+        members: 2,
+        archive: true,
+        ..Default::default()
+    })
+    .await?;
+    let clone = format!(
+        "bootstrap: {{clone: {{archive: {{prefix: spilo/src/wal/15/, directory: {}}}, target_time: '{target}'}}}}\n",
+        src.bucket().display()
+    );
+    for m in &mut dst.members {
+        m.extra_yaml = clone.clone();
+    }
+    let result = clone_body(&mut dst).await;
+    dst.finish(result)
+}
+
+async fn clone_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (primary, replicas) = c.start_streaming(BOOT).await?;
+    let db = c.sql(&primary).await?;
+    let row = db.query_one("SELECT count(*), max(n) FROM t", &[]).await?;
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, Option<i32>>(1)),
+        (200, Some(200)),
+        "exactly the source's rows committed before the target"
+    );
+    db.batch_execute("INSERT INTO t VALUES (1000)").await?;
+    // The replica copied the clone and streams its new writes.
+    wait::until("the replica to have the new row", BOOT, || async {
+        let r = c.sql(&replicas[0]).await.ok()?;
+        let row = r
+            .query_one("SELECT count(*) FROM t WHERE n = 1000", &[])
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await?;
+    let log = c.log(&primary);
+    assert!(
+        log.contains("the clone recovered and was promoted"),
+        "{log}"
     );
     Ok(())
 }

@@ -25,6 +25,9 @@ pub struct Forced<'a> {
     pub synchronous_standby_names: &'a str,
     /// `archive_command` and `restore_command` (with `archive_mode = on`) when archiving.
     pub archive: Option<(&'a str, &'a str)>,
+    /// While a clone recovers: its `restore_command` and `recovery_target_time`, with
+    /// `recovery_target_action = promote`.
+    pub recovery: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// Defaults a cluster may override.
@@ -77,6 +80,13 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
         set("archive_mode", "on".into());
         set("archive_command", archive.to_string());
         set("restore_command", restore.to_string());
+    }
+    if let Some((restore, target)) = forced.recovery {
+        set("restore_command", restore.to_string());
+        set("recovery_target_action", "promote".into());
+        if let Some(t) = target {
+            set("recovery_target_time", t.to_string());
+        }
     }
     match &forced.upstream {
         Some((conninfo, slot)) => {
@@ -157,6 +167,7 @@ mod tests {
             upstream,
             synchronous_standby_names: "",
             archive: None,
+            recovery: None,
         }
     }
 

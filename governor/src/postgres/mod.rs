@@ -65,12 +65,23 @@ pub struct Instance {
     standby_names: String,
     /// `archive_command` and `restore_command` when WAL archiving is configured.
     archive_commands: Option<(String, String)>,
+    /// While a clone recovers: `restore_command` from the source and the target time.
+    clone_recovery: Option<(String, Option<String>)>,
+    /// The configuration file (for the commands PostgreSQL runs).
+    config_path: PathBuf,
+}
+
+fn quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("governor"))
 }
 
 /// `archive_command` and `restore_command` running this governor program with `config`.
 fn archive_commands(config: &Path) -> (String, String) {
-    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("governor"));
+    let exe = exe();
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     (
         format!(
@@ -137,6 +148,8 @@ impl Instance {
             cluster_params: None,
             standby_names: String::new(),
             archive_commands: c.archive.as_ref().map(|_| archive_commands(&loaded.path)),
+            clone_recovery: None,
+            config_path: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()),
         }
     }
 
@@ -285,6 +298,10 @@ impl Instance {
                 .archive_commands
                 .as_ref()
                 .map(|(a, r)| (a.as_str(), r.as_str())),
+            recovery: self
+                .clone_recovery
+                .as_ref()
+                .map(|(r, t)| (r.as_str(), t.as_deref())),
         };
         let text =
             conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);
@@ -563,12 +580,86 @@ impl Instance {
 
     /// Creates the replication role on a freshly initialized primary.
     pub async fn create_replication_role(&mut self) -> Result<(), crate::runtime::ActError> {
-        let sql = format!(
-            "CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}",
+        // A clone brings the source's roles along: create or update, and take over the
+        // superuser with this cluster's password.
+        let (role, password) = (
             query::ident(&self.replication.0),
-            query::literal(&self.replication.1)
+            query::literal(&self.replication.1),
+        );
+        let sql = format!(
+            "DO $$BEGIN \
+               IF EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN \
+                 ALTER ROLE {role} WITH LOGIN REPLICATION PASSWORD {password}; \
+               ELSE \
+                 CREATE ROLE {role} WITH LOGIN REPLICATION PASSWORD {password}; \
+               END IF; END$$; \
+             ALTER ROLE {su} WITH PASSWORD {su_password}",
+            name = query::literal(&self.replication.0),
+            su = query::ident(&self.superuser.0),
+            su_password = query::literal(&self.superuser.1),
         );
         self.session.execute(&sql).await?;
+        Ok(())
+    }
+
+    /// Creates the data directory from the latest base backup of `clone`'s archive and
+    /// recovers it with that archive's WAL to the target time, then promotes. Returns once
+    /// PostgreSQL accepts writes (it runs, started here).
+    pub async fn restore_clone(
+        &mut self,
+        clone: &crate::config::CloneConfig,
+        cluster: &BTreeMap<String, String>,
+    ) -> Result<(), crate::runtime::ActError> {
+        use crate::runtime::ActError;
+        let marker = self.run_dir.join(UNFINISHED_MARKER);
+        write_private(&marker, "clone from archive")?;
+        let store = crate::archive::AnyStore::open(&clone.archive).await;
+        let backup =
+            crate::archive::backup::backup_fetch(&clone.archive, &store, "LATEST", &self.data_dir)
+                .await
+                .map_err(|e| ActError::Other(format!("clone: {e}")))?;
+        tracing::info!(
+            backup = backup.name,
+            "restored the source's latest base backup"
+        );
+        write_private(&self.data_dir.join("recovery.signal"), "")?;
+        std::fs::remove_file(&marker)?;
+        let restore = format!(
+            "{} wal-fetch \"%f\" \"%p\" --from-clone --config {}",
+            quote(&exe()),
+            quote(&self.config_path)
+        );
+        self.clone_recovery = Some((restore, clone.target_time.clone()));
+        self.start(true, None, cluster)?;
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        loop {
+            if self
+                .postmaster
+                .as_ref()
+                .is_none_or(|p| p.exited().is_some())
+            {
+                self.clone_recovery = None;
+                return Err(ActError::Other(
+                    "PostgreSQL exited while recovering the clone; see its log".into(),
+                ));
+            }
+            if let Ok(s) = self.session.status().await
+                && !s.in_recovery
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ActError::Other(
+                    "the clone did not finish recovering within an hour".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Promoted: the recovery settings have done their work.
+        self.clone_recovery = None;
+        self.write_conf(None, cluster)?;
+        self.session.execute("SELECT pg_reload_conf()").await?;
+        tracing::info!(target_time = ?clone.target_time, "the clone recovered and was promoted");
         Ok(())
     }
 

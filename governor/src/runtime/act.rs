@@ -151,10 +151,18 @@ impl Governor {
         lease: i64,
         params: &BTreeMap<String, String>,
     ) -> Result<(), ActError> {
-        self.pg.initdb().await?;
-        self.pg.start(true, None, params)?;
-        self.arm_fence();
-        self.pg.wait_ready(Duration::from_secs(120)).await?;
+        match self.loaded.config.bootstrap.clone() {
+            Some(b) => {
+                self.pg.restore_clone(&b.clone, params).await?;
+                self.arm_fence();
+            }
+            None => {
+                self.pg.initdb().await?;
+                self.pg.start(true, None, params)?;
+                self.arm_fence();
+                self.pg.wait_ready(Duration::from_secs(120)).await?;
+            }
+        }
         self.pg.create_replication_role().await?;
         if !self.dcs.try_acquire_leader(lease).await? {
             return Err(ActError::Other(

@@ -92,6 +92,13 @@ pub fn render(file: &ClusterFile) -> String {
                 .restapi
                 .as_ref()
                 .map(|_| "{file: /etc/spilo/restapi}".into()),
+            // The source archives into the same bucket under its own prefix.
+            clone_store: spec.bootstrap.clone.as_ref().map(|_| {
+                format!(
+                    "s3: {{bucket: \"{}\", region: {region}}}",
+                    spec.backup.as_ref().map_or("", |b| b.bucket.as_str())
+                )
+            }),
             parameters_in_file: false,
         },
     );

@@ -59,6 +59,14 @@ pub fn render(
                     .join("bucket")
                     .display()
             ),
+            // Clusters live side by side in the state directory: `<state>/<from>/bucket`.
+            clone_store: spec.bootstrap.clone.as_ref().map(|c| {
+                let state = member_dir.ancestors().nth(3).unwrap_or(member_dir);
+                format!(
+                    "directory: \"{}\"",
+                    state.join(c.from.as_str()).join("bucket").display()
+                )
+            }),
             parameters_in_file: true,
         },
     ))
@@ -142,7 +150,7 @@ mod tests {
     #[test]
     fn a_backup_section_archives_wal_into_the_clusters_bucket_directory() {
         let f: ClusterFile = serde_yaml::from_str(
-            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  backup: {bucket: ignored-locally, compression: zstd}\n",
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  backup: {bucket: ignored-locally, compression: zstd}\n  bootstrap: {clone: {from: orders, targetTime: '2026-11-26T04:00:00Z'}}\n",
         )
         .expect("valid");
         let ports = Ports {
@@ -165,6 +173,12 @@ mod tests {
         assert!(
             text.contains(
                 "archive: {prefix: \"spilo/demo/wal/15/\", compression: zstd, directory: \"/s/demo/bucket\"}\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "bootstrap: {clone: {archive: {prefix: \"spilo/orders/wal/15/\", directory: \"/s/orders/bucket\"}, target_time: \"2026-11-26T04:00:00Z\"}}\n"
             ),
             "{text}"
         );
