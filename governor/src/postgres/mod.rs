@@ -6,10 +6,12 @@
 //! PGDATA) holds the generated `postgresql.conf` and `pg_hba.conf`, the Unix socket, the
 //! password file, the server log and the markers of unfinished clones and rewinds.
 
+pub mod archiving;
 pub mod conf;
 pub mod controldata;
 pub mod process;
 pub mod query;
+mod settings;
 pub mod tools;
 
 use crate::config::Loaded;
@@ -71,32 +73,6 @@ pub struct Instance {
     config_path: PathBuf,
 }
 
-fn quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
-}
-
-fn exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("governor"))
-}
-
-/// `archive_command` and `restore_command` running this governor program with `config`.
-fn archive_commands(config: &Path) -> (String, String) {
-    let exe = exe();
-    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
-    (
-        format!(
-            "{} wal-push \"%p\" --config {}",
-            quote(&exe),
-            quote(&config)
-        ),
-        format!(
-            "{} wal-fetch \"%f\" \"%p\" --config {}",
-            quote(&exe),
-            quote(&config)
-        ),
-    )
-}
-
 /// What happened to the postmaster since the last look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -147,7 +123,10 @@ impl Instance {
             not_streaming_since: None,
             cluster_params: None,
             standby_names: String::new(),
-            archive_commands: c.archive.as_ref().map(|_| archive_commands(&loaded.path)),
+            archive_commands: c
+                .archive
+                .as_ref()
+                .map(|_| archiving::archive_commands(&loaded.path)),
             clone_recovery: None,
             config_path: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()),
         }
@@ -265,103 +244,6 @@ impl Instance {
             }
         }
         Ok(())
-    }
-
-    /// Writes `postgresql.conf` for the given upstream (none for a primary or an idle replica).
-    fn write_conf(
-        &mut self,
-        upstream: Option<&Upstream>,
-        cluster: &BTreeMap<String, String>,
-    ) -> std::io::Result<()> {
-        let up = upstream.map(|u| {
-            let port = u.port.to_string();
-            let pgpass = self.pgpass().display().to_string();
-            (
-                conf::conninfo(&[
-                    ("host", &u.host),
-                    ("port", &port),
-                    ("user", &self.replication.0),
-                    ("passfile", &pgpass),
-                    ("application_name", self.member.as_str()),
-                    ("connect_timeout", "2"),
-                ]),
-                self.member.slot_name(),
-            )
-        });
-        let forced = conf::Forced {
-            listen: self.listen,
-            run_dir: &self.run_dir,
-            member: self.member.as_str(),
-            upstream: up,
-            synchronous_standby_names: &self.standby_names,
-            archive: self
-                .archive_commands
-                .as_ref()
-                .map(|(a, r)| (a.as_str(), r.as_str())),
-            recovery: self
-                .clone_recovery
-                .as_ref()
-                .map(|(r, t)| (r.as_str(), t.as_deref())),
-        };
-        let text =
-            conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);
-        write_private(&self.config_file(), &text)?;
-        self.cluster_params = Some(cluster.clone());
-        Ok(())
-    }
-
-    /// Applies changed cluster-wide parameters (etcd `config`) to the running instance:
-    /// rewrites `postgresql.conf` for the same upstream and reloads. A setting that needs a
-    /// restart then shows as `pending_restart`. Returns whether anything changed.
-    pub async fn apply_cluster_params(
-        &mut self,
-        cluster: &BTreeMap<String, String>,
-    ) -> Result<bool, crate::runtime::ActError> {
-        match &self.cluster_params {
-            Some(current) if current != cluster && self.postmaster.is_some() => {}
-            _ => return Ok(false),
-        }
-        let up = self.upstream.clone();
-        self.write_conf(up.as_ref(), cluster)?;
-        self.session.execute("SELECT pg_reload_conf()").await?;
-        tracing::info!("the cluster's parameters changed; reloaded the configuration");
-        Ok(true)
-    }
-
-    /// `synchronous_standby_names` as last written.
-    pub fn standby_names(&self) -> &str {
-        &self.standby_names
-    }
-
-    /// Sets `synchronous_standby_names` and reloads when it changed; returns whether it did.
-    pub async fn set_standby_names(
-        &mut self,
-        value: &str,
-    ) -> Result<bool, crate::runtime::ActError> {
-        if self.standby_names == value {
-            return Ok(false);
-        }
-        self.standby_names = value.to_string();
-        self.reload().await?;
-        tracing::info!(
-            synchronous_standby_names = value,
-            "changed the synchronous standbys"
-        );
-        Ok(true)
-    }
-
-    /// Rewrites `postgresql.conf` from the current settings and reloads (`POST /reload`).
-    pub async fn reload(&mut self) -> Result<(), crate::runtime::ActError> {
-        let up = self.upstream.clone();
-        let cluster = self.cluster_params.clone().unwrap_or_default();
-        self.write_conf(up.as_ref(), &cluster)?;
-        self.session.execute("SELECT pg_reload_conf()").await?;
-        Ok(())
-    }
-
-    /// The cluster parameters the running configuration was written with.
-    pub fn cluster_params(&self) -> BTreeMap<String, String> {
-        self.cluster_params.clone().unwrap_or_default()
     }
 
     /// The data directory's control file.
@@ -599,67 +481,6 @@ impl Instance {
             su_password = query::literal(&self.superuser.1),
         );
         self.session.execute(&sql).await?;
-        Ok(())
-    }
-
-    /// Creates the data directory from the latest base backup of `clone`'s archive and
-    /// recovers it with that archive's WAL to the target time, then promotes. Returns once
-    /// PostgreSQL accepts writes (it runs, started here).
-    pub async fn restore_clone(
-        &mut self,
-        clone: &crate::config::CloneConfig,
-        cluster: &BTreeMap<String, String>,
-    ) -> Result<(), crate::runtime::ActError> {
-        use crate::runtime::ActError;
-        let marker = self.run_dir.join(UNFINISHED_MARKER);
-        write_private(&marker, "clone from archive")?;
-        let store = crate::archive::AnyStore::open(&clone.archive).await;
-        let backup =
-            crate::archive::backup::backup_fetch(&clone.archive, &store, "LATEST", &self.data_dir)
-                .await
-                .map_err(|e| ActError::Other(format!("clone: {e}")))?;
-        tracing::info!(
-            backup = backup.name,
-            "restored the source's latest base backup"
-        );
-        write_private(&self.data_dir.join("recovery.signal"), "")?;
-        std::fs::remove_file(&marker)?;
-        let restore = format!(
-            "{} wal-fetch \"%f\" \"%p\" --from-clone --config {}",
-            quote(&exe()),
-            quote(&self.config_path)
-        );
-        self.clone_recovery = Some((restore, clone.target_time.clone()));
-        self.start(true, None, cluster)?;
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            if self
-                .postmaster
-                .as_ref()
-                .is_none_or(|p| p.exited().is_some())
-            {
-                self.clone_recovery = None;
-                return Err(ActError::Other(
-                    "PostgreSQL exited while recovering the clone; see its log".into(),
-                ));
-            }
-            if let Ok(s) = self.session.status().await
-                && !s.in_recovery
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(ActError::Other(
-                    "the clone did not finish recovering within an hour".into(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        // Promoted: the recovery settings have done their work.
-        self.clone_recovery = None;
-        self.write_conf(None, cluster)?;
-        self.session.execute("SELECT pg_reload_conf()").await?;
-        tracing::info!(target_time = ?clone.target_time, "the clone recovered and was promoted");
         Ok(())
     }
 

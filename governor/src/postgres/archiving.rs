@@ -1,0 +1,97 @@
+//! The instance's side of archiving: the `archive_command` and `restore_command` that run
+//! this governor program (`wal-push`, `wal-fetch`), and creating the data directory of a clone
+//! from another cluster's base backup and archive (`bootstrap.clone`).
+
+use super::{Instance, UNFINISHED_MARKER, write_private};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("governor"))
+}
+
+/// `archive_command` and `restore_command` running this governor program with `config`.
+pub(super) fn archive_commands(config: &Path) -> (String, String) {
+    let exe = exe();
+    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    (
+        format!(
+            "{} wal-push \"%p\" --config {}",
+            quote(&exe),
+            quote(&config)
+        ),
+        format!(
+            "{} wal-fetch \"%f\" \"%p\" --config {}",
+            quote(&exe),
+            quote(&config)
+        ),
+    )
+}
+
+impl Instance {
+    /// Creates the data directory from the latest base backup of `clone`'s archive and
+    /// recovers it with that archive's WAL to the target time, then promotes. Returns once
+    /// PostgreSQL accepts writes (it runs, started here).
+    pub async fn restore_clone(
+        &mut self,
+        clone: &crate::config::CloneConfig,
+        cluster: &BTreeMap<String, String>,
+    ) -> Result<(), crate::runtime::ActError> {
+        use crate::runtime::ActError;
+        let marker = self.run_dir.join(UNFINISHED_MARKER);
+        write_private(&marker, "clone from archive")?;
+        let store = crate::archive::AnyStore::open(&clone.archive).await;
+        let backup =
+            crate::archive::backup::backup_fetch(&clone.archive, &store, "LATEST", &self.data_dir)
+                .await
+                .map_err(|e| ActError::Other(format!("clone: {e}")))?;
+        tracing::info!(
+            backup = backup.name,
+            "restored the source's latest base backup"
+        );
+        write_private(&self.data_dir.join("recovery.signal"), "")?;
+        std::fs::remove_file(&marker)?;
+        let restore = format!(
+            "{} wal-fetch \"%f\" \"%p\" --from-clone --config {}",
+            quote(&exe()),
+            quote(&self.config_path)
+        );
+        self.clone_recovery = Some((restore, clone.target_time.clone()));
+        self.start(true, None, cluster)?;
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        loop {
+            if self
+                .postmaster
+                .as_ref()
+                .is_none_or(|p| p.exited().is_some())
+            {
+                self.clone_recovery = None;
+                return Err(ActError::Other(
+                    "PostgreSQL exited while recovering the clone; see its log".into(),
+                ));
+            }
+            if let Ok(s) = self.session.status().await
+                && !s.in_recovery
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ActError::Other(
+                    "the clone did not finish recovering within an hour".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // Promoted: the recovery settings have done their work.
+        self.clone_recovery = None;
+        self.write_conf(None, cluster)?;
+        self.session.execute("SELECT pg_reload_conf()").await?;
+        tracing::info!(target_time = ?clone.target_time, "the clone recovered and was promoted");
+        Ok(())
+    }
+}

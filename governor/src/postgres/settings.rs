@@ -1,0 +1,105 @@
+//! The instance's `postgresql.conf`: writing it from the layers (defaults, the cluster's
+//! `config`, the member's own parameters) and the settings the governor owns (addresses,
+//! upstream, synchronous standbys, archiving, a clone's recovery), and reloading it.
+
+use super::{Instance, Upstream, conf, write_private};
+use std::collections::BTreeMap;
+
+impl Instance {
+    /// Writes `postgresql.conf` for the given upstream (none for a primary or an idle replica).
+    pub(super) fn write_conf(
+        &mut self,
+        upstream: Option<&Upstream>,
+        cluster: &BTreeMap<String, String>,
+    ) -> std::io::Result<()> {
+        let up = upstream.map(|u| {
+            let port = u.port.to_string();
+            let pgpass = self.pgpass().display().to_string();
+            (
+                conf::conninfo(&[
+                    ("host", &u.host),
+                    ("port", &port),
+                    ("user", &self.replication.0),
+                    ("passfile", &pgpass),
+                    ("application_name", self.member.as_str()),
+                    ("connect_timeout", "2"),
+                ]),
+                self.member.slot_name(),
+            )
+        });
+        let forced = conf::Forced {
+            listen: self.listen,
+            run_dir: &self.run_dir,
+            member: self.member.as_str(),
+            upstream: up,
+            synchronous_standby_names: &self.standby_names,
+            archive: self
+                .archive_commands
+                .as_ref()
+                .map(|(a, r)| (a.as_str(), r.as_str())),
+            recovery: self
+                .clone_recovery
+                .as_ref()
+                .map(|(r, t)| (r.as_str(), t.as_deref())),
+        };
+        let text =
+            conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);
+        write_private(&self.config_file(), &text)?;
+        self.cluster_params = Some(cluster.clone());
+        Ok(())
+    }
+
+    /// Applies changed cluster-wide parameters (etcd `config`) to the running instance:
+    /// rewrites `postgresql.conf` for the same upstream and reloads. A setting that needs a
+    /// restart then shows as `pending_restart`. Returns whether anything changed.
+    pub async fn apply_cluster_params(
+        &mut self,
+        cluster: &BTreeMap<String, String>,
+    ) -> Result<bool, crate::runtime::ActError> {
+        match &self.cluster_params {
+            Some(current) if current != cluster && self.postmaster.is_some() => {}
+            _ => return Ok(false),
+        }
+        let up = self.upstream.clone();
+        self.write_conf(up.as_ref(), cluster)?;
+        self.session.execute("SELECT pg_reload_conf()").await?;
+        tracing::info!("the cluster's parameters changed; reloaded the configuration");
+        Ok(true)
+    }
+
+    /// `synchronous_standby_names` as last written.
+    pub fn standby_names(&self) -> &str {
+        &self.standby_names
+    }
+
+    /// Sets `synchronous_standby_names` and reloads when it changed; returns whether it did.
+    pub async fn set_standby_names(
+        &mut self,
+        value: &str,
+    ) -> Result<bool, crate::runtime::ActError> {
+        if self.standby_names == value {
+            return Ok(false);
+        }
+        self.standby_names = value.to_string();
+        self.reload().await?;
+        tracing::info!(
+            synchronous_standby_names = value,
+            "changed the synchronous standbys"
+        );
+        Ok(true)
+    }
+
+    /// Rewrites `postgresql.conf` from the current settings and reloads (`POST /reload`).
+    pub async fn reload(&mut self) -> Result<(), crate::runtime::ActError> {
+        let up = self.upstream.clone();
+        let cluster = self.cluster_params.clone().unwrap_or_default();
+        self.write_conf(up.as_ref(), &cluster)?;
+        self.session.execute("SELECT pg_reload_conf()").await?;
+        Ok(())
+    }
+
+    /// The cluster parameters the running configuration was written with.
+    pub fn cluster_params(&self) -> BTreeMap<String, String> {
+        self.cluster_params.clone().unwrap_or_default()
+    }
+}
