@@ -6,6 +6,9 @@
 //! key. Positions are compared among the members themselves, never against the dead leader's
 //! last published position, which froze when it died.
 //!
+//! Nobody takes over while a member that answered is still starting PostgreSQL: its position
+//! is not known yet and may be the best.
+//!
 //! Not eligible: members tagged `nofailover`, members not running as replicas, members on an
 //! older timeline than the best, and members further than `maximum_lag_on_failover` bytes
 //! behind the most advanced member (eligible or not). A member that did not answer is ignored.
@@ -50,6 +53,18 @@ pub fn choose(me: &Candidate, peers: &[PeerView], maximum_lag: u64) -> Verdict {
             return Verdict::NotMe {
                 why: format!(
                     "{} still runs as primary; waiting for it to demote",
+                    peer.name
+                ),
+            };
+        }
+        if st.state == MemberState::Starting {
+            // Its WAL position is not known until PostgreSQL answers, and it may be the most
+            // advanced (found when a whole cluster restarted: the replica that was up first
+            // took over and the former primary's last commits were rewound away). Starting
+            // ends within seconds, with running or with an exit, so this cannot wait forever.
+            return Verdict::NotMe {
+                why: format!(
+                    "{} is starting; waiting to compare WAL positions with it",
                     peer.name
                 ),
             };

@@ -386,3 +386,28 @@ fn the_clusters_lag_limit_wins_over_the_local_one() {
         "{d}"
     );
 }
+
+// --- a whole cluster restarting --------------------------------------------------------------
+
+#[test]
+fn nobody_takes_over_while_a_member_is_still_starting() {
+    // Found by the local-target test that restarts a cluster: the replica that was up first
+    // took over while the former primary, further ahead, was still starting.
+    let mut w = World::new();
+    w.peer(
+        "m2",
+        Some(super::tests::member(
+            MemberRole::Replica,
+            MemberState::Starting,
+            1,
+            0,
+        )),
+    );
+    let d = w.decide();
+    assert_eq!(kind(&d), "wait", "{d}");
+    assert!(d.to_string().contains("m2 is starting"), "{d}");
+    // Once it runs, positions decide as usual.
+    w.snap.peers.clear();
+    w.peer("m2", Some(replica(1, 900)));
+    assert!(w.decide().to_string().contains("m2 ranks first"));
+}
