@@ -128,6 +128,11 @@ pub struct MemberStatus {
 }
 
 impl MemberStatus {
+    /// Whether it runs (PostgreSQL answers) in `role`.
+    pub fn running_as(&self, role: MemberRole) -> bool {
+        self.role == role && self.state == MemberState::Running
+    }
+
     /// `(host, port)` parsed from `conn_url`, when it has that shape.
     pub fn host_port(&self) -> Option<(String, u16)> {
         let rest = self.conn_url.strip_prefix("postgres://")?;

@@ -199,9 +199,9 @@ async fn await_new_leader(
         if let Ok(view) = fresh_view(shared).await {
             let leader = view.leader.as_ref().map(|l| &l.name);
             let leads = |m: &MemberName| {
-                view.members.get(m).is_some_and(|s| {
-                    s.role == MemberRole::Primary && s.state == MemberState::Running
-                })
+                view.members
+                    .get(m)
+                    .is_some_and(|s| s.running_as(MemberRole::Primary))
             };
             if let Some(new) = leader
                 && new != old
@@ -279,7 +279,7 @@ async fn failover_inner(shared: &Shared, headers: &HeaderMap, raw: &str) -> Resu
         && view
             .members
             .get(l)
-            .is_some_and(|m| m.role == MemberRole::Primary && m.state == MemberState::Running)
+            .is_some_and(|m| m.running_as(MemberRole::Primary))
     {
         return Err(reply(
             StatusCode::PRECONDITION_FAILED,
@@ -321,7 +321,7 @@ async fn failover_inner(shared: &Shared, headers: &HeaderMap, raw: &str) -> Resu
             && view
                 .members
                 .get(&candidate)
-                .is_some_and(|m| m.role == MemberRole::Primary && m.state == MemberState::Running)
+                .is_some_and(|m| m.running_as(MemberRole::Primary))
         {
             return Ok(reply(
                 StatusCode::OK,

@@ -49,7 +49,7 @@ pub fn choose(me: &Candidate, peers: &[PeerView], maximum_lag: u64) -> Verdict {
     let mut all = vec![me.clone()];
     for peer in peers {
         let Some(st) = &peer.status else { continue };
-        if st.role == MemberRole::Primary && st.state == MemberState::Running {
+        if st.running_as(MemberRole::Primary) {
             return Verdict::NotMe {
                 why: format!(
                     "{} still runs as primary; waiting for it to demote",
@@ -69,7 +69,7 @@ pub fn choose(me: &Candidate, peers: &[PeerView], maximum_lag: u64) -> Verdict {
                 ),
             };
         }
-        if st.role != MemberRole::Replica || st.state != MemberState::Running {
+        if !st.running_as(MemberRole::Replica) {
             continue;
         }
         all.push(Candidate {

@@ -25,7 +25,7 @@ pub use snapshot::{
     Snapshot,
 };
 
-use spilo_model::{HistoryEntry, Lsn, MemberName, MemberRole, MemberState, TimelineId};
+use spilo_model::{HistoryEntry, Lsn, MemberName, MemberRole, TimelineId};
 use std::time::{Duration, Instant};
 
 /// The settings `decide` needs, already merged from the local file and the cluster's `config`.
@@ -494,7 +494,7 @@ fn running_primary_status<'a>(
 ) -> Option<&'a spilo_model::MemberStatus> {
     view.members
         .get(leader)
-        .filter(|m| m.role == MemberRole::Primary && m.state == MemberState::Running)
+        .filter(|m| m.running_as(MemberRole::Primary))
 }
 
 /// The leader's name when it holds the key and runs as primary.

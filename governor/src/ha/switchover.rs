@@ -27,7 +27,7 @@ pub fn check(
     let lead = view
         .members
         .get(leader)
-        .filter(|m| m.role == MemberRole::Primary && m.state == MemberState::Running)
+        .filter(|m| m.running_as(MemberRole::Primary))
         .ok_or_else(|| format!("{leader} does not run as primary"))?;
     let leader_lsn = lead.wal.best().unwrap_or_default();
     let eligible = |name: &MemberName| -> Result<(u64, i64), String> {
@@ -38,7 +38,7 @@ pub fn check(
             .members
             .get(name)
             .ok_or_else(|| format!("{name} is not a member of the cluster"))?;
-        if m.role != MemberRole::Replica || m.state != MemberState::Running {
+        if !m.running_as(MemberRole::Replica) {
             return Err(format!(
                 "{name} is {} {}, not a running replica",
                 m.role.as_str(),

@@ -3,7 +3,7 @@
 
 use super::tests::{LEASE, World, cfg, kind, name, primary, replica};
 use super::*;
-use spilo_model::{ClusterConfig, SwitchoverRequest};
+use spilo_model::{ClusterConfig, MemberState, SwitchoverRequest};
 
 const NOW: u64 = 1_000_000;
 

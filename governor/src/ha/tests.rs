@@ -2,7 +2,7 @@
 
 use super::candidate::{self, Candidate, Verdict};
 use super::*;
-use spilo_model::{MemberStatus, MemberTags, WalPositions};
+use spilo_model::{MemberState, MemberStatus, MemberTags, WalPositions};
 use std::collections::BTreeMap;
 
 pub(super) const LEASE: i64 = 7;

@@ -3,7 +3,7 @@
 use super::{Answer, Api, ApiAuth, ClusterState, Target, read_state};
 use anyhow::{Context, bail};
 use serde_json::json;
-use spilo_model::{MemberName, MemberRole, MemberState, MemberStatus};
+use spilo_model::{MemberName, MemberRole};
 use std::time::{Duration, Instant};
 
 /// `spilo switchover`.
@@ -61,10 +61,6 @@ fn report(who: &str, a: &Answer) -> anyhow::Result<()> {
     } else {
         bail!("{who}: {} (HTTP {})", a.message, a.status)
     }
-}
-
-fn running_primary(m: &MemberStatus) -> bool {
-    m.role == MemberRole::Primary && m.state == MemberState::Running
 }
 
 /// Normalises `--at` to RFC 3339 UTC.
@@ -182,10 +178,11 @@ pub async fn restart(a: MemberArgs) -> anyhow::Result<()> {
             continue;
         }
         let is_leader = state.leader.as_ref() == Some(&m);
-        let has_replica = state.members.iter().any(|(n, s)| {
-            *n != m && s.role == MemberRole::Replica && s.state == MemberState::Running
-        });
-        if is_leader && a.pending && has_replica && running_primary(status) {
+        let has_replica = state
+            .members
+            .iter()
+            .any(|(n, s)| *n != m && s.running_as(MemberRole::Replica));
+        if is_leader && a.pending && has_replica && status.running_as(MemberRole::Primary) {
             let answer = api
                 .post(&status.api_url, "/switchover", &json!({ "leader": m }))
                 .await?;
