@@ -504,6 +504,26 @@ impl Cluster {
         .await
     }
 
+    /// One prober per member, each writing straight to that member every `interval`
+    /// (labelled with the member's name), to check that no two members accept writes at once.
+    pub fn per_member_prober(&self, interval: Duration) -> crate::probe::Prober {
+        let targets = self
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    format!(
+                        "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} \
+                         dbname=postgres connect_timeout=1",
+                        m.pg_port
+                    ),
+                )
+            })
+            .collect();
+        crate::probe::Prober::start(targets, interval)
+    }
+
     /// A SQL connection to a member as the superuser, over TCP with its password.
     pub async fn sql(&self, name: &str) -> anyhow::Result<tokio_postgres::Client> {
         let m = self.member(name);

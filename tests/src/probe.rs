@@ -133,6 +133,27 @@ async fn run(
     }
 }
 
+/// Waits until the replicas on `ports` have replicated the probe table, so a measurement
+/// starts only once every member could take over with it.
+pub async fn wait_replicated(ports: &[u16]) -> anyhow::Result<()> {
+    for &port in ports {
+        crate::wait::until(
+            &format!("the replica on port {port} to replicate the probe table"),
+            Duration::from_secs(60),
+            || async move {
+                let c = crate::cluster::connect(port).await.ok()?;
+                let row = c
+                    .query_one("SELECT to_regclass('probe_writes') IS NOT NULL", &[])
+                    .await
+                    .ok()?;
+                row.get::<_, bool>(0).then_some(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Checks that the members accepted writes one after another, never two at once: ordered by
 /// acknowledgement, the writes form runs per member, and each run's last acknowledgement came
 /// before the next run's first write was even sent.

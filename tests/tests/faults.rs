@@ -2,31 +2,12 @@
 //! a write load and asserts its stated outcome (who is primary, that no two members accepted
 //! writes at the same time, which acknowledged writes survive).
 
-use spilo_e2e::cluster::{self, Cluster, ClusterOptions};
-use spilo_e2e::probe::{self, Prober};
+use spilo_e2e::cluster::{Cluster, ClusterOptions};
+use spilo_e2e::probe;
 use spilo_e2e::wait;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(60);
-
-/// One prober per member, each writing straight to that member every 20 ms.
-fn per_member_prober(c: &Cluster) -> Prober {
-    let targets = c
-        .members
-        .iter()
-        .map(|m| {
-            (
-                m.name.clone(),
-                format!(
-                    "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=1",
-                    m.pg_port,
-                    cluster::SUPERUSER_PASSWORD
-                ),
-            )
-        })
-        .collect();
-    Prober::start(targets, Duration::from_millis(20))
-}
 
 /// Expected: the frozen primary's PostgreSQL is stopped by the governor's watchdog process
 /// before its lease can end (its own fence task is frozen with it), a replica takes over after
@@ -46,7 +27,7 @@ async fn a_frozen_governor_does_not_leave_a_writable_stale_primary() -> anyhow::
 async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
-    let prober = per_member_prober(c);
+    let prober = c.per_member_prober(Duration::from_millis(20));
     wait::until("the primary to acknowledge probe writes", BOOT, || async {
         prober.acks().iter().any(|a| a.member == old).then_some(())
     })
@@ -124,7 +105,7 @@ async fn an_etcd_outage_stops_writes_safely_and_the_cluster_recovers() -> anyhow
 async fn etcd_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
-    let prober = per_member_prober(c);
+    let prober = c.per_member_prober(Duration::from_millis(20));
     wait::until("the primary to acknowledge probe writes", BOOT, || async {
         prober.acks().iter().any(|a| a.member == old).then_some(())
     })
@@ -202,7 +183,7 @@ async fn a_crash_loop_hands_leadership_over_after_the_third_crash() -> anyhow::R
 async fn crash_loop_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
-    let prober = per_member_prober(c);
+    let prober = c.per_member_prober(Duration::from_millis(20));
     for crash in 1..=3 {
         let pm = wait::until("the primary's postmaster", BOOT, || async {
             c.status(&old).await?.postmaster_pid
@@ -271,7 +252,7 @@ async fn etcd_member_loss_body(
         .await?
         .batch_execute(probe::TABLE_DDL)
         .await?;
-    let prober = per_member_prober(c);
+    let prober = c.per_member_prober(Duration::from_millis(20));
     let mut leader = None;
     for (i, e) in etcds.iter().enumerate() {
         if e.is_leader().await? {

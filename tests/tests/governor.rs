@@ -2,7 +2,7 @@
 //! `kill -9`, graceful handover, a primary cut off from etcd, etcd found through DNS SRV
 //! records, and refusals of bad configurations.
 
-use spilo_e2e::cluster::{self, Cluster, ClusterOptions};
+use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::probe::{self, Prober};
 use spilo_e2e::proxy::Proxy;
 use spilo_e2e::wait;
@@ -445,21 +445,7 @@ async fn a_primary_cut_off_from_etcd_demotes_and_never_two_members_accept_writes
     create_probe_table(c, "m1").await?;
 
     // Every member is probed with writes of its own, every 20 ms.
-    let targets = c
-        .members
-        .iter()
-        .map(|m| {
-            (
-                m.name.clone(),
-                format!(
-                    "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=1",
-                    m.pg_port,
-                    cluster::SUPERUSER_PASSWORD
-                ),
-            )
-        })
-        .collect();
-    let prober = Prober::start(targets, Duration::from_millis(20));
+    let prober = c.per_member_prober(Duration::from_millis(20));
     wait::until("m1 to acknowledge probe writes", BOOT, || async {
         prober.acks().iter().any(|a| a.member == "m1").then_some(())
     })

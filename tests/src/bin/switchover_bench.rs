@@ -131,21 +131,7 @@ where
     S: AsyncFnOnce() -> anyhow::Result<()>,
     F: AsyncFnOnce() -> anyhow::Result<u16>,
 {
-    for port in replicas {
-        wait::until(
-            &format!("the replica on port {port} to replicate the probe table"),
-            Duration::from_secs(60),
-            || async move {
-                let c = cluster::connect(port).await.ok()?;
-                let row = c
-                    .query_one("SELECT to_regclass('probe_writes') IS NOT NULL", &[])
-                    .await
-                    .ok()?;
-                row.get::<_, bool>(0).then_some(())
-            },
-        )
-        .await?;
-    }
+    probe::wait_replicated(&replicas).await?;
     let prober = Prober::start(vec![("rw".into(), dsn)], PROBE_EVERY);
     let steady = Instant::now();
     wait::until(
