@@ -134,9 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BackupPush { config } => {
-            let text = std::fs::read_to_string(&config)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
-            let cfg = governor::config::GovernorConfig::parse(&text, &config)?;
+            let cfg = parse_config(&config)?;
             let archive = archive_config(&config)?;
             let store = governor::archive::AnyStore::open(&archive).await;
             let run_dir = cfg.run_dir();
@@ -188,9 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             from_clone,
         } => {
             let archive = if from_clone {
-                let text = std::fs::read_to_string(&config)
-                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", config.display()))?;
-                governor::config::GovernorConfig::parse(&text, &config)?
+                parse_config(&config)?
                     .bootstrap
                     .map(|b| b.clone.archive)
                     .ok_or_else(|| anyhow::anyhow!("{}: no bootstrap.clone", config.display()))?
@@ -217,13 +213,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// A configuration file, parsed and checked but with no secret resolved: the commands
+/// PostgreSQL runs (`wal-push`, `wal-fetch`) may not have the governor's environment.
+fn parse_config(path: &std::path::Path) -> anyhow::Result<governor::config::GovernorConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    Ok(governor::config::GovernorConfig::parse(&text, path)?)
+}
+
 /// The `archive:` section of a configuration file (no secrets are resolved: PostgreSQL runs
 /// the archive commands, possibly without the governor's environment).
 fn archive_config(path: &std::path::Path) -> anyhow::Result<governor::archive::ArchiveConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let config = governor::config::GovernorConfig::parse(&text, path)?;
-    config
+    parse_config(path)?
         .archive
         .ok_or_else(|| anyhow::anyhow!("{}: no archive section", path.display()))
 }

@@ -60,11 +60,7 @@ pub struct Source<'a> {
 }
 
 fn backups(cfg: &ArchiveConfig) -> String {
-    super::key(&cfg.prefix, "", Method::Lz4)
-        .trim_end_matches(".lz4")
-        .trim_end_matches("wal_005/")
-        .to_string()
-        + "basebackups_005/"
+    format!("{}basebackups_005/", super::under(&cfg.prefix))
 }
 
 /// `START WAL LOCATION: 0/2000028 (file 000000010000000000000002)` and `START TIME: ...`

@@ -162,13 +162,18 @@ pub fn archivable(name: &str) -> bool {
 
 /// The key of `name` compressed with `method`.
 pub fn key(prefix: &str, name: &str, method: Method) -> String {
+    format!("{}wal_005/{name}.{}", under(prefix), method.extension())
+}
+
+/// The archive's prefix as a key prefix: no leading `/`, a trailing `/` unless empty. WAL
+/// (`wal_005/`) and base backups (`basebackups_005/`) go under it.
+pub fn under(prefix: &str) -> String {
     let prefix = prefix.trim_start_matches('/');
-    let sep = if prefix.is_empty() || prefix.ends_with('/') {
-        ""
+    if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
     } else {
-        "/"
-    };
-    format!("{prefix}{sep}wal_005/{name}.{}", method.extension())
+        format!("{prefix}/")
+    }
 }
 
 /// What `wal_push` did.

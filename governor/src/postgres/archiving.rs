@@ -15,20 +15,16 @@ fn exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("governor"))
 }
 
-/// `archive_command` and `restore_command` running this governor program with `config`.
+/// `archive_command` and `restore_command` running this governor program with `config` (an
+/// absolute path).
 pub(super) fn archive_commands(config: &Path) -> (String, String) {
     let exe = exe();
-    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     (
-        format!(
-            "{} wal-push \"%p\" --config {}",
-            quote(&exe),
-            quote(&config)
-        ),
+        format!("{} wal-push \"%p\" --config {}", quote(&exe), quote(config)),
         format!(
             "{} wal-fetch \"%f\" \"%p\" --config {}",
             quote(&exe),
-            quote(&config)
+            quote(config)
         ),
     )
 }

@@ -91,6 +91,8 @@ impl Instance {
         let pg = &c.postgresql;
         let run_dir = c.run_dir();
         let timeout = c.ha.retry_timeout();
+        // PostgreSQL runs the archive commands from PGDATA: the path must be absolute.
+        let config_path = std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone());
         let session = Session::local(
             run_dir.clone(),
             pg.listen.port(),
@@ -126,9 +128,9 @@ impl Instance {
             archive_commands: c
                 .archive
                 .as_ref()
-                .map(|_| archiving::archive_commands(&loaded.path)),
+                .map(|_| archiving::archive_commands(&config_path)),
             clone_recovery: None,
-            config_path: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()),
+            config_path,
         }
     }
 

@@ -200,18 +200,7 @@ impl Member {
             role,
             state,
             timeline: tl,
-            wal: if role == MemberRole::Primary {
-                WalPositions {
-                    write: lsn,
-                    ..Default::default()
-                }
-            } else {
-                WalPositions {
-                    receive: lsn,
-                    replay: lsn,
-                    write: None,
-                }
-            },
+            wal: positions(role == MemberRole::Primary, lsn),
             tags: MemberTags::default(),
             pending_restart: false,
         }
@@ -231,6 +220,23 @@ impl Member {
         self.pg = Pg::Stopped;
         self.streaming = false;
         self.not_streaming_since = None;
+    }
+}
+
+/// WAL positions as a member reports them: a primary its write position, a replica what it
+/// received and replayed.
+fn positions(primary: bool, lsn: Option<Lsn>) -> WalPositions {
+    if primary {
+        WalPositions {
+            write: lsn,
+            ..Default::default()
+        }
+    } else {
+        WalPositions {
+            receive: lsn,
+            replay: lsn,
+            write: None,
+        }
     }
 }
 
@@ -295,18 +301,7 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
             PgState::Running(RunningPg {
                 in_recovery: *pg != Pg::Primary,
                 timeline: Some(TimelineId(d.timeline)),
-                wal: if *pg == Pg::Primary {
-                    WalPositions {
-                        write: lsn,
-                        ..Default::default()
-                    }
-                } else {
-                    WalPositions {
-                        receive: lsn,
-                        replay: lsn,
-                        write: None,
-                    }
-                },
+                wal: positions(*pg == Pg::Primary, lsn),
                 upstream: match pg {
                     Pg::Replica { upstream } => upstream.clone(),
                     _ => None,

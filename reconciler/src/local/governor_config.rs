@@ -76,20 +76,24 @@ pub fn render(
 mod tests {
     use super::*;
 
+    fn ports(etcd: Option<u16>) -> Ports {
+        Ports {
+            primary: 5432,
+            replica: None,
+            etcd,
+            postgres: 15432,
+            api: 18008,
+            instances: 3,
+        }
+    }
+
     #[test]
     fn a_member_gets_its_ports_paths_and_the_cluster_settings() {
         let f: ClusterFile = serde_yaml::from_str(
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  postgresql: {parameters: {shared_buffers: 64MB, max_connections: 100}}\n  ha: {ttl: 6}\n  secrets: {replication: {env: REPL}}\n",
         )
         .expect("valid");
-        let ports = Ports {
-            primary: 5432,
-            replica: None,
-            etcd: Some(12379),
-            postgres: 15432,
-            api: 18008,
-            instances: 3,
-        };
+        let ports = ports(Some(12379));
         let text = render(
             &f,
             2,
@@ -132,14 +136,7 @@ mod tests {
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  secrets: {superuser: {ssm: /x}}\n",
         )
         .expect("valid");
-        let ports = Ports {
-            primary: 5432,
-            replica: None,
-            etcd: None,
-            postgres: 15432,
-            api: 18008,
-            instances: 3,
-        };
+        let ports = ports(None);
         let err = render(&f, 0, &ports, &[], Path::new("/m"), Path::new("/s")).expect_err("ssm");
         assert_eq!(
             err,
@@ -153,14 +150,7 @@ mod tests {
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  backup: {bucket: ignored-locally, compression: zstd}\n  bootstrap: {clone: {from: orders, targetTime: '2026-11-26T04:00:00Z'}}\n",
         )
         .expect("valid");
-        let ports = Ports {
-            primary: 5432,
-            replica: None,
-            etcd: Some(12379),
-            postgres: 15432,
-            api: 18008,
-            instances: 3,
-        };
+        let ports = ports(Some(12379));
         let text = render(
             &f,
             0,
