@@ -65,6 +65,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Delete all but the newest N finished base backups, and the WAL only they need.
+    BackupDelete {
+        /// How many finished backups to keep (at least 1).
+        #[arg(long)]
+        retain: usize,
+        /// The governor's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
     #[command(hide = true)]
     Watchdog,
@@ -177,6 +186,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = governor::archive::AnyStore::open(&archive).await;
             let s = governor::archive::backup::backup_fetch(&archive, &store, &name, &dest).await?;
             println!("restored {} into {}", s.name, dest.display());
+            Ok(())
+        }
+        Command::BackupDelete { retain, config } => {
+            let archive = archive_config(&config)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            let d = governor::archive::retention::backup_delete(&archive, &store, retain).await?;
+            if d.backups.is_empty() {
+                println!("nothing to delete: no more than {retain} finished backup(s)");
+            } else {
+                println!(
+                    "deleted {} backup(s) ({}) and {} WAL file(s) before {}",
+                    d.backups.len(),
+                    d.backups.join(", "),
+                    d.wal_files,
+                    d.keep_from.as_deref().unwrap_or("-")
+                );
+            }
             Ok(())
         }
         Command::WalFetch {

@@ -21,6 +21,6 @@ pub use member::{
     ClusterConfig, HistoryEntry, MemberRole, MemberState, MemberStatus, MemberTags, WalPositions,
 };
 pub use names::{ClusterName, InvalidName, MemberName, NameError};
-pub use summary::{ArchiveStatus, ClusterSummary, MemberRow, NodeStatus, summarize};
+pub use summary::{ArchiveStatus, BackupRuns, ClusterSummary, MemberRow, NodeStatus, summarize};
 pub use switchover::SwitchoverRequest;
 pub use sync::SyncState;

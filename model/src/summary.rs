@@ -61,6 +61,29 @@ pub struct ArchiveStatus {
     /// Bytes of WAL written after the end of the last archived segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<u64>,
+    /// Scheduled base backups, when `archive.backups` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupRuns>,
+}
+
+/// What the leader's backup schedule did last and does next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRuns {
+    /// When the next scheduled backup starts (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// The last scheduled backup that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// When it finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_finished: Option<String>,
+    /// Why the last attempt failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Backups deleted by retention since the governor started.
+    #[serde(default)]
+    pub deleted: u64,
 }
 
 /// A row of the member table.

@@ -88,10 +88,16 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
             spilo_model::spec::Compression::Lz4 => "lz4",
             spilo_model::spec::Compression::Zstd => "zstd",
         };
+        // The leader takes the scheduled backups (five-field cron, UTC) and keeps `retention`.
         let _ = writeln!(
             out,
-            "archive: {{prefix: \"{prefix}\", compression: {compression}, {store}}}",
-            store = at.archive_store
+            "archive: {{prefix: \"{prefix}\", compression: {compression}, {store}, \
+             backups: {{schedule: \"{schedule}\", retain: {retain}}}, \
+             replicas_from_backup: {from_backup}}}",
+            store = at.archive_store,
+            schedule = b.schedule,
+            retain = b.retention,
+            from_backup = b.replicas_from_backup,
         );
     }
     if let (Some(c), Some(store)) = (&spec.bootstrap.clone, &at.clone_store) {

@@ -34,6 +34,9 @@ pub struct ClusterOptions {
     /// With `archive`: the store as a YAML mapping entry instead of the directory (e.g.
     /// `s3: {...}`).
     pub archive_store: Option<String>,
+    /// With `archive`: more entries of the `archive:` mapping, each starting with `, ` (e.g.
+    /// `, backups: {...}`).
+    pub archive_extra: String,
     /// Extra environment for the governors (and so for PostgreSQL's archive commands).
     pub env: Vec<(String, String)>,
 }
@@ -47,6 +50,7 @@ impl Default for ClusterOptions {
             api_tls: false,
             archive: false,
             archive_store: None,
+            archive_extra: String::new(),
             env: Vec::new(),
         }
     }
@@ -314,12 +318,13 @@ impl Cluster {
             extra = m.extra_yaml,
             archive = if self.options.archive {
                 format!(
-                    "archive: {{prefix: spilo/{}/wal/15/, {}}}\n",
+                    "archive: {{prefix: spilo/{}/wal/15/, {}{}}}\n",
                     self.scope,
                     self.options
                         .archive_store
                         .clone()
-                        .unwrap_or_else(|| format!("directory: {}", self.bucket().display()))
+                        .unwrap_or_else(|| format!("directory: {}", self.bucket().display())),
+                    self.options.archive_extra
                 )
             } else {
                 String::new()

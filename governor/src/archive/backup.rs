@@ -365,6 +365,8 @@ mod tests {
             compression: Method::Lz4,
             directory: Some("/b".into()),
             s3: None,
+            backups: None,
+            replicas_from_backup: false,
         };
         assert_eq!(backups(&cfg), "spilo/demo/wal/15/basebackups_005/");
     }

@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod retention;
 pub mod store;
 
 use codec::Method;
@@ -32,6 +33,33 @@ pub struct ArchiveConfig {
     /// An S3 bucket as the store.
     #[serde(default)]
     pub s3: Option<S3Config>,
+    /// Base backups the leader takes on a schedule, with retention.
+    #[serde(default)]
+    pub backups: Option<BackupSchedule>,
+    /// New replicas restore the latest base backup and recover with the archive's WAL
+    /// before streaming, instead of copying the primary with pg_basebackup (which is the
+    /// fallback when there is no backup yet or the restore fails).
+    #[serde(default)]
+    pub replicas_from_backup: bool,
+}
+
+/// `archive.backups`: when the leader takes base backups and how many it keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSchedule {
+    /// Cron: five fields, or six with seconds first (UTC).
+    pub schedule: String,
+    /// Finished backups to keep (at least 1); older ones and the WAL only they need go.
+    pub retain: usize,
+}
+
+impl BackupSchedule {
+    /// The parsed schedule.
+    pub fn cron(&self) -> Result<croner::Cron, String> {
+        self.schedule
+            .parse::<croner::Cron>()
+            .map_err(|e| format!("schedule {:?}: {e}", self.schedule))
+    }
 }
 
 /// An S3 store.
@@ -57,10 +85,19 @@ impl ArchiveConfig {
     /// Exactly one store.
     pub fn check(&self) -> Result<(), String> {
         match (&self.directory, &self.s3) {
-            (Some(_), Some(_)) | (None, None) => Err("set exactly one of directory or s3".into()),
+            (Some(_), Some(_)) | (None, None) => {
+                Err::<(), String>("set exactly one of directory or s3".into())
+            }
             (Some(d), None) if !d.is_absolute() => Err("directory must be an absolute path".into()),
             _ => Ok(()),
+        }?;
+        if let Some(b) = &self.backups {
+            b.cron().map_err(|e| format!("backups.{e}"))?;
+            if b.retain == 0 {
+                return Err("backups.retain must be at least 1".into());
+            }
         }
+        Ok(())
     }
 }
 
@@ -138,6 +175,13 @@ impl Store for AnyStore {
         match self {
             AnyStore::Directory(d) => d.list(prefix).await,
             AnyStore::S3(s) => s.list(prefix).await,
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Directory(d) => d.delete(keys).await,
+            AnyStore::S3(s) => s.delete(keys).await,
         }
     }
 }
@@ -267,6 +311,8 @@ mod tests {
             compression,
             directory: Some(dir.to_path_buf()),
             s3: None,
+            backups: None,
+            replicas_from_backup: false,
         }
     }
 

@@ -18,6 +18,8 @@ pub trait Store {
     async fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError>;
     /// The keys under `prefix`, sorted.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Deletes the objects at `keys`; a key already gone is not an error.
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
 }
 
 /// A directory.
@@ -71,6 +73,28 @@ impl Store for Directory {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        for key in keys {
+            let path = self.root.join(key);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError(format!("delete {key}: {e}"))),
+            }
+            // Directories exist only for the keys under them, as in a bucket: remove the
+            // ones left empty (removing a non-empty one fails, which ends the walk).
+            for dir in path.ancestors().skip(1) {
+                if dir == self.root || !dir.starts_with(&self.root) {
+                    break;
+                }
+                if tokio::fs::remove_dir(dir).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -179,5 +203,39 @@ impl Store for S3 {
         }
         out.sort();
         Ok(out)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let err = |e: String| StoreError(format!("delete from s3://{}: {e}", self.bucket));
+        // DeleteObjects takes at most 1000 keys.
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(k).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| err(e.to_string()))?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| err(aws_sdk_s3::error::DisplayErrorContext(&e).to_string()))?;
+            if let Some(first) = out.errors().first() {
+                return Err(err(format!(
+                    "{}: {}",
+                    first.key().unwrap_or("?"),
+                    first.message().unwrap_or("refused")
+                )));
+            }
+        }
+        Ok(())
     }
 }

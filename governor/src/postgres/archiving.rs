@@ -30,6 +30,45 @@ pub(super) fn archive_commands(config: &Path) -> (String, String) {
 }
 
 impl Instance {
+    /// Creates a replica's data directory from the latest base backup in `archive`, to be
+    /// started as a standby that recovers with the archive's WAL and then streams. Returns
+    /// the backup's name, or `None` (and an empty data directory) when there is no finished
+    /// backup or restoring it failed: the caller then copies the primary instead.
+    pub async fn replica_from_backup(
+        &self,
+        archive: &crate::archive::ArchiveConfig,
+    ) -> Result<Option<String>, crate::runtime::ActError> {
+        let store = crate::archive::AnyStore::open(archive).await;
+        match crate::archive::backup::backup_list(archive, &store).await {
+            Ok(all) if all.is_empty() => return Ok(None),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the archive's backups; copying the primary");
+                return Ok(None);
+            }
+        }
+        let marker = self.run_dir.join(UNFINISHED_MARKER);
+        write_private(&marker, "replica from backup")?;
+        let r =
+            crate::archive::backup::backup_fetch(archive, &store, "LATEST", &self.data_dir).await;
+        match r {
+            Ok(backup) => {
+                std::fs::remove_file(&marker)?;
+                tracing::info!(
+                    backup = backup.name,
+                    "restored the archive's latest base backup for a new replica"
+                );
+                Ok(Some(backup.name))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "restoring the latest backup failed; copying the primary");
+                self.wipe_data()?;
+                std::fs::remove_file(&marker)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Creates the data directory from the latest base backup of `clone`'s archive and
     /// recovers it with that archive's WAL to the target time, then promotes. Returns once
     /// PostgreSQL accepts writes (it runs, started here).

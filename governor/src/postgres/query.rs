@@ -368,6 +368,7 @@ impl Session {
             failed: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
             last_archived: last,
             lag_bytes,
+            backups: None,
         })
     }
 

@@ -31,7 +31,13 @@ impl Governor {
             Decision::Clone { leader } => {
                 let up = upstream(view, leader)?;
                 self.announce(s, MemberState::CreatingReplica).await;
-                self.pg.clone_from(&up).await?;
+                let from_backup = match &self.loaded.config.archive {
+                    Some(a) if a.replicas_from_backup => self.pg.replica_from_backup(a).await?,
+                    _ => None,
+                };
+                if from_backup.is_none() {
+                    self.pg.clone_from(&up).await?;
+                }
                 self.data = None;
                 self.pg.start(false, Some(up), &params)?;
                 Ok(())
@@ -377,10 +383,21 @@ impl Governor {
             governor_pid: std::process::id(),
             postmaster_pid: self.pg.postmaster_pid(),
             last_decision: d.to_string(),
-            archive: self
-                .archive_status
-                .clone()
-                .filter(|_| matches!(d, Decision::Lead)),
+            archive: match self.archive_status.clone() {
+                Some(mut a) if matches!(d, Decision::Lead) => {
+                    if self
+                        .loaded
+                        .config
+                        .archive
+                        .as_ref()
+                        .is_some_and(|a| a.backups.is_some())
+                    {
+                        a.backups = Some(self.shared.backups.read().await.clone());
+                    }
+                    Some(a)
+                }
+                _ => None,
+            },
         };
         *self.shared.node.write().await = node;
     }

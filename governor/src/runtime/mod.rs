@@ -11,6 +11,7 @@
 //! once instead of after the TTL.
 
 mod act;
+mod backups;
 pub mod commands;
 pub mod fence;
 mod gather;
@@ -85,6 +86,8 @@ pub struct Shared {
     pub wake: Arc<Notify>,
     /// The last switchover this member carried out or refused as leader.
     pub switchover_outcome: RwLock<Option<switchover::Outcome>>,
+    /// The backup schedule's last and next runs.
+    pub backups: RwLock<spilo_model::BackupRuns>,
 }
 
 /// The HA loop's own state.
@@ -197,7 +200,24 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         commands: commands_tx,
         wake: wake.clone(),
         switchover_outcome: RwLock::new(None),
+        backups: RwLock::new(Default::default()),
     });
+    if let Some(archive) = &cfg.archive
+        && let Some(schedule) = &archive.backups
+    {
+        tasks.spawn(backups::run(
+            archive.clone(),
+            schedule.clone(),
+            backups::Local {
+                bin_dir: cfg.postgresql.bin_dir.clone(),
+                socket_dir: cfg.run_dir(),
+                port: cfg.postgresql.listen.port(),
+                user: cfg.postgresql.authentication.superuser.username.clone(),
+            },
+            shared.clone(),
+            cancel.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(cfg.restapi.listen)
         .await
         .with_context(|| format!("listen for the REST API on {}", cfg.restapi.listen))?;

@@ -319,6 +319,14 @@ pub struct BackupSpec {
     /// Compression of WAL and backups.
     #[serde(default)]
     pub compression: Compression,
+    /// New replicas restore the latest base backup and the archive's WAL instead of copying
+    /// the primary (which they still do while there is no backup).
+    #[serde(default = "d_true")]
+    pub replicas_from_backup: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 fn d_schedule() -> String {

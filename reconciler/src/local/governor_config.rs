@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn a_backup_section_archives_wal_into_the_clusters_bucket_directory() {
         let f: ClusterFile = serde_yaml::from_str(
-            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  backup: {bucket: ignored-locally, compression: zstd}\n  bootstrap: {clone: {from: orders, targetTime: '2026-11-26T04:00:00Z'}}\n",
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  backup: {bucket: ignored-locally, compression: zstd, schedule: '30 2 * * 0', retention: 3, replicasFromBackup: false}\n  bootstrap: {clone: {from: orders, targetTime: '2026-11-26T04:00:00Z'}}\n",
         )
         .expect("valid");
         let ports = ports(Some(12379));
@@ -162,7 +162,8 @@ mod tests {
         .expect("renders");
         assert!(
             text.contains(
-                "archive: {prefix: \"spilo/demo/wal/15/\", compression: zstd, directory: \"/s/demo/bucket\"}\n"
+                "archive: {prefix: \"spilo/demo/wal/15/\", compression: zstd, directory: \"/s/demo/bucket\", \
+                 backups: {schedule: \"30 2 * * 0\", retain: 3}, replicas_from_backup: false}\n"
             ),
             "{text}"
         );

@@ -223,17 +223,20 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         }
     }
 
-    if let Some(b) = &s.backup
-        && b.schedule.split_whitespace().count() != 5
-    {
-        r.at(
-            &p("spec.backup.schedule"),
-            Severity::Error,
-            format!(
-                "must be a five-field cron expression such as \"0 1 * * *\", got {:?}",
-                b.schedule
-            ),
-        );
+    if let Some(b) = &s.backup {
+        let five_fields = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .build();
+        if let Err(e) = five_fields.parse(&b.schedule) {
+            r.at(
+                &p("spec.backup.schedule"),
+                Severity::Error,
+                format!(
+                    "must be a five-field cron expression (UTC) such as \"0 1 * * *\", got {:?}: {e}",
+                    b.schedule
+                ),
+            );
+        }
     }
 
     let ep = &s.endpoints;
