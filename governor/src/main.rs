@@ -74,6 +74,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Fetch WAL segments ahead into a directory (`wal-fetch` starts it; not for humans).
+    #[command(hide = true)]
+    WalPrefetch {
+        /// Where to put them.
+        dir: PathBuf,
+        /// The segments.
+        names: Vec<String>,
+        /// The governor's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Read the source archive of `bootstrap.clone`.
+        #[arg(long)]
+        from_clone: bool,
+    },
     /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
     #[command(hide = true)]
     Watchdog,
@@ -134,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::WalPush { path, config } => {
             let archive = archive_config(&config)?;
             let store = governor::archive::AnyStore::open(&archive).await;
-            match governor::archive::wal_push(&archive, &store, &path).await? {
+            match governor::archive::push_ahead::push(&archive, &store, &path).await? {
                 governor::archive::Pushed::Stored => {}
                 governor::archive::Pushed::AlreadyThere => {
                     tracing::info!(path = %path.display(), "already archived with the same content");
@@ -211,21 +225,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             from_clone,
         } => {
-            let archive = if from_clone {
-                parse_config(&config)?
-                    .bootstrap
-                    .map(|b| b.clone.archive)
-                    .ok_or_else(|| anyhow::anyhow!("{}: no bootstrap.clone", config.display()))?
-            } else {
-                archive_config(&config)?
-            };
+            let archive = fetch_archive(&config, from_clone)?;
             let store = governor::archive::AnyStore::open(&archive).await;
-            if governor::archive::wal_fetch(&archive, &store, &name, &dest).await? {
-                Ok(())
-            } else {
+            let (found, next) =
+                governor::archive::prefetch::fetch(&archive, &store, &name, &dest).await?;
+            if !found {
                 // Not archived: PostgreSQL probes for files that may not exist; no noise.
                 std::process::exit(1);
             }
+            if !next.is_empty() {
+                start_prefetch(&config, from_clone, &dest, &next);
+            }
+            Ok(())
+        }
+        Command::WalPrefetch {
+            dir,
+            names,
+            config,
+            from_clone,
+        } => {
+            let archive = fetch_archive(&config, from_clone)?;
+            let store = governor::archive::AnyStore::open(&archive).await;
+            governor::archive::prefetch::prefetch(&archive, &store, &names, &dir).await;
+            Ok(())
         }
         Command::Run { config } => {
             let loaded = governor::config::load(&config)?;
@@ -236,6 +258,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             signals.abort();
             r
         }
+    }
+}
+
+/// The archive `wal-fetch` reads: the member's own, or with `from_clone` the source of
+/// `bootstrap.clone`.
+fn fetch_archive(
+    config: &std::path::Path,
+    from_clone: bool,
+) -> anyhow::Result<governor::archive::ArchiveConfig> {
+    if from_clone {
+        parse_config(config)?
+            .bootstrap
+            .map(|b| b.clone.archive)
+            .ok_or_else(|| anyhow::anyhow!("{}: no bootstrap.clone", config.display()))
+    } else {
+        archive_config(config)
+    }
+}
+
+/// Starts `governor wal-prefetch` in the background, detached: PostgreSQL waits for this
+/// `wal-fetch` to exit, not for the prefetch. A failure to start only costs speed.
+fn start_prefetch(
+    config: &std::path::Path,
+    from_clone: bool,
+    dest: &std::path::Path,
+    next: &[String],
+) {
+    use std::os::unix::process::CommandExt;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("wal-prefetch")
+        .arg(governor::archive::prefetch::dir_for(dest))
+        .args(next)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    if from_clone {
+        cmd.arg("--from-clone");
+    }
+    if let Err(e) = cmd.spawn() {
+        tracing::debug!(error = %e, "cannot start prefetching");
     }
 }
 

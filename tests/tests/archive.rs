@@ -429,3 +429,71 @@ async fn clone_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// While the store refuses writes a backlog builds up; once it is back, `wal-push` uploads
+/// ready files ahead in parallel (upload_concurrency 4 by default) and PostgreSQL's later
+/// calls for them are answered from the records: the backlog drains and every segment is in
+/// the archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_archived_in_parallel() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "ahead".into(),
+        members: 1,
+        archive: true,
+        ..Default::default()
+    })
+    .await?;
+    let result = backlog_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn backlog_body(c: &mut Cluster) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    c.start_all()?;
+    let primary = c.wait_primary(BOOT).await?;
+    switch_wal(c, &primary).await?;
+    wait::until("a first segment in the archive", BOOT, || async {
+        (!archived(c).is_empty()).then_some(())
+    })
+    .await?;
+    let wal_dir = c.archived_wal();
+    std::fs::set_permissions(&wal_dir, std::fs::Permissions::from_mode(0o555))?;
+    let db = c.sql(&primary).await?;
+    let mut names = Vec::new();
+    for _ in 0..8 {
+        let name: String = db
+            .query_one(
+                "INSERT INTO archived VALUES (2) RETURNING pg_walfile_name(pg_current_wal_lsn())",
+                &[],
+            )
+            .await?
+            .get(0);
+        db.batch_execute("SELECT pg_switch_wal()").await?;
+        names.push(name);
+    }
+    let held = wait::until("archiving to fail with a backlog", BOOT, || async {
+        let a = c.status(&primary).await?.archive?;
+        (a.failed > 0 && a.backlog >= 8).then_some(a)
+    })
+    .await;
+    std::fs::set_permissions(&wal_dir, std::fs::Permissions::from_mode(0o755))?;
+    held?;
+    wait::until("the backlog to drain", BOOT, || async {
+        let a = c.status(&primary).await?.archive?;
+        (a.backlog == 0).then_some(())
+    })
+    .await?;
+    let stored = archived(c);
+    for n in &names {
+        assert!(
+            stored.contains(&format!("{n}.lz4")),
+            "{n} missing: {stored:?}"
+        );
+    }
+    let pg_log = std::fs::read_to_string(c.member(&primary).pg_log_path())?;
+    assert!(
+        pg_log.contains("other ready file(s) ahead"),
+        "no file was pushed ahead:\n{pg_log}"
+    );
+    Ok(())
+}

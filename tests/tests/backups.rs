@@ -3,6 +3,7 @@
 
 use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::wait;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(60);
@@ -210,6 +211,53 @@ async fn from_backup_body(c: &mut Cluster) -> anyhow::Result<()> {
     // It recovered archived WAL before it streamed.
     let pg_log = std::fs::read_to_string(c.member("m2").pg_log_path())?;
     assert!(pg_log.contains("restored log file"), "{pg_log}");
+
+    // wal-fetch of the backup's first segment starts a prefetch of the ones after it; the
+    // next wal-fetch is served from the prefetch directory.
+    let first = backup.trim_start_matches("base_").to_string();
+    let next = format!(
+        "{}{:016X}",
+        &first[..8],
+        u64::from_str_radix(&first[8..], 16)? + 1
+    );
+    // A pg_wal of our own, writable by the servers' user that runs the command.
+    let pg_wal = c.dir().join("restore");
+    std::fs::create_dir_all(&pg_wal)?;
+    std::fs::set_permissions(&pg_wal, std::fs::Permissions::from_mode(0o777))?;
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let fetch = |name: &str| {
+        c.run_as()
+            .command(c.governor_bin())
+            .args(["wal-fetch", name])
+            .arg(&dest)
+            .arg("--config")
+            .arg(c.member("m1").config_path())
+            .output()
+    };
+    let out = fetch(&first)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefetched = pg_wal.join("spilo_prefetch").join(&next);
+    wait::until("the next segment to be prefetched", BOOT, || async {
+        prefetched.exists().then_some(())
+    })
+    .await?;
+    let out = fetch(&next)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was prefetched"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!prefetched.exists());
+    assert_eq!(std::fs::metadata(&dest)?.len(), 16 << 20);
     Ok(())
 }
 

@@ -367,6 +367,8 @@ mod tests {
             s3: None,
             backups: None,
             replicas_from_backup: false,
+            upload_concurrency: 1,
+            prefetch: 0,
         };
         assert_eq!(backups(&cfg), "spilo/demo/wal/15/basebackups_005/");
     }

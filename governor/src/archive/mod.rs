@@ -10,6 +10,8 @@
 
 pub mod backup;
 pub mod codec;
+pub mod prefetch;
+pub mod push_ahead;
 pub mod retention;
 pub mod store;
 
@@ -41,6 +43,22 @@ pub struct ArchiveConfig {
     /// fallback when there is no backup yet or the restore fails).
     #[serde(default)]
     pub replicas_from_backup: bool,
+    /// Files `wal-push` uploads at once: the one PostgreSQL asks for and others already
+    /// ready ([`push_ahead`]).
+    #[serde(default = "d_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// Segments `wal-fetch` fetches ahead while a server recovers ([`prefetch`]); 0 turns
+    /// prefetching off.
+    #[serde(default = "d_prefetch")]
+    pub prefetch: usize,
+}
+
+fn d_upload_concurrency() -> usize {
+    4
+}
+
+fn d_prefetch() -> usize {
+    8
 }
 
 /// `archive.backups`: when the leader takes base backups and how many it keeps.
@@ -229,7 +247,7 @@ pub enum Pushed {
     AlreadyThere,
 }
 
-/// Archives the file at `path` (relative to the working directory, as `%p` is).
+/// Archives the file at `path` (relative to the working directory, as `%p` is), alone.
 pub async fn wal_push(
     cfg: &ArchiveConfig,
     store: &impl Store,
@@ -243,6 +261,19 @@ pub async fn wal_push(
     let data = tokio::fs::read(path)
         .await
         .map_err(|e| ArchiveError::Io(format!("read {}: {e}", path.display())))?;
+    wal_push_data(cfg, store, name, data).await
+}
+
+/// Archives `data` as the WAL file `name`.
+pub async fn wal_push_data(
+    cfg: &ArchiveConfig,
+    store: &impl Store,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<Pushed, ArchiveError> {
+    if !archivable(name) {
+        return Err(ArchiveError::BadName(name.to_string()));
+    }
     for method in [cfg.compression, other(cfg.compression)] {
         let k = key(&cfg.prefix, name, method);
         if let Some(stored) = store.get(&k).await? {
@@ -258,7 +289,12 @@ pub async fn wal_push(
             };
         }
     }
-    let compressed = codec::compress(cfg.compression, &data)
+    // Compression is the CPU part: off the async threads, so files pushed together use
+    // every core.
+    let method = cfg.compression;
+    let compressed = tokio::task::spawn_blocking(move || codec::compress(method, &data))
+        .await
+        .map_err(|e| ArchiveError::Io(format!("compress {name}: {e}")))?
         .map_err(|e| ArchiveError::Io(format!("compress {name}: {e}")))?;
     store
         .put(&key(&cfg.prefix, name, cfg.compression), compressed)
@@ -313,6 +349,8 @@ mod tests {
             s3: None,
             backups: None,
             replicas_from_backup: false,
+            upload_concurrency: 1,
+            prefetch: 0,
         }
     }
 

@@ -272,6 +272,7 @@ impl Instance {
             self.standby_names.clear();
         }
         self.write_conf(upstream.as_ref(), cluster)?;
+        crate::archive::prefetch::forget_all(&self.data_dir);
         self.session.reset();
         let pm = Postmaster::spawn(
             &self.bin_dir,
@@ -424,7 +425,8 @@ impl Instance {
             ));
         }
         self.upstream = None;
-        // The promoted server needs no upstream; rewrite the file so a restart does not stream.
+        // Segments fetched ahead for a recovery that is over.
+        crate::archive::prefetch::forget_all(&self.data_dir);
         Ok(())
     }
 
