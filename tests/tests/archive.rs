@@ -216,6 +216,52 @@ async fn s3_body(
     assert_ne!(bad.status.code(), Some(0));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("corrupt"), "{err}");
+
+    // Retention through S3 (ListObjectsV2, DeleteObjects): two backups, keep the newer; the
+    // older one and the WAL before the newer one's start (the corrupted segment among it) go.
+    let governor = |args: &[&str]| -> anyhow::Result<String> {
+        let out = c
+            .run_as()
+            .command(c.governor_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "governor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let older = governor(&["backup-push"])?;
+    let older = older.split(':').next().unwrap_or("?").to_string();
+    switch_wal(c, &primary).await?;
+    let newer = governor(&["backup-push"])?;
+    let newer = newer.split(':').next().unwrap_or("?").to_string();
+    let out = governor(&["backup-delete", "--retain", "1"])?;
+    assert!(out.starts_with("deleted 1 backup(s)"), "{out}");
+    let keys = moto.python(
+        fixture,
+        &["eu-central-1", "list", "wal", "spilo/arch3/wal/15/"],
+    )?;
+    assert!(!keys.contains(&older), "{older} is still there:\n{keys}");
+    assert!(
+        keys.contains(&format!("{newer}_backup_stop_sentinel.json")),
+        "{keys}"
+    );
+    assert!(
+        !keys.contains(&key),
+        "{key} is older than the kept backup:\n{keys}"
+    );
+    let start = newer.trim_start_matches("base_");
+    for k in keys.lines().filter_map(|k| k.strip_prefix(prefix)) {
+        assert!(
+            k.contains(".history") || k[8..24] >= start[8..24],
+            "{k} is older than {newer}"
+        );
+    }
     Ok(())
 }
 
