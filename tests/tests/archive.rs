@@ -477,15 +477,16 @@ async fn clone_body(c: &mut Cluster) -> anyhow::Result<()> {
 }
 
 /// While the store refuses writes a backlog builds up; once it is back, `wal-push` uploads
-/// ready files ahead in parallel (upload_concurrency 4 by default) and PostgreSQL's later
-/// calls for them are answered from the records: the backlog drains and every segment is in
-/// the archive.
+/// ready files ahead in parallel (`upload_concurrency: 4`) and PostgreSQL's later calls for
+/// them are answered from the records: the backlog drains and every segment is in the
+/// archive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_archived_in_parallel() -> anyhow::Result<()> {
     let mut c = Cluster::new(ClusterOptions {
         scope: "ahead".into(),
         members: 1,
         archive: true,
+        archive_extra: ", upload_concurrency: 4".into(),
         ..Default::default()
     })
     .await?;

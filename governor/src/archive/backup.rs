@@ -6,7 +6,8 @@
 //! a tar reader into an empty directory, from which PostgreSQL recovers with `wal-fetch`.
 //!
 //! Names follow WAL-G (`base_<WAL file of the start position>`). The parts are the tar stream
-//! cut at fixed sizes, not WAL-G's per-file partitions, so WAL-G cannot restore these backups.
+//! cut at fixed sizes, not WAL-G's per-file partitions, so WAL-G cannot restore these backups;
+//! standard tools can (`for p in part_*; do lz4 -dc $p; done | tar -x`).
 
 use super::codec::{self, Method};
 use super::store::Store;
@@ -367,7 +368,7 @@ mod tests {
             s3: None,
             backups: None,
             replicas_from_backup: false,
-            upload_concurrency: 1,
+            upload_concurrency: Some(1),
             prefetch: 0,
         };
         assert_eq!(backups(&cfg), "spilo/demo/wal/15/basebackups_005/");

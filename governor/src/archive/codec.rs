@@ -1,7 +1,8 @@
 //! Compression of archived files: LZ4 frames (the default) or zstd frames, both with their
 //! format's content checksum, so a stored file that was altered fails to decode instead of
 //! handing PostgreSQL garbage. These are the formats WAL-G writes (`.lz4`, `.zst`), so the
-//! archive stays readable by existing tooling.
+//! archive stays readable by existing tooling (`lz4 -d`, `zstd -d`). Both go through the C
+//! reference libraries (liblz4, libzstd).
 
 use serde::Deserialize;
 use std::io::{Read, Write};
@@ -45,11 +46,13 @@ pub struct Corrupt(String);
 pub fn compress(method: Method, data: &[u8]) -> std::io::Result<Vec<u8>> {
     match method {
         Method::Lz4 => {
-            let mut info = lz4_flex::frame::FrameInfo::new();
-            info.content_checksum = true;
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+            let mut enc = lz4::EncoderBuilder::new()
+                .level(1)
+                .checksum(lz4::ContentChecksum::ChecksumEnabled)
+                .build(Vec::with_capacity(data.len() / 2))?;
             enc.write_all(data)?;
-            enc.finish().map_err(std::io::Error::other)
+            let (out, r) = enc.finish();
+            r.map(|()| out)
         }
         Method::Zstd => {
             let mut enc = zstd::Encoder::new(Vec::new(), 3)?;
@@ -64,7 +67,11 @@ pub fn compress(method: Method, data: &[u8]) -> std::io::Result<Vec<u8>> {
 pub fn decompress(method: Method, data: &[u8]) -> Result<Vec<u8>, Corrupt> {
     let mut out = Vec::new();
     let r = match method {
-        Method::Lz4 => lz4_flex::frame::FrameDecoder::new(data).read_to_end(&mut out),
+        // `finish` tells a frame that ended early (a truncated object) from a whole one.
+        Method::Lz4 => lz4::Decoder::new(data).and_then(|mut d| {
+            d.read_to_end(&mut out)?;
+            d.finish().1.map(|()| out.len())
+        }),
         Method::Zstd => zstd::Decoder::new(data).and_then(|mut d| d.read_to_end(&mut out)),
     };
     r.map_err(|e| Corrupt(e.to_string()))?;

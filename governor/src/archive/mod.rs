@@ -44,17 +44,14 @@ pub struct ArchiveConfig {
     #[serde(default)]
     pub replicas_from_backup: bool,
     /// Files `wal-push` uploads at once: the one PostgreSQL asks for and others already
-    /// ready ([`push_ahead`]).
-    #[serde(default = "d_upload_concurrency")]
-    pub upload_concurrency: usize,
+    /// ready ([`push_ahead`]). Default: 4 for S3, where each upload waits on the network; 1
+    /// for a directory, where pushing ahead only adds work (`bench/archive` measures both).
+    #[serde(default)]
+    pub upload_concurrency: Option<usize>,
     /// Segments `wal-fetch` fetches ahead while a server recovers ([`prefetch`]); 0 turns
     /// prefetching off.
     #[serde(default = "d_prefetch")]
     pub prefetch: usize,
-}
-
-fn d_upload_concurrency() -> usize {
-    4
 }
 
 fn d_prefetch() -> usize {
@@ -100,6 +97,15 @@ pub struct S3Config {
 }
 
 impl ArchiveConfig {
+    /// How many files `wal-push` uploads at once (see `upload_concurrency`).
+    pub fn upload_concurrency(&self) -> usize {
+        match (self.upload_concurrency, &self.s3) {
+            (Some(n), _) => n.max(1),
+            (None, Some(_)) => 4,
+            (None, None) => 1,
+        }
+    }
+
     /// Exactly one store.
     pub fn check(&self) -> Result<(), String> {
         match (&self.directory, &self.s3) {
@@ -349,7 +355,7 @@ mod tests {
             s3: None,
             backups: None,
             replicas_from_backup: false,
-            upload_concurrency: 1,
+            upload_concurrency: Some(1),
             prefetch: 0,
         }
     }

@@ -186,7 +186,7 @@ mod tests {
             s3: None,
             backups: None,
             replicas_from_backup: false,
-            upload_concurrency: 1,
+            upload_concurrency: Some(1),
             prefetch: 2,
         };
         let store = AnyStore::open(&cfg).await;

@@ -2,12 +2,13 @@
 //! it, so a slow store would hold back the whole backlog. `governor wal-push` therefore also
 //! uploads up to `upload_concurrency - 1` other files that are ready (`archive_status/*.ready`),
 //! all at once, and records each one it stored in `pg_wal/spilo_archive_status/<name>` with
-//! the file's size and xxHash64. When PostgreSQL then asks for one of those, the record is
-//! checked against the file and the call returns at once without touching the store.
+//! the file's identity (inode, size, modification time). When PostgreSQL then asks for one of
+//! those, the record is checked against the file and the call returns at once without
+//! reading it or touching the store.
 //!
-//! A record is only a shortcut: if the file no longer matches it, the file is pushed the
-//! normal way (which still refuses to overwrite different content). Records of files that
-//! left `pg_wal` are removed.
+//! A record is only a shortcut: PostgreSQL never changes a file it marked ready, and if the
+//! file no longer matches its record it is pushed the normal way (which still refuses to
+//! overwrite different content). Records of files that left `pg_wal` are removed.
 
 use super::store::Store;
 use super::{ArchiveConfig, ArchiveError, Pushed, archivable, wal_push_data};
@@ -16,13 +17,17 @@ use std::path::{Path, PathBuf};
 /// The directory, under `pg_wal`, of the records of files pushed ahead.
 pub const STATUS_DIR: &str = "spilo_archive_status";
 
-/// A file's size and xxHash64: what a record holds.
-pub fn fingerprint(data: &[u8]) -> String {
-    format!(
-        "{} {:016x}",
-        data.len(),
-        twox_hash::XxHash64::oneshot(0, data)
-    )
+/// A file's identity (inode, size, modification time in ns): what a record holds.
+pub fn fingerprint(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{} {} {}.{:09}",
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
 /// Up to `n` files other than `name` that PostgreSQL marked ready, oldest first.
@@ -66,11 +71,10 @@ pub async fn push(
     let pg_wal = path.parent().unwrap_or(Path::new("."));
     let records = pg_wal.join(STATUS_DIR);
     forget_gone(pg_wal, &records);
-    let data = read(path).await?;
     let record = records.join(&name);
     if let Ok(recorded) = std::fs::read_to_string(&record) {
         let _ = std::fs::remove_file(&record);
-        if recorded == fingerprint(&data) {
+        if fingerprint(path).is_some_and(|now| now == recorded) {
             return Ok(Pushed::AlreadyThere);
         }
         tracing::warn!(
@@ -78,10 +82,11 @@ pub async fn push(
             "{name} changed after it was pushed ahead; pushing it again"
         );
     }
-    let ahead = ready_besides(pg_wal, &name, cfg.upload_concurrency.saturating_sub(1));
+    let data = read(path).await?;
+    let ahead = ready_besides(pg_wal, &name, cfg.upload_concurrency() - 1);
     let others = ahead.iter().map(|p| async move {
+        let print = fingerprint(p);
         let data = read(p).await?;
-        let print = fingerprint(&data);
         let file = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         wal_push_data(cfg, store, file, data).await?;
         Ok::<_, ArchiveError>((file.to_string(), print))
@@ -96,6 +101,8 @@ pub async fn push(
         match other {
             Ok((file, print)) => {
                 stored += 1;
+                // Without its identity the file is simply pushed again when asked for.
+                let Some(print) = print else { continue };
                 if let Err(e) = std::fs::create_dir_all(&records).and_then(|()| {
                     let tmp = records.join(format!("{file}.tmp"));
                     std::fs::write(&tmp, print)?;
@@ -147,7 +154,7 @@ mod tests {
             s3: None,
             backups: None,
             replicas_from_backup: false,
-            upload_concurrency: 3,
+            upload_concurrency: Some(3),
             prefetch: 0,
         };
         let store = AnyStore::open(&cfg).await;

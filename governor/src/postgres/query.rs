@@ -352,13 +352,23 @@ impl Session {
     pub async fn archive_status(&mut self) -> Result<spilo_model::ArchiveStatus, SqlError> {
         const Q: &str = "SELECT \
              (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'), \
-             archived_count, failed_count, last_archived_wal, pg_current_wal_lsn()::text \
+             archived_count, failed_count, last_archived_wal, pg_current_wal_lsn()::text, \
+             (SELECT max(substr(name, 1, 24)) FROM pg_ls_archive_statusdir() \
+              WHERE name ~ '^[0-9A-F]{24}[.]done$') \
              FROM pg_stat_archiver";
         let row = self.run(async |c| c.query_one(Q, &[]).await).await?;
         let last: Option<String> = row.try_get(3)?;
         let current: String = row.try_get(4)?;
         let current: Option<Lsn> = current.parse().ok();
-        let lag_bytes = match (last.as_deref().and_then(segment_end), current) {
+        // The last archived file may be a `.backup` or `.history` file; the newest archived
+        // segment still in `pg_wal` then tells how far archiving got.
+        let last_done: Option<String> = row.try_get(5)?;
+        let archived_through = [last.as_deref(), last_done.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(segment_end)
+            .max();
+        let lag_bytes = match (archived_through, current) {
             (Some(end), Some(now)) => Some(now.bytes_ahead_of(end)),
             _ => None,
         };
