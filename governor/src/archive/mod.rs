@@ -44,8 +44,8 @@ pub struct ArchiveConfig {
     #[serde(default)]
     pub replicas_from_backup: bool,
     /// Files `wal-push` uploads at once: the one PostgreSQL asks for and others already
-    /// ready ([`push_ahead`]). Default: 4 for S3, where each upload waits on the network; 1
-    /// for a directory, where pushing ahead only adds work (`bench/archive` measures both).
+    /// ready ([`push_ahead`]). Default 4 (`bench/archive`: 1.5 s -> 1.1 s for 32 segments
+    /// into a local directory; more where each upload waits on the network).
     #[serde(default)]
     pub upload_concurrency: Option<usize>,
     /// Segments `wal-fetch` fetches ahead while a server recovers ([`prefetch`]); 0 turns
@@ -99,11 +99,7 @@ pub struct S3Config {
 impl ArchiveConfig {
     /// How many files `wal-push` uploads at once (see `upload_concurrency`).
     pub fn upload_concurrency(&self) -> usize {
-        match (self.upload_concurrency, &self.s3) {
-            (Some(n), _) => n.max(1),
-            (None, Some(_)) => 4,
-            (None, None) => 1,
-        }
+        self.upload_concurrency.unwrap_or(4).max(1)
     }
 
     /// Exactly one store.

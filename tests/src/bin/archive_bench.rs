@@ -202,6 +202,9 @@ impl Bench {
         // `<dir>/pg_wal`: pgBackRest's async mode wants the WAL under its `pg1-path`.
         let pg_wal = self.work.join(what.replace([' ', ','], "_")).join("pg_wal");
         let status = pg_wal.join("archive_status");
+        // Owned like a real pg_wal: the tools write beside the segments (spilo its records,
+        // pgBackRest its spool links).
+        self.mkdir(&pg_wal)?;
         self.mkdir(&status)?;
         // pgBackRest also reads the control file there (the cluster's identity).
         let global = pg_wal.with_file_name("global");
