@@ -265,6 +265,30 @@ impl Cluster {
         self.run_as
     }
 
+    /// Runs `governor <args> --config <config>` as the servers' user with the governors'
+    /// environment (e.g. moto's credentials); returns stdout, or an error with stderr.
+    pub fn governor_command(&self, args: &[&str], config: &Path) -> anyhow::Result<String> {
+        let out = self
+            .run_as
+            .command(self.governor_bin())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .envs(
+                self.options
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "governor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// The installed governor binary.
     pub fn governor_bin(&self) -> &Path {
         &self.governor

@@ -219,22 +219,7 @@ async fn s3_body(
 
     // Retention through S3 (ListObjectsV2, DeleteObjects): two backups, keep the newer; the
     // older one and the WAL before the newer one's start (the corrupted segment among it) go.
-    let governor = |args: &[&str]| -> anyhow::Result<String> {
-        let out = c
-            .run_as()
-            .command(c.governor_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "governor {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
+    let governor = |args: &[&str]| c.governor_command(args, &config);
     let older = governor(&["backup-push"])?;
     let older = older.split(':').next().unwrap_or("?").to_string();
     switch_wal(c, &primary).await?;
@@ -281,27 +266,6 @@ async fn a_backup_and_the_archive_recover_to_a_point_in_time() -> anyhow::Result
     c.finish(result)
 }
 
-/// Runs `governor <args> --config <config>` as the servers' user; returns stdout.
-fn governor_as_postgres(
-    c: &Cluster,
-    args: &[&str],
-    config: &std::path::Path,
-) -> anyhow::Result<String> {
-    let out = c
-        .run_as()
-        .command(c.governor_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "governor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Rows 1..100, a base backup, rows 101..200, the target time, rows 201..300, all archived.
 /// Returns the primary, the backup's `backup-push` output and the target time.
 async fn backed_up_with_a_target(c: &mut Cluster) -> anyhow::Result<(String, String, String)> {
@@ -311,7 +275,7 @@ async fn backed_up_with_a_target(c: &mut Cluster) -> anyhow::Result<(String, Str
     let db = c.sql(&primary).await?;
     db.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 100)")
         .await?;
-    let pushed = governor_as_postgres(c, &["backup-push"], &config)?;
+    let pushed = c.governor_command(&["backup-push"], &config)?;
     assert!(pushed.starts_with("base_"), "{pushed}");
     db.batch_execute("INSERT INTO t SELECT generate_series(101, 200)")
         .await?;
@@ -341,7 +305,7 @@ async fn backed_up_with_a_target(c: &mut Cluster) -> anyhow::Result<(String, Str
 async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (primary, pushed, target) = backed_up_with_a_target(c).await?;
     let config = c.member(&primary).config_path();
-    let list = governor_as_postgres(c, &["backup-list"], &config)?;
+    let list = c.governor_command(&["backup-list"], &config)?;
     assert!(
         list.contains(pushed.split(':').next().unwrap_or("?")),
         "{list}"
@@ -350,8 +314,7 @@ async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
     let dest = c.dir().join("restored");
     std::fs::create_dir(&dest)?;
     c.run_as().own(&dest)?;
-    governor_as_postgres(
-        c,
+    c.governor_command(
         &["backup-fetch", "LATEST", dest.to_str().unwrap_or_default()],
         &config,
     )?;

@@ -8,21 +8,9 @@ use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(60);
 
-/// Runs `governor <args> --config <config>` as the servers' user; returns stdout.
+/// Runs `governor <args>` with `member`'s configuration; returns stdout.
 fn governor(c: &Cluster, member: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = c
-        .run_as()
-        .command(c.governor_bin())
-        .args(args)
-        .arg("--config")
-        .arg(c.member(member).config_path())
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "governor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    c.governor_command(args, &c.member(member).config_path())
 }
 
 /// The finished backups `backup-list` prints, oldest first.

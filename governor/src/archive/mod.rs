@@ -249,21 +249,29 @@ pub enum Pushed {
     AlreadyThere,
 }
 
+/// The name of the WAL file at `path`, when it is one PostgreSQL archives.
+fn archivable_name(path: &Path) -> Result<&str, ArchiveError> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| archivable(n))
+        .ok_or_else(|| ArchiveError::BadName(path.display().to_string()))
+}
+
+/// Reads a local WAL file.
+async fn read_wal(path: &Path) -> Result<Vec<u8>, ArchiveError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|e| ArchiveError::Io(format!("read {}: {e}", path.display())))
+}
+
 /// Archives the file at `path` (relative to the working directory, as `%p` is), alone.
 pub async fn wal_push(
     cfg: &ArchiveConfig,
     store: &impl Store,
     path: &Path,
 ) -> Result<Pushed, ArchiveError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| archivable(n))
-        .ok_or_else(|| ArchiveError::BadName(path.display().to_string()))?;
-    let data = tokio::fs::read(path)
-        .await
-        .map_err(|e| ArchiveError::Io(format!("read {}: {e}", path.display())))?;
-    wal_push_data(cfg, store, name, data).await
+    let name = archivable_name(path)?;
+    wal_push_data(cfg, store, name, read_wal(path).await?).await
 }
 
 /// Archives `data` as the WAL file `name`.

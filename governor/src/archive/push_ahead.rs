@@ -11,7 +11,9 @@
 //! overwrite different content). Records of files that left `pg_wal` are removed.
 
 use super::store::Store;
-use super::{ArchiveConfig, ArchiveError, Pushed, archivable, wal_push_data};
+use super::{
+    ArchiveConfig, ArchiveError, Pushed, archivable, archivable_name, read_wal, wal_push_data,
+};
 use std::path::{Path, PathBuf};
 
 /// The directory, under `pg_wal`, of the records of files pushed ahead.
@@ -50,24 +52,13 @@ fn ready_besides(pg_wal: &Path, name: &str, n: usize) -> Vec<PathBuf> {
     ready.into_iter().map(|r| pg_wal.join(r)).collect()
 }
 
-async fn read(path: &Path) -> Result<Vec<u8>, ArchiveError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|e| ArchiveError::Io(format!("read {}: {e}", path.display())))
-}
-
 /// Archives `path` (PostgreSQL's `%p`), pushing other ready files ahead alongside it.
 pub async fn push(
     cfg: &ArchiveConfig,
     store: &impl Store,
     path: &Path,
 ) -> Result<Pushed, ArchiveError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| archivable(n))
-        .ok_or_else(|| ArchiveError::BadName(path.display().to_string()))?
-        .to_string();
+    let name = archivable_name(path)?.to_string();
     let pg_wal = path.parent().unwrap_or(Path::new("."));
     let records = pg_wal.join(STATUS_DIR);
     forget_gone(pg_wal, &records);
@@ -82,11 +73,11 @@ pub async fn push(
             "{name} changed after it was pushed ahead; pushing it again"
         );
     }
-    let data = read(path).await?;
+    let data = read_wal(path).await?;
     let ahead = ready_besides(pg_wal, &name, cfg.upload_concurrency() - 1);
     let others = ahead.iter().map(|p| async move {
         let print = fingerprint(p);
-        let data = read(p).await?;
+        let data = read_wal(p).await?;
         let file = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         wal_push_data(cfg, store, file, data).await?;
         Ok::<_, ArchiveError>((file.to_string(), print))
