@@ -289,6 +289,10 @@ pub struct HaSettings {
     /// With `synchronous_mode`: how many synchronous standbys.
     #[serde(default = "d_sync_count")]
     pub synchronous_node_count: u32,
+    /// Failsafe mode: seeds the cluster's `config` at bootstrap (afterwards `config` in etcd
+    /// decides).
+    #[serde(default)]
+    pub failsafe_mode: bool,
 }
 
 fn d_sync_count() -> u32 {
@@ -312,6 +316,7 @@ impl Default for HaSettings {
             synchronous_mode: false,
             synchronous_mode_strict: false,
             synchronous_node_count: d_sync_count(),
+            failsafe_mode: false,
         }
     }
 }

@@ -50,6 +50,8 @@ fn value() -> impl Strategy<Value = Vec<u8>> {
         Just(br#"{"conn_url":"","api_url":"","role":"replica","state":"running","timeline":4294967295,"wal":{"receive":"0/0"}}"#.to_vec()),
         Just(br#"[{"timeline":0,"switch_lsn":"0/0","reason":"","promoted_at":"","member":"m1"}]"#.to_vec()),
         Just(br#"{"leader":"m1","members":["m2","../etc"]}"#.to_vec()),
+        Just(br#"{"m1":"http://127.0.0.1:8008","Bad Name":"x"}"#.to_vec()),
+        Just(br#"{"m1":"http://127.0.0.1:8008","m2":7}"#.to_vec()),
         Just(br#"{"candidate":"m2","requested_at":0,"failover":true,"scheduled_at":18446744073709551615}"#.to_vec()),
         Just(br#"{"ttl":0,"loop_wait":18446744073709551615,"pause":true,"synchronous_mode":true,"synchronous_node_count":0}"#.to_vec()),
         Just(b"m1".to_vec()),
@@ -64,6 +66,7 @@ fn key() -> impl Strategy<Value = String> {
         Just("config".to_string()),
         Just("history".to_string()),
         Just("sync".to_string()),
+        Just("failsafe".to_string()),
         Just("switchover".to_string()),
         Just("members/m1".to_string()),
         Just("members/m2".to_string()),
@@ -94,6 +97,7 @@ fn snapshot_with(view: governor::ha::ClusterView, now: Instant) -> Snapshot {
             primary_down_since: None,
         },
         peers: vec![],
+        failsafe: Default::default(),
         unix_now: 1_000_000,
     }
 }

@@ -16,6 +16,7 @@ pub const FIELDS: &[&str] = &[
     "synchronous_mode",
     "synchronous_mode_strict",
     "synchronous_node_count",
+    "failsafe_mode",
 ];
 
 impl ClusterConfig {

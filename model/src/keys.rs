@@ -13,6 +13,7 @@
 //! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
+//! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -45,6 +46,8 @@ pub enum KeyKind {
     Switchover,
     /// `sync`: the synchronous standbys.
     Sync,
+    /// `failsafe`: the members a failsafe-mode primary must hear from.
+    Failsafe,
 }
 
 impl Keyspace {
@@ -96,6 +99,11 @@ impl Keyspace {
         format!("{}sync", self.prefix)
     }
 
+    /// `failsafe`.
+    pub fn failsafe(&self) -> String {
+        format!("{}failsafe", self.prefix)
+    }
+
     /// `switchover`.
     pub fn switchover(&self) -> String {
         format!("{}switchover", self.prefix)
@@ -127,6 +135,7 @@ impl Keyspace {
             "apply-lock" => Some(KeyKind::ApplyLock),
             "switchover" => Some(KeyKind::Switchover),
             "sync" => Some(KeyKind::Sync),
+            "failsafe" => Some(KeyKind::Failsafe),
             _ => rest
                 .strip_prefix("members/")
                 .and_then(|n| MemberName::new(n).ok())
@@ -165,6 +174,7 @@ mod tests {
         assert_eq!(k.classify(&k.apply_lock()), Some(KeyKind::ApplyLock));
         assert_eq!(k.classify(&k.switchover()), Some(KeyKind::Switchover));
         assert_eq!(k.classify(&k.sync()), Some(KeyKind::Sync));
+        assert_eq!(k.classify(&k.failsafe()), Some(KeyKind::Failsafe));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));
         assert_eq!(k.classify("/service/other/leader"), None);

@@ -190,6 +190,10 @@ pub struct ClusterConfig {
     /// With `synchronous_mode`: how many synchronous standbys (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synchronous_node_count: Option<u32>,
+    /// Failsafe mode: while etcd cannot be reached, the primary stays writable as long as
+    /// every member listed in the `failsafe` key confirms it over the REST API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failsafe_mode: bool,
 }
 
 #[cfg(test)]

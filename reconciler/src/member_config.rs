@@ -123,7 +123,7 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
     let _ = write!(
         out,
         "restapi: {{listen: {api}{auth}}}\n\
-         ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}{sync}}}\n",
+         ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}{sync}{failsafe}}}\n",
         api = at.api_listen,
         ttl = ha.ttl,
         lw = ha.loop_wait,
@@ -137,6 +137,11 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
             )
         } else {
             String::new()
+        },
+        failsafe = if ha.failsafe_mode {
+            ", failsafe_mode: true"
+        } else {
+            ""
         },
     );
     out

@@ -86,8 +86,8 @@ async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
 }
 
 /// Expected: with etcd frozen for 8 s and every member healthy, the primary stops accepting
-/// writes before its lease can end (it cannot tell an etcd outage from being cut off, and
-/// there is no failsafe mode), nobody accepts writes until etcd answers again, then one
+/// writes before its lease can end (it cannot tell an etcd outage from being cut off; failsafe
+/// mode, off here, is the next test), nobody accepts writes until etcd answers again, then one
 /// primary is back within 30 s; no two members ever accept writes at once and, all members
 /// being reachable, the most advanced one leads again: no acknowledged write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,5 +281,133 @@ async fn etcd_member_loss_body(
         "the primary stopped accepting writes"
     );
     assert!(acks.iter().all(|a| a.member == primary));
+    Ok(())
+}
+
+/// Expected, in failsafe mode: with etcd frozen for 8 s (twice the TTL) and every member
+/// healthy and reachable, the primary keeps accepting writes throughout (every member confirms
+/// it over the REST API), `/primary` stays green for the load balancer, no replica takes
+/// over, and once etcd answers the same primary takes its leader key back. No two members
+/// ever accept writes at once; no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_failsafe_mode_an_etcd_outage_keeps_the_primary_writable() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "failsafe".into(),
+        ha: "{failsafe_mode: true}".into(),
+        ..Default::default()
+    })
+    .await?;
+    let result = failsafe_outage_body(&mut c).await;
+    c.etcd.freeze(false);
+    c.finish(result)
+}
+
+async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (old, _) = c.start_streaming(BOOT).await?;
+    c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
+    let key = format!("/service/{}/failsafe", c.scope);
+    let listed = wait::until("the leader to write the failsafe key", BOOT, || async {
+        let (value, _) = c.etcd.get(&key).await.ok()??;
+        let members: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&value).ok()?;
+        (members.len() == 3).then_some(members)
+    })
+    .await?;
+    assert!(listed.contains_key(&old), "{listed:?}");
+    let prober = c.per_member_prober(Duration::from_millis(20));
+    wait::until("the primary to acknowledge probe writes", BOOT, || async {
+        prober.acks().iter().any(|a| a.member == old).then_some(())
+    })
+    .await?;
+
+    c.etcd.freeze(true);
+    let frozen_at = Instant::now();
+    let outage = Duration::from_secs(8);
+    // Past the point where the lease alone would have stopped writes (TTL 4 s).
+    wait::until("six seconds of outage", Duration::from_secs(20), || async {
+        (frozen_at.elapsed() >= Duration::from_secs(6)).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        c.http_code(&old, "/primary").await,
+        Some(200),
+        "the load balancer must still see the primary"
+    );
+    for m in c
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|m| *m != old)
+    {
+        assert_eq!(c.http_code(&m, "/primary").await, Some(503), "{m}");
+    }
+    wait::until(
+        "the outage to last 8 s",
+        Duration::from_secs(20),
+        || async { (frozen_at.elapsed() >= outage).then_some(()) },
+    )
+    .await?;
+    c.etcd.freeze(false);
+    let back = Instant::now();
+
+    // Writes went on during the whole outage: no gap longer than a second.
+    let mut during: Vec<Instant> = prober
+        .acks()
+        .iter()
+        .filter(|a| a.member == old && a.sent >= frozen_at && a.acked <= frozen_at + outage)
+        .map(|a| a.acked)
+        .collect();
+    during.sort();
+    let mut longest = Duration::ZERO;
+    for pair in std::iter::once(frozen_at)
+        .chain(during.iter().copied())
+        .chain(std::iter::once(frozen_at + outage))
+        .collect::<Vec<_>>()
+        .windows(2)
+    {
+        longest = longest.max(pair[1].saturating_duration_since(pair[0]));
+    }
+    assert!(
+        longest < Duration::from_secs(1),
+        "the primary stopped accepting writes for {longest:?} during the outage ({} writes)",
+        during.len()
+    );
+
+    let leader_key = format!("/service/{}/leader", c.scope);
+    wait::until("the primary to hold its leader key again", BOOT, || async {
+        let (holder, _) = c.etcd.get(&leader_key).await.ok()??;
+        let status = c.status(&old).await?;
+        (holder == old && status.is_leader).then_some(())
+    })
+    .await?;
+    wait::until("writes after the outage", BOOT, || async {
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.member == old && a.sent > back)
+            .then_some(())
+    })
+    .await?;
+    let (acks, _) = prober.stop().await;
+    probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
+    let others: Vec<_> = acks.iter().filter(|a| a.member != old).collect();
+    assert!(
+        others.is_empty(),
+        "another member accepted writes: {others:?}"
+    );
+    let present = probe::ids_on(&c.sql(&old).await?).await?;
+    assert_eq!(
+        probe::lost(&acks, &present),
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
+    let log = c.log(&old);
+    assert!(log.contains("every member confirmed this primary"), "{log}");
+    for sign in ["decision=\"demote\"", "fence:", "watchdog:"] {
+        assert!(
+            !log.contains(sign),
+            "the primary was stopped during the outage ({sign}): {log}"
+        );
+    }
     Ok(())
 }

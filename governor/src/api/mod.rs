@@ -3,7 +3,7 @@
 //!
 //! | endpoint | 200 when (else 503) |
 //! |---|---|
-//! | `/primary`, `/read-write` | this member holds the leader key, its lease is valid, and PostgreSQL runs as a writable primary |
+//! | `/primary`, `/read-write` | this member holds the leader key, its lease is valid (or, in failsafe mode, every member confirmed it), and PostgreSQL runs as a writable primary |
 //! | `/replica[?lag=BYTES]` | PostgreSQL runs as a replica that is streaming (and within `lag` bytes of the leader) |
 //! | `/health` | PostgreSQL runs, in any role |
 //! | `/liveness` | the HA loop finished a pass within the TTL, or a long action (bootstrap, clone, rewind) runs |
@@ -11,6 +11,8 @@
 //! | `/status`, `/` | always 200: this member's [`NodeStatus`] |
 //! | `/cluster` | always 200: the member table from the last etcd read |
 //! | `/history` | always 200: the promotion history |
+//!
+//! `POST /failsafe` is failsafe mode's confirmation between governors ([`failsafe`]).
 //!
 //! The operator endpoints (switchover, failover, restart, reload, reinitialize, config) are in
 //! [`ops`]; the mutating ones require the credentials checked in [`auth`].
@@ -20,6 +22,7 @@
 //! request time, so a stalled HA loop cannot keep `/primary` green past the lease.
 
 pub mod auth;
+mod failsafe;
 pub mod ops;
 
 use crate::runtime::Shared;
@@ -89,6 +92,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(ops::post_switchover).delete(ops::delete_switchover),
         )
         .route("/failover", post(ops::post_failover))
+        .route("/failsafe", post(failsafe::post_failsafe))
         .route("/restart", post(ops::post_restart))
         .route("/reload", post(ops::post_reload))
         .route("/reinitialize", post(ops::post_reinitialize))
@@ -112,11 +116,14 @@ async fn node(shared: &Shared) -> NodeStatus {
     node
 }
 
+/// The lease is valid, or failsafe mode's confirmation stands in for it.
 fn lease_valid(shared: &Shared) -> bool {
-    shared
-        .lease
-        .borrow()
-        .valid_at(Instant::now(), shared.fence_margin)
+    let now = Instant::now();
+    shared.lease.borrow().valid_at(now, shared.fence_margin)
+        || shared
+            .failsafe_until
+            .borrow()
+            .is_some_and(|t| now + shared.fence_margin < t)
 }
 
 fn running(node: &NodeStatus, role: MemberRole) -> bool {

@@ -17,6 +17,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, T
 use spilo_model::{
     ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest, SyncState,
 };
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -207,6 +208,28 @@ impl Dcs {
         };
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+            .and_then([op]);
+        self.txn(txn).await
+    }
+
+    /// Writes `failsafe` (`None` deletes it), only while this member holds the leader key
+    /// with `lease`: the key has one writer, the leader.
+    pub async fn write_failsafe(
+        &self,
+        members: Option<&BTreeMap<MemberName, String>>,
+        lease: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.failsafe();
+        let leader = self.keys.leader();
+        let op = match members {
+            Some(m) => TxnOp::put(key.clone(), encode(&key, m)?, None),
+            None => TxnOp::delete(key, None),
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::value(leader.clone(), CompareOp::Equal, self.me.as_str()),
+                Compare::lease(leader, CompareOp::Equal, lease),
+            ])
             .and_then([op]);
         self.txn(txn).await
     }

@@ -95,6 +95,16 @@ pub fn parse_view<'a>(
                     tracing::warn!(key, error = %e, "ignoring a sync key that does not parse")
                 }
             },
+            KeyKind::Failsafe => {
+                match serde_json::from_slice::<std::collections::BTreeMap<MemberName, String>>(
+                    value,
+                ) {
+                    Ok(members) => view.failsafe = Some(members),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "ignoring a failsafe key that does not parse")
+                    }
+                }
+            }
             // The reconciler's lock; nothing the governor decides on.
             KeyKind::ApplyLock => {}
         }

@@ -56,6 +56,12 @@ pub enum Decision {
         /// Why.
         why: String,
     },
+    /// Take the leader key back (compare-and-create) for the PostgreSQL that kept running as
+    /// primary in failsafe mode while etcd was unreachable; no promotion.
+    ReclaimLeader {
+        /// Why.
+        why: String,
+    },
     /// Stay primary: the lease is renewed by its own task; manage replication slots and history.
     Lead,
     /// Hand the primary role to `to`: CHECKPOINT, stop PostgreSQL (fast: the replicas receive
@@ -106,6 +112,7 @@ impl Decision {
             Decision::Follow { .. } => "follow",
             Decision::AcquireLeader { .. } => "acquire_leader",
             Decision::Promote { .. } => "promote",
+            Decision::ReclaimLeader { .. } => "reclaim_leader",
             Decision::Lead => "lead",
             Decision::Switchover { .. } => "switchover",
             Decision::ClearSwitchover { .. } => "clear_switchover",
@@ -136,6 +143,7 @@ impl fmt::Display for Decision {
             Decision::Follow { leader } => write!(f, "follow {leader}"),
             Decision::AcquireLeader { why } => write!(f, "acquire leader key: {why}"),
             Decision::Promote { why } => write!(f, "promote: {why}"),
+            Decision::ReclaimLeader { why } => write!(f, "take the leader key back: {why}"),
             Decision::Lead => write!(f, "lead: holding the leader key as the running primary"),
             Decision::Switchover { to, .. } => {
                 write!(f, "switchover: hand the primary role to {to}")

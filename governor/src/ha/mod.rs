@@ -11,7 +11,10 @@
 //! - a primary whose lease is about to end demotes (the runtime's fence enforces the same rule
 //!   independently, so a hung loop cannot keep a stale primary writable);
 //! - a replica only races for leadership when no leader key exists, no reachable member still
-//!   runs as primary, and it is the healthiest eligible member (see [`candidate`]).
+//!   runs as primary, and it is the healthiest eligible member (see [`candidate`]);
+//! - in failsafe mode, a primary whose lease cannot be renewed stays writable only while every
+//!   member confirmed it, and a member that confirmed it does not race until the confirmation
+//!   has ended (see [`FailsafeView`]).
 
 pub mod candidate;
 mod decision;
@@ -21,8 +24,8 @@ pub mod sync;
 
 pub use decision::{Decision, StartAs};
 pub use snapshot::{
-    ClusterView, DataDir, DcsView, LeaderKey, LeaseView, LocalState, PeerView, PgState, RunningPg,
-    Snapshot,
+    ClusterView, DataDir, DcsView, FailsafeView, LeaderKey, LeaseView, LocalState, PeerView,
+    PgState, RunningPg, Snapshot,
 };
 
 use spilo_model::{HistoryEntry, Lsn, MemberName, MemberRole, TimelineId};
@@ -76,6 +79,7 @@ pub fn decide(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
     match d {
         d if !paused => d,
         d @ (Decision::Lead
+        | Decision::ReclaimLeader { .. }
         | Decision::Follow { .. }
         | Decision::Wait { .. }
         | Decision::Fatal { .. }
@@ -176,6 +180,14 @@ fn decide_unpaused(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
 fn dcs_unreachable(s: &Snapshot, cfg: &HaConfig, now: Instant, why: &str) -> Decision {
     let primary = matches!(&s.local.postgres, PgState::Running(pg) if !pg.in_recovery);
     if primary && !s.lease.valid_at(now, cfg.fence_margin) {
+        if s.failsafe.confirmed_at(now, cfg.fence_margin) {
+            return Decision::Wait {
+                why: format!(
+                    "etcd is unreachable ({why}); failsafe mode: every member confirmed this \
+                     primary, so it stays writable"
+                ),
+            };
+        }
         return Decision::Demote {
             why: format!("etcd is unreachable ({why}) and the leader lease is about to end"),
         };
@@ -196,7 +208,7 @@ fn running_primary(
     s: &Snapshot,
     view: &ClusterView,
     cfg: &HaConfig,
-    _now: Instant,
+    now: Instant,
     i_lead: bool,
     lease_ok: bool,
 ) -> Decision {
@@ -205,6 +217,32 @@ fn running_primary(
             Some(req) => switchover::as_leader(s, view, cfg, req),
             None => Decision::Lead,
         };
+    }
+    if view.failsafe_mode() && s.failsafe.confirmed_at(now, cfg.fence_margin) {
+        // Every member promised not to race until after the confirmation ends, and members
+        // outside the `failsafe` key never race: nobody else can hold the key now.
+        if i_lead {
+            return Decision::Wait {
+                why: "the leader lease cannot be renewed; failsafe mode: every member confirmed \
+                      this primary, so it stays writable"
+                    .into(),
+            };
+        }
+        if view.leader.is_none() {
+            return if lease_ok {
+                Decision::ReclaimLeader {
+                    why: "etcd answers again and, in failsafe mode, every member confirmed this \
+                          primary meanwhile"
+                        .into(),
+                }
+            } else {
+                Decision::Wait {
+                    why: "failsafe mode: every member confirmed this primary; waiting for an \
+                          etcd lease to take the leader key back"
+                        .into(),
+                }
+            };
+        }
     }
     let why = match &view.leader {
         _ if i_lead => "the leader lease is about to end and could not be renewed".to_string(),
@@ -272,7 +310,7 @@ fn running_replica(
                 leader: leader.name.clone(),
             }
         }
-        None => race(s, view, cfg, lease_ok, pg),
+        None => race(s, view, cfg, now, lease_ok, pg),
     }
 }
 
@@ -280,6 +318,7 @@ fn race(
     s: &Snapshot,
     view: &ClusterView,
     cfg: &HaConfig,
+    now: Instant,
     lease_ok: bool,
     pg: &RunningPg,
 ) -> Decision {
@@ -293,6 +332,9 @@ fn race(
             why: "no leader, and this member has no valid etcd lease to take leadership with"
                 .into(),
         };
+    }
+    if let Some(d) = failsafe_holds_back(s, view, now) {
+        return d;
     }
     if let Some(d) = view
         .switchover
@@ -335,6 +377,40 @@ fn race(
     match candidate::choose(&me, &peers, cfg.maximum_lag_on_failover) {
         candidate::Verdict::Me { why } => Decision::AcquireLeader { why },
         candidate::Verdict::NotMe { why } => Decision::Wait { why },
+    }
+}
+
+/// In failsafe mode, why this member must not race for the leader key yet: it promised a
+/// primary confirmed through `POST /failsafe` not to (or restarted too recently to know), or
+/// the primary never asked it (it is not in the `failsafe` key).
+fn failsafe_holds_back(s: &Snapshot, view: &ClusterView, now: Instant) -> Option<Decision> {
+    if !view.failsafe_mode() {
+        return None;
+    }
+    if let Some(until) = s.failsafe.quiet_until
+        && now < until
+    {
+        let left = until.saturating_duration_since(now).as_secs_f64();
+        return Some(Decision::Wait {
+            why: match &s.failsafe.quiet_for {
+                Some(primary) => format!(
+                    "no leader, but this member confirmed {primary} as primary in failsafe mode; \
+                     not racing for {left:.1}s more"
+                ),
+                None => format!(
+                    "no leader, but in failsafe mode a governor that started less than a TTL ago \
+                     may have promised a primary not to race; waiting {left:.1}s more"
+                ),
+            },
+        });
+    }
+    match &view.failsafe {
+        Some(members) if !members.contains_key(&s.me) => Some(Decision::Wait {
+            why: "no leader, and in failsafe mode only the members listed in the failsafe key \
+                  may take over (the last primary never asked this one)"
+                .into(),
+        }),
+        _ => None,
     }
 }
 
@@ -559,6 +635,8 @@ fn diverged(
     }
 }
 
+#[cfg(test)]
+mod failsafe_tests;
 #[cfg(test)]
 mod switchover_tests;
 #[cfg(test)]

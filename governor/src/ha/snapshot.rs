@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub local: LocalState,
     /// The other members' own answers, fetched only while the cluster has no leader.
     pub peers: Vec<PeerView>,
+    /// Failsafe mode's confirmations, given and received.
+    pub failsafe: FailsafeView,
     /// Wall-clock time as Unix seconds, for scheduled switchovers.
     pub unix_now: u64,
 }
@@ -63,6 +65,9 @@ pub struct ClusterView {
     pub sync_revision: i64,
     /// The lease each member key is bound to (the lease a leader key handed to it must carry).
     pub member_leases: BTreeMap<MemberName, i64>,
+    /// `failsafe`: the members a failsafe-mode primary must hear from, with their REST API
+    /// URLs. `None` when absent or unreadable.
+    pub failsafe: Option<BTreeMap<MemberName, String>>,
 }
 
 impl ClusterView {
@@ -74,6 +79,11 @@ impl ClusterView {
     /// Whether synchronous mode is on.
     pub fn synchronous(&self) -> bool {
         self.config.as_ref().is_some_and(|c| c.synchronous_mode)
+    }
+
+    /// Whether failsafe mode is on.
+    pub fn failsafe_mode(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.failsafe_mode)
     }
 
     /// In synchronous mode, the members that may be promoted: the `sync` key's standbys and
@@ -96,6 +106,31 @@ pub struct LeaderKey {
     pub name: MemberName,
     /// The lease it is bound to.
     pub lease: i64,
+}
+
+/// Failsafe mode, as this member knows it.
+///
+/// A primary whose lease cannot be renewed asks every member (`POST /failsafe`); when all of
+/// them accept, it may stay writable until `confirmed_until` (the send time plus the TTL).
+/// A member that accepts promises not to take the leader key until `quiet_until` (the receipt
+/// time plus the TTL, never earlier than the primary's own deadline).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailsafeView {
+    /// As primary: until when every member confirmed it.
+    pub confirmed_until: Option<Instant>,
+    /// As replica: no leader race before this instant. Set by an accepted confirmation, and
+    /// to the start of the governor plus the TTL (a restarted governor has forgotten what it
+    /// promised).
+    pub quiet_until: Option<Instant>,
+    /// Whose confirmation set `quiet_until`; `None` for the start-up quiet period.
+    pub quiet_for: Option<MemberName>,
+}
+
+impl FailsafeView {
+    /// Whether the primary's confirmation still holds for more than `margin` at `now`.
+    pub fn confirmed_at(&self, now: Instant, margin: Duration) -> bool {
+        self.confirmed_until.is_some_and(|t| now + margin < t)
+    }
 }
 
 /// This member's lease.

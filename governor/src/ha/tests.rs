@@ -98,6 +98,7 @@ impl World {
                 primary_down_since: None,
             },
             peers: vec![],
+            failsafe: FailsafeView::default(),
             unix_now: 1_000_000,
         };
         World { now, snap }

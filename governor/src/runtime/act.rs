@@ -71,13 +71,37 @@ impl Governor {
                     .lease
                     .id
                     .ok_or_else(|| ActError::Other("no lease".into()))?;
+                // From here on this member confirms no failsafe primary; refused if it just
+                // promised one not to race.
+                if let Err((primary, _)) = self.shared.failsafe.close_for_race(Instant::now()) {
+                    tracing::info!(%primary, "not racing: this member just confirmed a failsafe primary");
+                    return Ok(());
+                }
                 if self.dcs.try_acquire_leader(lease).await? {
                     tracing::info!("took the leader key");
+                    self.holds_leader_key(lease);
                     self.promote(why, view).await
                 } else {
                     tracing::info!("another member took the leader key first");
+                    self.shared.failsafe.open();
                     Ok(())
                 }
+            }
+            Decision::ReclaimLeader { .. } => {
+                let lease = s
+                    .lease
+                    .id
+                    .ok_or_else(|| ActError::Other("no lease".into()))?;
+                if self.dcs.try_acquire_leader(lease).await? {
+                    tracing::info!(
+                        "took the leader key back after failsafe mode kept this primary"
+                    );
+                    self.holds_leader_key(lease);
+                    self.arm_fence();
+                } else {
+                    tracing::warn!("another member took the leader key; this primary will demote");
+                }
+                Ok(())
             }
             Decision::Promote { why } => self.promote(why, view).await,
             Decision::Lead => self.lead(view).await,
@@ -118,10 +142,35 @@ impl Governor {
         }
     }
 
-    /// Arms the fence with the running postmaster: from now on, it is stopped at once if the
-    /// lease is about to end.
+    /// Arms the fence with the running postmaster and the lease the leader key is bound to:
+    /// from now on, PostgreSQL is stopped at once when that lease is about to end (another
+    /// lease of this member does not count) and no failsafe confirmation stands in for it.
     pub(super) fn arm_fence(&self) {
-        let _ = self.fence.send(self.pg.postmaster_pid());
+        let me = &self.loaded.config.name;
+        let lease = self
+            .leader_seen
+            .as_ref()
+            .filter(|l| l.name == *me)
+            .map(|l| l.lease);
+        self.arm_fence_with(lease);
+    }
+
+    /// [`Self::arm_fence`] with the lease to count, for the bootstrap (which runs its primary
+    /// on the lease that claimed `initialize`, before it takes the leader key).
+    fn arm_fence_with(&self, lease: Option<i64>) {
+        let _ = self.fence.send(
+            self.pg
+                .postmaster_pid()
+                .map(|pid| super::fence::Guard { pid, lease }),
+        );
+    }
+
+    /// Records that this member just took the leader key with `lease`.
+    fn holds_leader_key(&mut self, lease: i64) {
+        self.leader_seen = Some(crate::ha::LeaderKey {
+            name: self.loaded.config.name.clone(),
+            lease,
+        });
     }
 
     async fn bootstrap(
@@ -160,17 +209,19 @@ impl Governor {
         match self.loaded.config.bootstrap.clone() {
             Some(b) => {
                 self.pg.restore_clone(&b.clone, params).await?;
-                self.arm_fence();
+                self.arm_fence_with(Some(lease));
             }
             None => {
                 self.pg.initdb().await?;
                 self.pg.start(true, None, params)?;
-                self.arm_fence();
+                self.arm_fence_with(Some(lease));
                 self.pg.wait_ready(Duration::from_secs(120)).await?;
             }
         }
         self.pg.create_replication_role().await?;
-        if !self.dcs.try_acquire_leader(lease).await? {
+        if self.dcs.try_acquire_leader(lease).await? {
+            self.holds_leader_key(lease);
+        } else {
             return Err(ActError::Other(
                 "the leader key was taken during bootstrap".into(),
             ));
@@ -192,6 +243,7 @@ impl Governor {
             synchronous_mode: ha.synchronous_mode,
             synchronous_mode_strict: ha.synchronous_mode && ha.synchronous_mode_strict,
             synchronous_node_count: ha.synchronous_mode.then_some(ha.synchronous_node_count),
+            failsafe_mode: ha.failsafe_mode,
         };
         self.dcs.create_config_if_absent(&config).await?;
         self.data = None;
@@ -275,6 +327,11 @@ impl Governor {
 
     async fn lead(&mut self, view: Option<&ClusterView>) -> Result<(), ActError> {
         self.arm_fence();
+        if let Some(view) = view
+            && let Err(e) = self.manage_failsafe(view).await
+        {
+            tracing::warn!(error = %e, "cannot manage the failsafe key");
+        }
         if let Some(entry) = self.pending_history.clone() {
             match self.dcs.append_history(&entry).await {
                 Ok(()) => self.pending_history = None,

@@ -1,5 +1,6 @@
 //! The fence: a task that stops a primary's PostgreSQL at once (SIGQUIT, immediate shutdown)
-//! when this member's lease is about to end without having been renewed.
+//! when this member's lease is about to end without having been renewed (or, in failsafe mode,
+//! when the members' confirmation that stands in for the lease is about to end).
 //!
 //! It is independent of the HA loop on purpose: whatever the loop is stuck on (a hung query,
 //! a slow disk, a long action), a primary stops accepting writes before etcd can hand the
@@ -21,8 +22,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-/// What the fence guards: the postmaster to stop, if any.
-pub type Armed = Option<u32>;
+/// What the fence guards: the postmaster to stop, and the lease the leader key is bound to
+/// (only that lease keeps it running; failsafe mode's confirmation may stand in for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    /// The postmaster.
+    pub pid: u32,
+    /// The lease backing this member's leader key.
+    pub lease: Option<i64>,
+}
+
+/// The guard, if the fence is armed.
+pub type Armed = Option<Guard>;
 
 /// Runs until `cancel` fires. `fired` is set when the fence stopped PostgreSQL, and `wake`
 /// notified so the HA loop looks at once.
@@ -30,6 +41,7 @@ pub type Armed = Option<u32>;
 pub async fn run(
     mut armed: watch::Receiver<Armed>,
     mut lease: watch::Receiver<LeaseView>,
+    mut failsafe: watch::Receiver<Option<Instant>>,
     margin: Duration,
     fired: Arc<AtomicBool>,
     wake: Arc<Notify>,
@@ -38,12 +50,22 @@ pub async fn run(
 ) {
     let mut told: Option<Message> = None;
     loop {
-        let pid = *armed.borrow_and_update();
+        let guard = *armed.borrow_and_update();
+        let pid = guard.map(|g| g.pid);
         let view = *lease.borrow_and_update();
+        // Writable until the lease backing the leader key ends, or until failsafe mode's
+        // confirmation does.
+        let valid_until = view
+            .id
+            .filter(|id| guard.is_some_and(|g| g.lease == Some(*id)))
+            .and(view.valid_until)
+            .into_iter()
+            .chain(*failsafe.borrow_and_update())
+            .max();
         // The watchdog's deadline is half a margin after this task's own, still half a margin
         // before the lease can end: normally this task fires first and knows it did.
-        let message = match (pid, view.id, view.valid_until) {
-            (Some(pid), Some(_), Some(until)) => Message::Arm {
+        let message = match (pid, valid_until) {
+            (Some(pid), Some(until)) => Message::Arm {
                 pid,
                 left: until
                     .checked_sub(margin / 2)
@@ -67,9 +89,9 @@ pub async fn run(
             }
             continue;
         };
-        let deadline = match (view.id, view.valid_until) {
-            (Some(_), Some(until)) => until.checked_sub(margin).unwrap_or_else(Instant::now),
-            _ => Instant::now(),
+        let deadline = match valid_until {
+            Some(until) => until.checked_sub(margin).unwrap_or_else(Instant::now),
+            None => Instant::now(),
         };
         if Instant::now() >= deadline {
             tracing::error!(
@@ -93,6 +115,7 @@ pub async fn run(
             _ = tokio::time::sleep_until(deadline.into()) => {}
             r = armed.changed() => if r.is_err() { return },
             r = lease.changed() => if r.is_err() { return },
+            r = failsafe.changed() => if r.is_err() { return },
         }
     }
 }

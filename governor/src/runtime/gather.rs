@@ -61,6 +61,12 @@ impl Governor {
             }
             self.leader_seen = view.leader.clone();
             *self.shared.view.write().await = Some(view.clone());
+            // Someone else leads and this member is no primary: it may confirm failsafe
+            // primaries again (after losing a race, or after being demoted).
+            let primary = matches!(&postgres, PgState::Running(pg) if !pg.in_recovery);
+            if view.leader.as_ref().is_some_and(|l| l.name != cfg.name) && !primary {
+                self.shared.failsafe.open();
+            }
         }
         let lease = *self.lease.borrow();
 
@@ -85,9 +91,27 @@ impl Governor {
                 primary_down_since: self.primary_down_since,
             },
             peers,
+            failsafe: self.failsafe_view(now),
             unix_now: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    /// Failsafe mode's state: the confirmation this primary holds, and the promise this member
+    /// gave (at least a TTL from the governor's start: a restarted governor has forgotten
+    /// what it promised before).
+    fn failsafe_view(&self, now: Instant) -> crate::ha::FailsafeView {
+        let startup = self.started + self.loaded.config.ha.ttl();
+        let promised = self.shared.failsafe.promised(now);
+        let (quiet_until, quiet_for) = match promised {
+            Some((who, until)) if until >= startup => (Some(until), Some(who)),
+            _ => (Some(startup), None),
+        };
+        crate::ha::FailsafeView {
+            confirmed_until: *self.failsafe_until.borrow(),
+            quiet_until,
+            quiet_for,
         }
     }
 

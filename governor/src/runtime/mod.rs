@@ -13,6 +13,7 @@
 mod act;
 mod backups;
 pub mod commands;
+pub mod failsafe;
 pub mod fence;
 mod gather;
 pub mod peers;
@@ -88,6 +89,10 @@ pub struct Shared {
     pub switchover_outcome: RwLock<Option<switchover::Outcome>>,
     /// The backup schedule's last and next runs.
     pub backups: RwLock<spilo_model::BackupRuns>,
+    /// This member's failsafe promises.
+    pub failsafe: failsafe::Gate,
+    /// As primary in failsafe mode: until when every member confirmed it.
+    pub failsafe_until: watch::Receiver<Option<Instant>>,
 }
 
 /// The HA loop's own state.
@@ -113,6 +118,10 @@ pub(crate) struct Governor {
     commands: tokio::sync::mpsc::Receiver<commands::Command>,
     sync_pending: std::collections::BTreeMap<spilo_model::MemberName, spilo_model::Lsn>,
     archive_status: Option<spilo_model::ArchiveStatus>,
+    failsafe_peers: watch::Sender<Option<Vec<failsafe::Peer>>>,
+    failsafe_until: watch::Receiver<Option<Instant>>,
+    failsafe_absent_since: std::collections::BTreeMap<spilo_model::MemberName, Instant>,
+    started: Instant,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
@@ -165,12 +174,29 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         cancel.clone(),
     ));
     let (fence_tx, fence_rx) = watch::channel(None);
+    let (failsafe_peers, failsafe_peers_rx) = watch::channel(None);
+    let (failsafe_tx, failsafe_until) = watch::channel(None);
+    tasks.spawn(failsafe::run(
+        failsafe::Settings {
+            me: cfg.name.clone(),
+            ttl: cfg.ha.ttl(),
+            interval: cfg.ha.keepalive_interval(),
+            auth: loaded.api_auth.clone(),
+        },
+        http.clone(),
+        fence_rx.clone(),
+        failsafe_peers_rx,
+        lease_rx.clone(),
+        failsafe_tx,
+        cancel.clone(),
+    ));
     let fence_fired = Arc::new(AtomicBool::new(false));
     let mut watchdog = fence::spawn_watchdog().context("start the watchdog process")?;
     let watchdog_pipe = watchdog.stdin.take();
     tasks.spawn(fence::run(
         fence_rx,
         lease_rx.clone(),
+        failsafe_until.clone(),
         cfg.ha.fence_margin(),
         fence_fired.clone(),
         wake.clone(),
@@ -201,6 +227,8 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         wake: wake.clone(),
         switchover_outcome: RwLock::new(None),
         backups: RwLock::new(Default::default()),
+        failsafe: failsafe::Gate::default(),
+        failsafe_until: failsafe_until.clone(),
     });
     if let Some(archive) = &cfg.archive
         && let Some(schedule) = &archive.backups
@@ -259,6 +287,10 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         commands: commands_rx,
         sync_pending: Default::default(),
         archive_status: None,
+        failsafe_peers,
+        failsafe_until,
+        failsafe_absent_since: Default::default(),
+        started: Instant::now(),
     };
     let result = gov.ha_loop(&shutdown).await;
     gov.shutdown().await;

@@ -30,6 +30,8 @@ pub struct Etcd {
     pub sync: Option<(SyncState, i64)>,
     /// `switchover`.
     pub switchover: Option<SwitchoverRequest>,
+    /// `failsafe`.
+    pub failsafe: Option<BTreeMap<MemberName, String>>,
     revision: i64,
     /// Bumped whenever `leader` changes (the watch wakes members).
     pub leader_version: u64,
@@ -121,6 +123,7 @@ impl Etcd {
             history: self.history.clone(),
             config: Some(self.config.clone()),
             switchover: self.switchover.clone(),
+            failsafe: self.failsafe.clone(),
             sync: self.sync.as_ref().map(|(s, _)| s.clone()),
             sync_revision: self.sync.as_ref().map_or(0, |(_, r)| *r),
             member_leases: self

@@ -14,7 +14,7 @@ use world::{Clock, Ctx, Event, Member, Pg, Standbys};
 
 /// Virtual milliseconds per step.
 const TICK: u64 = 20;
-const TTL: u64 = 4_000;
+pub const TTL: u64 = 4_000;
 const LOOP_WAIT: u64 = 1_000;
 const RENEW: u64 = TTL / 8;
 const MARGIN: u64 = 1_000;
@@ -34,12 +34,16 @@ pub struct Stats {
     pub faults: u64,
     /// Commits acknowledged to clients.
     pub acked: u64,
+    /// Steps in which a primary stayed writable without the leader key on failsafe mode's
+    /// confirmations.
+    pub failsafe_steps: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     Crash,
     Partition,
+    EtcdCut,
     Freeze,
     EtcdStall,
     Slow,
@@ -54,6 +58,7 @@ struct Scheduled {
 enum Undo {
     Restart(usize),
     Heal(usize),
+    Reconnect(usize),
     Thaw(usize),
     EtcdBack,
 }
@@ -72,6 +77,7 @@ struct Sim {
     acked: Vec<u64>,
     undo: Vec<Scheduled>,
     synchronous: bool,
+    failsafe: bool,
     stats: Stats,
     trace: Vec<String>,
 }
@@ -82,12 +88,14 @@ pub fn run(seed: u64) -> Result<Stats, String> {
     let n = [2usize, 3, 3, 3, 4][rng.usize(..5)];
     let synchronous = rng.bool();
     let strict = synchronous && rng.u8(..4) == 0;
+    let failsafe = rng.bool();
     let config = ClusterConfig {
         ttl: Some(TTL / 1000),
         loop_wait: Some(LOOP_WAIT / 1000),
         synchronous_mode: synchronous,
         synchronous_mode_strict: strict,
         synchronous_node_count: synchronous.then_some(1),
+        failsafe_mode: failsafe,
         ..Default::default()
     };
     let mut sim = Sim {
@@ -108,6 +116,7 @@ pub fn run(seed: u64) -> Result<Stats, String> {
         acked: Vec::new(),
         undo: Vec::new(),
         synchronous,
+        failsafe,
         stats: Stats::default(),
         trace: Vec::new(),
     };
@@ -138,9 +147,10 @@ impl Sim {
 
     fn report(&self, seed: u64, e: &str) -> String {
         format!(
-            "seed {seed} ({} members, synchronous {}): {e}\nlast events:\n{}",
+            "seed {seed} ({} members, synchronous {}, failsafe {}): {e}\nlast events:\n{}",
             self.members.len(),
             self.synchronous,
+            self.failsafe,
             self.trace.join("\n")
         )
     }
@@ -157,6 +167,7 @@ impl Sim {
             Fault::Crash,
             Fault::Crash,
             Fault::Partition,
+            Fault::EtcdCut,
             Fault::Freeze,
             Fault::EtcdStall,
             Fault::Slow,
@@ -169,7 +180,7 @@ impl Sim {
             _ => self.rng.usize(..self.members.len()),
         };
         let m = &self.members[target];
-        if !m.up || m.frozen || m.partitioned {
+        if !m.up || m.frozen || m.partitioned || m.etcd_cut {
             return;
         }
         let len = 1_000 + self.rng.u64(..9_000);
@@ -183,6 +194,7 @@ impl Sim {
                 m.stop(None);
                 m.lease = None;
                 m.valid_until = None;
+                m.confirmed_until = None;
                 // A new governor process starts with a fresh `Instance`.
                 m.standbys = world::Standbys::None;
                 m.sync_pending.clear();
@@ -196,6 +208,13 @@ impl Sim {
                 self.undo.push(Scheduled {
                     at,
                     what: Undo::Heal(target),
+                });
+            }
+            Fault::EtcdCut => {
+                self.members[target].etcd_cut = true;
+                self.undo.push(Scheduled {
+                    at,
+                    what: Undo::Reconnect(target),
                 });
             }
             Fault::Freeze => {
@@ -254,11 +273,16 @@ impl Sim {
                     m.crashes.clear();
                     m.primary_down_since = None;
                     m.last = None;
+                    m.restart_governor(now);
                     self.log(format!("{} restarts", self.members[i].name));
                 }
                 Undo::Heal(i) => {
                     self.members[i].partitioned = false;
                     self.log(format!("{} rejoins the network", self.members[i].name));
+                }
+                Undo::Reconnect(i) => {
+                    self.members[i].etcd_cut = false;
+                    self.log(format!("{} reaches etcd again", self.members[i].name));
                 }
                 Undo::Thaw(i) => {
                     self.members[i].frozen = false;
@@ -276,6 +300,7 @@ impl Sim {
         self.undo_due();
         self.etcd.expire(self.now);
         self.leases();
+        self.confirmations();
         self.fences();
         self.replicate();
         self.workload();
@@ -291,7 +316,7 @@ impl Sim {
             if !m.up || m.frozen || now < m.next_renew {
                 continue;
             }
-            let reachable = !m.partitioned && self.etcd.available;
+            let reachable = m.reaches_etcd(&self.etcd);
             let delay = self.rng.u64(..40);
             let m = &mut self.members[i];
             m.next_renew = now + RENEW;
@@ -318,7 +343,10 @@ impl Sim {
             if m.pg != Pg::Primary || !m.up {
                 continue;
             }
-            let until = m.valid_until.unwrap_or(0);
+            let lease_until = m
+                .valid_until
+                .filter(|_| m.lease.is_some() && m.lease == m.fence_lease);
+            let until = lease_until.max(m.confirmed_until).unwrap_or(0);
             let fence = !m.frozen && now + MARGIN >= until;
             let watchdog = now + MARGIN / 2 >= until;
             if fence || watchdog {
@@ -328,6 +356,72 @@ impl Sim {
                     "{name}: {} stops PostgreSQL",
                     if fence { "fence" } else { "watchdog" }
                 ));
+            }
+        }
+    }
+
+    /// Failsafe mode's confirmation task, as `runtime::failsafe::run`: a primary whose lease
+    /// is in trouble asks its peers each renewal interval; a peer accepts as the REST API
+    /// does (it answers at all, runs no primary, its gate is open, and the leader key it sees
+    /// names nobody else) and promises not to race for a TTL.
+    fn confirmations(&mut self) {
+        let now = self.now;
+        for i in 0..self.members.len() {
+            let m = &self.members[i];
+            if m.pg != Pg::Primary {
+                self.members[i].confirmed_until = None;
+                continue;
+            }
+            if !m.up || m.frozen || now < m.next_confirm {
+                continue;
+            }
+            let Some(peers) = m.failsafe_peers.clone() else {
+                continue;
+            };
+            let lease = governor::ha::LeaseView {
+                id: m.lease,
+                valid_until: m.valid_until.map(|t| self.clock.at(t)),
+            };
+            let ttl = Duration::from_millis(TTL);
+            let stale_key = m.lease != m.fence_lease;
+            if !stale_key
+                && !governor::runtime::failsafe::lease_in_trouble(
+                    &lease,
+                    self.clock.at(now),
+                    ttl,
+                    Duration::from_millis(RENEW),
+                )
+            {
+                continue;
+            }
+            self.members[i].next_confirm = now + RENEW;
+            let me = self.members[i].name.clone();
+            let cut_off = self.members[i].partitioned;
+            let mut all = true;
+            for name in &peers {
+                let Some(j) = self.members.iter().position(|p| p.name == *name) else {
+                    all = false;
+                    continue;
+                };
+                let reaches = self.members[j].reaches_etcd(&self.etcd);
+                let p = &mut self.members[j];
+                let sees_other =
+                    reaches && self.etcd.leader.as_ref().is_some_and(|(n, _)| *n != me);
+                let accepts = p.up
+                    && !p.frozen
+                    && !cut_off
+                    && !p.partitioned
+                    && p.pg != Pg::Primary
+                    && !p.gate_closed
+                    && !sees_other;
+                if accepts {
+                    p.promised = Some((me.clone(), now + TTL));
+                } else {
+                    all = false;
+                }
+            }
+            if all {
+                self.members[i].confirmed_until = Some(now + TTL);
             }
         }
     }
@@ -439,13 +533,21 @@ impl Sim {
             if !m.up || m.frozen || self.now < m.busy_until {
                 continue;
             }
-            let woken = !m.partitioned
-                && self.etcd.available
-                && m.seen_leader_version != self.etcd.leader_version;
+            let woken =
+                m.reaches_etcd(&self.etcd) && m.seen_leader_version != self.etcd.leader_version;
             if self.now < m.next_loop && !woken {
                 continue;
             }
             self.members[i].seen_leader_version = self.etcd.leader_version;
+            // As `runtime::gather`: someone else leads and this member runs no primary, so
+            // it confirms failsafe primaries again.
+            let m = &mut self.members[i];
+            if m.reaches_etcd(&self.etcd)
+                && m.pg != Pg::Primary
+                && self.etcd.leader.as_ref().is_some_and(|(n, _)| *n != m.name)
+            {
+                m.gate_closed = false;
+            }
             let snap = world::snapshot(&self.members, i, &self.etcd, self.now, self.clock);
             let d = ha::decide(&snap, &self.cfg, self.clock.at(self.now));
             let repeated = self.members[i].last.as_ref() == Some(&d);
@@ -458,6 +560,8 @@ impl Sim {
                 members: &mut self.members,
                 etcd: &mut self.etcd,
                 next_id: &mut self.next_id,
+                now: self.now,
+                clock: self.clock,
             };
             let event = ctx.act(i, &d)?;
             if event == Event::Promoted {
@@ -468,7 +572,7 @@ impl Sim {
                 self.pending.retain(|(p, ..)| *p != i);
             }
             let m = &mut self.members[i];
-            if let (Some(lease), false) = (m.lease, m.partitioned || !self.etcd.available) {
+            if let (Some(lease), true) = (m.lease, m.reaches_etcd(&self.etcd)) {
                 let status = m.status();
                 let name = m.name.clone();
                 self.etcd.put_member(&name, status, lease);
@@ -513,8 +617,9 @@ impl Sim {
         }
     }
 
-    /// After every step: at most one member accepts writes, and it holds the leader key.
-    fn check(&self) -> Result<(), String> {
+    /// After every step: at most one member accepts writes, and it holds the leader key (in
+    /// failsafe mode: or the key is gone and every member it must ask confirmed it).
+    fn check(&mut self) -> Result<(), String> {
         let writable: Vec<&MemberName> = self
             .members
             .iter()
@@ -526,7 +631,15 @@ impl Sim {
         }
         if let Some(w) = writable.first() {
             let holder = self.etcd.leader.as_ref().map(|(n, _)| n);
-            if holder != Some(*w) {
+            let confirmed = self
+                .members
+                .iter()
+                .find(|m| m.name == **w)
+                .and_then(|m| m.confirmed_until)
+                .is_some_and(|t| self.now < t);
+            if holder.is_none() && confirmed && self.failsafe {
+                self.stats.failsafe_steps += 1;
+            } else if holder != Some(*w) {
                 return Err(format!(
                     "{w} accepts writes but the leader key is {holder:?}"
                 ));

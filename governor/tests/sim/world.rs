@@ -4,12 +4,14 @@
 //! the real [`governor::ha::sync::step`]) and carries the decision out on the simulated
 //! etcd and PostgreSQL, the way `runtime::act` does on the real ones.
 
+use super::TTL;
 use super::etcd::Etcd;
 use governor::ha::sync::{self, Standby, SyncMode};
 use governor::ha::{
-    DataDir, DcsView, Decision, LeaseView, LocalState, PeerView, PgState, RunningPg, Snapshot,
-    StartAs,
+    DataDir, DcsView, Decision, FailsafeView, LeaseView, LocalState, PeerView, PgState, RunningPg,
+    Snapshot, StartAs,
 };
+use governor::runtime::failsafe;
 use spilo_model::{
     HistoryEntry, Lsn, MemberName, MemberRole, MemberState, MemberStatus, MemberTags, SyncState,
     TimelineId, WalPositions,
@@ -116,6 +118,8 @@ pub struct Member {
     pub frozen: bool,
     /// Cut off from etcd and the other members (clients still reach it).
     pub partitioned: bool,
+    /// Cut off from etcd only: the other members and clients still reach it.
+    pub etcd_cut: bool,
     /// The governor's lease.
     pub lease: Option<i64>,
     /// Local end of the lease: send time of the last successful renewal + TTL.
@@ -146,6 +150,22 @@ pub struct Member {
     pub primary_down_since: Option<u64>,
     /// The last decision, to tell a repeated one.
     pub last: Option<Decision>,
+    /// When the governor process started (failsafe mode's start-up quiet period).
+    pub started: u64,
+    /// Failsafe: as primary, until when every member confirmed it.
+    pub confirmed_until: Option<u64>,
+    /// Failsafe: whom this member confirmed, and until when it promised not to race.
+    pub promised: Option<(MemberName, u64)>,
+    /// Failsafe: this member races for or holds the leader key and confirms nobody.
+    pub gate_closed: bool,
+    /// Failsafe: the members the primary asks (set by `Lead` in failsafe mode).
+    pub failsafe_peers: Option<Vec<MemberName>>,
+    /// The lease the fence counts (the one the leader key was bound to when it was armed).
+    pub fence_lease: Option<i64>,
+    /// Failsafe: the next round of confirmations.
+    pub next_confirm: u64,
+    /// Failsafe: since when members of the key have been missing from etcd.
+    pub failsafe_absent: BTreeMap<MemberName, Instant>,
 }
 
 impl Member {
@@ -171,7 +191,31 @@ impl Member {
             crashes: Vec::new(),
             primary_down_since: None,
             last: None,
+            etcd_cut: false,
+            started: 0,
+            confirmed_until: None,
+            promised: None,
+            gate_closed: false,
+            failsafe_peers: None,
+            next_confirm: 0,
+            failsafe_absent: BTreeMap::new(),
+            fence_lease: None,
         }
+    }
+
+    /// Whether its governor reaches etcd.
+    pub fn reaches_etcd(&self, etcd: &Etcd) -> bool {
+        !self.partitioned && !self.etcd_cut && etcd.available
+    }
+
+    /// A new governor process: it forgets its promises and confirmations.
+    pub fn restart_governor(&mut self, now: u64) {
+        self.started = now;
+        self.confirmed_until = None;
+        self.promised = None;
+        self.gate_closed = false;
+        self.failsafe_peers = None;
+        self.failsafe_absent.clear();
     }
 
     /// Runs as a writable primary.
@@ -263,7 +307,7 @@ impl Clock {
 /// Builds member `i`'s snapshot at `now`.
 pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Clock) -> Snapshot {
     let m = &members[i];
-    let dcs = if m.partitioned || !etcd.available {
+    let dcs = if !m.reaches_etcd(etcd) {
         DcsView::Unreachable {
             why: "simulated: unreachable".into(),
         }
@@ -331,7 +375,22 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
             primary_down_since: m.primary_down_since.map(|t| clock.at(t)),
         },
         peers,
+        failsafe: failsafe_view(m, now, clock),
         unix_now: now / 1000,
+    }
+}
+
+/// Failsafe mode as member `m` knows it, built as `runtime::gather` builds it.
+fn failsafe_view(m: &Member, now: u64, clock: Clock) -> FailsafeView {
+    let startup = m.started + TTL;
+    let (quiet_until, quiet_for) = match &m.promised {
+        Some((who, until)) if now < *until && *until >= startup => (*until, Some(who.clone())),
+        _ => (startup, None),
+    };
+    FailsafeView {
+        confirmed_until: m.confirmed_until.map(|t| clock.at(t)),
+        quiet_until: Some(clock.at(quiet_until)),
+        quiet_for,
     }
 }
 
@@ -352,6 +411,10 @@ pub struct Ctx<'a> {
     pub etcd: &'a mut Etcd,
     /// Unique ids for WAL entries.
     pub next_id: &'a mut u64,
+    /// Virtual time.
+    pub now: u64,
+    /// Maps it onto instants.
+    pub clock: Clock,
 }
 
 impl Ctx<'_> {
@@ -418,6 +481,7 @@ impl Ctx<'_> {
                     clean_checkpoint: None,
                 });
                 m.pg = Pg::Primary;
+                m.fence_lease = Some(lease);
                 if !self.etcd.acquire(&me, lease) {
                     return Err("the leader key was taken during bootstrap".into());
                 }
@@ -461,6 +525,7 @@ impl Ctx<'_> {
                     StartAs::Primary => {
                         d.was_primary = true;
                         m.pg = Pg::Primary;
+                        m.fence_lease = lease;
                     }
                     StartAs::Replica { upstream } => {
                         d.was_primary = false;
@@ -489,12 +554,30 @@ impl Ctx<'_> {
                 let Some(lease) = lease else {
                     return Ok(Event::None);
                 };
+                // The gate, as in `runtime::act`: no race while a promise holds; closed
+                // while racing.
+                let m = &mut self.members[i];
+                if m.promised.as_ref().is_some_and(|(_, t)| self.now < *t) {
+                    return Ok(Event::None);
+                }
+                m.gate_closed = true;
                 if self.etcd.acquire(&me, lease) {
                     return self.promote(i);
                 }
+                self.members[i].gate_closed = false;
+            }
+            Decision::ReclaimLeader { .. } => {
+                if let Some(lease) = lease
+                    && self.etcd.acquire(&me, lease)
+                {
+                    self.members[i].fence_lease = Some(lease);
+                }
             }
             Decision::Promote { .. } => return self.promote(i),
-            Decision::Lead => self.lead(i),
+            Decision::Lead => {
+                self.members[i].fence_lease = lease;
+                self.lead(i);
+            }
             Decision::Switchover {
                 to,
                 lease: to_lease,
@@ -588,12 +671,14 @@ impl Ctx<'_> {
         d.was_primary = true;
         d.clean_checkpoint = None;
         m.pg = Pg::Primary;
+        m.fence_lease = m.lease;
         m.streaming = false;
         m.not_streaming_since = None;
         Ok(Event::Promoted)
     }
 
     fn lead(&mut self, i: usize) {
+        self.manage_failsafe(i);
         let me = self.members[i].name.clone();
         let mode = SyncMode::from_config(Some(&self.etcd.config));
         let my_len = self.members[i].lsn();
@@ -633,5 +718,39 @@ impl Ctx<'_> {
         }
         self.members[i].sync_pending = step.pending;
         self.members[i].standbys = Standbys::parse(&step.standby_names);
+    }
+
+    /// The leader's `failsafe` key and its confirmation peers, through the runtime's own
+    /// functions.
+    fn manage_failsafe(&mut self, i: usize) {
+        if !self.etcd.config.failsafe_mode {
+            self.members[i].failsafe_peers = None;
+            self.etcd.failsafe = None;
+            return;
+        }
+        let me = self.members[i].name.clone();
+        let url = self.members[i].status().api_url;
+        let seen: BTreeMap<MemberName, MemberStatus> = self
+            .etcd
+            .members
+            .iter()
+            .map(|(n, (st, _))| (n.clone(), st.clone()))
+            .collect();
+        let current = self.etcd.failsafe.clone();
+        let wanted = failsafe::key_members(
+            (&me, &url),
+            &seen,
+            current.as_ref(),
+            &mut self.members[i].failsafe_absent,
+            self.clock.at(self.now),
+            Duration::from_millis(3 * TTL),
+        );
+        self.members[i].failsafe_peers = Some(
+            failsafe::peers(&me, &wanted, current.as_ref())
+                .into_iter()
+                .map(|p| p.name)
+                .collect(),
+        );
+        self.etcd.failsafe = Some(wanted);
     }
 }

@@ -201,6 +201,7 @@ impl ClusterSpec {
                 .ha
                 .synchronous_mode
                 .then_some(self.ha.synchronous_node_count),
+            failsafe_mode: self.ha.failsafe_mode,
         }
     }
 }

@@ -1,0 +1,77 @@
+//! `POST /failsafe {leader}`: a failsafe-mode primary whose lease cannot be renewed asks this
+//! member to confirm it (see [`crate::runtime::failsafe`]). Accepting is a promise not to take
+//! the leader key for a TTL; it is refused while this member runs as primary, holds or races
+//! for the leader key, or last saw another member holding it. Requires the API credentials.
+//!
+//! Answers 200 `{"accepted": true}`, 409 with why when refused, 400 on a bad body.
+
+use super::auth;
+use crate::runtime::Shared;
+use crate::runtime::failsafe::Heartbeat;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+use spilo_model::{MemberRole, MemberState};
+use std::sync::Arc;
+use std::time::Instant;
+
+type Reply = (StatusCode, Json<Value>);
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Reply {
+    (
+        status,
+        Json(json!({ "accepted": false, "message": message.into() })),
+    )
+}
+
+pub(super) async fn post_failsafe(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    raw: String,
+) -> Reply {
+    if let Err(r) = auth::check(shared.auth.as_ref(), &headers) {
+        return refuse(r.status, r.message);
+    }
+    let beat: Heartbeat = match serde_json::from_str(&raw) {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("bad body: {e}")),
+    };
+    {
+        let node = shared.node.read().await;
+        if beat.leader == node.name {
+            return refuse(StatusCode::BAD_REQUEST, "a member cannot confirm itself");
+        }
+        let primary =
+            node.member.role == MemberRole::Primary && node.member.state == MemberState::Running;
+        if primary || node.is_leader {
+            return refuse(
+                StatusCode::CONFLICT,
+                "this member runs as primary or holds the leader key",
+            );
+        }
+    }
+    if let Some(holder) = shared
+        .view
+        .read()
+        .await
+        .as_ref()
+        .and_then(|v| v.leader.as_ref())
+        .filter(|l| l.name != beat.leader)
+    {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("{} holds the leader key", holder.name),
+        );
+    }
+    match shared
+        .failsafe
+        .confirm(beat.leader.clone(), Instant::now(), shared.ttl)
+    {
+        Ok(()) => {
+            tracing::debug!(leader = %beat.leader, "failsafe: confirmed the primary");
+            (StatusCode::OK, Json(json!({ "accepted": true })))
+        }
+        Err(e) => refuse(StatusCode::CONFLICT, e.to_string()),
+    }
+}

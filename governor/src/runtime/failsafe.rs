@@ -1,0 +1,431 @@
+//! Failsafe mode's two halves: the primary's confirmation task and every member's promise.
+//!
+//! A primary cannot tell an etcd outage from being cut off, so without failsafe mode it stops
+//! accepting writes before its lease can end. With failsafe mode on (the cluster's `config`),
+//! the primary whose lease renewals fail asks every member listed in the `failsafe` key (and
+//! every member it last saw) with `POST /failsafe`. When all of them accept, it may stay
+//! writable until the send time plus the TTL ([`run`] publishes that instant; the fence and
+//! `decide` honour it). A member that accepts promises, through its [`Gate`], not to take the
+//! leader key until its receipt time plus the TTL, and it refuses to accept once it is racing
+//! for the key itself or holds it. So whoever takes the leader key next does so only after the
+//! primary has stopped accepting writes: the same argument as the lease's, with the members'
+//! promises in place of etcd's expiry.
+
+use crate::config::ApiCredentials;
+use crate::ha::LeaseView;
+use spilo_model::{MemberName, MemberStatus};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A member the primary must hear from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its name.
+    pub name: MemberName,
+    /// Its REST API base URL.
+    pub api_url: String,
+}
+
+/// What the primary sends in `POST /failsafe`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The primary asking.
+    pub leader: MemberName,
+}
+
+/// This member's promises to failsafe primaries, shared by the REST API (which accepts or
+/// refuses) and the HA loop (which must not race while a promise holds).
+#[derive(Debug, Default)]
+pub struct Gate {
+    inner: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// The primary last confirmed, and until when this member promised not to race.
+    promised: Option<(MemberName, Instant)>,
+    /// This member is taking, or holds, the leader key: it confirms nobody.
+    closed: bool,
+}
+
+/// Why a confirmation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// This member races for, or holds, the leader key.
+    #[error("this member is taking or holds the leader key")]
+    Leading,
+}
+
+impl Gate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state stays consistent even if a holder panicked: every write is one assignment.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Accepts `leader`'s heartbeat received at `now`: promises not to race until `now + ttl`.
+    pub fn confirm(&self, leader: MemberName, now: Instant, ttl: Duration) -> Result<(), Refusal> {
+        let mut s = self.state();
+        if s.closed {
+            return Err(Refusal::Leading);
+        }
+        s.promised = Some((leader, now + ttl));
+        Ok(())
+    }
+
+    /// The promise in force at `now`, if any.
+    pub fn promised(&self, now: Instant) -> Option<(MemberName, Instant)> {
+        self.state()
+            .promised
+            .clone()
+            .filter(|(_, until)| now < *until)
+    }
+
+    /// Before racing for the leader key: closes the gate unless a promise holds at `now`
+    /// (then returns it and stays open). Atomic with [`Gate::confirm`].
+    pub fn close_for_race(&self, now: Instant) -> Result<(), (MemberName, Instant)> {
+        let mut s = self.state();
+        if let Some((who, until)) = s.promised.clone()
+            && now < until
+        {
+            return Err((who, until));
+        }
+        s.closed = true;
+        Ok(())
+    }
+
+    /// After losing a race, or once this member follows someone else: confirms again.
+    pub fn open(&self) {
+        self.state().closed = false;
+    }
+}
+
+/// Settings of the confirmation task.
+pub struct Settings {
+    /// This member.
+    pub me: MemberName,
+    /// The lease length: how long one round of confirmations lasts.
+    pub ttl: Duration,
+    /// How often to ask while the lease is in trouble (the lease renewal interval).
+    pub interval: Duration,
+    /// The credentials to present (the cluster shares them).
+    pub auth: Option<ApiCredentials>,
+}
+
+/// Whether the lease has missed two renewals in a row (or is gone): time to ask the members.
+pub fn lease_in_trouble(
+    lease: &LeaseView,
+    now: Instant,
+    ttl: Duration,
+    interval: Duration,
+) -> bool {
+    match (lease.id, lease.valid_until) {
+        (Some(_), Some(until)) => until.saturating_duration_since(now) + 2 * interval < ttl,
+        _ => true,
+    }
+}
+
+/// Runs until `cancel` fires. While this member runs a primary (`armed`), failsafe mode is on
+/// (`peers` is `Some`) and the lease backing the leader key is in trouble (or is no longer
+/// the current lease), asks every peer each `interval`; publishes
+/// on `confirmed` the send time plus the TTL of the last round every peer accepted.
+pub async fn run(
+    settings: Settings,
+    http: reqwest::Client,
+    mut armed: watch::Receiver<super::fence::Armed>,
+    mut peers: watch::Receiver<Option<Vec<Peer>>>,
+    mut lease: watch::Receiver<LeaseView>,
+    confirmed: watch::Sender<Option<Instant>>,
+    cancel: CancellationToken,
+) {
+    let mut failing: Option<String> = None;
+    loop {
+        let now = Instant::now();
+        let guard = *armed.borrow_and_update();
+        let is_armed = guard.is_some();
+        let targets = peers.borrow_and_update().clone();
+        let view = *lease.borrow_and_update();
+        if !is_armed {
+            confirmed.send_if_modified(|c| c.take().is_some());
+        }
+        // Also while the leader key is not bound to the current lease: after an outage,
+        // until the HA loop has taken the key back.
+        let key_lease = guard.and_then(|g| g.lease);
+        if let Some(targets) = targets.filter(|_| is_armed)
+            && (view.id != key_lease
+                || lease_in_trouble(&view, now, settings.ttl, settings.interval))
+        {
+            let sent = Instant::now();
+            let refused = ask_all(&settings, &http, &targets).await;
+            if refused.is_empty() {
+                let was = confirmed.borrow().is_some_and(|t| sent < t);
+                confirmed.send_replace(Some(sent + settings.ttl));
+                if !was || failing.take().is_some() {
+                    tracing::warn!(
+                        members = targets.len(),
+                        "failsafe: the lease cannot be renewed and every member confirmed this \
+                         primary; it stays writable while they keep confirming"
+                    );
+                }
+            } else {
+                let why = refused.join("; ");
+                if failing.as_ref() != Some(&why) {
+                    tracing::warn!("failsafe: not every member confirmed this primary: {why}");
+                }
+                failing = Some(why);
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(settings.interval) => {}
+            r = armed.changed() => if r.is_err() { return },
+            r = peers.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Sends the heartbeat to every target at once; returns who did not accept, and why.
+async fn ask_all(settings: &Settings, http: &reqwest::Client, targets: &[Peer]) -> Vec<String> {
+    let body = Heartbeat {
+        leader: settings.me.clone(),
+    };
+    let timeout = settings.ttl / 4;
+    let asks = targets.iter().map(|p| {
+        let url = format!("{}/failsafe", p.api_url.trim_end_matches('/'));
+        let mut req = http.post(&url).json(&body).timeout(timeout);
+        if let Some(auth) = &settings.auth {
+            req = match (&auth.token, &auth.basic) {
+                (Some(token), _) => req.bearer_auth(token),
+                (None, Some((user, password))) => req.basic_auth(user, Some(password)),
+                (None, None) => req,
+            };
+        }
+        async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("{} answered {}", p.name, r.status())),
+                Err(e) => Some(format!("{} did not answer ({e})", p.name)),
+            }
+        }
+    });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// What the leader writes into the `failsafe` key: every member it sees (with this member
+/// always in), plus members of the current key that have been missing from etcd for less than
+/// `grace` (after an etcd outage every member key has expired; they come back one by one, and
+/// a member dropped from the key may not take over later). `absent_since` remembers when
+/// each went missing.
+pub fn key_members(
+    me: (&MemberName, &str),
+    seen: &BTreeMap<MemberName, MemberStatus>,
+    current: Option<&BTreeMap<MemberName, String>>,
+    absent_since: &mut BTreeMap<MemberName, Instant>,
+    now: Instant,
+    grace: Duration,
+) -> BTreeMap<MemberName, String> {
+    let mut wanted: BTreeMap<MemberName, String> = seen
+        .iter()
+        .map(|(name, m)| (name.clone(), m.api_url.clone()))
+        .collect();
+    wanted.insert(me.0.clone(), me.1.to_string());
+    absent_since.retain(|name, _| !wanted.contains_key(name));
+    for (name, url) in current.into_iter().flatten() {
+        if wanted.contains_key(name) {
+            continue;
+        }
+        let since = *absent_since.entry(name.clone()).or_insert(now);
+        if now.saturating_duration_since(since) < grace {
+            wanted.insert(name.clone(), url.clone());
+        }
+    }
+    // Only the members kept for their grace period are remembered.
+    absent_since.retain(|name, _| wanted.contains_key(name));
+    wanted
+}
+
+/// Whom the primary asks: everyone in the key it wrote or the key it found, but itself.
+pub fn peers(
+    me: &MemberName,
+    wanted: &BTreeMap<MemberName, String>,
+    current: Option<&BTreeMap<MemberName, String>>,
+) -> Vec<Peer> {
+    let mut all = current.cloned().unwrap_or_default();
+    all.extend(wanted.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all.into_iter()
+        .filter(|(name, _)| name != me)
+        .map(|(name, api_url)| Peer { name, api_url })
+        .collect()
+}
+
+impl super::Governor {
+    /// As leader: keeps the `failsafe` key and the confirmation task's peers in line with the
+    /// cluster's failsafe mode.
+    pub(super) async fn manage_failsafe(
+        &mut self,
+        view: &crate::ha::ClusterView,
+    ) -> Result<(), super::ActError> {
+        let Some(lease) = self.lease.borrow().id else {
+            return Ok(());
+        };
+        if !view.failsafe_mode() {
+            self.failsafe_peers.send_if_modified(|p| p.take().is_some());
+            self.failsafe_absent_since.clear();
+            if view.failsafe.is_some() {
+                self.dcs.write_failsafe(None, lease).await?;
+            }
+            return Ok(());
+        }
+        let cfg = &self.loaded.config;
+        let api_url = cfg.api_url();
+        let wanted = key_members(
+            (&cfg.name, &api_url),
+            &view.members,
+            view.failsafe.as_ref(),
+            &mut self.failsafe_absent_since,
+            Instant::now(),
+            3 * cfg.ha.ttl(),
+        );
+        let asked = peers(&cfg.name, &wanted, view.failsafe.as_ref());
+        self.failsafe_peers.send_if_modified(|p| {
+            let changed = p.as_ref() != Some(&asked);
+            *p = Some(asked);
+            changed
+        });
+        if view.failsafe.as_ref() != Some(&wanted) {
+            self.dcs.write_failsafe(Some(&wanted), lease).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> MemberName {
+        MemberName::new(s).expect("valid")
+    }
+
+    #[test]
+    fn a_promise_holds_for_a_ttl_and_blocks_the_race() {
+        let gate = Gate::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(4);
+        gate.confirm(name("m1"), t0, ttl)
+            .expect("open gate confirms");
+        assert_eq!(gate.promised(t0), Some((name("m1"), t0 + ttl)));
+        assert_eq!(
+            gate.close_for_race(t0 + Duration::from_secs(3)),
+            Err((name("m1"), t0 + ttl))
+        );
+        assert_eq!(gate.promised(t0 + ttl), None);
+        gate.close_for_race(t0 + ttl).expect("the promise ended");
+        assert_eq!(
+            gate.confirm(name("m1"), t0 + ttl, ttl),
+            Err(Refusal::Leading),
+            "a racing member confirms nobody"
+        );
+        gate.open();
+        gate.confirm(name("m2"), t0 + ttl, ttl)
+            .expect("confirms again after losing");
+    }
+
+    fn status(url: &str) -> MemberStatus {
+        MemberStatus {
+            conn_url: "postgres://127.0.0.1:5432/postgres".into(),
+            api_url: url.into(),
+            role: spilo_model::MemberRole::Replica,
+            state: spilo_model::MemberState::Running,
+            timeline: None,
+            wal: Default::default(),
+            tags: Default::default(),
+            pending_restart: false,
+        }
+    }
+
+    #[test]
+    fn the_key_keeps_a_missing_member_for_a_grace_period() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(12);
+        let me = name("m1");
+        let seen: BTreeMap<_, _> = [(name("m2"), status("http://m2"))].into();
+        let mut absent = BTreeMap::new();
+        let first = key_members((&me, "http://m1"), &seen, None, &mut absent, t0, grace);
+        assert_eq!(
+            first.keys().map(MemberName::as_str).collect::<Vec<_>>(),
+            ["m1", "m2"]
+        );
+        // m2's member key expires (an etcd outage): kept for the grace period, then dropped.
+        let none = BTreeMap::new();
+        let later = key_members(
+            (&me, "http://m1"),
+            &none,
+            Some(&first),
+            &mut absent,
+            t0,
+            grace,
+        );
+        assert_eq!(later, first);
+        let still = key_members(
+            (&me, "http://m1"),
+            &none,
+            Some(&later),
+            &mut absent,
+            t0 + grace - Duration::from_secs(1),
+            grace,
+        );
+        assert_eq!(still, first);
+        let gone = key_members(
+            (&me, "http://m1"),
+            &none,
+            Some(&still),
+            &mut absent,
+            t0 + grace,
+            grace,
+        );
+        assert_eq!(
+            gone.keys().map(MemberName::as_str).collect::<Vec<_>>(),
+            ["m1"]
+        );
+        assert!(absent.is_empty(), "nothing left to remember: {absent:?}");
+        let asked = peers(&me, &gone, Some(&still));
+        assert_eq!(
+            asked,
+            vec![Peer {
+                name: name("m2"),
+                api_url: "http://m2".into()
+            }],
+            "whoever is in the key found is still asked, so it cannot race"
+        );
+    }
+
+    #[test]
+    fn trouble_starts_after_two_missed_renewals() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(4);
+        let interval = ttl / 8;
+        let fresh = LeaseView {
+            id: Some(1),
+            valid_until: Some(now + ttl),
+        };
+        assert!(!lease_in_trouble(&fresh, now, ttl, interval));
+        assert!(!lease_in_trouble(&fresh, now + interval, ttl, interval));
+        assert!(lease_in_trouble(
+            &fresh,
+            now + 2 * interval + Duration::from_millis(1),
+            ttl,
+            interval
+        ));
+        assert!(lease_in_trouble(&LeaseView::default(), now, ttl, interval));
+    }
+}
