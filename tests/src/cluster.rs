@@ -115,6 +115,8 @@ pub struct Cluster {
     secrets: PathBuf,
     options: ClusterOptions,
     http: reqwest::Client,
+    /// Filesystems mounted for members, unmounted on drop.
+    mounts: Vec<PathBuf>,
     // Dropped last: removes the work directory.
     dir: tempfile::TempDir,
 }
@@ -251,8 +253,26 @@ impl Cluster {
             secrets,
             options,
             http,
+            mounts: Vec::new(),
             dir,
         })
+    }
+
+    /// Gives every member's data directory its own `mb` MiB filesystem (tmpfs), so a test can
+    /// fill one up. Call before the governors start; needs root (or passwordless sudo).
+    pub fn small_data_disks(&mut self, mb: u64) -> anyhow::Result<()> {
+        for i in 0..self.members.len() {
+            let data = self.members[i].data_dir();
+            std::fs::create_dir_all(&data)?;
+            let options = format!(
+                "size={mb}m,mode=0700,uid={},gid={}",
+                self.run_as.uid, self.run_as.gid
+            );
+            let path = data.to_string_lossy().into_owned();
+            crate::privileged::run("mount", &["-t", "tmpfs", "-o", &options, "tmpfs", &path])?;
+            self.mounts.push(data);
+        }
+        Ok(())
     }
 
     /// The work directory.
@@ -664,6 +684,12 @@ impl Drop for Cluster {
                 && p.wait_exit(Duration::from_secs(20)).is_none()
             {
                 p.kill_group();
+            }
+        }
+        for mount in &self.mounts {
+            let path = mount.to_string_lossy();
+            if let Err(e) = crate::privileged::run("umount", &["-l", &path]) {
+                eprintln!("cannot unmount {path}: {e}");
             }
         }
     }

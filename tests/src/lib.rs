@@ -15,6 +15,7 @@ pub mod etcd;
 pub mod local;
 pub mod patroni;
 pub mod ports;
+pub mod privileged;
 pub mod probe;
 pub mod proc;
 pub mod proxy;

@@ -411,3 +411,164 @@ async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+async fn sync_standbys(c: &Cluster) -> Option<(String, Vec<String>)> {
+    let key = format!("/service/{}/sync", c.scope);
+    let (value, _) = c.etcd.get(&key).await.ok()??;
+    let s: spilo_model::SyncState = serde_json::from_str(&value).ok()?;
+    Some((
+        s.leader?.to_string(),
+        s.members.iter().map(|m| m.to_string()).collect(),
+    ))
+}
+
+/// Writes zeros into `path` until the filesystem is full; returns the bytes written.
+fn fill(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Whatever the page cache held back must be refused too.
+    match f.sync_all() {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(written)
+}
+
+/// Expected, in synchronous mode: when the synchronous standby's disk fills up, it can no
+/// longer write the WAL it receives and stops streaming; the primary stays primary (no
+/// failover), lists the other replica as synchronous standby instead, so writes pause for
+/// less than 15 s; no acknowledged write is lost; the full replica's `/replica` answers 503.
+/// Once space is freed it streams again and has every acknowledged write, without a new copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_synchronous_standby_costs_a_short_write_pause() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "diskfull".into(),
+        ha: "{synchronous_mode: true}".into(),
+        ..Default::default()
+    })
+    .await?;
+    c.small_data_disks(256)?;
+    let result = full_disk_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn full_disk_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (primary, _) = c.start_streaming(BOOT).await?;
+    c.sql(&primary)
+        .await?
+        .batch_execute(probe::TABLE_DDL)
+        .await?;
+    let full = wait::until("a synchronous standby", BOOT, || async {
+        let (leader, members) = sync_standbys(c).await?;
+        (leader == primary)
+            .then(|| members.first().cloned())
+            .flatten()
+    })
+    .await?;
+    let prober = c.per_member_prober(Duration::from_millis(20));
+    wait::until("the primary to acknowledge probe writes", BOOT, || async {
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.member == primary)
+            .then_some(())
+    })
+    .await?;
+
+    let filler = c.member(&full).data_dir().join("filler");
+    let written = fill(&filler)?;
+    let filled_at = Instant::now();
+    // The standby writes into the WAL segment it already allocated; a switch makes it
+    // allocate the next one on the full disk.
+    c.sql(&primary)
+        .await?
+        .batch_execute("select pg_switch_wal()")
+        .await?;
+    let other = wait::until("another synchronous standby", BOOT, || async {
+        let (leader, members) = sync_standbys(c).await?;
+        (leader == primary && !members.is_empty() && !members.contains(&full))
+            .then(|| members[0].clone())
+    })
+    .await?;
+    wait::until("writes to resume", BOOT, || async {
+        let after = Instant::now() - Duration::from_millis(200);
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.member == primary && a.sent > filled_at && a.acked < after)
+            .then_some(())
+    })
+    .await?;
+    wait::until(
+        "the full replica to be reported not streaming",
+        BOOT,
+        || async { (c.http_code(&full, "/replica").await == Some(503)).then_some(()) },
+    )
+    .await?;
+    assert_eq!(c.primaries().await, vec![primary.clone()], "no failover");
+    let pg_log = std::fs::read_to_string(c.member(&full).pg_log_path())?;
+    assert!(
+        pg_log.contains("No space left on device"),
+        "the disk was not full ({written} bytes filled): {pg_log}"
+    );
+
+    std::fs::remove_file(&filler)?;
+    let freed_at = Instant::now();
+    c.wait_streaming(&full, BOOT).await?;
+    wait::until("writes after the disk was freed", BOOT, || async {
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.member == primary && a.sent > freed_at)
+            .then_some(())
+    })
+    .await?;
+    let (acks, _) = prober.stop().await;
+    probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
+    let mut times: Vec<Instant> = acks
+        .iter()
+        .filter(|a| a.member == primary && a.sent >= filled_at - Duration::from_secs(1))
+        .map(|a| a.acked)
+        .collect();
+    times.sort();
+    let pause = times
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
+    assert!(
+        pause < Duration::from_secs(15),
+        "writes paused for {pause:?} (the other standby is {other})"
+    );
+    let on_primary = probe::ids_on(&c.sql(&primary).await?).await?;
+    assert_eq!(
+        probe::lost(&acks, &on_primary),
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
+    let replica = c.sql(&full).await?;
+    wait::until(
+        "the freed replica to have every acknowledged write",
+        BOOT,
+        || async {
+            let ids = probe::ids_on(&replica).await.ok()?;
+            probe::lost(&acks, &ids).is_empty().then_some(())
+        },
+    )
+    .await?;
+    let clones = c.log(&full).matches("decision=\"clone\"").count();
+    assert_eq!(clones, 1, "the full replica was copied again");
+    eprintln!("write pause with the synchronous standby's disk full: {pause:?}");
+    Ok(())
+}
