@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub archive_extra: String,
     /// Extra environment for the governors (and so for PostgreSQL's archive commands).
     pub env: Vec<(String, String)>,
+    /// Each member in its own network namespace ([`crate::netns::NetLab`]); needs root.
+    pub netns: bool,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
             archive_store: None,
             archive_extra: String::new(),
             env: Vec::new(),
+            netns: false,
         }
     }
 }
@@ -64,6 +67,8 @@ pub struct Member {
     pub pg_port: u16,
     /// Its REST port.
     pub api_port: u16,
+    /// The address its PostgreSQL and REST API listen on.
+    pub host: String,
     /// Its directory (data, run dir, config, log).
     pub dir: PathBuf,
     /// The etcd endpoint it uses (a proxy in partition tests).
@@ -117,6 +122,8 @@ pub struct Cluster {
     http: reqwest::Client,
     /// Filesystems mounted for members, unmounted on drop.
     mounts: Vec<PathBuf>,
+    /// The members' network namespaces, with `netns`.
+    pub lab: Option<crate::netns::NetLab>,
     // Dropped last: removes the work directory.
     dir: tempfile::TempDir,
 }
@@ -226,7 +233,15 @@ impl Cluster {
             std::fs::create_dir(&bucket)?;
             run_as.own(&bucket)?;
         }
-        let etcd = Etcd::start(dir.path()).await?;
+        let lab = if options.netns {
+            Some(crate::netns::NetLab::new(options.members)?)
+        } else {
+            None
+        };
+        let etcd = match &lab {
+            Some(lab) => Etcd::start_on(dir.path(), &lab.etcd_ip()).await?,
+            None => Etcd::start(dir.path()).await?,
+        };
         let mut members = Vec::new();
         for i in 1..=options.members {
             let name = format!("m{i}");
@@ -237,6 +252,9 @@ impl Cluster {
                 name,
                 pg_port: ports::free(),
                 api_port: ports::free(),
+                host: lab
+                    .as_ref()
+                    .map_or_else(|| "127.0.0.1".to_string(), |l| l.member_ip(i)),
                 dir: mdir,
                 etcd_hosts: vec![etcd.client_addr.clone()],
                 extra_yaml: String::new(),
@@ -254,6 +272,7 @@ impl Cluster {
             options,
             http,
             mounts: Vec::new(),
+            lab,
             dir,
         })
     }
@@ -344,18 +363,19 @@ impl Cluster {
              postgresql:\n  \
                bin_dir: /usr/lib/postgresql/15/bin\n  \
                data_dir: {data}\n  \
-               listen: 127.0.0.1:{pg}\n  \
+               listen: {host}:{pg}\n  \
                parameters: {{shared_buffers: 16MB, max_connections: '40'}}\n  \
                authentication:\n    \
                  superuser: {{username: postgres, password: {{file: {secrets}/superuser}}}}\n    \
                  replication: {{username: replicator, password: {{file: {secrets}/replication}}}}\n\
-             restapi: {{listen: 127.0.0.1:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}{tls}}}\n\
+             restapi: {{listen: {host}:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}{tls}}}\n\
              ha: {ha}\n{archive}{extra}",
             scope = self.scope,
             name = m.name,
             hosts = hosts.join(", "),
             data = m.data_dir().display(),
             pg = m.pg_port,
+            host = m.host,
             secrets = self.secrets.display(),
             api = m.api_port,
             ha = self.options.ha,
@@ -388,14 +408,26 @@ impl Cluster {
     pub fn start(&mut self, name: &str) -> anyhow::Result<()> {
         let text = self.config_text(self.member(name));
         let run_as = self.run_as;
-        let governor = self.governor.clone();
-        let env = self.options.env.clone();
+        let index = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or(0)
+            + 1;
+        let mut cmd = match &self.lab {
+            Some(lab) => lab.command(
+                index,
+                run_as.uid.as_raw(),
+                run_as.gid.as_raw(),
+                &self.governor,
+            ),
+            None => run_as.command(&self.governor),
+        };
+        cmd.envs(self.options.env.clone());
         let m = self.member_mut(name);
         let path = m.config_path();
         std::fs::write(&path, text)?;
         run_as.own(&path)?;
-        let mut cmd = run_as.command(&governor);
-        cmd.envs(env);
         cmd.arg("run").arg("--config").arg(&path).env(
             "SPILO_LOG",
             std::env::var("SPILO_E2E_LOG").unwrap_or_else(|_| "info".into()),
@@ -461,7 +493,8 @@ impl Cluster {
         } else {
             "http"
         };
-        format!("{scheme}://127.0.0.1:{}", self.member(name).api_port)
+        let m = self.member(name);
+        format!("{scheme}://{}:{}", m.host, m.api_port)
     }
 
     /// An HTTP client that trusts the cluster's REST API certificate.
@@ -563,9 +596,9 @@ impl Cluster {
                 (
                     m.name.clone(),
                     format!(
-                        "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} \
+                        "host={} port={} user=postgres password={SUPERUSER_PASSWORD} \
                          dbname=postgres connect_timeout=1",
-                        m.pg_port
+                        m.host, m.pg_port
                     ),
                 )
             })
@@ -576,7 +609,11 @@ impl Cluster {
     /// A SQL connection to a member as the superuser, over TCP with its password.
     pub async fn sql(&self, name: &str) -> anyhow::Result<tokio_postgres::Client> {
         let m = self.member(name);
-        connect(m.pg_port).await
+        connect_dsn(&format!(
+            "host={} port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
+            m.host, m.pg_port
+        ))
+        .await
     }
 
     /// The multi-host libpq string over every member that picks the writable one.

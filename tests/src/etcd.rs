@@ -24,8 +24,19 @@ impl Etcd {
         Ok(one.remove(0))
     }
 
+    /// Starts etcd under `dir` listening on `host` as well as on loopback; `client_addr` is
+    /// the `host` one.
+    pub async fn start_on(dir: &Path, host: &str) -> anyhow::Result<Self> {
+        let mut one = Self::start_inner(dir, 1, Some(host)).await?;
+        Ok(one.remove(0))
+    }
+
     /// Starts an `n`-member etcd cluster under `dir` and waits until every member answers.
     pub async fn start_cluster(dir: &Path, n: usize) -> anyhow::Result<Vec<Self>> {
+        Self::start_inner(dir, n, None).await
+    }
+
+    async fn start_inner(dir: &Path, n: usize, host: Option<&str>) -> anyhow::Result<Vec<Self>> {
         let binary = which("etcd")?;
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (ports::free(), ports::free())).collect();
         let initial: Vec<String> = ports
@@ -47,9 +58,12 @@ impl Etcd {
                 .arg("--data-dir")
                 .arg(&data)
                 .arg("--listen-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
+                .arg(match host {
+                    Some(h) => format!("http://127.0.0.1:{client},http://{h}:{client}"),
+                    None => format!("http://127.0.0.1:{client}"),
+                })
                 .arg("--advertise-client-urls")
-                .arg(format!("http://127.0.0.1:{client}"))
+                .arg(format!("http://{}:{client}", host.unwrap_or("127.0.0.1")))
                 .arg("--listen-peer-urls")
                 .arg(format!("http://127.0.0.1:{peer}"))
                 .arg("--initial-advertise-peer-urls")
@@ -66,7 +80,7 @@ impl Etcd {
                 dir.join(format!("etcd{i}.log"))
             };
             members.push(Self {
-                client_addr: format!("127.0.0.1:{client}"),
+                client_addr: format!("{}:{client}", host.unwrap_or("127.0.0.1")),
                 peer_port: *peer,
                 process: Spawned::start(cmd, &log)?,
             });

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod dns;
 pub mod etcd;
 pub mod local;
+pub mod netns;
 pub mod patroni;
 pub mod ports;
 pub mod privileged;

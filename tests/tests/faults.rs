@@ -572,3 +572,113 @@ async fn full_disk_body(c: &mut Cluster) -> anyhow::Result<()> {
     eprintln!("write pause with the synchronous standby's disk full: {pause:?}");
     Ok(())
 }
+
+/// Expected, in synchronous and failsafe mode, with each member in its own network namespace:
+/// when the primary's host is cut off from etcd and from the other members (the test still
+/// reaches it), its commits stop at once (its synchronous standby is gone), it cannot gather
+/// its members' confirmations, so it stops accepting writes within the TTL (4 s); the
+/// synchronous standby takes over within 10 s of the cut; no two members ever accept writes at
+/// once and no acknowledged write is lost. Once the network heals, the old primary rejoins as
+/// a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_in_its_network_namespace_stops_and_is_replaced() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "netpart".into(),
+        ha: "{synchronous_mode: true, failsafe_mode: true}".into(),
+        netns: true,
+        ..Default::default()
+    })
+    .await?;
+    let result = netns_partition_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn netns_partition_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (old, _) = c.start_streaming(BOOT).await?;
+    c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
+    wait::until("a synchronous standby", BOOT, || async {
+        let (leader, members) = sync_standbys(c).await?;
+        (leader == old && !members.is_empty()).then_some(())
+    })
+    .await?;
+    let prober = c.per_member_prober(Duration::from_millis(20));
+    wait::until("the primary to acknowledge probe writes", BOOT, || async {
+        prober.acks().iter().any(|a| a.member == old).then_some(())
+    })
+    .await?;
+    let index = c
+        .members
+        .iter()
+        .position(|m| m.name == old)
+        .map(|i| i + 1)
+        .ok_or_else(|| anyhow::anyhow!("no member {old}"))?;
+    let lab = c
+        .lab
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no network lab"))?;
+    lab.isolate(index)?;
+    let cut_at = Instant::now();
+    let new = wait::until("another member to take over", BOOT, || async {
+        let p = c.primaries().await;
+        p.iter().find(|m| **m != old).cloned()
+    })
+    .await;
+    let took_over = cut_at.elapsed();
+    // The old primary, still reachable from here, no longer runs as a writable primary.
+    let stopped = wait::until("the old primary to stop", BOOT, || async {
+        let s = c.status(&old).await;
+        (s.is_none_or(|s| {
+            s.member.role != spilo_model::MemberRole::Primary
+                || s.member.state != spilo_model::MemberState::Running
+        }))
+        .then_some(())
+    })
+    .await;
+    let lab = c
+        .lab
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no network lab"))?;
+    lab.heal(index)?;
+    let new = new?;
+    stopped?;
+    assert!(
+        took_over < Duration::from_secs(10),
+        "{new} took over {took_over:?} after the cut"
+    );
+    let healed_at = Instant::now();
+    wait::until("the new primary to acknowledge writes", BOOT, || async {
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.member == new && a.sent > healed_at)
+            .then_some(())
+    })
+    .await?;
+    c.wait_streaming(&old, BOOT).await?;
+    let (acks, _) = prober.stop().await;
+    probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
+    let last_old = acks
+        .iter()
+        .filter(|a| a.member == old)
+        .map(|a| a.acked)
+        .max()
+        .expect("the old primary acknowledged writes");
+    assert!(
+        last_old < cut_at + Duration::from_secs(4),
+        "the cut-off primary acknowledged a write {:?} after the cut",
+        last_old.saturating_duration_since(cut_at)
+    );
+    let present = probe::ids_on(&c.sql(&new).await?).await?;
+    assert_eq!(
+        probe::lost(&acks, &present),
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
+    let log = c.log(&old);
+    assert!(
+        log.contains("failsafe: not every member confirmed this primary"),
+        "{log}"
+    );
+    eprintln!("cut-off primary replaced after {took_over:?}");
+    Ok(())
+}
