@@ -48,6 +48,7 @@ enum Fault {
     EtcdStall,
     Slow,
     Switchover,
+    WallClockJump,
 }
 
 struct Scheduled {
@@ -82,8 +83,30 @@ struct Sim {
     trace: Vec<String>,
 }
 
-/// Plays `seed`. `Err` describes the first violated invariant, with the recent trace.
+/// What the world may do beyond the random schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Each member's monotonic clock runs at a rate drawn from this range, in millionths.
+    pub clock_rate_ppm: (u64, u64),
+}
+
+impl Default for Options {
+    /// Clocks within 5 % of real time: two members' clocks then differ by less than the
+    /// 12.5 % the fence margin absorbs (0.5 s of 4 s), against etcd and against each other.
+    fn default() -> Self {
+        Options {
+            clock_rate_ppm: (950_000, 1_050_000),
+        }
+    }
+}
+
+/// Plays `seed` in the default world.
 pub fn run(seed: u64) -> Result<Stats, String> {
+    run_with(seed, Options::default())
+}
+
+/// Plays `seed`. `Err` describes the first violated invariant, with the recent trace.
+pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let n = [2usize, 3, 3, 3, 4][rng.usize(..5)];
     let synchronous = rng.bool();
@@ -120,8 +143,10 @@ pub fn run(seed: u64) -> Result<Stats, String> {
         stats: Stats::default(),
         trace: Vec::new(),
     };
+    let (slowest, fastest) = options.clock_rate_ppm;
     for (i, m) in sim.members.iter_mut().enumerate() {
         m.next_loop = i as u64 * 7;
+        m.rate_ppm = sim.rng.u64(slowest..=fastest);
     }
     let mut next_fault = FAULTS_FROM;
     while sim.now < END {
@@ -172,6 +197,7 @@ impl Sim {
             Fault::EtcdStall,
             Fault::Slow,
             Fault::Switchover,
+            Fault::WallClockJump,
         ];
         let kind = kinds[self.rng.usize(..kinds.len())];
         // Mostly the primary, sometimes anyone.
@@ -235,6 +261,10 @@ impl Sim {
                 });
             }
             Fault::Slow => self.members[target].busy_until = at.min(self.now + 5_000),
+            Fault::WallClockJump => {
+                let jump = self.rng.i64(-3600..=3600);
+                self.members[target].wall_offset_s += jump;
+            }
             Fault::Switchover => {
                 if self.etcd.switchover.is_none() && self.etcd.available {
                     let leader = self.etcd.leader.as_ref().map(|(n, _)| n.clone());
@@ -243,10 +273,15 @@ impl Sim {
                             .name
                             .clone()
                     });
+                    // Sometimes scheduled a few seconds ahead, so wall-clock jumps matter.
+                    let scheduled_at = self
+                        .rng
+                        .bool()
+                        .then(|| self.now / 1000 + 1 + self.rng.u64(..5));
                     self.etcd.switchover = Some(SwitchoverRequest {
                         leader,
                         candidate,
-                        scheduled_at: None,
+                        scheduled_at,
                         failover: false,
                         requested_at: self.now / 1000,
                     });
@@ -273,7 +308,8 @@ impl Sim {
                     m.crashes.clear();
                     m.primary_down_since = None;
                     m.last = None;
-                    m.restart_governor(now);
+                    let local = m.local(now);
+                    m.restart_governor(local);
                     self.log(format!("{} restarts", self.members[i].name));
                 }
                 Undo::Heal(i) => {
@@ -323,12 +359,14 @@ impl Sim {
             if !reachable {
                 continue;
             }
+            // etcd expires on real time; the member counts on its own clock.
             let expires = now + delay + TTL;
+            let local = m.local(now);
             match m.lease {
-                Some(id) if self.etcd.keepalive(id, expires) => m.valid_until = Some(now + TTL),
+                Some(id) if self.etcd.keepalive(id, expires) => m.valid_until = Some(local + TTL),
                 _ => {
                     m.lease = Some(self.etcd.grant(expires));
-                    m.valid_until = Some(now + TTL);
+                    m.valid_until = Some(local + TTL);
                 }
             }
         }
@@ -347,8 +385,9 @@ impl Sim {
                 .valid_until
                 .filter(|_| m.lease.is_some() && m.lease == m.fence_lease);
             let until = lease_until.max(m.confirmed_until).unwrap_or(0);
-            let fence = !m.frozen && now + MARGIN >= until;
-            let watchdog = now + MARGIN / 2 >= until;
+            let local = m.local(now);
+            let fence = !m.frozen && local + MARGIN >= until;
+            let watchdog = local + MARGIN / 2 >= until;
             if fence || watchdog {
                 let name = m.name.clone();
                 self.members[i].stop(None);
@@ -387,7 +426,7 @@ impl Sim {
             if !stale_key
                 && !governor::runtime::failsafe::lease_in_trouble(
                     &lease,
-                    self.clock.at(now),
+                    self.clock.at(m.local(now)),
                     ttl,
                     Duration::from_millis(RENEW),
                 )
@@ -415,13 +454,14 @@ impl Sim {
                     && !p.gate_closed
                     && !sees_other;
                 if accepts {
-                    p.promised = Some((me.clone(), now + TTL));
+                    p.promised = Some((me.clone(), p.local(now) + TTL));
                 } else {
                     all = false;
                 }
             }
             if all {
-                self.members[i].confirmed_until = Some(now + TTL);
+                let local = self.members[i].local(now);
+                self.members[i].confirmed_until = Some(local + TTL);
             }
         }
     }
@@ -436,7 +476,8 @@ impl Sim {
                 if m.pg != Pg::Primary {
                     m.streaming = false;
                     if m.pg != Pg::Stopped {
-                        m.not_streaming_since.get_or_insert(now);
+                        let local = m.local(now);
+                        m.not_streaming_since.get_or_insert(local);
                     }
                 }
                 continue;
@@ -471,7 +512,8 @@ impl Sim {
             if ok {
                 m.not_streaming_since = None;
             } else {
-                m.not_streaming_since.get_or_insert(now);
+                let local = m.local(now);
+                m.not_streaming_since.get_or_insert(local);
             }
         }
     }
@@ -548,8 +590,9 @@ impl Sim {
             {
                 m.gate_closed = false;
             }
-            let snap = world::snapshot(&self.members, i, &self.etcd, self.now, self.clock);
-            let d = ha::decide(&snap, &self.cfg, self.clock.at(self.now));
+            let local = self.members[i].local(self.now);
+            let snap = world::snapshot(&self.members, i, &self.etcd, local, self.clock);
+            let d = ha::decide(&snap, &self.cfg, self.clock.at(local));
             let repeated = self.members[i].last.as_ref() == Some(&d);
             if !repeated {
                 let line = format!("{}: {d}", self.members[i].name);
@@ -560,7 +603,7 @@ impl Sim {
                 members: &mut self.members,
                 etcd: &mut self.etcd,
                 next_id: &mut self.next_id,
-                now: self.now,
+                now: local,
                 clock: self.clock,
             };
             let event = ctx.act(i, &d)?;
@@ -635,8 +678,8 @@ impl Sim {
                 .members
                 .iter()
                 .find(|m| m.name == **w)
-                .and_then(|m| m.confirmed_until)
-                .is_some_and(|t| self.now < t);
+                .and_then(|m| m.confirmed_until.map(|t| m.local(self.now) < t))
+                .unwrap_or(false);
             if holder.is_none() && confirmed && self.failsafe {
                 self.stats.failsafe_steps += 1;
             } else if holder != Some(*w) {

@@ -160,6 +160,13 @@ pub struct Member {
     pub gate_closed: bool,
     /// Failsafe: the members the primary asks (set by `Lead` in failsafe mode).
     pub failsafe_peers: Option<Vec<MemberName>>,
+    /// Its monotonic clock's rate, in millionths of real time (within the bounds the lease
+    /// argument allows, unless a test says otherwise).
+    pub rate_ppm: u64,
+    /// How far its clock has jumped ahead, in ms.
+    pub offset_ms: u64,
+    /// How far its wall clock is off, in seconds (jumps; only scheduled switchovers read it).
+    pub wall_offset_s: i64,
     /// The lease the fence counts (the one the leader key was bound to when it was armed).
     pub fence_lease: Option<i64>,
     /// Failsafe: the next round of confirmations.
@@ -200,7 +207,16 @@ impl Member {
             next_confirm: 0,
             failsafe_absent: BTreeMap::new(),
             fence_lease: None,
+            rate_ppm: 1_000_000,
+            offset_ms: 0,
+            wall_offset_s: 0,
         }
+    }
+
+    /// Its own clock at real time `now`: every instant it records or compares is on this
+    /// clock, while etcd expires leases on real time.
+    pub fn local(&self, now: u64) -> u64 {
+        self.offset_ms + now * self.rate_ppm / 1_000_000
     }
 
     /// Whether its governor reaches etcd.
@@ -304,7 +320,7 @@ impl Clock {
     }
 }
 
-/// Builds member `i`'s snapshot at `now`.
+/// Builds member `i`'s snapshot at `now` (its own clock).
 pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Clock) -> Snapshot {
     let m = &members[i];
     let dcs = if !m.reaches_etcd(etcd) {
@@ -376,7 +392,7 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
         },
         peers,
         failsafe: failsafe_view(m, now, clock),
-        unix_now: now / 1000,
+        unix_now: (now / 1000).saturating_add_signed(m.wall_offset_s),
     }
 }
 
