@@ -6,7 +6,7 @@
 //! any time after that instant plus the TTL, never before). When etcd answers that the lease is
 //! gone, the task grants a new one; the runtime then re-publishes the member key.
 
-use super::{Dcs, bounded};
+use super::{Coordination, Dcs, bounded};
 use crate::ha::LeaseView;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -138,6 +138,6 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
 }
 
 /// Whether etcd said the lease does not exist (it expired, or was revoked).
-fn lease_gone(e: &super::DcsError) -> bool {
+pub(crate) fn lease_gone(e: &super::DcsError) -> bool {
     e.to_string().contains("lease not found")
 }

@@ -8,19 +8,18 @@
 //!
 //! Lease renewal ([`lease`]) and change notification ([`watch`]) run as their own tasks.
 
+pub mod coordination;
 pub mod discovery;
 pub mod lease;
 pub mod view;
 pub mod watch;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
-use spilo_model::{
-    ClusterConfig, HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest, SyncState,
-};
-use std::collections::BTreeMap;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use spilo_model::{ClusterConfig, Keyspace, MemberName, SwitchoverRequest};
 use std::future::Future;
 use std::time::Duration;
 
+pub use coordination::Coordination;
 pub use view::{parse_view, read_view};
 
 /// An etcd failure.
@@ -96,141 +95,12 @@ impl Dcs {
         self.timeout
     }
 
-    /// Grants a lease of `ttl`.
-    pub async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
-        let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let resp = bounded(self.timeout, self.client.clone().lease_grant(secs, None)).await?;
-        Ok(resp.id())
-    }
-
-    /// Revokes a lease, deleting every key bound to it.
-    pub async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
-        bounded(self.timeout, self.client.clone().lease_revoke(lease)).await?;
-        Ok(())
-    }
-
-    /// Creates `initialize` with an empty value bound to `lease`, if nobody has. Returns
-    /// whether this member won the bootstrap race.
-    pub async fn try_claim_initialize(&self, lease: i64) -> Result<bool, DcsError> {
-        let key = self.keys.initialize();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                "",
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        self.txn(txn).await
-    }
-
-    /// Replaces the empty `initialize` placeholder with the system identifier, unbound from any
-    /// lease so it outlives the bootstrapper.
-    pub async fn set_initialize(&self, sysid: &str) -> Result<bool, DcsError> {
-        let key = self.keys.initialize();
-        let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, "")])
-            .and_then([TxnOp::put(key, sysid, None)]);
-        self.txn(txn).await
-    }
-
     /// Deletes the empty `initialize` placeholder after a failed bootstrap.
     pub async fn abandon_initialize(&self) -> Result<bool, DcsError> {
         let key = self.keys.initialize();
         let txn = Txn::new()
             .when([Compare::value(key.clone(), CompareOp::Equal, "")])
             .and_then([TxnOp::delete(key, None)]);
-        self.txn(txn).await
-    }
-
-    /// Creates `leader` naming this member, bound to `lease`, if no leader key exists.
-    pub async fn try_acquire_leader(&self, lease: i64) -> Result<bool, DcsError> {
-        let key = self.keys.leader();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                self.me.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
-        self.txn(txn).await
-    }
-
-    /// Deletes `leader` if it names this member and is bound to `lease`.
-    pub async fn release_leader(&self, lease: i64) -> Result<bool, DcsError> {
-        let key = self.keys.leader();
-        let txn = Txn::new()
-            .when([
-                Compare::value(key.clone(), CompareOp::Equal, self.me.as_str()),
-                Compare::lease(key.clone(), CompareOp::Equal, lease),
-            ])
-            .and_then([TxnOp::delete(key, None)]);
-        self.txn(txn).await
-    }
-
-    /// Moves `leader` from this member (bound to `lease`) to `to`, bound to `to_lease`, and
-    /// removes the switchover request, in one transaction. It succeeds only if the key still
-    /// names this member with this lease and `to`'s member key is still bound to `to_lease`:
-    /// there is never a moment without a leader key for anyone else to race for.
-    pub async fn hand_over_leader(
-        &self,
-        lease: i64,
-        to: &MemberName,
-        to_lease: i64,
-    ) -> Result<bool, DcsError> {
-        let key = self.keys.leader();
-        let txn = Txn::new()
-            .when([
-                Compare::value(key.clone(), CompareOp::Equal, self.me.as_str()),
-                Compare::lease(key.clone(), CompareOp::Equal, lease),
-                Compare::lease(self.keys.member(to), CompareOp::Equal, to_lease),
-            ])
-            .and_then([
-                TxnOp::put(
-                    key,
-                    to.as_str(),
-                    Some(PutOptions::new().with_lease(to_lease)),
-                ),
-                TxnOp::delete(self.keys.switchover(), None),
-            ]);
-        self.txn(txn).await
-    }
-
-    /// Writes `sync` if its revision is still `revision` (0: absent); `None` deletes it.
-    pub async fn write_sync(
-        &self,
-        sync: Option<&SyncState>,
-        revision: i64,
-    ) -> Result<bool, DcsError> {
-        let key = self.keys.sync();
-        let op = match sync {
-            Some(s) => TxnOp::put(key.clone(), encode(&key, s)?, None),
-            None => TxnOp::delete(key.clone(), None),
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
-            .and_then([op]);
-        self.txn(txn).await
-    }
-
-    /// Writes `failsafe` (`None` deletes it), only while this member holds the leader key
-    /// with `lease`: the key has one writer, the leader.
-    pub async fn write_failsafe(
-        &self,
-        members: Option<&BTreeMap<MemberName, String>>,
-        lease: i64,
-    ) -> Result<bool, DcsError> {
-        let key = self.keys.failsafe();
-        let leader = self.keys.leader();
-        let op = match members {
-            Some(m) => TxnOp::put(key.clone(), encode(&key, m)?, None),
-            None => TxnOp::delete(key, None),
-        };
-        let txn = Txn::new()
-            .when([
-                Compare::value(leader.clone(), CompareOp::Equal, self.me.as_str()),
-                Compare::lease(leader, CompareOp::Equal, lease),
-            ])
-            .and_then([op]);
         self.txn(txn).await
     }
 
@@ -241,16 +111,6 @@ impl Dcs {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
-        self.txn(txn).await
-    }
-
-    /// Removes the switchover request if it is still `req` (a newer request stays).
-    pub async fn clear_switchover(&self, req: &SwitchoverRequest) -> Result<bool, DcsError> {
-        let key = self.keys.switchover();
-        let value = encode(&key, req)?;
-        let txn = Txn::new()
-            .when([Compare::value(key.clone(), CompareOp::Equal, value)])
-            .and_then([TxnOp::delete(key, None)]);
         self.txn(txn).await
     }
 
@@ -292,20 +152,6 @@ impl Dcs {
         self.txn(txn).await
     }
 
-    /// Publishes this member's status, bound to `lease`.
-    pub async fn put_member(&self, status: &MemberStatus, lease: i64) -> Result<(), DcsError> {
-        let key = self.keys.member(&self.me);
-        let value = encode(&key, status)?;
-        bounded(
-            self.timeout,
-            self.client
-                .clone()
-                .put(key, value, Some(PutOptions::new().with_lease(lease))),
-        )
-        .await?;
-        Ok(())
-    }
-
     /// The lease a member key is bound to, if the key exists.
     pub async fn member_lease(&self, name: &MemberName) -> Result<Option<i64>, DcsError> {
         let resp = bounded(
@@ -324,38 +170,6 @@ impl Dcs {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)]);
         self.txn(txn).await
-    }
-
-    /// Appends an entry to `history` unless an entry for its timeline exists, with a
-    /// compare-and-swap on the key's revision (retried a few times on a lost race).
-    pub async fn append_history(&self, entry: &HistoryEntry) -> Result<(), DcsError> {
-        let key = self.keys.history();
-        for _ in 0..5 {
-            let resp = bounded(self.timeout, self.client.clone().get(key.clone(), None)).await?;
-            let (mut list, revision) = match resp.kvs().first() {
-                Some(kv) => (
-                    serde_json::from_slice::<Vec<HistoryEntry>>(kv.value()).unwrap_or_default(),
-                    kv.mod_revision(),
-                ),
-                None => (Vec::new(), 0),
-            };
-            if list.iter().any(|h| h.timeline == entry.timeline) {
-                return Ok(());
-            }
-            list.push(entry.clone());
-            let value = encode(&key, &list)?;
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(key.clone(), value, None)]);
-            if self.txn(txn).await? {
-                return Ok(());
-            }
-        }
-        Ok(())
     }
 
     async fn txn(&self, txn: Txn) -> Result<bool, DcsError> {

@@ -1,6 +1,7 @@
 //! Carrying out decisions: the I/O behind each [`Decision`], and publishing the member key.
 
 use super::{ActError, Governor};
+use crate::dcs::Coordination;
 use crate::ha::{ClusterView, DcsView, Decision, PgState, Snapshot, StartAs};
 use crate::postgres::Upstream;
 use crate::postgres::process::StopMode;

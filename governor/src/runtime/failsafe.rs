@@ -12,6 +12,7 @@
 //! promises in place of etcd's expiry.
 
 use crate::config::ApiCredentials;
+use crate::dcs::Coordination;
 use crate::ha::LeaseView;
 use spilo_model::{MemberName, MemberStatus};
 use std::collections::BTreeMap;

@@ -3,6 +3,7 @@
 
 use super::{CRASH_WINDOW, Governor};
 use crate::config::GovernorConfig;
+use crate::dcs::Coordination;
 use crate::dcs::{Dcs, read_view};
 use crate::ha::{DataDir, DcsView, LocalState, PgState, Snapshot};
 use crate::postgres::Exit;

@@ -22,6 +22,7 @@ mod sync;
 
 use crate::api;
 use crate::config::{ApiCredentials, Loaded};
+use crate::dcs::Coordination;
 use crate::dcs::{self, Dcs, DcsError};
 use crate::ha::{self, ClusterView, Decision, HaConfig, LeaseView};
 use crate::postgres::process::StopMode;

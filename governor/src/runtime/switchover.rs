@@ -6,6 +6,7 @@
 
 use super::act::upstream;
 use super::{ActError, Governor};
+use crate::dcs::Coordination;
 use crate::ha::{ClusterView, Snapshot};
 use crate::postgres::process::StopMode;
 use spilo_model::{MemberName, SwitchoverRequest};

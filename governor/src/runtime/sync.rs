@@ -5,6 +5,7 @@
 //! that missed this primary's commits.
 
 use super::{ActError, Governor};
+use crate::dcs::Coordination;
 use crate::ha::ClusterView;
 use crate::ha::sync::{self, SyncMode};
 use spilo_model::SyncState;

@@ -1,6 +1,7 @@
-//! The simulated etcd: leases that expire on the virtual clock, create-if-absent and
-//! compare-and-swap on the cluster's keys, and a stall (unavailable to everyone) that, like a
-//! real etcd leader change, extends every lease on recovery.
+//! The simulated etcd's state: leases that expire on the virtual clock, the cluster's keys,
+//! and a stall (unavailable to everyone) that, like a real etcd leader change, extends every
+//! lease on recovery. Its writes go through [`super::coordination`], the same trait the real
+//! adapter implements.
 
 use governor::ha::{ClusterView, LeaderKey};
 use spilo_model::{
@@ -18,6 +19,8 @@ pub struct Etcd {
     pub leases: BTreeMap<i64, u64>,
     /// `initialize`.
     pub initialize: Option<String>,
+    /// The lease `initialize` is bound to while it holds the empty placeholder.
+    pub initialize_lease: Option<i64>,
     /// `leader`: name and lease.
     pub leader: Option<(MemberName, i64)>,
     /// `members/*`: status and lease.
@@ -49,11 +52,6 @@ impl Etcd {
         }
     }
 
-    fn bump(&mut self) -> i64 {
-        self.revision += 1;
-        self.revision
-    }
-
     /// Expires leases whose time has come, with the keys bound to them.
     pub fn expire(&mut self, now: u64) {
         if !self.available {
@@ -66,12 +64,7 @@ impl Etcd {
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
-            self.leases.remove(&id);
-            if self.leader.as_ref().is_some_and(|(_, l)| *l == id) {
-                self.leader = None;
-                self.leader_version += 1;
-            }
-            self.members.retain(|_, (_, l)| *l != id);
+            self.revoke(id);
         }
     }
 
@@ -134,61 +127,28 @@ impl Etcd {
         }
     }
 
-    /// Creates `leader` for `name` bound to a live `lease`, if absent.
-    pub fn acquire(&mut self, name: &MemberName, lease: i64) -> bool {
-        if self.leader.is_some() || !self.alive(lease) {
-            return false;
-        }
-        self.leader = Some((name.clone(), lease));
-        self.leader_version += 1;
-        true
+    /// Revokes lease `id`: every key bound to it goes.
+    pub fn revoke(&mut self, id: i64) {
+        self.leases.remove(&id);
+        self.drop_keys_of(id);
     }
 
-    /// Deletes `leader` if it is `name`'s with `lease`.
-    pub fn release(&mut self, name: &MemberName, lease: i64) -> bool {
-        if self.leader.as_ref() != Some(&(name.clone(), lease)) {
-            return false;
+    /// Deletes the keys bound to lease `id`.
+    fn drop_keys_of(&mut self, id: i64) {
+        if self.leader.as_ref().is_some_and(|(_, l)| *l == id) {
+            self.leader = None;
+            self.leader_version += 1;
         }
-        self.leader = None;
-        self.leader_version += 1;
-        true
-    }
-
-    /// Moves `leader` from `from`/`lease` to `to` bound to `to_lease`, deleting `switchover`.
-    pub fn hand_over(
-        &mut self,
-        from: &MemberName,
-        lease: i64,
-        to: &MemberName,
-        to_lease: i64,
-    ) -> bool {
-        let member_ok = self.members.get(to).is_some_and(|(_, l)| *l == to_lease);
-        if self.leader.as_ref() != Some(&(from.clone(), lease))
-            || !member_ok
-            || !self.alive(to_lease)
-        {
-            return false;
-        }
-        self.leader = Some((to.clone(), to_lease));
-        self.leader_version += 1;
-        self.switchover = None;
-        true
-    }
-
-    /// Publishes a member key bound to a live lease.
-    pub fn put_member(&mut self, name: &MemberName, status: MemberStatus, lease: i64) {
-        if self.alive(lease) {
-            self.members.insert(name.clone(), (status, lease));
+        self.members.retain(|_, (_, l)| *l != id);
+        if self.initialize_lease == Some(id) {
+            self.initialize = None;
+            self.initialize_lease = None;
         }
     }
 
-    /// Writes (or with `None` deletes) `sync` if its revision is still `revision`.
-    pub fn write_sync(&mut self, value: Option<&SyncState>, revision: i64) -> bool {
-        let current = self.sync.as_ref().map_or(0, |(_, r)| *r);
-        if current != revision {
-            return false;
-        }
-        self.sync = value.map(|v| (v.clone(), self.bump()));
-        true
+    /// The next revision, for a write.
+    pub fn bump(&mut self) -> i64 {
+        self.revision += 1;
+        self.revision
     }
 }

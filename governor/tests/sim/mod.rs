@@ -3,10 +3,12 @@
 //! the safety invariants after every step; any violation comes back as an error naming the
 //! seed, so `SIM_SEED=<seed>` replays it.
 
+pub mod coordination;
 pub mod etcd;
 pub mod world;
 
 use etcd::Etcd;
+use governor::dcs::Coordination;
 use governor::ha::{self, Decision, HaConfig};
 use spilo_model::{ClusterConfig, MemberName, SwitchoverRequest};
 use std::time::Duration;
@@ -604,6 +606,7 @@ impl Sim {
                 etcd: &mut self.etcd,
                 next_id: &mut self.next_id,
                 now: local,
+                real_now: self.now,
                 clock: self.clock,
             };
             let event = ctx.act(i, &d)?;
@@ -618,7 +621,8 @@ impl Sim {
             if let (Some(lease), true) = (m.lease, m.reaches_etcd(&self.etcd)) {
                 let status = m.status();
                 let name = m.name.clone();
-                self.etcd.put_member(&name, status, lease);
+                let dcs = coordination::SimCoordination::new(&mut self.etcd, &name, self.now, TTL);
+                let _ = futures::executor::block_on(dcs.put_member(&status, lease));
             }
             let m = &mut self.members[i];
             let acts = !matches!(

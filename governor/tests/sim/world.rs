@@ -5,7 +5,10 @@
 //! etcd and PostgreSQL, the way `runtime::act` does on the real ones.
 
 use super::TTL;
+use super::coordination::SimCoordination;
 use super::etcd::Etcd;
+use futures::executor::block_on;
+use governor::dcs::Coordination;
 use governor::ha::sync::{self, Standby, SyncMode};
 use governor::ha::{
     DataDir, DcsView, Decision, FailsafeView, LeaseView, LocalState, PeerView, PgState, RunningPg,
@@ -427,8 +430,10 @@ pub struct Ctx<'a> {
     pub etcd: &'a mut Etcd,
     /// Unique ids for WAL entries.
     pub next_id: &'a mut u64,
-    /// Virtual time.
+    /// The member's own clock.
     pub now: u64,
+    /// Real (etcd's) time.
+    pub real_now: u64,
     /// Maps it onto instants.
     pub clock: Clock,
 }
@@ -485,10 +490,9 @@ impl Ctx<'_> {
                 let Some(lease) = lease else {
                     return Ok(Event::None);
                 };
-                if self.etcd.initialize.is_some() || !self.etcd.alive(lease) {
+                if !done(block_on(self.dcs(&me).try_claim_initialize(lease))) {
                     return Ok(Event::None);
                 }
-                self.etcd.initialize = Some("7000".into());
                 let m = &mut self.members[i];
                 m.data = Some(Data {
                     log: Vec::new(),
@@ -498,8 +502,11 @@ impl Ctx<'_> {
                 });
                 m.pg = Pg::Primary;
                 m.fence_lease = Some(lease);
-                if !self.etcd.acquire(&me, lease) {
+                if !done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
                     return Err("the leader key was taken during bootstrap".into());
+                }
+                if !done(block_on(self.dcs(&me).set_initialize("7000"))) {
+                    return Err("the initialize key changed during bootstrap".into());
                 }
             }
             Decision::Clone { leader } => {
@@ -577,14 +584,14 @@ impl Ctx<'_> {
                     return Ok(Event::None);
                 }
                 m.gate_closed = true;
-                if self.etcd.acquire(&me, lease) {
+                if done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
                     return self.promote(i);
                 }
                 self.members[i].gate_closed = false;
             }
             Decision::ReclaimLeader { .. } => {
                 if let Some(lease) = lease
-                    && self.etcd.acquire(&me, lease)
+                    && done(block_on(self.dcs(&me).try_acquire_leader(lease)))
                 {
                     self.members[i].fence_lease = Some(lease);
                 }
@@ -610,7 +617,7 @@ impl Ctx<'_> {
                     })
                     && self.members[j].streaming;
                 if !streams {
-                    self.etcd.switchover = None;
+                    self.clear_switchover(&me);
                     return Ok(Event::None);
                 }
                 self.clean_stop(i);
@@ -619,11 +626,15 @@ impl Ctx<'_> {
                     .data
                     .as_ref()
                     .is_some_and(|d| mine.prefix_of(d));
-                if !got || !self.etcd.hand_over(&me, lease, to, *to_lease) {
-                    self.etcd.switchover = None;
+                if !got
+                    || !done(block_on(
+                        self.dcs(&me).hand_over_leader(lease, to, *to_lease),
+                    ))
+                {
+                    self.clear_switchover(&me);
                 }
             }
-            Decision::ClearSwitchover { .. } => self.etcd.switchover = None,
+            Decision::ClearSwitchover { .. } => self.clear_switchover(&me),
             Decision::Demote { .. } => self.members[i].stop(None),
             Decision::ReleaseLeader { .. } => {
                 if self.members[i].pg == Pg::Primary {
@@ -632,7 +643,7 @@ impl Ctx<'_> {
                     self.members[i].stop(None);
                 }
                 if let Some(lease) = lease {
-                    self.etcd.release(&me, lease);
+                    let _ = block_on(self.dcs(&me).release_leader(lease));
                 }
                 self.members[i].crashes.clear();
                 self.members[i].primary_down_since = None;
@@ -651,7 +662,7 @@ impl Ctx<'_> {
                 leader: Some(me.clone()),
                 members: Vec::new(),
             };
-            if !self.etcd.write_sync(Some(&fresh), rev) {
+            if !done(block_on(self.dcs(&me).write_sync(Some(&fresh), rev))) {
                 return Ok(Event::None);
             }
             self.members[i].sync_pending.clear();
@@ -673,16 +684,17 @@ impl Ctx<'_> {
             )
             .max()
             .unwrap_or(1);
-        let m = &mut self.members[i];
-        let d = m.data.as_mut().expect("promoted member has data");
         let tl = top + 1;
-        self.etcd.history.push(HistoryEntry {
+        let entry = HistoryEntry {
             timeline: TimelineId(tl),
-            switch_lsn: Lsn(d.log.len() as u64),
+            switch_lsn: Lsn(self.members[i].lsn()),
             reason: "simulated".into(),
             promoted_at: String::new(),
-            member: me,
-        });
+            member: me.clone(),
+        };
+        let _ = block_on(self.dcs(&me).append_history(&entry));
+        let m = &mut self.members[i];
+        let d = m.data.as_mut().expect("promoted member has data");
         d.timeline = tl;
         d.was_primary = true;
         d.clean_checkpoint = None;
@@ -728,7 +740,7 @@ impl Ctx<'_> {
             Lsn(my_len),
         );
         if let Some(k) = &step.key
-            && !self.etcd.write_sync(k.as_ref(), rev)
+            && !done(block_on(self.dcs(&me).write_sync(k.as_ref(), rev)))
         {
             return;
         }
@@ -739,12 +751,17 @@ impl Ctx<'_> {
     /// The leader's `failsafe` key and its confirmation peers, through the runtime's own
     /// functions.
     fn manage_failsafe(&mut self, i: usize) {
+        let me = self.members[i].name.clone();
+        let Some(lease) = self.members[i].lease else {
+            return;
+        };
         if !self.etcd.config.failsafe_mode {
             self.members[i].failsafe_peers = None;
-            self.etcd.failsafe = None;
+            if self.etcd.failsafe.is_some() {
+                let _ = block_on(self.dcs(&me).write_failsafe(None, lease));
+            }
             return;
         }
-        let me = self.members[i].name.clone();
         let url = self.members[i].status().api_url;
         let seen: BTreeMap<MemberName, MemberStatus> = self
             .etcd
@@ -767,6 +784,25 @@ impl Ctx<'_> {
                 .map(|p| p.name)
                 .collect(),
         );
-        self.etcd.failsafe = Some(wanted);
+        if current.as_ref() != Some(&wanted) {
+            let _ = block_on(self.dcs(&me).write_failsafe(Some(&wanted), lease));
+        }
     }
+
+    /// `me`'s connection to etcd, at etcd's (real) time.
+    fn dcs(&mut self, me: &MemberName) -> SimCoordination<'_> {
+        SimCoordination::new(self.etcd, me, self.real_now, TTL)
+    }
+
+    /// Drops the pending switchover request, as the runtime does when it refuses or fails it.
+    fn clear_switchover(&mut self, me: &MemberName) {
+        if let Some(req) = self.etcd.switchover.clone() {
+            let _ = block_on(self.dcs(me).clear_switchover(&req));
+        }
+    }
+}
+
+/// Whether a conditional write happened (an error is a failed action, as in the runtime).
+fn done(r: Result<bool, governor::dcs::DcsError>) -> bool {
+    matches!(r, Ok(true))
 }

@@ -1,0 +1,381 @@
+//! The contract between the simulation's etcd and the real one: one script of the
+//! [`Coordination`] operations the HA loop's actions use (leases, the `initialize` and
+//! `leader` races, the hand-over transaction, `sync` revisions, the leader-only `failsafe`
+//! key, member keys bound to leases) is played against a real etcd (Debian's `etcd-server`)
+//! through `governor::dcs::Dcs`, and against the simulation's model through its
+//! `SimCoordination`. Every step must answer the same (done, refused, or "lease not found"),
+//! and the cluster's keys must read the same after each step. The seeded simulation is only
+//! as good as this model; this test is what holds the model to the real thing.
+
+#[allow(dead_code)]
+mod sim;
+
+use governor::dcs::{Coordination, Dcs, DcsError};
+use governor::ha::ClusterView;
+use sim::coordination::SimCoordination;
+use sim::etcd::Etcd as SimEtcd;
+use spilo_model::{ClusterName, Keyspace, MemberName, SyncState};
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// One operation, by member (`m1`, `m2`) and lease label.
+#[derive(Debug, Clone)]
+enum Step {
+    Grant(&'static str, &'static str),
+    Renew(&'static str, &'static str),
+    Revoke(&'static str, &'static str),
+    Claim(&'static str, &'static str),
+    SetInitialize(&'static str, &'static str),
+    Acquire(&'static str, &'static str),
+    Release(&'static str, &'static str),
+    HandOver(&'static str, &'static str, &'static str, &'static str),
+    /// Writes `sync` naming these standbys (`None` deletes) at the key's current revision,
+    /// or (`stale`) at revision 0 as if it were absent.
+    WriteSync(&'static str, Option<&'static [&'static str]>, bool),
+    WriteFailsafe(&'static str, Option<&'static [&'static str]>, &'static str),
+    PutMember(&'static str, &'static str),
+    View,
+}
+
+/// What a step answered, with lease ids replaced by their labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Done(bool),
+    Unit,
+    LeaseGone,
+    Failed(String),
+    Keys(Keys),
+}
+
+/// The cluster's keys, comparable across backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Keys {
+    initialize: Option<String>,
+    leader: Option<(String, String)>,
+    members: BTreeMap<String, String>,
+    sync: Option<SyncState>,
+    failsafe: Option<BTreeMap<MemberName, String>>,
+}
+
+fn name(s: &str) -> MemberName {
+    MemberName::new(s).expect("valid name")
+}
+
+fn classify<T>(r: Result<T, DcsError>, ok: impl FnOnce(T) -> Outcome) -> Outcome {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) if e.to_string().contains("lease not found") => Outcome::LeaseGone,
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+fn keys(view: &ClusterView, leases: &BTreeMap<&'static str, i64>) -> Keys {
+    let label = |id: i64| {
+        leases
+            .iter()
+            .find(|(_, l)| **l == id)
+            .map_or_else(|| format!("unknown lease {id}"), |(k, _)| k.to_string())
+    };
+    Keys {
+        initialize: view.initialize.clone(),
+        leader: view
+            .leader
+            .as_ref()
+            .map(|l| (l.name.to_string(), label(l.lease))),
+        members: view
+            .member_leases
+            .iter()
+            .map(|(n, l)| (n.to_string(), label(*l)))
+            .collect(),
+        sync: view.sync.clone(),
+        failsafe: view.failsafe.clone(),
+    }
+}
+
+fn status(who: &str) -> spilo_model::MemberStatus {
+    spilo_model::MemberStatus {
+        conn_url: format!("postgres://{who}:5432/postgres"),
+        api_url: format!("http://{who}:8008"),
+        role: spilo_model::MemberRole::Replica,
+        state: spilo_model::MemberState::Running,
+        timeline: None,
+        wal: Default::default(),
+        tags: Default::default(),
+        pending_restart: false,
+    }
+}
+
+/// Plays `step` as `c` (the connection of the member the step names).
+async fn apply(
+    c: &impl Coordination,
+    step: &Step,
+    leases: &mut BTreeMap<&'static str, i64>,
+) -> Outcome {
+    let id = |label: &str| leases.get(label).copied().unwrap_or(-1);
+    match step {
+        Step::Grant(_, label) => match c.grant_lease(TTL).await {
+            Ok(lease) => {
+                leases.insert(label, lease);
+                Outcome::Unit
+            }
+            Err(e) => Outcome::Failed(e.to_string()),
+        },
+        Step::Renew(_, l) => classify(c.renew_lease(id(l)).await, Outcome::Done),
+        Step::Revoke(_, l) => classify(c.revoke_lease(id(l)).await, |()| Outcome::Unit),
+        Step::Claim(_, l) => classify(c.try_claim_initialize(id(l)).await, Outcome::Done),
+        Step::SetInitialize(_, sysid) => classify(c.set_initialize(sysid).await, Outcome::Done),
+        Step::Acquire(_, l) => classify(c.try_acquire_leader(id(l)).await, Outcome::Done),
+        Step::Release(_, l) => classify(c.release_leader(id(l)).await, Outcome::Done),
+        Step::HandOver(_, l, to, to_l) => classify(
+            c.hand_over_leader(id(l), &name(to), id(to_l)).await,
+            Outcome::Done,
+        ),
+        Step::WriteSync(who, standbys, stale) => {
+            let revision = if *stale {
+                0
+            } else {
+                match c.read_view().await {
+                    Ok(v) => v.sync_revision,
+                    Err(e) => return Outcome::Failed(e.to_string()),
+                }
+            };
+            let value = standbys.map(|s| SyncState {
+                leader: Some(name(who)),
+                members: s.iter().map(|m| name(m)).collect(),
+            });
+            classify(c.write_sync(value.as_ref(), revision).await, Outcome::Done)
+        }
+        Step::WriteFailsafe(_, members, l) => {
+            let value: Option<BTreeMap<MemberName, String>> = members.map(|m| {
+                m.iter()
+                    .map(|n| (name(n), format!("http://{n}:8008")))
+                    .collect()
+            });
+            classify(c.write_failsafe(value.as_ref(), id(l)).await, Outcome::Done)
+        }
+        Step::PutMember(who, l) => {
+            classify(c.put_member(&status(who), id(l)).await, |()| Outcome::Unit)
+        }
+        Step::View => classify(c.read_view().await, |v| Outcome::Keys(keys(&v, leases))),
+    }
+}
+
+fn member_of(step: &Step) -> &'static str {
+    match step {
+        Step::Grant(w, _)
+        | Step::Renew(w, _)
+        | Step::Revoke(w, _)
+        | Step::Claim(w, _)
+        | Step::SetInitialize(w, _)
+        | Step::Acquire(w, _)
+        | Step::Release(w, _)
+        | Step::HandOver(w, ..)
+        | Step::WriteSync(w, ..)
+        | Step::WriteFailsafe(w, ..)
+        | Step::PutMember(w, _) => w,
+        Step::View => "m1",
+    }
+}
+
+fn script() -> Vec<Step> {
+    use Step::*;
+    vec![
+        Grant("m1", "A"),
+        Grant("m2", "B"),
+        Grant("m1", "C"),
+        Revoke("m1", "C"),
+        // A dead lease cannot win anything; a key that exists refuses before the lease matters.
+        Claim("m2", "C"),
+        Claim("m1", "A"),
+        Claim("m2", "B"),
+        View,
+        SetInitialize("m1", "7000"),
+        SetInitialize("m1", "7001"),
+        Acquire("m2", "C"),
+        Acquire("m1", "A"),
+        Acquire("m2", "B"),
+        Acquire("m2", "C"),
+        PutMember("m1", "A"),
+        PutMember("m2", "B"),
+        PutMember("m2", "C"),
+        View,
+        Release("m2", "B"),
+        Release("m1", "B"),
+        WriteSync("m1", Some(&["m2"]), false),
+        WriteSync("m1", Some(&["m3"]), true),
+        WriteSync("m1", Some(&["m3"]), false),
+        View,
+        WriteFailsafe("m2", Some(&["m1", "m2"]), "B"),
+        WriteFailsafe("m1", Some(&["m1", "m2"]), "B"),
+        WriteFailsafe("m1", Some(&["m1", "m2"]), "A"),
+        View,
+        HandOver("m1", "A", "m2", "A"),
+        HandOver("m2", "B", "m1", "A"),
+        HandOver("m1", "A", "m2", "B"),
+        View,
+        HandOver("m1", "A", "m2", "B"),
+        WriteFailsafe("m1", None, "A"),
+        Renew("m2", "B"),
+        Renew("m1", "C"),
+        Revoke("m2", "B"),
+        View,
+        Acquire("m1", "A"),
+        WriteFailsafe("m1", None, "A"),
+        WriteSync("m1", None, false),
+        View,
+        Release("m1", "A"),
+        View,
+    ]
+}
+
+/// A real etcd on free loopback ports, killed on drop.
+struct RealEtcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_etcd() -> RealEtcd {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .arg("--initial-cluster")
+        .arg(format!("default={peer_url}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (Debian's etcd-server; ./scripts/install-deps installs it) starts");
+    RealEtcd {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+async fn connect(url: &str, keys: &Keyspace, me: &str) -> Dcs {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Dcs::connect(
+            &[url.to_string()],
+            keys.clone(),
+            name(me),
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(d) => return d,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("etcd at {url} did not answer within 20 s: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_simulated_etcd_answers_like_the_real_one() {
+    let etcd = start_etcd();
+    let keys = Keyspace::new(&ClusterName::new("contract").expect("valid"));
+    let real = [
+        connect(&etcd.url, &keys, "m1").await,
+        connect(&etcd.url, &keys, "m2").await,
+    ];
+    let mut model = SimEtcd::new(Default::default());
+    let (mut real_leases, mut model_leases) = (BTreeMap::new(), BTreeMap::new());
+    for (n, step) in script().iter().enumerate() {
+        let who = member_of(step);
+        let index = usize::from(who == "m2");
+        let from_real = apply(&real[index], step, &mut real_leases).await;
+        let from_model = {
+            let c = SimCoordination::new(&mut model, &name(who), 0, 60_000);
+            apply(&c, step, &mut model_leases).await
+        };
+        assert!(
+            !matches!(from_real, Outcome::Failed(_)),
+            "step {n} {step:?} failed on etcd: {from_real:?}"
+        );
+        assert_eq!(
+            from_model, from_real,
+            "step {n} {step:?}: the model answered differently from etcd"
+        );
+    }
+}
+
+/// Timing: a leader's lease that is not renewed ends, and with it the leader and member keys
+/// (on etcd after its TTL; in the model when its virtual clock passes the expiry).
+#[tokio::test]
+async fn an_unrenewed_lease_takes_its_keys_along_in_both() {
+    let etcd = start_etcd();
+    let keys = Keyspace::new(&ClusterName::new("expiry").expect("valid"));
+    let real = connect(&etcd.url, &keys, "m1").await;
+    let lease = real
+        .grant_lease(Duration::from_secs(2))
+        .await
+        .expect("grant");
+    assert!(real.try_acquire_leader(lease).await.expect("acquire"));
+    real.put_member(&status("m1"), lease).await.expect("member");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = real.read_view().await.expect("read");
+        if view.leader.is_none() && view.members.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcd kept an expired lease's keys"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!real.renew_lease(lease).await.expect("renew answers"));
+
+    let mut model = SimEtcd::new(Default::default());
+    let m1 = name("m1");
+    let lease = {
+        let c = SimCoordination::new(&mut model, &m1, 0, 2_000);
+        let lease = c.grant_lease(Duration::from_secs(2)).await.expect("grant");
+        assert!(c.try_acquire_leader(lease).await.expect("acquire"));
+        c.put_member(&status("m1"), lease).await.expect("member");
+        lease
+    };
+    model.expire(1_999);
+    assert!(model.leader.is_some(), "the model expired the lease early");
+    model.expire(2_000);
+    let c = SimCoordination::new(&mut model, &m1, 2_000, 2_000);
+    let view = c.read_view().await.expect("read");
+    assert!(view.leader.is_none() && view.members.is_empty(), "{view:?}");
+    assert!(!c.renew_lease(lease).await.expect("renew answers"));
+}
