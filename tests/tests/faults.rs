@@ -105,6 +105,14 @@ async fn an_etcd_outage_stops_writes_safely_and_the_cluster_recovers() -> anyhow
 async fn etcd_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
+    // Failsafe mode is off: no member makes a failsafe promise.
+    let replica = c
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .find(|m| *m != old)
+        .ok_or_else(|| anyhow::anyhow!("no replica"))?;
+    assert_eq!(post_failsafe(c, &replica, &old, true).await, Some(409));
     let prober = c.per_member_prober(Duration::from_millis(20));
     wait::until("the primary to acknowledge probe writes", BOOT, || async {
         prober.acks().iter().any(|a| a.member == old).then_some(())
@@ -314,6 +322,21 @@ async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     })
     .await?;
     assert!(listed.contains_key(&old), "{listed:?}");
+    // Confirmations need the API credentials, and nobody confirms itself or a member that is
+    // not the leader.
+    let replicas: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .filter(|m| *m != old)
+        .collect();
+    assert_eq!(post_failsafe(c, &replicas[0], &old, false).await, Some(401));
+    assert_eq!(post_failsafe(c, &old, &old, true).await, Some(400));
+    assert_eq!(
+        post_failsafe(c, &replicas[0], &replicas[1], true).await,
+        Some(409)
+    );
+    assert_eq!(post_failsafe(c, &old, &replicas[0], true).await, Some(409));
     let prober = c.per_member_prober(Duration::from_millis(20));
     wait::until("the primary to acknowledge probe writes", BOOT, || async {
         prober.acks().iter().any(|a| a.member == old).then_some(())
@@ -410,6 +433,18 @@ async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `POST /failsafe {leader}` to `to` with the cluster's credentials (or none); the status code.
+async fn post_failsafe(c: &Cluster, to: &str, leader: &str, authorized: bool) -> Option<u16> {
+    let mut req = c
+        .http()
+        .post(format!("{}/failsafe", c.api_url(to)))
+        .json(&serde_json::json!({ "leader": leader }));
+    if authorized {
+        req = req.bearer_auth(spilo_e2e::cluster::API_TOKEN);
+    }
+    req.send().await.ok().map(|r| r.status().as_u16())
 }
 
 async fn sync_standbys(c: &Cluster) -> Option<(String, Vec<String>)> {

@@ -1,7 +1,8 @@
 //! `POST /failsafe {leader}`: a failsafe-mode primary whose lease cannot be renewed asks this
 //! member to confirm it (see [`crate::runtime::failsafe`]). Accepting is a promise not to take
-//! the leader key for a TTL; it is refused while this member runs as primary, holds or races
-//! for the leader key, or last saw another member holding it. Requires the API credentials.
+//! the leader key for a TTL (the longer of this member's and the primary's); it is refused
+//! while this member runs as primary, holds or races for the leader key, last saw another
+//! member holding it, or last saw failsafe mode off. Requires the API credentials.
 //!
 //! Answers 200 `{"accepted": true}`, 409 with why when refused, 400 on a bad body.
 
@@ -14,7 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use spilo_model::{MemberRole, MemberState};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Reply = (StatusCode, Json<Value>);
 
@@ -51,22 +52,26 @@ pub(super) async fn post_failsafe(
             );
         }
     }
-    if let Some(holder) = shared
-        .view
-        .read()
-        .await
-        .as_ref()
-        .and_then(|v| v.leader.as_ref())
-        .filter(|l| l.name != beat.leader)
     {
-        return refuse(
-            StatusCode::CONFLICT,
-            format!("{} holds the leader key", holder.name),
-        );
+        let view = shared.view.read().await;
+        let Some(view) = view.as_ref() else {
+            return refuse(StatusCode::CONFLICT, "this member has not read etcd yet");
+        };
+        if !view.failsafe_mode() && view.failsafe.is_none() {
+            return refuse(StatusCode::CONFLICT, "failsafe mode is off");
+        }
+        if let Some(holder) = view.leader.as_ref().filter(|l| l.name != beat.leader) {
+            return refuse(
+                StatusCode::CONFLICT,
+                format!("{} holds the leader key", holder.name),
+            );
+        }
     }
+    // Promise at least as long as the primary counts, whichever TTL is longer.
+    let ttl = shared.ttl.max(Duration::from_millis(beat.ttl_ms));
     match shared
         .failsafe
-        .confirm(beat.leader.clone(), Instant::now(), shared.ttl)
+        .confirm(beat.leader.clone(), Instant::now(), ttl)
     {
         Ok(()) => {
             tracing::debug!(leader = %beat.leader, "failsafe: confirmed the primary");

@@ -79,7 +79,13 @@ fn a_member_that_confirmed_a_primary_does_not_race_until_its_promise_ends() {
     let d = w.decide();
     assert_eq!(kind(&d), "wait");
     assert!(d.to_string().contains("confirmed m3"), "{d}");
-    w.now += Duration::from_secs(2);
+    w.now += Duration::from_millis(1500);
+    assert_eq!(
+        w.decide(),
+        d,
+        "the same reason while waiting (a changing one is logged every loop)"
+    );
+    w.now += Duration::from_millis(500);
     assert_eq!(kind(&w.decide()), "acquire_leader");
 }
 
@@ -98,6 +104,21 @@ fn the_promise_does_not_matter_outside_failsafe_mode() {
     let mut w = World::new();
     w.snap.failsafe.quiet_until = Some(w.now + Duration::from_secs(2));
     assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+#[test]
+fn a_failsafe_key_left_behind_keeps_the_promise_when_the_mode_is_switched_off() {
+    let mut w = World::new();
+    w.view().failsafe = Some(
+        [
+            (name("m1"), "http://m1".to_string()),
+            (name("m2"), "http://m2".to_string()),
+        ]
+        .into(),
+    );
+    w.snap.failsafe.quiet_until = Some(w.now + Duration::from_secs(2));
+    w.snap.failsafe.quiet_for = Some(name("m2"));
+    assert_eq!(kind(&w.decide()), "wait");
 }
 
 #[test]

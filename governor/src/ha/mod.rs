@@ -384,23 +384,23 @@ fn race(
 /// primary confirmed through `POST /failsafe` not to (or restarted too recently to know), or
 /// the primary never asked it (it is not in the `failsafe` key).
 fn failsafe_holds_back(s: &Snapshot, view: &ClusterView, now: Instant) -> Option<Decision> {
-    if !view.failsafe_mode() {
+    // A `failsafe` key left behind counts too: failsafe mode may have been switched off while
+    // a primary that cannot reach etcd still relies on its members' promises.
+    if !view.failsafe_mode() && view.failsafe.is_none() {
         return None;
     }
     if let Some(until) = s.failsafe.quiet_until
         && now < until
     {
-        let left = until.saturating_duration_since(now).as_secs_f64();
         return Some(Decision::Wait {
             why: match &s.failsafe.quiet_for {
                 Some(primary) => format!(
-                    "no leader, but this member confirmed {primary} as primary in failsafe mode; \
-                     not racing for {left:.1}s more"
+                    "no leader, but this member confirmed {primary} as primary in failsafe mode \
+                     and does not race until that promise ends"
                 ),
-                None => format!(
-                    "no leader, but in failsafe mode a governor that started less than a TTL ago \
-                     may have promised a primary not to race; waiting {left:.1}s more"
-                ),
+                None => "no leader, but in failsafe mode a governor that started less than a TTL \
+                         ago may have promised a primary not to race"
+                    .into(),
             },
         });
     }

@@ -36,6 +36,10 @@ pub struct Peer {
 pub struct Heartbeat {
     /// The primary asking.
     pub leader: MemberName,
+    /// The primary's TTL in milliseconds: how long after sending it counts the confirmation.
+    /// A member promises at least this long (its own TTL may differ during a change).
+    #[serde(default)]
+    pub ttl_ms: u64,
 }
 
 /// This member's promises to failsafe primaries, shared by the REST API (which accepts or
@@ -132,7 +136,7 @@ pub fn lease_in_trouble(
 }
 
 /// Runs until `cancel` fires. While this member runs a primary (`armed`), failsafe mode is on
-/// (`peers` is `Some`) and the lease backing the leader key is in trouble (or is no longer
+/// and the `failsafe` key lists it (`peers` is `Some`) and the lease backing the leader key is in trouble (or is no longer
 /// the current lease), asks every peer each `interval`; publishes
 /// on `confirmed` the send time plus the TTL of the last round every peer accepted.
 pub async fn run(
@@ -151,9 +155,6 @@ pub async fn run(
         let is_armed = guard.is_some();
         let targets = peers.borrow_and_update().clone();
         let view = *lease.borrow_and_update();
-        if !is_armed {
-            confirmed.send_if_modified(|c| c.take().is_some());
-        }
         // Also while the leader key is not bound to the current lease: after an outage,
         // until the HA loop has taken the key back.
         let key_lease = guard.and_then(|g| g.lease);
@@ -194,6 +195,7 @@ pub async fn run(
 async fn ask_all(settings: &Settings, http: &reqwest::Client, targets: &[Peer]) -> Vec<String> {
     let body = Heartbeat {
         leader: settings.me.clone(),
+        ttl_ms: u64::try_from(settings.ttl.as_millis()).unwrap_or(u64::MAX),
     };
     let timeout = settings.ttl / 4;
     let asks = targets.iter().map(|p| {
@@ -296,10 +298,16 @@ impl super::Governor {
             Instant::now(),
             3 * cfg.ha.ttl(),
         );
-        let asked = peers(&cfg.name, &wanted, view.failsafe.as_ref());
+        // Confirmations count only once the key read back lists this member: otherwise a
+        // member the key does not name yet could race while this primary relies on the others.
+        let asked = view
+            .failsafe
+            .as_ref()
+            .filter(|k| k.contains_key(&cfg.name))
+            .map(|_| peers(&cfg.name, &wanted, view.failsafe.as_ref()));
         self.failsafe_peers.send_if_modified(|p| {
-            let changed = p.as_ref() != Some(&asked);
-            *p = Some(asked);
+            let changed = *p != asked;
+            *p = asked;
             changed
         });
         if view.failsafe.as_ref() != Some(&wanted) {

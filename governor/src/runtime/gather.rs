@@ -62,10 +62,11 @@ impl Governor {
             }
             self.leader_seen = view.leader.clone();
             *self.shared.view.write().await = Some(view.clone());
-            // Someone else leads and this member is no primary: it may confirm failsafe
-            // primaries again (after losing a race, or after being demoted).
+            // This member neither holds the leader key nor runs a primary: it may confirm
+            // failsafe primaries again (after losing a race, a race whose outcome was unknown,
+            // or a demotion). A member that did take the key sees it here and stays closed.
             let primary = matches!(&postgres, PgState::Running(pg) if !pg.in_recovery);
-            if view.leader.as_ref().is_some_and(|l| l.name != cfg.name) && !primary {
+            if view.leader.as_ref().is_none_or(|l| l.name != cfg.name) && !primary {
                 self.shared.failsafe.open();
             }
         }
@@ -79,6 +80,7 @@ impl Governor {
             }
             _ => Vec::new(),
         };
+        let failsafe = self.failsafe_view(now, &dcs);
 
         Snapshot {
             me: cfg.name.clone(),
@@ -92,7 +94,7 @@ impl Governor {
                 primary_down_since: self.primary_down_since,
             },
             peers,
-            failsafe: self.failsafe_view(now),
+            failsafe,
             unix_now: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -102,8 +104,19 @@ impl Governor {
     /// Failsafe mode's state: the confirmation this primary holds, and the promise this member
     /// gave (at least a TTL from the governor's start: a restarted governor has forgotten
     /// what it promised before).
-    fn failsafe_view(&self, now: Instant) -> crate::ha::FailsafeView {
-        let startup = self.started + self.loaded.config.ha.ttl();
+    fn failsafe_view(&self, now: Instant, dcs: &DcsView) -> crate::ha::FailsafeView {
+        // The TTL the previous run may have promised with: its own, or the cluster's.
+        let cluster_ttl = match dcs {
+            DcsView::Known(v) => v.config.as_ref().and_then(|c| c.ttl).unwrap_or(0),
+            DcsView::Unreachable { .. } => 0,
+        };
+        let ttl = self
+            .loaded
+            .config
+            .ha
+            .ttl()
+            .max(std::time::Duration::from_secs(cluster_ttl.min(3600)));
+        let startup = self.started + ttl;
         let promised = self.shared.failsafe.promised(now);
         let (quiet_until, quiet_for) = match promised {
             Some((who, until)) if until >= startup => (Some(until), Some(who)),

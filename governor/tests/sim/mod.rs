@@ -409,11 +409,9 @@ impl Sim {
         let now = self.now;
         for i in 0..self.members.len() {
             let m = &self.members[i];
-            if m.pg != Pg::Primary {
-                self.members[i].confirmed_until = None;
-                continue;
-            }
-            if !m.up || m.frozen || now < m.next_confirm {
+            // Confirmations are promises about this member, not about one postmaster: they
+            // stay until they end (the fence only counts them while it guards a primary).
+            if m.pg != Pg::Primary || !m.up || m.frozen || now < m.next_confirm {
                 continue;
             }
             let Some(peers) = m.failsafe_peers.clone() else {
@@ -588,7 +586,7 @@ impl Sim {
             let m = &mut self.members[i];
             if m.reaches_etcd(&self.etcd)
                 && m.pg != Pg::Primary
-                && self.etcd.leader.as_ref().is_some_and(|(n, _)| *n != m.name)
+                && self.etcd.leader.as_ref().is_none_or(|(n, _)| *n != m.name)
             {
                 m.gate_closed = false;
             }

@@ -778,12 +778,14 @@ impl Ctx<'_> {
             self.clock.at(self.now),
             Duration::from_millis(3 * TTL),
         );
-        self.members[i].failsafe_peers = Some(
-            failsafe::peers(&me, &wanted, current.as_ref())
-                .into_iter()
-                .map(|p| p.name)
-                .collect(),
-        );
+        // As the runtime: confirmations count only once the key read back lists this member.
+        self.members[i].failsafe_peers =
+            current.as_ref().filter(|k| k.contains_key(&me)).map(|_| {
+                failsafe::peers(&me, &wanted, current.as_ref())
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect()
+            });
         if current.as_ref() != Some(&wanted) {
             let _ = block_on(self.dcs(&me).write_failsafe(Some(&wanted), lease));
         }
