@@ -42,6 +42,15 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         ));
     }
 
+    if ha.failsafe_mode && s.target == Target::Aws && s.secrets.restapi.is_none() {
+        r.at(
+            &p("spec.ha.failsafeMode"),
+            Severity::Error,
+            "needs spec.secrets.restapi: in failsafe mode the members confirm the primary over \
+             the REST API, whose mutating endpoints are disabled without credentials",
+        );
+    }
+
     match (&s.bootstrap.initdb, &s.bootstrap.clone) {
         (Some(_), Some(_)) => r.at(
             &p("spec.bootstrap"),
