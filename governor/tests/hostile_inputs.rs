@@ -10,6 +10,7 @@ use governor::api::ops::{RestartBody, SwitchoverBody, parse_body};
 use governor::config::{ApiCredentials, GovernorConfig};
 use governor::dcs::parse_view;
 use governor::ha::{DataDir, DcsView, HaConfig, LeaseView, LocalState, PgState, Snapshot, decide};
+use governor::runtime::failsafe::{self, Gate, Heartbeat};
 use proptest::prelude::*;
 use spilo_model::{ClusterConfig, ClusterName, Keyspace, MemberName, MemberTags, TimelineId};
 use std::path::Path;
@@ -133,9 +134,19 @@ proptest! {
     }
 
     #[test]
-    fn request_bodies_never_panic(raw in prop_oneof![".{0,120}", Just(r#"{"candidate":"m2","scheduled_at":"2026-13-99T99:99:99Z"}"#.to_string())]) {
+    fn request_bodies_never_panic(raw in prop_oneof![
+        ".{0,120}",
+        Just(r#"{"candidate":"m2","scheduled_at":"2026-13-99T99:99:99Z"}"#.to_string()),
+        Just(r#"{"leader":"m1","ttl_ms":18446744073709551615}"#.to_string()),
+        Just(r#"{"leader":"../m1","ttl_ms":-1}"#.to_string()),
+    ]) {
         let _ = parse_body::<SwitchoverBody>(&raw);
         let _ = parse_body::<RestartBody>(&raw);
+        if let Ok(beat) = serde_json::from_str::<Heartbeat>(&raw) {
+            let promise = failsafe::promise_length(Duration::from_secs(4), beat.ttl_ms);
+            prop_assert!(promise <= failsafe::LONGEST_PROMISE);
+            prop_assert!(Gate::default().confirm(beat.leader, Instant::now(), promise).is_ok());
+        }
         if let Ok(patch) = serde_json::from_str::<serde_json::Value>(&raw) {
             let _ = ClusterConfig::merge_patch(&serde_json::json!({"ttl": 4}), &patch);
         }

@@ -8,14 +8,14 @@
 
 use super::auth;
 use crate::runtime::Shared;
-use crate::runtime::failsafe::Heartbeat;
+use crate::runtime::failsafe::{self, Heartbeat};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use spilo_model::{MemberRole, MemberState};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 type Reply = (StatusCode, Json<Value>);
 
@@ -67,8 +67,7 @@ pub(super) async fn post_failsafe(
             );
         }
     }
-    // Promise at least as long as the primary counts, whichever TTL is longer.
-    let ttl = shared.ttl.max(Duration::from_millis(beat.ttl_ms));
+    let ttl = failsafe::promise_length(shared.ttl, beat.ttl_ms);
     match shared
         .failsafe
         .confirm(beat.leader.clone(), Instant::now(), ttl)

@@ -110,6 +110,16 @@ impl Gate {
     }
 }
 
+/// The longest promise a request can ask for, whatever TTL it names.
+pub const LONGEST_PROMISE: Duration = Duration::from_secs(3600);
+
+/// How long a member promises: the longer of its own TTL and the primary's (from the request,
+/// in ms), so a TTL being changed member by member cannot make a promise end before the
+/// primary stops counting it; a hostile value is capped at [`LONGEST_PROMISE`].
+pub fn promise_length(own_ttl: Duration, primary_ttl_ms: u64) -> Duration {
+    own_ttl.max(Duration::from_millis(primary_ttl_ms).min(LONGEST_PROMISE))
+}
+
 /// Settings of the confirmation task.
 pub struct Settings {
     /// This member.
@@ -416,6 +426,23 @@ mod tests {
             }],
             "whoever is in the key found is still asked, so it cannot race"
         );
+    }
+
+    #[test]
+    fn a_promise_lasts_the_longer_ttl_within_a_cap() {
+        let four = Duration::from_secs(4);
+        assert_eq!(
+            promise_length(four, 0),
+            four,
+            "an old primary that sends no TTL"
+        );
+        assert_eq!(promise_length(four, 2_000), four);
+        assert_eq!(promise_length(four, 30_000), Duration::from_secs(30));
+        assert_eq!(promise_length(four, u64::MAX), LONGEST_PROMISE);
+        let t0 = Instant::now();
+        Gate::default()
+            .confirm(name("m1"), t0, promise_length(four, u64::MAX))
+            .expect("a capped promise fits in an Instant");
     }
 
     #[test]
