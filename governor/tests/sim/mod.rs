@@ -446,18 +446,19 @@ impl Sim {
                 let p = &mut self.members[j];
                 let sees_other =
                     reaches && self.etcd.leader.as_ref().is_some_and(|(n, _)| *n != me);
-                let accepts = p.up
+                // The API's checks, then the runtime's own gate on the member's clock.
+                let answers = p.up
                     && !p.frozen
                     && !cut_off
                     && !p.partitioned
                     && p.pg != Pg::Primary
-                    && !p.gate_closed
                     && !sees_other;
-                if accepts {
-                    p.promised = Some((me.clone(), p.local(now) + TTL));
-                } else {
-                    all = false;
-                }
+                let promise = governor::runtime::failsafe::promise_length(ttl, TTL);
+                let accepts = answers
+                    && p.gate
+                        .confirm(me.clone(), self.clock.at(p.local(now)), promise)
+                        .is_ok();
+                all &= accepts;
             }
             if all {
                 let local = self.members[i].local(now);
@@ -588,7 +589,7 @@ impl Sim {
                 && m.pg != Pg::Primary
                 && self.etcd.leader.as_ref().is_none_or(|(n, _)| *n != m.name)
             {
-                m.gate_closed = false;
+                m.gate.open();
             }
             let local = self.members[i].local(self.now);
             let snap = world::snapshot(&self.members, i, &self.etcd, local, self.clock);

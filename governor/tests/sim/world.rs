@@ -20,6 +20,7 @@ use spilo_model::{
     TimelineId, WalPositions,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One WAL record: unique id (a commit or a shutdown checkpoint) and its timeline.
@@ -157,10 +158,8 @@ pub struct Member {
     pub started: u64,
     /// Failsafe: as primary, until when every member confirmed it.
     pub confirmed_until: Option<u64>,
-    /// Failsafe: whom this member confirmed, and until when it promised not to race.
-    pub promised: Option<(MemberName, u64)>,
-    /// Failsafe: this member races for or holds the leader key and confirms nobody.
-    pub gate_closed: bool,
+    /// Failsafe: this member's promises, the runtime's own gate (on the member's clock).
+    pub gate: Arc<failsafe::Gate>,
     /// Failsafe: the members the primary asks (set by `Lead` in failsafe mode).
     pub failsafe_peers: Option<Vec<MemberName>>,
     /// Its monotonic clock's rate, in millionths of real time (within the bounds the lease
@@ -204,8 +203,7 @@ impl Member {
             etcd_cut: false,
             started: 0,
             confirmed_until: None,
-            promised: None,
-            gate_closed: false,
+            gate: Arc::new(failsafe::Gate::default()),
             failsafe_peers: None,
             next_confirm: 0,
             failsafe_absent: BTreeMap::new(),
@@ -231,8 +229,7 @@ impl Member {
     pub fn restart_governor(&mut self, now: u64) {
         self.started = now;
         self.confirmed_until = None;
-        self.promised = None;
-        self.gate_closed = false;
+        self.gate = Arc::new(failsafe::Gate::default());
         self.failsafe_peers = None;
         self.failsafe_absent.clear();
     }
@@ -401,14 +398,14 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
 
 /// Failsafe mode as member `m` knows it, built as `runtime::gather` builds it.
 fn failsafe_view(m: &Member, now: u64, clock: Clock) -> FailsafeView {
-    let startup = m.started + TTL;
-    let (quiet_until, quiet_for) = match &m.promised {
-        Some((who, until)) if now < *until && *until >= startup => (*until, Some(who.clone())),
+    let startup = clock.at(m.started + TTL);
+    let (quiet_until, quiet_for) = match m.gate.promised(clock.at(now)) {
+        Some((who, until)) if until >= startup => (until, Some(who)),
         _ => (startup, None),
     };
     FailsafeView {
         confirmed_until: m.confirmed_until.map(|t| clock.at(t)),
-        quiet_until: Some(clock.at(quiet_until)),
+        quiet_until: Some(quiet_until),
         quiet_for,
     }
 }
@@ -580,14 +577,13 @@ impl Ctx<'_> {
                 // The gate, as in `runtime::act`: no race while a promise holds; closed
                 // while racing.
                 let m = &mut self.members[i];
-                if m.promised.as_ref().is_some_and(|(_, t)| self.now < *t) {
+                if m.gate.close_for_race(self.clock.at(self.now)).is_err() {
                     return Ok(Event::None);
                 }
-                m.gate_closed = true;
                 if done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
                     return self.promote(i);
                 }
-                self.members[i].gate_closed = false;
+                self.members[i].gate.open();
             }
             Decision::ReclaimLeader { .. } => {
                 if let Some(lease) = lease
