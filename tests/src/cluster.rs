@@ -151,79 +151,7 @@ impl Cluster {
         }
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(2));
         if options.api_tls {
-            // A test CA and a server certificate for 127.0.0.1 signed by it (rustls refuses a
-            // CA certificate used as the server's own).
-            let (ca, ca_key) = (secrets.join("ca.crt"), secrets.join("ca.key"));
-            let (cert, key, csr) = (
-                secrets.join("api.crt"),
-                secrets.join("api.key"),
-                secrets.join("api.csr"),
-            );
-            let ext = secrets.join("api.ext");
-            std::fs::write(
-                &ext,
-                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-            )?;
-            let openssl = |args: Vec<&std::ffi::OsStr>| -> anyhow::Result<()> {
-                let out = std::process::Command::new("openssl").args(args).output()?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "openssl: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                Ok(())
-            };
-            let os = |s: &'static str| std::ffi::OsStr::new(s);
-            openssl(vec![
-                os("req"),
-                os("-x509"),
-                os("-newkey"),
-                os("rsa:2048"),
-                os("-nodes"),
-                os("-days"),
-                os("2"),
-                os("-subj"),
-                os("/CN=spilo-e2e-ca"),
-                os("-keyout"),
-                ca_key.as_os_str(),
-                os("-out"),
-                ca.as_os_str(),
-            ])?;
-            openssl(vec![
-                os("req"),
-                os("-newkey"),
-                os("rsa:2048"),
-                os("-nodes"),
-                os("-subj"),
-                os("/CN=127.0.0.1"),
-                os("-keyout"),
-                key.as_os_str(),
-                os("-out"),
-                csr.as_os_str(),
-            ])?;
-            openssl(vec![
-                os("x509"),
-                os("-req"),
-                os("-in"),
-                csr.as_os_str(),
-                os("-CA"),
-                ca.as_os_str(),
-                os("-CAkey"),
-                ca_key.as_os_str(),
-                os("-CAcreateserial"),
-                os("-days"),
-                os("2"),
-                os("-extfile"),
-                ext.as_os_str(),
-                os("-out"),
-                cert.as_os_str(),
-            ])?;
-            for p in [&cert, &key, &ca] {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
-                run_as.own(p)?;
-            }
-            let certs = reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca)?)?;
-            http = http.tls_certs_only(certs);
+            http = http.tls_certs_only(crate::tls::api_certificate(&secrets, run_as)?);
         }
         let http = http.build()?;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))?;
@@ -500,6 +428,19 @@ impl Cluster {
     /// An HTTP client that trusts the cluster's REST API certificate.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The cluster's etcd keys.
+    pub fn keys(&self) -> spilo_model::Keyspace {
+        let scope = spilo_model::ClusterName::new(self.scope.as_str())
+            .unwrap_or_else(|e| panic!("scope {:?}: {e}", self.scope));
+        spilo_model::Keyspace::new(&scope)
+    }
+
+    /// The `sync` key, parsed (`None` when absent or unreadable).
+    pub async fn sync_state(&self) -> Option<spilo_model::SyncState> {
+        let (value, _) = self.etcd.get(&self.keys().sync()).await.ok()??;
+        serde_json::from_str(&value).ok()
     }
 
     /// The WAL archive directory (with `archive`).

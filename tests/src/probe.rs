@@ -71,6 +71,26 @@ impl Prober {
         self.acks().iter().map(|a| a.acked).filter(|a| *a > t).min()
     }
 
+    /// Waits until `member` has acknowledged a write (sent after `after`, when given).
+    pub async fn wait_write(
+        &self,
+        member: &str,
+        after: Option<Instant>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let what = match after {
+            Some(_) => format!("{member} to acknowledge a write sent after the fault"),
+            None => format!("{member} to acknowledge a probe write"),
+        };
+        crate::wait::until(&what, timeout, || async {
+            self.acks()
+                .iter()
+                .any(|a| a.member == member && after.is_none_or(|t| a.sent > t))
+                .then_some(())
+        })
+        .await
+    }
+
     /// Stops every prober and returns all acknowledged writes and the times writes failed.
     pub async fn stop(self) -> (Vec<Ack>, Vec<Instant>) {
         self.stop.store(true, Ordering::SeqCst);
@@ -182,6 +202,25 @@ pub fn check_single_writer(acks: &[Ack]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// When `member` last acknowledged a write, if ever.
+pub fn last_acked(acks: &[Ack], member: &str) -> Option<Instant> {
+    acks.iter()
+        .filter(|a| a.member == member)
+        .map(|a| a.acked)
+        .max()
+}
+
+/// The longest time between consecutive instants of `times` (in any order).
+pub fn longest_pause(times: impl IntoIterator<Item = Instant>) -> Duration {
+    let mut times: Vec<Instant> = times.into_iter().collect();
+    times.sort();
+    times
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .max()
+        .unwrap_or_default()
 }
 
 /// The acknowledged ids missing from `present`.

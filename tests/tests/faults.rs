@@ -28,10 +28,7 @@ async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
     let prober = c.per_member_prober(Duration::from_millis(20));
-    wait::until("the primary to acknowledge probe writes", BOOT, || async {
-        prober.acks().iter().any(|a| a.member == old).then_some(())
-    })
-    .await?;
+    prober.wait_write(&old, None, BOOT).await?;
 
     let pid = c
         .members
@@ -50,23 +47,11 @@ async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
     let thawed = nix::sys::signal::kill(governor, nix::sys::signal::Signal::SIGCONT);
     let new = new?;
     thawed?;
-    wait::until("the new primary to acknowledge writes", BOOT, || async {
-        prober
-            .acks()
-            .iter()
-            .any(|a| a.member == new && a.sent > frozen_at)
-            .then_some(())
-    })
-    .await?;
+    prober.wait_write(&new, Some(frozen_at), BOOT).await?;
     c.wait_streaming(&old, BOOT).await?;
     let (acks, _) = prober.stop().await;
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
-    let old_last = acks
-        .iter()
-        .filter(|a| a.member == old)
-        .map(|a| a.acked)
-        .max()
-        .expect("the old primary acknowledged writes");
+    let old_last = probe::last_acked(&acks, &old).expect("the old primary acknowledged writes");
     let new_first = acks
         .iter()
         .filter(|a| a.member == new)
@@ -114,10 +99,7 @@ async fn etcd_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no replica"))?;
     assert_eq!(post_failsafe(c, &replica, &old, true).await, Some(409));
     let prober = c.per_member_prober(Duration::from_millis(20));
-    wait::until("the primary to acknowledge probe writes", BOOT, || async {
-        prober.acks().iter().any(|a| a.member == old).then_some(())
-    })
-    .await?;
+    prober.wait_write(&old, None, BOOT).await?;
     c.etcd.freeze(true);
     let frozen_at = Instant::now();
     // Within the TTL (4 s) the primary has stopped accepting writes.
@@ -155,14 +137,7 @@ async fn etcd_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     c.etcd.freeze(false);
     let back = Instant::now();
     let primary = c.wait_primary(Duration::from_secs(30)).await?;
-    wait::until("writes to resume", BOOT, || async {
-        prober
-            .acks()
-            .iter()
-            .any(|a| a.member == primary && a.sent > back)
-            .then_some(())
-    })
-    .await?;
+    prober.wait_write(&primary, Some(back), BOOT).await?;
     let (acks, _) = prober.stop().await;
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
     let present = probe::ids_on(&c.sql(&primary).await?).await?;
@@ -313,7 +288,7 @@ async fn in_failsafe_mode_an_etcd_outage_keeps_the_primary_writable() -> anyhow:
 async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
-    let key = format!("/service/{}/failsafe", c.scope);
+    let key = c.keys().failsafe();
     let listed = wait::until("the leader to write the failsafe key", BOOT, || async {
         let (value, _) = c.etcd.get(&key).await.ok()??;
         let members: std::collections::BTreeMap<String, String> =
@@ -338,10 +313,7 @@ async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     assert_eq!(post_failsafe(c, &old, &replicas[0], true).await, Some(409));
     let prober = c.per_member_prober(Duration::from_millis(20));
-    wait::until("the primary to acknowledge probe writes", BOOT, || async {
-        prober.acks().iter().any(|a| a.member == old).then_some(())
-    })
-    .await?;
+    prober.wait_write(&old, None, BOOT).await?;
 
     c.etcd.freeze(true);
     let frozen_at = Instant::now();
@@ -374,43 +346,27 @@ async fn failsafe_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
     let back = Instant::now();
 
     // Writes went on during the whole outage: no gap longer than a second.
-    let mut during: Vec<Instant> = prober
+    let during: Vec<Instant> = prober
         .acks()
         .iter()
         .filter(|a| a.member == old && a.sent >= frozen_at && a.acked <= frozen_at + outage)
         .map(|a| a.acked)
         .collect();
-    during.sort();
-    let mut longest = Duration::ZERO;
-    for pair in std::iter::once(frozen_at)
-        .chain(during.iter().copied())
-        .chain(std::iter::once(frozen_at + outage))
-        .collect::<Vec<_>>()
-        .windows(2)
-    {
-        longest = longest.max(pair[1].saturating_duration_since(pair[0]));
-    }
+    let writes = during.len();
+    let longest = probe::longest_pause(during.into_iter().chain([frozen_at, frozen_at + outage]));
     assert!(
         longest < Duration::from_secs(1),
-        "the primary stopped accepting writes for {longest:?} during the outage ({} writes)",
-        during.len()
+        "the primary stopped accepting writes for {longest:?} during the outage ({writes} writes)"
     );
 
-    let leader_key = format!("/service/{}/leader", c.scope);
+    let leader_key = c.keys().leader();
     wait::until("the primary to hold its leader key again", BOOT, || async {
         let (holder, _) = c.etcd.get(&leader_key).await.ok()??;
         let status = c.status(&old).await?;
         (holder == old && status.is_leader).then_some(())
     })
     .await?;
-    wait::until("writes after the outage", BOOT, || async {
-        prober
-            .acks()
-            .iter()
-            .any(|a| a.member == old && a.sent > back)
-            .then_some(())
-    })
-    .await?;
+    prober.wait_write(&old, Some(back), BOOT).await?;
     let (acks, _) = prober.stop().await;
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
     let others: Vec<_> = acks.iter().filter(|a| a.member != old).collect();
@@ -448,9 +404,7 @@ async fn post_failsafe(c: &Cluster, to: &str, leader: &str, authorized: bool) ->
 }
 
 async fn sync_standbys(c: &Cluster) -> Option<(String, Vec<String>)> {
-    let key = format!("/service/{}/sync", c.scope);
-    let (value, _) = c.etcd.get(&key).await.ok()??;
-    let s: spilo_model::SyncState = serde_json::from_str(&value).ok()?;
+    let s = c.sync_state().await?;
     Some((
         s.leader?.to_string(),
         s.members.iter().map(|m| m.to_string()).collect(),
@@ -561,27 +515,14 @@ async fn full_disk_body(c: &mut Cluster) -> anyhow::Result<()> {
     std::fs::remove_file(&filler)?;
     let freed_at = Instant::now();
     c.wait_streaming(&full, BOOT).await?;
-    wait::until("writes after the disk was freed", BOOT, || async {
-        prober
-            .acks()
-            .iter()
-            .any(|a| a.member == primary && a.sent > freed_at)
-            .then_some(())
-    })
-    .await?;
+    prober.wait_write(&primary, Some(freed_at), BOOT).await?;
     let (acks, _) = prober.stop().await;
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
-    let mut times: Vec<Instant> = acks
-        .iter()
-        .filter(|a| a.member == primary && a.sent >= filled_at - Duration::from_secs(1))
-        .map(|a| a.acked)
-        .collect();
-    times.sort();
-    let pause = times
-        .windows(2)
-        .map(|w| w[1].saturating_duration_since(w[0]))
-        .max()
-        .unwrap_or_default();
+    let pause = probe::longest_pause(
+        acks.iter()
+            .filter(|a| a.member == primary && a.sent >= filled_at - Duration::from_secs(1))
+            .map(|a| a.acked),
+    );
     assert!(
         pause < Duration::from_secs(15),
         "writes paused for {pause:?} (the other standby is {other})"
@@ -637,10 +578,7 @@ async fn netns_partition_body(c: &mut Cluster) -> anyhow::Result<()> {
     })
     .await?;
     let prober = c.per_member_prober(Duration::from_millis(20));
-    wait::until("the primary to acknowledge probe writes", BOOT, || async {
-        prober.acks().iter().any(|a| a.member == old).then_some(())
-    })
-    .await?;
+    prober.wait_write(&old, None, BOOT).await?;
     let index = c
         .members
         .iter()
@@ -681,23 +619,11 @@ async fn netns_partition_body(c: &mut Cluster) -> anyhow::Result<()> {
         "{new} took over {took_over:?} after the cut"
     );
     let healed_at = Instant::now();
-    wait::until("the new primary to acknowledge writes", BOOT, || async {
-        prober
-            .acks()
-            .iter()
-            .any(|a| a.member == new && a.sent > healed_at)
-            .then_some(())
-    })
-    .await?;
+    prober.wait_write(&new, Some(healed_at), BOOT).await?;
     c.wait_streaming(&old, BOOT).await?;
     let (acks, _) = prober.stop().await;
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
-    let last_old = acks
-        .iter()
-        .filter(|a| a.member == old)
-        .map(|a| a.acked)
-        .max()
-        .expect("the old primary acknowledged writes");
+    let last_old = probe::last_acked(&acks, &old).expect("the old primary acknowledged writes");
     assert!(
         last_old < cut_at + Duration::from_secs(4),
         "the cut-off primary acknowledged a write {:?} after the cut",

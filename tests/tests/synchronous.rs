@@ -5,16 +5,9 @@
 use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::probe::{self, Prober};
 use spilo_e2e::wait;
-use spilo_model::SyncState;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(60);
-
-async fn sync_key(c: &Cluster) -> Option<SyncState> {
-    let key = format!("/service/{}/sync", c.scope);
-    let (value, _) = c.etcd.get(&key).await.ok()??;
-    serde_json::from_str(&value).ok()
-}
 
 /// Waits until `leader` has published at least one synchronous standby; returns them.
 async fn published(c: &Cluster, leader: &str) -> anyhow::Result<Vec<String>> {
@@ -22,7 +15,7 @@ async fn published(c: &Cluster, leader: &str) -> anyhow::Result<Vec<String>> {
         &format!("{leader} to publish a synchronous standby"),
         BOOT,
         || async {
-            let k = sync_key(c).await?;
+            let k = c.sync_state().await?;
             (k.leader.as_ref().map(|l| l.as_str()) == Some(leader) && !k.members.is_empty())
                 .then(|| k.members.iter().map(|m| m.to_string()).collect())
         },
@@ -125,7 +118,7 @@ async fn strict_body(c: &mut Cluster) -> anyhow::Result<()> {
     write(c, &primary).await?;
     c.stop(&replicas[0])?;
     wait::until("the standby to leave the sync key", BOOT, || async {
-        sync_key(c)
+        c.sync_state()
             .await
             .filter(|k| k.members.is_empty())
             .map(|_| ())

@@ -2,7 +2,7 @@
 //! takes its key back afterwards; a member that confirmed it does not race; nobody outside the
 //! `failsafe` key races.
 
-use super::tests::{LEASE, World, kind, name, replica};
+use super::test_world::{LEASE, World, kind, name, replica};
 use super::*;
 use spilo_model::ClusterConfig;
 

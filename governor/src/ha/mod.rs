@@ -640,4 +640,6 @@ mod failsafe_tests;
 #[cfg(test)]
 mod switchover_tests;
 #[cfg(test)]
+mod test_world;
+#[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! Tests of switchover and manual failover decisions, with the hand-built snapshots of
 //! `tests.rs`.
 
-use super::tests::{LEASE, World, cfg, kind, name, primary, replica};
+use super::test_world::{LEASE, World, cfg, kind, name, primary, replica};
 use super::*;
 use spilo_model::{ClusterConfig, MemberState, SwitchoverRequest};
 
@@ -396,7 +396,7 @@ fn nobody_takes_over_while_a_member_is_still_starting() {
     let mut w = World::new();
     w.peer(
         "m2",
-        Some(super::tests::member(
+        Some(super::test_world::member(
             MemberRole::Replica,
             MemberState::Starting,
             1,

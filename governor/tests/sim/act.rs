@@ -1,0 +1,411 @@
+//! Carrying out a member's decision in the simulated world, as `runtime::act` does on the real
+//! one: the etcd writes go through [`super::coordination`] (the runtime's own trait), the
+//! PostgreSQL side is the model of [`super::world`].
+
+use super::TTL;
+use super::coordination::SimCoordination;
+use super::etcd::Etcd;
+use super::world::{Clock, Data, Member, Pg, Standbys};
+use futures::executor::block_on;
+use governor::dcs::Coordination;
+use governor::ha::sync::{self, Standby, SyncMode};
+use governor::ha::{Decision, StartAs};
+use governor::runtime::failsafe;
+use spilo_model::{HistoryEntry, Lsn, MemberName, MemberStatus, SyncState, TimelineId};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What an action did that the checker must know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Nothing of note.
+    None,
+    /// This member was promoted (not a bootstrap).
+    Promoted,
+}
+
+/// The world's mutable parts an action touches.
+pub struct Ctx<'a> {
+    /// The members.
+    pub members: &'a mut [Member],
+    /// etcd.
+    pub etcd: &'a mut Etcd,
+    /// Unique ids for WAL entries.
+    pub next_id: &'a mut u64,
+    /// The member's own clock.
+    pub now: u64,
+    /// Real (etcd's) time.
+    pub real_now: u64,
+    /// Maps it onto instants.
+    pub clock: Clock,
+}
+
+impl Ctx<'_> {
+    fn id(&mut self) -> u64 {
+        *self.next_id += 1;
+        *self.next_id
+    }
+
+    fn index(&self, name: &MemberName) -> Option<usize> {
+        self.members.iter().position(|m| m.name == *name)
+    }
+
+    /// A clean stop of member `i`'s primary: the shutdown checkpoint is written and sent to
+    /// every standby streaming from it before PostgreSQL exits.
+    fn clean_stop(&mut self, i: usize) {
+        let id = self.id();
+        self.members[i].stop(Some(id));
+        let Some(src) = self.members[i].data.clone() else {
+            return;
+        };
+        let name = self.members[i].name.clone();
+        for m in self.members.iter_mut() {
+            if m.pg
+                == (Pg::Replica {
+                    upstream: Some(name.clone()),
+                })
+                && m.streaming
+                && !m.partitioned
+                && let Some(d) = &mut m.data
+                && d.prefix_of(&src)
+            {
+                d.log = src.log.clone();
+            }
+        }
+    }
+
+    fn reachable_primary(&self, i: usize, leader: &MemberName) -> Option<usize> {
+        let j = self.index(leader)?;
+        (!self.members[i].partitioned
+            && !self.members[j].partitioned
+            && self.members[j].pg == Pg::Primary)
+            .then_some(j)
+    }
+
+    /// Carries out decision `d` of member `i` (the snapshot it decided on was taken at the
+    /// same virtual instant, so nothing moved in between).
+    pub fn act(&mut self, i: usize, d: &Decision) -> Result<Event, String> {
+        let me = self.members[i].name.clone();
+        let lease = self.members[i].lease;
+        match d {
+            Decision::Bootstrap => {
+                let Some(lease) = lease else {
+                    return Ok(Event::None);
+                };
+                if !done(block_on(self.dcs(&me).try_claim_initialize(lease))) {
+                    return Ok(Event::None);
+                }
+                let m = &mut self.members[i];
+                m.data = Some(Data {
+                    log: Vec::new(),
+                    timeline: 1,
+                    was_primary: true,
+                    clean_checkpoint: None,
+                });
+                m.pg = Pg::Primary;
+                m.fence_lease = Some(lease);
+                if !done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
+                    return Err("the leader key was taken during bootstrap".into());
+                }
+                if !done(block_on(self.dcs(&me).set_initialize("7000"))) {
+                    return Err("the initialize key changed during bootstrap".into());
+                }
+            }
+            Decision::Clone { leader } => {
+                if let Some(j) = self.reachable_primary(i, leader) {
+                    let mut d = self.members[j].data.clone().expect("primary has data");
+                    d.was_primary = false;
+                    d.clean_checkpoint = None;
+                    let m = &mut self.members[i];
+                    m.data = Some(d);
+                    m.standbys = Standbys::None;
+                    m.pg = Pg::Replica {
+                        upstream: Some(leader.clone()),
+                    };
+                    m.not_streaming_since = None;
+                }
+            }
+            Decision::Rewind { leader, .. } => {
+                if let Some(j) = self.reachable_primary(i, leader) {
+                    let src = self.members[j].data.clone().expect("primary has data");
+                    let m = &mut self.members[i];
+                    m.stop(None);
+                    let d = m.data.as_mut().expect("rewind needs data");
+                    let keep = d.common(&src);
+                    d.log.truncate(keep);
+                    d.timeline = src.timeline;
+                    d.was_primary = false;
+                    d.clean_checkpoint = None;
+                    m.standbys = Standbys::None;
+                    m.pg = Pg::Replica {
+                        upstream: Some(leader.clone()),
+                    };
+                }
+            }
+            Decision::Start { role, .. } => {
+                let m = &mut self.members[i];
+                let d = m.data.as_mut().expect("start needs data");
+                d.clean_checkpoint = None;
+                match role {
+                    StartAs::Primary => {
+                        d.was_primary = true;
+                        m.pg = Pg::Primary;
+                        m.fence_lease = lease;
+                    }
+                    StartAs::Replica { upstream } => {
+                        d.was_primary = false;
+                        m.standbys = Standbys::None;
+                        m.pg = Pg::Replica {
+                            upstream: upstream.clone(),
+                        };
+                        m.not_streaming_since = None;
+                    }
+                }
+            }
+            Decision::Follow { leader } => {
+                let m = &mut self.members[i];
+                if m.pg
+                    != (Pg::Replica {
+                        upstream: Some(leader.clone()),
+                    })
+                {
+                    m.pg = Pg::Replica {
+                        upstream: Some(leader.clone()),
+                    };
+                    m.not_streaming_since = None;
+                }
+            }
+            Decision::AcquireLeader { .. } => {
+                let Some(lease) = lease else {
+                    return Ok(Event::None);
+                };
+                // The gate, as in `runtime::act`: no race while a promise holds; closed
+                // while racing.
+                let m = &mut self.members[i];
+                if m.gate.close_for_race(self.clock.at(self.now)).is_err() {
+                    return Ok(Event::None);
+                }
+                if done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
+                    return self.promote(i);
+                }
+                self.members[i].gate.open();
+            }
+            Decision::ReclaimLeader { .. } => {
+                if let Some(lease) = lease
+                    && done(block_on(self.dcs(&me).try_acquire_leader(lease)))
+                {
+                    self.members[i].fence_lease = Some(lease);
+                }
+            }
+            Decision::Promote { .. } => return self.promote(i),
+            Decision::Lead => {
+                self.members[i].fence_lease = lease;
+                self.lead(i);
+            }
+            Decision::Switchover {
+                to,
+                lease: to_lease,
+            } => {
+                let Some(lease) = lease else {
+                    return Ok(Event::None);
+                };
+                let Some(j) = self.index(to) else {
+                    return Ok(Event::None);
+                };
+                let streams = self.members[j].pg
+                    == (Pg::Replica {
+                        upstream: Some(me.clone()),
+                    })
+                    && self.members[j].streaming;
+                if !streams {
+                    self.clear_switchover(&me);
+                    return Ok(Event::None);
+                }
+                self.clean_stop(i);
+                let mine = self.members[i].data.clone().expect("data");
+                let got = self.members[j]
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| mine.prefix_of(d));
+                if !got
+                    || !done(block_on(
+                        self.dcs(&me).hand_over_leader(lease, to, *to_lease),
+                    ))
+                {
+                    self.clear_switchover(&me);
+                }
+            }
+            Decision::ClearSwitchover { .. } => self.clear_switchover(&me),
+            Decision::Demote { .. } => self.members[i].stop(None),
+            Decision::ReleaseLeader { .. } => {
+                if self.members[i].pg == Pg::Primary {
+                    self.clean_stop(i);
+                } else {
+                    self.members[i].stop(None);
+                }
+                if let Some(lease) = lease {
+                    let _ = block_on(self.dcs(&me).release_leader(lease));
+                }
+                self.members[i].crashes.clear();
+                self.members[i].primary_down_since = None;
+            }
+            Decision::Wait { .. } => {}
+            Decision::Fatal { why } => return Err(format!("{me} decided fatal: {why}")),
+        }
+        Ok(Event::None)
+    }
+
+    fn promote(&mut self, i: usize) -> Result<Event, String> {
+        let me = self.members[i].name.clone();
+        if let Some(mode) = SyncMode::from_config(Some(&self.etcd.config)) {
+            let rev = self.etcd.sync.as_ref().map_or(0, |(_, r)| *r);
+            let fresh = SyncState {
+                leader: Some(me.clone()),
+                members: Vec::new(),
+            };
+            if !done(block_on(self.dcs(&me).write_sync(Some(&fresh), rev))) {
+                return Ok(Event::None);
+            }
+            self.members[i].sync_pending.clear();
+            self.members[i].standbys = if mode.strict {
+                Standbys::Any
+            } else {
+                Standbys::None
+            };
+        }
+        let top = self
+            .etcd
+            .history
+            .iter()
+            .map(|h| h.timeline.0)
+            .chain(
+                self.members
+                    .iter()
+                    .filter_map(|m| m.data.as_ref().map(|d| d.timeline)),
+            )
+            .max()
+            .unwrap_or(1);
+        let tl = top + 1;
+        let entry = HistoryEntry {
+            timeline: TimelineId(tl),
+            switch_lsn: Lsn(self.members[i].lsn()),
+            reason: "simulated".into(),
+            promoted_at: String::new(),
+            member: me.clone(),
+        };
+        let _ = block_on(self.dcs(&me).append_history(&entry));
+        let m = &mut self.members[i];
+        let d = m.data.as_mut().expect("promoted member has data");
+        d.timeline = tl;
+        d.was_primary = true;
+        d.clean_checkpoint = None;
+        m.pg = Pg::Primary;
+        m.fence_lease = m.lease;
+        m.streaming = false;
+        m.not_streaming_since = None;
+        Ok(Event::Promoted)
+    }
+
+    fn lead(&mut self, i: usize) {
+        self.manage_failsafe(i);
+        let me = self.members[i].name.clone();
+        let mode = SyncMode::from_config(Some(&self.etcd.config));
+        let my_len = self.members[i].lsn();
+        let standbys: Vec<Standby> = self
+            .members
+            .iter()
+            .filter(|m| {
+                m.pg == Pg::Replica {
+                    upstream: Some(me.clone()),
+                } && m.streaming
+            })
+            .map(|m| Standby {
+                name: m.name.clone(),
+                streaming: true,
+                sync: match &self.members[i].standbys {
+                    Standbys::All(names) => names.contains(&m.name),
+                    _ => false,
+                },
+                flush: Some(Lsn(m.lsn())),
+            })
+            .collect();
+        let key = self.etcd.sync.as_ref().map(|(s, _)| s.clone());
+        let rev = self.etcd.sync.as_ref().map_or(0, |(_, r)| *r);
+        let step = sync::step(
+            &me,
+            mode,
+            key.as_ref(),
+            &standbys,
+            &|_| true,
+            &self.members[i].sync_pending,
+            Lsn(my_len),
+        );
+        if let Some(k) = &step.key
+            && !done(block_on(self.dcs(&me).write_sync(k.as_ref(), rev)))
+        {
+            return;
+        }
+        self.members[i].sync_pending = step.pending;
+        self.members[i].standbys = Standbys::parse(&step.standby_names);
+    }
+
+    /// The leader's `failsafe` key and its confirmation peers, through the runtime's own
+    /// functions.
+    fn manage_failsafe(&mut self, i: usize) {
+        let me = self.members[i].name.clone();
+        let Some(lease) = self.members[i].lease else {
+            return;
+        };
+        if !self.etcd.config.failsafe_mode {
+            self.members[i].failsafe_peers = None;
+            if self.etcd.failsafe.is_some() {
+                let _ = block_on(self.dcs(&me).write_failsafe(None, lease));
+            }
+            return;
+        }
+        let url = self.members[i].status().api_url;
+        let seen: BTreeMap<MemberName, MemberStatus> = self
+            .etcd
+            .members
+            .iter()
+            .map(|(n, (st, _))| (n.clone(), st.clone()))
+            .collect();
+        let current = self.etcd.failsafe.clone();
+        let wanted = failsafe::key_members(
+            (&me, &url),
+            &seen,
+            current.as_ref(),
+            &mut self.members[i].failsafe_absent,
+            self.clock.at(self.now),
+            Duration::from_millis(3 * TTL),
+        );
+        // As the runtime: confirmations count only once the key read back lists this member.
+        self.members[i].failsafe_peers =
+            current.as_ref().filter(|k| k.contains_key(&me)).map(|_| {
+                failsafe::peers(&me, &wanted, current.as_ref())
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect()
+            });
+        if current.as_ref() != Some(&wanted) {
+            let _ = block_on(self.dcs(&me).write_failsafe(Some(&wanted), lease));
+        }
+    }
+
+    /// `me`'s connection to etcd, at etcd's (real) time.
+    fn dcs(&mut self, me: &MemberName) -> SimCoordination<'_> {
+        SimCoordination::new(self.etcd, me, self.real_now, TTL)
+    }
+
+    /// Drops the pending switchover request, as the runtime does when it refuses or fails it.
+    fn clear_switchover(&mut self, me: &MemberName) {
+        if let Some(req) = self.etcd.switchover.clone() {
+            let _ = block_on(self.dcs(me).clear_switchover(&req));
+        }
+    }
+}
+
+/// Whether a conditional write happened (an error is a failed action, as in the runtime).
+fn done(r: Result<bool, governor::dcs::DcsError>) -> bool {
+    matches!(r, Ok(true))
+}
