@@ -94,16 +94,28 @@ pub struct BootstrapConfig {
     pub clone: CloneConfig,
 }
 
-/// `bootstrap.clone`: the latest base backup of another cluster's archive, recovered with
-/// its WAL to `target_time` (or to the end of the archive).
+/// `bootstrap.clone`: a base backup of another cluster's archive, recovered with its WAL to
+/// `target_time` (or to the end of the archive).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloneConfig {
     /// The source cluster's archive.
     pub archive: crate::archive::ArchiveConfig,
-    /// PostgreSQL's `recovery_target_time`, e.g. `2026-11-26 04:00:00+00`.
-    #[serde(default)]
-    pub target_time: Option<String>,
+    /// Recover to this moment (RFC 3339 with a zone, see [`spilo_model::TargetTime`]),
+    /// starting from the newest backup that finished before it; the end of the archive when
+    /// absent. Rendered for PostgreSQL's `recovery_target_time` in the form it accepts.
+    #[serde(default, deserialize_with = "target_time")]
+    pub target_time: Option<spilo_model::TargetTime>,
+}
+
+/// `target_time`, refused with the field's name (serde_yaml's path stops at the mapping).
+fn target_time<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<spilo_model::TargetTime>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|t| spilo_model::TargetTime::parse(&t))
+        .transpose()
+        .map_err(|e| serde::de::Error::custom(format!("target_time: {e}")))
 }
 
 fn default_namespace() -> String {

@@ -61,6 +61,10 @@ enum Command {
         name: String,
         /// The empty target directory.
         dest: PathBuf,
+        /// With LATEST: the newest backup that finished before this time (RFC 3339), the one a
+        /// recovery to it must start from.
+        #[arg(long)]
+        target_time: Option<spilo_model::TargetTime>,
         /// The governor's YAML configuration.
         #[arg(long, short)]
         config: PathBuf,
@@ -195,11 +199,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::BackupFetch { name, dest, config } => {
+        Command::BackupFetch {
+            name,
+            dest,
+            target_time,
+            config,
+        } => {
+            use governor::archive::backup::{Pick, backup_fetch};
+            if target_time.is_some() && name != "LATEST" {
+                anyhow::bail!("--target-time chooses the backup itself: give LATEST, not {name}");
+            }
             let archive = archive_config(&config)?;
             let store = governor::archive::AnyStore::open(&archive).await;
-            let s = governor::archive::backup::backup_fetch(&archive, &store, &name, &dest).await?;
-            println!("restored {} into {}", s.name, dest.display());
+            let which = Pick::from_args(&name, target_time);
+            let s = backup_fetch(&archive, &store, &which, &dest).await?;
+            println!(
+                "restored {} (finished {}) into {}",
+                s.name,
+                s.finish_time,
+                dest.display()
+            );
+            if let Some(t) = target_time {
+                println!(
+                    "recover it with recovery_target_time = '{}'",
+                    t.to_postgres()
+                );
+            }
             Ok(())
         }
         Command::BackupDelete { retain, config } => {

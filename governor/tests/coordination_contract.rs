@@ -105,6 +105,7 @@ fn status(who: &str) -> spilo_model::MemberStatus {
         wal: Default::default(),
         tags: Default::default(),
         pending_restart: false,
+        error: None,
     }
 }
 

@@ -96,6 +96,7 @@ fn snapshot_with(view: governor::ha::ClusterView, now: Instant) -> Snapshot {
             postgres: PgState::Stopped,
             recent_crashes: 0,
             primary_down_since: None,
+            bootstrap_blocked: None,
         },
         peers: vec![],
         failsafe: Default::default(),

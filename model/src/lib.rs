@@ -14,6 +14,7 @@ pub mod spec;
 pub mod summary;
 pub mod switchover;
 pub mod sync;
+pub mod target_time;
 
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
@@ -24,3 +25,4 @@ pub use names::{ClusterName, InvalidName, MemberName, NameError};
 pub use summary::{ArchiveStatus, BackupRuns, ClusterSummary, MemberRow, NodeStatus, summarize};
 pub use switchover::SwitchoverRequest;
 pub use sync::SyncState;
+pub use target_time::TargetTime;

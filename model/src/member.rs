@@ -39,6 +39,8 @@ pub enum MemberState {
     CreatingReplica,
     /// This member runs pg_rewind to rejoin after a timeline change.
     Rewinding,
+    /// This member's bootstrap of a new cluster (initdb or a clone) failed; `error` says why.
+    BootstrapFailed,
 }
 
 impl MemberState {
@@ -53,6 +55,7 @@ impl MemberState {
             MemberState::Bootstrapping => "bootstrapping",
             MemberState::CreatingReplica => "creating_replica",
             MemberState::Rewinding => "rewinding",
+            MemberState::BootstrapFailed => "bootstrap_failed",
         }
     }
 }
@@ -125,6 +128,11 @@ pub struct MemberStatus {
     /// A changed setting waits for a PostgreSQL restart (`pg_settings.pending_restart`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
+    /// What keeps this member from doing its job, in one line (with
+    /// [`MemberState::BootstrapFailed`]: the bootstrap's error, PostgreSQL's own line included,
+    /// and whether and when it is retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl MemberStatus {
@@ -226,6 +234,7 @@ mod tests {
             },
             tags: MemberTags { nofailover: true },
             pending_restart: false,
+            error: None,
         };
         let json = serde_json::to_value(&s).expect("serializes");
         assert_eq!(

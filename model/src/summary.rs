@@ -252,6 +252,7 @@ mod tests {
             },
             tags: MemberTags::default(),
             pending_restart: false,
+            error: None,
         }
     }
 

@@ -12,8 +12,9 @@ pub async fn read_summary(
 ) -> anyhow::Result<ClusterSummary> {
     let state = crate::operate::read_state(&crate::operate::Target {
         cluster: scope.clone(),
-        etcd: endpoints.to_vec(),
+        etcd: Some(endpoints.to_vec()),
         namespace: namespace.to_string(),
+        state_dir: None,
     })
     .await?;
     let mut summary = summarize(scope, state.leader.as_ref(), &state.members);

@@ -84,6 +84,8 @@ enum Command {
     Reload(spilo::operate::commands::MemberArgs),
     /// Throw a replica's data away and copy the primary again.
     Reinit(spilo::operate::commands::MemberArgs),
+    /// Take a base backup now (the leader, into the cluster's archive); waits until it is done.
+    Backup(spilo::operate::commands::BackupArgs),
     /// The promotions of a cluster: timeline, switch point, when, who and why.
     History {
         #[command(flatten)]
@@ -112,7 +114,7 @@ enum Command {
 use spilo::operate::Target as EtcdTarget;
 
 async fn set_pause(t: EtcdTarget, pause: bool) -> anyhow::Result<ExitCode> {
-    spilo::list::set_pause(&t.etcd, &t.namespace, &t.cluster, pause).await?;
+    spilo::list::set_pause(&t.endpoints(), &t.namespace, &t.cluster, pause).await?;
     if pause {
         println!(
             "{}: maintenance mode on: no automatic failover until `spilo resume {}`",
@@ -241,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restart(a) => ok(spilo::operate::commands::restart(a).await),
         Command::Reload(a) => ok(spilo::operate::commands::reload(a).await),
         Command::Reinit(a) => ok(spilo::operate::commands::reinit(a).await),
+        Command::Backup(a) => ok(spilo::operate::commands::backup(a).await),
         Command::History { target, format } => {
             ok(spilo::operate::commands::history(target, matches!(format, Format::Json)).await)
         }
@@ -254,7 +257,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::List { target, format } => {
             let summary =
-                spilo::list::read_summary(&target.etcd, &target.namespace, &target.cluster).await?;
+                spilo::list::read_summary(&target.endpoints(), &target.namespace, &target.cluster)
+                    .await?;
             match format {
                 Format::Text => print!("{}", summary.to_table()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),

@@ -108,10 +108,16 @@ pub fn render(file: &ClusterFile, at: &Placement) -> String {
             from = c.from,
             major = spec.postgresql.version,
             store = store,
+            // Validated files parse; the canonical form (UTC, microseconds) is what the
+            // governor reads back. Anything else is passed on for the governor to refuse.
             target = c
                 .target_time
                 .as_ref()
-                .map(|t| format!(", target_time: \"{t}\""))
+                .map(|t| {
+                    let t = spilo_model::TargetTime::parse(t)
+                        .map_or_else(|_| t.clone(), |t| t.to_string());
+                    format!(", target_time: \"{t}\"")
+                })
                 .unwrap_or_default(),
         );
     }

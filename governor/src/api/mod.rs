@@ -96,6 +96,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/restart", post(ops::post_restart))
         .route("/reload", post(ops::post_reload))
         .route("/reinitialize", post(ops::post_reinitialize))
+        .route("/backup", post(ops::post_backup))
         .route("/config", get(ops::get_config).patch(ops::patch_config))
         .with_state(shared)
 }

@@ -389,6 +389,40 @@ pub(super) async fn post_reinitialize(
     command(&shared, Op::Reinitialize).await
 }
 
+/// `POST /backup`: the leader takes a base backup into the archive now and answers when it
+/// is finished (200 with its name); 409 on a member that is not the leader or has no archive.
+pub(super) async fn post_backup(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Reply {
+    use crate::runtime::backups::Refused;
+    if let Err(r) = authorized(&shared, &headers) {
+        return r;
+    }
+    let Some(requests) = &shared.backup_requests else {
+        return reply(
+            StatusCode::CONFLICT,
+            "this member has no archive configured (archive in its configuration, backup in the cluster file)",
+        );
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the backup task is not running",
+        );
+    }
+    match rx.await {
+        Ok(Ok(name)) => (
+            StatusCode::OK,
+            Json(json!({ "message": format!("backup {name} finished"), "backup": name })),
+        ),
+        Ok(Err(e @ Refused::NotLeader)) => reply(StatusCode::CONFLICT, e.to_string()),
+        Ok(Err(e @ Refused::Failed(_))) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the backup task stopped before answering",
+        ),
+    }
+}
+
 async fn command(shared: &Shared, op: Op) -> Reply {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if shared

@@ -13,6 +13,7 @@ use super::codec::{self, Method};
 use super::store::Store;
 use super::{ArchiveConfig, ArchiveError};
 use serde::{Deserialize, Serialize};
+use spilo_model::TargetTime;
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
@@ -35,7 +36,8 @@ pub struct Sentinel {
     pub finish_lsn: String,
     /// `START TIME` from the backup label.
     pub start_time: String,
-    /// When the copy finished (RFC 3339).
+    /// When the backup was complete (RFC 3339 with microseconds): taken after the WAL
+    /// holding its end was archived, so never before its consistency point.
     pub finish_time: String,
     /// How many parts.
     pub parts: u32,
@@ -183,7 +185,7 @@ pub async fn backup_push(
         start_wal_file,
         finish_lsn,
         start_time,
-        finish_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        finish_time: humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
         parts,
         uncompressed_size: raw,
         compressed_size: stored,
@@ -256,20 +258,100 @@ pub async fn backup_list(
     Ok(out)
 }
 
-/// Restores backup `name` (or `LATEST`) into the empty directory `dest`.
+/// Which finished backup a restore starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// The newest.
+    Latest,
+    /// The one with this name.
+    Named(String),
+    /// The newest one that finished before this moment: recovery can stop only after the
+    /// backup's consistency point, so a backup that ended later cannot reach the target.
+    Before(TargetTime),
+}
+
+impl Pick {
+    /// `LATEST` or a backup's name, narrowed to the backups before `target` when given.
+    pub fn from_args(name: &str, target: Option<TargetTime>) -> Self {
+        match (name, target) {
+            (_, Some(t)) if name == "LATEST" => Pick::Before(t),
+            ("LATEST", None) => Pick::Latest,
+            _ => Pick::Named(name.to_string()),
+        }
+    }
+}
+
+/// Why no backup fits a [`Pick`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PickError {
+    /// Nothing to restore from.
+    #[error("the archive holds no finished backup")]
+    Empty,
+    /// No backup has that name.
+    #[error("no finished backup {0}")]
+    NoSuchBackup(String),
+    /// Every backup ended at or after the target.
+    #[error(
+        "no backup finished before the target time {target}: the oldest finished backup, \
+         {oldest}, finished at {finished}; recovery cannot stop before the end of the backup it \
+         starts from"
+    )]
+    TargetBeforeOldest {
+        /// The target.
+        target: TargetTime,
+        /// The oldest finished backup.
+        oldest: String,
+        /// When it finished.
+        finished: String,
+    },
+}
+
+impl Sentinel {
+    /// When the backup was complete, as late as the sentinel allows: `finish_time` is taken
+    /// after the WAL holding the backup's end was archived, so it is never before the
+    /// consistency point; a time written to the second (older sentinels) counts as the end
+    /// of that second.
+    pub fn finished_at(&self) -> Option<TargetTime> {
+        let t = TargetTime::parse(&self.finish_time).ok()?;
+        if self.finish_time.contains('.') {
+            Some(t)
+        } else {
+            TargetTime::from_unix_micros(t.unix_micros() + 999_999)
+        }
+    }
+}
+
+/// The backup `which` selects among `all` (oldest first, as [`backup_list`] returns them).
+pub fn pick<'a>(all: &'a [Sentinel], which: &Pick) -> Result<&'a Sentinel, PickError> {
+    match which {
+        Pick::Latest => all.last().ok_or(PickError::Empty),
+        Pick::Named(name) => all
+            .iter()
+            .find(|s| s.name == *name)
+            .ok_or_else(|| PickError::NoSuchBackup(name.clone())),
+        Pick::Before(target) => {
+            let oldest = all.first().ok_or(PickError::Empty)?;
+            all.iter()
+                .rev()
+                .find(|s| s.finished_at().is_some_and(|f| f < *target))
+                .ok_or_else(|| PickError::TargetBeforeOldest {
+                    target: *target,
+                    oldest: oldest.name.clone(),
+                    finished: oldest.finish_time.clone(),
+                })
+        }
+    }
+}
+
+/// Restores the backup `which` selects into the empty directory `dest`.
 pub async fn backup_fetch(
     cfg: &ArchiveConfig,
     store: &impl Store,
-    name: &str,
+    which: &Pick,
     dest: &Path,
 ) -> Result<Sentinel, ArchiveError> {
     let all = backup_list(cfg, store).await?;
-    let sentinel = if name == "LATEST" {
-        all.last().cloned()
-    } else {
-        all.iter().find(|s| s.name == name).cloned()
-    }
-    .ok_or_else(|| ArchiveError::Io(format!("no finished backup {name}")))?;
+    let sentinel = pick(&all, which)?.clone();
     if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
         return Err(ArchiveError::Io(format!("{} is not empty", dest.display())));
     }
@@ -357,6 +439,98 @@ mod tests {
         );
         first[0] = b'x';
         assert_eq!(label(&first), None);
+    }
+
+    fn sentinel(name: &str, finished: &str) -> Sentinel {
+        Sentinel {
+            name: name.into(),
+            start_lsn: "0/2000028".into(),
+            start_wal_file: name.trim_start_matches("base_").into(),
+            finish_lsn: "0/2000100".into(),
+            start_time: String::new(),
+            finish_time: finished.into(),
+            parts: 1,
+            uncompressed_size: 1,
+            compressed_size: 1,
+            compression: "lz4".into(),
+        }
+    }
+
+    #[test]
+    fn a_target_picks_the_newest_backup_that_finished_before_it() {
+        let all = [
+            sentinel(
+                "base_000000010000000000000002",
+                "2026-11-26T01:00:05.000000Z",
+            ),
+            sentinel(
+                "base_000000010000000000000008",
+                "2026-11-27T01:00:04.250000Z",
+            ),
+            sentinel(
+                "base_00000002000000000000000F",
+                "2026-11-28T01:00:07.000000Z",
+            ),
+        ];
+        let at = |s: &str| Pick::Before(TargetTime::parse(s).expect("time"));
+        let name = |p: &Pick| pick(&all, p).map(|s| s.name.clone());
+        assert_eq!(
+            name(&at("2026-11-27T12:00:00Z")),
+            Ok("base_000000010000000000000008".into())
+        );
+        assert_eq!(
+            name(&at("2026-11-27T01:00:04.250001Z")),
+            Ok("base_000000010000000000000008".into())
+        );
+        // The same moment as the end is not before it.
+        assert_eq!(
+            name(&at("2026-11-27T01:00:04.25Z")),
+            Ok("base_000000010000000000000002".into())
+        );
+        assert_eq!(
+            name(&at("2026-11-29T00:00:00+02:00")),
+            Ok("base_00000002000000000000000F".into())
+        );
+        let early = pick(&all, &at("2026-11-26T01:00:00Z")).expect_err("before the oldest");
+        assert!(
+            early.to_string().contains(
+                "the oldest finished backup, base_000000010000000000000002, finished at 2026-11-26T01:00:05.000000Z"
+            ),
+            "{early}"
+        );
+        assert_eq!(
+            name(&Pick::Latest),
+            Ok("base_00000002000000000000000F".into())
+        );
+        assert_eq!(
+            name(&Pick::Named("base_x".into())),
+            Err(PickError::NoSuchBackup("base_x".into()))
+        );
+        assert_eq!(pick(&[], &Pick::Latest).map(|_| ()), Err(PickError::Empty));
+        assert_eq!(
+            pick(&[], &at("2026-11-27T12:00:00Z")).map(|_| ()),
+            Err(PickError::Empty)
+        );
+    }
+
+    #[test]
+    fn a_finish_time_to_the_second_counts_as_the_end_of_that_second() {
+        let old = sentinel("base_000000010000000000000002", "2026-11-26T01:00:05Z");
+        let just_after = TargetTime::parse("2026-11-26T01:00:05.5Z").expect("time");
+        assert!(pick(std::slice::from_ref(&old), &Pick::Before(just_after)).is_err());
+        let next_second = TargetTime::parse("2026-11-26T01:00:06Z").expect("time");
+        assert!(pick(std::slice::from_ref(&old), &Pick::Before(next_second)).is_ok());
+    }
+
+    #[test]
+    fn backup_fetch_arguments_name_the_pick() {
+        let t = TargetTime::parse("2026-11-26T01:00:06Z").expect("time");
+        assert_eq!(Pick::from_args("LATEST", None), Pick::Latest);
+        assert_eq!(Pick::from_args("LATEST", Some(t)), Pick::Before(t));
+        assert_eq!(
+            Pick::from_args("base_1", None),
+            Pick::Named("base_1".into())
+        );
     }
 
     #[test]

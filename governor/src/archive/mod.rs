@@ -141,6 +141,9 @@ pub enum ArchiveError {
         /// The decoder's complaint.
         source: codec::Corrupt,
     },
+    /// No backup fits the restore's choice.
+    #[error(transparent)]
+    NoBackup(#[from] backup::PickError),
     /// Another file is archived under this name.
     #[error("{0} is archived already with different content; refusing to overwrite it")]
     Different(String),

@@ -141,3 +141,26 @@ fn restapi_auth_needs_a_token_or_a_full_basic_pair() {
         assert!(e.contains("restapi.auth") && e.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_clone_target_time_is_parsed_at_load_and_an_unparsable_one_names_the_field() {
+    let clone = |t: &str| {
+        format!(
+            "{MINIMAL}bootstrap: {{clone: {{archive: {{prefix: spilo/src/wal/15/, directory: /b}}, target_time: \"{t}\"}}}}\n"
+        )
+    };
+    let c = parse(&clone("2026-11-27T13:24:03.5+02:00")).expect("valid");
+    let t = c
+        .bootstrap
+        .and_then(|b| b.clone.target_time)
+        .expect("target");
+    assert_eq!(t.to_postgres(), "2026-11-27 11:24:03.500000+00");
+    let err = parse(&clone("2026-11-27T11:24:03"))
+        .expect_err("no zone")
+        .to_string();
+    assert!(
+        err.starts_with("g.yaml: bootstrap.clone: target_time: must be an RFC 3339 time"),
+        "{err}"
+    );
+    assert!(err.contains("line 12"), "{err}");
+}

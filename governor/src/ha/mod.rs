@@ -114,6 +114,8 @@ fn decide_unpaused(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
                 Decision::Wait {
                     why: "no cluster yet, and members tagged nofailover never bootstrap one".into(),
                 }
+            } else if let Some(why) = &s.local.bootstrap_blocked {
+                Decision::Wait { why: why.clone() }
             } else if s.lease.id.is_none() {
                 Decision::Wait {
                     why: "no cluster yet; waiting for an etcd lease before racing to bootstrap"

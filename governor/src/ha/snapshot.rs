@@ -161,6 +161,9 @@ pub struct LocalState {
     pub recent_crashes: u32,
     /// Since when a primary this member leads has been down, if it is.
     pub primary_down_since: Option<Instant>,
+    /// Why this member must not try to bootstrap a new cluster now (its own last attempt
+    /// failed and is not to be retried yet, or at all); `None` when it may.
+    pub bootstrap_blocked: Option<String>,
 }
 
 /// The data directory, as pg_controldata describes it.

@@ -41,6 +41,7 @@ pub(super) fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) ->
         },
         tags: MemberTags::default(),
         pending_restart: false,
+        error: None,
     }
 }
 
@@ -95,6 +96,7 @@ impl World {
                 }),
                 recent_crashes: 0,
                 primary_down_since: None,
+                bootstrap_blocked: None,
             },
             peers: vec![],
             failsafe: FailsafeView::default(),

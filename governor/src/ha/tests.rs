@@ -26,6 +26,22 @@ fn a_nofailover_member_never_bootstraps() {
 }
 
 #[test]
+fn a_member_whose_bootstrap_failed_waits_with_the_reason_until_it_may_retry() {
+    let mut w = World::new();
+    w.view().initialize = None;
+    w.data(DataDir::Empty).pg(PgState::Stopped);
+    w.snap.local.bootstrap_blocked = Some("bootstrap failed and is not retried: why".into());
+    assert_eq!(
+        w.decide(),
+        Decision::Wait {
+            why: "bootstrap failed and is not retried: why".into()
+        }
+    );
+    w.snap.local.bootstrap_blocked = None;
+    assert_eq!(w.decide(), Decision::Bootstrap);
+}
+
+#[test]
 fn bootstrap_waits_for_a_lease() {
     let mut w = World::new();
     w.view().initialize = None;

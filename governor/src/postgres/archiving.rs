@@ -2,7 +2,8 @@
 //! this governor program (`wal-push`, `wal-fetch`), and creating the data directory of a clone
 //! from another cluster's base backup and archive (`bootstrap.clone`).
 
-use super::{Instance, UNFINISHED_MARKER, write_private};
+use super::{Instance, UNFINISHED_MARKER, server_log, write_private};
+use crate::runtime::ActError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ impl Instance {
     pub async fn replica_from_backup(
         &self,
         archive: &crate::archive::ArchiveConfig,
-    ) -> Result<Option<String>, crate::runtime::ActError> {
+    ) -> Result<Option<String>, ActError> {
         let store = crate::archive::AnyStore::open(archive).await;
         match crate::archive::backup::backup_list(archive, &store).await {
             Ok(all) if all.is_empty() => return Ok(None),
@@ -49,8 +50,13 @@ impl Instance {
         }
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         write_private(&marker, "replica from backup")?;
-        let r =
-            crate::archive::backup::backup_fetch(archive, &store, "LATEST", &self.data_dir).await;
+        let r = crate::archive::backup::backup_fetch(
+            archive,
+            &store,
+            &crate::archive::backup::Pick::Latest,
+            &self.data_dir,
+        )
+        .await;
         match r {
             Ok(backup) => {
                 std::fs::remove_file(&marker)?;
@@ -69,25 +75,58 @@ impl Instance {
         }
     }
 
-    /// Creates the data directory from the latest base backup of `clone`'s archive and
-    /// recovers it with that archive's WAL to the target time, then promotes. Returns once
-    /// PostgreSQL accepts writes (it runs, started here).
+    /// Creates the data directory from `clone`'s archive, from the newest base backup that
+    /// finished before the target time (the latest without one), recovers it with that
+    /// archive's WAL to the target, then promotes. Returns once PostgreSQL accepts writes (it
+    /// runs, started here).
+    ///
+    /// Fails with [`ActError::Permanent`] when the configuration cannot succeed however often
+    /// it is tried (a target in the future or before the oldest backup, a setting PostgreSQL
+    /// refuses); other failures may pass (the source has no backup yet, or has not archived
+    /// the WAL that reaches the target).
     pub async fn restore_clone(
         &mut self,
         clone: &crate::config::CloneConfig,
         cluster: &BTreeMap<String, String>,
-    ) -> Result<(), crate::runtime::ActError> {
-        use crate::runtime::ActError;
+    ) -> Result<(), ActError> {
+        use crate::archive::backup::{Pick, PickError, backup_fetch, backup_list, pick};
+        let target = clone.target_time;
+        if let Some(t) = target {
+            let now = spilo_model::TargetTime::now();
+            if t > now {
+                return Err(ActError::Permanent(format!(
+                    "bootstrap.clone.target_time {t} is in the future (now {now}): recovery would \
+                     wait for WAL that does not exist yet"
+                )));
+            }
+        }
+        let store = crate::archive::AnyStore::open(&clone.archive).await;
+        let all = backup_list(&clone.archive, &store)
+            .await
+            .map_err(|e| ActError::Other(format!("clone: list the source's backups: {e}")))?;
+        let which = target.map_or(Pick::Latest, Pick::Before);
+        let chosen = match pick(&all, &which) {
+            Ok(s) => s.clone(),
+            Err(e @ PickError::TargetBeforeOldest { .. }) => {
+                return Err(ActError::Permanent(format!("clone: {e}")));
+            }
+            Err(e) => return Err(ActError::Other(format!("clone: {e}"))),
+        };
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         write_private(&marker, "clone from archive")?;
-        let store = crate::archive::AnyStore::open(&clone.archive).await;
-        let backup =
-            crate::archive::backup::backup_fetch(&clone.archive, &store, "LATEST", &self.data_dir)
-                .await
-                .map_err(|e| ActError::Other(format!("clone: {e}")))?;
+        let backup = backup_fetch(
+            &clone.archive,
+            &store,
+            &Pick::Named(chosen.name.clone()),
+            &self.data_dir,
+        )
+        .await
+        .map_err(|e| ActError::Other(format!("clone: {e}")))?;
         tracing::info!(
             backup = backup.name,
-            "restored the source's latest base backup"
+            finished = backup.finish_time,
+            target = ?target.map(|t| t.to_string()),
+            "restored the source's base backup"
         );
         write_private(&self.data_dir.join("recovery.signal"), "")?;
         std::fs::remove_file(&marker)?;
@@ -96,7 +135,8 @@ impl Instance {
             quote(&exe()),
             quote(&self.config_path)
         );
-        self.clone_recovery = Some((restore, clone.target_time.clone()));
+        self.clone_recovery = Some((restore, target.map(|t| t.to_postgres())));
+        let log_from = server_log::offset(&self.log_file());
         self.start(true, None, cluster)?;
         let deadline = Instant::now() + Duration::from_secs(3600);
         loop {
@@ -106,8 +146,9 @@ impl Instance {
                 .is_none_or(|p| p.exited().is_some())
             {
                 self.clone_recovery = None;
-                return Err(ActError::Other(
-                    "PostgreSQL exited while recovering the clone; see its log".into(),
+                return Err(clone_exit(
+                    server_log::errors_since(&self.log_file(), log_from),
+                    target,
                 ));
             }
             if let Ok(s) = self.session.status().await
@@ -126,7 +167,63 @@ impl Instance {
         self.clone_recovery = None;
         self.write_conf(None, cluster)?;
         self.session.execute("SELECT pg_reload_conf()").await?;
-        tracing::info!(target_time = ?clone.target_time, "the clone recovered and was promoted");
+        tracing::info!(target_time = ?target.map(|t| t.to_string()), "the clone recovered and was promoted");
         Ok(())
+    }
+}
+
+/// Why PostgreSQL exited while recovering a clone, from its own error line: whether trying
+/// again can help, and what to do.
+fn clone_exit(pg_error: Option<String>, target: Option<spilo_model::TargetTime>) -> ActError {
+    let Some(line) = pg_error else {
+        return ActError::Other(
+            "PostgreSQL exited while recovering the clone without an error in its log".into(),
+        );
+    };
+    if line.contains("recovery ended before configured recovery target was reached") {
+        let t = target.map(|t| t.to_string()).unwrap_or_default();
+        return ActError::Other(format!(
+            "the source's archive ends before bootstrap.clone.target_time {t}: no WAL after it \
+             is archived yet, so recovery cannot tell where to stop (PostgreSQL: {line}); \
+             retrying as the source archives more"
+        ));
+    }
+    if line.contains("configuration file") || line.contains("invalid value for parameter") {
+        return ActError::Permanent(format!("PostgreSQL refuses the clone's settings: {line}"));
+    }
+    ActError::Other(format!(
+        "PostgreSQL exited while recovering the clone: {line}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_that_exits_says_whether_retrying_can_help() {
+        let t = spilo_model::TargetTime::parse("2026-11-27T11:24:03Z").ok();
+        let short = clone_exit(
+            Some("FATAL: recovery ended before configured recovery target was reached".into()),
+            t,
+        );
+        assert!(matches!(short, ActError::Other(_)), "{short:?}");
+        assert!(
+            short
+                .to_string()
+                .contains("ends before bootstrap.clone.target_time 2026-11-27T11:24:03.000000Z"),
+            "{short}"
+        );
+        let bad = clone_exit(
+            Some(
+                "LOG: invalid value for parameter \"recovery_target_time\": \"x\"; \
+                 FATAL: configuration file \"/p\" contains errors"
+                    .into(),
+            ),
+            t,
+        );
+        assert!(matches!(bad, ActError::Permanent(_)), "{bad:?}");
+        assert!(bad.to_string().contains("recovery_target_time"), "{bad}");
+        assert!(matches!(clone_exit(None, t), ActError::Other(_)));
     }
 }

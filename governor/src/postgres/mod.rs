@@ -11,6 +11,7 @@ pub mod conf;
 pub mod controldata;
 pub mod process;
 pub mod query;
+pub mod server_log;
 mod settings;
 pub mod tools;
 

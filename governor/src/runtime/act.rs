@@ -5,7 +5,7 @@ use crate::dcs::Coordination;
 use crate::ha::{ClusterView, DcsView, Decision, PgState, Snapshot, StartAs};
 use crate::postgres::Upstream;
 use crate::postgres::process::StopMode;
-use spilo_model::{ClusterConfig, HistoryEntry, MemberName, MemberState, NodeStatus};
+use spilo_model::{HistoryEntry, MemberName, MemberState, NodeStatus};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -158,7 +158,7 @@ impl Governor {
 
     /// [`Self::arm_fence`] with the lease to count, for the bootstrap (which runs its primary
     /// on the lease that claimed `initialize`, before it takes the leader key).
-    fn arm_fence_with(&self, lease: Option<i64>) {
+    pub(super) fn arm_fence_with(&self, lease: Option<i64>) {
         let _ = self.fence.send(
             self.pg
                 .postmaster_pid()
@@ -167,90 +167,11 @@ impl Governor {
     }
 
     /// Records that this member just took the leader key with `lease`.
-    fn holds_leader_key(&mut self, lease: i64) {
+    pub(super) fn holds_leader_key(&mut self, lease: i64) {
         self.leader_seen = Some(crate::ha::LeaderKey {
             name: self.loaded.config.name.clone(),
             lease,
         });
-    }
-
-    async fn bootstrap(
-        &mut self,
-        s: &Snapshot,
-        params: &BTreeMap<String, String>,
-    ) -> Result<(), ActError> {
-        let lease = s
-            .lease
-            .id
-            .ok_or_else(|| ActError::Other("no lease".into()))?;
-        if !self.dcs.try_claim_initialize(lease).await? {
-            tracing::info!("another member won the bootstrap race");
-            return Ok(());
-        }
-        tracing::info!("won the bootstrap race; initializing a new cluster");
-        self.announce(s, MemberState::Bootstrapping).await;
-        if let Err(e) = self.bootstrap_inner(lease, params).await {
-            tracing::error!(error = %e, "bootstrap failed; cleaning up so another attempt can start");
-            let _ = self.fence.send(None);
-            self.pg.stop(StopMode::Immediate).await;
-            let _ = self.dcs.release_leader(lease).await;
-            let _ = self.dcs.abandon_initialize().await;
-            let _ = self.pg.wipe_data();
-            self.data = None;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    async fn bootstrap_inner(
-        &mut self,
-        lease: i64,
-        params: &BTreeMap<String, String>,
-    ) -> Result<(), ActError> {
-        match self.loaded.config.bootstrap.clone() {
-            Some(b) => {
-                self.pg.restore_clone(&b.clone, params).await?;
-                self.arm_fence_with(Some(lease));
-            }
-            None => {
-                self.pg.initdb().await?;
-                self.pg.start(true, None, params)?;
-                self.arm_fence_with(Some(lease));
-                self.pg.wait_ready(Duration::from_secs(120)).await?;
-            }
-        }
-        self.pg.create_replication_role().await?;
-        if self.dcs.try_acquire_leader(lease).await? {
-            self.holds_leader_key(lease);
-        } else {
-            return Err(ActError::Other(
-                "the leader key was taken during bootstrap".into(),
-            ));
-        }
-        let sysid = self.pg.sql().system_identifier().await?;
-        if !self.dcs.set_initialize(&sysid).await? {
-            return Err(ActError::Other(
-                "the initialize key changed during bootstrap".into(),
-            ));
-        }
-        let ha = &self.loaded.config.ha;
-        let config = ClusterConfig {
-            ttl: Some(ha.ttl),
-            loop_wait: Some(ha.loop_wait),
-            retry_timeout: Some(ha.retry_timeout),
-            maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
-            postgresql_parameters: BTreeMap::new(),
-            pause: false,
-            synchronous_mode: ha.synchronous_mode,
-            synchronous_mode_strict: ha.synchronous_mode && ha.synchronous_mode_strict,
-            synchronous_node_count: ha.synchronous_mode.then_some(ha.synchronous_node_count),
-            failsafe_mode: ha.failsafe_mode,
-        };
-        self.dcs.create_config_if_absent(&config).await?;
-        self.data = None;
-        tracing::info!(sysid, "bootstrapped a new cluster");
-        self.wake.notify_one();
-        Ok(())
     }
 
     async fn rewind(
@@ -395,7 +316,7 @@ impl Governor {
     }
 
     /// Publishes a state that a long action is about to enter, before it starts.
-    async fn announce(&mut self, s: &Snapshot, state: MemberState) {
+    pub(super) async fn announce(&mut self, s: &Snapshot, state: MemberState) {
         let status = self.member_status(s, Some(state));
         // Copy the id out: a watch guard held across an await blocks the lease task.
         let lease = self.lease.borrow().id;

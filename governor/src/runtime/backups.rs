@@ -1,10 +1,12 @@
-//! Scheduled base backups: a task that wakes at each time of `archive.backups.schedule`
-//! and, when this member is the leader running as primary, takes a base backup into the
-//! archive and then enforces `retain` (deleting older backups and the WAL only they need).
+//! Base backups the leader takes: at each time of `archive.backups.schedule`, and on demand
+//! (`POST /backup`, `spilo backup`); after each, `retain` is enforced (older backups and the
+//! WAL only they need are deleted).
 //!
-//! Every member runs the task; only the leader acts, so a failover moves the schedule with the
-//! leader key. A backup that outlasts the interval skips the times it missed rather than
-//! running twice in a row. What happened is in `/status` (`archive.backups`).
+//! Every member runs the task; only the leader running as primary acts, so a failover moves
+//! the schedule with the leader key, and a request sent to another member is refused with the
+//! reason. A backup that outlasts the interval skips the times it missed rather than running
+//! twice in a row; requests wait for a backup in progress. What happened is in `/status`
+//! (`archive.backups`).
 
 use super::Shared;
 use crate::archive::{AnyStore, ArchiveConfig, BackupSchedule, backup, retention};
@@ -13,6 +15,7 @@ use spilo_model::MemberRole;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// How to reach the local PostgreSQL for a backup.
@@ -27,6 +30,20 @@ pub struct Local {
     pub user: String,
 }
 
+/// A request for a backup now, answered with the backup's name or why there is none.
+pub type Request = oneshot::Sender<Result<String, Refused>>;
+
+/// Why a requested backup was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// This member is not the leader running as primary.
+    #[error("this member is not the leader running as primary; ask the leader")]
+    NotLeader,
+    /// The backup failed.
+    #[error("the backup failed: {0}")]
+    Failed(String),
+}
+
 /// The next time `cron` fires strictly after `now`.
 pub fn next_after(cron: &croner::Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&now, false).ok()
@@ -36,43 +53,47 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Runs the schedule until `cancel` fires, recording what it does in `shared.backups`.
+/// Runs until `cancel` fires: scheduled backups when `schedule` is set, and requested ones,
+/// recording what it does in `shared.backups`.
 pub async fn run(
     archive: ArchiveConfig,
-    schedule: BackupSchedule,
+    schedule: Option<BackupSchedule>,
     local: Local,
     shared: Arc<Shared>,
+    mut requests: mpsc::Receiver<Request>,
     cancel: CancellationToken,
 ) {
     let runs = &shared.backups;
-    let cron = match schedule.cron() {
+    let cron = match schedule.as_ref().map(BackupSchedule::cron).transpose() {
         Ok(c) => c,
         Err(e) => {
             // The configuration was checked at load; this cannot happen with a valid file.
             tracing::error!(error = e, "no scheduled backups");
-            return;
+            None
         }
     };
+    let retain = schedule.as_ref().map(|s| s.retain);
     let store = AnyStore::open(&archive).await;
     loop {
-        let Some(next) = next_after(&cron, Utc::now()) else {
-            tracing::warn!(
-                schedule = schedule.schedule,
-                "the schedule never fires again"
-            );
-            return;
-        };
-        runs.write().await.next = Some(rfc3339(next));
-        let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        tokio::select! {
+        let next = cron.as_ref().and_then(|c| next_after(c, Utc::now()));
+        runs.write().await.next = next.map(rfc3339);
+        let wait = next.map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let request = tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
+            () = sleep_or_forever(wait) => None,
+            r = requests.recv() => match r {
+                Some(r) => Some(r),
+                None => return,
+            },
+        };
         let leading = {
             let node = shared.node.read().await;
             node.is_leader && node.member.running_as(MemberRole::Primary)
         };
         if !leading {
+            if let Some(r) = request {
+                let _ = r.send(Err(Refused::NotLeader));
+            }
             continue;
         }
         let src = backup::Source {
@@ -81,38 +102,62 @@ pub async fn run(
             port: local.port,
             user: &local.user,
         };
-        tracing::info!("scheduled base backup starting");
+        let what = if request.is_some() {
+            "requested"
+        } else {
+            "scheduled"
+        };
+        tracing::info!("{what} base backup starting");
         let outcome = tokio::select! {
             () = cancel.cancelled() => return,
-            r = take(&archive, &store, &src, schedule.retain) => r,
+            r = take(&archive, &store, &src, retain) => r,
         };
         let mut r = runs.write().await;
-        match outcome {
+        let answer = match outcome {
             Ok((name, deleted)) => {
-                tracing::info!(backup = name, deleted, "scheduled base backup finished");
-                r.last = Some(name);
+                tracing::info!(backup = name, deleted, "{what} base backup finished");
+                r.last = Some(name.clone());
                 r.last_finished = Some(rfc3339(Utc::now()));
                 r.error = None;
                 r.deleted += deleted;
+                Ok(name)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "scheduled base backup failed");
+                tracing::warn!(error = %e, "{what} base backup failed");
                 r.error = Some(e.to_string());
+                Err(Refused::Failed(e.to_string()))
             }
+        };
+        if let Some(reply) = request {
+            let _ = reply.send(answer);
         }
     }
 }
 
-/// One backup, then retention. Returns the backup's name and how many old ones went.
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(w) => tokio::time::sleep(w).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One backup, then retention (when a schedule sets `retain`). Returns the backup's name and
+/// how many old ones went.
 async fn take(
     archive: &ArchiveConfig,
     store: &AnyStore,
     src: &backup::Source<'_>,
-    retain: usize,
+    retain: Option<usize>,
 ) -> Result<(String, u64), crate::archive::ArchiveError> {
     let sentinel = backup::backup_push(archive, store, src).await?;
-    let deletion = retention::backup_delete(archive, store, retain).await?;
-    Ok((sentinel.name, deletion.backups.len() as u64))
+    let deleted = match retain {
+        Some(n) => retention::backup_delete(archive, store, n)
+            .await?
+            .backups
+            .len() as u64,
+        None => 0,
+    };
+    Ok((sentinel.name, deleted))
 }
 
 #[cfg(test)]

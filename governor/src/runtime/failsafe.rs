@@ -369,6 +369,7 @@ mod tests {
             wal: Default::default(),
             tags: Default::default(),
             pending_restart: false,
+            error: None,
         }
     }
 

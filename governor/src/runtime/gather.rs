@@ -57,6 +57,10 @@ impl Governor {
             Err(e) => DcsView::Unreachable { why: e.to_string() },
         };
         if let DcsView::Known(view) = &dcs {
+            // Once the cluster exists, this member's failed attempt to create it is history.
+            if view.initialize.as_ref().is_some_and(|i| !i.is_empty()) {
+                self.bootstrap_failure = None;
+            }
             if view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
                 self.primary_down_since = None;
             }
@@ -92,6 +96,7 @@ impl Governor {
                 postgres,
                 recent_crashes: u32::try_from(self.crashes.len()).unwrap_or(u32::MAX),
                 primary_down_since: self.primary_down_since,
+                bootstrap_blocked: self.bootstrap_failure.as_ref().and_then(|f| f.blocks(now)),
             },
             peers,
             failsafe,
@@ -176,15 +181,27 @@ impl Governor {
                 WalPositions::default(),
             ),
         };
+        let failed = self
+            .bootstrap_failure
+            .as_ref()
+            .filter(|_| matches!(s.local.data, DataDir::Empty));
+        let state = match (state_override, failed) {
+            (Some(o), _) => o,
+            (None, Some(_)) if matches!(s.local.postgres, PgState::Stopped) => {
+                MemberState::BootstrapFailed
+            }
+            (None, _) => state,
+        };
         MemberStatus {
             conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),
             api_url: cfg.api_url(),
             role,
-            state: state_override.unwrap_or(state),
+            state,
             timeline,
             wal,
             tags: cfg.tags.clone(),
             pending_restart,
+            error: failed.map(super::bootstrap::Failure::describe),
         }
     }
 }
@@ -217,6 +234,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig) -> NodeStatus {
             wal: WalPositions::default(),
             tags: cfg.tags.clone(),
             pending_restart: false,
+            error: None,
         },
         leader: None,
         is_leader: false,

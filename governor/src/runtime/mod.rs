@@ -11,7 +11,8 @@
 //! once instead of after the TTL.
 
 mod act;
-mod backups;
+pub mod backups;
+pub mod bootstrap;
 pub mod commands;
 pub mod failsafe;
 pub mod fence;
@@ -55,6 +56,10 @@ pub enum ActError {
     /// Anything else.
     #[error("{0}")]
     Other(String),
+    /// The configuration asks for something that cannot succeed: trying again fails the same
+    /// way until the configuration changes (a bootstrap is then not retried).
+    #[error("{0}")]
+    Permanent(String),
 }
 
 /// How far back unexpected PostgreSQL exits count towards a crash loop.
@@ -90,6 +95,8 @@ pub struct Shared {
     pub switchover_outcome: RwLock<Option<switchover::Outcome>>,
     /// The backup schedule's last and next runs.
     pub backups: RwLock<spilo_model::BackupRuns>,
+    /// Requests for a base backup now (`POST /backup`); `None` without an archive.
+    pub backup_requests: Option<tokio::sync::mpsc::Sender<backups::Request>>,
     /// This member's failsafe promises.
     pub failsafe: failsafe::Gate,
     /// As primary in failsafe mode: until when every member confirmed it.
@@ -123,6 +130,7 @@ pub(crate) struct Governor {
     failsafe_until: watch::Receiver<Option<Instant>>,
     failsafe_absent_since: std::collections::BTreeMap<spilo_model::MemberName, Instant>,
     started: Instant,
+    bootstrap_failure: Option<bootstrap::Failure>,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
@@ -213,6 +221,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         rewind_check_after: Duration::from_secs(15),
     };
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
+    let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(4);
     let shared = Arc::new(Shared {
         node: RwLock::new(gather::initial_node_status(&cfg)),
         view: RwLock::new(None),
@@ -228,15 +237,14 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         wake: wake.clone(),
         switchover_outcome: RwLock::new(None),
         backups: RwLock::new(Default::default()),
+        backup_requests: cfg.archive.is_some().then_some(backup_tx),
         failsafe: failsafe::Gate::default(),
         failsafe_until: failsafe_until.clone(),
     });
-    if let Some(archive) = &cfg.archive
-        && let Some(schedule) = &archive.backups
-    {
+    if let Some(archive) = &cfg.archive {
         tasks.spawn(backups::run(
             archive.clone(),
-            schedule.clone(),
+            archive.backups.clone(),
             backups::Local {
                 bin_dir: cfg.postgresql.bin_dir.clone(),
                 socket_dir: cfg.run_dir(),
@@ -244,6 +252,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
                 user: cfg.postgresql.authentication.superuser.username.clone(),
             },
             shared.clone(),
+            backup_rx,
             cancel.clone(),
         ));
     }
@@ -292,6 +301,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         failsafe_until,
         failsafe_absent_since: Default::default(),
         started: Instant::now(),
+        bootstrap_failure: None,
     };
     let result = gov.ha_loop(&shutdown).await;
     gov.shutdown().await;

@@ -258,6 +258,7 @@ impl Member {
             wal: positions(role == MemberRole::Primary, lsn),
             tags: MemberTags::default(),
             pending_restart: false,
+            error: None,
         }
     }
 
@@ -384,6 +385,7 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
                 .filter(|t| now.saturating_sub(**t) < 300_000)
                 .count() as u32,
             primary_down_since: m.primary_down_since.map(|t| clock.at(t)),
+            bootstrap_blocked: None,
         },
         peers,
         failsafe: failsafe_view(m, now, clock),

@@ -394,7 +394,10 @@ impl Default for InitdbSpec {
 pub struct CloneSpec {
     /// The source cluster's name.
     pub from: ClusterName,
-    /// Recover up to this moment (RFC 3339 with a zone); the end of the archive when absent.
+    /// Recover up to this moment; the end of the archive when absent. RFC 3339 with a zone
+    /// (`2026-11-25T18:00:00Z`, a fraction of a second and an offset such as `+02:00` allowed;
+    /// a space may replace the `T`). The clone restores the newest backup that finished before
+    /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_time: Option<String>,
 }

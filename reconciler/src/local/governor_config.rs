@@ -169,7 +169,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "bootstrap: {clone: {archive: {prefix: \"spilo/orders/wal/15/\", directory: \"/s/orders/bucket\"}, target_time: \"2026-11-26T04:00:00Z\"}}\n"
+                "bootstrap: {clone: {archive: {prefix: \"spilo/orders/wal/15/\", directory: \"/s/orders/bucket\"}, target_time: \"2026-11-26T04:00:00.000000Z\"}}\n"
             ),
             "{text}"
         );

@@ -13,6 +13,7 @@ pub mod governor_config;
 pub mod haproxy;
 pub mod plan;
 pub mod ports;
+pub mod progress;
 pub mod state;
 pub mod status;
 pub mod up;

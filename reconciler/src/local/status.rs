@@ -69,6 +69,9 @@ pub struct MemberReport {
     pub governor_pid: Option<u32>,
     /// Postmaster pid.
     pub postmaster_pid: Option<u32>,
+    /// What keeps the member from running (a failed bootstrap with PostgreSQL's error line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 async fn ask(http: &reqwest::Client, port: u16) -> Option<NodeStatus> {
@@ -113,6 +116,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
                 api_url: format!("http://127.0.0.1:{}", m.api_port),
                 governor_pid: Some(n.governor_pid),
                 postmaster_pid: n.postmaster_pid,
+                error: n.member.error.clone(),
             },
             None => MemberReport {
                 name: m.name.clone(),
@@ -125,6 +129,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
                 api_url: format!("http://127.0.0.1:{}", m.api_port),
                 governor_pid: m.governor_pid.filter(|p| state::alive(*p)),
                 postmaster_pid: None,
+                error: None,
             },
         })
         .collect();
@@ -220,6 +225,11 @@ pub fn render(report: &Report) -> String {
                 .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
+        }
+        for m in &c.members {
+            if let Some(e) = &m.error {
+                out.push_str(&format!("{}: {e}\n", m.name));
+            }
         }
     }
     out

@@ -6,6 +6,7 @@
 use super::cluster::LocalCluster;
 use super::plan::{Change, plan};
 use super::ports::{self, Ports};
+use super::progress::Progress;
 use super::state::{self, Layout};
 use super::user::RunAs;
 use crate::spec::{Severity, read_files, render_text, validate_files};
@@ -215,6 +216,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
+    // Clusters added later are announced when they become ready, and member errors once.
+    let mut progress: BTreeMap<String, Progress> = running
+        .keys()
+        .map(|n| (n.clone(), Progress::ready()))
+        .collect();
 
     loop {
         tokio::select! {
@@ -242,6 +248,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         for c in running.values_mut() {
             if let Err(e) = c.keep_alive().await {
                 eprintln!("{}: {e:#}", c.name);
+            }
+        }
+        progress.retain(|n, _| running.contains_key(n));
+        for (name, c) in &running {
+            for line in progress
+                .entry(name.clone())
+                .or_default()
+                .check(c, &layout)
+                .await
+            {
+                println!("{line}");
             }
         }
         // Edits of the cluster files are applied on the next pass.

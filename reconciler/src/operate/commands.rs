@@ -82,7 +82,7 @@ pub async fn switchover(a: SwitchoverArgs) -> anyhow::Result<()> {
             a.target.cluster
         );
     };
-    let api = Api::new(&a.auth, &a.target.cluster)?;
+    let api = Api::new(&a.auth, &a.target)?;
     let mut body = json!({ "leader": leader });
     if let Some(to) = &a.to {
         state.member(to)?;
@@ -99,10 +99,41 @@ pub async fn switchover(a: SwitchoverArgs) -> anyhow::Result<()> {
 /// `spilo failover`: asks the candidate to take over while there is no healthy primary.
 pub async fn failover(a: FailoverArgs) -> anyhow::Result<()> {
     let state = read_state(&a.target).await?;
-    let api = Api::new(&a.auth, &a.target.cluster)?;
+    let api = Api::new(&a.auth, &a.target)?;
     let url = &state.member(&a.to)?.api_url;
     let answer = api
         .post(url, "/failover", &json!({ "candidate": a.to }))
+        .await?;
+    report(a.target.cluster.as_str(), &answer)
+}
+
+/// `spilo backup`.
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// The cluster.
+    #[command(flatten)]
+    pub target: Target,
+    /// How long to wait for the backup to finish.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// REST API credentials.
+    #[command(flatten)]
+    pub auth: ApiAuth,
+}
+
+/// `spilo backup`: the leader takes a base backup into the cluster's archive now; returns
+/// when it is finished.
+pub async fn backup(a: BackupArgs) -> anyhow::Result<()> {
+    let state = read_state(&a.target).await?;
+    let Some(leader) = state.leader.clone() else {
+        bail!(
+            "{} has no leader; the primary takes backups",
+            a.target.cluster
+        );
+    };
+    let api = Api::with_timeout(&a.auth, &a.target, a.timeout)?;
+    let answer = api
+        .post(&state.member(&leader)?.api_url, "/backup", &json!({}))
         .await?;
     report(a.target.cluster.as_str(), &answer)
 }
@@ -135,7 +166,7 @@ fn members_in_order(
 /// `spilo reload`: every member (or one) rewrites its configuration and reloads.
 pub async fn reload(a: MemberArgs) -> anyhow::Result<()> {
     let state = read_state(&a.target).await?;
-    let api = Api::new(&a.auth, &a.target.cluster)?;
+    let api = Api::new(&a.auth, &a.target)?;
     let mut failed = 0;
     for m in members_in_order(&state, a.member.as_ref())? {
         let answer = api
@@ -158,7 +189,7 @@ pub async fn reinit(a: MemberArgs) -> anyhow::Result<()> {
         bail!("reinit needs a MEMBER");
     };
     let state = read_state(&a.target).await?;
-    let api = Api::new(&a.auth, &a.target.cluster)?;
+    let api = Api::new(&a.auth, &a.target)?;
     let answer = api
         .post(&state.member(member)?.api_url, "/reinitialize", &json!({}))
         .await?;
@@ -170,7 +201,7 @@ pub async fn reinit(a: MemberArgs) -> anyhow::Result<()> {
 /// old primary then starts as a replica with the new settings).
 pub async fn restart(a: MemberArgs) -> anyhow::Result<()> {
     let state = read_state(&a.target).await?;
-    let api = Api::new(&a.auth, &a.target.cluster)?;
+    let api = Api::new(&a.auth, &a.target)?;
     for m in members_in_order(&state, a.member.as_ref())? {
         let status = state.member(&m)?;
         if a.pending && !status.pending_restart {

@@ -131,7 +131,7 @@ pub async fn edit(a: EditArgs) -> anyhow::Result<()> {
         println!("(dry run: nothing written)");
         return Ok(());
     }
-    let mut client = crate::etcd::connect(&a.target.etcd)
+    let mut client = crate::etcd::connect(&a.target.endpoints())
         .await
         .map_err(anyhow::Error::msg)?;
     let key = Keyspace::with_namespace(&a.target.namespace, &a.target.cluster).config();

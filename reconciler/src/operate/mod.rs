@@ -25,17 +25,47 @@ use std::time::Duration;
 pub struct Target {
     /// The cluster (etcd scope).
     pub cluster: ClusterName,
-    /// etcd client endpoints, comma separated.
-    #[arg(
-        long,
-        env = "SPILO_ETCD",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:2379"
-    )]
-    pub etcd: Vec<String>,
+    /// etcd client endpoints, comma separated. Default: the etcd of the cluster when `spilo
+    /// up` runs it (found in its state directory, like `spilo status`), else 127.0.0.1:2379.
+    #[arg(long, env = "SPILO_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
     /// The etcd key namespace.
     #[arg(long, default_value = "/service")]
     pub namespace: String,
+    /// The state directory of `spilo up` (default: the one `spilo up` picks for `clusters/`),
+    /// where the cluster's etcd and generated REST API token are found.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Target {
+    /// etcd's endpoints: `--etcd`, else the local cluster's, else 127.0.0.1:2379.
+    pub fn endpoints(&self) -> Vec<String> {
+        if let Some(e) = &self.etcd {
+            return e.clone();
+        }
+        self.local()
+            .map(|st| st.etcd_endpoints)
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| vec!["127.0.0.1:2379".to_string()])
+    }
+
+    /// The state `spilo up` keeps for this cluster, when it runs (or ran) it here.
+    pub fn local(&self) -> Option<crate::local::state::ClusterState> {
+        self.layout()
+            .and_then(|l| l.read(self.cluster.as_str()).ok())
+    }
+
+    fn layout(&self) -> Option<crate::local::state::Layout> {
+        let run_as = crate::local::user::RunAs::detect().ok()?;
+        let (root, _) = crate::local::state_dir(
+            self.state_dir.as_deref(),
+            &[PathBuf::from("clusters")],
+            &run_as,
+        )
+        .ok()?;
+        Some(crate::local::state::Layout { root })
+    }
 }
 
 /// Credentials for the governors' mutating REST endpoints.
@@ -53,9 +83,6 @@ pub struct ApiAuth {
     /// Basic-auth password.
     #[arg(long, env = "SPILO_API_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// The state directory of `spilo up`; its generated token is used when none is given.
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
     /// CA certificates (PEM) to check an HTTPS REST API against (`restapi.tls`).
     #[arg(long, env = "SPILO_API_CACERT")]
     pub cacert: Option<PathBuf>,
@@ -107,7 +134,7 @@ impl ClusterState {
 
 /// Reads every key of the cluster in one request. Fails when the cluster does not exist.
 pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
-    let mut client = crate::etcd::connect(&t.etcd)
+    let mut client = crate::etcd::connect(&t.endpoints())
         .await
         .map_err(anyhow::Error::msg)?;
     let keys = Keyspace::with_namespace(&t.namespace, &t.cluster);
@@ -189,8 +216,17 @@ impl Answer {
 
 impl Api {
     /// Resolves credentials: `--token`/`SPILO_API_TOKEN`, `--token-file`, basic auth, then the
-    /// token `spilo up` generated for `cluster`; none is fine for reads.
-    pub fn new(auth: &ApiAuth, cluster: &ClusterName) -> anyhow::Result<Self> {
+    /// token `spilo up` generated for the cluster; none is fine for reads.
+    pub fn new(auth: &ApiAuth, target: &Target) -> anyhow::Result<Self> {
+        Self::with_timeout(auth, target, Duration::from_secs(90))
+    }
+
+    /// [`Self::new`] with a longer wait for answers (a base backup answers when done).
+    pub fn with_timeout(
+        auth: &ApiAuth,
+        target: &Target,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let credential = if let Some(t) = &auth.token {
             Some(Credential::Token(t.clone()))
         } else if let Some(f) = &auth.token_file {
@@ -200,9 +236,9 @@ impl Api {
         } else if let (Some(u), Some(p)) = (&auth.username, &auth.password) {
             Some(Credential::Basic(u.clone(), p.clone()))
         } else {
-            local_token(auth, cluster).map(Credential::Token)
+            local_token(target).map(Credential::Token)
         };
-        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(90));
+        let mut http = reqwest::Client::builder().timeout(timeout);
         if let Some(ca) = &auth.cacert {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -256,18 +292,11 @@ impl Api {
     }
 }
 
-/// The token `spilo up` generated for `cluster`, when this user can read it.
-fn local_token(auth: &ApiAuth, cluster: &ClusterName) -> Option<String> {
-    let run_as = crate::local::user::RunAs::detect().ok()?;
-    let (root, _) = crate::local::state_dir(
-        auth.state_dir.as_deref(),
-        &[PathBuf::from("clusters")],
-        &run_as,
-    )
-    .ok()?;
-    let layout = crate::local::state::Layout { root };
+/// The token `spilo up` generated for the cluster, when this user can read it.
+fn local_token(target: &Target) -> Option<String> {
+    let layout = target.layout()?;
     let path = layout
-        .cluster(cluster.as_str())
+        .cluster(target.cluster.as_str())
         .join("secrets/restapi-token");
     std::fs::read_to_string(path)
         .ok()

@@ -66,12 +66,13 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 );
             }
             if let Some(t) = &c.target_time
-                && time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .is_err()
+                && let Err(e) = spilo_model::TargetTime::parse(t)
             {
-                r.at(&p("spec.bootstrap.clone.targetTime"), Severity::Error, format!(
-                    "must be an RFC 3339 time with a zone, such as 2026-11-25T18:00:00Z, got {t:?}"
-                ));
+                r.at(
+                    &p("spec.bootstrap.clone.targetTime"),
+                    Severity::Error,
+                    e.to_string(),
+                );
             }
             if s.backup.is_none() && s.target == Target::Aws {
                 r.at(
