@@ -20,6 +20,9 @@ enum Command {
         /// The governor's YAML configuration.
         #[arg(long, short)]
         config: PathBuf,
+        /// This member's identity, when the file leaves it to the instance.
+        #[command(flatten)]
+        identity: IdentityArgs,
     },
     /// Archive one WAL file (PostgreSQL's `archive_command`: `governor wal-push %p -c FILE`).
     WalPush {
@@ -100,7 +103,31 @@ enum Command {
         /// The governor's YAML configuration.
         #[arg(long, short)]
         config: PathBuf,
+        /// This member's identity, when the file leaves it to the instance.
+        #[command(flatten)]
+        identity: IdentityArgs,
     },
+}
+
+/// What an instance adds to a configuration shared by all members (see
+/// `governor::config::Identity`).
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// The member name (on AWS: the instance id).
+    #[arg(long)]
+    name: Option<spilo_model::MemberName>,
+    /// The host others reach this member at (on AWS: its private address).
+    #[arg(long)]
+    connect_host: Option<String>,
+}
+
+impl IdentityArgs {
+    fn identity(&self) -> governor::config::Identity {
+        governor::config::Identity {
+            name: self.name.clone(),
+            connect_host: self.connect_host.clone(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -142,8 +169,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { config } => {
-            let loaded = governor::config::load(&config)?;
+        Command::Check { config, identity } => {
+            let loaded = governor::config::load(&config, &identity.identity()).await?;
             governor::preflight::check(&loaded.config)?;
             println!("{}: ok", config.display());
             Ok(())
@@ -274,8 +301,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             governor::archive::prefetch::prefetch(&archive, &store, &names, &dir).await;
             Ok(())
         }
-        Command::Run { config } => {
-            let loaded = governor::config::load(&config)?;
+        Command::Run { config, identity } => {
+            let loaded = governor::config::load(&config, &identity.identity()).await?;
             governor::preflight::check(&loaded.config)?;
             let shutdown = CancellationToken::new();
             let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -335,9 +362,7 @@ fn start_prefetch(
 /// A configuration file, parsed and checked but with no secret resolved: the commands
 /// PostgreSQL runs (`wal-push`, `wal-fetch`) may not have the governor's environment.
 fn parse_config(path: &std::path::Path) -> anyhow::Result<governor::config::GovernorConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    Ok(governor::config::GovernorConfig::parse(&text, path)?)
+    Ok(governor::config::read(path)?)
 }
 
 /// The `archive:` section of a configuration file (no secrets are resolved: PostgreSQL runs

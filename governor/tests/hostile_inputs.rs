@@ -7,7 +7,7 @@
 
 use governor::api::auth;
 use governor::api::ops::{RestartBody, SwitchoverBody, parse_body};
-use governor::config::{ApiCredentials, GovernorConfig};
+use governor::config::ApiCredentials;
 use governor::dcs::parse_view;
 use governor::ha::{DataDir, DcsView, HaConfig, LeaseView, LocalState, PgState, Snapshot, decide};
 use governor::runtime::failsafe::{self, Gate, Heartbeat};
@@ -107,7 +107,7 @@ fn snapshot_with(view: governor::ha::ClusterView, now: Instant) -> Snapshot {
 proptest! {
     #[test]
     fn governor_config_never_panics(text in prop_oneof![mutated(VALID_CONFIG), ".{0,200}"]) {
-        let _ = GovernorConfig::parse(&text, Path::new("fuzz.yaml"));
+        let _ = governor::config::parse(&text, Path::new("fuzz.yaml"));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! What the governor and the `spilo` CLI agree on, and nothing else: the names of clusters and
 //! members, PostgreSQL positions (LSN, timeline), the etcd keyspace with its single writer per
-//! key, and the JSON values stored under those keys.
+//! key, the JSON values stored under those keys, the cluster file, and the governor's
+//! configuration file (which `spilo` writes and the governor reads).
 //!
 //! This crate is synchronous and performs no I/O: no etcd client, no tokio, no PostgreSQL.
 //! Both programs depend on it so that the layout of `/service/<scope>/` is defined exactly once.
 
 pub mod config_edit;
+pub mod governor;
 pub mod keys;
 pub mod lsn;
 pub mod member;

@@ -12,18 +12,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 pub fn normalize(endpoints: &[String]) -> Vec<String> {
     endpoints
         .iter()
-        .map(|e| governor::dcs::discovery::normalize(e))
+        .map(|e| spilo_discovery::normalize(e))
         .collect()
 }
 
 /// Client URLs of the etcd a cluster file names.
 pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
-    let cfg = governor::config::EtcdConfig {
+    let cfg = spilo_model::governor::EtcdConfig {
         hosts: dcs.hosts.clone(),
         discovery_domain: dcs.discovery_domain.clone(),
         discovery_nameserver: None,
     };
-    governor::dcs::discovery::endpoints(&cfg, TIMEOUT)
+    spilo_discovery::endpoints(&cfg, TIMEOUT)
         .await
         .map_err(|e| e.to_string())
 }

@@ -1,7 +1,13 @@
 //! `spilo init`: asks for a new cluster's settings the way `senza init` did in the 2015 Spilo
-//! demo (with its defaults in brackets) and writes a cluster file that passes `spilo validate`.
-//! Every question has a flag; with `--yes`, unanswered questions take their defaults, so it runs
-//! without a terminal.
+//! demo (defaults in brackets) and writes a cluster file. Every question has a flag; with
+//! `--yes`, unanswered questions take their defaults, so it runs without a terminal.
+//!
+//! The defaults are today's, not 2015's: a current instance type and gp3, no `nobarrier`, and a
+//! WAL bucket named after the account, region and cluster (`spilo-<account>-<region>-<name>`,
+//! created by `spilo apply` outside the stack) instead of somebody else's bucket. What cannot
+//! be defaulted for the user's account (VPC, subnets, hosted zone, etcd discovery domain, the
+//! bucket when the account is unknown) is asked without a default, and under `--yes` written as
+//! a placeholder that `spilo validate` refuses, so such a file cannot be applied by accident.
 
 use crate::spec::validate_files;
 use anyhow::{Context, bail};
@@ -23,9 +29,12 @@ pub struct InitArgs {
     /// AWS region.
     #[arg(long)]
     pub region: Option<String>,
-    /// S3 bucket for the WAL archive.
+    /// S3 bucket for the WAL archive (default `spilo-<account>-<region>-<name>`).
     #[arg(long)]
     pub bucket: Option<String>,
+    /// Whether `spilo apply` creates the bucket when it is missing: yes or no.
+    #[arg(long)]
+    pub create_bucket: Option<String>,
     /// EC2 instance type.
     #[arg(long)]
     pub instance_type: Option<String>,
@@ -44,7 +53,7 @@ pub struct InitArgs {
     /// Data volume size in GB (10 or more).
     #[arg(long)]
     pub volume_size: Option<String>,
-    /// Data volume type: gp2, gp3, io1, io2 or standard.
+    /// Data volume type: gp3, gp2, io1, io2 or standard.
     #[arg(long)]
     pub volume_type: Option<String>,
     /// Provisioned IOPS (io1 and io2).
@@ -68,6 +77,19 @@ pub struct InitArgs {
     /// Overwrite an existing file.
     #[arg(long)]
     pub force: bool,
+    /// AWS endpoint (tests: moto) for looking up the account the bucket is named after.
+    #[arg(long, env = "SPILO_AWS_ENDPOINT_URL", hide = true)]
+    pub endpoint_url: Option<String>,
+}
+
+/// Finds the AWS account id for a region, when credentials allow (`None` otherwise).
+pub type AccountLookup<'a> = &'a mut dyn FnMut(&str) -> Option<String>;
+
+/// The default WAL bucket: `spilo-<account>-<region>-<name>`, cut to S3's 63 characters.
+pub fn default_bucket(account: &str, region: &str, name: &str) -> String {
+    let mut b = format!("spilo-{account}-{region}-{name}");
+    b.truncate(63);
+    b.trim_end_matches(['-', '.']).to_string()
 }
 
 struct Asker<'a> {
@@ -97,12 +119,45 @@ impl Asker<'_> {
             }
             return Ok(default.to_string());
         }
+        self.prompt(prompt, default, check)
+    }
+
+    /// Like [`Self::ask`] for a value that has no default for the user's account: asked
+    /// without one; under `--yes` the placeholder `what` is written instead (quoted), which
+    /// `spilo validate` refuses until a person replaces it.
+    fn ask_or_placeholder(
+        &mut self,
+        flag: &Option<String>,
+        flag_name: &str,
+        prompt: &str,
+        what: &str,
+    ) -> anyhow::Result<Answer> {
+        if let Some(v) = flag {
+            not_empty(v).map_err(|e| anyhow::anyhow!("--{flag_name} {v:?}: {e}"))?;
+            return Ok(Answer::Given(v.clone()));
+        }
+        if self.yes {
+            return Ok(Answer::Placeholder(crate::spec::placeholder(what)));
+        }
+        self.prompt(prompt, "", not_empty).map(Answer::Given)
+    }
+
+    fn prompt(
+        &mut self,
+        prompt: &str,
+        default: &str,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> anyhow::Result<String> {
         loop {
-            write!(self.out, "{prompt} [{default}]: ")?;
+            if default.is_empty() {
+                write!(self.out, "{prompt}: ")?;
+            } else {
+                write!(self.out, "{prompt} [{default}]: ")?;
+            }
             self.out.flush()?;
             let mut line = String::new();
             if self.input.read_line(&mut line)? == 0 {
-                bail!("no answer for \"{prompt}\" (input ended); pass --{flag_name} or --yes");
+                bail!("no answer for \"{prompt}\" (input ended); pass its flag or --yes");
             }
             let answer = line.trim();
             let answer = if answer.is_empty() { default } else { answer };
@@ -110,6 +165,22 @@ impl Asker<'_> {
                 Ok(()) => return Ok(answer.to_string()),
                 Err(e) => writeln!(self.out, "Error: {e}")?,
             }
+        }
+    }
+}
+
+/// An answer that is either the user's or a placeholder for them to replace.
+enum Answer {
+    Given(String),
+    Placeholder(String),
+}
+
+impl Answer {
+    /// As a YAML scalar (placeholders quoted).
+    fn yaml(&self) -> String {
+        match self {
+            Answer::Given(v) => v.clone(),
+            Answer::Placeholder(p) => format!("\"{p}\""),
         }
     }
 }
@@ -149,9 +220,11 @@ fn not_empty(s: &str) -> Result<(), String> {
     }
 }
 
-/// Asks, writes the file, validates it; returns its path.
+/// Asks, writes the file, validates it; returns its path. `account` finds the AWS account
+/// the default bucket is named after.
 pub fn run(
     args: &InitArgs,
+    account: AccountLookup<'_>,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> anyhow::Result<PathBuf> {
@@ -183,60 +256,73 @@ pub fn run(
          apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  target: {target}\n"
     );
     if target == "aws" {
+        let region_default = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|_| "eu-central-1".into());
         let region = a.ask(
             &args.region,
             "region",
             "AWS region",
-            "eu-central-1",
+            &region_default,
             not_empty,
         )?;
-        let bucket = a.ask(
-            &args.bucket,
-            "bucket",
-            "Postgres WAL S3 bucket to use",
-            "zalando-spilo-app",
-            not_empty,
-        )?;
+        // A bucket of the user's own account: its name is derived from the account when the
+        // credentials tell it; otherwise there is no safe default.
+        let bucket = match (&args.bucket, account(&region)) {
+            (Some(_), _) | (None, None) => a.ask_or_placeholder(
+                &args.bucket,
+                "bucket",
+                "S3 bucket for the WAL archive and backups (one of your account)",
+                "an S3 bucket of your account for the WAL archive, e.g. spilo-ACCOUNT-REGION-NAME",
+            )?,
+            (None, Some(acct)) => Answer::Given(a.ask(
+                &args.bucket,
+                "bucket",
+                "S3 bucket for the WAL archive and backups",
+                &default_bucket(&acct, &region, &name),
+                not_empty,
+            )?),
+        };
+        let create_bucket = a.ask(
+            &args.create_bucket,
+            "create-bucket",
+            "Let spilo apply create the bucket when it is missing (kept when the cluster is deleted: it holds the backups)",
+            "yes",
+            one_of(&["yes", "no"]),
+        )? == "yes";
         let instance_type = a.ask(
             &args.instance_type,
             "instance-type",
             "EC2 instance type",
-            "t2.micro",
+            spilo_model::spec::DEFAULT_INSTANCE_TYPE,
             not_empty,
         )?;
-        let zone = a.ask(
+        let zone = a.ask_or_placeholder(
             &args.hosted_zone,
             "hosted-zone",
-            "Hosted Zone",
-            "acid.example.com",
-            not_empty,
+            "Route53 hosted zone (e.g. db.example.com)",
+            "your Route53 hosted zone, e.g. db.example.com",
         )?;
-        let vpc = a.ask(
-            &args.vpc,
-            "vpc",
-            "VPC id",
-            "vpc-0123456789abcdef0",
-            not_empty,
-        )?;
-        let subnets = a.ask(
+        let vpc = a.ask_or_placeholder(&args.vpc, "vpc", "VPC id", "your VPC id, vpc-...")?;
+        let subnets = match a.ask_or_placeholder(
             &args.subnets,
             "subnets",
             "Subnets (comma-separated, one per availability zone)",
-            "subnet-0123456789abcdef0,subnet-1123456789abcdef0,subnet-2123456789abcdef0",
-            not_empty,
-        )?;
-        let subnets: Vec<&str> = subnets
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        let subnets = subnets.join(", ");
-        let discovery = a.ask(
+            "your subnet ids, one per availability zone, subnet-...",
+        )? {
+            Answer::Given(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(", "),
+            p @ Answer::Placeholder(_) => p.yaml(),
+        };
+        let discovery = a.ask_or_placeholder(
             &args.discovery_domain,
             "discovery-domain",
-            "ETCD Discovery Domain",
-            "postgres.example.com",
-            not_empty,
+            "etcd discovery domain (SRV records _etcd-server._tcp.<domain>)",
+            "the DNS domain of your etcd SRV records, e.g. etcd.example.com",
         )?;
         let size = a.ask(
             &args.volume_size,
@@ -248,9 +334,9 @@ pub fn run(
         let vtype = a.ask(
             &args.volume_type,
             "volume-type",
-            "Database volume type (gp2, gp3, io1, io2 or standard)",
-            "gp2",
-            one_of(&["gp2", "gp3", "io1", "io2", "standard"]),
+            "Database volume type (gp3, gp2, io1, io2 or standard)",
+            "gp3",
+            one_of(&["gp3", "gp2", "io1", "io2", "standard"]),
         )?;
         let iops = if matches!(vtype.as_str(), "io1" | "io2") {
             let default = (size.parse::<u64>().unwrap_or(10) * 30)
@@ -284,7 +370,7 @@ pub fn run(
             &args.mount_options,
             "mount-options",
             "Filesystem mount options (comma-separated)",
-            "noatime,nodiratime,nobarrier",
+            "noatime,nodiratime",
             anything,
         )?;
         let mut storage = format!("size: {size}, type: {vtype}, filesystem: {fs}");
@@ -303,8 +389,12 @@ pub fn run(
         body.push_str(&format!(
             "  dcs:\n    discoveryDomain: {discovery}\n\
              \x20 aws:\n    region: {region}\n    instanceType: {instance_type}\n    hostedZone: {zone}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    storage: {{{storage}}}\n\
-             \x20 backup:\n    bucket: {bucket}\n\
-             \x20 secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    replication: {{ssm: /spilo/{name}/replication}}\n"
+             \x20 backup:\n    bucket: {bucket}\n    createBucket: {create_bucket}\n\
+             \x20 secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    replication: {{ssm: /spilo/{name}/replication}}\n    restapi: {{ssm: /spilo/{name}/restapi-token}}\n",
+            discovery = discovery.yaml(),
+            zone = zone.yaml(),
+            vpc = vpc.yaml(),
+            bucket = bucket.yaml(),
         ));
     }
     let path = args
@@ -312,7 +402,17 @@ pub fn run(
         .clone()
         .unwrap_or_else(|| PathBuf::from("clusters").join(format!("{name}.yaml")));
     let checked = validate_files(&[(path.display().to_string(), body.clone())]);
-    if checked.has_errors() {
+    let errors: Vec<&crate::spec::Diagnostic> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == crate::spec::Severity::Error)
+        .collect();
+    // Placeholders are errors on purpose; anything else means the answers do not fit.
+    let placeholders = errors
+        .iter()
+        .filter(|d| d.message.contains(crate::spec::PLACEHOLDER))
+        .count();
+    if errors.len() > placeholders {
         bail!(
             "the answers do not make a valid cluster:\n{}",
             crate::spec::render_text(&checked.diagnostics)
@@ -327,6 +427,15 @@ pub fn run(
     }
     std::fs::write(&path, body).with_context(|| format!("write {}", path.display()))?;
     writeln!(a.out, " OK")?;
+    if placeholders > 0 {
+        writeln!(
+            a.out,
+            "Replace the {placeholders} placeholder(s) before `spilo plan` accepts the file:\n{}",
+            crate::spec::render_text(&checked.diagnostics)
+        )?;
+    } else if !checked.diagnostics.is_empty() {
+        write!(a.out, "{}", crate::spec::render_text(&checked.diagnostics))?;
+    }
     Ok(path)
 }
 
@@ -334,10 +443,15 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn run_with(args: InitArgs, input: &str) -> (anyhow::Result<PathBuf>, String) {
+    fn run_with(
+        args: InitArgs,
+        account: Option<&str>,
+        input: &str,
+    ) -> (anyhow::Result<PathBuf>, String) {
         let mut inp = std::io::Cursor::new(input.as_bytes().to_vec());
         let mut out = Vec::new();
-        let r = run(&args, &mut inp, &mut out);
+        let mut lookup = |_: &str| account.map(str::to_string);
+        let r = run(&args, &mut lookup, &mut inp, &mut out);
         (r, String::from_utf8_lossy(&out).into_owned())
     }
 
@@ -347,16 +461,25 @@ mod tests {
         let out_path = dir.path().join("orders.yaml");
         let args = InitArgs {
             output: Some(out_path.clone()),
+            region: Some("eu-west-1".into()),
             ..Default::default()
         };
-        // name, instances, target, region, bucket, type, zone, vpc, subnets, domain,
-        // size (5 is refused, then 20), volume type, iops, snapshot, filesystem, mount options.
-        let input = "orders\n\n\n\norders-wal\nm6g.large\n\nvpc-0a1b2c3d\nsubnet-0a1b2c3d, subnet-1a1b2c3d\n\n5\n20\nio1\n\n\nxfs\n\n";
-        let (r, shown) = run_with(args, input);
+        // name, instances, target, bucket, create, type, zone, vpc (empty refused), subnets,
+        // domain, size (5 is refused, then 20), volume type, iops, snapshot, filesystem,
+        // mount options.
+        let input = "orders\n\n\norders-wal\nno\nm6g.large\ndb.example.com\n\nvpc-0a1b2c3d\nsubnet-0a1b2c3d, subnet-1a1b2c3d\netcd.example.com\n5\n20\nio1\n\n\nxfs\n\n";
+        let (r, shown) = run_with(args, Some("123456789012"), input);
         r.expect("init succeeds");
-        assert!(shown.contains("Cluster name []: "), "{shown}");
+        assert!(shown.contains("Cluster name: "), "{shown}");
         assert!(
-            shown.contains("Postgres WAL S3 bucket to use [zalando-spilo-app]: "),
+            shown.contains(
+                "S3 bucket for the WAL archive and backups [spilo-123456789012-eu-west-1-orders]: "
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("EC2 instance type [t3.medium]: "), "{shown}");
+        assert!(
+            shown.contains("VPC id: Error: an answer is required"),
             "{shown}"
         );
         assert!(
@@ -366,15 +489,99 @@ mod tests {
         assert!(shown.contains("Provisioned IOPS [600]: "), "{shown}");
         assert!(shown.ends_with(" OK\n"), "{shown}");
         let text = std::fs::read_to_string(&out_path).expect("written");
-        assert!(text.contains("storage: {size: 20, type: io1, filesystem: xfs, iops: 600, mountOptions: [noatime, nodiratime, nobarrier]}"), "{text}");
-        assert!(text.contains("bucket: orders-wal"), "{text}");
-        assert!(text.contains("instanceType: m6g.large"), "{text}");
+        assert!(text.contains("storage: {size: 20, type: io1, filesystem: xfs, iops: 600, mountOptions: [noatime, nodiratime]}"), "{text}");
         assert!(
-            text.contains("discoveryDomain: postgres.example.com"),
+            text.contains("bucket: orders-wal\n    createBucket: false"),
             "{text}"
         );
+        assert!(text.contains("instanceType: m6g.large"), "{text}");
+        assert!(text.contains("discoveryDomain: etcd.example.com"), "{text}");
         let checked = validate_files(&[("orders.yaml".into(), text)]);
         assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+    }
+
+    #[test]
+    fn yes_takes_current_defaults_and_leaves_placeholders_that_validation_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out_path = dir.path().join("shop.yaml");
+        let args = InitArgs {
+            name: Some("shop".into()),
+            target: Some("aws".into()),
+            region: Some("eu-west-1".into()),
+            output: Some(out_path.clone()),
+            yes: true,
+            ..Default::default()
+        };
+        let (r, shown) = run_with(args, Some("123456789012"), "");
+        r.expect("written despite the placeholders");
+        let text = std::fs::read_to_string(&out_path).expect("written");
+        assert!(text.contains("instanceType: t3.medium"), "{text}");
+        assert!(
+            text.contains("type: gp3, filesystem: ext4, mountOptions: [noatime, nodiratime]}"),
+            "{text}"
+        );
+        assert!(!text.contains("nobarrier"), "{text}");
+        assert!(
+            text.contains("bucket: spilo-123456789012-eu-west-1-shop\n    createBucket: true"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("zalando") && !text.contains("example.com\n"),
+            "{text}"
+        );
+        let checked = validate_files(&[("shop.yaml".into(), text)]);
+        let errors: Vec<String> = checked
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}: {}", d.path, d.message))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                "spec.dcs.discoveryDomain: <replace with the DNS domain of your etcd SRV records, e.g. etcd.example.com> is a placeholder written by spilo init: replace it with the real value",
+                "spec.aws.hostedZone: <replace with your Route53 hosted zone, e.g. db.example.com> is a placeholder written by spilo init: replace it with the real value",
+                "spec.aws.vpc: <replace with your VPC id, vpc-...> is a placeholder written by spilo init: replace it with the real value",
+                "spec.aws.subnets[0]: <replace with your subnet ids, one per availability zone, subnet-...> is a placeholder written by spilo init: replace it with the real value",
+            ]
+        );
+        assert!(shown.contains("Replace the 4 placeholder(s)"), "{shown}");
+    }
+
+    #[test]
+    fn without_an_account_the_bucket_is_a_placeholder_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out_path = dir.path().join("shop.yaml");
+        let args = InitArgs {
+            name: Some("shop".into()),
+            region: Some("eu-west-1".into()),
+            vpc: Some("vpc-0a1b2c3d".into()),
+            subnets: Some("subnet-0a1b2c3d".into()),
+            hosted_zone: Some("db.example.com".into()),
+            discovery_domain: Some("etcd.example.com".into()),
+            output: Some(out_path.clone()),
+            yes: true,
+            ..Default::default()
+        };
+        let (r, _) = run_with(args, None, "");
+        r.expect("written");
+        let text = std::fs::read_to_string(&out_path).expect("written");
+        assert!(
+            text.contains("bucket: \"<replace with an S3 bucket of your account"),
+            "{text}"
+        );
+        let checked = validate_files(&[("shop.yaml".into(), text)]);
+        assert_eq!(checked.diagnostics.len(), 1, "{:?}", checked.diagnostics);
+        assert_eq!(checked.diagnostics[0].path, "spec.backup.bucket");
+    }
+
+    #[test]
+    fn the_default_bucket_fits_s3s_length_limit() {
+        assert_eq!(
+            default_bucket("123456789012", "eu-west-1", "shop"),
+            "spilo-123456789012-eu-west-1-shop"
+        );
+        let long = default_bucket("123456789012", "ap-southeast-2", &"a-".repeat(30));
+        assert!(long.len() <= 63 && !long.ends_with('-'), "{long}");
     }
 
     #[test]
@@ -389,7 +596,7 @@ mod tests {
             yes: true,
             ..Default::default()
         };
-        let (r, shown) = run_with(args, "");
+        let (r, shown) = run_with(args, None, "");
         r.expect("init succeeds");
         assert!(!shown.contains('['), "no questions asked: {shown}");
         let text = std::fs::read_to_string(&out_path).expect("written");
@@ -406,6 +613,7 @@ mod tests {
                 yes: true,
                 ..Default::default()
             },
+            None,
             "",
         );
         assert_eq!(
@@ -421,7 +629,7 @@ mod tests {
             yes: true,
             ..Default::default()
         };
-        let (r, _) = run_with(args, "");
+        let (r, _) = run_with(args, None, "");
         let e = r.expect_err("bad name").to_string();
         assert!(
             e.starts_with("--name \"Bad_Name\": may only contain"),
@@ -441,7 +649,7 @@ mod tests {
             yes: true,
             ..Default::default()
         };
-        let (r, _) = run_with(args, "");
+        let (r, _) = run_with(args, None, "");
         assert!(
             r.expect_err("exists")
                 .to_string()
@@ -452,7 +660,7 @@ mod tests {
 
     #[test]
     fn input_that_ends_early_is_an_error() {
-        let (r, _) = run_with(InitArgs::default(), "orders\n");
+        let (r, _) = run_with(InitArgs::default(), None, "orders\n");
         let e = r.expect_err("eof").to_string();
         assert!(e.contains("no answer for \"Number of instances\""), "{e}");
     }

@@ -194,7 +194,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stdin = std::io::stdin();
             let mut input = stdin.lock();
             let mut out = std::io::stdout();
-            let path = spilo::init::run(&args, &mut input, &mut out)?;
+            let endpoint = args.endpoint_url.clone();
+            let mut account = |region: &str| {
+                tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current()
+                        .block_on(spilo::aws::clients::account_id(endpoint.as_deref(), region))
+                })
+            };
+            let path = spilo::init::run(&args, &mut account, &mut input, &mut out)?;
             println!("Check it with: spilo validate {}", path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -1,154 +1,176 @@
-//! The governor configuration of one member, rendered from the cluster file: the part every
-//! target shares (scope, PostgreSQL parameters, pg_hba, HA timing). Each target supplies the
-//! placement: member name, addresses, data directory, etcd and password references. The
-//! local target writes it to a file; on AWS it travels in the instances' user data.
+//! The governor configuration of one member, built from the cluster file as the contract's
+//! own types ([`spilo_model::governor`]) and serialised: the part every target shares (scope,
+//! PostgreSQL parameters, pg_hba, HA timing, archive, clone) plus a target's placement
+//! (member name, addresses, data directory, etcd, password references). The local target
+//! writes it to a file; on AWS it travels in the instances' user data, the same on every
+//! instance, which adds its own name and address at start.
 
+use spilo_model::governor::{
+    ApiAuthConfig, ArchiveConfig, Authentication, AwsSettings, BackupSchedule, BootstrapConfig,
+    CloneConfig, Compression, Credentials, EtcdConfig, GovernorConfig, HaSettings, PostgresConfig,
+    RestApiConfig, S3Config, SecretRef,
+};
 use spilo_model::spec::ClusterFile;
-use std::fmt::Write;
+use spilo_model::{MemberName, TargetTime};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-/// Where and as whom one member runs, already spelled as YAML values.
+/// Where an archive lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Store {
+    /// A directory (the local target's bucket).
+    Directory(PathBuf),
+    /// An S3 bucket.
+    S3(S3Config),
+}
+
+/// Where and as whom one member runs.
 #[derive(Debug, Clone)]
 pub struct Placement {
     /// A comment line at the top.
     pub header: &'static str,
-    /// The member name (a YAML scalar; may be a shell variable on AWS).
-    pub name: String,
-    /// The `etcd:` mapping.
-    pub etcd: String,
+    /// The member name; `None` when each instance gives its own at start (AWS).
+    pub name: Option<MemberName>,
+    /// How the member finds etcd.
+    pub etcd: EtcdConfig,
     /// The data directory.
-    pub data_dir: String,
-    /// PostgreSQL's `host:port`.
-    pub postgres_listen: String,
-    /// The REST API's `host:port`.
-    pub api_listen: String,
-    /// The superuser's password reference (`{file: ...}` or `{env: ...}`).
-    pub superuser: String,
-    /// The replication user's password reference.
-    pub replication: String,
-    /// The REST API token reference; `None` leaves the mutating endpoints disabled.
-    pub api_token: Option<String>,
-    /// The store of the WAL archive as a YAML mapping entry (`directory: ...` or
-    /// `s3: {...}`), used when the file has a `backup` section.
-    pub archive_store: String,
-    /// The store of the clone source's archive (`bootstrap.clone.from`) as a YAML mapping
-    /// entry, when the file clones.
-    pub clone_store: Option<String>,
+    pub data_dir: PathBuf,
+    /// PostgreSQL's listen address.
+    pub postgres_listen: SocketAddr,
+    /// The REST API's listen address.
+    pub api_listen: SocketAddr,
+    /// The superuser's password.
+    pub superuser: SecretRef,
+    /// The replication user's password.
+    pub replication: SecretRef,
+    /// The REST API token; `None` leaves the mutating endpoints disabled.
+    pub api_token: Option<SecretRef>,
+    /// The store of the WAL archive, used when the file has a `backup` section.
+    pub archive_store: Store,
+    /// The store of the clone source's archive (`bootstrap.clone.from`), when the file clones.
+    pub clone_store: Option<Store>,
     /// Whether the cluster's PostgreSQL parameters go into the file. On AWS they live only in
     /// etcd `config` (which the governors merge in), so changing one never changes the
     /// launch template.
     pub parameters_in_file: bool,
+    /// On AWS: the region and the stack to signal.
+    pub aws: Option<AwsSettings>,
 }
 
-/// The configuration file text.
-pub fn render(file: &ClusterFile, at: &Placement) -> String {
+fn archive(prefix: String, store: &Store) -> ArchiveConfig {
+    let (directory, s3) = match store {
+        Store::Directory(d) => (Some(d.clone()), None),
+        Store::S3(s) => (None, Some(s.clone())),
+    };
+    ArchiveConfig {
+        prefix,
+        compression: Compression::Lz4,
+        directory,
+        s3,
+        backups: None,
+        replicas_from_backup: false,
+        upload_concurrency: None,
+        prefetch: 8,
+    }
+}
+
+/// The member's configuration.
+pub fn build(file: &ClusterFile, at: &Placement) -> GovernorConfig {
     let spec = &file.spec;
-    let mut params = String::new();
-    for (k, v) in spec
+    let ha = &spec.ha;
+    let parameters = spec
         .postgresql
         .parameters
         .iter()
         .filter(|_| at.parameters_in_file)
-    {
-        let _ = write!(params, "{k}: '{}', ", v.to_string().replace('\'', "''"));
-    }
-    let ha = &spec.ha;
-    let mut out = format!(
-        "{header}\n\
-         scope: {scope}\n\
-         name: {name}\n\
-         etcd: {etcd}\n\
-         postgresql:\n  \
-           bin_dir: /usr/lib/postgresql/{version}/bin\n  \
-           data_dir: {data}\n  \
-           listen: {pg}\n  \
-           parameters: {{{params}}}\n  \
-           authentication:\n    \
-             superuser: {{username: postgres, password: {su}}}\n    \
-             replication: {{username: replicator, password: {repl}}}\n",
-        header = at.header,
-        scope = file.metadata.name,
-        name = at.name,
-        etcd = at.etcd,
-        version = spec.postgresql.version,
-        data = at.data_dir,
-        pg = at.postgres_listen,
-        params = params.trim_end_matches(", "),
-        su = at.superuser,
-        repl = at.replication,
-    );
-    if !spec.postgresql.pg_hba.is_empty() {
-        out.push_str("  pg_hba:\n");
-        for line in &spec.postgresql.pg_hba {
-            let _ = writeln!(out, "    - \"{}\"", line.replace('"', "\\\""));
-        }
-    }
-    if let Some(b) = &spec.backup {
-        let prefix = file.wal_prefix();
-        let compression = match b.compression {
-            spilo_model::spec::Compression::Lz4 => "lz4",
-            spilo_model::spec::Compression::Zstd => "zstd",
-        };
+        .map(|(k, v)| (k.clone(), v.to_string()))
+        .collect();
+    let archive_section = spec.backup.as_ref().map(|b| ArchiveConfig {
+        compression: match b.compression {
+            spilo_model::spec::Compression::Lz4 => Compression::Lz4,
+            spilo_model::spec::Compression::Zstd => Compression::Zstd,
+        },
         // The leader takes the scheduled backups (five-field cron, UTC) and keeps `retention`.
-        let _ = writeln!(
-            out,
-            "archive: {{prefix: \"{prefix}\", compression: {compression}, {store}, \
-             backups: {{schedule: \"{schedule}\", retain: {retain}}}, \
-             replicas_from_backup: {from_backup}}}",
-            store = at.archive_store,
-            schedule = b.schedule,
-            retain = b.retention,
-            from_backup = b.replicas_from_backup,
-        );
-    }
-    if let (Some(c), Some(store)) = (&spec.bootstrap.clone, &at.clone_store) {
-        // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`).
-        let _ = writeln!(
-            out,
-            "bootstrap: {{clone: {{archive: {{prefix: \"spilo/{from}/wal/{major}/\", {store}}}{target}}}}}",
-            from = c.from,
-            major = spec.postgresql.version,
-            store = store,
-            // Validated files parse; the canonical form (UTC, microseconds) is what the
-            // governor reads back. Anything else is passed on for the governor to refuse.
-            target = c
-                .target_time
-                .as_ref()
-                .map(|t| {
-                    let t = spilo_model::TargetTime::parse(t)
-                        .map_or_else(|_| t.clone(), |t| t.to_string());
-                    format!(", target_time: \"{t}\"")
-                })
-                .unwrap_or_default(),
-        );
-    }
-    let auth = at
-        .api_token
-        .as_ref()
-        .map(|t| format!(", auth: {{token: {t}}}"))
-        .unwrap_or_default();
-    let _ = write!(
-        out,
-        "restapi: {{listen: {api}{auth}}}\n\
-         ha: {{ttl: {ttl}, loop_wait: {lw}, retry_timeout: {rt}, maximum_lag_on_failover: {lag}, primary_start_timeout: {pst}{sync}{failsafe}}}\n",
-        api = at.api_listen,
-        ttl = ha.ttl,
-        lw = ha.loop_wait,
-        rt = ha.retry_timeout,
-        lag = ha.maximum_lag_on_failover,
-        pst = ha.primary_start_timeout,
-        sync = if ha.synchronous_mode {
-            format!(
-                ", synchronous_mode: true, synchronous_mode_strict: {}, synchronous_node_count: {}",
-                ha.synchronous_mode_strict, ha.synchronous_node_count
-            )
-        } else {
-            String::new()
+        backups: Some(BackupSchedule {
+            schedule: b.schedule.clone(),
+            retain: b.retention as usize,
+        }),
+        replicas_from_backup: b.replicas_from_backup,
+        ..archive(file.wal_prefix(), &at.archive_store)
+    });
+    // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`). Validated
+    // files parse their target time; anything else is left out for the governor to miss.
+    let bootstrap = match (&spec.bootstrap.clone, &at.clone_store) {
+        (Some(c), Some(store)) => Some(BootstrapConfig {
+            clone: CloneConfig {
+                archive: archive(
+                    format!("spilo/{}/wal/{}/", c.from, spec.postgresql.version),
+                    store,
+                ),
+                target_time: c
+                    .target_time
+                    .as_deref()
+                    .and_then(|t| TargetTime::parse(t).ok()),
+            },
+        }),
+        _ => None,
+    };
+    GovernorConfig {
+        scope: file.metadata.name.clone(),
+        name: at.name.clone(),
+        namespace: spilo_model::keys::DEFAULT_NAMESPACE.to_string(),
+        etcd: at.etcd.clone(),
+        postgresql: PostgresConfig {
+            bin_dir: PathBuf::from(format!(
+                "/usr/lib/postgresql/{}/bin",
+                spec.postgresql.version
+            )),
+            data_dir: at.data_dir.clone(),
+            run_dir: None,
+            listen: at.postgres_listen,
+            connect_address: None,
+            parameters,
+            pg_hba: (!spec.postgresql.pg_hba.is_empty()).then(|| spec.postgresql.pg_hba.clone()),
+            authentication: Authentication {
+                superuser: Credentials {
+                    username: "postgres".into(),
+                    password: at.superuser.clone(),
+                },
+                replication: Credentials {
+                    username: "replicator".into(),
+                    password: at.replication.clone(),
+                },
+            },
         },
-        failsafe = if ha.failsafe_mode {
-            ", failsafe_mode: true"
-        } else {
-            ""
+        restapi: RestApiConfig {
+            listen: at.api_listen,
+            connect_address: None,
+            auth: at.api_token.as_ref().map(|t| ApiAuthConfig {
+                token: Some(t.clone()),
+                username: None,
+                password: None,
+            }),
+            tls: None,
         },
-    );
-    out
+        ha: HaSettings {
+            ttl: ha.ttl,
+            loop_wait: ha.loop_wait,
+            retry_timeout: ha.retry_timeout,
+            maximum_lag_on_failover: ha.maximum_lag_on_failover,
+            primary_start_timeout: ha.primary_start_timeout,
+            synchronous_mode: ha.synchronous_mode,
+            synchronous_mode_strict: ha.synchronous_mode && ha.synchronous_mode_strict,
+            synchronous_node_count: ha.synchronous_node_count,
+            failsafe_mode: ha.failsafe_mode,
+        },
+        tags: Default::default(),
+        archive: archive_section,
+        bootstrap,
+        aws: at.aws.clone(),
+    }
+}
+
+/// The configuration file text: the header line, then the serialised configuration.
+pub fn render(file: &ClusterFile, at: &Placement) -> String {
+    format!("{}\n{}", at.header, build(file, at).to_yaml())
 }

@@ -389,3 +389,67 @@ fn diff_between_two_refs_needs_no_aws() {
         "{err}"
     );
 }
+
+/// `backup.createBucket`: a missing WAL bucket is planned as a creation outside the stack,
+/// created encrypted and closed to public access, and kept when the stack is pruned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_bucket_is_created_outside_the_stack_and_outlives_it() {
+    let w = World::new().await;
+    let file = w
+        .cluster("orders", &DEFAULT)
+        .replace(
+            "backup: {bucket: orders-wal}",
+            "backup: {bucket: orders-wal, createBucket: true}",
+        )
+        .replace("  endpoints:", "  reconcile: {prune: true}\n  endpoints:");
+    w.repo.commit("orders", Some(&file)).expect("commit");
+
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 2, "{plan}");
+    assert!(
+        plan.stdout
+            .contains("+ S3 bucket orders-wal (encrypted, no public access; outside the stack"),
+        "{plan}"
+    );
+    assert!(!plan.stdout.contains("does not exist"), "{plan}");
+    assert!(
+        plan.stdout
+            .contains("Plan: 13 to add, 1 to change, 0 to destroy."),
+        "the bucket counts as one more: {plan}"
+    );
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    assert!(
+        apply
+            .stdout
+            .contains("orders: + S3 bucket orders-wal created"),
+        "{apply}"
+    );
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_s3.py");
+    let described = w
+        .moto
+        .python(&fixture, &[REGION, "describe", "orders-wal"])
+        .expect("the bucket exists");
+    let d: serde_json::Value = serde_json::from_str(&described).expect("json");
+    assert_eq!(d["location"], REGION, "{d}");
+    assert_eq!(d["sse"], "AES256", "{d}");
+    for k in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(d["public_access_block"][k], true, "{k}: {d}");
+    }
+    let again = w.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "the bucket exists now: {again}");
+
+    // The file goes, the stack is pruned; the bucket and its backups stay.
+    w.repo.commit("orders", None).expect("remove the file");
+    let prune = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(prune.code, 0, "{prune}");
+    assert_ne!(w.resources("orders").code, 0, "the stack is gone: {prune}");
+    w.moto
+        .python(&fixture, &[REGION, "describe", "orders-wal"])
+        .expect("the bucket outlives the stack");
+}

@@ -161,7 +161,7 @@ fn spilo_validate_prints_every_problem_and_exits_1() {
 }
 
 #[test]
-fn spilo_init_takes_answers_on_stdin_and_writes_a_valid_file() {
+fn spilo_init_takes_answers_from_a_pipe_and_writes_a_valid_file() {
     use std::io::Write;
     let spilo = spilo_e2e::proc::target_dir().expect("target").join("spilo");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -170,6 +170,7 @@ fn spilo_init_takes_answers_on_stdin_and_writes_a_valid_file() {
         .arg("init")
         .arg("--output")
         .arg(&out)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -178,23 +179,25 @@ fn spilo_init_takes_answers_on_stdin_and_writes_a_valid_file() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"payments\n3\naws\n\n\n\n\n\n\n\n100\ngp3\n\n\n\n")
+        .write_all(b"payments\n1\nlocal\n")
         .expect("answer");
     let result = child.wait_with_output().expect("wait");
     let shown = String::from_utf8_lossy(&result.stdout);
     assert_eq!(result.status.code(), Some(0), "{shown}");
     for prompt in [
-        "EC2 instance type [t2.micro]: ",
-        "Hosted Zone [acid.example.com]: ",
-        "ETCD Discovery Domain [postgres.example.com]: ",
-        "Database volume size (GB, 10 or more) [10]: ",
-        "Filesystem mount options (comma-separated) [noatime,nodiratime,nobarrier]: ",
+        "Cluster name: ",
+        "Number of instances [3]: ",
+        "Target (aws or local) [aws]: ",
     ] {
         assert!(
             shown.contains(prompt),
             "missing prompt {prompt:?} in {shown}"
         );
     }
+    assert!(
+        shown.contains("spec.instances: warning: a single instance cannot fail over"),
+        "init shows the warnings of its file: {shown}"
+    );
     let check = std::process::Command::new(&spilo)
         .arg("validate")
         .arg(&out)
@@ -207,5 +210,5 @@ fn spilo_init_takes_answers_on_stdin_and_writes_a_valid_file() {
         String::from_utf8_lossy(&check.stdout)
     );
     let text = std::fs::read_to_string(&out).expect("written");
-    assert!(text.contains("storage: {size: 100, type: gp3, filesystem: ext4, mountOptions: [noatime, nodiratime, nobarrier]}"), "{text}");
+    assert!(text.contains("instances: 1\n  target: local\n"), "{text}");
 }

@@ -4,38 +4,10 @@
 //! archive stays readable by existing tooling (`lz4 -d`, `zstd -d`). Both go through the C
 //! reference libraries (liblz4, libzstd).
 
-use serde::Deserialize;
 use std::io::{Read, Write};
 
-/// The compression method.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// LZ4 frame with content checksum.
-    #[default]
-    Lz4,
-    /// zstd frame with checksum.
-    Zstd,
-}
-
-impl Method {
-    /// The file extension WAL-G uses.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Method::Lz4 => "lz4",
-            Method::Zstd => "zst",
-        }
-    }
-
-    /// The method of a stored name's extension.
-    pub fn of(name: &str) -> Option<Method> {
-        match name.rsplit_once('.')?.1 {
-            "lz4" => Some(Method::Lz4),
-            "zst" => Some(Method::Zstd),
-            _ => None,
-        }
-    }
-}
+/// The compression method (the contract's `archive.compression`).
+pub use spilo_model::governor::Compression as Method;
 
 /// Why a stored file could not be decoded.
 #[derive(Debug, thiserror::Error)]

@@ -16,109 +16,15 @@ pub mod retention;
 pub mod store;
 
 use codec::Method;
-use serde::Deserialize;
+pub use spilo_model::governor::{ArchiveConfig, BackupSchedule, S3Config};
 use std::path::{Path, PathBuf};
 use store::{Directory, S3, Store, StoreError};
 
-/// `archive:` in the governor configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ArchiveConfig {
-    /// Key prefix, e.g. `spilo/demo/wal/15/` (as in Spilo); `wal_005/` goes under it.
-    pub prefix: String,
-    /// Compression of new files (both are read).
-    #[serde(default)]
-    pub compression: Method,
-    /// A directory as the store (the local target's bucket).
-    #[serde(default)]
-    pub directory: Option<PathBuf>,
-    /// An S3 bucket as the store.
-    #[serde(default)]
-    pub s3: Option<S3Config>,
-    /// Base backups the leader takes on a schedule, with retention.
-    #[serde(default)]
-    pub backups: Option<BackupSchedule>,
-    /// New replicas restore the latest base backup and recover with the archive's WAL
-    /// before streaming, instead of copying the primary with pg_basebackup (which is the
-    /// fallback when there is no backup yet or the restore fails).
-    #[serde(default)]
-    pub replicas_from_backup: bool,
-    /// Files `wal-push` uploads at once: the one PostgreSQL asks for and others already
-    /// ready ([`push_ahead`]). Default 4 (`bench/archive`: 1.5 s -> 1.1 s for 32 segments
-    /// into a local directory; more where each upload waits on the network).
-    #[serde(default)]
-    pub upload_concurrency: Option<usize>,
-    /// Segments `wal-fetch` fetches ahead while a server recovers ([`prefetch`]); 0 turns
-    /// prefetching off.
-    #[serde(default = "d_prefetch")]
-    pub prefetch: usize,
-}
-
-fn d_prefetch() -> usize {
-    8
-}
-
-/// `archive.backups`: when the leader takes base backups and how many it keeps.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupSchedule {
-    /// Cron: five fields, or six with seconds first (UTC).
-    pub schedule: String,
-    /// Finished backups to keep (at least 1); older ones and the WAL only they need go.
-    pub retain: usize,
-}
-
-impl BackupSchedule {
-    /// The parsed schedule.
-    pub fn cron(&self) -> Result<croner::Cron, String> {
-        self.schedule
-            .parse::<croner::Cron>()
-            .map_err(|e| format!("schedule {:?}: {e}", self.schedule))
-    }
-}
-
-/// An S3 store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// The bucket.
-    pub bucket: String,
-    /// Its region.
-    pub region: String,
-    /// Another endpoint (an S3-compatible server, a test server).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Path-style addressing.
-    #[serde(default)]
-    pub path_style: bool,
-    /// Server-side encryption: `AES256` or `aws:kms`.
-    #[serde(default)]
-    pub sse: Option<String>,
-}
-
-impl ArchiveConfig {
-    /// How many files `wal-push` uploads at once (see `upload_concurrency`).
-    pub fn upload_concurrency(&self) -> usize {
-        self.upload_concurrency.unwrap_or(4).max(1)
-    }
-
-    /// Exactly one store.
-    pub fn check(&self) -> Result<(), String> {
-        match (&self.directory, &self.s3) {
-            (Some(_), Some(_)) | (None, None) => {
-                Err::<(), String>("set exactly one of directory or s3".into())
-            }
-            (Some(d), None) if !d.is_absolute() => Err("directory must be an absolute path".into()),
-            _ => Ok(()),
-        }?;
-        if let Some(b) = &self.backups {
-            b.cron().map_err(|e| format!("backups.{e}"))?;
-            if b.retain == 0 {
-                return Err("backups.retain must be at least 1".into());
-            }
-        }
-        Ok(())
-    }
+/// The parsed schedule of `archive.backups`.
+pub fn cron(b: &BackupSchedule) -> Result<croner::Cron, String> {
+    b.schedule
+        .parse::<croner::Cron>()
+        .map_err(|e| format!("schedule {:?}: {e}", b.schedule))
 }
 
 /// Why archiving failed.

@@ -16,7 +16,7 @@ postgresql:
 "#;
 
 fn parse(text: &str) -> Result<GovernorConfig, ConfigError> {
-    GovernorConfig::parse(text, Path::new("g.yaml"))
+    super::parse(text, Path::new("g.yaml"))
 }
 
 #[test]
@@ -88,35 +88,84 @@ fn literal_passwords_are_not_accepted() {
     let text = MINIMAL.replace("{env: PGPASS_SU}", "{}");
     assert_eq!(
         parse(&text).expect_err("empty ref").to_string(),
-        "g.yaml: postgresql.authentication.superuser.password: set exactly one of env or file"
+        "g.yaml: postgresql.authentication.superuser.password: set exactly one of env, file, ssm or secrets_manager"
     );
 }
 
-#[test]
-fn secrets_resolve_from_files_and_report_missing_ones() {
+#[tokio::test]
+async fn secrets_resolve_from_files_and_report_missing_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = dir.path().join("pw");
     std::fs::write(&f, "s3cret\n").expect("write");
-    let secret = SecretRef {
-        file: Some(f),
-        env: None,
-    };
-    let got = resolve(&secret, Path::new("g.yaml"), "x").expect("reads");
-    assert_eq!(got, "s3cret");
-    let missing = resolve(
-        &SecretRef {
-            env: Some("SPILO_TEST_SURELY_UNSET".into()),
-            file: None,
-        },
-        Path::new("g.yaml"),
-        "a.b",
+    let cfg = dir.path().join("g.yaml");
+    std::fs::write(
+        &cfg,
+        MINIMAL.replace(
+            "{file: /etc/spilo/repl}",
+            &format!("{{file: {}}}", f.display()),
+        ),
     )
-    .expect_err("unset")
-    .to_string();
-    assert_eq!(
-        missing,
-        "g.yaml: a.b: environment variable SPILO_TEST_SURELY_UNSET is not set"
+    .expect("write");
+    let missing = load(&cfg, &Identity::default())
+        .await
+        .expect_err("PGPASS_SU is unset")
+        .to_string();
+    assert!(
+        missing.ends_with(
+            "g.yaml: postgresql.authentication.superuser.password: environment variable PGPASS_SU is not set"
+        ),
+        "{missing}"
     );
+    std::fs::write(
+        &cfg,
+        MINIMAL
+            .replace(
+                "{file: /etc/spilo/repl}",
+                &format!("{{file: {}}}", f.display()),
+            )
+            .replace("{env: PGPASS_SU}", &format!("{{file: {}}}", f.display())),
+    )
+    .expect("write");
+    let loaded = load(&cfg, &Identity::default()).await.expect("loads");
+    assert_eq!(loaded.replication_password, "s3cret");
+    assert_eq!(loaded.name.as_str(), "demo-0");
+}
+
+#[tokio::test]
+async fn the_identity_given_at_start_names_the_member_and_its_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("pw");
+    std::fs::write(&f, "s3cret").expect("write");
+    let cfg = dir.path().join("g.yaml");
+    let shared = MINIMAL
+        .replace("name: demo-0\n", "")
+        .replace("listen: 127.0.0.1:5432", "listen: 0.0.0.0:5432")
+        .replace("{env: PGPASS_SU}", &format!("{{file: {}}}", f.display()))
+        .replace(
+            "{file: /etc/spilo/repl}",
+            &format!("{{file: {}}}", f.display()),
+        );
+    std::fs::write(&cfg, format!("{shared}restapi: {{listen: 0.0.0.0:8008}}\n")).expect("write");
+    let nameless = load(&cfg, &Identity::default())
+        .await
+        .expect_err("no name")
+        .to_string();
+    assert!(
+        nameless.ends_with("g.yaml: name: set it in the file or give it with --name"),
+        "{nameless}"
+    );
+    let loaded = load(
+        &cfg,
+        &Identity {
+            name: MemberName::new("i-0abc123").ok(),
+            connect_host: Some("10.77.1.4".into()),
+        },
+    )
+    .await
+    .expect("loads");
+    assert_eq!(loaded.name.as_str(), "i-0abc123");
+    assert_eq!(loaded.config.pg_connect_address(), "10.77.1.4:5432");
+    assert_eq!(loaded.config.api_url(), "http://10.77.1.4:8008");
 }
 
 #[test]
@@ -134,7 +183,10 @@ fn restapi_auth_needs_a_token_or_a_full_basic_pair() {
     for (bad, why) in [
         ("{}", "set token, or username and password"),
         ("{username: admin}", "go together"),
-        ("{token: {env: T, file: /t}}", "exactly one of env or file"),
+        (
+            "{token: {env: T, file: /t}}",
+            "exactly one of env, file, ssm or secrets_manager",
+        ),
         ("{username: 'a:b', password: {env: P}}", "contain no ':'"),
     ] {
         let e = with(bad).expect_err(bad).to_string();

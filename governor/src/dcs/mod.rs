@@ -9,7 +9,7 @@
 //! Lease renewal ([`lease`]) and change notification ([`watch`]) run as their own tasks.
 
 pub mod coordination;
-pub mod discovery;
+pub use spilo_discovery as discovery;
 pub mod lease;
 pub mod view;
 pub mod watch;
@@ -32,8 +32,8 @@ pub enum DcsError {
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
     /// No endpoint could be found (DNS discovery found nothing).
-    #[error("{0}")]
-    Discovery(String),
+    #[error(transparent)]
+    Discovery(#[from] spilo_discovery::DiscoveryError),
     /// A value could not be encoded.
     #[error("cannot encode {key}: {source}")]
     Encode {

@@ -104,7 +104,7 @@ impl Instance {
             bin_dir: pg.bin_dir.clone(),
             data_dir: pg.data_dir.clone(),
             run_dir,
-            member: c.name.clone(),
+            member: loaded.name.clone(),
             listen: pg.listen,
             superuser: (
                 pg.authentication.superuser.username.clone(),

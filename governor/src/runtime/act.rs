@@ -147,7 +147,7 @@ impl Governor {
     /// from now on, PostgreSQL is stopped at once when that lease is about to end (another
     /// lease of this member does not count) and no failsafe confirmation stands in for it.
     pub(super) fn arm_fence(&self) {
-        let me = &self.loaded.config.name;
+        let me = &self.loaded.name;
         let lease = self
             .leader_seen
             .as_ref()
@@ -169,7 +169,7 @@ impl Governor {
     /// Records that this member just took the leader key with `lease`.
     pub(super) fn holds_leader_key(&mut self, lease: i64) {
         self.leader_seen = Some(crate::ha::LeaderKey {
-            name: self.loaded.config.name.clone(),
+            name: self.loaded.name.clone(),
             lease,
         });
     }
@@ -229,7 +229,7 @@ impl Governor {
                         promoted_at:
                             humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                                 .to_string(),
-                        member: self.loaded.config.name.clone(),
+                        member: self.loaded.name.clone(),
                     });
                 }
                 Ok(None) => tracing::warn!(timeline = %tl, "no history file for the new timeline"),
@@ -284,7 +284,7 @@ impl Governor {
 
     /// Keeps one physical slot per other member; drops slots of members gone for a while.
     async fn sync_slots(&mut self, view: &ClusterView) -> Result<(), ActError> {
-        let me = &self.loaded.config.name;
+        let me = &self.loaded.name;
         let wanted: Vec<String> = view
             .members
             .keys()
@@ -351,7 +351,7 @@ impl Governor {
         };
         let streaming = matches!(&s.local.postgres, PgState::Running(pg) if pg.streaming);
         let node = NodeStatus {
-            name: self.loaded.config.name.clone(),
+            name: self.loaded.name.clone(),
             scope: self.loaded.config.scope.clone(),
             member: status,
             leader,

@@ -64,7 +64,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let runs = &shared.backups;
-    let cron = match schedule.as_ref().map(BackupSchedule::cron).transpose() {
+    let cron = match schedule.as_ref().map(crate::archive::cron).transpose() {
         Ok(c) => c,
         Err(e) => {
             // The configuration was checked at load; this cannot happen with a valid file.

@@ -299,9 +299,10 @@ impl super::Governor {
             return Ok(());
         }
         let cfg = &self.loaded.config;
+        let me = &self.loaded.name;
         let api_url = cfg.api_url();
         let wanted = key_members(
-            (&cfg.name, &api_url),
+            (me, &api_url),
             &view.members,
             view.failsafe.as_ref(),
             &mut self.failsafe_absent_since,
@@ -313,8 +314,8 @@ impl super::Governor {
         let asked = view
             .failsafe
             .as_ref()
-            .filter(|k| k.contains_key(&cfg.name))
-            .map(|_| peers(&cfg.name, &wanted, view.failsafe.as_ref()));
+            .filter(|k| k.contains_key(me))
+            .map(|_| peers(me, &wanted, view.failsafe.as_ref()));
         self.failsafe_peers.send_if_modified(|p| {
             let changed = *p != asked;
             *p = asked;

@@ -7,7 +7,7 @@ use crate::dcs::Coordination;
 use crate::dcs::{Dcs, read_view};
 use crate::ha::{DataDir, DcsView, LocalState, PgState, Snapshot};
 use crate::postgres::Exit;
-use spilo_model::{MemberRole, MemberState, MemberStatus, NodeStatus, WalPositions};
+use spilo_model::{MemberName, MemberRole, MemberState, MemberStatus, NodeStatus, WalPositions};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -61,7 +61,11 @@ impl Governor {
             if view.initialize.as_ref().is_some_and(|i| !i.is_empty()) {
                 self.bootstrap_failure = None;
             }
-            if view.leader.as_ref().is_none_or(|l| l.name != cfg.name) {
+            if view
+                .leader
+                .as_ref()
+                .is_none_or(|l| l.name != self.loaded.name)
+            {
                 self.primary_down_since = None;
             }
             self.leader_seen = view.leader.clone();
@@ -70,7 +74,12 @@ impl Governor {
             // failsafe primaries again (after losing a race, a race whose outcome was unknown,
             // or a demotion). A member that did take the key sees it here and stays closed.
             let primary = matches!(&postgres, PgState::Running(pg) if !pg.in_recovery);
-            if view.leader.as_ref().is_none_or(|l| l.name != cfg.name) && !primary {
+            if view
+                .leader
+                .as_ref()
+                .is_none_or(|l| l.name != self.loaded.name)
+                && !primary
+            {
                 self.shared.failsafe.open();
             }
         }
@@ -80,14 +89,20 @@ impl Governor {
             (DcsView::Known(view), PgState::Running(pg))
                 if view.leader.is_none() && pg.in_recovery =>
             {
-                super::peers::fetch(&self.http, &cfg.name, &view.members, self.dcs.timeout()).await
+                super::peers::fetch(
+                    &self.http,
+                    &self.loaded.name,
+                    &view.members,
+                    self.dcs.timeout(),
+                )
+                .await
             }
             _ => Vec::new(),
         };
         let failsafe = self.failsafe_view(now, &dcs);
 
         Snapshot {
-            me: cfg.name.clone(),
+            me: self.loaded.name.clone(),
             tags: cfg.tags.clone(),
             dcs,
             lease,
@@ -139,7 +154,7 @@ impl Governor {
         let lease = self.lease.borrow().id;
         self.leader_seen
             .as_ref()
-            .is_some_and(|l| l.name == self.loaded.config.name && Some(l.lease) == lease)
+            .is_some_and(|l| l.name == self.loaded.name && Some(l.lease) == lease)
     }
 
     /// This member's status as published in etcd, from the snapshot the loop acted on.
@@ -221,9 +236,9 @@ fn data_tl(data: &DataDir) -> Option<spilo_model::TimelineId> {
 }
 
 /// The REST API's status before the first loop finishes.
-pub(super) fn initial_node_status(cfg: &GovernorConfig) -> NodeStatus {
+pub(super) fn initial_node_status(cfg: &GovernorConfig, name: &MemberName) -> NodeStatus {
     NodeStatus {
-        name: cfg.name.clone(),
+        name: name.clone(),
         scope: cfg.scope.clone(),
         member: MemberStatus {
             conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),

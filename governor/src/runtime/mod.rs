@@ -141,10 +141,10 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("find etcd")?;
     let keys = Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
-    let dcs = Dcs::connect(&endpoints, keys, cfg.name.clone(), timeout)
+    let dcs = Dcs::connect(&endpoints, keys, loaded.name.clone(), timeout)
         .await
         .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
-    tracing::info!(endpoints = endpoints.join(","), scope = %cfg.scope, member = %cfg.name, "connected to etcd");
+    tracing::info!(endpoints = endpoints.join(","), scope = %cfg.scope, member = %loaded.name, "connected to etcd");
 
     let wake = Arc::new(Notify::new());
     let pg = Instance::new(&loaded, wake.clone());
@@ -187,7 +187,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let (failsafe_tx, failsafe_until) = watch::channel(None);
     tasks.spawn(failsafe::run(
         failsafe::Settings {
-            me: cfg.name.clone(),
+            me: loaded.name.clone(),
             ttl: cfg.ha.ttl(),
             interval: cfg.ha.keepalive_interval(),
             auth: loaded.api_auth.clone(),
@@ -223,7 +223,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
     let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(4);
     let shared = Arc::new(Shared {
-        node: RwLock::new(gather::initial_node_status(&cfg)),
+        node: RwLock::new(gather::initial_node_status(&cfg, &loaded.name)),
         view: RwLock::new(None),
         lease: lease_rx.clone(),
         last_loop: RwLock::new(Instant::now()),

@@ -20,7 +20,7 @@ impl Governor {
         let (standbys, flush_now) = self.pg.sql().replication().await?;
         let eligible =
             |m: &spilo_model::MemberName| view.members.get(m).is_some_and(|s| !s.tags.nofailover);
-        let me = self.loaded.config.name.clone();
+        let me = self.loaded.name.clone();
         let step = sync::step(
             &me,
             mode,
@@ -62,7 +62,7 @@ impl Governor {
             return Ok(());
         };
         let fresh = SyncState {
-            leader: Some(self.loaded.config.name.clone()),
+            leader: Some(self.loaded.name.clone()),
             members: Vec::new(),
         };
         if !self

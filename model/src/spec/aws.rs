@@ -36,8 +36,12 @@ pub struct AwsSpec {
     pub extra_policies: Vec<String>,
 }
 
+/// The instance type when a file names none: a current general-purpose type with enough
+/// memory for a small database (burstable micro types are not).
+pub const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
+
 fn d_instance_type() -> String {
-    "t3.medium".into()
+    DEFAULT_INSTANCE_TYPE.into()
 }
 
 /// The EBS data volume.

@@ -19,7 +19,7 @@ mod aws;
 mod endpoints;
 mod ha;
 
-pub use aws::{AwsSpec, Filesystem, IngressRule, StorageSpec, VolumeType};
+pub use aws::{AwsSpec, DEFAULT_INSTANCE_TYPE, Filesystem, IngressRule, StorageSpec, VolumeType};
 pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck};
 pub use ha::{
     DEFAULT_LOOP_WAIT, DEFAULT_MAXIMUM_LAG_ON_FAILOVER, DEFAULT_PRIMARY_START_TIMEOUT,
@@ -324,6 +324,11 @@ pub struct BackupSpec {
     /// the primary (which they still do while there is no backup).
     #[serde(default = "d_true")]
     pub replicas_from_backup: bool,
+    /// AWS: `spilo apply` creates the bucket when it does not exist (encrypted, no public
+    /// access), outside the cluster's stack: it holds the backups, so it outlives the stack and
+    /// is never deleted by spilo. Without it a missing bucket is only reported.
+    #[serde(default)]
+    pub create_bucket: bool,
 }
 
 fn d_true() -> bool {

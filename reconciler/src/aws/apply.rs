@@ -280,6 +280,9 @@ async fn apply_locked(
         return Err(format!("the plan is stale: {}", stale.join("; ")));
     }
     let region = clients.region(&c.region).await;
+    if let Some(b) = &c.bucket {
+        create_bucket(&region, &c.name, &c.region, b, log).await?;
+    }
     match c.action {
         Action::Delete => delete_stack(&region, c, log).await,
         Action::Create => {
@@ -298,6 +301,79 @@ async fn apply_locked(
             Ok(())
         }
     }
+}
+
+/// Creates the WAL bucket, encrypted at rest and closed to public access. Outside the stack
+/// on purpose: deleting the cluster must not delete its backups.
+async fn create_bucket(
+    r: &RegionClients,
+    cluster: &str,
+    region: &str,
+    name: &str,
+    log: &Log,
+) -> Result<(), String> {
+    use aws_sdk_s3::types::{
+        BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration,
+        ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+        ServerSideEncryptionRule,
+    };
+    let mut req = r.s3.create_bucket().bucket(name);
+    // us-east-1 is the one region that refuses its own name as a location constraint.
+    if region != "us-east-1" {
+        req = req.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    match req.send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_bucket_already_owned_by_you()) => {}
+        Err(e) => return Err(format!("create the WAL bucket {name}: {}", describe(&e))),
+    }
+    r.s3.put_public_access_block()
+        .bucket(name)
+        .public_access_block_configuration(
+            PublicAccessBlockConfiguration::builder()
+                .block_public_acls(true)
+                .ignore_public_acls(true)
+                .block_public_policy(true)
+                .restrict_public_buckets(true)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "close the WAL bucket {name} to public access: {}",
+                describe(&e)
+            )
+        })?;
+    let sse = ServerSideEncryptionByDefault::builder()
+        .sse_algorithm(ServerSideEncryption::Aes256)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let config = ServerSideEncryptionConfiguration::builder()
+        .rules(
+            ServerSideEncryptionRule::builder()
+                .apply_server_side_encryption_by_default(sse)
+                .build(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    r.s3.put_bucket_encryption()
+        .bucket(name)
+        .server_side_encryption_configuration(config)
+        .send()
+        .await
+        .map_err(|e| format!("encrypt the WAL bucket {name}: {}", describe(&e)))?;
+    log.line(
+        cluster,
+        &format!("+ S3 bucket {name} created (kept when the cluster is deleted)"),
+    );
+    Ok(())
 }
 
 async fn current_basis_of(

@@ -60,6 +60,23 @@ impl Clients {
     }
 }
 
+/// The AWS account the credentials belong to (STS GetCallerIdentity), or `None` when there
+/// are no usable credentials or no answer within 5 s.
+pub async fn account_id(endpoint: Option<&str>, region: &str) -> Option<String> {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
+    if let Some(e) = endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    let conf = loader.load().await;
+    let sts = aws_sdk_sts::Client::new(&conf);
+    let call = sts.get_caller_identity().send();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
+        Ok(Ok(out)) => out.account().map(str::to_string),
+        _ => None,
+    }
+}
+
 /// An SDK error as `Code: message` when the service sent one, else its chain of causes
 /// (`dispatch failure: io error: ... Connection refused`), one line.
 pub fn describe<E>(e: &E) -> String

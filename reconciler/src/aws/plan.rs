@@ -122,6 +122,11 @@ pub struct ClusterPlan {
     /// The stack to apply (create, update, replace).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<StackSpec>,
+    /// The WAL bucket to create before the stack (absent and `backup.createBucket` set). It
+    /// is created outside the stack and never deleted by spilo: it holds the backups, which
+    /// must outlive the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
     /// Things worth knowing that change nothing (a missing WAL bucket, members down).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -144,6 +149,7 @@ impl ClusterPlan {
             config: None,
             dcs: None,
             desired: None,
+            bucket: None,
             warnings: Vec::new(),
         }
     }
@@ -291,6 +297,7 @@ fn blocked(mut p: ClusterPlan, why: String) -> ClusterPlan {
     p.tags.clear();
     p.template_diff.clear();
     p.desired = None;
+    p.bucket = None;
     p.action = Action::Blocked;
     p.reason = Some(format!("cannot plan {}: {why}", p.name));
     p
@@ -327,19 +334,30 @@ fn plan_cluster(
     if let Some(Observation::Unknown(why)) = &obs.dns {
         return blocked(p, format!("DNS record: {why}"));
     }
-    match &obs.bucket {
-        Some(Observation::Absent) => p.warnings.push(format!(
-            "WAL bucket {} does not exist: archiving will fail until it is created",
-            file.spec
-                .backup
-                .as_ref()
-                .map(|b| b.bucket.as_str())
-                .unwrap_or("")
-        )),
-        Some(Observation::Unknown(why)) => p
-            .warnings
-            .push(format!("WAL bucket: cannot tell whether it exists: {why}")),
-        _ => {}
+    if let Some(b) = &file.spec.backup {
+        match (&obs.bucket, b.create_bucket) {
+            (Some(Observation::Absent), true) => p.bucket = Some(b.bucket.clone()),
+            (Some(Observation::Absent), false) => p.warnings.push(format!(
+                "WAL bucket {} does not exist: archiving and backups fail until it exists; \
+                 set spec.backup.createBucket: true and spilo apply creates it (outside the \
+                 stack, so the backups outlive the cluster), or create it yourself",
+                b.bucket
+            )),
+            // Never create on a guess: a 403 may be somebody else's bucket of that name.
+            (Some(Observation::Unknown(why)), true) => {
+                return blocked(
+                    p,
+                    format!(
+                        "WAL bucket {}: cannot tell whether it exists, so it is not created: {why}",
+                        b.bucket
+                    ),
+                );
+            }
+            (Some(Observation::Unknown(why)), false) => p
+                .warnings
+                .push(format!("WAL bucket: cannot tell whether it exists: {why}")),
+            _ => {}
+        }
     }
 
     // The etcd config.
@@ -407,7 +425,7 @@ fn plan_cluster(
                         replaces.join(", ")
                     ));
                 }
-            } else if p.changes_stack() || p.config.is_some() {
+            } else if p.changes_stack() || p.config.is_some() || p.bucket.is_some() {
                 p.action = Action::Update;
             }
             if p.changes_stack() {
@@ -501,6 +519,9 @@ fn summarize(clusters: &[ClusterPlan]) -> Summary {
         }
         if c.config.is_some() {
             s.change += 1;
+        }
+        if c.bucket.is_some() {
+            s.add += 1;
         }
     }
     s

@@ -190,6 +190,13 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
     for w in &c.warnings {
         let _ = writeln!(out, "    warning: {w}");
     }
+    if let Some(b) = &c.bucket {
+        let _ = writeln!(
+            out,
+            "    {} S3 bucket {b} (encrypted, no public access; outside the stack: it holds the backups and is kept when the cluster is deleted)",
+            style.paint("32", "+")
+        );
+    }
     for p in &c.parameters {
         let _ = writeln!(out, "    {}", value_change_line("parameter", p));
     }

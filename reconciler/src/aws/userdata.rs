@@ -1,58 +1,103 @@
-//! The instances' user data: a boot script that mounts the EBS data volume, fetches the
-//! passwords the cluster file references, writes the governor configuration (the same
-//! renderer as the local target, with the instance id as the member name) and starts the
-//! governor as the `postgres` user. Pure: the same file renders the same script.
+//! The instances' user data: a short script the spilo image runs at every boot
+//! (`spilo-boot.service` fetches it from the instance metadata). It checks that the image
+//! carries the same spilo version as the CLI that rendered it, mounts the EBS data volume,
+//! writes the governor configuration (the same renderer as the local target; the instance
+//! adds its id and address when it starts the governor) and starts the governor under the
+//! image's supervision. The functions it calls live in the image (`image/rootfs/usr/lib/spilo/
+//! boot-lib.sh`); the governor reads the passwords from SSM or Secrets Manager itself, so
+//! the script holds no secret and needs no AWS CLI. Pure: the same file renders the same
+//! script.
 
-use crate::member_config::{self, Placement};
-use spilo_model::spec::{ClusterFile, Filesystem, SecretRef};
-use std::fmt::Write;
+use crate::member_config::{self, Placement, Store};
+use spilo_model::governor::{
+    AwsSettings, EtcdConfig, GovernorConfig, S3Config, SecretRef, StackSignal,
+};
+use spilo_model::spec::{ClusterFile, Filesystem};
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// The device name of the data volume in the launch template.
 pub const DATA_DEVICE: &str = "/dev/xvdk";
 /// Where the data volume is mounted.
 pub const DATA_MOUNT: &str = "/home/postgres/pgdata";
+/// The boot functions the image provides.
+pub const BOOT_LIB: &str = "/usr/lib/spilo/boot-lib.sh";
+/// The version of spilo the image must carry: this CLI's.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The resource whose `CreationPolicy` waits for the members' signals.
+pub const SIGNALLED_RESOURCE: &str = "AutoScalingGroup";
 
-/// The shell commands that put one password into `/etc/spilo/<name>`.
-fn fetch_secret(out: &mut String, name: &str, r: Option<&SecretRef>, region: &str) {
-    let dest = format!("/etc/spilo/{name}");
-    match r {
-        Some(SecretRef { ssm: Some(p), .. }) => {
-            let _ = writeln!(
-                out,
-                "aws --region {region} ssm get-parameter --with-decryption --name '{p}' --query Parameter.Value --output text > {dest}"
-            );
-        }
-        Some(SecretRef {
-            secrets_manager: Some(arn),
-            ..
-        }) => {
-            let _ = writeln!(
-                out,
-                "aws --region {region} secretsmanager get-secret-value --secret-id '{arn}' --query SecretString --output text > {dest}"
-            );
-        }
-        Some(SecretRef { file: Some(f), .. }) => {
-            let _ = writeln!(out, "install -m 600 '{f}' {dest}");
-        }
-        Some(SecretRef { env: Some(v), .. }) => {
-            let _ = writeln!(out, "printf '%s' \"${{{v}}}\" > {dest}");
-        }
-        _ => {
-            // No reference: a random password, the same on every member is not needed for
-            // the superuser; replication needs one shared secret, so refuse to guess.
-            let _ = writeln!(
-                out,
-                "test -s {dest} || {{ echo 'spilo: spec.secrets.{name} is not set' >&2; exit 1; }}"
-            );
-        }
+/// A secret reference of the cluster file as the governor reads it.
+fn secret(r: &spilo_model::spec::SecretRef) -> SecretRef {
+    SecretRef {
+        env: r.env.clone(),
+        file: r.file.as_ref().map(Into::into),
+        ssm: r.ssm.clone(),
+        secrets_manager: r.secrets_manager.clone(),
+    }
+}
+
+/// The governor configuration every member of `file` runs with (without a name: each
+/// instance gives its own at start).
+pub fn config(file: &ClusterFile) -> GovernorConfig {
+    member_config::build(file, &placement(file))
+}
+
+fn placement(file: &ClusterFile) -> Placement {
+    let spec = &file.spec;
+    let region = spec
+        .aws
+        .as_ref()
+        .map(|a| a.region.clone())
+        .unwrap_or_default();
+    let etcd = match &spec.dcs {
+        Some(d) if !d.hosts.is_empty() => EtcdConfig {
+            hosts: d.hosts.clone(),
+            ..EtcdConfig::default()
+        },
+        Some(d) => EtcdConfig {
+            discovery_domain: d.discovery_domain.clone(),
+            ..EtcdConfig::default()
+        },
+        None => EtcdConfig::default(),
+    };
+    let bucket = spec.backup.as_ref().map_or("", |b| b.bucket.as_str());
+    // The source of a clone archives into the same bucket under its own prefix.
+    let s3 = Store::S3(S3Config {
+        bucket: bucket.to_string(),
+        region: region.clone(),
+        endpoint: None,
+        path_style: false,
+        sse: Some("AES256".into()),
+    });
+    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let secrets = &spec.secrets;
+    Placement {
+        header: "# Written at boot from the user data spilo rendered from the cluster file.",
+        name: None,
+        etcd,
+        data_dir: format!("{DATA_MOUNT}/data").into(),
+        postgres_listen: SocketAddr::new(any.ip(), super::template::POSTGRES_PORT),
+        api_listen: SocketAddr::new(any.ip(), super::template::API_PORT),
+        superuser: secrets.superuser.as_ref().map(secret).unwrap_or_default(),
+        replication: secrets.replication.as_ref().map(secret).unwrap_or_default(),
+        api_token: secrets.restapi.as_ref().map(secret),
+        archive_store: s3.clone(),
+        clone_store: spec.bootstrap.clone.as_ref().map(|_| s3),
+        parameters_in_file: false,
+        aws: Some(AwsSettings {
+            region,
+            signal: Some(StackSignal {
+                stack: super::template::stack_name(file.metadata.name.as_str()),
+                resource: SIGNALLED_RESOURCE.into(),
+            }),
+        }),
     }
 }
 
 /// The user data script.
 pub fn render(file: &ClusterFile) -> String {
-    let spec = &file.spec;
-    let region = spec.aws.as_ref().map(|a| a.region.as_str()).unwrap_or("");
-    let storage = spec
+    let storage = file
+        .spec
         .aws
         .as_ref()
         .map(|a| a.storage.clone())
@@ -61,114 +106,88 @@ pub fn render(file: &ClusterFile) -> String {
         Filesystem::Ext4 => "ext4",
         Filesystem::Xfs => "xfs",
     };
-    let etcd = match &spec.dcs {
-        Some(d) if !d.hosts.is_empty() => {
-            let hosts: Vec<String> = d.hosts.iter().map(|h| format!("\"{h}\"")).collect();
-            format!("{{hosts: [{}]}}", hosts.join(", "))
-        }
-        Some(d) => format!(
-            "{{discovery_domain: {}}}",
-            d.discovery_domain.clone().unwrap_or_default()
-        ),
-        None => "{}".into(),
-    };
-    let config = member_config::render(
-        file,
-        &Placement {
-            header: "# Written at boot from the user data spilo rendered from the cluster file.",
-            name: "${INSTANCE_ID}".into(),
-            etcd,
-            data_dir: format!("{DATA_MOUNT}/data"),
-            postgres_listen: "${LOCAL_IP}:5432".into(),
-            api_listen: "${LOCAL_IP}:8008".into(),
-            superuser: "{file: /etc/spilo/superuser}".into(),
-            replication: "{file: /etc/spilo/replication}".into(),
-            archive_store: format!(
-                "s3: {{bucket: \"{}\", region: {region}}}",
-                spec.backup.as_ref().map_or("", |b| b.bucket.as_str())
-            ),
-            api_token: spec
-                .secrets
-                .restapi
-                .as_ref()
-                .map(|_| "{file: /etc/spilo/restapi}".into()),
-            // The source archives into the same bucket under its own prefix.
-            clone_store: spec.bootstrap.clone.as_ref().map(|_| {
-                format!(
-                    "s3: {{bucket: \"{}\", region: {region}}}",
-                    spec.backup.as_ref().map_or("", |b| b.bucket.as_str())
-                )
-            }),
-            parameters_in_file: false,
-        },
-    );
-    let mut out = format!(
+    let config = member_config::render(file, &placement(file));
+    format!(
         "#!/bin/bash\n\
-         # spilo member of cluster {name}: rendered by spilo from the cluster file.\n\
+         # spilo member of cluster {name}, rendered by spilo {VERSION} from the cluster file.\n\
+         # The spilo image runs this at every boot; the functions come from the image.\n\
          set -euo pipefail\n\
-         TOKEN=$(curl -sf -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')\n\
-         md() {{ curl -sf -H \"X-aws-ec2-metadata-token: $TOKEN\" \"http://169.254.169.254/latest/meta-data/$1\"; }}\n\
-         INSTANCE_ID=$(md instance-id)\n\
-         LOCAL_IP=$(md local-ipv4)\n\
-         DEV={DATA_DEVICE}; [ -e \"$DEV\" ] || DEV=/dev/nvme1n1\n\
-         blkid \"$DEV\" >/dev/null || mkfs -t {fs} \"$DEV\"\n\
-         mkdir -p {DATA_MOUNT}\n\
-         mount -o {opts} \"$DEV\" {DATA_MOUNT}\n\
-         chown postgres:postgres {DATA_MOUNT}\n\
-         install -d -m 700 -o postgres -g postgres /etc/spilo\n",
+         . {BOOT_LIB}\n\
+         spilo_require_version {VERSION}\n\
+         spilo_mount_data {DATA_DEVICE} {fs} '{opts}' {DATA_MOUNT}\n\
+         spilo_write_config <<'SPILO_CONFIG'\n{config}SPILO_CONFIG\n\
+         spilo_run_governor\n",
         name = file.metadata.name,
         opts = storage.mount_options.join(","),
-    );
-    fetch_secret(
-        &mut out,
-        "superuser",
-        spec.secrets.superuser.as_ref(),
-        region,
-    );
-    fetch_secret(
-        &mut out,
-        "replication",
-        spec.secrets.replication.as_ref(),
-        region,
-    );
-    let mut secret_files = "/etc/spilo/superuser /etc/spilo/replication".to_string();
-    if let Some(r) = &spec.secrets.restapi {
-        fetch_secret(&mut out, "restapi", Some(r), region);
-        secret_files.push_str(" /etc/spilo/restapi");
-    }
-    let _ = write!(
-        out,
-        "chown postgres:postgres {secret_files}\n\
-         chmod 600 {secret_files}\n\
-         cat > /etc/spilo/governor.yaml <<SPILO_EOF\n{config}SPILO_EOF\n\
-         exec runuser -u postgres -- governor run --config /etc/spilo/governor.yaml\n"
-    );
-    out
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_member_is_named_after_its_instance_and_reads_passwords_from_ssm() {
-        let f: ClusterFile = serde_yaml::from_str(
-            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: orders}\nspec:\n  target: aws\n  dcs: {discoveryDomain: etcd.example.com}\n  aws: {region: eu-west-1, vpc: v, subnets: [s]}\n  secrets: {superuser: {ssm: /db/su}, replication: {ssm: /db/repl}}\n",
+    fn orders() -> ClusterFile {
+        serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: orders}\nspec:\n  target: aws\n  dcs: {discoveryDomain: etcd.example.com}\n  aws: {region: eu-west-1, vpc: v, subnets: [s]}\n  backup: {bucket: wal-bucket}\n  bootstrap: {clone: {from: src}}\n  secrets: {superuser: {ssm: /db/su}, replication: {secretsManager: 'arn:aws:secretsmanager:eu-west-1:1:secret:repl'}, restapi: {ssm: /db/api}}\n",
         )
-        .expect("valid");
-        let script = render(&f);
-        assert!(script.starts_with("#!/bin/bash\n"), "{script}");
-        assert!(script.contains("name: ${INSTANCE_ID}\n"), "{script}");
-        assert!(
-            script.contains("etcd: {discovery_domain: etcd.example.com}\n"),
-            "{script}"
+        .expect("valid")
+    }
+
+    #[test]
+    fn the_script_runs_the_image_steps_in_order_with_the_configuration_inline() {
+        let script = render(&orders());
+        let steps: Vec<&str> = script
+            .lines()
+            .filter(|l| l.starts_with("spilo_") || l.starts_with(". "))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ". /usr/lib/spilo/boot-lib.sh",
+                &format!("spilo_require_version {VERSION}"),
+                "spilo_mount_data /dev/xvdk ext4 'noatime,nodiratime' /home/postgres/pgdata",
+                "spilo_write_config <<'SPILO_CONFIG'",
+                "spilo_run_governor",
+            ]
         );
-        assert!(
-            script.contains(
-                "aws --region eu-west-1 ssm get-parameter --with-decryption --name '/db/su'"
-            ),
-            "{script}"
+        assert!(!script.contains("aws "), "no AWS CLI: {script}");
+        let body = script
+            .split("<<'SPILO_CONFIG'\n")
+            .nth(1)
+            .and_then(|s| s.split("SPILO_CONFIG\n").next())
+            .expect("the configuration");
+        assert_eq!(
+            GovernorConfig::parse(body).expect("the governor reads it"),
+            config(&orders())
         );
-        assert!(script.contains("mount -o noatime,nodiratime"), "{script}");
+    }
+
+    #[test]
+    fn members_read_their_passwords_from_aws_and_signal_their_stack() {
+        let c = config(&orders());
+        assert_eq!(c.name, None, "each instance names itself");
+        assert_eq!(c.postgresql.listen.to_string(), "0.0.0.0:5432");
+        assert_eq!(c.restapi.listen.to_string(), "0.0.0.0:8008");
+        assert_eq!(c.etcd.discovery_domain.as_deref(), Some("etcd.example.com"));
+        let auth = &c.postgresql.authentication;
+        assert_eq!(auth.superuser.password.ssm.as_deref(), Some("/db/su"));
+        assert_eq!(
+            auth.replication.password.secrets_manager.as_deref(),
+            Some("arn:aws:secretsmanager:eu-west-1:1:secret:repl")
+        );
+        assert!(c.restapi.auth.is_some());
+        let aws = c.aws.expect("aws settings");
+        assert_eq!(aws.region, "eu-west-1");
+        assert_eq!(
+            aws.signal,
+            Some(StackSignal {
+                stack: "spilo-orders".into(),
+                resource: "AutoScalingGroup".into()
+            })
+        );
+        let archive = c.archive.expect("archive");
+        assert_eq!(archive.s3.map(|s| s.bucket), Some("wal-bucket".into()));
+        let clone = c.bootstrap.expect("clone").clone.archive;
+        assert_eq!(clone.prefix, "spilo/src/wal/15/");
     }
 }

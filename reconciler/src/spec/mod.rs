@@ -17,6 +17,21 @@ pub use position::{Path, Seg};
 pub use schema::{schema, schema_json};
 pub use validate::{Validated, validate_files};
 
+/// How a value `spilo init --yes` cannot know for the user starts: `"<replace with ...>"`.
+/// `spilo validate` reports every such value as an error, so the file cannot be applied
+/// before a person fills it in.
+pub const PLACEHOLDER: &str = "<replace with ";
+
+/// A placeholder for `what` (e.g. "your VPC id, vpc-...").
+pub fn placeholder(what: &str) -> String {
+    format!("{PLACEHOLDER}{what}>")
+}
+
+/// Whether `s` is a placeholder.
+pub fn is_placeholder(s: &str) -> bool {
+    s.starts_with(PLACEHOLDER)
+}
+
 /// Reads every cluster file under `paths` (directories are searched for `*.yaml` and `*.yml`,
 /// sorted) and returns `(display name, contents)` pairs.
 pub fn read_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<(String, String)>> {

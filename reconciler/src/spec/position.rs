@@ -44,6 +44,13 @@ impl Path {
         Path(p)
     }
 
+    /// This path with one more index.
+    pub fn index(&self, i: usize) -> Path {
+        let mut p = self.0.clone();
+        p.push(Seg::Index(i));
+        Path(p)
+    }
+
     /// From a JSON pointer (`/spec/aws/subnets/1`).
     pub fn from_pointer(ptr: &str) -> Path {
         Path(

@@ -163,11 +163,24 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 "io1 and io2 volumes need iops",
             );
         }
+        for (i, o) in st.mount_options.iter().enumerate() {
+            if matches!(o.as_str(), "nobarrier" | "barrier=0") {
+                r.at(
+                    &p(&format!("spec.aws.storage.mountOptions[{i}]")),
+                    Severity::Warning,
+                    format!(
+                        "{o} turns off write barriers: on power loss committed transactions can \
+                         be lost or the filesystem corrupted (XFS no longer accepts it); leave it out"
+                    ),
+                );
+            }
+        }
         if aws.region.is_empty() {
             r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
         }
         if let Some(v) = &aws.vpc
             && !is_aws_id(v, "vpc")
+            && !super::is_placeholder(v)
         {
             r.at(
                 &p("spec.aws.vpc"),
@@ -176,7 +189,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             );
         }
         for (i, s) in aws.subnets.iter().enumerate() {
-            if !is_aws_id(s, "subnet") {
+            if !is_aws_id(s, "subnet") && !super::is_placeholder(s) {
                 r.at(
                     &p(&format!("spec.aws.subnets[{i}]")),
                     Severity::Error,

@@ -184,6 +184,15 @@ fn validate_one(
              {env: NAME}, {file: PATH}, {ssm: PARAMETER} or {secretsManager: ARN}",
         );
     }
+    for (path, value) in placeholders(&json, &Path::default()) {
+        r.at(
+            &path,
+            Severity::Error,
+            format!(
+                "{value} is a placeholder written by spilo init: replace it with the real value"
+            ),
+        );
+    }
     let before = r.out.len();
     for e in validator.iter_errors(&json) {
         report_schema_error(&mut r, schema, &json, &e);
@@ -223,6 +232,23 @@ fn take_literal_secrets(v: &mut Value, at: &Path) -> Vec<Path> {
         }
     }
     found
+}
+
+/// Every placeholder value (see [`super::PLACEHOLDER`]) with its path.
+fn placeholders(v: &Value, at: &Path) -> Vec<(Path, String)> {
+    match v {
+        Value::String(s) if super::is_placeholder(s) => vec![(at.clone(), s.clone())],
+        Value::Object(o) => o
+            .iter()
+            .flat_map(|(k, x)| placeholders(x, &at.key(k)))
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .flat_map(|(i, x)| placeholders(x, &at.index(i)))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn type_name(v: &Value) -> String {

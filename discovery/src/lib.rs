@@ -1,21 +1,27 @@
 //! Finding etcd: a configured list of endpoints, or DNS SRV records as in the 2015 Spilo talk.
+//! Both programs use it (the governor to connect, `spilo` to reach a cluster's etcd from its
+//! file), so it lives below both.
 //!
 //! For a discovery domain, `_etcd-client._tcp.<domain>` records name client endpoints directly.
 //! Without them, `_etcd-server._tcp.<domain>` records name the members' peer endpoints, and
 //! each peer's `/members` answer lists the cluster's client URLs (what etcd's own discovery
 //! and Patroni do).
 
-use super::DcsError;
-use crate::config::EtcdConfig;
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use serde::Deserialize;
+use spilo_model::governor::EtcdConfig;
 use std::time::Duration;
 
+/// Why etcd could not be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("etcd discovery: {0}")]
+pub struct DiscoveryError(pub String);
+
 /// Client URLs (`http://host:port`) for the configured etcd.
-pub async fn endpoints(cfg: &EtcdConfig, timeout: Duration) -> Result<Vec<String>, DcsError> {
+pub async fn endpoints(cfg: &EtcdConfig, timeout: Duration) -> Result<Vec<String>, DiscoveryError> {
     match &cfg.discovery_domain {
         None => Ok(cfg.hosts.iter().map(|h| normalize(h)).collect()),
         Some(domain) => discover(domain, cfg.discovery_nameserver, timeout).await,
@@ -35,7 +41,7 @@ async fn discover(
     domain: &str,
     nameserver: Option<std::net::SocketAddr>,
     timeout: Duration,
-) -> Result<Vec<String>, DcsError> {
+) -> Result<Vec<String>, DiscoveryError> {
     let provider = TokioRuntimeProvider::default();
     let builder = match nameserver {
         Some(addr) => {
@@ -46,12 +52,12 @@ async fn discover(
             Resolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), provider)
         }
         None => Resolver::builder(provider).map_err(|e| {
-            DcsError::Discovery(format!("cannot read the system DNS configuration: {e}"))
+            DiscoveryError(format!("cannot read the system DNS configuration: {e}"))
         })?,
     };
     let resolver = builder
         .build()
-        .map_err(|e| DcsError::Discovery(format!("cannot build a DNS resolver: {e}")))?;
+        .map_err(|e| DiscoveryError(format!("cannot build a DNS resolver: {e}")))?;
 
     let client_name = format!("_etcd-client._tcp.{domain}.");
     if let Ok(Ok(found)) =
@@ -69,22 +75,20 @@ async fn discover(
     let server_name = format!("_etcd-server._tcp.{domain}.");
     let found = tokio::time::timeout(timeout, resolver.srv_lookup(server_name.as_str()))
         .await
-        .map_err(|_| DcsError::Discovery(format!("DNS lookup of {server_name} timed out")))?
+        .map_err(|_| DiscoveryError(format!("DNS lookup of {server_name} timed out")))?
         .map_err(|e| {
-            DcsError::Discovery(format!(
+            DiscoveryError(format!(
                 "no SRV records for {client_name} or {server_name}: {e}"
             ))
         })?;
     let peers = srv_targets(found.answers());
     if peers.is_empty() {
-        return Err(DcsError::Discovery(format!(
-            "no SRV records for {server_name}"
-        )));
+        return Err(DiscoveryError(format!("no SRV records for {server_name}")));
     }
     let http = reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|e| DcsError::Discovery(format!("cannot build an HTTP client: {e}")))?;
+        .map_err(|e| DiscoveryError(format!("cannot build an HTTP client: {e}")))?;
     let mut errors = Vec::new();
     for (host, port) in &peers {
         let url = format!("http://{host}:{port}/members");
@@ -94,7 +98,7 @@ async fn discover(
             Err(e) => errors.push(format!("{url}: {e}")),
         }
     }
-    Err(DcsError::Discovery(format!(
+    Err(DiscoveryError(format!(
         "SRV records for {server_name} name peers, but none listed client URLs: {}",
         errors.join("; ")
     )))

@@ -1,0 +1,84 @@
+//! Reading secrets the configuration references in AWS: SSM Parameter Store (SecureString
+//! decrypted) and Secrets Manager (`SecretString`), with the instance role's credentials from
+//! the SDK's default chain (IMDSv2 on EC2) and a deadline on every call.
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use std::time::Duration;
+
+/// How long one secret read may take, retries included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// SSM and Secrets Manager clients of one region.
+pub(super) struct SecretClients {
+    ssm: aws_sdk_ssm::Client,
+    secrets: aws_sdk_secretsmanager::Client,
+}
+
+impl SecretClients {
+    pub(super) async fn new(region: &str) -> Self {
+        let conf = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(CALL_TIMEOUT)
+                    .build(),
+            )
+            .load()
+            .await;
+        Self {
+            ssm: aws_sdk_ssm::Client::new(&conf),
+            secrets: aws_sdk_secretsmanager::Client::new(&conf),
+        }
+    }
+
+    /// The value of SSM parameter `name` (a name or an ARN).
+    pub(super) async fn parameter(&self, name: &str) -> Result<String, String> {
+        let out = self
+            .ssm
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| format!("SSM parameter {name}: {}", describe(&e)))?;
+        out.parameter()
+            .and_then(|p| p.value())
+            .map(str::to_string)
+            .ok_or_else(|| format!("SSM parameter {name} has no value"))
+    }
+
+    /// The `SecretString` of Secrets Manager secret `id` (a name or an ARN).
+    pub(super) async fn secret(&self, id: &str) -> Result<String, String> {
+        let out = self
+            .secrets
+            .get_secret_value()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| format!("Secrets Manager secret {id}: {}", describe(&e)))?;
+        out.secret_string()
+            .map(str::to_string)
+            .ok_or_else(|| format!("Secrets Manager secret {id} has no SecretString"))
+    }
+}
+
+/// `Code: message` when the service answered, else the chain of causes, in one line.
+fn describe<E>(e: &E) -> String
+where
+    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => {
+            let mut parts = vec![e.to_string()];
+            let mut source = e.source();
+            while let Some(s) = source {
+                parts.push(s.to_string());
+                source = s.source();
+            }
+            parts.join(": ")
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The contract's own guarantees: what is serialised parses back to the same value, and the
+//! checks that need no I/O.
+
+use super::*;
+
+fn minimal() -> GovernorConfig {
+    GovernorConfig::parse(
+        "scope: demo\nname: demo-0\netcd: {hosts: [\"127.0.0.1:2379\"]}\npostgresql:\n  \
+         bin_dir: /usr/lib/postgresql/15/bin\n  data_dir: /var/lib/spilo/demo-0\n  \
+         listen: 127.0.0.1:5432\n  authentication:\n    \
+         superuser: {username: postgres, password: {env: SU}}\n    \
+         replication: {username: replicator, password: {file: /etc/spilo/repl}}\n",
+    )
+    .expect("valid")
+}
+
+#[test]
+fn a_serialised_configuration_parses_back_to_the_same_value() {
+    let mut c = minimal();
+    c.postgresql
+        .parameters
+        .insert("log_line_prefix".into(), "%m [%p] '%q' #: {x}".into());
+    c.postgresql.pg_hba = Some(vec![
+        "host all all 10.0.0.0/8 scram-sha-256".into(),
+        "host \"quoted db\" all 0.0.0.0/0 md5 # \"x\": y".into(),
+    ]);
+    c.archive = Some(ArchiveConfig {
+        prefix: "spilo/demo/wal/15/".into(),
+        compression: Compression::Zstd,
+        directory: None,
+        s3: Some(S3Config {
+            bucket: "b".into(),
+            region: "eu-west-1".into(),
+            endpoint: None,
+            path_style: false,
+            sse: Some("AES256".into()),
+        }),
+        backups: Some(BackupSchedule {
+            schedule: "0 1 * * *".into(),
+            retain: 3,
+        }),
+        replicas_from_backup: true,
+        upload_concurrency: None,
+        prefetch: 8,
+    });
+    c.aws = Some(AwsSettings {
+        region: "eu-west-1".into(),
+        signal: Some(StackSignal {
+            stack: "spilo-demo".into(),
+            resource: "AutoScalingGroup".into(),
+        }),
+    });
+    c.postgresql.authentication.superuser.password = SecretRef {
+        ssm: Some("/spilo/demo/superuser".into()),
+        ..SecretRef::default()
+    };
+    let yaml = c.to_yaml();
+    assert_eq!(GovernorConfig::parse(&yaml), Ok(c), "{yaml}");
+}
+
+#[test]
+fn defaults_are_left_out_of_the_rendering() {
+    let yaml = minimal().to_yaml();
+    assert!(!yaml.contains("namespace"), "{yaml}");
+    assert!(!yaml.contains("synchronous_mode"), "{yaml}");
+    assert!(!yaml.contains("archive"), "{yaml}");
+}
+
+#[test]
+fn remote_secrets_need_a_region_and_every_secret_one_source() {
+    let mut c = minimal();
+    c.postgresql.authentication.replication.password = SecretRef {
+        secrets_manager: Some("arn:aws:secretsmanager:eu-west-1:1:secret:x".into()),
+        ..SecretRef::default()
+    };
+    assert_eq!(
+        c.check().map_err(|e| e.to_string()),
+        Err("postgresql.authentication.replication.password: ssm and secrets_manager references need aws.region".into())
+    );
+    c.postgresql.authentication.replication.password.env = Some("X".into());
+    assert_eq!(
+        c.check().map_err(|e| e.field),
+        Err("postgresql.authentication.replication.password".into())
+    );
+}
