@@ -98,6 +98,9 @@ enum Command {
     /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
     #[command(hide = true)]
     Watchdog,
+    /// Report a failed boot of this instance (the image's boot layer calls it): a FAILURE
+    /// signal to the stack and the reason with the boot log in etcd `boot/<member>`.
+    BootFailed(BootFailedArgs),
     /// Check a configuration file and the machine, then exit.
     Check {
         /// The governor's YAML configuration.
@@ -107,6 +110,23 @@ enum Command {
         #[command(flatten)]
         identity: IdentityArgs,
     },
+}
+
+/// `governor boot-failed`'s arguments.
+#[derive(clap::Args)]
+struct BootFailedArgs {
+    /// The governor's YAML configuration.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// This member (the instance id).
+    #[arg(long)]
+    name: spilo_model::MemberName,
+    /// What failed, in one line.
+    #[arg(long)]
+    reason: String,
+    /// The boot log; its last lines go to etcd.
+    #[arg(long)]
+    log: PathBuf,
 }
 
 /// What an instance adds to a configuration shared by all members (see
@@ -176,6 +196,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Watchdog => Ok(()),
+        Command::BootFailed(a) => {
+            let cfg = parse_config(&a.config)?;
+            let problems = governor::boot_report::report(&cfg, &a.name, &a.reason, &a.log).await;
+            for p in &problems {
+                eprintln!("cannot report: {p}");
+            }
+            if problems.len() == 2 {
+                anyhow::bail!("the failure could not be reported anywhere");
+            }
+            Ok(())
+        }
         Command::WalPush { path, config } => {
             let archive = archive_config(&config)?;
             let store = governor::archive::AnyStore::open(&archive).await;

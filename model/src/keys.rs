@@ -14,6 +14,7 @@
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
+//! | `boot/<member>` | the boot layer of that member's instance (`governor boot-failed`), when its boot fails | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -48,6 +49,8 @@ pub enum KeyKind {
     Sync,
     /// `failsafe`: the members a failsafe-mode primary must hear from.
     Failsafe,
+    /// `boot/<name>`: why the boot of member `<name>`'s instance failed.
+    Boot(MemberName),
 }
 
 impl Keyspace {
@@ -124,6 +127,11 @@ impl Keyspace {
         format!("{}members/{name}", self.prefix)
     }
 
+    /// `boot/<name>`.
+    pub fn boot(&self, name: &MemberName) -> String {
+        format!("{}boot/{name}", self.prefix)
+    }
+
     /// Classifies a full key; `None` for keys outside this cluster or unknown to this version.
     pub fn classify(&self, key: &str) -> Option<KeyKind> {
         let rest = key.strip_prefix(&self.prefix)?;
@@ -136,10 +144,14 @@ impl Keyspace {
             "switchover" => Some(KeyKind::Switchover),
             "sync" => Some(KeyKind::Sync),
             "failsafe" => Some(KeyKind::Failsafe),
-            _ => rest
-                .strip_prefix("members/")
-                .and_then(|n| MemberName::new(n).ok())
-                .map(KeyKind::Member),
+            _ => {
+                if let Some(n) = rest.strip_prefix("boot/") {
+                    return MemberName::new(n).ok().map(KeyKind::Boot);
+                }
+                rest.strip_prefix("members/")
+                    .and_then(|n| MemberName::new(n).ok())
+                    .map(KeyKind::Member)
+            }
         }
     }
 }
@@ -176,6 +188,7 @@ mod tests {
         assert_eq!(k.classify(&k.sync()), Some(KeyKind::Sync));
         assert_eq!(k.classify(&k.failsafe()), Some(KeyKind::Failsafe));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
+        assert_eq!(k.classify(&k.boot(&m)), Some(KeyKind::Boot(m.clone())));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));
         assert_eq!(k.classify("/service/other/leader"), None);
         assert_eq!(k.classify("/service/demo/unknown"), None);

@@ -21,7 +21,8 @@ pub mod target_time;
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
 pub use member::{
-    ClusterConfig, HistoryEntry, MemberRole, MemberState, MemberStatus, MemberTags, WalPositions,
+    BootFailure, ClusterConfig, HistoryEntry, MemberRole, MemberState, MemberStatus, MemberTags,
+    WalPositions,
 };
 pub use names::{ClusterName, InvalidName, MemberName, NameError};
 pub use summary::{ArchiveStatus, BackupRuns, ClusterSummary, MemberRow, NodeStatus, summarize};

@@ -151,6 +151,18 @@ impl MemberStatus {
     }
 }
 
+/// The value of `boot/<member>`: why an instance's boot failed, as its boot layer reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFailure {
+    /// What failed, in one line.
+    pub reason: String,
+    /// When (RFC 3339 UTC).
+    pub at: String,
+    /// The last lines of the boot log.
+    #[serde(default)]
+    pub log: Vec<String>,
+}
+
 /// The value of `history`: one entry per promotion, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {

@@ -49,12 +49,37 @@ pub struct Network {
 impl Moto {
     /// Starts moto under `dir` and waits until it answers.
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, "127.0.0.1", &[], None).await
+    }
+
+    /// Starts moto on `host` with `env` (e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to enforce IAM),
+    /// through `wrapper` (a fixture script taking moto_server's arguments) when given.
+    pub async fn start_with(
+        dir: &Path,
+        host: &str,
+        env: &[(&str, &str)],
+        wrapper: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let venv = venv()?;
         let port = ports::free();
-        let mut cmd = Command::new(venv.join("bin/moto_server"));
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(venv.join("bin/python"));
+                c.arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("fixtures")
+                        .join(w),
+                );
+                c
+            }
+            None => Command::new(venv.join("bin/moto_server")),
+        };
+        cmd.args(["-H", host, "-p", &port.to_string()]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let process = Spawned::start(cmd, &dir.join("moto.log"))?;
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://{host}:{port}");
         let url = format!("{endpoint}/moto-api/");
         let client = reqwest::Client::new();
         wait::until("moto_server to answer", Duration::from_secs(30), || {

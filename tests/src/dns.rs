@@ -1,4 +1,5 @@
-//! A DNS server on loopback (dnsmasq from Debian) serving the SRV records of etcd discovery.
+//! A DNS server on loopback (dnsmasq from Debian) serving the SRV records of etcd discovery,
+//! or a name for a load balancer stand-in.
 
 use crate::etcd::which;
 use crate::ports;
@@ -14,8 +15,20 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// Serves the A record `name -> ip`.
+    pub fn start_host(dir: &Path, name: &str, ip: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, &format!("--host-record={name},{ip}"))
+    }
+
     /// Serves `_etcd-server._tcp.<domain>` pointing at `localhost:<peer_port>`.
     pub fn start_etcd_srv(dir: &Path, domain: &str, peer_port: u16) -> anyhow::Result<Self> {
+        Self::start_with(
+            dir,
+            &format!("--srv-host=_etcd-server._tcp.{domain},localhost,{peer_port}"),
+        )
+    }
+
+    fn start_with(dir: &Path, record: &str) -> anyhow::Result<Self> {
         let port = ports::free();
         let mut cmd = Command::new(which("dnsmasq")?);
         cmd.arg("--keep-in-foreground")
@@ -26,9 +39,7 @@ impl Dns {
             .arg("--listen-address=127.0.0.1")
             .arg(format!("--port={port}"))
             .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-            .arg(format!(
-                "--srv-host=_etcd-server._tcp.{domain},localhost,{peer_port}"
-            ));
+            .arg(record);
         if nix::unistd::Uid::effective().is_root() {
             cmd.arg("--user=root");
         }

@@ -8,6 +8,7 @@
 //! process is killed when its handle drops, and logs are printed when a test fails.
 
 pub mod aws;
+pub mod aws_box;
 pub mod aws_world;
 pub mod cluster;
 pub mod dns;

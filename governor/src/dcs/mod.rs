@@ -14,7 +14,7 @@ pub mod lease;
 pub mod view;
 pub mod watch;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use spilo_model::{ClusterConfig, Keyspace, MemberName, SwitchoverRequest};
 use std::future::Future;
 use std::time::Duration;
@@ -73,6 +73,24 @@ impl Dcs {
             me,
             timeout,
         })
+    }
+
+    /// Writes this member's `boot/<name>` report, bound to a lease of one day: the key's
+    /// only writer is the boot layer of this member's instance.
+    pub async fn put_boot_failure(
+        &self,
+        report: &spilo_model::BootFailure,
+    ) -> Result<(), DcsError> {
+        let key = self.keys.boot(&self.me);
+        let value = encode(&key, report)?;
+        let mut client = self.client.clone();
+        let lease = bounded(self.timeout, client.lease_grant(86_400, None)).await?;
+        bounded(
+            self.timeout,
+            client.put(key, value, Some(PutOptions::new().with_lease(lease.id()))),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The member this connection writes for.

@@ -105,8 +105,9 @@ pub fn parse_view<'a>(
                     }
                 }
             }
-            // The reconciler's lock; nothing the governor decides on.
-            KeyKind::ApplyLock => {}
+            // The reconciler's lock and instances' boot reports: nothing the governor
+            // decides on.
+            KeyKind::ApplyLock | KeyKind::Boot(_) => {}
         }
     }
     view

@@ -18,6 +18,7 @@ pub mod failsafe;
 pub mod fence;
 mod gather;
 pub mod peers;
+pub mod stack_signal;
 pub mod switchover;
 mod sync;
 
@@ -253,6 +254,17 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             },
             shared.clone(),
             backup_rx,
+            cancel.clone(),
+        ));
+    }
+    if let Some(aws) = &cfg.aws
+        && let Some(target) = &aws.signal
+    {
+        tasks.spawn(stack_signal::run(
+            aws.region.clone(),
+            target.clone(),
+            loaded.name.to_string(),
+            shared.clone(),
             cancel.clone(),
         ));
     }

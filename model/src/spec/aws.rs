@@ -13,7 +13,9 @@ pub struct AwsSpec {
     /// EC2 instance type.
     #[serde(default = "d_instance_type")]
     pub instance_type: String,
-    /// The AMI; the latest spilo image of the region when absent.
+    /// The AMI; when absent, the spilo image of the CLI's version for the instance type's
+    /// architecture, found in the SSM parameter `/spilo/images/<version>/<amd64|arm64>` that
+    /// `spilo image publish` writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The data volume.
@@ -28,6 +30,10 @@ pub struct AwsSpec {
     /// The Route53 hosted zone the DNS name is created in, e.g. `db.example.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hosted_zone: Option<String>,
+    /// The hosted zone's id (`Z0123456789ABCDEFGHIJ`): the record is created by id, which is
+    /// unambiguous when a private and a public zone share the name (split horizon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted_zone_id: Option<String>,
     /// More sources allowed to reach PostgreSQL (bastions, monitoring).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_ingress: Vec<IngressRule>,
@@ -42,6 +48,40 @@ pub const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
 
 fn d_instance_type() -> String {
     DEFAULT_INSTANCE_TYPE.into()
+}
+
+/// A processor architecture of instances and images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// x86-64.
+    Amd64,
+    /// AWS Graviton (64-bit ARM).
+    Arm64,
+}
+
+impl Architecture {
+    /// The name used in image names and parameters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Amd64 => "amd64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture of an EC2 instance type: Graviton families carry a `g` right after
+    /// their generation (`m7g`, `c7gn`, `r8g`, `t4g`, `x2gd`, `im4gn`) and `a1`; the rest
+    /// are x86-64.
+    pub fn of_instance_type(instance_type: &str) -> Self {
+        let family = instance_type.split('.').next().unwrap_or_default();
+        let after_generation = family
+            .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+            .trim_start_matches(|c: char| c.is_ascii_digit());
+        if family == "a1" || after_generation.starts_with('g') {
+            Architecture::Arm64
+        } else {
+            Architecture::Amd64
+        }
+    }
 }
 
 /// The EBS data volume.
@@ -137,4 +177,44 @@ pub struct IngressRule {
 
 fn d_ingress_ports() -> Vec<u16> {
     vec![5432]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Architecture;
+
+    #[test]
+    fn graviton_families_are_arm64_and_the_rest_amd64() {
+        for t in [
+            "m7g.large",
+            "c7gn.xlarge",
+            "t4g.micro",
+            "x2gd.metal",
+            "im4gn.large",
+            "a1.medium",
+            "g5g.xlarge",
+            "r8g.2xlarge",
+        ] {
+            assert_eq!(
+                Architecture::of_instance_type(t),
+                Architecture::Arm64,
+                "{t}"
+            );
+        }
+        for t in [
+            "t3.medium",
+            "m7i.large",
+            "m7i-flex.large",
+            "g5.xlarge",
+            "r6id.large",
+            "u-6tb1.metal",
+            "c5n.large",
+        ] {
+            assert_eq!(
+                Architecture::of_instance_type(t),
+                Architecture::Amd64,
+                "{t}"
+            );
+        }
+    }
 }

@@ -20,6 +20,15 @@ pub struct EndpointsSpec {
     /// The health check the load balancer uses.
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// Seconds a client connection through the load balancer may stay idle before it is cut
+    /// (AWS; the ELB's own default of 60 s cuts pooled connections, senza used 3600).
+    #[serde(default = "d_idle_timeout")]
+    #[schemars(range(min = 1, max = 4000))]
+    pub idle_timeout: u32,
+}
+
+fn d_idle_timeout() -> u32 {
+    3600
 }
 
 impl Default for EndpointsSpec {
@@ -29,6 +38,7 @@ impl Default for EndpointsSpec {
             replica: d_replica_endpoint(),
             dns: DnsSpec::default(),
             health_check: HealthCheck::default(),
+            idle_timeout: d_idle_timeout(),
         }
     }
 }

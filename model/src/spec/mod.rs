@@ -19,7 +19,9 @@ mod aws;
 mod endpoints;
 mod ha;
 
-pub use aws::{AwsSpec, DEFAULT_INSTANCE_TYPE, Filesystem, IngressRule, StorageSpec, VolumeType};
+pub use aws::{
+    Architecture, AwsSpec, DEFAULT_INSTANCE_TYPE, Filesystem, IngressRule, StorageSpec, VolumeType,
+};
 pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck};
 pub use ha::{
     DEFAULT_LOOP_WAIT, DEFAULT_MAXIMUM_LAG_ON_FAILOVER, DEFAULT_PRIMARY_START_TIMEOUT,
@@ -458,6 +460,10 @@ pub struct SecretsSpec {
     /// without it those endpoints are disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restapi: Option<SecretRef>,
+    /// AWS: the KMS key (ARN) that encrypts the SecureString parameters or secrets when it is
+    /// not the account's default; the instances' role may then decrypt with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
 }
 
 /// Where a password is: exactly one of `env`, `file`, `ssm` or `secretsManager`.

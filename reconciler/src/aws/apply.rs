@@ -149,6 +149,7 @@ pub async fn current_basis(
             stack,
             dns: None,
             bucket: None,
+            image: None,
             resources_gone: Vec::new(),
             etcd,
         };

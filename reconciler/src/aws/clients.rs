@@ -17,6 +17,8 @@ pub struct RegionClients {
     pub s3: aws_sdk_s3::Client,
     /// Auto Scaling, for the instances of a cluster.
     pub autoscaling: aws_sdk_autoscaling::Client,
+    /// SSM Parameter Store, for the spilo image's parameter.
+    pub ssm: aws_sdk_ssm::Client,
 }
 
 /// Lazily built clients, one set per region.
@@ -54,6 +56,7 @@ impl Clients {
             route53: aws_sdk_route53::Client::new(&conf),
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             autoscaling: aws_sdk_autoscaling::Client::new(&conf),
+            ssm: aws_sdk_ssm::Client::new(&conf),
         };
         map.insert(region.to_string(), clients.clone());
         clients

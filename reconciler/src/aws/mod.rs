@@ -16,6 +16,7 @@ pub mod observed;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
+pub mod policies;
 pub mod show;
 pub mod template;
 pub mod userdata;
@@ -93,6 +94,7 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
             stack: Observation::Absent,
             dns: None,
             bucket: None,
+            image: None,
             resources_gone: Vec::new(),
             etcd: Observation::Present(ObservedEtcd {
                 config: Observation::Absent,

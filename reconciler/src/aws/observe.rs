@@ -62,6 +62,7 @@ pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[Strin
                             stack,
                             dns: None,
                             bucket: None,
+                            image: None,
                             resources_gone: Vec::new(),
                             etcd: Observation::Absent,
                         },
@@ -88,6 +89,7 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
             stack: Observation::Unknown("not an AWS cluster".into()),
             dns: None,
             bucket: None,
+            image: None,
             resources_gone: Vec::new(),
             etcd: Observation::Absent,
         };
@@ -103,7 +105,9 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
     };
     let dns = async {
         match (&aws.hosted_zone, template::dns_name(file)) {
-            (Some(zone), Some(fqdn)) => Some(dns_record(&c, zone, &fqdn).await),
+            (Some(zone), Some(fqdn)) => {
+                Some(dns_record(&c, zone, aws.hosted_zone_id.as_deref(), &fqdn).await)
+            }
             _ => None,
         }
     };
@@ -113,8 +117,22 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
             None => None,
         }
     };
+    let image = async {
+        match &aws.image {
+            Some(_) => None,
+            None => Some(
+                image_parameter(
+                    &c,
+                    &template::image_parameter(spilo_model::spec::Architecture::of_instance_type(
+                        &aws.instance_type,
+                    )),
+                )
+                .await,
+            ),
+        }
+    };
     let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
-    let (stack, dns, bucket, etcd) = tokio::join!(stack, dns, bucket, etcd);
+    let (stack, dns, bucket, image, etcd) = tokio::join!(stack, dns, bucket, image, etcd);
     let resources_gone = match &stack {
         Observation::Present(s) => resources_gone(&c, s, dns.as_ref()).await,
         _ => Vec::new(),
@@ -124,6 +142,7 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
         stack,
         dns,
         bucket,
+        image,
         etcd,
         resources_gone,
     }
@@ -296,25 +315,40 @@ async fn list_managed(c: &RegionClients) -> Result<BTreeMap<String, ManagedStack
 }
 
 /// The CNAME target of `fqdn` in `zone`.
-async fn dns_record(c: &RegionClients, zone: &str, fqdn: &str) -> Observation<String> {
+/// The record `fqdn` in the zone given by id, or else found by name (which is ambiguous when
+/// a private and a public zone share it: the file's `hostedZoneId` settles that).
+async fn dns_record(
+    c: &RegionClients,
+    zone: &str,
+    zone_id: Option<&str>,
+    fqdn: &str,
+) -> Observation<String> {
     let zone_dot = format!("{}.", zone.trim_end_matches('.'));
-    let zones = match c
-        .route53
-        .list_hosted_zones_by_name()
-        .dns_name(&zone_dot)
-        .send()
-        .await
-    {
-        Ok(z) => z,
-        Err(e) => return Observation::Unknown(format!("list-hosted-zones: {}", describe(&e))),
-    };
-    let Some(z) = zones.hosted_zones().iter().find(|z| z.name() == zone_dot) else {
-        return Observation::Unknown(format!("hosted zone {zone_dot} not found"));
+    let id = match zone_id {
+        Some(id) => id.to_string(),
+        None => {
+            let zones = match c
+                .route53
+                .list_hosted_zones_by_name()
+                .dns_name(&zone_dot)
+                .send()
+                .await
+            {
+                Ok(z) => z,
+                Err(e) => {
+                    return Observation::Unknown(format!("list-hosted-zones: {}", describe(&e)));
+                }
+            };
+            match zones.hosted_zones().iter().find(|z| z.name() == zone_dot) {
+                Some(z) => z.id().to_string(),
+                None => return Observation::Unknown(format!("hosted zone {zone_dot} not found")),
+            }
+        }
     };
     let records = match c
         .route53
         .list_resource_record_sets()
-        .hosted_zone_id(z.id())
+        .hosted_zone_id(id)
         .start_record_name(fqdn)
         .max_items(10)
         .send()
@@ -338,6 +372,25 @@ async fn dns_record(c: &RegionClients, zone: &str, fqdn: &str) -> Observation<St
                 .join(","),
         ),
         None => Observation::Absent,
+    }
+}
+
+/// The image id an SSM parameter holds.
+async fn image_parameter(c: &RegionClients, name: &str) -> Observation<String> {
+    match c.ssm.get_parameter().name(name).send().await {
+        Ok(out) => match out.parameter().and_then(|p| p.value()) {
+            Some(v) => Observation::Present(v.to_string()),
+            None => Observation::Unknown(format!("{name} has no value")),
+        },
+        Err(e) => {
+            if e.as_service_error()
+                .is_some_and(|s| s.is_parameter_not_found())
+            {
+                Observation::Absent
+            } else {
+                Observation::Unknown(format!("get-parameter {name}: {}", describe(&e)))
+            }
+        }
     }
 }
 

@@ -107,6 +107,10 @@ pub struct ObservedCluster {
     pub dns: Option<Observation<String>>,
     /// Its WAL bucket, when the file names one.
     pub bucket: Option<Observation<()>>,
+    /// The image id in the SSM parameter of the default spilo image, when the file names no
+    /// image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Observation<String>>,
     /// Its etcd keys.
     pub etcd: Observation<ObservedEtcd>,
     /// Resources the stack lists that no longer exist (deleted outside CloudFormation), as
@@ -141,6 +145,7 @@ impl ObservedCluster {
             }),
             dns: None,
             bucket: None,
+            image: None,
             resources_gone: Vec::new(),
             etcd: Observation::Present(ObservedEtcd {
                 config: Observation::Present(ObservedConfig {

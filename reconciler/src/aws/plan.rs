@@ -437,7 +437,39 @@ fn plan_cluster(
     if p.action == Action::Noop && p.config.is_none() {
         p.template_diff.clear();
     }
+    // A stack change needs the spilo image the template names.
+    if p.desired.is_some() {
+        let param = stack_image_parameter(file);
+        match &obs.image {
+            Some(Observation::Absent) => {
+                return blocked(
+                    p,
+                    format!(
+                        "the spilo image parameter {param} does not exist in {}: publish the image of this spilo version there (README, \"AWS target\") or set aws.image",
+                        stack_region(file)
+                    ),
+                );
+            }
+            Some(Observation::Unknown(why)) => {
+                return blocked(p, format!("the spilo image parameter {param}: {why}"));
+            }
+            _ => {}
+        }
+    }
     p
+}
+
+fn stack_region(file: &ClusterFile) -> &str {
+    file.spec.aws.as_ref().map_or("", |a| a.region.as_str())
+}
+
+fn stack_image_parameter(file: &ClusterFile) -> String {
+    template::image_parameter(spilo_model::spec::Architecture::of_instance_type(
+        file.spec
+            .aws
+            .as_ref()
+            .map_or("", |a| a.instance_type.as_str()),
+    ))
 }
 
 /// Why a stack in `status` cannot take a change set, if it cannot.

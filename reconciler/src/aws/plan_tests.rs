@@ -41,6 +41,7 @@ fn fresh(f: &ClusterFile) -> ObservedCluster {
         stack: Observation::Absent,
         dns: Some(Observation::Absent),
         bucket: None,
+        image: None,
         resources_gone: Vec::new(),
         etcd: etcd_with(None),
     }
@@ -229,4 +230,66 @@ fn a_replacement_passes_with_allow_replace() {
     let c = only(&allowed);
     assert_eq!(c.action, Action::Replace);
     assert!(!c.refused && c.desired.is_some());
+}
+
+#[test]
+fn a_missing_default_image_blocks_a_create_and_says_how_to_publish_it() {
+    let f = file("a", "");
+    let mut o = fresh(&f);
+    o.image = Some(Observation::Absent);
+    let p = run(&[&f], vec![o], PlanOptions::default());
+    let c = only(&p);
+    assert_eq!(c.action, Action::Blocked);
+    let reason = c.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "the spilo image parameter /spilo/images/{}/amd64 does not exist in eu-west-1",
+            super::userdata::VERSION
+        )),
+        "{reason}"
+    );
+    let mut o = fresh(&f);
+    o.image = Some(Observation::Unknown("AccessDenied".into()));
+    assert_eq!(
+        only(&run(&[&f], vec![o], PlanOptions::default())).action,
+        Action::Blocked
+    );
+    let mut o = fresh(&f);
+    o.image = Some(Observation::Present("ami-0123".into()));
+    assert_eq!(
+        only(&run(&[&f], vec![o], PlanOptions::default())).action,
+        Action::Create
+    );
+}
+
+#[test]
+fn a_missing_bucket_is_created_only_when_the_file_asks_and_never_on_a_guess() {
+    let asks = file("a", "  backup: {bucket: wal, createBucket: true}\n");
+    let mut o = applied(&asks, "UPDATE_COMPLETE");
+    o.bucket = Some(Observation::Absent);
+    let c = run(&[&asks], vec![o], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!(
+        (c.action, c.bucket.as_deref()),
+        (Action::Update, Some("wal"))
+    );
+    let mut o = applied(&asks, "UPDATE_COMPLETE");
+    o.bucket = Some(Observation::Unknown("403 Forbidden".into()));
+    let c = run(&[&asks], vec![o], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!((c.action, c.bucket), (Action::Blocked, None));
+    let silent = file("a", "  backup: {bucket: wal}\n");
+    let mut o = applied(&silent, "UPDATE_COMPLETE");
+    o.bucket = Some(Observation::Absent);
+    let c = run(&[&silent], vec![o], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!((c.action, c.bucket), (Action::Noop, None));
+    assert!(
+        c.warnings[0].contains("set spec.backup.createBucket: true"),
+        "{:?}",
+        c.warnings
+    );
 }

@@ -19,8 +19,18 @@ use std::collections::BTreeMap;
 pub const API_PORT: u16 = 8008;
 /// PostgreSQL's port on AWS instances.
 pub const POSTGRES_PORT: u16 = 5432;
-/// The SSM parameter holding the current spilo image id, used when `aws.image` is absent.
-pub const DEFAULT_IMAGE_PARAMETER: &str = "/spilo/images/latest";
+/// The SSM parameter holding the spilo image of this CLI's version for `arch`, used when
+/// `aws.image` is absent (`spilo image publish` writes it).
+pub fn image_parameter(arch: spilo_model::spec::Architecture) -> String {
+    format!(
+        "/spilo/images/{}/{}",
+        super::userdata::VERSION,
+        arch.as_str()
+    )
+}
+
+/// How long the stack waits for every member's signal before it fails.
+pub const BOOT_TIMEOUT: &str = "PT15M";
 /// The tag naming the cluster a stack belongs to: how `spilo` finds the stacks it manages.
 pub const CLUSTER_TAG: &str = "spilo:cluster";
 /// The tag recording the file's `reconcile.prune` at the last apply, so a plan can honour it
@@ -121,7 +131,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         );
     }
 
-    // IAM: S3 only under the cluster's WAL prefix.
+    // IAM: exactly what the boot and the governor do.
     let mut role = json!({"Type": "AWS::IAM::Role", "Properties": {
         "AssumeRolePolicyDocument": {
             "Version": "2012-10-17",
@@ -132,28 +142,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
             }],
         },
     }});
-    if let Some(backup) = &spec.backup {
-        let prefix = file.wal_prefix();
-        role["Properties"]["Policies"] = json!([{
-            "PolicyName": "wal-archive",
-            "PolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:ListBucket"],
-                        "Resource": format!("arn:aws:s3:::{}", backup.bucket),
-                        "Condition": {"StringLike": {"s3:prefix": [format!("{prefix}*")]}},
-                    },
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                        "Resource": format!("arn:aws:s3:::{}/{prefix}*", backup.bucket),
-                    },
-                ],
-            },
-        }]);
-    }
+    role["Properties"]["Policies"] = json!(super::policies::instance_policies(file));
     if !aws.extra_policies.is_empty() {
         role["Properties"]["ManagedPolicyArns"] = json!(aws.extra_policies);
     }
@@ -180,6 +169,10 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     if let Some(s) = &st.snapshot_id {
         ebs["SnapshotId"] = json!(s);
     }
+    let tag_specifications: Vec<Value> = ["instance", "volume"]
+        .iter()
+        .map(|t| json!({"ResourceType": t, "Tags": resource_tags(file)}))
+        .collect();
     resources.insert(
         "LaunchTemplate".into(),
         json!({"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
@@ -190,6 +183,8 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
             "BlockDeviceMappings": [{"DeviceName": userdata::DATA_DEVICE, "Ebs": ebs}],
             "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
             "UserData": {"Fn::Base64": userdata::render(file)},
+            // The data volume is the largest cost: it carries the cluster's tags too.
+            "TagSpecifications": tag_specifications,
         }}}),
     );
     let load_balancers: Vec<Value> = lb_ids(file)
@@ -213,7 +208,10 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
             "HealthCheckType": "EC2",
             "HealthCheckGracePeriod": 300,
             "Tags": [{"Key": "Name", "Value": stack_name(name), "PropagateAtLaunch": true}],
-        }}),
+        },
+        // The stack is complete only when every member signals that it runs (a primary, or a
+        // streaming replica); a member whose boot fails signals FAILURE at once.
+        "CreationPolicy": {"ResourceSignal": {"Count": {"Ref": "Instances"}, "Timeout": BOOT_TIMEOUT}}}),
     );
 
     // Load balancers: the health check finds the primary (or the streaming replicas).
@@ -241,6 +239,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
                 },
                 // Connections to a demoted primary must end, not drain.
                 "ConnectionDrainingPolicy": {"Enabled": false},
+                "ConnectionSettings": {"IdleTimeout": spec.endpoints.idle_timeout},
             }}),
         );
     }
@@ -256,16 +255,19 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     if let (Some(zone), true) = (&aws.hosted_zone, spec.endpoints.primary.enabled) {
         let zone = zone.trim_end_matches('.');
         let fqdn = format!("{}.{zone}.", dns_label(file));
-        resources.insert(
-            "DnsRecord".into(),
-            json!({"Type": "AWS::Route53::RecordSet", "Properties": {
-                "HostedZoneName": format!("{zone}."),
-                "Name": fqdn,
-                "Type": "CNAME",
-                "TTL": spec.endpoints.dns.ttl.to_string(),
-                "ResourceRecords": [{"Fn::GetAtt": ["PrimaryLoadBalancer", "DNSName"]}],
-            }}),
-        );
+        let mut record = json!({"Type": "AWS::Route53::RecordSet", "Properties": {
+            "Name": fqdn,
+            "Type": "CNAME",
+            "TTL": spec.endpoints.dns.ttl.to_string(),
+            "ResourceRecords": [{"Fn::GetAtt": ["PrimaryLoadBalancer", "DNSName"]}],
+        }});
+        // By id when known: a zone name can be ambiguous (split horizon).
+        let (key, value) = match &aws.hosted_zone_id {
+            Some(id) => ("HostedZoneId", json!(id)),
+            None => ("HostedZoneName", json!(format!("{zone}."))),
+        };
+        record["Properties"][key] = value;
+        resources.insert("DnsRecord".into(), record);
         outputs.insert("DnsName".into(), json!({"Value": fqdn}));
     }
     if spec.endpoints.replica.enabled {
@@ -296,9 +298,11 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         ("InstanceType".to_string(), aws.instance_type.clone()),
         (
             "ImageId".to_string(),
-            aws.image
-                .clone()
-                .unwrap_or_else(|| DEFAULT_IMAGE_PARAMETER.to_string()),
+            aws.image.clone().unwrap_or_else(|| {
+                image_parameter(spilo_model::spec::Architecture::of_instance_type(
+                    &aws.instance_type,
+                ))
+            }),
         ),
     ]);
     let mut tags = spec.tags.clone();
@@ -317,6 +321,19 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         parameters,
         tags,
     })
+}
+
+/// The cluster's tags as resource tags (`Key`/`Value` pairs): the stack's tags, which
+/// CloudFormation does not pass on to what the auto-scaling group launches.
+fn resource_tags(file: &ClusterFile) -> Vec<Value> {
+    let mut tags = file.spec.tags.clone();
+    tags.insert(CLUSTER_TAG.into(), file.metadata.name.to_string());
+    if let Some(team) = &file.metadata.team {
+        tags.insert("spilo:team".into(), team.clone());
+    }
+    tags.iter()
+        .map(|(k, v)| json!({"Key": k, "Value": v}))
+        .collect()
 }
 
 /// The record name inside the hosted zone.
@@ -419,8 +436,63 @@ mod tests {
         assert_eq!(s.parameters["InstanceType"], "t3.medium");
         assert_eq!(s.tags[CLUSTER_TAG], "orders");
         assert_eq!(s.tags["spilo:team"], "shop");
-        // No backup section: no S3 access at all.
-        assert!(r["Role"]["Properties"].get("Policies").is_none());
+        // No backup section: no S3 access at all, only the stack's own signal.
+        let policies = &r["Role"]["Properties"]["Policies"];
+        assert_eq!(policies.as_array().map(Vec::len), Some(1), "{policies}");
+        assert_eq!(policies[0]["PolicyName"], "signal");
+        // The stack waits for every member, and the ELB keeps idle connections for an hour.
+        assert_eq!(
+            r["AutoScalingGroup"]["CreationPolicy"],
+            json!({"ResourceSignal": {"Count": {"Ref": "Instances"}, "Timeout": "PT15M"}})
+        );
+        assert_eq!(
+            r["PrimaryLoadBalancer"]["Properties"]["ConnectionSettings"]["IdleTimeout"],
+            3600
+        );
+        assert_eq!(
+            r["DnsRecord"]["Properties"]["HostedZoneName"],
+            "db.example.com."
+        );
+        assert_eq!(
+            s.parameters["ImageId"],
+            format!("/spilo/images/{}/amd64", super::super::userdata::VERSION)
+        );
+    }
+
+    #[test]
+    fn volumes_carry_the_cluster_tags_and_the_record_is_made_by_zone_id() {
+        let s = render(&file(
+            "  tags: {cost-center: '4711'}
+",
+        ))
+        .expect("aws");
+        let lt = &s.template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"];
+        let specs = lt["TagSpecifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[1]["ResourceType"], "volume");
+        assert!(
+            specs[1]["Tags"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!({"Key": "cost-center", "Value": "4711"}))),
+            "{specs:?}"
+        );
+        let mut f = file("");
+        if let Some(a) = f.spec.aws.as_mut() {
+            a.hosted_zone_id = Some("Z0123456789ABCDEFGHIJ".into());
+            a.instance_type = "m7g.large".into();
+        }
+        let s = render(&f).expect("aws");
+        let dns = &s.template["Resources"]["DnsRecord"]["Properties"];
+        assert_eq!(dns["HostedZoneId"], "Z0123456789ABCDEFGHIJ");
+        assert!(dns.get("HostedZoneName").is_none());
+        assert!(
+            s.parameters["ImageId"].ends_with("/arm64"),
+            "{:?}",
+            s.parameters
+        );
     }
 
     #[test]

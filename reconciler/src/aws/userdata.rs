@@ -113,9 +113,9 @@ pub fn render(file: &ClusterFile) -> String {
          # The spilo image runs this at every boot; the functions come from the image.\n\
          set -euo pipefail\n\
          . {BOOT_LIB}\n\
+         spilo_write_config <<'SPILO_CONFIG'\n{config}SPILO_CONFIG\n\
          spilo_require_version {VERSION}\n\
          spilo_mount_data {DATA_DEVICE} {fs} '{opts}' {DATA_MOUNT}\n\
-         spilo_write_config <<'SPILO_CONFIG'\n{config}SPILO_CONFIG\n\
          spilo_run_governor\n",
         name = file.metadata.name,
         opts = storage.mount_options.join(","),
@@ -144,9 +144,9 @@ mod tests {
             steps,
             [
                 ". /usr/lib/spilo/boot-lib.sh",
+                "spilo_write_config <<'SPILO_CONFIG'",
                 &format!("spilo_require_version {VERSION}"),
                 "spilo_mount_data /dev/xvdk ext4 'noatime,nodiratime' /home/postgres/pgdata",
-                "spilo_write_config <<'SPILO_CONFIG'",
                 "spilo_run_governor",
             ]
         );

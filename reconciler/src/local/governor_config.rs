@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn values_yaml_would_misread_survive_the_rendering() {
         let (_, c) = rendered(
-            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  postgresql:\n    parameters: {log_line_prefix: \"%m [%p] '%q' #: {x}\", 'search_path': '\"$user\", public'}\n    pgHba: ['host \"my db\" all 10.0.0.0/8 scram-sha-256 # \"quoted\": yes']\n",
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  postgresql:\n    parameters: {log_line_prefix: \"%m [%p] '%q' #: {x}\", 'search_path': '\"$user\", public'}\n    pg_hba: ['host \"my db\" all 10.0.0.0/8 scram-sha-256 # \"quoted\": yes']\n",
             0,
         );
         assert_eq!(

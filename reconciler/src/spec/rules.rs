@@ -77,8 +77,8 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             if s.backup.is_none() && s.target == Target::Aws {
                 r.at(
                     &p("spec.bootstrap.clone"),
-                    Severity::Warning,
-                    "a clone reads the source's archive; the source needs spec.backup",
+                    Severity::Error,
+                    "on AWS a clone reads the source's archive in spec.backup.bucket: set spec.backup (the bucket the source archives to)",
                 );
             }
         }
@@ -175,6 +175,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 );
             }
         }
+        aws_secrets(s, r);
         if aws.region.is_empty() {
             r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
         }
@@ -407,6 +408,44 @@ pub(super) fn across_files<'a, F>(
                     known.join(", ")
                 ),
             );
+        }
+    }
+}
+
+/// On AWS every member reads the three secrets from SSM Parameter Store or Secrets Manager
+/// with its instance role: an `env:` or `file:` reference, or none, would stop every boot.
+fn aws_secrets(s: &spilo_model::spec::ClusterSpec, r: &mut Reporter<'_>) {
+    for (field, secret, why) in [
+        (
+            "superuser",
+            &s.secrets.superuser,
+            "the superuser's password",
+        ),
+        (
+            "replication",
+            &s.secrets.replication,
+            "the replication password",
+        ),
+        (
+            "restapi",
+            &s.secrets.restapi,
+            "the REST API token (without it switchover, restart and backups are refused)",
+        ),
+    ] {
+        match secret {
+            None => r.at_key(
+                &Path::parse("spec.secrets"),
+                Severity::Error,
+                format!(
+                    "target aws needs spec.secrets.{field}, {why}: {{ssm: PARAMETER}} or {{secretsManager: ARN}}"
+                ),
+            ),
+            Some(sr) if sr.env.is_some() || sr.file.is_some() => r.at(
+                &Path::parse(&format!("spec.secrets.{field}")),
+                Severity::Error,
+                "an instance cannot read env or file references: use {ssm: PARAMETER} or {secretsManager: ARN}",
+            ),
+            Some(_) => {}
         }
     }
 }

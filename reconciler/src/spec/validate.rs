@@ -221,8 +221,9 @@ fn take_literal_secrets(v: &mut Value, at: &Path) -> Vec<Path> {
         let keys: Vec<String> = o.keys().cloned().collect();
         for k in keys {
             let here = at.key(&k);
+            // `kmsKey` names a key, it holds no secret.
             let is_literal = o.get(&k).is_some_and(|x| x.is_string() || x.is_number())
-                && (in_secrets || k.eq_ignore_ascii_case("password"));
+                && ((in_secrets && k != "kmsKey") || k.eq_ignore_ascii_case("password"));
             if is_literal {
                 o.remove(&k);
                 found.push(here);

@@ -1,0 +1,117 @@
+//! The CloudFormation resource signal: a member on AWS tells its stack's `CreationPolicy`
+//! that it runs (a primary holding the leader key, or a replica that streams), once per
+//! governor start, so `spilo apply` reports success only when the software is up. A failure
+//! before that is signalled by the image's boot layer (`governor signal --failure`).
+
+use super::Shared;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_cloudformation::types::ResourceSignalStatus;
+use spilo_model::MemberRole;
+use spilo_model::governor::StackSignal;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long one SignalResource call may take, retries included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What to signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The member runs.
+    Success,
+    /// It cannot, and why (shown in the stack's events).
+    Failure(String),
+}
+
+/// Sends one signal for `unique_id` (the instance id). A stack that no longer waits
+/// (complete, or being rolled back) refuses it with a validation error, which is no failure.
+pub async fn send(
+    region: &str,
+    target: &StackSignal,
+    unique_id: &str,
+    outcome: &Outcome,
+) -> Result<(), String> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
+        TimeoutConfig::builder()
+            .operation_timeout(CALL_TIMEOUT)
+            .build(),
+    );
+    if !region.is_empty() {
+        loader = loader.region(Region::new(region.to_string()));
+    }
+    let conf = loader.load().await;
+    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    let (status, _reason) = match outcome {
+        Outcome::Success => (ResourceSignalStatus::Success, None),
+        Outcome::Failure(why) => (ResourceSignalStatus::Failure, Some(why.as_str())),
+    };
+    match cfn
+        .signal_resource()
+        .stack_name(&target.stack)
+        .logical_resource_id(&target.resource)
+        .unique_id(unique_id)
+        .status(status)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            use aws_sdk_cloudformation::error::ProvideErrorMetadata;
+            if e.code() == Some("ValidationError") {
+                tracing::info!(
+                    error = e.message().unwrap_or_default(),
+                    "the stack does not wait for a signal"
+                );
+                Ok(())
+            } else {
+                Err(match (e.code(), e.message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    _ => format!("{e:?}"),
+                })
+            }
+        }
+    }
+}
+
+/// Waits until this member runs, then signals success (retrying for up to 10 minutes).
+pub async fn run(
+    region: String,
+    target: StackSignal,
+    unique_id: String,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let ready = {
+            let n = shared.node.read().await;
+            (n.is_leader && n.member.running_as(MemberRole::Primary))
+                || (n.member.running_as(MemberRole::Replica) && n.streaming)
+        };
+        if ready {
+            break;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    for attempt in 1..=60 {
+        match send(&region, &target, &unique_id, &Outcome::Success).await {
+            Ok(()) => {
+                tracing::info!(
+                    stack = target.stack,
+                    resource = target.resource,
+                    "signalled the stack: this member runs"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(attempt, error = e, "cannot signal the stack; trying again"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}

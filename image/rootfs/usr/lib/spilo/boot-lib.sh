@@ -1,0 +1,101 @@
+# The functions spilo's user data calls (sourced, not run). Each step says what it does and
+# fails with a message naming what is wrong. A failure is reported by `governor boot-failed`:
+# a FAILURE signal to the stack (so a creation fails at once instead of timing out) and the
+# boot log in etcd (`/service/<cluster>/boot/<instance>`, which `spilo apply` prints).
+#
+# Set by the boot entry: INSTANCE_ID, LOCAL_IP, SPILO_BOOT_LOG.
+
+SPILO_CONFIG=/etc/spilo/governor.yaml
+SPILO_GOVERNOR=/usr/local/bin/governor
+
+spilo_log() { echo "spilo boot: $*" >&2; }
+
+# Reports `$1` (with the boot log) as this instance's failure, once the configuration is
+# written; CloudFormation ignores a signal once the stack no longer waits.
+spilo_report_failure() {
+  spilo_log "$1"
+  if [ -r "$SPILO_CONFIG" ] && [ -x "$SPILO_GOVERNOR" ]; then
+    "$SPILO_GOVERNOR" boot-failed --config "$SPILO_CONFIG" --name "$INSTANCE_ID" \
+      --reason "$1" --log "${SPILO_BOOT_LOG:-/dev/null}" || spilo_log "could not report the failure"
+  fi
+}
+
+# Reports `$1` and ends the boot.
+spilo_fail() {
+  spilo_report_failure "$1"
+  exit 1
+}
+
+# The image must carry the spilo version that rendered the user data.
+spilo_require_version() {
+  local have
+  have=$(cat /usr/lib/spilo/VERSION 2>/dev/null || echo unknown)
+  if [ "$have" != "$1" ]; then
+    spilo_fail "this image carries spilo $have but the cluster was applied with spilo $1: use the image of spilo $1 (or apply with spilo $have)"
+  fi
+}
+
+# spilo_mount_data DEVICE FILESYSTEM OPTIONS MOUNTPOINT: waits for the EBS data volume,
+# refuses an instance-store disk, makes the filesystem on a blank volume only, and mounts it
+# (again at every boot; nothing happens when it is mounted already).
+spilo_mount_data() {
+  local dev=$1 fs=$2 opts=$3 dir=$4 real model label
+  for _ in $(seq 1 240); do [ -b "$dev" ] && break; sleep 0.5; done
+  [ -b "$dev" ] || spilo_fail "the data volume $dev did not appear within 120 s"
+  real=$(readlink -f "$dev")
+  model=$(cat "/sys/class/block/$(basename "$real")/device/model" 2>/dev/null || true)
+  case "$model" in
+    *"Instance Storage"*) spilo_fail "$dev is an instance-store disk ($model), not the EBS data volume" ;;
+  esac
+  mkdir -p "$dir"
+  if mountpoint -q "$dir"; then
+    spilo_log "$dir is mounted already"
+  else
+    if [ -z "$(blkid -o value -s TYPE "$real" || true)" ]; then
+      spilo_log "making a $fs filesystem on the blank volume $dev ($real)"
+      mkfs -t "$fs" -L spilo-data "$real" >/dev/null || spilo_fail "mkfs -t $fs $dev failed"
+    fi
+    label=$(blkid -o value -s LABEL "$real" || true)
+    [ "$label" = spilo-data ] || spilo_log "note: $dev has the label '$label', not spilo-data"
+    mount -t "$fs" -o "$opts" "$real" "$dir" || spilo_fail "cannot mount $dev on $dir"
+    spilo_log "mounted $dev ($real) on $dir"
+  fi
+  chown postgres:postgres "$dir"
+}
+
+# Writes the governor configuration from standard input.
+spilo_write_config() {
+  install -d -m 750 -o root -g postgres /etc/spilo
+  cat >"$SPILO_CONFIG.new"
+  chown root:postgres "$SPILO_CONFIG.new"
+  chmod 640 "$SPILO_CONFIG.new"
+  mv "$SPILO_CONFIG.new" "$SPILO_CONFIG"
+}
+
+# Runs the governor as postgres and starts it again when it exits, after a pause that
+# doubles from 1 s to 60 s (back to 1 s after it ran for 5 minutes). SIGTERM stops it
+# gracefully (it hands the leader key over). A governor that fails three times in a row is
+# reported as the instance's failure signal with its last error line.
+spilo_run_governor() {
+  local pause=1 started rc child="" failures=0 out=/run/spilo/governor.out why
+  trap 'spilo_log "stopping the governor"; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+  while true; do
+    started=$SECONDS
+    spilo_log "starting the governor ($("$SPILO_GOVERNOR" --version))"
+    runuser -u postgres -- "$SPILO_GOVERNOR" run --config "$SPILO_CONFIG" \
+      --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" > >(tee "$out") 2>&1 &
+    child=$!
+    rc=0
+    wait "$child" || rc=$?
+    child=""
+    if [ $((SECONDS - started)) -ge 300 ]; then pause=1; failures=0; fi
+    failures=$((failures + 1))
+    spilo_log "the governor exited with status $rc; starting it again in ${pause}s"
+    if [ "$failures" -eq 3 ]; then
+      why=$(grep -a 'error' "$out" | tail -n 1 | cut -c1-400)
+      spilo_report_failure "the governor failed 3 times in a row: ${why:-status $rc}"
+    fi
+    sleep "$pause"
+    pause=$((pause * 2 > 60 ? 60 : pause * 2))
+  done
+}

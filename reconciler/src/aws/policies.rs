@@ -1,0 +1,210 @@
+//! The instance role's inline policies: exactly what the boot and the governor of a member
+//! do, and nothing of another cluster. Pure, so every grant is a unit test (moto checks SSM
+//! and Secrets Manager actions only against `*`, so a test against moto could not tell an
+//! exact grant from a loose one; S3 it does check by key).
+//!
+//! - `wal-archive`: list, read, write and delete under the cluster's own WAL prefix; read and
+//!   list under the clone source's prefix (the source's archive, never written).
+//! - `secrets`: `ssm:GetParameter` on exactly the referenced parameters,
+//!   `secretsmanager:GetSecretValue` on exactly the referenced secrets, `kms:Decrypt` on the
+//!   named key.
+//! - `signal`: `cloudformation:SignalResource` on the cluster's own stack.
+
+use serde_json::{Value, json};
+use spilo_model::spec::{ClusterFile, SecretRef};
+
+fn sub(s: String) -> Value {
+    json!({ "Fn::Sub": s })
+}
+
+/// The ARN of an SSM parameter given by name or ARN.
+fn parameter_arn(p: &str) -> Value {
+    if p.starts_with("arn:") {
+        json!(p)
+    } else {
+        sub(format!(
+            "arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter/{}",
+            p.trim_start_matches('/')
+        ))
+    }
+}
+
+/// The ARN of a Secrets Manager secret given by ARN or name (whose ARN ends in `-` and six
+/// characters Secrets Manager adds).
+fn secret_arn(s: &str) -> Value {
+    if s.starts_with("arn:") {
+        json!(s)
+    } else {
+        sub(format!(
+            "arn:${{AWS::Partition}}:secretsmanager:${{AWS::Region}}:${{AWS::AccountId}}:secret:{s}-??????"
+        ))
+    }
+}
+
+/// The inline policies of the instance role.
+pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
+    let spec = &file.spec;
+    let mut policies = Vec::new();
+    if let Some(backup) = &spec.backup {
+        let bucket = &backup.bucket;
+        let own = file.wal_prefix();
+        let mut prefixes = vec![format!("{own}*")];
+        let mut statements = vec![json!({
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+            "Resource": format!("arn:aws:s3:::{bucket}/{own}*"),
+        })];
+        if let Some(c) = &spec.bootstrap.clone {
+            let source = format!("spilo/{}/wal/{}/", c.from, spec.postgresql.version);
+            statements.push(json!({
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": format!("arn:aws:s3:::{bucket}/{source}*"),
+            }));
+            prefixes.push(format!("{source}*"));
+        }
+        statements.insert(
+            0,
+            json!({
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": format!("arn:aws:s3:::{bucket}"),
+                "Condition": {"StringLike": {"s3:prefix": prefixes}},
+            }),
+        );
+        policies.push(json!({
+            "PolicyName": "wal-archive",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+        }));
+    }
+
+    let refs: Vec<&SecretRef> = [
+        &spec.secrets.superuser,
+        &spec.secrets.replication,
+        &spec.secrets.restapi,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let parameters: Vec<Value> = refs
+        .iter()
+        .filter_map(|r| r.ssm.as_deref())
+        .map(parameter_arn)
+        .collect();
+    let secrets: Vec<Value> = refs
+        .iter()
+        .filter_map(|r| r.secrets_manager.as_deref())
+        .map(secret_arn)
+        .collect();
+    let mut statements = Vec::new();
+    if !parameters.is_empty() {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter"],
+            "Resource": parameters,
+        }));
+    }
+    if !secrets.is_empty() {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": secrets,
+        }));
+    }
+    if let Some(key) = &spec.secrets.kms_key {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": key,
+        }));
+    }
+    if !statements.is_empty() {
+        policies.push(json!({
+            "PolicyName": "secrets",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+        }));
+    }
+
+    policies.push(json!({
+        "PolicyName": "signal",
+        "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow",
+            "Action": ["cloudformation:SignalResource"],
+            "Resource": sub(format!(
+                "arn:${{AWS::Partition}}:cloudformation:${{AWS::Region}}:${{AWS::AccountId}}:stack/{}/*",
+                super::template::stack_name(file.metadata.name.as_str())
+            )),
+        }]},
+    }));
+    policies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(extra: &str) -> ClusterFile {
+        serde_yaml::from_str(&format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: orders}}\nspec:\n  target: aws\n  aws: {{region: eu-west-1}}\n{extra}"
+        ))
+        .expect("valid")
+    }
+
+    fn policy<'a>(ps: &'a [Value], name: &str) -> &'a Value {
+        ps.iter()
+            .find(|p| p["PolicyName"] == name)
+            .map(|p| &p["PolicyDocument"]["Statement"])
+            .unwrap_or(&Value::Null)
+    }
+
+    #[test]
+    fn secrets_are_granted_one_by_one_and_nothing_else() {
+        let ps = instance_policies(&file(
+            "  secrets:\n    superuser: {ssm: /spilo/orders/superuser}\n    replication: {secretsManager: 'arn:aws:secretsmanager:eu-west-1:111122223333:secret:orders/repl-AbCdEf'}\n    restapi: {secretsManager: orders/api}\n    kmsKey: arn:aws:kms:eu-west-1:111122223333:key/1234\n",
+        ));
+        assert_eq!(
+            policy(&ps, "secrets"),
+            &json!([
+                {"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": [
+                    {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/spilo/orders/superuser"}]},
+                {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [
+                    "arn:aws:secretsmanager:eu-west-1:111122223333:secret:orders/repl-AbCdEf",
+                    {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:orders/api-??????"}]},
+                {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": "arn:aws:kms:eu-west-1:111122223333:key/1234"},
+            ])
+        );
+        let text = serde_json::to_string(&ps).expect("json");
+        assert!(!text.contains("\"*\""), "no wildcard resource: {text}");
+    }
+
+    #[test]
+    fn the_archive_is_the_own_prefix_and_the_clone_source_read_only() {
+        let ps = instance_policies(&file(
+            "  backup: {bucket: wal}\n  bootstrap: {clone: {from: src}}\n",
+        ));
+        assert_eq!(
+            policy(&ps, "wal-archive"),
+            &json!([
+                {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::wal",
+                 "Condition": {"StringLike": {"s3:prefix": ["spilo/orders/wal/15/*", "spilo/src/wal/15/*"]}}},
+                {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                 "Resource": "arn:aws:s3:::wal/spilo/orders/wal/15/*"},
+                {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::wal/spilo/src/wal/15/*"},
+            ])
+        );
+    }
+
+    #[test]
+    fn a_member_may_signal_only_its_own_stack() {
+        let ps = instance_policies(&file(""));
+        assert_eq!(
+            policy(&ps, "signal"),
+            &json!([{"Effect": "Allow", "Action": ["cloudformation:SignalResource"], "Resource":
+                {"Fn::Sub": "arn:${AWS::Partition}:cloudformation:${AWS::Region}:${AWS::AccountId}:stack/spilo-orders/*"}}])
+        );
+        assert!(
+            ps.iter()
+                .all(|p| p["PolicyName"] != "secrets" && p["PolicyName"] != "wal-archive")
+        );
+    }
+}

@@ -1,0 +1,439 @@
+//! "AWS in a box": a cluster file followed from `spilo apply` to a database on instances
+//! booted from the spilo image, on this machine.
+//!
+//! - moto is the control plane, with IAM enforced: its three free calls make an admin user
+//!   (`INITIAL_NO_AUTH_ACTION_COUNT=3`), and every later call is checked against the caller's
+//!   policies (`fixtures/moto_box_server.py` works around two moto bugs of that check: it
+//!   skips signatures it cannot match, and reads the inline policies of roles CloudFormation
+//!   made). The passwords are SSM SecureString parameters and a Secrets Manager secret.
+//! - For every instance moto's auto-scaling group reports, [`instance::Instance`] makes a
+//!   network namespace on a bridge with the instance's private address, serves IMDSv2 in it
+//!   (instance id, address, region, user data from the launch template, the role's credentials
+//!   from moto's STS), attaches a loop device as the EBS data volume, and runs the image's own
+//!   boot in a chroot of the image's root filesystem.
+//! - etcd runs on the bridge (the next AWS issue provisions it); HAProxy, configured from the
+//!   template's load balancer (listener port, health check), stands in for the ELB, and
+//!   dnsmasq resolves the Route53 record's name to it; [`signals::Recorder`] takes the
+//!   `SignalResource` calls moto does not implement.
+//!
+//! Needs root (CI runs as root); everything is removed on drop.
+
+pub mod instance;
+pub mod signals;
+
+use crate::aws::{Moto, Repo};
+use crate::dns::Dns;
+use crate::etcd::Etcd;
+use crate::privileged::run;
+use crate::proc::Spawned;
+use instance::{Instance, Launch};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The region of the box.
+pub const REGION: &str = "eu-west-1";
+
+/// The admin user's keys (made from moto's free calls).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Admin {
+    /// Access key id.
+    pub key: String,
+    /// Secret key.
+    pub secret: String,
+    /// The user's ARN.
+    pub arn: String,
+}
+
+/// What `moto_box.py setup` made.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Setup {
+    /// The VPC.
+    pub vpc: String,
+    /// The subnet the instances get their addresses from.
+    pub subnet: String,
+    /// The hosted zone's id.
+    pub zone_id: String,
+    /// The replication password's secret.
+    pub replication_arn: String,
+    /// The passwords, by name.
+    pub passwords: std::collections::BTreeMap<String, String>,
+}
+
+/// The instances of a stack and their role, as moto reports them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fleet {
+    /// Instances (id, private address).
+    pub instances: Vec<Machine>,
+    /// The role's name.
+    pub role: String,
+    /// The role's ARN.
+    pub role_arn: String,
+}
+
+/// One instance as moto reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Machine {
+    /// The instance id.
+    pub id: String,
+    /// Its private address.
+    pub ip: String,
+}
+
+/// A `spilo` run.
+pub use crate::aws_world::Run;
+
+/// The box.
+pub struct AwsBox {
+    /// The scratch directory.
+    pub dir: tempfile::TempDir,
+    /// The host's address on the bridge (moto, etcd, the signal stand-in).
+    pub host: String,
+    /// The load balancer stand-in's address.
+    pub elb: String,
+    /// The VPC's range.
+    pub cidr: String,
+    bridge: String,
+    /// moto.
+    pub moto: Moto,
+    /// The admin user.
+    pub admin: Admin,
+    /// What the setup made.
+    pub setup: Setup,
+    /// The etcd the cluster file names.
+    pub etcd: Etcd,
+    /// The `SignalResource` stand-in.
+    pub signals: signals::Recorder,
+    /// The repository of cluster files.
+    pub repo: Repo,
+    image: PathBuf,
+    /// The booted instances.
+    pub instances: Vec<Instance>,
+    haproxy: Option<Spawned>,
+    /// The DNS server resolving the cluster's name to the load balancer stand-in.
+    pub dns: Option<Dns>,
+}
+
+/// The image's root filesystem, built once per test process by `scripts/image --debug`.
+fn image() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            let rootfs = crate::proc::target_dir()
+                .map_err(|e| e.to_string())?
+                .join("aws-box/rootfs");
+            let out = Command::new(root.join("scripts/image"))
+                .args(["--debug", "--no-oci", "--rootfs-dir"])
+                .arg(&rootfs)
+                .output()
+                .map_err(|e| format!("scripts/image: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/image failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(rootfs)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+impl AwsBox {
+    /// The bridge, moto with IAM enforced and its admin, the network, passwords and image
+    /// parameter, etcd, the signal stand-in and a repository.
+    pub async fn new() -> anyhow::Result<Self> {
+        let image = tokio::task::spawn_blocking(image).await??;
+        let dir = tempfile::Builder::new().prefix("spilo-box-").tempdir()?;
+        let k = u8::try_from(std::process::id() % 100 + 100).unwrap_or(100);
+        let bridge = format!("spbox{k}");
+        let (host, elb, cidr) = (
+            format!("10.{k}.0.1"),
+            format!("10.{k}.0.2"),
+            format!("10.{k}.0.0/16"),
+        );
+        let _ = run("ip", &["link", "del", &bridge]);
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{host}/16"), "dev", &bridge],
+        )?;
+        run("ip", &["addr", "add", &format!("{elb}/16"), "dev", &bridge])?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        let moto = Moto::start_with(
+            dir.path(),
+            &host,
+            &[("INITIAL_NO_AUTH_ACTION_COUNT", "3")],
+            Some("moto_box_server.py"),
+        )
+        .await?;
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_box.py");
+        let admin: Admin = serde_json::from_str(&moto.python(&fixture, &["bootstrap"])?)?;
+        let signals = signals::Recorder::start(&host).await?;
+        let etcd = Etcd::start_on(dir.path(), &host).await?;
+        let repo = Repo::init(&dir.path().join("repo"))?;
+        let mut b = Self {
+            dir,
+            host,
+            elb,
+            cidr,
+            bridge,
+            moto,
+            admin,
+            setup: Setup {
+                vpc: String::new(),
+                subnet: String::new(),
+                zone_id: String::new(),
+                replication_arn: String::new(),
+                passwords: Default::default(),
+            },
+            etcd,
+            signals,
+            repo,
+            image,
+            instances: Vec::new(),
+            haproxy: None,
+            dns: None,
+        };
+        let version = spilo::aws::userdata::VERSION;
+        let cidr = b.cidr.clone();
+        b.setup = serde_json::from_str(
+            &b.python(&["setup", REGION, &cidr, "orders", version, "amd64"])?,
+        )?;
+        Ok(b)
+    }
+
+    /// Runs `moto_box.py ARGS` as the admin.
+    pub fn python(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.python_as(
+            args,
+            &[
+                ("MOTO_KEY", &self.admin.key),
+                ("MOTO_SECRET", &self.admin.secret),
+            ],
+        )
+    }
+
+    /// Runs `moto_box.py ARGS` with `env` (keys of a role's session).
+    pub fn python_as(&self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+        let out = Command::new(crate::aws::venv()?.join("bin/python"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_box.py"))
+            .args(args)
+            .env("MOTO_ENDPOINT", &self.moto.endpoint)
+            .envs(env.iter().copied())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "moto_box.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// A cluster file `name` for the box: its etcd, VPC, subnet, zone, bucket and secrets.
+    pub fn cluster_file(&self, name: &str, instances: u32) -> String {
+        format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: {name}, team: orders}}\nspec:\n  \
+             instances: {instances}\n  target: aws\n  \
+             postgresql: {{parameters: {{shared_buffers: 32MB, max_connections: 50}}}}\n  \
+             dcs: {{hosts: [\"{etcd}\"]}}\n  \
+             aws:\n    region: {REGION}\n    instanceType: t3.medium\n    vpc: {vpc}\n    subnets: [{subnet}]\n    \
+             hostedZone: db.example.com\n    hostedZoneId: {zone}\n    storage: {{size: 10}}\n  \
+             backup: {{bucket: spilo-wal}}\n  \
+             endpoints: {{dns: {{name: {name}}}, healthCheck: {{interval: 5}}}}\n  \
+             secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    \
+             replication: {{secretsManager: \"{repl}\"}}\n    restapi: {{ssm: /spilo/{name}/restapi}}\n",
+            etcd = self.etcd.client_addr,
+            vpc = self.setup.vpc,
+            subnet = self.setup.subnet,
+            zone = self.setup.zone_id,
+            repl = self.setup.replication_arn,
+        )
+    }
+
+    /// `spilo ARGS --repo <repo>` as the admin, against moto.
+    pub fn spilo(&self, args: &[&str]) -> Run {
+        let bin = crate::proc::target_dir()
+            .map(|d| d.join("spilo"))
+            .unwrap_or_else(|_| PathBuf::from("spilo"));
+        let out = Command::new(bin)
+            .args(args)
+            .arg("--repo")
+            .arg(&self.repo.path)
+            .env("SPILO_AWS_ENDPOINT_URL", &self.moto.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &self.admin.key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.admin.secret)
+            .env("AWS_REGION", REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output();
+        match out {
+            Ok(out) => Run {
+                code: out.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            },
+            Err(e) => Run {
+                code: -1,
+                stdout: String::new(),
+                stderr: e.to_string(),
+            },
+        }
+    }
+
+    /// Plays EC2 for `stack`: every instance moto's auto-scaling group launched gets its
+    /// namespace, metadata (the role's credentials from moto's STS), volume and root, and
+    /// boots; then the load balancer stand-in and the DNS name are set up from the template.
+    pub async fn launch(&mut self, stack: &str) -> anyhow::Result<()> {
+        let fleet: Fleet = serde_json::from_str(&self.python(&["instances", REGION, stack])?)?;
+        let admin_arn = self.admin.arn.clone();
+        self.python(&["trust", REGION, &fleet.role, &admin_arn])?;
+        let template: serde_json::Value =
+            serde_json::from_str(&self.python(&["template", REGION, stack])?)?;
+        let lt = &template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"];
+        let user_data = lt["UserData"]["Fn::Base64"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no user data in the launch template"))?
+            .to_string();
+        let device = lt["BlockDeviceMappings"][0]["DeviceName"]
+            .as_str()
+            .unwrap_or("/dev/xvdk")
+            .to_string();
+        let size = lt["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"]
+            .as_u64()
+            .unwrap_or(10) as u32;
+        let imds = crate::proc::target_dir()?.join("imds");
+        let defaults = format!(
+            "AWS_ENDPOINT_URL={}\nAWS_ENDPOINT_URL_CLOUDFORMATION={}\n",
+            self.moto.endpoint, self.signals.endpoint
+        );
+        for m in &fleet.instances {
+            let creds = self.python(&["assume", REGION, &fleet.role_arn, &m.id])?;
+            let mut i = Instance::launch(
+                self.dir.path(),
+                &self.image,
+                &imds,
+                &Launch {
+                    id: &m.id,
+                    ip: &m.ip,
+                    prefix: 16,
+                    bridge: &self.bridge,
+                    region: REGION,
+                    role: (&fleet.role, creds.trim()),
+                    user_data: &user_data,
+                    defaults: &defaults,
+                    volume: (size, &device),
+                },
+            )?;
+            i.boot()?;
+            self.instances.push(i);
+        }
+        self.balance(&template, &fleet)?;
+        let record = template["Outputs"]["DnsName"]["Value"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_end_matches('.')
+            .to_string();
+        let elb = self.elb.clone();
+        self.dns = Some(Dns::start_host(self.dir.path(), &record, &elb)?);
+        Ok(())
+    }
+
+    /// HAProxy as the primary load balancer: the template's listener port and health check,
+    /// the instances as servers.
+    fn balance(&mut self, template: &serde_json::Value, fleet: &Fleet) -> anyhow::Result<()> {
+        let lb = &template["Resources"]["PrimaryLoadBalancer"]["Properties"];
+        let port = lb["Listeners"][0]["LoadBalancerPort"]
+            .as_str()
+            .unwrap_or("5432");
+        let instance_port = lb["Listeners"][0]["InstancePort"]
+            .as_str()
+            .unwrap_or("5432");
+        let target = lb["HealthCheck"]["Target"]
+            .as_str()
+            .unwrap_or("HTTP:8008/primary");
+        let (check_port, path) = target
+            .trim_start_matches("HTTP:")
+            .split_once('/')
+            .unwrap_or(("8008", "primary"));
+        let interval = lb["HealthCheck"]["Interval"].as_str().unwrap_or("5");
+        let idle = lb["ConnectionSettings"]["IdleTimeout"]
+            .as_u64()
+            .unwrap_or(60);
+        let mut cfg = format!(
+            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client {idle}s\n  timeout server {idle}s\n\
+             listen primary\n  bind {elb}:{port}\n  option httpchk GET /{path}\n  http-check expect status 200\n  \
+             default-server inter {interval}s fall 2 rise 2 on-marked-down shutdown-sessions\n",
+            elb = self.elb,
+        );
+        for m in &fleet.instances {
+            cfg.push_str(&format!(
+                "  server {} {}:{instance_port} check port {check_port}\n",
+                m.id, m.ip
+            ));
+        }
+        let path = self.dir.path().join("haproxy.cfg");
+        std::fs::write(&path, cfg)?;
+        let mut cmd = Command::new(crate::etcd::which("haproxy")?);
+        cmd.arg("-db").arg("-f").arg(&path);
+        self.haproxy = Some(Spawned::start(cmd, &self.dir.path().join("haproxy.log"))?);
+        Ok(())
+    }
+
+    /// Each instance's `/status`, in launch order (`None`: no answer).
+    pub async fn statuses(&self) -> Vec<Option<spilo_model::NodeStatus>> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for i in &self.instances {
+            let s = match http
+                .get(format!("http://{}:8008/status", i.ip))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            out.push(s);
+        }
+        out
+    }
+
+    /// Prints every instance's console and the box's logs (for a failed test).
+    pub fn print_logs(&self) {
+        for i in &self.instances {
+            for n in 1..=i.boots() {
+                eprintln!(
+                    "===== {} console {n} =====\n{}",
+                    i.id,
+                    std::fs::read_to_string(i.console(n)).unwrap_or_default()
+                );
+            }
+        }
+        for f in ["haproxy.log", "moto.log"] {
+            let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "===== {f} =====\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for AwsBox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        self.instances.clear();
+        self.haproxy.take();
+        let _ = run("ip", &["link", "del", &self.bridge]);
+    }
+}

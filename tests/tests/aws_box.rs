@@ -1,0 +1,195 @@
+//! The "AWS in a box" tier: one cluster file followed from `spilo apply` to a working
+//! database on instances booted from the spilo image (see `spilo_e2e::aws_box`). Needs root.
+
+use spilo_e2e::aws_box::{AwsBox, REGION};
+use spilo_e2e::cluster::connect_dsn;
+use spilo_e2e::probe::{self, Prober};
+use spilo_e2e::wait;
+use spilo_model::{MemberRole, NodeStatus};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(240);
+/// The cluster file's `ha.ttl` (the default).
+const TTL: Duration = Duration::from_secs(4);
+
+fn primary(all: &[Option<NodeStatus>]) -> Option<usize> {
+    all.iter().position(|s| {
+        s.as_ref()
+            .is_some_and(|s| s.is_leader && s.member.running_as(MemberRole::Primary))
+    })
+}
+
+fn streaming(all: &[Option<NodeStatus>]) -> usize {
+    all.iter()
+        .flatten()
+        .filter(|s| s.member.running_as(MemberRole::Replica) && s.streaming)
+        .count()
+}
+
+/// The address the cluster's DNS name resolves to, through the box's DNS server.
+async fn resolve(b: &AwsBox, name: &str) -> anyhow::Result<String> {
+    use hickory_resolver::Resolver;
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let addr: std::net::SocketAddr = b
+        .dns
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no DNS server"))?
+        .addr
+        .parse()?;
+    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+    for c in &mut ns.connections {
+        c.port = addr.port();
+    }
+    let resolver = Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .build()?;
+    let found = resolver.lookup_ip(format!("{name}.")).await?;
+    found
+        .iter()
+        .next()
+        .map(|ip| ip.to_string())
+        .ok_or_else(|| anyhow::anyhow!("{name} resolves to nothing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_file_runs_on_instances_booted_from_the_image() -> anyhow::Result<()> {
+    let mut b = AwsBox::new().await?;
+    let r = scenario(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
+    b.repo
+        .commit("orders", Some(&b.cluster_file("orders", 3)))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-orders").await?;
+
+    // One primary and two streaming replicas, and every member signalled its stack.
+    wait::until("a primary and two streaming replicas", BOOT, || async {
+        let all = b.statuses().await;
+        (primary(&all).is_some() && streaming(&all) == 2).then_some(())
+    })
+    .await?;
+    wait::until(
+        "every member to signal the stack",
+        Duration::from_secs(60),
+        || async {
+            let signals = b.signals.signals();
+            b.instances
+                .iter()
+                .all(|i| {
+                    signals.iter().any(|s| {
+                        s.id == i.id
+                            && s.status == "SUCCESS"
+                            && s.stack == "spilo-orders"
+                            && s.resource == "AutoScalingGroup"
+                    })
+                })
+                .then_some(())
+        },
+    )
+    .await?;
+
+    // Writes through the DNS name (the load balancer stand-in routes to the primary).
+    let lb = resolve(b, "orders.db.example.com").await?;
+    assert_eq!(lb, b.elb, "the record points at the load balancer");
+    let dsn = format!(
+        "host={lb} port=5432 user=postgres password={} dbname=postgres connect_timeout=2",
+        b.setup.passwords["superuser"]
+    );
+    let c = wait::until("a connection through the DNS name", BOOT, || async {
+        connect_dsn(&dsn).await.ok()
+    })
+    .await?;
+    c.batch_execute(probe::TABLE_DDL).await?;
+    let prober = Prober::start(vec![("lb".into(), dsn.clone())], Duration::from_millis(50));
+    prober.wait_write("lb", None, BOOT).await?;
+
+    // kill -9 of every process of the primary's instance: a new primary within TTL + 2 s,
+    // and every acknowledged write is still there.
+    let all = b.statuses().await;
+    let old = primary(&all).ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    let killed = Instant::now();
+    b.instances[old].kill_all()?;
+    let took = wait::until("a new primary", Duration::from_secs(60), || async {
+        let all = b.statuses().await;
+        primary(&all)
+            .filter(|p| *p != old)
+            .map(|_| killed.elapsed())
+    })
+    .await?;
+    assert!(
+        took <= TTL + Duration::from_secs(2),
+        "a new primary after {took:?}, more than TTL + 2 s"
+    );
+    prober
+        .wait_write("lb", Some(Instant::now()), Duration::from_secs(60))
+        .await?;
+    let (acks, _) = prober.stop().await;
+    let c = connect_dsn(&dsn).await?;
+    let present = probe::ids_on(&c).await?;
+    let lost = probe::lost(&acks, &present);
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+
+    // A reboot of the old primary: its boot runs again on the same volume and the member
+    // comes back from its own data, without a new copy.
+    b.instances[old].boot()?;
+    let old_id = b.instances[old].id.clone();
+    wait::until("the rebooted member to stream again", BOOT, || async {
+        let all = b.statuses().await;
+        all[old]
+            .as_ref()
+            .is_some_and(|s| s.member.running_as(MemberRole::Replica) && s.streaming)
+            .then_some(())
+    })
+    .await?;
+    let console = b.instances[old].console_text();
+    assert!(
+        console.contains("is mounted already") || console.contains("mounted /dev/xvdk"),
+        "{console}"
+    );
+    assert!(
+        !console.contains("making a ext4 filesystem"),
+        "{old_id} formatted its volume again:\n{console}"
+    );
+    assert!(
+        !console.contains("pg_basebackup"),
+        "{old_id} copied the primary again instead of using its own data:\n{console}"
+    );
+
+    // The role cannot read another cluster's archive.
+    let fleet: serde_json::Value =
+        serde_json::from_str(&b.python(&["instances", REGION, "spilo-orders"])?)?;
+    let role_arn = fleet["role_arn"].as_str().unwrap_or_default().to_string();
+    let creds: serde_json::Value =
+        serde_json::from_str(&b.python(&["assume", REGION, &role_arn, "probe"])?)?;
+    let as_role = |k: &str| creds[k].as_str().unwrap_or_default().to_string();
+    let (key, secret, token) = (
+        as_role("AccessKeyId"),
+        as_role("SecretAccessKey"),
+        as_role("Token"),
+    );
+    let env = [
+        ("MOTO_KEY", key.as_str()),
+        ("MOTO_SECRET", secret.as_str()),
+        ("MOTO_TOKEN", token.as_str()),
+    ];
+    let other = b.python_as(
+        &[
+            "s3get",
+            REGION,
+            "spilo-wal",
+            "spilo/billing/wal/15/wal_005/000000010000000000000001.lz4",
+        ],
+        &env,
+    )?;
+    assert_eq!(other.trim(), "AccessDenied");
+    Ok(())
+}
