@@ -69,6 +69,18 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
         .commit("orders", Some(&b.cluster_file("orders", 3)))?;
     let apply = b.spilo(&["apply", "--auto-approve"]);
     anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    // The spilo image of this version went to the bucket, for plain Debian instances.
+    let key = spilo::aws::image::key(spilo_model::spec::Architecture::Amd64);
+    assert!(
+        apply.stdout.contains(&format!(
+            "orders: + spilo image uploaded to s3://spilo-wal/{key}"
+        )),
+        "{apply}"
+    );
+    assert_eq!(
+        b.python(&["s3head", REGION, "spilo-wal", &key])?.trim(),
+        "ok"
+    );
     b.launch("spilo-orders").await?;
 
     // One primary and two streaming replicas, and every member signalled its stack.
@@ -191,5 +203,51 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
         &env,
     )?;
     assert_eq!(other.trim(), "AccessDenied");
+    Ok(())
+}
+
+/// A member that cannot read its password says so: the boot layer reports the failure as a
+/// FAILURE signal to the stack and with its boot log in etcd, which `spilo instances` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_start_reports_why_with_its_boot_log() -> anyhow::Result<()> {
+    let mut b = AwsBox::new().await?;
+    let r = failing_boot(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+async fn failing_boot(b: &mut AwsBox) -> anyhow::Result<()> {
+    // The box made passwords for `orders` only: `broken`'s parameters do not exist.
+    b.repo
+        .commit("broken", Some(&b.cluster_file("broken", 1)))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-broken").await?;
+    let id = b.instances[0].id.clone();
+    wait::until("a FAILURE signal", BOOT, || async {
+        b.signals
+            .signals()
+            .iter()
+            .any(|s| s.id == id && s.status == "FAILURE" && s.stack == "spilo-broken")
+            .then_some(())
+    })
+    .await?;
+    let shown = wait::until("spilo instances to show the failed boot", BOOT, || async {
+        let out = b.spilo(&["instances", "broken"]);
+        out.stdout.contains("boot failed").then_some(out.stdout)
+    })
+    .await?;
+    assert!(shown.contains(&format!("{id}: boot failed at ")), "{shown}");
+    assert!(
+        shown.contains("the governor failed 3 times in a row")
+            && shown.contains("SSM parameter /spilo/broken/superuser"),
+        "the reason names the parameter: {shown}"
+    );
+    assert!(
+        shown.contains("spilo boot: starting the governor"),
+        "the boot log follows: {shown}"
+    );
     Ok(())
 }

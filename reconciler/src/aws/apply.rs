@@ -150,6 +150,8 @@ pub async fn current_basis(
             dns: None,
             bucket: None,
             image: None,
+            image_object: None,
+            image_file: None,
             resources_gone: Vec::new(),
             etcd,
         };
@@ -284,6 +286,9 @@ async fn apply_locked(
     if let Some(b) = &c.bucket {
         create_bucket(&region, &c.name, &c.region, b, log).await?;
     }
+    if let Some(u) = &c.image_upload {
+        upload_image(&region, &c.name, u, log).await?;
+    }
     match c.action {
         Action::Delete => delete_stack(&region, c, log).await,
         Action::Create => {
@@ -373,6 +378,38 @@ async fn create_bucket(
     log.line(
         cluster,
         &format!("+ S3 bucket {name} created (kept when the cluster is deleted)"),
+    );
+    Ok(())
+}
+
+/// Uploads the spilo image's tarball (encrypted at rest).
+async fn upload_image(
+    r: &RegionClients,
+    cluster: &str,
+    u: &super::plan::ImageUpload,
+    log: &Log,
+) -> Result<(), String> {
+    let body = aws_sdk_s3::primitives::ByteStream::from_path(&u.file)
+        .await
+        .map_err(|e| format!("read the spilo image {}: {e}", u.file.display()))?;
+    r.s3.put_object()
+        .bucket(&u.bucket)
+        .key(&u.key)
+        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "upload the spilo image to s3://{}/{}: {}",
+                u.bucket,
+                u.key,
+                describe(&e)
+            )
+        })?;
+    log.line(
+        cluster,
+        &format!("+ spilo image uploaded to s3://{}/{}", u.bucket, u.key),
     );
     Ok(())
 }

@@ -288,7 +288,10 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<u8> {
         match outcome {
             apply::Outcome::Applied => println!("{name}: applied"),
             apply::Outcome::Skipped(why) => println!("{name}: skipped ({why})"),
-            apply::Outcome::Failed(why) => println!("{name}: FAILED: {why}"),
+            apply::Outcome::Failed(why) => {
+                println!("{name}: FAILED: {why}");
+                print_boot_failures(&plan, name).await;
+            }
         }
     }
     Ok(if report.failed() || plan.has_blocked() {
@@ -361,4 +364,22 @@ pub async fn inspect(what: Inspect, args: InspectArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(EXIT_CLEAN)
+}
+
+/// After a failed apply: the boot failures the cluster's instances reported to etcd, with
+/// their boot logs (a member that could not start says why there, and with a FAILURE signal).
+async fn print_boot_failures(plan: &Plan, name: &str) {
+    let Some(c) = plan.clusters.iter().find(|c| c.name == name) else {
+        return;
+    };
+    let Ok(scope) = spilo_model::ClusterName::new(name.to_string()) else {
+        return;
+    };
+    if let super::observed::Observation::Present(e) =
+        super::observe::observe_etcd(c.dcs.as_ref(), &scope).await
+    {
+        for (instance, f) in &e.boot_failures {
+            print!("{name}: {}", inspect::boot_failure_text(instance, f));
+        }
+    }
 }

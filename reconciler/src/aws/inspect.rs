@@ -131,6 +131,9 @@ pub struct InstanceRow {
     pub role: String,
     /// The member's state from etcd.
     pub state: String,
+    /// Why its boot failed, with the boot log's last lines (etcd `boot/<instance>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_failure: Option<spilo_model::BootFailure>,
 }
 
 /// The instances of the cluster's auto-scaling group, with their members' roles.
@@ -159,9 +162,9 @@ pub async fn instances(
         Ok(scope) => observe::observe_etcd(dcs, &scope).await,
         Err(e) => super::observed::Observation::Unknown(e.to_string()),
     };
-    let members = members
+    let (members, mut boot_failures) = members
         .present()
-        .map(|e| e.members.clone())
+        .map(|e| (e.members.clone(), e.boot_failures.clone()))
         .unwrap_or_default();
     let mut rows = Vec::new();
     for g in resp.auto_scaling_groups() {
@@ -185,6 +188,7 @@ pub async fn instances(
                     })
                     .unwrap_or_else(|| "-".into()),
                 state: m.map(|m| m.state.clone()).unwrap_or_else(|| "-".into()),
+                boot_failure: boot_failures.remove(&id),
                 instance_id: id,
             });
         }
@@ -205,6 +209,20 @@ pub fn instances_table(rows: &[InstanceRow]) -> String {
             "{:<22} {:<16} {:<12} {:<8} {:<8} {}",
             r.instance_id, r.zone, r.lifecycle, r.health, r.role, r.state
         );
+    }
+    for r in rows {
+        if let Some(f) = &r.boot_failure {
+            out.push_str(&boot_failure_text(&r.instance_id, f));
+        }
+    }
+    out
+}
+
+/// A failed boot as text: the reason, then the boot log's last lines, indented.
+pub fn boot_failure_text(instance: &str, f: &spilo_model::BootFailure) -> String {
+    let mut out = format!("{instance}: boot failed at {}: {}\n", f.at, f.reason);
+    for l in &f.log {
+        let _ = writeln!(out, "    {l}");
     }
     out
 }

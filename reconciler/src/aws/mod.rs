@@ -10,6 +10,7 @@ pub mod apply;
 pub mod clients;
 pub mod commands;
 pub mod diff;
+pub mod image;
 pub mod inspect;
 pub mod observe;
 pub mod observed;
@@ -95,10 +96,13 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
             dns: None,
             bucket: None,
             image: None,
+            image_object: None,
+            image_file: None,
             resources_gone: Vec::new(),
             etcd: Observation::Present(ObservedEtcd {
                 config: Observation::Absent,
                 members: Vec::new(),
+                boot_failures: Default::default(),
             }),
         });
     }

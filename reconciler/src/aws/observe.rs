@@ -63,6 +63,8 @@ pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[Strin
                             dns: None,
                             bucket: None,
                             image: None,
+                            image_object: None,
+                            image_file: None,
                             resources_gone: Vec::new(),
                             etcd: Observation::Absent,
                         },
@@ -90,6 +92,8 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
             dns: None,
             bucket: None,
             image: None,
+            image_object: None,
+            image_file: None,
             resources_gone: Vec::new(),
             etcd: Observation::Absent,
         };
@@ -118,21 +122,28 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
         }
     };
     let image = async {
-        match &aws.image {
-            Some(_) => None,
-            None => Some(
-                image_parameter(
-                    &c,
-                    &template::image_parameter(spilo_model::spec::Architecture::of_instance_type(
-                        &aws.instance_type,
-                    )),
-                )
-                .await,
-            ),
+        let id = template::image_id(file);
+        if id.starts_with('/') {
+            Some(image_parameter(&c, &id).await)
+        } else {
+            None
+        }
+    };
+    let arch = super::image::architecture(file);
+    let image_object = async {
+        match &file.spec.backup {
+            Some(b) if super::image::from_bucket(file) => {
+                Some(object(&c, &b.bucket, &super::image::key(arch)).await)
+            }
+            _ => None,
         }
     };
     let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
-    let (stack, dns, bucket, image, etcd) = tokio::join!(stack, dns, bucket, image, etcd);
+    let (stack, dns, bucket, image, image_object, etcd) =
+        tokio::join!(stack, dns, bucket, image, image_object, etcd);
+    let image_file = image_object
+        .as_ref()
+        .and_then(|_| super::image::find_local(arch));
     let resources_gone = match &stack {
         Observation::Present(s) => resources_gone(&c, s, dns.as_ref()).await,
         _ => Vec::new(),
@@ -143,6 +154,8 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
         dns,
         bucket,
         image,
+        image_object,
+        image_file,
         etcd,
         resources_gone,
     }
@@ -394,6 +407,21 @@ async fn image_parameter(c: &RegionClients, name: &str) -> Observation<String> {
     }
 }
 
+/// Whether an object exists (a missing bucket: no).
+async fn object(c: &RegionClients, bucket: &str, key: &str) -> Observation<()> {
+    match c.s3.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Observation::Present(()),
+        Err(e) => {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            if e.as_service_error().is_some_and(|s| s.is_not_found()) || status == Some(404) {
+                Observation::Absent
+            } else {
+                Observation::Unknown(format!("head-object s3://{bucket}/{key}: {}", describe(&e)))
+            }
+        }
+    }
+}
+
 /// Whether the bucket exists.
 async fn bucket(c: &RegionClients, name: &str) -> Observation<()> {
     match c.s3.head_bucket().bucket(name).send().await {
@@ -438,6 +466,7 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
     let mut leader = None;
     let mut statuses: BTreeMap<MemberName, MemberStatus> = BTreeMap::new();
     let mut unreadable = Vec::new();
+    let mut boot_failures = BTreeMap::new();
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         match keys.classify(key) {
@@ -451,6 +480,11 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
                 leader = std::str::from_utf8(kv.value())
                     .ok()
                     .and_then(|s| MemberName::new(s).ok());
+            }
+            Some(KeyKind::Boot(name)) => {
+                if let Ok(f) = serde_json::from_slice(kv.value()) {
+                    boot_failures.insert(name.to_string(), f);
+                }
             }
             // A corrupt member value is shown as such; it never stops a plan.
             Some(KeyKind::Member(name)) => match serde_json::from_slice(kv.value()) {
@@ -483,5 +517,9 @@ async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<Observed
         lag_bytes: None,
         pending_restart: false,
     }));
-    Ok(ObservedEtcd { config, members })
+    Ok(ObservedEtcd {
+        config,
+        members,
+        boot_failures,
+    })
 }

@@ -94,6 +94,9 @@ pub struct ObservedEtcd {
     pub config: Observation<ObservedConfig>,
     /// The members.
     pub members: Vec<ObservedMember>,
+    /// Instances whose boot failed (`boot/<member>`), by member name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub boot_failures: BTreeMap<String, spilo_model::BootFailure>,
 }
 
 /// Everything observed about one cluster.
@@ -107,10 +110,16 @@ pub struct ObservedCluster {
     pub dns: Option<Observation<String>>,
     /// Its WAL bucket, when the file names one.
     pub bucket: Option<Observation<()>>,
-    /// The image id in the SSM parameter of the default spilo image, when the file names no
-    /// image.
+    /// The image id in the SSM parameter the instances start from, when the image is given
+    /// by a parameter (Debian's public one by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<Observation<String>>,
+    /// The spilo image of this version in the bucket, when instances install it from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_object: Option<Observation<()>>,
+    /// The spilo image's tarball on this machine (what `spilo apply` uploads), if found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_file: Option<std::path::PathBuf>,
     /// Its etcd keys.
     pub etcd: Observation<ObservedEtcd>,
     /// Resources the stack lists that no longer exist (deleted outside CloudFormation), as
@@ -146,6 +155,8 @@ impl ObservedCluster {
             dns: None,
             bucket: None,
             image: None,
+            image_object: None,
+            image_file: None,
             resources_gone: Vec::new(),
             etcd: Observation::Present(ObservedEtcd {
                 config: Observation::Present(ObservedConfig {
@@ -153,6 +164,7 @@ impl ObservedCluster {
                     mod_revision: config_revision,
                 }),
                 members: Vec::new(),
+                boot_failures: Default::default(),
             }),
         })
     }

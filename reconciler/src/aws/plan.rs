@@ -51,6 +51,17 @@ pub struct ClusterBasis {
     pub config_revision: Option<i64>,
 }
 
+/// The spilo image's tarball to upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUpload {
+    /// The cluster's bucket.
+    pub bucket: String,
+    /// The key (`spilo/images/<version>/<file>`).
+    pub key: String,
+    /// The tarball on this machine.
+    pub file: std::path::PathBuf,
+}
+
 /// What happens to one cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +133,10 @@ pub struct ClusterPlan {
     /// The stack to apply (create, update, replace).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desired: Option<StackSpec>,
+    /// The spilo image to upload into the bucket before the stack (a plain Debian instance
+    /// installs it from there at its first boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_upload: Option<ImageUpload>,
     /// The WAL bucket to create before the stack (absent and `backup.createBucket` set). It
     /// is created outside the stack and never deleted by spilo: it holds the backups, which
     /// must outlive the cluster.
@@ -150,6 +165,7 @@ impl ClusterPlan {
             dcs: None,
             desired: None,
             bucket: None,
+            image_upload: None,
             warnings: Vec::new(),
         }
     }
@@ -298,6 +314,7 @@ fn blocked(mut p: ClusterPlan, why: String) -> ClusterPlan {
     p.template_diff.clear();
     p.desired = None;
     p.bucket = None;
+    p.image_upload = None;
     p.action = Action::Blocked;
     p.reason = Some(format!("cannot plan {}: {why}", p.name));
     p
@@ -437,39 +454,73 @@ fn plan_cluster(
     if p.action == Action::Noop && p.config.is_none() {
         p.template_diff.clear();
     }
-    // A stack change needs the spilo image the template names.
-    if p.desired.is_some() {
-        let param = stack_image_parameter(file);
-        match &obs.image {
-            Some(Observation::Absent) => {
-                return blocked(
-                    p,
-                    format!(
-                        "the spilo image parameter {param} does not exist in {}: publish the image of this spilo version there (README, \"AWS target\") or set aws.image",
-                        stack_region(file)
-                    ),
-                );
-            }
-            Some(Observation::Unknown(why)) => {
-                return blocked(p, format!("the spilo image parameter {param}: {why}"));
-            }
-            _ => {}
-        }
+    if let Err(why) = plan_image(file, obs, &mut p) {
+        return blocked(p, why);
     }
     p
 }
 
-fn stack_region(file: &ClusterFile) -> &str {
-    file.spec.aws.as_ref().map_or("", |a| a.region.as_str())
-}
-
-fn stack_image_parameter(file: &ClusterFile) -> String {
-    template::image_parameter(spilo_model::spec::Architecture::of_instance_type(
-        file.spec
-            .aws
-            .as_ref()
-            .map_or("", |a| a.instance_type.as_str()),
-    ))
+/// The image the instances start from, and the spilo image a plain Debian instance installs
+/// from the bucket: an image parameter that does not resolve blocks a stack change; a spilo
+/// image missing from the bucket is uploaded when this machine has it, and blocks otherwise.
+fn plan_image(
+    file: &ClusterFile,
+    obs: &ObservedCluster,
+    p: &mut ClusterPlan,
+) -> Result<(), String> {
+    let region = file.spec.aws.as_ref().map_or("", |a| a.region.as_str());
+    if p.desired.is_some() {
+        let param = template::image_id(file);
+        match &obs.image {
+            Some(Observation::Absent) => {
+                return Err(format!(
+                    "the image parameter {param} does not exist in {region}: name an image in aws.image"
+                ));
+            }
+            Some(Observation::Unknown(why)) => {
+                return Err(format!("the image parameter {param}: {why}"));
+            }
+            _ => {}
+        }
+    }
+    let Some(bucket) = file.spec.backup.as_ref().map(|b| b.bucket.clone()) else {
+        return Ok(());
+    };
+    let arch = super::image::architecture(file);
+    match &obs.image_object {
+        Some(Observation::Unknown(why)) => Err(format!("the spilo image in the bucket: {why}")),
+        Some(Observation::Absent)
+            if matches!(obs.bucket, Some(Observation::Absent)) && p.bucket.is_none() =>
+        {
+            Err(format!(
+                "the instances install the spilo image from s3://{bucket}, which does not exist: create it, or set spec.backup.createBucket: true"
+            ))
+        }
+        Some(Observation::Absent) => match &obs.image_file {
+            Some(path) => {
+                p.image_upload = Some(ImageUpload {
+                    bucket,
+                    key: super::image::key(arch),
+                    file: path.clone(),
+                });
+                if p.action == Action::Noop {
+                    p.action = Action::Update;
+                }
+                Ok(())
+            }
+            None => Err(format!(
+                "the spilo image {} is not in s3://{bucket}/{} and not on this machine (looked in {}): build it with scripts/image, or set SPILO_IMAGE_DIR",
+                super::image::file_name(arch),
+                super::image::key(arch),
+                super::image::search_dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+        _ => Ok(()),
+    }
 }
 
 /// Why a stack in `status` cannot take a change set, if it cannot.
@@ -553,6 +604,9 @@ fn summarize(clusters: &[ClusterPlan]) -> Summary {
             s.change += 1;
         }
         if c.bucket.is_some() {
+            s.add += 1;
+        }
+        if c.image_upload.is_some() {
             s.add += 1;
         }
     }

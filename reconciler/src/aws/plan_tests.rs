@@ -22,6 +22,7 @@ fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
             None => Observation::Absent,
         },
         members: Vec::new(),
+        boot_failures: Default::default(),
     })
 }
 
@@ -42,6 +43,8 @@ fn fresh(f: &ClusterFile) -> ObservedCluster {
         dns: Some(Observation::Absent),
         bucket: None,
         image: None,
+        image_object: None,
+        image_file: None,
         resources_gone: Vec::new(),
         etcd: etcd_with(None),
     }
@@ -233,7 +236,7 @@ fn a_replacement_passes_with_allow_replace() {
 }
 
 #[test]
-fn a_missing_default_image_blocks_a_create_and_says_how_to_publish_it() {
+fn an_image_parameter_that_does_not_resolve_blocks_a_create() {
     let f = file("a", "");
     let mut o = fresh(&f);
     o.image = Some(Observation::Absent);
@@ -242,10 +245,9 @@ fn a_missing_default_image_blocks_a_create_and_says_how_to_publish_it() {
     assert_eq!(c.action, Action::Blocked);
     let reason = c.reason.clone().unwrap_or_default();
     assert!(
-        reason.contains(&format!(
-            "the spilo image parameter /spilo/images/{}/amd64 does not exist in eu-west-1",
-            super::userdata::VERSION
-        )),
+        reason.contains(
+            "the image parameter /aws/service/debian/release/12/latest/amd64 does not exist in eu-west-1"
+        ),
         "{reason}"
     );
     let mut o = fresh(&f);
@@ -260,6 +262,45 @@ fn a_missing_default_image_blocks_a_create_and_says_how_to_publish_it() {
         only(&run(&[&f], vec![o], PlanOptions::default())).action,
         Action::Create
     );
+}
+
+#[test]
+fn the_spilo_image_is_uploaded_when_the_bucket_lacks_it_and_this_machine_has_it() {
+    let f = file("a", "  backup: {bucket: wal}\n");
+    let key = super::image::key(spilo_model::spec::Architecture::Amd64);
+    let mut o = applied(&f, "UPDATE_COMPLETE");
+    o.bucket = Some(Observation::Present(()));
+    o.image_object = Some(Observation::Absent);
+    o.image_file = Some("/images/spilo.tar.gz".into());
+    let c = run(&[&f], vec![o.clone()], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!(c.action, Action::Update);
+    let u = c.image_upload.expect("an upload");
+    assert_eq!((u.bucket.as_str(), u.key.as_str()), ("wal", key.as_str()));
+    // Not on this machine: nothing could boot, so nothing is applied.
+    o.image_file = None;
+    let c = run(&[&f], vec![o.clone()], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!(c.action, Action::Blocked);
+    assert!(
+        c.reason
+            .unwrap_or_default()
+            .contains("build it with scripts/image")
+    );
+    // Present: nothing to do.
+    o.image_object = Some(Observation::Present(()));
+    let c = run(&[&f], vec![o.clone()], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!((c.action, c.image_upload), (Action::Noop, None));
+    // Unknown (a bucket another account owns): blocked.
+    o.image_object = Some(Observation::Unknown("403".into()));
+    let c = run(&[&f], vec![o], PlanOptions::default())
+        .clusters
+        .remove(0);
+    assert_eq!(c.action, Action::Blocked);
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //! and Secrets Manager actions only against `*`, so a test against moto could not tell an
 //! exact grant from a loose one; S3 it does check by key).
 //!
-//! - `wal-archive`: list, read, write and delete under the cluster's own WAL prefix; read and
-//!   list under the clone source's prefix (the source's archive, never written).
+//! - `wal-archive`: list, read, write and delete under the cluster's own WAL prefix; read the
+//!   spilo image of this version (what a plain Debian instance installs); read and list under
+//!   the clone source's prefix (the source's archive, never written).
 //! - `secrets`: `ssm:GetParameter` on exactly the referenced parameters,
 //!   `secretsmanager:GetSecretValue` on exactly the referenced secrets, `kms:Decrypt` on the
 //!   named key.
@@ -54,6 +55,17 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
             "Resource": format!("arn:aws:s3:::{bucket}/{own}*"),
         })];
+        // The spilo image a plain Debian instance installs at its first boot.
+        if super::image::from_bucket(file) {
+            statements.push(json!({
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": format!(
+                    "arn:aws:s3:::{bucket}/spilo/images/{}/*",
+                    super::image::VERSION
+                ),
+            }));
+        }
         if let Some(c) = &spec.bootstrap.clone {
             let source = format!("spilo/{}/wal/{}/", c.from, spec.postgresql.version);
             statements.push(json!({
@@ -189,6 +201,8 @@ mod tests {
                  "Condition": {"StringLike": {"s3:prefix": ["spilo/orders/wal/15/*", "spilo/src/wal/15/*"]}}},
                 {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
                  "Resource": "arn:aws:s3:::wal/spilo/orders/wal/15/*"},
+                {"Effect": "Allow", "Action": ["s3:GetObject"],
+                 "Resource": format!("arn:aws:s3:::wal/spilo/images/{}/*", super::super::image::VERSION)},
                 {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::wal/spilo/src/wal/15/*"},
             ])
         );

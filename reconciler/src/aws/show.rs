@@ -197,6 +197,16 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
             style.paint("32", "+")
         );
     }
+    if let Some(u) = &c.image_upload {
+        let _ = writeln!(
+            out,
+            "    {} spilo image s3://{}/{} (uploaded from {}; plain Debian instances install it at their first boot)",
+            style.paint("32", "+"),
+            u.bucket,
+            u.key,
+            u.file.display()
+        );
+    }
     for p in &c.parameters {
         let _ = writeln!(out, "    {}", value_change_line("parameter", p));
     }

@@ -19,14 +19,14 @@ use std::collections::BTreeMap;
 pub const API_PORT: u16 = 8008;
 /// PostgreSQL's port on AWS instances.
 pub const POSTGRES_PORT: u16 = 5432;
-/// The SSM parameter holding the spilo image of this CLI's version for `arch`, used when
-/// `aws.image` is absent (`spilo image publish` writes it).
-pub fn image_parameter(arch: spilo_model::spec::Architecture) -> String {
-    format!(
-        "/spilo/images/{}/{}",
-        super::userdata::VERSION,
-        arch.as_str()
-    )
+/// The image instances start from: the file's `aws.image` (an AMI id, or an SSM parameter
+/// holding one), else Debian 12's public parameter for the instance type's architecture.
+pub fn image_id(file: &ClusterFile) -> String {
+    file.spec
+        .aws
+        .as_ref()
+        .and_then(|a| a.image.clone())
+        .unwrap_or_else(|| super::image::base_image_parameter(super::image::architecture(file)))
 }
 
 /// How long the stack waits for every member's signal before it fails.
@@ -277,10 +277,11 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         );
     }
 
-    let image_type = if aws.image.is_some() {
-        "AWS::EC2::Image::Id"
-    } else {
+    let image = image_id(file);
+    let image_type = if image.starts_with('/') {
         "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    } else {
+        "AWS::EC2::Image::Id"
     };
     let template = json!({
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -288,7 +289,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         "Parameters": {
             "Instances": {"Type": "Number", "MinValue": 1, "MaxValue": 64, "Description": "PostgreSQL instances"},
             "InstanceType": {"Type": "String", "Description": "EC2 instance type"},
-            "ImageId": {"Type": image_type, "Description": "The spilo image"},
+            "ImageId": {"Type": image_type, "Description": "The image instances start from"},
         },
         "Resources": resources,
         "Outputs": outputs,
@@ -296,14 +297,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     let parameters = BTreeMap::from([
         ("Instances".to_string(), spec.instances.to_string()),
         ("InstanceType".to_string(), aws.instance_type.clone()),
-        (
-            "ImageId".to_string(),
-            aws.image.clone().unwrap_or_else(|| {
-                image_parameter(spilo_model::spec::Architecture::of_instance_type(
-                    &aws.instance_type,
-                ))
-            }),
-        ),
+        ("ImageId".to_string(), image),
     ]);
     let mut tags = spec.tags.clone();
     for (k, v) in &file.metadata.labels {
@@ -455,7 +449,7 @@ mod tests {
         );
         assert_eq!(
             s.parameters["ImageId"],
-            format!("/spilo/images/{}/amd64", super::super::userdata::VERSION)
+            "/aws/service/debian/release/12/latest/amd64"
         );
     }
 

@@ -22,7 +22,7 @@ pub const DATA_MOUNT: &str = "/home/postgres/pgdata";
 /// The boot functions the image provides.
 pub const BOOT_LIB: &str = "/usr/lib/spilo/boot-lib.sh";
 /// The version of spilo the image must carry: this CLI's.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use super::image::VERSION;
 /// The resource whose `CreationPolicy` waits for the members' signals.
 pub const SIGNALLED_RESOURCE: &str = "AutoScalingGroup";
 
@@ -107,11 +107,16 @@ pub fn render(file: &ClusterFile) -> String {
         Filesystem::Xfs => "xfs",
     };
     let config = member_config::render(file, &placement(file));
+    let install = match (&file.spec.backup, super::image::from_bucket(file)) {
+        (Some(b), true) => install_image(file, &b.bucket),
+        _ => String::new(),
+    };
     format!(
         "#!/bin/bash\n\
          # spilo member of cluster {name}, rendered by spilo {VERSION} from the cluster file.\n\
          # The spilo image runs this at every boot; the functions come from the image.\n\
          set -euo pipefail\n\
+         {install}\
          . {BOOT_LIB}\n\
          spilo_write_config <<'SPILO_CONFIG'\n{config}SPILO_CONFIG\n\
          spilo_require_version {VERSION}\n\
@@ -119,6 +124,29 @@ pub fn render(file: &ClusterFile) -> String {
          spilo_run_governor\n",
         name = file.metadata.name,
         opts = storage.mount_options.join(","),
+    )
+}
+
+/// On a plain Debian instance (the default image): the part that installs the spilo image of
+/// this version from the cluster's bucket (with the instance role; Debian's AMI carries the AWS
+/// CLI) and has systemd run it at every boot. Inside the image this script runs again and
+/// skips the part, since the image's functions are there.
+fn install_image(file: &ClusterFile, bucket: &str) -> String {
+    let arch = super::image::architecture(file);
+    let region = file.spec.aws.as_ref().map_or("", |a| a.region.as_str());
+    format!(
+        "if [ ! -e {BOOT_LIB} ]; then\n  \
+           image=/var/lib/spilo/image\n  \
+           if [ \"$(cat \"$image/usr/lib/spilo/VERSION\" 2>/dev/null)\" != {VERSION} ]; then\n    \
+             mkdir -p /var/lib/spilo\n    \
+             aws --region {region} s3 cp --only-show-errors s3://{bucket}/{key} /var/lib/spilo/image.tar.gz\n    \
+             rm -rf \"$image.new\"; mkdir -p \"$image.new\"\n    \
+             tar -xzf /var/lib/spilo/image.tar.gz -C \"$image.new\"\n    \
+             rm -rf \"$image\"; mv \"$image.new\" \"$image\"; rm -f /var/lib/spilo/image.tar.gz\n  \
+           fi\n  \
+           exec \"$image/usr/lib/spilo/host-run\" --install \"$image\"\n\
+         fi\n",
+        key = super::image::key(arch),
     )
 }
 
@@ -150,7 +178,24 @@ mod tests {
                 "spilo_run_governor",
             ]
         );
-        assert!(!script.contains("aws "), "no AWS CLI: {script}");
+        let inside = script
+            .split_once(&format!("fi\n. {BOOT_LIB}"))
+            .map(|(_, after)| after)
+            .expect("the image part follows the install part");
+        assert!(
+            !inside.contains("aws "),
+            "no AWS CLI inside the image: {script}"
+        );
+        assert!(
+            script.contains(&format!(
+                "aws --region eu-west-1 s3 cp --only-show-errors s3://wal-bucket/spilo/images/{VERSION}/spilo-{VERSION}-amd64.rootfs.tar.gz"
+            )),
+            "a plain Debian instance installs the image of this version: {script}"
+        );
+        assert!(
+            script.contains("/usr/lib/spilo/host-run\" --install"),
+            "{script}"
+        );
         let body = script
             .split("<<'SPILO_CONFIG'\n")
             .nth(1)

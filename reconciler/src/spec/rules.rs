@@ -176,6 +176,22 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             }
         }
         aws_secrets(s, r);
+        match &aws.image {
+            Some(i) if !(i.starts_with('/') || is_aws_id(i, "ami")) => r.at(
+                &p("spec.aws.image"),
+                Severity::Error,
+                format!(
+                    "must be an AMI id such as ami-0a1b2c3d4e5f60718 (an image carrying spilo) or an SSM parameter holding one, such as /aws/service/debian/release/12/latest/amd64 (a Debian 12 image spilo installs itself on), got {i:?}"
+                ),
+            ),
+            Some(i) if !i.starts_with('/') => {}
+            _ if s.backup.is_none() => r.at_key(
+                &p("spec.aws"),
+                Severity::Error,
+                "instances started from a Debian image install the spilo image from spec.backup.bucket: set spec.backup, or name an AMI that carries spilo in aws.image",
+            ),
+            _ => {}
+        }
         if aws.region.is_empty() {
             r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
         }

@@ -150,7 +150,10 @@ impl AwsBox {
     pub async fn new() -> anyhow::Result<Self> {
         let image = tokio::task::spawn_blocking(image).await??;
         let dir = tempfile::Builder::new().prefix("spilo-box-").tempdir()?;
-        let k = u8::try_from(std::process::id() % 100 + 100).unwrap_or(100);
+        // A subnet per box: per process, and per box within one.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let k = u8::try_from((std::process::id() * 7 + n * 31) % 100 + 100).unwrap_or(100);
         let bridge = format!("spbox{k}");
         let (host, elb, cidr) = (
             format!("10.{k}.0.1"),
@@ -242,7 +245,7 @@ impl AwsBox {
              instances: {instances}\n  target: aws\n  \
              postgresql: {{parameters: {{shared_buffers: 32MB, max_connections: 50}}}}\n  \
              dcs: {{hosts: [\"{etcd}\"]}}\n  \
-             aws:\n    region: {REGION}\n    instanceType: t3.medium\n    vpc: {vpc}\n    subnets: [{subnet}]\n    \
+             aws:\n    region: {REGION}\n    instanceType: t3.medium\n    image: /spilo/box/debian-12/amd64\n    vpc: {vpc}\n    subnets: [{subnet}]\n    \
              hostedZone: db.example.com\n    hostedZoneId: {zone}\n    storage: {{size: 10}}\n  \
              backup: {{bucket: spilo-wal}}\n  \
              endpoints: {{dns: {{name: {name}}}, healthCheck: {{interval: 5}}}}\n  \
