@@ -3,8 +3,13 @@
 //! once instead of waiting out its timeout) and writes the reason with the boot log's last
 //! lines to etcd `boot/<member>`, which `spilo apply` prints. Each half is tried even when the
 //! other fails.
+//!
+//! The configuration is read leniently ([`Target::read`]: only the scope, namespace, etcd
+//! and `aws` sections), because the failure may be that this image is older than the CLI
+//! that wrote the file: a strict parse would refuse fields it does not know and the failure
+//! would go unreported.
 
-use crate::config::GovernorConfig;
+use crate::config::{AwsSettings, EtcdConfig};
 use crate::dcs::Dcs;
 use crate::runtime::stack_signal::{self, Outcome};
 use spilo_model::{BootFailure, Keyspace, MemberName};
@@ -25,17 +30,51 @@ pub fn tail(log: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Reports the failure; returns what could not be done (empty when both halves worked).
-pub async fn report(
-    cfg: &GovernorConfig,
-    name: &MemberName,
-    reason: &str,
-    log: &Path,
-) -> Vec<String> {
+/// Where a report goes: the parts of a configuration file it needs.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Target {
+    /// The cluster.
+    pub scope: spilo_model::ClusterName,
+    /// The etcd key namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// How to find etcd.
+    pub etcd: EtcdConfig,
+    /// The region and the stack to signal.
+    #[serde(default)]
+    pub aws: Option<AwsSettings>,
+}
+
+fn default_namespace() -> String {
+    spilo_model::keys::DEFAULT_NAMESPACE.to_string()
+}
+
+impl Target {
+    /// Reads those parts of a configuration file, ignoring everything else.
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// What a report reached.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// Channels tried (the stack signal, when configured, and etcd).
+    pub attempted: usize,
+    /// What could not be done.
+    pub problems: Vec<String>,
+}
+
+/// Reports the failure on every channel it has.
+pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -> Reported {
     let mut problems = Vec::new();
+    let mut attempted = 1;
     if let Some(aws) = &cfg.aws
         && let Some(target) = &aws.signal
     {
+        attempted += 1;
         let outcome = Outcome::Failure(reason.to_string());
         if let Err(e) = stack_signal::send(&aws.region, target, name.as_str(), &outcome).await {
             problems.push(format!("FAILURE signal to {}: {e}", target.stack));
@@ -63,12 +102,35 @@ pub async fn report(
     if let Err(e) = written {
         problems.push(format!("etcd boot/{name}: {e}"));
     }
-    problems
+    Reported {
+        attempted,
+        problems,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newer_configuration_is_read_for_what_a_report_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("governor.yaml");
+        std::fs::write(
+            &f,
+            "scope: orders\nsome_future_field: {x: 1}\netcd: {hosts: [\"10.0.0.1:2379\"]}\n\
+             postgresql: {whatever: true}\naws: {region: eu-west-1, signal: {stack: spilo-orders, resource: AutoScalingGroup}}\n",
+        )
+        .expect("write");
+        let t = Target::read(&f).expect("lenient");
+        assert_eq!(t.scope.as_str(), "orders");
+        assert_eq!(t.namespace, "/service");
+        assert_eq!(t.etcd.hosts, ["10.0.0.1:2379"]);
+        assert_eq!(
+            t.aws.and_then(|a| a.signal).map(|s| s.stack),
+            Some("spilo-orders".into())
+        );
+    }
 
     #[test]
     fn the_tail_is_the_last_lines_cut_to_a_readable_length() {

@@ -47,6 +47,16 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A secret's store did not answer (a timeout, no connection): it may work later.
+    #[error("{path}: {field}: {message}")]
+    SecretUnavailable {
+        /// The file.
+        path: PathBuf,
+        /// The dotted path of the secret.
+        field: String,
+        /// What happened.
+        message: String,
+    },
     /// A secret reference could not be resolved.
     #[error("{path}: {field}: {message}")]
     Secret {
@@ -57,6 +67,14 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// Whether trying again cannot help until the configuration (or what it references)
+    /// changes: everything but a secret store that did not answer.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, ConfigError::SecretUnavailable { .. })
+    }
 }
 
 /// Resolved REST API credentials.
@@ -236,14 +254,14 @@ impl<'a> Secrets<'a> {
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
             SecretRef { ssm: Some(p), .. } => match &self.aws {
-                Some(c) => c.parameter(p).await.map_err(err)?,
+                Some(c) => c.parameter(p).await.map_err(|u| self.unread(u, field))?,
                 None => return Err(err("ssm references need aws.region".into())),
             },
             SecretRef {
                 secrets_manager: Some(id),
                 ..
             } => match &self.aws {
-                Some(c) => c.secret(id).await.map_err(err)?,
+                Some(c) => c.secret(id).await.map_err(|u| self.unread(u, field))?,
                 None => return Err(err("secrets_manager references need aws.region".into())),
             },
             _ => {
@@ -256,6 +274,23 @@ impl<'a> Secrets<'a> {
             return Err(err("the secret is empty".into()));
         }
         Ok(value)
+    }
+
+    fn unread(&self, u: aws::Unread, field: &str) -> ConfigError {
+        let (path, field) = (self.path.to_path_buf(), field.to_string());
+        if u.passing {
+            ConfigError::SecretUnavailable {
+                path,
+                field,
+                message: u.message,
+            }
+        } else {
+            ConfigError::Secret {
+                path,
+                field,
+                message: u.message,
+            }
+        }
     }
 }
 

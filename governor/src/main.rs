@@ -182,7 +182,14 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // 2: the configuration cannot work as it is (the image's boot reports that at
+            // once); 1: anything that may pass.
+            let doomed = e
+                .downcast_ref::<governor::config::ConfigError>()
+                .is_some_and(governor::config::ConfigError::is_permanent)
+                || e.downcast_ref::<governor::preflight::PreflightError>()
+                    .is_some();
+            ExitCode::from(if doomed { 2 } else { 1 })
         }
     }
 }
@@ -197,12 +204,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watchdog => Ok(()),
         Command::BootFailed(a) => {
-            let cfg = parse_config(&a.config)?;
-            let problems = governor::boot_report::report(&cfg, &a.name, &a.reason, &a.log).await;
-            for p in &problems {
+            let target =
+                governor::boot_report::Target::read(&a.config).map_err(anyhow::Error::msg)?;
+            let r = governor::boot_report::report(&target, &a.name, &a.reason, &a.log).await;
+            for p in &r.problems {
                 eprintln!("cannot report: {p}");
             }
-            if problems.len() == 2 {
+            if r.problems.len() >= r.attempted {
                 anyhow::bail!("the failure could not be reported anywhere");
             }
             Ok(())

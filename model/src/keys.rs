@@ -14,7 +14,7 @@
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
-//! | `boot/<member>` | the boot layer of that member's instance (`governor boot-failed`), when its boot fails | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
+//! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};

@@ -74,8 +74,9 @@ fn archive(prefix: String, store: &Store) -> ArchiveConfig {
     }
 }
 
-/// The member's configuration.
-pub fn build(file: &ClusterFile, at: &Placement) -> GovernorConfig {
+/// The member's configuration; an error for what validation refuses and the governor could
+/// not run with (never a silent default).
+pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, String> {
     let spec = &file.spec;
     let ha = &spec.ha;
     let parameters = spec
@@ -98,8 +99,9 @@ pub fn build(file: &ClusterFile, at: &Placement) -> GovernorConfig {
         replicas_from_backup: b.replicas_from_backup,
         ..archive(file.wal_prefix(), &at.archive_store)
     });
-    // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`). Validated
-    // files parse their target time; anything else is left out for the governor to miss.
+    // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`). A target
+    // time that does not parse is an error: recovering to the end of the archive instead
+    // would replay the very change a point-in-time clone is meant to leave out.
     let bootstrap = match (&spec.bootstrap.clone, &at.clone_store) {
         (Some(c), Some(store)) => Some(BootstrapConfig {
             clone: CloneConfig {
@@ -110,12 +112,16 @@ pub fn build(file: &ClusterFile, at: &Placement) -> GovernorConfig {
                 target_time: c
                     .target_time
                     .as_deref()
-                    .and_then(|t| TargetTime::parse(t).ok()),
+                    .map(|t| {
+                        TargetTime::parse(t)
+                            .map_err(|e| format!("spec.bootstrap.clone.targetTime: {e}"))
+                    })
+                    .transpose()?,
             },
         }),
         _ => None,
     };
-    GovernorConfig {
+    Ok(GovernorConfig {
         scope: file.metadata.name.clone(),
         name: at.name.clone(),
         namespace: spilo_model::keys::DEFAULT_NAMESPACE.to_string(),
@@ -167,10 +173,10 @@ pub fn build(file: &ClusterFile, at: &Placement) -> GovernorConfig {
         archive: archive_section,
         bootstrap,
         aws: at.aws.clone(),
-    }
+    })
 }
 
 /// The configuration file text: the header line, then the serialised configuration.
-pub fn render(file: &ClusterFile, at: &Placement) -> String {
-    format!("{}\n{}", at.header, build(file, at).to_yaml())
+pub fn render(file: &ClusterFile, at: &Placement) -> Result<String, String> {
+    Ok(format!("{}\n{}", at.header, build(file, at)?.to_yaml()))
 }

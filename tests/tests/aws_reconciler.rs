@@ -342,7 +342,7 @@ fn diff_between_two_refs_needs_no_aws() {
     let repo = Repo::init(&dir.path().join("repo")).expect("repo");
     let file = |instances: u32| {
         format!(
-            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: orders}}\nspec:\n  instances: {instances}\n  target: aws\n  dcs: {{hosts: [\"10.0.0.1:2379\"]}}\n  aws: {{region: {REGION}, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d]}}\n  secrets: {{superuser: {{ssm: /su}}, replication: {{ssm: /repl}}, restapi: {{ssm: /api}}}}\n"
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: orders}}\nspec:\n  instances: {instances}\n  target: aws\n  dcs: {{hosts: [\"10.0.0.1:2379\"]}}\n  aws: {{region: {REGION}, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d], image: ami-0a1b2c3d4e5f60718}}\n  secrets: {{superuser: {{ssm: /su}}, replication: {{ssm: /repl}}, restapi: {{ssm: /api}}}}\n"
         )
     };
     let base = repo.commit("orders", Some(&file(3))).expect("commit");

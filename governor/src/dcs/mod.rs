@@ -93,6 +93,13 @@ impl Dcs {
         Ok(())
     }
 
+    /// Deletes this member's `boot/<name>` report (the member runs now).
+    pub async fn delete_boot_failure(&self) -> Result<(), DcsError> {
+        let mut client = self.client.clone();
+        bounded(self.timeout, client.delete(self.keys.boot(&self.me), None)).await?;
+        Ok(())
+    }
+
     /// The member this connection writes for.
     pub fn member(&self) -> &MemberName {
         &self.me

@@ -81,24 +81,24 @@ impl Instance {
     /// runs, started here).
     ///
     /// Fails with [`ActError::Permanent`] when the configuration cannot succeed however often
-    /// it is tried (a target in the future or before the oldest backup, a setting PostgreSQL
-    /// refuses); other failures may pass (the source has no backup yet, or has not archived
-    /// the WAL that reaches the target).
+    /// it is tried (a target before the oldest backup, a setting PostgreSQL refuses); other
+    /// failures may pass (the source has no backup yet or has not archived the WAL that
+    /// reaches the target, the target is later than `now`, which may be this machine's clock).
     pub async fn restore_clone(
         &mut self,
         clone: &crate::config::CloneConfig,
         cluster: &BTreeMap<String, String>,
+        now: spilo_model::TargetTime,
     ) -> Result<(), ActError> {
         use crate::archive::backup::{Pick, PickError, backup_fetch, backup_list, pick};
         let target = clone.target_time;
-        if let Some(t) = target {
-            let now = spilo_model::TargetTime::now();
-            if t > now {
-                return Err(ActError::Permanent(format!(
-                    "bootstrap.clone.target_time {t} is in the future (now {now}): recovery would \
-                     wait for WAL that does not exist yet"
-                )));
-            }
+        if let Some(t) = target
+            && t > now
+        {
+            return Err(ActError::Other(format!(
+                "bootstrap.clone.target_time {t} is in the future (now {now}): recovery would \
+                 wait for WAL that does not exist yet; waiting for it"
+            )));
         }
         let store = crate::archive::AnyStore::open(&clone.archive).await;
         let all = backup_list(&clone.archive, &store)

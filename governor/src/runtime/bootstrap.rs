@@ -4,8 +4,8 @@
 //! retried blindly.
 //!
 //! A failure the configuration causes ([`ActError::Permanent`]: a target time before the
-//! oldest backup or in the future, a setting PostgreSQL refuses) is not retried until the
-//! governor restarts with another configuration; any other is retried after a pause that
+//! oldest backup, a setting PostgreSQL refuses) is not retried until the governor restarts
+//! (with a changed configuration); any other is retried after a pause that
 //! doubles with each attempt (10 s up to 5 min). Either way the member publishes
 //! `bootstrap_failed` with the reason, which `spilo status` and `spilo up` print.
 
@@ -29,7 +29,7 @@ pub struct Failure {
     pub why: String,
     /// Failed attempts in a row.
     pub attempts: u32,
-    /// When it may be tried again; `None`: not until the configuration changes.
+    /// When it may be tried again; `None`: not until the governor restarts.
     pub retry_at: Option<Instant>,
 }
 
@@ -57,7 +57,7 @@ impl Failure {
     pub fn blocks(&self, now: Instant) -> Option<String> {
         match self.retry_at {
             None => Some(format!(
-                "bootstrap failed and is not retried until the configuration changes: {}",
+                "bootstrap failed and is not retried until the governor restarts with a changed configuration: {}",
                 self.why
             )),
             Some(t) if now < t => Some(format!(
@@ -74,7 +74,10 @@ impl Failure {
     /// The member status's `error`: the reason, and whether it is retried.
     pub fn describe(&self) -> String {
         match self.retry_at {
-            None => format!("{} (not retried until the configuration changes)", self.why),
+            None => format!(
+                "{} (not retried until the governor restarts with a changed configuration)",
+                self.why
+            ),
             Some(_) => format!(
                 "{} ({} failed attempt{}, retried with a growing pause)",
                 self.why,
@@ -134,7 +137,8 @@ impl Governor {
     ) -> Result<(), ActError> {
         match self.loaded.config.bootstrap.clone() {
             Some(b) => {
-                self.pg.restore_clone(&b.clone, params).await?;
+                let now = spilo_model::TargetTime::now();
+                self.pg.restore_clone(&b.clone, params, now).await?;
                 self.arm_fence_with(Some(lease));
             }
             None => {
@@ -222,12 +226,13 @@ mod tests {
             .expect("still blocked");
         assert_eq!(
             why,
-            "bootstrap failed and is not retried until the configuration changes: \
+            "bootstrap failed and is not retried until the governor restarts with a changed configuration: \
              clone: no backup finished before the target time"
         );
         assert!(
-            f.describe()
-                .ends_with("(not retried until the configuration changes)")
+            f.describe().ends_with(
+                "(not retried until the governor restarts with a changed configuration)"
+            )
         );
     }
 }

@@ -58,7 +58,8 @@ pub enum ActError {
     #[error("{0}")]
     Other(String),
     /// The configuration asks for something that cannot succeed: trying again fails the same
-    /// way until the configuration changes (a bootstrap is then not retried).
+    /// way until the configuration changes (a bootstrap is then not retried before the
+    /// governor restarts).
     #[error("{0}")]
     Permanent(String),
 }

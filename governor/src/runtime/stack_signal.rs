@@ -1,7 +1,8 @@
 //! The CloudFormation resource signal: a member on AWS tells its stack's `CreationPolicy`
 //! that it runs (a primary holding the leader key, or a replica that streams), once per
 //! governor start, so `spilo apply` reports success only when the software is up. A failure
-//! before that is signalled by the image's boot layer (`governor signal --failure`).
+//! before that is signalled by the image's boot layer (`governor boot-failed`), which also
+//! leaves the reason in etcd `boot/<member>`; once the member runs, this removes it.
 
 use super::Shared;
 use aws_config::timeout::TimeoutConfig;
@@ -21,7 +22,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 pub enum Outcome {
     /// The member runs.
     Success,
-    /// It cannot, and why (shown in the stack's events).
+    /// It cannot. SignalResource carries no reason: the reason goes to etcd `boot/<member>`
+    /// (`crate::boot_report`); the string is logged here.
     Failure(String),
 }
 
@@ -43,9 +45,15 @@ pub async fn send(
     }
     let conf = loader.load().await;
     let cfn = aws_sdk_cloudformation::Client::new(&conf);
-    let (status, _reason) = match outcome {
-        Outcome::Success => (ResourceSignalStatus::Success, None),
-        Outcome::Failure(why) => (ResourceSignalStatus::Failure, Some(why.as_str())),
+    let status = match outcome {
+        Outcome::Success => ResourceSignalStatus::Success,
+        Outcome::Failure(why) => {
+            tracing::warn!(
+                reason = why.as_str(),
+                "signalling the stack: this member failed"
+            );
+            ResourceSignalStatus::Failure
+        }
     };
     match cfn
         .signal_resource()
@@ -96,6 +104,9 @@ pub async fn run(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+    if let Err(e) = shared.dcs.delete_boot_failure().await {
+        tracing::warn!(error = %e, "cannot remove this member's earlier boot failure report");
     }
     for attempt in 1..=60 {
         match send(&region, &target, &unique_id, &Outcome::Success).await {

@@ -13,9 +13,10 @@ pub struct AwsSpec {
     /// EC2 instance type.
     #[serde(default = "d_instance_type")]
     pub instance_type: String,
-    /// The AMI; when absent, the spilo image of the CLI's version for the instance type's
-    /// architecture, found in the SSM parameter `/spilo/images/<version>/<amd64|arm64>` that
-    /// `spilo image publish` writes.
+    /// The image instances start from: an SSM parameter holding a Debian 12 AMI (default:
+    /// Debian's public `/aws/service/debian/release/12/latest/<amd64|arm64>`, following the
+    /// instance type), on which the instances install the spilo image of the CLI's version
+    /// from `backup.bucket`; or an AMI id (`ami-...`) of an image that carries spilo already.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The data volume.
@@ -37,6 +38,12 @@ pub struct AwsSpec {
     /// More sources allowed to reach PostgreSQL (bastions, monitoring).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_ingress: Vec<IngressRule>,
+    /// Minutes the stack waits for every member to signal that it runs before the creation
+    /// fails (CloudFormation allows up to 720). Default 15, or 60 when the cluster is a clone
+    /// (restoring and replaying an archive takes longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 720))]
+    pub boot_timeout: Option<u32>,
     /// More IAM policy ARNs for the instances' role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_policies: Vec<String>,

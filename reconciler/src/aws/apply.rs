@@ -389,6 +389,15 @@ async fn upload_image(
     u: &super::plan::ImageUpload,
     log: &Log,
 ) -> Result<(), String> {
+    let digest = super::image::sha256(&u.file)
+        .map_err(|e| format!("read the spilo image {}: {e}", u.file.display()))?;
+    if digest != u.sha256 {
+        return Err(format!(
+            "the spilo image {} is not the file the plan saw (SHA-256 {digest}, planned {}): plan again",
+            u.file.display(),
+            u.sha256
+        ));
+    }
     let body = aws_sdk_s3::primitives::ByteStream::from_path(&u.file)
         .await
         .map_err(|e| format!("read the spilo image {}: {e}", u.file.display()))?;

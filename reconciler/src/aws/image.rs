@@ -66,6 +66,23 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// The SHA-256 of a file, in hex.
+pub fn sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The tarball for `arch` on this machine, if any.
 pub fn find_local(arch: Architecture) -> Option<PathBuf> {
     search_dirs()

@@ -141,9 +141,14 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
     let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
     let (stack, dns, bucket, image, image_object, etcd) =
         tokio::join!(stack, dns, bucket, image, image_object, etcd);
-    let image_file = image_object
-        .as_ref()
-        .and_then(|_| super::image::find_local(arch));
+    // Only what an upload needs: the file and its digest, which the plan pins.
+    let image_file = match &image_object {
+        Some(Observation::Absent) => super::image::find_local(arch).and_then(|p| {
+            let digest = super::image::sha256(&p).ok()?;
+            Some((p, digest))
+        }),
+        _ => None,
+    };
     let resources_gone = match &stack {
         Observation::Present(s) => resources_gone(&c, s, dns.as_ref()).await,
         _ => Vec::new(),

@@ -117,9 +117,10 @@ pub struct ObservedCluster {
     /// The spilo image of this version in the bucket, when instances install it from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_object: Option<Observation<()>>,
-    /// The spilo image's tarball on this machine (what `spilo apply` uploads), if found.
+    /// The spilo image's tarball on this machine (what `spilo apply` uploads) and its
+    /// SHA-256, if found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_file: Option<std::path::PathBuf>,
+    pub image_file: Option<(std::path::PathBuf, String)>,
     /// Its etcd keys.
     pub etcd: Observation<ObservedEtcd>,
     /// Resources the stack lists that no longer exist (deleted outside CloudFormation), as

@@ -60,6 +60,8 @@ pub struct ImageUpload {
     pub key: String,
     /// The tarball on this machine.
     pub file: std::path::PathBuf,
+    /// Its SHA-256 when planned: apply uploads only that file.
+    pub sha256: String,
 }
 
 /// What happens to one cluster.
@@ -497,11 +499,12 @@ fn plan_image(
             ))
         }
         Some(Observation::Absent) => match &obs.image_file {
-            Some(path) => {
+            Some((path, digest)) => {
                 p.image_upload = Some(ImageUpload {
                     bucket,
                     key: super::image::key(arch),
                     file: path.clone(),
+                    sha256: digest.clone(),
                 });
                 if p.action == Action::Noop {
                     p.action = Action::Update;

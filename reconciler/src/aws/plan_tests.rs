@@ -271,7 +271,7 @@ fn the_spilo_image_is_uploaded_when_the_bucket_lacks_it_and_this_machine_has_it(
     let mut o = applied(&f, "UPDATE_COMPLETE");
     o.bucket = Some(Observation::Present(()));
     o.image_object = Some(Observation::Absent);
-    o.image_file = Some("/images/spilo.tar.gz".into());
+    o.image_file = Some(("/images/spilo.tar.gz".into(), "ab12".into()));
     let c = run(&[&f], vec![o.clone()], PlanOptions::default())
         .clusters
         .remove(0);

@@ -29,8 +29,21 @@ pub fn image_id(file: &ClusterFile) -> String {
         .unwrap_or_else(|| super::image::base_image_parameter(super::image::architecture(file)))
 }
 
-/// How long the stack waits for every member's signal before it fails.
-pub const BOOT_TIMEOUT: &str = "PT15M";
+/// How long the stack waits for every member's signal before it fails, as CloudFormation
+/// spells it: `aws.bootTimeout`, else 15 minutes, 60 for a clone.
+pub fn boot_timeout(file: &ClusterFile) -> String {
+    let minutes = file
+        .spec
+        .aws
+        .as_ref()
+        .and_then(|a| a.boot_timeout)
+        .unwrap_or(if file.spec.bootstrap.clone.is_some() {
+            60
+        } else {
+            15
+        });
+    format!("PT{minutes}M")
+}
 /// The tag naming the cluster a stack belongs to: how `spilo` finds the stacks it manages.
 pub const CLUSTER_TAG: &str = "spilo:cluster";
 /// The tag recording the file's `reconcile.prune` at the last apply, so a plan can honour it
@@ -211,7 +224,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         },
         // The stack is complete only when every member signals that it runs (a primary, or a
         // streaming replica); a member whose boot fails signals FAILURE at once.
-        "CreationPolicy": {"ResourceSignal": {"Count": {"Ref": "Instances"}, "Timeout": BOOT_TIMEOUT}}}),
+        "CreationPolicy": {"ResourceSignal": {"Count": {"Ref": "Instances"}, "Timeout": boot_timeout(file)}}}),
     );
 
     // Load balancers: the health check finds the primary (or the streaming replicas).

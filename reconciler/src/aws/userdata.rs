@@ -26,6 +26,13 @@ pub use super::image::VERSION;
 /// The resource whose `CreationPolicy` waits for the members' signals.
 pub const SIGNALLED_RESOURCE: &str = "AutoScalingGroup";
 
+/// `s` as one shell word: single-quoted, with embedded quotes closed and escaped. Every value
+/// from the cluster file goes into the script this way (validation also limits their
+/// characters: this is the second fence).
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// A secret reference of the cluster file as the governor reads it.
 fn secret(r: &spilo_model::spec::SecretRef) -> SecretRef {
     SecretRef {
@@ -38,7 +45,7 @@ fn secret(r: &spilo_model::spec::SecretRef) -> SecretRef {
 
 /// The governor configuration every member of `file` runs with (without a name: each
 /// instance gives its own at start).
-pub fn config(file: &ClusterFile) -> GovernorConfig {
+pub fn config(file: &ClusterFile) -> Result<GovernorConfig, String> {
     member_config::build(file, &placement(file))
 }
 
@@ -106,7 +113,17 @@ pub fn render(file: &ClusterFile) -> String {
         Filesystem::Ext4 => "ext4",
         Filesystem::Xfs => "xfs",
     };
-    let config = member_config::render(file, &placement(file));
+    // Validation refuses what cannot be rendered; should such a file get here, its instances
+    // fail at boot, saying why, rather than run with a guess.
+    let config = match member_config::render(file, &placement(file)) {
+        Ok(c) => c,
+        Err(e) => {
+            return format!(
+                "#!/bin/bash\necho {} >&2\nexit 1\n",
+                quote(&format!("spilo: cannot configure this member: {e}"))
+            );
+        }
+    };
     let install = match (&file.spec.backup, super::image::from_bucket(file)) {
         (Some(b), true) => install_image(file, &b.bucket),
         _ => String::new(),
@@ -120,33 +137,44 @@ pub fn render(file: &ClusterFile) -> String {
          . {BOOT_LIB}\n\
          spilo_write_config <<'SPILO_CONFIG'\n{config}SPILO_CONFIG\n\
          spilo_require_version {VERSION}\n\
-         spilo_mount_data {DATA_DEVICE} {fs} '{opts}' {DATA_MOUNT}\n\
+         spilo_mount_data {DATA_DEVICE} {fs} {opts} {DATA_MOUNT}\n\
          spilo_run_governor\n",
         name = file.metadata.name,
-        opts = storage.mount_options.join(","),
+        opts = quote(&storage.mount_options.join(",")),
     )
 }
 
 /// On a plain Debian instance (the default image): the part that installs the spilo image of
 /// this version from the cluster's bucket (with the instance role; Debian's AMI carries the AWS
-/// CLI) and has systemd run it at every boot. Inside the image this script runs again and
-/// skips the part, since the image's functions are there.
+/// CLI) and has systemd run it at every boot. A failure here is signalled to the stack with the
+/// same CLI (nothing of spilo is installed yet to do it). Inside the image this script runs
+/// again and skips the part, since the image's functions are there.
 fn install_image(file: &ClusterFile, bucket: &str) -> String {
     let arch = super::image::architecture(file);
     let region = file.spec.aws.as_ref().map_or("", |a| a.region.as_str());
     format!(
         "if [ ! -e {BOOT_LIB} ]; then\n  \
+           spilo_install_failed() {{\n    \
+             t=$(curl -sf -m 5 -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 60')\n    \
+             id=$(curl -sf -m 5 -H \"X-aws-ec2-metadata-token: $t\" http://169.254.169.254/latest/meta-data/instance-id)\n    \
+             aws --region {region} cloudformation signal-resource --stack-name {stack} \
+         --logical-resource-id {SIGNALLED_RESOURCE} --unique-id \"$id\" --status FAILURE\n  \
+           }}\n  \
+           trap spilo_install_failed ERR\n  \
            image=/var/lib/spilo/image\n  \
            if [ \"$(cat \"$image/usr/lib/spilo/VERSION\" 2>/dev/null)\" != {VERSION} ]; then\n    \
              mkdir -p /var/lib/spilo\n    \
-             aws --region {region} s3 cp --only-show-errors s3://{bucket}/{key} /var/lib/spilo/image.tar.gz\n    \
+             aws --region {region} s3 cp --only-show-errors {source} /var/lib/spilo/image.tar.gz\n    \
              rm -rf \"$image.new\"; mkdir -p \"$image.new\"\n    \
              tar -xzf /var/lib/spilo/image.tar.gz -C \"$image.new\"\n    \
              rm -rf \"$image\"; mv \"$image.new\" \"$image\"; rm -f /var/lib/spilo/image.tar.gz\n  \
            fi\n  \
+           trap - ERR\n  \
            exec \"$image/usr/lib/spilo/host-run\" --install \"$image\"\n\
          fi\n",
-        key = super::image::key(arch),
+        region = quote(region),
+        stack = quote(&super::template::stack_name(file.metadata.name.as_str())),
+        source = quote(&format!("s3://{bucket}/{}", super::image::key(arch))),
     )
 }
 
@@ -188,7 +216,7 @@ mod tests {
         );
         assert!(
             script.contains(&format!(
-                "aws --region eu-west-1 s3 cp --only-show-errors s3://wal-bucket/spilo/images/{VERSION}/spilo-{VERSION}-amd64.rootfs.tar.gz"
+                "aws --region 'eu-west-1' s3 cp --only-show-errors 's3://wal-bucket/spilo/images/{VERSION}/spilo-{VERSION}-amd64.rootfs.tar.gz'"
             )),
             "a plain Debian instance installs the image of this version: {script}"
         );
@@ -202,14 +230,50 @@ mod tests {
             .and_then(|s| s.split("SPILO_CONFIG\n").next())
             .expect("the configuration");
         assert_eq!(
-            GovernorConfig::parse(body).expect("the governor reads it"),
+            Ok(GovernorConfig::parse(body).expect("the governor reads it")),
             config(&orders())
         );
     }
 
     #[test]
+    fn bash_reads_the_whole_script() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("user-data");
+        std::fs::write(&path, render(&orders())).expect("write");
+        let out = std::process::Command::new("bash")
+            .arg("-n")
+            .arg(&path)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn values_from_the_file_stay_one_shell_word() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("x'; rm -rf /; '"), r"'x'\''; rm -rf /; '\'''");
+        let mut f = orders();
+        if let Some(a) = f.spec.aws.as_mut() {
+            a.storage.mount_options = vec!["noatime'; touch /pwned; echo '".into()];
+        }
+        let script = render(&f);
+        let line = script
+            .lines()
+            .find(|l| l.starts_with("spilo_mount_data"))
+            .expect("the mount step");
+        assert_eq!(
+            line,
+            r"spilo_mount_data /dev/xvdk ext4 'noatime'\''; touch /pwned; echo '\''' /home/postgres/pgdata"
+        );
+    }
+
+    #[test]
     fn members_read_their_passwords_from_aws_and_signal_their_stack() {
-        let c = config(&orders());
+        let c = config(&orders()).expect("renders");
         assert_eq!(c.name, None, "each instance names itself");
         assert_eq!(c.postgresql.listen.to_string(), "0.0.0.0:5432");
         assert_eq!(c.restapi.listen.to_string(), "0.0.0.0:8008");

@@ -163,6 +163,39 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 "io1 and io2 volumes need iops",
             );
         }
+        // Values the instances' boot script carries: only characters they can need.
+        if !aws.region.is_empty() && !is_region(&aws.region) {
+            r.at(
+                &p("spec.aws.region"),
+                Severity::Error,
+                format!(
+                    "must be an AWS region such as eu-central-1, got {:?}",
+                    aws.region
+                ),
+            );
+        }
+        if let Some(b) = &s.backup
+            && !super::is_placeholder(&b.bucket)
+            && !is_bucket_name(&b.bucket)
+        {
+            r.at(
+                &p("spec.backup.bucket"),
+                Severity::Error,
+                format!(
+                    "must be an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or a digit, got {:?}",
+                    b.bucket
+                ),
+            );
+        }
+        for (i, o) in st.mount_options.iter().enumerate() {
+            if !made_of(o, "=_.:/-") {
+                r.at(
+                    &p(&format!("spec.aws.storage.mountOptions[{i}]")),
+                    Severity::Error,
+                    format!("must be a mount option (letters, digits and =_.:/-), got {o:?}"),
+                );
+            }
+        }
         for (i, o) in st.mount_options.iter().enumerate() {
             if matches!(o.as_str(), "nobarrier" | "barrier=0") {
                 r.at(
@@ -476,4 +509,27 @@ fn is_aws_id(s: &str, kind: &str) -> bool {
                     .chars()
                     .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
         })
+}
+
+/// Whether `s` is non-empty and made only of ASCII letters, digits and `extra`.
+fn made_of(s: &str, extra: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+/// Whether `s` looks like an AWS region name (`eu-central-1`).
+fn is_region(s: &str) -> bool {
+    made_of(s, "-")
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_digit())
+}
+
+/// Whether `s` follows S3's bucket naming rules for the characters and length.
+fn is_bucket_name(s: &str) -> bool {
+    made_of(s, ".-")
+        && (3..=63).contains(&s.len())
+        && !s.chars().any(|c| c.is_ascii_uppercase())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }

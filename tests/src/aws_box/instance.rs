@@ -68,11 +68,14 @@ impl Instance {
     ) -> anyhow::Result<Self> {
         let dir = dir.join(l.id);
         std::fs::create_dir_all(&dir)?;
+        // Claimed by creating it; names in use are skipped, never removed.
         let short: String = l.id.chars().rev().take(6).collect();
-        let ns = format!("spbox-{short}");
-        let veth = format!("spv{short}");
-        let _ = run("ip", &["netns", "del", &ns]);
-        run("ip", &["netns", "add", &ns])?;
+        let (ns, veth) = (0..50)
+            .map(|n| (format!("spbox-{short}-{n}"), format!("spv{short}{n}")))
+            .find(|(ns, _)| run("ip", &["netns", "add", ns]).is_ok())
+            .ok_or_else(|| anyhow::anyhow!("no free network namespace name for {}", l.id))?;
+        // Removes the namespace (and with it the veth) if the launch fails half-way.
+        let guard = NsGuard(Some(ns.clone()));
         run(
             "ip",
             &[
@@ -121,6 +124,7 @@ impl Instance {
         let loop_dev = run("losetup", &["-f", "--show", &file.display().to_string()])?
             .trim()
             .to_string();
+        guard.disarm();
 
         // The root volume's writable layer, with the site's settings.
         write(&dir.join("upper/etc/default/spilo"), l.defaults)?;
@@ -225,6 +229,23 @@ exec chroot "$r" /usr/lib/spilo/boot"#,
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         anyhow::bail!("processes of {} survived kill -9", self.id)
+    }
+}
+
+/// Deletes a network namespace on drop unless disarmed.
+struct NsGuard(Option<String>);
+
+impl NsGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        if let Some(ns) = &self.0 {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
     }
 }
 

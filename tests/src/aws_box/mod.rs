@@ -94,7 +94,7 @@ pub struct AwsBox {
     pub elb: String,
     /// The VPC's range.
     pub cidr: String,
-    bridge: String,
+    bridge: Bridge,
     /// moto.
     pub moto: Moto,
     /// The admin user.
@@ -115,7 +115,36 @@ pub struct AwsBox {
     pub dns: Option<Dns>,
 }
 
-/// The image's root filesystem, built once per test process by `scripts/image --debug`.
+/// What the image is made of here: the recipe, the boot layer and the binaries.
+fn image_inputs(root: &Path, bin: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut files = vec![
+        root.join("scripts/image"),
+        bin.join("governor"),
+        bin.join("spilo"),
+    ];
+    for dir in [
+        "image/rootfs/usr/lib/spilo",
+        "image/rootfs/etc/systemd/system",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
+            files.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    files.sort();
+    for f in files {
+        f.hash(&mut h);
+        if let Ok(m) = std::fs::metadata(&f) {
+            m.len().hash(&mut h);
+            m.modified().ok().hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// The image's root filesystem, built by `scripts/image --debug` into a directory named by
+/// its inputs, under a lock: test processes side by side share it, none rebuilds one in use.
 fn image() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -124,12 +153,22 @@ fn image() -> anyhow::Result<PathBuf> {
                 .parent()
                 .unwrap_or(Path::new("."))
                 .to_path_buf();
-            let rootfs = crate::proc::target_dir()
-                .map_err(|e| e.to_string())?
-                .join("aws-box/rootfs");
-            let out = Command::new(root.join("scripts/image"))
-                .args(["--debug", "--no-oci", "--rootfs-dir"])
+            let bin = crate::proc::target_dir().map_err(|e| e.to_string())?;
+            let dir = bin.join("aws-box");
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let rootfs = dir.join(format!("rootfs-{:016x}", image_inputs(&root, &bin)));
+            let script = r#"set -e
+[ -e "$1/.complete" ] && exit 0
+rm -rf "$1.tmp"
+"$2/scripts/image" --debug --no-oci --rootfs-dir "$1.tmp"
+rm -rf "$1"; mv "$1.tmp" "$1"; touch "$1/.complete"
+# Roots of earlier inputs, unused for an hour.
+find "$(dirname "$1")" -maxdepth 1 -name 'rootfs-*' ! -path "$1" -mmin +60 -exec rm -rf {} +"#;
+            let out = Command::new("flock")
+                .arg(dir.join("lock"))
+                .args(["bash", "-c", script, "image"])
                 .arg(&rootfs)
+                .arg(&root)
                 .output()
                 .map_err(|e| format!("scripts/image: {e}"))?;
             if !out.status.success() {
@@ -144,30 +183,54 @@ fn image() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The box's bridge, deleted on drop.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.0]);
+    }
+}
+
+/// A bridge and its `10.<k>.0.0/16` range of its own: names and ranges another box or the
+/// machine itself uses are skipped (creating the bridge is what claims it), never taken over.
+fn claim_bridge() -> anyhow::Result<(u8, Bridge)> {
+    let used = run("ip", &["-o", "addr", "show"])?;
+    let start = std::process::id() % 100;
+    for i in 0..100 {
+        let k = u8::try_from((start + i) % 100 + 100).unwrap_or(100);
+        if used.contains(&format!(" 10.{k}.")) {
+            continue;
+        }
+        let bridge = format!("spbox{k}");
+        if run("ip", &["link", "add", &bridge, "type", "bridge"]).is_ok() {
+            return Ok((k, Bridge(bridge)));
+        }
+    }
+    anyhow::bail!("no free bridge and address range for the box")
+}
+
 impl AwsBox {
     /// The bridge, moto with IAM enforced and its admin, the network, passwords and image
     /// parameter, etcd, the signal stand-in and a repository.
     pub async fn new() -> anyhow::Result<Self> {
         let image = tokio::task::spawn_blocking(image).await??;
         let dir = tempfile::Builder::new().prefix("spilo-box-").tempdir()?;
-        // A subnet per box: per process, and per box within one.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let k = u8::try_from((std::process::id() * 7 + n * 31) % 100 + 100).unwrap_or(100);
-        let bridge = format!("spbox{k}");
+        let (k, bridge) = claim_bridge()?;
         let (host, elb, cidr) = (
             format!("10.{k}.0.1"),
             format!("10.{k}.0.2"),
             format!("10.{k}.0.0/16"),
         );
-        let _ = run("ip", &["link", "del", &bridge]);
-        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
         run(
             "ip",
-            &["addr", "add", &format!("{host}/16"), "dev", &bridge],
+            &["addr", "add", &format!("{host}/16"), "dev", &bridge.0],
         )?;
-        run("ip", &["addr", "add", &format!("{elb}/16"), "dev", &bridge])?;
-        run("ip", &["link", "set", &bridge, "up"])?;
+        run(
+            "ip",
+            &["addr", "add", &format!("{elb}/16"), "dev", &bridge.0],
+        )?;
+        run("ip", &["link", "set", &bridge.0, "up"])?;
         let moto = Moto::start_with(
             dir.path(),
             &host,
@@ -247,7 +310,7 @@ impl AwsBox {
              dcs: {{hosts: [\"{etcd}\"]}}\n  \
              aws:\n    region: {REGION}\n    instanceType: t3.medium\n    image: /spilo/box/debian-12/amd64\n    vpc: {vpc}\n    subnets: [{subnet}]\n    \
              hostedZone: db.example.com\n    hostedZoneId: {zone}\n    storage: {{size: 10}}\n  \
-             backup: {{bucket: spilo-wal}}\n  \
+             backup: {{bucket: spilo-wal}}\n  {sync}\
              endpoints: {{dns: {{name: {name}}}, healthCheck: {{interval: 5}}}}\n  \
              secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    \
              replication: {{secretsManager: \"{repl}\"}}\n    restapi: {{ssm: /spilo/{name}/restapi}}\n",
@@ -256,6 +319,12 @@ impl AwsBox {
             subnet = self.setup.subnet,
             zone = self.setup.zone_id,
             repl = self.setup.replication_arn,
+            // Synchronous replication: a failover loses no acknowledged commit.
+            sync = if instances > 1 {
+                "ha: {synchronousMode: true}\n  "
+            } else {
+                ""
+            },
         )
     }
 
@@ -324,7 +393,7 @@ impl AwsBox {
                     id: &m.id,
                     ip: &m.ip,
                     prefix: 16,
-                    bridge: &self.bridge,
+                    bridge: &self.bridge.0,
                     region: REGION,
                     role: (&fleet.role, creds.trim()),
                     user_data: &user_data,
@@ -368,10 +437,11 @@ impl AwsBox {
             .as_u64()
             .unwrap_or(60);
         let mut cfg = format!(
-            "global\n  maxconn 200\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client {idle}s\n  timeout server {idle}s\n\
+            "global\n  maxconn 200\n  stats socket {sock} mode 600 level user\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client {idle}s\n  timeout server {idle}s\n\
              listen primary\n  bind {elb}:{port}\n  option httpchk GET /{path}\n  http-check expect status 200\n  \
              default-server inter {interval}s fall 2 rise 2 on-marked-down shutdown-sessions\n",
             elb = self.elb,
+            sock = self.dir.path().join("haproxy.sock").display(),
         );
         for m in &fleet.instances {
             cfg.push_str(&format!(
@@ -385,6 +455,33 @@ impl AwsBox {
         cmd.arg("-db").arg("-f").arg(&path);
         self.haproxy = Some(Spawned::start(cmd, &self.dir.path().join("haproxy.log"))?);
         Ok(())
+    }
+
+    /// The instances the load balancer stand-in routes to (HAProxy's servers that passed their
+    /// health checks), as an ELB's `InService`. HAProxy counts a server as up before its first
+    /// check, an ELB does not: wait on this before writing through the load balancer.
+    pub fn in_service(&self) -> anyhow::Result<Vec<String>> {
+        use std::io::{Read, Write};
+        let mut sock =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))?;
+        sock.write_all(b"show stat\n")?;
+        let mut out = String::new();
+        sock.read_to_string(&mut out)?;
+        // CSV: pxname, svname, ..., status is the 18th column; checks that ran show in
+        // check_status (the 37th).
+        Ok(out
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let checked = f.get(36).is_some_and(|c| c.starts_with("L7OK"));
+                (f.first() == Some(&"primary")
+                    && !matches!(f.get(1), Some(&"FRONTEND") | Some(&"BACKEND"))
+                    && f.get(17) == Some(&"UP")
+                    && checked)
+                    .then(|| f[1].to_string())
+            })
+            .collect())
     }
 
     /// Each instance's `/status`, in launch order (`None`: no answer).
@@ -437,6 +534,6 @@ impl Drop for AwsBox {
         }
         self.instances.clear();
         self.haproxy.take();
-        let _ = run("ip", &["link", "del", &self.bridge]);
+        // The bridge goes with the box (`Bridge` drops after the instances).
     }
 }

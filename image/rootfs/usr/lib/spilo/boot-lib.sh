@@ -51,9 +51,20 @@ spilo_mount_data() {
   if mountpoint -q "$dir"; then
     spilo_log "$dir is mounted already"
   else
-    if [ -z "$(blkid -o value -s TYPE "$real" || true)" ]; then
-      spilo_log "making a $fs filesystem on the blank volume $dev ($real)"
-      mkfs -t "$fs" -L spilo-data "$real" >/dev/null || spilo_fail "mkfs -t $fs $dev failed"
+    # Only a volume blkid finds nothing on (exit status 2: no filesystem, no partition table,
+    # no other signature) is blank; anything else, an error included, is never formatted.
+    local probe=0
+    blkid -p "$real" >/dev/null 2>&1 || probe=$?
+    case "$probe" in
+      2)
+        spilo_log "making a $fs filesystem on the blank volume $dev ($real)"
+        mkfs -t "$fs" -L spilo-data "$real" >/dev/null || spilo_fail "mkfs -t $fs $dev failed"
+        ;;
+      0) ;;
+      *) spilo_fail "cannot tell whether $dev holds data (blkid exit status $probe): not formatting it" ;;
+    esac
+    if [ -z "$(blkid -p -o value -s TYPE "$real" 2>/dev/null || true)" ]; then
+      spilo_fail "$dev holds no filesystem spilo can mount ($(blkid -p -o export "$real" 2>/dev/null | tr '\n' ' ')): not formatting it"
     fi
     label=$(blkid -o value -s LABEL "$real" || true)
     [ "$label" = spilo-data ] || spilo_log "note: $dev has the label '$label', not spilo-data"
@@ -73,27 +84,37 @@ spilo_write_config() {
 }
 
 # Runs the governor as postgres and starts it again when it exits, after a pause that
-# doubles from 1 s to 60 s (back to 1 s after it ran for 5 minutes). SIGTERM stops it
-# gracefully (it hands the leader key over). A governor that fails three times in a row is
-# reported as the instance's failure signal with its last error line.
+# doubles from 1 s to 60 s (back to 1 s after it ran for 5 minutes). SIGTERM reaches the
+# governor itself (setpriv execs it; runuser would SIGKILL it 2 s after forwarding the signal)
+# and it stops gracefully, handing the leader key over. Failures are reported with the last
+# error line: when the governor says its configuration cannot work (exit status 2, e.g. a
+# password it may not read) three times in a row, or when it has failed for 5 minutes (a
+# passing outage of etcd or DNS at boot is no reason to fail the stack).
 spilo_run_governor() {
-  local pause=1 started rc child="" failures=0 out=/run/spilo/governor.out why
+  local pause=1 started rc child="" failures=0 doomed=0 failing_since="" reported=""
+  local out=/run/spilo/governor.out why
   trap 'spilo_log "stopping the governor"; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
   while true; do
     started=$SECONDS
     spilo_log "starting the governor ($("$SPILO_GOVERNOR" --version))"
-    runuser -u postgres -- "$SPILO_GOVERNOR" run --config "$SPILO_CONFIG" \
+    HOME=/home/postgres setpriv --reuid=postgres --regid=postgres --init-groups -- \
+      "$SPILO_GOVERNOR" run --config "$SPILO_CONFIG" \
       --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" > >(tee "$out") 2>&1 &
     child=$!
     rc=0
     wait "$child" || rc=$?
     child=""
-    if [ $((SECONDS - started)) -ge 300 ]; then pause=1; failures=0; fi
+    if [ $((SECONDS - started)) -ge 300 ]; then
+      pause=1; failures=0; doomed=0; failing_since=""; reported=""
+    fi
     failures=$((failures + 1))
+    if [ "$rc" -eq 2 ]; then doomed=$((doomed + 1)); else doomed=0; fi
+    failing_since=${failing_since:-$SECONDS}
     spilo_log "the governor exited with status $rc; starting it again in ${pause}s"
-    if [ "$failures" -eq 3 ]; then
+    if [ -z "$reported" ] && { [ "$doomed" -ge 3 ] || [ $((SECONDS - failing_since)) -ge 300 ]; }; then
       why=$(grep -a 'error' "$out" | tail -n 1 | cut -c1-400)
-      spilo_report_failure "the governor failed 3 times in a row: ${why:-status $rc}"
+      spilo_report_failure "the governor failed $failures times in a row: ${why:-status $rc}"
+      reported=yes
     fi
     sleep "$pause"
     pause=$((pause * 2 > 60 ? 60 : pause * 2))
