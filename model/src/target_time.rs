@@ -76,9 +76,14 @@ impl TargetTime {
 
     /// The form PostgreSQL's `recovery_target_time` accepts: `2026-11-25 18:00:00.250000+00`.
     pub fn to_postgres(self) -> String {
+        self.written(' ', "+00")
+    }
+
+    /// Date, `between`, time with microseconds, `zone`.
+    fn written(self, between: char, zone: &str) -> String {
         let t = self.0;
         format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+            "{:04}-{:02}-{:02}{between}{:02}:{:02}:{:02}.{:06}{zone}",
             t.year(),
             u8::from(t.month()),
             t.day(),
@@ -93,18 +98,7 @@ impl TargetTime {
 impl fmt::Display for TargetTime {
     /// RFC 3339 in UTC with microseconds: `2026-11-25T18:00:00.250000Z`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.0;
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.microsecond()
-        )
+        f.write_str(&self.written('T', "Z"))
     }
 }
 
