@@ -67,6 +67,15 @@ pub struct Reported {
     pub problems: Vec<String>,
 }
 
+/// What etcd keeps of a failure: the reason, when, and the boot log's last [`LOG_LINES`].
+pub fn record(reason: &str, log: &Path, now: std::time::SystemTime) -> BootFailure {
+    BootFailure {
+        reason: reason.to_string(),
+        at: humantime::format_rfc3339_seconds(now).to_string(),
+        log: tail(log, LOG_LINES),
+    }
+}
+
 /// Reports the failure on every channel it has.
 pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -> Reported {
     let mut problems = Vec::new();
@@ -81,11 +90,7 @@ pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -
         }
     }
     let timeout = Duration::from_secs(5);
-    let failure = BootFailure {
-        reason: reason.to_string(),
-        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        log: tail(log, LOG_LINES),
-    };
+    let failure = record(reason, log, std::time::SystemTime::now());
     let written = async {
         let endpoints = crate::dcs::discovery::endpoints(&cfg.etcd, timeout)
             .await
@@ -130,6 +135,21 @@ mod tests {
             t.aws.and_then(|a| a.signal).map(|s| s.stack),
             Some("spilo-orders".into())
         );
+    }
+
+    #[test]
+    fn the_record_keeps_the_last_40_lines_of_the_boot_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("boot.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, text).expect("write");
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        let r = record("no volume", &log, at);
+        assert_eq!(r.reason, "no volume");
+        assert_eq!(r.at, "2026-11-18T11:06:40Z");
+        assert_eq!(r.log.len(), 40);
+        assert_eq!(r.log.first().map(String::as_str), Some("line 60"));
+        assert_eq!(r.log.last().map(String::as_str), Some("line 99"));
     }
 
     #[test]

@@ -467,6 +467,23 @@ mod tests {
     }
 
     #[test]
+    fn the_stack_waits_15_minutes_for_its_members_60_for_a_clone_or_as_the_file_says() {
+        assert_eq!(boot_timeout(&file("")), "PT15M");
+        let clone = file("  bootstrap:\n    clone: {from: other}\n");
+        assert_eq!(boot_timeout(&clone), "PT60M");
+        let mut set = clone.clone();
+        if let Some(aws) = set.spec.aws.as_mut() {
+            aws.boot_timeout = Some(25);
+        }
+        assert_eq!(boot_timeout(&set), "PT25M");
+        let stack = render(&clone).expect("aws");
+        assert_eq!(
+            stack.template["Resources"]["AutoScalingGroup"]["CreationPolicy"]["ResourceSignal"]["Timeout"],
+            "PT60M"
+        );
+    }
+
+    #[test]
     fn volumes_carry_the_cluster_tags_and_the_record_is_made_by_zone_id() {
         let s = render(&file(
             "  tags: {cost-center: '4711'}

@@ -92,18 +92,25 @@ spilo_write_config() {
 # passing outage of etcd or DNS at boot is no reason to fail the stack).
 spilo_run_governor() {
   local pause=1 started rc child="" failures=0 doomed=0 failing_since="" reported=""
-  local out=/run/spilo/governor.out why
+  local out why fd tee_pid
+  out="$(dirname "${SPILO_BOOT_LOG:-/run/spilo/boot.log}")/governor.out"
   trap 'spilo_log "stopping the governor"; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
   while true; do
     started=$SECONDS
     spilo_log "starting the governor ($("$SPILO_GOVERNOR" --version))"
+    # The governor's output goes to the boot's own output and to $out, whose last error
+    # line names a failure; tee is waited for, so $out is complete before it is read.
+    exec {fd}> >(tee "$out")
+    tee_pid=$!
     HOME=/home/postgres setpriv --reuid=postgres --regid=postgres --init-groups -- \
       "$SPILO_GOVERNOR" run --config "$SPILO_CONFIG" \
-      --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" > >(tee "$out") 2>&1 &
+      --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" >&"$fd" 2>&1 &
     child=$!
     rc=0
     wait "$child" || rc=$?
     child=""
+    exec {fd}>&-
+    wait "$tee_pid" || true
     if [ $((SECONDS - started)) -ge 300 ]; then
       pause=1; failures=0; doomed=0; failing_since=""; reported=""
     fi

@@ -1,0 +1,352 @@
+//! Applying a plan: exactly what it says, cluster by cluster.
+//!
+//! Per cluster: take the cluster's apply lock in etcd (a key bound to this process's lease,
+//! so a crashed apply frees it), check that the stack and the etcd config are still what the
+//! plan was based on, make what lives in S3 outside the stack ([`s3`]: the WAL bucket, the
+//! spilo image), then change the stack ([`stack`]: a CloudFormation change set, the type
+//! always set explicitly) while streaming its events, and write the etcd config by
+//! compare-and-swap. A new cluster's config is written before its stack, so its governors
+//! start with it; otherwise after the stack succeeded. A failure reports the failing event
+//! and the rollback and stops that cluster only. Clusters are applied [`PARALLEL`] at a time
+//! (a real stack takes minutes); every output line starts with its cluster's name.
+
+mod s3;
+mod stack;
+
+pub use stack::event_line;
+
+use super::clients::Clients;
+use super::observe;
+use super::plan::{Action, ClusterPlan, ConfigChange, Plan, cluster_basis};
+use aws_sdk_cloudformation::types::ChangeSetType;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use s3::{create_bucket, upload_image};
+use spilo_model::{ClusterName, Keyspace};
+use stack::{change_stack, delete_stack};
+use std::io::Write;
+use std::time::Duration;
+
+/// The apply lock's lease.
+const LOCK_TTL: i64 = 30;
+/// How many clusters are applied at once.
+pub const PARALLEL: usize = 8;
+
+/// Where progress lines go: shared by the clusters applied at once, a line at a time.
+pub struct Log {
+    out: std::sync::Mutex<Box<dyn Write + Send>>,
+}
+
+impl Log {
+    /// Lines go to `out`.
+    pub fn new(out: impl Write + Send + 'static) -> Self {
+        Log {
+            out: std::sync::Mutex::new(Box::new(out)),
+        }
+    }
+
+    /// Writes `<cluster>: <text>`.
+    pub fn line(&self, cluster: &str, text: &str) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = writeln!(out, "{cluster}: {text}");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// How one cluster's apply ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done.
+    Applied,
+    /// Nothing to do, or refused by the plan itself (shown in the plan).
+    Skipped(String),
+    /// Failed; nothing further of this cluster was changed.
+    Failed(String),
+}
+
+/// The result per cluster.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// `(cluster, outcome)` in plan order.
+    pub clusters: Vec<(String, Outcome)>,
+}
+
+impl Report {
+    /// Whether any cluster failed.
+    pub fn failed(&self) -> bool {
+        self.clusters
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Failed(_)))
+    }
+}
+
+/// Why a saved plan no longer applies.
+pub fn stale_reasons(
+    plan: &Plan,
+    current_commit: &str,
+    fresh: &[(String, super::plan::ClusterBasis)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if plan.based_on.commit != current_commit {
+        out.push(format!(
+            "{} now resolves to {}, the plan was made from {}",
+            plan.based_on.reference, current_commit, plan.based_on.commit
+        ));
+    }
+    for (name, now) in fresh {
+        let Some(then) = plan.based_on.clusters.get(name) else {
+            continue;
+        };
+        if then.stack_id != now.stack_id || then.stack_last_changed != now.stack_last_changed {
+            out.push(format!(
+                "{name}: the stack changed since the plan (then {}, now {})",
+                describe_basis(then.stack_id.as_deref(), then.stack_last_changed.as_deref()),
+                describe_basis(now.stack_id.as_deref(), now.stack_last_changed.as_deref()),
+            ));
+        }
+        if then.config_revision != now.config_revision {
+            out.push(format!(
+                "{name}: the etcd config changed since the plan (revision {:?}, now {:?})",
+                then.config_revision, now.config_revision
+            ));
+        }
+    }
+    out
+}
+
+fn describe_basis(id: Option<&str>, at: Option<&str>) -> String {
+    match (id, at) {
+        (None, _) => "absent".into(),
+        (Some(_), Some(at)) => format!("changed at {at}"),
+        (Some(id), None) => id.to_string(),
+    }
+}
+
+fn wants_apply(c: &ClusterPlan) -> bool {
+    !c.refused
+        && matches!(
+            c.action,
+            Action::Create | Action::Update | Action::Replace | Action::Delete
+        )
+}
+
+/// Re-observes the clusters a plan changes and returns their current basis.
+pub async fn current_basis(
+    clients: &Clients,
+    plan: &Plan,
+) -> Vec<(String, super::plan::ClusterBasis)> {
+    let mut out = Vec::new();
+    for c in plan.clusters.iter().filter(|c| wants_apply(c)) {
+        let r = clients.region(&c.region).await;
+        let stack = match observe::full_stack(&r, &c.stack_name).await {
+            Ok(Some(s)) => super::observed::Observation::Present(s),
+            Ok(None) => super::observed::Observation::Absent,
+            Err(e) => super::observed::Observation::Unknown(e),
+        };
+        let etcd = match ClusterName::new(c.name.clone()) {
+            Ok(scope) => observe::observe_etcd(c.dcs.as_ref(), &scope).await,
+            Err(e) => super::observed::Observation::Unknown(e.to_string()),
+        };
+        let o = super::observed::ObservedCluster {
+            name: c.name.clone(),
+            stack,
+            dns: None,
+            bucket: None,
+            image: None,
+            image_object: None,
+            image_file: None,
+            resources_gone: Vec::new(),
+            etcd,
+        };
+        out.push((c.name.clone(), cluster_basis(&o)));
+    }
+    out
+}
+
+/// Applies `plan`, writing progress to `log`.
+pub async fn apply(clients: &Clients, plan: &Plan, log: &Log) -> Report {
+    use futures::StreamExt;
+    let mut results: Vec<(usize, String, Outcome)> =
+        futures::stream::iter(plan.clusters.iter().enumerate())
+            .map(|(i, c)| async move {
+                if !wants_apply(c) {
+                    let why = c.reason.clone().unwrap_or_else(|| "no changes".into());
+                    return (i, c.name.clone(), Outcome::Skipped(why));
+                }
+                let outcome = match apply_cluster(clients, plan, c, log).await {
+                    Ok(()) => Outcome::Applied,
+                    Err(e) => {
+                        log.line(&c.name, &format!("FAILED: {e}"));
+                        Outcome::Failed(e)
+                    }
+                };
+                (i, c.name.clone(), outcome)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+    results.sort_by_key(|(i, _, _)| *i);
+    Report {
+        clusters: results.into_iter().map(|(_, n, o)| (n, o)).collect(),
+    }
+}
+
+/// The apply lock of one cluster: a lease-bound key; released on drop of the keep-alive task
+/// and by revoking the lease.
+struct Lock {
+    client: etcd_client::Client,
+    lease: i64,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Lock {
+    async fn take(c: &ClusterPlan) -> Result<Option<Lock>, String> {
+        let Some(dcs) = &c.dcs else { return Ok(None) };
+        let endpoints = crate::etcd::endpoints(dcs).await?;
+        let mut client = crate::etcd::connect(&endpoints).await?;
+        let scope = ClusterName::new(c.name.clone()).map_err(|e| e.to_string())?;
+        let key = Keyspace::new(&scope).apply_lock();
+        let lease = client
+            .lease_grant(LOCK_TTL, None)
+            .await
+            .map_err(|e| format!("etcd lease: {e}"))?
+            .id();
+        let holder = serde_json::json!({
+            "pid": std::process::id(),
+            "host": std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
+        })
+        .to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                holder,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = client.txn(txn).await.map_err(|e| format!("etcd: {e}"))?;
+        if !resp.succeeded() {
+            let _ = client.lease_revoke(lease).await;
+            return Err(format!(
+                "another apply of {} is running (it holds {key}); try again when it ends",
+                c.name
+            ));
+        }
+        let (mut keeper, mut stream) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| format!("etcd keep-alive: {e}"))?;
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs((LOCK_TTL / 3) as u64)).await;
+                if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Some(Lock {
+            client,
+            lease,
+            keeper,
+        }))
+    }
+
+    async fn release(mut self) {
+        self.keeper.abort();
+        let _ = self.client.lease_revoke(self.lease).await;
+    }
+}
+
+async fn apply_cluster(
+    clients: &Clients,
+    plan: &Plan,
+    c: &ClusterPlan,
+    log: &Log,
+) -> Result<(), String> {
+    let lock = Lock::take(c).await?;
+    let result = apply_locked(clients, plan, c, log).await;
+    if let Some(l) = lock {
+        l.release().await;
+    }
+    result
+}
+
+async fn apply_locked(
+    clients: &Clients,
+    plan: &Plan,
+    c: &ClusterPlan,
+    log: &Log,
+) -> Result<(), String> {
+    // Under the lock, the cluster must still be what the plan saw.
+    let now = current_basis_of(clients, plan, c).await;
+    let stale = stale_reasons(plan, &plan.based_on.commit, &now);
+    if !stale.is_empty() {
+        return Err(format!("the plan is stale: {}", stale.join("; ")));
+    }
+    let region = clients.region(&c.region).await;
+    if let Some(b) = &c.bucket {
+        create_bucket(&region, &c.name, &c.region, b, log).await?;
+    }
+    if let Some(u) = &c.image_upload {
+        upload_image(&region, &c.name, u, log).await?;
+    }
+    match c.action {
+        Action::Delete => delete_stack(&region, c, log).await,
+        Action::Create => {
+            if let Some(cfg) = &c.config {
+                write_config(c, cfg, log).await?;
+            }
+            change_stack(&region, plan, c, ChangeSetType::Create, log).await
+        }
+        _ => {
+            if c.desired.is_some() {
+                change_stack(&region, plan, c, ChangeSetType::Update, log).await?;
+            }
+            if let Some(cfg) = &c.config {
+                write_config(c, cfg, log).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn current_basis_of(
+    clients: &Clients,
+    plan: &Plan,
+    c: &ClusterPlan,
+) -> Vec<(String, super::plan::ClusterBasis)> {
+    let one = Plan {
+        clusters: vec![c.clone()],
+        ..plan.clone()
+    };
+    current_basis(clients, &one).await
+}
+
+async fn write_config(c: &ClusterPlan, cfg: &ConfigChange, log: &Log) -> Result<(), String> {
+    let Some(dcs) = &c.dcs else {
+        return Err("the plan has an etcd config change but no etcd".into());
+    };
+    let endpoints = crate::etcd::endpoints(dcs).await?;
+    let mut client = crate::etcd::connect(&endpoints).await?;
+    let scope = ClusterName::new(c.name.clone()).map_err(|e| e.to_string())?;
+    let key = Keyspace::new(&scope).config();
+    let value = serde_json::to_string(&cfg.after).map_err(|e| e.to_string())?;
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            key.clone(),
+            CompareOp::Equal,
+            cfg.expected_revision,
+        )])
+        .and_then([TxnOp::put(key.clone(), value, None)]);
+    let resp = client.txn(txn).await.map_err(|e| format!("etcd: {e}"))?;
+    if !resp.succeeded() {
+        return Err(format!(
+            "{key} changed since the plan (expected revision {}); plan again",
+            cfg.expected_revision
+        ));
+    }
+    log.line(&c.name, &format!("wrote {key}"));
+    Ok(())
+}
