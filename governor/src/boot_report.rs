@@ -36,17 +36,13 @@ pub struct Target {
     /// The cluster.
     pub scope: spilo_model::ClusterName,
     /// The etcd key namespace.
-    #[serde(default = "default_namespace")]
+    #[serde(default = "spilo_model::governor::default_namespace")]
     pub namespace: String,
     /// How to find etcd.
     pub etcd: EtcdConfig,
     /// The region and the stack to signal.
     #[serde(default)]
     pub aws: Option<AwsSettings>,
-}
-
-fn default_namespace() -> String {
-    spilo_model::keys::DEFAULT_NAMESPACE.to_string()
 }
 
 impl Target {
@@ -85,7 +81,8 @@ pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -
     {
         attempted += 1;
         let outcome = Outcome::Failure(reason.to_string());
-        if let Err(e) = stack_signal::send(&aws.region, target, name.as_str(), &outcome).await {
+        let cfn = stack_signal::client(&aws.region).await;
+        if let Err(e) = stack_signal::send(&cfn, target, name.as_str(), &outcome).await {
             problems.push(format!("FAILURE signal to {}: {e}", target.stack));
         }
     }

@@ -218,19 +218,7 @@ struct Secrets<'a> {
 
 impl<'a> Secrets<'a> {
     async fn new(config: &GovernorConfig, path: &'a Path) -> Self {
-        let remote = [
-            Some(&config.postgresql.authentication.superuser.password),
-            Some(&config.postgresql.authentication.replication.password),
-            config.restapi.auth.as_ref().and_then(|a| a.token.as_ref()),
-            config
-                .restapi
-                .auth
-                .as_ref()
-                .and_then(|a| a.password.as_ref()),
-        ]
-        .into_iter()
-        .flatten()
-        .any(SecretRef::is_remote);
+        let remote = config.secret_refs().into_iter().any(|(_, s)| s.is_remote());
         let aws = match (&config.aws, remote) {
             (Some(a), true) => Some(aws::SecretClients::new(&a.region).await),
             _ => None,

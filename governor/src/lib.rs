@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod aws;
 pub mod boot_report;
 pub mod config;
 pub mod dcs;

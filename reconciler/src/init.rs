@@ -408,10 +408,7 @@ pub fn run(
         .filter(|d| d.severity == crate::spec::Severity::Error)
         .collect();
     // Placeholders are errors on purpose; anything else means the answers do not fit.
-    let placeholders = errors
-        .iter()
-        .filter(|d| d.message.contains(crate::spec::PLACEHOLDER))
-        .count();
+    let placeholders = errors.iter().filter(|d| d.placeholder).count();
     if errors.len() > placeholders {
         bail!(
             "the answers do not make a valid cluster:\n{}",

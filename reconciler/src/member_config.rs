@@ -87,10 +87,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         .map(|(k, v)| (k.clone(), v.to_string()))
         .collect();
     let archive_section = spec.backup.as_ref().map(|b| ArchiveConfig {
-        compression: match b.compression {
-            spilo_model::spec::Compression::Lz4 => Compression::Lz4,
-            spilo_model::spec::Compression::Zstd => Compression::Zstd,
-        },
+        compression: b.compression,
         // The leader takes the scheduled backups (five-field cron, UTC) and keeps `retention`.
         backups: Some(BackupSchedule {
             schedule: b.schedule.clone(),
@@ -106,7 +103,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         (Some(c), Some(store)) => Some(BootstrapConfig {
             clone: CloneConfig {
                 archive: archive(
-                    format!("spilo/{}/wal/{}/", c.from, spec.postgresql.version),
+                    spilo_model::spec::default_wal_prefix(&c.from, spec.postgresql.version),
                     store,
                 ),
                 target_time: c

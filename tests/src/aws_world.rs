@@ -138,22 +138,7 @@ impl World {
 
     /// Runs `spilo ARGS --repo <repo>` with `env` (an empty value removes a variable).
     pub fn spilo_env(&self, args: &[&str], env: &[(&str, String)]) -> Run {
-        let bin = crate::proc::target_dir().expect("target dir").join("spilo");
-        let mut cmd = Command::new(bin);
-        cmd.args(args).arg("--repo").arg(&self.repo.path);
-        for (k, v) in env {
-            if v.is_empty() {
-                cmd.env_remove(k);
-            } else {
-                cmd.env(k, v);
-            }
-        }
-        let out = cmd.output().expect("run spilo");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run_spilo(&self.repo.path, args, env)
     }
 
     /// `spilo instances CLUSTER --format json`, which must succeed.
@@ -310,5 +295,34 @@ impl Watching {
                 self.log()
             );
         }
+    }
+}
+
+/// Runs `spilo ARGS --repo <repo>` with `env` (an empty value removes a variable); a spilo
+/// that cannot start is a run with code -1 and the reason as stderr.
+pub fn run_spilo(repo: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> Run {
+    let bin = crate::proc::target_dir()
+        .map(|d| d.join("spilo"))
+        .unwrap_or_else(|_| std::path::PathBuf::from("spilo"));
+    let mut cmd = Command::new(bin);
+    cmd.args(args).arg("--repo").arg(repo);
+    for (k, v) in env {
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
+    }
+    match cmd.output() {
+        Ok(out) => Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Err(e) => Run {
+            code: -1,
+            stdout: String::new(),
+            stderr: e.to_string(),
+        },
     }
 }

@@ -8,6 +8,36 @@
 use crate::privileged::run;
 use std::process::Command;
 
+/// Connects namespace `ns` to `bridge`: a veth pair (`veth` on the bridge, `eth0` inside)
+/// with address `cidr` on `eth0`, and the namespace's links up.
+pub fn attach(ns: &str, veth: &str, bridge: &str, cidr: &str) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &[
+            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    run("ip", &["link", "set", veth, "master", bridge, "up"])?;
+    run("ip", &["-n", ns, "addr", "add", cidr, "dev", "eth0"])?;
+    run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+    run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// `nsenter` into network namespace `ns` (directly as root, through `sudo -n` otherwise);
+/// the caller adds its options, `--` and the program.
+pub fn nsenter(ns: &str) -> Command {
+    let mut cmd = if nix::unistd::Uid::effective().is_root() {
+        Command::new("nsenter")
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "--preserve-env", "nsenter"]);
+        c
+    };
+    cmd.arg(format!("--net=/run/netns/{ns}"));
+    cmd
+}
+
 /// The bridge, the namespaces and their addresses.
 pub struct NetLab {
     k: u8,
@@ -41,17 +71,7 @@ impl NetLab {
             let _ = run("ip", &["netns", "del", &ns]);
             run("ip", &["netns", "add", &ns])?;
             lab.namespaces.push(ns.clone());
-            run(
-                "ip",
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-                ],
-            )?;
-            run("ip", &["link", "set", &veth, "master", &bridge, "up"])?;
-            let addr = format!("{}/24", lab.member_ip(i));
-            run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-            run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
-            run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+            attach(&ns, &veth, &bridge, &format!("{}/24", lab.member_ip(i)))?;
         }
         Ok(lab)
     }
@@ -74,15 +94,8 @@ impl NetLab {
     /// `program` run inside member `i`'s namespace as `uid`/`gid` (through `nsenter`, which
     /// execs it: the pid is the program's).
     pub fn command(&self, i: usize, uid: u32, gid: u32, program: &std::path::Path) -> Command {
-        let mut cmd = if nix::unistd::Uid::effective().is_root() {
-            Command::new("nsenter")
-        } else {
-            let mut c = Command::new("sudo");
-            c.args(["-n", "--preserve-env", "nsenter"]);
-            c
-        };
-        cmd.arg(format!("--net=/run/netns/{}", self.namespace(i)))
-            .arg(format!("--setuid={uid}"))
+        let mut cmd = nsenter(self.namespace(i));
+        cmd.arg(format!("--setuid={uid}"))
             .arg(format!("--setgid={gid}"))
             .arg("--")
             .arg(program);

@@ -2,12 +2,7 @@
 //! decrypted) and Secrets Manager (`SecretString`), with the instance role's credentials from
 //! the SDK's default chain (IMDSv2 on EC2) and a deadline on every call.
 
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
-use std::time::Duration;
-
-/// How long one secret read may take, retries included.
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::aws::{describe, sdk_config};
 
 /// Why a secret could not be read.
 pub(super) struct Unread {
@@ -37,15 +32,7 @@ pub(super) struct SecretClients {
 
 impl SecretClients {
     pub(super) async fn new(region: &str) -> Self {
-        let conf = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(region.to_string()))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .operation_timeout(CALL_TIMEOUT)
-                    .build(),
-            )
-            .load()
-            .await;
+        let conf = sdk_config(region).await;
         Self {
             ssm: aws_sdk_ssm::Client::new(&conf),
             secrets: aws_sdk_secretsmanager::Client::new(&conf),
@@ -86,25 +73,5 @@ impl SecretClients {
                 passing: false,
                 message: format!("Secrets Manager secret {id} has no SecretString"),
             })
-    }
-}
-
-/// `Code: message` when the service answered, else the chain of causes, in one line.
-fn describe<E>(e: &E) -> String
-where
-    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match (e.code(), e.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_string(),
-        _ => {
-            let mut parts = vec![e.to_string()];
-            let mut source = e.source();
-            while let Some(s) = source {
-                parts.push(s.to_string());
-                source = s.source();
-            }
-            parts.join(": ")
-        }
     }
 }

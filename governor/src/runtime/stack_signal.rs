@@ -5,17 +5,12 @@
 //! leaves the reason in etcd `boot/<member>`; once the member runs, this removes it.
 
 use super::Shared;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_cloudformation::types::ResourceSignalStatus;
 use spilo_model::MemberRole;
 use spilo_model::governor::StackSignal;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// How long one SignalResource call may take, retries included.
-const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What to signal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,24 +22,19 @@ pub enum Outcome {
     Failure(String),
 }
 
+/// A CloudFormation client for `region`.
+pub async fn client(region: &str) -> aws_sdk_cloudformation::Client {
+    aws_sdk_cloudformation::Client::new(&crate::aws::sdk_config(region).await)
+}
+
 /// Sends one signal for `unique_id` (the instance id). A stack that no longer waits
 /// (complete, or being rolled back) refuses it with a validation error, which is no failure.
 pub async fn send(
-    region: &str,
+    cfn: &aws_sdk_cloudformation::Client,
     target: &StackSignal,
     unique_id: &str,
     outcome: &Outcome,
 ) -> Result<(), String> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(
-        TimeoutConfig::builder()
-            .operation_timeout(CALL_TIMEOUT)
-            .build(),
-    );
-    if !region.is_empty() {
-        loader = loader.region(Region::new(region.to_string()));
-    }
-    let conf = loader.load().await;
-    let cfn = aws_sdk_cloudformation::Client::new(&conf);
     let status = match outcome {
         Outcome::Success => ResourceSignalStatus::Success,
         Outcome::Failure(why) => {
@@ -74,10 +64,7 @@ pub async fn send(
                 );
                 Ok(())
             } else {
-                Err(match (e.code(), e.message()) {
-                    (Some(c), Some(m)) => format!("{c}: {m}"),
-                    _ => format!("{e:?}"),
-                })
+                Err(crate::aws::describe(&e))
             }
         }
     }
@@ -108,8 +95,9 @@ pub async fn run(
     if let Err(e) = shared.dcs.delete_boot_failure().await {
         tracing::warn!(error = %e, "cannot remove this member's earlier boot failure report");
     }
+    let cfn = client(&region).await;
     for attempt in 1..=60 {
-        match send(&region, &target, &unique_id, &Outcome::Success).await {
+        match send(&cfn, &target, &unique_id, &Outcome::Success).await {
             Ok(()) => {
                 tracing::info!(
                     stack = target.stack,

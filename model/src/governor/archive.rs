@@ -1,6 +1,7 @@
 //! `archive:` of the governor configuration: where WAL and base backups go (a directory or
 //! an S3 bucket), how they are compressed, and the leader's backup schedule.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -71,13 +72,13 @@ pub struct S3Config {
 }
 
 /// The compression method of archived files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
-    /// LZ4 frame with content checksum.
+    /// LZ4 frames with a content checksum, the default: fast.
     #[default]
     Lz4,
-    /// zstd frame with checksum.
+    /// Zstandard frames with a checksum: smaller.
     Zstd,
 }
 

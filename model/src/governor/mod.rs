@@ -88,7 +88,8 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-fn default_namespace() -> String {
+/// The etcd key namespace when a file names none.
+pub fn default_namespace() -> String {
     crate::keys::DEFAULT_NAMESPACE.to_string()
 }
 
@@ -410,6 +411,30 @@ impl GovernorConfig {
         serde_yaml::to_string(self).unwrap_or_default()
     }
 
+    /// Every secret the file references, with its field.
+    pub fn secret_refs(&self) -> Vec<(&'static str, &SecretRef)> {
+        let auth = &self.postgresql.authentication;
+        let api = self.restapi.auth.as_ref();
+        [
+            (
+                "postgresql.authentication.superuser.password",
+                Some(&auth.superuser.password),
+            ),
+            (
+                "postgresql.authentication.replication.password",
+                Some(&auth.replication.password),
+            ),
+            ("restapi.auth.token", api.and_then(|a| a.token.as_ref())),
+            (
+                "restapi.auth.password",
+                api.and_then(|a| a.password.as_ref()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, secret)| secret.map(|s| (field, s)))
+        .collect()
+    }
+
     /// Every check that needs no I/O: one source of etcd, absolute paths, distinct ports,
     /// one source per secret, user names, REST API credentials, the archive, the timing.
     pub fn check(&self) -> Result<(), Invalid> {
@@ -438,16 +463,6 @@ impl GovernorConfig {
                 "must differ from postgresql.listen",
             ));
         }
-        let mut secrets = vec![
-            (
-                "postgresql.authentication.superuser.password",
-                &pg.authentication.superuser.password,
-            ),
-            (
-                "postgresql.authentication.replication.password",
-                &pg.authentication.replication.password,
-            ),
-        ];
         for (field, user) in [
             (
                 "postgresql.authentication.superuser.username",
@@ -484,14 +499,8 @@ impl GovernorConfig {
                 }
                 _ => {}
             }
-            if let Some(t) = &auth.token {
-                secrets.push(("restapi.auth.token", t));
-            }
-            if let Some(p) = &auth.password {
-                secrets.push(("restapi.auth.password", p));
-            }
         }
-        for (field, secret) in secrets {
+        for (field, secret) in self.secret_refs() {
             if secret.sources() != 1 {
                 return Err(invalid(
                     field,

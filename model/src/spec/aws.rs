@@ -186,6 +186,11 @@ fn d_ingress_ports() -> Vec<u16> {
     vec![5432]
 }
 
+/// Whether an `aws.image` value names an SSM parameter (`/...`) rather than an AMI id.
+pub fn is_image_parameter(image: &str) -> bool {
+    image.starts_with('/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::Architecture;

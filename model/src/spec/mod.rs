@@ -21,6 +21,7 @@ mod ha;
 
 pub use aws::{
     Architecture, AwsSpec, DEFAULT_INSTANCE_TYPE, Filesystem, IngressRule, StorageSpec, VolumeType,
+    is_image_parameter,
 };
 pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck};
 pub use ha::{
@@ -30,6 +31,7 @@ pub use ha::{
     default_ttl, timing_problems,
 };
 
+pub use crate::governor::Compression;
 use crate::member::ClusterConfig;
 use crate::names::ClusterName;
 use schemars::JsonSchema;
@@ -62,12 +64,15 @@ impl ClusterFile {
         match self.spec.backup.as_ref().and_then(|b| b.prefix.clone()) {
             Some(p) if p.ends_with('/') => p,
             Some(p) => format!("{p}/"),
-            None => format!(
-                "spilo/{}/wal/{}/",
-                self.metadata.name, self.spec.postgresql.version
-            ),
+            None => default_wal_prefix(&self.metadata.name, self.spec.postgresql.version),
         }
     }
+}
+
+/// The WAL archive prefix of cluster `name` when its file names none:
+/// `spilo/<name>/wal/<major>/` (as in Spilo).
+pub fn default_wal_prefix(name: &ClusterName, major: impl std::fmt::Display) -> String {
+    format!("spilo/{name}/wal/{major}/")
 }
 
 /// The file format version.
@@ -342,17 +347,6 @@ fn d_schedule() -> String {
 }
 fn d_retention() -> u32 {
     5
-}
-
-/// Compression methods.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// LZ4, the default: fast.
-    #[default]
-    Lz4,
-    /// Zstandard: smaller.
-    Zstd,
 }
 
 /// How the data comes into being: exactly one of `initdb` or `clone` (default: initdb).

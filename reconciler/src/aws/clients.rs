@@ -19,6 +19,8 @@ pub struct RegionClients {
     pub autoscaling: aws_sdk_autoscaling::Client,
     /// SSM Parameter Store, for the spilo image's parameter.
     pub ssm: aws_sdk_ssm::Client,
+    /// STS, for the account the credentials belong to.
+    pub sts: aws_sdk_sts::Client,
 }
 
 /// Lazily built clients, one set per region.
@@ -57,6 +59,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_conf),
             autoscaling: aws_sdk_autoscaling::Client::new(&conf),
             ssm: aws_sdk_ssm::Client::new(&conf),
+            sts: aws_sdk_sts::Client::new(&conf),
         };
         map.insert(region.to_string(), clients.clone());
         clients
@@ -66,14 +69,10 @@ impl Clients {
 /// The AWS account the credentials belong to (STS GetCallerIdentity), or `None` when there
 /// are no usable credentials or no answer within 5 s.
 pub async fn account_id(endpoint: Option<&str>, region: &str) -> Option<String> {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
-    if let Some(e) = endpoint {
-        loader = loader.endpoint_url(e);
-    }
-    let conf = loader.load().await;
-    let sts = aws_sdk_sts::Client::new(&conf);
-    let call = sts.get_caller_identity().send();
+    let r = Clients::new(endpoint.map(str::to_string))
+        .region(region)
+        .await;
+    let call = r.sts.get_caller_identity().send();
     match tokio::time::timeout(std::time::Duration::from_secs(5), call).await {
         Ok(Ok(out)) => out.account().map(str::to_string),
         _ => None,

@@ -7,7 +7,7 @@
 //! image of one's own), or an AMI id: an image that carries spilo already (built from the same
 //! root filesystem), for which nothing is uploaded.
 
-use spilo_model::spec::{Architecture, ClusterFile};
+use spilo_model::spec::{Architecture, ClusterFile, is_image_parameter};
 use std::path::PathBuf;
 
 /// The CLI's version, which the image must carry.
@@ -23,9 +23,14 @@ pub fn file_name(arch: Architecture) -> String {
     format!("spilo-{VERSION}-{}.rootfs.tar.gz", arch.as_str())
 }
 
+/// Where the images of this version go in the cluster's bucket: `spilo/images/<version>/`.
+pub fn prefix() -> String {
+    format!("spilo/images/{VERSION}/")
+}
+
 /// Its key in the cluster's bucket.
 pub fn key(arch: Architecture) -> String {
-    format!("spilo/images/{VERSION}/{}", file_name(arch))
+    format!("{}{}", prefix(), file_name(arch))
 }
 
 /// The architecture the cluster's instances run.
@@ -45,7 +50,7 @@ pub fn from_bucket(file: &ClusterFile) -> bool {
     file.spec
         .aws
         .as_ref()
-        .is_some_and(|a| a.image.as_ref().is_none_or(|i| i.starts_with('/')))
+        .is_some_and(|a| a.image.as_deref().is_none_or(is_image_parameter))
 }
 
 /// Where `spilo` looks for the tarball: `$SPILO_IMAGE_DIR`, then `image/` beside the

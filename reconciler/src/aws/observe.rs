@@ -123,7 +123,7 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
     };
     let image = async {
         let id = template::image_id(file);
-        if id.starts_with('/') {
+        if spilo_model::spec::is_image_parameter(&id) {
             Some(image_parameter(&c, &id).await)
         } else {
             None

@@ -60,14 +60,11 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
             statements.push(json!({
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
-                "Resource": format!(
-                    "arn:aws:s3:::{bucket}/spilo/images/{}/*",
-                    super::image::VERSION
-                ),
+                "Resource": format!("arn:aws:s3:::{bucket}/{}*", super::image::prefix()),
             }));
         }
         if let Some(c) = &spec.bootstrap.clone {
-            let source = format!("spilo/{}/wal/{}/", c.from, spec.postgresql.version);
+            let source = spilo_model::spec::default_wal_prefix(&c.from, spec.postgresql.version);
             statements.push(json!({
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],

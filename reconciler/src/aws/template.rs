@@ -291,7 +291,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     }
 
     let image = image_id(file);
-    let image_type = if image.starts_with('/') {
+    let image_type = if spilo_model::spec::is_image_parameter(&image) {
         "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
     } else {
         "AWS::EC2::Image::Id"

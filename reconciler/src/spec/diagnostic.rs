@@ -27,6 +27,9 @@ pub struct Diagnostic {
     pub severity: Severity,
     /// What is wrong, and how to fix it when that is not obvious.
     pub message: String,
+    /// Whether it is a placeholder `spilo init` wrote for the user to replace.
+    #[serde(skip)]
+    pub placeholder: bool,
 }
 
 /// `file:line:column: path: message` lines, warnings marked as such.

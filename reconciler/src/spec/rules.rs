@@ -4,7 +4,9 @@
 use super::diagnostic::{Diagnostic, Severity};
 use super::position::{Path, Positions};
 use super::validate::Reporter;
-use spilo_model::spec::{ClusterFile, Target, TimingField, VolumeType, timing_problems};
+use spilo_model::spec::{
+    ClusterFile, Target, TimingField, VolumeType, is_image_parameter, timing_problems,
+};
 use std::collections::BTreeMap;
 
 /// Rules within one file.
@@ -175,7 +177,6 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             );
         }
         if let Some(b) = &s.backup
-            && !super::is_placeholder(&b.bucket)
             && !is_bucket_name(&b.bucket)
         {
             r.at(
@@ -210,14 +211,14 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         }
         aws_secrets(s, r);
         match &aws.image {
-            Some(i) if !(i.starts_with('/') || is_aws_id(i, "ami")) => r.at(
+            Some(i) if !(is_image_parameter(i) || is_aws_id(i, "ami")) => r.at(
                 &p("spec.aws.image"),
                 Severity::Error,
                 format!(
                     "must be an AMI id such as ami-0a1b2c3d4e5f60718 (an image carrying spilo) or an SSM parameter holding one, such as /aws/service/debian/release/12/latest/amd64 (a Debian 12 image spilo installs itself on), got {i:?}"
                 ),
             ),
-            Some(i) if !i.starts_with('/') => {}
+            Some(i) if !is_image_parameter(i) => {}
             _ if s.backup.is_none() => r.at_key(
                 &p("spec.aws"),
                 Severity::Error,
@@ -230,7 +231,6 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         }
         if let Some(v) = &aws.vpc
             && !is_aws_id(v, "vpc")
-            && !super::is_placeholder(v)
         {
             r.at(
                 &p("spec.aws.vpc"),
@@ -239,7 +239,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             );
         }
         for (i, s) in aws.subnets.iter().enumerate() {
-            if !is_aws_id(s, "subnet") && !super::is_placeholder(s) {
+            if !is_aws_id(s, "subnet") {
                 r.at(
                     &p(&format!("spec.aws.subnets[{i}]")),
                     Severity::Error,

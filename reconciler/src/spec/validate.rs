@@ -7,6 +7,7 @@ use super::schema::{allowed_keys, schema};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 use spilo_model::spec::ClusterFile;
+use std::collections::BTreeSet;
 
 /// What validating a set of files produced.
 #[derive(Debug, Default)]
@@ -31,9 +32,39 @@ pub(super) struct Reporter<'a> {
     file: &'a str,
     pos: &'a Positions,
     out: &'a mut Vec<Diagnostic>,
+    /// Paths holding a placeholder of `spilo init`: reported once as such, nothing else is
+    /// reported there (a placeholder is no VPC id, but saying so would only add noise).
+    placeholders: BTreeSet<String>,
 }
 
-impl Reporter<'_> {
+impl<'a> Reporter<'a> {
+    pub(super) fn new(file: &'a str, pos: &'a Positions, out: &'a mut Vec<Diagnostic>) -> Self {
+        Reporter {
+            file,
+            pos,
+            out,
+            placeholders: BTreeSet::new(),
+        }
+    }
+
+    /// Reports the placeholder `value` at `path`, the only diagnostic that path gets.
+    fn placeholder(&mut self, path: &Path, value: &str) {
+        let (line, column) = self.pos.value(path);
+        self.push(
+            path,
+            line,
+            column,
+            Severity::Error,
+            format!(
+                "{value} is a placeholder written by spilo init: replace it with the real value"
+            ),
+        );
+        if let Some(d) = self.out.last_mut() {
+            d.placeholder = true;
+        }
+        self.placeholders.insert(path.to_string());
+    }
+
     /// Reports at the value of `path`.
     pub(super) fn at(&mut self, path: &Path, severity: Severity, message: impl Into<String>) {
         let (line, column) = self.pos.value(path);
@@ -54,6 +85,7 @@ impl Reporter<'_> {
             path: path.to_string(),
             severity: Severity::Error,
             message,
+            placeholder: false,
         });
     }
 
@@ -65,13 +97,18 @@ impl Reporter<'_> {
         severity: Severity,
         message: String,
     ) {
+        let path = path.to_string();
+        if self.placeholders.contains(&path) {
+            return;
+        }
         self.out.push(Diagnostic {
             file: self.file.to_string(),
             line,
             column,
-            path: path.to_string(),
+            path,
             severity,
             message,
+            placeholder: false,
         });
     }
 }
@@ -90,6 +127,7 @@ pub fn validate_files(files: &[(String, String)]) -> Validated {
                     path: "(schema)".into(),
                     severity: Severity::Error,
                     message: format!("the built-in schema does not compile: {e}"),
+                    placeholder: false,
                 }],
                 files: Vec::new(),
             };
@@ -106,10 +144,8 @@ pub fn validate_files(files: &[(String, String)]) -> Validated {
             parsed.push((name.clone(), f, pos));
         }
     }
-    rules::across_files(&parsed, &mut out.diagnostics, |name, pos, out| Reporter {
-        file: name,
-        pos,
-        out,
+    rules::across_files(&parsed, &mut out.diagnostics, |name, pos, out| {
+        Reporter::new(name, pos, out)
     });
     let failed: Vec<String> = out
         .diagnostics
@@ -135,11 +171,7 @@ fn validate_one(
     validator: &jsonschema::Validator,
     out: &mut Vec<Diagnostic>,
 ) -> Option<ClusterFile> {
-    let mut r = Reporter {
-        file: name,
-        pos,
-        out,
-    };
+    let mut r = Reporter::new(name, pos, out);
     let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -185,13 +217,7 @@ fn validate_one(
         );
     }
     for (path, value) in placeholders(&json, &Path::default()) {
-        r.at(
-            &path,
-            Severity::Error,
-            format!(
-                "{value} is a placeholder written by spilo init: replace it with the real value"
-            ),
-        );
+        r.placeholder(&path, &value);
     }
     let before = r.out.len();
     for e in validator.iter_errors(&json) {

@@ -5,6 +5,7 @@
 //! like a root volume). Booting runs the image's own boot entry (`/usr/lib/spilo/boot`, what
 //! `spilo-boot.service` runs) chrooted into that root, in a private mount namespace.
 
+use crate::netns::nsenter;
 use crate::privileged::run;
 use crate::proc::Spawned;
 use std::path::{Path, PathBuf};
@@ -76,17 +77,7 @@ impl Instance {
             .ok_or_else(|| anyhow::anyhow!("no free network namespace name for {}", l.id))?;
         // Removes the namespace (and with it the veth) if the launch fails half-way.
         let guard = NsGuard(Some(ns.clone()));
-        run(
-            "ip",
-            &[
-                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        )?;
-        run("ip", &["link", "set", &veth, "master", l.bridge, "up"])?;
-        let addr = format!("{}/{}", l.ip, l.prefix);
-        run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
-        run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        crate::netns::attach(&ns, &veth, l.bridge, &format!("{}/{}", l.ip, l.prefix))?;
         run(
             "ip",
             &["-n", &ns, "addr", "add", "169.254.169.254/32", "dev", "lo"],
@@ -107,7 +98,8 @@ impl Instance {
         )?;
         write(&md.join("user-data"), l.user_data)?;
         let mut imds = nsenter(&ns);
-        imds.arg(imds_bin)
+        imds.arg("--")
+            .arg(imds_bin)
             .arg("--listen")
             .arg("169.254.169.254:80")
             .arg("--dir")
@@ -176,6 +168,7 @@ exec chroot "$r" /usr/lib/spilo/boot"#,
         );
         let mut cmd = nsenter(&self.ns);
         cmd.args([
+            "--",
             "unshare",
             "--mount",
             "--propagation",
@@ -247,19 +240,6 @@ impl Drop for NsGuard {
             let _ = run("ip", &["netns", "del", ns]);
         }
     }
-}
-
-/// `nsenter` into network namespace `ns` (root; `sudo -n` otherwise).
-fn nsenter(ns: &str) -> Command {
-    let mut cmd = if nix::unistd::Uid::effective().is_root() {
-        Command::new("nsenter")
-    } else {
-        let mut c = Command::new("sudo");
-        c.args(["-n", "--preserve-env", "nsenter"]);
-        c
-    };
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--");
-    cmd
 }
 
 /// The major and minor numbers of a block device.

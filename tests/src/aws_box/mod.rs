@@ -330,31 +330,17 @@ impl AwsBox {
 
     /// `spilo ARGS --repo <repo>` as the admin, against moto.
     pub fn spilo(&self, args: &[&str]) -> Run {
-        let bin = crate::proc::target_dir()
-            .map(|d| d.join("spilo"))
-            .unwrap_or_else(|_| PathBuf::from("spilo"));
-        let out = Command::new(bin)
-            .args(args)
-            .arg("--repo")
-            .arg(&self.repo.path)
-            .env("SPILO_AWS_ENDPOINT_URL", &self.moto.endpoint)
-            .env("AWS_ACCESS_KEY_ID", &self.admin.key)
-            .env("AWS_SECRET_ACCESS_KEY", &self.admin.secret)
-            .env("AWS_REGION", REGION)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output();
-        match out {
-            Ok(out) => Run {
-                code: out.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            },
-            Err(e) => Run {
-                code: -1,
-                stdout: String::new(),
-                stderr: e.to_string(),
-            },
-        }
+        crate::aws_world::run_spilo(
+            &self.repo.path,
+            args,
+            &[
+                ("SPILO_AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
+                ("AWS_ACCESS_KEY_ID", self.admin.key.clone()),
+                ("AWS_SECRET_ACCESS_KEY", self.admin.secret.clone()),
+                ("AWS_REGION", REGION.to_string()),
+                ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+            ],
+        )
     }
 
     /// Plays EC2 for `stack`: every instance moto's auto-scaling group launched gets its
