@@ -312,14 +312,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         ("InstanceType".to_string(), aws.instance_type.clone()),
         ("ImageId".to_string(), image),
     ]);
-    let mut tags = spec.tags.clone();
-    for (k, v) in &file.metadata.labels {
-        tags.insert(format!("spilo:label:{k}"), v.clone());
-    }
-    if let Some(team) = &file.metadata.team {
-        tags.insert("spilo:team".into(), team.clone());
-    }
-    tags.insert(CLUSTER_TAG.into(), name.to_string());
+    let mut tags = cluster_tags(file);
     tags.insert(PRUNE_TAG.into(), spec.reconcile.prune.to_string());
     Some(StackSpec {
         stack_name: stack_name(name),
@@ -330,15 +323,24 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     })
 }
 
-/// The cluster's tags as resource tags (`Key`/`Value` pairs): the stack's tags, which
-/// CloudFormation does not pass on to what the auto-scaling group launches.
-fn resource_tags(file: &ClusterFile) -> Vec<Value> {
+/// The cluster's tags: `spec.tags`, its labels (`spilo:label:<key>`), its team and its name.
+fn cluster_tags(file: &ClusterFile) -> BTreeMap<String, String> {
     let mut tags = file.spec.tags.clone();
-    tags.insert(CLUSTER_TAG.into(), file.metadata.name.to_string());
+    for (k, v) in &file.metadata.labels {
+        tags.insert(format!("spilo:label:{k}"), v.clone());
+    }
     if let Some(team) = &file.metadata.team {
         tags.insert("spilo:team".into(), team.clone());
     }
-    tags.iter()
+    tags.insert(CLUSTER_TAG.into(), file.metadata.name.to_string());
+    tags
+}
+
+/// The cluster's tags as resource tags (`Key`/`Value` pairs) for what the auto-scaling group
+/// launches, which CloudFormation does not tag with the stack's tags.
+fn resource_tags(file: &ClusterFile) -> Vec<Value> {
+    cluster_tags(file)
+        .iter()
         .map(|(k, v)| json!({"Key": k, "Value": v}))
         .collect()
 }
@@ -481,6 +483,30 @@ mod tests {
             stack.template["Resources"]["AutoScalingGroup"]["CreationPolicy"]["ResourceSignal"]["Timeout"],
             "PT60M"
         );
+    }
+
+    #[test]
+    fn launched_resources_carry_the_stack_tags_but_the_prune_flag() {
+        let mut f = file("  tags: {cost-center: '4711'}\n");
+        f.metadata.labels.insert("tier".into(), "gold".into());
+        let s = render(&f).expect("aws");
+        let mut expected: Vec<Value> = s
+            .tags
+            .iter()
+            .filter(|(k, _)| k.as_str() != PRUNE_TAG)
+            .map(|(k, v)| json!({"Key": k, "Value": v}))
+            .collect();
+        expected.sort_by_key(|t| t["Key"].as_str().map(str::to_string));
+        assert!(s.tags.contains_key("spilo:label:tier"));
+        let lt = &s.template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"];
+        let specs = lt["TagSpecifications"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(specs.len(), 2, "instances and volumes");
+        for spec in specs {
+            assert_eq!(spec["Tags"], Value::Array(expected.clone()), "{spec}");
+        }
     }
 
     #[test]
