@@ -5,7 +5,9 @@
 //! For a discovery domain, `_etcd-client._tcp.<domain>` records name client endpoints directly.
 //! Without them, `_etcd-server._tcp.<domain>` records name the members' peer endpoints, and
 //! each peer's `/members` answer lists the cluster's client URLs (what etcd's own discovery
-//! and Patroni do).
+//! and Patroni do). With TLS the `-ssl` variants of both records are asked for
+//! (`_etcd-client-ssl._tcp`, `_etcd-server-ssl._tcp`), URLs are `https`, and [`EtcdTls`] is
+//! what a client checks etcd against and presents to it.
 
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
@@ -13,6 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use serde::Deserialize;
 use spilo_model::governor::EtcdConfig;
+use std::path::Path;
 use std::time::Duration;
 
 /// Why etcd could not be found.
@@ -20,28 +23,100 @@ use std::time::Duration;
 #[error("etcd discovery: {0}")]
 pub struct DiscoveryError(pub String);
 
-/// Client URLs (`http://host:port`) for the configured etcd.
-pub async fn endpoints(cfg: &EtcdConfig, timeout: Duration) -> Result<Vec<String>, DiscoveryError> {
-    match &cfg.discovery_domain {
-        None => Ok(cfg.hosts.iter().map(|h| normalize(h)).collect()),
-        Some(domain) => discover(domain, cfg.discovery_nameserver, timeout).await,
+/// The TLS side of an etcd client: the CA etcd's certificate must chain to, and the client
+/// certificate etcd authenticates the client by (`--client-cert-auth`).
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The CA certificate (PEM).
+    pub ca: String,
+    /// The client certificate (PEM).
+    pub cert: String,
+    /// Its private key (PEM).
+    pub key: String,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EtcdTls { .. }")
     }
 }
 
-/// Adds `http://` to a bare `host:port`.
-pub fn normalize(host: &str) -> String {
+impl EtcdTls {
+    /// Reads the three PEM files.
+    pub fn read(ca: &Path, cert: &Path, key: &Path) -> Result<Self, DiscoveryError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map_err(|e| DiscoveryError(format!("cannot read {}: {e}", p.display())))
+        };
+        Ok(Self {
+            ca: read(ca)?,
+            cert: read(cert)?,
+            key: read(key)?,
+        })
+    }
+
+    /// etcd-client's options: only servers whose certificate chains to the CA and names the
+    /// host they were reached at are spoken to.
+    pub fn options(&self) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&self.ca))
+            .identity(etcd_client::Identity::from_pem(&self.cert, &self.key))
+    }
+
+    fn http(&self, timeout: Duration) -> Result<reqwest::Client, DiscoveryError> {
+        let ca = reqwest::Certificate::from_pem(self.ca.as_bytes())
+            .map_err(|e| DiscoveryError(format!("the CA certificate: {e}")))?;
+        let identity =
+            reqwest::Identity::from_pem(format!("{}\n{}", self.cert, self.key).as_bytes())
+                .map_err(|e| DiscoveryError(format!("the client certificate: {e}")))?;
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .tls_certs_only([ca])
+            .identity(identity)
+            .build()
+            .map_err(|e| DiscoveryError(format!("cannot build an HTTP client: {e}")))
+    }
+}
+
+/// Client URLs (`http://host:port`, `https://` with `tls`) for the configured etcd.
+pub async fn endpoints(
+    cfg: &EtcdConfig,
+    tls: Option<&EtcdTls>,
+    timeout: Duration,
+) -> Result<Vec<String>, DiscoveryError> {
+    match &cfg.discovery_domain {
+        None => Ok(cfg
+            .hosts
+            .iter()
+            .map(|h| normalize(h, tls.is_some()))
+            .collect()),
+        Some(domain) => discover(domain, cfg.discovery_nameserver, tls, timeout).await,
+    }
+}
+
+/// Adds `http://` (`https://` with `tls`) to a bare `host:port`.
+pub fn normalize(host: &str, tls: bool) -> String {
     if host.contains("://") {
         host.to_string()
     } else {
-        format!("http://{host}")
+        format!("{}://{host}", scheme(tls))
     }
+}
+
+fn scheme(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }
 
 async fn discover(
     domain: &str,
     nameserver: Option<std::net::SocketAddr>,
+    tls: Option<&EtcdTls>,
     timeout: Duration,
 ) -> Result<Vec<String>, DiscoveryError> {
+    let (ssl, scheme) = match tls {
+        Some(_) => ("-ssl", "https"),
+        None => ("", "http"),
+    };
     let provider = TokioRuntimeProvider::default();
     let builder = match nameserver {
         Some(addr) => {
@@ -59,20 +134,20 @@ async fn discover(
         .build()
         .map_err(|e| DiscoveryError(format!("cannot build a DNS resolver: {e}")))?;
 
-    let client_name = format!("_etcd-client._tcp.{domain}.");
+    let client_name = format!("_etcd-client{ssl}._tcp.{domain}.");
     if let Ok(Ok(found)) =
         tokio::time::timeout(timeout, resolver.srv_lookup(client_name.as_str())).await
     {
         let urls: Vec<String> = srv_targets(found.answers())
             .into_iter()
-            .map(|(host, port)| format!("http://{host}:{port}"))
+            .map(|(host, port)| format!("{scheme}://{host}:{port}"))
             .collect();
         if !urls.is_empty() {
             return Ok(urls);
         }
     }
 
-    let server_name = format!("_etcd-server._tcp.{domain}.");
+    let server_name = format!("_etcd-server{ssl}._tcp.{domain}.");
     let found = tokio::time::timeout(timeout, resolver.srv_lookup(server_name.as_str()))
         .await
         .map_err(|_| DiscoveryError(format!("DNS lookup of {server_name} timed out")))?
@@ -85,13 +160,16 @@ async fn discover(
     if peers.is_empty() {
         return Err(DiscoveryError(format!("no SRV records for {server_name}")));
     }
-    let http = reqwest::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| DiscoveryError(format!("cannot build an HTTP client: {e}")))?;
+    let http = match tls {
+        Some(t) => t.http(timeout)?,
+        None => reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| DiscoveryError(format!("cannot build an HTTP client: {e}")))?,
+    };
     let mut errors = Vec::new();
     for (host, port) in &peers {
-        let url = format!("http://{host}:{port}/members");
+        let url = format!("{scheme}://{host}:{port}/members");
         match fetch_members(&http, &url).await {
             Ok(urls) if !urls.is_empty() => return Ok(urls),
             Ok(_) => errors.push(format!("{url}: no client URLs")),
@@ -146,7 +224,8 @@ mod tests {
 
     #[test]
     fn bare_hosts_get_a_scheme() {
-        assert_eq!(normalize("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(normalize("https://e:2379"), "https://e:2379");
+        assert_eq!(normalize("127.0.0.1:2379", false), "http://127.0.0.1:2379");
+        assert_eq!(normalize("127.0.0.1:2379", true), "https://127.0.0.1:2379");
+        assert_eq!(normalize("https://e:2379", false), "https://e:2379");
     }
 }

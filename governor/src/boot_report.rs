@@ -43,6 +43,10 @@ pub struct Target {
     /// The region and the stack to signal.
     #[serde(default)]
     pub aws: Option<AwsSettings>,
+    /// With `tls:`, the CA and the member certificate it issued itself, when it got that far
+    /// (read from a file this image can parse in full).
+    #[serde(skip)]
+    pub tls: Option<crate::dcs::discovery::EtcdTls>,
 }
 
 impl Target {
@@ -50,7 +54,14 @@ impl Target {
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let mut target: Self =
+            serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Ok(full) = spilo_model::governor::GovernorConfig::parse(&text)
+            && let (Some(tls), Some((cert, key))) = (&full.tls, full.member_cert())
+        {
+            target.tls = crate::dcs::discovery::EtcdTls::read(&tls.ca_file, &cert, &key).ok();
+        }
+        Ok(target)
     }
 }
 
@@ -89,11 +100,11 @@ pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -
     let timeout = Duration::from_secs(5);
     let failure = record(reason, log, std::time::SystemTime::now());
     let written = async {
-        let endpoints = crate::dcs::discovery::endpoints(&cfg.etcd, timeout)
+        let endpoints = crate::dcs::discovery::endpoints(&cfg.etcd, cfg.tls.as_ref(), timeout)
             .await
             .map_err(|e| e.to_string())?;
         let keys = Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
-        let dcs = Dcs::connect(&endpoints, keys, name.clone(), timeout)
+        let dcs = Dcs::connect(&endpoints, cfg.tls.as_ref(), keys, name.clone(), timeout)
             .await
             .map_err(|e| e.to_string())?;
         dcs.put_boot_failure(&failure)

@@ -112,6 +112,8 @@ pub struct Loaded {
     pub replication_password: String,
     /// The REST API's credentials; `None` disables its mutating endpoints.
     pub api_auth: Option<ApiCredentials>,
+    /// With `tls:`: the CA's private key (PEM) the member issues its certificate with.
+    pub ca_key: Option<String>,
 }
 
 /// Parses and checks YAML text; `path` is only used in messages.
@@ -200,6 +202,10 @@ pub async fn load(path: &Path, identity: &Identity) -> Result<Loaded, ConfigErro
             },
         }),
     };
+    let ca_key = match &config.tls {
+        Some(t) => Some(secrets.resolve(&t.ca_key, "tls.ca_key").await?),
+        None => None,
+    };
     Ok(Loaded {
         config,
         name,
@@ -207,6 +213,7 @@ pub async fn load(path: &Path, identity: &Identity) -> Result<Loaded, ConfigErro
         superuser_password,
         replication_password,
         api_auth,
+        ca_key,
     })
 }
 

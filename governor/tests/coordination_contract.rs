@@ -291,6 +291,7 @@ async fn connect(url: &str, keys: &Keyspace, me: &str) -> Dcs {
     loop {
         match Dcs::connect(
             &[url.to_string()],
+            None,
             keys.clone(),
             name(me),
             Duration::from_secs(2),

@@ -8,11 +8,11 @@ use std::time::Duration;
 /// How long one etcd call may take.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// `http://` added to a bare `host:port`.
-pub fn normalize(endpoints: &[String]) -> Vec<String> {
+/// `http://` (`https://` with `tls`) added to a bare `host:port`.
+pub fn normalize(endpoints: &[String], tls: bool) -> Vec<String> {
     endpoints
         .iter()
-        .map(|e| spilo_discovery::normalize(e))
+        .map(|e| spilo_discovery::normalize(e, tls))
         .collect()
 }
 
@@ -23,17 +23,24 @@ pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
         discovery_domain: dcs.discovery_domain.clone(),
         discovery_nameserver: None,
     };
-    spilo_discovery::endpoints(&cfg, TIMEOUT)
+    spilo_discovery::endpoints(&cfg, None, TIMEOUT)
         .await
         .map_err(|e| e.to_string())
 }
 
-/// A client for `endpoints`, or why not.
-pub async fn connect(endpoints: &[String]) -> Result<Client, String> {
-    let endpoints = normalize(endpoints);
-    let options = ConnectOptions::new()
+/// A client for `endpoints`, or why not; over TLS with `tls` (etcd checked against its CA,
+/// spilo's client certificate presented).
+pub async fn connect(
+    endpoints: &[String],
+    tls: Option<&spilo_discovery::EtcdTls>,
+) -> Result<Client, String> {
+    let endpoints = normalize(endpoints, tls.is_some());
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(TIMEOUT)
         .with_timeout(TIMEOUT);
+    if let Some(t) = tls {
+        options = options.with_tls(t.options());
+    }
     match tokio::time::timeout(TIMEOUT, Client::connect(&endpoints, Some(options))).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(format!(

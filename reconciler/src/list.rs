@@ -1,23 +1,14 @@
 //! `spilo list CLUSTER --etcd URL`: the member table of a running cluster, read straight from
 //! etcd (the `leader` and `members/*` keys), as text or JSON.
 
+use crate::operate::Target;
 use anyhow::Context;
-use spilo_model::{ClusterName, ClusterSummary, Keyspace, summarize};
+use spilo_model::{ClusterSummary, Keyspace, summarize};
 
-/// Reads the member table of `scope` from etcd at `endpoints`.
-pub async fn read_summary(
-    endpoints: &[String],
-    namespace: &str,
-    scope: &ClusterName,
-) -> anyhow::Result<ClusterSummary> {
-    let state = crate::operate::read_state(&crate::operate::Target {
-        cluster: scope.clone(),
-        etcd: Some(endpoints.to_vec()),
-        namespace: namespace.to_string(),
-        state_dir: None,
-    })
-    .await?;
-    let mut summary = summarize(scope, state.leader.as_ref(), &state.members);
+/// Reads the member table of the target cluster from its etcd.
+pub async fn read_summary(target: &Target) -> anyhow::Result<ClusterSummary> {
+    let state = crate::operate::read_state(target).await?;
+    let mut summary = summarize(&target.cluster, state.leader.as_ref(), &state.members);
     let config = state.cluster_config();
     summary.paused = config.pause;
     if config.synchronous_mode
@@ -36,17 +27,10 @@ pub async fn read_summary(
 
 /// `spilo pause` / `spilo resume`: sets maintenance mode in the cluster's `config` key by
 /// compare-and-swap (retried when another writer got there first).
-pub async fn set_pause(
-    endpoints: &[String],
-    namespace: &str,
-    scope: &ClusterName,
-    pause: bool,
-) -> anyhow::Result<()> {
+pub async fn set_pause(target: &Target, pause: bool) -> anyhow::Result<()> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let mut client = crate::etcd::connect(endpoints)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let key = Keyspace::with_namespace(namespace, scope).config();
+    let mut client = target.connect().await?;
+    let key = Keyspace::with_namespace(&target.namespace, &target.cluster).config();
     for _ in 0..5 {
         let resp = client
             .get(key.clone(), None)
@@ -58,7 +42,10 @@ pub async fn set_pause(
                     .with_context(|| format!("{key} does not hold a cluster config"))?,
                 kv.mod_revision(),
             ),
-            None => anyhow::bail!("no cluster named {scope} in etcd ({key} is absent)"),
+            None => anyhow::bail!(
+                "no cluster named {} in etcd ({key} is absent)",
+                target.cluster
+            ),
         };
         config.pause = pause;
         let txn = Txn::new()

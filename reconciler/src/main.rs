@@ -114,7 +114,7 @@ enum Command {
 use spilo::operate::Target as EtcdTarget;
 
 async fn set_pause(t: EtcdTarget, pause: bool) -> anyhow::Result<ExitCode> {
-    spilo::list::set_pause(&t.endpoints(), &t.namespace, &t.cluster, pause).await?;
+    spilo::list::set_pause(&t, pause).await?;
     if pause {
         println!(
             "{}: maintenance mode on: no automatic failover until `spilo resume {}`",
@@ -263,9 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::List { target, format } => {
-            let summary =
-                spilo::list::read_summary(&target.endpoints(), &target.namespace, &target.cluster)
-                    .await?;
+            let summary = spilo::list::read_summary(&target).await?;
             match format {
                 Format::Text => print!("{}", summary.to_table()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),

@@ -55,6 +55,8 @@ pub struct Placement {
     pub parameters_in_file: bool,
     /// On AWS: the region and the stack to signal.
     pub aws: Option<AwsSettings>,
+    /// TLS on every connection, with the cluster's CA.
+    pub tls: Option<spilo_model::governor::TlsConfig>,
 }
 
 fn archive(prefix: String, store: &Store) -> ArchiveConfig {
@@ -170,6 +172,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         archive: archive_section,
         bootstrap,
         aws: at.aws.clone(),
+        tls: at.tls.clone(),
     })
 }
 

@@ -10,7 +10,6 @@ use spilo_model::NodeStatus;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// The superuser password every test cluster uses.
 pub const SUPERUSER_PASSWORD: &str = "e2e-superuser-secret";
@@ -41,6 +40,11 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Each member in its own network namespace ([`crate::netns::NetLab`]); needs root.
     pub netns: bool,
+    /// TLS everywhere (the default, as `spilo up` runs): a cluster CA, etcd with client
+    /// certificates, members that issue their own certificates (`tls:`).
+    pub tls: bool,
+    /// With `tls`: the members' certificate lifetime in seconds (`tls.lifetime`).
+    pub tls_lifetime: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +59,8 @@ impl Default for ClusterOptions {
             archive_extra: String::new(),
             env: Vec::new(),
             netns: false,
+            tls: true,
+            tls_lifetime: None,
         }
     }
 }
@@ -120,6 +126,7 @@ pub struct Cluster {
     secrets: PathBuf,
     options: ClusterOptions,
     http: reqwest::Client,
+    ca: Option<crate::tls::TestCa>,
     /// Filesystems mounted for members, unmounted on drop.
     mounts: Vec<PathBuf>,
     /// The members' network namespaces, with `netns`.
@@ -149,9 +156,23 @@ impl Cluster {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
             run_as.own(&p)?;
         }
+        let ca = if options.tls {
+            Some(crate::tls::TestCa::create(dir.path(), run_as)?)
+        } else {
+            None
+        };
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(2));
+        let mut trusted = Vec::new();
         if options.api_tls {
-            http = http.tls_certs_only(crate::tls::api_certificate(&secrets, run_as)?);
+            trusted.extend(crate::tls::api_certificate(&secrets, run_as)?);
+        }
+        if let Some(ca) = &ca {
+            trusted.extend(reqwest::Certificate::from_pem_bundle(&std::fs::read(
+                &ca.cert,
+            )?)?);
+        }
+        if !trusted.is_empty() {
+            http = http.tls_certs_only(trusted);
         }
         let http = http.build()?;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o700))?;
@@ -166,9 +187,13 @@ impl Cluster {
         } else {
             None
         };
-        let etcd = match &lab {
-            Some(lab) => Etcd::start_on(dir.path(), &lab.etcd_ip()).await?,
-            None => Etcd::start(dir.path()).await?,
+        let etcd = match (&lab, &ca) {
+            (Some(lab), Some(ca)) => {
+                Etcd::start_tls(dir.path(), Some(&lab.etcd_ip()), ca, run_as).await?
+            }
+            (None, Some(ca)) => Etcd::start_tls(dir.path(), None, ca, run_as).await?,
+            (Some(lab), None) => Etcd::start_on(dir.path(), &lab.etcd_ip()).await?,
+            (None, None) => Etcd::start(dir.path()).await?,
         };
         let mut members = Vec::new();
         for i in 1..=options.members {
@@ -199,6 +224,7 @@ impl Cluster {
             secrets,
             options,
             http,
+            ca,
             mounts: Vec::new(),
             lab,
             dir,
@@ -297,7 +323,7 @@ impl Cluster {
                  superuser: {{username: postgres, password: {{file: {secrets}/superuser}}}}\n    \
                  replication: {{username: replicator, password: {{file: {secrets}/replication}}}}\n\
              restapi: {{listen: {host}:{api}, auth: {{token: {{file: {secrets}/restapi-token}}}}{tls}}}\n\
-             ha: {ha}\n{archive}{extra}",
+             ha: {ha}\n{archive}{member_tls}{extra}",
             scope = self.scope,
             name = m.name,
             hosts = hosts.join(", "),
@@ -320,6 +346,18 @@ impl Cluster {
                 )
             } else {
                 String::new()
+            },
+            member_tls = match &self.ca {
+                Some(ca) => format!(
+                    "tls: {{ca_file: {}, ca_key: {{file: {}}}{}}}\n",
+                    ca.cert.display(),
+                    ca.key.display(),
+                    self.options
+                        .tls_lifetime
+                        .map(|l| format!(", lifetime: {l}"))
+                        .unwrap_or_default()
+                ),
+                None => String::new(),
             },
             tls = if self.options.api_tls {
                 format!(
@@ -414,9 +452,9 @@ impl Cluster {
         Ok(at)
     }
 
-    /// A member's REST API base URL (`https` with `api_tls`).
+    /// A member's REST API base URL (`https` with `api_tls` or `tls`).
     pub fn api_url(&self, name: &str) -> String {
-        let scheme = if self.options.api_tls {
+        let scheme = if self.options.api_tls || self.options.tls {
             "https"
         } else {
             "http"
@@ -454,9 +492,17 @@ impl Cluster {
             .join(format!("spilo/{}/wal/15/wal_005", self.scope))
     }
 
-    /// The CA that signed the REST APIs' certificate (with `api_tls`).
+    /// The CA that signed the REST APIs' certificate (with `api_tls`, else the cluster CA).
     pub fn api_cert(&self) -> PathBuf {
-        self.secrets.join("ca.crt")
+        match (&self.ca, self.options.api_tls) {
+            (Some(ca), false) => ca.cert.clone(),
+            _ => self.secrets.join("ca.crt"),
+        }
+    }
+
+    /// The cluster CA (with `tls`).
+    pub fn ca(&self) -> Option<&crate::tls::TestCa> {
+        self.ca.as_ref()
     }
 
     /// `GET /status` of a member.
@@ -563,15 +609,31 @@ impl Cluster {
     }
 
     /// Runs the `spilo` CLI with `args`; returns (exit code, stdout, stderr).
+    /// With TLS the CLI is given the etcd client certificate and the CA through its
+    /// environment (`SPILO_ETCD_CACERT`, `SPILO_ETCD_CERT`, `SPILO_ETCD_KEY`, `SPILO_API_CACERT`).
     pub fn spilo(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let out = std::process::Command::new(&self.spilo)
-            .args(args)
-            .output()?;
+        let mut cmd = std::process::Command::new(&self.spilo);
+        cmd.args(args);
+        for (k, v) in self.spilo_tls_env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+
+    fn spilo_tls_env(&self) -> Vec<(&'static str, PathBuf)> {
+        match &self.etcd.client_files {
+            Some((ca, cert, key)) => vec![
+                ("SPILO_ETCD_CACERT", ca.clone()),
+                ("SPILO_ETCD_CERT", cert.clone()),
+                ("SPILO_ETCD_KEY", key.clone()),
+            ],
+            None => Vec::new(),
+        }
     }
 
     /// Runs an operator command of the `spilo` CLI against this cluster without blocking the
@@ -583,9 +645,12 @@ impl Cluster {
             .arg(&self.scope)
             .args(args)
             .args(["--etcd", &self.etcd.client_addr]);
+        for (k, v) in self.spilo_tls_env() {
+            cmd.env(k, v);
+        }
         if ["switchover", "failover", "restart", "reload", "reinit"].contains(&command) {
             cmd.args(["--token", API_TOKEN]);
-            if self.options.api_tls {
+            if self.options.api_tls || self.options.tls {
                 cmd.arg("--cacert").arg(self.api_cert());
             }
         }
@@ -694,9 +759,43 @@ pub async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 /// Connects with a libpq-style connection string; the connection task ends with the client.
+///
+/// TLS is used whenever the server offers it (`sslmode=prefer`), and the server must then
+/// chain to a CA this process trusts ([`crate::tls::trust`]) and name the host: libpq's
+/// `verify-full`. `sslmode=verify-full` (tokio-postgres has no such mode) becomes `require`,
+/// and `sslrootcert=<file>` is added to the trusted CAs.
 pub async fn connect_dsn(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(dsn, NoTls)).await??;
+    let mut kept = Vec::new();
+    let mut cas = Vec::new();
+    for part in dsn.split_whitespace() {
+        match part.split_once('=') {
+            Some(("sslrootcert", file)) => {
+                crate::tls::trust(Path::new(file))?;
+                cas.push(PathBuf::from(file));
+            }
+            Some(("sslmode", "verify-full" | "verify-ca")) => kept.push("sslmode=require"),
+            _ => kept.push(part),
+        }
+    }
+    let tls = if cas.is_empty() {
+        crate::tls::client_config()?
+    } else {
+        crate::tls::client_config_for(&cas)?
+    };
+    connect_with(&kept.join(" "), tls).await
+}
+
+/// Connects with `dsn` over TLS checked by `tls` when the server offers TLS.
+pub async fn connect_with(
+    dsn: &str,
+    tls: rustls::ClientConfig,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+    let (client, connection) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_postgres::connect(dsn, connector),
+    )
+    .await??;
     tokio::spawn(async move {
         let _ = connection.await;
     });

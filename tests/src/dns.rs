@@ -20,11 +20,18 @@ impl Dns {
         Self::start_with(dir, &format!("--host-record={name},{ip}"))
     }
 
-    /// Serves `_etcd-server._tcp.<domain>` pointing at `localhost:<peer_port>`.
-    pub fn start_etcd_srv(dir: &Path, domain: &str, peer_port: u16) -> anyhow::Result<Self> {
+    /// Serves `_etcd-server._tcp.<domain>` (`_etcd-server-ssl._tcp` with `ssl`) pointing at
+    /// `localhost:<peer_port>`.
+    pub fn start_etcd_srv(
+        dir: &Path,
+        domain: &str,
+        peer_port: u16,
+        ssl: bool,
+    ) -> anyhow::Result<Self> {
+        let ssl = if ssl { "-ssl" } else { "" };
         Self::start_with(
             dir,
-            &format!("--srv-host=_etcd-server._tcp.{domain},localhost,{peer_port}"),
+            &format!("--srv-host=_etcd-server{ssl}._tcp.{domain},localhost,{peer_port}"),
         )
     }
 

@@ -2,7 +2,7 @@
 //! test's work directory.
 
 use crate::ports;
-use crate::proc::Spawned;
+use crate::proc::{RunAs, Spawned};
 use crate::wait;
 use std::path::Path;
 use std::process::Command;
@@ -14,6 +14,10 @@ pub struct Etcd {
     pub client_addr: String,
     /// The peer port (what `_etcd-server._tcp` SRV records point at).
     pub peer_port: u16,
+    /// With TLS: the CA and the client certificate this harness presents.
+    pub tls: Option<spilo_discovery::EtcdTls>,
+    /// The client certificate and key files (with TLS), for the `spilo` CLI.
+    pub client_files: Option<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)>,
     process: Spawned,
 }
 
@@ -27,22 +31,66 @@ impl Etcd {
     /// Starts etcd under `dir` listening on `host` as well as on loopback; `client_addr` is
     /// the `host` one.
     pub async fn start_on(dir: &Path, host: &str) -> anyhow::Result<Self> {
-        let mut one = Self::start_inner(dir, 1, Some(host)).await?;
+        let mut one = Self::start_inner(dir, 1, Some(host), None).await?;
+        Ok(one.remove(0))
+    }
+
+    /// Starts etcd with client and peer TLS and client-certificate authentication: a server
+    /// certificate and the harness's client certificate from `ca`. Also on `host` when given.
+    pub async fn start_tls(
+        dir: &Path,
+        host: Option<&str>,
+        ca: &crate::tls::TestCa,
+        run_as: RunAs,
+    ) -> anyhow::Result<Self> {
+        let mut one = Self::start_inner(dir, 1, host, Some((ca, run_as))).await?;
         Ok(one.remove(0))
     }
 
     /// Starts an `n`-member etcd cluster under `dir` and waits until every member answers.
     pub async fn start_cluster(dir: &Path, n: usize) -> anyhow::Result<Vec<Self>> {
-        Self::start_inner(dir, n, None).await
+        Self::start_inner(dir, n, None, None).await
     }
 
-    async fn start_inner(dir: &Path, n: usize, host: Option<&str>) -> anyhow::Result<Vec<Self>> {
+    /// [`Self::start_cluster`] with TLS from `ca` (see [`Self::start_tls`]).
+    pub async fn start_cluster_tls(
+        dir: &Path,
+        n: usize,
+        ca: &crate::tls::TestCa,
+        run_as: RunAs,
+    ) -> anyhow::Result<Vec<Self>> {
+        Self::start_inner(dir, n, None, Some((ca, run_as))).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        n: usize,
+        host: Option<&str>,
+        ca: Option<(&crate::tls::TestCa, RunAs)>,
+    ) -> anyhow::Result<Vec<Self>> {
         let binary = which("etcd")?;
+        let scheme = if ca.is_some() { "https" } else { "http" };
+        let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        names.extend(host.map(str::to_string));
+        let tls_files = match ca {
+            Some((ca, run_as)) => {
+                let server = ca.issue("etcd", &names, run_as)?;
+                let client = ca.issue("etcd-client", &names, run_as)?;
+                Some((ca.cert.clone(), server, client))
+            }
+            None => None,
+        };
+        let client_tls = match &tls_files {
+            Some((ca, _, (cert, key))) => {
+                Some(spilo_discovery::EtcdTls::read(ca, cert, key).map_err(anyhow::Error::msg)?)
+            }
+            None => None,
+        };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (ports::free(), ports::free())).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer))| format!("e{i}={scheme}://127.0.0.1:{peer}"))
             .collect();
         let mut members = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
@@ -59,15 +107,18 @@ impl Etcd {
                 .arg(&data)
                 .arg("--listen-client-urls")
                 .arg(match host {
-                    Some(h) => format!("http://127.0.0.1:{client},http://{h}:{client}"),
-                    None => format!("http://127.0.0.1:{client}"),
+                    Some(h) => format!("{scheme}://127.0.0.1:{client},{scheme}://{h}:{client}"),
+                    None => format!("{scheme}://127.0.0.1:{client}"),
                 })
                 .arg("--advertise-client-urls")
-                .arg(format!("http://{}:{client}", host.unwrap_or("127.0.0.1")))
+                .arg(format!(
+                    "{scheme}://{}:{client}",
+                    host.unwrap_or("127.0.0.1")
+                ))
                 .arg("--listen-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg(format!("{scheme}://127.0.0.1:{peer}"))
                 .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://127.0.0.1:{peer}"))
+                .arg(format!("{scheme}://127.0.0.1:{peer}"))
                 .arg("--initial-cluster")
                 .arg(initial.join(","))
                 .arg("--initial-cluster-state")
@@ -79,20 +130,33 @@ impl Etcd {
             } else {
                 dir.join(format!("etcd{i}.log"))
             };
+            if let Some((ca, (cert, key), _)) = &tls_files {
+                for (flag, value) in [
+                    ("--cert-file", cert),
+                    ("--key-file", key),
+                    ("--trusted-ca-file", ca),
+                    ("--peer-cert-file", cert),
+                    ("--peer-key-file", key),
+                    ("--peer-trusted-ca-file", ca),
+                ] {
+                    cmd.arg(flag).arg(value);
+                }
+                cmd.arg("--client-cert-auth").arg("--peer-client-cert-auth");
+            }
             members.push(Self {
                 client_addr: format!("{}:{client}", host.unwrap_or("127.0.0.1")),
                 peer_port: *peer,
+                tls: client_tls.clone(),
+                client_files: tls_files
+                    .as_ref()
+                    .map(|(ca, _, (c, k))| (ca.clone(), c.clone(), k.clone())),
                 process: Spawned::start(cmd, &log)?,
             });
         }
         for etcd in &members {
-            let url = etcd.url();
-            wait::until("etcd to answer", Duration::from_secs(20), || {
-                let url = url.clone();
-                async move {
-                    let mut c = etcd_client::Client::connect([url], None).await.ok()?;
-                    c.status().await.ok().map(|_| ())
-                }
+            wait::until("etcd to answer", Duration::from_secs(20), || async {
+                let mut c = etcd.client().await.ok()?;
+                c.status().await.ok().map(|_| ())
             })
             .await?;
         }
@@ -119,14 +183,36 @@ impl Etcd {
         });
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 
-    /// A client.
+    /// A client (with the harness's certificate when etcd speaks TLS).
     pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect([self.url()], None).await?)
+        let options = self
+            .tls
+            .as_ref()
+            .map(|t| etcd_client::ConnectOptions::new().with_tls(t.options()));
+        Ok(etcd_client::Client::connect([self.url()], options).await?)
+    }
+
+    /// Arguments that make the `spilo` CLI speak to this etcd: `--etcd` and, with TLS, the
+    /// CA and client certificate.
+    pub fn spilo_args(&self) -> Vec<String> {
+        let mut args = vec!["--etcd".to_string(), self.url()];
+        if let Some((ca, cert, key)) = &self.client_files {
+            for (flag, p) in [
+                ("--etcd-cacert", ca),
+                ("--etcd-cert", cert),
+                ("--etcd-key", key),
+            ] {
+                args.push(flag.into());
+                args.push(p.display().to_string());
+            }
+        }
+        args
     }
 
     /// The value of `key`, if set.

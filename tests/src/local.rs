@@ -189,8 +189,10 @@ impl LocalRepo {
     pub fn dsn(&self, cluster: &str, port: u16) -> anyhow::Result<String> {
         let pw = std::fs::read_to_string(self.state().join(cluster).join("secrets/superuser"))?;
         Ok(format!(
-            "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
-            pw.trim()
+            "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2 \
+             sslmode=verify-full sslrootcert={}",
+            pw.trim(),
+            self.state().join(cluster).join("tls/ca.crt").display()
         ))
     }
 

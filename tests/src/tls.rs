@@ -79,3 +79,114 @@ pub fn api_certificate(secrets: &Path, run_as: RunAs) -> anyhow::Result<Vec<reqw
     }
     Ok(reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca)?)?)
 }
+
+/// A cluster CA for a test: made with `spilo-pki` the way `spilo up` makes one, its key owned by
+/// the servers' user (the governors issue their certificates with it), its certificate added to
+/// what this test process's SQL clients trust ([`trust`]).
+#[derive(Debug, Clone)]
+pub struct TestCa {
+    /// The CA certificate.
+    pub cert: std::path::PathBuf,
+    /// The CA key.
+    pub key: std::path::PathBuf,
+}
+
+impl TestCa {
+    /// Creates the CA under `dir/tls`.
+    pub fn create(dir: &Path, run_as: RunAs) -> anyhow::Result<Self> {
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls)?;
+        run_as.own(&tls)?;
+        let ca = spilo_pki::new_ca(
+            "spilo e2e CA",
+            std::time::Duration::from_secs(86_400),
+            std::time::SystemTime::now(),
+        )?;
+        let me = Self {
+            cert: tls.join("ca.crt"),
+            key: tls.join("ca.key"),
+        };
+        std::fs::write(&me.cert, &ca.cert)?;
+        std::fs::write(&me.key, &ca.key)?;
+        std::fs::set_permissions(&me.key, std::fs::Permissions::from_mode(0o600))?;
+        run_as.own(&me.key)?;
+        run_as.own(&me.cert)?;
+        trust(&me.cert)?;
+        Ok(me)
+    }
+
+    /// A certificate for `names` (server and client use), written as `<stem>.crt`/`.key`
+    /// beside the CA, readable by `run_as`.
+    pub fn issue(
+        &self,
+        stem: &str,
+        names: &[String],
+        run_as: RunAs,
+    ) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let ca = spilo_pki::CertAndKey {
+            cert: std::fs::read_to_string(&self.cert)?,
+            key: std::fs::read_to_string(&self.key)?,
+        };
+        let issued = spilo_pki::issue(
+            &ca,
+            names,
+            std::time::Duration::from_secs(86_400),
+            std::time::SystemTime::now(),
+        )?;
+        let dir = self.cert.parent().unwrap_or(Path::new("."));
+        let (cert, key) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&cert, issued.cert)?;
+        std::fs::write(&key, issued.key)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        run_as.own(&key)?;
+        run_as.own(&cert)?;
+        Ok((cert, key))
+    }
+}
+
+fn trusted() -> &'static std::sync::Mutex<Vec<std::path::PathBuf>> {
+    static TRUSTED: std::sync::OnceLock<std::sync::Mutex<Vec<std::path::PathBuf>>> =
+        std::sync::OnceLock::new();
+    TRUSTED.get_or_init(Default::default)
+}
+
+/// Adds a CA certificate to what this process's SQL clients ([`client_config`]) trust.
+pub fn trust(ca: &Path) -> anyhow::Result<()> {
+    let mut t = trusted()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("trust store poisoned"))?;
+    if !t.iter().any(|p| p == ca) {
+        t.push(ca.to_path_buf());
+    }
+    Ok(())
+}
+
+/// A rustls client configuration trusting exactly the CA certificates in `cas` (whose files
+/// still exist): the server must chain to one of them and name the host connected to.
+pub fn client_config_for(cas: &[std::path::PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas.iter().filter(|p| p.exists()) {
+        for c in CertificateDer::pem_file_iter(ca)? {
+            roots.add(c?)?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// [`client_config_for`] every CA this process trusts.
+pub fn client_config() -> anyhow::Result<rustls::ClientConfig> {
+    let cas = trusted()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("trust store poisoned"))?
+        .clone();
+    client_config_for(&cas)
+}

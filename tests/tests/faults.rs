@@ -217,7 +217,11 @@ async fn losing_one_of_three_etcd_members_changes_nothing() -> anyhow::Result<()
         ..Default::default()
     })
     .await?;
-    let mut etcds = spilo_e2e::etcd::Etcd::start_cluster(c.dir(), 3).await?;
+    let ca = c
+        .ca()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("TLS is on"))?;
+    let mut etcds = spilo_e2e::etcd::Etcd::start_cluster_tls(c.dir(), 3, &ca, c.run_as()).await?;
     let hosts: Vec<String> = etcds.iter().map(|e| e.client_addr.clone()).collect();
     for m in &mut c.members {
         m.etcd_hosts = hosts.clone();

@@ -98,7 +98,7 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
             status.conn_url,
             format!("postgres://127.0.0.1:{}/postgres", m.pg_port)
         );
-        assert_eq!(status.api_url, format!("http://127.0.0.1:{}", m.api_port));
+        assert_eq!(status.api_url, format!("https://127.0.0.1:{}", m.api_port));
         let expected = if m.name == primary {
             "primary"
         } else {
@@ -192,11 +192,9 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
     assert_eq!(code, 1);
     assert!(err.contains("no cluster named nosuch"), "{err}");
 
-    let head = reqwest::Client::new()
-        .head(format!(
-            "http://127.0.0.1:{}/primary",
-            c.member(&primary).api_port
-        ))
+    let head = c
+        .http()
+        .head(format!("{}/primary", c.api_url(&primary)))
         .send()
         .await?;
     assert_eq!(head.status().as_u16(), 200);
@@ -207,7 +205,7 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
     let (config, _) = c.etcd.get("/service/boot/config").await?.expect("config");
     let mut config: serde_json::Value = serde_json::from_str(&config)?;
     config["postgresql_parameters"] = serde_json::json!({"work_mem": "12MB"});
-    let mut client = etcd_client::Client::connect([c.etcd.url()], None).await?;
+    let mut client = c.etcd.client().await?;
     client
         .put("/service/boot/config", config.to_string(), None)
         .await?;
@@ -522,7 +520,9 @@ async fn etcd_is_found_through_dns_srv_records() -> anyhow::Result<()> {
 }
 
 async fn etcd_is_found_through_dns_srv_records_body(c: &mut Cluster) -> anyhow::Result<()> {
-    let dns = spilo_e2e::dns::Dns::start_etcd_srv(c.dir(), "spilo.test", c.etcd.peer_port)?;
+    // With TLS the members ask for `_etcd-server-ssl._tcp` and read `/members` from the
+    // peer over TLS, presenting their own certificate.
+    let dns = spilo_e2e::dns::Dns::start_etcd_srv(c.dir(), "spilo.test", c.etcd.peer_port, true)?;
     c.members[0].etcd_hosts = vec![];
     c.members[0].extra_yaml = String::new();
     let text = c.config_text(&c.members[0]).replace(
@@ -545,7 +545,7 @@ async fn etcd_is_found_through_dns_srv_records_body(c: &mut Cluster) -> anyhow::
     let log = std::fs::read_to_string(c.members[0].log_path())?;
     assert!(
         log.contains(&format!(
-            "connected to etcd endpoints=\"http://127.0.0.1:{}\"",
+            "connected to etcd endpoints=\"https://127.0.0.1:{}\"",
             c.etcd.client_addr.rsplit(':').next().unwrap_or_default()
         )),
         "{log}"

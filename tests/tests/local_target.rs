@@ -62,7 +62,9 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
     assert!(log.contains("+ cluster alpha (3 instances)"), "{log}");
     assert!(
         log.contains(&format!(
-            "primary (through HAProxy):  postgresql://postgres@127.0.0.1:{base}/postgres"
+            "primary (through HAProxy):  host=127.0.0.1 port={base} user=postgres dbname=postgres \
+             sslmode=verify-full sslrootcert={}",
+            repo.state().join("alpha/tls/ca.crt").display()
         )),
         "{log}"
     );
@@ -286,6 +288,44 @@ async fn scenario_two(repo: &mut LocalRepo) -> anyhow::Result<()> {
         )),
         "{text}"
     );
+    // TLS by default: status names the CA and a verify-full connection string, which works;
+    // plaintext over TCP is refused.
+    let ca = repo.state().join("one/tls/ca.crt");
+    assert!(
+        text.contains(&format!("CA:       {}\n", ca.display())),
+        "{text}"
+    );
+    let one = clusters
+        .iter()
+        .find(|c| c["name"] == "one")
+        .ok_or_else(|| anyhow::anyhow!("one in {status}"))?;
+    let dsn = one["dsn"].as_str().unwrap_or_default();
+    assert!(
+        dsn.ends_with(&format!("sslmode=verify-full sslrootcert={}", ca.display())),
+        "{one}"
+    );
+    let pw = std::fs::read_to_string(repo.state().join("one/secrets/superuser"))?;
+    write_through(
+        &format!("{dsn} password={} connect_timeout=2", pw.trim()),
+        "SELECT 1",
+    )
+    .await
+    .ok_or_else(|| anyhow::anyhow!("the printed connection string does not connect"))?;
+    let plain = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={a} user=postgres password={} dbname=postgres sslmode=disable connect_timeout=2",
+            pw.trim()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert!(
+        plain
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
+            .is_some_and(|m| m.contains("no encryption")),
+        "plaintext through HAProxy must be refused"
+    );
     let (code, _, err) = repo.spilo(&["down", "--purge"])?;
     assert_eq!(code, 0, "{err}");
     assert_eq!(repo.processes(), Vec::<u32>::new());
@@ -406,7 +446,9 @@ async fn scenario_watch_local(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .args(["--no-leader-after", "1h", "--listen"])
         .arg(format!("127.0.0.1:{http}"))
         .arg("--repo")
-        .arg(repo.path());
+        .arg(repo.path())
+        .arg("--state-dir")
+        .arg(repo.state());
     let watching = proc::Spawned::start(watch, &repo.path().join("watch.log"))?;
     let count = |event: &str, cluster: &str| receiver.count(event, cluster, "missing_members");
 

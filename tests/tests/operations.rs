@@ -90,7 +90,7 @@ async fn switchover_body(c: &mut Cluster) -> anyhow::Result<()> {
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
 
     // Without credentials, or with wrong ones: 401 and nothing happens.
-    let http = reqwest::Client::new();
+    let http = c.http().clone();
     let body = serde_json::json!({ "candidate": target });
     let none = http
         .post(format!("{}/switchover", api(c, &old)))
@@ -228,7 +228,7 @@ async fn scheduled_body(c: &mut Cluster) -> anyhow::Result<()> {
         .operate("switchover", &["--at", "2099-01-01T00:00:00Z"])
         .await?;
     assert_eq!(code, 0, "{out}");
-    let http = reqwest::Client::new();
+    let http = c.http().clone();
     let del = http
         .delete(format!("{}/switchover", api(c, &new)))
         .bearer_auth(cluster::API_TOKEN)

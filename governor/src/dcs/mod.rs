@@ -54,17 +54,22 @@ pub struct Dcs {
 }
 
 impl Dcs {
-    /// Connects to `endpoints` (URLs). Fails when none answers a status call within `timeout`.
+    /// Connects to `endpoints` (URLs), over TLS with `tls` (etcd's certificate checked against
+    /// its CA, this member's certificate presented). Fails when none answers a status call within `timeout`.
     pub async fn connect(
         endpoints: &[String],
+        tls: Option<&discovery::EtcdTls>,
         keys: Keyspace,
         me: MemberName,
         timeout: Duration,
     ) -> Result<Self, DcsError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
             .with_keep_alive(Duration::from_secs(1), timeout);
+        if let Some(t) = tls {
+            options = options.with_tls(t.options());
+        }
         let mut client = bounded(timeout, Client::connect(endpoints, Some(options))).await?;
         bounded(timeout, client.status()).await?;
         Ok(Self {

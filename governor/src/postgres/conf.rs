@@ -9,7 +9,18 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// PostgreSQL's TLS files: the member's certificate and key, and the cluster CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ssl {
+    /// `ssl_cert_file`.
+    pub cert: PathBuf,
+    /// `ssl_key_file`.
+    pub key: PathBuf,
+    /// `ssl_ca_file`, and what replicas check their upstream against.
+    pub ca: PathBuf,
+}
 
 /// Settings the governor always sets itself, after every other source.
 pub struct Forced<'a> {
@@ -28,6 +39,8 @@ pub struct Forced<'a> {
     /// While a clone recovers: its `restore_command` and `recovery_target_time`, with
     /// `recovery_target_action = promote`.
     pub recovery: Option<(&'a str, Option<&'a str>)>,
+    /// TLS: `ssl = on` with these files.
+    pub ssl: Option<&'a Ssl>,
 }
 
 /// Defaults a cluster may override.
@@ -98,6 +111,18 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
             params.remove("primary_slot_name");
         }
     }
+    match forced.ssl {
+        Some(ssl) => {
+            params.insert("ssl".into(), "on".into());
+            params.insert("ssl_cert_file".into(), ssl.cert.display().to_string());
+            params.insert("ssl_key_file".into(), ssl.key.display().to_string());
+            params.insert("ssl_ca_file".into(), ssl.ca.display().to_string());
+            params.insert("ssl_min_protocol_version".into(), "TLSv1.2".into());
+        }
+        None => {
+            params.remove("ssl");
+        }
+    }
     let mut out = String::from(
         "# Written by the spilo governor at every start and re-point; edits are overwritten.\n\
          # Set parameters in the governor configuration or the cluster's config instead.\n",
@@ -110,8 +135,10 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
 
 /// `pg_hba.conf`: local socket connections are trusted (the socket directory is private to the
 /// governor's OS user; `backup-push` streams its base backup over it), then `extra` lines, or
-/// password authentication from anywhere.
-pub fn pg_hba(replication_user: &str, extra: Option<&[String]>) -> String {
+/// password authentication from anywhere: over TLS only (`hostssl`) when `ssl`, so a
+/// plaintext connection from the network matches no line and is refused.
+pub fn pg_hba(replication_user: &str, extra: Option<&[String]>, ssl: bool) -> String {
+    let host = if ssl { "hostssl" } else { "host" };
     let mut out = String::from(
         "# Written by the spilo governor.\n\
          local all all trust\n\
@@ -128,9 +155,9 @@ pub fn pg_hba(replication_user: &str, extra: Option<&[String]>) -> String {
             for net in ["0.0.0.0/0", "::/0"] {
                 let _ = writeln!(
                     out,
-                    "host replication {replication_user} {net} scram-sha-256"
+                    "{host} replication {replication_user} {net} scram-sha-256"
                 );
-                let _ = writeln!(out, "host all all {net} scram-sha-256");
+                let _ = writeln!(out, "{host} all all {net} scram-sha-256");
             }
         }
     }
@@ -168,6 +195,7 @@ mod tests {
             synchronous_standby_names: "",
             archive: None,
             recovery: None,
+            ssl: None,
         }
     }
 
@@ -214,12 +242,38 @@ mod tests {
 
     #[test]
     fn hba_defaults_to_passwords_everywhere() {
-        let hba = pg_hba("replicator", None);
+        let hba = pg_hba("replicator", None, false);
         assert!(hba.starts_with("# Written by the spilo governor.\nlocal all all trust\n"));
         assert!(hba.contains("host replication replicator 0.0.0.0/0 scram-sha-256\n"));
-        let custom = pg_hba("r", Some(&["host all all 10.0.0.0/8 md5".to_string()]));
+        let custom = pg_hba(
+            "r",
+            Some(&["host all all 10.0.0.0/8 md5".to_string()]),
+            false,
+        );
         assert!(custom.ends_with(
             "local all all trust\nlocal replication all trust\nhost all all 10.0.0.0/8 md5\n"
         ));
+    }
+
+    #[test]
+    fn with_tls_the_network_needs_tls_and_postgresql_serves_it() {
+        let hba = pg_hba("replicator", None, true);
+        assert!(hba.contains("hostssl replication replicator 0.0.0.0/0 scram-sha-256\n"));
+        assert!(hba.contains("hostssl all all ::/0 scram-sha-256\n"));
+        assert!(!hba.lines().any(|l| l.starts_with("host ")));
+        let ssl = Ssl {
+            cert: "/t/member.crt".into(),
+            key: "/t/member.key".into(),
+            ca: "/t/ca.crt".into(),
+        };
+        let mut f = forced(None);
+        f.ssl = Some(&ssl);
+        let text = postgresql_conf(&[&defaults()], &f);
+        assert!(text.contains("ssl = 'on'\n"));
+        assert!(text.contains("ssl_cert_file = '/t/member.crt'\n"));
+        assert!(text.contains("ssl_ca_file = '/t/ca.crt'\n"));
+        let mut off = BTreeMap::new();
+        off.insert("ssl".to_string(), "on".to_string());
+        assert!(!postgresql_conf(&[&off], &forced(None)).contains("ssl ="));
     }
 }

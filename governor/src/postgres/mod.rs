@@ -72,6 +72,9 @@ pub struct Instance {
     clone_recovery: Option<(String, Option<String>)>,
     /// The configuration file (for the commands PostgreSQL runs).
     config_path: PathBuf,
+    /// With `tls:`: PostgreSQL serves TLS with the member's certificate and requires it on
+    /// the network; replicas check their upstream with `verify-full`.
+    ssl: Option<conf::Ssl>,
 }
 
 /// What happened to the postmaster since the last look.
@@ -132,6 +135,14 @@ impl Instance {
                 .map(|_| archiving::archive_commands(&config_path)),
             clone_recovery: None,
             config_path,
+            ssl: c
+                .member_cert()
+                .zip(c.tls.as_ref())
+                .map(|((cert, key), t)| conf::Ssl {
+                    cert,
+                    key,
+                    ca: t.ca_file.clone(),
+                }),
         }
     }
 
@@ -147,6 +158,20 @@ impl Instance {
 
     fn pgpass(&self) -> PathBuf {
         self.run_dir.join("pgpass")
+    }
+
+    /// The libpq environment of the PostgreSQL programs the governor runs: the password file,
+    /// and with TLS `verify-full` against the cluster CA (libpq ignores both on the socket).
+    fn client_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("PGPASSFILE", self.pgpass().display().to_string())];
+        if let Some(ssl) = &self.ssl {
+            env.push(("PGSSLMODE", "verify-full".into()));
+            env.push(("PGSSLROOTCERT", ssl.ca.display().to_string()));
+            // The member's own certificate as the client's (else libpq looks in ~/.postgresql).
+            env.push(("PGSSLCERT", ssl.cert.display().to_string()));
+            env.push(("PGSSLKEY", ssl.key.display().to_string()));
+        }
+        env
     }
 
     fn config_file(&self) -> PathBuf {
@@ -173,7 +198,11 @@ impl Instance {
         std::fs::set_permissions(&self.run_dir, std::fs::Permissions::from_mode(0o700))?;
         write_private(
             &self.run_dir.join("pg_hba.conf"),
-            &conf::pg_hba(&self.replication.0, self.hba_extra.as_deref()),
+            &conf::pg_hba(
+                &self.replication.0,
+                self.hba_extra.as_deref(),
+                self.ssl.is_some(),
+            ),
         )?;
         write_private(&self.run_dir.join("pg_ident.conf"), "")?;
         write_private(
@@ -205,7 +234,7 @@ impl Instance {
                 &self.bin_dir,
                 "pg_ctl",
                 &args,
-                &self.pgpass(),
+                &self.client_env(),
                 Duration::from_secs(60),
             )
             .await?;
@@ -456,7 +485,7 @@ impl Instance {
             &self.bin_dir,
             "initdb",
             &args,
-            &self.pgpass(),
+            &self.client_env(),
             Duration::from_secs(300),
         )
         .await;
@@ -512,7 +541,7 @@ impl Instance {
             &self.bin_dir,
             "pg_basebackup",
             &args,
-            &self.pgpass(),
+            &self.client_env(),
             Duration::from_secs(3600),
         )
         .await
@@ -552,7 +581,7 @@ impl Instance {
             &self.bin_dir,
             "pg_rewind",
             &args,
-            &self.pgpass(),
+            &self.client_env(),
             Duration::from_secs(3600),
         )
         .await;
@@ -572,12 +601,19 @@ impl Instance {
 
     /// A session to another member's PostgreSQL as the superuser.
     pub fn remote_session(&self, to: &Upstream) -> Session {
+        let tls = self.ssl.as_ref().and_then(|s| {
+            query::tls_trusting(&s.ca)
+                .map_err(|e| tracing::warn!(error = %e, "cannot read the cluster CA"))
+                .ok()
+                .map(Arc::new)
+        });
         Session::remote(
             &to.host,
             to.port,
             &self.superuser.0,
             &self.superuser.1,
             self.timeout,
+            tls,
         )
     }
 

@@ -3,7 +3,8 @@
 //! a hung server costs the HA loop at most that long.
 
 use spilo_model::{Lsn, TimelineId, WalPositions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, Config, NoTls};
 
@@ -42,6 +43,29 @@ pub struct Session {
     timeout: Duration,
     client: Option<Client>,
     connection: Option<tokio::task::JoinHandle<()>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A TLS client configuration that trusts only the CA certificates in `ca_file` (PEM); the
+/// server's certificate must also name the host connected to (`verify-full`).
+pub fn tls_trusting(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 impl Session {
@@ -58,9 +82,20 @@ impl Session {
         Self::new(config, timeout)
     }
 
-    /// A session to a remote server over TCP with a password.
-    pub fn remote(host: &str, port: u16, user: &str, password: &str, timeout: Duration) -> Self {
+    /// A session to a remote server over TCP with a password; over TLS (required, the
+    /// server checked against the CA) with `tls`.
+    pub fn remote(
+        host: &str,
+        port: u16,
+        user: &str,
+        password: &str,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         let mut config = Config::new();
+        if tls.is_some() {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         config
             .host(host)
             .port(port)
@@ -69,7 +104,9 @@ impl Session {
             .dbname("postgres")
             .application_name("spilo-governor")
             .connect_timeout(timeout);
-        Self::new(config, timeout)
+        let mut s = Self::new(config, timeout);
+        s.tls = tls;
+        s
     }
 
     fn new(config: Config, timeout: Duration) -> Self {
@@ -78,6 +115,7 @@ impl Session {
             timeout,
             client: None,
             connection: None,
+            tls: None,
         }
     }
 
@@ -94,10 +132,30 @@ impl Session {
             self.reset();
         }
         if self.client.is_none() {
-            let (client, connection) = bounded(self.timeout, self.config.connect(NoTls)).await?;
-            self.connection = Some(tokio::spawn(async move {
-                let _ = connection.await;
-            }));
+            let (client, handle) = match &self.tls {
+                Some(tls) => {
+                    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                    let (client, connection) =
+                        bounded(self.timeout, self.config.connect(connector)).await?;
+                    (
+                        client,
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        }),
+                    )
+                }
+                None => {
+                    let (client, connection) =
+                        bounded(self.timeout, self.config.connect(NoTls)).await?;
+                    (
+                        client,
+                        tokio::spawn(async move {
+                            let _ = connection.await;
+                        }),
+                    )
+                }
+            };
+            self.connection = Some(handle);
             self.client = Some(client);
         }
         self.client

@@ -15,17 +15,28 @@ impl Instance {
         let up = upstream.map(|u| {
             let port = u.port.to_string();
             let pgpass = self.pgpass().display().to_string();
-            (
-                conf::conninfo(&[
-                    ("host", &u.host),
-                    ("port", &port),
-                    ("user", &self.replication.0),
-                    ("passfile", &pgpass),
-                    ("application_name", self.member.as_str()),
-                    ("connect_timeout", "2"),
-                ]),
-                self.member.slot_name(),
-            )
+            let ssl = self.ssl.as_ref().map(|s| {
+                (
+                    s.ca.display().to_string(),
+                    s.cert.display().to_string(),
+                    s.key.display().to_string(),
+                )
+            });
+            let mut pairs = vec![
+                ("host", u.host.as_str()),
+                ("port", &port),
+                ("user", &self.replication.0),
+                ("passfile", &pgpass),
+                ("application_name", self.member.as_str()),
+                ("connect_timeout", "2"),
+            ];
+            if let Some((ca, cert, key)) = &ssl {
+                pairs.push(("sslmode", "verify-full"));
+                pairs.push(("sslrootcert", ca));
+                pairs.push(("sslcert", cert));
+                pairs.push(("sslkey", key));
+            }
+            (conf::conninfo(&pairs), self.member.slot_name())
         });
         let forced = conf::Forced {
             listen: self.listen,
@@ -41,6 +52,7 @@ impl Instance {
                 .clone_recovery
                 .as_ref()
                 .map(|(r, t)| (r.as_str(), t.as_deref())),
+            ssl: self.ssl.as_ref(),
         };
         let text =
             conf::postgresql_conf(&[&conf::defaults(), cluster, &self.local_params], &forced);

@@ -36,17 +36,18 @@ pub enum ToolError {
     },
 }
 
-/// Runs `bin_dir/tool args...` with `PGPASSFILE=pgpass`; returns its combined output.
+/// Runs `bin_dir/tool args...` with the libpq environment `env` (`PGPASSFILE`, and with TLS
+/// `PGSSLMODE=verify-full` and `PGSSLROOTCERT`); returns its combined output.
 pub async fn run(
     bin_dir: &Path,
     tool: &str,
     args: &[String],
-    pgpass: &Path,
+    env: &[(&'static str, String)],
     timeout: Duration,
 ) -> Result<String, ToolError> {
     let mut cmd = tokio::process::Command::new(bin_dir.join(tool));
     cmd.args(args)
-        .env("PGPASSFILE", pgpass)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

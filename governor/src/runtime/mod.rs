@@ -139,13 +139,36 @@ pub(crate) struct Governor {
 pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = loaded.config.clone();
     let timeout = cfg.ha.retry_timeout();
-    let endpoints = dcs::discovery::endpoints(&cfg.etcd, timeout.max(Duration::from_secs(3)))
-        .await
-        .context("find etcd")?;
+    let member_cert = crate::certs::MemberCert::new(&cfg, loaded.ca_key.as_deref());
+    let etcd_tls = match &member_cert {
+        Some(c) => {
+            let (why, _) = c
+                .ensure(std::time::SystemTime::now())
+                .context("issue this member's certificate")?;
+            if let Some(why) = why {
+                tracing::info!(reason = ?why, names = cfg.cert_names().join(","), "issued the member certificate");
+            }
+            Some(c.etcd_tls().context("read this member's certificate")?)
+        }
+        None => None,
+    };
+    let endpoints = dcs::discovery::endpoints(
+        &cfg.etcd,
+        etcd_tls.as_ref(),
+        timeout.max(Duration::from_secs(3)),
+    )
+    .await
+    .context("find etcd")?;
     let keys = Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
-    let dcs = Dcs::connect(&endpoints, keys, loaded.name.clone(), timeout)
-        .await
-        .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
+    let dcs = Dcs::connect(
+        &endpoints,
+        etcd_tls.as_ref(),
+        keys,
+        loaded.name.clone(),
+        timeout,
+    )
+    .await
+    .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
     tracing::info!(endpoints = endpoints.join(","), scope = %cfg.scope, member = %loaded.name, "connected to etcd");
 
     let wake = Arc::new(Notify::new());
@@ -157,7 +180,8 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         .context("stop a leftover PostgreSQL")?;
 
     let mut http = reqwest::Client::builder().timeout(Duration::from_secs(2));
-    if let Some(tls) = &cfg.restapi.tls {
+    let api_tls = cfg.api_tls();
+    if let Some(tls) = &api_tls {
         let ca = tls.cafile.as_ref().unwrap_or(&tls.certfile);
         let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -272,7 +296,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(cfg.restapi.listen)
         .await
         .with_context(|| format!("listen for the REST API on {}", cfg.restapi.listen))?;
-    let tls = match &cfg.restapi.tls {
+    let tls = match &api_tls {
         Some(t) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(&t.certfile, &t.keyfile)
                 .await
@@ -286,6 +310,18 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         ),
         None => None,
     };
+    if let Some(cert) = member_cert {
+        let reload = crate::certs::Reload {
+            api: tls.clone().filter(|_| cfg.restapi.tls.is_none()),
+            data_dir: cfg.postgresql.data_dir.clone(),
+        };
+        tasks.spawn(crate::certs::run(
+            cert,
+            reload,
+            Duration::from_secs(60),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(api::serve(listener, tls, shared.clone(), cancel.clone()));
 
     let mut gov = Governor {

@@ -10,9 +10,11 @@
 
 mod archive;
 mod secret;
+mod tls;
 
 pub use archive::{ArchiveConfig, BackupSchedule, Compression, S3Config};
 pub use secret::SecretRef;
+pub use tls::{MIN_LIFETIME, TlsConfig};
 
 use crate::spec::{
     TimingField, default_loop_wait as d_loop_wait, default_maximum_lag_on_failover as d_max_lag,
@@ -82,6 +84,10 @@ pub struct GovernorConfig {
     /// On AWS: the region (for SSM and Secrets Manager references) and the stack to signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsSettings>,
+    /// TLS on every connection (etcd, PostgreSQL, the REST API) with a certificate the member
+    /// issues itself from the cluster's CA; plaintext when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -425,6 +431,7 @@ impl GovernorConfig {
                 Some(&auth.replication.password),
             ),
             ("restapi.auth.token", api.and_then(|a| a.token.as_ref())),
+            ("tls.ca_key", self.tls.as_ref().map(|t| &t.ca_key)),
             (
                 "restapi.auth.password",
                 api.and_then(|a| a.password.as_ref()),
@@ -528,6 +535,23 @@ impl GovernorConfig {
         {
             return Err(invalid("aws.region", "must not be empty"));
         }
+        if let Some(t) = &self.tls {
+            if !t.ca_file.is_absolute() {
+                return Err(invalid("tls.ca_file", "must be an absolute path"));
+            }
+            if t.lifetime < tls::MIN_LIFETIME {
+                return Err(invalid(
+                    "tls.lifetime",
+                    format!("must be at least {} seconds", tls::MIN_LIFETIME),
+                ));
+            }
+            if let Some(h) = self.etcd.hosts.iter().find(|h| h.starts_with("http://")) {
+                return Err(invalid(
+                    "etcd.hosts",
+                    format!("{h} is plaintext; with tls etcd is reached over https"),
+                ));
+            }
+        }
         self.ha.check()
     }
 
@@ -556,9 +580,10 @@ impl GovernorConfig {
             .unwrap_or_else(|| self.restapi.listen.to_string())
     }
 
-    /// The REST API's URL as other members and clients use it (`https` with `restapi.tls`).
+    /// The REST API's URL as other members and clients use it (`https` with `restapi.tls`
+    /// or `tls`).
     pub fn api_url(&self) -> String {
-        let scheme = if self.restapi.tls.is_some() {
+        let scheme = if self.api_tls().is_some() {
             "https"
         } else {
             "http"

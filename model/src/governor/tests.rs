@@ -54,6 +54,12 @@ fn a_serialised_configuration_parses_back_to_the_same_value() {
         ssm: Some("/spilo/demo/superuser".into()),
         ..SecretRef::default()
     };
+    let mut tls = TlsConfig::new(
+        "/etc/spilo/ca.crt".into(),
+        SecretRef::file("/etc/spilo/ca.key"),
+    );
+    tls.names = vec!["demo.db.example.org".into()];
+    c.tls = Some(tls);
     let yaml = c.to_yaml();
     assert_eq!(GovernorConfig::parse(&yaml), Ok(c), "{yaml}");
 }
@@ -81,5 +87,54 @@ fn remote_secrets_need_a_region_and_every_secret_one_source() {
     assert_eq!(
         c.check().map_err(|e| e.field),
         Err("postgresql.authentication.replication.password".into())
+    );
+}
+
+#[test]
+fn with_tls_a_member_serves_https_names_its_addresses_and_needs_etcd_over_tls() {
+    let mut c = minimal();
+    assert_eq!(c.api_url(), "http://127.0.0.1:8008");
+    assert_eq!(c.api_tls(), None);
+    let mut tls = TlsConfig::new(
+        "/etc/spilo/ca.crt".into(),
+        SecretRef::file("/etc/spilo/ca.key"),
+    );
+    tls.names = vec!["demo.db.example.org".into(), "127.0.0.1".into()];
+    c.tls = Some(tls);
+    c.postgresql.connect_address = Some("10.0.0.7:5432".into());
+    assert_eq!(c.check(), Ok(()));
+    assert_eq!(c.api_url(), "https://127.0.0.1:8008");
+    let api = c.api_tls().expect("derived from tls");
+    assert_eq!(
+        api.certfile,
+        PathBuf::from("/var/lib/spilo/demo-0.run/tls/member.crt")
+    );
+    assert_eq!(api.cafile, Some(PathBuf::from("/etc/spilo/ca.crt")));
+    assert_eq!(
+        c.cert_names(),
+        ["10.0.0.7", "127.0.0.1", "demo.db.example.org"]
+    );
+
+    let mut plain_etcd = c.clone();
+    plain_etcd.etcd.hosts = vec!["http://10.0.0.1:2379".into()];
+    assert_eq!(
+        plain_etcd.check().map_err(|e| e.field),
+        Err("etcd.hosts".to_string())
+    );
+    let mut short = c.clone();
+    if let Some(t) = short.tls.as_mut() {
+        t.lifetime = MIN_LIFETIME - 1;
+    }
+    assert_eq!(
+        short.check().map_err(|e| e.field),
+        Err("tls.lifetime".to_string())
+    );
+    let mut two_sources = c;
+    if let Some(t) = two_sources.tls.as_mut() {
+        t.ca_key.env = Some("CA_KEY".into());
+    }
+    assert_eq!(
+        two_sources.check().map_err(|e| e.field),
+        Err("tls.ca_key".to_string())
     );
 }

@@ -444,6 +444,15 @@ async fn bucket(c: &RegionClients, name: &str) -> Observation<()> {
 
 /// The cluster's `config` and members in etcd.
 pub async fn observe_etcd(dcs: Option<&DcsSpec>, scope: &ClusterName) -> Observation<ObservedEtcd> {
+    observe_etcd_with(dcs, scope, None).await
+}
+
+/// [`observe_etcd`] over TLS with `tls`.
+pub async fn observe_etcd_with(
+    dcs: Option<&DcsSpec>,
+    scope: &ClusterName,
+    tls: Option<&spilo_discovery::EtcdTls>,
+) -> Observation<ObservedEtcd> {
     let Some(dcs) = dcs else {
         return Observation::Absent;
     };
@@ -451,14 +460,18 @@ pub async fn observe_etcd(dcs: Option<&DcsSpec>, scope: &ClusterName) -> Observa
         Ok(e) => e,
         Err(e) => return Observation::Unknown(e),
     };
-    match read_etcd(&endpoints, scope).await {
+    match read_etcd(&endpoints, scope, tls).await {
         Ok(e) => Observation::Present(e),
         Err(e) => Observation::Unknown(e),
     }
 }
 
-async fn read_etcd(endpoints: &[String], scope: &ClusterName) -> Result<ObservedEtcd, String> {
-    let mut client = crate::etcd::connect(endpoints).await?;
+async fn read_etcd(
+    endpoints: &[String],
+    scope: &ClusterName,
+    tls: Option<&spilo_discovery::EtcdTls>,
+) -> Result<ObservedEtcd, String> {
+    let mut client = crate::etcd::connect(endpoints, tls).await?;
     let keys = Keyspace::new(scope);
     let resp = tokio::time::timeout(
         crate::etcd::TIMEOUT,

@@ -79,6 +79,7 @@ fn placement(file: &ClusterFile) -> Placement {
     let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let secrets = &spec.secrets;
     Placement {
+        tls: None,
         header: "# Written at boot from the user data spilo rendered from the cluster file.",
         name: None,
         etcd,

@@ -60,6 +60,10 @@ pub struct WatchArgs {
     /// Also look for stacks whose file is gone in these regions.
     #[arg(long = "region", env = "AWS_REGION", value_delimiter = ',')]
     pub regions: Vec<String>,
+    /// With `--target local`: the state directory of `spilo up` (default: the one it picks
+    /// for the checkout's `clusters/`), where each cluster's etcd endpoints and TLS files are.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// What `spilo watch` reconciles.
@@ -386,6 +390,15 @@ impl Watcher {
         self.publish_drift(&names);
     }
 
+    /// `state.json` of a local cluster, when `spilo up` runs (or ran) it.
+    fn local_state(&self, cluster: &str) -> Option<crate::local::state::ClusterState> {
+        let run_as = crate::local::user::RunAs::detect().ok()?;
+        let clusters = std::path::Path::new(&self.args.repo).join("clusters");
+        let (root, _) =
+            crate::local::state_dir(self.args.state_dir.as_deref(), &[clusters], &run_as).ok()?;
+        crate::local::state::Layout { root }.read(cluster).ok()
+    }
+
     /// The local target: runtime drift of every local cluster, from its etcd.
     async fn local_pass(&mut self, d: &Desired, trigger: Trigger) {
         log(
@@ -401,8 +414,16 @@ impl Watcher {
             }
             let name = f.metadata.name.to_string();
             names.push(name.clone());
-            let hosts = match &f.spec.dcs {
-                Some(dcs) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
+            // What `spilo up` recorded (its etcd over TLS with spilo's certificate), else the
+            // file's own etcd or the derived port in plaintext.
+            let running = self.local_state(&name);
+            let tls = running
+                .as_ref()
+                .and_then(|st| st.tls.as_ref())
+                .and_then(|t| t.etcd_client().ok());
+            let hosts = match (&running, &f.spec.dcs) {
+                (Some(st), _) if !st.etcd_endpoints.is_empty() => st.etcd_endpoints.clone(),
+                (_, Some(dcs)) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
                 _ => match crate::local::ports::Ports::of(f, true).etcd {
                     Some(port) => vec![format!("127.0.0.1:{port}")],
                     None => continue,
@@ -412,7 +433,9 @@ impl Watcher {
                 hosts,
                 discovery_domain: None,
             };
-            match crate::aws::observe::observe_etcd(Some(&dcs), &f.metadata.name).await {
+            match crate::aws::observe::observe_etcd_with(Some(&dcs), &f.metadata.name, tls.as_ref())
+                .await
+            {
                 Observation::Present(etcd) => {
                     drifts.extend(detect::runtime(f, &etcd));
                     seen.insert(name.clone());

@@ -37,6 +37,7 @@ pub struct LocalCluster {
     run_as: RunAs,
     governor_bin: PathBuf,
     etcd_endpoints: Vec<String>,
+    tls: Option<super::tls::LocalTls>,
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
     members: Vec<Option<Proc>>,
@@ -168,9 +169,20 @@ impl LocalCluster {
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
         mkdir(&dir.join("members"), 0o755, run_as)?;
         mkdir(&dir.join("bucket"), 0o700, run_as)?;
+        // TLS everywhere when the cluster runs its own etcd; someone else's etcd named in
+        // spec.dcs.hosts is spoken to as written (its CA is not ours to make).
+        let tls = match (&file.spec.dcs, ports.etcd) {
+            (Some(dcs), _) if !dcs.hosts.is_empty() => None,
+            (_, Some(_)) => {
+                let t = super::tls::LocalTls::under(&dir);
+                t.prepare(&name, run_as)?;
+                Some(t)
+            }
+            _ => None,
+        };
         let etcd_endpoints = match (&file.spec.dcs, ports.etcd) {
             (Some(dcs), _) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
-            (_, Some(port)) => vec![format!("127.0.0.1:{port}")],
+            (_, Some(port)) => vec![format!("https://127.0.0.1:{port}")],
             _ => bail!(
                 "cluster {name}: the local target needs etcd hosts in spec.dcs.hosts or runs its own etcd"
             ),
@@ -186,6 +198,7 @@ impl LocalCluster {
             run_as: run_as.clone(),
             governor_bin: bin,
             etcd_endpoints,
+            tls,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),
@@ -214,29 +227,37 @@ impl LocalCluster {
         };
         let data = self.dir.join("etcd");
         mkdir(&data, 0o700, &self.run_as)?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut cmd = Command::new("etcd");
         cmd.arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
             .arg(&data)
             .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(format!("{scheme}://127.0.0.1:{port}"))
             .arg("--advertise-client-urls")
-            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(format!("{scheme}://127.0.0.1:{port}"))
             .arg("--listen-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", port + 1))
+            .arg(format!("{scheme}://127.0.0.1:{}", port + 1))
             .arg("--initial-advertise-peer-urls")
-            .arg(format!("http://127.0.0.1:{}", port + 1))
+            .arg(format!("{scheme}://127.0.0.1:{}", port + 1))
             .arg("--initial-cluster")
-            .arg(format!("{}=http://127.0.0.1:{}", self.name, port + 1))
+            .arg(format!("{}={scheme}://127.0.0.1:{}", self.name, port + 1))
             .arg("--logger")
             .arg("zap");
+        let client_tls = match &self.tls {
+            Some(t) => {
+                cmd.args(t.etcd_args());
+                Some(t.etcd_client()?)
+            }
+            None => None,
+        };
         self.etcd = Some(spawn(cmd, &self.dir.join("etcd.log"), &self.run_as)?);
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ok = async {
-                let mut c = etcd_client::Client::connect([url.clone()], None)
+                let mut c = crate::etcd::connect(std::slice::from_ref(&url), client_tls.as_ref())
                     .await
                     .ok()?;
                 c.status().await.ok()
@@ -279,6 +300,7 @@ impl LocalCluster {
             &self.etcd_endpoints,
             &mdir,
             &self.dir.join("secrets"),
+            self.tls.as_ref(),
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", self.source))?;
         let path = mdir.join("governor.yaml");
@@ -305,6 +327,7 @@ impl LocalCluster {
             &hc.primary_path,
             &hc.replica_path,
             hc.interval,
+            self.tls.as_ref().map(|t| t.ca.as_path()),
         );
         let path = self.dir.join("haproxy.cfg");
         std::fs::write(&path, cfg)?;
@@ -453,13 +476,11 @@ impl LocalCluster {
     }
 
     async fn leader(&self) -> Option<usize> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .ok()?;
+        let (http, scheme) =
+            super::tls::api_client(self.tls.as_ref(), Duration::from_secs(2)).ok()?;
         for i in 0..self.members.len() {
             let url = format!(
-                "http://127.0.0.1:{}/status",
+                "{scheme}://127.0.0.1:{}/status",
                 self.ports.api + u16::try_from(i).ok()?
             );
             if let Ok(resp) = http.get(url).send().await
@@ -533,6 +554,7 @@ impl LocalCluster {
             etcd_pid: self.etcd.as_ref().map(|p| p.pid),
             haproxy_pid: self.haproxy.as_ref().map(|p| p.pid),
             members,
+            tls: self.tls.clone(),
         })
     }
 
@@ -562,19 +584,25 @@ impl LocalCluster {
             .map(|i| (self.ports.postgres + i).to_string())
             .collect();
         let mut s = format!(
-            "cluster {} is ready\n  primary (through HAProxy):  postgresql://postgres@127.0.0.1:{}/postgres\n",
-            self.name, self.ports.primary
+            "cluster {} is ready\n  primary (through HAProxy):  {}\n",
+            self.name,
+            super::status::dsn(self.ports.primary, self.tls.as_ref())
         );
         if let Some(r) = self.ports.replica {
             s.push_str(&format!(
-                "  replicas (through HAProxy): postgresql://postgres@127.0.0.1:{r}/postgres\n"
+                "  replicas (through HAProxy): {}\n",
+                super::status::dsn(r, self.tls.as_ref())
             ));
         }
         s.push_str(&format!(
-            "  any member, read-write:     host={} port={} user=postgres dbname=postgres target_session_attrs=read-write\n  \
+            "  any member, read-write:     host={} port={} user=postgres dbname=postgres target_session_attrs=read-write{}\n  \
              password:                   PGPASSFILE={}\n",
             hosts.join(","),
             ports.join(","),
+            self.tls
+                .as_ref()
+                .map(|t| format!(" sslmode=verify-full sslrootcert={}", t.ca.display()))
+                .unwrap_or_default(),
             self.dir.join("pgpass").display()
         ));
         s

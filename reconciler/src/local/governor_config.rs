@@ -4,7 +4,7 @@
 use super::ports::Ports;
 use crate::member_config::{self, Placement, Store};
 use spilo_model::MemberName;
-use spilo_model::governor::{EtcdConfig, SecretRef};
+use spilo_model::governor::{EtcdConfig, SecretRef, TlsConfig};
 use spilo_model::spec::ClusterFile;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -20,7 +20,8 @@ fn secret(s: Option<&spilo_model::spec::SecretRef>, generated: &Path) -> Result<
     }
 }
 
-/// Renders member `index`'s configuration. `secrets_dir` holds generated passwords.
+/// Renders member `index`'s configuration. `secrets_dir` holds generated passwords; with
+/// `tls`, the member issues its certificate from that CA and speaks TLS everywhere.
 pub fn render(
     file: &ClusterFile,
     index: u16,
@@ -28,6 +29,7 @@ pub fn render(
     etcd: &[String],
     member_dir: &Path,
     secrets_dir: &Path,
+    tls: Option<&super::tls::LocalTls>,
 ) -> Result<String, String> {
     let spec = &file.spec;
     let superuser = secret(
@@ -79,6 +81,7 @@ pub fn render(
                 .map(|c| Store::Directory(state.join(c.from.as_str()).join("bucket"))),
             parameters_in_file: true,
             aws: None,
+            tls: tls.map(|t| TlsConfig::new(t.ca.clone(), SecretRef::file(&t.ca_key))),
         },
     )
 }
@@ -110,6 +113,7 @@ mod tests {
             &["127.0.0.1:12379".into()],
             Path::new("/s/demo/members/demo-2"),
             Path::new("/s/demo/secrets"),
+            Some(&crate::local::tls::LocalTls::under(Path::new("/s/demo"))),
         )
         .expect("renders");
         let parsed = GovernorConfig::parse(&text).expect("the governor reads it");
@@ -180,6 +184,7 @@ mod tests {
             &[],
             Path::new("/s/demo/members/demo-0"),
             Path::new("/s"),
+            None,
         )
         .expect_err("refused");
         assert!(
@@ -195,7 +200,8 @@ mod tests {
         )
         .expect("valid");
         let ports = ports(None);
-        let err = render(&f, 0, &ports, &[], Path::new("/m"), Path::new("/s")).expect_err("ssm");
+        let err =
+            render(&f, 0, &ports, &[], Path::new("/m"), Path::new("/s"), None).expect_err("ssm");
         assert_eq!(
             err,
             "spec.secrets.superuser: the local target reads only env and file references"

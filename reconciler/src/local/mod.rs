@@ -5,7 +5,8 @@
 //! Pure parts: [`ports`] (derivation and clashes), [`haproxy`] (its configuration),
 //! [`governor_config`] (a member's configuration), [`plan`] (desired against running).
 //! Processes: [`cluster`] supervises one cluster; [`up`] is the foreground reconcile loop;
-//! [`state`] is the `state.json` contract that [`status`] and [`down`] read.
+//! [`state`] is the `state.json` contract that [`status`] and [`down`] read; [`tls`] is the
+//! cluster's CA and the certificates of etcd and of `spilo` itself.
 
 pub mod cluster;
 pub mod down;
@@ -16,6 +17,7 @@ pub mod ports;
 pub mod progress;
 pub mod state;
 pub mod status;
+pub mod tls;
 pub mod up;
 pub mod user;
 

@@ -26,6 +26,9 @@ pub struct ClusterState {
     pub haproxy_pid: Option<u32>,
     /// The members.
     pub members: Vec<MemberState>,
+    /// The cluster's TLS files, when it runs its own etcd (everything then speaks TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::tls::LocalTls>,
 }
 
 /// One member as `spilo up` runs it.

@@ -29,6 +29,12 @@ pub struct ClusterReport {
     pub file: String,
     /// `host:port` of the load-balanced endpoints.
     pub endpoints: Endpoints,
+    /// The cluster CA's certificate, when the cluster speaks TLS: clients check the servers
+    /// against it (`sslrootcert`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// A libpq connection string for the primary endpoint (`sslmode=verify-full` with TLS).
+    pub dsn: String,
     /// etcd client endpoints.
     pub etcd: Vec<String>,
     /// The member that holds the leader key, if any.
@@ -74,23 +80,34 @@ pub struct MemberReport {
     pub error: Option<String>,
 }
 
-async fn ask(http: &reqwest::Client, port: u16) -> Option<NodeStatus> {
+async fn ask(http: &reqwest::Client, scheme: &str, port: u16) -> Option<NodeStatus> {
     let resp = http
-        .get(format!("http://127.0.0.1:{port}/status"))
+        .get(format!("{scheme}://127.0.0.1:{port}/status"))
         .send()
         .await
         .ok()?;
     resp.json().await.ok()
 }
 
+/// The libpq connection string of a local primary endpoint: with TLS, `verify-full` against
+/// the cluster CA (the members' certificates name 127.0.0.1).
+pub fn dsn(port: u16, tls: Option<&super::tls::LocalTls>) -> String {
+    let mut s = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    if let Some(t) = tls {
+        s.push_str(&format!(
+            " sslmode=verify-full sslrootcert={}",
+            t.ca.display()
+        ));
+    }
+    s
+}
+
 /// Builds the report of one cluster.
 pub async fn report(st: &ClusterState) -> ClusterReport {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap_or_default();
+    let (http, scheme) = super::tls::api_client(st.tls.as_ref(), Duration::from_secs(2))
+        .unwrap_or_else(|_| (reqwest::Client::default(), "https"));
     let answers =
-        futures::future::join_all(st.members.iter().map(|m| ask(&http, m.api_port))).await;
+        futures::future::join_all(st.members.iter().map(|m| ask(&http, scheme, m.api_port))).await;
     let leader = answers.iter().flatten().find(|n| n.is_leader);
     let leader_lsn = leader.and_then(|l| l.member.wal.best());
     let members = st
@@ -113,7 +130,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
                 },
                 host: "127.0.0.1".into(),
                 port: m.pg_port,
-                api_url: format!("http://127.0.0.1:{}", m.api_port),
+                api_url: format!("{scheme}://127.0.0.1:{}", m.api_port),
                 governor_pid: Some(n.governor_pid),
                 postmaster_pid: n.postmaster_pid,
                 error: n.member.error.clone(),
@@ -126,7 +143,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
                 lag_bytes: None,
                 host: "127.0.0.1".into(),
                 port: m.pg_port,
-                api_url: format!("http://127.0.0.1:{}", m.api_port),
+                api_url: format!("{scheme}://127.0.0.1:{}", m.api_port),
                 governor_pid: m.governor_pid.filter(|p| state::alive(*p)),
                 postmaster_pid: None,
                 error: None,
@@ -142,6 +159,8 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
             primary: format!("127.0.0.1:{}", st.ports.primary),
             replica: st.ports.replica.map(|p| format!("127.0.0.1:{p}")),
         },
+        ca: st.tls.as_ref().map(|t| t.ca.display().to_string()),
+        dsn: dsn(st.ports.primary, st.tls.as_ref()),
         etcd: st.etcd_endpoints.clone(),
         leader: leader.map(|l| l.name.to_string()),
         members,
@@ -187,6 +206,10 @@ pub fn render(report: &Report) -> String {
             out.push_str(&format!(", postgresql://postgres@{r}/postgres (replicas)"));
         }
         out.push('\n');
+        out.push_str(&format!("Connect:  {}\n", c.dsn));
+        if let Some(ca) = &c.ca {
+            out.push_str(&format!("CA:       {ca}\n"));
+        }
         let mut rows = vec![
             [
                 "Member",

@@ -131,9 +131,7 @@ pub async fn edit(a: EditArgs) -> anyhow::Result<()> {
         println!("(dry run: nothing written)");
         return Ok(());
     }
-    let mut client = crate::etcd::connect(&a.target.endpoints())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let mut client = a.target.connect().await?;
     let key = Keyspace::with_namespace(&a.target.namespace, &a.target.cluster).config();
     let txn = Txn::new()
         .when([Compare::mod_revision(

@@ -33,12 +33,62 @@ pub struct Target {
     #[arg(long, default_value = "/service")]
     pub namespace: String,
     /// The state directory of `spilo up` (default: the one `spilo up` picks for `clusters/`),
-    /// where the cluster's etcd and generated REST API token are found.
+    /// where the cluster's etcd, its CA and generated REST API token are found.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// The CA certificate (PEM) etcd's certificate is checked against; with `--etcd-cert`
+    /// and `--etcd-key`, etcd is spoken to over TLS. Default: the local cluster's own.
+    #[arg(long, env = "SPILO_ETCD_CACERT", requires_all = ["etcd_cert", "etcd_key"])]
+    pub etcd_cacert: Option<PathBuf>,
+    /// The client certificate (PEM) presented to etcd.
+    #[arg(long, env = "SPILO_ETCD_CERT", requires_all = ["etcd_cacert", "etcd_key"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "SPILO_ETCD_KEY", requires_all = ["etcd_cacert", "etcd_cert"])]
+    pub etcd_key: Option<PathBuf>,
 }
 
 impl Target {
+    /// A target for `cluster` in the etcd at `endpoints`, without TLS.
+    pub fn at(cluster: ClusterName, endpoints: Vec<String>, namespace: &str) -> Self {
+        Self {
+            cluster,
+            etcd: Some(endpoints),
+            namespace: namespace.to_string(),
+            state_dir: None,
+            etcd_cacert: None,
+            etcd_cert: None,
+            etcd_key: None,
+        }
+    }
+
+    /// How etcd is spoken to: `--etcd-cacert/--etcd-cert/--etcd-key`, else the local
+    /// cluster's TLS when its etcd is the one used, else plaintext.
+    pub fn etcd_tls(&self) -> anyhow::Result<Option<spilo_discovery::EtcdTls>> {
+        if let (Some(ca), Some(cert), Some(key)) =
+            (&self.etcd_cacert, &self.etcd_cert, &self.etcd_key)
+        {
+            return spilo_discovery::EtcdTls::read(ca, cert, key)
+                .map(Some)
+                .map_err(anyhow::Error::msg);
+        }
+        if self.etcd.is_some() {
+            return Ok(None);
+        }
+        match self.local().and_then(|st| st.tls) {
+            Some(t) => t.etcd_client().map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A client of the cluster's etcd.
+    pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+        let tls = self.etcd_tls()?;
+        crate::etcd::connect(&self.endpoints(), tls.as_ref())
+            .await
+            .map_err(anyhow::Error::msg)
+    }
+
     /// etcd's endpoints: `--etcd`, else the local cluster's, else 127.0.0.1:2379.
     pub fn endpoints(&self) -> Vec<String> {
         if let Some(e) = &self.etcd {
@@ -134,9 +184,7 @@ impl ClusterState {
 
 /// Reads every key of the cluster in one request. Fails when the cluster does not exist.
 pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
-    let mut client = crate::etcd::connect(&t.endpoints())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let mut client = t.connect().await?;
     let keys = Keyspace::with_namespace(&t.namespace, &t.cluster);
     let resp = tokio::time::timeout(
         crate::etcd::TIMEOUT,
@@ -239,7 +287,8 @@ impl Api {
             local_token(target).map(Credential::Token)
         };
         let mut http = reqwest::Client::builder().timeout(timeout);
-        if let Some(ca) = &auth.cacert {
+        let local_ca = target.local().and_then(|st| st.tls).map(|t| t.ca);
+        if let Some(ca) = auth.cacert.as_ref().or(local_ca.as_ref()) {
             let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;

@@ -1,0 +1,256 @@
+//! The member's own certificate (`tls:` in the configuration): issued at start from the
+//! cluster's CA when the one on disk is missing, expiring, lacks this member's addresses or
+//! comes from another CA; renewed by [`run`] when a third of its lifetime remains, after which
+//! PostgreSQL is reloaded (SIGHUP re-reads `ssl_cert_file`) and the REST API's TLS
+//! configuration is replaced in place. Neither restarts, so a renewal never costs a failover.
+//!
+//! The etcd client keeps the identity it connected with: an established connection is not
+//! re-authenticated, and the next start presents the renewed certificate (a third of the
+//! lifetime, ten days by default, remains for that).
+
+use spilo_model::governor::GovernorConfig;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Why the member's certificate could not be issued or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The CA certificate or key is not usable, or a name cannot go into a certificate.
+    #[error("{what}: {source}")]
+    Pki {
+        /// Which file or step.
+        what: String,
+        /// What is wrong.
+        source: spilo_pki::PkiError,
+    },
+}
+
+/// Where the member's certificate lives and what it is made from.
+#[derive(Clone)]
+pub struct MemberCert {
+    ca_file: PathBuf,
+    ca_key: String,
+    cert: PathBuf,
+    key: PathBuf,
+    names: Vec<String>,
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for MemberCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberCert")
+            .field("cert", &self.cert)
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemberCert {
+    /// From a configuration with `tls:` and the CA key it references; `None` without `tls:`.
+    pub fn new(config: &GovernorConfig, ca_key: Option<&str>) -> Option<Self> {
+        let tls = config.tls.as_ref()?;
+        let (cert, key) = config.member_cert()?;
+        Some(Self {
+            ca_file: tls.ca_file.clone(),
+            ca_key: ca_key?.to_string(),
+            cert,
+            key,
+            names: config.cert_names(),
+            lifetime: Duration::from_secs(tls.lifetime),
+        })
+    }
+
+    /// The CA certificate file.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The certificate and key files.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+
+    /// Issues a certificate unless the one on disk is still good at `now`; returns why a new
+    /// one was written, or `None`, and when the next renewal is due.
+    pub fn ensure(
+        &self,
+        now: SystemTime,
+    ) -> Result<(Option<spilo_pki::Renewal>, SystemTime), CertError> {
+        let ca_cert = read(&self.ca_file)?;
+        let ca_facts = spilo_pki::facts(&ca_cert).map_err(|source| CertError::Pki {
+            what: format!("the CA certificate {}", self.ca_file.display()),
+            source,
+        })?;
+        let current = std::fs::read_to_string(&self.cert)
+            .ok()
+            .and_then(|pem| spilo_pki::facts(&pem).ok());
+        let why = match &current {
+            None => Some(spilo_pki::Renewal::Expiring),
+            Some(f) => spilo_pki::needs_renewal(f, &ca_facts, &self.names, now),
+        };
+        let Some(why) = why else {
+            let due = current.as_ref().map(spilo_pki::renew_at).unwrap_or(now);
+            return Ok((None, due));
+        };
+        let ca = spilo_pki::CertAndKey {
+            cert: ca_cert,
+            key: self.ca_key.clone(),
+        };
+        let issued = spilo_pki::issue(&ca, &self.names, self.lifetime, now).map_err(|source| {
+            CertError::Pki {
+                what: "issuing the member certificate".into(),
+                source,
+            }
+        })?;
+        // The key first: a reader that sees the new certificate finds its key in place.
+        write_private(&self.key, &issued.key)?;
+        write_private(&self.cert, &issued.cert)?;
+        let facts = spilo_pki::facts(&issued.cert).map_err(|source| CertError::Pki {
+            what: "the issued certificate".into(),
+            source,
+        })?;
+        Ok((Some(why), spilo_pki::renew_at(&facts)))
+    }
+
+    /// What the etcd client presents and checks (the files as they are now).
+    pub fn etcd_tls(&self) -> Result<spilo_discovery::EtcdTls, CertError> {
+        Ok(spilo_discovery::EtcdTls {
+            ca: read(&self.ca_file)?,
+            cert: read(&self.cert)?,
+            key: read(&self.key)?,
+        })
+    }
+}
+
+/// What is reloaded after a renewal.
+pub struct Reload {
+    /// The REST API's live TLS configuration.
+    pub api: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// PGDATA, whose `postmaster.pid` names the postmaster to send SIGHUP.
+    pub data_dir: PathBuf,
+}
+
+/// Renews the certificate when it is due (checked at least every `check`, so a clock jump or
+/// a failed renewal is retried) and reloads what uses it.
+pub async fn run(cert: MemberCert, reload: Reload, check: Duration, cancel: CancellationToken) {
+    loop {
+        let due = match cert.ensure(SystemTime::now()) {
+            Ok((why, due)) => {
+                if let Some(why) = why {
+                    tracing::info!(reason = ?why, cert = %cert.cert.display(), "renewed the member certificate");
+                    if let Some(api) = &reload.api
+                        && let Err(e) = api.reload_from_pem_file(&cert.cert, &cert.key).await
+                    {
+                        tracing::warn!(error = %e, "the REST API keeps its old certificate");
+                    }
+                    sighup_postmaster(&reload.data_dir);
+                }
+                Some(due)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the member certificate");
+                None
+            }
+        };
+        let wait = due
+            .and_then(|d| d.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default()
+            .clamp(Duration::from_millis(200), check);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Asks the running postmaster to re-read its configuration, as `pg_ctl reload` does.
+fn sighup_postmaster(data_dir: &Path) {
+    let pid = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+    if let Some(pid) = pid {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        );
+    }
+}
+
+fn read(path: &Path) -> Result<String, CertError> {
+    std::fs::read_to_string(path).map_err(|source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, mode 0600.
+fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
+    let io = |source| CertError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(dir: &Path, lifetime: Duration) -> MemberCert {
+        let ca =
+            spilo_pki::new_ca("test", Duration::from_secs(86_400), SystemTime::now()).expect("CA");
+        std::fs::write(dir.join("ca.crt"), &ca.cert).expect("write");
+        MemberCert {
+            ca_file: dir.join("ca.crt"),
+            ca_key: ca.key,
+            cert: dir.join("tls/member.crt"),
+            key: dir.join("tls/member.key"),
+            names: vec!["127.0.0.1".into()],
+            lifetime,
+        }
+    }
+
+    #[test]
+    fn issued_once_then_kept_until_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = setup(dir.path(), Duration::from_secs(3000));
+        let now = SystemTime::now();
+        let (first, due) = c.ensure(now).expect("issue");
+        assert_eq!(first, Some(spilo_pki::Renewal::Expiring));
+        let mode = std::fs::metadata(&c.key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let serial = std::fs::read_to_string(&c.cert).expect("cert");
+        assert_eq!(c.ensure(now).expect("keep").0, None);
+        assert_eq!(std::fs::read_to_string(&c.cert).expect("cert"), serial);
+        let (again, _) = c.ensure(due + Duration::from_secs(1)).expect("renew");
+        assert_eq!(again, Some(spilo_pki::Renewal::Expiring));
+        assert_ne!(std::fs::read_to_string(&c.cert).expect("cert"), serial);
+    }
+
+    #[test]
+    fn a_replaced_ca_means_a_new_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = setup(dir.path(), Duration::from_secs(3000));
+        c.ensure(SystemTime::now()).expect("issue");
+        let c2 = setup(dir.path(), Duration::from_secs(3000));
+        let (why, _) = c2.ensure(SystemTime::now()).expect("reissue");
+        assert_eq!(why, Some(spilo_pki::Renewal::OtherIssuer));
+    }
+}
