@@ -58,6 +58,7 @@ impl Target {
             serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Ok(full) = spilo_model::governor::GovernorConfig::parse(&text)
             && let (Some(tls), Some((cert, key))) = (&full.tls, full.member_cert())
+            && full.etcd_over_tls()
         {
             target.tls = crate::dcs::discovery::EtcdTls::read(&tls.ca_file, &cert, &key).ok();
         }

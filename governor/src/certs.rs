@@ -39,6 +39,9 @@ pub enum CertError {
 #[derive(Clone)]
 pub struct MemberCert {
     ca_file: PathBuf,
+    /// The CA certificate when the key's secret carries it too (a PEM bundle, as on AWS):
+    /// written to `ca_file` before anything reads it.
+    ca_cert: Option<String>,
     ca_key: String,
     cert: PathBuf,
     key: PathBuf,
@@ -60,9 +63,11 @@ impl MemberCert {
     pub fn new(config: &GovernorConfig, ca_key: Option<&str>) -> Option<Self> {
         let tls = config.tls.as_ref()?;
         let (cert, key) = config.member_cert()?;
+        let (ca_cert, ca_key) = split_bundle(ca_key?);
         Some(Self {
             ca_file: tls.ca_file.clone(),
-            ca_key: ca_key?.to_string(),
+            ca_cert,
+            ca_key,
             cert,
             key,
             names: config.cert_names(),
@@ -86,6 +91,11 @@ impl MemberCert {
         &self,
         now: SystemTime,
     ) -> Result<(Option<spilo_pki::Renewal>, SystemTime), CertError> {
+        if let Some(pem) = &self.ca_cert
+            && std::fs::read_to_string(&self.ca_file).ok().as_deref() != Some(pem.as_str())
+        {
+            write_file(&self.ca_file, pem, 0o644)?;
+        }
         let ca_cert = read(&self.ca_file)?;
         let ca_facts = spilo_pki::facts(&ca_cert).map_err(|source| CertError::Pki {
             what: format!("the CA certificate {}", self.ca_file.display()),
@@ -193,8 +203,34 @@ fn read(path: &Path) -> Result<String, CertError> {
     })
 }
 
+/// A CA secret's value: the certificate blocks (when the secret carries them) and the rest
+/// (the private key).
+fn split_bundle(pem: &str) -> (Option<String>, String) {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut certs = String::new();
+    let mut rest = String::new();
+    let mut text = pem;
+    while let Some(start) = text.find(BEGIN) {
+        rest.push_str(&text[..start]);
+        let Some(end) = text[start..].find(END).map(|e| start + e + END.len()) else {
+            break;
+        };
+        certs.push_str(&text[start..end]);
+        certs.push('\n');
+        text = &text[end..];
+    }
+    rest.push_str(text);
+    let rest = rest.trim().to_string() + "\n";
+    ((!certs.is_empty()).then_some(certs), rest)
+}
+
 /// Writes `text` to `path` through a temporary file and a rename, mode 0600.
 fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
+    write_file(path, text, 0o600)
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
     let io = |source| CertError::Io {
         path: path.to_path_buf(),
         source,
@@ -205,7 +241,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), CertError> {
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -219,6 +255,7 @@ mod tests {
         std::fs::write(dir.join("ca.crt"), &ca.cert).expect("write");
         MemberCert {
             ca_file: dir.join("ca.crt"),
+            ca_cert: None,
             ca_key: ca.key,
             cert: dir.join("tls/member.crt"),
             key: dir.join("tls/member.key"),
@@ -242,6 +279,33 @@ mod tests {
         let (again, _) = c.ensure(due + Duration::from_secs(1)).expect("renew");
         assert_eq!(again, Some(spilo_pki::Renewal::Expiring));
         assert_ne!(std::fs::read_to_string(&c.cert).expect("cert"), serial);
+    }
+
+    #[test]
+    fn a_bundle_secret_gives_the_ca_certificate_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = spilo_pki::new_ca("bundle", Duration::from_secs(86_400), SystemTime::now())
+            .expect("CA");
+        let (cert, key) = split_bundle(&format!("{}{}", ca.cert, ca.key));
+        assert_eq!(cert.as_deref().map(str::trim), Some(ca.cert.trim()));
+        assert_eq!(key.trim(), ca.key.trim());
+        assert_eq!(
+            split_bundle(&ca.key),
+            (None, ca.key.trim().to_string() + "\n")
+        );
+        let c = MemberCert {
+            ca_file: dir.path().join("tls/ca.crt"),
+            ca_cert: cert,
+            ca_key: key,
+            cert: dir.path().join("tls/member.crt"),
+            key: dir.path().join("tls/member.key"),
+            names: vec!["10.0.0.7".into()],
+            lifetime: Duration::from_secs(3000),
+        };
+        let (why, _) = c.ensure(SystemTime::now()).expect("issue");
+        assert_eq!(why, Some(spilo_pki::Renewal::Expiring));
+        let written = std::fs::read_to_string(&c.ca_file).expect("ca.crt");
+        assert_eq!(written.trim(), ca.cert.trim());
     }
 
     #[test]

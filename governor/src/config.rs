@@ -95,6 +95,8 @@ pub struct Identity {
     /// The host other members and clients reach this member at: PostgreSQL's and the REST
     /// API's `connect_address` become `<host>:<their listen port>` unless the file sets them.
     pub connect_host: Option<String>,
+    /// The networks PostgreSQL admits (`postgresql.networks` unless the file sets them).
+    pub networks: Vec<String>,
 }
 
 /// A configuration with its secrets read.
@@ -154,6 +156,14 @@ pub fn read(path: &Path) -> Result<GovernorConfig, ConfigError> {
 /// Reads, parses, checks, applies `identity` and resolves the secrets of a configuration file.
 pub async fn load(path: &Path, identity: &Identity) -> Result<Loaded, ConfigError> {
     let mut config = read(path)?;
+    if config.postgresql.networks.is_empty() && !identity.networks.is_empty() {
+        config.postgresql.networks = identity.networks.clone();
+        config.check().map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: "--allowed-network".into(),
+            message: e.message,
+        })?;
+    }
     if let Some(host) = &identity.connect_host {
         let pg = &mut config.postgresql;
         pg.connect_address

@@ -139,6 +139,10 @@ struct IdentityArgs {
     /// The host others reach this member at (on AWS: its private address).
     #[arg(long)]
     connect_host: Option<String>,
+    /// A network (CIDR) PostgreSQL admits connections from (on AWS: the VPC's ranges);
+    /// repeatable. Used when the file sets no `postgresql.networks`.
+    #[arg(long = "allowed-network")]
+    allowed_networks: Vec<String>,
 }
 
 impl IdentityArgs {
@@ -146,6 +150,7 @@ impl IdentityArgs {
         governor::config::Identity {
             name: self.name.clone(),
             connect_host: self.connect_host.clone(),
+            networks: self.allowed_networks.clone(),
         }
     }
 }

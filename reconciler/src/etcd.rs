@@ -22,6 +22,7 @@ pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
         hosts: dcs.hosts.clone(),
         discovery_domain: dcs.discovery_domain.clone(),
         discovery_nameserver: None,
+        plaintext: false,
     };
     spilo_discovery::endpoints(&cfg, None, TIMEOUT)
         .await

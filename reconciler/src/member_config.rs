@@ -136,6 +136,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
             connect_address: None,
             parameters,
             pg_hba: (!spec.postgresql.pg_hba.is_empty()).then(|| spec.postgresql.pg_hba.clone()),
+            networks: Vec::new(),
             authentication: Authentication {
                 superuser: Credentials {
                     username: "postgres".into(),

@@ -117,9 +117,13 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
     // Writes through the DNS name (the load balancer stand-in routes to the primary).
     let lb = resolve(b, "orders.db.example.com").await?;
     assert_eq!(lb, b.elb, "the record points at the load balancer");
+    // Over TLS, checked against the cluster CA for the cluster's DNS name (in every member's
+    // certificate), connected at the address it resolves to.
     let dsn = format!(
-        "host={lb} port=5432 user=postgres password={} dbname=postgres connect_timeout=2",
-        b.setup.passwords["superuser"]
+        "host=orders.db.example.com hostaddr={lb} port=5432 user=postgres password={} \
+         dbname=postgres connect_timeout=2 sslmode=verify-full sslrootcert={}",
+        b.setup.passwords["superuser"],
+        b.ca.display()
     );
     // As an ELB, the stand-in routes only to the primary once its health checks ran.
     let leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
@@ -135,6 +139,45 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
     })
     .await?;
     c.batch_execute(probe::TABLE_DDL).await?;
+    let tls = c
+        .query(
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+            &[],
+        )
+        .await?;
+    assert_eq!(tls.len(), 2, "two replicas stream");
+    assert!(
+        tls.iter().all(|r| r.get::<_, bool>(0)),
+        "replication streams over TLS"
+    );
+    // pg_hba admits TLS connections from the VPC's range only (from the metadata service).
+    let rules = c
+        .query(
+            "SELECT type, address || '/' || netmask FROM pg_hba_file_rules WHERE type LIKE 'host%'",
+            &[],
+        )
+        .await?;
+    let vpc = b.cidr.replace(".0.0/16", ".0.0/255.255.0.0");
+    assert!(!rules.is_empty());
+    for r in &rules {
+        let (kind, net): (String, String) = (r.get(0), r.get(1));
+        assert_eq!((kind.as_str(), net.as_str()), ("hostssl", vpc.as_str()));
+    }
+    let plain = tokio_postgres::connect(
+        &format!(
+            "host={} port=5432 user=postgres password={} dbname=postgres sslmode=disable connect_timeout=2",
+            b.instances[leader].ip, b.setup.passwords["superuser"]
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert!(
+        plain
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
+            .is_some_and(|m| m.contains("no encryption")),
+        "plaintext from the network is refused"
+    );
     let prober = Prober::start(vec![("lb".into(), dsn.clone())], Duration::from_millis(50));
     prober.wait_write("lb", None, BOOT).await?;
 

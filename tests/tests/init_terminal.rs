@@ -140,6 +140,7 @@ async fn init_at_a_terminal_takes_typed_answers_and_names_the_bucket_after_the_a
         "storage: {size: 20, type: gp3, filesystem: ext4, mountOptions: [noatime, nobarrier]}\n",
         "bucket: spilo-123456789012-eu-west-1-shop\n    createBucket: true\n",
         "restapi: {ssm: /spilo/shop/restapi-token}",
+        "ca: {ssm: /spilo/shop/ca}",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }

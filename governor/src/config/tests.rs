@@ -159,6 +159,7 @@ async fn the_identity_given_at_start_names_the_member_and_its_addresses() {
         &Identity {
             name: MemberName::new("i-0abc123").ok(),
             connect_host: Some("10.77.1.4".into()),
+            networks: vec!["10.77.0.0/16".into()],
         },
     )
     .await
@@ -166,6 +167,22 @@ async fn the_identity_given_at_start_names_the_member_and_its_addresses() {
     assert_eq!(loaded.name.as_str(), "i-0abc123");
     assert_eq!(loaded.config.pg_connect_address(), "10.77.1.4:5432");
     assert_eq!(loaded.config.api_url(), "http://10.77.1.4:8008");
+    assert_eq!(loaded.config.postgresql.networks, ["10.77.0.0/16"]);
+    let refused = load(
+        &cfg,
+        &Identity {
+            name: MemberName::new("i-0abc123").ok(),
+            networks: vec!["10.77.0.0".into()],
+            ..Identity::default()
+        },
+    )
+    .await
+    .expect_err("not a network")
+    .to_string();
+    assert!(
+        refused.contains("--allowed-network: \"10.77.0.0\" is not a network"),
+        "{refused}"
+    );
 }
 
 #[test]

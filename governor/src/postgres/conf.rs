@@ -135,10 +135,21 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
 
 /// `pg_hba.conf`: local socket connections are trusted (the socket directory is private to the
 /// governor's OS user; `backup-push` streams its base backup over it), then `extra` lines, or
-/// password authentication from anywhere: over TLS only (`hostssl`) when `ssl`, so a
-/// plaintext connection from the network matches no line and is refused.
-pub fn pg_hba(replication_user: &str, extra: Option<&[String]>, ssl: bool) -> String {
+/// password authentication from `networks` (anywhere when empty): over TLS only (`hostssl`)
+/// when `ssl`, so a plaintext connection from the network matches no line and is refused.
+pub fn pg_hba(
+    replication_user: &str,
+    extra: Option<&[String]>,
+    ssl: bool,
+    networks: &[String],
+) -> String {
     let host = if ssl { "hostssl" } else { "host" };
+    let anywhere = ["0.0.0.0/0".to_string(), "::/0".to_string()];
+    let networks = if networks.is_empty() {
+        &anywhere[..]
+    } else {
+        networks
+    };
     let mut out = String::from(
         "# Written by the spilo governor.\n\
          local all all trust\n\
@@ -152,7 +163,7 @@ pub fn pg_hba(replication_user: &str, extra: Option<&[String]>, ssl: bool) -> St
             }
         }
         None => {
-            for net in ["0.0.0.0/0", "::/0"] {
+            for net in networks {
                 let _ = writeln!(
                     out,
                     "{host} replication {replication_user} {net} scram-sha-256"
@@ -242,13 +253,14 @@ mod tests {
 
     #[test]
     fn hba_defaults_to_passwords_everywhere() {
-        let hba = pg_hba("replicator", None, false);
+        let hba = pg_hba("replicator", None, false, &[]);
         assert!(hba.starts_with("# Written by the spilo governor.\nlocal all all trust\n"));
         assert!(hba.contains("host replication replicator 0.0.0.0/0 scram-sha-256\n"));
         let custom = pg_hba(
             "r",
             Some(&["host all all 10.0.0.0/8 md5".to_string()]),
             false,
+            &[],
         );
         assert!(custom.ends_with(
             "local all all trust\nlocal replication all trust\nhost all all 10.0.0.0/8 md5\n"
@@ -257,10 +269,13 @@ mod tests {
 
     #[test]
     fn with_tls_the_network_needs_tls_and_postgresql_serves_it() {
-        let hba = pg_hba("replicator", None, true);
+        let hba = pg_hba("replicator", None, true, &[]);
         assert!(hba.contains("hostssl replication replicator 0.0.0.0/0 scram-sha-256\n"));
         assert!(hba.contains("hostssl all all ::/0 scram-sha-256\n"));
         assert!(!hba.lines().any(|l| l.starts_with("host ")));
+        let vpc = pg_hba("replicator", None, true, &["10.1.0.0/16".to_string()]);
+        assert!(vpc.contains("hostssl all all 10.1.0.0/16 scram-sha-256\n"));
+        assert!(!vpc.contains("0.0.0.0/0"), "{vpc}");
         let ssl = Ssl {
             cert: "/t/member.crt".into(),
             key: "/t/member.key".into(),

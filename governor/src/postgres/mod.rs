@@ -75,6 +75,8 @@ pub struct Instance {
     /// With `tls:`: PostgreSQL serves TLS with the member's certificate and requires it on
     /// the network; replicas check their upstream with `verify-full`.
     ssl: Option<conf::Ssl>,
+    /// The networks the default pg_hba lines admit (everywhere when empty).
+    networks: Vec<String>,
 }
 
 /// What happened to the postmaster since the last look.
@@ -135,6 +137,7 @@ impl Instance {
                 .map(|_| archiving::archive_commands(&config_path)),
             clone_recovery: None,
             config_path,
+            networks: pg.networks.clone(),
             ssl: c
                 .member_cert()
                 .zip(c.tls.as_ref())
@@ -202,6 +205,7 @@ impl Instance {
                 &self.replication.0,
                 self.hba_extra.as_deref(),
                 self.ssl.is_some(),
+                &self.networks,
             ),
         )?;
         write_private(&self.run_dir.join("pg_ident.conf"), "")?;

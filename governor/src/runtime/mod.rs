@@ -148,7 +148,10 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             if let Some(why) = why {
                 tracing::info!(reason = ?why, names = cfg.cert_names().join(","), "issued the member certificate");
             }
-            Some(c.etcd_tls().context("read this member's certificate")?)
+            cfg.etcd_over_tls()
+                .then(|| c.etcd_tls())
+                .transpose()
+                .context("read this member's certificate")?
         }
         None => None,
     };

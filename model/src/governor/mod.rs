@@ -172,6 +172,17 @@ pub struct EtcdConfig {
     /// The DNS server to ask for SRV records (`host:port`); the system resolver when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_nameserver: Option<SocketAddr>,
+    /// Speak plaintext to etcd even with `tls:` (an etcd that has no TLS yet); by default
+    /// `tls:` means etcd over TLS with the member's certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
+}
+
+impl GovernorConfig {
+    /// Whether etcd is spoken to over TLS (with `tls:`, unless `etcd.plaintext`).
+    pub fn etcd_over_tls(&self) -> bool {
+        self.tls.is_some() && !self.etcd.plaintext
+    }
 }
 
 /// The local PostgreSQL instance.
@@ -196,9 +207,13 @@ pub struct PostgresConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
     /// pg_hba.conf lines after the governor's own `local` line (default: password
-    /// authentication for everyone and for replication, from any address).
+    /// authentication for everyone and for replication, from `networks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg_hba: Option<Vec<String>>,
+    /// The networks (CIDR) the default pg_hba lines admit; everywhere when empty. On AWS the
+    /// instance gives its VPC's ranges at start (`--allowed-network`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
     /// The superuser and the replication user.
     pub authentication: Authentication,
 }
@@ -391,6 +406,18 @@ impl HaSettings {
     }
 }
 
+/// Whether `s` is `address/prefix` with a prefix the address family allows.
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, prefix)) = s.split_once('/') else {
+        return false;
+    };
+    match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(p)) => p <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(p)) => p <= 128,
+        _ => false,
+    }
+}
+
 /// Why a configuration text was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -458,6 +485,12 @@ impl GovernorConfig {
         }
         if !pg.bin_dir.is_absolute() {
             return Err(invalid("postgresql.bin_dir", "must be an absolute path"));
+        }
+        if let Some(n) = pg.networks.iter().find(|n| !is_cidr(n)) {
+            return Err(invalid(
+                "postgresql.networks",
+                format!("{n:?} is not a network such as 10.0.0.0/16"),
+            ));
         }
         if pg.listen.port() == 0 {
             return Err(invalid("postgresql.listen", "needs a port"));
@@ -545,7 +578,12 @@ impl GovernorConfig {
                     format!("must be at least {} seconds", tls::MIN_LIFETIME),
                 ));
             }
-            if let Some(h) = self.etcd.hosts.iter().find(|h| h.starts_with("http://")) {
+            if let Some(h) = self
+                .etcd
+                .hosts
+                .iter()
+                .find(|h| h.starts_with("http://") && !self.etcd.plaintext)
+            {
                 return Err(invalid(
                     "etcd.hosts",
                     format!("{h} is plaintext; with tls etcd is reached over https"),

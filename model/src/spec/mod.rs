@@ -454,10 +454,28 @@ pub struct SecretsSpec {
     /// without it those endpoints are disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restapi: Option<SecretRef>,
+    /// AWS: the cluster CA, its certificate and private key as one PEM bundle. With it the
+    /// members issue their own certificates from it at boot and serve PostgreSQL (`hostssl`
+    /// only, replication `verify-full`) and the REST API over TLS; without it they are
+    /// plaintext. (The local target makes its own CA.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretRef>,
     /// AWS: the KMS key (ARN) that encrypts the SecureString parameters or secrets when it is
     /// not the account's default; the instances' role may then decrypt with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key: Option<String>,
+}
+
+impl SecretsSpec {
+    /// Every secret reference with its field name under `spec.secrets`.
+    pub fn references(&self) -> [(&'static str, Option<&SecretRef>); 4] {
+        [
+            ("superuser", self.superuser.as_ref()),
+            ("replication", self.replication.as_ref()),
+            ("restapi", self.restapi.as_ref()),
+            ("ca", self.ca.as_ref()),
+        ]
+    }
 }
 
 /// Where a password is: exactly one of `env`, `file`, `ssm` or `secretsManager`.

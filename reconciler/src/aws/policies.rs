@@ -87,14 +87,12 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
         }));
     }
 
-    let refs: Vec<&SecretRef> = [
-        &spec.secrets.superuser,
-        &spec.secrets.replication,
-        &spec.secrets.restapi,
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let refs: Vec<&SecretRef> = spec
+        .secrets
+        .references()
+        .into_iter()
+        .filter_map(|(_, r)| r)
+        .collect();
     let parameters: Vec<Value> = refs
         .iter()
         .filter_map(|r| r.ssm.as_deref())

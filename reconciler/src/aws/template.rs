@@ -244,7 +244,12 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
                     "Protocol": "TCP",
                 }],
                 "HealthCheck": {
-                    "Target": format!("HTTP:{API_PORT}{path}"),
+                    // With the cluster CA the REST API speaks only HTTPS (an ELB does not
+                    // verify a backend's certificate in its health check).
+                    "Target": format!(
+                        "{}:{API_PORT}{path}",
+                        if file.spec.secrets.ca.is_some() { "HTTPS" } else { "HTTP" }
+                    ),
                     "Interval": interval.to_string(),
                     "Timeout": (interval - 1).min(5).to_string(),
                     "HealthyThreshold": "2",

@@ -10,7 +10,7 @@
 
 use crate::member_config::{self, Placement, Store};
 use spilo_model::governor::{
-    AwsSettings, EtcdConfig, GovernorConfig, S3Config, SecretRef, StackSignal,
+    AwsSettings, EtcdConfig, GovernorConfig, S3Config, SecretRef, StackSignal, TlsConfig,
 };
 use spilo_model::spec::{ClusterFile, Filesystem};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -78,8 +78,23 @@ fn placement(file: &ClusterFile) -> Placement {
     });
     let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let secrets = &spec.secrets;
+    // With the cluster CA: PostgreSQL and the REST API over TLS, each member's certificate
+    // also naming the cluster's DNS record. etcd on AWS has no TLS yet (the etcd clusters of
+    // issue #18 bring it), so it stays plaintext.
+    let tls = secrets.ca.as_ref().map(|ca| {
+        let mut t = TlsConfig::new(format!("{DATA_MOUNT}/tls/ca.crt").into(), secret(ca));
+        t.names = super::template::dns_name(file)
+            .map(|n| n.trim_end_matches('.').to_string())
+            .into_iter()
+            .collect();
+        t
+    });
+    let etcd = EtcdConfig {
+        plaintext: tls.is_some(),
+        ..etcd
+    };
     Placement {
-        tls: None,
+        tls,
         header: "# Written at boot from the user data spilo rendered from the cluster file.",
         name: None,
         etcd,

@@ -97,11 +97,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         );
     }
 
-    for (field, secret) in [
-        ("superuser", &s.secrets.superuser),
-        ("replication", &s.secrets.replication),
-        ("restapi", &s.secrets.restapi),
-    ] {
+    for (field, secret) in s.secrets.references() {
         if let Some(sr) = secret
             && sr.sources() != 1
         {
@@ -496,6 +492,15 @@ fn aws_secrets(s: &spilo_model::spec::ClusterSpec, r: &mut Reporter<'_>) {
             ),
             Some(_) => {}
         }
+    }
+    if let Some(ca) = &s.secrets.ca
+        && (ca.env.is_some() || ca.file.is_some())
+    {
+        r.at(
+            &Path::parse("spec.secrets.ca"),
+            Severity::Error,
+            "an instance cannot read env or file references: use {ssm: PARAMETER} or {secretsManager: ARN}",
+        );
     }
 }
 

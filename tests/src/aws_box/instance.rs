@@ -19,6 +19,8 @@ pub struct Launch<'a> {
     pub ip: &'a str,
     /// The bridge's prefix length (the subnet of the box).
     pub prefix: u8,
+    /// The VPC's range, as the metadata service names it for the instance's interface.
+    pub vpc_cidr: &'a str,
     /// The bridge to attach to.
     pub bridge: &'a str,
     /// The region.
@@ -88,6 +90,14 @@ impl Instance {
         write(&md.join("meta-data/instance-id"), l.id)?;
         write(&md.join("meta-data/local-ipv4"), l.ip)?;
         write(&md.join("meta-data/placement/region"), l.region)?;
+        let mac = "0a:00:00:00:00:01";
+        write(&md.join("meta-data/mac"), mac)?;
+        write(
+            &md.join(format!(
+                "meta-data/network/interfaces/macs/{mac}/vpc-ipv4-cidr-blocks"
+            )),
+            l.vpc_cidr,
+        )?;
         write(
             &md.join("meta-data/iam/security-credentials/index"),
             l.role.0,

@@ -113,6 +113,11 @@ pub struct AwsBox {
     haproxy: Option<Spawned>,
     /// The DNS server resolving the cluster's name to the load balancer stand-in.
     pub dns: Option<Dns>,
+    /// The cluster CA's certificate (its certificate and key are the Secrets Manager secret
+    /// `ca_arn` the cluster file names as `secrets.ca`).
+    pub ca: PathBuf,
+    /// The CA secret's ARN.
+    pub ca_arn: String,
 }
 
 /// What the image is made of here: the recipe, the boot layer and the binaries.
@@ -216,6 +221,7 @@ impl AwsBox {
     pub async fn new() -> anyhow::Result<Self> {
         let image = tokio::task::spawn_blocking(image).await??;
         let dir = tempfile::Builder::new().prefix("spilo-box-").tempdir()?;
+        let dir_path = dir.path().to_path_buf();
         let (k, bridge) = claim_bridge()?;
         let (host, elb, cidr) = (
             format!("10.{k}.0.1"),
@@ -265,12 +271,31 @@ impl AwsBox {
             instances: Vec::new(),
             haproxy: None,
             dns: None,
+            ca: dir_path.join("ca.crt"),
+            ca_arn: String::new(),
         };
         let version = spilo::aws::userdata::VERSION;
         let cidr = b.cidr.clone();
         b.setup = serde_json::from_str(
             &b.python(&["setup", REGION, &cidr, "orders", version, "amd64"])?,
         )?;
+        // The cluster CA: certificate and key in one Secrets Manager secret, as an operator
+        // keeps it; clients trust its certificate.
+        let ca = spilo_pki::new_ca(
+            "spilo box CA",
+            std::time::Duration::from_secs(86_400),
+            std::time::SystemTime::now(),
+        )?;
+        std::fs::write(&b.ca, &ca.cert)?;
+        let bundle = b.dir.path().join("ca.bundle");
+        std::fs::write(&bundle, format!("{}{}", ca.cert, ca.key))?;
+        let bundle_arg = bundle.display().to_string();
+        b.ca_arn = b
+            .python(&["secret", REGION, "spilo/orders/ca", &bundle_arg])?
+            .trim()
+            .to_string();
+        std::fs::remove_file(&bundle)?;
+        crate::tls::trust(&b.ca)?;
         Ok(b)
     }
 
@@ -313,12 +338,14 @@ impl AwsBox {
              backup: {{bucket: spilo-wal}}\n  {sync}\
              endpoints: {{dns: {{name: {name}}}, healthCheck: {{interval: 5}}}}\n  \
              secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    \
-             replication: {{secretsManager: \"{repl}\"}}\n    restapi: {{ssm: /spilo/{name}/restapi}}\n",
+             replication: {{secretsManager: \"{repl}\"}}\n    restapi: {{ssm: /spilo/{name}/restapi}}\n    \
+             ca: {{secretsManager: \"{ca}\"}}\n",
             etcd = self.etcd.client_addr,
             vpc = self.setup.vpc,
             subnet = self.setup.subnet,
             zone = self.setup.zone_id,
             repl = self.setup.replication_arn,
+            ca = self.ca_arn,
             // Synchronous replication: a failover loses no acknowledged commit.
             sync = if instances > 1 {
                 "ha: {synchronousMode: true}\n  "
@@ -379,6 +406,7 @@ impl AwsBox {
                     id: &m.id,
                     ip: &m.ip,
                     prefix: 16,
+                    vpc_cidr: &self.cidr,
                     bridge: &self.bridge.0,
                     region: REGION,
                     role: (&fleet.role, creds.trim()),
@@ -414,10 +442,12 @@ impl AwsBox {
         let target = lb["HealthCheck"]["Target"]
             .as_str()
             .unwrap_or("HTTP:8008/primary");
-        let (check_port, path) = target
-            .trim_start_matches("HTTP:")
-            .split_once('/')
-            .unwrap_or(("8008", "primary"));
+        // An ELB's HTTPS health check does not verify the backend's certificate.
+        let (ssl, target) = match target.strip_prefix("HTTPS:") {
+            Some(t) => (" check-ssl verify none", t),
+            None => ("", target.trim_start_matches("HTTP:")),
+        };
+        let (check_port, path) = target.split_once('/').unwrap_or(("8008", "primary"));
         let interval = lb["HealthCheck"]["Interval"].as_str().unwrap_or("5");
         let idle = lb["ConnectionSettings"]["IdleTimeout"]
             .as_u64()
@@ -431,7 +461,7 @@ impl AwsBox {
         );
         for m in &fleet.instances {
             cfg.push_str(&format!(
-                "  server {} {}:{instance_port} check port {check_port}\n",
+                "  server {} {}:{instance_port} check port {check_port}{ssl}\n",
                 m.id, m.ip
             ));
         }
@@ -472,14 +502,18 @@ impl AwsBox {
 
     /// Each instance's `/status`, in launch order (`None`: no answer).
     pub async fn statuses(&self) -> Vec<Option<spilo_model::NodeStatus>> {
+        let ca = std::fs::read(&self.ca)
+            .ok()
+            .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok());
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(2))
+            .tls_certs_only(ca)
             .build()
             .unwrap_or_default();
         let mut out = Vec::new();
         for i in &self.instances {
             let s = match http
-                .get(format!("http://{}:8008/status", i.ip))
+                .get(format!("https://{}:8008/status", i.ip))
                 .send()
                 .await
             {

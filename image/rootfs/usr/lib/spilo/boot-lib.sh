@@ -3,7 +3,7 @@
 # a FAILURE signal to the stack (so a creation fails at once instead of timing out) and the
 # boot log in etcd (`/service/<cluster>/boot/<instance>`, which `spilo apply` prints).
 #
-# Set by the boot entry: INSTANCE_ID, LOCAL_IP, SPILO_BOOT_LOG.
+# Set by the boot entry: INSTANCE_ID, LOCAL_IP, VPC_CIDRS (space separated), SPILO_BOOT_LOG.
 
 SPILO_CONFIG=/etc/spilo/governor.yaml
 SPILO_GOVERNOR=/usr/local/bin/governor
@@ -92,7 +92,8 @@ spilo_write_config() {
 # passing outage of etcd or DNS at boot is no reason to fail the stack).
 spilo_run_governor() {
   local pause=1 started rc child="" failures=0 doomed=0 failing_since="" reported=""
-  local out why fd tee_pid
+  local out why fd tee_pid cidr networks=()
+  for cidr in ${VPC_CIDRS:-}; do networks+=(--allowed-network "$cidr"); done
   out="$(dirname "${SPILO_BOOT_LOG:-/run/spilo/boot.log}")/governor.out"
   trap 'spilo_log "stopping the governor"; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
   while true; do
@@ -104,7 +105,7 @@ spilo_run_governor() {
     tee_pid=$!
     HOME=/home/postgres setpriv --reuid=postgres --regid=postgres --init-groups -- \
       "$SPILO_GOVERNOR" run --config "$SPILO_CONFIG" \
-      --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" >&"$fd" 2>&1 &
+      --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" "${networks[@]}" >&"$fd" 2>&1 &
     child=$!
     rc=0
     wait "$child" || rc=$?
