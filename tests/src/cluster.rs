@@ -785,6 +785,35 @@ pub async fn connect_dsn(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     connect_with(&kept.join(" "), tls).await
 }
 
+/// Connects to `host:port` as the superuser with `password` without TLS (`sslmode=disable`)
+/// and returns PostgreSQL's refusal (its message); an error when it let the session in or did
+/// not answer with a message.
+pub async fn plaintext_refusal(host: &str, port: u16, password: &str) -> anyhow::Result<String> {
+    let dsn = format!(
+        "host={host} port={port} user=postgres password={password} dbname=postgres \
+         sslmode=disable connect_timeout=2"
+    );
+    match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+        Ok(_) => anyhow::bail!("a plaintext session to {host}:{port} was let in"),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .ok_or_else(|| anyhow::anyhow!("{host}:{port} refused without a message: {e}")),
+    }
+}
+
+/// The replicas streaming from the primary `c` is connected to, each with whether its
+/// stream is TLS (`pg_stat_ssl`).
+pub async fn streams_over_tls(c: &tokio_postgres::Client) -> anyhow::Result<Vec<(String, bool)>> {
+    let rows = c
+        .query(
+            "SELECT r.application_name, s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Connects with `dsn` over TLS checked by `tls` when the server offers TLS.
 pub async fn connect_with(
     dsn: &str,

@@ -139,16 +139,11 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
     })
     .await?;
     c.batch_execute(probe::TABLE_DDL).await?;
-    let tls = c
-        .query(
-            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
-            &[],
-        )
-        .await?;
-    assert_eq!(tls.len(), 2, "two replicas stream");
+    let streams = spilo_e2e::cluster::streams_over_tls(&c).await?;
+    assert_eq!(streams.len(), 2, "two replicas stream: {streams:?}");
     assert!(
-        tls.iter().all(|r| r.get::<_, bool>(0)),
-        "replication streams over TLS"
+        streams.iter().all(|(_, tls)| *tls),
+        "replication over TLS: {streams:?}"
     );
     // pg_hba admits TLS connections from the VPC's range only (from the metadata service).
     let rules = c
@@ -163,21 +158,13 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
         let (kind, net): (String, String) = (r.get(0), r.get(1));
         assert_eq!((kind.as_str(), net.as_str()), ("hostssl", vpc.as_str()));
     }
-    let plain = tokio_postgres::connect(
-        &format!(
-            "host={} port=5432 user=postgres password={} dbname=postgres sslmode=disable connect_timeout=2",
-            b.instances[leader].ip, b.setup.passwords["superuser"]
-        ),
-        tokio_postgres::NoTls,
+    let refusal = spilo_e2e::cluster::plaintext_refusal(
+        &b.instances[leader].ip,
+        5432,
+        &b.setup.passwords["superuser"],
     )
-    .await;
-    assert!(
-        plain
-            .err()
-            .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
-            .is_some_and(|m| m.contains("no encryption")),
-        "plaintext from the network is refused"
-    );
+    .await?;
+    assert!(refusal.contains("no encryption"), "{refusal}");
     let prober = Prober::start(vec![("lb".into(), dsn.clone())], Duration::from_millis(50));
     prober.wait_write("lb", None, BOOT).await?;
 

@@ -311,20 +311,10 @@ async fn scenario_two(repo: &mut LocalRepo) -> anyhow::Result<()> {
     )
     .await
     .ok_or_else(|| anyhow::anyhow!("the printed connection string does not connect"))?;
-    let plain = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={a} user=postgres password={} dbname=postgres sslmode=disable connect_timeout=2",
-            pw.trim()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await;
+    let refusal = spilo_e2e::cluster::plaintext_refusal("127.0.0.1", a, pw.trim()).await?;
     assert!(
-        plain
-            .err()
-            .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
-            .is_some_and(|m| m.contains("no encryption")),
-        "plaintext through HAProxy must be refused"
+        refusal.contains("no encryption"),
+        "through HAProxy: {refusal}"
     );
     let (code, _, err) = repo.spilo(&["down", "--purge"])?;
     assert_eq!(code, 0, "{err}");

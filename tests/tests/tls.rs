@@ -32,32 +32,24 @@ async fn refusals(c: &mut Cluster) -> anyhow::Result<()> {
         )
         .await?;
     assert!(mine.get::<_, bool>(0), "the harness's own session is TLS");
-    let streams = sql
-        .query(
-            "SELECT r.application_name, s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
-            &[],
-        )
-        .await?;
-    assert_eq!(streams.len(), 2, "two replicas stream");
-    for s in &streams {
-        assert!(
-            s.get::<_, bool>(1),
-            "{} streams without TLS",
-            s.get::<_, String>(0)
-        );
-    }
+    let streams = spilo_e2e::cluster::streams_over_tls(&sql).await?;
+    assert_eq!(streams.len(), 2, "two replicas stream: {streams:?}");
+    assert!(
+        streams.iter().all(|(_, tls)| *tls),
+        "replication over TLS: {streams:?}"
+    );
 
     let port = c.member(&primary).pg_port;
     let dsn = format!(
         "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
         spilo_e2e::cluster::SUPERUSER_PASSWORD
     );
-    let plain =
-        tokio_postgres::connect(&format!("{dsn} sslmode=disable"), tokio_postgres::NoTls).await;
-    let err = plain
-        .err()
-        .and_then(|e| e.as_db_error().map(|d| d.message().to_string()))
-        .unwrap_or_default();
+    let err = spilo_e2e::cluster::plaintext_refusal(
+        "127.0.0.1",
+        port,
+        spilo_e2e::cluster::SUPERUSER_PASSWORD,
+    )
+    .await?;
     assert!(
         err.contains("no pg_hba.conf entry") && err.contains("no encryption"),
         "plaintext over TCP must be refused: {err}"
