@@ -4,9 +4,9 @@
 //! PostgreSQL is reloaded (SIGHUP re-reads `ssl_cert_file`) and the REST API's TLS
 //! configuration is replaced in place. Neither restarts, so a renewal never costs a failover.
 //!
-//! The etcd client keeps the identity it connected with: an established connection is not
-//! re-authenticated, and the next start presents the renewed certificate (a third of the
-//! lifetime, ten days by default, remains for that).
+//! The etcd connection is made again with the renewed certificate ([`crate::dcs::Dcs::reconnect`]):
+//! established connections are not re-authenticated, but a connection made after the old
+//! certificate expired (etcd restarted, the network cut) must present a valid one.
 
 use spilo_model::governor::GovernorConfig;
 use std::os::unix::fs::PermissionsExt;
@@ -148,11 +148,15 @@ pub struct Reload {
     pub api: Option<axum_server::tls_rustls::RustlsConfig>,
     /// PGDATA, whose `postmaster.pid` names the postmaster to send SIGHUP.
     pub data_dir: PathBuf,
+    /// The etcd connection, when it speaks TLS with this certificate.
+    pub etcd: Option<crate::dcs::Dcs>,
 }
 
 /// Renews the certificate when it is due (checked at least every `check`, so a clock jump or
 /// a failed renewal is retried) and reloads what uses it.
 pub async fn run(cert: MemberCert, reload: Reload, check: Duration, cancel: CancellationToken) {
+    // Whether the etcd connection still presents an older certificate.
+    let mut etcd_stale = false;
     loop {
         let due = match cert.ensure(SystemTime::now()) {
             Ok((why, due)) => {
@@ -164,6 +168,7 @@ pub async fn run(cert: MemberCert, reload: Reload, check: Duration, cancel: Canc
                         tracing::warn!(error = %e, "the REST API keeps its old certificate");
                     }
                     sighup_postmaster(&reload.data_dir);
+                    etcd_stale = reload.etcd.is_some();
                 }
                 Some(due)
             }
@@ -172,10 +177,29 @@ pub async fn run(cert: MemberCert, reload: Reload, check: Duration, cancel: Canc
                 None
             }
         };
+        if etcd_stale && let Some(dcs) = &reload.etcd {
+            let reconnected = match cert.etcd_tls() {
+                Ok(tls) => dcs.reconnect(Some(&tls)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match reconnected {
+                Ok(()) => {
+                    etcd_stale = false;
+                    tracing::info!("etcd connection made again with the renewed certificate");
+                }
+                // Tried again shortly: the old certificate is still valid for a while.
+                Err(e) => tracing::warn!(error = %e, "etcd keeps the old certificate for now"),
+            }
+        }
+        let retry = if etcd_stale {
+            Duration::from_secs(5).min(check)
+        } else {
+            check
+        };
         let wait = due
             .and_then(|d| d.duration_since(SystemTime::now()).ok())
             .unwrap_or_default()
-            .clamp(Duration::from_millis(200), check);
+            .clamp(Duration::from_millis(200), retry);
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

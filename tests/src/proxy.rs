@@ -1,7 +1,7 @@
 //! A TCP proxy the test controls, placed between one member and etcd. `partition()` makes it
 //! a black hole (open connections stop carrying bytes, new ones hang), like a network cut
 //! rather than a refused connection; `heal()` closes the stuck connections so clients
-//! reconnect.
+//! reconnect; `reset()` closes every open connection at once (the clients connect again).
 
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +14,7 @@ pub struct Proxy {
     /// `127.0.0.1:<port>` to connect to instead of the upstream.
     pub addr: String,
     cut: Arc<watch::Sender<bool>>,
+    reset: Arc<watch::Sender<u64>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,17 +25,31 @@ impl Proxy {
         let addr = listener.local_addr()?.to_string();
         let (tx, rx) = watch::channel(false);
         let cut = Arc::new(tx);
+        let (reset_tx, reset_rx) = watch::channel(0u64);
+        let reset = Arc::new(reset_tx);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
                 let rx = rx.clone();
+                let mut reset = reset_rx.clone();
+                reset.mark_unchanged();
                 let upstream = upstream.clone();
-                tokio::spawn(async move { relay(client, upstream, rx).await });
+                tokio::spawn(async move { relay(client, upstream, rx, reset).await });
             }
         });
-        Ok(Self { addr, cut, task })
+        Ok(Self {
+            addr,
+            cut,
+            reset,
+            task,
+        })
+    }
+
+    /// Closes every connection open now; new ones are carried as before.
+    pub fn reset(&self) {
+        self.reset.send_modify(|n| *n += 1);
     }
 
     /// Stops carrying bytes.
@@ -54,7 +69,12 @@ impl Drop for Proxy {
     }
 }
 
-async fn relay(client: TcpStream, upstream: String, mut cut: watch::Receiver<bool>) {
+async fn relay(
+    client: TcpStream,
+    upstream: String,
+    mut cut: watch::Receiver<bool>,
+    mut reset: watch::Receiver<u64>,
+) {
     if *cut.borrow() {
         let _ = cut.wait_for(|c| !*c).await;
         return;
@@ -64,9 +84,16 @@ async fn relay(client: TcpStream, upstream: String, mut cut: watch::Receiver<boo
     };
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let a = tokio::spawn(pipe(cr, sw, cut.clone()));
-    let b = tokio::spawn(pipe(sr, cw, cut));
-    let _ = tokio::join!(a, b);
+    let mut a = tokio::spawn(pipe(cr, sw, cut.clone()));
+    let mut b = tokio::spawn(pipe(sr, cw, cut));
+    tokio::select! {
+        _ = async { let _ = tokio::join!(&mut a, &mut b); } => {}
+        _ = reset.changed() => {
+            // Dropping both halves of both sockets closes the connection on each side.
+            a.abort();
+            b.abort();
+        }
+    }
 }
 
 async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut cut: watch::Receiver<bool>) {

@@ -6,6 +6,8 @@ use spilo_e2e::{Cluster, ClusterOptions, wait};
 use std::time::{Duration, SystemTime};
 
 const BOOT: Duration = Duration::from_secs(90);
+/// The harness's lease length (the default `ha.ttl`).
+const TTL: Duration = Duration::from_secs(4);
 
 /// Expected: every network connection of a running cluster is TLS. Replication streams over
 /// TLS; a plaintext PostgreSQL connection over TCP matches no `pg_hba` line; a client that
@@ -126,7 +128,8 @@ async fn refusals(c: &mut Cluster) -> anyhow::Result<()> {
 
 /// Expected: members renew their certificates while they run (a third of the lifetime before
 /// the end): once the first certificates have expired, new TLS connections to PostgreSQL and
-/// the REST API still verify, the primary is the same, nothing failed over. A member whose
+/// the REST API still verify; every member's etcd connection, cut and made again, presents the
+/// renewed certificate; the primary is the same, nothing failed over. A member whose
 /// certificate expired while its governor was stopped issues a new one at start and streams
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,6 +152,11 @@ fn member_cert(c: &Cluster, name: &str) -> anyhow::Result<spilo_pki::Facts> {
 }
 
 async fn renewal(c: &mut Cluster) -> anyhow::Result<()> {
+    // Every member reaches etcd through a proxy the test can cut.
+    let proxy = spilo_e2e::proxy::Proxy::start(c.etcd.client_addr.clone()).await?;
+    for m in &mut c.members {
+        m.etcd_hosts = vec![proxy.addr.clone()];
+    }
     let (primary, _) = c.start_streaming(BOOT).await?;
     let history = c.etcd.get("/service/renew/history").await?;
     let first = member_cert(c, &primary)?;
@@ -173,7 +181,32 @@ async fn renewal(c: &mut Cluster) -> anyhow::Result<()> {
     .await?;
     let renewed = member_cert(c, &primary)?;
     assert_ne!(renewed.serial, first.serial, "the primary renewed");
+    // Every etcd connection is closed: the members connect again, and etcd accepts only a
+    // certificate that has not expired.
     assert!(renewed.not_after > SystemTime::now());
+    proxy.reset();
+    let healed = SystemTime::now();
+    let (leader_before, lease_before) = c
+        .etcd
+        .get("/service/renew/leader")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no leader key"))?;
+    wait::until(
+        "three lease lengths after the cut",
+        Duration::from_secs(30),
+        || async { (SystemTime::now() > healed + 3 * TTL).then_some(()) },
+    )
+    .await?;
+    let (leader, lease) = c
+        .etcd
+        .get("/service/renew/leader")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the leader key expired: the primary lost etcd"))?;
+    assert_eq!(
+        (leader.as_str(), lease),
+        (leader_before.as_str(), lease_before),
+        "the primary kept its lease through the reconnect"
+    );
     // New handshakes verify only against a certificate that has not expired.
     let sql = c.sql(&primary).await?;
     sql.batch_execute("CREATE TABLE IF NOT EXISTS renewed (x int); INSERT INTO renewed VALUES (1)")

@@ -78,12 +78,12 @@ pub trait Coordination {
 
 impl Coordination for Dcs {
     async fn read_view(&self) -> Result<ClusterView, DcsError> {
-        read_view(&self.client, &self.keys, self.timeout).await
+        read_view(&self.client(), &self.keys, self.timeout).await
     }
 
     async fn renew_lease(&self, lease: i64) -> Result<bool, DcsError> {
         let (mut keeper, mut stream) =
-            match bounded(self.timeout, self.client.clone().lease_keep_alive(lease)).await {
+            match bounded(self.timeout, self.client().lease_keep_alive(lease)).await {
                 Ok(pair) => pair,
                 Err(e) if super::lease::lease_gone(&e) => return Ok(false),
                 Err(e) => return Err(e),
@@ -101,13 +101,13 @@ impl Coordination for Dcs {
     /// Grants a lease of `ttl`.
     async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
         let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let resp = bounded(self.timeout, self.client.clone().lease_grant(secs, None)).await?;
+        let resp = bounded(self.timeout, self.client().lease_grant(secs, None)).await?;
         Ok(resp.id())
     }
 
     /// Revokes a lease, deleting every key bound to it.
     async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
-        bounded(self.timeout, self.client.clone().lease_revoke(lease)).await?;
+        bounded(self.timeout, self.client().lease_revoke(lease)).await?;
         Ok(())
     }
 
@@ -239,8 +239,7 @@ impl Coordination for Dcs {
         let value = encode(&key, status)?;
         bounded(
             self.timeout,
-            self.client
-                .clone()
+            self.client()
                 .put(key, value, Some(PutOptions::new().with_lease(lease))),
         )
         .await?;
@@ -252,7 +251,7 @@ impl Coordination for Dcs {
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), DcsError> {
         let key = self.keys.history();
         for _ in 0..5 {
-            let resp = bounded(self.timeout, self.client.clone().get(key.clone(), None)).await?;
+            let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
             let (mut list, revision) = match resp.kvs().first() {
                 Some(kv) => (
                     serde_json::from_slice::<Vec<HistoryEntry>>(kv.value()).unwrap_or_default(),

@@ -17,6 +17,7 @@ pub mod watch;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use spilo_model::{ClusterConfig, Keyspace, MemberName, SwitchoverRequest};
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use coordination::Coordination;
@@ -45,12 +46,34 @@ pub enum DcsError {
 }
 
 /// A connection to etcd scoped to one cluster and one member.
+///
+/// Clones share one client, which [`Dcs::reconnect`] replaces for all of them (a renewed
+/// member certificate becomes the identity of every later connection).
 #[derive(Clone)]
 pub struct Dcs {
-    client: Client,
+    client: Arc<RwLock<Client>>,
+    endpoints: Arc<Vec<String>>,
     keys: Keyspace,
     me: MemberName,
     timeout: Duration,
+}
+
+/// A client for `endpoints` that answered a status call within `timeout`.
+async fn open(
+    endpoints: &[String],
+    tls: Option<&discovery::EtcdTls>,
+    timeout: Duration,
+) -> Result<Client, DcsError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(timeout)
+        .with_timeout(timeout)
+        .with_keep_alive(Duration::from_secs(1), timeout);
+    if let Some(t) = tls {
+        options = options.with_tls(t.options());
+    }
+    let mut client = bounded(timeout, Client::connect(endpoints, Some(options))).await?;
+    bounded(timeout, client.status()).await?;
+    Ok(client)
 }
 
 impl Dcs {
@@ -63,21 +86,27 @@ impl Dcs {
         me: MemberName,
         timeout: Duration,
     ) -> Result<Self, DcsError> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(1), timeout);
-        if let Some(t) = tls {
-            options = options.with_tls(t.options());
-        }
-        let mut client = bounded(timeout, Client::connect(endpoints, Some(options))).await?;
-        bounded(timeout, client.status()).await?;
+        let client = open(endpoints, tls, timeout).await?;
         Ok(Self {
-            client,
+            client: Arc::new(RwLock::new(client)),
+            endpoints: Arc::new(endpoints.to_vec()),
             keys,
             me,
             timeout,
         })
+    }
+
+    /// Connects again with `tls` (a renewed certificate) and makes the new client the one
+    /// every clone uses from now on; streams opened on the old one end with their
+    /// connections and are reopened on the new one. The old client stays in use when the
+    /// new one cannot connect.
+    pub async fn reconnect(&self, tls: Option<&discovery::EtcdTls>) -> Result<(), DcsError> {
+        let client = open(&self.endpoints, tls, self.timeout).await?;
+        match self.client.write() {
+            Ok(mut c) => *c = client,
+            Err(poisoned) => *poisoned.into_inner() = client,
+        }
+        Ok(())
     }
 
     /// Writes this member's `boot/<name>` report, bound to a lease of one day: the key's
@@ -88,7 +117,7 @@ impl Dcs {
     ) -> Result<(), DcsError> {
         let key = self.keys.boot(&self.me);
         let value = encode(&key, report)?;
-        let mut client = self.client.clone();
+        let mut client = self.client();
         let lease = bounded(self.timeout, client.lease_grant(86_400, None)).await?;
         bounded(
             self.timeout,
@@ -100,7 +129,7 @@ impl Dcs {
 
     /// Deletes this member's `boot/<name>` report (the member runs now).
     pub async fn delete_boot_failure(&self) -> Result<(), DcsError> {
-        let mut client = self.client.clone();
+        let mut client = self.client();
         bounded(self.timeout, client.delete(self.keys.boot(&self.me), None)).await?;
         Ok(())
     }
@@ -115,9 +144,13 @@ impl Dcs {
         &self.keys
     }
 
-    /// The raw client, for the lease and watch tasks.
+    /// The raw client, for the lease and watch tasks (the current one: take it again for
+    /// every new stream).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        match self.client.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     /// The per-operation timeout.
@@ -148,7 +181,7 @@ impl Dcs {
     pub async fn cancel_switchover(&self) -> Result<bool, DcsError> {
         let resp = bounded(
             self.timeout,
-            self.client.clone().delete(self.keys.switchover(), None),
+            self.client().delete(self.keys.switchover(), None),
         )
         .await?;
         Ok(resp.deleted() > 0)
@@ -157,7 +190,7 @@ impl Dcs {
     /// The `config` value and its revision (0 when absent).
     pub async fn read_config(&self) -> Result<(Option<serde_json::Value>, i64), DcsError> {
         let key = self.keys.config();
-        let resp = bounded(self.timeout, self.client.clone().get(key.clone(), None)).await?;
+        let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
         Ok(match resp.kvs().first() {
             Some(kv) => (serde_json::from_slice(kv.value()).ok(), kv.mod_revision()),
             None => (None, 0),
@@ -186,7 +219,7 @@ impl Dcs {
     pub async fn member_lease(&self, name: &MemberName) -> Result<Option<i64>, DcsError> {
         let resp = bounded(
             self.timeout,
-            self.client.clone().get(self.keys.member(name), None),
+            self.client().get(self.keys.member(name), None),
         )
         .await?;
         Ok(resp.kvs().first().map(|kv| kv.lease()))
@@ -203,7 +236,7 @@ impl Dcs {
     }
 
     async fn txn(&self, txn: Txn) -> Result<bool, DcsError> {
-        let resp = bounded(self.timeout, self.client.clone().txn(txn)).await?;
+        let resp = bounded(self.timeout, self.client().txn(txn)).await?;
         Ok(resp.succeeded())
     }
 }

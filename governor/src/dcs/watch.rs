@@ -6,18 +6,21 @@
 //! (they would make every loop wake every other loop). A member key wakes the loop only when it
 //! appears, disappears, or changes role, state or timeline.
 
-use etcd_client::{Client, Event, EventType, WatchOptions};
+use super::Dcs;
+use etcd_client::{Event, EventType, WatchOptions};
 use spilo_model::{KeyKind, Keyspace, MemberStatus};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Watches `prefix` until `cancel` fires, notifying `wake` on every change and on reconnects.
-pub async fn run(client: Client, keys: Keyspace, wake: Arc<Notify>, cancel: CancellationToken) {
+/// Watches the cluster's prefix until `cancel` fires, notifying `wake` on every change and on
+/// reconnects. Every (re)opened watch uses the connection's current client.
+pub async fn run(dcs: Dcs, wake: Arc<Notify>, cancel: CancellationToken) {
+    let keys = dcs.keys().clone();
     let prefix = keys.prefix().to_string();
     loop {
-        let mut watcher = client.clone();
+        let mut watcher = dcs.client();
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
             r = tokio::time::timeout(

@@ -205,12 +205,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         lease_tx,
         cancel.clone(),
     ));
-    tasks.spawn(dcs::watch::run(
-        dcs.client(),
-        dcs.keys().clone(),
-        wake.clone(),
-        cancel.clone(),
-    ));
+    tasks.spawn(dcs::watch::run(dcs.clone(), wake.clone(), cancel.clone()));
     let (fence_tx, fence_rx) = watch::channel(None);
     let (failsafe_peers, failsafe_peers_rx) = watch::channel(None);
     let (failsafe_tx, failsafe_until) = watch::channel(None);
@@ -317,6 +312,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         let reload = crate::certs::Reload {
             api: tls.clone().filter(|_| cfg.restapi.tls.is_none()),
             data_dir: cfg.postgresql.data_dir.clone(),
+            etcd: cfg.etcd_over_tls().then(|| dcs.clone()),
         };
         tasks.spawn(crate::certs::run(
             cert,
