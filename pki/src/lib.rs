@@ -34,6 +34,44 @@ pub enum PkiError {
     /// A name is neither an IP address nor a DNS name.
     #[error("{0:?} is neither an IP address nor a DNS name")]
     Name(String),
+    /// A CA file could not be read or holds no usable certificate.
+    #[error("{path}: {message}")]
+    Trust {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A TLS client configuration (rustls, aws-lc) that trusts exactly the CA certificates in the
+/// PEM files `cas`: a server must chain to one of them and name the host connected to (libpq's
+/// `verify-full`).
+pub fn client_trusting(cas: &[&std::path::Path]) -> Result<rustls::ClientConfig, PkiError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        let trust = |message: String| PkiError::Trust {
+            path: ca.to_path_buf(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .map_err(|e| trust(e.to_string()))?;
+        for c in certs {
+            roots.add(c).map_err(|e| trust(e.to_string()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PkiError::Trust {
+            path: Default::default(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A certificate and its private key, both PEM.

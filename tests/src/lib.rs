@@ -21,6 +21,7 @@ pub mod privileged;
 pub mod probe;
 pub mod proc;
 pub mod proxy;
+pub mod sql;
 pub mod tls;
 pub mod wait;
 pub mod webhook;

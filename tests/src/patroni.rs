@@ -134,7 +134,7 @@ impl PatroniCluster {
 
     /// The multi-host read-write connection string.
     pub fn read_write_dsn(&self) -> String {
-        crate::cluster::read_write_dsn(&self.members.iter().map(|m| m.pg_port).collect::<Vec<_>>())
+        crate::sql::read_write_dsn(&self.members.iter().map(|m| m.pg_port).collect::<Vec<_>>())
     }
 
     /// Prints the tail of every member's Patroni log.

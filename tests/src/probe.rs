@@ -5,7 +5,7 @@
 //! every acknowledged row exists on the final primary (nothing acknowledged was lost), and, for
 //! per-member probers, no two members accepted writes at the same time.
 
-use crate::cluster::connect_dsn;
+use crate::sql::connect_dsn;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,7 +161,7 @@ pub async fn wait_replicated(ports: &[u16]) -> anyhow::Result<()> {
             &format!("the replica on port {port} to replicate the probe table"),
             Duration::from_secs(60),
             || async move {
-                let c = crate::cluster::connect(port).await.ok()?;
+                let c = crate::sql::connect(port).await.ok()?;
                 let row = c
                     .query_one("SELECT to_regclass('probe_writes') IS NOT NULL", &[])
                     .await

@@ -164,22 +164,15 @@ pub fn trust(ca: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A rustls client configuration trusting exactly the CA certificates in `cas` (whose files
-/// still exist): the server must chain to one of them and name the host connected to.
+/// A rustls client configuration trusting exactly the CA certificates in `cas` whose files
+/// still exist (a finished test's CA is gone).
 pub fn client_config_for(cas: &[std::path::PathBuf]) -> anyhow::Result<rustls::ClientConfig> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in cas.iter().filter(|p| p.exists()) {
-        for c in CertificateDer::pem_file_iter(ca)? {
-            roots.add(c?)?;
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    let present: Vec<&Path> = cas
+        .iter()
+        .map(|p| p.as_path())
+        .filter(|p| p.exists())
+        .collect();
+    Ok(spilo_pki::client_trusting(&present)?)
 }
 
 /// [`client_config_for`] every CA this process trusts.

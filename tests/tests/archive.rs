@@ -355,7 +355,7 @@ async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
         "the restored server to reach the target and open",
         BOOT,
         || async {
-            let client = spilo_e2e::cluster::connect(port).await.ok()?;
+            let client = spilo_e2e::sql::connect(port).await.ok()?;
             let row = client
                 .query_one(
                     "SELECT NOT pg_is_in_recovery(), count(*), max(n) FROM t",

@@ -3,9 +3,9 @@
 //! as a normal user each test runs itself again through `sudo -n`.
 
 use spilo_e2e::aws_box::{AwsBox, REGION};
-use spilo_e2e::cluster::connect_dsn;
 use spilo_e2e::privileged::rerun_as_root;
 use spilo_e2e::probe::{self, Prober};
+use spilo_e2e::sql::connect_dsn;
 use spilo_e2e::wait;
 use spilo_model::{MemberRole, NodeStatus};
 use std::time::{Duration, Instant};
@@ -139,7 +139,7 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
     })
     .await?;
     c.batch_execute(probe::TABLE_DDL).await?;
-    let streams = spilo_e2e::cluster::streams_over_tls(&c).await?;
+    let streams = spilo_e2e::sql::streams_over_tls(&c).await?;
     assert_eq!(streams.len(), 2, "two replicas stream: {streams:?}");
     assert!(
         streams.iter().all(|(_, tls)| *tls),
@@ -158,7 +158,7 @@ async fn scenario(b: &mut AwsBox) -> anyhow::Result<()> {
         let (kind, net): (String, String) = (r.get(0), r.get(1));
         assert_eq!((kind.as_str(), net.as_str()), ("hostssl", vpc.as_str()));
     }
-    let refusal = spilo_e2e::cluster::plaintext_refusal(
+    let refusal = spilo_e2e::sql::plaintext_refusal(
         &b.instances[leader].ip,
         5432,
         &b.setup.passwords["superuser"],

@@ -2,8 +2,8 @@
 //! (etcd, governors, PostgreSQL 15, HAProxy), keeps them alive, applies edits; `spilo status`
 //! and `spilo down` inspect and stop them.
 
-use spilo_e2e::cluster::connect_dsn;
 use spilo_e2e::local::LocalRepo;
+use spilo_e2e::sql::connect_dsn;
 use spilo_e2e::{ports, proc, wait};
 use std::time::Duration;
 
@@ -311,7 +311,7 @@ async fn scenario_two(repo: &mut LocalRepo) -> anyhow::Result<()> {
     )
     .await
     .ok_or_else(|| anyhow::anyhow!("the printed connection string does not connect"))?;
-    let refusal = spilo_e2e::cluster::plaintext_refusal("127.0.0.1", a, pw.trim()).await?;
+    let refusal = spilo_e2e::sql::plaintext_refusal("127.0.0.1", a, pw.trim()).await?;
     assert!(
         refusal.contains("no encryption"),
         "through HAProxy: {refusal}"

@@ -5,8 +5,8 @@
 //! target time is written. A target before the oldest backup fails once, clearly, and stays
 //! failed instead of looping.
 
-use spilo_e2e::cluster::connect_dsn;
 use spilo_e2e::local::LocalRepo;
+use spilo_e2e::sql::connect_dsn;
 use spilo_e2e::{ports, wait};
 use std::time::Duration;
 

@@ -34,7 +34,7 @@ async fn refusals(c: &mut Cluster) -> anyhow::Result<()> {
         )
         .await?;
     assert!(mine.get::<_, bool>(0), "the harness's own session is TLS");
-    let streams = spilo_e2e::cluster::streams_over_tls(&sql).await?;
+    let streams = spilo_e2e::sql::streams_over_tls(&sql).await?;
     assert_eq!(streams.len(), 2, "two replicas stream: {streams:?}");
     assert!(
         streams.iter().all(|(_, tls)| *tls),
@@ -46,7 +46,7 @@ async fn refusals(c: &mut Cluster) -> anyhow::Result<()> {
         "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
         spilo_e2e::cluster::SUPERUSER_PASSWORD
     );
-    let err = spilo_e2e::cluster::plaintext_refusal(
+    let err = spilo_e2e::sql::plaintext_refusal(
         "127.0.0.1",
         port,
         spilo_e2e::cluster::SUPERUSER_PASSWORD,
@@ -59,7 +59,7 @@ async fn refusals(c: &mut Cluster) -> anyhow::Result<()> {
 
     let stranger = spilo_e2e::tls::TestCa::create(&c.dir().join("stranger"), c.run_as())?;
     let foreign = spilo_e2e::tls::client_config_for(std::slice::from_ref(&stranger.cert))?;
-    let err = spilo_e2e::cluster::connect_with(&format!("{dsn} sslmode=require"), foreign)
+    let err = spilo_e2e::sql::connect_with(&format!("{dsn} sslmode=require"), foreign)
         .await
         .err()
         .map(|e| format!("{e:#}"))

@@ -606,7 +606,7 @@ impl Instance {
     /// A session to another member's PostgreSQL as the superuser.
     pub fn remote_session(&self, to: &Upstream) -> Session {
         let tls = self.ssl.as_ref().and_then(|s| {
-            query::tls_trusting(&s.ca)
+            spilo_pki::client_trusting(&[&s.ca])
                 .map_err(|e| tracing::warn!(error = %e, "cannot read the cluster CA"))
                 .ok()
                 .map(Arc::new)

@@ -3,7 +3,7 @@
 //! a hung server costs the HA loop at most that long.
 
 use spilo_model::{Lsn, TimelineId, WalPositions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, Config, NoTls};
@@ -44,28 +44,6 @@ pub struct Session {
     client: Option<Client>,
     connection: Option<tokio::task::JoinHandle<()>>,
     tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-/// A TLS client configuration that trusts only the CA certificates in `ca_file` (PEM); the
-/// server's certificate must also name the host connected to (`verify-full`).
-pub fn tls_trusting(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .and_then(|i| i.collect::<Result<_, _>>())
-        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-    for c in certs {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 impl Session {

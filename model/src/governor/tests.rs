@@ -99,6 +99,7 @@ fn with_tls_a_member_serves_https_names_its_addresses_and_needs_etcd_over_tls() 
         "/etc/spilo/ca.crt".into(),
         SecretRef::file("/etc/spilo/ca.key"),
     );
+    assert_eq!(tls.lifetime, 30 * 86_400, "30 days by default");
     tls.names = vec!["demo.db.example.org".into(), "127.0.0.1".into()];
     c.tls = Some(tls);
     c.postgresql.connect_address = Some("10.0.0.7:5432".into());

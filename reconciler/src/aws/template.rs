@@ -420,6 +420,23 @@ mod tests {
     }
 
     #[test]
+    fn with_the_cluster_ca_the_load_balancer_checks_https() {
+        let s = render(&file(
+            "  secrets: {ca: {secretsManager: 'arn:aws:secretsmanager:eu-central-1:1:secret:orders-ca'}}\n",
+        ))
+        .expect("aws");
+        assert_eq!(
+            s.template["Resources"]["PrimaryLoadBalancer"]["Properties"]["HealthCheck"]["Target"],
+            "HTTPS:8008/primary"
+        );
+        let role = s.template["Resources"]["Role"].to_string();
+        assert!(
+            role.contains("arn:aws:secretsmanager:eu-central-1:1:secret:orders-ca"),
+            "the instance role reads the CA: {role}"
+        );
+    }
+
+    #[test]
     fn a_local_cluster_has_no_stack() {
         let f: ClusterFile = serde_yaml::from_str(
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: x}\nspec: {}\n",

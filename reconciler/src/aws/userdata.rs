@@ -206,6 +206,29 @@ mod tests {
     }
 
     #[test]
+    fn with_the_cluster_ca_members_speak_tls_except_to_etcd() {
+        let plain = config(&orders()).expect("renders");
+        assert_eq!(plain.tls, None);
+        assert!(!plain.etcd.plaintext);
+        let mut f = orders();
+        f.spec.aws.as_mut().expect("aws").hosted_zone = Some("db.example.com".into());
+        f.spec.secrets.ca = Some(spilo_model::spec::SecretRef {
+            ssm: Some("/db/ca".into()),
+            ..Default::default()
+        });
+        let c = config(&f).expect("renders");
+        let tls = c.tls.clone().expect("tls");
+        assert_eq!(
+            tls.ca_file,
+            std::path::PathBuf::from("/home/postgres/pgdata/tls/ca.crt")
+        );
+        assert_eq!(tls.ca_key.ssm.as_deref(), Some("/db/ca"));
+        assert_eq!(tls.names, ["orders.db.example.com"]);
+        assert!(c.etcd.plaintext, "etcd on AWS has no TLS yet");
+        assert!(c.api_url().starts_with("https://"));
+    }
+
+    #[test]
     fn the_script_runs_the_image_steps_in_order_with_the_configuration_inline() {
         let script = render(&orders());
         let steps: Vec<&str> = script

@@ -7,9 +7,10 @@
 //! Run it with `bench/failover` (which installs Patroni into a virtualenv).
 
 use clap::Parser;
-use spilo_e2e::cluster::{self, Cluster, ClusterOptions};
+use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::patroni::PatroniCluster;
 use spilo_e2e::probe::{self, Prober};
+use spilo_e2e::sql;
 use spilo_e2e::wait;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -151,7 +152,7 @@ where
     .await?;
     let (acks, _) = prober.stop().await;
     let port = final_port().await?;
-    let client = cluster::connect(port).await?;
+    let client = sql::connect(port).await?;
     let present = probe::ids_on(&client).await?;
     Ok(Sample {
         unavailable: first.saturating_duration_since(killed),
@@ -205,7 +206,7 @@ async fn patroni_run(patroni: &std::path::Path) -> anyhow::Result<Sample> {
     let port = c
         .pg_port(&primary)
         .ok_or_else(|| anyhow::anyhow!("no port"))?;
-    cluster::connect(port)
+    sql::connect(port)
         .await?
         .batch_execute(probe::TABLE_DDL)
         .await?;
@@ -226,7 +227,7 @@ async fn patroni_run(patroni: &std::path::Path) -> anyhow::Result<Sample> {
         async move || {
             let c = f.lock().await;
             for m in &c.members {
-                if let Ok(client) = cluster::connect(m.pg_port).await
+                if let Ok(client) = sql::connect(m.pg_port).await
                     && let Ok(row) = client
                         .query_one("SELECT NOT pg_is_in_recovery()", &[])
                         .await

@@ -8,9 +8,10 @@
 //! Run it with `bench/switchover` (which installs Patroni into a virtualenv).
 
 use clap::Parser;
-use spilo_e2e::cluster::{self, Cluster, ClusterOptions};
+use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::patroni::PatroniCluster;
 use spilo_e2e::probe::{self, Ack, Prober};
+use spilo_e2e::sql;
 use spilo_e2e::wait;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -153,7 +154,7 @@ where
     )
     .await?;
     let (acks, _) = prober.stop().await;
-    let client = cluster::connect(final_port().await?).await?;
+    let client = sql::connect(final_port().await?).await?;
     let present = probe::ids_on(&client).await?;
     Ok(Sample {
         gap: write_gap(&acks, started),
@@ -210,7 +211,7 @@ async fn patroni_measure(c: &PatroniCluster, patroni: &Path) -> anyhow::Result<S
     let port = c
         .pg_port(&primary)
         .ok_or_else(|| anyhow::anyhow!("no port"))?;
-    cluster::connect(port)
+    sql::connect(port)
         .await?
         .batch_execute(probe::TABLE_DDL)
         .await?;
