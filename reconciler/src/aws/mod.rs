@@ -90,21 +90,17 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
     }
     for (_, f) in aws_clusters(head) {
         let name = f.metadata.name.to_string();
-        out.clusters.entry(name.clone()).or_insert(ObservedCluster {
-            name,
-            stack: Observation::Absent,
-            dns: None,
-            bucket: None,
-            image: None,
-            image_object: None,
-            image_file: None,
-            resources_gone: Vec::new(),
-            etcd: Observation::Present(ObservedEtcd {
-                config: Observation::Absent,
-                members: Vec::new(),
-                boot_failures: Default::default(),
-            }),
-        });
+        out.clusters
+            .entry(name.clone())
+            .or_insert(ObservedCluster::of(
+                name,
+                Observation::Absent,
+                Observation::Present(ObservedEtcd {
+                    config: Observation::Absent,
+                    members: Vec::new(),
+                    boot_failures: Default::default(),
+                }),
+            ));
     }
     out.stack_list = Observation::Present(names);
     out

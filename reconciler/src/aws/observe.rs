@@ -57,17 +57,7 @@ pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[Strin
                     managed.push(name.clone());
                     observed.clusters.insert(
                         name.clone(),
-                        ObservedCluster {
-                            name,
-                            stack,
-                            dns: None,
-                            bucket: None,
-                            image: None,
-                            image_object: None,
-                            image_file: None,
-                            resources_gone: Vec::new(),
-                            etcd: Observation::Absent,
-                        },
+                        ObservedCluster::of(name, stack, Observation::Absent),
                     );
                 }
             }
@@ -86,17 +76,11 @@ pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[Strin
 pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedCluster {
     let name = file.metadata.name.to_string();
     let Some(aws) = &file.spec.aws else {
-        return ObservedCluster {
+        return ObservedCluster::of(
             name,
-            stack: Observation::Unknown("not an AWS cluster".into()),
-            dns: None,
-            bucket: None,
-            image: None,
-            image_object: None,
-            image_file: None,
-            resources_gone: Vec::new(),
-            etcd: Observation::Absent,
-        };
+            Observation::Unknown("not an AWS cluster".into()),
+            Observation::Absent,
+        );
     };
     let c = clients.region(&aws.region).await;
     let stack_name = template::stack_name(&name);

@@ -130,6 +130,26 @@ pub struct ObservedCluster {
 }
 
 impl ObservedCluster {
+    /// A cluster of which only its stack and etcd were observed (no DNS record, bucket or
+    /// image looked at).
+    pub fn of(
+        name: String,
+        stack: Observation<ObservedStack>,
+        etcd: Observation<ObservedEtcd>,
+    ) -> Self {
+        Self {
+            name,
+            stack,
+            dns: None,
+            bucket: None,
+            image: None,
+            image_object: None,
+            image_file: None,
+            etcd,
+            resources_gone: Vec::new(),
+        }
+    }
+
     /// `file` as it looks once applied and healthy in every part spilo writes: its rendered
     /// stack (with `stack_id` and `status`), its etcd `config` at `config_revision`, no members
     /// yet. `None` for a file without an AWS stack. `spilo diff` observes a base commit this
@@ -141,9 +161,9 @@ impl ObservedCluster {
         config_revision: i64,
     ) -> Option<Self> {
         let stack = super::template::render(file)?;
-        Some(ObservedCluster {
-            name: file.metadata.name.to_string(),
-            stack: Observation::Present(ObservedStack {
+        Some(ObservedCluster::of(
+            file.metadata.name.to_string(),
+            Observation::Present(ObservedStack {
                 stack_id,
                 status: status.to_string(),
                 last_changed: String::new(),
@@ -153,13 +173,7 @@ impl ObservedCluster {
                 resources: BTreeMap::new(),
                 outputs: BTreeMap::new(),
             }),
-            dns: None,
-            bucket: None,
-            image: None,
-            image_object: None,
-            image_file: None,
-            resources_gone: Vec::new(),
-            etcd: Observation::Present(ObservedEtcd {
+            Observation::Present(ObservedEtcd {
                 config: Observation::Present(ObservedConfig {
                     value: Some(file.spec.dynamic_config()),
                     mod_revision: config_revision,
@@ -167,7 +181,7 @@ impl ObservedCluster {
                 members: Vec::new(),
                 boot_failures: Default::default(),
             }),
-        })
+        ))
     }
 }
 

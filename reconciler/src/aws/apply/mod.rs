@@ -147,17 +147,7 @@ pub async fn current_basis(
             Ok(scope) => observe::observe_etcd(c.dcs.as_ref(), &scope).await,
             Err(e) => super::observed::Observation::Unknown(e.to_string()),
         };
-        let o = super::observed::ObservedCluster {
-            name: c.name.clone(),
-            stack,
-            dns: None,
-            bucket: None,
-            image: None,
-            image_object: None,
-            image_file: None,
-            resources_gone: Vec::new(),
-            etcd,
-        };
+        let o = super::observed::ObservedCluster::of(c.name.clone(), stack, etcd);
         out.push((c.name.clone(), cluster_basis(&o)));
     }
     out
