@@ -75,6 +75,27 @@ impl MemberCert {
         })
     }
 
+    /// From its parts: the CA certificate file, the CA key's secret (a key, or a PEM bundle of
+    /// certificate and key), the directory of `member.crt`/`member.key`, the names it carries.
+    pub fn from_parts(
+        ca_file: &Path,
+        ca_key: &str,
+        dir: &Path,
+        names: Vec<String>,
+        lifetime: Duration,
+    ) -> Self {
+        let (ca_cert, ca_key) = split_bundle(ca_key);
+        Self {
+            ca_file: ca_file.to_path_buf(),
+            ca_cert,
+            ca_key,
+            cert: dir.join("member.crt"),
+            key: dir.join("member.key"),
+            names,
+            lifetime,
+        }
+    }
+
     /// The CA certificate file.
     pub fn ca_file(&self) -> &Path {
         &self.ca_file

@@ -227,6 +227,22 @@ pub async fn load(path: &Path, identity: &Identity) -> Result<Loaded, ConfigErro
     })
 }
 
+/// Resolves one secret reference of the file at `path` (`field` names it in errors); SSM and
+/// Secrets Manager references are read in `region`.
+pub async fn resolve_secret(
+    secret: &SecretRef,
+    field: &str,
+    region: &str,
+    path: &Path,
+) -> Result<String, ConfigError> {
+    let aws = if secret.is_remote() {
+        Some(aws::SecretClients::new(region).await)
+    } else {
+        None
+    };
+    Secrets { path, aws }.resolve(secret, field).await
+}
+
 /// Resolves secret references: local ones directly, AWS ones through the SDK.
 struct Secrets<'a> {
     path: &'a Path,

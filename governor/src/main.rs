@@ -24,6 +24,19 @@ enum Command {
         #[command(flatten)]
         identity: IdentityArgs,
     },
+    /// Keep one etcd member of an `EtcdCluster` stack: start etcd, join the cluster, and (on
+    /// the leader) keep the membership and the SRV records equal to the auto-scaling group.
+    EtcdMember {
+        /// The keeper's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The instance id: the member's name.
+        #[arg(long)]
+        name: String,
+        /// The instance's private address.
+        #[arg(long)]
+        connect_host: String,
+    },
     /// Archive one WAL file (PostgreSQL's `archive_command`: `governor wal-push %p -c FILE`).
     WalPush {
         /// The file, relative to the data directory as `%p` is.
@@ -344,6 +357,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let store = governor::archive::AnyStore::open(&archive).await;
             governor::archive::prefetch::prefetch(&archive, &store, &names, &dir).await;
             Ok(())
+        }
+        Command::EtcdMember {
+            config,
+            name,
+            connect_host,
+        } => {
+            if nix::unistd::geteuid().is_root() {
+                return Err(governor::preflight::PreflightError::Root.into());
+            }
+            let shutdown = CancellationToken::new();
+            let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+            let r = governor::etcd_member::run(&config, &name, &connect_host, shutdown).await;
+            signals.abort();
+            Ok(r?)
         }
         Command::Run { config, identity } => {
             let loaded = governor::config::load(&config, &identity.identity()).await?;

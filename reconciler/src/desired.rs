@@ -6,7 +6,7 @@
 //! SSH here, and `git` brings the user's credential helpers and SSH agent), then read with git2.
 
 use crate::spec::{Diagnostic, Severity, validate_files};
-use spilo_model::spec::ClusterFile;
+use spilo_model::spec::{ClusterFile, EtcdClusterFile};
 use std::path::{Path, PathBuf};
 
 /// The directory cluster files live in, relative to the repository root.
@@ -63,6 +63,8 @@ pub struct Desired {
     pub commit: String,
     /// Each cluster with the path of its file inside the repository.
     pub clusters: Vec<(String, ClusterFile)>,
+    /// Each etcd cluster (`kind: EtcdCluster`) with the path of its file.
+    pub etcd_clusters: Vec<(String, EtcdClusterFile)>,
     /// Warnings from validation.
     pub warnings: Vec<Diagnostic>,
 }
@@ -109,6 +111,7 @@ pub fn read(repo: &str, reference: &str, cache: &Path) -> Result<Desired, Desire
         reference: reference.to_string(),
         commit,
         clusters: checked.files,
+        etcd_clusters: checked.etcd_clusters,
         warnings: checked.diagnostics,
     })
 }

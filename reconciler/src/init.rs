@@ -12,11 +12,15 @@
 use crate::spec::validate_files;
 use anyhow::{Context, bail};
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Answers given as flags; `None` means "ask" (or, with `yes`, take the default).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct InitArgs {
+    /// The kind of file: `postgres` (a PostgreSQL cluster, the default) or `etcd` (an etcd
+    /// cluster on AWS that PostgreSQL clusters use).
+    #[arg(long, value_parser = ["postgres", "etcd"])]
+    pub kind: Option<String>,
     /// Cluster name (a DNS label).
     #[arg(long)]
     pub name: Option<String>,
@@ -237,6 +241,124 @@ pub fn run(
         not_empty(s)?;
         dns_label(s)
     })?;
+    let body = if args.kind.as_deref() == Some("etcd") {
+        etcd_body(args, account, &mut a, &name)?
+    } else {
+        postgres_body(args, account, &mut a, &name)?
+    };
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("clusters").join(format!("{name}.yaml")));
+    write_checked(&mut a, args, &path, body)?;
+    Ok(path)
+}
+
+/// The region question, defaulting to the environment's.
+fn ask_region(args: &InitArgs, a: &mut Asker<'_>) -> anyhow::Result<String> {
+    let region_default = std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|_| "eu-central-1".into());
+    a.ask(
+        &args.region,
+        "region",
+        "AWS region",
+        &region_default,
+        not_empty,
+    )
+}
+
+/// The questions of an etcd cluster file (`--kind etcd`).
+fn etcd_body(
+    args: &InitArgs,
+    account: AccountLookup<'_>,
+    a: &mut Asker<'_>,
+    name: &str,
+) -> anyhow::Result<String> {
+    let members = a.ask(
+        &args.instances,
+        "instances",
+        "Number of etcd members (3 or 5)",
+        "3",
+        one_of(&["3", "5"]),
+    )?;
+    let region = ask_region(args, a)?;
+    let bucket = match (&args.bucket, account(&region)) {
+        (Some(_), _) | (None, None) => a.ask_or_placeholder(
+            &args.bucket,
+            "bucket",
+            "S3 bucket spilo apply uploads the spilo image to (one of your account)",
+            "an S3 bucket of your account for the spilo image, e.g. spilo-ACCOUNT-REGION-images",
+        )?,
+        (None, Some(acct)) => Answer::Given(a.ask(
+            &args.bucket,
+            "bucket",
+            "S3 bucket spilo apply uploads the spilo image to",
+            &default_bucket(&acct, &region, "images"),
+            not_empty,
+        )?),
+    };
+    let instance_type = a.ask(
+        &args.instance_type,
+        "instance-type",
+        "EC2 instance type",
+        "t3.small",
+        not_empty,
+    )?;
+    let zone = a.ask_or_placeholder(
+        &args.hosted_zone,
+        "hosted-zone",
+        "Route53 hosted zone the SRV records go in (e.g. db.example.com)",
+        "your Route53 hosted zone, e.g. db.example.com",
+    )?;
+    let vpc = a.ask_or_placeholder(&args.vpc, "vpc", "VPC id", "your VPC id, vpc-...")?;
+    let subnets = ask_subnets(args, a)?;
+    let size = a.ask(
+        &args.volume_size,
+        "volume-size",
+        "Data volume size (GB, 10 or more)",
+        "10",
+        number_at_least(10),
+    )?;
+    Ok(format!(
+        "# yaml-language-server: $schema=../schemas/etcd-cluster.schema.json\n\
+         apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata:\n  name: {name}\nspec:\n  members: {members}\n\
+         \x20 aws:\n    region: {region}\n    instanceType: {instance_type}\n    hostedZone: {zone}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    storage: {{size: {size}}}\n\
+         \x20 imageBucket: {bucket}\n\
+         \x20 secrets:\n    ca: {{ssm: /spilo/{name}/ca}}  # the CA certificate and key, one PEM bundle (SecureString)\n",
+        zone = zone.yaml(),
+        vpc = vpc.yaml(),
+        bucket = bucket.yaml(),
+    ))
+}
+
+/// The subnets question: a YAML flow list's items, or a placeholder.
+fn ask_subnets(args: &InitArgs, a: &mut Asker<'_>) -> anyhow::Result<String> {
+    Ok(
+        match a.ask_or_placeholder(
+            &args.subnets,
+            "subnets",
+            "Subnets (comma-separated, one per availability zone)",
+            "your subnet ids, one per availability zone, subnet-...",
+        )? {
+            Answer::Given(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(", "),
+            p @ Answer::Placeholder(_) => p.yaml(),
+        },
+    )
+}
+
+/// The questions of a PostgreSQL cluster file.
+fn postgres_body(
+    args: &InitArgs,
+    account: AccountLookup<'_>,
+    a: &mut Asker<'_>,
+    name: &str,
+) -> anyhow::Result<String> {
     let instances = a.ask(
         &args.instances,
         "instances",
@@ -256,16 +378,7 @@ pub fn run(
          apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  target: {target}\n"
     );
     if target == "aws" {
-        let region_default = std::env::var("AWS_REGION")
-            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|_| "eu-central-1".into());
-        let region = a.ask(
-            &args.region,
-            "region",
-            "AWS region",
-            &region_default,
-            not_empty,
-        )?;
+        let region = ask_region(args, a)?;
         // A bucket of the user's own account: its name is derived from the account when the
         // credentials tell it; otherwise there is no safe default.
         let bucket = match (&args.bucket, account(&region)) {
@@ -279,7 +392,7 @@ pub fn run(
                 &args.bucket,
                 "bucket",
                 "S3 bucket for the WAL archive and backups",
-                &default_bucket(&acct, &region, &name),
+                &default_bucket(&acct, &region, name),
                 not_empty,
             )?),
         };
@@ -304,20 +417,7 @@ pub fn run(
             "your Route53 hosted zone, e.g. db.example.com",
         )?;
         let vpc = a.ask_or_placeholder(&args.vpc, "vpc", "VPC id", "your VPC id, vpc-...")?;
-        let subnets = match a.ask_or_placeholder(
-            &args.subnets,
-            "subnets",
-            "Subnets (comma-separated, one per availability zone)",
-            "your subnet ids, one per availability zone, subnet-...",
-        )? {
-            Answer::Given(list) => list
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(", "),
-            p @ Answer::Placeholder(_) => p.yaml(),
-        };
+        let subnets = ask_subnets(args, a)?;
         let discovery = a.ask_or_placeholder(
             &args.discovery_domain,
             "discovery-domain",
@@ -398,10 +498,16 @@ pub fn run(
             bucket = bucket.yaml(),
         ));
     }
-    let path = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("clusters").join(format!("{name}.yaml")));
+    Ok(body)
+}
+
+/// Validates `body`, then writes it to `path` unless answers (not placeholders) are wrong.
+fn write_checked(
+    a: &mut Asker<'_>,
+    args: &InitArgs,
+    path: &Path,
+    body: String,
+) -> anyhow::Result<()> {
     let checked = validate_files(&[(path.display().to_string(), body.clone())]);
     let errors: Vec<&crate::spec::Diagnostic> = checked
         .diagnostics
@@ -423,7 +529,7 @@ pub fn run(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    std::fs::write(&path, body).with_context(|| format!("write {}", path.display()))?;
+    std::fs::write(path, body).with_context(|| format!("write {}", path.display()))?;
     writeln!(a.out, " OK")?;
     if placeholders > 0 {
         writeln!(
@@ -434,7 +540,7 @@ pub fn run(
     } else if !checked.diagnostics.is_empty() {
         write!(a.out, "{}", crate::spec::render_text(&checked.diagnostics))?;
     }
-    Ok(path)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -451,6 +557,43 @@ mod tests {
         let mut lookup = |_: &str| account.map(str::to_string);
         let r = run(&args, &mut lookup, &mut inp, &mut out);
         (r, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[test]
+    fn an_etcd_cluster_file_from_answers_is_valid_and_asks_only_what_etcd_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out_path = dir.path().join("etcd-main.yaml");
+        let args = InitArgs {
+            kind: Some("etcd".into()),
+            output: Some(out_path.clone()),
+            region: Some("eu-west-1".into()),
+            ..Default::default()
+        };
+        // name, members (4 refused, then 5), bucket (default), type (default), zone, vpc,
+        // subnets, size (default).
+        let input = "etcd-main\n4\n5\n\n\ndb.example.com\nvpc-0a1b2c3d\nsubnet-0a1b2c3d\n\n";
+        let (r, shown) = run_with(args, Some("123456789012"), input);
+        r.expect("init succeeds");
+        assert!(
+            shown.contains("Number of etcd members (3 or 5) [3]: Error: enter one of: 3, 5"),
+            "{shown}"
+        );
+        assert!(shown.contains("EC2 instance type [t3.small]: "), "{shown}");
+        assert!(!shown.contains("WAL"), "no PostgreSQL questions: {shown}");
+        let text = std::fs::read_to_string(&out_path).expect("written");
+        let checked = validate_files(&[("etcd-main.yaml".into(), text.clone())]);
+        assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+        let f = &checked.etcd_clusters[0].1;
+        assert_eq!(f.spec.members, 5);
+        assert_eq!(f.domain(), "etcd-main.db.example.com");
+        assert_eq!(
+            f.spec.image_bucket.as_deref(),
+            Some("spilo-123456789012-eu-west-1-images")
+        );
+        assert_eq!(
+            f.spec.secrets.ca.ssm.as_deref(),
+            Some("/spilo/etcd-main/ca")
+        );
     }
 
     #[test]

@@ -98,9 +98,14 @@ enum Command {
     ShowConfig(EtcdTarget),
     /// Change the cluster's dynamic configuration (--set, --pg, or $EDITOR); shows the diff.
     EditConfig(spilo::operate::config::EditArgs),
-    /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json).
+    /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json), or
+    /// with `--kind EtcdCluster` of etcd cluster files (schemas/etcd-cluster.schema.json).
     #[command(hide = true)]
-    Schema,
+    Schema {
+        /// The kind of file.
+        #[arg(long, default_value = "PostgresCluster", value_parser = ["PostgresCluster", "EtcdCluster"])]
+        kind: String,
+    },
     /// Print the members of a running cluster (name, host:port, role, state, timeline, lag).
     List {
         #[command(flatten)]
@@ -258,8 +263,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::EditConfig(a) => ok(spilo::operate::config::edit(a).await),
         Command::Pause(t) => set_pause(t, true).await,
         Command::Resume(t) => set_pause(t, false).await,
-        Command::Schema => {
-            print!("{}", spilo::spec::schema_json());
+        Command::Schema { kind } => {
+            if kind == "EtcdCluster" {
+                print!("{}", spilo::spec::etcd_schema_json());
+            } else {
+                print!("{}", spilo::spec::schema_json());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::List { target, format } => {

@@ -115,6 +115,9 @@ fn install_all() -> anyhow::Result<PathBuf> {
     }
     let dir = std::env::temp_dir().join(format!("spilo-e2e-bin-{:016x}", key.finish()));
     std::fs::create_dir_all(&dir)?;
+    // When it was last used: older copies of other builds are removed.
+    std::fs::write(dir.join(".used"), b"")?;
+    remove_older_installs(&dir);
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     for name in ["governor", "spilo"] {
         let dst = dir.join(name);
@@ -129,6 +132,34 @@ fn install_all() -> anyhow::Result<PathBuf> {
         std::fs::rename(&tmp, &dst)?;
     }
     Ok(dir)
+}
+
+/// Removes the copies of other builds (200 MB each) not used for an hour: a test run of
+/// another build may still use a younger one.
+fn remove_older_installs(current: &Path) {
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let old = std::fs::metadata(path.join(".used"))
+            .or_else(|_| e.metadata())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if path != current
+            && old
+            && e.file_name()
+                .to_string_lossy()
+                .starts_with("spilo-e2e-bin-")
+        {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// A spawned process whose output goes to a log file. Killed (with its process group) on drop.

@@ -86,6 +86,7 @@ fn desired(commit: &str, clusters: Vec<(String, ClusterFile)>) -> Desired {
         reference: "main".into(),
         commit: commit.into(),
         clusters,
+        etcd_clusters: Vec::new(),
         warnings: Vec::new(),
     }
 }

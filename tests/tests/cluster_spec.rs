@@ -94,7 +94,10 @@ fn the_example_clusters_and_the_minimal_file_are_valid() {
         assert!(!files.is_empty(), "{} has cluster files", dir.display());
         let checked = validate_files(&files);
         assert_eq!(render_text(&checked.diagnostics), "", "{}", dir.display());
-        assert_eq!(checked.files.len(), files.len());
+        assert_eq!(
+            checked.files.len() + checked.etcd_clusters.len(),
+            files.len()
+        );
     }
 }
 
@@ -105,6 +108,12 @@ fn the_committed_schema_is_generated_from_the_types() {
     assert!(
         committed == spilo::spec::schema_json(),
         "schemas/cluster.schema.json is stale: run `cargo run -p spilo -- schema > schemas/cluster.schema.json`"
+    );
+    let committed = std::fs::read_to_string(root().join("schemas/etcd-cluster.schema.json"))
+        .unwrap_or_default();
+    assert!(
+        committed == spilo::spec::etcd_schema_json(),
+        "schemas/etcd-cluster.schema.json is stale: run `cargo run -p spilo -- schema --kind EtcdCluster > schemas/etcd-cluster.schema.json`"
     );
 }
 

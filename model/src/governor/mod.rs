@@ -9,10 +9,12 @@
 //! (`governor::config::load`); this module performs no I/O.
 
 mod archive;
+mod etcd_member;
 mod secret;
 mod tls;
 
 pub use archive::{ArchiveConfig, BackupSchedule, Compression, S3Config};
+pub use etcd_member::EtcdMemberConfig;
 pub use secret::SecretRef;
 pub use tls::{MIN_LIFETIME, TlsConfig};
 

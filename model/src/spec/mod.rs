@@ -17,6 +17,7 @@
 
 mod aws;
 mod endpoints;
+mod etcd;
 mod ha;
 
 pub use aws::{
@@ -24,6 +25,10 @@ pub use aws::{
     is_image_parameter,
 };
 pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck};
+pub use etcd::{
+    ETCD_CLIENT_PORT, ETCD_PEER_PORT, EtcdClusterFile, EtcdKind, EtcdReconcile, EtcdSecrets,
+    EtcdSpec, member_host, srv_names,
+};
 pub use ha::{
     DEFAULT_LOOP_WAIT, DEFAULT_MAXIMUM_LAG_ON_FAILOVER, DEFAULT_PRIMARY_START_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT, DEFAULT_TTL, HaSpec, TimingField, TimingProblem, default_loop_wait,

@@ -14,7 +14,7 @@ mod validate;
 
 pub use diagnostic::{Diagnostic, Severity, render_json, render_text};
 pub use position::{Path, Seg};
-pub use schema::{schema, schema_json};
+pub use schema::{etcd_schema, etcd_schema_json, schema, schema_json};
 pub use validate::{Validated, validate_files};
 
 /// How a value `spilo init --yes` cannot know for the user starts: `"<replace with ...>"`.

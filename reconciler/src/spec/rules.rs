@@ -5,7 +5,8 @@ use super::diagnostic::{Diagnostic, Severity};
 use super::position::{Path, Positions};
 use super::validate::Reporter;
 use spilo_model::spec::{
-    ClusterFile, Target, TimingField, VolumeType, is_image_parameter, timing_problems,
+    ClusterFile, EtcdClusterFile, Target, TimingField, VolumeType, is_image_parameter,
+    timing_problems,
 };
 use std::collections::BTreeMap;
 
@@ -127,51 +128,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         _ => {}
     }
     if let (Target::Aws, Some(aws)) = (s.target, &s.aws) {
-        let st = &aws.storage;
-        if st.size < 10 {
-            r.at(
-                &p("spec.aws.storage.size"),
-                Severity::Error,
-                format!("must be at least 10 (GB) on AWS, got {}", st.size),
-            );
-        }
-        if st.iops.is_some()
-            && !matches!(
-                st.volume_type,
-                VolumeType::Io1 | VolumeType::Io2 | VolumeType::Gp3
-            )
-        {
-            r.at(
-                &p("spec.aws.storage.iops"),
-                Severity::Error,
-                "only io1, io2 and gp3 volumes take provisioned IOPS",
-            );
-        }
-        if st.throughput.is_some() && st.volume_type != VolumeType::Gp3 {
-            r.at(
-                &p("spec.aws.storage.throughput"),
-                Severity::Error,
-                "only gp3 volumes take a throughput",
-            );
-        }
-        if matches!(st.volume_type, VolumeType::Io1 | VolumeType::Io2) && st.iops.is_none() {
-            r.at(
-                &p("spec.aws.storage.iops"),
-                Severity::Error,
-                "io1 and io2 volumes need iops",
-            );
-        }
-        // Values the instances' boot script carries: only characters they can need.
-        if !aws.region.is_empty() && !is_region(&aws.region) {
-            r.at(
-                &p("spec.aws.region"),
-                Severity::Error,
-                format!(
-                    "must be an AWS region such as eu-central-1, got {:?}",
-                    aws.region
-                ),
-            );
-        }
+        aws_placement(aws, r);
         if let Some(b) = &s.backup
             && !is_bucket_name(&b.bucket)
         {
@@ -184,77 +141,12 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 ),
             );
         }
-        for (i, o) in st.mount_options.iter().enumerate() {
-            if !made_of(o, "=_.:/-") {
-                r.at(
-                    &p(&format!("spec.aws.storage.mountOptions[{i}]")),
-                    Severity::Error,
-                    format!("must be a mount option (letters, digits and =_.:/-), got {o:?}"),
-                );
-            }
-        }
-        for (i, o) in st.mount_options.iter().enumerate() {
-            if matches!(o.as_str(), "nobarrier" | "barrier=0") {
-                r.at(
-                    &p(&format!("spec.aws.storage.mountOptions[{i}]")),
-                    Severity::Warning,
-                    format!(
-                        "{o} turns off write barriers: on power loss committed transactions can \
-                         be lost or the filesystem corrupted (XFS no longer accepts it); leave it out"
-                    ),
-                );
-            }
-        }
         aws_secrets(s, r);
-        match &aws.image {
-            Some(i) if !(is_image_parameter(i) || is_aws_id(i, "ami")) => r.at(
-                &p("spec.aws.image"),
-                Severity::Error,
-                format!(
-                    "must be an AMI id such as ami-0a1b2c3d4e5f60718 (an image carrying spilo) or an SSM parameter holding one, such as /aws/service/debian/release/12/latest/amd64 (a Debian 12 image spilo installs itself on), got {i:?}"
-                ),
-            ),
-            Some(i) if !is_image_parameter(i) => {}
-            _ if s.backup.is_none() => r.at_key(
+        if aws.image.as_deref().is_none_or(is_image_parameter) && s.backup.is_none() {
+            r.at_key(
                 &p("spec.aws"),
                 Severity::Error,
                 "instances started from a Debian image install the spilo image from spec.backup.bucket: set spec.backup, or name an AMI that carries spilo in aws.image",
-            ),
-            _ => {}
-        }
-        if aws.region.is_empty() {
-            r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
-        }
-        if let Some(v) = &aws.vpc
-            && !is_aws_id(v, "vpc")
-        {
-            r.at(
-                &p("spec.aws.vpc"),
-                Severity::Error,
-                format!("must be a VPC id such as vpc-0a1b2c3d4e5f60718, got {v:?}"),
-            );
-        }
-        for (i, s) in aws.subnets.iter().enumerate() {
-            if !is_aws_id(s, "subnet") {
-                r.at(
-                    &p(&format!("spec.aws.subnets[{i}]")),
-                    Severity::Error,
-                    format!("must be a subnet id such as subnet-0a1b2c3d4e5f60718, got {s:?}"),
-                );
-            }
-        }
-        if aws.vpc.is_none() {
-            r.at_key(
-                &p("spec.aws"),
-                Severity::Error,
-                "target aws needs vpc: the security groups and the load balancer live in it",
-            );
-        }
-        if aws.subnets.is_empty() {
-            r.at_key(
-                &p("spec.aws"),
-                Severity::Error,
-                "target aws needs subnets (one per availability zone) for the instances and the load balancer",
             );
         }
         if s.dcs.is_none() {
@@ -263,32 +155,6 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 Severity::Error,
                 "target aws needs spec.dcs: the etcd cluster the governors use",
             );
-        }
-        for (i, rule) in aws.extra_ingress.iter().enumerate() {
-            let at = p(&format!("spec.aws.extraIngress[{i}]"));
-            if rule.cidr.is_some() == rule.security_group.is_some() {
-                r.at(
-                    &at,
-                    Severity::Error,
-                    "set exactly one of cidr or securityGroup",
-                );
-            } else if let Some(sg) = &rule.security_group
-                && !is_aws_id(sg, "sg")
-            {
-                r.at(
-                    &at.key("securityGroup"),
-                    Severity::Error,
-                    format!("must be a security group id such as sg-0a1b2c3d4e5f60718, got {sg:?}"),
-                );
-            } else if let Some(c) = &rule.cidr
-                && !is_cidr(c)
-            {
-                r.at(
-                    &at.key("cidr"),
-                    Severity::Error,
-                    format!("must be an IPv4 range such as 10.0.0.0/16, got {c:?}"),
-                );
-            }
         }
     }
 
@@ -390,14 +256,22 @@ fn is_cidr(s: &str) -> bool {
 /// Rules across files: unique names, clone sources that exist.
 pub(super) fn across_files<'a, F>(
     files: &'a [(String, ClusterFile, Positions)],
+    etcd: &'a [(String, EtcdClusterFile, Positions)],
     out: &'a mut Vec<Diagnostic>,
     reporter: F,
 ) where
     F: for<'b> Fn(&'b str, &'b Positions, &'b mut Vec<Diagnostic>) -> Reporter<'b>,
 {
+    // Names are unique across both kinds: each is a stack and a `spilo:cluster` tag.
     let mut first: BTreeMap<String, &str> = BTreeMap::new();
-    for (name, f, pos) in files {
-        let cluster = f.metadata.name.to_string();
+    let names = files
+        .iter()
+        .map(|(n, f, p)| (n, f.metadata.name.to_string(), p))
+        .chain(
+            etcd.iter()
+                .map(|(n, f, p)| (n, f.metadata.name.to_string(), p)),
+        );
+    for (name, cluster, pos) in names {
         match first.get(&cluster) {
             Some(other) => reporter(name, pos, out).at(
                 &Path::parse("metadata.name"),
@@ -409,6 +283,10 @@ pub(super) fn across_files<'a, F>(
             }
         }
     }
+    let postgres: BTreeMap<String, &str> = files
+        .iter()
+        .map(|(n, f, _)| (f.metadata.name.to_string(), n.as_str()))
+        .collect();
     let mut dns_first: BTreeMap<String, &str> = BTreeMap::new();
     for (name, f, pos) in files {
         let (Target::Aws, Some(aws)) = (f.spec.target, &f.spec.aws) else {
@@ -441,9 +319,9 @@ pub(super) fn across_files<'a, F>(
     for (name, f, pos) in files {
         if let Some(c) = &f.spec.bootstrap.clone
             && c.from != f.metadata.name
-            && !first.contains_key(c.from.as_str())
+            && !postgres.contains_key(c.from.as_str())
         {
-            let known: Vec<&str> = first.keys().map(String::as_str).collect();
+            let known: Vec<&str> = postgres.keys().map(String::as_str).collect();
             reporter(name, pos, out).at(
                 &Path::parse("spec.bootstrap.clone.from"),
                 Severity::Error,
@@ -452,6 +330,202 @@ pub(super) fn across_files<'a, F>(
                     c.from,
                     known.join(", ")
                 ),
+            );
+        }
+    }
+}
+
+/// Rules within an etcd cluster file.
+pub(super) fn etcd_file(f: &EtcdClusterFile, r: &mut Reporter<'_>) {
+    let s = &f.spec;
+    let p = Path::parse;
+    if s.members == 4 {
+        r.at(
+            &p("spec.members"),
+            Severity::Error,
+            "4 members survive no more failures than 3 (both lose quorum with 2 down) and \
+             commit slower: use 3 or 5",
+        );
+    }
+    aws_placement(&s.aws, r);
+    if s.aws.hosted_zone.is_none() {
+        r.at_key(
+            &p("spec.aws"),
+            Severity::Error,
+            "an etcd cluster needs hostedZone: its members keep their SRV records in it",
+        );
+    }
+    if s.secrets.ca.sources() != 1 {
+        r.at(
+            &p("spec.secrets.ca"),
+            Severity::Error,
+            "set exactly one of ssm or secretsManager",
+        );
+    } else if s.secrets.ca.env.is_some() || s.secrets.ca.file.is_some() {
+        r.at(
+            &p("spec.secrets.ca"),
+            Severity::Error,
+            "an instance cannot read env or file references: use {ssm: PARAMETER} or {secretsManager: ARN}",
+        );
+    }
+    match (
+        &s.image_bucket,
+        s.aws.image.as_deref().is_none_or(is_image_parameter),
+    ) {
+        (None, true) => r.at_key(
+            &p("spec"),
+            Severity::Error,
+            "instances started from a Debian image install the spilo image from spec.imageBucket: \
+             set it, or name an AMI that carries spilo in aws.image",
+        ),
+        (Some(b), _) if !is_bucket_name(b) => r.at(
+            &p("spec.imageBucket"),
+            Severity::Error,
+            format!("must be an S3 bucket name, got {b:?}"),
+        ),
+        _ => {}
+    }
+}
+
+/// The rules of a `spec.aws` section that every kind of file shares: the data volume, the
+/// region, the image's shape, the VPC and subnets, extra ingress.
+pub(super) fn aws_placement(aws: &spilo_model::spec::AwsSpec, r: &mut Reporter<'_>) {
+    let p = Path::parse;
+    let st = &aws.storage;
+    if st.size < 10 {
+        r.at(
+            &p("spec.aws.storage.size"),
+            Severity::Error,
+            format!("must be at least 10 (GB) on AWS, got {}", st.size),
+        );
+    }
+    if st.iops.is_some()
+        && !matches!(
+            st.volume_type,
+            VolumeType::Io1 | VolumeType::Io2 | VolumeType::Gp3
+        )
+    {
+        r.at(
+            &p("spec.aws.storage.iops"),
+            Severity::Error,
+            "only io1, io2 and gp3 volumes take provisioned IOPS",
+        );
+    }
+    if st.throughput.is_some() && st.volume_type != VolumeType::Gp3 {
+        r.at(
+            &p("spec.aws.storage.throughput"),
+            Severity::Error,
+            "only gp3 volumes take a throughput",
+        );
+    }
+    if matches!(st.volume_type, VolumeType::Io1 | VolumeType::Io2) && st.iops.is_none() {
+        r.at(
+            &p("spec.aws.storage.iops"),
+            Severity::Error,
+            "io1 and io2 volumes need iops",
+        );
+    }
+    // Values the instances' boot script carries: only characters they can need.
+    if !aws.region.is_empty() && !is_region(&aws.region) {
+        r.at(
+            &p("spec.aws.region"),
+            Severity::Error,
+            format!(
+                "must be an AWS region such as eu-central-1, got {:?}",
+                aws.region
+            ),
+        );
+    }
+    for (i, o) in st.mount_options.iter().enumerate() {
+        if !made_of(o, "=_.:/-") {
+            r.at(
+                &p(&format!("spec.aws.storage.mountOptions[{i}]")),
+                Severity::Error,
+                format!("must be a mount option (letters, digits and =_.:/-), got {o:?}"),
+            );
+        }
+    }
+    for (i, o) in st.mount_options.iter().enumerate() {
+        if matches!(o.as_str(), "nobarrier" | "barrier=0") {
+            r.at(
+                &p(&format!("spec.aws.storage.mountOptions[{i}]")),
+                Severity::Warning,
+                format!(
+                    "{o} turns off write barriers: on power loss committed transactions can \
+                     be lost or the filesystem corrupted (XFS no longer accepts it); leave it out"
+                ),
+            );
+        }
+    }
+    if let Some(i) = &aws.image
+        && !(is_image_parameter(i) || is_aws_id(i, "ami"))
+    {
+        r.at(
+            &p("spec.aws.image"),
+            Severity::Error,
+            format!(
+                "must be an AMI id such as ami-0a1b2c3d4e5f60718 (an image carrying spilo) or an SSM parameter holding one, such as /aws/service/debian/release/12/latest/amd64 (a Debian 12 image spilo installs itself on), got {i:?}"
+            ),
+        );
+    }
+    if aws.region.is_empty() {
+        r.at(&p("spec.aws.region"), Severity::Error, "must not be empty");
+    }
+    if let Some(v) = &aws.vpc
+        && !is_aws_id(v, "vpc")
+    {
+        r.at(
+            &p("spec.aws.vpc"),
+            Severity::Error,
+            format!("must be a VPC id such as vpc-0a1b2c3d4e5f60718, got {v:?}"),
+        );
+    }
+    for (i, s) in aws.subnets.iter().enumerate() {
+        if !is_aws_id(s, "subnet") {
+            r.at(
+                &p(&format!("spec.aws.subnets[{i}]")),
+                Severity::Error,
+                format!("must be a subnet id such as subnet-0a1b2c3d4e5f60718, got {s:?}"),
+            );
+        }
+    }
+    if aws.vpc.is_none() {
+        r.at_key(
+            &p("spec.aws"),
+            Severity::Error,
+            "target aws needs vpc: the security groups and the load balancer live in it",
+        );
+    }
+    if aws.subnets.is_empty() {
+        r.at_key(
+            &p("spec.aws"),
+            Severity::Error,
+            "target aws needs subnets (one per availability zone) for the instances and the load balancer",
+        );
+    }
+    for (i, rule) in aws.extra_ingress.iter().enumerate() {
+        let at = p(&format!("spec.aws.extraIngress[{i}]"));
+        if rule.cidr.is_some() == rule.security_group.is_some() {
+            r.at(
+                &at,
+                Severity::Error,
+                "set exactly one of cidr or securityGroup",
+            );
+        } else if let Some(sg) = &rule.security_group
+            && !is_aws_id(sg, "sg")
+        {
+            r.at(
+                &at.key("securityGroup"),
+                Severity::Error,
+                format!("must be a security group id such as sg-0a1b2c3d4e5f60718, got {sg:?}"),
+            );
+        } else if let Some(c) = &rule.cidr
+            && !is_cidr(c)
+        {
+            r.at(
+                &at.key("cidr"),
+                Severity::Error,
+                format!("must be an IPv4 range such as 10.0.0.0/16, got {c:?}"),
             );
         }
     }

@@ -1,31 +1,50 @@
-//! The JSON Schema of cluster files, generated from `spilo_model::spec::ClusterFile` and
-//! committed as `schemas/cluster.schema.json` (a test fails when it is stale).
+//! The JSON Schemas of cluster files, generated from `spilo_model::spec::ClusterFile` and
+//! `EtcdClusterFile` and committed as `schemas/cluster.schema.json` and
+//! `schemas/etcd-cluster.schema.json` (a test fails when either is stale).
 //!
 //! Optional sub-objects are plain objects in the schema (no `null` alternative), so an error
 //! inside one is reported at its own path instead of as "matches no alternative".
 
 use schemars::generate::SchemaSettings;
 use serde_json::Value;
-use spilo_model::spec::ClusterFile;
+use spilo_model::spec::{ClusterFile, EtcdClusterFile};
 
-/// The schema as a JSON value.
+/// The schema of PostgreSQL cluster files as a JSON value.
 pub fn schema() -> Value {
+    generate::<ClusterFile>("cluster.schema.json")
+}
+
+/// The schema of etcd cluster files (`kind: EtcdCluster`) as a JSON value.
+pub fn etcd_schema() -> Value {
+    generate::<EtcdClusterFile>("etcd-cluster.schema.json")
+}
+
+fn generate<T: schemars::JsonSchema>(file: &str) -> Value {
     let generator = SchemaSettings::draft2020_12().into_generator();
-    let schema = generator.into_root_schema_for::<ClusterFile>();
+    let schema = generator.into_root_schema_for::<T>();
     let mut value = serde_json::to_value(schema).unwrap_or(Value::Null);
     strip_null(&mut value);
     if let Value::Object(o) = &mut value {
         o.insert(
             "$id".into(),
-            Value::String("https://spilo.invalid/schemas/cluster.schema.json".into()),
+            Value::String(format!("https://spilo.invalid/schemas/{file}")),
         );
     }
     value
 }
 
-/// The schema as the committed file's text.
+/// The PostgreSQL cluster schema as the committed file's text.
 pub fn schema_json() -> String {
-    let mut s = serde_json::to_string_pretty(&schema()).unwrap_or_default();
+    pretty(&schema())
+}
+
+/// The etcd cluster schema as the committed file's text.
+pub fn etcd_schema_json() -> String {
+    pretty(&etcd_schema())
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
 }

@@ -3,10 +3,10 @@
 use super::diagnostic::{Diagnostic, Severity};
 use super::position::{Path, Positions};
 use super::rules;
-use super::schema::{allowed_keys, schema};
+use super::schema::{allowed_keys, etcd_schema, schema};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
-use spilo_model::spec::ClusterFile;
+use spilo_model::spec::{ClusterFile, EtcdClusterFile};
 use std::collections::BTreeSet;
 
 /// What validating a set of files produced.
@@ -14,8 +14,10 @@ use std::collections::BTreeSet;
 pub struct Validated {
     /// Every problem, sorted by file and position.
     pub diagnostics: Vec<Diagnostic>,
-    /// The files that passed, by name.
+    /// The PostgreSQL cluster files that passed, by name.
     pub files: Vec<(String, ClusterFile)>,
+    /// The etcd cluster files (`kind: EtcdCluster`) that passed, by name.
+    pub etcd_clusters: Vec<(String, EtcdClusterFile)>,
 }
 
 impl Validated {
@@ -113,12 +115,35 @@ impl<'a> Reporter<'a> {
     }
 }
 
+/// The two schemas, compiled.
+struct Schemas {
+    cluster: (Value, jsonschema::Validator),
+    etcd: (Value, jsonschema::Validator),
+}
+
+fn compile() -> Result<Schemas, String> {
+    let compile = |v: Value| {
+        jsonschema::validator_for(&v)
+            .map(|c| (v, c))
+            .map_err(|e| format!("the built-in schema does not compile: {e}"))
+    };
+    Ok(Schemas {
+        cluster: compile(schema())?,
+        etcd: compile(etcd_schema())?,
+    })
+}
+
+/// One file that passed its schema.
+enum Parsed {
+    Cluster(Box<ClusterFile>),
+    Etcd(Box<EtcdClusterFile>),
+}
+
 /// Validates `(name, text)` files together.
 pub fn validate_files(files: &[(String, String)]) -> Validated {
-    let schema = schema();
-    let validator = match jsonschema::validator_for(&schema) {
-        Ok(v) => v,
-        Err(e) => {
+    let schemas = match compile() {
+        Ok(s) => s,
+        Err(message) => {
             return Validated {
                 diagnostics: vec![Diagnostic {
                     file: "(schema)".into(),
@@ -126,25 +151,28 @@ pub fn validate_files(files: &[(String, String)]) -> Validated {
                     column: 1,
                     path: "(schema)".into(),
                     severity: Severity::Error,
-                    message: format!("the built-in schema does not compile: {e}"),
+                    message,
                     placeholder: false,
                 }],
-                files: Vec::new(),
+                ..Validated::default()
             };
         }
     };
     let mut out = Validated::default();
     let mut parsed: Vec<(String, ClusterFile, Positions)> = Vec::new();
+    let mut etcd: Vec<(String, EtcdClusterFile, Positions)> = Vec::new();
     for (name, text) in files {
         let pos = Positions::of(text);
         let mut diags = Vec::new();
-        let file = validate_one(name, text, &pos, &schema, &validator, &mut diags);
+        let file = validate_one(name, text, &pos, &schemas, &mut diags);
         out.diagnostics.extend(diags);
-        if let Some(f) = file {
-            parsed.push((name.clone(), f, pos));
+        match file {
+            Some(Parsed::Cluster(f)) => parsed.push((name.clone(), *f, pos)),
+            Some(Parsed::Etcd(f)) => etcd.push((name.clone(), *f, pos)),
+            None => {}
         }
     }
-    rules::across_files(&parsed, &mut out.diagnostics, |name, pos, out| {
+    rules::across_files(&parsed, &etcd, &mut out.diagnostics, |name, pos, out| {
         Reporter::new(name, pos, out)
     });
     let failed: Vec<String> = out
@@ -158,6 +186,11 @@ pub fn validate_files(files: &[(String, String)]) -> Validated {
         .filter(|(name, _, _)| !failed.contains(name))
         .map(|(name, f, _)| (name, f))
         .collect();
+    out.etcd_clusters = etcd
+        .into_iter()
+        .filter(|(name, _, _)| !failed.contains(name))
+        .map(|(name, f, _)| (name, f))
+        .collect();
     out.diagnostics
         .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
     out
@@ -167,10 +200,9 @@ fn validate_one(
     name: &str,
     text: &str,
     pos: &Positions,
-    schema: &Value,
-    validator: &jsonschema::Validator,
+    schemas: &Schemas,
     out: &mut Vec<Diagnostic>,
-) -> Option<ClusterFile> {
+) -> Option<Parsed> {
     let mut r = Reporter::new(name, pos, out);
     let yaml: serde_yaml::Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
@@ -190,7 +222,7 @@ fn validate_one(
         r.at(
             &Path::default(),
             Severity::Error,
-            "the file is empty; expected a PostgresCluster",
+            "the file is empty; expected a PostgresCluster or an EtcdCluster",
         );
         return None;
     }
@@ -204,6 +236,12 @@ fn validate_one(
             );
             return None;
         }
+    };
+    let is_etcd = json.get("kind").and_then(Value::as_str) == Some("EtcdCluster");
+    let (schema, validator) = if is_etcd {
+        (&schemas.etcd.0, &schemas.etcd.1)
+    } else {
+        (&schemas.cluster.0, &schemas.cluster.1)
     };
     // Literal passwords get one clear message, and are left out of the schema check so the
     // same mistake is not reported twice.
@@ -226,10 +264,22 @@ fn validate_one(
     if r.out.len() > before || !literal.is_empty() {
         return None;
     }
+    if is_etcd {
+        return match serde_json::from_value::<EtcdClusterFile>(json) {
+            Ok(file) => {
+                rules::etcd_file(&file, &mut r);
+                Some(Parsed::Etcd(Box::new(file)))
+            }
+            Err(e) => {
+                r.at(&Path::default(), Severity::Error, e.to_string());
+                None
+            }
+        };
+    }
     match serde_json::from_value::<ClusterFile>(json) {
         Ok(file) => {
             rules::one_file(&file, &mut r);
-            Some(file)
+            Some(Parsed::Cluster(Box::new(file)))
         }
         Err(e) => {
             r.at(&Path::default(), Severity::Error, e.to_string());
