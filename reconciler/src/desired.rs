@@ -106,14 +106,37 @@ pub fn read(repo: &str, reference: &str, cache: &Path) -> Result<Desired, Desire
             diagnostics: checked.diagnostics,
         });
     }
+    let mut clusters = checked.files;
+    resolve_etcd_clusters(&mut clusters, &checked.etcd_clusters);
     Ok(Desired {
         repo: repo.to_string(),
         reference: reference.to_string(),
         commit,
-        clusters: checked.files,
+        clusters,
         etcd_clusters: checked.etcd_clusters,
         warnings: checked.diagnostics,
     })
+}
+
+/// Gives each cluster on an etcd cluster of the same commit (`dcs.etcdCluster`, checked by
+/// validation) that cluster's SRV domain as its `dcs.discoveryDomain`, which the members and
+/// `spilo` look up.
+pub fn resolve_etcd_clusters(
+    clusters: &mut [(String, ClusterFile)],
+    etcd: &[(String, EtcdClusterFile)],
+) {
+    for (_, f) in clusters.iter_mut() {
+        let Some(dcs) = f.spec.dcs.as_mut() else {
+            continue;
+        };
+        if let Some(e) = dcs.etcd_cluster.as_ref().and_then(|name| {
+            etcd.iter()
+                .find(|(_, e)| e.metadata.name == *name)
+                .map(|(_, e)| e)
+        }) {
+            dcs.discovery_domain = Some(e.domain());
+        }
+    }
 }
 
 /// The commit `reference` resolves to and the `(path, text)` of every `clusters/*.y(a)ml` in it.

@@ -16,7 +16,8 @@ pub fn normalize(endpoints: &[String], tls: bool) -> Vec<String> {
         .collect()
 }
 
-/// Client URLs of the etcd a cluster file names.
+/// Client URLs of the etcd a cluster file names (`https://` from the `-ssl` SRV records for
+/// an etcd cluster of the repository).
 pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
     let cfg = spilo_model::governor::EtcdConfig {
         hosts: dcs.hosts.clone(),
@@ -24,9 +25,41 @@ pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
         discovery_nameserver: None,
         plaintext: false,
     };
-    spilo_discovery::endpoints(&cfg, None, TIMEOUT)
+    let tls = client_tls(dcs)?;
+    spilo_discovery::endpoints(&cfg, tls.as_ref(), TIMEOUT)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The CA, client certificate and key `spilo` speaks TLS to an etcd cluster of the
+/// repository with (`SPILO_ETCD_CACERT`, `SPILO_ETCD_CERT`, `SPILO_ETCD_KEY`, as for the
+/// operating commands); `None` for other etcd.
+pub fn client_tls(dcs: &DcsSpec) -> Result<Option<spilo_discovery::EtcdTls>, String> {
+    let Some(cluster) = &dcs.etcd_cluster else {
+        return Ok(None);
+    };
+    let var = |n: &str| std::env::var_os(n).map(std::path::PathBuf::from);
+    match (
+        var("SPILO_ETCD_CACERT"),
+        var("SPILO_ETCD_CERT"),
+        var("SPILO_ETCD_KEY"),
+    ) {
+        (Some(ca), Some(cert), Some(key)) => spilo_discovery::EtcdTls::read(&ca, &cert, &key)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        _ => Err(format!(
+            "etcd cluster {cluster} admits only certificates of its CA: set SPILO_ETCD_CACERT, \
+             SPILO_ETCD_CERT and SPILO_ETCD_KEY to its CA certificate and a client certificate \
+             and key it issued"
+        )),
+    }
+}
+
+/// A client of the etcd `dcs` names, over TLS for an etcd cluster of the repository.
+pub async fn connect_dcs(dcs: &DcsSpec) -> Result<Client, String> {
+    let endpoints = endpoints(dcs).await?;
+    let tls = client_tls(dcs)?;
+    connect(&endpoints, tls.as_ref()).await
 }
 
 /// A client for `endpoints`, or why not; over TLS with `tls` (etcd checked against its CA,

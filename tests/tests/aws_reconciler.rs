@@ -453,3 +453,56 @@ async fn a_missing_bucket_is_created_outside_the_stack_and_outlives_it() {
         .python(&fixture, &[REGION, "describe", "orders-wal"])
         .expect("the bucket outlives the stack");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    let etcd = format!(
+        "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {{name: etcd-main, team: platform}}\nspec:\n  \
+         members: 3\n  aws:\n    region: {REGION}\n    instanceType: t3.small\n    image: {image}\n    \
+         vpc: {vpc}\n    subnets: [{subnets}]\n    hostedZone: {zone}\n  \
+         secrets: {{ca: {{ssm: /spilo/etcd-main/ca}}}}\n",
+        image = w.net.image,
+        vpc = w.net.vpc,
+        subnets = w.net.subnets.join(", "),
+        zone = w.net.zone,
+    );
+    w.repo.commit("etcd-main", Some(&etcd)).expect("commit");
+
+    let plan = w.spilo(&["plan"]);
+    assert_eq!(plan.code, 2, "changes exit 2: {plan}");
+    assert!(
+        plan.stdout.contains(
+            "+ cluster etcd-main: create stack spilo-etcd-main in eu-central-1 (clusters/etcd-main.yaml)"
+        ),
+        "{plan}"
+    );
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    assert!(apply.stdout.contains("etcd-main: applied"), "{apply}");
+    assert!(apply.stdout.contains("orders: applied"), "{apply}");
+    let instances = w.instances("etcd-main");
+    assert_eq!(instances.len(), 3, "three members: {instances:?}");
+    let resources = w.resources("etcd-main");
+    for id in ["AutoScalingGroup", "ClientSecurityGroup", "MemberSecurityGroup", "Role"] {
+        assert!(resources.stdout.contains(id), "{id} in {resources}");
+    }
+    let again = w.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "no changes exit 0: {again}");
+    assert!(
+        again.stdout.contains("= cluster etcd-main: no changes"),
+        "{again}"
+    );
+
+    // Five members instead of three: an update in place.
+    w.repo
+        .commit(
+            "etcd-main",
+            Some(&etcd.replace("members: 3", "members: 5")),
+        )
+        .expect("commit");
+    let grow = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(grow.code, 0, "{grow}");
+    w.until_instances("etcd-main", 5).await;
+}

@@ -17,11 +17,11 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn valid_files(dir: &Path) -> Vec<(String, ClusterFile)> {
+fn valid_files(dir: &Path) -> spilo::spec::Validated {
     let files = spilo::spec::read_files(&[dir.to_path_buf()]).expect("read");
     let checked = spilo::spec::validate_files(&files);
     assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
-    checked.files
+    checked
 }
 
 #[test]
@@ -30,8 +30,17 @@ fn every_rendered_template_passes_cfn_lint() {
     let out = tempfile::tempdir().expect("tempdir");
     let mut written = Vec::new();
     for dir in [root().join("clusters"), root().join("tests/corpus/valid")] {
-        for (name, file) in valid_files(&dir) {
-            let Some(stack) = template::render(&file) else {
+        let checked = valid_files(&dir);
+        let etcd = checked
+            .etcd_clusters
+            .iter()
+            .map(|(name, f)| (name.clone(), Some(spilo::aws::etcd_stack::render(f))));
+        let postgres = checked
+            .files
+            .iter()
+            .map(|(name, f)| (name.clone(), template::render(f)));
+        for (name, stack) in postgres.chain(etcd) {
+            let Some(stack) = stack else {
                 continue;
             };
             let path = out.path().join(format!("{}.json", stack.stack_name));
@@ -44,8 +53,8 @@ fn every_rendered_template_passes_cfn_lint() {
         }
     }
     assert!(
-        written.len() >= 4,
-        "clusters/ and the valid corpus hold AWS clusters: {written:?}"
+        written.len() >= 5,
+        "clusters/ and the valid corpus hold AWS clusters and an etcd cluster: {written:?}"
     );
     let result = std::process::Command::new(venv.join("bin/cfn-lint"))
         .args(["--format", "parseable"])
@@ -134,6 +143,7 @@ fn sample_plan() -> spilo::aws::plan::Plan {
         &spilo::aws::plan::DesiredInput {
             based_on: (&head.repo, &head.reference, &head.commit),
             clusters,
+            etcd_clusters: Vec::new(),
         },
         &observed,
         PlanOptions::default(),

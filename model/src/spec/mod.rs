@@ -274,7 +274,7 @@ impl std::fmt::Display for ParamValue {
     }
 }
 
-/// The etcd cluster: exactly one of `hosts` or `discoveryDomain`.
+/// The etcd cluster: exactly one of `hosts`, `discoveryDomain` or `etcdCluster`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DcsSpec {
@@ -284,6 +284,22 @@ pub struct DcsSpec {
     /// A domain with `_etcd-server._tcp` (or `_etcd-client._tcp`) SRV records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery_domain: Option<String>,
+    /// AWS: an etcd cluster of this repository (`kind: EtcdCluster`) by name. The members
+    /// find it by its SRV records (`_etcd-client-ssl._tcp.<its domain>`), speak TLS to it with
+    /// certificates of its CA (which `spec.secrets.ca` must name) and join its clients'
+    /// security group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cluster: Option<ClusterName>,
+}
+
+impl DcsSpec {
+    /// How many of `hosts`, `discoveryDomain` and `etcdCluster` are set (valid: one; with
+    /// `etcdCluster`, the reading of the files also sets `discoveryDomain` to its domain).
+    pub fn sources(&self) -> usize {
+        usize::from(!self.hosts.is_empty())
+            + usize::from(self.discovery_domain.is_some())
+            + usize::from(self.etcd_cluster.is_some())
+    }
 }
 
 /// Local-target settings.

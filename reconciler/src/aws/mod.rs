@@ -10,6 +10,7 @@ pub mod apply;
 pub mod clients;
 pub mod commands;
 pub mod diff;
+pub mod etcd_stack;
 pub mod image;
 pub mod inspect;
 pub mod observe;
@@ -25,7 +26,7 @@ pub mod userdata;
 use crate::desired::{self, Desired};
 use observed::{Observation, Observed, ObservedCluster, ObservedEtcd};
 use plan::{DesiredInput, Plan, PlanOptions};
-use spilo_model::spec::{ClusterFile, Target};
+use spilo_model::spec::{ClusterFile, EtcdClusterFile, Target};
 use std::path::Path;
 
 /// The AWS clusters of a desired state, with their file paths.
@@ -33,6 +34,14 @@ pub fn aws_clusters(d: &Desired) -> Vec<(&str, &ClusterFile)> {
     d.clusters
         .iter()
         .filter(|(_, f)| f.spec.target == Target::Aws)
+        .map(|(p, f)| (p.as_str(), f))
+        .collect()
+}
+
+/// The etcd clusters of a desired state, with their file paths.
+pub fn etcd_clusters(d: &Desired) -> Vec<(&str, &EtcdClusterFile)> {
+    d.etcd_clusters
+        .iter()
         .map(|(p, f)| (p.as_str(), f))
         .collect()
 }
@@ -59,12 +68,15 @@ pub async fn plan_desired(
     options: PlanOptions,
 ) -> (Plan, Observed) {
     let files = aws_clusters(desired);
+    let etcd = etcd_clusters(desired);
     let only_files: Vec<&ClusterFile> = files.iter().map(|(_, f)| *f).collect();
-    let observed = observe::observe(clients, &only_files, regions).await;
+    let only_etcd: Vec<&EtcdClusterFile> = etcd.iter().map(|(_, f)| *f).collect();
+    let observed = observe::observe(clients, &only_files, &only_etcd, regions).await;
     let plan = plan::plan(
         &DesiredInput {
             based_on: (&desired.repo, &desired.reference, &desired.commit),
             clusters: files,
+            etcd_clusters: etcd,
         },
         &observed,
         options,
@@ -87,6 +99,28 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
         };
         names.push(o.name.clone());
         out.clusters.insert(o.name.clone(), o);
+    }
+    for (_, f) in etcd_clusters(base) {
+        let o = ObservedCluster::etcd_as_applied(
+            f,
+            format!(
+                "{}@{}",
+                template::stack_name(f.metadata.name.as_str()),
+                base.commit
+            ),
+        );
+        names.push(o.name.clone());
+        out.clusters.insert(o.name.clone(), o);
+    }
+    for (_, f) in etcd_clusters(head) {
+        let name = f.metadata.name.to_string();
+        out.clusters
+            .entry(name.clone())
+            .or_insert(ObservedCluster::of(
+                name,
+                Observation::Absent,
+                Observation::Absent,
+            ));
     }
     for (_, f) in aws_clusters(head) {
         let name = f.metadata.name.to_string();
@@ -114,6 +148,7 @@ pub fn plan_between(base: &Desired, head: &Desired, options: PlanOptions) -> Pla
         &DesiredInput {
             based_on: (&head.repo, &head.reference, &head.commit),
             clusters: aws_clusters(head),
+            etcd_clusters: etcd_clusters(head),
         },
         &observed,
         options,

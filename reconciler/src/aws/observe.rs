@@ -14,7 +14,7 @@ use aws_sdk_cloudformation::types::TemplateStage;
 use etcd_client::GetOptions;
 use futures::StreamExt;
 use serde_json::Value;
-use spilo_model::spec::{ClusterFile, DcsSpec};
+use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use spilo_model::{ClusterName, KeyKind, Keyspace, MemberName, MemberStatus, summarize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,12 +23,20 @@ const PARALLEL: usize = 16;
 
 /// Observes every cluster in `files` and every managed stack in `regions` (plus the files'
 /// regions) whose file is gone.
-pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[String]) -> Observed {
+pub async fn observe(
+    clients: &Clients,
+    files: &[&ClusterFile],
+    etcd_files: &[&EtcdClusterFile],
+    regions: &[String],
+) -> Observed {
     let mut all_regions: BTreeSet<String> = regions.iter().cloned().collect();
     for f in files {
         if let Some(a) = &f.spec.aws {
             all_regions.insert(a.region.clone());
         }
+    }
+    for f in etcd_files {
+        all_regions.insert(f.spec.aws.region.clone());
     }
     let mut observed = Observed::default();
     let results: Vec<ObservedCluster> = futures::stream::iter(files.iter())
@@ -39,7 +47,19 @@ pub async fn observe(clients: &Clients, files: &[&ClusterFile], regions: &[Strin
     for o in results {
         observed.clusters.insert(o.name.clone(), o);
     }
-    let wanted: BTreeSet<&str> = files.iter().map(|f| f.metadata.name.as_str()).collect();
+    let etcd_results: Vec<ObservedCluster> = futures::stream::iter(etcd_files.iter())
+        .map(|f| observe_etcd_cluster(clients, f))
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    for o in etcd_results {
+        observed.clusters.insert(o.name.clone(), o);
+    }
+    let wanted: BTreeSet<&str> = files
+        .iter()
+        .map(|f| f.metadata.name.as_str())
+        .chain(etcd_files.iter().map(|f| f.metadata.name.as_str()))
+        .collect();
     let mut managed = Vec::new();
     for region in &all_regions {
         let c = clients.region(region).await;
@@ -147,6 +167,57 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
         image_file,
         etcd,
         resources_gone,
+    }
+}
+
+/// Observes one etcd cluster: its stack, the image parameter and the spilo image in its
+/// image bucket (no etcd keys of its own, no DNS record of the stack's).
+pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> ObservedCluster {
+    let name = file.metadata.name.to_string();
+    let c = clients.region(&file.spec.aws.region).await;
+    let stack_name = template::stack_name(&name);
+    let stack = async {
+        match full_stack(&c, &stack_name).await {
+            Ok(Some(s)) => Observation::Present(s),
+            Ok(None) => Observation::Absent,
+            Err(e) => Observation::Unknown(e),
+        }
+    };
+    let image = async {
+        let id = super::etcd_stack::image_id(file);
+        if spilo_model::spec::is_image_parameter(&id) {
+            Some(image_parameter(&c, &id).await)
+        } else {
+            None
+        }
+    };
+    let arch = super::etcd_stack::architecture(file);
+    let image_object = async {
+        match &file.spec.image_bucket {
+            Some(b) if super::etcd_stack::from_bucket(file) => {
+                Some(object(&c, b, &super::image::key(arch)).await)
+            }
+            _ => None,
+        }
+    };
+    let (stack, image, image_object) = tokio::join!(stack, image, image_object);
+    let image_file = match &image_object {
+        Some(Observation::Absent) => super::image::find_local(arch).and_then(|p| {
+            let digest = super::image::sha256(&p).ok()?;
+            Some((p, digest))
+        }),
+        _ => None,
+    };
+    let resources_gone = match &stack {
+        Observation::Present(s) => resources_gone(&c, s, None).await,
+        _ => Vec::new(),
+    };
+    ObservedCluster {
+        image,
+        image_object,
+        image_file,
+        resources_gone,
+        ..ObservedCluster::of(name, stack, Observation::Absent)
     }
 }
 
@@ -444,7 +515,14 @@ pub async fn observe_etcd_with(
         Ok(e) => e,
         Err(e) => return Observation::Unknown(e),
     };
-    match read_etcd(&endpoints, scope, tls).await {
+    let own = match tls {
+        Some(_) => None,
+        None => match crate::etcd::client_tls(dcs) {
+            Ok(t) => t,
+            Err(e) => return Observation::Unknown(e),
+        },
+    };
+    match read_etcd(&endpoints, scope, tls.or(own.as_ref())).await {
         Ok(e) => Observation::Present(e),
         Err(e) => Observation::Unknown(e),
     }

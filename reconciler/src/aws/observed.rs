@@ -185,6 +185,27 @@ impl ObservedCluster {
     }
 }
 
+impl ObservedCluster {
+    /// The etcd cluster `file` as it looks once applied: its rendered stack.
+    pub fn etcd_as_applied(file: &spilo_model::spec::EtcdClusterFile, stack_id: String) -> Self {
+        let stack = super::etcd_stack::render(file);
+        ObservedCluster::of(
+            file.metadata.name.to_string(),
+            Observation::Present(ObservedStack {
+                stack_id,
+                status: "CREATE_COMPLETE".into(),
+                last_changed: String::new(),
+                template: stack.template,
+                parameters: stack.parameters,
+                tags: stack.tags,
+                resources: BTreeMap::new(),
+                outputs: BTreeMap::new(),
+            }),
+            Observation::Absent,
+        )
+    }
+}
+
 /// What was observed for a whole plan.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observed {

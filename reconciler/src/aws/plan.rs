@@ -8,11 +8,11 @@
 //! unknown, or the stack is in a state nothing can be applied to).
 
 use super::diff::{self, ResourceAction, ResourceChange, ValueChange};
-use super::observed::{Observation, Observed, ObservedCluster};
+use super::observed::{Observation, Observed, ObservedCluster, ObservedStack};
 use super::template::{self, PRUNE_TAG, StackSpec};
 use serde::{Deserialize, Serialize};
 use spilo_model::ClusterConfig;
-use spilo_model::spec::{ClusterFile, DcsSpec};
+use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use std::collections::BTreeMap;
 
 /// The version of the plan's JSON format.
@@ -231,6 +231,8 @@ pub struct DesiredInput<'a> {
     pub based_on: (&'a str, &'a str, &'a str),
     /// `(path, file)` of every cluster with target aws.
     pub clusters: Vec<(&'a str, &'a ClusterFile)>,
+    /// `(path, file)` of every etcd cluster.
+    pub etcd_clusters: Vec<(&'a str, &'a EtcdClusterFile)>,
 }
 
 /// Makes the plan.
@@ -249,15 +251,28 @@ pub fn plan(desired: &DesiredInput<'_>, observed: &Observed, options: PlanOption
         }
         clusters.push(p);
     }
+    for (path, file) in &desired.etcd_clusters {
+        let name = file.metadata.name.as_str();
+        let stack = super::etcd_stack::render(file);
+        let obs = observed.clusters.get(name);
+        if let Some(o) = obs {
+            basis.insert(name.to_string(), cluster_basis(o));
+        }
+        clusters.push(plan_etcd_cluster(path, file, stack, obs, options));
+    }
     // Stacks whose file is gone.
     match &observed.stack_list {
         Observation::Present(names) => {
             for name in names {
-                if desired
+                let wanted = desired
                     .clusters
                     .iter()
                     .any(|(_, f)| f.metadata.name.as_str() == name)
-                {
+                    || desired
+                        .etcd_clusters
+                        .iter()
+                        .any(|(_, f)| f.metadata.name.as_str() == name);
+                if wanted {
                     continue;
                 }
                 let Some(obs) = observed.clusters.get(name) else {
@@ -395,17 +410,106 @@ fn plan_cluster(
         });
     }
 
-    match &obs.stack {
+    if let (Observation::Absent, Some(Observation::Present(target))) = (&obs.stack, &obs.dns) {
+        return blocked(
+            p,
+            format!(
+                "the DNS name {} already exists (-> {target}) and does not belong to this cluster's stack",
+                template::dns_name(file).unwrap_or_default()
+            ),
+        );
+    }
+    if let Err(why) = plan_stack(&mut p, stack, &obs.stack, options) {
+        return blocked(p, why);
+    }
+    if p.action == Action::Noop && (p.config.is_some() || p.bucket.is_some()) {
+        p.action = Action::Update;
+    }
+    if p.action == Action::Noop && p.config.is_none() {
+        p.template_diff.clear();
+    }
+    let src = ImageSource {
+        region: stack_region(file),
+        image: template::image_id(file),
+        bucket: file.spec.backup.as_ref().map(|b| b.bucket.clone()),
+        arch: super::image::architecture(file),
+        creatable: true,
+    };
+    if let Err(why) = plan_image(&src, obs, &mut p) {
+        return blocked(p, why);
+    }
+    p
+}
+
+fn stack_region(file: &ClusterFile) -> String {
+    file.spec
+        .aws
+        .as_ref()
+        .map(|a| a.region.clone())
+        .unwrap_or_default()
+}
+
+/// One etcd cluster: its stack like a PostgreSQL cluster's (no etcd keys, no bucket of its
+/// own), except that a change replacing the auto-scaling group is refused whatever the
+/// options: it would replace every member at once and lose the cluster.
+fn plan_etcd_cluster(
+    path: &str,
+    file: &EtcdClusterFile,
+    stack: StackSpec,
+    obs: Option<&ObservedCluster>,
+    options: PlanOptions,
+) -> ClusterPlan {
+    let name = file.metadata.name.as_str();
+    let mut p = ClusterPlan::new(name, &stack.region, Some(path.to_string()), Action::Noop);
+    let Some(obs) = obs else {
+        return blocked(p, "it was not observed".into());
+    };
+    if let Some(why) = obs.stack.unknown() {
+        return blocked(p, format!("stack {}: {why}", stack.stack_name));
+    }
+    if let Err(why) = plan_stack(&mut p, stack, &obs.stack, options) {
+        return blocked(p, why);
+    }
+    if p.resources
+        .iter()
+        .any(|r| r.logical_id == "AutoScalingGroup" && r.action == ResourceAction::Replace)
+    {
+        p.action = Action::Replace;
+        p.refused = true;
+        p.reason = Some(
+            "replaces AutoScalingGroup, every etcd member at once: the cluster would lose its \
+             quorum and its data; refused even with --allow-replace"
+                .into(),
+        );
+    }
+    let src = ImageSource {
+        region: file.spec.aws.region.clone(),
+        image: super::etcd_stack::image_id(file),
+        bucket: file
+            .spec
+            .image_bucket
+            .clone()
+            .filter(|_| super::etcd_stack::from_bucket(file)),
+        arch: super::etcd_stack::architecture(file),
+        creatable: false,
+    };
+    if let Err(why) = plan_image(&src, obs, &mut p) {
+        return blocked(p, why);
+    }
+    p
+}
+
+/// The stack part of a plan: a create when it is absent, else its resource, parameter and tag
+/// changes (a replacement refused without `--allow-replace`); `Err` names why it cannot be
+/// planned.
+fn plan_stack(
+    p: &mut ClusterPlan,
+    stack: StackSpec,
+    observed: &Observation<ObservedStack>,
+    options: PlanOptions,
+) -> Result<(), String> {
+    match observed {
         Observation::Absent => {
-            if let Some(Observation::Present(target)) = &obs.dns {
-                return blocked(
-                    p,
-                    format!(
-                        "the DNS name {} already exists (-> {target}) and does not belong to this cluster's stack",
-                        template::dns_name(file).unwrap_or_default()
-                    ),
-                );
-            }
             p.action = Action::Create;
             p.resources = diff::resources(
                 &serde_json::json!({}),
@@ -418,7 +522,7 @@ fn plan_cluster(
         }
         Observation::Present(s) => {
             if let Some(why) = unusable_status(&s.status) {
-                return blocked(p, format!("stack {} is {}: {why}", s.stack_id, s.status));
+                return Err(format!("stack {} is {}: {why}", s.stack_id, s.status));
             }
             p.resources = diff::resources(
                 &s.template,
@@ -444,35 +548,44 @@ fn plan_cluster(
                         replaces.join(", ")
                     ));
                 }
-            } else if p.changes_stack() || p.config.is_some() || p.bucket.is_some() {
+            } else if p.changes_stack() {
                 p.action = Action::Update;
             }
             if p.changes_stack() {
                 p.desired = Some(stack);
             }
         }
-        Observation::Unknown(why) => return blocked(p, format!("stack: {why}")),
+        Observation::Unknown(why) => return Err(format!("stack: {why}")),
     }
-    if p.action == Action::Noop && p.config.is_none() {
+    if p.action == Action::Noop {
         p.template_diff.clear();
     }
-    if let Err(why) = plan_image(file, obs, &mut p) {
-        return blocked(p, why);
-    }
-    p
+    Ok(())
+}
+
+/// Where a stack's instances get their images: the image they start from (an id or an SSM
+/// parameter) in `region`, and the bucket the spilo image is installed from (none for an AMI
+/// that carries spilo).
+struct ImageSource {
+    region: String,
+    image: String,
+    bucket: Option<String>,
+    arch: spilo_model::spec::Architecture,
+    /// Whether the plan may create the bucket (`backup.createBucket` of a PostgreSQL file).
+    creatable: bool,
 }
 
 /// The image the instances start from, and the spilo image a plain Debian instance installs
 /// from the bucket: an image parameter that does not resolve blocks a stack change; a spilo
 /// image missing from the bucket is uploaded when this machine has it, and blocks otherwise.
 fn plan_image(
-    file: &ClusterFile,
+    src: &ImageSource,
     obs: &ObservedCluster,
     p: &mut ClusterPlan,
 ) -> Result<(), String> {
-    let region = file.spec.aws.as_ref().map_or("", |a| a.region.as_str());
+    let region = src.region.as_str();
     if p.desired.is_some() {
-        let param = template::image_id(file);
+        let param = &src.image;
         match &obs.image {
             Some(Observation::Absent) => {
                 return Err(format!(
@@ -485,17 +598,18 @@ fn plan_image(
             _ => {}
         }
     }
-    let Some(bucket) = file.spec.backup.as_ref().map(|b| b.bucket.clone()) else {
+    let Some(bucket) = src.bucket.clone() else {
         return Ok(());
     };
-    let arch = super::image::architecture(file);
+    let arch = src.arch;
     match &obs.image_object {
         Some(Observation::Unknown(why)) => Err(format!("the spilo image in the bucket: {why}")),
         Some(Observation::Absent)
             if matches!(obs.bucket, Some(Observation::Absent)) && p.bucket.is_none() =>
         {
             Err(format!(
-                "the instances install the spilo image from s3://{bucket}, which does not exist: create it, or set spec.backup.createBucket: true"
+                "the instances install the spilo image from s3://{bucket}, which does not exist: create it{}",
+                if src.creatable { ", or set spec.backup.createBucket: true" } else { "" }
             ))
         }
         Some(Observation::Absent) => match &obs.image_file {

@@ -64,6 +64,7 @@ fn run(files: &[&ClusterFile], observed: Vec<ObservedCluster>, options: PlanOpti
         &DesiredInput {
             based_on: ("repo", "HEAD", "c0ffee"),
             clusters: files.iter().map(|f| ("clusters/x.yaml", *f)).collect(),
+            etcd_clusters: Vec::new(),
         },
         &o,
         options,
@@ -189,6 +190,7 @@ fn an_unreadable_stack_list_deletes_nothing() {
         &DesiredInput {
             based_on: ("repo", "HEAD", "c0ffee"),
             clusters: Vec::new(),
+            etcd_clusters: Vec::new(),
         },
         &o,
         PlanOptions {
@@ -332,5 +334,88 @@ fn a_missing_bucket_is_created_only_when_the_file_asks_and_never_on_a_guess() {
         c.warnings[0].contains("set spec.backup.createBucket: true"),
         "{:?}",
         c.warnings
+    );
+}
+
+fn etcd_file(extra: &str) -> spilo_model::spec::EtcdClusterFile {
+    serde_yaml::from_str(&format!(
+        "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {{name: etcd-main}}\nspec:\n  \
+         aws: {{region: eu-west-1, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d], hostedZone: db.example.com, image: ami-0a1b2c3d}}\n  \
+         secrets: {{ca: {{ssm: /spilo/ca}}}}\n{extra}"
+    ))
+    .expect("valid")
+}
+
+fn run_etcd(
+    f: &spilo_model::spec::EtcdClusterFile,
+    observed: ObservedCluster,
+    options: PlanOptions,
+) -> Plan {
+    let mut o = Observed::default();
+    if observed.stack.present().is_some() {
+        o.stack_list = Observation::Present(vec![observed.name.clone()]);
+    }
+    o.clusters.insert(observed.name.clone(), observed);
+    plan(
+        &DesiredInput {
+            based_on: ("repo", "main", "abc"),
+            clusters: Vec::new(),
+            etcd_clusters: vec![("clusters/etcd-main.yaml", f)],
+        },
+        &o,
+        options,
+    )
+}
+
+#[test]
+fn a_new_etcd_cluster_is_a_stack_with_no_etcd_keys_to_write() {
+    let f = etcd_file("");
+    let fresh = ObservedCluster::of("etcd-main".into(), Observation::Absent, Observation::Absent);
+    let p = run_etcd(&f, fresh, PlanOptions::default());
+    let c = &p.clusters[0];
+    assert_eq!(c.action, Action::Create, "{c:?}");
+    assert_eq!(c.stack_name, "spilo-etcd-main");
+    assert!(c.config.is_none() && c.dcs.is_none());
+    let ids: Vec<&str> = c.resources.iter().map(|r| r.logical_id.as_str()).collect();
+    for id in ["AutoScalingGroup", "LaunchTemplate", "MemberSecurityGroup", "ClientSecurityGroup", "Role"] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+    // Applied, it plans as nothing to do.
+    let applied = ObservedCluster::etcd_as_applied(&f, "stack-id".into());
+    let p = run_etcd(&f, applied, PlanOptions::default());
+    assert_eq!(p.clusters[0].action, Action::Noop, "{:?}", p.clusters[0]);
+}
+
+#[test]
+fn an_etcd_change_in_place_is_an_update_and_replacing_every_member_is_refused_always() {
+    let f = etcd_file("");
+    let bigger = etcd_file("").spec.members + 2;
+    let p = run_etcd(
+        &etcd_file(&format!("  members: {bigger}\n")),
+        ObservedCluster::etcd_as_applied(&f, "stack-id".into()),
+        PlanOptions::default(),
+    );
+    assert_eq!(p.clusters[0].action, Action::Update, "{:?}", p.clusters[0]);
+    assert!(!p.clusters[0].refused);
+    // A stack whose group was made with a name: rendering without it replaces the group.
+    let mut named = ObservedCluster::etcd_as_applied(&f, "stack-id".into());
+    if let Observation::Present(s) = &mut named.stack {
+        s.template["Resources"]["AutoScalingGroup"]["Properties"]["AutoScalingGroupName"] =
+            serde_json::json!("etcd-main");
+    }
+    let p = run_etcd(
+        &f,
+        named,
+        PlanOptions {
+            prune: false,
+            allow_replace: true,
+        },
+    );
+    let c = &p.clusters[0];
+    assert_eq!(c.action, Action::Replace);
+    assert!(c.refused, "refused even with --allow-replace");
+    assert!(
+        c.reason.as_deref().is_some_and(|r| r.contains("every etcd member at once")),
+        "{c:?}"
     );
 }

@@ -42,6 +42,44 @@ fn secret_arn(s: &str) -> Value {
     }
 }
 
+/// Reading exactly `refs`: `ssm:GetParameter` on the parameters, `secretsmanager:GetSecretValue`
+/// on the secrets, `kms:Decrypt` on `kms_key`.
+pub fn secret_statements(refs: &[&SecretRef], kms_key: Option<&str>) -> Vec<Value> {
+    let parameters: Vec<Value> = refs
+        .iter()
+        .filter_map(|r| r.ssm.as_deref())
+        .map(parameter_arn)
+        .collect();
+    let secrets: Vec<Value> = refs
+        .iter()
+        .filter_map(|r| r.secrets_manager.as_deref())
+        .map(secret_arn)
+        .collect();
+    let mut statements = Vec::new();
+    if !parameters.is_empty() {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["ssm:GetParameter"],
+            "Resource": parameters,
+        }));
+    }
+    if !secrets.is_empty() {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": secrets,
+        }));
+    }
+    if let Some(key) = kms_key {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": key,
+        }));
+    }
+    statements
+}
+
 /// The inline policies of the instance role.
 pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
     let spec = &file.spec;
@@ -93,38 +131,7 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
         .into_iter()
         .filter_map(|(_, r)| r)
         .collect();
-    let parameters: Vec<Value> = refs
-        .iter()
-        .filter_map(|r| r.ssm.as_deref())
-        .map(parameter_arn)
-        .collect();
-    let secrets: Vec<Value> = refs
-        .iter()
-        .filter_map(|r| r.secrets_manager.as_deref())
-        .map(secret_arn)
-        .collect();
-    let mut statements = Vec::new();
-    if !parameters.is_empty() {
-        statements.push(json!({
-            "Effect": "Allow",
-            "Action": ["ssm:GetParameter"],
-            "Resource": parameters,
-        }));
-    }
-    if !secrets.is_empty() {
-        statements.push(json!({
-            "Effect": "Allow",
-            "Action": ["secretsmanager:GetSecretValue"],
-            "Resource": secrets,
-        }));
-    }
-    if let Some(key) = &spec.secrets.kms_key {
-        statements.push(json!({
-            "Effect": "Allow",
-            "Action": ["kms:Decrypt"],
-            "Resource": key,
-        }));
-    }
+    let statements = secret_statements(&refs, spec.secrets.kms_key.as_deref());
     if !statements.is_empty() {
         policies.push(json!({
             "PolicyName": "secrets",

@@ -186,13 +186,20 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         .iter()
         .map(|t| json!({"ResourceType": t, "Tags": resource_tags(file)}))
         .collect();
+    // The members' own group, and the clients' group of the etcd cluster they use.
+    let mut security_groups = vec![json!({"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]})];
+    if let Some(etcd) = spec.dcs.as_ref().and_then(|d| d.etcd_cluster.as_ref()) {
+        security_groups.push(
+            json!({"Fn::ImportValue": super::etcd_stack::clients_export(etcd.as_str())}),
+        );
+    }
     resources.insert(
         "LaunchTemplate".into(),
         json!({"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
             "ImageId": {"Ref": "ImageId"},
             "InstanceType": {"Ref": "InstanceType"},
             "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["InstanceProfile", "Arn"]}},
-            "SecurityGroupIds": [{"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]}],
+            "SecurityGroupIds": security_groups,
             "BlockDeviceMappings": [{"DeviceName": userdata::DATA_DEVICE, "Ebs": ebs}],
             "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
             "UserData": {"Fn::Base64": userdata::render(file)},

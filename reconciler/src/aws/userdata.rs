@@ -89,8 +89,11 @@ fn placement(file: &ClusterFile) -> Placement {
             .collect();
         t
     });
+    // An etcd cluster of the repository speaks only TLS (with certificates of the cluster's
+    // CA, which validation made the same); other etcd on AWS stays plaintext.
+    let on_etcd_cluster = spec.dcs.as_ref().is_some_and(|d| d.etcd_cluster.is_some());
     let etcd = EtcdConfig {
-        plaintext: tls.is_some(),
+        plaintext: tls.is_some() && !on_etcd_cluster,
         ..etcd
     };
     Placement {
@@ -167,7 +170,15 @@ pub fn render(file: &ClusterFile) -> String {
 /// again and skips the part, since the image's functions are there.
 fn install_image(file: &ClusterFile, bucket: &str) -> String {
     let arch = super::image::architecture(file);
-    let region = file.spec.aws.as_ref().map_or("", |a| a.region.as_str());
+    install_image_from(
+        file.spec.aws.as_ref().map_or("", |a| a.region.as_str()),
+        &super::template::stack_name(file.metadata.name.as_str()),
+        &format!("s3://{bucket}/{}", super::image::key(arch)),
+    )
+}
+
+/// The install part for an instance of `stack` in `region`, the image at `source` (`s3://`).
+pub fn install_image_from(region: &str, stack: &str, source: &str) -> String {
     format!(
         "if [ ! -e {BOOT_LIB} ]; then\n  \
            spilo_install_failed() {{\n    \
@@ -189,8 +200,8 @@ fn install_image(file: &ClusterFile, bucket: &str) -> String {
            exec \"$image/usr/lib/spilo/host-run\" --install \"$image\"\n\
          fi\n",
         region = quote(region),
-        stack = quote(&super::template::stack_name(file.metadata.name.as_str())),
-        source = quote(&format!("s3://{bucket}/{}", super::image::key(arch))),
+        stack = quote(stack),
+        source = quote(source),
     )
 }
 
@@ -226,6 +237,40 @@ mod tests {
         assert_eq!(tls.names, ["orders.db.example.com"]);
         assert!(c.etcd.plaintext, "etcd on AWS has no TLS yet");
         assert!(c.api_url().starts_with("https://"));
+    }
+
+    #[test]
+    fn on_an_etcd_cluster_members_find_it_by_its_tls_records_and_join_its_clients_group() {
+        let etcd: spilo_model::spec::EtcdClusterFile = serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {name: etcd-main}\nspec:\n  \
+             aws: {region: eu-west-1, hostedZone: db.example.com}\n  secrets: {ca: {ssm: /db/ca}}\n",
+        )
+        .expect("etcd file");
+        let mut f = orders();
+        f.spec.dcs = Some(spilo_model::spec::DcsSpec {
+            etcd_cluster: Some(spilo_model::ClusterName::new("etcd-main").expect("name")),
+            ..Default::default()
+        });
+        f.spec.secrets.ca = Some(etcd.spec.secrets.ca.clone());
+        let mut files = vec![("clusters/orders.yaml".to_string(), f)];
+        crate::desired::resolve_etcd_clusters(
+            &mut files,
+            &[("clusters/etcd-main.yaml".to_string(), etcd)],
+        );
+        let c = config(&files[0].1).expect("renders");
+        assert_eq!(
+            c.etcd.discovery_domain.as_deref(),
+            Some("etcd-main.db.example.com")
+        );
+        assert!(!c.etcd.plaintext, "TLS to the etcd cluster");
+        assert!(c.etcd_over_tls());
+        let stack = super::super::template::render(&files[0].1).expect("aws");
+        let groups = &stack.template["Resources"]["LaunchTemplate"]["Properties"]
+            ["LaunchTemplateData"]["SecurityGroupIds"];
+        assert_eq!(
+            groups[1],
+            serde_json::json!({"Fn::ImportValue": "spilo-etcd-main-clients"})
+        );
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub fn detect(path: &str, file: &ClusterFile, obs: &ObservedCluster) -> ClusterD
         &DesiredInput {
             based_on: ("", "", ""),
             clusters: vec![(path, file)],
+            etcd_clusters: Vec::new(),
         },
         &observed,
         PlanOptions {

@@ -431,7 +431,7 @@ impl Watcher {
             };
             let dcs = spilo_model::spec::DcsSpec {
                 hosts,
-                discovery_domain: None,
+                ..Default::default()
             };
             match crate::aws::observe::observe_etcd_with(Some(&dcs), &f.metadata.name, tls.as_ref())
                 .await

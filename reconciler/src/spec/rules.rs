@@ -88,14 +88,20 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         _ => {}
     }
 
-    if let Some(dcs) = &s.dcs
-        && dcs.hosts.is_empty() == dcs.discovery_domain.is_none()
-    {
-        r.at(
-            &p("spec.dcs"),
-            Severity::Error,
-            "set exactly one of hosts or discoveryDomain",
-        );
+    if let Some(dcs) = &s.dcs {
+        if dcs.sources() != 1 {
+            r.at(
+                &p("spec.dcs"),
+                Severity::Error,
+                "set exactly one of hosts, discoveryDomain or etcdCluster",
+            );
+        } else if dcs.etcd_cluster.is_some() && s.target != Target::Aws {
+            r.at(
+                &p("spec.dcs.etcdCluster"),
+                Severity::Error,
+                "etcd clusters run on AWS: only an AWS cluster can use one",
+            );
+        }
     }
 
     for (field, secret) in s.secrets.references() {
@@ -316,6 +322,58 @@ pub(super) fn across_files<'a, F>(
             }
         }
     }
+    let etcd_by_name: BTreeMap<&str, &EtcdClusterFile> = etcd
+        .iter()
+        .map(|(_, f, _)| (f.metadata.name.as_str(), f))
+        .collect();
+    for (name, f, pos) in files {
+        // A file whose `dcs` is wrong in itself was told so by its own rules.
+        let Some(wanted) = f
+            .spec
+            .dcs
+            .as_ref()
+            .filter(|d| d.sources() == 1 && f.spec.target == Target::Aws)
+            .and_then(|d| d.etcd_cluster.as_ref())
+        else {
+            continue;
+        };
+        let mut r = reporter(name, pos, out);
+        let Some(e) = etcd_by_name.get(wanted.as_str()) else {
+            let known: Vec<&str> = etcd_by_name.keys().copied().collect();
+            r.at(
+                &Path::parse("spec.dcs.etcdCluster"),
+                Severity::Error,
+                format!(
+                    "no etcd cluster named `{wanted}` in the files checked (etcd clusters: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            );
+            continue;
+        };
+        let region = f.spec.aws.as_ref().map(|a| a.region.as_str());
+        if region.is_some_and(|r| r != e.spec.aws.region) {
+            r.at(
+                &Path::parse("spec.dcs.etcdCluster"),
+                Severity::Error,
+                format!(
+                    "etcd cluster `{wanted}` runs in {}, this cluster in {}: use one in its region",
+                    e.spec.aws.region,
+                    region.unwrap_or_default()
+                ),
+            );
+        }
+        if f.spec.secrets.ca.as_ref() != Some(&e.spec.secrets.ca) {
+            r.at_key(
+                &Path::parse("spec.secrets"),
+                Severity::Error,
+                format!(
+                    "a cluster on etcd cluster `{wanted}` needs its CA as spec.secrets.ca (etcd \
+                     admits only certificates of its own CA): {}",
+                    describe_secret(&e.spec.secrets.ca)
+                ),
+            );
+        }
+    }
     for (name, f, pos) in files {
         if let Some(c) = &f.spec.bootstrap.clone
             && c.from != f.metadata.name
@@ -332,6 +390,17 @@ pub(super) fn across_files<'a, F>(
                 ),
             );
         }
+    }
+}
+
+/// A secret reference as a file spells it.
+fn describe_secret(s: &spilo_model::spec::SecretRef) -> String {
+    match (&s.ssm, &s.secrets_manager, &s.env, &s.file) {
+        (Some(p), ..) => format!("{{ssm: {p}}}"),
+        (_, Some(a), ..) => format!("{{secretsManager: {a}}}"),
+        (_, _, Some(e), _) => format!("{{env: {e}}}"),
+        (_, _, _, Some(f)) => format!("{{file: {f}}}"),
+        _ => "(none)".into(),
     }
 }
 

@@ -192,8 +192,7 @@ struct Lock {
 impl Lock {
     async fn take(c: &ClusterPlan) -> Result<Option<Lock>, String> {
         let Some(dcs) = &c.dcs else { return Ok(None) };
-        let endpoints = crate::etcd::endpoints(dcs).await?;
-        let mut client = crate::etcd::connect(&endpoints, None).await?;
+        let mut client = crate::etcd::connect_dcs(dcs).await?;
         let scope = ClusterName::new(c.name.clone()).map_err(|e| e.to_string())?;
         let key = Keyspace::new(&scope).apply_lock();
         let lease = client
@@ -318,8 +317,7 @@ async fn write_config(c: &ClusterPlan, cfg: &ConfigChange, log: &Log) -> Result<
     let Some(dcs) = &c.dcs else {
         return Err("the plan has an etcd config change but no etcd".into());
     };
-    let endpoints = crate::etcd::endpoints(dcs).await?;
-    let mut client = crate::etcd::connect(&endpoints, None).await?;
+    let mut client = crate::etcd::connect_dcs(dcs).await?;
     let scope = ClusterName::new(c.name.clone()).map_err(|e| e.to_string())?;
     let key = Keyspace::new(&scope).config();
     let value = serde_json::to_string(&cfg.after).map_err(|e| e.to_string())?;

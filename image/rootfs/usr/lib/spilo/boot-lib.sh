@@ -6,6 +6,7 @@
 # Set by the boot entry: INSTANCE_ID, LOCAL_IP, VPC_CIDRS (space separated), SPILO_BOOT_LOG.
 
 SPILO_CONFIG=/etc/spilo/governor.yaml
+SPILO_ETCD_CONFIG=/etc/spilo/etcd-member.yaml
 SPILO_GOVERNOR=/usr/local/bin/governor
 
 spilo_log() { echo "spilo boot: $*" >&2; }
@@ -35,11 +36,12 @@ spilo_require_version() {
   fi
 }
 
-# spilo_mount_data DEVICE FILESYSTEM OPTIONS MOUNTPOINT: waits for the EBS data volume,
-# refuses an instance-store disk, makes the filesystem on a blank volume only, and mounts it
-# (again at every boot; nothing happens when it is mounted already).
+# spilo_mount_data DEVICE FILESYSTEM OPTIONS MOUNTPOINT [OWNER]: waits for the EBS data
+# volume, refuses an instance-store disk, makes the filesystem on a blank volume only, and
+# mounts it (again at every boot; nothing happens when it is mounted already) for OWNER
+# (postgres by default; etcd for an etcd member).
 spilo_mount_data() {
-  local dev=$1 fs=$2 opts=$3 dir=$4 real model label
+  local dev=$1 fs=$2 opts=$3 dir=$4 owner=${5:-postgres} real model label
   for _ in $(seq 1 240); do [ -b "$dev" ] && break; sleep 0.5; done
   [ -b "$dev" ] || spilo_fail "the data volume $dev did not appear within 120 s"
   real=$(readlink -f "$dev")
@@ -71,7 +73,7 @@ spilo_mount_data() {
     mount -t "$fs" -o "$opts" "$real" "$dir" || spilo_fail "cannot mount $dev on $dir"
     spilo_log "mounted $dev ($real) on $dir"
   fi
-  chown postgres:postgres "$dir"
+  chown "$owner:$owner" "$dir"
 }
 
 # Writes the governor configuration from standard input.
@@ -124,6 +126,38 @@ spilo_run_governor() {
       spilo_report_failure "the governor failed $failures times in a row: ${why:-status $rc}"
       reported=yes
     fi
+    sleep "$pause"
+    pause=$((pause * 2 > 60 ? 60 : pause * 2))
+  done
+}
+
+# Writes an etcd member's keeper configuration from standard input.
+spilo_write_etcd_config() {
+  install -d -m 755 -o root -g root /etc/spilo
+  cat >"$SPILO_ETCD_CONFIG.new"
+  chown root:etcd "$SPILO_ETCD_CONFIG.new"
+  chmod 640 "$SPILO_ETCD_CONFIG.new"
+  mv "$SPILO_ETCD_CONFIG.new" "$SPILO_ETCD_CONFIG"
+}
+
+# Runs the etcd keeper (`governor etcd-member`, which runs etcd as its child) as the etcd user
+# and starts it again when it exits, after a pause that doubles from 1 s to 60 s (back to 1 s
+# after it ran for 5 minutes). SIGTERM reaches the keeper, which stops etcd.
+spilo_run_etcd_member() {
+  local pause=1 started rc child=""
+  trap 'spilo_log "stopping the etcd keeper"; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+  while true; do
+    started=$SECONDS
+    spilo_log "starting the etcd keeper ($("$SPILO_GOVERNOR" --version))"
+    HOME=/var/lib/etcd setpriv --reuid=etcd --regid=etcd --init-groups -- \
+      "$SPILO_GOVERNOR" etcd-member --config "$SPILO_ETCD_CONFIG" \
+      --name "$INSTANCE_ID" --connect-host "$LOCAL_IP" &
+    child=$!
+    rc=0
+    wait "$child" || rc=$?
+    child=""
+    if [ $((SECONDS - started)) -ge 300 ]; then pause=1; fi
+    spilo_log "the etcd keeper exited with status $rc; starting it again in ${pause}s"
     sleep "$pause"
     pause=$((pause * 2 > 60 ? 60 : pause * 2))
   done
