@@ -485,7 +485,12 @@ async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
     let instances = w.instances("etcd-main");
     assert_eq!(instances.len(), 3, "three members: {instances:?}");
     let resources = w.resources("etcd-main");
-    for id in ["AutoScalingGroup", "ClientSecurityGroup", "MemberSecurityGroup", "Role"] {
+    for id in [
+        "AutoScalingGroup",
+        "ClientSecurityGroup",
+        "MemberSecurityGroup",
+        "Role",
+    ] {
         assert!(resources.stdout.contains(id), "{id} in {resources}");
     }
     let again = w.spilo(&["plan"]);
@@ -497,10 +502,7 @@ async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
 
     // Five members instead of three: an update in place.
     w.repo
-        .commit(
-            "etcd-main",
-            Some(&etcd.replace("members: 3", "members: 5")),
-        )
+        .commit("etcd-main", Some(&etcd.replace("members: 3", "members: 5")))
         .expect("commit");
     let grow = w.spilo(&["apply", "--auto-approve"]);
     assert_eq!(grow.code, 0, "{grow}");

@@ -27,6 +27,7 @@ struct Group {
 #[derive(serde::Deserialize, Debug, PartialEq)]
 struct Records {
     targets: Vec<String>,
+    server: Vec<String>,
     addresses: BTreeMap<String, String>,
 }
 
@@ -163,14 +164,18 @@ impl World {
     }
 }
 
-/// Waits until the voters and the SRV records are exactly the group's live instances.
+/// Waits until the voters, both SRV records and the A records are exactly the group's live
+/// instances.
 async fn converged(w: &World, what: &str) -> anyhow::Result<Vec<String>> {
     wait::until(what, Duration::from_secs(90), || async {
         let live = w.live().ok()?;
         let voters = w.voters().await.ok()?;
         let records = w.records().ok()?;
-        (voters == live && records.targets == live && records.addresses.len() == live.len())
-            .then_some(live)
+        (voters == live
+            && records.targets == live
+            && records.server == live
+            && records.addresses.len() == live.len())
+        .then_some(live)
     })
     .await
 }

@@ -3,7 +3,7 @@
 //! `_etcd-server-ssl._tcp.<domain>` pointing at `<instance id>.<domain>`, and those names' A
 //! records. Only the etcd leader's keeper writes them.
 
-use super::decide::{GroupInstance, Seen};
+use super::decide::{GroupInstance, RecordSet, Seen};
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
@@ -22,14 +22,14 @@ pub struct Aws {
     peer_port: u16,
 }
 
-/// The records of the cluster today: member name (instance id) -> address, for the names the
-/// client SRV record points at, and every A record under the domain (to delete stale ones).
+/// The records of the cluster today: what the decisions compare ([`RecordSet`]), and each A
+/// record as it is (values and TTL), which Route53 needs to delete it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Records {
-    /// The instance ids the client SRV record points at, in its order.
-    pub targets: Vec<String>,
-    /// `<id>` -> IPv4 address of every `<id>.<domain>` A record.
-    pub addresses: BTreeMap<String, String>,
+    /// Both SRV records' targets and the members' addresses.
+    pub set: RecordSet,
+    /// `<id>` -> (values, TTL) of every member name's A record.
+    a_records: BTreeMap<String, (Vec<String>, i64)>,
 }
 
 impl Aws {
@@ -108,11 +108,17 @@ impl Aws {
         spilo_model::spec::srv_names(&self.domain).1
     }
 
-    /// Today's records under the domain (the zone lists a domain's names together).
+    /// Today's records under the domain (the zone lists a domain's names together, in the
+    /// order of their reversed labels); `Unknown` when a page cannot be read to its end.
     pub async fn records(&self) -> Seen<Records> {
         let mut out = Records::default();
-        let suffix = format!(".{}.", self.domain);
-        let mut start: Option<(String, RrType)> = Some((format!("{}.", self.domain), RrType::A));
+        let apex = format!("{}.", self.domain);
+        let suffix = format!(".{apex}");
+        let (client, server) = (
+            format!("{}.", self.client_srv()),
+            format!("{}.", self.server_srv()),
+        );
+        let mut start: Option<(String, RrType)> = Some((apex.clone(), RrType::A));
         while let Some((name, kind)) = start.take() {
             let page = match self
                 .route53
@@ -129,56 +135,101 @@ impl Aws {
             let mut left = false;
             for set in page.resource_record_sets() {
                 let n = set.name().replace("\\052", "*");
-                if !n.ends_with(&suffix) && n != format!("{}.", self.domain) {
+                if !n.ends_with(&suffix) && n != apex {
                     left = true;
                     break;
                 }
-                let values = set.resource_records().iter().map(|r| r.value().to_string());
-                if *set.r#type() == RrType::Srv && n == format!("{}.", self.client_srv()) {
-                    // "priority weight port target."
-                    out.targets = values
-                        .filter_map(|v| v.split_whitespace().nth(3).map(str::to_string))
-                        .filter_map(|t| self.member_of(&t))
+                let values: Vec<String> = set
+                    .resource_records()
+                    .iter()
+                    .map(|r| r.value().to_string())
+                    .collect();
+                let targets = || -> Vec<String> {
+                    let mut t: Vec<String> = values
+                        .iter()
+                        .filter_map(|v| v.split_whitespace().nth(3))
+                        .filter_map(|t| self.member_of(t))
                         .collect();
-                } else if *set.r#type() == RrType::A
-                    && let Some(id) = self.member_of(&n)
-                    && let Some(ip) = set.resource_records().first()
-                {
-                    out.addresses.insert(id, ip.value().to_string());
+                    t.sort();
+                    t
+                };
+                match set.r#type() {
+                    RrType::Srv if n == client => out.set.client = targets(),
+                    RrType::Srv if n == server => out.set.server = targets(),
+                    RrType::A => {
+                        if let (Some(id), Some(ip)) = (self.member_of(&n), values.first()) {
+                            out.set.addresses.insert(id.clone(), ip.clone());
+                            out.a_records
+                                .insert(id, (values.clone(), set.ttl().unwrap_or(RECORD_TTL)));
+                        }
+                    }
+                    _ => {}
                 }
             }
-            if !left
-                && page.is_truncated()
-                && let (Some(n), Some(t)) = (page.next_record_name(), page.next_record_type())
-            {
-                start = Some((n.to_string(), t.clone()));
+            if !left && page.is_truncated() {
+                match (page.next_record_name(), page.next_record_type()) {
+                    (Some(n), Some(t)) => start = Some((n.to_string(), t.clone())),
+                    _ => {
+                        return Seen::Unknown(
+                            "the record list was cut without saying where it goes on".into(),
+                        );
+                    }
+                }
             }
         }
         Seen::Known(out)
     }
 
-    /// The instance id of `<id>.<domain>.`, for names one level below the domain.
+    /// The instance id of `<id>.<domain>.`: a name one level below the domain whose label is
+    /// an instance id (`i-` and hex digits); other names are not the keeper's.
     fn member_of(&self, name: &str) -> Option<String> {
         let first = name
             .trim_end_matches('.')
             .strip_suffix(&format!(".{}", self.domain))?;
-        (!first.contains('.') && !first.starts_with('_')).then(|| first.to_string())
+        let hex = first.strip_prefix("i-")?;
+        (!hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit())).then(|| first.to_string())
+    }
+
+    /// Claims the records for a new cluster of this instance alone: both SRV records and its
+    /// A record, created in one change batch only if none exists. `Ok(false)`: another
+    /// instance's claim (or a cluster) is there.
+    pub async fn claim(&self, me: &str, ip: &str) -> Result<bool, String> {
+        let members = BTreeMap::from([(me.to_string(), ip.to_string())]);
+        match self
+            .change(self.changes(ChangeAction::Create, &members, &Records::default())?)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.contains("already exists") => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes the records name exactly `members` (instance id -> address): A records for each,
-    /// both SRV records listing them, stale A records deleted; one change batch.
+    /// both SRV records listing them, stale A records deleted as they are; one change batch.
     pub async fn write_records(
         &self,
         members: &BTreeMap<String, String>,
         today: &Records,
     ) -> Result<(), String> {
+        self.change(self.changes(ChangeAction::Upsert, members, today)?)
+            .await
+    }
+
+    fn changes(
+        &self,
+        action: ChangeAction,
+        members: &BTreeMap<String, String>,
+        today: &Records,
+    ) -> Result<Vec<Change>, String> {
         let mut changes = Vec::new();
         for (id, ip) in members {
             changes.push(change(
-                ChangeAction::Upsert,
+                action.clone(),
                 &format!("{id}.{}.", self.domain),
                 RrType::A,
                 vec![ip.clone()],
+                RECORD_TTL,
             )?);
         }
         for (name, port) in [
@@ -190,22 +241,28 @@ impl Aws {
                 .map(|id| format!("0 0 {port} {id}.{}.", self.domain))
                 .collect();
             changes.push(change(
-                ChangeAction::Upsert,
+                action.clone(),
                 &format!("{name}."),
                 RrType::Srv,
                 values,
+                RECORD_TTL,
             )?);
         }
-        for (id, ip) in &today.addresses {
+        for (id, (values, ttl)) in &today.a_records {
             if !members.contains_key(id) {
                 changes.push(change(
                     ChangeAction::Delete,
                     &format!("{id}.{}.", self.domain),
                     RrType::A,
-                    vec![ip.clone()],
+                    values.clone(),
+                    *ttl,
                 )?);
             }
         }
+        Ok(changes)
+    }
+
+    async fn change(&self, changes: Vec<Change>) -> Result<(), String> {
         self.route53
             .change_resource_record_sets()
             .hosted_zone_id(&self.zone)
@@ -228,6 +285,7 @@ fn change(
     name: &str,
     kind: RrType,
     values: Vec<String>,
+    ttl: i64,
 ) -> Result<Change, String> {
     let records = values
         .into_iter()
@@ -237,7 +295,7 @@ fn change(
     let set = ResourceRecordSet::builder()
         .name(name)
         .r#type(kind)
-        .ttl(RECORD_TTL)
+        .ttl(ttl)
         .set_resource_records(Some(records))
         .build()
         .map_err(|e| e.to_string())?;

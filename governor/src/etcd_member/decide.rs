@@ -18,7 +18,7 @@
 //!   group (never below a quorum of the voting members that run), and keeps the SRV records
 //!   equal to the voting members that run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// An instance of the auto-scaling group, as AWS reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,9 @@ pub enum Step {
         state: ClusterState,
         /// `name=peer-url` of every member etcd should know at its first start.
         initial_cluster: Vec<(String, String)>,
+        /// A new cluster claims the SRV records first (created only if absent, atomically):
+        /// of two instances that both see no records, only one starts a cluster.
+        claim: bool,
     },
     /// Remove this member (whose instance left the group, or this instance's own lost one).
     Remove {
@@ -107,6 +110,9 @@ pub enum Step {
     },
     /// Add this instance as a learner with its peer URL.
     AddSelf,
+    /// Move the data directory aside: the cluster removed this member, whose data can never
+    /// serve again; the instance then joins as a new member.
+    Discard(String),
     /// Nothing to do yet: why.
     Wait(String),
 }
@@ -114,10 +120,23 @@ pub enum Step {
 /// The next step of an instance whose etcd does not run.
 pub fn next_step(o: &Observation) -> Step {
     if o.has_data {
+        if let Seen::Known(members) = &o.members
+            && !members.is_empty()
+            && !members
+                .iter()
+                .any(|m| m.name == o.me || m.peer_urls.contains(&o.my_peer_url))
+        {
+            return Step::Discard(format!(
+                "the cluster no longer lists {} (it was removed): its data is moved aside and it \
+                 joins as a new member",
+                o.me
+            ));
+        }
         // etcd takes its membership from the data directory; the flags are ignored.
         return Step::Start {
             state: ClusterState::Existing,
             initial_cluster: vec![(o.me.clone(), o.my_peer_url.clone())],
+            claim: false,
         };
     }
     let group = match &o.group {
@@ -131,6 +150,9 @@ pub fn next_step(o: &Observation) -> Step {
         .filter(|i| i.live)
         .map(|i| i.id.as_str())
         .collect();
+    if !live.contains(o.me.as_str()) {
+        return Step::Wait("this instance is not (yet) a live instance of its group".into());
+    }
     let records = match &o.records {
         Seen::Known(r) => r,
         Seen::Unknown(why) => return Step::Wait(format!("the SRV records are unknown: {why}")),
@@ -141,11 +163,22 @@ pub fn next_step(o: &Observation) -> Step {
         .filter(|t| live.contains(t) && *t != o.me)
         .collect();
     if live_targets.is_empty() {
-        // No cluster a live instance serves: the smallest live id starts one.
+        let only_me = records.iter().all(|t| *t == o.me);
+        if !only_me {
+            // Every recorded member's instance is gone, and the data with them: starting a
+            // new, empty cluster is a person's decision.
+            return Step::Wait(format!(
+                "the SRV records name only instances that left the group ({}): the cluster is \
+                 gone with its data; delete the records to start a new, empty cluster",
+                records.join(", ")
+            ));
+        }
+        // No cluster yet (or only this instance's own claim): the smallest live id starts it.
         return match live.iter().next() {
             Some(first) if *first == o.me => Step::Start {
                 state: ClusterState::New,
                 initial_cluster: vec![(o.me.clone(), o.my_peer_url.clone())],
+                claim: records.is_empty(),
             },
             Some(first) => Step::Wait(format!(
                 "no etcd cluster yet: waiting for {first} (the first instance) to start one"
@@ -162,12 +195,23 @@ pub fn next_step(o: &Observation) -> Step {
             ));
         }
     };
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    let running = running_voters(members, &live);
     if let Some(mine) = members
         .iter()
         .find(|m| m.name == o.me || m.peer_urls.contains(&o.my_peer_url))
     {
         if mine.started() {
-            // It ran here before and its data is gone: it must join again as a new member.
+            // It ran here before and its data is gone: it joins again as a new member, once
+            // the others alone keep a quorum.
+            let others = running - usize::from(!mine.is_learner);
+            if !mine.is_learner && others < quorum(voters) {
+                return Step::Wait(format!(
+                    "{} lost its data, but without it {others} of {voters} voting members run: \
+                     not removed",
+                    o.me
+                ));
+            }
             return Step::Remove {
                 id: mine.id,
                 reason: format!("{} lost its data and joins again", o.me),
@@ -177,14 +221,13 @@ pub fn next_step(o: &Observation) -> Step {
         return Step::Start {
             state: ClusterState::Existing,
             initial_cluster: initial_cluster(members, o),
+            claim: false,
         };
     }
     if let Some((dead, reason)) = removable(members, &live) {
         return Step::Remove { id: dead, reason };
     }
-    let voters = members.iter().filter(|m| !m.is_learner).count();
-    let running = running_voters(members, &live);
-    if running < voters / 2 + 1 {
+    if running < quorum(voters) {
         return Step::Wait(format!(
             "the etcd cluster has lost its quorum: {running} of {voters} voting members run \
              on live instances; it needs a disaster recovery, not another member"
@@ -202,40 +245,59 @@ pub fn next_step(o: &Observation) -> Step {
     Step::AddSelf
 }
 
-/// The `initial-cluster` of a joining instance: every member that started under its name, and
-/// this instance.
+/// The `initial-cluster` of a joining instance: every member with each of its peer URLs (etcd
+/// requires the same members and URLs as the cluster's), this instance under its name, the
+/// others under theirs or, not started yet, a name of their id.
 fn initial_cluster(members: &[Member], o: &Observation) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = members
-        .iter()
-        .filter(|m| m.started() && m.name != o.me)
-        .filter_map(|m| m.peer_urls.first().map(|u| (m.name.clone(), u.clone())))
-        .collect();
-    out.push((o.me.clone(), o.my_peer_url.clone()));
+    let mut out: Vec<(String, String)> = Vec::new();
+    for m in members {
+        let mine = m.name == o.me || m.peer_urls.contains(&o.my_peer_url);
+        let name = if mine {
+            o.me.clone()
+        } else if m.name.is_empty() {
+            format!("joining-{:x}", m.id)
+        } else {
+            m.name.clone()
+        };
+        for u in &m.peer_urls {
+            out.push((name.clone(), u.clone()));
+        }
+    }
     out.sort();
     out
 }
 
-/// A member whose instance left the group and whose removal keeps a quorum of the voting
-/// members that run: the first such, with the reason.
+/// A member whose instance left the group and whose removal etcd can commit (the voting
+/// members running on live instances are a quorum now; removing a dead member never weakens
+/// it): a departed learner first, else a departed voter, with the reason.
 fn removable(members: &[Member], live: &BTreeSet<&str>) -> Option<(u64, String)> {
     let gone = |m: &&Member| m.started() && !live.contains(m.name.as_str());
-    let dead = members.iter().find(gone)?;
-    if dead.is_learner {
+    let voters = members.iter().filter(|m| !m.is_learner).count();
+    let quorum = running_voters(members, live) >= quorum(voters);
+    if !quorum {
+        return None;
+    }
+    if let Some(l) = members.iter().filter(gone).find(|m| m.is_learner) {
         return Some((
-            dead.id,
-            format!("learner {} left the auto-scaling group", dead.name),
+            l.id,
+            format!("learner {} left the auto-scaling group", l.name),
         ));
     }
-    let voters = members.iter().filter(|m| !m.is_learner).count();
-    let healthy_voters = running_voters(members, live);
-    // After the removal the cluster has voters-1 members and needs a majority of them.
-    let quorum_after = (voters - 1) / 2 + 1;
-    (healthy_voters >= quorum_after).then(|| {
-        (
-            dead.id,
-            format!("member {} left the auto-scaling group", dead.name),
-        )
-    })
+    members
+        .iter()
+        .filter(gone)
+        .find(|m| !m.is_learner)
+        .map(|d| {
+            (
+                d.id,
+                format!("member {} left the auto-scaling group", d.name),
+            )
+        })
+}
+
+/// A majority of `voters`.
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
 }
 
 /// The voting members that started on a live instance of the group.
@@ -246,59 +308,86 @@ fn running_voters(members: &[Member], live: &BTreeSet<&str>) -> usize {
         .count()
 }
 
+/// The cluster's DNS records as they are: the targets of both SRV records and the A records
+/// of the members' names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordSet {
+    /// Instance ids `_etcd-client-ssl._tcp` points at, sorted.
+    pub client: Vec<String>,
+    /// Instance ids `_etcd-server-ssl._tcp` points at, sorted.
+    pub server: Vec<String>,
+    /// Instance id -> address, of every member name's A record.
+    pub addresses: BTreeMap<String, String>,
+}
+
 /// What the etcd leader's keeper does in one round.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Upkeep {
     /// Learners that started, to promote (etcd refuses while one lags; tried again).
     pub promote: Vec<u64>,
     /// A member whose instance left the group, removed this round (at most one).
     pub remove: Option<(u64, String)>,
-    /// The instance ids the SRV records should name (sorted), when they differ from today's.
-    pub records: Option<Vec<String>>,
+    /// The records to write (member name -> address: both SRV records and the A records),
+    /// when any of them differs from today's.
+    pub records: Option<BTreeMap<String, String>>,
 }
 
-/// The leader's upkeep from the group, the members and today's records.
-pub fn upkeep(group: &[GroupInstance], members: &[Member], records: &[String]) -> Upkeep {
+/// The leader's upkeep from its own id, the group, the members and today's records. A leader
+/// whose own instance is not live in the group does nothing: its view of the group is not
+/// one to act on.
+pub fn upkeep(me: &str, group: &[GroupInstance], members: &[Member], today: &RecordSet) -> Upkeep {
     let live: BTreeSet<&str> = group
         .iter()
         .filter(|i| i.live)
         .map(|i| i.id.as_str())
         .collect();
+    if !live.contains(me) {
+        return Upkeep::default();
+    }
     let promote = members
         .iter()
         .filter(|m| m.is_learner && m.started() && live.contains(m.name.as_str()))
         .map(|m| m.id)
         .collect();
     let remove = removable(members, &live);
-    let mut wanted: Vec<String> = members
+    // Every voting member that runs, with the address of its peer URL; a member stays named
+    // until its removal succeeded.
+    let wanted: BTreeMap<String, String> = members
         .iter()
-        .filter(|m| !m.is_learner && m.started())
-        .filter(|m| remove.as_ref().is_none_or(|(id, _)| *id != m.id))
-        .map(|m| m.name.clone())
+        .filter(|m| !m.is_learner && m.started() && !m.name.is_empty())
+        .filter_map(|m| Some((m.name.clone(), host_of(m.peer_urls.first()?)?)))
         .collect();
-    wanted.sort();
-    let mut today = records.to_vec();
-    today.sort();
+    let names: Vec<String> = wanted.keys().cloned().collect();
+    let differs = today.client != names || today.server != names || today.addresses != wanted;
     Upkeep {
         promote,
         remove,
-        records: (wanted != today && !wanted.is_empty()).then_some(wanted),
+        records: (differs && !wanted.is_empty()).then_some(wanted),
     }
+}
+
+/// The host of `https://host:port`.
+pub fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn live(ids: &[&str]) -> Vec<GroupInstance> {
+        ids.iter()
+            .map(|i| GroupInstance {
+                id: i.to_string(),
+                live: true,
+            })
+            .collect()
+    }
+
     fn group(ids: &[&str]) -> Seen<Vec<GroupInstance>> {
-        Seen::Known(
-            ids.iter()
-                .map(|i| GroupInstance {
-                    id: i.to_string(),
-                    live: true,
-                })
-                .collect(),
-        )
+        Seen::Known(live(ids))
     }
 
     fn member(id: u64, name: &str) -> Member {
@@ -309,6 +398,18 @@ mod tests {
             client_urls: vec![format!("https://{name}:2379")],
             is_learner: false,
         }
+    }
+
+    fn members(names: &[&str]) -> Vec<Member> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| member(i as u64 + 1, n))
+            .collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
     }
 
     fn obs(me: &str) -> Observation {
@@ -323,28 +424,33 @@ mod tests {
     }
 
     #[test]
-    fn the_first_instance_starts_a_cluster_of_itself_and_the_others_wait_for_it() {
+    fn the_first_instance_claims_the_records_and_starts_a_cluster_the_others_wait() {
         assert_eq!(
             next_step(&obs("i-1")),
             Step::Start {
                 state: ClusterState::New,
                 initial_cluster: vec![("i-1".into(), "https://i-1:2380".into())],
+                claim: true,
             }
         );
         assert!(matches!(next_step(&obs("i-2")), Step::Wait(w) if w.contains("i-1")));
+        // Its claim stands (records name only it): it starts again without claiming.
+        let o = Observation {
+            records: Seen::Known(strings(&["i-1"])),
+            ..obs("i-1")
+        };
+        assert!(matches!(next_step(&o), Step::Start { claim: false, .. }));
     }
 
     #[test]
-    fn records_of_instances_that_left_the_group_are_no_cluster() {
+    fn records_of_instances_that_all_left_the_group_start_nothing_new() {
         let mut o = obs("i-1");
-        o.records = Seen::Known(vec!["i-old1".into(), "i-old2".into()]);
-        assert!(matches!(
-            next_step(&o),
-            Step::Start {
-                state: ClusterState::New,
-                ..
-            }
-        ));
+        o.records = Seen::Known(strings(&["i-old1", "i-old2"]));
+        assert!(
+            matches!(next_step(&o), Step::Wait(w) if w.contains("delete the records")),
+            "{:?}",
+            next_step(&o)
+        );
     }
 
     #[test]
@@ -360,8 +466,13 @@ mod tests {
             },
             // Records name a live instance, but the cluster does not answer: never a new one.
             Observation {
-                records: Seen::Known(vec!["i-2".into()]),
+                records: Seen::Known(strings(&["i-2"])),
                 members: Seen::Unknown("connection refused".into()),
+                ..obs("i-1")
+            },
+            // Not (yet) in the group.
+            Observation {
+                group: group(&["i-2", "i-3"]),
                 ..obs("i-1")
             },
         ] {
@@ -370,34 +481,39 @@ mod tests {
     }
 
     #[test]
-    fn a_member_with_data_starts_from_it_whatever_else_is_unknown() {
+    fn a_member_with_data_starts_from_it_unless_the_cluster_removed_it() {
         let o = Observation {
             has_data: true,
             group: Seen::Unknown("timeout".into()),
             records: Seen::Unknown("timeout".into()),
             ..obs("i-3")
         };
-        assert!(matches!(next_step(&o), Step::Start { .. }));
+        assert!(matches!(next_step(&o), Step::Start { claim: false, .. }));
+        let removed = Observation {
+            has_data: true,
+            records: Seen::Known(strings(&["i-1", "i-2"])),
+            members: Seen::Known(members(&["i-1", "i-2"])),
+            ..obs("i-3")
+        };
+        assert!(matches!(next_step(&removed), Step::Discard(_)));
     }
 
     #[test]
-    fn a_new_instance_joins_as_a_learner_then_starts_with_the_existing_members() {
+    fn a_new_instance_joins_as_a_learner_then_starts_with_every_member() {
         let mut o = obs("i-3");
-        o.records = Seen::Known(vec!["i-1".into(), "i-2".into()]);
-        o.members = Seen::Known(vec![member(1, "i-1"), member(2, "i-2")]);
+        o.records = Seen::Known(strings(&["i-1", "i-2"]));
+        o.members = Seen::Known(members(&["i-1", "i-2"]));
         assert_eq!(next_step(&o), Step::AddSelf);
         // After the add: listed without a name, not started.
-        o.members = Seen::Known(vec![
-            member(1, "i-1"),
-            member(2, "i-2"),
-            Member {
-                id: 3,
-                name: String::new(),
-                peer_urls: vec!["https://i-3:2380".into()],
-                client_urls: vec![],
-                is_learner: true,
-            },
-        ]);
+        let mut after = members(&["i-1", "i-2"]);
+        after.push(Member {
+            id: 3,
+            name: String::new(),
+            peer_urls: vec!["https://i-3:2380".into()],
+            client_urls: vec![],
+            is_learner: true,
+        });
+        o.members = Seen::Known(after);
         assert_eq!(
             next_step(&o),
             Step::Start {
@@ -407,8 +523,33 @@ mod tests {
                     ("i-2".into(), "https://i-2:2380".into()),
                     ("i-3".into(), "https://i-3:2380".into()),
                 ],
+                claim: false,
             }
         );
+    }
+
+    #[test]
+    fn the_initial_cluster_lists_an_unstarted_member_too() {
+        let mut all = members(&["i-1", "i-2"]);
+        all.push(Member {
+            id: 0xab,
+            name: String::new(),
+            peer_urls: vec!["https://i-9:2380".into()],
+            client_urls: vec![],
+            is_learner: true,
+        });
+        all.push(Member {
+            id: 0xcd,
+            name: String::new(),
+            peer_urls: vec!["https://i-3:2380".into()],
+            client_urls: vec![],
+            is_learner: true,
+        });
+        let o = obs("i-3");
+        let ic = initial_cluster(&all, &o);
+        assert_eq!(ic.len(), 4, "{ic:?}");
+        assert!(ic.contains(&("joining-ab".into(), "https://i-9:2380".into())));
+        assert!(ic.contains(&("i-3".into(), "https://i-3:2380".into())));
     }
 
     #[test]
@@ -416,97 +557,121 @@ mod tests {
         // i-2 was terminated; i-4 replaces it.
         let mut o = obs("i-4");
         o.group = group(&["i-1", "i-3", "i-4"]);
-        o.records = Seen::Known(vec!["i-1".into(), "i-2".into(), "i-3".into()]);
-        o.members = Seen::Known(vec![member(1, "i-1"), member(2, "i-2"), member(3, "i-3")]);
+        o.records = Seen::Known(strings(&["i-1", "i-2", "i-3"]));
+        o.members = Seen::Known(members(&["i-1", "i-2", "i-3"]));
         assert!(matches!(next_step(&o), Step::Remove { id: 2, .. }));
         o.members = Seen::Known(vec![member(1, "i-1"), member(3, "i-3")]);
         assert_eq!(next_step(&o), Step::AddSelf);
     }
 
     #[test]
-    fn removal_never_leaves_the_running_voters_without_a_quorum() {
-        // Two of three members' instances are gone: removing one would leave 2 voters of
-        // which 1 runs: no quorum. Nothing is removed, nothing is added.
-        let mut o = obs("i-4");
-        o.group = group(&["i-1", "i-4", "i-5"]);
-        o.records = Seen::Known(vec!["i-1".into(), "i-2".into(), "i-3".into()]);
-        o.members = Seen::Known(vec![member(1, "i-1"), member(2, "i-2"), member(3, "i-3")]);
-        assert!(
-            matches!(next_step(&o), Step::Wait(w) if w.contains("quorum")),
-            "{:?}",
-            next_step(&o)
-        );
+    fn nothing_is_removed_that_etcd_could_not_commit() {
+        // (voters, running) below a quorum now: 3/1, 4/2, 2/1. Nothing removed, nothing
+        // added, the loss of quorum named.
+        for (names, live_ids) in [
+            (vec!["i-1", "i-2", "i-3"], vec!["i-1", "i-4", "i-5"]),
+            (
+                vec!["i-1", "i-2", "i-3", "i-6"],
+                vec!["i-1", "i-2", "i-4", "i-5"],
+            ),
+            (vec!["i-1", "i-2"], vec!["i-1", "i-4"]),
+        ] {
+            let mut o = obs("i-4");
+            o.group = group(&live_ids);
+            o.records = Seen::Known(strings(&names));
+            o.members = Seen::Known(members(&names));
+            assert!(
+                matches!(next_step(&o), Step::Wait(ref w) if w.contains("quorum")),
+                "{names:?} with {live_ids:?}: {:?}",
+                next_step(&o)
+            );
+            let u = upkeep(
+                "i-1",
+                &live(&live_ids),
+                &members(&names),
+                &RecordSet::default(),
+            );
+            assert_eq!(u.remove, None, "{names:?} with {live_ids:?}");
+        }
+        // Five voters, two gone: three run, a quorum now; one removal at a time.
+        let five = members(&["i-1", "i-2", "i-3", "i-4", "i-5"]);
         let u = upkeep(
-            &[
-                GroupInstance {
-                    id: "i-1".into(),
-                    live: true,
-                },
-                GroupInstance {
-                    id: "i-4".into(),
-                    live: true,
-                },
-            ],
-            &[member(1, "i-1"), member(2, "i-2"), member(3, "i-3")],
-            &["i-1".into(), "i-2".into(), "i-3".into()],
+            "i-1",
+            &live(&["i-1", "i-2", "i-3"]),
+            &five,
+            &RecordSet::default(),
         );
-        assert_eq!(u.remove, None);
+        assert!(matches!(u.remove, Some((4, _))), "{u:?}");
     }
 
     #[test]
     fn joins_go_one_at_a_time() {
         let mut o = obs("i-5");
         o.group = group(&["i-1", "i-2", "i-3", "i-4", "i-5"]);
-        o.records = Seen::Known(vec!["i-1".into(), "i-2".into(), "i-3".into()]);
+        o.records = Seen::Known(strings(&["i-1", "i-2", "i-3"]));
         let mut learner = member(4, "i-4");
         learner.is_learner = true;
-        o.members = Seen::Known(vec![
-            member(1, "i-1"),
-            member(2, "i-2"),
-            member(3, "i-3"),
-            learner,
-        ]);
+        let mut all = members(&["i-1", "i-2", "i-3"]);
+        all.push(learner);
+        o.members = Seen::Known(all);
         assert!(matches!(next_step(&o), Step::Wait(w) if w.contains("learner")));
     }
 
     #[test]
-    fn an_instance_whose_data_is_gone_joins_again_as_a_new_member() {
+    fn an_instance_whose_data_is_gone_joins_again_only_while_the_others_keep_quorum() {
         let mut o = obs("i-2");
-        o.records = Seen::Known(vec!["i-1".into(), "i-2".into(), "i-3".into()]);
-        o.members = Seen::Known(vec![member(1, "i-1"), member(2, "i-2"), member(3, "i-3")]);
+        o.records = Seen::Known(strings(&["i-1", "i-2", "i-3"]));
+        o.members = Seen::Known(members(&["i-1", "i-2", "i-3"]));
         assert!(matches!(next_step(&o), Step::Remove { id: 2, .. }));
+        // i-3 is gone too: without i-2 only i-1 runs.
+        o.group = group(&["i-1", "i-2"]);
+        assert!(matches!(next_step(&o), Step::Wait(w) if w.contains("not removed")));
     }
 
     #[test]
-    fn the_leader_promotes_learners_removes_the_departed_and_keeps_records_to_the_voters() {
-        let g: Vec<GroupInstance> = ["i-1", "i-3", "i-4"]
-            .iter()
-            .map(|i| GroupInstance {
-                id: i.to_string(),
-                live: true,
-            })
-            .collect();
+    fn the_leader_promotes_learners_removes_the_departed_and_keeps_every_record_to_the_voters() {
+        let g = live(&["i-1", "i-3", "i-4"]);
         let mut learner = member(4, "i-4");
         learner.is_learner = true;
-        let u = upkeep(
-            &g,
-            &[
-                member(1, "i-1"),
-                member(2, "i-2"),
-                member(3, "i-3"),
-                learner,
-            ],
-            &["i-1".into(), "i-2".into(), "i-3".into()],
-        );
+        let mut all = members(&["i-1", "i-2", "i-3"]);
+        all.push(learner);
+        let u = upkeep("i-1", &g, &all, &RecordSet::default());
         assert_eq!(u.promote, vec![4]);
         assert!(matches!(u.remove, Some((2, _))));
-        assert_eq!(u.records, Some(vec!["i-1".into(), "i-3".into()]));
-        // Records already right: nothing to write.
-        let u = upkeep(
-            &g,
-            &[member(1, "i-1"), member(3, "i-3")],
-            &["i-3".into(), "i-1".into()],
+        // i-2 stays named until its removal succeeded.
+        let want: BTreeMap<String, String> = ["i-1", "i-2", "i-3"]
+            .iter()
+            .map(|n| (n.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(u.records.as_ref(), Some(&want));
+        let right = RecordSet {
+            client: strings(&["i-1", "i-2", "i-3"]),
+            server: strings(&["i-1", "i-2", "i-3"]),
+            addresses: want.clone(),
+        };
+        assert_eq!(upkeep("i-1", &g, &all, &right).records, None);
+        // A server record or an address that differs is written again.
+        let wrong_server = RecordSet {
+            server: strings(&["i-1"]),
+            ..right.clone()
+        };
+        assert!(upkeep("i-1", &g, &all, &wrong_server).records.is_some());
+        let mut moved = right.clone();
+        moved.addresses.insert("i-3".into(), "10.0.0.9".into());
+        assert!(upkeep("i-1", &g, &all, &moved).records.is_some());
+        // A leader whose own instance left the group does nothing.
+        assert_eq!(
+            upkeep("i-2", &g, &all, &RecordSet::default()),
+            Upkeep::default()
         );
-        assert_eq!(u.records, None);
+    }
+
+    #[test]
+    fn hosts_of_peer_urls() {
+        assert_eq!(
+            host_of("https://10.0.1.5:2380").as_deref(),
+            Some("10.0.1.5")
+        );
+        assert_eq!(host_of("https://:2380"), None);
     }
 }

@@ -14,7 +14,6 @@ pub mod server;
 use decide::{Observation, Seen, Step};
 use server::Me;
 use spilo_model::governor::EtcdMemberConfig;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -116,19 +115,34 @@ pub async fn run(
                 Step::Start {
                     state,
                     initial_cluster,
+                    claim,
                 } => {
-                    let args = me.args(&state, &initial_cluster);
-                    tracing::info!(?state, ?initial_cluster, "starting etcd");
-                    etcd = Some(server::spawn(&config.etcd_bin, &args, &log).map_err(
-                        |source| KeeperError::Spawn {
-                            bin: config.etcd_bin.clone(),
-                            source,
-                        },
-                    )?);
-                    String::new()
+                    let claimed = if claim {
+                        aws.claim(&me.name, &me.ip).await
+                    } else {
+                        Ok(true)
+                    };
+                    match claimed {
+                        Ok(true) => {
+                            let args = me.args(&state, &initial_cluster);
+                            tracing::info!(?state, ?initial_cluster, "starting etcd");
+                            etcd = Some(server::spawn(&config.etcd_bin, &args, &log).map_err(
+                                |source| KeeperError::Spawn {
+                                    bin: config.etcd_bin.clone(),
+                                    source,
+                                },
+                            )?);
+                            String::new()
+                        }
+                        Ok(false) => {
+                            "another instance claimed the records of a new cluster first".into()
+                        }
+                        Err(e) => format!("could not claim the records of a new cluster: {e}"),
+                    }
                 }
                 Step::AddSelf => join(&me, &aws).await,
                 Step::Remove { id, reason } => remove(&me, &aws, id, &reason).await,
+                Step::Discard(why) => discard(&me, &why),
                 Step::Wait(why) => why,
             },
             Some(_) => upkeep(&me, &aws).await,
@@ -164,26 +178,17 @@ fn live_targets(
         return Vec::new();
     };
     records
-        .targets
+        .set
+        .client
         .iter()
         .filter(|t| **t != me.name && group.iter().any(|i| i.live && i.id == **t))
-        .filter_map(|t| records.addresses.get(t))
+        .filter_map(|t| records.set.addresses.get(t))
         .map(|ip| server::url(ip, me.ports.0))
         .collect()
 }
 
 /// Gathers and decides.
 async fn next(me: &Me, aws: &aws::Aws) -> Step {
-    if me.has_data() {
-        return decide::next_step(&Observation {
-            me: me.name.clone(),
-            my_peer_url: me.peer_url(),
-            has_data: true,
-            group: Seen::Unknown("not read: the data directory decides".into()),
-            records: Seen::Unknown("not read: the data directory decides".into()),
-            members: Seen::Unknown("not read: the data directory decides".into()),
-        });
-    }
     let group = aws.group(&me.name).await;
     let records = aws.records().await;
     let (records_seen, members) = match &records {
@@ -201,17 +206,31 @@ async fn next(me: &Me, aws: &aws::Aws) -> Step {
                     Err(e) => Seen::Unknown(e),
                 }
             };
-            (Seen::Known(r.targets.clone()), members)
+            (Seen::Known(r.set.client.clone()), members)
         }
     };
     decide::next_step(&Observation {
         me: me.name.clone(),
         my_peer_url: me.peer_url(),
-        has_data: false,
+        has_data: me.has_data(),
         group,
         records: records_seen,
         members,
     })
+}
+
+/// Moves the data directory of a removed member aside (kept, never deleted).
+fn discard(me: &Me, why: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut aside = me.data_dir.clone().into_os_string();
+    aside.push(format!(".removed-{stamp}"));
+    match std::fs::rename(&me.data_dir, &aside) {
+        Ok(()) => format!("{why}; moved to {}", PathBuf::from(aside).display()),
+        Err(e) => format!("{why}; but it cannot be moved aside: {e}"),
+    }
 }
 
 /// The client of the cluster the records lead to.
@@ -264,7 +283,7 @@ async fn upkeep(me: &Me, aws: &aws::Aws) -> String {
     ) else {
         return "upkeep skipped: the group, the records or the members are unknown".into();
     };
-    let plan = decide::upkeep(&group, &members, &records.targets);
+    let plan = decide::upkeep(&me.name, &group, &members, &records.set);
     let mut said = Vec::new();
     for id in &plan.promote {
         match server::promote(&mut client, *id).await {
@@ -278,15 +297,8 @@ async fn upkeep(me: &Me, aws: &aws::Aws) -> String {
             Err(e) => said.push(format!("could not remove member {id:x}: {e}")),
         }
     }
-    if let Some(names) = &plan.records {
-        let wanted: BTreeMap<String, String> = names
-            .iter()
-            .filter_map(|n| {
-                let m = members.iter().find(|m| m.name == *n)?;
-                Some((n.clone(), host_of(m.peer_urls.first()?)?))
-            })
-            .collect();
-        match aws.write_records(&wanted, &records).await {
+    if let Some(wanted) = &plan.records {
+        match aws.write_records(wanted, &records).await {
             Ok(()) => said.push(format!(
                 "records now name {}",
                 wanted.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -295,23 +307,4 @@ async fn upkeep(me: &Me, aws: &aws::Aws) -> String {
         }
     }
     said.join("; ")
-}
-
-/// The host of `https://host:port`.
-fn host_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
-    (!host.is_empty()).then(|| host.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hosts_of_peer_urls() {
-        assert_eq!(
-            super::host_of("https://10.0.1.5:2380").as_deref(),
-            Some("10.0.1.5")
-        );
-        assert_eq!(super::host_of("https://:2380"), None);
-    }
 }

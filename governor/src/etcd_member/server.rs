@@ -97,6 +97,10 @@ impl Me {
             ("--peer-cert-file", cert),
             ("--peer-key-file", key),
             ("--strict-reconfig-check", "true".into()),
+            // etcd keeps every revision unless told: without compaction the governors' writes
+            // fill the backend quota and etcd goes read-only.
+            ("--auto-compaction-mode", "periodic".into()),
+            ("--auto-compaction-retention", "1h".into()),
             ("--logger", "zap".into()),
         ]
         .into_iter()
@@ -144,7 +148,9 @@ pub async fn members(client: &mut Client) -> Result<Vec<Member>, String> {
 pub async fn add_learner(client: &mut Client, peer_url: &str) -> Result<u64, String> {
     let r = bounded(client.member_add([peer_url], Some(MemberAddOptions::new().with_is_learner())))
         .await?;
-    Ok(r.member().map(|m| m.id()).unwrap_or_default())
+    r.member()
+        .map(|m| m.id())
+        .ok_or_else(|| "etcd added no member".to_string())
 }
 
 /// Removes member `id`.

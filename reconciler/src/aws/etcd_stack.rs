@@ -26,9 +26,11 @@ pub fn clients_export(name: &str) -> String {
 
 /// The image instances start from (as for PostgreSQL clusters).
 pub fn image_id(file: &EtcdClusterFile) -> String {
-    file.spec.aws.image.clone().unwrap_or_else(|| {
-        super::image::base_image_parameter(architecture(file))
-    })
+    file.spec
+        .aws
+        .image
+        .clone()
+        .unwrap_or_else(|| super::image::base_image_parameter(architecture(file)))
 }
 
 /// The architecture of the members.
@@ -172,7 +174,11 @@ pub fn render(file: &EtcdClusterFile) -> StackSpec {
     );
     for (id, port, source) in [
         ("MemberIngressPeer", ETCD_PEER_PORT, "MemberSecurityGroup"),
-        ("MemberIngressClient", ETCD_CLIENT_PORT, "MemberSecurityGroup"),
+        (
+            "MemberIngressClient",
+            ETCD_CLIENT_PORT,
+            "MemberSecurityGroup",
+        ),
         ("ClientIngress", ETCD_CLIENT_PORT, "ClientSecurityGroup"),
     ] {
         resources.insert(
@@ -310,7 +316,8 @@ fn tags(file: &EtcdClusterFile) -> BTreeMap<String, String> {
 
 /// Ingress of an extra rule to etcd's client port.
 fn rule_ingress(rule: &spilo_model::spec::IngressRule) -> Vec<Value> {
-    let mut v = json!({"IpProtocol": "tcp", "FromPort": ETCD_CLIENT_PORT, "ToPort": ETCD_CLIENT_PORT});
+    let mut v =
+        json!({"IpProtocol": "tcp", "FromPort": ETCD_CLIENT_PORT, "ToPort": ETCD_CLIENT_PORT});
     if let Some(c) = &rule.cidr {
         v["CidrIp"] = json!(c);
     }
@@ -347,8 +354,7 @@ mod tests {
         ] {
             assert_eq!(r[id]["Properties"]["FromPort"], port, "{id}");
             assert_eq!(
-                r[id]["Properties"]["SourceSecurityGroupId"]["Fn::GetAtt"][0],
-                source,
+                r[id]["Properties"]["SourceSecurityGroupId"]["Fn::GetAtt"][0], source,
                 "{id}"
             );
         }
@@ -370,10 +376,16 @@ mod tests {
         let statements = &p[0]["PolicyDocument"]["Statement"];
         let text = statements.to_string();
         assert!(text.contains("arn:aws:route53:::hostedzone/Z1"), "{text}");
-        assert!(text.contains("autoscaling:DescribeAutoScalingGroups"), "{text}");
+        assert!(
+            text.contains("autoscaling:DescribeAutoScalingGroups"),
+            "{text}"
+        );
         assert!(text.contains("parameter/spilo/ca"), "{text}");
         assert!(
-            text.contains(&format!("arn:aws:s3:::images/{}*", super::super::image::prefix())),
+            text.contains(&format!(
+                "arn:aws:s3:::images/{}*",
+                super::super::image::prefix()
+            )),
             "{text}"
         );
         assert!(!text.contains("s3:PutObject"), "{text}");
@@ -395,7 +407,10 @@ mod tests {
         assert_eq!(c.tls.ca_key.ssm.as_deref(), Some("/spilo/ca"));
         // Debian's image installs the spilo image of this version from the bucket.
         assert!(
-            u.contains(&format!("s3://images/{}", super::super::image::key(architecture(&file(""))))),
+            u.contains(&format!(
+                "s3://images/{}",
+                super::super::image::key(architecture(&file("")))
+            )),
             "{u}"
         );
     }

@@ -578,11 +578,7 @@ struct ImageSource {
 /// The image the instances start from, and the spilo image a plain Debian instance installs
 /// from the bucket: an image parameter that does not resolve blocks a stack change; a spilo
 /// image missing from the bucket is uploaded when this machine has it, and blocks otherwise.
-fn plan_image(
-    src: &ImageSource,
-    obs: &ObservedCluster,
-    p: &mut ClusterPlan,
-) -> Result<(), String> {
+fn plan_image(src: &ImageSource, obs: &ObservedCluster, p: &mut ClusterPlan) -> Result<(), String> {
     let region = src.region.as_str();
     if p.desired.is_some() {
         let param = &src.image;
@@ -609,7 +605,11 @@ fn plan_image(
         {
             Err(format!(
                 "the instances install the spilo image from s3://{bucket}, which does not exist: create it{}",
-                if src.creatable { ", or set spec.backup.createBucket: true" } else { "" }
+                if src.creatable {
+                    ", or set spec.backup.createBucket: true"
+                } else {
+                    ""
+                }
             ))
         }
         Some(Observation::Absent) => match &obs.image_file {

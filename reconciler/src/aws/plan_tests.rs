@@ -377,7 +377,13 @@ fn a_new_etcd_cluster_is_a_stack_with_no_etcd_keys_to_write() {
     assert_eq!(c.stack_name, "spilo-etcd-main");
     assert!(c.config.is_none() && c.dcs.is_none());
     let ids: Vec<&str> = c.resources.iter().map(|r| r.logical_id.as_str()).collect();
-    for id in ["AutoScalingGroup", "LaunchTemplate", "MemberSecurityGroup", "ClientSecurityGroup", "Role"] {
+    for id in [
+        "AutoScalingGroup",
+        "LaunchTemplate",
+        "MemberSecurityGroup",
+        "ClientSecurityGroup",
+        "Role",
+    ] {
         assert!(ids.contains(&id), "{id} in {ids:?}");
     }
     // Applied, it plans as nothing to do.
@@ -415,7 +421,9 @@ fn an_etcd_change_in_place_is_an_update_and_replacing_every_member_is_refused_al
     assert_eq!(c.action, Action::Replace);
     assert!(c.refused, "refused even with --allow-replace");
     assert!(
-        c.reason.as_deref().is_some_and(|r| r.contains("every etcd member at once")),
+        c.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("every etcd member at once")),
         "{c:?}"
     );
 }

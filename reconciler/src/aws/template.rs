@@ -189,9 +189,8 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     // The members' own group, and the clients' group of the etcd cluster they use.
     let mut security_groups = vec![json!({"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]})];
     if let Some(etcd) = spec.dcs.as_ref().and_then(|d| d.etcd_cluster.as_ref()) {
-        security_groups.push(
-            json!({"Fn::ImportValue": super::etcd_stack::clients_export(etcd.as_str())}),
-        );
+        security_groups
+            .push(json!({"Fn::ImportValue": super::etcd_stack::clients_export(etcd.as_str())}));
     }
     resources.insert(
         "LaunchTemplate".into(),

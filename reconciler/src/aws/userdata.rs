@@ -265,8 +265,8 @@ mod tests {
         assert!(!c.etcd.plaintext, "TLS to the etcd cluster");
         assert!(c.etcd_over_tls());
         let stack = super::super::template::render(&files[0].1).expect("aws");
-        let groups = &stack.template["Resources"]["LaunchTemplate"]["Properties"]
-            ["LaunchTemplateData"]["SecurityGroupIds"];
+        let groups = &stack.template["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+            ["SecurityGroupIds"];
         assert_eq!(
             groups[1],
             serde_json::json!({"Fn::ImportValue": "spilo-etcd-main-clients"})

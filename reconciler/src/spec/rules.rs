@@ -345,7 +345,11 @@ pub(super) fn across_files<'a, F>(
                 Severity::Error,
                 format!(
                     "no etcd cluster named `{wanted}` in the files checked (etcd clusters: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
             continue;
