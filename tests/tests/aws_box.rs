@@ -307,3 +307,186 @@ async fn failing_boot(b: &mut AwsBox) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Both SRV records' targets and the A records of an etcd cluster, as moto's Route53 holds
+/// them.
+#[derive(serde::Deserialize, Debug)]
+struct EtcdRecords {
+    client: Vec<String>,
+    server: Vec<String>,
+    addresses: std::collections::BTreeMap<String, String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_cluster_file_runs_its_members_from_the_image() -> anyhow::Result<()> {
+    if let Some(as_root) = rerun_as_root("an_etcd_cluster_file_runs_its_members_from_the_image") {
+        return as_root;
+    }
+    let mut b = AwsBox::new().await?;
+    let r = etcd_scenario(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
+    let file = format!(
+        "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {{name: etcd-main, team: platform}}\nspec:\n  \
+         members: 3\n  aws:\n    region: {REGION}\n    instanceType: t3.small\n    image: /spilo/box/debian-12/amd64\n    \
+         vpc: {vpc}\n    subnets: [{subnet}]\n    hostedZone: db.example.com\n    hostedZoneId: {zone}\n    storage: {{size: 10}}\n  \
+         imageBucket: spilo-wal\n  secrets: {{ca: {{secretsManager: \"{ca}\"}}}}\n",
+        vpc = b.setup.vpc,
+        subnet = b.setup.subnet,
+        zone = b.setup.zone_id,
+        ca = b.ca_arn,
+    );
+    b.repo.commit("etcd-main", Some(&file))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-etcd-main").await?;
+    let ids: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
+    anyhow::ensure!(ids.len() == 3, "three members: {ids:?}");
+    // The keepers, booted from the image, make one cluster and publish it in Route53.
+    let zone = b.setup.zone_id.clone();
+    let records = wait::until(
+        "both SRV records and the A records to name the three members",
+        BOOT,
+        || async {
+            let out = b
+                .python(&["records", REGION, &zone, "etcd-main.db.example.com"])
+                .ok()?;
+            let r: EtcdRecords = serde_json::from_str(&out).ok()?;
+            let mut want = ids.clone();
+            want.sort();
+            (r.client == want && r.server == want && r.addresses.len() == 3).then_some(r)
+        },
+    )
+    .await?;
+    for i in &b.instances {
+        assert_eq!(
+            records.addresses.get(&i.id),
+            Some(&i.ip),
+            "A record of {}",
+            i.id
+        );
+    }
+    // etcd answers over TLS only, to certificates of the cluster CA: three voting members.
+    let dir = tempfile::tempdir()?;
+    let bundle = std::fs::read_to_string(b.dir.path().join("ca.key"))?;
+    let ca = spilo_pki::CertAndKey {
+        cert: std::fs::read_to_string(&b.ca)?,
+        key: bundle,
+    };
+    let issued = spilo_pki::issue(
+        &ca,
+        &["spilo-box-client".to_string()],
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )?;
+    let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+    std::fs::write(&cert, &issued.cert)?;
+    std::fs::write(&key, &issued.key)?;
+    let tls = spilo_discovery::EtcdTls::read(&b.ca, &cert, &key)?;
+    let urls: Vec<String> = b
+        .instances
+        .iter()
+        .map(|i| format!("https://{}:2379", i.ip))
+        .collect();
+    let mut c = etcd_client::Client::connect(
+        &urls,
+        Some(etcd_client::ConnectOptions::new().with_tls(tls.options())),
+    )
+    .await?;
+    let mut voters: Vec<String> = c
+        .member_list()
+        .await?
+        .members()
+        .iter()
+        .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
+        .map(|m| m.name().to_string())
+        .collect();
+    voters.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(voters, want, "every instance is a voting member");
+    c.put("/spilo-box/written", "over TLS", None).await?;
+    // Without a certificate of the CA, etcd refuses.
+    let plain = etcd_client::Client::connect(
+        [format!("http://{}:2379", b.instances[0].ip)],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2))),
+    )
+    .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut p) => p.get("/spilo-box/written", None).await.is_err(),
+    };
+    assert!(refused, "a plaintext client is refused");
+
+    // Terminating the leader's instance: the group's replacement boots from the image, joins,
+    // the departed member is removed and the records follow; the data stays.
+    let leader_id = c.status().await?.leader();
+    let leader = c
+        .member_list()
+        .await?
+        .members()
+        .iter()
+        .find(|m| m.id() == leader_id)
+        .map(|m| m.name().to_string())
+        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    b.terminate(&leader)?;
+    b.launch("spilo-etcd-main").await?;
+    let now: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
+    anyhow::ensure!(
+        now.len() == 3 && !now.contains(&leader),
+        "the group replaced {leader}: {now:?}"
+    );
+    let mut want = now.clone();
+    want.sort();
+    let urls: Vec<String> = b
+        .instances
+        .iter()
+        .map(|i| format!("https://{}:2379", i.ip))
+        .collect();
+    wait::until(
+        "the replacement voting and named by the records",
+        BOOT,
+        || async {
+            let out = b
+                .python(&["records", REGION, &zone, "etcd-main.db.example.com"])
+                .ok()?;
+            let r: EtcdRecords = serde_json::from_str(&out).ok()?;
+            let mut c = etcd_client::Client::connect(
+                &urls,
+                Some(etcd_client::ConnectOptions::new().with_tls(tls.options())),
+            )
+            .await
+            .ok()?;
+            let mut voters: Vec<String> = c
+                .member_list()
+                .await
+                .ok()?
+                .members()
+                .iter()
+                .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
+                .map(|m| m.name().to_string())
+                .collect();
+            voters.sort();
+            (voters == want && r.client == want && r.server == want && r.addresses.len() == 3)
+                .then_some(())
+        },
+    )
+    .await?;
+    let mut c = etcd_client::Client::connect(
+        &urls,
+        Some(etcd_client::ConnectOptions::new().with_tls(tls.options())),
+    )
+    .await?;
+    let kept = c.get("/spilo-box/written", None).await?;
+    assert_eq!(
+        kept.kvs().first().map(|kv| kv.value().to_vec()),
+        Some(b"over TLS".to_vec()),
+        "the data outlived the replacement"
+    );
+    Ok(())
+}

@@ -28,6 +28,7 @@ use crate::privileged::run;
 use crate::proc::Spawned;
 use instance::{Instance, Launch};
 use serde::Deserialize;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -287,6 +288,11 @@ impl AwsBox {
             std::time::SystemTime::now(),
         )?;
         std::fs::write(&b.ca, &ca.cert)?;
+        // The key stays with the test (0600, the box's directory): it issues client
+        // certificates, as an operator would.
+        let key = b.dir.path().join("ca.key");
+        std::fs::write(&key, &ca.key)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
         let bundle = b.dir.path().join("ca.bundle");
         std::fs::write(&bundle, format!("{}{}", ca.cert, ca.key))?;
         let bundle_arg = bundle.display().to_string();
@@ -397,6 +403,10 @@ impl AwsBox {
             self.moto.endpoint, self.signals.endpoint
         );
         for m in &fleet.instances {
+            // Booted before: a second launch boots only the group's new instances.
+            if self.instances.iter().any(|i| i.id == m.id) {
+                continue;
+            }
             let creds = self.python(&["assume", REGION, &fleet.role_arn, &m.id])?;
             let mut i = Instance::launch(
                 self.dir.path(),
@@ -418,14 +428,25 @@ impl AwsBox {
             i.boot()?;
             self.instances.push(i);
         }
-        self.balance(&template, &fleet)?;
-        let record = template["Outputs"]["DnsName"]["Value"]
-            .as_str()
-            .unwrap_or_default()
-            .trim_end_matches('.')
-            .to_string();
-        let elb = self.elb.clone();
-        self.dns = Some(Dns::start_host(self.dir.path(), &record, &elb)?);
+        // A PostgreSQL stack's load balancer and DNS name; an etcd stack has neither.
+        if template["Resources"]["PrimaryLoadBalancer"].is_object() && self.haproxy.is_none() {
+            self.balance(&template, &fleet)?;
+        }
+        if let (Some(record), None) = (template["Outputs"]["DnsName"]["Value"].as_str(), &self.dns)
+        {
+            let record = record.trim_end_matches('.').to_string();
+            let elb = self.elb.clone();
+            self.dns = Some(Dns::start_host(self.dir.path(), &record, &elb)?);
+        }
+        Ok(())
+    }
+
+    /// Terminates instance `id` as its auto-scaling group would (moto launches the group's
+    /// replacement, which the next [`Self::launch`] boots): the instance and everything on it
+    /// stop at once.
+    pub fn terminate(&mut self, id: &str) -> anyhow::Result<()> {
+        self.python(&["terminate", REGION, id])?;
+        self.instances.retain(|i| i.id != id);
         Ok(())
     }
 
