@@ -138,10 +138,27 @@ async fn discover(
     if let Ok(Ok(found)) =
         tokio::time::timeout(timeout, resolver.srv_lookup(client_name.as_str())).await
     {
-        let urls: Vec<String> = srv_targets(found.answers())
-            .into_iter()
-            .map(|(host, port)| format!("{scheme}://{host}:{port}"))
-            .collect();
+        let mut urls: Vec<String> = Vec::new();
+        for (host, port) in srv_targets(found.answers()) {
+            // With a DNS server of its own, the targets are that server's names, which the
+            // system resolver the client connects with may not know: they are contacted at
+            // the addresses it gives (etcd clusters of spilo name them in their certificates).
+            let host = match nameserver {
+                Some(_) => {
+                    match tokio::time::timeout(timeout, resolver.lookup_ip(format!("{host}.")))
+                        .await
+                    {
+                        Ok(Ok(ips)) => match ips.iter().next() {
+                            Some(ip) => ip.to_string(),
+                            None => continue,
+                        },
+                        _ => continue,
+                    }
+                }
+                None => host,
+            };
+            urls.push(format!("{scheme}://{host}:{port}"));
+        }
         if !urls.is_empty() {
             return Ok(urls);
         }

@@ -17,12 +17,21 @@ pub fn normalize(endpoints: &[String], tls: bool) -> Vec<String> {
 }
 
 /// Client URLs of the etcd a cluster file names (`https://` from the `-ssl` SRV records for
-/// an etcd cluster of the repository).
+/// an etcd cluster of the repository). `SPILO_ETCD_NAMESERVER` (`address:port`) names the DNS
+/// server asked for SRV records instead of the system's, for a private zone this machine's
+/// resolver does not serve.
 pub async fn endpoints(dcs: &DcsSpec) -> Result<Vec<String>, String> {
+    let nameserver =
+        match std::env::var("SPILO_ETCD_NAMESERVER") {
+            Ok(v) => Some(v.parse().map_err(|e| {
+                format!("SPILO_ETCD_NAMESERVER={v:?} is not an address and port: {e}")
+            })?),
+            Err(_) => None,
+        };
     let cfg = spilo_model::governor::EtcdConfig {
         hosts: dcs.hosts.clone(),
         discovery_domain: dcs.discovery_domain.clone(),
-        discovery_nameserver: None,
+        discovery_nameserver: nameserver,
         plaintext: false,
     };
     let tls = client_tls(dcs)?;

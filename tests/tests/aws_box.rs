@@ -318,8 +318,10 @@ struct EtcdRecords {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_etcd_cluster_file_runs_its_members_from_the_image() -> anyhow::Result<()> {
-    if let Some(as_root) = rerun_as_root("an_etcd_cluster_file_runs_its_members_from_the_image") {
+async fn an_etcd_cluster_and_a_postgres_cluster_on_it_run_from_one_commit() -> anyhow::Result<()> {
+    if let Some(as_root) =
+        rerun_as_root("an_etcd_cluster_and_a_postgres_cluster_on_it_run_from_one_commit")
+    {
         return as_root;
     }
     let mut b = AwsBox::new().await?;
@@ -331,7 +333,8 @@ async fn an_etcd_cluster_file_runs_its_members_from_the_image() -> anyhow::Resul
 }
 
 async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
-    let file = format!(
+    // One commit: the etcd cluster, and a PostgreSQL cluster on it with the same CA.
+    let etcd_file = format!(
         "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {{name: etcd-main, team: platform}}\nspec:\n  \
          members: 3\n  aws:\n    region: {REGION}\n    instanceType: t3.small\n    image: /spilo/box/debian-12/amd64\n    \
          vpc: {vpc}\n    subnets: [{subnet}]\n    hostedZone: db.example.com\n    hostedZoneId: {zone}\n    storage: {{size: 10}}\n  \
@@ -341,13 +344,50 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
         zone = b.setup.zone_id,
         ca = b.ca_arn,
     );
-    b.repo.commit("etcd-main", Some(&file))?;
-    let apply = b.spilo(&["apply", "--auto-approve"]);
-    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    let host_etcd = format!("dcs: {{hosts: [\"{}\"]}}", b.etcd.client_addr);
+    let orders = b
+        .cluster_file("orders", 3)
+        .replace(&host_etcd, "dcs: {etcdCluster: etcd-main}");
+    anyhow::ensure!(orders.contains("etcdCluster"), "{orders}");
+    b.repo.commit("etcd-main", Some(&etcd_file))?;
+    b.repo.commit("orders", Some(&orders))?;
+    let nameserver = b.serve_zone()?;
+
+    // spilo speaks TLS to the etcd cluster with a client certificate of its CA, and finds it
+    // through the VPC's resolver.
+    let dir = tempfile::tempdir()?;
+    let ca = spilo_pki::CertAndKey {
+        cert: std::fs::read_to_string(&b.ca)?,
+        key: std::fs::read_to_string(b.dir.path().join("ca.key"))?,
+    };
+    let issued = spilo_pki::issue(
+        &ca,
+        &["spilo-box-client".to_string()],
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )?;
+    let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
+    std::fs::write(&cert, &issued.cert)?;
+    std::fs::write(&key, &issued.key)?;
+    let tls = spilo_discovery::EtcdTls::read(&b.ca, &cert, &key)?;
+    let env = [
+        ("SPILO_ETCD_CACERT", b.ca.display().to_string()),
+        ("SPILO_ETCD_CERT", cert.display().to_string()),
+        ("SPILO_ETCD_KEY", key.display().to_string()),
+        ("SPILO_ETCD_NAMESERVER", nameserver),
+    ];
+
+    // The first apply creates the etcd stack; the PostgreSQL cluster waits for its etcd
+    // (unknown is never created on).
+    let first = b.spilo_env(&["apply", "--auto-approve"], &env);
+    assert!(first.stdout.contains("etcd-main: applied"), "{first}");
+    assert!(
+        first.stdout.contains("cannot plan orders: etcd"),
+        "orders waits for its etcd: {first}"
+    );
     b.launch("spilo-etcd-main").await?;
-    let ids: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
-    anyhow::ensure!(ids.len() == 3, "three members: {ids:?}");
-    // The keepers, booted from the image, make one cluster and publish it in Route53.
+    let etcd_ids: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
+    anyhow::ensure!(etcd_ids.len() == 3, "three members: {etcd_ids:?}");
     let zone = b.setup.zone_id.clone();
     let records = wait::until(
         "both SRV records and the A records to name the three members",
@@ -357,7 +397,7 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
                 .python(&["records", REGION, &zone, "etcd-main.db.example.com"])
                 .ok()?;
             let r: EtcdRecords = serde_json::from_str(&out).ok()?;
-            let mut want = ids.clone();
+            let mut want = etcd_ids.clone();
             want.sort();
             (r.client == want && r.server == want && r.addresses.len() == 3).then_some(r)
         },
@@ -371,98 +411,23 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
             i.id
         );
     }
-    // etcd answers over TLS only, to certificates of the cluster CA: three voting members.
-    let dir = tempfile::tempdir()?;
-    let bundle = std::fs::read_to_string(b.dir.path().join("ca.key"))?;
-    let ca = spilo_pki::CertAndKey {
-        cert: std::fs::read_to_string(&b.ca)?,
-        key: bundle,
+    let etcd_urls = |b: &AwsBox, ids: &[String]| -> Vec<String> {
+        b.instances
+            .iter()
+            .filter(|i| ids.contains(&i.id))
+            .map(|i| format!("https://{}:2379", i.ip))
+            .collect()
     };
-    let issued = spilo_pki::issue(
-        &ca,
-        &["spilo-box-client".to_string()],
-        Duration::from_secs(3600),
-        std::time::SystemTime::now(),
-    )?;
-    let (cert, key) = (dir.path().join("c.crt"), dir.path().join("c.key"));
-    std::fs::write(&cert, &issued.cert)?;
-    std::fs::write(&key, &issued.key)?;
-    let tls = spilo_discovery::EtcdTls::read(&b.ca, &cert, &key)?;
-    let urls: Vec<String> = b
-        .instances
-        .iter()
-        .map(|i| format!("https://{}:2379", i.ip))
-        .collect();
-    let mut c = etcd_client::Client::connect(
-        &urls,
-        Some(etcd_client::ConnectOptions::new().with_tls(tls.options())),
-    )
-    .await?;
-    let mut voters: Vec<String> = c
-        .member_list()
-        .await?
-        .members()
-        .iter()
-        .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
-        .map(|m| m.name().to_string())
-        .collect();
-    voters.sort();
-    let mut want = ids.clone();
-    want.sort();
-    assert_eq!(voters, want, "every instance is a voting member");
-    c.put("/spilo-box/written", "over TLS", None).await?;
-    // Without a certificate of the CA, etcd refuses.
-    let plain = etcd_client::Client::connect(
-        [format!("http://{}:2379", b.instances[0].ip)],
-        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2))),
-    )
-    .await;
-    let refused = match plain {
-        Err(_) => true,
-        Ok(mut p) => p.get("/spilo-box/written", None).await.is_err(),
+    let connect = |urls: Vec<String>| {
+        let options = etcd_client::ConnectOptions::new()
+            .with_tls(tls.options())
+            .with_timeout(Duration::from_secs(3));
+        async move { etcd_client::Client::connect(urls, Some(options)).await }
     };
-    assert!(refused, "a plaintext client is refused");
-
-    // Terminating the leader's instance: the group's replacement boots from the image, joins,
-    // the departed member is removed and the records follow; the data stays.
-    let leader_id = c.status().await?.leader();
-    let leader = c
-        .member_list()
-        .await?
-        .members()
-        .iter()
-        .find(|m| m.id() == leader_id)
-        .map(|m| m.name().to_string())
-        .ok_or_else(|| anyhow::anyhow!("no leader"))?;
-    b.terminate(&leader)?;
-    b.launch("spilo-etcd-main").await?;
-    let now: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
-    anyhow::ensure!(
-        now.len() == 3 && !now.contains(&leader),
-        "the group replaced {leader}: {now:?}"
-    );
-    let mut want = now.clone();
-    want.sort();
-    let urls: Vec<String> = b
-        .instances
-        .iter()
-        .map(|i| format!("https://{}:2379", i.ip))
-        .collect();
-    wait::until(
-        "the replacement voting and named by the records",
-        BOOT,
-        || async {
-            let out = b
-                .python(&["records", REGION, &zone, "etcd-main.db.example.com"])
-                .ok()?;
-            let r: EtcdRecords = serde_json::from_str(&out).ok()?;
-            let mut c = etcd_client::Client::connect(
-                &urls,
-                Some(etcd_client::ConnectOptions::new().with_tls(tls.options())),
-            )
-            .await
-            .ok()?;
-            let mut voters: Vec<String> = c
+    let voters = |c: &mut etcd_client::Client| {
+        let mut c = c.clone();
+        async move {
+            let mut v: Vec<String> = c
                 .member_list()
                 .await
                 .ok()?
@@ -471,22 +436,118 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
                 .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
                 .map(|m| m.name().to_string())
                 .collect();
-            voters.sort();
-            (voters == want && r.client == want && r.server == want && r.addresses.len() == 3)
+            v.sort();
+            Some(v)
+        }
+    };
+    let mut c = connect(etcd_urls(b, &etcd_ids)).await?;
+    let mut want = etcd_ids.clone();
+    want.sort();
+    assert_eq!(voters(&mut c).await, Some(want), "every instance votes");
+    // Without a certificate of the CA, etcd refuses.
+    let plain = etcd_client::Client::connect(
+        [format!("http://{}:2379", b.instances[0].ip)],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(2))),
+    )
+    .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(mut p) => p.get("/service/orders/leader", None).await.is_err(),
+    };
+    assert!(refused, "a plaintext client is refused");
+
+    // The second apply finds etcd through its records: the PostgreSQL cluster is created,
+    // its members join the etcd clients' group and elect a primary in the etcd cluster.
+    let second = b.spilo_env(&["apply", "--auto-approve"], &env);
+    anyhow::ensure!(second.code == 0, "second apply: {second}");
+    assert!(second.stdout.contains("orders: applied"), "{second}");
+    b.launch("spilo-orders").await?;
+    wait::until("a primary and two streaming replicas", BOOT, || async {
+        let all = b.statuses().await;
+        (primary(&all).is_some() && streaming(&all) == 2).then_some(())
+    })
+    .await?;
+    let leader_key = c.get("/service/orders/leader", None).await?;
+    let pg_leader = leader_key
+        .kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .ok_or_else(|| anyhow::anyhow!("no leader key in the etcd cluster"))?;
+    let pg_ids: Vec<String> = b
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .filter(|i| !etcd_ids.contains(i))
+        .collect();
+    assert!(
+        pg_ids.contains(&pg_leader),
+        "{pg_leader} leads orders: {pg_ids:?}"
+    );
+
+    // Terminating the etcd leader's instance: the group's replacement boots, joins, the
+    // departed member and its records go, and orders keeps its primary throughout.
+    let leader_id = c.status().await?.leader();
+    let etcd_leader = c
+        .member_list()
+        .await?
+        .members()
+        .iter()
+        .find(|m| m.id() == leader_id)
+        .map(|m| m.name().to_string())
+        .ok_or_else(|| anyhow::anyhow!("no etcd leader"))?;
+    b.terminate(&etcd_leader)?;
+    b.launch("spilo-etcd-main").await?;
+    let now: Vec<String> = b
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .filter(|i| !pg_ids.contains(i))
+        .collect();
+    anyhow::ensure!(
+        now.len() == 3 && !now.contains(&etcd_leader),
+        "the group replaced {etcd_leader}: {now:?}"
+    );
+    let mut want = now.clone();
+    want.sort();
+    let primaries = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    wait::until(
+        "the replacement voting and named by the records",
+        BOOT,
+        || async {
+            if let Some(p) = primary(&b.statuses().await)
+                && let Ok(mut seen) = primaries.lock()
+            {
+                seen.insert(b.instances[p].id.clone());
+            }
+            let out = b
+                .python(&["records", REGION, &zone, "etcd-main.db.example.com"])
+                .ok()?;
+            let r: EtcdRecords = serde_json::from_str(&out).ok()?;
+            let mut c = connect(etcd_urls(b, &now)).await.ok()?;
+            (voters(&mut c).await? == want
+                && r.client == want
+                && r.server == want
+                && r.addresses.len() == 3)
                 .then_some(())
         },
     )
     .await?;
-    let mut c = etcd_client::Client::connect(
-        &urls,
-        Some(etcd_client::ConnectOptions::new().with_tls(tls.options())),
-    )
-    .await?;
-    let kept = c.get("/spilo-box/written", None).await?;
+    let mut c = connect(etcd_urls(b, &now)).await?;
+    let after = c.get("/service/orders/leader", None).await?;
     assert_eq!(
-        kept.kvs().first().map(|kv| kv.value().to_vec()),
-        Some(b"over TLS".to_vec()),
-        "the data outlived the replacement"
+        after
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+        Some(pg_leader.clone()),
+        "orders kept its leader"
+    );
+    let primaries = primaries
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    assert!(
+        !primaries.is_empty() && primaries.iter().all(|p| *p == pg_leader),
+        "no other primary while etcd replaced a member: {primaries:?}"
     );
     Ok(())
 }

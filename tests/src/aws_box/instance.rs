@@ -33,6 +33,8 @@ pub struct Launch<'a> {
     pub defaults: &'a str,
     /// The data volume's size in GiB and device path.
     pub volume: (u32, &'a str),
+    /// The DNS server the instance resolves with (the VPC's resolver), if any.
+    pub nameserver: Option<&'a str>,
 }
 
 /// A running (or stopped) instance.
@@ -130,6 +132,12 @@ impl Instance {
 
         // The root volume's writable layer, with the site's settings.
         write(&dir.join("upper/etc/default/spilo"), l.defaults)?;
+        if let Some(ns) = l.nameserver {
+            write(
+                &dir.join("upper/etc/resolv.conf"),
+                &format!("nameserver {ns}\n"),
+            )?;
+        }
         std::fs::create_dir_all(dir.join("work"))?;
         std::fs::create_dir_all(dir.join("root"))?;
         Ok(Self {

@@ -20,6 +20,7 @@
 
 pub mod instance;
 pub mod signals;
+mod zone;
 
 use crate::aws::{Moto, Repo};
 use crate::dns::Dns;
@@ -119,6 +120,9 @@ pub struct AwsBox {
     pub ca: PathBuf,
     /// The CA secret's ARN.
     pub ca_arn: String,
+    /// The VPC's resolver: the hosted zone's records as moto's Route53 holds them, on port 53
+    /// of the host's address ([`Self::serve_zone`]).
+    zone: Option<zone::ZoneDns>,
 }
 
 /// What the image is made of here: the recipe, the boot layer and the binaries.
@@ -274,6 +278,7 @@ impl AwsBox {
             dns: None,
             ca: dir_path.join("ca.crt"),
             ca_arn: String::new(),
+            zone: None,
         };
         let version = spilo::aws::userdata::VERSION;
         let cidr = b.cidr.clone();
@@ -363,17 +368,20 @@ impl AwsBox {
 
     /// `spilo ARGS --repo <repo>` as the admin, against moto.
     pub fn spilo(&self, args: &[&str]) -> Run {
-        crate::aws_world::run_spilo(
-            &self.repo.path,
-            args,
-            &[
-                ("SPILO_AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
-                ("AWS_ACCESS_KEY_ID", self.admin.key.clone()),
-                ("AWS_SECRET_ACCESS_KEY", self.admin.secret.clone()),
-                ("AWS_REGION", REGION.to_string()),
-                ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
-            ],
-        )
+        self.spilo_env(args, &[])
+    }
+
+    /// [`Self::spilo`] with more environment.
+    pub fn spilo_env(&self, args: &[&str], extra: &[(&str, String)]) -> Run {
+        let mut env = vec![
+            ("SPILO_AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", self.admin.key.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.admin.secret.clone()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ];
+        env.extend(extra.iter().cloned());
+        crate::aws_world::run_spilo(&self.repo.path, args, &env)
     }
 
     /// Plays EC2 for `stack`: every instance moto's auto-scaling group launched gets its
@@ -423,6 +431,7 @@ impl AwsBox {
                     user_data: &user_data,
                     defaults: &defaults,
                     volume: (size, &device),
+                    nameserver: self.zone.as_ref().map(|_| self.host.as_str()),
                 },
             )?;
             i.boot()?;
@@ -439,6 +448,31 @@ impl AwsBox {
             self.dns = Some(Dns::start_host(self.dir.path(), &record, &elb)?);
         }
         Ok(())
+    }
+
+    /// Serves the hosted zone's records (as Route53 holds them at each moment) to the
+    /// instances launched from now on, as the VPC's resolver; returns its `address:port`.
+    pub fn serve_zone(&mut self) -> anyhow::Result<String> {
+        let python = crate::aws::venv()?.join("bin/python");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_box.py");
+        let z = zone::ZoneDns::start(
+            self.dir.path(),
+            &self.host,
+            zone::Source {
+                python,
+                script,
+                env: vec![
+                    ("MOTO_ENDPOINT".into(), self.moto.endpoint.clone()),
+                    ("MOTO_KEY".into(), self.admin.key.clone()),
+                    ("MOTO_SECRET".into(), self.admin.secret.clone()),
+                ],
+                region: REGION.into(),
+                zone_id: self.setup.zone_id.clone(),
+            },
+        )?;
+        let addr = format!("{}:53", self.host);
+        self.zone = Some(z);
+        Ok(addr)
     }
 
     /// Terminates instance `id` as its auto-scaling group would (moto launches the group's
