@@ -9,7 +9,7 @@
 use super::template::{CLUSTER_TAG, PRUNE_TAG, StackSpec, stack_name};
 use super::userdata::{BOOT_LIB, DATA_DEVICE, VERSION, quote};
 use serde_json::{Value, json};
-use spilo_model::governor::{EtcdMemberConfig, SecretRef, TlsConfig};
+use spilo_model::governor::{EtcdMemberConfig, TlsConfig};
 use spilo_model::spec::{ETCD_CLIENT_PORT, ETCD_PEER_PORT, EtcdClusterFile, Filesystem};
 use std::collections::BTreeMap;
 
@@ -48,15 +48,6 @@ pub fn from_bucket(file: &EtcdClusterFile) -> bool {
         .is_none_or(spilo_model::spec::is_image_parameter)
 }
 
-fn secret(r: &spilo_model::spec::SecretRef) -> SecretRef {
-    SecretRef {
-        env: r.env.clone(),
-        file: r.file.as_ref().map(Into::into),
-        ssm: r.ssm.clone(),
-        secrets_manager: r.secrets_manager.clone(),
-    }
-}
-
 /// The keeper's configuration every member runs with (each gives its id and address at start).
 pub fn member_config(file: &EtcdClusterFile) -> EtcdMemberConfig {
     let aws = &file.spec.aws;
@@ -72,7 +63,7 @@ pub fn member_config(file: &EtcdClusterFile) -> EtcdMemberConfig {
         interval: 5,
         tls: TlsConfig::new(
             format!("{DATA_MOUNT}/ca.crt").into(),
-            secret(&file.spec.secrets.ca),
+            super::userdata::secret(&file.spec.secrets.ca),
         ),
     }
 }
@@ -192,58 +183,19 @@ pub fn render(file: &EtcdClusterFile) -> StackSpec {
             }}),
         );
     }
-    let mut role = json!({"Type": "AWS::IAM::Role", "Properties": {
-        "AssumeRolePolicyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Effect": "Allow",
-                "Principal": {"Service": ["ec2.amazonaws.com"]},
-                "Action": ["sts:AssumeRole"],
-            }],
+    super::template::instance_resources(
+        &mut resources,
+        &super::template::Instances {
+            policies: policies(file),
+            extra_policies: &aws.extra_policies,
+            storage: &aws.storage,
+            tags: tags(file)
+                .iter()
+                .map(|(k, v)| json!({"Key": k, "Value": v}))
+                .collect(),
+            user_data: user_data(file),
+            security_groups: vec![json!({"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]})],
         },
-        "Policies": policies(file),
-    }});
-    if !aws.extra_policies.is_empty() {
-        role["Properties"]["ManagedPolicyArns"] = json!(aws.extra_policies);
-    }
-    resources.insert("Role".into(), role);
-    resources.insert(
-        "InstanceProfile".into(),
-        json!({"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Role"}]}}),
-    );
-    let st = &aws.storage;
-    let mut ebs = json!({
-        "VolumeSize": st.size,
-        "VolumeType": serde_json::to_value(st.volume_type).unwrap_or(Value::Null),
-        "Encrypted": true,
-        "DeleteOnTermination": true,
-    });
-    if let Some(iops) = st.iops {
-        ebs["Iops"] = json!(iops);
-    }
-    if let Some(t) = st.throughput {
-        ebs["Throughput"] = json!(t);
-    }
-    let resource_tags: Vec<Value> = tags(file)
-        .iter()
-        .map(|(k, v)| json!({"Key": k, "Value": v}))
-        .collect();
-    let tag_specifications: Vec<Value> = ["instance", "volume"]
-        .iter()
-        .map(|t| json!({"ResourceType": t, "Tags": resource_tags}))
-        .collect();
-    resources.insert(
-        "LaunchTemplate".into(),
-        json!({"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
-            "ImageId": {"Ref": "ImageId"},
-            "InstanceType": {"Ref": "InstanceType"},
-            "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["InstanceProfile", "Arn"]}},
-            "SecurityGroupIds": [{"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]}],
-            "BlockDeviceMappings": [{"DeviceName": DATA_DEVICE, "Ebs": ebs}],
-            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
-            "UserData": {"Fn::Base64": user_data(file)},
-            "TagSpecifications": tag_specifications,
-        }}}),
     );
     resources.insert(
         "AutoScalingGroup".into(),

@@ -125,34 +125,20 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
             None => None,
         }
     };
-    let image = async {
-        let id = template::image_id(file);
-        if spilo_model::spec::is_image_parameter(&id) {
-            Some(image_parameter(&c, &id).await)
-        } else {
-            None
-        }
-    };
-    let arch = super::image::architecture(file);
-    let image_object = async {
-        match &file.spec.backup {
-            Some(b) if super::image::from_bucket(file) => {
-                Some(object(&c, &b.bucket, &super::image::key(arch)).await)
-            }
-            _ => None,
-        }
-    };
+    let image_id = template::image_id(file);
+    let images = observe_images(
+        &c,
+        &image_id,
+        file.spec
+            .backup
+            .as_ref()
+            .map(|b| b.bucket.as_str())
+            .filter(|_| super::image::from_bucket(file)),
+        super::image::architecture(file),
+    );
     let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
-    let (stack, dns, bucket, image, image_object, etcd) =
-        tokio::join!(stack, dns, bucket, image, image_object, etcd);
-    // Only what an upload needs: the file and its digest, which the plan pins.
-    let image_file = match &image_object {
-        Some(Observation::Absent) => super::image::find_local(arch).and_then(|p| {
-            let digest = super::image::sha256(&p).ok()?;
-            Some((p, digest))
-        }),
-        _ => None,
-    };
+    let (stack, dns, bucket, (image, image_object, image_file), etcd) =
+        tokio::join!(stack, dns, bucket, images, etcd);
     let resources_gone = match &stack {
         Observation::Present(s) => resources_gone(&c, s, dns.as_ref()).await,
         _ => Vec::new(),
@@ -183,31 +169,17 @@ pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> 
             Err(e) => Observation::Unknown(e),
         }
     };
-    let image = async {
-        let id = super::etcd_stack::image_id(file);
-        if spilo_model::spec::is_image_parameter(&id) {
-            Some(image_parameter(&c, &id).await)
-        } else {
-            None
-        }
-    };
-    let arch = super::etcd_stack::architecture(file);
-    let image_object = async {
-        match &file.spec.image_bucket {
-            Some(b) if super::etcd_stack::from_bucket(file) => {
-                Some(object(&c, b, &super::image::key(arch)).await)
-            }
-            _ => None,
-        }
-    };
-    let (stack, image, image_object) = tokio::join!(stack, image, image_object);
-    let image_file = match &image_object {
-        Some(Observation::Absent) => super::image::find_local(arch).and_then(|p| {
-            let digest = super::image::sha256(&p).ok()?;
-            Some((p, digest))
-        }),
-        _ => None,
-    };
+    let image_id = super::etcd_stack::image_id(file);
+    let images = observe_images(
+        &c,
+        &image_id,
+        file.spec
+            .image_bucket
+            .as_deref()
+            .filter(|_| super::etcd_stack::from_bucket(file)),
+        super::etcd_stack::architecture(file),
+    );
+    let (stack, (image, image_object, image_file)) = tokio::join!(stack, images);
     let resources_gone = match &stack {
         Observation::Present(s) => resources_gone(&c, s, None).await,
         _ => Vec::new(),
@@ -219,6 +191,45 @@ pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> 
         resources_gone,
         ..ObservedCluster::of(name, stack, Observation::Absent)
     }
+}
+
+/// What instances start from: the image id an SSM parameter `image` holds (when it is one),
+/// the spilo image in `bucket` (when they install it from there) and, when it is missing
+/// there, the tarball on this machine with its digest (what an upload needs, which the plan
+/// pins).
+#[allow(clippy::type_complexity)]
+async fn observe_images(
+    c: &RegionClients,
+    image: &str,
+    bucket: Option<&str>,
+    arch: spilo_model::spec::Architecture,
+) -> (
+    Option<Observation<String>>,
+    Option<Observation<()>>,
+    Option<(std::path::PathBuf, String)>,
+) {
+    let parameter = async {
+        if spilo_model::spec::is_image_parameter(image) {
+            Some(image_parameter(c, image).await)
+        } else {
+            None
+        }
+    };
+    let object = async {
+        match bucket {
+            Some(b) => Some(object(c, b, &super::image::key(arch)).await),
+            None => None,
+        }
+    };
+    let (parameter, object) = tokio::join!(parameter, object);
+    let file = match &object {
+        Some(Observation::Absent) => super::image::find_local(arch).and_then(|p| {
+            let digest = super::image::sha256(&p).ok()?;
+            Some((p, digest))
+        }),
+        _ => None,
+    };
+    (parameter, object, file)
 }
 
 /// Resources the stack lists that are gone: the auto-scaling group (asked by name) and the

@@ -163,16 +163,7 @@ impl ObservedCluster {
         let stack = super::template::render(file)?;
         Some(ObservedCluster::of(
             file.metadata.name.to_string(),
-            Observation::Present(ObservedStack {
-                stack_id,
-                status: status.to_string(),
-                last_changed: String::new(),
-                template: stack.template,
-                parameters: stack.parameters,
-                tags: stack.tags,
-                resources: BTreeMap::new(),
-                outputs: BTreeMap::new(),
-            }),
+            Observation::Present(ObservedStack::as_rendered(stack, stack_id, status)),
             Observation::Present(ObservedEtcd {
                 config: Observation::Present(ObservedConfig {
                     value: Some(file.spec.dynamic_config()),
@@ -185,22 +176,33 @@ impl ObservedCluster {
     }
 }
 
+impl ObservedStack {
+    /// `stack` as CloudFormation would hold it once applied, with `stack_id` and `status`.
+    pub fn as_rendered(stack: super::template::StackSpec, stack_id: String, status: &str) -> Self {
+        ObservedStack {
+            stack_id,
+            status: status.to_string(),
+            last_changed: String::new(),
+            template: stack.template,
+            parameters: stack.parameters,
+            tags: stack.tags,
+            resources: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+        }
+    }
+}
+
 impl ObservedCluster {
     /// The etcd cluster `file` as it looks once applied: its rendered stack.
     pub fn etcd_as_applied(file: &spilo_model::spec::EtcdClusterFile, stack_id: String) -> Self {
         let stack = super::etcd_stack::render(file);
         ObservedCluster::of(
             file.metadata.name.to_string(),
-            Observation::Present(ObservedStack {
+            Observation::Present(ObservedStack::as_rendered(
+                stack,
                 stack_id,
-                status: "CREATE_COMPLETE".into(),
-                last_changed: String::new(),
-                template: stack.template,
-                parameters: stack.parameters,
-                tags: stack.tags,
-                resources: BTreeMap::new(),
-                outputs: BTreeMap::new(),
-            }),
+                "CREATE_COMPLETE",
+            )),
             Observation::Absent,
         )
     }

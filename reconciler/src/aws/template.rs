@@ -12,7 +12,7 @@
 
 use super::userdata;
 use serde_json::{Value, json};
-use spilo_model::spec::{ClusterFile, IngressRule};
+use spilo_model::spec::{ClusterFile, IngressRule, StorageSpec};
 use std::collections::BTreeMap;
 
 /// The governors' REST API port on AWS instances.
@@ -144,67 +144,23 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         );
     }
 
-    // IAM: exactly what the boot and the governor do.
-    let mut role = json!({"Type": "AWS::IAM::Role", "Properties": {
-        "AssumeRolePolicyDocument": {
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Effect": "Allow",
-                "Principal": {"Service": ["ec2.amazonaws.com"]},
-                "Action": ["sts:AssumeRole"],
-            }],
-        },
-    }});
-    role["Properties"]["Policies"] = json!(super::policies::instance_policies(file));
-    if !aws.extra_policies.is_empty() {
-        role["Properties"]["ManagedPolicyArns"] = json!(aws.extra_policies);
-    }
-    resources.insert("Role".into(), role);
-    resources.insert(
-        "InstanceProfile".into(),
-        json!({"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Role"}]}}),
-    );
-
-    // Launch template and auto-scaling group.
-    let st = &aws.storage;
-    let mut ebs = json!({
-        "VolumeSize": st.size,
-        "VolumeType": serde_json::to_value(st.volume_type).unwrap_or(Value::Null),
-        "Encrypted": true,
-        "DeleteOnTermination": true,
-    });
-    if let Some(iops) = st.iops {
-        ebs["Iops"] = json!(iops);
-    }
-    if let Some(t) = st.throughput {
-        ebs["Throughput"] = json!(t);
-    }
-    if let Some(s) = &st.snapshot_id {
-        ebs["SnapshotId"] = json!(s);
-    }
-    let tag_specifications: Vec<Value> = ["instance", "volume"]
-        .iter()
-        .map(|t| json!({"ResourceType": t, "Tags": resource_tags(file)}))
-        .collect();
+    // IAM: exactly what the boot and the governor do; the launch template.
     // The members' own group, and the clients' group of the etcd cluster they use.
     let mut security_groups = vec![json!({"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]})];
     if let Some(etcd) = spec.dcs.as_ref().and_then(|d| d.etcd_cluster.as_ref()) {
         security_groups
             .push(json!({"Fn::ImportValue": super::etcd_stack::clients_export(etcd.as_str())}));
     }
-    resources.insert(
-        "LaunchTemplate".into(),
-        json!({"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
-            "ImageId": {"Ref": "ImageId"},
-            "InstanceType": {"Ref": "InstanceType"},
-            "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["InstanceProfile", "Arn"]}},
-            "SecurityGroupIds": security_groups,
-            "BlockDeviceMappings": [{"DeviceName": userdata::DATA_DEVICE, "Ebs": ebs}],
-            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
-            "UserData": {"Fn::Base64": userdata::render(file)},
-            // The data volume is the largest cost: it carries the cluster's tags too.
-            "TagSpecifications": tag_specifications,
-        }}}),
+    instance_resources(
+        &mut resources,
+        &Instances {
+            policies: super::policies::instance_policies(file),
+            extra_policies: &aws.extra_policies,
+            storage: &aws.storage,
+            tags: resource_tags(file),
+            user_data: userdata::render(file),
+            security_groups,
+        },
     );
     let load_balancers: Vec<Value> = lb_ids(file)
         .iter()
@@ -332,6 +288,83 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
         parameters,
         tags,
     })
+}
+
+/// What the role and the launch template of a stack's instances are made of.
+pub(super) struct Instances<'a> {
+    /// The role's inline policies.
+    pub policies: Vec<Value>,
+    /// Managed policies added to the role.
+    pub extra_policies: &'a [String],
+    /// The data volume.
+    pub storage: &'a StorageSpec,
+    /// Tags of the instances and volumes (`Key`/`Value`).
+    pub tags: Vec<Value>,
+    /// The user data script.
+    pub user_data: String,
+    /// The instances' security groups.
+    pub security_groups: Vec<Value>,
+}
+
+/// The instances' IAM role and instance profile, and their launch template (the `ImageId`
+/// and `InstanceType` parameters, the encrypted data volume, IMDSv2 only, the user data).
+pub(super) fn instance_resources(
+    resources: &mut serde_json::Map<String, Value>,
+    i: &Instances<'_>,
+) {
+    let mut role = json!({"Type": "AWS::IAM::Role", "Properties": {
+        "AssumeRolePolicyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": ["ec2.amazonaws.com"]},
+                "Action": ["sts:AssumeRole"],
+            }],
+        },
+    }});
+    role["Properties"]["Policies"] = json!(i.policies);
+    if !i.extra_policies.is_empty() {
+        role["Properties"]["ManagedPolicyArns"] = json!(i.extra_policies);
+    }
+    resources.insert("Role".into(), role);
+    resources.insert(
+        "InstanceProfile".into(),
+        json!({"Type": "AWS::IAM::InstanceProfile", "Properties": {"Roles": [{"Ref": "Role"}]}}),
+    );
+    let st = i.storage;
+    let mut ebs = json!({
+        "VolumeSize": st.size,
+        "VolumeType": serde_json::to_value(st.volume_type).unwrap_or(Value::Null),
+        "Encrypted": true,
+        "DeleteOnTermination": true,
+    });
+    if let Some(iops) = st.iops {
+        ebs["Iops"] = json!(iops);
+    }
+    if let Some(t) = st.throughput {
+        ebs["Throughput"] = json!(t);
+    }
+    if let Some(s) = &st.snapshot_id {
+        ebs["SnapshotId"] = json!(s);
+    }
+    let tag_specifications: Vec<Value> = ["instance", "volume"]
+        .iter()
+        .map(|t| json!({"ResourceType": t, "Tags": i.tags}))
+        .collect();
+    resources.insert(
+        "LaunchTemplate".into(),
+        json!({"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {
+            "ImageId": {"Ref": "ImageId"},
+            "InstanceType": {"Ref": "InstanceType"},
+            "IamInstanceProfile": {"Arn": {"Fn::GetAtt": ["InstanceProfile", "Arn"]}},
+            "SecurityGroupIds": i.security_groups,
+            "BlockDeviceMappings": [{"DeviceName": userdata::DATA_DEVICE, "Ebs": ebs}],
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1},
+            "UserData": {"Fn::Base64": i.user_data},
+            // The data volume is the largest cost: it carries the cluster's tags too.
+            "TagSpecifications": tag_specifications,
+        }}}),
+    );
 }
 
 /// The cluster's tags: `spec.tags`, its labels (`spilo:label:<key>`), its team and its name.

@@ -33,8 +33,8 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// A secret reference of the cluster file as the governor reads it.
-fn secret(r: &spilo_model::spec::SecretRef) -> SecretRef {
+/// A secret reference of a cluster file as the governor (or the etcd keeper) reads it.
+pub(super) fn secret(r: &spilo_model::spec::SecretRef) -> SecretRef {
     SecretRef {
         env: r.env.clone(),
         file: r.file.as_ref().map(Into::into),
