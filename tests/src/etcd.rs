@@ -239,3 +239,29 @@ pub fn which(name: &str) -> anyhow::Result<std::path::PathBuf> {
         .find(|p| p.is_file())
         .ok_or_else(|| anyhow::anyhow!("{name} is not installed (run ./scripts/install-deps)"))
 }
+
+/// The names of an etcd cluster's voting members that started, sorted.
+pub async fn voters(c: &mut etcd_client::Client) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = c
+        .member_list()
+        .await?
+        .members()
+        .iter()
+        .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
+        .map(|m| m.name().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The name of the member that leads an etcd cluster.
+pub async fn leader_name(c: &mut etcd_client::Client) -> anyhow::Result<String> {
+    let leader = c.status().await?.leader();
+    c.member_list()
+        .await?
+        .members()
+        .iter()
+        .find(|m| m.id() == leader)
+        .map(|m| m.name().to_string())
+        .ok_or_else(|| anyhow::anyhow!("no member leads the etcd cluster"))
+}

@@ -3,6 +3,7 @@
 //! as a normal user each test runs itself again through `sudo -n`.
 
 use spilo_e2e::aws_box::{AwsBox, REGION};
+use spilo_e2e::etcd::{leader_name, voters};
 use spilo_e2e::privileged::rerun_as_root;
 use spilo_e2e::probe::{self, Prober};
 use spilo_e2e::sql::connect_dsn;
@@ -424,26 +425,10 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
             .with_timeout(Duration::from_secs(3));
         async move { etcd_client::Client::connect(urls, Some(options)).await }
     };
-    let voters = |c: &mut etcd_client::Client| {
-        let mut c = c.clone();
-        async move {
-            let mut v: Vec<String> = c
-                .member_list()
-                .await
-                .ok()?
-                .members()
-                .iter()
-                .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
-                .map(|m| m.name().to_string())
-                .collect();
-            v.sort();
-            Some(v)
-        }
-    };
     let mut c = connect(etcd_urls(b, &etcd_ids)).await?;
     let mut want = etcd_ids.clone();
     want.sort();
-    assert_eq!(voters(&mut c).await, Some(want), "every instance votes");
+    assert_eq!(voters(&mut c).await?, want, "every instance votes");
     // Without a certificate of the CA, etcd refuses.
     let plain = etcd_client::Client::connect(
         [format!("http://{}:2379", b.instances[0].ip)],
@@ -486,15 +471,7 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
 
     // Terminating the etcd leader's instance: the group's replacement boots, joins, the
     // departed member and its records go, and orders keeps its primary throughout.
-    let leader_id = c.status().await?.leader();
-    let etcd_leader = c
-        .member_list()
-        .await?
-        .members()
-        .iter()
-        .find(|m| m.id() == leader_id)
-        .map(|m| m.name().to_string())
-        .ok_or_else(|| anyhow::anyhow!("no etcd leader"))?;
+    let etcd_leader = leader_name(&mut c).await?;
     b.terminate(&etcd_leader)?;
     b.launch("spilo-etcd-main").await?;
     let now: Vec<String> = b
@@ -524,7 +501,7 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
                 .ok()?;
             let r: EtcdRecords = serde_json::from_str(&out).ok()?;
             let mut c = connect(etcd_urls(b, &now)).await.ok()?;
-            (voters(&mut c).await? == want
+            (voters(&mut c).await.ok()? == want
                 && r.client == want
                 && r.server == want
                 && r.addresses.len() == 3)

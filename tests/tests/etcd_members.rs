@@ -136,17 +136,7 @@ impl World {
 
     /// The voting members that started, by name.
     async fn voters(&self) -> anyhow::Result<Vec<String>> {
-        let mut c = self.client().await?;
-        let mut names: Vec<String> = c
-            .member_list()
-            .await?
-            .members()
-            .iter()
-            .filter(|m| !m.is_learner() && !m.client_urls().is_empty())
-            .map(|m| m.name().to_string())
-            .collect();
-        names.sort();
-        Ok(names)
+        spilo_e2e::etcd::voters(&mut self.client().await?).await
     }
 
     fn print_logs(&self) {
@@ -241,16 +231,7 @@ async fn scenario(w: &mut World) -> anyhow::Result<()> {
 
     // Terminate the leader's instance: its keeper and etcd die with it, the group launches
     // a replacement.
-    let status = c.status().await?;
-    let leader_id = status.leader();
-    let leader = c
-        .member_list()
-        .await?
-        .members()
-        .iter()
-        .find(|m| m.id() == leader_id)
-        .map(|m| m.name().to_string())
-        .ok_or_else(|| anyhow::anyhow!("no leader among the members"))?;
+    let leader = spilo_e2e::etcd::leader_name(&mut c).await?;
     w.fixture(&["terminate", REGION, &leader])?;
     if let Some((_, mut keeper)) = w.keepers.remove(&leader) {
         for child in spilo_e2e::proc::children_of(keeper.pid()) {

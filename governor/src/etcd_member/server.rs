@@ -196,3 +196,38 @@ pub fn spawn(bin: &Path, args: &[String], log: &Path) -> std::io::Result<tokio::
     crate::postgres::process::die_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
     cmd.spawn()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_requires_certificates_of_the_ca_both_ways_and_compacts() {
+        let config = EtcdMemberConfig::parse(
+            "cluster: etcd-main\ndomain: etcd-main.db.example.com\nhosted_zone_id: Z1\n\
+             region: eu-west-1\ndata_dir: /var/lib/spilo-etcd/data\n\
+             tls: {ca_file: /var/lib/spilo-etcd/ca.crt, ca_key: {ssm: /ca}}\n",
+        )
+        .expect("valid");
+        let me = Me::new(&config, "i-0abc", "10.0.0.5");
+        let args = me.args(&ClusterState::Existing, &[("i-0abc".into(), me.peer_url())]);
+        for want in [
+            "--client-cert-auth=true",
+            "--peer-client-cert-auth=true",
+            "--trusted-ca-file=/var/lib/spilo-etcd/ca.crt",
+            "--peer-trusted-ca-file=/var/lib/spilo-etcd/ca.crt",
+            "--listen-client-urls=https://10.0.0.5:2379",
+            "--listen-peer-urls=https://10.0.0.5:2380",
+            "--initial-cluster=i-0abc=https://10.0.0.5:2380",
+            "--initial-cluster-state=existing",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=1h",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+        }
+        assert!(
+            !args.iter().any(|a| a.contains("http://")),
+            "no plaintext listener: {args:?}"
+        );
+    }
+}

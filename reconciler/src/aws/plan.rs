@@ -15,6 +15,8 @@ use spilo_model::ClusterConfig;
 use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use std::collections::BTreeMap;
 
+mod etcd;
+
 /// The version of the plan's JSON format.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -258,7 +260,7 @@ pub fn plan(desired: &DesiredInput<'_>, observed: &Observed, options: PlanOption
         if let Some(o) = obs {
             basis.insert(name.to_string(), cluster_basis(o));
         }
-        clusters.push(plan_etcd_cluster(path, file, stack, obs, options));
+        clusters.push(etcd::plan_etcd_cluster(path, file, stack, obs, options));
     }
     // Stacks whose file is gone.
     match &observed.stack_list {
@@ -447,56 +449,6 @@ fn stack_region(file: &ClusterFile) -> String {
         .as_ref()
         .map(|a| a.region.clone())
         .unwrap_or_default()
-}
-
-/// One etcd cluster: its stack like a PostgreSQL cluster's (no etcd keys, no bucket of its
-/// own), except that a change replacing the auto-scaling group is refused whatever the
-/// options: it would replace every member at once and lose the cluster.
-fn plan_etcd_cluster(
-    path: &str,
-    file: &EtcdClusterFile,
-    stack: StackSpec,
-    obs: Option<&ObservedCluster>,
-    options: PlanOptions,
-) -> ClusterPlan {
-    let name = file.metadata.name.as_str();
-    let mut p = ClusterPlan::new(name, &stack.region, Some(path.to_string()), Action::Noop);
-    let Some(obs) = obs else {
-        return blocked(p, "it was not observed".into());
-    };
-    if let Some(why) = obs.stack.unknown() {
-        return blocked(p, format!("stack {}: {why}", stack.stack_name));
-    }
-    if let Err(why) = plan_stack(&mut p, stack, &obs.stack, options) {
-        return blocked(p, why);
-    }
-    if p.resources
-        .iter()
-        .any(|r| r.logical_id == "AutoScalingGroup" && r.action == ResourceAction::Replace)
-    {
-        p.action = Action::Replace;
-        p.refused = true;
-        p.reason = Some(
-            "replaces AutoScalingGroup, every etcd member at once: the cluster would lose its \
-             quorum and its data; refused even with --allow-replace"
-                .into(),
-        );
-    }
-    let src = ImageSource {
-        region: file.spec.aws.region.clone(),
-        image: super::etcd_stack::image_id(file),
-        bucket: file
-            .spec
-            .image_bucket
-            .clone()
-            .filter(|_| super::etcd_stack::from_bucket(file)),
-        arch: super::etcd_stack::architecture(file),
-        creatable: false,
-    };
-    if let Err(why) = plan_image(&src, obs, &mut p) {
-        return blocked(p, why);
-    }
-    p
 }
 
 /// The stack part of a plan: a create when it is absent, else its resource, parameter and tag
