@@ -47,9 +47,11 @@ pub struct Network {
 }
 
 impl Moto {
-    /// Starts moto under `dir` and waits until it answers.
+    /// Starts moto under `dir` and waits until it answers; with the fixes of
+    /// `fixtures/moto_box_server.py` (stacks a change set created have their outputs and see
+    /// the others' exports, SSM-typed parameters are described by name).
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
-        Self::start_with(dir, "127.0.0.1", &[], None).await
+        Self::start_with(dir, "127.0.0.1", &[], Some("moto_box_server.py")).await
     }
 
     /// Starts moto on `host` with `env` (e.g. `INITIAL_NO_AUTH_ACTION_COUNT` to enforce IAM),

@@ -454,11 +454,9 @@ async fn a_missing_bucket_is_created_outside_the_stack_and_outlives_it() {
         .expect("the bucket outlives the stack");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
-    let w = World::new().await;
-    w.commit_shape("orders", &DEFAULT);
-    let etcd = format!(
+/// The etcd cluster file `etcd-main` of three members in the world's network.
+fn etcd_main(w: &World) -> String {
+    format!(
         "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {{name: etcd-main, team: platform}}\nspec:\n  \
          members: 3\n  aws:\n    region: {REGION}\n    instanceType: t3.small\n    image: {image}\n    \
          vpc: {vpc}\n    subnets: [{subnets}]\n    hostedZone: {zone}\n  \
@@ -467,7 +465,14 @@ async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
         vpc = w.net.vpc,
         subnets = w.net.subnets.join(", "),
         zone = w.net.zone,
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    let etcd = etcd_main(&w);
     w.repo.commit("etcd-main", Some(&etcd)).expect("commit");
 
     let plan = w.spilo(&["plan"]);
@@ -507,4 +512,92 @@ async fn an_etcd_cluster_file_becomes_its_stack_beside_a_postgres_cluster() {
     let grow = w.spilo(&["apply", "--auto-approve"]);
     assert_eq!(grow.code, 0, "{grow}");
     w.until_instances("etcd-main", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_on_an_etcd_cluster_of_another_repository_finds_it_in_the_account() {
+    let w = World::new().await;
+    w.repo
+        .commit("etcd-main", Some(&etcd_main(&w)))
+        .expect("commit");
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    // The etcd cluster's file moves to another repository (its stack stays: no prune), and
+    // clusters here use it, one of them by a name no account holds, one with another CA.
+    w.repo.commit("etcd-main", None).expect("remove");
+    let on = |name: &str, etcd: &str, ca: &str| {
+        w.cluster(name, &DEFAULT)
+            .replace(
+                &format!("dcs: {{hosts: [\"{}\"]}}", w.etcd.client_addr),
+                &format!("dcs: {{etcdCluster: {etcd}}}"),
+            )
+            .replace("secrets: {", &format!("secrets: {{ca: {{ssm: {ca}}}, "))
+            .replace("name: orders}", &format!("name: {name}}}"))
+    };
+    let ledger = on("ledger", "etcd-main", "/spilo/etcd-main/ca");
+    assert!(ledger.contains("etcdCluster: etcd-main"), "{ledger}");
+    w.repo.commit("ledger", Some(&ledger)).expect("commit");
+    w.repo
+        .commit(
+            "audit",
+            Some(&on("audit", "etcd-nope", "/spilo/etcd-main/ca")),
+        )
+        .expect("commit");
+    w.repo
+        .commit("stray", Some(&on("stray", "etcd-main", "/spilo/other/ca")))
+        .expect("commit");
+
+    // spilo's client certificate of etcd-main's CA, for when it looks etcd up.
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86400);
+    let ca = spilo_pki::new_ca("etcd-main CA", day, now).expect("CA");
+    let client = spilo_pki::issue(&ca, &["spilo".to_string()], day, now).expect("issue");
+    let tls = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str| {
+        let p = tls.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let mut env = w.moto.env();
+    env.extend([
+        ("SPILO_ETCD_CACERT", file("ca.crt", &ca.cert)),
+        ("SPILO_ETCD_CERT", file("c.crt", &client.cert)),
+        ("SPILO_ETCD_KEY", file("c.key", &client.key)),
+    ]);
+    let plan = w.spilo_env(&["plan", "--format", "json"], &env);
+    assert_eq!(plan.code, 1, "blocked clusters exit 1: {plan}");
+    let p: serde_json::Value = serde_json::from_str(&plan.stdout).expect("plan JSON");
+    let reason = |name: &str| -> String {
+        let c = p["clusters"]
+            .as_array()
+            .expect("clusters")
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {plan}"));
+        assert_eq!(c["action"], "blocked", "{name}: {c}");
+        c["reason"].as_str().expect("a reason").to_string()
+    };
+    // ledger found etcd-main's stack: its members look etcd-main up under its domain (which
+    // nothing serves here, so its etcd is unknown and nothing of it is planned).
+    let ledger_why = reason("ledger");
+    assert!(
+        ledger_why.contains("etcd-main.db.example.com"),
+        "ledger looks etcd up under the stack's domain: {ledger_why}"
+    );
+    assert_eq!(
+        reason("audit"),
+        "cannot plan audit: etcd: etcd cluster etcd-nope is neither in this commit nor in the account (no stack spilo-etcd-nope in eu-central-1)"
+    );
+    assert_eq!(
+        reason("stray"),
+        "cannot plan stray: etcd: etcd cluster etcd-main admits certificates of its CA {ssm: /spilo/etcd-main/ca}, this cluster's spec.secrets.ca is {ssm: /spilo/other/ca} (they must be the same)"
+    );
+    // The stack of the file that moved away is kept.
+    let etcd_main = p["clusters"]
+        .as_array()
+        .expect("clusters")
+        .iter()
+        .find(|c| c["name"] == "etcd-main")
+        .expect("etcd-main is listed");
+    assert_ne!(etcd_main["action"], "delete", "{etcd_main}");
 }

@@ -18,6 +18,13 @@ pub const DATA_MOUNT: &str = "/var/lib/spilo-etcd";
 /// The tag that tells an etcd cluster's stack from a PostgreSQL cluster's.
 pub const KIND_TAG: &str = "spilo:kind";
 
+/// The stack output naming the domain the cluster's SRV records live under.
+pub const DOMAIN_OUTPUT: &str = "Domain";
+
+/// The stack output holding the CA the members admit, as a JSON secret reference: clusters
+/// of other repositories on this etcd cluster are checked against it.
+pub const CA_OUTPUT: &str = "Ca";
+
 /// The export name of the clients' security group: PostgreSQL clusters attach it to reach
 /// etcd.
 pub fn clients_export(name: &str) -> String {
@@ -233,7 +240,8 @@ pub fn render(file: &EtcdClusterFile) -> StackSpec {
                 "Value": {"Fn::GetAtt": ["ClientSecurityGroup", "GroupId"]},
                 "Export": {"Name": clients_export(name)},
             },
-            "Domain": {"Value": file.domain()},
+            DOMAIN_OUTPUT: {"Value": file.domain()},
+            CA_OUTPUT: {"Value": serde_json::to_string(&file.spec.secrets.ca).unwrap_or_default()},
         },
     });
     let parameters = BTreeMap::from([

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod clients;
 pub mod commands;
 pub mod diff;
+pub mod etcd_ref;
 pub mod etcd_stack;
 pub mod image;
 pub mod inspect;
@@ -55,23 +56,31 @@ pub async fn make_plan(
     regions: &[String],
     options: PlanOptions,
 ) -> anyhow::Result<(Desired, Plan)> {
-    let desired = desired::read(repo, reference, cache)?;
-    let (plan, _) = plan_desired(clients, &desired, regions, options).await;
+    let mut desired = desired::read(repo, reference, cache)?;
+    let (plan, _) = plan_desired(clients, &mut desired, regions, options).await;
     Ok((desired, plan))
 }
 
-/// Observes and plans an already read desired state; also returns what was observed.
+/// Observes and plans an already read desired state; also returns what was observed. Clusters
+/// on an etcd cluster of another repository are first given its domain
+/// ([`etcd_ref::resolve`]), so `desired` is what was planned.
 pub async fn plan_desired(
     clients: &clients::Clients,
-    desired: &Desired,
+    desired: &mut Desired,
     regions: &[String],
     options: PlanOptions,
 ) -> (Plan, Observed) {
+    let unresolved = etcd_ref::resolve(clients, desired).await;
     let files = aws_clusters(desired);
     let etcd = etcd_clusters(desired);
     let only_files: Vec<&ClusterFile> = files.iter().map(|(_, f)| *f).collect();
     let only_etcd: Vec<&EtcdClusterFile> = etcd.iter().map(|(_, f)| *f).collect();
-    let observed = observe::observe(clients, &only_files, &only_etcd, regions).await;
+    let mut observed = observe::observe(clients, &only_files, &only_etcd, regions).await;
+    for (name, why) in unresolved {
+        if let Some(o) = observed.clusters.get_mut(&name) {
+            o.etcd = Observation::Unknown(why);
+        }
+    }
     let plan = plan::plan(
         &DesiredInput {
             based_on: (&desired.repo, &desired.reference, &desired.commit),

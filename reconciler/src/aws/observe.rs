@@ -4,8 +4,8 @@
 
 use super::clients::{Clients, RegionClients, describe};
 use super::observed::{
-    Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd, ObservedMember,
-    ObservedStack,
+    EtcdMemberSeen, Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd,
+    ObservedEtcdCluster, ObservedMember, ObservedStack, SrvTargets,
 };
 use super::template::{self, CLUSTER_TAG};
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
@@ -153,6 +153,7 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
         image_file,
         etcd,
         resources_gone,
+        etcd_cluster: None,
     }
 }
 
@@ -180,17 +181,135 @@ pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> 
         super::etcd_stack::architecture(file),
     );
     let (stack, (image, image_object, image_file)) = tokio::join!(stack, images);
-    let resources_gone = match &stack {
-        Observation::Present(s) => resources_gone(&c, s, None).await,
-        _ => Vec::new(),
+    let (resources_gone, etcd_cluster) = match &stack {
+        Observation::Present(s) => {
+            let (gone, members, records) = tokio::join!(
+                resources_gone(&c, s, None),
+                etcd_membership(file),
+                srv_targets(&c, file)
+            );
+            (gone, Some(ObservedEtcdCluster { members, records }))
+        }
+        _ => (Vec::new(), None),
     };
     ObservedCluster {
         image,
         image_object,
         image_file,
         resources_gone,
+        etcd_cluster,
         ..ObservedCluster::of(name, stack, Observation::Absent)
     }
+}
+
+/// The members of an etcd cluster of the repository, asked over TLS (found by its SRV
+/// records, with spilo's client certificate from `SPILO_ETCD_*`).
+async fn etcd_membership(file: &EtcdClusterFile) -> Observation<Vec<EtcdMemberSeen>> {
+    let dcs = DcsSpec {
+        discovery_domain: Some(file.domain()),
+        etcd_cluster: Some(file.metadata.name.clone()),
+        ..Default::default()
+    };
+    let mut client = match crate::etcd::connect_dcs(&dcs).await {
+        Ok(c) => c,
+        Err(e) => return Observation::Unknown(e),
+    };
+    match tokio::time::timeout(crate::etcd::TIMEOUT, client.member_list()).await {
+        Ok(Ok(list)) => Observation::Present(
+            list.members()
+                .iter()
+                .map(|m| EtcdMemberSeen {
+                    name: m.name().to_string(),
+                    learner: m.is_learner(),
+                    started: !m.client_urls().is_empty(),
+                })
+                .collect(),
+        ),
+        Ok(Err(e)) => Observation::Unknown(format!("etcd member list: {e}")),
+        Err(_) => Observation::Unknown("etcd member list timed out".into()),
+    }
+}
+
+/// The member names an etcd cluster's two SRV records point at (absent: no record yet).
+async fn srv_targets(c: &RegionClients, file: &EtcdClusterFile) -> Observation<SrvTargets> {
+    let aws = &file.spec.aws;
+    let zone = aws.hosted_zone.as_deref().unwrap_or_default();
+    let id = match hosted_zone_id(c, zone, aws.hosted_zone_id.as_deref()).await {
+        Ok(id) => id,
+        Err(e) => return Observation::Unknown(e),
+    };
+    let domain = file.domain();
+    let (client, server) = spilo_model::spec::srv_names(&domain);
+    let mut out = SrvTargets::default();
+    let mut found = false;
+    for (name, into) in [(client, &mut out.client), (server, &mut out.server)] {
+        let page = match c
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(&id)
+            .start_record_name(&name)
+            .start_record_type(aws_sdk_route53::types::RrType::Srv)
+            .max_items(1)
+            .send()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Observation::Unknown(format!(
+                    "list-resource-record-sets {name}: {}",
+                    describe(&e)
+                ));
+            }
+        };
+        let Some(set) = page.resource_record_sets().first().filter(|r| {
+            r.name().trim_end_matches('.') == name
+                && *r.r#type() == aws_sdk_route53::types::RrType::Srv
+        }) else {
+            continue;
+        };
+        found = true;
+        let suffix = format!(".{domain}");
+        *into = set
+            .resource_records()
+            .iter()
+            .filter_map(|r| r.value().split_whitespace().nth(3))
+            .map(|target| {
+                let host = target.trim_end_matches('.');
+                host.strip_suffix(&suffix).unwrap_or(host).to_string()
+            })
+            .collect();
+        into.sort();
+    }
+    if found {
+        Observation::Present(out)
+    } else {
+        Observation::Absent
+    }
+}
+
+/// The id of hosted zone `zone`: `zone_id` when the file gives it, else looked up by name.
+async fn hosted_zone_id(
+    c: &RegionClients,
+    zone: &str,
+    zone_id: Option<&str>,
+) -> Result<String, String> {
+    if let Some(id) = zone_id {
+        return Ok(id.to_string());
+    }
+    let zone_dot = format!("{}.", zone.trim_end_matches('.'));
+    let zones = c
+        .route53
+        .list_hosted_zones_by_name()
+        .dns_name(&zone_dot)
+        .send()
+        .await
+        .map_err(|e| format!("list-hosted-zones: {}", describe(&e)))?;
+    zones
+        .hosted_zones()
+        .iter()
+        .find(|z| z.name() == zone_dot)
+        .map(|z| z.id().to_string())
+        .ok_or_else(|| format!("hosted zone {zone_dot} not found"))
 }
 
 /// What instances start from: the image id an SSM parameter `image` holds (when it is one),
@@ -407,27 +526,9 @@ async fn dns_record(
     zone_id: Option<&str>,
     fqdn: &str,
 ) -> Observation<String> {
-    let zone_dot = format!("{}.", zone.trim_end_matches('.'));
-    let id = match zone_id {
-        Some(id) => id.to_string(),
-        None => {
-            let zones = match c
-                .route53
-                .list_hosted_zones_by_name()
-                .dns_name(&zone_dot)
-                .send()
-                .await
-            {
-                Ok(z) => z,
-                Err(e) => {
-                    return Observation::Unknown(format!("list-hosted-zones: {}", describe(&e)));
-                }
-            };
-            match zones.hosted_zones().iter().find(|z| z.name() == zone_dot) {
-                Some(z) => z.id().to_string(),
-                None => return Observation::Unknown(format!("hosted zone {zone_dot} not found")),
-            }
-        }
+    let id = match hosted_zone_id(c, zone, zone_id).await {
+        Ok(id) => id,
+        Err(e) => return Observation::Unknown(e),
     };
     let records = match c
         .route53

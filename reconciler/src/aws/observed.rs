@@ -127,6 +127,39 @@ pub struct ObservedCluster {
     /// `LogicalId (physical id)`; checked for the auto-scaling group and the DNS record.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources_gone: Vec<String>,
+    /// An etcd cluster's own members and SRV records (etcd clusters only, when their stack
+    /// exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_cluster: Option<ObservedEtcdCluster>,
+}
+
+/// An etcd cluster as it runs: its membership (from etcd) and its SRV records (from Route53).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedEtcdCluster {
+    /// The members etcd lists.
+    pub members: Observation<Vec<EtcdMemberSeen>>,
+    /// The member names the two SRV records point at.
+    pub records: Observation<SrvTargets>,
+}
+
+/// One member of an etcd cluster as `member list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdMemberSeen {
+    /// Its name (the instance id; empty until a joined member started).
+    pub name: String,
+    /// A learner (not voting yet).
+    pub learner: bool,
+    /// It has started (it publishes client URLs).
+    pub started: bool,
+}
+
+/// The member names (instance ids) each SRV record of an etcd cluster points at, sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SrvTargets {
+    /// `_etcd-client-ssl._tcp.<domain>`.
+    pub client: Vec<String>,
+    /// `_etcd-server-ssl._tcp.<domain>`.
+    pub server: Vec<String>,
 }
 
 impl ObservedCluster {
@@ -147,6 +180,7 @@ impl ObservedCluster {
             image_file: None,
             etcd,
             resources_gone: Vec::new(),
+            etcd_cluster: None,
         }
     }
 

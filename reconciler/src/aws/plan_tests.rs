@@ -47,6 +47,7 @@ fn fresh(f: &ClusterFile) -> ObservedCluster {
         image_file: None,
         resources_gone: Vec::new(),
         etcd: etcd_with(None),
+        etcd_cluster: None,
     }
 }
 

@@ -3,12 +3,13 @@
 //! AWS side: the stack's parameters, template or tags differ from what the commit renders, the
 //! stack is missing, or it sits in a failed or rolled-back state. Runtime side, from etcd:
 //! no leader, fewer running members than `instances`, a replica lagging beyond
-//! `ha.maximumLagOnFailover`, the `config` key different from the file.
+//! `ha.maximumLagOnFailover`, the `config` key different from the file. An etcd cluster's
+//! own: fewer started voting members than `members`, SRV records naming others.
 
-use crate::aws::observed::{Observation, Observed, ObservedCluster};
+use crate::aws::observed::{EtcdMemberSeen, Observation, Observed, ObservedCluster, SrvTargets};
 use crate::aws::plan::{self, Action, DesiredInput, PlanOptions};
 use serde::{Deserialize, Serialize};
-use spilo_model::spec::ClusterFile;
+use spilo_model::spec::{ClusterFile, EtcdClusterFile, srv_names};
 
 /// Kinds of drift.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,6 +39,8 @@ pub enum DriftKind {
     PendingRestart,
     /// The branch's newest commit has an invalid cluster file (nothing of it is applied).
     InvalidCommit,
+    /// An etcd cluster's SRV records name other members than the started voting ones.
+    EtcdRecords,
 }
 
 impl DriftKind {
@@ -56,6 +59,7 @@ impl DriftKind {
             DriftKind::ConfigDiffers => "config_differs",
             DriftKind::PendingRestart => "pending_restart",
             DriftKind::InvalidCommit => "invalid_commit",
+            DriftKind::EtcdRecords => "etcd_records",
         }
     }
 
@@ -110,7 +114,119 @@ fn drift(cluster: &str, kind: DriftKind, detail: String) -> Drift {
 
 /// Drift of one AWS cluster.
 pub fn detect(path: &str, file: &ClusterFile, obs: &ObservedCluster) -> ClusterDrift {
+    let input = DesiredInput {
+        based_on: ("", "", ""),
+        clusters: vec![(path, file)],
+        etcd_clusters: Vec::new(),
+    };
+    let mut out = stack_drift(&input, obs)?;
+    if let Observation::Present(etcd) = &obs.etcd
+        && obs.stack.present().is_some()
+    {
+        out.extend(runtime(file, etcd));
+    }
+    Ok(out)
+}
+
+/// Drift of one etcd cluster: its stack's, fewer started voting members than the file's,
+/// and SRV records that name other members than those. Its membership unknown (no quorum,
+/// no records, no client certificate) makes the cluster's drift unknown unless its stack
+/// drifted.
+pub fn detect_etcd(path: &str, file: &EtcdClusterFile, obs: &ObservedCluster) -> ClusterDrift {
+    let input = DesiredInput {
+        based_on: ("", "", ""),
+        clusters: Vec::new(),
+        etcd_clusters: vec![(path, file)],
+    };
+    let mut out = stack_drift(&input, obs)?;
+    let Some(running) = &obs.etcd_cluster else {
+        return Ok(out);
+    };
+    match &running.members {
+        Observation::Present(members) => out.extend(etcd_runtime(file, members, &running.records)),
+        Observation::Absent => {}
+        Observation::Unknown(why) => {
+            if out.is_empty() {
+                return Err(format!("etcd members: {why}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runtime drift of an etcd cluster from its members and SRV records.
+pub fn etcd_runtime(
+    file: &EtcdClusterFile,
+    members: &[EtcdMemberSeen],
+    records: &Observation<SrvTargets>,
+) -> Vec<Drift> {
     let name = file.metadata.name.as_str();
+    let mut out = Vec::new();
+    let mut voters: Vec<String> = members
+        .iter()
+        .filter(|m| !m.learner && m.started && !m.name.is_empty())
+        .map(|m| m.name.clone())
+        .collect();
+    voters.sort();
+    let wanted = file.spec.members as usize;
+    if voters.len() < wanted {
+        out.push(drift(
+            name,
+            DriftKind::MissingMembers,
+            format!(
+                "{} of {wanted} etcd members started and voting ({})",
+                voters.len(),
+                if voters.is_empty() {
+                    "none".to_string()
+                } else {
+                    voters.join(", ")
+                }
+            ),
+        ));
+    }
+    let listed = |v: &[String]| {
+        if v.is_empty() {
+            "nothing".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    match records {
+        Observation::Present(t) => {
+            let (client, server) = srv_names(&file.domain());
+            for (record, targets) in [(client, &t.client), (server, &t.server)] {
+                if *targets != voters {
+                    out.push(Drift {
+                        cluster: name.to_string(),
+                        kind: DriftKind::EtcdRecords,
+                        subject: Some(record.clone()),
+                        detail: format!(
+                            "{record} points at {}; the started voting members are {}",
+                            listed(targets),
+                            listed(&voters)
+                        ),
+                    });
+                }
+            }
+        }
+        Observation::Absent => out.push(drift(
+            name,
+            DriftKind::EtcdRecords,
+            format!(
+                "no SRV records under {}; the started voting members are {}",
+                file.domain(),
+                listed(&voters)
+            ),
+        )),
+        Observation::Unknown(_) => {}
+    }
+    out
+}
+
+/// A cluster's stack drift: its state, resources deleted by hand, and what re-applying the
+/// file would change, from a plan of the one file in `input`.
+fn stack_drift(input: &DesiredInput<'_>, obs: &ObservedCluster) -> ClusterDrift {
+    let name = obs.name.as_str();
     let mut out = Vec::new();
     // The stack's own state first: a failed stack is drift even though nothing can be planned.
     if let Observation::Present(s) = &obs.stack
@@ -135,11 +251,7 @@ pub fn detect(path: &str, file: &ClusterFile, obs: &ObservedCluster) -> ClusterD
     let mut observed = Observed::default();
     observed.clusters.insert(name.to_string(), obs.clone());
     let p = plan::plan(
-        &DesiredInput {
-            based_on: ("", "", ""),
-            clusters: vec![(path, file)],
-            etcd_clusters: Vec::new(),
-        },
+        input,
         &observed,
         PlanOptions {
             prune: false,
@@ -203,11 +315,6 @@ pub fn detect(path: &str, file: &ClusterFile, obs: &ObservedCluster) -> ClusterD
             DriftKind::ConfigDiffers,
             format!("etcd config differs from git: {}", lines.join("; ")),
         ));
-    }
-    if let Observation::Present(etcd) = &obs.etcd
-        && obs.stack.present().is_some()
-    {
-        out.extend(runtime(file, etcd));
     }
     Ok(out)
 }
@@ -299,6 +406,127 @@ mod tests {
 
     fn kinds(d: &[Drift]) -> Vec<DriftKind> {
         d.iter().map(|x| x.kind).collect()
+    }
+
+    fn etcd_file() -> EtcdClusterFile {
+        serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: EtcdCluster\nmetadata: {name: etcd-main}\nspec:\n  \
+             aws: {region: eu-west-1, vpc: vpc-0a1b2c3d, subnets: [subnet-0a1b2c3d], hostedZone: db.example.com, image: ami-0a1b2c3d}\n  \
+             secrets: {ca: {ssm: /spilo/ca}}\n",
+        )
+        .expect("valid")
+    }
+
+    fn voter(name: &str) -> EtcdMemberSeen {
+        EtcdMemberSeen {
+            name: name.into(),
+            learner: false,
+            started: true,
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The etcd cluster applied, with `members` and SRV records pointing at `targets`.
+    fn etcd_running(
+        f: &EtcdClusterFile,
+        members: Vec<EtcdMemberSeen>,
+        targets: &[&str],
+    ) -> ObservedCluster {
+        let mut o = ObservedCluster::etcd_as_applied(f, "stack-id".into());
+        o.etcd_cluster = Some(crate::aws::observed::ObservedEtcdCluster {
+            members: Observation::Present(members),
+            records: Observation::Present(SrvTargets {
+                client: names(targets),
+                server: names(targets),
+            }),
+        });
+        o
+    }
+
+    #[test]
+    fn an_etcd_cluster_of_its_members_with_records_naming_them_has_no_drift() {
+        let f = etcd_file();
+        let all = vec![voter("i-1"), voter("i-2"), voter("i-3")];
+        let o = etcd_running(&f, all, &["i-1", "i-2", "i-3"]);
+        assert_eq!(detect_etcd("e.yaml", &f, &o), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_lost_etcd_member_and_records_naming_others_are_drift() {
+        let f = etcd_file();
+        // A member gone, a learner not counted, an unstarted member not counted; the records
+        // still name the gone one.
+        let mut learner = voter("i-4");
+        learner.learner = true;
+        let unstarted = EtcdMemberSeen {
+            name: String::new(),
+            learner: false,
+            started: false,
+        };
+        let o = etcd_running(
+            &f,
+            vec![voter("i-1"), voter("i-2"), learner, unstarted],
+            &["i-1", "i-2", "i-3"],
+        );
+        let d = detect_etcd("e.yaml", &f, &o).expect("known");
+        assert_eq!(
+            kinds(&d),
+            [
+                DriftKind::MissingMembers,
+                DriftKind::EtcdRecords,
+                DriftKind::EtcdRecords
+            ]
+        );
+        assert_eq!(
+            d[0].detail,
+            "2 of 3 etcd members started and voting (i-1, i-2)"
+        );
+        assert_eq!(
+            d[1].detail,
+            "_etcd-client-ssl._tcp.etcd-main.db.example.com points at i-1, i-2, i-3; the started voting members are i-1, i-2"
+        );
+        assert_eq!(
+            d[2].subject.as_deref(),
+            Some("_etcd-server-ssl._tcp.etcd-main.db.example.com")
+        );
+        // Records gone altogether.
+        let mut gone = etcd_running(&f, vec![voter("i-1"), voter("i-2"), voter("i-3")], &[]);
+        if let Some(e) = &mut gone.etcd_cluster {
+            e.records = Observation::Absent;
+        }
+        let d = detect_etcd("e.yaml", &f, &gone).expect("known");
+        assert_eq!(kinds(&d), [DriftKind::EtcdRecords]);
+        assert!(
+            d[0].detail
+                .starts_with("no SRV records under etcd-main.db.example.com")
+        );
+    }
+
+    #[test]
+    fn unknown_etcd_membership_is_unknown_drift_unless_the_stack_drifted() {
+        let f = etcd_file();
+        let mut o = etcd_running(&f, Vec::new(), &[]);
+        if let Some(e) = &mut o.etcd_cluster {
+            e.members = Observation::Unknown("cannot reach etcd".into());
+            e.records = Observation::Unknown("throttled".into());
+        }
+        assert_eq!(
+            detect_etcd("e.yaml", &f, &o),
+            Err("etcd members: cannot reach etcd".into())
+        );
+        if let Observation::Present(s) = &mut o.stack {
+            s.parameters.insert("Members".into(), "5".into());
+        }
+        let d = detect_etcd("e.yaml", &f, &o).expect("the stack's drift is known");
+        assert_eq!(kinds(&d), [DriftKind::StackParameters]);
+        // The stack missing altogether: no membership was looked at.
+        let missing =
+            ObservedCluster::of("etcd-main".into(), Observation::Absent, Observation::Absent);
+        let d = detect_etcd("e.yaml", &f, &missing).expect("known");
+        assert_eq!(kinds(&d), [DriftKind::StackMissing]);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `spilo drift`: a one-shot drift report of the AWS clusters at a ref. Exit 0 no drift,
+//! `spilo drift`: a one-shot drift report of the AWS and etcd clusters at a ref. Exit 0 no drift,
 //! 2 drift, 1 error (including a cluster whose drift cannot be told).
 
 use super::detect::{self, Drift};
@@ -56,9 +56,9 @@ pub fn text(r: &Report) -> String {
 /// Runs `spilo drift`.
 pub async fn run(args: DriftArgs) -> anyhow::Result<u8> {
     let clients = Clients::new(args.aws.endpoint_url.clone());
-    let d = desired::read(&args.source.repo, &args.source.reference, &cache_dir())?;
+    let mut d = desired::read(&args.source.repo, &args.source.reference, &cache_dir())?;
     let (_, observed) =
-        crate::aws::plan_desired(&clients, &d, &args.aws.regions, PlanOptions::default()).await;
+        crate::aws::plan_desired(&clients, &mut d, &args.aws.regions, PlanOptions::default()).await;
     let mut report = Report {
         commit: d.commit.clone(),
         drift: Vec::new(),
@@ -71,6 +71,17 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<u8> {
             continue;
         };
         match detect::detect(path, f, o) {
+            Ok(found) => report.drift.extend(found),
+            Err(why) => report.unknown.push((name, why)),
+        }
+    }
+    for (path, f) in crate::aws::etcd_clusters(&d) {
+        let name = f.metadata.name.to_string();
+        let Some(o) = observed.clusters.get(&name) else {
+            report.unknown.push((name, "not observed".into()));
+            continue;
+        };
+        match detect::detect_etcd(path, f, o) {
             Ok(found) => report.drift.extend(found),
             Err(why) => report.unknown.push((name, why)),
         }

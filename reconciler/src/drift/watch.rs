@@ -325,7 +325,7 @@ impl Watcher {
                 return;
             }
         }
-        let Some(d) = self.last_good.clone() else {
+        let Some(mut d) = self.last_good.clone() else {
             return;
         };
         if self.args.target == WatchTarget::Local {
@@ -336,6 +336,11 @@ impl Watcher {
         let names: Vec<String> = crate::aws::aws_clusters(&d)
             .iter()
             .map(|(_, f)| f.metadata.name.to_string())
+            .chain(
+                crate::aws::etcd_clusters(&d)
+                    .iter()
+                    .map(|(_, f)| f.metadata.name.to_string()),
+            )
             .collect();
         // Clusters whose file changed since they were last applied (or that failed then).
         let pending: BTreeSet<String> = names
@@ -348,7 +353,7 @@ impl Watcher {
         );
         let (plan, observed) = crate::aws::plan_desired(
             &self.clients,
-            &d,
+            &mut d,
             &self.args.regions,
             PlanOptions::default(),
         )
@@ -460,12 +465,24 @@ impl Watcher {
     fn drifts(&self, d: &Desired, observed: &Observed) -> (Vec<Drift>, BTreeSet<String>) {
         let mut drifts = Vec::new();
         let mut seen = BTreeSet::new();
-        for (path, f) in crate::aws::aws_clusters(d) {
-            let name = f.metadata.name.to_string();
+        let found = crate::aws::aws_clusters(d)
+            .into_iter()
+            .map(|(path, f)| (f.metadata.name.as_str(), Either::Postgres(path, f)))
+            .chain(
+                crate::aws::etcd_clusters(d)
+                    .into_iter()
+                    .map(|(path, f)| (f.metadata.name.as_str(), Either::Etcd(path, f))),
+            );
+        for (name, file) in found {
+            let name = name.to_string();
             let Some(o) = observed.clusters.get(&name) else {
                 continue;
             };
-            match detect::detect(path, f, o) {
+            let result = match file {
+                Either::Postgres(path, f) => detect::detect(path, f, o),
+                Either::Etcd(path, f) => detect::detect_etcd(path, f, o),
+            };
+            match result {
                 Ok(found) => {
                     drifts.extend(found);
                     seen.insert(name.clone());
@@ -541,6 +558,12 @@ impl Watcher {
         }
         done
     }
+}
+
+/// A file of either kind, with its path.
+enum Either<'a> {
+    Postgres(&'a str, &'a spilo_model::spec::ClusterFile),
+    Etcd(&'a str, &'a spilo_model::spec::EtcdClusterFile),
 }
 
 fn unix_now() -> f64 {

@@ -14,6 +14,7 @@ mod validate;
 
 pub use diagnostic::{Diagnostic, Severity, render_json, render_text};
 pub use position::{Path, Seg};
+pub use rules::describe_secret;
 pub use schema::{etcd_schema, etcd_schema_json, schema, schema_json};
 pub use validate::{Validated, validate_files};
 

@@ -342,9 +342,11 @@ pub(super) fn across_files<'a, F>(
             let known: Vec<&str> = etcd_by_name.keys().copied().collect();
             r.at(
                 &Path::parse("spec.dcs.etcdCluster"),
-                Severity::Error,
+                Severity::Warning,
                 format!(
-                    "no etcd cluster named `{wanted}` in the files checked (etcd clusters: {})",
+                    "no etcd cluster named `{wanted}` in the files checked (etcd clusters: {}): \
+                     `spilo plan` looks for its stack spilo-{wanted} in the account and plans \
+                     nothing of this cluster until it finds one of this cluster's CA",
                     if known.is_empty() {
                         "none".to_string()
                     } else {
@@ -398,7 +400,8 @@ pub(super) fn across_files<'a, F>(
 }
 
 /// A secret reference as a file spells it.
-fn describe_secret(s: &spilo_model::spec::SecretRef) -> String {
+/// A secret reference as a file writes it (`{ssm: /spilo/ca}`).
+pub fn describe_secret(s: &spilo_model::spec::SecretRef) -> String {
     match (&s.ssm, &s.secrets_manager, &s.env, &s.file) {
         (Some(p), ..) => format!("{{ssm: {p}}}"),
         (_, Some(a), ..) => format!("{{secretsManager: {a}}}"),
