@@ -86,6 +86,7 @@ impl World {
             client_port: self.ports.0,
             peer_port: self.ports.1,
             interval: 1,
+            learner_start_grace: 3,
             tls: spilo_model::governor::TlsConfig {
                 // Connections between loopback addresses leave from 127.0.0.1, and etcd checks
                 // a peer's certificate against the address its connection comes from.
@@ -229,6 +230,25 @@ async fn scenario(w: &mut World) -> anyhow::Result<()> {
     let mut c = w.client().await?;
     c.put("/spilo-test/kept", "before", None).await?;
 
+    // A learner added whose instance died before its etcd started: nothing serves its peer
+    // URL, and every later join waits for it until the leader removes it (after the grace).
+    // (etcd refuses a member while one joined moments ago: "unhealthy cluster".)
+    let url = format!("https://127.{}.0.250:{}", w.net, w.ports.1);
+    let stuck = wait::until("etcd to take a learner", Duration::from_secs(60), || {
+        let (mut c, url) = (c.clone(), url.clone());
+        async move {
+            let added = c
+                .member_add(
+                    [url],
+                    Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+                )
+                .await
+                .ok()?;
+            added.member().map(|m| m.id())
+        }
+    })
+    .await?;
+
     // Terminate the leader's instance: its keeper and etcd die with it, the group launches
     // a replacement.
     let leader = spilo_e2e::etcd::leader_name(&mut c).await?;
@@ -248,6 +268,12 @@ async fn scenario(w: &mut World) -> anyhow::Result<()> {
     w.boot(&replacement[0])?;
 
     let after = converged(w, "the replacement voting and named by the records").await?;
+    let listed = w.client().await?.member_list().await?;
+    assert!(
+        listed.members().iter().all(|m| m.id() != stuck),
+        "the learner that never started was removed: {:?}",
+        listed.members()
+    );
     assert!(!after.contains(&leader), "{leader} was removed");
     assert!(after.contains(&replacement[0]));
     let records = w.records()?;

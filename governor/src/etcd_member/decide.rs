@@ -19,6 +19,7 @@
 //!   equal to the voting members that run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// An instance of the auto-scaling group, as AWS reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +225,8 @@ pub fn next_step(o: &Observation) -> Step {
             claim: false,
         };
     }
-    if let Some((dead, reason)) = removable(members, &live) {
+    // Only the leader times unstarted learners (its upkeep): none is removed here.
+    if let Some((dead, reason)) = removable(members, &live, &Unstarted::default()) {
         return Step::Remove { id: dead, reason };
     }
     if running < quorum(voters) {
@@ -270,7 +272,11 @@ fn initial_cluster(members: &[Member], o: &Observation) -> Vec<(String, String)>
 /// A member whose instance left the group and whose removal etcd can commit (the voting
 /// members running on live instances are a quorum now; removing a dead member never weakens
 /// it): a departed learner first, else a departed voter, with the reason.
-fn removable(members: &[Member], live: &BTreeSet<&str>) -> Option<(u64, String)> {
+fn removable(
+    members: &[Member],
+    live: &BTreeSet<&str>,
+    unstarted: &Unstarted,
+) -> Option<(u64, String)> {
     let gone = |m: &&Member| m.started() && !live.contains(m.name.as_str());
     let voters = members.iter().filter(|m| !m.is_learner).count();
     let quorum = running_voters(members, live) >= quorum(voters);
@@ -281,6 +287,22 @@ fn removable(members: &[Member], live: &BTreeSet<&str>) -> Option<(u64, String)>
         return Some((
             l.id,
             format!("learner {} left the auto-scaling group", l.name),
+        ));
+    }
+    // A learner added whose etcd never started (its instance died in between) blocks every
+    // later join: after the grace it goes (not voting, its removal never costs the quorum).
+    if let Some((l, waited)) = members
+        .iter()
+        .filter(|m| m.is_learner && !m.started())
+        .find_map(|m| Some((m, *unstarted.seen.get(&m.id)?)).filter(|(_, w)| *w >= unstarted.grace))
+    {
+        return Some((
+            l.id,
+            format!(
+                "learner {} has not started in {} s",
+                l.peer_urls.join(","),
+                waited.as_secs()
+            ),
         ));
     }
     members
@@ -332,10 +354,26 @@ pub struct Upkeep {
     pub records: Option<BTreeMap<String, String>>,
 }
 
-/// The leader's upkeep from its own id, the group, the members and today's records. A leader
-/// whose own instance is not live in the group does nothing: its view of the group is not
-/// one to act on.
-pub fn upkeep(me: &str, group: &[GroupInstance], members: &[Member], today: &RecordSet) -> Upkeep {
+/// How long the leader's keeper has seen each unstarted learner unstarted, and how long one
+/// may stay so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unstarted {
+    /// etcd member id -> time seen unstarted.
+    pub seen: BTreeMap<u64, Duration>,
+    /// The grace before an unstarted learner is removed.
+    pub grace: Duration,
+}
+
+/// The leader's upkeep from its own id, the group, the members, today's records and the
+/// learners that have not started. A leader whose own instance is not live in the group does
+/// nothing: its view of the group is not one to act on.
+pub fn upkeep(
+    me: &str,
+    group: &[GroupInstance],
+    members: &[Member],
+    today: &RecordSet,
+    unstarted: &Unstarted,
+) -> Upkeep {
     let live: BTreeSet<&str> = group
         .iter()
         .filter(|i| i.live)
@@ -349,7 +387,7 @@ pub fn upkeep(me: &str, group: &[GroupInstance], members: &[Member], today: &Rec
         .filter(|m| m.is_learner && m.started() && live.contains(m.name.as_str()))
         .map(|m| m.id)
         .collect();
-    let remove = removable(members, &live);
+    let remove = removable(members, &live, unstarted);
     // Every voting member that runs, with the address of its peer URL; a member stays named
     // until its removal succeeded.
     let wanted: BTreeMap<String, String> = members
@@ -590,6 +628,7 @@ mod tests {
                 &live(&live_ids),
                 &members(&names),
                 &RecordSet::default(),
+                &Unstarted::default(),
             );
             assert_eq!(u.remove, None, "{names:?} with {live_ids:?}");
         }
@@ -600,6 +639,7 @@ mod tests {
             &live(&["i-1", "i-2", "i-3"]),
             &five,
             &RecordSet::default(),
+            &Unstarted::default(),
         );
         assert!(matches!(u.remove, Some((4, _))), "{u:?}");
     }
@@ -615,6 +655,54 @@ mod tests {
         all.push(learner);
         o.members = Seen::Known(all);
         assert!(matches!(next_step(&o), Step::Wait(w) if w.contains("learner")));
+    }
+
+    #[test]
+    fn a_learner_that_never_started_is_removed_by_the_leader_after_the_grace_only() {
+        // i-4 was added as a learner and its instance died before etcd started: no name, no
+        // client URLs. A fifth instance waits for it.
+        let stuck = Member {
+            id: 4,
+            name: String::new(),
+            peer_urls: vec!["https://10.0.0.4:2380".into()],
+            client_urls: Vec::new(),
+            is_learner: true,
+        };
+        let mut all = members(&["i-1", "i-2", "i-3"]);
+        all.push(stuck);
+        let mut o = obs("i-5");
+        o.group = group(&["i-1", "i-2", "i-3", "i-5"]);
+        o.records = Seen::Known(strings(&["i-1", "i-2", "i-3"]));
+        o.members = Seen::Known(all.clone());
+        assert!(matches!(next_step(&o), Step::Wait(w) if w.contains("joining")));
+        let g = live(&["i-1", "i-2", "i-3", "i-5"]);
+        let waited = |secs: u64| Unstarted {
+            seen: BTreeMap::from([(4, Duration::from_secs(secs))]),
+            grace: Duration::from_secs(120),
+        };
+        let u = upkeep("i-1", &g, &all, &RecordSet::default(), &waited(119));
+        assert_eq!(u.remove, None, "within the grace it may still start");
+        let u = upkeep("i-1", &g, &all, &RecordSet::default(), &waited(120));
+        assert_eq!(
+            u.remove,
+            Some((
+                4,
+                "learner https://10.0.0.4:2380 has not started in 120 s".into()
+            ))
+        );
+        // Not timed (a new leader) or started: nothing removed.
+        let u = upkeep(
+            "i-1",
+            &g,
+            &all,
+            &RecordSet::default(),
+            &Unstarted::default(),
+        );
+        assert_eq!(u.remove, None);
+        // Without a quorum of running voters nothing is removed, not even a learner.
+        let g = live(&["i-1", "i-5"]);
+        let u = upkeep("i-1", &g, &all, &RecordSet::default(), &waited(600));
+        assert_eq!(u.remove, None);
     }
 
     #[test]
@@ -635,7 +723,13 @@ mod tests {
         learner.is_learner = true;
         let mut all = members(&["i-1", "i-2", "i-3"]);
         all.push(learner);
-        let u = upkeep("i-1", &g, &all, &RecordSet::default());
+        let u = upkeep(
+            "i-1",
+            &g,
+            &all,
+            &RecordSet::default(),
+            &Unstarted::default(),
+        );
         assert_eq!(u.promote, vec![4]);
         assert!(matches!(u.remove, Some((2, _))));
         // i-2 stays named until its removal succeeded.
@@ -649,19 +743,36 @@ mod tests {
             server: strings(&["i-1", "i-2", "i-3"]),
             addresses: want.clone(),
         };
-        assert_eq!(upkeep("i-1", &g, &all, &right).records, None);
+        assert_eq!(
+            upkeep("i-1", &g, &all, &right, &Unstarted::default()).records,
+            None
+        );
         // A server record or an address that differs is written again.
         let wrong_server = RecordSet {
             server: strings(&["i-1"]),
             ..right.clone()
         };
-        assert!(upkeep("i-1", &g, &all, &wrong_server).records.is_some());
+        assert!(
+            upkeep("i-1", &g, &all, &wrong_server, &Unstarted::default())
+                .records
+                .is_some()
+        );
         let mut moved = right.clone();
         moved.addresses.insert("i-3".into(), "10.0.0.9".into());
-        assert!(upkeep("i-1", &g, &all, &moved).records.is_some());
+        assert!(
+            upkeep("i-1", &g, &all, &moved, &Unstarted::default())
+                .records
+                .is_some()
+        );
         // A leader whose own instance left the group does nothing.
         assert_eq!(
-            upkeep("i-2", &g, &all, &RecordSet::default()),
+            upkeep(
+                "i-2",
+                &g,
+                &all,
+                &RecordSet::default(),
+                &Unstarted::default()
+            ),
             Upkeep::default()
         );
     }

@@ -15,7 +15,7 @@ use decide::{Observation, Seen, Step};
 use server::Me;
 use spilo_model::governor::EtcdMemberConfig;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// Why the keeper cannot run.
@@ -100,6 +100,7 @@ pub async fn run(
     let mut etcd: Option<tokio::process::Child> = None;
     let mut last = String::new();
     let interval = Duration::from_secs(config.interval);
+    let mut unstarted = UnstartedSince::new(Duration::from_secs(config.learner_start_grace));
     loop {
         if let Some(child) = &mut etcd
             && let Ok(Some(status)) = child.try_wait()
@@ -145,7 +146,7 @@ pub async fn run(
                 Step::Discard(why) => discard(&me, &why),
                 Step::Wait(why) => why,
             },
-            Some(_) => upkeep(&me, &aws).await,
+            Some(_) => upkeep(&me, &aws, &mut unstarted).await,
         };
         if said != last && !said.is_empty() {
             tracing::info!("{said}");
@@ -265,8 +266,44 @@ async fn remove(me: &Me, aws: &aws::Aws, id: u64, reason: &str) -> String {
     }
 }
 
+/// When this keeper first saw each learner that has not started.
+struct UnstartedSince {
+    first_seen: std::collections::BTreeMap<u64, Instant>,
+    grace: Duration,
+}
+
+impl UnstartedSince {
+    fn new(grace: Duration) -> Self {
+        Self {
+            first_seen: Default::default(),
+            grace,
+        }
+    }
+
+    /// Forgets the learners that started or went, notes the new ones; how long each has waited.
+    fn update(&mut self, members: &[decide::Member], now: Instant) -> decide::Unstarted {
+        let waiting: std::collections::BTreeSet<u64> = members
+            .iter()
+            .filter(|m| m.is_learner && !m.started())
+            .map(|m| m.id)
+            .collect();
+        self.first_seen.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            self.first_seen.entry(id).or_insert(now);
+        }
+        decide::Unstarted {
+            seen: self
+                .first_seen
+                .iter()
+                .map(|(id, at)| (*id, now.saturating_duration_since(*at)))
+                .collect(),
+            grace: self.grace,
+        }
+    }
+}
+
 /// The leader's round; nothing on the others.
-async fn upkeep(me: &Me, aws: &aws::Aws) -> String {
+async fn upkeep(me: &Me, aws: &aws::Aws, unstarted: &mut UnstartedSince) -> String {
     let mut client = match me.client(&[me.client_url()]).await {
         Ok(c) => c,
         Err(e) => return format!("own etcd does not answer: {e}"),
@@ -283,7 +320,13 @@ async fn upkeep(me: &Me, aws: &aws::Aws) -> String {
     ) else {
         return "upkeep skipped: the group, the records or the members are unknown".into();
     };
-    let plan = decide::upkeep(&me.name, &group, &members, &records.set);
+    let plan = decide::upkeep(
+        &me.name,
+        &group,
+        &members,
+        &records.set,
+        &unstarted.update(&members, Instant::now()),
+    );
     let mut said = Vec::new();
     for id in &plan.promote {
         match server::promote(&mut client, *id).await {

@@ -33,6 +33,11 @@ pub struct EtcdMemberConfig {
     /// Seconds between two rounds of the keeper (default 5).
     #[serde(default = "default_interval")]
     pub interval: u64,
+    /// Seconds a learner may stay unstarted (added, never running: its instance died between
+    /// the two) before the etcd leader's keeper removes it, which unblocks the joins that wait
+    /// for it (default 120). A slow learner removed joins again.
+    #[serde(default = "default_learner_start_grace")]
+    pub learner_start_grace: u64,
     /// The member's certificate: issued from the CA, names its address,
     /// `<instance id>.<domain>` and `tls.names`; used for client and peer TLS, both ways (etcd
     /// checks a peer's certificate against the address its connections come from).
@@ -50,6 +55,9 @@ fn default_peer_port() -> u16 {
 }
 fn default_interval() -> u64 {
     5
+}
+fn default_learner_start_grace() -> u64 {
+    120
 }
 
 impl EtcdMemberConfig {

@@ -68,6 +68,7 @@ pub fn member_config(file: &EtcdClusterFile) -> EtcdMemberConfig {
         client_port: ETCD_CLIENT_PORT,
         peer_port: ETCD_PEER_PORT,
         interval: 5,
+        learner_start_grace: 120,
         tls: TlsConfig::new(
             format!("{DATA_MOUNT}/ca.crt").into(),
             super::userdata::secret(&file.spec.secrets.ca),
