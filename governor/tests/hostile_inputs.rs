@@ -97,6 +97,7 @@ fn snapshot_with(view: governor::ha::ClusterView, now: Instant) -> Snapshot {
             recent_crashes: 0,
             primary_down_since: None,
             bootstrap_blocked: None,
+            data_seen_at: now,
         },
         peers: vec![],
         failsafe: Default::default(),
@@ -130,6 +131,8 @@ proptest! {
             max_primary_crashes: 3,
             fence_margin: Duration::from_secs(1),
             rewind_check_after: Duration::from_secs(15),
+            // Recovery from the archive on at once: its branch sees the hostile views too.
+            archive_recovery_after: Some(Duration::ZERO),
         };
         let _ = decide(&snapshot_with(view, now), &cfg, now);
     }

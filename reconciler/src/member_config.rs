@@ -73,6 +73,7 @@ fn archive(prefix: String, store: &Store) -> ArchiveConfig {
         replicas_from_backup: false,
         upload_concurrency: None,
         prefetch: 8,
+        recover_after: None,
     }
 }
 
@@ -96,6 +97,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
             retain: b.retention as usize,
         }),
         replicas_from_backup: b.replicas_from_backup,
+        recover_after: (b.recover_after > 0).then_some(b.recover_after),
         ..archive(file.wal_prefix(), &at.archive_store)
     });
     // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`). A target

@@ -274,3 +274,155 @@ async fn without_a_backup_a_new_replica_copies_the_primary() -> anyhow::Result<(
     .await;
     c.finish(result)
 }
+
+/// Every member lost its data (stopped, data directories gone): after `recover_after`, one
+/// member restores the latest backup and replays every archived WAL file, refusing first an
+/// archive with a hole in its WAL (it waits, initdb never runs); the hole filled, it recovers
+/// every archived row on a new timeline, records it in `history`, accepts writes, and the
+/// other member follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_members_all_lost_their_data_comes_back_from_its_archive()
+-> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "recover".into(),
+        members: 2,
+        archive: true,
+        archive_extra: ", replicas_from_backup: true, recover_after: 2".into(),
+        ..Default::default()
+    })
+    .await?;
+    let result = recovery_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn recovery_body(c: &mut Cluster) -> anyhow::Result<()> {
+    c.start("m1")?;
+    c.wait_primary(BOOT).await?;
+    let db = c.sql("m1").await?;
+    db.batch_execute(
+        "CREATE TABLE t (n int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await?;
+    governor(c, "m1", &["backup-push"])?;
+    db.batch_execute(
+        "INSERT INTO t SELECT generate_series(101, 200); SELECT pg_switch_wal(); \
+         INSERT INTO t SELECT generate_series(201, 300)",
+    )
+    .await?;
+    c.start("m2")?;
+    c.wait_streaming("m2", BOOT).await?;
+    db.batch_execute("INSERT INTO t SELECT generate_series(301, 400)")
+        .await?;
+    // Everything up to here is archived before the loss.
+    let last: String = db
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await?
+        .get(0);
+    db.batch_execute("SELECT pg_switch_wal()").await?;
+    wait::until("the last segment to be archived", BOOT, || async {
+        let done: Option<String> = db
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .ok()?
+            .get(0);
+        done.filter(|d| *d >= last).map(|_| ())
+    })
+    .await?;
+    drop(db);
+
+    // Both members lose their data.
+    c.stop("m1")?;
+    c.stop("m2")?;
+    for m in ["m1", "m2"] {
+        std::fs::remove_dir_all(c.member(m).data_dir())?;
+    }
+    // A hole in the archive: the segment after the backup's first is moved away.
+    let wal = c.bucket().join("spilo/recover/wal/15/wal_005");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.len() == 28 && !n.contains(".partial"))
+        .collect();
+    segments.sort();
+    let hole = segments
+        .get(1)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("too few segments: {segments:?}"))?;
+    let aside = c.dir().join(&hole);
+    std::fs::rename(wal.join(&hole), &aside)?;
+    // What the governors log from here on (m1's first life ran initdb).
+    let logged_before: Vec<usize> = ["m1", "m2"].iter().map(|m| c.log(m).len()).collect();
+    c.start("m1")?;
+    c.start("m2")?;
+    let refused = wait::until(
+        "a member to refuse the archive with a hole",
+        BOOT,
+        || async {
+            for m in ["m1", "m2"] {
+                let s = c.status(m).await?;
+                if let Some(e) = s
+                    .member
+                    .error
+                    .filter(|e| e.contains("the archive has a gap"))
+                {
+                    return Some(e);
+                }
+            }
+            None
+        },
+    )
+    .await?;
+    assert!(
+        refused.contains(&hole[8..24]),
+        "names the segment: {refused}"
+    );
+    assert!(
+        c.primaries().await.is_empty(),
+        "nobody leads on a broken archive"
+    );
+    std::fs::rename(&aside, wal.join(&hole))?;
+
+    let primary = c.wait_primary(Duration::from_secs(120)).await?;
+    let db = c.sql(&primary).await?;
+    let rows: Vec<i32> = db
+        .query("SELECT n FROM t ORDER BY n", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        (1..=400).collect::<Vec<i32>>(),
+        "every archived row, one by one"
+    );
+    let timeline: i32 = db
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await?
+        .get(0);
+    assert!(timeline > 1, "a new timeline: {timeline}");
+    db.batch_execute("INSERT INTO t VALUES (401)").await?;
+    let (code, history) = c.operate("history", &[]).await?;
+    assert_eq!(code, 0, "{history}");
+    assert!(history.contains("recovered from the archive"), "{history}");
+    let other = if primary == "m1" { "m2" } else { "m1" };
+    c.wait_streaming(other, Duration::from_secs(120)).await?;
+    let since = |m: &str, i: usize| {
+        c.log(m)
+            .get(logged_before[i]..)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (after_m1, after_m2) = (since("m1", 0), since("m2", 1));
+    let recovered = if primary == "m1" {
+        &after_m1
+    } else {
+        &after_m2
+    };
+    assert!(
+        recovered.contains("recovered the cluster from its archive"),
+        "{recovered}"
+    );
+    for log in [&after_m1, &after_m2] {
+        assert!(!log.contains("initdb"), "no initdb after the loss: {log}");
+    }
+    Ok(())
+}

@@ -544,6 +544,7 @@ mod tests {
             replicas_from_backup: false,
             upload_concurrency: Some(1),
             prefetch: 0,
+            recover_after: None,
         };
         assert_eq!(backups(&cfg), "spilo/demo/wal/15/basebackups_005/");
     }

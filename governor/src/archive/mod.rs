@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod codec;
+pub mod continuity;
 pub mod prefetch;
 pub mod push_ahead;
 pub mod retention;
@@ -270,6 +271,7 @@ mod tests {
             replicas_from_backup: false,
             upload_concurrency: Some(1),
             prefetch: 0,
+            recover_after: None,
         }
     }
 

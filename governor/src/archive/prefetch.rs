@@ -188,6 +188,7 @@ mod tests {
             replicas_from_backup: false,
             upload_concurrency: Some(1),
             prefetch: 2,
+            recover_after: None,
         };
         let store = AnyStore::open(&cfg).await;
         let src = tmp.path().join("src");

@@ -147,6 +147,7 @@ mod tests {
             replicas_from_backup: false,
             upload_concurrency: Some(3),
             prefetch: 0,
+            recover_after: None,
         };
         let store = AnyStore::open(&cfg).await;
         let pg_wal = tmp.path().join("pg_wal");

@@ -21,6 +21,12 @@ pub enum StartAs {
 pub enum Decision {
     /// Race for `initialize`; the winner runs initdb and becomes the first primary.
     Bootstrap,
+    /// Take the leader key, restore the archive's latest base backup, replay every archived
+    /// WAL file, and lead: no member has data (the cluster's `initialize` key says it exists).
+    RecoverFromArchive {
+        /// Why.
+        why: String,
+    },
     /// Copy the leader with pg_basebackup.
     Clone {
         /// Who to copy.
@@ -106,6 +112,7 @@ impl Decision {
     pub fn kind(&self) -> &'static str {
         match self {
             Decision::Bootstrap => "bootstrap",
+            Decision::RecoverFromArchive { .. } => "recover_from_archive",
             Decision::Clone { .. } => "clone",
             Decision::Rewind { .. } => "rewind",
             Decision::Start { .. } => "start",
@@ -128,6 +135,7 @@ impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Decision::Bootstrap => write!(f, "bootstrap: no cluster exists yet"),
+            Decision::RecoverFromArchive { why } => write!(f, "recover from the archive: {why}"),
             Decision::Clone { leader } => write!(f, "clone: copy {leader} with pg_basebackup"),
             Decision::Rewind { leader, why } => write!(f, "rewind against {leader}: {why}"),
             Decision::Start {

@@ -18,6 +18,7 @@
 
 pub mod candidate;
 mod decision;
+mod recovery;
 mod snapshot;
 pub mod switchover;
 pub mod sync;
@@ -46,6 +47,9 @@ pub struct HaConfig {
     /// A replica pointed at the leader that has not streamed for this long is checked for
     /// divergence with pg_rewind (PostgreSQL refuses to stream WAL that forked off its own).
     pub rewind_check_after: Duration,
+    /// How long the cluster must have had no leader and no member with data before a member
+    /// with an empty data directory recovers it from its archive; `None`: never.
+    pub archive_recovery_after: Option<Duration>,
 }
 
 impl HaConfig {
@@ -148,9 +152,7 @@ fn decide_unpaused(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
         (Some(_), DataDir::Empty) => {
             return match running_leader(view) {
                 Some(leader) if leader != s.me => Decision::Clone { leader },
-                _ => Decision::Wait {
-                    why: "the data directory is empty and no running primary can be cloned".into(),
-                },
+                _ => recovery::from_archive(s, view, cfg, now),
             };
         }
         (Some(_), DataDir::Initialized { .. }) => {}
@@ -639,6 +641,8 @@ fn diverged(
 
 #[cfg(test)]
 mod failsafe_tests;
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod switchover_tests;
 #[cfg(test)]

@@ -164,6 +164,9 @@ pub struct LocalState {
     /// Why this member must not try to bootstrap a new cluster now (its own last attempt
     /// failed and is not to be retried yet, or at all); `None` when it may.
     pub bootstrap_blocked: Option<String>,
+    /// The last time this member saw a leader key or a member with data (its own start until
+    /// it has seen one): how long the cluster has been without both.
+    pub data_seen_at: Instant,
 }
 
 /// The data directory, as pg_controldata describes it.

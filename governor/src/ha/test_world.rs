@@ -17,6 +17,7 @@ pub(super) fn cfg() -> HaConfig {
         max_primary_crashes: 3,
         fence_margin: Duration::from_secs(1),
         rewind_check_after: Duration::from_secs(15),
+        archive_recovery_after: None,
     }
 }
 
@@ -97,6 +98,7 @@ impl World {
                 recent_crashes: 0,
                 primary_down_since: None,
                 bootstrap_blocked: None,
+                data_seen_at: now,
             },
             peers: vec![],
             failsafe: FailsafeView::default(),

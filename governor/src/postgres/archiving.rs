@@ -1,6 +1,7 @@
 //! The instance's side of archiving: the `archive_command` and `restore_command` that run
-//! this governor program (`wal-push`, `wal-fetch`), and creating the data directory of a clone
-//! from another cluster's base backup and archive (`bootstrap.clone`).
+//! this governor program (`wal-push`, `wal-fetch`), creating the data directory of a clone
+//! from another cluster's base backup and archive (`bootstrap.clone`), and recovering the
+//! cluster from its own archive when every member lost its data.
 
 use super::{Instance, UNFINISHED_MARKER, server_log, write_private};
 use crate::runtime::ActError;
@@ -135,6 +136,107 @@ impl Instance {
             quote(&exe()),
             quote(&self.config_path)
         );
+        self.recover_and_promote(restore, target, cluster, |line| clone_exit(line, target))
+            .await?;
+        tracing::info!(target_time = ?target.map(|t| t.to_string()), "the clone recovered and was promoted");
+        Ok(())
+    }
+
+    /// Recovers the cluster from its own archive when no member has data: the latest base
+    /// backup, then every archived WAL file, then promotion (a new timeline). Checks first
+    /// that the archive has a backup and no hole in its WAL from that backup on, and after
+    /// fetching it that it is of `sysid` (the cluster's `initialize` key). Returns once
+    /// PostgreSQL accepts writes (it runs, started here), with what it recovered.
+    pub async fn recover_from_archive(
+        &mut self,
+        archive: &crate::archive::ArchiveConfig,
+        sysid: &str,
+        cluster: &BTreeMap<String, String>,
+    ) -> Result<Recovered, ActError> {
+        use crate::archive::backup::{Pick, backup_fetch, backup_list, pick};
+        use crate::archive::store::Store;
+        let store = crate::archive::AnyStore::open(archive).await;
+        let all = backup_list(archive, &store)
+            .await
+            .map_err(|e| ActError::Other(format!("list the archive's backups: {e}")))?;
+        let latest = pick(&all, &Pick::Latest)
+            .map_err(|_| {
+                ActError::Other(format!(
+                    "the archive {} holds no finished base backup: there is nothing to recover \
+                     the cluster from (its data is gone with its members)",
+                    archive.prefix
+                ))
+            })?
+            .clone();
+        let wal_dir = format!("{}wal_005/", crate::archive::under(&archive.prefix));
+        let keys = store
+            .list(&wal_dir)
+            .await
+            .map_err(|e| ActError::Other(format!("list the archive's WAL: {e}")))?;
+        let newest = crate::archive::continuity::check(&latest.start_wal_file, &wal_dir, &keys)
+            .map_err(ActError::Other)?;
+        let marker = self.run_dir.join(UNFINISHED_MARKER);
+        write_private(&marker, "recovery from the archive")?;
+        let backup = backup_fetch(
+            archive,
+            &store,
+            &Pick::Named(latest.name.clone()),
+            &self.data_dir,
+        )
+        .await
+        .map_err(|e| ActError::Other(format!("fetch base backup {}: {e}", latest.name)))?;
+        // (Not `data_state`, which empties a directory whose copy is marked unfinished.)
+        let restored = super::controldata::read(&self.bin_dir, &self.data_dir)
+            .await?
+            .to_data_dir();
+        match restored {
+            Some(crate::ha::DataDir::Initialized { sysid: theirs, .. }) if theirs != sysid => {
+                self.wipe_data()?;
+                std::fs::remove_file(&marker)?;
+                return Err(ActError::Permanent(format!(
+                    "the archive's latest base backup {} belongs to system {theirs}, but this \
+                     cluster is system {sysid} (etcd's initialize key): it is another \
+                     cluster's archive",
+                    backup.name
+                )));
+            }
+            _ => {}
+        }
+        tracing::info!(
+            backup = backup.name,
+            finished = backup.finish_time,
+            newest_segment = newest,
+            "restored the archive's latest base backup; replaying every archived WAL file"
+        );
+        write_private(&self.data_dir.join("recovery.signal"), "")?;
+        std::fs::remove_file(&marker)?;
+        let (_, restore) = archive_commands(&self.config_path);
+        self.recover_and_promote(restore, None, cluster, |line| {
+            ActError::Other(format!(
+                "PostgreSQL exited while recovering from the archive: {}",
+                line.unwrap_or_else(|| "no error in its log".into())
+            ))
+        })
+        .await?;
+        let (lsn, last_commit) = self.session.recovered_point().await?;
+        Ok(Recovered {
+            backup: backup.name,
+            lsn,
+            last_commit,
+        })
+    }
+
+    /// Starts the restored data directory in recovery with `restore` as its
+    /// `restore_command` (to `target`, or to the end of the archive), waits until it has
+    /// promoted, and drops the recovery settings again. `exit` explains PostgreSQL exiting
+    /// meanwhile from its error line.
+    async fn recover_and_promote(
+        &mut self,
+        restore: String,
+        target: Option<spilo_model::TargetTime>,
+        cluster: &BTreeMap<String, String>,
+        exit: impl Fn(Option<String>) -> ActError,
+    ) -> Result<(), ActError> {
         self.clone_recovery = Some((restore, target.map(|t| t.to_postgres())));
         let log_from = server_log::offset(&self.log_file());
         self.start(true, None, cluster)?;
@@ -146,10 +248,7 @@ impl Instance {
                 .is_none_or(|p| p.exited().is_some())
             {
                 self.clone_recovery = None;
-                return Err(clone_exit(
-                    server_log::errors_since(&self.log_file(), log_from),
-                    target,
-                ));
+                return Err(exit(server_log::errors_since(&self.log_file(), log_from)));
             }
             if let Ok(s) = self.session.status().await
                 && !s.in_recovery
@@ -157,8 +256,9 @@ impl Instance {
                 break;
             }
             if Instant::now() > deadline {
+                self.clone_recovery = None;
                 return Err(ActError::Other(
-                    "the clone did not finish recovering within an hour".into(),
+                    "recovery did not finish within an hour".into(),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -167,9 +267,19 @@ impl Instance {
         self.clone_recovery = None;
         self.write_conf(None, cluster)?;
         self.session.execute("SELECT pg_reload_conf()").await?;
-        tracing::info!(target_time = ?target.map(|t| t.to_string()), "the clone recovered and was promoted");
         Ok(())
     }
+}
+
+/// What a recovery from the cluster's own archive reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The base backup it started from.
+    pub backup: String,
+    /// The last WAL position replayed (where the new timeline begins).
+    pub lsn: Option<String>,
+    /// The commit time of the last transaction replayed.
+    pub last_commit: Option<String>,
 }
 
 /// Why PostgreSQL exited while recovering a clone, from its own error line: whether trying

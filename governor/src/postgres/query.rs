@@ -359,6 +359,21 @@ impl Session {
         Ok(Some((lsn, row.try_get(0)?)))
     }
 
+    /// After a recovery: the last position replayed and the commit time of the last
+    /// transaction replayed (both kept after the promotion).
+    pub async fn recovered_point(&mut self) -> Result<(Option<String>, Option<String>), SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one(
+                    "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
     /// A replica's replay position.
     pub async fn replay_lsn(&mut self) -> Result<Option<String>, SqlError> {
         let row = self

@@ -29,6 +29,9 @@ impl Governor {
         }
         match d {
             Decision::Bootstrap => self.bootstrap(s, &params).await,
+            Decision::RecoverFromArchive { why } => {
+                self.recover_from_archive(s, &params, why).await
+            }
             Decision::Clone { leader } => {
                 let up = upstream(view, leader)?;
                 self.announce(s, MemberState::CreatingReplica).await;

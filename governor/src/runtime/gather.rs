@@ -57,10 +57,6 @@ impl Governor {
             Err(e) => DcsView::Unreachable { why: e.to_string() },
         };
         if let DcsView::Known(view) = &dcs {
-            // Once the cluster exists, this member's failed attempt to create it is history.
-            if view.initialize.as_ref().is_some_and(|i| !i.is_empty()) {
-                self.bootstrap_failure = None;
-            }
             if view
                 .leader
                 .as_ref()
@@ -69,6 +65,14 @@ impl Governor {
                 self.primary_down_since = None;
             }
             self.leader_seen = view.leader.clone();
+            if view.leader.is_some() || view.members.values().any(|m| m.timeline.is_some()) {
+                self.data_seen_at = now;
+                // Once the cluster exists and someone leads or has data, this member's failed
+                // attempt to create it (initdb, a clone) or to recover it is history.
+                if view.initialize.as_ref().is_some_and(|i| !i.is_empty()) {
+                    self.bootstrap_failure = None;
+                }
+            }
             *self.shared.view.write().await = Some(view.clone());
             // This member neither holds the leader key nor runs a primary: it may confirm
             // failsafe primaries again (after losing a race, a race whose outcome was unknown,
@@ -112,6 +116,7 @@ impl Governor {
                 recent_crashes: u32::try_from(self.crashes.len()).unwrap_or(u32::MAX),
                 primary_down_since: self.primary_down_since,
                 bootstrap_blocked: self.bootstrap_failure.as_ref().and_then(|f| f.blocks(now)),
+                data_seen_at: self.data_seen_at,
             },
             peers,
             failsafe,

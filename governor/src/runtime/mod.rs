@@ -18,6 +18,7 @@ pub mod failsafe;
 pub mod fence;
 mod gather;
 pub mod peers;
+mod recovery;
 pub mod stack_signal;
 pub mod switchover;
 mod sync;
@@ -133,6 +134,8 @@ pub(crate) struct Governor {
     failsafe_absent_since: std::collections::BTreeMap<spilo_model::MemberName, Instant>,
     started: Instant,
     bootstrap_failure: Option<bootstrap::Failure>,
+    /// The last time a leader key or a member with data was seen (the start until then).
+    data_seen_at: Instant,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
@@ -243,6 +246,11 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         max_primary_crashes: 3,
         fence_margin: cfg.ha.fence_margin(),
         rewind_check_after: Duration::from_secs(15),
+        archive_recovery_after: cfg
+            .archive
+            .as_ref()
+            .and_then(|a| a.recover_after)
+            .map(Duration::from_secs),
     };
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
     let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(4);
@@ -350,6 +358,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         failsafe_absent_since: Default::default(),
         started: Instant::now(),
         bootstrap_failure: None,
+        data_seen_at: Instant::now(),
     };
     let result = gov.ha_loop(&shutdown).await;
     gov.shutdown().await;

@@ -88,6 +88,11 @@ impl Ctx<'_> {
         let me = self.members[i].name.clone();
         let lease = self.members[i].lease;
         match d {
+            Decision::RecoverFromArchive { .. } => {
+                return Err(
+                    "recovery from an archive, which the simulated members do not have".into(),
+                );
+            }
             Decision::Bootstrap => {
                 let Some(lease) = lease else {
                     return Ok(Event::None);

@@ -114,6 +114,8 @@ pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
             max_primary_crashes: 3,
             fence_margin: Duration::from_millis(MARGIN),
             rewind_check_after: Duration::from_secs(15),
+            // The simulated members have no archive.
+            archive_recovery_after: None,
         },
         next_id: 0,
         pending: Vec::new(),

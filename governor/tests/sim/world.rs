@@ -386,6 +386,7 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
                 .count() as u32,
             primary_down_since: m.primary_down_since.map(|t| clock.at(t)),
             bootstrap_blocked: None,
+            data_seen_at: clock.at(now),
         },
         peers,
         failsafe: failsafe_view(m, now, clock),

@@ -36,6 +36,11 @@ pub struct ArchiveConfig {
     /// Segments `wal-fetch` fetches ahead while a server recovers; 0 turns prefetching off.
     #[serde(default = "d_prefetch")]
     pub prefetch: usize,
+    /// Seconds without a leader and without any member holding data after which a member
+    /// with an empty data directory recovers the cluster from this archive (the latest base
+    /// backup and every archived WAL file); absent: never (the members wait for a person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_after: Option<u64>,
 }
 
 fn d_prefetch() -> usize {

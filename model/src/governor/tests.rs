@@ -42,6 +42,7 @@ fn a_serialised_configuration_parses_back_to_the_same_value() {
         replicas_from_backup: true,
         upload_concurrency: None,
         prefetch: 8,
+        recover_after: None,
     });
     c.aws = Some(AwsSettings {
         region: "eu-west-1".into(),

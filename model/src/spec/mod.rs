@@ -357,6 +357,16 @@ pub struct BackupSpec {
     /// is never deleted by spilo. Without it a missing bucket is only reported.
     #[serde(default)]
     pub create_bucket: bool,
+    /// Seconds without a leader and without any member holding data (every instance was
+    /// replaced, the stack was recreated) after which the first member restores the latest
+    /// base backup, replays every archived WAL file and leads; the others follow. 0 turns it
+    /// off (the members then wait for a person).
+    #[serde(default = "d_recover_after")]
+    pub recover_after: u64,
+}
+
+fn d_recover_after() -> u64 {
+    300
 }
 
 fn d_true() -> bool {
