@@ -589,3 +589,143 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_instances_were_all_replaced_comes_back_from_its_archive()
+-> anyhow::Result<()> {
+    if let Some(as_root) =
+        rerun_as_root("a_cluster_whose_instances_were_all_replaced_comes_back_from_its_archive")
+    {
+        return as_root;
+    }
+    let mut b = AwsBox::new().await?;
+    let r = archive_recovery(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+/// Every instance terminated (their volumes with them) and replaced by the group: the new
+/// members find the cluster's `initialize` key and nobody with data, and after
+/// `backup.recoverAfter` one of them recovers the cluster from its bucket.
+async fn archive_recovery(b: &mut AwsBox) -> anyhow::Result<()> {
+    let file = b.cluster_file("orders", 2).replace(
+        "backup: {bucket: spilo-wal}",
+        "backup: {bucket: spilo-wal, recoverAfter: 10}",
+    );
+    anyhow::ensure!(file.contains("recoverAfter"), "{file}");
+    b.repo.commit("orders", Some(&file))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-orders").await?;
+    wait::until("a primary and a streaming replica", BOOT, || async {
+        let all = b.statuses().await;
+        (primary(&all).is_some() && streaming(&all) == 1).then_some(())
+    })
+    .await?;
+    let (password, ca_file) = (b.setup.passwords["superuser"].clone(), b.ca.clone());
+    let dsn_of = |ip: &str| {
+        format!(
+            "host={ip} port=5432 user=postgres password={password} dbname=postgres \
+             connect_timeout=2 sslmode=verify-full sslrootcert={}",
+            ca_file.display()
+        )
+    };
+    let leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    let leader_ip = b.instances[leader].ip.clone();
+    let c = connect_dsn(&dsn_of(&leader_ip)).await?;
+    c.batch_execute(
+        "CREATE TABLE t (n int PRIMARY KEY, at timestamptz DEFAULT now()); \
+         INSERT INTO t (n) SELECT generate_series(1, 1000)",
+    )
+    .await?;
+    // A base backup now (the schedule's is at 01:00), then more commits after it.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&b.ca)?)?;
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    let backup = http
+        .post(format!("https://{leader_ip}:8008/backup"))
+        .bearer_auth(&b.setup.passwords["restapi"])
+        .send()
+        .await?;
+    anyhow::ensure!(
+        backup.status() == 200,
+        "POST /backup: {}",
+        backup.text().await?
+    );
+    c.batch_execute("INSERT INTO t (n) SELECT generate_series(1001, 2000)")
+        .await?;
+    let last: String = c
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await?
+        .get(0);
+    c.batch_execute("SELECT pg_switch_wal()").await?;
+    wait::until("the last commits to be archived", BOOT, || async {
+        let done: Option<String> = c
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .ok()?
+            .get(0);
+        done.filter(|d| *d >= last).map(|_| ())
+    })
+    .await?;
+    drop(c);
+
+    // Every instance goes, with its volume; the group launches two new ones at once, while
+    // the old leader's keys have not expired yet (the new members must not copy it then).
+    let old: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
+    for id in &old {
+        b.terminate(id)?;
+    }
+    let mut etcd =
+        etcd_client::Client::connect([format!("http://{}", b.etcd.client_addr)], None).await?;
+    let initialize = etcd.get("/service/orders/initialize", None).await?;
+    anyhow::ensure!(
+        !initialize.kvs().is_empty(),
+        "the cluster's initialize key outlives its members"
+    );
+    b.launch("spilo-orders").await?;
+    anyhow::ensure!(
+        b.instances.len() == 2 && b.instances.iter().all(|i| !old.contains(&i.id)),
+        "two new instances: {:?}",
+        b.instances.iter().map(|i| &i.id).collect::<Vec<_>>()
+    );
+    wait::until(
+        "a recovered primary and a streaming replica",
+        BOOT + Duration::from_secs(120),
+        || async {
+            let all = b.statuses().await;
+            (primary(&all).is_some() && streaming(&all) == 1).then_some(())
+        },
+    )
+    .await?;
+    let now_leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    let c = connect_dsn(&dsn_of(&b.instances[now_leader].ip)).await?;
+    let rows: Vec<i32> = c
+        .query("SELECT n FROM t ORDER BY n", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        (1..=2000).collect::<Vec<i32>>(),
+        "every archived commit, row by row"
+    );
+    let timeline: i32 = c
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await?
+        .get(0);
+    assert!(timeline > 1, "a new timeline: {timeline}");
+    c.batch_execute("INSERT INTO t (n) VALUES (2001)").await?;
+    let console = b.instances[now_leader].console_text();
+    assert!(
+        console.contains("recovered the cluster from its archive"),
+        "{console}"
+    );
+    assert!(!console.contains("initdb"), "no initdb: {console}");
+    Ok(())
+}

@@ -34,6 +34,24 @@ impl Governor {
             }
             Decision::Clone { leader } => {
                 let up = upstream(view, leader)?;
+                // The leader's keys outlive it by up to a TTL. pg_basebackup from a gone
+                // leader fails by itself; a backup restored for one leaves a replica with
+                // nobody to follow (in synchronous mode one that may never be promoted).
+                if let Some(m) = view.and_then(|v| v.members.get(leader)) {
+                    let one = std::collections::BTreeMap::from([(leader.clone(), m.clone())]);
+                    let answers = super::peers::fetch(
+                        &self.http,
+                        &self.loaded.name,
+                        &one,
+                        self.dcs.timeout(),
+                    )
+                    .await;
+                    if answers.iter().all(|p| p.status.is_none()) {
+                        return Err(ActError::Other(format!(
+                            "{leader} holds the leader key but does not answer; not copying it"
+                        )));
+                    }
+                }
                 self.announce(s, MemberState::CreatingReplica).await;
                 let from_backup = match &self.loaded.config.archive {
                     Some(a) if a.replicas_from_backup => self.pg.replica_from_backup(a).await?,
