@@ -729,3 +729,93 @@ async fn archive_recovery(b: &mut AwsBox) -> anyhow::Result<()> {
     assert!(!console.contains("initdb"), "no initdb: {console}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_in_never_takes_the_primary() -> anyhow::Result<()> {
+    if let Some(as_root) = rerun_as_root("scaling_in_never_takes_the_primary") {
+        return as_root;
+    }
+    let mut b = AwsBox::new().await?;
+    let r = scale_in(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+/// 3 -> 2 with the primary on the instance the group would terminate first: the primary's
+/// instance is protected from scale-in (and only it), so a replica goes and the primary stays.
+async fn scale_in(b: &mut AwsBox) -> anyhow::Result<()> {
+    b.repo
+        .commit("orders", Some(&b.cluster_file("orders", 3)))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-orders").await?;
+    wait::until("a primary and two streaming replicas", BOOT, || async {
+        let all = b.statuses().await;
+        (primary(&all).is_some() && streaming(&all) == 2).then_some(())
+    })
+    .await?;
+    // The primary moves to the instance the group would pick first.
+    let first = b
+        .fleet("spilo-orders")?
+        .order
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("an empty group"))?;
+    let leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
+    if b.instances[leader].id != first {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&b.ca)?)?;
+        let http = reqwest::Client::builder().tls_certs_only([ca]).build()?;
+        let r = http
+            .post(format!(
+                "https://{}:8008/switchover",
+                b.instances[leader].ip
+            ))
+            .bearer_auth(&b.setup.passwords["restapi"])
+            .json(&serde_json::json!({"leader": b.instances[leader].id, "candidate": first}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "switchover: {}", r.text().await?);
+    }
+    let members: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
+    wait::until(
+        "the primary on the first instance, protected from scale-in alone",
+        BOOT,
+        || async {
+            let all = b.statuses().await;
+            let p = primary(&all)?;
+            let fleet = b.fleet("spilo-orders").ok()?;
+            (b.instances[p].id == first
+                && streaming(&all) == 2
+                && fleet.protected == [first.clone()])
+            .then_some(())
+        },
+    )
+    .await?;
+
+    b.repo
+        .commit("orders", Some(&b.cluster_file("orders", 2)))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply 3 -> 2: {apply}");
+    let gone = wait::until("the group to terminate one instance", BOOT, || async {
+        let fleet = b.fleet("spilo-orders").ok()?;
+        (fleet.instances.len() == 2).then_some(fleet)
+    })
+    .await?;
+    assert!(
+        gone.instances.iter().any(|m| m.id == first),
+        "the primary's instance stays: {:?}",
+        gone.instances
+    );
+    let reaped = b.reap("spilo-orders", &members)?;
+    assert_eq!(reaped.len(), 1, "{reaped:?}");
+    assert_ne!(reaped[0], first);
+    wait::until("the primary and one streaming replica", BOOT, || async {
+        let all = b.statuses().await;
+        let p = primary(&all)?;
+        (b.instances[p].id == first && streaming(&all) == 1).then_some(())
+    })
+    .await?;
+    Ok(())
+}

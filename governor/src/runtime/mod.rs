@@ -19,6 +19,7 @@ pub mod fence;
 mod gather;
 pub mod peers;
 mod recovery;
+pub mod scale_in;
 pub mod stack_signal;
 pub mod switchover;
 mod sync;
@@ -294,6 +295,16 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         tasks.spawn(stack_signal::run(
             aws.region.clone(),
             target.clone(),
+            loaded.name.to_string(),
+            shared.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some(aws) = &cfg.aws
+        && aws.scale_in_protection
+    {
+        tasks.spawn(scale_in::run(
+            aws.region.clone(),
             loaded.name.to_string(),
             shared.clone(),
             cancel.clone(),

@@ -115,6 +115,11 @@ pub struct AwsSettings {
     /// that streams): the stack waits for these signals before it counts as created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<StackSignal>,
+    /// Keep this instance protected from scale-in while it runs the primary (and unprotected
+    /// otherwise), so lowering the group's size or its zone rebalancing terminates replicas
+    /// only. The member name is the instance id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scale_in_protection: bool,
 }
 
 /// A CloudFormation `CreationPolicy` resource signal.

@@ -45,6 +45,7 @@ fn a_serialised_configuration_parses_back_to_the_same_value() {
         recover_after: None,
     });
     c.aws = Some(AwsSettings {
+        scale_in_protection: true,
         region: "eu-west-1".into(),
         signal: Some(StackSignal {
             stack: "spilo-demo".into(),

@@ -139,6 +139,27 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
         }));
     }
 
+    // Scale-in protection of its own instance while it runs the primary: only in the
+    // cluster's own group (tagged with its name), and finding that group (no resource level).
+    policies.push(json!({
+        "PolicyName": "scale-in",
+        "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["autoscaling:SetInstanceProtection"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {
+                    format!("autoscaling:ResourceTag/{}", super::template::CLUSTER_TAG):
+                        file.metadata.name.as_str()
+                }},
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["autoscaling:DescribeAutoScalingInstances"],
+                "Resource": "*",
+            },
+        ]},
+    }));
     policies.push(json!({
         "PolicyName": "signal",
         "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
@@ -187,8 +208,21 @@ mod tests {
                 {"Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": "arn:aws:kms:eu-west-1:111122223333:key/1234"},
             ])
         );
-        let text = serde_json::to_string(&ps).expect("json");
+        let text = serde_json::to_string(policy(&ps, "secrets")).expect("json");
         assert!(!text.contains("\"*\""), "no wildcard resource: {text}");
+    }
+
+    #[test]
+    fn scale_in_protection_is_set_only_in_the_clusters_own_group() {
+        let ps = instance_policies(&file(""));
+        assert_eq!(
+            policy(&ps, "scale-in"),
+            &json!([
+                {"Effect": "Allow", "Action": ["autoscaling:SetInstanceProtection"], "Resource": "*",
+                 "Condition": {"StringEquals": {"autoscaling:ResourceTag/spilo:cluster": "orders"}}},
+                {"Effect": "Allow", "Action": ["autoscaling:DescribeAutoScalingInstances"], "Resource": "*"},
+            ])
+        );
     }
 
     #[test]

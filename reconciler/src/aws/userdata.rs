@@ -116,6 +116,7 @@ fn placement(file: &ClusterFile) -> Placement {
                 stack: super::template::stack_name(file.metadata.name.as_str()),
                 resource: SIGNALLED_RESOURCE.into(),
             }),
+            scale_in_protection: true,
         }),
     }
 }

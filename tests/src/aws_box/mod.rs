@@ -72,6 +72,12 @@ pub struct Fleet {
     pub role: String,
     /// The role's ARN.
     pub role_arn: String,
+    /// The group's instances in its own order (a scale-in terminates the first unprotected).
+    #[serde(default)]
+    pub order: Vec<String>,
+    /// The instances protected from scale-in.
+    #[serde(default)]
+    pub protected: Vec<String>,
 }
 
 /// One instance as moto reports it.
@@ -473,6 +479,29 @@ impl AwsBox {
         let addr = format!("{}:53", self.host);
         self.zone = Some(z);
         Ok(addr)
+    }
+
+    /// The group of `stack` as moto has it now.
+    pub fn fleet(&self, stack: &str) -> anyhow::Result<Fleet> {
+        Ok(serde_json::from_str(&self.python(&[
+            "instances",
+            REGION,
+            stack,
+        ])?)?)
+    }
+
+    /// Stops those of `members` (instances of `stack`) the group no longer has (its scale-in
+    /// terminated them): what EC2 does to a terminated instance. Returns their ids.
+    pub fn reap(&mut self, stack: &str, members: &[String]) -> anyhow::Result<Vec<String>> {
+        let fleet = self.fleet(stack)?;
+        let kept: Vec<&str> = fleet.instances.iter().map(|m| m.id.as_str()).collect();
+        let gone: Vec<String> = members
+            .iter()
+            .filter(|id| !kept.contains(&id.as_str()))
+            .cloned()
+            .collect();
+        self.instances.retain(|i| !gone.contains(&i.id));
+        Ok(gone)
     }
 
     /// Terminates instance `id` as its auto-scaling group would (moto launches the group's
