@@ -819,3 +819,234 @@ async fn scale_in(b: &mut AwsBox) -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_template_change_replaces_the_instances_one_at_a_time() -> anyhow::Result<()> {
+    if let Some(as_root) =
+        rerun_as_root("a_launch_template_change_replaces_the_instances_one_at_a_time")
+    {
+        return as_root;
+    }
+    let mut b = AwsBox::new().await?;
+    let r = rollout(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+/// A new instance type on a 3-member cluster under a steady write load through the load
+/// balancer: `spilo apply` replaces the two replicas one at a time, hands the primary to a
+/// replaced replica in one switchover, then replaces the former primary; no acknowledged
+/// write is lost and at least one replica streams at every moment.
+async fn rollout(b: &mut AwsBox) -> anyhow::Result<()> {
+    b.repo
+        .commit("orders", Some(&b.cluster_file("orders", 3)))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-orders").await?;
+    wait::until("a primary and two streaming replicas", BOOT, || async {
+        let all = b.statuses().await;
+        (primary(&all).is_some() && streaming(&all) == 2).then_some(())
+    })
+    .await?;
+    let old: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
+    let first_primary = {
+        let all = b.statuses().await;
+        let p = primary(&all).ok_or_else(|| anyhow::anyhow!("no primary"))?;
+        b.instances[p].id.clone()
+    };
+    let lb = resolve(b, "orders.db.example.com").await?;
+    let dsn = format!(
+        "host=orders.db.example.com hostaddr={lb} port=5432 user=postgres password={} \
+         dbname=postgres connect_timeout=2 sslmode=verify-full sslrootcert={}",
+        b.setup.passwords["superuser"],
+        b.ca.display()
+    );
+    let first = first_primary.clone();
+    wait::until(
+        "the load balancer to route to the primary only",
+        Duration::from_secs(60),
+        || async { (b.in_service().ok()? == [first.clone()]).then_some(()) },
+    )
+    .await?;
+    let c = wait::until("a connection through the DNS name", BOOT, || async {
+        connect_dsn(&dsn).await.ok()
+    })
+    .await?;
+    c.batch_execute(probe::TABLE_DDL).await?;
+    let prober = Prober::start(vec![("lb".into(), dsn.clone())], Duration::from_millis(50));
+    prober.wait_write("lb", None, BOOT).await?;
+
+    // A new instance type: the launch template changes.
+    b.repo.commit(
+        "orders",
+        Some(
+            &b.cluster_file("orders", 3)
+                .replace("instanceType: t3.medium", "instanceType: t3.large"),
+        ),
+    )?;
+    let plan = b.spilo(&["plan"]);
+    assert!(
+        plan.stdout.contains(
+            "rollout: replaces 3 instances one at a time (replicas first, each streaming before \
+             the next goes; then 1 switchover; the former primary last), ~9 minutes"
+        ),
+        "{plan}"
+    );
+    // `spilo apply` runs in the background; the box plays EC2 meanwhile. The first apply is
+    // killed once it has replaced one replica; the second finishes the rollout.
+    let mut seen: Vec<String> = old.clone();
+    let mut samples = Vec::new();
+    let (_, first_log) =
+        apply_playing_ec2(b, &mut seen, &mut samples, Some("replacing replica")).await?;
+    let (status, second_log) = apply_playing_ec2(b, &mut seen, &mut samples, None).await?;
+    anyhow::ensure!(status, "the second spilo apply failed:\n{second_log}");
+    assert!(
+        second_log.contains("still run an older launch template"),
+        "the second apply resumes: {second_log}"
+    );
+    let log = format!("{first_log}{second_log}");
+    eprintln!("{log}");
+    b.reap("spilo-orders", &seen)?;
+
+    // The order: the two old replicas, one switchover away from the old primary, then it.
+    let steps: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("orders: rollout: "))
+        .filter(|l| l.starts_with("replacing") || l.starts_with("switchover"))
+        .collect();
+    // Four steps over both applies: no instance replaced twice.
+    assert_eq!(steps.len(), 4, "{log}");
+    for s in &steps[..2] {
+        assert!(
+            s.starts_with("replacing replica ") && !s.contains(&first_primary),
+            "replicas first: {log}"
+        );
+    }
+    assert!(
+        steps[2].starts_with(&format!("switchover {first_primary} -> ")),
+        "one switchover from the old primary: {log}"
+    );
+    assert_eq!(
+        steps[3],
+        format!("replacing replica {first_primary}"),
+        "the former primary last: {log}"
+    );
+    let fleet = b.fleet("spilo-orders")?;
+    assert_eq!(fleet.instances.len(), 3);
+    assert!(
+        fleet.instances.iter().all(|m| !old.contains(&m.id)),
+        "every instance replaced: {fleet:?}"
+    );
+    // At least instances - 2 = 1 replica streams at every moment but the switchover's own
+    // (the replicas follow the new primary within seconds of it).
+    let switched: Vec<Instant> = samples
+        .windows(2)
+        .filter(|w| w[0].1.is_some() && w[1].1.is_some() && w[0].1 != w[1].1)
+        .map(|w| w[1].0)
+        .collect();
+    assert_eq!(switched.len(), 1, "one switchover: {samples:?}");
+    for (at, _, streams) in &samples {
+        let near_switchover = switched.iter().any(|s| {
+            at.saturating_duration_since(*s) < Duration::from_secs(10)
+                && *at + Duration::from_secs(3) > *s
+        });
+        assert!(
+            *streams >= 1 || near_switchover,
+            "no replica streamed {:?} into the rollout, away from the switchover: {samples:?}",
+            at.saturating_duration_since(samples[0].0)
+        );
+    }
+    // Writes go on through the new primary, and none acknowledged is lost.
+    prober
+        .wait_write("lb", Some(Instant::now()), Duration::from_secs(60))
+        .await?;
+    let (acks, _) = prober.stop().await;
+    let c = connect_dsn(&dsn).await?;
+    let present = probe::ids_on(&c).await?;
+    let lost = probe::lost(&acks, &present);
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    let pause = probe::longest_pause(acks.iter().map(|a| a.acked));
+    eprintln!("longest pause of acknowledged writes through the load balancer: {pause:?}");
+    // Through the load balancer the pause is its health checks' (every 5 s in this file: 2
+    // failed to take the old primary out, 2 passed to put the new one in), not the
+    // switchover's (bench/switchover).
+    assert!(
+        pause <= Duration::from_secs(4 * 5 + 5),
+        "writes paused {pause:?} through the load balancer"
+    );
+    // A third apply finds nothing left to replace.
+    let again = b.spilo(&["plan"]);
+    assert!(!again.stdout.contains("rollout:"), "{again}");
+    Ok(())
+}
+
+/// Runs `spilo apply --auto-approve` while playing EC2 for the group (stopping what it
+/// terminated, booting what it launched, the load balancer registering new instances), and
+/// samples the primary and the streaming replicas every second. With `kill_on`, kills the apply once its output
+/// has that text. Returns whether it succeeded (false when killed) and its output.
+async fn apply_playing_ec2(
+    b: &mut AwsBox,
+    seen: &mut Vec<String>,
+    samples: &mut Vec<(Instant, Option<String>, usize)>,
+    kill_on: Option<&str>,
+) -> anyhow::Result<(bool, String)> {
+    let out = b.dir.path().join(format!("rollout-{}.out", seen.len()));
+    let mut apply = tokio::process::Command::new(spilo_e2e::proc::target_dir()?.join("spilo"));
+    apply
+        .args(["apply", "--auto-approve", "--repo"])
+        .arg(&b.repo.path)
+        .env("SPILO_AWS_ENDPOINT_URL", &b.moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", &b.admin.key)
+        .env("AWS_SECRET_ACCESS_KEY", &b.admin.secret)
+        .env("AWS_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("SPILO_API_TOKEN", &b.setup.passwords["restapi"])
+        .env("SPILO_API_CACERT", &b.ca)
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(out.with_extension("err"))?);
+    let mut child = apply.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let ok = loop {
+        if let Some(s) = child.try_wait()? {
+            break s.success();
+        }
+        let log = std::fs::read_to_string(&out).unwrap_or_default();
+        if kill_on.is_some_and(|k| log.contains(k)) {
+            child.kill().await?;
+            // Its apply lock lives on until its lease ends (30 s), as after a crash.
+            let mut etcd =
+                etcd_client::Client::connect([format!("http://{}", b.etcd.client_addr)], None)
+                    .await?;
+            while !etcd
+                .get("/service/orders/apply-lock", None)
+                .await?
+                .kvs()
+                .is_empty()
+            {
+                anyhow::ensure!(Instant::now() < deadline, "the apply lock never ended");
+                b.reap("spilo-orders", seen)?;
+                b.launch("spilo-orders").await?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            break false;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the rollout did not finish in 15 minutes:\n{log}"
+        );
+        b.reap("spilo-orders", seen)?;
+        b.launch("spilo-orders").await?;
+        for i in &b.instances {
+            if !seen.contains(&i.id) {
+                seen.push(i.id.clone());
+            }
+        }
+        let all = b.statuses().await;
+        let leader = primary(&all).map(|p| b.instances[p].id.clone());
+        samples.push((Instant::now(), leader, streaming(&all)));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    Ok((ok, std::fs::read_to_string(&out)?))
+}

@@ -4,8 +4,8 @@
 
 use super::clients::{Clients, RegionClients, describe};
 use super::observed::{
-    EtcdMemberSeen, Observation, Observed, ObservedCluster, ObservedConfig, ObservedEtcd,
-    ObservedEtcdCluster, ObservedMember, ObservedStack, SrvTargets,
+    EtcdMemberSeen, GroupMember, Observation, Observed, ObservedCluster, ObservedConfig,
+    ObservedEtcd, ObservedEtcdCluster, ObservedGroup, ObservedMember, ObservedStack, SrvTargets,
 };
 use super::template::{self, CLUSTER_TAG};
 use aws_sdk_cloudformation::error::ProvideErrorMetadata;
@@ -139,9 +139,12 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
     let etcd = observe_etcd(file.spec.dcs.as_ref(), &file.metadata.name);
     let (stack, dns, bucket, (image, image_object, image_file), etcd) =
         tokio::join!(stack, dns, bucket, images, etcd);
-    let resources_gone = match &stack {
-        Observation::Present(s) => resources_gone(&c, s, dns.as_ref()).await,
-        _ => Vec::new(),
+    let (resources_gone, group) = match &stack {
+        Observation::Present(s) => {
+            let (gone, group) = tokio::join!(resources_gone(&c, s, dns.as_ref()), group_of(&c, s));
+            (gone, group)
+        }
+        _ => (Vec::new(), None),
     };
     ObservedCluster {
         name,
@@ -154,7 +157,67 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
         etcd,
         resources_gone,
         etcd_cluster: None,
+        group,
     }
+}
+
+/// The stack's auto-scaling group with the launch template version of each instance; `None`
+/// when the stack lists no group.
+pub async fn group_of(
+    c: &RegionClients,
+    stack: &ObservedStack,
+) -> Option<Observation<ObservedGroup>> {
+    let name = stack
+        .resources
+        .get("AutoScalingGroup")
+        .and_then(|(_, id)| id.clone())?;
+    Some(describe_group(c, &name).await)
+}
+
+/// Auto-scaling group `name` as it is now.
+pub async fn describe_group(c: &RegionClients, name: &str) -> Observation<ObservedGroup> {
+    let out = match c
+        .autoscaling
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(name)
+        .send()
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            return Observation::Unknown(format!("describe-auto-scaling-groups: {}", describe(&e)));
+        }
+    };
+    let Some(g) = out.auto_scaling_groups().first() else {
+        return Observation::Absent;
+    };
+    Observation::Present(ObservedGroup {
+        name: name.to_string(),
+        desired: g
+            .desired_capacity()
+            .and_then(|d| usize::try_from(d).ok())
+            .unwrap_or_default(),
+        version: g
+            .launch_template()
+            .and_then(|t| t.version())
+            .map(str::to_string),
+        instances: g
+            .instances()
+            .iter()
+            .filter(|i| {
+                // Instances on their way out are no longer the group's.
+                !i.lifecycle_state()
+                    .is_some_and(|s| s.as_str().starts_with("Terminat"))
+            })
+            .map(|i| GroupMember {
+                id: i.instance_id().unwrap_or_default().to_string(),
+                version: i
+                    .launch_template()
+                    .and_then(|t| t.version())
+                    .map(str::to_string),
+            })
+            .collect(),
+    })
 }
 
 /// Observes one etcd cluster: its stack, the image parameter and the spilo image in its

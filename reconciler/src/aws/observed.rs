@@ -131,6 +131,44 @@ pub struct ObservedCluster {
     /// exists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_cluster: Option<ObservedEtcdCluster>,
+    /// The stack's auto-scaling group and the launch template version of each instance
+    /// (PostgreSQL clusters whose stack exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Observation<ObservedGroup>>,
+}
+
+/// An auto-scaling group: the launch template version it launches from, and its instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedGroup {
+    /// The group's name.
+    pub name: String,
+    /// The launch template version new instances get.
+    pub version: Option<String>,
+    /// How many instances it keeps.
+    #[serde(default)]
+    pub desired: usize,
+    /// Its instances.
+    pub instances: Vec<GroupMember>,
+}
+
+/// One instance of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// The instance id (the member's name).
+    pub id: String,
+    /// The launch template version it was launched from.
+    pub version: Option<String>,
+}
+
+impl ObservedGroup {
+    /// The instances launched from another launch template version than the group's now.
+    pub fn outdated(&self) -> Vec<&str> {
+        self.instances
+            .iter()
+            .filter(|i| self.version.is_some() && i.version != self.version)
+            .map(|i| i.id.as_str())
+            .collect()
+    }
 }
 
 /// An etcd cluster as it runs: its membership (from etcd) and its SRV records (from Route53).
@@ -181,6 +219,7 @@ impl ObservedCluster {
             etcd,
             resources_gone: Vec::new(),
             etcd_cluster: None,
+            group: None,
         }
     }
 

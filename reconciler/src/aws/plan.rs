@@ -16,6 +16,7 @@ use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use std::collections::BTreeMap;
 
 mod etcd;
+pub mod rollout;
 
 /// The version of the plan's JSON format.
 pub const FORMAT_VERSION: u32 = 1;
@@ -149,6 +150,9 @@ pub struct ClusterPlan {
     /// Things worth knowing that change nothing (a missing WAL bucket, members down).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Instances `spilo apply` replaces one at a time after the stack change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<rollout::Rollout>,
 }
 
 impl ClusterPlan {
@@ -171,6 +175,7 @@ impl ClusterPlan {
             bucket: None,
             image_upload: None,
             warnings: Vec::new(),
+            rollout: None,
         }
     }
 
@@ -424,7 +429,9 @@ fn plan_cluster(
     if let Err(why) = plan_stack(&mut p, stack, &obs.stack, options) {
         return blocked(p, why);
     }
-    if p.action == Action::Noop && (p.config.is_some() || p.bucket.is_some()) {
+    p.rollout = rollout::plan_rollout(&p, file.spec.instances, obs);
+    if p.action == Action::Noop && (p.config.is_some() || p.bucket.is_some() || p.rollout.is_some())
+    {
         p.action = Action::Update;
     }
     if p.action == Action::Noop && p.config.is_none() {

@@ -48,6 +48,7 @@ fn fresh(f: &ClusterFile) -> ObservedCluster {
         resources_gone: Vec::new(),
         etcd: etcd_with(None),
         etcd_cluster: None,
+        group: None,
     }
 }
 

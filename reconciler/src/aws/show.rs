@@ -73,6 +73,9 @@ fn headline(c: &ClusterPlan) -> String {
     let what = match c.action {
         Action::Create => format!("create stack {} in {}", c.stack_name, c.region),
         Action::Update if c.changes_stack() => format!("update stack {}", c.stack_name),
+        Action::Update if c.config.is_none() && c.rollout.is_some() => {
+            format!("replace the instances of stack {}", c.stack_name)
+        }
         Action::Update => "update the etcd config".to_string(),
         Action::Replace => format!("update stack {}, replacing resources", c.stack_name),
         Action::Delete => format!("delete stack {}", c.stack_name),
@@ -189,6 +192,14 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
     }
     for w in &c.warnings {
         let _ = writeln!(out, "    warning: {w}");
+    }
+    if let Some(r) = &c.rollout {
+        let _ = writeln!(
+            out,
+            "    {} rollout: {}",
+            style.paint("33", "~"),
+            r.describe()
+        );
     }
     if let Some(b) = &c.bucket {
         let _ = writeln!(
@@ -312,6 +323,9 @@ pub fn markdown(plan: &Plan, limit: usize) -> String {
             }
             if c.config.is_some() {
                 parts.push("etcd config".into());
+            }
+            if let Some(r) = &c.rollout {
+                parts.push(format!("rollout: {}", r.describe()).replace('|', "\\|"));
             }
             if parts.is_empty() {
                 "-".into()

@@ -506,10 +506,12 @@ mod tests {
         assert_eq!(s.parameters["InstanceType"], "t3.medium");
         assert_eq!(s.tags[CLUSTER_TAG], "orders");
         assert_eq!(s.tags["spilo:team"], "shop");
-        // No backup section: no S3 access at all, only the stack's own signal.
+        // No backup section: no S3 access at all; the primary's scale-in protection and the
+        // stack's own signal.
         let policies = &r["Role"]["Properties"]["Policies"];
-        assert_eq!(policies.as_array().map(Vec::len), Some(1), "{policies}");
-        assert_eq!(policies[0]["PolicyName"], "signal");
+        assert_eq!(policies.as_array().map(Vec::len), Some(2), "{policies}");
+        assert_eq!(policies[0]["PolicyName"], "scale-in");
+        assert_eq!(policies[1]["PolicyName"], "signal");
         // The stack waits for every member, and the ELB keeps idle connections for an hour.
         assert_eq!(
             r["AutoScalingGroup"]["CreationPolicy"],

@@ -444,8 +444,12 @@ impl AwsBox {
             self.instances.push(i);
         }
         // A PostgreSQL stack's load balancer and DNS name; an etcd stack has neither.
-        if template["Resources"]["PrimaryLoadBalancer"].is_object() && self.haproxy.is_none() {
-            self.balance(&template, &fleet)?;
+        if template["Resources"]["PrimaryLoadBalancer"].is_object() {
+            if self.haproxy.is_none() {
+                self.balance(&template, &fleet)?;
+            } else {
+                self.register(&template, &fleet)?;
+            }
         }
         if let (Some(record), None) = (template["Outputs"]["DnsName"]["Value"].as_str(), &self.dns)
         {
@@ -513,6 +517,65 @@ impl AwsBox {
         Ok(())
     }
 
+    /// The HAProxy server line's checks from the template's health check: the port, the path
+    /// and the interval.
+    fn check_of(template: &serde_json::Value) -> (String, String, String, String) {
+        let lb = &template["Resources"]["PrimaryLoadBalancer"]["Properties"];
+        let instance_port = lb["Listeners"][0]["InstancePort"]
+            .as_str()
+            .unwrap_or("5432")
+            .to_string();
+        let target = lb["HealthCheck"]["Target"]
+            .as_str()
+            .unwrap_or("HTTP:8008/primary");
+        let (ssl, target) = match target.strip_prefix("HTTPS:") {
+            Some(t) => (" check-ssl verify none", t),
+            None => ("", target.trim_start_matches("HTTP:")),
+        };
+        let check_port = target
+            .split_once('/')
+            .map_or("8008", |(p, _)| p)
+            .to_string();
+        let interval = lb["HealthCheck"]["Interval"]
+            .as_str()
+            .unwrap_or("5")
+            .to_string();
+        (instance_port, check_port, ssl.to_string(), interval)
+    }
+
+    /// Adds the group's instances HAProxy does not know yet (an ELB registers an
+    /// auto-scaling group's new instances), through its runtime API.
+    fn register(&mut self, template: &serde_json::Value, fleet: &Fleet) -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        let ask = |cmd: &str| -> anyhow::Result<String> {
+            let mut sock =
+                std::os::unix::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))?;
+            sock.write_all(format!("{cmd}\n").as_bytes())?;
+            let mut out = String::new();
+            sock.read_to_string(&mut out)?;
+            Ok(out)
+        };
+        let known = ask("show servers state primary")?;
+        let (port, check_port, ssl, interval) = Self::check_of(template);
+        for m in &fleet.instances {
+            if known.contains(&format!(" {} ", m.id)) {
+                continue;
+            }
+            let out = ask(&format!(
+                "add server primary/{} {}:{port} check port {check_port}{ssl} inter {interval}s fall 2 rise 2 on-marked-down shutdown-sessions",
+                m.id, m.ip
+            ))?;
+            anyhow::ensure!(
+                out.contains("New server registered"),
+                "add server {}: {out}",
+                m.id
+            );
+            ask(&format!("enable health primary/{}", m.id))?;
+            ask(&format!("enable server primary/{}", m.id))?;
+        }
+        Ok(())
+    }
+
     /// HAProxy as the primary load balancer: the template's listener port and health check,
     /// the instances as servers.
     fn balance(&mut self, template: &serde_json::Value, fleet: &Fleet) -> anyhow::Result<()> {
@@ -537,7 +600,7 @@ impl AwsBox {
             .as_u64()
             .unwrap_or(60);
         let mut cfg = format!(
-            "global\n  maxconn 200\n  stats socket {sock} mode 600 level user\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client {idle}s\n  timeout server {idle}s\n\
+            "global\n  maxconn 200\n  stats socket {sock} mode 600 level admin\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client {idle}s\n  timeout server {idle}s\n\
              listen primary\n  bind {elb}:{port}\n  option httpchk GET /{path}\n  http-check expect status 200\n  \
              default-server inter {interval}s fall 2 rise 2 on-marked-down shutdown-sessions\n",
             elb = self.elb,

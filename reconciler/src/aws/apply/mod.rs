@@ -10,6 +10,7 @@
 //! and the rollback and stops that cluster only. Clusters are applied [`PARALLEL`] at a time
 //! (a real stack takes minutes); every output line starts with its cluster's name.
 
+pub mod rollout;
 mod s3;
 mod stack;
 
@@ -296,7 +297,7 @@ async fn apply_locked(
             if let Some(cfg) = &c.config {
                 write_config(c, cfg, log).await?;
             }
-            Ok(())
+            rollout::run(&region, c, log).await
         }
     }
 }
