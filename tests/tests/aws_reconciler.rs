@@ -149,10 +149,75 @@ async fn a_removed_file_is_not_deleted_without_prune() {
             .contains("0 to add, 0 to change, 12 to destroy."),
         "{prune}"
     );
-    let deleted = w.spilo(&["apply", "--auto-approve", "--prune"]);
+    // What is kept and what is lost.
+    assert!(
+        prune.stdout.contains(
+            "kept: its WAL archive and base backups (the bucket is outside the stack) and its etcd keys (/service/orders/); lost: the data volumes of its 3 instances, deleted with them"
+        ),
+        "{prune}"
+    );
+    // Its file never set reconcile.prune: --auto-approve alone does not delete it.
+    let refused = w.spilo(&["apply", "--auto-approve", "--prune"]);
+    assert_eq!(refused.code, 1, "{refused}");
+    assert!(
+        refused.stdout.contains(
+            "orders: skipped (not deleted: its file did not set reconcile.prune, and its name was not typed back (--confirm-delete orders))"
+        ),
+        "{refused}"
+    );
+    assert_eq!(w.resources("orders").code, 0, "the stack is still there");
+    let deleted = w.spilo(&[
+        "apply",
+        "--auto-approve",
+        "--prune",
+        "--confirm-delete",
+        "orders",
+    ]);
     assert_eq!(deleted.code, 0, "{deleted}");
     let gone = w.resources("orders");
     assert_ne!(gone.code, 0, "the stack is gone: {gone}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_with_termination_protection_is_never_deleted() {
+    let w = World::new().await;
+    let file = w.cluster("billing", &BILLING).replace(
+        "  aws:\n",
+        "  reconcile: {prune: true, terminationProtection: true}\n  aws:\n",
+    );
+    assert!(file.contains("terminationProtection"), "{file}");
+    w.repo.commit("billing", Some(&file)).expect("commit");
+    let plan = w.spilo(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("~ termination protection: on (reconcile.terminationProtection)"),
+        "{plan}"
+    );
+    let apply = w.spilo(&["apply", "--auto-approve"]);
+    assert_eq!(apply.code, 0, "{apply}");
+    assert!(
+        apply.stdout.contains("billing: termination protection on"),
+        "{apply}"
+    );
+    let again = w.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "protection observed, nothing to do: {again}");
+    // The file goes (with reconcile.prune set when applied): still never deleted.
+    w.repo.commit("billing", None).expect("remove");
+    let prune = w.spilo(&[
+        "apply",
+        "--auto-approve",
+        "--prune",
+        "--confirm-delete",
+        "billing",
+    ]);
+    assert_eq!(prune.code, 1, "{prune}");
+    assert!(
+        prune
+            .stdout
+            .contains("spilo-billing has termination protection"),
+        "{prune}"
+    );
+    assert_eq!(w.resources("billing").code, 0, "the stack is still there");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -448,6 +448,10 @@ pub struct ReconcileSpec {
     /// Leave the cluster alone.
     #[serde(default)]
     pub suspend: bool,
+    /// AWS: turn on the stack's termination protection; spilo then never deletes the stack
+    /// (a person must turn it off first, outside spilo).
+    #[serde(default)]
+    pub termination_protection: bool,
 }
 
 impl ClusterSpec {

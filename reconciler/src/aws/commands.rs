@@ -89,6 +89,10 @@ pub struct ApplyArgs {
     /// As for plan (ignored with a saved plan).
     #[arg(long)]
     allow_replace: bool,
+    /// Deletes cluster NAME, whose file is gone but did not set `reconcile.prune`, with its
+    /// data volumes (its name typed back; asked for without it, refused with --auto-approve).
+    #[arg(long = "confirm-delete", value_name = "NAME")]
+    confirm_delete: Vec<String>,
 }
 
 /// `spilo diff`.
@@ -281,6 +285,37 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_ERROR);
         }
     }
+    let mut plan = plan;
+    let mut unconfirmed = false;
+    for c in plan
+        .clusters
+        .iter_mut()
+        .filter(|c| c.action == super::plan::Action::Delete && !c.refused && !c.delete_by_file)
+    {
+        let typed = if args.confirm_delete.contains(&c.name) {
+            true
+        } else if args.auto_approve {
+            false
+        } else {
+            print!(
+                "{} did not set reconcile.prune: type its name to delete it with its data volumes: ",
+                c.name
+            );
+            std::io::stdout().flush()?;
+            let mut answer = String::new();
+            std::io::stdin().lock().read_line(&mut answer)?;
+            answer.trim() == c.name
+        };
+        if !typed {
+            unconfirmed = true;
+            c.refused = true;
+            c.reason = Some(format!(
+                "not deleted: its file did not set reconcile.prune, and its name was not typed \
+                 back (--confirm-delete {})",
+                c.name
+            ));
+        }
+    }
     let log = apply::Log::new(std::io::stdout());
     let report = apply::apply(&clients, &plan, &log).await;
     println!();
@@ -294,7 +329,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(if report.failed() || plan.has_blocked() {
+    Ok(if report.failed() || plan.has_blocked() || unconfirmed {
         EXIT_ERROR
     } else {
         EXIT_CLEAN

@@ -532,6 +532,7 @@ pub async fn full_stack(c: &RegionClients, id: &str) -> Result<Option<ObservedSt
         template,
         parameters,
         tags,
+        termination_protection: s.enable_termination_protection().unwrap_or(false),
         resources,
         outputs,
     }))

@@ -53,6 +53,9 @@ pub struct ObservedStack {
     pub parameters: BTreeMap<String, String>,
     /// Stack tags.
     pub tags: BTreeMap<String, String>,
+    /// Termination protection is on.
+    #[serde(default)]
+    pub termination_protection: bool,
     /// Resources: logical id -> (type, physical id).
     pub resources: BTreeMap<String, (String, Option<String>)>,
     /// Outputs by key.
@@ -259,6 +262,7 @@ impl ObservedStack {
             template: stack.template,
             parameters: stack.parameters,
             tags: stack.tags,
+            termination_protection: false,
             resources: BTreeMap::new(),
             outputs: BTreeMap::new(),
         }

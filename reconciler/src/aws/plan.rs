@@ -153,6 +153,13 @@ pub struct ClusterPlan {
     /// Instances `spilo apply` replaces one at a time after the stack change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<rollout::Rollout>,
+    /// The stack's termination protection to turn on (`reconcile.terminationProtection`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protect: bool,
+    /// A deletion the file authorised (`reconcile.prune` when last applied): `--auto-approve`
+    /// may carry it out; any other needs the cluster's name typed back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_by_file: bool,
 }
 
 impl ClusterPlan {
@@ -176,6 +183,8 @@ impl ClusterPlan {
             image_upload: None,
             warnings: Vec::new(),
             rollout: None,
+            protect: false,
+            delete_by_file: false,
         }
     }
 
@@ -430,7 +439,13 @@ fn plan_cluster(
         return blocked(p, why);
     }
     p.rollout = rollout::plan_rollout(&p, file.spec.instances, obs);
-    if p.action == Action::Noop && (p.config.is_some() || p.bucket.is_some() || p.rollout.is_some())
+    p.protect = file.spec.reconcile.termination_protection
+        && obs
+            .stack
+            .present()
+            .is_none_or(|s| !s.termination_protection);
+    if p.action == Action::Noop
+        && (p.config.is_some() || p.bucket.is_some() || p.rollout.is_some() || p.protect)
     {
         p.action = Action::Update;
     }
@@ -633,11 +648,35 @@ fn plan_removed(name: &str, obs: &ObservedCluster, options: PlanOptions) -> Clus
     }
     p.region = s.stack_id.split(':').nth(3).unwrap_or_default().to_string();
     let prune_tag = s.tags.get(PRUNE_TAG).map(String::as_str) == Some("true");
-    if options.prune || prune_tag {
+    if (options.prune || prune_tag) && s.termination_protection {
         p.action = Action::Delete;
-        p.warnings.push(format!(
-            "its etcd keys (/service/{name}/) and its WAL archive are kept"
+        p.refused = true;
+        p.reason = Some(format!(
+            "{} has termination protection (reconcile.terminationProtection): spilo never \
+             deletes it; a person turns it off first (aws cloudformation \
+             update-termination-protection --no-enable-termination-protection)",
+            p.stack_name
         ));
+    } else if options.prune || prune_tag {
+        p.action = Action::Delete;
+        p.delete_by_file = prune_tag;
+        let instances = s
+            .parameters
+            .get("Instances")
+            .or_else(|| s.parameters.get("Members"))
+            .cloned()
+            .unwrap_or_else(|| "its".into());
+        p.warnings.push(format!(
+            "kept: its WAL archive and base backups (the bucket is outside the stack) and its \
+             etcd keys (/service/{name}/); lost: the data volumes of its {instances} instances, \
+             deleted with them"
+        ));
+        if !prune_tag {
+            p.warnings.push(format!(
+                "its file did not set reconcile.prune: spilo apply deletes it only with its name \
+                 typed back (asked, or --confirm-delete {name})"
+            ));
+        }
         p.resources = diff::resources(
             &s.template,
             &s.parameters,

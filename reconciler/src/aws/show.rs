@@ -201,6 +201,13 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
             r.describe()
         );
     }
+    if c.protect {
+        let _ = writeln!(
+            out,
+            "    {} termination protection: on (reconcile.terminationProtection)",
+            style.paint("33", "~")
+        );
+    }
     if let Some(b) = &c.bucket {
         let _ = writeln!(
             out,

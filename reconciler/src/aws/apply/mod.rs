@@ -288,18 +288,46 @@ async fn apply_locked(
             if let Some(cfg) = &c.config {
                 write_config(c, cfg, log).await?;
             }
-            change_stack(&region, plan, c, ChangeSetType::Create, log).await
+            change_stack(&region, plan, c, ChangeSetType::Create, log).await?;
+            protect(&region, c, log).await
         }
         _ => {
             if c.desired.is_some() {
                 change_stack(&region, plan, c, ChangeSetType::Update, log).await?;
             }
+            protect(&region, c, log).await?;
             if let Some(cfg) = &c.config {
                 write_config(c, cfg, log).await?;
             }
             rollout::run(&region, c, log).await
         }
     }
+}
+
+/// Turns the stack's termination protection on when the plan says so.
+async fn protect(
+    region: &super::clients::RegionClients,
+    c: &ClusterPlan,
+    log: &Log,
+) -> Result<(), String> {
+    if !c.protect {
+        return Ok(());
+    }
+    region
+        .cfn
+        .update_termination_protection()
+        .stack_name(&c.stack_name)
+        .enable_termination_protection(true)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "update-termination-protection: {}",
+                super::clients::describe(&e)
+            )
+        })?;
+    log.line(&c.name, "termination protection on");
+    Ok(())
 }
 
 async fn current_basis_of(
