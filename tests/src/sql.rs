@@ -98,3 +98,25 @@ pub async fn connect_with(
     });
     Ok(client)
 }
+
+/// Switches the primary `c` to a new WAL file and waits until the file holding everything
+/// committed so far is archived.
+pub async fn archive_everything(
+    c: &tokio_postgres::Client,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let last: String = c
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await?
+        .get(0);
+    c.batch_execute("SELECT pg_switch_wal()").await?;
+    crate::wait::until("the last commits to be archived", timeout, || async {
+        let done: Option<String> = c
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .ok()?
+            .get(0);
+        done.filter(|d| *d >= last).map(|_| ())
+    })
+    .await
+}

@@ -314,20 +314,7 @@ async fn recovery_body(c: &mut Cluster) -> anyhow::Result<()> {
     db.batch_execute("INSERT INTO t SELECT generate_series(301, 400)")
         .await?;
     // Everything up to here is archived before the loss.
-    let last: String = db
-        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
-        .await?
-        .get(0);
-    db.batch_execute("SELECT pg_switch_wal()").await?;
-    wait::until("the last segment to be archived", BOOT, || async {
-        let done: Option<String> = db
-            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
-            .await
-            .ok()?
-            .get(0);
-        done.filter(|d| *d >= last).map(|_| ())
-    })
-    .await?;
+    spilo_e2e::sql::archive_everything(&db, BOOT).await?;
     drop(db);
 
     // Both members lose their data.

@@ -111,23 +111,35 @@ impl Governor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "bootstrap failed; cleaning up so another attempt can start");
-                let _ = self.fence.send(None);
-                self.pg.stop(StopMode::Immediate).await;
-                let _ = self.dcs.release_leader(lease).await;
                 let _ = self.dcs.abandon_initialize().await;
-                let _ = self.pg.wipe_data();
-                self.data = None;
-                let failure = Failure::after(self.bootstrap_failure.as_ref(), &e, Instant::now());
-                tracing::warn!(
-                    attempts = failure.attempts,
-                    retried = failure.retry_at.is_some(),
-                    "{}",
-                    failure.describe()
-                );
-                self.bootstrap_failure = Some(failure);
-                Err(e)
+                self.creation_failed(lease, e).await
             }
         }
+    }
+
+    /// After a failed creation of the cluster's first primary (a bootstrap, a recovery from
+    /// the archive): stops PostgreSQL, hands the leader key back, empties the data directory,
+    /// and records the failure, which decides when to try again.
+    pub(super) async fn creation_failed(
+        &mut self,
+        lease: i64,
+        e: ActError,
+    ) -> Result<(), ActError> {
+        let _ = self.fence.send(None);
+        self.pg.stop(StopMode::Immediate).await;
+        let _ = self.dcs.release_leader(lease).await;
+        let _ = self.pg.wipe_data();
+        let _ = self.pg.clear_unfinished_marker();
+        self.data = None;
+        let failure = Failure::after(self.bootstrap_failure.as_ref(), &e, Instant::now());
+        tracing::warn!(
+            attempts = failure.attempts,
+            retried = failure.retry_at.is_some(),
+            "{}",
+            failure.describe()
+        );
+        self.bootstrap_failure = Some(failure);
+        Err(e)
     }
 
     async fn bootstrap_inner(

@@ -3,14 +3,11 @@
 //! WAL file, promote, and record the point recovered in the log and in `history`. A failure
 //! hands the key back, empties the data directory and backs off like a failed bootstrap.
 
-use super::bootstrap::Failure;
 use super::{ActError, Governor};
 use crate::dcs::Coordination;
 use crate::ha::{DcsView, Snapshot};
-use crate::postgres::process::StopMode;
 use spilo_model::{HistoryEntry, MemberState};
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 impl Governor {
     pub(super) async fn recover_from_archive(
@@ -77,21 +74,7 @@ impl Governor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "recovery from the archive failed; handing the leader key back");
-                let _ = self.fence.send(None);
-                self.pg.stop(StopMode::Immediate).await;
-                let _ = self.dcs.release_leader(lease).await;
-                let _ = self.pg.wipe_data();
-                let _ = self.pg.clear_unfinished_marker();
-                self.data = None;
-                let failure = Failure::after(self.bootstrap_failure.as_ref(), &e, Instant::now());
-                tracing::warn!(
-                    attempts = failure.attempts,
-                    retried = failure.retry_at.is_some(),
-                    "{}",
-                    failure.describe()
-                );
-                self.bootstrap_failure = Some(failure);
-                Err(e)
+                self.creation_failed(lease, e).await
             }
         }
     }

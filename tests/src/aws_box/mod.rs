@@ -517,9 +517,9 @@ impl AwsBox {
         Ok(())
     }
 
-    /// The HAProxy server line's checks from the template's health check: the port, the path
-    /// and the interval.
-    fn check_of(template: &serde_json::Value) -> (String, String, String, String) {
+    /// The template's load balancer as HAProxy needs it: (instance port, health check port,
+    /// path, ` check-ssl ...` or nothing, interval in seconds).
+    fn check_of(template: &serde_json::Value) -> (String, String, String, String, String) {
         let lb = &template["Resources"]["PrimaryLoadBalancer"]["Properties"];
         let instance_port = lb["Listeners"][0]["InstancePort"]
             .as_str()
@@ -528,19 +528,23 @@ impl AwsBox {
         let target = lb["HealthCheck"]["Target"]
             .as_str()
             .unwrap_or("HTTP:8008/primary");
+        // An ELB's HTTPS health check does not verify the backend's certificate.
         let (ssl, target) = match target.strip_prefix("HTTPS:") {
             Some(t) => (" check-ssl verify none", t),
             None => ("", target.trim_start_matches("HTTP:")),
         };
-        let check_port = target
-            .split_once('/')
-            .map_or("8008", |(p, _)| p)
-            .to_string();
+        let (check_port, path) = target.split_once('/').unwrap_or(("8008", "primary"));
         let interval = lb["HealthCheck"]["Interval"]
             .as_str()
             .unwrap_or("5")
             .to_string();
-        (instance_port, check_port, ssl.to_string(), interval)
+        (
+            instance_port,
+            check_port.to_string(),
+            path.to_string(),
+            ssl.to_string(),
+            interval,
+        )
     }
 
     /// Adds the group's instances HAProxy does not know yet (an ELB registers an
@@ -556,7 +560,7 @@ impl AwsBox {
             Ok(out)
         };
         let known = ask("show servers state primary")?;
-        let (port, check_port, ssl, interval) = Self::check_of(template);
+        let (port, check_port, _, ssl, interval) = Self::check_of(template);
         for m in &fleet.instances {
             if known.contains(&format!(" {} ", m.id)) {
                 continue;
@@ -583,19 +587,7 @@ impl AwsBox {
         let port = lb["Listeners"][0]["LoadBalancerPort"]
             .as_str()
             .unwrap_or("5432");
-        let instance_port = lb["Listeners"][0]["InstancePort"]
-            .as_str()
-            .unwrap_or("5432");
-        let target = lb["HealthCheck"]["Target"]
-            .as_str()
-            .unwrap_or("HTTP:8008/primary");
-        // An ELB's HTTPS health check does not verify the backend's certificate.
-        let (ssl, target) = match target.strip_prefix("HTTPS:") {
-            Some(t) => (" check-ssl verify none", t),
-            None => ("", target.trim_start_matches("HTTP:")),
-        };
-        let (check_port, path) = target.split_once('/').unwrap_or(("8008", "primary"));
-        let interval = lb["HealthCheck"]["Interval"].as_str().unwrap_or("5");
+        let (instance_port, check_port, path, ssl, interval) = Self::check_of(template);
         let idle = lb["ConnectionSettings"]["IdleTimeout"]
             .as_u64()
             .unwrap_or(60);
