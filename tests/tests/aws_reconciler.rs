@@ -81,7 +81,8 @@ async fn create_then_a_new_plan_is_all_noop_and_the_etcd_config_is_written() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_update_changes_instances_and_type_in_place_and_then_plans_noop() {
+async fn an_update_changes_instances_and_type_in_place_and_leaves_the_rollout_to_a_running_cluster()
+{
     let w = World::new().await;
     w.commit_shape("orders", &DEFAULT);
     let created = w.spilo(&["apply", "--auto-approve"]);
@@ -108,14 +109,39 @@ async fn an_update_changes_instances_and_type_in_place_and_then_plans_noop() {
     }
     assert!(!plan.stdout.contains("must be replaced"), "{plan}");
 
+    assert!(
+        plan.stdout
+            .contains("~ rollout: replaces 5 instances one at a time"),
+        "a new instance type means new instances: {plan}"
+    );
+
+    // The stack and the config change; no member runs here (moto alone), so the rollout
+    // refuses to start and says why.
     let apply = w.spilo(&["apply", "--auto-approve"]);
-    assert_eq!(apply.code, 0, "{apply}");
+    assert_eq!(apply.code, 1, "{apply}");
+    assert!(
+        apply
+            .stdout
+            .contains("orders: FAILED: rollout not started: the cluster has no leader"),
+        "{apply}"
+    );
     assert_eq!(w.instances("orders").len(), 5);
     let config = w.etcd_config("orders").await.expect("config");
     assert_eq!(config["postgresql_parameters"]["max_connections"], "300");
 
+    // What is left: the three instances still on the first launch template version.
     let again = w.spilo(&["plan"]);
-    assert_eq!(again.code, 0, "{again}");
+    assert_eq!(again.code, 2, "{again}");
+    assert!(
+        again
+            .stdout
+            .contains("~ cluster orders: replace the instances of stack spilo-orders")
+            && again
+                .stdout
+                .contains("~ rollout: replaces 3 instances one at a time")
+            && again.stdout.contains("still run an older launch template"),
+        "{again}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

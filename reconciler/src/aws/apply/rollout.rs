@@ -163,6 +163,15 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
     let scope = spilo_model::ClusterName::new(c.name.clone()).map_err(|e| e.to_string())?;
     let mut last = String::new();
     let mut since = Instant::now();
+    // Instances are replaced only in a cluster that runs: one without a leader would lose
+    // what it has left.
+    if read_cluster(dcs, &scope).await?.summary.leader.is_none() {
+        return Err(
+            "rollout not started: the cluster has no leader (replacing instances of a cluster \
+             that does not run could lose what it has left); apply again once a primary runs"
+                .into(),
+        );
+    }
     loop {
         let group = match describe_group(region, &group_name).await {
             Observation::Present(g) => g,
