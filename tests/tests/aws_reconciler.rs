@@ -104,6 +104,7 @@ async fn an_update_changes_instances_and_type_in_place_and_leaves_the_rollout_to
         "~ DesiredCapacity: \"3\" -> \"5\"",
         "~ LaunchTemplateData.InstanceType: \"t3.medium\" -> \"m6i.large\"",
         "~ postgresql_parameters.max_connections: \"200\" -> \"300\"",
+        "~ restart: max_connections takes effect only after every member restarted (`spilo restart orders --pending`: the replicas in place, the primary by a switchover)",
     ] {
         assert!(plan.stdout.contains(line), "missing {line:?}: {plan}");
     }

@@ -16,6 +16,7 @@ use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use std::collections::BTreeMap;
 
 mod etcd;
+pub mod restarts;
 pub mod rollout;
 
 /// The version of the plan's JSON format.

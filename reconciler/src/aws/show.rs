@@ -245,6 +245,19 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
         for l in config_lines(cfg) {
             let _ = writeln!(out, "        {l}");
         }
+        let restarts = super::plan::restarts::restarts(cfg);
+        if !restarts.is_empty() {
+            let _ = writeln!(
+                out,
+                "    {} restart: {} take{} effect only after every member restarted (`spilo \
+                 restart {} --pending`: the replicas in place, the primary by a switchover); \
+                 until then the members show pending restart",
+                style.paint("33", "~"),
+                restarts.join(", "),
+                if restarts.len() == 1 { "s" } else { "" },
+                c.name
+            );
+        }
     }
     if with_template_diff && !c.template_diff.is_empty() {
         out.push_str("    template diff:\n");
