@@ -20,5 +20,6 @@ pub mod etcd_member;
 pub mod ha;
 pub mod postgres;
 pub mod preflight;
+pub mod proxy;
 pub mod runtime;
 pub mod watchdog;

@@ -8,7 +8,7 @@
 use spilo_model::governor::{
     ApiAuthConfig, ArchiveConfig, Authentication, AwsSettings, BackupSchedule, BootstrapConfig,
     CloneConfig, Compression, Credentials, EtcdConfig, GovernorConfig, HaSettings, PostgresConfig,
-    RestApiConfig, S3Config, SecretRef,
+    ProxyConfig, RestApiConfig, S3Config, SecretRef,
 };
 use spilo_model::spec::ClusterFile;
 use spilo_model::{MemberName, TargetTime};
@@ -57,6 +57,8 @@ pub struct Placement {
     pub aws: Option<AwsSettings>,
     /// TLS on every connection, with the cluster's CA.
     pub tls: Option<spilo_model::governor::TlsConfig>,
+    /// Where the primary proxy listens (`endpoints.routing: proxy`); none without it.
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 fn archive(prefix: String, store: &Store) -> ArchiveConfig {
@@ -176,6 +178,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         bootstrap,
         aws: at.aws.clone(),
         tls: at.tls.clone(),
+        proxy: at.proxy_listen.map(|listen| ProxyConfig { listen }),
     })
 }
 

@@ -130,6 +130,17 @@ fn a_file_with_few_instances_is_accepted_with_a_warning() {
 }
 
 #[test]
+fn proxy_routing_on_the_local_target_is_accepted_with_a_warning() {
+    let text = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: here\nspec:\n  endpoints:\n    routing: proxy\n";
+    let checked = validate_files(&[("here.yaml".into(), text.into())]);
+    assert!(!checked.has_errors());
+    assert_eq!(
+        render_text(&checked.diagnostics),
+        "here.yaml:7:14: spec.endpoints.routing: warning: ignored: the local target's HAProxy checks each member's /primary\n"
+    );
+}
+
+#[test]
 fn spilo_validate_prints_every_problem_and_exits_1() {
     let spilo = spilo_e2e::proc::target_dir().expect("target").join("spilo");
     let bad = root().join("tests/corpus/invalid/19-retry-timeout-not-below-ttl.yaml");

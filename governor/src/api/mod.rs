@@ -6,6 +6,7 @@
 //! | `/primary`, `/read-write` | this member holds the leader key, its lease is valid (or, in failsafe mode, every member confirmed it), and PostgreSQL runs as a writable primary |
 //! | `/replica[?lag=BYTES]` | PostgreSQL runs as a replica that is streaming (and within `lag` bytes of the leader) |
 //! | `/health` | PostgreSQL runs, in any role |
+//! | `/proxy` | this member runs the primary proxy and it has a primary to forward to ([`crate::proxy`]) |
 //! | `/liveness` | the HA loop finished a pass within the TTL, or a long action (bootstrap, clone, rewind) runs |
 //! | `/readiness` | the leader, or a streaming replica within `maximum_lag_on_failover` |
 //! | `/status`, `/` | always 200: this member's [`NodeStatus`] |
@@ -83,6 +84,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/read-write", get(primary))
         .route("/replica", get(replica))
         .route("/health", get(health))
+        .route("/proxy", get(proxy))
         .route("/liveness", get(liveness))
         .route("/readiness", get(readiness))
         .route("/cluster", get(cluster))
@@ -170,6 +172,15 @@ async fn replica(State(shared): State<Arc<Shared>>, Query(q): Query<LagQuery>) -
 async fn health(State(shared): State<Arc<Shared>>) -> Answer {
     let node = node(&shared).await;
     let ok = node.member.state == MemberState::Running;
+    answer(ok, node)
+}
+
+async fn proxy(State(shared): State<Arc<Shared>>) -> Answer {
+    let node = node(&shared).await;
+    let ok = shared
+        .proxy
+        .as_ref()
+        .is_some_and(|route| route.borrow().is_some());
     answer(ok, node)
 }
 

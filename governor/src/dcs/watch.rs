@@ -14,9 +14,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Watches the cluster's prefix until `cancel` fires, notifying `wake` on every change and on
-/// reconnects. Every (re)opened watch uses the connection's current client.
-pub async fn run(dcs: Dcs, wake: Arc<Notify>, cancel: CancellationToken) {
+/// Watches the cluster's prefix until `cancel` fires, notifying each of `wakes` on every
+/// change and on reconnects. Every (re)opened watch uses the connection's current client.
+pub async fn run(dcs: Dcs, wakes: Vec<Arc<Notify>>, cancel: CancellationToken) {
+    let wake = || wakes.iter().for_each(|w| w.notify_one());
     let keys = dcs.keys().clone();
     let prefix = keys.prefix().to_string();
     loop {
@@ -40,7 +41,7 @@ pub async fn run(dcs: Dcs, wake: Arc<Notify>, cancel: CancellationToken) {
                 match msg {
                     Ok(Some(resp)) => {
                         if resp.events().iter().any(|e| matters(&keys, e)) {
-                            wake.notify_one();
+                            wake();
                         }
                         if resp.canceled() {
                             break;
@@ -51,7 +52,7 @@ pub async fn run(dcs: Dcs, wake: Arc<Notify>, cancel: CancellationToken) {
             }
         }
         // Something may have changed while the watch was down.
-        wake.notify_one();
+        wake();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}

@@ -229,13 +229,29 @@ impl Session {
         Ok(row.try_get(0)?)
     }
 
-    /// `pg_promote(wait => true)`; returns whether the promotion finished in time.
+    /// `pg_promote(wait => false)`, then `pg_is_in_recovery()` every 10 ms (PostgreSQL's own
+    /// wait looks every 100 ms, time a switchover's clients wait for); returns whether the
+    /// promotion finished within `wait`.
     pub async fn promote(&mut self, wait: Duration) -> Result<bool, SqlError> {
-        let secs = i32::try_from(wait.as_secs().max(1)).unwrap_or(60);
+        let deadline = std::time::Instant::now() + wait;
         let row = self
-            .run(async |c| c.query_one("SELECT pg_promote(true, $1)", &[&secs]).await)
+            .run(async |c| c.query_one("SELECT pg_promote(false)", &[]).await)
             .await?;
-        Ok(row.try_get(0)?)
+        if !row.try_get::<_, bool>(0)? {
+            return Ok(false);
+        }
+        loop {
+            let row = self
+                .run(async |c| c.query_one("SELECT pg_is_in_recovery()", &[]).await)
+                .await?;
+            if !row.try_get::<_, bool>(0)? {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Physical replication slots and whether each is in use.
@@ -285,6 +301,21 @@ impl Session {
                     "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
                      WHERE application_name = $1 AND state = 'streaming')",
                     &[&application_name],
+                )
+                .await
+            })
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Whether a walsender runs as a synchronous one (`sync_state` `sync` or `quorum`).
+    pub async fn has_sync_walsender(&mut self) -> Result<bool, SqlError> {
+        let row = self
+            .run(async |c| {
+                c.query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_replication \
+                     WHERE sync_state IN ('sync', 'quorum'))",
+                    &[],
                 )
                 .await
             })

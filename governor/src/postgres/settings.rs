@@ -101,6 +101,33 @@ impl Instance {
         Ok(true)
     }
 
+    /// After naming other synchronous standbys: once a walsender runs as synchronous, one WAL
+    /// record of its own (a non-transactional message, which waits for no standby). Commits
+    /// that waited for a standby that left are released by a synchronous standby's next reply,
+    /// and a standby replies when it has flushed new WAL, else only every
+    /// `wal_receiver_status_interval` (10 s): without new WAL they would wait that long.
+    pub async fn nudge_sync_standbys(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            match self.session.has_sync_walsender().await {
+                Ok(true) => break,
+                Ok(false) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                _ => return,
+            }
+        }
+        if let Err(e) = self
+            .session
+            .execute(
+                "SELECT pg_logical_emit_message(false, 'spilo', 'synchronous standbys changed')",
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "could not write the WAL record that wakes the standbys");
+        }
+    }
+
     /// Rewrites `postgresql.conf` from the current settings and reloads (`POST /reload`).
     pub async fn reload(&mut self) -> Result<(), crate::runtime::ActError> {
         let up = self.upstream.clone();

@@ -1,7 +1,7 @@
 //! The runtime: owns the tasks and runs the HA loop, gather -> decide -> act.
 //!
-//! [`run`] connects to etcd, prepares the run directory, starts the lease, watch, fence and
-//! REST API tasks (each owned here and cancelled on shutdown), then loops: gather a
+//! [`run`] connects to etcd, prepares the run directory, starts the lease, watch, fence,
+//! primary proxy ([`crate::proxy`]) and REST API tasks (each owned here and cancelled on shutdown), then loops: gather a
 //! [`crate::ha::Snapshot`] ([`gather`]), call [`crate::ha::decide`], log the decision when it
 //! changes, carry it out ([`act`]), publish the member key. The loop wakes on etcd events,
 //! PostgreSQL exits, lease changes and the `loop_wait` tick.
@@ -105,6 +105,8 @@ pub struct Shared {
     pub failsafe: failsafe::Gate,
     /// As primary in failsafe mode: until when every member confirmed it.
     pub failsafe_until: watch::Receiver<Option<Instant>>,
+    /// The primary proxy's target, when this member runs one.
+    pub proxy: Option<watch::Receiver<Option<crate::proxy::Target>>>,
 }
 
 /// The HA loop's own state.
@@ -209,7 +211,30 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         lease_tx,
         cancel.clone(),
     ));
-    tasks.spawn(dcs::watch::run(dcs.clone(), wake.clone(), cancel.clone()));
+    let proxy_wake = Arc::new(Notify::new());
+    tasks.spawn(dcs::watch::run(
+        dcs.clone(),
+        vec![wake.clone(), proxy_wake.clone()],
+        cancel.clone(),
+    ));
+    let proxy_route = match &cfg.proxy {
+        Some(p) => {
+            let listener = tokio::net::TcpListener::bind(p.listen)
+                .await
+                .with_context(|| format!("listen for the primary proxy on {}", p.listen))?;
+            let (route_tx, route) = watch::channel(None);
+            tasks.spawn(crate::proxy::follow(
+                dcs.clone(),
+                cfg.ha.ttl(),
+                proxy_wake,
+                route_tx,
+                cancel.clone(),
+            ));
+            tasks.spawn(crate::proxy::serve(listener, route.clone(), cancel.clone()));
+            Some(route)
+        }
+        None => None,
+    };
     let (fence_tx, fence_rx) = watch::channel(None);
     let (failsafe_peers, failsafe_peers_rx) = watch::channel(None);
     let (failsafe_tx, failsafe_until) = watch::channel(None);
@@ -273,6 +298,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         backup_requests: cfg.archive.is_some().then_some(backup_tx),
         failsafe: failsafe::Gate::default(),
         failsafe_until: failsafe_until.clone(),
+        proxy: proxy_route,
     });
     if let Some(archive) = &cfg.archive {
         tasks.spawn(backups::run(

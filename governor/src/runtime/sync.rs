@@ -47,7 +47,10 @@ impl Governor {
             }
         }
         self.sync_pending = step.pending;
-        self.pg.set_standby_names(&step.standby_names).await?;
+        let names_standbys = step.standby_names.starts_with("FIRST");
+        if self.pg.set_standby_names(&step.standby_names).await? && names_standbys {
+            self.pg.nudge_sync_standbys().await;
+        }
         Ok(())
     }
 

@@ -90,6 +90,23 @@ pub struct GovernorConfig {
     /// issues itself from the cluster's CA; plaintext when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// The primary proxy: a TCP port that forwards every connection to the PostgreSQL of the
+    /// member holding the leader key, followed from etcd on its own watch; the REST API's `/proxy` says whether it has such a target. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// `proxy:`: where the primary proxy listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Listen address, e.g. `0.0.0.0:5433`.
+    pub listen: SocketAddr,
+}
+
+/// Whether two listen addresses take the same port on a common address.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -509,6 +526,21 @@ impl GovernorConfig {
                 "restapi.listen",
                 "must differ from postgresql.listen",
             ));
+        }
+        if let Some(proxy) = &self.proxy {
+            let taken = [pg.listen, self.restapi.listen];
+            if proxy.listen.port() == 0 {
+                return Err(invalid("proxy.listen", "needs a port"));
+            }
+            if taken
+                .iter()
+                .any(|t| t.port() == proxy.listen.port() && overlaps(t, &proxy.listen))
+            {
+                return Err(invalid(
+                    "proxy.listen",
+                    "must differ from postgresql.listen and restapi.listen",
+                ));
+            }
         }
         for (field, user) in [
             (

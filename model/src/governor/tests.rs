@@ -141,3 +141,24 @@ fn with_tls_a_member_serves_https_names_its_addresses_and_needs_etcd_over_tls() 
         Err("tls.ca_key".to_string())
     );
 }
+
+#[test]
+fn the_proxy_needs_a_port_of_its_own() {
+    let mut c = minimal();
+    c.proxy = Some(ProxyConfig {
+        listen: "0.0.0.0:5433".parse().expect("an address"),
+    });
+    assert_eq!(c.check(), Ok(()));
+    let parsed = GovernorConfig::parse(&c.to_yaml()).expect("parses back");
+    assert_eq!(parsed.proxy, c.proxy);
+    for taken in ["0.0.0.0:5432", "127.0.0.1:8008", "0.0.0.0:0"] {
+        c.proxy = Some(ProxyConfig {
+            listen: taken.parse().expect("an address"),
+        });
+        assert_eq!(
+            c.check().map_err(|e| e.field),
+            Err("proxy.listen".to_string()),
+            "{taken}"
+        );
+    }
+}

@@ -24,7 +24,7 @@ pub use aws::{
     Architecture, AwsSpec, DEFAULT_INSTANCE_TYPE, Filesystem, IngressRule, StorageSpec, VolumeType,
     is_image_parameter,
 };
-pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck};
+pub use endpoints::{DnsSpec, Endpoint, EndpointsSpec, HealthCheck, Routing};
 pub use etcd::{
     ETCD_CLIENT_PORT, ETCD_PEER_PORT, EtcdClusterFile, EtcdKind, EtcdReconcile, EtcdSecrets,
     EtcdSpec, member_host, srv_names,

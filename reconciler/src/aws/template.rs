@@ -12,13 +12,17 @@
 
 use super::userdata;
 use serde_json::{Value, json};
-use spilo_model::spec::{ClusterFile, IngressRule, StorageSpec};
+use spilo_model::spec::{ClusterFile, IngressRule, Routing, StorageSpec};
 use std::collections::BTreeMap;
 
 /// The governors' REST API port on AWS instances.
 pub const API_PORT: u16 = 8008;
 /// PostgreSQL's port on AWS instances.
 pub const POSTGRES_PORT: u16 = 5432;
+/// The members' primary proxy port (`endpoints.routing: proxy`).
+pub const PROXY_PORT: u16 = 5433;
+/// The health check path of an instance whose primary proxy has a target.
+pub const PROXY_PATH: &str = "/proxy";
 /// The image instances start from: the file's `aws.image` (an AMI id, or an SSM parameter
 /// holding one), else Debian 12's public parameter for the instance type's architecture.
 pub fn image_id(file: &ClusterFile) -> String {
@@ -114,7 +118,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
             "SecurityGroupIngress": lb_ingress,
         }}),
     );
-    for (id, port, source) in [
+    let mut member_ports = vec![
         (
             "MemberIngressPostgres",
             POSTGRES_PORT,
@@ -131,7 +135,15 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
             API_PORT,
             "LoadBalancerSecurityGroup",
         ),
-    ] {
+    ];
+    if spec.endpoints.routing == Routing::Proxy {
+        member_ports.push((
+            "LoadBalancerIngressProxy",
+            PROXY_PORT,
+            "LoadBalancerSecurityGroup",
+        ));
+    }
+    for (id, port, source) in member_ports {
         resources.insert(
             id.into(),
             json!({"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
@@ -164,7 +176,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     );
     let load_balancers: Vec<Value> = lb_ids(file)
         .iter()
-        .map(|(id, _, _)| json!({"Ref": id}))
+        .map(|(id, _, _, _)| json!({"Ref": id}))
         .collect();
     resources.insert(
         "AutoScalingGroup".into(),
@@ -192,7 +204,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     // Load balancers: the health check finds the primary (or the streaming replicas).
     let hc = &spec.endpoints.health_check;
     let interval = hc.interval.max(5);
-    for (id, endpoint_port, path) in lb_ids(file) {
+    for (id, endpoint_port, instance_port, path) in lb_ids(file) {
         resources.insert(
             id.into(),
             json!({"Type": "AWS::ElasticLoadBalancing::LoadBalancer", "Properties": {
@@ -202,7 +214,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
                 "CrossZone": true,
                 "Listeners": [{
                     "LoadBalancerPort": endpoint_port.to_string(),
-                    "InstancePort": POSTGRES_PORT.to_string(),
+                    "InstancePort": instance_port.to_string(),
                     "Protocol": "TCP",
                 }],
                 "HealthCheck": {
@@ -410,20 +422,31 @@ pub fn dns_name(file: &ClusterFile) -> Option<String> {
 }
 
 /// The load balancers: logical id, client port, health-check path.
-fn lb_ids(file: &ClusterFile) -> Vec<(&'static str, u16, String)> {
+fn lb_ids(file: &ClusterFile) -> Vec<(&'static str, u16, u16, String)> {
     let e = &file.spec.endpoints;
     let mut out = Vec::new();
     if e.primary.enabled {
-        out.push((
-            "PrimaryLoadBalancer",
-            e.primary.port,
-            e.health_check.primary_path.clone(),
-        ));
+        out.push(match e.routing {
+            Routing::HealthCheck => (
+                "PrimaryLoadBalancer",
+                e.primary.port,
+                POSTGRES_PORT,
+                e.health_check.primary_path.clone(),
+            ),
+            // Every instance whose proxy has a target is in service.
+            Routing::Proxy => (
+                "PrimaryLoadBalancer",
+                e.primary.port,
+                PROXY_PORT,
+                PROXY_PATH.to_string(),
+            ),
+        });
     }
     if e.replica.enabled {
         out.push((
             "ReplicaLoadBalancer",
             e.replica.port,
+            POSTGRES_PORT,
             e.health_check.replica_path.clone(),
         ));
     }
@@ -472,6 +495,40 @@ mod tests {
         assert!(
             role.contains("arn:aws:secretsmanager:eu-central-1:1:secret:orders-ca"),
             "the instance role reads the CA: {role}"
+        );
+    }
+
+    #[test]
+    fn with_proxy_routing_every_instance_forwards_to_the_primary() {
+        let s = render(&file(
+            "  endpoints: {routing: proxy, replica: {enabled: true, port: 5433}}\n",
+        ))
+        .expect("aws");
+        let r = &s.template["Resources"];
+        let primary = &r["PrimaryLoadBalancer"]["Properties"];
+        assert_eq!(primary["HealthCheck"]["Target"], "HTTP:8008/proxy");
+        assert_eq!(primary["Listeners"][0]["InstancePort"], "5433");
+        assert_eq!(primary["Listeners"][0]["LoadBalancerPort"], "5432");
+        // The replicas' endpoint still checks each replica and reaches PostgreSQL itself.
+        let replica = &r["ReplicaLoadBalancer"]["Properties"];
+        assert_eq!(replica["HealthCheck"]["Target"], "HTTP:8008/replica");
+        assert_eq!(replica["Listeners"][0]["InstancePort"], "5432");
+        assert_eq!(
+            r["LoadBalancerIngressProxy"]["Properties"]["FromPort"],
+            5433
+        );
+        // The members run the proxy on that port.
+        let config =
+            crate::aws::userdata::config(&file("  endpoints: {routing: proxy}\n")).expect("config");
+        assert_eq!(
+            config.proxy.map(|p| p.listen.to_string()),
+            Some("0.0.0.0:5433".to_string())
+        );
+        // Without it: no proxy, no rule.
+        assert!(
+            render(&file("")).expect("aws").template["Resources"]
+                .get("LoadBalancerIngressProxy")
+                .is_none()
         );
     }
 

@@ -82,6 +82,7 @@ pub fn render(
             parameters_in_file: true,
             aws: None,
             tls: tls.map(|t| TlsConfig::new(t.ca.clone(), SecretRef::file(&t.ca_key))),
+            proxy_listen: None,
         },
     )
 }

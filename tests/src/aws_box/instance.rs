@@ -215,6 +215,32 @@ exec chroot "$r" /usr/lib/spilo/boot"#,
         self.boots
     }
 
+    /// Shuts the instance down as EC2 does when it terminates one: systemd stops the boot
+    /// service (`KillMode=mixed`: SIGTERM to its main process, the boot, which stops the
+    /// governor, which stops PostgreSQL and gives up its lease), then what is left after
+    /// `grace` is killed.
+    pub fn shut_down(&mut self, grace: std::time::Duration) -> anyhow::Result<()> {
+        if let Some(b) = self.boot.as_mut() {
+            // The boot runs as the child of `unshare --fork`, the spawned process.
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", b.pid()))
+                .unwrap_or_default();
+            for c in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let deadline = std::time::Instant::now() + grace;
+            while !b.exited() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        self.kill_all()
+    }
+
     /// Every process of the instance, `kill -9` (the metadata service is EC2's, not the
     /// instance's, and stays); returns once none is left.
     pub fn kill_all(&mut self) -> anyhow::Result<()> {

@@ -129,6 +129,8 @@ pub struct AwsBox {
     /// The VPC's resolver: the hosted zone's records as moto's Route53 holds them, on port 53
     /// of the host's address ([`Self::serve_zone`]).
     zone: Option<zone::ZoneDns>,
+    /// This box's turn on the machine ([`take_turn`]), released last.
+    _turn: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// What the image is made of here: the recipe, the boot layer and the binaries.
@@ -226,10 +228,39 @@ fn claim_bridge() -> anyhow::Result<(u8, Bridge)> {
     anyhow::bail!("no free bridge and address range for the box")
 }
 
+/// Boxes share the machine (`--test-threads`, and processes of their own when re-run as
+/// root), except one that measures time: it runs alone. A lock file on the host says whose
+/// turn it is.
+fn take_turn(alone: bool) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("spilo-box.lock"))?;
+    let arg = if alone {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockShared
+    };
+    Flock::lock(file, arg).map_err(|(_, e)| anyhow::anyhow!("lock spilo-box.lock: {e}"))
+}
+
 impl AwsBox {
     /// The bridge, moto with IAM enforced and its admin, the network, passwords and image
     /// parameter, etcd, the signal stand-in and a repository.
     pub async fn new() -> anyhow::Result<Self> {
+        Self::start(false).await
+    }
+
+    /// [`Self::new`] once no other box runs, and none starts until this one is dropped: for
+    /// a test that measures time on this 2-core machine.
+    pub async fn alone() -> anyhow::Result<Self> {
+        Self::start(true).await
+    }
+
+    async fn start(alone: bool) -> anyhow::Result<Self> {
+        let turn = tokio::task::spawn_blocking(move || take_turn(alone)).await??;
         let image = tokio::task::spawn_blocking(image).await??;
         let dir = tempfile::Builder::new().prefix("spilo-box-").tempdir()?;
         let dir_path = dir.path().to_path_buf();
@@ -261,6 +292,7 @@ impl AwsBox {
         let etcd = Etcd::start_on(dir.path(), &host).await?;
         let repo = Repo::init(&dir.path().join("repo"))?;
         let mut b = Self {
+            _turn: turn,
             dir,
             host,
             elb,
@@ -495,7 +527,8 @@ impl AwsBox {
     }
 
     /// Stops those of `members` (instances of `stack`) the group no longer has (its scale-in
-    /// terminated them): what EC2 does to a terminated instance. Returns their ids.
+    /// terminated them): what the group and EC2 do to a terminated instance, taking it out of
+    /// the load balancer, then shutting it down ([`Instance::shut_down`]). Returns their ids.
     pub fn reap(&mut self, stack: &str, members: &[String]) -> anyhow::Result<Vec<String>> {
         let fleet = self.fleet(stack)?;
         let kept: Vec<&str> = fleet.instances.iter().map(|m| m.id.as_str()).collect();
@@ -504,6 +537,12 @@ impl AwsBox {
             .filter(|id| !kept.contains(&id.as_str()))
             .cloned()
             .collect();
+        for id in &gone {
+            if let Some(i) = self.instances.iter().position(|i| i.id == *id) {
+                self.deregister(id)?;
+                self.instances[i].shut_down(std::time::Duration::from_secs(90))?;
+            }
+        }
         self.instances.retain(|i| !gone.contains(&i.id));
         Ok(gone)
     }
@@ -550,15 +589,7 @@ impl AwsBox {
     /// Adds the group's instances HAProxy does not know yet (an ELB registers an
     /// auto-scaling group's new instances), through its runtime API.
     fn register(&mut self, template: &serde_json::Value, fleet: &Fleet) -> anyhow::Result<()> {
-        use std::io::{Read, Write};
-        let ask = |cmd: &str| -> anyhow::Result<String> {
-            let mut sock =
-                std::os::unix::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))?;
-            sock.write_all(format!("{cmd}\n").as_bytes())?;
-            let mut out = String::new();
-            sock.read_to_string(&mut out)?;
-            Ok(out)
-        };
+        let ask = |cmd: &str| self.haproxy_command(cmd);
         let known = ask("show servers state primary")?;
         let (port, check_port, _, ssl, interval) = Self::check_of(template);
         for m in &fleet.instances {
@@ -577,6 +608,34 @@ impl AwsBox {
             ask(&format!("enable health primary/{}", m.id))?;
             ask(&format!("enable server primary/{}", m.id))?;
         }
+        Ok(())
+    }
+
+    /// One command on HAProxy's runtime API; its answer.
+    fn haproxy_command(&self, cmd: &str) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut sock =
+            std::os::unix::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))?;
+        sock.write_all(format!("{cmd}\n").as_bytes())?;
+        let mut out = String::new();
+        sock.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    /// Takes instance `id` out of the load balancer stand-in, as an auto-scaling group
+    /// deregisters an instance from its ELB before terminating it (connection draining is
+    /// off: its sessions end).
+    fn deregister(&self, id: &str) -> anyhow::Result<()> {
+        if self.haproxy.is_none() {
+            return Ok(());
+        }
+        self.haproxy_command(&format!("set server primary/{id} state maint"))?;
+        self.haproxy_command(&format!("shutdown sessions server primary/{id}"))?;
+        let out = self.haproxy_command(&format!("del server primary/{id}"))?;
+        anyhow::ensure!(
+            out.contains("Server deleted") || out.contains("No such server"),
+            "del server {id}: {out}"
+        );
         Ok(())
     }
 
@@ -616,12 +675,7 @@ impl AwsBox {
     /// health checks), as an ELB's `InService`. HAProxy counts a server as up before its first
     /// check, an ELB does not: wait on this before writing through the load balancer.
     pub fn in_service(&self) -> anyhow::Result<Vec<String>> {
-        use std::io::{Read, Write};
-        let mut sock =
-            std::os::unix::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))?;
-        sock.write_all(b"show stat\n")?;
-        let mut out = String::new();
-        sock.read_to_string(&mut out)?;
+        let out = self.haproxy_command("show stat")?;
         // CSV: pxname, svname, ..., status is the 18th column; checks that ran show in
         // check_status (the 37th).
         Ok(out
