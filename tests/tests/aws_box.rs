@@ -830,7 +830,7 @@ async fn a_launch_template_change_replaces_the_instances_one_at_a_time() -> anyh
     r
 }
 
-/// A new instance type on a 3-member cluster (`endpoints.routing: proxy`) under a steady
+/// A new image on a 3-member cluster (`endpoints.routing: proxy`) under a steady
 /// write load through the load balancer: `spilo apply` replaces the two replicas one at a
 /// time, hands the primary to a replaced replica in one switchover, then replaces the former
 /// primary; no acknowledged write is lost, writes pause at most 1 s, and at least one
@@ -884,10 +884,13 @@ async fn rollout(b: &mut AwsBox) -> anyhow::Result<()> {
     let prober = Prober::start(vec![("lb".into(), dsn.clone())], Duration::from_millis(50));
     prober.wait_write("lb", None, BOOT).await?;
 
-    // A new instance type: the launch template changes.
+    // A new image: the launch template changes.
     b.repo.commit(
         "orders",
-        Some(&file(b).replace("instanceType: t3.medium", "instanceType: t3.large")),
+        Some(&file(b).replace(
+            "image: /spilo/box/debian-12/amd64",
+            "image: /spilo/box/debian-12-next/amd64",
+        )),
     )?;
     let plan = b.spilo(&["plan"]);
     assert!(
@@ -903,6 +906,10 @@ async fn rollout(b: &mut AwsBox) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let (_, first_log) =
         apply_playing_ec2(b, &mut seen, &mut samples, Some("replacing replica")).await?;
+    assert!(
+        first_log.contains("rollout: replacing replica"),
+        "the first apply is stopped in its rollout: {first_log}"
+    );
     let (status, second_log) = apply_playing_ec2(b, &mut seen, &mut samples, None).await?;
     anyhow::ensure!(status, "the second spilo apply failed:\n{second_log}");
     assert!(
