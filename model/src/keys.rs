@@ -9,7 +9,7 @@
 //! | `initialize` | the governor that wins the bootstrap race (create-if-absent) | PostgreSQL system identifier; empty while bootstrap runs | bound to the winner's lease while empty, permanent once it holds the identifier |
 //! | `leader` | the governor that holds leadership (create-if-absent, delete-if-ours) | member name | bound to the holder's lease |
 //! | `members/<name>` | the governor named `<name>` | [`crate::MemberStatus`] JSON | bound to that governor's lease |
-//! | `config` | created once by the bootstrap leader if absent; afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
+//! | `config` | created once by the bootstrap leader if absent (or, when that failed after `initialize` was written, by the leader that finds none); afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
 //! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list before a promoted member accepts writes) | [`crate::SyncState`] | permanent |

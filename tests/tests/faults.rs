@@ -647,3 +647,58 @@ async fn netns_partition_body(c: &mut Cluster) -> anyhow::Result<()> {
     eprintln!("cut-off primary replaced after {took_over:?}");
     Ok(())
 }
+
+/// Expected: a bootstrap that fails after `initialize` holds the new system identifier (the
+/// governor's test-only fault switch, as a timed-out etcd call there would) keeps its data
+/// and its running primary, writes the missing `config` on its next pass as leader, and the
+/// other members join: the cluster is never stranded, and nobody runs initdb twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_failing_after_initialize_keeps_the_cluster() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "halfborn".into(),
+        env: vec![("SPILO_FAULT_AFTER_INITIALIZE".into(), "1".into())],
+        ..Default::default()
+    })
+    .await?;
+    let result = halfborn_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn halfborn_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (primary, _) = c.start_streaming(BOOT).await?;
+    let log = c.log(&primary);
+    assert!(
+        log.contains("a bootstrap step failed; keeping this member's data and running PostgreSQL"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("won the bootstrap race").count(),
+        1,
+        "one bootstrap: {log}"
+    );
+    let (sysid, _) = c
+        .etcd
+        .get("/service/halfborn/initialize")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no initialize key"))?;
+    let local = c
+        .sql(&primary)
+        .await?
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await?
+        .get::<_, String>(0);
+    assert_eq!(sysid, local, "the cluster is the data the bootstrap made");
+    wait::until("the first config written by the leader", BOOT, || async {
+        c.etcd.get("/service/halfborn/config").await.ok().flatten()
+    })
+    .await?;
+    let log = c.log(&primary);
+    assert!(
+        log.contains("wrote the cluster's first config"),
+        "the leader wrote it: {log}"
+    );
+    Ok(())
+}

@@ -270,6 +270,11 @@ impl Governor {
 
     async fn lead(&mut self, view: Option<&ClusterView>) -> Result<(), ActError> {
         self.arm_fence();
+        if view.is_some_and(|v| v.config.is_none())
+            && let Err(e) = self.create_config_if_absent().await
+        {
+            tracing::warn!(error = %e, "cannot write the cluster's first config");
+        }
         if let Some(view) = view
             && let Err(e) = self.manage_failsafe(view).await
         {

@@ -3,6 +3,11 @@
 //! this member remembers of a bootstrap that failed, so that one failing the same way is not
 //! retried blindly.
 //!
+//! A failed bootstrap empties its data directory only when nobody can depend on it
+//! ([`after_failed_bootstrap`]): once `initialize` holds the new system identifier the data is
+//! the cluster's only copy, so it stays, PostgreSQL keeps running, and the next pass finishes
+//! (a leader without `config` writes it). A cluster never needs a hand-made etcd delete.
+//!
 //! A failure the configuration causes ([`ActError::Permanent`]: a target time before the
 //! oldest backup, a setting PostgreSQL refuses) is not retried until the governor restarts
 //! (with a changed configuration); any other is retried after a pause that
@@ -103,6 +108,7 @@ impl Governor {
             return Ok(());
         }
         tracing::info!("won the bootstrap race; initializing a new cluster");
+        self.initialize_attempted = false;
         self.announce(s, MemberState::Bootstrapping).await;
         match self.bootstrap_inner(lease, params).await {
             Ok(()) => {
@@ -110,11 +116,67 @@ impl Governor {
                 Ok(())
             }
             Err(e) => {
-                tracing::error!(error = %e, "bootstrap failed; cleaning up so another attempt can start");
-                let _ = self.dcs.abandon_initialize().await;
-                self.creation_failed(lease, e).await
+                let (initialize, ours) = if self.initialize_attempted {
+                    (
+                        self.read_initialize().await,
+                        self.local_system_identifier().await,
+                    )
+                } else {
+                    (Ok(None), None)
+                };
+                let cleanup = after_failed_bootstrap(
+                    self.initialize_attempted,
+                    initialize.as_ref(),
+                    ours.as_deref(),
+                );
+                self.initialize_attempted = false;
+                match cleanup {
+                    Cleanup::Keep { why } => {
+                        tracing::error!(
+                            error = %e,
+                            "a bootstrap step failed; keeping this member's data and running PostgreSQL: {why}"
+                        );
+                        self.data = None;
+                        Err(e)
+                    }
+                    Cleanup::Wipe => {
+                        tracing::error!(error = %e, "bootstrap failed; cleaning up so another attempt can start");
+                        let _ = self.dcs.abandon_initialize().await;
+                        self.creation_failed(lease, e).await
+                    }
+                }
             }
         }
+    }
+
+    /// The `initialize` key as etcd has it now (`Ok(None)`: absent), read again for up to
+    /// 10 s while it cannot be read; `Err` when it still cannot.
+    async fn read_initialize(&self) -> Result<Option<String>, ()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys = self.dcs.keys();
+            match crate::dcs::view::read_view(&self.dcs.client(), keys, self.dcs.timeout()).await {
+                Ok(v) => return Ok(v.initialize),
+                Err(e) if Instant::now() >= deadline => {
+                    tracing::warn!(error = %e, "cannot read the initialize key");
+                    return Err(());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
+    }
+
+    /// The system identifier of the local data, when it can be read.
+    async fn local_system_identifier(&mut self) -> Option<String> {
+        if let Ok(id) = self.pg.sql().system_identifier().await {
+            return Some(id);
+        }
+        self.pg
+            .controldata()
+            .await
+            .ok()?
+            .sysid()
+            .map(str::to_string)
     }
 
     /// After a failed creation of the cluster's first primary (a bootstrap, a recovery from
@@ -169,11 +231,28 @@ impl Governor {
             ));
         }
         let sysid = self.pg.sql().system_identifier().await?;
+        // From here on a failure may have committed: the cleanup reads the key first.
+        self.initialize_attempted = true;
         if !self.dcs.set_initialize(&sysid).await? {
             return Err(ActError::Other(
                 "the initialize key changed during bootstrap".into(),
             ));
         }
+        tracing::info!(sysid, "bootstrapped a new cluster");
+        self.data = None;
+        self.wake.notify_one();
+        if std::env::var_os(FAULT_AFTER_INITIALIZE).is_some() {
+            return Err(ActError::Other(format!(
+                "{FAULT_AFTER_INITIALIZE} is set: failing after the initialize key was written"
+            )));
+        }
+        self.create_config_if_absent().await
+    }
+
+    /// The cluster's first `config`, from this member's HA settings, unless one exists. The
+    /// bootstrap writes it; a leader that finds none (its bootstrap failed after `initialize`
+    /// held the system identifier) writes it on its next pass.
+    pub(super) async fn create_config_if_absent(&self) -> Result<(), ActError> {
         let ha = &self.loaded.config.ha;
         let config = ClusterConfig {
             ttl: Some(ha.ttl),
@@ -187,17 +266,91 @@ impl Governor {
             synchronous_node_count: ha.synchronous_mode.then_some(ha.synchronous_node_count),
             failsafe_mode: ha.failsafe_mode,
         };
-        self.dcs.create_config_if_absent(&config).await?;
-        self.data = None;
-        tracing::info!(sysid, "bootstrapped a new cluster");
-        self.wake.notify_one();
+        if self.dcs.create_config_if_absent(&config).await? {
+            tracing::info!("wrote the cluster's first config");
+        }
         Ok(())
+    }
+}
+
+/// A test-only fault: when set, a bootstrap fails right after `initialize` holds the new
+/// system identifier (before the first `config`), as a timed-out etcd call there would.
+pub const FAULT_AFTER_INITIALIZE: &str = "SPILO_FAULT_AFTER_INITIALIZE";
+
+/// What a failed bootstrap leaves behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Stop PostgreSQL, give the keys back, empty the data directory: nobody depends on it.
+    Wipe,
+    /// Keep everything: the cluster may exist with this data as its only copy. The next pass
+    /// decides again (and, leading, finishes what the bootstrap left).
+    Keep {
+        /// Why.
+        why: &'static str,
+    },
+}
+
+/// Whether a failed bootstrap may wipe its data: before it tried to write the system
+/// identifier into `initialize` (`attempted`), nobody can depend on the data; afterwards it
+/// decides from the key read after the failure (`Err`: it could not be read) and the local
+/// data's identifier. Once `initialize` holds this data's identifier the cluster exists and
+/// this is its only copy; an unknown key or identifier is never a reason to destroy data.
+pub fn after_failed_bootstrap(
+    attempted: bool,
+    initialize: Result<&Option<String>, &()>,
+    local: Option<&str>,
+) -> Cleanup {
+    if !attempted {
+        return Cleanup::Wipe;
+    }
+    match (initialize, local) {
+        (Err(()), _) => Cleanup::Keep {
+            why: "the initialize key cannot be read",
+        },
+        (Ok(Some(id)), Some(ours)) if id == ours => Cleanup::Keep {
+            why: "the initialize key holds this data's system identifier: the cluster exists",
+        },
+        (Ok(Some(id)), None) if !id.is_empty() => Cleanup::Keep {
+            why: "the initialize key holds a system identifier and this data's cannot be read",
+        },
+        _ => Cleanup::Wipe,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_bootstrap_wipes_only_data_no_cluster_depends_on() {
+        let id = Some("7713".to_string());
+        let keep = |c: Cleanup| matches!(c, Cleanup::Keep { .. });
+        // The cluster exists with this data.
+        assert!(keep(after_failed_bootstrap(true, Ok(&id), Some("7713"))));
+        // Unknown: never destroy.
+        assert!(keep(after_failed_bootstrap(true, Err(&()), Some("7713"))));
+        assert!(keep(after_failed_bootstrap(true, Err(&()), None)));
+        assert!(keep(after_failed_bootstrap(true, Ok(&id), None)));
+        // Nobody depends on it: the claim is empty or gone, or another system won.
+        assert_eq!(
+            after_failed_bootstrap(true, Ok(&Some(String::new())), Some("7713")),
+            Cleanup::Wipe
+        );
+        assert_eq!(
+            after_failed_bootstrap(true, Ok(&None), Some("7713")),
+            Cleanup::Wipe
+        );
+        assert_eq!(after_failed_bootstrap(true, Ok(&None), None), Cleanup::Wipe);
+        assert_eq!(
+            after_failed_bootstrap(true, Ok(&Some("9999".into())), Some("7713")),
+            Cleanup::Wipe
+        );
+        // Failed before the identifier was written: the claim is empty, whatever is read.
+        assert_eq!(
+            after_failed_bootstrap(false, Err(&()), Some("7713")),
+            Cleanup::Wipe
+        );
+    }
 
     #[test]
     fn a_passing_failure_is_retried_after_a_pause_that_doubles_up_to_five_minutes() {

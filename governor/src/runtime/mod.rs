@@ -137,6 +137,9 @@ pub(crate) struct Governor {
     failsafe_absent_since: std::collections::BTreeMap<spilo_model::MemberName, Instant>,
     started: Instant,
     bootstrap_failure: Option<bootstrap::Failure>,
+    /// The running bootstrap tried to write the system identifier into `initialize` (its
+    /// failure may have committed).
+    initialize_attempted: bool,
     /// The last time a leader key or a member with data was seen (the start until then).
     data_seen_at: Instant,
 }
@@ -395,6 +398,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         failsafe_absent_since: Default::default(),
         started: Instant::now(),
         bootstrap_failure: None,
+        initialize_attempted: false,
         data_seen_at: Instant::now(),
     };
     let result = gov.ha_loop(&shutdown).await;
