@@ -81,6 +81,8 @@ pub struct Member {
     pub etcd_hosts: Vec<String>,
     /// Extra YAML appended to its configuration.
     pub extra_yaml: String,
+    /// Environment for this member's governor only (beside the cluster's `env`).
+    pub extra_env: Vec<(String, String)>,
     process: Option<Spawned>,
 }
 
@@ -211,6 +213,7 @@ impl Cluster {
                 dir: mdir,
                 etcd_hosts: vec![etcd.client_addr.clone()],
                 extra_yaml: String::new(),
+                extra_env: Vec::new(),
                 process: None,
             });
         }
@@ -391,6 +394,7 @@ impl Cluster {
         };
         cmd.envs(self.options.env.clone());
         let m = self.member_mut(name);
+        cmd.envs(m.extra_env.clone());
         let path = m.config_path();
         std::fs::write(&path, text)?;
         run_as.own(&path)?;

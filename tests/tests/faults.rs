@@ -702,3 +702,64 @@ async fn halfborn_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Expected: when one of the governor's tasks ends (here the REST API, through the test-only
+/// switch), the governor does not go on without it: it stops PostgreSQL, gives up its keys and
+/// exits with an error naming the task, and a replica takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_governor_whose_task_ends_stops_instead_of_running_without_it() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "taskless".into(),
+        members: 2,
+        ..Default::default()
+    })
+    .await?;
+    let result = taskless_body(&mut c).await;
+    c.finish(result)
+}
+
+async fn taskless_body(c: &mut Cluster) -> anyhow::Result<()> {
+    let (primary, replicas) = c.start_streaming(BOOT).await?;
+    // The primary's governor again, with its REST API task ending 3 s after the start.
+    c.stop(&primary)?;
+    let replica = replicas[0].clone();
+    wait::until("the replica to take over", BOOT, || async {
+        (c.primaries().await == [replica.clone()]).then_some(())
+    })
+    .await?;
+    c.members
+        .iter_mut()
+        .find(|m| m.name == primary)
+        .ok_or_else(|| anyhow::anyhow!("no member {primary}"))?
+        .extra_env = vec![("SPILO_FAULT_END_TASK".into(), "REST API".into())];
+    let before = c.log(&primary).len();
+    c.start(&primary)?;
+    wait::until("the governor to exit", BOOT, || async {
+        c.log(&primary)
+            .get(before..)?
+            .contains("the REST API task ended; stopping so the governor is started again")
+            .then_some(())
+    })
+    .await?;
+    let deadline = Instant::now() + BOOT;
+    while c
+        .members
+        .iter_mut()
+        .find(|m| m.name == primary)
+        .and_then(|m| m.governor_pid())
+        .is_some()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the governor did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // This run's own lines: it had started PostgreSQL as a replica, and stopped it.
+    let log = c
+        .log(&primary)
+        .get(before..)
+        .unwrap_or_default()
+        .to_string();
+    assert!(log.contains("started PostgreSQL"), "{log}");
+    assert!(log.contains("stopped PostgreSQL"), "{log}");
+    assert_eq!(c.primaries().await, vec![replica]);
+    Ok(())
+}

@@ -23,6 +23,7 @@ pub mod scale_in;
 pub mod stack_signal;
 pub mod switchover;
 mod sync;
+pub mod tasks;
 
 use crate::api;
 use crate::config::{ApiCredentials, Loaded};
@@ -38,7 +39,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, RwLock, watch};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// An action that failed; the loop logs it and decides again.
@@ -205,35 +205,47 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     gather::check_name_is_free(&dcs, &http, &api_url).await?;
 
     let cancel = shutdown.child_token();
-    let mut tasks = JoinSet::new();
+    let mut tasks = tasks::Tasks::default();
     let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
-    tasks.spawn(dcs::lease::run(
-        dcs.clone(),
-        cfg.ha.ttl(),
-        cfg.ha.keepalive_interval(),
-        lease_tx,
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        "lease",
+        dcs::lease::run(
+            dcs.clone(),
+            cfg.ha.ttl(),
+            cfg.ha.keepalive_interval(),
+            lease_tx,
+            cancel.clone(),
+        ),
+    );
     let proxy_wake = Arc::new(Notify::new());
-    tasks.spawn(dcs::watch::run(
-        dcs.clone(),
-        vec![wake.clone(), proxy_wake.clone()],
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        "watch",
+        dcs::watch::run(
+            dcs.clone(),
+            vec![wake.clone(), proxy_wake.clone()],
+            cancel.clone(),
+        ),
+    );
     let proxy_route = match &cfg.proxy {
         Some(p) => {
             let listener = tokio::net::TcpListener::bind(p.listen)
                 .await
                 .with_context(|| format!("listen for the primary proxy on {}", p.listen))?;
             let (route_tx, route) = watch::channel(None);
-            tasks.spawn(crate::proxy::follow(
-                dcs.clone(),
-                cfg.ha.ttl(),
-                proxy_wake,
-                route_tx,
-                cancel.clone(),
-            ));
-            tasks.spawn(crate::proxy::serve(listener, route.clone(), cancel.clone()));
+            tasks.spawn(
+                "proxy route",
+                crate::proxy::follow(
+                    dcs.clone(),
+                    cfg.ha.ttl(),
+                    proxy_wake,
+                    route_tx,
+                    cancel.clone(),
+                ),
+            );
+            tasks.spawn(
+                "proxy",
+                crate::proxy::serve(listener, route.clone(), cancel.clone()),
+            );
             Some(route)
         }
         None => None,
@@ -241,33 +253,39 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let (fence_tx, fence_rx) = watch::channel(None);
     let (failsafe_peers, failsafe_peers_rx) = watch::channel(None);
     let (failsafe_tx, failsafe_until) = watch::channel(None);
-    tasks.spawn(failsafe::run(
-        failsafe::Settings {
-            me: loaded.name.clone(),
-            ttl: cfg.ha.ttl(),
-            interval: cfg.ha.keepalive_interval(),
-            auth: loaded.api_auth.clone(),
-        },
-        http.clone(),
-        fence_rx.clone(),
-        failsafe_peers_rx,
-        lease_rx.clone(),
-        failsafe_tx,
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        "failsafe",
+        failsafe::run(
+            failsafe::Settings {
+                me: loaded.name.clone(),
+                ttl: cfg.ha.ttl(),
+                interval: cfg.ha.keepalive_interval(),
+                auth: loaded.api_auth.clone(),
+            },
+            http.clone(),
+            fence_rx.clone(),
+            failsafe_peers_rx,
+            lease_rx.clone(),
+            failsafe_tx,
+            cancel.clone(),
+        ),
+    );
     let fence_fired = Arc::new(AtomicBool::new(false));
     let mut watchdog = fence::spawn_watchdog().context("start the watchdog process")?;
     let watchdog_pipe = watchdog.stdin.take();
-    tasks.spawn(fence::run(
-        fence_rx,
-        lease_rx.clone(),
-        failsafe_until.clone(),
-        cfg.ha.fence_margin(),
-        fence_fired.clone(),
-        wake.clone(),
-        watchdog_pipe,
-        cancel.clone(),
-    ));
+    tasks.spawn(
+        "fence",
+        fence::run(
+            fence_rx,
+            lease_rx.clone(),
+            failsafe_until.clone(),
+            cfg.ha.fence_margin(),
+            fence_fired.clone(),
+            wake.clone(),
+            watchdog_pipe,
+            cancel.clone(),
+        ),
+    );
 
     let ha = HaConfig {
         maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
@@ -304,40 +322,49 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         proxy: proxy_route,
     });
     if let Some(archive) = &cfg.archive {
-        tasks.spawn(backups::run(
-            archive.clone(),
-            archive.backups.clone(),
-            backups::Local {
-                bin_dir: cfg.postgresql.bin_dir.clone(),
-                socket_dir: cfg.run_dir(),
-                port: cfg.postgresql.listen.port(),
-                user: cfg.postgresql.authentication.superuser.username.clone(),
-            },
-            shared.clone(),
-            backup_rx,
-            cancel.clone(),
-        ));
+        tasks.spawn(
+            "backups",
+            backups::run(
+                archive.clone(),
+                archive.backups.clone(),
+                backups::Local {
+                    bin_dir: cfg.postgresql.bin_dir.clone(),
+                    socket_dir: cfg.run_dir(),
+                    port: cfg.postgresql.listen.port(),
+                    user: cfg.postgresql.authentication.superuser.username.clone(),
+                },
+                shared.clone(),
+                backup_rx,
+                cancel.clone(),
+            ),
+        );
     }
     if let Some(aws) = &cfg.aws
         && let Some(target) = &aws.signal
     {
-        tasks.spawn(stack_signal::run(
-            aws.region.clone(),
-            target.clone(),
-            loaded.name.to_string(),
-            shared.clone(),
-            cancel.clone(),
-        ));
+        tasks.spawn_finite(
+            "stack signal",
+            stack_signal::run(
+                aws.region.clone(),
+                target.clone(),
+                loaded.name.to_string(),
+                shared.clone(),
+                cancel.clone(),
+            ),
+        );
     }
     if let Some(aws) = &cfg.aws
         && aws.scale_in_protection
     {
-        tasks.spawn(scale_in::run(
-            aws.region.clone(),
-            loaded.name.to_string(),
-            shared.clone(),
-            cancel.clone(),
-        ));
+        tasks.spawn(
+            "scale-in protection",
+            scale_in::run(
+                aws.region.clone(),
+                loaded.name.to_string(),
+                shared.clone(),
+                cancel.clone(),
+            ),
+        );
     }
     let listener = tokio::net::TcpListener::bind(cfg.restapi.listen)
         .await
@@ -362,14 +389,15 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             data_dir: cfg.postgresql.data_dir.clone(),
             etcd: cfg.etcd_over_tls().then(|| dcs.clone()),
         };
-        tasks.spawn(crate::certs::run(
-            cert,
-            reload,
-            Duration::from_secs(60),
-            cancel.clone(),
-        ));
+        tasks.spawn(
+            "certificate",
+            crate::certs::run(cert, reload, Duration::from_secs(60), cancel.clone()),
+        );
     }
-    tasks.spawn(api::serve(listener, tls, shared.clone(), cancel.clone()));
+    tasks.spawn(
+        "REST API",
+        api::serve(listener, tls, shared.clone(), cancel.clone()),
+    );
 
     let mut gov = Governor {
         loaded,
@@ -401,10 +429,18 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         initialize_attempted: false,
         data_seen_at: Instant::now(),
     };
-    let result = gov.ha_loop(&shutdown).await;
+    let result = tokio::select! {
+        r = gov.ha_loop(&shutdown) => r,
+        how = tasks.unexpected_end() => if shutdown.is_cancelled() {
+            Ok(())
+        } else {
+            tracing::error!("{how}; stopping so the governor is started again");
+            Err(anyhow::anyhow!("{how}"))
+        },
+    };
     gov.shutdown().await;
     cancel.cancel();
-    while tasks.join_next().await.is_some() {}
+    tasks.join_all().await;
     let _ = watchdog.kill().await;
     result
 }

@@ -120,22 +120,17 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
     });
     let alerts_config = notify::load(&alerts_path)?;
     let metrics = Arc::new(Mutex::new(Metrics::default()));
-    serve(args.listen, metrics.clone()).await?;
+    let mut server = serve(args.listen, metrics.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    // Keep the filesystem watcher alive for the whole run.
-    let _fs_watch = if desired::is_url(&args.repo) {
-        let tx = tx.clone();
-        let every = args.fetch_interval;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if tx.send(Trigger::Commit).is_err() {
-                    return;
-                }
-            }
-        });
+    // A repository URL is fetched every `fetch_interval`; a checkout is watched (the
+    // filesystem watcher lives for the whole run).
+    let mut fetch = desired::is_url(&args.repo).then(|| {
+        tokio::time::interval_at(
+            tokio::time::Instant::now() + args.fetch_interval,
+            args.fetch_interval,
+        )
+    });
+    let _fs_watch = if fetch.is_some() {
         None
     } else {
         Some(watch_git_dir(&args.repo, tx.clone())?)
@@ -167,6 +162,21 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
                 w.pass(t).await;
             }
             _ = resync.tick() => w.pass(Trigger::Resync).await,
+            _ = async {
+                match fetch.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => w.pass(Trigger::Commit).await,
+            r = &mut server => {
+                anyhow::bail!("the metrics endpoint on {} stopped: {}", w.args.listen, match r {
+                    Ok(Ok(())) => "it ended".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                });
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
@@ -216,7 +226,11 @@ fn watch_git_dir(
     Ok(watcher)
 }
 
-async fn serve(listen: std::net::SocketAddr, metrics: Arc<Mutex<Metrics>>) -> anyhow::Result<()> {
+/// Serves `/healthz` and `/metrics` on `listen`; the watch loop stops when this task ends.
+async fn serve(
+    listen: std::net::SocketAddr,
+    metrics: Arc<Mutex<Metrics>>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -234,10 +248,9 @@ async fn serve(listen: std::net::SocketAddr, metrics: Arc<Mutex<Metrics>>) -> an
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(())
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
 }
 
 impl Watcher {

@@ -228,11 +228,17 @@ impl Lock {
             .lease_keep_alive(lease)
             .await
             .map_err(|e| format!("etcd keep-alive: {e}"))?;
+        // It ends only when the lease can no longer be kept (etcd unreachable for the TTL, or
+        // the lease gone): the apply then stops, since another one may take the lock.
         let keeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs((LOCK_TTL / 3) as u64)).await;
-                if keeper.keep_alive().await.is_err() || stream.message().await.is_err() {
+                if keeper.keep_alive().await.is_err() {
                     return;
+                }
+                match stream.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    _ => return,
                 }
             }
         });
@@ -255,12 +261,33 @@ async fn apply_cluster(
     c: &ClusterPlan,
     log: &Log,
 ) -> Result<(), String> {
-    let lock = Lock::take(c).await?;
-    let result = apply_locked(clients, plan, c, log).await;
-    if let Some(l) = lock {
-        l.release().await;
-    }
+    let Some(mut lock) = Lock::take(c).await? else {
+        return apply_locked(clients, plan, c, log).await;
+    };
+    let result = while_locked(
+        &mut lock.keeper,
+        &c.name,
+        apply_locked(clients, plan, c, log),
+    )
+    .await;
+    lock.release().await;
     result
+}
+
+/// Runs `work` while the lock's `keeper` keeps its lease; stops it when the keeper ends.
+async fn while_locked(
+    keeper: &mut tokio::task::JoinHandle<()>,
+    cluster: &str,
+    work: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    tokio::select! {
+        r = work => r,
+        _ = keeper => Err(format!(
+            "lost the apply lock of {cluster} (its etcd lease could not be kept alive); stopped \
+             here (a CloudFormation change set already started goes on; the next plan shows \
+             where things are)"
+        )),
+    }
 }
 
 async fn apply_locked(
@@ -366,4 +393,25 @@ async fn write_config(c: &ClusterPlan, cfg: &ConfigChange, log: &Log) -> Result<
     }
     log.line(&c.name, &format!("wrote {key}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_apply_stops_when_its_lock_can_no_longer_be_kept() {
+        // The keeper gave up: the work, however long, stops with the reason.
+        let mut lost = tokio::spawn(async {});
+        let r = while_locked(&mut lost, "orders", std::future::pending()).await;
+        let err = r.expect_err("stopped");
+        assert!(err.starts_with("lost the apply lock of orders"), "{err}");
+        // While it keeps the lease, the work's own result counts.
+        let mut kept = tokio::spawn(std::future::pending::<()>());
+        let r = while_locked(&mut kept, "orders", async { Err("no".to_string()) }).await;
+        assert_eq!(r, Err("no".to_string()));
+        let r = while_locked(&mut kept, "orders", async { Ok(()) }).await;
+        assert_eq!(r, Ok(()));
+        kept.abort();
+    }
 }
