@@ -217,20 +217,76 @@ fn mirror(url: &str, cache: &Path) -> Result<PathBuf, DesiredError> {
     } else {
         cmd.args(["clone", "--mirror", "--quiet", url]).arg(&dir);
     }
-    let out = cmd
-        .output()
+    let (status, stderr) = run_with_deadline(cmd, GIT_TIMEOUT)
         .map_err(|e| fetch_error(format!("running git: {e}")))?;
-    if !out.status.success() {
-        return Err(fetch_error(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+    if !status.success() {
+        return Err(fetch_error(stderr.trim().to_string()));
     }
     Ok(dir)
+}
+
+/// How long a `git clone` or `git fetch` of a repository URL may take.
+pub const GIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs `cmd` (its stderr captured, its output discarded) and kills it when it takes longer
+/// than `deadline`: a hung remote must not hold a pass (or `spilo watch`) forever.
+fn run_with_deadline(
+    mut cmd: std::process::Command,
+    deadline: std::time::Duration,
+) -> std::io::Result<(std::process::ExitStatus, String)> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Read stderr beside the wait, so a chatty child never blocks on a full pipe.
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(p) = pipe.as_mut() {
+            let _ = p.read_to_string(&mut text);
+        }
+        text
+    });
+    let until = std::time::Instant::now() + deadline;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if std::time::Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("git did not finish within {}s", deadline.as_secs()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Ok((status, reader.join().unwrap_or_default()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_that_outlives_its_deadline_is_killed() {
+        let mut slow = std::process::Command::new("sleep");
+        slow.arg("30");
+        let started = std::time::Instant::now();
+        let e =
+            run_with_deadline(slow, std::time::Duration::from_millis(200)).expect_err("timed out");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let mut quick = std::process::Command::new("sh");
+        quick.args(["-c", "echo oops >&2; exit 3"]);
+        let (status, stderr) =
+            run_with_deadline(quick, std::time::Duration::from_secs(10)).expect("ran");
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(stderr, "oops\n");
+    }
 
     fn commit_files(repo: &git2::Repository, files: &[(&str, &str)], message: &str) -> String {
         let root = repo.workdir().expect("work tree").to_path_buf();

@@ -105,9 +105,17 @@ pub struct S3 {
     sse: Option<String>,
 }
 
+/// How long connecting to S3 may take.
+pub const S3_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long S3 may leave a call without a byte of its answer.
+pub const S3_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl S3 {
     /// A client for `bucket` in `region`; `endpoint` (e.g. a test server) and path-style
     /// addressing are optional; `sse` is `AES256` or `aws:kms`.
+    /// A client of `bucket` whose calls give up on a hung connection ([`S3_CONNECT_TIMEOUT`],
+    /// [`S3_READ_TIMEOUT`]) rather than after a fixed time: a base backup's part may take
+    /// long to upload, a stalled socket may not (the SDK then retries).
     pub async fn new(
         bucket: &str,
         region: &str,
@@ -117,6 +125,12 @@ impl S3 {
     ) -> Self {
         let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(S3_CONNECT_TIMEOUT)
+                    .read_timeout(S3_READ_TIMEOUT)
+                    .build(),
+            )
             .load()
             .await;
         let mut conf = aws_sdk_s3::config::Builder::from(&base).force_path_style(path_style);

@@ -1,6 +1,6 @@
 //! SQL against PostgreSQL: the local instance through its private Unix socket, and the
 //! leader over TCP when a rejoin needs it. Every call is bounded by the operation timeout, so
-//! a hung server costs the HA loop at most that long.
+//! a hung server costs the HA loop at most that long; a `CHECKPOINT` by its own, longer one.
 
 use spilo_model::{Lsn, TimelineId, WalPositions};
 use std::path::PathBuf;
@@ -8,12 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::{Client, Config, NoTls};
 
+/// How long a `CHECKPOINT` may take (a switchover's, a rewind's) before the step fails.
+pub const CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A PostgreSQL failure.
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
     /// The server did not answer in time.
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
+    /// A `CHECKPOINT` did not finish within its own deadline.
+    #[error("CHECKPOINT did not finish within {0:?} (its own deadline)")]
+    CheckpointTimeout(Duration),
     /// Connecting or the query failed.
     #[error("PostgreSQL: {0}")]
     Pg(#[from] tokio_postgres::Error),
@@ -157,6 +163,21 @@ impl Session {
     /// Runs statements that return nothing.
     pub async fn execute(&mut self, sql: &str) -> Result<(), SqlError> {
         self.run(async |c| c.batch_execute(sql).await).await
+    }
+
+    /// `CHECKPOINT`, with a deadline of its own ([`CHECKPOINT_TIMEOUT`]): on a large, busy
+    /// primary it writes every dirty buffer, which takes far longer than the operation timeout
+    /// (`retry_timeout`) other calls get.
+    pub async fn checkpoint(&mut self) -> Result<(), SqlError> {
+        let client = self.client().await?;
+        let r = bounded(CHECKPOINT_TIMEOUT, client.batch_execute("CHECKPOINT")).await;
+        if r.is_err() {
+            self.reset();
+        }
+        r.map_err(|e| match e {
+            SqlError::Timeout(t) => SqlError::CheckpointTimeout(t),
+            other => other,
+        })
     }
 
     /// Role, timeline and WAL positions.

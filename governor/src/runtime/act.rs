@@ -207,7 +207,7 @@ impl Governor {
         // only updates at its first checkpoint after promotion. This also proves the leader is
         // reachable before the local server is stopped.
         let mut remote = self.pg.remote_session(&up);
-        remote.execute("CHECKPOINT").await?;
+        remote.checkpoint().await?;
         let _ = self.fence.send(None);
         self.pg.stop(StopMode::Fast).await;
         self.announce(s, MemberState::Rewinding).await;

@@ -83,7 +83,7 @@ impl Governor {
             )));
         }
         // Flush dirty buffers while still accepting writes, so the shutdown checkpoint is short.
-        self.pg.sql().execute("CHECKPOINT").await?;
+        self.pg.sql().checkpoint().await?;
         let _ = self.fence.send(None);
         self.pg.stop(StopMode::Fast).await;
         let checkpoint = self

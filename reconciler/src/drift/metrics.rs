@@ -24,6 +24,8 @@ pub struct Metrics {
     pub cluster_drifts: BTreeMap<String, u64>,
     /// The last commit reconciled.
     pub commit: String,
+    /// Alerts dropped because a webhook's queue was full.
+    pub alerts_dropped: u64,
 }
 
 impl Metrics {
@@ -53,6 +55,11 @@ impl Metrics {
             out,
             "# HELP spilo_reconcile_errors_total Passes whose desired state could not be read.\n# TYPE spilo_reconcile_errors_total counter\nspilo_reconcile_errors_total {}",
             self.errors
+        );
+        let _ = writeln!(
+            out,
+            "# HELP spilo_alerts_dropped_total Alerts dropped because a webhook's queue was full.\n# TYPE spilo_alerts_dropped_total counter\nspilo_alerts_dropped_total {}",
+            self.alerts_dropped
         );
         out.push_str("# HELP spilo_cluster_errors_total Failed plans or applies of a cluster.\n# TYPE spilo_cluster_errors_total counter\n");
         for (c, n) in &self.cluster_errors {

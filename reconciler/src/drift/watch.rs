@@ -170,6 +170,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
                     None => std::future::pending().await,
                 }
             } => w.pass(Trigger::Commit).await,
+            why = w.notifier.delivery_ended() => anyhow::bail!("{why}"),
             r = &mut server => {
                 anyhow::bail!("the metrics endpoint on {} stopped: {}", w.args.listen, match r {
                     Ok(Ok(())) => "it ended".to_string(),
@@ -282,6 +283,8 @@ impl Watcher {
         for ev in &events {
             self.notifier.send(ev);
         }
+        let dropped = self.notifier.dropped();
+        self.metrics(|m| m.alerts_dropped = dropped);
     }
 
     async fn pass(&mut self, trigger: Trigger) {
