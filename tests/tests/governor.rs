@@ -21,6 +21,15 @@ async fn replicated_to(c: &Cluster, replica: &str, id: i64) -> bool {
         .is_ok_and(|r| r.is_some())
 }
 
+async fn metrics_of(c: &Cluster, member: &str) -> anyhow::Result<String> {
+    Ok(c.http()
+        .get(format!("{}/metrics", c.api_url(member)))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 async fn create_probe_table(c: &Cluster, primary: &str) -> anyhow::Result<()> {
     c.sql(primary)
         .await?
@@ -56,6 +65,49 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
     }
     assert_eq!(c.http_code(&primary, "/replica").await, Some(503));
     assert_eq!(c.primaries().await, vec![primary.clone()]);
+
+    // `/metrics` says the same in Prometheus' text format.
+    let value = |text: &str, name: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l[name.len()..].trim().to_string())
+    };
+    let p = metrics_of(c, &primary).await?;
+    assert_eq!(value(&p, "spilo_primary").as_deref(), Some("1"), "{p}");
+    assert_eq!(value(&p, "spilo_timeline").as_deref(), Some("1"), "{p}");
+    assert!(
+        value(&p, "spilo_decisions_total{kind=\"lead\"}")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1),
+        "{p}"
+    );
+    let lease: f64 = value(&p, "spilo_lease_seconds_left")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(lease > 0.0, "{p}");
+    assert!(
+        p.contains(&format!(
+            "spilo_member_info{{scope=\"boot\",member=\"{primary}\",role=\"primary\",state=\"running\"}} 1"
+        )),
+        "{p}"
+    );
+    for r in &replicas {
+        let text = metrics_of(c, r).await?;
+        assert_eq!(
+            value(&text, "spilo_primary").as_deref(),
+            Some("0"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "spilo_replica_streaming").as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert!(
+            value(&text, "spilo_replication_lag_bytes").is_some(),
+            "{text}"
+        );
+    }
 
     // The keys under /service/boot/ are as documented.
     let pg = c.sql(&primary).await?;

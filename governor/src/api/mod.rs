@@ -12,6 +12,7 @@
 //! | `/status`, `/` | always 200: this member's [`NodeStatus`] |
 //! | `/cluster` | always 200: the member table from the last etcd read |
 //! | `/history` | always 200: the promotion history |
+//! | `/metrics` | always 200: this member in Prometheus' text format ([`metrics`]) |
 //!
 //! `POST /failsafe` is failsafe mode's confirmation between governors ([`failsafe`]).
 //!
@@ -24,6 +25,7 @@
 
 pub mod auth;
 mod failsafe;
+pub mod metrics;
 pub mod ops;
 
 use crate::runtime::Shared;
@@ -89,6 +91,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readiness", get(readiness))
         .route("/cluster", get(cluster))
         .route("/history", get(history))
+        .route("/metrics", get(get_metrics))
         .route(
             "/switchover",
             post(ops::post_switchover).delete(ops::delete_switchover),
@@ -216,6 +219,48 @@ async fn cluster(State(shared): State<Arc<Shared>>) -> Json<ClusterSummary> {
         None => summarize(&node.scope, None, &Default::default()),
     };
     Json(summary)
+}
+
+async fn get_metrics(
+    State(shared): State<Arc<Shared>>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    let node = node(&shared).await;
+    let lag_bytes = if node.member.role == MemberRole::Replica {
+        lag_bytes(&shared, &node).await
+    } else {
+        None
+    };
+    let now = Instant::now();
+    let left = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(now));
+    let last_backup = shared
+        .backups
+        .read()
+        .await
+        .last_finished
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    let sample = metrics::Sample {
+        leads: node.is_leader,
+        lag_bytes,
+        lease_left: left(shared.lease.borrow().valid_until),
+        failsafe_left: left(*shared.failsafe_until.borrow()),
+        stats: shared
+            .loop_stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default(),
+        last_backup,
+        node,
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&sample),
+    )
 }
 
 async fn history(State(shared): State<Arc<Shared>>) -> Json<Vec<HistoryEntry>> {

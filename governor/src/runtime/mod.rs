@@ -107,6 +107,8 @@ pub struct Shared {
     pub failsafe_until: watch::Receiver<Option<Instant>>,
     /// The primary proxy's target, when this member runs one.
     pub proxy: Option<watch::Receiver<Option<crate::proxy::Target>>>,
+    /// The HA loop's counters for `/metrics`.
+    pub loop_stats: std::sync::Mutex<api::metrics::LoopStats>,
 }
 
 /// The HA loop's own state.
@@ -320,6 +322,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         failsafe: failsafe::Gate::default(),
         failsafe_until: failsafe_until.clone(),
         proxy: proxy_route,
+        loop_stats: Default::default(),
     });
     if let Some(archive) = &cfg.archive {
         tasks.spawn(
@@ -453,6 +456,7 @@ impl Governor {
                 return Ok(());
             }
             self.run_commands().await;
+            let pass_started = Instant::now();
             let snapshot = self.gather().await;
             // The cluster's `config` may shorten or lengthen the loop (within the lease).
             let loop_wait = match &snapshot.dcs {
@@ -476,6 +480,10 @@ impl Governor {
                 _ = shutdown.cancelled() => return Ok(()),
                 r = self.act(&decision, &snapshot) => r,
             };
+            if let Ok(mut stats) = self.shared.loop_stats.lock() {
+                *stats.decisions.entry(decision.kind()).or_default() += 1;
+                stats.last_pass = pass_started.elapsed();
+            }
             if let Err(e) = outcome {
                 tracing::error!(decision = decision.kind(), error = %e, "action failed");
                 // Back off a little so a persistent failure does not spin.
