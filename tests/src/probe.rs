@@ -174,30 +174,37 @@ pub async fn wait_replicated(ports: &[u16]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks that the members accepted writes one after another, never two at once: ordered by
-/// acknowledgement, the writes form runs per member, and each run's last acknowledgement came
-/// before the next run's first write was even sent.
+/// Checks that the members accepted writes one after another, never two at once, by the
+/// strict rule: once a new primary has acknowledged a write, a superseded primary never
+/// acknowledges another one. Members take over in the order of their first acknowledgement;
+/// every member's last acknowledgement must come before the first one of the member that took
+/// over from it, and before that member's first write was even sent (so the two were never
+/// writable at the same time). A member that leads twice (A, B, A) fails it too: the tests
+/// that use it make one change of primary.
 pub fn check_single_writer(acks: &[Ack]) -> Result<(), String> {
-    let mut sorted: Vec<&Ack> = acks.iter().collect();
-    sorted.sort_by_key(|a| a.acked);
-    let mut runs: Vec<(String, Instant, Instant, Instant)> = Vec::new(); // member, first sent, last acked, first acked
-    for a in sorted {
-        match runs.last_mut() {
-            Some(run) if run.0 == a.member => {
-                run.2 = run.2.max(a.acked);
-                run.1 = run.1.min(a.sent);
+    // Per member: first acknowledgement, the send time of that write, last acknowledgement.
+    let mut members: Vec<(String, Instant, Instant, Instant)> = Vec::new();
+    for a in acks {
+        match members.iter_mut().find(|m| m.0 == a.member) {
+            Some(m) => {
+                if a.acked < m.1 {
+                    m.1 = a.acked;
+                    m.2 = a.sent;
+                }
+                m.3 = m.3.max(a.acked);
             }
-            _ => runs.push((a.member.clone(), a.sent, a.acked, a.acked)),
+            None => members.push((a.member.clone(), a.acked, a.sent, a.acked)),
         }
     }
-    for pair in runs.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if a.2 >= b.1 {
+    members.sort_by_key(|m| m.1);
+    for pair in members.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        if old.3 >= new.2 {
             return Err(format!(
-                "{} acknowledged a write {:?} after {} had already been sent one that it acknowledged: two writable members",
-                a.0,
-                a.2.saturating_duration_since(b.1),
-                b.0
+                "{} acknowledged a write {:?} after {} had been sent the write it acknowledged first: two writable members",
+                old.0,
+                old.3.saturating_duration_since(new.2),
+                new.0
             ));
         }
     }
@@ -265,10 +272,14 @@ mod tests {
     }
 
     #[test]
-    fn writers_taking_turns_pass() {
+    fn a_superseded_primary_acknowledging_again_fails() {
+        // b took over at 55; a acknowledged at 65, even though that write was sent after b's
+        // acknowledgement: two writable members.
         let t = Instant::now();
         let acks = vec![ack("a", 0, 5, t), ack("b", 50, 55, t), ack("a", 60, 65, t)];
-        assert!(check_single_writer(&acks).is_ok());
+        assert!(check_single_writer(&acks).is_err());
+        let acks = vec![ack("a", 0, 5, t), ack("b", 50, 55, t), ack("a", 58, 200, t)];
+        assert!(check_single_writer(&acks).is_err());
     }
 
     #[test]

@@ -20,11 +20,25 @@ async fn a_frozen_governor_does_not_leave_a_writable_stale_primary() -> anyhow::
         ..Default::default()
     })
     .await?;
-    let result = frozen_body(&mut c).await;
+    let result = frozen_body(&mut c, true).await;
     c.finish(result)
 }
 
-async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
+/// The negative control: without the watchdog (a test-only switch) the frozen governor cannot
+/// stop its PostgreSQL, and the writes show two writable members, which the check catches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_watchdog_a_frozen_governor_leaves_two_writers() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "unwatched".into(),
+        env: vec![("SPILO_FAULT_NO_WATCHDOG".into(), "1".into())],
+        ..Default::default()
+    })
+    .await?;
+    let result = frozen_body(&mut c, false).await;
+    c.finish(result)
+}
+
+async fn frozen_body(c: &mut Cluster, watchdog: bool) -> anyhow::Result<()> {
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
     let prober = c.per_member_prober(Duration::from_millis(20));
@@ -44,12 +58,26 @@ async fn frozen_body(c: &mut Cluster) -> anyhow::Result<()> {
         (p.len() == 1 && p[0] != old).then(|| p[0].clone())
     })
     .await;
+    if let (false, Ok(new)) = (watchdog, &new) {
+        // Without the watchdog nothing stops the frozen primary: both accept writes now.
+        prober.wait_write(new, Some(frozen_at), BOOT).await?;
+        prober.wait_write(&old, Some(Instant::now()), BOOT).await?;
+    }
     let thawed = nix::sys::signal::kill(governor, nix::sys::signal::Signal::SIGCONT);
     let new = new?;
     thawed?;
     prober.wait_write(&new, Some(frozen_at), BOOT).await?;
     c.wait_streaming(&old, BOOT).await?;
     let (acks, _) = prober.stop().await;
+    if !watchdog {
+        let two = probe::check_single_writer(&acks);
+        assert!(
+            two.is_err(),
+            "without the watchdog the check must see two writers"
+        );
+        eprintln!("negative control: {}", two.err().unwrap_or_default());
+        return Ok(());
+    }
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
     let old_last = probe::last_acked(&acks, &old).expect("the old primary acknowledged writes");
     let new_first = acks
@@ -569,18 +597,37 @@ async fn a_primary_cut_off_in_its_network_namespace_stops_and_is_replaced() -> a
         ..Default::default()
     })
     .await?;
-    let result = netns_partition_body(&mut c).await;
+    let result = netns_partition_body(&mut c, true).await;
     c.finish(result)
 }
 
-async fn netns_partition_body(c: &mut Cluster) -> anyhow::Result<()> {
-    let (old, _) = c.start_streaming(BOOT).await?;
-    c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
-    wait::until("a synchronous standby", BOOT, || async {
-        let (leader, members) = sync_standbys(c).await?;
-        (leader == old && !members.is_empty()).then_some(())
+/// The same cut with asynchronous replication, where the cut-off primary could go on
+/// acknowledging writes by itself: it must stop within the TTL (its fence), before the new
+/// primary acknowledges its first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asynchronous_primary_cut_off_stops_acknowledging_within_the_ttl() -> anyhow::Result<()>
+{
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "netpartasync".into(),
+        ha: "{failsafe_mode: true}".into(),
+        netns: true,
+        ..Default::default()
     })
     .await?;
+    let result = netns_partition_body(&mut c, false).await;
+    c.finish(result)
+}
+
+async fn netns_partition_body(c: &mut Cluster, synchronous: bool) -> anyhow::Result<()> {
+    let (old, _) = c.start_streaming(BOOT).await?;
+    c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
+    if synchronous {
+        wait::until("a synchronous standby", BOOT, || async {
+            let (leader, members) = sync_standbys(c).await?;
+            (leader == old && !members.is_empty()).then_some(())
+        })
+        .await?;
+    }
     let prober = c.per_member_prober(Duration::from_millis(20));
     prober.wait_write(&old, None, BOOT).await?;
     let index = c
@@ -633,12 +680,16 @@ async fn netns_partition_body(c: &mut Cluster) -> anyhow::Result<()> {
         "the cut-off primary acknowledged a write {:?} after the cut",
         last_old.saturating_duration_since(cut_at)
     );
-    let present = probe::ids_on(&c.sql(&new).await?).await?;
-    assert_eq!(
-        probe::lost(&acks, &present),
-        Vec::<i64>::new(),
-        "acknowledged writes lost"
-    );
+    // Synchronous replication loses nothing acknowledged; asynchronous may lose what the
+    // cut-off primary acknowledged before the replicas received it (its data is rewound).
+    if synchronous {
+        let present = probe::ids_on(&c.sql(&new).await?).await?;
+        assert_eq!(
+            probe::lost(&acks, &present),
+            Vec::<i64>::new(),
+            "acknowledged writes lost"
+        );
+    }
     let log = c.log(&old);
     assert!(
         log.contains("failsafe: not every member confirmed this primary"),

@@ -120,6 +120,10 @@ pub async fn run(
     }
 }
 
+/// A test-only switch: when set, the governor runs without its watchdog process, so the fault
+/// tests can show what it prevents (a frozen governor's primary writable beside a new one).
+pub const FAULT_NO_WATCHDOG: &str = "SPILO_FAULT_NO_WATCHDOG";
+
 /// Starts `governor watchdog` (this same program) with a pipe on its stdin. It dies with the
 /// governor (PR_SET_PDEATHSIG) and on the pipe's end.
 pub fn spawn_watchdog() -> std::io::Result<tokio::process::Child> {

@@ -273,8 +273,17 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         ),
     );
     let fence_fired = Arc::new(AtomicBool::new(false));
-    let mut watchdog = fence::spawn_watchdog().context("start the watchdog process")?;
-    let watchdog_pipe = watchdog.stdin.take();
+    // The negative control of the fault tests runs without it (a test-only switch).
+    let mut watchdog = if std::env::var_os(fence::FAULT_NO_WATCHDOG).is_some() {
+        tracing::warn!(
+            "{} is set: running without the watchdog",
+            fence::FAULT_NO_WATCHDOG
+        );
+        None
+    } else {
+        Some(fence::spawn_watchdog().context("start the watchdog process")?)
+    };
+    let watchdog_pipe = watchdog.as_mut().and_then(|w| w.stdin.take());
     tasks.spawn(
         "fence",
         fence::run(
@@ -444,7 +453,9 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     gov.shutdown().await;
     cancel.cancel();
     tasks.join_all().await;
-    let _ = watchdog.kill().await;
+    if let Some(mut w) = watchdog {
+        let _ = w.kill().await;
+    }
     result
 }
 
