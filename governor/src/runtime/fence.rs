@@ -53,30 +53,18 @@ pub async fn run(
         let guard = *armed.borrow_and_update();
         let pid = guard.map(|g| g.pid);
         let view = *lease.borrow_and_update();
-        // Writable until the lease backing the leader key ends, or until failsafe mode's
-        // confirmation does.
-        let valid_until = view
-            .id
-            .filter(|id| guard.is_some_and(|g| g.lease == Some(*id)))
-            .and(view.valid_until)
-            .into_iter()
-            .chain(*failsafe.borrow_and_update())
-            .max();
-        // The watchdog's deadline is half a margin after this task's own, still half a margin
-        // before the lease can end: normally this task fires first and knows it did.
-        let message = match (pid, valid_until) {
-            (Some(pid), Some(until)) => Message::Arm {
+        let valid_until = writable_until(
+            guard.and_then(|g| g.lease),
+            &view,
+            *failsafe.borrow_and_update(),
+        );
+        let now = Instant::now();
+        let message = match pid {
+            Some(pid) => Message::Arm {
                 pid,
-                left: until
-                    .checked_sub(margin / 2)
-                    .unwrap_or_else(Instant::now)
-                    .saturating_duration_since(Instant::now()),
+                left: watchdog_deadline(valid_until, margin, now).saturating_duration_since(now),
             },
-            (Some(pid), ..) => Message::Arm {
-                pid,
-                left: Duration::ZERO,
-            },
-            (None, ..) => Message::Disarm,
+            None => Message::Disarm,
         };
         if told != Some(message) {
             tell(&mut watchdog, message).await;
@@ -89,10 +77,7 @@ pub async fn run(
             }
             continue;
         };
-        let deadline = match valid_until {
-            Some(until) => until.checked_sub(margin).unwrap_or_else(Instant::now),
-            None => Instant::now(),
-        };
+        let deadline = fence_deadline(valid_until, margin, Instant::now());
         if Instant::now() >= deadline {
             tracing::error!(
                 pid,
@@ -118,6 +103,35 @@ pub async fn run(
             r = failsafe.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// Until when a guarded primary may stay writable: until the lease backing its leader key
+/// (`guard_lease`; another lease does not count) may end, or until failsafe mode's
+/// confirmation does, whichever is later; `None` when neither backs it.
+pub fn writable_until(
+    guard_lease: Option<i64>,
+    lease: &LeaseView,
+    failsafe: Option<Instant>,
+) -> Option<Instant> {
+    lease
+        .id
+        .filter(|id| guard_lease == Some(*id))
+        .and(lease.valid_until)
+        .into_iter()
+        .chain(failsafe)
+        .max()
+}
+
+/// When the fence stops the primary: a margin before it may no longer be writable (at once,
+/// `now`, when nothing backs it).
+pub fn fence_deadline(until: Option<Instant>, margin: Duration, now: Instant) -> Instant {
+    until.and_then(|u| u.checked_sub(margin)).unwrap_or(now)
+}
+
+/// When the watchdog process stops it: half a margin after the fence, still half a margin
+/// before the lease can end, so the fence normally fires first and knows it did.
+pub fn watchdog_deadline(until: Option<Instant>, margin: Duration, now: Instant) -> Instant {
+    until.and_then(|u| u.checked_sub(margin / 2)).unwrap_or(now)
 }
 
 /// A test-only switch: when set, the governor runs without its watchdog process, so the fault
@@ -150,5 +164,39 @@ async fn tell(watchdog: &mut Option<tokio::process::ChildStdin>, message: Messag
             "cannot reach the watchdog process; only the in-process fence guards PostgreSQL now"
         );
         *watchdog = None;
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_guarded_lease_or_a_failsafe_confirmation_keeps_a_primary_writable() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let lease = LeaseView {
+            id: Some(7),
+            valid_until: Some(t0 + s(4)),
+        };
+        assert_eq!(writable_until(Some(7), &lease, None), Some(t0 + s(4)));
+        // Another lease does not back this leader key.
+        assert_eq!(writable_until(Some(8), &lease, None), None);
+        assert_eq!(writable_until(None, &lease, None), None);
+        // Failsafe's confirmation stands in for it, the later one counts.
+        assert_eq!(
+            writable_until(Some(8), &lease, Some(t0 + s(2))),
+            Some(t0 + s(2))
+        );
+        assert_eq!(
+            writable_until(Some(7), &lease, Some(t0 + s(9))),
+            Some(t0 + s(9))
+        );
+        // The fence a margin before, the watchdog half a margin before; at once without any.
+        let margin = s(2);
+        assert_eq!(fence_deadline(Some(t0 + s(4)), margin, t0), t0 + s(2));
+        assert_eq!(watchdog_deadline(Some(t0 + s(4)), margin, t0), t0 + s(3));
+        assert_eq!(fence_deadline(None, margin, t0), t0);
+        assert_eq!(watchdog_deadline(None, margin, t0), t0);
     }
 }

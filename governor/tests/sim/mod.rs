@@ -14,6 +14,7 @@ use etcd::Etcd;
 use faults::Scheduled;
 use governor::dcs::Coordination;
 use governor::ha::{self, Decision, HaConfig};
+use governor::runtime::fence;
 use spilo_model::{ClusterConfig, MemberName};
 use std::time::Duration;
 use world::{Clock, Member, Pg, Standbys};
@@ -219,13 +220,20 @@ impl Sim {
             if m.pg != Pg::Primary || !m.up {
                 continue;
             }
-            let lease_until = m
-                .valid_until
-                .filter(|_| m.lease.is_some() && m.lease == m.fence_lease);
-            let until = lease_until.max(m.confirmed_until).unwrap_or(0);
-            let local = m.local(now);
-            let fence = !m.frozen && local + MARGIN >= until;
-            let watchdog = local + MARGIN / 2 >= until;
+            // The runtime's own rules (`runtime::fence`), on this member's clock.
+            let lease = governor::ha::LeaseView {
+                id: m.lease,
+                valid_until: m.valid_until.map(|t| self.clock.at(t)),
+            };
+            let until = fence::writable_until(
+                m.fence_lease,
+                &lease,
+                m.confirmed_until.map(|t| self.clock.at(t)),
+            );
+            let local = self.clock.at(m.local(now));
+            let margin = Duration::from_millis(MARGIN);
+            let fence = !m.frozen && local >= fence::fence_deadline(until, margin, local);
+            let watchdog = local >= fence::watchdog_deadline(until, margin, local);
             if fence || watchdog {
                 let name = m.name.clone();
                 self.members[i].stop(None);
