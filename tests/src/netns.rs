@@ -47,11 +47,25 @@ pub struct NetLab {
 impl NetLab {
     /// Creates the bridge and `members` namespaces.
     pub fn new(members: usize) -> anyhow::Result<Self> {
-        // A subnet per test process, so two labs never collide.
-        let k = u8::try_from(std::process::id() % 200 + 20).unwrap_or(20);
-        let bridge = format!("spbr{k}");
-        let _ = run("ip", &["link", "del", &bridge]);
-        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        // A subnet per lab, claimed by creating its bridge (two labs of one test process run
+        // side by side): one that exists belongs to another lab and is skipped, never removed.
+        let start = std::process::id() % 200;
+        let mut claimed = None;
+        let mut last_error = None;
+        for n in 0..200 {
+            let k = u8::try_from((start + n) % 200 + 20).unwrap_or(20);
+            let bridge = format!("spbr{k}");
+            match run("ip", &["link", "add", &bridge, "type", "bridge"]) {
+                Ok(_) => {
+                    claimed = Some((k, bridge));
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let Some((k, bridge)) = claimed else {
+            return Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no free lab bridge")));
+        };
         let mut lab = NetLab {
             k,
             namespaces: Vec::new(),

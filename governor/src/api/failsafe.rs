@@ -40,31 +40,21 @@ pub(super) async fn post_failsafe(
     };
     {
         let node = shared.node.read().await;
-        if beat.leader == node.name {
-            return refuse(StatusCode::BAD_REQUEST, "a member cannot confirm itself");
-        }
+        let view = shared.view.read().await;
         let primary =
             node.member.role == MemberRole::Primary && node.member.state == MemberState::Running;
-        if primary || node.is_leader {
-            return refuse(
-                StatusCode::CONFLICT,
-                "this member runs as primary or holds the leader key",
-            );
-        }
-    }
-    {
-        let view = shared.view.read().await;
-        let Some(view) = view.as_ref() else {
-            return refuse(StatusCode::CONFLICT, "this member has not read etcd yet");
-        };
-        if !view.failsafe_mode() && view.failsafe.is_none() {
-            return refuse(StatusCode::CONFLICT, "failsafe mode is off");
-        }
-        if let Some(holder) = view.leader.as_ref().filter(|l| l.name != beat.leader) {
-            return refuse(
-                StatusCode::CONFLICT,
-                format!("{} holds the leader key", holder.name),
-            );
+        let seen = view.as_ref().map(|v| failsafe::Seen {
+            failsafe_on: v.failsafe_mode() || v.failsafe.is_some(),
+            leader: v.leader.as_ref().map(|l| &l.name),
+        });
+        if let Err(why) =
+            failsafe::may_confirm(&beat.leader, &node.name, primary, node.is_leader, seen)
+        {
+            let status = match why {
+                failsafe::NotConfirmed::Itself => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            };
+            return refuse(status, why.to_string());
         }
     }
     let ttl = failsafe::promise_length(shared.ttl, beat.ttl_ms);

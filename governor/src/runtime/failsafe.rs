@@ -57,6 +57,61 @@ struct GateState {
     closed: bool,
 }
 
+/// What a member last saw in etcd, as a confirmation depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen<'a> {
+    /// Failsafe mode is on (in `config`, or the `failsafe` key still exists).
+    pub failsafe_on: bool,
+    /// Who held the leader key.
+    pub leader: Option<&'a MemberName>,
+}
+
+/// Why a member does not confirm a primary (`POST /failsafe`), before its gate is asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotConfirmed {
+    /// The asker is this member.
+    #[error("a member cannot confirm itself")]
+    Itself,
+    /// This member runs as primary or holds the leader key.
+    #[error("this member runs as primary or holds the leader key")]
+    Leading,
+    /// It has not read etcd yet.
+    #[error("this member has not read etcd yet")]
+    NothingSeen,
+    /// Failsafe mode is off.
+    #[error("failsafe mode is off")]
+    Off,
+    /// Another member held the leader key.
+    #[error("{0} holds the leader key")]
+    OtherLeader(MemberName),
+}
+
+/// Whether `me` may confirm `asker` (the REST API's checks; the simulation applies the same):
+/// not itself, not while it runs as primary or holds the leader key, not before it read etcd,
+/// not with failsafe mode off, not while it saw another member hold the leader key.
+pub fn may_confirm(
+    asker: &MemberName,
+    me: &MemberName,
+    runs_primary: bool,
+    holds_leader_key: bool,
+    seen: Option<Seen<'_>>,
+) -> Result<(), NotConfirmed> {
+    if asker == me {
+        return Err(NotConfirmed::Itself);
+    }
+    if runs_primary || holds_leader_key {
+        return Err(NotConfirmed::Leading);
+    }
+    let seen = seen.ok_or(NotConfirmed::NothingSeen)?;
+    if !seen.failsafe_on {
+        return Err(NotConfirmed::Off);
+    }
+    match seen.leader {
+        Some(holder) if holder != asker => Err(NotConfirmed::OtherLeader(holder.clone())),
+        _ => Ok(()),
+    }
+}
+
 /// Why a confirmation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -330,6 +385,55 @@ impl super::Governor {
 
 #[cfg(test)]
 mod tests {
+    use super::{NotConfirmed, Seen, may_confirm};
+
+    #[test]
+    fn a_member_confirms_only_a_primary_it_may_not_contradict() {
+        let n = |s: &str| spilo_model::MemberName::new(s).expect("name");
+        let (a, b, c) = (n("a"), n("b"), n("c"));
+        let on = |leader| {
+            Some(Seen {
+                failsafe_on: true,
+                leader,
+            })
+        };
+        assert_eq!(may_confirm(&a, &b, false, false, on(Some(&a))), Ok(()));
+        assert_eq!(may_confirm(&a, &b, false, false, on(None)), Ok(()));
+        assert_eq!(
+            may_confirm(&a, &a, false, false, on(None)),
+            Err(NotConfirmed::Itself)
+        );
+        assert_eq!(
+            may_confirm(&a, &b, true, false, on(None)),
+            Err(NotConfirmed::Leading)
+        );
+        assert_eq!(
+            may_confirm(&a, &b, false, true, on(None)),
+            Err(NotConfirmed::Leading)
+        );
+        assert_eq!(
+            may_confirm(&a, &b, false, false, None),
+            Err(NotConfirmed::NothingSeen)
+        );
+        assert_eq!(
+            may_confirm(
+                &a,
+                &b,
+                false,
+                false,
+                Some(Seen {
+                    failsafe_on: false,
+                    leader: None
+                })
+            ),
+            Err(NotConfirmed::Off)
+        );
+        assert_eq!(
+            may_confirm(&a, &b, false, false, on(Some(&c))),
+            Err(NotConfirmed::OtherLeader(c.clone()))
+        );
+    }
+
     use super::*;
 
     fn name(s: &str) -> MemberName {

@@ -287,16 +287,27 @@ impl Sim {
                     continue;
                 };
                 let reaches = self.members[j].reaches_etcd(&self.etcd);
+                let leader = self.etcd.leader.as_ref().map(|(n, _)| n.clone());
                 let p = &mut self.members[j];
-                let sees_other =
-                    reaches && self.etcd.leader.as_ref().is_some_and(|(n, _)| *n != me);
-                // The API's checks, then the runtime's own gate on the member's clock.
+                // It answers at all; then the REST API's own checks (on what it sees of etcd:
+                // the key's holder while it reaches etcd), then the runtime's gate on its
+                // clock.
+                let seen = governor::runtime::failsafe::Seen {
+                    failsafe_on: true,
+                    leader: leader.as_ref().filter(|_| reaches),
+                };
                 let answers = p.up
                     && !p.frozen
                     && !cut_off
                     && !p.partitioned
-                    && p.pg != Pg::Primary
-                    && !sees_other;
+                    && governor::runtime::failsafe::may_confirm(
+                        &me,
+                        &p.name,
+                        p.pg == Pg::Primary,
+                        reaches && leader.as_ref() == Some(&p.name),
+                        Some(seen),
+                    )
+                    .is_ok();
                 let promise = governor::runtime::failsafe::promise_length(ttl, TTL);
                 let accepts = answers
                     && p.gate
