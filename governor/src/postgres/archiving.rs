@@ -3,8 +3,8 @@
 //! from another cluster's base backup and archive (`bootstrap.clone`), and recovering the
 //! cluster from its own archive when every member lost its data.
 
+use super::PgError;
 use super::{Instance, UNFINISHED_MARKER, server_log, write_private};
-use crate::runtime::ActError;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ impl Instance {
     pub async fn replica_from_backup(
         &self,
         archive: &crate::archive::ArchiveConfig,
-    ) -> Result<Option<String>, ActError> {
+    ) -> Result<Option<String>, PgError> {
         let store = crate::archive::AnyStore::open(archive).await;
         match crate::archive::backup::backup_list(archive, &store).await {
             Ok(all) if all.is_empty() => return Ok(None),
@@ -81,7 +81,7 @@ impl Instance {
     /// archive's WAL to the target, then promotes. Returns once PostgreSQL accepts writes (it
     /// runs, started here).
     ///
-    /// Fails with [`ActError::Permanent`] when the configuration cannot succeed however often
+    /// Fails with [`PgError::Permanent`] when the configuration cannot succeed however often
     /// it is tried (a target before the oldest backup, a setting PostgreSQL refuses); other
     /// failures may pass (the source has no backup yet or has not archived the WAL that
     /// reaches the target, the target is later than `now`, which may be this machine's clock).
@@ -90,13 +90,13 @@ impl Instance {
         clone: &crate::config::CloneConfig,
         cluster: &BTreeMap<String, String>,
         now: spilo_model::TargetTime,
-    ) -> Result<(), ActError> {
+    ) -> Result<(), PgError> {
         use crate::archive::backup::{Pick, PickError, backup_fetch, backup_list, pick};
         let target = clone.target_time;
         if let Some(t) = target
             && t > now
         {
-            return Err(ActError::Other(format!(
+            return Err(PgError::Failed(format!(
                 "bootstrap.clone.target_time {t} is in the future (now {now}): recovery would \
                  wait for WAL that does not exist yet; waiting for it"
             )));
@@ -104,14 +104,14 @@ impl Instance {
         let store = crate::archive::AnyStore::open(&clone.archive).await;
         let all = backup_list(&clone.archive, &store)
             .await
-            .map_err(|e| ActError::Other(format!("clone: list the source's backups: {e}")))?;
+            .map_err(|e| PgError::Failed(format!("clone: list the source's backups: {e}")))?;
         let which = target.map_or(Pick::Latest, Pick::Before);
         let chosen = match pick(&all, &which) {
             Ok(s) => s.clone(),
             Err(e @ PickError::TargetBeforeOldest { .. }) => {
-                return Err(ActError::Permanent(format!("clone: {e}")));
+                return Err(PgError::Permanent(format!("clone: {e}")));
             }
-            Err(e) => return Err(ActError::Other(format!("clone: {e}"))),
+            Err(e) => return Err(PgError::Failed(format!("clone: {e}"))),
         };
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         write_private(&marker, "clone from archive")?;
@@ -122,7 +122,7 @@ impl Instance {
             &self.data_dir,
         )
         .await
-        .map_err(|e| ActError::Other(format!("clone: {e}")))?;
+        .map_err(|e| PgError::Failed(format!("clone: {e}")))?;
         tracing::info!(
             backup = backup.name,
             finished = backup.finish_time,
@@ -152,16 +152,16 @@ impl Instance {
         archive: &crate::archive::ArchiveConfig,
         sysid: &str,
         cluster: &BTreeMap<String, String>,
-    ) -> Result<Recovered, ActError> {
+    ) -> Result<Recovered, PgError> {
         use crate::archive::backup::{Pick, backup_fetch, backup_list, pick};
         use crate::archive::store::Store;
         let store = crate::archive::AnyStore::open(archive).await;
         let all = backup_list(archive, &store)
             .await
-            .map_err(|e| ActError::Other(format!("list the archive's backups: {e}")))?;
+            .map_err(|e| PgError::Failed(format!("list the archive's backups: {e}")))?;
         let latest = pick(&all, &Pick::Latest)
             .map_err(|_| {
-                ActError::Other(format!(
+                PgError::Failed(format!(
                     "the archive {} holds no finished base backup: there is nothing to recover \
                      the cluster from (its data is gone with its members)",
                     archive.prefix
@@ -172,9 +172,9 @@ impl Instance {
         let keys = store
             .list(&wal_dir)
             .await
-            .map_err(|e| ActError::Other(format!("list the archive's WAL: {e}")))?;
+            .map_err(|e| PgError::Failed(format!("list the archive's WAL: {e}")))?;
         let newest = crate::archive::continuity::check(&latest.start_wal_file, &wal_dir, &keys)
-            .map_err(ActError::Other)?;
+            .map_err(PgError::Failed)?;
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         write_private(&marker, "recovery from the archive")?;
         let backup = backup_fetch(
@@ -184,7 +184,7 @@ impl Instance {
             &self.data_dir,
         )
         .await
-        .map_err(|e| ActError::Other(format!("fetch base backup {}: {e}", latest.name)))?;
+        .map_err(|e| PgError::Failed(format!("fetch base backup {}: {e}", latest.name)))?;
         // (Not `data_state`, which empties a directory whose copy is marked unfinished.)
         let restored = super::controldata::read(&self.bin_dir, &self.data_dir)
             .await?
@@ -193,7 +193,7 @@ impl Instance {
             Some(crate::ha::DataDir::Initialized { sysid: theirs, .. }) if theirs != sysid => {
                 self.wipe_data()?;
                 std::fs::remove_file(&marker)?;
-                return Err(ActError::Permanent(format!(
+                return Err(PgError::Permanent(format!(
                     "the archive's latest base backup {} belongs to system {theirs}, but this \
                      cluster is system {sysid} (etcd's initialize key): it is another \
                      cluster's archive",
@@ -212,7 +212,7 @@ impl Instance {
         std::fs::remove_file(&marker)?;
         let (_, restore) = archive_commands(&self.config_path);
         self.recover_and_promote(restore, None, cluster, |line| {
-            ActError::Other(format!(
+            PgError::Failed(format!(
                 "PostgreSQL exited while recovering from the archive: {}",
                 line.unwrap_or_else(|| "no error in its log".into())
             ))
@@ -235,8 +235,8 @@ impl Instance {
         restore: String,
         target: Option<spilo_model::TargetTime>,
         cluster: &BTreeMap<String, String>,
-        exit: impl Fn(Option<String>) -> ActError,
-    ) -> Result<(), ActError> {
+        exit: impl Fn(Option<String>) -> PgError,
+    ) -> Result<(), PgError> {
         self.clone_recovery = Some((restore, target.map(|t| t.to_postgres())));
         let log_from = server_log::offset(&self.log_file());
         self.start(true, None, cluster)?;
@@ -257,7 +257,7 @@ impl Instance {
             }
             if Instant::now() > deadline {
                 self.clone_recovery = None;
-                return Err(ActError::Other(
+                return Err(PgError::Failed(
                     "recovery did not finish within an hour".into(),
                 ));
             }
@@ -284,24 +284,24 @@ pub struct Recovered {
 
 /// Why PostgreSQL exited while recovering a clone, from its own error line: whether trying
 /// again can help, and what to do.
-fn clone_exit(pg_error: Option<String>, target: Option<spilo_model::TargetTime>) -> ActError {
+fn clone_exit(pg_error: Option<String>, target: Option<spilo_model::TargetTime>) -> PgError {
     let Some(line) = pg_error else {
-        return ActError::Other(
+        return PgError::Failed(
             "PostgreSQL exited while recovering the clone without an error in its log".into(),
         );
     };
     if line.contains("recovery ended before configured recovery target was reached") {
         let t = target.map(|t| t.to_string()).unwrap_or_default();
-        return ActError::Other(format!(
+        return PgError::Failed(format!(
             "the source's archive ends before bootstrap.clone.target_time {t}: no WAL after it \
              is archived yet, so recovery cannot tell where to stop (PostgreSQL: {line}); \
              retrying as the source archives more"
         ));
     }
     if line.contains("configuration file") || line.contains("invalid value for parameter") {
-        return ActError::Permanent(format!("PostgreSQL refuses the clone's settings: {line}"));
+        return PgError::Permanent(format!("PostgreSQL refuses the clone's settings: {line}"));
     }
-    ActError::Other(format!(
+    PgError::Failed(format!(
         "PostgreSQL exited while recovering the clone: {line}"
     ))
 }
@@ -317,7 +317,7 @@ mod tests {
             Some("FATAL: recovery ended before configured recovery target was reached".into()),
             t,
         );
-        assert!(matches!(short, ActError::Other(_)), "{short:?}");
+        assert!(matches!(short, PgError::Failed(_)), "{short:?}");
         assert!(
             short
                 .to_string()
@@ -332,8 +332,8 @@ mod tests {
             ),
             t,
         );
-        assert!(matches!(bad, ActError::Permanent(_)), "{bad:?}");
+        assert!(matches!(bad, PgError::Permanent(_)), "{bad:?}");
         assert!(bad.to_string().contains("recovery_target_time"), "{bad}");
-        assert!(matches!(clone_exit(None, t), ActError::Other(_)));
+        assert!(matches!(clone_exit(None, t), PgError::Failed(_)));
     }
 }

@@ -28,6 +28,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// What an operation on the local PostgreSQL failed on. The runtime turns it into its own
+/// `ActError`; this module does not depend on the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// SQL failed.
+    #[error(transparent)]
+    Sql(#[from] query::SqlError),
+    /// A PostgreSQL program failed.
+    #[error(transparent)]
+    Tool(#[from] tools::ToolError),
+    /// A file operation failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Anything else, in one line.
+    #[error("{0}")]
+    Failed(String),
+    /// The configuration asks for something that cannot succeed however often it is tried
+    /// (a clone's target before its oldest backup, a setting PostgreSQL refuses).
+    #[error("{0}")]
+    Permanent(String),
+}
+
 /// A marker present while pg_basebackup or pg_rewind runs; found at start, it means the data
 /// directory is half-written and must be copied again.
 const UNFINISHED_MARKER: &str = "data-copy-in-progress";
@@ -344,7 +366,7 @@ impl Instance {
     }
 
     /// Waits until the server answers queries, failing early if it exits.
-    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), crate::runtime::ActError> {
+    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), PgError> {
         let deadline = Instant::now() + timeout;
         loop {
             if self
@@ -352,7 +374,7 @@ impl Instance {
                 .as_ref()
                 .is_none_or(|p| p.exited().is_some())
             {
-                return Err(crate::runtime::ActError::Other(format!(
+                return Err(PgError::Failed(format!(
                     "PostgreSQL exited while starting; see {}",
                     self.log_file().display()
                 )));
@@ -361,7 +383,7 @@ impl Instance {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(crate::runtime::ActError::Other(format!(
+                return Err(PgError::Failed(format!(
                     "PostgreSQL did not accept connections within {timeout:?}"
                 )));
             }
@@ -438,7 +460,7 @@ impl Instance {
         &mut self,
         upstream: Upstream,
         cluster: &BTreeMap<String, String>,
-    ) -> Result<(), crate::runtime::ActError> {
+    ) -> Result<(), PgError> {
         if self.upstream.as_ref() == Some(&upstream) {
             return Ok(());
         }
@@ -451,10 +473,10 @@ impl Instance {
     }
 
     /// Promotes the running replica; returns once it accepts writes.
-    pub async fn promote(&mut self) -> Result<(), crate::runtime::ActError> {
+    pub async fn promote(&mut self) -> Result<(), PgError> {
         let done = self.session.promote(Duration::from_secs(60)).await?;
         if !done {
-            return Err(crate::runtime::ActError::Other(
+            return Err(PgError::Failed(
                 "pg_promote did not finish within 60s".into(),
             ));
         }
@@ -470,7 +492,7 @@ impl Instance {
     }
 
     /// Runs initdb with checksums, creating the superuser with its password.
-    pub async fn initdb(&self) -> Result<(), crate::runtime::ActError> {
+    pub async fn initdb(&self) -> Result<(), PgError> {
         let pwfile = self.run_dir.join("initdb-password");
         write_private(&pwfile, &self.superuser.1)?;
         let args = vec![
@@ -499,7 +521,7 @@ impl Instance {
     }
 
     /// Creates the replication role on a freshly initialized primary.
-    pub async fn create_replication_role(&mut self) -> Result<(), crate::runtime::ActError> {
+    pub async fn create_replication_role(&mut self) -> Result<(), PgError> {
         // A clone brings the source's roles along: create or update, and take over the
         // superuser with this cluster's password.
         let (role, password) = (
@@ -523,7 +545,7 @@ impl Instance {
     }
 
     /// Copies `from` with pg_basebackup into the (empty) data directory.
-    pub async fn clone_from(&self, from: &Upstream) -> Result<(), crate::runtime::ActError> {
+    pub async fn clone_from(&self, from: &Upstream) -> Result<(), PgError> {
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         write_private(&marker, "pg_basebackup")?;
         let args = vec![
@@ -565,7 +587,7 @@ impl Instance {
     /// Rewinds the stopped data directory to `from`'s timeline with pg_rewind (which first
     /// finishes crash recovery itself when the last shutdown was not clean). The caller
     /// CHECKPOINTs `from` first, so its control file shows the timeline it promoted to.
-    pub async fn rewind_from(&self, from: &Upstream) -> Result<String, crate::runtime::ActError> {
+    pub async fn rewind_from(&self, from: &Upstream) -> Result<String, PgError> {
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         let port = from.port.to_string();
         let source = conf::conninfo(&[

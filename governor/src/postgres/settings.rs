@@ -2,6 +2,7 @@
 //! `config`, the member's own parameters) and the settings the governor owns (addresses,
 //! upstream, synchronous standbys, archiving, a clone's recovery), and reloading it.
 
+use super::PgError;
 use super::{Instance, Upstream, conf, write_private};
 use std::collections::BTreeMap;
 
@@ -67,7 +68,7 @@ impl Instance {
     pub async fn apply_cluster_params(
         &mut self,
         cluster: &BTreeMap<String, String>,
-    ) -> Result<bool, crate::runtime::ActError> {
+    ) -> Result<bool, PgError> {
         match &self.cluster_params {
             Some(current) if current != cluster && self.postmaster.is_some() => {}
             _ => return Ok(false),
@@ -85,10 +86,7 @@ impl Instance {
     }
 
     /// Sets `synchronous_standby_names` and reloads when it changed; returns whether it did.
-    pub async fn set_standby_names(
-        &mut self,
-        value: &str,
-    ) -> Result<bool, crate::runtime::ActError> {
+    pub async fn set_standby_names(&mut self, value: &str) -> Result<bool, PgError> {
         if self.standby_names == value {
             return Ok(false);
         }
@@ -129,7 +127,7 @@ impl Instance {
     }
 
     /// Rewrites `postgresql.conf` from the current settings and reloads (`POST /reload`).
-    pub async fn reload(&mut self) -> Result<(), crate::runtime::ActError> {
+    pub async fn reload(&mut self) -> Result<(), PgError> {
         let up = self.upstream.clone();
         let cluster = self.cluster_params.clone().unwrap_or_default();
         self.write_conf(up.as_ref(), &cluster)?;

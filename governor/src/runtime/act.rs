@@ -86,7 +86,7 @@ impl Governor {
             }
             Decision::Follow { leader } => {
                 let up = upstream(view, leader)?;
-                self.pg.follow(up, &params).await
+                Ok(self.pg.follow(up, &params).await?)
             }
             Decision::AcquireLeader { why } => {
                 let lease = s

@@ -2,8 +2,8 @@
 //! reinitialize. They reach the HA loop through a channel and run between two passes, so they
 //! never race a decision; each answers with what it did or why it refused.
 
+use super::Governor;
 use super::act::upstream;
-use super::{ActError, Governor};
 use crate::postgres::process::StopMode;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -48,7 +48,7 @@ fn refused(why: impl Into<String>) -> Failure {
     }
 }
 
-fn failed(e: ActError) -> Failure {
+fn failed(e: impl std::fmt::Display) -> Failure {
     Failure {
         refused: false,
         why: e.to_string(),
@@ -106,9 +106,7 @@ impl Governor {
         let params = self.pg.cluster_params();
         let _ = self.fence.send(None);
         self.pg.stop(StopMode::Fast).await;
-        self.pg
-            .start(primary, up, &params)
-            .map_err(|e| failed(e.into()))?;
+        self.pg.start(primary, up, &params).map_err(failed)?;
         if primary {
             self.arm_fence();
         }
@@ -136,12 +134,10 @@ impl Governor {
         let params = self.pg.cluster_params();
         let _ = self.fence.send(None);
         self.pg.stop(StopMode::Fast).await;
-        self.pg.wipe_data().map_err(|e| failed(e.into()))?;
+        self.pg.wipe_data().map_err(failed)?;
         self.data = None;
         self.pg.clone_from(&up).await.map_err(failed)?;
-        self.pg
-            .start(false, Some(up), &params)
-            .map_err(|e| failed(e.into()))?;
+        self.pg.start(false, Some(up), &params).map_err(failed)?;
         self.wake.notify_one();
         Ok(format!("reinitialized from {leader}"))
     }

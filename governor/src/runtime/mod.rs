@@ -66,6 +66,19 @@ pub enum ActError {
     Permanent(String),
 }
 
+impl From<crate::postgres::PgError> for ActError {
+    fn from(e: crate::postgres::PgError) -> Self {
+        use crate::postgres::PgError;
+        match e {
+            PgError::Sql(e) => ActError::Sql(e),
+            PgError::Tool(e) => ActError::Tool(e),
+            PgError::Io(e) => ActError::Io(e),
+            PgError::Failed(why) => ActError::Other(why),
+            PgError::Permanent(why) => ActError::Permanent(why),
+        }
+    }
+}
+
 /// How far back unexpected PostgreSQL exits count towards a crash loop.
 const CRASH_WINDOW: Duration = Duration::from_secs(300);
 

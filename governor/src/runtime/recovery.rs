@@ -74,7 +74,7 @@ impl Governor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "recovery from the archive failed; handing the leader key back");
-                self.creation_failed(lease, e).await
+                self.creation_failed(lease, e.into()).await
             }
         }
     }
