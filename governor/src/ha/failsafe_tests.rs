@@ -2,7 +2,7 @@
 //! takes its key back afterwards; a member that confirmed it does not race; nobody outside the
 //! `failsafe` key races.
 
-use super::test_world::{LEASE, World, kind, name, replica};
+use super::test_world::{LEASE, World, assert_waits, kind, name, replica};
 use super::*;
 use spilo_model::ClusterConfig;
 
@@ -29,7 +29,10 @@ fn a_confirmed_primary_stays_writable_through_an_etcd_outage() {
     cut_off_primary(&mut w);
     w.snap.failsafe.confirmed_until = Some(w.now + Duration::from_secs(3));
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "etcd is unreachable (timeout); failsafe mode: every member confirmed this primary, so it stays writable",
+    );
     assert!(d.to_string().contains("failsafe"), "{d}");
 }
 
@@ -51,7 +54,10 @@ fn a_confirmed_primary_takes_its_key_back_when_etcd_answers() {
     assert_eq!(kind(&w.decide()), "reclaim_leader");
     // Not before it has a lease to bind the key to.
     w.snap.lease = LeaseView::default();
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "failsafe mode: every member confirmed this primary; waiting for an etcd lease to take the leader key back",
+    );
 }
 
 #[test]
@@ -77,7 +83,10 @@ fn a_member_that_confirmed_a_primary_does_not_race_until_its_promise_ends() {
     w.snap.failsafe.quiet_until = Some(w.now + Duration::from_secs(2));
     w.snap.failsafe.quiet_for = Some(name("m3"));
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "no leader, but this member confirmed m3 as primary in failsafe mode and does not race until that promise ends",
+    );
     assert!(d.to_string().contains("confirmed m3"), "{d}");
     w.now += Duration::from_millis(1500);
     assert_eq!(
@@ -95,7 +104,10 @@ fn a_freshly_started_governor_does_not_race_in_failsafe_mode() {
     failsafe_mode(&mut w);
     w.snap.failsafe.quiet_until = Some(w.now + Duration::from_secs(1));
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "no leader, but in failsafe mode a governor that started less than a TTL ago may have promised a primary not to race",
+    );
     assert!(d.to_string().contains("started less than a TTL ago"), "{d}");
 }
 
@@ -118,7 +130,10 @@ fn a_failsafe_key_left_behind_keeps_the_promise_when_the_mode_is_switched_off() 
     );
     w.snap.failsafe.quiet_until = Some(w.now + Duration::from_secs(2));
     w.snap.failsafe.quiet_for = Some(name("m2"));
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no leader, but this member confirmed m2 as primary in failsafe mode and does not race until that promise ends",
+    );
 }
 
 #[test]
@@ -126,7 +141,10 @@ fn a_member_missing_from_the_failsafe_key_does_not_race() {
     let mut w = World::new();
     failsafe_mode(&mut w).view().failsafe = Some([(name("m2"), "http://m2".to_string())].into());
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "no leader, and in failsafe mode only the members listed in the failsafe key may take over (the last primary never asked this one)",
+    );
     assert!(d.to_string().contains("failsafe key"), "{d}");
     w.view()
         .failsafe
@@ -148,5 +166,8 @@ fn a_manual_failover_waits_for_the_promise_too() {
     });
     w.snap.failsafe.quiet_until = Some(w.now + Duration::from_secs(2));
     w.snap.failsafe.quiet_for = Some(name("m3"));
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no leader, but this member confirmed m3 as primary in failsafe mode and does not race until that promise ends",
+    );
 }

@@ -76,13 +76,22 @@ fn a_member_with_data_a_leader_key_or_no_archive_recovery_keeps_it_waiting() {
     // A failed attempt backs off; nofailover members never recover; no lease, no race.
     let (mut w, cfg) = empty_member(600);
     w.snap.local.bootstrap_blocked = Some("bootstrap failed (1 attempt in a row)".into());
-    assert_eq!(kind(&decide(&w.snap, &cfg, w.now)), "wait");
+    assert_waits(
+        &decide(&w.snap, &cfg, w.now),
+        "bootstrap failed (1 attempt in a row)",
+    );
     let (mut w, cfg) = empty_member(600);
     w.snap.tags.nofailover = true;
-    assert_eq!(kind(&decide(&w.snap, &cfg, w.now)), "wait");
+    assert_waits(
+        &decide(&w.snap, &cfg, w.now),
+        "the data directory is empty and no running primary can be cloned; members tagged nofailover never recover the cluster",
+    );
     let (mut w, cfg) = empty_member(600);
     w.snap.lease = LeaseView::default();
-    assert_eq!(kind(&decide(&w.snap, &cfg, w.now)), "wait");
+    assert_waits(
+        &decide(&w.snap, &cfg, w.now),
+        "the data directory is empty and no running primary can be cloned; waiting for an etcd lease",
+    );
 }
 
 #[test]

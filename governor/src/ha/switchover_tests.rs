@@ -1,7 +1,7 @@
 //! Tests of switchover and manual failover decisions, with the hand-built snapshots of
 //! `tests.rs`.
 
-use super::test_world::{LEASE, World, cfg, kind, name, primary, replica};
+use super::test_world::{LEASE, World, assert_waits, cfg, kind, name, primary, replica};
 use super::*;
 use spilo_model::{ClusterConfig, MemberState, SwitchoverRequest};
 
@@ -201,7 +201,10 @@ fn only_the_named_candidate_takes_the_key() {
     let d = leaderless_with("m1").decide();
     assert_eq!(kind(&d), "acquire_leader", "{d}");
     let d = leaderless_with("m2").decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "a manual failover to m2 was requested; leaving the leader key to it",
+    );
     assert!(d.to_string().contains("manual failover to m2"), "{d}");
 }
 
@@ -212,7 +215,10 @@ fn a_switchover_request_left_by_a_dead_leader_is_no_failover_order() {
     let mut w = leaderless_with("m1");
     w.view().switchover.as_mut().expect("request").failover = false;
     let d = w.decide();
-    assert_eq!(kind(&d), "wait", "{d}");
+    assert_waits(
+        &d,
+        "m2 ranks first (timeline 1, WAL 0/384; this member: timeline 1, WAL 0/1F4)",
+    );
     assert!(d.to_string().contains("m2"), "{d}");
 }
 
@@ -236,7 +242,10 @@ fn a_manual_failover_goes_through_maintenance_mode() {
     // Without the request, a paused cluster does not fail over.
     w.view().switchover = None;
     w.snap.peers.clear();
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "paused (maintenance mode); would acquire leader key",
+    );
 }
 
 #[test]
@@ -329,7 +338,10 @@ fn in_synchronous_mode_only_a_listed_standby_takes_over() {
     w.peer("m2", Some(replica(1, 100)));
     synchronous(&mut w, &["m2"]);
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "no leader, and in synchronous mode only m0, m2 may take over",
+    );
     assert!(d.to_string().contains("only m0, m2 may take over"), "{d}");
 
     // No key at all: nobody.
@@ -337,7 +349,10 @@ fn in_synchronous_mode_only_a_listed_standby_takes_over() {
     synchronous(&mut w, &[]);
     w.view().sync = None;
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "no leader, and synchronous mode lists no synchronous standby: promoting anyone could lose acknowledged commits (`spilo failover --to` overrides)",
+    );
     assert!(
         d.to_string().contains("lists no synchronous standby"),
         "{d}"
@@ -404,7 +419,10 @@ fn nobody_takes_over_while_a_member_is_still_starting() {
         )),
     );
     let d = w.decide();
-    assert_eq!(kind(&d), "wait", "{d}");
+    assert_waits(
+        &d,
+        "m2 is starting; waiting to compare WAL positions with it",
+    );
     assert!(d.to_string().contains("m2 is starting"), "{d}");
     // Once it runs, positions decide as usual.
     w.snap.peers.clear();

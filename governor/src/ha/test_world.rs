@@ -178,3 +178,17 @@ impl World {
 pub(super) fn kind(d: &Decision) -> &'static str {
     d.kind()
 }
+
+/// Asserts that `d` waits, for a reason that contains `because`.
+#[track_caller]
+pub(super) fn assert_waits(d: &Decision, because: &str) {
+    match d {
+        Decision::Wait { why } => {
+            assert!(
+                why.contains(because),
+                "waits because {why:?}, not {because:?}"
+            )
+        }
+        other => panic!("expected a wait because {because:?}, got: {other}"),
+    }
+}

@@ -22,7 +22,10 @@ fn a_nofailover_member_never_bootstraps() {
     w.view().initialize = None;
     w.data(DataDir::Empty).pg(PgState::Stopped);
     w.snap.tags.nofailover = true;
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no cluster yet, and members tagged nofailover never bootstrap one",
+    );
 }
 
 #[test]
@@ -47,7 +50,10 @@ fn bootstrap_waits_for_a_lease() {
     w.view().initialize = None;
     w.data(DataDir::Empty).pg(PgState::Stopped);
     w.snap.lease = LeaseView::default();
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no cluster yet; waiting for an etcd lease before racing to bootstrap",
+    );
 }
 
 #[test]
@@ -69,7 +75,10 @@ fn existing_data_without_an_initialize_key_is_left_alone() {
     w.view().initialize = None;
     w.stopped_data(true, 1);
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "the data directory holds a cluster but etcd has no `initialize` key; refusing to guess whether it belongs to this scope",
+    );
     assert!(d.to_string().contains("no `initialize` key"), "{d}");
 }
 
@@ -105,7 +114,10 @@ fn an_empty_member_waits_when_the_leader_is_not_running_yet() {
         "m0",
         member(MemberRole::Replica, MemberState::Starting, 1, 0),
     );
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "the data directory is empty and no running primary can be cloned",
+    );
 }
 
 // --- the primary -----------------------------------------------------------------------------
@@ -165,7 +177,10 @@ fn a_primary_rides_out_a_short_etcd_outage_while_its_lease_holds() {
         why: "timeout".into(),
     };
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "etcd is unreachable (timeout); the lease is valid for 4.0s more",
+    );
     assert!(d.to_string().contains("lease is valid"), "{d}");
 }
 
@@ -175,7 +190,7 @@ fn a_replica_waits_while_etcd_is_unreachable() {
     w.snap.dcs = DcsView::Unreachable {
         why: "connection refused".into(),
     };
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(&w.decide(), "etcd is unreachable (connection refused)");
 }
 
 #[test]
@@ -183,7 +198,10 @@ fn a_leader_key_from_an_older_lease_of_this_member_is_waited_out() {
     let mut w = World::new();
     w.leader("m1", 1234).stopped_data(true, 1);
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "the leader key names this member but is bound to an older lease; waiting for that lease to end",
+    );
     assert!(d.to_string().contains("older lease"), "{d}");
 }
 
@@ -239,7 +257,7 @@ fn a_primary_slow_to_start_hands_over_after_the_timeout() {
         since: w.now,
         as_primary: true,
     });
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(&w.decide(), "PostgreSQL is starting");
 }
 
 #[test]
@@ -280,7 +298,10 @@ fn the_leader_does_not_promote_on_an_ending_lease() {
     let mut w = World::new();
     w.leader("m1", LEASE);
     w.snap.lease.valid_until = Some(w.now);
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "holding the leader key with a lease about to end; not promoting",
+    );
 }
 
 // --- replicas --------------------------------------------------------------------------------
@@ -296,7 +317,10 @@ fn a_replica_follows_the_running_leader() {
 fn a_replica_waits_for_a_leader_that_has_not_promoted_yet() {
     let mut w = World::new();
     w.leader("m0", 1).member("m0", replica(1, 1000));
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "m0 holds the leader key but does not run as primary yet",
+    );
 }
 
 #[test]
@@ -420,7 +444,10 @@ fn a_replica_defers_to_a_more_advanced_one() {
     let mut w = World::new();
     w.peer("m2", Some(replica(1, 700)));
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "m2 ranks first (timeline 1, WAL 0/2BC; this member: timeline 1, WAL 0/1F4)",
+    );
     assert!(d.to_string().contains("m2 ranks first"), "{d}");
 }
 
@@ -428,7 +455,10 @@ fn a_replica_defers_to_a_more_advanced_one() {
 fn ties_go_to_the_first_name() {
     let mut w = World::new();
     w.peer("m0", Some(replica(1, 500)));
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "m0 ranks first (timeline 1, WAL 0/1F4; this member: timeline 1, WAL 0/1F4)",
+    );
     let mut w = World::new();
     w.peer("m2", Some(replica(1, 500)));
     assert_eq!(kind(&w.decide()), "acquire_leader");
@@ -446,14 +476,20 @@ fn nobody_races_while_a_member_still_runs_as_primary() {
 fn a_nofailover_replica_does_not_race() {
     let mut w = World::new();
     w.snap.tags.nofailover = true;
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no leader, and this member is tagged nofailover",
+    );
 }
 
 #[test]
 fn a_replica_without_a_lease_does_not_race() {
     let mut w = World::new();
     w.snap.lease = LeaseView::default();
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no leader, and this member has no valid etcd lease to take leadership with",
+    );
 }
 
 #[test]
@@ -472,7 +508,10 @@ fn a_replica_too_far_behind_the_best_member_is_not_eligible() {
     nofail.tags.nofailover = true;
     w.peer("m0", Some(nofail));
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "this member is 4500 bytes behind the most advanced member (limit 1000)",
+    );
     assert!(d.to_string().contains("4500 bytes behind"), "{d}");
 }
 
@@ -556,7 +595,10 @@ fn a_paused_cluster_does_not_fail_over() {
     w.peer("m2", Some(replica(1, 400))).peer("m3", None);
     paused(&mut w);
     let d = w.decide();
-    assert_eq!(kind(&d), "wait");
+    assert_waits(
+        &d,
+        "paused (maintenance mode); would acquire leader key: healthiest of 2 eligible member(s): timeline 1, WAL 0/1F4",
+    );
     assert!(
         d.to_string()
             .starts_with("wait: paused (maintenance mode); would acquire leader key: "),
@@ -574,7 +616,10 @@ fn a_paused_cluster_keeps_its_leader_and_does_not_start_a_stopped_member() {
     w.stopped_data(false, 1);
     paused(&mut w);
     let d = w.decide();
-    assert_eq!(kind(&d), "wait", "{d}");
+    assert_waits(
+        &d,
+        "paused (maintenance mode); would start as replica: no leader; starting read-only to take part in the election",
+    );
 }
 
 #[test]
