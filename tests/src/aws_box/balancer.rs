@@ -40,7 +40,11 @@ impl AwsBox {
 
     /// Adds the group's instances HAProxy does not know yet (an ELB registers an
     /// auto-scaling group's new instances), through its runtime API.
-    pub(super) fn register(&mut self, template: &serde_json::Value, fleet: &Fleet) -> anyhow::Result<()> {
+    pub(super) fn register(
+        &mut self,
+        template: &serde_json::Value,
+        fleet: &Fleet,
+    ) -> anyhow::Result<()> {
         let ask = |cmd: &str| self.haproxy_command(cmd);
         let known = ask("show servers state primary")?;
         let (port, check_port, _, ssl, interval) = Self::check_of(template);
@@ -93,7 +97,11 @@ impl AwsBox {
 
     /// HAProxy as the primary load balancer: the template's listener port and health check,
     /// the instances as servers.
-    pub(super) fn balance(&mut self, template: &serde_json::Value, fleet: &Fleet) -> anyhow::Result<()> {
+    pub(super) fn balance(
+        &mut self,
+        template: &serde_json::Value,
+        fleet: &Fleet,
+    ) -> anyhow::Result<()> {
         let lb = &template["Resources"]["PrimaryLoadBalancer"]["Properties"];
         let port = lb["Listeners"][0]["LoadBalancerPort"]
             .as_str()
