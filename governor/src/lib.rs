@@ -22,4 +22,5 @@ pub mod postgres;
 pub mod preflight;
 pub mod proxy;
 pub mod runtime;
+pub mod shared;
 pub mod watchdog;

@@ -10,7 +10,7 @@ use governor::api::ops::{RestartBody, SwitchoverBody, parse_body};
 use governor::config::ApiCredentials;
 use governor::dcs::parse_view;
 use governor::ha::{DataDir, DcsView, HaConfig, LeaseView, LocalState, PgState, Snapshot, decide};
-use governor::runtime::failsafe::{self, Gate, Heartbeat};
+use governor::shared::failsafe::{self, Gate, Heartbeat};
 use proptest::prelude::*;
 use spilo_model::{ClusterConfig, ClusterName, Keyspace, MemberName, MemberTags, TimelineId};
 use std::path::Path;

@@ -7,8 +7,8 @@
 //! Answers 200 `{"accepted": true}`, 409 with why when refused, 400 on a bad body.
 
 use super::auth;
-use crate::runtime::Shared;
-use crate::runtime::failsafe::{self, Heartbeat};
+use crate::shared::Shared;
+use crate::shared::failsafe::{self, Heartbeat};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};

@@ -21,18 +21,10 @@
 //! | `spilo_last_backup_timestamp_seconds` | when the last base backup of this member finished |
 
 use spilo_model::{MemberRole, MemberState, NodeStatus};
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-/// What the HA loop counts for `/metrics`.
-#[derive(Debug, Clone, Default)]
-pub struct LoopStats {
-    /// Passes by decision kind.
-    pub decisions: BTreeMap<&'static str, u64>,
-    /// How long the last pass took.
-    pub last_pass: Duration,
-}
+pub use crate::shared::LoopStats;
 
 /// Everything `/metrics` renders, read at request time.
 #[derive(Debug, Clone)]

@@ -27,8 +27,10 @@ pub mod auth;
 mod failsafe;
 pub mod metrics;
 pub mod ops;
+#[cfg(test)]
+mod tests;
 
-use crate::runtime::Shared;
+use crate::shared::Shared;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};

@@ -13,10 +13,9 @@
 //! | `PATCH /config` | JSON merge patch of `config`, compare-and-swap | 200 new config, 400 bad, 409 changed meanwhile |
 
 use super::auth;
-use crate::dcs::read_view;
 use crate::ha::{ClusterView, switchover};
-use crate::runtime::Shared;
-use crate::runtime::commands::{Command, Op};
+use crate::shared::Shared;
+use crate::shared::{Command, Op};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -40,13 +39,11 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Reply> {
 }
 
 async fn fresh_view(shared: &Shared) -> Result<ClusterView, Reply> {
-    read_view(
-        &shared.dcs.client(),
-        shared.dcs.keys(),
-        shared.dcs.timeout(),
-    )
-    .await
-    .map_err(|e| reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")))
+    shared
+        .store
+        .read_view()
+        .await
+        .map_err(|e| reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")))
 }
 
 fn unix_now() -> u64 {
@@ -175,7 +172,7 @@ async fn switchover_inner(shared: &Shared, headers: &HeaderMap, raw: &str) -> Re
 }
 
 async fn write_request(shared: &Shared, request: &SwitchoverRequest) -> Result<(), Reply> {
-    match shared.dcs.request_switchover(request).await {
+    match shared.store.request_switchover(request).await {
         Ok(true) => {
             shared.wake.notify_one();
             Ok(())
@@ -249,7 +246,7 @@ pub(super) async fn delete_switchover(
     if let Err(r) = authorized(&shared, &headers) {
         return r;
     }
-    match shared.dcs.cancel_switchover().await {
+    match shared.store.cancel_switchover().await {
         Ok(true) => reply(StatusCode::OK, "cancelled the pending switchover"),
         Ok(false) => reply(StatusCode::NOT_FOUND, "no switchover is pending"),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
@@ -392,7 +389,7 @@ pub(super) async fn post_reinitialize(
 /// `POST /backup`: the leader takes a base backup into the archive now and answers when it
 /// is finished (200 with its name); 409 on a member that is not the leader or has no archive.
 pub(super) async fn post_backup(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Reply {
-    use crate::runtime::backups::Refused;
+    use crate::shared::BackupRefused as Refused;
     if let Err(r) = authorized(&shared, &headers) {
         return r;
     }
@@ -446,7 +443,7 @@ async fn command(shared: &Shared, op: Op) -> Reply {
 }
 
 pub(super) async fn get_config(State(shared): State<Arc<Shared>>) -> Reply {
-    match shared.dcs.read_config().await {
+    match shared.store.read_config().await {
         Ok((Some(v), _)) => (StatusCode::OK, Json(v)),
         Ok((None, _)) => reply(StatusCode::NOT_FOUND, "the cluster has no config yet"),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
@@ -465,7 +462,7 @@ pub(super) async fn patch_config(
         Ok(v) => v,
         Err(e) => return reply(StatusCode::BAD_REQUEST, format!("bad JSON: {e}")),
     };
-    let (current, revision) = match shared.dcs.read_config().await {
+    let (current, revision) = match shared.store.read_config().await {
         Ok((v, rev)) => (v.unwrap_or_else(|| json!({})), rev),
         Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
     };
@@ -473,7 +470,7 @@ pub(super) async fn patch_config(
         Ok(c) => c,
         Err(why) => return reply(StatusCode::BAD_REQUEST, why),
     };
-    match shared.dcs.write_config(&config, revision).await {
+    match shared.store.write_config(&config, revision).await {
         Ok(true) => (
             StatusCode::OK,
             Json(serde_json::to_value(&config).unwrap_or_default()),

@@ -136,7 +136,7 @@ impl Governor {
                         _ => Err(why.clone()),
                     };
                     *self.shared.switchover_outcome.write().await =
-                        Some(super::switchover::Outcome {
+                        Some(crate::shared::SwitchoverOutcome {
                             request: req.clone(),
                             result,
                         });

@@ -8,14 +8,14 @@
 //! twice in a row; requests wait for a backup in progress. What happened is in `/status`
 //! (`archive.backups`).
 
-use super::Shared;
 use crate::archive::{AnyStore, ArchiveConfig, BackupSchedule, backup, retention};
+use crate::shared::Shared;
 use chrono::{DateTime, Utc};
 use spilo_model::MemberRole;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How to reach the local PostgreSQL for a backup.
@@ -30,19 +30,7 @@ pub struct Local {
     pub user: String,
 }
 
-/// A request for a backup now, answered with the backup's name or why there is none.
-pub type Request = oneshot::Sender<Result<String, Refused>>;
-
-/// Why a requested backup was not taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// This member is not the leader running as primary.
-    #[error("this member is not the leader running as primary; ask the leader")]
-    NotLeader,
-    /// The backup failed.
-    #[error("the backup failed: {0}")]
-    Failed(String),
-}
+use crate::shared::{BackupRefused as Refused, BackupRequest as Request};
 
 /// The next time `cron` fires strictly after `now`.
 pub fn next_after(cron: &croner::Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {

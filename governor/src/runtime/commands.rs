@@ -5,41 +5,8 @@
 use super::Governor;
 use super::act::upstream;
 use crate::postgres::process::StopMode;
+use crate::shared::{CommandFailure as Failure, Op};
 use std::time::Duration;
-use tokio::sync::oneshot;
-
-/// What to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// Restart PostgreSQL in its current role; with `pending_only`, only if a changed
-    /// setting waits for a restart.
-    Restart {
-        /// Skip the restart when nothing is pending.
-        pending_only: bool,
-    },
-    /// Rewrite the configuration and reload it.
-    Reload,
-    /// Throw the data directory away and copy the leader again (replicas only).
-    Reinitialize,
-}
-
-/// A command and where its answer goes.
-#[derive(Debug)]
-pub struct Command {
-    /// The operation.
-    pub op: Op,
-    /// `Ok(what was done)` or `Err((refused?, why))`: refused means nothing was done.
-    pub reply: oneshot::Sender<Result<String, Failure>>,
-}
-
-/// A command that did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// Refused before anything was done (a precondition), rather than failed half-way.
-    pub refused: bool,
-    /// Why.
-    pub why: String,
-}
 
 fn refused(why: impl Into<String>) -> Failure {
     Failure {

@@ -26,14 +26,14 @@ mod sync;
 pub mod tasks;
 
 use crate::api;
-use crate::config::{ApiCredentials, Loaded};
+use crate::config::Loaded;
 use crate::dcs::Coordination;
 use crate::dcs::{self, Dcs, DcsError};
-use crate::ha::{self, ClusterView, Decision, HaConfig, LeaseView};
+use crate::ha::{self, Decision, HaConfig, LeaseView};
 use crate::postgres::process::StopMode;
 use crate::postgres::{Instance, query::SqlError, tools::ToolError};
 use anyhow::Context;
-use spilo_model::{Keyspace, MemberStatus, NodeStatus};
+use spilo_model::{Keyspace, MemberStatus};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -82,47 +82,7 @@ impl From<crate::postgres::PgError> for ActError {
 /// How far back unexpected PostgreSQL exits count towards a crash loop.
 const CRASH_WINDOW: Duration = Duration::from_secs(300);
 
-/// State shared with the REST API.
-pub struct Shared {
-    /// This member's status, refreshed every loop.
-    pub node: RwLock<NodeStatus>,
-    /// The last cluster view read from etcd.
-    pub view: RwLock<Option<ClusterView>>,
-    /// The lease.
-    pub lease: watch::Receiver<LeaseView>,
-    /// When the HA loop last finished a pass.
-    pub last_loop: RwLock<Instant>,
-    /// The lease margin the fence uses.
-    pub fence_margin: Duration,
-    /// The lease length.
-    pub ttl: Duration,
-    /// The lag limit for `/readiness`.
-    pub maximum_lag_on_failover: u64,
-    /// etcd, for the API's reads and its switchover and config writes.
-    pub dcs: Dcs,
-    /// The HA settings, for the API's switchover pre-checks.
-    pub ha: HaConfig,
-    /// The credentials mutating endpoints require; `None` disables them.
-    pub auth: Option<ApiCredentials>,
-    /// Operator commands for the HA loop.
-    pub commands: tokio::sync::mpsc::Sender<commands::Command>,
-    /// Wakes the HA loop.
-    pub wake: Arc<Notify>,
-    /// The last switchover this member carried out or refused as leader.
-    pub switchover_outcome: RwLock<Option<switchover::Outcome>>,
-    /// The backup schedule's last and next runs.
-    pub backups: RwLock<spilo_model::BackupRuns>,
-    /// Requests for a base backup now (`POST /backup`); `None` without an archive.
-    pub backup_requests: Option<tokio::sync::mpsc::Sender<backups::Request>>,
-    /// This member's failsafe promises.
-    pub failsafe: failsafe::Gate,
-    /// As primary in failsafe mode: until when every member confirmed it.
-    pub failsafe_until: watch::Receiver<Option<Instant>>,
-    /// The primary proxy's target, when this member runs one.
-    pub proxy: Option<watch::Receiver<Option<crate::proxy::Target>>>,
-    /// The HA loop's counters for `/metrics`.
-    pub loop_stats: std::sync::Mutex<api::metrics::LoopStats>,
-}
+use crate::shared::Shared;
 
 /// The HA loop's own state.
 pub(crate) struct Governor {
@@ -144,7 +104,7 @@ pub(crate) struct Governor {
     last_decision: Option<Decision>,
     leader_seen: Option<ha::LeaderKey>,
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
-    commands: tokio::sync::mpsc::Receiver<commands::Command>,
+    commands: tokio::sync::mpsc::Receiver<crate::shared::Command>,
     sync_pending: std::collections::BTreeMap<spilo_model::MemberName, spilo_model::Lsn>,
     archive_status: Option<spilo_model::ArchiveStatus>,
     failsafe_peers: watch::Sender<Option<Vec<failsafe::Peer>>>,
@@ -333,7 +293,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         fence_margin: cfg.ha.fence_margin(),
         ttl: cfg.ha.ttl(),
         maximum_lag_on_failover: cfg.ha.maximum_lag_on_failover,
-        dcs: dcs.clone(),
+        store: Arc::new(dcs.clone()),
         ha: ha.clone(),
         auth: loaded.api_auth.clone(),
         commands: commands_tx,
@@ -341,7 +301,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         switchover_outcome: RwLock::new(None),
         backups: RwLock::new(Default::default()),
         backup_requests: cfg.archive.is_some().then_some(backup_tx),
-        failsafe: failsafe::Gate::default(),
+        failsafe: crate::shared::failsafe::Gate::default(),
         failsafe_until: failsafe_until.clone(),
         proxy: proxy_route,
         loop_stats: Default::default(),
@@ -374,6 +334,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
                 target.clone(),
                 loaded.name.to_string(),
                 shared.clone(),
+                dcs.clone(),
                 cancel.clone(),
             ),
         );

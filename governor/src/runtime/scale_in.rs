@@ -3,7 +3,7 @@
 //! replicas only. Follows leadership: a new primary protects itself, a former one drops its
 //! protection. Every change is retried until it is accepted.
 
-use super::Shared;
+use crate::shared::Shared;
 use spilo_model::MemberRole;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! before that is signalled by the image's boot layer (`governor boot-failed`), which also
 //! leaves the reason in etcd `boot/<member>`; once the member runs, this removes it.
 
-use super::Shared;
+use crate::shared::Shared;
 use aws_sdk_cloudformation::types::ResourceSignalStatus;
 use spilo_model::MemberRole;
 use spilo_model::governor::StackSignal;
@@ -76,6 +76,7 @@ pub async fn run(
     target: StackSignal,
     unique_id: String,
     shared: Arc<Shared>,
+    dcs: crate::dcs::Dcs,
     cancel: CancellationToken,
 ) {
     loop {
@@ -92,7 +93,7 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
-    if let Err(e) = shared.dcs.delete_boot_failure().await {
+    if let Err(e) = dcs.delete_boot_failure().await {
         tracing::warn!(error = %e, "cannot remove this member's earlier boot failure report");
     }
     let cfn = client(&region).await;

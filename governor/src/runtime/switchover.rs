@@ -9,20 +9,13 @@ use super::{ActError, Governor};
 use crate::dcs::Coordination;
 use crate::ha::{ClusterView, Snapshot};
 use crate::postgres::process::StopMode;
-use spilo_model::{MemberName, SwitchoverRequest};
+use spilo_model::MemberName;
 use std::time::{Duration, Instant};
 
 /// How long the candidate may take to confirm it received the shutdown checkpoint.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The outcome of the last switchover this member carried out or refused, for the REST API.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The request.
-    pub request: SwitchoverRequest,
-    /// The new leader, or why there is none.
-    pub result: Result<MemberName, String>,
-}
+use crate::shared::SwitchoverOutcome as Outcome;
 
 impl Governor {
     pub(super) async fn switchover(

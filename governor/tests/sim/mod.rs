@@ -292,7 +292,7 @@ impl Sim {
                 // It answers at all; then the REST API's own checks (on what it sees of etcd:
                 // the key's holder while it reaches etcd), then the runtime's gate on its
                 // clock.
-                let seen = governor::runtime::failsafe::Seen {
+                let seen = governor::shared::failsafe::Seen {
                     failsafe_on: true,
                     leader: leader.as_ref().filter(|_| reaches),
                 };
@@ -300,7 +300,7 @@ impl Sim {
                     && !p.frozen
                     && !cut_off
                     && !p.partitioned
-                    && governor::runtime::failsafe::may_confirm(
+                    && governor::shared::failsafe::may_confirm(
                         &me,
                         &p.name,
                         p.pg == Pg::Primary,
@@ -308,7 +308,7 @@ impl Sim {
                         Some(seen),
                     )
                     .is_ok();
-                let promise = governor::runtime::failsafe::promise_length(ttl, TTL);
+                let promise = governor::shared::failsafe::promise_length(ttl, TTL);
                 let accepts = answers
                     && p.gate
                         .confirm(me.clone(), self.clock.at(p.local(now)), promise)

@@ -10,7 +10,7 @@ use governor::ha::{
     DataDir, DcsView, Decision, FailsafeView, LeaseView, LocalState, PeerView, PgState, RunningPg,
     Snapshot,
 };
-use governor::runtime::failsafe;
+use governor::shared::failsafe;
 use spilo_model::{
     Lsn, MemberName, MemberRole, MemberState, MemberStatus, MemberTags, TimelineId, WalPositions,
 };

@@ -1,0 +1,174 @@
+//! What one member's HA loop, its tasks and its REST API share: the state the API reads
+//! ([`Shared`]), the etcd operations it may perform ([`ClusterStore`]), the messages it sends
+//! to the loop and the backup task, and failsafe mode's promises ([`failsafe`]).
+//!
+//! It sits below both: `runtime` fills it and serves `api` with it, `api` only reads and sends
+//! through it, so the API's handlers run in unit tests against a fake store and hand-made state.
+
+pub mod failsafe;
+
+use crate::config::ApiCredentials;
+use crate::dcs::{Dcs, DcsError};
+use crate::ha::{ClusterView, HaConfig, LeaseView};
+use spilo_model::{ClusterConfig, MemberName, NodeStatus, SwitchoverRequest};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, RwLock, mpsc, oneshot, watch};
+
+/// A future the store returns (boxed, so the store can be a trait object).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DcsError>> + Send + 'a>>;
+
+/// The etcd operations the REST API performs itself: reads for its pre-checks, and the keys an
+/// operator writes (a switchover request, the cluster's `config`). Everything else the API
+/// wants done goes to the HA loop as a [`Command`].
+pub trait ClusterStore: Send + Sync {
+    /// The cluster's keys, read now.
+    fn read_view(&self) -> StoreFuture<'_, ClusterView>;
+    /// Writes a switchover request unless one is pending; whether it was written.
+    fn request_switchover<'a>(&'a self, request: &'a SwitchoverRequest) -> StoreFuture<'a, bool>;
+    /// Removes any switchover request; whether there was one.
+    fn cancel_switchover(&self) -> StoreFuture<'_, bool>;
+    /// The `config` value and its revision (0 when absent).
+    fn read_config(&self) -> StoreFuture<'_, (Option<serde_json::Value>, i64)>;
+    /// Writes `config` if its revision is still `revision`; whether it was written.
+    fn write_config<'a>(
+        &'a self,
+        config: &'a ClusterConfig,
+        revision: i64,
+    ) -> StoreFuture<'a, bool>;
+}
+
+impl ClusterStore for Dcs {
+    fn read_view(&self) -> StoreFuture<'_, ClusterView> {
+        Box::pin(
+            async move { crate::dcs::read_view(&self.client(), self.keys(), self.timeout()).await },
+        )
+    }
+    fn request_switchover<'a>(&'a self, request: &'a SwitchoverRequest) -> StoreFuture<'a, bool> {
+        Box::pin(Dcs::request_switchover(self, request))
+    }
+    fn cancel_switchover(&self) -> StoreFuture<'_, bool> {
+        Box::pin(Dcs::cancel_switchover(self))
+    }
+    fn read_config(&self) -> StoreFuture<'_, (Option<serde_json::Value>, i64)> {
+        Box::pin(Dcs::read_config(self))
+    }
+    fn write_config<'a>(
+        &'a self,
+        config: &'a ClusterConfig,
+        revision: i64,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(Dcs::write_config(self, config, revision))
+    }
+}
+
+/// State shared between the HA loop, its tasks and the REST API.
+pub struct Shared {
+    /// This member's status, refreshed every loop.
+    pub node: RwLock<NodeStatus>,
+    /// The last cluster view read from etcd.
+    pub view: RwLock<Option<ClusterView>>,
+    /// The lease.
+    pub lease: watch::Receiver<LeaseView>,
+    /// When the HA loop last finished a pass.
+    pub last_loop: RwLock<Instant>,
+    /// The lease margin the fence uses.
+    pub fence_margin: Duration,
+    /// The lease length.
+    pub ttl: Duration,
+    /// The lag limit for `/readiness`.
+    pub maximum_lag_on_failover: u64,
+    /// etcd, for the API's reads and its switchover and config writes.
+    pub store: Arc<dyn ClusterStore>,
+    /// The HA settings, for the API's switchover pre-checks.
+    pub ha: HaConfig,
+    /// The credentials mutating endpoints require; `None` disables them.
+    pub auth: Option<ApiCredentials>,
+    /// Operator commands for the HA loop.
+    pub commands: mpsc::Sender<Command>,
+    /// Wakes the HA loop.
+    pub wake: Arc<Notify>,
+    /// The last switchover this member carried out or refused as leader.
+    pub switchover_outcome: RwLock<Option<SwitchoverOutcome>>,
+    /// The backup schedule's last and next runs.
+    pub backups: RwLock<spilo_model::BackupRuns>,
+    /// Requests for a base backup now (`POST /backup`); `None` without an archive.
+    pub backup_requests: Option<mpsc::Sender<BackupRequest>>,
+    /// This member's failsafe promises.
+    pub failsafe: failsafe::Gate,
+    /// As primary in failsafe mode: until when every member confirmed it.
+    pub failsafe_until: watch::Receiver<Option<Instant>>,
+    /// The primary proxy's target, when this member runs one.
+    pub proxy: Option<watch::Receiver<Option<crate::proxy::Target>>>,
+    /// The HA loop's counters for `/metrics`.
+    pub loop_stats: std::sync::Mutex<LoopStats>,
+}
+
+/// What the HA loop counts for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct LoopStats {
+    /// Passes by decision kind.
+    pub decisions: BTreeMap<&'static str, u64>,
+    /// How long the last pass took.
+    pub last_pass: Duration,
+}
+
+/// An operator command for the local PostgreSQL, carried out by the HA loop between two
+/// passes (`runtime::commands`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Restart PostgreSQL in its current role; with `pending_only`, only if a changed
+    /// setting waits for a restart.
+    Restart {
+        /// Skip the restart when nothing is pending.
+        pending_only: bool,
+    },
+    /// Rewrite the configuration and reload it.
+    Reload,
+    /// Throw the data directory away and copy the leader again (replicas only).
+    Reinitialize,
+}
+
+/// A command and where its answer goes.
+#[derive(Debug)]
+pub struct Command {
+    /// The operation.
+    pub op: Op,
+    /// `Ok(what was done)` or `Err((refused?, why))`: refused means nothing was done.
+    pub reply: oneshot::Sender<Result<String, CommandFailure>>,
+}
+
+/// A command that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandFailure {
+    /// Refused before anything was done (a precondition), rather than failed half-way.
+    pub refused: bool,
+    /// Why.
+    pub why: String,
+}
+
+/// A request for a base backup now, answered with the backup's name or why there is none.
+pub type BackupRequest = oneshot::Sender<Result<String, BackupRefused>>;
+
+/// Why a requested backup was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackupRefused {
+    /// This member is not the leader running as primary.
+    #[error("this member is not the leader running as primary; ask the leader")]
+    NotLeader,
+    /// The backup failed.
+    #[error("the backup failed: {0}")]
+    Failed(String),
+}
+
+/// The outcome of the last switchover this member carried out or refused, for the REST API.
+#[derive(Debug, Clone)]
+pub struct SwitchoverOutcome {
+    /// The request.
+    pub request: SwitchoverRequest,
+    /// The new leader, or why there is none.
+    pub result: Result<MemberName, String>,
+}
