@@ -38,14 +38,21 @@ fn random_fault_schedules_keep_the_invariants() {
         total.faults += s.faults;
         total.acked += s.acked;
         total.failsafe_steps += s.failsafe_steps;
+        total.bootstrap_kept += s.bootstrap_kept;
+        total.bootstrap_wiped += s.bootstrap_wiped;
+        total.tagged += s.tagged;
     }
     eprintln!(
         "{seeds} seeds: {} failovers, {} faults, {} acknowledged commits, {} steps kept \
-         writable by failsafe mode in {:.1}s",
+         writable by failsafe mode, {} failed bootstraps that kept their data and {} that \
+         wiped it, {} seeds with a nofailover member, in {:.1}s",
         total.failovers,
         total.faults,
         total.acked,
         total.failsafe_steps,
+        total.bootstrap_kept,
+        total.bootstrap_wiped,
+        total.tagged,
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -56,6 +63,26 @@ fn random_fault_schedules_keep_the_invariants() {
         seeds < 100 || total.failsafe_steps > 0,
         "failsafe mode never kept a primary writable: {total:?}"
     );
+    assert!(
+        seeds < 100 || (total.bootstrap_kept > 0 && total.bootstrap_wiped > 0 && total.tagged > 0),
+        "the bootstrap faults or the nofailover tags never happened: {total:?}"
+    );
+}
+
+/// The bootstrap rule is what keeps a cluster from stranding: when a bootstrap that failed
+/// after `initialize` held the system identifier wipes its data anyway (as the runtime once
+/// did), the only copy is gone and no member can ever start the cluster again.
+#[test]
+fn wiping_after_initialize_strands_the_cluster() {
+    let options = sim::Options {
+        wipe_after_initialize: true,
+        ..Default::default()
+    };
+    for seed in 0..20 {
+        let e =
+            sim::run_with(seed, options).expect_err("a wiped bootstrap must strand the cluster");
+        assert!(e.contains("no leader at the end"), "seed {seed}: {e}");
+    }
 }
 
 /// The checker is not vacuous: with every clock 25 to 30 % slow, beyond what the fence margin
@@ -65,6 +92,7 @@ fn random_fault_schedules_keep_the_invariants() {
 fn clocks_slower_than_the_margin_allows_are_caught() {
     let options = sim::Options {
         clock_rate_ppm: (700_000, 750_000),
+        ..Default::default()
     };
     let caught = (0..500).find_map(|seed| sim::run_with(seed, options).err().map(|e| (seed, e)));
     let (seed, e) = caught.expect("no violation in 500 seeds with clocks 25-30 % slow");

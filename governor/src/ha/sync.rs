@@ -8,7 +8,7 @@
 //! became synchronous are on it too); a member leaves the key before it leaves
 //! `synchronous_standby_names`. The runtime writes the key first, then the setting.
 
-use spilo_model::{ClusterConfig, Lsn, MemberName, SyncState};
+use spilo_model::{ClusterConfig, Lsn, MemberName, MemberStatus, SyncState};
 use std::collections::BTreeMap;
 
 /// Synchronous mode's settings.
@@ -53,6 +53,13 @@ pub struct SyncStep {
     pub standby_names: String,
     /// Members seen `sync` but not confirmed yet, with the flush position they must reach.
     pub pending: BTreeMap<MemberName, Lsn>,
+}
+
+/// Whether a member may ever be a synchronous standby, from its member key: it has one and is
+/// not tagged `nofailover` (a standby that is never promoted cannot carry acknowledged commits
+/// across a failover). The runtime and the simulation pass this to [`step`].
+pub fn eligible(member: Option<&MemberStatus>) -> bool {
+    member.is_some_and(|s| !s.tags.nofailover)
 }
 
 /// `synchronous_standby_names` for `names`: all of them must confirm each commit.

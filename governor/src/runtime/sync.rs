@@ -18,8 +18,7 @@ impl Governor {
             return Ok(());
         }
         let (standbys, flush_now) = self.pg.sql().replication().await?;
-        let eligible =
-            |m: &spilo_model::MemberName| view.members.get(m).is_some_and(|s| !s.tags.nofailover);
+        let eligible = |m: &spilo_model::MemberName| sync::eligible(view.members.get(m));
         let me = self.loaded.name.clone();
         let step = sync::step(
             &me,

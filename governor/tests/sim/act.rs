@@ -5,11 +5,12 @@
 use super::TTL;
 use super::coordination::SimCoordination;
 use super::etcd::Etcd;
-use super::world::{Clock, Data, Member, Pg, Standbys};
+use super::world::{BootstrapFault, Clock, Data, Member, Pg, Standbys};
 use futures::executor::block_on;
 use governor::dcs::Coordination;
 use governor::ha::sync::{self, Standby, SyncMode};
 use governor::ha::{Decision, StartAs};
+use governor::runtime::bootstrap::{Cleanup, after_failed_bootstrap};
 use governor::runtime::failsafe;
 use spilo_model::{HistoryEntry, Lsn, MemberName, MemberStatus, SyncState, TimelineId};
 use std::collections::BTreeMap;
@@ -22,6 +23,8 @@ pub enum Event {
     None,
     /// This member was promoted (not a bootstrap).
     Promoted,
+    /// An injected bootstrap fault, and what the member did with its data.
+    BootstrapFailed(Cleanup),
 }
 
 /// The world's mutable parts an action touches.
@@ -100,6 +103,7 @@ impl Ctx<'_> {
                 if !done(block_on(self.dcs(&me).try_claim_initialize(lease))) {
                     return Ok(Event::None);
                 }
+                let fault = self.members[i].bootstrap_fault.take();
                 let m = &mut self.members[i];
                 m.data = Some(Data {
                     log: Vec::new(),
@@ -112,8 +116,19 @@ impl Ctx<'_> {
                 if !done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
                     return Err("the leader key was taken during bootstrap".into());
                 }
-                if !done(block_on(self.dcs(&me).set_initialize("7000"))) {
-                    return Err("the initialize key changed during bootstrap".into());
+                // `attempted`: the failure came after the write of the system identifier.
+                let failed = match fault {
+                    Some(BootstrapFault::BeforeInitialize) => Some(false),
+                    _ => {
+                        let written = done(block_on(self.dcs(&me).set_initialize("7000")));
+                        if fault.is_none() && !written {
+                            return Err("the initialize key changed during bootstrap".into());
+                        }
+                        fault.map(|_| true)
+                    }
+                };
+                if let Some(attempted) = failed {
+                    return Ok(self.bootstrap_failed(i, lease, attempted, fault));
                 }
             }
             Decision::Clone { leader } => {
@@ -311,6 +326,36 @@ impl Ctx<'_> {
         Ok(Event::Promoted)
     }
 
+    /// A bootstrap step failed: the runtime's own rule decides whether the data may go
+    /// (`runtime::bootstrap::after_failed_bootstrap`, from the `initialize` key read after the
+    /// failure); kept, PostgreSQL goes on as the primary holding the leader key; wiped, the
+    /// member stops it, hands the key back and drops the empty claim, as `creation_failed`.
+    fn bootstrap_failed(
+        &mut self,
+        i: usize,
+        lease: i64,
+        attempted: bool,
+        fault: Option<BootstrapFault>,
+    ) -> Event {
+        let me = self.members[i].name.clone();
+        let cleanup = if fault == Some(BootstrapFault::AfterInitializeWiped) {
+            Cleanup::Wipe
+        } else {
+            after_failed_bootstrap(attempted, Ok(&self.etcd.initialize), Some("7000"))
+        };
+        if cleanup == Cleanup::Wipe {
+            let m = &mut self.members[i];
+            m.stop(None);
+            m.data = None;
+            let _ = block_on(self.dcs(&me).release_leader(lease));
+            if self.etcd.initialize.as_deref() == Some("") {
+                self.etcd.initialize = None;
+                self.etcd.initialize_lease = None;
+            }
+        }
+        Event::BootstrapFailed(cleanup)
+    }
+
     fn lead(&mut self, i: usize) {
         self.manage_failsafe(i);
         let me = self.members[i].name.clone();
@@ -341,7 +386,7 @@ impl Ctx<'_> {
             mode,
             key.as_ref(),
             &standbys,
-            &|_| true,
+            &|m| sync::eligible(self.etcd.members.get(m).map(|(s, _)| s)),
             &self.members[i].sync_pending,
             Lsn(my_len),
         );

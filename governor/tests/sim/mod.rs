@@ -14,10 +14,11 @@ use etcd::Etcd;
 use faults::Scheduled;
 use governor::dcs::Coordination;
 use governor::ha::{self, Decision, HaConfig};
+use governor::runtime::bootstrap::Cleanup;
 use governor::runtime::fence;
 use spilo_model::{ClusterConfig, MemberName};
 use std::time::Duration;
-use world::{Clock, Member, Pg, Standbys};
+use world::{BootstrapFault, Clock, Member, Pg, Standbys};
 
 /// Virtual milliseconds per step.
 const TICK: u64 = 20;
@@ -44,6 +45,11 @@ pub struct Stats {
     /// Steps in which a primary stayed writable without the leader key on failsafe mode's
     /// confirmations.
     pub failsafe_steps: u64,
+    /// Bootstraps that failed on an injected fault: data kept, data wiped.
+    pub bootstrap_kept: u64,
+    pub bootstrap_wiped: u64,
+    /// Seeds with a member tagged `nofailover`.
+    pub tagged: u64,
 }
 
 struct Sim {
@@ -70,6 +76,9 @@ struct Sim {
 pub struct Options {
     /// Each member's monotonic clock runs at a rate drawn from this range, in millionths.
     pub clock_rate_ppm: (u64, u64),
+    /// The negative control of the bootstrap rule: every bootstrap fails after `initialize`
+    /// holds the system identifier and wipes its data anyway.
+    pub wipe_after_initialize: bool,
 }
 
 impl Default for Options {
@@ -78,6 +87,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             clock_rate_ppm: (950_000, 1_050_000),
+            wipe_after_initialize: false,
         }
     }
 }
@@ -131,6 +141,28 @@ pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
     for (i, m) in sim.members.iter_mut().enumerate() {
         m.next_loop = i as u64 * 7;
         m.rate_ppm = sim.rng.u64(slowest..=fastest);
+    }
+    // Tags and bootstrap faults come from a second generator, so the schedules the first one
+    // draws (and the pinned seeds) stay as they were.
+    let mut extra = fastrand::Rng::with_seed(seed ^ 0x5EED_7A65);
+    if n >= 3 && extra.u8(..3) == 0 {
+        sim.members[n - 1].tags.nofailover = true;
+        sim.stats.tagged = 1;
+    }
+    let bootstrap_fault = if options.wipe_after_initialize {
+        Some(BootstrapFault::AfterInitializeWiped)
+    } else {
+        [
+            Some(BootstrapFault::BeforeInitialize),
+            Some(BootstrapFault::InitializeAnswerLost),
+            Some(BootstrapFault::AfterInitialize),
+        ]
+        .get(extra.usize(..8))
+        .copied()
+        .flatten()
+    };
+    for m in &mut sim.members {
+        m.bootstrap_fault = bootstrap_fault;
     }
     let mut next_fault = FAULTS_FROM;
     while sim.now < END {
@@ -464,9 +496,25 @@ impl Sim {
                 clock: self.clock,
             };
             let event = ctx.act(i, &d)?;
-            if event == Event::Promoted {
-                self.stats.failovers += 1;
-                self.check_promotion(i)?;
+            match event {
+                Event::Promoted => {
+                    self.stats.failovers += 1;
+                    self.check_promotion(i)?;
+                }
+                Event::BootstrapFailed(cleanup) => {
+                    let kept = matches!(cleanup, Cleanup::Keep { .. });
+                    if kept {
+                        self.stats.bootstrap_kept += 1;
+                    } else {
+                        self.stats.bootstrap_wiped += 1;
+                    }
+                    let line = format!(
+                        "{}: bootstrap failed (injected): {cleanup:?}",
+                        self.members[i].name
+                    );
+                    self.log(line);
+                }
+                Event::None => {}
             }
             if was_primary && self.members[i].pg != Pg::Primary {
                 self.pending.retain(|(p, ..)| *p != i);
@@ -519,8 +567,25 @@ impl Sim {
     }
 
     /// After every step: at most one member accepts writes, and it holds the leader key (in
-    /// failsafe mode: or the key is gone and every member it must ask confirmed it).
+    /// failsafe mode: or the key is gone and every member it must ask confirmed it); a member
+    /// tagged `nofailover` never holds the leader key nor is named in `sync`.
     fn check(&mut self) -> Result<(), String> {
+        for m in self.members.iter().filter(|m| m.tags.nofailover) {
+            if self.etcd.leader.as_ref().is_some_and(|(n, _)| *n == m.name) {
+                return Err(format!(
+                    "{} is tagged nofailover but holds the leader key",
+                    m.name
+                ));
+            }
+            if self
+                .etcd
+                .sync
+                .as_ref()
+                .is_some_and(|(s, _)| s.members.contains(&m.name))
+            {
+                return Err(format!("{} is tagged nofailover but named in sync", m.name));
+            }
+        }
         let writable: Vec<&MemberName> = self
             .members
             .iter()

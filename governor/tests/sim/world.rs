@@ -170,6 +170,24 @@ pub struct Member {
     pub next_confirm: u64,
     /// Failsafe: since when members of the key have been missing from etcd.
     pub failsafe_absent: BTreeMap<MemberName, Instant>,
+    /// Its tags (published in its member key and seen by its own decisions).
+    pub tags: MemberTags,
+    /// A failure its first bootstrap runs into.
+    pub bootstrap_fault: Option<BootstrapFault>,
+}
+
+/// A failure injected into a bootstrap, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootstrapFault {
+    /// A step before the system identifier is written fails (initdb, the replication role).
+    BeforeInitialize,
+    /// The write of the system identifier into `initialize` commits, but its answer is lost.
+    InitializeAnswerLost,
+    /// A step after `initialize` holds the system identifier fails (the first `config`).
+    AfterInitialize,
+    /// The negative control: as `AfterInitialize`, but the data is wiped whatever the rule
+    /// says, as the runtime did before it kept data the cluster depends on.
+    AfterInitializeWiped,
 }
 
 impl Member {
@@ -206,6 +224,8 @@ impl Member {
             rate_ppm: 1_000_000,
             offset_ms: 0,
             wall_offset_s: 0,
+            tags: MemberTags::default(),
+            bootstrap_fault: None,
         }
     }
 
@@ -256,7 +276,7 @@ impl Member {
             state,
             timeline: tl,
             wal: positions(role == MemberRole::Primary, lsn),
-            tags: MemberTags::default(),
+            tags: self.tags.clone(),
             pending_restart: false,
             error: None,
         }
@@ -370,7 +390,7 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
     };
     Snapshot {
         me: m.name.clone(),
-        tags: MemberTags::default(),
+        tags: m.tags.clone(),
         dcs,
         lease: LeaseView {
             id: m.lease,
