@@ -133,6 +133,8 @@ pub struct Cluster {
     mounts: Vec<PathBuf>,
     /// The members' network namespaces, with `netns`.
     pub lab: Option<crate::netns::NetLab>,
+    /// ERROR lines the test causes on purpose (see [`Cluster::expect_errors`]).
+    expected_errors: Vec<String>,
     // Dropped last: removes the work directory.
     dir: tempfile::TempDir,
 }
@@ -230,8 +232,30 @@ impl Cluster {
             ca,
             mounts: Vec::new(),
             lab,
+            expected_errors: Vec::new(),
             dir,
         })
+    }
+
+    /// Says which ERROR lines of the governors this test causes on purpose (a line containing
+    /// any of `patterns`); every other ERROR line of any member fails the test when the
+    /// cluster is dropped, after the governors stopped. Each call site says why.
+    pub fn expect_errors(&mut self, patterns: &[&str]) {
+        self.expected_errors
+            .extend(patterns.iter().map(|p| p.to_string()));
+    }
+
+    /// Every governor's ERROR lines that match no expected pattern, as `member: line`.
+    fn unexpected_errors_of_all(&self) -> Vec<String> {
+        let expected: Vec<&str> = self.expected_errors.iter().map(String::as_str).collect();
+        self.members
+            .iter()
+            .flat_map(|m| {
+                self.unexpected_errors(&m.name, &expected)
+                    .into_iter()
+                    .map(move |l| format!("{}: {l}", m.name))
+            })
+            .collect()
     }
 
     /// Gives every member's data directory its own `mb` MiB filesystem (tmpfs), so a test can
@@ -737,6 +761,17 @@ impl Drop for Cluster {
             let path = mount.to_string_lossy();
             if let Err(e) = crate::privileged::run("umount", &["-l", &path]) {
                 eprintln!("cannot unmount {path}: {e}");
+            }
+        }
+        if !std::thread::panicking() {
+            let unexpected = self.unexpected_errors_of_all();
+            if !unexpected.is_empty() {
+                self.print_logs();
+                panic!(
+                    "{} ERROR line(s) this test did not expect (Cluster::expect_errors):\n{}",
+                    unexpected.len(),
+                    unexpected.join("\n")
+                );
             }
         }
     }

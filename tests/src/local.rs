@@ -81,11 +81,12 @@ impl LocalRepo {
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: {name}\nspec:\n  instances: {instances}\n  \
              postgresql: {{parameters: {{shared_buffers: 16MB, max_connections: 40}}}}\n  \
              endpoints: {{replica: {{enabled: true, port: 5433}}, healthCheck: {{interval: 1}}}}\n  \
-             local:\n    ports: {{primary: {base}, replica: {}, etcd: {}, postgres: {}, api: {}}}\n",
+             local:\n    ports: {{primary: {base}, replica: {}, etcd: {}, postgres: {}, api: {}, proxy: {}}}\n",
             base + 1,
             base + 2,
             base + 10,
-            base + 20
+            base + 20,
+            base + 25
         )
     }
 

@@ -296,6 +296,8 @@ async fn a_cluster_whose_members_all_lost_their_data_comes_back_from_its_archive
 }
 
 async fn recovery_body(c: &mut Cluster) -> anyhow::Result<()> {
+    // The archive is given a hole on purpose: the first recovery attempt must refuse it.
+    c.expect_errors(&["the archive has a gap"]);
     c.start("m1")?;
     c.wait_primary(BOOT).await?;
     let db = c.sql("m1").await?;

@@ -130,14 +130,24 @@ fn a_file_with_few_instances_is_accepted_with_a_warning() {
 }
 
 #[test]
-fn proxy_routing_on_the_local_target_is_accepted_with_a_warning() {
-    let text = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: here\nspec:\n  endpoints:\n    routing: proxy\n";
-    let checked = validate_files(&[("here.yaml".into(), text.into())]);
-    assert!(!checked.has_errors());
+fn routing_defaults_to_the_proxy_locally_and_to_the_health_check_on_aws() {
+    let file = |spec: &str| -> spilo_model::spec::ClusterFile {
+        serde_yaml::from_str(&format!(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: here\nspec:\n{spec}"
+        ))
+        .expect("valid")
+    };
+    use spilo_model::spec::Routing;
+    assert_eq!(file("  instances: 3\n").spec.routing(), Routing::Proxy);
     assert_eq!(
-        render_text(&checked.diagnostics),
-        "here.yaml:7:14: spec.endpoints.routing: warning: ignored: the local target's HAProxy checks each member's /primary\n"
+        file("  endpoints: {routing: healthCheck}\n").spec.routing(),
+        Routing::HealthCheck
     );
+    let aws = "  target: aws\n  aws: {region: eu-west-1, vpc: vpc-1, subnets: [subnet-1]}\n";
+    assert_eq!(file(aws).spec.routing(), Routing::HealthCheck);
+    let text = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: here\nspec:\n  endpoints:\n    routing: healthCheck\n";
+    let checked = validate_files(&[("here.yaml".into(), text.into())]);
+    assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
 }
 
 #[test]

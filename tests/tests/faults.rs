@@ -39,6 +39,12 @@ async fn without_the_watchdog_a_frozen_governor_leaves_two_writers() -> anyhow::
 }
 
 async fn frozen_body(c: &mut Cluster, watchdog: bool) -> anyhow::Result<()> {
+    // The frozen primary's lease runs out: the fence (or the watchdog, which the governor
+    // then sees as PostgreSQL exiting on its own) stops it.
+    c.expect_errors(&[
+        "fence: the leader lease is about to end without renewal",
+        "PostgreSQL exited unexpectedly status=exit status: 0",
+    ]);
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
     let prober = c.per_member_prober(Duration::from_millis(20));
@@ -116,6 +122,8 @@ async fn an_etcd_outage_stops_writes_safely_and_the_cluster_recovers() -> anyhow
 }
 
 async fn etcd_outage_body(c: &mut Cluster) -> anyhow::Result<()> {
+    // Without etcd the primary's lease runs out and the fence stops it.
+    c.expect_errors(&["fence: the leader lease is about to end without renewal"]);
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
     // Failsafe mode is off: no member makes a failsafe promise.
@@ -192,6 +200,8 @@ async fn a_crash_loop_hands_leadership_over_after_the_third_crash() -> anyhow::R
 }
 
 async fn crash_loop_body(c: &mut Cluster) -> anyhow::Result<()> {
+    // The test kills PostgreSQL three times.
+    c.expect_errors(&["PostgreSQL exited unexpectedly status=signal: 9"]);
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
     let prober = c.per_member_prober(Duration::from_millis(20));
@@ -621,6 +631,8 @@ async fn an_asynchronous_primary_cut_off_stops_acknowledging_within_the_ttl() ->
 }
 
 async fn netns_partition_body(c: &mut Cluster, synchronous: bool) -> anyhow::Result<()> {
+    // The cut-off primary's lease runs out and the fence stops it.
+    c.expect_errors(&["fence: the leader lease is about to end without renewal"]);
     let (old, _) = c.start_streaming(BOOT).await?;
     c.sql(&old).await?.batch_execute(probe::TABLE_DDL).await?;
     if synchronous {
@@ -718,6 +730,8 @@ async fn a_bootstrap_failing_after_initialize_keeps_the_cluster() -> anyhow::Res
 }
 
 async fn halfborn_body(c: &mut Cluster) -> anyhow::Result<()> {
+    // The injected bootstrap failure after `initialize` is logged as the error it is.
+    c.expect_errors(&["SPILO_FAULT_AFTER_INITIALIZE is set"]);
     let (primary, _) = c.start_streaming(BOOT).await?;
     let log = c.log(&primary);
     assert!(
@@ -772,6 +786,8 @@ async fn a_governor_whose_task_ends_stops_instead_of_running_without_it() -> any
 }
 
 async fn taskless_body(c: &mut Cluster) -> anyhow::Result<()> {
+    // The test ends the REST API task; the governor says so and stops.
+    c.expect_errors(&["the REST API task ended"]);
     let (primary, replicas) = c.start_streaming(BOOT).await?;
     // The primary's governor again, with its REST API task ending 3 s after the start.
     c.stop(&primary)?;

@@ -483,6 +483,8 @@ async fn a_primary_cut_off_from_etcd_demotes_and_never_two_members_accept_writes
 async fn a_primary_cut_off_from_etcd_demotes_and_never_two_members_accept_writes_body(
     c: &mut Cluster,
 ) -> anyhow::Result<()> {
+    // The cut-off primary's lease runs out and the fence stops it.
+    c.expect_errors(&["fence: the leader lease is about to end without renewal"]);
     // m1 reaches etcd only through a proxy the test controls; it starts alone so it bootstraps.
     let proxy = Proxy::start(c.etcd.client_addr.clone()).await?;
     c.members[0].etcd_hosts = vec![proxy.addr.clone()];
@@ -617,6 +619,8 @@ async fn a_crashed_primary_under_a_live_governor_restarts_in_place() -> anyhow::
 }
 
 async fn crash_in_place(c: &mut Cluster) -> anyhow::Result<()> {
+    // The test kills PostgreSQL under its governor.
+    c.expect_errors(&["PostgreSQL exited unexpectedly status=signal: 9"]);
     c.start_all()?;
     let primary = c.wait_primary(BOOT).await?;
     for m in c.members.iter().filter(|m| m.name != primary) {

@@ -497,3 +497,88 @@ async fn scenario_watch_local(repo: &mut LocalRepo) -> anyhow::Result<()> {
     drop(watching);
     Ok(())
 }
+
+/// `endpoints.routing: proxy`, the local default: HAProxy's primary port forwards to the
+/// governors' primary proxies, which follow the leader key, so a switchover needs no health
+/// check to change before clients reach the new primary. Under a write every 20 ms through
+/// that port the longest pause is what the README states, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_through_haproxy_reaches_the_new_primary_at_once() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario_switchover_through_haproxy(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario_switchover_through_haproxy(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    use spilo_e2e::probe::{self, Prober};
+    let base = ports::free_block(30);
+    repo.write("swift.yaml", &LocalRepo::cluster_yaml("swift", 3, base))?;
+    repo.up()?;
+    repo.wait_printed("cluster swift is ready", READY).await?;
+    let cfg = std::fs::read_to_string(repo.state().join("swift/haproxy.cfg"))?;
+    assert!(
+        cfg.contains("uri /proxy") && cfg.contains(&format!("127.0.0.1:{} check", base + 25)),
+        "the primary port forwards to the proxies: {cfg}"
+    );
+    let lb = repo.dsn("swift", base)?;
+    wait::until("the probe table through HAProxy", READY, || async {
+        write_through(&lb, probe::TABLE_DDL).await
+    })
+    .await?;
+    let streaming = || async {
+        let s = repo.status().ok()?;
+        let members = s["clusters"][0]["members"].as_array()?.clone();
+        let primary = members.iter().find(|m| m["role"] == "primary")?;
+        let replicas = members
+            .iter()
+            .filter(|m| m["role"] == "replica" && m["state"] == "running")
+            .count();
+        (replicas == 2).then(|| primary["name"].as_str().unwrap_or_default().to_string())
+    };
+    let old = wait::until("two running replicas", READY, streaming).await?;
+
+    let prober = Prober::start(vec![("lb".into(), lb.clone())], Duration::from_millis(20));
+    prober.wait_write("lb", None, READY).await?;
+    let (code, out, err) = repo.spilo(&["switchover", "swift"])?;
+    anyhow::ensure!(code == 0, "spilo switchover failed: {out}{err}");
+    let switched = std::time::Instant::now();
+    prober
+        .wait_write("lb", Some(switched), Duration::from_secs(30))
+        .await?;
+    // A second of writes on the new primary, so the pause is measured to its end.
+    wait::until("a second of writes after the switchover", READY, || async {
+        prober
+            .acks()
+            .iter()
+            .any(|a| a.sent > switched + Duration::from_secs(1))
+            .then_some(())
+    })
+    .await?;
+    let (acks, _) = prober.stop().await;
+    let pause = probe::longest_pause(acks.iter().map(|a| a.acked));
+    let new = wait::until("the new primary in spilo status", READY, || async {
+        let s = repo.status().ok()?;
+        let p = member(&s, "swift", "primary")?["name"]
+            .as_str()?
+            .to_string();
+        (p != old).then_some(p)
+    })
+    .await?;
+    let c = connect_dsn(&lb).await?;
+    let present = probe::ids_on(&c).await?;
+    assert_eq!(
+        probe::lost(&acks, &present),
+        Vec::<i64>::new(),
+        "acknowledged writes lost"
+    );
+    eprintln!(
+        "switchover {old} -> {new} through HAProxy and the proxies: longest write pause {} ms ({} writes)",
+        pause.as_millis(),
+        acks.len()
+    );
+    assert!(
+        pause <= Duration::from_millis(500),
+        "writes through HAProxy paused {pause:?} (README: at most 0.5 s)"
+    );
+    Ok(())
+}

@@ -14,11 +14,12 @@ const READY: Duration = Duration::from_secs(240);
 
 fn ports_yaml(base: u16) -> String {
     format!(
-        "  local:\n    ports: {{primary: {base}, replica: {}, etcd: {}, postgres: {}, api: {}}}\n",
+        "  local:\n    ports: {{primary: {base}, replica: {}, etcd: {}, postgres: {}, api: {}, proxy: {}}}\n",
         base + 1,
         base + 2,
         base + 10,
-        base + 20
+        base + 20,
+        base + 25
     )
 }
 

@@ -20,9 +20,11 @@ pub struct EndpointsSpec {
     /// The health check the load balancer uses.
     #[serde(default)]
     pub health_check: HealthCheck,
-    /// How the primary endpoint's load balancer reaches the primary (AWS).
-    #[serde(default, skip_serializing_if = "is_default_routing")]
-    pub routing: Routing,
+    /// How the primary endpoint's load balancer reaches the primary. Default: `proxy` on the
+    /// local target (HAProxy forwards to the governors' primary proxies, on the same machine),
+    /// `healthCheck` on AWS (see [`super::ClusterSpec::routing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
     /// Seconds a client connection through the load balancer may stay idle before it is cut
     /// (AWS; the ELB's own default of 60 s cuts pooled connections, senza used 3600).
     #[serde(default = "d_idle_timeout")]
@@ -41,31 +43,26 @@ impl Default for EndpointsSpec {
             replica: d_replica_endpoint(),
             dns: DnsSpec::default(),
             health_check: HealthCheck::default(),
-            routing: Routing::default(),
+            routing: None,
             idle_timeout: d_idle_timeout(),
         }
     }
 }
 
 /// How the primary endpoint's load balancer reaches the primary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Routing {
     /// The load balancer's health check (`healthCheck.primaryPath`) finds the primary: only
     /// its instance is in service. After a switchover or failover clients wait for the
     /// check to take the old primary out and put the new one in (an ELB: at least 2
     /// intervals of at least 5 s each).
-    #[default]
     HealthCheck,
     /// Every instance is in service and forwards to the primary through its governor's
     /// primary proxy, which follows the leader from etcd: clients reach a new primary as soon
     /// as it runs, whatever the load balancer's check interval. One hop more; an instance
     /// that cannot read etcd for a TTL stops forwarding and fails the `/proxy` check.
     Proxy,
-}
-
-fn is_default_routing(r: &Routing) -> bool {
-    *r == Routing::default()
 }
 
 fn d_primary_endpoint() -> Endpoint {

@@ -327,6 +327,10 @@ pub struct LocalPorts {
     /// etcd's client port when `spilo up` runs etcd (the peer port is the next one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<u16>,
+    /// The first member's primary proxy port (`endpoints.routing: proxy`); default: `api`
+    /// + 64, past the REST API ports of the largest cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<u16>,
 }
 
 /// WAL archive and base backups.
@@ -460,6 +464,17 @@ impl ClusterSpec {
         self.reconcile.drift.unwrap_or(match self.target {
             Target::Local => DriftPolicy::Revert,
             Target::Aws => DriftPolicy::Warn,
+        })
+    }
+
+    /// How the primary endpoint reaches the primary: the file's, or the target's default.
+    /// Locally HAProxy and the governors share one machine, so the proxies' extra hop costs
+    /// nothing and clients follow a new primary at once; on AWS the default stays the health
+    /// check, since changing it rolls every instance of an existing cluster.
+    pub fn routing(&self) -> endpoints::Routing {
+        self.endpoints.routing.unwrap_or(match self.target {
+            Target::Local => endpoints::Routing::Proxy,
+            Target::Aws => endpoints::Routing::HealthCheck,
         })
     }
 }

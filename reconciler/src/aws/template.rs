@@ -136,7 +136,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
             "LoadBalancerSecurityGroup",
         ),
     ];
-    if spec.endpoints.routing == Routing::Proxy {
+    if spec.routing() == Routing::Proxy {
         member_ports.push((
             "LoadBalancerIngressProxy",
             PROXY_PORT,
@@ -426,7 +426,7 @@ fn lb_ids(file: &ClusterFile) -> Vec<(&'static str, u16, u16, String)> {
     let e = &file.spec.endpoints;
     let mut out = Vec::new();
     if e.primary.enabled {
-        out.push(match e.routing {
+        out.push(match file.spec.routing() {
             Routing::HealthCheck => (
                 "PrimaryLoadBalancer",
                 e.primary.port,

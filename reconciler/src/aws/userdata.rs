@@ -104,7 +104,7 @@ fn placement(file: &ClusterFile) -> Placement {
         data_dir: format!("{DATA_MOUNT}/data").into(),
         postgres_listen: SocketAddr::new(any.ip(), super::template::POSTGRES_PORT),
         api_listen: SocketAddr::new(any.ip(), super::template::API_PORT),
-        proxy_listen: (spec.endpoints.routing == spilo_model::spec::Routing::Proxy)
+        proxy_listen: (spec.routing() == spilo_model::spec::Routing::Proxy)
             .then(|| SocketAddr::new(any.ip(), super::template::PROXY_PORT)),
         superuser: secrets.superuser.as_ref().map(secret).unwrap_or_default(),
         replication: secrets.replication.as_ref().map(secret).unwrap_or_default(),

@@ -82,7 +82,7 @@ pub fn render(
             parameters_in_file: true,
             aws: None,
             tls: tls.map(|t| TlsConfig::new(t.ca.clone(), SecretRef::file(&t.ca_key))),
-            proxy_listen: None,
+            proxy_listen: ports.proxy.map(|p| local(p + index)),
         },
     )
 }
@@ -100,6 +100,7 @@ mod tests {
             etcd,
             postgres: 15432,
             api: 18008,
+            proxy: Some(18013),
             instances: 3,
         }
     }

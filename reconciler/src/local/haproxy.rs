@@ -1,7 +1,11 @@
 //! The HAProxy configuration of a local cluster: one TCP port that reaches the primary and,
 //! optionally, one that reaches the replicas, each health-checked against the governors'
-//! REST API exactly as the load balancer on AWS checks `HTTP:8008/primary` (over TLS, checked
-//! against the cluster CA, when the cluster has one).
+//! REST API as the load balancer on AWS checks it (over TLS, checked against the cluster CA,
+//! when the cluster has one). With `routing: proxy` (the local default) the primary port
+//! forwards to every member's primary proxy, checked on `/proxy`, and each proxy forwards to
+//! the leader: a switchover or failover needs no health check to change, so clients reach
+//! the new primary as soon as the proxies see its leader key. With `routing: healthCheck` it
+//! forwards to the member whose `/primary` answers 200.
 
 use super::ports::Ports;
 use std::fmt::Write;
@@ -23,26 +27,52 @@ pub fn config(
          global\n    maxconn 512\n\n\
          defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 1s\n\n"
     );
-    let mut listen = |name: &str, port: u16, path: &str, balance: &str| {
+    let mut listen = |name: &str,
+                      port: u16,
+                      path: &str,
+                      balance: &str,
+                      servers: u16,
+                      redispatch: bool| {
         let _ = write!(
             s,
             "listen {name}\n    bind 127.0.0.1:{port}\n    balance {balance}\n    option httpchk\n    \
              http-check send meth GET uri {path}\n    http-check expect status 200\n    \
              default-server inter {interval_s}s fastinter 500ms downinter {interval_s}s rise 1 fall 2 on-marked-down shutdown-sessions\n"
         );
+        if redispatch {
+            // A proxy that refuses (its governor stopped) is retried on the next one at once.
+            s.push_str("    retries 2\n    option redispatch\n");
+        }
         for i in 0..ports.instances {
             let _ = writeln!(
                 s,
                 "    server {cluster}-{i} 127.0.0.1:{} check port {}{tls}",
-                ports.postgres + i,
+                servers + i,
                 ports.api + i
             );
         }
         s.push('\n');
     };
-    listen("primary", ports.primary, primary_path, "first");
+    match ports.proxy {
+        Some(proxy) => listen("primary", ports.primary, "/proxy", "first", proxy, true),
+        None => listen(
+            "primary",
+            ports.primary,
+            primary_path,
+            "first",
+            ports.postgres,
+            false,
+        ),
+    }
     if let Some(r) = ports.replica {
-        listen("replica", r, replica_path, "roundrobin");
+        listen(
+            "replica",
+            r,
+            replica_path,
+            "roundrobin",
+            ports.postgres,
+            false,
+        );
     }
     s
 }
@@ -59,6 +89,7 @@ mod tests {
             etcd: None,
             postgres: 15432,
             api: 18008,
+            proxy: None,
             instances: 2,
         };
         let cfg = config("demo", &ports, "/primary", "/replica", 2, None);
@@ -90,6 +121,37 @@ mod tests {
         assert!(
             tls.contains("check port 18009 check-ssl verify required ca-file /s/tls/ca.crt\n"),
             "{tls}"
+        );
+    }
+
+    #[test]
+    fn with_proxies_the_primary_port_forwards_to_every_members_proxy() {
+        let ports = Ports {
+            primary: 5432,
+            replica: Some(5433),
+            etcd: None,
+            postgres: 15432,
+            api: 18008,
+            proxy: Some(18020),
+            instances: 2,
+        };
+        let cfg = config("demo", &ports, "/primary", "/replica", 2, None);
+        let (primary, replica) = cfg.split_once("listen replica").expect("two listens");
+        assert!(
+            primary.contains("http-check send meth GET uri /proxy\n"),
+            "{cfg}"
+        );
+        assert!(primary.contains("option redispatch\n"), "{cfg}");
+        assert!(
+            primary.contains("    server demo-0 127.0.0.1:18020 check port 18008\n")
+                && primary.contains("    server demo-1 127.0.0.1:18021 check port 18009\n"),
+            "{cfg}"
+        );
+        assert!(
+            replica.contains("    server demo-1 127.0.0.1:15433 check port 18009\n")
+                && replica.contains("uri /replica\n")
+                && !replica.contains("redispatch"),
+            "the replicas are reached directly: {cfg}"
         );
     }
 }

@@ -16,13 +16,16 @@ pub struct Ports {
     pub postgres: u16,
     /// Member `i`'s REST port is `api + i`.
     pub api: u16,
+    /// Member `i`'s primary proxy listens on `proxy + i` (`endpoints.routing: proxy`, the
+    /// local default); HAProxy's primary port forwards to these.
+    pub proxy: Option<u16>,
     /// How many members.
     pub instances: u16,
 }
 
 /// Derived ports live in blocks of 100 from 20000 to 32000, below the kernel's ephemeral range
 /// (so an outgoing connection never holds one): primary, replica, etcd client and peer at the
-/// start, PostgreSQL from +10, REST APIs from +50.
+/// start, PostgreSQL from +10, REST APIs from +50, primary proxies from +75.
 const BLOCKS: u32 = 120;
 
 impl Ports {
@@ -31,6 +34,7 @@ impl Ports {
         let spec = &file.spec;
         let instances = u16::try_from(spec.instances).unwrap_or(u16::MAX);
         let replica_on = spec.endpoints.replica.enabled;
+        let proxied = spec.routing() == spilo_model::spec::Routing::Proxy;
         match &spec.local.ports {
             Some(p) => Ports {
                 primary: p.primary,
@@ -46,6 +50,11 @@ impl Ports {
                 },
                 postgres: p.postgres,
                 api: p.api,
+                proxy: proxied.then(|| {
+                    // Past the most REST API ports a cluster can have, so a resize never
+                    // moves a running member's proxy.
+                    p.proxy.unwrap_or(p.api.saturating_add(64))
+                }),
                 instances,
             },
             None => {
@@ -57,6 +66,7 @@ impl Ports {
                     etcd: runs_etcd.then_some(base + 2),
                     postgres: base + 10,
                     api: base + 50,
+                    proxy: proxied.then_some(base + 75),
                     instances,
                 }
             }
@@ -79,6 +89,9 @@ impl Ports {
                 format!("member {i} PostgreSQL"),
             ));
             v.push((self.api.saturating_add(i), format!("member {i} REST API")));
+            if let Some(proxy) = self.proxy {
+                v.push((proxy.saturating_add(i), format!("member {i} primary proxy")));
+            }
         }
         v
     }
@@ -133,6 +146,7 @@ mod tests {
                 etcd: Some(12379),
                 postgres: 15432,
                 api: 18008,
+                proxy: Some(18072),
                 instances: 3
             }
         );
@@ -141,6 +155,22 @@ mod tests {
                 .contains(&(15434, "member 2 PostgreSQL".to_string()))
         );
         assert!(p.all().contains(&(12380, "etcd (peer)".to_string())));
+        assert!(
+            p.all()
+                .contains(&(18074, "member 2 primary proxy".to_string()))
+        );
+        let checked = Ports::of(
+            &file(
+                "demo",
+                "  endpoints: {routing: healthCheck}
+",
+            ),
+            false,
+        );
+        assert_eq!(
+            checked.proxy, None,
+            "no proxies when HAProxy checks /primary"
+        );
     }
 
     #[test]

@@ -133,13 +133,6 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         }
         _ => {}
     }
-    if s.target == Target::Local && s.endpoints.routing == spilo_model::spec::Routing::Proxy {
-        r.at(
-            &p("spec.endpoints.routing"),
-            Severity::Warning,
-            "ignored: the local target's HAProxy checks each member's /primary",
-        );
-    }
     if let (Target::Aws, Some(aws)) = (s.target, &s.aws) {
         aws_placement(aws, r);
         if let Some(b) = &s.backup
