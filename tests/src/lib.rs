@@ -10,6 +10,7 @@
 pub mod aws;
 pub mod aws_box;
 pub mod aws_world;
+pub mod bench;
 pub mod cluster;
 pub mod dns;
 pub mod etcd;

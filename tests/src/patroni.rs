@@ -1,5 +1,5 @@
-//! Patroni 4.x on the same machine, for side-by-side benchmarks: three members with Patroni's
-//! default timing, on the same etcd version, PostgreSQL build and loopback network as ours.
+//! Patroni 4.x on the same machine, for side-by-side benchmarks: three members at a given
+//! timing, on the same etcd version, PostgreSQL build and loopback network as ours.
 //! Nothing of Patroni is part of spilo; this only drives the `patroni` program.
 
 use crate::cluster::SUPERUSER_PASSWORD;
@@ -39,9 +39,18 @@ pub struct PatroniCluster {
 }
 
 impl PatroniCluster {
-    /// Starts etcd and `n` Patroni members (`patroni` is the program in a virtualenv that the
-    /// unprivileged user can run).
+    /// Starts etcd and `n` Patroni members at Patroni's default timing (`patroni` is the
+    /// program in a virtualenv that the unprivileged user can run).
     pub async fn start(patroni: &Path, n: usize) -> anyhow::Result<Self> {
+        Self::start_with(patroni, n, crate::bench::Timing::PATRONI_DEFAULT).await
+    }
+
+    /// As [`PatroniCluster::start`], at `timing` (the `bootstrap.dcs` section).
+    pub async fn start_with(
+        patroni: &Path,
+        n: usize,
+        timing: crate::bench::Timing,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("spilo-bench-patroni-")
             .tempdir()?;
@@ -63,7 +72,7 @@ impl PatroniCluster {
                 process: None,
             };
             let cfg = m.dir.join("patroni.yml");
-            std::fs::write(&cfg, config(&m, &etcd))?;
+            std::fs::write(&cfg, config(&m, &etcd, timing))?;
             run_as.own(&cfg)?;
             members.push(m);
         }
@@ -168,13 +177,13 @@ impl PatroniCluster {
     }
 }
 
-/// Patroni's configuration with its default timing (ttl 30, loop_wait 10, retry_timeout 10).
-fn config(m: &PatroniMember, etcd: &Etcd) -> String {
+/// Patroni's configuration at `timing`.
+fn config(m: &PatroniMember, etcd: &Etcd, timing: crate::bench::Timing) -> String {
     format!(
         "scope: bench\nname: {name}\n\
 restapi: {{listen: '127.0.0.1:{api}', connect_address: '127.0.0.1:{api}'}}\n\
 etcd3: {{hosts: ['{etcd}']}}\n\
-bootstrap:\n  dcs: {{postgresql: {{use_pg_rewind: true}}}}\n  initdb: [{{encoding: UTF8}}, data-checksums]\n\
+bootstrap:\n  dcs: {{ttl: {ttl}, loop_wait: {loop_wait}, retry_timeout: {retry}, postgresql: {{use_pg_rewind: true}}}}\n  initdb: [{{encoding: UTF8}}, data-checksums]\n\
 postgresql:\n  listen: '127.0.0.1:{pg}'\n  connect_address: '127.0.0.1:{pg}'\n  data_dir: {data}\n  \
 bin_dir: /usr/lib/postgresql/15/bin\n  pgpass: {dir}/pgpass\n  \
 authentication:\n    superuser: {{username: postgres, password: {su}}}\n    \
@@ -189,5 +198,8 @@ pg_hba: ['local all all trust', 'host all all 127.0.0.1/32 scram-sha-256', 'host
         data = m.data_dir().display(),
         dir = m.dir.display(),
         su = SUPERUSER_PASSWORD,
+        ttl = timing.ttl,
+        loop_wait = timing.loop_wait,
+        retry = timing.retry_timeout,
     )
 }

@@ -7,6 +7,7 @@
 //! Run it with `bench/failover` (which installs Patroni into a virtualenv).
 
 use clap::Parser;
+use spilo_e2e::bench::{self, System, Timing};
 use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::patroni::PatroniCluster;
 use spilo_e2e::probe::{self, Prober};
@@ -23,9 +24,9 @@ struct Args {
     /// The `patroni` program; without it only spilo is measured.
     #[arg(long)]
     patroni: Option<PathBuf>,
-    /// Measure only Patroni (with --patroni).
+    /// Skip the etcd-outage column (one more cluster per row, up to a few minutes each).
     #[arg(long)]
-    patroni_only: bool,
+    no_outages: bool,
 }
 
 struct Sample {
@@ -37,25 +38,16 @@ struct Sample {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut results: Vec<(String, Vec<Sample>)> = Vec::new();
-    let mut failed: Vec<(String, Vec<String>)> = Vec::new();
-    let mut systems: Vec<(&str, Option<&std::path::Path>)> = Vec::new();
-    if !args.patroni_only {
-        systems.push(("spilo (defaults: ttl 4s)", None));
-    }
-    if let Some(p) = &args.patroni {
-        systems.push((
-            "Patroni 4 (defaults: ttl 30s, loop_wait 10s)",
-            Some(p.as_path()),
-        ));
-    }
-    for (name, patroni) in systems {
+    let mut rows = Vec::new();
+    for system in System::rows(args.patroni.is_some()) {
+        let name = system.label();
         let mut samples = Vec::new();
         let mut fails = Vec::new();
         for run in 1..=args.runs {
-            let r = match patroni {
-                None => spilo_run().await,
-                Some(p) => patroni_run(p).await,
+            let r = match (system, &args.patroni) {
+                (System::Spilo(t), _) => spilo_run(t).await,
+                (System::Patroni(t), Some(p)) => patroni_run(p, t).await,
+                (System::Patroni(_), None) => continue,
             };
             match r {
                 Ok(s) => {
@@ -73,43 +65,124 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        results.push((name.to_string(), samples));
-        failed.push((name.to_string(), fails));
+        let outage = if args.no_outages {
+            "not measured".to_string()
+        } else {
+            eprintln!("{name}: etcd outages");
+            let seen = match (system, &args.patroni) {
+                (System::Spilo(t), _) => spilo_outages(t).await,
+                (System::Patroni(t), Some(p)) => patroni_outages(p, t).await,
+                (System::Patroni(_), None) => Ok(Vec::new()),
+            };
+            match seen {
+                Ok(seen) => bench::describe_outages(&seen),
+                Err(e) => {
+                    fails.push(format!("outage measurement: {e:#}"));
+                    "failed".into()
+                }
+            }
+        };
+        rows.push((name, samples, fails, outage));
     }
     println!(
         "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, prober every 50 ms"
     );
     println!(
-        "| system | runs measured | median unavailability | min | max | lost acknowledged writes | runs that failed |"
+        "| system | runs measured | median unavailability | min | max | lost acknowledged writes | etcd outage (SIGSTOP) | runs that failed |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for ((name, samples), (_, fails)) in results
-        .iter()
-        .zip(&failed)
-        .filter(|((_, s), _)| !s.is_empty())
-    {
-        let mut d: Vec<f64> = samples
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, samples, fails, outage) in &rows {
+        let d: Vec<f64> = samples
             .iter()
             .map(|s| s.unavailable.as_secs_f64())
             .collect();
-        d.sort_by(|a, b| a.total_cmp(b));
-        let median = d[d.len() / 2];
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
-        println!(
-            "| {name} | {} | {median:.2} s | {:.2} s | {:.2} s | {lost} of {acked} | {} |",
-            samples.len(),
-            d[0],
-            d[d.len() - 1],
-            fails.len()
-        );
+        match bench::spread(&d) {
+            Some((median, min, max)) => println!(
+                "| {name} | {} | {median:.2} s | {min:.2} s | {max:.2} s | {lost} of {acked} | {outage} | {} |",
+                samples.len(),
+                fails.len()
+            ),
+            None => println!(
+                "| {name} | 0 | - | - | - | - | {outage} | {} |",
+                fails.len()
+            ),
+        }
     }
-    for (name, fails) in &failed {
+    for (name, _, fails, _) in &rows {
         for f in fails {
             println!("failed run of {name}: {f}");
         }
     }
     Ok(())
+}
+
+/// A spilo cluster at `timing`, every replica streaming, the probe table created.
+async fn spilo_cluster(timing: Timing) -> anyhow::Result<(Cluster, String)> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "bench".into(),
+        ha: timing.spilo_ha(),
+        ..Default::default()
+    })
+    .await?;
+    // The bench kills PostgreSQL and freezes etcd: the governors log both.
+    c.expect_errors(&[
+        "PostgreSQL exited unexpectedly",
+        "fence: the leader lease is about to end without renewal",
+    ]);
+    let (primary, _) = c.start_streaming(Duration::from_secs(120)).await?;
+    c.sql(&primary)
+        .await?
+        .batch_execute(probe::TABLE_DDL)
+        .await?;
+    Ok((c, primary))
+}
+
+async fn spilo_outages(timing: Timing) -> anyhow::Result<Vec<bench::Outage>> {
+    let (c, _) = spilo_cluster(timing).await?;
+    let dsn = c.read_write_dsn();
+    let r = bench::outages(
+        &dsn,
+        bench::OUTAGES,
+        |frozen| c.etcd.freeze(frozen),
+        async || {
+            let primary = c.wait_primary(Duration::from_secs(120)).await?;
+            for m in c.members.iter().filter(|m| m.name != primary) {
+                c.wait_streaming(&m.name, Duration::from_secs(120)).await?;
+            }
+            Ok(())
+        },
+    )
+    .await;
+    c.finish(r)
+}
+
+async fn patroni_outages(
+    patroni: &std::path::Path,
+    timing: Timing,
+) -> anyhow::Result<Vec<bench::Outage>> {
+    let c = PatroniCluster::start_with(patroni, 3, timing).await?;
+    let primary = c.wait_ready(Duration::from_secs(120)).await?;
+    let port = c
+        .pg_port(&primary)
+        .ok_or_else(|| anyhow::anyhow!("no port"))?;
+    sql::connect(port)
+        .await?
+        .batch_execute(probe::TABLE_DDL)
+        .await?;
+    let dsn = c.read_write_dsn();
+    let r = bench::outages(
+        &dsn,
+        bench::OUTAGES,
+        |frozen| c.etcd.freeze(frozen),
+        async || c.wait_ready(Duration::from_secs(180)).await.map(|_| ()),
+    )
+    .await;
+    if r.is_err() {
+        c.print_logs();
+    }
+    r
 }
 
 /// Probes until steady, kills the primary, waits for the first write after the kill, and
@@ -161,21 +234,8 @@ where
     })
 }
 
-async fn spilo_run() -> anyhow::Result<Sample> {
-    let mut c = Cluster::new(ClusterOptions {
-        scope: "bench".into(),
-        ..Default::default()
-    })
-    .await?;
-    c.start_all()?;
-    let primary = c.wait_primary(Duration::from_secs(60)).await?;
-    for m in c.members.iter().filter(|m| m.name != primary) {
-        c.wait_streaming(&m.name, Duration::from_secs(60)).await?;
-    }
-    c.sql(&primary)
-        .await?
-        .batch_execute(probe::TABLE_DDL)
-        .await?;
+async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
+    let (c, primary) = spilo_cluster(timing).await?;
     let dsn = c.read_write_dsn();
     let replicas: Vec<u16> = c
         .members
@@ -200,8 +260,8 @@ async fn spilo_run() -> anyhow::Result<Sample> {
     .await
 }
 
-async fn patroni_run(patroni: &std::path::Path) -> anyhow::Result<Sample> {
-    let c = PatroniCluster::start(patroni, 3).await?;
+async fn patroni_run(patroni: &std::path::Path, timing: Timing) -> anyhow::Result<Sample> {
+    let c = PatroniCluster::start_with(patroni, 3, timing).await?;
     let primary = c.wait_ready(Duration::from_secs(120)).await?;
     let port = c
         .pg_port(&primary)

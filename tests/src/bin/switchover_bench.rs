@@ -8,6 +8,7 @@
 //! Run it with `bench/switchover` (which installs Patroni into a virtualenv).
 
 use clap::Parser;
+use spilo_e2e::bench::{self, System, Timing};
 use spilo_e2e::cluster::{Cluster, ClusterOptions};
 use spilo_e2e::patroni::PatroniCluster;
 use spilo_e2e::probe::{self, Ack, Prober};
@@ -38,18 +39,19 @@ const PROBE_EVERY: Duration = Duration::from_millis(10);
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut systems: Vec<(&str, Option<&Path>)> = vec![("spilo switchover", None)];
-    if let Some(p) = &args.patroni {
-        systems.push(("Patroni 4 patronictl switchover", Some(p.as_path())));
-    }
     let mut rows = Vec::new();
-    for (name, patroni) in systems {
+    for system in System::rows(args.patroni.is_some()) {
+        let name = match system {
+            System::Spilo(_) => format!("`spilo switchover`, {}", system.label()),
+            System::Patroni(_) => format!("`patronictl switchover`, {}", system.label()),
+        };
         let mut samples = Vec::new();
         let mut fails = Vec::new();
         for run in 1..=args.runs {
-            let r = match patroni {
-                None => spilo_run().await,
-                Some(p) => patroni_run(p).await,
+            let r = match (system, &args.patroni) {
+                (System::Spilo(t), _) => spilo_run(t).await,
+                (System::Patroni(t), Some(p)) => patroni_run(p, t).await,
+                (System::Patroni(_), None) => continue,
             };
             match r {
                 Ok(s) => {
@@ -83,19 +85,18 @@ async fn main() -> anyhow::Result<()> {
             println!("| {name} | 0 | - | - | - | - | - | {} |", fails.len());
             continue;
         }
-        let mut gaps: Vec<f64> = samples.iter().map(|s| s.gap.as_secs_f64()).collect();
-        gaps.sort_by(|a, b| a.total_cmp(b));
-        let mut cmds: Vec<f64> = samples.iter().map(|s| s.command.as_secs_f64()).collect();
-        cmds.sort_by(|a, b| a.total_cmp(b));
+        let gaps: Vec<f64> = samples.iter().map(|s| s.gap.as_secs_f64()).collect();
+        let cmds: Vec<f64> = samples.iter().map(|s| s.command.as_secs_f64()).collect();
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
+        let (Some((gap, min, max)), Some((cmd, _, _))) =
+            (bench::spread(&gaps), bench::spread(&cmds))
+        else {
+            continue;
+        };
         println!(
-            "| {name} | {} | {:.3} s | {:.3} s | {:.3} s | {:.2} s | {lost} of {acked} | {} |",
+            "| {name} | {} | {gap:.3} s | {min:.3} s | {max:.3} s | {cmd:.2} s | {lost} of {acked} | {} |",
             samples.len(),
-            gaps[gaps.len() / 2],
-            gaps[0],
-            gaps[gaps.len() - 1],
-            cmds[cmds.len() / 2],
             fails.len()
         );
     }
@@ -164,9 +165,10 @@ where
     })
 }
 
-async fn spilo_run() -> anyhow::Result<Sample> {
+async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
     let mut c = Cluster::new(ClusterOptions {
         scope: "bench".into(),
+        ha: timing.spilo_ha(),
         ..Default::default()
     })
     .await?;
@@ -197,8 +199,8 @@ async fn spilo_measure(c: &mut Cluster) -> anyhow::Result<Sample> {
     .await
 }
 
-async fn patroni_run(patroni: &Path) -> anyhow::Result<Sample> {
-    let c = PatroniCluster::start(patroni, 3).await?;
+async fn patroni_run(patroni: &Path, timing: Timing) -> anyhow::Result<Sample> {
+    let c = PatroniCluster::start_with(patroni, 3, timing).await?;
     let r = patroni_measure(&c, patroni).await;
     if r.is_err() {
         c.print_logs();
