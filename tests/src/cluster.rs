@@ -11,6 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cli;
+mod logs;
+
 /// The superuser password every test cluster uses.
 pub const SUPERUSER_PASSWORD: &str = "e2e-superuser-secret";
 
@@ -235,27 +238,6 @@ impl Cluster {
             expected_errors: Vec::new(),
             dir,
         })
-    }
-
-    /// Says which ERROR lines of the governors this test causes on purpose (a line containing
-    /// any of `patterns`); every other ERROR line of any member fails the test when the
-    /// cluster is dropped, after the governors stopped. Each call site says why.
-    pub fn expect_errors(&mut self, patterns: &[&str]) {
-        self.expected_errors
-            .extend(patterns.iter().map(|p| p.to_string()));
-    }
-
-    /// Every governor's ERROR lines that match no expected pattern, as `member: line`.
-    fn unexpected_errors_of_all(&self) -> Vec<String> {
-        let expected: Vec<&str> = self.expected_errors.iter().map(String::as_str).collect();
-        self.members
-            .iter()
-            .flat_map(|m| {
-                self.unexpected_errors(&m.name, &expected)
-                    .into_iter()
-                    .map(move |l| format!("{}: {l}", m.name))
-            })
-            .collect()
     }
 
     /// Gives every member's data directory its own `mb` MiB filesystem (tmpfs), so a test can
@@ -634,109 +616,6 @@ impl Cluster {
     /// The multi-host libpq string over every member that picks the writable one.
     pub fn read_write_dsn(&self) -> String {
         crate::sql::read_write_dsn(&self.members.iter().map(|m| m.pg_port).collect::<Vec<_>>())
-    }
-
-    /// Runs the `spilo` CLI with `args`; returns (exit code, stdout, stderr).
-    /// With TLS the CLI is given the etcd client certificate and the CA through its
-    /// environment (`SPILO_ETCD_CACERT`, `SPILO_ETCD_CERT`, `SPILO_ETCD_KEY`, `SPILO_API_CACERT`).
-    pub fn spilo(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
-        let mut cmd = std::process::Command::new(&self.spilo);
-        cmd.args(args);
-        for (k, v) in self.spilo_tls_env() {
-            cmd.env(k, v);
-        }
-        let out = cmd.output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    }
-
-    fn spilo_tls_env(&self) -> Vec<(&'static str, PathBuf)> {
-        match &self.etcd.client_files {
-            Some((ca, cert, key)) => vec![
-                ("SPILO_ETCD_CACERT", ca.clone()),
-                ("SPILO_ETCD_CERT", cert.clone()),
-                ("SPILO_ETCD_KEY", key.clone()),
-            ],
-            None => Vec::new(),
-        }
-    }
-
-    /// Runs an operator command of the `spilo` CLI against this cluster without blocking the
-    /// runtime: `spilo <command> <scope> <args> --etcd <etcd>`, plus `--token <API_TOKEN>` for
-    /// the commands that go through the REST API.
-    pub async fn operate(&self, command: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
-        let mut cmd = tokio::process::Command::new(&self.spilo);
-        cmd.arg(command)
-            .arg(&self.scope)
-            .args(args)
-            .args(["--etcd", &self.etcd.client_addr]);
-        for (k, v) in self.spilo_tls_env() {
-            cmd.env(k, v);
-        }
-        if ["switchover", "failover", "restart", "reload", "reinit"].contains(&command) {
-            cmd.args(["--token", API_TOKEN]);
-            if self.options.api_tls || self.options.tls {
-                cmd.arg("--cacert").arg(self.api_cert());
-            }
-        }
-        let out = cmd.output().await?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
-    }
-
-    /// The governor log of a member.
-    pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.member(name).log_path()).unwrap_or_default()
-    }
-
-    /// The governor log lines of a member at ERROR level that match none of `allowed`.
-    pub fn unexpected_errors(&self, name: &str, allowed: &[&str]) -> Vec<String> {
-        let text = std::fs::read_to_string(self.member(name).log_path()).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.contains(" ERROR "))
-            .filter(|l| !allowed.iter().any(|a| l.contains(a)))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Passes a test's result through, printing every log first when it is an error.
-    pub fn finish<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
-        if result.is_err() {
-            self.print_logs();
-        }
-        result
-    }
-
-    /// Prints every log of the cluster (used when a test fails).
-    pub fn print_logs(&self) {
-        for m in &self.members {
-            for (what, path) in [("governor", m.log_path()), ("postgresql", m.pg_log_path())] {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(150)..];
-                eprintln!(
-                    "===== {} {what} log ({}) =====\n{}",
-                    m.name,
-                    path.display(),
-                    tail.join("\n")
-                );
-            }
-        }
-        let text = std::fs::read_to_string(self.etcd.log()).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        eprintln!(
-            "===== etcd log (tail) =====\n{}",
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        );
     }
 }
 
