@@ -6,7 +6,8 @@
 //! `governor etcd-member` from the spilo image, and an auto-scaling group of `members`. Pure
 //! and deterministic, like the PostgreSQL stacks' rendering.
 
-use super::template::{CLUSTER_TAG, PRUNE_TAG, StackSpec, stack_name};
+use super::names::{CLUSTER_TAG, PRUNE_TAG, stack_name};
+use super::template::StackSpec;
 use super::userdata::{BOOT_LIB, DATA_DEVICE, VERSION, quote};
 use serde_json::{Value, json};
 use spilo_model::governor::{EtcdMemberConfig, TlsConfig};
@@ -25,11 +26,7 @@ pub const DOMAIN_OUTPUT: &str = "Domain";
 /// of other repositories on this etcd cluster are checked against it.
 pub const CA_OUTPUT: &str = "Ca";
 
-/// The export name of the clients' security group: PostgreSQL clusters attach it to reach
-/// etcd.
-pub fn clients_export(name: &str) -> String {
-    format!("{}-clients", stack_name(name))
-}
+pub use super::names::etcd_clients_export as clients_export;
 
 /// The image instances start from (as for PostgreSQL clusters).
 pub fn image_id(file: &EtcdClusterFile) -> String {

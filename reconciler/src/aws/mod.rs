@@ -14,6 +14,7 @@ pub mod etcd_ref;
 pub mod etcd_stack;
 pub mod image;
 pub mod inspect;
+pub mod names;
 pub mod observe;
 pub mod observed;
 pub mod plan;

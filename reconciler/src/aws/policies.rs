@@ -149,7 +149,7 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
                 "Action": ["autoscaling:SetInstanceProtection"],
                 "Resource": "*",
                 "Condition": {"StringEquals": {
-                    format!("autoscaling:ResourceTag/{}", super::template::CLUSTER_TAG):
+                    format!("autoscaling:ResourceTag/{}", super::names::CLUSTER_TAG):
                         file.metadata.name.as_str()
                 }},
             },
@@ -167,7 +167,7 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
             "Action": ["cloudformation:SignalResource"],
             "Resource": sub(format!(
                 "arn:${{AWS::Partition}}:cloudformation:${{AWS::Region}}:${{AWS::AccountId}}:stack/{}/*",
-                super::template::stack_name(file.metadata.name.as_str())
+                super::names::stack_name(file.metadata.name.as_str())
             )),
         }]},
     }));

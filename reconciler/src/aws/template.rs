@@ -15,14 +15,11 @@ use serde_json::{Value, json};
 use spilo_model::spec::{ClusterFile, IngressRule, Routing, StorageSpec};
 use std::collections::BTreeMap;
 
-/// The governors' REST API port on AWS instances.
-pub const API_PORT: u16 = 8008;
-/// PostgreSQL's port on AWS instances.
-pub const POSTGRES_PORT: u16 = 5432;
-/// The members' primary proxy port (`endpoints.routing: proxy`).
-pub const PROXY_PORT: u16 = 5433;
-/// The health check path of an instance whose primary proxy has a target.
-pub const PROXY_PATH: &str = "/proxy";
+pub use super::names::{
+    API_PORT, CLUSTER_TAG, POSTGRES_PORT, PROXY_PATH, PROXY_PORT, PRUNE_TAG, dns_label, dns_name,
+    stack_name,
+};
+
 /// The image instances start from: the file's `aws.image` (an AMI id, or an SSM parameter
 /// holding one), else Debian 12's public parameter for the instance type's architecture.
 pub fn image_id(file: &ClusterFile) -> String {
@@ -48,11 +45,6 @@ pub fn boot_timeout(file: &ClusterFile) -> String {
         });
     format!("PT{minutes}M")
 }
-/// The tag naming the cluster a stack belongs to: how `spilo` finds the stacks it manages.
-pub const CLUSTER_TAG: &str = "spilo:cluster";
-/// The tag recording the file's `reconcile.prune` at the last apply, so a plan can honour it
-/// once the file is gone.
-pub const PRUNE_TAG: &str = "spilo:prune";
 
 /// What one cluster should be in CloudFormation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -67,11 +59,6 @@ pub struct StackSpec {
     pub parameters: BTreeMap<String, String>,
     /// Stack tags (CloudFormation copies them to every resource).
     pub tags: BTreeMap<String, String>,
-}
-
-/// The stack name of cluster `name`.
-pub fn stack_name(name: &str) -> String {
-    format!("spilo-{name}")
 }
 
 /// Renders `file`; `None` when its target is not AWS.
@@ -161,7 +148,7 @@ pub fn render(file: &ClusterFile) -> Option<StackSpec> {
     let mut security_groups = vec![json!({"Fn::GetAtt": ["MemberSecurityGroup", "GroupId"]})];
     if let Some(etcd) = spec.dcs.as_ref().and_then(|d| d.etcd_cluster.as_ref()) {
         security_groups
-            .push(json!({"Fn::ImportValue": super::etcd_stack::clients_export(etcd.as_str())}));
+            .push(json!({"Fn::ImportValue": super::names::etcd_clients_export(etcd.as_str())}));
     }
     instance_resources(
         &mut resources,
@@ -399,26 +386,6 @@ fn resource_tags(file: &ClusterFile) -> Vec<Value> {
         .iter()
         .map(|(k, v)| json!({"Key": k, "Value": v}))
         .collect()
-}
-
-/// The record name inside the hosted zone.
-pub fn dns_label(file: &ClusterFile) -> String {
-    file.spec
-        .endpoints
-        .dns
-        .name
-        .clone()
-        .unwrap_or_else(|| file.metadata.name.to_string())
-}
-
-/// The fully qualified DNS name (with the trailing dot), when a hosted zone is set.
-pub fn dns_name(file: &ClusterFile) -> Option<String> {
-    let zone = file.spec.aws.as_ref()?.hosted_zone.as_ref()?;
-    Some(format!(
-        "{}.{}.",
-        dns_label(file),
-        zone.trim_end_matches('.')
-    ))
 }
 
 /// The load balancers: logical id, client port, health-check path.

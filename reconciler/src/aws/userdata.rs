@@ -83,7 +83,7 @@ fn placement(file: &ClusterFile) -> Placement {
     // issue #18 bring it), so it stays plaintext.
     let tls = secrets.ca.as_ref().map(|ca| {
         let mut t = TlsConfig::new(format!("{DATA_MOUNT}/tls/ca.crt").into(), secret(ca));
-        t.names = super::template::dns_name(file)
+        t.names = super::names::dns_name(file)
             .map(|n| n.trim_end_matches('.').to_string())
             .into_iter()
             .collect();
@@ -102,10 +102,10 @@ fn placement(file: &ClusterFile) -> Placement {
         name: None,
         etcd,
         data_dir: format!("{DATA_MOUNT}/data").into(),
-        postgres_listen: SocketAddr::new(any.ip(), super::template::POSTGRES_PORT),
-        api_listen: SocketAddr::new(any.ip(), super::template::API_PORT),
+        postgres_listen: SocketAddr::new(any.ip(), super::names::POSTGRES_PORT),
+        api_listen: SocketAddr::new(any.ip(), super::names::API_PORT),
         proxy_listen: (spec.routing() == spilo_model::spec::Routing::Proxy)
-            .then(|| SocketAddr::new(any.ip(), super::template::PROXY_PORT)),
+            .then(|| SocketAddr::new(any.ip(), super::names::PROXY_PORT)),
         superuser: secrets.superuser.as_ref().map(secret).unwrap_or_default(),
         replication: secrets.replication.as_ref().map(secret).unwrap_or_default(),
         api_token: secrets.restapi.as_ref().map(secret),
@@ -115,7 +115,7 @@ fn placement(file: &ClusterFile) -> Placement {
         aws: Some(AwsSettings {
             region,
             signal: Some(StackSignal {
-                stack: super::template::stack_name(file.metadata.name.as_str()),
+                stack: super::names::stack_name(file.metadata.name.as_str()),
                 resource: SIGNALLED_RESOURCE.into(),
             }),
             scale_in_protection: true,
@@ -175,7 +175,7 @@ fn install_image(file: &ClusterFile, bucket: &str) -> String {
     let arch = super::image::architecture(file);
     install_image_from(
         file.spec.aws.as_ref().map_or("", |a| a.region.as_str()),
-        &super::template::stack_name(file.metadata.name.as_str()),
+        &super::names::stack_name(file.metadata.name.as_str()),
         &format!("s3://{bucket}/{}", super::image::key(arch)),
     )
 }
