@@ -203,3 +203,88 @@ pub fn describe_outages(seen: &[Outage]) -> String {
 
 /// The outage durations tried, in seconds.
 pub const OUTAGES: &[u64] = &[1, 2, 3, 5, 8, 13, 21, 34];
+
+/// What a manager process (the governor, Patroni) and its helpers use, PostgreSQL excluded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// Resident memory, KiB, summed over the process and its non-PostgreSQL descendants.
+    pub rss_kib: u64,
+    /// CPU time in clock ticks (user + system), summed the same way.
+    pub cpu_ticks: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<(u32, String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = text.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_string();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state, ppid, ... utime is field 14 and stime 15 of the whole line.
+    let ppid = f.get(1)?.parse().ok()?;
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((ppid, comm, ticks))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The usage of `root` and every descendant that is not a PostgreSQL process.
+pub fn usage(root: u32) -> Usage {
+    let mut all = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some((ppid, comm, ticks)) = proc_stat(pid)
+            {
+                all.push((pid, ppid, comm, ticks));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|p| p.1 == parent).map(|p| p.0));
+        i += 1;
+    }
+    let mut u = Usage::default();
+    for pid in tree {
+        if let Some((_, comm, ticks)) = all.iter().find(|p| p.0 == pid).map(|p| (p.1, &p.2, p.3))
+            && comm != "postgres"
+        {
+            u.rss_kib += rss_kib(pid);
+            u.cpu_ticks += ticks;
+        }
+    }
+    u
+}
+
+/// Mean resident memory (MiB) and CPU (% of one core) per manager over `window` while the
+/// cluster is idle but for a prober's writes, for the managers `roots`.
+pub async fn idle_usage(roots: &[u32], window: Duration) -> (f64, f64) {
+    let before: Vec<Usage> = roots.iter().map(|p| usage(*p)).collect();
+    // A measurement window, not a wait for a condition.
+    tokio::time::sleep(window).await;
+    let after: Vec<Usage> = roots.iter().map(|p| usage(*p)).collect();
+    // /proc counts CPU time in USER_HZ, 100 per second on Linux whatever the kernel's HZ.
+    let ticks_per_s = 100.0;
+    let n = roots.len().max(1) as f64;
+    let rss = after.iter().map(|u| u.rss_kib as f64 / 1024.0).sum::<f64>() / n;
+    let cpu = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.cpu_ticks.saturating_sub(b.cpu_ticks) as f64)
+        .sum::<f64>()
+        / ticks_per_s
+        / window.as_secs_f64()
+        / n
+        * 100.0;
+    (rss, cpu)
+}

@@ -141,6 +141,14 @@ impl PatroniCluster {
         Ok(at)
     }
 
+    /// The pids of the members' Patroni processes that run.
+    pub fn manager_pids(&mut self) -> Vec<u32> {
+        self.members
+            .iter_mut()
+            .filter_map(|m| m.process.as_mut().map(|p| p.pid()))
+            .collect()
+    }
+
     /// The multi-host read-write connection string.
     pub fn read_write_dsn(&self) -> String {
         crate::sql::read_write_dsn(&self.members.iter().map(|m| m.pg_port).collect::<Vec<_>>())

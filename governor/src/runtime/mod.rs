@@ -276,7 +276,11 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         primary_start_timeout: Duration::from_secs(cfg.ha.primary_start_timeout),
         max_primary_crashes: 3,
         fence_margin: cfg.ha.fence_margin(),
-        rewind_check_after: Duration::from_secs(15),
+        // Longer than a TTL: a leader that has sent no WAL for that long yet still holds its
+        // key has renewed its lease, so it is alive and not serving this member; sooner, the
+        // silence may be a dead leader whose key has not expired yet (a rewind against it
+        // could only fail).
+        rewind_check_after: Duration::from_secs(15).max(cfg.ha.ttl() + cfg.ha.loop_wait()),
         archive_recovery_after: cfg
             .archive
             .as_ref()

@@ -65,33 +65,36 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        let outage = if args.no_outages {
-            "not measured".to_string()
+        let (outage, idle) = if args.no_outages {
+            ("not measured".to_string(), "not measured".to_string())
         } else {
             eprintln!("{name}: etcd outages");
             let seen = match (system, &args.patroni) {
                 (System::Spilo(t), _) => spilo_outages(t).await,
                 (System::Patroni(t), Some(p)) => patroni_outages(p, t).await,
-                (System::Patroni(_), None) => Ok(Vec::new()),
+                (System::Patroni(_), None) => Ok((Vec::new(), (0.0, 0.0))),
             };
             match seen {
-                Ok(seen) => bench::describe_outages(&seen),
+                Ok((seen, (rss, cpu))) => (
+                    bench::describe_outages(&seen),
+                    format!("{rss:.1} MiB, {cpu:.2} % CPU"),
+                ),
                 Err(e) => {
                     fails.push(format!("outage measurement: {e:#}"));
-                    "failed".into()
+                    ("failed".into(), "failed".into())
                 }
             }
         };
-        rows.push((name, samples, fails, outage));
+        rows.push((name, samples, fails, outage, idle));
     }
     println!(
         "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, prober every 50 ms"
     );
     println!(
-        "| system | runs measured | median unavailability | min | max | lost acknowledged writes | etcd outage (SIGSTOP) | runs that failed |"
+        "| system | runs measured | median unavailability | min | max | lost acknowledged writes | etcd outage (SIGSTOP) | idle manager, per member | runs that failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (name, samples, fails, outage) in &rows {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, samples, fails, outage, idle) in &rows {
         let d: Vec<f64> = samples
             .iter()
             .map(|s| s.unavailable.as_secs_f64())
@@ -100,17 +103,17 @@ async fn main() -> anyhow::Result<()> {
         let acked: usize = samples.iter().map(|s| s.acked).sum();
         match bench::spread(&d) {
             Some((median, min, max)) => println!(
-                "| {name} | {} | {median:.2} s | {min:.2} s | {max:.2} s | {lost} of {acked} | {outage} | {} |",
+                "| {name} | {} | {median:.2} s | {min:.2} s | {max:.2} s | {lost} of {acked} | {outage} | {idle} | {} |",
                 samples.len(),
                 fails.len()
             ),
             None => println!(
-                "| {name} | 0 | - | - | - | - | {outage} | {} |",
+                "| {name} | 0 | - | - | - | - | {outage} | {idle} | {} |",
                 fails.len()
             ),
         }
     }
-    for (name, _, fails, _) in &rows {
+    for (name, _, fails, _, _) in &rows {
         for f in fails {
             println!("failed run of {name}: {f}");
         }
@@ -139,8 +142,19 @@ async fn spilo_cluster(timing: Timing) -> anyhow::Result<(Cluster, String)> {
     Ok((c, primary))
 }
 
-async fn spilo_outages(timing: Timing) -> anyhow::Result<Vec<bench::Outage>> {
-    let (c, _) = spilo_cluster(timing).await?;
+/// How long the idle managers' memory and CPU are measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+type OutagesAndIdle = (Vec<bench::Outage>, (f64, f64));
+
+async fn spilo_outages(timing: Timing) -> anyhow::Result<OutagesAndIdle> {
+    let (mut c, _) = spilo_cluster(timing).await?;
+    let pids: Vec<u32> = c
+        .members
+        .iter_mut()
+        .filter_map(|m| m.governor_pid())
+        .collect();
+    let idle = bench::idle_usage(&pids, IDLE_WINDOW).await;
     let dsn = c.read_write_dsn();
     let r = bench::outages(
         &dsn,
@@ -155,15 +169,16 @@ async fn spilo_outages(timing: Timing) -> anyhow::Result<Vec<bench::Outage>> {
         },
     )
     .await;
-    c.finish(r)
+    c.finish(r).map(|seen| (seen, idle))
 }
 
 async fn patroni_outages(
     patroni: &std::path::Path,
     timing: Timing,
-) -> anyhow::Result<Vec<bench::Outage>> {
-    let c = PatroniCluster::start_with(patroni, 3, timing).await?;
+) -> anyhow::Result<OutagesAndIdle> {
+    let mut c = PatroniCluster::start_with(patroni, 3, timing).await?;
     let primary = c.wait_ready(Duration::from_secs(120)).await?;
+    let idle = bench::idle_usage(&c.manager_pids(), IDLE_WINDOW).await;
     let port = c
         .pg_port(&primary)
         .ok_or_else(|| anyhow::anyhow!("no port"))?;
@@ -182,7 +197,7 @@ async fn patroni_outages(
     if r.is_err() {
         c.print_logs();
     }
-    r
+    r.map(|seen| (seen, idle))
 }
 
 /// Probes until steady, kills the primary, waits for the first write after the kill, and
