@@ -118,6 +118,20 @@ impl PatroniCluster {
         .await
     }
 
+    /// Waits as [`PatroniCluster::wait_ready`], then creates the probe table on the primary;
+    /// returns the primary's name.
+    pub async fn ready_with_probe_table(&self, timeout: Duration) -> anyhow::Result<String> {
+        let primary = self.wait_ready(timeout).await?;
+        let port = self
+            .pg_port(&primary)
+            .ok_or_else(|| anyhow::anyhow!("no port for {primary}"))?;
+        crate::sql::connect(port)
+            .await?
+            .batch_execute(crate::probe::TABLE_DDL)
+            .await?;
+        Ok(primary)
+    }
+
     /// `kill -9` of the member's Patroni and every process of its PostgreSQL.
     pub fn kill9(&mut self, name: &str) -> anyhow::Result<std::time::Instant> {
         let m = self

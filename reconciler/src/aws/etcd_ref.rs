@@ -28,11 +28,7 @@ pub async fn resolve(clients: &Clients, desired: &mut Desired) -> BTreeMap<Strin
             continue;
         };
         let c = clients.region(&aws.region).await;
-        let stack = match full_stack(&c, &stack_name(etcd.as_str())).await {
-            Ok(Some(s)) => Observation::Present(s),
-            Ok(None) => Observation::Absent,
-            Err(e) => Observation::Unknown(e),
-        };
+        let stack = Observation::of_read(full_stack(&c, &stack_name(etcd.as_str())).await);
         match domain_from(f, &stack) {
             Ok(domain) => {
                 if let Some(dcs) = f.spec.dcs.as_mut() {

@@ -72,11 +72,7 @@ pub async fn observe(
                     if wanted.contains(name.as_str()) {
                         continue;
                     }
-                    let stack = match full_stack(&c, &stack.stack_id).await {
-                        Ok(Some(s)) => Observation::Present(s),
-                        Ok(None) => Observation::Absent,
-                        Err(e) => Observation::Unknown(e),
-                    };
+                    let stack = Observation::of_read(full_stack(&c, &stack.stack_id).await);
                     managed.push(name.clone());
                     observed.clusters.insert(
                         name.clone(),
@@ -107,13 +103,7 @@ pub async fn observe_cluster(clients: &Clients, file: &ClusterFile) -> ObservedC
     };
     let c = clients.region(&aws.region).await;
     let stack_name = template::stack_name(&name);
-    let stack = async {
-        match full_stack(&c, &stack_name).await {
-            Ok(Some(s)) => Observation::Present(s),
-            Ok(None) => Observation::Absent,
-            Err(e) => Observation::Unknown(e),
-        }
-    };
+    let stack = async { Observation::of_read(full_stack(&c, &stack_name).await) };
     let dns = async {
         match (&aws.hosted_zone, template::dns_name(file)) {
             (Some(zone), Some(fqdn)) => {

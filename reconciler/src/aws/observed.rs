@@ -21,6 +21,15 @@ pub enum Observation<T> {
 }
 
 impl<T> Observation<T> {
+    /// What a read says: found (`Ok(Some)`), definitely not there (`Ok(None)`), or failed.
+    pub fn of_read(read: Result<Option<T>, String>) -> Self {
+        match read {
+            Ok(Some(v)) => Observation::Present(v),
+            Ok(None) => Observation::Absent,
+            Err(e) => Observation::Unknown(e),
+        }
+    }
+
     /// The value when present.
     pub fn present(&self) -> Option<&T> {
         match self {

@@ -177,15 +177,8 @@ async fn patroni_outages(
     timing: Timing,
 ) -> anyhow::Result<OutagesAndIdle> {
     let mut c = PatroniCluster::start_with(patroni, 3, timing).await?;
-    let primary = c.wait_ready(Duration::from_secs(120)).await?;
+    c.ready_with_probe_table(Duration::from_secs(120)).await?;
     let idle = bench::idle_usage(&c.manager_pids(), IDLE_WINDOW).await;
-    let port = c
-        .pg_port(&primary)
-        .ok_or_else(|| anyhow::anyhow!("no port"))?;
-    sql::connect(port)
-        .await?
-        .batch_execute(probe::TABLE_DDL)
-        .await?;
     let dsn = c.read_write_dsn();
     let r = bench::outages(
         &dsn,
@@ -277,14 +270,7 @@ async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
 
 async fn patroni_run(patroni: &std::path::Path, timing: Timing) -> anyhow::Result<Sample> {
     let c = PatroniCluster::start_with(patroni, 3, timing).await?;
-    let primary = c.wait_ready(Duration::from_secs(120)).await?;
-    let port = c
-        .pg_port(&primary)
-        .ok_or_else(|| anyhow::anyhow!("no port"))?;
-    sql::connect(port)
-        .await?
-        .batch_execute(probe::TABLE_DDL)
-        .await?;
+    let primary = c.ready_with_probe_table(Duration::from_secs(120)).await?;
     let dsn = c.read_write_dsn();
     let replicas: Vec<u16> = c
         .members

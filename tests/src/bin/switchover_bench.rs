@@ -209,14 +209,7 @@ async fn patroni_run(patroni: &Path, timing: Timing) -> anyhow::Result<Sample> {
 }
 
 async fn patroni_measure(c: &PatroniCluster, patroni: &Path) -> anyhow::Result<Sample> {
-    let primary = c.wait_ready(Duration::from_secs(120)).await?;
-    let port = c
-        .pg_port(&primary)
-        .ok_or_else(|| anyhow::anyhow!("no port"))?;
-    sql::connect(port)
-        .await?
-        .batch_execute(probe::TABLE_DDL)
-        .await?;
+    let primary = c.ready_with_probe_table(Duration::from_secs(120)).await?;
     let target = c
         .members
         .iter()

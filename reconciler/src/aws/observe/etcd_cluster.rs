@@ -9,13 +9,7 @@ pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> 
     let name = file.metadata.name.to_string();
     let c = clients.region(&file.spec.aws.region).await;
     let stack_name = template::stack_name(&name);
-    let stack = async {
-        match full_stack(&c, &stack_name).await {
-            Ok(Some(s)) => Observation::Present(s),
-            Ok(None) => Observation::Absent,
-            Err(e) => Observation::Unknown(e),
-        }
-    };
+    let stack = async { Observation::of_read(full_stack(&c, &stack_name).await) };
     let image_id = crate::aws::etcd_stack::image_id(file);
     let images = observe_images(
         &c,
