@@ -5,12 +5,14 @@
 //! applies it as CloudFormation stacks; the local target (`local`) runs it on this machine.
 //! Both render the governors' configuration with `member_config`. Running clusters: `list`
 //! reads the member table from etcd (`etcd`). Everything shares the cluster types, the etcd
-//! keyspace and its JSON values with the governor through `spilo-model`.
+//! keyspace and its JSON values with the governor through `spilo-model`. `forge` keeps the plan
+//! as one comment on a pull or merge request.
 
 pub mod aws;
 pub mod desired;
 pub mod drift;
 pub mod etcd;
+pub mod forge;
 pub mod init;
 pub mod list;
 pub mod local;

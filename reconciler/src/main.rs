@@ -18,6 +18,16 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum ValidateFormat {
+    Text,
+    Json,
+    /// GitHub Actions workflow commands: errors and warnings on the pull request's lines.
+    Github,
+    /// A GitLab Code Quality report (JSON) for the merge request's changes.
+    Gitlab,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check cluster files: YAML, the schema, and the rules across fields and files.
@@ -26,7 +36,7 @@ enum Command {
         paths: Vec<PathBuf>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
-        format: Format,
+        format: ValidateFormat,
     },
     /// Ask for a new cluster's settings (like `senza init`) and write its file.
     Init(Box<spilo::init::InitArgs>),
@@ -174,7 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let files = spilo::spec::read_files(&paths)?;
             let checked = spilo::spec::validate_files(&files);
             match format {
-                Format::Text => {
+                ValidateFormat::Text => {
                     print!("{}", spilo::spec::render_text(&checked.diagnostics));
                     let errors = checked
                         .diagnostics
@@ -187,7 +197,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         files.len()
                     );
                 }
-                Format::Json => println!("{}", spilo::spec::render_json(&checked.diagnostics)),
+                ValidateFormat::Json => {
+                    println!("{}", spilo::spec::render_json(&checked.diagnostics))
+                }
+                ValidateFormat::Github => {
+                    print!("{}", spilo::spec::render_github(&checked.diagnostics))
+                }
+                ValidateFormat::Gitlab => {
+                    println!("{}", spilo::spec::render_gitlab(&checked.diagnostics))
+                }
             }
             Ok(if checked.has_errors() {
                 ExitCode::FAILURE

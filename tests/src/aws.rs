@@ -30,6 +30,10 @@ pub fn venv() -> anyhow::Result<PathBuf> {
 pub struct Moto {
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
+    /// Where `spilo` keeps what it recorded of this server's stacks (`SPILO_STACK_CACHE`).
+    pub stack_records: PathBuf,
+    /// Its log: one line per request.
+    pub log: PathBuf,
     _process: Spawned,
 }
 
@@ -91,6 +95,8 @@ impl Moto {
         .await?;
         Ok(Moto {
             endpoint,
+            stack_records: dir.join("stack-records"),
+            log: dir.join("moto.log"),
             _process: process,
         })
     }
@@ -102,6 +108,13 @@ impl Moto {
             &[region, zone],
         )?;
         Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The lines of its log so far: werkzeug's access log (`127.0.0.1 - - [date] "POST /
+    /// HTTP/1.1" 200 -`, one per request) and the fixture's `moto-action SERVICE ACTION`.
+    pub fn log_lines(&self) -> anyhow::Result<Vec<String>> {
+        let text = std::fs::read_to_string(&self.log)?;
+        Ok(text.lines().map(str::to_string).collect())
     }
 
     /// Runs a Python script of the fixtures against this server; returns its stdout.
@@ -129,6 +142,10 @@ impl Moto {
             ("AWS_SECRET_ACCESS_KEY", "testing".into()),
             ("AWS_REGION", "eu-central-1".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            (
+                "SPILO_STACK_CACHE",
+                self.stack_records.display().to_string(),
+            ),
         ]
     }
 }

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod cluster;
 pub mod dns;
 pub mod etcd;
+pub mod forge;
 pub mod local;
 pub mod netns;
 pub mod patroni;

@@ -311,6 +311,83 @@ async fn watch_fetches_a_remote_repository_periodically() {
     );
 }
 
+/// A forge's push webhook (`POST /hooks/git`) starts the pass at once: with the fetch period
+/// at an hour, only a verified hook can bring the new commit; an unsigned one is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_hook_fetches_the_branch_at_once_and_an_unsigned_one_is_refused() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    let url = format!("file://{}", w.repo.path.display());
+    let watching = w
+        .watch_repo(
+            0,
+            &url,
+            &[
+                "--fetch-interval",
+                "1h",
+                "--resync",
+                "1h",
+                "--hook-secret",
+                "s3cret",
+            ],
+        )
+        .await;
+    w.until_instances("orders", 3).await;
+    w.commit_shape(
+        "orders",
+        &Shape {
+            instances: 2,
+            ..DEFAULT
+        },
+    );
+    let http = reqwest::Client::new();
+    let hook = format!("{}/hooks/git", watching.http);
+    let refused = http
+        .post(&hook)
+        .header("X-Gitlab-Token", "guess")
+        .body("{}")
+        .send()
+        .await
+        .expect("hook");
+    assert_eq!(refused.status(), 401);
+    let unsigned = http.post(&hook).body("{}").send().await.expect("hook");
+    assert_eq!(unsigned.status(), 401);
+    // GitHub's signature: HMAC-SHA256 of the body with the secret, computed here by openssl.
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let mac = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", "s3cret", "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("openssl");
+    let digest = String::from_utf8_lossy(&mac.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(digest.len(), 64, "{mac:?}");
+    let accepted = http
+        .post(&hook)
+        .header("X-Hub-Signature-256", format!("sha256={digest}"))
+        .body(body)
+        .send()
+        .await
+        .expect("hook");
+    assert_eq!(accepted.status(), 202);
+    w.until_instances("orders", 2).await;
+    assert_eq!(
+        watching.log().matches("push hook: fetching now").count(),
+        1,
+        "only the signed hook started a pass: {}",
+        watching.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_backs_off_a_failing_cluster_and_applies_the_others() {
     let w = World::new().await;
@@ -363,5 +440,73 @@ async fn watch_backs_off_a_failing_cluster_and_applies_the_others() {
         0,
         "no commit was made while watching: {}",
         watching.log()
+    );
+}
+
+/// A plan keeps each settled stack's template and resources (on this machine, under the
+/// stack's id, status and last change) and reads them again only when the stack changed: a
+/// template edited by hand after a plan, and edited back, must be seen by the next plan each
+/// time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_edited_by_hand_after_a_plan_is_seen_by_the_next_one() {
+    let w = World::new().await;
+    w.commit_shape("orders", &DEFAULT);
+    assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
+    // No governors run here: the etcd side drifts (no leader); the stack must not.
+    let stack_drift = |args: &[&str]| -> Vec<String> {
+        let run = w.spilo(args);
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        report["drift"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|d| d["kind"].as_str())
+            .filter(|k| k.starts_with("stack_"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        stack_drift(&["drift", "--format", "json"]),
+        Vec::<String>::new()
+    );
+    let records: Vec<_> = std::fs::read_dir(&w.moto.stack_records)
+        .expect("the plan recorded the stack")
+        .collect();
+    assert_eq!(records.len(), 1, "one record for one stack");
+    // A second plan reads the record: neither the template nor the resources are asked for.
+    let before = w.moto.log_lines().expect("moto's log").len();
+    let again = w.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "{again}");
+    assert!(again.stdout.contains("no changes"), "{again}");
+    let asked: Vec<String> = w.moto.log_lines().expect("moto's log")[before..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("moto-action cloudformation "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        asked,
+        ["DescribeStacks"],
+        "what the second plan asked CloudFormation"
+    );
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/moto_edit_template.py");
+    let edit = |action: &str| {
+        let status = w
+            .moto
+            .python(&script, &[REGION, "spilo-orders", action])
+            .expect("edit the template behind spilo's back");
+        assert_eq!(status.trim(), "UPDATE_COMPLETE");
+    };
+    edit("add");
+    assert_eq!(
+        stack_drift(&["drift", "--format", "json"]),
+        ["stack_template"]
+    );
+    // Undone by hand: the status stays UPDATE_COMPLETE, only the time of the change tells.
+    edit("remove");
+    assert_eq!(
+        stack_drift(&["drift", "--format", "json"]),
+        Vec::<String>::new()
     );
 }

@@ -244,7 +244,10 @@ fn a_huge_markdown_plan_is_cut_to_githubs_limit_with_a_note() {
         "{} characters",
         md.chars().count()
     );
-    assert!(md.contains("were cut to fit GitHub's"), "the note is there");
+    assert!(
+        md.contains("were cut to fit the forge's comment limit"),
+        "the note is there"
+    );
     assert!(
         md.contains("| `db399` |"),
         "the summary table lists every cluster"

@@ -582,3 +582,91 @@ async fn scenario_switchover_through_haproxy(repo: &mut LocalRepo) -> anyhow::Re
     );
     Ok(())
 }
+
+/// A failover (kill -9 of the primary's governor and PostgreSQL) seen through HAProxy's
+/// primary port and directly: writes through the endpoint resume within 0.5 s of the first
+/// write the promoted member acknowledges when asked directly (README).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_through_haproxy_reaches_the_new_primary_as_soon_as_it_is_promoted()
+-> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario_failover_through_haproxy(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario_failover_through_haproxy(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    use spilo_e2e::probe::{self, Prober};
+    let base = ports::free_block(30);
+    repo.write("ferry.yaml", &LocalRepo::cluster_yaml("ferry", 3, base))?;
+    repo.up()?;
+    repo.wait_printed("cluster ferry is ready", READY).await?;
+    let lb = repo.dsn("ferry", base)?;
+    // Every member's PostgreSQL, the one that accepts writes chosen by the client.
+    let direct = repo.dsn("ferry", base + 10)?.replace(
+        &format!("host=127.0.0.1 port={}", base + 10),
+        &format!(
+            "host=127.0.0.1,127.0.0.1,127.0.0.1 port={},{},{} target_session_attrs=read-write",
+            base + 10,
+            base + 11,
+            base + 12
+        ),
+    );
+    wait::until("the probe table through HAProxy", READY, || async {
+        write_through(&lb, probe::TABLE_DDL).await
+    })
+    .await?;
+    let primary = || async {
+        let s = repo.status().ok()?;
+        let members = s["clusters"][0]["members"].as_array()?.clone();
+        let primary = members.iter().find(|m| m["role"] == "primary")?.clone();
+        let replicas = members
+            .iter()
+            .filter(|m| m["role"] == "replica" && m["state"] == "running")
+            .count();
+        (replicas == 2).then_some(primary)
+    };
+    let old = wait::until("two running replicas", READY, primary).await?;
+    let prober = Prober::start(
+        vec![("lb".into(), lb.clone()), ("direct".into(), direct)],
+        Duration::from_millis(20),
+    );
+    prober.wait_write("lb", None, READY).await?;
+    prober.wait_write("direct", None, READY).await?;
+
+    let governor = old["governor_pid"].as_u64().unwrap_or(0) as u32;
+    let postmaster = old["postmaster_pid"].as_u64().unwrap_or(0) as u32;
+    anyhow::ensure!(governor > 0 && postmaster > 0, "{old}");
+    let killed = std::time::Instant::now();
+    proc::kill_group(governor);
+    proc::kill_postgres(postmaster);
+    prober
+        .wait_write("direct", Some(killed), Duration::from_secs(60))
+        .await?;
+    prober
+        .wait_write("lb", Some(killed), Duration::from_secs(60))
+        .await?;
+    let (acks, _) = prober.stop().await;
+    let first = |label: &str| {
+        acks.iter()
+            .filter(|a| a.member == label && a.sent > killed)
+            .map(|a| a.acked)
+            .min()
+    };
+    let (Some(direct_at), Some(lb_at)) = (first("direct"), first("lb")) else {
+        anyhow::bail!("no write acknowledged after the kill");
+    };
+    let behind = lb_at.saturating_duration_since(direct_at);
+    eprintln!(
+        "failover of {}: first write directly {} ms after the kill, through HAProxy {} ms ({} ms behind)",
+        old["name"],
+        (direct_at - killed).as_millis(),
+        (lb_at - killed).as_millis(),
+        behind.as_millis()
+    );
+    assert!(
+        behind <= Duration::from_millis(500),
+        "writes through HAProxy resumed {behind:?} after the promoted member took them \
+         directly (README: at most 0.5 s)"
+    );
+    Ok(())
+}

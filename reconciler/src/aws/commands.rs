@@ -69,6 +69,11 @@ pub struct PlanArgs {
     /// Allow changes that replace resources (load balancer, DNS record, ...).
     #[arg(long)]
     allow_replace: bool,
+    /// Also write the plan (markdown) as spilo's one comment on the pull request (GitHub) or
+    /// merge request (GitLab) of this CI job, editing the earlier one; the comment is cut to
+    /// the forge's limit, a markdown stdout is not (keep it as the job's artefact).
+    #[arg(long, value_enum, value_name = "FORGE")]
+    comment: Option<crate::forge::Forge>,
 }
 
 /// `spilo apply`.
@@ -109,6 +114,11 @@ pub struct DiffArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: PlanFormat,
+    /// Also write the plan (markdown) as spilo's one comment on the pull request (GitHub) or
+    /// merge request (GitLab) of this CI job, editing the earlier one; the comment is cut to
+    /// the forge's limit, a markdown stdout is not (keep it as the job's artefact).
+    #[arg(long, value_enum, value_name = "FORGE")]
+    comment: Option<crate::forge::Forge>,
 }
 
 /// `spilo resources|events|instances`.
@@ -150,6 +160,15 @@ pub fn cache_dir() -> PathBuf {
 fn print_desired_error(e: &anyhow::Error) {
     if let Some(desired::DesiredError::Invalid { diagnostics, .. }) = e.downcast_ref() {
         eprint!("{}", crate::spec::render_text(diagnostics));
+    }
+}
+
+/// With `--comment` the comment is cut to the forge's limit; stdout then carries the whole
+/// markdown, which the CI keeps as the artefact the comment links to.
+fn render_for(plan: &Plan, format: PlanFormat, comment: Option<crate::forge::Forge>) -> String {
+    match (format, comment) {
+        (PlanFormat::Markdown, Some(_)) => show::markdown(plan, usize::MAX),
+        _ => render(plan, format),
     }
 }
 
@@ -199,7 +218,7 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<u8> {
         allow_replace: args.allow_replace,
     };
     let plan = plan_now(&clients, &args.source, &args.aws, options).await?;
-    print!("{}", render(&plan, args.format));
+    print!("{}", render_for(&plan, args.format, args.comment));
     if let Some(path) = &args.out {
         std::fs::write(path, show::json(&plan) + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
@@ -208,6 +227,9 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<u8> {
             path.display(),
             path.display()
         );
+    }
+    if let Some(forge) = args.comment {
+        comment(forge, &plan).await?;
     }
     Ok(exit_code(&plan))
 }
@@ -223,8 +245,43 @@ pub async fn diff(args: DiffArgs) -> anyhow::Result<u8> {
     let base = read(&args.base)?;
     let head = read(&args.head)?;
     let plan = super::plan_between(&base, &head, PlanOptions::default());
-    print!("{}", render(&plan, args.format));
+    print!("{}", render_for(&plan, args.format, args.comment));
+    if let Some(forge) = args.comment {
+        comment(forge, &plan).await?;
+    }
     Ok(exit_code(&plan))
+}
+
+/// Writes `plan` as spilo's comment on the request this CI job runs for.
+async fn comment(forge: crate::forge::Forge, plan: &Plan) -> anyhow::Result<()> {
+    use crate::forge::{self, Target, Upserted};
+    let target = Target::from_env(forge, &|k| std::env::var(k).ok())
+        .context("cannot write the plan as a comment")?;
+    let commit = &plan.based_on.commit;
+    let room = forge.comment_limit().saturating_sub(forge::overhead(
+        commit,
+        target.head.as_deref(),
+        target.artifact.as_deref(),
+    ));
+    let body = forge::comment_body(
+        &show::markdown(plan, room),
+        commit,
+        target.head.as_deref(),
+        target.artifact.as_deref(),
+    );
+    match forge::upsert(&target, &body)
+        .await
+        .with_context(|| format!("cannot write the plan as a comment on {}", target.name))?
+    {
+        Upserted::Created(id) => eprintln!("Wrote the plan as comment {id} on {}", target.name),
+        Upserted::Updated(id) => {
+            eprintln!(
+                "Updated spilo's comment {id} on {} with this plan",
+                target.name
+            )
+        }
+    }
+    Ok(())
 }
 
 /// `spilo apply`.

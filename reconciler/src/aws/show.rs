@@ -365,7 +365,7 @@ pub fn markdown(plan: &Plan, limit: usize) -> String {
     head.push('\n');
     let cut_note = |n: usize| {
         format!(
-            "\n> ✂️ The details of {n} cluster(s) were cut to fit GitHub's {GITHUB_COMMENT_LIMIT}-character comment limit; run `spilo plan` for the full plan.\n"
+            "\n> ✂️ The details of {n} cluster(s) were cut to fit the forge's comment limit ({limit} characters here); the full plan is `spilo plan`'s output (in CI, the run's artefact).\n"
         )
     };
     let reserve = cut_note(plan.clusters.len()).chars().count() + 16;

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod detect;
+pub mod hook;
 pub mod metrics;
 pub mod notify;
 pub mod report;

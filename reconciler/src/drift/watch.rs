@@ -48,9 +48,13 @@ pub struct WatchArgs {
     /// How long a cluster may have no leader before it is an alert.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub no_leader_after: Duration,
-    /// `/healthz` and `/metrics`.
+    /// `/healthz`, `/metrics` and `POST /hooks/git`.
     #[arg(long, default_value = "127.0.0.1:9187")]
     pub listen: std::net::SocketAddr,
+    /// The secret a forge's push webhook signs `POST /hooks/git` with (GitHub) or sends
+    /// (GitLab); a verified hook starts the next pass at once. Without it the endpoint is off.
+    #[arg(long, env = "SPILO_WATCH_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
     /// The alert sinks (default: alerts.yaml beside clusters/ in the checkout).
     #[arg(long)]
     pub alerts: Option<PathBuf>,
@@ -120,8 +124,14 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<u8> {
     });
     let alerts_config = notify::load(&alerts_path)?;
     let metrics = Arc::new(Mutex::new(Metrics::default()));
-    let mut server = serve(args.listen, metrics.clone()).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // An empty secret is none: it would admit an empty token.
+    let hook = args
+        .hook_secret
+        .clone()
+        .filter(|s| !s.is_empty())
+        .map(|secret| (secret, tx.clone()));
+    let mut server = serve(args.listen, metrics.clone(), hook).await?;
     // A repository URL is fetched every `fetch_interval`; a checkout is watched (the
     // filesystem watcher lives for the whole run).
     let mut fetch = desired::is_url(&args.repo).then(|| {
@@ -227,25 +237,44 @@ fn watch_git_dir(
     Ok(watcher)
 }
 
-/// Serves `/healthz` and `/metrics` on `listen`; the watch loop stops when this task ends.
+/// Serves `/healthz`, `/metrics` and, with a secret, `POST /hooks/git` (which sends a trigger
+/// on `hook`'s channel) on `listen`; the watch loop stops when this task ends.
 async fn serve(
     listen: std::net::SocketAddr,
     metrics: Arc<Mutex<Metrics>>,
+    hook: Option<(String, mpsc::UnboundedSender<Trigger>)>,
 ) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    m.lock()
-                        .map(|m| m.render())
-                        .unwrap_or_else(|_| String::new())
-                }
-            }),
+    use axum::routing::{get, post};
+    let mut app = axum::Router::new();
+    if let Some((secret, tx)) = hook {
+        app = app.route(
+            "/hooks/git",
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let (secret, tx) = (secret.clone(), tx.clone());
+                    async move {
+                        super::hook::answer(&secret, &headers, &body, || {
+                            log(serde_json::json!({"level": "info", "msg": "push hook: fetching now"}));
+                            let _ = tx.send(Trigger::Commit);
+                        })
+                    }
+                },
+            )
+            // GitHub sends push payloads of up to 25 MB (axum's default limit is 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(25 * 1024 * 1024)),
         );
+    }
+    let app = app.route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                m.lock()
+                    .map(|m| m.render())
+                    .unwrap_or_else(|_| String::new())
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;

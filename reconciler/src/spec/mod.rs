@@ -12,7 +12,9 @@ mod rules;
 mod schema;
 mod validate;
 
-pub use diagnostic::{Diagnostic, Severity, render_json, render_text};
+pub use diagnostic::{
+    Diagnostic, Severity, render_github, render_gitlab, render_json, render_text,
+};
 pub use position::{Path, Seg};
 pub use rules::describe_secret;
 pub use schema::{etcd_schema, etcd_schema_json, schema, schema_json};

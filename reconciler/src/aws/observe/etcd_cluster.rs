@@ -1,6 +1,7 @@
 //! Observing one etcd cluster on AWS: its stack, its group's instances, the image it boots,
 //! its members as etcd itself lists them, and the SRV records its clients discover it by.
 
+use super::inventory::{hosted_zone_id, image_parameter, object};
 use super::*;
 
 /// Observes one etcd cluster: its stack, the image parameter and the spilo image in its
@@ -23,11 +24,15 @@ pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> 
     let (stack, (image, image_object, image_file)) = tokio::join!(stack, images);
     let (resources_gone, etcd_cluster) = match &stack {
         Observation::Present(s) => {
-            let (gone, members, records) = tokio::join!(
-                resources_gone(&c, s, None),
-                etcd_membership(file),
-                srv_targets(&c, file)
-            );
+            let group = async {
+                match s.resources.get("AutoScalingGroup") {
+                    Some((_, Some(name))) => Some(describe_group(&c, name).await),
+                    _ => None,
+                }
+            };
+            let (group, members, records) =
+                tokio::join!(group, etcd_membership(file), srv_targets(&c, file));
+            let gone = resources_gone(s, group.as_ref(), None);
             (gone, Some(ObservedEtcdCluster { members, records }))
         }
         _ => (Vec::new(), None),
@@ -40,6 +45,45 @@ pub async fn observe_etcd_cluster(clients: &Clients, file: &EtcdClusterFile) -> 
         etcd_cluster,
         ..ObservedCluster::of(name, stack, Observation::Absent)
     }
+}
+
+/// What instances start from: the image id an SSM parameter `image` holds (when it is one),
+/// the spilo image in `bucket` (when they install it from there) and, when it is missing
+/// there, the tarball on this machine with its digest (what an upload needs, which the plan
+/// pins).
+#[allow(clippy::type_complexity)]
+async fn observe_images(
+    c: &RegionClients,
+    image: &str,
+    bucket: Option<&str>,
+    arch: spilo_model::spec::Architecture,
+) -> (
+    Option<Observation<String>>,
+    Option<Observation<()>>,
+    Option<(std::path::PathBuf, String)>,
+) {
+    let parameter = async {
+        if spilo_model::spec::is_image_parameter(image) {
+            Some(image_parameter(c, image).await)
+        } else {
+            None
+        }
+    };
+    let object = async {
+        match bucket {
+            Some(b) => Some(object(c, b, &crate::aws::image::key(arch)).await),
+            None => None,
+        }
+    };
+    let (parameter, object) = tokio::join!(parameter, object);
+    let file = match &object {
+        Some(Observation::Absent) => crate::aws::image::find_local(arch).and_then(|p| {
+            let digest = crate::aws::image::sha256(&p).ok()?;
+            Some((p, digest))
+        }),
+        _ => None,
+    };
+    (parameter, object, file)
 }
 
 /// The members of an etcd cluster of the repository, asked over TLS (found by its SRV
