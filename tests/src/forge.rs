@@ -235,11 +235,25 @@ impl App {
     }
 }
 
-fn unauthorized() -> (StatusCode, axum::Json<Value>) {
+type Answer = (StatusCode, axum::Json<Value>);
+
+fn unauthorized() -> Answer {
     (
         StatusCode::UNAUTHORIZED,
         axum::Json(json!({"message": "Bad credentials"})),
     )
+}
+
+impl App {
+    /// Records `call`; refuses it without the token (`github`: as a bearer token).
+    fn enter(&self, call: String, headers: &HeaderMap, github: bool) -> Result<(), Answer> {
+        self.record(call);
+        if self.allowed(headers, github) {
+            Ok(())
+        } else {
+            Err(unauthorized())
+        }
+    }
 }
 
 async fn github_list(
@@ -247,17 +261,14 @@ async fn github_list(
     Path((owner, repo, number)): Path<(String, String, u64)>,
     Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record(format!(
-        "GET /repos/{owner}/{repo}/issues/{number}/comments"
-    ));
-    if !app.allowed(&headers, true) {
-        return unauthorized();
-    }
-    (
-        StatusCode::OK,
-        axum::Json(app.list(&format!("github:{owner}/{repo}#{number}"), &q)),
-    )
+) -> Result<Answer, Answer> {
+    app.enter(
+        format!("GET /repos/{owner}/{repo}/issues/{number}/comments"),
+        &headers,
+        true,
+    )?;
+    let on = format!("github:{owner}/{repo}#{number}");
+    Ok((StatusCode::OK, axum::Json(app.list(&on, &q))))
 }
 
 async fn github_create(
@@ -265,14 +276,13 @@ async fn github_create(
     Path((owner, repo, number)): Path<(String, String, u64)>,
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record(format!(
-        "POST /repos/{owner}/{repo}/issues/{number}/comments"
-    ));
-    if !app.allowed(&headers, true) {
-        return unauthorized();
-    }
-    app.create(&format!("github:{owner}/{repo}#{number}"), BOT, &body)
+) -> Result<Answer, Answer> {
+    app.enter(
+        format!("POST /repos/{owner}/{repo}/issues/{number}/comments"),
+        &headers,
+        true,
+    )?;
+    Ok(app.create(&format!("github:{owner}/{repo}#{number}"), BOT, &body))
 }
 
 async fn github_update(
@@ -280,12 +290,13 @@ async fn github_update(
     Path((owner, repo, id)): Path<(String, String, u64)>,
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record(format!("PATCH /repos/{owner}/{repo}/issues/comments/{id}"));
-    if !app.allowed(&headers, true) {
-        return unauthorized();
-    }
-    app.update(&format!("github:{owner}/{repo}#"), id, &body)
+) -> Result<Answer, Answer> {
+    app.enter(
+        format!("PATCH /repos/{owner}/{repo}/issues/comments/{id}"),
+        &headers,
+        true,
+    )?;
+    Ok(app.update(&format!("github:{owner}/{repo}#"), id, &body))
 }
 
 async fn gitlab_list(
@@ -293,17 +304,14 @@ async fn gitlab_list(
     Path((project, iid)): Path<(String, u64)>,
     Query(q): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record(format!(
-        "GET /api/v4/projects/{project}/merge_requests/{iid}/notes"
-    ));
-    if !app.allowed(&headers, false) {
-        return unauthorized();
-    }
-    (
-        StatusCode::OK,
-        axum::Json(app.list(&format!("gitlab:{project}!{iid}"), &q)),
-    )
+) -> Result<Answer, Answer> {
+    app.enter(
+        format!("GET /api/v4/projects/{project}/merge_requests/{iid}/notes"),
+        &headers,
+        false,
+    )?;
+    let on = format!("gitlab:{project}!{iid}");
+    Ok((StatusCode::OK, axum::Json(app.list(&on, &q))))
 }
 
 async fn gitlab_create(
@@ -311,14 +319,13 @@ async fn gitlab_create(
     Path((project, iid)): Path<(String, u64)>,
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record(format!(
-        "POST /api/v4/projects/{project}/merge_requests/{iid}/notes"
-    ));
-    if !app.allowed(&headers, false) {
-        return unauthorized();
-    }
-    app.create(&format!("gitlab:{project}!{iid}"), GITLAB_TOKEN_USER, &body)
+) -> Result<Answer, Answer> {
+    app.enter(
+        format!("POST /api/v4/projects/{project}/merge_requests/{iid}/notes"),
+        &headers,
+        false,
+    )?;
+    Ok(app.create(&format!("gitlab:{project}!{iid}"), GITLAB_TOKEN_USER, &body))
 }
 
 async fn gitlab_update(
@@ -326,26 +333,19 @@ async fn gitlab_update(
     Path((project, iid, id)): Path<(String, u64, u64)>,
     headers: HeaderMap,
     axum::Json(body): axum::Json<Value>,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record(format!(
-        "PUT /api/v4/projects/{project}/merge_requests/{iid}/notes/{id}"
-    ));
-    if !app.allowed(&headers, false) {
-        return unauthorized();
-    }
-    app.update(&format!("gitlab:{project}!{iid}"), id, &body)
+) -> Result<Answer, Answer> {
+    app.enter(
+        format!("PUT /api/v4/projects/{project}/merge_requests/{iid}/notes/{id}"),
+        &headers,
+        false,
+    )?;
+    Ok(app.update(&format!("gitlab:{project}!{iid}"), id, &body))
 }
 
-async fn gitlab_user(
-    State(app): State<App>,
-    headers: HeaderMap,
-) -> (StatusCode, axum::Json<Value>) {
-    app.record("GET /api/v4/user".into());
-    if !app.allowed(&headers, false) {
-        return unauthorized();
-    }
-    (
+async fn gitlab_user(State(app): State<App>, headers: HeaderMap) -> Result<Answer, Answer> {
+    app.enter("GET /api/v4/user".into(), &headers, false)?;
+    Ok((
         StatusCode::OK,
         axum::Json(json!({"id": TOKEN_USER_ID, "username": GITLAB_TOKEN_USER, "bot": true})),
-    )
+    ))
 }

@@ -15,6 +15,12 @@ const BIGGER: Shape<'static> = Shape {
     ..WIDER
 };
 
+/// Asserts that a comment says `what` (showing the comment when it does not).
+fn says(body: &str, what: impl AsRef<str>) {
+    let what = what.as_ref();
+    assert!(body.contains(what), "the comment lacks {what:?}:\n{body}");
+}
+
 /// The variables of both forges' CI, unset (a value of "" removes it), then `set`.
 fn ci_env(set: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
     let mut env: Vec<(&'static str, String)> = [
@@ -111,20 +117,11 @@ async fn the_plan_is_one_comment_per_pull_request_edited_on_every_push() {
     };
     let mine = spilos("github:acme/db#7");
     assert_eq!(mine.len(), 1, "{:?}", forge.calls());
-    assert!(
-        mine[0]
-            .body
-            .contains(&format!("Describes commit `{first}`")),
-        "{}",
-        mine[0].body
-    );
-    assert!(mine[0].body.contains("InstanceType"), "{}", mine[0].body);
-    assert!(
-        mine[0]
-            .body
-            .contains("[this run](https://github.example/acme/db/actions/runs/31)"),
-        "{}",
-        mine[0].body
+    says(&mine[0].body, format!("Describes commit `{first}`"));
+    says(&mine[0].body, "InstanceType");
+    says(
+        &mine[0].body,
+        "[this run](https://github.example/acme/db/actions/runs/31)",
     );
     assert_eq!(forge.comments("github:acme/db#7").len(), 151);
     untouched(&forge);
@@ -139,18 +136,8 @@ async fn the_plan_is_one_comment_per_pull_request_edited_on_every_push() {
     let edited = spilos("github:acme/db#7");
     assert_eq!(edited.len(), 1);
     assert_eq!(edited[0].id, mine[0].id, "the same comment, edited");
-    assert!(
-        edited[0]
-            .body
-            .contains(&format!("Describes commit `{second}`")),
-        "{}",
-        edited[0].body
-    );
-    assert!(
-        edited[0].body.contains("max_connections"),
-        "{}",
-        edited[0].body
-    );
+    says(&edited[0].body, format!("Describes commit `{second}`"));
+    says(&edited[0].body, "max_connections");
     assert_eq!(forge.comments("github:acme/db#7").len(), 151);
     untouched(&forge);
     assert!(
@@ -205,19 +192,10 @@ async fn the_plan_is_one_comment_per_pull_request_edited_on_every_push() {
     assert_eq!(lab(&second).code, 2);
     let notes = spilos("gitlab:12!3");
     assert_eq!(notes.len(), 1, "{:?}", forge.calls());
-    assert!(
-        notes[0]
-            .body
-            .contains(&format!("Describes commit `{second}`")),
-        "{}",
-        notes[0].body
-    );
-    assert!(
-        notes[0]
-            .body
-            .contains("https://gitlab.example/acme/db/-/jobs/8/artifacts/browse"),
-        "{}",
-        notes[0].body
+    says(&notes[0].body, format!("Describes commit `{second}`"));
+    says(
+        &notes[0].body,
+        "https://gitlab.example/acme/db/-/jobs/8/artifacts/browse",
     );
     assert_eq!(forge.comments("gitlab:12!3").len(), 2);
 }
@@ -530,13 +508,7 @@ async fn the_example_ci_jobs_run_as_written() {
     let comments = forge.comments("github:acme/db#9");
     assert_eq!(comments.len(), 1, "{:?}", forge.calls());
     assert!(comments[0].body.starts_with(spilo::forge::MARKER));
-    assert!(
-        comments[0]
-            .body
-            .contains(&format!("Describes commit `{head}`")),
-        "{}",
-        comments[0].body
-    );
+    says(&comments[0].body, format!("Describes commit `{head}`"));
     let plan = std::fs::read_to_string(w.repo.path.join("plan.md")).expect("plan.md");
     assert!(plan.contains("### spilo plan for"), "{plan}");
     assert!(
@@ -579,18 +551,8 @@ async fn the_example_ci_jobs_run_as_written() {
     );
     let notes = forge.comments("gitlab:12!4");
     assert_eq!(notes.len(), 1, "{:?}", forge.calls());
-    assert!(
-        notes[0]
-            .body
-            .contains(&format!("Describes commit `{next}`")),
-        "{}",
-        notes[0].body
-    );
-    assert!(
-        notes[0].body.contains("max_connections"),
-        "{}",
-        notes[0].body
-    );
+    says(&notes[0].body, format!("Describes commit `{next}`"));
+    says(&notes[0].body, "max_connections");
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(w.repo.path.join("gl-code-quality-report.json"))
             .expect("the Code Quality report"),
