@@ -162,6 +162,32 @@ async fn the_plan_is_one_comment_per_pull_request_edited_on_every_push() {
     assert_eq!(run.code, 1, "{run}");
     assert!(run.stderr.contains("GITHUB_TOKEN is not set"), "{run}");
 
+    // `spilo plan --comment` (a job that may read AWS) edits the same comment with the plan
+    // against what runs; the saved plan is written first.
+    let mut with_aws = github.clone();
+    with_aws.extend(w.moto.env());
+    let saved = w.dir.path().join("plan.json");
+    let run = w.spilo_env(
+        &[
+            "plan",
+            "--format",
+            "markdown",
+            "--comment",
+            "github",
+            "-o",
+            saved.to_str().expect("path"),
+        ],
+        &with_aws,
+    );
+    assert_eq!(run.code, 2, "{run}");
+    assert!(saved.exists(), "the saved plan");
+    let planned = spilos("github:acme/db#7");
+    assert_eq!(planned.len(), 1);
+    assert_eq!(planned[0].id, mine[0].id, "the same comment, edited");
+    says(&planned[0].body, format!("Describes commit `{second}`"));
+    says(&planned[0].body, "➕ create");
+    untouched(&forge);
+
     // GitLab: the merge request's notes, the same way.
     let gitlab = ci_env(&[
         ("CI_API_V4_URL", format!("{}/api/v4", forge.url)),
