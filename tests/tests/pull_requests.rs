@@ -354,12 +354,7 @@ async fn validation_errors_are_annotations_on_the_changed_lines() {
 /// (one shell, in order); `uses:` steps and `before_script:` (package installs) are the
 /// forge's, not ours.
 fn job_steps(file: &str, job: &str) -> Vec<String> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/ci")
-        .join(file);
-    let text = std::fs::read_to_string(&path).expect("the example job");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
-    if let Some(steps) = doc["jobs"][job]["steps"].as_sequence() {
+    if let Some(steps) = example(file)["jobs"][job]["steps"].as_sequence() {
         return steps
             .iter()
             .filter_map(|s| s["run"].as_str().map(str::to_string))
@@ -368,14 +363,18 @@ fn job_steps(file: &str, job: &str) -> Vec<String> {
     vec![script_lines(file, job).join("\n")]
 }
 
-/// The `script:` lines of GitLab job `job` in `examples/ci/<file>`.
-fn script_lines(file: &str, job: &str) -> Vec<String> {
+/// `examples/ci/<file>`, parsed.
+fn example(file: &str) -> serde_yaml::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/ci")
         .join(file);
     let text = std::fs::read_to_string(&path).expect("the example job");
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
-    doc[job]["script"]
+    serde_yaml::from_str(&text).expect("YAML")
+}
+
+/// The `script:` lines of GitLab job `job` in `examples/ci/<file>`.
+fn script_lines(file: &str, job: &str) -> Vec<String> {
+    example(file)[job]["script"]
         .as_sequence()
         .unwrap_or_else(|| panic!("{file} has no job {job}"))
         .iter()

@@ -88,6 +88,14 @@ pub fn sha256(path: &std::path::Path) -> std::io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The tarball for `arch` on this machine and its SHA-256 (what an upload needs, which the
+/// plan pins), if any.
+pub fn find_local_with_digest(arch: Architecture) -> Option<(PathBuf, String)> {
+    let path = find_local(arch)?;
+    let digest = sha256(&path).ok()?;
+    Some((path, digest))
+}
+
 /// The tarball for `arch` on this machine, if any.
 pub fn find_local(arch: Architecture) -> Option<PathBuf> {
     search_dirs()

@@ -109,6 +109,21 @@ pub async fn observe(
     observed
 }
 
+/// The token of the page after the one asked for with `token`: `None` at the end; an error
+/// when the service hands the same token back (the listing would never end).
+fn next_page(
+    token: &Option<String>,
+    next: Option<&str>,
+    call: &str,
+) -> Result<Option<String>, String> {
+    match next {
+        Some(n) if token.as_deref() == Some(n) => {
+            Err(format!("{call}: the next page is the same page"))
+        }
+        n => Ok(n.map(str::to_string)),
+    }
+}
+
 /// Observes one cluster from what `inventory` read and its etcd keys: only a stack changed
 /// since the last plan costs calls of its own (its template and resources).
 async fn observe_cluster(
@@ -170,11 +185,9 @@ async fn observe_cluster(
         _ => None,
     };
     let image_file = match &image_object {
-        Some(Observation::Absent) => super::image::find_local(super::image::architecture(file))
-            .and_then(|p| {
-                let digest = super::image::sha256(&p).ok()?;
-                Some((p, digest))
-            }),
+        Some(Observation::Absent) => {
+            super::image::find_local_with_digest(super::image::architecture(file))
+        }
         _ => None,
     };
     let (resources_gone, group, dns) = match &stack {

@@ -77,10 +77,7 @@ async fn observe_images(
     };
     let (parameter, object) = tokio::join!(parameter, object);
     let file = match &object {
-        Some(Observation::Absent) => crate::aws::image::find_local(arch).and_then(|p| {
-            let digest = crate::aws::image::sha256(&p).ok()?;
-            Some((p, digest))
-        }),
+        Some(Observation::Absent) => crate::aws::image::find_local_with_digest(arch),
         _ => None,
     };
     (parameter, object, file)

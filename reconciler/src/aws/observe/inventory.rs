@@ -222,14 +222,10 @@ async fn list_groups(c: &RegionClients) -> Result<BTreeMap<String, ObservedGroup
                 out.insert(name.to_string(), group_of_sdk(name, g));
             }
         }
-        let next = page.next_token().map(str::to_string);
-        if next.is_some() && next == token {
-            return Err("describe-auto-scaling-groups: the next page is the same page".into());
-        }
-        token = next;
-        if token.is_none() {
-            return Ok(out);
-        }
+        token = match super::next_page(&token, page.next_token(), "describe-auto-scaling-groups")? {
+            Some(next) => Some(next),
+            None => return Ok(out),
+        };
     }
 }
 
@@ -287,12 +283,7 @@ async fn zone_records(
             .await
             .map_err(|e| format!("list-resource-record-sets: {}", describe(&e)))?;
         for r in page.resource_record_sets() {
-            let values = r
-                .resource_records()
-                .iter()
-                .map(|v| v.value().to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            let values = values(r);
             out.entry(r.name().trim_end_matches('.').to_string())
                 .or_insert(values);
         }
@@ -315,6 +306,15 @@ async fn zone_records(
         }
         start = next;
     }
+}
+
+/// A record set's values, comma-separated.
+fn values(r: &aws_sdk_route53::types::ResourceRecordSet) -> String {
+    r.resource_records()
+        .iter()
+        .map(|v| v.value().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The record `fqdn` in `zone` asked for alone (to confirm that one missing from the zone's
@@ -343,13 +343,7 @@ pub async fn lookup_record(c: &RegionClients, zone: &ZoneRef, fqdn: &str) -> Obs
         .iter()
         .find(|r| r.name().trim_end_matches('.') == fqdn.trim_end_matches('.'))
     {
-        Some(r) => Observation::Present(
-            r.resource_records()
-                .iter()
-                .map(|v| v.value().to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
+        Some(r) => Observation::Present(values(r)),
         None => Observation::Absent,
     }
 }
@@ -396,14 +390,10 @@ async fn list_buckets(c: &RegionClients) -> Result<BTreeSet<String>, String> {
                 .iter()
                 .filter_map(|b| b.name().map(str::to_string)),
         );
-        let next = page.continuation_token().map(str::to_string);
-        if next.is_some() && next == token {
-            return Err("list-buckets: the next page is the same page".into());
-        }
-        token = next;
-        if token.is_none() {
-            return Ok(out);
-        }
+        token = match super::next_page(&token, page.continuation_token(), "list-buckets")? {
+            Some(next) => Some(next),
+            None => return Ok(out),
+        };
     }
 }
 

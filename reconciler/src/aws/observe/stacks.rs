@@ -111,14 +111,10 @@ pub async fn list_stacks(c: &RegionClients) -> Result<Vec<StackHead>, String> {
             .await
             .map_err(|e| format!("describe-stacks: {}", describe(&e)))?;
         out.extend(page.stacks().iter().filter_map(|s| StackHead::of(s, "")));
-        let next = page.next_token().map(str::to_string);
-        if next.is_some() && next == token {
-            return Err("describe-stacks: the next page is the same page".into());
-        }
-        token = next;
-        if token.is_none() {
-            return Ok(out);
-        }
+        token = match super::next_page(&token, page.next_token(), "describe-stacks")? {
+            Some(next) => Some(next),
+            None => return Ok(out),
+        };
     }
 }
 
