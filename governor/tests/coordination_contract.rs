@@ -146,6 +146,7 @@ async fn apply(
             let value = standbys.map(|s| SyncState {
                 leader: Some(name(who)),
                 members: s.iter().map(|m| name(m)).collect(),
+                quorum: None,
             });
             classify(c.write_sync(value.as_ref(), revision).await, Outcome::Done)
         }

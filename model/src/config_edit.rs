@@ -15,6 +15,7 @@ pub const FIELDS: &[&str] = &[
     "pause",
     "synchronous_mode",
     "synchronous_mode_strict",
+    "synchronous_mode_quorum",
     "synchronous_node_count",
     "failsafe_mode",
 ];

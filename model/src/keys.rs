@@ -12,7 +12,7 @@
 //! | `config` | created once by the bootstrap leader if absent (or, when that failed after `initialize` was written, by the leader that finds none); afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
 //! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
 //! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
-//! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
+//! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list, in quorum mode a quorum of 0, before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
 //! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |

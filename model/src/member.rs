@@ -204,6 +204,11 @@ pub struct ClusterConfig {
     /// the `sync` key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub synchronous_mode: bool,
+    /// With `synchronous_mode`: quorum commit (`ANY k`): every eligible streaming standby is
+    /// a voter, each commit waits for any `synchronous_node_count` of them, and the `sync` key
+    /// records the voters and that quorum.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synchronous_mode_quorum: bool,
     /// With `synchronous_mode`: block writes rather than run without a synchronous standby.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub synchronous_mode_strict: bool,
@@ -214,6 +219,50 @@ pub struct ClusterConfig {
     /// every member listed in the `failsafe` key confirms it over the REST API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failsafe_mode: bool,
+}
+
+impl ClusterConfig {
+    /// What synchronous replication promises with `replicas` replicas, in words (for plans).
+    pub fn describe_synchronous(&self, replicas: u32) -> String {
+        if !self.synchronous_mode {
+            return "asynchronous: commits wait for no replica; a failover may lose the last \
+                    commits (at most maximum_lag_on_failover bytes)"
+                .into();
+        }
+        let k = self.synchronous_node_count.unwrap_or(1).max(1);
+        let plural = |n: u32| if n == 1 { "" } else { "s" };
+        let alone = if self.synchronous_mode_strict {
+            "; with too few replicas streaming, writes wait (strict)"
+        } else {
+            "; with none streaming, the primary goes on alone"
+        };
+        if self.synchronous_mode_quorum {
+            let k = k.min(replicas.max(1));
+            format!(
+                "commits wait for ANY {k} of {replicas} replica{}; a failover survives the loss of {k} member{} without data loss{alone}",
+                plural(replicas),
+                plural(k)
+            )
+        } else {
+            format!(
+                "commits wait for {k} replica{} the primary names; a failover goes only to one of them{alone}",
+                plural(k)
+            )
+        }
+    }
+
+    /// Whether the synchronous replication settings of `self` and `other` differ.
+    pub fn synchronous_differs(&self, other: &ClusterConfig) -> bool {
+        let key = |c: &ClusterConfig| {
+            (
+                c.synchronous_mode,
+                c.synchronous_mode_quorum,
+                c.synchronous_mode_strict,
+                c.synchronous_node_count,
+            )
+        };
+        key(self) != key(other)
+    }
 }
 
 #[cfg(test)]

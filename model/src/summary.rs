@@ -126,6 +126,9 @@ pub struct ClusterSummary {
     /// Maintenance mode: no automatic failover.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// In synchronous mode, what the `sync` key promises, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<String>,
 }
 
 /// Builds the member table from the `leader` and `members/*` keys.
@@ -176,10 +179,41 @@ pub fn summarize(
         leader: leader.cloned(),
         members: rows,
         paused: false,
+        synchronous: None,
     }
 }
 
 impl ClusterSummary {
+    /// In synchronous mode: marks the `sync` key's members (`sync_standby`, or in quorum mode
+    /// `quorum_standby`) and says what the key promises.
+    pub fn mark_synchronous(
+        &mut self,
+        config: Option<&crate::member::ClusterConfig>,
+        sync: Option<&crate::sync::SyncState>,
+    ) {
+        if !config.is_some_and(|c| c.synchronous_mode) {
+            return;
+        }
+        let Some(sync) = sync else {
+            self.synchronous =
+                Some("synchronous mode: no sync key yet; no failover without data loss".into());
+            return;
+        };
+        let role = if sync.quorum.is_some() {
+            "quorum_standby"
+        } else {
+            "sync_standby"
+        };
+        for row in self
+            .members
+            .iter_mut()
+            .filter(|r| sync.contains(&r.name) && r.role == "replica")
+        {
+            row.role = role.into();
+        }
+        self.synchronous = Some(sync.describe());
+    }
+
     /// The table as text: member, host:port, role, state, timeline, lag in MB.
     pub fn to_table(&self) -> String {
         let mut rows = vec![[
@@ -212,6 +246,9 @@ impl ClusterSummary {
         let mut out = format!("Cluster: {}\n", self.scope);
         if self.paused {
             out.push_str("Maintenance mode: on (no automatic failover; `spilo resume` ends it)\n");
+        }
+        if let Some(s) = &self.synchronous {
+            out.push_str(&format!("Synchronous: {s}\n"));
         }
         for r in rows {
             let line: Vec<String> = r

@@ -11,17 +11,7 @@ pub async fn read_summary(target: &Target) -> anyhow::Result<ClusterSummary> {
     let mut summary = summarize(&target.cluster, state.leader.as_ref(), &state.members);
     let config = state.cluster_config();
     summary.paused = config.pause;
-    if config.synchronous_mode
-        && let Some(sync) = &state.sync
-    {
-        for row in summary
-            .members
-            .iter_mut()
-            .filter(|r| sync.contains(&r.name) && r.role == "replica")
-        {
-            row.role = "sync_standby".into();
-        }
-    }
+    summary.mark_synchronous(Some(&config), state.sync.as_ref());
     Ok(summary)
 }
 

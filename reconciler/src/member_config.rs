@@ -169,7 +169,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
             maximum_lag_on_failover: ha.maximum_lag_on_failover,
             primary_start_timeout: ha.primary_start_timeout,
             synchronous_mode: ha.synchronous_mode,
-            synchronous_mode_strict: ha.synchronous_mode && ha.synchronous_mode_strict,
+            synchronous_mode_strict: ha.synchronous_mode.is_on() && ha.synchronous_mode_strict,
             synchronous_node_count: ha.synchronous_node_count,
             failsafe_mode: ha.failsafe_mode,
         },

@@ -211,6 +211,8 @@ pub struct Usage {
     pub rss_kib: u64,
     /// CPU time in clock ticks (user + system), summed the same way.
     pub cpu_ticks: u64,
+    /// The most resident memory each process ever had (`VmHWM`), KiB, summed the same way.
+    pub peak_rss_kib: u64,
 }
 
 fn proc_stat(pid: u32) -> Option<(u32, String, u64)> {
@@ -224,12 +226,13 @@ fn proc_stat(pid: u32) -> Option<(u32, String, u64)> {
     Some((ppid, comm, ticks))
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `Vm...:` line of `/proc/PID/status`, KiB.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|t| {
             t.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -259,12 +262,16 @@ pub fn usage(root: u32) -> Usage {
         if let Some((_, comm, ticks)) = all.iter().find(|p| p.0 == pid).map(|p| (p.1, &p.2, p.3))
             && comm != "postgres"
         {
-            u.rss_kib += rss_kib(pid);
+            u.rss_kib += status_kib(pid, "VmRSS:");
+            u.peak_rss_kib += status_kib(pid, "VmHWM:");
             u.cpu_ticks += ticks;
         }
     }
     u
 }
+
+/// /proc counts CPU time in USER_HZ, 100 per second on Linux whatever the kernel's HZ.
+pub const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Mean resident memory (MiB) and CPU (% of one core) per manager over `window` while the
 /// cluster is idle but for a prober's writes, for the managers `roots`.
@@ -273,8 +280,7 @@ pub async fn idle_usage(roots: &[u32], window: Duration) -> (f64, f64) {
     // A measurement window, not a wait for a condition.
     tokio::time::sleep(window).await;
     let after: Vec<Usage> = roots.iter().map(|p| usage(*p)).collect();
-    // /proc counts CPU time in USER_HZ, 100 per second on Linux whatever the kernel's HZ.
-    let ticks_per_s = 100.0;
+    let ticks_per_s = TICKS_PER_SECOND;
     let n = roots.len().max(1) as f64;
     let rss = after.iter().map(|u| u.rss_kib as f64 / 1024.0).sum::<f64>() / n;
     let cpu = before

@@ -262,6 +262,11 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The cluster CA's certificate, when the cluster has one (`tls`).
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.ca.as_ref().map(|c| c.cert.as_path())
+    }
+
     /// The user servers run as.
     pub fn run_as(&self) -> RunAs {
         self.run_as

@@ -13,6 +13,7 @@ pub mod aws_world;
 pub mod bench;
 pub mod cluster;
 pub mod dns;
+pub mod endpoints;
 pub mod etcd;
 pub mod forge;
 pub mod local;

@@ -35,7 +35,7 @@ pub struct PatroniCluster {
     pub members: Vec<PatroniMember>,
     /// Its etcd.
     pub etcd: Etcd,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl PatroniCluster {
@@ -81,11 +81,7 @@ impl PatroniCluster {
             cmd.arg(m.dir.join("patroni.yml"));
             m.process = Some(Spawned::start(cmd, &m.dir.join("patroni.log"))?);
         }
-        Ok(Self {
-            members,
-            etcd,
-            _dir: dir,
-        })
+        Ok(Self { members, etcd, dir })
     }
 
     async fn code(&self, m: &PatroniMember, path: &str) -> Option<u16> {
@@ -153,6 +149,19 @@ impl PatroniCluster {
             p.kill_group();
         }
         Ok(at)
+    }
+
+    /// The work directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The pid of a member's Patroni process while it runs.
+    pub fn manager_pid(&mut self, name: &str) -> Option<u32> {
+        self.members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .and_then(|m| m.process.as_mut().map(|p| p.pid()))
     }
 
     /// The pids of the members' Patroni processes that run.

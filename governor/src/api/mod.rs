@@ -217,7 +217,12 @@ async fn cluster(State(shared): State<Arc<Shared>>) -> Json<ClusterSummary> {
     let node = shared.node.read().await.clone();
     let view = shared.view.read().await;
     let summary = match view.as_ref() {
-        Some(v) => summarize(&node.scope, v.leader.as_ref().map(|l| &l.name), &v.members),
+        Some(v) => {
+            let mut s = summarize(&node.scope, v.leader.as_ref().map(|l| &l.name), &v.members);
+            s.paused = v.paused();
+            s.mark_synchronous(v.config.as_ref(), v.sync.as_ref());
+            s
+        }
         None => summarize(&node.scope, None, &Default::default()),
     };
     Json(summary)

@@ -349,12 +349,18 @@ fn race(
     }
     let peers: Vec<PeerView> = match view.promotable() {
         None => s.peers.clone(),
-        Some(sync) if sync.contains(&s.me) => s
-            .peers
-            .iter()
-            .filter(|p| sync.contains(&p.name))
-            .cloned()
-            .collect(),
+        Some(sync) if sync.contains(&s.me) => {
+            let voters: Vec<PeerView> = s
+                .peers
+                .iter()
+                .filter(|p| sync.contains(&p.name))
+                .cloned()
+                .collect();
+            if let Some(d) = quorum_holds_back(s, view, &voters) {
+                return d;
+            }
+            voters
+        }
         Some(sync) if sync.is_empty() => {
             return Decision::Wait {
                 why: "no leader, and synchronous mode lists no synchronous standby: promoting \
@@ -382,6 +388,39 @@ fn race(
         candidate::Verdict::Me { why } => Decision::AcquireLeader { why },
         candidate::Verdict::NotMe { why } => Decision::Wait { why },
     }
+}
+
+/// In quorum mode, why this voter may not take over: it must see the positions of `n - k + 1`
+/// voters (itself included) to know it is not missing an acknowledged commit (the ranking
+/// then requires it to be the most advanced of them). The primary that wrote the key has
+/// every commit it acknowledged and need not ask.
+fn quorum_holds_back(s: &Snapshot, view: &ClusterView, voters: &[PeerView]) -> Option<Decision> {
+    let key = view.sync.as_ref().filter(|k| k.quorum.is_some())?;
+    if key.leader.as_ref() == Some(&s.me) {
+        return None;
+    }
+    let Some(need) = key.voters_to_see() else {
+        return Some(Decision::Wait {
+            why: "no leader, and quorum commit has no confirmed voters: promoting anyone could \
+                  lose acknowledged commits (`spilo failover --to` overrides)"
+                .into(),
+        });
+    };
+    let seen = 1 + voters
+        .iter()
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|st| st.running_as(MemberRole::Replica))
+        })
+        .count();
+    (seen < need).then(|| Decision::Wait {
+        why: format!(
+            "no leader, and quorum commit needs the WAL positions of {need} of the {} voters to \
+             be sure no acknowledged commit is missing; {seen} answered (this member included)",
+            key.members.len()
+        ),
+    })
 }
 
 /// In failsafe mode, why this member must not race for the leader key yet: it promised a

@@ -323,6 +323,7 @@ fn synchronous(w: &mut World, members: &[&str]) {
     w.view().sync = Some(spilo_model::SyncState {
         leader: Some(name("m0")),
         members: members.iter().map(|m| name(m)).collect(),
+        quorum: None,
     });
 }
 
@@ -365,6 +366,66 @@ fn in_synchronous_mode_only_a_listed_standby_takes_over() {
     synchronous(&mut w, &[]);
     w.view().sync.as_mut().expect("key").leader = Some(name("m1"));
     assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+/// A quorum key (`ANY k` of the voters) written by the gone primary m0.
+fn quorum(w: &mut World, voters: &[&str], k: u32) {
+    w.view().config = Some(ClusterConfig {
+        synchronous_mode: true,
+        synchronous_mode_quorum: true,
+        ..Default::default()
+    });
+    w.view().sync = Some(spilo_model::SyncState {
+        leader: Some(name("m0")),
+        members: voters.iter().map(|m| name(m)).collect(),
+        quorum: Some(k),
+    });
+}
+
+#[test]
+fn in_quorum_mode_a_voter_takes_over_only_once_it_sees_enough_voters_and_leads_them() {
+    // ANY 1 of m1, m2: m1 (at 500) must see m2 too, and be at least as far.
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 400)));
+    quorum(&mut w, &["m1", "m2"], 1);
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+
+    // m2 does not answer: the commit it alone acknowledged could be missing on m1.
+    let mut w = World::new();
+    w.peer("m2", None);
+    quorum(&mut w, &["m1", "m2"], 1);
+    assert_waits(
+        &w.decide(),
+        "no leader, and quorum commit needs the WAL positions of 2 of the 2 voters to be sure no acknowledged commit is missing; 1 answered (this member included)",
+    );
+
+    // m2 answers and is further: it ranks first, not m1.
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 900)));
+    quorum(&mut w, &["m1", "m2"], 1);
+    assert_eq!(kind(&w.decide()), "wait");
+
+    // ANY 2 of m1, m2, m3: every commit is on two voters, so seeing one other is enough.
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 300)));
+    w.peer("m3", None);
+    quorum(&mut w, &["m1", "m2", "m3"], 2);
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+
+    // A quorum of 0 (a new primary that confirmed nobody yet) lets nobody in.
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 300)));
+    quorum(&mut w, &["m1", "m2"], 0);
+    assert_waits(
+        &w.decide(),
+        "no leader, and quorum commit has no confirmed voters: promoting anyone could lose acknowledged commits (`spilo failover --to` overrides)",
+    );
+
+    // A member that is not a voter never takes over.
+    let mut w = World::new();
+    w.peer("m2", Some(replica(1, 300)));
+    quorum(&mut w, &["m2"], 1);
+    assert_eq!(kind(&w.decide()), "wait");
 }
 
 #[test]

@@ -261,9 +261,13 @@ impl Governor {
             maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
             postgresql_parameters: BTreeMap::new(),
             pause: false,
-            synchronous_mode: ha.synchronous_mode,
-            synchronous_mode_strict: ha.synchronous_mode && ha.synchronous_mode_strict,
-            synchronous_node_count: ha.synchronous_mode.then_some(ha.synchronous_node_count),
+            synchronous_mode: ha.synchronous_mode.is_on(),
+            synchronous_mode_quorum: ha.synchronous_mode.is_quorum(),
+            synchronous_mode_strict: ha.synchronous_mode.is_on() && ha.synchronous_mode_strict,
+            synchronous_node_count: ha
+                .synchronous_mode
+                .is_on()
+                .then_some(ha.synchronous_node_count),
             failsafe_mode: ha.failsafe_mode,
         };
         if self.dcs.create_config_if_absent(&config).await? {

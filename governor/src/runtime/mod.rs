@@ -105,7 +105,7 @@ pub(crate) struct Governor {
     leader_seen: Option<ha::LeaderKey>,
     slot_absent_since: std::collections::BTreeMap<String, Instant>,
     commands: tokio::sync::mpsc::Receiver<crate::shared::Command>,
-    sync_pending: std::collections::BTreeMap<spilo_model::MemberName, spilo_model::Lsn>,
+    sync_pending: crate::ha::sync::Pending,
     archive_status: Option<spilo_model::ArchiveStatus>,
     failsafe_peers: watch::Sender<Option<Vec<failsafe::Peer>>>,
     failsafe_until: watch::Receiver<Option<Instant>>,

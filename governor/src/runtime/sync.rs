@@ -1,6 +1,7 @@
 //! Synchronous replication on the primary: each pass of `lead` reads `pg_stat_replication`,
 //! asks [`crate::ha::sync::step`] what to do, writes the `sync` key first and then
-//! `synchronous_standby_names`. A member about to be promoted in synchronous mode empties the
+//! `synchronous_standby_names` (`FIRST k` or, in quorum mode, `ANY k`); what the step must
+//! remember is kept only once the setting is in force. A member about to be promoted in synchronous mode empties the
 //! key (naming itself) before it accepts writes, so a stale list can never promote a member
 //! that missed this primary's commits.
 
@@ -45,9 +46,17 @@ impl Governor {
                 None => tracing::info!("synchronous mode is off; removed the sync key"),
             }
         }
+        let names_standbys = !matches!(step.standby_names.as_str(), "" | "*");
+        let changed = match self.pg.set_standby_names(&step.standby_names).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                // A quorum change must not count a pass on a setting that is not in force.
+                self.sync_pending = Default::default();
+                return Err(e.into());
+            }
+        };
         self.sync_pending = step.pending;
-        let names_standbys = step.standby_names.starts_with("FIRST");
-        if self.pg.set_standby_names(&step.standby_names).await? && names_standbys {
+        if changed && names_standbys {
             self.pg.nudge_sync_standbys().await;
         }
         Ok(())
@@ -63,9 +72,11 @@ impl Governor {
         let Some(mode) = SyncMode::from_config(view.config.as_ref()) else {
             return Ok(());
         };
+        // Quorum mode: voters none, quorum 0 (promises nothing until confirmed).
         let fresh = SyncState {
             leader: Some(self.loaded.name.clone()),
             members: Vec::new(),
+            quorum: mode.quorum.then_some(0),
         };
         if !self
             .dcs
@@ -76,7 +87,7 @@ impl Governor {
                 "the sync key changed; not promoting on a stale view".into(),
             ));
         }
-        self.sync_pending.clear();
+        self.sync_pending = Default::default();
         if mode.strict {
             self.pg
                 .set_standby_names(&sync::standby_names(&[], true))

@@ -282,11 +282,12 @@ impl Ctx<'_> {
             let fresh = SyncState {
                 leader: Some(me.clone()),
                 members: Vec::new(),
+                quorum: mode.quorum.then_some(0),
             };
             if !done(block_on(self.dcs(&me).write_sync(Some(&fresh), rev))) {
                 return Ok(Event::None);
             }
-            self.members[i].sync_pending.clear();
+            self.members[i].sync_pending = Default::default();
             self.members[i].standbys = if mode.strict {
                 Standbys::Any
             } else {
@@ -373,7 +374,7 @@ impl Ctx<'_> {
                 name: m.name.clone(),
                 streaming: true,
                 sync: match &self.members[i].standbys {
-                    Standbys::All(names) => names.contains(&m.name),
+                    Standbys::All(names) | Standbys::Quorum(_, names) => names.contains(&m.name),
                     _ => false,
                 },
                 flush: Some(Lsn(m.lsn())),

@@ -67,7 +67,7 @@ impl Sim {
                 m.confirmed_until = None;
                 // A new governor process starts with a fresh `Instance`.
                 m.standbys = Standbys::None;
-                m.sync_pending.clear();
+                m.sync_pending = Default::default();
                 self.undo.push(Scheduled {
                     at,
                     what: Undo::Restart(target),

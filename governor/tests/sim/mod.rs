@@ -50,6 +50,9 @@ pub struct Stats {
     pub bootstrap_wiped: u64,
     /// Seeds with a member tagged `nofailover`.
     pub tagged: u64,
+    /// Seeds in quorum commit mode, and promotions after the bootstrap in them.
+    pub quorum: u64,
+    pub quorum_failovers: u64,
 }
 
 struct Sim {
@@ -67,6 +70,10 @@ struct Sim {
     undo: Vec<Scheduled>,
     synchronous: bool,
     failsafe: bool,
+    quorum: bool,
+    /// The negative control of the quorum rule: members decide as if the `sync` key were a
+    /// `FIRST` list.
+    quorum_blind: bool,
     stats: Stats,
     trace: Vec<String>,
 }
@@ -79,6 +86,9 @@ pub struct Options {
     /// The negative control of the bootstrap rule: every bootstrap fails after `initialize`
     /// holds the system identifier and wipes its data anyway.
     pub wipe_after_initialize: bool,
+    /// The negative control of the quorum rule: every seed runs in quorum mode and the members
+    /// decide as if the `sync` key's voters were each a synchronous standby with every commit.
+    pub quorum_blind: bool,
 }
 
 impl Default for Options {
@@ -88,6 +98,7 @@ impl Default for Options {
         Options {
             clock_rate_ppm: (950_000, 1_050_000),
             wipe_after_initialize: false,
+            quorum_blind: false,
         }
     }
 }
@@ -101,15 +112,21 @@ pub fn run(seed: u64) -> Result<Stats, String> {
 pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let n = [2usize, 3, 3, 3, 4][rng.usize(..5)];
-    let synchronous = rng.bool();
+    let synchronous = rng.bool() || options.quorum_blind;
     let strict = synchronous && rng.u8(..4) == 0;
+    // Quorum commit in half of the synchronous seeds, from a generator of its own so the other
+    // seeds play exactly as before; with 4 members, ANY 2 of 3 in half of those.
+    let mut q = fastrand::Rng::with_seed(seed ^ 0x5155_4f52_554d);
+    let quorum = synchronous && (q.bool() || options.quorum_blind);
+    let count = if quorum && n == 4 && q.bool() { 2 } else { 1 };
     let failsafe = rng.bool();
     let config = ClusterConfig {
         ttl: Some(TTL / 1000),
         loop_wait: Some(LOOP_WAIT / 1000),
         synchronous_mode: synchronous,
         synchronous_mode_strict: strict,
-        synchronous_node_count: synchronous.then_some(1),
+        synchronous_mode_quorum: quorum,
+        synchronous_node_count: synchronous.then_some(count),
         failsafe_mode: failsafe,
         ..Default::default()
     };
@@ -134,7 +151,12 @@ pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
         undo: Vec::new(),
         synchronous,
         failsafe,
-        stats: Stats::default(),
+        quorum,
+        quorum_blind: options.quorum_blind,
+        stats: Stats {
+            quorum: u64::from(quorum),
+            ..Stats::default()
+        },
         trace: Vec::new(),
     };
     let (slowest, fastest) = options.clock_rate_ppm;
@@ -447,6 +469,18 @@ impl Sim {
                         .position(|m| m.name == *n)
                         .is_some_and(|j| has(j, pos, id))
                 }),
+                Standbys::Quorum(k, names) => {
+                    names
+                        .iter()
+                        .filter(|n| {
+                            members
+                                .iter()
+                                .position(|m| m.name == **n)
+                                .is_some_and(|j| has(j, pos, id))
+                        })
+                        .count()
+                        >= *k
+                }
             };
             if done {
                 acked.push(id);
@@ -479,7 +513,13 @@ impl Sim {
                 m.gate.open();
             }
             let local = self.members[i].local(self.now);
-            let snap = world::snapshot(&self.members, i, &self.etcd, local, self.clock);
+            let mut snap = world::snapshot(&self.members, i, &self.etcd, local, self.clock);
+            if self.quorum_blind
+                && let ha::DcsView::Known(v) = &mut snap.dcs
+                && let Some(key) = &mut v.sync
+            {
+                key.quorum = None;
+            }
             let d = ha::decide(&snap, &self.cfg, self.clock.at(local));
             let repeated = self.members[i].last.as_ref() == Some(&d);
             if !repeated {
@@ -499,6 +539,7 @@ impl Sim {
             match event {
                 Event::Promoted => {
                     self.stats.failovers += 1;
+                    self.stats.quorum_failovers += u64::from(self.quorum);
                     self.check_promotion(i)?;
                 }
                 Event::BootstrapFailed(cleanup) => {

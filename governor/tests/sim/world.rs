@@ -83,6 +83,8 @@ pub enum Standbys {
     Any,
     /// `FIRST n (...)` naming all: every one of them.
     All(Vec<MemberName>),
+    /// `ANY k (...)`: any `k` of them.
+    Quorum(usize, Vec<MemberName>),
 }
 
 impl Standbys {
@@ -92,15 +94,17 @@ impl Standbys {
             "" => Standbys::None,
             "*" => Standbys::Any,
             _ => {
-                let inner = s
+                let (head, inner) = s
                     .split_once('(')
-                    .map_or("", |(_, r)| r.trim_end_matches(')'));
-                Standbys::All(
-                    inner
-                        .split(',')
-                        .filter_map(|n| MemberName::new(n.trim().trim_matches('"')).ok())
-                        .collect(),
-                )
+                    .map_or(("", ""), |(h, r)| (h, r.trim_end_matches(')')));
+                let names = inner
+                    .split(',')
+                    .filter_map(|n| MemberName::new(n.trim().trim_matches('"')).ok())
+                    .collect();
+                match head.trim().strip_prefix("ANY ") {
+                    Some(k) => Standbys::Quorum(k.trim().parse().unwrap_or(usize::MAX), names),
+                    None => Standbys::All(names),
+                }
             }
         }
     }
@@ -142,7 +146,7 @@ pub struct Member {
     /// `synchronous_standby_names`.
     pub standbys: Standbys,
     /// `sync::step`'s pending confirmations.
-    pub sync_pending: BTreeMap<MemberName, Lsn>,
+    pub sync_pending: governor::ha::sync::Pending,
     /// Unexpected PostgreSQL exits.
     pub crashes: Vec<u64>,
     /// Since when the primary it leads has been down.
@@ -209,7 +213,7 @@ impl Member {
             streaming: false,
             not_streaming_since: None,
             standbys: Standbys::None,
-            sync_pending: BTreeMap::new(),
+            sync_pending: Default::default(),
             crashes: Vec::new(),
             primary_down_since: None,
             last: None,

@@ -346,10 +346,10 @@ pub struct HaSettings {
     /// How long a crashed primary may take to restart in place before leadership is handed over.
     #[serde(default = "d_primary_start_timeout")]
     pub primary_start_timeout: u64,
-    /// Synchronous replication: seeds the cluster's `config` at bootstrap (afterwards `config`
-    /// in etcd decides).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub synchronous_mode: bool,
+    /// Synchronous replication (`true`, `false` or `quorum`): seeds the cluster's `config` at
+    /// bootstrap (afterwards `config` in etcd decides).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub synchronous_mode: crate::spec::SynchronousMode,
     /// With `synchronous_mode`: block writes rather than run without a synchronous standby.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub synchronous_mode_strict: bool,
@@ -374,7 +374,7 @@ impl Default for HaSettings {
             retry_timeout: d_retry_timeout(),
             maximum_lag_on_failover: d_max_lag(),
             primary_start_timeout: d_primary_start_timeout(),
-            synchronous_mode: false,
+            synchronous_mode: crate::spec::SynchronousMode::Off,
             synchronous_mode_strict: false,
             synchronous_node_count: d_sync_count(),
             failsafe_mode: false,

@@ -2,6 +2,7 @@
 //! check of `ttl`, `loopWait` and `retryTimeout` that cluster files and governor
 //! configurations share.
 
+use super::SynchronousMode;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -27,10 +28,12 @@ pub struct HaSpec {
     /// Seconds a crashed primary may take to restart in place before a replica takes over.
     #[serde(default = "default_primary_start_timeout")]
     pub primary_start_timeout: u64,
-    /// Commit only once a synchronous standby has the WAL; failover only to such a standby.
+    /// Commit only once synchronous standbys have the WAL (`true`: the standbys the primary
+    /// names; `quorum`: any `synchronousNodeCount` of all eligible streaming standbys);
+    /// failover only to a member that cannot miss an acknowledged commit.
     #[serde(default)]
-    pub synchronous_mode: bool,
-    /// How many synchronous standbys.
+    pub synchronous_mode: SynchronousMode,
+    /// How many synchronous standbys (with `quorum`: how many of them each commit waits for).
     #[serde(default = "d_sync_count")]
     #[schemars(range(min = 1))]
     pub synchronous_node_count: u32,
@@ -135,7 +138,7 @@ impl Default for HaSpec {
             retry_timeout: default_retry_timeout(),
             maximum_lag_on_failover: default_maximum_lag_on_failover(),
             primary_start_timeout: default_primary_start_timeout(),
-            synchronous_mode: false,
+            synchronous_mode: SynchronousMode::Off,
             synchronous_node_count: d_sync_count(),
             synchronous_mode_strict: false,
             failsafe_mode: false,

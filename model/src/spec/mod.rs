@@ -19,6 +19,7 @@ mod aws;
 mod endpoints;
 mod etcd;
 mod ha;
+mod sync_mode;
 
 pub use aws::{
     Architecture, AwsSpec, DEFAULT_INSTANCE_TYPE, Filesystem, IngressRule, StorageSpec, VolumeType,
@@ -35,6 +36,8 @@ pub use ha::{
     default_maximum_lag_on_failover, default_primary_start_timeout, default_retry_timeout,
     default_ttl, timing_problems,
 };
+
+pub use sync_mode::SynchronousMode;
 
 pub use crate::governor::Compression;
 use crate::member::ClusterConfig;
@@ -207,11 +210,14 @@ impl ClusterSpec {
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
             pause: false,
-            synchronous_mode: self.ha.synchronous_mode,
-            synchronous_mode_strict: self.ha.synchronous_mode && self.ha.synchronous_mode_strict,
+            synchronous_mode: self.ha.synchronous_mode.is_on(),
+            synchronous_mode_quorum: self.ha.synchronous_mode.is_quorum(),
+            synchronous_mode_strict: self.ha.synchronous_mode.is_on()
+                && self.ha.synchronous_mode_strict,
             synchronous_node_count: self
                 .ha
                 .synchronous_mode
+                .is_on()
                 .then_some(self.ha.synchronous_node_count),
             failsafe_mode: self.ha.failsafe_mode,
         }

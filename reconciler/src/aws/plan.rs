@@ -99,6 +99,9 @@ pub struct ConfigChange {
     pub after: ClusterConfig,
     /// The revision the write is conditional on (0: create).
     pub expected_revision: i64,
+    /// When the synchronous replication settings change: what they promise, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<String>,
 }
 
 /// One cluster's part of the plan.
@@ -422,10 +425,16 @@ fn plan_cluster(
     // Maintenance mode is operational state (`spilo pause`), not part of the file: keep it.
     want.pause = before.as_ref().is_some_and(|b| b.pause);
     if before.as_ref() != Some(&want) {
+        let replicas = file.spec.instances.saturating_sub(1);
+        let synchronous = before
+            .as_ref()
+            .is_none_or(|b| b.synchronous_differs(&want))
+            .then(|| want.describe_synchronous(replicas));
         p.config = Some(ConfigChange {
             before,
             after: want,
             expected_revision: revision,
+            synchronous,
         });
     }
 

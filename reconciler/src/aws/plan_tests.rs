@@ -90,6 +90,45 @@ fn a_new_cluster_is_created_with_its_config() {
 }
 
 #[test]
+fn a_switch_to_quorum_commit_is_said_in_words_in_every_view() {
+    let before = file("a", "  instances: 3\n  ha: {synchronousMode: true}\n");
+    let after = file("a", "  instances: 3\n  ha: {synchronousMode: quorum}\n");
+    let mut o = applied(&before, "UPDATE_COMPLETE");
+    o.etcd = etcd_with(Some(&before));
+    let p = run(&[&after], vec![o], PlanOptions::default());
+    let words = "commits wait for ANY 1 of 2 replicas; a failover survives the loss of 1 member without data loss";
+    let c = only(&p);
+    assert_eq!(c.action, Action::Update);
+    assert!(
+        c.config
+            .as_ref()
+            .and_then(|c| c.synchronous.as_deref())
+            .is_some_and(|s| s.starts_with(words)),
+        "{c:?}"
+    );
+    let text = super::show::text(&p, super::show::Style::new(false));
+    assert!(text.contains("+ synchronous_mode_quorum = true"), "{text}");
+    assert!(
+        text.contains(&format!("synchronous replication: {words}")),
+        "{text}"
+    );
+    assert!(super::show::markdown(&p, 60_000).contains(words));
+    assert!(serde_json::to_string(&p).expect("json").contains(words));
+    // A change elsewhere in the config does not repeat it.
+    let tuned = file(
+        "a",
+        "  instances: 3\n  ha: {synchronousMode: quorum, ttl: 6}\n",
+    );
+    let mut o = applied(&after, "UPDATE_COMPLETE");
+    o.etcd = etcd_with(Some(&after));
+    let p = run(&[&tuned], vec![o], PlanOptions::default());
+    assert_eq!(
+        only(&p).config.as_ref().map(|c| c.synchronous.clone()),
+        Some(None)
+    );
+}
+
+#[test]
 fn an_applied_cluster_is_noop() {
     let f = file("a", "");
     let p = run(

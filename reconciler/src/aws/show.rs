@@ -245,6 +245,9 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
         for l in config_lines(cfg) {
             let _ = writeln!(out, "        {l}");
         }
+        if let Some(s) = &cfg.synchronous {
+            let _ = writeln!(out, "        synchronous replication: {s}");
+        }
         let restarts = super::plan::restarts::restarts(cfg);
         if !restarts.is_empty() {
             let _ = writeln!(

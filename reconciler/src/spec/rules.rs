@@ -37,7 +37,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         };
         r.at(&p(field), Severity::Error, problem.message);
     }
-    if ha.synchronous_mode && ha.synchronous_node_count >= s.instances {
+    if ha.synchronous_mode.is_on() && ha.synchronous_node_count >= s.instances {
         r.at(&p("spec.ha.synchronousNodeCount"), Severity::Error, format!(
             "must be below spec.instances ({}): one instance is the primary, so at most {} can be synchronous standbys",
             s.instances,

@@ -8,10 +8,18 @@
 //!   `archive-async` with `process-max`).
 //! - Base backup of the `pgbench -i -s SCALE` database, with archiving into both tools'
 //!   repositories running (each backup waits for the WAL it needs).
+//! - Restore, what users wait for during an incident: the archived segments fetched back in
+//!   order, one call per segment as PostgreSQL's startup process asks (`wal-fetch` with and
+//!   without its prefetch, `archive-get` with and without `archive-async`), and each base
+//!   backup restored into an empty directory (`backup-fetch`, `restore`).
 //!
-//! CPU is the machine's busy time from `/proc/stat` over the measured interval (it counts
-//! detached workers such as pgBackRest's async process; the machine is otherwise idle).
-//! Run it with `bench/archive` (which installs pgBackRest).
+//! Every configuration runs `--reps` times (5 by default) into fresh repositories, the tools'
+//! order alternating from one repetition to the next; before each measured step the files it
+//! reads are read once (page cache warm for both alike) and dirty pages are written out
+//! (`sync`). The tables give medians, with min-max of the seconds. CPU is the machine's busy
+//! time from `/proc/stat` over the measured interval (it counts detached workers such as
+//! pgBackRest's async process and spilo's prefetcher; the machine is otherwise idle).
+//! Run it with `bench/archive` (which installs pgBackRest and builds release binaries).
 
 use clap::Parser;
 use spilo_e2e::proc::RunAs;
@@ -30,6 +38,9 @@ struct Args {
     /// The `pgbackrest` program.
     #[arg(long, default_value = "/usr/bin/pgbackrest")]
     pgbackrest: PathBuf,
+    /// Repetitions of every configuration.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
 }
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -49,6 +60,24 @@ fn cpu_busy() -> Duration {
         .sum();
     // USER_HZ is 100 on Linux.
     Duration::from_millis(ticks * 10)
+}
+
+/// Reads every file under `path` once, so a measured step finds them in the page cache, then
+/// writes dirty pages out so no earlier write lands in its interval.
+fn warm(path: &Path) {
+    fn read_all(path: &Path) {
+        if path.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(path) {
+                for e in rd.flatten() {
+                    read_all(&e.path());
+                }
+            }
+        } else if let Ok(mut f) = std::fs::File::open(path) {
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        }
+    }
+    read_all(path);
+    let _ = std::process::Command::new("sync").status();
 }
 
 fn du(path: &Path) -> u64 {
@@ -75,11 +104,20 @@ struct Bench {
 
 struct Row {
     what: String,
+    /// Bytes read (pushed, backed up) or written (fetched, restored).
     input: u64,
     took: Duration,
-    /// Bytes stored.
-    stored: u64,
+    /// Bytes stored, for pushes and backups.
+    stored: Option<u64>,
     cpu: Duration,
+}
+
+/// Measures `step`: wall time and the machine's busy CPU.
+fn timed(step: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(Duration, Duration)> {
+    let cpu = cpu_busy();
+    let started = Instant::now();
+    step()?;
+    Ok((started.elapsed(), cpu_busy().saturating_sub(cpu)))
 }
 
 impl Bench {
@@ -116,12 +154,14 @@ impl Bench {
         )
     }
 
-    /// A governor configuration whose `archive:` goes to `dir`.
+    /// A governor configuration whose `archive:` goes to `<work>/spilo-<name>`, prefetching
+    /// `prefetch` segments on `wal-fetch`.
     fn governor_config(
         &self,
         name: &str,
         compression: &str,
         concurrency: usize,
+        prefetch: usize,
     ) -> anyhow::Result<PathBuf> {
         let dir = self.work.join(format!("spilo-{name}"));
         self.mkdir(&dir)?;
@@ -139,7 +179,7 @@ impl Bench {
                  replication: {{username: replicator, password: {{file: {secret}}}}}\n\
                  restapi: {{listen: 127.0.0.1:8008}}\n\
                  archive: {{prefix: bench-{name}/, compression: {compression}, {store}, \
-                 upload_concurrency: {concurrency}}}\n",
+                 upload_concurrency: {concurrency}, prefetch: {prefetch}}}\n",
                 data = self.data.display(),
                 run = self.run.display(),
                 port = self.port,
@@ -175,12 +215,32 @@ impl Bench {
                 run = self.run.display(),
             ),
         )?;
-        let args = vec![
-            "--stanza=bench".into(),
-            format!("--config={}", conf.display()),
-        ];
+        let args = self.pgbr_options(name);
         self.pgbackrest(&args, "stanza-create", &[])?;
         Ok(args)
+    }
+
+    /// The options naming repository `name`'s configuration (made by [`Bench::pgbr`]).
+    fn pgbr_options(&self, name: &str) -> Vec<String> {
+        let conf = self.work.join(format!("pgbackrest-{name}.conf"));
+        vec![
+            "--stanza=bench".into(),
+            format!("--config={}", conf.display()),
+        ]
+    }
+
+    /// The labels of the backups in a repository, oldest first.
+    fn pgbr_sets(&self, opts: &[String]) -> anyhow::Result<Vec<String>> {
+        let info: serde_json::Value =
+            serde_json::from_str(&self.pgbackrest(opts, "info", &["--output=json"])?)?;
+        Ok(info[0]["backup"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["label"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     fn pgbackrest(&self, args: &[String], command: &str, more: &[&str]) -> anyhow::Result<String> {
@@ -230,51 +290,153 @@ impl Bench {
             paths.push(to);
         }
         let before = du(stored);
-        let cpu = cpu_busy();
-        let started = Instant::now();
-        for p in &paths {
-            push(p)?;
-            let name = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            std::fs::rename(
-                status.join(format!("{name}.ready")),
-                status.join(format!("{name}.done")),
-            )?;
-        }
-        let took = started.elapsed();
-        let cpu = cpu_busy().saturating_sub(cpu);
+        warm(&pg_wal);
+        let (took, cpu) = timed(|| {
+            for p in &paths {
+                push(p)?;
+                let name = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                std::fs::rename(
+                    status.join(format!("{name}.ready")),
+                    status.join(format!("{name}.done")),
+                )?;
+            }
+            Ok(())
+        })?;
         let _ = std::fs::remove_dir_all(pg_wal.parent().unwrap_or(&pg_wal));
         Ok(Row {
             what: what.into(),
             input,
             took,
-            stored: du(stored) - before,
+            stored: Some(du(stored) - before),
+            cpu,
+        })
+    }
+
+    /// Fetches `names` in order into a fresh `pg_wal` as PostgreSQL's startup process asks
+    /// for them (`%f` -> `pg_wal/RECOVERYXLOG`, which it reads and removes), reading `repo`
+    /// into the page cache first.
+    fn fetch_all(
+        &self,
+        what: &str,
+        names: &[String],
+        repo: &Path,
+        fetch: &dyn Fn(&str, &Path, &Path) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Row> {
+        let pg1 = self
+            .work
+            .join(format!("fetch-{}", what.replace([' ', ','], "_")));
+        let pg_wal = pg1.join("pg_wal");
+        for d in [&pg1, &pg_wal, &pg_wal.join("archive_status")] {
+            self.mkdir(d)?;
+        }
+        // pgBackRest checks the cluster's identity in the control file.
+        self.mkdir(&pg1.join("global"))?;
+        let control = pg1.join("global/pg_control");
+        std::fs::copy(self.data.join("global/pg_control"), &control)?;
+        self.user.own(&control)?;
+        warm(repo);
+        let dest = pg_wal.join("RECOVERYXLOG");
+        let mut output = 0;
+        let (took, cpu) = timed(|| {
+            for name in names {
+                fetch(name, &dest, &pg1)?;
+                output += std::fs::metadata(&dest)?.len();
+                std::fs::remove_file(&dest)?;
+            }
+            Ok(())
+        })?;
+        let _ = std::fs::remove_dir_all(&pg1);
+        Ok(Row {
+            what: what.into(),
+            input: output,
+            took,
+            stored: None,
+            cpu,
+        })
+    }
+
+    /// Restores into a fresh empty directory with `restore(dir)`, reading `repo` into the page
+    /// cache first; the row's bytes are the restored directory's.
+    fn restore(
+        &self,
+        what: &str,
+        repo: &Path,
+        restore: &dyn Fn(&Path) -> anyhow::Result<String>,
+    ) -> anyhow::Result<Row> {
+        let dest = self
+            .work
+            .join(format!("restore-{}", what.replace([' ', ','], "_")));
+        self.mkdir(&dest)?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o700))?;
+        warm(repo);
+        let (took, cpu) = timed(|| restore(&dest).map(|_| ()))?;
+        let restored = du(&dest);
+        let _ = std::fs::remove_dir_all(&dest);
+        Ok(Row {
+            what: what.into(),
+            input: restored,
+            took,
+            stored: None,
             cpu,
         })
     }
 }
 
-fn table(title: &str, rows: &[Row]) {
-    println!("\n{title}\n");
-    println!("| what | input MiB | seconds | MB/s | stored MiB | ratio | CPU s (machine) |");
-    println!("|---|---|---|---|---|---|---|");
-    for r in rows {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        let (stored, ratio) = (
-            format!("{:.1}", mib(r.stored)),
-            format!("{:.2}", r.stored as f64 / r.input.max(1) as f64),
-        );
+/// Each configuration's rows over the repetitions, in the order first seen.
+#[derive(Default)]
+struct Results(Vec<(String, Vec<Row>)>);
+
+impl Results {
+    fn add(&mut self, rows: Vec<Row>) {
+        for r in rows {
+            match self.0.iter_mut().find(|(w, _)| *w == r.what) {
+                Some((_, v)) => v.push(r),
+                None => self.0.push((r.what.clone(), vec![r])),
+            }
+        }
+    }
+
+    fn table(&self, title: &str) {
+        println!("\n{title}\n");
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} | {stored} | {ratio} | {:.2} |",
-            r.what,
-            mib(r.input),
-            r.took.as_secs_f64(),
-            r.input as f64 / 1e6 / r.took.as_secs_f64().max(1e-9),
-            r.cpu.as_secs_f64()
+            "| what | runs | MiB | median seconds (min-max) | MB/s at the median | stored MiB | ratio | CPU s (machine) |"
         );
+        println!("|---|---|---|---|---|---|---|---|");
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
+        let mib = |b: f64| b / (1 << 20) as f64;
+        for (what, rows) in &self.0 {
+            let secs: Vec<f64> = rows.iter().map(|r| r.took.as_secs_f64()).collect();
+            let (min, max) = secs
+                .iter()
+                .fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
+            let took = median(secs);
+            let input = median(rows.iter().map(|r| r.input as f64).collect());
+            let cpu = median(rows.iter().map(|r| r.cpu.as_secs_f64()).collect());
+            let (stored, ratio) = match rows.iter().map(|r| r.stored).collect::<Option<Vec<u64>>>()
+            {
+                Some(v) => {
+                    let st = median(v.iter().map(|b| *b as f64).collect());
+                    (
+                        format!("{:.1}", mib(st)),
+                        format!("{:.2}", st / input.max(1.0)),
+                    )
+                }
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "| {what} | {} | {:.0} | {took:.2} ({min:.2}-{max:.2}) | {:.0} | {stored} | {ratio} | {cpu:.2} |",
+                rows.len(),
+                mib(input),
+                input / 1e6 / took.max(1e-9),
+            );
+        }
     }
 }
 
@@ -377,30 +539,81 @@ fn measure(b: &Bench, args: &Args, segments_dir: &Path) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!segments.is_empty(), "no WAL segments were archived");
 
-    let mut wal = Vec::new();
-    for (name, compression, concurrency) in [
+    let (mut wal, mut backups, mut fetches, mut restores) = Default::default();
+    for rep in 1..=args.reps {
+        // Odd repetitions run spilo first, even ones pgBackRest first.
+        let spilo_first = rep % 2 == 1;
+        eprintln!(
+            "repetition {rep} of {}, {} first",
+            args.reps,
+            if spilo_first { "spilo" } else { "pgBackRest" }
+        );
+        one_repetition(
+            b,
+            &format!("r{rep}"),
+            spilo_first,
+            &segments,
+            db_size,
+            [&mut wal, &mut backups, &mut fetches, &mut restores],
+        )?;
+    }
+    let n = segments.len();
+    let results: [&Results; 4] = [&wal, &backups, &fetches, &restores];
+    results[0].table(&format!(
+        "WAL: {n} segments of 16 MiB from pgbench -i, pushed in order as PostgreSQL's archiver does"
+    ));
+    results[1].table(&format!(
+        "Base backup of a pgbench -i -s {} database ({} MiB), archiving running into both repositories",
+        args.scale,
+        db_size >> 20
+    ));
+    results[2].table(&format!(
+        "WAL restore: the {n} segments fetched back in order, one call per segment as PostgreSQL's recovery asks (no replay between calls)"
+    ));
+    results[3]
+        .table("Base backup restore into an empty directory (the lz4 and zstd backups above)");
+    Ok(())
+}
+
+/// Both tools' steps of one phase, in the repetition's order.
+fn in_order(
+    spilo_first: bool,
+    spilo: impl FnOnce() -> anyhow::Result<Vec<Row>>,
+    pgbr: impl FnOnce() -> anyhow::Result<Vec<Row>>,
+) -> anyhow::Result<Vec<Row>> {
+    Ok(if spilo_first {
+        let mut v = spilo()?;
+        v.extend(pgbr()?);
+        v
+    } else {
+        let p = pgbr()?;
+        let mut v = spilo()?;
+        v.extend(p);
+        v
+    })
+}
+
+/// One repetition of every configuration, into repositories named after `rep` (removed at
+/// its end).
+fn one_repetition(
+    b: &Bench,
+    rep: &str,
+    spilo_first: bool,
+    segments: &[PathBuf],
+    db_size: u64,
+    into: [&mut Results; 4],
+) -> anyhow::Result<()> {
+    let [wal, backups, fetches, restores] = into;
+    let names: Vec<String> = segments
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    let spilo_wal = [
         ("lz4 one at a time", "lz4", 1),
         ("lz4 push-ahead 4", "lz4", 4),
         ("zstd push-ahead 4", "zstd", 4),
-    ] {
-        let key = name.replace(' ', "_");
-        let config = b.governor_config(&key, compression, concurrency)?;
-        let config = config.display().to_string();
-        let stored = b.work.join(format!("spilo-{key}"));
-        eprintln!("spilo wal-push, {name}");
-        wal.push(b.push_all(
-            &format!("spilo wal-push, {name}"),
-            &segments,
-            &stored,
-            &|p| {
-                b.run(
-                    &b.governor,
-                    &["wal-push", &p.display().to_string(), "--config", &config],
-                )
-            },
-        )?);
-    }
-    for (name, extra) in [
+    ];
+    let pgbr_wal = [
         ("lz4 one at a time", vec!["--compress-type=lz4"]),
         (
             "lz4 async process-max 4",
@@ -410,27 +623,118 @@ fn measure(b: &Bench, args: &Args, segments_dir: &Path) -> anyhow::Result<()> {
             "zst async process-max 4",
             vec!["--compress-type=zst", "--archive-async", "--process-max=4"],
         ),
-    ] {
-        let key = format!("wal-{}", name.replace(' ', "_"));
-        let mut opts = b.pgbr(&key)?;
-        opts.extend(extra.iter().map(|s| s.to_string()));
-        let stored = b.work.join(format!("pgbr-{key}"));
-        eprintln!("pgBackRest archive-push, {name}");
-        wal.push(b.push_all(
-            &format!("pgBackRest archive-push, {name}"),
-            &segments,
-            &stored,
-            &|p| {
-                let pg1 = p.parent().and_then(Path::parent).unwrap_or(p);
-                let pg1 = format!("--pg1-path={}", pg1.display());
-                b.pgbackrest(&opts, "archive-push", &[&pg1, &p.display().to_string()])
-            },
-        )?);
-    }
+    ];
+    let spilo_key = |name: &str| format!("{rep}-{}", name.replace(' ', "_"));
+    let pgbr_key = |name: &str| format!("{rep}-wal-{}", name.replace(' ', "_"));
+    wal.add(in_order(
+        spilo_first,
+        || {
+            let mut rows = Vec::new();
+            for (name, compression, concurrency) in spilo_wal {
+                let key = spilo_key(name);
+                let config = b.governor_config(&key, compression, concurrency, 0)?;
+                let config = config.display().to_string();
+                let stored = b.work.join(format!("spilo-{key}"));
+                eprintln!("  spilo wal-push, {name}");
+                rows.push(b.push_all(
+                    &format!("spilo wal-push, {name}"),
+                    segments,
+                    &stored,
+                    &|p| {
+                        b.run(
+                            &b.governor,
+                            &["wal-push", &p.display().to_string(), "--config", &config],
+                        )
+                    },
+                )?);
+            }
+            Ok(rows)
+        },
+        || {
+            let mut rows = Vec::new();
+            for (name, extra) in &pgbr_wal {
+                let key = pgbr_key(name);
+                let mut opts = b.pgbr(&key)?;
+                opts.extend(extra.iter().map(|s| s.to_string()));
+                let stored = b.work.join(format!("pgbr-{key}"));
+                eprintln!("  pgBackRest archive-push, {name}");
+                rows.push(b.push_all(
+                    &format!("pgBackRest archive-push, {name}"),
+                    segments,
+                    &stored,
+                    &|p| {
+                        let pg1 = p.parent().and_then(Path::parent).unwrap_or(p);
+                        let pg1 = format!("--pg1-path={}", pg1.display());
+                        b.pgbackrest(&opts, "archive-push", &[&pg1, &p.display().to_string()])
+                    },
+                )?);
+            }
+            Ok(rows)
+        },
+    )?);
+
+    // WAL restore from the lz4 repositories of the one-at-a-time pushes.
+    let spilo_repo = spilo_key("lz4 one at a time");
+    let pgbr_repo = pgbr_key("lz4 one at a time");
+    fetches.add(in_order(
+        spilo_first,
+        || {
+            let mut rows = Vec::new();
+            for (name, prefetch) in [("one at a time", 0), ("prefetch 8", 8)] {
+                // The pushes' repository, read with this prefetch setting.
+                let config = b.governor_config(&spilo_repo, "lz4", 1, prefetch)?;
+                let config = config.display().to_string();
+                eprintln!("  spilo wal-fetch, {name}");
+                rows.push(b.fetch_all(
+                    &format!("spilo wal-fetch, {name}"),
+                    &names,
+                    &b.work.join(format!("spilo-{spilo_repo}")),
+                    &|seg, dest, _| {
+                        b.run(
+                            &b.governor,
+                            &[
+                                "wal-fetch",
+                                seg,
+                                &dest.display().to_string(),
+                                "--config",
+                                &config,
+                            ],
+                        )
+                    },
+                )?);
+            }
+            Ok(rows)
+        },
+        || {
+            let opts = b.pgbr_options(&pgbr_repo);
+            let mut rows = Vec::new();
+            for (name, extra) in [
+                ("one at a time", vec![]),
+                (
+                    "async queue 128 MiB (8 segments)",
+                    vec!["--archive-async", "--archive-get-queue-max=128MiB"],
+                ),
+            ] {
+                eprintln!("  pgBackRest archive-get, {name}");
+                rows.push(b.fetch_all(
+                    &format!("pgBackRest archive-get, {name}"),
+                    &names,
+                    &b.work.join(format!("pgbr-{pgbr_repo}")),
+                    &|seg, dest, pg1| {
+                        let mut o = opts.clone();
+                        o.extend(extra.iter().map(|s| s.to_string()));
+                        o.push(format!("--pg1-path={}", pg1.display()));
+                        b.pgbackrest(&o, "archive-get", &[seg, &dest.display().to_string()])
+                    },
+                )?);
+            }
+            Ok(rows)
+        },
+    )?);
 
     // Backups: archiving into both repositories, as each backup needs its WAL archived.
-    let spilo_config = b.governor_config("backups", "lz4", 4)?;
-    let pgbr = b.pgbr("backups")?;
+    let spilo_config = b.governor_config(&format!("{rep}-backups"), "lz4", 4, 0)?;
+    let pgbr = b.pgbr(&format!("{rep}-backups"))?;
     let archive_command = format!(
         "{} wal-push %p --config {} && {} {} --compress-type=lz4 archive-push %p",
         b.governor.display(),
@@ -444,63 +748,133 @@ fn measure(b: &Bench, args: &Args, segments_dir: &Path) -> anyhow::Result<()> {
     ))?;
     b.psql("SELECT pg_reload_conf()")?;
     b.psql("CHECKPOINT")?;
-    let mut backups = Vec::new();
-    for (name, compression) in [("lz4", "lz4"), ("zstd", "zstd")] {
-        let config = b.governor_config(&format!("backup-{name}"), compression, 4)?;
-        let stored = b.work.join(format!("spilo-backup-{name}"));
-        eprintln!("spilo backup-push, {name}");
-        let cpu = cpu_busy();
-        let started = Instant::now();
-        b.run(
-            &b.governor,
-            &["backup-push", "--config", &config.display().to_string()],
-        )?;
-        backups.push(Row {
-            what: format!("spilo backup-push, {name}"),
-            input: db_size,
-            took: started.elapsed(),
-            stored: du(&stored),
-            cpu: cpu_busy().saturating_sub(cpu),
-        });
-    }
-    for (name, extra) in [
+    let pgbr_backups = [
         ("lz4", vec!["--compress-type=lz4"]),
         ("zst", vec!["--compress-type=zst"]),
         (
             "lz4 process-max 2",
             vec!["--compress-type=lz4", "--process-max=2"],
         ),
-    ] {
-        let mut opts = pgbr.clone();
-        opts.extend(extra.iter().map(|s| s.to_string()));
-        let backup_dir = b.work.join("pgbr-backups/backup/bench");
-        let before = du(&backup_dir);
-        eprintln!("pgBackRest backup, {name}");
-        let cpu = cpu_busy();
-        let started = Instant::now();
-        b.pgbackrest(&opts, "backup", &["--type=full"])?;
-        backups.push(Row {
-            what: format!("pgBackRest backup --type=full, {name}"),
-            input: db_size,
-            took: started.elapsed(),
-            stored: du(&backup_dir) - before,
-            cpu: cpu_busy().saturating_sub(cpu),
-        });
+    ];
+    let spilo_backup_key = |name: &str| format!("{rep}-backup-{name}");
+    backups.add(in_order(
+        spilo_first,
+        || {
+            let mut rows = Vec::new();
+            for (name, compression) in [("lz4", "lz4"), ("zstd", "zstd")] {
+                let config = b.governor_config(&spilo_backup_key(name), compression, 4, 0)?;
+                let stored = b.work.join(format!("spilo-{}", spilo_backup_key(name)));
+                eprintln!("  spilo backup-push, {name}");
+                warm(&b.data);
+                let (took, cpu) = timed(|| {
+                    b.run(
+                        &b.governor,
+                        &["backup-push", "--config", &config.display().to_string()],
+                    )
+                    .map(|_| ())
+                })?;
+                rows.push(Row {
+                    what: format!("spilo backup-push, {name}"),
+                    input: db_size,
+                    took,
+                    stored: Some(du(&stored)),
+                    cpu,
+                });
+            }
+            Ok(rows)
+        },
+        || {
+            let mut rows = Vec::new();
+            for (name, extra) in &pgbr_backups {
+                let mut opts = pgbr.clone();
+                opts.extend(extra.iter().map(|s| s.to_string()));
+                let backup_dir = b.work.join(format!("pgbr-{rep}-backups/backup/bench"));
+                let before = du(&backup_dir);
+                eprintln!("  pgBackRest backup, {name}");
+                warm(&b.data);
+                let (took, cpu) =
+                    timed(|| b.pgbackrest(&opts, "backup", &["--type=full"]).map(|_| ()))?;
+                rows.push(Row {
+                    what: format!("pgBackRest backup --type=full, {name}"),
+                    input: db_size,
+                    took,
+                    stored: Some(du(&backup_dir) - before),
+                    cpu,
+                });
+            }
+            Ok(rows)
+        },
+    )?);
+
+    // Restores of those backups. pgBackRest's sets, oldest first, in the order taken above.
+    let sets = b.pgbr_sets(&pgbr)?;
+    anyhow::ensure!(
+        sets.len() == pgbr_backups.len(),
+        "pgBackRest lists {} backups, {} were taken: {sets:?}",
+        sets.len(),
+        pgbr_backups.len()
+    );
+    restores.add(in_order(
+        spilo_first,
+        || {
+            let mut rows = Vec::new();
+            for (name, compression) in [("lz4", "lz4"), ("zstd", "zstd")] {
+                let key = spilo_backup_key(name);
+                let config = b.governor_config(&key, compression, 4, 0)?;
+                let config = config.display().to_string();
+                eprintln!("  spilo backup-fetch, {name}");
+                rows.push(b.restore(
+                    &format!("spilo backup-fetch, {name}"),
+                    &b.work.join(format!("spilo-{key}")),
+                    &|dest| {
+                        b.run(
+                            &b.governor,
+                            &[
+                                "backup-fetch",
+                                "LATEST",
+                                &dest.display().to_string(),
+                                "--config",
+                                &config,
+                            ],
+                        )
+                    },
+                )?);
+            }
+            Ok(rows)
+        },
+        || {
+            let mut rows = Vec::new();
+            for (name, set, process_max) in [
+                ("lz4", &sets[0], 1),
+                ("zst", &sets[1], 1),
+                ("lz4 process-max 2", &sets[0], 2),
+            ] {
+                eprintln!("  pgBackRest restore, {name}");
+                rows.push(b.restore(
+                    &format!("pgBackRest restore, {name}"),
+                    &b.work.join(format!("pgbr-{rep}-backups")),
+                    &|dest| {
+                        let mut o = pgbr.clone();
+                        o.push(format!("--pg1-path={}", dest.display()));
+                        o.push(format!("--set={set}"));
+                        o.push(format!("--process-max={process_max}"));
+                        b.pgbackrest(&o, "restore", &[])
+                    },
+                )?);
+            }
+            Ok(rows)
+        },
+    )?);
+
+    // This repetition's repositories.
+    for e in std::fs::read_dir(&b.work)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(&format!("-{rep}-")) {
+            let _ = match e.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+                _ => std::fs::remove_file(e.path()),
+            };
+        }
     }
-    table(
-        &format!(
-            "WAL: {} segments of 16 MiB from pgbench -i, pushed in order as PostgreSQL's archiver does",
-            segments.len()
-        ),
-        &wal,
-    );
-    table(
-        &format!(
-            "Base backup of a pgbench -i -s {} database ({} MiB), archiving running into both repositories",
-            args.scale,
-            db_size >> 20
-        ),
-        &backups,
-    );
     Ok(())
 }

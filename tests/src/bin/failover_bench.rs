@@ -1,14 +1,17 @@
 //! The instance-loss benchmark: `kill -9` of the primary's manager and all its PostgreSQL
-//! processes in a 3-member local cluster, while a prober writes every 50 ms through a
-//! multi-host connection string with `target_session_attrs=read-write`. Measures the
-//! unavailability (kill -> first acknowledged write on the new primary) and the acknowledged
-//! writes that the new primary does not have, for spilo and, in the same run, Patroni.
+//! processes in a 3-member local cluster, while probers write every 50 ms directly (a
+//! multi-host connection string with `target_session_attrs=read-write`) and through each
+//! HAProxy endpoint of [`spilo_e2e::endpoints`]. Measures the unavailability on each (kill ->
+//! first acknowledged write sent after it), the acknowledged writes that the new primary does
+//! not have, and what the surviving managers used during the failover, for spilo and, in the
+//! same run, Patroni.
 //!
 //! Run it with `bench/failover` (which installs Patroni into a virtualenv).
 
 use clap::Parser;
 use spilo_e2e::bench::{self, System, Timing};
 use spilo_e2e::cluster::{Cluster, ClusterOptions};
+use spilo_e2e::endpoints::{self, DIRECT, Endpoints, Route};
 use spilo_e2e::patroni::PatroniCluster;
 use spilo_e2e::probe::{self, Prober};
 use spilo_e2e::sql;
@@ -30,9 +33,23 @@ struct Args {
 }
 
 struct Sample {
-    unavailable: Duration,
+    /// Per prober label (`direct`, then each route's key): kill -> first acknowledged write.
+    unavailable: Vec<(String, Duration)>,
     lost: usize,
     acked: usize,
+    /// CPU seconds per surviving manager from the kill until writes came back on every route.
+    cpu_s: f64,
+    /// Peak resident memory per surviving manager (`VmHWM`), MiB, at that moment.
+    peak_mib: f64,
+}
+
+impl Sample {
+    fn on(&self, label: &str) -> Option<f64> {
+        self.unavailable
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, d)| d.as_secs_f64())
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -51,11 +68,18 @@ async fn main() -> anyhow::Result<()> {
             };
             match r {
                 Ok(s) => {
+                    let each: Vec<String> = s
+                        .unavailable
+                        .iter()
+                        .map(|(l, d)| format!("{l} {:.2}s", d.as_secs_f64()))
+                        .collect();
                     eprintln!(
-                        "{name} run {run}: {:.2}s unavailable, {} of {} acknowledged writes lost",
-                        s.unavailable.as_secs_f64(),
+                        "{name} run {run}: unavailable {}; {} of {} acknowledged writes lost; survivors {:.2} CPU s, peak {:.1} MiB each",
+                        each.join(", "),
                         s.lost,
-                        s.acked
+                        s.acked,
+                        s.cpu_s,
+                        s.peak_mib
                     );
                     samples.push(s);
                 }
@@ -88,30 +112,47 @@ async fn main() -> anyhow::Result<()> {
         rows.push((name, samples, fails, outage, idle));
     }
     println!(
-        "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, prober every 50 ms"
+        "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, probers every 50 ms; unavailability as median (min-max)"
+    );
+    let routes: Vec<String> = Route::ALL
+        .iter()
+        .map(|r| format!(" through {} |", r.label()))
+        .collect();
+    println!(
+        "| system | runs measured | directly (multi-host DSN) |{} lost acknowledged writes | surviving manager during the failover: CPU, peak RSS | etcd outage (SIGSTOP) | idle manager, per member | runs that failed |",
+        routes.concat()
     );
     println!(
-        "| system | runs measured | median unavailability | min | max | lost acknowledged writes | etcd outage (SIGSTOP) | idle manager, per member | runs that failed |"
+        "|---|---|---|{}---|---|---|---|---|",
+        "---|".repeat(Route::ALL.len())
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, samples, fails, outage, idle) in &rows {
-        let d: Vec<f64> = samples
+        let cell = |label: &str| {
+            let d: Vec<f64> = samples.iter().filter_map(|s| s.on(label)).collect();
+            match bench::spread(&d) {
+                Some((median, min, max)) => format!("{median:.2} s ({min:.2}-{max:.2})"),
+                None => "-".into(),
+            }
+        };
+        let through: Vec<String> = Route::ALL
             .iter()
-            .map(|s| s.unavailable.as_secs_f64())
+            .map(|r| format!(" {} |", cell(r.key())))
             .collect();
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
-        match bench::spread(&d) {
-            Some((median, min, max)) => println!(
-                "| {name} | {} | {median:.2} s | {min:.2} s | {max:.2} s | {lost} of {acked} | {outage} | {idle} | {} |",
-                samples.len(),
-                fails.len()
-            ),
-            None => println!(
-                "| {name} | 0 | - | - | - | - | {outage} | {idle} | {} |",
-                fails.len()
-            ),
-        }
+        let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_s).collect();
+        let peak: Vec<f64> = samples.iter().map(|s| s.peak_mib).collect();
+        let during = match (bench::spread(&cpu), bench::spread(&peak)) {
+            (Some((cpu, _, _)), Some((peak, _, _))) => format!("{cpu:.2} CPU s, {peak:.1} MiB"),
+            _ => "-".into(),
+        };
+        println!(
+            "| {name} | {} | {} |{} {lost} of {acked} | {during} | {outage} | {idle} | {} |",
+            samples.len(),
+            cell(DIRECT),
+            through.concat(),
+            fails.len()
+        );
     }
     for (name, _, fails, _, _) in &rows {
         for f in fails {
@@ -121,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A spilo cluster at `timing`, every replica streaming, the probe table created.
+/// A spilo cluster at `timing`, every member running its primary proxy, every replica
+/// streaming, the probe table created.
 async fn spilo_cluster(timing: Timing) -> anyhow::Result<(Cluster, String)> {
     let mut c = Cluster::new(ClusterOptions {
         scope: "bench".into(),
@@ -129,6 +171,7 @@ async fn spilo_cluster(timing: Timing) -> anyhow::Result<(Cluster, String)> {
         ..Default::default()
     })
     .await?;
+    endpoints::run_proxies(&mut c);
     // The bench kills PostgreSQL and freezes etcd: the governors log both.
     c.expect_errors(&[
         "PostgreSQL exited unexpectedly",
@@ -193,11 +236,13 @@ async fn patroni_outages(
     r.map(|seen| (seen, idle))
 }
 
-/// Probes until steady, kills the primary, waits for the first write after the kill, and
-/// checks every acknowledged write on the final primary.
+/// Probes until steady on every target, kills the primary, waits for a write sent after the
+/// kill to be acknowledged on each target, and checks every acknowledged write on the final
+/// primary. `survivors` are the manager processes that stay up.
 async fn measure<K, F>(
-    dsn: String,
+    targets: Vec<(String, String)>,
     replicas: Vec<u16>,
+    survivors: Vec<u32>,
     kill: K,
     final_port: F,
 ) -> anyhow::Result<Sample>
@@ -207,57 +252,99 @@ where
 {
     // Both systems start measuring only once every replica has replicated the probe table.
     probe::wait_replicated(&replicas).await?;
-    let prober = Prober::start(vec![("rw".into(), dsn)], Duration::from_millis(50));
+    let labels: Vec<String> = targets.iter().map(|(l, _)| l.clone()).collect();
+    let prober = Prober::start(targets, Duration::from_millis(50));
     let steady = Instant::now();
+    // The load balancers' checks start from "up": the ones that take a replica out slowly
+    // (Patroni's: 3 failures 3 s apart) need a while before every write lands.
     wait::until(
-        "two seconds of acknowledged writes",
-        Duration::from_secs(30),
+        "two seconds of acknowledged writes on every target",
+        Duration::from_secs(60),
         || async {
-            (prober.acks().iter().filter(|a| a.acked > steady).count() >= 40).then_some(())
+            let acks = prober.acks();
+            labels
+                .iter()
+                .all(|l| {
+                    acks.iter()
+                        .filter(|a| a.member == *l && a.acked > steady)
+                        .count()
+                        >= 40
+                })
+                .then_some(())
         },
     )
     .await?;
+    let before: Vec<bench::Usage> = survivors.iter().map(|p| bench::usage(*p)).collect();
     let killed = kill().await?;
-    let first = wait::until(
-        "a write acknowledged after the kill",
-        Duration::from_secs(180),
-        || async { prober.first_ack_after(killed) },
-    )
-    .await?;
-    let after = Instant::now();
+    for l in &labels {
+        prober
+            .wait_write(l, Some(killed), Duration::from_secs(180))
+            .await?;
+    }
+    let after: Vec<bench::Usage> = survivors.iter().map(|p| bench::usage(*p)).collect();
+    let resumed = Instant::now();
     wait::until(
         "a second of writes on the new primary",
         Duration::from_secs(10),
-        || async { (prober.acks().iter().filter(|a| a.acked > after).count() >= 10).then_some(()) },
+        || async {
+            (prober.acks().iter().filter(|a| a.acked > resumed).count() >= 10).then_some(())
+        },
     )
     .await?;
     let (acks, _) = prober.stop().await;
     let port = final_port().await?;
     let client = sql::connect(port).await?;
     let present = probe::ids_on(&client).await?;
+    let unavailable = labels
+        .iter()
+        .filter_map(|l| {
+            let first = acks
+                .iter()
+                .filter(|a| a.member == *l && a.sent > killed)
+                .map(|a| a.acked)
+                .min()?;
+            Some((l.clone(), first.saturating_duration_since(killed)))
+        })
+        .collect();
+    let n = survivors.len().max(1) as f64;
+    let cpu_ticks: u64 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.cpu_ticks.saturating_sub(b.cpu_ticks))
+        .sum();
     Ok(Sample {
-        unavailable: first.saturating_duration_since(killed),
+        unavailable,
         lost: probe::lost(&acks, &present).len(),
         acked: acks.len(),
+        cpu_s: cpu_ticks as f64 / bench::TICKS_PER_SECOND / n,
+        peak_mib: after.iter().map(|u| u.peak_rss_kib as f64).sum::<f64>() / 1024.0 / n,
     })
 }
 
 async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
-    let (c, primary) = spilo_cluster(timing).await?;
-    let dsn = c.read_write_dsn();
+    let (mut c, primary) = spilo_cluster(timing).await?;
+    let endpoints = Endpoints::of_spilo(&c)?;
+    let targets = endpoints.targets(c.read_write_dsn());
     let replicas: Vec<u16> = c
         .members
         .iter()
         .filter(|m| m.name != primary)
         .map(|m| m.pg_port)
         .collect();
+    let survivors: Vec<u32> = c
+        .members
+        .iter_mut()
+        .filter(|m| m.name != primary)
+        .filter_map(|m| m.governor_pid())
+        .collect();
     let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
     let k = c.clone();
     let f = c.clone();
     let p = primary.clone();
-    measure(
-        dsn,
+    let r = measure(
+        targets,
         replicas,
+        survivors,
         async move || k.lock().await.kill9(&p).await,
         async move || {
             let c = f.lock().await;
@@ -265,25 +352,36 @@ async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
             Ok(c.member(&new).pg_port)
         },
     )
-    .await
+    .await;
+    drop(endpoints);
+    r
 }
 
 async fn patroni_run(patroni: &std::path::Path, timing: Timing) -> anyhow::Result<Sample> {
-    let c = PatroniCluster::start_with(patroni, 3, timing).await?;
+    let mut c = PatroniCluster::start_with(patroni, 3, timing).await?;
     let primary = c.ready_with_probe_table(Duration::from_secs(120)).await?;
-    let dsn = c.read_write_dsn();
+    let endpoints = Endpoints::of_patroni(&c)?;
+    let targets = endpoints.targets(c.read_write_dsn());
     let replicas: Vec<u16> = c
         .members
         .iter()
         .filter(|m| m.name != primary)
         .map(|m| m.pg_port)
         .collect();
+    let names: Vec<String> = c
+        .members
+        .iter()
+        .filter(|m| m.name != primary)
+        .map(|m| m.name.clone())
+        .collect();
+    let survivors: Vec<u32> = names.iter().filter_map(|n| c.manager_pid(n)).collect();
     let c = std::sync::Arc::new(tokio::sync::Mutex::new(c));
     let k = c.clone();
     let f = c.clone();
     let r = measure(
-        dsn,
+        targets,
         replicas,
+        survivors,
         async move || k.lock().await.kill9(&primary),
         async move || {
             let c = f.lock().await;
@@ -301,6 +399,7 @@ async fn patroni_run(patroni: &std::path::Path, timing: Timing) -> anyhow::Resul
         },
     )
     .await;
+    drop(endpoints);
     if r.is_err() {
         c.lock().await.print_logs();
     }

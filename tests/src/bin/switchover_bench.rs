@@ -1,15 +1,17 @@
-//! The switchover benchmark: a planned switchover in a 3-member local cluster while a prober
-//! writes every 10 ms through a multi-host connection string with
-//! `target_session_attrs=read-write`. Measures the client-visible write gap (the last write
-//! acknowledged by the old primary -> the first acknowledged by the new one), the time the
-//! command took, and acknowledged writes missing on the new primary, for `spilo switchover`
-//! and, in the same run with the same prober, Patroni's `patronictl switchover`.
+//! The switchover benchmark: a planned switchover in a 3-member local cluster while probers
+//! write every 10 ms directly (a multi-host connection string with
+//! `target_session_attrs=read-write`) and through each HAProxy endpoint of
+//! [`spilo_e2e::endpoints`]. Measures the client-visible write gap on each (the longest pause
+//! between two acknowledged writes from the command on), the time the command took, and
+//! acknowledged writes missing on the new primary, for `spilo switchover` and, in the same run
+//! with the same probers, Patroni's `patronictl switchover`.
 //!
 //! Run it with `bench/switchover` (which installs Patroni into a virtualenv).
 
 use clap::Parser;
 use spilo_e2e::bench::{self, System, Timing};
 use spilo_e2e::cluster::{Cluster, ClusterOptions};
+use spilo_e2e::endpoints::{self, DIRECT, Endpoints, Route};
 use spilo_e2e::patroni::PatroniCluster;
 use spilo_e2e::probe::{self, Ack, Prober};
 use spilo_e2e::sql;
@@ -28,10 +30,20 @@ struct Args {
 }
 
 struct Sample {
-    gap: Duration,
+    /// Per prober label (`direct`, then each route's key): the longest pause in writes.
+    gaps: Vec<(String, Duration)>,
     command: Duration,
     lost: usize,
     acked: usize,
+}
+
+impl Sample {
+    fn on(&self, label: &str) -> Option<f64> {
+        self.gaps
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, d)| d.as_secs_f64())
+    }
 }
 
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -55,9 +67,14 @@ async fn main() -> anyhow::Result<()> {
             };
             match r {
                 Ok(s) => {
+                    let each: Vec<String> = s
+                        .gaps
+                        .iter()
+                        .map(|(l, d)| format!("{l} {:.3}s", d.as_secs_f64()))
+                        .collect();
                     eprintln!(
-                        "{name} run {run}: write gap {:.3}s, command {:.2}s, {} of {} acknowledged writes lost",
-                        s.gap.as_secs_f64(),
+                        "{name} run {run}: write gap {}, command {:.2}s, {} of {} acknowledged writes lost",
+                        each.join(", "),
                         s.command.as_secs_f64(),
                         s.lost,
                         s.acked
@@ -73,30 +90,42 @@ async fn main() -> anyhow::Result<()> {
         rows.push((name, samples, fails));
     }
     println!(
-        "\nPlanned switchover, 3 members, prober every {} ms through a read-write multi-host DSN",
+        "\nPlanned switchover, 3 members, probers every {} ms; write gaps as median (min-max)",
         PROBE_EVERY.as_millis()
     );
+    let routes: Vec<String> = Route::ALL
+        .iter()
+        .map(|r| format!(" through {} |", r.label()))
+        .collect();
     println!(
-        "| system | runs measured | median write gap | min | max | median command time | lost acknowledged writes | runs that failed |"
+        "| system | runs measured | directly (multi-host DSN) |{} median command time | lost acknowledged writes | runs that failed |",
+        routes.concat()
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "|---|---|---|{}---|---|---|",
+        "---|".repeat(Route::ALL.len())
+    );
     for (name, samples, fails) in &rows {
-        if samples.is_empty() {
-            println!("| {name} | 0 | - | - | - | - | - | {} |", fails.len());
-            continue;
-        }
-        let gaps: Vec<f64> = samples.iter().map(|s| s.gap.as_secs_f64()).collect();
+        let cell = |label: &str| {
+            let d: Vec<f64> = samples.iter().filter_map(|s| s.on(label)).collect();
+            match bench::spread(&d) {
+                Some((median, min, max)) => format!("{median:.3} s ({min:.3}-{max:.3})"),
+                None => "-".into(),
+            }
+        };
+        let through: Vec<String> = Route::ALL
+            .iter()
+            .map(|r| format!(" {} |", cell(r.key())))
+            .collect();
         let cmds: Vec<f64> = samples.iter().map(|s| s.command.as_secs_f64()).collect();
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
-        let (Some((gap, min, max)), Some((cmd, _, _))) =
-            (bench::spread(&gaps), bench::spread(&cmds))
-        else {
-            continue;
-        };
+        let cmd = bench::spread(&cmds).map_or("-".into(), |(m, _, _)| format!("{m:.2} s"));
         println!(
-            "| {name} | {} | {gap:.3} s | {min:.3} s | {max:.3} s | {cmd:.2} s | {lost} of {acked} | {} |",
+            "| {name} | {} | {} |{} {cmd} | {lost} of {acked} | {} |",
             samples.len(),
+            cell(DIRECT),
+            through.concat(),
             fails.len()
         );
     }
@@ -108,10 +137,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The longest pause between two consecutive acknowledgements after `from`: the moment no
-/// primary accepted writes.
-fn write_gap(acks: &[Ack], from: Instant) -> Duration {
-    let mut times: Vec<Instant> = acks.iter().map(|a| a.acked).collect();
+/// The longest pause between two consecutive acknowledgements of `label`'s writes after
+/// `from`: the moment no primary accepted writes through that target.
+fn write_gap(acks: &[Ack], label: &str, from: Instant) -> Duration {
+    let mut times: Vec<Instant> = acks
+        .iter()
+        .filter(|a| a.member == label)
+        .map(|a| a.acked)
+        .collect();
     times.sort();
     let start = times.partition_point(|t| *t < from).saturating_sub(1);
     times[start..]
@@ -121,10 +154,11 @@ fn write_gap(acks: &[Ack], from: Instant) -> Duration {
         .unwrap_or_default()
 }
 
-/// Probes until steady, runs `switch` (which returns once the new primary is known), waits
-/// for writes on it, and checks every acknowledged write on `final_port`.
+/// Probes until steady on every target, runs `switch` (which returns once the new primary is
+/// known), waits for writes on it through every target, and checks every acknowledged write
+/// on `final_port`.
 async fn measure<S, F>(
-    dsn: String,
+    targets: Vec<(String, String)>,
     replicas: Vec<u16>,
     switch: S,
     final_port: F,
@@ -134,31 +168,48 @@ where
     F: AsyncFnOnce() -> anyhow::Result<u16>,
 {
     probe::wait_replicated(&replicas).await?;
-    let prober = Prober::start(vec![("rw".into(), dsn)], PROBE_EVERY);
-    let steady = Instant::now();
-    wait::until(
-        "a second of acknowledged writes",
-        Duration::from_secs(30),
-        || async {
-            (prober.acks().iter().filter(|a| a.acked > steady).count() >= 50).then_some(())
-        },
+    let labels: Vec<String> = targets.iter().map(|(l, _)| l.clone()).collect();
+    let prober = Prober::start(targets, PROBE_EVERY);
+    let steady_on_all = |since: Instant, what: &'static str, timeout: Duration| {
+        let (prober, labels) = (&prober, &labels);
+        wait::until(what, timeout, move || async move {
+            let acks = prober.acks();
+            labels
+                .iter()
+                .all(|l| {
+                    acks.iter()
+                        .filter(|a| a.member == *l && a.acked > since)
+                        .count()
+                        >= 50
+                })
+                .then_some(())
+        })
+    };
+    // The load balancers' checks start from "up": the ones that take a replica out slowly
+    // (Patroni's: 3 failures 3 s apart) need a while before every write lands.
+    steady_on_all(
+        Instant::now(),
+        "acknowledged writes on every target",
+        Duration::from_secs(60),
     )
     .await?;
     let started = Instant::now();
     switch().await?;
     let command = started.elapsed();
-    let after = Instant::now();
-    wait::until(
-        "writes on the new primary",
-        Duration::from_secs(30),
-        || async { (prober.acks().iter().filter(|a| a.acked > after).count() >= 50).then_some(()) },
+    steady_on_all(
+        Instant::now(),
+        "writes on the new primary through every target",
+        Duration::from_secs(60),
     )
     .await?;
     let (acks, _) = prober.stop().await;
     let client = sql::connect(final_port().await?).await?;
     let present = probe::ids_on(&client).await?;
     Ok(Sample {
-        gap: write_gap(&acks, started),
+        gaps: labels
+            .iter()
+            .map(|l| (l.clone(), write_gap(&acks, l, started)))
+            .collect(),
         command,
         lost: probe::lost(&acks, &present).len(),
         acked: acks.len(),
@@ -172,6 +223,7 @@ async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
         ..Default::default()
     })
     .await?;
+    endpoints::run_proxies(&mut c);
     let r = spilo_measure(&mut c).await;
     c.finish(r)
 }
@@ -185,9 +237,11 @@ async fn spilo_measure(c: &mut Cluster) -> anyhow::Result<Sample> {
     let target = replicas[0].clone();
     let ports: Vec<u16> = replicas.iter().map(|r| c.member(r).pg_port).collect();
     let target_port = c.member(&target).pg_port;
+    let endpoints = Endpoints::of_spilo(c)?;
+    let targets = endpoints.targets(c.read_write_dsn());
     let c: &Cluster = c;
     measure(
-        c.read_write_dsn(),
+        targets,
         ports,
         async || {
             let (code, out) = c.operate("switchover", &["--to", &target]).await?;
@@ -223,8 +277,10 @@ async fn patroni_measure(c: &PatroniCluster, patroni: &Path) -> anyhow::Result<S
         .collect();
     let patronictl = patroni.with_file_name("patronictl");
     let config = c.config_path(&primary);
+    let endpoints = Endpoints::of_patroni(c)?;
+    let targets = endpoints.targets(c.read_write_dsn());
     measure(
-        c.read_write_dsn(),
+        targets,
         ports,
         async || {
             let out = tokio::process::Command::new(&patronictl)

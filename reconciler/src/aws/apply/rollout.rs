@@ -377,6 +377,7 @@ mod tests {
                 leader: Some(MemberName::new(leader).expect("name")),
                 members: rows,
                 paused: false,
+                synchronous: None,
             },
             max_lag: 100,
             promotable: None,

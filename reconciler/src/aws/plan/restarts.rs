@@ -101,6 +101,7 @@ mod tests {
                 ("shared_buffers", "1GB"),
             ]),
             expected_revision: 3,
+            synchronous: None,
         };
         assert_eq!(restarts(&c), ["max_connections", "shared_buffers"]);
         let created = ConfigChange { before: None, ..c };
