@@ -101,6 +101,16 @@ pub fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     Some((*v.get(v.len() / 2)?, *v.first()?, *v.last()?))
 }
 
+/// `median s (min-max)` of `values` with `decimals` digits, or `-` when empty.
+pub fn spread_cell(values: &[f64], decimals: usize) -> String {
+    match spread(values) {
+        Some((median, min, max)) => {
+            format!("{median:.decimals$} s ({min:.decimals$}-{max:.decimals$})")
+        }
+        None => "-".into(),
+    }
+}
+
 /// An etcd outage a cluster rode out or not.
 #[derive(Debug, Clone, Copy)]
 pub struct Outage {

@@ -77,6 +77,8 @@ impl Route {
 pub struct Endpoints {
     /// The routes and their ports on 127.0.0.1.
     pub routes: Vec<(Route, u16)>,
+    /// HAProxy's runtime API.
+    socket: std::path::PathBuf,
     _haproxy: Spawned,
 }
 
@@ -106,7 +108,17 @@ impl Endpoints {
             interval_s: spilo_model::spec::HealthCheck::default().interval,
             ca: ca.map(Path::to_path_buf),
         };
-        let mut cfg = haproxy::header("the failover and switchover benchmarks");
+        // HAProxy runs as the servers' user: its socket goes in a directory of that user's.
+        let own = dir.join("bench-haproxy");
+        std::fs::create_dir_all(&own)?;
+        run_as.own(&own)?;
+        let socket = own.join("haproxy.sock");
+        // The runtime API, to see what each route's checks concluded.
+        let mut cfg = haproxy::header("the failover and switchover benchmarks").replacen(
+            "global\n",
+            &format!("global\n    stats socket {} mode 666\n", socket.display()),
+            1,
+        );
         let mut routes = Vec::new();
         for route in Route::ALL {
             let port = crate::ports::free();
@@ -146,36 +158,95 @@ impl Endpoints {
         let haproxy = Spawned::start(cmd, &dir.join("bench-haproxy.log"))?;
         Ok(Self {
             routes,
+            socket,
             _haproxy: haproxy,
         })
     }
 
+    /// Waits until every route's checks have settled on the cluster as it is: a route that
+    /// checks `/primary` has exactly one server up, the proxies' route at least one. (HAProxy
+    /// starts every server up; until the checks took the replicas out, a client reaches them
+    /// in turn and a failover measured then would find the new primary already in service.)
+    pub async fn settled(&self, timeout: std::time::Duration) -> anyhow::Result<()> {
+        crate::wait::until("the load balancers' checks to settle", timeout, || async {
+            let state = self.servers_up().ok()?;
+            self.routes
+                .iter()
+                .all(|(route, _)| {
+                    let up = state.get(route.key()).copied().unwrap_or(0);
+                    match route {
+                        Route::SpiloProxy => up >= 1,
+                        _ => up == 1,
+                    }
+                })
+                .then_some(())
+        })
+        .await
+    }
+
+    /// How many servers each `listen` section has up (`show servers state`).
+    fn servers_up(&self) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+        use std::io::{Read, Write};
+        let mut sock = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        sock.write_all(b"show servers state\n")?;
+        let mut out = String::new();
+        sock.read_to_string(&mut out)?;
+        let mut up = std::collections::BTreeMap::new();
+        // `be_id be_name srv_id srv_name srv_addr srv_op_state ...`; 2 is running.
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(backend), Some(state)) = (f.get(1), f.get(5)) {
+                let n: &mut usize = up.entry(backend.to_string()).or_default();
+                *n += usize::from(*state == "2");
+            }
+        }
+        Ok(up)
+    }
+
     /// For a spilo cluster whose members run primary proxies ([`run_proxies`]).
     pub fn of_spilo(c: &Cluster) -> anyhow::Result<Self> {
-        let backends: Vec<Backend> = c
-            .members
-            .iter()
-            .map(|m| Backend {
-                pg: m.pg_port,
-                api: m.api_port,
-                proxy: proxy_port(&m.extra_yaml),
-            })
-            .collect();
-        Self::start(c.dir(), &backends, c.ca_cert(), c.run_as())
+        let backends = c.members.iter().map(|m| Backend {
+            pg: m.pg_port,
+            api: m.api_port,
+            proxy: proxy_port(&m.extra_yaml),
+        });
+        Self::start(
+            c.dir(),
+            &backends.collect::<Vec<_>>(),
+            c.ca_cert(),
+            c.run_as(),
+        )
     }
 
     /// For a Patroni cluster (no primary proxies).
     pub fn of_patroni(c: &PatroniCluster) -> anyhow::Result<Self> {
-        let backends: Vec<Backend> = c
-            .members
+        let backends = c.members.iter().map(|m| Backend {
+            pg: m.pg_port,
+            api: m.api_port,
+            proxy: None,
+        });
+        Self::start(
+            c.dir(),
+            &backends.collect::<Vec<_>>(),
+            None,
+            RunAs::detect()?,
+        )
+    }
+
+    /// The table's heading cells, one per route: ` through <route> |`.
+    pub fn headings() -> String {
+        Route::ALL
             .iter()
-            .map(|m| Backend {
-                pg: m.pg_port,
-                api: m.api_port,
-                proxy: None,
-            })
-            .collect();
-        Self::start(c.dir(), &backends, None, RunAs::detect()?)
+            .map(|r| format!(" through {} |", r.label()))
+            .collect()
+    }
+
+    /// A row's cells, one per route, from `cell(label)`.
+    pub fn cells(cell: impl Fn(&str) -> String) -> String {
+        Route::ALL
+            .iter()
+            .map(|r| format!(" {} |", cell(r.key())))
+            .collect()
     }
 
     /// `(label, connection string)` for a prober: [`DIRECT`] with `direct`, then one per route.

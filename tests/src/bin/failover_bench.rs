@@ -114,13 +114,9 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, probers every 50 ms; unavailability as median (min-max)"
     );
-    let routes: Vec<String> = Route::ALL
-        .iter()
-        .map(|r| format!(" through {} |", r.label()))
-        .collect();
     println!(
         "| system | runs measured | directly (multi-host DSN) |{} lost acknowledged writes | surviving manager during the failover: CPU, peak RSS | etcd outage (SIGSTOP) | idle manager, per member | runs that failed |",
-        routes.concat()
+        Endpoints::headings()
     );
     println!(
         "|---|---|---|{}---|---|---|---|---|",
@@ -129,15 +125,8 @@ async fn main() -> anyhow::Result<()> {
     for (name, samples, fails, outage, idle) in &rows {
         let cell = |label: &str| {
             let d: Vec<f64> = samples.iter().filter_map(|s| s.on(label)).collect();
-            match bench::spread(&d) {
-                Some((median, min, max)) => format!("{median:.2} s ({min:.2}-{max:.2})"),
-                None => "-".into(),
-            }
+            bench::spread_cell(&d, 2)
         };
-        let through: Vec<String> = Route::ALL
-            .iter()
-            .map(|r| format!(" {} |", cell(r.key())))
-            .collect();
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
         let cpu: Vec<f64> = samples.iter().map(|s| s.cpu_s).collect();
@@ -150,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
             "| {name} | {} | {} |{} {lost} of {acked} | {during} | {outage} | {idle} | {} |",
             samples.len(),
             cell(DIRECT),
-            through.concat(),
+            Endpoints::cells(cell),
             fails.len()
         );
     }
@@ -324,6 +313,7 @@ where
 async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
     let (mut c, primary) = spilo_cluster(timing).await?;
     let endpoints = Endpoints::of_spilo(&c)?;
+    endpoints.settled(Duration::from_secs(120)).await?;
     let targets = endpoints.targets(c.read_write_dsn());
     let replicas: Vec<u16> = c
         .members
@@ -361,6 +351,7 @@ async fn patroni_run(patroni: &std::path::Path, timing: Timing) -> anyhow::Resul
     let mut c = PatroniCluster::start_with(patroni, 3, timing).await?;
     let primary = c.ready_with_probe_table(Duration::from_secs(120)).await?;
     let endpoints = Endpoints::of_patroni(&c)?;
+    endpoints.settled(Duration::from_secs(120)).await?;
     let targets = endpoints.targets(c.read_write_dsn());
     let replicas: Vec<u16> = c
         .members

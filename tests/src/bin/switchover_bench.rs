@@ -93,13 +93,9 @@ async fn main() -> anyhow::Result<()> {
         "\nPlanned switchover, 3 members, probers every {} ms; write gaps as median (min-max)",
         PROBE_EVERY.as_millis()
     );
-    let routes: Vec<String> = Route::ALL
-        .iter()
-        .map(|r| format!(" through {} |", r.label()))
-        .collect();
     println!(
         "| system | runs measured | directly (multi-host DSN) |{} median command time | lost acknowledged writes | runs that failed |",
-        routes.concat()
+        Endpoints::headings()
     );
     println!(
         "|---|---|---|{}---|---|---|",
@@ -108,15 +104,8 @@ async fn main() -> anyhow::Result<()> {
     for (name, samples, fails) in &rows {
         let cell = |label: &str| {
             let d: Vec<f64> = samples.iter().filter_map(|s| s.on(label)).collect();
-            match bench::spread(&d) {
-                Some((median, min, max)) => format!("{median:.3} s ({min:.3}-{max:.3})"),
-                None => "-".into(),
-            }
+            bench::spread_cell(&d, 3)
         };
-        let through: Vec<String> = Route::ALL
-            .iter()
-            .map(|r| format!(" {} |", cell(r.key())))
-            .collect();
         let cmds: Vec<f64> = samples.iter().map(|s| s.command.as_secs_f64()).collect();
         let lost: usize = samples.iter().map(|s| s.lost).sum();
         let acked: usize = samples.iter().map(|s| s.acked).sum();
@@ -125,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             "| {name} | {} | {} |{} {cmd} | {lost} of {acked} | {} |",
             samples.len(),
             cell(DIRECT),
-            through.concat(),
+            Endpoints::cells(cell),
             fails.len()
         );
     }
@@ -238,6 +227,7 @@ async fn spilo_measure(c: &mut Cluster) -> anyhow::Result<Sample> {
     let ports: Vec<u16> = replicas.iter().map(|r| c.member(r).pg_port).collect();
     let target_port = c.member(&target).pg_port;
     let endpoints = Endpoints::of_spilo(c)?;
+    endpoints.settled(Duration::from_secs(120)).await?;
     let targets = endpoints.targets(c.read_write_dsn());
     let c: &Cluster = c;
     measure(
@@ -278,6 +268,7 @@ async fn patroni_measure(c: &PatroniCluster, patroni: &Path) -> anyhow::Result<S
     let patronictl = patroni.with_file_name("patronictl");
     let config = c.config_path(&primary);
     let endpoints = Endpoints::of_patroni(c)?;
+    endpoints.settled(Duration::from_secs(120)).await?;
     let targets = endpoints.targets(c.read_write_dsn());
     measure(
         targets,
