@@ -108,10 +108,7 @@ fn a_switch_to_quorum_commit_is_said_in_words_in_every_view() {
     );
     let text = super::show::text(&p, super::show::Style::new(false));
     assert!(text.contains("+ synchronous_mode_quorum = true"), "{text}");
-    assert!(
-        text.contains(&format!("synchronous replication: {words}")),
-        "{text}"
-    );
+    assert!(text.contains(&format!("durability: {words}")), "{text}");
     assert!(super::show::markdown(&p, 60_000).contains(words));
     assert!(serde_json::to_string(&p).expect("json").contains(words));
     // A change elsewhere in the config does not repeat it.

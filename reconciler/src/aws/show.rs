@@ -246,7 +246,7 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
             let _ = writeln!(out, "        {l}");
         }
         if let Some(s) = &cfg.synchronous {
-            let _ = writeln!(out, "        synchronous replication: {s}");
+            let _ = writeln!(out, "        durability: {s}");
         }
         let restarts = super::plan::restarts::restarts(cfg);
         if !restarts.is_empty() {
