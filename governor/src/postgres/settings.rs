@@ -90,8 +90,12 @@ impl Instance {
         if self.standby_names == value {
             return Ok(false);
         }
-        self.standby_names = value.to_string();
-        self.reload().await?;
+        let previous = std::mem::replace(&mut self.standby_names, value.to_string());
+        if let Err(e) = self.reload().await {
+            // Not in force: the next call must write and reload again, not skip it as done.
+            self.standby_names = previous;
+            return Err(e);
+        }
         tracing::info!(
             synchronous_standby_names = value,
             "changed the synchronous standbys"
