@@ -9,7 +9,7 @@
 //! | `/proxy` | this member runs the primary proxy and it has a primary to forward to ([`crate::proxy`]) |
 //! | `/liveness` | the HA loop finished a pass within the TTL, or a long action (bootstrap, clone, rewind) runs |
 //! | `/readiness` | the leader, or a streaming replica within `maximum_lag_on_failover` |
-//! | `/status`, `/` | always 200: this member's [`NodeStatus`] |
+//! | `/status`, `/` | always 200: this member's [`NodeStatus`]; with `?live=true` its WAL positions read from PostgreSQL now (503 when PostgreSQL runs but does not answer) |
 //! | `/cluster` | always 200: the member table from the last etcd read |
 //! | `/history` | always 200: the promotion history |
 //! | `/metrics` | always 200: this member in Prometheus' text format ([`metrics`]) |
@@ -138,8 +138,31 @@ fn running(node: &NodeStatus, role: MemberRole) -> bool {
     node.member.role == role && node.member.state == MemberState::Running
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Answer {
-    answer(true, node(&shared).await)
+#[derive(Deserialize)]
+struct StatusQuery {
+    #[serde(default)]
+    live: bool,
+}
+
+/// With `live`, the WAL positions are PostgreSQL's now: a failover candidate compares them
+/// with its own, and the last loop pass's may miss commits received since. A running
+/// PostgreSQL that does not answer makes the answer 503, so the candidate counts no stale
+/// position.
+async fn status(State(shared): State<Arc<Shared>>, Query(q): Query<StatusQuery>) -> Answer {
+    let mut node = node(&shared).await;
+    if q.live
+        && node.member.state == MemberState::Running
+        && let Some(live) = &shared.live_wal
+    {
+        match live.read().await {
+            Some(now) => {
+                node.member.wal = now.wal;
+                node.member.timeline = now.timeline.or(node.member.timeline);
+            }
+            None => return answer(false, node),
+        }
+    }
+    answer(true, node)
 }
 
 async fn primary(State(shared): State<Arc<Shared>>) -> Answer {

@@ -188,6 +188,7 @@ fn rig(node: NodeStatus, store: Arc<dyn ClusterStore>, now: Instant) -> Rig {
         failsafe_until: failsafe_rx,
         proxy: None,
         loop_stats: Default::default(),
+        live_wal: None,
     });
     Rig {
         shared,
@@ -548,4 +549,51 @@ async fn metrics_and_cluster_read_the_same_state() {
     let Json(summary) = cluster(State(r.shared.clone())).await;
     let text = serde_json::to_string(&summary).expect("json");
     assert!(text.contains("\"m1\"") && text.contains("\"m2\""), "{text}");
+}
+
+/// Answers with a fixed position, or not at all.
+struct FixedWal(Option<u64>);
+
+impl crate::shared::LiveWal for FixedWal {
+    fn read(&self) -> crate::shared::LiveFuture<'_> {
+        let answer = self.0.map(|lsn| crate::shared::LiveWalPositions {
+            timeline: Some(TimelineId(2)),
+            wal: WalPositions {
+                write: None,
+                receive: Some(Lsn(lsn)),
+                replay: Some(Lsn(lsn)),
+            },
+        });
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn status_answers_live_positions_when_asked_and_503_when_postgres_cannot_say() {
+    let with = |live: Option<u64>| {
+        let mut r = rig(
+            node_status("m2", MemberRole::Replica, false, true),
+            fake(keep),
+            Instant::now(),
+        );
+        Arc::get_mut(&mut r.shared).expect("only owner").live_wal = Some(Arc::new(FixedWal(live)));
+        r
+    };
+    let lsn = |r: &Answer| r.1.0.member.wal.best();
+    let r = with(Some(5000));
+    let cached = status(State(r.shared.clone()), Query(StatusQuery { live: false })).await;
+    assert_eq!(cached.0, StatusCode::OK);
+    assert_ne!(
+        lsn(&cached),
+        Some(Lsn(5000)),
+        "without live: the last pass's position"
+    );
+    let live = status(State(r.shared.clone()), Query(StatusQuery { live: true })).await;
+    assert_eq!(live.0, StatusCode::OK);
+    assert_eq!(lsn(&live), Some(Lsn(5000)));
+    assert_eq!(live.1.0.member.timeline, Some(TimelineId(2)));
+    // PostgreSQL runs but does not answer: no stale position passes for a live one.
+    let r = with(None);
+    let failed = status(State(r.shared.clone()), Query(StatusQuery { live: true })).await;
+    assert_eq!(failed.0, StatusCode::SERVICE_UNAVAILABLE);
 }

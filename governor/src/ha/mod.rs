@@ -356,7 +356,11 @@ fn race(
                 .filter(|p| sync.contains(&p.name))
                 .cloned()
                 .collect();
-            if let Some(d) = quorum_holds_back(s, view, &voters) {
+            let mine = (
+                pg.timeline.unwrap_or_default(),
+                pg.wal.best().unwrap_or_default(),
+            );
+            if let Some(d) = quorum_holds_back(s, view, &voters, mine) {
                 return d;
             }
             voters
@@ -391,10 +395,17 @@ fn race(
 }
 
 /// In quorum mode, why this voter may not take over: it must see the positions of `n - k + 1`
-/// voters (itself included) to know it is not missing an acknowledged commit (the ranking
-/// then requires it to be the most advanced of them). The primary that wrote the key has
+/// voters (itself included), each no further than its own `mine` (timeline, WAL position), to
+/// know it is not missing an acknowledged commit. A voter that answers further ahead holds it
+/// back whatever the ranking says (it may be tagged `nofailover` since the key was written, and
+/// then the ranking would pass over it and its commits). The primary that wrote the key has
 /// every commit it acknowledged and need not ask.
-fn quorum_holds_back(s: &Snapshot, view: &ClusterView, voters: &[PeerView]) -> Option<Decision> {
+fn quorum_holds_back(
+    s: &Snapshot,
+    view: &ClusterView,
+    voters: &[PeerView],
+    mine: (TimelineId, Lsn),
+) -> Option<Decision> {
     let key = view.sync.as_ref().filter(|k| k.quorum.is_some())?;
     if key.leader.as_ref() == Some(&s.me) {
         return None;
@@ -406,14 +417,30 @@ fn quorum_holds_back(s: &Snapshot, view: &ClusterView, voters: &[PeerView]) -> O
                 .into(),
         });
     };
-    let seen = 1 + voters
-        .iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .is_some_and(|st| st.running_as(MemberRole::Replica))
-        })
-        .count();
+    let mut seen = 1;
+    for p in voters {
+        let Some(st) = p
+            .status
+            .as_ref()
+            .filter(|st| st.running_as(MemberRole::Replica))
+        else {
+            continue;
+        };
+        let theirs = (
+            st.timeline.unwrap_or_default(),
+            st.wal.best().unwrap_or_default(),
+        );
+        if theirs > mine {
+            return Some(Decision::Wait {
+                why: format!(
+                    "no leader, and voter {} is further ahead (timeline {}, WAL {}) than this \
+                     member (timeline {}, WAL {})",
+                    p.name, theirs.0, theirs.1, mine.0, mine.1
+                ),
+            });
+        }
+        seen += 1;
+    }
     (seen < need).then(|| Decision::Wait {
         why: format!(
             "no leader, and quorum commit needs the WAL positions of {need} of the {} voters to \

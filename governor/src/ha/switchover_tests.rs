@@ -399,11 +399,26 @@ fn in_quorum_mode_a_voter_takes_over_only_once_it_sees_enough_voters_and_leads_t
         "no leader, and quorum commit needs the WAL positions of 2 of the 2 voters to be sure no acknowledged commit is missing; 1 answered (this member included)",
     );
 
-    // m2 answers and is further: it ranks first, not m1.
+    // m2 answers and is further: it holds m1 back.
     let mut w = World::new();
     w.peer("m2", Some(replica(1, 900)));
     quorum(&mut w, &["m1", "m2"], 1);
-    assert_eq!(kind(&w.decide()), "wait");
+    assert_waits(
+        &w.decide(),
+        "no leader, and voter m2 is further ahead (timeline 1, WAL 0/384) than this member (timeline 1, WAL 0/1F4)",
+    );
+
+    // Even when the ranking would pass over it (tagged nofailover since the key was written):
+    // the commits only m2 has would be lost.
+    let mut w = World::new();
+    let mut tagged = replica(1, 900);
+    tagged.tags.nofailover = true;
+    w.peer("m2", Some(tagged));
+    quorum(&mut w, &["m1", "m2"], 1);
+    assert_waits(
+        &w.decide(),
+        "no leader, and voter m2 is further ahead (timeline 1, WAL 0/384) than this member (timeline 1, WAL 0/1F4)",
+    );
 
     // ANY 2 of m1, m2, m3: every commit is on two voters, so seeing one other is enough.
     let mut w = World::new();

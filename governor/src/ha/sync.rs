@@ -18,8 +18,13 @@
 //!    or on `t` of `S`, is on `min(k, t)` of the union); when that is the target, done;
 //! 2. PostgreSQL is set to `ANY t (S)` (the key is written first, so it never promises more
 //!    than the setting in force gives);
-//! 3. on a later pass (every walsender has reloaded the setting by then) the primary notes its
-//!    flush position `L`;
+//! 3. once the setting is in force in every walsender the primary notes its flush position
+//!    `L`. A walsender reloads the setting on its own, after the postmaster forwards the
+//!    reload signal, and until then acknowledges by the old one. `pg_stat_replication` shows
+//!    which setting each has loaded only through `sync_priority` (named or not), so the step
+//!    waits until every walsender shows exactly the new voters named, and at least
+//!    [`RELOAD_GRACE`] since the setting was written (a change of `k` alone is invisible there;
+//!    a walsender reloads within milliseconds of the signal unless its process is stopped);
 //! 4. once `t` members of `S` have flushed past `L` (WAL is a log: they then have every
 //!    earlier commit, and every later one was acknowledged under `ANY t (S)`), the key
 //!    becomes `(S, t)`.
@@ -30,6 +35,11 @@
 
 use spilo_model::{ClusterConfig, Lsn, MemberName, MemberStatus, SyncState};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long after writing a quorum setting the primary waits before it takes the setting as
+/// in force in walsenders whose `sync_priority` cannot show it (step 3).
+pub const RELOAD_GRACE: Duration = Duration::from_secs(1);
 
 /// Synchronous mode's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +73,19 @@ pub struct Standby {
     pub streaming: bool,
     /// `sync_state = 'sync'`.
     pub sync: bool,
+    /// `sync_priority > 0`: its walsender has loaded a setting that names it.
+    pub named: bool,
     /// `flush_lsn`.
     pub flush: Option<Lsn>,
+}
+
+/// The primary at the moment of a step: its flush position and the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    /// `pg_current_wal_flush_lsn()`.
+    pub flush: Lsn,
+    /// When it was read.
+    pub at: Instant,
 }
 
 /// What to do now.
@@ -103,6 +124,8 @@ pub struct QuorumChange {
     pub voters: Vec<MemberName>,
     /// The quorum it was set to.
     pub quorum: u32,
+    /// When the step that set it ran.
+    pub set_at: Instant,
     /// The primary's flush position once the setting was in force.
     pub since: Option<Lsn>,
 }
@@ -134,8 +157,8 @@ pub fn standby_names(names: &[MemberName], strict: bool) -> String {
 }
 
 /// The next step for the primary `me`. `eligible` says which members may ever be synchronous
-/// (members, not tagged nofailover); `pending` is what the last step returned; `flush_now` is
-/// the primary's flush position now.
+/// (members, not tagged nofailover); `pending` is what the last step returned; `now` is the
+/// primary's flush position and the time.
 pub fn step(
     me: &MemberName,
     mode: Option<SyncMode>,
@@ -143,7 +166,7 @@ pub fn step(
     standbys: &[Standby],
     eligible: &dyn Fn(&MemberName) -> bool,
     pending: &Pending,
-    flush_now: Lsn,
+    now: Moment,
 ) -> SyncStep {
     let Some(mode) = mode else {
         return SyncStep {
@@ -153,7 +176,7 @@ pub fn step(
         };
     };
     if mode.quorum {
-        return quorum_step(me, mode, key, standbys, eligible, pending, flush_now);
+        return quorum_step(me, mode, key, standbys, eligible, pending, now);
     }
     let pending = &pending.standbys;
     // A quorum key's voters do not each have every commit: they are confirmed again.
@@ -198,7 +221,7 @@ pub fn step(
                 next_pending.insert(name.clone(), *since);
             }
             None => {
-                next_pending.insert(name.clone(), flush_now);
+                next_pending.insert(name.clone(), now.flush);
             }
         }
     }
@@ -227,7 +250,7 @@ fn quorum_step(
     standbys: &[Standby],
     eligible: &dyn Fn(&MemberName) -> bool,
     pending: &Pending,
-    flush_now: Lsn,
+    now: Moment,
 ) -> SyncStep {
     let state = |members: Vec<MemberName>, quorum: u32| SyncState {
         leader: Some(me.clone()),
@@ -281,33 +304,40 @@ fn quorum_step(
             pending: Pending::default(),
         };
     }
-    let change = |since: Option<Lsn>| QuorumChange {
-        voters: voters.clone(),
-        quorum,
-        since,
-    };
     let next = match &pending.quorum {
-        // The key covers both settings and PostgreSQL has had the target for a pass.
+        // The key covers both settings and PostgreSQL was given the target.
         Some(c) if c.voters == voters && c.quorum == quorum && key == Some(&covering) => {
             match c.since {
-                None => change(Some(flush_now)),
+                None if in_force(c, standbys, now.at) => QuorumChange {
+                    since: Some(now.flush),
+                    ..c.clone()
+                },
+                None => c.clone(),
                 Some(since) => {
-                    let reached = standbys
+                    let mut reached: Vec<&MemberName> = standbys
                         .iter()
                         .filter(|s| voters.contains(&s.name) && s.flush.is_some_and(|f| f >= since))
-                        .count();
-                    if reached >= quorum as usize {
+                        .map(|s| &s.name)
+                        .collect();
+                    reached.sort();
+                    reached.dedup();
+                    if reached.len() >= quorum as usize {
                         return SyncStep {
                             key: write(&target),
                             standby_names: names,
                             pending: Pending::default(),
                         };
                     }
-                    change(Some(since))
+                    c.clone()
                 }
             }
         }
-        _ => change(None),
+        _ => QuorumChange {
+            voters: voters.clone(),
+            quorum,
+            set_at: now.at,
+            since: None,
+        },
     };
     SyncStep {
         key: write(&covering),
@@ -317,6 +347,20 @@ fn quorum_step(
             quorum: Some(next),
         },
     }
+}
+
+/// Whether every walsender acknowledges by the setting `change` wrote: each names exactly the
+/// voters (a streaming voter named, nobody else named) and the grace for the change of `k`,
+/// which `pg_stat_replication` cannot show, has passed.
+fn in_force(change: &QuorumChange, standbys: &[Standby], now: Instant) -> bool {
+    now.saturating_duration_since(change.set_at) >= RELOAD_GRACE
+        && standbys.iter().all(|s| {
+            if change.voters.contains(&s.name) {
+                s.named || !s.streaming
+            } else {
+                !s.named
+            }
+        })
 }
 
 #[cfg(test)]

@@ -351,7 +351,7 @@ impl Session {
             .run(async |c| {
                 c.query(
                     "SELECT application_name, state = 'streaming', sync_state = 'sync', \
-                     flush_lsn::text FROM pg_stat_replication",
+                     flush_lsn::text, sync_priority > 0 FROM pg_stat_replication",
                     &[],
                 )
                 .await
@@ -368,6 +368,7 @@ impl Session {
                 name,
                 streaming: r.try_get::<_, Option<bool>>(1)?.unwrap_or(false),
                 sync: r.try_get::<_, Option<bool>>(2)?.unwrap_or(false),
+                named: r.try_get::<_, Option<bool>>(4)?.unwrap_or(false),
                 flush: flush.and_then(|f| f.parse().ok()),
             });
         }

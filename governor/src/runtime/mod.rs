@@ -17,6 +17,7 @@ pub mod commands;
 pub mod failsafe;
 pub mod fence;
 mod gather;
+mod live_wal;
 pub mod peers;
 mod recovery;
 pub mod scale_in;
@@ -309,6 +310,12 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         failsafe_until: failsafe_until.clone(),
         proxy: proxy_route,
         loop_stats: Default::default(),
+        live_wal: Some(Arc::new(live_wal::PgLiveWal::new(
+            cfg.run_dir(),
+            cfg.postgresql.listen.port(),
+            &cfg.postgresql.authentication.superuser.username,
+            cfg.ha.retry_timeout().min(Duration::from_secs(1)),
+        ))),
     });
     if let Some(archive) = &cfg.archive {
         tasks.spawn(

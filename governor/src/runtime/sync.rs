@@ -28,7 +28,10 @@ impl Governor {
             &standbys,
             &eligible,
             &self.sync_pending,
-            flush_now,
+            sync::Moment {
+                flush: flush_now,
+                at: std::time::Instant::now(),
+            },
         );
         if let Some(key) = &step.key {
             if !self

@@ -65,6 +65,27 @@ impl ClusterStore for Dcs {
     }
 }
 
+/// A future of a live read ([`LiveWal`]).
+pub type LiveFuture<'a> = Pin<Box<dyn Future<Output = Option<LiveWalPositions>> + Send + 'a>>;
+
+/// This member's timeline and WAL positions read from PostgreSQL now, not at the last loop pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveWalPositions {
+    /// Its timeline.
+    pub timeline: Option<spilo_model::TimelineId>,
+    /// Its WAL positions.
+    pub wal: spilo_model::WalPositions,
+}
+
+/// Reads this member's WAL positions from PostgreSQL now (`GET /status?live=true`, which a
+/// failover candidate asks: a position from the last loop pass may be seconds old and miss
+/// commits received since, and a quorum candidate must not take itself for the most
+/// advanced on such an answer).
+pub trait LiveWal: Send + Sync {
+    /// The positions, or `None` when PostgreSQL did not answer within its deadline.
+    fn read(&self) -> LiveFuture<'_>;
+}
+
 /// State shared between the HA loop, its tasks and the REST API.
 pub struct Shared {
     /// This member's status, refreshed every loop.
@@ -105,6 +126,8 @@ pub struct Shared {
     pub proxy: Option<watch::Receiver<Option<crate::proxy::Target>>>,
     /// The HA loop's counters for `/metrics`.
     pub loop_stats: std::sync::Mutex<LoopStats>,
+    /// Live WAL positions for `/status?live=true`.
+    pub live_wal: Option<Arc<dyn LiveWal>>,
 }
 
 /// What the HA loop counts for `/metrics`.

@@ -377,6 +377,12 @@ impl Ctx<'_> {
                     Standbys::All(names) | Standbys::Quorum(_, names) => names.contains(&m.name),
                     _ => false,
                 },
+                // The simulated PostgreSQL applies a setting at once, in every walsender.
+                named: match &self.members[i].standbys {
+                    Standbys::All(names) | Standbys::Quorum(_, names) => names.contains(&m.name),
+                    Standbys::Any => true,
+                    Standbys::None => false,
+                },
                 flush: Some(Lsn(m.lsn())),
             })
             .collect();
@@ -389,7 +395,10 @@ impl Ctx<'_> {
             &standbys,
             &|m| sync::eligible(self.etcd.members.get(m).map(|(s, _)| s)),
             &self.members[i].sync_pending,
-            Lsn(my_len),
+            sync::Moment {
+                flush: Lsn(my_len),
+                at: self.clock.at(self.now),
+            },
         );
         if let Some(k) = &step.key
             && !done(block_on(self.dcs(&me).write_sync(k.as_ref(), rev)))
