@@ -133,6 +133,7 @@ proptest! {
             rewind_check_after: Duration::from_secs(15),
             // Recovery from the archive on at once: its branch sees the hostile views too.
             archive_recovery_after: Some(Duration::ZERO),
+            standby: None,
         };
         let _ = decide(&snapshot_with(view, now), &cfg, now);
     }

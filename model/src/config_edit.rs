@@ -18,6 +18,7 @@ pub const FIELDS: &[&str] = &[
     "synchronous_mode_quorum",
     "synchronous_node_count",
     "failsafe_mode",
+    "standby_cluster",
 ];
 
 impl ClusterConfig {

@@ -22,7 +22,7 @@ pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
 pub use member::{
     BootFailure, ClusterConfig, HistoryEntry, MemberRole, MemberState, MemberStatus, MemberTags,
-    WalPositions,
+    StandbySource, WalPositions,
 };
 pub use names::{ClusterName, InvalidName, MemberName, NameError};
 pub use summary::{ArchiveStatus, BackupRuns, ClusterSummary, MemberRow, NodeStatus, summarize};

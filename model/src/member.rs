@@ -219,6 +219,58 @@ pub struct ClusterConfig {
     /// every member listed in the `failsafe` key confirms it over the REST API.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failsafe_mode: bool,
+    /// A standby cluster: its leader replicates from this source instead of accepting
+    /// writes, its other members from its leader. Removing it promotes the leader; adding it
+    /// to a running cluster demotes its primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_cluster: Option<StandbySource>,
+}
+
+/// Where a standby cluster's leader replicates from: an endpoint that reaches the source
+/// cluster's primary (its load balancer or primary proxy, or a list of its members tried in
+/// turn for the one that accepts writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandbySource {
+    /// The source cluster's name, for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `host:port` of each endpoint, tried in order for one that runs as primary.
+    pub hosts: Vec<String>,
+}
+
+impl StandbySource {
+    /// "cluster a (127.0.0.1:5432)", for messages.
+    pub fn describe(&self) -> String {
+        let hosts = self.hosts.join(", ");
+        match &self.cluster {
+            Some(c) => format!("cluster {c} ({hosts})"),
+            None => hosts,
+        }
+    }
+
+    /// The libpq `host` and `port` lists (comma separated, in the same order); an error
+    /// names the entry that is not `host:port`.
+    pub fn libpq_hosts(&self) -> Result<(String, String), String> {
+        if self.hosts.is_empty() {
+            return Err("no endpoint listed".into());
+        }
+        let mut hosts = Vec::new();
+        let mut ports = Vec::new();
+        for h in &self.hosts {
+            let (host, port) = h
+                .rsplit_once(':')
+                .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                .ok_or_else(|| format!("{h:?} is not host:port"))?;
+            hosts.push(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            );
+            ports.push(port.to_string());
+        }
+        Ok((hosts.join(","), ports.join(",")))
+    }
 }
 
 impl ClusterConfig {

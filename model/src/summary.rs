@@ -129,6 +129,9 @@ pub struct ClusterSummary {
     /// In synchronous mode, what the `sync` key promises, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synchronous: Option<String>,
+    /// A standby cluster: its source, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_of: Option<String>,
 }
 
 /// Builds the member table from the `leader` and `members/*` keys.
@@ -180,6 +183,7 @@ pub fn summarize(
         members: rows,
         paused: false,
         synchronous: None,
+        standby_of: None,
     }
 }
 
@@ -212,6 +216,23 @@ impl ClusterSummary {
             row.role = role.into();
         }
         self.synchronous = Some(sync.describe());
+    }
+
+    /// In a standby cluster: the leader's role is `standby_leader` (it accepts no writes) and
+    /// the summary names the source.
+    pub fn mark_standby(&mut self, config: Option<&crate::member::ClusterConfig>) {
+        let Some(source) = config.and_then(|c| c.standby_cluster.as_ref()) else {
+            return;
+        };
+        let leader = self.leader.clone();
+        for row in self
+            .members
+            .iter_mut()
+            .filter(|r| Some(&r.name) == leader.as_ref())
+        {
+            row.role = "standby_leader".into();
+        }
+        self.standby_of = Some(source.describe());
     }
 
     /// The table as text: member, host:port, role, state, timeline, lag in MB.
@@ -249,6 +270,11 @@ impl ClusterSummary {
         }
         if let Some(s) = &self.synchronous {
             out.push_str(&format!("Synchronous: {s}\n"));
+        }
+        if let Some(s) = &self.standby_of {
+            out.push_str(&format!(
+                "Standby cluster of {s}: no writes; the standby leader replicates from it\n"
+            ));
         }
         for r in rows {
             let line: Vec<String> = r

@@ -12,12 +12,22 @@ pub async fn read_summary(target: &Target) -> anyhow::Result<ClusterSummary> {
     let config = state.cluster_config();
     summary.paused = config.pause;
     summary.mark_synchronous(Some(&config), state.sync.as_ref());
+    summary.mark_standby(Some(&config));
     Ok(summary)
 }
 
 /// `spilo pause` / `spilo resume`: sets maintenance mode in the cluster's `config` key by
 /// compare-and-swap (retried when another writer got there first).
 pub async fn set_pause(target: &Target, pause: bool) -> anyhow::Result<()> {
+    update_config(target, |c| c.pause = pause).await
+}
+
+/// Changes the cluster's `config` key with `change`, by compare-and-swap on the revision read
+/// (retried when another writer got there first); fails when the key is absent.
+pub async fn update_config(
+    target: &Target,
+    change: impl Fn(&mut spilo_model::ClusterConfig),
+) -> anyhow::Result<()> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let mut client = target.connect().await?;
     let key = Keyspace::with_namespace(&target.namespace, &target.cluster).config();
@@ -37,7 +47,7 @@ pub async fn set_pause(target: &Target, pause: bool) -> anyhow::Result<()> {
                 target.cluster
             ),
         };
-        config.pause = pause;
+        change(&mut config);
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),

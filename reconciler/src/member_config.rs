@@ -59,6 +59,8 @@ pub struct Placement {
     pub tls: Option<spilo_model::governor::TlsConfig>,
     /// Where the primary proxy listens (`endpoints.routing: proxy`); none without it.
     pub proxy_listen: Option<SocketAddr>,
+    /// A standby cluster's source (`spec.standby`), resolved by the target.
+    pub standby: Option<spilo_model::StandbySource>,
 }
 
 fn archive(prefix: String, store: &Store) -> ArchiveConfig {
@@ -172,6 +174,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
             synchronous_mode_strict: ha.synchronous_mode.is_on() && ha.synchronous_mode_strict,
             synchronous_node_count: ha.synchronous_node_count,
             failsafe_mode: ha.failsafe_mode,
+            standby_cluster: at.standby.clone(),
         },
         tags: Default::default(),
         archive: archive_section,

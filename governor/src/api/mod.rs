@@ -244,6 +244,7 @@ async fn cluster(State(shared): State<Arc<Shared>>) -> Json<ClusterSummary> {
             let mut s = summarize(&node.scope, v.leader.as_ref().map(|l| &l.name), &v.members);
             s.paused = v.paused();
             s.mark_synchronous(v.config.as_ref(), v.sync.as_ref());
+            s.mark_standby(v.config.as_ref());
             s
         }
         None => summarize(&node.scope, None, &Default::default()),

@@ -174,6 +174,7 @@ fn rig(node: NodeStatus, store: Arc<dyn ClusterStore>, now: Instant) -> Rig {
             fence_margin: Duration::from_millis(500),
             rewind_check_after: Duration::from_secs(10),
             archive_recovery_after: None,
+            standby: None,
         },
         auth: Some(ApiCredentials {
             token: Some("s3cret".into()),

@@ -9,6 +9,8 @@ use std::fmt;
 pub enum StartAs {
     /// As the primary (this member holds the leader key).
     Primary,
+    /// As the standby cluster's leader: a replica of the source cluster.
+    StandbyLeader,
     /// As a replica, streaming from `upstream` if known, otherwise read-only and idle.
     Replica {
         /// The member to stream from.
@@ -52,7 +54,14 @@ pub enum Decision {
         /// The primary to stream from.
         leader: MemberName,
     },
-    /// Try to take the leader key (compare-and-create); promote on success.
+    /// As the standby cluster's leader: keep replicating from the source (re-pointing
+    /// `primary_conninfo` if the source changed).
+    FollowSource {
+        /// Why.
+        why: String,
+    },
+    /// Try to take the leader key (compare-and-create); promote on success (in a standby
+    /// cluster: replicate from the source instead).
     AcquireLeader {
         /// Why this member is the one to take over.
         why: String,
@@ -82,6 +91,13 @@ pub enum Decision {
     },
     /// Remove the switchover request: done, stale or refused.
     ClearSwitchover {
+        /// Why.
+        why: String,
+    },
+    /// The cluster became a standby cluster: CHECKPOINT, then a clean (fast) stop, so the WAL
+    /// ends at a shutdown checkpoint the replicas and the new source received; the next
+    /// decision starts this member as the standby leader, keeping the leader key.
+    StepDown {
         /// Why.
         why: String,
     },
@@ -117,6 +133,7 @@ impl Decision {
             Decision::Rewind { .. } => "rewind",
             Decision::Start { .. } => "start",
             Decision::Follow { .. } => "follow",
+            Decision::FollowSource { .. } => "follow_source",
             Decision::AcquireLeader { .. } => "acquire_leader",
             Decision::Promote { .. } => "promote",
             Decision::ReclaimLeader { .. } => "reclaim_leader",
@@ -124,6 +141,7 @@ impl Decision {
             Decision::Switchover { .. } => "switchover",
             Decision::ClearSwitchover { .. } => "clear_switchover",
             Decision::Demote { .. } => "demote",
+            Decision::StepDown { .. } => "step_down",
             Decision::ReleaseLeader { .. } => "release_leader",
             Decision::Wait { .. } => "wait",
             Decision::Fatal { .. } => "fatal",
@@ -148,7 +166,12 @@ impl fmt::Display for Decision {
             } => {
                 write!(f, "start as replica: {why}")
             }
+            Decision::Start {
+                role: StartAs::StandbyLeader,
+                why,
+            } => write!(f, "start as standby leader: {why}"),
             Decision::Follow { leader } => write!(f, "follow {leader}"),
+            Decision::FollowSource { why } => write!(f, "follow the source: {why}"),
             Decision::AcquireLeader { why } => write!(f, "acquire leader key: {why}"),
             Decision::Promote { why } => write!(f, "promote: {why}"),
             Decision::ReclaimLeader { why } => write!(f, "take the leader key back: {why}"),
@@ -160,6 +183,7 @@ impl fmt::Display for Decision {
                 write!(f, "remove the switchover request: {why}")
             }
             Decision::Demote { why } => write!(f, "demote: {why}"),
+            Decision::StepDown { why } => write!(f, "step down to standby leader: {why}"),
             Decision::ReleaseLeader { why } => write!(f, "release leader key: {why}"),
             Decision::Wait { why } => write!(f, "wait: {why}"),
             Decision::Fatal { why } => write!(f, "fatal: {why}"),

@@ -14,7 +14,10 @@
 //!   runs as primary, and it is the healthiest eligible member (see [`candidate`]);
 //! - in failsafe mode, a primary whose lease cannot be renewed stays writable only while every
 //!   member confirmed it, and a member that confirmed it does not race until the confirmation
-//!   has ended (see [`FailsafeView`]).
+//!   has ended (see [`FailsafeView`]);
+//! - in a standby cluster (`standby_cluster` in `config`) nobody accepts writes: the leader
+//!   replicates from the source cluster, the other members from the leader, a primary demotes,
+//!   and the first member copies the source instead of running initdb.
 
 pub mod candidate;
 mod decision;
@@ -29,7 +32,7 @@ pub use snapshot::{
     PgState, RunningPg, Snapshot,
 };
 
-use spilo_model::{HistoryEntry, Lsn, MemberName, MemberRole, TimelineId};
+use spilo_model::{HistoryEntry, Lsn, MemberName, MemberRole, StandbySource, TimelineId};
 use std::time::{Duration, Instant};
 
 /// The settings `decide` needs, already merged from the local file and the cluster's `config`.
@@ -50,6 +53,9 @@ pub struct HaConfig {
     /// How long the cluster must have had no leader and no member with data before a member
     /// with an empty data directory recovers it from its archive; `None`: never.
     pub archive_recovery_after: Option<Duration>,
+    /// The standby cluster's source: from the local file until the cluster's `config` exists,
+    /// then from `config` ([`HaConfig::merged`]).
+    pub standby: Option<StandbySource>,
 }
 
 impl HaConfig {
@@ -60,7 +66,15 @@ impl HaConfig {
         if let Some(lag) = view.config.as_ref().and_then(|c| c.maximum_lag_on_failover) {
             cfg.maximum_lag_on_failover = lag;
         }
+        if let Some(c) = &view.config {
+            cfg.standby = c.standby_cluster.clone();
+        }
         cfg
+    }
+
+    /// [`HaConfig::merged`] when etcd was read, else these settings as they are.
+    pub fn merged_opt(&self, view: Option<&ClusterView>) -> HaConfig {
+        view.map_or_else(|| self.clone(), |v| self.merged(v))
     }
 }
 
@@ -85,6 +99,7 @@ pub fn decide(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
         d @ (Decision::Lead
         | Decision::ReclaimLeader { .. }
         | Decision::Follow { .. }
+        | Decision::FollowSource { .. }
         | Decision::Wait { .. }
         | Decision::Fatal { .. }
         | Decision::Demote { .. }
@@ -150,8 +165,13 @@ fn decide_unpaused(s: &Snapshot, cfg: &HaConfig, now: Instant) -> Decision {
             };
         }
         (Some(_), DataDir::Empty) => {
-            return match running_leader(view) {
+            return match running_leader(view, cfg) {
                 Some(leader) if leader != s.me => Decision::Clone { leader },
+                _ if cfg.standby.is_some() => Decision::Wait {
+                    why: "no running standby leader to copy; a standby cluster has no archive of \
+                          its own to recover from"
+                        .into(),
+                },
                 _ => recovery::from_archive(s, view, cfg, now),
             };
         }
@@ -216,6 +236,14 @@ fn running_primary(
     i_lead: bool,
     lease_ok: bool,
 ) -> Decision {
+    if i_lead && let Some(source) = &cfg.standby {
+        return Decision::StepDown {
+            why: format!(
+                "the cluster is now a standby of {}; this primary stops accepting writes",
+                source.describe()
+            ),
+        };
+    }
     if i_lead && lease_ok {
         return match &view.switchover {
             Some(req) => switchover::as_leader(s, view, cfg, req),
@@ -266,6 +294,14 @@ fn running_replica(
     lease_ok: bool,
     pg: &RunningPg,
 ) -> Decision {
+    if i_lead && let Some(source) = &cfg.standby {
+        return Decision::FollowSource {
+            why: format!(
+                "this member leads the standby cluster and replicates from {}",
+                source.describe()
+            ),
+        };
+    }
     if i_lead {
         return if lease_ok {
             Decision::Promote {
@@ -279,11 +315,16 @@ fn running_replica(
     }
     match &view.leader {
         Some(leader) => {
-            let Some(status) = running_primary_status(view, &leader.name) else {
+            let Some(status) = leader_status(view, &leader.name, cfg) else {
                 return Decision::Wait {
                     why: format!(
-                        "{} holds the leader key but does not run as primary yet",
-                        leader.name
+                        "{} holds the leader key but does not run as {} yet",
+                        leader.name,
+                        if cfg.standby.is_some() {
+                            "standby leader"
+                        } else {
+                            "primary"
+                        }
                     ),
                 };
             };
@@ -347,7 +388,9 @@ fn race(
     {
         return d;
     }
-    let peers: Vec<PeerView> = match view.promotable() {
+    // A standby cluster's leader accepts no writes: synchronous mode has nothing to protect.
+    let promotable = view.promotable().filter(|_| cfg.standby.is_none());
+    let peers: Vec<PeerView> = match promotable {
         None => s.peers.clone(),
         Some(sync) if sync.contains(&s.me) => {
             let voters: Vec<PeerView> = s
@@ -540,6 +583,15 @@ fn stopped(
                     .into(),
             };
         }
+        if let Some(source) = &cfg.standby {
+            return Decision::Start {
+                role: StartAs::StandbyLeader,
+                why: format!(
+                    "this member leads the standby cluster; starting as a replica of {}",
+                    source.describe()
+                ),
+            };
+        }
         if let Some(d) = view
             .switchover
             .as_ref()
@@ -578,7 +630,7 @@ fn stopped(
         };
     }
     match &view.leader {
-        Some(leader) => match running_primary_status(view, &leader.name) {
+        Some(leader) => match leader_status(view, &leader.name, cfg) {
             Some(status) => {
                 let leader_tl = status.timeline.unwrap_or_default();
                 if let Some(why) =
@@ -633,20 +685,25 @@ fn stopped(
     }
 }
 
-/// The leader's published status, when it says it runs as primary.
-fn running_primary_status<'a>(
+/// The leader's published status, when it says it runs as primary (in a standby cluster: as a
+/// replica, of the source).
+fn leader_status<'a>(
     view: &'a ClusterView,
     leader: &MemberName,
+    cfg: &HaConfig,
 ) -> Option<&'a spilo_model::MemberStatus> {
-    view.members
-        .get(leader)
-        .filter(|m| m.running_as(MemberRole::Primary))
+    let role = if cfg.standby.is_some() {
+        MemberRole::Replica
+    } else {
+        MemberRole::Primary
+    };
+    view.members.get(leader).filter(|m| m.running_as(role))
 }
 
-/// The leader's name when it holds the key and runs as primary.
-fn running_leader(view: &ClusterView) -> Option<MemberName> {
+/// The leader's name when it holds the key and runs as primary (standby leader).
+fn running_leader(view: &ClusterView, cfg: &HaConfig) -> Option<MemberName> {
     let leader = view.leader.as_ref()?;
-    running_primary_status(view, &leader.name).map(|_| leader.name.clone())
+    leader_status(view, &leader.name, cfg).map(|_| leader.name.clone())
 }
 
 /// Why a primary that shut down cleanly at `checkpoint` on `timeline` can follow a leader on
@@ -709,6 +766,8 @@ fn diverged(
 mod failsafe_tests;
 #[cfg(test)]
 mod recovery_tests;
+#[cfg(test)]
+mod standby_tests;
 #[cfg(test)]
 mod switchover_tests;
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub(super) fn cfg() -> HaConfig {
         fence_margin: Duration::from_secs(1),
         rewind_check_after: Duration::from_secs(15),
         archive_recovery_after: None,
+        standby: None,
     }
 }
 

@@ -30,8 +30,9 @@ pub struct Forced<'a> {
     pub run_dir: &'a Path,
     /// This member's name (`cluster_name`, `application_name`).
     pub member: &'a str,
-    /// `primary_conninfo` and `primary_slot_name` for a replica with an upstream.
-    pub upstream: Option<(String, String)>,
+    /// `primary_conninfo` and `primary_slot_name` (none when the upstream keeps no slot for
+    /// this member: a standby cluster's source) for a replica with an upstream.
+    pub upstream: Option<(String, Option<String>)>,
     /// `synchronous_standby_names`, which the governor owns (empty: asynchronous).
     pub synchronous_standby_names: &'a str,
     /// `archive_command` and `restore_command` (with `archive_mode = on`) when archiving.
@@ -104,7 +105,12 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
     match &forced.upstream {
         Some((conninfo, slot)) => {
             set("primary_conninfo", conninfo.clone());
-            set("primary_slot_name", slot.clone());
+            match slot {
+                Some(slot) => set("primary_slot_name", slot.clone()),
+                None => {
+                    params.remove("primary_slot_name");
+                }
+            }
         }
         None => {
             params.remove("primary_conninfo");
@@ -197,7 +203,7 @@ pub fn conninfo(pairs: &[(&str, &str)]) -> String {
 mod tests {
     use super::*;
 
-    fn forced(upstream: Option<(String, String)>) -> Forced<'static> {
+    fn forced(upstream: Option<(String, Option<String>)>) -> Forced<'static> {
         Forced {
             listen: "127.0.0.1:5433".parse().expect("addr"),
             run_dir: Path::new("/run/m1"),
@@ -230,12 +236,21 @@ mod tests {
     #[test]
     fn replicas_get_their_upstream() {
         let ci = conninfo(&[("host", "10.0.0.1"), ("port", "5432")]);
-        let text = postgresql_conf(&[&defaults()], &forced(Some((ci, "m1".into()))));
+        let text = postgresql_conf(
+            &[&defaults()],
+            &forced(Some((ci.clone(), Some("m1".into())))),
+        );
         assert!(
             text.contains("primary_conninfo = 'host=''10.0.0.1'' port=''5432'''\n"),
             "{text}"
         );
         assert!(text.contains("primary_slot_name = 'm1'\n"), "{text}");
+        // A standby cluster's source keeps no slot for this member, even if a parameter says.
+        let mut cluster = BTreeMap::new();
+        cluster.insert("primary_slot_name".to_string(), "stale".to_string());
+        let text = postgresql_conf(&[&defaults(), &cluster], &forced(Some((ci, None))));
+        assert!(text.contains("primary_conninfo = "), "{text}");
+        assert!(!text.contains("primary_slot_name"), "{text}");
     }
 
     #[test]

@@ -57,12 +57,46 @@ const UNFINISHED_MARKER: &str = "data-copy-in-progress";
 /// Where a replica streams from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// The member.
+    /// The member (for a standby cluster's source: the source's name, for messages).
     pub name: MemberName,
-    /// Its PostgreSQL host.
+    /// Its PostgreSQL host (a source: a comma-separated list, tried in order).
     pub host: String,
-    /// Its PostgreSQL port.
-    pub port: u16,
+    /// Its PostgreSQL port (a source: one per host).
+    pub port: String,
+    /// A standby cluster's source: connect only to the endpoint that runs as primary, and use
+    /// no replication slot (the source keeps none for this member).
+    pub source: bool,
+}
+
+impl Upstream {
+    /// A member of this cluster.
+    pub fn member(name: MemberName, host: String, port: u16) -> Self {
+        Upstream {
+            name,
+            host,
+            port: port.to_string(),
+            source: false,
+        }
+    }
+
+    /// A standby cluster's source; an error names the endpoint that is not `host:port`.
+    pub fn source(source: &spilo_model::StandbySource) -> Result<Self, String> {
+        let (host, port) = source
+            .libpq_hosts()
+            .map_err(|e| format!("standby_cluster.hosts: {e}"))?;
+        let name = source
+            .cluster
+            .as_deref()
+            .and_then(|c| MemberName::new(c).ok())
+            .or_else(|| MemberName::new("source").ok())
+            .ok_or("no name for the source")?;
+        Ok(Upstream {
+            name,
+            host,
+            port,
+            source: true,
+        })
+    }
 }
 
 /// The local PostgreSQL instance.
@@ -466,7 +500,7 @@ impl Instance {
         }
         self.write_conf(Some(&upstream), cluster)?;
         self.session.execute("SELECT pg_reload_conf()").await?;
-        tracing::info!(upstream = %upstream.name, host = %upstream.host, port = upstream.port, "now streaming from the leader");
+        tracing::info!(upstream = %upstream.name, host = %upstream.host, port = %upstream.port, source = upstream.source, "now streaming from the upstream");
         self.upstream = Some(upstream);
         self.not_streaming_since = None;
         Ok(())
@@ -558,7 +592,7 @@ impl Instance {
             "-h".into(),
             from.host.clone(),
             "-p".into(),
-            from.port.to_string(),
+            from.port.clone(),
             "-U".into(),
             self.replication.0.clone(),
             "-w".into(),
@@ -589,7 +623,7 @@ impl Instance {
     /// CHECKPOINTs `from` first, so its control file shows the timeline it promoted to.
     pub async fn rewind_from(&self, from: &Upstream) -> Result<String, PgError> {
         let marker = self.run_dir.join(UNFINISHED_MARKER);
-        let port = from.port.to_string();
+        let port = from.port.clone();
         let source = conf::conninfo(&[
             ("host", &from.host),
             ("port", &port),
@@ -633,9 +667,13 @@ impl Instance {
                 .ok()
                 .map(Arc::new)
         });
+        let port = to.port.parse().unwrap_or_else(|_| {
+            tracing::warn!(port = %to.port, "not one port; using 5432");
+            5432
+        });
         Session::remote(
             &to.host,
-            to.port,
+            port,
             &self.superuser.0,
             &self.superuser.1,
             self.timeout,

@@ -14,7 +14,7 @@ impl Instance {
         cluster: &BTreeMap<String, String>,
     ) -> std::io::Result<()> {
         let up = upstream.map(|u| {
-            let port = u.port.to_string();
+            let port = u.port.clone();
             let pgpass = self.pgpass().display().to_string();
             let ssl = self.ssl.as_ref().map(|s| {
                 (
@@ -37,7 +37,12 @@ impl Instance {
                 pairs.push(("sslcert", cert));
                 pairs.push(("sslkey", key));
             }
-            (conf::conninfo(&pairs), self.member.slot_name())
+            if u.source {
+                // Several endpoints of the source: the one that accepts writes.
+                pairs.push(("target_session_attrs", "primary"));
+            }
+            let slot = (!u.source).then(|| self.member.slot_name());
+            (conf::conninfo(&pairs), slot)
         });
         let forced = conf::Forced {
             listen: self.listen,

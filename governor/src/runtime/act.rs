@@ -21,7 +21,10 @@ impl Governor {
         let params = cluster_params(view);
         if matches!(
             d,
-            Decision::Lead | Decision::Wait { .. } | Decision::Follow { .. }
+            Decision::Lead
+                | Decision::Wait { .. }
+                | Decision::Follow { .. }
+                | Decision::FollowSource { .. }
         ) && matches!(s.local.postgres, PgState::Running(_))
             && view.is_some_and(|v| v.config.is_some())
         {
@@ -88,6 +91,15 @@ impl Governor {
                 let up = upstream(view, leader)?;
                 Ok(self.pg.follow(up, &params).await?)
             }
+            Decision::Start {
+                role: StartAs::StandbyLeader,
+                ..
+            } => {
+                let source = self.standby_source(view)?;
+                self.pg.start(false, Some(source), &params)?;
+                Ok(())
+            }
+            Decision::FollowSource { .. } => self.lead_standby(view, &params).await,
             Decision::AcquireLeader { why } => {
                 let lease = s
                     .lease
@@ -102,6 +114,10 @@ impl Governor {
                 if self.dcs.try_acquire_leader(lease).await? {
                     tracing::info!("took the leader key");
                     self.holds_leader_key(lease);
+                    if self.ha.merged_opt(view).standby.is_some() {
+                        // A standby cluster's new leader replicates from the source instead.
+                        return self.lead_standby(view, &params).await;
+                    }
                     self.promote(why, view).await
                 } else {
                     tracing::info!("another member took the leader key first");
@@ -141,6 +157,17 @@ impl Governor {
                             result,
                         });
                 }
+                Ok(())
+            }
+            Decision::StepDown { .. } => {
+                // Flush while writes still run, so the shutdown checkpoint is short; a failed
+                // CHECKPOINT only makes the stop slower.
+                if let Err(e) = self.pg.sql().checkpoint().await {
+                    tracing::warn!(error = %e, "CHECKPOINT before stepping down failed");
+                }
+                let _ = self.fence.send(None);
+                self.pg.stop(StopMode::Fast).await;
+                self.data = None;
                 Ok(())
             }
             Decision::Demote { .. } => {
@@ -308,6 +335,33 @@ impl Governor {
         Ok(())
     }
 
+    /// The standby cluster's source, as an upstream.
+    fn standby_source(&self, view: Option<&ClusterView>) -> Result<Upstream, ActError> {
+        let cfg = self.ha.merged_opt(view);
+        let source = cfg
+            .standby
+            .as_ref()
+            .ok_or_else(|| ActError::Other("not a standby cluster".into()))?;
+        Upstream::source(source).map_err(ActError::Other)
+    }
+
+    /// As the standby cluster's leader: replicate from the source, and keep a slot for each
+    /// other member (they replicate from this one).
+    async fn lead_standby(
+        &mut self,
+        view: Option<&ClusterView>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        let source = self.standby_source(view)?;
+        self.pg.follow(source, params).await?;
+        if let Some(view) = view
+            && let Err(e) = self.sync_slots(view).await
+        {
+            tracing::warn!(error = %e, "cannot manage replication slots");
+        }
+        Ok(())
+    }
+
     /// Keeps one physical slot per other member; drops slots of members gone for a while.
     async fn sync_slots(&mut self, view: &ClusterView) -> Result<(), ActError> {
         let me = &self.loaded.name;
@@ -427,9 +481,5 @@ pub(super) fn upstream(
             status.conn_url
         ))
     })?;
-    Ok(Upstream {
-        name: leader.clone(),
-        host,
-        port,
-    })
+    Ok(Upstream::member(leader.clone(), host, port))
 }

@@ -110,7 +110,12 @@ impl Governor {
         tracing::info!("won the bootstrap race; initializing a new cluster");
         self.initialize_attempted = false;
         self.announce(s, MemberState::Bootstrapping).await;
-        match self.bootstrap_inner(lease, params).await {
+        let view = match &s.dcs {
+            crate::ha::DcsView::Known(v) => Some(v),
+            crate::ha::DcsView::Unreachable { .. } => None,
+        };
+        let standby = self.ha.merged_opt(view).standby;
+        match self.bootstrap_inner(lease, params, standby).await {
             Ok(()) => {
                 self.bootstrap_failure = None;
                 Ok(())
@@ -208,8 +213,21 @@ impl Governor {
         &mut self,
         lease: i64,
         params: &BTreeMap<String, String>,
+        standby: Option<spilo_model::StandbySource>,
     ) -> Result<(), ActError> {
         match self.loaded.config.bootstrap.clone() {
+            _ if standby.is_some() => {
+                let source = standby
+                    .as_ref()
+                    .map(crate::postgres::Upstream::source)
+                    .transpose()
+                    .map_err(ActError::Other)?
+                    .ok_or_else(|| ActError::Other("no source".into()))?;
+                tracing::info!(source = %source.host, "copying the source of the standby cluster");
+                self.pg.clone_from(&source).await?;
+                self.pg.start(false, Some(source), params)?;
+                self.pg.wait_ready(Duration::from_secs(120)).await?;
+            }
             Some(b) => {
                 let now = spilo_model::TargetTime::now();
                 self.pg.restore_clone(&b.clone, params, now).await?;
@@ -222,7 +240,9 @@ impl Governor {
                 self.pg.wait_ready(Duration::from_secs(120)).await?;
             }
         }
-        self.pg.create_replication_role().await?;
+        if standby.is_none() {
+            self.pg.create_replication_role().await?;
+        }
         if self.dcs.try_acquire_leader(lease).await? {
             self.holds_leader_key(lease);
         } else {
@@ -269,6 +289,7 @@ impl Governor {
                 .is_on()
                 .then_some(ha.synchronous_node_count),
             failsafe_mode: ha.failsafe_mode,
+            standby_cluster: ha.standby_cluster.clone(),
         };
         if self.dcs.create_config_if_absent(&config).await? {
             tracing::info!("wrote the cluster's first config");

@@ -287,6 +287,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             .as_ref()
             .and_then(|a| a.recover_after)
             .map(Duration::from_secs),
+        standby: cfg.ha.standby_cluster.clone(),
     };
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
     let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(4);

@@ -167,6 +167,11 @@ impl Ctx<'_> {
                 let d = m.data.as_mut().expect("start needs data");
                 d.clean_checkpoint = None;
                 match role {
+                    StartAs::StandbyLeader => {
+                        return Err(format!(
+                            "{me} started as a standby leader outside a standby cluster"
+                        ));
+                    }
                     StartAs::Primary => {
                         d.was_primary = true;
                         m.pg = Pg::Primary;
@@ -271,6 +276,11 @@ impl Ctx<'_> {
             }
             Decision::Wait { .. } => {}
             Decision::Fatal { why } => return Err(format!("{me} decided fatal: {why}")),
+            Decision::FollowSource { .. } | Decision::StepDown { .. } => {
+                return Err(format!(
+                    "{me} decided as a standby cluster's member, which the simulation never configures: {d}"
+                ));
+            }
         }
         Ok(Event::None)
     }

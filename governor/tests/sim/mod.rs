@@ -144,6 +144,7 @@ pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
             rewind_check_after: Duration::from_secs(15),
             // The simulated members have no archive.
             archive_recovery_after: None,
+            standby: None,
         },
         next_id: 0,
         pending: Vec::new(),

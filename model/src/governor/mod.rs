@@ -360,6 +360,11 @@ pub struct HaSettings {
     /// decides).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failsafe_mode: bool,
+    /// A standby cluster's source: seeds the cluster's `config` at bootstrap and decides how
+    /// a member bootstraps while `config` does not exist yet (a copy of the source instead of
+    /// initdb); afterwards `config` in etcd decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_cluster: Option<crate::StandbySource>,
 }
 
 fn d_sync_count() -> u32 {
@@ -378,6 +383,7 @@ impl Default for HaSettings {
             synchronous_mode_strict: false,
             synchronous_node_count: d_sync_count(),
             failsafe_mode: false,
+            standby_cluster: None,
         }
     }
 }

@@ -156,6 +156,10 @@ pub struct ClusterSpec {
     /// How the cluster's data comes into being.
     #[serde(default)]
     pub bootstrap: Bootstrap,
+    /// Run as a standby cluster of another: the leader replicates from the source, the other
+    /// members from the leader; no writes. Removing it promotes the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbySpec>,
     /// Load balancers, DNS and health checks.
     #[serde(default)]
     pub endpoints: EndpointsSpec,
@@ -186,6 +190,7 @@ impl Default for ClusterSpec {
             local: LocalSpec::default(),
             backup: None,
             bootstrap: Bootstrap::default(),
+            standby: None,
             endpoints: EndpointsSpec::default(),
             reconcile: ReconcileSpec::default(),
             secrets: SecretsSpec::default(),
@@ -220,6 +225,8 @@ impl ClusterSpec {
                 .is_on()
                 .then_some(self.ha.synchronous_node_count),
             failsafe_mode: self.ha.failsafe_mode,
+            // Resolved by the target that realizes the file (`from` names another cluster).
+            standby_cluster: None,
         }
     }
 }
@@ -388,6 +395,19 @@ fn d_schedule() -> String {
 }
 fn d_retention() -> u32 {
     5
+}
+
+/// The source of a standby cluster: exactly one of `from` or `hosts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StandbySpec {
+    /// Another cluster in the same repository; the target finds its members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ClusterName>,
+    /// Or endpoints of the source (`host:port`), tried in order for the one that runs as
+    /// primary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 /// How the data comes into being: exactly one of `initdb` or `clone` (default: initdb).

@@ -112,6 +112,9 @@ fn placement(file: &ClusterFile) -> Placement {
         archive_store: s3.clone(),
         clone_store: spec.bootstrap.clone.as_ref().map(|_| s3),
         parameters_in_file: false,
+        // Validation refuses spec.standby on AWS until the template lets a standby reach its
+        // source.
+        standby: None,
         aws: Some(AwsSettings {
             region,
             signal: Some(StackSignal {

@@ -38,6 +38,8 @@ pub struct LocalCluster {
     governor_bin: PathBuf,
     etcd_endpoints: Vec<String>,
     tls: Option<super::tls::LocalTls>,
+    /// `spec.standby`, resolved to the source's members.
+    standby: Option<spilo_model::StandbySource>,
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
     members: Vec<Option<Proc>>,
@@ -137,6 +139,10 @@ fn mkdir(path: &Path, mode: u32, run_as: &RunAs) -> anyhow::Result<()> {
 impl LocalCluster {
     /// Prepares a cluster's directory: secrets (generated once), the governor binary, etcd and
     /// member directories, the WAL bucket directory. Starts nothing.
+    ///
+    /// A standby cluster (`standby`, resolved from `spec.standby`) is a copy of its source, so
+    /// it takes the source's passwords (its roles are the source's) and the source's CA (its
+    /// members and the source's check each other's certificates): the source is prepared first.
     pub fn prepare(
         file: ClusterFile,
         source: String,
@@ -144,12 +150,49 @@ impl LocalCluster {
         ports: Ports,
         run_as: &RunAs,
         governor_bin: &Path,
+        standby: Option<spilo_model::StandbySource>,
     ) -> anyhow::Result<Self> {
         let name = file.metadata.name.to_string();
         let dir = layout.cluster(&name);
         mkdir(&dir, 0o755, run_as)?;
         let secrets = dir.join("secrets");
         mkdir(&secrets, 0o700, run_as)?;
+        let from = file
+            .spec
+            .standby
+            .as_ref()
+            .and_then(|s| s.from.as_ref())
+            .map(|f| layout.cluster(f.as_str()));
+        if let Some(from) = &from {
+            for s in ["superuser", "replication"] {
+                let theirs = from.join("secrets").join(s);
+                let text = std::fs::read_to_string(&theirs).with_context(|| {
+                    format!(
+                        "cluster {name} is a standby of {}: read {}",
+                        from.display(),
+                        theirs.display()
+                    )
+                })?;
+                write_private(&secrets.join(s), &text, run_as)?;
+            }
+            let (ours, theirs) = (
+                super::tls::LocalTls::under(&dir),
+                super::tls::LocalTls::under(from),
+            );
+            if theirs.ca.exists() {
+                if let Some(d) = ours.ca.parent() {
+                    mkdir(d, 0o700, run_as)?;
+                }
+                for (src, dst, mode) in [
+                    (&theirs.ca, &ours.ca, 0o644),
+                    (&theirs.ca_key, &ours.ca_key, 0o600),
+                ] {
+                    std::fs::copy(src, dst).with_context(|| format!("copy {}", src.display()))?;
+                    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(mode))?;
+                    run_as.own(dst)?;
+                }
+            }
+        }
         for s in ["superuser", "replication", "restapi-token"] {
             let p = secrets.join(s);
             if !p.exists() {
@@ -199,12 +242,20 @@ impl LocalCluster {
             governor_bin: bin,
             etcd_endpoints,
             tls,
+            standby,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),
             restart_after: vec![None; n],
             failures: vec![0; n],
         })
+    }
+
+    /// Takes `file` with its changed `spec.standby` (resolved as `standby`): the members
+    /// rendered from now on carry it.
+    pub fn set_standby(&mut self, file: ClusterFile, standby: Option<spilo_model::StandbySource>) {
+        self.file.spec.standby = file.spec.standby;
+        self.standby = standby;
     }
 
     /// The cluster's ports.
@@ -301,6 +352,7 @@ impl LocalCluster {
             &mdir,
             &self.dir.join("secrets"),
             self.tls.as_ref(),
+            self.standby.as_ref(),
         )
         .map_err(|e| anyhow::anyhow!("{}: {e}", self.source))?;
         let path = mdir.join("governor.yaml");
@@ -476,18 +528,23 @@ impl LocalCluster {
     }
 
     async fn leader(&self) -> Option<usize> {
+        self.leader_status().await.map(|(i, _)| i)
+    }
+
+    /// The member holding the leader key and its own status (live WAL positions).
+    pub async fn leader_status(&self) -> Option<(usize, NodeStatus)> {
         let (http, scheme) =
             super::tls::api_client(self.tls.as_ref(), Duration::from_secs(2)).ok()?;
         for i in 0..self.members.len() {
             let url = format!(
-                "{scheme}://127.0.0.1:{}/status",
+                "{scheme}://127.0.0.1:{}/status?live=true",
                 self.ports.api + u16::try_from(i).ok()?
             );
             if let Ok(resp) = http.get(url).send().await
                 && let Ok(s) = resp.json::<NodeStatus>().await
                 && s.is_leader
             {
-                return Some(i);
+                return Some((i, s));
             }
         }
         None
@@ -562,13 +619,28 @@ impl LocalCluster {
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.leader().await.is_some() && postgres_answers(self.ports.primary).await {
+            // A standby cluster has no primary: its leader answering is ready.
+            let port = match self.leader().await {
+                Some(i) if self.standby.is_some() => {
+                    Some(self.ports.postgres + u16::try_from(i).unwrap_or(0))
+                }
+                Some(_) => Some(self.ports.primary),
+                None => None,
+            };
+            if let Some(port) = port
+                && postgres_answers(port).await
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "cluster {} has no primary after {}s; see {}",
+                    "cluster {} has no {} after {}s; see {}",
                     self.name,
+                    if self.standby.is_some() {
+                        "standby leader"
+                    } else {
+                        "primary"
+                    },
                     timeout.as_secs(),
                     self.dir.join("members").display()
                 );

@@ -21,7 +21,9 @@ fn secret(s: Option<&spilo_model::spec::SecretRef>, generated: &Path) -> Result<
 }
 
 /// Renders member `index`'s configuration. `secrets_dir` holds generated passwords; with
-/// `tls`, the member issues its certificate from that CA and speaks TLS everywhere.
+/// `tls`, the member issues its certificate from that CA and speaks TLS everywhere; `standby`
+/// is the resolved `spec.standby`.
+#[allow(clippy::too_many_arguments)]
 pub fn render(
     file: &ClusterFile,
     index: u16,
@@ -30,6 +32,7 @@ pub fn render(
     member_dir: &Path,
     secrets_dir: &Path,
     tls: Option<&super::tls::LocalTls>,
+    standby: Option<&spilo_model::StandbySource>,
 ) -> Result<String, String> {
     let spec = &file.spec;
     let superuser = secret(
@@ -83,6 +86,7 @@ pub fn render(
             aws: None,
             tls: tls.map(|t| TlsConfig::new(t.ca.clone(), SecretRef::file(&t.ca_key))),
             proxy_listen: ports.proxy.map(|p| local(p + index)),
+            standby: standby.cloned(),
         },
     )
 }
@@ -116,6 +120,7 @@ mod tests {
             Path::new("/s/demo/members/demo-2"),
             Path::new("/s/demo/secrets"),
             Some(&crate::local::tls::LocalTls::under(Path::new("/s/demo"))),
+            None,
         )
         .expect("renders");
         let parsed = GovernorConfig::parse(&text).expect("the governor reads it");
@@ -155,6 +160,31 @@ mod tests {
     }
 
     #[test]
+    fn a_standby_member_carries_its_source_and_the_governor_reads_it_back() {
+        let f: ClusterFile = serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: dr}\nspec:\n  standby: {from: src}\n",
+        )
+        .expect("valid");
+        let source = spilo_model::StandbySource {
+            cluster: Some("src".into()),
+            hosts: vec!["127.0.0.1:15432".into(), "127.0.0.1:15433".into()],
+        };
+        let text = render(
+            &f,
+            0,
+            &ports(None),
+            &["127.0.0.1:12379".into()],
+            Path::new("/s/dr/members/dr-0"),
+            Path::new("/s/dr/secrets"),
+            None,
+            Some(&source),
+        )
+        .expect("renders");
+        let parsed = GovernorConfig::parse(&text).expect("the governor reads it");
+        assert_eq!(parsed.ha.standby_cluster, Some(source));
+    }
+
+    #[test]
     fn values_yaml_would_misread_survive_the_rendering() {
         let (_, c) = rendered(
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: demo}\nspec:\n  postgresql:\n    parameters: {log_line_prefix: \"%m [%p] '%q' #: {x}\", 'search_path': '\"$user\", public'}\n    pg_hba: ['host \"my db\" all 10.0.0.0/8 scram-sha-256 # \"quoted\": yes']\n",
@@ -187,6 +217,7 @@ mod tests {
             Path::new("/s/demo/members/demo-0"),
             Path::new("/s"),
             None,
+            None,
         )
         .expect_err("refused");
         assert!(
@@ -202,8 +233,17 @@ mod tests {
         )
         .expect("valid");
         let ports = ports(None);
-        let err =
-            render(&f, 0, &ports, &[], Path::new("/m"), Path::new("/s"), None).expect_err("ssm");
+        let err = render(
+            &f,
+            0,
+            &ports,
+            &[],
+            Path::new("/m"),
+            Path::new("/s"),
+            None,
+            None,
+        )
+        .expect_err("ssm");
         assert_eq!(
             err,
             "spec.secrets.superuser: the local target reads only env and file references"

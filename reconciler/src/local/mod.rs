@@ -5,7 +5,8 @@
 //! Pure parts: [`ports`] (derivation and clashes), [`haproxy`] (its configuration),
 //! [`governor_config`] (a member's configuration), [`plan`] (desired against running).
 //! Processes: [`cluster`] supervises one cluster; [`up`] is the foreground reconcile loop;
-//! [`state`] is the `state.json` contract that [`status`] and [`down`] read; [`tls`] is the
+//! [`standby`] carries `spec.standby` edits into running clusters (a switchover between
+//! clusters among them); [`state`] is the `state.json` contract that [`status`] and [`down`] read; [`tls`] is the
 //! cluster's CA and the certificates of etcd and of `spilo` itself.
 
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod haproxy;
 pub mod plan;
 pub mod ports;
 pub mod progress;
+pub mod standby;
 pub mod state;
 pub mod status;
 pub mod tls;

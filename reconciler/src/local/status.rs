@@ -117,7 +117,10 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
         .map(|(m, a)| match a {
             Some(n) => MemberReport {
                 name: m.name.clone(),
-                role: if n.is_leader {
+                // A standby cluster's leader runs as a replica of its source.
+                role: if n.is_leader && n.member.role == spilo_model::MemberRole::Replica {
+                    "standby_leader".into()
+                } else if n.is_leader {
                     "primary".into()
                 } else {
                     n.member.role.as_str().into()

@@ -33,7 +33,7 @@ pub struct UpArgs {
 }
 
 /// Desired local clusters, by name: (source file, text, parsed file).
-type Desired = BTreeMap<String, (String, ClusterFile)>;
+pub(super) type Desired = BTreeMap<String, (String, ClusterFile)>;
 
 /// Reads and validates the files; only valid files selecting the local target are returned.
 fn load(paths: &[PathBuf]) -> anyhow::Result<(Desired, String)> {
@@ -62,7 +62,21 @@ fn load(paths: &[PathBuf]) -> anyhow::Result<(Desired, String)> {
     Ok((desired, text))
 }
 
-fn ports_of(f: &ClusterFile) -> Ports {
+/// The clusters in the order they are prepared: sources before their standbys.
+fn sources_first(desired: &Desired) -> Vec<&String> {
+    let mut names: Vec<&String> = desired.keys().collect();
+    names.sort_by_key(|n| {
+        desired[*n]
+            .1
+            .spec
+            .standby
+            .as_ref()
+            .is_some_and(|s| s.from.is_some())
+    });
+    names
+}
+
+pub(super) fn ports_of(f: &ClusterFile) -> Ports {
     let runs_etcd = f.spec.dcs.as_ref().is_none_or(|d| d.hosts.is_empty());
     Ports::of(f, runs_etcd)
 }
@@ -184,7 +198,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut running: BTreeMap<String, LocalCluster> = BTreeMap::new();
     let started = async {
-        for (name, (src, f)) in &desired {
+        for name in sources_first(&desired) {
+            let (src, f) = &desired[name];
             let mut c = LocalCluster::prepare(
                 f.clone(),
                 src.clone(),
@@ -192,6 +207,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 ports_of(f),
                 &run_as,
                 &governor,
+                super::standby::resolve(f, &desired)?,
             )?;
             c.start().await?;
             running.insert(name.clone(), c);
@@ -305,6 +321,9 @@ async fn apply_edit(
         .iter()
         .map(|(n, c)| (n.clone(), c.file.spec.instances))
         .collect();
+    for line in super::standby::apply_edits(desired, running, layout).await {
+        println!("{line}");
+    }
     for change in plan(&want, &have) {
         println!("{change}");
         let result = match &change {
@@ -320,14 +339,17 @@ async fn apply_edit(
                     Some(msg) => Err(anyhow::anyhow!(msg)),
                     None => match check_free(&[(cluster.clone(), src.clone(), ports.clone())]) {
                         Err(e) => Err(e),
-                        Ok(()) => match LocalCluster::prepare(
-                            f.clone(),
-                            src.clone(),
-                            layout,
-                            ports,
-                            run_as,
-                            governor,
-                        ) {
+                        Ok(()) => match super::standby::resolve(f, desired).and_then(|standby| {
+                            LocalCluster::prepare(
+                                f.clone(),
+                                src.clone(),
+                                layout,
+                                ports,
+                                run_as,
+                                governor,
+                                standby,
+                            )
+                        }) {
                             Err(e) => Err(e),
                             Ok(mut c) => {
                                 let r = c.start().await;

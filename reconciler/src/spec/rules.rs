@@ -88,6 +88,46 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         _ => {}
     }
 
+    if let Some(sb) = &s.standby {
+        match (&sb.from, sb.hosts.is_empty()) {
+            (Some(_), false) | (None, true) => r.at(
+                &p("spec.standby"),
+                Severity::Error,
+                "set exactly one of from or hosts",
+            ),
+            (Some(from), true) if *from == f.metadata.name => r.at(
+                &p("spec.standby.from"),
+                Severity::Error,
+                "a cluster cannot be a standby of itself",
+            ),
+            (None, false) => {
+                let source = spilo_model::StandbySource {
+                    cluster: None,
+                    hosts: sb.hosts.clone(),
+                };
+                if let Err(e) = source.libpq_hosts() {
+                    r.at(&p("spec.standby.hosts"), Severity::Error, e);
+                }
+            }
+            _ => {}
+        }
+        if s.target == Target::Aws {
+            r.at(
+                &p("spec.standby"),
+                Severity::Error,
+                "standby clusters run on the local target so far; on AWS the template does not \
+                 yet let a standby reach its source",
+            );
+        }
+        if s.bootstrap.clone.is_some() {
+            r.at(
+                &p("spec.bootstrap.clone"),
+                Severity::Error,
+                "a standby cluster copies its source; it cannot also be cloned from an archive",
+            );
+        }
+    }
+
     if let Some(dcs) = &s.dcs {
         if dcs.sources() != 1 {
             r.at(
@@ -376,6 +416,22 @@ pub(super) fn across_files<'a, F>(
                     "a cluster on etcd cluster `{wanted}` needs its CA as spec.secrets.ca (etcd \
                      admits only certificates of its own CA): {}",
                     describe_secret(&e.spec.secrets.ca)
+                ),
+            );
+        }
+    }
+    for (name, f, pos) in files {
+        if let Some(from) = f.spec.standby.as_ref().and_then(|s| s.from.as_ref())
+            && *from != f.metadata.name
+            && !postgres.contains_key(from.as_str())
+        {
+            let known: Vec<&str> = postgres.keys().map(String::as_str).collect();
+            reporter(name, pos, out).at(
+                &Path::parse("spec.standby.from"),
+                Severity::Error,
+                format!(
+                    "no cluster named `{from}` in the files checked (known: {})",
+                    known.join(", ")
                 ),
             );
         }

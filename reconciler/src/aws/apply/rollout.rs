@@ -378,6 +378,7 @@ mod tests {
                 members: rows,
                 paused: false,
                 synchronous: None,
+                standby_of: None,
             },
             max_lag: 100,
             promotable: None,

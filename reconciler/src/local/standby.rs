@@ -1,0 +1,252 @@
+//! Standby clusters on the local target: `spec.standby` resolved to the source's members, and
+//! changes of it while `spilo up` runs carried into the clusters' `config`.
+//!
+//! One edit that makes cluster X a standby of Y and removes Y's `standby` (Y was X's standby)
+//! is a **switchover between clusters**, done in the order that loses no acknowledged commit:
+//! X's primary steps down (CHECKPOINT, clean stop: its WAL ends at a shutdown checkpoint its
+//! standbys received) and restarts as X's standby leader; the end of its WAL is the demotion
+//! token; Y is promoted only once its leader has received that position; when X does not step
+//! down or Y does not catch up in time, X is made a primary again and Y stays a standby.
+
+use super::cluster::LocalCluster;
+use super::state::Layout;
+use super::up::{Desired, ports_of};
+use anyhow::bail;
+use spilo_model::spec::ClusterFile;
+use spilo_model::{Lsn, MemberRole, MemberState, NodeStatus, StandbySource};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long a primary may take to step down, and a standby to receive its last position.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `spec.standby` of `f` resolved for the local target: `from` names a cluster of `desired`,
+/// whose members' PostgreSQL ports become the source's endpoints.
+pub fn resolve(f: &ClusterFile, desired: &Desired) -> anyhow::Result<Option<StandbySource>> {
+    let Some(sb) = &f.spec.standby else {
+        return Ok(None);
+    };
+    let hosts = match &sb.from {
+        Some(from) => {
+            let Some((_, source)) = desired.get(from.as_str()) else {
+                bail!(
+                    "cluster {}: spec.standby.from names {from}, which is not among the local clusters given to spilo up",
+                    f.metadata.name
+                );
+            };
+            let p = ports_of(source);
+            (0..p.instances)
+                .map(|i| format!("127.0.0.1:{}", p.postgres + i))
+                .collect()
+        }
+        None => sb.hosts.clone(),
+    };
+    Ok(Some(StandbySource {
+        cluster: sb.from.as_ref().map(|c| c.to_string()),
+        hosts,
+    }))
+}
+
+/// Carries changed `spec.standby` sections of running clusters into their `config`; returns
+/// the lines to print (errors included).
+pub async fn apply_edits(
+    desired: &Desired,
+    running: &mut BTreeMap<String, LocalCluster>,
+    layout: &Layout,
+) -> Vec<String> {
+    let changed: Vec<String> = running
+        .iter()
+        .filter(|(n, c)| {
+            desired
+                .get(*n)
+                .is_some_and(|(_, f)| f.spec.standby != c.file.spec.standby)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    let from = |c: &LocalCluster| {
+        c.file
+            .spec
+            .standby
+            .as_ref()
+            .and_then(|s| s.from.as_ref())
+            .map(|f| f.to_string())
+    };
+    let mut out = Vec::new();
+    let mut done = Vec::new();
+    // Pairs: X becomes a standby of Y while Y, a standby of X, stops being one.
+    for x in &changed {
+        let wanted_from = desired[x]
+            .1
+            .spec
+            .standby
+            .as_ref()
+            .and_then(|s| s.from.as_ref())
+            .map(|f| f.to_string());
+        let Some(y) = wanted_from else { continue };
+        let pair = changed.contains(&y)
+            && desired[&y].1.spec.standby.is_none()
+            && running.get(&y).and_then(from).as_deref() == Some(x.as_str());
+        if !pair || done.contains(x) || done.contains(&y) {
+            continue;
+        }
+        out.push(
+            match switch_between(x, &y, desired, running, layout).await {
+                Ok(line) => line,
+                Err(e) => format!("could not switch from cluster {x} to cluster {y}: {e:#}"),
+            },
+        );
+        done.extend([x.clone(), y.clone()]);
+    }
+    for name in changed.iter().filter(|n| !done.contains(n)) {
+        let (_, f) = &desired[name];
+        let Some(c) = running.get_mut(name) else {
+            continue;
+        };
+        out.push(match set_standby(c, f, desired, layout).await {
+            Ok(line) => line,
+            Err(e) => format!("could not change cluster {name}'s standby source: {e:#}"),
+        });
+    }
+    out
+}
+
+/// Writes `f`'s resolved `spec.standby` into the cluster's `config`: its governors promote
+/// (no source), step down (a source) or re-point their leader.
+async fn set_standby(
+    c: &mut LocalCluster,
+    f: &ClusterFile,
+    desired: &Desired,
+    layout: &Layout,
+) -> anyhow::Result<String> {
+    let source = resolve(f, desired)?;
+    write_source(&f.metadata.name, source.clone(), layout).await?;
+    c.set_standby(f.clone(), source.clone());
+    Ok(match source {
+        Some(s) => format!(
+            "~ cluster {}: now a standby of {}",
+            f.metadata.name,
+            s.describe()
+        ),
+        None => format!(
+            "~ cluster {}: no longer a standby; its leader is promoted",
+            f.metadata.name
+        ),
+    })
+}
+
+async fn write_source(
+    cluster: &spilo_model::ClusterName,
+    source: Option<StandbySource>,
+    layout: &Layout,
+) -> anyhow::Result<()> {
+    // The cluster's own etcd and TLS, found in the state directory as `spilo status` does.
+    let target = crate::operate::Target {
+        etcd: None,
+        state_dir: Some(layout.root.clone()),
+        ..crate::operate::Target::at(
+            cluster.clone(),
+            Vec::new(),
+            spilo_model::keys::DEFAULT_NAMESPACE,
+        )
+    };
+    crate::list::update_config(&target, move |cfg| cfg.standby_cluster = source.clone()).await
+}
+
+/// Polls `c`'s leader until `done` says yes (returning what it returned) or `timeout` passes.
+async fn wait_leader<T>(
+    c: &LocalCluster,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&NodeStatus) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((_, s)) = c.leader_status().await
+            && let Some(v) = done(&s)
+        {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("{what} within {}s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn running_as(s: &NodeStatus, role: MemberRole) -> bool {
+    s.member.role == role && s.member.state == MemberState::Running
+}
+
+/// The switchover between clusters `x` (primary, becoming a standby of `y`) and `y`.
+async fn switch_between(
+    x: &str,
+    y: &str,
+    desired: &Desired,
+    running: &mut BTreeMap<String, LocalCluster>,
+    layout: &Layout,
+) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let (fx, fy) = (&desired[x].1, &desired[y].1);
+    let Some(cx) = running.get_mut(x) else {
+        bail!("cluster {x} does not run")
+    };
+    let line = set_standby(cx, fx, desired, layout).await?;
+    println!("{line}");
+    let token = {
+        let cx = &running[x];
+        wait_leader(
+            cx,
+            &format!("cluster {x}'s primary did not step down"),
+            STEP_TIMEOUT,
+            |s| {
+                running_as(s, MemberRole::Replica)
+                    .then_some(s.member.wal.replay)
+                    .flatten()
+            },
+        )
+        .await
+    };
+    let caught_up = match &token {
+        Ok(token) => {
+            let token = *token;
+            wait_leader(
+                &running[y],
+                &format!("cluster {y} did not receive {x}'s last position {token}"),
+                STEP_TIMEOUT,
+                |s| s.member.wal.best().filter(|l| *l >= token),
+            )
+            .await
+            .map(|_| token)
+        }
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    let token: Lsn = match caught_up {
+        Ok(t) => t,
+        Err(e) => {
+            // Nothing was promoted: x takes writes again.
+            let mut back = fx.clone();
+            back.spec.standby = None;
+            if let Some(cx) = running.get_mut(x)
+                && let Err(back_err) = set_standby(cx, &back, desired, layout).await
+            {
+                bail!("{e:#}; and cluster {x} could not be made a primary again: {back_err:#}");
+            }
+            bail!("{e:#}; cluster {x} is a primary again, cluster {y} stays its standby");
+        }
+    };
+    let Some(cy) = running.get_mut(y) else {
+        bail!("cluster {y} does not run")
+    };
+    set_standby(cy, fy, desired, layout).await?;
+    wait_leader(
+        &running[y],
+        &format!("cluster {y}'s leader was not promoted"),
+        STEP_TIMEOUT,
+        |s| running_as(s, MemberRole::Primary).then_some(()),
+    )
+    .await?;
+    Ok(format!(
+        "~ switchover from cluster {x} to cluster {y}: {x} stepped down at {token}, {y} received it and was promoted; no writes for {:.1}s",
+        started.elapsed().as_secs_f64()
+    ))
+}

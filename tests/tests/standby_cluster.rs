@@ -1,0 +1,293 @@
+//! A standby cluster declared in a cluster file (`spec.standby: {from: src}`), run by `spilo
+//! up` beside its source: it copies the source, its leader replicates from the source's
+//! primary and its other member from its leader, it accepts no writes, it follows the source
+//! through a kill -9 failover, it fails over inside itself, and one edit of both files (the
+//! source becomes the standby, the standby loses `standby`) is a switchover between the
+//! clusters that loses no acknowledged write while a client writes all along.
+
+use spilo_e2e::local::LocalRepo;
+use spilo_e2e::sql::connect_dsn;
+use spilo_e2e::{ports, proc, wait};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const READY: Duration = Duration::from_secs(240);
+
+fn cluster(name: &str, instances: u32, base: u16, standby_from: Option<&str>) -> String {
+    let mut y = LocalRepo::cluster_yaml(name, instances, base);
+    y.push_str("  ha: {ttl: 10, loopWait: 2, retryTimeout: 3}\n");
+    if let Some(from) = standby_from {
+        y.push_str(&format!("  standby: {{from: {from}}}\n"));
+    }
+    y
+}
+
+/// Every member's PostgreSQL of both clusters, for a client that writes to whichever runs
+/// as primary (the standby shares its source's CA and passwords).
+fn any_primary(repo: &LocalRepo, clusters: &[(u16, u16)]) -> anyhow::Result<String> {
+    let dsn = repo.dsn("src", 0)?;
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for (base, n) in clusters {
+        for i in 0..*n {
+            hosts.push("127.0.0.1".to_string());
+            ports.push((base + 10 + i).to_string());
+        }
+    }
+    Ok(dsn
+        .replace("host=127.0.0.1", &format!("host={}", hosts.join(",")))
+        .replace(
+            "port=0",
+            &format!("port={} target_session_attrs=read-write", ports.join(",")),
+        ))
+}
+
+/// The largest id on the member at `port`, read from a hot standby or a primary.
+async fn max_id(repo: &LocalRepo, cluster: &str, port: u16) -> Option<i64> {
+    let c = connect_dsn(&repo.dsn(cluster, port).ok()?).await.ok()?;
+    let row = c
+        .query_one("SELECT coalesce(max(id), 0) FROM w", &[])
+        .await
+        .ok()?;
+    Some(row.get(0))
+}
+
+/// The status JSON's member of `cluster` in `role`.
+fn member(status: &serde_json::Value, cluster: &str, role: &str) -> Option<serde_json::Value> {
+    status["clusters"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == cluster)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == role)
+        .cloned()
+}
+
+/// A client inserting ids one after another, each acknowledged one recorded.
+struct Writer {
+    acked: Arc<Mutex<Vec<i64>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(dsn: String) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut next = 1i64;
+            let mut client = None;
+            while !s.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    client = connect_dsn(&dsn).await.ok();
+                }
+                let ok = match &client {
+                    Some(c) => c
+                        .execute("INSERT INTO w VALUES ($1)", &[&next])
+                        .await
+                        .is_ok(),
+                    None => false,
+                };
+                if ok {
+                    a.lock().expect("lock").push(next);
+                    next += 1;
+                } else {
+                    client = None;
+                    // An id whose INSERT failed may still have committed: never reused.
+                    next += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Writer { acked, stop, task }
+    }
+
+    fn last(&self) -> i64 {
+        self.acked
+            .lock()
+            .expect("lock")
+            .last()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn stop(self) -> Vec<i64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let acked = self.acked.lock().expect("lock");
+        acked.clone()
+    }
+}
+
+/// Waits until the member at `port` of `cluster` has every id up to `id`.
+async fn until_has(repo: &LocalRepo, cluster: &str, port: u16, id: i64) -> anyhow::Result<()> {
+    wait::until(
+        &format!("{cluster}'s member on port {port} to receive id {id}"),
+        READY,
+        || async { max_id(repo, cluster, port).await.filter(|m| *m >= id) },
+    )
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cluster_follows_its_source_and_takes_over_in_a_switchover_between_clusters()
+-> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    let (sb, db) = (ports::free_block(30), ports::free_block(30));
+    repo.write("src.yaml", &cluster("src", 3, sb, None))?;
+    repo.write("dr.yaml", &cluster("dr", 2, db, Some("src")))?;
+    repo.up()?;
+    repo.wait_printed("cluster src is ready", READY).await?;
+    repo.wait_printed("cluster dr is ready", READY).await?;
+
+    let src = repo.dsn("src", sb)?;
+    connect_dsn(&src)
+        .await?
+        .batch_execute("CREATE TABLE w (id bigint PRIMARY KEY)")
+        .await?;
+    let writer = Writer::start(any_primary(repo, &[(sb, 3), (db, 2)])?);
+    wait::until("the first acknowledged writes", READY, || async {
+        (writer.last() > 20).then_some(())
+    })
+    .await?;
+
+    // Both members of the standby receive the source's writes; neither accepts one.
+    let seen = writer.last();
+    until_has(repo, "dr", db + 10, seen).await?;
+    until_has(repo, "dr", db + 11, seen).await?;
+    for port in [db + 10, db + 11] {
+        let c = connect_dsn(&repo.dsn("dr", port)?).await?;
+        let e = c
+            .execute("INSERT INTO w VALUES (-1)", &[])
+            .await
+            .expect_err("a standby cluster accepts no write");
+        let message = e.as_db_error().map(|d| d.message().to_string());
+        assert_eq!(
+            message.as_deref(),
+            Some("cannot execute INSERT in a read-only transaction"),
+            "dr:{port}: {e:?}"
+        );
+    }
+    let (code, out, err) = repo.spilo(&["list", "dr"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Standby cluster of cluster src") && out.contains("standby_leader"),
+        "{out}"
+    );
+
+    // kill -9 of the source's primary: the source fails over, the standby follows it.
+    let status = repo.status()?;
+    let primary = member(&status, "src", "primary")
+        .ok_or_else(|| anyhow::anyhow!("no src primary: {status}"))?;
+    let t0 = std::time::Instant::now();
+    eprintln!("killing src's primary {}", primary["name"]);
+    proc::kill_group(primary["governor_pid"].as_u64().unwrap_or(0) as u32);
+    proc::kill_postgres(primary["postmaster_pid"].as_u64().unwrap_or(0) as u32);
+    let killed = primary["name"].as_str().unwrap_or_default().to_string();
+    wait::until("another src member to become primary", READY, || async {
+        let s = repo.status().ok()?;
+        let p = member(&s, "src", "primary")?;
+        (p["name"] != killed.as_str() && p["state"] == "running").then_some(())
+    })
+    .await?;
+    eprintln!("src failed over in {:?}", t0.elapsed());
+    let before = writer.last();
+    wait::until(
+        "writes to resume after the source's failover",
+        READY,
+        || async { (writer.last() > before + 20).then_some(()) },
+    )
+    .await?;
+    let after = writer.last();
+    until_has(repo, "dr", db + 10, after).await?;
+    until_has(repo, "dr", db + 11, after).await?;
+
+    // kill -9 of the standby leader: the other member leads the standby cluster and keeps
+    // replicating from the source.
+    let status = repo.status()?;
+    let leader = member(&status, "dr", "standby_leader")
+        .ok_or_else(|| anyhow::anyhow!("no dr standby leader: {status}"))?;
+    let other = if leader["name"] == "dr-0" {
+        db + 11
+    } else {
+        db + 10
+    };
+    let other_name = if other == db + 10 { "dr-0" } else { "dr-1" };
+    eprintln!("killing dr's standby leader {}", leader["name"]);
+    proc::kill_group(leader["governor_pid"].as_u64().unwrap_or(0) as u32);
+    proc::kill_postgres(leader["postmaster_pid"].as_u64().unwrap_or(0) as u32);
+    wait::until(
+        &format!("{other_name} to lead the standby cluster"),
+        READY,
+        || async {
+            let s = repo.status().ok()?;
+            (member(&s, "dr", "standby_leader")?["name"] == other_name).then_some(())
+        },
+    )
+    .await?;
+    let later = writer.last();
+    until_has(repo, "dr", other, later).await?;
+
+    // The switchover between clusters: one edit of both files.
+    repo.write("src.yaml", &cluster("src", 3, sb, Some("dr")))?;
+    repo.write("dr.yaml", &cluster("dr", 2, db, None))?;
+    repo.wait_printed("~ switchover from cluster src to cluster dr", READY)
+        .await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains("dr received it and was promoted; no writes for"),
+        "{log}"
+    );
+    let switched = writer.last();
+    wait::until("writes to resume on dr", READY, || async {
+        (writer.last() > switched + 20).then_some(())
+    })
+    .await?;
+    let acked = writer.stop().await;
+    let last = *acked.last().unwrap_or(&0);
+
+    // Every acknowledged write is on dr's new primary; src's members follow it.
+    let c = connect_dsn(&repo.dsn("dr", db)?).await?;
+    let rows: Vec<i64> = c
+        .query("SELECT id FROM w ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&i64> = acked
+        .iter()
+        .filter(|id| rows.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing on dr: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for i in 0..3 {
+        until_has(repo, "src", sb + 10 + i, last).await?;
+    }
+    let (code, out, err) = repo.spilo(&["list", "src"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Standby cluster of cluster dr") && out.contains("standby_leader"),
+        "{out}"
+    );
+    println!(
+        "{} acknowledged writes, none lost; {}",
+        acked.len(),
+        log.lines()
+            .find(|l| l.contains("switchover from cluster"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
