@@ -54,6 +54,13 @@ pub enum Decision {
         /// The primary to stream from.
         leader: MemberName,
     },
+    /// As the standby cluster's leader that has not streamed from the source for a while:
+    /// CHECKPOINT the source, stop, pg_rewind against it (copy it again if that fails), start
+    /// as its replica. A former primary of a cluster promoted elsewhere rejoins this way.
+    RewindFromSource {
+        /// Why.
+        why: String,
+    },
     /// As the standby cluster's leader: keep replicating from the source (re-pointing
     /// `primary_conninfo` if the source changed).
     FollowSource {
@@ -134,6 +141,7 @@ impl Decision {
             Decision::Start { .. } => "start",
             Decision::Follow { .. } => "follow",
             Decision::FollowSource { .. } => "follow_source",
+            Decision::RewindFromSource { .. } => "rewind_from_source",
             Decision::AcquireLeader { .. } => "acquire_leader",
             Decision::Promote { .. } => "promote",
             Decision::ReclaimLeader { .. } => "reclaim_leader",
@@ -172,6 +180,7 @@ impl fmt::Display for Decision {
             } => write!(f, "start as standby leader: {why}"),
             Decision::Follow { leader } => write!(f, "follow {leader}"),
             Decision::FollowSource { why } => write!(f, "follow the source: {why}"),
+            Decision::RewindFromSource { why } => write!(f, "rewind against the source: {why}"),
             Decision::AcquireLeader { why } => write!(f, "acquire leader key: {why}"),
             Decision::Promote { why } => write!(f, "promote: {why}"),
             Decision::ReclaimLeader { why } => write!(f, "take the leader key back: {why}"),

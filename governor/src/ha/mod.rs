@@ -295,6 +295,18 @@ fn running_replica(
     pg: &RunningPg,
 ) -> Decision {
     if i_lead && let Some(source) = &cfg.standby {
+        if let Some(since) = pg.not_streaming_since
+            && now.saturating_duration_since(since) > cfg.rewind_check_after
+        {
+            return Decision::RewindFromSource {
+                why: format!(
+                    "not streaming from {} for {}s; checking whether this member's WAL forked off \
+                     (a former primary, or the source was promoted elsewhere)",
+                    source.describe(),
+                    now.saturating_duration_since(since).as_secs()
+                ),
+            };
+        }
         return Decision::FollowSource {
             why: format!(
                 "this member leads the standby cluster and replicates from {}",

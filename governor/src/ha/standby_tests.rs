@@ -136,3 +136,24 @@ fn without_a_leader_the_healthiest_member_takes_the_standby_lead_even_in_synchro
     w.peer("m2", Some(replica(1, 400)));
     assert_eq!(kind(&w.decide()), "acquire_leader");
 }
+
+#[test]
+fn a_standby_leader_that_cannot_stream_from_the_source_rewinds_against_it() {
+    let mut w = World::new();
+    standby(&mut w).leader("m1", LEASE);
+    let since = w.now - Duration::from_secs(16);
+    if let PgState::Running(pg) = &mut w.snap.local.postgres {
+        pg.not_streaming_since = Some(since);
+    }
+    let d = w.decide();
+    assert_eq!(kind(&d), "rewind_from_source");
+    assert!(
+        d.to_string().contains("not streaming from cluster src"),
+        "{d}"
+    );
+    // Before `rewind_check_after` it keeps trying to stream.
+    if let PgState::Running(pg) = &mut w.snap.local.postgres {
+        pg.not_streaming_since = Some(w.now - Duration::from_secs(14));
+    }
+    assert_eq!(kind(&w.decide()), "follow_source");
+}

@@ -624,13 +624,17 @@ impl Instance {
     pub async fn rewind_from(&self, from: &Upstream) -> Result<String, PgError> {
         let marker = self.run_dir.join(UNFINISHED_MARKER);
         let port = from.port.clone();
-        let source = conf::conninfo(&[
-            ("host", &from.host),
+        let mut pairs = vec![
+            ("host", from.host.as_str()),
             ("port", &port),
             ("user", &self.superuser.0),
             ("dbname", "postgres"),
             ("connect_timeout", "5"),
-        ]);
+        ];
+        if from.source {
+            pairs.push(("target_session_attrs", "read-write"));
+        }
+        let source = conf::conninfo(&pairs);
         let args = vec![
             "-D".into(),
             self.data_dir.display().to_string(),
@@ -667,13 +671,15 @@ impl Instance {
                 .ok()
                 .map(Arc::new)
         });
-        let port = to.port.parse().unwrap_or_else(|_| {
-            tracing::warn!(port = %to.port, "not one port; using 5432");
-            5432
-        });
+        // A source lists several endpoints: the session goes to the one that accepts writes.
+        let endpoints: Vec<(String, u16)> = to
+            .host
+            .split(',')
+            .zip(to.port.split(','))
+            .filter_map(|(h, p)| Some((h.to_string(), p.parse().ok()?)))
+            .collect();
         Session::remote(
-            &to.host,
-            port,
+            &endpoints,
             &self.superuser.0,
             &self.superuser.1,
             self.timeout,

@@ -66,11 +66,11 @@ impl Session {
         Self::new(config, timeout)
     }
 
-    /// A session to a remote server over TCP with a password; over TLS (required, the
-    /// server checked against the CA) with `tls`.
+    /// A session to a remote server over TCP with a password (the first of `endpoints` that
+    /// accepts writes, when there are several); over TLS (required, the server checked
+    /// against the CA) with `tls`.
     pub fn remote(
-        host: &str,
-        port: u16,
+        endpoints: &[(String, u16)],
         user: &str,
         password: &str,
         timeout: Duration,
@@ -80,9 +80,14 @@ impl Session {
         if tls.is_some() {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
+        for (host, port) in endpoints {
+            config.host(host).port(*port);
+        }
+        if endpoints.len() > 1 {
+            // Several endpoints: the one that accepts writes.
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        }
         config
-            .host(host)
-            .port(port)
             .user(user)
             .password(password)
             .dbname("postgres")

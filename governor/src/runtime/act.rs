@@ -100,6 +100,10 @@ impl Governor {
                 Ok(())
             }
             Decision::FollowSource { .. } => self.lead_standby(view, &params).await,
+            Decision::RewindFromSource { .. } => {
+                let source = self.standby_source(view)?;
+                self.rewind_against(s, source, &params).await
+            }
             Decision::AcquireLeader { why } => {
                 let lease = s
                     .lease
@@ -230,6 +234,16 @@ impl Governor {
         params: &BTreeMap<String, String>,
     ) -> Result<(), ActError> {
         let up = upstream(view, leader)?;
+        self.rewind_against(s, up, params).await
+    }
+
+    /// Rewinds against `up` (a member, or a standby cluster's source) and starts as its replica.
+    async fn rewind_against(
+        &mut self,
+        s: &Snapshot,
+        up: Upstream,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
         // pg_rewind reads the source's timeline from its control file, which a fresh primary
         // only updates at its first checkpoint after promotion. This also proves the leader is
         // reachable before the local server is stopped.
@@ -244,7 +258,7 @@ impl Governor {
                 tracing::info!(output = summary, "pg_rewind finished");
             }
             Err(e) => {
-                tracing::warn!(error = %e, "pg_rewind failed; copying the leader again");
+                tracing::warn!(error = %e, upstream = %up.name, "pg_rewind failed; copying the upstream again");
                 self.pg.wipe_data()?;
                 self.pg.clear_unfinished_marker()?;
                 self.announce(s, MemberState::CreatingReplica).await;

@@ -276,7 +276,9 @@ impl Ctx<'_> {
             }
             Decision::Wait { .. } => {}
             Decision::Fatal { why } => return Err(format!("{me} decided fatal: {why}")),
-            Decision::FollowSource { .. } | Decision::StepDown { .. } => {
+            Decision::FollowSource { .. }
+            | Decision::StepDown { .. }
+            | Decision::RewindFromSource { .. } => {
                 return Err(format!(
                     "{me} decided as a standby cluster's member, which the simulation never configures: {d}"
                 ));

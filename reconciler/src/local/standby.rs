@@ -7,6 +7,15 @@
 //! standbys received) and restarts as X's standby leader; the end of its WAL is the demotion
 //! token; Y is promoted only once its leader has received that position; when X does not step
 //! down or Y does not catch up in time, X is made a primary again and Y stays a standby.
+//!
+//! Removing `standby` from X alone promotes X only when its source Y cannot be a second
+//! primary: refused while Y's leader runs as primary, and otherwise Y is **fenced** first (its
+//! `config` made a standby of X, so its members step down or start as standby leader and
+//! rewind against X) and X is promoted only once Y's leader runs as a standby or Y's leader
+//! key is gone (a primary stops accepting writes before its lease ends, so by then a primary
+//! whose governor cannot be asked has stopped too); refused when Y's etcd does not answer,
+//! because Y could come back as a primary (`spilo edit-config X --set standby_cluster=null`
+//! promotes anyway, by hand).
 
 use super::cluster::LocalCluster;
 use super::state::Layout;
@@ -99,6 +108,16 @@ pub async fn apply_edits(
     }
     for name in changed.iter().filter(|n| !done.contains(n)) {
         let (_, f) = &desired[name];
+        let old_source = running.get(name).and_then(from);
+        if f.spec.standby.is_none()
+            && let Some(y) = old_source
+        {
+            out.push(match promote(name, &y, desired, running, layout).await {
+                Ok(line) => line,
+                Err(e) => format!("refused to promote cluster {name}: {e:#}"),
+            });
+            continue;
+        }
         let Some(c) = running.get_mut(name) else {
             continue;
         };
@@ -108,6 +127,87 @@ pub async fn apply_edits(
         });
     }
     out
+}
+
+/// Promotes `x`, a standby of `y`, after fencing `y` (see the module documentation).
+async fn promote(
+    x: &str,
+    y: &str,
+    desired: &Desired,
+    running: &mut BTreeMap<String, LocalCluster>,
+    layout: &Layout,
+) -> anyhow::Result<String> {
+    let fx = &desired[x].1;
+    let fence = match running.get(y) {
+        Some(cy) => {
+            if let Some((_, s)) = cy.leader_status().await
+                && running_as(&s, MemberRole::Primary)
+            {
+                bail!(
+                    "its source, cluster {y}, runs as primary ({}): promoting {x} would make two \
+                     primaries; make {y} a standby of {x} in the same edit for a switchover",
+                    s.name
+                );
+            }
+            let mut as_standby = desired
+                .get(y)
+                .map(|(_, f)| f.clone())
+                .ok_or_else(|| anyhow::anyhow!("cluster {y} has no file"))?;
+            as_standby.spec.standby = Some(spilo_model::spec::StandbySpec {
+                from: Some(fx.metadata.name.clone()),
+                hosts: Vec::new(),
+            });
+            let source = resolve(&as_standby, desired)?;
+            write_source(&as_standby.metadata.name, source.clone(), layout)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cluster {y}, its source, cannot be fenced ({e:#}): it could come back as a \
+                         second primary; `spilo edit-config {x} --set standby_cluster=null` promotes \
+                         {x} anyway"
+                    )
+                })?;
+            if let Some(cy) = running.get_mut(y) {
+                cy.set_standby(cy.file.clone(), source);
+            }
+            stopped_writing(y, &running[y], layout).await?;
+            format!(
+                "; cluster {y} fenced: it is now a standby of {x} (write `standby: {{from: {x}}}` into its file)"
+            )
+        }
+        None => String::new(),
+    };
+    let Some(cx) = running.get_mut(x) else {
+        bail!("cluster {x} does not run")
+    };
+    let line = set_standby(cx, fx, desired, layout).await?;
+    Ok(format!("{line}{fence}"))
+}
+
+/// Waits until cluster `y` accepts no write: its leader answers as a standby, or its leader
+/// key is gone (the primary's lease ended, and with it, by the fence, its writes).
+async fn stopped_writing(y: &str, cy: &LocalCluster, layout: &Layout) -> anyhow::Result<()> {
+    let target = target(&cy.file.metadata.name, layout);
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Some((_, s)) = cy.leader_status().await
+            && running_as(&s, MemberRole::Replica)
+        {
+            return Ok(());
+        }
+        if let Ok(state) = crate::operate::read_state(&target).await
+            && state.leader.is_none()
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "cluster {y} was fenced but its primary still holds its leader key after {}s; not promoting",
+                STEP_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Writes `f`'s resolved `spec.standby` into the cluster's `config`: its governors promote
@@ -139,8 +239,15 @@ async fn write_source(
     source: Option<StandbySource>,
     layout: &Layout,
 ) -> anyhow::Result<()> {
-    // The cluster's own etcd and TLS, found in the state directory as `spilo status` does.
-    let target = crate::operate::Target {
+    crate::list::update_config(&target(cluster, layout), move |cfg| {
+        cfg.standby_cluster = source.clone()
+    })
+    .await
+}
+
+/// The cluster's own etcd and TLS, found in the state directory as `spilo status` does.
+fn target(cluster: &spilo_model::ClusterName, layout: &Layout) -> crate::operate::Target {
+    crate::operate::Target {
         etcd: None,
         state_dir: Some(layout.root.clone()),
         ..crate::operate::Target::at(
@@ -148,8 +255,7 @@ async fn write_source(
             Vec::new(),
             spilo_model::keys::DEFAULT_NAMESPACE,
         )
-    };
-    crate::list::update_config(&target, move |cfg| cfg.standby_cluster = source.clone()).await
+    }
 }
 
 /// Polls `c`'s leader until `done` says yes (returning what it returned) or `timeout` passes.
