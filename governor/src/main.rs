@@ -1,5 +1,6 @@
 //! The `governor` binary: argument parsing, logging and exit codes. The work is in the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,9 @@ enum Command {
         /// Read the source archive of `bootstrap.clone` instead (while cloning).
         #[arg(long)]
         from_clone: bool,
+        /// Read the standby cluster's source archive instead (as its standby leader).
+        #[arg(long, conflicts_with = "from_clone")]
+        from_standby_source: bool,
     },
     /// Take a base backup of this member's PostgreSQL into the archive.
     BackupPush {
@@ -107,6 +111,9 @@ enum Command {
         /// Read the source archive of `bootstrap.clone`.
         #[arg(long)]
         from_clone: bool,
+        /// Read the standby cluster's source archive.
+        #[arg(long, conflicts_with = "from_clone")]
+        from_standby_source: bool,
     },
     /// The watchdog process the governor spawns for itself (reads its stdin; not for humans).
     #[command(hide = true)]
@@ -333,8 +340,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dest,
             config,
             from_clone,
+            from_standby_source,
         } => {
-            let archive = fetch_archive(&config, from_clone)?;
+            let from = ArchiveOf::new(from_clone, from_standby_source);
+            let archive = fetch_archive(&config, from)?;
             let store = governor::archive::AnyStore::open(&archive).await;
             let (found, next) =
                 governor::archive::prefetch::fetch(&archive, &store, &name, &dest).await?;
@@ -343,7 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             if !next.is_empty() {
-                start_prefetch(&config, from_clone, &dest, &next);
+                start_prefetch(&config, from, &dest, &next);
             }
             Ok(())
         }
@@ -352,8 +361,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             names,
             config,
             from_clone,
+            from_standby_source,
         } => {
-            let archive = fetch_archive(&config, from_clone)?;
+            let archive = fetch_archive(&config, ArchiveOf::new(from_clone, from_standby_source))?;
             let store = governor::archive::AnyStore::open(&archive).await;
             governor::archive::prefetch::prefetch(&archive, &store, &names, &dir).await;
             Ok(())
@@ -384,19 +394,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The archive `wal-fetch` reads: the member's own, or with `from_clone` the source of
-/// `bootstrap.clone`.
+/// Which archive `wal-fetch` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArchiveOf {
+    /// The member's own.
+    Own,
+    /// The source of `bootstrap.clone`.
+    Clone,
+    /// A standby cluster's source (the settings its standby leader keeps in its run directory).
+    StandbySource,
+}
+
+impl ArchiveOf {
+    fn new(from_clone: bool, from_standby_source: bool) -> Self {
+        match (from_clone, from_standby_source) {
+            (true, _) => ArchiveOf::Clone,
+            (_, true) => ArchiveOf::StandbySource,
+            _ => ArchiveOf::Own,
+        }
+    }
+}
+
+/// The archive `wal-fetch` reads.
 fn fetch_archive(
     config: &std::path::Path,
-    from_clone: bool,
+    from: ArchiveOf,
 ) -> anyhow::Result<governor::archive::ArchiveConfig> {
-    if from_clone {
-        parse_config(config)?
+    match from {
+        ArchiveOf::Clone => parse_config(config)?
             .bootstrap
             .map(|b| b.clone.archive)
-            .ok_or_else(|| anyhow::anyhow!("{}: no bootstrap.clone", config.display()))
-    } else {
-        archive_config(config)
+            .ok_or_else(|| anyhow::anyhow!("{}: no bootstrap.clone", config.display())),
+        ArchiveOf::StandbySource => {
+            let path = parse_config(config)?
+                .run_dir()
+                .join(governor::postgres::archiving::STANDBY_SOURCE_ARCHIVE);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+        }
+        ArchiveOf::Own => archive_config(config),
     }
 }
 
@@ -404,7 +441,7 @@ fn fetch_archive(
 /// `wal-fetch` to exit, not for the prefetch. A failure to start only costs speed.
 fn start_prefetch(
     config: &std::path::Path,
-    from_clone: bool,
+    from: ArchiveOf,
     dest: &std::path::Path,
     next: &[String],
 ) {
@@ -422,8 +459,14 @@ fn start_prefetch(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0);
-    if from_clone {
-        cmd.arg("--from-clone");
+    match from {
+        ArchiveOf::Clone => {
+            cmd.arg("--from-clone");
+        }
+        ArchiveOf::StandbySource => {
+            cmd.arg("--from-standby-source");
+        }
+        ArchiveOf::Own => {}
     }
     if let Err(e) = cmd.spawn() {
         tracing::debug!(error = %e, "cannot start prefetching");

@@ -237,6 +237,10 @@ pub struct StandbySource {
     pub cluster: Option<String>,
     /// `host:port` of each endpoint, tried in order for one that runs as primary.
     pub hosts: Vec<String>,
+    /// The source's WAL archive: the standby leader replays from it while it cannot stream
+    /// (PostgreSQL alternates between the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::governor::ArchiveConfig>,
 }
 
 impl StandbySource {

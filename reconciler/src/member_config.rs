@@ -63,6 +63,15 @@ pub struct Placement {
     pub standby: Option<spilo_model::StandbySource>,
 }
 
+/// The WAL archive of `file` in `store`, as a reader of it needs it (prefix, compression),
+/// when the file archives (`backup`).
+pub fn archive_of(file: &ClusterFile, store: &Store) -> Option<ArchiveConfig> {
+    file.spec.backup.as_ref().map(|b| ArchiveConfig {
+        compression: b.compression,
+        ..archive(file.wal_prefix(), store)
+    })
+}
+
 fn archive(prefix: String, store: &Store) -> ArchiveConfig {
     let (directory, s3) = match store {
         Store::Directory(d) => (Some(d.clone()), None),

@@ -1,6 +1,7 @@
 //! A standby cluster declared in a cluster file (`spec.standby: {from: src}`), run by `spilo
 //! up` beside its source: it copies the source, its leader replicates from the source's
-//! primary and its other member from its leader, it accepts no writes, it follows the source
+//! primary and its other member from its leader, it accepts no writes, it replays the
+//! source's archive when it cannot stream, it follows the source
 //! through a kill -9 failover, it fails over inside itself, and one edit of both files (the
 //! source becomes the standby, the standby loses `standby`) is a switchover between the
 //! clusters that loses no acknowledged write while a client writes all along.
@@ -17,6 +18,11 @@ const READY: Duration = Duration::from_secs(240);
 fn cluster(name: &str, instances: u32, base: u16, standby_from: Option<&str>) -> String {
     let mut y = LocalRepo::cluster_yaml(name, instances, base);
     y.push_str("  ha: {ttl: 10, loopWait: 2, retryTimeout: 3}\n");
+    // src archives (backups only on demand): its standby replays the archive when it cannot
+    // stream.
+    if name == "src" {
+        y.push_str("  backup: {bucket: b, schedule: \"0 0 1 1 *\", retention: 2}\n");
+    }
     if let Some(from) = standby_from {
         y.push_str(&format!("  standby: {{from: {from}}}\n"));
     }
@@ -182,6 +188,44 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         out.contains("Standby cluster of cluster src") && out.contains("standby_leader"),
         "{out}"
     );
+
+    // The source cannot be streamed from (its endpoints point nowhere): the standby leader
+    // replays the source's archive, and its replica cascades from it.
+    let (code, out, err) = repo.spilo(&[
+        "edit-config",
+        "dr",
+        "--set",
+        r#"standby_cluster={"hosts":["127.0.0.1:1"]}"#,
+    ])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let c = connect_dsn(&src).await?;
+    c.batch_execute("CREATE TABLE archived (x int); INSERT INTO archived VALUES (42)")
+        .await?;
+    c.batch_execute("SELECT pg_switch_wal()").await?;
+    for port in [db + 10, db + 11] {
+        wait::until(
+            &format!("dr:{port} to replay the source's archive"),
+            READY,
+            || async {
+                let c = connect_dsn(&repo.dsn("dr", port).ok()?).await.ok()?;
+                let n: i32 = c
+                    .query_one("SELECT x FROM archived", &[])
+                    .await
+                    .ok()?
+                    .get(0);
+                (n == 42).then_some(())
+            },
+        )
+        .await?;
+    }
+    let hosts = format!(
+        r#"standby_cluster={{"hosts":["127.0.0.1:{}","127.0.0.1:{}","127.0.0.1:{}"]}}"#,
+        sb + 10,
+        sb + 11,
+        sb + 12
+    );
+    let (code, out, err) = repo.spilo(&["edit-config", "dr", "--set", &hosts])?;
+    assert_eq!(code, 0, "{out}{err}");
 
     // Promoting the standby alone while its source runs as primary is refused.
     repo.write("dr.yaml", &cluster("dr", 2, db, None))?;

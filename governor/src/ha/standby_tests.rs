@@ -10,6 +10,7 @@ fn source() -> StandbySource {
     StandbySource {
         cluster: Some("src".into()),
         hosts: vec!["127.0.0.1:5432".into(), "127.0.0.1:5433".into()],
+        archive: None,
     }
 }
 

@@ -31,6 +31,20 @@ pub(super) fn archive_commands(config: &Path) -> (String, String) {
     )
 }
 
+/// Where a standby leader keeps its source's archive settings for `wal-fetch
+/// --from-standby-source`, in the run directory.
+pub const STANDBY_SOURCE_ARCHIVE: &str = "standby-source-archive.json";
+
+/// `restore_command` reading a standby cluster's source archive (the settings in
+/// [`STANDBY_SOURCE_ARCHIVE`]).
+pub(super) fn standby_restore_command(config: &Path) -> String {
+    format!(
+        "{} wal-fetch \"%f\" \"%p\" --from-standby-source --config {}",
+        quote(&exe()),
+        quote(config)
+    )
+}
+
 impl Instance {
     /// Creates a replica's data directory from the latest base backup in `archive`, to be
     /// started as a standby that recovers with the archive's WAL and then streams. Returns

@@ -37,6 +37,8 @@ pub struct Forced<'a> {
     pub synchronous_standby_names: &'a str,
     /// `archive_command` and `restore_command` (with `archive_mode = on`) when archiving.
     pub archive: Option<(&'a str, &'a str)>,
+    /// A standby cluster's leader: `restore_command` reading the source's archive.
+    pub standby_restore: Option<&'a str>,
     /// While a clone recovers: its `restore_command` and `recovery_target_time`, with
     /// `recovery_target_action = promote`.
     pub recovery: Option<(&'a str, Option<&'a str>)>,
@@ -93,6 +95,9 @@ pub fn postgresql_conf(layers: &[&BTreeMap<String, String>], forced: &Forced<'_>
     if let Some((archive, restore)) = forced.archive {
         set("archive_mode", "on".into());
         set("archive_command", archive.to_string());
+        set("restore_command", restore.to_string());
+    }
+    if let Some(restore) = forced.standby_restore {
         set("restore_command", restore.to_string());
     }
     if let Some((restore, target)) = forced.recovery {
@@ -212,6 +217,7 @@ mod tests {
             synchronous_standby_names: "",
             archive: None,
             recovery: None,
+            standby_restore: None,
             ssl: None,
         }
     }

@@ -66,6 +66,8 @@ pub struct Upstream {
     /// A standby cluster's source: connect only to the endpoint that runs as primary, and use
     /// no replication slot (the source keeps none for this member).
     pub source: bool,
+    /// A source's WAL archive, replayed while streaming from it fails.
+    pub archive: Option<spilo_model::governor::ArchiveConfig>,
 }
 
 impl Upstream {
@@ -76,6 +78,7 @@ impl Upstream {
             host,
             port: port.to_string(),
             source: false,
+            archive: None,
         }
     }
 
@@ -95,6 +98,7 @@ impl Upstream {
             host,
             port,
             source: true,
+            archive: source.archive.clone(),
         })
     }
 }

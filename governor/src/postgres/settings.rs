@@ -44,6 +44,17 @@ impl Instance {
             let slot = (!u.source).then(|| self.member.slot_name());
             (conf::conninfo(&pairs), slot)
         });
+        let standby_restore = match upstream.and_then(|u| u.archive.as_ref()) {
+            Some(archive) => {
+                let json = serde_json::to_string(archive).map_err(std::io::Error::other)?;
+                write_private(
+                    &self.run_dir.join(super::archiving::STANDBY_SOURCE_ARCHIVE),
+                    &json,
+                )?;
+                Some(super::archiving::standby_restore_command(&self.config_path))
+            }
+            None => None,
+        };
         let forced = conf::Forced {
             listen: self.listen,
             run_dir: &self.run_dir,
@@ -58,6 +69,7 @@ impl Instance {
                 .clone_recovery
                 .as_ref()
                 .map(|(r, t)| (r.as_str(), t.as_deref())),
+            standby_restore: standby_restore.as_deref(),
             ssl: self.ssl.as_ref(),
         };
         let text =

@@ -168,6 +168,16 @@ mod tests {
         let source = spilo_model::StandbySource {
             cluster: Some("src".into()),
             hosts: vec!["127.0.0.1:15432".into(), "127.0.0.1:15433".into()],
+            archive: Some(
+                crate::member_config::archive_of(
+                    &serde_yaml::from_str(
+                        "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: src}\nspec:\n  backup: {bucket: b}\n",
+                    )
+                    .expect("valid"),
+                    &crate::member_config::Store::Directory("/s/src/bucket".into()),
+                )
+                .expect("src archives"),
+            ),
         };
         let text = render(
             &f,

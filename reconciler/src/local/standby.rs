@@ -30,12 +30,17 @@ use std::time::{Duration, Instant};
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// `spec.standby` of `f` resolved for the local target: `from` names a cluster of `desired`,
-/// whose members' PostgreSQL ports become the source's endpoints.
-pub fn resolve(f: &ClusterFile, desired: &Desired) -> anyhow::Result<Option<StandbySource>> {
+/// whose members' PostgreSQL ports become the source's endpoints, and whose WAL archive (when
+/// it has `backup`) the standby leader replays while it cannot stream.
+pub fn resolve(
+    f: &ClusterFile,
+    desired: &Desired,
+    layout: &Layout,
+) -> anyhow::Result<Option<StandbySource>> {
     let Some(sb) = &f.spec.standby else {
         return Ok(None);
     };
-    let hosts = match &sb.from {
+    let (hosts, archive) = match &sb.from {
         Some(from) => {
             let Some((_, source)) = desired.get(from.as_str()) else {
                 bail!(
@@ -44,15 +49,23 @@ pub fn resolve(f: &ClusterFile, desired: &Desired) -> anyhow::Result<Option<Stan
                 );
             };
             let p = ports_of(source);
-            (0..p.instances)
-                .map(|i| format!("127.0.0.1:{}", p.postgres + i))
-                .collect()
+            let bucket = layout.cluster(from.as_str()).join("bucket");
+            (
+                (0..p.instances)
+                    .map(|i| format!("127.0.0.1:{}", p.postgres + i))
+                    .collect(),
+                crate::member_config::archive_of(
+                    source,
+                    &crate::member_config::Store::Directory(bucket),
+                ),
+            )
         }
-        None => sb.hosts.clone(),
+        None => (sb.hosts.clone(), None),
     };
     Ok(Some(StandbySource {
         cluster: sb.from.as_ref().map(|c| c.to_string()),
         hosts,
+        archive,
     }))
 }
 
@@ -157,7 +170,7 @@ async fn promote(
                 from: Some(fx.metadata.name.clone()),
                 hosts: Vec::new(),
             });
-            let source = resolve(&as_standby, desired)?;
+            let source = resolve(&as_standby, desired, layout)?;
             write_source(&as_standby.metadata.name, source.clone(), layout)
                 .await
                 .map_err(|e| {
@@ -218,7 +231,7 @@ async fn set_standby(
     desired: &Desired,
     layout: &Layout,
 ) -> anyhow::Result<String> {
-    let source = resolve(f, desired)?;
+    let source = resolve(f, desired, layout)?;
     write_source(&f.metadata.name, source.clone(), layout).await?;
     c.set_standby(f.clone(), source.clone());
     Ok(match source {

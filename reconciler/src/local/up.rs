@@ -207,7 +207,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 ports_of(f),
                 &run_as,
                 &governor,
-                super::standby::resolve(f, &desired)?,
+                super::standby::resolve(f, &desired, &layout)?,
             )?;
             c.start().await?;
             running.insert(name.clone(), c);
@@ -339,24 +339,26 @@ async fn apply_edit(
                     Some(msg) => Err(anyhow::anyhow!(msg)),
                     None => match check_free(&[(cluster.clone(), src.clone(), ports.clone())]) {
                         Err(e) => Err(e),
-                        Ok(()) => match super::standby::resolve(f, desired).and_then(|standby| {
-                            LocalCluster::prepare(
-                                f.clone(),
-                                src.clone(),
-                                layout,
-                                ports,
-                                run_as,
-                                governor,
-                                standby,
-                            )
-                        }) {
-                            Err(e) => Err(e),
-                            Ok(mut c) => {
-                                let r = c.start().await;
-                                running.insert(cluster.clone(), c);
-                                r
+                        Ok(()) => {
+                            match super::standby::resolve(f, desired, layout).and_then(|standby| {
+                                LocalCluster::prepare(
+                                    f.clone(),
+                                    src.clone(),
+                                    layout,
+                                    ports,
+                                    run_as,
+                                    governor,
+                                    standby,
+                                )
+                            }) {
+                                Err(e) => Err(e),
+                                Ok(mut c) => {
+                                    let r = c.start().await;
+                                    running.insert(cluster.clone(), c);
+                                    r
+                                }
                             }
-                        },
+                        }
                     },
                 }
             }

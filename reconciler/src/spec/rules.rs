@@ -104,6 +104,7 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 let source = spilo_model::StandbySource {
                     cluster: None,
                     hosts: sb.hosts.clone(),
+                    archive: None,
                 };
                 if let Err(e) = source.libpq_hosts() {
                     r.at(&p("spec.standby.hosts"), Severity::Error, e);
