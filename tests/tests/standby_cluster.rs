@@ -127,6 +127,56 @@ impl Writer {
     }
 }
 
+/// Polls every member's PostgreSQL with a fresh session every 100 ms and records each time
+/// one runs as a primary: (cluster, port, when).
+struct Primaries {
+    seen: Arc<Mutex<Vec<(String, u16, Instant)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Primaries {
+    fn watch(repo: &LocalRepo, members: Vec<(String, u16)>) -> anyhow::Result<Self> {
+        let dsns: Vec<(String, u16, String)> = members
+            .into_iter()
+            .map(|(c, p)| Ok((c.clone(), p, repo.dsn(&c, p)?)))
+            .collect::<anyhow::Result<_>>()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (out, s) = (seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                for (cluster, port, dsn) in &dsns {
+                    let primary = tokio::time::timeout(Duration::from_secs(1), async {
+                        let c = connect_dsn(dsn).await.ok()?;
+                        let r: bool = c
+                            .query_one("SELECT pg_is_in_recovery()", &[])
+                            .await
+                            .ok()?
+                            .get(0);
+                        Some(!r)
+                    })
+                    .await;
+                    if let Ok(Some(true)) = primary {
+                        out.lock()
+                            .expect("lock")
+                            .push((cluster.clone(), *port, Instant::now()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Primaries { seen, stop, task })
+    }
+
+    async fn stop(self) -> Vec<(String, u16, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let seen = self.seen.lock().expect("lock");
+        seen.clone()
+    }
+}
+
 /// Waits until the member at `port` of `cluster` has every id up to `id`.
 async fn until_has(repo: &LocalRepo, cluster: &str, port: u16, id: i64) -> anyhow::Result<()> {
     wait::until(
@@ -198,6 +248,22 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         r#"standby_cluster={"hosts":["127.0.0.1:1"]}"#,
     ])?;
     assert_eq!(code, 0, "{out}{err}");
+    // Only once the standby leader stopped streaming is the row's way the archive.
+    wait::until("dr's standby leader to stop streaming", READY, || async {
+        let s = repo.status().ok()?;
+        let port = member(&s, "dr", "standby_leader")?["port"].as_u64()? as u16;
+        let c = connect_dsn(&repo.dsn("dr", port).ok()?).await.ok()?;
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n == 0).then_some(())
+    })
+    .await?;
     let c = connect_dsn(&src).await?;
     c.batch_execute("CREATE TABLE archived (x int); INSERT INTO archived VALUES (42)")
         .await?;
@@ -291,8 +357,14 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let later = writer.last();
     until_has(repo, "dr", other, later).await?;
 
-    // The switchover between clusters: one edit of both files.
+    // The switchover between clusters: an edit of both files. Written one at a time, the
+    // first alone (each cluster a standby of the other) is refused as invalid and changes
+    // nothing; with the second the edit is a switchover.
     repo.write("src.yaml", &cluster("src", 3, sb, Some("dr")))?;
+    repo.wait_printed("cluster `dr` is itself a standby (of `src`)", READY)
+        .await?;
+    let (_, out, _) = repo.spilo(&["list", "src"])?;
+    assert!(!out.contains("Standby cluster"), "{out}");
     repo.write("dr.yaml", &cluster("dr", 2, db, None))?;
     repo.wait_printed("~ switchover from cluster src to cluster dr", READY)
         .await?;
@@ -361,6 +433,13 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .unwrap_or_default();
     assert_eq!(frozen.len(), 2, "{status}");
     let writer = Writer::start(any_primary(repo, &[(sb, 3), (db, 2)])?);
+    let watch = Primaries::watch(
+        repo,
+        [(sb, 3, "src"), (db, 2, "dr")]
+            .iter()
+            .flat_map(|(base, n, c)| (0..*n).map(move |i| (c.to_string(), base + 10 + i)))
+            .collect(),
+    )?;
     wait::until("writes on dr before the freeze", READY, || async {
         (writer.last() > 20).then_some(())
     })
@@ -391,6 +470,20 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
     let timed = writer.stop().await;
+    let seen = watch.stop().await;
+    // Seen with a fresh session every 100 ms: once a member of src ran as primary, no member
+    // of dr did.
+    let src_primary = seen
+        .iter()
+        .filter(|(c, _, _)| c == "src")
+        .map(|(_, _, at)| *at)
+        .min()
+        .ok_or_else(|| anyhow::anyhow!("src was never seen as primary"))?;
+    let second: Vec<&(String, u16, Instant)> = seen
+        .iter()
+        .filter(|(c, _, at)| c == "dr" && *at >= src_primary)
+        .collect();
+    assert!(second.is_empty(), "two primaries: {second:?}");
     let acked: Vec<i64> = timed.iter().map(|(id, _)| *id).collect();
     let newest = *acked.last().unwrap_or(&0);
     until_has(repo, "dr", db + 10, newest).await?;
@@ -419,7 +512,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .collect();
     let after: Vec<i64> = lost
         .iter()
-        .filter(|(_, at)| *at >= promoted_at)
+        .filter(|(_, at)| *at >= promoted_at.min(src_primary))
         .map(|(id, _)| *id)
         .collect();
     assert!(

@@ -25,7 +25,8 @@ fn standby(w: &mut World) -> &mut World {
 
 #[test]
 fn the_first_member_of_a_standby_cluster_bootstraps_from_the_local_setting() {
-    // No `config` yet: the local file's source decides, and the bootstrap copies it.
+    // No `config` yet: the local file's source decides. `decide` says Bootstrap either way;
+    // the runtime's bootstrap copies the source (shown end to end by standby_cluster.rs).
     let mut w = World::new();
     w.view().initialize = None;
     w.data(DataDir::Empty).pg(PgState::Stopped);

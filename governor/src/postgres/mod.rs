@@ -14,6 +14,9 @@ pub mod query;
 pub mod server_log;
 mod settings;
 pub mod tools;
+mod upstream;
+
+pub use upstream::Upstream;
 
 use crate::config::Loaded;
 use crate::ha::{DataDir, PgState, RunningPg};
@@ -53,55 +56,6 @@ pub enum PgError {
 /// A marker present while pg_basebackup or pg_rewind runs; found at start, it means the data
 /// directory is half-written and must be copied again.
 const UNFINISHED_MARKER: &str = "data-copy-in-progress";
-
-/// Where a replica streams from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    /// The member (for a standby cluster's source: the source's name, for messages).
-    pub name: MemberName,
-    /// Its PostgreSQL host (a source: a comma-separated list, tried in order).
-    pub host: String,
-    /// Its PostgreSQL port (a source: one per host).
-    pub port: String,
-    /// A standby cluster's source: connect only to the endpoint that runs as primary, and use
-    /// no replication slot (the source keeps none for this member).
-    pub source: bool,
-    /// A source's WAL archive, replayed while streaming from it fails.
-    pub archive: Option<spilo_model::governor::ArchiveConfig>,
-}
-
-impl Upstream {
-    /// A member of this cluster.
-    pub fn member(name: MemberName, host: String, port: u16) -> Self {
-        Upstream {
-            name,
-            host,
-            port: port.to_string(),
-            source: false,
-            archive: None,
-        }
-    }
-
-    /// A standby cluster's source; an error names the endpoint that is not `host:port`.
-    pub fn source(source: &spilo_model::StandbySource) -> Result<Self, String> {
-        let (host, port) = source
-            .libpq_hosts()
-            .map_err(|e| format!("standby_cluster.hosts: {e}"))?;
-        let name = source
-            .cluster
-            .as_deref()
-            .and_then(|c| MemberName::new(c).ok())
-            .or_else(|| MemberName::new("source").ok())
-            .ok_or("no name for the source")?;
-        Ok(Upstream {
-            name,
-            host,
-            port,
-            source: true,
-            archive: source.archive.clone(),
-        })
-    }
-}
 
 /// The local PostgreSQL instance.
 pub struct Instance {
@@ -601,11 +555,16 @@ impl Instance {
             self.replication.0.clone(),
             "-w".into(),
         ];
+        let mut env = self.client_env();
+        if from.source {
+            // The source's primary, not one of its standbys.
+            env.push(("PGTARGETSESSIONATTRS", "read-write".into()));
+        }
         match tools::run(
             &self.bin_dir,
             "pg_basebackup",
             &args,
-            &self.client_env(),
+            &env,
             Duration::from_secs(3600),
         )
         .await
@@ -675,7 +634,8 @@ impl Instance {
                 .ok()
                 .map(Arc::new)
         });
-        // A source lists several endpoints: the session goes to the one that accepts writes.
+        // A source lists several endpoints: the session goes to the one that accepts writes,
+        // and to none when none does.
         let endpoints: Vec<(String, u16)> = to
             .host
             .split(',')
@@ -684,6 +644,7 @@ impl Instance {
             .collect();
         Session::remote(
             &endpoints,
+            to.source,
             &self.superuser.0,
             &self.superuser.1,
             self.timeout,

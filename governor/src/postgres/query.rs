@@ -66,11 +66,12 @@ impl Session {
         Self::new(config, timeout)
     }
 
-    /// A session to a remote server over TCP with a password (the first of `endpoints` that
-    /// accepts writes, when there are several); over TLS (required, the server checked
-    /// against the CA) with `tls`.
+    /// A session to a remote server over TCP with a password (with `read_write`, the first of
+    /// `endpoints` that accepts writes); over TLS (required, the server checked against the CA)
+    /// with `tls`.
     pub fn remote(
         endpoints: &[(String, u16)],
+        read_write: bool,
         user: &str,
         password: &str,
         timeout: Duration,
@@ -83,8 +84,7 @@ impl Session {
         for (host, port) in endpoints {
             config.host(host).port(*port);
         }
-        if endpoints.len() > 1 {
-            // Several endpoints: the one that accepts writes.
+        if read_write {
             config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
         }
         config

@@ -23,12 +23,20 @@ impl Instance {
                     s.key.display().to_string(),
                 )
             });
+            // Toward a standby cluster's source, a name no member of the source can have (not
+            // a DNS label): the source never counts this standby as one of its synchronous
+            // standbys or quorum voters.
+            let application_name = if u.source {
+                format!("{}.standby", self.member)
+            } else {
+                self.member.to_string()
+            };
             let mut pairs = vec![
                 ("host", u.host.as_str()),
                 ("port", &port),
                 ("user", &self.replication.0),
                 ("passfile", &pgpass),
-                ("application_name", self.member.as_str()),
+                ("application_name", application_name.as_str()),
                 ("connect_timeout", "2"),
             ];
             if let Some((ca, cert, key)) = &ssl {

@@ -102,6 +102,18 @@ impl Governor {
             Decision::FollowSource { .. } => self.lead_standby(view, &params).await,
             Decision::RewindFromSource { .. } => {
                 let source = self.standby_source(view)?;
+                // A source of another system would replace this cluster's data with its own.
+                let mut remote = self.pg.remote_session(&source);
+                let theirs = remote.system_identifier().await?;
+                if let Some(ours) = view.and_then(|v| v.initialize.as_deref())
+                    && theirs != ours
+                {
+                    return Err(ActError::Other(format!(
+                        "the source {} is database system {theirs}, this cluster {ours}; not \
+                         rewinding against it",
+                        source.name
+                    )));
+                }
                 self.rewind_against(s, source, &params).await
             }
             Decision::AcquireLeader { why } => {
@@ -246,7 +258,8 @@ impl Governor {
     ) -> Result<(), ActError> {
         // pg_rewind reads the source's timeline from its control file, which a fresh primary
         // only updates at its first checkpoint after promotion. This also proves the leader is
-        // reachable before the local server is stopped.
+        // reachable before the local server is stopped (a standby cluster's source: that one
+        // of its endpoints accepts writes, so a copy after a failed rewind is of a primary).
         let mut remote = self.pg.remote_session(&up);
         remote.checkpoint().await?;
         let _ = self.fence.send(None);

@@ -40,6 +40,8 @@ pub struct LocalCluster {
     tls: Option<super::tls::LocalTls>,
     /// `spec.standby`, resolved to the source's members.
     standby: Option<spilo_model::StandbySource>,
+    /// A `spec.standby` edit `spilo up` refused: not tried again until the file changes.
+    pub refused_standby: Option<Option<spilo_model::spec::StandbySpec>>,
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
     members: Vec<Option<Proc>>,
@@ -243,6 +245,7 @@ impl LocalCluster {
             etcd_endpoints,
             tls,
             standby,
+            refused_standby: None,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),
@@ -256,6 +259,7 @@ impl LocalCluster {
     pub fn set_standby(&mut self, file: ClusterFile, standby: Option<spilo_model::StandbySource>) {
         self.file.spec.standby = file.spec.standby;
         self.standby = standby;
+        self.refused_standby = None;
     }
 
     /// The cluster's ports.

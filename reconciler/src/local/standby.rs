@@ -11,11 +11,14 @@
 //! Removing `standby` from X alone promotes X only when its source Y cannot be a second
 //! primary: refused while Y's leader runs as primary, and otherwise Y is **fenced** first (its
 //! `config` made a standby of X, so its members step down or start as standby leader and
-//! rewind against X) and X is promoted only once Y's leader runs as a standby or Y's leader
-//! key is gone (a primary stops accepting writes before its lease ends, so by then a primary
-//! whose governor cannot be asked has stopped too); refused when Y's etcd does not answer,
-//! because Y could come back as a primary (`spilo edit-config X --set standby_cluster=null`
-//! promotes anyway, by hand).
+//! rewind against X) and X is promoted only once, for a TTL of Y's without a break, Y's
+//! leader runs as a standby or Y has no leader key (a primary stops accepting writes before
+//! its lease ends, so by then a primary whose governor cannot be asked has stopped too; the
+//! TTL covers a member of Y that decided to take over on the old `config`); when Y's leader
+//! runs as a standby, X first receives the end of Y's WAL, as in a switchover. Refused when
+//! Y's etcd does not answer, because Y could come back as a primary (`spilo edit-config X
+//! --set standby_cluster=null` promotes anyway, by hand). A refused edit is not tried again
+//! until that cluster's file changes.
 
 use super::cluster::LocalCluster;
 use super::state::Layout;
@@ -121,13 +124,24 @@ pub async fn apply_edits(
     }
     for name in changed.iter().filter(|n| !done.contains(n)) {
         let (_, f) = &desired[name];
+        if running
+            .get(name)
+            .is_some_and(|c| c.refused_standby.as_ref() == Some(&f.spec.standby))
+        {
+            continue;
+        }
         let old_source = running.get(name).and_then(from);
         if f.spec.standby.is_none()
             && let Some(y) = old_source
         {
             out.push(match promote(name, &y, desired, running, layout).await {
                 Ok(line) => line,
-                Err(e) => format!("refused to promote cluster {name}: {e:#}"),
+                Err(e) => {
+                    if let Some(c) = running.get_mut(name) {
+                        c.refused_standby = Some(f.spec.standby.clone());
+                    }
+                    format!("refused to promote cluster {name}: {e:#}")
+                }
             });
             continue;
         }
@@ -183,7 +197,16 @@ async fn promote(
             if let Some(cy) = running.get_mut(y) {
                 cy.set_standby(cy.file.clone(), source);
             }
-            stopped_writing(y, &running[y], layout).await?;
+            let token = stopped_writing(y, &running[y], layout).await?;
+            if let (Some(token), Some(cx)) = (token, running.get(x)) {
+                wait_leader(
+                    cx,
+                    &format!("cluster {x} did not receive {y}'s last position {token}"),
+                    STEP_TIMEOUT,
+                    |s| s.member.wal.best().filter(|l| *l >= token),
+                )
+                .await?;
+            }
             format!(
                 "; cluster {y} fenced: it is now a standby of {x} (write `standby: {{from: {x}}}` into its file)"
             )
@@ -197,21 +220,37 @@ async fn promote(
     Ok(format!("{line}{fence}"))
 }
 
-/// Waits until cluster `y` accepts no write: its leader answers as a standby, or its leader
-/// key is gone (the primary's lease ended, and with it, by the fence, its writes).
-async fn stopped_writing(y: &str, cy: &LocalCluster, layout: &Layout) -> anyhow::Result<()> {
+/// Waits until cluster `y` accepts no write, for a TTL of its own without a break: its leader
+/// answers as a standby, or it has no leader key (the primary's lease ended, and with it, by
+/// the fence, its writes). Returns the end of the standby leader's WAL when it answered, the
+/// position the promoted cluster must have.
+async fn stopped_writing(
+    y: &str,
+    cy: &LocalCluster,
+    layout: &Layout,
+) -> anyhow::Result<Option<Lsn>> {
     let target = target(&cy.file.metadata.name, layout);
-    let deadline = Instant::now() + STEP_TIMEOUT;
+    let hold = Duration::from_secs(cy.file.spec.ha.ttl);
+    let deadline = Instant::now() + STEP_TIMEOUT + hold;
+    let mut since: Option<Instant> = None;
     loop {
-        if let Some((_, s)) = cy.leader_status().await
-            && running_as(&s, MemberRole::Replica)
-        {
-            return Ok(());
-        }
-        if let Ok(state) = crate::operate::read_state(&target).await
-            && state.leader.is_none()
-        {
-            return Ok(());
+        let standby = match cy.leader_status().await {
+            Some((_, s)) if running_as(&s, MemberRole::Replica) => Some(s.member.wal.replay),
+            _ => None,
+        };
+        let quiet = match standby {
+            Some(_) => true,
+            None => crate::operate::read_state(&target)
+                .await
+                .is_ok_and(|state| state.leader.is_none()),
+        };
+        if quiet {
+            let start = *since.get_or_insert_with(Instant::now);
+            if start.elapsed() >= hold {
+                return Ok(standby.flatten());
+            }
+        } else {
+            since = None;
         }
         if Instant::now() >= deadline {
             bail!(

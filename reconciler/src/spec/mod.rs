@@ -6,6 +6,7 @@
 //! ranges, unknown keys with "did you mean"), then rules the schema cannot express; across
 //! files: unique names and clone sources that exist.
 
+mod aws_rules;
 mod diagnostic;
 mod position;
 mod rules;
