@@ -19,6 +19,7 @@ pub const FIELDS: &[&str] = &[
     "synchronous_node_count",
     "failsafe_mode",
     "standby_cluster",
+    "downstream",
 ];
 
 impl ClusterConfig {

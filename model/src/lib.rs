@@ -21,8 +21,8 @@ pub mod target_time;
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
 pub use member::{
-    BootFailure, ClusterConfig, HistoryEntry, MemberRole, MemberState, MemberStatus, MemberTags,
-    StandbySource, WalPositions,
+    BootFailure, ClusterConfig, Downstream, HistoryEntry, MemberRole, MemberState, MemberStatus,
+    MemberTags, StandbySource, WalPositions,
 };
 pub use names::{ClusterName, InvalidName, MemberName, NameError};
 pub use summary::{ArchiveStatus, BackupRuns, ClusterSummary, MemberRow, NodeStatus, summarize};

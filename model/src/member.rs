@@ -224,6 +224,24 @@ pub struct ClusterConfig {
     /// to a running cluster demotes its primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_cluster: Option<StandbySource>,
+    /// The standby clusters of this one (written by the reconciler from the cluster files).
+    /// A member asks their members before it runs as primary: when one of them runs as a
+    /// primary, it was promoted over this cluster (`spilo promote-standby
+    /// --source-unreachable`), and this cluster follows it instead ([`Downstream::follow`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub downstream: Vec<Downstream>,
+}
+
+/// A standby cluster of this cluster, as its members ask it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Downstream {
+    /// Its name.
+    pub cluster: String,
+    /// The base URL of each member's REST API (`https://host:port`), asked for `/status`.
+    pub api: Vec<String>,
+    /// How this cluster replicates from it once it was promoted over this one.
+    pub follow: StandbySource,
 }
 
 /// Where a standby cluster's leader replicates from: an endpoint that reaches the source

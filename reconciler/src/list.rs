@@ -47,7 +47,11 @@ pub async fn update_config(
                 target.cluster
             ),
         };
+        let before = config.clone();
         change(&mut config);
+        if config == before {
+            return Ok(());
+        }
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.clone(),

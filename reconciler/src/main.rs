@@ -108,6 +108,9 @@ enum Command {
     ShowConfig(EtcdTarget),
     /// Change the cluster's dynamic configuration (--set, --pg, or $EDITOR); shows the diff.
     EditConfig(spilo::operate::config::EditArgs),
+    /// Promote a standby cluster whose source cannot be reached (--source-unreachable); its
+    /// source follows it when it runs again.
+    PromoteStandby(spilo::operate::promote_standby::PromoteStandbyArgs),
     /// Print the JSON Schema of cluster files (committed as schemas/cluster.schema.json), or
     /// with `--kind EtcdCluster` of etcd cluster files (schemas/etcd-cluster.schema.json).
     #[command(hide = true)]
@@ -279,6 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::ShowConfig(t) => ok(spilo::operate::config::show(t).await),
         Command::EditConfig(a) => ok(spilo::operate::config::edit(a).await),
+        Command::PromoteStandby(a) => ok(spilo::operate::promote_standby::promote_standby(a).await),
         Command::Pause(t) => set_pause(t, true).await,
         Command::Resume(t) => set_pause(t, false).await,
         Command::Schema { kind } => {

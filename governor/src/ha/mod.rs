@@ -55,7 +55,8 @@ pub struct HaConfig {
     /// with an empty data directory recovers it from its archive; `None`: never.
     pub archive_recovery_after: Option<Duration>,
     /// The standby cluster's source: from the local file until the cluster's `config` exists,
-    /// then from `config` ([`HaConfig::merged`]).
+    /// then from `config`, or the standby cluster promoted over this one
+    /// ([`ClusterView::fenced_by`]) ([`HaConfig::merged`]).
     pub standby: Option<StandbySource>,
 }
 
@@ -68,7 +69,8 @@ impl HaConfig {
             cfg.maximum_lag_on_failover = lag;
         }
         if let Some(c) = &view.config {
-            cfg.standby = c.standby_cluster.clone();
+            // A standby cluster promoted over this one fences it: it follows that cluster.
+            cfg.standby = c.standby_cluster.clone().or_else(|| view.fenced_by.clone());
         }
         cfg
     }

@@ -3,8 +3,8 @@
 //! runtime builds it, tests write it by hand.
 
 use spilo_model::{
-    ClusterConfig, HistoryEntry, Lsn, MemberName, MemberStatus, MemberTags, SwitchoverRequest,
-    SyncState, TimelineId, WalPositions,
+    ClusterConfig, HistoryEntry, Lsn, MemberName, MemberStatus, MemberTags, StandbySource,
+    SwitchoverRequest, SyncState, TimelineId, WalPositions,
 };
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -68,6 +68,10 @@ pub struct ClusterView {
     /// `failsafe`: the members a failsafe-mode primary must hear from, with their REST API
     /// URLs. `None` when absent or unreadable.
     pub failsafe: Option<BTreeMap<MemberName, String>>,
+    /// Not a key: how this cluster follows a standby cluster of it (`downstream` in `config`)
+    /// that a member of it answered runs as primary, i.e. was promoted over this cluster.
+    /// The runtime asks them at every pass while `config` names no source.
+    pub fenced_by: Option<StandbySource>,
 }
 
 impl ClusterView {

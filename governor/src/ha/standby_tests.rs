@@ -159,3 +159,46 @@ fn a_standby_leader_that_cannot_stream_from_the_source_rewinds_against_it() {
     }
     assert_eq!(kind(&w.decide()), "follow_source");
 }
+
+/// A standby cluster of this one answered as primary: it was promoted over this cluster.
+fn fenced(w: &mut World) -> &mut World {
+    w.view().config = Some(ClusterConfig::default());
+    w.view().fenced_by = Some(source());
+    w
+}
+
+#[test]
+fn a_cluster_a_standby_was_promoted_over_follows_it_and_never_runs_a_primary() {
+    // Its primary (the partition healed) steps down.
+    let mut w = World::new();
+    fenced(&mut w).leader("m1", LEASE).running_primary();
+    assert_eq!(kind(&w.decide()), "step_down");
+    // With no leader (its etcd came back, the old lease ended), the winner of the race leads
+    // as a standby leader: the race ignores synchronous mode as in any standby cluster, and
+    // the runtime then replicates from the source instead of promoting.
+    let mut w = World::new();
+    fenced(&mut w);
+    w.peer("m2", Some(replica(1, 400)));
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+    assert_eq!(cfg().merged(w.view()).standby, Some(source()));
+    // Holding the key, it follows the source.
+    let mut w = World::new();
+    fenced(&mut w).leader("m1", LEASE);
+    assert_eq!(kind(&w.decide()), "follow_source");
+    // A source in `config` wins over the fence (the leader recorded it, or an operator).
+    let mut w = World::new();
+    fenced(&mut w);
+    let other = StandbySource {
+        cluster: Some("elsewhere".into()),
+        ..source()
+    };
+    if let Some(c) = w.view().config.as_mut() {
+        c.standby_cluster = Some(other.clone());
+    }
+    assert_eq!(cfg().merged(w.view()).standby, Some(other));
+    // Without a fence nothing changes.
+    let mut w = World::new();
+    w.view().config = Some(ClusterConfig::default());
+    w.leader("m1", LEASE).running_primary();
+    assert_eq!(kind(&w.decide()), "lead");
+}

@@ -290,6 +290,7 @@ impl Governor {
                 .then_some(ha.synchronous_node_count),
             failsafe_mode: ha.failsafe_mode,
             standby_cluster: ha.standby_cluster.clone(),
+            downstream: Vec::new(),
         };
         if self.dcs.create_config_if_absent(&config).await? {
             tracing::info!("wrote the cluster's first config");

@@ -52,10 +52,19 @@ impl Governor {
         }
         let data = self.data.clone().unwrap_or(DataDir::Empty);
 
-        let dcs = match read_view(&self.dcs.client(), self.dcs.keys(), self.dcs.timeout()).await {
+        let mut dcs = match read_view(&self.dcs.client(), self.dcs.keys(), self.dcs.timeout()).await
+        {
             Ok(view) => DcsView::Known(view),
             Err(e) => DcsView::Unreachable { why: e.to_string() },
         };
+        if let DcsView::Known(view) = &mut dcs {
+            view.fenced_by = super::downstream::promoted_over_us(
+                &self.http,
+                view.config.as_ref(),
+                self.dcs.timeout(),
+            )
+            .await;
+        }
         if let DcsView::Known(view) = &dcs {
             if view
                 .leader

@@ -14,6 +14,7 @@ mod act;
 pub mod backups;
 pub mod bootstrap;
 pub mod commands;
+pub mod downstream;
 pub mod failsafe;
 pub mod fence;
 mod gather;
@@ -490,6 +491,7 @@ impl Governor {
                 }
                 continue;
             }
+            self.record_fence(&snapshot).await;
             self.publish(&snapshot, &decision).await;
             *self.shared.last_loop.write().await = Instant::now();
             // An action changed something: look again at once, unless the same action was

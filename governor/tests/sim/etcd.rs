@@ -117,6 +117,8 @@ impl Etcd {
             config: Some(self.config.clone()),
             switchover: self.switchover.clone(),
             failsafe: self.failsafe.clone(),
+            // The simulated cluster has no standby clusters.
+            fenced_by: None,
             sync: self.sync.as_ref().map(|(s, _)| s.clone()),
             sync_revision: self.sync.as_ref().map_or(0, |(_, r)| *r),
             member_leases: self

@@ -227,6 +227,7 @@ impl ClusterSpec {
             failsafe_mode: self.ha.failsafe_mode,
             // Resolved by the target that realizes the file (`from` names another cluster).
             standby_cluster: None,
+            downstream: Vec::new(),
         }
     }
 }

@@ -535,6 +535,15 @@ impl LocalCluster {
         self.leader_status().await.map(|(i, _)| i)
     }
 
+    /// Each member's REST API base URL, as another cluster's governors reach it.
+    pub fn api_urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        (0..self.file.spec.instances)
+            .filter_map(|i| u16::try_from(i).ok())
+            .map(|i| format!("{scheme}://127.0.0.1:{}", self.ports.api.saturating_add(i)))
+            .collect()
+    }
+
     /// The member holding the leader key and its own status (live WAL positions).
     pub async fn leader_status(&self) -> Option<(usize, NodeStatus)> {
         let (http, scheme) =

@@ -16,9 +16,10 @@
 //! its lease ends, so by then a primary whose governor cannot be asked has stopped too; the
 //! TTL covers a member of Y that decided to take over on the old `config`); when Y's leader
 //! runs as a standby, X first receives the end of Y's WAL, as in a switchover. Refused when
-//! Y's etcd does not answer, because Y could come back as a primary (`spilo edit-config X
-//! --set standby_cluster=null` promotes anyway, by hand). A refused edit is not tried again
-//! until that cluster's file changes.
+//! Y's etcd does not answer, because Y could come back as a primary (`spilo promote-standby X
+//! --source-unreachable` is the explicit action then: Y's governors ask their standby
+//! clusters, listed by [`sync_downstream`], before running a primary). A refused edit is not
+//! tried again until that cluster's file changes.
 
 use super::cluster::LocalCluster;
 use super::state::Layout;
@@ -156,6 +157,59 @@ pub async fn apply_edits(
     out
 }
 
+/// Writes into each running cluster's `config` its standby clusters (`downstream`): the
+/// clusters of `desired` whose `spec.standby.from` names it, with their members' REST APIs
+/// and how it would follow each. Its governors ask them before running a primary, so a
+/// standby promoted over it while its etcd could not be reached (`spilo promote-standby
+/// --source-unreachable`) fences it. Returns the lines to print (errors).
+pub async fn sync_downstream(
+    desired: &Desired,
+    running: &BTreeMap<String, LocalCluster>,
+    layout: &Layout,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (a, ca) in running {
+        let mut downstream = Vec::new();
+        for (b, (_, fb)) in desired {
+            let from = fb.spec.standby.as_ref().and_then(|s| s.from.as_ref());
+            let (Some(cb), true) = (running.get(b), from.is_some_and(|f| f.as_str() == a)) else {
+                continue;
+            };
+            let mut follower = ca.file.clone();
+            follower.spec.standby = Some(spilo_model::spec::StandbySpec {
+                from: Some(fb.metadata.name.clone()),
+                hosts: Vec::new(),
+            });
+            match resolve(&follower, desired, layout) {
+                Ok(Some(follow)) => downstream.push(spilo_model::Downstream {
+                    cluster: b.clone(),
+                    api: cb.api_urls(),
+                    follow,
+                }),
+                Ok(None) => {}
+                Err(e) => out.push(format!("cluster {a}: standby cluster {b}: {e:#}")),
+            }
+        }
+        // A cluster without standby clusters whose `config` is absent or unreachable has
+        // nothing to be fenced by: only a list to write is worth an error.
+        let quiet = downstream.is_empty();
+        let target = target(&ca.file.metadata.name, layout);
+        let write =
+            crate::list::update_config(&target, move |cfg| cfg.downstream = downstream.clone());
+        match tokio::time::timeout(Duration::from_secs(10), write).await {
+            Ok(Ok(())) => {}
+            _ if quiet => {}
+            Ok(Err(e)) => out.push(format!(
+                "cluster {a}: cannot list its standby clusters in config: {e:#}"
+            )),
+            Err(_) => out.push(format!(
+                "cluster {a}: cannot list its standby clusters in config: etcd did not answer within 10s"
+            )),
+        }
+    }
+    out
+}
+
 /// Promotes `x`, a standby of `y`, after fencing `y` (see the module documentation).
 async fn promote(
     x: &str,
@@ -190,8 +244,8 @@ async fn promote(
                 .map_err(|e| {
                     anyhow::anyhow!(
                         "cluster {y}, its source, cannot be fenced ({e:#}): it could come back as a \
-                         second primary; `spilo edit-config {x} --set standby_cluster=null` promotes \
-                         {x} anyway"
+                         second primary; `spilo promote-standby {x} --source-unreachable` promotes \
+                         {x} and fences {y} through its standby clusters"
                     )
                 })?;
             if let Some(cy) = running.get_mut(y) {

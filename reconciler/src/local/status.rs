@@ -37,6 +37,8 @@ pub struct ClusterReport {
     pub dsn: String,
     /// etcd client endpoints.
     pub etcd: Vec<String>,
+    /// The pid of the etcd `spilo up` runs for the cluster, if it runs one.
+    pub etcd_pid: Option<u32>,
     /// The member that holds the leader key, if any.
     pub leader: Option<String>,
     /// Members in order.
@@ -165,6 +167,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
         ca: st.tls.as_ref().map(|t| t.ca.display().to_string()),
         dsn: dsn(st.ports.primary, st.tls.as_ref()),
         etcd: st.etcd_endpoints.clone(),
+        etcd_pid: st.etcd_pid,
         leader: leader.map(|l| l.name.to_string()),
         members,
     }

@@ -216,6 +216,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             c.wait_ready(Duration::from_secs(180)).await?;
             print!("{}", c.connection_info());
         }
+        for line in super::standby::sync_downstream(&desired, &running, &layout).await {
+            eprintln!("{line}");
+        }
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -379,6 +382,9 @@ async fn apply_edit(
         if let Err(e) = result {
             eprintln!("could not apply `{change}`: {e:#}");
         }
+    }
+    for line in super::standby::sync_downstream(desired, running, layout).await {
+        eprintln!("{line}");
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod promote_standby;
 
 use anyhow::Context;
 use etcd_client::GetOptions;
