@@ -16,6 +16,7 @@ pub mod boot_report;
 pub mod certs;
 pub mod config;
 pub mod dcs;
+pub mod drill;
 pub mod etcd_member;
 pub mod ha;
 pub mod postgres;

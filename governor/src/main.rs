@@ -89,6 +89,32 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// A restore drill: restore a backup and the archive into a scratch directory, replay,
+    /// start a throwaway PostgreSQL and check it (exit 0 verified, 2 a check failed, 1 error).
+    VerifyBackup {
+        /// The backup, or LATEST.
+        #[arg(long, default_value = "LATEST")]
+        backup: String,
+        /// Replay up to this time (RFC 3339) instead of the archive's end; with LATEST, the
+        /// newest backup that finished before it.
+        #[arg(long)]
+        target_time: Option<spilo_model::TargetTime>,
+        /// A query that must return true on the restored database.
+        #[arg(long)]
+        sql: Option<String>,
+        /// Where the scratch directory is made (default: the temporary directory).
+        #[arg(long)]
+        scratch: Option<PathBuf>,
+        /// How long replay may take.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The governor's YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Delete all but the newest N finished base backups, and the WAL only they need.
     BackupDelete {
         /// How many finished backups to keep (at least 1).
@@ -213,7 +239,8 @@ fn main() -> ExitCode {
                 .downcast_ref::<governor::config::ConfigError>()
                 .is_some_and(governor::config::ConfigError::is_permanent)
                 || e.downcast_ref::<governor::preflight::PreflightError>()
-                    .is_some();
+                    .is_some()
+                || e.downcast_ref::<governor::drill::ChecksFailed>().is_some();
             ExitCode::from(if doomed { 2 } else { 1 })
         }
     }
@@ -315,6 +342,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "recover it with recovery_target_time = '{}'",
                     t.to_postgres()
                 );
+            }
+            Ok(())
+        }
+        Command::VerifyBackup {
+            backup,
+            target_time,
+            sql,
+            scratch,
+            timeout,
+            json,
+            config,
+        } => {
+            use governor::archive::backup::Pick;
+            let parsed = parse_config(&config)?;
+            let archive = parsed
+                .archive
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("{}: no archive section", config.display()))?;
+            let drill = governor::drill::Drill {
+                config_path: std::path::absolute(&config)?,
+                archive,
+                bin_dir: parsed.postgresql.bin_dir.clone(),
+                superuser: parsed.postgresql.authentication.superuser.username.clone(),
+                pick: Pick::from_args(&backup, target_time),
+                target_time,
+                sql,
+                scratch_parent: scratch.unwrap_or_else(std::env::temp_dir),
+                timeout,
+            };
+            let report = governor::drill::run(&drill).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.ok() {
+                let failed: Vec<&str> = report
+                    .checks
+                    .iter()
+                    .filter(|c| !c.ok)
+                    .map(|c| c.name)
+                    .collect();
+                return Err(governor::drill::ChecksFailed(failed.join(", ")).into());
             }
             Ok(())
         }

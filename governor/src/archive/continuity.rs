@@ -110,3 +110,156 @@ mod tests {
         assert!(check("000000010000000000000003", "p/wal_005/", &k).is_err());
     }
 }
+
+/// A timeline's end, from a timeline history file: timeline `timeline` ran until `switch`
+/// (a byte position), where its child began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch {
+    /// The timeline that ended.
+    pub timeline: u32,
+    /// Where it ended.
+    pub switch: u64,
+}
+
+/// Parses a timeline history file (`1\t0/5000000\tno recovery target specified`).
+pub fn parse_history(text: &str) -> Vec<Switch> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let timeline = f.next()?.parse().ok()?;
+            let switch: spilo_model::Lsn = f.next()?.parse().ok()?;
+            Some(Switch {
+                timeline,
+                switch: switch.0,
+            })
+        })
+        .collect()
+}
+
+/// The first segment recovery would miss, named with the timeline it is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The segment's file name (`TTTTTTTTLLLLLLLLSSSSSSSS`).
+    pub segment: String,
+    /// Its timeline.
+    pub timeline: u32,
+}
+
+/// The segments recovery replays from `start_file` (a base backup's first) to the newest one
+/// archived on `newest_timeline`, each on the timeline `history` (the newest timeline's
+/// history) says it belongs to: a segment holding a switch position is read from the child
+/// timeline (PostgreSQL copies it there). Returns their names in order, or the first missing.
+pub fn timeline_path(
+    start_file: &str,
+    wal_dir: &str,
+    keys: &[String],
+    history: &[Switch],
+    newest_timeline: u32,
+) -> Result<Vec<String>, Gap> {
+    let start = number(start_file).ok_or_else(|| Gap {
+        segment: start_file.to_string(),
+        timeline: 0,
+    })?;
+    let timeline_of = |n: u64| {
+        history
+            .iter()
+            .find(|s| n < s.switch / (16 << 20))
+            .map_or(newest_timeline, |s| s.timeline)
+    };
+    let name = |n: u64| format!("{:08X}{}", timeline_of(n), position(n));
+    let have: BTreeSet<String> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(wal_dir))
+        .filter_map(|file| {
+            let (name, ext) = file.split_once('.')?;
+            (!ext.contains('.') && spilo_model::governor::Compression::of(file).is_some())
+                .then(|| name.to_string())
+        })
+        .collect();
+    // The newest segment: the last one archived on the timeline its number belongs to.
+    let newest = have
+        .iter()
+        .filter_map(|n| number(n).map(|num| (num, n)))
+        .filter(|(num, n)| *num >= start && **n == name(*num))
+        .map(|(num, _)| num)
+        .max()
+        .unwrap_or(start);
+    let mut out = Vec::new();
+    for n in start..=newest {
+        let segment = name(n);
+        if !have.contains(&segment) {
+            return Err(Gap {
+                timeline: timeline_of(n),
+                segment,
+            });
+        }
+        out.push(segment);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod timeline_tests {
+    use super::*;
+
+    fn keys(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| format!("p/wal_005/{n}.lz4")).collect()
+    }
+
+    #[test]
+    fn the_path_follows_the_history_across_a_switch() {
+        // Timeline 1 ended in segment 5 (0/5000100): segment 5 onward comes from timeline 2.
+        let history = parse_history("1\t0/5000100\tno recovery target specified\n");
+        assert_eq!(
+            history,
+            vec![Switch {
+                timeline: 1,
+                switch: 0x500_0100
+            }]
+        );
+        let k = keys(&[
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000020000000000000005",
+            "000000020000000000000006",
+            "00000002.history",
+        ]);
+        let path = timeline_path("000000010000000000000003", "p/wal_005/", &k, &history, 2)
+            .expect("whole");
+        assert_eq!(
+            path,
+            vec![
+                "000000010000000000000003",
+                "000000010000000000000004",
+                "000000020000000000000005",
+                "000000020000000000000006"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_segment_is_named_with_its_timeline() {
+        let history = parse_history("1\t0/5000100\tno recovery target specified\n");
+        // Segment 6 exists only on the old timeline, which recovery does not read there.
+        let k = keys(&[
+            "000000010000000000000004",
+            "000000020000000000000005",
+            "000000010000000000000006",
+            "000000020000000000000007",
+        ]);
+        assert_eq!(
+            timeline_path("000000010000000000000004", "p/wal_005/", &k, &history, 2),
+            Err(Gap {
+                segment: "000000020000000000000006".into(),
+                timeline: 2
+            })
+        );
+        // Nothing after the backup's first segment: the path is that one segment, if there.
+        let k = keys(&["000000010000000000000004"]);
+        assert_eq!(
+            timeline_path("000000010000000000000004", "p/wal_005/", &k, &[], 1),
+            Ok(vec!["000000010000000000000004".to_string()])
+        );
+    }
+}

@@ -22,6 +22,7 @@ pub mod status;
 pub mod tls;
 pub mod up;
 pub mod user;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use user::RunAs;

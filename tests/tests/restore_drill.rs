@@ -1,0 +1,276 @@
+//! `spilo verify-backup`: restore drills of a local cluster's archive on real PostgreSQL 15.
+//! A healthy archive after a failover (two timelines) is verified with the user's query and
+//! an RPO no older than the last commit; a WAL segment removed from the middle, a backup part
+//! altered, and a page corrupted inside a relation of the backup each fail the drill (exit 2)
+//! naming what is wrong.
+
+use spilo_e2e::local::LocalRepo;
+use spilo_e2e::sql::connect_dsn;
+use spilo_e2e::{ports, proc, wait};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(240);
+
+fn member(status: &serde_json::Value, role: &str) -> Option<serde_json::Value> {
+    status["clusters"].as_array()?.first()?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == role)
+        .cloned()
+}
+
+/// Runs the drill; returns the exit status, the JSON report (when one was printed) and
+/// everything printed.
+fn drill(repo: &LocalRepo, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value, String)> {
+    let mut args = vec!["verify-backup", "dr", "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = repo.spilo(&args)?;
+    let report = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    Ok((code, report, format!("{out}{err}")))
+}
+
+fn failed_check<'a>(report: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    report["checks"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name && c["ok"] == false)?["detail"]
+        .as_str()
+}
+
+/// Files under `dir` whose name contains `part`, sorted.
+fn files(dir: &Path, part: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(part) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_drills_verify_a_healthy_archive_and_name_each_fault() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scenario(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    let mut y = LocalRepo::cluster_yaml("dr", 2, base);
+    y.push_str("  ha: {ttl: 10, loopWait: 2, retryTimeout: 3}\n");
+    y.push_str("  backup: {bucket: b, schedule: \"0 0 1 1 *\", retention: 2}\n");
+    repo.write("dr.yaml", &y)?;
+    repo.up()?;
+    repo.wait_printed("cluster dr is ready", READY).await?;
+    let dsn = repo.dsn("dr", base)?;
+
+    // `cold` is written before the backup and never again (its pages in the backup are what
+    // a restore gets: no full-page image replaces them).
+    let c = connect_dsn(&dsn).await?;
+    c.batch_execute(
+        "CREATE TABLE cold (id int PRIMARY KEY, pad text);
+         INSERT INTO cold SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g;
+         CREATE TABLE orders (id int PRIMARY KEY);
+         INSERT INTO orders SELECT generate_series(1, 100);
+         CHECKPOINT",
+    )
+    .await?;
+    let cold_path: String = c
+        .query_one("SELECT pg_relation_filepath('cold')", &[])
+        .await?
+        .get(0);
+    drop(c);
+    let (code, out, err) = repo.spilo(&["backup", "dr"])?;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A failover: the archive continues on timeline 2.
+    let status = repo.status()?;
+    let primary = member(&status, "primary").ok_or_else(|| anyhow::anyhow!("{status}"))?;
+    proc::kill_group(primary["governor_pid"].as_u64().unwrap_or(0) as u32);
+    proc::kill_postgres(primary["postmaster_pid"].as_u64().unwrap_or(0) as u32);
+    let killed = primary["name"].as_str().unwrap_or_default().to_string();
+    wait::until("the other member to become primary", READY, || async {
+        let p = member(&repo.status().ok()?, "primary")?;
+        (p["name"] != killed.as_str() && p["state"] == "running").then_some(())
+    })
+    .await?;
+    // Rows on the new timeline in two segments, each switched out (so timeline 2 has one
+    // segment before its newest), the last commit's archived.
+    let c = wait::until("the new primary to take writes", READY, || async {
+        let c = connect_dsn(&dsn).await.ok()?;
+        c.batch_execute("INSERT INTO orders SELECT generate_series(101, 125)")
+            .await
+            .ok()?;
+        Some(c)
+    })
+    .await?;
+    c.batch_execute("SELECT pg_switch_wal(); INSERT INTO orders SELECT generate_series(126, 150)")
+        .await?;
+    let switched: String = c
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await?
+        .get(0);
+    drop(c);
+    let last_commit = Instant::now();
+    wait::until("the switched segment to be archived", READY, || async {
+        let c = connect_dsn(&dsn).await.ok()?;
+        let last: Option<String> = c
+            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
+            .await
+            .ok()?
+            .get(0);
+        last.filter(|l| *l >= switched).map(|_| ())
+    })
+    .await?;
+
+    // Healthy: every check passes, across both timelines, with the user's query, and the
+    // newest restored commit is the last one made.
+    let (code, report, text) = drill(
+        repo,
+        &[
+            "--sql",
+            "SELECT count(*) = 150 AND max(id) = 150 FROM orders",
+        ],
+    )?;
+    assert_eq!(code, 0, "{text}");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        ["backup", "wal", "replay", "amcheck", "sql", "checksums"],
+        "{text}"
+    );
+    let wal = report["checks"][1]["detail"].as_str().unwrap_or_default();
+    assert!(wal.contains("timelines 1, 2"), "{wal}");
+    let rpo = report["rpo_seconds"].as_f64().unwrap_or(f64::MAX);
+    let since_last = last_commit.elapsed().as_secs_f64();
+    assert!(
+        rpo <= since_last + 1.0,
+        "the newest restored commit is older than the last commit: RPO {rpo}s, last commit {since_last}s ago"
+    );
+    let rto = report["rto_seconds"].as_f64().unwrap_or(0.0);
+    assert!(rto > 0.0, "{report}");
+    println!(
+        "healthy archive: RPO {rpo:.1}s (last commit {since_last:.1}s before the report), RTO {rto:.1}s"
+    );
+
+    // A segment removed from the middle of the archive: named with its timeline.
+    let bucket = repo.state().join("dr/bucket");
+    let segments = files(&bucket, "wal_005/0000000");
+    let middle = segments
+        .iter()
+        .find(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            n.starts_with("00000002") && !n.contains("partial") && !n.contains("history")
+        })
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no segment of timeline 2: {segments:?}"))?;
+    let name = middle
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').next())
+        .unwrap_or_default()
+        .to_string();
+    let aside = middle.with_extension("aside");
+    std::fs::rename(&middle, &aside)?;
+    let (code, report, text) = drill(repo, &[])?;
+    std::fs::rename(&aside, &middle)?;
+    assert_eq!(code, 2, "{text}");
+    let why = failed_check(&report, "wal").unwrap_or_default();
+    assert!(
+        why.contains(&format!("segment {name} of timeline 2 is missing")),
+        "{why}\n{text}"
+    );
+
+    // A byte flipped in a stored backup part: the part is named.
+    let part = files(&bucket, "part_001")
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no backup part"))?;
+    let original = std::fs::read(&part)?;
+    let mut altered = original.clone();
+    let at = altered.len() / 2;
+    altered[at] ^= 0xff;
+    std::fs::write(&part, &altered)?;
+    let (code, report, text) = drill(repo, &[])?;
+    std::fs::write(&part, &original)?;
+    assert_eq!(code, 2, "{text}");
+    let why = failed_check(&report, "backup").unwrap_or_default();
+    assert!(why.contains("part_001.tar.lz4"), "{why}\n{text}");
+
+    // A page of `cold` corrupted inside the backup (as if the primary's disk had a bad block
+    // when the backup was taken): the part is rewritten whole, with a valid frame and the
+    // sentinel's sizes, so only PostgreSQL's checks can find it.
+    let sentinel = files(&bucket, "_backup_stop_sentinel.json")
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no sentinel"))?;
+    let sentinel_text = std::fs::read_to_string(&sentinel)?;
+    let corrupted = corrupt_page(&original, &cold_path)?;
+    let mut s: serde_json::Value = serde_json::from_str(&sentinel_text)?;
+    let grown = corrupted.len() as i64 - original.len() as i64;
+    s["compressed_size"] = serde_json::json!(s["compressed_size"].as_i64().unwrap_or(0) + grown);
+    std::fs::write(&part, &corrupted)?;
+    std::fs::write(&sentinel, serde_json::to_string(&s)?)?;
+    let r = drill(repo, &[]);
+    std::fs::write(&part, &original)?;
+    std::fs::write(&sentinel, &sentinel_text)?;
+    let (code, report, text) = r?;
+    assert_eq!(code, 2, "{text}");
+    assert!(failed_check(&report, "backup").is_none(), "{text}");
+    let amcheck = failed_check(&report, "amcheck").unwrap_or_default();
+    assert!(
+        amcheck.contains("public.cold"),
+        "pg_amcheck did not name the corrupted relation: {amcheck}\n{text}"
+    );
+    let checksums = failed_check(&report, "checksums").unwrap_or_default();
+    assert!(
+        checksums.contains("checksum verification failed"),
+        "pg_checksums did not fail: {checksums}\n{text}"
+    );
+    println!("corrupted page: {amcheck}");
+
+    // The archive as it was verifies again.
+    let (code, _, text) = drill(repo, &[])?;
+    assert_eq!(code, 0, "{text}");
+    Ok(())
+}
+
+/// `part` (an LZ4 frame of a tar stream) with bytes flipped in the middle of the first page of
+/// the file at `rel` (`base/<db>/<relfilenode>`), compressed again.
+fn corrupt_page(part: &[u8], rel: &str) -> anyhow::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    lz4::Decoder::new(part)?.read_to_end(&mut raw)?;
+    let mut at = None;
+    let mut archive = tar::Archive::new(&raw[..]);
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.path()?.to_string_lossy() == rel {
+            at = Some(entry.raw_file_position() as usize);
+            break;
+        }
+    }
+    let start = at.ok_or_else(|| anyhow::anyhow!("{rel} is not in the first part"))?;
+    for b in &mut raw[start + 4000..start + 4016] {
+        *b ^= 0x5a;
+    }
+    let mut enc = lz4::EncoderBuilder::new()
+        .checksum(lz4::ContentChecksum::ChecksumEnabled)
+        .build(Vec::new())?;
+    enc.write_all(&raw)?;
+    let (out, r) = enc.finish();
+    r?;
+    Ok(out)
+}
