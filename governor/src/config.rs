@@ -140,6 +140,17 @@ pub fn parse(text: &str, path: &Path) -> Result<GovernorConfig, ConfigError> {
             message: format!("backups.{m}"),
         })?;
     }
+    if let Some(v) = config.archive.as_ref().and_then(|a| a.verify.as_ref()) {
+        let as_schedule = crate::archive::BackupSchedule {
+            schedule: v.schedule.clone(),
+            retain: 1,
+        };
+        crate::archive::cron(&as_schedule).map_err(|m| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: "archive".into(),
+            message: format!("verify.{m}"),
+        })?;
+    }
     Ok(config)
 }
 

@@ -15,6 +15,7 @@
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list, in quorum mode a quorum of 0, before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
 //! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
+//! | `drill` | the member that runs the scheduled restore drill (the first running replica by name, else the leader; rewritten after each drill) | [`crate::DrillRecord`] JSON: the last drill and the last one that passed | permanent |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -51,6 +52,8 @@ pub enum KeyKind {
     Failsafe,
     /// `boot/<name>`: why the boot of member `<name>`'s instance failed.
     Boot(MemberName),
+    /// `drill`: the last restore drill.
+    Drill,
 }
 
 impl Keyspace {
@@ -107,6 +110,11 @@ impl Keyspace {
         format!("{}failsafe", self.prefix)
     }
 
+    /// `drill`.
+    pub fn drill(&self) -> String {
+        format!("{}drill", self.prefix)
+    }
+
     /// `switchover`.
     pub fn switchover(&self) -> String {
         format!("{}switchover", self.prefix)
@@ -144,6 +152,7 @@ impl Keyspace {
             "switchover" => Some(KeyKind::Switchover),
             "sync" => Some(KeyKind::Sync),
             "failsafe" => Some(KeyKind::Failsafe),
+            "drill" => Some(KeyKind::Drill),
             _ => {
                 if let Some(n) = rest.strip_prefix("boot/") {
                     return MemberName::new(n).ok().map(KeyKind::Boot);
@@ -187,6 +196,7 @@ mod tests {
         assert_eq!(k.classify(&k.switchover()), Some(KeyKind::Switchover));
         assert_eq!(k.classify(&k.sync()), Some(KeyKind::Sync));
         assert_eq!(k.classify(&k.failsafe()), Some(KeyKind::Failsafe));
+        assert_eq!(k.classify(&k.drill()), Some(KeyKind::Drill));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
         assert_eq!(k.classify(&k.boot(&m)), Some(KeyKind::Boot(m.clone())));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));

@@ -7,6 +7,7 @@
 //! Both programs depend on it so that the layout of `/service/<scope>/` is defined exactly once.
 
 pub mod config_edit;
+pub mod drill;
 pub mod governor;
 pub mod keys;
 pub mod lsn;
@@ -18,6 +19,7 @@ pub mod switchover;
 pub mod sync;
 pub mod target_time;
 
+pub use drill::{DrillRecord, DrillRun};
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
 pub use member::{

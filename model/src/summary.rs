@@ -132,6 +132,9 @@ pub struct ClusterSummary {
     /// A standby cluster: its source, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub standby_of: Option<String>,
+    /// The last restore drill (the `drill` key), when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::DrillRecord>,
 }
 
 /// Builds the member table from the `leader` and `members/*` keys.
@@ -184,6 +187,7 @@ pub fn summarize(
         paused: false,
         synchronous: None,
         standby_of: None,
+        drill: None,
     }
 }
 
@@ -275,6 +279,9 @@ impl ClusterSummary {
             out.push_str(&format!(
                 "Standby cluster of {s}: no writes; the standby leader replicates from it\n"
             ));
+        }
+        if let Some(d) = &self.drill {
+            out.push_str(&format!("Last restore drill: {}\n", d.describe()));
         }
         for r in rows {
             let line: Vec<String> = r

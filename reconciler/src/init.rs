@@ -427,7 +427,7 @@ fn postgres_body(
         body.push_str(&format!(
             "  dcs:\n    discoveryDomain: {discovery}\n\
              \x20 aws:\n    region: {region}\n    instanceType: {instance_type}\n    hostedZone: {zone}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    storage: {{{storage}}}\n\
-             \x20 backup:\n    bucket: {bucket}\n    createBucket: {create_bucket}\n\
+             \x20 backup:\n    bucket: {bucket}\n    createBucket: {create_bucket}\n    verify: {{schedule: \"0 3 * * 0\", maxAge: 8d}}  # a weekly restore drill\n\
              \x20 secrets:\n    superuser: {{ssm: /spilo/{name}/superuser}}\n    replication: {{ssm: /spilo/{name}/replication}}\n    restapi: {{ssm: /spilo/{name}/restapi-token}}\n    \
              ca: {{ssm: /spilo/{name}/ca}}  # the CA certificate and key, one PEM bundle (SecureString)\n",
             discovery = discovery.yaml(),

@@ -13,6 +13,7 @@ pub async fn read_summary(target: &Target) -> anyhow::Result<ClusterSummary> {
     summary.paused = config.pause;
     summary.mark_synchronous(Some(&config), state.sync.as_ref());
     summary.mark_standby(Some(&config));
+    summary.drill = state.drill;
     Ok(summary)
 }
 

@@ -83,6 +83,7 @@ fn archive(prefix: String, store: &Store) -> ArchiveConfig {
         directory,
         s3,
         backups: None,
+        verify: None,
         replicas_from_backup: false,
         upload_concurrency: None,
         prefetch: 8,
@@ -111,6 +112,13 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         }),
         replicas_from_backup: b.replicas_from_backup,
         recover_after: (b.recover_after > 0).then_some(b.recover_after),
+        verify: b
+            .verify
+            .as_ref()
+            .map(|v| spilo_model::governor::VerifySchedule {
+                schedule: v.schedule.clone(),
+                sql: v.sql.clone(),
+            }),
         ..archive(file.wal_prefix(), &at.archive_store)
     });
     // The source's archive under its default prefix (`spilo/<from>/wal/<major>/`). A target

@@ -274,3 +274,136 @@ fn corrupt_page(part: &[u8], rel: &str) -> anyhow::Result<Vec<u8>> {
     r?;
     Ok(out)
 }
+
+/// `backup.verify` in the cluster file: a replica runs a drill every 4 seconds and records it
+/// in etcd (`spilo list` shows it). Under `spilo watch --target local`, a segment removed from
+/// the archive raises one `backup_unverified` alert, putting it back resolves it, and the
+/// metrics carry the last drill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_drills_raise_one_alert_and_resolve_under_watch() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let r = scheduled(&mut repo).await;
+    repo.finish(r)
+}
+
+async fn scheduled(repo: &mut LocalRepo) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    let mut y = LocalRepo::cluster_yaml("sched", 2, base);
+    y.push_str("  ha: {ttl: 10, loopWait: 2, retryTimeout: 3}\n");
+    y.push_str(
+        "  backup:\n    bucket: b\n    schedule: \"0 0 1 1 *\"\n    retention: 2\n    \
+         verify: {schedule: \"*/4 * * * * *\", maxAge: 1h, sql: \"SELECT count(*) = 10 FROM t\"}\n",
+    );
+    repo.write("sched.yaml", &y)?;
+    let receiver = spilo_e2e::webhook::Receiver::start(0).await?;
+    std::fs::write(
+        repo.path().join("alerts.yaml"),
+        format!("webhooks:\n  - url: {}\n", receiver.url),
+    )?;
+    repo.commit_all("a cluster with restore drills")?;
+    repo.up()?;
+    repo.wait_printed("cluster sched is ready", READY).await?;
+    let dsn = repo.dsn("sched", base)?;
+    let c = connect_dsn(&dsn).await?;
+    c.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10)")
+        .await?;
+    let (code, out, err) = repo.spilo(&["backup", "sched"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    // Two more segments after the backup, archived, the first with a commit (one statement
+    // per call: a multi-statement call is one transaction).
+    c.batch_execute("CREATE TABLE u (x int)").await?;
+    c.batch_execute("SELECT pg_switch_wal()").await?;
+    c.batch_execute("CREATE TABLE v (x int)").await?;
+    c.batch_execute("SELECT pg_switch_wal()").await?;
+    wait::until("a passed drill in spilo list", READY, || async {
+        let (code, out, _) = repo.spilo(&["list", "sched"]).ok()?;
+        (code == 0 && out.contains("Last restore drill: verified") && out.contains("by sched-"))
+            .then_some(())
+    })
+    .await?;
+
+    let http = ports::free();
+    let mut watch = std::process::Command::new(proc::installed("spilo")?);
+    watch
+        .args([
+            "watch", "--target", "local", "--branch", "main", "--resync", "1s",
+        ])
+        .args(["--no-leader-after", "1h", "--listen"])
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--state-dir")
+        .arg(repo.state());
+    let watching = proc::Spawned::start(watch, &repo.path().join("watch.log"))?;
+    let count = |event: &str| receiver.count(event, "sched", "backup_unverified");
+    let metrics = || async {
+        reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    wait::until(
+        "the drill gauges in the watcher's metrics",
+        READY,
+        || async {
+            let m = metrics().await?;
+            (m.contains("spilo_backup_verify_ok{cluster=\"sched\"} 1")
+                && m.contains("spilo_backup_verified_timestamp{cluster=\"sched\"}")
+                && m.contains("spilo_backup_verify_rpo_seconds{cluster=\"sched\"}")
+                && m.contains("spilo_backup_verify_rto_seconds{cluster=\"sched\"}"))
+            .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{:?}", repo.spilo(&["list", "sched"])))?;
+    assert_eq!(count("drift"), 0, "{:?}", receiver.bodies());
+
+    // A segment between the backup and the newest one goes missing.
+    let segments: Vec<PathBuf> = files(&repo.state().join("sched/bucket"), "wal_005/0000000")
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            !n.contains("partial") && !n.contains("history") && !n.contains("backup")
+        })
+        .collect();
+    let gone = segments
+        .len()
+        .checked_sub(2)
+        .and_then(|i| segments.get(i))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("fewer than two segments: {segments:?}"))?;
+    let aside = gone.with_extension("aside");
+    std::fs::rename(&gone, &aside)?;
+    let raised = wait::until("one backup_unverified alert", READY, || async {
+        (count("drift") == 1).then_some(())
+    })
+    .await;
+    // While the segment is missing every drill fails, and `spilo list` says why.
+    let listed = repo.spilo(&["list", "sched"]);
+    std::fs::rename(&aside, &gone)?;
+    raised.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {:?}\n{}",
+            receiver.bodies(),
+            std::fs::read_to_string(&watching.log).unwrap_or_default()
+        )
+    })?;
+    let (_, out, _) = listed?;
+    assert!(
+        out.contains("Last restore drill: FAILED") && out.contains("of timeline 1 is missing"),
+        "{out}"
+    );
+    wait::until(
+        "the alert resolved after the next passed drill",
+        READY,
+        || async { (count("resolved") == 1).then_some(()) },
+    )
+    .await?;
+    assert_eq!(count("drift"), 1, "one alert while it lasted");
+    let bodies = format!("{:?}", receiver.bodies());
+    assert!(bodies.contains("of timeline 1 is missing"), "{bodies}");
+    drop(watching);
+    Ok(())
+}

@@ -540,6 +540,7 @@ mod tests {
             compression: Method::Lz4,
             directory: Some("/b".into()),
             s3: None,
+            verify: None,
             backups: None,
             replicas_from_backup: false,
             upload_concurrency: Some(1),

@@ -267,6 +267,7 @@ mod tests {
             compression,
             directory: Some(dir.to_path_buf()),
             s3: None,
+            verify: None,
             backups: None,
             replicas_from_backup: false,
             upload_concurrency: Some(1),

@@ -184,6 +184,7 @@ mod tests {
             compression: Method::Zstd,
             directory: Some(tmp.path().join("bucket")),
             s3: None,
+            verify: None,
             backups: None,
             replicas_from_backup: false,
             upload_concurrency: Some(1),

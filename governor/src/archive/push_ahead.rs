@@ -143,6 +143,7 @@ mod tests {
             compression: Method::Lz4,
             directory: Some(bucket.clone()),
             s3: None,
+            verify: None,
             backups: None,
             replicas_from_backup: false,
             upload_concurrency: Some(3),

@@ -225,6 +225,24 @@ impl Dcs {
         Ok(resp.kvs().first().map(|kv| kv.lease()))
     }
 
+    /// The `drill` record, when there is one that parses.
+    pub async fn read_drill(&self) -> Result<Option<spilo_model::DrillRecord>, DcsError> {
+        let key = self.keys.drill();
+        let resp = bounded(self.timeout, self.client().get(key, None)).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    }
+
+    /// Writes the `drill` record (its one writer: the member that ran the drill).
+    pub async fn put_drill(&self, record: &spilo_model::DrillRecord) -> Result<(), DcsError> {
+        let key = self.keys.drill();
+        let value = encode(&key, record)?;
+        bounded(self.timeout, self.client().put(key, value, None)).await?;
+        Ok(())
+    }
+
     /// Creates `config` if it does not exist yet.
     pub async fn create_config_if_absent(&self, config: &ClusterConfig) -> Result<bool, DcsError> {
         let key = self.keys.config();

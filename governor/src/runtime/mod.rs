@@ -15,6 +15,7 @@ pub mod backups;
 pub mod bootstrap;
 pub mod commands;
 pub mod downstream;
+pub mod drills;
 pub mod failsafe;
 pub mod fence;
 mod gather;
@@ -333,6 +334,32 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
                 },
                 shared.clone(),
                 backup_rx,
+                cancel.clone(),
+            ),
+        );
+    }
+    if let Some(archive) = &cfg.archive
+        && let Some(verify) = &archive.verify
+    {
+        let drill = crate::drill::Drill {
+            config_path: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()),
+            archive: archive.clone(),
+            bin_dir: cfg.postgresql.bin_dir.clone(),
+            superuser: cfg.postgresql.authentication.superuser.username.clone(),
+            pick: crate::archive::backup::Pick::Latest,
+            target_time: None,
+            sql: verify.sql.clone(),
+            scratch_parent: cfg.run_dir(),
+            timeout: Duration::from_secs(6 * 3600),
+        };
+        tasks.spawn(
+            "restore drills",
+            drills::run(
+                drill,
+                verify.schedule.clone(),
+                shared.clone(),
+                dcs.clone(),
+                loaded.name.clone(),
                 cancel.clone(),
             ),
         );

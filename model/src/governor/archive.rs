@@ -23,6 +23,10 @@ pub struct ArchiveConfig {
     /// Base backups the leader takes on a schedule, with retention.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<BackupSchedule>,
+    /// Restore drills on a schedule, run by the first running replica (by name), else the
+    /// leader; the result goes to etcd `drill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySchedule>,
     /// New replicas restore the latest base backup and recover with the archive's WAL
     /// before streaming, instead of copying the primary with pg_basebackup (which is the
     /// fallback when there is no backup yet or the restore fails).
@@ -55,6 +59,17 @@ pub struct BackupSchedule {
     pub schedule: String,
     /// Finished backups to keep (at least 1); older ones and the WAL only they need go.
     pub retain: usize,
+}
+
+/// `archive.verify`: when restore drills run, and the query they check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySchedule {
+    /// Cron: five fields, or six with seconds first (UTC).
+    pub schedule: String,
+    /// A query that must return `true` on the restored database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
 }
 
 /// An S3 store.

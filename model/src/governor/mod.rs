@@ -13,7 +13,7 @@ mod etcd_member;
 mod secret;
 mod tls;
 
-pub use archive::{ArchiveConfig, BackupSchedule, Compression, S3Config};
+pub use archive::{ArchiveConfig, BackupSchedule, Compression, S3Config, VerifySchedule};
 pub use etcd_member::EtcdMemberConfig;
 pub use secret::SecretRef;
 pub use tls::{MIN_LIFETIME, TlsConfig};

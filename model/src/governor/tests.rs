@@ -35,6 +35,7 @@ fn a_serialised_configuration_parses_back_to_the_same_value() {
             path_style: false,
             sse: Some("AES256".into()),
         }),
+        verify: None,
         backups: Some(BackupSchedule {
             schedule: "0 1 * * *".into(),
             retain: 3,

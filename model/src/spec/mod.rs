@@ -381,6 +381,30 @@ pub struct BackupSpec {
     /// off (the members then wait for a person).
     #[serde(default = "d_recover_after")]
     pub recover_after: u64,
+    /// Scheduled restore drills: a member restores the latest backup and the archive into a
+    /// scratch directory and checks it (`spilo verify-backup` on a schedule); a failed drill,
+    /// or none passing within `maxAge`, is drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// `backup.verify`: scheduled restore drills.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifySpec {
+    /// Cron (UTC): five fields, or six with seconds first.
+    pub schedule: String,
+    /// A passed drill older than this is drift ("7d", "12h").
+    #[serde(default = "d_max_age")]
+    pub max_age: String,
+    /// A query that must return `true` on the restored database
+    /// (`select count(*) > 0 from orders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+}
+
+fn d_max_age() -> String {
+    "7d".into()
 }
 
 fn d_recover_after() -> u64 {

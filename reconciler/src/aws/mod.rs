@@ -143,6 +143,8 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
                     config: Observation::Absent,
                     members: Vec::new(),
                     boot_failures: Default::default(),
+                    drill: None,
+                    read_unix: 0,
                 }),
             ));
     }

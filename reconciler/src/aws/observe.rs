@@ -383,6 +383,7 @@ async fn read_scope(
     let mut statuses: BTreeMap<MemberName, MemberStatus> = BTreeMap::new();
     let mut unreadable = Vec::new();
     let mut boot_failures = BTreeMap::new();
+    let mut drill = None;
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         match keys.classify(key) {
@@ -402,6 +403,7 @@ async fn read_scope(
                     boot_failures.insert(name.to_string(), f);
                 }
             }
+            Some(KeyKind::Drill) => drill = serde_json::from_slice(kv.value()).ok(),
             // A corrupt member value is shown as such; it never stops a plan.
             Some(KeyKind::Member(name)) => match serde_json::from_slice(kv.value()) {
                 Ok(m) => {
@@ -437,5 +439,9 @@ async fn read_scope(
         config,
         members,
         boot_failures,
+        drill,
+        read_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     })
 }

@@ -109,6 +109,12 @@ pub struct ObservedEtcd {
     /// Instances whose boot failed (`boot/<member>`), by member name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub boot_failures: BTreeMap<String, spilo_model::BootFailure>,
+    /// The last restore drill (`drill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<spilo_model::DrillRecord>,
+    /// When etcd was read (Unix seconds), the "now" drift of the drills is judged at.
+    #[serde(default)]
+    pub read_unix: u64,
 }
 
 /// Everything observed about one cluster.
@@ -256,6 +262,8 @@ impl ObservedCluster {
                 }),
                 members: Vec::new(),
                 boot_failures: Default::default(),
+                drill: None,
+                read_unix: 0,
             }),
         ))
     }

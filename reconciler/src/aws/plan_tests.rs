@@ -23,6 +23,8 @@ fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
         },
         members: Vec::new(),
         boot_failures: Default::default(),
+        drill: None,
+        read_unix: 0,
     })
 }
 

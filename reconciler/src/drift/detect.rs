@@ -3,7 +3,8 @@
 //! AWS side: the stack's parameters, template or tags differ from what the commit renders, the
 //! stack is missing, or it sits in a failed or rolled-back state. Runtime side, from etcd:
 //! no leader, fewer running members than `instances`, a replica lagging beyond
-//! `ha.maximumLagOnFailover`, the `config` key different from the file. An etcd cluster's
+//! `ha.maximumLagOnFailover`, the `config` key different from the file, and with
+//! `backup.verify` a failed restore drill or none passed within `maxAge`. An etcd cluster's
 //! own: fewer started voting members than `members`, SRV records naming others.
 
 use crate::aws::observed::{EtcdMemberSeen, Observation, Observed, ObservedCluster, SrvTargets};
@@ -41,6 +42,8 @@ pub enum DriftKind {
     InvalidCommit,
     /// An etcd cluster's SRV records name other members than the started voting ones.
     EtcdRecords,
+    /// With `backup.verify`: the last restore drill failed, or none passed within `maxAge`.
+    BackupUnverified,
 }
 
 impl DriftKind {
@@ -60,6 +63,7 @@ impl DriftKind {
             DriftKind::PendingRestart => "pending_restart",
             DriftKind::InvalidCommit => "invalid_commit",
             DriftKind::EtcdRecords => "etcd_records",
+            DriftKind::BackupUnverified => "backup_unverified",
         }
     }
 
@@ -351,6 +355,16 @@ pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) ->
             ),
         });
     }
+    if let Some(v) = file.spec.backup.as_ref().and_then(|b| b.verify.as_ref()) {
+        let max_age = humantime::parse_duration(&v.max_age).map_or(u64::MAX, |d| d.as_secs());
+        let problem = match &etcd.drill {
+            Some(record) => record.problem(max_age, etcd.read_unix),
+            None => Some("no restore drill has been recorded yet".into()),
+        };
+        if let Some(detail) = problem {
+            out.push(drift(name, DriftKind::BackupUnverified, detail));
+        }
+    }
     for m in &etcd.members {
         if let Some(lag) = m.lag_bytes
             && lag > limit
@@ -568,5 +582,60 @@ mod tests {
         o.etcd = Observation::Unknown("connection refused".into());
         let e = detect("c.yaml", &f, &o).expect_err("unknown");
         assert!(e.contains("connection refused"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_or_stale_restore_drill_is_drift_only_with_verify() {
+        let mut f = file();
+        let run = |unix, ok| spilo_model::DrillRun {
+            unix,
+            member: "a-1".into(),
+            backup: Some("base_1".into()),
+            ok,
+            failed: if ok {
+                vec![]
+            } else {
+                vec!["wal: segment X of timeline 1 is missing".into()]
+            },
+            rpo_ms: Some(1000),
+            rto_ms: Some(2000),
+        };
+        let etcd = |drill: Option<spilo_model::DrillRecord>| crate::aws::observed::ObservedEtcd {
+            config: Observation::Absent,
+            members: vec![
+                member("m0", true, "running"),
+                member("m1", false, "running"),
+            ],
+            boot_failures: Default::default(),
+            drill,
+            read_unix: 10_000,
+        };
+        let unverified = |f: &ClusterFile, e| {
+            runtime(f, &e)
+                .into_iter()
+                .filter(|d| d.kind == DriftKind::BackupUnverified)
+                .map(|d| d.detail)
+                .collect::<Vec<_>>()
+        };
+        // Without backup.verify nothing is said, even about a failed drill.
+        let failed = spilo_model::DrillRecord::after(None, run(9_990, false));
+        assert!(unverified(&f, etcd(Some(failed.clone()))).is_empty());
+        f.spec.backup =
+            serde_yaml::from_str("{bucket: b, verify: {schedule: \"0 3 * * 0\", maxAge: 1h}}")
+                .expect("backup");
+        assert_eq!(
+            unverified(&f, etcd(None)),
+            vec!["no restore drill has been recorded yet".to_string()]
+        );
+        let why = unverified(&f, etcd(Some(failed)));
+        assert!(
+            why[0].contains("segment X of timeline 1 is missing"),
+            "{why:?}"
+        );
+        let fresh = spilo_model::DrillRecord::after(None, run(9_000, true));
+        assert!(unverified(&f, etcd(Some(fresh))).is_empty());
+        let stale = spilo_model::DrillRecord::after(None, run(1_000, true));
+        let why = unverified(&f, etcd(Some(stale)));
+        assert!(why[0].contains("within 3600s"), "{why:?}");
     }
 }

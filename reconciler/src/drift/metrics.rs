@@ -26,6 +26,8 @@ pub struct Metrics {
     pub commit: String,
     /// Alerts dropped because a webhook's queue was full.
     pub alerts_dropped: u64,
+    /// Per cluster with `backup.verify`: its last restore drill as etcd records it.
+    pub drills: BTreeMap<String, spilo_model::DrillRecord>,
 }
 
 impl Metrics {
@@ -97,7 +99,57 @@ impl Metrics {
                 esc(c)
             );
         }
+        self.render_drills(&mut out);
         out
+    }
+
+    /// The restore drill gauges.
+    fn render_drills(&self, out: &mut String) {
+        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        out.push_str("# HELP spilo_backup_verified_timestamp When a restore drill of the cluster last passed (Unix seconds).\n# TYPE spilo_backup_verified_timestamp gauge\n");
+        for (c, d) in &self.drills {
+            if let Some(t) = d.last_success_unix {
+                let _ = writeln!(
+                    out,
+                    "spilo_backup_verified_timestamp{{cluster=\"{}\"}} {t}",
+                    esc(c)
+                );
+            }
+        }
+        out.push_str("# HELP spilo_backup_verify_ok Whether the last restore drill passed.\n# TYPE spilo_backup_verify_ok gauge\n");
+        for (c, d) in &self.drills {
+            let _ = writeln!(
+                out,
+                "spilo_backup_verify_ok{{cluster=\"{}\"}} {}",
+                esc(c),
+                u8::from(d.last.ok)
+            );
+        }
+        for (name, help, pick) in [
+            (
+                "spilo_backup_verify_rpo_seconds",
+                "The last drill's RPO: the newest restored commit's age when replay ended.",
+                (|d: &spilo_model::DrillRecord| d.last.rpo_ms)
+                    as fn(&spilo_model::DrillRecord) -> Option<u64>,
+            ),
+            (
+                "spilo_backup_verify_rto_seconds",
+                "The last drill's RTO: restore, replay and start.",
+                |d: &spilo_model::DrillRecord| d.last.rto_ms,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (c, d) in &self.drills {
+                if let Some(ms) = pick(d) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{cluster=\"{}\"}} {:.3}",
+                        esc(c),
+                        ms as f64 / 1000.0
+                    );
+                }
+            }
+        }
     }
 }
 

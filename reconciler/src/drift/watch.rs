@@ -490,7 +490,12 @@ impl Watcher {
                     drifts.extend(detect::runtime(f, &etcd));
                     seen.insert(name.clone());
                     let t = unix_now();
+                    let drill = etcd.drill.clone();
                     self.metrics(|m| {
+                        match drill {
+                            Some(d) => m.drills.insert(name.clone(), d),
+                            None => m.drills.remove(&name),
+                        };
                         m.last_success.insert(name, t);
                     });
                 }
@@ -527,12 +532,20 @@ impl Watcher {
                 Either::Postgres(path, f) => detect::detect(path, f, o),
                 Either::Etcd(path, f) => detect::detect_etcd(path, f, o),
             };
+            let drill = match &o.etcd {
+                Observation::Present(e) => e.drill.clone(),
+                _ => None,
+            };
             match result {
                 Ok(found) => {
                     drifts.extend(found);
                     seen.insert(name.clone());
                     let t = unix_now();
                     self.metrics(|m| {
+                        match drill {
+                            Some(d) => m.drills.insert(name.clone(), d),
+                            None => m.drills.remove(&name),
+                        };
                         m.last_success.insert(name, t);
                     });
                 }

@@ -156,6 +156,8 @@ pub struct ClusterState {
     pub switchover: Option<SwitchoverRequest>,
     /// `sync`.
     pub sync: Option<SyncState>,
+    /// `drill`: the last restore drill.
+    pub drill: Option<spilo_model::DrillRecord>,
 }
 
 impl ClusterState {
@@ -223,6 +225,7 @@ pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
             }
             Some(KeyKind::Switchover) => state.switchover = serde_json::from_slice(value).ok(),
             Some(KeyKind::Sync) => state.sync = serde_json::from_slice(value).ok(),
+            Some(KeyKind::Drill) => state.drill = serde_json::from_slice(value).ok(),
             _ => {}
         }
     }

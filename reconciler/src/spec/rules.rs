@@ -218,6 +218,38 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
                 ),
             );
         }
+        if b.verify.is_none() {
+            r.at(
+                &p("spec.backup"),
+                Severity::Warning,
+                "no verify: nothing checks that these backups restore; add verify: {schedule: \"0 3 * * 0\"} (a weekly restore drill, drift when one fails)",
+            );
+        }
+        if let Some(v) = &b.verify {
+            let with_seconds = croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Optional)
+                .build();
+            if let Err(e) = with_seconds.parse(&v.schedule) {
+                r.at(
+                    &p("spec.backup.verify.schedule"),
+                    Severity::Error,
+                    format!(
+                        "must be a cron expression (UTC, five fields or six with seconds first) such as \"0 3 * * 0\", got {:?}: {e}",
+                        v.schedule
+                    ),
+                );
+            }
+            if humantime::parse_duration(&v.max_age).is_err() {
+                r.at(
+                    &p("spec.backup.verify.maxAge"),
+                    Severity::Error,
+                    format!(
+                        "must be a duration such as \"7d\" or \"12h\", got {:?}",
+                        v.max_age
+                    ),
+                );
+            }
+        }
     }
 
     let ep = &s.endpoints;

@@ -379,6 +379,7 @@ mod tests {
                 paused: false,
                 synchronous: None,
                 standby_of: None,
+                drill: None,
             },
             max_lag: 100,
             promotable: None,

@@ -1,0 +1,134 @@
+//! Restore drills as the cluster records them: the `drill` key, written by the member that
+//! ran the last drill, read by `spilo` for status, drift and metrics.
+
+use serde::{Deserialize, Serialize};
+
+/// The value of `drill`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillRecord {
+    /// The last drill.
+    pub last: DrillRun,
+    /// When the last drill that passed finished (Unix seconds), if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_unix: Option<u64>,
+}
+
+/// One drill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillRun {
+    /// When it finished (Unix seconds).
+    pub unix: u64,
+    /// The member that ran it.
+    pub member: String,
+    /// The backup restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Every check passed.
+    pub ok: bool,
+    /// The failed checks, `name: detail`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// Measured RPO in milliseconds (the newest restored commit's age at the end of replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_ms: Option<u64>,
+    /// Measured RTO in milliseconds (restore, replay and start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_ms: Option<u64>,
+}
+
+impl DrillRecord {
+    /// The record after `run`, given the one before.
+    pub fn after(previous: Option<&DrillRecord>, run: DrillRun) -> DrillRecord {
+        let last_success_unix = if run.ok {
+            Some(run.unix)
+        } else {
+            previous.and_then(|p| p.last_success_unix)
+        };
+        DrillRecord {
+            last: run,
+            last_success_unix,
+        }
+    }
+
+    /// Why the backups are not known to restore at `now_unix`: the last drill failed, or
+    /// none passed within `max_age_secs`. `None` when all is well.
+    pub fn problem(&self, max_age_secs: u64, now_unix: u64) -> Option<String> {
+        if !self.last.ok {
+            return Some(format!(
+                "the last restore drill (by {}, of {}) failed: {}",
+                self.last.member,
+                self.last.backup.as_deref().unwrap_or("no backup"),
+                self.last.failed.join("; ")
+            ));
+        }
+        match self.last_success_unix {
+            Some(t) if now_unix.saturating_sub(t) <= max_age_secs => None,
+            Some(t) => Some(format!(
+                "no restore drill passed within {max_age_secs}s (the last one that did finished {}s ago)",
+                now_unix.saturating_sub(t)
+            )),
+            None => Some("no restore drill has passed yet".into()),
+        }
+    }
+
+    /// One line for `spilo list`.
+    pub fn describe(&self) -> String {
+        let ms =
+            |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{:.1}s", v as f64 / 1000.0));
+        let at = i64::try_from(self.last.unix)
+            .ok()
+            .and_then(|s| crate::TargetTime::from_unix_micros(s.saturating_mul(1_000_000)))
+            .map_or_else(|| self.last.unix.to_string(), |t| t.to_string());
+        format!(
+            "{} at {at} (backup {}, by {}): RPO {}, RTO {}{}",
+            if self.last.ok { "verified" } else { "FAILED" },
+            self.last.backup.as_deref().unwrap_or("none"),
+            self.last.member,
+            ms(self.last.rpo_ms),
+            ms(self.last.rto_ms),
+            if self.last.failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", self.last.failed.join("; "))
+            }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(unix: u64, ok: bool) -> DrillRun {
+        DrillRun {
+            unix,
+            member: "a-1".into(),
+            backup: Some("base_1".into()),
+            ok,
+            failed: if ok {
+                vec![]
+            } else {
+                vec!["wal: segment X missing".into()]
+            },
+            rpo_ms: Some(1500),
+            rto_ms: Some(2000),
+        }
+    }
+
+    #[test]
+    fn a_failure_keeps_the_last_success_and_is_a_problem_until_the_next_pass() {
+        let ok = DrillRecord::after(None, run(100, true));
+        assert_eq!(ok.last_success_unix, Some(100));
+        assert_eq!(ok.problem(50, 120), None);
+        let why = ok.problem(50, 151).expect("too old");
+        assert!(why.contains("within 50s"), "{why}");
+        let failed = DrillRecord::after(Some(&ok), run(130, false));
+        assert_eq!(failed.last_success_unix, Some(100));
+        let why = failed.problem(50, 131).expect("failed");
+        assert!(why.contains("segment X missing"), "{why}");
+        let again = DrillRecord::after(Some(&failed), run(160, true));
+        assert_eq!(again.problem(50, 161), None);
+        let never = DrillRecord::after(None, run(10, false));
+        assert_eq!(never.last_success_unix, None);
+    }
+}
