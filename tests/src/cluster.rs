@@ -275,7 +275,22 @@ impl Cluster {
     /// Runs `governor <args> --config <config>` as the servers' user with the governors'
     /// environment (e.g. moto's credentials); returns stdout, or an error with stderr.
     pub fn governor_command(&self, args: &[&str], config: &Path) -> anyhow::Result<String> {
-        let out = self
+        let out = self.governor_output(args, config)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "governor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `governor <args> --config <config>` as the members run, whatever its exit status.
+    pub fn governor_output(
+        &self,
+        args: &[&str],
+        config: &Path,
+    ) -> anyhow::Result<std::process::Output> {
+        Ok(self
             .run_as
             .command(self.governor_bin())
             .args(args)
@@ -287,13 +302,7 @@ impl Cluster {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "governor {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .output()?)
     }
 
     /// The installed governor binary.

@@ -142,7 +142,7 @@ async fn archive_body(c: &mut Cluster) -> anyhow::Result<()> {
 }
 
 /// The same through S3 (moto, path-style, server-side encryption requested): the production
-/// aws-sdk-s3 code path.
+/// aws-sdk-s3 code path, with retention and a restore drill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_is_archived_to_s3_and_a_corrupt_object_is_refused() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
@@ -247,6 +247,32 @@ async fn s3_body(
             "{k} is older than {newer}"
         );
     }
+
+    // A restore drill through S3 passes; with a byte of the backup's first part flipped in
+    // the bucket it fails (exit 2) naming that object.
+    let out = governor(&["verify-backup", "--json"])?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    let checks = report["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks.len() >= 4 && checks.iter().all(|c| c["ok"] == true),
+        "{out}"
+    );
+    assert_eq!(report["backup"], newer.as_str(), "{out}");
+    let part = keys
+        .lines()
+        .find(|k| k.contains(&newer) && k.contains("part_001"))
+        .ok_or_else(|| anyhow::anyhow!("no first part of {newer}:\n{keys}"))?
+        .to_string();
+    moto.python(fixture, &["eu-central-1", "flip", "wal", &part])?;
+    let bad = c.governor_output(&["verify-backup", "--json"], &config)?;
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{out}{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(out.contains(&part), "{out}");
     Ok(())
 }
 

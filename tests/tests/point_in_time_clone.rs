@@ -134,9 +134,13 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     // Clones added while `spilo up` runs, in every accepted form of the time, and one whose
     // target lies before the oldest backup.
     let bases: Vec<u16> = (0..6).map(|_| ports::free_block(30)).collect();
+    // clone-frac archives too (its own bucket), for a restore drill of a clone's archive.
     repo.write(
         "clone-frac.yaml",
-        &clone_yaml("clone-frac", 3, &with_fraction, bases[0]),
+        &clone_yaml("clone-frac", 3, &with_fraction, bases[0]).replace(
+            "  bootstrap:",
+            "  backup: {bucket: b, schedule: \"0 0 1 1 *\", retention: 2}\n  bootstrap:",
+        ),
     )?;
     repo.write(
         "clone-whole.yaml",
@@ -216,6 +220,19 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         },
     )
     .await?;
+
+    // A backup of the clone and a restore drill of the clone's own archive (it starts on the
+    // timeline the clone's promotion began, its history naming the source's).
+    let (code, out, err) = repo.spilo(&["backup", "clone-frac"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = repo.spilo(&[
+        "verify-backup",
+        "clone-frac",
+        "--sql",
+        "SELECT count(*) = 1 FROM t WHERE phase = 'clone'",
+    ])?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("verified") && out.contains("sql"), "{out}");
 
     // The early target: a clear error, in `spilo status` and printed by `spilo up`.
     let status = wait::until("clone-early to report its failure", READY, || async {
