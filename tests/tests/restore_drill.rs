@@ -322,6 +322,8 @@ async fn scheduled(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
 
+    let (_, text, _) = repo.spilo(&["status", "sched"])?;
+    assert!(text.contains("Drill:    verified at"), "{text}");
     let http = ports::free();
     let mut watch = std::process::Command::new(proc::installed("spilo")?);
     watch

@@ -43,6 +43,9 @@ pub struct ClusterReport {
     pub leader: Option<String>,
     /// Members in order.
     pub members: Vec<MemberReport>,
+    /// The last restore drill (etcd `drill`), when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drill: Option<spilo_model::DrillRecord>,
 }
 
 /// Load-balanced endpoints.
@@ -170,7 +173,28 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
         etcd_pid: st.etcd_pid,
         leader: leader.map(|l| l.name.to_string()),
         members,
+        drill: drill(st).await,
     }
+}
+
+/// The cluster's `drill` key, read from its etcd within 2 s.
+async fn drill(st: &ClusterState) -> Option<spilo_model::DrillRecord> {
+    let name = spilo_model::ClusterName::new(st.cluster.clone()).ok()?;
+    let tls = st.tls.as_ref().and_then(|t| t.etcd_client().ok());
+    let read = async {
+        let mut client = crate::etcd::connect(&st.etcd_endpoints, tls.as_ref())
+            .await
+            .ok()?;
+        let resp = client
+            .get(spilo_model::Keyspace::new(&name).drill(), None)
+            .await
+            .ok()?;
+        serde_json::from_slice(resp.kvs().first()?.value()).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The report of `cluster`, or of every cluster in the state directory.
@@ -215,6 +239,9 @@ pub fn render(report: &Report) -> String {
         out.push_str(&format!("Connect:  {}\n", c.dsn));
         if let Some(ca) = &c.ca {
             out.push_str(&format!("CA:       {ca}\n"));
+        }
+        if let Some(d) = &c.drill {
+            out.push_str(&format!("Drill:    {}\n", d.describe()));
         }
         let mut rows = vec![
             [
