@@ -18,13 +18,14 @@
 //! time of restore, replay and start). A failed check is exit status 2; an error (the archive
 //! cannot be read, the scratch directory cannot be made) is 1.
 
-use crate::archive::backup::{Pick, Sentinel, backup_fetch, backup_list, pick};
+use crate::archive::backup::{Pick, Sentinel, backup_fetch_with_progress, backup_list, pick};
 use crate::archive::codec::{self, Method};
 use crate::archive::continuity::{parse_history, timeline_path};
 use crate::archive::store::Store;
 use crate::archive::{AnyStore, ArchiveConfig, under};
 use serde::Serialize;
 use spilo_model::TargetTime;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -178,11 +179,24 @@ pub async fn run(d: &Drill) -> Result<Report, DrillError> {
         .map_err(err("make the scratch directory"))?;
     let data = scratch.path().join("data");
     eprintln!("restoring {} into {}", sentinel.name, data.display());
-    if let Err(e) = backup_fetch(
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |part: u32, parts: u32, bytes: u64| {
+        if terminal {
+            eprint!(
+                "\rrestoring: part {part} of {parts}, {:.1} MiB",
+                bytes as f64 / 1_048_576.0
+            );
+            if part == parts {
+                eprintln!();
+            }
+        }
+    };
+    if let Err(e) = backup_fetch_with_progress(
         &d.archive,
         &store,
         &Pick::Named(sentinel.name.clone()),
         &data,
+        &mut progress,
     )
     .await
     {
@@ -194,7 +208,9 @@ pub async fn run(d: &Drill) -> Result<Report, DrillError> {
         Ok(pg) => pg,
         Err(e) => return Err(DrillError(format!("start PostgreSQL: {e}"))),
     };
-    let replayed = pg.wait_promoted(d.timeout).await;
+    let replayed = pg
+        .wait_promoted(d.timeout, terminal, report.wal_segments)
+        .await;
     if let Err(e) = replayed {
         report.check("replay", Err(e));
         pg.stop().await;
@@ -207,10 +223,11 @@ pub async fn run(d: &Drill) -> Result<Report, DrillError> {
     report.check(
         "replay",
         Ok(format!(
-            "reached the end of the archive{}; newest commit {}",
-            d.target_time
-                .map(|t| format!(" (target {})", t.to_postgres()))
-                .unwrap_or_default(),
+            "{}; newest commit {}",
+            d.target_time.map_or_else(
+                || "reached the end of the archive".to_string(),
+                |t| format!("replayed to the target {}", t.to_postgres())
+            ),
             newest.as_deref().unwrap_or("none")
         )),
     );
@@ -464,9 +481,21 @@ impl Throwaway {
 
     /// Waits until replay ended and the copy was promoted (it accepts connections only then:
     /// `hot_standby` is off).
-    async fn wait_promoted(&mut self, timeout: Duration) -> Result<(), String> {
+    async fn wait_promoted(
+        &mut self,
+        timeout: Duration,
+        progress: bool,
+        segments: usize,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
+        let mut shown = Instant::now();
         loop {
+            if progress && shown.elapsed() >= Duration::from_secs(1) {
+                shown = Instant::now();
+                if let Some(last) = self.last_restored() {
+                    eprint!("\rreplaying: restored {last} ({segments} segments in the archive)");
+                }
+            }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!(
                     "PostgreSQL exited ({status}) before the end of replay: {}",
@@ -477,6 +506,9 @@ impl Throwaway {
                 && let Ok(row) = c.query_one("SELECT pg_is_in_recovery()", &[]).await
                 && !row.get::<_, bool>(0)
             {
+                if progress {
+                    eprintln!();
+                }
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -488,6 +520,16 @@ impl Throwaway {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The last WAL file the server log says was restored from the archive.
+    fn last_restored(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        text.lines()
+            .rev()
+            .find_map(|l| l.split("restored log file \"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_string)
     }
 
     /// The newest replayed commit and its age in seconds.

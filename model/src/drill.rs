@@ -6,8 +6,14 @@ use serde::{Deserialize, Serialize};
 /// The value of `drill`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DrillRecord {
-    /// The last drill.
-    pub last: DrillRun,
+    /// When drills were first scheduled (Unix seconds): written, if the key is absent, by
+    /// the members when their drill schedule starts, so "none passed within `maxAge`" has a
+    /// beginning for a new cluster.
+    #[serde(default)]
+    pub since_unix: u64,
+    /// The last drill, once one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<DrillRun>,
     /// When the last drill that passed finished (Unix seconds), if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_unix: Option<u64>,
@@ -37,6 +43,15 @@ pub struct DrillRun {
 }
 
 impl DrillRecord {
+    /// The record of drills scheduled from `now_unix` on, none run yet.
+    pub fn scheduled(now_unix: u64) -> DrillRecord {
+        DrillRecord {
+            since_unix: now_unix,
+            last: None,
+            last_success_unix: None,
+        }
+    }
+
     /// The record after `run`, given the one before.
     pub fn after(previous: Option<&DrillRecord>, run: DrillRun) -> DrillRecord {
         let last_success_unix = if run.ok {
@@ -45,51 +60,55 @@ impl DrillRecord {
             previous.and_then(|p| p.last_success_unix)
         };
         DrillRecord {
-            last: run,
+            since_unix: previous.map_or(run.unix, |p| p.since_unix),
+            last: Some(run),
             last_success_unix,
         }
     }
 
     /// Why the backups are not known to restore at `now_unix`: the last drill failed, or
-    /// none passed within `max_age_secs`. `None` when all is well.
+    /// none passed within `max_age_secs` (of the last that did, or of the drills' start).
+    /// `None` when all is well.
     pub fn problem(&self, max_age_secs: u64, now_unix: u64) -> Option<String> {
-        if !self.last.ok {
+        if let Some(last) = self.last.as_ref().filter(|l| !l.ok) {
             return Some(format!(
                 "the last restore drill (by {}, of {}) failed: {}",
-                self.last.member,
-                self.last.backup.as_deref().unwrap_or("no backup"),
-                self.last.failed.join("; ")
+                last.member,
+                last.backup.as_deref().unwrap_or("no backup"),
+                last.failed.join("; ")
             ));
         }
-        match self.last_success_unix {
-            Some(t) if now_unix.saturating_sub(t) <= max_age_secs => None,
-            Some(t) => Some(format!(
-                "no restore drill passed within {max_age_secs}s (the last one that did finished {}s ago)",
-                now_unix.saturating_sub(t)
-            )),
-            None => Some("no restore drill has passed yet".into()),
-        }
+        let (since, what) = match self.last_success_unix {
+            Some(t) => (t, "the last one that passed finished"),
+            None => (self.since_unix, "none has passed since drills began"),
+        };
+        let age = now_unix.saturating_sub(since);
+        (age > max_age_secs)
+            .then(|| format!("no restore drill passed within {max_age_secs}s ({what} {age}s ago)"))
     }
 
     /// One line for `spilo list`.
     pub fn describe(&self) -> String {
+        let Some(last) = &self.last else {
+            return "scheduled, none ran yet".into();
+        };
         let ms =
             |v: Option<u64>| v.map_or("?".to_string(), |v| format!("{:.1}s", v as f64 / 1000.0));
-        let at = i64::try_from(self.last.unix)
+        let at = i64::try_from(last.unix)
             .ok()
             .and_then(|s| crate::TargetTime::from_unix_micros(s.saturating_mul(1_000_000)))
-            .map_or_else(|| self.last.unix.to_string(), |t| t.to_string());
+            .map_or_else(|| last.unix.to_string(), |t| t.to_string());
         format!(
             "{} at {at} (backup {}, by {}): RPO {}, RTO {}{}",
-            if self.last.ok { "verified" } else { "FAILED" },
-            self.last.backup.as_deref().unwrap_or("none"),
-            self.last.member,
-            ms(self.last.rpo_ms),
-            ms(self.last.rto_ms),
-            if self.last.failed.is_empty() {
+            if last.ok { "verified" } else { "FAILED" },
+            last.backup.as_deref().unwrap_or("none"),
+            last.member,
+            ms(last.rpo_ms),
+            ms(last.rto_ms),
+            if last.failed.is_empty() {
                 String::new()
             } else {
-                format!("; {}", self.last.failed.join("; "))
+                format!("; {}", last.failed.join("; "))
             }
         )
     }
@@ -130,5 +149,17 @@ mod tests {
         assert_eq!(again.problem(50, 161), None);
         let never = DrillRecord::after(None, run(10, false));
         assert_eq!(never.last_success_unix, None);
+        // Scheduled, none run: fine until maxAge after the drills began.
+        let new = DrillRecord::scheduled(1000);
+        assert_eq!(new.problem(50, 1050), None);
+        let why = new.problem(50, 1051).expect("none passed");
+        assert!(
+            why.contains("none has passed since drills began 51s ago"),
+            "{why}"
+        );
+        assert_eq!(
+            DrillRecord::after(Some(&new), run(1010, true)).since_unix,
+            1000
+        );
     }
 }

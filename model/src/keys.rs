@@ -15,7 +15,7 @@
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list, in quorum mode a quorum of 0, before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
 //! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
-//! | `drill` | the member that runs the scheduled restore drill (the first running replica by name, else the leader; rewritten after each drill) | [`crate::DrillRecord`] JSON: the last drill and the last one that passed | permanent |
+//! | `drill` | created if absent (with the time drills began) by any member whose drill schedule starts; then rewritten after each drill by the member that ran it (the first running replica by name, else the leader) | [`crate::DrillRecord`] JSON: the last drill and the last one that passed | permanent |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};

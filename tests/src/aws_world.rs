@@ -119,7 +119,7 @@ impl World {
     /// The cluster file `name` with shape `s` and etcd at `etcd`.
     pub fn cluster_with_etcd(&self, name: &str, s: &Shape<'_>, etcd: &str) -> String {
         format!(
-            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: {name}, team: orders}}\nspec:\n  instances: {instances}\n  target: aws\n  postgresql: {{parameters: {{max_connections: {mc}}}}}\n  dcs: {{hosts: [\"{etcd}\"]}}\n  aws:\n    region: {REGION}\n    instanceType: {it}\n    image: {image}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    hostedZone: {zone}\n  backup: {{bucket: {name}-wal}}\n  endpoints: {{dns: {{name: {dns}}}}}\n  secrets: {{superuser: {{ssm: /spilo/{name}/superuser}}, replication: {{ssm: /spilo/{name}/replication}}, restapi: {{ssm: /spilo/{name}/restapi}}}}\n",
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: {name}, team: orders}}\nspec:\n  instances: {instances}\n  target: aws\n  postgresql: {{parameters: {{max_connections: {mc}}}}}\n  dcs: {{hosts: [\"{etcd}\"]}}\n  aws:\n    region: {REGION}\n    instanceType: {it}\n    image: {image}\n    vpc: {vpc}\n    subnets: [{subnets}]\n    hostedZone: {zone}\n  backup: {{bucket: {name}-wal, verify: {{schedule: \"0 3 * * 0\"}}}}\n  endpoints: {{dns: {{name: {dns}}}}}\n  secrets: {{superuser: {{ssm: /spilo/{name}/superuser}}, replication: {{ssm: /spilo/{name}/replication}}, restapi: {{ssm: /spilo/{name}/restapi}}}}\n",
             instances = s.instances,
             mc = s.max_connections,
             it = s.instance_type,

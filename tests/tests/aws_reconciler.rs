@@ -490,8 +490,8 @@ async fn a_missing_bucket_is_created_outside_the_stack_and_outlives_it() {
     let file = w
         .cluster("orders", &DEFAULT)
         .replace(
-            "backup: {bucket: orders-wal}",
-            "backup: {bucket: orders-wal, createBucket: true}",
+            "backup: {bucket: orders-wal,",
+            "backup: {bucket: orders-wal, createBucket: true,",
         )
         .replace("  endpoints:", "  reconcile: {prune: true}\n  endpoints:");
     w.repo.commit("orders", Some(&file)).expect("commit");

@@ -24,7 +24,7 @@ fn member(status: &serde_json::Value, role: &str) -> Option<serde_json::Value> {
 /// Runs the drill; returns the exit status, the JSON report (when one was printed) and
 /// everything printed.
 fn drill(repo: &LocalRepo, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value, String)> {
-    let mut args = vec!["verify-backup", "dr", "--json"];
+    let mut args = vec!["verify-backup", "dr", "--format", "json"];
     args.extend_from_slice(extra);
     let (code, out, err) = repo.spilo(&args)?;
     let report = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
@@ -105,13 +105,23 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
     // Rows on the new timeline in two segments, each switched out (so timeline 2 has one
-    // segment before its newest), the last commit's archived.
-    let c = wait::until("the new primary to take writes", READY, || async {
+    // segment before its newest), the last commit's archived. `before` is a moment on the new
+    // timeline before any of them.
+    let (c, before) = wait::until("the new primary to take writes", READY, || async {
         let c = connect_dsn(&dsn).await.ok()?;
+        let before: String = c
+            .query_one(
+                "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
         c.batch_execute("INSERT INTO orders SELECT generate_series(101, 125)")
             .await
             .ok()?;
-        Some(c)
+        Some((c, before))
     })
     .await?;
     c.batch_execute("SELECT pg_switch_wal(); INSERT INTO orders SELECT generate_series(126, 150)")
@@ -164,6 +174,24 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     assert!(rto > 0.0, "{report}");
     println!(
         "healthy archive: RPO {rpo:.1}s (last commit {since_last:.1}s before the report), RTO {rto:.1}s"
+    );
+
+    // To a target time on timeline 2 before its rows: only the first 100.
+    let (code, report, text) = drill(
+        repo,
+        &[
+            "--target-time",
+            &before,
+            "--sql",
+            "SELECT count(*) = 100 FROM orders",
+        ],
+    )?;
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        report["checks"][2]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("replayed to the target ")),
+        "{text}"
     );
 
     // A segment removed from the middle of the archive: named with its timeline.

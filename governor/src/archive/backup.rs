@@ -350,6 +350,17 @@ pub async fn backup_fetch(
     which: &Pick,
     dest: &Path,
 ) -> Result<Sentinel, ArchiveError> {
+    backup_fetch_with_progress(cfg, store, which, dest, &mut |_, _, _| {}).await
+}
+
+/// [`backup_fetch`], calling `progress(part, parts, uncompressed bytes so far)` after each part.
+pub async fn backup_fetch_with_progress(
+    cfg: &ArchiveConfig,
+    store: &impl Store,
+    which: &Pick,
+    dest: &Path,
+    progress: &mut (dyn FnMut(u32, u32, u64) + Send),
+) -> Result<Sentinel, ArchiveError> {
     let all = backup_list(cfg, store).await?;
     let sentinel = pick(&all, which)?.clone();
     if std::fs::read_dir(dest).is_ok_and(|mut d| d.next().is_some()) {
@@ -369,6 +380,7 @@ pub async fn backup_fetch(
         archive.unpack(&target)
     });
     let dir = format!("{}{}/tar_partitions/", backups(cfg), sentinel.name);
+    let mut restored = 0u64;
     for n in 1..=sentinel.parts {
         let key = format!("{dir}part_{n:03}.tar.{}", sentinel.compression);
         let data = store
@@ -379,9 +391,11 @@ pub async fn backup_fetch(
             key: key.clone(),
             source,
         })?;
+        restored += raw.len() as u64;
         if tx.send(raw).is_err() {
             break;
         }
+        progress(n, sentinel.parts, restored);
     }
     drop(tx);
     unpack

@@ -243,6 +243,19 @@ impl Dcs {
         Ok(())
     }
 
+    /// Creates `drill` if it does not exist yet (any member whose drill schedule starts).
+    pub async fn create_drill_if_absent(
+        &self,
+        record: &spilo_model::DrillRecord,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.drill();
+        let value = encode(&key, record)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, None)]);
+        self.txn(txn).await
+    }
+
     /// Creates `config` if it does not exist yet.
     pub async fn create_config_if_absent(&self, config: &ClusterConfig) -> Result<bool, DcsError> {
         let key = self.keys.config();

@@ -34,6 +34,14 @@ pub async fn run(
             return;
         }
     };
+    // The drills' clock starts with the first member whose schedule starts.
+    let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+    if let Err(e) = dcs
+        .create_drill_if_absent(&DrillRecord::scheduled(now))
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record when restore drills began");
+    }
     loop {
         let Some(next) = next_after(&cron, Utc::now()) else {
             return;

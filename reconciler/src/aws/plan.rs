@@ -414,6 +414,13 @@ fn plan_cluster(
                 .push(format!("WAL bucket: cannot tell whether it exists: {why}")),
             _ => {}
         }
+        if b.verify.is_none() {
+            p.warnings.push(
+                "no backup.verify: nothing checks that these backups restore (add \
+                 verify: {schedule: \"0 3 * * 0\"}, a weekly restore drill)"
+                    .into(),
+            );
+        }
     }
 
     // The etcd config.

@@ -357,11 +357,13 @@ pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) ->
     }
     if let Some(v) = file.spec.backup.as_ref().and_then(|b| b.verify.as_ref()) {
         let max_age = humantime::parse_duration(&v.max_age).map_or(u64::MAX, |d| d.as_secs());
-        let problem = match &etcd.drill {
-            Some(record) => record.problem(max_age, etcd.read_unix),
-            None => Some("no restore drill has been recorded yet".into()),
-        };
-        if let Some(detail) = problem {
+        // No key: no member has started drills yet (a new cluster, or none running, which
+        // is drift of its own); the key begins the clock.
+        if let Some(detail) = etcd
+            .drill
+            .as_ref()
+            .and_then(|record| record.problem(max_age, etcd.read_unix))
+        {
             out.push(drift(name, DriftKind::BackupUnverified, detail));
         }
     }
@@ -623,9 +625,15 @@ mod tests {
         f.spec.backup =
             serde_yaml::from_str("{bucket: b, verify: {schedule: \"0 3 * * 0\", maxAge: 1h}}")
                 .expect("backup");
-        assert_eq!(
-            unverified(&f, etcd(None)),
-            vec!["no restore drill has been recorded yet".to_string()]
+        assert!(
+            unverified(&f, etcd(None)).is_empty(),
+            "no key: drills not begun"
+        );
+        let begun = spilo_model::DrillRecord::scheduled(1_000);
+        let why = unverified(&f, etcd(Some(begun)));
+        assert!(
+            why[0].contains("none has passed since drills began"),
+            "{why:?}"
         );
         let why = unverified(&f, etcd(Some(failed)));
         assert!(

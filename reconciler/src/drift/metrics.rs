@@ -117,25 +117,29 @@ impl Metrics {
             }
         }
         out.push_str("# HELP spilo_backup_verify_ok Whether the last restore drill passed.\n# TYPE spilo_backup_verify_ok gauge\n");
-        for (c, d) in &self.drills {
+        for (c, last) in self
+            .drills
+            .iter()
+            .filter_map(|(c, d)| d.last.as_ref().map(|l| (c, l)))
+        {
             let _ = writeln!(
                 out,
                 "spilo_backup_verify_ok{{cluster=\"{}\"}} {}",
                 esc(c),
-                u8::from(d.last.ok)
+                u8::from(last.ok)
             );
         }
         for (name, help, pick) in [
             (
                 "spilo_backup_verify_rpo_seconds",
                 "The last drill's RPO: the newest restored commit's age when replay ended.",
-                (|d: &spilo_model::DrillRecord| d.last.rpo_ms)
+                (|d: &spilo_model::DrillRecord| d.last.as_ref().and_then(|l| l.rpo_ms))
                     as fn(&spilo_model::DrillRecord) -> Option<u64>,
             ),
             (
                 "spilo_backup_verify_rto_seconds",
                 "The last drill's RTO: restore, replay and start.",
-                |d: &spilo_model::DrillRecord| d.last.rto_ms,
+                |d: &spilo_model::DrillRecord| d.last.as_ref().and_then(|l| l.rto_ms),
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");

@@ -8,6 +8,15 @@ use super::user::RunAs;
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 
+/// The report's form.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportFormat {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
+
 /// `spilo verify-backup`.
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -22,9 +31,9 @@ pub struct VerifyArgs {
     /// A query that must return true on the restored database.
     #[arg(long)]
     pub sql: Option<String>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ReportFormat,
     /// The state directory (default: .spilo/ beside clusters/).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -55,7 +64,7 @@ pub async fn verify(a: VerifyArgs, layout: &Layout) -> anyhow::Result<u8> {
     if let Some(q) = &a.sql {
         cmd.arg("--sql").arg(q);
     }
-    if a.json {
+    if a.format == ReportFormat::Json {
         cmd.arg("--json");
     }
     RunAs::detect()?.apply(&mut cmd);
