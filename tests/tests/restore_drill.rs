@@ -176,6 +176,13 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         "healthy archive: RPO {rpo:.1}s (last commit {since_last:.1}s before the report), RTO {rto:.1}s"
     );
 
+    // At a terminal the drill shows its progress: the parts restored, the WAL replayed.
+    let screen = drill_at_terminal(repo)?;
+    assert!(
+        screen.contains("restoring: part 1 of") && screen.contains("verified"),
+        "{screen}"
+    );
+
     // To a target time on timeline 2 before its rows: only the first 100.
     let (code, report, text) = drill(
         repo,
@@ -274,6 +281,39 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let (code, _, text) = drill(repo, &[])?;
     assert_eq!(code, 0, "{text}");
     Ok(())
+}
+
+/// `spilo verify-backup dr` with a terminal for its output; returns what it showed.
+fn drill_at_terminal(repo: &LocalRepo) -> anyhow::Result<String> {
+    let pty = nix::pty::openpty(None, None)?;
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = std::process::Command::new(proc::installed("spilo")?)
+        .args(["verify-backup", "dr", "--state-dir"])
+        .arg(repo.state())
+        .current_dir(repo.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(slave.try_clone()?))
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()?;
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once the child has exited and the slave is closed.
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let status = child.wait()?;
+    let screen = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the terminal reader panicked"))?;
+    anyhow::ensure!(status.success(), "{status}: {screen}");
+    Ok(screen)
 }
 
 /// `part` (an LZ4 frame of a tar stream) with bytes flipped in the middle of the first page of

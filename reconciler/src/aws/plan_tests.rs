@@ -375,6 +375,28 @@ fn a_missing_bucket_is_created_only_when_the_file_asks_and_never_on_a_guess() {
         "{:?}",
         c.warnings
     );
+    // No restore drill declared: said; with one, not.
+    assert!(
+        c.warnings.iter().any(|w| w.starts_with("no backup.verify")),
+        "{:?}",
+        c.warnings
+    );
+    let drilled = file(
+        "a",
+        "  backup: {bucket: wal, verify: {schedule: \"0 3 * * 0\"}}\n",
+    );
+    let c = run(
+        &[&drilled],
+        vec![applied(&drilled, "UPDATE_COMPLETE")],
+        PlanOptions::default(),
+    )
+    .clusters
+    .remove(0);
+    assert!(
+        !c.warnings.iter().any(|w| w.contains("backup.verify")),
+        "{:?}",
+        c.warnings
+    );
 }
 
 fn etcd_file(extra: &str) -> spilo_model::spec::EtcdClusterFile {
