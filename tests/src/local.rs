@@ -149,6 +149,23 @@ impl LocalRepo {
         p.wait_exit(timeout).map(|s| s.code().unwrap_or(-1))
     }
 
+    /// Starts `spilo watch --target local` on this repository's `main` branch (resync every
+    /// second, `/metrics` on `127.0.0.1:<listen>`), logging to `watch.log` in the repository.
+    pub fn watch_local(&self, listen: u16) -> anyhow::Result<Spawned> {
+        let mut watch = Command::new(&self.spilo);
+        watch
+            .args([
+                "watch", "--target", "local", "--branch", "main", "--resync", "1s",
+            ])
+            .args(["--no-leader-after", "1h", "--listen"])
+            .arg(format!("127.0.0.1:{listen}"))
+            .arg("--repo")
+            .arg(self.path())
+            .arg("--state-dir")
+            .arg(self.state());
+        Spawned::start(watch, &self.path().join("watch.log"))
+    }
+
     /// Runs a `spilo` command against this repository's state directory.
     pub fn spilo(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
         let out = Command::new(&self.spilo)

@@ -428,18 +428,7 @@ async fn scenario_watch_local(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .await?;
     }
     let http = ports::free();
-    let mut watch = std::process::Command::new(proc::installed("spilo")?);
-    watch
-        .args([
-            "watch", "--target", "local", "--branch", "main", "--resync", "1s",
-        ])
-        .args(["--no-leader-after", "1h", "--listen"])
-        .arg(format!("127.0.0.1:{http}"))
-        .arg("--repo")
-        .arg(repo.path())
-        .arg("--state-dir")
-        .arg(repo.state());
-    let watching = proc::Spawned::start(watch, &repo.path().join("watch.log"))?;
+    let watching = repo.watch_local(http)?;
     let count = |event: &str, cluster: &str| receiver.count(event, cluster, "missing_members");
 
     // Freeze each cluster's replica governor: its lease ends, its member key goes.

@@ -393,18 +393,7 @@ async fn scheduled(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let (_, text, _) = repo.spilo(&["status", "sched"])?;
     assert!(text.contains("Drill:    verified at"), "{text}");
     let http = ports::free();
-    let mut watch = std::process::Command::new(proc::installed("spilo")?);
-    watch
-        .args([
-            "watch", "--target", "local", "--branch", "main", "--resync", "1s",
-        ])
-        .args(["--no-leader-after", "1h", "--listen"])
-        .arg(format!("127.0.0.1:{http}"))
-        .arg("--repo")
-        .arg(repo.path())
-        .arg("--state-dir")
-        .arg(repo.state());
-    let watching = proc::Spawned::start(watch, &repo.path().join("watch.log"))?;
+    let watching = repo.watch_local(http)?;
     let count = |event: &str| receiver.count(event, "sched", "backup_unverified");
     let metrics = || async {
         reqwest::get(format!("http://127.0.0.1:{http}/metrics"))

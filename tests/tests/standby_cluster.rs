@@ -191,6 +191,60 @@ async fn until_has(repo: &LocalRepo, cluster: &str, port: u16, id: i64) -> anyho
     .map(|_| ())
 }
 
+/// A member seen running as primary: (cluster, port, when).
+type Sighting = (String, u16, Instant);
+
+/// When a member of `winner` was first seen as primary at or after `from`, and every
+/// sighting of a member of `loser` as primary from then on (there must be none).
+fn one_primary_after(
+    seen: &[Sighting],
+    winner: &str,
+    loser: &str,
+    from: Instant,
+) -> anyhow::Result<(Instant, Vec<Sighting>)> {
+    let first = seen
+        .iter()
+        .filter(|(c, _, at)| c == winner && *at >= from)
+        .map(|(_, _, at)| *at)
+        .min()
+        .ok_or_else(|| anyhow::anyhow!("{winner} was never seen as primary"))?;
+    let second = seen
+        .iter()
+        .filter(|(c, _, at)| c == loser && *at >= first)
+        .cloned()
+        .collect();
+    Ok((first, second))
+}
+
+/// Of the acknowledged writes `timed`, how many are missing on `cluster`'s member at `port`,
+/// and the ids of those among them acknowledged at or after `since`.
+async fn missing_on(
+    repo: &LocalRepo,
+    cluster: &str,
+    port: u16,
+    timed: &[(i64, Instant)],
+    since: Instant,
+) -> anyhow::Result<(usize, Vec<i64>)> {
+    let acked: Vec<i64> = timed.iter().map(|(id, _)| *id).collect();
+    let c = connect_dsn(&repo.dsn(cluster, port)?).await?;
+    let present: Vec<i64> = c
+        .query("SELECT id FROM w WHERE id = ANY($1) ORDER BY id", &[&acked])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<&(i64, Instant)> = timed
+        .iter()
+        .filter(|(id, _)| present.binary_search(id).is_err())
+        .collect();
+    let after = lost
+        .iter()
+        .filter(|(_, at)| *at >= since)
+        .map(|(id, _)| *id)
+        .collect();
+    Ok((lost.len(), after))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_cluster_follows_its_source_and_takes_over_in_a_switchover_between_clusters()
 -> anyhow::Result<()> {
@@ -436,6 +490,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .unwrap_or_default();
     assert_eq!(frozen.len(), 2, "{status}");
     let writer = Writer::start(any_primary(repo, &[(sb, 3), (db, 2)])?);
+    let watched_from = Instant::now();
     let watch = Primaries::watch(
         repo,
         [(sb, 3, "src"), (db, 2, "dr")]
@@ -476,16 +531,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let seen = watch.stop().await;
     // Seen with a fresh session every 100 ms: once a member of src ran as primary, no member
     // of dr did.
-    let src_primary = seen
-        .iter()
-        .filter(|(c, _, _)| c == "src")
-        .map(|(_, _, at)| *at)
-        .min()
-        .ok_or_else(|| anyhow::anyhow!("src was never seen as primary"))?;
-    let second: Vec<&(String, u16, Instant)> = seen
-        .iter()
-        .filter(|(c, _, at)| c == "dr" && *at >= src_primary)
-        .collect();
+    let (src_primary, second) = one_primary_after(&seen, "src", "dr", watched_from)?;
     assert!(second.is_empty(), "two primaries: {second:?}");
     let acked: Vec<i64> = timed.iter().map(|(id, _)| *id).collect();
     let newest = *acked.last().unwrap_or(&0);
@@ -502,29 +548,14 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     // A write dr acknowledged just before the freeze may not have reached src (replication
     // between clusters is asynchronous: that is the RPO of an unplanned promotion, reported);
     // one acknowledged after src was promoted and is missing would be a second primary.
-    let c = connect_dsn(&repo.dsn("src", sb)?).await?;
-    let on_src: Vec<i64> = c
-        .query("SELECT id FROM w WHERE id = ANY($1) ORDER BY id", &[&acked])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<&(i64, Instant)> = timed
-        .iter()
-        .filter(|(id, _)| on_src.binary_search(id).is_err())
-        .collect();
-    let after: Vec<i64> = lost
-        .iter()
-        .filter(|(_, at)| *at >= promoted_at.min(src_primary))
-        .map(|(id, _)| *id)
-        .collect();
+    let (lost, after) = missing_on(repo, "src", sb, &timed, promoted_at.min(src_primary)).await?;
     assert!(
         after.is_empty(),
         "acknowledged after src's promotion, missing on src: {after:?}"
     );
     println!(
         "unplanned promotion: {} of {} acknowledged writes not on src (acknowledged by dr before it was fenced)",
-        lost.len(),
+        lost,
         timed.len()
     );
     // dr accepts no write since it came back: only src's ids are on its members.
@@ -612,36 +643,12 @@ async fn unreachable_source(repo: &mut LocalRepo, sb: u16, db: u16) -> anyhow::R
         until_has(repo, "src", sb + 10 + i, newest).await?;
     }
     // Seen with a fresh session every 100 ms: once dr ran as primary, no member of src did.
-    let dr_primary = seen
-        .iter()
-        .filter(|(c, _, at)| c == "dr" && *at >= frozen_at)
-        .map(|(_, _, at)| *at)
-        .min()
-        .ok_or_else(|| anyhow::anyhow!("dr was never seen as primary"))?;
-    let second: Vec<&(String, u16, Instant)> = seen
-        .iter()
-        .filter(|(c, _, at)| c == "src" && *at >= dr_primary)
-        .collect();
+    let (dr_primary, second) = one_primary_after(&seen, "dr", "src", frozen_at)?;
     assert!(second.is_empty(), "two primaries: {second:?}");
     // What src acknowledged before its primary stopped and dr did not receive is the loss
     // of an unplanned promotion (reported); nothing acknowledged after dr ran as primary
     // may be missing on it.
-    let c = connect_dsn(&repo.dsn("dr", db)?).await?;
-    let on_dr: Vec<i64> = c
-        .query("SELECT id FROM w WHERE id = ANY($1) ORDER BY id", &[&acked])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let lost: Vec<&(i64, Instant)> = timed
-        .iter()
-        .filter(|(id, _)| on_dr.binary_search(id).is_err())
-        .collect();
-    let after: Vec<i64> = lost
-        .iter()
-        .filter(|(_, at)| *at >= dr_primary.min(promoted_at))
-        .map(|(id, _)| *id)
-        .collect();
+    let (lost, after) = missing_on(repo, "dr", db, &timed, dr_primary.min(promoted_at)).await?;
     assert!(
         after.is_empty(),
         "acknowledged after dr's promotion, missing on dr: {after:?}"
@@ -651,7 +658,7 @@ async fn unreachable_source(repo: &mut LocalRepo, sb: u16, db: u16) -> anyhow::R
     println!(
         "source unreachable: {} of {} acknowledged writes not on dr (acknowledged by src before \
          its etcd froze); src's members ran no primary after dr's promotion and follow dr",
-        lost.len(),
+        lost,
         timed.len()
     );
     Ok(())
