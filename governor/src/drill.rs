@@ -368,25 +368,27 @@ async fn check_wal(
     ))
 }
 
+/// Runs a checking program: whether it exited 0, its stdout and its stderr.
+async fn run_checker(
+    mut cmd: tokio::process::Command,
+    what: &str,
+) -> Result<(bool, String, String), String> {
+    let out = cmd.output().await.map_err(|e| format!("run {what}: {e}"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// `pg_checksums --check` on the stopped copy.
 async fn pg_checksums(bin: &Path, data: &Path) -> Result<String, String> {
-    let out = tokio::process::Command::new(bin.join("pg_checksums"))
-        .arg("--check")
-        .arg("-D")
-        .arg(data)
-        .output()
-        .await
-        .map_err(|e| format!("run pg_checksums: {e}"))?;
-    // The bad blocks (stderr) first, then the summary.
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    if out.status.success() {
-        Ok("pg_checksums found no bad block".into())
-    } else {
-        Err(first_lines(&text, 5))
+    let mut cmd = tokio::process::Command::new(bin.join("pg_checksums"));
+    cmd.arg("--check").arg("-D").arg(data);
+    match run_checker(cmd, "pg_checksums").await? {
+        (true, _, _) => Ok("pg_checksums found no bad block".into()),
+        // The bad blocks (stderr) first, then the summary.
+        (false, out, err) => Err(first_lines(&format!("{err}{out}"), 5)),
     }
 }
 
@@ -556,26 +558,20 @@ impl Throwaway {
     }
 
     async fn amcheck(&self) -> Result<String, String> {
-        let out = tokio::process::Command::new(self.bin_dir.join("pg_amcheck"))
-            .args(["--all", "--install-missing", "--heapallindexed"])
+        let mut cmd = tokio::process::Command::new(self.bin_dir.join("pg_amcheck"));
+        cmd.args(["--all", "--install-missing", "--heapallindexed"])
             .arg("--host")
             .arg(&self.socket_dir)
             .arg("--port")
             .arg(PORT.to_string())
             .arg("--username")
-            .arg(&self.user)
-            .output()
-            .await
-            .map_err(|e| format!("run pg_amcheck: {e}"))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() && text.trim().is_empty() {
-            Ok("pg_amcheck --all (heap and btree) found no corruption".into())
-        } else {
-            Err(first_lines(&text, 5))
+            .arg(&self.user);
+        match run_checker(cmd, "pg_amcheck").await? {
+            (true, out, err) if out.trim().is_empty() && err.trim().is_empty() => {
+                Ok("pg_amcheck --all (heap and btree) found no corruption".into())
+            }
+            // The corrupt relations (stdout) first, then the server's messages.
+            (_, out, err) => Err(first_lines(&format!("{out}{err}"), 5)),
         }
     }
 
