@@ -444,15 +444,19 @@ impl Session {
     }
 
     /// Whether every WAL file up to `file` is archived: none of them waits as `.ready`, and
-    /// the archiver got at least that far. Also returns the last archived name.
+    /// the archiver got at least that far or marked that segment done. Also returns the last
+    /// archived name.
     pub async fn archived_through(
         &mut self,
         file: &str,
     ) -> Result<(bool, Option<String>), SqlError> {
+        // The last archived file may be an older segment's `.backup` label (a pg_basebackup
+        // that ended meanwhile): the segment's own `.done` status counts as well.
         const Q: &str = "SELECT NOT EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() \
              WHERE name LIKE '%.ready' AND substr(name, 1, 24) <= $1) \
-             AND COALESCE(substr(last_archived_wal, 1, 24) >= $1, false), last_archived_wal \
-             FROM pg_stat_archiver";
+             AND (COALESCE(substr(last_archived_wal, 1, 24) >= $1, false) \
+                  OR EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() WHERE name = $1 || '.done')), \
+             last_archived_wal FROM pg_stat_archiver";
         let row = self.run(async |c| c.query_one(Q, &[&file]).await).await?;
         Ok((row.try_get(0)?, row.try_get(1)?))
     }
