@@ -134,18 +134,14 @@ pub fn parse(text: &str, path: &Path) -> Result<GovernorConfig, ConfigError> {
     })?;
     // The schedule is checked by the program that runs it.
     if let Some(b) = config.archive.as_ref().and_then(|a| a.backups.as_ref()) {
-        crate::archive::cron(b).map_err(|m| ConfigError::Invalid {
+        crate::archive::cron(&b.schedule).map_err(|m| ConfigError::Invalid {
             path: path.to_path_buf(),
             field: "archive".into(),
             message: format!("backups.{m}"),
         })?;
     }
     if let Some(v) = config.archive.as_ref().and_then(|a| a.verify.as_ref()) {
-        let as_schedule = crate::archive::BackupSchedule {
-            schedule: v.schedule.clone(),
-            retain: 1,
-        };
-        crate::archive::cron(&as_schedule).map_err(|m| ConfigError::Invalid {
+        crate::archive::cron(&v.schedule).map_err(|m| ConfigError::Invalid {
             path: path.to_path_buf(),
             field: "archive".into(),
             message: format!("verify.{m}"),

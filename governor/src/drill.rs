@@ -20,7 +20,7 @@
 
 use crate::archive::backup::{Pick, Sentinel, backup_fetch_with_progress, backup_list, pick};
 use crate::archive::codec::{self, Method};
-use crate::archive::continuity::{parse_history, timeline_path};
+use crate::archive::continuity::{parse_history, segment_keys, timeline_path};
 use crate::archive::store::Store;
 use crate::archive::{AnyStore, ArchiveConfig, under};
 use serde::Serialize;
@@ -259,15 +259,11 @@ async fn check_parts(
     let (mut stored, mut raw) = (0u64, 0u64);
     for n in 1..=s.parts {
         let key = format!("{dir}part_{n:03}.tar.{}", s.compression);
-        let data = store
-            .get(&key)
-            .await
-            .map_err(|e| format!("{key}: {e}"))?
+        let (data, decoded) = get_decoded(store, &key, method)
+            .await?
             .ok_or_else(|| format!("{key} is missing (the sentinel lists {} parts)", s.parts))?;
         stored += data.len() as u64;
-        raw += codec::decompress(method, &data)
-            .map_err(|e| format!("{key}: {e}"))?
-            .len() as u64;
+        raw += decoded.len() as u64;
     }
     if (stored, raw) != (s.compressed_size, s.uncompressed_size) {
         return Err(format!(
@@ -301,13 +297,7 @@ async fn check_wal(
             .is_some_and(|f| f.starts_with(&format!("{newest_timeline:08X}.history.")))
     }) {
         Some(key) => {
-            let data = store
-                .get(key)
-                .await
-                .map_err(|e| format!("{key}: {e}"))?
-                .ok_or_else(|| format!("{key} vanished"))?;
-            let method = Method::of(key).ok_or_else(|| format!("{key}: unknown compression"))?;
-            let text = codec::decompress(method, &data).map_err(|e| format!("{key}: {e}"))?;
+            let (_, text) = get_stored(store, key).await?;
             parse_history(&String::from_utf8_lossy(&text))
         }
         None if newest_timeline > 1 => {
@@ -331,22 +321,12 @@ async fn check_wal(
             g.segment, g.timeline
         )
     })?;
+    let key_of: std::collections::HashMap<&str, &String> = segment_keys(&wal_dir, &keys).collect();
     for name in &path {
-        let key = keys
-            .iter()
-            .find(|k| {
-                k.strip_prefix(&wal_dir)
-                    .and_then(|f| f.split_once('.'))
-                    .is_some_and(|(n, ext)| n == name && !ext.contains('.'))
-            })
+        let key = key_of
+            .get(name.as_str())
             .ok_or_else(|| format!("segment {name} vanished"))?;
-        let data = store
-            .get(key)
-            .await
-            .map_err(|e| format!("{key}: {e}"))?
-            .ok_or_else(|| format!("{key} vanished"))?;
-        let method = Method::of(key).ok_or_else(|| format!("{key}: unknown compression"))?;
-        codec::decompress(method, &data).map_err(|e| format!("{key}: {e}"))?;
+        get_stored(store, key).await?;
     }
     let (first, last) = (
         path.first().cloned().unwrap_or_default(),
@@ -379,6 +359,28 @@ async fn run_checker(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// The object at `key` as stored and decoded with `method` (its checksum checked); `None`
+/// when absent; an error names the key.
+async fn get_decoded(
+    store: &AnyStore,
+    key: &str,
+    method: Method,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>, String> {
+    let Some(data) = store.get(key).await.map_err(|e| format!("{key}: {e}"))? else {
+        return Ok(None);
+    };
+    let decoded = codec::decompress(method, &data).map_err(|e| format!("{key}: {e}"))?;
+    Ok(Some((data, decoded)))
+}
+
+/// A listed archive object, decoded by the compression its name ends with.
+async fn get_stored(store: &AnyStore, key: &str) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let method = Method::of(key).ok_or_else(|| format!("{key}: unknown compression"))?;
+    get_decoded(store, key, method)
+        .await?
+        .ok_or_else(|| format!("{key} vanished"))
 }
 
 /// `pg_checksums --check` on the stopped copy.

@@ -191,6 +191,23 @@ async fn until_has(repo: &LocalRepo, cluster: &str, port: u16, id: i64) -> anyho
     .map(|_| ())
 }
 
+/// Waits until `spilo list` shows `cluster` as a standby cluster of `source` with a standby
+/// leader.
+async fn until_standby_of(repo: &LocalRepo, cluster: &str, source: &str) -> anyhow::Result<()> {
+    wait::until(
+        &format!("{cluster} to follow {source} as a standby cluster"),
+        READY,
+        || async {
+            let (code, out, _) = repo.spilo(&["list", cluster]).ok()?;
+            (code == 0
+                && out.contains(&format!("Standby cluster of cluster {source}"))
+                && out.contains("standby_leader"))
+            .then_some(())
+        },
+    )
+    .await
+}
+
 /// A member seen running as primary: (cluster, port, when).
 type Sighting = (String, u16, Instant);
 
@@ -519,14 +536,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         (writer.last() > resumed + 20).then_some(())
     })
     .await?;
-    wait::until("dr to follow src as a standby cluster", READY, || async {
-        let (code, out, _) = repo.spilo(&["list", "dr"]).ok()?;
-        (code == 0
-            && out.contains("Standby cluster of cluster src")
-            && out.contains("standby_leader"))
-        .then_some(())
-    })
-    .await?;
+    until_standby_of(repo, "dr", "src").await?;
     let timed = writer.stop().await;
     let seen = watch.stop().await;
     // Seen with a fresh session every 100 ms: once a member of src ran as primary, no member
@@ -627,14 +637,7 @@ async fn unreachable_source(repo: &mut LocalRepo, sb: u16, db: u16) -> anyhow::R
     })
     .await?;
     nix::sys::signal::kill(proc::pid(etcd), nix::sys::signal::Signal::SIGCONT)?;
-    wait::until("src to follow dr as a standby cluster", READY, || async {
-        let (code, out, _) = repo.spilo(&["list", "src"]).ok()?;
-        (code == 0
-            && out.contains("Standby cluster of cluster dr")
-            && out.contains("standby_leader"))
-        .then_some(())
-    })
-    .await?;
+    until_standby_of(repo, "src", "dr").await?;
     let timed = writer.stop().await;
     let seen = watch.stop().await;
     let acked: Vec<i64> = timed.iter().map(|(id, _)| *id).collect();

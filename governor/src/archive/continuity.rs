@@ -24,20 +24,28 @@ fn position(n: u64) -> String {
     format!("{:08X}{:08X}", n / SEGMENTS_PER_LOG, n % SEGMENTS_PER_LOG)
 }
 
-/// The full segments archived under `wal_dir` (`<prefix>wal_005/`), by number; partial
-/// segments, backup labels and timeline histories are not segments recovery replays.
+/// The full segments archived under `wal_dir` (`<prefix>wal_005/`): (file name, key);
+/// partial segments, backup labels and timeline histories are not segments recovery replays.
+pub fn segment_keys<'a>(
+    wal_dir: &'a str,
+    keys: &'a [String],
+) -> impl Iterator<Item = (&'a str, &'a String)> + 'a {
+    keys.iter().filter_map(move |k| {
+        let file = k.strip_prefix(wal_dir)?;
+        // `<segment>.<compression>` only: no `.partial`, `.backup` or `.history` before it.
+        let (name, ext) = file.split_once('.')?;
+        if ext.contains('.') {
+            return None;
+        }
+        spilo_model::governor::Compression::of(file)?;
+        number(name).map(|_| (name, k))
+    })
+}
+
+/// The full segments archived under `wal_dir`, by number.
 fn archived(wal_dir: &str, keys: &[String]) -> BTreeSet<u64> {
-    keys.iter()
-        .filter_map(|k| k.strip_prefix(wal_dir))
-        .filter_map(|file| {
-            // `<segment>.<compression>` only: no `.partial`, `.backup` or `.history` before it.
-            let (name, ext) = file.split_once('.')?;
-            if ext.contains('.') {
-                return None;
-            }
-            spilo_model::governor::Compression::of(file)?;
-            number(name)
-        })
+    segment_keys(wal_dir, keys)
+        .filter_map(|(name, _)| number(name))
         .collect()
 }
 
@@ -167,15 +175,7 @@ pub fn timeline_path(
             .map_or(newest_timeline, |s| s.timeline)
     };
     let name = |n: u64| format!("{:08X}{}", timeline_of(n), position(n));
-    let have: BTreeSet<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(wal_dir))
-        .filter_map(|file| {
-            let (name, ext) = file.split_once('.')?;
-            (!ext.contains('.') && spilo_model::governor::Compression::of(file).is_some())
-                .then(|| name.to_string())
-        })
-        .collect();
+    let have: BTreeSet<&str> = segment_keys(wal_dir, keys).map(|(name, _)| name).collect();
     // The newest segment: the last one archived on the timeline its number belongs to.
     let newest = have
         .iter()
@@ -187,7 +187,7 @@ pub fn timeline_path(
     let mut out = Vec::new();
     for n in start..=newest {
         let segment = name(n);
-        if !have.contains(&segment) {
+        if !have.contains(segment.as_str()) {
             return Err(Gap {
                 timeline: timeline_of(n),
                 segment,

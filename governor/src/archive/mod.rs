@@ -21,11 +21,12 @@ pub use spilo_model::governor::{ArchiveConfig, BackupSchedule, S3Config};
 use std::path::{Path, PathBuf};
 use store::{Directory, S3, Store, StoreError};
 
-/// The parsed schedule of `archive.backups`.
-pub fn cron(b: &BackupSchedule) -> Result<croner::Cron, String> {
-    b.schedule
+/// A parsed schedule (`archive.backups.schedule`, `archive.verify.schedule`): cron, five
+/// fields or six with seconds first (UTC).
+pub fn cron(schedule: &str) -> Result<croner::Cron, String> {
+    schedule
         .parse::<croner::Cron>()
-        .map_err(|e| format!("schedule {:?}: {e}", b.schedule))
+        .map_err(|e| format!("schedule {schedule:?}: {e}"))
 }
 
 /// Why archiving failed.

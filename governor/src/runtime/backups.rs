@@ -52,7 +52,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) {
     let runs = &shared.backups;
-    let cron = match schedule.as_ref().map(crate::archive::cron).transpose() {
+    let cron = match schedule
+        .as_ref()
+        .map(|s| crate::archive::cron(&s.schedule))
+        .transpose()
+    {
         Ok(c) => c,
         Err(e) => {
             // The configuration was checked at load; this cannot happen with a valid file.

@@ -23,10 +23,7 @@ pub async fn run(
     me: MemberName,
     cancel: CancellationToken,
 ) {
-    let cron = match crate::archive::cron(&crate::archive::BackupSchedule {
-        schedule,
-        retain: 1,
-    }) {
+    let cron = match crate::archive::cron(&schedule) {
         Ok(c) => c,
         Err(e) => {
             // The configuration was checked at load; this cannot happen with a valid file.
