@@ -1,7 +1,23 @@
 //! Restore drills as the cluster records them: the `drill` key, written by the member that
 //! ran the last drill, read by `spilo` for status, drift and metrics.
 
+use crate::{MemberName, MemberRole, MemberStatus};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The member that runs a cluster's drills: the first running replica by name (a drill reads
+/// the archive and uses disk and CPU, better not on the primary), else the leader (a cluster
+/// of one). The governors' schedule and `spilo verify-backup` pick the same one.
+pub fn drill_member<'a>(
+    members: &'a BTreeMap<MemberName, MemberStatus>,
+    leader: Option<&'a MemberName>,
+) -> Option<&'a MemberName> {
+    members
+        .iter()
+        .find(|(name, m)| Some(*name) != leader && m.running_as(MemberRole::Replica))
+        .map(|(name, _)| name)
+        .or(leader)
+}
 
 /// The value of `drill`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +133,51 @@ impl DrillRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemberState;
+
+    fn member(role: MemberRole, state: MemberState) -> MemberStatus {
+        MemberStatus {
+            conn_url: "postgres://x".into(),
+            api_url: "http://x".into(),
+            role,
+            state,
+            timeline: None,
+            wal: Default::default(),
+            tags: Default::default(),
+            pending_restart: false,
+            error: None,
+        }
+    }
+
+    fn name(n: &str) -> MemberName {
+        MemberName::new(n).expect("name")
+    }
+
+    #[test]
+    fn the_first_running_replica_drills_else_the_leader() {
+        let mut members = BTreeMap::new();
+        members.insert(
+            name("a-0"),
+            member(MemberRole::Primary, MemberState::Running),
+        );
+        let leader = name("a-0");
+        assert_eq!(drill_member(&members, Some(&leader)), Some(&leader));
+        members.insert(
+            name("a-2"),
+            member(MemberRole::Replica, MemberState::Running),
+        );
+        members.insert(
+            name("a-1"),
+            member(MemberRole::Replica, MemberState::Stopped),
+        );
+        assert_eq!(drill_member(&members, Some(&leader)), Some(&name("a-2")));
+        members.insert(
+            name("a-1"),
+            member(MemberRole::Replica, MemberState::Running),
+        );
+        assert_eq!(drill_member(&members, Some(&leader)), Some(&name("a-1")));
+        assert_eq!(drill_member(&BTreeMap::new(), None), None);
+    }
 
     fn run(unix: u64, ok: bool) -> DrillRun {
         DrillRun {

@@ -19,7 +19,7 @@ pub mod switchover;
 pub mod sync;
 pub mod target_time;
 
-pub use drill::{DrillRecord, DrillRun};
+pub use drill::{DrillRecord, DrillRun, drill_member};
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};
 pub use member::{

@@ -108,9 +108,10 @@ enum Command {
     ShowConfig(EtcdTarget),
     /// Change the cluster's dynamic configuration (--set, --pg, or $EDITOR); shows the diff.
     EditConfig(spilo::operate::config::EditArgs),
-    /// A restore drill of a local cluster's archive: restore, replay, start a throwaway
-    /// PostgreSQL, check it (exit 0 verified, 2 a check failed, 1 error).
-    VerifyBackup(spilo::local::verify::VerifyArgs),
+    /// A restore drill of a cluster's archive: restore, replay, start a throwaway PostgreSQL,
+    /// check it (exit 0 verified, 2 a check failed, 1 error). Runs here for a cluster `spilo
+    /// up` runs, else (--etcd) on the cluster's designated member.
+    VerifyBackup(spilo::operate::verify_backup::VerifyArgs),
     /// Promote a standby cluster whose source cannot be reached (--source-unreachable); its
     /// source follows it when it runs again.
     PromoteStandby(spilo::operate::promote_standby::PromoteStandbyArgs),
@@ -260,12 +261,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spilo::local::down::down(&layout, cluster.as_deref(), purge).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::VerifyBackup(a) => {
-            let layout = local_layout(a.state_dir.clone())?;
-            Ok(ExitCode::from(
-                spilo::local::verify::verify(a, &layout).await?,
-            ))
-        }
+        Command::VerifyBackup(a) => Ok(ExitCode::from(
+            spilo::operate::verify_backup::verify_backup(a).await?,
+        )),
         Command::Plan(args) => Ok(ExitCode::from(spilo::aws::commands::plan(args).await?)),
         Command::Apply(args) => Ok(ExitCode::from(spilo::aws::commands::apply(args).await?)),
         Command::Diff(args) => Ok(ExitCode::from(spilo::aws::commands::diff(args).await?)),

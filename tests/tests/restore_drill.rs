@@ -21,6 +21,25 @@ fn member(status: &serde_json::Value, role: &str) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// The member `spilo verify-backup --etcd` asks, from `spilo list` (etcd, as it reads): the
+/// first running replica by name, else the leader.
+fn designated(repo: &LocalRepo) -> Option<String> {
+    let (_, out, _) = repo.spilo(&["list", "dr", "--format", "json"]).ok()?;
+    let list: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let mut replicas: Vec<&str> = list["members"]
+        .as_array()?
+        .iter()
+        .filter(|m| m["role"] == "replica" && m["state"] == "running")
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    replicas.sort();
+    replicas
+        .first()
+        .copied()
+        .or(list["leader"].as_str())
+        .map(str::to_string)
+}
+
 /// Runs the drill; returns the exit status, the JSON report (when one was printed) and
 /// everything printed.
 fn drill(repo: &LocalRepo, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value, String)> {
@@ -176,6 +195,58 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         "healthy archive: RPO {rpo:.1}s (last commit {since_last:.1}s before the report), RTO {rto:.1}s"
     );
 
+    // The same drill through the REST API (`--etcd`: how a cluster that spilo up does not
+    // run here is drilled, e.g. on AWS): the designated member runs it, with the same checks,
+    // and records it in etcd.
+    wait::until("the old primary to run as a replica", READY, || async {
+        designated(repo).filter(|m| *m == killed)
+    })
+    .await?;
+    let status = repo.status()?;
+    let etcd = status["clusters"][0]["etcd"][0]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no etcd in {status}"))?
+        .to_string();
+    let tls = repo.state().join("dr/tls");
+    let (ca, cert, key) = (
+        tls.join("ca.crt").display().to_string(),
+        tls.join("spilo.crt").display().to_string(),
+        tls.join("spilo.key").display().to_string(),
+    );
+    let remote = [
+        "--etcd",
+        &etcd,
+        "--etcd-cacert",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+    ];
+    let (code, report, text) = drill(
+        repo,
+        &[
+            &remote[..],
+            &["--sql"],
+            &["SELECT count(*) = 150 AND max(id) = 150 FROM orders"],
+        ]
+        .concat(),
+    )?;
+    assert_eq!(code, 0, "{text}");
+    let remote_names: Vec<&str> = report["checks"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(remote_names, names, "{text}");
+    let runner = designated(repo).ok_or_else(|| anyhow::anyhow!("no member"))?;
+    assert!(
+        text.contains(&format!("{runner} runs the restore drill")),
+        "the first running replica by name, else the leader, runs it: {runner}\n{text}"
+    );
+    let recorded = repo.status()?["clusters"][0]["drill"].clone();
+    assert_eq!(recorded["last"]["member"], runner.as_str(), "{recorded}");
+    assert_eq!(recorded["last"]["ok"], true, "{recorded}");
+
     // At a terminal the drill shows its progress: the parts restored, the WAL replayed.
     let screen = drill_at_terminal(repo)?;
     assert!(
@@ -220,13 +291,24 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .to_string();
     let aside = middle.with_extension("aside");
     std::fs::rename(&middle, &aside)?;
-    let (code, report, text) = drill(repo, &[])?;
+    let local = drill(repo, &[]);
+    let by_api = drill(repo, &remote);
     std::fs::rename(&aside, &middle)?;
-    assert_eq!(code, 2, "{text}");
-    let why = failed_check(&report, "wal").unwrap_or_default();
+    for (code, report, text) in [local?, by_api?] {
+        assert_eq!(code, 2, "{text}");
+        let why = failed_check(&report, "wal").unwrap_or_default();
+        assert!(
+            why.contains(&format!("segment {name} of timeline 2 is missing")),
+            "{why}\n{text}"
+        );
+    }
+    let recorded = repo.status()?["clusters"][0]["drill"].clone();
+    assert_eq!(recorded["last"]["ok"], false, "{recorded}");
     assert!(
-        why.contains(&format!("segment {name} of timeline 2 is missing")),
-        "{why}\n{text}"
+        recorded["last"]["failed"][0]
+            .as_str()
+            .is_some_and(|f| f.contains(&name)),
+        "{recorded}"
     );
 
     // A byte flipped in a stored backup part: the part is named.
@@ -277,9 +359,14 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     );
     println!("corrupted page: {amcheck}");
 
-    // The archive as it was verifies again.
+    // The archive as it was verifies again, here and through the REST API (which records
+    // the success).
     let (code, _, text) = drill(repo, &[])?;
     assert_eq!(code, 0, "{text}");
+    let (code, _, text) = drill(repo, &remote)?;
+    assert_eq!(code, 0, "{text}");
+    let recorded = repo.status()?["clusters"][0]["drill"].clone();
+    assert_eq!(recorded["last"]["ok"], true, "{recorded}");
     Ok(())
 }
 

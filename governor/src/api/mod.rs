@@ -104,6 +104,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/reload", post(ops::post_reload))
         .route("/reinitialize", post(ops::post_reinitialize))
         .route("/backup", post(ops::post_backup))
+        .route("/drill", post(ops::post_drill))
         .route("/config", get(ops::get_config).patch(ops::patch_config))
         .with_state(shared)
 }

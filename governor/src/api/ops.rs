@@ -9,6 +9,7 @@
 //! | `POST /restart` `{pending?}` | restarts this member's PostgreSQL in its role | 200, 412 refused, 500 failed |
 //! | `POST /reload` | rewrites the configuration and reloads | 200, 412, 500 |
 //! | `POST /reinitialize` | a replica copies the leader again | 200, 412, 500 |
+//! | `POST /drill` `{backup?, target_time?, sql?}` | a restore drill of the archive on this member ([`crate::drill`]); waits for it | 200 `{ok, text, report}` (ok false: a check failed), 400 bad body, 409 no archive, 500 the drill could not run |
 //! | `GET /config` | the cluster's `config` | 200 |
 //! | `PATCH /config` | JSON merge patch of `config`, compare-and-swap | 200 new config, 400 bad, 409 changed meanwhile |
 
@@ -417,6 +418,78 @@ pub(super) async fn post_backup(State(shared): State<Arc<Shared>>, headers: Head
             StatusCode::SERVICE_UNAVAILABLE,
             "the backup task stopped before answering",
         ),
+    }
+}
+
+/// The body of `POST /drill`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillBody {
+    /// A backup's name, or `LATEST` (the default).
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Replay up to this time (RFC 3339) instead of the archive's end.
+    #[serde(default)]
+    pub target_time: Option<String>,
+    /// A query that must return `true` (default: the configuration's `archive.verify.sql`).
+    #[serde(default)]
+    pub sql: Option<String>,
+}
+
+pub(super) async fn post_drill(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    raw: String,
+) -> Reply {
+    match drill_inner(&shared, &headers, &raw).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+async fn drill_inner(shared: &Shared, headers: &HeaderMap, raw: &str) -> Result<Reply, Reply> {
+    authorized(shared, headers)?;
+    let b: DrillBody = body(raw)?;
+    let target_time = b
+        .target_time
+        .as_deref()
+        .map(spilo_model::TargetTime::parse)
+        .transpose()
+        .map_err(|e| reply(StatusCode::BAD_REQUEST, format!("target_time: {e}")))?;
+    let requests = shared.drill_requests.as_ref().ok_or_else(|| {
+        reply(
+            StatusCode::CONFLICT,
+            "this member has no archive configured (archive in its configuration, backup in the cluster file)",
+        )
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let request = crate::shared::DrillRequest {
+        pick: crate::archive::backup::Pick::from_args(
+            b.backup.as_deref().unwrap_or("LATEST"),
+            target_time,
+        ),
+        target_time,
+        sql: b.sql,
+        reply: tx,
+    };
+    requests.send(request).await.map_err(|_| {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the restore drill task is not running",
+        )
+    })?;
+    match rx.await {
+        Ok(Ok(report)) => Ok((
+            StatusCode::OK,
+            Json(json!({ "ok": report.ok(), "text": report.text(), "report": report })),
+        )),
+        Ok(Err(e)) => Err(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the restore drill could not run: {e}"),
+        )),
+        Err(_) => Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the restore drill task stopped before answering",
+        )),
     }
 }
 

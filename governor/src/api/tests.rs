@@ -185,6 +185,7 @@ fn rig(node: NodeStatus, store: Arc<dyn ClusterStore>, now: Instant) -> Rig {
         switchover_outcome: RwLock::new(None),
         backups: RwLock::new(Default::default()),
         backup_requests: None,
+        drill_requests: None,
         failsafe: Default::default(),
         failsafe_until: failsafe_rx,
         proxy: None,
@@ -500,6 +501,61 @@ async fn commands_reach_the_loop_and_carry_its_answer_back() {
 
     let none = ops::post_backup(State(r.shared.clone()), token()).await;
     assert_eq!(none.0, StatusCode::CONFLICT, "no archive configured");
+}
+
+#[tokio::test]
+async fn a_drill_request_reaches_the_drill_task_and_its_refusals_change_nothing() {
+    let now = Instant::now();
+    let r = rig(
+        node_status("m2", MemberRole::Replica, false, true),
+        fake(keep),
+        now,
+    );
+    let none = ops::post_drill(State(r.shared.clone()), token(), String::new()).await;
+    assert_eq!(none.0, StatusCode::CONFLICT, "no archive configured");
+
+    let (tx, mut rx) = mpsc::channel(1);
+    let mut shared = Arc::into_inner(r.shared).expect("one owner");
+    shared.drill_requests = Some(tx);
+    let shared = Arc::new(shared);
+    let anonymous = ops::post_drill(State(shared.clone()), HeaderMap::new(), String::new()).await;
+    assert_eq!(anonymous.0, StatusCode::UNAUTHORIZED);
+    let bad = ops::post_drill(
+        State(shared.clone()),
+        token(),
+        r#"{"target_time": "yesterday"}"#.into(),
+    )
+    .await;
+    assert_eq!(bad.0, StatusCode::BAD_REQUEST);
+    assert!(message(&bad).contains("target_time"), "{}", message(&bad));
+    assert!(rx.try_recv().is_err(), "nothing reached the drill task");
+
+    let asking = shared.clone();
+    let drill = tokio::spawn(async move {
+        ops::post_drill(
+            State(asking),
+            token(),
+            r#"{"backup": "base_000000010000000000000003", "sql": "SELECT true"}"#.into(),
+        )
+        .await
+    });
+    let request = rx.recv().await.expect("a request");
+    assert_eq!(
+        request.pick,
+        crate::archive::backup::Pick::Named("base_000000010000000000000003".into())
+    );
+    assert_eq!(request.sql.as_deref(), Some("SELECT true"));
+    request
+        .reply
+        .send(Err("the archive holds no finished backup".into()))
+        .expect("the handler waits");
+    let answer = drill.await.expect("handler");
+    assert_eq!(answer.0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        message(&answer).contains("no finished backup"),
+        "{}",
+        message(&answer)
+    );
 }
 
 #[tokio::test]

@@ -1,97 +1,138 @@
-//! Scheduled restore drills (`archive.verify`). Every member runs the timer; at each time of
-//! the schedule the designated member runs the drill ([`crate::drill`]) and writes the result
-//! to etcd `drill`. Designated: the first running replica by name (the drill reads the archive
-//! and uses disk and CPU, better not on the primary), else the leader (a cluster of one).
+//! Restore drills run by the governor: on the schedule of `archive.verify`, and on request
+//! (`POST /drill`, which `spilo verify-backup` sends). One drill at a time: a request that
+//! arrives during a drill waits for it.
+//!
+//! At each time of the schedule, every member's timer fires and only the designated member
+//! ([`spilo_model::drill_member`]) runs the drill ([`crate::drill`]). A requested drill runs on
+//! the member asked. The result of every drill of the newest state of the archive (the
+//! scheduled ones, and requested ones of the latest backup without a target time) is written
+//! to etcd `drill`, where `spilo` reads it for status, drift and metrics.
 
 use super::backups::next_after;
 use crate::dcs::Dcs;
 use crate::drill::{Drill, Report};
-use crate::shared::Shared;
+use crate::shared::{DrillRequest, Shared};
 use chrono::Utc;
-use spilo_model::{DrillRecord, DrillRun, MemberName, MemberRole, MemberStatus};
-use std::collections::BTreeMap;
+use spilo_model::{DrillRecord, DrillRun, MemberName, drill_member};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// What the drills task needs.
+pub struct Drills {
+    /// The drill with the configuration's defaults (latest backup, the schedule's SQL).
+    pub drill: Drill,
+    /// `archive.verify.schedule`, when drills are scheduled.
+    pub schedule: Option<String>,
+    /// The shared state (for the cluster view).
+    pub shared: Arc<Shared>,
+    /// Where results are recorded.
+    pub dcs: Dcs,
+    /// This member.
+    pub me: MemberName,
+}
+
 /// Runs until `cancel` fires.
-pub async fn run(
-    drill: Drill,
-    schedule: String,
-    shared: Arc<Shared>,
-    dcs: Dcs,
-    me: MemberName,
-    cancel: CancellationToken,
-) {
-    let cron = match crate::archive::cron(&schedule) {
+pub async fn run(d: Drills, mut requests: mpsc::Receiver<DrillRequest>, cancel: CancellationToken) {
+    let cron = match d.schedule.as_deref().map(crate::archive::cron).transpose() {
         Ok(c) => c,
         Err(e) => {
             // The configuration was checked at load; this cannot happen with a valid file.
             tracing::error!(error = e, "no scheduled restore drills");
-            return;
+            None
         }
     };
-    // The drills' clock starts with the first member whose schedule starts.
-    let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
-    if let Err(e) = dcs
-        .create_drill_if_absent(&DrillRecord::scheduled(now))
-        .await
-    {
-        tracing::warn!(error = %e, "cannot record when restore drills began");
+    if cron.is_some() {
+        // The drills' clock starts with the first member whose schedule starts.
+        let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+        if let Err(e) = d
+            .dcs
+            .create_drill_if_absent(&DrillRecord::scheduled(now))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record when restore drills began");
+        }
     }
     loop {
-        let Some(next) = next_after(&cron, Utc::now()) else {
-            return;
+        let wait = cron
+            .as_ref()
+            .and_then(|c| next_after(c, Utc::now()))
+            .map(|next| (next - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let scheduled = async {
+            match wait {
+                Some(w) => tokio::time::sleep(w).await,
+                None => std::future::pending().await,
+            }
         };
-        let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-        let chosen = {
-            let view = shared.view.read().await;
-            view.as_ref().is_some_and(|v| {
-                designated(&v.members, v.leader.as_ref().map(|l| &l.name)) == Some(&me)
-            })
-        };
-        if !chosen {
-            continue;
-        }
-        tracing::info!("scheduled restore drill starting");
-        let outcome = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = crate::drill::run(&drill) => r,
-        };
-        let run = to_run(&me, outcome, Utc::now().timestamp());
-        if run.ok {
-            tracing::info!(backup = ?run.backup, rpo_ms = ?run.rpo_ms, rto_ms = ?run.rto_ms, "restore drill passed");
-        } else {
-            tracing::warn!(backup = ?run.backup, failed = ?run.failed, "restore drill failed");
-        }
-        let previous = dcs.read_drill().await.ok().flatten();
-        let record = DrillRecord::after(previous.as_ref(), run);
-        if let Err(e) = dcs.put_drill(&record).await {
-            tracing::warn!(error = %e, "cannot record the restore drill in etcd");
+            () = scheduled => {
+                if designated(&d).await {
+                    tracing::info!("scheduled restore drill starting");
+                    let drill = d.drill.clone();
+                    let Some(outcome) = run_one(&drill, &cancel).await else { return };
+                    record(&d, outcome.as_ref()).await;
+                }
+            }
+            request = requests.recv() => {
+                let Some(request) = request else { return };
+                tracing::info!("requested restore drill starting");
+                let mut drill = d.drill.clone();
+                drill.pick = request.pick;
+                drill.target_time = request.target_time;
+                if request.sql.is_some() {
+                    drill.sql = request.sql;
+                }
+                let Some(outcome) = run_one(&drill, &cancel).await else { return };
+                if drill.pick == crate::archive::backup::Pick::Latest && drill.target_time.is_none() {
+                    record(&d, outcome.as_ref()).await;
+                }
+                // The asker may have gone (its HTTP request timed out): nobody to answer.
+                let _ = request.reply.send(outcome.map_err(|e| e.to_string()));
+            }
         }
     }
 }
 
-/// The member that runs drills: the first running replica by name, else the leader.
-pub fn designated<'a>(
-    members: &'a BTreeMap<MemberName, MemberStatus>,
-    leader: Option<&'a MemberName>,
-) -> Option<&'a MemberName> {
-    members
-        .iter()
-        .find(|(name, m)| Some(*name) != leader && m.running_as(MemberRole::Replica))
-        .map(|(name, _)| name)
-        .or(leader)
+/// Whether this member is the one that runs scheduled drills now.
+async fn designated(d: &Drills) -> bool {
+    let view = d.shared.view.read().await;
+    view.as_ref().is_some_and(|v| {
+        drill_member(&v.members, v.leader.as_ref().map(|l| &l.name)) == Some(&d.me)
+    })
+}
+
+/// One drill, or `None` when cancelled meanwhile.
+async fn run_one(
+    drill: &Drill,
+    cancel: &CancellationToken,
+) -> Option<Result<Report, crate::drill::DrillError>> {
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        r = crate::drill::run(drill) => Some(r),
+    }
+}
+
+/// Logs the outcome and writes it to etcd `drill`.
+async fn record(d: &Drills, outcome: Result<&Report, &crate::drill::DrillError>) {
+    let run = to_run(&d.me, outcome, Utc::now().timestamp());
+    if run.ok {
+        tracing::info!(backup = ?run.backup, rpo_ms = ?run.rpo_ms, rto_ms = ?run.rto_ms, "restore drill passed");
+    } else {
+        tracing::warn!(backup = ?run.backup, failed = ?run.failed, "restore drill failed");
+    }
+    let previous = d.dcs.read_drill().await.ok().flatten();
+    let record = DrillRecord::after(previous.as_ref(), run);
+    if let Err(e) = d.dcs.put_drill(&record).await {
+        tracing::warn!(error = %e, "cannot record the restore drill in etcd");
+    }
 }
 
 /// The record of one drill's outcome.
 fn to_run(
     me: &MemberName,
-    outcome: Result<Report, crate::drill::DrillError>,
+    outcome: Result<&Report, &crate::drill::DrillError>,
     unix: i64,
 ) -> DrillRun {
     let unix = u64::try_from(unix).unwrap_or(0);
@@ -120,55 +161,5 @@ fn to_run(
             rpo_ms: None,
             rto_ms: None,
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use spilo_model::MemberState;
-
-    fn member(role: MemberRole, state: MemberState) -> MemberStatus {
-        MemberStatus {
-            conn_url: "postgres://x".into(),
-            api_url: "http://x".into(),
-            role,
-            state,
-            timeline: None,
-            wal: Default::default(),
-            tags: Default::default(),
-            pending_restart: false,
-            error: None,
-        }
-    }
-
-    fn name(n: &str) -> MemberName {
-        MemberName::new(n).expect("name")
-    }
-
-    #[test]
-    fn the_first_running_replica_drills_else_the_leader() {
-        let mut members = BTreeMap::new();
-        members.insert(
-            name("a-0"),
-            member(MemberRole::Primary, MemberState::Running),
-        );
-        let leader = name("a-0");
-        assert_eq!(designated(&members, Some(&leader)), Some(&leader));
-        members.insert(
-            name("a-2"),
-            member(MemberRole::Replica, MemberState::Running),
-        );
-        members.insert(
-            name("a-1"),
-            member(MemberRole::Replica, MemberState::Stopped),
-        );
-        assert_eq!(designated(&members, Some(&leader)), Some(&name("a-2")));
-        members.insert(
-            name("a-1"),
-            member(MemberRole::Replica, MemberState::Running),
-        );
-        assert_eq!(designated(&members, Some(&leader)), Some(&name("a-1")));
-        assert_eq!(designated(&BTreeMap::new(), None), None);
     }
 }

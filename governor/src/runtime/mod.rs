@@ -293,6 +293,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     };
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(8);
     let (backup_tx, backup_rx) = tokio::sync::mpsc::channel(4);
+    let (drill_tx, drill_rx) = tokio::sync::mpsc::channel(4);
     let shared = Arc::new(Shared {
         node: RwLock::new(gather::initial_node_status(&cfg, &loaded.name)),
         view: RwLock::new(None),
@@ -309,6 +310,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         switchover_outcome: RwLock::new(None),
         backups: RwLock::new(Default::default()),
         backup_requests: cfg.archive.is_some().then_some(backup_tx),
+        drill_requests: cfg.archive.is_some().then_some(drill_tx),
         failsafe: crate::shared::failsafe::Gate::default(),
         failsafe_until: failsafe_until.clone(),
         proxy: proxy_route,
@@ -338,9 +340,8 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             ),
         );
     }
-    if let Some(archive) = &cfg.archive
-        && let Some(verify) = &archive.verify
-    {
+    if let Some(archive) = &cfg.archive {
+        let verify = archive.verify.as_ref();
         let drill = crate::drill::Drill {
             config_path: std::path::absolute(&loaded.path).unwrap_or_else(|_| loaded.path.clone()),
             archive: archive.clone(),
@@ -348,18 +349,21 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             superuser: cfg.postgresql.authentication.superuser.username.clone(),
             pick: crate::archive::backup::Pick::Latest,
             target_time: None,
-            sql: verify.sql.clone(),
+            sql: verify.and_then(|v| v.sql.clone()),
             scratch_parent: cfg.run_dir(),
             timeout: Duration::from_secs(6 * 3600),
         };
         tasks.spawn(
             "restore drills",
             drills::run(
-                drill,
-                verify.schedule.clone(),
-                shared.clone(),
-                dcs.clone(),
-                loaded.name.clone(),
+                drills::Drills {
+                    drill,
+                    schedule: verify.map(|v| v.schedule.clone()),
+                    shared: shared.clone(),
+                    dcs: dcs.clone(),
+                    me: loaded.name.clone(),
+                },
+                drill_rx,
                 cancel.clone(),
             ),
         );

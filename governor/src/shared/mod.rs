@@ -118,6 +118,8 @@ pub struct Shared {
     pub backups: RwLock<spilo_model::BackupRuns>,
     /// Requests for a base backup now (`POST /backup`); `None` without an archive.
     pub backup_requests: Option<mpsc::Sender<BackupRequest>>,
+    /// Requests for a restore drill now (`POST /drill`); `None` without an archive.
+    pub drill_requests: Option<mpsc::Sender<DrillRequest>>,
     /// This member's failsafe promises.
     pub failsafe: failsafe::Gate,
     /// As primary in failsafe mode: until when every member confirmed it.
@@ -175,6 +177,19 @@ pub struct CommandFailure {
 
 /// A request for a base backup now, answered with the backup's name or why there is none.
 pub type BackupRequest = oneshot::Sender<Result<String, BackupRefused>>;
+
+/// A request for a restore drill now (`POST /drill`), answered with its report or why the
+/// drill could not run.
+pub struct DrillRequest {
+    /// Which backup.
+    pub pick: crate::archive::backup::Pick,
+    /// Replay up to this time instead of the archive's end.
+    pub target_time: Option<spilo_model::TargetTime>,
+    /// A query that must return `true` (else the configuration's).
+    pub sql: Option<String>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<crate::drill::Report, String>>,
+}
 
 /// Why a requested backup was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

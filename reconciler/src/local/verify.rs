@@ -1,52 +1,22 @@
-//! `spilo verify-backup CLUSTER` for a cluster `spilo up` runs: a restore drill of its
+//! `spilo verify-backup CLUSTER` ([`crate::operate::verify_backup`]) for a cluster `spilo up` runs: a restore drill of its
 //! archive, run by the cluster's own governor program (`governor verify-backup`, as the user
 //! PostgreSQL runs as) with a member's configuration, so it reads the same archive with the
 //! same code a recovery would. Nothing of the running members is touched.
 
 use super::state::Layout;
 use super::user::RunAs;
+use crate::operate::verify_backup::{ReportFormat, VerifyArgs};
 use anyhow::{Context, bail};
-use std::path::PathBuf;
-
-/// The report's form.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportFormat {
-    /// For people.
-    Text,
-    /// For scripts.
-    Json,
-}
-
-/// `spilo verify-backup`.
-#[derive(clap::Args, Debug)]
-pub struct VerifyArgs {
-    /// The cluster.
-    pub cluster: String,
-    /// The backup, or LATEST.
-    #[arg(long, default_value = "LATEST")]
-    pub backup: String,
-    /// Replay up to this time (RFC 3339) instead of the archive's end.
-    #[arg(long)]
-    pub target_time: Option<String>,
-    /// A query that must return true on the restored database.
-    #[arg(long)]
-    pub sql: Option<String>,
-    /// How to print the report.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: ReportFormat,
-    /// The state directory (default: .spilo/ beside clusters/).
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
-}
 
 /// Runs the drill; returns its exit status (0 verified, 2 a check failed, 1 error).
-pub async fn verify(a: VerifyArgs, layout: &Layout) -> anyhow::Result<u8> {
-    let dir = layout.cluster(&a.cluster);
-    let state = layout
-        .read(&a.cluster)
-        .with_context(|| format!("cluster {} is not one spilo up runs here", a.cluster))?;
+pub async fn verify(a: &VerifyArgs, layout: &Layout) -> anyhow::Result<u8> {
+    let cluster = a.target.cluster.as_str();
+    let dir = layout.cluster(cluster);
+    let state = layout.read(cluster).with_context(|| {
+        format!("cluster {cluster} is not one spilo up runs here (give --etcd for another)")
+    })?;
     let Some(member) = state.members.first() else {
-        bail!("cluster {} has no member", a.cluster);
+        bail!("cluster {cluster} has no member");
     };
     let config = dir.join("members").join(&member.name).join("governor.yaml");
     if !config.exists() {

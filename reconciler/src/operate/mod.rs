@@ -9,6 +9,7 @@
 pub mod commands;
 pub mod config;
 pub mod promote_standby;
+pub mod verify_backup;
 
 use anyhow::Context;
 use etcd_client::GetOptions;
@@ -107,7 +108,7 @@ impl Target {
             .and_then(|l| l.read(self.cluster.as_str()).ok())
     }
 
-    fn layout(&self) -> Option<crate::local::state::Layout> {
+    pub(crate) fn layout(&self) -> Option<crate::local::state::Layout> {
         let run_as = crate::local::user::RunAs::detect().ok()?;
         let (root, _) = crate::local::state_dir(
             self.state_dir.as_deref(),
@@ -257,6 +258,8 @@ pub struct Answer {
     pub status: u16,
     /// Its `message`, or the body.
     pub message: String,
+    /// The body as JSON (`Null` when it is not JSON).
+    pub body: Value,
 }
 
 impl Answer {
@@ -337,11 +340,16 @@ impl Api {
             .with_context(|| format!("{base}{path} did not answer"))?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(String::from))
-            .unwrap_or(text);
-        Ok(Answer { status, message })
+        let body = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+        let message = body
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or(text, String::from);
+        Ok(Answer {
+            status,
+            message,
+            body,
+        })
     }
 }
 
