@@ -108,6 +108,7 @@ pub fn read(repo: &str, reference: &str, cache: &Path) -> Result<Desired, Desire
     }
     let mut clusters = checked.files;
     resolve_etcd_clusters(&mut clusters, &checked.etcd_clusters);
+    resolve_standby_sources(&mut clusters);
     Ok(Desired {
         repo: repo.to_string(),
         reference: reference.to_string(),
@@ -136,6 +137,43 @@ pub fn resolve_etcd_clusters(
         }) {
             dcs.discovery_domain = Some(e.domain());
         }
+    }
+}
+
+/// Gives each AWS cluster whose `spec.standby.from` names an AWS cluster of the same commit
+/// (checked by validation) that cluster's endpoint and archive: `hosts` is its DNS name at its
+/// primary port (the load balancer routes it to whoever is primary), `archive` its bucket and
+/// prefix. The template and the instance role are rendered from them.
+pub fn resolve_standby_sources(clusters: &mut [(String, ClusterFile)]) {
+    use spilo_model::spec::{StandbyArchive, Target};
+    let sources: Vec<ClusterFile> = clusters.iter().map(|(_, f)| f.clone()).collect();
+    for (_, f) in clusters.iter_mut() {
+        if f.spec.target != Target::Aws {
+            continue;
+        }
+        let Some(sb) = f.spec.standby.as_mut() else {
+            continue;
+        };
+        let Some(source) = sb
+            .from
+            .as_ref()
+            .and_then(|from| sources.iter().find(|s| s.metadata.name == *from))
+            .filter(|s| s.spec.target == Target::Aws)
+        else {
+            continue;
+        };
+        if let Some(dns) = source.dns_name() {
+            sb.hosts = vec![format!(
+                "{}:{}",
+                dns.trim_end_matches('.'),
+                source.spec.endpoints.primary.port
+            )];
+        }
+        sb.archive = source.spec.backup.as_ref().map(|b| StandbyArchive {
+            bucket: b.bucket.clone(),
+            prefix: source.wal_prefix(),
+            region: source.spec.aws.as_ref().map(|a| a.region.clone()),
+        });
     }
 }
 

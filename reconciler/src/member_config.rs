@@ -72,6 +72,11 @@ pub fn archive_of(file: &ClusterFile, store: &Store) -> Option<ArchiveConfig> {
     })
 }
 
+/// Another cluster's archive at `prefix` in `store`, as a standby reads it.
+pub fn source_archive(prefix: String, store: &Store) -> ArchiveConfig {
+    archive(prefix, store)
+}
+
 fn archive(prefix: String, store: &Store) -> ArchiveConfig {
     let (directory, s3) = match store {
         Store::Directory(d) => (Some(d.clone()), None),

@@ -30,7 +30,8 @@ fn every_rendered_template_passes_cfn_lint() {
     let out = tempfile::tempdir().expect("tempdir");
     let mut written = Vec::new();
     for dir in [root().join("clusters"), root().join("tests/corpus/valid")] {
-        let checked = valid_files(&dir);
+        let mut checked = valid_files(&dir);
+        spilo::desired::resolve_standby_sources(&mut checked.files);
         let etcd = checked
             .etcd_clusters
             .iter()

@@ -66,6 +66,26 @@ pub struct ClusterFile {
 }
 
 impl ClusterFile {
+    /// The record name of the cluster's DNS name inside its hosted zone (AWS).
+    pub fn dns_label(&self) -> String {
+        self.spec
+            .endpoints
+            .dns
+            .name
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.to_string())
+    }
+
+    /// The fully qualified DNS name on AWS (with the trailing dot), when a hosted zone is set.
+    pub fn dns_name(&self) -> Option<String> {
+        let zone = self.spec.aws.as_ref()?.hosted_zone.as_ref()?;
+        Some(format!(
+            "{}.{}.",
+            self.dns_label(),
+            zone.trim_end_matches('.')
+        ))
+    }
+
     /// The WAL archive's key prefix: `spilo/<cluster>/wal/<major>/` (as in Spilo) unless
     /// `backup.prefix` names one; always ending in `/`.
     pub fn wal_prefix(&self) -> String {
@@ -433,6 +453,23 @@ pub struct StandbySpec {
     /// primary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// With `hosts` on AWS: the source's WAL archive in S3, which the standby leader replays
+    /// while it cannot stream (with `from`, the source's file names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<StandbyArchive>,
+}
+
+/// A standby's source archive in S3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StandbyArchive {
+    /// The bucket the source archives to.
+    pub bucket: String,
+    /// The source's prefix in it, e.g. `spilo/orders/wal/15/`.
+    pub prefix: String,
+    /// The bucket's region (default: this cluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// How the data comes into being: exactly one of `initdb` or `clone` (default: initdb).

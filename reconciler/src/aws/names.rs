@@ -25,24 +25,15 @@ pub fn stack_name(name: &str) -> String {
     format!("spilo-{name}")
 }
 
-/// The record name inside the hosted zone.
+/// The record name inside the hosted zone ([`ClusterFile::dns_label`]).
 pub fn dns_label(file: &ClusterFile) -> String {
-    file.spec
-        .endpoints
-        .dns
-        .name
-        .clone()
-        .unwrap_or_else(|| file.metadata.name.to_string())
+    file.dns_label()
 }
 
-/// The fully qualified DNS name (with the trailing dot), when a hosted zone is set.
+/// The fully qualified DNS name (with the trailing dot), when a hosted zone is set
+/// ([`ClusterFile::dns_name`]).
 pub fn dns_name(file: &ClusterFile) -> Option<String> {
-    let zone = file.spec.aws.as_ref()?.hosted_zone.as_ref()?;
-    Some(format!(
-        "{}.{}.",
-        dns_label(file),
-        zone.trim_end_matches('.')
-    ))
+    file.dns_name()
 }
 
 /// The export name of etcd cluster `name`'s clients' security group: PostgreSQL clusters

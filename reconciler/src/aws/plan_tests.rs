@@ -489,3 +489,86 @@ fn an_etcd_change_in_place_is_an_update_and_replacing_every_member_is_refused_al
         "{c:?}"
     );
 }
+
+/// `etcd_with` for a config whose value `edit` changes.
+fn etcd_config(
+    f: &ClusterFile,
+    edit: impl FnOnce(&mut spilo_model::ClusterConfig),
+) -> Observation<ObservedEtcd> {
+    let mut etcd = etcd_with(Some(f));
+    if let Observation::Present(e) = &mut etcd
+        && let Observation::Present(c) = &mut e.config
+        && let Some(v) = c.value.as_mut()
+    {
+        edit(v);
+    }
+    etcd
+}
+
+#[test]
+fn a_standby_cluster_starts_as_one_and_an_apply_never_promotes_or_demotes_a_running_cluster() {
+    let standby = file(
+        "dr",
+        "  standby: {hosts: [\"orders.db.example.com:5432\"], archive: {bucket: wal, prefix: spilo/orders/wal/15/}}\n",
+    );
+    // Created: its config names the source, as its members' files do.
+    let p = run(&[&standby], vec![fresh(&standby)], PlanOptions::default());
+    let source = only(&p)
+        .config
+        .as_ref()
+        .and_then(|c| c.after.standby_cluster.clone())
+        .expect("a standby from the start");
+    assert_eq!(source.hosts, ["orders.db.example.com:5432"]);
+    assert_eq!(
+        source.archive.and_then(|a| a.s3).map(|s| s.bucket),
+        Some("wal".to_string())
+    );
+    assert!(only(&p).warnings.is_empty(), "{:?}", only(&p).warnings);
+
+    // Running as a standby, with a downstream written by someone else: nothing to change.
+    let mut running = applied(&standby, "UPDATE_COMPLETE");
+    let downstream = spilo_model::Downstream {
+        cluster: "far".into(),
+        api: vec!["https://10.0.0.9:8008".into()],
+        follow: source_of(&standby),
+    };
+    running.etcd = etcd_config(&standby, |c| {
+        c.standby_cluster = source_of(&standby).into();
+        c.downstream = vec![downstream.clone()];
+    });
+    let p = run(&[&standby], vec![running], PlanOptions::default());
+    assert!(!p.has_changes(), "{:?}", only(&p).config);
+
+    // The file drops spec.standby: the cluster stays a standby, and the plan says how to promote.
+    let primary = file("dr", "");
+    let mut running = applied(&primary, "UPDATE_COMPLETE");
+    running.etcd = etcd_config(&primary, |c| c.standby_cluster = source_of(&standby).into());
+    let p = run(&[&primary], vec![running], PlanOptions::default());
+    assert!(only(&p).config.is_none(), "{:?}", only(&p).config);
+    assert!(
+        only(&p)
+            .warnings
+            .iter()
+            .any(|w| w.contains("does not promote")
+                && w.contains("spilo promote-standby dr --source-unreachable")),
+        "{:?}",
+        only(&p).warnings
+    );
+
+    // The file adds spec.standby to a running primary cluster: it is not demoted.
+    let running = applied(&standby, "UPDATE_COMPLETE");
+    let p = run(&[&standby], vec![running], PlanOptions::default());
+    assert!(only(&p).config.is_none(), "{:?}", only(&p).config);
+    assert!(
+        only(&p)
+            .warnings
+            .iter()
+            .any(|w| w.contains("does not demote")),
+        "{:?}",
+        only(&p).warnings
+    );
+}
+
+fn source_of(f: &ClusterFile) -> spilo_model::StandbySource {
+    super::userdata::standby_source(f).expect("a standby")
+}

@@ -125,6 +125,27 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
         }));
     }
 
+    // A standby cluster's leader replays its source's archive while it cannot stream.
+    if let Some(a) = spec.standby.as_ref().and_then(|sb| sb.archive.as_ref()) {
+        let (bucket, prefix) = (&a.bucket, &a.prefix);
+        policies.push(json!({
+            "PolicyName": "standby-source-archive",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:ListBucket"],
+                    "Resource": format!("arn:aws:s3:::{bucket}"),
+                    "Condition": {"StringLike": {"s3:prefix": [format!("{prefix}*")]}},
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject"],
+                    "Resource": format!("arn:aws:s3:::{bucket}/{prefix}*"),
+                },
+            ]},
+        }));
+    }
+
     let refs: Vec<&SecretRef> = spec
         .secrets
         .references()
@@ -241,6 +262,30 @@ mod tests {
                  "Resource": format!("arn:aws:s3:::wal/spilo/images/{}/*", super::super::image::VERSION)},
                 {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::wal/spilo/src/wal/15/*"},
             ])
+        );
+    }
+
+    #[test]
+    fn a_standby_reads_its_sources_archive_and_writes_nothing_there() {
+        let ps = instance_policies(&file(
+            "  standby:\n    hosts: [\"src.db.example.com:5432\"]\n    archive: {bucket: src-wal, prefix: spilo/src/wal/15/, region: us-east-1}\n",
+        ));
+        assert_eq!(
+            policy(&ps, "standby-source-archive"),
+            &json!([
+                {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::src-wal",
+                 "Condition": {"StringLike": {"s3:prefix": ["spilo/src/wal/15/*"]}}},
+                {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::src-wal/spilo/src/wal/15/*"},
+            ])
+        );
+        assert!(
+            ps.iter()
+                .all(|p| p["PolicyName"] != "standby-source-archive"
+                    || !p.to_string().contains("PutObject"))
+        );
+        assert_eq!(
+            policy(&instance_policies(&file("")), "standby-source-archive"),
+            &Value::Null
         );
     }
 

@@ -112,9 +112,7 @@ fn placement(file: &ClusterFile) -> Placement {
         archive_store: s3.clone(),
         clone_store: spec.bootstrap.clone.as_ref().map(|_| s3),
         parameters_in_file: false,
-        // Validation refuses spec.standby on AWS until the template lets a standby reach its
-        // source.
-        standby: None,
+        standby: standby_source(file),
         aws: Some(AwsSettings {
             region,
             signal: Some(StackSignal {
@@ -124,6 +122,30 @@ fn placement(file: &ClusterFile) -> Placement {
             scale_in_protection: true,
         }),
     }
+}
+
+/// `spec.standby` as the members follow it: the source's endpoints (with `from`, its DNS name,
+/// filled in by [`crate::desired::resolve_standby_sources`]) and its archive in S3, read with
+/// the instance role (which [`super::policies`] lets read it).
+pub fn standby_source(file: &ClusterFile) -> Option<spilo_model::StandbySource> {
+    let sb = file.spec.standby.as_ref()?;
+    let region = file.spec.aws.as_ref().map_or("", |a| a.region.as_str());
+    Some(spilo_model::StandbySource {
+        cluster: sb.from.as_ref().map(|c| c.to_string()),
+        hosts: sb.hosts.clone(),
+        archive: sb.archive.as_ref().map(|a| {
+            crate::member_config::source_archive(
+                a.prefix.clone(),
+                &Store::S3(S3Config {
+                    bucket: a.bucket.clone(),
+                    region: a.region.clone().unwrap_or_else(|| region.to_string()),
+                    endpoint: None,
+                    path_style: false,
+                    sse: None,
+                }),
+            )
+        }),
+    })
 }
 
 /// The user data script.
@@ -220,6 +242,51 @@ mod tests {
             "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: orders}\nspec:\n  target: aws\n  dcs: {discoveryDomain: etcd.example.com}\n  aws: {region: eu-west-1, vpc: v, subnets: [s]}\n  backup: {bucket: wal-bucket}\n  bootstrap: {clone: {from: src}}\n  secrets: {superuser: {ssm: /db/su}, replication: {secretsManager: 'arn:aws:secretsmanager:eu-west-1:1:secret:repl'}, restapi: {ssm: /db/api}}\n",
         )
         .expect("valid")
+    }
+
+    #[test]
+    fn a_standby_of_a_cluster_in_the_repository_follows_its_dns_name_and_reads_its_archive() {
+        let mut source = orders();
+        source.spec.bootstrap.clone = None;
+        source.spec.aws.as_mut().expect("aws").hosted_zone = Some("db.example.com.".into());
+        source.spec.aws.as_mut().expect("aws").region = "us-east-1".into();
+        let mut standby = orders();
+        standby.metadata.name = spilo_model::ClusterName::new("orders-dr").expect("name");
+        standby.spec.bootstrap.clone = None;
+        standby.spec.standby = Some(spilo_model::spec::StandbySpec {
+            from: Some(source.metadata.name.clone()),
+            ..Default::default()
+        });
+        let mut files = vec![
+            ("clusters/orders.yaml".to_string(), source),
+            ("clusters/orders-dr.yaml".to_string(), standby),
+        ];
+        crate::desired::resolve_standby_sources(&mut files);
+        assert_eq!(
+            config(&files[0].1).expect("renders").ha.standby_cluster,
+            None
+        );
+        let follows = config(&files[1].1)
+            .expect("renders")
+            .ha
+            .standby_cluster
+            .expect("a standby");
+        assert_eq!(follows.cluster.as_deref(), Some("orders"));
+        assert_eq!(follows.hosts, ["orders.db.example.com:5432"]);
+        let archive = follows.archive.expect("the source's archive");
+        assert_eq!(archive.prefix, "spilo/orders/wal/15/");
+        let s3 = archive.s3.expect("in S3");
+        assert_eq!(
+            (s3.bucket.as_str(), s3.region.as_str()),
+            ("wal-bucket", "us-east-1")
+        );
+        let stack = super::super::template::render(&files[1].1).expect("aws");
+        let roles = stack.template["Resources"].to_string();
+        assert!(
+            roles.contains("standby-source-archive")
+                && roles.contains("arn:aws:s3:::wal-bucket/spilo/orders/wal/15/*"),
+            "{roles}"
+        );
     }
 
     #[test]

@@ -179,6 +179,7 @@ pub async fn sync_downstream(
             follower.spec.standby = Some(spilo_model::spec::StandbySpec {
                 from: Some(fb.metadata.name.clone()),
                 hosts: Vec::new(),
+                archive: None,
             });
             match resolve(&follower, desired, layout) {
                 Ok(Some(follow)) => downstream.push(spilo_model::Downstream {
@@ -237,6 +238,7 @@ async fn promote(
             as_standby.spec.standby = Some(spilo_model::spec::StandbySpec {
                 from: Some(fx.metadata.name.clone()),
                 hosts: Vec::new(),
+                archive: None,
             });
             let source = resolve(&as_standby, desired, layout)?;
             write_source(&as_standby.metadata.name, source.clone(), layout)

@@ -111,12 +111,18 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             }
             _ => {}
         }
-        if s.target == Target::Aws {
+        if sb.archive.is_some() && sb.from.is_some() {
             r.at(
-                &p("spec.standby"),
+                &p("spec.standby.archive"),
                 Severity::Error,
-                "standby clusters run on the local target so far; on AWS the template does not \
-                 yet let a standby reach its source",
+                "with from, the source's archive is the one its file names; archive goes with hosts",
+            );
+        } else if sb.archive.is_some() && s.target != Target::Aws {
+            r.at(
+                &p("spec.standby.archive"),
+                Severity::Error,
+                "an archive in S3 is for standby clusters on AWS; on the local target, from finds \
+                 the source's archive",
             );
         }
         if s.bootstrap.clone.is_some() {
@@ -474,6 +480,14 @@ pub(super) fn across_files<'a, F>(
             );
         }
         if let Some(from) = from
+            && f.spec.target == Target::Aws
+            && let Some((_, source, _)) = files.iter().find(|(_, g, _)| g.metadata.name == *from)
+        {
+            for why in aws_standby_problems(f, source) {
+                reporter(name, pos, out).at(&Path::parse(why.0), Severity::Error, why.1);
+            }
+        }
+        if let Some(from) = from
             && *from != f.metadata.name
             && !postgres.contains_key(from.as_str())
         {
@@ -517,6 +531,57 @@ pub fn describe_secret(s: &spilo_model::spec::SecretRef) -> String {
         (_, _, _, Some(f)) => format!("{{file: {f}}}"),
         _ => "(none)".into(),
     }
+}
+
+/// Why AWS cluster `f` cannot follow `source` as its standby cluster: the path in `f` and why.
+fn aws_standby_problems(f: &ClusterFile, source: &ClusterFile) -> Vec<(&'static str, String)> {
+    let from = &source.metadata.name;
+    let mut out = Vec::new();
+    if source.spec.target != Target::Aws {
+        out.push((
+            "spec.standby.from",
+            format!(
+                "cluster `{from}` does not run on AWS; a standby on AWS follows a cluster on AWS \
+                 by its DNS name, or another source by hosts (and archive)"
+            ),
+        ));
+        return out;
+    }
+    if source.dns_name().is_none() || !source.spec.endpoints.primary.enabled {
+        out.push((
+            "spec.standby.from",
+            format!(
+                "cluster `{from}` has no DNS name for its primary (spec.aws.hostedZone and \
+                 spec.endpoints.primary): the standby finds the source's primary by it"
+            ),
+        ));
+    }
+    let (mine, theirs) = (&f.spec.secrets, &source.spec.secrets);
+    if theirs.replication.is_some() && mine.replication != theirs.replication {
+        out.push((
+            "spec.secrets.replication",
+            format!(
+                "a standby of `{from}` replicates with its source's replication user: set the same \
+                 secret as `{from}`, {}",
+                theirs
+                    .replication
+                    .as_ref()
+                    .map(describe_secret)
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if theirs.ca.is_some() && mine.ca != theirs.ca {
+        out.push((
+            "spec.secrets.ca",
+            format!(
+                "`{from}` speaks TLS with certificates of its CA, which the standby checks: set the \
+                 same secret as `{from}`, {}",
+                theirs.ca.as_ref().map(describe_secret).unwrap_or_default()
+            ),
+        ));
+    }
+    out
 }
 
 /// Rules within an etcd cluster file.

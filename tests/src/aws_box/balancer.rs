@@ -81,7 +81,7 @@ impl AwsBox {
     /// Takes instance `id` out of the load balancer stand-in, as an auto-scaling group
     /// deregisters an instance from its ELB before terminating it (connection draining is
     /// off: its sessions end).
-    pub(super) fn deregister(&self, id: &str) -> anyhow::Result<()> {
+    pub fn deregister(&self, id: &str) -> anyhow::Result<()> {
         if self.haproxy.is_none() {
             return Ok(());
         }

@@ -120,6 +120,8 @@ pub struct AwsBox {
     /// The booted instances.
     pub instances: Vec<Instance>,
     haproxy: Option<Spawned>,
+    /// The stack whose load balancer HAProxy stands in for.
+    balanced: Option<String>,
     /// The DNS server resolving the cluster's name to the load balancer stand-in.
     pub dns: Option<Dns>,
     /// The cluster CA's certificate (its certificate and key are the Secrets Manager secret
@@ -315,6 +317,7 @@ impl AwsBox {
             instances: Vec::new(),
             haproxy: None,
             dns: None,
+            balanced: None,
             ca: dir_path.join("ca.crt"),
             ca_arn: String::new(),
             zone: None,
@@ -425,7 +428,8 @@ impl AwsBox {
 
     /// Plays EC2 for `stack`: every instance moto's auto-scaling group launched gets its
     /// namespace, metadata (the role's credentials from moto's STS), volume and root, and
-    /// boots; then the load balancer stand-in and the DNS name are set up from the template.
+    /// boots; then the load balancer stand-in and the DNS name are set up from the template
+    /// (for the first PostgreSQL stack launched).
     pub async fn launch(&mut self, stack: &str) -> anyhow::Result<()> {
         let fleet: Fleet = serde_json::from_str(&self.python(&["instances", REGION, stack])?)?;
         let admin_arn = self.admin.arn.clone();
@@ -476,15 +480,24 @@ impl AwsBox {
             i.boot()?;
             self.instances.push(i);
         }
-        // A PostgreSQL stack's load balancer and DNS name; an etcd stack has neither.
+        // A PostgreSQL stack's load balancer and DNS name; an etcd stack has neither. The box
+        // stands in for the load balancer of the first PostgreSQL stack launched only (a
+        // standby cluster's own is not used by the tests).
         if template["Resources"]["PrimaryLoadBalancer"].is_object() {
             if self.haproxy.is_none() {
                 self.balance(&template, &fleet)?;
-            } else {
+                let dns = self.python(&["balancer", REGION, stack])?;
+                std::fs::write(
+                    self.dir.path().join("balancers.json"),
+                    serde_json::json!({ dns.trim(): self.elb }).to_string(),
+                )?;
+                self.balanced = Some(stack.to_string());
+            } else if self.balanced.as_deref() == Some(stack) {
                 self.register(&template, &fleet)?;
             }
         }
         if let (Some(record), None) = (template["Outputs"]["DnsName"]["Value"].as_str(), &self.dns)
+            && self.balanced.as_deref() == Some(stack)
         {
             let record = record.trim_end_matches('.').to_string();
             let elb = self.elb.clone();
@@ -511,6 +524,7 @@ impl AwsBox {
                 ],
                 region: REGION.into(),
                 zone_id: self.setup.zone_id.clone(),
+                balancers: self.dir.path().join("balancers.json"),
             },
         )?;
         let addr = format!("{}:53", self.host);

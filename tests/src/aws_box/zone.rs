@@ -1,5 +1,6 @@
 //! The box's VPC resolver: dnsmasq on port 53 of the host's bridge address, serving the
-//! hosted zone's A and SRV records as moto's Route53 holds them. A thread reads the zone every
+//! hosted zone's A and SRV records as moto's Route53 holds them, and a CNAME to a load
+//! balancer the box stands in for as that stand-in's address. A thread reads the zone every
 //! second and starts dnsmasq again with the new records when they changed (the etcd members'
 //! keepers write them at any time).
 
@@ -23,6 +24,9 @@ pub struct Source {
     pub region: String,
     /// The hosted zone's id.
     pub zone_id: String,
+    /// A JSON file mapping the DNS names of balanced load balancers to their stand-in's
+    /// address, read every round (absent: none).
+    pub balancers: PathBuf,
 }
 
 impl Source {
@@ -31,6 +35,7 @@ impl Source {
         let out = Command::new(&self.python)
             .arg(&self.script)
             .args(["zone", &self.region, &self.zone_id])
+            .arg(std::fs::read_to_string(&self.balancers).unwrap_or_else(|_| "{}".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .ok()?;
