@@ -18,6 +18,7 @@ pub mod etcd;
 pub mod forge;
 pub mod local;
 pub mod netns;
+pub mod pair;
 pub mod patroni;
 pub mod ports;
 pub mod privileged;

@@ -92,9 +92,15 @@ impl LocalRepo {
 
     /// Runs `spilo up` in the background (each run prints to a log of its own).
     pub fn up(&mut self) -> anyhow::Result<()> {
+        self.up_with(&[])
+    }
+
+    /// [`Self::up`] with more arguments.
+    pub fn up_with(&mut self, args: &[&str]) -> anyhow::Result<()> {
         self.runs += 1;
         let mut cmd = Command::new(&self.spilo);
         cmd.arg("up")
+            .args(args)
             .arg("--state-dir")
             .arg(self.state())
             .arg(self.clusters());

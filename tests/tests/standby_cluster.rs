@@ -10,10 +10,9 @@
 //! through the source's list of standby clusters).
 
 use spilo_e2e::local::LocalRepo;
+use spilo_e2e::pair::{Primaries, Writer};
 use spilo_e2e::sql::connect_dsn;
 use spilo_e2e::{ports, proc, wait};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const READY: Duration = Duration::from_secs(240);
@@ -30,6 +29,24 @@ fn cluster(name: &str, instances: u32, base: u16, standby_from: Option<&str>) ->
         y.push_str(&format!("  standby: {{from: {from}}}\n"));
     }
     y
+}
+
+/// The governors' process ids of `cluster`, from `spilo status`.
+fn governor_pids(repo: &LocalRepo, cluster: &str) -> anyhow::Result<Vec<u32>> {
+    let status = repo.status()?;
+    let pids: Vec<u32> = status["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == cluster))
+        .and_then(|c| c["members"].as_array())
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["governor_pid"].as_u64())
+                .map(|p| p as u32)
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(!pids.is_empty(), "no governor of {cluster}: {status}");
+    Ok(pids)
 }
 
 /// Every member's PostgreSQL of both clusters, for a client that writes to whichever runs
@@ -72,112 +89,6 @@ fn member(status: &serde_json::Value, cluster: &str, role: &str) -> Option<serde
         .iter()
         .find(|m| m["role"] == role)
         .cloned()
-}
-
-/// A client inserting ids one after another, each acknowledged one recorded with when.
-struct Writer {
-    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(dsn: String) -> Self {
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (acked.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let mut next = 1i64;
-            let mut client = None;
-            while !s.load(Ordering::Relaxed) {
-                if client.is_none() {
-                    client = connect_dsn(&dsn).await.ok();
-                }
-                let ok = match &client {
-                    Some(c) => c
-                        .execute("INSERT INTO w VALUES ($1)", &[&next])
-                        .await
-                        .is_ok(),
-                    None => false,
-                };
-                if ok {
-                    a.lock().expect("lock").push((next, Instant::now()));
-                    next += 1;
-                } else {
-                    client = None;
-                    // An id whose INSERT failed may still have committed: never reused.
-                    next += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        Writer { acked, stop, task }
-    }
-
-    fn last(&self) -> i64 {
-        self.acked
-            .lock()
-            .expect("lock")
-            .last()
-            .map_or(0, |(id, _)| *id)
-    }
-
-    async fn stop(self) -> Vec<(i64, Instant)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        let acked = self.acked.lock().expect("lock");
-        acked.clone()
-    }
-}
-
-/// Polls every member's PostgreSQL with a fresh session every 100 ms and records each time
-/// one runs as a primary: (cluster, port, when).
-struct Primaries {
-    seen: Arc<Mutex<Vec<(String, u16, Instant)>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Primaries {
-    fn watch(repo: &LocalRepo, members: Vec<(String, u16)>) -> anyhow::Result<Self> {
-        let dsns: Vec<(String, u16, String)> = members
-            .into_iter()
-            .map(|(c, p)| Ok((c.clone(), p, repo.dsn(&c, p)?)))
-            .collect::<anyhow::Result<_>>()?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (out, s) = (seen.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            while !s.load(Ordering::Relaxed) {
-                for (cluster, port, dsn) in &dsns {
-                    let primary = tokio::time::timeout(Duration::from_secs(1), async {
-                        let c = connect_dsn(dsn).await.ok()?;
-                        let r: bool = c
-                            .query_one("SELECT pg_is_in_recovery()", &[])
-                            .await
-                            .ok()?
-                            .get(0);
-                        Some(!r)
-                    })
-                    .await;
-                    if let Ok(Some(true)) = primary {
-                        out.lock()
-                            .expect("lock")
-                            .push((cluster.clone(), *port, Instant::now()));
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        Ok(Primaries { seen, stop, task })
-    }
-
-    async fn stop(self) -> Vec<(String, u16, Instant)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        let seen = self.seen.lock().expect("lock");
-        seen.clone()
-    }
 }
 
 /// Waits until the member at `port` of `cluster` has every id up to `id`.
@@ -274,7 +185,8 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let (sb, db) = (ports::free_block(30), ports::free_block(30));
     repo.write("src.yaml", &cluster("src", 3, sb, None))?;
     repo.write("dr.yaml", &cluster("dr", 2, db, Some("src")))?;
-    repo.up()?;
+    // A shorter switchover timeout than the default 120 s, for the phase where it runs out.
+    repo.up_with(&["--cluster-switchover-timeout", "30s"])?;
     repo.wait_printed("cluster src is ready", READY).await?;
     repo.wait_printed("cluster dr is ready", READY).await?;
 
@@ -431,6 +343,45 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let later = writer.last();
     until_has(repo, "dr", other, later).await?;
 
+    // A switchover between clusters that cannot finish: dr's governors are frozen, so no
+    // member of dr can say it received src's last position. After the switchover timeout
+    // src takes writes again and dr stays its standby.
+    let dr_governors = governor_pids(repo, "dr")?;
+    for p in &dr_governors {
+        nix::sys::signal::kill(proc::pid(*p), nix::sys::signal::Signal::SIGSTOP)?;
+    }
+    repo.write("src.yaml", &cluster("src", 3, sb, Some("dr")))?;
+    repo.write("dr.yaml", &cluster("dr", 2, db, None))?;
+    let rolled_back = repo
+        .wait_printed(
+            "cluster src is a primary again, cluster dr stays its standby",
+            READY,
+        )
+        .await;
+    for p in &dr_governors {
+        nix::sys::signal::kill(proc::pid(*p), nix::sys::signal::Signal::SIGCONT)?;
+    }
+    rolled_back?;
+    let log = repo.up_log();
+    assert!(
+        log.contains("could not switch from cluster src to cluster dr: cluster dr did not receive src's last position")
+            && !log.contains("~ switchover from cluster src to cluster dr"),
+        "{log}"
+    );
+    let back = writer.last();
+    wait::until("writes to resume on src", READY, || async {
+        (writer.last() > back + 20).then_some(())
+    })
+    .await?;
+    // The files as the clusters run again: dr streams from src's new timeline.
+    repo.write("src.yaml", &cluster("src", 3, sb, None))?;
+    repo.write("dr.yaml", &cluster("dr", 2, db, Some("src")))?;
+    let resumed = writer.last();
+    for port in [db + 10, db + 11] {
+        until_has(repo, "dr", port, resumed).await?;
+    }
+    println!("a switchover between clusters past its timeout: src took writes again");
+
     // The switchover between clusters: an edit of both files. Written one at a time, the
     // first alone (each cluster a standby of the other) is refused as invalid and changes
     // nothing; with the second the edit is a switchover.
@@ -493,19 +444,8 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     // dr's governors freeze (its watchdog stops its primary): the edit that promotes src
     // fences dr first, so when dr's governors run again dr comes back as src's standby, not
     // as a second primary.
-    let status = repo.status()?;
-    let frozen: Vec<u32> = status["clusters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "dr"))
-        .and_then(|c| c["members"].as_array())
-        .map(|ms| {
-            ms.iter()
-                .filter_map(|m| m["governor_pid"].as_u64())
-                .map(|p| p as u32)
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(frozen.len(), 2, "{status}");
+    let frozen = governor_pids(repo, "dr")?;
+    assert_eq!(frozen.len(), 2, "{frozen:?}");
     let writer = Writer::start(any_primary(repo, &[(sb, 3), (db, 2)])?);
     let watched_from = Instant::now();
     let watch = Primaries::watch(

@@ -15,6 +15,7 @@ use spilo_model::ClusterConfig;
 use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use std::collections::BTreeMap;
 
+mod config;
 mod etcd;
 mod image;
 use image::{ImageSource, plan_image};
@@ -423,59 +424,9 @@ fn plan_cluster(
         }
     }
 
-    // The etcd config.
-    let mut want = file.spec.dynamic_config();
-    let (before, revision) = match &etcd.config {
-        Observation::Present(c) => (c.value.clone(), c.mod_revision),
-        _ => (None, 0),
-    };
-    // Maintenance mode is operational state (`spilo pause`), not part of the file: keep it.
-    want.pause = before.as_ref().is_some_and(|b| b.pause);
-    // The standby clusters that follow this one (written by whoever runs them) are not part
-    // of its file either.
-    want.downstream = before
-        .as_ref()
-        .map(|b| b.downstream.clone())
-        .unwrap_or_default();
-    // A standby cluster's source goes into `config` when the cluster is created. On a running
-    // cluster, adding or removing `spec.standby` demotes or promotes it, which must be
-    // sequenced against its source (a switchover between clusters) and is not done by an
-    // apply on AWS yet: the running state is kept, and the plan says so.
-    want.standby_cluster = super::userdata::standby_source(file);
-    if let Some(b) = &before
-        && b.standby_cluster.is_some() != want.standby_cluster.is_some()
-    {
-        let name = &file.metadata.name;
-        p.warnings.push(match &b.standby_cluster {
-            Some(source) => format!(
-                "{name} runs as a standby cluster of {} but its file has no spec.standby: an \
-                 apply on AWS does not promote a standby cluster yet; promote it with `spilo \
-                 promote-standby {name} --source-unreachable` when its source is down, or stop \
-                 the source's writes and run `spilo edit-config {name} --set \
-                 standby_cluster=null`",
-                source.describe()
-            ),
-            None => format!(
-                "{name}'s file makes it a standby cluster, but it runs as a primary cluster \
-                 (promoted, or running before spec.standby was added): an apply on AWS does \
-                 not demote a running cluster; remove spec.standby from its file to match"
-            ),
-        });
-        want.standby_cluster = b.standby_cluster.clone();
-    }
-    if before.as_ref() != Some(&want) {
-        let replicas = file.spec.instances.saturating_sub(1);
-        let synchronous = before
-            .as_ref()
-            .is_none_or(|b| b.synchronous_differs(&want))
-            .then(|| want.describe_synchronous(replicas));
-        p.config = Some(ConfigChange {
-            before,
-            after: want,
-            expected_revision: revision,
-            synchronous,
-        });
-    }
+    let (config, warnings) = config::plan_config(file, &etcd.config);
+    p.config = config;
+    p.warnings.extend(warnings);
 
     if let (Observation::Absent, Some(Observation::Present(target))) = (&obs.stack, &obs.dns) {
         return blocked(

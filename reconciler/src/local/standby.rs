@@ -30,9 +30,6 @@ use spilo_model::{Lsn, MemberRole, MemberState, NodeStatus, StandbySource};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How long a primary may take to step down, and a standby to receive its last position.
-const STEP_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// `spec.standby` of `f` resolved for the local target: `from` names a cluster of `desired`,
 /// whose members' PostgreSQL ports become the source's endpoints, and whose WAL archive (when
 /// it has `backup`) the standby leader replays while it cannot stream.
@@ -74,11 +71,13 @@ pub fn resolve(
 }
 
 /// Carries changed `spec.standby` sections of running clusters into their `config`; returns
-/// the lines to print (errors included).
+/// the lines to print (errors included). `step`: how long a primary may take to step down,
+/// and a standby to receive its last position (`spilo up --cluster-switchover-timeout`).
 pub async fn apply_edits(
     desired: &Desired,
     running: &mut BTreeMap<String, LocalCluster>,
     layout: &Layout,
+    step: Duration,
 ) -> Vec<String> {
     let changed: Vec<String> = running
         .iter()
@@ -116,7 +115,7 @@ pub async fn apply_edits(
             continue;
         }
         out.push(
-            match switch_between(x, &y, desired, running, layout).await {
+            match switch_between(x, &y, desired, running, layout, step).await {
                 Ok(line) => line,
                 Err(e) => format!("could not switch from cluster {x} to cluster {y}: {e:#}"),
             },
@@ -135,15 +134,17 @@ pub async fn apply_edits(
         if f.spec.standby.is_none()
             && let Some(y) = old_source
         {
-            out.push(match promote(name, &y, desired, running, layout).await {
-                Ok(line) => line,
-                Err(e) => {
-                    if let Some(c) = running.get_mut(name) {
-                        c.refused_standby = Some(f.spec.standby.clone());
+            out.push(
+                match promote(name, &y, desired, running, layout, step).await {
+                    Ok(line) => line,
+                    Err(e) => {
+                        if let Some(c) = running.get_mut(name) {
+                            c.refused_standby = Some(f.spec.standby.clone());
+                        }
+                        format!("refused to promote cluster {name}: {e:#}")
                     }
-                    format!("refused to promote cluster {name}: {e:#}")
-                }
-            });
+                },
+            );
             continue;
         }
         let Some(c) = running.get_mut(name) else {
@@ -218,6 +219,7 @@ async fn promote(
     desired: &Desired,
     running: &mut BTreeMap<String, LocalCluster>,
     layout: &Layout,
+    step: Duration,
 ) -> anyhow::Result<String> {
     let fx = &desired[x].1;
     let fence = match running.get(y) {
@@ -253,12 +255,12 @@ async fn promote(
             if let Some(cy) = running.get_mut(y) {
                 cy.set_standby(cy.file.clone(), source);
             }
-            let token = stopped_writing(y, &running[y], layout).await?;
+            let token = stopped_writing(y, &running[y], layout, step).await?;
             if let (Some(token), Some(cx)) = (token, running.get(x)) {
                 wait_leader(
                     cx,
                     &format!("cluster {x} did not receive {y}'s last position {token}"),
-                    STEP_TIMEOUT,
+                    step,
                     |s| s.member.wal.best().filter(|l| *l >= token),
                 )
                 .await?;
@@ -284,10 +286,11 @@ async fn stopped_writing(
     y: &str,
     cy: &LocalCluster,
     layout: &Layout,
+    step: Duration,
 ) -> anyhow::Result<Option<Lsn>> {
     let target = target(&cy.file.metadata.name, layout);
     let hold = Duration::from_secs(cy.file.spec.ha.ttl);
-    let deadline = Instant::now() + STEP_TIMEOUT + hold;
+    let deadline = Instant::now() + step + hold;
     let mut since: Option<Instant> = None;
     loop {
         let standby = match cy.leader_status().await {
@@ -311,7 +314,7 @@ async fn stopped_writing(
         if Instant::now() >= deadline {
             bail!(
                 "cluster {y} was fenced but its primary still holds its leader key after {}s; not promoting",
-                STEP_TIMEOUT.as_secs()
+                step.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -398,6 +401,7 @@ async fn switch_between(
     desired: &Desired,
     running: &mut BTreeMap<String, LocalCluster>,
     layout: &Layout,
+    step: Duration,
 ) -> anyhow::Result<String> {
     let started = Instant::now();
     let (fx, fy) = (&desired[x].1, &desired[y].1);
@@ -411,7 +415,7 @@ async fn switch_between(
         wait_leader(
             cx,
             &format!("cluster {x}'s primary did not step down"),
-            STEP_TIMEOUT,
+            step,
             |s| {
                 running_as(s, MemberRole::Replica)
                     .then_some(s.member.wal.replay)
@@ -426,7 +430,7 @@ async fn switch_between(
             wait_leader(
                 &running[y],
                 &format!("cluster {y} did not receive {x}'s last position {token}"),
-                STEP_TIMEOUT,
+                step,
                 |s| s.member.wal.best().filter(|l| *l >= token),
             )
             .await
@@ -455,7 +459,7 @@ async fn switch_between(
     wait_leader(
         &running[y],
         &format!("cluster {y}'s leader was not promoted"),
-        STEP_TIMEOUT,
+        step,
         |s| running_as(s, MemberRole::Primary).then_some(()),
     )
     .await?;

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use spilo_model::spec::{ClusterFile, Target};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Arguments of `spilo up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +30,11 @@ pub struct UpArgs {
     /// Start, print the connection strings and exit, leaving the cluster running unsupervised.
     #[arg(long, hide = true)]
     pub detach: bool,
+    /// How long, in a switchover between clusters, the source's primary may take to step
+    /// down and the standby to receive its last position; past it the source takes writes
+    /// again.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    pub cluster_switchover_timeout: Duration,
 }
 
 /// Desired local clusters, by name: (source file, text, parsed file).
@@ -136,7 +141,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             governor.display()
         );
     }
-    let (desired, mut last_text) = load(&paths)?;
+    let (mut desired, mut last_text) = load(&paths)?;
     if desired.is_empty() {
         bail!(
             "no cluster in {} selects the local target",
@@ -235,6 +240,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
+    let mut downstream = DownstreamSync::default();
     // Clusters added later are announced when they become ready, and member errors once.
     let mut progress: BTreeMap<String, Progress> = running
         .keys()
@@ -280,6 +286,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
+        // Each cluster's standby clusters, until written: a source created with its standby in
+        // one edit has no `config` until it bootstrapped.
+        if downstream.is_due(Instant::now()) {
+            let lines = super::standby::sync_downstream(&desired, &running, &layout).await;
+            for line in downstream.after(lines, Instant::now()) {
+                eprintln!("{line}");
+            }
+        }
         // Edits of the cluster files are applied on the next pass.
         let Ok(files) = read_files(&paths) else {
             continue;
@@ -291,14 +305,57 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         last_text = text;
         match load(&paths) {
             Err(e) => eprintln!("{e:#}\n(the clusters keep running as they are)"),
-            Ok((desired, _)) => {
-                apply_edit(&desired, &mut running, &layout, &run_as, &governor).await
+            Ok((d, _)) => {
+                apply_edit(
+                    &d,
+                    &mut running,
+                    &layout,
+                    &run_as,
+                    &governor,
+                    args.cluster_switchover_timeout,
+                )
+                .await;
+                desired = d;
+                downstream.due(Instant::now());
             }
         }
     }
     println!("stopping");
     stop_all(&mut running).await;
     Ok(())
+}
+
+/// When `spilo up` next lists each cluster's standby clusters in its `config`: after an edit,
+/// and again every few seconds while a write failed (each failure printed once).
+#[derive(Debug, Default)]
+struct DownstreamSync {
+    next: Option<Instant>,
+    printed: Vec<String>,
+}
+
+impl DownstreamSync {
+    const RETRY: Duration = Duration::from_secs(3);
+
+    fn due(&mut self, now: Instant) {
+        self.next = Some(now);
+        self.printed.clear();
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.next.is_some_and(|t| now >= t)
+    }
+
+    /// Records a sync's errors; returns those not printed yet.
+    fn after(&mut self, errors: Vec<String>, now: Instant) -> Vec<String> {
+        self.next = (!errors.is_empty()).then(|| now + Self::RETRY);
+        let new: Vec<String> = errors
+            .iter()
+            .filter(|e| !self.printed.contains(e))
+            .cloned()
+            .collect();
+        self.printed = errors;
+        new
+    }
 }
 
 fn change_name(c: &Change) -> &str {
@@ -309,12 +366,15 @@ fn change_name(c: &Change) -> &str {
     }
 }
 
+/// Applies an edit of the cluster files to the running clusters; the caller then lists each
+/// cluster's standby clusters in its `config` ([`DownstreamSync`]).
 async fn apply_edit(
     desired: &Desired,
     running: &mut BTreeMap<String, LocalCluster>,
     layout: &Layout,
     run_as: &RunAs,
     governor: &std::path::Path,
+    step: Duration,
 ) {
     let want: BTreeMap<String, u32> = desired
         .iter()
@@ -324,7 +384,7 @@ async fn apply_edit(
         .iter()
         .map(|(n, c)| (n.clone(), c.file.spec.instances))
         .collect();
-    for line in super::standby::apply_edits(desired, running, layout).await {
+    for line in super::standby::apply_edits(desired, running, layout, step).await {
         println!("{line}");
     }
     for change in plan(&want, &have) {
@@ -383,11 +443,36 @@ async fn apply_edit(
             eprintln!("could not apply `{change}`: {e:#}");
         }
     }
-    for line in super::standby::sync_downstream(desired, running, layout).await {
-        eprintln!("{line}");
-    }
 }
 
 async fn stop_all(running: &mut BTreeMap<String, LocalCluster>) {
     futures::future::join_all(running.values_mut().map(|c| c.stop())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DownstreamSync;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_failed_downstream_write_is_retried_and_each_error_printed_once() {
+        let t0 = Instant::now();
+        let mut s = DownstreamSync::default();
+        assert!(!s.is_due(t0), "nothing before an edit");
+        s.due(t0);
+        assert!(s.is_due(t0));
+        let err = vec!["cluster src: no config yet".to_string()];
+        assert_eq!(s.after(err.clone(), t0), err);
+        assert!(!s.is_due(t0 + Duration::from_secs(1)));
+        assert!(s.is_due(t0 + DownstreamSync::RETRY));
+        assert_eq!(
+            s.after(err.clone(), t0 + DownstreamSync::RETRY),
+            Vec::<String>::new()
+        );
+        assert!(
+            s.after(Vec::new(), t0 + 2 * DownstreamSync::RETRY)
+                .is_empty()
+        );
+        assert!(!s.is_due(t0 + Duration::from_secs(3600)), "written: done");
+    }
 }
