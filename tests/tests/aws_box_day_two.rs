@@ -46,17 +46,9 @@ async fn archive_recovery(b: &mut AwsBox) -> anyhow::Result<()> {
         (primary(&all).is_some() && streaming(&all) == 1).then_some(())
     })
     .await?;
-    let (password, ca_file) = (b.setup.passwords["superuser"].clone(), b.ca.clone());
-    let dsn_of = |ip: &str| {
-        format!(
-            "host={ip} port=5432 user=postgres password={password} dbname=postgres \
-             connect_timeout=2 sslmode=verify-full sslrootcert={}",
-            ca_file.display()
-        )
-    };
     let leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
     let leader_ip = b.instances[leader].ip.clone();
-    let c = connect_dsn(&dsn_of(&leader_ip)).await?;
+    let c = connect_dsn(&b.dsn(&leader_ip)).await?;
     c.batch_execute(
         "CREATE TABLE t (n int PRIMARY KEY, at timestamptz DEFAULT now()); \
          INSERT INTO t (n) SELECT generate_series(1, 1000)",
@@ -112,7 +104,7 @@ async fn archive_recovery(b: &mut AwsBox) -> anyhow::Result<()> {
     )
     .await?;
     let now_leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
-    let c = connect_dsn(&dsn_of(&b.instances[now_leader].ip)).await?;
+    let c = connect_dsn(&b.dsn(&b.instances[now_leader].ip)).await?;
     let rows: Vec<i32> = c
         .query("SELECT n FROM t ORDER BY n", &[])
         .await?

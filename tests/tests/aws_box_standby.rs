@@ -58,16 +58,8 @@ async fn standby(b: &mut AwsBox) -> anyhow::Result<()> {
     )
     .await?;
     let source_ids: Vec<String> = b.instances.iter().map(|i| i.id.clone()).collect();
-    let (password, ca_file) = (b.setup.passwords["superuser"].clone(), b.ca.clone());
-    let dsn_of = |ip: &str| {
-        format!(
-            "host={ip} port=5432 user=postgres password={password} dbname=postgres \
-             connect_timeout=2 sslmode=verify-full sslrootcert={}",
-            ca_file.display()
-        )
-    };
     let leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
-    let source_dsn = dsn_of(&b.instances[leader].ip);
+    let source_dsn = b.dsn(&b.instances[leader].ip);
     let c = connect_dsn(&source_dsn).await?;
     c.batch_execute(
         "CREATE TABLE t (n int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)",
@@ -82,7 +74,7 @@ async fn standby(b: &mut AwsBox) -> anyhow::Result<()> {
         .map(|i| i.ip.clone())
         .ok_or_else(|| anyhow::anyhow!("no instance of orders-dr"))?;
     let dr_index = b.instances.iter().position(|i| i.ip == dr_ip).unwrap_or(0);
-    let dr_dsn = dsn_of(&dr_ip);
+    let dr_dsn = b.dsn(&dr_ip);
     let count = |dsn: String| async move {
         let c = connect_dsn(&dsn).await.ok()?;
         let n: i64 = c

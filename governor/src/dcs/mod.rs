@@ -43,6 +43,9 @@ pub enum DcsError {
         /// The error.
         source: serde_json::Error,
     },
+    /// A compare-and-swap lost to other writers again and again.
+    #[error("{0} kept changing while it was being written")]
+    Conflict(String),
 }
 
 /// A connection to etcd scoped to one cluster and one member.
@@ -225,22 +228,36 @@ impl Dcs {
         Ok(resp.kvs().first().map(|kv| kv.lease()))
     }
 
-    /// The `drill` record, when there is one that parses.
-    pub async fn read_drill(&self) -> Result<Option<spilo_model::DrillRecord>, DcsError> {
+    /// Records a drill in `drill`: `next` turns the record read (if any parses) into the one
+    /// to write, by compare-and-swap on its revision, so two members recording drills at the
+    /// same moment both count (a requested drill on one member, the scheduled one on another).
+    pub async fn record_drill(
+        &self,
+        next: impl Fn(Option<&spilo_model::DrillRecord>) -> spilo_model::DrillRecord,
+    ) -> Result<(), DcsError> {
         let key = self.keys.drill();
-        let resp = bounded(self.timeout, self.client().get(key, None)).await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
-    }
-
-    /// Writes the `drill` record (its one writer: the member that ran the drill).
-    pub async fn put_drill(&self, record: &spilo_model::DrillRecord) -> Result<(), DcsError> {
-        let key = self.keys.drill();
-        let value = encode(&key, record)?;
-        bounded(self.timeout, self.client().put(key, value, None)).await?;
-        Ok(())
+        for _ in 0..5 {
+            let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
+            let (previous, revision) = match resp.kvs().first() {
+                Some(kv) => (
+                    serde_json::from_slice::<spilo_model::DrillRecord>(kv.value()).ok(),
+                    kv.mod_revision(),
+                ),
+                None => (None, 0),
+            };
+            let value = encode(&key, &next(previous.as_ref()))?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(key.clone(), value, None)]);
+            if self.txn(txn).await? {
+                return Ok(());
+            }
+        }
+        Err(DcsError::Conflict(key))
     }
 
     /// Creates `drill` if it does not exist yet (any member whose drill schedule starts).

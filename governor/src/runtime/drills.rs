@@ -122,9 +122,11 @@ async fn record(d: &Drills, outcome: Result<&Report, &crate::drill::DrillError>)
     } else {
         tracing::warn!(backup = ?run.backup, failed = ?run.failed, "restore drill failed");
     }
-    let previous = d.dcs.read_drill().await.ok().flatten();
-    let record = DrillRecord::after(previous.as_ref(), run);
-    if let Err(e) = d.dcs.put_drill(&record).await {
+    let recorded = d
+        .dcs
+        .record_drill(|previous| DrillRecord::after(previous, run.clone()))
+        .await;
+    if let Err(e) = recorded {
         tracing::warn!(error = %e, "cannot record the restore drill in etcd");
     }
 }

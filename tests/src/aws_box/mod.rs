@@ -408,6 +408,17 @@ impl AwsBox {
         )
     }
 
+    /// The superuser's connection string to the PostgreSQL of the instance at `ip` (TLS,
+    /// checked against the cluster CA).
+    pub fn dsn(&self, ip: &str) -> String {
+        format!(
+            "host={ip} port=5432 user=postgres password={} dbname=postgres connect_timeout=2 \
+             sslmode=verify-full sslrootcert={}",
+            self.setup.passwords["superuser"],
+            self.ca.display()
+        )
+    }
+
     /// `spilo ARGS --repo <repo>` as the admin, against moto.
     pub fn spilo(&self, args: &[&str]) -> Run {
         self.spilo_env(args, &[])
