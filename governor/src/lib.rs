@@ -13,6 +13,7 @@ pub mod api;
 pub mod archive;
 pub mod aws;
 pub mod boot_report;
+pub mod catalog;
 pub mod certs;
 pub mod config;
 pub mod dcs;

@@ -6,6 +6,7 @@
 //! This crate is synchronous and performs no I/O: no etcd client, no tokio, no PostgreSQL.
 //! Both programs depend on it so that the layout of `/service/<scope>/` is defined exactly once.
 
+pub mod catalog;
 pub mod config_edit;
 pub mod drill;
 pub mod governor;
@@ -19,6 +20,7 @@ pub mod switchover;
 pub mod sync;
 pub mod target_time;
 
+pub use catalog::Catalog;
 pub use drill::{DrillRecord, DrillRun, drill_member};
 pub use keys::{KeyKind, Keyspace};
 pub use lsn::{Lsn, TimelineId};

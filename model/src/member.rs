@@ -230,6 +230,10 @@ pub struct ClusterConfig {
     /// --source-unreachable`), and this cluster follows it instead ([`Downstream::follow`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downstream: Vec<Downstream>,
+    /// Roles and databases the leader converges the catalog to (written by the target from
+    /// the cluster file, each password as a reference the members can read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<crate::Catalog>,
 }
 
 /// A standby cluster of this cluster, as its members ask it.

@@ -44,6 +44,10 @@ pub struct NodeStatus {
     /// WAL archiving on a primary that archives: backlog and lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveStatus>,
+    /// On the leader: why the roles and databases of `config` could not be converged, until
+    /// the next attempt succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_error: Option<String>,
 }
 
 /// WAL archiving as the primary sees it (`pg_stat_archiver` and `archive_status/`).

@@ -190,6 +190,7 @@ mod tests {
             postmaster_pid: Some(2),
             last_decision: String::new(),
             archive: None,
+            catalog_error: None,
         }
     }
 

@@ -148,6 +148,7 @@ fn node_status(me: &str, role: MemberRole, is_leader: bool, streaming: bool) -> 
         postmaster_pid: Some(2),
         last_decision: String::new(),
         archive: None,
+        catalog_error: None,
     }
 }
 
@@ -186,6 +187,7 @@ fn rig(node: NodeStatus, store: Arc<dyn ClusterStore>, now: Instant) -> Rig {
         backups: RwLock::new(Default::default()),
         backup_requests: None,
         drill_requests: None,
+        catalog_error: RwLock::new(None),
         failsafe: Default::default(),
         failsafe_until: failsafe_rx,
         proxy: None,

@@ -469,6 +469,7 @@ impl Governor {
             governor_pid: std::process::id(),
             postmaster_pid: self.pg.postmaster_pid(),
             last_decision: d.to_string(),
+            catalog_error: self.shared.catalog_error.read().await.clone(),
             archive: match self.archive_status.clone() {
                 Some(mut a) if matches!(d, Decision::Lead) => {
                     if self

@@ -291,6 +291,7 @@ impl Governor {
             failsafe_mode: ha.failsafe_mode,
             standby_cluster: ha.standby_cluster.clone(),
             downstream: Vec::new(),
+            catalog: None,
         };
         if self.dcs.create_config_if_absent(&config).await? {
             tracing::info!("wrote the cluster's first config");

@@ -274,6 +274,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig, name: &MemberName) -> No
         postmaster_pid: None,
         last_decision: String::new(),
         archive: None,
+        catalog_error: None,
     }
 }
 

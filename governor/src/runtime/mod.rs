@@ -311,6 +311,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         backups: RwLock::new(Default::default()),
         backup_requests: cfg.archive.is_some().then_some(backup_tx),
         drill_requests: cfg.archive.is_some().then_some(drill_tx),
+        catalog_error: RwLock::new(None),
         failsafe: crate::shared::failsafe::Gate::default(),
         failsafe_until: failsafe_until.clone(),
         proxy: proxy_route,
@@ -368,6 +369,18 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             ),
         );
     }
+    tasks.spawn(
+        "catalog",
+        crate::catalog::run::task(
+            crate::catalog::run::Local {
+                socket_dir: cfg.run_dir(),
+                port: cfg.postgresql.listen.port(),
+                user: cfg.postgresql.authentication.superuser.username.clone(),
+            },
+            shared.clone(),
+            cancel.clone(),
+        ),
+    );
     if let Some(aws) = &cfg.aws
         && let Some(target) = &aws.signal
     {

@@ -118,6 +118,8 @@ pub struct Shared {
     pub backups: RwLock<spilo_model::BackupRuns>,
     /// Requests for a base backup now (`POST /backup`); `None` without an archive.
     pub backup_requests: Option<mpsc::Sender<BackupRequest>>,
+    /// Why the catalog (roles, databases) of `config` could not be converged, on the leader.
+    pub catalog_error: RwLock<Option<String>>,
     /// Requests for a restore drill now (`POST /drill`); `None` without an archive.
     pub drill_requests: Option<mpsc::Sender<DrillRequest>>,
     /// This member's failsafe promises.

@@ -189,6 +189,13 @@ pub struct ClusterSpec {
     /// References to the passwords; secrets never live in the file.
     #[serde(default)]
     pub secrets: SecretsSpec,
+    /// Roles the leader creates and keeps as declared (login, flags, membership, connection
+    /// limit, password); a role is dropped only with `state: absent`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub roles: BTreeMap<String, crate::catalog::Role>,
+    /// Databases the leader creates (never drops), with their owner, extensions and schemas.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, crate::catalog::Database>,
     /// Tags on every cloud resource.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
@@ -214,6 +221,8 @@ impl Default for ClusterSpec {
             endpoints: EndpointsSpec::default(),
             reconcile: ReconcileSpec::default(),
             secrets: SecretsSpec::default(),
+            roles: BTreeMap::new(),
+            databases: BTreeMap::new(),
             tags: BTreeMap::new(),
         }
     }
@@ -248,6 +257,8 @@ impl ClusterSpec {
             // Resolved by the target that realizes the file (`from` names another cluster).
             standby_cluster: None,
             downstream: Vec::new(),
+            // Passwords resolved by the target (a generated one written where it keeps them).
+            catalog: None,
         }
     }
 }

@@ -117,21 +117,21 @@ pub async fn postgres_answers(port: u16) -> bool {
 }
 
 /// A random password, hex encoded.
-fn random_password() -> anyhow::Result<String> {
+pub(super) fn random_password() -> anyhow::Result<String> {
     use std::io::Read;
     let mut buf = [0u8; 18];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn write_private(path: &Path, text: &str, run_as: &RunAs) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, text: &str, run_as: &RunAs) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     run_as.own(path)?;
     Ok(())
 }
 
-fn mkdir(path: &Path, mode: u32, run_as: &RunAs) -> anyhow::Result<()> {
+pub(super) fn mkdir(path: &Path, mode: u32, run_as: &RunAs) -> anyhow::Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("create {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     run_as.own(path)?;

@@ -9,6 +9,7 @@
 //! clusters among them); [`state`] is the `state.json` contract that [`status`] and [`down`] read; [`tls`] is the
 //! cluster's CA and the certificates of etcd and of `spilo` itself.
 
+pub mod catalog;
 pub mod cluster;
 pub mod down;
 pub mod governor_config;

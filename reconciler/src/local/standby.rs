@@ -357,7 +357,10 @@ async fn write_source(
 }
 
 /// The cluster's own etcd and TLS, found in the state directory as `spilo status` does.
-fn target(cluster: &spilo_model::ClusterName, layout: &Layout) -> crate::operate::Target {
+pub(super) fn target(
+    cluster: &spilo_model::ClusterName,
+    layout: &Layout,
+) -> crate::operate::Target {
     crate::operate::Target {
         etcd: None,
         state_dir: Some(layout.root.clone()),

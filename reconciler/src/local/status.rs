@@ -46,6 +46,33 @@ pub struct ClusterReport {
     /// The last restore drill (etcd `drill`), when one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drill: Option<spilo_model::DrillRecord>,
+    /// The roles the cluster file declares, and where each password is kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleReport>,
+    /// The databases the cluster file declares, each with a connection string as its owner.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseReport>,
+}
+
+/// A declared role.
+#[derive(Debug, Serialize)]
+pub struct RoleReport {
+    /// Its name.
+    pub name: String,
+    /// Where its password is kept (the governors read it there), when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+/// A declared database.
+#[derive(Debug, Serialize)]
+pub struct DatabaseReport {
+    /// Its name.
+    pub name: String,
+    /// Its owner.
+    pub owner: String,
+    /// A libpq connection string as its owner through the primary endpoint.
+    pub dsn: String,
 }
 
 /// Load-balanced endpoints.
@@ -83,6 +110,9 @@ pub struct MemberReport {
     /// What keeps the member from running (a failed bootstrap with PostgreSQL's error line).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// On the leader: why the declared roles and databases are not converged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog_error: Option<String>,
 }
 
 async fn ask(http: &reqwest::Client, scheme: &str, port: u16) -> Option<NodeStatus> {
@@ -142,6 +172,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
                 governor_pid: Some(n.governor_pid),
                 postmaster_pid: n.postmaster_pid,
                 error: n.member.error.clone(),
+                catalog_error: n.catalog_error.clone(),
             },
             None => MemberReport {
                 name: m.name.clone(),
@@ -155,6 +186,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
                 governor_pid: m.governor_pid.filter(|p| state::alive(*p)),
                 postmaster_pid: None,
                 error: None,
+                catalog_error: None,
             },
         })
         .collect();
@@ -174,7 +206,45 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
         leader: leader.map(|l| l.name.to_string()),
         members,
         drill: drill(st).await,
+        roles: Vec::new(),
+        databases: Vec::new(),
     }
+}
+
+/// The roles and databases of the cluster's file (as it was when read now).
+fn declared(layout: &Layout, st: &ClusterState, c: &mut ClusterReport) {
+    let Some(file) = std::fs::read_to_string(&st.file)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<spilo_model::spec::ClusterFile>(&t).ok())
+    else {
+        return;
+    };
+    c.roles = file
+        .spec
+        .roles
+        .iter()
+        .filter(|(_, r)| r.state == spilo_model::catalog::Presence::Present)
+        .map(|(name, r)| RoleReport {
+            name: name.clone(),
+            password_file: r.password.as_ref().map(|_| {
+                super::catalog::password_file(layout, &st.cluster, name)
+                    .display()
+                    .to_string()
+            }),
+        })
+        .collect();
+    c.databases = file
+        .spec
+        .databases
+        .iter()
+        .map(|(name, d)| DatabaseReport {
+            name: name.clone(),
+            owner: d.owner.clone(),
+            dsn: dsn(st.ports.primary, st.tls.as_ref())
+                .replace("user=postgres", &format!("user={}", d.owner))
+                .replace("dbname=postgres", &format!("dbname={name}")),
+        })
+        .collect();
 }
 
 /// The cluster's `drill` key, read from its etcd within 2 s.
@@ -206,7 +276,9 @@ pub async fn collect(layout: &Layout, cluster: Option<&str>) -> anyhow::Result<R
     let mut clusters = Vec::new();
     for n in names {
         let st = layout.read(&n)?;
-        clusters.push(report(&st).await);
+        let mut c = report(&st).await;
+        declared(layout, &st, &mut c);
+        clusters.push(c);
     }
     Ok(Report { clusters })
 }
@@ -242,6 +314,23 @@ pub fn render(report: &Report) -> String {
         }
         if let Some(d) = &c.drill {
             out.push_str(&format!("Drill:    {}\n", d.describe()));
+        }
+        for r in &c.roles {
+            out.push_str(&format!(
+                "Role:     {} (password: {})\n",
+                r.name,
+                r.password_file.as_deref().unwrap_or("none")
+            ));
+        }
+        for d in &c.databases {
+            out.push_str(&format!("Database: {} ({})\n", d.name, d.dsn));
+        }
+        for m in c.members.iter().filter(|m| m.catalog_error.is_some()) {
+            out.push_str(&format!(
+                "Catalog:  not converged on {}: {}\n",
+                m.name,
+                m.catalog_error.as_deref().unwrap_or_default()
+            ));
         }
         let mut rows = vec![
             [

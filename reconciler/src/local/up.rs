@@ -221,7 +221,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             c.wait_ready(Duration::from_secs(180)).await?;
             print!("{}", c.connection_info());
         }
-        for line in super::standby::sync_downstream(&desired, &running, &layout).await {
+        for line in sync_config(&desired, &running, &layout, &run_as).await {
             eprintln!("{line}");
         }
         anyhow::Ok(())
@@ -240,7 +240,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
-    let mut downstream = DownstreamSync::default();
+    let mut config_sync = ConfigSync::default();
+    config_sync.due(Instant::now());
     // Clusters added later are announced when they become ready, and member errors once.
     let mut progress: BTreeMap<String, Progress> = running
         .keys()
@@ -286,11 +287,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
-        // Each cluster's standby clusters, until written: a source created with its standby in
-        // one edit has no `config` until it bootstrapped.
-        if downstream.is_due(Instant::now()) {
-            let lines = super::standby::sync_downstream(&desired, &running, &layout).await;
-            for line in downstream.after(lines, Instant::now()) {
+        // What each cluster's `config` carries from the files, until written: a cluster
+        // created by an edit has no `config` until it bootstrapped.
+        if config_sync.is_due(Instant::now()) {
+            let lines = sync_config(&desired, &running, &layout, &run_as).await;
+            for line in config_sync.after(lines, Instant::now()) {
                 eprintln!("{line}");
             }
         }
@@ -316,7 +317,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 )
                 .await;
                 desired = d;
-                downstream.due(Instant::now());
+                config_sync.due(Instant::now());
             }
         }
     }
@@ -325,15 +326,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// When `spilo up` next lists each cluster's standby clusters in its `config`: after an edit,
-/// and again every few seconds while a write failed (each failure printed once).
+/// When `spilo up` next writes into each cluster's `config` what it carries from the files
+/// (its standby clusters, its roles and databases): at start, after an edit, and again every
+/// few seconds while a write failed (each failure printed once).
 #[derive(Debug, Default)]
-struct DownstreamSync {
+struct ConfigSync {
     next: Option<Instant>,
     printed: Vec<String>,
 }
 
-impl DownstreamSync {
+impl ConfigSync {
     const RETRY: Duration = Duration::from_secs(3);
 
     fn due(&mut self, now: Instant) {
@@ -366,8 +368,21 @@ fn change_name(c: &Change) -> &str {
     }
 }
 
+/// Writes into each running cluster's `config` its standby clusters and its roles and
+/// databases; returns the errors.
+async fn sync_config(
+    desired: &Desired,
+    running: &BTreeMap<String, LocalCluster>,
+    layout: &Layout,
+    run_as: &RunAs,
+) -> Vec<String> {
+    let mut lines = super::standby::sync_downstream(desired, running, layout).await;
+    lines.extend(super::catalog::sync(desired, running, layout, run_as).await);
+    lines
+}
+
 /// Applies an edit of the cluster files to the running clusters; the caller then lists each
-/// cluster's standby clusters in its `config` ([`DownstreamSync`]).
+/// cluster's standby clusters and roles and databases in its `config` ([`ConfigSync`]).
 async fn apply_edit(
     desired: &Desired,
     running: &mut BTreeMap<String, LocalCluster>,
@@ -451,28 +466,25 @@ async fn stop_all(running: &mut BTreeMap<String, LocalCluster>) {
 
 #[cfg(test)]
 mod tests {
-    use super::DownstreamSync;
+    use super::ConfigSync;
     use std::time::{Duration, Instant};
 
     #[test]
-    fn a_failed_downstream_write_is_retried_and_each_error_printed_once() {
+    fn a_failed_config_write_is_retried_and_each_error_printed_once() {
         let t0 = Instant::now();
-        let mut s = DownstreamSync::default();
+        let mut s = ConfigSync::default();
         assert!(!s.is_due(t0), "nothing before an edit");
         s.due(t0);
         assert!(s.is_due(t0));
         let err = vec!["cluster src: no config yet".to_string()];
         assert_eq!(s.after(err.clone(), t0), err);
         assert!(!s.is_due(t0 + Duration::from_secs(1)));
-        assert!(s.is_due(t0 + DownstreamSync::RETRY));
+        assert!(s.is_due(t0 + ConfigSync::RETRY));
         assert_eq!(
-            s.after(err.clone(), t0 + DownstreamSync::RETRY),
+            s.after(err.clone(), t0 + ConfigSync::RETRY),
             Vec::<String>::new()
         );
-        assert!(
-            s.after(Vec::new(), t0 + 2 * DownstreamSync::RETRY)
-                .is_empty()
-        );
+        assert!(s.after(Vec::new(), t0 + 2 * ConfigSync::RETRY).is_empty());
         assert!(!s.is_due(t0 + Duration::from_secs(3600)), "written: done");
     }
 }

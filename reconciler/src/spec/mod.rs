@@ -7,6 +7,7 @@
 //! files: unique names and clone sources that exist.
 
 mod aws_rules;
+mod catalog_rules;
 mod diagnostic;
 mod position;
 mod rules;

@@ -1,0 +1,248 @@
+//! The leader's side of [`super::plan`]: reads the declared roles and databases from
+//! PostgreSQL (over its local socket, as the superuser), runs the steps one by one (each
+//! logged with its reason), and the task that does so whenever this member leads a running
+//! primary and the catalog in `config` changed, or it just became the leader, or the last
+//! attempt failed (the same catalog again after [`RETRY`], never in a tight loop). A failure
+//! is on `/status` (`catalog_error`) until an attempt succeeds.
+
+use super::{Observed, ObservedDatabase, ObservedRole, Step, plan};
+use crate::shared::Shared;
+use spilo_model::catalog::{Catalog, RoleFlag};
+use spilo_model::{MemberRole, MemberState};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// How long after a failed attempt the next one starts.
+pub const RETRY: Duration = Duration::from_secs(30);
+
+/// Where PostgreSQL is.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// The socket directory.
+    pub socket_dir: PathBuf,
+    /// The port.
+    pub port: u16,
+    /// The superuser.
+    pub user: String,
+}
+
+impl Local {
+    async fn client(&self, dbname: &str) -> Result<Client, tokio_postgres::Error> {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.socket_dir)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(dbname)
+            .connect_timeout(Duration::from_secs(5));
+        let (client, conn) = c.connect(NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+/// The declared roles and databases as PostgreSQL has them.
+pub async fn observe(local: &Local, desired: &Catalog) -> Result<Observed, tokio_postgres::Error> {
+    let c = local.client("postgres").await?;
+    let names: Vec<String> = desired.roles.keys().cloned().collect();
+    let mut observed = Observed::default();
+    for row in c
+        .query(
+            "SELECT rolname, rolcanlogin, rolcreatedb, rolcreaterole, rolbypassrls, rolinherit, \
+             rolconnlimit FROM pg_roles WHERE rolname = ANY($1)",
+            &[&names],
+        )
+        .await?
+    {
+        let mut flags = std::collections::BTreeSet::new();
+        for (i, f) in [
+            (2, RoleFlag::Createdb),
+            (3, RoleFlag::Createrole),
+            (4, RoleFlag::Bypassrls),
+        ] {
+            if row.get::<_, bool>(i) {
+                flags.insert(f);
+            }
+        }
+        if !row.get::<_, bool>(5) {
+            flags.insert(RoleFlag::Noinherit);
+        }
+        observed.roles.insert(
+            row.get(0),
+            ObservedRole {
+                login: row.get(1),
+                flags,
+                connection_limit: row.get(6),
+                member_of: Default::default(),
+            },
+        );
+    }
+    for row in c
+        .query(
+            "SELECT m.rolname, g.rolname FROM pg_auth_members a \
+             JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.roleid \
+             WHERE m.rolname = ANY($1)",
+            &[&names],
+        )
+        .await?
+    {
+        let member: String = row.get(0);
+        if let Some(r) = observed.roles.get_mut(&member) {
+            r.member_of.insert(row.get(1));
+        }
+    }
+    let databases: Vec<String> = desired.databases.keys().cloned().collect();
+    for row in c
+        .query(
+            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname = ANY($1)",
+            &[&databases],
+        )
+        .await?
+    {
+        let name: String = row.get(0);
+        let inside = local.client(&name).await?;
+        let extensions = inside
+            .query("SELECT extname FROM pg_extension", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let schemas = inside
+            .query("SELECT nspname FROM pg_namespace", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        observed.databases.insert(
+            name,
+            ObservedDatabase {
+                owner: row.get(1),
+                extensions,
+                schemas,
+            },
+        );
+    }
+    Ok(observed)
+}
+
+/// Reads each password a role names (a file), as a SCRAM verifier; an error names the role.
+fn verifiers(desired: &Catalog) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (name, role) in &desired.roles {
+        let Some(p) = &role.password else { continue };
+        let Some(file) = &p.file else {
+            return Err(format!(
+                "role {name}: its password was not resolved to a file by the target"
+            ));
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("role {name}: cannot read its password from {file}: {e}"))?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(format!("role {name}: {file} is empty"));
+        }
+        out.insert(
+            name.clone(),
+            postgres_protocol::password::scram_sha_256(password.as_bytes()),
+        );
+    }
+    Ok(out)
+}
+
+/// One convergence: reads, plans, runs. Returns the steps run; an error names the step.
+pub async fn converge(
+    local: &Local,
+    desired: &Catalog,
+    with_passwords: bool,
+) -> Result<Vec<Step>, String> {
+    let observed = observe(local, desired)
+        .await
+        .map_err(|e| format!("cannot read the catalog: {e}"))?;
+    let passwords = if with_passwords {
+        verifiers(desired)?
+    } else {
+        BTreeMap::new()
+    };
+    let steps = plan(desired, &observed, &passwords);
+    let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+    for s in &steps {
+        let db = s.database.clone().unwrap_or_else(|| "postgres".into());
+        if !clients.contains_key(&db) {
+            let c = local
+                .client(&db)
+                .await
+                .map_err(|e| format!("{}: cannot connect to {db}: {e}", s.why))?;
+            clients.insert(db.clone(), c);
+        }
+        let c = &clients[&db];
+        c.batch_execute(&s.sql)
+            .await
+            .map_err(|e| format!("{}: {e}", s.why))?;
+        tracing::info!(database = %db, reason = %s.why, "catalog: done");
+    }
+    Ok(steps)
+}
+
+/// Runs until `cancel` fires: converges while this member leads a running primary.
+pub async fn task(local: Local, shared: Arc<Shared>, cancel: CancellationToken) {
+    // What was converged last (with passwords), and what failed when: the same catalog is
+    // tried again only after RETRY; a changed one at once.
+    let mut done: Option<Catalog> = None;
+    let mut failed: Option<(Catalog, Instant)> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let leads = {
+            let node = shared.node.read().await;
+            node.is_leader
+                && node.member.role == MemberRole::Primary
+                && node.member.state == MemberState::Running
+        };
+        if !leads {
+            // A leader again later sets every password anew.
+            done = None;
+            continue;
+        }
+        let desired = {
+            let view = shared.view.read().await;
+            view.as_ref()
+                .and_then(|v| v.config.as_ref())
+                .and_then(|c| c.catalog.clone())
+        };
+        let Some(desired) = desired.filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        let waiting = failed
+            .as_ref()
+            .is_some_and(|(c, t)| *c == desired && t.elapsed() < RETRY);
+        if done.as_ref() == Some(&desired) || waiting {
+            continue;
+        }
+        let passwords_changed = done.as_ref().is_none_or(|d| {
+            d.roles
+                .iter()
+                .map(|(n, r)| (n, &r.password))
+                .ne(desired.roles.iter().map(|(n, r)| (n, &r.password)))
+        });
+        match converge(&local, &desired, passwords_changed).await {
+            Ok(steps) => {
+                tracing::info!(steps = steps.len(), "catalog: converged");
+                *shared.catalog_error.write().await = None;
+                done = Some(desired);
+                failed = None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?RETRY, "catalog: not converged");
+                *shared.catalog_error.write().await = Some(e);
+                failed = Some((desired, Instant::now()));
+                // Partly applied: whatever comes next is converged anew.
+                done = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! What a cluster holds inside PostgreSQL: its roles and its databases (with their extensions
+//! and schemas), as a cluster file declares them (`spec.roles`, `spec.databases`) and the
+//! cluster's `config` carries them to the leader, whose governor converges the catalog to
+//! them. Passwords are never here: a role names where its password is read.
+
+use crate::governor::SecretRef;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The roles and databases of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// Roles by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub roles: BTreeMap<String, Role>,
+    /// Databases by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub databases: BTreeMap<String, Database>,
+}
+
+impl Catalog {
+    /// Nothing declared.
+    pub fn is_empty(&self) -> bool {
+        self.roles.is_empty() && self.databases.is_empty()
+    }
+}
+
+/// A role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Role {
+    /// It may log in (default true; false for a group role).
+    #[serde(default = "yes")]
+    pub login: bool,
+    /// Attributes beyond login.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<RoleFlag>,
+    /// Roles it is a member of (declared in the same file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub member_of: Vec<String>,
+    /// How many connections it may hold at once (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<i32>,
+    /// Where its password is read; `{generated: true}` has the target make one and keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<RolePassword>,
+    /// `absent` drops the role (only then is a role dropped).
+    #[serde(default, skip_serializing_if = "Presence::is_present")]
+    pub state: Presence,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Role attributes.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleFlag {
+    /// May create databases.
+    Createdb,
+    /// May create roles.
+    Createrole,
+    /// Bypasses row-level security.
+    Bypassrls,
+    /// Does not inherit the privileges of the roles it is a member of.
+    Noinherit,
+}
+
+impl RoleFlag {
+    /// Every flag, in order.
+    pub const ALL: [RoleFlag; 4] = [
+        RoleFlag::Createdb,
+        RoleFlag::Createrole,
+        RoleFlag::Bypassrls,
+        RoleFlag::Noinherit,
+    ];
+
+    /// The SQL keyword when set, and when not.
+    pub fn keywords(self) -> (&'static str, &'static str) {
+        match self {
+            RoleFlag::Createdb => ("CREATEDB", "NOCREATEDB"),
+            RoleFlag::Createrole => ("CREATEROLE", "NOCREATEROLE"),
+            RoleFlag::Bypassrls => ("BYPASSRLS", "NOBYPASSRLS"),
+            RoleFlag::Noinherit => ("NOINHERIT", "INHERIT"),
+        }
+    }
+}
+
+/// Where a role's password comes from: exactly one of the fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolePassword {
+    /// The target generates one and keeps it (locally in the state directory).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generated: bool,
+    /// An environment variable of `spilo up`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl RolePassword {
+    /// How many sources are set (valid: exactly one).
+    pub fn sources(&self) -> usize {
+        usize::from(self.generated)
+            + usize::from(self.env.is_some())
+            + usize::from(self.file.is_some())
+    }
+
+    /// Where the governor reads it: a file (a generated or an environment's password was
+    /// written to one by the target). `None` for a source not resolved yet.
+    pub fn as_secret(&self) -> Option<SecretRef> {
+        self.file.as_ref().map(SecretRef::file)
+    }
+}
+
+/// Present or absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    /// Created and kept as declared.
+    #[default]
+    Present,
+    /// Dropped.
+    Absent,
+}
+
+impl Presence {
+    /// The default.
+    pub fn is_present(&self) -> bool {
+        *self == Presence::Present
+    }
+}
+
+/// A database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Database {
+    /// Its owner: a role of the same file, or the superuser.
+    pub owner: String,
+    /// Extensions created in it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
+    /// Schemas created in it, owned by the database's owner.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+}

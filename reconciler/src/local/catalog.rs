@@ -1,0 +1,111 @@
+//! The roles and databases of a local cluster's file (`spec.roles`, `spec.databases`) carried
+//! into its `config`, where its leader's governor converges PostgreSQL to them. Each role's
+//! password is resolved to a file in the cluster's state directory (`secrets/roles/<role>`,
+//! readable only by the PostgreSQL user): generated once and kept, or copied from the file or
+//! environment variable the role names. Neither git nor etcd holds a password.
+
+use super::cluster::{mkdir, random_password, write_private};
+use super::state::Layout;
+use super::up::Desired;
+use super::user::RunAs;
+use anyhow::Context;
+use spilo_model::Catalog;
+use spilo_model::catalog::RolePassword;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where role `role`'s password of cluster `cluster` is kept.
+pub fn password_file(layout: &Layout, cluster: &str, role: &str) -> PathBuf {
+    layout.cluster(cluster).join("secrets/roles").join(role)
+}
+
+/// `file`'s roles and databases with every password as a file the governors read; `source`
+/// is the path of the cluster file (a relative `password.file` is relative to its folder).
+pub fn resolve(
+    cluster: &str,
+    file: &spilo_model::spec::ClusterFile,
+    source: &str,
+    layout: &Layout,
+    run_as: &RunAs,
+) -> anyhow::Result<Catalog> {
+    let mut catalog = Catalog {
+        roles: file.spec.roles.clone(),
+        databases: file.spec.databases.clone(),
+    };
+    let dir = layout.cluster(cluster).join("secrets/roles");
+    for (name, role) in catalog.roles.iter_mut() {
+        let Some(p) = role.password.as_ref() else {
+            continue;
+        };
+        let kept = password_file(layout, cluster, name);
+        let value = if p.generated {
+            None
+        } else if let Some(var) = &p.env {
+            Some(std::env::var(var).with_context(|| {
+                format!(
+                    "role {name}: its password is the environment variable {var}, which is not set"
+                )
+            })?)
+        } else if let Some(f) = &p.file {
+            let path = Path::new(source).parent().unwrap_or(Path::new(".")).join(f);
+            Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!("role {name}: read its password from {}", path.display())
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            )
+        } else {
+            continue;
+        };
+        mkdir(&dir, 0o700, run_as)?;
+        match value {
+            Some(v) => write_private(&kept, &v, run_as)?,
+            None if !kept.exists() => write_private(&kept, &random_password()?, run_as)?,
+            None => {}
+        }
+        role.password = Some(RolePassword {
+            file: Some(kept.display().to_string()),
+            ..RolePassword::default()
+        });
+    }
+    Ok(catalog)
+}
+
+/// Writes each running cluster's roles and databases into its `config` (nothing when it
+/// declares none and `config` has none). Returns the errors to print.
+pub async fn sync(
+    desired: &Desired,
+    running: &std::collections::BTreeMap<String, super::cluster::LocalCluster>,
+    layout: &Layout,
+    run_as: &RunAs,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in running.keys() {
+        let Some((source, file)) = desired.get(name) else {
+            continue;
+        };
+        let catalog = match resolve(name, file, source, layout, run_as) {
+            Ok(c) => (!c.is_empty()).then_some(c),
+            Err(e) => {
+                out.push(format!("cluster {name}: {e:#}"));
+                continue;
+            }
+        };
+        let quiet = catalog.is_none();
+        let target = super::standby::target(&file.metadata.name, layout);
+        let write = crate::list::update_config(&target, move |cfg| cfg.catalog = catalog.clone());
+        match tokio::time::timeout(Duration::from_secs(10), write).await {
+            Ok(Ok(())) => {}
+            _ if quiet => {}
+            Ok(Err(e)) => out.push(format!(
+                "cluster {name}: cannot write its roles and databases into config: {e:#}"
+            )),
+            Err(_) => out.push(format!(
+                "cluster {name}: cannot write its roles and databases into config: etcd did not answer within 10s"
+            )),
+        }
+    }
+    out
+}

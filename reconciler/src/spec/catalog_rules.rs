@@ -1,0 +1,152 @@
+//! Rules of `spec.roles` and `spec.databases`: names PostgreSQL takes as they are written,
+//! no clash with the roles spilo runs, owners and memberships that the file declares, one
+//! password source, and extensions the installed PostgreSQL ships (a warning naming what it
+//! was checked against).
+
+use super::diagnostic::Severity;
+use super::position::Path;
+use super::validate::Reporter;
+use spilo_model::catalog::Presence;
+use spilo_model::spec::{ClusterFile, Target};
+
+/// The roles spilo itself runs with (the superuser and the replication user).
+const RESERVED: [&str; 2] = ["postgres", "replicator"];
+
+/// A name PostgreSQL takes without quoting: lower case letters, digits and `_`, not starting
+/// with a digit, at most 63 bytes.
+fn plain(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a plain name: lower case letters, digits and _, not starting with a digit, at most 63 bytes"
+        ))
+    }
+}
+
+/// Where the installed PostgreSQL keeps its extensions' control files.
+fn extension_dir(version: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/usr/share/postgresql/{version}/extension"))
+}
+
+pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
+    let s = &f.spec;
+    if s.roles.is_empty() && s.databases.is_empty() {
+        return;
+    }
+    if s.target == Target::Aws {
+        let at = if s.roles.is_empty() {
+            "spec.databases"
+        } else {
+            "spec.roles"
+        };
+        r.at_key(
+            &Path::parse(at),
+            Severity::Error,
+            "roles and databases are converged on the local target so far; on AWS a generated \
+             password needs a place in SSM the instance role may write",
+        );
+    }
+    for (name, role) in &s.roles {
+        let here = |field: &str| Path::parse(&format!("spec.roles.{name}{field}"));
+        if let Err(e) = plain(name) {
+            r.at_key(&here(""), Severity::Error, e);
+        } else if name.starts_with("pg_") {
+            r.at_key(
+                &here(""),
+                Severity::Error,
+                "role names starting with pg_ are reserved by PostgreSQL",
+            );
+        } else if RESERVED.contains(&name.as_str()) {
+            r.at_key(
+                &here(""),
+                Severity::Error,
+                format!(
+                    "{name} is the role spilo runs as (superuser or replication); declare another"
+                ),
+            );
+        }
+        for (i, parent) in role.member_of.iter().enumerate() {
+            let declared = s.roles.get(parent);
+            if parent == name {
+                r.at(
+                    &here(&format!(".memberOf[{i}]")),
+                    Severity::Error,
+                    "a role cannot be a member of itself",
+                );
+            } else if declared.is_none_or(|p| p.state == Presence::Absent) {
+                r.at(
+                    &here(&format!(".memberOf[{i}]")),
+                    Severity::Error,
+                    format!("no role {parent} is declared present in spec.roles"),
+                );
+            }
+        }
+        if let Some(p) = &role.password
+            && p.sources() != 1
+        {
+            r.at(
+                &here(".password"),
+                Severity::Error,
+                "set exactly one of generated: true, env or file",
+            );
+        }
+        if role.password.is_some() && !role.login {
+            r.at(
+                &here(".password"),
+                Severity::Warning,
+                "a role without login cannot use its password",
+            );
+        }
+    }
+    let controls = extension_dir(s.postgresql.version);
+    for (name, db) in &s.databases {
+        let here = |field: &str| Path::parse(&format!("spec.databases.{name}{field}"));
+        if let Err(e) = plain(name) {
+            r.at_key(&here(""), Severity::Error, e);
+        } else if ["postgres", "template0", "template1"].contains(&name.as_str()) {
+            r.at_key(
+                &here(""),
+                Severity::Error,
+                format!("{name} is PostgreSQL's own database"),
+            );
+        }
+        let owner = s.roles.get(&db.owner);
+        if db.owner != "postgres" && owner.is_none_or(|o| o.state == Presence::Absent) {
+            r.at(
+                &here(".owner"),
+                Severity::Error,
+                format!(
+                    "no role {} is declared present in spec.roles (or use postgres)",
+                    db.owner
+                ),
+            );
+        }
+        for (i, schema) in db.schemas.iter().enumerate() {
+            if let Err(e) = plain(schema) {
+                r.at(&here(&format!(".schemas[{i}]")), Severity::Error, e);
+            }
+        }
+        for (i, ext) in db.extensions.iter().enumerate() {
+            if let Err(e) = plain(ext) {
+                r.at(&here(&format!(".extensions[{i}]")), Severity::Error, e);
+            } else if controls.is_dir() && !controls.join(format!("{ext}.control")).exists() {
+                r.at(
+                    &here(&format!(".extensions[{i}]")),
+                    Severity::Warning,
+                    format!(
+                        "PostgreSQL {} here does not ship {ext} (checked in {})",
+                        s.postgresql.version,
+                        controls.display()
+                    ),
+                );
+            }
+        }
+    }
+}
