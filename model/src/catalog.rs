@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
+    /// Hand-made changes are undone (the file's `reconcile.drift: revert`); otherwise they
+    /// are only reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revert: bool,
     /// Roles by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub roles: BTreeMap<String, Role>,
@@ -151,4 +155,21 @@ pub struct Database {
     /// Schemas created in it, owned by the database's owner.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schemas: Vec<String>,
+}
+
+/// The etcd key `catalog`: how the catalog stands against `config.catalog`, written by the
+/// leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogStatus {
+    /// The member that wrote it.
+    pub member: String,
+    /// When (Unix seconds).
+    pub unix: u64,
+    /// Why the last convergence failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What differs from the file after the last convergence (changed by hand), each as the
+    /// step that would undo it says it; empty when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
 }

@@ -16,6 +16,7 @@
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
 //! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
 //! | `drill` | created if absent (with the time drills began) by any member whose drill schedule starts; then rewritten after each drill by the member that ran it (the first running replica by name, else the leader) | [`crate::DrillRecord`] JSON: the last drill and the last one that passed | permanent |
+//! | `catalog` | the leader, after each convergence of `config.catalog` and each check for hand-made changes (every 10 s) | [`crate::catalog::CatalogStatus`] JSON: the last error, and what differs from the file (drift) | permanent |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -54,6 +55,8 @@ pub enum KeyKind {
     Boot(MemberName),
     /// `drill`: the last restore drill.
     Drill,
+    /// `catalog`: how the roles and databases stand against the file.
+    Catalog,
 }
 
 impl Keyspace {
@@ -115,6 +118,11 @@ impl Keyspace {
         format!("{}drill", self.prefix)
     }
 
+    /// `catalog`.
+    pub fn catalog(&self) -> String {
+        format!("{}catalog", self.prefix)
+    }
+
     /// `switchover`.
     pub fn switchover(&self) -> String {
         format!("{}switchover", self.prefix)
@@ -153,6 +161,7 @@ impl Keyspace {
             "sync" => Some(KeyKind::Sync),
             "failsafe" => Some(KeyKind::Failsafe),
             "drill" => Some(KeyKind::Drill),
+            "catalog" => Some(KeyKind::Catalog),
             _ => {
                 if let Some(n) = rest.strip_prefix("boot/") {
                     return MemberName::new(n).ok().map(KeyKind::Boot);
@@ -197,6 +206,7 @@ mod tests {
         assert_eq!(k.classify(&k.sync()), Some(KeyKind::Sync));
         assert_eq!(k.classify(&k.failsafe()), Some(KeyKind::Failsafe));
         assert_eq!(k.classify(&k.drill()), Some(KeyKind::Drill));
+        assert_eq!(k.classify(&k.catalog()), Some(KeyKind::Catalog));
         assert_eq!(k.classify(&k.initialize()), Some(KeyKind::Initialize));
         assert_eq!(k.classify(&k.boot(&m)), Some(KeyKind::Boot(m.clone())));
         assert_eq!(k.classify(&k.member(&m)), Some(KeyKind::Member(m)));

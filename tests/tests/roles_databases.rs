@@ -192,6 +192,59 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
 
+    // A change by hand: undone within a check (every 10 s) under the local default, `drift:
+    // revert`; under `drift: warn` reported on `spilo status` (and as `catalog` drift) and
+    // left alone.
+    let superuser = connect_dsn(&repo.dsn("cat", base)?).await?;
+    let createdb = || async {
+        let c = connect_dsn(&repo.dsn("cat", base).ok()?).await.ok()?;
+        one_bool(
+            &c,
+            "SELECT rolcreatedb FROM pg_roles WHERE rolname = 'reporter'",
+        )
+        .await
+        .ok()
+    };
+    superuser
+        .batch_execute("ALTER ROLE reporter NOCREATEDB")
+        .await?;
+    wait::until("the change by hand to be undone", READY, || async {
+        createdb().await?.then_some(())
+    })
+    .await?;
+    let edited = cluster(
+        base,
+        "    auditor: {memberOf: [readers], password: {generated: true}}\n",
+    )
+    .replace(
+        "reporter: {memberOf",
+        "reporter: {flags: [createdb], memberOf",
+    );
+    repo.write(
+        "cat.yaml",
+        &format!("{edited}  reconcile: {{drift: warn}}\n"),
+    )?;
+    wait::until("the policy to reach the leader", READY, || async {
+        let (_, out, _) = repo.spilo(&["show-config", "cat"]).ok()?;
+        (!out.contains("revert: true")).then_some(())
+    })
+    .await?;
+    // (Made again while the leader may still converge the edit, which undoes it.)
+    wait::until("the change by hand to be reported", READY, || async {
+        if createdb().await? {
+            superuser
+                .batch_execute("ALTER ROLE reporter NOCREATEDB")
+                .await
+                .ok()?;
+        }
+        let (_, text, _) = repo.spilo(&["status", "cat"]).ok()?;
+        text.contains("Catalog:  changed by hand (reported, not undone): role reporter: +createdb")
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(createdb().await, Some(false), "reported, not undone");
+    drop(superuser);
+
     // kill -9 of the primary: the new leader converges the next edit (a new database).
     let status = repo.status()?;
     let primary = status["clusters"][0]["members"]

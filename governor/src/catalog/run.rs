@@ -2,8 +2,9 @@
 //! PostgreSQL (over its local socket, as the superuser), runs the steps one by one (each
 //! logged with its reason), and the task that does so whenever this member leads a running
 //! primary and the catalog in `config` changed, or it just became the leader, or the last
-//! attempt failed (the same catalog again after [`RETRY`], never in a tight loop). A failure
-//! is on `/status` (`catalog_error`) until an attempt succeeds.
+//! attempt failed (the same catalog again after [`RETRY`], never in a tight loop), or a change
+//! made by hand is to be undone. A failure is on `/status` (`catalog_error`) until an attempt
+//! succeeds; failures and hand-made changes are in the etcd key `catalog` (drift).
 
 use super::{Observed, ObservedDatabase, ObservedRole, Step, plan};
 use crate::shared::Shared;
@@ -186,30 +187,50 @@ pub async fn converge(
     Ok(steps)
 }
 
-/// Runs until `cancel` fires: converges while this member leads a running primary.
-pub async fn task(local: Local, shared: Arc<Shared>, cancel: CancellationToken) {
+/// How often the leader looks for changes made by hand.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// What the task needs.
+pub struct Task {
+    /// Where PostgreSQL is.
+    pub local: Local,
+    /// The shared state.
+    pub shared: Arc<Shared>,
+    /// Where the `catalog` status is written.
+    pub dcs: crate::dcs::Dcs,
+    /// This member.
+    pub me: String,
+}
+
+/// Runs until `cancel` fires: converges while this member leads a running primary, and looks
+/// for changes made by hand every [`CHECK_EVERY`]: undone when the catalog says `revert`,
+/// otherwise written to the `catalog` key as drift.
+pub async fn task(t: Task, cancel: CancellationToken) {
     // What was converged last (with passwords), and what failed when: the same catalog is
     // tried again only after RETRY; a changed one at once.
     let mut done: Option<Catalog> = None;
     let mut failed: Option<(Catalog, Instant)> = None;
+    let mut checked = Instant::now();
+    let mut written: Option<(Option<String>, Vec<String>)> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let leads = {
-            let node = shared.node.read().await;
+            let node = t.shared.node.read().await;
             node.is_leader
                 && node.member.role == MemberRole::Primary
                 && node.member.state == MemberState::Running
         };
         if !leads {
-            // A leader again later sets every password anew.
+            // A leader again later sets every password anew, and writes its status.
             done = None;
+            written = None;
             continue;
         }
         let desired = {
-            let view = shared.view.read().await;
+            let view = t.shared.view.read().await;
             view.as_ref()
                 .and_then(|v| v.config.as_ref())
                 .and_then(|c| c.catalog.clone())
@@ -217,10 +238,32 @@ pub async fn task(local: Local, shared: Arc<Shared>, cancel: CancellationToken) 
         let Some(desired) = desired.filter(|c| !c.is_empty()) else {
             continue;
         };
+        let mut drift = Vec::new();
+        if done.as_ref() == Some(&desired) {
+            if checked.elapsed() < CHECK_EVERY {
+                continue;
+            }
+            checked = Instant::now();
+            match observe(&t.local, &desired).await {
+                Ok(observed) => {
+                    drift = plan(&desired, &observed, &BTreeMap::new())
+                        .into_iter()
+                        .map(|s| s.why)
+                        .collect();
+                }
+                Err(e) => tracing::warn!(error = %e, "catalog: cannot read it to look for changes"),
+            }
+            if drift.is_empty() || !desired.revert {
+                report(&t, &mut written, None, drift).await;
+                continue;
+            }
+            tracing::warn!(changes = ?drift, "catalog: undoing changes made by hand");
+            done = None;
+        }
         let waiting = failed
             .as_ref()
-            .is_some_and(|(c, t)| *c == desired && t.elapsed() < RETRY);
-        if done.as_ref() == Some(&desired) || waiting {
+            .is_some_and(|(c, at)| *c == desired && at.elapsed() < RETRY);
+        if waiting {
             continue;
         }
         let passwords_changed = done.as_ref().is_none_or(|d| {
@@ -229,20 +272,49 @@ pub async fn task(local: Local, shared: Arc<Shared>, cancel: CancellationToken) 
                 .map(|(n, r)| (n, &r.password))
                 .ne(desired.roles.iter().map(|(n, r)| (n, &r.password)))
         });
-        match converge(&local, &desired, passwords_changed).await {
+        match converge(&t.local, &desired, passwords_changed || !drift.is_empty()).await {
             Ok(steps) => {
                 tracing::info!(steps = steps.len(), "catalog: converged");
-                *shared.catalog_error.write().await = None;
+                *t.shared.catalog_error.write().await = None;
                 done = Some(desired);
                 failed = None;
+                checked = Instant::now();
+                report(&t, &mut written, None, Vec::new()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?RETRY, "catalog: not converged");
-                *shared.catalog_error.write().await = Some(e);
+                *t.shared.catalog_error.write().await = Some(e.clone());
                 failed = Some((desired, Instant::now()));
                 // Partly applied: whatever comes next is converged anew.
                 done = None;
+                report(&t, &mut written, Some(e), Vec::new()).await;
             }
         }
+    }
+}
+
+/// Writes the `catalog` key when what it says changed.
+async fn report(
+    t: &Task,
+    written: &mut Option<(Option<String>, Vec<String>)>,
+    error: Option<String>,
+    drift: Vec<String>,
+) {
+    let now = (error, drift);
+    if written.as_ref() == Some(&now) {
+        return;
+    }
+    if !now.1.is_empty() {
+        tracing::warn!(changes = ?now.1, "catalog: changed by hand (reported, not undone)");
+    }
+    let status = spilo_model::catalog::CatalogStatus {
+        member: t.me.clone(),
+        unix: u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0),
+        error: now.0.clone(),
+        drift: now.1.clone(),
+    };
+    match t.dcs.put_catalog_status(&status).await {
+        Ok(()) => *written = Some(now),
+        Err(e) => tracing::warn!(error = %e, "catalog: cannot write its status to etcd"),
     }
 }

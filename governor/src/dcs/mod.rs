@@ -260,6 +260,17 @@ impl Dcs {
         Err(DcsError::Conflict(key))
     }
 
+    /// Writes the `catalog` status (its one writer: the leader).
+    pub async fn put_catalog_status(
+        &self,
+        status: &spilo_model::catalog::CatalogStatus,
+    ) -> Result<(), DcsError> {
+        let key = self.keys.catalog();
+        let value = encode(&key, status)?;
+        bounded(self.timeout, self.client().put(key, value, None)).await?;
+        Ok(())
+    }
+
     /// Creates `drill` if it does not exist yet (any member whose drill schedule starts).
     pub async fn create_drill_if_absent(
         &self,

@@ -107,7 +107,7 @@ pub fn parse_view<'a>(
             }
             // The reconciler's lock and instances' boot reports: nothing the governor
             // decides on.
-            KeyKind::ApplyLock | KeyKind::Boot(_) | KeyKind::Drill => {}
+            KeyKind::ApplyLock | KeyKind::Boot(_) | KeyKind::Drill | KeyKind::Catalog => {}
         }
     }
     view

@@ -372,12 +372,16 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     tasks.spawn(
         "catalog",
         crate::catalog::run::task(
-            crate::catalog::run::Local {
-                socket_dir: cfg.run_dir(),
-                port: cfg.postgresql.listen.port(),
-                user: cfg.postgresql.authentication.superuser.username.clone(),
+            crate::catalog::run::Task {
+                local: crate::catalog::run::Local {
+                    socket_dir: cfg.run_dir(),
+                    port: cfg.postgresql.listen.port(),
+                    user: cfg.postgresql.authentication.superuser.username.clone(),
+                },
+                shared: shared.clone(),
+                dcs: dcs.clone(),
+                me: loaded.name.to_string(),
             },
-            shared.clone(),
             cancel.clone(),
         ),
     );

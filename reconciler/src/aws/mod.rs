@@ -144,6 +144,7 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
                     members: Vec::new(),
                     boot_failures: Default::default(),
                     drill: None,
+                    catalog: None,
                     read_unix: 0,
                 }),
             ));

@@ -384,6 +384,7 @@ async fn read_scope(
     let mut unreadable = Vec::new();
     let mut boot_failures = BTreeMap::new();
     let mut drill = None;
+    let mut catalog = None;
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         match keys.classify(key) {
@@ -404,6 +405,7 @@ async fn read_scope(
                 }
             }
             Some(KeyKind::Drill) => drill = serde_json::from_slice(kv.value()).ok(),
+            Some(KeyKind::Catalog) => catalog = serde_json::from_slice(kv.value()).ok(),
             // A corrupt member value is shown as such; it never stops a plan.
             Some(KeyKind::Member(name)) => match serde_json::from_slice(kv.value()) {
                 Ok(m) => {
@@ -440,6 +442,7 @@ async fn read_scope(
         members,
         boot_failures,
         drill,
+        catalog,
         read_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

@@ -112,6 +112,9 @@ pub struct ObservedEtcd {
     /// The last restore drill (`drill`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<spilo_model::DrillRecord>,
+    /// How the roles and databases stand against the file (`catalog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<spilo_model::catalog::CatalogStatus>,
     /// When etcd was read (Unix seconds), the "now" drift of the drills is judged at.
     #[serde(default)]
     pub read_unix: u64,
@@ -263,6 +266,7 @@ impl ObservedCluster {
                 members: Vec::new(),
                 boot_failures: Default::default(),
                 drill: None,
+                catalog: None,
                 read_unix: 0,
             }),
         ))

@@ -24,6 +24,7 @@ fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
         members: Vec::new(),
         boot_failures: Default::default(),
         drill: None,
+        catalog: None,
         read_unix: 0,
     })
 }

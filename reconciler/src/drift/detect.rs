@@ -44,6 +44,9 @@ pub enum DriftKind {
     EtcdRecords,
     /// With `backup.verify`: the last restore drill failed, or none passed within `maxAge`.
     BackupUnverified,
+    /// The declared roles and databases are not as the file says: a convergence failed, or
+    /// they were changed by hand (reported under `drift: warn`).
+    Catalog,
 }
 
 impl DriftKind {
@@ -64,6 +67,7 @@ impl DriftKind {
             DriftKind::InvalidCommit => "invalid_commit",
             DriftKind::EtcdRecords => "etcd_records",
             DriftKind::BackupUnverified => "backup_unverified",
+            DriftKind::Catalog => "catalog",
         }
     }
 
@@ -355,6 +359,25 @@ pub fn runtime(file: &ClusterFile, etcd: &crate::aws::observed::ObservedEtcd) ->
             ),
         });
     }
+    let declares = !file.spec.roles.is_empty() || !file.spec.databases.is_empty();
+    if let Some(c) = etcd.catalog.as_ref().filter(|_| declares) {
+        if let Some(e) = &c.error {
+            out.push(drift(
+                name,
+                DriftKind::Catalog,
+                format!("roles and databases not converged (on {}): {e}", c.member),
+            ));
+        } else if !c.drift.is_empty() {
+            out.push(drift(
+                name,
+                DriftKind::Catalog,
+                format!(
+                    "roles and databases changed by hand: {}",
+                    c.drift.join("; ")
+                ),
+            ));
+        }
+    }
     if let Some(v) = file.spec.backup.as_ref().and_then(|b| b.verify.as_ref()) {
         let max_age = humantime::parse_duration(&v.max_age).map_or(u64::MAX, |d| d.as_secs());
         // No key: no member has started drills yet (a new cluster, or none running, which
@@ -610,6 +633,7 @@ mod tests {
             ],
             boot_failures: Default::default(),
             drill,
+            catalog: None,
             read_unix: 10_000,
         };
         let unverified = |f: &ClusterFile, e| {
@@ -645,5 +669,48 @@ mod tests {
         let stale = spilo_model::DrillRecord::after(None, run(1_000, true));
         let why = unverified(&f, etcd(Some(stale)));
         assert!(why[0].contains("within 3600s"), "{why:?}");
+    }
+
+    #[test]
+    fn roles_changed_by_hand_or_not_converged_are_drift_of_a_file_that_declares_them() {
+        let mut f = file();
+        let mut e = crate::aws::observed::ObservedEtcd {
+            config: Observation::Absent,
+            members: vec![
+                member("m0", true, "running"),
+                member("m1", false, "running"),
+            ],
+            boot_failures: Default::default(),
+            drill: None,
+            catalog: Some(spilo_model::catalog::CatalogStatus {
+                member: "m0".into(),
+                unix: 1,
+                error: None,
+                drift: vec!["role app: -createdb".into()],
+            }),
+            read_unix: 10_000,
+        };
+        let catalog = |f: &ClusterFile, e: &crate::aws::observed::ObservedEtcd| {
+            runtime(f, e)
+                .into_iter()
+                .filter(|d| d.kind == DriftKind::Catalog)
+                .map(|d| d.detail)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            catalog(&f, &e).is_empty(),
+            "a file without roles says nothing"
+        );
+        f.spec.roles = serde_yaml::from_str("{app: {}}").expect("roles");
+        assert_eq!(
+            catalog(&f, &e),
+            ["roles and databases changed by hand: role app: -createdb"]
+        );
+        if let Some(c) = e.catalog.as_mut() {
+            c.error = Some("database app: extension x does not exist: no such extension".into());
+        }
+        assert!(catalog(&f, &e)[0].starts_with("roles and databases not converged (on m0)"));
+        e.catalog = Some(Default::default());
+        assert!(catalog(&f, &e).is_empty());
     }
 }

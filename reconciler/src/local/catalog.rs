@@ -29,6 +29,7 @@ pub fn resolve(
     run_as: &RunAs,
 ) -> anyhow::Result<Catalog> {
     let mut catalog = Catalog {
+        revert: file.spec.drift_policy() == spilo_model::spec::DriftPolicy::Revert,
         roles: file.spec.roles.clone(),
         databases: file.spec.databases.clone(),
     };

@@ -46,6 +46,9 @@ pub struct ClusterReport {
     /// The last restore drill (etcd `drill`), when one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drill: Option<spilo_model::DrillRecord>,
+    /// How the roles and databases stand against the file (etcd `catalog`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<spilo_model::catalog::CatalogStatus>,
     /// The roles the cluster file declares, and where each password is kept.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<RoleReport>,
@@ -205,7 +208,8 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
         etcd_pid: st.etcd_pid,
         leader: leader.map(|l| l.name.to_string()),
         members,
-        drill: drill(st).await,
+        drill: read_key(st, |k| k.drill()).await,
+        catalog: read_key(st, |k| k.catalog()).await,
         roles: Vec::new(),
         databases: Vec::new(),
     }
@@ -247,8 +251,11 @@ fn declared(layout: &Layout, st: &ClusterState, c: &mut ClusterReport) {
         .collect();
 }
 
-/// The cluster's `drill` key, read from its etcd within 2 s.
-async fn drill(st: &ClusterState) -> Option<spilo_model::DrillRecord> {
+/// A key of the cluster (`key` builds its path), read from its etcd within 2 s.
+async fn read_key<T: serde::de::DeserializeOwned>(
+    st: &ClusterState,
+    key: impl Fn(&spilo_model::Keyspace) -> String,
+) -> Option<T> {
     let name = spilo_model::ClusterName::new(st.cluster.clone()).ok()?;
     let tls = st.tls.as_ref().and_then(|t| t.etcd_client().ok());
     let read = async {
@@ -256,7 +263,7 @@ async fn drill(st: &ClusterState) -> Option<spilo_model::DrillRecord> {
             .await
             .ok()?;
         let resp = client
-            .get(spilo_model::Keyspace::new(&name).drill(), None)
+            .get(key(&spilo_model::Keyspace::new(&name)), None)
             .await
             .ok()?;
         serde_json::from_slice(resp.kvs().first()?.value()).ok()
@@ -324,6 +331,12 @@ pub fn render(report: &Report) -> String {
         }
         for d in &c.databases {
             out.push_str(&format!("Database: {} ({})\n", d.name, d.dsn));
+        }
+        if let Some(k) = c.catalog.as_ref().filter(|k| !k.drift.is_empty()) {
+            out.push_str(&format!(
+                "Catalog:  changed by hand (reported, not undone): {}\n",
+                k.drift.join("; ")
+            ));
         }
         for m in c.members.iter().filter(|m| m.catalog_error.is_some()) {
             out.push_str(&format!(
