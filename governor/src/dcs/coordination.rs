@@ -250,31 +250,20 @@ impl Coordination for Dcs {
     /// compare-and-swap on the key's revision (retried a few times on a lost race).
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), DcsError> {
         let key = self.keys.history();
-        for _ in 0..5 {
-            let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
-            let (mut list, revision) = match resp.kvs().first() {
-                Some(kv) => (
-                    serde_json::from_slice::<Vec<HistoryEntry>>(kv.value()).unwrap_or_default(),
-                    kv.mod_revision(),
-                ),
-                None => (Vec::new(), 0),
-            };
-            if list.iter().any(|h| h.timeline == entry.timeline) {
-                return Ok(());
-            }
-            list.push(entry.clone());
-            let value = encode(&key, &list)?;
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(key.clone(), value, None)]);
-            if self.txn(txn).await? {
-                return Ok(());
-            }
+        let appended = self
+            .update_json(&key, |list: Option<Vec<HistoryEntry>>| {
+                let mut list = list.unwrap_or_default();
+                if list.iter().any(|h| h.timeline == entry.timeline) {
+                    return None;
+                }
+                list.push(entry.clone());
+                Some(list)
+            })
+            .await;
+        // Losing the race five times means others keep appending: the entry is theirs to add.
+        match appended {
+            Err(DcsError::Conflict(_)) => Ok(()),
+            r => r.map(|_| ()),
         }
-        Ok(())
     }
 }

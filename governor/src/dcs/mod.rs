@@ -229,35 +229,49 @@ impl Dcs {
     }
 
     /// Records a drill in `drill`: `next` turns the record read (if any parses) into the one
-    /// to write, by compare-and-swap on its revision, so two members recording drills at the
-    /// same moment both count (a requested drill on one member, the scheduled one on another).
+    /// to write, so two members recording drills at the same moment both count (a requested
+    /// drill on one member, the scheduled one on another).
     pub async fn record_drill(
         &self,
         next: impl Fn(Option<&spilo_model::DrillRecord>) -> spilo_model::DrillRecord,
     ) -> Result<(), DcsError> {
         let key = self.keys.drill();
+        self.update_json(&key, |previous: Option<spilo_model::DrillRecord>| {
+            Some(next(previous.as_ref()))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Rewrites the JSON value at `key` by compare-and-swap on its revision (retried a few
+    /// times on a lost race): `next` turns the value read (`None`: absent or not parsing) into
+    /// the one to write, or `None` to leave it. Returns whether it wrote.
+    pub(crate) async fn update_json<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        key: &str,
+        next: impl Fn(Option<T>) -> Option<T>,
+    ) -> Result<bool, DcsError> {
         for _ in 0..5 {
-            let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
+            let resp = bounded(self.timeout, self.client().get(key.to_string(), None)).await?;
             let (previous, revision) = match resp.kvs().first() {
                 Some(kv) => (
-                    serde_json::from_slice::<spilo_model::DrillRecord>(kv.value()).ok(),
+                    serde_json::from_slice::<T>(kv.value()).ok(),
                     kv.mod_revision(),
                 ),
                 None => (None, 0),
             };
-            let value = encode(&key, &next(previous.as_ref()))?;
+            let Some(value) = next(previous) else {
+                return Ok(false);
+            };
+            let value = encode(key, &value)?;
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(key.clone(), value, None)]);
+                .when([Compare::mod_revision(key, CompareOp::Equal, revision)])
+                .and_then([TxnOp::put(key, value, None)]);
             if self.txn(txn).await? {
-                return Ok(());
+                return Ok(true);
             }
         }
-        Err(DcsError::Conflict(key))
+        Err(DcsError::Conflict(key.to_string()))
     }
 
     /// Writes the `catalog` status (its one writer: the leader).
