@@ -108,6 +108,12 @@ pub struct RolePassword {
     /// A file holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// Set by the target in `config`, never in a file: a digest of the password with a
+    /// secret salt of the target's, so that a changed password changes `config` (and the
+    /// leader sets it) without the password or a plain hash of it leaving the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub fingerprint: Option<String>,
 }
 
 impl RolePassword {

@@ -23,6 +23,16 @@ pub async fn set_pause(target: &Target, pause: bool) -> anyhow::Result<()> {
     update_config(target, |c| c.pause = pause).await
 }
 
+/// The cluster has no `config` in etcd (not bootstrapped yet, or no such cluster).
+#[derive(Debug, thiserror::Error)]
+#[error("no cluster named {cluster} in etcd ({key} is absent)")]
+pub struct ConfigAbsent {
+    /// The cluster.
+    pub cluster: String,
+    /// The key.
+    pub key: String,
+}
+
 /// Changes the cluster's `config` key with `change`, by compare-and-swap on the revision read
 /// (retried when another writer got there first); fails when the key is absent.
 pub async fn update_config(
@@ -43,10 +53,13 @@ pub async fn update_config(
                     .with_context(|| format!("{key} does not hold a cluster config"))?,
                 kv.mod_revision(),
             ),
-            None => anyhow::bail!(
-                "no cluster named {} in etcd ({key} is absent)",
-                target.cluster
-            ),
+            None => {
+                return Err(ConfigAbsent {
+                    cluster: target.cluster.to_string(),
+                    key,
+                }
+                .into());
+            }
         };
         let before = config.clone();
         change(&mut config);

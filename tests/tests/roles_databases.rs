@@ -245,6 +245,21 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     assert_eq!(createdb().await, Some(false), "reported, not undone");
     drop(superuser);
 
+    // A new password in the role's file: set within a refresh (10 s), the old one refused.
+    repo.write("reporter.pw", "reporter-n3w\n")?;
+    wait::until("the new password to work", READY, || async {
+        login(repo, base, "reporter", "reporter-n3w", "reports")
+            .await
+            .ok()
+    })
+    .await?;
+    assert!(
+        login(repo, base, "reporter", "reporter-s3cret", "reports")
+            .await
+            .is_err(),
+        "the old password is refused"
+    );
+
     // kill -9 of the primary: the new leader converges the next edit (a new database).
     let status = repo.status()?;
     let primary = status["clusters"][0]["members"]
@@ -355,6 +370,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     }
     let secrets = [
         "reporter-s3cret".to_string(),
+        "reporter-n3w".to_string(),
         generated(repo, "app").unwrap_or_default(),
         generated(repo, "auditor").unwrap_or_default(),
     ];

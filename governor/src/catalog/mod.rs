@@ -20,6 +20,9 @@ pub struct ObservedRole {
     pub flags: BTreeSet<RoleFlag>,
     /// `rolconnlimit` (-1: none).
     pub connection_limit: i32,
+    /// `rolsuper` or `rolreplication`: powers a declared role never has (only the roles
+    /// spilo runs as do).
+    pub privileged: bool,
     /// The roles it is a member of.
     pub member_of: BTreeSet<String>,
 }
@@ -70,7 +73,9 @@ fn attributes(login: bool, flags: &[RoleFlag], limit: i32) -> String {
         let (on, off) = f.keywords();
         words.push(if flags.contains(&f) { on } else { off }.to_string());
     }
-    words.push(format!("CONNECTION LIMIT {limit}"));
+    words.push(format!(
+        "NOSUPERUSER NOREPLICATION CONNECTION LIMIT {limit}"
+    ));
     words.join(" ")
 }
 
@@ -110,6 +115,9 @@ pub fn plan(
                         (true, false) => differs.push(format!("-{}", on.to_lowercase())),
                         _ => {}
                     }
+                }
+                if o.privileged {
+                    differs.push("-superuser/replication".to_string());
                 }
                 if o.connection_limit != limit {
                     differs.push(format!(

@@ -38,7 +38,10 @@ impl Local {
             .port(self.port)
             .user(&self.user)
             .dbname(dbname)
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(5))
+            // A statement waiting on a lock, or running long, fails the pass instead of
+            // holding the task (and the checks for changes by hand) forever.
+            .options("-c lock_timeout=10s -c statement_timeout=120s");
         let (client, conn) = c.connect(NoTls).await?;
         tokio::spawn(conn);
         Ok(client)
@@ -53,7 +56,7 @@ pub async fn observe(local: &Local, desired: &Catalog) -> Result<Observed, tokio
     for row in c
         .query(
             "SELECT rolname, rolcanlogin, rolcreatedb, rolcreaterole, rolbypassrls, rolinherit, \
-             rolconnlimit FROM pg_roles WHERE rolname = ANY($1)",
+             rolconnlimit, rolsuper OR rolreplication FROM pg_roles WHERE rolname = ANY($1)",
             &[&names],
         )
         .await?
@@ -77,6 +80,7 @@ pub async fn observe(local: &Local, desired: &Catalog) -> Result<Observed, tokio
                 login: row.get(1),
                 flags,
                 connection_limit: row.get(6),
+                privileged: row.get(7),
                 member_of: Default::default(),
             },
         );
@@ -209,6 +213,8 @@ pub async fn task(t: Task, cancel: CancellationToken) {
     // What was converged last (with passwords), and what failed when: the same catalog is
     // tried again only after RETRY; a changed one at once.
     let mut done: Option<Catalog> = None;
+    // Whose passwords were set last (they are set again when a role's password changes).
+    let mut passwords_of: Option<Catalog> = None;
     let mut failed: Option<(Catalog, Instant)> = None;
     let mut checked = Instant::now();
     let mut written: Option<(Option<String>, Vec<String>)> = None;
@@ -224,9 +230,12 @@ pub async fn task(t: Task, cancel: CancellationToken) {
                 && node.member.state == MemberState::Running
         };
         if !leads {
-            // A leader again later sets every password anew, and writes its status.
+            // A leader again later sets every password anew, and writes its status; what
+            // this member said as leader is no longer its to say.
             done = None;
+            passwords_of = None;
             written = None;
+            *t.shared.catalog_error.write().await = None;
             continue;
         }
         let desired = {
@@ -236,29 +245,29 @@ pub async fn task(t: Task, cancel: CancellationToken) {
                 .and_then(|c| c.catalog.clone())
         };
         let Some(desired) = desired.filter(|c| !c.is_empty()) else {
+            *t.shared.catalog_error.write().await = None;
             continue;
         };
-        let mut drift = Vec::new();
+        let mut undo = false;
         if done.as_ref() == Some(&desired) {
             if checked.elapsed() < CHECK_EVERY {
                 continue;
             }
             checked = Instant::now();
-            match observe(&t.local, &desired).await {
-                Ok(observed) => {
-                    drift = plan(&desired, &observed, &BTreeMap::new())
-                        .into_iter()
-                        .map(|s| s.why)
-                        .collect();
+            let drift = match differences(&t.local, &desired).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // What was reported stands until the catalog can be read again.
+                    tracing::warn!(error = %e, "catalog: cannot read it to look for changes");
+                    continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "catalog: cannot read it to look for changes"),
-            }
+            };
             if drift.is_empty() || !desired.revert {
                 report(&t, &mut written, None, drift).await;
                 continue;
             }
             tracing::warn!(changes = ?drift, "catalog: undoing changes made by hand");
-            done = None;
+            undo = true;
         }
         let waiting = failed
             .as_ref()
@@ -266,20 +275,28 @@ pub async fn task(t: Task, cancel: CancellationToken) {
         if waiting {
             continue;
         }
-        let passwords_changed = done.as_ref().is_none_or(|d| {
-            d.roles
+        let passwords = passwords_of.as_ref().is_none_or(|p: &Catalog| {
+            p.roles
                 .iter()
                 .map(|(n, r)| (n, &r.password))
                 .ne(desired.roles.iter().map(|(n, r)| (n, &r.password)))
         });
-        match converge(&t.local, &desired, passwords_changed || !drift.is_empty()).await {
+        match converge(&t.local, &desired, passwords).await {
             Ok(steps) => {
                 tracing::info!(steps = steps.len(), "catalog: converged");
                 *t.shared.catalog_error.write().await = None;
-                done = Some(desired);
+                done = Some(desired.clone());
+                passwords_of = Some(desired.clone());
                 failed = None;
                 checked = Instant::now();
-                report(&t, &mut written, None, Vec::new()).await;
+                // A change by hand the steps did not undo stays reported (tried again at the
+                // next check).
+                let remaining = if undo {
+                    differences(&t.local, &desired).await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                report(&t, &mut written, None, remaining).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?RETRY, "catalog: not converged");
@@ -291,6 +308,19 @@ pub async fn task(t: Task, cancel: CancellationToken) {
             }
         }
     }
+}
+
+/// What differs between `desired` and PostgreSQL now (passwords aside), as the steps that
+/// would undo it say it.
+async fn differences(
+    local: &Local,
+    desired: &Catalog,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let observed = observe(local, desired).await?;
+    Ok(plan(desired, &observed, &BTreeMap::new())
+        .into_iter()
+        .map(|s| s.why)
+        .collect())
 }
 
 /// Writes the `catalog` key when what it says changed.

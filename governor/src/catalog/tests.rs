@@ -29,8 +29,8 @@ fn an_empty_cluster_gets_everything_in_order_and_passwords_only_as_verifiers() {
     assert_eq!(
         sql(&steps),
         [
-            "CREATE ROLE \"app\" WITH LOGIN CREATEDB NOCREATEROLE NOBYPASSRLS INHERIT CONNECTION LIMIT -1",
-            "CREATE ROLE \"readers\" WITH NOLOGIN NOCREATEDB NOCREATEROLE NOBYPASSRLS INHERIT CONNECTION LIMIT -1",
+            "CREATE ROLE \"app\" WITH LOGIN CREATEDB NOCREATEROLE NOBYPASSRLS INHERIT NOSUPERUSER NOREPLICATION CONNECTION LIMIT -1",
+            "CREATE ROLE \"readers\" WITH NOLOGIN NOCREATEDB NOCREATEROLE NOBYPASSRLS INHERIT NOSUPERUSER NOREPLICATION CONNECTION LIMIT -1",
             "GRANT \"readers\" TO \"app\"",
             "ALTER ROLE \"app\" PASSWORD 'SCRAM-SHA-256$4096:abc'",
             "CREATE DATABASE \"app\" OWNER \"app\"",
@@ -57,6 +57,7 @@ fn only_what_differs_is_altered_and_nothing_is_dropped_but_absent_roles() {
             login: true,
             flags: [RoleFlag::Createdb].into(),
             connection_limit: -1,
+            privileged: false,
             member_of: ["readers".to_string(), "someone_elses".to_string()].into(),
         },
     );
@@ -81,7 +82,7 @@ fn only_what_differs_is_altered_and_nothing_is_dropped_but_absent_roles() {
     assert_eq!(
         sql(&steps),
         [
-            "ALTER ROLE \"app\" WITH LOGIN CREATEDB NOCREATEROLE NOBYPASSRLS INHERIT CONNECTION LIMIT 10",
+            "ALTER ROLE \"app\" WITH LOGIN CREATEDB NOCREATEROLE NOBYPASSRLS INHERIT NOSUPERUSER NOREPLICATION CONNECTION LIMIT 10",
             "ALTER DATABASE \"app\" OWNER TO \"app\"",
             "DROP ROLE \"old\"",
         ]
@@ -101,6 +102,29 @@ fn only_what_differs_is_altered_and_nothing_is_dropped_but_absent_roles() {
         sql(&plan(&fewer, &now, &BTreeMap::new())),
         ["REVOKE \"readers\" FROM \"app\""]
     );
+}
+
+#[test]
+fn superuser_or_replication_given_by_hand_is_taken_away() {
+    let desired = catalog("roles:\n  app: {}\n");
+    let mut observed = Observed::default();
+    observed.roles.insert(
+        "app".into(),
+        ObservedRole {
+            login: true,
+            connection_limit: -1,
+            privileged: true,
+            ..Default::default()
+        },
+    );
+    let steps = plan(&desired, &observed, &BTreeMap::new());
+    assert_eq!(
+        sql(&steps),
+        [
+            "ALTER ROLE \"app\" WITH LOGIN NOCREATEDB NOCREATEROLE NOBYPASSRLS INHERIT NOSUPERUSER NOREPLICATION CONNECTION LIMIT -1"
+        ]
+    );
+    assert_eq!(steps[0].why, "role app: -superuser/replication");
 }
 
 #[test]

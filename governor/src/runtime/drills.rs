@@ -5,8 +5,9 @@
 //! At each time of the schedule, every member's timer fires and only the designated member
 //! ([`spilo_model::drill_member`]) runs the drill ([`crate::drill`]). A requested drill runs on
 //! the member asked. The result of every drill of the newest state of the archive (the
-//! scheduled ones, and requested ones of the latest backup without a target time) is written
-//! to etcd `drill`, where `spilo` reads it for status, drift and metrics.
+//! scheduled ones, and requested ones of the latest backup without a target time or a query of
+//! their own) is written to etcd `drill`, where `spilo` reads it for status, drift and metrics.
+//! A request whose asker has gone (its HTTP request ended) is skipped.
 
 use super::backups::next_after;
 use crate::dcs::Dcs;
@@ -77,15 +78,24 @@ pub async fn run(d: Drills, mut requests: mpsc::Receiver<DrillRequest>, cancel: 
             }
             request = requests.recv() => {
                 let Some(request) = request else { return };
+                if request.reply.is_closed() {
+                    // Its asker gave up while it waited: nobody to answer.
+                    continue;
+                }
                 tracing::info!("requested restore drill starting");
                 let mut drill = d.drill.clone();
                 drill.pick = request.pick;
                 drill.target_time = request.target_time;
+                // The cluster's record says what its own checks found: not another query's.
+                let own_checks = request.sql.is_none();
                 if request.sql.is_some() {
                     drill.sql = request.sql;
                 }
                 let Some(outcome) = run_one(&drill, &cancel).await else { return };
-                if drill.pick == crate::archive::backup::Pick::Latest && drill.target_time.is_none() {
+                if own_checks
+                    && drill.pick == crate::archive::backup::Pick::Latest
+                    && drill.target_time.is_none()
+                {
                     record(&d, outcome.as_ref()).await;
                 }
                 // The asker may have gone (its HTTP request timed out): nobody to answer.

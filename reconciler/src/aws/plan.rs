@@ -424,9 +424,10 @@ fn plan_cluster(
         }
     }
 
-    let (config, warnings) = config::plan_config(file, &etcd.config);
-    p.config = config;
-    p.warnings.extend(warnings);
+    p.config = match config::plan_config(file, &etcd.config) {
+        Ok(c) => c,
+        Err(why) => return blocked(p, why),
+    };
 
     if let (Observation::Absent, Some(Observation::Present(target))) = (&obs.stack, &obs.dns) {
         return blocked(

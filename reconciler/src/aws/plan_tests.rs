@@ -507,7 +507,7 @@ fn etcd_config(
 }
 
 #[test]
-fn a_standby_cluster_starts_as_one_and_an_apply_never_promotes_or_demotes_a_running_cluster() {
+fn a_standby_cluster_starts_as_one_and_a_running_one_whose_file_disagrees_is_not_planned() {
     let standby = file(
         "dr",
         "  standby: {hosts: [\"orders.db.example.com:5432\"], archive: {bucket: wal, prefix: spilo/orders/wal/15/}}\n",
@@ -540,34 +540,26 @@ fn a_standby_cluster_starts_as_one_and_an_apply_never_promotes_or_demotes_a_runn
     let p = run(&[&standby], vec![running], PlanOptions::default());
     assert!(!p.has_changes(), "{:?}", only(&p).config);
 
-    // The file drops spec.standby: the cluster stays a standby, and the plan says how to promote.
+    // The file drops spec.standby: nothing of the cluster is planned, and the plan says how to
+    // promote it.
     let primary = file("dr", "");
     let mut running = applied(&primary, "UPDATE_COMPLETE");
     running.etcd = etcd_config(&primary, |c| c.standby_cluster = source_of(&standby).into());
     let p = run(&[&primary], vec![running], PlanOptions::default());
-    assert!(only(&p).config.is_none(), "{:?}", only(&p).config);
+    assert!(p.has_blocked() && only(&p).config.is_none(), "{p:?}");
+    let why = only(&p).reason.clone().unwrap_or_default();
     assert!(
-        only(&p)
-            .warnings
-            .iter()
-            .any(|w| w.contains("does not promote")
-                && w.contains("spilo promote-standby dr --source-unreachable")),
-        "{:?}",
-        only(&p).warnings
+        why.contains("does not promote")
+            && why.contains("spilo promote-standby dr --source-unreachable"),
+        "{why}"
     );
 
     // The file adds spec.standby to a running primary cluster: it is not demoted.
     let running = applied(&standby, "UPDATE_COMPLETE");
     let p = run(&[&standby], vec![running], PlanOptions::default());
-    assert!(only(&p).config.is_none(), "{:?}", only(&p).config);
-    assert!(
-        only(&p)
-            .warnings
-            .iter()
-            .any(|w| w.contains("does not demote")),
-        "{:?}",
-        only(&p).warnings
-    );
+    assert!(p.has_blocked() && only(&p).config.is_none(), "{p:?}");
+    let why = only(&p).reason.clone().unwrap_or_default();
+    assert!(why.contains("does not demote"), "{why}");
 }
 
 fn source_of(f: &ClusterFile) -> spilo_model::StandbySource {

@@ -14,6 +14,17 @@ use spilo_model::catalog::RolePassword;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The cluster whose state directory keeps `cluster`'s role passwords: its own, or for a
+/// standby cluster its source's (a copy of it: the same roles with the same passwords, so that
+/// a promotion changes none).
+pub fn keeper(cluster: &str, file: &spilo_model::spec::ClusterFile) -> String {
+    file.spec
+        .standby
+        .as_ref()
+        .and_then(|sb| sb.from.as_ref())
+        .map_or(cluster.to_string(), |from| from.to_string())
+}
+
 /// Where role `role`'s password of cluster `cluster` is kept.
 pub fn password_file(layout: &Layout, cluster: &str, role: &str) -> PathBuf {
     layout.cluster(cluster).join("secrets/roles").join(role)
@@ -33,12 +44,14 @@ pub fn resolve(
         roles: file.spec.roles.clone(),
         databases: file.spec.databases.clone(),
     };
-    let dir = layout.cluster(cluster).join("secrets/roles");
+    let keeper = keeper(cluster, file);
+    let dir = layout.cluster(&keeper).join("secrets/roles");
+    let salt_file = dir.join(".salt");
     for (name, role) in catalog.roles.iter_mut() {
         let Some(p) = role.password.as_ref() else {
             continue;
         };
-        let kept = password_file(layout, cluster, name);
+        let kept = password_file(layout, &keeper, name);
         let value = if p.generated {
             None
         } else if let Some(var) = &p.env {
@@ -61,17 +74,37 @@ pub fn resolve(
             continue;
         };
         mkdir(&dir, 0o700, run_as)?;
+        let current = std::fs::read_to_string(&kept).ok();
         match value {
-            Some(v) => write_private(&kept, &v, run_as)?,
-            None if !kept.exists() => write_private(&kept, &random_password()?, run_as)?,
-            None => {}
+            Some(v) if current.as_deref() != Some(v.as_str()) => write_private(&kept, &v, run_as)?,
+            None if current.is_none() => write_private(&kept, &random_password()?, run_as)?,
+            _ => {}
         }
+        if !salt_file.exists() {
+            write_private(&salt_file, &random_password()?, run_as)?;
+        }
+        let salt = std::fs::read_to_string(&salt_file)
+            .with_context(|| format!("read {}", salt_file.display()))?;
+        let password =
+            std::fs::read_to_string(&kept).with_context(|| format!("read {}", kept.display()))?;
         role.password = Some(RolePassword {
             file: Some(kept.display().to_string()),
+            fingerprint: Some(fingerprint(&salt, &password)),
             ..RolePassword::default()
         });
     }
     Ok(catalog)
+}
+
+/// A digest of `password` with the secret `salt`: changes when the password does, and says
+/// nothing of it to whoever reads `config`.
+fn fingerprint(salt: &str, password: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(salt.as_bytes())
+        .chain_update(password.as_bytes())
+        .finalize();
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes each running cluster's roles and databases into its `config` (nothing when it
@@ -99,7 +132,8 @@ pub async fn sync(
         let write = crate::list::update_config(&target, move |cfg| cfg.catalog = catalog.clone());
         match tokio::time::timeout(Duration::from_secs(10), write).await {
             Ok(Ok(())) => {}
-            _ if quiet => {}
+            // Nothing to write, and no `config` to clear it in.
+            Ok(Err(e)) if quiet && e.downcast_ref::<crate::list::ConfigAbsent>().is_some() => {}
             Ok(Err(e)) => out.push(format!(
                 "cluster {name}: cannot write its roles and databases into config: {e:#}"
             )),

@@ -200,7 +200,8 @@ pub async fn sync_downstream(
             crate::list::update_config(&target, move |cfg| cfg.downstream = downstream.clone());
         match tokio::time::timeout(Duration::from_secs(10), write).await {
             Ok(Ok(())) => {}
-            _ if quiet => {}
+            // Nothing to write, and no `config` to clear it in.
+            Ok(Err(e)) if quiet && e.downcast_ref::<crate::list::ConfigAbsent>().is_some() => {}
             Ok(Err(e)) => out.push(format!(
                 "cluster {a}: cannot list its standby clusters in config: {e:#}"
             )),

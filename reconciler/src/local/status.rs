@@ -231,7 +231,8 @@ fn declared(layout: &Layout, st: &ClusterState, c: &mut ClusterReport) {
         .map(|(name, r)| RoleReport {
             name: name.clone(),
             password_file: r.password.as_ref().map(|_| {
-                super::catalog::password_file(layout, &st.cluster, name)
+                let keeper = super::catalog::keeper(&st.cluster, &file);
+                super::catalog::password_file(layout, &keeper, name)
                     .display()
                     .to_string()
             }),

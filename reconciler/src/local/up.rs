@@ -221,9 +221,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             c.wait_ready(Duration::from_secs(180)).await?;
             print!("{}", c.connection_info());
         }
-        for line in sync_config(&desired, &running, &layout, &run_as).await {
-            eprintln!("{line}");
-        }
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -237,6 +234,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Err(e.context("spilo up failed"));
     }
     if args.detach {
+        // Nobody stays to write it later.
+        for line in sync_config(&desired, &running, &layout, &run_as).await {
+            eprintln!("{line}");
+        }
         return Ok(());
     }
     println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
@@ -327,8 +328,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// When `spilo up` next writes into each cluster's `config` what it carries from the files
-/// (its standby clusters, its roles and databases): at start, after an edit, and again every
-/// few seconds while a write failed (each failure printed once).
+/// (its standby clusters, its roles and databases, with a fingerprint of each password): at
+/// start, after an edit, every [`ConfigSync::REFRESH`] (a password file changed), and every
+/// [`ConfigSync::RETRY`] while a write failed (each failure printed once). A write of what
+/// `config` already holds writes nothing.
 #[derive(Debug, Default)]
 struct ConfigSync {
     next: Option<Instant>,
@@ -337,6 +340,7 @@ struct ConfigSync {
 
 impl ConfigSync {
     const RETRY: Duration = Duration::from_secs(3);
+    const REFRESH: Duration = Duration::from_secs(10);
 
     fn due(&mut self, now: Instant) {
         self.next = Some(now);
@@ -349,7 +353,13 @@ impl ConfigSync {
 
     /// Records a sync's errors; returns those not printed yet.
     fn after(&mut self, errors: Vec<String>, now: Instant) -> Vec<String> {
-        self.next = (!errors.is_empty()).then(|| now + Self::RETRY);
+        self.next = Some(
+            now + if errors.is_empty() {
+                Self::REFRESH
+            } else {
+                Self::RETRY
+            },
+        );
         let new: Vec<String> = errors
             .iter()
             .filter(|e| !self.printed.contains(e))
@@ -484,7 +494,12 @@ mod tests {
             s.after(err.clone(), t0 + ConfigSync::RETRY),
             Vec::<String>::new()
         );
-        assert!(s.after(Vec::new(), t0 + 2 * ConfigSync::RETRY).is_empty());
-        assert!(!s.is_due(t0 + Duration::from_secs(3600)), "written: done");
+        let written = t0 + 2 * ConfigSync::RETRY;
+        assert!(s.after(Vec::new(), written).is_empty());
+        assert!(
+            !s.is_due(written + ConfigSync::RETRY),
+            "written: the next in REFRESH"
+        );
+        assert!(s.is_due(written + ConfigSync::REFRESH));
     }
 }

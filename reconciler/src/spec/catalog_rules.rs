@@ -35,6 +35,32 @@ fn extension_dir(version: u32) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/usr/share/postgresql/{version}/extension"))
 }
 
+/// A circle of memberships through `start` (PostgreSQL refuses it), as the names along it.
+fn membership_cycle(s: &spilo_model::spec::ClusterSpec, start: &str) -> Option<Vec<String>> {
+    let mut path = vec![start.to_string()];
+    fn walk(s: &spilo_model::spec::ClusterSpec, start: &str, path: &mut Vec<String>) -> bool {
+        let Some(role) = path.last().and_then(|n| s.roles.get(n)) else {
+            return false;
+        };
+        for parent in role.member_of.clone() {
+            if parent == start && path.len() > 1 {
+                path.push(parent);
+                return true;
+            }
+            if path.contains(&parent) {
+                continue;
+            }
+            path.push(parent);
+            if walk(s, start, path) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    walk(s, start, &mut path).then_some(path)
+}
+
 pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
     let s = &f.spec;
     if s.roles.is_empty() && s.databases.is_empty() {
@@ -87,6 +113,20 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
                     format!("no role {parent} is declared present in spec.roles"),
                 );
             }
+        }
+        if role.connection_limit.is_some_and(|l| l < -1) {
+            r.at(
+                &here(".connectionLimit"),
+                Severity::Error,
+                "must be -1 (no limit) or more",
+            );
+        }
+        if let Some(cycle) = membership_cycle(s, name) {
+            r.at(
+                &here(".memberOf"),
+                Severity::Error,
+                format!("memberships go round in a circle: {}", cycle.join(" -> ")),
+            );
         }
         if let Some(p) = &role.password
             && p.sources() != 1

@@ -571,6 +571,20 @@ fn aws_standby_problems(f: &ClusterFile, source: &ClusterFile) -> Vec<(&'static 
             ),
         ));
     }
+    if theirs.superuser.is_some() && mine.superuser != theirs.superuser {
+        out.push((
+            "spec.secrets.superuser",
+            format!(
+                "a standby of `{from}` is a copy of it, its superuser's password too (its members \
+                 log in to each other as the superuser): set the same secret as `{from}`, {}",
+                theirs
+                    .superuser
+                    .as_ref()
+                    .map(describe_secret)
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     if theirs.ca.is_some() && mine.ca != theirs.ca {
         out.push((
             "spec.secrets.ca",

@@ -1,18 +1,19 @@
 //! The cluster's `config` in etcd as a plan wants it: the file's dynamic configuration, with
 //! what is operational state rather than the file's kept as it runs (maintenance mode, the
-//! standby clusters that follow it, and whether a running cluster is a standby).
+//! standby clusters that follow it); a running cluster whose file disagrees on whether it is a
+//! standby is not planned at all.
 
 use super::ConfigChange;
 use crate::aws::observed::{Observation, ObservedConfig};
 use spilo_model::spec::ClusterFile;
 
-/// The change of `config` (none when it already is as wanted) and the warnings to show.
+/// The change of `config` (none when it already is as wanted); an error (the cluster's plan
+/// is blocked) when the file and the running cluster disagree on whether it is a standby.
 pub fn plan_config(
     file: &ClusterFile,
     observed: &Observation<ObservedConfig>,
-) -> (Option<ConfigChange>, Vec<String>) {
+) -> Result<Option<ConfigChange>, String> {
     let mut want = file.spec.dynamic_config();
-    let mut warnings = Vec::new();
     let (before, revision) = match observed {
         Observation::Present(c) => (c.value.clone(), c.mod_revision),
         _ => (None, 0),
@@ -28,13 +29,14 @@ pub fn plan_config(
     // A standby cluster's source goes into `config` when the cluster is created. On a running
     // cluster, adding or removing `spec.standby` demotes or promotes it, which must be
     // sequenced against its source (a switchover between clusters) and is not done by an
-    // apply on AWS yet: the running state is kept, and the plan says so.
+    // apply on AWS yet: nothing of the cluster is changed (its instances' configuration and
+    // role would no longer match how it runs), and the plan says why.
     want.standby_cluster = crate::aws::userdata::standby_source(file);
     if let Some(b) = &before
         && b.standby_cluster.is_some() != want.standby_cluster.is_some()
     {
         let name = &file.metadata.name;
-        warnings.push(match &b.standby_cluster {
+        return Err(match &b.standby_cluster {
             Some(source) => format!(
                 "{name} runs as a standby cluster of {} but its file has no spec.standby: an \
                  apply on AWS does not promote a standby cluster yet; promote it with `spilo \
@@ -49,7 +51,6 @@ pub fn plan_config(
                  not demote a running cluster; remove spec.standby from its file to match"
             ),
         });
-        want.standby_cluster = b.standby_cluster.clone();
     }
     if before.as_ref() != Some(&want) {
         let replicas = file.spec.instances.saturating_sub(1);
@@ -57,15 +58,12 @@ pub fn plan_config(
             .as_ref()
             .is_none_or(|b| b.synchronous_differs(&want))
             .then(|| want.describe_synchronous(replicas));
-        return (
-            Some(ConfigChange {
-                before,
-                after: want,
-                expected_revision: revision,
-                synchronous,
-            }),
-            warnings,
-        );
+        return Ok(Some(ConfigChange {
+            before,
+            after: want,
+            expected_revision: revision,
+            synchronous,
+        }));
     }
-    (None, warnings)
+    Ok(None)
 }
