@@ -250,6 +250,26 @@ pub async fn resolve_secret(
     Secrets { path, aws }.resolve(secret, field).await
 }
 
+/// The value of the SSM parameter `name` in `region`, first storing a new random password
+/// there when it has none (never overwriting one). An error says what failed.
+pub async fn generated_parameter(name: &str, region: &str) -> Result<String, String> {
+    let clients = aws::SecretClients::new(region).await;
+    clients
+        .parameter_or_create(name, random_password()?)
+        .await
+        .map_err(|u| u.message)
+}
+
+/// 36 hexadecimal characters from the system's random source.
+fn random_password() -> Result<String, String> {
+    use std::io::Read;
+    let mut buf = [0u8; 18];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Resolves secret references: local ones directly, AWS ones through the SDK.
 struct Secrets<'a> {
     path: &'a Path,

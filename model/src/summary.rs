@@ -139,6 +139,34 @@ pub struct ClusterSummary {
     /// The last restore drill (the `drill` key), when one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<crate::DrillRecord>,
+    /// The declared roles, each with where its password is kept (from `config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<RoleRow>,
+    /// The declared databases with their owners (from `config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseRow>,
+}
+
+/// A declared role in the summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRow {
+    /// The role.
+    pub name: String,
+    /// Where its password is kept, in words (none: it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// `state: absent`: dropped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absent: bool,
+}
+
+/// A declared database in the summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseRow {
+    /// The database.
+    pub name: String,
+    /// Its owner.
+    pub owner: String,
 }
 
 /// Builds the member table from the `leader` and `members/*` keys.
@@ -192,6 +220,8 @@ pub fn summarize(
         synchronous: None,
         standby_of: None,
         drill: None,
+        roles: Vec::new(),
+        databases: Vec::new(),
     }
 }
 
@@ -243,6 +273,30 @@ impl ClusterSummary {
         self.standby_of = Some(source.describe());
     }
 
+    /// The roles and databases `config` declares, with where each password is kept.
+    pub fn mark_catalog(&mut self, config: Option<&crate::member::ClusterConfig>) {
+        let Some(c) = config.and_then(|c| c.catalog.as_ref()) else {
+            return;
+        };
+        self.roles = c
+            .roles
+            .iter()
+            .map(|(name, r)| RoleRow {
+                name: name.clone(),
+                password: r.password.as_ref().map(crate::catalog::password_source),
+                absent: r.state == crate::catalog::Presence::Absent,
+            })
+            .collect();
+        self.databases = c
+            .databases
+            .iter()
+            .map(|(name, d)| DatabaseRow {
+                name: name.clone(),
+                owner: d.owner.clone(),
+            })
+            .collect();
+    }
+
     /// The table as text: member, host:port, role, state, timeline, lag in MB.
     pub fn to_table(&self) -> String {
         let mut rows = vec![[
@@ -286,6 +340,20 @@ impl ClusterSummary {
         }
         if let Some(d) = &self.drill {
             out.push_str(&format!("Last restore drill: {}\n", d.describe()));
+        }
+        for r in &self.roles {
+            let password = match (&r.password, r.absent) {
+                (_, true) => "state: absent: dropped".to_string(),
+                (Some(p), _) => format!("password {p}"),
+                (None, _) => "no password".to_string(),
+            };
+            out.push_str(&format!("Role: {} ({password})\n", r.name));
+        }
+        for d in &self.databases {
+            out.push_str(&format!(
+                "Database: {} (owner {}; connect with dbname={} user={})\n",
+                d.name, d.owner, d.name, d.owner
+            ));
         }
         for r in rows {
             let line: Vec<String> = r
@@ -352,5 +420,33 @@ mod tests {
              a       127.0.0.1:5432  primary  running  1\n\
              b       127.0.0.1:5433  replica  running  1   2.0\n"
         );
+    }
+
+    #[test]
+    fn the_table_says_where_each_password_is_kept() {
+        let catalog: crate::Catalog = serde_json::from_value(serde_json::json!({
+            "roles": {
+                "app": {"password": {"generated": true, "ssm": "/spilo/orders/roles/app"}},
+                "old": {"state": "absent"},
+                "readers": {"login": false}
+            },
+            "databases": {"orders": {"owner": "app"}}
+        }))
+        .expect("catalog");
+        let config = crate::member::ClusterConfig {
+            catalog: Some(catalog),
+            ..Default::default()
+        };
+        let mut s = summarize(&ClusterName::new("orders").expect("name"), None, &BTreeMap::new());
+        s.mark_catalog(Some(&config));
+        let table = s.to_table();
+        for line in [
+            "Role: app (password generated into SSM parameter /spilo/orders/roles/app)\n",
+            "Role: old (state: absent: dropped)\n",
+            "Role: readers (no password)\n",
+            "Database: orders (owner app; connect with dbname=orders user=app)\n",
+        ] {
+            assert!(table.contains(line), "{line} not in:\n{table}");
+        }
     }
 }

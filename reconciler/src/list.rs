@@ -1,5 +1,7 @@
 //! `spilo list CLUSTER --etcd URL`: the member table of a running cluster, read straight from
-//! etcd (the `leader` and `members/*` keys), as text or JSON.
+//! etcd (the `leader` and `members/*` keys, with what `config` declares: its source when a
+//! standby cluster, its roles with where each password is kept, its databases), as text or
+//! JSON.
 
 use crate::operate::Target;
 use anyhow::Context;
@@ -13,6 +15,7 @@ pub async fn read_summary(target: &Target) -> anyhow::Result<ClusterSummary> {
     summary.paused = config.pause;
     summary.mark_synchronous(Some(&config), state.sync.as_ref());
     summary.mark_standby(Some(&config));
+    summary.mark_catalog(Some(&config));
     summary.drill = state.drill;
     Ok(summary)
 }

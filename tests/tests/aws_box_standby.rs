@@ -2,9 +2,11 @@
 //! with `standby: {from: orders}`, boots from the image on its own stack, copies `orders`
 //! through its DNS name (the record, the load balancer, the primary), streams from it, and
 //! while it cannot reach `orders` at all replays `orders`' archive with its own instance role
-//! (moto enforces the role's policies). The box itself: `spilo_e2e::aws_box`.
+//! (moto enforces the role's policies). Both declare a role with a generated password and its
+//! database: `orders`' leader stores the password in SSM and creates both; `orders-dr` has
+//! them through replication, with the same password. The box itself: `spilo_e2e::aws_box`.
 
-use spilo_e2e::aws_box::{AwsBox, primary, streaming};
+use spilo_e2e::aws_box::{AwsBox, REGION, primary, streaming};
 use spilo_e2e::privileged::rerun_as_root;
 use spilo_e2e::sql::connect_dsn;
 use spilo_e2e::wait;
@@ -31,7 +33,12 @@ async fn a_standby_cluster_on_aws_follows_its_source_by_name_and_by_archive() ->
 async fn standby(b: &mut AwsBox) -> anyhow::Result<()> {
     // The instances resolve names through the zone (the source's record to its load balancer).
     b.serve_zone()?;
-    let source = b.cluster_file("orders", 2);
+    // A role with a generated password and its database: the leader of orders stores the
+    // password in SSM (its instance role may write that parameter only); orders-dr, declaring
+    // the same roles, has them through replication and reads the same parameter.
+    let roles = "  roles:\n    app: {password: {generated: true}, flags: [createdb]}\n  \
+                 databases:\n    app: {owner: app, extensions: [pgcrypto]}\n";
+    let source = b.cluster_file("orders", 2) + roles;
     // The standby shares its source's replication secret and CA (validation insists), and
     // here its other secrets too (the box made those of `orders` only).
     let dr = b
@@ -40,7 +47,8 @@ async fn standby(b: &mut AwsBox) -> anyhow::Result<()> {
         .replace(
             "  backup: {bucket: spilo-wal}\n",
             "  standby: {from: orders}\n  backup: {bucket: spilo-wal}\n",
-        );
+        )
+        + roles;
     anyhow::ensure!(dr.contains("standby: {from: orders}"), "{dr}");
     b.repo.commit("orders", Some(&source))?;
     b.repo.commit("orders-dr", Some(&dr))?;
@@ -61,6 +69,55 @@ async fn standby(b: &mut AwsBox) -> anyhow::Result<()> {
     let leader = primary(&b.statuses().await).ok_or_else(|| anyhow::anyhow!("no primary"))?;
     let source_dsn = b.dsn(&b.instances[leader].ip);
     let c = connect_dsn(&source_dsn).await?;
+
+    // The generated password, from SSM as the admin reads it; app logs in to its database
+    // with it, where pgcrypto was created.
+    let password = wait::until(
+        "the leader to store app's generated password in SSM",
+        BOOT,
+        || async {
+            let out = b
+                .python(&["ssmget", REGION, "/spilo/orders/roles/app"])
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let value = v["value"].as_str()?.to_string();
+            assert_eq!(v["type"], "SecureString", "{v}");
+            Some(value)
+        },
+    )
+    .await?;
+    assert_eq!(password.len(), 36, "36 hexadecimal characters");
+    let template = b
+        .dsn("{ip}")
+        .replace("user=postgres", "user=app")
+        .replace("dbname=postgres", "dbname=app")
+        .replace(
+            &format!("password={}", b.setup.passwords["superuser"]),
+            &format!("password={password}"),
+        );
+    let as_app = move |ip: &str| template.replace("{ip}", ip);
+    let app = wait::until("app to log in to its database", BOOT, || async {
+        let app = connect_dsn(&as_app(&b.instances[leader].ip)).await.ok()?;
+        let n: i64 = app
+            .query_one(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(app)
+    })
+    .await?;
+    let createdb: bool = app
+        .query_one(
+            "SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(createdb, "flags: [createdb]");
+
     c.batch_execute(
         "CREATE TABLE t (n int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 1000)",
     )
@@ -98,6 +155,10 @@ async fn standby(b: &mut AwsBox) -> anyhow::Result<()> {
     )
     .await?;
     let dr = connect_dsn(&dr_dsn).await?;
+    // The same role with the same password on the standby cluster.
+    let on_dr = connect_dsn(&as_app(&dr_ip)).await?;
+    let me: String = on_dr.query_one("SELECT current_user", &[]).await?.get(0);
+    assert_eq!(me, "app");
     let writable = dr.batch_execute("INSERT INTO t VALUES (0)").await;
     assert!(writable.is_err(), "a standby cluster takes no writes");
     let upstream: String = dr

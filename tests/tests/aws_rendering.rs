@@ -101,6 +101,10 @@ fn desired(commit: &str, clusters: Vec<(String, ClusterFile)>) -> Desired {
     }
 }
 
+const ROLES_BEFORE: &str = "  roles:\n    orders_app: {password: {generated: true}}\n    reporting: {flags: [createrole]}\n  databases:\n    orders: {owner: orders_app}\n";
+
+const ROLES_AFTER: &str = "  roles:\n    orders_app: {password: {generated: true}}\n    reporting: {flags: [createdb], memberOf: [readers]}\n    readers: {login: false}\n    audit: {connectionLimit: 5}\n  databases:\n    orders: {owner: orders_app, extensions: [pgcrypto]}\n    analytics: {owner: reporting}\n";
+
 /// A plan with every kind of cluster change, made without AWS.
 fn sample_plan() -> spilo::aws::plan::Plan {
     let base = desired(
@@ -112,7 +116,7 @@ fn sample_plan() -> spilo::aws::plan::Plan {
             file("frozen", AWS),
             file(
                 "tuning",
-                &format!("{AWS}  postgresql: {{parameters: {{work_mem: 16MB}}}}\n"),
+                &format!("{AWS}  postgresql: {{parameters: {{work_mem: 16MB}}}}\n{ROLES_BEFORE}"),
             ),
         ],
     );
@@ -130,9 +134,9 @@ fn sample_plan() -> spilo::aws::plan::Plan {
             file("frozen", AWS),
             file(
                 "tuning",
-                &format!("{AWS}  postgresql: {{parameters: {{work_mem: 64MB}}}}\n"),
+                &format!("{AWS}  postgresql: {{parameters: {{work_mem: 64MB}}}}\n{ROLES_AFTER}"),
             ),
-            file("fresh", &format!("  instances: 2\n{AWS}")),
+            file("fresh", &format!("  instances: 2\n{AWS}{ROLES_BEFORE}")),
         ],
     );
     let mut observed = observed_from(&base, &head);
@@ -228,7 +232,30 @@ fn the_sample_covers_every_action() {
         !tuning.changes_stack(),
         "a parameter is etcd config, not stack"
     );
-    assert!(tuning.config.is_some());
+    let catalog = tuning.config.as_ref().map(|c| c.catalog.clone());
+    assert_eq!(
+        catalog.unwrap_or_default(),
+        [
+            "+ role audit (login, at most 5 connections)",
+            "+ role readers (no login)",
+            "~ role reporting: +createdb, -createrole, +member of readers",
+            "+ database analytics owned by reporting",
+            "~ database orders: +extension pgcrypto",
+        ],
+        "role and database changes in words"
+    );
+    let fresh = plan.clusters.iter().find(|c| c.name == "fresh");
+    let created = fresh
+        .and_then(|c| c.config.as_ref())
+        .map(|c| c.catalog.clone());
+    assert_eq!(
+        created.unwrap_or_default(),
+        [
+            "+ role orders_app (login, password generated into SSM parameter /spilo/fresh/roles/orders_app)",
+            "+ role reporting (login, createrole)",
+            "+ database orders owned by orders_app",
+        ]
+    );
 }
 
 #[test]

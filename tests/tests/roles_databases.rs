@@ -192,6 +192,28 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
 
+    // `spilo up` said what the edit changes, in words; `spilo list` tells where each
+    // password is kept.
+    let log = repo.up_log();
+    for line in [
+        "cluster cat: + role auditor (login, member of readers, password from file",
+        "cluster cat: ~ role reporter: +createdb",
+    ] {
+        assert!(log.contains(line), "{line} not in:\n{log}");
+    }
+    let (code, list, err) = repo.spilo(&["list", "cat"])?;
+    assert_eq!(code, 0, "{err}");
+    let auditor_file = repo.state().join("cat/secrets/roles/auditor");
+    assert!(
+        list.contains(&format!(
+            "Role: auditor (password from file {})",
+            auditor_file.display()
+        )) && list.contains(
+            "Database: reports (owner reporter; connect with dbname=reports user=reporter)"
+        ),
+        "{list}"
+    );
+
     // A change by hand: undone within a check (every 10 s) under the local default, `drift:
     // revert`; under `drift: warn` reported on `spilo status` (and as `catalog` drift) and
     // left alone.

@@ -9,6 +9,7 @@
 use super::{Observed, ObservedDatabase, ObservedRole, Step, plan};
 use crate::shared::Shared;
 use spilo_model::catalog::{Catalog, RoleFlag};
+use spilo_model::governor::SecretRef;
 use spilo_model::{MemberRole, MemberState};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -133,21 +134,54 @@ pub async fn observe(local: &Local, desired: &Catalog) -> Result<Observed, tokio
     Ok(observed)
 }
 
-/// Reads each password a role names (a file), as a SCRAM verifier; an error names the role.
-fn verifiers(desired: &Catalog) -> Result<BTreeMap<String, String>, String> {
+/// Reads each password a role names, as a SCRAM verifier; an error names the role. A file
+/// is read here; an SSM parameter or a Secrets Manager secret in `region` (a generated
+/// password on AWS is stored into its SSM parameter first when there is none).
+async fn verifiers(
+    desired: &Catalog,
+    region: Option<&str>,
+) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for (name, role) in &desired.roles {
         let Some(p) = &role.password else { continue };
-        let Some(file) = &p.file else {
-            return Err(format!(
-                "role {name}: its password was not resolved to a file by the target"
-            ));
+        let text = match p.as_secret() {
+            Some(SecretRef {
+                file: Some(file), ..
+            }) => std::fs::read_to_string(&file).map_err(|e| {
+                format!(
+                    "role {name}: cannot read its password from {}: {e}",
+                    file.display()
+                )
+            })?,
+            Some(secret) => {
+                let Some(region) = region else {
+                    return Err(format!(
+                        "role {name}: its password is in AWS, and this governor has no aws.region"
+                    ));
+                };
+                let read = match (&p.ssm, p.generated) {
+                    (Some(at), true) => crate::config::generated_parameter(at, region).await,
+                    _ => crate::config::resolve_secret(
+                        &secret,
+                        &format!("role {name}"),
+                        region,
+                        std::path::Path::new("config.catalog"),
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                };
+                read.map_err(|e| format!("role {name}: cannot read its password: {e}"))?
+            }
+            None => {
+                return Err(format!(
+                    "role {name}: its password was not resolved by the target (a file, SSM \
+                     parameter or Secrets Manager secret)"
+                ));
+            }
         };
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| format!("role {name}: cannot read its password from {file}: {e}"))?;
         let password = text.trim_end_matches(['\n', '\r']);
         if password.is_empty() {
-            return Err(format!("role {name}: {file} is empty"));
+            return Err(format!("role {name}: its password is empty"));
         }
         out.insert(
             name.clone(),
@@ -162,12 +196,13 @@ pub async fn converge(
     local: &Local,
     desired: &Catalog,
     with_passwords: bool,
+    region: Option<&str>,
 ) -> Result<Vec<Step>, String> {
     let observed = observe(local, desired)
         .await
         .map_err(|e| format!("cannot read the catalog: {e}"))?;
     let passwords = if with_passwords {
-        verifiers(desired)?
+        verifiers(desired, region).await?
     } else {
         BTreeMap::new()
     };
@@ -204,6 +239,8 @@ pub struct Task {
     pub dcs: crate::dcs::Dcs,
     /// This member.
     pub me: String,
+    /// Where passwords kept in AWS are read (the configuration's `aws.region`).
+    pub region: Option<String>,
 }
 
 /// Runs until `cancel` fires: converges while this member leads a running primary, and looks
@@ -281,7 +318,7 @@ pub async fn task(t: Task, cancel: CancellationToken) {
                 .map(|(n, r)| (n, &r.password))
                 .ne(desired.roles.iter().map(|(n, r)| (n, &r.password)))
         });
-        match converge(&t.local, &desired, passwords).await {
+        match converge(&t.local, &desired, passwords, t.region.as_deref()).await {
             Ok(steps) => {
                 tracing::info!(steps = steps.len(), "catalog: converged");
                 *t.shared.catalog_error.write().await = None;

@@ -381,6 +381,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
                 shared: shared.clone(),
                 dcs: dcs.clone(),
                 me: loaded.name.to_string(),
+                region: cfg.aws.as_ref().map(|a| a.region.clone()),
             },
             cancel.clone(),
         ),

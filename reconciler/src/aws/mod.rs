@@ -7,6 +7,7 @@
 //! `spilo diff` plans one commit against another with no AWS at all ([`plan_between`]).
 
 pub mod apply;
+pub mod catalog;
 pub mod clients;
 pub mod commands;
 pub mod diff;

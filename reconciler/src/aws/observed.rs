@@ -260,7 +260,7 @@ impl ObservedCluster {
             Observation::Present(ObservedStack::as_rendered(stack, stack_id, status)),
             Observation::Present(ObservedEtcd {
                 config: Observation::Present(ObservedConfig {
-                    value: Some(file.spec.dynamic_config()),
+                    value: Some(super::plan::config::desired_config(file)),
                     mod_revision: config_revision,
                 }),
                 members: Vec::new(),

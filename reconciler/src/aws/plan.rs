@@ -15,7 +15,7 @@ use spilo_model::ClusterConfig;
 use spilo_model::spec::{ClusterFile, DcsSpec, EtcdClusterFile};
 use std::collections::BTreeMap;
 
-mod config;
+pub mod config;
 mod etcd;
 mod image;
 use image::{ImageSource, plan_image};
@@ -103,6 +103,9 @@ pub struct ConfigChange {
     /// When the synchronous replication settings change: what they promise, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synchronous: Option<String>,
+    /// The roles and databases it adds or changes, one line each, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub catalog: Vec<String>,
 }
 
 /// One cluster's part of the plan.

@@ -555,7 +555,8 @@ fn a_standby_cluster_starts_as_one_and_a_running_one_whose_file_disagrees_is_not
     );
 
     // The file adds spec.standby to a running primary cluster: it is not demoted.
-    let running = applied(&standby, "UPDATE_COMPLETE");
+    let mut running = applied(&standby, "UPDATE_COMPLETE");
+    running.etcd = etcd_config(&standby, |c| c.standby_cluster = None);
     let p = run(&[&standby], vec![running], PlanOptions::default());
     assert!(p.has_blocked() && only(&p).config.is_none(), "{p:?}");
     let why = only(&p).reason.clone().unwrap_or_default();

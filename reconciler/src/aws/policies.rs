@@ -9,6 +9,9 @@
 //! - `secrets`: `ssm:GetParameter` on exactly the referenced parameters,
 //!   `secretsmanager:GetSecretValue` on exactly the referenced secrets, `kms:Decrypt` on the
 //!   named key.
+//! - `role-passwords`: reading the passwords of the roles the file declares (SSM parameters,
+//!   Secrets Manager secrets), and `ssm:PutParameter` on exactly the parameters of its
+//!   generated passwords (`/spilo/<cluster>/roles/<role>`), which the leader creates.
 //! - `signal`: `cloudformation:SignalResource` on the cluster's own stack.
 
 use serde_json::{Value, json};
@@ -160,6 +163,26 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
         }));
     }
 
+    let read = super::catalog::references_read(file);
+    let mut statements = secret_statements(&read.iter().collect::<Vec<_>>(), None);
+    let written: Vec<Value> = super::catalog::parameters_written(file)
+        .iter()
+        .map(|p| parameter_arn(p))
+        .collect();
+    if !written.is_empty() {
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["ssm:PutParameter"],
+            "Resource": written,
+        }));
+    }
+    if !statements.is_empty() {
+        policies.push(json!({
+            "PolicyName": "role-passwords",
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": statements},
+        }));
+    }
+
     // Scale-in protection of its own instance while it runs the primary: only in the
     // cluster's own group (tagged with its name), and finding that group (no resource level).
     policies.push(json!({
@@ -286,6 +309,28 @@ mod tests {
         assert_eq!(
             policy(&instance_policies(&file("")), "standby-source-archive"),
             &Value::Null
+        );
+    }
+
+    #[test]
+    fn role_passwords_are_read_one_by_one_and_only_generated_ones_written() {
+        let ps = instance_policies(&file(
+            "  roles:\n    app: {password: {generated: true}}\n    report: {password: {secretsManager: team/report}}\n    group: {login: false}\n",
+        ));
+        let param = |n: &str| json!({"Fn::Sub": format!("arn:${{AWS::Partition}}:ssm:${{AWS::Region}}:${{AWS::AccountId}}:parameter/spilo/orders/roles/{n}")});
+        assert_eq!(
+            policy(&ps, "role-passwords"),
+            &json!([
+                {"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": [param("app")]},
+                {"Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"], "Resource": [
+                    {"Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:team/report-??????"}]},
+                {"Effect": "Allow", "Action": ["ssm:PutParameter"], "Resource": [param("app")]},
+            ])
+        );
+        assert_eq!(
+            policy(&instance_policies(&file("")), "role-passwords"),
+            &Value::Null,
+            "no roles, no grant"
         );
     }
 

@@ -165,6 +165,8 @@ pub fn config_lines(c: &ConfigChange) -> Vec<String> {
     let after = serde_json::to_value(&c.after).unwrap_or(Value::Null);
     diff::value_changes(&before, &after)
         .into_iter()
+        // Roles and databases are said in words ([`ConfigChange::catalog`]).
+        .filter(|(path, _, _)| path != "catalog" && !path.starts_with("catalog."))
         .map(|(path, b, a)| match (&b, &a) {
             (None, _) => format!("+ {path} = {}", json_short(&a)),
             (_, None) => format!("- {path} = {}", json_short(&b)),
@@ -247,6 +249,15 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
         }
         if let Some(s) = &cfg.synchronous {
             let _ = writeln!(out, "        durability: {s}");
+        }
+        for l in &cfg.catalog {
+            let painted = match l.chars().next() {
+                Some('+') => style.paint("32", l),
+                Some('-') => style.paint("31", l),
+                Some('~') => style.paint("33", l),
+                _ => l.clone(),
+            };
+            let _ = writeln!(out, "    {painted}");
         }
         let restarts = super::plan::restarts::restarts(cfg);
         if !restarts.is_empty() {
@@ -344,8 +355,11 @@ pub fn markdown(plan: &Plan, limit: usize) -> String {
             if !c.parameters.is_empty() {
                 parts.push(format!("{} parameter(s)", c.parameters.len()));
             }
-            if c.config.is_some() {
+            if let Some(cfg) = &c.config {
                 parts.push("etcd config".into());
+                if !cfg.catalog.is_empty() {
+                    parts.push(format!("{} role/database change(s)", cfg.catalog.len()));
+                }
             }
             if let Some(r) = &c.rollout {
                 parts.push(format!("rollout: {}", r.describe()).replace('|', "\\|"));

@@ -108,7 +108,8 @@ fn fingerprint(salt: &str, password: &str) -> String {
 }
 
 /// Writes each running cluster's roles and databases into its `config` (nothing when it
-/// declares none and `config` has none). Returns the errors to print.
+/// declares none and `config` has none), printing what each write changes in words
+/// (`cluster demo: + role reporting (login, createdb)`). Returns the errors to print.
 pub async fn sync(
     desired: &Desired,
     running: &std::collections::BTreeMap<String, super::cluster::LocalCluster>,
@@ -129,9 +130,22 @@ pub async fn sync(
         };
         let quiet = catalog.is_none();
         let target = super::standby::target(&file.metadata.name, layout);
-        let write = crate::list::update_config(&target, move |cfg| cfg.catalog = catalog.clone());
+        // What the write changes, in words (the last attempt's, should it retry).
+        let changes = std::sync::Mutex::new(Vec::new());
+        let write = crate::list::update_config(&target, |cfg| {
+            let said = spilo_model::catalog::describe_changes(
+                cfg.catalog.as_ref(),
+                catalog.as_ref().unwrap_or(&Catalog::default()),
+            );
+            *changes.lock().unwrap_or_else(|p| p.into_inner()) = said;
+            cfg.catalog = catalog.clone();
+        });
         match tokio::time::timeout(Duration::from_secs(10), write).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                for line in changes.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                    println!("cluster {name}: {line}");
+                }
+            }
             // Nothing to write, and no `config` to clear it in.
             Ok(Err(e)) if quiet && e.downcast_ref::<crate::list::ConfigAbsent>().is_some() => {}
             Ok(Err(e)) => out.push(format!(

@@ -66,19 +66,6 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
     if s.roles.is_empty() && s.databases.is_empty() {
         return;
     }
-    if s.target == Target::Aws {
-        let at = if s.roles.is_empty() {
-            "spec.databases"
-        } else {
-            "spec.roles"
-        };
-        r.at_key(
-            &Path::parse(at),
-            Severity::Error,
-            "roles and databases are converged on the local target so far; on AWS a generated \
-             password needs a place in SSM the instance role may write",
-        );
-    }
     for (name, role) in &s.roles {
         let here = |field: &str| Path::parse(&format!("spec.roles.{name}{field}"));
         if let Err(e) = plain(name) {
@@ -128,14 +115,31 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
                 format!("memberships go round in a circle: {}", cycle.join(" -> ")),
             );
         }
-        if let Some(p) = &role.password
-            && p.sources() != 1
-        {
-            r.at(
-                &here(".password"),
-                Severity::Error,
-                "set exactly one of generated: true, env or file",
-            );
+        if let Some(p) = &role.password {
+            let aws = s.target == Target::Aws;
+            if p.sources() != 1 {
+                r.at(
+                    &here(".password"),
+                    Severity::Error,
+                    if aws {
+                        "set exactly one of generated: true, ssm or secretsManager"
+                    } else {
+                        "set exactly one of generated: true, env or file"
+                    },
+                );
+            } else if aws && (p.env.is_some() || p.file.is_some()) {
+                r.at(
+                    &here(".password"),
+                    Severity::Error,
+                    "on AWS a password is generated: true (kept in SSM under /spilo/<cluster>/roles/), or read from ssm or secretsManager; env and file are of the machine running spilo up",
+                );
+            } else if !aws && (p.ssm.is_some() || p.secrets_manager.is_some()) {
+                r.at(
+                    &here(".password"),
+                    Severity::Error,
+                    "ssm and secretsManager are read by the instances of an AWS cluster; on the local target use generated: true, env or file",
+                );
+            }
         }
         if role.password.is_some() && !role.login {
             r.at(

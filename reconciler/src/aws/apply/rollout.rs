@@ -380,6 +380,8 @@ mod tests {
                 synchronous: None,
                 standby_of: None,
                 drill: None,
+                roles: Vec::new(),
+                databases: Vec::new(),
             },
             max_lag: 100,
             promotable: None,

@@ -7,13 +7,22 @@ use super::ConfigChange;
 use crate::aws::observed::{Observation, ObservedConfig};
 use spilo_model::spec::ClusterFile;
 
+/// The `config` `file` asks for, before what is kept as it runs: its dynamic configuration,
+/// its standby source and its roles and databases.
+pub fn desired_config(file: &ClusterFile) -> spilo_model::ClusterConfig {
+    let mut want = file.spec.dynamic_config();
+    want.standby_cluster = crate::aws::userdata::standby_source(file);
+    want.catalog = crate::aws::catalog::catalog(file);
+    want
+}
+
 /// The change of `config` (none when it already is as wanted); an error (the cluster's plan
 /// is blocked) when the file and the running cluster disagree on whether it is a standby.
 pub fn plan_config(
     file: &ClusterFile,
     observed: &Observation<ObservedConfig>,
 ) -> Result<Option<ConfigChange>, String> {
-    let mut want = file.spec.dynamic_config();
+    let mut want = desired_config(file);
     let (before, revision) = match observed {
         Observation::Present(c) => (c.value.clone(), c.mod_revision),
         _ => (None, 0),
@@ -31,7 +40,6 @@ pub fn plan_config(
     // sequenced against its source (a switchover between clusters) and is not done by an
     // apply on AWS yet: nothing of the cluster is changed (its instances' configuration and
     // role would no longer match how it runs), and the plan says why.
-    want.standby_cluster = crate::aws::userdata::standby_source(file);
     if let Some(b) = &before
         && b.standby_cluster.is_some() != want.standby_cluster.is_some()
     {
@@ -58,11 +66,16 @@ pub fn plan_config(
             .as_ref()
             .is_none_or(|b| b.synchronous_differs(&want))
             .then(|| want.describe_synchronous(replicas));
+        let catalog = spilo_model::catalog::describe_changes(
+            before.as_ref().and_then(|b| b.catalog.as_ref()),
+            want.catalog.as_ref().unwrap_or(&Default::default()),
+        );
         return Ok(Some(ConfigChange {
             before,
             after: want,
             expected_revision: revision,
             synchronous,
+            catalog,
         }));
     }
     Ok(None)

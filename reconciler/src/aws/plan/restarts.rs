@@ -102,6 +102,7 @@ mod tests {
             ]),
             expected_revision: 3,
             synchronous: None,
+            catalog: Vec::new(),
         };
         assert_eq!(restarts(&c), ["max_connections", "shared_buffers"]);
         let created = ConfigChange { before: None, ..c };

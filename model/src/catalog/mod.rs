@@ -8,6 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod changes;
+pub use changes::{describe_changes, password_source};
+
 /// The roles and databases of a cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +87,16 @@ impl RoleFlag {
         RoleFlag::Noinherit,
     ];
 
+    /// As the file spells it.
+    pub fn word(self) -> &'static str {
+        match self {
+            RoleFlag::Createdb => "createdb",
+            RoleFlag::Createrole => "createrole",
+            RoleFlag::Bypassrls => "bypassrls",
+            RoleFlag::Noinherit => "noinherit",
+        }
+    }
+
     /// The SQL keyword when set, and when not.
     pub fn keywords(self) -> (&'static str, &'static str) {
         match self {
@@ -99,7 +112,9 @@ impl RoleFlag {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RolePassword {
-    /// The target generates one and keeps it (locally in the state directory).
+    /// The target generates one and keeps it: locally in the state directory, on AWS the
+    /// leader's governor into the SSM parameter `/spilo/<cluster>/roles/<role>` (set in
+    /// `ssm` by the plan; created when absent, never overwritten).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub generated: bool,
     /// An environment variable of `spilo up`.
@@ -108,6 +123,12 @@ pub struct RolePassword {
     /// A file holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// An SSM Parameter Store parameter (AWS; name or ARN, SecureString decrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm: Option<String>,
+    /// A Secrets Manager secret (AWS; name or ARN, its `SecretString`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_manager: Option<String>,
     /// Set by the target in `config`, never in a file: a digest of the password with a
     /// secret salt of the target's, so that a changed password changes `config` (and the
     /// leader sets it) without the password or a plain hash of it leaving the machine.
@@ -122,12 +143,23 @@ impl RolePassword {
         usize::from(self.generated)
             + usize::from(self.env.is_some())
             + usize::from(self.file.is_some())
+            + usize::from(self.ssm.is_some())
+            + usize::from(self.secrets_manager.is_some())
     }
 
-    /// Where the governor reads it: a file (a generated or an environment's password was
-    /// written to one by the target). `None` for a source not resolved yet.
+    /// Where the governor reads it: a file (locally a generated or an environment's password
+    /// was written to one by the target), an SSM parameter or a Secrets Manager secret.
+    /// `None` for a source not resolved yet.
     pub fn as_secret(&self) -> Option<SecretRef> {
-        self.file.as_ref().map(SecretRef::file)
+        if let Some(f) = &self.file {
+            return Some(SecretRef::file(f));
+        }
+        Some(SecretRef {
+            ssm: self.ssm.clone(),
+            secrets_manager: self.secrets_manager.clone(),
+            ..SecretRef::default()
+        })
+        .filter(|r| r.sources() == 1)
     }
 }
 
