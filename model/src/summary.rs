@@ -437,7 +437,11 @@ mod tests {
             catalog: Some(catalog),
             ..Default::default()
         };
-        let mut s = summarize(&ClusterName::new("orders").expect("name"), None, &BTreeMap::new());
+        let mut s = summarize(
+            &ClusterName::new("orders").expect("name"),
+            None,
+            &BTreeMap::new(),
+        );
         s.mark_catalog(Some(&config));
         let table = s.to_table();
         for line in [

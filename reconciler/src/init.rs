@@ -74,6 +74,13 @@ pub struct InitArgs {
     /// Mount options, comma separated.
     #[arg(long)]
     pub mount_options: Option<String>,
+    /// Databases to create, comma separated: each owned by a login role of the same name
+    /// whose password the target generates and keeps (empty: none).
+    #[arg(long)]
+    pub databases: Option<String>,
+    /// Extensions created in each of those databases, comma separated.
+    #[arg(long)]
+    pub extensions: Option<String>,
     /// Where to write the file (default: clusters/<name>.yaml).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -436,7 +443,77 @@ fn postgres_body(
             bucket = bucket.yaml(),
         ));
     }
+    body.push_str(&catalog_body(args, a, &target)?);
     Ok(body)
+}
+
+/// A comma-separated answer as its items.
+fn items(answer: &str) -> Vec<&str> {
+    answer
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Each item a name PostgreSQL takes unquoted, and none of the roles spilo runs as.
+fn plain_names(answer: &str) -> Result<(), String> {
+    for name in items(answer) {
+        crate::spec::plain_name(name)?;
+        if name.starts_with("pg_") || crate::spec::RESERVED_ROLES.contains(&name) {
+            return Err(format!(
+                "{name}: reserved (pg_ names, and the roles spilo runs as)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The databases and extensions questions: `spec.roles` and `spec.databases`, each database
+/// owned by a login role of its name with a generated password.
+fn catalog_body(args: &InitArgs, a: &mut Asker<'_>, target: &str) -> anyhow::Result<String> {
+    let where_kept = if target == "aws" {
+        "in SSM under /spilo/<cluster>/roles/"
+    } else {
+        "in the state directory"
+    };
+    let databases = a.ask(
+        &args.databases,
+        "databases",
+        &format!(
+            "Databases to create, each owned by a login role of its name with a generated password kept {where_kept} (comma-separated, empty for none)"
+        ),
+        "",
+        plain_names,
+    )?;
+    let databases = items(&databases);
+    if databases.is_empty() {
+        return Ok(String::new());
+    }
+    let extensions = a.ask(
+        &args.extensions,
+        "extensions",
+        "Extensions in each of them (comma-separated, e.g. pg_stat_statements, pgcrypto)",
+        "",
+        plain_names,
+    )?;
+    let extensions = items(&extensions);
+    let mut out = String::from("  roles:\n");
+    for d in &databases {
+        out.push_str(&format!("    {d}: {{password: {{generated: true}}}}\n"));
+    }
+    out.push_str("  databases:\n");
+    for d in &databases {
+        if extensions.is_empty() {
+            out.push_str(&format!("    {d}: {{owner: {d}}}\n"));
+        } else {
+            out.push_str(&format!(
+                "    {d}: {{owner: {d}, extensions: [{}]}}\n",
+                extensions.join(", ")
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Validates `body`, then writes it to `path` unless answers (not placeholders) are wrong.

@@ -108,6 +108,11 @@ async fn init_at_a_terminal_takes_typed_answers_and_names_the_bucket_after_the_a
             "Filesystem mount options (comma-separated) [noatime,nodiratime]: ",
             "noatime,nobarrier",
         ),
+        ("(comma-separated, empty for none): ", "shop"),
+        (
+            "(comma-separated, e.g. pg_stat_statements, pgcrypto): ",
+            "pgcrypto",
+        ),
     ];
     let mut at = 0;
     for (prompt, answer) in dialogue {
@@ -141,6 +146,8 @@ async fn init_at_a_terminal_takes_typed_answers_and_names_the_bucket_after_the_a
         "bucket: spilo-123456789012-eu-west-1-shop\n    createBucket: true\n",
         "restapi: {ssm: /spilo/shop/restapi-token}",
         "ca: {ssm: /spilo/shop/ca}",
+        "roles:\n    shop: {password: {generated: true}}\n",
+        "databases:\n    shop: {owner: shop, extensions: [pgcrypto]}\n",
     ] {
         assert!(text.contains(line), "{line:?} in:\n{text}");
     }

@@ -25,8 +25,8 @@ fn answers_from_a_pipe_write_a_valid_aws_file() {
     };
     // name, instances, target, bucket, create, type, zone, vpc (empty refused), subnets,
     // domain, size (5 is refused, then 20), volume type, iops, snapshot, filesystem,
-    // mount options.
-    let input = "orders\n\n\norders-wal\nno\nm6g.large\ndb.example.com\n\nvpc-0a1b2c3d\nsubnet-0a1b2c3d, subnet-1a1b2c3d\netcd.example.com\n5\n20\nio1\n\n\nxfs\n\n";
+    // mount options, databases (a reserved name is refused), extensions.
+    let input = "orders\n\n\norders-wal\nno\nm6g.large\ndb.example.com\n\nvpc-0a1b2c3d\nsubnet-0a1b2c3d, subnet-1a1b2c3d\netcd.example.com\n5\n20\nio1\n\n\nxfs\n\npostgres\norders, billing\npgcrypto\n";
     let (r, shown) = run_with(args, Some("123456789012"), input);
     r.expect("init succeeds");
     assert!(shown.contains("Cluster name: "), "{shown}");
@@ -55,6 +55,18 @@ fn answers_from_a_pipe_write_a_valid_aws_file() {
     );
     assert!(text.contains("instanceType: m6g.large"), "{text}");
     assert!(text.contains("discoveryDomain: etcd.example.com"), "{text}");
+    assert!(
+        shown.contains("with a generated password kept in SSM under /spilo/<cluster>/roles/")
+            && shown.contains("postgres: reserved"),
+        "{shown}"
+    );
+    assert!(
+        text.ends_with(
+            "  roles:\n    orders: {password: {generated: true}}\n    billing: {password: {generated: true}}\n  \
+             databases:\n    orders: {owner: orders, extensions: [pgcrypto]}\n    billing: {owner: billing, extensions: [pgcrypto]}\n"
+        ),
+        "{text}"
+    );
     let checked = validate_files(&[("orders.yaml".into(), text)]);
     assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
 }
@@ -163,6 +175,43 @@ fn flags_and_yes_need_no_terminal() {
         text.contains("name: billing\nspec:\n  instances: 5\n  target: local\n"),
         "{text}"
     );
+    assert!(!text.contains("roles:"), "no databases by default: {text}");
+}
+
+#[test]
+fn a_local_cluster_gets_its_databases_and_their_roles_from_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_path = dir.path().join("shop.yaml");
+    let args = InitArgs {
+        name: Some("shop".into()),
+        target: Some("local".into()),
+        databases: Some("shop".into()),
+        output: Some(out_path.clone()),
+        yes: true,
+        ..Default::default()
+    };
+    let (r, _) = run_with(args, None, "");
+    r.expect("init succeeds");
+    let text = std::fs::read_to_string(&out_path).expect("written");
+    assert!(
+        text.ends_with(
+            "  roles:\n    shop: {password: {generated: true}}\n  databases:\n    shop: {owner: shop}\n"
+        ),
+        "{text}"
+    );
+    let checked = validate_files(&[("shop.yaml".into(), text)]);
+    assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+    let bad = InitArgs {
+        name: Some("shop".into()),
+        target: Some("local".into()),
+        databases: Some("Shop".into()),
+        output: Some(dir.path().join("bad.yaml")),
+        yes: true,
+        ..Default::default()
+    };
+    let (r, _) = run_with(bad, None, "");
+    let e = r.expect_err("not a plain name");
+    assert!(e.to_string().contains("--databases \"Shop\""), "{e}");
 }
 
 #[test]

@@ -10,11 +10,11 @@ use spilo_model::catalog::Presence;
 use spilo_model::spec::{ClusterFile, Target};
 
 /// The roles spilo itself runs with (the superuser and the replication user).
-const RESERVED: [&str; 2] = ["postgres", "replicator"];
+pub const RESERVED_ROLES: [&str; 2] = ["postgres", "replicator"];
 
 /// A name PostgreSQL takes without quoting: lower case letters, digits and `_`, not starting
 /// with a digit, at most 63 bytes.
-fn plain(name: &str) -> Result<(), String> {
+pub fn plain_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name
@@ -68,7 +68,7 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
     }
     for (name, role) in &s.roles {
         let here = |field: &str| Path::parse(&format!("spec.roles.{name}{field}"));
-        if let Err(e) = plain(name) {
+        if let Err(e) = plain_name(name) {
             r.at_key(&here(""), Severity::Error, e);
         } else if name.starts_with("pg_") {
             r.at_key(
@@ -76,7 +76,7 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
                 Severity::Error,
                 "role names starting with pg_ are reserved by PostgreSQL",
             );
-        } else if RESERVED.contains(&name.as_str()) {
+        } else if RESERVED_ROLES.contains(&name.as_str()) {
             r.at_key(
                 &here(""),
                 Severity::Error,
@@ -152,7 +152,7 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
     let controls = extension_dir(s.postgresql.version);
     for (name, db) in &s.databases {
         let here = |field: &str| Path::parse(&format!("spec.databases.{name}{field}"));
-        if let Err(e) = plain(name) {
+        if let Err(e) = plain_name(name) {
             r.at_key(&here(""), Severity::Error, e);
         } else if ["postgres", "template0", "template1"].contains(&name.as_str()) {
             r.at_key(
@@ -173,12 +173,12 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
             );
         }
         for (i, schema) in db.schemas.iter().enumerate() {
-            if let Err(e) = plain(schema) {
+            if let Err(e) = plain_name(schema) {
                 r.at(&here(&format!(".schemas[{i}]")), Severity::Error, e);
             }
         }
         for (i, ext) in db.extensions.iter().enumerate() {
-            if let Err(e) = plain(ext) {
+            if let Err(e) = plain_name(ext) {
                 r.at(&here(&format!(".extensions[{i}]")), Severity::Error, e);
             } else if controls.is_dir() && !controls.join(format!("{ext}.control")).exists() {
                 r.at(

@@ -14,6 +14,7 @@ mod rules;
 mod schema;
 mod validate;
 
+pub use catalog_rules::{RESERVED_ROLES, plain_name};
 pub use diagnostic::{
     Diagnostic, Severity, render_github, render_gitlab, render_json, render_text,
 };
