@@ -133,7 +133,9 @@ async fn watch_skips_an_invalid_commit_and_applies_the_next_valid_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
     let w = World::new().await;
-    w.commit_shape("orders", &DEFAULT);
+    // With a declared role (whose state the leader reports in `catalog`).
+    let file = w.cluster("orders", &DEFAULT) + "  roles:\n    reporting: {login: true}\n";
+    w.repo.commit("orders", Some(&file)).expect("commit");
     assert_eq!(w.spilo(&["apply", "--auto-approve"]).code, 0);
     // The three governors of the cluster, as they publish themselves in etcd.
     let mut etcd = etcd_client::Client::connect([w.etcd.url()], None)
@@ -203,6 +205,16 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
     )
     .await
     .expect("someone edits the config by hand");
+    // The leader found a role changed by hand (`drift: warn`) and said so in `catalog`.
+    etcd.put(
+        "/service/orders/catalog",
+        serde_json::json!({"member": "m0", "unix": 1_700_000_000u64,
+                           "drift": ["role reporting: +createdb"]})
+        .to_string(),
+        None,
+    )
+    .await
+    .expect("the leader reports a role changed by hand");
     let resources: Vec<serde_json::Value> =
         serde_json::from_str(&w.resources("orders").stdout).expect("resources");
     let group = resources
@@ -244,10 +256,12 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
             "config_differs",
             "missing_members",
             "pending_restart",
+            "catalog",
             "replica_lag"
         ],
         "{report:#}"
     );
+
     let text = w.spilo(&["drift"]);
     assert!(
         text.stdout.contains(
@@ -261,6 +275,12 @@ async fn drift_reports_aws_and_runtime_drift_with_exit_codes() {
         "{text}"
     );
     assert!(text.stdout.contains("~ ttl: 30 -> 4"), "{text}");
+    assert!(
+        text.stdout.contains(
+            "orders: catalog: roles and databases changed by hand: role reporting: +createdb"
+        ),
+        "{text}"
+    );
     assert!(
         text.stdout.contains(
             "orders: pending_restart: m0 runs with a changed setting that waits for a restart"
