@@ -25,6 +25,14 @@ pub enum PreflightError {
         /// The tool.
         tool: &'static str,
     },
+    /// TLS is configured, and the PostgreSQL build cannot speak it.
+    #[error(
+        "postgresql.bin_dir {dir}: this PostgreSQL build has no SSL support (`pg_config --configure` shows neither --with-ssl=openssl nor --with-openssl), but `tls:` asks for TLS on every connection; use a build with OpenSSL (Debian's or apt.postgresql.org's packages), or configure no `tls:`"
+    )]
+    NoSsl {
+        /// The directory.
+        dir: String,
+    },
     /// The data directory is not this user's.
     #[error(
         "postgresql.data_dir {dir} is owned by uid {owner}, but the governor runs as uid {me}; run the governor as the owner or change the owner"
@@ -81,6 +89,11 @@ pub fn check(cfg: &GovernorConfig) -> Result<(), PreflightError> {
         return Err(PreflightError::Root);
     }
     check_binaries(&cfg.postgresql.bin_dir)?;
+    if cfg.tls.is_some() && builds_without_ssl(&cfg.postgresql.bin_dir) {
+        return Err(PreflightError::NoSsl {
+            dir: cfg.postgresql.bin_dir.display().to_string(),
+        });
+    }
     check_data_dir(&cfg.postgresql.data_dir, me.as_raw())
 }
 
@@ -98,6 +111,18 @@ fn check_binaries(dir: &Path) -> Result<(), PreflightError> {
         }
     }
     Ok(())
+}
+
+/// Whether the PostgreSQL build in `dir` was configured without SSL, as its `pg_config` says
+/// (false when that cannot be told: no `pg_config` there).
+pub fn builds_without_ssl(dir: &Path) -> bool {
+    std::process::Command::new(dir.join("pg_config"))
+        .arg("--configure")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .is_some_and(|c| !c.contains("--with-ssl=openssl") && !c.contains("--with-openssl"))
 }
 
 fn check_data_dir(dir: &Path, me: u32) -> Result<(), PreflightError> {

@@ -14,6 +14,7 @@ pub mod drift;
 pub mod etcd;
 pub mod forge;
 pub mod init;
+pub mod installed;
 pub mod list;
 pub mod local;
 pub mod member_config;

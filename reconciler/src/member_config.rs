@@ -61,6 +61,8 @@ pub struct Placement {
     pub proxy_listen: Option<SocketAddr>,
     /// A standby cluster's source (`spec.standby`), resolved by the target.
     pub standby: Option<spilo_model::StandbySource>,
+    /// Where the PostgreSQL programs of the file's version are, as the target found them.
+    pub bin_dir: PathBuf,
 }
 
 /// The WAL archive of `file` in `store`, as a reader of it needs it (prefix, compression),
@@ -154,10 +156,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         namespace: spilo_model::keys::DEFAULT_NAMESPACE.to_string(),
         etcd: at.etcd.clone(),
         postgresql: PostgresConfig {
-            bin_dir: PathBuf::from(format!(
-                "/usr/lib/postgresql/{}/bin",
-                spec.postgresql.version
-            )),
+            bin_dir: at.bin_dir.clone(),
             data_dir: at.data_dir.clone(),
             run_dir: None,
             listen: at.postgres_listen,

@@ -48,6 +48,8 @@ pub struct ClusterOptions {
     pub tls: bool,
     /// With `tls`: the members' certificate lifetime in seconds (`tls.lifetime`).
     pub tls_lifetime: Option<u64>,
+    /// The PostgreSQL major version the members run (15, or 18 from `scripts/install-deps`).
+    pub version: u32,
 }
 
 impl Default for ClusterOptions {
@@ -64,7 +66,19 @@ impl Default for ClusterOptions {
             netns: false,
             tls: true,
             tls_lifetime: None,
+            version: 15,
         }
+    }
+}
+
+/// Where PostgreSQL `version`'s programs are here: Debian's directory, or
+/// `/usr/local/lib/postgresql/<version>/bin` (where `scripts/install-deps` puts 18).
+pub fn pg_bin(version: u32) -> std::path::PathBuf {
+    let debian = std::path::PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"));
+    if debian.join("postgres").is_file() {
+        debian
+    } else {
+        std::path::PathBuf::from(format!("/usr/local/lib/postgresql/{version}/bin"))
     }
 }
 
@@ -338,7 +352,7 @@ impl Cluster {
              name: {name}\n\
              etcd: {{hosts: [{hosts}]}}\n\
              postgresql:\n  \
-               bin_dir: /usr/lib/postgresql/15/bin\n  \
+               bin_dir: {bin}\n  \
                data_dir: {data}\n  \
                listen: {host}:{pg}\n  \
                parameters: {{shared_buffers: 16MB, max_connections: '40'}}\n  \
@@ -356,6 +370,7 @@ impl Cluster {
             secrets = self.secrets.display(),
             api = m.api_port,
             ha = self.options.ha,
+            bin = pg_bin(self.options.version).display(),
             extra = m.extra_yaml,
             archive = if self.options.archive {
                 format!(
@@ -615,6 +630,38 @@ impl Cluster {
             })
             .collect();
         crate::probe::Prober::start(targets, interval)
+    }
+
+    /// The PostgreSQL major version the members run (`ClusterOptions::version`).
+    pub fn version(&self) -> u32 {
+        self.options.version
+    }
+
+    /// Whether the members speak TLS (`ClusterOptions::tls`).
+    pub fn tls(&self) -> bool {
+        self.options.tls
+    }
+
+    /// Fails unless the primary runs PostgreSQL `major` (`server_version_num`).
+    pub async fn runs_version(&self, major: u32) -> anyhow::Result<()> {
+        let primary = self
+            .primaries()
+            .await
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no primary to ask its version"))?;
+        let num: String = self
+            .sql(&primary)
+            .await?
+            .query_one("SHOW server_version_num", &[])
+            .await?
+            .get(0);
+        let runs = num.parse::<u32>()? / 10_000;
+        anyhow::ensure!(
+            runs == major,
+            "{primary} runs PostgreSQL {runs}, not {major}"
+        );
+        Ok(())
     }
 
     /// A SQL connection to a member as the superuser, over TCP with its password.

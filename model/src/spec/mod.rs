@@ -267,10 +267,16 @@ impl ClusterSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PostgresSpec {
-    /// Major version.
+    /// Major version: 15 (Debian's) or 18.
     #[serde(default = "d_pg_version")]
-    #[schemars(range(min = 13, max = 17))]
+    #[schemars(range(min = 13, max = 18))]
     pub version: u32,
+    /// Where this version's programs are (`postgres`, `initdb`, `pg_ctl`, `pg_rewind`, ...);
+    /// by default Debian's `/usr/lib/postgresql/<version>/bin`, and on the local target
+    /// `/usr/local/lib/postgresql/<version>/bin` when Debian has none (where
+    /// `scripts/install-deps` puts PostgreSQL 18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_dir: Option<String>,
     /// Server parameters for every member (`shared_buffers: 1GB`, `max_connections: 200`).
     #[serde(default)]
     pub parameters: BTreeMap<String, ParamValue>,
@@ -283,10 +289,19 @@ fn d_pg_version() -> u32 {
     15
 }
 
+/// Where Debian's packages put PostgreSQL `version`'s programs.
+pub fn debian_bin_dir(version: u32) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))
+}
+
+/// The major versions spilo runs and tests: Debian 12's and the newest.
+pub const SUPPORTED_VERSIONS: [u32; 2] = [15, 18];
+
 impl Default for PostgresSpec {
     fn default() -> Self {
         Self {
             version: d_pg_version(),
+            bin_dir: None,
             parameters: BTreeMap::new(),
             pg_hba: Vec::new(),
         }

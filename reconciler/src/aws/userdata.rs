@@ -113,6 +113,10 @@ fn placement(file: &ClusterFile) -> Placement {
         clone_store: spec.bootstrap.clone.as_ref().map(|_| s3),
         parameters_in_file: false,
         standby: standby_source(file),
+        bin_dir: file.spec.postgresql.bin_dir.as_ref().map_or_else(
+            || spilo_model::spec::debian_bin_dir(file.spec.postgresql.version),
+            std::path::PathBuf::from,
+        ),
         aws: Some(AwsSettings {
             region,
             signal: Some(StackSignal {

@@ -87,6 +87,7 @@ pub fn render(
             tls: tls.map(|t| TlsConfig::new(t.ca.clone(), SecretRef::file(&t.ca_key))),
             proxy_listen: ports.proxy.map(|p| local(p + index)),
             standby: standby.cloned(),
+            bin_dir: crate::installed::postgres_bin_dir(&file.spec.postgresql),
         },
     )
 }

