@@ -12,6 +12,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// How long one renewal attempt (opening a keep-alive stream, or an answer on it) may take
+/// before a new one starts on a fresh stream: two renewal intervals, within the client's own
+/// timeout. While etcd elects a new leader, a renewal sent to a follower can hang for
+/// seconds after the election; a new request is answered as soon as there is a leader, so
+/// short attempts retried at once keep a lease that one long wait would lose (losing one of
+/// three etcd members must not fence the primary).
+pub fn attempt_timeout(client_timeout: Duration, interval: Duration) -> Duration {
+    client_timeout
+        .min(interval * 2)
+        .max(Duration::from_millis(200))
+}
+
+/// The pause before the next attempt after a failed one.
+pub fn retry_pause(interval: Duration) -> Duration {
+    (interval / 5).max(Duration::from_millis(20))
+}
+
 /// Keeps a lease alive until `cancel` fires; publishes every change on `tx`.
 pub async fn run(
     dcs: Dcs,
@@ -20,6 +37,7 @@ pub async fn run(
     tx: watch::Sender<LeaseView>,
     cancel: CancellationToken,
 ) {
+    let attempt = attempt_timeout(dcs.timeout(), interval);
     let mut id: Option<i64> = None;
     loop {
         if cancel.is_cancelled() {
@@ -54,7 +72,7 @@ pub async fn run(
             }
         };
         let (mut keeper, mut stream) =
-            match bounded(dcs.timeout(), dcs.client().lease_keep_alive(lease)).await {
+            match bounded(attempt, dcs.client().lease_keep_alive(lease)).await {
                 Ok(pair) => pair,
                 Err(e) if lease_gone(&e) => {
                     tracing::warn!(
@@ -67,7 +85,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open the lease keep-alive stream");
-                    if pause(&cancel, interval).await {
+                    if pause(&cancel, retry_pause(interval)).await {
                         return;
                     }
                     continue;
@@ -79,7 +97,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "lease renewal could not be sent");
                 break;
             }
-            match tokio::time::timeout(dcs.timeout(), stream.message()).await {
+            match tokio::time::timeout(attempt, stream.message()).await {
                 Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                     let granted = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
                     tx.send_replace(LeaseView {
@@ -115,7 +133,7 @@ pub async fn run(
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(timeout = ?dcs.timeout(), "lease renewal got no answer in time");
+                    tracing::warn!(timeout = ?attempt, "lease renewal got no answer in time; trying a new stream");
                     break;
                 }
             }
@@ -123,7 +141,7 @@ pub async fn run(
                 return;
             }
         }
-        if pause(&cancel, interval / 2).await {
+        if pause(&cancel, retry_pause(interval)).await {
             return;
         }
     }
@@ -140,4 +158,32 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
 /// Whether etcd said the lease does not exist (it expired, or was revoked).
 pub(crate) fn lease_gone(e: &super::DcsError) -> bool {
     e.to_string().contains("lease not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_attempts_fit_before_the_fence() {
+        // The defaults: ttl 4 s, renewals every 0.5 s, a 2 s client timeout, a 1 s fence
+        // margin: a renewal that failed right after the last success leaves 3 s, in which
+        // attempts of 1 s with 0.1 s pauses fit at least twice more.
+        let (interval, client) = (Duration::from_millis(500), Duration::from_secs(2));
+        assert_eq!(attempt_timeout(client, interval), Duration::from_secs(1));
+        assert_eq!(retry_pause(interval), Duration::from_millis(100));
+        let window = Duration::from_secs(3);
+        let per_try = attempt_timeout(client, interval) + retry_pause(interval);
+        assert!(per_try * 2 < window);
+        // A short client timeout is kept; a tiny interval never makes attempts shorter than
+        // 200 ms.
+        assert_eq!(
+            attempt_timeout(Duration::from_millis(300), interval),
+            Duration::from_millis(300)
+        );
+        assert_eq!(
+            attempt_timeout(client, Duration::from_millis(10)),
+            Duration::from_millis(200)
+        );
+    }
 }
