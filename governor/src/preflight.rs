@@ -122,7 +122,10 @@ pub fn builds_without_ssl(dir: &Path) -> bool {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .is_some_and(|c| !c.contains("--with-ssl=openssl") && !c.contains("--with-openssl"))
+        // A meson build records no configure options ("not recorded"): cannot tell.
+        .is_some_and(|c| {
+            c.contains("--") && !c.contains("--with-ssl=openssl") && !c.contains("--with-openssl")
+        })
 }
 
 fn check_data_dir(dir: &Path, me: u32) -> Result<(), PreflightError> {

@@ -495,7 +495,11 @@ fn catalog_body(args: &InitArgs, a: &mut Asker<'_>, target: &str) -> anyhow::Res
         "extensions",
         "Extensions in each of them (comma-separated, e.g. pg_stat_statements, pgcrypto)",
         "",
-        plain_names,
+        |answer: &str| {
+            items(answer)
+                .into_iter()
+                .try_for_each(crate::spec::plain_name)
+        },
     )?;
     let extensions = items(&extensions);
     let mut out = String::from("  roles:\n");

@@ -209,7 +209,7 @@ fn spilo_init_takes_answers_from_a_pipe_and_writes_a_valid_file() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(b"payments\n1\nlocal\n")
+        .write_all(b"payments\n1\nlocal\n\n")
         .expect("answer");
     let result = child.wait_with_output().expect("wait");
     let shown = String::from_utf8_lossy(&result.stdout);

@@ -143,6 +143,10 @@ async fn verifiers(
 ) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for (name, role) in &desired.roles {
+        // A role declared absent is dropped: its password is neither read nor made.
+        if role.state == spilo_model::catalog::Presence::Absent {
+            continue;
+        }
         let Some(p) = &role.password else { continue };
         let text = match p.as_secret() {
             Some(SecretRef {

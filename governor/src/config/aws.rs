@@ -83,7 +83,12 @@ impl SecretClients {
                     Some(GetParameterError::ParameterNotFound(_))
                 ) => {}
             Err(e) => return Err(unread(format!("SSM parameter {name}"), &e)),
-            Ok(_) => return self.parameter(name).await,
+            Ok(out) => {
+                if let Some(v) = out.parameter().and_then(|p| p.value()) {
+                    return Ok(v.to_string());
+                }
+                return self.parameter(name).await;
+            }
         }
         let put = self
             .ssm

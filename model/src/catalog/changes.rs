@@ -26,6 +26,8 @@ pub fn describe_changes(before: Option<&Catalog>, after: &Catalog) -> Vec<String
                 "- role {name} (state: absent: dropped if it exists)"
             )),
             (Some(old), _) if old == role => {}
+            // Dropped before and still: nothing to say of its other fields.
+            (Some(old), Presence::Absent) if old.state == Presence::Absent => {}
             (Some(old), Presence::Absent) if old.state == Presence::Present => {
                 out.push(format!("- role {name} (state: absent: dropped)"))
             }
@@ -40,8 +42,8 @@ pub fn describe_changes(before: Option<&Catalog>, after: &Catalog) -> Vec<String
             }
         }
     }
-    for name in before.roles.keys() {
-        if !after.roles.contains_key(name) {
+    for (name, old) in &before.roles {
+        if !after.roles.contains_key(name) && old.state == Presence::Present {
             out.push(format!(
                 "  role {name} is no longer declared: kept as it is (only state: absent drops a role)"
             ));
@@ -292,6 +294,24 @@ mod tests {
                 "  role gone is no longer declared: kept as it is (only state: absent drops a role)",
                 "  database orders is no longer declared: kept with its data (spilo never drops a database)",
             ]
+        );
+    }
+
+    #[test]
+    fn a_dropped_role_stays_quiet_until_it_comes_back() {
+        let mut absent = role(true, &[RoleFlag::Createdb], &[]);
+        absent.state = Presence::Absent;
+        let mut absent_edited = absent.clone();
+        absent_edited.flags.clear();
+        let before = catalog(vec![("old", absent.clone())], vec![]);
+        let quiet = catalog(vec![("old", absent_edited)], vec![]);
+        assert!(describe_changes(Some(&before), &quiet).is_empty());
+        let gone = catalog(vec![], vec![]);
+        assert!(describe_changes(Some(&before), &gone).is_empty());
+        let back = catalog(vec![("old", role(true, &[], &[]))], vec![]);
+        assert_eq!(
+            describe_changes(Some(&before), &back),
+            vec!["+ role old (login)"]
         );
     }
 

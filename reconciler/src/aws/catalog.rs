@@ -1,11 +1,14 @@
 //! The roles and databases of an AWS cluster's file as its `config` carries them: a generated
-//! password becomes the SSM parameter `/spilo/<cluster>/roles/<role>`, which the leader's
-//! governor creates when absent (and only it may write: [`super::policies`]); passwords read
-//! from SSM or Secrets Manager stay references. A standby cluster's generated passwords are
-//! its source's parameters (the same roles with the same passwords, so a promotion changes
-//! none), which it only reads.
+//! password becomes the SSM parameter `/spilo/<cluster>/roles/<role>` (or the one the file
+//! names with `ssm` beside `generated: true`), which the leader's governor creates when
+//! absent (and only it may write: [`super::policies`]); passwords read from SSM or Secrets
+//! Manager stay references. A standby cluster's generated passwords are its source's
+//! parameters, which it only reads; a standby that is to keep them after its promotion names
+//! them in its file (`{generated: true, ssm: /spilo/<source>/roles/<role>}`), since without
+//! `spec.standby` the default would be its own. Roles declared absent have no password.
 
 use spilo_model::Catalog;
+use spilo_model::catalog::Presence;
 use spilo_model::spec::{ClusterFile, DriftPolicy};
 
 /// The SSM parameter that holds `role`'s generated password of cluster `keeper`.
@@ -36,7 +39,11 @@ pub fn catalog(file: &ClusterFile) -> Option<Catalog> {
         databases: spec.databases.clone(),
     };
     for (name, role) in catalog.roles.iter_mut() {
-        if let Some(p) = role.password.as_mut().filter(|p| p.generated) {
+        if let Some(p) = role
+            .password
+            .as_mut()
+            .filter(|p| p.generated && p.ssm.is_none())
+        {
             p.ssm = Some(generated_parameter(&keeper, name));
         }
     }
@@ -49,24 +56,26 @@ pub fn parameters_written(file: &ClusterFile) -> Vec<String> {
     if file.spec.standby.is_some() {
         return Vec::new();
     }
-    generated_roles(file)
-        .map(|role| generated_parameter(file.metadata.name.as_str(), role))
-        .collect()
-}
-
-fn generated_roles(file: &ClusterFile) -> impl Iterator<Item = &str> {
-    file.spec
-        .roles
+    catalog(file)
         .iter()
-        .filter(|(_, r)| r.password.as_ref().is_some_and(|p| p.generated))
-        .map(|(n, _)| n.as_str())
+        .flat_map(|c| c.roles.values())
+        .filter(|r| r.state == Presence::Present)
+        .filter_map(|r| r.password.as_ref())
+        .filter(|p| p.generated)
+        .filter_map(|p| p.ssm.clone())
+        .collect()
 }
 
 /// The SSM parameters and Secrets Manager secrets `file`'s members read passwords from
 /// (generated ones included).
 pub fn references_read(file: &ClusterFile) -> Vec<spilo_model::spec::SecretRef> {
     let mut out = Vec::new();
-    for role in catalog(file).iter().flat_map(|c| c.roles.values()) {
+    let present = |r: &&spilo_model::catalog::Role| r.state == Presence::Present;
+    for role in catalog(file)
+        .iter()
+        .flat_map(|c| c.roles.values())
+        .filter(present)
+    {
         if let Some(p) = &role.password
             && (p.ssm.is_some() || p.secrets_manager.is_some())
         {
@@ -130,6 +139,20 @@ mod tests {
             Some("/spilo/orders/roles/app")
         );
         assert!(parameters_written(&f).is_empty());
+    }
+
+    #[test]
+    fn a_named_parameter_is_kept_and_absent_roles_have_none() {
+        let f = file(
+            "orders-dr",
+            "  roles:\n    app: {password: {generated: true, ssm: /spilo/orders/roles/app}}\n    gone: {state: absent, password: {generated: true}}\n    old: {state: absent, password: {ssm: /team/old}}\n",
+        );
+        assert_eq!(parameters_written(&f), vec!["/spilo/orders/roles/app"]);
+        let read: Vec<_> = references_read(&f)
+            .into_iter()
+            .filter_map(|r| r.ssm)
+            .collect();
+        assert_eq!(read, vec!["/spilo/orders/roles/app"]);
     }
 
     #[test]

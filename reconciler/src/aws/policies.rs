@@ -164,7 +164,13 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
     }
 
     let read = super::catalog::references_read(file);
-    let mut statements = secret_statements(&read.iter().collect::<Vec<_>>(), None);
+    // The key `spec.secrets.kmsKey` names decrypts role passwords too (already granted in
+    // `secrets` when that policy exists; here for a file whose role passwords are its only
+    // secrets).
+    let mut statements = secret_statements(
+        &read.iter().collect::<Vec<_>>(),
+        spec.secrets.kms_key.as_deref(),
+    );
     let written: Vec<Value> = super::catalog::parameters_written(file)
         .iter()
         .map(|p| parameter_arn(p))

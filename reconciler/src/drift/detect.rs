@@ -317,7 +317,8 @@ fn stack_drift(input: &DesiredInput<'_>, obs: &ObservedCluster) -> ClusterDrift 
     if let Some(cfg) = &c.config
         && cfg.before.is_some()
     {
-        let lines = crate::aws::show::config_lines(cfg);
+        let mut lines = crate::aws::show::config_lines(cfg);
+        lines.extend(cfg.catalog.iter().cloned());
         out.push(drift(
             name,
             DriftKind::ConfigDiffers,

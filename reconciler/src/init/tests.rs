@@ -186,6 +186,7 @@ fn a_local_cluster_gets_its_databases_and_their_roles_from_flags() {
         name: Some("shop".into()),
         target: Some("local".into()),
         databases: Some("shop".into()),
+        extensions: Some("pg_stat_statements".into()),
         output: Some(out_path.clone()),
         yes: true,
         ..Default::default()
@@ -195,7 +196,7 @@ fn a_local_cluster_gets_its_databases_and_their_roles_from_flags() {
     let text = std::fs::read_to_string(&out_path).expect("written");
     assert!(
         text.ends_with(
-            "  roles:\n    shop: {password: {generated: true}}\n  databases:\n    shop: {owner: shop}\n"
+            "  roles:\n    shop: {password: {generated: true}}\n  databases:\n    shop: {owner: shop, extensions: [pg_stat_statements]}\n"
         ),
         "{text}"
     );

@@ -112,7 +112,16 @@ pub(super) fn check(f: &ClusterFile, r: &mut Reporter<'_>) {
         }
         if let Some(p) = &role.password {
             let aws = s.target == Target::Aws;
-            if p.sources() != 1 {
+            // On AWS `ssm` beside `generated: true` names where the generated one is kept.
+            let sources = p.sources() - usize::from(aws && p.generated && p.ssm.is_some());
+            let named = [p.ssm.as_deref(), p.secrets_manager.as_deref()];
+            if let Some(bad) = named.iter().flatten().find(|n| n.contains(['*', '?'])) {
+                r.at(
+                    &here(".password"),
+                    Severity::Error,
+                    format!("{bad} is a pattern: a password names one SSM parameter or Secrets Manager secret (the instance role is granted exactly what is named)"),
+                );
+            } else if sources != 1 {
                 r.at(
                     &here(".password"),
                     Severity::Error,
