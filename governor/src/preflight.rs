@@ -121,11 +121,8 @@ pub fn builds_without_ssl(dir: &Path) -> bool {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        // A meson build records no configure options ("not recorded"): cannot tell.
-        .is_some_and(|c| {
-            c.contains("--") && !c.contains("--with-ssl=openssl") && !c.contains("--with-openssl")
-        })
+        .and_then(|o| spilo_model::spec::built_without_ssl(&String::from_utf8_lossy(&o.stdout)))
+        .unwrap_or(false)
 }
 
 fn check_data_dir(dir: &Path, me: u32) -> Result<(), PreflightError> {

@@ -39,37 +39,11 @@ impl SecretClients {
         }
     }
 
-    /// The value of SSM parameter `name` (a name or an ARN).
-    pub(super) async fn parameter(&self, name: &str) -> Result<String, Unread> {
-        let out = self
-            .ssm
-            .get_parameter()
-            .name(name)
-            .with_decryption(true)
-            .send()
-            .await
-            .map_err(|e| unread(format!("SSM parameter {name}"), &e))?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .map(str::to_string)
-            .ok_or_else(|| Unread {
-                passing: false,
-                message: format!("SSM parameter {name} has no value"),
-            })
-    }
-
-    /// The value of SSM parameter `name`; when there is none, `fresh` is stored there first
-    /// (a SecureString, never overwriting: whoever stored one first wins, and every reader
-    /// gets that one).
-    pub(super) async fn parameter_or_create(
-        &self,
-        name: &str,
-        fresh: String,
-    ) -> Result<String, Unread> {
+    /// The value of SSM parameter `name` (a name or an ARN); `None` when there is no such
+    /// parameter.
+    async fn lookup(&self, name: &str) -> Result<Option<String>, Unread> {
         use aws_sdk_ssm::operation::get_parameter::GetParameterError;
-        use aws_sdk_ssm::operation::put_parameter::PutParameterError;
-        use aws_sdk_ssm::types::ParameterType;
-        match self
+        let out = match self
             .ssm
             .get_parameter()
             .name(name)
@@ -81,14 +55,42 @@ impl SecretClients {
                 if matches!(
                     e.as_service_error(),
                     Some(GetParameterError::ParameterNotFound(_))
-                ) => {}
-            Err(e) => return Err(unread(format!("SSM parameter {name}"), &e)),
-            Ok(out) => {
-                if let Some(v) = out.parameter().and_then(|p| p.value()) {
-                    return Ok(v.to_string());
-                }
-                return self.parameter(name).await;
+                ) =>
+            {
+                return Ok(None);
             }
+            Err(e) => return Err(unread(format!("SSM parameter {name}"), &e)),
+            Ok(out) => out,
+        };
+        out.parameter()
+            .and_then(|p| p.value())
+            .map(|v| Some(v.to_string()))
+            .ok_or_else(|| Unread {
+                passing: false,
+                message: format!("SSM parameter {name} has no value"),
+            })
+    }
+
+    /// The value of SSM parameter `name` (a name or an ARN).
+    pub(super) async fn parameter(&self, name: &str) -> Result<String, Unread> {
+        self.lookup(name).await?.ok_or_else(|| Unread {
+            passing: false,
+            message: format!("SSM parameter {name} does not exist"),
+        })
+    }
+
+    /// The value of SSM parameter `name`; when there is none, `fresh` is stored there first
+    /// (a SecureString, never overwriting: whoever stored one first wins, and every reader
+    /// gets that one).
+    pub(super) async fn parameter_or_create(
+        &self,
+        name: &str,
+        fresh: String,
+    ) -> Result<String, Unread> {
+        use aws_sdk_ssm::operation::put_parameter::PutParameterError;
+        use aws_sdk_ssm::types::ParameterType;
+        if let Some(v) = self.lookup(name).await? {
+            return Ok(v);
         }
         let put = self
             .ssm

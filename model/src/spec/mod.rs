@@ -294,6 +294,15 @@ pub fn debian_bin_dir(version: u32) -> std::path::PathBuf {
     std::path::PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))
 }
 
+/// Whether a PostgreSQL build lacks SSL, from what its `pg_config --configure` printed:
+/// `Some(true)` when its options name neither `--with-ssl=openssl` nor `--with-openssl`,
+/// `None` when there are no options to tell by (a meson build prints "not recorded").
+pub fn built_without_ssl(configure: &str) -> Option<bool> {
+    configure
+        .contains("--")
+        .then(|| !configure.contains("--with-ssl=openssl") && !configure.contains("--with-openssl"))
+}
+
 /// The major versions spilo runs and tests: Debian 12's and the newest.
 pub const SUPPORTED_VERSIONS: [u32; 2] = [15, 18];
 
@@ -695,6 +704,23 @@ mod tests {
         assert!(f.spec.endpoints.primary.enabled);
         assert_eq!(f.spec.bootstrap, Bootstrap::default());
         assert_eq!(f.spec.drift_policy(), DriftPolicy::Revert, "local default");
+    }
+
+    #[test]
+    fn a_build_without_ssl_is_told_by_its_configure_options() {
+        assert_eq!(
+            built_without_ssl("'--prefix=/x' '--without-readline' '--without-icu'"),
+            Some(true)
+        );
+        assert_eq!(
+            built_without_ssl("'--prefix=/usr' '--with-openssl'"),
+            Some(false)
+        );
+        assert_eq!(
+            built_without_ssl("'--with-ssl=openssl' '--with-icu'"),
+            Some(false)
+        );
+        assert_eq!(built_without_ssl("not recorded\n"), None);
     }
 
     #[test]
