@@ -492,4 +492,33 @@ mod tests {
         assert_eq!(suggest("Target", &allowed), Some("target".into()));
         assert_eq!(suggest("flavour", &allowed), None);
     }
+
+    #[test]
+    fn versions_other_than_15_and_18_and_18_on_the_image_are_warnings() {
+        let warn = |spec: &str| {
+            let text = format!(
+                "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: v}}\nspec:\n{spec}"
+            );
+            validate_files(&[("v.yaml".into(), text)])
+                .diagnostics
+                .iter()
+                .filter(|d| d.path == "spec.postgresql.version")
+                .map(|d| (d.severity, d.message.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert!(warn("  postgresql: {version: 15}\n").is_empty());
+        assert!(warn("  postgresql: {version: 18}\n").is_empty());
+        let sixteen = warn("  postgresql: {version: 16}\n");
+        assert_eq!(sixteen.len(), 1);
+        assert_eq!(sixteen[0].0, Severity::Warning);
+        assert!(sixteen[0].1.contains("16 is untested"), "{sixteen:?}");
+        let aws = warn(
+            "  target: aws\n  postgresql: {version: 18}\n  dcs: {hosts: [\"10.0.0.1:2379\"]}\n  aws: {region: eu-west-1, vpc: vpc-1, subnets: [subnet-1]}\n",
+        );
+        assert!(
+            aws.iter()
+                .any(|(s, m)| *s == Severity::Warning && m.contains("carries PostgreSQL 15 only")),
+            "{aws:?}"
+        );
+    }
 }
