@@ -21,7 +21,7 @@
 
 pub mod candidate;
 mod decision;
-mod race;
+pub(crate) mod race;
 mod recovery;
 mod snapshot;
 pub mod switchover;

@@ -77,10 +77,38 @@ pub(super) fn race(
         lsn: pg.wal.best().unwrap_or_default(),
         nofailover: false,
     };
+    // A member that handed leadership over because its primary kept crashing leaves the race
+    // to a healthy replica that could take over (it publishes `nofailover` meanwhile, so the
+    // others pass over it); with none, it races as before.
+    if steps_aside(s.local.recent_crashes, cfg) {
+        let healthy = peers.iter().find(|p| {
+            p.status.as_ref().is_some_and(|st| {
+                st.running_as(MemberRole::Replica)
+                    && !st.tags.nofailover
+                    && st.timeline.unwrap_or_default() == me.timeline
+                    && me.lsn.bytes_ahead_of(st.wal.best().unwrap_or_default())
+                        <= cfg.maximum_lag_on_failover
+            })
+        });
+        if let Some(p) = healthy {
+            return Decision::Wait {
+                why: format!(
+                    "this member's primary crashed {} times recently; {} takes over",
+                    s.local.recent_crashes, p.name
+                ),
+            };
+        }
+    }
     match candidate::choose(&me, &peers, cfg.maximum_lag_on_failover) {
         candidate::Verdict::Me { why } => Decision::AcquireLeader { why },
         candidate::Verdict::NotMe { why } => Decision::Wait { why },
     }
+}
+
+/// Whether a member with `recent_crashes` stays out of leader races: its primary crashed as
+/// often as makes it hand leadership over.
+pub fn steps_aside(recent_crashes: u32, cfg: &HaConfig) -> bool {
+    recent_crashes >= cfg.max_primary_crashes
 }
 
 /// In quorum mode, why this voter may not take over: it must see the positions of `n - k + 1`

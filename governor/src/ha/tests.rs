@@ -465,6 +465,34 @@ fn ties_go_to_the_first_name() {
 }
 
 #[test]
+fn a_member_that_crash_looped_leaves_the_race_to_a_healthy_replica() {
+    // m1 handed leadership over after three crashes and ranks first by name: it waits for m2
+    // (which passes over m1, whose published status says nofailover meanwhile).
+    let mut w = World::new();
+    w.snap.local.recent_crashes = 3;
+    w.peer("m2", Some(replica(1, 500)));
+    assert_waits(
+        &w.decide(),
+        "this member's primary crashed 3 times recently; m2 takes over",
+    );
+    // With no replica that could take over (none, or one tagged nofailover), it races.
+    let mut w = World::new();
+    w.snap.local.recent_crashes = 3;
+    let mut tagged = replica(1, 500);
+    tagged.tags.nofailover = true;
+    w.peer("m2", Some(tagged));
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+    let mut w = World::new();
+    w.snap.local.recent_crashes = 3;
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+    // Below the crash limit nothing changes.
+    let mut w = World::new();
+    w.snap.local.recent_crashes = 2;
+    w.peer("m2", Some(replica(1, 500)));
+    assert_eq!(kind(&w.decide()), "acquire_leader");
+}
+
+#[test]
 fn nobody_races_while_a_member_still_runs_as_primary() {
     let mut w = World::new();
     w.peer("m0", Some(primary(1, 900)));

@@ -228,7 +228,12 @@ impl Governor {
             state,
             timeline,
             wal,
-            tags: cfg.tags.clone(),
+            // A member whose primary crashed so often that it handed leadership over tells
+            // the others not to elect it, until its crashes leave the crash window.
+            tags: spilo_model::MemberTags {
+                nofailover: cfg.tags.nofailover
+                    || crate::ha::race::steps_aside(s.local.recent_crashes, &self.ha),
+            },
             pending_restart,
             error: failed.map(super::bootstrap::Failure::describe),
         }

@@ -14,6 +14,9 @@ use etcd::Etcd;
 use faults::Scheduled;
 use governor::dcs::Coordination;
 use governor::ha::{self, Decision, HaConfig};
+
+/// How many crashes within the window make a primary hand leadership over (as the runtime).
+pub const MAX_PRIMARY_CRASHES: u32 = 3;
 use governor::runtime::bootstrap::Cleanup;
 use governor::runtime::fence;
 use spilo_model::{ClusterConfig, MemberName};
@@ -139,7 +142,7 @@ pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
         cfg: HaConfig {
             maximum_lag_on_failover: 1 << 20,
             primary_start_timeout: Duration::from_secs(30),
-            max_primary_crashes: 3,
+            max_primary_crashes: MAX_PRIMARY_CRASHES,
             fence_margin: Duration::from_millis(MARGIN),
             rewind_check_after: Duration::from_secs(15),
             // The simulated members have no archive.
@@ -563,7 +566,7 @@ impl Sim {
             }
             let m = &mut self.members[i];
             if let (Some(lease), true) = (m.lease, m.reaches_etcd(&self.etcd)) {
-                let status = m.status();
+                let status = m.published(self.now);
                 let name = m.name.clone();
                 let dcs = coordination::SimCoordination::new(&mut self.etcd, &name, self.now, TTL);
                 let _ = futures::executor::block_on(dcs.put_member(&status, lease));

@@ -263,7 +263,23 @@ impl Member {
         self.data.as_ref().map_or(0, |d| d.log.len() as u64)
     }
 
-    /// What it publishes in its member key.
+    /// Its PostgreSQL's unexpected exits within the runtime's crash window (300 s).
+    pub fn recent_crashes(&self, now: u64) -> u32 {
+        self.crashes
+            .iter()
+            .filter(|t| now.saturating_sub(**t) < 300_000)
+            .count() as u32
+    }
+
+    /// What it publishes (its member key, its REST status): [`Self::status`], tagged
+    /// `nofailover` while it stays out of leader races after a crash loop, as the runtime does.
+    pub fn published(&self, now: u64) -> MemberStatus {
+        let mut st = self.status();
+        st.tags.nofailover |= self.recent_crashes(now) >= super::MAX_PRIMARY_CRASHES;
+        st
+    }
+
+    /// Its status from its PostgreSQL and data.
     pub fn status(&self) -> MemberStatus {
         let tl = self.data.as_ref().map(|d| TimelineId(d.timeline));
         let (role, state) = match (&self.pg, &self.data) {
@@ -358,7 +374,8 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
             .filter(|(j, _)| *j != i)
             .map(|(_, p)| PeerView {
                 name: p.name.clone(),
-                status: (p.up && !p.frozen && !p.partitioned && !m.partitioned).then(|| p.status()),
+                status: (p.up && !p.frozen && !p.partitioned && !m.partitioned)
+                    .then(|| p.published(now)),
             })
             .collect()
     } else {
@@ -403,11 +420,7 @@ pub fn snapshot(members: &[Member], i: usize, etcd: &Etcd, now: u64, clock: Cloc
         local: LocalState {
             data,
             postgres,
-            recent_crashes: m
-                .crashes
-                .iter()
-                .filter(|t| now.saturating_sub(**t) < 300_000)
-                .count() as u32,
+            recent_crashes: m.recent_crashes(now),
             primary_down_since: m.primary_down_since.map(|t| clock.at(t)),
             bootstrap_blocked: None,
             data_seen_at: clock.at(now),
