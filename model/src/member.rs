@@ -243,7 +243,13 @@ pub struct Downstream {
     /// Its name.
     pub cluster: String,
     /// The base URL of each member's REST API (`https://host:port`), asked for `/status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api: Vec<String>,
+    /// `host:port` endpoints that reach its primary only (on AWS its load balancer's DNS
+    /// name): a read-write PostgreSQL session through one means it runs as primary. For a
+    /// cluster whose members' addresses change (instances) or are not reachable from here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primary: Vec<String>,
     /// How this cluster replicates from it once it was promoted over this one.
     pub follow: StandbySource,
 }

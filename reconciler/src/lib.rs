@@ -13,6 +13,7 @@ pub mod desired;
 pub mod drift;
 pub mod etcd;
 pub mod forge;
+pub mod handover;
 pub mod init;
 pub mod installed;
 pub mod list;

@@ -182,13 +182,26 @@ impl Repo {
 
     /// Writes `clusters/<name>.yaml` (or removes it for `None`) and commits; returns the commit.
     pub fn commit(&self, name: &str, text: Option<&str>) -> anyhow::Result<String> {
-        let path = self.path.join("clusters").join(format!("{name}.yaml"));
-        match text {
-            Some(t) => std::fs::write(&path, t)?,
-            None => std::fs::remove_file(&path)?,
+        self.commit_files(&[(name, text)])
+    }
+
+    /// [`Self::commit`] for several cluster files in one commit.
+    pub fn commit_files(&self, files: &[(&str, Option<&str>)]) -> anyhow::Result<String> {
+        for (name, text) in files {
+            let path = self.path.join("clusters").join(format!("{name}.yaml"));
+            match text {
+                Some(t) => std::fs::write(&path, t)?,
+                None => std::fs::remove_file(&path)?,
+            }
         }
+        let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
         self.git(&["add", "-A"])?;
-        self.git(&["commit", "-q", "-m", &format!("change {name}")])?;
+        self.git(&[
+            "commit",
+            "-q",
+            "-m",
+            &format!("change {}", names.join(", ")),
+        ])?;
         self.git(&["rev-parse", "HEAD"])
     }
 }

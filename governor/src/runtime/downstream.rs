@@ -1,5 +1,6 @@
 //! Asking this cluster's standby clusters (`downstream` in `config`) whether one of them runs
-//! as primary: then it was promoted over this cluster (`spilo promote-standby
+//! as primary (their members' REST APIs, or a read-write session through endpoints that
+//! reach a primary only, such as an AWS cluster's load balancer): then it was promoted over this cluster (`spilo promote-standby
 //! --source-unreachable`, while this cluster's etcd could not be reached), and this cluster
 //! must not run a primary of its own. It follows that cluster instead, and its leader records
 //! so in `config` (`standby_cluster`), so the fence holds even when that cluster cannot be
@@ -38,6 +39,43 @@ pub async fn promoted_over_us(
                 .then_some(d)
         })
     });
+    let d = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .next()?;
+    let mut follow = d.follow.clone();
+    follow.cluster.get_or_insert_with(|| d.cluster.clone());
+    Some(follow)
+}
+
+/// Like [`promoted_over_us`], for the standby clusters of `config` listed with `primary`
+/// endpoints (their load balancers, which route to a primary only): the first through which
+/// a read-write session opens (as the superuser, within [`ASK_TIMEOUT`]) runs as primary.
+pub async fn primary_answers(
+    pg: &crate::postgres::Instance,
+    config: Option<&ClusterConfig>,
+) -> Option<StandbySource> {
+    let config = config?;
+    if config.standby_cluster.is_some() {
+        return None;
+    }
+    let asks = config
+        .downstream
+        .iter()
+        .filter(|d| !d.primary.is_empty())
+        .map(|d| async move {
+            let through = StandbySource {
+                cluster: Some(d.cluster.clone()),
+                hosts: d.primary.clone(),
+                archive: None,
+            };
+            let upstream = crate::postgres::Upstream::source(&through).ok()?;
+            let mut session = pg.remote_session(&upstream);
+            let answered = tokio::time::timeout(ASK_TIMEOUT, session.execute("SELECT 1")).await;
+            session.reset();
+            matches!(answered, Ok(Ok(()))).then_some(d)
+        });
     let d = futures::future::join_all(asks)
         .await
         .into_iter()
@@ -175,6 +213,7 @@ mod tests {
                 cluster: "dr".into(),
                 // One member cannot be reached at all, one runs as a standby.
                 api: vec!["http://127.0.0.1:1".into(), replica],
+                primary: Vec::new(),
                 follow: StandbySource {
                     cluster: None,
                     ..source()

@@ -58,12 +58,16 @@ impl Governor {
             Err(e) => DcsView::Unreachable { why: e.to_string() },
         };
         if let DcsView::Known(view) = &mut dcs {
-            view.fenced_by = super::downstream::promoted_over_us(
+            view.fenced_by = match super::downstream::promoted_over_us(
                 &self.http,
                 view.config.as_ref(),
                 self.dcs.timeout(),
             )
-            .await;
+            .await
+            {
+                Some(s) => Some(s),
+                None => super::downstream::primary_answers(&self.pg, view.config.as_ref()).await,
+            };
         }
         if let DcsView::Known(view) = &dcs {
             if view

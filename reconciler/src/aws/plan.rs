@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 pub mod config;
 mod etcd;
+pub mod handover;
 mod image;
 use image::{ImageSource, plan_image};
 pub mod restarts;
@@ -170,6 +171,10 @@ pub struct ClusterPlan {
     /// may carry it out; any other needs the cluster's name typed back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete_by_file: bool,
+    /// Its part in a switchover between clusters: its `config` is written by that sequence,
+    /// not on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<handover::Handover>,
 }
 
 impl ClusterPlan {
@@ -195,6 +200,7 @@ impl ClusterPlan {
             rollout: None,
             protect: false,
             delete_by_file: false,
+            handover: None,
         }
     }
 
@@ -265,13 +271,25 @@ pub struct DesiredInput<'a> {
 pub fn plan(desired: &DesiredInput<'_>, observed: &Observed, options: PlanOptions) -> Plan {
     let mut clusters = Vec::new();
     let mut basis = BTreeMap::new();
+    let handovers = handover::pairs(&desired.clusters, observed);
+    let downstreams = config::downstreams(&desired.clusters);
     for (path, file) in &desired.clusters {
         let name = file.metadata.name.as_str();
         let Some(stack) = template::render(file) else {
             continue;
         };
         let obs = observed.clusters.get(name);
-        let p = plan_cluster(path, file, stack, obs, options);
+        let p = plan_cluster(
+            path,
+            file,
+            stack,
+            obs,
+            options,
+            (
+                handovers.get(name),
+                downstreams.get(name).map_or(&[][..], |d| d),
+            ),
+        );
         if let Some(o) = obs {
             basis.insert(name.to_string(), cluster_basis(o));
         }
@@ -319,6 +337,7 @@ pub fn plan(desired: &DesiredInput<'_>, observed: &Observed, options: PlanOption
         Observation::Absent => {}
     }
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    handover::block_halves(&mut clusters);
     let summary = summarize(&clusters);
     Plan {
         format_version: FORMAT_VERSION,
@@ -369,6 +388,7 @@ fn plan_cluster(
     stack: StackSpec,
     obs: Option<&ObservedCluster>,
     options: PlanOptions,
+    (handover, downstream): (Option<&handover::Handover>, &[spilo_model::Downstream]),
 ) -> ClusterPlan {
     let name = file.metadata.name.as_str();
     let mut p = ClusterPlan::new(name, &stack.region, Some(path.to_string()), Action::Noop);
@@ -427,10 +447,11 @@ fn plan_cluster(
         }
     }
 
-    p.config = match config::plan_config(file, &etcd.config) {
+    p.config = match config::plan_config(file, &etcd.config, handover, downstream) {
         Ok(c) => c,
         Err(why) => return blocked(p, why),
     };
+    p.handover = handover.cloned();
 
     if let (Observation::Absent, Some(Observation::Present(target))) = (&obs.stack, &obs.dns) {
         return blocked(

@@ -526,19 +526,27 @@ fn a_standby_cluster_starts_as_one_and_a_running_one_whose_file_disagrees_is_not
     );
     assert!(only(&p).warnings.is_empty(), "{:?}", only(&p).warnings);
 
-    // Running as a standby, with a downstream written by someone else: nothing to change.
+    // Running as a standby: nothing to change.
     let mut running = applied(&standby, "UPDATE_COMPLETE");
-    let downstream = spilo_model::Downstream {
-        cluster: "far".into(),
-        api: vec!["https://10.0.0.9:8008".into()],
-        follow: source_of(&standby),
-    };
     running.etcd = etcd_config(&standby, |c| {
         c.standby_cluster = source_of(&standby).into();
-        c.downstream = vec![downstream.clone()];
+    });
+    let p = run(&[&standby], vec![running.clone()], PlanOptions::default());
+    assert!(!p.has_changes(), "{:?}", only(&p).config);
+    // A standby cluster listed there by hand is not one of the files': the plan, which
+    // writes that list on AWS, takes it out.
+    running.etcd = etcd_config(&standby, |c| {
+        c.standby_cluster = source_of(&standby).into();
+        c.downstream = vec![spilo_model::Downstream {
+            cluster: "far".into(),
+            api: vec!["https://10.0.0.9:8008".into()],
+            primary: Vec::new(),
+            follow: source_of(&standby),
+        }];
     });
     let p = run(&[&standby], vec![running], PlanOptions::default());
-    assert!(!p.has_changes(), "{:?}", only(&p).config);
+    let change = only(&p).config.as_ref().expect("a config change");
+    assert!(change.after.downstream.is_empty(), "{change:?}");
 
     // The file drops spec.standby: nothing of the cluster is planned, and the plan says how to
     // promote it.
@@ -560,7 +568,132 @@ fn a_standby_cluster_starts_as_one_and_a_running_one_whose_file_disagrees_is_not
     let p = run(&[&standby], vec![running], PlanOptions::default());
     assert!(p.has_blocked() && only(&p).config.is_none(), "{p:?}");
     let why = only(&p).reason.clone().unwrap_or_default();
-    assert!(why.contains("does not demote"), "{why}");
+    assert!(
+        why.contains("demotes a running cluster only in a switchover"),
+        "{why}"
+    );
+}
+
+#[test]
+fn one_commit_that_swaps_which_cluster_is_the_standby_is_a_switchover_of_both() {
+    // orders runs as the primary cluster, dr as its standby; the commit swaps them.
+    let orders_was = file("orders", "");
+    let dr_was = file("dr", "  standby: {from: orders}\n");
+    let orders_now = file("orders", "  standby: {from: dr}\n");
+    let dr_now = file("dr", "");
+    let observe = |now: &ClusterFile, was: &ClusterFile| {
+        let mut o = applied(now, "UPDATE_COMPLETE");
+        o.etcd = etcd_config(was, |c| {
+            c.standby_cluster = super::userdata::standby_source(was)
+        });
+        o
+    };
+    let p = run(
+        &[&orders_now, &dr_now],
+        vec![observe(&orders_now, &orders_was), observe(&dr_now, &dr_was)],
+        PlanOptions::default(),
+    );
+    assert!(!p.has_blocked(), "{p:?}");
+    let by = |n: &str| p.clusters.iter().find(|c| c.name == n).expect(n);
+    use super::plan::handover::Handover;
+    assert_eq!(by("orders").handover, Some(Handover::Demoted("dr".into())));
+    assert_eq!(by("dr").handover, Some(Handover::Promoted("orders".into())));
+    let orders_after = by("orders").config.as_ref().expect("a config change");
+    // After it, orders' governors ask dr through its load balancer before running a
+    // primary (the fence of `spilo promote-standby --source-unreachable`), and orders lists
+    // no standby cluster any more.
+    let asked = &by("dr").config.as_ref().expect("config").after.downstream;
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].cluster, "orders");
+    assert_eq!(asked[0].primary, ["orders.db.example.com:5432"]);
+    assert!(asked[0].api.is_empty());
+    assert_eq!(
+        asked[0].follow.hosts,
+        ["orders.db.example.com:5432"],
+        "dr follows orders by its name once orders was promoted over it"
+    );
+    assert!(orders_after.after.downstream.is_empty());
+    assert_eq!(
+        orders_after
+            .after
+            .standby_cluster
+            .as_ref()
+            .and_then(|s| s.cluster.as_deref()),
+        Some("dr")
+    );
+    assert_eq!(
+        by("dr")
+            .config
+            .as_ref()
+            .expect("config")
+            .after
+            .standby_cluster,
+        None
+    );
+    assert!(
+        by("dr")
+            .handover
+            .as_ref()
+            .expect("a switchover")
+            .describe("dr")
+            .contains("dr is promoted once its leader has received the end of the WAL of orders"),
+        "{p:?}"
+    );
+    let text = super::show::text(&p, super::show::Style::new(false));
+    let words = "~ switchover between clusters: the primary of orders steps down";
+    assert!(text.contains(words), "{text}");
+    assert!(
+        super::show::markdown(&p, 60_000).contains("switchover between clusters: dr is promoted"),
+        "markdown"
+    );
+    let json: serde_json::Value = serde_json::from_str(&super::show::json(&p)).expect("json");
+    let dr_json = json["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "dr"))
+        .expect("dr in the JSON plan");
+    assert_eq!(
+        dr_json["handover"],
+        serde_json::json!({"role": "promoted", "cluster": "orders"})
+    );
+
+    // Half of it cannot be applied (dr is suspended): neither is changed.
+    let dr_suspended = file("dr", "  reconcile: {suspend: true}\n");
+    let p = run(
+        &[&orders_now, &dr_suspended],
+        vec![
+            observe(&orders_now, &orders_was),
+            observe(&dr_suspended, &dr_was),
+        ],
+        PlanOptions::default(),
+    );
+    let orders = p
+        .clusters
+        .iter()
+        .find(|c| c.name == "orders")
+        .expect("orders");
+    assert_eq!(orders.action, Action::Blocked, "{orders:?}");
+    assert!(orders.config.is_none() && orders.handover.is_none());
+    assert!(
+        orders
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("half of a switchover with dr")),
+        "{orders:?}"
+    );
+
+    // Only one file changes (orders made a standby of dr, dr still a standby of orders): a
+    // circle, not a switchover; orders is not demoted.
+    let p = run(
+        &[&orders_now, &dr_was],
+        vec![observe(&orders_now, &orders_was), observe(&dr_was, &dr_was)],
+        PlanOptions::default(),
+    );
+    let orders = p
+        .clusters
+        .iter()
+        .find(|c| c.name == "orders")
+        .expect("orders");
+    assert_eq!(orders.action, Action::Blocked, "{orders:?}");
 }
 
 fn source_of(f: &ClusterFile) -> spilo_model::StandbySource {

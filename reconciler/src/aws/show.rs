@@ -195,6 +195,14 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
     for w in &c.warnings {
         let _ = writeln!(out, "    warning: {w}");
     }
+    if let Some(h) = &c.handover {
+        let _ = writeln!(
+            out,
+            "    {} {}",
+            style.paint("33", "~"),
+            h.describe(&c.name)
+        );
+    }
     if let Some(r) = &c.rollout {
         let _ = writeln!(
             out,
@@ -360,6 +368,9 @@ pub fn markdown(plan: &Plan, limit: usize) -> String {
                 if !cfg.catalog.is_empty() {
                     parts.push(format!("{} role/database change(s)", cfg.catalog.len()));
                 }
+            }
+            if let Some(h) = &c.handover {
+                parts.push(h.describe(&c.name).replace('|', "\\|"));
             }
             if let Some(r) = &c.rollout {
                 parts.push(format!("rollout: {}", r.describe()).replace('|', "\\|"));

@@ -112,7 +112,11 @@ fn placement(file: &ClusterFile) -> Placement {
         archive_store: s3.clone(),
         clone_store: spec.bootstrap.clone.as_ref().map(|_| s3),
         parameters_in_file: false,
-        standby: standby_source(file),
+        // A standby cluster's source lives in its `config` only, which `spilo apply` writes
+        // before the stack of a new cluster: a switchover between clusters then changes
+        // etcd and the instance role, never the launch template (which would replace every
+        // instance of both clusters).
+        standby: None,
         bin_dir: file.spec.postgresql.bin_dir.as_ref().map_or_else(
             || spilo_model::spec::debian_bin_dir(file.spec.postgresql.version),
             std::path::PathBuf::from,
@@ -266,15 +270,14 @@ mod tests {
             ("clusters/orders-dr.yaml".to_string(), standby),
         ];
         crate::desired::resolve_standby_sources(&mut files);
+        // The source is in the cluster's `config`, not in its instances' user data.
         assert_eq!(
-            config(&files[0].1).expect("renders").ha.standby_cluster,
+            config(&files[1].1).expect("renders").ha.standby_cluster,
             None
         );
-        let follows = config(&files[1].1)
-            .expect("renders")
-            .ha
-            .standby_cluster
-            .expect("a standby");
+        let desired = |f| crate::aws::plan::config::desired_config(f).standby_cluster;
+        assert_eq!(desired(&files[0].1), None);
+        let follows = desired(&files[1].1).expect("a standby");
         assert_eq!(follows.cluster.as_deref(), Some("orders"));
         assert_eq!(follows.hosts, ["orders.db.example.com:5432"]);
         let archive = follows.archive.expect("the source's archive");

@@ -186,6 +186,7 @@ pub async fn sync_downstream(
                 Ok(Some(follow)) => downstream.push(spilo_model::Downstream {
                     cluster: b.clone(),
                     api: cb.api_urls(),
+                    primary: Vec::new(),
                     follow,
                 }),
                 Ok(None) => {}
@@ -258,11 +259,11 @@ async fn promote(
             }
             let token = stopped_writing(y, &running[y], layout, step).await?;
             if let (Some(token), Some(cx)) = (token, running.get(x)) {
-                wait_leader(
+                crate::handover::wait_leader(
                     cx,
                     &format!("cluster {x} did not receive {y}'s last position {token}"),
                     step,
-                    |s| s.member.wal.best().filter(|l| *l >= token),
+                    |m| m.wal.best().filter(|l| *l >= token),
                 )
                 .await?;
             }
@@ -373,32 +374,12 @@ pub(super) fn target(
     }
 }
 
-/// Polls `c`'s leader until `done` says yes (returning what it returned) or `timeout` passes.
-async fn wait_leader<T>(
-    c: &LocalCluster,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&NodeStatus) -> Option<T>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some((_, s)) = c.leader_status().await
-            && let Some(v) = done(&s)
-        {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what} within {}s", timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn running_as(s: &NodeStatus, role: MemberRole) -> bool {
     s.member.role == role && s.member.state == MemberState::Running
 }
 
-/// The switchover between clusters `x` (primary, becoming a standby of `y`) and `y`.
+/// The switchover between clusters `x` (primary, becoming a standby of `y`) and `y`: the
+/// sequence of [`crate::handover`], on the clusters `spilo up` runs.
 async fn switch_between(
     x: &str,
     y: &str,
@@ -407,68 +388,81 @@ async fn switch_between(
     layout: &Layout,
     step: Duration,
 ) -> anyhow::Result<String> {
-    let started = Instant::now();
-    let (fx, fy) = (&desired[x].1, &desired[y].1);
-    let Some(cx) = running.get_mut(x) else {
-        bail!("cluster {x} does not run")
+    if !(running.contains_key(x) && running.contains_key(y)) {
+        bail!("clusters {x} and {y} must both run")
+    }
+    let (Some(cx), Some(cy)) = (running.remove(x), running.remove(y)) else {
+        bail!("clusters {x} and {y} must both run")
     };
-    let line = set_standby(cx, fx, desired, layout).await?;
-    println!("{line}");
-    let token = {
-        let cx = &running[x];
-        wait_leader(
-            cx,
-            &format!("cluster {x}'s primary did not step down"),
-            step,
-            |s| {
-                running_as(s, MemberRole::Replica)
-                    .then_some(s.member.wal.replay)
-                    .flatten()
-            },
-        )
-        .await
+    let mut sx = LocalSide {
+        cluster: cx,
+        desired,
+        layout,
     };
-    let caught_up = match &token {
-        Ok(token) => {
-            let token = *token;
-            wait_leader(
-                &running[y],
-                &format!("cluster {y} did not receive {x}'s last position {token}"),
-                step,
-                |s| s.member.wal.best().filter(|l| *l >= token),
-            )
-            .await
-            .map(|_| token)
+    let mut sy = LocalSide {
+        cluster: cy,
+        desired,
+        layout,
+    };
+    let done = crate::handover::switch_between(&mut sx, &mut sy, step).await;
+    running.insert(x.to_string(), sx.cluster);
+    running.insert(y.to_string(), sy.cluster);
+    Ok(done?.describe(x, y))
+}
+
+impl crate::handover::Watch for LocalCluster {
+    fn name(&self) -> &str {
+        self.file.metadata.name.as_str()
+    }
+
+    async fn leader(&self) -> Option<spilo_model::MemberStatus> {
+        self.leader_status().await.map(|(_, s)| s.member)
+    }
+}
+
+/// A running local cluster in a switchover: its `config` written as its file (or the file's
+/// opposite) says.
+struct LocalSide<'a> {
+    cluster: LocalCluster,
+    desired: &'a Desired,
+    layout: &'a Layout,
+}
+
+impl LocalSide<'_> {
+    async fn become_as(
+        &mut self,
+        standby: Option<Option<spilo_model::spec::StandbySpec>>,
+    ) -> anyhow::Result<String> {
+        let name = self.cluster.file.metadata.name.to_string();
+        let mut f = self.desired[&name].1.clone();
+        if let Some(sb) = standby {
+            f.spec.standby = sb;
         }
-        Err(e) => Err(anyhow::anyhow!("{e:#}")),
-    };
-    let token: Lsn = match caught_up {
-        Ok(t) => t,
-        Err(e) => {
-            // Nothing was promoted: x takes writes again.
-            let mut back = fx.clone();
-            back.spec.standby = None;
-            if let Some(cx) = running.get_mut(x)
-                && let Err(back_err) = set_standby(cx, &back, desired, layout).await
-            {
-                bail!("{e:#}; and cluster {x} could not be made a primary again: {back_err:#}");
-            }
-            bail!("{e:#}; cluster {x} is a primary again, cluster {y} stays its standby");
-        }
-    };
-    let Some(cy) = running.get_mut(y) else {
-        bail!("cluster {y} does not run")
-    };
-    set_standby(cy, fy, desired, layout).await?;
-    wait_leader(
-        &running[y],
-        &format!("cluster {y}'s leader was not promoted"),
-        step,
-        |s| running_as(s, MemberRole::Primary).then_some(()),
-    )
-    .await?;
-    Ok(format!(
-        "~ switchover from cluster {x} to cluster {y}: {x} stepped down at {token}, {y} received it and was promoted; no writes for {:.1}s",
-        started.elapsed().as_secs_f64()
-    ))
+        set_standby(&mut self.cluster, &f, self.desired, self.layout).await
+    }
+}
+
+impl crate::handover::Watch for LocalSide<'_> {
+    fn name(&self) -> &str {
+        self.cluster.file.metadata.name.as_str()
+    }
+
+    async fn leader(&self) -> Option<spilo_model::MemberStatus> {
+        crate::handover::Watch::leader(&self.cluster).await
+    }
+}
+
+impl crate::handover::Side for LocalSide<'_> {
+    async fn step_down(&mut self) -> anyhow::Result<()> {
+        println!("{}", self.become_as(None).await?);
+        Ok(())
+    }
+
+    async fn step_up_again(&mut self) -> anyhow::Result<()> {
+        self.become_as(Some(None)).await.map(|_| ())
+    }
+
+    async fn take_over(&mut self) -> anyhow::Result<()> {
+        self.become_as(None).await.map(|_| ())
+    }
 }

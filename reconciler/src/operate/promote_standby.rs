@@ -5,8 +5,8 @@
 //! cluster file promotes with a fence written into the source's `config` first (see
 //! `local::standby`). When it does not answer, nothing can be written there, so the fence is
 //! the other way round: the source's `config` lists its standby clusters (`downstream`,
-//! written by `spilo up` from the files), and its governors ask them before running a
-//! primary. This command waits one TTL of the source's (a primary cut off from its etcd
+//! written from the files by `spilo up`, or on AWS by `spilo apply`), and its governors ask
+//! them before running a primary. This command waits one TTL of the source's (a primary cut off from its etcd
 //! stops accepting writes within it; refused when the source runs failsafe mode, whose
 //! primary stays writable without etcd), aborting if the source's etcd answers meanwhile,
 //! then removes `standby_cluster` from the standby's `config` and waits until its leader

@@ -1,11 +1,23 @@
-//! The load balancer stand-in: HAProxy configured from the stack template's primary load
-//! balancer (listener, instance port, health check and its interval), and the parts of an ELB's
-//! life an auto-scaling group drives: registering the group's new instances and taking a
-//! terminating one out first.
+//! The load balancer stand-ins: per PostgreSQL stack, an HAProxy on an address of its own,
+//! configured from the stack template's primary load balancer (listener, instance port, health
+//! check and its interval), and the parts of an ELB's life an auto-scaling group drives:
+//! registering the group's new instances and taking a terminating one out first.
 
 use super::{AwsBox, Fleet};
 use crate::proc::Spawned;
+use std::path::PathBuf;
 use std::process::Command;
+
+/// One stack's load balancer stand-in.
+pub(super) struct Balancer {
+    /// The stack.
+    pub stack: String,
+    /// The address it listens on.
+    pub addr: String,
+    /// Its runtime API socket.
+    sock: PathBuf,
+    _process: Spawned,
+}
 
 impl AwsBox {
     /// The template's load balancer as HAProxy needs it: (instance port, health check port,
@@ -42,10 +54,11 @@ impl AwsBox {
     /// auto-scaling group's new instances), through its runtime API.
     pub(super) fn register(
         &mut self,
+        n: usize,
         template: &serde_json::Value,
         fleet: &Fleet,
     ) -> anyhow::Result<()> {
-        let ask = |cmd: &str| self.haproxy_command(cmd);
+        let ask = |cmd: &str| self.haproxy_command(n, cmd);
         let known = ask("show servers state primary")?;
         let (port, check_port, _, ssl, interval) = Self::check_of(template);
         for m in &fleet.instances {
@@ -67,11 +80,14 @@ impl AwsBox {
         Ok(())
     }
 
-    /// One command on HAProxy's runtime API; its answer.
-    fn haproxy_command(&self, cmd: &str) -> anyhow::Result<String> {
+    /// One command on the runtime API of balancer `n`; its answer.
+    fn haproxy_command(&self, n: usize, cmd: &str) -> anyhow::Result<String> {
         use std::io::{Read, Write};
-        let mut sock =
-            std::os::unix::net::UnixStream::connect(self.dir.path().join("haproxy.sock"))?;
+        let b = self
+            .balancers
+            .get(n)
+            .ok_or_else(|| anyhow::anyhow!("no load balancer stand-in {n}"))?;
+        let mut sock = std::os::unix::net::UnixStream::connect(&b.sock)?;
         sock.write_all(format!("{cmd}\n").as_bytes())?;
         let mut out = String::new();
         sock.read_to_string(&mut out)?;
@@ -82,16 +98,15 @@ impl AwsBox {
     /// deregisters an instance from its ELB before terminating it (connection draining is
     /// off: its sessions end).
     pub fn deregister(&self, id: &str) -> anyhow::Result<()> {
-        if self.haproxy.is_none() {
-            return Ok(());
+        for n in 0..self.balancers.len() {
+            self.haproxy_command(n, &format!("set server primary/{id} state maint"))?;
+            self.haproxy_command(n, &format!("shutdown sessions server primary/{id}"))?;
+            let out = self.haproxy_command(n, &format!("del server primary/{id}"))?;
+            anyhow::ensure!(
+                out.contains("Server deleted") || out.contains("No such server"),
+                "del server {id}: {out}"
+            );
         }
-        self.haproxy_command(&format!("set server primary/{id} state maint"))?;
-        self.haproxy_command(&format!("shutdown sessions server primary/{id}"))?;
-        let out = self.haproxy_command(&format!("del server primary/{id}"))?;
-        anyhow::ensure!(
-            out.contains("Server deleted") || out.contains("No such server"),
-            "del server {id}: {out}"
-        );
         Ok(())
     }
 
@@ -99,9 +114,32 @@ impl AwsBox {
     /// the instances as servers.
     pub(super) fn balance(
         &mut self,
+        stack: &str,
         template: &serde_json::Value,
         fleet: &Fleet,
     ) -> anyhow::Result<()> {
+        // The first on the box's `elb` address, the next ones beside it.
+        let n = self.balancers.len();
+        let addr = if n == 0 {
+            self.elb.clone()
+        } else {
+            let (net, _) = self
+                .elb
+                .rsplit_once('.')
+                .ok_or_else(|| anyhow::anyhow!("elb {}", self.elb))?;
+            let addr = format!("{net}.{}", 2 + n);
+            crate::privileged::run(
+                "ip",
+                &["addr", "add", &format!("{addr}/16"), "dev", &self.bridge.0],
+            )?;
+            addr
+        };
+        let file = if n == 0 {
+            "haproxy".to_string()
+        } else {
+            format!("haproxy-{n}")
+        };
+        let sock = self.dir.path().join(format!("{file}.sock"));
         let lb = &template["Resources"]["PrimaryLoadBalancer"]["Properties"];
         let port = lb["Listeners"][0]["LoadBalancerPort"]
             .as_str()
@@ -112,10 +150,9 @@ impl AwsBox {
             .unwrap_or(60);
         let mut cfg = format!(
             "global\n  maxconn 200\n  stats socket {sock} mode 600 level admin\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client {idle}s\n  timeout server {idle}s\n\
-             listen primary\n  bind {elb}:{port}\n  option httpchk GET /{path}\n  http-check expect status 200\n  \
+             listen primary\n  bind {addr}:{port}\n  option httpchk GET /{path}\n  http-check expect status 200\n  \
              default-server inter {interval}s fall 2 rise 2 on-marked-down shutdown-sessions\n",
-            elb = self.elb,
-            sock = self.dir.path().join("haproxy.sock").display(),
+            sock = sock.display(),
         );
         for m in &fleet.instances {
             cfg.push_str(&format!(
@@ -123,11 +160,17 @@ impl AwsBox {
                 m.id, m.ip
             ));
         }
-        let path = self.dir.path().join("haproxy.cfg");
+        let path = self.dir.path().join(format!("{file}.cfg"));
         std::fs::write(&path, cfg)?;
         let mut cmd = Command::new(crate::etcd::which("haproxy")?);
         cmd.arg("-db").arg("-f").arg(&path);
-        self.haproxy = Some(Spawned::start(cmd, &self.dir.path().join("haproxy.log"))?);
+        let process = Spawned::start(cmd, &self.dir.path().join(format!("{file}.log")))?;
+        self.balancers.push(Balancer {
+            stack: stack.to_string(),
+            addr,
+            sock,
+            _process: process,
+        });
         Ok(())
     }
 
@@ -135,7 +178,18 @@ impl AwsBox {
     /// health checks), as an ELB's `InService`. HAProxy counts a server as up before its first
     /// check, an ELB does not: wait on this before writing through the load balancer.
     pub fn in_service(&self) -> anyhow::Result<Vec<String>> {
-        let out = self.haproxy_command("show stat")?;
+        let first = self.balancers.first().map(|b| b.stack.clone());
+        self.in_service_of(first.as_deref().unwrap_or_default())
+    }
+
+    /// [`Self::in_service`] for the load balancer of `stack`.
+    pub fn in_service_of(&self, stack: &str) -> anyhow::Result<Vec<String>> {
+        let n = self
+            .balancers
+            .iter()
+            .position(|b| b.stack == stack)
+            .ok_or_else(|| anyhow::anyhow!("no load balancer stand-in for {stack}"))?;
+        let out = self.haproxy_command(n, "show stat")?;
         // CSV: pxname, svname, ..., status is the 18th column; checks that ran show in
         // check_status (the 37th).
         Ok(out

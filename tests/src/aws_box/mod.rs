@@ -11,9 +11,10 @@
 //!   (instance id, address, region, user data from the launch template, the role's credentials
 //!   from moto's STS), attaches a loop device as the EBS data volume, and runs the image's own
 //!   boot in a chroot of the image's root filesystem.
-//! - etcd runs on the bridge (the next AWS issue provisions it); HAProxy, configured from the
-//!   template's load balancer (listener port, health check), stands in for the ELB, and
-//!   dnsmasq resolves the Route53 record's name to it; [`signals::Recorder`] takes the
+//! - etcd runs on the bridge (the next AWS issue provisions it); per PostgreSQL stack, an
+//!   HAProxy on an address of its own, configured from the template's load balancer
+//!   (listener port, health check), stands in for the ELB, and dnsmasq resolves the Route53
+//!   record's name to it; [`signals::Recorder`] takes the
 //!   `SignalResource` calls moto does not implement.
 //!
 //! Needs root (CI runs as root); everything is removed on drop.
@@ -27,7 +28,6 @@ use crate::aws::{Moto, Repo};
 use crate::dns::Dns;
 use crate::etcd::Etcd;
 use crate::privileged::run;
-use crate::proc::Spawned;
 use instance::{Instance, Launch};
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
@@ -119,9 +119,8 @@ pub struct AwsBox {
     image: PathBuf,
     /// The booted instances.
     pub instances: Vec<Instance>,
-    haproxy: Option<Spawned>,
-    /// The stack whose load balancer HAProxy stands in for.
-    balanced: Option<String>,
+    /// The load balancer stand-ins, one per PostgreSQL stack launched.
+    balancers: Vec<balancer::Balancer>,
     /// The DNS server resolving the cluster's name to the load balancer stand-in.
     pub dns: Option<Dns>,
     /// The cluster CA's certificate (its certificate and key are the Secrets Manager secret
@@ -315,9 +314,8 @@ impl AwsBox {
             repo,
             image,
             instances: Vec::new(),
-            haproxy: None,
+            balancers: Vec::new(),
             dns: None,
-            balanced: None,
             ca: dir_path.join("ca.crt"),
             ca_arn: String::new(),
             zone: None,
@@ -491,24 +489,32 @@ impl AwsBox {
             i.boot()?;
             self.instances.push(i);
         }
-        // A PostgreSQL stack's load balancer and DNS name; an etcd stack has neither. The box
-        // stands in for the load balancer of the first PostgreSQL stack launched only (a
-        // standby cluster's own is not used by the tests).
+        // A PostgreSQL stack's load balancer and DNS name; an etcd stack has neither. Each
+        // PostgreSQL stack gets a load balancer stand-in of its own; the zone resolves each
+        // balancer's DNS name to its stand-in.
         if template["Resources"]["PrimaryLoadBalancer"].is_object() {
-            if self.haproxy.is_none() {
-                self.balance(&template, &fleet)?;
-                let dns = self.python(&["balancer", REGION, stack])?;
-                std::fs::write(
-                    self.dir.path().join("balancers.json"),
-                    serde_json::json!({ dns.trim(): self.elb }).to_string(),
-                )?;
-                self.balanced = Some(stack.to_string());
-            } else if self.balanced.as_deref() == Some(stack) {
-                self.register(&template, &fleet)?;
+            match self.balancers.iter().position(|b| b.stack == stack) {
+                Some(n) => self.register(n, &template, &fleet)?,
+                None => {
+                    self.balance(stack, &template, &fleet)?;
+                    let dns = self.python(&["balancer", REGION, stack])?;
+                    let mut map: serde_json::Map<String, serde_json::Value> =
+                        std::fs::read_to_string(self.dir.path().join("balancers.json"))
+                            .ok()
+                            .and_then(|t| serde_json::from_str(&t).ok())
+                            .unwrap_or_default();
+                    let addr = self.balancers.last().map(|b| b.addr.clone());
+                    map.insert(dns.trim().to_string(), addr.into());
+                    std::fs::write(
+                        self.dir.path().join("balancers.json"),
+                        serde_json::Value::Object(map).to_string(),
+                    )?;
+                }
             }
         }
+        // The test host resolves the first PostgreSQL stack's name (to the first stand-in).
         if let (Some(record), None) = (template["Outputs"]["DnsName"]["Value"].as_str(), &self.dns)
-            && self.balanced.as_deref() == Some(stack)
+            && self.balancers.first().is_some_and(|b| b.stack == stack)
         {
             let record = record.trim_end_matches('.').to_string();
             let elb = self.elb.clone();
@@ -646,7 +652,11 @@ impl AwsBox {
                 );
             }
         }
-        for f in ["haproxy.log", "moto.log"] {
+        let mut logs: Vec<String> = (1..self.balancers.len())
+            .map(|n| format!("haproxy-{n}.log"))
+            .collect();
+        logs.extend(["haproxy.log".to_string(), "moto.log".to_string()]);
+        for f in &logs {
             let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             eprintln!(
@@ -663,7 +673,7 @@ impl Drop for AwsBox {
             self.print_logs();
         }
         self.instances.clear();
-        self.haproxy.take();
+        self.balancers.clear();
         // The bridge goes with the box (`Bridge` drops after the instances).
     }
 }

@@ -10,6 +10,7 @@
 //! and the rollback and stops that cluster only. Clusters are applied [`PARALLEL`] at a time
 //! (a real stack takes minutes); every output line starts with its cluster's name.
 
+mod handover;
 pub mod rollout;
 mod s3;
 mod stack;
@@ -18,6 +19,7 @@ pub use stack::event_line;
 
 use super::clients::Clients;
 use super::observe;
+use super::plan::handover::{Handover, STEP};
 use super::plan::{Action, ClusterPlan, ConfigChange, Plan, cluster_basis};
 use aws_sdk_cloudformation::types::ChangeSetType;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
@@ -154,15 +156,35 @@ pub async fn current_basis(
     out
 }
 
-/// Applies `plan`, writing progress to `log`.
+/// Applies `plan`, writing progress to `log`. The clusters promoted in a switchover between
+/// clusters go last, each once the cluster stepping down for it has been applied (its stack:
+/// the policy to read the promoted one's archive).
 pub async fn apply(clients: &Clients, plan: &Plan, log: &Log) -> Report {
     use futures::StreamExt;
-    let mut results: Vec<(usize, String, Outcome)> =
-        futures::stream::iter(plan.clusters.iter().enumerate())
-            .map(|(i, c)| async move {
+    let promoted = |c: &ClusterPlan| matches!(c.handover, Some(Handover::Promoted(_)));
+    let phase = |last: bool, done: Vec<(usize, String, Outcome)>| {
+        let done = std::sync::Arc::new(done);
+        futures::stream::iter(
+            plan.clusters
+                .iter()
+                .enumerate()
+                .filter(move |(_, c)| promoted(c) == last),
+        )
+        .map(move |(i, c)| {
+            let done = done.clone();
+            async move {
                 if !wants_apply(c) {
                     let why = c.reason.clone().unwrap_or_else(|| "no changes".into());
                     return (i, c.name.clone(), Outcome::Skipped(why));
+                }
+                if let Some(Handover::Promoted(x)) = &c.handover
+                    && !done
+                        .iter()
+                        .any(|(_, n, o)| n == x && *o == Outcome::Applied)
+                {
+                    let why = format!("{x}, stepping down for this switchover, was not applied");
+                    log.line(&c.name, &format!("FAILED: {why}"));
+                    return (i, c.name.clone(), Outcome::Failed(why));
                 }
                 let outcome = match apply_cluster(clients, plan, c, log).await {
                     Ok(()) => Outcome::Applied,
@@ -172,10 +194,14 @@ pub async fn apply(clients: &Clients, plan: &Plan, log: &Log) -> Report {
                     }
                 };
                 (i, c.name.clone(), outcome)
-            })
-            .buffer_unordered(PARALLEL)
-            .collect()
-            .await;
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect::<Vec<_>>()
+    };
+    let first = phase(false, Vec::new()).await;
+    let mut results = phase(true, first.clone()).await;
+    results.extend(first);
     results.sort_by_key(|(i, _, _)| *i);
     Report {
         clusters: results.into_iter().map(|(_, n, o)| (n, o)).collect(),
@@ -323,8 +349,20 @@ async fn apply_locked(
                 change_stack(&region, plan, c, ChangeSetType::Update, log).await?;
             }
             protect(&region, c, log).await?;
-            if let Some(cfg) = &c.config {
-                write_config(c, cfg, log).await?;
+            match (&c.handover, &c.config) {
+                // Written by the switchover, once this cluster's stack is applied.
+                (Some(Handover::Demoted(_)), _) => {}
+                (Some(Handover::Promoted(x)), _) => {
+                    let x = plan
+                        .clusters
+                        .iter()
+                        .find(|p| p.name == *x)
+                        .ok_or_else(|| format!("the plan has no cluster {x}"))?;
+                    let line = handover::run(x, c, STEP, log).await?;
+                    log.line(&c.name, &line);
+                }
+                (None, Some(cfg)) => write_config(c, cfg, log).await?,
+                (None, None) => {}
             }
             rollout::run(&region, c, log).await
         }

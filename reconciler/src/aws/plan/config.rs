@@ -1,7 +1,8 @@
-//! The cluster's `config` in etcd as a plan wants it: the file's dynamic configuration, with
-//! what is operational state rather than the file's kept as it runs (maintenance mode, the
-//! standby clusters that follow it); a running cluster whose file disagrees on whether it is a
-//! standby is not planned at all.
+//! The cluster's `config` in etcd as a plan wants it: the file's dynamic configuration, its
+//! standby source and its standby clusters (`downstream`, from the files of the same commit),
+//! with maintenance mode, operational state rather than the file's, kept as it runs; a running
+//! cluster whose file disagrees on whether it is a
+//! standby is not planned at all, unless that is its part in a switchover between clusters.
 
 use super::ConfigChange;
 use crate::aws::observed::{Observation, ObservedConfig};
@@ -21,6 +22,8 @@ pub fn desired_config(file: &ClusterFile) -> spilo_model::ClusterConfig {
 pub fn plan_config(
     file: &ClusterFile,
     observed: &Observation<ObservedConfig>,
+    handover: Option<&super::handover::Handover>,
+    downstream: &[spilo_model::Downstream],
 ) -> Result<Option<ConfigChange>, String> {
     let mut want = desired_config(file);
     let (before, revision) = match observed {
@@ -29,34 +32,35 @@ pub fn plan_config(
     };
     // Maintenance mode is operational state (`spilo pause`), not part of the file: keep it.
     want.pause = before.as_ref().is_some_and(|b| b.pause);
-    // The standby clusters that follow this one (written by whoever runs them) are not part
-    // of its file either.
-    want.downstream = before
-        .as_ref()
-        .map(|b| b.downstream.clone())
-        .unwrap_or_default();
+    // The standby clusters that follow this one, from the files of the same commit: its
+    // governors ask them before running a primary (the fence of `spilo promote-standby
+    // --source-unreachable`).
+    want.downstream = downstream.to_vec();
     // A standby cluster's source goes into `config` when the cluster is created. On a running
     // cluster, adding or removing `spec.standby` demotes or promotes it, which must be
-    // sequenced against its source (a switchover between clusters) and is not done by an
-    // apply on AWS yet: nothing of the cluster is changed (its instances' configuration and
-    // role would no longer match how it runs), and the plan says why.
+    // sequenced against its source: only as a switchover between clusters (both files changed
+    // in one commit, [`super::handover`]). Otherwise nothing of the cluster is changed, and
+    // the plan says why.
     if let Some(b) = &before
         && b.standby_cluster.is_some() != want.standby_cluster.is_some()
+        && handover.is_none()
     {
         let name = &file.metadata.name;
         return Err(match &b.standby_cluster {
             Some(source) => format!(
                 "{name} runs as a standby cluster of {} but its file has no spec.standby: an \
-                 apply on AWS does not promote a standby cluster yet; promote it with `spilo \
-                 promote-standby {name} --source-unreachable` when its source is down, or stop \
-                 the source's writes and run `spilo edit-config {name} --set \
-                 standby_cluster=null`",
+                 apply does not promote a standby cluster over a running source: make the \
+                 source a standby of {name} in the same commit (a switchover between \
+                 clusters), or promote it with `spilo promote-standby {name} \
+                 --source-unreachable` when its source is down",
                 source.describe()
             ),
             None => format!(
                 "{name}'s file makes it a standby cluster, but it runs as a primary cluster \
-                 (promoted, or running before spec.standby was added): an apply on AWS does \
-                 not demote a running cluster; remove spec.standby from its file to match"
+                 (promoted, or running before spec.standby was added): an apply demotes a \
+                 running cluster only in a switchover, when the same commit removes \
+                 spec.standby from the file of its standby cluster; otherwise remove \
+                 spec.standby from its file to match"
             ),
         });
     }
@@ -79,4 +83,48 @@ pub fn plan_config(
         }));
     }
     Ok(None)
+}
+
+/// The standby clusters of each cluster of `files` (AWS clusters of one commit, their
+/// `spec.standby.from` resolved): by source name, each asked through its load balancer's DNS
+/// name, which routes to a primary only, with how the source would follow it.
+pub fn downstreams(
+    files: &[(&str, &ClusterFile)],
+) -> std::collections::BTreeMap<String, Vec<spilo_model::Downstream>> {
+    let mut out: std::collections::BTreeMap<String, Vec<spilo_model::Downstream>> =
+        Default::default();
+    for (_, standby) in files {
+        let Some(from) = standby.spec.standby.as_ref().and_then(|s| s.from.as_ref()) else {
+            continue;
+        };
+        let Some((_, source)) = files.iter().find(|(_, f)| f.metadata.name == *from) else {
+            continue;
+        };
+        // The source as a standby of this cluster: resolved as a file saying so would be.
+        let mut follower = (*source).clone();
+        follower.spec.standby = Some(spilo_model::spec::StandbySpec {
+            from: Some(standby.metadata.name.clone()),
+            ..Default::default()
+        });
+        let mut pair = vec![
+            (String::new(), follower),
+            (String::new(), (*standby).clone()),
+        ];
+        crate::desired::resolve_standby_sources(&mut pair);
+        let Some(follow) = crate::aws::userdata::standby_source(&pair[0].1) else {
+            continue;
+        };
+        if follow.hosts.is_empty() {
+            continue;
+        }
+        out.entry(from.to_string())
+            .or_default()
+            .push(spilo_model::Downstream {
+                cluster: standby.metadata.name.to_string(),
+                api: Vec::new(),
+                primary: follow.hosts.clone(),
+                follow,
+            });
+    }
+    out
 }
