@@ -106,6 +106,7 @@ fn status(who: &str) -> spilo_model::MemberStatus {
         tags: Default::default(),
         pending_restart: false,
         error: None,
+        postgres_version: None,
     }
 }
 

@@ -146,6 +146,7 @@ mod tests {
             tags: Default::default(),
             pending_restart: false,
             error: None,
+            postgres_version: None,
         }
     }
 

@@ -128,6 +128,10 @@ pub struct MemberStatus {
     /// A changed setting waits for a PostgreSQL restart (`pg_settings.pending_restart`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
+    /// The major version of its data directory (`PG_VERSION`), once it has one: what a
+    /// plan compares with the file's `postgresql.version` (a change is a major upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<u32>,
     /// What keeps this member from doing its job, in one line (with
     /// [`MemberState::BootstrapFailed`]: the bootstrap's error, PostgreSQL's own line included,
     /// and whether and when it is retried).
@@ -380,6 +384,7 @@ mod tests {
             tags: MemberTags { nofailover: true },
             pending_restart: false,
             error: None,
+            postgres_version: None,
         };
         let json = serde_json::to_value(&s).expect("serializes");
         assert_eq!(

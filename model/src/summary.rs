@@ -394,6 +394,7 @@ mod tests {
             },
             tags: MemberTags::default(),
             pending_restart: false,
+            postgres_version: None,
             error: None,
         }
     }

@@ -164,6 +164,7 @@ mod tests {
             tags: Default::default(),
             pending_restart: false,
             error: None,
+            postgres_version: None,
         }
     }
 

@@ -306,6 +306,11 @@ async fn switchover(b: &mut AwsBox) -> anyhow::Result<()> {
         "{apply}"
     );
 
+    // The next plan of the same commit changes nothing: what the switchover wrote is what the
+    // files say.
+    let again = b.spilo(&["plan"]);
+    assert_eq!(again.code, 0, "no changes: {again}");
+
     // orders-dr is the primary cluster with every acknowledged write.
     let on_dr = wait::until("orders-dr's leader to take writes", BOOT, || async {
         let dr = connect_dsn(&b.dsn(&dr_ip)).await.ok()?;
@@ -486,10 +491,16 @@ async fn fenced(b: &mut AwsBox) -> anyhow::Result<()> {
 /// leader streaming them; their instances' addresses.
 async fn boot_pair(b: &mut AwsBox) -> anyhow::Result<(String, String)> {
     b.launch("spilo-orders").await?;
-    wait::until("orders: a primary", BOOT, || async {
+    let at = wait::until("orders: a primary", BOOT, || async {
         primary(&b.statuses().await)
     })
     .await?;
+    // Each member publishes its data directory's major version (what a plan compares with
+    // the file's postgresql.version).
+    let version = b.statuses().await[at]
+        .as_ref()
+        .and_then(|s| s.member.postgres_version);
+    assert_eq!(version, Some(15));
     let orders_ip = b.instances[0].ip.clone();
     let c = connect_dsn(&b.dsn(&orders_ip)).await?;
     c.batch_execute(

@@ -128,6 +128,30 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
         repo.up_log()
     );
 
+    // A major version in the file (15 -> 18, and 4 instances) is refused: a major upgrade is
+    // not performed, and nothing of the cluster changes.
+    let v18 = LocalRepo::cluster_yaml("alpha", 4, base).replace(
+        "postgresql: {parameters:",
+        "postgresql: {version: 18, parameters:",
+    );
+    anyhow::ensure!(v18.contains("version: 18"), "{v18}");
+    repo.write("alpha.yaml", &v18)?;
+    repo.wait_printed(
+        "refused to change cluster alpha: postgresql.version 15 -> 18 is a major upgrade",
+        READY,
+    )
+    .await?;
+    let s = repo.status()?;
+    let members = s["clusters"][0]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        members.len(),
+        3,
+        "the instance count of that edit waits: {s}"
+    );
+
     // An edit of the file (3 -> 4 instances) is applied on the next pass.
     repo.write("alpha.yaml", &LocalRepo::cluster_yaml("alpha", 4, base))?;
     repo.wait_printed("~ cluster alpha (instances 3 -> 4)", READY)

@@ -180,6 +180,7 @@ mod tests {
                 tags: Default::default(),
                 pending_restart: false,
                 error: None,
+                postgres_version: None,
             },
             leader: None,
             is_leader: role == MemberRole::Primary,

@@ -35,6 +35,7 @@ fn member(role: MemberRole, lsn: u64) -> MemberStatus {
         tags: Default::default(),
         pending_restart: false,
         error: None,
+        postgres_version: None,
     }
 }
 

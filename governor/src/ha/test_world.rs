@@ -43,6 +43,7 @@ pub(super) fn member(role: MemberRole, state: MemberState, tl: u32, lsn: u64) ->
         },
         tags: MemberTags::default(),
         pending_restart: false,
+        postgres_version: None,
         error: None,
     }
 }

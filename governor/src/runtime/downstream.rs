@@ -39,14 +39,7 @@ pub async fn promoted_over_us(
                 .then_some(d)
         })
     });
-    let d = futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .next()?;
-    let mut follow = d.follow.clone();
-    follow.cluster.get_or_insert_with(|| d.cluster.clone());
-    Some(follow)
+    first_promoted(futures::future::join_all(asks).await)
 }
 
 /// Like [`promoted_over_us`], for the standby clusters of `config` listed with `primary`
@@ -76,11 +69,12 @@ pub async fn primary_answers(
             session.reset();
             matches!(answered, Ok(Ok(()))).then_some(d)
         });
-    let d = futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .next()?;
+    first_promoted(futures::future::join_all(asks).await)
+}
+
+/// How this cluster follows the first standby cluster found running as primary.
+fn first_promoted(answers: Vec<Option<&spilo_model::Downstream>>) -> Option<StandbySource> {
+    let d = answers.into_iter().flatten().next()?;
     let mut follow = d.follow.clone();
     follow.cluster.get_or_insert_with(|| d.cluster.clone());
     Some(follow)

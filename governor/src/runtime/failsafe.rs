@@ -257,6 +257,7 @@ mod tests {
             tags: Default::default(),
             pending_restart: false,
             error: None,
+            postgres_version: None,
         }
     }
 

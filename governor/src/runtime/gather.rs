@@ -225,6 +225,13 @@ impl Governor {
             }
             (None, _) => state,
         };
+        // The data directory's major version (absent before initdb or a copy).
+        let postgres_version = match s.local.data {
+            DataDir::Empty => None,
+            _ => std::fs::read_to_string(cfg.postgresql.data_dir.join("PG_VERSION"))
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+        };
         MemberStatus {
             conn_url: format!("postgres://{}/postgres", cfg.pg_connect_address()),
             api_url: cfg.api_url(),
@@ -240,6 +247,7 @@ impl Governor {
             },
             pending_restart,
             error: failed.map(super::bootstrap::Failure::describe),
+            postgres_version,
         }
     }
 }
@@ -273,6 +281,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig, name: &MemberName) -> No
             tags: cfg.tags.clone(),
             pending_restart: false,
             error: None,
+            postgres_version: None,
         },
         leader: None,
         is_leader: false,

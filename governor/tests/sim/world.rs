@@ -299,6 +299,7 @@ impl Member {
             tags: self.tags.clone(),
             pending_restart: false,
             error: None,
+            postgres_version: None,
         }
     }
 

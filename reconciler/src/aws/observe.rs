@@ -427,6 +427,7 @@ async fn read_scope(
             state: row.state,
             lag_bytes: row.lag_bytes,
             pending_restart: row.pending_restart,
+            postgres_version: statuses.get(&row.name).and_then(|m| m.postgres_version),
         })
         .collect();
     members.extend(unreadable.into_iter().map(|name| ObservedMember {
@@ -436,6 +437,7 @@ async fn read_scope(
         leader: false,
         lag_bytes: None,
         pending_restart: false,
+        postgres_version: None,
     }));
     Ok(ObservedEtcd {
         config,

@@ -97,6 +97,9 @@ pub struct ObservedMember {
     /// A changed setting waits for a restart.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_restart: bool,
+    /// The major version of its data directory, as it publishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<u32>,
 }
 
 /// The etcd side of a cluster.

@@ -19,6 +19,7 @@ pub mod config;
 mod etcd;
 pub mod handover;
 mod image;
+mod upgrade;
 use image::{ImageSource, plan_image};
 pub mod restarts;
 pub mod rollout;
@@ -410,6 +411,9 @@ fn plan_cluster(
     };
     if let Some(why) = etcd.config.unknown() {
         return blocked(p, format!("etcd config: {why}"));
+    }
+    if let Some(why) = upgrade::major_version_change(file, etcd) {
+        return blocked(p, why);
     }
     if let Some(Observation::Unknown(why)) = &obs.dns {
         return blocked(p, format!("DNS record: {why}"));

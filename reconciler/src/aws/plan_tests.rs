@@ -594,7 +594,7 @@ fn one_commit_that_swaps_which_cluster_is_the_standby_is_a_switchover_of_both() 
         PlanOptions::default(),
     );
     assert!(!p.has_blocked(), "{p:?}");
-    let by = |n: &str| p.clusters.iter().find(|c| c.name == n).expect(n);
+    let by = |n: &str| named(&p, n);
     use super::plan::handover::Handover;
     assert_eq!(by("orders").handover, Some(Handover::Demoted("dr".into())));
     assert_eq!(by("dr").handover, Some(Handover::Promoted("orders".into())));
@@ -666,11 +666,7 @@ fn one_commit_that_swaps_which_cluster_is_the_standby_is_a_switchover_of_both() 
         ],
         PlanOptions::default(),
     );
-    let orders = p
-        .clusters
-        .iter()
-        .find(|c| c.name == "orders")
-        .expect("orders");
+    let orders = named(&p, "orders");
     assert_eq!(orders.action, Action::Blocked, "{orders:?}");
     assert!(orders.config.is_none() && orders.handover.is_none());
     assert!(
@@ -688,14 +684,45 @@ fn one_commit_that_swaps_which_cluster_is_the_standby_is_a_switchover_of_both() 
         vec![observe(&orders_now, &orders_was), observe(&dr_was, &dr_was)],
         PlanOptions::default(),
     );
-    let orders = p
-        .clusters
-        .iter()
-        .find(|c| c.name == "orders")
-        .expect("orders");
+    let orders = named(&p, "orders");
     assert_eq!(orders.action, Action::Blocked, "{orders:?}");
+}
+
+fn named<'a>(p: &'a Plan, name: &str) -> &'a super::plan::ClusterPlan {
+    p.clusters.iter().find(|c| c.name == name).expect(name)
 }
 
 fn source_of(f: &ClusterFile) -> spilo_model::StandbySource {
     super::userdata::standby_source(f).expect("a standby")
+}
+
+#[test]
+fn a_new_major_version_in_the_file_of_a_running_cluster_changes_nothing() {
+    let on_15 = file("orders", "");
+    let on_18 = file("orders", "  postgresql: {version: 18}\n");
+    let mut running = applied(&on_15, "UPDATE_COMPLETE");
+    if let Observation::Present(e) = &mut running.etcd {
+        e.members.push(super::observed::ObservedMember {
+            name: "i-1".into(),
+            role: "primary".into(),
+            state: "running".into(),
+            leader: true,
+            lag_bytes: None,
+            pending_restart: false,
+            postgres_version: Some(15),
+        });
+    }
+    let p = run(&[&on_18], vec![running.clone()], PlanOptions::default());
+    let c = only(&p);
+    assert_eq!(c.action, Action::Blocked, "{c:?}");
+    assert!(c.desired.is_none() && c.config.is_none() && c.rollout.is_none());
+    assert!(
+        c.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("its members run PostgreSQL 15: a major upgrade")),
+        "{c:?}"
+    );
+    // The file as it runs: nothing to do.
+    let p = run(&[&on_15], vec![running], PlanOptions::default());
+    assert!(!p.has_blocked() && !p.has_changes(), "{p:?}");
 }

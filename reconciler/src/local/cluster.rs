@@ -42,6 +42,9 @@ pub struct LocalCluster {
     standby: Option<spilo_model::StandbySource>,
     /// A `spec.standby` edit `spilo up` refused: not tried again until the file changes.
     pub refused_standby: Option<Option<spilo_model::spec::StandbySpec>>,
+    /// A `postgresql.version` of the file that was refused (a major upgrade, not performed):
+    /// said once, until the file changes it again.
+    pub refused_version: Option<u32>,
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
     members: Vec<Option<Proc>>,
@@ -246,6 +249,7 @@ impl LocalCluster {
             tls,
             standby,
             refused_standby: None,
+            refused_version: None,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),

@@ -438,6 +438,42 @@ async fn apply_edit(
     governor: &std::path::Path,
     step: Duration,
 ) {
+    // A running cluster whose file asks for another major version is left as it runs: a
+    // major upgrade is not performed, and its members would start the new version's
+    // binaries on data they cannot read.
+    let mut held = Vec::new();
+    for (name, c) in running.iter_mut() {
+        let Some((_, f)) = desired.get(name) else {
+            continue;
+        };
+        let (have, want) = (c.file.spec.postgresql.version, f.spec.postgresql.version);
+        if have == want {
+            c.refused_version = None;
+            continue;
+        }
+        held.push(name.clone());
+        if c.refused_version != Some(want) {
+            c.refused_version = Some(want);
+            eprintln!(
+                "refused to change cluster {name}: postgresql.version {have} -> {want} is a \
+                 major upgrade, which spilo does not perform yet; cluster {name} keeps running \
+                 PostgreSQL {have}, and its members and standby source stay as they are until \
+                 the file says version {have} again"
+            );
+        }
+    }
+    // A held cluster's file counts as the one it runs with.
+    let held_desired: Desired = desired
+        .iter()
+        .map(|(n, (src, f))| {
+            let f = match running.get(n) {
+                Some(c) if held.contains(n) => c.file.clone(),
+                _ => f.clone(),
+            };
+            (n.clone(), (src.clone(), f))
+        })
+        .collect();
+    let desired = &held_desired;
     let want: BTreeMap<String, u32> = desired
         .iter()
         .map(|(n, (_, f))| (n.clone(), f.spec.instances))

@@ -17,6 +17,7 @@ fn member(name: &str, leader: bool, state: &str) -> ObservedMember {
         leader,
         lag_bytes: None,
         pending_restart: false,
+        postgres_version: None,
     }
 }
 
