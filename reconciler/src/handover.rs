@@ -4,7 +4,9 @@
 //! ends at a shutdown checkpoint its standbys receive) and restarts as X's standby leader;
 //! the end of its WAL is the **demotion token**; Y is promoted only once its leader has
 //! received that position. When X does not step down, or Y does not catch up, within the
-//! step timeout, X is made a primary again and Y stays a standby: nothing was promoted.
+//! step timeout, X is made a primary again and Y stays a standby: nothing was promoted. Before
+//! anything changes, X's leader must run as primary; the token is taken from the member that
+//! stepped down only (one that took X's key since has no say).
 //!
 //! The targets differ only in how a cluster is changed and watched ([`Side`]): the local
 //! target writes `config` in the cluster's own etcd and asks its governors' REST APIs; AWS
@@ -19,8 +21,9 @@ use std::time::{Duration, Instant};
 pub trait Watch {
     /// The cluster's name.
     fn name(&self) -> &str;
-    /// What the leader-key holder publishes now; `None` without a leader or an answer.
-    async fn leader(&self) -> Option<MemberStatus>;
+    /// The leader-key holder's name and what it publishes now; `None` without a leader or an
+    /// answer.
+    async fn leader(&self) -> Option<(String, MemberStatus)>;
 }
 
 /// One cluster of a switchover, as the sequence drives it.
@@ -60,16 +63,27 @@ pub async fn switch_between(
     y: &mut impl Side,
     step: Duration,
 ) -> anyhow::Result<Switched> {
-    let started = Instant::now();
     let (xn, yn) = (x.name().to_string(), y.name().to_string());
+    // Before anything changes: x's leader runs as primary. (y is not asked: a y that cannot
+    // answer or catch up costs the step timeout, then x takes writes again.)
+    let Some((primary, _)) = x
+        .leader()
+        .await
+        .filter(|(_, m)| m.running_as(MemberRole::Primary))
+    else {
+        anyhow::bail!("cluster {xn} has no leader running as primary; nothing was changed");
+    };
+    let started = Instant::now();
     x.step_down().await?;
     let caught_up = async {
+        // The end of the WAL of the primary that stepped down: a member that took the key
+        // since (after a crash) has no say in it.
         let token = wait_leader(
             &*x,
             &format!("cluster {xn}'s primary did not step down"),
             step,
-            |m| {
-                m.running_as(MemberRole::Replica)
+            |name, m| {
+                (name == primary && m.running_as(MemberRole::Replica))
                     .then_some(m.wal.replay)
                     .flatten()
             },
@@ -79,7 +93,7 @@ pub async fn switch_between(
             &*y,
             &format!("cluster {yn} did not receive {xn}'s last position {token}"),
             step,
-            |m| m.wal.best().filter(|l| *l >= token),
+            |_, m| m.wal.best().filter(|l| *l >= token),
         )
         .await?;
         anyhow::Ok(token)
@@ -97,12 +111,24 @@ pub async fn switch_between(
             anyhow::bail!("{e:#}; cluster {xn} is a primary again, cluster {yn} stays its standby");
         }
     };
-    y.take_over().await?;
+    if let Err(e) = y.take_over().await {
+        // y was not promoted: x takes writes again.
+        return Err(match x.step_up_again().await {
+            Ok(()) => anyhow::anyhow!(
+                "cluster {yn} could not be promoted ({e:#}); cluster {xn} is a primary again, \
+                 cluster {yn} stays its standby"
+            ),
+            Err(back) => anyhow::anyhow!(
+                "cluster {yn} could not be promoted ({e:#}), and cluster {xn} could not be made \
+                 a primary again: {back:#}"
+            ),
+        });
+    }
     wait_leader(
         &*y,
         &format!("cluster {yn}'s leader was not promoted"),
         step,
-        |m| m.running_as(MemberRole::Primary).then_some(()),
+        |_, m| m.running_as(MemberRole::Primary).then_some(()),
     )
     .await?;
     Ok(Switched {
@@ -111,18 +137,18 @@ pub async fn switch_between(
     })
 }
 
-/// Polls `side`'s leader until `done` says yes (returning what it returned) or `timeout`
+/// Polls `side`'s leader (its name and status) until `done` says yes (returning what it returned) or `timeout`
 /// passes.
 pub async fn wait_leader<T>(
     side: &impl Watch,
     what: &str,
     timeout: Duration,
-    done: impl Fn(&MemberStatus) -> Option<T>,
+    done: impl Fn(&str, &MemberStatus) -> Option<T>,
 ) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(m) = side.leader().await
-            && let Some(v) = done(&m)
+        if let Some((name, m)) = side.leader().await
+            && let Some(v) = done(&name, &m)
         {
             return Ok(v);
         }
@@ -147,6 +173,8 @@ mod tests {
         /// What the leader looks like after each request.
         on_step_down: Option<MemberStatus>,
         on_take_over: Option<MemberStatus>,
+        /// Its `config` cannot be written when it is to take over.
+        refuses_take_over: bool,
     }
 
     fn member(role: MemberRole, write: Option<u64>, replay: Option<u64>) -> MemberStatus {
@@ -172,8 +200,9 @@ mod tests {
         fn name(&self) -> &str {
             self.name
         }
-        async fn leader(&self) -> Option<MemberStatus> {
-            self.leader.lock().ok().map(|m| m.clone())
+        async fn leader(&self) -> Option<(String, MemberStatus)> {
+            let m = self.leader.lock().ok()?.clone();
+            Some((format!("{}-0", self.name), m))
         }
     }
 
@@ -191,6 +220,9 @@ mod tests {
         }
         async fn take_over(&mut self) -> anyhow::Result<()> {
             self.asked.lock().expect("lock").push("y takes over");
+            if self.refuses_take_over {
+                anyhow::bail!("its config changed since the plan");
+            }
             if let Some(m) = self.on_take_over.clone() {
                 *self.leader.lock().expect("lock") = m;
             }
@@ -206,6 +238,7 @@ mod tests {
             asked: asked.clone(),
             on_step_down: Some(member(MemberRole::Replica, None, Some(1000))),
             on_take_over: None,
+            refuses_take_over: false,
         };
         let y = Fake {
             name: "y",
@@ -217,6 +250,7 @@ mod tests {
             asked: asked.clone(),
             on_step_down: None,
             on_take_over: Some(member(MemberRole::Primary, Some(1000), None)),
+            refuses_take_over: false,
         };
         (x, y, asked)
     }
@@ -273,5 +307,34 @@ mod tests {
             *asked.lock().expect("lock"),
             ["x steps down", "x primary again"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_standby_that_cannot_be_promoted_leaves_x_writable() {
+        let (mut x, mut y, asked) = pair(1000);
+        y.refuses_take_over = true;
+        let err = switch_between(&mut x, &mut y, Duration::from_secs(2))
+            .await
+            .expect_err("refused");
+        assert!(
+            format!("{err:#}")
+                .contains("cluster x is a primary again, cluster y stays its standby"),
+            "{err:#}"
+        );
+        assert_eq!(
+            *asked.lock().expect("lock"),
+            ["x steps down", "y takes over", "x primary again"]
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_changes_unless_x_leads_as_primary() {
+        let (mut x, mut y, asked) = pair(1000);
+        *x.leader.lock().expect("lock") = member(MemberRole::Replica, None, Some(5));
+        let err = switch_between(&mut x, &mut y, Duration::from_secs(2))
+            .await
+            .expect_err("refused");
+        assert!(format!("{err:#}").contains("cluster x has no leader running as primary"));
+        assert!(asked.lock().expect("lock").is_empty(), "nothing asked");
     }
 }

@@ -59,7 +59,12 @@ impl Writer {
             .map_or(0, |(id, _)| *id)
     }
 
-    /// Stops; every acknowledged id with when.
+    /// The writes acknowledged so far, with when.
+    pub fn acked(&self) -> Vec<(i64, Instant)> {
+        self.acked.lock().expect("lock").clone()
+    }
+
+    /// Stops writing; every acknowledged write, with when.
     pub async fn stop(self) -> Vec<(i64, Instant)> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;

@@ -419,6 +419,7 @@ async fn fenced(b: &mut AwsBox) -> anyhow::Result<()> {
     b.etcd.freeze(true);
     let orders_dsn = b.dsn(&orders_ip);
     let r = wait::until("orders' primary to stop taking writes", BOOT, || async {
+        // Stopped, or running read-only: no writes either way.
         let writable = async {
             let c = connect_dsn(&orders_dsn).await.ok()?;
             let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?;
@@ -470,11 +471,18 @@ async fn fenced(b: &mut AwsBox) -> anyhow::Result<()> {
                 "orders runs as primary again: {me:?}"
             );
             let c = connect_dsn(&orders_dsn).await.ok()?;
-            let n: i64 = c
-                .query_one("SELECT count(*) FROM t WHERE n = -11", &[])
+            let row = c
+                .query_one(
+                    "SELECT pg_is_in_recovery(), count(*) FROM t WHERE n = -11",
+                    &[],
+                )
                 .await
-                .ok()?
-                .get(0);
+                .ok()?;
+            assert!(
+                row.get::<_, bool>(0),
+                "orders' PostgreSQL takes writes again"
+            );
+            let n: i64 = row.get(1);
             (me.is_leader && me.streaming && n == 1).then_some(c)
         },
     )

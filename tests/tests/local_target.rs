@@ -129,7 +129,8 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
     );
 
     // A major version in the file (15 -> 18, and 4 instances) is refused: a major upgrade is
-    // not performed, and nothing of the cluster changes.
+    // not performed, and the cluster is left as it runs (`hold_major_upgrades`' unit test:
+    // its instance count too). The file with the running version again goes through below.
     let v18 = LocalRepo::cluster_yaml("alpha", 4, base).replace(
         "postgresql: {parameters:",
         "postgresql: {version: 18, parameters:",
@@ -141,16 +142,6 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
         READY,
     )
     .await?;
-    let s = repo.status()?;
-    let members = s["clusters"][0]["members"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(
-        members.len(),
-        3,
-        "the instance count of that edit waits: {s}"
-    );
 
     // An edit of the file (3 -> 4 instances) is applied on the next pass.
     repo.write("alpha.yaml", &LocalRepo::cluster_yaml("alpha", 4, base))?;

@@ -316,6 +316,20 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let after = writer.last();
     until_has(repo, "dr", db + 10, after).await?;
     until_has(repo, "dr", db + 11, after).await?;
+    // src replicates asynchronously: a write its primary acknowledged just before the kill,
+    // which no replica had received, is lost in that failover (as its maximum lag on
+    // failover allows). Those are measured here, on src's new primary, and are not the
+    // switchover's to keep below.
+    let lost_at_failover: Vec<i64> = {
+        let timed: Vec<(i64, Instant)> = writer
+            .acked()
+            .into_iter()
+            .filter(|(id, _)| *id <= before)
+            .collect();
+        let first = timed.first().map_or(t0, |(_, at)| *at);
+        missing_on(repo, "src", sb, &timed, first).await?.1
+    };
+    eprintln!("lost in src's asynchronous failover: {lost_at_failover:?}");
 
     // kill -9 of the standby leader: the other member leads the standby cluster and keeps
     // replicating from the source.
@@ -416,7 +430,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
         .collect();
     let missing: Vec<&i64> = acked
         .iter()
-        .filter(|id| rows.binary_search(id).is_err())
+        .filter(|id| rows.binary_search(id).is_err() && !lost_at_failover.contains(id))
         .collect();
     assert!(
         missing.is_empty(),

@@ -58,16 +58,16 @@ impl Governor {
             Err(e) => DcsView::Unreachable { why: e.to_string() },
         };
         if let DcsView::Known(view) = &mut dcs {
-            view.fenced_by = match super::downstream::promoted_over_us(
-                &self.http,
-                view.config.as_ref(),
-                self.dcs.timeout(),
-            )
-            .await
-            {
-                Some(s) => Some(s),
-                None => super::downstream::primary_answers(&self.pg, view.config.as_ref()).await,
-            };
+            // Both ways of asking at once: each is bounded by a second.
+            let (by_api, by_postgres) = tokio::join!(
+                super::downstream::promoted_over_us(
+                    &self.http,
+                    view.config.as_ref(),
+                    self.dcs.timeout(),
+                ),
+                super::downstream::primary_answers(&self.pg, view.config.as_ref()),
+            );
+            view.fenced_by = by_api.or(by_postgres);
         }
         if let DcsView::Known(view) = &dcs {
             if view

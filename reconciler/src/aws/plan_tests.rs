@@ -656,6 +656,28 @@ fn one_commit_that_swaps_which_cluster_is_the_standby_is_a_switchover_of_both() 
         serde_json::json!({"role": "promoted", "cluster": "orders"})
     );
 
+    // Either in maintenance mode: neither is planned.
+    let mut paused = observe(&dr_now, &dr_was);
+    if let Observation::Present(e) = &mut paused.etcd
+        && let Observation::Present(c) = &mut e.config
+        && let Some(v) = c.value.as_mut()
+    {
+        v.pause = true;
+    }
+    let p = run(
+        &[&orders_now, &dr_now],
+        vec![observe(&orders_now, &orders_was), paused],
+        PlanOptions::default(),
+    );
+    assert!(
+        named(&p, "dr")
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("dr is in maintenance mode")),
+        "{p:?}"
+    );
+    assert_eq!(named(&p, "orders").action, Action::Blocked);
+
     // Half of it cannot be applied (dr is suspended): neither is changed.
     let dr_suspended = file("dr", "  reconcile: {suspend: true}\n");
     let p = run(

@@ -263,7 +263,7 @@ async fn promote(
                     cx,
                     &format!("cluster {x} did not receive {y}'s last position {token}"),
                     step,
-                    |m| m.wal.best().filter(|l| *l >= token),
+                    |_, m| m.wal.best().filter(|l| *l >= token),
                 )
                 .await?;
             }
@@ -415,8 +415,10 @@ impl crate::handover::Watch for LocalCluster {
         self.file.metadata.name.as_str()
     }
 
-    async fn leader(&self) -> Option<spilo_model::MemberStatus> {
-        self.leader_status().await.map(|(_, s)| s.member)
+    async fn leader(&self) -> Option<(String, spilo_model::MemberStatus)> {
+        self.leader_status()
+            .await
+            .map(|(_, s)| (s.name.to_string(), s.member))
     }
 }
 
@@ -447,7 +449,7 @@ impl crate::handover::Watch for LocalSide<'_> {
         self.cluster.file.metadata.name.as_str()
     }
 
-    async fn leader(&self) -> Option<spilo_model::MemberStatus> {
+    async fn leader(&self) -> Option<(String, spilo_model::MemberStatus)> {
         crate::handover::Watch::leader(&self.cluster).await
     }
 }

@@ -438,41 +438,17 @@ async fn apply_edit(
     governor: &std::path::Path,
     step: Duration,
 ) {
-    // A running cluster whose file asks for another major version is left as it runs: a
-    // major upgrade is not performed, and its members would start the new version's
-    // binaries on data they cannot read.
-    let mut held = Vec::new();
+    let running_files: BTreeMap<String, (ClusterFile, Option<u32>)> = running
+        .iter()
+        .map(|(n, c)| (n.clone(), (c.file.clone(), c.refused_version)))
+        .collect();
+    let (held_desired, refusals) = hold_major_upgrades(desired, &running_files);
     for (name, c) in running.iter_mut() {
-        let Some((_, f)) = desired.get(name) else {
-            continue;
-        };
-        let (have, want) = (c.file.spec.postgresql.version, f.spec.postgresql.version);
-        if have == want {
-            c.refused_version = None;
-            continue;
-        }
-        held.push(name.clone());
-        if c.refused_version != Some(want) {
-            c.refused_version = Some(want);
-            eprintln!(
-                "refused to change cluster {name}: postgresql.version {have} -> {want} is a \
-                 major upgrade, which spilo does not perform yet; cluster {name} keeps running \
-                 PostgreSQL {have}, and its members and standby source stay as they are until \
-                 the file says version {have} again"
-            );
+        c.refused_version = refusals.get(name).map(|(v, _)| *v);
+        if let Some((_, Some(line))) = refusals.get(name) {
+            eprintln!("{line}");
         }
     }
-    // A held cluster's file counts as the one it runs with.
-    let held_desired: Desired = desired
-        .iter()
-        .map(|(n, (src, f))| {
-            let f = match running.get(n) {
-                Some(c) if held.contains(n) => c.file.clone(),
-                _ => f.clone(),
-            };
-            (n.clone(), (src.clone(), f))
-        })
-        .collect();
     let desired = &held_desired;
     let want: BTreeMap<String, u32> = desired
         .iter()
@@ -545,6 +521,40 @@ async fn apply_edit(
     }
 }
 
+/// A running cluster whose file asks for another major version is left as it runs: a major
+/// upgrade is not performed, and its members would start the new version's binaries on data
+/// they cannot read. Returns `desired` with each such cluster's file replaced by the one it
+/// runs with, and per such cluster the refused version with the line to print (`None` when
+/// `running` says it was refused already). `running`: each cluster's file and the version
+/// refused last.
+fn hold_major_upgrades(
+    desired: &Desired,
+    running: &BTreeMap<String, (ClusterFile, Option<u32>)>,
+) -> (Desired, BTreeMap<String, (u32, Option<String>)>) {
+    let mut refusals = BTreeMap::new();
+    let mut held = desired.clone();
+    for (name, (file, refused)) in running {
+        let Some((src, f)) = desired.get(name) else {
+            continue;
+        };
+        let (have, want) = (file.spec.postgresql.version, f.spec.postgresql.version);
+        if have == want {
+            continue;
+        }
+        held.insert(name.clone(), (src.clone(), file.clone()));
+        let line = (*refused != Some(want)).then(|| {
+            format!(
+                "refused to change cluster {name}: postgresql.version {have} -> {want} is a \
+                 major upgrade, which spilo does not perform yet; cluster {name} keeps running \
+                 PostgreSQL {have}, and its members and standby source stay as they are until \
+                 the file says version {have} again"
+            )
+        });
+        refusals.insert(name.clone(), (want, line));
+    }
+    (held, refusals)
+}
+
 async fn stop_all(running: &mut BTreeMap<String, LocalCluster>) {
     futures::future::join_all(running.values_mut().map(|c| c.stop())).await;
 }
@@ -552,7 +562,47 @@ async fn stop_all(running: &mut BTreeMap<String, LocalCluster>) {
 #[cfg(test)]
 mod tests {
     use super::ConfigSync;
+    use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_new_major_version_leaves_the_running_cluster_as_it_runs_and_is_said_once() {
+        let file = |version: u32, instances: u32| -> spilo_model::spec::ClusterFile {
+            serde_yaml::from_str(&format!(
+                "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: alpha}}\nspec:\n  \
+                 instances: {instances}\n  postgresql: {{version: {version}}}\n"
+            ))
+            .expect("valid")
+        };
+        let desired: super::Desired =
+            BTreeMap::from([("alpha".to_string(), ("alpha.yaml".to_string(), file(18, 4)))]);
+        let mut running = BTreeMap::from([("alpha".to_string(), (file(15, 3), None))]);
+        let (held, refusals) = super::hold_major_upgrades(&desired, &running);
+        let (_, kept) = &held["alpha"];
+        assert_eq!(
+            (kept.spec.postgresql.version, kept.spec.instances),
+            (15, 3),
+            "the running file, not the edit's 4 instances"
+        );
+        let (refused, line) = &refusals["alpha"];
+        assert_eq!(*refused, 18);
+        assert!(
+            line.as_deref().is_some_and(|l| l.starts_with(
+                "refused to change cluster alpha: postgresql.version 15 -> 18 is a major upgrade"
+            )),
+            "{line:?}"
+        );
+        // Refused already: not said again.
+        running.insert("alpha".into(), (file(15, 3), Some(18)));
+        let (_, refusals) = super::hold_major_upgrades(&desired, &running);
+        assert_eq!(refusals["alpha"], (18, None));
+        // The file names the running version again: the edit goes through.
+        let desired: super::Desired =
+            BTreeMap::from([("alpha".to_string(), ("alpha.yaml".to_string(), file(15, 4)))]);
+        let (held, refusals) = super::hold_major_upgrades(&desired, &running);
+        assert!(refusals.is_empty());
+        assert_eq!(held["alpha"].1.spec.instances, 4);
+    }
 
     #[test]
     fn a_failed_config_write_is_retried_and_each_error_printed_once() {

@@ -52,10 +52,11 @@ impl Watch for EtcdSide<'_> {
         &self.plan.name
     }
 
-    async fn leader(&self) -> Option<MemberStatus> {
+    async fn leader(&self) -> Option<(String, MemberStatus)> {
         let leader = self.read(self.keys.leader()).await?;
         let name = MemberName::new(String::from_utf8(leader).ok()?).ok()?;
-        serde_json::from_slice(&self.read(self.keys.member(&name)).await?).ok()
+        let status = serde_json::from_slice(&self.read(self.keys.member(&name)).await?).ok()?;
+        Some((name.to_string(), status))
     }
 }
 
@@ -72,27 +73,42 @@ impl Side for EtcdSide<'_> {
     }
 
     async fn step_up_again(&mut self) -> anyhow::Result<()> {
-        let back = self.config.before.clone().ok_or_else(|| {
+        // Back to what the plan saw of who it follows and who follows it; anything else written
+        // since is kept (read, changed, compare-and-swap on the revision read).
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+        let before = self.config.before.clone().ok_or_else(|| {
             anyhow::anyhow!("the plan did not see {}'s config before", self.plan.name)
         })?;
-        let now = {
-            let mut client = self.client.clone();
-            let resp = client.get(self.keys.config(), None).await?;
-            resp.kvs()
-                .first()
-                .map(|kv| kv.mod_revision())
-                .ok_or_else(|| anyhow::anyhow!("{} is gone", self.keys.config()))?
-        };
-        let undo = ConfigChange {
-            before: None,
-            after: back,
-            expected_revision: now,
-            synchronous: None,
-            catalog: Vec::new(),
-        };
-        write_config(self.plan, &undo, self.log)
+        let key = self.keys.config();
+        let mut client = self.client.clone();
+        let resp = tokio::time::timeout(crate::etcd::TIMEOUT, client.get(key.clone(), None))
             .await
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|_| {
+                anyhow::anyhow!("etcd did not answer within {:?}", crate::etcd::TIMEOUT)
+            })??;
+        let kv = resp
+            .kvs()
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{key} is gone"))?;
+        let mut now: spilo_model::ClusterConfig = serde_json::from_slice(kv.value())?;
+        now.standby_cluster = before.standby_cluster;
+        now.downstream = before.downstream;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(key.clone(), serde_json::to_string(&now)?, None)]);
+        let written = tokio::time::timeout(crate::etcd::TIMEOUT, client.txn(txn))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("etcd did not answer within {:?}", crate::etcd::TIMEOUT)
+            })??;
+        anyhow::ensure!(
+            written.succeeded(),
+            "{key} changed while it was being restored"
+        );
         self.log.line(&self.plan.name, "a primary cluster again");
         Ok(())
     }

@@ -290,6 +290,14 @@ async fn apply_cluster(
     let Some(mut lock) = Lock::take(c).await? else {
         return apply_locked(clients, plan, c, log).await;
     };
+    if matches!(c.handover, Some(Handover::Promoted(_))) {
+        // A switchover between clusters is not stopped halfway when the lock's lease is lost:
+        // stopped after its source stepped down, neither cluster would take writes. Each of
+        // its writes is a compare-and-swap, which fails if another apply changed the key.
+        let result = apply_locked(clients, plan, c, log).await;
+        lock.release().await;
+        return result;
+    }
     let result = while_locked(
         &mut lock.keeper,
         &c.name,

@@ -32,6 +32,14 @@ pub fn plan_config(
     };
     // Maintenance mode is operational state (`spilo pause`), not part of the file: keep it.
     want.pause = before.as_ref().is_some_and(|b| b.pause);
+    if want.pause && handover.is_some() {
+        return Err(format!(
+            "{} is in maintenance mode (spilo pause): its governors would not step down or \
+             promote, so a switchover between clusters would only stop writes; `spilo resume \
+             {0}` first",
+            file.metadata.name
+        ));
+    }
     // The standby clusters that follow this one, from the files of the same commit: its
     // governors ask them before running a primary (the fence of `spilo promote-standby
     // --source-unreachable`).
