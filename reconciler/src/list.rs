@@ -42,9 +42,19 @@ pub async fn update_config(
     target: &Target,
     change: impl Fn(&mut spilo_model::ClusterConfig),
 ) -> anyhow::Result<()> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let mut client = target.connect().await?;
     let key = Keyspace::with_namespace(&target.namespace, &target.cluster).config();
+    update_config_key(&mut client, target.cluster.as_str(), key, change).await
+}
+
+/// [`update_config`] of `cluster`'s `config` at `key`, through `client`.
+pub async fn update_config_key(
+    client: &mut etcd_client::Client,
+    cluster: &str,
+    key: String,
+    change: impl Fn(&mut spilo_model::ClusterConfig),
+) -> anyhow::Result<()> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     for _ in 0..5 {
         let resp = client
             .get(key.clone(), None)
@@ -58,7 +68,7 @@ pub async fn update_config(
             ),
             None => {
                 return Err(ConfigAbsent {
-                    cluster: target.cluster.to_string(),
+                    cluster: cluster.to_string(),
                     key,
                 }
                 .into());

@@ -75,40 +75,22 @@ impl Side for EtcdSide<'_> {
     async fn step_up_again(&mut self) -> anyhow::Result<()> {
         // Back to what the plan saw of who it follows and who follows it; anything else written
         // since is kept (read, changed, compare-and-swap on the revision read).
-        use etcd_client::{Compare, CompareOp, Txn, TxnOp};
         let before = self.config.before.clone().ok_or_else(|| {
             anyhow::anyhow!("the plan did not see {}'s config before", self.plan.name)
         })?;
-        let key = self.keys.config();
         let mut client = self.client.clone();
-        let resp = tokio::time::timeout(crate::etcd::TIMEOUT, client.get(key.clone(), None))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("etcd did not answer within {:?}", crate::etcd::TIMEOUT)
-            })??;
-        let kv = resp
-            .kvs()
-            .first()
-            .ok_or_else(|| anyhow::anyhow!("{key} is gone"))?;
-        let mut now: spilo_model::ClusterConfig = serde_json::from_slice(kv.value())?;
-        now.standby_cluster = before.standby_cluster;
-        now.downstream = before.downstream;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                kv.mod_revision(),
-            )])
-            .and_then([TxnOp::put(key.clone(), serde_json::to_string(&now)?, None)]);
-        let written = tokio::time::timeout(crate::etcd::TIMEOUT, client.txn(txn))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!("etcd did not answer within {:?}", crate::etcd::TIMEOUT)
-            })??;
-        anyhow::ensure!(
-            written.succeeded(),
-            "{key} changed while it was being restored"
+        let restore = crate::list::update_config_key(
+            &mut client,
+            &self.plan.name,
+            self.keys.config(),
+            |now| {
+                now.standby_cluster = before.standby_cluster.clone();
+                now.downstream = before.downstream.clone();
+            },
         );
+        tokio::time::timeout(3 * crate::etcd::TIMEOUT, restore)
+            .await
+            .map_err(|_| anyhow::anyhow!("etcd did not answer in time"))??;
         self.log.line(&self.plan.name, "a primary cluster again");
         Ok(())
     }
