@@ -20,6 +20,7 @@ pub mod dcs;
 pub mod drill;
 pub mod etcd_member;
 pub mod ha;
+pub mod major_upgrade;
 pub mod postgres;
 pub mod preflight;
 pub mod proxy;

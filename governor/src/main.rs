@@ -147,6 +147,21 @@ enum Command {
     /// Report a failed boot of this instance (the image's boot layer calls it): a FAILURE
     /// signal to the stack and the reason with the boot log in etcd `boot/<member>`.
     BootFailed(BootFailedArgs),
+    /// One step of a major-version upgrade of this member's data directory, run while no
+    /// governor of the cluster runs: check (pg_upgrade --check), link (pg_upgrade --link
+    /// beside the data), rollback (undo link), commit (the point of no return: swap the
+    /// directories, the new system identifier in etcd), discard-old.
+    Upgrade {
+        /// The step.
+        #[arg(value_enum)]
+        step: UpgradeStep,
+        /// The member's configuration for the new version (its `bin_dir`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The old version's programs.
+        #[arg(long)]
+        old_bin_dir: PathBuf,
+    },
     /// Check a configuration file and the machine, then exit.
     Check {
         /// The governor's YAML configuration.
@@ -156,6 +171,16 @@ enum Command {
         #[command(flatten)]
         identity: IdentityArgs,
     },
+}
+
+/// The steps of `governor upgrade` (see `governor::major_upgrade`).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UpgradeStep {
+    Check,
+    Link,
+    Rollback,
+    Commit,
+    DiscardOld,
 }
 
 /// `governor boot-failed`'s arguments.
@@ -240,7 +265,11 @@ fn main() -> ExitCode {
                 .is_some_and(governor::config::ConfigError::is_permanent)
                 || e.downcast_ref::<governor::preflight::PreflightError>()
                     .is_some()
-                || e.downcast_ref::<governor::drill::ChecksFailed>().is_some();
+                || e.downcast_ref::<governor::drill::ChecksFailed>().is_some()
+                || e.downcast_ref::<governor::major_upgrade::UpgradeError>()
+                    .is_some_and(|e| {
+                        matches!(e, governor::major_upgrade::UpgradeError::Blocked(_))
+                    });
             ExitCode::from(if doomed { 2 } else { 1 })
         }
     }
@@ -255,6 +284,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Watchdog => Ok(()),
+        Command::Upgrade {
+            step,
+            config,
+            old_bin_dir,
+        } => {
+            use governor::major_upgrade as up;
+            if nix::unistd::geteuid().is_root() {
+                return Err(governor::preflight::PreflightError::Root.into());
+            }
+            let loaded = governor::config::load(&config, &Default::default()).await?;
+            let paths = up::Paths::of(&loaded, &old_bin_dir);
+            match step {
+                UpgradeStep::Check => {
+                    up::check(&loaded, &paths).await?;
+                    println!("{}: no blockers", paths.data.display());
+                }
+                UpgradeStep::Link => {
+                    let sysid = up::link(&loaded, &paths).await?;
+                    println!("{}: upgraded, system {sysid}", paths.upgraded.display());
+                }
+                UpgradeStep::Rollback => {
+                    let undone = up::roll_back(&paths)?;
+                    println!(
+                        "{}: {}",
+                        paths.data.display(),
+                        if undone {
+                            "rolled back"
+                        } else {
+                            "nothing to roll back"
+                        }
+                    );
+                }
+                UpgradeStep::Commit => {
+                    let sysid = up::commit(&loaded, &paths).await?;
+                    println!("{}: committed, system {sysid}", paths.data.display());
+                }
+                UpgradeStep::DiscardOld => {
+                    up::discard_old(&paths)?;
+                    println!("{}: old cluster removed", paths.previous.display());
+                }
+            }
+            Ok(())
+        }
         Command::BootFailed(a) => {
             let target =
                 governor::boot_report::Target::read(&a.config).map_err(anyhow::Error::msg)?;

@@ -6,12 +6,12 @@
 //!
 //! | key | writer | value | lifetime |
 //! |---|---|---|---|
-//! | `initialize` | the governor that wins the bootstrap race (create-if-absent) | PostgreSQL system identifier; empty while bootstrap runs | bound to the winner's lease while empty, permanent once it holds the identifier |
+//! | `initialize` | the governor that wins the bootstrap race (create-if-absent); after a major upgrade, `governor upgrade commit` on the upgraded member (compare-and-swap from the old identifier while no member holds `leader`) | PostgreSQL system identifier; empty while bootstrap runs | bound to the winner's lease while empty, permanent once it holds the identifier |
 //! | `leader` | the governor that holds leadership (create-if-absent, delete-if-ours) | member name | bound to the holder's lease |
 //! | `members/<name>` | the governor named `<name>` | [`crate::MemberStatus`] JSON | bound to that governor's lease |
 //! | `config` | created once by the bootstrap leader if absent (or, when that failed after `initialize` was written, by the leader that finds none); afterwards only by `spilo` | [`crate::ClusterConfig`] JSON | permanent |
 //! | `apply-lock` | `spilo apply` (create-if-absent) | who holds it and since when | bound to the applier's lease |
-//! | `history` | the primary, after each promotion (compare-and-swap on mod revision) | JSON list of [`crate::HistoryEntry`] | permanent |
+//! | `history` | the primary, after each promotion (compare-and-swap on mod revision); emptied by `governor upgrade commit` in the same transaction as `initialize` (the new system's timelines start at 1) | JSON list of [`crate::HistoryEntry`] | permanent |
 //! | `sync` | the primary in synchronous mode (compare-and-swap on mod revision; rewritten with an empty list, in quorum mode a quorum of 0, before a promoted member accepts writes) | [`crate::SyncState`] | permanent |
 //! | `failsafe` | the leader in failsafe mode (rewritten when the member set changes; deleted when failsafe mode is off) | JSON map of member name to REST API URL: the members the primary must hear from to stay writable while etcd is down, and the only ones that may take over afterwards | permanent |
 //! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |

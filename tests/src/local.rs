@@ -97,8 +97,14 @@ impl LocalRepo {
 
     /// [`Self::up`] with more arguments.
     pub fn up_with(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        self.up_env(args, &[])
+    }
+
+    /// [`Self::up`] with more arguments and environment variables.
+    pub fn up_env(&mut self, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.runs += 1;
         let mut cmd = Command::new(&self.spilo);
+        cmd.envs(env.iter().copied());
         cmd.arg("up")
             .args(args)
             .arg("--state-dir")

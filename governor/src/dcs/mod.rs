@@ -170,6 +170,32 @@ impl Dcs {
         self.txn(txn).await
     }
 
+    /// After a major upgrade (`governor upgrade commit`): `initialize` takes the upgraded
+    /// system's identifier and `history` is emptied (its timelines were the old system's),
+    /// in one transaction that holds only while no member holds the leader key. Returns
+    /// whether `initialize` holds `sysid` afterwards (written now or before).
+    pub async fn adopt_upgraded_system(&self, sysid: &str) -> Result<bool, DcsError> {
+        let key = self.keys.initialize();
+        let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
+        let current = resp.kvs().first().map(|kv| kv.value().to_vec());
+        if current.as_deref() == Some(sysid.as_bytes()) {
+            return Ok(true);
+        }
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        let txn = Txn::new()
+            .when([
+                Compare::value(key.clone(), CompareOp::Equal, current),
+                Compare::create_revision(self.keys.leader(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key, sysid, None),
+                TxnOp::put(self.keys.history(), "[]", None),
+            ]);
+        self.txn(txn).await
+    }
+
     /// Writes a switchover request unless one is pending. Returns whether it was written.
     pub async fn request_switchover(&self, req: &SwitchoverRequest) -> Result<bool, DcsError> {
         let key = self.keys.switchover();

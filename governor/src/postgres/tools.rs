@@ -45,7 +45,33 @@ pub async fn run(
     env: &[(&'static str, String)],
     timeout: Duration,
 ) -> Result<String, ToolError> {
+    run_with(bin_dir, tool, args, env, None, timeout).await
+}
+
+/// [`run`] in the working directory `cwd` (pg_upgrade writes its logs there).
+pub async fn run_in(
+    bin_dir: &Path,
+    tool: &str,
+    args: &[String],
+    env: &[(&'static str, String)],
+    cwd: &Path,
+    timeout: Duration,
+) -> Result<String, ToolError> {
+    run_with(bin_dir, tool, args, env, Some(cwd), timeout).await
+}
+
+async fn run_with(
+    bin_dir: &Path,
+    tool: &str,
+    args: &[String],
+    env: &[(&'static str, String)],
+    cwd: Option<&Path>,
+    timeout: Duration,
+) -> Result<String, ToolError> {
     let mut cmd = tokio::process::Command::new(bin_dir.join(tool));
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
     cmd.args(args)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("LC_ALL", "C")

@@ -17,6 +17,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
+mod upgrade;
+pub use upgrade::{MAX_LAG, Record, Step, Upgraded, data_version, preconditions, read_record};
+
 /// A child process with its restart bookkeeping.
 struct Proc {
     child: Child,
@@ -42,9 +45,9 @@ pub struct LocalCluster {
     standby: Option<spilo_model::StandbySource>,
     /// A `spec.standby` edit `spilo up` refused: not tried again until the file changes.
     pub refused_standby: Option<Option<spilo_model::spec::StandbySpec>>,
-    /// A `postgresql.version` of the file that was refused (a major upgrade, not performed):
-    /// said once, until the file changes it again.
-    pub refused_version: Option<u32>,
+    /// The file whose major upgrade was refused or failed: not tried again until the file
+    /// changes.
+    pub refused_upgrade: Option<ClusterFile>,
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
     members: Vec<Option<Proc>>,
@@ -249,7 +252,7 @@ impl LocalCluster {
             tls,
             standby,
             refused_standby: None,
-            refused_version: None,
+            refused_upgrade: None,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),
@@ -264,6 +267,11 @@ impl LocalCluster {
         self.file.spec.standby = file.spec.standby;
         self.standby = standby;
         self.refused_standby = None;
+    }
+
+    /// The file it was started from.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The cluster's ports.
@@ -347,14 +355,13 @@ impl LocalCluster {
         }
     }
 
-    /// Writes member `i`'s configuration and starts its governor.
-    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+    /// Member `i`'s governor configuration for `file`.
+    fn render_member(&self, i: usize, file: &ClusterFile) -> anyhow::Result<String> {
         let mdir = self.member_dir(i);
         mkdir(&mdir, 0o755, &self.run_as)?;
-        let idx = u16::try_from(i).unwrap_or(u16::MAX);
-        let cfg = governor_config::render(
-            &self.file,
-            idx,
+        governor_config::render(
+            file,
+            u16::try_from(i).unwrap_or(u16::MAX),
             &self.ports,
             &self.etcd_endpoints,
             &mdir,
@@ -362,7 +369,13 @@ impl LocalCluster {
             self.tls.as_ref(),
             self.standby.as_ref(),
         )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", self.source))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", self.source))
+    }
+
+    /// Writes member `i`'s configuration and starts its governor.
+    pub fn start_member(&mut self, i: usize) -> anyhow::Result<()> {
+        let mdir = self.member_dir(i);
+        let cfg = self.render_member(i, &self.file)?;
         let path = mdir.join("governor.yaml");
         std::fs::write(&path, cfg)?;
         self.run_as.own(&path)?;
@@ -569,6 +582,21 @@ impl LocalCluster {
 
     /// Stops everything in order: replicas, the primary, HAProxy, etcd.
     pub async fn stop(&mut self) {
+        self.stop_governors().await;
+        if let Some(mut p) = self.haproxy.take() {
+            eprintln!("{}: stopping HAProxy", self.name);
+            stop_proc(&mut p, "HAProxy", Duration::from_secs(10)).await;
+        }
+        if let Some(mut p) = self.etcd.take() {
+            eprintln!("{}: stopping etcd", self.name);
+            stop_proc(&mut p, "etcd", Duration::from_secs(30)).await;
+        }
+        let _ = self.write_state();
+    }
+
+    /// Stops the governors: replicas, then the primary (it releases the leader key). Returns
+    /// when the primary's stop began.
+    async fn stop_governors(&mut self) -> Instant {
         let leader = self.leader().await;
         let mut replicas = Vec::new();
         for i in 0..self.members.len() {
@@ -588,6 +616,7 @@ impl LocalCluster {
             )
             .await;
         }
+        let primary_stop = Instant::now();
         if let Some(i) = leader
             && let Some(mut p) = self.members[i].take()
         {
@@ -598,15 +627,7 @@ impl LocalCluster {
             );
             stop_proc(&mut p, &self.member_name(i), Duration::from_secs(90)).await;
         }
-        if let Some(mut p) = self.haproxy.take() {
-            eprintln!("{}: stopping HAProxy", self.name);
-            stop_proc(&mut p, "HAProxy", Duration::from_secs(10)).await;
-        }
-        if let Some(mut p) = self.etcd.take() {
-            eprintln!("{}: stopping etcd", self.name);
-            stop_proc(&mut p, "etcd", Duration::from_secs(30)).await;
-        }
-        let _ = self.write_state();
+        primary_stop
     }
 
     /// Records the processes in `state.json`.

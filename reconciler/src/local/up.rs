@@ -240,23 +240,43 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut running: BTreeMap<String, LocalCluster> = BTreeMap::new();
     let started = async {
+        let mut finish_upgrades = Vec::new();
         for name in sources_first(&desired) {
             let (src, f) = &desired[name];
+            // Existing data of another major version starts as it is; the file's version
+            // is then an upgrade, applied below like an edit.
+            let mut f = f.clone();
+            if let Some(v) = super::cluster::data_version(&layout.cluster(name)) {
+                f.spec.postgresql.version = v;
+            }
             let mut c = LocalCluster::prepare(
                 f.clone(),
                 src.clone(),
                 &layout,
-                ports_of(f),
+                ports_of(&f),
                 &run_as,
                 &governor,
-                super::standby::resolve(f, &desired, &layout)?,
+                super::standby::resolve(&f, &desired, &layout)?,
             )?;
+            if let Some((line, after)) = c.resume_upgrade().await? {
+                println!("{line}");
+                if after {
+                    finish_upgrades.push(name.clone());
+                }
+            }
             c.start().await?;
             running.insert(name.clone(), c);
         }
         for c in running.values() {
             c.wait_ready(Duration::from_secs(180)).await?;
             print!("{}", c.connection_info());
+        }
+        for name in finish_upgrades {
+            if let Some(c) = running.get_mut(&name) {
+                for line in c.resume_after_upgrade().await {
+                    println!("{line}");
+                }
+            }
         }
         anyhow::Ok(())
     };
@@ -276,6 +296,22 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             eprintln!("{line}");
         }
         return Ok(());
+    }
+    // A file that names another major version than the data holds: the upgrade.
+    if running.iter().any(|(n, c)| {
+        desired
+            .get(n)
+            .is_some_and(|(_, f)| f.spec.postgresql.version != c.file.spec.postgresql.version)
+    }) {
+        apply_edit(
+            &desired,
+            &mut running,
+            &layout,
+            &run_as,
+            &governor,
+            args.cluster_switchover_timeout,
+        )
+        .await;
     }
     println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
     let mut config_sync = ConfigSync::default();
@@ -438,15 +474,26 @@ async fn apply_edit(
     governor: &std::path::Path,
     step: Duration,
 ) {
-    let running_files: BTreeMap<String, (ClusterFile, Option<u32>)> = running
+    let running_files: BTreeMap<String, ClusterFile> = running
         .iter()
-        .map(|(n, c)| (n.clone(), (c.file.clone(), c.refused_version)))
+        .map(|(n, c)| (n.clone(), c.file.clone()))
         .collect();
-    let (held_desired, refusals) = hold_major_upgrades(desired, &running_files);
+    let (mut held_desired, upgrades) = hold_major_upgrades(desired, &running_files);
     for (name, c) in running.iter_mut() {
-        c.refused_version = refusals.get(name).map(|(v, _)| *v);
-        if let Some((_, Some(line))) = refusals.get(name) {
-            eprintln!("{line}");
+        let Some(to) = upgrades.get(name) else {
+            c.refused_upgrade = None;
+            continue;
+        };
+        let wanted = &desired[name].1;
+        if c.refused_upgrade.as_ref() == Some(wanted) {
+            continue;
+        }
+        let standbys = standby_blockers(name, &c.file, desired);
+        if major_upgrade(c, to.clone(), standbys).await {
+            c.refused_upgrade = None;
+            held_desired.insert(name.clone(), desired[name].clone());
+        } else {
+            c.refused_upgrade = Some(wanted.clone());
         }
     }
     let desired = &held_desired;
@@ -521,38 +568,125 @@ async fn apply_edit(
     }
 }
 
-/// A running cluster whose file asks for another major version is left as it runs: a major
-/// upgrade is not performed, and its members would start the new version's binaries on data
-/// they cannot read. Returns `desired` with each such cluster's file replaced by the one it
-/// runs with, and per such cluster the refused version with the line to print (`None` when
-/// `running` says it was refused already). `running`: each cluster's file and the version
-/// refused last.
+/// A running cluster whose file asks for another major version is held as it runs until its
+/// upgrade is done: its members would start the new version's binaries on data they cannot
+/// read. Returns `desired` with each such cluster's file replaced by the one it runs with,
+/// and per such cluster the file to upgrade to: the running one with the new version (and
+/// the new `binDir`, if any); the file's other changes follow once the upgrade is done.
 fn hold_major_upgrades(
     desired: &Desired,
-    running: &BTreeMap<String, (ClusterFile, Option<u32>)>,
-) -> (Desired, BTreeMap<String, (u32, Option<String>)>) {
-    let mut refusals = BTreeMap::new();
+    running: &BTreeMap<String, ClusterFile>,
+) -> (Desired, BTreeMap<String, ClusterFile>) {
+    let mut upgrades = BTreeMap::new();
     let mut held = desired.clone();
-    for (name, (file, refused)) in running {
+    for (name, file) in running {
         let Some((src, f)) = desired.get(name) else {
             continue;
         };
-        let (have, want) = (file.spec.postgresql.version, f.spec.postgresql.version);
-        if have == want {
+        if file.spec.postgresql.version == f.spec.postgresql.version {
             continue;
         }
         held.insert(name.clone(), (src.clone(), file.clone()));
-        let line = (*refused != Some(want)).then(|| {
-            format!(
-                "refused to change cluster {name}: postgresql.version {have} -> {want} is a \
-                 major upgrade, which spilo does not perform yet; cluster {name} keeps running \
-                 PostgreSQL {have}, and its members and standby source stay as they are until \
-                 the file says version {have} again"
-            )
-        });
-        refusals.insert(name.clone(), (want, line));
+        let mut to = file.clone();
+        to.spec.postgresql.version = f.spec.postgresql.version;
+        to.spec.postgresql.bin_dir = f.spec.postgresql.bin_dir.clone();
+        upgrades.insert(name.clone(), to);
     }
-    (held, refusals)
+    (held, upgrades)
+}
+
+/// What keeps cluster `name` (running `file`) from a major upgrade of its own because of
+/// standby clusters: it is one (it follows its source's version), or others stream from it
+/// (a standby cannot replay a newer major version's WAL).
+fn standby_blockers(name: &str, file: &ClusterFile, desired: &Desired) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(from) = file.spec.standby.as_ref().and_then(|s| s.from.as_ref()) {
+        out.push(format!(
+            "cluster {name} is a standby of {from}: it runs its source's major version"
+        ));
+    }
+    let downstream: Vec<&str> = desired
+        .iter()
+        .filter(|(_, (_, f))| {
+            f.spec
+                .standby
+                .as_ref()
+                .and_then(|s| s.from.as_ref())
+                .is_some_and(|from| from.as_str() == name)
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !downstream.is_empty() {
+        out.push(format!(
+            "{} stream from cluster {name} as standby clusters and cannot replay a newer major \
+             version's WAL; an upgrade of a source with standby clusters is not supported yet",
+            downstream.join(", ")
+        ));
+    }
+    out
+}
+
+/// Checks and performs the major upgrade of `c` to `to`; says what happened. Returns whether
+/// the cluster runs `to`'s version now. `blockers`: what the caller found already.
+async fn major_upgrade(c: &mut LocalCluster, to: ClusterFile, blockers: Vec<String>) -> bool {
+    let (name, from, version) = (
+        c.name.clone(),
+        c.file.spec.postgresql.version,
+        to.spec.postgresql.version,
+    );
+    println!("~ cluster {name} (major upgrade: PostgreSQL {from} -> {version})");
+    // The new version's programs are there, and can speak TLS if the cluster does.
+    let checked = match check_postgres(&name, c.source(), &to) {
+        _ if !blockers.is_empty() => Ok(Err(blockers)),
+        Err(e) => Ok(Err(vec![format!("{e:#}")])),
+        // Both versions' WAL under one prefix: the new system's timeline history files
+        // would meet the old one's.
+        Ok(()) if c.file.spec.backup.is_some() && c.file.wal_prefix() == to.wal_prefix() => {
+            Ok(Err(vec![format!(
+                "backup.prefix {} is the archive of both versions; name one for the new \
+                 version (the default, spilo/{name}/wal/<version>/, is)",
+                to.wal_prefix()
+            )]))
+        }
+        Ok(()) => c.upgrade_blockers(&to).await,
+    };
+    let primary = match checked {
+        Err(e) => {
+            eprintln!(
+                "could not check the upgrade of cluster {name}: {e:#}; it keeps running \
+                 PostgreSQL {from}, nothing was changed"
+            );
+            return false;
+        }
+        Ok(Err(blockers)) => {
+            eprintln!(
+                "refused to upgrade cluster {name} to PostgreSQL {version}; it keeps running \
+                 PostgreSQL {from}, nothing was changed (an edit of its file tries again):"
+            );
+            for b in blockers {
+                eprintln!("  - {b}");
+            }
+            return false;
+        }
+        Ok(Ok(primary)) => primary,
+    };
+    println!("  pg_upgrade --check: no blockers; upgrading with {name}-{primary}'s data");
+    match c.major_upgrade(to, primary).await {
+        Ok(u) => {
+            println!(
+                "cluster {name} runs PostgreSQL {version}: write downtime {:.1}s",
+                u.downtime.as_secs_f64()
+            );
+            for n in u.notes {
+                println!("{n}");
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("the upgrade of cluster {name} failed: {e:#}");
+            false
+        }
+    }
 }
 
 async fn stop_all(running: &mut BTreeMap<String, LocalCluster>) {
@@ -566,7 +700,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn a_new_major_version_leaves_the_running_cluster_as_it_runs_and_is_said_once() {
+    fn a_new_major_version_holds_the_running_cluster_until_it_is_upgraded() {
         let file = |version: u32, instances: u32| -> spilo_model::spec::ClusterFile {
             serde_yaml::from_str(&format!(
                 "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: alpha}}\nspec:\n  \
@@ -576,32 +710,53 @@ mod tests {
         };
         let desired: super::Desired =
             BTreeMap::from([("alpha".to_string(), ("alpha.yaml".to_string(), file(18, 4)))]);
-        let mut running = BTreeMap::from([("alpha".to_string(), (file(15, 3), None))]);
-        let (held, refusals) = super::hold_major_upgrades(&desired, &running);
+        let running = BTreeMap::from([("alpha".to_string(), file(15, 3))]);
+        let (held, upgrades) = super::hold_major_upgrades(&desired, &running);
         let (_, kept) = &held["alpha"];
         assert_eq!(
             (kept.spec.postgresql.version, kept.spec.instances),
             (15, 3),
             "the running file, not the edit's 4 instances"
         );
-        let (refused, line) = &refusals["alpha"];
-        assert_eq!(*refused, 18);
-        assert!(
-            line.as_deref().is_some_and(|l| l.starts_with(
-                "refused to change cluster alpha: postgresql.version 15 -> 18 is a major upgrade"
-            )),
-            "{line:?}"
+        assert_eq!(
+            upgrades["alpha"],
+            file(18, 3),
+            "the running file with the new version: the rest follows after"
         );
-        // Refused already: not said again.
-        running.insert("alpha".into(), (file(15, 3), Some(18)));
-        let (_, refusals) = super::hold_major_upgrades(&desired, &running);
-        assert_eq!(refusals["alpha"], (18, None));
         // The file names the running version again: the edit goes through.
         let desired: super::Desired =
             BTreeMap::from([("alpha".to_string(), ("alpha.yaml".to_string(), file(15, 4)))]);
-        let (held, refusals) = super::hold_major_upgrades(&desired, &running);
-        assert!(refusals.is_empty());
+        let (held, upgrades) = super::hold_major_upgrades(&desired, &running);
+        assert!(upgrades.is_empty());
         assert_eq!(held["alpha"].1.spec.instances, 4);
+    }
+
+    #[test]
+    fn a_standby_cluster_and_a_source_of_one_are_not_upgraded_on_their_own() {
+        let file = |name: &str, standby: &str| -> spilo_model::spec::ClusterFile {
+            serde_yaml::from_str(&format!(
+                "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {{name: {name}}}\nspec: {{{standby}}}\n"
+            ))
+            .expect("valid")
+        };
+        let (src, dr) = (file("src", ""), file("dr", "standby: {from: src}"));
+        let desired: super::Desired = BTreeMap::from([
+            ("src".to_string(), ("src.yaml".to_string(), src.clone())),
+            ("dr".to_string(), ("dr.yaml".to_string(), dr.clone())),
+        ]);
+        assert_eq!(
+            super::standby_blockers("dr", &dr, &desired),
+            vec!["cluster dr is a standby of src: it runs its source's major version"]
+        );
+        let on_src = super::standby_blockers("src", &src, &desired);
+        assert_eq!(on_src.len(), 1);
+        assert!(
+            on_src[0].starts_with("dr stream from cluster src"),
+            "{on_src:?}"
+        );
+        let alone: super::Desired =
+            BTreeMap::from([("src".to_string(), ("src.yaml".to_string(), src.clone()))]);
+        assert!(super::standby_blockers("src", &src, &alone).is_empty());
     }
 
     #[test]

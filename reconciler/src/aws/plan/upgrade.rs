@@ -1,6 +1,6 @@
 //! A change of `postgresql.version` on a running cluster is a major upgrade (its members'
-//! data directories are of another major version, as they publish it). spilo does not perform
-//! one yet: an apply would replace every instance with binaries that cannot read the data,
+//! data directories are of another major version, as they publish it). spilo performs one on
+//! the local target only (`local/cluster/upgrade`); on AWS an apply would replace every instance with binaries that cannot read the data,
 //! so the cluster's plan is blocked and says so.
 
 use crate::aws::observed::ObservedEtcd;
@@ -22,8 +22,8 @@ pub fn major_version_change(file: &ClusterFile, etcd: &ObservedEtcd) -> Option<S
     let have: Vec<String> = running.iter().map(u32::to_string).collect();
     Some(format!(
         "postgresql.version is {want}, but its members run PostgreSQL {}: a major upgrade, which \
-         spilo does not perform yet; an apply would start every instance with PostgreSQL \
-         {want}'s binaries on data they cannot read. Keep postgresql.version: {} in the file",
+         spilo performs on the local target only so far; an apply would start every instance \
+         with PostgreSQL {want}'s binaries on data they cannot read. Keep postgresql.version: {} in the file",
         have.join(" and "),
         have.first().cloned().unwrap_or_default()
     ))

@@ -1,0 +1,527 @@
+//! A major-version upgrade of one member's data directory (`governor upgrade ...`), run by
+//! whoever orchestrates the cluster (the local target's `spilo up`) on the primary's member
+//! while no governor of the cluster runs. The configuration it is given is the member's for
+//! the *new* version (its `bin_dir`); the old version's programs are named apart.
+//!
+//! The steps, each safe to run again after a crash:
+//! - [`check`]: `pg_upgrade --check` against the data directory (live while the old server
+//!   runs) and a scratch cluster of the new version; what it finds are the blockers.
+//! - [`link`]: the old server stopped cleanly, a new cluster is made beside the data
+//!   directory (`<data>.upgrade`) and `pg_upgrade --link` fills it. pg_upgrade starts and
+//!   stops the old server once (a shutdown checkpoint more in its WAL, with the settings it
+//!   ran with: `standby_options`), and renames its `global/pg_control` to
+//!   `pg_control.old` (its guard against starting it); nothing else of the old directory
+//!   changes, and [`roll_back`] renames the control file back.
+//! - [`commit`], the point of no return: the directories swap (the old one becomes
+//!   `<data>.pre-upgrade`) and etcd's `initialize` takes the new system identifier while no
+//!   member holds the leader key, `history` emptied (the new system's timelines start at 1).
+//! - [`discard_old`]: once the new version runs, the old directory goes (its files are the
+//!   new one's too, by hard link: only the names are removed).
+
+use crate::config::Loaded;
+use crate::dcs::Dcs;
+use crate::postgres::tools::{self, ToolError};
+use crate::postgres::{Instance, controldata};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// pg_upgrade's deadline: the copy is by hard link, so it is about the catalog dump.
+const PG_UPGRADE_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// Why a step could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// `pg_upgrade --check` found what keeps the upgrade from working; nothing was changed.
+    #[error("pg_upgrade --check found blockers:\n{}", .0.iter().map(|b| format!("  - {b}")).collect::<Vec<_>>().join("\n"))]
+    Blocked(Vec<String>),
+    /// The data directory is not in the state the step needs.
+    #[error("{0}")]
+    State(String),
+    /// A PostgreSQL program failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// etcd could not be reached or refused the change.
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> UpgradeError {
+    let what = what.into();
+    move |source| UpgradeError::Io { what, source }
+}
+
+/// The directories and programs of one member's upgrade.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The old version's programs.
+    pub old_bin: PathBuf,
+    /// The new version's programs (the configuration's `bin_dir`).
+    pub new_bin: PathBuf,
+    /// The data directory.
+    pub data: PathBuf,
+    /// Where the new cluster is made: `<data>.upgrade`.
+    pub upgraded: PathBuf,
+    /// Where the old cluster goes at [`commit`]: `<data>.pre-upgrade`.
+    pub previous: PathBuf,
+    /// The scratch cluster of [`check`]: `<data>.upgrade-check`.
+    pub scratch: PathBuf,
+    /// The run directory: pg_upgrade's sockets and working directory.
+    pub run_dir: PathBuf,
+}
+
+fn beside(data: &Path, suffix: &str) -> PathBuf {
+    let mut s = data.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl Paths {
+    /// The paths of `loaded`'s member, the old programs in `old_bin`.
+    pub fn of(loaded: &Loaded, old_bin: &Path) -> Self {
+        let data = loaded.config.postgresql.data_dir.clone();
+        Self {
+            old_bin: old_bin.to_path_buf(),
+            new_bin: loaded.config.postgresql.bin_dir.clone(),
+            upgraded: beside(&data, ".upgrade"),
+            previous: beside(&data, ".pre-upgrade"),
+            scratch: beside(&data, ".upgrade-check"),
+            run_dir: loaded.config.run_dir(),
+            data,
+        }
+    }
+}
+
+/// The major version of a data directory (`PG_VERSION`), if it has one.
+pub fn data_version(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join("PG_VERSION"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A new, empty cluster of the new version in `dir`, made the way the governor makes every
+/// cluster (checksums, the superuser, UTF8, C locale): pg_upgrade needs them to match.
+async fn initdb(loaded: &Loaded, dir: &Path) -> Result<(), UpgradeError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io(format!("remove {}", dir.display())))?;
+    }
+    let mut l = loaded.clone();
+    l.config.postgresql.run_dir = Some(loaded.config.run_dir());
+    l.config.postgresql.data_dir = dir.to_path_buf();
+    let pg = Instance::new(&l, Arc::new(tokio::sync::Notify::new()));
+    pg.initdb()
+        .await
+        .map_err(|e| UpgradeError::State(format!("initdb {}: {e}", dir.display())))
+}
+
+/// Runs pg_upgrade from the data directory into `new_data` (`--check` or `--link`).
+async fn pg_upgrade(
+    loaded: &Loaded,
+    paths: &Paths,
+    new_data: &Path,
+    mode: &str,
+    options: &str,
+) -> Result<String, ToolError> {
+    let port = loaded.config.postgresql.listen.port();
+    let args: Vec<String> = vec![
+        mode.into(),
+        "-o".into(),
+        options.into(),
+        "-O".into(),
+        options.into(),
+        "-b".into(),
+        paths.old_bin.display().to_string(),
+        "-B".into(),
+        paths.new_bin.display().to_string(),
+        "-d".into(),
+        paths.data.display().to_string(),
+        "-D".into(),
+        new_data.display().to_string(),
+        "-U".into(),
+        loaded
+            .config
+            .postgresql
+            .authentication
+            .superuser
+            .username
+            .clone(),
+        "-p".into(),
+        port.to_string(),
+        // The servers pg_upgrade starts listen on a socket only; the new one beside a live
+        // old one needs another number.
+        "-P".into(),
+        port.wrapping_add(1).to_string(),
+        "--socketdir".into(),
+        paths.run_dir.display().to_string(),
+    ];
+    let env = [("PGPASSWORD", loaded.superuser_password.clone())];
+    tools::run_in(
+        &paths.new_bin,
+        "pg_upgrade",
+        &args,
+        &env,
+        &paths.run_dir,
+        PG_UPGRADE_TIMEOUT,
+    )
+    .await
+}
+
+/// The blockers in a failed check's output and the reports pg_upgrade left in the scratch
+/// cluster's `pg_upgrade_output.d` (each names the objects in the way).
+fn blockers(output: &str, scratch: &Path) -> Vec<String> {
+    // A failed tool's output comes as its last lines joined with " | ".
+    let mut out: Vec<String> = output
+        .split(['\n', '|'])
+        .map(str::trim)
+        .filter(|l| {
+            l.ends_with("fatal")
+                || l.starts_with("Your installation")
+                || l.starts_with("There were problems")
+                || l.contains("could not")
+                || l.contains("failure")
+        })
+        .map(str::to_string)
+        .collect();
+    let mut reports = Vec::new();
+    collect_reports(&scratch.join("pg_upgrade_output.d"), &mut reports);
+    reports.sort();
+    for r in reports {
+        if let Ok(text) = std::fs::read_to_string(&r) {
+            let name = r.file_name().map(|n| n.to_string_lossy().to_string());
+            for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                out.push(format!("{}: {l}", name.clone().unwrap_or_default()));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(
+            output
+                .lines()
+                .last()
+                .unwrap_or("pg_upgrade --check failed")
+                .to_string(),
+        );
+    }
+    out
+}
+
+fn collect_reports(dir: &Path, into: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_reports(&p, into);
+        } else if p.extension().is_some_and(|x| x == "txt") {
+            into.push(p);
+        }
+    }
+}
+
+/// `pg_upgrade --check` of the data directory against a scratch cluster of the new version;
+/// the old server may run. Changes nothing but the scratch directory, removed afterwards.
+pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
+    match data_version(&paths.data) {
+        Some(v) if Some(v) == new_version(paths).await => {
+            return Err(UpgradeError::State(format!(
+                "{} holds PostgreSQL {v} already",
+                paths.data.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            return Err(UpgradeError::State(format!(
+                "{} holds no cluster",
+                paths.data.display()
+            )));
+        }
+    }
+    let cd = controldata::read(&paths.old_bin, &paths.data)
+        .await
+        .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
+    initdb(loaded, &paths.scratch).await?;
+    let r = pg_upgrade(
+        loaded,
+        paths,
+        &paths.scratch,
+        "--check",
+        &standby_options(&cd),
+    )
+    .await;
+    let found = match r {
+        Ok(_) => Ok(()),
+        Err(ToolError::Failed { output, .. }) => {
+            Err(UpgradeError::Blocked(blockers(&output, &paths.scratch)))
+        }
+        Err(e) => Err(e.into()),
+    };
+    let _ = std::fs::remove_dir_all(&paths.scratch);
+    found
+}
+
+async fn new_version(paths: &Paths) -> Option<u32> {
+    let out = tools::run(
+        &paths.new_bin,
+        "pg_config",
+        &["--version".into()],
+        &[],
+        Duration::from_secs(10),
+    )
+    .await
+    .ok()?;
+    // "PostgreSQL 18.6"
+    out.split_whitespace()
+        .nth(1)?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// pg_upgrade --link into `<data>.upgrade`; returns the new system identifier. The old server
+/// must have stopped cleanly. A half-done earlier attempt is rolled back first.
+pub async fn link(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError> {
+    if paths.data.join("postmaster.pid").exists() {
+        return Err(UpgradeError::State(format!(
+            "PostgreSQL still runs in {} (postmaster.pid): stop it cleanly first",
+            paths.data.display()
+        )));
+    }
+    roll_back(paths)?;
+    let cd = controldata::read(&paths.old_bin, &paths.data)
+        .await
+        .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
+    if !cd.clean_shutdown() {
+        return Err(UpgradeError::State(format!(
+            "{} was not shut down cleanly ({}): start and stop it cleanly first",
+            paths.data.display(),
+            cd.get("Database cluster state").unwrap_or("unknown state")
+        )));
+    }
+    initdb(loaded, &paths.upgraded).await?;
+    pg_upgrade(
+        loaded,
+        paths,
+        &paths.upgraded,
+        "--link",
+        &standby_options(&cd),
+    )
+    .await?;
+    let new = controldata::read(&paths.new_bin, &paths.upgraded)
+        .await
+        .map_err(io(format!("pg_controldata {}", paths.upgraded.display())))?;
+    new.sysid().map(str::to_string).ok_or_else(|| {
+        UpgradeError::State(format!(
+            "pg_controldata {} printed no system identifier",
+            paths.upgraded.display()
+        ))
+    })
+}
+
+/// The settings a hot standby must match or exceed on its primary, as `pg_controldata`
+/// names them and as PostgreSQL does.
+const STANDBY_SETTINGS: [(&str, &str); 7] = [
+    ("max_connections setting", "max_connections"),
+    ("max_worker_processes setting", "max_worker_processes"),
+    ("max_wal_senders setting", "max_wal_senders"),
+    ("max_prepared_xacts setting", "max_prepared_transactions"),
+    ("max_locks_per_xact setting", "max_locks_per_transaction"),
+    ("wal_level setting", "wal_level"),
+    ("track_commit_timestamp setting", "track_commit_timestamp"),
+];
+
+/// `-c` options with the old cluster's values of [`STANDBY_SETTINGS`], for both servers
+/// pg_upgrade starts (`-o`, `-O`). They start with their data directories' `postgresql.conf`
+/// (initdb's defaults, not the governor's settings), and each writes what it ran with into
+/// its control file: the old one's rolled back, or the new one, would then be refused as a
+/// hot standby ("max_connections = 40 is a lower setting than on the primary server, where
+/// its value was 100") when the governor starts it read-only before it wins the leader key.
+fn standby_options(old: &controldata::ControlData) -> String {
+    STANDBY_SETTINGS
+        .iter()
+        .filter_map(|(field, guc)| old.get(field).map(|v| format!("-c {guc}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Undoes [`link`] before the point of no return: the old cluster's control file back, the
+/// new cluster gone. Returns whether there was anything to undo.
+pub fn roll_back(paths: &Paths) -> Result<bool, UpgradeError> {
+    let global = paths.data.join("global");
+    let (control, renamed) = (global.join("pg_control"), global.join("pg_control.old"));
+    let mut undone = false;
+    if renamed.exists() && !control.exists() {
+        std::fs::rename(&renamed, &control)
+            .map_err(io(format!("rename {} back", renamed.display())))?;
+        undone = true;
+    }
+    if paths.upgraded.exists() {
+        std::fs::remove_dir_all(&paths.upgraded)
+            .map_err(io(format!("remove {}", paths.upgraded.display())))?;
+        undone = true;
+    }
+    Ok(undone)
+}
+
+/// The point of no return: the upgraded cluster becomes the data directory and the cluster's
+/// system in etcd. Run again after a crash, it finishes what is left.
+pub async fn commit(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError> {
+    if paths.upgraded.exists() {
+        if paths.data.exists() {
+            if paths.previous.exists() {
+                return Err(UpgradeError::State(format!(
+                    "{} exists from an earlier upgrade: remove it first",
+                    paths.previous.display()
+                )));
+            }
+            std::fs::rename(&paths.data, &paths.previous)
+                .map_err(io(format!("rename {}", paths.data.display())))?;
+        }
+        std::fs::rename(&paths.upgraded, &paths.data)
+            .map_err(io(format!("rename {}", paths.upgraded.display())))?;
+    } else if !paths.previous.exists() {
+        return Err(UpgradeError::State(format!(
+            "neither {} nor {} exists: nothing to commit",
+            paths.upgraded.display(),
+            paths.previous.display()
+        )));
+    }
+    let cd = controldata::read(&paths.new_bin, &paths.data)
+        .await
+        .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
+    let sysid = cd.sysid().map(str::to_string).ok_or_else(|| {
+        UpgradeError::State(format!(
+            "pg_controldata {} printed no system identifier",
+            paths.data.display()
+        ))
+    })?;
+    let dcs = connect(loaded).await?;
+    let adopted = dcs
+        .adopt_upgraded_system(&sysid)
+        .await
+        .map_err(|e| UpgradeError::Etcd(e.to_string()))?;
+    if !adopted {
+        return Err(UpgradeError::Etcd(format!(
+            "`initialize` was not changed to {sysid}: a member holds the leader key, or the \
+             cluster has no `initialize` key"
+        )));
+    }
+    Ok(sysid)
+}
+
+/// Removes the old cluster's directory once the new version runs.
+pub fn discard_old(paths: &Paths) -> Result<bool, UpgradeError> {
+    if !paths.previous.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(&paths.previous)
+        .map_err(io(format!("remove {}", paths.previous.display())))?;
+    Ok(true)
+}
+
+async fn connect(loaded: &Loaded) -> Result<Dcs, UpgradeError> {
+    let cfg = &loaded.config;
+    let etcd = |e: &dyn std::fmt::Display| UpgradeError::Etcd(e.to_string());
+    // Over TLS with the member's certificate, as the governor itself speaks to etcd.
+    let tls = match crate::certs::MemberCert::new(cfg, loaded.ca_key.as_deref()) {
+        Some(c) if cfg.etcd_over_tls() => {
+            c.ensure(std::time::SystemTime::now())
+                .map_err(|e| etcd(&e))?;
+            Some(c.etcd_tls().map_err(|e| etcd(&e))?)
+        }
+        _ => None,
+    };
+    let timeout = cfg.ha.retry_timeout().max(Duration::from_secs(3));
+    let endpoints = crate::dcs::discovery::endpoints(&cfg.etcd, tls.as_ref(), timeout)
+        .await
+        .map_err(|e| etcd(&e))?;
+    let keys = spilo_model::keys::Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
+    Dcs::connect(&endpoints, tls.as_ref(), keys, loaded.name.clone(), timeout)
+        .await
+        .map_err(|e| etcd(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blockers_are_the_fatal_lines_and_the_reports_contents() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let report = dir
+            .path()
+            .join("pg_upgrade_output.d/20261207T050000.000/loadable_libraries.txt");
+        std::fs::create_dir_all(report.parent().expect("test setup")).expect("test setup");
+        std::fs::write(
+            &report,
+            "could not load library \"$libdir/pgcrypto\": ERROR:  could not access file\nIn database: app\n",
+        )
+        .expect("test setup");
+        let output = "Performing Consistency Checks on Old Live Server\n\
+                      Checking for presence of required libraries                   fatal\n\
+                      \n\
+                      Your installation references loadable libraries that are missing from the\n\
+                      new installation.\n\
+                      Failure, exiting\n";
+        let found = blockers(output, dir.path());
+        assert_eq!(
+            found,
+            vec![
+                "Checking for presence of required libraries                   fatal",
+                "Your installation references loadable libraries that are missing from the",
+                "loadable_libraries.txt: could not load library \"$libdir/pgcrypto\": ERROR:  could not access file",
+                "loadable_libraries.txt: In database: app",
+            ]
+        );
+    }
+
+    #[test]
+    fn both_servers_start_with_the_old_clusters_standby_settings() {
+        let old = controldata::ControlData::parse(
+            "max_connections setting:              40\n\
+             max_worker_processes setting:         8\n\
+             wal_level setting:                    replica\n",
+        );
+        assert_eq!(
+            standby_options(&old),
+            "-c max_connections=40 -c max_worker_processes=8 -c wal_level=replica"
+        );
+    }
+
+    #[test]
+    fn a_roll_back_puts_the_control_file_back_and_removes_the_new_cluster() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("global")).expect("test setup");
+        std::fs::write(data.join("global/pg_control.old"), "x").expect("test setup");
+        let paths = Paths {
+            old_bin: "/old".into(),
+            new_bin: "/new".into(),
+            upgraded: beside(&data, ".upgrade"),
+            previous: beside(&data, ".pre-upgrade"),
+            scratch: beside(&data, ".upgrade-check"),
+            run_dir: dir.path().join("run"),
+            data: data.clone(),
+        };
+        std::fs::create_dir_all(&paths.upgraded).expect("test setup");
+        assert!(roll_back(&paths).expect("test setup"));
+        assert!(data.join("global/pg_control").exists());
+        assert!(!data.join("global/pg_control.old").exists());
+        assert!(!paths.upgraded.exists());
+        assert!(
+            !roll_back(&paths).expect("test setup"),
+            "a second roll back finds nothing to do"
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! The major upgrade declared in a cluster file (`postgresql.version: 15` -> `18`) on the
+//! local target, with Debian's PostgreSQL 15 and the PostgreSQL 18 `scripts/install-deps`
+//! installs. That build has no SSL, so the clusters run on an etcd of their own choosing
+//! (spoken to without TLS), as in `postgresql_18.rs`.
+//!
+//! - Under a client writing through HAProxy: every row from before and every acknowledged
+//!   write is there afterwards, the cluster runs 18 with one primary and two streaming
+//!   replicas, the archive goes on under `wal/18/`, the write downtime is reported, and a
+//!   kill -9 failover afterwards works.
+//! - A blocker (an extension the new version lacks) is named, and nothing changes.
+//! - `spilo up` killed before the point of no return: the cluster is back on 15 with its data;
+//!   killed after it (before any member started on 18): the next `spilo up` finishes it.
+
+use spilo_e2e::local::LocalRepo;
+use spilo_e2e::pair::Writer;
+use spilo_e2e::sql::connect_dsn;
+use spilo_e2e::{Etcd, ports, wait};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(180);
+const UPGRADE: Duration = Duration::from_secs(300);
+
+fn on_version(name: &str, instances: u32, base: u16, version: u32, etcd: &Etcd) -> String {
+    let yaml = LocalRepo::cluster_yaml(name, instances, base);
+    assert!(yaml.contains("postgresql: {parameters:"), "{yaml}");
+    format!(
+        "{}  dcs: {{hosts: [\"{}\"]}}\n  backup: {{bucket: wal}}\n",
+        yaml.replace(
+            "postgresql: {parameters:",
+            &format!("postgresql: {{version: {version}, parameters:"),
+        ),
+        etcd.client_addr
+    )
+}
+
+fn dsn(repo: &LocalRepo, cluster: &str, port: u16) -> anyhow::Result<String> {
+    let pw = std::fs::read_to_string(repo.state().join(cluster).join("secrets/superuser"))?;
+    Ok(format!(
+        "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
+        pw.trim()
+    ))
+}
+
+/// `server_version_num`'s major version through `dsn`, once a session opens.
+async fn major(dsn: &str) -> anyhow::Result<u32> {
+    let c = wait::until("a session", READY, || async { connect_dsn(dsn).await.ok() }).await?;
+    let v: String = c.query_one("SHOW server_version_num", &[]).await?.get(0);
+    Ok(v.parse::<u32>()? / 10_000)
+}
+
+/// Waits until the primary behind `dsn` runs `version` with `replicas` streaming replicas.
+async fn streaming(dsn: &str, version: u32, replicas: i64) -> anyhow::Result<()> {
+    wait::until(
+        &format!("PostgreSQL {version} with {replicas} streaming replicas"),
+        READY,
+        || async {
+            let c = connect_dsn(dsn).await.ok()?;
+            let v: String = c
+                .query_one("SHOW server_version_num", &[])
+                .await
+                .ok()?
+                .get(0);
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (v.parse::<u32>().ok()? / 10_000 == version && n == replicas).then_some(())
+        },
+    )
+    .await
+}
+
+/// The number of rows in `t` through `dsn`.
+async fn rows(dsn: &str) -> anyhow::Result<i64> {
+    let c = wait::until("a session", READY, || async { connect_dsn(dsn).await.ok() }).await?;
+    Ok(c.query_one("SELECT count(*) FROM t", &[]).await?.get(0))
+}
+
+/// Files archived under `.../wal/<version>/` in a local cluster's bucket directory.
+fn archived(bucket: &Path, version: u32) -> usize {
+    fn walk(dir: &Path, inside: bool, version: &str, n: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let under = inside
+                || (p.file_name().is_some_and(|f| f == version)
+                    && dir.file_name().is_some_and(|f| f == "wal"));
+            if p.is_dir() {
+                walk(&p, under, version, n);
+            } else if inside {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(bucket, false, &version.to_string(), &mut n);
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_change_upgrades_the_cluster_under_writes_and_it_fails_over_afterwards()
+-> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let etcd = Etcd::start(&repo.state().with_file_name("etcd")).await?;
+    let r = upgrade_under_writes(&mut repo, &etcd).await;
+    repo.finish(r)
+}
+
+async fn upgrade_under_writes(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("alpha.yaml", &on_version("alpha", 3, base, 15, etcd))?;
+    repo.up()?;
+    repo.wait_printed("cluster alpha is ready", READY).await?;
+    let primary = dsn(repo, "alpha", base)?;
+    streaming(&primary, 15, 2).await?;
+    let c = connect_dsn(&primary).await?;
+    c.batch_execute(
+        "CREATE TABLE t (n int PRIMARY KEY, s text); \
+         INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 10000) g; \
+         CREATE TABLE w (id bigint PRIMARY KEY)",
+    )
+    .await?;
+    drop(c);
+    let writer = Writer::start(primary.clone());
+    wait::until("writes acknowledged", READY, || async {
+        (writer.last() > 10).then_some(())
+    })
+    .await?;
+
+    repo.write("alpha.yaml", &on_version("alpha", 3, base, 18, etcd))?;
+    repo.wait_printed("cluster alpha runs PostgreSQL 18: write downtime", UPGRADE)
+        .await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains("~ cluster alpha (major upgrade: PostgreSQL 15 -> 18)")
+            && log.contains("pg_upgrade --check: no blockers")
+            && log.contains("base backup on PostgreSQL 15 taken before the upgrade")
+            && log.contains("2 replicas copied from the upgraded primary and streaming")
+            && log.contains("base backup on PostgreSQL 18 taken (archive spilo/alpha/wal/18/)")
+            && log.contains("statistics rebuilt"),
+        "{log}"
+    );
+    let reported: f64 = log
+        .split("write downtime ")
+        .nth(1)
+        .and_then(|s| s.split('s').next())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no downtime in {log}"))?;
+    assert!(reported > 0.0, "{log}");
+    // Writes go on after the upgrade, then stop.
+    let at_upgrade = writer.last();
+    wait::until("writes acknowledged on 18", READY, || async {
+        (writer.last() > at_upgrade + 10).then_some(())
+    })
+    .await?;
+    let acked = writer.stop().await;
+    let gap = acked
+        .windows(2)
+        .map(|w| w[1].1.duration_since(w[0].1))
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "reported write downtime {reported:.1}s; the client's longest gap between acknowledged writes {:.1}s",
+        gap.as_secs_f64()
+    );
+
+    assert_eq!(major(&primary).await?, 18);
+    streaming(&primary, 18, 2).await?;
+    assert_eq!(rows(&primary).await?, 10_000);
+    let c = connect_dsn(&primary).await?;
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM w", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<i64> = acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !ids.contains(id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged writes missing: {missing:?}"
+    );
+    // The archive goes on under the new version's prefix.
+    let bucket = repo.state().join("alpha/bucket");
+    let before = archived(&bucket, 18);
+    assert!(
+        before > 0,
+        "the base backup on 18 archived nothing under wal/18/"
+    );
+    c.batch_execute("INSERT INTO t VALUES (10001, 'after'); SELECT pg_switch_wal()")
+        .await?;
+    wait::until("a new segment archived under wal/18/", READY, || async {
+        (archived(&bucket, 18) > before).then_some(())
+    })
+    .await?;
+    assert!(
+        !repo.state().join("alpha/upgrade.json").exists(),
+        "the record is cleared"
+    );
+    for i in 0..3 {
+        let m = repo.state().join(format!("alpha/members/alpha-{i}"));
+        assert!(
+            !m.join("data.pre-upgrade").exists() && !m.join("data.upgrade").exists(),
+            "alpha-{i}: the old data is removed"
+        );
+    }
+    drop(c);
+
+    // kill -9 of the upgraded primary's governor and PostgreSQL: another member takes over.
+    let status = repo.status()?;
+    let members = status["clusters"][0]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let old = members
+        .iter()
+        .find(|m| m["role"] == "primary")
+        .ok_or_else(|| anyhow::anyhow!("no primary in {status}"))?;
+    let old_name = old["name"].as_str().unwrap_or_default().to_string();
+    for pid in [&old["governor_pid"], &old["postmaster_pid"]] {
+        let pid = pid
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no pid in {old}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+    }
+    let new_name = wait::until("another primary on 18", READY, || async {
+        let c = connect_dsn(&primary).await.ok()?;
+        let row = c
+            .query_one(
+                "SELECT current_setting('cluster_name'), current_setting('server_version_num')",
+                &[],
+            )
+            .await
+            .ok()?;
+        let (name, v): (String, String) = (row.get(0), row.get(1));
+        (name != old_name && v.starts_with("18")).then_some(name)
+    })
+    .await?;
+    eprintln!("after kill -9 of {old_name}: {new_name} is the primary");
+    assert_eq!(rows(&primary).await?, 10_001);
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocker_is_named_and_nothing_changes() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let etcd = Etcd::start(&repo.state().with_file_name("etcd")).await?;
+    let r = blocked(&mut repo, &etcd).await;
+    repo.finish(r)
+}
+
+async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("beta.yaml", &on_version("beta", 2, base, 15, etcd))?;
+    repo.up()?;
+    repo.wait_printed("cluster beta is ready", READY).await?;
+    let primary = dsn(repo, "beta", base)?;
+    streaming(&primary, 15, 1).await?;
+    // pgcrypto ships with Debian's PostgreSQL 15, not with the PostgreSQL 18 build here.
+    let c = connect_dsn(&primary).await?;
+    c.batch_execute(
+        "CREATE EXTENSION pgcrypto; CREATE TABLE t (n int); \
+         INSERT INTO t SELECT generate_series(1, 500)",
+    )
+    .await?;
+    let sysid: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
+    drop(c);
+    repo.write("beta.yaml", &on_version("beta", 2, base, 18, etcd))?;
+    repo.wait_printed("refused to upgrade cluster beta to PostgreSQL 18", UPGRADE)
+        .await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains("pgcrypto"),
+        "the blocker names the library:\n{log}"
+    );
+    assert!(!log.contains("runs PostgreSQL 18"), "{log}");
+    assert_eq!(major(&primary).await?, 15);
+    streaming(&primary, 15, 1).await?;
+    assert_eq!(rows(&primary).await?, 500);
+    let c = connect_dsn(&primary).await?;
+    let after: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
+    assert_eq!(after, sysid, "the same system");
+    assert!(!repo.state().join("beta/upgrade.json").exists());
+    for i in 0..2 {
+        let m = repo.state().join(format!("beta/members/beta-{i}"));
+        for d in ["data.upgrade", "data.upgrade-check", "data.pre-upgrade"] {
+            assert!(!m.join(d).exists(), "beta-{i}/{d} is left behind");
+        }
+    }
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_killed_halfway_rolls_back_or_finishes() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let etcd = Etcd::start(&repo.state().with_file_name("etcd")).await?;
+    let r = killed_halfway(&mut repo, &etcd).await;
+    repo.finish(r)
+}
+
+async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("gamma.yaml", &on_version("gamma", 2, base, 15, etcd))?;
+    // Killed after pg_upgrade, before the commit.
+    repo.up_env(&[], &[("SPILO_TEST_UPGRADE_EXIT", "linked")])?;
+    repo.wait_printed("cluster gamma is ready", READY).await?;
+    let primary = dsn(repo, "gamma", base)?;
+    streaming(&primary, 15, 1).await?;
+    let c = connect_dsn(&primary).await?;
+    c.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 700)")
+        .await?;
+    drop(c);
+    repo.write("gamma.yaml", &on_version("gamma", 2, base, 18, etcd))?;
+    assert_eq!(repo.wait_up_exit(UPGRADE), Some(3), "{}", repo.up_log());
+    let record = std::fs::read_to_string(repo.state().join("gamma/upgrade.json"))?;
+    assert!(record.contains("\"linking\""), "{record}");
+
+    // The file back on 15: rolled back, the cluster on 15 with its data.
+    repo.write("gamma.yaml", &on_version("gamma", 2, base, 15, etcd))?;
+    repo.up()?;
+    repo.wait_printed("cluster gamma is ready", READY).await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains(
+            "the upgrade of cluster gamma to PostgreSQL 18 was interrupted before its point of no return: rolled back"
+        ),
+        "{log}"
+    );
+    assert_eq!(major(&primary).await?, 15);
+    streaming(&primary, 15, 1).await?;
+    assert_eq!(rows(&primary).await?, 700);
+    repo.interrupt_up();
+    assert_eq!(repo.wait_up_exit(READY), Some(0), "{}", repo.up_log());
+
+    // Started with the file on 18, killed after the commit, before any member started on 18.
+    repo.write("gamma.yaml", &on_version("gamma", 2, base, 18, etcd))?;
+    repo.up_env(&[], &[("SPILO_TEST_UPGRADE_EXIT", "committed")])?;
+    assert_eq!(repo.wait_up_exit(UPGRADE), Some(3), "{}", repo.up_log());
+    let record = std::fs::read_to_string(repo.state().join("gamma/upgrade.json"))?;
+    assert!(record.contains("\"committed\""), "{record}");
+    repo.up()?;
+    repo.wait_printed("cluster gamma is ready", READY).await?;
+    let started = Instant::now();
+    let log = repo.up_log();
+    assert!(
+        log.contains(
+            "the upgrade of cluster gamma to PostgreSQL 18 was interrupted after its point of no return: finished"
+        ),
+        "{log}"
+    );
+    assert_eq!(major(&primary).await?, 18);
+    streaming(&primary, 18, 1).await?;
+    assert_eq!(rows(&primary).await?, 700);
+    wait::until("the record cleared", READY, || async {
+        (!repo.state().join("gamma/upgrade.json").exists()).then_some(())
+    })
+    .await?;
+    eprintln!(
+        "finished after the restart; replicas streaming {:.1}s after ready",
+        started.elapsed().as_secs_f64()
+    );
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
