@@ -100,6 +100,40 @@ impl Paths {
     }
 }
 
+/// The pid in `dir`'s `postmaster.pid` when that process is alive: a server runs there (one
+/// pg_upgrade started, perhaps, and left behind).
+pub fn live_postmaster(dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+        .is_ok()
+        .then_some(pid)
+}
+
+fn no_server_in(dirs: &[&Path]) -> Result<(), UpgradeError> {
+    for d in dirs {
+        if let Some(pid) = live_postmaster(d) {
+            return Err(UpgradeError::State(format!(
+                "a PostgreSQL server (pid {pid}) runs in {}: stop it first",
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A directory left by an earlier upgrade keeps this one from starting: commit would have
+/// nowhere to put the old cluster.
+fn no_leftover(paths: &Paths) -> Result<(), UpgradeError> {
+    if paths.previous.exists() {
+        return Err(UpgradeError::Blocked(vec![format!(
+            "{} is left from an earlier upgrade: remove it first",
+            paths.previous.display()
+        )]));
+    }
+    Ok(())
+}
+
 /// The major version of a data directory (`PG_VERSION`), if it has one.
 pub fn data_version(dir: &Path) -> Option<u32> {
     std::fs::read_to_string(dir.join("PG_VERSION"))
@@ -129,12 +163,12 @@ async fn pg_upgrade(
     loaded: &Loaded,
     paths: &Paths,
     new_data: &Path,
-    mode: &str,
+    mode: &[&str],
     options: &str,
 ) -> Result<String, ToolError> {
     let port = loaded.config.postgresql.listen.port();
-    let args: Vec<String> = vec![
-        mode.into(),
+    let mut args: Vec<String> = mode.iter().map(|m| m.to_string()).collect();
+    args.extend([
         "-o".into(),
         options.into(),
         "-O".into(),
@@ -160,10 +194,10 @@ async fn pg_upgrade(
         // The servers pg_upgrade starts listen on a socket only; the new one beside a live
         // old one needs another number.
         "-P".into(),
-        port.wrapping_add(1).to_string(),
+        port.checked_add(1).unwrap_or(port - 1).to_string(),
         "--socketdir".into(),
         paths.run_dir.display().to_string(),
-    ];
+    ]);
     let env = [("PGPASSWORD", loaded.superuser_password.clone())];
     tools::run_in(
         &paths.new_bin,
@@ -247,15 +281,17 @@ pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
             )));
         }
     }
+    no_leftover(paths)?;
     let cd = controldata::read(&paths.old_bin, &paths.data)
         .await
         .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
     initdb(loaded, &paths.scratch).await?;
+    // With --link, as the real run: pg_upgrade then checks that hard links work.
     let r = pg_upgrade(
         loaded,
         paths,
         &paths.scratch,
-        "--check",
+        &["--check", "--link"],
         &standby_options(&cd),
     )
     .await;
@@ -292,6 +328,7 @@ async fn new_version(paths: &Paths) -> Option<u32> {
 /// pg_upgrade --link into `<data>.upgrade`; returns the new system identifier. The old server
 /// must have stopped cleanly. A half-done earlier attempt is rolled back first.
 pub async fn link(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError> {
+    no_leftover(paths)?;
     if paths.data.join("postmaster.pid").exists() {
         return Err(UpgradeError::State(format!(
             "PostgreSQL still runs in {} (postmaster.pid): stop it cleanly first",
@@ -302,22 +339,30 @@ pub async fn link(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError
     let cd = controldata::read(&paths.old_bin, &paths.data)
         .await
         .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
-    if !cd.clean_shutdown() {
+    // A primary's clean stop: not a replica's ("shut down in recovery"), which is not the
+    // cluster's last word.
+    if cd.get("Database cluster state") != Some("shut down") {
         return Err(UpgradeError::State(format!(
-            "{} was not shut down cleanly ({}): start and stop it cleanly first",
+            "{} is not a primary shut down cleanly ({}): the upgrade starts from the primary",
             paths.data.display(),
             cd.get("Database cluster state").unwrap_or("unknown state")
         )));
     }
     initdb(loaded, &paths.upgraded).await?;
-    pg_upgrade(
+    if let Err(e) = pg_upgrade(
         loaded,
         paths,
         &paths.upgraded,
-        "--link",
+        &["--link"],
         &standby_options(&cd),
     )
-    .await?;
+    .await
+    {
+        // A pg_upgrade killed on its deadline leaves the servers it started running.
+        stop_server(&paths.old_bin, &paths.data).await;
+        stop_server(&paths.new_bin, &paths.upgraded).await;
+        return Err(e.into());
+    }
     let new = controldata::read(&paths.new_bin, &paths.upgraded)
         .await
         .map_err(io(format!("pg_controldata {}", paths.upgraded.display())))?;
@@ -355,9 +400,32 @@ fn standby_options(old: &controldata::ControlData) -> String {
         .join(" ")
 }
 
+/// `pg_ctl stop -m fast` of a server that runs in `dir`, if one does.
+async fn stop_server(bin: &Path, dir: &Path) {
+    if live_postmaster(dir).is_some() {
+        let args: Vec<String> = vec![
+            "stop".into(),
+            "-D".into(),
+            dir.display().to_string(),
+            "-m".into(),
+            "fast".into(),
+            "-w".into(),
+        ];
+        let _ = tools::run(bin, "pg_ctl", &args, &[], Duration::from_secs(60)).await;
+    }
+}
+
 /// Undoes [`link`] before the point of no return: the old cluster's control file back, the
-/// new cluster gone. Returns whether there was anything to undo.
+/// new cluster gone. Returns whether there was anything to undo. Refused while a server runs
+/// in either directory, and once [`commit`] swapped them.
 pub fn roll_back(paths: &Paths) -> Result<bool, UpgradeError> {
+    no_server_in(&[&paths.data, &paths.upgraded])?;
+    if paths.previous.exists() {
+        return Err(UpgradeError::State(format!(
+            "{} exists: the upgrade was committed, and cannot be rolled back",
+            paths.previous.display()
+        )));
+    }
     let global = paths.data.join("global");
     let (control, renamed) = (global.join("pg_control"), global.join("pg_control.old"));
     let mut undone = false;
@@ -377,7 +445,19 @@ pub fn roll_back(paths: &Paths) -> Result<bool, UpgradeError> {
 /// The point of no return: the upgraded cluster becomes the data directory and the cluster's
 /// system in etcd. Run again after a crash, it finishes what is left.
 pub async fn commit(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError> {
+    no_server_in(&[&paths.data, &paths.upgraded])?;
+    // Swapped and its old directory removed already (a crash before the record was cleared).
+    let done = !paths.upgraded.exists()
+        && data_version(&paths.data).is_some()
+        && data_version(&paths.data) == new_version(paths).await;
     if paths.upgraded.exists() {
+        // pg_upgrade removes its output directory only when it succeeded.
+        if paths.upgraded.join("pg_upgrade_output.d").exists() {
+            return Err(UpgradeError::State(format!(
+                "{} holds pg_upgrade_output.d: pg_upgrade did not finish; roll back",
+                paths.upgraded.display()
+            )));
+        }
         if paths.data.exists() {
             if paths.previous.exists() {
                 return Err(UpgradeError::State(format!(
@@ -390,7 +470,7 @@ pub async fn commit(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeErr
         }
         std::fs::rename(&paths.upgraded, &paths.data)
             .map_err(io(format!("rename {}", paths.upgraded.display())))?;
-    } else if !paths.previous.exists() {
+    } else if !paths.previous.exists() && !done {
         return Err(UpgradeError::State(format!(
             "neither {} nor {} exists: nothing to commit",
             paths.upgraded.display(),

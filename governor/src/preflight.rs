@@ -33,6 +33,15 @@ pub enum PreflightError {
         /// The directory.
         dir: String,
     },
+    /// The data directory is halfway through a major upgrade: pg_upgrade renamed its control
+    /// file, and starting it would look like a member without data.
+    #[error(
+        "{dir} has global/pg_control.old and no global/pg_control: a major upgrade (pg_upgrade --link) stopped halfway; `spilo up` rolls it back or finishes it (by hand: `governor upgrade rollback`)"
+    )]
+    UpgradeHalfway {
+        /// The data directory.
+        dir: String,
+    },
     /// The data directory is not this user's.
     #[error(
         "postgresql.data_dir {dir} is owned by uid {owner}, but the governor runs as uid {me}; run the governor as the owner or change the owner"
@@ -92,6 +101,12 @@ pub fn check(cfg: &GovernorConfig) -> Result<(), PreflightError> {
     if cfg.tls.is_some() && builds_without_ssl(&cfg.postgresql.bin_dir) {
         return Err(PreflightError::NoSsl {
             dir: cfg.postgresql.bin_dir.display().to_string(),
+        });
+    }
+    let global = cfg.postgresql.data_dir.join("global");
+    if global.join("pg_control.old").exists() && !global.join("pg_control").exists() {
+        return Err(PreflightError::UpgradeHalfway {
+            dir: cfg.postgresql.data_dir.display().to_string(),
         });
     }
     check_data_dir(&cfg.postgresql.data_dir, me.as_raw())

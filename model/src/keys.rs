@@ -1,8 +1,11 @@
 //! The etcd v3 keyspace of a cluster, defined here and nowhere else.
 //!
 //! Every key lives under `<namespace>/<scope>/` (default namespace `/service`, as in the 2015
-//! Spilo talk). Each key has exactly one writer; concurrent writers are made safe by
-//! compare-and-swap transactions or by binding the key to the writer's lease.
+//! Spilo talk). Each key has exactly one writer while the cluster runs; concurrent writers are
+//! made safe by compare-and-swap transactions or by binding the key to the writer's lease. The
+//! one exception is a major upgrade: while no governor of the cluster runs, `governor upgrade
+//! commit` rewrites `initialize` and `history` in one transaction that holds only while no
+//! member holds `leader`.
 //!
 //! | key | writer | value | lifetime |
 //! |---|---|---|---|

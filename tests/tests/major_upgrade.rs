@@ -332,11 +332,28 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
     let c = connect_dsn(&primary).await?;
     c.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 700)")
         .await?;
+    let sysid: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
     drop(c);
     repo.write("gamma.yaml", &on_version("gamma", 2, base, 18, etcd))?;
     assert_eq!(repo.wait_up_exit(UPGRADE), Some(3), "{}", repo.up_log());
-    let record = std::fs::read_to_string(repo.state().join("gamma/upgrade.json"))?;
-    assert!(record.contains("\"linking\""), "{record}");
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        repo.state().join("gamma/upgrade.json"),
+    )?)?;
+    assert_eq!(record["step"], "linking", "{record}");
+    // pg_upgrade ran: the new cluster beside the data, the old control file renamed.
+    let member = repo
+        .state()
+        .join(format!("gamma/members/gamma-{}", record["primary"]));
+    assert!(
+        member.join("data.upgrade/PG_VERSION").exists()
+            && member.join("data/global/pg_control.old").exists()
+            && !member.join("data/global/pg_control").exists(),
+        "pg_upgrade --link left no trace in {}",
+        member.display()
+    );
 
     // The file back on 15: rolled back, the cluster on 15 with its data.
     repo.write("gamma.yaml", &on_version("gamma", 2, base, 15, etcd))?;
@@ -352,6 +369,17 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
     assert_eq!(major(&primary).await?, 15);
     streaming(&primary, 15, 1).await?;
     assert_eq!(rows(&primary).await?, 700);
+    assert!(
+        member.join("data/global/pg_control").exists() && !member.join("data.upgrade").exists(),
+        "rolled back: the control file is back, the new cluster gone"
+    );
+    let c = connect_dsn(&primary).await?;
+    let after: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
+    assert_eq!(after, sysid, "the same system as before the upgrade");
+    drop(c);
     repo.interrupt_up();
     assert_eq!(repo.wait_up_exit(READY), Some(0), "{}", repo.up_log());
 

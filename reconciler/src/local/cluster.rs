@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 mod upgrade;
-pub use upgrade::{MAX_LAG, Record, Step, Upgraded, data_version, preconditions, read_record};
+pub use upgrade::{
+    MAX_LAG, Record, Step, Stranded, Upgraded, data_version, preconditions, read_record,
+};
 
 /// A child process with its restart bookkeeping.
 struct Proc {
@@ -595,8 +597,8 @@ impl LocalCluster {
     }
 
     /// Stops the governors: replicas, then the primary (it releases the leader key). Returns
-    /// when the primary's stop began.
-    async fn stop_governors(&mut self) -> Instant {
+    /// when the primary's stop began, and which member it was.
+    async fn stop_governors(&mut self) -> (Instant, Option<usize>) {
         let leader = self.leader().await;
         let mut replicas = Vec::new();
         for i in 0..self.members.len() {
@@ -627,7 +629,7 @@ impl LocalCluster {
             );
             stop_proc(&mut p, &self.member_name(i), Duration::from_secs(90)).await;
         }
-        primary_stop
+        (primary_stop, leader)
     }
 
     /// Records the processes in `state.json`.

@@ -246,8 +246,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             // Existing data of another major version starts as it is; the file's version
             // is then an upgrade, applied below like an edit.
             let mut f = f.clone();
-            if let Some(v) = super::cluster::data_version(&layout.cluster(name)) {
+            if let Some(v) = super::cluster::data_version(&layout.cluster(name))
+                && v != f.spec.postgresql.version
+            {
                 f.spec.postgresql.version = v;
+                // The file's binDir is its own version's.
+                f.spec.postgresql.bin_dir = None;
             }
             let mut c = LocalCluster::prepare(
                 f.clone(),
@@ -302,16 +306,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         desired
             .get(n)
             .is_some_and(|(_, f)| f.spec.postgresql.version != c.file.spec.postgresql.version)
-    }) {
-        apply_edit(
-            &desired,
-            &mut running,
-            &layout,
-            &run_as,
-            &governor,
-            args.cluster_switchover_timeout,
-        )
-        .await;
+    }) && let Some(stranded) = apply_edit(
+        &desired,
+        &mut running,
+        &layout,
+        &run_as,
+        &governor,
+        args.cluster_switchover_timeout,
+    )
+    .await
+    {
+        eprintln!("error: {stranded}; stopping");
+        stop_all(&mut running).await;
+        bail!("spilo up failed: {stranded}");
     }
     println!("spilo up keeps the clusters running; Ctrl-C stops them (`spilo status` shows them)");
     let mut config_sync = ConfigSync::default();
@@ -381,7 +388,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         match load(&paths) {
             Err(e) => eprintln!("{e:#}\n(the clusters keep running as they are)"),
             Ok((d, _)) => {
-                apply_edit(
+                if let Some(stranded) = apply_edit(
                     &d,
                     &mut running,
                     &layout,
@@ -389,7 +396,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                     &governor,
                     args.cluster_switchover_timeout,
                 )
-                .await;
+                .await
+                {
+                    eprintln!("error: {stranded}; stopping");
+                    stop_all(&mut running).await;
+                    bail!("spilo up failed: {stranded}");
+                }
                 desired = d;
                 config_sync.due(Instant::now());
             }
@@ -473,7 +485,7 @@ async fn apply_edit(
     run_as: &RunAs,
     governor: &std::path::Path,
     step: Duration,
-) {
+) -> Option<String> {
     let running_files: BTreeMap<String, ClusterFile> = running
         .iter()
         .map(|(n, c)| (n.clone(), c.file.clone()))
@@ -489,11 +501,13 @@ async fn apply_edit(
             continue;
         }
         let standbys = standby_blockers(name, &c.file, desired);
-        if major_upgrade(c, to.clone(), standbys).await {
-            c.refused_upgrade = None;
-            held_desired.insert(name.clone(), desired[name].clone());
-        } else {
-            c.refused_upgrade = Some(wanted.clone());
+        match major_upgrade(c, to.clone(), standbys).await {
+            Ok(true) => {
+                c.refused_upgrade = None;
+                held_desired.insert(name.clone(), desired[name].clone());
+            }
+            Ok(false) => c.refused_upgrade = Some(wanted.clone()),
+            Err(stranded) => return Some(stranded),
         }
     }
     let desired = &held_desired;
@@ -566,6 +580,7 @@ async fn apply_edit(
             eprintln!("could not apply `{change}`: {e:#}");
         }
     }
+    None
 }
 
 /// A running cluster whose file asks for another major version is held as it runs until its
@@ -627,8 +642,13 @@ fn standby_blockers(name: &str, file: &ClusterFile, desired: &Desired) -> Vec<St
 }
 
 /// Checks and performs the major upgrade of `c` to `to`; says what happened. Returns whether
-/// the cluster runs `to`'s version now. `blockers`: what the caller found already.
-async fn major_upgrade(c: &mut LocalCluster, to: ClusterFile, blockers: Vec<String>) -> bool {
+/// the cluster runs `to`'s version now, or why `spilo up` cannot go on (an upgrade stopped
+/// past its point of no return). `blockers`: what the caller found already.
+async fn major_upgrade(
+    c: &mut LocalCluster,
+    to: ClusterFile,
+    blockers: Vec<String>,
+) -> Result<bool, String> {
     let (name, from, version) = (
         c.name.clone(),
         c.file.spec.postgresql.version,
@@ -656,7 +676,7 @@ async fn major_upgrade(c: &mut LocalCluster, to: ClusterFile, blockers: Vec<Stri
                 "could not check the upgrade of cluster {name}: {e:#}; it keeps running \
                  PostgreSQL {from}, nothing was changed"
             );
-            return false;
+            return Ok(false);
         }
         Ok(Err(blockers)) => {
             eprintln!(
@@ -666,7 +686,7 @@ async fn major_upgrade(c: &mut LocalCluster, to: ClusterFile, blockers: Vec<Stri
             for b in blockers {
                 eprintln!("  - {b}");
             }
-            return false;
+            return Ok(false);
         }
         Ok(Ok(primary)) => primary,
     };
@@ -680,11 +700,12 @@ async fn major_upgrade(c: &mut LocalCluster, to: ClusterFile, blockers: Vec<Stri
             for n in u.notes {
                 println!("{n}");
             }
-            true
+            Ok(true)
         }
+        Err(e) if e.downcast_ref::<super::cluster::Stranded>().is_some() => Err(format!("{e:#}")),
         Err(e) => {
             eprintln!("the upgrade of cluster {name} failed: {e:#}");
-            false
+            Ok(false)
         }
     }
 }

@@ -111,7 +111,7 @@ pub fn preconditions(statuses: &[Option<NodeStatus>], to: u32) -> Result<usize, 
 /// The major version a cluster's data holds: an upgrade past its point of no return counts
 /// as done; else the first member's data directory that has one.
 pub fn data_version(cluster_dir: &Path) -> Option<u32> {
-    if let Some(r) = read_record(cluster_dir)
+    if let Ok(Some(r)) = read_record(cluster_dir)
         && r.step == Step::Committed
     {
         return Some(r.to);
@@ -139,11 +139,29 @@ fn record_path(cluster_dir: &Path) -> PathBuf {
     cluster_dir.join("upgrade.json")
 }
 
-/// The upgrade in progress, if any.
-pub fn read_record(cluster_dir: &Path) -> Option<Record> {
-    let text = std::fs::read_to_string(record_path(cluster_dir)).ok()?;
-    serde_json::from_str(&text).ok()
+/// The upgrade in progress, if any; an `upgrade.json` that cannot be read is an error, never
+/// "no upgrade".
+pub fn read_record(cluster_dir: &Path) -> anyhow::Result<Option<Record>> {
+    let path = record_path(cluster_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    serde_json::from_str(&text).map(Some).with_context(|| {
+        format!(
+            "{} records an upgrade in progress but cannot be read; it says how far the major \
+             upgrade got: repair it or remove it after checking the members' data directories",
+            path.display()
+        )
+    })
 }
+
+/// An upgrade that stopped past its point of no return with no member running: `spilo up`
+/// must not go on as if the cluster ran (it ends, and its next start finishes the upgrade).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Stranded(pub String);
 
 /// What an upgrade did.
 #[derive(Debug)]
@@ -155,11 +173,19 @@ pub struct Upgraded {
 }
 
 impl LocalCluster {
+    /// Writes `upgrade.json` durably (the file and its directory synced) before the step it
+    /// names begins: a crash must never find an older step than the data is in.
     fn write_record(&self, r: &Record) -> anyhow::Result<()> {
+        use std::io::Write;
         let path = record_path(&self.dir);
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(r)?)?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(r)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
     }
 
     fn clear_record(&self) {
@@ -291,8 +317,21 @@ impl LocalCluster {
             ));
         }
         self.write_record(&record)?;
-        let downtime_from = self.stop_governors().await;
+        let (downtime_from, stopped) = self.stop_governors().await;
         let old_bin = crate::installed::postgres_bin_dir(&self.file.spec.postgresql);
+        if stopped != Some(primary) {
+            // A failover during the base backup: the data checked is not the primary's.
+            self.clear_record();
+            self.start().await?;
+            bail!(
+                "the primary changed while the upgrade was prepared ({} led when the governors \
+                 stopped, not {}-{primary}); nothing was changed, the cluster runs PostgreSQL {} \
+                 again (an edit of its file tries again)",
+                stopped.map_or("no member".into(), |i| self.member_name(i)),
+                self.name,
+                record.from
+            );
+        }
         self.write_record(&Record {
             step: Step::Linking,
             ..record.clone()
@@ -300,18 +339,30 @@ impl LocalCluster {
         if stop_here("linking") {
             std::process::exit(3);
         }
-        if let Err(out) = self
-            .governor_upgrade("link", primary, &to, &old_bin)
-            .await?
-        {
+        let linked = match self.governor_upgrade("link", primary, &to, &old_bin).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(out)) => Err(out),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(out) = linked {
+            // Before the point of no return: back to the old version, unless the roll back
+            // itself fails (then the record stays, and the next `spilo up` tries again).
             let undo = self
                 .governor_upgrade("rollback", primary, &to, &old_bin)
-                .await?;
+                .await?
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "pg_upgrade --link failed ({}), and so did the roll back: {}; the \
+                         cluster stays stopped, and the next `spilo up` rolls back again",
+                        out.trim(),
+                        e.trim()
+                    )
+                })?;
             self.clear_record();
-            self.start().await?;
+            self.start_primary_first(primary).await?;
             bail!(
                 "pg_upgrade --link failed; rolled back ({}), cluster {} runs PostgreSQL {} again:\n{}",
-                undo.unwrap_or_else(|e| e).trim(),
+                undo.trim(),
                 self.name,
                 record.from,
                 out.trim()
@@ -346,12 +397,15 @@ impl LocalCluster {
                 .await?
             {
                 Ok(_) => break,
-                Err(out) if Instant::now() >= deadline => bail!(
-                    "the upgrade of cluster {} is past its point of no return, and its commit \
-                     failed: {}; `spilo up` finishes it when started again",
-                    self.name,
-                    out.trim()
-                ),
+                Err(out) if Instant::now() >= deadline => {
+                    return Err(Stranded(format!(
+                        "the upgrade of cluster {} is past its point of no return, and its \
+                         commit failed: {}; `spilo up` finishes it when started again",
+                        self.name,
+                        out.trim()
+                    ))
+                    .into());
+                }
                 Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
         }
@@ -450,12 +504,16 @@ impl LocalCluster {
     /// it), its replicas' old data removed. Returns what to print, and whether the steps
     /// after the downtime are still to run.
     pub async fn resume_upgrade(&mut self) -> anyhow::Result<Option<(String, bool)>> {
-        let Some(record) = read_record(&self.dir) else {
+        let Some(record) = read_record(&self.dir)? else {
             return Ok(None);
         };
         self.start_etcd().await?;
         let on = |v: u32| {
             let mut f = self.file.clone();
+            if f.spec.postgresql.version != v {
+                // The file's binDir is its own version's.
+                f.spec.postgresql.bin_dir = None;
+            }
             f.spec.postgresql.version = v;
             f
         };
@@ -468,6 +526,7 @@ impl LocalCluster {
                 .map_err(|e| anyhow::anyhow!("roll back the upgrade: {}", e.trim()))?;
             self.file = from;
             self.clear_record();
+            self.start_primary_first(record.primary).await?;
             return Ok(Some((
                 format!(
                     "the upgrade of cluster {} to PostgreSQL {} was interrupted before its point \
@@ -493,14 +552,26 @@ impl LocalCluster {
 
     /// The steps after the downtime of an upgrade [`Self::resume_upgrade`] finished.
     pub async fn resume_after_upgrade(&mut self) -> Vec<String> {
-        let Some(record) = read_record(&self.dir) else {
+        let Ok(Some(record)) = read_record(&self.dir) else {
             return Vec::new();
         };
         let mut from = self.file.clone();
         from.spec.postgresql.version = record.from;
+        from.spec.postgresql.bin_dir = None;
         let old_bin = crate::installed::postgres_bin_dir(&from.spec.postgresql);
         let to = self.file.clone();
         self.after_upgrade(&to, &record, &old_bin).await
+    }
+
+    /// After a roll back: the member that was the primary starts first and leads (its WAL
+    /// is ahead of the replicas', which stopped before it), then the others.
+    async fn start_primary_first(&mut self, primary: usize) -> anyhow::Result<()> {
+        if self.members.get(primary).is_some_and(Option::is_none) {
+            self.start_member(primary)?;
+        }
+        self.start_or_reload_haproxy()?;
+        self.wait_ready(START).await?;
+        self.start().await
     }
 
     /// `governor backup-push` on member `i`.
@@ -677,11 +748,16 @@ mod tests {
             serde_json::to_vec(&r).expect("json"),
         )
         .expect("write");
-        assert_eq!(read_record(dir.path()), Some(r));
+        assert_eq!(read_record(dir.path()).expect("readable"), Some(r));
         assert_eq!(
             data_version(dir.path()),
             Some(18),
             "committed counts as done"
+        );
+        std::fs::write(record_path(dir.path()), "{").expect("write");
+        assert!(
+            read_record(dir.path()).is_err(),
+            "a torn record is an error, not no upgrade"
         );
     }
 }
