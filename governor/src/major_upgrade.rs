@@ -486,18 +486,32 @@ pub async fn commit(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeErr
             paths.data.display()
         ))
     })?;
+    let old = old_system_identifier(&paths.previous);
     let dcs = connect(loaded).await?;
     let adopted = dcs
-        .adopt_upgraded_system(&sysid)
+        .adopt_upgraded_system(&sysid, old.as_deref())
         .await
         .map_err(|e| UpgradeError::Etcd(e.to_string()))?;
     if !adopted {
         return Err(UpgradeError::Etcd(format!(
-            "`initialize` was not changed to {sysid}: a member holds the leader key, or the \
-             cluster has no `initialize` key"
+            "`initialize` was not changed to {sysid}: a member holds the leader key, the \
+             cluster has no `initialize` key, or it names another system than the upgraded \
+             data's ({})",
+            old.as_deref().unwrap_or("unknown")
         )));
     }
     Ok(sysid)
+}
+
+/// The system identifier of the old cluster moved to `previous`, from its control file
+/// (`global/pg_control.old` after `--link`): the file begins with it, a native-endian `u64`.
+fn old_system_identifier(previous: &Path) -> Option<String> {
+    let global = previous.join("global");
+    let bytes = std::fs::read(global.join("pg_control.old"))
+        .or_else(|_| std::fs::read(global.join("pg_control")))
+        .ok()?;
+    let first: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+    Some(u64::from_ne_bytes(first).to_string())
 }
 
 /// Removes the old cluster's directory once the new version runs.
@@ -577,6 +591,20 @@ mod tests {
             standby_options(&old),
             "-c max_connections=40 -c max_worker_processes=8 -c wal_level=replica"
         );
+    }
+
+    #[test]
+    fn the_old_system_identifier_is_read_from_the_renamed_control_file() {
+        let dir = tempfile::tempdir().expect("test setup");
+        std::fs::create_dir_all(dir.path().join("global")).expect("test setup");
+        let mut control = 7_311_111_111_111_111_111u64.to_ne_bytes().to_vec();
+        control.extend([0u8; 100]);
+        std::fs::write(dir.path().join("global/pg_control.old"), control).expect("test setup");
+        assert_eq!(
+            old_system_identifier(dir.path()).as_deref(),
+            Some("7311111111111111111")
+        );
+        assert_eq!(old_system_identifier(&dir.path().join("absent")), None);
     }
 
     #[test]

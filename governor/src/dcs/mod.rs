@@ -174,7 +174,13 @@ impl Dcs {
     /// system's identifier and `history` is emptied (its timelines were the old system's),
     /// in one transaction that holds only while no member holds the leader key. Returns
     /// whether `initialize` holds `sysid` afterwards (written now or before).
-    pub async fn adopt_upgraded_system(&self, sysid: &str) -> Result<bool, DcsError> {
+    /// `old`: the system identifier `initialize` must hold now (the upgraded data's former
+    /// one), when it is known.
+    pub async fn adopt_upgraded_system(
+        &self,
+        sysid: &str,
+        old: Option<&str>,
+    ) -> Result<bool, DcsError> {
         let key = self.keys.initialize();
         let resp = bounded(self.timeout, self.client().get(key.clone(), None)).await?;
         let current = resp.kvs().first().map(|kv| kv.value().to_vec());
@@ -184,6 +190,10 @@ impl Dcs {
         let Some(current) = current else {
             return Ok(false);
         };
+        if old.is_some_and(|o| o.as_bytes() != current.as_slice()) {
+            // Another system's cluster under this scope: not ours to take over.
+            return Ok(false);
+        }
         let txn = Txn::new()
             .when([
                 Compare::value(key.clone(), CompareOp::Equal, current),

@@ -13,21 +13,16 @@ use spilo_model::NodeStatus;
 use spilo_model::spec::{ClusterFile, DriftPolicy};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
+mod process;
 mod upgrade;
+pub use process::postgres_answers;
+use process::{Proc, signal, spawn, stop_proc};
 pub use upgrade::{
     MAX_LAG, Record, Step, Stranded, Upgraded, data_version, preconditions, read_record,
 };
-
-/// A child process with its restart bookkeeping.
-struct Proc {
-    child: Child,
-    pid: u32,
-    started: Instant,
-}
 
 /// One cluster as `spilo up` runs it.
 pub struct LocalCluster {
@@ -55,73 +50,6 @@ pub struct LocalCluster {
     members: Vec<Option<Proc>>,
     restart_after: Vec<Option<Instant>>,
     failures: Vec<u32>,
-}
-
-fn spawn(mut cmd: Command, log: &Path, run_as: &RunAs) -> anyhow::Result<Proc> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?;
-    run_as.own(log)?;
-    run_as.apply(&mut cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(file.try_clone()?)
-        .stderr(file)
-        .process_group(0)
-        .kill_on_drop(false);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("start {:?}", cmd.as_std().get_program()))?;
-    let pid = child.id().unwrap_or(0);
-    Ok(Proc {
-        child,
-        pid,
-        started: Instant::now(),
-    })
-}
-
-fn signal(pid: u32, sig: nix::sys::signal::Signal) {
-    if let Ok(p) = i32::try_from(pid) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), sig);
-    }
-}
-
-async fn stop_proc(p: &mut Proc, what: &str, timeout: Duration) {
-    signal(p.pid, nix::sys::signal::Signal::SIGTERM);
-    if tokio::time::timeout(timeout, p.child.wait()).await.is_err() {
-        eprintln!(
-            "  {what} did not stop within {}s; killing it",
-            timeout.as_secs()
-        );
-        if let Ok(pgid) = i32::try_from(p.pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(-pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        let _ = p.child.wait().await;
-    }
-}
-
-/// Whether a PostgreSQL server answers on `port`: it replies to an SSLRequest with one byte,
-/// `N` or `S`, while HAProxy with no healthy server behind it just closes the connection.
-pub async fn postgres_answers(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-            .await
-            .ok()?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.ok()?;
-        Some(b[0] == b'N' || b[0] == b'S')
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), probe).await,
-        Ok(Some(true))
-    )
 }
 
 /// A random password, hex encoded.

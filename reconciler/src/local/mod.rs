@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod down;
 pub mod governor_config;
 pub mod haproxy;
+pub mod major;
 pub mod plan;
 pub mod ports;
 pub mod progress;
