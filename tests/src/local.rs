@@ -226,6 +226,27 @@ impl LocalRepo {
         ))
     }
 
+    /// A connection string to `port` as the cluster's superuser, without TLS: a cluster on an
+    /// etcd of its own choosing (`dcs.hosts`) speaks none.
+    pub fn plain_dsn(&self, cluster: &str, port: u16) -> anyhow::Result<String> {
+        let pw = std::fs::read_to_string(self.state().join(cluster).join("secrets/superuser"))?;
+        Ok(format!(
+            "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
+            pw.trim()
+        ))
+    }
+
+    /// The seconds of the write downtime `spilo up` printed for a major upgrade
+    /// ("... runs PostgreSQL 18: write downtime 4.1s").
+    pub fn printed_downtime(&self) -> anyhow::Result<f64> {
+        let log = self.up_log();
+        log.split("write downtime ")
+            .nth(1)
+            .and_then(|s| s.split('s').next())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no write downtime in {log}"))
+    }
+
     /// Processes whose command line mentions the state directory.
     pub fn processes(&self) -> Vec<u32> {
         spilo::local::down::processes_under(&self.state())

@@ -34,14 +34,6 @@ fn on_version(name: &str, instances: u32, base: u16, version: u32, etcd: &Etcd) 
     )
 }
 
-fn dsn(repo: &LocalRepo, cluster: &str, port: u16) -> anyhow::Result<String> {
-    let pw = std::fs::read_to_string(repo.state().join(cluster).join("secrets/superuser"))?;
-    Ok(format!(
-        "host=127.0.0.1 port={port} user=postgres password={} dbname=postgres connect_timeout=2",
-        pw.trim()
-    ))
-}
-
 /// `server_version_num`'s major version through `dsn`, once a session opens.
 async fn major(dsn: &str) -> anyhow::Result<u32> {
     let c = wait::until("a session", READY, || async { connect_dsn(dsn).await.ok() }).await?;
@@ -118,7 +110,7 @@ async fn upgrade_under_writes(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Resu
     repo.write("alpha.yaml", &on_version("alpha", 3, base, 15, etcd))?;
     repo.up()?;
     repo.wait_printed("cluster alpha is ready", READY).await?;
-    let primary = dsn(repo, "alpha", base)?;
+    let primary = repo.plain_dsn("alpha", base)?;
     streaming(&primary, 15, 2).await?;
     let c = connect_dsn(&primary).await?;
     c.batch_execute(
@@ -147,12 +139,7 @@ async fn upgrade_under_writes(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Resu
             && log.contains("statistics rebuilt"),
         "{log}"
     );
-    let reported: f64 = log
-        .split("write downtime ")
-        .nth(1)
-        .and_then(|s| s.split('s').next())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no downtime in {log}"))?;
+    let reported = repo.printed_downtime()?;
     assert!(reported > 0.0, "{log}");
     // Writes go on after the upgrade, then stop.
     let at_upgrade = writer.last();
@@ -269,7 +256,7 @@ async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
     repo.write("beta.yaml", &on_version("beta", 2, base, 15, etcd))?;
     repo.up()?;
     repo.wait_printed("cluster beta is ready", READY).await?;
-    let primary = dsn(repo, "beta", base)?;
+    let primary = repo.plain_dsn("beta", base)?;
     streaming(&primary, 15, 1).await?;
     // pgcrypto ships with Debian's PostgreSQL 15, not with the PostgreSQL 18 build here.
     let c = connect_dsn(&primary).await?;
@@ -327,7 +314,7 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
     // Killed after pg_upgrade, before the commit.
     repo.up_env(&[], &[("SPILO_TEST_UPGRADE_EXIT", "linked")])?;
     repo.wait_printed("cluster gamma is ready", READY).await?;
-    let primary = dsn(repo, "gamma", base)?;
+    let primary = repo.plain_dsn("gamma", base)?;
     streaming(&primary, 15, 1).await?;
     let c = connect_dsn(&primary).await?;
     c.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 700)")

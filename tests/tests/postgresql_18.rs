@@ -59,11 +59,7 @@ async fn scenario(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
     repo.up()?;
     repo.wait_printed("cluster eighteen is ready", READY)
         .await?;
-    let pw = std::fs::read_to_string(repo.state().join("eighteen/secrets/superuser"))?;
-    let dsn = format!(
-        "host=127.0.0.1 port={base} user=postgres password={} dbname=postgres connect_timeout=2",
-        pw.trim()
-    );
+    let dsn = repo.plain_dsn("eighteen", base)?;
     let c = wait::until("a session through HAProxy", READY, || async {
         connect_dsn(&dsn).await.ok()
     })

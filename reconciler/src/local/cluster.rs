@@ -491,23 +491,50 @@ impl LocalCluster {
             .collect()
     }
 
-    /// The member holding the leader key and its own status (live WAL positions).
+    /// The member holding the leader key and its own status (live WAL positions); the
+    /// members after it are not asked.
     pub async fn leader_status(&self) -> Option<(usize, NodeStatus)> {
-        let (http, scheme) =
-            super::tls::api_client(self.tls.as_ref(), Duration::from_secs(2)).ok()?;
+        let api = self.status_client()?;
         for i in 0..self.members.len() {
-            let url = format!(
-                "{scheme}://127.0.0.1:{}/status?live=true",
-                self.ports.api + u16::try_from(i).ok()?
-            );
-            if let Ok(resp) = http.get(url).send().await
-                && let Ok(s) = resp.json::<NodeStatus>().await
+            if let Some(s) = self.status_of(&api, i).await
                 && s.is_leader
             {
                 return Some((i, s));
             }
         }
         None
+    }
+
+    /// Each member's own account, `None` where its REST API does not answer.
+    async fn statuses(&self) -> Vec<Option<NodeStatus>> {
+        let Some(api) = self.status_client() else {
+            return vec![None; self.members.len()];
+        };
+        let mut out = Vec::new();
+        for i in 0..self.members.len() {
+            out.push(self.status_of(&api, i).await);
+        }
+        out
+    }
+
+    /// The HTTP client for the members' REST APIs (2 s per request) and its scheme.
+    fn status_client(&self) -> Option<(reqwest::Client, &'static str)> {
+        super::tls::api_client(self.tls.as_ref(), Duration::from_secs(2)).ok()
+    }
+
+    /// Member `i`'s `GET /status?live=true`.
+    async fn status_of(
+        &self,
+        (http, scheme): &(reqwest::Client, &'static str),
+        i: usize,
+    ) -> Option<NodeStatus> {
+        let port = self.ports.api.checked_add(u16::try_from(i).ok()?)?;
+        let resp = http
+            .get(format!("{scheme}://127.0.0.1:{port}/status?live=true"))
+            .send()
+            .await
+            .ok()?;
+        resp.json::<NodeStatus>().await.ok()
     }
 
     /// Stops everything in order: replicas, the primary, HAProxy, etcd.

@@ -87,9 +87,7 @@ async fn one_scale(repo: &mut LocalRepo, etcd: &Etcd, scale: u32) -> anyhow::Res
         .await?;
     let pw = std::fs::read_to_string(repo.state().join("bench/secrets/superuser"))?;
     let pw = pw.trim().to_string();
-    let dsn = format!(
-        "host=127.0.0.1 port={base} user=postgres password={pw} dbname=postgres connect_timeout=2"
-    );
+    let dsn = repo.plain_dsn("bench", base)?;
     let c = wait::until("a session", LONG, || async { connect_dsn(&dsn).await.ok() }).await?;
     run(Command::new(Path::new(V15).join("pgbench"))
         .args(["-i", "-q", "-s", &scale.to_string(), "-h", "127.0.0.1"])
@@ -117,13 +115,7 @@ async fn one_scale(repo: &mut LocalRepo, etcd: &Etcd, scale: u32) -> anyhow::Res
     repo.write("bench.yaml", &cluster_file(base, 18, etcd))?;
     repo.wait_printed("cluster bench runs PostgreSQL 18: write downtime", LONG)
         .await?;
-    let log = repo.up_log();
-    let reported: f64 = log
-        .split("write downtime ")
-        .nth(1)
-        .and_then(|s| s.split('s').next())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no downtime in {log}"))?;
+    let reported = repo.printed_downtime()?;
     let done_file = repo.state().join("bench/upgrade.json");
     wait::until("every step after the downtime", LONG, || async {
         (!done_file.exists()).then_some(())

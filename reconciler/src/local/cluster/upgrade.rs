@@ -192,24 +192,6 @@ impl LocalCluster {
         let _ = std::fs::remove_file(record_path(&self.dir));
     }
 
-    /// Each member's own status (`None` where its REST API does not answer).
-    async fn statuses(&self) -> Vec<Option<NodeStatus>> {
-        let Ok((http, scheme)) = super::super::tls::api_client(self.tls.as_ref(), START) else {
-            return vec![None; self.members.len()];
-        };
-        let mut out = Vec::new();
-        for i in 0..self.members.len() {
-            let port = self.ports.api + u16::try_from(i).unwrap_or(0);
-            let url = format!("{scheme}://127.0.0.1:{port}/status?live=true");
-            let s = match http.get(url).timeout(Duration::from_secs(2)).send().await {
-                Ok(r) => r.json::<NodeStatus>().await.ok(),
-                Err(_) => None,
-            };
-            out.push(s);
-        }
-        out
-    }
-
     /// Runs `governor upgrade <step>` for member `i` with its configuration for `to`
     /// (written beside its running one as `governor.upgrade.yaml`).
     async fn governor_upgrade(
@@ -223,20 +205,37 @@ impl LocalCluster {
         let text = self.render_member(i, to)?;
         std::fs::write(&path, text)?;
         self.run_as.own(&path)?;
+        let (path, old_bin) = (path.as_os_str(), old_bin.as_os_str());
+        self.run_governor(&[
+            "upgrade".as_ref(),
+            step.as_ref(),
+            "--config".as_ref(),
+            path,
+            "--old-bin-dir".as_ref(),
+            old_bin,
+        ])
+        .await
+    }
+
+    /// Runs the cluster's governor program with `args` as the cluster's user: its output,
+    /// `Err` when it failed.
+    async fn run_governor(
+        &self,
+        args: &[&std::ffi::OsStr],
+    ) -> anyhow::Result<Result<String, String>> {
         let mut cmd = tokio::process::Command::new(&self.governor_bin);
-        cmd.arg("upgrade")
-            .arg(step)
-            .arg("--config")
-            .arg(&path)
-            .arg("--old-bin-dir")
-            .arg(old_bin)
+        cmd.args(args)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         self.run_as.apply(&mut cmd);
-        let out = cmd
-            .output()
-            .await
-            .with_context(|| format!("run governor upgrade {step}"))?;
+        let out = cmd.output().await.with_context(|| {
+            format!(
+                "run governor {}",
+                args.first()
+                    .map(|a| a.to_string_lossy())
+                    .unwrap_or_default()
+            )
+        })?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -578,23 +577,16 @@ impl LocalCluster {
 
     /// `governor backup-push` on member `i`.
     async fn backup(&self, i: usize) -> anyhow::Result<()> {
-        let mut cmd = tokio::process::Command::new(&self.governor_bin);
-        cmd.arg("backup-push")
-            .arg("--config")
-            .arg(self.member_dir(i).join("governor.yaml"))
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        self.run_as.apply(&mut cmd);
-        let out = cmd.output().await.context("run governor backup-push")?;
-        if !out.status.success() {
-            bail!(
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap_or("failed")
-            );
+        let config = self.member_dir(i).join("governor.yaml");
+        if let Err(out) = self
+            .run_governor(&[
+                "backup-push".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ])
+            .await?
+        {
+            bail!("{}", out.trim().lines().last().unwrap_or("failed"));
         }
         Ok(())
     }
