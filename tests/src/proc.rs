@@ -272,15 +272,44 @@ pub fn children_of(parent: u32) -> Vec<u32> {
     out
 }
 
-/// `kill -9` of a PostgreSQL instance: the postmaster and every backend and auxiliary process.
-/// Backends are group leaders of their own (PostgreSQL calls setsid), so killing the
-/// postmaster's group would leave them running, able to acknowledge a commit after "the kill".
-/// The postmaster is stopped first so it cannot fork while its children are collected.
+/// `kill -9` of a PostgreSQL instance: the postmaster and every backend and auxiliary process,
+/// returning once all of them are dead, so a write sent afterwards cannot be acknowledged by
+/// any of them. Backends are group leaders of their own (PostgreSQL calls setsid), so killing
+/// the postmaster's group would leave them running. The postmaster is stopped first, and its
+/// children are collected only once it is seen stopped: `kill` returns before the signal lands,
+/// and a fork finishing in between would leave a backend nobody kills.
 pub fn kill_postgres(postmaster: u32) {
     let _ = kill(pid(postmaster), Signal::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(postmaster) && state_of(postmaster) != Some('T') {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let children = children_of(postmaster);
     let _ = kill(pid(postmaster), Signal::SIGKILL);
-    for c in children {
+    for &c in &children {
         let _ = kill(pid(c), Signal::SIGKILL);
     }
+    while std::iter::once(&postmaster)
+        .chain(&children)
+        .any(|&p| alive(p))
+    {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The state letter of a process (`R`, `S`, `T`, `Z`, ...), from `/proc/<pid>/stat`.
+fn state_of(p: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }

@@ -644,9 +644,11 @@ async fn scenario_failover_through_haproxy(repo: &mut LocalRepo) -> anyhow::Resu
     let governor = old["governor_pid"].as_u64().unwrap_or(0) as u32;
     let postmaster = old["postmaster_pid"].as_u64().unwrap_or(0) as u32;
     anyhow::ensure!(governor > 0 && postmaster > 0, "{old}");
-    let killed = std::time::Instant::now();
     proc::kill_group(governor);
     proc::kill_postgres(postmaster);
+    // After the old primary's processes are gone: a write sent in between could still be
+    // acknowledged by them and would count as the promoted member's first.
+    let killed = std::time::Instant::now();
     prober
         .wait_write("direct", Some(killed), Duration::from_secs(60))
         .await?;
