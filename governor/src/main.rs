@@ -295,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let loaded = governor::config::load(&config, &Default::default()).await?;
             let paths = up::Paths::of(&loaded, &old_bin_dir);
+            let _turn = up::take_turn(&paths)?;
             match step {
                 UpgradeStep::Check => {
                     up::check(&loaded, &paths).await?;

@@ -17,6 +17,10 @@
 //!   member holds the leader key, `history` emptied (the new system's timelines start at 1).
 //! - [`discard_old`]: once the new version runs, the old directory goes (its files are the
 //!   new one's too, by hard link: only the names are removed).
+//!
+//! Every step holds [`Paths::lock`] while it runs ([`take_turn`]): a check asked for by a
+//! plan in another process waits for a link, and a link for a check, whose pg_upgrade may
+//! have a server of its own running in the data directory.
 
 use crate::config::Loaded;
 use crate::dcs::Dcs;
@@ -76,6 +80,8 @@ pub struct Paths {
     pub scratch: PathBuf,
     /// The run directory: pg_upgrade's sockets and working directory.
     pub run_dir: PathBuf,
+    /// The lock every step holds: `<data>.upgrade.lock`.
+    pub lock: PathBuf,
 }
 
 fn beside(data: &Path, suffix: &str) -> PathBuf {
@@ -94,10 +100,25 @@ impl Paths {
             upgraded: beside(&data, ".upgrade"),
             previous: beside(&data, ".pre-upgrade"),
             scratch: beside(&data, ".upgrade-check"),
+            lock: beside(&data, ".upgrade.lock"),
             run_dir: loaded.config.run_dir(),
             data,
         }
     }
+}
+
+/// Waits for this member's upgrade lock and holds it until the value is dropped: one step
+/// at a time, whichever process asks.
+pub fn take_turn(paths: &Paths) -> Result<nix::fcntl::Flock<std::fs::File>, UpgradeError> {
+    let what = format!("lock {}", paths.lock.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&paths.lock)
+        .map_err(io(what.clone()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io(what)(e.into()))
 }
 
 /// The pid in `dir`'s `postmaster.pid` when that process is alive: a server runs there (one
@@ -263,9 +284,17 @@ fn collect_reports(dir: &Path, into: &mut Vec<PathBuf>) {
     }
 }
 
-/// `pg_upgrade --check` of the data directory against a scratch cluster of the new version;
-/// the old server may run. Changes nothing but the scratch directory, removed afterwards.
+/// `pg_upgrade --check` of the data directory, whose server must run (a live check: on a
+/// stopped one pg_upgrade would start a server of its own, which its governor starting
+/// PostgreSQL would meet), against a scratch cluster of the new version. Changes nothing but
+/// the scratch directory, removed afterwards.
 pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
+    if live_postmaster(&paths.data).is_none() {
+        return Err(UpgradeError::State(format!(
+            "no PostgreSQL server runs in {}: the check asks the running server",
+            paths.data.display()
+        )));
+    }
     match data_version(&paths.data) {
         Some(v) if Some(v) == new_version(paths).await => {
             return Err(UpgradeError::State(format!(
@@ -619,6 +648,7 @@ mod tests {
             upgraded: beside(&data, ".upgrade"),
             previous: beside(&data, ".pre-upgrade"),
             scratch: beside(&data, ".upgrade-check"),
+            lock: beside(&data, ".upgrade.lock"),
             run_dir: dir.path().join("run"),
             data: data.clone(),
         };

@@ -64,8 +64,10 @@ enum Command {
         #[arg(long)]
         purge: bool,
     },
-    /// Plan the AWS clusters of a commit against AWS and etcd (exit 0: no changes, 2: changes, 1: error).
-    Plan(spilo::aws::commands::PlanArgs),
+    /// Plan the AWS clusters of a commit against AWS and etcd, or (--local) the local clusters
+    /// of cluster files against what `spilo up` runs here, a major upgrade's checks included
+    /// (exit 0: no changes, 2: changes, 1: error or blocked).
+    Plan(PlanCommand),
     /// Apply a plan (saved with `plan -o`, or made now) through CloudFormation change sets.
     Apply(spilo::aws::commands::ApplyArgs),
     /// What moving from one ref to another changes, without AWS credentials (for pull requests).
@@ -134,6 +136,24 @@ enum Command {
 }
 
 use spilo::operate::Target as EtcdTarget;
+
+/// `spilo plan`: AWS, or with `--local` the local target.
+#[derive(Debug, clap::Args)]
+struct PlanCommand {
+    /// Plan the local clusters instead: what `spilo up` would do with these files to the
+    /// clusters it runs (a major upgrade checked with `pg_upgrade --check`); changes nothing.
+    #[arg(long)]
+    local: bool,
+    /// With --local: cluster files or directories (default: clusters/).
+    #[arg(requires = "local")]
+    paths: Vec<PathBuf>,
+    /// With --local: the state directory of the `spilo up` running the clusters (default:
+    /// .spilo/ beside the files).
+    #[arg(long, requires = "local")]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    aws: spilo::aws::commands::PlanArgs,
+}
 
 async fn set_pause(t: EtcdTarget, pause: bool) -> anyhow::Result<ExitCode> {
     spilo::list::set_pause(&t, pause).await?;
@@ -264,7 +284,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyBackup(a) => Ok(ExitCode::from(
             spilo::operate::verify_backup::verify_backup(a).await?,
         )),
-        Command::Plan(args) => Ok(ExitCode::from(spilo::aws::commands::plan(args).await?)),
+        Command::Plan(p) if p.local => Ok(ExitCode::from(
+            spilo::local::preview::run(&p.paths, p.state_dir.as_deref()).await?,
+        )),
+        Command::Plan(p) => Ok(ExitCode::from(spilo::aws::commands::plan(p.aws).await?)),
         Command::Apply(args) => Ok(ExitCode::from(spilo::aws::commands::apply(args).await?)),
         Command::Diff(args) => Ok(ExitCode::from(spilo::aws::commands::diff(args).await?)),
         Command::Resources(args) => Ok(ExitCode::from(

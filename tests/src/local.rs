@@ -155,6 +155,15 @@ impl LocalRepo {
         }
     }
 
+    /// kill -9 of `spilo up` and of the processes in its process group (the `governor`
+    /// steps it runs, their pg_upgrade), as a crash; what it starts in process groups of their
+    /// own (governors, etcd, HAProxy) is left as a crash would leave it.
+    pub fn kill_up(&mut self) {
+        if let Some(mut p) = self.up.take() {
+            p.kill_group();
+        }
+    }
+
     /// Waits for `spilo up` to exit; returns its exit code.
     pub fn wait_up_exit(&mut self, timeout: Duration) -> Option<i32> {
         let p = self.up.as_mut()?;

@@ -8,6 +8,8 @@
 //!   replicas, the archive goes on under `wal/18/`, the write downtime is reported, and a
 //!   kill -9 failover afterwards works.
 //! - A blocker (an extension the new version lacks) is named, and nothing changes.
+//! - Before either, `spilo plan --local` on the edited file (a checkout of its own, as a pull
+//!   request's) names the upgrade and what `pg_upgrade --check` found, and changes nothing.
 //! - `spilo up` killed before the point of no return: the cluster is back on 15 with its data;
 //!   killed after it (before any member started on 18): the next `spilo up` finishes it.
 
@@ -32,6 +34,17 @@ fn on_version(name: &str, instances: u32, base: u16, version: u32, etcd: &Etcd) 
         ),
         etcd.client_addr
     )
+}
+
+/// `spilo plan --local` of `yaml` as cluster `name`'s file in a checkout of its own (not the
+/// directory `spilo up` watches), against the clusters `repo`'s `spilo up` runs: (exit code,
+/// stdout, stderr).
+fn plan_local(repo: &LocalRepo, name: &str, yaml: &str) -> anyhow::Result<(i32, String, String)> {
+    let proposal = repo.path().join("proposal");
+    std::fs::create_dir_all(&proposal)?;
+    std::fs::write(proposal.join(format!("{name}.yaml")), yaml)?;
+    let path = proposal.to_string_lossy().into_owned();
+    repo.spilo(&["plan", "--local", &path])
 }
 
 /// `server_version_num`'s major version through `dsn`, once a session opens.
@@ -120,6 +133,21 @@ async fn upgrade_under_writes(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Resu
     )
     .await?;
     drop(c);
+    let (code, out, err) = plan_local(repo, "alpha", &on_version("alpha", 3, base, 15, etcd))?;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "No changes: the local clusters run as their files say."),
+        "{err}"
+    );
+    let (code, out, err) = plan_local(repo, "alpha", &on_version("alpha", 3, base, 18, etcd))?;
+    assert_eq!(code, 2, "changes: {out}{err}");
+    assert!(
+        out.contains("~ cluster alpha (major upgrade: PostgreSQL 15 -> 18)")
+            && out.contains("  pg_upgrade --check on alpha-")
+            && out.contains(": no blockers"),
+        "{out}{err}"
+    );
+    assert_eq!(major(&primary).await?, 15, "the plan changed nothing");
     let writer = Writer::start(primary.clone());
     wait::until("writes acknowledged", READY, || async {
         (writer.last() > 10).then_some(())
@@ -270,6 +298,14 @@ async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
         .await?
         .get(0);
     drop(c);
+    let (code, out, err) = plan_local(repo, "beta", &on_version("beta", 2, base, 18, etcd))?;
+    assert_eq!(code, 1, "blocked: {out}{err}");
+    assert!(
+        out.contains("~ cluster beta (major upgrade: PostgreSQL 15 -> 18)")
+            && out.contains("blocked; `spilo up` would refuse it and change nothing")
+            && out.contains("pgcrypto"),
+        "the plan names the blocker:\n{out}{err}"
+    );
     repo.write("beta.yaml", &on_version("beta", 2, base, 18, etcd))?;
     repo.wait_printed("refused to upgrade cluster beta to PostgreSQL 18", UPGRADE)
         .await?;
@@ -367,6 +403,50 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
         .get(0);
     assert_eq!(after, sysid, "the same system as before the upgrade");
     drop(c);
+
+    // Killed while pg_upgrade runs (spilo up with the governor step and the pg_upgrade it
+    // runs, as a crash): the next spilo up rolls back, the cluster on 15 with its data.
+    repo.write("gamma.yaml", &on_version("gamma", 2, base, 18, etcd))?;
+    let running = |i: usize| {
+        repo.state().join(format!(
+            "gamma/members/gamma-{i}/data.upgrade/pg_upgrade_output.d"
+        ))
+    };
+    wait::until("pg_upgrade to run", UPGRADE, || async {
+        (running(0).exists() || running(1).exists()).then_some(())
+    })
+    .await?;
+    repo.kill_up();
+    repo.write("gamma.yaml", &on_version("gamma", 2, base, 15, etcd))?;
+    repo.up()?;
+    repo.wait_printed("cluster gamma is ready", READY).await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains(
+            "the upgrade of cluster gamma to PostgreSQL 18 was interrupted before its point of no return: rolled back"
+        ),
+        "{log}"
+    );
+    assert_eq!(major(&primary).await?, 15);
+    streaming(&primary, 15, 1).await?;
+    assert_eq!(rows(&primary).await?, 700);
+    let c = connect_dsn(&primary).await?;
+    let after: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        after, sysid,
+        "the same system after a crash during pg_upgrade"
+    );
+    drop(c);
+    for i in 0..2 {
+        let m = repo.state().join(format!("gamma/members/gamma-{i}"));
+        assert!(
+            m.join("data/global/pg_control").exists() && !m.join("data.upgrade").exists(),
+            "gamma-{i}: rolled back after the crash"
+        );
+    }
     repo.interrupt_up();
     assert_eq!(repo.wait_up_exit(READY), Some(0), "{}", repo.up_log());
 

@@ -21,7 +21,7 @@ mod upgrade;
 pub use process::postgres_answers;
 use process::{Proc, signal, spawn, stop_proc};
 pub use upgrade::{
-    MAX_LAG, Record, Step, Stranded, Upgraded, data_version, preconditions, read_record,
+    MAX_LAG, Record, SETTLE, Step, Stranded, Upgraded, data_version, preconditions, read_record,
 };
 
 /// One cluster as `spilo up` runs it.
@@ -189,6 +189,40 @@ impl LocalCluster {
             restart_after: vec![None; n],
             failures: vec![0; n],
         })
+    }
+
+    /// A handle on a cluster another process (`spilo up`) supervises, from its `state.json`,
+    /// for asking its members and running the governor's read-only steps (`spilo plan
+    /// --local`): it has no processes, and must not be used to start or stop any. `file` is
+    /// the cluster file as it runs.
+    pub fn attach(
+        state: &ClusterState,
+        file: ClusterFile,
+        layout: &Layout,
+        run_as: &RunAs,
+    ) -> Self {
+        let dir = layout.cluster(&state.cluster);
+        let n = state.members.len();
+        Self {
+            name: state.cluster.clone(),
+            file,
+            source: state.file.clone(),
+            governor_bin: dir.join("bin/governor"),
+            dir,
+            layout: layout.clone(),
+            ports: state.ports.clone(),
+            run_as: run_as.clone(),
+            etcd_endpoints: state.etcd_endpoints.clone(),
+            tls: state.tls.clone(),
+            standby: None,
+            refused_standby: None,
+            refused_upgrade: None,
+            etcd: None,
+            haproxy: None,
+            members: (0..n).map(|_| None).collect(),
+            restart_after: vec![None; n],
+            failures: vec![0; n],
+        }
     }
 
     /// Takes `file` with its changed `spec.standby` (resolved as `standby`): the members

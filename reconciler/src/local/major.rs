@@ -66,6 +66,34 @@ pub(super) fn standby_blockers(name: &str, file: &ClusterFile, desired: &Desired
     out
 }
 
+/// Everything that is checked before cluster `c` is upgraded to `to` (`blockers`: what the
+/// caller found already): the new version's programs are there (with SSL if the cluster
+/// speaks TLS), the archive prefix is the new version's own, the preconditions hold within
+/// `settle`, and `pg_upgrade --check` on the primary finds nothing. The primary's index, or
+/// the blockers; changes nothing. `spilo up` and `spilo plan --local` both ask this.
+pub(super) async fn upgrade_check(
+    c: &LocalCluster,
+    to: &ClusterFile,
+    blockers: Vec<String>,
+    settle: std::time::Duration,
+) -> anyhow::Result<Result<usize, Vec<String>>> {
+    let name = &c.name;
+    match check_postgres(name, c.source(), to) {
+        _ if !blockers.is_empty() => Ok(Err(blockers)),
+        Err(e) => Ok(Err(vec![format!("{e:#}")])),
+        // Both versions' WAL under one prefix: the new system's timeline history files
+        // would meet the old one's.
+        Ok(()) if c.file.spec.backup.is_some() && c.file.wal_prefix() == to.wal_prefix() => {
+            Ok(Err(vec![format!(
+                "backup.prefix {} is the archive of both versions; name one for the new \
+                 version (the default, spilo/{name}/wal/<version>/, is)",
+                to.wal_prefix()
+            )]))
+        }
+        Ok(()) => c.upgrade_blockers(to, settle).await,
+    }
+}
+
 /// Checks and performs the major upgrade of `c` to `to`; says what happened. Returns whether
 /// the cluster runs `to`'s version now, or why `spilo up` cannot go on (an upgrade stopped
 /// past its point of no return). `blockers`: what the caller found already.
@@ -80,21 +108,7 @@ pub(super) async fn major_upgrade(
         to.spec.postgresql.version,
     );
     println!("~ cluster {name} (major upgrade: PostgreSQL {from} -> {version})");
-    // The new version's programs are there, and can speak TLS if the cluster does.
-    let checked = match check_postgres(&name, c.source(), &to) {
-        _ if !blockers.is_empty() => Ok(Err(blockers)),
-        Err(e) => Ok(Err(vec![format!("{e:#}")])),
-        // Both versions' WAL under one prefix: the new system's timeline history files
-        // would meet the old one's.
-        Ok(()) if c.file.spec.backup.is_some() && c.file.wal_prefix() == to.wal_prefix() => {
-            Ok(Err(vec![format!(
-                "backup.prefix {} is the archive of both versions; name one for the new \
-                 version (the default, spilo/{name}/wal/<version>/, is)",
-                to.wal_prefix()
-            )]))
-        }
-        Ok(()) => c.upgrade_blockers(&to).await,
-    };
+    let checked = upgrade_check(c, &to, blockers, super::cluster::SETTLE).await;
     let primary = match checked {
         Err(e) => {
             eprintln!(

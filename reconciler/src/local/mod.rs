@@ -4,6 +4,7 @@
 //!
 //! Pure parts: [`ports`] (derivation and clashes), [`haproxy`] (its configuration),
 //! [`governor_config`] (a member's configuration), [`plan`] (desired against running).
+//! [`preview`] is `spilo plan --local`: the plan of an edit, with a major upgrade's checks.
 //! Processes: [`cluster`] supervises one cluster; [`up`] is the foreground reconcile loop;
 //! [`standby`] carries `spec.standby` edits into running clusters (a switchover between
 //! clusters among them); [`state`] is the `state.json` contract that [`status`] and [`down`] read; [`tls`] is the
@@ -17,6 +18,7 @@ pub mod haproxy;
 pub mod major;
 pub mod plan;
 pub mod ports;
+pub mod preview;
 pub mod progress;
 pub mod standby;
 pub mod state;

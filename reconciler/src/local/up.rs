@@ -42,7 +42,7 @@ pub struct UpArgs {
 pub(super) type Desired = BTreeMap<String, (String, ClusterFile)>;
 
 /// Reads and validates the files; only valid files selecting the local target are returned.
-fn load(paths: &[PathBuf]) -> anyhow::Result<(Desired, String)> {
+pub(super) fn load(paths: &[PathBuf]) -> anyhow::Result<(Desired, String)> {
     let files = read_files(paths)?;
     let text: String = files.iter().map(|(n, t)| format!("{n}\n{t}\n")).collect();
     let checked = validate_files(&files);

@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 /// replicas are copied again afterwards, but one far behind says the cluster is not healthy.
 pub const MAX_LAG: u64 = 16 * 1024 * 1024;
 
-/// How long the preconditions may take to hold before what fails them is a blocker.
-const SETTLE: Duration = Duration::from_secs(30);
+/// How long the preconditions may take to hold, when `spilo up` is about to upgrade, before
+/// what fails them is a blocker.
+pub const SETTLE: Duration = Duration::from_secs(30);
 
 /// How long the members may take to come back (primary) and to stream (replicas).
 const START: Duration = Duration::from_secs(180);
@@ -193,7 +194,8 @@ impl LocalCluster {
     }
 
     /// Runs `governor upgrade <step>` for member `i` with its configuration for `to`
-    /// (written beside its running one as `governor.upgrade.yaml`).
+    /// (written beside its running one as `governor.upgrade.yaml`; a check's, which another
+    /// process may ask for, as `governor.upgrade-check-<pid>.yaml`, removed afterwards).
     async fn governor_upgrade(
         &self,
         step: &str,
@@ -201,20 +203,28 @@ impl LocalCluster {
         to: &ClusterFile,
         old_bin: &Path,
     ) -> anyhow::Result<Result<String, String>> {
-        let path = self.member_dir(i).join("governor.upgrade.yaml");
+        let name = match step {
+            "check" => format!("governor.upgrade-check-{}.yaml", std::process::id()),
+            _ => "governor.upgrade.yaml".to_string(),
+        };
+        let path = self.member_dir(i).join(name);
         let text = self.render_member(i, to)?;
         std::fs::write(&path, text)?;
         self.run_as.own(&path)?;
-        let (path, old_bin) = (path.as_os_str(), old_bin.as_os_str());
-        self.run_governor(&[
-            "upgrade".as_ref(),
-            step.as_ref(),
-            "--config".as_ref(),
-            path,
-            "--old-bin-dir".as_ref(),
-            old_bin,
-        ])
-        .await
+        let out = self
+            .run_governor(&[
+                "upgrade".as_ref(),
+                step.as_ref(),
+                "--config".as_ref(),
+                path.as_os_str(),
+                "--old-bin-dir".as_ref(),
+                old_bin.as_os_str(),
+            ])
+            .await;
+        if step == "check" {
+            let _ = std::fs::remove_file(&path);
+        }
+        out
     }
 
     /// Runs the cluster's governor program with `args` as the cluster's user: its output,
@@ -249,15 +259,15 @@ impl LocalCluster {
     }
 
     /// The blockers of upgrading to `to`'s version now, or the primary's index. Changes
-    /// nothing.
+    /// nothing. The preconditions may take `settle` to hold (a member that just started
+    /// reports streaming on its governor's next loop): what still fails them then blocks.
     pub async fn upgrade_blockers(
         &self,
         to: &ClusterFile,
+        settle: Duration,
     ) -> anyhow::Result<Result<usize, Vec<String>>> {
         let version = to.spec.postgresql.version;
-        // A member that just started reports streaming on its governor's next loop: what
-        // still blocks after SETTLE does.
-        let deadline = Instant::now() + SETTLE;
+        let deadline = Instant::now() + settle;
         let primary = loop {
             match preconditions(&self.statuses().await, version) {
                 Ok(p) => break p,
