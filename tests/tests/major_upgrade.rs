@@ -10,8 +10,11 @@
 //! - A blocker (an extension the new version lacks) is named, and nothing changes.
 //! - Before either, `spilo plan --local` on the edited file (a checkout of its own, as a pull
 //!   request's) names the upgrade and what `pg_upgrade --check` found, and changes nothing.
-//! - `spilo up` killed before the point of no return: the cluster is back on 15 with its data;
-//!   killed after it (before any member started on 18): the next `spilo up` finishes it.
+//! - A pg_upgrade that fails after its check passed (a view on a column the new version
+//!   removed) is rolled back: the cluster runs 15 with its data.
+//! - `spilo up` killed before the point of no return (after pg_upgrade, or while it runs): the
+//!   cluster is back on 15 with its data; killed after it (before any member started on 18):
+//!   the next `spilo up` finishes it.
 
 use spilo_e2e::local::LocalRepo;
 use spilo_e2e::pair::Writer;
@@ -477,6 +480,71 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
         "finished after the restart; replicas streaming {:.1}s after ready",
         started.elapsed().as_secs_f64()
     );
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_upgrade_that_fails_after_its_check_passed_rolls_back() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let etcd = Etcd::start(&repo.state().with_file_name("etcd")).await?;
+    let r = failed_link(&mut repo, &etcd).await;
+    repo.finish(r)
+}
+
+/// A view on a column PostgreSQL 17 removed (`pg_stat_bgwriter.buffers_backend`): `pg_upgrade
+/// --check` does not restore the schema and finds nothing, the real run fails restoring it.
+async fn failed_link(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("delta.yaml", &on_version("delta", 2, base, 15, etcd))?;
+    repo.up()?;
+    repo.wait_printed("cluster delta is ready", READY).await?;
+    let primary = repo.plain_dsn("delta", base)?;
+    streaming(&primary, 15, 1).await?;
+    let c = connect_dsn(&primary).await?;
+    c.batch_execute(
+        "CREATE VIEW backend_writes AS SELECT buffers_backend FROM pg_stat_bgwriter; \
+         CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 300)",
+    )
+    .await?;
+    let sysid: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
+    drop(c);
+    let (code, out, err) = plan_local(repo, "delta", &on_version("delta", 2, base, 18, etcd))?;
+    assert_eq!(code, 2, "the check finds nothing: {out}{err}");
+    assert!(out.contains(": no blockers"), "{out}{err}");
+
+    repo.write("delta.yaml", &on_version("delta", 2, base, 18, etcd))?;
+    repo.wait_printed("the upgrade of cluster delta failed", UPGRADE)
+        .await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains("pg_upgrade --link failed; rolled back")
+            && log.contains("cluster delta runs PostgreSQL 15 again"),
+        "{log}"
+    );
+    assert!(!log.contains("runs PostgreSQL 18"), "{log}");
+    assert_eq!(major(&primary).await?, 15);
+    streaming(&primary, 15, 1).await?;
+    assert_eq!(rows(&primary).await?, 300);
+    let c = connect_dsn(&primary).await?;
+    let after: i64 = c
+        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
+        .await?
+        .get(0);
+    assert_eq!(after, sysid, "the same system");
+    drop(c);
+    assert!(!repo.state().join("delta/upgrade.json").exists());
+    for i in 0..2 {
+        let m = repo.state().join(format!("delta/members/delta-{i}"));
+        assert!(
+            m.join("data/global/pg_control").exists() && !m.join("data.upgrade").exists(),
+            "delta-{i}: rolled back"
+        );
+    }
     let (code, _, err) = repo.spilo(&["down", "--purge"])?;
     assert_eq!(code, 0, "{err}");
     Ok(())
