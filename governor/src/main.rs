@@ -147,10 +147,11 @@ enum Command {
     /// Report a failed boot of this instance (the image's boot layer calls it): a FAILURE
     /// signal to the stack and the reason with the boot log in etcd `boot/<member>`.
     BootFailed(BootFailedArgs),
-    /// One step of a major-version upgrade of this member's data directory, run while no
-    /// governor of the cluster runs: check (pg_upgrade --check), link (pg_upgrade --link
-    /// beside the data), rollback (undo link), commit (the point of no return: swap the
-    /// directories, the new system identifier in etcd), discard-old.
+    /// One step of a major-version upgrade of this member's data directory: check
+    /// (pg_upgrade --check against the running server), and, while no governor of the
+    /// cluster runs, link (pg_upgrade --link beside the data), rollback (undo link), commit
+    /// (the point of no return: swap the directories, the new system identifier in etcd),
+    /// discard-old.
     Upgrade {
         /// The step.
         #[arg(value_enum)]
@@ -161,6 +162,11 @@ enum Command {
         /// The old version's programs.
         #[arg(long)]
         old_bin_dir: PathBuf,
+        /// With link: the member's configuration for the old version. When it archives,
+        /// what the old server's archiver left unarchived at its shutdown is archived with it
+        /// before pg_upgrade.
+        #[arg(long)]
+        old_config: Option<PathBuf>,
     },
     /// Check a configuration file and the machine, then exit.
     Check {
@@ -288,6 +294,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             step,
             config,
             old_bin_dir,
+            old_config,
         } => {
             use governor::major_upgrade as up;
             if nix::unistd::geteuid().is_root() {
@@ -302,8 +309,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}: no blockers", paths.data.display());
                 }
                 UpgradeStep::Link => {
-                    let sysid = up::link(&loaded, &paths).await?;
-                    println!("{}: upgraded, system {sysid}", paths.upgraded.display());
+                    let old = match &old_config {
+                        Some(path) => {
+                            Some(governor::config::load(path, &Default::default()).await?)
+                        }
+                        None => None,
+                    };
+                    let linked = up::link(&loaded, &paths, old.as_ref()).await?;
+                    if let Some(last) = linked.archived.last() {
+                        println!(
+                            "{}: the old server's WAL its archiver left archived ({} files, \
+                             up to {last})",
+                            paths.data.display(),
+                            linked.archived.len()
+                        );
+                    }
+                    println!(
+                        "{}: upgraded, system {}",
+                        paths.upgraded.display(),
+                        linked.system
+                    );
                 }
                 UpgradeStep::Rollback => {
                     let undone = up::roll_back(&paths)?;

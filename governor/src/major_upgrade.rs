@@ -4,8 +4,9 @@
 //! the *new* version (its `bin_dir`); the old version's programs are named apart.
 //!
 //! The steps, each safe to run again after a crash:
-//! - [`check`]: `pg_upgrade --check` against the data directory (live while the old server
-//!   runs) and a scratch cluster of the new version; what it finds are the blockers.
+//! - [`check`]: `pg_upgrade --check` against the running old server (a live check; a stopped
+//!   one is refused) and a scratch cluster of the new version; what it finds are the
+//!   blockers. It may run while the cluster's governors run (a plan asks for it).
 //! - [`link`]: the old server stopped cleanly, a new cluster is made beside the data
 //!   directory (`<data>.upgrade`) and `pg_upgrade --link` fills it. pg_upgrade starts and
 //!   stops the old server once (a shutdown checkpoint more in its WAL, with the settings it
@@ -18,9 +19,13 @@
 //! - [`discard_old`]: once the new version runs, the old directory goes (its files are the
 //!   new one's too, by hard link: only the names are removed).
 //!
-//! Every step holds [`Paths::lock`] while it runs ([`take_turn`]): a check asked for by a
-//! plan in another process waits for a link, and a link for a check, whose pg_upgrade may
-//! have a server of its own running in the data directory.
+//! Every `governor upgrade` process holds [`Paths::lock`] while it runs ([`take_turn`]): a
+//! check asked for by a plan in another process waits for a link, and a link for a check. The
+//! lock is the governor process's own (pg_upgrade and the servers it starts do not inherit
+//! it); leftovers of a killed step are for the orchestrator to stop (`spilo up` sweeps a
+//! cluster's processes when it starts).
+
+mod tail;
 
 use crate::config::Loaded;
 use crate::dcs::Dcs;
@@ -111,11 +116,15 @@ impl Paths {
 /// at a time, whichever process asks.
 pub fn take_turn(paths: &Paths) -> Result<nix::fcntl::Flock<std::fs::File>, UpgradeError> {
     let what = format!("lock {}", paths.lock.display());
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&paths.lock)
+    // Read-only when it exists (a lock file another user left is still lockable).
+    let file = std::fs::File::open(&paths.lock)
+        .or_else(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&paths.lock)
+        })
         .map_err(io(what.clone()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io(what)(e.into()))
@@ -354,9 +363,25 @@ async fn new_version(paths: &Paths) -> Option<u32> {
         .ok()
 }
 
-/// pg_upgrade --link into `<data>.upgrade`; returns the new system identifier. The old server
-/// must have stopped cleanly. A half-done earlier attempt is rolled back first.
-pub async fn link(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError> {
+/// What [`link`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked {
+    /// The new cluster's system identifier.
+    pub system: String,
+    /// The old server's WAL files its archiver left unarchived at its shutdown, archived
+    /// before pg_upgrade with `old` (the member's configuration for the old version).
+    pub archived: Vec<String>,
+}
+
+/// pg_upgrade --link into `<data>.upgrade`. The old server must have stopped cleanly; when
+/// `old` (the member's configuration for the old version) archives, what its archiver left
+/// unarchived is archived first ([`tail::archive_ready`]). A half-done earlier attempt is
+/// rolled back first.
+pub async fn link(
+    loaded: &Loaded,
+    paths: &Paths,
+    old: Option<&Loaded>,
+) -> Result<Linked, UpgradeError> {
     no_leftover(paths)?;
     if paths.data.join("postmaster.pid").exists() {
         return Err(UpgradeError::State(format!(
@@ -377,6 +402,10 @@ pub async fn link(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError
             cd.get("Database cluster state").unwrap_or("unknown state")
         )));
     }
+    let archived = match old.and_then(|o| o.config.archive.as_ref()) {
+        Some(archive) => tail::archive_ready(archive, &paths.data).await?,
+        None => Vec::new(),
+    };
     initdb(loaded, &paths.upgraded).await?;
     if let Err(e) = pg_upgrade(
         loaded,
@@ -395,12 +424,13 @@ pub async fn link(loaded: &Loaded, paths: &Paths) -> Result<String, UpgradeError
     let new = controldata::read(&paths.new_bin, &paths.upgraded)
         .await
         .map_err(io(format!("pg_controldata {}", paths.upgraded.display())))?;
-    new.sysid().map(str::to_string).ok_or_else(|| {
+    let system = new.sysid().map(str::to_string).ok_or_else(|| {
         UpgradeError::State(format!(
             "pg_controldata {} printed no system identifier",
             paths.upgraded.display()
         ))
-    })
+    })?;
+    Ok(Linked { system, archived })
 }
 
 /// The settings a hot standby must match or exceed on its primary, as `pg_controldata`
@@ -422,11 +452,19 @@ const STANDBY_SETTINGS: [(&str, &str); 7] = [
 /// hot standby ("max_connections = 40 is a lower setting than on the primary server, where
 /// its value was 100") when the governor starts it read-only before it wins the leader key.
 fn standby_options(old: &controldata::ControlData) -> String {
-    STANDBY_SETTINGS
-        .iter()
-        .filter_map(|(field, guc)| old.get(field).map(|v| format!("-c {guc}={v}")))
+    standby_settings(old)
+        .into_iter()
+        .map(|(guc, v)| format!("-c {guc}={v}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The old cluster's values of [`STANDBY_SETTINGS`], by setting name.
+fn standby_settings(old: &controldata::ControlData) -> Vec<(&'static str, String)> {
+    STANDBY_SETTINGS
+        .iter()
+        .filter_map(|(field, guc)| old.get(field).map(|v| (*guc, v.to_string())))
+        .collect()
 }
 
 /// `pg_ctl stop -m fast` of a server that runs in `dir`, if one does.
@@ -578,6 +616,34 @@ async fn connect(loaded: &Loaded) -> Result<Dcs, UpgradeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_upgrade_step_at_a_time_per_member() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let data = dir.path().join("data");
+        let lock = beside(&data, ".upgrade.lock");
+        let paths = Paths {
+            old_bin: "/old".into(),
+            new_bin: "/new".into(),
+            upgraded: beside(&data, ".upgrade"),
+            previous: beside(&data, ".pre-upgrade"),
+            scratch: beside(&data, ".upgrade-check"),
+            lock: lock.clone(),
+            run_dir: dir.path().join("run"),
+            data,
+        };
+        let held = take_turn(&paths).expect("the first step takes the lock");
+        let other = std::fs::File::open(&lock).expect("open");
+        let busy = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock);
+        assert!(busy.is_err(), "a second step must wait");
+        drop(busy);
+        drop(held);
+        let other = std::fs::File::open(&lock).expect("open");
+        assert!(
+            nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok(),
+            "free once the first is done"
+        );
+    }
 
     #[test]
     fn the_blockers_are_the_fatal_lines_and_the_reports_contents() {

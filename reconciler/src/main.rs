@@ -141,8 +141,9 @@ use spilo::operate::Target as EtcdTarget;
 #[derive(Debug, clap::Args)]
 struct PlanCommand {
     /// Plan the local clusters instead: what `spilo up` would do with these files to the
-    /// clusters it runs (a major upgrade checked with `pg_upgrade --check`); changes nothing.
-    #[arg(long)]
+    /// clusters it runs (clusters to start, resize or stop, a major upgrade checked with
+    /// `pg_upgrade --check`); changes nothing. Run it as the user that runs `spilo up`.
+    #[arg(long, conflicts_with_all = ["format", "out", "prune", "allow_replace", "comment"])]
     local: bool,
     /// With --local: cluster files or directories (default: clusters/).
     #[arg(requires = "local")]

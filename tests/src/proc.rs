@@ -292,13 +292,18 @@ pub fn kill_postgres(postmaster: u32) {
     for &c in &children {
         let _ = kill(pid(c), Signal::SIGKILL);
     }
-    while std::iter::once(&postmaster)
-        .chain(&children)
-        .any(|&p| alive(p))
-    {
-        if Instant::now() > deadline {
-            break;
+    loop {
+        let left: Vec<u32> = std::iter::once(postmaster)
+            .chain(children.iter().copied())
+            .filter(|&p| alive(p))
+            .collect();
+        if left.is_empty() {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "kill -9 of PostgreSQL {postmaster}: {left:?} still alive after 10 s"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }

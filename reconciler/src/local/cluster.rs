@@ -641,6 +641,7 @@ impl LocalCluster {
             haproxy_pid: self.haproxy.as_ref().map(|p| p.pid),
             members,
             tls: self.tls.clone(),
+            running: Some(self.file.clone()),
         })
     }
 

@@ -1,13 +1,15 @@
 //! `spilo plan --local`: what `spilo up` would do with the given cluster files (the working
 //! tree's `clusters/`, or a pull request's checkout) to the clusters it runs here, without
-//! doing it. Clusters to start, resize or stop ([`super::plan`]), and each major upgrade with
-//! the checks `spilo up` makes before one: the new version's programs, the archive prefix,
-//! the preconditions (given a few seconds to hold) and `pg_upgrade --check`, live, on the primary's member
-//! (through the governor, which takes the member's upgrade lock: a plan and an upgrade never
-//! run pg_upgrade at once). Nothing changes but pg_upgrade's scratch directory.
+//! doing it: clusters to start, resize or stop ([`super::plan`]), and each major upgrade with
+//! the checks `spilo up` makes before one, against the file the cluster runs (`state.json`):
+//! the new version's programs, the archive prefix, the preconditions (given a few seconds to
+//! hold) and `pg_upgrade --check`, live, on the primary's member, through the governor, which
+//! holds the member's upgrade lock while it runs. Other edits of a running cluster's file
+//! (parameters, `spec.standby`) are not planned. Nothing of the clusters changes; the check
+//! writes its configuration file and pg_upgrade's scratch directory, and removes both.
 
-use super::cluster::{LocalCluster, data_version};
-use super::major::{standby_blockers, upgrade_check};
+use super::cluster::{LocalCluster, data_version, read_record};
+use super::major::{hold_major_upgrades, standby_blockers, upgrade_check};
 use super::plan::{Change, plan};
 use super::state::{ClusterState, Layout, alive};
 use super::up::Desired;
@@ -25,24 +27,24 @@ const EXIT_BLOCKED: u8 = 1;
 /// streaming on its governor's next loop): what still fails them then is a blocker.
 const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A major upgrade the files ask for: the cluster's data holds `from`, its file says `to`.
+/// A major upgrade the files ask for: the cluster runs `from`, its file says `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upgrade {
     /// The cluster.
     pub cluster: String,
-    /// The major version its data holds.
+    /// The major version it runs (or its data holds, when it does not run).
     pub from: u32,
     /// The file's `postgresql.version`.
     pub to: u32,
 }
 
-/// The clusters whose data (`data_versions`, by cluster; absent: no data yet) holds another
-/// major version than their file asks for.
-pub fn upgrades(desired: &Desired, data_versions: &BTreeMap<String, u32>) -> Vec<Upgrade> {
+/// The clusters whose version (`versions`: what each runs or its data holds; absent: no
+/// data yet) is another major version than their file asks for.
+pub fn upgrades(desired: &Desired, versions: &BTreeMap<String, u32>) -> Vec<Upgrade> {
     desired
         .iter()
         .filter_map(|(name, (_, f))| {
-            let from = *data_versions.get(name)?;
+            let from = *versions.get(name)?;
             let to = f.spec.postgresql.version;
             (from != to).then(|| Upgrade {
                 cluster: name.clone(),
@@ -53,16 +55,19 @@ pub fn upgrades(desired: &Desired, data_versions: &BTreeMap<String, u32>) -> Vec
         .collect()
 }
 
-/// The file as the cluster runs it before its upgrade: `file` on the data's version, with
-/// that version's programs (a `binDir` in the file names the new version's).
-fn as_running(file: &ClusterFile, version: u32) -> ClusterFile {
-    let mut f = file.clone();
-    f.spec.postgresql.version = version;
-    f.spec.postgresql.bin_dir = None;
-    f
+/// The file a cluster runs, as its `state.json` records it; for a state written before it
+/// did, `file` on the data's version with that version's programs.
+fn running_file(state: &ClusterState, file: &ClusterFile, version: u32) -> ClusterFile {
+    state.running.clone().unwrap_or_else(|| {
+        let mut f = file.clone();
+        f.spec.postgresql.version = version;
+        f.spec.postgresql.bin_dir = None;
+        f
+    })
 }
 
-/// Runs `spilo plan --local`; prints the plan and returns the exit code.
+/// Runs `spilo plan --local`; prints the plan and returns the exit code. Run it as the user
+/// that runs `spilo up`: the check runs the cluster's governor program as that user would.
 pub async fn run(paths: &[PathBuf], state_dir: Option<&Path>) -> anyhow::Result<u8> {
     let paths = if paths.is_empty() {
         vec![PathBuf::from("clusters")]
@@ -80,29 +85,54 @@ pub async fn run(paths: &[PathBuf], state_dir: Option<&Path>) -> anyhow::Result<
         .filter(|s| alive(s.supervisor_pid) && !layout.down_marker(&s.cluster).exists())
         .map(|s| (s.cluster.clone(), s))
         .collect();
-    let data_versions: BTreeMap<String, u32> = desired
-        .keys()
-        .filter_map(|n| Some((n.clone(), data_version(&layout.cluster(n))?)))
-        .collect();
+    // What each cluster runs, else what its data holds.
+    let mut versions: BTreeMap<String, u32> = BTreeMap::new();
+    let mut files: BTreeMap<String, ClusterFile> = BTreeMap::new();
+    for (name, (_, f)) in &desired {
+        let data = data_version(&layout.cluster(name));
+        match (running.get(name), data) {
+            (Some(state), Some(v)) => {
+                let file = running_file(state, f, v);
+                versions.insert(name.clone(), file.spec.postgresql.version);
+                files.insert(name.clone(), file);
+            }
+            (None, Some(v)) => {
+                versions.insert(name.clone(), v);
+            }
+            _ => {}
+        }
+    }
 
     let mut blocked = false;
-    let todo = upgrades(&desired, &data_versions);
+    let todo = upgrades(&desired, &versions);
+    let (_, targets) = hold_major_upgrades(&desired, &files);
     for u in &todo {
         println!(
             "~ cluster {} (major upgrade: PostgreSQL {} -> {})",
             u.cluster, u.from, u.to
         );
-        let (_, file) = &desired[&u.cluster];
-        let Some(state) = running.get(&u.cluster) else {
+        if let Some(r) = read_record(&layout.cluster(&u.cluster))? {
+            println!(
+                "  an upgrade to PostgreSQL {} is under way ({:?}); `spilo up` finishes or \
+                 rolls it back",
+                r.to, r.step
+            );
+            continue;
+        }
+        let (Some(state), Some(file), Some(to)) = (
+            running.get(&u.cluster),
+            files.get(&u.cluster),
+            targets.get(&u.cluster),
+        ) else {
             println!(
                 "  checked when `spilo up` runs the cluster: pg_upgrade --check asks its \
                  running primary"
             );
             continue;
         };
-        let c = LocalCluster::attach(state, as_running(file, u.from), &layout, &run_as);
-        let standbys = standby_blockers(&u.cluster, &c.file, &desired);
-        match upgrade_check(&c, file, standbys, SETTLE).await? {
+        let c = LocalCluster::attach(state, file.clone(), &layout, &run_as);
+        let standbys = standby_blockers(&u.cluster, file, &desired);
+        match upgrade_check(&c, to, standbys, SETTLE).await? {
             Ok(primary) => println!(
                 "  pg_upgrade --check on {}-{primary}: no blockers",
                 u.cluster
@@ -142,7 +172,7 @@ pub async fn run(paths: &[PathBuf], state_dir: Option<&Path>) -> anyhow::Result<
     Ok(if blocked {
         EXIT_BLOCKED
     } else if todo.is_empty() && changes.is_empty() {
-        println!("No changes: the local clusters run as their files say.");
+        println!("No cluster to start, resize, stop or upgrade.");
         EXIT_CLEAN
     } else {
         EXIT_CHANGES
@@ -177,12 +207,5 @@ mod tests {
                 to: 18
             }]
         );
-    }
-
-    #[test]
-    fn the_running_file_uses_the_data_versions_own_programs() {
-        let f = as_running(&file("a", 18), 15);
-        assert_eq!(f.spec.postgresql.version, 15);
-        assert_eq!(f.spec.postgresql.bin_dir, None, "18's binDir is not 15's");
     }
 }

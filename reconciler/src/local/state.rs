@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One cluster as `spilo up` runs it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// The cluster.
     pub cluster: String,
@@ -29,6 +29,11 @@ pub struct ClusterState {
     /// The cluster's TLS files, when it runs its own etcd (everything then speaks TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<super::tls::LocalTls>,
+    /// The cluster file as the cluster runs it (an edit `spilo up` holds back, such as the
+    /// rest of a file that asks for a major upgrade, is not in it): what `spilo plan --local`
+    /// plans against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<spilo_model::spec::ClusterFile>,
 }
 
 /// One member as `spilo up` runs it.
@@ -129,4 +134,34 @@ pub fn alive(pid: u32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z") | Some("X") | None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_running_file_survives_state_json() {
+        // The quick start's file, with an archive of its own.
+        let text = format!(
+            "{}  backup: {{bucket: wal, prefix: custom/}}\n",
+            include_str!("../../../clusters/demo.yaml")
+        );
+        let file: spilo_model::spec::ClusterFile = serde_yaml::from_str(&text).expect("valid");
+        let state = ClusterState {
+            cluster: "alpha".into(),
+            file: "clusters/alpha.yaml".into(),
+            supervisor_pid: 1,
+            ports: super::super::up::ports_of(&file),
+            etcd_endpoints: vec!["https://127.0.0.1:6002".into()],
+            etcd_pid: None,
+            haproxy_pid: None,
+            members: Vec::new(),
+            tls: None,
+            running: Some(file),
+        };
+        let text = serde_json::to_string_pretty(&state).expect("json");
+        let back: ClusterState = serde_json::from_str(&text).expect("read back");
+        assert_eq!(back, state);
+    }
 }

@@ -195,7 +195,9 @@ impl LocalCluster {
 
     /// Runs `governor upgrade <step>` for member `i` with its configuration for `to`
     /// (written beside its running one as `governor.upgrade.yaml`; a check's, which another
-    /// process may ask for, as `governor.upgrade-check-<pid>.yaml`, removed afterwards).
+    /// process may ask for, as `governor.upgrade-check-<pid>.yaml`, removed afterwards). A
+    /// link is also given the member's running configuration (`--old-config`), whose
+    /// `archive_command` archives the old server's last WAL.
     async fn governor_upgrade(
         &self,
         step: &str,
@@ -211,16 +213,19 @@ impl LocalCluster {
         let text = self.render_member(i, to)?;
         std::fs::write(&path, text)?;
         self.run_as.own(&path)?;
-        let out = self
-            .run_governor(&[
-                "upgrade".as_ref(),
-                step.as_ref(),
-                "--config".as_ref(),
-                path.as_os_str(),
-                "--old-bin-dir".as_ref(),
-                old_bin.as_os_str(),
-            ])
-            .await;
+        let old_config = self.member_dir(i).join("governor.yaml");
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "upgrade".as_ref(),
+            step.as_ref(),
+            "--config".as_ref(),
+            path.as_os_str(),
+            "--old-bin-dir".as_ref(),
+            old_bin.as_os_str(),
+        ];
+        if step == "link" {
+            args.extend(["--old-config".as_ref(), old_config.as_os_str()]);
+        }
+        let out = self.run_governor(&args).await;
         if step == "check" {
             let _ = std::fs::remove_file(&path);
         }
@@ -349,7 +354,20 @@ impl LocalCluster {
             std::process::exit(3);
         }
         let linked = match self.governor_upgrade("link", primary, &to, &old_bin).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(out)) => {
+                if let Some((_, what)) = out
+                    .lines()
+                    .find_map(|l| l.split_once("the old server's WAL its archiver left archived "))
+                {
+                    notes.push(format!(
+                        "  PostgreSQL {}'s WAL its archiver left at shutdown archived before \
+                         pg_upgrade {}",
+                        record.from,
+                        what.trim()
+                    ));
+                }
+                Ok(())
+            }
             Ok(Err(out)) => Err(out),
             Err(e) => Err(format!("{e:#}")),
         };
