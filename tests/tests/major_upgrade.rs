@@ -12,6 +12,8 @@
 //!   request's) names the upgrade and what `pg_upgrade --check` found, and changes nothing.
 //! - A pg_upgrade that fails after its check passed (a view on a column the new version
 //!   removed) is rolled back: the cluster runs 15 with its data.
+//! - A commit that fails (etcd frozen) ends `spilo up` past the point of no return; the next
+//!   `spilo up` finishes the upgrade.
 //! - `spilo up` killed before the point of no return (after pg_upgrade, or while it runs): the
 //!   cluster is back on 15 with its data; killed after it (before any member started on 18):
 //!   the next `spilo up` finishes it.
@@ -608,6 +610,79 @@ async fn failed_link(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
             "delta-{i}: rolled back"
         );
     }
+    let (code, _, err) = repo.spilo(&["down", "--purge"])?;
+    assert_eq!(code, 0, "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_fails_ends_spilo_up_and_the_next_one_finishes() -> anyhow::Result<()> {
+    let mut repo = LocalRepo::new()?;
+    let etcd = Etcd::start(&repo.state().with_file_name("etcd")).await?;
+    let r = failed_commit(&mut repo, &etcd).await;
+    etcd.freeze(false);
+    repo.finish(r)
+}
+
+/// etcd frozen while pg_upgrade runs: the commit swaps the directories (the point of no
+/// return) and cannot write the new system identifier; `spilo up` retries it (3 s here, 180 s
+/// by default), then ends with its reason. With etcd back, the next `spilo up` finishes.
+async fn failed_commit(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
+    let base = ports::free_block(30);
+    repo.write("eps.yaml", &on_version("eps", 2, base, 15, etcd))?;
+    repo.up_env(&[], &[("SPILO_TEST_COMMIT_FOR", "3")])?;
+    repo.wait_printed("cluster eps is ready", READY).await?;
+    let primary = repo.plain_dsn("eps", base)?;
+    streaming(&primary, 15, 1).await?;
+    let c = connect_dsn(&primary).await?;
+    c.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 400)")
+        .await?;
+    drop(c);
+    repo.write("eps.yaml", &on_version("eps", 2, base, 18, etcd))?;
+    let running = |i: usize| {
+        repo.state().join(format!(
+            "eps/members/eps-{i}/data.upgrade/pg_upgrade_output.d"
+        ))
+    };
+    wait::until("pg_upgrade to run", UPGRADE, || async {
+        (running(0).exists() || running(1).exists()).then_some(())
+    })
+    .await?;
+    etcd.freeze(true);
+    let code = repo.wait_up_exit(UPGRADE);
+    etcd.freeze(false);
+    let log = repo.up_log();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("is past its point of no return, and its commit failed")
+            && log.contains("`spilo up` finishes it when started again"),
+        "{log}"
+    );
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        repo.state().join("eps/upgrade.json"),
+    )?)?;
+    assert_eq!(record["step"], "committed", "{record}");
+    let member = repo
+        .state()
+        .join(format!("eps/members/eps-{}", record["primary"]));
+    assert_eq!(
+        std::fs::read_to_string(member.join("data/PG_VERSION"))?.trim(),
+        "18",
+        "the directories were swapped before etcd was asked"
+    );
+
+    repo.up()?;
+    repo.wait_printed("cluster eps is ready", READY).await?;
+    let log = repo.up_log();
+    assert!(
+        log.contains(
+            "the upgrade of cluster eps to PostgreSQL 18 was interrupted after its point of no return: finished"
+        ),
+        "{log}"
+    );
+    assert_eq!(major(&primary).await?, 18);
+    streaming(&primary, 18, 1).await?;
+    assert_eq!(rows(&primary).await?, 400);
     let (code, _, err) = repo.spilo(&["down", "--purge"])?;
     assert_eq!(code, 0, "{err}");
     Ok(())

@@ -417,7 +417,7 @@ impl LocalCluster {
         record: &Record,
         old_bin: &Path,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + START;
+        let deadline = Instant::now() + commit_window();
         loop {
             match self
                 .governor_upgrade("commit", record.primary, to, old_bin)
@@ -659,6 +659,15 @@ impl LocalCluster {
     pub async fn primary_answers(&self) -> bool {
         postgres_answers(self.ports.primary).await
     }
+}
+
+/// How long a failing commit is retried before `spilo up` ends: [`START`]; in tests,
+/// `SPILO_TEST_COMMIT_FOR` seconds.
+fn commit_window() -> Duration {
+    std::env::var("SPILO_TEST_COMMIT_FOR")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(START, Duration::from_secs)
 }
 
 /// A test-only switch: `SPILO_TEST_UPGRADE_EXIT=<step>` makes `spilo up` exit at that step
