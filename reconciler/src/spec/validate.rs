@@ -512,13 +512,16 @@ mod tests {
         assert_eq!(sixteen.len(), 1);
         assert_eq!(sixteen[0].0, Severity::Warning);
         assert!(sixteen[0].1.contains("16 is untested"), "{sixteen:?}");
-        let aws = warn(
-            "  target: aws\n  postgresql: {version: 18}\n  dcs: {hosts: [\"10.0.0.1:2379\"]}\n  aws: {region: eu-west-1, vpc: vpc-1, subnets: [subnet-1]}\n",
-        );
+        let aws = "  target: aws\n  postgresql: {version: 18}\n  dcs: {hosts: [\"10.0.0.1:2379\"]}\n  aws: {region: eu-west-1, vpc: vpc-1, subnets: [subnet-1]}\n";
+        assert!(warn(aws).is_empty(), "the image carries 18");
+        let with_ca = warn(&format!(
+            "{aws}  secrets: {{ca: {{secretsManager: \"arn:aws:secretsmanager:eu-west-1:1:secret:ca\"}}}}\n"
+        ));
         assert!(
-            aws.iter()
-                .any(|(s, m)| *s == Severity::Warning && m.contains("carries PostgreSQL 15 only")),
-            "{aws:?}"
+            with_ca
+                .iter()
+                .any(|(s, m)| *s == Severity::Warning && m.contains("has no SSL")),
+            "{with_ca:?}"
         );
     }
 }

@@ -406,6 +406,31 @@ impl AwsBox {
         )
     }
 
+    /// [`Self::cluster_file`] on PostgreSQL 18 without a CA (the image's 18 is built without
+    /// SSL): its members speak without TLS.
+    pub fn cluster_file_18(&self, name: &str, instances: u32) -> String {
+        let file = self.cluster_file(name, instances);
+        let ca = format!("    ca: {{secretsManager: \"{}\"}}\n", self.ca_arn);
+        assert!(
+            file.contains("postgresql: {parameters:") && file.contains(&ca),
+            "{file}"
+        );
+        file.replace(
+            "postgresql: {parameters:",
+            "postgresql: {version: 18, parameters:",
+        )
+        .replace(&ca, "")
+    }
+
+    /// The superuser's connection string to the PostgreSQL of the instance at `ip`, without
+    /// TLS (a cluster of [`Self::cluster_file_18`]).
+    pub fn plain_dsn(&self, ip: &str) -> String {
+        format!(
+            "host={ip} port=5432 user=postgres password={} dbname=postgres connect_timeout=2",
+            self.setup.passwords["superuser"]
+        )
+    }
+
     /// The superuser's connection string to the PostgreSQL of the instance at `ip` (TLS,
     /// checked against the cluster CA).
     pub fn dsn(&self, ip: &str) -> String {
@@ -616,7 +641,8 @@ impl AwsBox {
             .ok_or_else(|| anyhow::anyhow!("{name} resolves to nothing"))
     }
 
-    /// Each instance's `/status`, in launch order (`None`: no answer).
+    /// Each instance's `/status`, in launch order (`None`: no answer); over TLS, or plain for
+    /// a cluster without a CA.
     pub async fn statuses(&self) -> Vec<Option<spilo_model::NodeStatus>> {
         let ca = std::fs::read(&self.ca)
             .ok()
@@ -628,14 +654,17 @@ impl AwsBox {
             .unwrap_or_default();
         let mut out = Vec::new();
         for i in &self.instances {
-            let s = match http
-                .get(format!("https://{}:8008/status", i.ip))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.ok(),
-                Err(_) => None,
-            };
+            let mut s = None;
+            for scheme in ["https", "http"] {
+                if let Ok(r) = http
+                    .get(format!("{scheme}://{}:8008/status", i.ip))
+                    .send()
+                    .await
+                {
+                    s = r.json().await.ok();
+                    break;
+                }
+            }
             out.push(s);
         }
         out
