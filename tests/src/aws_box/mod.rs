@@ -135,7 +135,8 @@ pub struct AwsBox {
     _turn: nix::fcntl::Flock<std::fs::File>,
 }
 
-/// What the image is made of here: the recipe, the boot layer and the binaries.
+/// What the image is made of here: the recipe, the boot layer, the binaries and the
+/// PostgreSQL 18 it copies.
 fn image_inputs(root: &Path, bin: &Path) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -143,6 +144,7 @@ fn image_inputs(root: &Path, bin: &Path) -> u64 {
         root.join("scripts/image"),
         bin.join("governor"),
         bin.join("spilo"),
+        PathBuf::from("/usr/local/lib/postgresql/18/bin/postgres"),
     ];
     for dir in [
         "image/rootfs/usr/lib/spilo",
