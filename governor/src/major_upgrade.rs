@@ -375,7 +375,7 @@ pub struct Linked {
 
 /// pg_upgrade --link into `<data>.upgrade`. The old server must have stopped cleanly; when
 /// `old` (the member's configuration for the old version) archives, what its archiver left
-/// unarchived is archived first ([`tail::archive_ready`]). A half-done earlier attempt is
+/// unarchived is archived first (`tail::archive_ready`). A half-done earlier attempt is
 /// rolled back first.
 pub async fn link(
     loaded: &Loaded,

@@ -143,7 +143,9 @@ struct PlanCommand {
     /// Plan the local clusters instead: what `spilo up` would do with these files to the
     /// clusters it runs (clusters to start, resize or stop, a major upgrade checked with
     /// `pg_upgrade --check`); changes nothing. Run it as the user that runs `spilo up`.
-    #[arg(long, conflicts_with_all = ["format", "out", "prune", "allow_replace", "comment"])]
+    #[arg(long, conflicts_with_all = [
+        "format", "out", "prune", "allow_replace", "comment", "repo", "reference",
+    ])]
     local: bool,
     /// With --local: cluster files or directories (default: clusters/).
     #[arg(requires = "local")]

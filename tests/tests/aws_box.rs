@@ -566,6 +566,7 @@ async fn a_cluster_on_postgresql_18_boots_from_the_image() -> anyhow::Result<()>
 async fn on_18(b: &mut AwsBox) -> anyhow::Result<()> {
     b.repo
         .commit("orders", Some(&b.cluster_file_18("orders", 2)))?;
+    b.plain_api = true;
     let apply = b.spilo(&["apply", "--auto-approve"]);
     anyhow::ensure!(apply.code == 0, "spilo apply: {apply}");
     b.launch("spilo-orders").await?;

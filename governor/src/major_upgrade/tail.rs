@@ -13,22 +13,25 @@ use crate::archive::{AnyStore, ArchiveConfig, push_ahead};
 use std::path::Path;
 
 /// The files of `pg_wal` PostgreSQL marked ready to archive and has not archived, oldest
-/// first.
-pub fn ready(pg_wal: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(pg_wal.join("archive_status"))
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_suffix(".ready")
-                        .map(str::to_string)
-                })
-                .collect()
+/// first (none without an `archive_status` directory).
+pub fn ready(pg_wal: &Path) -> std::io::Result<Vec<String>> {
+    let status = pg_wal.join("archive_status");
+    let rd = match std::fs::read_dir(&status) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".ready")
+                .map(str::to_string)
         })
-        .unwrap_or_default();
+        .collect();
     names.sort();
-    names
+    Ok(names)
 }
 
 /// Pushes every file of `data`'s `pg_wal` marked ready into `archive` and marks it done, as
@@ -38,7 +41,10 @@ pub async fn archive_ready(
     data: &Path,
 ) -> Result<Vec<String>, UpgradeError> {
     let pg_wal = data.join("pg_wal");
-    let names = ready(&pg_wal);
+    let names = ready(&pg_wal).map_err(super::io(format!(
+        "read {}",
+        pg_wal.join("archive_status").display()
+    )))?;
     if names.is_empty() {
         return Ok(names);
     }
@@ -108,7 +114,10 @@ mod tests {
             vec!["000000010000000000000002", "000000010000000000000003"],
             "the ready ones, oldest first"
         );
-        assert!(ready(&data.join("pg_wal")).is_empty(), "marked done");
+        assert!(
+            ready(&data.join("pg_wal")).expect("read").is_empty(),
+            "marked done"
+        );
         let stored = |n: &str| {
             bucket
                 .join(crate::archive::key("p/", n, Method::Lz4))
@@ -145,7 +154,7 @@ mod tests {
             "{e}"
         );
         assert_eq!(
-            ready(&data.join("pg_wal")),
+            ready(&data.join("pg_wal")).expect("read"),
             vec!["000000010000000000000004"]
         );
     }

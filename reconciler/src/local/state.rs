@@ -31,9 +31,21 @@ pub struct ClusterState {
     pub tls: Option<super::tls::LocalTls>,
     /// The cluster file as the cluster runs it (an edit `spilo up` holds back, such as the
     /// rest of a file that asks for a major upgrade, is not in it): what `spilo plan --local`
-    /// plans against.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// plans against. Read leniently: one this spilo cannot read (written by another version
+    /// of it) is `None`, never a `state.json` that cannot be read.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_file"
+    )]
     pub running: Option<spilo_model::spec::ClusterFile>,
+}
+
+fn lenient_file<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<spilo_model::spec::ClusterFile>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// One member as `spilo up` runs it.
@@ -163,5 +175,11 @@ mod tests {
         let text = serde_json::to_string_pretty(&state).expect("json");
         let back: ClusterState = serde_json::from_str(&text).expect("read back");
         assert_eq!(back, state);
+        // A file another spilo wrote (a field this one does not know): the state still reads.
+        let mut other: serde_json::Value = serde_json::from_str(&text).expect("json");
+        other["running"]["spec"]["newField"] = serde_json::json!(1);
+        let back: ClusterState = serde_json::from_value(other).expect("read back");
+        assert_eq!(back.running, None);
+        assert_eq!(back.cluster, "alpha");
     }
 }

@@ -128,6 +128,9 @@ pub struct AwsBox {
     pub ca: PathBuf,
     /// The CA secret's ARN.
     pub ca_arn: String,
+    /// Whether the cluster's REST API is plain HTTP (a cluster without a CA:
+    /// [`Self::cluster_file_18`]); else [`Self::statuses`] asks over TLS.
+    pub plain_api: bool,
     /// The VPC's resolver: the hosted zone's records as moto's Route53 holds them, on port 53
     /// of the host's address ([`Self::serve_zone`]).
     zone: Option<zone::ZoneDns>,
@@ -320,6 +323,7 @@ impl AwsBox {
             dns: None,
             ca: dir_path.join("ca.crt"),
             ca_arn: String::new(),
+            plain_api: false,
             zone: None,
         };
         let version = spilo::aws::userdata::VERSION;
@@ -643,8 +647,8 @@ impl AwsBox {
             .ok_or_else(|| anyhow::anyhow!("{name} resolves to nothing"))
     }
 
-    /// Each instance's `/status`, in launch order (`None`: no answer); over TLS, or plain for
-    /// a cluster without a CA.
+    /// Each instance's `/status`, in launch order (`None`: no answer); over TLS, or plain
+    /// when [`Self::plain_api`] says the cluster has no CA.
     pub async fn statuses(&self) -> Vec<Option<spilo_model::NodeStatus>> {
         let ca = std::fs::read(&self.ca)
             .ok()
@@ -655,18 +659,16 @@ impl AwsBox {
             .build()
             .unwrap_or_default();
         let mut out = Vec::new();
+        let scheme = if self.plain_api { "http" } else { "https" };
         for i in &self.instances {
-            let mut s = None;
-            for scheme in ["https", "http"] {
-                if let Ok(r) = http
-                    .get(format!("{scheme}://{}:8008/status", i.ip))
-                    .send()
-                    .await
-                {
-                    s = r.json().await.ok();
-                    break;
-                }
-            }
+            let s = match http
+                .get(format!("{scheme}://{}:8008/status", i.ip))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
             out.push(s);
         }
         out
