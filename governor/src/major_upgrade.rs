@@ -617,21 +617,26 @@ async fn connect(loaded: &Loaded) -> Result<Dcs, UpgradeError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn one_upgrade_step_at_a_time_per_member() {
-        let dir = tempfile::tempdir().expect("test setup");
-        let data = dir.path().join("data");
-        let lock = beside(&data, ".upgrade.lock");
-        let paths = Paths {
+    /// The paths of a member whose data directory is `<dir>/data`.
+    fn paths_in(dir: &Path) -> Paths {
+        let data = dir.join("data");
+        Paths {
             old_bin: "/old".into(),
             new_bin: "/new".into(),
             upgraded: beside(&data, ".upgrade"),
             previous: beside(&data, ".pre-upgrade"),
             scratch: beside(&data, ".upgrade-check"),
-            lock: lock.clone(),
-            run_dir: dir.path().join("run"),
+            lock: beside(&data, ".upgrade.lock"),
+            run_dir: dir.join("run"),
             data,
-        };
+        }
+    }
+
+    #[test]
+    fn one_upgrade_step_at_a_time_per_member() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let paths = paths_in(dir.path());
+        let lock = paths.lock.clone();
         let held = take_turn(&paths).expect("the first step takes the lock");
         let other = std::fs::File::open(&lock).expect("open");
         let busy = nix::fcntl::Flock::lock(other, nix::fcntl::FlockArg::LockExclusiveNonblock);
@@ -708,16 +713,7 @@ mod tests {
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join("global")).expect("test setup");
         std::fs::write(data.join("global/pg_control.old"), "x").expect("test setup");
-        let paths = Paths {
-            old_bin: "/old".into(),
-            new_bin: "/new".into(),
-            upgraded: beside(&data, ".upgrade"),
-            previous: beside(&data, ".pre-upgrade"),
-            scratch: beside(&data, ".upgrade-check"),
-            lock: beside(&data, ".upgrade.lock"),
-            run_dir: dir.path().join("run"),
-            data: data.clone(),
-        };
+        let paths = paths_in(dir.path());
         std::fs::create_dir_all(&paths.upgraded).expect("test setup");
         assert!(roll_back(&paths).expect("test setup"));
         assert!(data.join("global/pg_control").exists());

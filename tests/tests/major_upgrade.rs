@@ -85,6 +85,55 @@ fn restore_15(repo: &LocalRepo, config: &Path, ids: &[String]) -> anyhow::Result
     Ok(text)
 }
 
+/// Cluster `name` of `instances` members on 15 (`spilo up` started with `env`), ready and
+/// streaming, with `sql` run on its primary: (its port block, the primary's connection
+/// string, its system identifier).
+async fn on_15(
+    repo: &mut LocalRepo,
+    etcd: &Etcd,
+    (name, instances): (&str, u32),
+    env: &[(&str, &str)],
+    sql: &str,
+) -> anyhow::Result<(u16, String, i64)> {
+    let base = ports::free_block(30);
+    repo.write(
+        &format!("{name}.yaml"),
+        &on_version(name, instances, base, 15, etcd),
+    )?;
+    repo.up_env(&[], env)?;
+    repo.wait_printed(&format!("cluster {name} is ready"), READY)
+        .await?;
+    let primary = repo.plain_dsn(name, base)?;
+    streaming(&primary, 15, i64::from(instances) - 1).await?;
+    connect_dsn(&primary).await?.batch_execute(sql).await?;
+    let sysid = system_id(&primary).await?;
+    Ok((base, primary, sysid))
+}
+
+/// The system identifier of the server `dsn` reaches.
+async fn system_id(dsn: &str) -> anyhow::Result<i64> {
+    let c = connect_dsn(dsn).await?;
+    Ok(
+        c.query_one("SELECT system_identifier FROM pg_control_system()", &[])
+            .await?
+            .get(0),
+    )
+}
+
+/// Waits until pg_upgrade runs on one of cluster `name`'s two members (its output directory
+/// in the new cluster).
+async fn pg_upgrade_running(repo: &LocalRepo, name: &str) -> anyhow::Result<()> {
+    let running = |i: usize| {
+        repo.state().join(format!(
+            "{name}/members/{name}-{i}/data.upgrade/pg_upgrade_output.d"
+        ))
+    };
+    wait::until("pg_upgrade to run", UPGRADE, || async {
+        (running(0).exists() || running(1).exists()).then_some(())
+    })
+    .await
+}
+
 /// `server_version_num`'s major version through `dsn`, once a session opens.
 async fn major(dsn: &str) -> anyhow::Result<u32> {
     let c = wait::until("a session", READY, || async { connect_dsn(dsn).await.ok() }).await?;
@@ -157,20 +206,16 @@ async fn a_version_change_upgrades_the_cluster_under_writes_and_it_fails_over_af
 }
 
 async fn upgrade_under_writes(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
-    let base = ports::free_block(30);
-    repo.write("alpha.yaml", &on_version("alpha", 3, base, 15, etcd))?;
-    repo.up()?;
-    repo.wait_printed("cluster alpha is ready", READY).await?;
-    let primary = repo.plain_dsn("alpha", base)?;
-    streaming(&primary, 15, 2).await?;
-    let c = connect_dsn(&primary).await?;
-    c.batch_execute(
+    let (base, primary, _) = on_15(
+        repo,
+        etcd,
+        ("alpha", 3),
+        &[],
         "CREATE TABLE t (n int PRIMARY KEY, s text); \
          INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 10000) g; \
          CREATE TABLE w (id bigint PRIMARY KEY)",
     )
     .await?;
-    drop(c);
     let (code, out, err) = plan_local(repo, "alpha", &on_version("alpha", 3, base, 15, etcd))?;
     assert_eq!(
         (code, out.trim()),
@@ -348,24 +393,16 @@ async fn a_blocker_is_named_and_nothing_changes() -> anyhow::Result<()> {
 }
 
 async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
-    let base = ports::free_block(30);
-    repo.write("beta.yaml", &on_version("beta", 2, base, 15, etcd))?;
-    repo.up()?;
-    repo.wait_printed("cluster beta is ready", READY).await?;
-    let primary = repo.plain_dsn("beta", base)?;
-    streaming(&primary, 15, 1).await?;
     // pgcrypto ships with Debian's PostgreSQL 15, not with the PostgreSQL 18 build here.
-    let c = connect_dsn(&primary).await?;
-    c.batch_execute(
+    let (base, primary, sysid) = on_15(
+        repo,
+        etcd,
+        ("beta", 2),
+        &[],
         "CREATE EXTENSION pgcrypto; CREATE TABLE t (n int); \
          INSERT INTO t SELECT generate_series(1, 500)",
     )
     .await?;
-    let sysid: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
-    drop(c);
     let (code, out, err) = plan_local(repo, "beta", &on_version("beta", 2, base, 18, etcd))?;
     assert_eq!(code, 1, "blocked: {out}{err}");
     assert!(
@@ -386,11 +423,7 @@ async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
     assert_eq!(major(&primary).await?, 15);
     streaming(&primary, 15, 1).await?;
     assert_eq!(rows(&primary).await?, 500);
-    let c = connect_dsn(&primary).await?;
-    let after: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
+    let after = system_id(&primary).await?;
     assert_eq!(after, sysid, "the same system");
     assert!(!repo.state().join("beta/upgrade.json").exists());
     for i in 0..2 {
@@ -413,21 +446,15 @@ async fn an_upgrade_killed_halfway_rolls_back_or_finishes() -> anyhow::Result<()
 }
 
 async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
-    let base = ports::free_block(30);
-    repo.write("gamma.yaml", &on_version("gamma", 2, base, 15, etcd))?;
     // Killed after pg_upgrade, before the commit.
-    repo.up_env(&[], &[("SPILO_TEST_UPGRADE_EXIT", "linked")])?;
-    repo.wait_printed("cluster gamma is ready", READY).await?;
-    let primary = repo.plain_dsn("gamma", base)?;
-    streaming(&primary, 15, 1).await?;
-    let c = connect_dsn(&primary).await?;
-    c.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 700)")
-        .await?;
-    let sysid: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
-    drop(c);
+    let (base, primary, sysid) = on_15(
+        repo,
+        etcd,
+        ("gamma", 2),
+        &[("SPILO_TEST_UPGRADE_EXIT", "linked")],
+        "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 700)",
+    )
+    .await?;
     repo.write("gamma.yaml", &on_version("gamma", 2, base, 18, etcd))?;
     assert_eq!(repo.wait_up_exit(UPGRADE), Some(3), "{}", repo.up_log());
     let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
@@ -464,26 +491,13 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
         member.join("data/global/pg_control").exists() && !member.join("data.upgrade").exists(),
         "rolled back: the control file is back, the new cluster gone"
     );
-    let c = connect_dsn(&primary).await?;
-    let after: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
+    let after = system_id(&primary).await?;
     assert_eq!(after, sysid, "the same system as before the upgrade");
-    drop(c);
 
     // Killed while pg_upgrade runs (spilo up with the governor step and the pg_upgrade it
     // runs, as a crash): the next spilo up rolls back, the cluster on 15 with its data.
     repo.write("gamma.yaml", &on_version("gamma", 2, base, 18, etcd))?;
-    let running = |i: usize| {
-        repo.state().join(format!(
-            "gamma/members/gamma-{i}/data.upgrade/pg_upgrade_output.d"
-        ))
-    };
-    wait::until("pg_upgrade to run", UPGRADE, || async {
-        (running(0).exists() || running(1).exists()).then_some(())
-    })
-    .await?;
+    pg_upgrade_running(repo, "gamma").await?;
     repo.kill_up();
     repo.write("gamma.yaml", &on_version("gamma", 2, base, 15, etcd))?;
     repo.up()?;
@@ -498,16 +512,11 @@ async fn killed_halfway(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()>
     assert_eq!(major(&primary).await?, 15);
     streaming(&primary, 15, 1).await?;
     assert_eq!(rows(&primary).await?, 700);
-    let c = connect_dsn(&primary).await?;
-    let after: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
+    let after = system_id(&primary).await?;
     assert_eq!(
         after, sysid,
         "the same system after a crash during pg_upgrade"
     );
-    drop(c);
     for i in 0..2 {
         let m = repo.state().join(format!("gamma/members/gamma-{i}"));
         assert!(
@@ -561,23 +570,15 @@ async fn a_pg_upgrade_that_fails_after_its_check_passed_rolls_back() -> anyhow::
 /// A view on a column PostgreSQL 17 removed (`pg_stat_bgwriter.buffers_backend`): `pg_upgrade
 /// --check` does not restore the schema and finds nothing, the real run fails restoring it.
 async fn failed_link(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
-    let base = ports::free_block(30);
-    repo.write("delta.yaml", &on_version("delta", 2, base, 15, etcd))?;
-    repo.up()?;
-    repo.wait_printed("cluster delta is ready", READY).await?;
-    let primary = repo.plain_dsn("delta", base)?;
-    streaming(&primary, 15, 1).await?;
-    let c = connect_dsn(&primary).await?;
-    c.batch_execute(
+    let (base, primary, sysid) = on_15(
+        repo,
+        etcd,
+        ("delta", 2),
+        &[],
         "CREATE VIEW backend_writes AS SELECT buffers_backend FROM pg_stat_bgwriter; \
          CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 300)",
     )
     .await?;
-    let sysid: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
-    drop(c);
     let (code, out, err) = plan_local(repo, "delta", &on_version("delta", 2, base, 18, etcd))?;
     assert_eq!(code, 2, "the check finds nothing: {out}{err}");
     assert!(out.contains(": no blockers"), "{out}{err}");
@@ -595,13 +596,8 @@ async fn failed_link(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
     assert_eq!(major(&primary).await?, 15);
     streaming(&primary, 15, 1).await?;
     assert_eq!(rows(&primary).await?, 300);
-    let c = connect_dsn(&primary).await?;
-    let after: i64 = c
-        .query_one("SELECT system_identifier FROM pg_control_system()", &[])
-        .await?
-        .get(0);
+    let after = system_id(&primary).await?;
     assert_eq!(after, sysid, "the same system");
-    drop(c);
     assert!(!repo.state().join("delta/upgrade.json").exists());
     for i in 0..2 {
         let m = repo.state().join(format!("delta/members/delta-{i}"));
@@ -628,26 +624,16 @@ async fn a_commit_that_fails_ends_spilo_up_and_the_next_one_finishes() -> anyhow
 /// return) and cannot write the new system identifier; `spilo up` retries it (3 s here, 180 s
 /// by default), then ends with its reason. With etcd back, the next `spilo up` finishes.
 async fn failed_commit(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
-    let base = ports::free_block(30);
-    repo.write("eps.yaml", &on_version("eps", 2, base, 15, etcd))?;
-    repo.up_env(&[], &[("SPILO_TEST_COMMIT_FOR", "3")])?;
-    repo.wait_printed("cluster eps is ready", READY).await?;
-    let primary = repo.plain_dsn("eps", base)?;
-    streaming(&primary, 15, 1).await?;
-    let c = connect_dsn(&primary).await?;
-    c.batch_execute("CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 400)")
-        .await?;
-    drop(c);
-    repo.write("eps.yaml", &on_version("eps", 2, base, 18, etcd))?;
-    let running = |i: usize| {
-        repo.state().join(format!(
-            "eps/members/eps-{i}/data.upgrade/pg_upgrade_output.d"
-        ))
-    };
-    wait::until("pg_upgrade to run", UPGRADE, || async {
-        (running(0).exists() || running(1).exists()).then_some(())
-    })
+    let (base, primary, _) = on_15(
+        repo,
+        etcd,
+        ("eps", 2),
+        &[("SPILO_TEST_COMMIT_FOR", "3")],
+        "CREATE TABLE t (n int); INSERT INTO t SELECT generate_series(1, 400)",
+    )
     .await?;
+    repo.write("eps.yaml", &on_version("eps", 2, base, 18, etcd))?;
+    pg_upgrade_running(repo, "eps").await?;
     etcd.freeze(true);
     let code = repo.wait_up_exit(UPGRADE);
     etcd.freeze(false);
