@@ -9,13 +9,13 @@ use super::ports::Ports;
 use super::state::{ClusterState, Layout, MemberState};
 use super::user::RunAs;
 use anyhow::{Context, bail};
-use spilo_model::NodeStatus;
 use spilo_model::spec::{ClusterFile, DriftPolicy};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::process::Command;
 
+mod members;
 mod process;
 mod upgrade;
 pub use process::postgres_answers;
@@ -510,65 +510,6 @@ impl LocalCluster {
         }
         self.start_or_reload_haproxy()?;
         self.write_state()
-    }
-
-    async fn leader(&self) -> Option<usize> {
-        self.leader_status().await.map(|(i, _)| i)
-    }
-
-    /// Each member's REST API base URL, as another cluster's governors reach it.
-    pub fn api_urls(&self) -> Vec<String> {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        (0..self.file.spec.instances)
-            .filter_map(|i| u16::try_from(i).ok())
-            .map(|i| format!("{scheme}://127.0.0.1:{}", self.ports.api.saturating_add(i)))
-            .collect()
-    }
-
-    /// The member holding the leader key and its own status (live WAL positions); the
-    /// members after it are not asked.
-    pub async fn leader_status(&self) -> Option<(usize, NodeStatus)> {
-        let api = self.status_client()?;
-        for i in 0..self.members.len() {
-            if let Some(s) = self.status_of(&api, i).await
-                && s.is_leader
-            {
-                return Some((i, s));
-            }
-        }
-        None
-    }
-
-    /// Each member's own account, `None` where its REST API does not answer.
-    async fn statuses(&self) -> Vec<Option<NodeStatus>> {
-        let Some(api) = self.status_client() else {
-            return vec![None; self.members.len()];
-        };
-        let mut out = Vec::new();
-        for i in 0..self.members.len() {
-            out.push(self.status_of(&api, i).await);
-        }
-        out
-    }
-
-    /// The HTTP client for the members' REST APIs (2 s per request) and its scheme.
-    fn status_client(&self) -> Option<(reqwest::Client, &'static str)> {
-        super::tls::api_client(self.tls.as_ref(), Duration::from_secs(2)).ok()
-    }
-
-    /// Member `i`'s `GET /status?live=true`.
-    async fn status_of(
-        &self,
-        (http, scheme): &(reqwest::Client, &'static str),
-        i: usize,
-    ) -> Option<NodeStatus> {
-        let port = self.ports.api.checked_add(u16::try_from(i).ok()?)?;
-        let resp = http
-            .get(format!("{scheme}://127.0.0.1:{port}/status?live=true"))
-            .send()
-            .await
-            .ok()?;
-        resp.json::<NodeStatus>().await.ok()
     }
 
     /// Stops everything in order: replicas, the primary, HAProxy, etcd.
