@@ -74,6 +74,16 @@ impl LocalRepo {
         Ok(())
     }
 
+    /// [`Self::cluster_yaml`] with `postgresql.version: <version>`.
+    pub fn cluster_yaml_on(name: &str, instances: u32, base: u16, version: u32) -> String {
+        let yaml = Self::cluster_yaml(name, instances, base);
+        assert!(yaml.contains("postgresql: {parameters:"), "{yaml}");
+        yaml.replace(
+            "postgresql: {parameters:",
+            &format!("postgresql: {{version: {version}, parameters:"),
+        )
+    }
+
     /// A cluster file with explicit ports starting at `base`: primary `base`, replica
     /// `base+1`, etcd `base+2..3`, PostgreSQL from `base+10`, REST from `base+20`.
     pub fn cluster_yaml(name: &str, instances: u32, base: u16) -> String {

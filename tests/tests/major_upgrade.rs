@@ -29,14 +29,9 @@ const READY: Duration = Duration::from_secs(180);
 const UPGRADE: Duration = Duration::from_secs(300);
 
 fn on_version(name: &str, instances: u32, base: u16, version: u32, etcd: &Etcd) -> String {
-    let yaml = LocalRepo::cluster_yaml(name, instances, base);
-    assert!(yaml.contains("postgresql: {parameters:"), "{yaml}");
     format!(
         "{}  dcs: {{hosts: [\"{}\"]}}\n  backup: {{bucket: wal}}\n",
-        yaml.replace(
-            "postgresql: {parameters:",
-            &format!("postgresql: {{version: {version}, parameters:"),
-        ),
+        LocalRepo::cluster_yaml_on(name, instances, base, version),
         etcd.client_addr
     )
 }

@@ -15,12 +15,7 @@ use std::time::Duration;
 const READY: Duration = Duration::from_secs(120);
 
 fn on_18(name: &str, instances: u32, base: u16) -> String {
-    let yaml = LocalRepo::cluster_yaml(name, instances, base);
-    assert!(yaml.contains("postgresql: {parameters:"), "{yaml}");
-    yaml.replace(
-        "postgresql: {parameters:",
-        "postgresql: {version: 18, parameters:",
-    )
+    LocalRepo::cluster_yaml_on(name, instances, base, 18)
 }
 
 #[test]

@@ -8,6 +8,17 @@ use super::up::{Desired, check_postgres};
 use spilo_model::spec::ClusterFile;
 use std::collections::BTreeMap;
 
+/// `file` on major version `version`: a `binDir` names the file's own version's programs,
+/// so on another version it is dropped (that version's installed programs are used).
+pub(super) fn on_version(file: &ClusterFile, version: u32) -> ClusterFile {
+    let mut f = file.clone();
+    if f.spec.postgresql.version != version {
+        f.spec.postgresql.version = version;
+        f.spec.postgresql.bin_dir = None;
+    }
+    f
+}
+
 /// A running cluster whose file asks for another major version is held as it runs until its
 /// upgrade is done: its members would start the new version's binaries on data they cannot
 /// read. Returns `desired` with each such cluster's file replaced by the one it runs with,
@@ -184,6 +195,21 @@ mod tests {
         let (held, upgrades) = super::hold_major_upgrades(&desired, &running);
         assert!(upgrades.is_empty());
         assert_eq!(held["alpha"].1.spec.instances, 4);
+    }
+
+    #[test]
+    fn a_file_on_another_version_leaves_its_bin_dir_behind() {
+        let file: spilo_model::spec::ClusterFile = serde_yaml::from_str(
+            "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata: {name: alpha}\nspec:\n  \
+             postgresql: {version: 18, binDir: /opt/pg18/bin}\n",
+        )
+        .expect("valid");
+        let on_15 = super::on_version(&file, 15);
+        assert_eq!(
+            (on_15.spec.postgresql.version, on_15.spec.postgresql.bin_dir),
+            (15, None)
+        );
+        assert_eq!(super::on_version(&file, 18), file, "its own version: as it is");
     }
 
     #[test]

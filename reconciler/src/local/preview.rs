@@ -9,7 +9,7 @@
 //! writes its configuration file and pg_upgrade's scratch directory, and removes both.
 
 use super::cluster::{LocalCluster, data_version, read_record};
-use super::major::{hold_major_upgrades, standby_blockers, upgrade_check};
+use super::major::{hold_major_upgrades, on_version, standby_blockers, upgrade_check};
 use super::plan::{Change, plan};
 use super::state::{ClusterState, Layout, alive};
 use super::up::Desired;
@@ -56,14 +56,12 @@ pub fn upgrades(desired: &Desired, versions: &BTreeMap<String, u32>) -> Vec<Upgr
 }
 
 /// The file a cluster runs, as its `state.json` records it; for a state written before it
-/// did, `file` on the data's version with that version's programs.
+/// did, `file` on the data's version.
 fn running_file(state: &ClusterState, file: &ClusterFile, version: u32) -> ClusterFile {
-    state.running.clone().unwrap_or_else(|| {
-        let mut f = file.clone();
-        f.spec.postgresql.version = version;
-        f.spec.postgresql.bin_dir = None;
-        f
-    })
+    state
+        .running
+        .clone()
+        .unwrap_or_else(|| on_version(file, version))
 }
 
 /// Runs `spilo plan --local`; prints the plan and returns the exit code. Run it as the user
@@ -146,10 +144,7 @@ pub async fn run(paths: &[PathBuf], state_dir: Option<&Path>) -> anyhow::Result<
             }
         }
     }
-    let want: BTreeMap<String, u32> = desired
-        .iter()
-        .map(|(n, (_, f))| (n.clone(), f.spec.instances))
-        .collect();
+    let want = super::up::instance_counts(&desired);
     let have: BTreeMap<String, u32> = running
         .iter()
         .map(|(n, s)| {

@@ -41,6 +41,14 @@ pub struct UpArgs {
 /// Desired local clusters, by name: (source file, text, parsed file).
 pub(super) type Desired = BTreeMap<String, (String, ClusterFile)>;
 
+/// How many instances each desired cluster's file asks for: what [`plan`] compares.
+pub(super) fn instance_counts(desired: &Desired) -> BTreeMap<String, u32> {
+    desired
+        .iter()
+        .map(|(n, (_, f))| (n.clone(), f.spec.instances))
+        .collect()
+}
+
 /// Reads and validates the files; only valid files selecting the local target are returned.
 pub(super) fn load(paths: &[PathBuf]) -> anyhow::Result<(Desired, String)> {
     let files = read_files(paths)?;
@@ -218,10 +226,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     for (name, (source, f)) in &desired {
         check_postgres(name, source, f)?;
     }
-    let want: BTreeMap<String, u32> = desired
-        .iter()
-        .map(|(n, (_, f))| (n.clone(), f.spec.instances))
-        .collect();
+    let want = instance_counts(&desired);
     for change in plan(&want, &BTreeMap::new()) {
         let resumed = layout
             .cluster(change_name(&change))
@@ -246,14 +251,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             let (src, f) = &desired[name];
             // Existing data of another major version starts as it is; the file's version
             // is then an upgrade, applied below like an edit.
-            let mut f = f.clone();
-            if let Some(v) = super::cluster::data_version(&layout.cluster(name))
-                && v != f.spec.postgresql.version
-            {
-                f.spec.postgresql.version = v;
-                // The file's binDir is its own version's.
-                f.spec.postgresql.bin_dir = None;
-            }
+            let f = match super::cluster::data_version(&layout.cluster(name)) {
+                Some(v) => super::major::on_version(f, v),
+                None => f.clone(),
+            };
             let mut c = LocalCluster::prepare(
                 f.clone(),
                 src.clone(),
@@ -522,10 +523,7 @@ async fn apply_edit(
         }
     }
     let desired = &held_desired;
-    let want: BTreeMap<String, u32> = desired
-        .iter()
-        .map(|(n, (_, f))| (n.clone(), f.spec.instances))
-        .collect();
+    let want = instance_counts(desired);
     let have: BTreeMap<String, u32> = running
         .iter()
         .map(|(n, c)| (n.clone(), c.file.spec.instances))

@@ -537,15 +537,7 @@ impl LocalCluster {
             return Ok(None);
         };
         self.start_etcd().await?;
-        let on = |v: u32| {
-            let mut f = self.file.clone();
-            if f.spec.postgresql.version != v {
-                // The file's binDir is its own version's.
-                f.spec.postgresql.bin_dir = None;
-            }
-            f.spec.postgresql.version = v;
-            f
-        };
+        let on = |v: u32| crate::local::major::on_version(&self.file, v);
         let (from, to) = (on(record.from), on(record.to));
         let old_bin = crate::installed::postgres_bin_dir(&from.spec.postgresql);
         if record.step < Step::Committed {
