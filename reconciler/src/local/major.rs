@@ -209,7 +209,11 @@ mod tests {
             (on_15.spec.postgresql.version, on_15.spec.postgresql.bin_dir),
             (15, None)
         );
-        assert_eq!(super::on_version(&file, 18), file, "its own version: as it is");
+        assert_eq!(
+            super::on_version(&file, 18),
+            file,
+            "its own version: as it is"
+        );
     }
 
     #[test]
