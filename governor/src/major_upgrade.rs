@@ -5,10 +5,13 @@
 //!
 //! The steps, each safe to run again after a crash:
 //! - [`check`]: `pg_upgrade --check` against the running old server (a live check; a stopped
-//!   one is refused) and a scratch cluster of the new version; what it finds are the
-//!   blockers. It may run while the cluster's governors run (a plan asks for it).
+//!   one is refused) and a scratch cluster of the new version, and the member's settings as
+//!   the new version's server reads them (`settings`: pg_upgrade does not start the new
+//!   server with them); what they find are the blockers. It may run while the cluster's
+//!   governors run (a plan asks for it).
 //! - [`link`]: the old server stopped cleanly, a new cluster is made beside the data
-//!   directory (`<data>.upgrade`) and `pg_upgrade --link` fills it. pg_upgrade starts and
+//!   directory (`<data>.upgrade`), the settings checked again against it, and
+//!   `pg_upgrade --link` fills it. pg_upgrade starts and
 //!   stops the old server once (a shutdown checkpoint more in its WAL, with the settings it
 //!   ran with: `standby_options`), and renames its `global/pg_control` to
 //!   `pg_control.old` (its guard against starting it); nothing else of the old directory
@@ -25,6 +28,7 @@
 //! it); leftovers of a killed step are for the orchestrator to stop (`spilo up` sweeps a
 //! cluster's processes when it starts).
 
+mod settings;
 mod tail;
 
 use crate::config::Loaded;
@@ -41,8 +45,9 @@ const PG_UPGRADE_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Why a step could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
-    /// `pg_upgrade --check` found what keeps the upgrade from working; nothing was changed.
-    #[error("pg_upgrade --check found blockers:\n{}", .0.iter().map(|b| format!("  - {b}")).collect::<Vec<_>>().join("\n"))]
+    /// The check (the new version's take on the settings, `pg_upgrade --check`) found what
+    /// keeps the upgrade from working; nothing was changed.
+    #[error("the upgrade check found blockers:\n{}", .0.iter().map(|b| format!("  - {b}")).collect::<Vec<_>>().join("\n"))]
     Blocked(Vec<String>),
     /// The data directory is not in the state the step needs.
     #[error("{0}")]
@@ -324,24 +329,42 @@ pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
         .await
         .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
     initdb(loaded, &paths.scratch).await?;
+    let found = check_scratch(loaded, paths, &cd).await;
+    let _ = std::fs::remove_dir_all(&paths.scratch);
+    found
+}
+
+/// The settings check and `pg_upgrade --check` against the scratch cluster: every blocker
+/// either finds, the settings' first.
+async fn check_scratch(
+    loaded: &Loaded,
+    paths: &Paths,
+    cd: &controldata::ControlData,
+) -> Result<(), UpgradeError> {
+    let mut found =
+        settings::blockers(loaded, &paths.new_bin, &paths.scratch, &paths.run_dir).await?;
     // With --link, as the real run: pg_upgrade then checks that hard links work.
     let r = pg_upgrade(
         loaded,
         paths,
         &paths.scratch,
         &["--check", "--link"],
-        &standby_options(&cd),
+        &standby_options(cd),
     )
     .await;
-    let found = match r {
-        Ok(_) => Ok(()),
-        Err(ToolError::Failed { output, .. }) => {
-            Err(UpgradeError::Blocked(blockers(&output, &paths.scratch)))
-        }
-        Err(e) => Err(e.into()),
-    };
-    let _ = std::fs::remove_dir_all(&paths.scratch);
-    found
+    match r {
+        Ok(_) => {}
+        Err(ToolError::Failed { output, .. }) => found.extend(blockers(&output, &paths.scratch)),
+        Err(e) => return Err(e.into()),
+    }
+    // pg_upgrade says some things twice (its output, and a report in each of its runs).
+    let mut seen = std::collections::BTreeSet::new();
+    found.retain(|b| seen.insert(b.clone()));
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(UpgradeError::Blocked(found))
+    }
 }
 
 async fn new_version(paths: &Paths) -> Option<u32> {
@@ -407,6 +430,12 @@ pub async fn link(
         None => Vec::new(),
     };
     initdb(loaded, &paths.upgraded).await?;
+    // The settings again: the check may have been against another configuration.
+    let refused =
+        settings::blockers(loaded, &paths.new_bin, &paths.upgraded, &paths.run_dir).await?;
+    if !refused.is_empty() {
+        return Err(UpgradeError::Blocked(refused));
+    }
     if let Err(e) = pg_upgrade(
         loaded,
         paths,

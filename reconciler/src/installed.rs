@@ -47,3 +47,32 @@ pub fn builds_without_ssl(dir: &std::path::Path) -> bool {
         .and_then(|o| spilo_model::spec::built_without_ssl(&String::from_utf8_lossy(&o.stdout)))
         .unwrap_or(false)
 }
+
+/// The names of the settings the PostgreSQL build in `dir` has (`postgres
+/// --describe-config`), or `None` when it cannot be asked (not installed here). Asked once
+/// per directory and process.
+pub fn setting_names(dir: &std::path::Path) -> Option<std::collections::BTreeSet<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+    type Known = Option<BTreeSet<String>>;
+    static ASKED: Mutex<BTreeMap<PathBuf, Known>> = Mutex::new(BTreeMap::new());
+    let mut asked = ASKED.lock().unwrap_or_else(|e| e.into_inner());
+    asked
+        .entry(dir.to_path_buf())
+        .or_insert_with(|| {
+            let out = std::process::Command::new(dir.join("postgres"))
+                .arg("--describe-config")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())?;
+            let names: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split('\t').next())
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+                .collect();
+            (!names.is_empty()).then_some(names)
+        })
+        .clone()
+}

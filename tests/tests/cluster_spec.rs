@@ -130,6 +130,25 @@ fn a_file_with_few_instances_is_accepted_with_a_warning() {
 }
 
 #[test]
+fn a_setting_the_installed_postgresql_does_not_list_is_a_warning() {
+    // PostgreSQL 15 is installed here (scripts/install-deps); `old_snapshot_threshold` is one
+    // of its settings, `trace_recovery_messages` a developer one it does not list.
+    let text = "apiVersion: spilo/v1\nkind: PostgresCluster\nmetadata:\n  name: typo\nspec:\n  \
+                instances: 3\n  postgresql:\n    version: 15\n    parameters:\n      \
+                shared_bufers: 64MB\n      old_snapshot_threshold: -1\n      \
+                pg_stat_statements.track: all\n";
+    let checked = validate_files(&[("typo.yaml".into(), text.into())]);
+    assert!(!checked.has_errors(), "{:?}", checked.diagnostics);
+    assert_eq!(
+        render_text(&checked.diagnostics),
+        "typo.yaml:10:22: spec.postgresql.parameters.shared_bufers: warning: PostgreSQL 15 does \
+         not list a setting shared_bufers (postgres --describe-config in \
+         /usr/lib/postgresql/15/bin, which leaves out developer settings): a typo, or a setting \
+         this version removed? PostgreSQL does not start with a setting it does not have\n"
+    );
+}
+
+#[test]
 fn routing_defaults_to_the_proxy_locally_and_to_the_health_check_on_aws() {
     let file = |spec: &str| -> spilo_model::spec::ClusterFile {
         serde_yaml::from_str(&format!(

@@ -90,10 +90,22 @@ async fn on_15(
     env: &[(&str, &str)],
     sql: &str,
 ) -> anyhow::Result<(u16, String, i64)> {
+    on_15_with(repo, etcd, (name, instances), env, sql, |f| f).await
+}
+
+/// [`on_15`] with the cluster file edited by `edit`.
+async fn on_15_with(
+    repo: &mut LocalRepo,
+    etcd: &Etcd,
+    (name, instances): (&str, u32),
+    env: &[(&str, &str)],
+    sql: &str,
+    edit: fn(String) -> String,
+) -> anyhow::Result<(u16, String, i64)> {
     let base = ports::free_block(30);
     repo.write(
         &format!("{name}.yaml"),
-        &on_version(name, instances, base, 15, etcd),
+        &edit(on_version(name, instances, base, 15, etcd)),
     )?;
     repo.up_env(&[], env)?;
     repo.wait_printed(&format!("cluster {name} is ready"), READY)
@@ -387,32 +399,53 @@ async fn a_blocker_is_named_and_nothing_changes() -> anyhow::Result<()> {
     repo.finish(r)
 }
 
+/// `yaml` with `old_snapshot_threshold` among its parameters and the `old_snapshot` module
+/// preloaded: PostgreSQL 15 has both, 17 removed both.
+fn with_removed_setting(yaml: String) -> String {
+    let edited = yaml.replace(
+        "max_connections: 40",
+        "max_connections: 40, old_snapshot_threshold: '-1', shared_preload_libraries: old_snapshot",
+    );
+    assert!(edited.contains("old_snapshot_threshold"), "{yaml}");
+    edited
+}
+
 async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
-    // pgcrypto ships with Debian's PostgreSQL 15, not with the PostgreSQL 18 build here.
-    let (base, primary, sysid) = on_15(
+    // pgcrypto ships with Debian's PostgreSQL 15, not with the PostgreSQL 18 build here; and
+    // a setting and a preloaded library 17 removed, which pg_upgrade --check alone lets
+    // through (its new server starts with initdb's settings) and with which 18 would not
+    // start.
+    let (base, primary, sysid) = on_15_with(
         repo,
         etcd,
         ("beta", 2),
         &[],
         "CREATE EXTENSION pgcrypto; CREATE TABLE t (n int); \
          INSERT INTO t SELECT generate_series(1, 500)",
+        with_removed_setting,
     )
     .await?;
-    let (code, out, err) = plan_local(repo, "beta", &on_version("beta", 2, base, 18, etcd))?;
+    let on_18 = with_removed_setting(on_version("beta", 2, base, 18, etcd));
+    let (code, out, err) = plan_local(repo, "beta", &on_18)?;
     assert_eq!(code, 1, "blocked: {out}{err}");
     assert!(
         out.contains("~ cluster beta (major upgrade: PostgreSQL 15 -> 18)")
             && out.contains("blocked; `spilo up` would refuse it and change nothing")
-            && out.contains("pgcrypto"),
-        "the plan names the blocker:\n{out}{err}"
+            && out.contains("pgcrypto")
+            && out.contains("setting old_snapshot_threshold: PostgreSQL 18")
+            && out.contains(
+                "setting shared_preload_libraries: PostgreSQL 18.6 has no library old_snapshot"
+            ),
+        "the plan names every blocker:\n{out}{err}"
     );
-    repo.write("beta.yaml", &on_version("beta", 2, base, 18, etcd))?;
+    eprintln!("{out}");
+    repo.write("beta.yaml", &on_18)?;
     repo.wait_printed("refused to upgrade cluster beta to PostgreSQL 18", UPGRADE)
         .await?;
     let log = repo.up_log();
     assert!(
-        log.contains("pgcrypto"),
-        "the blocker names the library:\n{log}"
+        log.contains("pgcrypto") && log.contains("setting old_snapshot_threshold"),
+        "the blockers name the library and the setting:\n{log}"
     );
     assert!(!log.contains("runs PostgreSQL 18"), "{log}");
     assert_eq!(major(&primary).await?, 15);

@@ -287,17 +287,22 @@ impl LocalCluster {
                 .await?
             {
                 Ok(_) => Ok(primary),
-                Err(out) => Err(out
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| l.starts_with("- "))
-                    .map(|l| l.trim_start_matches("- ").to_string())
-                    .chain(
-                        (!out.contains("found blockers"))
-                            .then(|| out.trim().to_string())
-                            .filter(|s| !s.is_empty()),
-                    )
-                    .collect()),
+                Err(out) => {
+                    // The governor says them in its log and in its error: each once here.
+                    let mut seen = std::collections::BTreeSet::new();
+                    Err(out
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| l.starts_with("- "))
+                        .map(|l| l.trim_start_matches("- ").to_string())
+                        .chain(
+                            (!out.contains("found blockers"))
+                                .then(|| out.trim().to_string())
+                                .filter(|s| !s.is_empty()),
+                        )
+                        .filter(|b| seen.insert(b.clone()))
+                        .collect())
+                }
             },
         )
     }
