@@ -283,3 +283,32 @@ fn a_huge_markdown_plan_is_cut_to_githubs_limit_with_a_note() {
     let small = show::markdown(&plan, 2_000);
     assert!(small.chars().count() <= 2_000);
 }
+
+#[test]
+fn a_pull_request_moving_a_cluster_to_another_major_version_is_blocked_as_apply_blocks_it() {
+    // Without the base's version, the diff would show a rolling update of the launch
+    // template; the apply would refuse it.
+    let base = desired(
+        "1111111111111111111111111111111111111111",
+        vec![file("orders", AWS)],
+    );
+    let on_18 = format!("{AWS}  postgresql: {{version: 18}}\n");
+    let head = desired(
+        "2222222222222222222222222222222222222222",
+        vec![file("orders", &on_18)],
+    );
+    let plan = plan_between(&base, &head, PlanOptions::default());
+    let c = &plan.clusters[0];
+    assert_eq!(c.action, spilo::aws::plan::Action::Blocked, "{c:?}");
+    assert!(
+        c.reason.as_deref().is_some_and(|r| r.starts_with(
+            "cannot plan orders: postgresql.version is 18, but its members run PostgreSQL 15: \
+             a major upgrade"
+        )),
+        "{c:?}"
+    );
+    assert!(plan.has_blocked() && c.desired.is_none());
+    // The same version on both sides: planned as before.
+    let same = plan_between(&base, &base, PlanOptions::default());
+    assert!(!same.has_blocked() && !same.has_changes(), "{same:?}");
+}

@@ -147,6 +147,7 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
                     drill: None,
                     catalog: None,
                     read_unix: 0,
+                    applied_version: None,
                 }),
             ));
     }

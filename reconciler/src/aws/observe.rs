@@ -448,5 +448,6 @@ async fn read_scope(
         read_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
+        applied_version: None,
     })
 }

@@ -121,6 +121,10 @@ pub struct ObservedEtcd {
     /// When etcd was read (Unix seconds), the "now" drift of the drills is judged at.
     #[serde(default)]
     pub read_unix: u64,
+    /// The major version the cluster was applied with, when that is known without its
+    /// members (a `spilo diff`'s base commit): judged as the version its members run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_version: Option<u32>,
 }
 
 /// Everything observed about one cluster.
@@ -271,6 +275,7 @@ impl ObservedCluster {
                 drill: None,
                 catalog: None,
                 read_unix: 0,
+                applied_version: Some(file.spec.postgresql.version),
             }),
         ))
     }

@@ -28,6 +28,7 @@ fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
         drill: None,
         catalog: None,
         read_unix: 0,
+        applied_version: None,
     })
 }
 

@@ -1,5 +1,6 @@
 //! A change of `postgresql.version` on a running cluster is a major upgrade (its members'
-//! data directories are of another major version, as they publish it). spilo performs one on
+//! data directories are of another major version, as they publish it; in a `spilo diff`,
+//! the base commit's file says which version was applied). spilo performs one on
 //! the local target only (`local/cluster/upgrade`); on AWS an apply would replace every instance with binaries that cannot read the data,
 //! so the cluster's plan is blocked and says so.
 
@@ -15,6 +16,7 @@ pub fn major_version_change(file: &ClusterFile, etcd: &ObservedEtcd) -> Option<S
         .members
         .iter()
         .filter_map(|m| m.postgres_version)
+        .chain(etcd.applied_version)
         .collect();
     if running.iter().all(|v| *v == want) {
         return None;
@@ -54,6 +56,7 @@ mod tests {
             drill: None,
             catalog: None,
             read_unix: 0,
+            applied_version: None,
         }
     }
 

@@ -224,6 +224,7 @@ fn a_failed_or_stale_restore_drill_is_drift_only_with_verify() {
         drill,
         catalog: None,
         read_unix: 10_000,
+        applied_version: None,
     };
     let unverified = |f: &ClusterFile, e| {
         runtime(f, &e)
@@ -278,6 +279,7 @@ fn roles_changed_by_hand_or_not_converged_are_drift_of_a_file_that_declares_them
             drift: vec!["role app: -createdb".into()],
         }),
         read_unix: 10_000,
+        applied_version: None,
     };
     let catalog = |f: &ClusterFile, e: &crate::aws::observed::ObservedEtcd| {
         runtime(f, e)
