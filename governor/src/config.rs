@@ -116,6 +116,9 @@ pub struct Loaded {
     pub api_auth: Option<ApiCredentials>,
     /// With `tls:`: the CA's private key (PEM) the member issues its certificate with.
     pub ca_key: Option<String>,
+    /// What `governor run` was told besides the file (another configuration of this member,
+    /// an upgrade's, is loaded with it too).
+    pub identity: Identity,
 }
 
 /// Parses and checks YAML text; `path` is only used in messages.
@@ -231,6 +234,7 @@ pub async fn load(path: &Path, identity: &Identity) -> Result<Loaded, ConfigErro
         replication_password,
         api_auth,
         ca_key,
+        identity: identity.clone(),
     })
 }
 

@@ -551,11 +551,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(r?)
         }
         Command::Run { config, identity } => {
-            let loaded = governor::config::load(&config, &identity.identity()).await?;
-            governor::preflight::check(&loaded.config)?;
             let shutdown = CancellationToken::new();
             let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-            let r = governor::runtime::run(loaded, shutdown.clone()).await;
+            let r = loop {
+                let loaded = governor::config::load(&config, &identity.identity()).await?;
+                // An upgrade in place: committed, or rolled back, before anything else.
+                let loaded = governor::major_upgrade::in_place::resume(loaded).await?;
+                governor::preflight::check(&loaded.config)?;
+                match governor::runtime::run(loaded, shutdown.clone()).await {
+                    Ok(governor::runtime::Ended::Upgraded) if !shutdown.is_cancelled() => {}
+                    other => break other.map(|_| ()),
+                }
+            };
             signals.abort();
             r
         }

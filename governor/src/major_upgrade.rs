@@ -28,6 +28,7 @@
 //! it); leftovers of a killed step are for the orchestrator to stop (`spilo up` sweeps a
 //! cluster's processes when it starts).
 
+pub mod in_place;
 mod settings;
 mod tail;
 
@@ -368,8 +369,13 @@ async fn check_scratch(
 }
 
 async fn new_version(paths: &Paths) -> Option<u32> {
+    version_of(&paths.new_bin).await
+}
+
+/// The major version of the PostgreSQL programs in `bin` (`pg_config --version`).
+pub async fn version_of(bin: &Path) -> Option<u32> {
     let out = tools::run(
-        &paths.new_bin,
+        bin,
         "pg_config",
         &["--version".into()],
         &[],

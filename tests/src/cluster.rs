@@ -374,8 +374,9 @@ impl Cluster {
             extra = m.extra_yaml,
             archive = if self.options.archive {
                 format!(
-                    "archive: {{prefix: spilo/{}/wal/15/, {}{}}}\n",
+                    "archive: {{prefix: spilo/{}/wal/{}/, {}{}}}\n",
                     self.scope,
+                    self.options.version,
                     self.options
                         .archive_store
                         .clone()
@@ -527,8 +528,10 @@ impl Cluster {
 
     /// Where archived WAL files of this cluster land (with `archive`).
     pub fn archived_wal(&self) -> PathBuf {
-        self.bucket()
-            .join(format!("spilo/{}/wal/15/wal_005", self.scope))
+        self.bucket().join(format!(
+            "spilo/{}/wal/{}/wal_005",
+            self.scope, self.options.version
+        ))
     }
 
     /// The CA that signed the REST APIs' certificate (with `api_tls`, else the cluster CA).
@@ -635,6 +638,11 @@ impl Cluster {
     /// The PostgreSQL major version the members run (`ClusterOptions::version`).
     pub fn version(&self) -> u32 {
         self.options.version
+    }
+
+    /// Members started from now on run PostgreSQL `major` (an upgrade's test).
+    pub fn set_version(&mut self, major: u32) {
+        self.options.version = major;
     }
 
     /// Whether the members speak TLS (`ClusterOptions::tls`).

@@ -103,6 +103,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/restart", post(ops::post_restart))
         .route("/reload", post(ops::post_reload))
         .route("/reinitialize", post(ops::post_reinitialize))
+        .route("/upgrade", post(ops::post_upgrade))
         .route("/backup", post(ops::post_backup))
         .route("/drill", post(ops::post_drill))
         .route("/config", get(ops::get_config).patch(ops::patch_config))

@@ -370,6 +370,46 @@ pub(super) async fn post_restart(
     }
 }
 
+/// The body of `POST /upgrade`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeBody {
+    /// This member's governor configuration for the new major version (YAML).
+    pub config: String,
+    /// Only check (`pg_upgrade --check` and the settings); change nothing.
+    #[serde(default)]
+    pub check: bool,
+}
+
+/// `POST /upgrade`: the major upgrade of this member's data in place, or its check (200 with
+/// what was done, 412 with the blockers or why not; `runtime::upgrade`).
+pub(super) async fn post_upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    raw: String,
+) -> Reply {
+    if let Err(r) = authorized(&shared, &headers) {
+        return r;
+    }
+    match body::<UpgradeBody>(&raw) {
+        Ok(b) if b.config.trim().is_empty() => reply(
+            StatusCode::BAD_REQUEST,
+            "the body names no configuration: {\"config\": \"<the member's configuration for the new version>\"}",
+        ),
+        Ok(b) => {
+            command(
+                &shared,
+                Op::Upgrade {
+                    config: b.config,
+                    check: b.check,
+                },
+            )
+            .await
+        }
+        Err(r) => r,
+    }
+}
+
 pub(super) async fn post_reload(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Reply {
     if let Err(r) = authorized(&shared, &headers) {
         return r;

@@ -29,13 +29,18 @@ impl Governor {
     /// Runs the commands that arrived since the last pass.
     pub(super) async fn run_commands(&mut self) {
         while let Ok(cmd) = self.commands.try_recv() {
-            tracing::info!(op = ?cmd.op, "running an operator command");
+            let name = cmd.op.name();
+            tracing::info!(op = name, "running an operator command");
             let r = self.run_command(cmd.op).await;
             match &r {
-                Ok(what) => tracing::info!(op = ?cmd.op, "{what}"),
-                Err(f) => tracing::warn!(op = ?cmd.op, refused = f.refused, "{}", f.why),
+                Ok(what) => tracing::info!(op = name, "{what}"),
+                Err(f) => tracing::warn!(op = name, refused = f.refused, "{}", f.why),
             }
             let _ = cmd.reply.send(r);
+            if self.upgraded {
+                // The rest wait for the run on the new version.
+                return;
+            }
         }
     }
 
@@ -50,6 +55,7 @@ impl Governor {
             }
             Op::Restart { pending_only } => self.restart(pending_only).await,
             Op::Reinitialize => self.reinitialize().await,
+            Op::Upgrade { config, check } => self.upgrade_in_place(&config, check).await,
         }
     }
 

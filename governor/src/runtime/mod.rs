@@ -27,6 +27,7 @@ pub mod stack_signal;
 pub mod switchover;
 mod sync;
 pub mod tasks;
+mod upgrade;
 
 use crate::api;
 use crate::config::Loaded;
@@ -120,10 +121,22 @@ pub(crate) struct Governor {
     initialize_attempted: bool,
     /// The last time a leader key or a member with data was seen (the start until then).
     data_seen_at: Instant,
+    /// An upgrade in place linked the data: this run ends, and the next commits it.
+    upgraded: bool,
+}
+
+/// How a run ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Shut down.
+    Stopped,
+    /// An upgrade in place linked the data: start again (its commit and the new version's
+    /// configuration are `major_upgrade::in_place::resume`'s).
+    Upgraded,
 }
 
 /// Runs the governor until `shutdown` fires or a fatal decision is made.
-pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<Ended> {
     let cfg = loaded.config.clone();
     let timeout = cfg.ha.retry_timeout();
     let member_cert = crate::certs::MemberCert::new(&cfg, loaded.ca_key.as_deref());
@@ -476,6 +489,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         bootstrap_failure: None,
         initialize_attempted: false,
         data_seen_at: Instant::now(),
+        upgraded: false,
     };
     let result = tokio::select! {
         r = gov.ha_loop(&shutdown) => r,
@@ -492,7 +506,13 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     if let Some(mut w) = watchdog {
         let _ = w.kill().await;
     }
-    result
+    result.map(|()| {
+        if gov.upgraded {
+            Ended::Upgraded
+        } else {
+            Ended::Stopped
+        }
+    })
 }
 
 impl Governor {
@@ -503,6 +523,10 @@ impl Governor {
                 return Ok(());
             }
             self.run_commands().await;
+            if self.upgraded {
+                tracing::info!("ending this run: the next one commits the upgrade");
+                return Ok(());
+            }
             let pass_started = Instant::now();
             let snapshot = self.gather().await;
             // The cluster's `config` may shorten or lengthen the loop (within the lease).

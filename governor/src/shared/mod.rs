@@ -145,7 +145,7 @@ pub struct LoopStats {
 
 /// An operator command for the local PostgreSQL, carried out by the HA loop between two
 /// passes (`runtime::commands`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Restart PostgreSQL in its current role; with `pending_only`, only if a changed
     /// setting waits for a restart.
@@ -157,6 +157,27 @@ pub enum Op {
     Reload,
     /// Throw the data directory away and copy the leader again (replicas only).
     Reinitialize,
+    /// Upgrade the data to another major version in place (the leader alone), or only
+    /// check that it can be (`runtime::upgrade`).
+    Upgrade {
+        /// The member's configuration for the new version (YAML).
+        config: String,
+        /// Only the check.
+        check: bool,
+    },
+}
+
+impl Op {
+    /// Its name, for the log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Restart { .. } => "restart",
+            Op::Reload => "reload",
+            Op::Reinitialize => "reinitialize",
+            Op::Upgrade { check: true, .. } => "upgrade check",
+            Op::Upgrade { .. } => "upgrade",
+        }
+    }
 }
 
 /// A command and where its answer goes.
