@@ -7,7 +7,8 @@
 //! - [`check`]: `pg_upgrade --check` against the running old server (a live check; a stopped
 //!   one is refused) and a scratch cluster of the new version, and the member's settings as
 //!   the new version's server reads them (`settings`: pg_upgrade does not start the new
-//!   server with them); what they find are the blockers. It may run while the cluster's
+//!   server with them), and the column options it would not take (`column_options`);
+//!   what they find are the blockers. It may run while the cluster's
 //!   governors run (a plan asks for it).
 //! - [`link`]: the old server stopped cleanly, a new cluster is made beside the data
 //!   directory (`<data>.upgrade`), the settings checked again against it, and
@@ -28,6 +29,7 @@
 //! it); leftovers of a killed step are for the orchestrator to stop (`spilo up` sweeps a
 //! cluster's processes when it starts).
 
+mod column_options;
 pub mod in_place;
 mod settings;
 mod tail;
@@ -344,6 +346,10 @@ async fn check_scratch(
 ) -> Result<(), UpgradeError> {
     let mut found =
         settings::blockers(loaded, &paths.new_bin, &paths.scratch, &paths.run_dir).await?;
+    let version = version_of(&paths.new_bin)
+        .await
+        .map_or("the new version".to_string(), |v| format!("PostgreSQL {v}"));
+    found.extend(column_options::blockers(loaded, &version).await?);
     // With --link, as the real run: pg_upgrade then checks that hard links work.
     let r = pg_upgrade(
         loaded,
@@ -454,7 +460,7 @@ pub async fn link(
         // A pg_upgrade killed on its deadline leaves the servers it started running.
         stop_server(&paths.old_bin, &paths.data).await;
         stop_server(&paths.new_bin, &paths.upgraded).await;
-        return Err(e.into());
+        return Err(with_consulted_log(e).into());
     }
     let new = controldata::read(&paths.new_bin, &paths.upgraded)
         .await
@@ -466,6 +472,53 @@ pub async fn link(
         ))
     })?;
     Ok(Linked { system, archived })
+}
+
+/// A failed pg_upgrade's output with the end of the log it says to consult (`Consult the
+/// last few lines of "<path>"`), which a roll back removes with the new cluster.
+fn with_consulted_log(e: ToolError) -> ToolError {
+    let ToolError::Failed {
+        tool,
+        status,
+        output,
+    } = e
+    else {
+        return e;
+    };
+    // Its errors, and the last lines (what it was doing); the server's log beside it too.
+    let tell = |path: &Path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let errors = lines.iter().filter(|l| {
+            l.contains("ERROR")
+                || l.contains("FATAL")
+                || l.contains("PANIC")
+                || l.contains("error:")
+        });
+        let last = lines[lines.len().saturating_sub(3)..].iter();
+        Some(errors.chain(last).copied().collect::<Vec<_>>().join(" | "))
+    };
+    let consulted = output
+        .split("the last few lines of \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .map(PathBuf::from)
+        .and_then(|path| {
+            let server = path.with_file_name("pg_upgrade_server.log");
+            let mine = tell(&path)?;
+            Some(match tell(&server) {
+                Some(s) if !s.is_empty() => format!("{mine} | the server's log: {s}"),
+                _ => mine,
+            })
+        });
+    ToolError::Failed {
+        tool,
+        status,
+        output: match consulted {
+            Some(end) => format!("{output} | its log ends: {end}"),
+            None => output,
+        },
+    }
 }
 
 /// The settings a hot standby must match or exceed on its primary, as `pg_controldata`

@@ -3,7 +3,7 @@
 //! a scale-in that keeps the primary, and a cluster whose instances were all replaced coming
 //! back from its archive. The box itself: `spilo_e2e::aws_box`.
 
-use spilo_e2e::aws_box::{AwsBox, REGION, primary, streaming};
+use spilo_e2e::aws_box::{AwsBox, primary, streaming};
 use spilo_e2e::privileged::rerun_as_root;
 use spilo_e2e::probe::{self, Prober};
 use spilo_e2e::sql::connect_dsn;
@@ -367,13 +367,14 @@ async fn rollout(b: &mut AwsBox) -> anyhow::Result<()> {
     // killed once it has replaced one replica; the second finishes the rollout.
     let mut seen: Vec<String> = old.clone();
     let mut samples = Vec::new();
-    let (_, first_log) =
-        apply_playing_ec2(b, &mut seen, &mut samples, Some("replacing replica")).await?;
+    let (_, first_log) = b
+        .apply_playing_ec2(&mut seen, &mut samples, Some("replacing replica"))
+        .await?;
     assert!(
         first_log.contains("rollout: replacing replica"),
         "the first apply is stopped in its rollout: {first_log}"
     );
-    let (status, second_log) = apply_playing_ec2(b, &mut seen, &mut samples, None).await?;
+    let (status, second_log) = b.apply_playing_ec2(&mut seen, &mut samples, None).await?;
     anyhow::ensure!(status, "the second spilo apply failed:\n{second_log}");
     assert!(
         second_log.contains("still run an older launch template"),
@@ -460,73 +461,4 @@ async fn rollout(b: &mut AwsBox) -> anyhow::Result<()> {
     let again = b.spilo(&["plan"]);
     assert!(!again.stdout.contains("rollout:"), "{again}");
     Ok(())
-}
-
-/// Runs `spilo apply --auto-approve` while playing EC2 for the group (stopping what it
-/// terminated, booting what it launched, the load balancer registering new instances), and
-/// samples the primary and the streaming replicas every second. With `kill_on`, kills the apply once its output
-/// has that text. Returns whether it succeeded (false when killed) and its output.
-async fn apply_playing_ec2(
-    b: &mut AwsBox,
-    seen: &mut Vec<String>,
-    samples: &mut Vec<(Instant, Option<String>, usize)>,
-    kill_on: Option<&str>,
-) -> anyhow::Result<(bool, String)> {
-    let out = b.dir.path().join(format!("rollout-{}.out", seen.len()));
-    let mut apply = tokio::process::Command::new(spilo_e2e::proc::target_dir()?.join("spilo"));
-    apply
-        .args(["apply", "--auto-approve", "--repo"])
-        .arg(&b.repo.path)
-        .env("SPILO_AWS_ENDPOINT_URL", &b.moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", &b.admin.key)
-        .env("AWS_SECRET_ACCESS_KEY", &b.admin.secret)
-        .env("AWS_REGION", REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("SPILO_API_TOKEN", &b.setup.passwords["restapi"])
-        .env("SPILO_API_CACERT", &b.ca)
-        .stdout(std::fs::File::create(&out)?)
-        .stderr(std::fs::File::create(out.with_extension("err"))?);
-    let mut child = apply.spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let ok = loop {
-        if let Some(s) = child.try_wait()? {
-            break s.success();
-        }
-        let log = std::fs::read_to_string(&out).unwrap_or_default();
-        if kill_on.is_some_and(|k| log.contains(k)) {
-            child.kill().await?;
-            // Its apply lock lives on until its lease ends (30 s), as after a crash.
-            let mut etcd =
-                etcd_client::Client::connect([format!("http://{}", b.etcd.client_addr)], None)
-                    .await?;
-            while !etcd
-                .get("/service/orders/apply-lock", None)
-                .await?
-                .kvs()
-                .is_empty()
-            {
-                anyhow::ensure!(Instant::now() < deadline, "the apply lock never ended");
-                b.reap("spilo-orders", seen)?;
-                b.launch("spilo-orders").await?;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            break false;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the rollout did not finish in 15 minutes:\n{log}"
-        );
-        b.reap("spilo-orders", seen)?;
-        b.launch("spilo-orders").await?;
-        for i in &b.instances {
-            if !seen.contains(&i.id) {
-                seen.push(i.id.clone());
-            }
-        }
-        let all = b.statuses().await;
-        let leader = primary(&all).map(|p| b.instances[p].id.clone());
-        samples.push((Instant::now(), leader, streaming(&all)));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    Ok((ok, std::fs::read_to_string(&out)?))
 }

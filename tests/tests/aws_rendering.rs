@@ -285,9 +285,9 @@ fn a_huge_markdown_plan_is_cut_to_githubs_limit_with_a_note() {
 }
 
 #[test]
-fn a_pull_request_moving_a_cluster_to_another_major_version_is_blocked_as_apply_blocks_it() {
-    // Without the base's version, the diff would show a rolling update of the launch
-    // template; the apply would refuse it.
+fn a_pull_request_moving_a_cluster_to_a_newer_major_version_shows_the_upgrade() {
+    // Without the base's version, the diff would show only a rolling update of the launch
+    // template; the apply upgrades the leader's data first.
     let base = desired(
         "1111111111111111111111111111111111111111",
         vec![file("orders", AWS)],
@@ -299,15 +299,25 @@ fn a_pull_request_moving_a_cluster_to_another_major_version_is_blocked_as_apply_
     );
     let plan = plan_between(&base, &head, PlanOptions::default());
     let c = &plan.clusters[0];
-    assert_eq!(c.action, spilo::aws::plan::Action::Blocked, "{c:?}");
+    assert_eq!(c.action, spilo::aws::plan::Action::Update, "{c:?}");
+    assert!(c.rollout.is_some(), "{c:?}");
+    let text = show::text(&plan, show::Style::new(false));
     assert!(
-        c.reason.as_deref().is_some_and(|r| r.starts_with(
-            "cannot plan orders: postgresql.version is 18, but its members run PostgreSQL 15: \
-             a major upgrade"
-        )),
-        "{c:?}"
+        text.contains(
+            "~ major upgrade PostgreSQL 15 -> 18: pg_upgrade --check on the leader first"
+        ),
+        "{text}"
     );
-    assert!(plan.has_blocked() && c.desired.is_none());
+    // Back to an older version: blocked.
+    let back = plan_between(&head, &base, PlanOptions::default());
+    assert!(back.has_blocked(), "{back:?}");
+    assert!(
+        back.clusters[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no way back to an older major version")),
+        "{back:?}"
+    );
     // The same version on both sides: planned as before.
     let same = plan_between(&base, &base, PlanOptions::default());
     assert!(!same.has_blocked() && !same.has_changes(), "{same:?}");

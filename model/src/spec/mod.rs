@@ -104,7 +104,12 @@ impl ClusterFile {
 /// The WAL archive prefix of cluster `name` when its file names none:
 /// `spilo/<name>/wal/<major>/` (as in Spilo).
 pub fn default_wal_prefix(name: &ClusterName, major: impl std::fmt::Display) -> String {
-    format!("spilo/{name}/wal/{major}/")
+    format!("{}{major}/", default_archive_root(name))
+}
+
+/// Where every major version's default archive of cluster `name` lies: `spilo/<name>/wal/`.
+pub fn default_archive_root(name: &ClusterName) -> String {
+    format!("spilo/{name}/wal/")
 }
 
 /// The file format version.

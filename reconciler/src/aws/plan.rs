@@ -19,7 +19,7 @@ pub mod config;
 mod etcd;
 pub mod handover;
 mod image;
-mod upgrade;
+pub mod upgrade;
 use image::{ImageSource, plan_image};
 pub mod restarts;
 pub mod rollout;
@@ -176,6 +176,9 @@ pub struct ClusterPlan {
     /// not on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<handover::Handover>,
+    /// A major upgrade of the running members, before the stack moves to the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major_upgrade: Option<upgrade::MajorUpgrade>,
 }
 
 impl ClusterPlan {
@@ -199,6 +202,7 @@ impl ClusterPlan {
             image_upload: None,
             warnings: Vec::new(),
             rollout: None,
+            major_upgrade: None,
             protect: false,
             delete_by_file: false,
             handover: None,
@@ -412,9 +416,12 @@ fn plan_cluster(
     if let Some(why) = etcd.config.unknown() {
         return blocked(p, format!("etcd config: {why}"));
     }
-    if let Some(why) = upgrade::major_version_change(file, etcd) {
-        return blocked(p, why);
-    }
+    let followers: Vec<String> = downstream.iter().map(|d| d.cluster.clone()).collect();
+    let major = match upgrade::major_upgrade(file, etcd, &followers) {
+        None => None,
+        Some(Ok(u)) => Some(u),
+        Some(Err(why)) => return blocked(p, why),
+    };
     if let Some(Observation::Unknown(why)) = &obs.dns {
         return blocked(p, format!("DNS record: {why}"));
     }
@@ -470,6 +477,7 @@ fn plan_cluster(
         return blocked(p, why);
     }
     p.rollout = rollout::plan_rollout(&p, file.spec.instances, obs);
+    p.major_upgrade = major;
     p.protect = file.spec.reconcile.termination_protection
         && obs
             .stack

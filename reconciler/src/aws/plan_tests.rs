@@ -495,32 +495,47 @@ fn an_etcd_change_in_place_is_an_update_and_replacing_every_member_is_refused_al
 }
 
 #[test]
-fn a_new_major_version_in_the_file_of_a_running_cluster_changes_nothing() {
+fn a_new_major_version_is_an_upgrade_before_the_rollout_unless_the_members_are_not_ready() {
     let on_15 = file("orders", "");
     let on_18 = file("orders", "  postgresql: {version: 18}\n");
     let mut running = applied(&on_15, "UPDATE_COMPLETE");
     if let Observation::Present(e) = &mut running.etcd {
-        e.members.push(super::observed::ObservedMember {
-            name: "i-1".into(),
-            role: "primary".into(),
-            state: "running".into(),
-            leader: true,
-            lag_bytes: None,
-            pending_restart: false,
-            postgres_version: Some(15),
-        });
+        e.applied_version = None;
+        for (name, leader) in [("i-1", true), ("i-2", false)] {
+            e.members.push(super::observed::ObservedMember {
+                name: name.into(),
+                role: if leader { "primary" } else { "replica" }.into(),
+                state: "running".into(),
+                leader,
+                lag_bytes: (!leader).then_some(0),
+                pending_restart: false,
+                postgres_version: Some(15),
+            });
+        }
     }
     let p = run(&[&on_18], vec![running.clone()], PlanOptions::default());
     let c = only(&p);
+    assert_eq!(c.action, Action::Update, "{c:?}");
+    assert_eq!(
+        c.major_upgrade.as_ref().map(|u| (u.from, u.to)),
+        Some((15, 18))
+    );
+    assert!(c.rollout.is_some() && c.desired.is_some(), "{c:?}");
+    // The file as it runs: nothing to do.
+    let p = run(&[&on_15], vec![running.clone()], PlanOptions::default());
+    assert!(!p.has_blocked() && !p.has_changes(), "{p:?}");
+    // A replica that does not stream: blocked, nothing planned.
+    if let Observation::Present(e) = &mut running.etcd {
+        e.members[1].state = "starting".into();
+    }
+    let p = run(&[&on_18], vec![running], PlanOptions::default());
+    let c = only(&p);
     assert_eq!(c.action, Action::Blocked, "{c:?}");
-    assert!(c.desired.is_none() && c.config.is_none() && c.rollout.is_none());
+    assert!(c.desired.is_none() && c.major_upgrade.is_none() && c.rollout.is_none());
     assert!(
-        c.reason
-            .as_deref()
-            .is_some_and(|r| r.contains("its members run PostgreSQL 15: a major upgrade")),
+        c.reason.as_deref().is_some_and(|r| r.contains(
+            "the major upgrade PostgreSQL 15 -> 18 cannot start: i-2 is not a running replica"
+        )),
         "{c:?}"
     );
-    // The file as it runs: nothing to do.
-    let p = run(&[&on_15], vec![running], PlanOptions::default());
-    assert!(!p.has_blocked() && !p.has_changes(), "{p:?}");
 }

@@ -89,7 +89,13 @@ pub fn instance_policies(file: &ClusterFile) -> Vec<Value> {
     let mut policies = Vec::new();
     if let Some(backup) = &spec.backup {
         let bucket = &backup.bucket;
-        let own = file.wal_prefix();
+        // With the default prefix, every major version's archive of the cluster: a major
+        // upgrade's new version archives before the stack moves to it, and the old version's
+        // archive (the upgrade's restore point) stays readable after.
+        let own = match backup.prefix {
+            Some(_) => file.wal_prefix(),
+            None => spilo_model::spec::default_archive_root(&file.metadata.name),
+        };
         let mut prefixes = vec![format!("{own}*")];
         let mut statements = vec![json!({
             "Effect": "Allow",
@@ -284,9 +290,9 @@ mod tests {
             policy(&ps, "wal-archive"),
             &json!([
                 {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "arn:aws:s3:::wal",
-                 "Condition": {"StringLike": {"s3:prefix": ["spilo/orders/wal/15/*", "spilo/src/wal/15/*"]}}},
+                 "Condition": {"StringLike": {"s3:prefix": ["spilo/orders/wal/*", "spilo/src/wal/15/*"]}}},
                 {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                 "Resource": "arn:aws:s3:::wal/spilo/orders/wal/15/*"},
+                 "Resource": "arn:aws:s3:::wal/spilo/orders/wal/*"},
                 {"Effect": "Allow", "Action": ["s3:GetObject"],
                  "Resource": format!("arn:aws:s3:::wal/spilo/images/{}/*", super::super::image::VERSION)},
                 {"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::wal/spilo/src/wal/15/*"},

@@ -203,6 +203,9 @@ fn details(c: &ClusterPlan, style: Style, with_template_diff: bool) -> String {
             h.describe(&c.name)
         );
     }
+    if let Some(u) = &c.major_upgrade {
+        let _ = writeln!(out, "    {} {}", style.paint("33", "~"), u.describe());
+    }
     if let Some(r) = &c.rollout {
         let _ = writeln!(
             out,
@@ -371,6 +374,9 @@ pub fn markdown(plan: &Plan, limit: usize) -> String {
             }
             if let Some(h) = &c.handover {
                 parts.push(h.describe(&c.name).replace('|', "\\|"));
+            }
+            if let Some(u) = &c.major_upgrade {
+                parts.push(u.describe().replace('|', "\\|"));
             }
             if let Some(r) = &c.rollout {
                 parts.push(format!("rollout: {}", r.describe()).replace('|', "\\|"));

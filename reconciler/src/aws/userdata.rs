@@ -156,6 +156,12 @@ pub fn standby_source(file: &ClusterFile) -> Option<spilo_model::StandbySource> 
     })
 }
 
+/// The governor configuration every member of `file` runs with, as the user data writes it
+/// (a major upgrade sends the new version's to the leader).
+pub fn config_text(file: &ClusterFile) -> Result<String, String> {
+    member_config::render(file, &placement(file)).map_err(|e| e.to_string())
+}
+
 /// The user data script.
 pub fn render(file: &ClusterFile) -> String {
     let storage = file

@@ -19,6 +19,7 @@
 //!
 //! Needs root (CI runs as root); everything is removed on drop.
 
+mod apply;
 mod balancer;
 mod cluster_files;
 pub mod instance;

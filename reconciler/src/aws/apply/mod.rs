@@ -14,6 +14,7 @@ mod handover;
 pub mod rollout;
 mod s3;
 mod stack;
+mod upgrade;
 
 pub use stack::event_line;
 
@@ -353,8 +354,12 @@ async fn apply_locked(
             protect(&region, c, log).await
         }
         _ => {
+            upgrade::run(&region, c, log).await?;
             if c.desired.is_some() {
                 change_stack(&region, plan, c, ChangeSetType::Update, log).await?;
+            }
+            if let Some(u) = &c.major_upgrade {
+                upgrade::restore_size(&region, c, u.instances, log).await?;
             }
             protect(&region, c, log).await?;
             match (&c.handover, &c.config) {
@@ -372,7 +377,8 @@ async fn apply_locked(
                 (None, Some(cfg)) => write_config(c, cfg, log).await?,
                 (None, None) => {}
             }
-            rollout::run(&region, c, log).await
+            rollout::run(&region, c, log).await?;
+            upgrade::after(c, log).await
         }
     }
 }

@@ -142,23 +142,7 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
         .dcs
         .as_ref()
         .ok_or_else(|| "the plan names no etcd for the rollout".to_string())?;
-    let group_name = region
-        .cfn
-        .describe_stack_resource()
-        .stack_name(&c.stack_name)
-        .logical_resource_id("AutoScalingGroup")
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "describe-stack-resource: {}",
-                crate::aws::clients::describe(&e)
-            )
-        })?
-        .stack_resource_detail()
-        .and_then(|d| d.physical_resource_id())
-        .map(str::to_string)
-        .ok_or_else(|| format!("stack {} has no auto-scaling group", c.stack_name))?;
+    let group_name = group_name(region, &c.stack_name).await?;
     log.line(&c.name, &format!("rollout: {}", rollout.describe()));
     let scope = spilo_model::ClusterName::new(c.name.clone()).map_err(|e| e.to_string())?;
     let mut last = String::new();
@@ -222,8 +206,29 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
     }
 }
 
+/// The name of the auto-scaling group of stack `stack`.
+pub(super) async fn group_name(region: &RegionClients, stack: &str) -> Result<String, String> {
+    region
+        .cfn
+        .describe_stack_resource()
+        .stack_name(stack)
+        .logical_resource_id("AutoScalingGroup")
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "describe-stack-resource: {}",
+                crate::aws::clients::describe(&e)
+            )
+        })?
+        .stack_resource_detail()
+        .and_then(|d| d.physical_resource_id())
+        .map(str::to_string)
+        .ok_or_else(|| format!("stack {stack} has no auto-scaling group"))
+}
+
 /// The members and the failover lag limit from the cluster's etcd.
-async fn read_cluster(
+pub(super) async fn read_cluster(
     dcs: &spilo_model::spec::DcsSpec,
     scope: &spilo_model::ClusterName,
 ) -> Result<Cluster, String> {
@@ -244,7 +249,7 @@ async fn read_cluster(
 }
 
 /// The operating commands' view of the cluster's etcd.
-async fn target(
+pub(super) async fn target(
     dcs: &spilo_model::spec::DcsSpec,
     scope: &spilo_model::ClusterName,
 ) -> Result<crate::operate::Target, String> {
@@ -279,6 +284,27 @@ async fn terminate(region: &RegionClients, group: &str, id: &str) -> Result<(), 
     Ok(())
 }
 
+/// The members' REST API with the operating commands' credentials (`SPILO_API_TOKEN`,
+/// `SPILO_API_CACERT`); `why` says what needs it when they are missing.
+pub(super) fn rest_api(
+    t: &crate::operate::Target,
+    why: &str,
+    timeout: Duration,
+) -> Result<crate::operate::Api, String> {
+    let auth = crate::operate::ApiAuth {
+        token: std::env::var("SPILO_API_TOKEN").ok(),
+        cacert: std::env::var_os("SPILO_API_CACERT").map(std::path::PathBuf::from),
+        ..Default::default()
+    };
+    if auth.token.is_none() {
+        return Err(format!(
+            "{why} through the REST API: set SPILO_API_TOKEN (and SPILO_API_CACERT for its \
+             CA) to the cluster's restapi secret"
+        ));
+    }
+    crate::operate::Api::with_timeout(&auth, t, timeout).map_err(|e| format!("{e:#}"))
+}
+
 /// Asks the leader to hand over to `to` and waits until `to` holds the leader key.
 async fn switchover(
     summary: &ClusterSummary,
@@ -288,19 +314,11 @@ async fn switchover(
     dcs: &spilo_model::spec::DcsSpec,
 ) -> Result<(), String> {
     let t = target(dcs, scope).await?;
-    let auth = crate::operate::ApiAuth {
-        token: std::env::var("SPILO_API_TOKEN").ok(),
-        cacert: std::env::var_os("SPILO_API_CACERT").map(std::path::PathBuf::from),
-        ..Default::default()
-    };
-    if auth.token.is_none() {
-        return Err(
-            "the rollout hands the primary over through the REST API: set SPILO_API_TOKEN (and \
-             SPILO_API_CACERT for its CA) to the cluster's restapi secret"
-                .into(),
-        );
-    }
-    let api = crate::operate::Api::new(&auth, &t).map_err(|e| format!("{e:#}"))?;
+    let api = rest_api(
+        &t,
+        "the rollout hands the primary over",
+        Duration::from_secs(90),
+    )?;
     let url = summary
         .members
         .iter()

@@ -194,17 +194,30 @@ fn volumes_carry_the_cluster_tags_and_the_record_is_made_by_zone_id() {
 }
 
 #[test]
-fn s3_access_is_limited_to_the_wal_prefix() {
+fn s3_access_is_limited_to_the_clusters_archives() {
+    // The default prefix: every major version's archive of the cluster (an upgrade writes the
+    // new one before the stack moves, and keeps reading the old one after).
     let s = render(&file("  backup: {bucket: wal-bucket}\n")).expect("aws");
     let statements = &s.template["Resources"]["Role"]["Properties"]["Policies"][0]["PolicyDocument"]
         ["Statement"];
     assert_eq!(
         statements[1]["Resource"],
-        "arn:aws:s3:::wal-bucket/spilo/orders/wal/15/*"
+        "arn:aws:s3:::wal-bucket/spilo/orders/wal/*"
     );
     assert_eq!(
         statements[0]["Condition"]["StringLike"]["s3:prefix"][0],
-        "spilo/orders/wal/15/*"
+        "spilo/orders/wal/*"
+    );
+    // A prefix of the file's own: that one only.
+    let s = render(&file(
+        "  backup: {bucket: wal-bucket, prefix: archives/orders}\n",
+    ))
+    .expect("aws");
+    let statements = &s.template["Resources"]["Role"]["Properties"]["Policies"][0]["PolicyDocument"]
+        ["Statement"];
+    assert_eq!(
+        statements[1]["Resource"],
+        "arn:aws:s3:::wal-bucket/archives/orders/*"
     );
 }
 

@@ -1,0 +1,300 @@
+//! The major upgrade of a running cluster (`plan::upgrade`), before its stack moves to the
+//! new version. An instance runs nothing but the governor beside PostgreSQL, so the leader's
+//! governor upgrades its own data in place (`POST /upgrade`, `governor::runtime::upgrade`):
+//!
+//! 1. `pg_upgrade --check` and the settings, on the leader with the new version's
+//!    configuration: a blocker ends the apply before anything changed;
+//! 2. a base backup on the old version (the restore point), when the cluster archives;
+//! 3. the other instances terminated, the group's size decremented with each (their data
+//!    cannot follow; the upgrade in place starts from the leader alone), and their member
+//!    keys gone from etcd;
+//! 4. the upgrade: the leader stops PostgreSQL, gives up its key, links, and its governor
+//!    starts again on the new version and leads (the write downtime);
+//! 5. after the stack moved to the new version ([`restore_size`]), the group back to its
+//!    size: the new instances copy the upgraded leader, and the rollout replaces the
+//!    leader's instance, whose launch template is the old one;
+//! 6. a base backup into the new version's archive ([`after`]).
+//!
+//! An apply stopped halfway is finished by the next: its plan finds the members on the new
+//! version (no upgrade left, only the stack and the rollout), or still on the old one with
+//! fewer replicas (the upgrade again, from step 1).
+
+use super::Log;
+use super::rollout::{group_name, read_cluster, rest_api, target};
+use crate::aws::clients::RegionClients;
+use crate::aws::observe::describe_group;
+use crate::aws::observed::Observation;
+use crate::aws::plan::ClusterPlan;
+use crate::aws::plan::upgrade::MajorUpgrade;
+use spilo_model::ClusterName;
+use std::time::{Duration, Instant};
+
+/// How long the replicas' member keys may take to go, and the leader to lead again.
+const STEP: Duration = Duration::from_secs(30 * 60);
+
+fn scope_of(c: &ClusterPlan) -> Result<ClusterName, String> {
+    ClusterName::new(c.name.clone()).map_err(|e| e.to_string())
+}
+
+fn dcs_of(c: &ClusterPlan) -> Result<&spilo_model::spec::DcsSpec, String> {
+    c.dcs
+        .as_ref()
+        .ok_or_else(|| "the plan names no etcd for the upgrade".to_string())
+}
+
+/// The leader's name and REST API URL.
+async fn leader(c: &ClusterPlan) -> Result<(String, String), String> {
+    let cluster = read_cluster(dcs_of(c)?, &scope_of(c)?).await?;
+    let name = cluster
+        .summary
+        .leader
+        .as_ref()
+        .map(ToString::to_string)
+        .ok_or_else(|| "the cluster has no leader: nothing was changed".to_string())?;
+    let url = cluster
+        .summary
+        .members
+        .iter()
+        .find(|m| m.name.as_str() == name)
+        .map(|m| m.api_url.clone())
+        .ok_or_else(|| format!("the leader {name} has no member key"))?;
+    Ok((name, url))
+}
+
+/// Steps 1 to 4: the cluster runs the new version on its leader alone when this returns.
+pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(), String> {
+    let Some(u) = &c.major_upgrade else {
+        return Ok(());
+    };
+    let (dcs, scope) = (dcs_of(c)?, scope_of(c)?);
+    // A base backup and pg_upgrade answer when they are done.
+    let api = rest_api(
+        &target(dcs, &scope).await?,
+        "the leader upgrades its data when asked",
+        STEP,
+    )?;
+    let (name, url) = leader(c).await?;
+    let post = |body: serde_json::Value, path: &'static str| {
+        let (api, url) = (&api, url.clone());
+        async move {
+            api.post(&url, path, &body)
+                .await
+                .map_err(|e| format!("POST {path} on the leader: {e:#}"))
+        }
+    };
+    log.line(
+        &c.name,
+        &format!("major upgrade: checking on the leader {name}"),
+    );
+    let check = post(
+        serde_json::json!({"config": u.config, "check": true}),
+        "/upgrade",
+    )
+    .await?;
+    if !check.ok() {
+        return Err(format!(
+            "the upgrade check on {name} found: {} (HTTP {}); nothing was changed",
+            check.message, check.status
+        ));
+    }
+    log.line(&c.name, &format!("major upgrade: {}", check.message));
+    let backup = post(serde_json::json!({}), "/backup").await?;
+    match backup.status {
+        200 => log.line(
+            &c.name,
+            &format!(
+                "major upgrade: base backup on PostgreSQL {}: {}",
+                u.from, backup.message
+            ),
+        ),
+        409 => log.line(
+            &c.name,
+            &format!("major upgrade: no base backup first: {}", backup.message),
+        ),
+        _ => {
+            return Err(format!(
+                "the base backup before the upgrade failed: {} (HTTP {}); nothing was changed",
+                backup.message, backup.status
+            ));
+        }
+    }
+    leave_the_leader_alone(region, c, &name, log).await?;
+    let started = Instant::now();
+    log.line(
+        &c.name,
+        &format!("major upgrade: pg_upgrade --link on {name}"),
+    );
+    let upgraded = post(serde_json::json!({"config": u.config}), "/upgrade").await?;
+    if !upgraded.ok() {
+        return Err(format!(
+            "the upgrade on {name} failed: {} (HTTP {})",
+            upgraded.message, upgraded.status
+        ));
+    }
+    leads_on(c, &name, u).await?;
+    log.line(
+        &c.name,
+        &format!(
+            "major upgrade: {name} leads on PostgreSQL {} ({:.1}s without writes from the \
+             stop of PostgreSQL {} to the upgraded leader's key)",
+            u.to,
+            started.elapsed().as_secs_f64(),
+            u.from
+        ),
+    );
+    Ok(())
+}
+
+/// Terminates every instance of the group but the leader's, decrementing the group's size,
+/// and waits until the leader is the only member in etcd.
+async fn leave_the_leader_alone(
+    region: &RegionClients,
+    c: &ClusterPlan,
+    leader: &str,
+    log: &Log,
+) -> Result<(), String> {
+    let group = group_name(region, &c.stack_name).await?;
+    let instances = match describe_group(region, &group).await {
+        Observation::Present(g) => g.instances,
+        other => {
+            return Err(format!(
+                "auto-scaling group {group}: {}",
+                other.unknown().unwrap_or("gone")
+            ));
+        }
+    };
+    for i in instances.iter().filter(|i| i.id != leader) {
+        log.line(
+            &c.name,
+            &format!(
+                "major upgrade: terminating {} (a replica's data cannot follow the upgrade; \
+                 a new instance on the new version replaces it)",
+                i.id
+            ),
+        );
+        region
+            .autoscaling
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(&i.id)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "terminate {} in {group}: {}",
+                    i.id,
+                    crate::aws::clients::describe(&e)
+                )
+            })?;
+    }
+    let deadline = Instant::now() + STEP;
+    loop {
+        let cluster = read_cluster(dcs_of(c)?, &scope_of(c)?).await?;
+        let others: Vec<String> = cluster
+            .summary
+            .members
+            .iter()
+            .map(|m| m.name.to_string())
+            .filter(|m| m != leader)
+            .collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the terminated replicas' member keys did not go within {} minutes: {}",
+                STEP.as_secs() / 60,
+                others.join(", ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Waits until `name` holds the leader key again with data of the new version.
+async fn leads_on(c: &ClusterPlan, name: &str, u: &MajorUpgrade) -> Result<(), String> {
+    let t = target(dcs_of(c)?, &scope_of(c)?).await?;
+    let deadline = Instant::now() + STEP;
+    loop {
+        if let Ok(state) = crate::operate::read_state(&t).await
+            && state.leader.as_ref().is_some_and(|l| l.as_str() == name)
+            && state
+                .members
+                .iter()
+                .any(|(m, s)| m.as_str() == name && s.postgres_version == Some(u.to))
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{name} did not lead on PostgreSQL {} within {} minutes after its upgrade",
+                u.to,
+                STEP.as_secs() / 60
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Step 5: the group back to the file's size once the stack runs the new version.
+pub async fn restore_size(
+    region: &RegionClients,
+    c: &ClusterPlan,
+    instances: usize,
+    log: &Log,
+) -> Result<(), String> {
+    let group = group_name(region, &c.stack_name).await?;
+    log.line(
+        &c.name,
+        &format!("major upgrade: the group back to {instances} instances"),
+    );
+    region
+        .autoscaling
+        .set_desired_capacity()
+        .auto_scaling_group_name(&group)
+        .desired_capacity(i32::try_from(instances).unwrap_or(i32::MAX))
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "set the size of {group}: {}",
+                crate::aws::clients::describe(&e)
+            )
+        })?;
+    Ok(())
+}
+
+/// Step 6: a base backup into the new version's archive, on whoever leads after the rollout.
+/// Said, not fatal: the cluster runs, and its schedule takes the next one.
+pub async fn after(c: &ClusterPlan, log: &Log) -> Result<(), String> {
+    let Some(u) = &c.major_upgrade else {
+        return Ok(());
+    };
+    let said = match backup_now(c).await {
+        Ok(what) => format!("major upgrade: base backup on PostgreSQL {}: {what}", u.to),
+        Err(why) => {
+            format!("major upgrade: the base backup after the upgrade did not happen: {why}")
+        }
+    };
+    log.line(&c.name, &said);
+    Ok(())
+}
+
+async fn backup_now(c: &ClusterPlan) -> Result<String, String> {
+    let (dcs, scope) = (dcs_of(c)?, scope_of(c)?);
+    let api = rest_api(
+        &target(dcs, &scope).await?,
+        "the base backup is asked",
+        STEP,
+    )?;
+    let (_, url) = leader(c).await?;
+    let backup = api
+        .post(&url, "/backup", &serde_json::json!({}))
+        .await
+        .map_err(|e| format!("POST /backup: {e:#}"))?;
+    if backup.ok() {
+        Ok(backup.message)
+    } else {
+        Err(format!("{} (HTTP {})", backup.message, backup.status))
+    }
+}
