@@ -425,6 +425,15 @@ async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
         with_removed_setting,
     )
     .await?;
+    // And a column option 18 does not take, as Debian's 15.20 sets on every column it
+    // creates (`pg_attver`; the 15 here predates it, so it is written into the catalog).
+    connect_dsn(&primary)
+        .await?
+        .batch_execute(
+            "SET allow_system_table_mods = on; UPDATE pg_attribute SET attoptions = \
+             '{pg_attver=50406424}' WHERE attrelid = 't'::regclass AND attname = 'n'",
+        )
+        .await?;
     let on_18 = with_removed_setting(on_version("beta", 2, base, 18, etcd));
     let (code, out, err) = plan_local(repo, "beta", &on_18)?;
     assert_eq!(code, 1, "blocked: {out}{err}");
@@ -435,6 +444,10 @@ async fn blocked(repo: &mut LocalRepo, etcd: &Etcd) -> anyhow::Result<()> {
             && out.contains("setting old_snapshot_threshold: PostgreSQL 18")
             && out.contains(
                 "setting shared_preload_libraries: PostgreSQL 18.6 has no library old_snapshot"
+            )
+            && out.contains(
+                "database postgres: 1 column(s) carry the option pg_attver, which PostgreSQL 18 \
+                 does not take"
             ),
         "the plan names every blocker:\n{out}{err}"
     );
