@@ -358,8 +358,8 @@ async fn apply_locked(
             if c.desired.is_some() {
                 change_stack(&region, plan, c, ChangeSetType::Update, log).await?;
             }
-            if let Some(u) = &c.major_upgrade {
-                upgrade::restore_size(&region, c, u.instances, log).await?;
+            if c.major_upgrade.is_some() || c.rollout.is_some() {
+                upgrade::restore_size(&region, c, log).await?;
             }
             protect(&region, c, log).await?;
             match (&c.handover, &c.config) {

@@ -163,6 +163,9 @@ async fn leave_the_leader_alone(
             ));
         }
     };
+    // The group's smallest size is the file's `instances` (the stack's `MinSize`): one
+    // instance for now, so the terminations below may shrink it.
+    resize(region, &group, 1, None).await?;
     for i in instances.iter().filter(|i| i.id != leader) {
         log.line(
             &c.name,
@@ -236,32 +239,74 @@ async fn leads_on(c: &ClusterPlan, name: &str, u: &MajorUpgrade) -> Result<(), S
     }
 }
 
-/// Step 5: the group back to the file's size once the stack runs the new version.
+/// Sets the group's smallest size, and its desired one.
+async fn resize(
+    region: &RegionClients,
+    group: &str,
+    min: i32,
+    desired: Option<i32>,
+) -> Result<(), String> {
+    region
+        .autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(group)
+        .min_size(min)
+        .set_desired_capacity(desired)
+        .send()
+        .await
+        .map_err(|e| format!("resize {group}: {}", crate::aws::clients::describe(&e)))?;
+    Ok(())
+}
+
+/// Step 5, and what an apply stopped after step 3 left: the group back to the stack's
+/// `Instances` (the file's), when it is smaller, before the rollout counts on it.
 pub async fn restore_size(
     region: &RegionClients,
     c: &ClusterPlan,
-    instances: usize,
     log: &Log,
 ) -> Result<(), String> {
-    let group = group_name(region, &c.stack_name).await?;
-    log.line(
-        &c.name,
-        &format!("major upgrade: the group back to {instances} instances"),
-    );
-    region
-        .autoscaling
-        .set_desired_capacity()
-        .auto_scaling_group_name(&group)
-        .desired_capacity(i32::try_from(instances).unwrap_or(i32::MAX))
+    let stack = region
+        .cfn
+        .describe_stacks()
+        .stack_name(&c.stack_name)
         .send()
         .await
         .map_err(|e| {
             format!(
-                "set the size of {group}: {}",
+                "describe-stacks {}: {}",
+                c.stack_name,
                 crate::aws::clients::describe(&e)
             )
         })?;
-    Ok(())
+    let Some(wanted) = stack
+        .stacks()
+        .first()
+        .into_iter()
+        .flat_map(|s| s.parameters())
+        .find(|p| p.parameter_key() == Some("Instances"))
+        .and_then(|p| p.parameter_value())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    let group = group_name(region, &c.stack_name).await?;
+    let desired = match describe_group(region, &group).await {
+        Observation::Present(g) => g.desired,
+        other => {
+            return Err(format!(
+                "auto-scaling group {group}: {}",
+                other.unknown().unwrap_or("gone")
+            ));
+        }
+    };
+    if usize::try_from(wanted).is_ok_and(|w| desired >= w) {
+        return Ok(());
+    }
+    log.line(
+        &c.name,
+        &format!("major upgrade: the group back to {wanted} instances (it keeps {desired})"),
+    );
+    resize(region, &group, wanted, Some(wanted)).await
 }
 
 /// Step 6: a base backup into the new version's archive, on whoever leads after the rollout.

@@ -21,8 +21,6 @@ pub struct MajorUpgrade {
     /// The members' governor configuration for `to`, which the leader upgrades to (as the
     /// user data writes it: secrets by reference only).
     pub config: String,
-    /// The group's size once the leader runs `to` (the file's `instances`).
-    pub instances: usize,
 }
 
 impl MajorUpgrade {
@@ -116,7 +114,6 @@ pub fn major_upgrade(
             from,
             to: want,
             config,
-            instances: file.spec.instances as usize,
         }))
     } else {
         Some(Err(format!(
@@ -148,7 +145,7 @@ fn member_blockers(etcd: &ObservedEtcd) -> Vec<String> {
                 "{} is not a running replica ({} {})",
                 m.name, m.role, m.state
             ));
-        } else if !m.lag_bytes.is_some_and(|l| l <= MAX_LAG) {
+        } else if m.lag_bytes.is_none_or(|l| l > MAX_LAG) {
             out.push(format!(
                 "{} is {} behind the primary (at most {} MB)",
                 m.name,
