@@ -31,6 +31,7 @@
 
 mod column_options;
 pub mod in_place;
+mod output;
 mod settings;
 mod tail;
 
@@ -248,59 +249,6 @@ async fn pg_upgrade(
     .await
 }
 
-/// The blockers in a failed check's output and the reports pg_upgrade left in the scratch
-/// cluster's `pg_upgrade_output.d` (each names the objects in the way).
-fn blockers(output: &str, scratch: &Path) -> Vec<String> {
-    // A failed tool's output comes as its last lines joined with " | ".
-    let mut out: Vec<String> = output
-        .split(['\n', '|'])
-        .map(str::trim)
-        .filter(|l| {
-            l.ends_with("fatal")
-                || l.starts_with("Your installation")
-                || l.starts_with("There were problems")
-                || l.contains("could not")
-                || l.contains("failure")
-        })
-        .map(str::to_string)
-        .collect();
-    let mut reports = Vec::new();
-    collect_reports(&scratch.join("pg_upgrade_output.d"), &mut reports);
-    reports.sort();
-    for r in reports {
-        if let Ok(text) = std::fs::read_to_string(&r) {
-            let name = r.file_name().map(|n| n.to_string_lossy().to_string());
-            for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                out.push(format!("{}: {l}", name.clone().unwrap_or_default()));
-            }
-        }
-    }
-    if out.is_empty() {
-        out.push(
-            output
-                .lines()
-                .last()
-                .unwrap_or("pg_upgrade --check failed")
-                .to_string(),
-        );
-    }
-    out
-}
-
-fn collect_reports(dir: &Path, into: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            collect_reports(&p, into);
-        } else if p.extension().is_some_and(|x| x == "txt") {
-            into.push(p);
-        }
-    }
-}
-
 /// `pg_upgrade --check` of the data directory, whose server must run (a live check: on a
 /// stopped one pg_upgrade would start a server of its own, which its governor starting
 /// PostgreSQL would meet), against a scratch cluster of the new version. Changes nothing but
@@ -361,7 +309,9 @@ async fn check_scratch(
     .await;
     match r {
         Ok(_) => {}
-        Err(ToolError::Failed { output, .. }) => found.extend(blockers(&output, &paths.scratch)),
+        Err(ToolError::Failed { output, .. }) => {
+            found.extend(output::blockers(&output, &paths.scratch))
+        }
         Err(e) => return Err(e.into()),
     }
     // pg_upgrade says some things twice (its output, and a report in each of its runs).
@@ -460,7 +410,7 @@ pub async fn link(
         // A pg_upgrade killed on its deadline leaves the servers it started running.
         stop_server(&paths.old_bin, &paths.data).await;
         stop_server(&paths.new_bin, &paths.upgraded).await;
-        return Err(with_consulted_log(e).into());
+        return Err(output::with_consulted_log(e).into());
     }
     let new = controldata::read(&paths.new_bin, &paths.upgraded)
         .await
@@ -472,53 +422,6 @@ pub async fn link(
         ))
     })?;
     Ok(Linked { system, archived })
-}
-
-/// A failed pg_upgrade's output with the end of the log it says to consult (`Consult the
-/// last few lines of "<path>"`), which a roll back removes with the new cluster.
-fn with_consulted_log(e: ToolError) -> ToolError {
-    let ToolError::Failed {
-        tool,
-        status,
-        output,
-    } = e
-    else {
-        return e;
-    };
-    // Its errors, and the last lines (what it was doing); the server's log beside it too.
-    let tell = |path: &Path| {
-        let text = std::fs::read_to_string(path).ok()?;
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let errors = lines.iter().filter(|l| {
-            l.contains("ERROR")
-                || l.contains("FATAL")
-                || l.contains("PANIC")
-                || l.contains("error:")
-        });
-        let last = lines[lines.len().saturating_sub(3)..].iter();
-        Some(errors.chain(last).copied().collect::<Vec<_>>().join(" | "))
-    };
-    let consulted = output
-        .split("the last few lines of \"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .map(PathBuf::from)
-        .and_then(|path| {
-            let server = path.with_file_name("pg_upgrade_server.log");
-            let mine = tell(&path)?;
-            Some(match tell(&server) {
-                Some(s) if !s.is_empty() => format!("{mine} | the server's log: {s}"),
-                _ => mine,
-            })
-        });
-    ToolError::Failed {
-        tool,
-        status,
-        output: match consulted {
-            Some(end) => format!("{output} | its log ends: {end}"),
-            None => output,
-        },
-    }
 }
 
 /// The settings a hot standby must match or exceed on its primary, as `pg_controldata`

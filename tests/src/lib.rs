@@ -17,6 +17,7 @@ pub mod endpoints;
 pub mod etcd;
 pub mod forge;
 pub mod local;
+pub mod major_upgrade;
 pub mod netns;
 pub mod pair;
 pub mod patroni;

@@ -54,7 +54,7 @@ fn the_blockers_are_the_fatal_lines_and_the_reports_contents() {
                   Your installation references loadable libraries that are missing from the\n\
                   new installation.\n\
                   Failure, exiting\n";
-    let found = blockers(output, dir.path());
+    let found = output::blockers(output, dir.path());
     assert_eq!(
         found,
         vec![

@@ -9,6 +9,7 @@
 mod aws_rules;
 mod catalog_rules;
 mod diagnostic;
+mod installed_rules;
 mod position;
 mod rules;
 mod schema;

@@ -9,37 +9,6 @@ use spilo_model::spec::{
 };
 use std::collections::BTreeMap;
 
-/// Settings the file's PostgreSQL version does not list, as its build installed here does
-/// (`postgres --describe-config`): most likely a typo, or one a newer version removed, and
-/// PostgreSQL would not start with it. A warning: that list leaves out the developer
-/// settings (`zero_damaged_pages`), and the upgrade check asks the server itself. Nothing is
-/// said when that version is not installed here; a name with a dot is an extension's.
-fn unlisted_settings(f: &ClusterFile, r: &mut Reporter<'_>) {
-    let pg = &f.spec.postgresql;
-    if pg.parameters.keys().all(|k| k.contains('.')) {
-        return;
-    }
-    let dir = crate::installed::postgres_bin_dir(pg);
-    let Some(known) = crate::installed::setting_names(&dir) else {
-        return;
-    };
-    for name in pg.parameters.keys() {
-        if !name.contains('.') && !known.contains(name.as_str()) {
-            r.at(
-                &Path::parse("spec.postgresql.parameters").key(name),
-                Severity::Warning,
-                format!(
-                    "PostgreSQL {} does not list a setting {name} (postgres --describe-config \
-                     in {}, which leaves out developer settings): a typo, or a setting this \
-                     version removed? PostgreSQL does not start with a setting it does not have",
-                    pg.version,
-                    dir.display()
-                ),
-            );
-        }
-    }
-}
-
 /// Rules within one file.
 pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
     let s = &f.spec;
@@ -78,8 +47,6 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
              in /usr/lib/postgresql/18/bin, or leave secrets.ca out",
         );
     }
-
-    unlisted_settings(f, r);
 
     let ha = &s.ha;
     for problem in timing_problems(ha.ttl, ha.loop_wait, ha.retry_timeout) {

@@ -3,7 +3,7 @@
 use super::diagnostic::{Diagnostic, Severity};
 use super::position::{Path, Positions};
 use super::schema::{allowed_keys, etcd_schema, schema};
-use super::{catalog_rules, rules};
+use super::{catalog_rules, installed_rules, rules};
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 use spilo_model::spec::{ClusterFile, EtcdClusterFile};
@@ -279,6 +279,7 @@ fn validate_one(
     match serde_json::from_value::<ClusterFile>(json) {
         Ok(file) => {
             rules::one_file(&file, &mut r);
+            installed_rules::unlisted_settings(&file, &mut r);
             catalog_rules::check(&file, &mut r);
             Some(Parsed::Cluster(Box::new(file)))
         }
