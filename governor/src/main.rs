@@ -305,7 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _turn = up::take_turn(&paths)?;
             match step {
                 UpgradeStep::Check => {
-                    up::check(&loaded, &paths).await?;
+                    // The local target puts the cluster's parameters into the file.
+                    up::check(&loaded, &Default::default(), &paths).await?;
                     println!("{}: no blockers", paths.data.display());
                 }
                 UpgradeStep::Link => {
@@ -315,7 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                         None => None,
                     };
-                    let linked = up::link(&loaded, &paths, old.as_ref()).await?;
+                    let linked =
+                        up::link(&loaded, &Default::default(), &paths, old.as_ref()).await?;
                     if let Some(last) = linked.archived.last() {
                         println!(
                             "{}: the old server's WAL its archiver left archived ({} files, \

@@ -39,6 +39,7 @@ use crate::config::Loaded;
 use crate::dcs::Dcs;
 use crate::postgres::tools::{self, ToolError};
 use crate::postgres::{Instance, controldata};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -253,7 +254,11 @@ async fn pg_upgrade(
 /// stopped one pg_upgrade would start a server of its own, which its governor starting
 /// PostgreSQL would meet), against a scratch cluster of the new version. Changes nothing but
 /// the scratch directory, removed afterwards.
-pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
+pub async fn check(
+    loaded: &Loaded,
+    cluster: &BTreeMap<String, String>,
+    paths: &Paths,
+) -> Result<(), UpgradeError> {
     if live_postmaster(&paths.data).is_none() {
         return Err(UpgradeError::State(format!(
             "no PostgreSQL server runs in {}: the check asks the running server",
@@ -280,7 +285,7 @@ pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
         .await
         .map_err(io(format!("pg_controldata {}", paths.data.display())))?;
     initdb(loaded, &paths.scratch).await?;
-    let found = check_scratch(loaded, paths, &cd).await;
+    let found = check_scratch(loaded, cluster, paths, &cd).await;
     let _ = std::fs::remove_dir_all(&paths.scratch);
     found
 }
@@ -289,11 +294,17 @@ pub async fn check(loaded: &Loaded, paths: &Paths) -> Result<(), UpgradeError> {
 /// either finds, the settings' first.
 async fn check_scratch(
     loaded: &Loaded,
+    cluster: &BTreeMap<String, String>,
     paths: &Paths,
     cd: &controldata::ControlData,
 ) -> Result<(), UpgradeError> {
-    let mut found =
-        settings::blockers(loaded, &paths.new_bin, &paths.scratch, &paths.run_dir).await?;
+    let mut found = settings::blockers(
+        loaded,
+        cluster,
+        &paths.new_bin,
+        (&paths.scratch, &paths.run_dir),
+    )
+    .await?;
     let version = version_of(&paths.new_bin)
         .await
         .map_or("the new version".to_string(), |v| format!("PostgreSQL {v}"));
@@ -364,6 +375,7 @@ pub struct Linked {
 /// rolled back first.
 pub async fn link(
     loaded: &Loaded,
+    cluster: &BTreeMap<String, String>,
     paths: &Paths,
     old: Option<&Loaded>,
 ) -> Result<Linked, UpgradeError> {
@@ -393,8 +405,13 @@ pub async fn link(
     };
     initdb(loaded, &paths.upgraded).await?;
     // The settings again: the check may have been against another configuration.
-    let refused =
-        settings::blockers(loaded, &paths.new_bin, &paths.upgraded, &paths.run_dir).await?;
+    let refused = settings::blockers(
+        loaded,
+        cluster,
+        &paths.new_bin,
+        (&paths.upgraded, &paths.run_dir),
+    )
+    .await?;
     if !refused.is_empty() {
         return Err(UpgradeError::Blocked(refused));
     }

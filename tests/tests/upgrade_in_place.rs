@@ -3,9 +3,10 @@
 //! etcd and PostgreSQL 15 and 18. The check names blockers and changes nothing; the upgrade
 //! is refused while other members are registered; alone, the leader links, starts again,
 //! commits and leads on 18 with every row, a new system identifier in etcd and its archive
-//! under `wal/18/`, and a new replica on 18 copies it. Killed before pg_upgrade, the
-//! governor started again (with its old configuration, as an instance's boot does) rolls
-//! back to 15 with its data; killed after the link, it commits and runs 18.
+//! under `wal/18/`, and a new replica on 18 copies it. Killed before pg_upgrade or after it
+//! but before the link's record, the governor started again (with its old configuration,
+//! as an instance's boot does) rolls back to 15 with its data; killed after the record, it
+//! commits and runs 18, and once 18 ran, a restart removes the old data directory.
 
 use spilo_e2e::cluster::{API_TOKEN, Cluster, ClusterOptions, pg_bin};
 use spilo_e2e::wait;
@@ -148,6 +149,18 @@ async fn alone(c: &mut Cluster) -> anyhow::Result<()> {
         "{body}"
     );
 
+    // Refused: a configuration that changes more than the programs, the archive prefix and
+    // the parameters (here the HA timing).
+    assert!(on_18.contains("ha: {}"), "{on_18}");
+    let (code, body) = post_upgrade(c, &leader, &on_18.replace("ha: {}", "ha: {ttl: 20}"), true)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no answer"))?;
+    assert_eq!(code, 412, "{body}");
+    assert!(
+        body.contains("differs from this member's in more than"),
+        "{body}"
+    );
+
     // Refused while the replica is registered: its data could not follow.
     let (code, body) = post_upgrade(c, &leader, &on_18, false)
         .await
@@ -213,7 +226,7 @@ async fn alone(c: &mut Cluster) -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_governor_killed_before_pg_upgrade_rolls_back_and_after_the_link_commits()
+async fn a_governor_killed_before_the_links_record_rolls_back_and_after_it_commits()
 -> anyhow::Result<()> {
     let mut c = Cluster::new(options("inplacekill", 1)).await?;
     let r = killed(&mut c).await;
@@ -237,11 +250,33 @@ async fn killed(c: &mut Cluster) -> anyhow::Result<()> {
     let answer = post_upgrade(c, &name, &on_18, false).await;
     assert!(answer.is_none(), "the governor exited: {answer:?}");
     exited(c, 0).await?;
+    c.members[0].extra_env = vec![("SPILO_TEST_UPGRADE_EXIT".into(), "linked-unrecorded".into())];
+    c.start(&name)?;
+    leads_on(c, &name, 15).await?;
+    assert_eq!(count(c, &name).await?, 500);
+    assert_eq!(system_id(c, &name).await?, before, "the same system");
+
+    // Killed after pg_upgrade linked, before the link's record: the old control file is
+    // renamed and the new cluster made; started again, it rolls the link back.
+    let answer = post_upgrade(c, &name, &on_18, false).await;
+    assert!(answer.is_none(), "the governor exited: {answer:?}");
+    exited(c, 0).await?;
+    let data = c.member(&name).data_dir();
+    assert!(
+        data.join("global/pg_control.old").exists() && !data.join("global/pg_control").exists(),
+        "pg_upgrade --link ran: the old control file is renamed"
+    );
     c.members[0].extra_env = vec![("SPILO_TEST_UPGRADE_EXIT".into(), "linked".into())];
     c.start(&name)?;
     leads_on(c, &name, 15).await?;
     assert_eq!(count(c, &name).await?, 500);
     assert_eq!(system_id(c, &name).await?, before, "the same system");
+    let mut upgraded = data.clone().into_os_string();
+    upgraded.push(".upgrade");
+    assert!(
+        !std::path::Path::new(&upgraded).exists(),
+        "{upgraded:?} removed"
+    );
 
     // Killed after the link's record: started again with its old configuration, it commits
     // and leads on 18.
@@ -259,8 +294,10 @@ async fn killed(c: &mut Cluster) -> anyhow::Result<()> {
     leads_on(c, &name, 18).await?;
     let log = c.log(&name);
     assert!(
-        log.contains("rolled back, the old version runs on")
-            && log.contains("running with the upgraded configuration"),
+        log.matches("rolled back, the old version runs on").count() == 2
+            && log.contains("undone=true")
+            && log.contains("running with the upgraded configuration")
+            && log.contains("removed the old version's data directory"),
         "{log}"
     );
     Ok(())

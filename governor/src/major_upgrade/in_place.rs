@@ -30,6 +30,9 @@ pub struct Files {
     pub linked: PathBuf,
     /// `<data>.upgraded.yaml`: committed; the configuration to run with.
     pub committed: PathBuf,
+    /// `<data>.upgrade-check.yaml`: the configuration a check only is given (never a
+    /// record).
+    pub check: PathBuf,
 }
 
 impl Files {
@@ -39,6 +42,7 @@ impl Files {
             intent: super::beside(data, ".upgrade.yaml.new"),
             linked: super::beside(data, ".upgrade.yaml"),
             committed: super::beside(data, ".upgraded.yaml"),
+            check: super::beside(data, ".upgrade-check.yaml"),
         }
     }
 }
@@ -51,21 +55,27 @@ pub fn advance(from: &Path, to: &Path) -> Result<(), UpgradeError> {
         from.display(),
         to.display()
     )))?;
-    if let Some(dir) = to.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(format!("sync {}", dir.display())))?;
-    }
-    Ok(())
+    sync_dir(to)
 }
 
-/// Writes `text` as `path` durably (the file synced before anything depends on it).
+/// Writes `text` as `path` durably (the file and its directory synced before anything
+/// depends on it).
 pub fn write_durably(path: &Path, text: &str) -> Result<(), UpgradeError> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(io(format!("write {}", path.display())))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(io(format!("write {}", path.display())))
+        .map_err(io(format!("write {}", path.display())))?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> Result<(), UpgradeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(format!("sync {}", dir.display())))?;
+    }
+    Ok(())
 }
 
 async fn load(path: &Path, like: &Loaded) -> Result<Loaded, UpgradeError> {
@@ -92,9 +102,8 @@ pub async fn resume(loaded: Loaded) -> Result<Loaded, UpgradeError> {
             "committed the in-place upgrade: the data directory holds the new version and \
              etcd's `initialize` its system identifier"
         );
-        if let Err(e) = discard_old(&paths) {
-            tracing::warn!(error = %e, "the old data directory was not removed");
-        }
+        // The old directory stays until the new version has run on the data: before, it is
+        // the way back by hand (its control file renamed back).
         return load(&files.committed, &loaded).await;
     }
     if files.intent.exists() {
@@ -121,9 +130,37 @@ pub async fn resume(loaded: Loaded) -> Result<Loaded, UpgradeError> {
             config = %files.committed.display(),
             "this member's data was upgraded in place: running with the upgraded configuration"
         );
+        discard_once_run(&new);
         return Ok(new);
     }
     Ok(loaded)
+}
+
+/// Removes the old version's directory once the new version has started on the data
+/// (PostgreSQL's `postmaster.opts` names the programs it last started with).
+fn discard_once_run(new: &Loaded) {
+    let paths = Paths::of(new, &new.config.postgresql.bin_dir);
+    // PostgreSQL writes its program's real path (the image links 18's directory).
+    let bins: Vec<String> = [
+        Some(paths.new_bin.clone()),
+        paths.new_bin.canonicalize().ok(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|b| b.display().to_string())
+    .collect();
+    let ran = std::fs::read_to_string(paths.data.join("postmaster.opts"))
+        .is_ok_and(|o| bins.iter().any(|b| o.starts_with(b.as_str())));
+    if ran {
+        match discard_old(&paths) {
+            Ok(true) => tracing::info!(
+                old = %paths.previous.display(),
+                "removed the old version's data directory"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "the old data directory was not removed"),
+        }
+    }
 }
 
 /// The major version of `loaded`'s PostgreSQL programs.
@@ -144,6 +181,7 @@ mod tests {
                 intent: "/home/postgres/pgdata/data.upgrade.yaml.new".into(),
                 linked: "/home/postgres/pgdata/data.upgrade.yaml".into(),
                 committed: "/home/postgres/pgdata/data.upgraded.yaml".into(),
+                check: "/home/postgres/pgdata/data.upgrade-check.yaml".into(),
             }
         );
     }

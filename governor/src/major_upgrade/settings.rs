@@ -8,9 +8,10 @@
 //! does not have, whose names stop it before it checks values), and its library directory
 //! (`pg_config --pkglibdir`) must hold the preloaded libraries.
 //!
-//! The settings checked are the governor's defaults and its configuration's `parameters`
-//! (where the local target puts the cluster file's); the cluster's `config` in etcd, where
-//! the AWS target puts them, is not read.
+//! The settings checked are those the new server starts with: the governor's defaults, the
+//! cluster's parameters from etcd's `config` (where the AWS target puts the file's; the
+//! caller passes those its PostgreSQL runs with) and the configuration's own `parameters`
+//! (where the local target puts them), later ones winning.
 
 use super::{UpgradeError, io};
 use crate::config::Loaded;
@@ -22,16 +23,18 @@ use std::time::Duration;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The settings of `loaded` the new version's server in `new_bin` would not start with, one
-/// line each, naming the setting; `data` is a data directory of the new version (the parse
-/// needs one) and `run_dir` where the file parsed is written for the moment.
+/// The settings (`cluster`'s, then `loaded`'s) the new version's server in `new_bin` would
+/// not start with, one line each, naming the setting; `data` is a data directory of the new
+/// version (the parse needs one) and `run_dir` where the file parsed is written for the
+/// moment.
 pub async fn blockers(
     loaded: &Loaded,
+    cluster: &BTreeMap<String, String>,
     new_bin: &Path,
-    data: &Path,
-    run_dir: &Path,
+    (data, run_dir): (&Path, &Path),
 ) -> Result<Vec<String>, UpgradeError> {
     let mut params = conf::defaults();
+    params.extend(cluster.iter().map(|(k, v)| (k.clone(), v.clone())));
     params.extend(
         loaded
             .config

@@ -38,7 +38,8 @@ impl Governor {
             }
             let _ = cmd.reply.send(r);
             if self.upgraded {
-                // The rest wait for the run on the new version.
+                // This run ends; the commands queued behind are answered "the HA loop
+                // stopped" (the next run has a queue of its own).
                 return;
             }
         }

@@ -9,6 +9,7 @@
 //! back and PostgreSQL starts again on the old version at the next pass.
 
 use super::Governor;
+use crate::config::Loaded;
 use crate::dcs::Coordination;
 use crate::major_upgrade::in_place::{Files, advance, write_durably};
 use crate::major_upgrade::{self, Paths, UpgradeError};
@@ -30,7 +31,8 @@ fn failed(why: impl Into<String>) -> Failure {
 }
 
 /// A test-only switch: `SPILO_TEST_UPGRADE_EXIT=<step>` makes the governor exit (status 3)
-/// as a crash would: `linking` before pg_upgrade, `linked` after the link's record.
+/// as a crash would: `linking` before pg_upgrade, `linked-unrecorded` after it and before
+/// its record, `linked` after the record.
 fn crash_at(step: &str) {
     if std::env::var("SPILO_TEST_UPGRADE_EXIT").is_ok_and(|s| s == step) {
         tracing::warn!(step, "SPILO_TEST_UPGRADE_EXIT: exiting as a crash would");
@@ -48,39 +50,59 @@ impl Governor {
     ) -> Result<String, Failure> {
         let data = self.loaded.config.postgresql.data_dir.clone();
         let files = Files::of(&data);
-        if files.linked.exists() {
+        if files.linked.exists() || files.intent.exists() {
             return Err(refused(format!(
-                "{} records a link not yet committed: the governor commits it when it starts",
-                files.linked.display()
+                "{} records an upgrade under way: the governor finishes or rolls it back \
+                 when it starts",
+                if files.linked.exists() {
+                    &files.linked
+                } else {
+                    &files.intent
+                }
+                .display()
             )));
         }
         if !check_only {
             self.alone_as_leader().await?;
         }
-        write_durably(&files.intent, config).map_err(|e| failed(e.to_string()))?;
-        let outcome = self.check_and_link(&files, check_only).await;
-        // The record stays while there is a link to finish or to roll back.
-        let left = data.join("global/pg_control.old").exists()
-            || Paths::of(&self.loaded, &self.loaded.config.postgresql.bin_dir)
-                .upgraded
-                .exists();
-        if check_only || (outcome.is_err() && !left) {
-            let _ = std::fs::remove_file(&files.intent);
+        // A check's configuration is never a record.
+        let path = if check_only {
+            &files.check
+        } else {
+            &files.intent
+        };
+        write_durably(path, config).map_err(|e| failed(e.to_string()))?;
+        let outcome = self.check_and_link(path, &files, check_only).await;
+        // The intent stays for a link the next run rolls back (`self.upgraded`).
+        if check_only || (outcome.is_err() && !self.upgraded) {
+            let _ = std::fs::remove_file(path);
         }
         outcome
     }
 
-    /// Refused unless this member holds the leader key and no other member is registered.
+    /// Refused unless this member holds the leader key, no other member is registered and
+    /// the cluster is not in maintenance mode (which would keep the upgraded member from
+    /// starting and taking the key), as etcd says now.
     async fn alone_as_leader(&self) -> Result<(), Failure> {
         if !self.is_leading() {
             return Err(refused(
                 "this member does not hold the leader key: the upgrade starts on the leader",
             ));
         }
-        let view = self.shared.view.read().await.clone();
+        let view = self
+            .dcs
+            .read_view()
+            .await
+            .map_err(|e| failed(format!("read the cluster from etcd: {e}")))?;
+        if view.paused() {
+            return Err(refused(
+                "the cluster is paused (maintenance mode), which would keep the upgraded \
+                 member from starting: `spilo resume` it first",
+            ));
+        }
         let others: Vec<String> = view
-            .iter()
-            .flat_map(|v| v.members.keys())
+            .members
+            .keys()
             .filter(|m| **m != self.loaded.name)
             .map(ToString::to_string)
             .collect();
@@ -94,26 +116,37 @@ impl Governor {
         Ok(())
     }
 
-    async fn check_and_link(&mut self, files: &Files, check_only: bool) -> Result<String, Failure> {
-        let new = crate::config::load(&files.intent, &self.loaded.identity)
+    /// The new configuration, as this governor loads it: refused unless it differs from
+    /// the running one only in the new version's programs, the archive prefix and the
+    /// parameters (what `PATCH /config` may change too); anything else (etcd, the REST
+    /// API's credentials, the archive's store) stays as the instance was started with.
+    async fn new_configuration(&self, path: &std::path::Path) -> Result<Loaded, Failure> {
+        let new = crate::config::load(path, &self.loaded.identity)
             .await
             .map_err(|e| refused(format!("the new configuration: {e}")))?;
-        let old = &self.loaded.config;
-        if new.config.postgresql.data_dir != old.postgresql.data_dir
-            || new.config.scope != old.scope
-            || new.name != self.loaded.name
-        {
-            return Err(refused(format!(
-                "the new configuration is for another member (scope {}, member {}, data {}) \
-                 than this one (scope {}, member {}, data {})",
-                new.config.scope,
-                new.name,
-                new.config.postgresql.data_dir.display(),
-                old.scope,
-                self.loaded.name,
-                old.postgresql.data_dir.display()
-            )));
+        let mut same = self.loaded.config.clone();
+        same.postgresql.bin_dir = new.config.postgresql.bin_dir.clone();
+        same.postgresql.parameters = new.config.postgresql.parameters.clone();
+        if let (Some(a), Some(b)) = (same.archive.as_mut(), new.config.archive.as_ref()) {
+            a.prefix = b.prefix.clone();
         }
+        if same != new.config || new.name != self.loaded.name {
+            return Err(refused(
+                "the new configuration differs from this member's in more than \
+                 postgresql.bin_dir, postgresql.parameters and archive.prefix",
+            ));
+        }
+        Ok(new)
+    }
+
+    async fn check_and_link(
+        &mut self,
+        path: &std::path::Path,
+        files: &Files,
+        check_only: bool,
+    ) -> Result<String, Failure> {
+        let new = self.new_configuration(path).await?;
+        let old = &self.loaded.config;
         let paths = Paths::of(&new, &old.postgresql.bin_dir);
         let to = major_upgrade::version_of(&paths.new_bin).await;
         let from = major_upgrade::data_version(&paths.data);
@@ -124,8 +157,10 @@ impl Governor {
                 from.map_or("unknown".into(), |v| v.to_string())
             )));
         }
+        // The cluster's parameters, with which the new version starts too.
+        let cluster = self.pg.cluster_params();
         let turn = major_upgrade::take_turn(&paths).map_err(|e| failed(e.to_string()))?;
-        match major_upgrade::check(&new, &paths).await {
+        match major_upgrade::check(&new, &cluster, &paths).await {
             Ok(()) => {}
             Err(e @ UpgradeError::Blocked(_)) => return Err(refused(e.to_string())),
             Err(e) => return Err(failed(format!("the check failed: {e}"))),
@@ -153,13 +188,22 @@ impl Governor {
             tracing::warn!(error = %e, "could not give up the leader key before the link");
         }
         crash_at("linking");
-        match major_upgrade::link(&new, &paths, Some(&self.loaded)).await {
+        let linked = major_upgrade::link(&new, &cluster, &paths, Some(&self.loaded)).await;
+        crash_at("linked-unrecorded");
+        match linked {
             Ok(linked) => {
-                advance(&files.intent, &files.linked).map_err(|e| failed(e.to_string()))?;
-                drop(turn);
-                crash_at("linked");
+                // From here on the run ends: the next one commits, or rolls back a link
+                // whose record could not be written.
                 self.upgraded = true;
                 self.wake.notify_one();
+                advance(&files.intent, &files.linked).map_err(|e| {
+                    failed(format!(
+                        "{e}: the link is not recorded; the governor rolls it back when it \
+                         starts again"
+                    ))
+                })?;
+                drop(turn);
+                crash_at("linked");
                 Ok(format!(
                     "linked PostgreSQL {from}'s data into PostgreSQL {to} ({} WAL files the old \
                      archiver left archived first); the governor starts again on PostgreSQL \
@@ -170,12 +214,20 @@ impl Governor {
             }
             Err(e) => {
                 let undo = major_upgrade::roll_back(&paths);
+                if undo.is_err() {
+                    // The intent stays; the next run's start rolls back again.
+                    self.upgraded = true;
+                    self.wake.notify_one();
+                }
                 Err(failed(format!(
-                    "pg_upgrade --link failed: {e}; {}; PostgreSQL {from} starts again at the \
-                     next pass",
+                    "pg_upgrade --link failed: {e}; {}",
                     match undo {
-                        Ok(_) => "rolled back".to_string(),
-                        Err(u) => format!("the roll back failed too: {u}"),
+                        Ok(_) =>
+                            format!("rolled back; PostgreSQL {from} starts again at the next pass"),
+                        Err(u) => format!(
+                            "the roll back failed too ({u}); the governor starts again and \
+                             rolls back then"
+                        ),
                     }
                 )))
             }

@@ -118,20 +118,49 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
             ));
         }
     }
-    leave_the_leader_alone(region, c, &name, log).await?;
+    // Whatever fails from here on, the group gets its size back (a failed link was rolled
+    // back and the leader runs the old version again; an apply that stopped is finished by
+    // the next).
+    let upgraded = match leave_the_leader_alone(region, c, &name, log).await {
+        Ok(()) => upgrade_alone(c, u, (&api, &url), &name, log).await,
+        Err(e) => Err(e),
+    };
+    if upgraded.is_err()
+        && let Err(r) = restore_size(region, c, log).await
+    {
+        log.line(
+            &c.name,
+            &format!("major upgrade: the group's size was not restored: {r}"),
+        );
+    }
+    upgraded
+}
+
+/// Step 4: the upgrade on the leader `name` alone (its REST API at `url`), until it leads
+/// on the new version.
+async fn upgrade_alone(
+    c: &ClusterPlan,
+    u: &MajorUpgrade,
+    (api, url): (&crate::operate::Api, &str),
+    name: &str,
+    log: &Log,
+) -> Result<(), String> {
     let started = Instant::now();
     log.line(
         &c.name,
         &format!("major upgrade: pg_upgrade --link on {name}"),
     );
-    let upgraded = post(serde_json::json!({"config": u.config}), "/upgrade").await?;
+    let upgraded = api
+        .post(url, "/upgrade", &serde_json::json!({"config": u.config}))
+        .await
+        .map_err(|e| format!("POST /upgrade on the leader: {e:#}"))?;
     if !upgraded.ok() {
         return Err(format!(
             "the upgrade on {name} failed: {} (HTTP {})",
             upgraded.message, upgraded.status
         ));
     }
-    leads_on(c, &name, u).await?;
+    leads_on(c, name, u).await?;
     log.line(
         &c.name,
         &format!(
@@ -167,6 +196,9 @@ async fn leave_the_leader_alone(
     // instance for now, so the terminations below may shrink it.
     resize(region, &group, 1, None).await?;
     for i in instances.iter().filter(|i| i.id != leader) {
+        // A failover since the check would make this instance the primary's: the leader is
+        // read again before each termination, and nothing goes when it changed.
+        still_leads(c, leader).await?;
         log.line(
             &c.name,
             &format!(
@@ -212,6 +244,23 @@ async fn leave_the_leader_alone(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Fails unless `leader` still holds the leader key.
+async fn still_leads(c: &ClusterPlan, leader: &str) -> Result<(), String> {
+    let now = read_cluster(dcs_of(c)?, &scope_of(c)?)
+        .await?
+        .summary
+        .leader
+        .map(|l| l.to_string());
+    if now.as_deref() == Some(leader) {
+        return Ok(());
+    }
+    Err(format!(
+        "the leader changed from {leader} to {} during the upgrade's preparation: no other \
+         instance is terminated; apply again",
+        now.as_deref().unwrap_or("nobody")
+    ))
 }
 
 /// Waits until `name` holds the leader key again with data of the new version.

@@ -105,6 +105,18 @@ pub fn major_upgrade(
     if etcd.applied_version.is_none() {
         blockers.extend(member_blockers(etcd));
     }
+    if etcd
+        .config
+        .present()
+        .and_then(|c| c.value.as_ref())
+        .is_some_and(|c| c.pause)
+    {
+        blockers.push(
+            "the cluster is paused (maintenance mode), which would keep the upgraded leader \
+             from starting: `spilo resume` it first"
+                .into(),
+        );
+    }
     let config = match crate::aws::userdata::config_text(file) {
         Ok(c) => c,
         Err(e) => return Some(Err(format!("the governor configuration for {want}: {e}"))),
@@ -254,6 +266,16 @@ mod tests {
         e.members[0].leader = true;
         let down = ["replica-eu".to_string()];
         assert!(why(&e, &file(18), &down).contains("standby clusters follow it (replica-eu)"));
+        // Maintenance mode.
+        let mut paused = e.clone();
+        paused.config = Observation::Present(crate::aws::observed::ObservedConfig {
+            value: Some(spilo_model::ClusterConfig {
+                pause: true,
+                ..Default::default()
+            }),
+            mod_revision: 1,
+        });
+        assert!(why(&paused, &file(18), &[]).contains("the cluster is paused (maintenance mode)"));
         // Back, and two versions at once.
         assert!(why(&e, &file(14), &[]).contains("no way back to an older major version"));
         e.members[1].postgres_version = Some(18);
