@@ -306,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match step {
                 UpgradeStep::Check => {
                     // The local target puts the cluster's parameters into the file.
-                    up::check(&loaded, &Default::default(), &paths).await?;
+                    up::check(&loaded, &[&Default::default()], &paths).await?;
                     println!("{}: no blockers", paths.data.display());
                 }
                 UpgradeStep::Link => {

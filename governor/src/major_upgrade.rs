@@ -254,9 +254,13 @@ async fn pg_upgrade(
 /// stopped one pg_upgrade would start a server of its own, which its governor starting
 /// PostgreSQL would meet), against a scratch cluster of the new version. Changes nothing but
 /// the scratch directory, removed afterwards.
+///
+/// `cluster` holds the cluster's parameters (etcd's `config`) the new version must take:
+/// those it starts with, and, when the orchestrator writes new ones after the upgrade, those
+/// too; each set is checked.
 pub async fn check(
     loaded: &Loaded,
-    cluster: &BTreeMap<String, String>,
+    cluster: &[&BTreeMap<String, String>],
     paths: &Paths,
 ) -> Result<(), UpgradeError> {
     if live_postmaster(&paths.data).is_none() {
@@ -294,17 +298,24 @@ pub async fn check(
 /// either finds, the settings' first.
 async fn check_scratch(
     loaded: &Loaded,
-    cluster: &BTreeMap<String, String>,
+    cluster: &[&BTreeMap<String, String>],
     paths: &Paths,
     cd: &controldata::ControlData,
 ) -> Result<(), UpgradeError> {
-    let mut found = settings::blockers(
-        loaded,
-        cluster,
-        &paths.new_bin,
-        (&paths.scratch, &paths.run_dir),
-    )
-    .await?;
+    let mut found = Vec::new();
+    let mut sets = cluster.to_vec();
+    sets.dedup();
+    for set in sets {
+        found.extend(
+            settings::blockers(
+                loaded,
+                set,
+                &paths.new_bin,
+                (&paths.scratch, &paths.run_dir),
+            )
+            .await?,
+        );
+    }
     let version = version_of(&paths.new_bin)
         .await
         .map_or("the new version".to_string(), |v| format!("PostgreSQL {v}"));

@@ -20,6 +20,7 @@
 //! | `boot/<member>` | that member's instance: written by its boot layer (`governor boot-failed`) when its boot fails, deleted by its governor once the member runs | [`crate::BootFailure`] JSON: why, and the boot log's last lines | bound to a lease of one day (a later failure of the same instance replaces it) |
 //! | `drill` | created if absent (with the time drills began) by any member whose drill schedule starts; then rewritten after each drill by the member that ran it (the first running replica by name, else the leader) | [`crate::DrillRecord`] JSON: the last drill and the last one that passed | permanent |
 //! | `catalog` | the leader, after each convergence of `config.catalog` and each check for hand-made changes (every 10 s) | [`crate::catalog::CatalogStatus`] JSON: the last error, and what differs from the file (drift) | permanent |
+//! | `upgrade` | `spilo apply` on AWS, under its apply lock: written before the leader's in-place major upgrade, deleted once the upgrade's last step (the base backup and the statistics on the new version) is done | [`crate::UpgradeRecord`] JSON | until the upgrade is finished: a plan that finds it with the members on its `to` version finishes the upgrade |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -60,6 +61,8 @@ pub enum KeyKind {
     Drill,
     /// `catalog`: how the roles and databases stand against the file.
     Catalog,
+    /// `upgrade`: a major upgrade `spilo apply` has not finished.
+    Upgrade,
 }
 
 impl Keyspace {
@@ -121,6 +124,11 @@ impl Keyspace {
         format!("{}drill", self.prefix)
     }
 
+    /// `upgrade`.
+    pub fn upgrade(&self) -> String {
+        format!("{}upgrade", self.prefix)
+    }
+
     /// `catalog`.
     pub fn catalog(&self) -> String {
         format!("{}catalog", self.prefix)
@@ -165,6 +173,7 @@ impl Keyspace {
             "failsafe" => Some(KeyKind::Failsafe),
             "drill" => Some(KeyKind::Drill),
             "catalog" => Some(KeyKind::Catalog),
+            "upgrade" => Some(KeyKind::Upgrade),
             _ => {
                 if let Some(n) = rest.strip_prefix("boot/") {
                     return MemberName::new(n).ok().map(KeyKind::Boot);
@@ -205,6 +214,7 @@ mod tests {
         assert_eq!(k.classify(&k.config()), Some(KeyKind::Config));
         assert_eq!(k.classify(&k.history()), Some(KeyKind::History));
         assert_eq!(k.classify(&k.apply_lock()), Some(KeyKind::ApplyLock));
+        assert_eq!(k.classify(&k.upgrade()), Some(KeyKind::Upgrade));
         assert_eq!(k.classify(&k.switchover()), Some(KeyKind::Switchover));
         assert_eq!(k.classify(&k.sync()), Some(KeyKind::Sync));
         assert_eq!(k.classify(&k.failsafe()), Some(KeyKind::Failsafe));

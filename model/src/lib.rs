@@ -19,6 +19,7 @@ pub mod summary;
 pub mod switchover;
 pub mod sync;
 pub mod target_time;
+pub mod upgrade;
 
 pub use catalog::Catalog;
 pub use drill::{DrillRecord, DrillRun, drill_member};
@@ -33,3 +34,4 @@ pub use summary::{ArchiveStatus, BackupRuns, ClusterSummary, MemberRow, NodeStat
 pub use switchover::SwitchoverRequest;
 pub use sync::SyncState;
 pub use target_time::TargetTime;
+pub use upgrade::UpgradeRecord;

@@ -105,6 +105,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/reinitialize", post(ops::post_reinitialize))
         .route("/upgrade", post(ops::post_upgrade))
         .route("/backup", post(ops::post_backup))
+        .route("/analyze", post(ops::post_analyze))
         .route("/drill", post(ops::post_drill))
         .route("/config", get(ops::get_config).patch(ops::patch_config))
         .with_state(shared)

@@ -379,6 +379,10 @@ pub struct UpgradeBody {
     /// Only check (`pg_upgrade --check` and the settings); change nothing.
     #[serde(default)]
     pub check: bool,
+    /// The cluster's parameters the orchestrator writes once the upgrade is done (its new
+    /// etcd `config`), checked beside those the new version starts with.
+    #[serde(default)]
+    pub parameters: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `POST /upgrade`: the major upgrade of this member's data in place, or its check (200 with
@@ -402,6 +406,7 @@ pub(super) async fn post_upgrade(
                 Op::Upgrade {
                     config: b.config,
                     check: b.check,
+                    parameters: b.parameters,
                 },
             )
             .await
@@ -425,6 +430,37 @@ pub(super) async fn post_reinitialize(
         return r;
     }
     command(&shared, Op::Reinitialize).await
+}
+
+/// `POST /analyze`: the leader running as primary rebuilds the planner's statistics
+/// (`vacuumdb --analyze-in-stages`, after a major upgrade) and answers when done: 200 with
+/// what was done, 409 on another member or while a rebuild runs, 500 when vacuumdb failed.
+pub(super) async fn post_analyze(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Reply {
+    if let Err(r) = authorized(&shared, &headers) {
+        return r;
+    }
+    let node = shared.node.read().await.clone();
+    if !(node.is_leader
+        && node.member.role == MemberRole::Primary
+        && node.member.state == MemberState::Running)
+    {
+        return reply(
+            StatusCode::CONFLICT,
+            "this member is not the leader running as primary: the statistics are rebuilt \
+             on the primary (replicas receive them)",
+        );
+    }
+    let Some(stats) = &shared.statistics else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this governor does not rebuild statistics",
+        );
+    };
+    match stats.rebuild().await {
+        Ok(done) => reply(StatusCode::OK, done),
+        Err(e @ crate::shared::StatsError::Busy) => reply(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// `POST /backup`: the leader takes a base backup into the archive now and answers when it

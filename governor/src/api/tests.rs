@@ -2,6 +2,8 @@
 //! for the situations its table in [`super`] names, without etcd, PostgreSQL or a socket.
 
 use super::*;
+
+mod analyze;
 use crate::config::ApiCredentials;
 use crate::dcs::DcsError;
 use crate::ha::{ClusterView, HaConfig, LeaderKey, LeaseView};
@@ -194,6 +196,7 @@ fn rig(node: NodeStatus, store: Arc<dyn ClusterStore>, now: Instant) -> Rig {
         proxy: None,
         loop_stats: Default::default(),
         live_wal: None,
+        statistics: None,
     });
     Rig {
         shared,

@@ -107,7 +107,11 @@ pub fn parse_view<'a>(
             }
             // The reconciler's lock and instances' boot reports: nothing the governor
             // decides on.
-            KeyKind::ApplyLock | KeyKind::Boot(_) | KeyKind::Drill | KeyKind::Catalog => {}
+            KeyKind::ApplyLock
+            | KeyKind::Boot(_)
+            | KeyKind::Drill
+            | KeyKind::Catalog
+            | KeyKind::Upgrade => {}
         }
     }
     view

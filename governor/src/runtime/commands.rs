@@ -56,7 +56,14 @@ impl Governor {
             }
             Op::Restart { pending_only } => self.restart(pending_only).await,
             Op::Reinitialize => self.reinitialize().await,
-            Op::Upgrade { config, check } => self.upgrade_in_place(&config, check).await,
+            Op::Upgrade {
+                config,
+                check,
+                parameters,
+            } => {
+                self.upgrade_in_place(&config, check, parameters.as_ref())
+                    .await
+            }
         }
     }
 

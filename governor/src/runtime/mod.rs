@@ -24,6 +24,7 @@ pub mod peers;
 mod recovery;
 pub mod scale_in;
 pub mod stack_signal;
+mod statistics;
 pub mod switchover;
 mod sync;
 pub mod tasks;
@@ -334,6 +335,12 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
             cfg.postgresql.listen.port(),
             &cfg.postgresql.authentication.superuser.username,
             cfg.ha.retry_timeout().min(Duration::from_secs(1)),
+        ))),
+        statistics: Some(Arc::new(statistics::PgStatistics::new(
+            cfg.postgresql.bin_dir.clone(),
+            cfg.run_dir(),
+            cfg.postgresql.listen.port(),
+            &cfg.postgresql.authentication.superuser.username,
         ))),
     });
     if let Some(archive) = &cfg.archive {

@@ -15,6 +15,7 @@ use crate::major_upgrade::in_place::{Files, advance, write_durably};
 use crate::major_upgrade::{self, Paths, UpgradeError};
 use crate::postgres::process::StopMode;
 use crate::shared::CommandFailure as Failure;
+use std::collections::BTreeMap;
 
 fn refused(why: impl Into<String>) -> Failure {
     Failure {
@@ -42,11 +43,13 @@ fn crash_at(step: &str) {
 
 impl Governor {
     /// The in-place upgrade to the configuration `config` (YAML text); with `check_only`,
-    /// its check alone. Says what was done.
+    /// its check alone; `later`: the cluster's parameters once the orchestrator writes its
+    /// new `config`, checked too. Says what was done.
     pub(super) async fn upgrade_in_place(
         &mut self,
         config: &str,
         check_only: bool,
+        later: Option<&BTreeMap<String, String>>,
     ) -> Result<String, Failure> {
         let data = self.loaded.config.postgresql.data_dir.clone();
         let files = Files::of(&data);
@@ -72,7 +75,7 @@ impl Governor {
             &files.intent
         };
         write_durably(path, config).map_err(|e| failed(e.to_string()))?;
-        let outcome = self.check_and_link(path, &files, check_only).await;
+        let outcome = self.check_and_link(path, &files, check_only, later).await;
         // The intent stays for a link the next run rolls back (`self.upgraded`).
         if check_only || (outcome.is_err() && !self.upgraded) {
             let _ = std::fs::remove_file(path);
@@ -144,6 +147,7 @@ impl Governor {
         path: &std::path::Path,
         files: &Files,
         check_only: bool,
+        later: Option<&BTreeMap<String, String>>,
     ) -> Result<String, Failure> {
         let new = self.new_configuration(path).await?;
         let old = &self.loaded.config;
@@ -160,7 +164,8 @@ impl Governor {
         // The cluster's parameters, with which the new version starts too.
         let cluster = self.pg.cluster_params();
         let turn = major_upgrade::take_turn(&paths).map_err(|e| failed(e.to_string()))?;
-        match major_upgrade::check(&new, &cluster, &paths).await {
+        let sets: Vec<&BTreeMap<String, String>> = std::iter::once(&cluster).chain(later).collect();
+        match major_upgrade::check(&new, &sets, &paths).await {
             Ok(()) => {}
             Err(e @ UpgradeError::Blocked(_)) => return Err(refused(e.to_string())),
             Err(e) => return Err(failed(format!("the check failed: {e}"))),

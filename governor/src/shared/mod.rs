@@ -86,6 +86,27 @@ pub trait LiveWal: Send + Sync {
     fn read(&self) -> LiveFuture<'_>;
 }
 
+/// A future of a statistics rebuild ([`Statistics`]).
+pub type StatsFuture<'a> = Pin<Box<dyn Future<Output = Result<String, StatsError>> + Send + 'a>>;
+
+/// Why a statistics rebuild did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatsError {
+    /// Another one runs.
+    #[error("a rebuild of the statistics runs already")]
+    Busy,
+    /// vacuumdb failed.
+    #[error("vacuumdb failed: {0}")]
+    Failed(String),
+}
+
+/// Rebuilds the planner's statistics on this member's PostgreSQL (`POST /analyze`; after a
+/// major upgrade).
+pub trait Statistics: Send + Sync {
+    /// What was done, or why not.
+    fn rebuild(&self) -> StatsFuture<'_>;
+}
+
 /// State shared between the HA loop, its tasks and the REST API.
 pub struct Shared {
     /// This member's status, refreshed every loop.
@@ -132,6 +153,8 @@ pub struct Shared {
     pub loop_stats: std::sync::Mutex<LoopStats>,
     /// Live WAL positions for `/status?live=true`.
     pub live_wal: Option<Arc<dyn LiveWal>>,
+    /// The statistics rebuild for `POST /analyze`.
+    pub statistics: Option<Arc<dyn Statistics>>,
 }
 
 /// What the HA loop counts for `/metrics`.
@@ -164,6 +187,9 @@ pub enum Op {
         config: String,
         /// Only the check.
         check: bool,
+        /// The cluster's parameters once the orchestrator has written its new `config`,
+        /// checked too.
+        parameters: Option<BTreeMap<String, String>>,
     },
 }
 

@@ -24,6 +24,7 @@ mod plan_tests;
 pub mod policies;
 pub mod show;
 pub mod template;
+pub mod upgrade_check;
 pub mod userdata;
 
 use crate::desired::{self, Desired};
@@ -83,7 +84,7 @@ pub async fn plan_desired(
             o.etcd = Observation::Unknown(why);
         }
     }
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         &DesiredInput {
             based_on: (&desired.repo, &desired.reference, &desired.commit),
             clusters: files,
@@ -92,6 +93,7 @@ pub async fn plan_desired(
         &observed,
         options,
     );
+    upgrade_check::ask(&mut plan).await;
     (plan, observed)
 }
 
@@ -148,6 +150,7 @@ pub fn observed_from(base: &Desired, head: &Desired) -> Observed {
                     catalog: None,
                     read_unix: 0,
                     applied_version: None,
+                    upgrade: None,
                 }),
             ));
     }

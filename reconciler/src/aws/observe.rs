@@ -385,6 +385,7 @@ async fn read_scope(
     let mut boot_failures = BTreeMap::new();
     let mut drill = None;
     let mut catalog = None;
+    let mut upgrade = None;
     for kv in resp.kvs() {
         let Ok(key) = kv.key_str() else { continue };
         match keys.classify(key) {
@@ -406,6 +407,7 @@ async fn read_scope(
             }
             Some(KeyKind::Drill) => drill = serde_json::from_slice(kv.value()).ok(),
             Some(KeyKind::Catalog) => catalog = serde_json::from_slice(kv.value()).ok(),
+            Some(KeyKind::Upgrade) => upgrade = serde_json::from_slice(kv.value()).ok(),
             // A corrupt member value is shown as such; it never stops a plan.
             Some(KeyKind::Member(name)) => match serde_json::from_slice(kv.value()) {
                 Ok(m) => {
@@ -449,5 +451,6 @@ async fn read_scope(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         applied_version: None,
+        upgrade,
     })
 }

@@ -125,6 +125,9 @@ pub struct ObservedEtcd {
     /// members (a `spilo diff`'s base commit): judged as the version its members run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_version: Option<u32>,
+    /// A major upgrade an apply started and did not finish (`upgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<spilo_model::UpgradeRecord>,
 }
 
 /// Everything observed about one cluster.
@@ -276,6 +279,7 @@ impl ObservedCluster {
                 catalog: None,
                 read_unix: 0,
                 applied_version: Some(file.spec.postgresql.version),
+                upgrade: None,
             }),
         ))
     }

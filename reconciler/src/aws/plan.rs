@@ -372,7 +372,8 @@ pub fn cluster_basis(o: &ObservedCluster) -> ClusterBasis {
     }
 }
 
-fn blocked(mut p: ClusterPlan, why: String) -> ClusterPlan {
+/// `p` with nothing to do, because of `why`.
+pub(crate) fn blocked(mut p: ClusterPlan, why: String) -> ClusterPlan {
     // Nothing of a blocked cluster is touched, so nothing of it is shown as a change.
     p.config = None;
     p.resources.clear();
@@ -484,7 +485,11 @@ fn plan_cluster(
             .present()
             .is_none_or(|s| !s.termination_protection);
     if p.action == Action::Noop
-        && (p.config.is_some() || p.bucket.is_some() || p.rollout.is_some() || p.protect)
+        && (p.config.is_some()
+            || p.bucket.is_some()
+            || p.rollout.is_some()
+            || p.major_upgrade.is_some()
+            || p.protect)
     {
         p.action = Action::Update;
     }

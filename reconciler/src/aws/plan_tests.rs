@@ -29,6 +29,7 @@ fn etcd_with(config: Option<&ClusterFile>) -> Observation<ObservedEtcd> {
         catalog: None,
         read_unix: 0,
         applied_version: None,
+        upgrade: None,
     })
 }
 
@@ -538,4 +539,50 @@ fn a_new_major_version_is_an_upgrade_before_the_rollout_unless_the_members_are_n
         )),
         "{c:?}"
     );
+}
+
+#[test]
+fn an_upgrade_an_apply_left_unfinished_is_finished_from_its_record() {
+    let on_15 = file("orders", "");
+    let on_18 = file("orders", "  postgresql: {version: 18}\n");
+    // The stack still on 15; its leader, alone, upgraded to 18 by an apply that stopped.
+    let mut halfway = applied(&on_15, "UPDATE_COMPLETE");
+    if let Observation::Present(e) = &mut halfway.etcd {
+        e.applied_version = None;
+        e.members.push(super::observed::ObservedMember {
+            name: "i-1".into(),
+            role: "primary".into(),
+            state: "running".into(),
+            leader: true,
+            lag_bytes: None,
+            pending_restart: false,
+            postgres_version: Some(18),
+        });
+        e.upgrade = Some(spilo_model::UpgradeRecord { from: 15, to: 18 });
+    }
+    let p = run(&[&on_18], vec![halfway.clone()], PlanOptions::default());
+    let c = only(&p);
+    assert_eq!(c.action, Action::Update, "{c:?}");
+    let u = c
+        .major_upgrade
+        .as_ref()
+        .expect("the upgrade's end is planned");
+    assert!(u.finishing && (u.from, u.to) == (15, 18), "{u:?}");
+    assert!(
+        u.describe()
+            .starts_with("finishes the major upgrade PostgreSQL 15 -> 18"),
+        "{}",
+        u.describe()
+    );
+    assert!(c.rollout.is_some() && c.desired.is_some(), "{c:?}");
+    // A record of another version than the file's is not this upgrade's: a downgrade is
+    // refused as ever.
+    let p = run(&[&on_15], vec![halfway.clone()], PlanOptions::default());
+    assert_eq!(only(&p).action, Action::Blocked, "{p:?}");
+    // Without the record, members on the file's version leave nothing to finish.
+    if let Observation::Present(e) = &mut halfway.etcd {
+        e.upgrade = None;
+    }
+    let p = run(&[&on_18], vec![halfway], PlanOptions::default());
+    assert!(only(&p).major_upgrade.is_none(), "{p:?}");
 }

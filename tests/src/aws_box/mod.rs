@@ -390,6 +390,18 @@ impl AwsBox {
         self.spilo_env(args, &[])
     }
 
+    /// [`Self::spilo`] with the cluster's REST API credentials (a plan of a major upgrade
+    /// asks the leader's check).
+    pub fn spilo_with_api(&self, args: &[&str]) -> Run {
+        self.spilo_env(
+            args,
+            &[
+                ("SPILO_API_TOKEN", self.setup.passwords["restapi"].clone()),
+                ("SPILO_API_CACERT", self.ca.display().to_string()),
+            ],
+        )
+    }
+
     /// [`Self::spilo`] with more environment.
     pub fn spilo_env(&self, args: &[&str], extra: &[(&str, String)]) -> Run {
         let mut env = vec![

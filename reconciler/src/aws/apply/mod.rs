@@ -14,7 +14,7 @@ mod handover;
 pub mod rollout;
 mod s3;
 mod stack;
-mod upgrade;
+pub mod upgrade;
 
 pub use stack::event_line;
 

@@ -13,7 +13,11 @@
 //! 5. after the stack moved to the new version ([`restore_size`]), the group back to its
 //!    size: the new instances copy the upgraded leader, and the rollout replaces the
 //!    leader's instance, whose launch template is the old one;
-//! 6. a base backup into the new version's archive ([`after`]).
+//! 6. a base backup into the new version's archive, and the planner's statistics rebuilt
+//!    ([`after`]).
+//!
+//! `spilo plan` asks step 1 alone ([`check`], `aws::upgrade_check`), so the plan lists the
+//! blockers before anything is applied.
 //!
 //! An apply stopped halfway is finished by the next: its plan finds the members on the new
 //! version (no upgrade left, only the stack and the rollout), or still on the old one with
@@ -66,6 +70,17 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
     let Some(u) = &c.major_upgrade else {
         return Ok(());
     };
+    if u.finishing {
+        log.line(
+            &c.name,
+            &format!(
+                "major upgrade: the members run PostgreSQL {} already; finishing what an \
+                 earlier apply left",
+                u.to
+            ),
+        );
+        return Ok(());
+    }
     let (dcs, scope) = (dcs_of(c)?, scope_of(c)?);
     // A base backup and pg_upgrade answer when they are done.
     let api = rest_api(
@@ -74,31 +89,18 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
         STEP,
     )?;
     let (name, url) = leader(c).await?;
-    let post = |body: serde_json::Value, path: &'static str| {
-        let (api, url) = (&api, url.clone());
-        async move {
-            api.post(&url, path, &body)
-                .await
-                .map_err(|e| format!("POST {path} on the leader: {e:#}"))
-        }
-    };
     log.line(
         &c.name,
         &format!("major upgrade: checking on the leader {name}"),
     );
-    let check = post(
-        serde_json::json!({"config": u.config, "check": true}),
-        "/upgrade",
-    )
-    .await?;
-    if !check.ok() {
-        return Err(format!(
-            "the upgrade check on {name} found: {} (HTTP {}); nothing was changed",
-            check.message, check.status
-        ));
-    }
-    log.line(&c.name, &format!("major upgrade: {}", check.message));
-    let backup = post(serde_json::json!({}), "/backup").await?;
+    let checked = ask_check(c, u, (&api, &url), &name)
+        .await
+        .map_err(|why| format!("{why}; nothing was changed"))?;
+    log.line(&c.name, &format!("major upgrade: {checked}"));
+    let backup = api
+        .post(&url, "/backup", &serde_json::json!({}))
+        .await
+        .map_err(|e| format!("POST /backup on the leader: {e:#}"))?;
     match backup.status {
         200 => log.line(
             &c.name,
@@ -136,6 +138,53 @@ pub async fn run(region: &RegionClients, c: &ClusterPlan, log: &Log) -> Result<(
     upgraded
 }
 
+/// Step 1 alone, as `spilo plan` asks it before anything is applied: what the leader's check
+/// says (`Ok`: no blockers), or the blockers, or why it could not be asked.
+pub async fn check(c: &ClusterPlan, u: &MajorUpgrade) -> Result<String, String> {
+    let (dcs, scope) = (dcs_of(c)?, scope_of(c)?);
+    let api = rest_api(
+        &target(dcs, &scope).await?,
+        "the leader checks the upgrade when asked",
+        CHECK,
+    )?;
+    let (name, url) = leader(c).await?;
+    ask_check(c, u, (&api, &url), &name).await
+}
+
+/// How long the check may take (it makes a scratch cluster of the new version).
+const CHECK: Duration = Duration::from_secs(300);
+
+/// `POST /upgrade {"check": true}` on the leader `name`, with the parameters the apply writes
+/// to etcd after the upgrade when they change (the new version must take them too).
+async fn ask_check(
+    c: &ClusterPlan,
+    u: &MajorUpgrade,
+    (api, url): (&crate::operate::Api, &str),
+    name: &str,
+) -> Result<String, String> {
+    let mut body = serde_json::json!({"config": u.config, "check": true});
+    if let Some(cfg) = &c.config {
+        body["parameters"] = serde_json::json!(cfg.after.postgresql_parameters);
+    }
+    let check = api
+        .post(url, "/upgrade", &body)
+        .await
+        .map_err(|e| format!("POST /upgrade on the leader {name}: {e:#}"))?;
+    match check.status {
+        200 => Ok(check.message),
+        404 => Err(format!(
+            "the leader {name}'s governor has no POST /upgrade (its image is older than the \
+             upgrade in place): roll the current image out first, with the file still on \
+             PostgreSQL {}, then change the version",
+            u.from
+        )),
+        s => Err(format!(
+            "the upgrade check on {name} found: {} (HTTP {s})",
+            check.message
+        )),
+    }
+}
+
 /// Step 4: the upgrade on the leader `name` alone (its REST API at `url`), until it leads
 /// on the new version.
 async fn upgrade_alone(
@@ -145,6 +194,12 @@ async fn upgrade_alone(
     name: &str,
     log: &Log,
 ) -> Result<(), String> {
+    // From here on an apply that stops leaves the record, and the next plan finishes.
+    let record = spilo_model::UpgradeRecord {
+        from: u.from,
+        to: u.to,
+    };
+    write_record(c, Some(record)).await?;
     let started = Instant::now();
     log.line(
         &c.name,
@@ -155,6 +210,10 @@ async fn upgrade_alone(
         .await
         .map_err(|e| format!("POST /upgrade on the leader: {e:#}"))?;
     if !upgraded.ok() {
+        // Refused, or the link failed and was rolled back: the members run the old version.
+        if let Err(e) = write_record(c, None).await {
+            log.line(&c.name, &format!("major upgrade: {e}"));
+        }
         return Err(format!(
             "the upgrade on {name} failed: {} (HTTP {})",
             upgraded.message, upgraded.status
@@ -358,37 +417,91 @@ pub async fn restore_size(
     resize(region, &group, wanted, Some(wanted)).await
 }
 
-/// Step 6: a base backup into the new version's archive, on whoever leads after the rollout.
-/// Said, not fatal: the cluster runs, and its schedule takes the next one.
+/// Steps 6 and 7, on whoever leads after the rollout: a base backup into the new version's
+/// archive, then the planner's statistics rebuilt (`POST /analyze`: `vacuumdb
+/// --analyze-in-stages`). Said, not fatal: the cluster runs, its schedule takes the next
+/// backup, and autovacuum analyzes in time.
 pub async fn after(c: &ClusterPlan, log: &Log) -> Result<(), String> {
     let Some(u) = &c.major_upgrade else {
         return Ok(());
     };
-    let said = match backup_now(c).await {
-        Ok(what) => format!("major upgrade: base backup on PostgreSQL {}: {what}", u.to),
+    let backup = ask_leader(c, "/backup").await;
+    // Without an archive there is no backup to take (409 on the leader says so).
+    let backed_up = match &backup {
+        Ok((200, what)) => {
+            format!("major upgrade: base backup on PostgreSQL {}: {what}", u.to)
+        }
+        Ok((409, why)) if why.contains("no archive") => format!("major upgrade: {why}"),
+        Ok((status, why)) => format!(
+            "major upgrade: the base backup after the upgrade did not happen: {why} (HTTP \
+             {status})"
+        ),
         Err(why) => {
             format!("major upgrade: the base backup after the upgrade did not happen: {why}")
         }
     };
-    log.line(&c.name, &said);
+    log.line(&c.name, &backed_up);
+    let backed_up = matches!(&backup, Ok((200, _)))
+        || matches!(&backup, Ok((409, why)) if why.contains("no archive"));
+    let analyzed = match ask_leader(c, "/analyze").await {
+        Ok((200, what)) => Ok(what),
+        Ok((status, why)) => Err(format!("{why} (HTTP {status})")),
+        Err(why) => Err(why),
+    };
+    log.line(
+        &c.name,
+        &match &analyzed {
+            Ok(what) => format!("major upgrade: {what}"),
+            Err(why) => format!(
+                "major upgrade: the statistics were not rebuilt: {why} (autovacuum analyzes \
+                 the tables in time; the next apply tries again)"
+            ),
+        },
+    );
+    if backed_up && analyzed.is_ok() {
+        write_record(c, None).await?;
+        log.line(
+            &c.name,
+            &format!("major upgrade: PostgreSQL {} -> {} finished", u.from, u.to),
+        );
+    } else {
+        log.line(
+            &c.name,
+            "major upgrade: not finished; the next plan finishes it (the record stays in etcd)",
+        );
+    }
     Ok(())
 }
 
-async fn backup_now(c: &ClusterPlan) -> Result<String, String> {
+/// Writes (`Some`) or deletes the cluster's `upgrade` record, under the apply lock.
+async fn write_record(
+    c: &ClusterPlan,
+    record: Option<spilo_model::UpgradeRecord>,
+) -> Result<(), String> {
+    let mut client = crate::etcd::connect_dcs(dcs_of(c)?).await?;
+    let key = spilo_model::Keyspace::new(&scope_of(c)?).upgrade();
+    match record {
+        Some(r) => {
+            let value = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+            client.put(key.clone(), value, None).await.map(|_| ())
+        }
+        None => client.delete(key.clone(), None).await.map(|_| ()),
+    }
+    .map_err(|e| format!("the upgrade record {key} in etcd: {e}"))
+}
+
+/// `POST <path>` on the leader, which answers when done: its status and message.
+async fn ask_leader(c: &ClusterPlan, path: &str) -> Result<(u16, String), String> {
     let (dcs, scope) = (dcs_of(c)?, scope_of(c)?);
     let api = rest_api(
         &target(dcs, &scope).await?,
-        "the base backup is asked",
+        &format!("POST {path} is asked"),
         STEP,
     )?;
     let (_, url) = leader(c).await?;
-    let backup = api
-        .post(&url, "/backup", &serde_json::json!({}))
+    let answer = api
+        .post(&url, path, &serde_json::json!({}))
         .await
-        .map_err(|e| format!("POST /backup: {e:#}"))?;
-    if backup.ok() {
-        Ok(backup.message)
-    } else {
-        Err(format!("{} (HTTP {})", backup.message, backup.status))
-    }
+        .map_err(|e| format!("POST {path}: {e:#}"))?;
+    Ok((answer.status, answer.message))
 }

@@ -21,18 +21,37 @@ pub struct MajorUpgrade {
     /// The members' governor configuration for `to`, which the leader upgrades to (as the
     /// user data writes it: secrets by reference only).
     pub config: String,
+    /// What the leader's check said when the plan asked it against the running cluster
+    /// ([`crate::aws::upgrade_check`]); `None` in a `spilo diff`, which touches no cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<String>,
+    /// An earlier apply upgraded the members and stopped before the end (the `upgrade`
+    /// record): only what comes after the leader's upgrade is left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub finishing: bool,
 }
 
 impl MajorUpgrade {
     /// What the apply goes through, in words.
     pub fn describe(&self) -> String {
+        if self.finishing {
+            return format!(
+                "finishes the major upgrade PostgreSQL {} -> {} an earlier apply left (the \
+                 members run {}): the launch template on {} and the rollout, then a base \
+                 backup and the statistics on {}",
+                self.from, self.to, self.to, self.to, self.to
+            );
+        }
         format!(
             "major upgrade PostgreSQL {} -> {}: pg_upgrade --check on the leader first (a \
              blocker stops the apply before anything changes), a base backup, the replicas' \
              instances terminated, pg_upgrade --link on the leader (writes stop until it \
              leads on {}), then the launch template on {} and the rollout",
             self.from, self.to, self.to, self.to
-        )
+        ) + &match &self.checked {
+            Some(said) => format!("; the leader's check now: {said}"),
+            None => String::new(),
+        }
     }
 }
 
@@ -52,7 +71,21 @@ pub fn major_upgrade(
         .chain(etcd.applied_version)
         .collect();
     if running.iter().all(|v| *v == want) {
-        return None;
+        // An apply that stopped after the leader's upgrade left its record.
+        let record = etcd
+            .upgrade
+            .filter(|r| r.to == want && !running.is_empty())?;
+        return Some(
+            crate::aws::userdata::config_text(file)
+                .map(|config| MajorUpgrade {
+                    from: record.from,
+                    to: want,
+                    config,
+                    checked: None,
+                    finishing: true,
+                })
+                .map_err(|e| format!("the governor configuration for {want}: {e}")),
+        );
     }
     let have: Vec<String> = running.iter().map(u32::to_string).collect();
     let keep = format!(
@@ -126,6 +159,8 @@ pub fn major_upgrade(
             from,
             to: want,
             config,
+            checked: None,
+            finishing: false,
         }))
     } else {
         Some(Err(format!(
@@ -199,6 +234,7 @@ mod tests {
             catalog: None,
             read_unix: 0,
             applied_version: None,
+            upgrade: None,
         }
     }
 

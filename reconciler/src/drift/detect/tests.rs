@@ -225,6 +225,7 @@ fn a_failed_or_stale_restore_drill_is_drift_only_with_verify() {
         catalog: None,
         read_unix: 10_000,
         applied_version: None,
+        upgrade: None,
     };
     let unverified = |f: &ClusterFile, e| {
         runtime(f, &e)
@@ -280,6 +281,7 @@ fn roles_changed_by_hand_or_not_converged_are_drift_of_a_file_that_declares_them
         }),
         read_unix: 10_000,
         applied_version: None,
+        upgrade: None,
     };
     let catalog = |f: &ClusterFile, e: &crate::aws::observed::ObservedEtcd| {
         runtime(f, e)
