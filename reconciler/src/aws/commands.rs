@@ -216,6 +216,7 @@ pub async fn plan(args: PlanArgs) -> anyhow::Result<u8> {
     let options = PlanOptions {
         prune: args.prune,
         allow_replace: args.allow_replace,
+        check_upgrades: true,
     };
     let plan = plan_now(&clients, &args.source, &args.aws, options).await?;
     print!("{}", render_for(&plan, args.format, args.comment));
@@ -318,6 +319,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<u8> {
             let options = PlanOptions {
                 prune: args.prune,
                 allow_replace: args.allow_replace,
+                check_upgrades: true,
             };
             let plan = plan_now(&clients, &args.source, &args.aws, options).await?;
             print!("{}", render(&plan, PlanFormat::Text));

@@ -93,7 +93,9 @@ pub async fn plan_desired(
         &observed,
         options,
     );
-    upgrade_check::ask(&mut plan).await;
+    if options.check_upgrades {
+        upgrade_check::ask(&mut plan).await;
+    }
     (plan, observed)
 }
 

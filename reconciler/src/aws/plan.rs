@@ -34,6 +34,11 @@ pub struct PlanOptions {
     pub prune: bool,
     /// Let changes that replace a resource (load balancer, DNS record, ...) through.
     pub allow_replace: bool,
+    /// Ask the leader's check of a planned major upgrade (`spilo plan`, `spilo apply`
+    /// without a saved plan); off for the watcher and `spilo drift`, which would otherwise
+    /// run it on the leader at every pass (the apply asks it again as its first step).
+    #[serde(default)]
+    pub check_upgrades: bool,
 }
 
 /// The state a plan was made against; apply refuses the plan when any of it changed.

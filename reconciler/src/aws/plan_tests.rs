@@ -219,6 +219,7 @@ fn a_gone_file_orphans_unless_pruned() {
         PlanOptions {
             prune: true,
             allow_replace: false,
+            check_upgrades: false,
         },
     );
     assert_eq!(only(&forced).action, Action::Delete);
@@ -241,6 +242,7 @@ fn an_unreadable_stack_list_deletes_nothing() {
         PlanOptions {
             prune: true,
             allow_replace: false,
+            check_upgrades: false,
         },
     );
     assert!(
@@ -275,6 +277,7 @@ fn a_replacement_passes_with_allow_replace() {
         PlanOptions {
             prune: false,
             allow_replace: true,
+            check_upgrades: false,
         },
     );
     let c = only(&allowed);
@@ -482,6 +485,7 @@ fn an_etcd_change_in_place_is_an_update_and_replacing_every_member_is_refused_al
         PlanOptions {
             prune: false,
             allow_replace: true,
+            check_upgrades: false,
         },
     );
     let c = &p.clusters[0];

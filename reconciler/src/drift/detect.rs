@@ -264,6 +264,7 @@ fn stack_drift(input: &DesiredInput<'_>, obs: &ObservedCluster) -> ClusterDrift 
         PlanOptions {
             prune: false,
             allow_replace: true,
+            check_upgrades: false,
         },
     );
     let Some(c) = p.clusters.first() else {

@@ -345,7 +345,11 @@ async fn apply_locked(
         upload_image(&region, &c.name, u, log).await?;
     }
     match c.action {
-        Action::Delete => delete_stack(&region, c, log).await,
+        Action::Delete => {
+            delete_stack(&region, c, log).await?;
+            upgrade::forget(c, log).await;
+            Ok(())
+        }
         Action::Create => {
             if let Some(cfg) = &c.config {
                 write_config(c, cfg, log).await?;

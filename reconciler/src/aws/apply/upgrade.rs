@@ -19,9 +19,11 @@
 //! `spilo plan` asks step 1 alone ([`check`], `aws::upgrade_check`), so the plan lists the
 //! blockers before anything is applied.
 //!
-//! An apply stopped halfway is finished by the next: its plan finds the members on the new
-//! version (no upgrade left, only the stack and the rollout), or still on the old one with
-//! fewer replicas (the upgrade again, from step 1).
+//! An apply stopped halfway is finished by the next. Before step 4 the apply writes the
+//! cluster's `upgrade` record to etcd (deleted when the link was refused or rolled back,
+//! and at the end of step 6): the next plan finds the members still on the old version
+//! with fewer replicas (the upgrade again, from step 1), or on the new one with the record
+//! (steps 5 and 6: the stack, the rollout, the backup and the statistics).
 
 use super::Log;
 use super::rollout::{group_name, read_cluster, rest_api, target};
@@ -163,16 +165,22 @@ async fn ask_check(
     name: &str,
 ) -> Result<String, String> {
     let mut body = serde_json::json!({"config": u.config, "check": true});
-    if let Some(cfg) = &c.config {
+    // Only when they change: a governor older than this field refuses it (400).
+    if let Some(cfg) = &c.config
+        && cfg.before.as_ref().map(|b| &b.postgresql_parameters)
+            != Some(&cfg.after.postgresql_parameters)
+    {
         body["parameters"] = serde_json::json!(cfg.after.postgresql_parameters);
     }
     let check = api
         .post(url, "/upgrade", &body)
         .await
         .map_err(|e| format!("POST /upgrade on the leader {name}: {e:#}"))?;
+    let older_image =
+        check.status == 404 || check.status == 400 && check.message.contains("unknown field");
     match check.status {
         200 => Ok(check.message),
-        404 => Err(format!(
+        _ if older_image => Err(format!(
             "the leader {name}'s governor has no POST /upgrade (its image is older than the \
              upgrade in place): roll the current image out first, with the file still on \
              PostgreSQL {}, then change the version",
@@ -443,11 +451,7 @@ pub async fn after(c: &ClusterPlan, log: &Log) -> Result<(), String> {
     log.line(&c.name, &backed_up);
     let backed_up = matches!(&backup, Ok((200, _)))
         || matches!(&backup, Ok((409, why)) if why.contains("no archive"));
-    let analyzed = match ask_leader(c, "/analyze").await {
-        Ok((200, what)) => Ok(what),
-        Ok((status, why)) => Err(format!("{why} (HTTP {status})")),
-        Err(why) => Err(why),
-    };
+    let analyzed = analyze(c).await;
     log.line(
         &c.name,
         &match &analyzed {
@@ -458,19 +462,51 @@ pub async fn after(c: &ClusterPlan, log: &Log) -> Result<(), String> {
             ),
         },
     );
-    if backed_up && analyzed.is_ok() {
-        write_record(c, None).await?;
-        log.line(
-            &c.name,
-            &format!("major upgrade: PostgreSQL {} -> {} finished", u.from, u.to),
-        );
-    } else {
-        log.line(
-            &c.name,
-            "major upgrade: not finished; the next plan finishes it (the record stays in etcd)",
-        );
-    }
+    // Both are best effort: a backup or an analyze that outlasts its call, or fails, is
+    // said and not tried again by every later apply (the schedule takes the next backup,
+    // autovacuum analyzes).
+    write_record(c, None).await?;
+    log.line(
+        &c.name,
+        &format!(
+            "major upgrade: PostgreSQL {} -> {} finished{}",
+            u.from,
+            u.to,
+            if backed_up && analyzed.is_ok() {
+                ""
+            } else {
+                " (see above for what did not happen)"
+            }
+        ),
+    );
     Ok(())
+}
+
+/// `POST /analyze` on the leader; a leader that does not know it leads yet (right after
+/// the rollout's switchover, its status is a loop pass old) is asked again for a while.
+async fn analyze(c: &ClusterPlan) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ask_leader(c, "/analyze").await {
+            Ok((200, what)) => return Ok(what),
+            Ok((409, why)) if why.contains("not the leader") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok((status, why)) => return Err(format!("{why} (HTTP {status})")),
+            Err(why) => return Err(why),
+        }
+    }
+}
+
+/// Removes the `upgrade` record of a cluster whose stack is deleted (best effort: its etcd
+/// may be gone with it), so a new cluster of the same name never finishes its upgrade.
+pub async fn forget(c: &ClusterPlan, log: &Log) {
+    if c.dcs.is_none() {
+        return;
+    }
+    if let Err(e) = write_record(c, None).await {
+        log.line(&c.name, &format!("major upgrade: {e}"));
+    }
 }
 
 /// Writes (`Some`) or deletes the cluster's `upgrade` record, under the apply lock.
