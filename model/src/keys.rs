@@ -21,6 +21,7 @@
 //! | `drill` | created if absent (with the time drills began) by any member whose drill schedule starts; then rewritten after each drill by the member that ran it (the first running replica by name, else the leader) | [`crate::DrillRecord`] JSON: the last drill and the last one that passed | permanent |
 //! | `catalog` | the leader, after each convergence of `config.catalog` and each check for hand-made changes (every 10 s) | [`crate::catalog::CatalogStatus`] JSON: the last error, and what differs from the file (drift) | permanent |
 //! | `upgrade` | `spilo apply` on AWS, under its apply lock: written before the leader's in-place major upgrade, deleted when the link was refused or rolled back, once the upgrade's last step (the base backup and the statistics on the new version, each best effort) is done, or with the cluster's stack | [`crate::UpgradeRecord`] JSON | until the upgrade is finished: a plan that finds it with the members on its `to` version finishes the upgrade |
+//! | `leases/<id>` | ZooKeeper only: the session that is lease `<id>` (an ephemeral znode, created when the lease is granted) | empty | the session's |
 //! | `switchover` | a governor's REST API on an authenticated request (create-if-absent); removed by the leader that carries it out or refuses it, or by `DELETE /switchover` | [`crate::SwitchoverRequest`] | until done |
 
 use crate::names::{ClusterName, MemberName};
@@ -122,6 +123,23 @@ impl Keyspace {
     /// `drill`.
     pub fn drill(&self) -> String {
         format!("{}drill", self.prefix)
+    }
+
+    /// `members`: the directory of the member keys (a ZooKeeper znode; etcd has no
+    /// directories).
+    pub fn members_dir(&self) -> String {
+        format!("{}members", self.prefix)
+    }
+
+    /// `leases`: the directory of the lease markers (ZooKeeper only).
+    pub fn lease_marker_dir(&self) -> String {
+        format!("{}leases", self.prefix)
+    }
+
+    /// `leases/<id>`: on ZooKeeper, the ephemeral znode of the session that is lease `id`,
+    /// alive exactly while the session is (`governor::dcs::zookeeper`).
+    pub fn lease_marker(&self, id: i64) -> String {
+        format!("{}leases/{id:x}", self.prefix)
     }
 
     /// `upgrade`.

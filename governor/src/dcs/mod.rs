@@ -13,6 +13,7 @@ pub use spilo_discovery as discovery;
 pub mod lease;
 pub mod view;
 pub mod watch;
+pub mod zookeeper;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 use spilo_model::{ClusterConfig, Keyspace, MemberName, SwitchoverRequest};
@@ -46,6 +47,15 @@ pub enum DcsError {
     /// A compare-and-swap lost to other writers again and again.
     #[error("{0} kept changing while it was being written")]
     Conflict(String),
+    /// ZooKeeper answered with an error, or the connection failed.
+    #[error("ZooKeeper: {0}")]
+    ZooKeeper(#[from] zookeeper_client::Error),
+    /// A lease this connection does not hold (revoked, expired, or another's).
+    #[error("requested lease not found: {0:#x}")]
+    LeaseNotFound(i64),
+    /// The coordination store cannot give what the governor's timing needs.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A connection to etcd scoped to one cluster and one member.

@@ -1,0 +1,513 @@
+//! [`Coordination`] on Apache ZooKeeper: the second, real implementation of the trait the HA
+//! loop's actions use, held to the same contract test as etcd
+//! (`governor/tests/zookeeper_contract.rs`). Not wired into `governor run` yet. The client
+//! is `zookeeper-client`: async on tokio, multi-ops, session states with distinct
+//! `Disconnected` and `Expired`, TLS and SASL.
+//!
+//! The mapping (the paths are the etcd keys of [`Keyspace`], as znodes):
+//! - **A lease is a ZooKeeper session** with the lease's TTL as its session timeout (refused
+//!   when the server negotiates a longer one: the fence's arithmetic assumes the TTL). Each
+//!   session owns the ephemeral znode `leases/<id>` ([`Keyspace::lease_marker`]): the lease
+//!   is alive exactly while it exists. Renewing a lease is a round trip in its session (the
+//!   client pings on its own); revoking closes the session.
+//! - **Keys bound to a lease** whose owner is the caller's session are ephemeral znodes of
+//!   that session: `members/<name>` and the `initialize` placeholder. The **`leader`** znode
+//!   is persistent and never deleted: its value is `{name, lease}`, and it counts only while
+//!   that lease is alive (released: empty). A hand-over can then name another member's lease
+//!   in one multi-op, which an ephemeral znode could not (it belongs to its creator's
+//!   session), and versions never repeat, so a version check cannot be fooled by a leader
+//!   deleted and created again (ABA).
+//! - **Compare-and-swap** is a multi-op whose first operations check versions (the leader's,
+//!   the lease marker's, the member's); a failed check is `Ok(false)`, as a failed etcd
+//!   compare. `sync`'s revision is the znode's `mzxid` (0: absent).
+//!
+//! Where it differs from etcd (the contract test says so): a member can use only the leases
+//! its own connection granted (an etcd lease id is usable from any client); a switchover
+//! request written between the leader's read and its hand-over is not removed by it; reads
+//! are a `sync` followed by one read per znode, not one linearizable range.
+
+use super::{Coordination, DcsError, encode, parse_view};
+use crate::ha::ClusterView;
+use serde::{Deserialize, Serialize};
+use spilo_model::{HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest, SyncState};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use zookeeper_client as zk;
+
+/// The value of the `leader` znode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LeaderValue {
+    name: String,
+    lease: i64,
+}
+
+/// ZooKeeper scoped to one cluster and one member.
+pub struct ZooKeeper {
+    hosts: String,
+    main: zk::Client,
+    sessions: Mutex<BTreeMap<i64, zk::Client>>,
+    keys: Keyspace,
+    me: MemberName,
+    timeout: Duration,
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+fn ephemeral() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
+}
+
+/// A multi-op that failed on one of its operations (a check or a conditional write): the
+/// condition did not hold.
+fn lost(e: &zk::MultiWriteError) -> bool {
+    matches!(
+        e,
+        zk::MultiWriteError::OperationFailed {
+            source: zk::Error::NoNode | zk::Error::BadVersion | zk::Error::NodeExists,
+            ..
+        }
+    )
+}
+
+fn lease_gone(lease: i64) -> DcsError {
+    DcsError::LeaseNotFound(lease)
+}
+
+impl ZooKeeper {
+    /// Connects to the ensemble `hosts` (`host:port` each) for member `me` of the cluster
+    /// whose keys are `keys`, creating the cluster's parent znodes when missing. Every call
+    /// is bounded by `timeout`.
+    pub async fn connect(
+        hosts: &[String],
+        keys: Keyspace,
+        me: MemberName,
+        timeout: Duration,
+    ) -> Result<Self, DcsError> {
+        let hosts = hosts.join(",");
+        let main = within(
+            timeout,
+            zk::Client::connector()
+                .with_session_timeout(timeout.max(Duration::from_secs(4)))
+                .connect(&hosts),
+        )
+        .await?;
+        let me_ = Self {
+            hosts,
+            main,
+            sessions: Mutex::new(BTreeMap::new()),
+            keys,
+            me,
+            timeout,
+        };
+        for dir in [me_.keys.members_dir(), me_.keys.lease_marker_dir()] {
+            match me_.within(me_.main.mkdir(&dir, &persistent())).await {
+                Ok(()) | Err(DcsError::ZooKeeper(zk::Error::NodeExists)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(me_)
+    }
+
+    async fn within<T>(
+        &self,
+        fut: impl Future<Output = Result<T, zk::Error>>,
+    ) -> Result<T, DcsError> {
+        within(self.timeout, fut).await
+    }
+
+    /// The session of `lease`, when this connection granted it.
+    fn session(&self, lease: i64) -> Option<zk::Client> {
+        let sessions = self.sessions.lock().ok()?;
+        sessions.get(&lease).cloned()
+    }
+
+    /// A znode's data and stat; `None` when it does not exist.
+    async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, zk::Stat)>, DcsError> {
+        match self.within(self.main.get_data(path)).await {
+            Ok(found) => Ok(Some(found)),
+            Err(DcsError::ZooKeeper(zk::Error::NoNode)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn exists(&self, path: &str) -> Result<Option<zk::Stat>, DcsError> {
+        self.within(self.main.check_stat(path)).await
+    }
+
+    async fn lease_alive(&self, lease: i64) -> Result<bool, DcsError> {
+        Ok(self.exists(&self.keys.lease_marker(lease)).await?.is_some())
+    }
+
+    /// The `leader` znode: its value while it names a live lease, and its stat.
+    async fn leader(&self) -> Result<Option<(Option<LeaderValue>, zk::Stat)>, DcsError> {
+        let Some((data, stat)) = self.get(&self.keys.leader()).await? else {
+            return Ok(None);
+        };
+        let value = match serde_json::from_slice::<LeaderValue>(&data) {
+            Ok(v) if self.lease_alive(v.lease).await? => Some(v),
+            _ => None,
+        };
+        Ok(Some((value, stat)))
+    }
+
+    /// The `leader` znode's version while it names this member with the live `lease`.
+    async fn held(&self, lease: i64) -> Result<Option<i32>, DcsError> {
+        Ok(match self.leader().await? {
+            Some((Some(v), stat)) if v.name == self.me.as_str() && v.lease == lease => {
+                Some(stat.version)
+            }
+            _ => None,
+        })
+    }
+
+    /// Commits `w`: `Ok(false)` when a check or conditional write failed.
+    async fn commit(&self, mut w: zk::MultiWriter<'_>) -> Result<bool, DcsError> {
+        match tokio::time::timeout(self.timeout, w.commit()).await {
+            Err(_) => Err(DcsError::Timeout(self.timeout)),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) if lost(&e) => Ok(false),
+            Ok(Err(e)) => Err(DcsError::ZooKeeper(e.into())),
+        }
+    }
+
+    /// Every znode of the cluster as `(key, value, lease, revision)`, the shape etcd's range
+    /// read has: an ephemeral znode's lease is its session, the leader's the one it names.
+    async fn read_all(&self) -> Result<Vec<(String, Vec<u8>, i64, i64)>, DcsError> {
+        let prefix = self.keys.prefix();
+        let dir = prefix.trim_end_matches('/');
+        self.within(self.main.sync(dir)).await?;
+        let mut out = Vec::new();
+        for child in self.within(self.main.list_children(dir)).await? {
+            let path = format!("{prefix}{child}");
+            if path == self.keys.leader() {
+                if let Some((Some(v), stat)) = self.leader().await? {
+                    out.push((path, v.name.into_bytes(), v.lease, stat.mzxid));
+                }
+                continue;
+            }
+            if path == self.keys.members_dir() {
+                for m in self.within(self.main.list_children(&path)).await? {
+                    let key = format!("{path}/{m}");
+                    if let Some((data, stat)) = self.get(&key).await? {
+                        out.push((key, data, stat.ephemeral_owner, stat.mzxid));
+                    }
+                }
+                continue;
+            }
+            if let Some((data, stat)) = self.get(&path).await? {
+                out.push((path, data, stat.ephemeral_owner, stat.mzxid));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until `lease`'s marker is gone (a closed session's ephemeral znodes go with it,
+    /// shortly after the close).
+    async fn until_gone(&self, lease: i64) -> Result<(), DcsError> {
+        let deadline = Instant::now() + self.timeout;
+        while self.lease_alive(lease).await? {
+            if Instant::now() >= deadline {
+                return Err(DcsError::Timeout(self.timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+async fn within<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, zk::Error>>,
+) -> Result<T, DcsError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(DcsError::ZooKeeper),
+        Err(_) => Err(DcsError::Timeout(timeout)),
+    }
+}
+
+impl Coordination for ZooKeeper {
+    async fn read_view(&self) -> Result<ClusterView, DcsError> {
+        let all = self.read_all().await?;
+        Ok(parse_view(
+            &self.keys,
+            all.iter()
+                .map(|(k, v, lease, rev)| (k.as_str(), v.as_slice(), *lease, *rev)),
+        ))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
+        let client = self
+            .within(
+                zk::Client::connector()
+                    .with_session_timeout(ttl)
+                    .connect(&self.hosts),
+            )
+            .await?;
+        if client.session_timeout() > ttl {
+            return Err(DcsError::Refused(format!(
+                "ZooKeeper granted a session timeout of {:?}, longer than the ttl {ttl:?}: \
+                 the fence assumes the ttl (raise the server's minSessionTimeout / lower \
+                 its tickTime, or the ttl)",
+                client.session_timeout()
+            )));
+        }
+        let id = client.session_id().0;
+        let marker = self.keys.lease_marker(id);
+        within(self.timeout, client.create(&marker, b"", &ephemeral())).await?;
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.insert(id, client);
+        }
+        Ok(id)
+    }
+
+    async fn renew_lease(&self, lease: i64) -> Result<bool, DcsError> {
+        let Some(session) = self.session(lease) else {
+            return Ok(false);
+        };
+        // A round trip in the session itself: it answers only while the session lives.
+        match within(
+            self.timeout,
+            session.check_stat(&self.keys.lease_marker(lease)),
+        )
+        .await
+        {
+            Ok(found) => Ok(found.is_some()),
+            Err(DcsError::ZooKeeper(zk::Error::SessionExpired | zk::Error::ClientClosed)) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
+        let session = self.sessions.lock().ok().and_then(|mut s| s.remove(&lease));
+        let Some(session) = session else {
+            return Err(lease_gone(lease));
+        };
+        // The last client of a session closes it when dropped.
+        drop(session);
+        self.until_gone(lease).await
+    }
+
+    async fn try_claim_initialize(&self, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.initialize();
+        if self.exists(&key).await?.is_some() {
+            return Ok(false);
+        }
+        let session = self.session(lease).ok_or_else(|| lease_gone(lease))?;
+        match within(self.timeout, session.create(&key, b"", &ephemeral())).await {
+            Ok(_) => Ok(true),
+            Err(DcsError::ZooKeeper(zk::Error::NodeExists)) => Ok(false),
+            Err(DcsError::ZooKeeper(zk::Error::SessionExpired)) => Err(lease_gone(lease)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn set_initialize(&self, sysid: &str) -> Result<bool, DcsError> {
+        let key = self.keys.initialize();
+        let Some((data, stat)) = self.get(&key).await? else {
+            return Ok(false);
+        };
+        if !data.is_empty() {
+            return Ok(false);
+        }
+        // The placeholder is ephemeral; the identifier outlives its bootstrapper.
+        let mut w = self.main.new_multi_writer();
+        w.add_check_version(&key, stat.version)?;
+        w.add_delete(&key, Some(stat.version))?;
+        w.add_create(&key, sysid.as_bytes(), &persistent())?;
+        self.commit(w).await
+    }
+
+    async fn try_acquire_leader(&self, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let current = self.leader().await?;
+        if matches!(current, Some((Some(_), _))) {
+            return Ok(false);
+        }
+        if self.session(lease).is_none() || !self.lease_alive(lease).await? {
+            return Err(lease_gone(lease));
+        }
+        let value = encode(
+            &key,
+            &LeaderValue {
+                name: self.me.to_string(),
+                lease,
+            },
+        )?;
+        let mut w = self.main.new_multi_writer();
+        w.add_check_version(&self.keys.lease_marker(lease), 0)?;
+        match current {
+            Some((_, stat)) => w.add_set_data(&key, &value, Some(stat.version))?,
+            None => w.add_create(&key, &value, &persistent())?,
+        }
+        self.commit(w).await
+    }
+
+    async fn release_leader(&self, lease: i64) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let Some(version) = self.held(lease).await? else {
+            return Ok(false);
+        };
+        let mut w = self.main.new_multi_writer();
+        w.add_check_version(&self.keys.lease_marker(lease), 0)?;
+        w.add_set_data(&key, b"", Some(version))?;
+        self.commit(w).await
+    }
+
+    async fn hand_over_leader(
+        &self,
+        lease: i64,
+        to: &MemberName,
+        to_lease: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.leader();
+        let Some(version) = self.held(lease).await? else {
+            return Ok(false);
+        };
+        let member = self.keys.member(to);
+        let Some(to_stat) = self.exists(&member).await? else {
+            return Ok(false);
+        };
+        if to_stat.ephemeral_owner != to_lease {
+            return Ok(false);
+        }
+        let value = encode(
+            &key,
+            &LeaderValue {
+                name: to.to_string(),
+                lease: to_lease,
+            },
+        )?;
+        let switchover = self.keys.switchover();
+        let request = self.exists(&switchover).await?;
+        let mut w = self.main.new_multi_writer();
+        w.add_check_version(&self.keys.lease_marker(lease), 0)?;
+        w.add_check_version(&member, to_stat.version)?;
+        w.add_set_data(&key, &value, Some(version))?;
+        if let Some(stat) = request {
+            w.add_delete(&switchover, Some(stat.version))?;
+        }
+        self.commit(w).await
+    }
+
+    async fn write_sync(&self, sync: Option<&SyncState>, revision: i64) -> Result<bool, DcsError> {
+        let key = self.keys.sync();
+        let stat = self.exists(&key).await?;
+        let now = stat.as_ref().map_or(0, |s| s.mzxid);
+        if now != revision {
+            return Ok(false);
+        }
+        let mut w = self.main.new_multi_writer();
+        match (sync, stat) {
+            (Some(s), Some(stat)) => w.add_set_data(&key, &encode(&key, s)?, Some(stat.version))?,
+            (Some(s), None) => w.add_create(&key, &encode(&key, s)?, &persistent())?,
+            (None, Some(stat)) => w.add_delete(&key, Some(stat.version))?,
+            (None, None) => return Ok(true),
+        }
+        self.commit(w).await
+    }
+
+    async fn write_failsafe(
+        &self,
+        members: Option<&BTreeMap<MemberName, String>>,
+        lease: i64,
+    ) -> Result<bool, DcsError> {
+        let key = self.keys.failsafe();
+        let Some(version) = self.held(lease).await? else {
+            return Ok(false);
+        };
+        let value = members.map(|m| encode(&key, m)).transpose()?;
+        let mut w = self.main.new_multi_writer();
+        w.add_check_version(&self.keys.leader(), version)?;
+        w.add_check_version(&self.keys.lease_marker(lease), 0)?;
+        match (value, self.exists(&key).await?) {
+            (Some(v), Some(stat)) => w.add_set_data(&key, &v, Some(stat.version))?,
+            (Some(v), None) => w.add_create(&key, &v, &persistent())?,
+            (None, Some(stat)) => w.add_delete(&key, Some(stat.version))?,
+            (None, None) => {}
+        }
+        self.commit(w).await
+    }
+
+    async fn clear_switchover(&self, req: &SwitchoverRequest) -> Result<bool, DcsError> {
+        let key = self.keys.switchover();
+        let Some((data, stat)) = self.get(&key).await? else {
+            return Ok(false);
+        };
+        if data != encode(&key, req)? {
+            return Ok(false);
+        }
+        match self
+            .within(self.main.delete(&key, Some(stat.version)))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(DcsError::ZooKeeper(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_member(&self, status: &MemberStatus, lease: i64) -> Result<(), DcsError> {
+        let key = self.keys.member(&self.me);
+        let value = encode(&key, status)?;
+        let session = self.session(lease).ok_or_else(|| lease_gone(lease))?;
+        match self.exists(&key).await? {
+            Some(stat) if stat.ephemeral_owner == lease => {
+                self.within(self.main.set_data(&key, &value, None)).await?;
+                return Ok(());
+            }
+            // Bound to another of this member's leases: moved to this one.
+            Some(stat) => match self
+                .within(self.main.delete(&key, Some(stat.version)))
+                .await
+            {
+                Ok(()) | Err(DcsError::ZooKeeper(zk::Error::NoNode)) => {}
+                Err(e) => return Err(e),
+            },
+            None => {}
+        }
+        match within(self.timeout, session.create(&key, &value, &ephemeral())).await {
+            Ok(_) => Ok(()),
+            Err(DcsError::ZooKeeper(zk::Error::SessionExpired)) => Err(lease_gone(lease)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn append_history(&self, entry: &HistoryEntry) -> Result<(), DcsError> {
+        let key = self.keys.history();
+        // Losing the race five times means others keep appending: the entry is theirs to add.
+        for _ in 0..5 {
+            let current = self.get(&key).await?;
+            let mut list: Vec<HistoryEntry> = match &current {
+                Some((data, _)) => serde_json::from_slice(data).unwrap_or_default(),
+                None => Vec::new(),
+            };
+            if list.iter().any(|h| h.timeline == entry.timeline) {
+                return Ok(());
+            }
+            list.push(entry.clone());
+            let value = encode(&key, &list)?;
+            let written = match &current {
+                Some((_, stat)) => self
+                    .within(self.main.set_data(&key, &value, Some(stat.version)))
+                    .await
+                    .map(|_| ()),
+                None => self
+                    .within(self.main.create(&key, &value, &persistent()))
+                    .await
+                    .map(|_| ()),
+            };
+            match written {
+                Ok(()) => return Ok(()),
+                Err(DcsError::ZooKeeper(zk::Error::BadVersion | zk::Error::NodeExists)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! A real ZooKeeper for the contract tests: Debian's `zookeeper` (3.8), standalone, on a
+//! free loopback port, with its data in a temporary directory; and a TCP proxy in front of
+//! it that a test can cut, as a network partition of one member.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// Where Debian's package puts the server's start script.
+const SERVER: &str = "/usr/share/zookeeper/bin/zkServer.sh";
+
+/// A standalone ZooKeeper, killed on drop.
+pub struct RealZooKeeper {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RealZooKeeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts ZooKeeper and waits until it answers (20 s at most). Sessions of 1 s to 120 s are
+/// granted as asked (`tickTime` 500 ms: expiry is checked every tick).
+pub async fn start() -> RealZooKeeper {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = super::free_port();
+    let cfg = dir.path().join("zoo.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             minSessionTimeout=1000\nmaxSessionTimeout=120000\nadmin.enableServer=false\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write zoo.cfg");
+    let child = Command::new(SERVER)
+        .arg("start-foreground")
+        .arg(&cfg)
+        .env("ZOO_LOG_DIR", dir.path())
+        .env("JMXDISABLE", "true")
+        .env("JVMFLAGS", "-Xmx128m")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ZooKeeper (Debian's zookeeper; ./scripts/install-deps installs it) starts");
+    let host = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&host).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "ZooKeeper did not listen on {host} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    RealZooKeeper {
+        child,
+        host,
+        _dir: dir,
+    }
+}
+
+/// A TCP proxy to one address that can be cut: its connections dropped, new ones refused.
+pub struct Proxy {
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    cut: Arc<AtomicBool>,
+    tasks: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl Proxy {
+    /// A proxy to `to` on a free loopback port.
+    pub async fn to(to: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let host = listener.local_addr().expect("address").to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let tasks = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let (to, cut2, tasks2) = (to.to_string(), cut.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let to = to.clone();
+                tasks2.lock().await.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            host,
+            cut,
+            tasks,
+            accept,
+        }
+    }
+
+    /// Drops every connection and refuses new ones until [`Self::heal`].
+    pub async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.tasks.lock().await.abort_all();
+    }
+
+    /// Lets connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}

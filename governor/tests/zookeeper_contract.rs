@@ -1,0 +1,139 @@
+//! The contract of [`Coordination`] played against ZooKeeper: the script the simulation's
+//! etcd is held to (`coordination_contract.rs`) runs step by step against a real etcd and
+//! a real ZooKeeper (Debian's `zookeeper` 3.8) through `governor::dcs::zookeeper`, and every
+//! step must answer the same and leave the same keys. Where the two differ by design, a
+//! test of its own says how; and a member cut off from ZooKeeper loses its leader key
+//! within its session timeout, as an unrenewed etcd lease does.
+
+#[allow(dead_code)]
+mod contract;
+
+use contract::zookeeper::{Proxy, start};
+use contract::*;
+use governor::dcs::zookeeper::ZooKeeper;
+use governor::dcs::{Coordination, DcsError};
+use spilo_model::{ClusterName, Keyspace};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+async fn zk(host: &str, keys: &Keyspace, me: &str) -> ZooKeeper {
+    ZooKeeper::connect(
+        &[host.to_string()],
+        keys.clone(),
+        name(me),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("ZooKeeper answers")
+}
+
+#[tokio::test]
+async fn zookeeper_answers_the_script_as_etcd_does() {
+    let etcd = start_etcd();
+    let zookeeper = start().await;
+    let keys = Keyspace::new(&ClusterName::new("contract").expect("valid"));
+    let real = [
+        connect(&etcd.url, &keys, "m1").await,
+        connect(&etcd.url, &keys, "m2").await,
+    ];
+    let other = [
+        zk(&zookeeper.host, &keys, "m1").await,
+        zk(&zookeeper.host, &keys, "m2").await,
+    ];
+    let (mut etcd_leases, mut zk_leases) = (BTreeMap::new(), BTreeMap::new());
+    for (n, step) in script().iter().enumerate() {
+        let index = usize::from(member_of(step) == "m2");
+        let from_etcd = apply(&real[index], step, &mut etcd_leases).await;
+        let from_zk = apply(&other[index], step, &mut zk_leases).await;
+        assert!(
+            !matches!(from_etcd, Outcome::Failed(_)),
+            "step {n} {step:?} failed on etcd: {from_etcd:?}"
+        );
+        assert_eq!(
+            from_zk, from_etcd,
+            "step {n} {step:?}: ZooKeeper answered differently from etcd"
+        );
+    }
+}
+
+/// Where the semantics differ: an etcd lease is the server's, usable from any connection;
+/// a ZooKeeper session (our lease) is its connection's, so another member's live lease is
+/// "not found" there. The governor uses its own leases only, so the HA loop never meets it.
+#[tokio::test]
+async fn another_members_lease_is_usable_on_etcd_and_unknown_on_zookeeper() {
+    let etcd = start_etcd();
+    let zookeeper = start().await;
+    let keys = Keyspace::new(&ClusterName::new("differs").expect("valid"));
+    let (e1, e2) = (
+        connect(&etcd.url, &keys, "m1").await,
+        connect(&etcd.url, &keys, "m2").await,
+    );
+    let (z1, z2) = (
+        zk(&zookeeper.host, &keys, "m1").await,
+        zk(&zookeeper.host, &keys, "m2").await,
+    );
+    let lease = e1.grant_lease(TTL).await.expect("grant");
+    assert!(e2.try_acquire_leader(lease).await.expect("etcd takes it"));
+    let lease = z1.grant_lease(TTL).await.expect("grant");
+    match z2.try_acquire_leader(lease).await {
+        Err(DcsError::LeaseNotFound(id)) => assert_eq!(id, lease),
+        other => panic!("ZooKeeper let another connection's session take the leader: {other:?}"),
+    }
+    assert!(z1.try_acquire_leader(lease).await.expect("its own lease"));
+}
+
+/// A leader whose connection to ZooKeeper is cut: its session, and with it its lease and
+/// leader key, end once the session timeout passes without a ping, as an unrenewed etcd
+/// lease does after its TTL; when the connection comes back the session is expired and
+/// renewing says so.
+#[tokio::test]
+async fn a_leader_cut_off_from_zookeeper_loses_its_key_within_the_session_timeout() {
+    let zookeeper = start().await;
+    let proxy = Proxy::to(&zookeeper.host).await;
+    let keys = Keyspace::new(&ClusterName::new("expiry").expect("valid"));
+    let cut_off = zk(&proxy.host, &keys, "m1").await;
+    let observer = zk(&zookeeper.host, &keys, "m2").await;
+    let ttl = Duration::from_secs(2);
+    let lease = cut_off.grant_lease(ttl).await.expect("grant");
+    assert!(cut_off.try_acquire_leader(lease).await.expect("acquire"));
+    cut_off
+        .put_member(&status("m1"), lease)
+        .await
+        .expect("member");
+    let view = observer.read_view().await.expect("read");
+    assert_eq!(view.leader.map(|l| l.name.to_string()), Some("m1".into()));
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    let deadline = cut_at + Duration::from_secs(20);
+    loop {
+        let view = observer.read_view().await.expect("read");
+        if view.leader.is_none() && view.members.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ZooKeeper kept a cut-off session's keys: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gone_after = cut_at.elapsed();
+    // Not before the session timeout (the fence relies on the key outliving its holder's
+    // knowledge of it for no longer than the ttl, and on it not going earlier).
+    assert!(
+        gone_after >= ttl,
+        "the key went {gone_after:?} after the cut, before the session timeout {ttl:?}"
+    );
+    proxy.heal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match cut_off.renew_lease(lease).await {
+            Ok(false) => break,
+            Ok(true) => panic!("an expired session renewed"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "renewing did not say the session expired: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
