@@ -137,3 +137,103 @@ async fn a_leader_cut_off_from_zookeeper_loses_its_key_within_the_session_timeou
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Consumes a wake already stored, without waiting.
+fn drain(wake: &tokio::sync::Notify) {
+    use futures::FutureExt;
+    while wake.notified().now_or_never().is_some() {}
+}
+
+/// Waits for a wake (10 s at most).
+async fn woken(wake: &tokio::sync::Notify, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), wake.notified())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not wake the loop within 10 s"));
+}
+
+/// The watch wakes the HA loop on a new member, a member's role change, and a leader whose
+/// session ended (only its lease marker goes: the `leader` znode stays, naming a dead lease).
+#[tokio::test]
+async fn the_watch_wakes_the_loop_on_changes_that_matter() {
+    let zookeeper = start().await;
+    let keys = Keyspace::new(&ClusterName::new("watched").expect("valid"));
+    let store = std::sync::Arc::new(zk(&zookeeper.host, &keys, "m1").await);
+    let other = zk(&zookeeper.host, &keys, "m2").await;
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(governor::dcs::zookeeper::watch::run(
+        store.clone(),
+        vec![wake.clone()],
+        cancel.clone(),
+    ));
+    let lease = store.grant_lease(TTL).await.expect("grant");
+    // The watch is set up in the background: write until a write wakes the loop.
+    let mut me = status("m1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        me.pending_restart = !me.pending_restart;
+        store.put_member(&me, lease).await.expect("member");
+        if tokio::time::timeout(Duration::from_millis(200), wake.notified())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the watch never woke the loop");
+    }
+    drain(&wake);
+    me.role = spilo_model::MemberRole::Primary;
+    store.put_member(&me, lease).await.expect("member");
+    woken(&wake, "a member's role change").await;
+
+    drain(&wake);
+    let theirs = other.grant_lease(TTL).await.expect("grant");
+    assert!(
+        other
+            .try_acquire_leader(theirs)
+            .await
+            .expect("m2 takes the key")
+    );
+    woken(&wake, "a new leader").await;
+    drain(&wake);
+    other.revoke_lease(theirs).await.expect("revoke");
+    woken(&wake, "the leader's session ending").await;
+    cancel.cancel();
+    task.await.expect("the watch task ends when cancelled");
+}
+
+/// The ZooKeeper leader of a three-server ensemble killed: the ensemble elects another, the
+/// member's session moves to a surviving server within its timeout, and its lease and
+/// leader key live on: no failover.
+#[tokio::test]
+async fn losing_the_zookeeper_leader_of_an_ensemble_keeps_the_sessions_and_the_key() {
+    let mut ensemble = contract::zookeeper::start_ensemble().await;
+    let hosts: Vec<String> = ensemble.iter().map(|z| z.host.clone()).collect();
+    let keys = Keyspace::new(&ClusterName::new("ensemble").expect("valid"));
+    let store = ZooKeeper::connect(&hosts, keys, name("m1"), Duration::from_secs(5))
+        .await
+        .expect("the ensemble answers");
+    let ttl = Duration::from_secs(10);
+    let lease = store.grant_lease(ttl).await.expect("grant");
+    assert!(store.try_acquire_leader(lease).await.expect("acquire"));
+    let leading = contract::zookeeper::leader_of(&ensemble).await;
+    drop(ensemble.remove(leading));
+    let killed = Instant::now();
+    // Renewals fail while the member's server is gone or the ensemble elects; they succeed
+    // again within the session timeout, in the same session.
+    loop {
+        match store.renew_lease(lease).await {
+            Ok(true) => break,
+            Ok(false) => panic!("the session ended with the ZooKeeper leader"),
+            Err(e) => assert!(
+                killed.elapsed() < ttl,
+                "no renewal within the session timeout after the ZooKeeper leader died: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = store.read_view().await.expect("read");
+    let leader = view.leader.expect("the leader key lives on");
+    assert_eq!((leader.name.as_str(), leader.lease), ("m1", lease));
+    contract::zookeeper::leader_of(&ensemble).await;
+}

@@ -60,6 +60,16 @@ pub async fn run(dcs: Dcs, wakes: Vec<Arc<Notify>>, cancel: CancellationToken) {
     }
 }
 
+/// Whether a member's republished status can change a decision (not its WAL positions,
+/// which change all the time).
+pub fn member_change_matters(old: &MemberStatus, new: &MemberStatus) -> bool {
+    old.role != new.role
+        || old.state != new.state
+        || old.timeline != new.timeline
+        || old.conn_url != new.conn_url
+        || old.tags != new.tags
+}
+
 /// Whether an event can change a decision.
 fn matters(keys: &Keyspace, event: &Event) -> bool {
     let Some(kv) = event.kv() else { return true };
@@ -71,13 +81,7 @@ fn matters(keys: &Keyspace, event: &Event) -> bool {
                 event.prev_kv().and_then(|p| parse(p.value())),
                 parse(kv.value()),
             ) {
-                (Some(old), Some(new)) => {
-                    old.role != new.role
-                        || old.state != new.state
-                        || old.timeline != new.timeline
-                        || old.conn_url != new.conn_url
-                        || old.tags != new.tags
-                }
+                (Some(old), Some(new)) => member_change_matters(&old, &new),
                 _ => true,
             }
         }

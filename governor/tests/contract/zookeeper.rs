@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 /// Where Debian's package puts the server's start script.
 const SERVER: &str = "/usr/share/zookeeper/bin/zkServer.sh";
 
-/// A standalone ZooKeeper, killed on drop.
+/// A ZooKeeper server, killed on drop.
 pub struct RealZooKeeper {
     child: Child,
     /// `127.0.0.1:<port>`.
@@ -32,39 +32,108 @@ impl Drop for RealZooKeeper {
 pub async fn start() -> RealZooKeeper {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let port = super::free_port();
-    let cfg = dir.path().join("zoo.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-             minSessionTimeout=1000\nmaxSessionTimeout=120000\nadmin.enableServer=false\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("write zoo.cfg");
-    let child = Command::new(SERVER)
-        .arg("start-foreground")
-        .arg(&cfg)
-        .env("ZOO_LOG_DIR", dir.path())
-        .env("JMXDISABLE", "true")
-        .env("JVMFLAGS", "-Xmx128m")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ZooKeeper (Debian's zookeeper; ./scripts/install-deps installs it) starts");
+    let child = server(dir.path(), port, "");
     let host = format!("127.0.0.1:{port}");
+    listening(&host).await;
+    RealZooKeeper {
+        child,
+        host,
+        _dir: dir,
+    }
+}
+
+/// Waits until `host` accepts connections (20 s at most).
+async fn listening(host: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&host).await.is_err() {
+    while TcpStream::connect(host).await.is_err() {
         assert!(
             Instant::now() < deadline,
             "ZooKeeper did not listen on {host} within 20 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    RealZooKeeper {
-        child,
-        host,
-        _dir: dir,
+}
+
+/// Starts a ZooKeeper server with `cfg` (the lines after `dataDir` and `clientPort`) in `dir`.
+fn server(dir: &std::path::Path, port: u16, cfg: &str) -> Child {
+    let file = dir.join("zoo.cfg");
+    std::fs::write(
+        &file,
+        format!(
+            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             minSessionTimeout=1000\nmaxSessionTimeout=120000\nadmin.enableServer=false\n\
+             4lw.commands.whitelist=srvr\n{cfg}",
+            dir.join("data").display()
+        ),
+    )
+    .expect("write zoo.cfg");
+    Command::new(SERVER)
+        .arg("start-foreground")
+        .arg(&file)
+        .env("ZOO_LOG_DIR", dir)
+        .env("JMXDISABLE", "true")
+        .env("JVMFLAGS", "-Xmx128m")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ZooKeeper (Debian's zookeeper; ./scripts/install-deps installs it) starts")
+}
+
+/// A three-server ensemble on loopback ports, each server killed on drop.
+pub async fn start_ensemble() -> Vec<RealZooKeeper> {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("a temporary directory"))
+        .collect();
+    let ports: Vec<(u16, u16, u16)> = (0..3)
+        .map(|_| (super::free_port(), super::free_port(), super::free_port()))
+        .collect();
+    let peers: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, quorum, election))| {
+            format!("server.{}=127.0.0.1:{quorum}:{election}\n", i + 1)
+        })
+        .collect();
+    let cfg = format!("initLimit=10\nsyncLimit=5\n{peers}");
+    let mut out = Vec::new();
+    for (i, dir) in dirs.into_iter().enumerate() {
+        std::fs::create_dir_all(dir.path().join("data")).expect("data directory");
+        std::fs::write(dir.path().join("data/myid"), format!("{}\n", i + 1)).expect("myid");
+        let child = server(dir.path(), ports[i].0, &cfg);
+        out.push(RealZooKeeper {
+            child,
+            host: format!("127.0.0.1:{}", ports[i].0),
+            _dir: dir,
+        });
+    }
+    for z in &out {
+        listening(&z.host).await;
+    }
+    out
+}
+
+/// Which of `servers` leads the ensemble now (`srvr` says `Mode: leader`), once one does
+/// (30 s at most).
+pub async fn leader_of(servers: &[RealZooKeeper]) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, z) in servers.iter().enumerate() {
+            if let Ok(mut s) = TcpStream::connect(&z.host).await {
+                let _ = s.write_all(b"srvr").await;
+                let mut answer = String::new();
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut answer))
+                    .await;
+                if answer.contains("Mode: leader") {
+                    return i;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ZooKeeper server led within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

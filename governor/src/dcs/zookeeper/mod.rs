@@ -26,6 +26,8 @@
 //! request written between the leader's read and its hand-over is not removed by it; reads
 //! are a `sync` followed by one read per znode, not one linearizable range.
 
+pub mod watch;
+
 use super::{Coordination, DcsError, encode, parse_view};
 use crate::ha::ClusterView;
 use serde::{Deserialize, Serialize};
@@ -110,6 +112,11 @@ impl ZooKeeper {
             }
         }
         Ok(me_)
+    }
+
+    /// The cluster's keys.
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
     }
 
     async fn within<T>(
