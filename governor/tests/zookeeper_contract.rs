@@ -102,6 +102,10 @@ async fn a_leader_cut_off_from_zookeeper_loses_its_key_within_the_session_timeou
         .expect("member");
     let view = observer.read_view().await.expect("read");
     assert_eq!(view.leader.map(|l| l.name.to_string()), Some("m1".into()));
+    // ZooKeeper ends a session a session timeout after it last heard from it, which is no
+    // sooner than this renewal's sending.
+    let renewed_at = Instant::now();
+    assert!(cut_off.renew_lease(lease).await.expect("renew"));
     proxy.cut().await;
     let cut_at = Instant::now();
     let deadline = cut_at + Duration::from_secs(20);
@@ -116,12 +120,16 @@ async fn a_leader_cut_off_from_zookeeper_loses_its_key_within_the_session_timeou
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let gone_after = cut_at.elapsed();
-    // Not before the session timeout (the fence relies on the key outliving its holder's
-    // knowledge of it for no longer than the ttl, and on it not going earlier).
+    let gone_after = renewed_at.elapsed();
+    // Not before the session timeout after the last renewal: the fence stops the primary's
+    // writes by then, so nobody else can take the key while it still writes.
     assert!(
         gone_after >= ttl,
-        "the key went {gone_after:?} after the cut, before the session timeout {ttl:?}"
+        "the key went {gone_after:?} after the last renewal, before the session timeout {ttl:?}"
+    );
+    println!(
+        "the cut-off leader's key went {:?} after the cut ({gone_after:?} after its last renewal)",
+        cut_at.elapsed()
     );
     proxy.heal();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -210,6 +218,8 @@ async fn losing_the_zookeeper_leader_of_an_ensemble_keeps_the_sessions_and_the_k
     let mut ensemble = contract::zookeeper::start_ensemble().await;
     let hosts: Vec<String> = ensemble.iter().map(|z| z.host.clone()).collect();
     let keys = Keyspace::new(&ClusterName::new("ensemble").expect("valid"));
+    // The servers listen before they have elected a leader.
+    contract::zookeeper::leader_of(&ensemble).await;
     let store = ZooKeeper::connect(&hosts, keys, name("m1"), Duration::from_secs(5))
         .await
         .expect("the ensemble answers");
@@ -232,6 +242,13 @@ async fn losing_the_zookeeper_leader_of_an_ensemble_keeps_the_sessions_and_the_k
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let renewed_after = killed.elapsed();
+    assert!(
+        renewed_after < ttl,
+        "the first renewal after the ZooKeeper leader died took {renewed_after:?}, past the \
+         session timeout {ttl:?}"
+    );
+    println!("renewed {renewed_after:?} after the ZooKeeper leader was killed");
     let view = store.read_view().await.expect("read");
     let leader = view.leader.expect("the leader key lives on");
     assert_eq!((leader.name.as_str(), leader.lease), ("m1", lease));

@@ -21,10 +21,15 @@
 //!   the lease marker's, the member's); a failed check is `Ok(false)`, as a failed etcd
 //!   compare. `sync`'s revision is the znode's `mzxid` (0: absent).
 //!
-//! Where it differs from etcd (the contract test says so): a member can use only the leases
-//! its own connection granted (an etcd lease id is usable from any client); a switchover
-//! request written between the leader's read and its hand-over is not removed by it; reads
-//! are a `sync` followed by one read per znode, not one linearizable range.
+//! Where it differs from etcd: a member can use only the leases its own connection granted
+//! (an etcd lease id is usable from any client; tested); a switchover request written or
+//! rewritten between the leader's read and its hand-over makes the hand-over fail (etcd's
+//! removes whatever is there); moving a member key to another of its leases is a delete and
+//! a create, not one put; reads are a `sync` followed by one read per znode, not one
+//! linearizable range. And the crate pings a session on its own: a governor whose lease task
+//! stalls keeps its key (its fence and watchdog still stop PostgreSQL), where an etcd lease
+//! would end; wiring this store into `governor run` must close the session when renewals
+//! stop (left to do).
 
 pub mod watch;
 
@@ -48,7 +53,9 @@ struct LeaderValue {
 /// ZooKeeper scoped to one cluster and one member.
 pub struct ZooKeeper {
     hosts: String,
-    main: zk::Client,
+    /// The connection for reads and for writes not bound to a lease; made again when its
+    /// session expires ([`Self::fresh`]).
+    main: std::sync::RwLock<zk::Client>,
     sessions: Mutex<BTreeMap<i64, zk::Client>>,
     keys: Keyspace,
     me: MemberName,
@@ -99,14 +106,14 @@ impl ZooKeeper {
         .await?;
         let me_ = Self {
             hosts,
-            main,
+            main: std::sync::RwLock::new(main),
             sessions: Mutex::new(BTreeMap::new()),
             keys,
             me,
             timeout,
         };
         for dir in [me_.keys.members_dir(), me_.keys.lease_marker_dir()] {
-            match me_.within(me_.main.mkdir(&dir, &persistent())).await {
+            match me_.within(me_.main().mkdir(&dir, &persistent())).await {
                 Ok(()) | Err(DcsError::ZooKeeper(zk::Error::NodeExists)) => {}
                 Err(e) => return Err(e),
             }
@@ -117,6 +124,37 @@ impl ZooKeeper {
     /// The cluster's keys.
     pub fn keys(&self) -> &Keyspace {
         &self.keys
+    }
+
+    fn main(&self) -> zk::Client {
+        match self.main.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Brings the main connection's server up to date with the ensemble's leader (`sync`), so
+    /// the reads that follow see every write acknowledged before (a lease's session may be on
+    /// another server); a main session that expired is replaced by a new one first.
+    async fn fresh(&self) -> Result<(), DcsError> {
+        let dir = self.keys.prefix().trim_end_matches('/').to_string();
+        match self.within(self.main().sync(&dir)).await {
+            Err(DcsError::ZooKeeper(zk::Error::SessionExpired | zk::Error::ClientClosed)) => {
+                let client = self
+                    .within(
+                        zk::Client::connector()
+                            .with_session_timeout(self.timeout.max(Duration::from_secs(4)))
+                            .connect(&self.hosts),
+                    )
+                    .await?;
+                if let Ok(mut main) = self.main.write() {
+                    *main = client;
+                }
+                tracing::warn!("the ZooKeeper session for reads expired: connected again");
+                self.within(self.main().sync(&dir)).await
+            }
+            r => r,
+        }
     }
 
     async fn within<T>(
@@ -134,7 +172,7 @@ impl ZooKeeper {
 
     /// A znode's data and stat; `None` when it does not exist.
     async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, zk::Stat)>, DcsError> {
-        match self.within(self.main.get_data(path)).await {
+        match self.within(self.main().get_data(path)).await {
             Ok(found) => Ok(Some(found)),
             Err(DcsError::ZooKeeper(zk::Error::NoNode)) => Ok(None),
             Err(e) => Err(e),
@@ -142,7 +180,7 @@ impl ZooKeeper {
     }
 
     async fn exists(&self, path: &str) -> Result<Option<zk::Stat>, DcsError> {
-        self.within(self.main.check_stat(path)).await
+        self.within(self.main().check_stat(path)).await
     }
 
     async fn lease_alive(&self, lease: i64) -> Result<bool, DcsError> {
@@ -186,9 +224,9 @@ impl ZooKeeper {
     async fn read_all(&self) -> Result<Vec<(String, Vec<u8>, i64, i64)>, DcsError> {
         let prefix = self.keys.prefix();
         let dir = prefix.trim_end_matches('/');
-        self.within(self.main.sync(dir)).await?;
+        self.fresh().await?;
         let mut out = Vec::new();
-        for child in self.within(self.main.list_children(dir)).await? {
+        for child in self.within(self.main().list_children(dir)).await? {
             let path = format!("{prefix}{child}");
             if path == self.keys.leader() {
                 if let Some((Some(v), stat)) = self.leader().await? {
@@ -197,7 +235,7 @@ impl ZooKeeper {
                 continue;
             }
             if path == self.keys.members_dir() {
-                for m in self.within(self.main.list_children(&path)).await? {
+                for m in self.within(self.main().list_children(&path)).await? {
                     let key = format!("{path}/{m}");
                     if let Some((data, stat)) = self.get(&key).await? {
                         out.push((key, data, stat.ephemeral_owner, stat.mzxid));
@@ -205,8 +243,11 @@ impl ZooKeeper {
                 }
                 continue;
             }
-            if let Some((data, stat)) = self.get(&path).await? {
-                out.push((path, data, stat.ephemeral_owner, stat.mzxid));
+            match self.get(&path).await? {
+                // Written empty rather than deleted (`sync`): absent.
+                Some((data, _)) if data.is_empty() && path != self.keys.initialize() => {}
+                Some((data, stat)) => out.push((path, data, stat.ephemeral_owner, stat.mzxid)),
+                None => {}
             }
         }
         Ok(out)
@@ -254,13 +295,21 @@ impl Coordination for ZooKeeper {
                     .connect(&self.hosts),
             )
             .await?;
-        if client.session_timeout() > ttl {
+        // A shorter session would end the key before the holder's fence stops its writes.
+        if client.session_timeout() < ttl {
             return Err(DcsError::Refused(format!(
-                "ZooKeeper granted a session timeout of {:?}, longer than the ttl {ttl:?}: \
-                 the fence assumes the ttl (raise the server's minSessionTimeout / lower \
-                 its tickTime, or the ttl)",
+                "ZooKeeper granted a session timeout of {:?}, shorter than the ttl {ttl:?}: \
+                 the key would go before the primary's fence stops it (raise the server's \
+                 maxSessionTimeout, or lower the ttl)",
                 client.session_timeout()
             )));
+        }
+        if client.session_timeout() > ttl {
+            tracing::warn!(
+                granted = ?client.session_timeout(),
+                ?ttl,
+                "ZooKeeper granted a longer session than the ttl: a failover waits that long"
+            );
         }
         let id = client.session_id().0;
         let marker = self.keys.lease_marker(id);
@@ -275,19 +324,24 @@ impl Coordination for ZooKeeper {
         let Some(session) = self.session(lease) else {
             return Ok(false);
         };
-        // A round trip in the session itself: it answers only while the session lives.
-        match within(
-            self.timeout,
-            session.check_stat(&self.keys.lease_marker(lease)),
-        )
-        .await
-        {
-            Ok(found) => Ok(found.is_some()),
-            Err(DcsError::ZooKeeper(zk::Error::SessionExpired | zk::Error::ClientClosed)) => {
-                Ok(false)
-            }
-            Err(e) => Err(e),
+        // A write request in the session itself (a multi of one version check): the
+        // ensemble's leader answers it, and only while the session lives there; a read could
+        // be answered by a follower cut off from the quorum.
+        let mut w = session.new_multi_writer();
+        w.add_check_version(&self.keys.lease_marker(lease), 0)?;
+        let alive = match tokio::time::timeout(self.timeout, w.commit()).await {
+            Err(_) => return Err(DcsError::Timeout(self.timeout)),
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) if lost(&e) => false,
+            Ok(Err(e)) => match zk::Error::from(e) {
+                zk::Error::SessionExpired | zk::Error::ClientClosed => false,
+                e => return Err(DcsError::ZooKeeper(e)),
+            },
+        };
+        if !alive && let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(&lease);
         }
+        Ok(alive)
     }
 
     async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
@@ -295,12 +349,16 @@ impl Coordination for ZooKeeper {
         let Some(session) = session else {
             return Err(lease_gone(lease));
         };
+        if !self.lease_alive(lease).await? {
+            return Err(lease_gone(lease));
+        }
         // The last client of a session closes it when dropped.
         drop(session);
         self.until_gone(lease).await
     }
 
     async fn try_claim_initialize(&self, lease: i64) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.initialize();
         if self.exists(&key).await?.is_some() {
             return Ok(false);
@@ -315,6 +373,7 @@ impl Coordination for ZooKeeper {
     }
 
     async fn set_initialize(&self, sysid: &str) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.initialize();
         let Some((data, stat)) = self.get(&key).await? else {
             return Ok(false);
@@ -323,7 +382,8 @@ impl Coordination for ZooKeeper {
             return Ok(false);
         }
         // The placeholder is ephemeral; the identifier outlives its bootstrapper.
-        let mut w = self.main.new_multi_writer();
+        let main = self.main();
+        let mut w = main.new_multi_writer();
         w.add_check_version(&key, stat.version)?;
         w.add_delete(&key, Some(stat.version))?;
         w.add_create(&key, sysid.as_bytes(), &persistent())?;
@@ -331,6 +391,7 @@ impl Coordination for ZooKeeper {
     }
 
     async fn try_acquire_leader(&self, lease: i64) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.leader();
         let current = self.leader().await?;
         if matches!(current, Some((Some(_), _))) {
@@ -346,7 +407,8 @@ impl Coordination for ZooKeeper {
                 lease,
             },
         )?;
-        let mut w = self.main.new_multi_writer();
+        let main = self.main();
+        let mut w = main.new_multi_writer();
         w.add_check_version(&self.keys.lease_marker(lease), 0)?;
         match current {
             Some((_, stat)) => w.add_set_data(&key, &value, Some(stat.version))?,
@@ -356,11 +418,13 @@ impl Coordination for ZooKeeper {
     }
 
     async fn release_leader(&self, lease: i64) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.leader();
         let Some(version) = self.held(lease).await? else {
             return Ok(false);
         };
-        let mut w = self.main.new_multi_writer();
+        let main = self.main();
+        let mut w = main.new_multi_writer();
         w.add_check_version(&self.keys.lease_marker(lease), 0)?;
         w.add_set_data(&key, b"", Some(version))?;
         self.commit(w).await
@@ -372,6 +436,7 @@ impl Coordination for ZooKeeper {
         to: &MemberName,
         to_lease: i64,
     ) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.leader();
         let Some(version) = self.held(lease).await? else {
             return Ok(false);
@@ -392,8 +457,10 @@ impl Coordination for ZooKeeper {
         )?;
         let switchover = self.keys.switchover();
         let request = self.exists(&switchover).await?;
-        let mut w = self.main.new_multi_writer();
+        let main = self.main();
+        let mut w = main.new_multi_writer();
         w.add_check_version(&self.keys.lease_marker(lease), 0)?;
+        w.add_check_version(&self.keys.lease_marker(to_lease), 0)?;
         w.add_check_version(&member, to_stat.version)?;
         w.add_set_data(&key, &value, Some(version))?;
         if let Some(stat) = request {
@@ -403,18 +470,27 @@ impl Coordination for ZooKeeper {
     }
 
     async fn write_sync(&self, sync: Option<&SyncState>, revision: i64) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.sync();
-        let stat = self.exists(&key).await?;
-        let now = stat.as_ref().map_or(0, |s| s.mzxid);
+        // Never deleted (an empty value is "absent"), so its version never repeats.
+        let current = self.get(&key).await?;
+        let now = match &current {
+            Some((data, stat)) if !data.is_empty() => stat.mzxid,
+            _ => 0,
+        };
         if now != revision {
             return Ok(false);
         }
-        let mut w = self.main.new_multi_writer();
-        match (sync, stat) {
-            (Some(s), Some(stat)) => w.add_set_data(&key, &encode(&key, s)?, Some(stat.version))?,
-            (Some(s), None) => w.add_create(&key, &encode(&key, s)?, &persistent())?,
-            (None, Some(stat)) => w.add_delete(&key, Some(stat.version))?,
-            (None, None) => return Ok(true),
+        let value = sync
+            .map(|s| encode(&key, s))
+            .transpose()?
+            .unwrap_or_default();
+        let main = self.main();
+        let mut w = main.new_multi_writer();
+        match current {
+            Some((_, stat)) => w.add_set_data(&key, &value, Some(stat.version))?,
+            None if value.is_empty() => return Ok(true),
+            None => w.add_create(&key, &value, &persistent())?,
         }
         self.commit(w).await
     }
@@ -424,12 +500,14 @@ impl Coordination for ZooKeeper {
         members: Option<&BTreeMap<MemberName, String>>,
         lease: i64,
     ) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.failsafe();
         let Some(version) = self.held(lease).await? else {
             return Ok(false);
         };
         let value = members.map(|m| encode(&key, m)).transpose()?;
-        let mut w = self.main.new_multi_writer();
+        let main = self.main();
+        let mut w = main.new_multi_writer();
         w.add_check_version(&self.keys.leader(), version)?;
         w.add_check_version(&self.keys.lease_marker(lease), 0)?;
         match (value, self.exists(&key).await?) {
@@ -442,6 +520,7 @@ impl Coordination for ZooKeeper {
     }
 
     async fn clear_switchover(&self, req: &SwitchoverRequest) -> Result<bool, DcsError> {
+        self.fresh().await?;
         let key = self.keys.switchover();
         let Some((data, stat)) = self.get(&key).await? else {
             return Ok(false);
@@ -450,7 +529,7 @@ impl Coordination for ZooKeeper {
             return Ok(false);
         }
         match self
-            .within(self.main.delete(&key, Some(stat.version)))
+            .within(self.main().delete(&key, Some(stat.version)))
             .await
         {
             Ok(()) => Ok(true),
@@ -460,17 +539,19 @@ impl Coordination for ZooKeeper {
     }
 
     async fn put_member(&self, status: &MemberStatus, lease: i64) -> Result<(), DcsError> {
+        self.fresh().await?;
         let key = self.keys.member(&self.me);
         let value = encode(&key, status)?;
         let session = self.session(lease).ok_or_else(|| lease_gone(lease))?;
         match self.exists(&key).await? {
             Some(stat) if stat.ephemeral_owner == lease => {
-                self.within(self.main.set_data(&key, &value, None)).await?;
+                self.within(self.main().set_data(&key, &value, None))
+                    .await?;
                 return Ok(());
             }
             // Bound to another of this member's leases: moved to this one.
             Some(stat) => match self
-                .within(self.main.delete(&key, Some(stat.version)))
+                .within(self.main().delete(&key, Some(stat.version)))
                 .await
             {
                 Ok(()) | Err(DcsError::ZooKeeper(zk::Error::NoNode)) => {}
@@ -486,6 +567,7 @@ impl Coordination for ZooKeeper {
     }
 
     async fn append_history(&self, entry: &HistoryEntry) -> Result<(), DcsError> {
+        self.fresh().await?;
         let key = self.keys.history();
         // Losing the race five times means others keep appending: the entry is theirs to add.
         for _ in 0..5 {
@@ -501,11 +583,11 @@ impl Coordination for ZooKeeper {
             let value = encode(&key, &list)?;
             let written = match &current {
                 Some((_, stat)) => self
-                    .within(self.main.set_data(&key, &value, Some(stat.version)))
+                    .within(self.main().set_data(&key, &value, Some(stat.version)))
                     .await
                     .map(|_| ()),
                 None => self
-                    .within(self.main.create(&key, &value, &persistent()))
+                    .within(self.main().create(&key, &value, &persistent()))
                     .await
                     .map(|_| ()),
             };

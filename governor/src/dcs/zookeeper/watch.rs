@@ -4,7 +4,8 @@
 //! compared with the last one seen: WAL positions alone wake nobody. A lease marker's
 //! deletion (a session ended) wakes, since the leader it names stops counting. Session
 //! events wake too: events during a reconnection can be lost (ZOOKEEPER-4698), and the loop
-//! re-reads everything it decides on.
+//! re-reads everything it decides on; when the connection's session expires, the watch is
+//! opened again on a new one.
 
 use super::ZooKeeper;
 use crate::dcs::watch::member_change_matters;
@@ -23,11 +24,12 @@ pub async fn run(store: Arc<ZooKeeper>, wakes: Vec<Arc<Notify>>, cancel: Cancell
     let dir = store.keys().prefix().trim_end_matches('/').to_string();
     let mut seen: BTreeMap<String, MemberStatus> = BTreeMap::new();
     loop {
+        let main = store.main();
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
             r = tokio::time::timeout(
                 Duration::from_secs(2),
-                store.main.watch(&dir, zk::AddWatchMode::PersistentRecursive),
+                main.watch(&dir, zk::AddWatchMode::PersistentRecursive),
             ) => r,
         };
         if let Ok(Ok(mut watcher)) = opened {
@@ -39,11 +41,13 @@ pub async fn run(store: Arc<ZooKeeper>, wakes: Vec<Arc<Notify>>, cancel: Cancell
                 if event.event_type == zk::EventType::Session {
                     wake();
                     if event.session_state.is_terminated() {
-                        tracing::error!(
+                        // The watcher must not be polled again; a new session gets a new one.
+                        tracing::warn!(
                             state = ?event.session_state,
-                            "the ZooKeeper session of the watch ended"
+                            "the ZooKeeper session of the watch ended: watching again"
                         );
-                        return;
+                        let _ = store.fresh().await;
+                        break;
                     }
                     continue;
                 }
