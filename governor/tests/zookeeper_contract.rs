@@ -254,3 +254,40 @@ async fn losing_the_zookeeper_leader_of_an_ensemble_keeps_the_sessions_and_the_k
     assert_eq!((leader.name.as_str(), leader.lease), ("m1", lease));
     contract::zookeeper::leader_of(&ensemble).await;
 }
+
+/// A lease that is not renewed ends after its TTL, with its leader and member keys, although
+/// the connection stays up and the client keeps pinging its session: as on etcd
+/// (`coordination_contract.rs`), and not sooner.
+#[tokio::test]
+async fn an_unrenewed_lease_ends_after_its_ttl_with_its_keys() {
+    let zookeeper = start().await;
+    let keys = Keyspace::new(&ClusterName::new("unrenewed").expect("valid"));
+    let store = zk(&zookeeper.host, &keys, "m1").await;
+    let observer = zk(&zookeeper.host, &keys, "m2").await;
+    let ttl = Duration::from_secs(2);
+    let granted = Instant::now();
+    let lease = store.grant_lease(ttl).await.expect("grant");
+    assert!(store.try_acquire_leader(lease).await.expect("acquire"));
+    store
+        .put_member(&status("m1"), lease)
+        .await
+        .expect("member");
+    let deadline = granted + Duration::from_secs(20);
+    loop {
+        let view = observer.read_view().await.expect("read");
+        if view.leader.is_none() && view.members.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "an unrenewed lease kept its keys: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        granted.elapsed() >= ttl,
+        "the keys went {:?} after the grant, before the ttl",
+        granted.elapsed()
+    );
+    assert!(!store.renew_lease(lease).await.expect("renew answers"));
+}

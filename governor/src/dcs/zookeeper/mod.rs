@@ -8,8 +8,9 @@
 //! - **A lease is a ZooKeeper session** with the lease's TTL as its session timeout (refused
 //!   when the server negotiates a longer one: the fence's arithmetic assumes the TTL). Each
 //!   session owns the ephemeral znode `leases/<id>` ([`Keyspace::lease_marker`]): the lease
-//!   is alive exactly while it exists. Renewing a lease is a round trip in its session (the
-//!   client pings on its own); revoking closes the session.
+//!   is alive exactly while it exists. Renewing a lease is a write in its session that the
+//!   ensemble's leader answers; a lease not renewed for a TTL is closed; revoking closes the
+//!   session.
 //! - **Keys bound to a lease** whose owner is the caller's session are ephemeral znodes of
 //!   that session: `members/<name>` and the `initialize` placeholder. The **`leader`** znode
 //!   is persistent and never deleted: its value is `{name, lease}`, and it counts only while
@@ -26,10 +27,10 @@
 //! rewritten between the leader's read and its hand-over makes the hand-over fail (etcd's
 //! removes whatever is there); moving a member key to another of its leases is a delete and
 //! a create, not one put; reads are a `sync` followed by one read per znode, not one
-//! linearizable range. And the crate pings a session on its own: a governor whose lease task
-//! stalls keeps its key (its fence and watchdog still stop PostgreSQL), where an etcd lease
-//! would end; wiring this store into `governor run` must close the session when renewals
-//! stop (left to do).
+//! linearizable range. The crate pings a session on its own, which would keep a lease alive
+//! without renewals: so each lease has a task that closes its session a TTL after the
+//! sending of its last renewal (tested), as etcd ends an unrenewed lease; if the whole
+//! process stalls, that task stalls with it and the server ends the session instead.
 
 pub mod watch;
 
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use spilo_model::{HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest, SyncState};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zookeeper_client as zk;
 
@@ -50,13 +51,58 @@ struct LeaderValue {
     lease: i64,
 }
 
+/// A lease this connection granted: its session, when it was last renewed (the sending of
+/// the renewal the ensemble's leader answered), and the task that closes the session once a
+/// TTL passes without one, as etcd ends an unrenewed lease (the client would otherwise keep
+/// the session alive with its own pings).
+struct Lease {
+    client: zk::Client,
+    renewed: Arc<Mutex<Instant>>,
+    expiry: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.expiry.abort();
+    }
+}
+
+/// Closes lease `id`'s session (by dropping the last client) once `ttl` passed since its
+/// last renewal.
+async fn expire(
+    id: i64,
+    ttl: Duration,
+    renewed: Arc<Mutex<Instant>>,
+    sessions: Arc<Mutex<BTreeMap<i64, Lease>>>,
+) {
+    loop {
+        let due = match renewed.lock() {
+            Ok(at) => *at + ttl,
+            Err(_) => Instant::now(),
+        };
+        if Instant::now() >= due {
+            let ended = sessions.lock().ok().and_then(|mut s| s.remove(&id));
+            if ended.is_some() {
+                tracing::warn!(
+                    lease = id,
+                    ?ttl,
+                    "a lease was not renewed within its ttl: ended"
+                );
+            }
+            drop(ended);
+            return;
+        }
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
 /// ZooKeeper scoped to one cluster and one member.
 pub struct ZooKeeper {
     hosts: String,
     /// The connection for reads and for writes not bound to a lease; made again when its
     /// session expires ([`Self::fresh`]).
     main: std::sync::RwLock<zk::Client>,
-    sessions: Mutex<BTreeMap<i64, zk::Client>>,
+    sessions: Arc<Mutex<BTreeMap<i64, Lease>>>,
     keys: Keyspace,
     me: MemberName,
     timeout: Duration,
@@ -107,7 +153,7 @@ impl ZooKeeper {
         let me_ = Self {
             hosts,
             main: std::sync::RwLock::new(main),
-            sessions: Mutex::new(BTreeMap::new()),
+            sessions: Arc::new(Mutex::new(BTreeMap::new())),
             keys,
             me,
             timeout,
@@ -167,7 +213,7 @@ impl ZooKeeper {
     /// The session of `lease`, when this connection granted it.
     fn session(&self, lease: i64) -> Option<zk::Client> {
         let sessions = self.sessions.lock().ok()?;
-        sessions.get(&lease).cloned()
+        sessions.get(&lease).map(|l| l.client.clone())
     }
 
     /// A znode's data and stat; `None` when it does not exist.
@@ -288,6 +334,7 @@ impl Coordination for ZooKeeper {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<i64, DcsError> {
+        let asked = Instant::now();
         let client = self
             .within(
                 zk::Client::connector()
@@ -314,8 +361,17 @@ impl Coordination for ZooKeeper {
         let id = client.session_id().0;
         let marker = self.keys.lease_marker(id);
         within(self.timeout, client.create(&marker, b"", &ephemeral())).await?;
+        let renewed = Arc::new(Mutex::new(asked));
+        let expiry = tokio::spawn(expire(id, ttl, renewed.clone(), self.sessions.clone()));
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.insert(id, client);
+            sessions.insert(
+                id,
+                Lease {
+                    client,
+                    renewed,
+                    expiry,
+                },
+            );
         }
         Ok(id)
     }
@@ -324,6 +380,7 @@ impl Coordination for ZooKeeper {
         let Some(session) = self.session(lease) else {
             return Ok(false);
         };
+        let sent = Instant::now();
         // A write request in the session itself (a multi of one version check): the
         // ensemble's leader answers it, and only while the session lives there; a read could
         // be answered by a follower cut off from the quorum.
@@ -338,10 +395,23 @@ impl Coordination for ZooKeeper {
                 e => return Err(DcsError::ZooKeeper(e)),
             },
         };
-        if !alive && let Ok(mut sessions) = self.sessions.lock() {
-            sessions.remove(&lease);
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return Ok(alive);
+        };
+        match sessions.get(&lease) {
+            // Ended meanwhile by its ttl: a renewal after the ttl does not bring it back.
+            None => Ok(false),
+            Some(l) if alive => {
+                if let Ok(mut at) = l.renewed.lock() {
+                    *at = (*at).max(sent);
+                }
+                Ok(true)
+            }
+            Some(_) => {
+                sessions.remove(&lease);
+                Ok(false)
+            }
         }
-        Ok(alive)
     }
 
     async fn revoke_lease(&self, lease: i64) -> Result<(), DcsError> {
