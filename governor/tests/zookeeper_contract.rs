@@ -27,6 +27,22 @@ async fn zk(host: &str, keys: &Keyspace, me: &str) -> ZooKeeper {
     .expect("ZooKeeper answers")
 }
 
+/// Polls `observer`'s view until no leader and no member is left (20 s at most).
+async fn keys_gone(observer: &ZooKeeper, whose: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = observer.read_view().await.expect("read");
+        if view.leader.is_none() && view.members.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ZooKeeper kept {whose}'s keys for 20 s: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn zookeeper_answers_the_script_as_etcd_does() {
     let etcd = start_etcd();
@@ -108,18 +124,7 @@ async fn a_leader_cut_off_from_zookeeper_loses_its_key_within_the_session_timeou
     assert!(cut_off.renew_lease(lease).await.expect("renew"));
     proxy.cut().await;
     let cut_at = Instant::now();
-    let deadline = cut_at + Duration::from_secs(20);
-    loop {
-        let view = observer.read_view().await.expect("read");
-        if view.leader.is_none() && view.members.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ZooKeeper kept a cut-off session's keys: {view:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keys_gone(&observer, "a cut-off session").await;
     let gone_after = renewed_at.elapsed();
     // Not before the session timeout after the last renewal: the fence stops the primary's
     // writes by then, so nobody else can take the key while it still writes.
@@ -272,18 +277,7 @@ async fn an_unrenewed_lease_ends_after_its_ttl_with_its_keys() {
         .put_member(&status("m1"), lease)
         .await
         .expect("member");
-    let deadline = granted + Duration::from_secs(20);
-    loop {
-        let view = observer.read_view().await.expect("read");
-        if view.leader.is_none() && view.members.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "an unrenewed lease kept its keys: {view:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keys_gone(&observer, "an unrenewed lease").await;
     assert!(
         granted.elapsed() >= ttl,
         "the keys went {:?} after the grant, before the ttl",

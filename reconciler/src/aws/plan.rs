@@ -489,13 +489,8 @@ fn plan_cluster(
             .stack
             .present()
             .is_none_or(|s| !s.termination_protection);
-    if p.action == Action::Noop
-        && (p.config.is_some()
-            || p.bucket.is_some()
-            || p.rollout.is_some()
-            || p.major_upgrade.is_some()
-            || p.protect)
-    {
+    let more = p.rollout.is_some() || p.major_upgrade.is_some() || p.protect;
+    if p.action == Action::Noop && (p.config.is_some() || p.bucket.is_some() || more) {
         p.action = Action::Update;
     }
     if p.action == Action::Noop && p.config.is_none() {
