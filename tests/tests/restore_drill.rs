@@ -117,10 +117,11 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let primary = member(&status, "primary").ok_or_else(|| anyhow::anyhow!("{status}"))?;
     proc::kill_group(primary["governor_pid"].as_u64().unwrap_or(0) as u32);
     proc::kill_postgres(primary["postmaster_pid"].as_u64().unwrap_or(0) as u32);
-    let killed = primary["name"].as_str().unwrap_or_default().to_string();
-    wait::until("the other member to become primary", READY, || async {
+    // The killed member, started again by `spilo up` at once, may win the election itself
+    // (its WAL is as far as the other's): either way the promotion begins timeline 2.
+    wait::until("a primary on timeline 2", READY, || async {
         let p = member(&repo.status().ok()?, "primary")?;
-        (p["name"] != killed.as_str() && p["state"] == "running").then_some(())
+        (p["state"] == "running" && p["timeline"].as_u64()? >= 2).then_some(())
     })
     .await?;
     // Rows on the new timeline in two segments, each switched out (so timeline 2 has one
@@ -198,9 +199,16 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     // The same drill through the REST API (`--etcd`: how a cluster that spilo up does not
     // run here is drilled, e.g. on AWS): the designated member runs it, with the same checks,
     // and records it in etcd.
-    wait::until("the old primary to run as a replica", READY, || async {
-        designated(repo).filter(|m| *m == killed)
-    })
+    wait::until(
+        "the replica to run again, and be the designated member",
+        READY,
+        || async {
+            let replica = member(&repo.status().ok()?, "replica")?;
+            let name = replica["name"].as_str()?.to_string();
+            (replica["state"] == "running").then_some(())?;
+            designated(repo).filter(|m| *m == name)
+        },
+    )
     .await?;
     let status = repo.status()?;
     let etcd = status["clusters"][0]["etcd"][0]

@@ -322,13 +322,17 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
             .ok()
     })
     .await?;
-    assert!(
+    // The database is made before its schemas: the login can come between the two.
+    wait::until("the new leader to create the schema", READY, || async {
         one_bool(
             &audit,
-            "SELECT count(*) = 1 FROM pg_namespace WHERE nspname = 'trail'"
+            "SELECT count(*) = 1 FROM pg_namespace WHERE nspname = 'trail'",
         )
-        .await?
-    );
+        .await
+        .ok()?
+        .then_some(())
+    })
+    .await?;
     // The data written before the failover is there, owned as declared.
     let app = login(
         repo,
