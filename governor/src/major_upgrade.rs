@@ -36,7 +36,7 @@ mod settings;
 mod tail;
 
 use crate::config::Loaded;
-use crate::dcs::Dcs;
+use crate::dcs::Store;
 use crate::postgres::tools::{self, ToolError};
 use crate::postgres::{Instance, controldata};
 use std::collections::BTreeMap;
@@ -68,8 +68,8 @@ pub enum UpgradeError {
         /// The error.
         source: std::io::Error,
     },
-    /// etcd could not be reached or refused the change.
-    #[error("etcd: {0}")]
+    /// The coordination store (etcd or ZooKeeper) could not be reached or refused the change.
+    #[error("coordination store: {0}")]
     Etcd(String),
 }
 
@@ -610,7 +610,7 @@ pub fn discard_old(paths: &Paths) -> Result<bool, UpgradeError> {
     Ok(true)
 }
 
-async fn connect(loaded: &Loaded) -> Result<Dcs, UpgradeError> {
+async fn connect(loaded: &Loaded) -> Result<Store, UpgradeError> {
     let cfg = &loaded.config;
     let etcd = |e: &dyn std::fmt::Display| UpgradeError::Etcd(e.to_string());
     // Over TLS with the member's certificate, as the governor itself speaks to etcd.
@@ -623,13 +623,10 @@ async fn connect(loaded: &Loaded) -> Result<Dcs, UpgradeError> {
         _ => None,
     };
     let timeout = cfg.ha.retry_timeout().max(Duration::from_secs(3));
-    let endpoints = crate::dcs::discovery::endpoints(&cfg.etcd, tls.as_ref(), timeout)
+    let (store, _) = Store::connect(cfg, tls.as_ref(), loaded.name.clone(), timeout)
         .await
         .map_err(|e| etcd(&e))?;
-    let keys = spilo_model::keys::Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
-    Dcs::connect(&endpoints, tls.as_ref(), keys, loaded.name.clone(), timeout)
-        .await
-        .map_err(|e| etcd(&e))
+    Ok(store)
 }
 
 #[cfg(test)]

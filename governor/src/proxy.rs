@@ -8,7 +8,7 @@
 //! primary. Without a successful etcd read for a TTL there is no target: a partitioned member
 //! stops forwarding, closes new connections at once and fails `/proxy`.
 
-use crate::dcs::{Dcs, view::read_view};
+use crate::dcs::{Coordination, Store};
 use crate::ha::ClusterView;
 use spilo_model::MemberName;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub fn after_read(
 /// Keeps `route` equal to the cluster's target until `cancel` fires: reads the cluster's keys
 /// whenever `wake` fires and at least every second.
 pub async fn follow(
-    dcs: Dcs,
+    dcs: Store,
     ttl: Duration,
     wake: Arc<Notify>,
     route: watch::Sender<Option<Target>>,
@@ -74,7 +74,7 @@ pub async fn follow(
 ) {
     let mut last_success = Instant::now();
     loop {
-        let read = read_view(&dcs.client(), dcs.keys(), dcs.timeout()).await;
+        let read = dcs.read_view().await;
         let now = Instant::now();
         if read.is_ok() {
             last_success = now;

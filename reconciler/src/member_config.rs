@@ -155,6 +155,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         name: at.name.clone(),
         namespace: spilo_model::keys::DEFAULT_NAMESPACE.to_string(),
         etcd: at.etcd.clone(),
+        zookeeper: None,
         postgresql: PostgresConfig {
             bin_dir: at.bin_dir.clone(),
             data_dir: at.data_dir.clone(),

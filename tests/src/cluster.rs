@@ -14,6 +14,7 @@ use std::time::Duration;
 mod cli;
 mod config;
 mod logs;
+mod store;
 
 /// The superuser password every test cluster uses.
 pub const SUPERUSER_PASSWORD: &str = "e2e-superuser-secret";
@@ -51,6 +52,10 @@ pub struct ClusterOptions {
     pub tls_lifetime: Option<u64>,
     /// The PostgreSQL major version the members run (15, or 18 from `scripts/install-deps`).
     pub version: u32,
+    /// The coordination store is ZooKeeper (`zookeeper:` in each member's configuration)
+    /// with this many servers (1, or 3 for an ensemble); 0: etcd. The cluster's etcd is
+    /// started either way, and no member is told of it with ZooKeeper.
+    pub zookeeper: usize,
 }
 
 impl Default for ClusterOptions {
@@ -68,6 +73,7 @@ impl Default for ClusterOptions {
             tls: true,
             tls_lifetime: None,
             version: 15,
+            zookeeper: 0,
         }
     }
 }
@@ -95,8 +101,9 @@ pub struct Member {
     pub host: String,
     /// Its directory (data, run dir, config, log).
     pub dir: PathBuf,
-    /// The etcd endpoint it uses (a proxy in partition tests).
-    pub etcd_hosts: Vec<String>,
+    /// The coordination store's endpoints it uses (etcd's, or the ZooKeeper servers with
+    /// [`ClusterOptions::zookeeper`]; a proxy in partition tests).
+    pub store_hosts: Vec<String>,
     /// Extra YAML appended to its configuration.
     pub extra_yaml: String,
     /// Environment for this member's governor only (beside the cluster's `env`).
@@ -138,8 +145,10 @@ pub struct Cluster {
     pub scope: String,
     /// The members.
     pub members: Vec<Member>,
-    /// The etcd all members use (unless a member's `etcd_hosts` says otherwise).
+    /// The etcd all members use (unless a member's `store_hosts` says otherwise).
     pub etcd: Etcd,
+    /// The ZooKeeper servers, with [`ClusterOptions::zookeeper`].
+    pub zookeeper: Vec<crate::zookeeper::RealZooKeeper>,
     run_as: RunAs,
     governor: PathBuf,
     spilo: PathBuf,
@@ -217,6 +226,17 @@ impl Cluster {
             (Some(lab), None) => Etcd::start_on(dir.path(), &lab.etcd_ip()).await?,
             (None, None) => Etcd::start(dir.path()).await?,
         };
+        let zookeeper = match options.zookeeper {
+            0 => Vec::new(),
+            1 => vec![crate::zookeeper::start().await],
+            3 => crate::zookeeper::start_ensemble().await,
+            n => anyhow::bail!("a ZooKeeper of 1 or 3 servers, not {n}"),
+        };
+        let store_hosts = if zookeeper.is_empty() {
+            vec![etcd.client_addr.clone()]
+        } else {
+            zookeeper.iter().map(|z| z.host.clone()).collect()
+        };
         let mut members = Vec::new();
         for i in 1..=options.members {
             let name = format!("m{i}");
@@ -231,7 +251,7 @@ impl Cluster {
                     .as_ref()
                     .map_or_else(|| "127.0.0.1".to_string(), |l| l.member_ip(i)),
                 dir: mdir,
-                etcd_hosts: vec![etcd.client_addr.clone()],
+                store_hosts: store_hosts.clone(),
                 extra_yaml: String::new(),
                 extra_env: Vec::new(),
                 process: None,
@@ -241,6 +261,7 @@ impl Cluster {
             scope: options.scope.clone(),
             members,
             etcd,
+            zookeeper,
             run_as,
             governor,
             spilo,

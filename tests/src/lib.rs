@@ -30,6 +30,8 @@ pub mod sql;
 pub mod tls;
 pub mod wait;
 pub mod webhook;
+#[path = "../../governor/tests/contract/zookeeper.rs"]
+pub mod zookeeper;
 
 pub use cluster::{Cluster, ClusterOptions, Member};
 pub use etcd::Etcd;

@@ -207,7 +207,7 @@ async fn losing_one_of_three_etcd_members_changes_nothing() -> anyhow::Result<()
     let mut etcds = spilo_e2e::etcd::Etcd::start_cluster_tls(c.dir(), 3, &ca, c.run_as()).await?;
     let hosts: Vec<String> = etcds.iter().map(|e| e.client_addr.clone()).collect();
     for m in &mut c.members {
-        m.etcd_hosts = hosts.clone();
+        m.store_hosts = hosts.clone();
     }
     let result = etcd_member_loss_body(&mut c, &mut etcds).await;
     c.finish(result)

@@ -155,7 +155,7 @@ async fn renewal(c: &mut Cluster) -> anyhow::Result<()> {
     // Every member reaches etcd through a proxy the test can cut.
     let proxy = spilo_e2e::proxy::Proxy::start(c.etcd.client_addr.clone()).await?;
     for m in &mut c.members {
-        m.etcd_hosts = vec![proxy.addr.clone()];
+        m.store_hosts = vec![proxy.addr.clone()];
     }
     let (primary, _) = c.start_streaming(BOOT).await?;
     let history = c.etcd.get("/service/renew/history").await?;

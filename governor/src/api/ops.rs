@@ -40,11 +40,12 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Reply> {
 }
 
 async fn fresh_view(shared: &Shared) -> Result<ClusterView, Reply> {
-    shared
-        .store
-        .read_view()
-        .await
-        .map_err(|e| reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")))
+    shared.store.read_view().await.map_err(|e| {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("coordination store: {e}"),
+        )
+    })
 }
 
 fn unix_now() -> u64 {
@@ -182,7 +183,10 @@ async fn write_request(shared: &Shared, request: &SwitchoverRequest) -> Result<(
             StatusCode::CONFLICT,
             "a switchover or failover is already pending (DELETE /switchover cancels it)",
         )),
-        Err(e) => Err(reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}"))),
+        Err(e) => Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("coordination store: {e}"),
+        )),
     }
 }
 
@@ -250,7 +254,10 @@ pub(super) async fn delete_switchover(
     match shared.store.cancel_switchover().await {
         Ok(true) => reply(StatusCode::OK, "cancelled the pending switchover"),
         Ok(false) => reply(StatusCode::NOT_FOUND, "no switchover is pending"),
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("coordination store: {e}"),
+        ),
     }
 }
 
@@ -595,7 +602,10 @@ pub(super) async fn get_config(State(shared): State<Arc<Shared>>) -> Reply {
     match shared.store.read_config().await {
         Ok((Some(v), _)) => (StatusCode::OK, Json(v)),
         Ok((None, _)) => reply(StatusCode::NOT_FOUND, "the cluster has no config yet"),
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("coordination store: {e}"),
+        ),
     }
 }
 
@@ -613,7 +623,12 @@ pub(super) async fn patch_config(
     };
     let (current, revision) = match shared.store.read_config().await {
         Ok((v, rev)) => (v.unwrap_or_else(|| json!({})), rev),
-        Err(e) => return reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
+        Err(e) => {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("coordination store: {e}"),
+            );
+        }
     };
     let config = match ClusterConfig::merge_patch(&current, &patch) {
         Ok(c) => c,
@@ -628,6 +643,9 @@ pub(super) async fn patch_config(
             StatusCode::CONFLICT,
             "config changed while this patch was applied; read it again",
         ),
-        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, format!("etcd: {e}")),
+        Err(e) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("coordination store: {e}"),
+        ),
     }
 }

@@ -409,7 +409,11 @@ async fn etcd_down_is_503_and_config_patches_are_compare_and_set() {
     );
     let r = ops::post_switchover(State(down.shared.clone()), token(), String::new()).await;
     assert_eq!(r.0, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(message(&r).starts_with("etcd: "), "{}", message(&r));
+    assert!(
+        message(&r).starts_with("coordination store: "),
+        "{}",
+        message(&r)
+    );
 
     let store = fake(keep);
     let r = rig(

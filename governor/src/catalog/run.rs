@@ -240,7 +240,7 @@ pub struct Task {
     /// The shared state.
     pub shared: Arc<Shared>,
     /// Where the `catalog` status is written.
-    pub dcs: crate::dcs::Dcs,
+    pub dcs: crate::dcs::Store,
     /// This member.
     pub me: String,
     /// Where passwords kept in AWS are read (the configuration's `aws.region`).

@@ -11,6 +11,7 @@
 pub mod coordination;
 pub use spilo_discovery as discovery;
 pub mod lease;
+mod store;
 pub mod view;
 pub mod watch;
 pub mod zookeeper;
@@ -22,13 +23,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use coordination::Coordination;
+pub use store::Store;
 pub use view::{parse_view, read_view};
 
-/// An etcd failure.
+/// A failure of the coordination store (etcd, or ZooKeeper: [`Store`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DcsError {
-    /// etcd did not answer in time.
-    #[error("etcd did not answer within {0:?}")]
+    /// The store (etcd or ZooKeeper) did not answer in time.
+    #[error("the coordination store did not answer within {0:?}")]
     Timeout(Duration),
     /// etcd answered with an error, or the connection failed.
     #[error("etcd: {0}")]

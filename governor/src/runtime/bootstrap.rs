@@ -159,8 +159,7 @@ impl Governor {
     async fn read_initialize(&self) -> Result<Option<String>, ()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let keys = self.dcs.keys();
-            match crate::dcs::view::read_view(&self.dcs.client(), keys, self.dcs.timeout()).await {
+            match self.dcs.read_view().await {
                 Ok(v) => return Ok(v.initialize),
                 Err(e) if Instant::now() >= deadline => {
                     tracing::warn!(error = %e, "cannot read the initialize key");

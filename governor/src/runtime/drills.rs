@@ -10,7 +10,7 @@
 //! A request whose asker has gone (its HTTP request ended) is skipped.
 
 use super::backups::next_after;
-use crate::dcs::Dcs;
+use crate::dcs::Store;
 use crate::drill::{Drill, Report};
 use crate::shared::{DrillRequest, Shared};
 use chrono::Utc;
@@ -29,7 +29,7 @@ pub struct Drills {
     /// The shared state (for the cluster view).
     pub shared: Arc<Shared>,
     /// Where results are recorded.
-    pub dcs: Dcs,
+    pub dcs: Store,
     /// This member.
     pub me: MemberName,
 }

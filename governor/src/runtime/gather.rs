@@ -4,7 +4,7 @@
 use super::{CRASH_WINDOW, Governor};
 use crate::config::GovernorConfig;
 use crate::dcs::Coordination;
-use crate::dcs::{Dcs, read_view};
+use crate::dcs::Store;
 use crate::ha::{DataDir, DcsView, LocalState, PgState, Snapshot};
 use crate::postgres::Exit;
 use spilo_model::{MemberName, MemberRole, MemberState, MemberStatus, NodeStatus, WalPositions};
@@ -52,8 +52,7 @@ impl Governor {
         }
         let data = self.data.clone().unwrap_or(DataDir::Empty);
 
-        let mut dcs = match read_view(&self.dcs.client(), self.dcs.keys(), self.dcs.timeout()).await
-        {
+        let mut dcs = match self.dcs.read_view().await {
             Ok(view) => DcsView::Known(view),
             Err(e) => DcsView::Unreachable { why: e.to_string() },
         };
@@ -299,7 +298,7 @@ pub(super) fn initial_node_status(cfg: &GovernorConfig, name: &MemberName) -> No
 /// Refuses to start when another live governor already uses this member name, and revokes
 /// the lease of a dead earlier run of this member so its keys do not linger for a TTL.
 pub(super) async fn check_name_is_free(
-    dcs: &Dcs,
+    dcs: &Store,
     http: &reqwest::Client,
     my_api_url: &str,
 ) -> anyhow::Result<()> {
@@ -308,7 +307,7 @@ pub(super) async fn check_name_is_free(
     let Some(old_lease) = dcs.member_lease(&name).await? else {
         return Ok(());
     };
-    let view = read_view(&dcs.client(), dcs.keys(), dcs.timeout()).await?;
+    let view = dcs.read_view().await?;
     if let Some(status) = view.members.get(&name) {
         let url = format!("{}/status", status.api_url.trim_end_matches('/'));
         if let Ok(resp) = http.get(&url).send().await

@@ -33,12 +33,12 @@ mod upgrade;
 use crate::api;
 use crate::config::Loaded;
 use crate::dcs::Coordination;
-use crate::dcs::{self, Dcs, DcsError};
+use crate::dcs::{DcsError, Store};
 use crate::ha::{self, Decision, HaConfig, LeaseView};
 use crate::postgres::process::StopMode;
 use crate::postgres::{Instance, query::SqlError, tools::ToolError};
 use anyhow::Context;
-use spilo_model::{Keyspace, MemberStatus};
+use spilo_model::MemberStatus;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -92,7 +92,7 @@ use crate::shared::Shared;
 /// The HA loop's own state.
 pub(crate) struct Governor {
     loaded: Loaded,
-    dcs: Dcs,
+    dcs: Store,
     pg: Instance,
     ha: HaConfig,
     http: reqwest::Client,
@@ -156,24 +156,10 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    let endpoints = dcs::discovery::endpoints(
-        &cfg.etcd,
-        etcd_tls.as_ref(),
-        timeout.max(Duration::from_secs(3)),
-    )
-    .await
-    .context("find etcd")?;
-    let keys = Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
-    let dcs = Dcs::connect(
-        &endpoints,
-        etcd_tls.as_ref(),
-        keys,
-        loaded.name.clone(),
-        timeout,
-    )
-    .await
-    .with_context(|| format!("cannot reach etcd at {}", endpoints.join(", ")))?;
-    tracing::info!(endpoints = endpoints.join(","), scope = %cfg.scope, member = %loaded.name, "connected to etcd");
+    let (dcs, at) = Store::connect(&cfg, etcd_tls.as_ref(), loaded.name.clone(), timeout)
+        .await
+        .context("cannot reach the coordination store")?;
+    tracing::info!(store = at, scope = %cfg.scope, member = %loaded.name, "connected to the coordination store");
 
     let wake = Arc::new(Notify::new());
     let pg = Instance::new(&loaded, wake.clone());
@@ -201,8 +187,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
     tasks.spawn(
         "lease",
-        dcs::lease::run(
-            dcs.clone(),
+        dcs.clone().keep_lease(
             cfg.ha.ttl(),
             cfg.ha.keepalive_interval(),
             lease_tx,
@@ -212,11 +197,8 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
     let proxy_wake = Arc::new(Notify::new());
     tasks.spawn(
         "watch",
-        dcs::watch::run(
-            dcs.clone(),
-            vec![wake.clone(), proxy_wake.clone()],
-            cancel.clone(),
-        ),
+        dcs.clone()
+            .watch(vec![wake.clone(), proxy_wake.clone()], cancel.clone()),
     );
     let proxy_route = match &cfg.proxy {
         Some(p) => {
@@ -455,7 +437,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         let reload = crate::certs::Reload {
             api: tls.clone().filter(|_| cfg.restapi.tls.is_none()),
             data_dir: cfg.postgresql.data_dir.clone(),
-            etcd: cfg.etcd_over_tls().then(|| dcs.clone()),
+            etcd: dcs.etcd().filter(|_| cfg.etcd_over_tls()).cloned(),
         };
         tasks.spawn(
             "certificate",

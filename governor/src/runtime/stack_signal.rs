@@ -76,7 +76,7 @@ pub async fn run(
     target: StackSignal,
     unique_id: String,
     shared: Arc<Shared>,
-    dcs: crate::dcs::Dcs,
+    dcs: crate::dcs::Store,
     cancel: CancellationToken,
 ) {
     loop {

@@ -8,7 +8,7 @@
 pub mod failsafe;
 
 use crate::config::ApiCredentials;
-use crate::dcs::{Dcs, DcsError};
+use crate::dcs::{Coordination, DcsError, Store};
 use crate::ha::{ClusterView, HaConfig, LeaseView};
 use spilo_model::{ClusterConfig, MemberName, NodeStatus, SwitchoverRequest};
 use std::collections::BTreeMap;
@@ -41,27 +41,25 @@ pub trait ClusterStore: Send + Sync {
     ) -> StoreFuture<'a, bool>;
 }
 
-impl ClusterStore for Dcs {
+impl ClusterStore for Store {
     fn read_view(&self) -> StoreFuture<'_, ClusterView> {
-        Box::pin(
-            async move { crate::dcs::read_view(&self.client(), self.keys(), self.timeout()).await },
-        )
+        Box::pin(Coordination::read_view(self))
     }
     fn request_switchover<'a>(&'a self, request: &'a SwitchoverRequest) -> StoreFuture<'a, bool> {
-        Box::pin(Dcs::request_switchover(self, request))
+        Box::pin(Store::request_switchover(self, request))
     }
     fn cancel_switchover(&self) -> StoreFuture<'_, bool> {
-        Box::pin(Dcs::cancel_switchover(self))
+        Box::pin(Store::cancel_switchover(self))
     }
     fn read_config(&self) -> StoreFuture<'_, (Option<serde_json::Value>, i64)> {
-        Box::pin(Dcs::read_config(self))
+        Box::pin(Store::read_config(self))
     }
     fn write_config<'a>(
         &'a self,
         config: &'a ClusterConfig,
         revision: i64,
     ) -> StoreFuture<'a, bool> {
-        Box::pin(Dcs::write_config(self, config, revision))
+        Box::pin(Store::write_config(self, config, revision))
     }
 }
 

@@ -1,6 +1,8 @@
-//! A real ZooKeeper for the contract tests: Debian's `zookeeper` (3.8), standalone, on a
-//! free loopback port, with its data in a temporary directory; and a TCP proxy in front of
-//! it that a test can cut, as a network partition of one member.
+//! A real ZooKeeper for tests: Debian's `zookeeper` (3.8), standalone or a three-server
+//! ensemble, on free loopback ports, with its data in a temporary directory; and a TCP proxy
+//! in front of it that a test can cut, as a network partition of one member. The contract
+//! tests (`governor/tests/contract`) and the end-to-end tests (`spilo_e2e::zookeeper`)
+//! include this one file.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,11 +29,18 @@ impl Drop for RealZooKeeper {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Starts ZooKeeper and waits until it answers (20 s at most). Sessions of 1 s to 120 s are
 /// granted as asked (`tickTime` 500 ms: expiry is checked every tick).
 pub async fn start() -> RealZooKeeper {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let port = super::free_port();
+    let port = free_port();
     let child = server(dir.path(), port, "");
     let host = format!("127.0.0.1:{port}");
     listening(&host).await;
@@ -85,7 +94,7 @@ pub async fn start_ensemble() -> Vec<RealZooKeeper> {
         .map(|_| tempfile::tempdir().expect("a temporary directory"))
         .collect();
     let ports: Vec<(u16, u16, u16)> = (0..3)
-        .map(|_| (super::free_port(), super::free_port(), super::free_port()))
+        .map(|_| (free_port(), free_port(), free_port()))
         .collect();
     let peers: String = ports
         .iter()

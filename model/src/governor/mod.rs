@@ -11,11 +11,13 @@
 mod archive;
 mod etcd_member;
 mod secret;
+mod store;
 mod tls;
 
 pub use archive::{ArchiveConfig, BackupSchedule, Compression, S3Config, VerifySchedule};
 pub use etcd_member::EtcdMemberConfig;
 pub use secret::SecretRef;
+pub use store::{EtcdConfig, ZooKeeperConfig};
 pub use tls::{MIN_LIFETIME, TlsConfig};
 
 use crate::spec::{
@@ -63,8 +65,12 @@ pub struct GovernorConfig {
         skip_serializing_if = "is_default_namespace"
     )]
     pub namespace: String,
-    /// How to find etcd.
+    /// How to find etcd (the coordination store unless `zookeeper:` is given).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub etcd: EtcdConfig,
+    /// The coordination store is a ZooKeeper ensemble instead of etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<ZooKeeperConfig>,
     /// The local PostgreSQL instance.
     pub postgresql: PostgresConfig,
     /// The REST API.
@@ -181,32 +187,6 @@ fn target_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TargetTi
         .map(|t| TargetTime::parse(&t))
         .transpose()
         .map_err(|e| serde::de::Error::custom(format!("target_time: {e}")))
-}
-
-/// Where etcd is: a list of endpoints, or a DNS domain with SRV records.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EtcdConfig {
-    /// Client endpoints such as `127.0.0.1:2379` or `http://10.0.0.1:2379`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts: Vec<String>,
-    /// A domain whose `_etcd-client._tcp` or `_etcd-server._tcp` SRV records name the etcd members.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discovery_domain: Option<String>,
-    /// The DNS server to ask for SRV records (`host:port`); the system resolver when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discovery_nameserver: Option<SocketAddr>,
-    /// Speak plaintext to etcd even with `tls:` (an etcd that has no TLS yet); by default
-    /// `tls:` means etcd over TLS with the member's certificate.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub plaintext: bool,
-}
-
-impl GovernorConfig {
-    /// Whether etcd is spoken to over TLS (with `tls:`, unless `etcd.plaintext`).
-    pub fn etcd_over_tls(&self) -> bool {
-        self.tls.is_some() && !self.etcd.plaintext
-    }
 }
 
 /// The local PostgreSQL instance.
@@ -502,13 +482,7 @@ impl GovernorConfig {
     /// Every check that needs no I/O: one source of etcd, absolute paths, distinct ports,
     /// one source per secret, user names, REST API credentials, the archive, the timing.
     pub fn check(&self) -> Result<(), Invalid> {
-        match (self.etcd.hosts.is_empty(), &self.etcd.discovery_domain) {
-            (true, None) => return Err(invalid("etcd", "set either hosts or discovery_domain")),
-            (false, Some(_)) => {
-                return Err(invalid("etcd", "set hosts or discovery_domain, not both"));
-            }
-            _ => {}
-        }
+        self.check_store()?;
         let pg = &self.postgresql;
         if !pg.data_dir.is_absolute() {
             return Err(invalid("postgresql.data_dir", "must be an absolute path"));
@@ -627,7 +601,7 @@ impl GovernorConfig {
                 .etcd
                 .hosts
                 .iter()
-                .find(|h| h.starts_with("http://") && !self.etcd.plaintext)
+                .find(|h| h.starts_with("http://") && self.etcd_over_tls())
             {
                 return Err(invalid(
                     "etcd.hosts",

@@ -163,3 +163,51 @@ fn the_proxy_needs_a_port_of_its_own() {
         );
     }
 }
+
+#[test]
+fn a_zookeeper_store_replaces_etcd_and_round_trips() {
+    let mut c = minimal();
+    c.etcd = EtcdConfig::default();
+    c.zookeeper = Some(ZooKeeperConfig {
+        hosts: vec!["127.0.0.1:2181".into(), "zk-2.example.com:2181".into()],
+    });
+    assert_eq!(c.check(), Ok(()));
+    let text = serde_yaml::to_string(&c).expect("serialises");
+    assert!(!text.contains("etcd"), "no empty etcd section: {text}");
+    assert_eq!(GovernorConfig::parse(&text).expect("parses"), c);
+    // TLS for PostgreSQL and the API does not mean TLS to ZooKeeper.
+    c.tls = Some(TlsConfig {
+        ca_file: "/etc/spilo/ca.crt".into(),
+        ca_key: SecretRef::file("/etc/spilo/ca.key"),
+        dir: None,
+        names: Vec::new(),
+        lifetime: MIN_LIFETIME,
+    });
+    assert!(!c.etcd_over_tls());
+}
+
+#[test]
+fn the_store_is_etcd_or_zookeeper_and_well_formed() {
+    let field = |c: &GovernorConfig| c.check().map_err(|e| e.field);
+    let mut both = minimal();
+    both.zookeeper = Some(ZooKeeperConfig {
+        hosts: vec!["127.0.0.1:2181".into()],
+    });
+    assert_eq!(field(&both), Err("zookeeper".to_string()));
+    let mut neither = minimal();
+    neither.etcd = EtcdConfig::default();
+    assert_eq!(field(&neither), Err("etcd".to_string()));
+    for hosts in [
+        vec![],
+        vec!["127.0.0.1".to_string()],
+        vec![":2181".to_string()],
+    ] {
+        let mut zk = neither.clone();
+        zk.zookeeper = Some(ZooKeeperConfig { hosts });
+        assert_eq!(field(&zk), Err("zookeeper.hosts".to_string()));
+    }
+    let unknown = GovernorConfig::parse(
+        "scope: demo\nzookeeper: {hosts: [\"a:1\"], chroot: /x}\npostgresql: {}\n",
+    );
+    assert!(unknown.is_err(), "unknown zookeeper fields are refused");
+}

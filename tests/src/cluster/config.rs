@@ -5,11 +5,16 @@ use super::{Cluster, Member, pg_bin};
 impl Cluster {
     /// The governor configuration text of a member.
     pub fn config_text(&self, m: &Member) -> String {
-        let hosts: Vec<String> = m.etcd_hosts.iter().map(|h| format!("\"{h}\"")).collect();
+        let hosts: Vec<String> = m.store_hosts.iter().map(|h| format!("\"{h}\"")).collect();
+        let store = if self.options.zookeeper > 0 {
+            "zookeeper"
+        } else {
+            "etcd"
+        };
         format!(
             "scope: {scope}\n\
              name: {name}\n\
-             etcd: {{hosts: [{hosts}]}}\n\
+             {store}: {{hosts: [{hosts}]}}\n\
              postgresql:\n  \
                bin_dir: {bin}\n  \
                data_dir: {data}\n  \

@@ -1,6 +1,7 @@
 //! [`Coordination`] on Apache ZooKeeper: the second, real implementation of the trait the HA
 //! loop's actions use, held to the same contract test as etcd
-//! (`governor/tests/zookeeper_contract.rs`). Not wired into `governor run` yet. The client
+//! (`governor/tests/zookeeper_contract.rs`); `governor run` uses it with `zookeeper:` in its
+//! configuration ([`crate::dcs::Store`]). The client
 //! is `zookeeper-client`: async on tokio, multi-ops, session states with distinct
 //! `Disconnected` and `Expired`, TLS and SASL.
 //!
@@ -32,6 +33,8 @@
 //! sending of its last renewal (tested), as etcd ends an unrenewed lease; if the whole
 //! process stalls, that task stalls with it and the server ends the session instead.
 
+pub mod lease;
+mod operations;
 pub mod watch;
 
 use super::{Coordination, DcsError, encode, parse_view};
@@ -170,6 +173,16 @@ impl ZooKeeper {
     /// The cluster's keys.
     pub fn keys(&self) -> &Keyspace {
         &self.keys
+    }
+
+    /// The member this connection writes for.
+    pub fn member(&self) -> &MemberName {
+        &self.me
+    }
+
+    /// The per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn main(&self) -> zk::Client {
