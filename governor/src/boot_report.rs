@@ -38,8 +38,12 @@ pub struct Target {
     /// The etcd key namespace.
     #[serde(default = "spilo_model::governor::default_namespace")]
     pub namespace: String,
-    /// How to find etcd.
+    /// How to find etcd (absent with `zookeeper:`: no report is written then).
+    #[serde(default)]
     pub etcd: EtcdConfig,
+    /// The ZooKeeper servers, when the store is ZooKeeper (reports are etcd's only).
+    #[serde(default)]
+    pub zookeeper: Option<spilo_model::governor::ZooKeeperConfig>,
     /// The region and the stack to signal.
     #[serde(default)]
     pub aws: Option<AwsSettings>,
@@ -87,7 +91,8 @@ pub fn record(reason: &str, log: &Path, now: std::time::SystemTime) -> BootFailu
 /// Reports the failure on every channel it has.
 pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -> Reported {
     let mut problems = Vec::new();
-    let mut attempted = 1;
+    // The etcd report; on ZooKeeper there is none (the stack's signal only).
+    let mut attempted = usize::from(cfg.zookeeper.is_none());
     if let Some(aws) = &cfg.aws
         && let Some(target) = &aws.signal
     {
@@ -97,6 +102,12 @@ pub async fn report(cfg: &Target, name: &MemberName, reason: &str, log: &Path) -
         if let Err(e) = stack_signal::send(&cfn, target, name.as_str(), &outcome).await {
             problems.push(format!("FAILURE signal to {}: {e}", target.stack));
         }
+    }
+    if cfg.zookeeper.is_some() {
+        return Reported {
+            attempted,
+            problems,
+        };
     }
     let timeout = Duration::from_secs(5);
     let failure = record(reason, log, std::time::SystemTime::now());

@@ -33,6 +33,8 @@ pub struct Placement {
     pub name: Option<MemberName>,
     /// How the member finds etcd.
     pub etcd: EtcdConfig,
+    /// The ZooKeeper servers, when the store is ZooKeeper instead (`etcd` is then empty).
+    pub zookeeper: Option<spilo_model::governor::ZooKeeperConfig>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// PostgreSQL's listen address.
@@ -155,7 +157,7 @@ pub fn build(file: &ClusterFile, at: &Placement) -> Result<GovernorConfig, Strin
         name: at.name.clone(),
         namespace: spilo_model::keys::DEFAULT_NAMESPACE.to_string(),
         etcd: at.etcd.clone(),
-        zookeeper: None,
+        zookeeper: at.zookeeper.clone(),
         postgresql: PostgresConfig {
             bin_dir: at.bin_dir.clone(),
             data_dir: at.data_dir.clone(),

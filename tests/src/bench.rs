@@ -60,6 +60,8 @@ impl Timing {
 pub enum System {
     /// spilo's governor.
     Spilo(Timing),
+    /// spilo's governor on ZooKeeper (a standalone server) instead of etcd.
+    SpiloZooKeeper(Timing),
     /// Patroni 4.
     Patroni(Timing),
 }
@@ -86,6 +88,10 @@ impl System {
                 format!("spilo (defaults: {})", t.label())
             }
             System::Spilo(t) => format!("spilo at Patroni's floor ({})", t.label()),
+            System::SpiloZooKeeper(t) if *t == Timing::SPILO_DEFAULT => {
+                format!("spilo on ZooKeeper (defaults: {})", t.label())
+            }
+            System::SpiloZooKeeper(t) => format!("spilo on ZooKeeper ({})", t.label()),
             System::Patroni(t) if *t == Timing::PATRONI_DEFAULT => {
                 format!("Patroni 4 (defaults: {})", t.label())
             }
@@ -178,7 +184,7 @@ where
         });
         let longest_pause = probe::longest_pause(times);
         eprintln!(
-            "  etcd frozen {secs}s: longest write pause {:.2}s",
+            "  store frozen {secs}s: longest write pause {:.2}s",
             longest_pause.as_secs_f64()
         );
         seen.push(Outage {

@@ -150,6 +150,14 @@ async fn ensemble_leader_loss_body(c: &mut Cluster) -> anyhow::Result<()> {
     .await?;
     assert_eq!(c.primaries().await, vec![primary.clone()]);
     assert_eq!(leader_znode(c).await?, before, "the leader znode changed");
+    // And the session it names is still alive (the znode alone would outlive it).
+    let lease = before["lease"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("no lease in {before}"))?;
+    assert!(
+        c.store_get(&c.keys().lease_marker(lease)).await?.is_some(),
+        "the leader's session ended"
+    );
     let (acks, _) = prober.stop().await;
     probe::check_single_writer(&acks).map_err(anyhow::Error::msg)?;
     assert!(
@@ -159,4 +167,35 @@ async fn ensemble_leader_loss_body(c: &mut Cluster) -> anyhow::Result<()> {
     );
     assert!(acks.iter().all(|a| a.member == primary));
     Ok(())
+}
+
+/// A member whose governor is killed and started again at once, while its earlier run's
+/// session (ttl 30 s) still holds its member key, starts: the earlier session cannot be
+/// revoked from another connection, so it is left to end and the key moves to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_zookeeper_a_member_restarted_within_its_session_timeout_starts() -> anyhow::Result<()> {
+    let mut c = Cluster::new(on_zookeeper("zkrestart", 1, "{ttl: 30, retry_timeout: 5}")).await?;
+    let result = async {
+        let (_, replicas) = c.start_streaming(BOOT).await?;
+        let r = replicas[0].clone();
+        // Started at once, its PostgreSQL may find the killed postmaster not yet reaped
+        // ("lock file postmaster.pid already exists") and is started again.
+        c.expect_errors(&["PostgreSQL exited unexpectedly"]);
+        c.kill9(&r).await?;
+        let restarted = Instant::now();
+        c.start(&r)?;
+        c.wait_streaming(&r, BOOT).await?;
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the earlier session may have ended first"
+        );
+        let log = c.log(&r);
+        assert!(
+            log.contains("the earlier run's ZooKeeper session ends with its timeout"),
+            "{log}"
+        );
+        Ok(())
+    }
+    .await;
+    c.finish(result)
 }

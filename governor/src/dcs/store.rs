@@ -48,7 +48,9 @@ impl Store {
         let keys = Keyspace::with_namespace(&cfg.namespace, &cfg.scope);
         if let Some(zk) = &cfg.zookeeper {
             let at = format!("ZooKeeper at {}", zk.hosts.join(","));
-            let store = ZooKeeper::connect(&zk.hosts, keys, me, timeout).await?;
+            let store =
+                ZooKeeper::connect(&zk.hosts, keys, me, timeout.max(Duration::from_secs(3)))
+                    .await?;
             return Ok((Self::ZooKeeper(Arc::new(store)), at));
         }
         let endpoints =

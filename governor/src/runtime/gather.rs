@@ -4,7 +4,7 @@
 use super::{CRASH_WINDOW, Governor};
 use crate::config::GovernorConfig;
 use crate::dcs::Coordination;
-use crate::dcs::Store;
+use crate::dcs::{DcsError, Store};
 use crate::ha::{DataDir, DcsView, LocalState, PgState, Snapshot};
 use crate::postgres::Exit;
 use spilo_model::{MemberName, MemberRole, MemberState, MemberStatus, NodeStatus, WalPositions};
@@ -329,6 +329,16 @@ pub(super) async fn check_name_is_free(
         api = my_api_url,
         "revoking the lease of an earlier run of this member"
     );
-    dcs.revoke_lease(old_lease).await?;
-    Ok(())
+    match dcs.revoke_lease(old_lease).await {
+        // On ZooKeeper a lease is its own connection's session: an earlier run's ends with
+        // its session timeout, and its member key is moved to this run's lease meanwhile.
+        Err(DcsError::LeaseNotFound(_)) if dcs.etcd().is_none() => {
+            tracing::info!(
+                lease = format_args!("{old_lease:x}"),
+                "the earlier run's ZooKeeper session ends with its timeout"
+            );
+            Ok(())
+        }
+        r => Ok(r?),
+    }
 }

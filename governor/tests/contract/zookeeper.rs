@@ -22,6 +22,13 @@ pub struct RealZooKeeper {
     _dir: tempfile::TempDir,
 }
 
+impl RealZooKeeper {
+    /// The server's process id (the script execs the JVM).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for RealZooKeeper {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -26,7 +26,9 @@ pub struct EtcdConfig {
 
 /// `zookeeper:`: the ensemble's servers. Spoken to in plaintext (TLS to ZooKeeper is not
 /// there yet); each member's lease is a session whose timeout is `ha.ttl`, so the servers'
-/// `maxSessionTimeout` must allow it.
+/// `maxSessionTimeout` must allow it, and their `tickTime` must be at most 1000 ms: the
+/// ensemble's leader hears of a session's pings up to half a tick late, which the fence
+/// margin must cover.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZooKeeperConfig {

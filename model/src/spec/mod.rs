@@ -170,7 +170,8 @@ pub struct ClusterSpec {
     /// Failover behaviour.
     #[serde(default)]
     pub ha: HaSpec,
-    /// The etcd cluster; absent for the local target means `spilo up` starts one.
+    /// The coordination store (etcd, or ZooKeeper); absent for the local target means
+    /// `spilo up` starts an etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dcs: Option<DcsSpec>,
     /// AWS settings (target `aws`).
@@ -272,7 +273,8 @@ impl ClusterSpec {
     }
 }
 
-/// The etcd cluster: exactly one of `hosts`, `discoveryDomain` or `etcdCluster`.
+/// The coordination store: exactly one of `hosts`, `discoveryDomain` or `etcdCluster` (etcd),
+/// or `zookeeper`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DcsSpec {
@@ -288,15 +290,43 @@ pub struct DcsSpec {
     /// security group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd_cluster: Option<ClusterName>,
+    /// A ZooKeeper ensemble instead of etcd (local target): its `hosts`, or none for `spilo up`
+    /// to run one ZooKeeper server for the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<ZooKeeperSpec>,
+}
+
+/// `spec.dcs.zookeeper`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ZooKeeperSpec {
+    /// The servers, `host:port`; empty: `spilo up` runs one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 impl DcsSpec {
-    /// How many of `hosts`, `discoveryDomain` and `etcdCluster` are set (valid: one; with
-    /// `etcdCluster`, the reading of the files also sets `discoveryDomain` to its domain).
+    /// How many of `hosts`, `discoveryDomain`, `etcdCluster` and `zookeeper` are set (valid:
+    /// one; with `etcdCluster`, the reading of the files also sets `discoveryDomain` to its
+    /// domain).
     pub fn sources(&self) -> usize {
         usize::from(!self.hosts.is_empty())
             + usize::from(self.discovery_domain.is_some())
             + usize::from(self.etcd_cluster.is_some())
+            + usize::from(self.zookeeper.is_some())
+    }
+
+    /// Whether `spilo up` runs the cluster's store itself: etcd when the file names no etcd
+    /// hosts (`Some(false)`), ZooKeeper with `zookeeper: {}` (`Some(true)`); `None` when the
+    /// store is someone else's (named hosts).
+    pub fn runs_own(dcs: Option<&Self>) -> Option<bool> {
+        match dcs {
+            None => Some(false),
+            Some(d) => match &d.zookeeper {
+                Some(z) => z.hosts.is_empty().then_some(true),
+                None => d.hosts.is_empty().then_some(false),
+            },
+        }
     }
 }
 

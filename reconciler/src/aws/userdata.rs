@@ -101,6 +101,7 @@ fn placement(file: &ClusterFile) -> Placement {
         header: "# Written at boot from the user data spilo rendered from the cluster file.",
         name: None,
         etcd,
+        zookeeper: None,
         data_dir: format!("{DATA_MOUNT}/data").into(),
         postgres_listen: SocketAddr::new(any.ip(), super::names::POSTGRES_PORT),
         api_listen: SocketAddr::new(any.ip(), super::names::API_PORT),

@@ -1,4 +1,5 @@
-//! One local cluster under supervision: etcd (unless the cluster names etcd hosts), one
+//! One local cluster under supervision: etcd or ZooKeeper (unless the cluster names the
+//! store's hosts), one
 //! governor per instance, HAProxy. Starts them, starts again whatever dies (like the
 //! auto-scaling group replaces dead instances), resizes, and stops them in order: replicas,
 //! then the primary (which releases the leader key), then HAProxy, then etcd.
@@ -18,6 +19,7 @@ use tokio::process::Command;
 mod members;
 mod process;
 mod upgrade;
+mod zookeeper;
 pub use process::postgres_answers;
 use process::{Proc, signal, spawn, stop_proc};
 pub use upgrade::{
@@ -45,6 +47,7 @@ pub struct LocalCluster {
     /// The file whose major upgrade was refused or failed: not tried again until the file
     /// changes.
     pub refused_upgrade: Option<ClusterFile>,
+    /// The store's process: etcd, or ZooKeeper ([`Ports::zookeeper`]).
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
     members: Vec<Option<Proc>>,
@@ -152,7 +155,7 @@ impl LocalCluster {
         mkdir(&dir.join("bucket"), 0o700, run_as)?;
         // TLS everywhere when the cluster runs its own etcd; someone else's etcd named in
         // spec.dcs.hosts is spoken to as written (its CA is not ours to make).
-        let tls = match (&file.spec.dcs, ports.etcd) {
+        let tls = match (&file.spec.dcs, ports.etcd.or(ports.zookeeper)) {
             (Some(dcs), _) if !dcs.hosts.is_empty() => None,
             (_, Some(_)) => {
                 let t = super::tls::LocalTls::under(&dir);
@@ -161,7 +164,10 @@ impl LocalCluster {
             }
             _ => None,
         };
+        let zookeeper = file.spec.dcs.as_ref().and_then(|d| d.zookeeper.as_ref());
         let etcd_endpoints = match (&file.spec.dcs, ports.etcd) {
+            _ if let Some(port) = ports.zookeeper => vec![format!("127.0.0.1:{port}")],
+            _ if let Some(z) = zookeeper => z.hosts.clone(),
             (Some(dcs), _) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
             (_, Some(port)) => vec![format!("https://127.0.0.1:{port}")],
             _ => bail!(
@@ -243,6 +249,25 @@ impl LocalCluster {
         &self.ports
     }
 
+    /// Whether the cluster's store is ZooKeeper (`spec.dcs.zookeeper`): what `spilo` writes
+    /// into a cluster's store itself (its `config`) is written to etcd only so far.
+    pub fn on_zookeeper(&self) -> bool {
+        self.file
+            .spec
+            .dcs
+            .as_ref()
+            .is_some_and(|d| d.zookeeper.is_some())
+    }
+
+    /// What the store's process is, for messages.
+    fn store_name(&self) -> &'static str {
+        if self.ports.zookeeper.is_some() {
+            "ZooKeeper"
+        } else {
+            "etcd"
+        }
+    }
+
     fn member_name(&self, i: usize) -> String {
         format!("{}-{i}", self.name)
     }
@@ -251,8 +276,12 @@ impl LocalCluster {
         self.dir.join("members").join(self.member_name(i))
     }
 
-    /// Starts etcd (when this cluster runs its own) and waits until it answers.
+    /// Starts the store (etcd, or ZooKeeper with `spec.dcs.zookeeper`, when this cluster runs
+    /// its own) and waits until it answers.
     pub async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        if let Some(port) = self.ports.zookeeper {
+            return self.start_zookeeper(port).await;
+        }
         let Some(port) = self.ports.etcd else {
             return Ok(());
         };
@@ -399,7 +428,11 @@ impl LocalCluster {
         if let Some(p) = self.etcd.as_mut()
             && let Ok(Some(status)) = p.child.try_wait()
         {
-            eprintln!("{}: etcd exited ({status}); starting it again", self.name);
+            eprintln!(
+                "{}: {} exited ({status}); starting it again",
+                self.name,
+                self.store_name()
+            );
             self.etcd = None;
             self.start_etcd().await?;
         }
@@ -520,8 +553,9 @@ impl LocalCluster {
             stop_proc(&mut p, "HAProxy", Duration::from_secs(10)).await;
         }
         if let Some(mut p) = self.etcd.take() {
-            eprintln!("{}: stopping etcd", self.name);
-            stop_proc(&mut p, "etcd", Duration::from_secs(30)).await;
+            let store = self.store_name();
+            eprintln!("{}: stopping {store}", self.name);
+            stop_proc(&mut p, store, Duration::from_secs(30)).await;
         }
         let _ = self.write_state();
     }
@@ -579,6 +613,7 @@ impl LocalCluster {
             ports: self.ports.clone(),
             etcd_endpoints: self.etcd_endpoints.clone(),
             etcd_pid: self.etcd.as_ref().map(|p| p.pid),
+            zookeeper: self.on_zookeeper(),
             haproxy_pid: self.haproxy.as_ref().map(|p| p.pid),
             members,
             tls: self.tls.clone(),

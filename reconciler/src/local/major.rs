@@ -46,11 +46,22 @@ pub(super) fn hold_major_upgrades(
     (held, upgrades)
 }
 
-/// What keeps cluster `name` (running `file`) from a major upgrade of its own because of
-/// standby clusters: it is one (it follows its source's version), or others stream from it
-/// (a standby cannot replay a newer major version's WAL).
+/// What keeps cluster `name` (running `file`) from a major upgrade of its own: it runs on
+/// ZooKeeper, or standby clusters: it is one (it follows its source's version), or others
+/// stream from it (a standby cannot replay a newer major version's WAL).
 pub(super) fn standby_blockers(name: &str, file: &ClusterFile, desired: &Desired) -> Vec<String> {
     let mut out = Vec::new();
+    if file
+        .spec
+        .dcs
+        .as_ref()
+        .is_some_and(|d| d.zookeeper.is_some())
+    {
+        out.push(format!(
+            "cluster {name} runs on ZooKeeper, and the major upgrade's steps are written to etcd \
+             only so far"
+        ));
+    }
     if let Some(from) = file.spec.standby.as_ref().and_then(|s| s.from.as_ref()) {
         out.push(format!(
             "cluster {name} is a standby of {from}: it runs its source's major version"

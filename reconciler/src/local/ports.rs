@@ -12,6 +12,10 @@ pub struct Ports {
     pub replica: Option<u16>,
     /// etcd's client port (peer port is the next), when `spilo up` runs etcd.
     pub etcd: Option<u16>,
+    /// ZooKeeper's client port, when `spilo up` runs ZooKeeper instead (`spec.dcs.zookeeper`
+    /// without hosts): the port etcd's client port would have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zookeeper: Option<u16>,
     /// Member `i`'s PostgreSQL port is `postgres + i`.
     pub postgres: u16,
     /// Member `i`'s REST port is `api + i`.
@@ -43,6 +47,7 @@ impl Ports {
                 } else {
                     None
                 },
+                zookeeper: None,
                 etcd: if runs_etcd {
                     p.etcd.or(Some(p.api.saturating_add(instances)))
                 } else {
@@ -64,6 +69,7 @@ impl Ports {
                     primary: base,
                     replica: replica_on.then_some(base + 1),
                     etcd: runs_etcd.then_some(base + 2),
+                    zookeeper: None,
                     postgres: base + 10,
                     api: base + 50,
                     proxy: proxied.then_some(base + 75),
@@ -82,6 +88,9 @@ impl Ports {
         if let Some(e) = self.etcd {
             v.push((e, "etcd (client)".into()));
             v.push((e.saturating_add(1), "etcd (peer)".into()));
+        }
+        if let Some(z) = self.zookeeper {
+            v.push((z, "ZooKeeper (client)".into()));
         }
         for i in 0..self.instances {
             v.push((
@@ -144,6 +153,7 @@ mod tests {
                 primary: 5432,
                 replica: Some(5433),
                 etcd: Some(12379),
+                zookeeper: None,
                 postgres: 15432,
                 api: 18008,
                 proxy: Some(18072),
@@ -180,6 +190,20 @@ mod tests {
         assert_eq!(a.primary, b.primary);
         assert!(a.primary >= 20_000 && a.api + a.instances < 32_768);
         assert_eq!(a.replica, None);
+    }
+
+    #[test]
+    fn a_cluster_on_its_own_zookeeper_gets_etcds_client_port_for_it() {
+        let ports_of = crate::local::up::ports_of;
+        let own = ports_of(&file("zk", "  dcs: {zookeeper: {}}\n"));
+        let etcd = ports_of(&file("zk", "  {}\n"));
+        assert_eq!((own.etcd, own.zookeeper), (None, etcd.etcd));
+        assert!(
+            own.all()
+                .contains(&(etcd.etcd.unwrap_or(0), "ZooKeeper (client)".into()))
+        );
+        let theirs = ports_of(&file("zk", "  dcs: {zookeeper: {hosts: [\"h:2181\"]}}\n"));
+        assert_eq!((theirs.etcd, theirs.zookeeper), (None, None));
     }
 
     #[test]

@@ -196,6 +196,15 @@ pub async fn sync_downstream(
         // A cluster without standby clusters whose `config` is absent or unreachable has
         // nothing to be fenced by: only a list to write is worth an error.
         let quiet = downstream.is_empty();
+        if ca.on_zookeeper() {
+            if !quiet {
+                out.push(format!(
+                    "cluster {a}: runs on ZooKeeper, and its standby clusters are listed in \
+                     config on etcd only so far: they do not fence it"
+                ));
+            }
+            continue;
+        }
         let target = target(&ca.file.metadata.name, layout);
         let write =
             crate::list::update_config(&target, move |cfg| cfg.downstream = downstream.clone());

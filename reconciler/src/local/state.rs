@@ -22,6 +22,10 @@ pub struct ClusterState {
     pub etcd_endpoints: Vec<String>,
     /// etcd's pid, when `spilo up` runs it.
     pub etcd_pid: Option<u32>,
+    /// The store is ZooKeeper (`spec.dcs.zookeeper`): `etcd_endpoints` and `etcd_pid` are
+    /// its servers and, when `spilo up` runs it, its pid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zookeeper: bool,
     /// HAProxy's pid.
     pub haproxy_pid: Option<u32>,
     /// The members.
@@ -167,6 +171,7 @@ mod tests {
             ports: super::super::up::ports_of(&file),
             etcd_endpoints: vec!["https://127.0.0.1:6002".into()],
             etcd_pid: None,
+            zookeeper: false,
             haproxy_pid: None,
             members: Vec::new(),
             tls: None,

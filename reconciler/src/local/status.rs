@@ -39,6 +39,9 @@ pub struct ClusterReport {
     pub etcd: Vec<String>,
     /// The pid of the etcd `spilo up` runs for the cluster, if it runs one.
     pub etcd_pid: Option<u32>,
+    /// The store is ZooKeeper: `etcd` and `etcd_pid` are its servers and its pid.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub zookeeper: bool,
     /// The member that holds the leader key, if any.
     pub leader: Option<String>,
     /// Members in order.
@@ -206,6 +209,7 @@ pub async fn report(st: &ClusterState) -> ClusterReport {
         dsn: dsn(st.ports.primary, st.tls.as_ref()),
         etcd: st.etcd_endpoints.clone(),
         etcd_pid: st.etcd_pid,
+        zookeeper: st.zookeeper,
         leader: leader.map(|l| l.name.to_string()),
         members,
         drill: read_key(st, |k| k.drill()).await,
@@ -252,11 +256,16 @@ fn declared(layout: &Layout, st: &ClusterState, c: &mut ClusterReport) {
         .collect();
 }
 
-/// A key of the cluster (`key` builds its path), read from its etcd within 2 s.
+/// A key of the cluster (`key` builds its path), read from its etcd within 2 s (`None` on
+/// ZooKeeper).
 async fn read_key<T: serde::de::DeserializeOwned>(
     st: &ClusterState,
     key: impl Fn(&spilo_model::Keyspace) -> String,
 ) -> Option<T> {
+    if st.zookeeper {
+        // Read from etcd only so far (the drill and catalog records).
+        return None;
+    }
     let name = spilo_model::ClusterName::new(st.cluster.clone()).ok()?;
     let tls = st.tls.as_ref().and_then(|t| t.etcd_client().ok());
     let read = async {

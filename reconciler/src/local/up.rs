@@ -91,8 +91,12 @@ fn sources_first(desired: &Desired) -> Vec<&String> {
 }
 
 pub(super) fn ports_of(f: &ClusterFile) -> Ports {
-    let runs_etcd = f.spec.dcs.as_ref().is_none_or(|d| d.hosts.is_empty());
-    Ports::of(f, runs_etcd)
+    let own = spilo_model::spec::DcsSpec::runs_own(f.spec.dcs.as_ref());
+    let mut ports = Ports::of(f, own.is_some());
+    if own == Some(true) {
+        ports.zookeeper = ports.etcd.take();
+    }
+    ports
 }
 
 /// Fails, naming the port, when any port of `clusters` is taken.
@@ -114,8 +118,9 @@ pub(super) fn check_postgres(name: &str, source: &str, f: &ClusterFile) -> anyho
     let pg = &f.spec.postgresql;
     let dir = crate::installed::postgres_bin_dir(pg);
     if dir.join("postgres").is_file() {
-        // A cluster running its own etcd speaks TLS everywhere, PostgreSQL included.
-        let tls = f.spec.dcs.as_ref().is_none_or(|d| d.hosts.is_empty());
+        // A cluster running its own store speaks TLS everywhere, PostgreSQL included (to
+        // ZooKeeper in plaintext).
+        let tls = spilo_model::spec::DcsSpec::runs_own(f.spec.dcs.as_ref()).is_some();
         if tls && crate::installed::builds_without_ssl(&dir) {
             bail!(
                 "cluster {name} ({source}): the PostgreSQL {} in {} was built without SSL, and a \

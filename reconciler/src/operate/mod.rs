@@ -85,6 +85,12 @@ impl Target {
 
     /// A client of the cluster's etcd.
     pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
+        if self.etcd.is_none() && self.local().is_some_and(|st| st.zookeeper) {
+            anyhow::bail!(
+                "cluster {} runs on ZooKeeper (spec.dcs.zookeeper), and this command reads etcd                  only so far; the governors' REST API works on either store (GET /cluster,                  POST /switchover, see `spilo status {0}` for the members)",
+                self.cluster
+            );
+        }
         let tls = self.etcd_tls()?;
         crate::etcd::connect(&self.endpoints(), tls.as_ref())
             .await

@@ -14,6 +14,7 @@ mod position;
 mod rules;
 mod schema;
 mod validate;
+mod zookeeper_rules;
 
 pub use catalog_rules::{RESERVED_ROLES, plain_name};
 pub use diagnostic::{

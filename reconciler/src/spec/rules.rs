@@ -160,8 +160,10 @@ pub(super) fn one_file(f: &ClusterFile, r: &mut Reporter<'_>) {
             r.at(
                 &p("spec.dcs"),
                 Severity::Error,
-                "set exactly one of hosts, discoveryDomain or etcdCluster",
+                "set exactly one of hosts, discoveryDomain, etcdCluster or zookeeper",
             );
+        } else if let Some(zk) = &dcs.zookeeper {
+            super::zookeeper_rules::check(s, zk, r);
         } else if dcs.etcd_cluster.is_some() && s.target != Target::Aws {
             r.at(
                 &p("spec.dcs.etcdCluster"),

@@ -3,8 +3,8 @@
 //! multi-host connection string with `target_session_attrs=read-write`) and through each
 //! HAProxy endpoint of [`spilo_e2e::endpoints`]. Measures the unavailability on each (kill ->
 //! first acknowledged write sent after it), the acknowledged writes that the new primary does
-//! not have, and what the surviving managers used during the failover, for spilo and, in the
-//! same run, Patroni.
+//! not have, and what the surviving managers used during the failover, for spilo (on etcd,
+//! and at its defaults on ZooKeeper too) and, in the same run, Patroni.
 //!
 //! Run it with `bench/failover` (which installs Patroni into a virtualenv).
 
@@ -27,7 +27,7 @@ struct Args {
     /// The `patroni` program; without it only spilo is measured.
     #[arg(long)]
     patroni: Option<PathBuf>,
-    /// Skip the etcd-outage column (one more cluster per row, up to a few minutes each).
+    /// Skip the store-outage column (one more cluster per row, up to a few minutes each).
     #[arg(long)]
     no_outages: bool,
 }
@@ -56,13 +56,17 @@ impl Sample {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut rows = Vec::new();
-    for system in System::rows(args.patroni.is_some()) {
+    let mut systems = System::rows(args.patroni.is_some());
+    // The same governor on the other coordination store, beside it.
+    systems.insert(1, System::SpiloZooKeeper(Timing::SPILO_DEFAULT));
+    for system in systems {
         let name = system.label();
         let mut samples = Vec::new();
         let mut fails = Vec::new();
         for run in 1..=args.runs {
             let r = match (system, &args.patroni) {
-                (System::Spilo(t), _) => spilo_run(t).await,
+                (System::Spilo(t), _) => spilo_run(t, 0).await,
+                (System::SpiloZooKeeper(t), _) => spilo_run(t, 1).await,
                 (System::Patroni(t), Some(p)) => patroni_run(p, t).await,
                 (System::Patroni(_), None) => continue,
             };
@@ -92,9 +96,10 @@ async fn main() -> anyhow::Result<()> {
         let (outage, idle) = if args.no_outages {
             ("not measured".to_string(), "not measured".to_string())
         } else {
-            eprintln!("{name}: etcd outages");
+            eprintln!("{name}: coordination store outages");
             let seen = match (system, &args.patroni) {
-                (System::Spilo(t), _) => spilo_outages(t).await,
+                (System::Spilo(t), _) => spilo_outages(t, 0).await,
+                (System::SpiloZooKeeper(t), _) => spilo_outages(t, 1).await,
                 (System::Patroni(t), Some(p)) => patroni_outages(p, t).await,
                 (System::Patroni(_), None) => Ok((Vec::new(), (0.0, 0.0))),
             };
@@ -115,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         "\nInstance loss (kill -9 of the primary's manager and PostgreSQL), 3 members, probers every 50 ms; unavailability as median (min-max)"
     );
     println!(
-        "| system | runs measured | directly (multi-host DSN) |{} lost acknowledged writes | surviving manager during the failover: CPU, peak RSS | etcd outage (SIGSTOP) | idle manager, per member | runs that failed |",
+        "| system | runs measured | directly (multi-host DSN) |{} lost acknowledged writes | surviving manager during the failover: CPU, peak RSS | store outage (SIGSTOP of etcd or ZooKeeper) | idle manager, per member | runs that failed |",
         Endpoints::headings()
     );
     println!(
@@ -153,10 +158,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// A spilo cluster at `timing`, every member running its primary proxy, every replica
 /// streaming, the probe table created.
-async fn spilo_cluster(timing: Timing) -> anyhow::Result<(Cluster, String)> {
+async fn spilo_cluster(timing: Timing, zookeeper: usize) -> anyhow::Result<(Cluster, String)> {
     let mut c = Cluster::new(ClusterOptions {
         scope: "bench".into(),
         ha: timing.spilo_ha(),
+        zookeeper,
         ..Default::default()
     })
     .await?;
@@ -179,8 +185,24 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
 type OutagesAndIdle = (Vec<bench::Outage>, (f64, f64));
 
-async fn spilo_outages(timing: Timing) -> anyhow::Result<OutagesAndIdle> {
-    let (mut c, _) = spilo_cluster(timing).await?;
+/// Stops (SIGSTOP) or resumes the cluster's store: etcd, or its ZooKeeper servers.
+fn freeze_store(c: &Cluster, frozen: bool) {
+    if c.zookeeper.is_empty() {
+        return c.etcd.freeze(frozen);
+    }
+    let signal = if frozen {
+        nix::sys::signal::Signal::SIGSTOP
+    } else {
+        nix::sys::signal::Signal::SIGCONT
+    };
+    for z in &c.zookeeper {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(z.pid()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+}
+
+async fn spilo_outages(timing: Timing, zookeeper: usize) -> anyhow::Result<OutagesAndIdle> {
+    let (mut c, _) = spilo_cluster(timing, zookeeper).await?;
     let pids: Vec<u32> = c
         .members
         .iter_mut()
@@ -191,7 +213,7 @@ async fn spilo_outages(timing: Timing) -> anyhow::Result<OutagesAndIdle> {
     let r = bench::outages(
         &dsn,
         bench::OUTAGES,
-        |frozen| c.etcd.freeze(frozen),
+        |frozen| freeze_store(&c, frozen),
         async || {
             let primary = c.wait_primary(Duration::from_secs(120)).await?;
             for m in c.members.iter().filter(|m| m.name != primary) {
@@ -310,8 +332,8 @@ where
     })
 }
 
-async fn spilo_run(timing: Timing) -> anyhow::Result<Sample> {
-    let (mut c, primary) = spilo_cluster(timing).await?;
+async fn spilo_run(timing: Timing, zookeeper: usize) -> anyhow::Result<Sample> {
+    let (mut c, primary) = spilo_cluster(timing, zookeeper).await?;
     let endpoints = Endpoints::of_spilo(&c)?;
     endpoints.settled(Duration::from_secs(120)).await?;
     let targets = endpoints.targets(c.read_write_dsn());

@@ -55,6 +55,8 @@ async fn main() -> anyhow::Result<()> {
     for system in System::rows(args.patroni.is_some()) {
         let name = match system {
             System::Spilo(_) => format!("`spilo switchover`, {}", system.label()),
+            // `spilo switchover` reads etcd; the ZooKeeper row is the failover bench's.
+            System::SpiloZooKeeper(_) => continue,
             System::Patroni(_) => format!("`patronictl switchover`, {}", system.label()),
         };
         let mut samples = Vec::new();
@@ -62,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         for run in 1..=args.runs {
             let r = match (system, &args.patroni) {
                 (System::Spilo(t), _) => spilo_run(t).await,
+                (System::SpiloZooKeeper(_), _) => continue,
                 (System::Patroni(t), Some(p)) => patroni_run(p, t).await,
                 (System::Patroni(_), None) => continue,
             };

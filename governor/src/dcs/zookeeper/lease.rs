@@ -1,9 +1,11 @@
 //! The lease task on ZooKeeper, as `dcs::lease` on etcd: grants this member's lease (a
 //! session whose timeout is the TTL) and renews it on its own schedule, publishing a
-//! [`LeaseView`] valid until a TTL after each renewal was *sent* (the session cannot end
-//! sooner: the server counts from when it last heard from the client, later than the send,
-//! and the adapter's own expiry counts from the send). When the lease is gone, a new one is
-//! granted and the runtime re-publishes the member key.
+//! [`LeaseView`] valid until a TTL after each renewal was *sent*. The session's timeout
+//! (≥ TTL) runs from its last activity, which the answered renewal shows came after the send;
+//! a follower tells the ensemble's leader (which expires sessions) of its sessions' activity
+//! up to half a tick late, which the fence margin covers (hence `tickTime` ≤ 1000 ms); the
+//! adapter's own expiry counts from the send. When the lease is gone, a new one is granted
+//! and the runtime re-publishes the member key.
 
 use super::ZooKeeper;
 use crate::dcs::Coordination;

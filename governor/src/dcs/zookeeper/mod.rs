@@ -79,12 +79,16 @@ async fn expire(
     sessions: Arc<Mutex<BTreeMap<i64, Lease>>>,
 ) {
     loop {
+        // Under the sessions' lock, which a renewal holds while it moves `renewed`: a
+        // renewal either lands before this reading or finds the session gone.
+        let Ok(mut all) = sessions.lock() else { return };
         let due = match renewed.lock() {
             Ok(at) => *at + ttl,
             Err(_) => Instant::now(),
         };
         if Instant::now() >= due {
-            let ended = sessions.lock().ok().and_then(|mut s| s.remove(&id));
+            let ended = all.remove(&id);
+            drop(all);
             if ended.is_some() {
                 tracing::warn!(
                     lease = id,
@@ -95,6 +99,7 @@ async fn expire(
             drop(ended);
             return;
         }
+        drop(all);
         tokio::time::sleep_until(due.into()).await;
     }
 }

@@ -90,7 +90,8 @@ impl ZooKeeper {
 
     /// As [`crate::dcs::Dcs::adopt_upgraded_system`]: `initialize` takes `sysid` and
     /// `history` is emptied in one multi-op, while no member holds the leader key (the
-    /// `leader` znode's version is checked, so a leader elected meanwhile fails it).
+    /// `leader` znode's version is checked, or it is created empty when absent, so a leader
+    /// elected meanwhile fails it).
     pub async fn adopt_upgraded_system(
         &self,
         sysid: &str,
@@ -115,8 +116,12 @@ impl ZooKeeper {
         let history_stat = self.exists(&history).await?;
         let main = self.main();
         let mut w = main.new_multi_writer();
-        if let Some((_, leader_stat)) = &leader {
-            w.add_check_version(&self.keys.leader(), leader_stat.version)?;
+        match &leader {
+            Some((_, leader_stat)) => {
+                w.add_check_version(&self.keys.leader(), leader_stat.version)?;
+            }
+            // Made empty (released) here, so a leader elected meanwhile fails the multi-op.
+            None => w.add_create(&self.keys.leader(), b"", &persistent())?,
         }
         w.add_set_data(&key, sysid.as_bytes(), Some(stat.version))?;
         match history_stat {
