@@ -29,6 +29,17 @@ use crate::names::{ClusterName, MemberName};
 /// The default namespace, as used by the original Spilo and by Patroni.
 pub const DEFAULT_NAMESPACE: &str = "/service";
 
+/// The value of the `leader` znode on ZooKeeper, which is persistent and never deleted: the
+/// member and the lease (session) it holds the key with. It counts only while that session's
+/// marker (`leases/<id>`, [`Keyspace::lease_marker`]) exists; released, it is empty.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ZooKeeperLeader {
+    /// The member.
+    pub name: String,
+    /// Its session id.
+    pub lease: i64,
+}
+
 /// Paths of one cluster's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keyspace {

@@ -21,3 +21,4 @@ pub mod local;
 pub mod member_config;
 pub mod operate;
 pub mod spec;
+pub mod zookeeper;

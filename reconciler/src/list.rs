@@ -28,7 +28,7 @@ pub async fn set_pause(target: &Target, pause: bool) -> anyhow::Result<()> {
 
 /// The cluster has no `config` in etcd (not bootstrapped yet, or no such cluster).
 #[derive(Debug, thiserror::Error)]
-#[error("no cluster named {cluster} in etcd ({key} is absent)")]
+#[error("no cluster named {cluster} in its store ({key} is absent)")]
 pub struct ConfigAbsent {
     /// The cluster.
     pub cluster: String,
@@ -42,9 +42,43 @@ pub async fn update_config(
     target: &Target,
     change: impl Fn(&mut spilo_model::ClusterConfig),
 ) -> anyhow::Result<()> {
-    let mut client = target.connect().await?;
     let key = Keyspace::with_namespace(&target.namespace, &target.cluster).config();
+    if let Some(hosts) = target.zookeeper_hosts() {
+        let client = crate::zookeeper::connect(&hosts).await?;
+        return update_config_znode(&client, target.cluster.as_str(), key, change).await;
+    }
+    let mut client = target.connect().await?;
     update_config_key(&mut client, target.cluster.as_str(), key, change).await
+}
+
+/// [`update_config`] on ZooKeeper: compare-and-swap on the znode's revision (`mzxid`).
+async fn update_config_znode(
+    client: &zookeeper_client::Client,
+    cluster: &str,
+    key: String,
+    change: impl Fn(&mut spilo_model::ClusterConfig),
+) -> anyhow::Result<()> {
+    for _ in 0..5 {
+        let Some((value, revision)) = crate::zookeeper::get(client, &key).await? else {
+            return Err(ConfigAbsent {
+                cluster: cluster.to_string(),
+                key,
+            }
+            .into());
+        };
+        let mut config = serde_json::from_slice::<spilo_model::ClusterConfig>(&value)
+            .with_context(|| format!("{key} does not hold a cluster config"))?;
+        let before = config.clone();
+        change(&mut config);
+        if config == before {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&config)?;
+        if crate::zookeeper::put_if_revision(client, &key, &value, revision).await? {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("{key} kept changing under five attempts; try again")
 }
 
 /// [`update_config`] of `cluster`'s `config` at `key`, through `client`.

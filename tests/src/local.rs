@@ -234,6 +234,43 @@ impl LocalRepo {
         Ok(serde_json::from_str(&out)?)
     }
 
+    /// `cluster`'s members in `spilo status`.
+    fn members(&self, cluster: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let s = self.status()?;
+        s["clusters"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == cluster))
+            .and_then(|c| c["members"].as_array())
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no cluster {cluster} in {s}"))
+    }
+
+    /// How many of `cluster`'s members run as replicas, per `spilo status`.
+    pub fn running_replicas(&self, cluster: &str) -> anyhow::Result<usize> {
+        Ok(self
+            .members(cluster)?
+            .iter()
+            .filter(|m| m["role"] == "replica" && m["state"] == "running")
+            .count())
+    }
+
+    /// kill -9 of `cluster`'s primary: its governor and all its PostgreSQL processes.
+    /// Returns the member's name and its governor's pid.
+    pub fn kill_primary(&self, cluster: &str) -> anyhow::Result<(String, u32)> {
+        let members = self.members(cluster)?;
+        let primary = members
+            .iter()
+            .find(|m| m["role"] == "primary")
+            .ok_or_else(|| anyhow::anyhow!("no primary: {members:?}"))?;
+        let name = primary["name"].as_str().unwrap_or_default().to_string();
+        let governor = u32::try_from(primary["governor_pid"].as_u64().unwrap_or(0))?;
+        let postmaster = u32::try_from(primary["postmaster_pid"].as_u64().unwrap_or(0))?;
+        anyhow::ensure!(governor > 0 && postmaster > 0, "{primary}");
+        proc::kill_group(governor);
+        proc::kill_postgres(postmaster);
+        Ok((name, governor))
+    }
+
     /// A connection string to `port` as the cluster's superuser.
     pub fn dsn(&self, cluster: &str, port: u16) -> anyhow::Result<String> {
         let pw = std::fs::read_to_string(self.state().join(cluster).join("secrets/superuser"))?;

@@ -87,16 +87,7 @@ async fn scenario_kill_edit_down(repo: &mut LocalRepo) -> anyhow::Result<()> {
     .await?;
 
     // kill -9 of the primary's governor and all its PostgreSQL processes.
-    let status = repo.status()?;
-    let primary = member(&status, "alpha", "primary")
-        .ok_or_else(|| anyhow::anyhow!("no primary: {status}"))?
-        .clone();
-    let name = primary["name"].as_str().unwrap_or_default().to_string();
-    let governor = primary["governor_pid"].as_u64().unwrap_or(0) as u32;
-    let postmaster = primary["postmaster_pid"].as_u64().unwrap_or(0) as u32;
-    assert!(governor > 0 && postmaster > 0, "{primary}");
-    proc::kill_group(governor);
-    proc::kill_postgres(postmaster);
+    let (name, governor) = repo.kill_primary("alpha")?;
 
     wait::until(
         "a write through the same HAProxy port after the kill",

@@ -1,14 +1,26 @@
 //! End-to-end test of the local target on ZooKeeper: a cluster file with
 //! `spec.dcs.zookeeper: {}` makes `spilo up` run a ZooKeeper server instead of etcd, and the
-//! governors use it; the cluster fails over through HAProxy after `kill -9` of its primary;
-//! the `spilo` operations that read etcd say so; `spilo down` stops everything.
+//! governors use it; its roles and databases are written into its `config` on ZooKeeper and
+//! created; `spilo list`, `pause`, `resume` and `switchover` read and write ZooKeeper; the
+//! cluster fails over through HAProxy after `kill -9` of its primary; Ctrl-C stops everything.
 
 use spilo_e2e::local::LocalRepo;
 use spilo_e2e::sql::connect_dsn;
-use spilo_e2e::{ports, proc, wait};
+use spilo_e2e::{ports, wait};
 use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(120);
+
+/// The member `spilo status` names primary.
+fn primary_name(repo: &LocalRepo) -> anyhow::Result<String> {
+    let s = repo.status()?;
+    s["clusters"][0]["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "primary"))
+        .and_then(|m| m["name"].as_str())
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("no primary: {s}"))
+}
 
 async fn write_through(dsn: &str, sql: &str) -> Option<()> {
     let c = connect_dsn(dsn).await.ok()?;
@@ -24,8 +36,11 @@ async fn spilo_up_runs_a_cluster_on_zookeeper_that_fails_over() -> anyhow::Resul
 
 async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     let base = ports::free_block(30);
-    let yaml = LocalRepo::cluster_yaml("zeta", 3, base)
-        .replace("  local:\n", "  dcs: {zookeeper: {}}\n  local:\n");
+    let yaml = LocalRepo::cluster_yaml("zeta", 3, base).replace(
+        "  local:\n",
+        "  dcs: {zookeeper: {}}\n  roles:\n    reporter: {password: {generated: true}}\n  \
+         databases:\n    reports: {owner: reporter}\n  local:\n",
+    );
     anyhow::ensure!(yaml.contains("zookeeper"), "{yaml}");
     repo.write("zeta.yaml", &yaml)?;
     repo.up()?;
@@ -54,30 +69,59 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
 
     // Both replicas run (copied and streaming) before the primary is killed.
     wait::until("two running replicas", READY, || async {
+        (repo.running_replicas("zeta").ok()? == 2).then_some(())
+    })
+    .await?;
+
+    // The leader created the declared role and database from `config` on ZooKeeper, and
+    // `spilo status` read the catalog record there.
+    wait::until("the declared role and database", READY, || async {
+        let c = connect_dsn(&lb).await.ok()?;
+        let row = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'reporter') \
+                 AND EXISTS (SELECT 1 FROM pg_database WHERE datname = 'reports')",
+                &[],
+            )
+            .await
+            .ok()?;
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await?;
+    wait::until("the catalog record in spilo status", READY, || async {
         let s = repo.status().ok()?;
-        let replicas = s["clusters"][0]["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["role"] == "replica" && m["state"] == "running")
-            .count();
-        (replicas == 2).then_some(())
+        (!s["clusters"][0]["catalog"].is_null()).then_some(())
+    })
+    .await?;
+
+    // The operations find the cluster's ZooKeeper as they find its etcd.
+    let (code, out, err) = repo.spilo(&["list", "zeta"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("primary") && out.contains("zeta-"), "{out}");
+    let (code, out, err) = repo.spilo(&["pause", "zeta"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, table, _) = repo.spilo(&["list", "zeta"])?;
+    assert!(table.contains("Maintenance mode: on"), "{table}");
+    let (code, out, err) = repo.spilo(&["resume", "zeta"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, table, _) = repo.spilo(&["list", "zeta"])?;
+    assert!(!table.contains("Maintenance mode: on"), "{table}");
+    let before = primary_name(repo)?;
+    let (code, out, err) = repo.spilo(&["switchover", "zeta"])?;
+    assert_eq!(code, 0, "{out}{err}");
+    wait::until("a new primary after the switchover", READY, || async {
+        let now = primary_name(repo).ok()?;
+        (now != before).then_some(())
+    })
+    .await?;
+    wait::until("two running replicas again", READY, || async {
+        (repo.running_replicas("zeta").ok()? == 2).then_some(())
     })
     .await?;
 
     // kill -9 of the primary's governor and all its PostgreSQL processes.
-    let status = repo.status()?;
-    let primary = status["clusters"][0]["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["role"] == "primary"))
-        .ok_or_else(|| anyhow::anyhow!("no primary: {status}"))?
-        .clone();
-    assert_eq!(status["clusters"][0]["zookeeper"], true, "{status}");
-    let name = primary["name"].as_str().unwrap_or_default().to_string();
-    let governor = primary["governor_pid"].as_u64().unwrap_or(0) as u32;
-    let postmaster = primary["postmaster_pid"].as_u64().unwrap_or(0) as u32;
-    assert!(governor > 0 && postmaster > 0, "{primary}");
-    proc::kill_group(governor);
-    proc::kill_postgres(postmaster);
+    assert_eq!(repo.status()?["clusters"][0]["zookeeper"], true);
+    let (name, _) = repo.kill_primary("zeta")?;
     wait::until(
         "a write through the same HAProxy port after the kill",
         READY,
@@ -104,11 +148,6 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     )
     .await?;
 
-    // Operations that read etcd refuse with the reason, at once.
-    let (code, out, err) = repo.spilo(&["list", "zeta"])?;
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(err.contains("runs on ZooKeeper"), "{out}{err}");
-
     repo.interrupt_up();
     assert_eq!(repo.wait_up_exit(Duration::from_secs(120)), Some(0));
     let log = repo.up_log();
@@ -127,6 +166,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     );
     assert!(!log.contains("cannot write its roles"), "{log}");
     assert!(!log.contains("cannot list its standby clusters"), "{log}");
+    assert!(log.contains("+ role reporter"), "{log}");
     assert_eq!(repo.processes(), Vec::<u32>::new(), "processes left");
     Ok(())
 }

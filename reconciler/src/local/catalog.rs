@@ -117,12 +117,7 @@ pub async fn sync(
     run_as: &RunAs,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    // On ZooKeeper (refused with roles and databases): no `config` of spilo's to write.
-    for name in running
-        .iter()
-        .filter(|(_, c)| !c.on_zookeeper())
-        .map(|(n, _)| n)
-    {
+    for name in running.keys() {
         let Some((source, file)) = desired.get(name) else {
             continue;
         };

@@ -256,17 +256,24 @@ fn declared(layout: &Layout, st: &ClusterState, c: &mut ClusterReport) {
         .collect();
 }
 
-/// A key of the cluster (`key` builds its path), read from its etcd within 2 s (`None` on
-/// ZooKeeper).
+/// A key of the cluster (`key` builds its path), read from its store within 2 s.
 async fn read_key<T: serde::de::DeserializeOwned>(
     st: &ClusterState,
     key: impl Fn(&spilo_model::Keyspace) -> String,
 ) -> Option<T> {
-    if st.zookeeper {
-        // Read from etcd only so far (the drill and catalog records).
-        return None;
-    }
     let name = spilo_model::ClusterName::new(st.cluster.clone()).ok()?;
+    if st.zookeeper {
+        let read = async {
+            let client = crate::zookeeper::connect(&st.etcd_endpoints).await.ok()?;
+            let path = key(&spilo_model::Keyspace::new(&name));
+            let (value, _) = crate::zookeeper::get(&client, &path).await.ok()??;
+            serde_json::from_slice(&value).ok()
+        };
+        return tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten();
+    }
     let tls = st.tls.as_ref().and_then(|t| t.etcd_client().ok());
     let read = async {
         let mut client = crate::etcd::connect(&st.etcd_endpoints, tls.as_ref())

@@ -131,8 +131,19 @@ pub async fn edit(a: EditArgs) -> anyhow::Result<()> {
         println!("(dry run: nothing written)");
         return Ok(());
     }
-    let mut client = a.target.connect().await?;
     let key = Keyspace::with_namespace(&a.target.namespace, &a.target.cluster).config();
+    if let Some(hosts) = a.target.zookeeper_hosts() {
+        let client = crate::zookeeper::connect(&hosts).await?;
+        let value = serde_json::to_vec(&config)?;
+        if !crate::zookeeper::put_if_revision(&client, &key, &value, state.config_revision).await? {
+            bail!(
+                "{key} changed while it was being edited; nothing written, run the command again"
+            );
+        }
+        println!("{}: config written", a.target.cluster);
+        return Ok(());
+    }
+    let mut client = a.target.connect().await?;
     let txn = Txn::new()
         .when([Compare::mod_revision(
             key.clone(),

@@ -31,6 +31,15 @@ pub struct Target {
     /// up` runs it (found in its state directory, like `spilo status`), else 127.0.0.1:2379.
     #[arg(long, env = "SPILO_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
+    /// ZooKeeper servers (`host:port`, comma separated), for a cluster whose store is
+    /// ZooKeeper. Default: the cluster's own when `spilo up` runs it on ZooKeeper.
+    #[arg(
+        long,
+        env = "SPILO_ZOOKEEPER",
+        value_delimiter = ',',
+        conflicts_with = "etcd"
+    )]
+    pub zookeeper: Option<Vec<String>>,
     /// The etcd key namespace.
     #[arg(long, default_value = "/service")]
     pub namespace: String,
@@ -56,6 +65,7 @@ impl Target {
         Self {
             cluster,
             etcd: Some(endpoints),
+            zookeeper: None,
             namespace: namespace.to_string(),
             state_dir: None,
             etcd_cacert: None,
@@ -83,11 +93,25 @@ impl Target {
         }
     }
 
-    /// A client of the cluster's etcd.
+    /// The ZooKeeper servers, when the cluster's store is ZooKeeper: `--zookeeper`, else the
+    /// local cluster's own (unless `--etcd` names an etcd).
+    pub fn zookeeper_hosts(&self) -> Option<Vec<String>> {
+        if self.zookeeper.is_some() {
+            return self.zookeeper.clone();
+        }
+        if self.etcd.is_some() {
+            return None;
+        }
+        self.local()
+            .filter(|st| st.zookeeper)
+            .map(|st| st.etcd_endpoints)
+    }
+
+    /// A client of the cluster's etcd (see [`Self::zookeeper_hosts`] first).
     pub async fn connect(&self) -> anyhow::Result<etcd_client::Client> {
-        if self.etcd.is_none() && self.local().is_some_and(|st| st.zookeeper) {
+        if self.zookeeper_hosts().is_some() {
             anyhow::bail!(
-                "cluster {} runs on ZooKeeper (spec.dcs.zookeeper), and this command reads etcd                  only so far; the governors' REST API works on either store (GET /cluster,                  POST /switchover, see `spilo status {0}` for the members)",
+                "cluster {} runs on ZooKeeper, and this command reads etcd only so far",
                 self.cluster
             );
         }
@@ -194,20 +218,42 @@ impl ClusterState {
 
 /// Reads every key of the cluster in one request. Fails when the cluster does not exist.
 pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
-    let mut client = t.connect().await?;
     let keys = Keyspace::with_namespace(&t.namespace, &t.cluster);
-    let resp = tokio::time::timeout(
-        crate::etcd::TIMEOUT,
-        client.get(keys.prefix(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out"))
-    .and_then(|r| r.map_err(anyhow::Error::from))
-    .with_context(|| format!("read {} from etcd", keys.prefix()))?;
+    let (kvs, store) = match t.zookeeper_hosts() {
+        Some(hosts) => {
+            let client = crate::zookeeper::connect(&hosts).await?;
+            let kvs = crate::zookeeper::read_cluster(&client, &keys)
+                .await
+                .with_context(|| format!("read {} from ZooKeeper", keys.prefix()))?;
+            (kvs, "ZooKeeper")
+        }
+        None => {
+            let mut client = t.connect().await?;
+            let resp = tokio::time::timeout(
+                crate::etcd::TIMEOUT,
+                client.get(keys.prefix(), Some(GetOptions::new().with_prefix())),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out"))
+            .and_then(|r| r.map_err(anyhow::Error::from))
+            .with_context(|| format!("read {} from etcd", keys.prefix()))?;
+            let kvs = resp
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    Some((
+                        kv.key_str().ok()?.to_string(),
+                        kv.value().to_vec(),
+                        kv.mod_revision(),
+                    ))
+                })
+                .collect();
+            (kvs, "etcd")
+        }
+    };
     let mut state = ClusterState::default();
-    for kv in resp.kvs() {
-        let Ok(key) = kv.key_str() else { continue };
-        let value = kv.value();
+    for (key, value, revision) in &kvs {
+        let (key, value) = (key.as_str(), value.as_slice());
         match keys.classify(key) {
             Some(KeyKind::Leader) => {
                 state.leader = std::str::from_utf8(value)
@@ -224,7 +270,7 @@ pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
                     serde_json::from_slice(value)
                         .with_context(|| format!("{key} does not hold JSON"))?,
                 );
-                state.config_revision = kv.mod_revision();
+                state.config_revision = *revision;
             }
             Some(KeyKind::History) => {
                 state.history = serde_json::from_slice(value)
@@ -238,7 +284,7 @@ pub async fn read_state(t: &Target) -> anyhow::Result<ClusterState> {
     }
     if state.members.is_empty() && state.leader.is_none() && state.config.is_none() {
         anyhow::bail!(
-            "no cluster named {} in etcd (nothing under {})",
+            "no cluster named {} in {store} (nothing under {})",
             t.cluster,
             keys.prefix()
         );

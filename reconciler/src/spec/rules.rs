@@ -503,6 +503,23 @@ pub(super) fn across_files<'a, F>(
             );
         }
         if let Some(from) = from
+            && let Some((_, source, _)) = files.iter().find(|(_, g, _)| g.metadata.name == *from)
+            && source
+                .spec
+                .dcs
+                .as_ref()
+                .is_some_and(|d| d.zookeeper.is_some())
+        {
+            reporter(name, pos, out).at(
+                &Path::parse("spec.standby.from"),
+                Severity::Error,
+                format!(
+                    "cluster `{from}` runs on ZooKeeper: a standby cluster's source must run on \
+                     etcd so far (the hand-over between clusters runs on etcd)"
+                ),
+            );
+        }
+        if let Some(from) = from
             && f.spec.target == Target::Aws
             && let Some((_, source, _)) = files.iter().find(|(_, g, _)| g.metadata.name == *from)
         {

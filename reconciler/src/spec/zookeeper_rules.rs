@@ -1,7 +1,6 @@
-//! Rules of `spec.dcs.zookeeper`: ZooKeeper is the local target's alternative store, and
-//! what `spilo` itself writes into the cluster's store (the catalog of roles and databases,
-//! a standby cluster's source list, the major upgrade's steps) is written to etcd only so
-//! far, so those sections are refused with it rather than half applied.
+//! Rules of `spec.dcs.zookeeper`: ZooKeeper is the local target's alternative store, and a
+//! standby cluster (whose hand-over between clusters runs on etcd) is refused with it rather
+//! than half applied.
 
 use super::diagnostic::Severity;
 use super::position::Path;
@@ -30,18 +29,11 @@ pub(super) fn check(s: &ClusterSpec, zk: &ZooKeeperSpec, r: &mut Reporter<'_>) {
             );
         }
     }
-    let etcd_only = [
-        ("spec.roles", !s.roles.is_empty()),
-        ("spec.databases", !s.databases.is_empty()),
-        ("spec.standby", s.standby.is_some()),
-    ];
-    for (field, set) in etcd_only {
-        if set {
-            r.at_key(
-                &p(field),
-                Severity::Error,
-                "not with spec.dcs.zookeeper yet: spilo writes it into the cluster's etcd; use etcd for this cluster, or leave it out",
-            );
-        }
+    if s.standby.is_some() {
+        r.at_key(
+            &p("spec.standby"),
+            Severity::Error,
+            "not with spec.dcs.zookeeper yet: the hand-over between clusters runs on etcd; use etcd for this cluster, or leave it out",
+        );
     }
 }

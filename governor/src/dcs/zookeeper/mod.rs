@@ -39,7 +39,6 @@ pub mod watch;
 
 use super::{Coordination, DcsError, encode, parse_view};
 use crate::ha::ClusterView;
-use serde::{Deserialize, Serialize};
 use spilo_model::{HistoryEntry, Keyspace, MemberName, MemberStatus, SwitchoverRequest, SyncState};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -48,11 +47,7 @@ use std::time::{Duration, Instant};
 use zookeeper_client as zk;
 
 /// The value of the `leader` znode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LeaderValue {
-    name: String,
-    lease: i64,
-}
+use spilo_model::keys::ZooKeeperLeader as LeaderValue;
 
 /// A lease this connection granted: its session, when it was last renewed (the sending of
 /// the renewal the ensemble's leader answered), and the task that closes the session once a
