@@ -1,5 +1,5 @@
-//! `spilo list CLUSTER --etcd URL`: the member table of a running cluster, read straight from
-//! etcd (the `leader` and `members/*` keys, with what `config` declares: its source when a
+//! `spilo list CLUSTER [--etcd URL | --zookeeper HOSTS]`: the member table of a running
+//! cluster, read straight from its store (the `leader` and `members/*` keys, with what `config` declares: its source when a
 //! standby cluster, its roles with where each password is kept, its databases), as text or
 //! JSON.
 

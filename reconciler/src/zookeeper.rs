@@ -96,14 +96,25 @@ pub async fn read_cluster(
     Ok(out)
 }
 
-/// Writes `value` at `key` if its revision (`mzxid`) is still `revision`; `false` when it
-/// changed (or was deleted) meanwhile.
+/// Writes `value` at `key` if its revision (`mzxid`) is still `revision` (0: creates it
+/// while it does not exist); `false` when it changed (or was made, or deleted) meanwhile.
 pub async fn put_if_revision(
     client: &zk::Client,
     key: &str,
     value: &[u8],
     revision: i64,
 ) -> anyhow::Result<bool> {
+    if revision == 0 {
+        let create = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        return match tokio::time::timeout(crate::etcd::TIMEOUT, client.create(key, value, &create))
+            .await
+        {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(zk::Error::NodeExists)) => Ok(false),
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context(format!("create {key}"))),
+            Err(_) => anyhow::bail!("create {key}: ZooKeeper did not answer in time"),
+        };
+    }
     let dir = key.rsplit_once('/').map_or(key, |(d, _)| d);
     within(&format!("sync {dir}"), client.sync(dir)).await?;
     let stat = match tokio::time::timeout(crate::etcd::TIMEOUT, client.check_stat(key)).await {

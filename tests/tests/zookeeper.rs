@@ -199,3 +199,50 @@ async fn on_zookeeper_a_member_restarted_within_its_session_timeout_starts() -> 
     .await;
     c.finish(result)
 }
+
+/// `spilo`'s own reads of a cluster on ZooKeeper agree with the governor's layout: a leader
+/// znode counts only while its session's marker exists, an empty `sync` is absent, and
+/// `config` is written by compare-and-swap on its revision (0: created while absent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilo_reads_the_governors_layout_on_zookeeper() -> anyhow::Result<()> {
+    use zookeeper_client as zk;
+    let server = spilo_e2e::zookeeper::start().await;
+    let client = spilo::zookeeper::connect(std::slice::from_ref(&server.host)).await?;
+    let keys = spilo_model::Keyspace::new(&spilo_model::ClusterName::new("zr")?);
+    let dir = keys.prefix().trim_end_matches('/').to_string();
+    let create = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    client.mkdir(&dir, &create).await?;
+    client.mkdir(&keys.lease_marker_dir(), &create).await?;
+    let leader = serde_json::to_vec(&spilo_model::keys::ZooKeeperLeader {
+        name: "m1".into(),
+        lease: 77,
+    })?;
+    client.create(&keys.leader(), &leader, &create).await?;
+    client.create(&keys.sync(), b"", &create).await?;
+    let read = |kvs: Vec<(String, Vec<u8>, i64)>| -> Vec<String> {
+        kvs.into_iter().map(|(k, _, _)| k).collect()
+    };
+    let before = read(spilo::zookeeper::read_cluster(&client, &keys).await?);
+    assert!(!before.contains(&keys.leader()), "{before:?}");
+    assert!(!before.contains(&keys.sync()), "{before:?}");
+    client.create(&keys.lease_marker(77), b"", &create).await?;
+    let after = spilo::zookeeper::read_cluster(&client, &keys).await?;
+    let named = after.iter().find(|(k, _, _)| *k == keys.leader());
+    assert_eq!(named.map(|(_, v, _)| v.as_slice()), Some(b"m1".as_slice()));
+
+    let config = keys.config();
+    assert!(spilo::zookeeper::put_if_revision(&client, &config, b"{}", 0).await?);
+    assert!(!spilo::zookeeper::put_if_revision(&client, &config, b"{}", 0).await?);
+    let (_, revision) = spilo::zookeeper::get(&client, &config)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("config was created"))?;
+    assert!(
+        !spilo::zookeeper::put_if_revision(&client, &config, b"{\"pause\":true}", revision + 1)
+            .await?
+    );
+    assert!(
+        spilo::zookeeper::put_if_revision(&client, &config, b"{\"pause\":true}", revision).await?
+    );
+    assert!(!spilo::zookeeper::put_if_revision(&client, &config, b"{}", revision).await?);
+    Ok(())
+}

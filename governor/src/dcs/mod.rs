@@ -58,6 +58,14 @@ pub enum DcsError {
     /// The coordination store cannot give what the governor's timing needs.
     #[error("{0}")]
     Refused(String),
+    /// The store could not be reached at all (at start).
+    #[error("cannot reach {at}: {source}")]
+    Unreachable {
+        /// Where it was looked for: `etcd at <endpoints>`, `ZooKeeper at <hosts>`.
+        at: String,
+        /// Why not.
+        source: Box<DcsError>,
+    },
 }
 
 /// A connection to etcd scoped to one cluster and one member.

@@ -25,6 +25,13 @@ pub enum Store {
     ZooKeeper(Arc<ZooKeeper>),
 }
 
+fn unreachable(at: &str, source: DcsError) -> DcsError {
+    DcsError::Unreachable {
+        at: at.to_string(),
+        source: Box::new(source),
+    }
+}
+
 /// Runs `$e` with `$s` bound to the adapter, whichever it is.
 macro_rules! each {
     ($self:expr, $s:ident => $e:expr) => {
@@ -50,13 +57,16 @@ impl Store {
             let at = format!("ZooKeeper at {}", zk.hosts.join(","));
             let store =
                 ZooKeeper::connect(&zk.hosts, keys, me, timeout.max(Duration::from_secs(3)))
-                    .await?;
+                    .await
+                    .map_err(|e| unreachable(&at, e))?;
             return Ok((Self::ZooKeeper(Arc::new(store)), at));
         }
         let endpoints =
             discovery::endpoints(&cfg.etcd, etcd_tls, timeout.max(Duration::from_secs(3))).await?;
         let at = format!("etcd at {}", endpoints.join(", "));
-        let dcs = Dcs::connect(&endpoints, etcd_tls, keys, me, timeout).await?;
+        let dcs = Dcs::connect(&endpoints, etcd_tls, keys, me, timeout)
+            .await
+            .map_err(|e| unreachable(&at, e))?;
         Ok((Self::Etcd(dcs), at))
     }
 

@@ -156,9 +156,7 @@ pub async fn run(loaded: Loaded, shutdown: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    let (dcs, at) = Store::connect(&cfg, etcd_tls.as_ref(), loaded.name.clone(), timeout)
-        .await
-        .context("cannot reach the coordination store")?;
+    let (dcs, at) = Store::connect(&cfg, etcd_tls.as_ref(), loaded.name.clone(), timeout).await?;
     tracing::info!(store = at, scope = %cfg.scope, member = %loaded.name, "connected to the coordination store");
 
     let wake = Arc::new(Notify::new());

@@ -378,6 +378,35 @@ async fn read_scope(
     .await
     .map_err(|_| "reading from etcd timed out".to_string())?
     .map_err(|e| format!("reading {}: {e}", keys.prefix()))?;
+    let kvs: Vec<(String, Vec<u8>, i64)> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.to_string(),
+                kv.value().to_vec(),
+                kv.mod_revision(),
+            ))
+        })
+        .collect();
+    Ok(parse_scope(scope, &kvs))
+}
+
+/// The same observation of a cluster whose store is ZooKeeper (`hosts`).
+pub async fn observe_zookeeper(hosts: &[String], scope: &ClusterName) -> Observation<ObservedEtcd> {
+    let read = async {
+        let client = crate::zookeeper::connect(hosts).await?;
+        crate::zookeeper::read_cluster(&client, &Keyspace::new(scope)).await
+    };
+    match read.await {
+        Ok(kvs) => Observation::Present(parse_scope(scope, &kvs)),
+        Err(e) => Observation::Unknown(format!("{e:#}")),
+    }
+}
+
+/// The observation of `scope` from its keys as `(key, value, revision)`.
+fn parse_scope(scope: &ClusterName, kvs: &[(String, Vec<u8>, i64)]) -> ObservedEtcd {
+    let keys = Keyspace::new(scope);
     let mut config = Observation::Absent;
     let mut leader = None;
     let mut statuses: BTreeMap<MemberName, MemberStatus> = BTreeMap::new();
@@ -386,30 +415,29 @@ async fn read_scope(
     let mut drill = None;
     let mut catalog = None;
     let mut upgrade = None;
-    for kv in resp.kvs() {
-        let Ok(key) = kv.key_str() else { continue };
+    for (key, value, revision) in kvs {
         match keys.classify(key) {
             Some(KeyKind::Config) => {
                 config = Observation::Present(ObservedConfig {
-                    value: serde_json::from_slice(kv.value()).ok(),
-                    mod_revision: kv.mod_revision(),
+                    value: serde_json::from_slice(value).ok(),
+                    mod_revision: *revision,
                 });
             }
             Some(KeyKind::Leader) => {
-                leader = std::str::from_utf8(kv.value())
+                leader = std::str::from_utf8(value)
                     .ok()
                     .and_then(|s| MemberName::new(s).ok());
             }
             Some(KeyKind::Boot(name)) => {
-                if let Ok(f) = serde_json::from_slice(kv.value()) {
+                if let Ok(f) = serde_json::from_slice(value) {
                     boot_failures.insert(name.to_string(), f);
                 }
             }
-            Some(KeyKind::Drill) => drill = serde_json::from_slice(kv.value()).ok(),
-            Some(KeyKind::Catalog) => catalog = serde_json::from_slice(kv.value()).ok(),
-            Some(KeyKind::Upgrade) => upgrade = serde_json::from_slice(kv.value()).ok(),
+            Some(KeyKind::Drill) => drill = serde_json::from_slice(value).ok(),
+            Some(KeyKind::Catalog) => catalog = serde_json::from_slice(value).ok(),
+            Some(KeyKind::Upgrade) => upgrade = serde_json::from_slice(value).ok(),
             // A corrupt member value is shown as such; it never stops a plan.
-            Some(KeyKind::Member(name)) => match serde_json::from_slice(kv.value()) {
+            Some(KeyKind::Member(name)) => match serde_json::from_slice(value) {
                 Ok(m) => {
                     statuses.insert(name, m);
                 }
@@ -441,7 +469,7 @@ async fn read_scope(
         pending_restart: false,
         postgres_version: None,
     }));
-    Ok(ObservedEtcd {
+    ObservedEtcd {
         config,
         members,
         boot_failures,
@@ -452,5 +480,5 @@ async fn read_scope(
             .map_or(0, |d| d.as_secs()),
         applied_version: None,
         upgrade,
-    })
+    }
 }

@@ -479,13 +479,31 @@ impl Watcher {
                     None => continue,
                 },
             };
-            let dcs = spilo_model::spec::DcsSpec {
-                hosts,
-                ..Default::default()
+            let on_zookeeper = running.as_ref().map_or_else(
+                || f.spec.dcs.as_ref().is_some_and(|d| d.zookeeper.is_some()),
+                |st| st.zookeeper,
+            );
+            let observed = if on_zookeeper {
+                // Its servers as `spilo up` recorded them, else the file's, else the port
+                // `spilo up` gives the ZooKeeper it runs.
+                let hosts = match (
+                    &running,
+                    f.spec.dcs.as_ref().and_then(|d| d.zookeeper.as_ref()),
+                ) {
+                    (Some(st), _) if !st.etcd_endpoints.is_empty() => st.etcd_endpoints.clone(),
+                    (_, Some(z)) if !z.hosts.is_empty() => z.hosts.clone(),
+                    _ => hosts,
+                };
+                crate::aws::observe::observe_zookeeper(&hosts, &f.metadata.name).await
+            } else {
+                let dcs = spilo_model::spec::DcsSpec {
+                    hosts,
+                    ..Default::default()
+                };
+                crate::aws::observe::observe_etcd_with(Some(&dcs), &f.metadata.name, tls.as_ref())
+                    .await
             };
-            match crate::aws::observe::observe_etcd_with(Some(&dcs), &f.metadata.name, tls.as_ref())
-                .await
-            {
+            match observed {
                 Observation::Present(etcd) => {
                     drifts.extend(detect::runtime(f, &etcd));
                     seen.insert(name.clone());

@@ -152,7 +152,7 @@ pub async fn sync(
                 "cluster {name}: cannot write its roles and databases into config: {e:#}"
             )),
             Err(_) => out.push(format!(
-                "cluster {name}: cannot write its roles and databases into config: etcd did not answer within 10s"
+                "cluster {name}: cannot write its roles and databases into config: its store did not answer within 10s"
             )),
         }
     }

@@ -47,6 +47,8 @@ pub struct LocalCluster {
     /// The file whose major upgrade was refused or failed: not tried again until the file
     /// changes.
     pub refused_upgrade: Option<ClusterFile>,
+    /// A `spec.dcs` edit `spilo up` holds back (said once until the file changes again).
+    pub refused_dcs: Option<Option<spilo_model::spec::DcsSpec>>,
     /// The store's process: etcd, or ZooKeeper ([`Ports::zookeeper`]).
     etcd: Option<Proc>,
     haproxy: Option<Proc>,
@@ -164,10 +166,17 @@ impl LocalCluster {
             }
             _ => None,
         };
-        let zookeeper = file.spec.dcs.as_ref().and_then(|d| d.zookeeper.as_ref());
+        let zookeeper = file
+            .spec
+            .dcs
+            .as_ref()
+            .and_then(|d| d.zookeeper.as_ref())
+            .map(|z| match ports.zookeeper {
+                Some(port) => vec![format!("127.0.0.1:{port}")],
+                None => z.hosts.clone(),
+            });
         let etcd_endpoints = match (&file.spec.dcs, ports.etcd) {
-            _ if let Some(port) = ports.zookeeper => vec![format!("127.0.0.1:{port}")],
-            _ if let Some(z) = zookeeper => z.hosts.clone(),
+            _ if zookeeper.is_some() => zookeeper.unwrap_or_default(),
             (Some(dcs), _) if !dcs.hosts.is_empty() => dcs.hosts.clone(),
             (_, Some(port)) => vec![format!("https://127.0.0.1:{port}")],
             _ => bail!(
@@ -189,6 +198,7 @@ impl LocalCluster {
             standby,
             refused_standby: None,
             refused_upgrade: None,
+            refused_dcs: None,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),
@@ -223,6 +233,7 @@ impl LocalCluster {
             standby: None,
             refused_standby: None,
             refused_upgrade: None,
+            refused_dcs: None,
             etcd: None,
             haproxy: None,
             members: (0..n).map(|_| None).collect(),
@@ -249,8 +260,7 @@ impl LocalCluster {
         &self.ports
     }
 
-    /// Whether the cluster's store is ZooKeeper (`spec.dcs.zookeeper`): what `spilo` writes
-    /// into a cluster's store itself (its `config`) is written to etcd only so far.
+    /// Whether the cluster's store is ZooKeeper (`spec.dcs.zookeeper`).
     pub fn on_zookeeper(&self) -> bool {
         self.file
             .spec

@@ -58,8 +58,7 @@ pub(super) fn standby_blockers(name: &str, file: &ClusterFile, desired: &Desired
         .is_some_and(|d| d.zookeeper.is_some())
     {
         out.push(format!(
-            "cluster {name} runs on ZooKeeper, and the major upgrade's steps are written to etcd \
-             only so far"
+            "cluster {name} runs on ZooKeeper, where `spilo up`'s major upgrade is not tested yet"
         ));
     }
     if let Some(from) = file.spec.standby.as_ref().and_then(|s| s.from.as_ref()) {

@@ -199,8 +199,8 @@ pub async fn sync_downstream(
         if ca.on_zookeeper() {
             if !quiet {
                 out.push(format!(
-                    "cluster {a}: runs on ZooKeeper, and its standby clusters are listed in \
-                     config on etcd only so far: they do not fence it"
+                    "cluster {a}: runs on ZooKeeper, where a standby cluster's source is not \
+                     supported yet: its standby clusters do not fence it"
                 ));
             }
             continue;

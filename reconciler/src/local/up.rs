@@ -124,7 +124,7 @@ pub(super) fn check_postgres(name: &str, source: &str, f: &ClusterFile) -> anyho
         if tls && crate::installed::builds_without_ssl(&dir) {
             bail!(
                 "cluster {name} ({source}): the PostgreSQL {} in {} was built without SSL, and a \
-                 local cluster that runs its own etcd speaks TLS on every connection; install a \
+                 local cluster that runs its own store speaks TLS on every connection; install a \
                  build with OpenSSL (apt.postgresql.org's postgresql-{0} puts one in \
                  /usr/lib/postgresql/{0}/bin, which is looked at first) or set \
                  spec.postgresql.binDir to one; nothing was started",
@@ -526,6 +526,25 @@ async fn apply_edit(
             Ok(false) => c.refused_upgrade = Some(wanted.clone()),
             Err(stranded) => return Some(stranded),
         }
+    }
+    // The store a cluster runs on stays as it started: its keys would not move with it.
+    for (name, c) in running.iter_mut() {
+        let Some((_, f)) = held_desired.get_mut(name) else {
+            continue;
+        };
+        if f.spec.dcs == c.file.spec.dcs {
+            c.refused_dcs = None;
+            continue;
+        }
+        if c.refused_dcs.as_ref() != Some(&f.spec.dcs) {
+            eprintln!(
+                "cluster {name}: a change of spec.dcs is not applied to a running cluster (its \
+                 keys would not move with it); it keeps its store. To move it, stop it (spilo \
+                 down {name}) and start it again: its data is kept, its store starts empty"
+            );
+            c.refused_dcs = Some(f.spec.dcs.clone());
+        }
+        f.spec.dcs = c.file.spec.dcs.clone();
     }
     let desired = &held_desired;
     let want = instance_counts(desired);

@@ -125,7 +125,7 @@ pub async fn edit(a: EditArgs) -> anyhow::Result<()> {
         "{}",
         diff.unified_diff()
             .context_radius(3)
-            .header("config (etcd)", "config (edited)")
+            .header("config (in the store)", "config (edited)")
     );
     if a.dry_run {
         println!("(dry run: nothing written)");

@@ -32,13 +32,9 @@ pub struct Target {
     #[arg(long, env = "SPILO_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
     /// ZooKeeper servers (`host:port`, comma separated), for a cluster whose store is
-    /// ZooKeeper. Default: the cluster's own when `spilo up` runs it on ZooKeeper.
-    #[arg(
-        long,
-        env = "SPILO_ZOOKEEPER",
-        value_delimiter = ',',
-        conflicts_with = "etcd"
-    )]
+    /// ZooKeeper (taken over `--etcd`). Default: the cluster's own when `spilo up` runs it on
+    /// ZooKeeper, unless `--etcd` is given.
+    #[arg(long, env = "SPILO_ZOOKEEPER", value_delimiter = ',')]
     pub zookeeper: Option<Vec<String>>,
     /// The etcd key namespace.
     #[arg(long, default_value = "/service")]

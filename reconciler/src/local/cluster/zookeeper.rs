@@ -1,8 +1,10 @@
 //! The ZooKeeper server a local cluster runs in etcd's place (`spec.dcs.zookeeper` without
 //! hosts): Debian's `zookeeper` 3.8, standalone, on the port etcd's client port would have,
 //! its data in the cluster's directory, as the unprivileged user. Its sessions may last from
-//! 1 s to 120 s, so any `ha.ttl` the file can have is granted as asked (a member refuses a
-//! shorter session than its TTL).
+//! 1 s to a day, so any `ha.ttl` is granted as asked (a member refuses a shorter session than
+//! its TTL); its tick is 500 ms (a session's end is checked once a tick, and the fence margin
+//! covers half a tick); old snapshots and logs are purged every hour (every lease renewal is
+//! a write).
 
 use super::process::spawn;
 use super::{LocalCluster, mkdir};
@@ -15,12 +17,19 @@ use tokio::process::Command;
 /// Debian's start script (it `exec`s the JVM, so the process is the server).
 const SERVER: &str = "/usr/share/zookeeper/bin/zkServer.sh";
 
+/// The JVM's flags: a small heap, and a class path (the last `-cp` wins over the script's)
+/// with a logging backend, which Debian's leaves out (the server would log nothing), so its
+/// log goes to standard error, into `zookeeper.log`.
+const JVMFLAGS: &str = "-Xmx128m -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar:\
+    /usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar";
+
 /// The server's configuration.
 fn zoo_cfg(data: &Path, port: u16) -> String {
     format!(
         "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\n\
-         clientPortAddress=127.0.0.1\nminSessionTimeout=1000\nmaxSessionTimeout=120000\n\
-         admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr\n",
+         clientPortAddress=127.0.0.1\nminSessionTimeout=1000\nmaxSessionTimeout=86400000\n\
+         admin.enableServer=false\n4lw.commands.whitelist=ruok,srvr\n\
+         autopurge.snapRetainCount=3\nautopurge.purgeInterval=1\n",
         data.display()
     )
 }
@@ -60,9 +69,8 @@ impl LocalCluster {
         let mut cmd = Command::new(SERVER);
         cmd.arg("start-foreground")
             .arg(&cfg)
-            .env("ZOO_LOG_DIR", &dir)
             .env("JMXDISABLE", "true")
-            .env("JVMFLAGS", "-Xmx128m");
+            .env("JVMFLAGS", JVMFLAGS);
         let log = self.dir.join("zookeeper.log");
         self.etcd = Some(spawn(cmd, &log, &self.run_as)?);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -86,11 +94,14 @@ impl LocalCluster {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn sessions_up_to_two_minutes_on_loopback() {
+    fn sessions_up_to_a_day_on_loopback_with_a_short_tick() {
         let cfg = super::zoo_cfg(std::path::Path::new("/state/demo/zookeeper/data"), 20002);
         assert!(cfg.contains("clientPort=20002\n"), "{cfg}");
         assert!(cfg.contains("clientPortAddress=127.0.0.1\n"), "{cfg}");
-        assert!(cfg.contains("maxSessionTimeout=120000\n"), "{cfg}");
+        assert!(cfg.contains("maxSessionTimeout=86400000\n"), "{cfg}");
+        // The fence margin covers half a tick; the server opens its client port only.
+        assert!(cfg.contains("tickTime=500\n"), "{cfg}");
+        assert!(cfg.contains("admin.enableServer=false\n"), "{cfg}");
         assert!(
             cfg.contains("dataDir=/state/demo/zookeeper/data\n"),
             "{cfg}"
