@@ -116,6 +116,11 @@ impl Primaries {
         Ok(Primaries { seen, stop, task })
     }
 
+    /// Every sighting of a primary so far.
+    pub fn sightings(&self) -> Vec<(String, u16, Instant)> {
+        self.seen.lock().expect("lock").clone()
+    }
+
     /// Stops; every sighting of a primary.
     pub async fn stop(self) -> Vec<(String, u16, Instant)> {
         self.stop.store(true, Ordering::Relaxed);

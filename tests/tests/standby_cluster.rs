@@ -491,6 +491,16 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
     until_standby_of(repo, "dr", "src").await?;
+    // The watch samples every member in turn; the window must hold a sighting of src's new
+    // primary before it ends, however slowly the machine ran the rounds.
+    wait::until("the watch to see src's new primary", READY, || async {
+        watch
+            .sightings()
+            .iter()
+            .any(|(c, _, at)| c == "src" && *at >= promoted_at)
+            .then_some(())
+    })
+    .await?;
     let timed = writer.stop().await;
     let seen = watch.stop().await;
     // Seen with a fresh session every 100 ms: once a member of src ran as primary, no member
@@ -592,6 +602,14 @@ async fn unreachable_source(repo: &mut LocalRepo, sb: u16, db: u16) -> anyhow::R
     .await?;
     nix::sys::signal::kill(proc::pid(etcd), nix::sys::signal::Signal::SIGCONT)?;
     until_standby_of(repo, "src", "dr").await?;
+    wait::until("the watch to see dr's new primary", READY, || async {
+        watch
+            .sightings()
+            .iter()
+            .any(|(c, _, at)| c == "dr" && *at >= promoted_at)
+            .then_some(())
+    })
+    .await?;
     let timed = writer.stop().await;
     let seen = watch.stop().await;
     let acked: Vec<i64> = timed.iter().map(|(id, _)| *id).collect();

@@ -190,9 +190,66 @@ pub fn peers(
         .collect()
 }
 
+/// The leader running [`manage_key`].
+#[derive(Debug, Clone, Copy)]
+pub struct Leader<'a> {
+    /// Its name.
+    pub name: &'a MemberName,
+    /// Its REST API.
+    pub api_url: &'a str,
+    /// The lease its leader key is bound to.
+    pub lease: i64,
+}
+
+/// One pass of the leader over the `failsafe` key at `now`: in failsafe mode the key lists the members to ask for
+/// confirmations ([`key_members`], a missing one kept for `3 * ttl`), otherwise it is removed.
+/// `ask` receives the members whose confirmations count: none unless the key read back lists
+/// this member, so a member the key does not name yet cannot race while this primary relies on
+/// the others. The runtime and the simulation both run this.
+pub async fn manage_key(
+    dcs: &impl Coordination,
+    leader: Leader<'_>,
+    view: &crate::ha::ClusterView,
+    absent_since: &mut BTreeMap<MemberName, Instant>,
+    now: Instant,
+    ttl: Duration,
+    ask: impl FnOnce(Option<Vec<Peer>>),
+) -> Result<(), super::ActError> {
+    let Leader {
+        name: me,
+        api_url,
+        lease,
+    } = leader;
+    if !view.failsafe_mode() {
+        ask(None);
+        absent_since.clear();
+        if view.failsafe.is_some() {
+            dcs.write_failsafe(None, lease).await?;
+        }
+        return Ok(());
+    }
+    let api_url = api_url.to_string();
+    let wanted = key_members(
+        (me, &api_url),
+        &view.members,
+        view.failsafe.as_ref(),
+        absent_since,
+        now,
+        3 * ttl,
+    );
+    ask(view
+        .failsafe
+        .as_ref()
+        .filter(|k| k.contains_key(me))
+        .map(|_| peers(me, &wanted, view.failsafe.as_ref())));
+    if view.failsafe.as_ref() != Some(&wanted) {
+        dcs.write_failsafe(Some(&wanted), lease).await?;
+    }
+    Ok(())
+}
+
 impl super::Governor {
-    /// As leader: keeps the `failsafe` key and the confirmation task's peers in line with the
-    /// cluster's failsafe mode.
+    /// As the leader: the `failsafe` key and the members to ask ([`manage_key`]).
     pub(super) async fn manage_failsafe(
         &mut self,
         view: &crate::ha::ClusterView,
@@ -200,41 +257,28 @@ impl super::Governor {
         let Some(lease) = self.lease.borrow().id else {
             return Ok(());
         };
-        if !view.failsafe_mode() {
-            self.failsafe_peers.send_if_modified(|p| p.take().is_some());
-            self.failsafe_absent_since.clear();
-            if view.failsafe.is_some() {
-                self.dcs.write_failsafe(None, lease).await?;
-            }
-            return Ok(());
-        }
         let cfg = &self.loaded.config;
-        let me = &self.loaded.name;
-        let api_url = cfg.api_url();
-        let wanted = key_members(
-            (me, &api_url),
-            &view.members,
-            view.failsafe.as_ref(),
+        let peers_tx = &self.failsafe_peers;
+        manage_key(
+            &self.dcs,
+            Leader {
+                name: &self.loaded.name,
+                api_url: &cfg.api_url(),
+                lease,
+            },
+            view,
             &mut self.failsafe_absent_since,
             Instant::now(),
-            3 * cfg.ha.ttl(),
-        );
-        // Confirmations count only once the key read back lists this member: otherwise a
-        // member the key does not name yet could race while this primary relies on the others.
-        let asked = view
-            .failsafe
-            .as_ref()
-            .filter(|k| k.contains_key(me))
-            .map(|_| peers(me, &wanted, view.failsafe.as_ref()));
-        self.failsafe_peers.send_if_modified(|p| {
-            let changed = *p != asked;
-            *p = asked;
-            changed
-        });
-        if view.failsafe.as_ref() != Some(&wanted) {
-            self.dcs.write_failsafe(Some(&wanted), lease).await?;
-        }
-        Ok(())
+            cfg.ha.ttl(),
+            |asked| {
+                peers_tx.send_if_modified(|p| {
+                    let changed = *p != asked;
+                    *p = asked;
+                    changed
+                });
+            },
+        )
+        .await
     }
 }
 

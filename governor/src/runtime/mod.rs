@@ -26,7 +26,7 @@ pub mod scale_in;
 pub mod stack_signal;
 mod statistics;
 pub mod switchover;
-mod sync;
+pub mod sync;
 pub mod tasks;
 mod upgrade;
 

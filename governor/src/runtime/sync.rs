@@ -4,98 +4,172 @@
 //! remember is kept only once the setting is in force. A member about to be promoted in synchronous mode empties the
 //! key (naming itself) before it accepts writes, so a stale list can never promote a member
 //! that missed this primary's commits.
+//!
+//! [`manage`] and [`prepare_promotion`] are written against two traits, the store
+//! ([`Coordination`]) and PostgreSQL's side of it ([`Replication`]), so the seeded simulation
+//! runs these same steps on its models of etcd and PostgreSQL.
 
 use super::{ActError, Governor};
 use crate::dcs::Coordination;
 use crate::ha::ClusterView;
-use crate::ha::sync::{self, SyncMode};
-use spilo_model::SyncState;
+use crate::ha::sync::{self, Pending, Standby, SyncMode};
+use crate::postgres::Instance;
+use spilo_model::{Lsn, MemberName, SyncState};
+use std::future::Future;
+use std::time::Instant;
 
-impl Governor {
-    /// Brings the synchronous standbys in line with the cluster's `config`.
-    pub(super) async fn manage_sync(&mut self, view: &ClusterView) -> Result<(), ActError> {
-        let mode = SyncMode::from_config(view.config.as_ref());
-        if mode.is_none() && view.sync.is_none() && self.pg.standby_names().is_empty() {
-            return Ok(());
-        }
-        let (standbys, flush_now) = self.pg.sql().replication().await?;
-        let eligible = |m: &spilo_model::MemberName| sync::eligible(view.members.get(m));
-        let me = self.loaded.name.clone();
-        let step = sync::step(
-            &me,
-            mode,
-            view.sync.as_ref(),
-            &standbys,
-            &eligible,
-            &self.sync_pending,
-            sync::Moment {
-                flush: flush_now,
-                at: std::time::Instant::now(),
-            },
-        );
-        if let Some(key) = &step.key {
-            if !self
-                .dcs
-                .write_sync(key.as_ref(), view.sync_revision)
-                .await?
-            {
-                // Someone else wrote it since this pass read it; decide again on fresh data.
-                return Ok(());
-            }
-            match key {
-                Some(k) => {
-                    tracing::info!(members = ?k.members, "published the synchronous standbys")
-                }
-                None => tracing::info!("synchronous mode is off; removed the sync key"),
-            }
-        }
-        let names_standbys = !matches!(step.standby_names.as_str(), "" | "*");
-        let changed = match self.pg.set_standby_names(&step.standby_names).await {
-            Ok(changed) => changed,
-            Err(e) => {
-                // A quorum change must not count a pass on a setting that is not in force.
-                self.sync_pending = Default::default();
-                return Err(e.into());
-            }
-        };
-        self.sync_pending = step.pending;
-        if changed && names_standbys {
-            self.pg.nudge_sync_standbys().await;
-        }
-        Ok(())
+/// PostgreSQL's side of synchronous replication on a primary: what `pg_stat_replication`
+/// shows and the `synchronous_standby_names` in force. The runtime's
+/// [`crate::postgres::Instance`] implements it, and so does the simulation's model.
+pub trait Replication {
+    /// Whether `synchronous_standby_names`, as last written, is set (not empty).
+    fn waits_for_standbys(&self) -> bool;
+    /// The standbys streaming from this primary, and its own flush position.
+    fn replication(&mut self) -> impl Future<Output = Result<(Vec<Standby>, Lsn), ActError>> + Send;
+    /// Sets `synchronous_standby_names`; whether it changed. On an error the setting is not
+    /// in force.
+    fn set_standby_names(
+        &mut self,
+        names: &str,
+    ) -> impl Future<Output = Result<bool, ActError>> + Send;
+    /// After naming other standbys: lets commits that waited for a standby that left go on.
+    fn nudge_sync_standbys(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Replication for Instance {
+    fn waits_for_standbys(&self) -> bool {
+        !Instance::standby_names(self).is_empty()
     }
 
-    /// Before a promotion in synchronous mode: the `sync` key names this member with nobody
-    /// synchronous yet, and in strict mode writes wait for a standby from the first commit.
+    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), ActError> {
+        Ok(self.sql().replication().await?)
+    }
+
+    async fn set_standby_names(&mut self, names: &str) -> Result<bool, ActError> {
+        Ok(Instance::set_standby_names(self, names).await?)
+    }
+
+    async fn nudge_sync_standbys(&mut self) {
+        Instance::nudge_sync_standbys(self).await
+    }
+}
+
+/// One pass of the primary `me`: brings the synchronous standbys in line with the cluster's
+/// `config` as `view` shows it, at `now`. `pending` is what [`sync::step`] remembers between
+/// passes.
+pub async fn manage(
+    me: &MemberName,
+    dcs: &impl Coordination,
+    pg: &mut impl Replication,
+    pending: &mut Pending,
+    view: &ClusterView,
+    now: Instant,
+) -> Result<(), ActError> {
+    let mode = SyncMode::from_config(view.config.as_ref());
+    if mode.is_none() && view.sync.is_none() && !pg.waits_for_standbys() {
+        return Ok(());
+    }
+    let (standbys, flush_now) = pg.replication().await?;
+    let eligible = |m: &MemberName| sync::eligible(view.members.get(m));
+    let step = sync::step(
+        me,
+        mode,
+        view.sync.as_ref(),
+        &standbys,
+        &eligible,
+        pending,
+        sync::Moment {
+            flush: flush_now,
+            at: now,
+        },
+    );
+    if let Some(key) = &step.key {
+        if !dcs.write_sync(key.as_ref(), view.sync_revision).await? {
+            // Someone else wrote it since this pass read it; decide again on fresh data.
+            return Ok(());
+        }
+        match key {
+            Some(k) => {
+                tracing::info!(members = ?k.members, "published the synchronous standbys")
+            }
+            None => tracing::info!("synchronous mode is off; removed the sync key"),
+        }
+    }
+    let names_standbys = !matches!(step.standby_names.as_str(), "" | "*");
+    let changed = match pg.set_standby_names(&step.standby_names).await {
+        Ok(changed) => changed,
+        Err(e) => {
+            // A quorum change must not count a pass on a setting that is not in force.
+            *pending = Default::default();
+            return Err(e);
+        }
+    };
+    *pending = step.pending;
+    if changed && names_standbys {
+        pg.nudge_sync_standbys().await;
+    }
+    Ok(())
+}
+
+/// Before `me` is promoted in synchronous mode: the `sync` key names it with nobody
+/// synchronous yet, and in strict mode writes wait for a standby from the first commit. An
+/// error means the promotion must not go on.
+pub async fn prepare_promotion(
+    me: &MemberName,
+    dcs: &impl Coordination,
+    pg: &mut impl Replication,
+    pending: &mut Pending,
+    view: Option<&ClusterView>,
+) -> Result<(), ActError> {
+    let Some(view) = view else { return Ok(()) };
+    let Some(mode) = SyncMode::from_config(view.config.as_ref()) else {
+        return Ok(());
+    };
+    // Quorum mode: voters none, quorum 0 (promises nothing until confirmed).
+    let fresh = SyncState {
+        leader: Some(me.clone()),
+        members: Vec::new(),
+        quorum: mode.quorum.then_some(0),
+    };
+    if !dcs.write_sync(Some(&fresh), view.sync_revision).await? {
+        return Err(ActError::Other(
+            "the sync key changed; not promoting on a stale view".into(),
+        ));
+    }
+    *pending = Default::default();
+    if mode.strict {
+        pg.set_standby_names(&sync::standby_names(&[], true))
+            .await?;
+    }
+    Ok(())
+}
+
+impl Governor {
+    /// Brings the synchronous standbys in line with the cluster's `config` ([`manage`]).
+    pub(super) async fn manage_sync(&mut self, view: &ClusterView) -> Result<(), ActError> {
+        manage(
+            &self.loaded.name,
+            &self.dcs,
+            &mut self.pg,
+            &mut self.sync_pending,
+            view,
+            Instant::now(),
+        )
+        .await
+    }
+
+    /// [`prepare_promotion`] of this member.
     pub(super) async fn prepare_sync_promotion(
         &mut self,
         view: Option<&ClusterView>,
     ) -> Result<(), ActError> {
-        let Some(view) = view else { return Ok(()) };
-        let Some(mode) = SyncMode::from_config(view.config.as_ref()) else {
-            return Ok(());
-        };
-        // Quorum mode: voters none, quorum 0 (promises nothing until confirmed).
-        let fresh = SyncState {
-            leader: Some(self.loaded.name.clone()),
-            members: Vec::new(),
-            quorum: mode.quorum.then_some(0),
-        };
-        if !self
-            .dcs
-            .write_sync(Some(&fresh), view.sync_revision)
-            .await?
-        {
-            return Err(ActError::Other(
-                "the sync key changed; not promoting on a stale view".into(),
-            ));
-        }
-        self.sync_pending = Default::default();
-        if mode.strict {
-            self.pg
-                .set_standby_names(&sync::standby_names(&[], true))
-                .await?;
-        }
-        Ok(())
+        prepare_promotion(
+            &self.loaded.name,
+            &self.dcs,
+            &mut self.pg,
+            &mut self.sync_pending,
+            view,
+        )
+        .await
     }
 }

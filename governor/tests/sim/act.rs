@@ -8,12 +8,12 @@ use super::etcd::Etcd;
 use super::world::{BootstrapFault, Clock, Data, Member, Pg, Standbys};
 use futures::executor::block_on;
 use governor::dcs::Coordination;
-use governor::ha::sync::{self, Standby, SyncMode};
+use governor::ha::sync::Standby;
+use governor::runtime;
 use governor::ha::{Decision, StartAs};
 use governor::runtime::bootstrap::{Cleanup, after_failed_bootstrap};
 use governor::runtime::failsafe;
-use spilo_model::{HistoryEntry, Lsn, MemberName, MemberStatus, SyncState, TimelineId};
-use std::collections::BTreeMap;
+use spilo_model::{HistoryEntry, Lsn, MemberName, TimelineId};
 use std::time::Duration;
 
 /// What an action did that the checker must know.
@@ -289,22 +289,24 @@ impl Ctx<'_> {
 
     fn promote(&mut self, i: usize) -> Result<Event, String> {
         let me = self.members[i].name.clone();
-        if let Some(mode) = SyncMode::from_config(Some(&self.etcd.config)) {
-            let rev = self.etcd.sync.as_ref().map_or(0, |(_, r)| *r);
-            let fresh = SyncState {
-                leader: Some(me.clone()),
-                members: Vec::new(),
-                quorum: mode.quorum.then_some(0),
-            };
-            if !done(block_on(self.dcs(&me).write_sync(Some(&fresh), rev))) {
-                return Ok(Event::None);
-            }
-            self.members[i].sync_pending = Default::default();
-            self.members[i].standbys = if mode.strict {
-                Standbys::Any
-            } else {
-                Standbys::None
-            };
+        // The runtime's own step: the `sync` key names this member with nobody synchronous,
+        // and in strict mode writes wait for a standby from the first commit.
+        let view = self.etcd.view();
+        let mut pending = std::mem::take(&mut self.members[i].sync_pending);
+        let prepared = block_on(runtime::sync::prepare_promotion(
+            &me,
+            &SimCoordination::new(self.etcd, &me, self.real_now, TTL),
+            &mut SimReplication {
+                members: self.members,
+                i,
+            },
+            &mut pending,
+            Some(&view),
+        ));
+        self.members[i].sync_pending = pending;
+        if prepared.is_err() {
+            // A failed action: the runtime logs it and decides again.
+            return Ok(Event::None);
         }
         let top = self
             .etcd
@@ -369,99 +371,55 @@ impl Ctx<'_> {
         Event::BootstrapFailed(cleanup)
     }
 
+    /// As the runtime's `lead`: the failsafe key, then the synchronous standbys, each
+    /// through the runtime's own function.
     fn lead(&mut self, i: usize) {
         self.manage_failsafe(i);
         let me = self.members[i].name.clone();
-        let mode = SyncMode::from_config(Some(&self.etcd.config));
-        let my_len = self.members[i].lsn();
-        let standbys: Vec<Standby> = self
-            .members
-            .iter()
-            .filter(|m| {
-                m.pg == Pg::Replica {
-                    upstream: Some(me.clone()),
-                } && m.streaming
-            })
-            .map(|m| Standby {
-                name: m.name.clone(),
-                streaming: true,
-                sync: match &self.members[i].standbys {
-                    Standbys::All(names) | Standbys::Quorum(_, names) => names.contains(&m.name),
-                    _ => false,
-                },
-                // The simulated PostgreSQL applies a setting at once, in every walsender.
-                named: match &self.members[i].standbys {
-                    Standbys::All(names) | Standbys::Quorum(_, names) => names.contains(&m.name),
-                    Standbys::Any => true,
-                    Standbys::None => false,
-                },
-                flush: Some(Lsn(m.lsn())),
-            })
-            .collect();
-        let key = self.etcd.sync.as_ref().map(|(s, _)| s.clone());
-        let rev = self.etcd.sync.as_ref().map_or(0, |(_, r)| *r);
-        let step = sync::step(
+        let view = self.etcd.view();
+        let mut pending = std::mem::take(&mut self.members[i].sync_pending);
+        // An error is a failed action; the next pass tries again.
+        let _ = block_on(runtime::sync::manage(
             &me,
-            mode,
-            key.as_ref(),
-            &standbys,
-            &|m| sync::eligible(self.etcd.members.get(m).map(|(s, _)| s)),
-            &self.members[i].sync_pending,
-            sync::Moment {
-                flush: Lsn(my_len),
-                at: self.clock.at(self.now),
+            &SimCoordination::new(self.etcd, &me, self.real_now, TTL),
+            &mut SimReplication {
+                members: self.members,
+                i,
             },
-        );
-        if let Some(k) = &step.key
-            && !done(block_on(self.dcs(&me).write_sync(k.as_ref(), rev)))
-        {
-            return;
-        }
-        self.members[i].sync_pending = step.pending;
-        self.members[i].standbys = Standbys::parse(&step.standby_names);
+            &mut pending,
+            &view,
+            self.clock.at(self.now),
+        ));
+        self.members[i].sync_pending = pending;
     }
 
     /// The leader's `failsafe` key and its confirmation peers, through the runtime's own
-    /// functions.
+    /// function.
     fn manage_failsafe(&mut self, i: usize) {
         let me = self.members[i].name.clone();
         let Some(lease) = self.members[i].lease else {
             return;
         };
-        if !self.etcd.config.failsafe_mode {
-            self.members[i].failsafe_peers = None;
-            if self.etcd.failsafe.is_some() {
-                let _ = block_on(self.dcs(&me).write_failsafe(None, lease));
-            }
-            return;
-        }
         let url = self.members[i].status().api_url;
-        let seen: BTreeMap<MemberName, MemberStatus> = self
-            .etcd
-            .members
-            .iter()
-            .map(|(n, (st, _))| (n.clone(), st.clone()))
-            .collect();
-        let current = self.etcd.failsafe.clone();
-        let wanted = failsafe::key_members(
-            (&me, &url),
-            &seen,
-            current.as_ref(),
-            &mut self.members[i].failsafe_absent,
+        let view = self.etcd.view();
+        let mut absent = std::mem::take(&mut self.members[i].failsafe_absent);
+        let mut asked = None;
+        let _ = block_on(failsafe::manage_key(
+            &SimCoordination::new(self.etcd, &me, self.real_now, TTL),
+            failsafe::Leader {
+                name: &me,
+                api_url: &url,
+                lease,
+            },
+            &view,
+            &mut absent,
             self.clock.at(self.now),
-            Duration::from_millis(3 * TTL),
-        );
-        // As the runtime: confirmations count only once the key read back lists this member.
-        self.members[i].failsafe_peers =
-            current.as_ref().filter(|k| k.contains_key(&me)).map(|_| {
-                failsafe::peers(&me, &wanted, current.as_ref())
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect()
-            });
-        if current.as_ref() != Some(&wanted) {
-            let _ = block_on(self.dcs(&me).write_failsafe(Some(&wanted), lease));
-        }
+            Duration::from_millis(TTL),
+            |peers| asked = peers,
+        ));
+        let m = &mut self.members[i];
+        m.failsafe_absent = absent;
+        m.failsafe_peers = asked.map(|p| p.into_iter().map(|p| p.name).collect());
     }
 
     /// `me`'s connection to etcd, at etcd's (real) time.
@@ -480,4 +438,57 @@ impl Ctx<'_> {
 /// Whether a conditional write happened (an error is a failed action, as in the runtime).
 fn done(r: Result<bool, governor::dcs::DcsError>) -> bool {
     matches!(r, Ok(true))
+}
+
+/// Member `i`'s PostgreSQL as the runtime's synchronous replication sees it: its standbys
+/// (the members streaming from it) and its `synchronous_standby_names`, which the simulated
+/// PostgreSQL applies at once, in every walsender.
+struct SimReplication<'a> {
+    members: &'a mut [Member],
+    i: usize,
+}
+
+impl runtime::sync::Replication for SimReplication<'_> {
+    fn waits_for_standbys(&self) -> bool {
+        self.members[self.i].standbys != Standbys::None
+    }
+
+    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), runtime::ActError> {
+        let primary = &self.members[self.i];
+        let me = &primary.name;
+        let standbys = self
+            .members
+            .iter()
+            .filter(|m| {
+                m.pg == Pg::Replica {
+                    upstream: Some(me.clone()),
+                } && m.streaming
+            })
+            .map(|m| {
+                let named = match &primary.standbys {
+                    Standbys::All(names) | Standbys::Quorum(_, names) => names.contains(&m.name),
+                    Standbys::Any => true,
+                    Standbys::None => false,
+                };
+                Standby {
+                    name: m.name.clone(),
+                    streaming: true,
+                    sync: named && primary.standbys != Standbys::Any,
+                    named,
+                    flush: Some(Lsn(m.lsn())),
+                }
+            })
+            .collect();
+        Ok((standbys, Lsn(primary.lsn())))
+    }
+
+    async fn set_standby_names(&mut self, names: &str) -> Result<bool, runtime::ActError> {
+        let parsed = Standbys::parse(names);
+        let m = &mut self.members[self.i];
+        let changed = m.standbys != parsed;
+        m.standbys = parsed;
+        Ok(changed)
+    }
+
+    async fn nudge_sync_standbys(&mut self) {}
 }
