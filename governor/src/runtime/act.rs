@@ -5,12 +5,9 @@ use crate::dcs::Coordination;
 use crate::ha::{ClusterView, DcsView, Decision, PgState, Snapshot, StartAs};
 use crate::postgres::Upstream;
 use crate::postgres::process::StopMode;
-use spilo_model::{HistoryEntry, MemberName, MemberState, NodeStatus};
+use spilo_model::{MemberName, MemberState, NodeStatus};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-/// Slots of members that have been gone this long are dropped, so they stop holding WAL.
-const MEMBER_SLOT_TTL: Duration = Duration::from_secs(30 * 60);
+use std::time::Instant;
 
 impl Governor {
     pub(super) async fn act(&mut self, d: &Decision, s: &Snapshot) -> Result<(), ActError> {
@@ -211,13 +208,7 @@ impl Governor {
     /// from now on, PostgreSQL is stopped at once when that lease is about to end (another
     /// lease of this member does not count) and no failsafe confirmation stands in for it.
     pub(super) fn arm_fence(&self) {
-        let me = &self.loaded.name;
-        let lease = self
-            .leader_seen
-            .as_ref()
-            .filter(|l| l.name == *me)
-            .map(|l| l.lease);
-        self.arm_fence_with(lease);
+        self.arm_fence_with(fence_lease(&self.leader_seen, &self.loaded.name));
     }
 
     /// [`Self::arm_fence`] with the lease to count, for the bootstrap (which runs its primary
@@ -283,73 +274,67 @@ impl Governor {
         Ok(())
     }
 
+    /// Promotes this member ([`super::promotion::promote`]).
     async fn promote(&mut self, why: &str, view: Option<&ClusterView>) -> Result<(), ActError> {
-        self.prepare_sync_promotion(view).await?;
-        self.arm_fence();
-        let started = Instant::now();
-        self.pg.promote().await?;
-        let status = self.pg.sql().status().await?;
-        tracing::info!(
-            took_ms = started.elapsed().as_millis() as u64,
-            timeline = ?status.timeline,
-            "promoted; accepting writes"
-        );
-        if let Some(tl) = status.timeline {
-            match self.pg.sql().timeline_switch(tl).await {
-                Ok(Some(switch_lsn)) => {
-                    self.pending_history = Some(HistoryEntry {
-                        timeline: tl,
-                        switch_lsn,
-                        reason: why.to_string(),
-                        promoted_at:
-                            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                                .to_string(),
-                        member: self.loaded.name.clone(),
-                    });
-                }
-                Ok(None) => tracing::warn!(timeline = %tl, "no history file for the new timeline"),
-                Err(e) => tracing::warn!(error = %e, "cannot read the new timeline's history"),
-            }
-        }
-        // Record the promotion before this member publishes itself as primary, so a former
-        // primary that sees it lead also sees where its timeline began.
-        if let Some(entry) = self.pending_history.clone()
-            && self.dcs.append_history(&entry).await.is_ok()
-        {
-            self.pending_history = None;
-        }
+        super::promotion::promote(
+            &self.loaded.name,
+            &self.dcs,
+            &mut super::hands::Hands {
+                pg: &mut self.pg,
+                fence: &self.fence,
+                lease: fence_lease(&self.leader_seen, &self.loaded.name),
+                dcs: &self.dcs,
+                loaded: &self.loaded,
+                slot_absent_since: &mut self.slot_absent_since,
+            },
+            &mut self.sync_pending,
+            &mut self.pending_history,
+            why,
+            view,
+            std::time::SystemTime::now(),
+        )
+        .await?;
         self.wake.notify_one();
         Ok(())
     }
 
+    /// The leader's pass ([`super::leading::lead`]), then the archiver's status for the API.
     async fn lead(&mut self, view: Option<&ClusterView>) -> Result<(), ActError> {
-        self.arm_fence();
-        if view.is_some_and(|v| v.config.is_none())
-            && let Err(e) = self.create_config_if_absent().await
-        {
-            tracing::warn!(error = %e, "cannot write the cluster's first config");
-        }
-        if let Some(view) = view
-            && let Err(e) = self.manage_failsafe(view).await
-        {
-            tracing::warn!(error = %e, "cannot manage the failsafe key");
-        }
-        if let Some(entry) = self.pending_history.clone() {
-            match self.dcs.append_history(&entry).await {
-                Ok(()) => self.pending_history = None,
-                Err(e) => tracing::warn!(error = %e, "cannot record the promotion in history yet"),
-            }
-        }
-        if let Some(view) = view
-            && let Err(e) = self.sync_slots(view).await
-        {
-            tracing::warn!(error = %e, "cannot manage replication slots");
-        }
-        if let Some(view) = view
-            && let Err(e) = self.manage_sync(view).await
-        {
-            tracing::warn!(error = %e, "cannot manage synchronous replication");
-        }
+        let lease = self.lease.borrow().id;
+        let api_url = self.loaded.config.api_url();
+        let peers = &self.failsafe_peers;
+        super::leading::lead(
+            super::leading::Leader {
+                name: &self.loaded.name,
+                api_url: &api_url,
+                lease,
+                ttl: self.loaded.config.ha.ttl(),
+            },
+            &self.dcs,
+            &mut super::hands::Hands {
+                pg: &mut self.pg,
+                fence: &self.fence,
+                lease: fence_lease(&self.leader_seen, &self.loaded.name),
+                dcs: &self.dcs,
+                loaded: &self.loaded,
+                slot_absent_since: &mut self.slot_absent_since,
+            },
+            super::leading::Memory {
+                sync_pending: &mut self.sync_pending,
+                pending_history: &mut self.pending_history,
+                failsafe_absent: &mut self.failsafe_absent_since,
+            },
+            view,
+            Instant::now(),
+            |asked| {
+                peers.send_if_modified(|p| {
+                    let changed = *p != asked;
+                    *p = asked;
+                    changed
+                });
+            },
+        )
+        .await;
         if self.loaded.config.archive.is_some() {
             self.archive_status = match self.pg.sql().archive_status().await {
                 Ok(a) => Some(a),
@@ -389,37 +374,15 @@ impl Governor {
         Ok(())
     }
 
-    /// Keeps one physical slot per other member; drops slots of members gone for a while.
+    /// Keeps one physical slot per other member ([`super::hands::sync_slots`]).
     async fn sync_slots(&mut self, view: &ClusterView) -> Result<(), ActError> {
-        let me = &self.loaded.name;
-        let wanted: Vec<String> = view
-            .members
-            .keys()
-            .filter(|m| *m != me)
-            .map(MemberName::slot_name)
-            .collect();
-        let existing = self.pg.sql().physical_slots().await?;
-        for slot in &wanted {
-            if !existing.iter().any(|(name, _)| name == slot) {
-                self.pg.sql().create_physical_slot(slot).await?;
-                tracing::info!(slot, "created a replication slot");
-            }
-        }
-        let now = Instant::now();
-        self.slot_absent_since
-            .retain(|slot, _| !wanted.contains(slot));
-        for (slot, active) in existing {
-            if wanted.contains(&slot) || active {
-                continue;
-            }
-            let since = *self.slot_absent_since.entry(slot.clone()).or_insert(now);
-            if now.saturating_duration_since(since) > MEMBER_SLOT_TTL {
-                self.pg.sql().drop_slot(&slot).await?;
-                self.slot_absent_since.remove(&slot);
-                tracing::info!(slot, "dropped the slot of a member gone for 30 minutes");
-            }
-        }
-        Ok(())
+        super::hands::sync_slots(
+            &mut self.pg,
+            &self.loaded.name,
+            view,
+            &mut self.slot_absent_since,
+        )
+        .await
     }
 
     /// Publishes a state that a long action is about to enter, before it starts.
@@ -488,6 +451,14 @@ impl Governor {
         };
         *self.shared.node.write().await = node;
     }
+}
+
+/// The lease the fence counts: the one `me`'s leader key is bound to, as last seen.
+fn fence_lease(leader_seen: &Option<crate::ha::LeaderKey>, me: &MemberName) -> Option<i64> {
+    leader_seen
+        .as_ref()
+        .filter(|l| l.name == *me)
+        .map(|l| l.lease)
 }
 
 fn cluster_params(view: Option<&ClusterView>) -> BTreeMap<String, String> {

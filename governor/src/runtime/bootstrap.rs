@@ -15,7 +15,8 @@
 //! `bootstrap_failed` with the reason, which `spilo status` and `spilo up` print.
 
 use super::{ActError, Governor};
-use crate::dcs::Coordination;
+use crate::config::Loaded;
+use crate::dcs::{Coordination, Store};
 use crate::ha::Snapshot;
 use crate::postgres::process::StopMode;
 use spilo_model::{ClusterConfig, MemberState};
@@ -265,38 +266,38 @@ impl Governor {
                 "{FAULT_AFTER_INITIALIZE} is set: failing after the initialize key was written"
             )));
         }
-        self.create_config_if_absent().await
+        create_config_if_absent(&self.dcs, &self.loaded).await
     }
+}
 
-    /// The cluster's first `config`, from this member's HA settings, unless one exists. The
-    /// bootstrap writes it; a leader that finds none (its bootstrap failed after `initialize`
-    /// held the system identifier) writes it on its next pass.
-    pub(super) async fn create_config_if_absent(&self) -> Result<(), ActError> {
-        let ha = &self.loaded.config.ha;
-        let config = ClusterConfig {
-            ttl: Some(ha.ttl),
-            loop_wait: Some(ha.loop_wait),
-            retry_timeout: Some(ha.retry_timeout),
-            maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
-            postgresql_parameters: BTreeMap::new(),
-            pause: false,
-            synchronous_mode: ha.synchronous_mode.is_on(),
-            synchronous_mode_quorum: ha.synchronous_mode.is_quorum(),
-            synchronous_mode_strict: ha.synchronous_mode.is_on() && ha.synchronous_mode_strict,
-            synchronous_node_count: ha
-                .synchronous_mode
-                .is_on()
-                .then_some(ha.synchronous_node_count),
-            failsafe_mode: ha.failsafe_mode,
-            standby_cluster: ha.standby_cluster.clone(),
-            downstream: Vec::new(),
-            catalog: None,
-        };
-        if self.dcs.create_config_if_absent(&config).await? {
-            tracing::info!("wrote the cluster's first config");
-        }
-        Ok(())
+/// The cluster's first `config`, from this member's HA settings, unless one exists. The
+/// bootstrap writes it; a leader that finds none (its bootstrap failed after `initialize`
+/// held the system identifier) writes it on its next pass.
+pub(super) async fn create_config_if_absent(dcs: &Store, loaded: &Loaded) -> Result<(), ActError> {
+    let ha = &loaded.config.ha;
+    let config = ClusterConfig {
+        ttl: Some(ha.ttl),
+        loop_wait: Some(ha.loop_wait),
+        retry_timeout: Some(ha.retry_timeout),
+        maximum_lag_on_failover: Some(ha.maximum_lag_on_failover),
+        postgresql_parameters: BTreeMap::new(),
+        pause: false,
+        synchronous_mode: ha.synchronous_mode.is_on(),
+        synchronous_mode_quorum: ha.synchronous_mode.is_quorum(),
+        synchronous_mode_strict: ha.synchronous_mode.is_on() && ha.synchronous_mode_strict,
+        synchronous_node_count: ha
+            .synchronous_mode
+            .is_on()
+            .then_some(ha.synchronous_node_count),
+        failsafe_mode: ha.failsafe_mode,
+        standby_cluster: ha.standby_cluster.clone(),
+        downstream: Vec::new(),
+        catalog: None,
+    };
+    if dcs.create_config_if_absent(&config).await? {
+        tracing::info!("wrote the cluster's first config");
     }
+    Ok(())
 }
 
 /// A test-only fault: when set, a bootstrap fails right after `initialize` holds the new

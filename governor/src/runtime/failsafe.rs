@@ -248,40 +248,6 @@ pub async fn manage_key(
     Ok(())
 }
 
-impl super::Governor {
-    /// As the leader: the `failsafe` key and the members to ask ([`manage_key`]).
-    pub(super) async fn manage_failsafe(
-        &mut self,
-        view: &crate::ha::ClusterView,
-    ) -> Result<(), super::ActError> {
-        let Some(lease) = self.lease.borrow().id else {
-            return Ok(());
-        };
-        let cfg = &self.loaded.config;
-        let peers_tx = &self.failsafe_peers;
-        manage_key(
-            &self.dcs,
-            Leader {
-                name: &self.loaded.name,
-                api_url: &cfg.api_url(),
-                lease,
-            },
-            view,
-            &mut self.failsafe_absent_since,
-            Instant::now(),
-            cfg.ha.ttl(),
-            |asked| {
-                peers_tx.send_if_modified(|p| {
-                    let changed = *p != asked;
-                    *p = asked;
-                    changed
-                });
-            },
-        )
-        .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@
 //! ([`Coordination`]) and PostgreSQL's side of it ([`Replication`]), so the seeded simulation
 //! runs these same steps on its models of etcd and PostgreSQL.
 
-use super::{ActError, Governor};
+use super::ActError;
 use crate::dcs::Coordination;
 use crate::ha::ClusterView;
 use crate::ha::sync::{self, Pending, Standby, SyncMode};
@@ -25,7 +25,8 @@ pub trait Replication {
     /// Whether `synchronous_standby_names`, as last written, is set (not empty).
     fn waits_for_standbys(&self) -> bool;
     /// The standbys streaming from this primary, and its own flush position.
-    fn replication(&mut self) -> impl Future<Output = Result<(Vec<Standby>, Lsn), ActError>> + Send;
+    fn replication(&mut self)
+    -> impl Future<Output = Result<(Vec<Standby>, Lsn), ActError>> + Send;
     /// Sets `synchronous_standby_names`; whether it changed. On an error the setting is not
     /// in force.
     fn set_standby_names(
@@ -142,34 +143,4 @@ pub async fn prepare_promotion(
             .await?;
     }
     Ok(())
-}
-
-impl Governor {
-    /// Brings the synchronous standbys in line with the cluster's `config` ([`manage`]).
-    pub(super) async fn manage_sync(&mut self, view: &ClusterView) -> Result<(), ActError> {
-        manage(
-            &self.loaded.name,
-            &self.dcs,
-            &mut self.pg,
-            &mut self.sync_pending,
-            view,
-            Instant::now(),
-        )
-        .await
-    }
-
-    /// [`prepare_promotion`] of this member.
-    pub(super) async fn prepare_sync_promotion(
-        &mut self,
-        view: Option<&ClusterView>,
-    ) -> Result<(), ActError> {
-        prepare_promotion(
-            &self.loaded.name,
-            &self.dcs,
-            &mut self.pg,
-            &mut self.sync_pending,
-            view,
-        )
-        .await
-    }
 }

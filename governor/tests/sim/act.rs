@@ -9,12 +9,11 @@ use super::world::{BootstrapFault, Clock, Data, Member, Pg, Standbys};
 use futures::executor::block_on;
 use governor::dcs::Coordination;
 use governor::ha::sync::Standby;
+use governor::ha::{ClusterView, Decision, StartAs};
 use governor::runtime;
-use governor::ha::{Decision, StartAs};
 use governor::runtime::bootstrap::{Cleanup, after_failed_bootstrap};
-use governor::runtime::failsafe;
-use spilo_model::{HistoryEntry, Lsn, MemberName, TimelineId};
-use std::time::Duration;
+use spilo_model::{Lsn, MemberName, TimelineId};
+use std::time::{Duration, SystemTime};
 
 /// What an action did that the checker must know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,10 +222,7 @@ impl Ctx<'_> {
                 }
             }
             Decision::Promote { .. } => return self.promote(i),
-            Decision::Lead => {
-                self.members[i].fence_lease = lease;
-                self.lead(i);
-            }
+            Decision::Lead => self.lead(i),
             Decision::Switchover {
                 to,
                 lease: to_lease,
@@ -287,28 +283,14 @@ impl Ctx<'_> {
         Ok(Event::None)
     }
 
+    /// The runtime's own promotion (`runtime::promotion::promote`): the `sync` key first,
+    /// the fence armed, PostgreSQL promoted, the new timeline recorded in `history`.
     fn promote(&mut self, i: usize) -> Result<Event, String> {
         let me = self.members[i].name.clone();
-        // The runtime's own step: the `sync` key names this member with nobody synchronous,
-        // and in strict mode writes wait for a standby from the first commit.
+        let reaches = self.members[i].reaches_etcd(self.etcd);
         let view = self.etcd.view();
-        let mut pending = std::mem::take(&mut self.members[i].sync_pending);
-        let prepared = block_on(runtime::sync::prepare_promotion(
-            &me,
-            &SimCoordination::new(self.etcd, &me, self.real_now, TTL),
-            &mut SimReplication {
-                members: self.members,
-                i,
-            },
-            &mut pending,
-            Some(&view),
-        ));
-        self.members[i].sync_pending = pending;
-        if prepared.is_err() {
-            // A failed action: the runtime logs it and decides again.
-            return Ok(Event::None);
-        }
-        let top = self
+        // The simulated PostgreSQL takes the next timeline nobody has used.
+        let next_timeline = self
             .etcd
             .history
             .iter()
@@ -319,26 +301,31 @@ impl Ctx<'_> {
                     .filter_map(|m| m.data.as_ref().map(|d| d.timeline)),
             )
             .max()
-            .unwrap_or(1);
-        let tl = top + 1;
-        let entry = HistoryEntry {
-            timeline: TimelineId(tl),
-            switch_lsn: Lsn(self.members[i].lsn()),
-            reason: "simulated".into(),
-            promoted_at: String::new(),
-            member: me.clone(),
-        };
-        let _ = block_on(self.dcs(&me).append_history(&entry));
-        let m = &mut self.members[i];
-        let d = m.data.as_mut().expect("promoted member has data");
-        d.timeline = tl;
-        d.was_primary = true;
-        d.clean_checkpoint = None;
-        m.pg = Pg::Primary;
-        m.fence_lease = m.lease;
-        m.streaming = false;
-        m.not_streaming_since = None;
-        Ok(Event::Promoted)
+            .unwrap_or(1)
+            + 1;
+        let mut pending = std::mem::take(&mut self.members[i].sync_pending);
+        let mut history = self.members[i].pending_history.take();
+        let promoted = block_on(runtime::promotion::promote(
+            &me,
+            &SimCoordination::new(self.etcd, &me, self.real_now, TTL).reaching(reaches),
+            &mut SimPg {
+                members: self.members,
+                i,
+                next_timeline,
+            },
+            &mut pending,
+            &mut history,
+            "simulated",
+            Some(&view),
+            SystemTime::UNIX_EPOCH + Duration::from_millis(self.real_now),
+        ));
+        self.members[i].sync_pending = pending;
+        self.members[i].pending_history = history;
+        Ok(match promoted {
+            Ok(()) => Event::Promoted,
+            // A failed action: the runtime logs it and decides again.
+            Err(_) => Event::None,
+        })
     }
 
     /// A bootstrap step failed: the runtime's own rule decides whether the data may go
@@ -371,60 +358,57 @@ impl Ctx<'_> {
         Event::BootstrapFailed(cleanup)
     }
 
-    /// As the runtime's `lead`: the failsafe key, then the synchronous standbys, each
-    /// through the runtime's own function.
+    /// The runtime's own leader pass (`runtime::leading::lead`): the fence, the failsafe key,
+    /// a pending history entry and the synchronous standbys, on the cluster as this member
+    /// sees it (nothing when it does not reach etcd).
     fn lead(&mut self, i: usize) {
-        self.manage_failsafe(i);
-        let me = self.members[i].name.clone();
-        let view = self.etcd.view();
-        let mut pending = std::mem::take(&mut self.members[i].sync_pending);
-        // An error is a failed action; the next pass tries again.
-        let _ = block_on(runtime::sync::manage(
-            &me,
-            &SimCoordination::new(self.etcd, &me, self.real_now, TTL),
-            &mut SimReplication {
-                members: self.members,
-                i,
-            },
-            &mut pending,
-            &view,
-            self.clock.at(self.now),
-        ));
-        self.members[i].sync_pending = pending;
-    }
-
-    /// The leader's `failsafe` key and its confirmation peers, through the runtime's own
-    /// function.
-    fn manage_failsafe(&mut self, i: usize) {
-        let me = self.members[i].name.clone();
-        let Some(lease) = self.members[i].lease else {
-            return;
-        };
-        let url = self.members[i].status().api_url;
-        let view = self.etcd.view();
-        let mut absent = std::mem::take(&mut self.members[i].failsafe_absent);
+        let reaches = self.members[i].reaches_etcd(self.etcd);
+        let view = reaches.then(|| self.etcd.view());
+        let m = &mut self.members[i];
+        let me = m.name.clone();
+        let url = m.status().api_url;
+        let lease = m.lease;
+        let mut pending = std::mem::take(&mut m.sync_pending);
+        let mut history = m.pending_history.take();
+        let mut absent = std::mem::take(&mut m.failsafe_absent);
         let mut asked = None;
-        let _ = block_on(failsafe::manage_key(
-            &SimCoordination::new(self.etcd, &me, self.real_now, TTL),
-            failsafe::Leader {
+        block_on(runtime::leading::lead(
+            runtime::leading::Leader {
                 name: &me,
                 api_url: &url,
                 lease,
+                ttl: Duration::from_millis(TTL),
             },
-            &view,
-            &mut absent,
+            &SimCoordination::new(self.etcd, &me, self.real_now, TTL).reaching(reaches),
+            &mut SimPg {
+                members: self.members,
+                i,
+                next_timeline: 0,
+            },
+            runtime::leading::Memory {
+                sync_pending: &mut pending,
+                pending_history: &mut history,
+                failsafe_absent: &mut absent,
+            },
+            view.as_ref(),
             self.clock.at(self.now),
-            Duration::from_millis(TTL),
-            |peers| asked = peers,
+            |peers| asked = Some(peers),
         ));
         let m = &mut self.members[i];
+        m.sync_pending = pending;
+        m.pending_history = history;
         m.failsafe_absent = absent;
-        m.failsafe_peers = asked.map(|p| p.into_iter().map(|p| p.name).collect());
+        if let Some(peers) = asked {
+            m.failsafe_peers = peers.map(|p| p.into_iter().map(|p| p.name).collect());
+        }
     }
 
     /// `me`'s connection to etcd, at etcd's (real) time.
     fn dcs(&mut self, me: &MemberName) -> SimCoordination<'_> {
-        SimCoordination::new(self.etcd, me, self.real_now, TTL)
+        let reaches = self
+            .index(me)
+            .is_none_or(|i| self.members[i].reaches_etcd(self.etcd));
+        SimCoordination::new(self.etcd, me, self.real_now, TTL).reaching(reaches)
     }
 
     /// Drops the pending switchover request, as the runtime does when it refuses or fails it.
@@ -440,15 +424,52 @@ fn done(r: Result<bool, governor::dcs::DcsError>) -> bool {
     matches!(r, Ok(true))
 }
 
-/// Member `i`'s PostgreSQL as the runtime's synchronous replication sees it: its standbys
-/// (the members streaming from it) and its `synchronous_standby_names`, which the simulated
-/// PostgreSQL applies at once, in every walsender.
-struct SimReplication<'a> {
+/// Member `i`'s PostgreSQL as the runtime's synchronous replication and promotion see it:
+/// its standbys (the members streaming from it), its `synchronous_standby_names`, which the
+/// simulated PostgreSQL applies at once, in every walsender, and its promotion.
+struct SimPg<'a> {
     members: &'a mut [Member],
     i: usize,
+    /// The timeline a promotion starts.
+    next_timeline: u32,
 }
 
-impl runtime::sync::Replication for SimReplication<'_> {
+impl runtime::promotion::Promotable for SimPg<'_> {
+    fn arm_fence(&mut self) {
+        let m = &mut self.members[self.i];
+        m.fence_lease = m.lease;
+    }
+
+    async fn promote(&mut self) -> Result<Option<(TimelineId, Lsn)>, runtime::ActError> {
+        let m = &mut self.members[self.i];
+        let switch_lsn = Lsn(m.lsn());
+        let d = m
+            .data
+            .as_mut()
+            .ok_or_else(|| runtime::ActError::Other("no data to promote".into()))?;
+        d.timeline = self.next_timeline;
+        d.was_primary = true;
+        d.clean_checkpoint = None;
+        m.pg = Pg::Primary;
+        m.streaming = false;
+        m.not_streaming_since = None;
+        Ok(Some((TimelineId(self.next_timeline), switch_lsn)))
+    }
+}
+
+impl runtime::leading::Leading for SimPg<'_> {
+    /// The simulated etcd always holds a `config` (the pass never asks).
+    async fn create_config_if_absent(&mut self) -> Result<(), runtime::ActError> {
+        Ok(())
+    }
+
+    /// Replication slots are not modelled: a standby streams without one.
+    async fn sync_slots(&mut self, _view: &ClusterView) -> Result<(), runtime::ActError> {
+        Ok(())
+    }
+}
+
+impl runtime::sync::Replication for SimPg<'_> {
     fn waits_for_standbys(&self) -> bool {
         self.members[self.i].standbys != Standbys::None
     }

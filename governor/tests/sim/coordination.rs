@@ -18,6 +18,8 @@ pub struct SimCoordination<'a> {
     me: MemberName,
     now: u64,
     ttl: u64,
+    /// The member reaches etcd (not partitioned or cut off from it).
+    reaches: bool,
 }
 
 impl<'a> SimCoordination<'a> {
@@ -28,13 +30,20 @@ impl<'a> SimCoordination<'a> {
             me: me.clone(),
             now,
             ttl,
+            reaches: true,
         }
     }
 
-    /// The store, or "did not answer" while it is stalled.
+    /// The connection of a member that `reaches` etcd or not (cut off, every call times out).
+    pub fn reaching(mut self, reaches: bool) -> Self {
+        self.reaches = reaches;
+        self
+    }
+
+    /// The store, or "did not answer" while it is stalled or out of reach.
     fn store(&self) -> Result<MutexGuard<'_, &'a mut Etcd>, DcsError> {
         let etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
-        if etcd.available {
+        if etcd.available && self.reaches {
             Ok(etcd)
         } else {
             Err(DcsError::Timeout(Duration::from_millis(self.ttl / 2)))

@@ -174,6 +174,8 @@ pub struct Member {
     pub next_confirm: u64,
     /// Failsafe: since when members of the key have been missing from etcd.
     pub failsafe_absent: BTreeMap<MemberName, Instant>,
+    /// A promotion's history entry etcd has not taken yet (the leader's passes retry it).
+    pub pending_history: Option<spilo_model::HistoryEntry>,
     /// Its tags (published in its member key and seen by its own decisions).
     pub tags: MemberTags,
     /// A failure its first bootstrap runs into.
@@ -224,6 +226,7 @@ impl Member {
             failsafe_peers: None,
             next_confirm: 0,
             failsafe_absent: BTreeMap::new(),
+            pending_history: None,
             fence_lease: None,
             rate_ppm: 1_000_000,
             offset_ms: 0,
@@ -251,6 +254,7 @@ impl Member {
         self.gate = Arc::new(failsafe::Gate::default());
         self.failsafe_peers = None;
         self.failsafe_absent.clear();
+        self.pending_history = None;
     }
 
     /// Runs as a writable primary.
