@@ -43,6 +43,9 @@ fn random_fault_schedules_keep_the_invariants() {
         total.tagged += s.tagged;
         total.quorum += s.quorum;
         total.quorum_failovers += s.quorum_failovers;
+        for (kind, n) in s.actions {
+            *total.actions.entry(kind).or_default() += n;
+        }
     }
     eprintln!(
         "{seeds} seeds: {} failovers, {} faults, {} acknowledged commits, {} steps kept \
@@ -60,6 +63,7 @@ fn random_fault_schedules_keep_the_invariants() {
         total.quorum_failovers,
         started.elapsed().as_secs_f64()
     );
+    eprintln!("carried out through runtime::act: {:?}", total.actions);
     assert!(
         seeds < 100 || total.quorum_failovers > 0,
         "no seed failed over in quorum mode: {total:?}"

@@ -144,6 +144,24 @@ fn one_primary_after(
     Ok((first, second))
 }
 
+/// Waits until `watch` has seen a member of `cluster` as primary at or after `since`: the
+/// watch samples every member in turn, and its window must hold a sighting of the new primary
+/// before it ends, however slowly the machine ran the rounds.
+async fn until_seen(watch: &Primaries, cluster: &str, since: Instant) -> anyhow::Result<()> {
+    wait::until(
+        &format!("the watch to see {cluster}'s new primary"),
+        READY,
+        || async {
+            watch
+                .sightings()
+                .iter()
+                .any(|(c, _, at)| c == cluster && *at >= since)
+                .then_some(())
+        },
+    )
+    .await
+}
+
 /// Of the acknowledged writes `timed`, how many are missing on `cluster`'s member at `port`,
 /// and the ids of those among them acknowledged at or after `since`.
 async fn missing_on(
@@ -491,16 +509,7 @@ async fn scenario(repo: &mut LocalRepo) -> anyhow::Result<()> {
     })
     .await?;
     until_standby_of(repo, "dr", "src").await?;
-    // The watch samples every member in turn; the window must hold a sighting of src's new
-    // primary before it ends, however slowly the machine ran the rounds.
-    wait::until("the watch to see src's new primary", READY, || async {
-        watch
-            .sightings()
-            .iter()
-            .any(|(c, _, at)| c == "src" && *at >= promoted_at)
-            .then_some(())
-    })
-    .await?;
+    until_seen(&watch, "src", promoted_at).await?;
     let timed = writer.stop().await;
     let seen = watch.stop().await;
     // Seen with a fresh session every 100 ms: once a member of src ran as primary, no member
@@ -602,14 +611,7 @@ async fn unreachable_source(repo: &mut LocalRepo, sb: u16, db: u16) -> anyhow::R
     .await?;
     nix::sys::signal::kill(proc::pid(etcd), nix::sys::signal::Signal::SIGCONT)?;
     until_standby_of(repo, "src", "dr").await?;
-    wait::until("the watch to see dr's new primary", READY, || async {
-        watch
-            .sightings()
-            .iter()
-            .any(|(c, _, at)| c == "dr" && *at >= promoted_at)
-            .then_some(())
-    })
-    .await?;
+    until_seen(&watch, "dr", promoted_at).await?;
     let timed = writer.stop().await;
     let seen = watch.stop().await;
     let acked: Vec<i64> = timed.iter().map(|(id, _)| *id).collect();

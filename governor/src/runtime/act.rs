@@ -1,464 +1,448 @@
-//! Carrying out decisions: the I/O behind each [`Decision`], and publishing the member key.
+//! Carrying out decisions: [`act`] is the I/O behind each [`Decision`], in the order each one
+//! needs (a fence disarmed before PostgreSQL stops, the failsafe gate closed before a race, the
+//! leader key released only after a clean stop, ...).
+//!
+//! It is written against the store ([`Coordination`]) and this member's hands ([`Member`]:
+//! PostgreSQL, the fence, the failsafe gate, the peers' REST API), so the governor
+//! ([`super::Governor`]) and the seeded simulation's members run the same function. What a
+//! step does to PostgreSQL (a copy, a rewind, a start) is each implementation's own; the order
+//! of the steps and every write to the store are here.
 
-use super::{ActError, Governor};
+use super::ActError;
+use super::leading::{self, Leading};
+use super::promotion;
 use crate::dcs::Coordination;
 use crate::ha::{ClusterView, DcsView, Decision, PgState, Snapshot, StartAs};
 use crate::postgres::Upstream;
 use crate::postgres::process::StopMode;
-use spilo_model::{MemberName, MemberState, NodeStatus};
+use crate::shared::SwitchoverOutcome;
+use crate::shared::failsafe::Gate;
+use spilo_model::{Lsn, MemberName, MemberState, MemberStatus};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Instant, SystemTime};
 
-impl Governor {
-    pub(super) async fn act(&mut self, d: &Decision, s: &Snapshot) -> Result<(), ActError> {
-        let view = match &s.dcs {
-            DcsView::Known(v) => Some(v),
-            DcsView::Unreachable { .. } => None,
-        };
-        let params = cluster_params(view);
-        if matches!(
-            d,
-            Decision::Lead
-                | Decision::Wait { .. }
-                | Decision::Follow { .. }
-                | Decision::FollowSource { .. }
-        ) && matches!(s.local.postgres, PgState::Running(_))
-            && view.is_some_and(|v| v.config.is_some())
-        {
-            self.pg.apply_cluster_params(&params).await?;
-        }
-        match d {
-            Decision::Bootstrap => self.bootstrap(s, &params).await,
-            Decision::RecoverFromArchive { why } => {
-                self.recover_from_archive(s, &params, why).await
-            }
-            Decision::Clone { leader } => {
-                let up = upstream(view, leader)?;
-                // The leader's keys outlive it by up to a TTL. pg_basebackup from a gone
-                // leader fails by itself; a backup restored for one leaves a replica with
-                // nobody to follow (in synchronous mode one that may never be promoted).
-                if let Some(m) = view.and_then(|v| v.members.get(leader)) {
-                    let one = std::collections::BTreeMap::from([(leader.clone(), m.clone())]);
-                    let answers = super::peers::fetch(
-                        &self.http,
-                        &self.loaded.name,
-                        &one,
-                        self.dcs.timeout(),
-                    )
-                    .await;
-                    if answers.iter().all(|p| p.status.is_none()) {
-                        return Err(ActError::Other(format!(
-                            "{leader} holds the leader key but does not answer; not copying it"
-                        )));
-                    }
-                }
-                self.announce(s, MemberState::CreatingReplica).await;
-                let from_backup = match &self.loaded.config.archive {
-                    Some(a) if a.replicas_from_backup => self.pg.replica_from_backup(a).await?,
-                    _ => None,
-                };
-                if from_backup.is_none() {
-                    self.pg.clone_from(&up).await?;
-                }
-                self.data = None;
-                self.pg.start(false, Some(up), &params)?;
-                Ok(())
-            }
-            Decision::Rewind { leader, .. } => self.rewind(s, view, leader, &params).await,
-            Decision::Start {
-                role: StartAs::Primary,
-                ..
-            } => {
-                self.pg.start(true, None, &params)?;
-                self.arm_fence();
-                Ok(())
-            }
-            Decision::Start {
-                role: StartAs::Replica { upstream: up },
-                ..
-            } => {
-                let up = match up {
-                    Some(leader) => Some(upstream(view, leader)?),
-                    None => None,
-                };
-                self.pg.start(false, up, &params)?;
-                Ok(())
-            }
-            Decision::Follow { leader } => {
-                let up = upstream(view, leader)?;
-                Ok(self.pg.follow(up, &params).await?)
-            }
-            Decision::Start {
-                role: StartAs::StandbyLeader,
-                ..
-            } => {
-                let source = self.standby_source(view)?;
-                self.pg.start(false, Some(source), &params)?;
-                Ok(())
-            }
-            Decision::FollowSource { .. } => self.lead_standby(view, &params).await,
-            Decision::RewindFromSource { .. } => {
-                let source = self.standby_source(view)?;
-                // A source of another system would replace this cluster's data with its own.
-                let mut remote = self.pg.remote_session(&source);
-                let theirs = remote.system_identifier().await?;
-                if let Some(ours) = view.and_then(|v| v.initialize.as_deref())
-                    && theirs != ours
-                {
-                    return Err(ActError::Other(format!(
-                        "the source {} is database system {theirs}, this cluster {ours}; not \
-                         rewinding against it",
-                        source.name
-                    )));
-                }
-                self.rewind_against(s, source, &params).await
-            }
-            Decision::AcquireLeader { why } => {
-                let lease = s
-                    .lease
-                    .id
-                    .ok_or_else(|| ActError::Other("no lease".into()))?;
-                // From here on this member confirms no failsafe primary; refused if it just
-                // promised one not to race.
-                if let Err((primary, _)) = self.shared.failsafe.close_for_race(Instant::now()) {
-                    tracing::info!(%primary, "not racing: this member just confirmed a failsafe primary");
-                    return Ok(());
-                }
-                if self.dcs.try_acquire_leader(lease).await? {
-                    tracing::info!("took the leader key");
-                    self.holds_leader_key(lease);
-                    if self.ha.merged_opt(view).standby.is_some() {
-                        // A standby cluster's new leader replicates from the source instead.
-                        return self.lead_standby(view, &params).await;
-                    }
-                    self.promote(why, view).await
-                } else {
-                    tracing::info!("another member took the leader key first");
-                    self.shared.failsafe.open();
-                    Ok(())
-                }
-            }
-            Decision::ReclaimLeader { .. } => {
-                let lease = s
-                    .lease
-                    .id
-                    .ok_or_else(|| ActError::Other("no lease".into()))?;
-                if self.dcs.try_acquire_leader(lease).await? {
-                    tracing::info!(
-                        "took the leader key back after failsafe mode kept this primary"
-                    );
-                    self.holds_leader_key(lease);
-                    self.arm_fence();
-                } else {
-                    tracing::warn!("another member took the leader key; this primary will demote");
-                }
-                Ok(())
-            }
-            Decision::Promote { why } => self.promote(why, view).await,
-            Decision::Lead => self.lead(view).await,
-            Decision::Switchover { to, lease } => self.switchover(s, view, to, *lease).await,
-            Decision::ClearSwitchover { why } => {
-                if let Some(req) = view.and_then(|v| v.switchover.as_ref()) {
-                    self.dcs.clear_switchover(req).await?;
-                    let result = match &view.and_then(|v| v.leader.as_ref()) {
-                        Some(l) if req.candidate.as_ref() == Some(&l.name) => Ok(l.name.clone()),
-                        _ => Err(why.clone()),
-                    };
-                    *self.shared.switchover_outcome.write().await =
-                        Some(crate::shared::SwitchoverOutcome {
-                            request: req.clone(),
-                            result,
-                        });
-                }
-                Ok(())
-            }
-            Decision::StepDown { .. } => {
-                // Flush while writes still run, so the shutdown checkpoint is short; a failed
-                // CHECKPOINT only makes the stop slower.
-                if let Err(e) = self.pg.sql().checkpoint().await {
-                    tracing::warn!(error = %e, "CHECKPOINT before stepping down failed");
-                }
-                let _ = self.fence.send(None);
-                self.pg.stop(StopMode::Fast).await;
-                self.data = None;
-                Ok(())
-            }
-            Decision::Demote { .. } => {
-                let _ = self.fence.send(None);
-                self.pg.stop(StopMode::Immediate).await;
-                self.data = None;
-                Ok(())
-            }
-            Decision::ReleaseLeader { .. } => {
-                let _ = self.fence.send(None);
-                self.pg.stop(StopMode::Fast).await;
-                if let Some(id) = s.lease.id {
-                    self.dcs.release_leader(id).await?;
-                }
-                self.crashes.clear();
-                self.primary_down_since = None;
-                self.data = None;
-                Ok(())
-            }
-            Decision::Wait { .. } | Decision::Fatal { .. } => Ok(()),
-        }
-    }
-
-    /// Arms the fence with the running postmaster and the lease the leader key is bound to:
-    /// from now on, PostgreSQL is stopped at once when that lease is about to end (another
-    /// lease of this member does not count) and no failsafe confirmation stands in for it.
-    pub(super) fn arm_fence(&self) {
-        self.arm_fence_with(fence_lease(&self.leader_seen, &self.loaded.name));
-    }
-
-    /// [`Self::arm_fence`] with the lease to count, for the bootstrap (which runs its primary
-    /// on the lease that claimed `initialize`, before it takes the leader key).
-    pub(super) fn arm_fence_with(&self, lease: Option<i64>) {
-        let _ = self.fence.send(
-            self.pg
-                .postmaster_pid()
-                .map(|pid| super::fence::Guard { pid, lease }),
-        );
-    }
-
-    /// Records that this member just took the leader key with `lease`.
-    pub(super) fn holds_leader_key(&mut self, lease: i64) {
-        self.leader_seen = Some(crate::ha::LeaderKey {
-            name: self.loaded.name.clone(),
-            lease,
-        });
-    }
-
-    async fn rewind(
+/// A member's hands beyond the leader's pass: everything [`act`] does outside the store.
+pub trait Member: Leading {
+    /// Applies the cluster's PostgreSQL parameters to the running server.
+    fn apply_cluster_params(
         &mut self,
-        s: &Snapshot,
-        view: Option<&ClusterView>,
-        leader: &MemberName,
         params: &BTreeMap<String, String>,
-    ) -> Result<(), ActError> {
-        let up = upstream(view, leader)?;
-        self.rewind_against(s, up, params).await
-    }
-
-    /// Rewinds against `up` (a member, or a standby cluster's source) and starts as its replica.
-    async fn rewind_against(
+    ) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Bootstraps a new cluster (or a standby cluster's first member).
+    fn bootstrap(
         &mut self,
         s: &Snapshot,
+        params: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Restores the cluster from its archive after its data was lost.
+    fn recover_from_archive(
+        &mut self,
+        s: &Snapshot,
+        params: &BTreeMap<String, String>,
+        why: &str,
+    ) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Whether `leader` (its member key `status`) answers on its REST API.
+    fn answers(
+        &mut self,
+        leader: &MemberName,
+        status: &MemberStatus,
+    ) -> impl Future<Output = bool> + Send;
+    /// Publishes `state`, which a long action is about to enter.
+    fn announce(&mut self, s: &Snapshot, state: MemberState) -> impl Future<Output = ()> + Send;
+    /// Fills the empty data directory with a copy of `up` (from a backup when configured).
+    fn copy_of(&mut self, up: &Upstream) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Copies `up` with `pg_basebackup`.
+    fn clone_from(&mut self, up: &Upstream) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Rewinds the stopped data directory against `up`; `pg_rewind`'s last line.
+    fn rewind_from(
+        &mut self,
+        up: &Upstream,
+    ) -> impl Future<Output = Result<String, ActError>> + Send;
+    /// Empties the data directory.
+    fn wipe(&mut self) -> Result<(), ActError>;
+    /// Starts PostgreSQL, as the primary or as a replica of `up`.
+    fn start(
+        &mut self,
+        primary: bool,
+        up: Option<Upstream>,
+        params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError>;
+    /// Points the running replica at `up`.
+    fn follow(
+        &mut self,
         up: Upstream,
         params: &BTreeMap<String, String>,
-    ) -> Result<(), ActError> {
-        // pg_rewind reads the source's timeline from its control file, which a fresh primary
-        // only updates at its first checkpoint after promotion. This also proves the leader is
-        // reachable before the local server is stopped (a standby cluster's source: that one
-        // of its endpoints accepts writes, so a copy after a failed rewind is of a primary).
-        let mut remote = self.pg.remote_session(&up);
-        remote.checkpoint().await?;
-        let _ = self.fence.send(None);
-        self.pg.stop(StopMode::Fast).await;
-        self.announce(s, MemberState::Rewinding).await;
-        match self.pg.rewind_from(&up).await {
-            Ok(out) => {
-                let summary = out.lines().last().unwrap_or("").to_string();
-                tracing::info!(output = summary, "pg_rewind finished");
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, upstream = %up.name, "pg_rewind failed; copying the upstream again");
-                self.pg.wipe_data()?;
-                self.pg.clear_unfinished_marker()?;
-                self.announce(s, MemberState::CreatingReplica).await;
-                self.pg.clone_from(&up).await?;
-            }
-        }
-        self.data = None;
-        self.pg.start(false, Some(up), params)?;
-        Ok(())
-    }
-
-    /// Promotes this member ([`super::promotion::promote`]).
-    async fn promote(&mut self, why: &str, view: Option<&ClusterView>) -> Result<(), ActError> {
-        super::promotion::promote(
-            &self.loaded.name,
-            &self.dcs,
-            &mut super::hands::Hands {
-                pg: &mut self.pg,
-                fence: &self.fence,
-                lease: fence_lease(&self.leader_seen, &self.loaded.name),
-                dcs: &self.dcs,
-                loaded: &self.loaded,
-                slot_absent_since: &mut self.slot_absent_since,
-            },
-            &mut self.sync_pending,
-            &mut self.pending_history,
-            why,
-            view,
-            std::time::SystemTime::now(),
-        )
-        .await?;
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// The leader's pass ([`super::leading::lead`]), then the archiver's status for the API.
-    async fn lead(&mut self, view: Option<&ClusterView>) -> Result<(), ActError> {
-        let lease = self.lease.borrow().id;
-        let api_url = self.loaded.config.api_url();
-        let peers = &self.failsafe_peers;
-        super::leading::lead(
-            super::leading::Leader {
-                name: &self.loaded.name,
-                api_url: &api_url,
-                lease,
-                ttl: self.loaded.config.ha.ttl(),
-            },
-            &self.dcs,
-            &mut super::hands::Hands {
-                pg: &mut self.pg,
-                fence: &self.fence,
-                lease: fence_lease(&self.leader_seen, &self.loaded.name),
-                dcs: &self.dcs,
-                loaded: &self.loaded,
-                slot_absent_since: &mut self.slot_absent_since,
-            },
-            super::leading::Memory {
-                sync_pending: &mut self.sync_pending,
-                pending_history: &mut self.pending_history,
-                failsafe_absent: &mut self.failsafe_absent_since,
-            },
-            view,
-            Instant::now(),
-            |asked| {
-                peers.send_if_modified(|p| {
-                    let changed = *p != asked;
-                    *p = asked;
-                    changed
-                });
-            },
-        )
-        .await;
-        if self.loaded.config.archive.is_some() {
-            self.archive_status = match self.pg.sql().archive_status().await {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the archiver's status");
-                    None
-                }
-            };
-        }
-        Ok(())
-    }
-
-    /// The standby cluster's source, as an upstream.
-    fn standby_source(&self, view: Option<&ClusterView>) -> Result<Upstream, ActError> {
-        let cfg = self.ha.merged_opt(view);
-        let source = cfg
-            .standby
-            .as_ref()
-            .ok_or_else(|| ActError::Other("not a standby cluster".into()))?;
-        Upstream::source(source).map_err(ActError::Other)
-    }
-
-    /// As the standby cluster's leader: replicate from the source, and keep a slot for each
-    /// other member (they replicate from this one).
-    async fn lead_standby(
+    ) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Stops PostgreSQL.
+    fn stop(&mut self, mode: StopMode) -> impl Future<Output = ()> + Send;
+    /// A CHECKPOINT on the local server.
+    fn checkpoint(&mut self) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// A CHECKPOINT on `up` (which also proves it answers).
+    fn checkpoint_on(&mut self, up: &Upstream)
+    -> impl Future<Output = Result<(), ActError>> + Send;
+    /// `up`'s database system identifier.
+    fn system_identifier_of(
         &mut self,
-        view: Option<&ClusterView>,
-        params: &BTreeMap<String, String>,
-    ) -> Result<(), ActError> {
-        let source = self.standby_source(view)?;
-        self.pg.follow(source, params).await?;
-        if let Some(view) = view
-            && let Err(e) = self.sync_slots(view).await
-        {
-            tracing::warn!(error = %e, "cannot manage replication slots");
+        up: &Upstream,
+    ) -> impl Future<Output = Result<String, ActError>> + Send;
+    /// Whether `to` streams from this primary.
+    fn streams_to(
+        &mut self,
+        to: &MemberName,
+    ) -> impl Future<Output = Result<bool, ActError>> + Send;
+    /// After a clean stop of this primary: the position of its shutdown checkpoint.
+    fn shutdown_checkpoint(&mut self) -> impl Future<Output = Result<Lsn, ActError>> + Send;
+    /// Waits until `up` received past `lsn` (an error once it has not in its deadline).
+    fn wait_received(
+        &mut self,
+        up: &Upstream,
+        lsn: Lsn,
+    ) -> impl Future<Output = Result<(), ActError>> + Send;
+    /// Disarms the fence: it no longer stops PostgreSQL.
+    fn disarm_fence(&mut self);
+    /// The failsafe gate: this member's promises not to race.
+    fn gate(&self) -> &Gate;
+    /// This member just took the leader key with `lease`.
+    fn took_leader_key(&mut self, lease: i64);
+    /// The cluster is a standby cluster (as `view`'s `config` and the local one say).
+    fn is_standby_cluster(&self, view: Option<&ClusterView>) -> bool;
+    /// A standby cluster's source, as an upstream.
+    fn standby_source(&self, view: Option<&ClusterView>) -> Result<Upstream, ActError>;
+    /// Forgets the data directory's last reading (PostgreSQL's data changed).
+    fn forget_data(&mut self);
+    /// Forgets the crashes counted towards a crash loop (this member no longer leads).
+    fn forget_crashes(&mut self);
+    /// Records how a switchover request ended, for the API.
+    fn switchover_ended(&mut self, outcome: SwitchoverOutcome) -> impl Future<Output = ()> + Send;
+    /// Wakes the HA loop for another pass at once.
+    fn wake(&self);
+    /// After the leader's pass: what else the leader reads (the archiver's status).
+    fn after_lead(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Carries out decision `d`, taken on snapshot `s`, at `now`.
+pub async fn act(
+    dcs: &impl Coordination,
+    h: &mut impl Member,
+    d: &Decision,
+    s: &Snapshot,
+    now: Instant,
+) -> Result<(), ActError> {
+    let view = match &s.dcs {
+        DcsView::Known(v) => Some(v),
+        DcsView::Unreachable { .. } => None,
+    };
+    let params = cluster_params(view);
+    if matches!(
+        d,
+        Decision::Lead
+            | Decision::Wait { .. }
+            | Decision::Follow { .. }
+            | Decision::FollowSource { .. }
+    ) && matches!(s.local.postgres, PgState::Running(_))
+        && view.is_some_and(|v| v.config.is_some())
+    {
+        h.apply_cluster_params(&params).await?;
+    }
+    match d {
+        Decision::Bootstrap => h.bootstrap(s, &params).await,
+        Decision::RecoverFromArchive { why } => h.recover_from_archive(s, &params, why).await,
+        Decision::Clone { leader } => {
+            let up = upstream(view, leader)?;
+            // The leader's keys outlive it by up to a TTL. pg_basebackup from a gone leader
+            // fails by itself; a backup restored for one leaves a replica with nobody to follow
+            // (in synchronous mode one that may never be promoted).
+            if let Some(m) = view.and_then(|v| v.members.get(leader))
+                && !h.answers(leader, m).await
+            {
+                return Err(ActError::Other(format!(
+                    "{leader} holds the leader key but does not answer; not copying it"
+                )));
+            }
+            h.announce(s, MemberState::CreatingReplica).await;
+            h.copy_of(&up).await?;
+            h.forget_data();
+            h.start(false, Some(up), &params)
         }
-        Ok(())
-    }
-
-    /// Keeps one physical slot per other member ([`super::hands::sync_slots`]).
-    async fn sync_slots(&mut self, view: &ClusterView) -> Result<(), ActError> {
-        super::hands::sync_slots(
-            &mut self.pg,
-            &self.loaded.name,
-            view,
-            &mut self.slot_absent_since,
-        )
-        .await
-    }
-
-    /// Publishes a state that a long action is about to enter, before it starts.
-    pub(super) async fn announce(&mut self, s: &Snapshot, state: MemberState) {
-        let status = self.member_status(s, Some(state));
-        // Copy the id out: a watch guard held across an await blocks the lease task.
-        let lease = self.lease.borrow().id;
-        if let Some(id) = lease
-            && let Err(e) = self.dcs.put_member(&status, id).await
-        {
-            tracing::warn!(error = %e, "cannot publish the member key");
+        Decision::Rewind { leader, .. } => {
+            let up = upstream(view, leader)?;
+            rewind_against(h, s, up, &params).await
         }
-        self.shared.node.write().await.member = status;
-    }
-
-    /// Publishes the member key when it changed, and the REST API's view of this member.
-    pub(super) async fn publish(&mut self, s: &Snapshot, d: &Decision) {
-        let status = self.member_status(s, None);
-        let lease = self.lease.borrow().id;
-        let dcs_known = matches!(s.dcs, DcsView::Known(_));
-        // When this pass could not read etcd, a write would only wait out its timeout too.
-        if let Some(id) = lease.filter(|_| dcs_known) {
-            let fresh = (status.clone(), id);
-            if self.published.as_ref() != Some(&fresh) {
-                match self.dcs.put_member(&status, id).await {
-                    Ok(()) => self.published = Some(fresh),
-                    Err(e) => tracing::warn!(error = %e, "cannot publish the member key"),
+        Decision::Start {
+            role: StartAs::Primary,
+            ..
+        } => {
+            h.start(true, None, &params)?;
+            h.arm_fence();
+            Ok(())
+        }
+        Decision::Start {
+            role: StartAs::Replica { upstream: up },
+            ..
+        } => {
+            let up = match up {
+                Some(leader) => Some(upstream(view, leader)?),
+                None => None,
+            };
+            h.start(false, up, &params)
+        }
+        Decision::Follow { leader } => {
+            let up = upstream(view, leader)?;
+            h.follow(up, &params).await
+        }
+        Decision::Start {
+            role: StartAs::StandbyLeader,
+            ..
+        } => {
+            let source = h.standby_source(view)?;
+            h.start(false, Some(source), &params)
+        }
+        Decision::FollowSource { .. } => lead_standby(h, view, &params).await,
+        Decision::RewindFromSource { .. } => {
+            let source = h.standby_source(view)?;
+            // A source of another system would replace this cluster's data with its own.
+            let theirs = h.system_identifier_of(&source).await?;
+            if let Some(ours) = view.and_then(|v| v.initialize.as_deref())
+                && theirs != ours
+            {
+                return Err(ActError::Other(format!(
+                    "the source {} is database system {theirs}, this cluster {ours}; not \
+                     rewinding against it",
+                    source.name
+                )));
+            }
+            rewind_against(h, s, source, &params).await
+        }
+        Decision::AcquireLeader { why } => {
+            let lease = s
+                .lease
+                .id
+                .ok_or_else(|| ActError::Other("no lease".into()))?;
+            // From here on this member confirms no failsafe primary; refused if it just
+            // promised one not to race.
+            if let Err((primary, _)) = h.gate().close_for_race(now) {
+                tracing::info!(%primary, "not racing: this member just confirmed a failsafe primary");
+                return Ok(());
+            }
+            if dcs.try_acquire_leader(lease).await? {
+                tracing::info!("took the leader key");
+                h.took_leader_key(lease);
+                if h.is_standby_cluster(view) {
+                    // A standby cluster's new leader replicates from the source instead.
+                    return lead_standby(h, view, &params).await;
                 }
+                promote(dcs, h, why, view).await
+            } else {
+                tracing::info!("another member took the leader key first");
+                h.gate().open();
+                Ok(())
             }
         }
-        let (leader, dcs_reachable) = match &s.dcs {
-            DcsView::Known(v) => (v.leader.as_ref().map(|l| l.name.clone()), true),
-            DcsView::Unreachable { .. } => {
-                (self.leader_seen.as_ref().map(|l| l.name.clone()), false)
+        Decision::ReclaimLeader { .. } => {
+            let lease = s
+                .lease
+                .id
+                .ok_or_else(|| ActError::Other("no lease".into()))?;
+            if dcs.try_acquire_leader(lease).await? {
+                tracing::info!("took the leader key back after failsafe mode kept this primary");
+                h.took_leader_key(lease);
+                h.arm_fence();
+            } else {
+                tracing::warn!("another member took the leader key; this primary will demote");
             }
-        };
-        let streaming = matches!(&s.local.postgres, PgState::Running(pg) if pg.streaming);
-        let node = NodeStatus {
-            name: self.loaded.name.clone(),
-            scope: self.loaded.config.scope.clone(),
-            member: status,
-            leader,
-            is_leader: self.is_leading(),
-            streaming,
-            upstream: self.pg.upstream().map(|u| u.name.clone()),
-            dcs_reachable,
-            governor_pid: std::process::id(),
-            postmaster_pid: self.pg.postmaster_pid(),
-            last_decision: d.to_string(),
-            catalog_error: self.shared.catalog_error.read().await.clone(),
-            archive: match self.archive_status.clone() {
-                Some(mut a) if matches!(d, Decision::Lead) => {
-                    if self
-                        .loaded
-                        .config
-                        .archive
-                        .as_ref()
-                        .is_some_and(|a| a.backups.is_some())
-                    {
-                        a.backups = Some(self.shared.backups.read().await.clone());
-                    }
-                    Some(a)
-                }
-                _ => None,
-            },
-        };
-        *self.shared.node.write().await = node;
+            Ok(())
+        }
+        Decision::Promote { why } => promote(dcs, h, why, view).await,
+        Decision::Lead => {
+            leading::lead(dcs, h, view, now).await;
+            h.after_lead().await;
+            Ok(())
+        }
+        Decision::Switchover { to, lease } => switchover(dcs, h, s, view, to, *lease).await,
+        Decision::ClearSwitchover { why } => {
+            if let Some(req) = view.and_then(|v| v.switchover.as_ref()) {
+                dcs.clear_switchover(req).await?;
+                let result = match &view.and_then(|v| v.leader.as_ref()) {
+                    Some(l) if req.candidate.as_ref() == Some(&l.name) => Ok(l.name.clone()),
+                    _ => Err(why.clone()),
+                };
+                h.switchover_ended(SwitchoverOutcome {
+                    request: req.clone(),
+                    result,
+                })
+                .await;
+            }
+            Ok(())
+        }
+        Decision::StepDown { .. } => {
+            // Flush while writes still run, so the shutdown checkpoint is short; a failed
+            // CHECKPOINT only makes the stop slower.
+            if let Err(e) = h.checkpoint().await {
+                tracing::warn!(error = %e, "CHECKPOINT before stepping down failed");
+            }
+            h.disarm_fence();
+            h.stop(StopMode::Fast).await;
+            h.forget_data();
+            Ok(())
+        }
+        Decision::Demote { .. } => {
+            h.disarm_fence();
+            h.stop(StopMode::Immediate).await;
+            h.forget_data();
+            Ok(())
+        }
+        Decision::ReleaseLeader { .. } => {
+            h.disarm_fence();
+            h.stop(StopMode::Fast).await;
+            if let Some(id) = s.lease.id {
+                dcs.release_leader(id).await?;
+            }
+            h.forget_crashes();
+            h.forget_data();
+            Ok(())
+        }
+        Decision::Wait { .. } | Decision::Fatal { .. } => Ok(()),
     }
 }
 
-/// The lease the fence counts: the one `me`'s leader key is bound to, as last seen.
-fn fence_lease(leader_seen: &Option<crate::ha::LeaderKey>, me: &MemberName) -> Option<i64> {
-    leader_seen
-        .as_ref()
-        .filter(|l| l.name == *me)
-        .map(|l| l.lease)
+/// Promotes this member ([`promotion::promote`]) and looks again at once.
+async fn promote(
+    dcs: &impl Coordination,
+    h: &mut impl Member,
+    why: &str,
+    view: Option<&ClusterView>,
+) -> Result<(), ActError> {
+    promotion::promote(dcs, h, why, view, SystemTime::now()).await?;
+    h.wake();
+    Ok(())
+}
+
+/// Rewinds against `up` (a member, or a standby cluster's source) and starts as its replica.
+async fn rewind_against(
+    h: &mut impl Member,
+    s: &Snapshot,
+    up: Upstream,
+    params: &BTreeMap<String, String>,
+) -> Result<(), ActError> {
+    // pg_rewind reads the source's timeline from its control file, which a fresh primary only
+    // updates at its first checkpoint after promotion. This also proves the leader is
+    // reachable before the local server is stopped (a standby cluster's source: that one of
+    // its endpoints accepts writes, so a copy after a failed rewind is of a primary).
+    h.checkpoint_on(&up).await?;
+    h.disarm_fence();
+    h.stop(StopMode::Fast).await;
+    h.announce(s, MemberState::Rewinding).await;
+    match h.rewind_from(&up).await {
+        Ok(summary) => tracing::info!(output = summary, "pg_rewind finished"),
+        Err(e) => {
+            tracing::warn!(error = %e, upstream = %up.name, "pg_rewind failed; copying the upstream again");
+            h.wipe()?;
+            h.announce(s, MemberState::CreatingReplica).await;
+            h.clone_from(&up).await?;
+        }
+    }
+    h.forget_data();
+    h.start(false, Some(up), params)
+}
+
+/// As the standby cluster's leader: replicate from the source, and keep a slot for each other
+/// member (they replicate from this one).
+async fn lead_standby(
+    h: &mut impl Member,
+    view: Option<&ClusterView>,
+    params: &BTreeMap<String, String>,
+) -> Result<(), ActError> {
+    let source = h.standby_source(view)?;
+    h.follow(source, params).await?;
+    if let Some(view) = view
+        && let Err(e) = h.sync_slots(view).await
+    {
+        tracing::warn!(error = %e, "cannot manage replication slots");
+    }
+    Ok(())
+}
+
+/// A switchover on the leader ([`hand_over`]); a failure drops the request, and the outcome is
+/// recorded either way.
+async fn switchover(
+    dcs: &impl Coordination,
+    h: &mut impl Member,
+    s: &Snapshot,
+    view: Option<&ClusterView>,
+    to: &MemberName,
+    to_lease: i64,
+) -> Result<(), ActError> {
+    let request = view.and_then(|v| v.switchover.clone());
+    let started = Instant::now();
+    let result = hand_over(dcs, h, s, view, to, to_lease).await;
+    let outcome = match &result {
+        Ok(()) => {
+            tracing::info!(
+                to = %to,
+                took_ms = started.elapsed().as_millis() as u64,
+                "switchover: handed the leader key over; this member follows once {to} leads"
+            );
+            Ok(to.clone())
+        }
+        Err(e) => {
+            tracing::error!(to = %to, error = %e, "switchover failed; staying the leader");
+            if let Some(req) = &request
+                && let Err(e) = dcs.clear_switchover(req).await
+            {
+                tracing::warn!(error = %e, "cannot remove the failed switchover request");
+            }
+            Err(e.to_string())
+        }
+    };
+    if let Some(request) = request {
+        h.switchover_ended(SwitchoverOutcome {
+            request,
+            result: outcome,
+        })
+        .await;
+    }
+    h.forget_data();
+    h.wake();
+    result
+}
+
+/// CHECKPOINT while still writable, a fast stop (the walsenders send every record, the
+/// shutdown checkpoint included, before PostgreSQL exits), a check with live positions that
+/// the candidate received that checkpoint, then the leader key moved to the candidate in one
+/// compare-and-swap. A failure before the hand-over leaves this member the leader: the next
+/// pass restarts its primary in place.
+async fn hand_over(
+    dcs: &impl Coordination,
+    h: &mut impl Member,
+    s: &Snapshot,
+    view: Option<&ClusterView>,
+    to: &MemberName,
+    to_lease: i64,
+) -> Result<(), ActError> {
+    let lease = s
+        .lease
+        .id
+        .ok_or_else(|| ActError::Other("no lease".into()))?;
+    let up = upstream(view, to)?;
+    if !h.streams_to(to).await? {
+        return Err(ActError::Other(format!(
+            "{to} is not streaming from this primary"
+        )));
+    }
+    // Flush dirty buffers while still accepting writes, so the shutdown checkpoint is short.
+    h.checkpoint().await?;
+    h.disarm_fence();
+    h.stop(StopMode::Fast).await;
+    let checkpoint = h.shutdown_checkpoint().await?;
+    h.wait_received(&up, checkpoint).await?;
+    if !dcs.hand_over_leader(lease, to, to_lease).await? {
+        return Err(ActError::Other(format!(
+            "the leader key or {to}'s member key changed; not handing over"
+        )));
+    }
+    h.forget_crashes();
+    Ok(())
 }
 
 fn cluster_params(view: Option<&ClusterView>) -> BTreeMap<String, String> {
@@ -467,10 +451,8 @@ fn cluster_params(view: Option<&ClusterView>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-pub(super) fn upstream(
-    view: Option<&ClusterView>,
-    leader: &MemberName,
-) -> Result<Upstream, ActError> {
+/// `leader` as an upstream, from its member key in `view`.
+pub fn upstream(view: Option<&ClusterView>, leader: &MemberName) -> Result<Upstream, ActError> {
     let status = view
         .and_then(|v| v.members.get(leader))
         .ok_or_else(|| ActError::Other(format!("{leader} has no member key")))?;

@@ -95,7 +95,7 @@ impl Failure {
 }
 
 impl Governor {
-    pub(super) async fn bootstrap(
+    pub(super) async fn bootstrap_cluster(
         &mut self,
         s: &Snapshot,
         params: &BTreeMap<String, String>,
@@ -110,7 +110,7 @@ impl Governor {
         }
         tracing::info!("won the bootstrap race; initializing a new cluster");
         self.initialize_attempted = false;
-        self.announce(s, MemberState::Bootstrapping).await;
+        self.announce_state(s, MemberState::Bootstrapping).await;
         let view = match &s.dcs {
             crate::ha::DcsView::Known(v) => Some(v),
             crate::ha::DcsView::Unreachable { .. } => None,

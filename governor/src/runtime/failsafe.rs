@@ -12,7 +12,6 @@
 //! promises in place of etcd's expiry.
 
 use crate::config::ApiCredentials;
-use crate::dcs::Coordination;
 use crate::ha::LeaseView;
 use crate::shared::failsafe::Heartbeat;
 use spilo_model::{MemberName, MemberStatus};
@@ -190,62 +189,50 @@ pub fn peers(
         .collect()
 }
 
-/// The leader running [`manage_key`].
-#[derive(Debug, Clone, Copy)]
-pub struct Leader<'a> {
-    /// Its name.
-    pub name: &'a MemberName,
-    /// Its REST API.
-    pub api_url: &'a str,
-    /// The lease its leader key is bound to.
-    pub lease: i64,
+/// What one pass of the leader does with the `failsafe` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPass {
+    /// The members whose confirmations count: none unless the key read back lists this
+    /// member, so a member the key does not name yet cannot race while this primary relies on
+    /// the others.
+    pub ask: Option<Vec<Peer>>,
+    /// The key to write (`Some(None)`: delete it), when it must change.
+    pub write: Option<Option<BTreeMap<MemberName, String>>>,
 }
 
-/// One pass of the leader over the `failsafe` key at `now`: in failsafe mode the key lists the members to ask for
-/// confirmations ([`key_members`], a missing one kept for `3 * ttl`), otherwise it is removed.
-/// `ask` receives the members whose confirmations count: none unless the key read back lists
-/// this member, so a member the key does not name yet cannot race while this primary relies on
-/// the others. The runtime and the simulation both run this.
-pub async fn manage_key(
-    dcs: &impl Coordination,
-    leader: Leader<'_>,
+/// The leader `me` (whose API is `api_url`) over the `failsafe` key at `now`: in failsafe mode
+/// the key lists the members to ask for confirmations ([`key_members`], a missing one kept for
+/// `3 * ttl`), otherwise it is removed. The runtime and the simulation both run this.
+pub fn key_pass(
+    (me, api_url): (&MemberName, &str),
     view: &crate::ha::ClusterView,
     absent_since: &mut BTreeMap<MemberName, Instant>,
     now: Instant,
     ttl: Duration,
-    ask: impl FnOnce(Option<Vec<Peer>>),
-) -> Result<(), super::ActError> {
-    let Leader {
-        name: me,
-        api_url,
-        lease,
-    } = leader;
+) -> KeyPass {
     if !view.failsafe_mode() {
-        ask(None);
         absent_since.clear();
-        if view.failsafe.is_some() {
-            dcs.write_failsafe(None, lease).await?;
-        }
-        return Ok(());
+        return KeyPass {
+            ask: None,
+            write: view.failsafe.is_some().then_some(None),
+        };
     }
-    let api_url = api_url.to_string();
     let wanted = key_members(
-        (me, &api_url),
+        (me, api_url),
         &view.members,
         view.failsafe.as_ref(),
         absent_since,
         now,
         3 * ttl,
     );
-    ask(view
-        .failsafe
-        .as_ref()
-        .filter(|k| k.contains_key(me))
-        .map(|_| peers(me, &wanted, view.failsafe.as_ref())));
-    if view.failsafe.as_ref() != Some(&wanted) {
-        dcs.write_failsafe(Some(&wanted), lease).await?;
+    KeyPass {
+        ask: view
+            .failsafe
+            .as_ref()
+            .filter(|k| k.contains_key(me))
+            .map(|_| peers(me, &wanted, view.failsafe.as_ref())),
+        write: (view.failsafe.as_ref() != Some(&wanted)).then_some(Some(wanted)),
     }
-    Ok(())
 }
 
 #[cfg(test)]

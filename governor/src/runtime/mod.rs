@@ -10,7 +10,7 @@
 //! which deletes the member key and, on the primary, the leader key: a replica takes over at
 //! once instead of after the TTL.
 
-mod act;
+pub mod act;
 pub mod backups;
 pub mod bootstrap;
 pub mod commands;
@@ -24,11 +24,11 @@ pub mod leading;
 mod live_wal;
 pub mod peers;
 pub mod promotion;
+mod publish;
 mod recovery;
 pub mod scale_in;
 pub mod stack_signal;
 mod statistics;
-pub mod switchover;
 pub mod sync;
 pub mod tasks;
 mod upgrade;
@@ -537,9 +537,10 @@ impl Governor {
             if let Decision::Fatal { why } = &decision {
                 anyhow::bail!("{why}");
             }
+            let dcs = self.dcs.clone();
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.act(&decision, &snapshot) => r,
+                r = act::act(&dcs, self, &decision, &snapshot, Instant::now()) => r,
             };
             if let Ok(mut stats) = self.shared.loop_stats.lock() {
                 *stats.decisions.entry(decision.kind()).or_default() += 1;

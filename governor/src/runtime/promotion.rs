@@ -12,8 +12,7 @@ use super::ActError;
 use super::sync::{self, Replication};
 use crate::dcs::Coordination;
 use crate::ha::ClusterView;
-use crate::ha::sync::Pending;
-use spilo_model::{HistoryEntry, Lsn, MemberName, TimelineId};
+use spilo_model::{HistoryEntry, Lsn, TimelineId};
 use std::future::Future;
 use std::time::{Instant, SystemTime};
 
@@ -27,23 +26,20 @@ pub trait Promotable: Replication {
     fn promote(
         &mut self,
     ) -> impl Future<Output = Result<Option<(TimelineId, Lsn)>, ActError>> + Send;
+    /// A promotion's `history` entry etcd has not taken yet (the leader's passes retry it).
+    fn pending_history(&mut self) -> &mut Option<HistoryEntry>;
 }
 
-/// The promotion of `me` for `why`, at wall-clock time `now` (written into the history entry).
-/// `pending_history` holds an entry that could not be written yet (the leader's next pass
-/// writes it).
-#[allow(clippy::too_many_arguments)]
+/// The promotion of this member for `why`, at wall-clock time `now` (written into the history
+/// entry).
 pub async fn promote(
-    me: &MemberName,
     dcs: &impl Coordination,
     pg: &mut impl Promotable,
-    sync_pending: &mut Pending,
-    pending_history: &mut Option<HistoryEntry>,
     why: &str,
     view: Option<&ClusterView>,
     now: SystemTime,
 ) -> Result<(), ActError> {
-    sync::prepare_promotion(me, dcs, pg, sync_pending, view).await?;
+    sync::prepare_promotion(dcs, pg, view).await?;
     pg.arm_fence();
     let started = Instant::now();
     let switched = pg.promote().await?;
@@ -53,19 +49,20 @@ pub async fn promote(
         "promoted; accepting writes"
     );
     if let Some((timeline, switch_lsn)) = switched {
-        *pending_history = Some(HistoryEntry {
+        let member = pg.name().clone();
+        *pg.pending_history() = Some(HistoryEntry {
             timeline,
             switch_lsn,
             reason: why.to_string(),
             promoted_at: humantime::format_rfc3339_seconds(now).to_string(),
-            member: me.clone(),
+            member,
         });
     }
     // Record the promotion before this member publishes itself as primary.
-    if let Some(entry) = pending_history.clone()
+    if let Some(entry) = pg.pending_history().clone()
         && dcs.append_history(&entry).await.is_ok()
     {
-        *pending_history = None;
+        *pg.pending_history() = None;
     }
     Ok(())
 }

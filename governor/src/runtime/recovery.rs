@@ -10,7 +10,7 @@ use spilo_model::{HistoryEntry, MemberState};
 use std::collections::BTreeMap;
 
 impl Governor {
-    pub(super) async fn recover_from_archive(
+    pub(super) async fn restore_from_archive(
         &mut self,
         s: &Snapshot,
         params: &BTreeMap<String, String>,
@@ -31,7 +31,7 @@ impl Governor {
         }
         self.holds_leader_key(lease);
         tracing::warn!(sysid, "{why}");
-        self.announce(s, MemberState::Bootstrapping).await;
+        self.announce_state(s, MemberState::Bootstrapping).await;
         match self.pg.recover_from_archive(&archive, &sysid, params).await {
             Ok(point) => {
                 self.arm_fence_with(Some(lease));

@@ -13,15 +13,19 @@ use super::ActError;
 use crate::dcs::Coordination;
 use crate::ha::ClusterView;
 use crate::ha::sync::{self, Pending, Standby, SyncMode};
-use crate::postgres::Instance;
 use spilo_model::{Lsn, MemberName, SyncState};
 use std::future::Future;
 use std::time::Instant;
 
 /// PostgreSQL's side of synchronous replication on a primary: what `pg_stat_replication`
-/// shows and the `synchronous_standby_names` in force. The runtime's
-/// [`crate::postgres::Instance`] implements it, and so does the simulation's model.
+/// shows and the `synchronous_standby_names` in force, with what the step remembers. The
+/// governor implements it with its [`crate::postgres::Instance`] (`runtime::hands`), and so
+/// does the simulation's model.
 pub trait Replication {
+    /// This member's name.
+    fn name(&self) -> &MemberName;
+    /// What [`sync::step`] remembers between passes.
+    fn sync_pending(&mut self) -> &mut Pending;
     /// Whether `synchronous_standby_names`, as last written, is set (not empty).
     fn waits_for_standbys(&self) -> bool;
     /// The standbys streaming from this primary, and its own flush position.
@@ -37,32 +41,11 @@ pub trait Replication {
     fn nudge_sync_standbys(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-impl Replication for Instance {
-    fn waits_for_standbys(&self) -> bool {
-        !Instance::standby_names(self).is_empty()
-    }
-
-    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), ActError> {
-        Ok(self.sql().replication().await?)
-    }
-
-    async fn set_standby_names(&mut self, names: &str) -> Result<bool, ActError> {
-        Ok(Instance::set_standby_names(self, names).await?)
-    }
-
-    async fn nudge_sync_standbys(&mut self) {
-        Instance::nudge_sync_standbys(self).await
-    }
-}
-
-/// One pass of the primary `me`: brings the synchronous standbys in line with the cluster's
-/// `config` as `view` shows it, at `now`. `pending` is what [`sync::step`] remembers between
-/// passes.
+/// One pass of the primary: brings the synchronous standbys in line with the cluster's
+/// `config` as `view` shows it, at `now`.
 pub async fn manage(
-    me: &MemberName,
     dcs: &impl Coordination,
     pg: &mut impl Replication,
-    pending: &mut Pending,
     view: &ClusterView,
     now: Instant,
 ) -> Result<(), ActError> {
@@ -72,13 +55,14 @@ pub async fn manage(
     }
     let (standbys, flush_now) = pg.replication().await?;
     let eligible = |m: &MemberName| sync::eligible(view.members.get(m));
+    let me = pg.name().clone();
     let step = sync::step(
-        me,
+        &me,
         mode,
         view.sync.as_ref(),
         &standbys,
         &eligible,
-        pending,
+        pg.sync_pending(),
         sync::Moment {
             flush: flush_now,
             at: now,
@@ -101,25 +85,23 @@ pub async fn manage(
         Ok(changed) => changed,
         Err(e) => {
             // A quorum change must not count a pass on a setting that is not in force.
-            *pending = Default::default();
+            *pg.sync_pending() = Default::default();
             return Err(e);
         }
     };
-    *pending = step.pending;
+    *pg.sync_pending() = step.pending;
     if changed && names_standbys {
         pg.nudge_sync_standbys().await;
     }
     Ok(())
 }
 
-/// Before `me` is promoted in synchronous mode: the `sync` key names it with nobody
+/// Before this member is promoted in synchronous mode: the `sync` key names it with nobody
 /// synchronous yet, and in strict mode writes wait for a standby from the first commit. An
 /// error means the promotion must not go on.
 pub async fn prepare_promotion(
-    me: &MemberName,
     dcs: &impl Coordination,
     pg: &mut impl Replication,
-    pending: &mut Pending,
     view: Option<&ClusterView>,
 ) -> Result<(), ActError> {
     let Some(view) = view else { return Ok(()) };
@@ -128,7 +110,7 @@ pub async fn prepare_promotion(
     };
     // Quorum mode: voters none, quorum 0 (promises nothing until confirmed).
     let fresh = SyncState {
-        leader: Some(me.clone()),
+        leader: Some(pg.name().clone()),
         members: Vec::new(),
         quorum: mode.quorum.then_some(0),
     };
@@ -137,7 +119,7 @@ pub async fn prepare_promotion(
             "the sync key changed; not promoting on a stale view".into(),
         ));
     }
-    *pending = Default::default();
+    *pg.sync_pending() = Default::default();
     if mode.strict {
         pg.set_standby_names(&sync::standby_names(&[], true))
             .await?;

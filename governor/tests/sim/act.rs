@@ -1,6 +1,10 @@
-//! Carrying out a member's decision in the simulated world, as `runtime::act` does on the real
-//! one: the etcd writes go through [`super::coordination`] (the runtime's own trait), the
-//! PostgreSQL side is the model of [`super::world`].
+//! Carrying out a member's decision in the simulated world with the runtime's own
+//! `runtime::act::act`: the etcd writes go through [`super::coordination`] (the runtime's
+//! `Coordination` trait), and [`SimMember`] implements the runtime's `Member` trait (and the
+//! `Leading`, `Promotable` and `Replication` traits under it) on the PostgreSQL model of
+//! [`super::world`]. The order of the steps (the gate closed before a race, the fence armed
+//! before a promotion, the key released after a clean stop, the switchover's checks) is the
+//! runtime's; what a step does to PostgreSQL (a copy, a rewind, a start) is the model's.
 
 use super::TTL;
 use super::coordination::SimCoordination;
@@ -8,12 +12,18 @@ use super::etcd::Etcd;
 use super::world::{BootstrapFault, Clock, Data, Member, Pg, Standbys};
 use futures::executor::block_on;
 use governor::dcs::Coordination;
-use governor::ha::sync::Standby;
-use governor::ha::{ClusterView, Decision, StartAs};
-use governor::runtime;
+use governor::ha::sync::{Pending, Standby};
+use governor::ha::{ClusterView, Decision, Snapshot, StartAs};
+use governor::postgres::Upstream;
+use governor::postgres::process::StopMode;
 use governor::runtime::bootstrap::{Cleanup, after_failed_bootstrap};
-use spilo_model::{Lsn, MemberName, TimelineId};
-use std::time::{Duration, SystemTime};
+use governor::runtime::failsafe::Peer;
+use governor::runtime::{self, ActError};
+use governor::shared::SwitchoverOutcome;
+use governor::shared::failsafe::Gate;
+use spilo_model::{HistoryEntry, Lsn, MemberName, MemberState, MemberStatus, TimelineId};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// What an action did that the checker must know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,19 +53,117 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn id(&mut self) -> u64 {
-        *self.next_id += 1;
-        *self.next_id
+    /// Carries out decision `d` of member `i`, taken on snapshot `s` at the same virtual
+    /// instant (so nothing moved in between), with the runtime's `act`. An error is a failed
+    /// action, which the runtime logs before it decides again; a decision the simulated
+    /// cluster can never call for, or a step that breaks the model, fails the run.
+    pub fn act(&mut self, i: usize, d: &Decision, s: &Snapshot) -> Result<Event, String> {
+        let me = self.members[i].name.clone();
+        match d {
+            Decision::Fatal { why } => return Err(format!("{me} decided fatal: {why}")),
+            Decision::RecoverFromArchive { .. } => {
+                return Err(
+                    "recovery from an archive, which the simulated members do not have".into(),
+                );
+            }
+            Decision::FollowSource { .. }
+            | Decision::StepDown { .. }
+            | Decision::RewindFromSource { .. }
+            | Decision::Start {
+                role: StartAs::StandbyLeader,
+                ..
+            } => {
+                return Err(format!(
+                    "{me} decided as a standby cluster's member, which the simulation never configures: {d}"
+                ));
+            }
+            _ => {}
+        }
+        let reaches = self.members[i].reaches_etcd(self.etcd);
+        let dcs = SimCoordination::new(self.etcd, &me, self.real_now, TTL).reaching(reaches);
+        let mut member = SimMember {
+            members: self.members,
+            i,
+            dcs: &dcs,
+            next_id: self.next_id,
+            event: Event::None,
+            broken: None,
+        };
+        let _ = block_on(runtime::act::act(
+            &dcs,
+            &mut member,
+            d,
+            s,
+            self.clock.at(self.now),
+        ));
+        match member.broken {
+            Some(why) => Err(why),
+            None => Ok(member.event),
+        }
+    }
+}
+
+/// Member `i` of the simulated world, as the runtime's `act` drives it.
+pub struct SimMember<'a, 'e> {
+    members: &'a mut [Member],
+    i: usize,
+    /// This member's connection to etcd (the same one `act` writes through).
+    dcs: &'a SimCoordination<'e>,
+    next_id: &'a mut u64,
+    /// What the action did that the checker must know.
+    event: Event,
+    /// A step broke the model: the run fails with this.
+    broken: Option<String>,
+}
+
+impl SimMember<'_, '_> {
+    fn me(&mut self) -> &mut Member {
+        &mut self.members[self.i]
     }
 
     fn index(&self, name: &MemberName) -> Option<usize> {
         self.members.iter().position(|m| m.name == *name)
     }
 
-    /// A clean stop of member `i`'s primary: the shutdown checkpoint is written and sent to
+    fn id(&mut self) -> u64 {
+        *self.next_id += 1;
+        *self.next_id
+    }
+
+    /// Fails the run (a step the model cannot take), and the action.
+    fn broken(&mut self, why: String) -> ActError {
+        self.broken.get_or_insert(why.clone());
+        ActError::Other(why)
+    }
+
+    /// `up` if this member and it reach each other and it runs PostgreSQL as the primary.
+    fn reachable_primary(&self, up: &Upstream) -> Result<usize, ActError> {
+        let j = self
+            .index(&up.name)
+            .filter(|j| {
+                !self.members[self.i].partitioned
+                    && !self.members[*j].partitioned
+                    && self.members[*j].pg == Pg::Primary
+            })
+            .ok_or_else(|| ActError::Other(format!("{} is not a reachable primary", up.name)))?;
+        Ok(j)
+    }
+
+    /// A copy of `up`'s data directory, as `pg_basebackup` takes it.
+    fn copy(&mut self, up: &Upstream) -> Result<(), ActError> {
+        let j = self.reachable_primary(up)?;
+        let mut d = self.members[j].data.clone().expect("primary has data");
+        d.was_primary = false;
+        d.clean_checkpoint = None;
+        self.me().data = Some(d);
+        Ok(())
+    }
+
+    /// A clean stop of this member's primary: the shutdown checkpoint is written and sent to
     /// every standby streaming from it before PostgreSQL exits.
-    fn clean_stop(&mut self, i: usize) {
+    fn clean_stop(&mut self) {
         let id = self.id();
+        let i = self.i;
         self.members[i].stop(Some(id));
         let Some(src) = self.members[i].data.clone() else {
             return;
@@ -76,405 +184,91 @@ impl Ctx<'_> {
         }
     }
 
-    fn reachable_primary(&self, i: usize, leader: &MemberName) -> Option<usize> {
-        let j = self.index(leader)?;
-        (!self.members[i].partitioned
-            && !self.members[j].partitioned
-            && self.members[j].pg == Pg::Primary)
-            .then_some(j)
-    }
-
-    /// Carries out decision `d` of member `i` (the snapshot it decided on was taken at the
-    /// same virtual instant, so nothing moved in between).
-    pub fn act(&mut self, i: usize, d: &Decision) -> Result<Event, String> {
-        let me = self.members[i].name.clone();
-        let lease = self.members[i].lease;
-        match d {
-            Decision::RecoverFromArchive { .. } => {
-                return Err(
-                    "recovery from an archive, which the simulated members do not have".into(),
-                );
-            }
-            Decision::Bootstrap => {
-                let Some(lease) = lease else {
-                    return Ok(Event::None);
-                };
-                if !done(block_on(self.dcs(&me).try_claim_initialize(lease))) {
-                    return Ok(Event::None);
-                }
-                let fault = self.members[i].bootstrap_fault.take();
-                let m = &mut self.members[i];
-                m.data = Some(Data {
-                    log: Vec::new(),
-                    timeline: 1,
-                    was_primary: true,
-                    clean_checkpoint: None,
-                });
-                m.pg = Pg::Primary;
-                m.fence_lease = Some(lease);
-                if !done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
-                    return Err("the leader key was taken during bootstrap".into());
-                }
-                // `attempted`: the failure came after the write of the system identifier.
-                let failed = match fault {
-                    Some(BootstrapFault::BeforeInitialize) => Some(false),
-                    _ => {
-                        let written = done(block_on(self.dcs(&me).set_initialize("7000")));
-                        if fault.is_none() && !written {
-                            return Err("the initialize key changed during bootstrap".into());
-                        }
-                        fault.map(|_| true)
-                    }
-                };
-                if let Some(attempted) = failed {
-                    return Ok(self.bootstrap_failed(i, lease, attempted, fault));
-                }
-            }
-            Decision::Clone { leader } => {
-                if let Some(j) = self.reachable_primary(i, leader) {
-                    let mut d = self.members[j].data.clone().expect("primary has data");
-                    d.was_primary = false;
-                    d.clean_checkpoint = None;
-                    let m = &mut self.members[i];
-                    m.data = Some(d);
-                    m.standbys = Standbys::None;
-                    m.pg = Pg::Replica {
-                        upstream: Some(leader.clone()),
-                    };
-                    m.not_streaming_since = None;
-                }
-            }
-            Decision::Rewind { leader, .. } => {
-                if let Some(j) = self.reachable_primary(i, leader) {
-                    let src = self.members[j].data.clone().expect("primary has data");
-                    let m = &mut self.members[i];
-                    m.stop(None);
-                    let d = m.data.as_mut().expect("rewind needs data");
-                    let keep = d.common(&src);
-                    d.log.truncate(keep);
-                    d.timeline = src.timeline;
-                    d.was_primary = false;
-                    d.clean_checkpoint = None;
-                    m.standbys = Standbys::None;
-                    m.pg = Pg::Replica {
-                        upstream: Some(leader.clone()),
-                    };
-                }
-            }
-            Decision::Start { role, .. } => {
-                let m = &mut self.members[i];
-                let d = m.data.as_mut().expect("start needs data");
-                d.clean_checkpoint = None;
-                match role {
-                    StartAs::StandbyLeader => {
-                        return Err(format!(
-                            "{me} started as a standby leader outside a standby cluster"
-                        ));
-                    }
-                    StartAs::Primary => {
-                        d.was_primary = true;
-                        m.pg = Pg::Primary;
-                        m.fence_lease = lease;
-                    }
-                    StartAs::Replica { upstream } => {
-                        d.was_primary = false;
-                        m.standbys = Standbys::None;
-                        m.pg = Pg::Replica {
-                            upstream: upstream.clone(),
-                        };
-                        m.not_streaming_since = None;
-                    }
-                }
-            }
-            Decision::Follow { leader } => {
-                let m = &mut self.members[i];
-                if m.pg
-                    != (Pg::Replica {
-                        upstream: Some(leader.clone()),
-                    })
-                {
-                    m.pg = Pg::Replica {
-                        upstream: Some(leader.clone()),
-                    };
-                    m.not_streaming_since = None;
-                }
-            }
-            Decision::AcquireLeader { .. } => {
-                let Some(lease) = lease else {
-                    return Ok(Event::None);
-                };
-                // The gate, as in `runtime::act`: no race while a promise holds; closed
-                // while racing.
-                let m = &mut self.members[i];
-                if m.gate.close_for_race(self.clock.at(self.now)).is_err() {
-                    return Ok(Event::None);
-                }
-                if done(block_on(self.dcs(&me).try_acquire_leader(lease))) {
-                    return self.promote(i);
-                }
-                self.members[i].gate.open();
-            }
-            Decision::ReclaimLeader { .. } => {
-                if let Some(lease) = lease
-                    && done(block_on(self.dcs(&me).try_acquire_leader(lease)))
-                {
-                    self.members[i].fence_lease = Some(lease);
-                }
-            }
-            Decision::Promote { .. } => return self.promote(i),
-            Decision::Lead => self.lead(i),
-            Decision::Switchover {
-                to,
-                lease: to_lease,
-            } => {
-                let Some(lease) = lease else {
-                    return Ok(Event::None);
-                };
-                let Some(j) = self.index(to) else {
-                    return Ok(Event::None);
-                };
-                let streams = self.members[j].pg
-                    == (Pg::Replica {
-                        upstream: Some(me.clone()),
-                    })
-                    && self.members[j].streaming;
-                if !streams {
-                    self.clear_switchover(&me);
-                    return Ok(Event::None);
-                }
-                self.clean_stop(i);
-                let mine = self.members[i].data.clone().expect("data");
-                let got = self.members[j]
-                    .data
-                    .as_ref()
-                    .is_some_and(|d| mine.prefix_of(d));
-                if !got
-                    || !done(block_on(
-                        self.dcs(&me).hand_over_leader(lease, to, *to_lease),
-                    ))
-                {
-                    self.clear_switchover(&me);
-                }
-            }
-            Decision::ClearSwitchover { .. } => self.clear_switchover(&me),
-            Decision::Demote { .. } => self.members[i].stop(None),
-            Decision::ReleaseLeader { .. } => {
-                if self.members[i].pg == Pg::Primary {
-                    self.clean_stop(i);
-                } else {
-                    self.members[i].stop(None);
-                }
-                if let Some(lease) = lease {
-                    let _ = block_on(self.dcs(&me).release_leader(lease));
-                }
-                self.members[i].crashes.clear();
-                self.members[i].primary_down_since = None;
-            }
-            Decision::Wait { .. } => {}
-            Decision::Fatal { why } => return Err(format!("{me} decided fatal: {why}")),
-            Decision::FollowSource { .. }
-            | Decision::StepDown { .. }
-            | Decision::RewindFromSource { .. } => {
-                return Err(format!(
-                    "{me} decided as a standby cluster's member, which the simulation never configures: {d}"
-                ));
-            }
+    /// The simulated bootstrap: claim `initialize`, start the first primary, take the leader
+    /// key, write the system identifier; an injected fault fails one of those steps and the
+    /// runtime's own rule decides what happens to the data.
+    async fn bootstrap_model(&mut self, lease: i64) -> Result<(), ActError> {
+        if !self.dcs.try_claim_initialize(lease).await? {
+            return Ok(());
         }
-        Ok(Event::None)
-    }
-
-    /// The runtime's own promotion (`runtime::promotion::promote`): the `sync` key first,
-    /// the fence armed, PostgreSQL promoted, the new timeline recorded in `history`.
-    fn promote(&mut self, i: usize) -> Result<Event, String> {
-        let me = self.members[i].name.clone();
-        let reaches = self.members[i].reaches_etcd(self.etcd);
-        let view = self.etcd.view();
-        // The simulated PostgreSQL takes the next timeline nobody has used.
-        let next_timeline = self
-            .etcd
-            .history
-            .iter()
-            .map(|h| h.timeline.0)
-            .chain(
-                self.members
-                    .iter()
-                    .filter_map(|m| m.data.as_ref().map(|d| d.timeline)),
-            )
-            .max()
-            .unwrap_or(1)
-            + 1;
-        let mut pending = std::mem::take(&mut self.members[i].sync_pending);
-        let mut history = self.members[i].pending_history.take();
-        let promoted = block_on(runtime::promotion::promote(
-            &me,
-            &SimCoordination::new(self.etcd, &me, self.real_now, TTL).reaching(reaches),
-            &mut SimPg {
-                members: self.members,
-                i,
-                next_timeline,
-            },
-            &mut pending,
-            &mut history,
-            "simulated",
-            Some(&view),
-            SystemTime::UNIX_EPOCH + Duration::from_millis(self.real_now),
-        ));
-        self.members[i].sync_pending = pending;
-        self.members[i].pending_history = history;
-        Ok(match promoted {
-            Ok(()) => Event::Promoted,
-            // A failed action: the runtime logs it and decides again.
-            Err(_) => Event::None,
-        })
+        let fault = self.me().bootstrap_fault.take();
+        let m = self.me();
+        m.data = Some(Data {
+            log: Vec::new(),
+            timeline: 1,
+            was_primary: true,
+            clean_checkpoint: None,
+        });
+        m.pg = Pg::Primary;
+        m.fence_lease = Some(lease);
+        if !self.dcs.try_acquire_leader(lease).await? {
+            return Err(self.broken("the leader key was taken during bootstrap".into()));
+        }
+        // `attempted`: the failure came after the write of the system identifier.
+        let failed = match fault {
+            Some(BootstrapFault::BeforeInitialize) => Some(false),
+            _ => {
+                let written = matches!(self.dcs.set_initialize("7000").await, Ok(true));
+                if fault.is_none() && !written {
+                    return Err(self.broken("the initialize key changed during bootstrap".into()));
+                }
+                fault.map(|_| true)
+            }
+        };
+        if let Some(attempted) = failed {
+            self.bootstrap_failed(lease, attempted, fault).await;
+        }
+        Ok(())
     }
 
     /// A bootstrap step failed: the runtime's own rule decides whether the data may go
     /// (`runtime::bootstrap::after_failed_bootstrap`, from the `initialize` key read after the
     /// failure); kept, PostgreSQL goes on as the primary holding the leader key; wiped, the
     /// member stops it, hands the key back and drops the empty claim, as `creation_failed`.
-    fn bootstrap_failed(
+    async fn bootstrap_failed(
         &mut self,
-        i: usize,
         lease: i64,
         attempted: bool,
         fault: Option<BootstrapFault>,
-    ) -> Event {
-        let me = self.members[i].name.clone();
+    ) {
+        let initialize = self.dcs.etcd(|e| e.initialize.clone());
         let cleanup = if fault == Some(BootstrapFault::AfterInitializeWiped) {
             Cleanup::Wipe
         } else {
-            after_failed_bootstrap(attempted, Ok(&self.etcd.initialize), Some("7000"))
+            after_failed_bootstrap(attempted, Ok(&initialize), Some("7000"))
         };
         if cleanup == Cleanup::Wipe {
-            let m = &mut self.members[i];
+            let m = self.me();
             m.stop(None);
             m.data = None;
-            let _ = block_on(self.dcs(&me).release_leader(lease));
-            if self.etcd.initialize.as_deref() == Some("") {
-                self.etcd.initialize = None;
-                self.etcd.initialize_lease = None;
-            }
+            let _ = self.dcs.release_leader(lease).await;
+            self.dcs.etcd(|e| {
+                if e.initialize.as_deref() == Some("") {
+                    e.initialize = None;
+                    e.initialize_lease = None;
+                }
+            });
         }
-        Event::BootstrapFailed(cleanup)
-    }
-
-    /// The runtime's own leader pass (`runtime::leading::lead`): the fence, the failsafe key,
-    /// a pending history entry and the synchronous standbys, on the cluster as this member
-    /// sees it (nothing when it does not reach etcd).
-    fn lead(&mut self, i: usize) {
-        let reaches = self.members[i].reaches_etcd(self.etcd);
-        let view = reaches.then(|| self.etcd.view());
-        let m = &mut self.members[i];
-        let me = m.name.clone();
-        let url = m.status().api_url;
-        let lease = m.lease;
-        let mut pending = std::mem::take(&mut m.sync_pending);
-        let mut history = m.pending_history.take();
-        let mut absent = std::mem::take(&mut m.failsafe_absent);
-        let mut asked = None;
-        block_on(runtime::leading::lead(
-            runtime::leading::Leader {
-                name: &me,
-                api_url: &url,
-                lease,
-                ttl: Duration::from_millis(TTL),
-            },
-            &SimCoordination::new(self.etcd, &me, self.real_now, TTL).reaching(reaches),
-            &mut SimPg {
-                members: self.members,
-                i,
-                next_timeline: 0,
-            },
-            runtime::leading::Memory {
-                sync_pending: &mut pending,
-                pending_history: &mut history,
-                failsafe_absent: &mut absent,
-            },
-            view.as_ref(),
-            self.clock.at(self.now),
-            |peers| asked = Some(peers),
-        ));
-        let m = &mut self.members[i];
-        m.sync_pending = pending;
-        m.pending_history = history;
-        m.failsafe_absent = absent;
-        if let Some(peers) = asked {
-            m.failsafe_peers = peers.map(|p| p.into_iter().map(|p| p.name).collect());
-        }
-    }
-
-    /// `me`'s connection to etcd, at etcd's (real) time.
-    fn dcs(&mut self, me: &MemberName) -> SimCoordination<'_> {
-        let reaches = self
-            .index(me)
-            .is_none_or(|i| self.members[i].reaches_etcd(self.etcd));
-        SimCoordination::new(self.etcd, me, self.real_now, TTL).reaching(reaches)
-    }
-
-    /// Drops the pending switchover request, as the runtime does when it refuses or fails it.
-    fn clear_switchover(&mut self, me: &MemberName) {
-        if let Some(req) = self.etcd.switchover.clone() {
-            let _ = block_on(self.dcs(me).clear_switchover(&req));
-        }
+        self.event = Event::BootstrapFailed(cleanup);
     }
 }
 
-/// Whether a conditional write happened (an error is a failed action, as in the runtime).
-fn done(r: Result<bool, governor::dcs::DcsError>) -> bool {
-    matches!(r, Ok(true))
-}
-
-/// Member `i`'s PostgreSQL as the runtime's synchronous replication and promotion see it:
-/// its standbys (the members streaming from it), its `synchronous_standby_names`, which the
-/// simulated PostgreSQL applies at once, in every walsender, and its promotion.
-struct SimPg<'a> {
-    members: &'a mut [Member],
-    i: usize,
-    /// The timeline a promotion starts.
-    next_timeline: u32,
-}
-
-impl runtime::promotion::Promotable for SimPg<'_> {
-    fn arm_fence(&mut self) {
-        let m = &mut self.members[self.i];
-        m.fence_lease = m.lease;
+impl runtime::sync::Replication for SimMember<'_, '_> {
+    fn name(&self) -> &MemberName {
+        &self.members[self.i].name
     }
 
-    async fn promote(&mut self) -> Result<Option<(TimelineId, Lsn)>, runtime::ActError> {
-        let m = &mut self.members[self.i];
-        let switch_lsn = Lsn(m.lsn());
-        let d = m
-            .data
-            .as_mut()
-            .ok_or_else(|| runtime::ActError::Other("no data to promote".into()))?;
-        d.timeline = self.next_timeline;
-        d.was_primary = true;
-        d.clean_checkpoint = None;
-        m.pg = Pg::Primary;
-        m.streaming = false;
-        m.not_streaming_since = None;
-        Ok(Some((TimelineId(self.next_timeline), switch_lsn)))
-    }
-}
-
-impl runtime::leading::Leading for SimPg<'_> {
-    /// The simulated etcd always holds a `config` (the pass never asks).
-    async fn create_config_if_absent(&mut self) -> Result<(), runtime::ActError> {
-        Ok(())
+    fn sync_pending(&mut self) -> &mut Pending {
+        &mut self.me().sync_pending
     }
 
-    /// Replication slots are not modelled: a standby streams without one.
-    async fn sync_slots(&mut self, _view: &ClusterView) -> Result<(), runtime::ActError> {
-        Ok(())
-    }
-}
-
-impl runtime::sync::Replication for SimPg<'_> {
     fn waits_for_standbys(&self) -> bool {
         self.members[self.i].standbys != Standbys::None
     }
 
-    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), runtime::ActError> {
+    /// The members streaming from this one; `synchronous_standby_names` is in force at once,
+    /// in every walsender.
+    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), ActError> {
         let primary = &self.members[self.i];
         let me = &primary.name;
         let standbys = self
@@ -503,13 +297,291 @@ impl runtime::sync::Replication for SimPg<'_> {
         Ok((standbys, Lsn(primary.lsn())))
     }
 
-    async fn set_standby_names(&mut self, names: &str) -> Result<bool, runtime::ActError> {
+    async fn set_standby_names(&mut self, names: &str) -> Result<bool, ActError> {
         let parsed = Standbys::parse(names);
-        let m = &mut self.members[self.i];
+        let m = self.me();
         let changed = m.standbys != parsed;
         m.standbys = parsed;
         Ok(changed)
     }
 
     async fn nudge_sync_standbys(&mut self) {}
+}
+
+impl runtime::promotion::Promotable for SimMember<'_, '_> {
+    /// The simulated fence counts the member's current lease.
+    fn arm_fence(&mut self) {
+        let m = self.me();
+        m.fence_lease = m.lease;
+    }
+
+    /// Promotes onto the next timeline nobody has used.
+    async fn promote(&mut self) -> Result<Option<(TimelineId, Lsn)>, ActError> {
+        let in_history = self
+            .dcs
+            .etcd(|e| e.history.iter().map(|h| h.timeline.0).max());
+        let next = in_history
+            .into_iter()
+            .chain(
+                self.members
+                    .iter()
+                    .filter_map(|m| m.data.as_ref().map(|d| d.timeline)),
+            )
+            .max()
+            .unwrap_or(1)
+            + 1;
+        let m = self.me();
+        let switch_lsn = Lsn(m.lsn());
+        let Some(d) = m.data.as_mut() else {
+            return Err(self.broken("promoted without data".into()));
+        };
+        d.timeline = next;
+        d.was_primary = true;
+        d.clean_checkpoint = None;
+        m.pg = Pg::Primary;
+        m.streaming = false;
+        m.not_streaming_since = None;
+        self.event = Event::Promoted;
+        Ok(Some((TimelineId(next), switch_lsn)))
+    }
+
+    fn pending_history(&mut self) -> &mut Option<HistoryEntry> {
+        &mut self.me().pending_history
+    }
+}
+
+impl runtime::leading::Leading for SimMember<'_, '_> {
+    fn api_url(&self) -> String {
+        self.members[self.i].status().api_url
+    }
+
+    fn lease(&self) -> Option<i64> {
+        self.members[self.i].lease
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(TTL)
+    }
+
+    fn failsafe_absent(&mut self) -> &mut BTreeMap<MemberName, Instant> {
+        &mut self.me().failsafe_absent
+    }
+
+    fn ask_failsafe(&mut self, peers: Option<Vec<Peer>>) {
+        self.me().failsafe_peers = peers.map(|p| p.into_iter().map(|p| p.name).collect());
+    }
+
+    /// The simulated etcd always holds a `config` (the pass never asks).
+    async fn create_config_if_absent(&mut self) -> Result<(), ActError> {
+        Ok(())
+    }
+
+    /// Replication slots are not modelled: a standby streams without one.
+    async fn sync_slots(&mut self, _view: &ClusterView) -> Result<(), ActError> {
+        Ok(())
+    }
+}
+
+impl runtime::act::Member for SimMember<'_, '_> {
+    /// The model has no PostgreSQL parameters.
+    async fn apply_cluster_params(
+        &mut self,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        Ok(())
+    }
+
+    async fn bootstrap(
+        &mut self,
+        s: &Snapshot,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        match s.lease.id {
+            Some(lease) => self.bootstrap_model(lease).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn recover_from_archive(
+        &mut self,
+        _s: &Snapshot,
+        _params: &BTreeMap<String, String>,
+        _why: &str,
+    ) -> Result<(), ActError> {
+        Err(self.broken("recovery from an archive, which the simulated members do not have".into()))
+    }
+
+    /// A peer's REST API answers while its governor runs and the two reach each other.
+    async fn answers(&mut self, leader: &MemberName, _status: &MemberStatus) -> bool {
+        let me = &self.members[self.i];
+        self.index(leader).is_some_and(|j| {
+            let p = &self.members[j];
+            p.up && !p.frozen && !p.partitioned && !me.partitioned
+        })
+    }
+
+    /// The model publishes a member's state from its PostgreSQL when asked.
+    async fn announce(&mut self, _s: &Snapshot, _state: MemberState) {}
+
+    async fn copy_of(&mut self, up: &Upstream) -> Result<(), ActError> {
+        self.copy(up)
+    }
+
+    async fn clone_from(&mut self, up: &Upstream) -> Result<(), ActError> {
+        self.copy(up)
+    }
+
+    /// Keeps the common history with `up`'s and takes its timeline.
+    async fn rewind_from(&mut self, up: &Upstream) -> Result<String, ActError> {
+        let j = self.reachable_primary(up)?;
+        let src = self.members[j].data.clone().expect("primary has data");
+        let Some(d) = self.me().data.as_mut() else {
+            return Err(self.broken("rewind without data".into()));
+        };
+        let keep = d.common(&src);
+        d.log.truncate(keep);
+        d.timeline = src.timeline;
+        d.was_primary = false;
+        d.clean_checkpoint = None;
+        Ok(format!("kept {keep} records"))
+    }
+
+    fn wipe(&mut self) -> Result<(), ActError> {
+        self.me().data = None;
+        Ok(())
+    }
+
+    fn start(
+        &mut self,
+        primary: bool,
+        up: Option<Upstream>,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        let m = self.me();
+        let Some(d) = m.data.as_mut() else {
+            return Err(ActError::Other("no data to start".into()));
+        };
+        d.clean_checkpoint = None;
+        d.was_primary = primary;
+        if primary {
+            m.pg = Pg::Primary;
+        } else {
+            m.standbys = Standbys::None;
+            m.pg = Pg::Replica {
+                upstream: up.map(|u| u.name),
+            };
+            m.not_streaming_since = None;
+        }
+        Ok(())
+    }
+
+    async fn follow(
+        &mut self,
+        up: Upstream,
+        _params: &BTreeMap<String, String>,
+    ) -> Result<(), ActError> {
+        let m = self.me();
+        let wanted = Pg::Replica {
+            upstream: Some(up.name),
+        };
+        if m.pg != wanted {
+            m.pg = wanted;
+            m.not_streaming_since = None;
+        }
+        Ok(())
+    }
+
+    /// A fast stop of a primary is clean (its standbys receive the shutdown checkpoint); every
+    /// other stop is not.
+    async fn stop(&mut self, mode: StopMode) {
+        if mode == StopMode::Fast && self.members[self.i].pg == Pg::Primary {
+            self.clean_stop();
+        } else {
+            self.me().stop(None);
+        }
+    }
+
+    async fn checkpoint(&mut self) -> Result<(), ActError> {
+        Ok(())
+    }
+
+    async fn checkpoint_on(&mut self, up: &Upstream) -> Result<(), ActError> {
+        self.reachable_primary(up).map(|_| ())
+    }
+
+    async fn system_identifier_of(&mut self, _up: &Upstream) -> Result<String, ActError> {
+        Err(self.broken("a standby cluster's source, which the simulation never configures".into()))
+    }
+
+    async fn streams_to(&mut self, to: &MemberName) -> Result<bool, ActError> {
+        let me = self.members[self.i].name.clone();
+        Ok(self.index(to).is_some_and(|j| {
+            self.members[j].pg == (Pg::Replica { upstream: Some(me) }) && self.members[j].streaming
+        }))
+    }
+
+    async fn shutdown_checkpoint(&mut self) -> Result<Lsn, ActError> {
+        self.members[self.i]
+            .data
+            .as_ref()
+            .and_then(|d| d.clean_checkpoint)
+            .map(Lsn)
+            .ok_or_else(|| ActError::Other("PostgreSQL did not shut down cleanly".into()))
+    }
+
+    /// Whether `up` holds every record of this member's WAL (the model's records are unique,
+    /// so that is "received past the shutdown checkpoint").
+    async fn wait_received(&mut self, up: &Upstream, _lsn: Lsn) -> Result<(), ActError> {
+        let mine = self.members[self.i].data.clone();
+        let got = self
+            .index(&up.name)
+            .is_some_and(|j| match (&mine, &self.members[j].data) {
+                (Some(mine), Some(theirs)) => mine.prefix_of(theirs),
+                _ => false,
+            });
+        if got {
+            Ok(())
+        } else {
+            Err(ActError::Other(format!(
+                "{} did not receive the shutdown checkpoint",
+                up.name
+            )))
+        }
+    }
+
+    /// The simulated fence guards every running primary, and a simulated stop never fails:
+    /// a disarmed fence would guard nothing that runs.
+    fn disarm_fence(&mut self) {}
+
+    fn gate(&self) -> &Gate {
+        &self.members[self.i].gate
+    }
+
+    /// The simulated fence counts the member's current lease, which this is.
+    fn took_leader_key(&mut self, _lease: i64) {}
+
+    fn is_standby_cluster(&self, _view: Option<&ClusterView>) -> bool {
+        false
+    }
+
+    fn standby_source(&self, _view: Option<&ClusterView>) -> Result<Upstream, ActError> {
+        Err(ActError::Other("not a standby cluster".into()))
+    }
+
+    /// The model reads the data directory afresh for every snapshot.
+    fn forget_data(&mut self) {}
+
+    fn forget_crashes(&mut self) {
+        let m = self.me();
+        m.crashes.clear();
+        m.primary_down_since = None;
+    }
+
+    /// The model has no REST API to report it on.
+    async fn switchover_ended(&mut self, _outcome: SwitchoverOutcome) {}
+
+    /// The model schedules each member's next pass itself.
+    fn wake(&self) {}
+
+    async fn after_lead(&mut self) {}
 }

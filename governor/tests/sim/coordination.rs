@@ -40,6 +40,14 @@ impl<'a> SimCoordination<'a> {
         self
     }
 
+    /// Reads or changes the simulated etcd directly, as the model of what the real runtime
+    /// does through calls outside the `Coordination` trait (reads of `initialize` and
+    /// `history`, dropping an empty `initialize` claim).
+    pub fn etcd<R>(&self, f: impl FnOnce(&mut Etcd) -> R) -> R {
+        let mut etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut etcd)
+    }
+
     /// The store, or "did not answer" while it is stalled or out of reach.
     fn store(&self) -> Result<MutexGuard<'_, &'a mut Etcd>, DcsError> {
         let etcd = self.etcd.lock().unwrap_or_else(|e| e.into_inner());

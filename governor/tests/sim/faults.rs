@@ -1,13 +1,15 @@
-//! The faults the simulation injects (crashes, partitions, cuts from etcd, frozen governors,
+//! The faults the simulation injects (crashes of a governor with its PostgreSQL or of
+//! PostgreSQL alone, partitions, cuts from etcd, frozen governors,
 //! etcd stalls, slow actions, switchover requests, wall-clock jumps) and their scheduled undoing.
 
-use super::world::Standbys;
+use super::world::{Pg, Standbys};
 use super::{Sim, TTL};
 use spilo_model::SwitchoverRequest;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Fault {
     Crash,
+    PostgresCrash,
     Partition,
     EtcdCut,
     Freeze,
@@ -35,6 +37,8 @@ impl Sim {
         let kinds = [
             Fault::Crash,
             Fault::Crash,
+            Fault::PostgresCrash,
+            Fault::PostgresCrash,
             Fault::Partition,
             Fault::EtcdCut,
             Fault::Freeze,
@@ -72,6 +76,22 @@ impl Sim {
                     at,
                     what: Undo::Restart(target),
                 });
+            }
+            Fault::PostgresCrash => {
+                // The postmaster alone dies; its governor sees the exit on its next pass and
+                // counts it, as `runtime::gather` does (restart in place, or hand over after
+                // a crash loop).
+                let leading = self.etcd.leader.as_ref().is_some_and(|(n, _)| *n == name);
+                let m = &mut self.members[target];
+                if m.pg == Pg::Stopped {
+                    return;
+                }
+                m.stop(None);
+                let local = m.local(self.now);
+                m.crashes.push(local);
+                if leading {
+                    m.primary_down_since.get_or_insert(local);
+                }
             }
             Fault::Partition => {
                 self.members[target].partitioned = true;

@@ -37,7 +37,7 @@ const FAULTS_UNTIL: u64 = 100_000;
 const END: u64 = 160_000;
 
 /// What one seed did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Promotions after the bootstrap.
     pub failovers: u64,
@@ -56,6 +56,8 @@ pub struct Stats {
     /// Seeds in quorum commit mode, and promotions after the bootstrap in them.
     pub quorum: u64,
     pub quorum_failovers: u64,
+    /// Decisions carried out through the runtime's `act`, by kind (repeats counted).
+    pub actions: std::collections::BTreeMap<&'static str, u64>,
 }
 
 struct Sim {
@@ -539,7 +541,8 @@ impl Sim {
                 real_now: self.now,
                 clock: self.clock,
             };
-            let event = ctx.act(i, &d)?;
+            let event = ctx.act(i, &d, &snap)?;
+            *self.stats.actions.entry(d.kind()).or_default() += 1;
             match event {
                 Event::Promoted => {
                     self.stats.failovers += 1;

@@ -283,30 +283,64 @@ impl ZooKeeper {
     async fn read_all(&self) -> Result<Vec<(String, Vec<u8>, i64, i64)>, DcsError> {
         let prefix = self.keys.prefix();
         let dir = prefix.trim_end_matches('/');
+        let (members_dir, markers_dir) = (self.keys.members_dir(), self.keys.lease_marker_dir());
         self.fresh().await?;
+        let main = self.main();
+        // Which keys exist, then every one of them in one multi-read: ZooKeeper answers it
+        // at one point of its history, so the view is never torn (a leader key from before a
+        // hand-over beside a switchover request from after it). Keys created between the two
+        // reads are seen on the next pass.
+        let mut lists = main.new_multi_reader();
+        lists.add_get_children(dir)?;
+        lists.add_get_children(&members_dir)?;
+        let [top, members] = <[zk::MultiReadResult; 2]>::try_from(
+            self.within(lists.commit()).await?,
+        )
+        .map_err(|_| {
+            DcsError::Refused("ZooKeeper answered a multi-read of 2 with another count".into())
+        })?;
+        let mut paths: Vec<String> = children(top)?
+            .into_iter()
+            .map(|c| format!("{prefix}{c}"))
+            .filter(|p| *p != members_dir && *p != markers_dir)
+            .collect();
+        paths.extend(
+            children(members)?
+                .into_iter()
+                .map(|m| format!("{members_dir}/{m}")),
+        );
+        let mut read = main.new_multi_reader();
+        for p in &paths {
+            read.add_get_data(p)?;
+        }
+        read.add_get_children(&markers_dir)?;
+        let mut results = self.within(read.commit()).await?;
+        let live = match results.pop() {
+            Some(markers) => children(markers)?,
+            None => Vec::new(),
+        };
         let mut out = Vec::new();
-        for child in self.within(self.main().list_children(dir)).await? {
-            let path = format!("{prefix}{child}");
+        for (path, result) in paths.into_iter().zip(results) {
+            let (data, stat) = match result {
+                zk::MultiReadResult::Data { data, stat } => (data, stat),
+                zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                } => continue,
+                zk::MultiReadResult::Error { err } => return Err(err.into()),
+                _ => continue,
+            };
             if path == self.keys.leader() {
-                if let Some((Some(v), stat)) = self.leader().await? {
+                // The leader key counts only while the session it names is alive.
+                if let Ok(v) = serde_json::from_slice::<LeaderValue>(&data)
+                    && live.contains(&format!("{:x}", v.lease))
+                {
                     out.push((path, v.name.into_bytes(), v.lease, stat.mzxid));
                 }
-                continue;
-            }
-            if path == self.keys.members_dir() {
-                for m in self.within(self.main().list_children(&path)).await? {
-                    let key = format!("{path}/{m}");
-                    if let Some((data, stat)) = self.get(&key).await? {
-                        out.push((key, data, stat.ephemeral_owner, stat.mzxid));
-                    }
-                }
-                continue;
-            }
-            match self.get(&path).await? {
+            } else if path.starts_with(&format!("{members_dir}/")) {
+                out.push((path, data, stat.ephemeral_owner, stat.mzxid));
+            } else if !data.is_empty() || path == self.keys.initialize() {
                 // Written empty rather than deleted (`sync`): absent.
-                Some((data, _)) if data.is_empty() && path != self.keys.initialize() => {}
-                Some((data, stat)) => out.push((path, data, stat.ephemeral_owner, stat.mzxid)),
-                None => {}
+                out.push((path, data, stat.ephemeral_owner, stat.mzxid));
             }
         }
         Ok(out)
@@ -323,6 +357,20 @@ impl ZooKeeper {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
+    }
+}
+
+/// The children a multi-read listed (none when the directory does not exist).
+fn children(r: zk::MultiReadResult) -> Result<Vec<String>, DcsError> {
+    match r {
+        zk::MultiReadResult::Children { children } => Ok(children),
+        zk::MultiReadResult::Error {
+            err: zk::Error::NoNode,
+        } => Ok(Vec::new()),
+        zk::MultiReadResult::Error { err } => Err(err.into()),
+        _ => Err(DcsError::Refused(
+            "ZooKeeper answered a list of children with something else".into(),
+        )),
     }
 }
 
