@@ -285,3 +285,88 @@ async fn an_unrenewed_lease_ends_after_its_ttl_with_its_keys() {
     );
     assert!(!store.renew_lease(lease).await.expect("renew answers"));
 }
+
+/// A view is read at one point of ZooKeeper's history, as etcd's range read is. Two members
+/// hand the leader key back and forth, each hand-over removing the switchover request in the
+/// same multi-op and the new leader writing the next request naming itself; a reader then
+/// never sees a request that names anyone but the leader key's holder (a torn read does: the
+/// old holder from before a hand-over beside the request written after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_is_never_torn_across_a_hand_over() {
+    let zookeeper = start().await;
+    let keys = Keyspace::new(&ClusterName::new("untorn").expect("valid"));
+    let members = [
+        zk(&zookeeper.host, &keys, "m1").await,
+        zk(&zookeeper.host, &keys, "m2").await,
+    ];
+    let reader = zk(&zookeeper.host, &keys, "m3").await;
+    let mut leases = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let lease = m.grant_lease(TTL).await.expect("lease");
+        m.put_member(&status(&format!("m{}", i + 1)), lease)
+            .await
+            .expect("member key");
+        leases.push(lease);
+    }
+    assert!(
+        members[0]
+            .try_acquire_leader(leases[0])
+            .await
+            .expect("acquire")
+    );
+    let request = |leader: usize, to: usize| spilo_model::SwitchoverRequest {
+        leader: Some(name(&format!("m{}", leader + 1))),
+        candidate: Some(name(&format!("m{}", to + 1))),
+        scheduled_at: None,
+        failover: false,
+        requested_at: 0,
+    };
+    assert!(
+        members[0]
+            .request_switchover(&request(0, 1))
+            .await
+            .expect("request")
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut views = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let view = reader.read_view().await.expect("read");
+                let holder = view.leader.as_ref().map(|l| l.name.clone());
+                if let Some(req) = &view.switchover {
+                    assert_eq!(
+                        req.leader, holder,
+                        "a torn view after {views} reads: {view:?}"
+                    );
+                }
+                views += 1;
+            }
+            views
+        })
+    };
+    for round in 0..200usize {
+        let (from, to) = (round % 2, (round + 1) % 2);
+        assert!(
+            members[from]
+                .hand_over_leader(leases[from], &name(&format!("m{}", to + 1)), leases[to])
+                .await
+                .expect("hand over"),
+            "hand-over {round}"
+        );
+        assert!(
+            members[to]
+                .request_switchover(&request(to, from))
+                .await
+                .expect("request"),
+            "request {round}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let views = reading.await.expect("the reader found no torn view");
+    assert!(
+        views > 50,
+        "only {views} views were read during the hand-overs"
+    );
+}
