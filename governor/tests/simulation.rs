@@ -116,6 +116,27 @@ fn promoting_a_voter_without_the_quorum_check_loses_commits() {
     );
 }
 
+/// The fence is what stops a cut-off primary: when arming it does nothing (the runtime's `act`
+/// still arms it at every promotion, start and leader pass), some schedule leaves a primary
+/// writing without the leader key, and the checker reports it.
+#[test]
+fn a_primary_whose_fence_is_never_armed_is_caught() {
+    let options = sim::Options {
+        fence_never_armed: true,
+        ..Default::default()
+    };
+    let caught = (0..500).find_map(|seed| sim::run_with(seed, options).err().map(|e| (seed, e)));
+    let (seed, e) = caught.expect("no violation in 500 seeds without a fence");
+    assert!(
+        e.contains("two writable members") || e.contains("accepts writes but the leader key"),
+        "seed {seed}: {e}"
+    );
+    eprintln!(
+        "fence never armed caught at seed {seed}: {}",
+        e.lines().next().unwrap_or("")
+    );
+}
+
 /// The checker is not vacuous: with every clock 25 to 30 % slow, beyond what the fence margin
 /// absorbs, some schedule leaves a cut-off primary writable after etcd handed its key on, and
 /// the checker reports it.

@@ -2,7 +2,7 @@
 //! needs (a fence disarmed before PostgreSQL stops, the failsafe gate closed before a race, the
 //! leader key released only after a clean stop, ...).
 //!
-//! It is written against the store ([`Coordination`]) and this member's hands ([`Member`]:
+//! It is written against the store ([`Coordination`]) and this member's hands ([`Hands`]:
 //! PostgreSQL, the fence, the failsafe gate, the peers' REST API), so the governor
 //! ([`super::Governor`]) and the seeded simulation's members run the same function. What a
 //! step does to PostgreSQL (a copy, a rewind, a start) is each implementation's own; the order
@@ -20,10 +20,10 @@ use crate::shared::failsafe::Gate;
 use spilo_model::{Lsn, MemberName, MemberState, MemberStatus};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-/// A member's hands beyond the leader's pass: everything [`act`] does outside the store.
-pub trait Member: Leading {
+/// A member's hands beyond the leader's pass: what [`act`] does outside the store.
+pub trait Hands: Leading {
     /// Applies the cluster's PostgreSQL parameters to the running server.
     fn apply_cluster_params(
         &mut self,
@@ -124,7 +124,7 @@ pub trait Member: Leading {
 /// Carries out decision `d`, taken on snapshot `s`, at `now`.
 pub async fn act(
     dcs: &impl Coordination,
-    h: &mut impl Member,
+    h: &mut impl Hands,
     d: &Decision,
     s: &Snapshot,
     now: Instant,
@@ -309,18 +309,18 @@ pub async fn act(
 /// Promotes this member ([`promotion::promote`]) and looks again at once.
 async fn promote(
     dcs: &impl Coordination,
-    h: &mut impl Member,
+    h: &mut impl Hands,
     why: &str,
     view: Option<&ClusterView>,
 ) -> Result<(), ActError> {
-    promotion::promote(dcs, h, why, view, SystemTime::now()).await?;
+    promotion::promote(dcs, h, why, view).await?;
     h.wake();
     Ok(())
 }
 
 /// Rewinds against `up` (a member, or a standby cluster's source) and starts as its replica.
 async fn rewind_against(
-    h: &mut impl Member,
+    h: &mut impl Hands,
     s: &Snapshot,
     up: Upstream,
     params: &BTreeMap<String, String>,
@@ -349,7 +349,7 @@ async fn rewind_against(
 /// As the standby cluster's leader: replicate from the source, and keep a slot for each other
 /// member (they replicate from this one).
 async fn lead_standby(
-    h: &mut impl Member,
+    h: &mut impl Hands,
     view: Option<&ClusterView>,
     params: &BTreeMap<String, String>,
 ) -> Result<(), ActError> {
@@ -367,7 +367,7 @@ async fn lead_standby(
 /// recorded either way.
 async fn switchover(
     dcs: &impl Coordination,
-    h: &mut impl Member,
+    h: &mut impl Hands,
     s: &Snapshot,
     view: Option<&ClusterView>,
     to: &MemberName,
@@ -414,7 +414,7 @@ async fn switchover(
 /// pass restarts its primary in place.
 async fn hand_over(
     dcs: &impl Coordination,
-    h: &mut impl Member,
+    h: &mut impl Hands,
     s: &Snapshot,
     view: Option<&ClusterView>,
     to: &MemberName,

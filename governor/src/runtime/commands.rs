@@ -89,7 +89,7 @@ impl Governor {
         self.pg.stop(StopMode::Fast).await;
         self.pg.start(primary, up, &params).map_err(failed)?;
         if primary {
-            self.arm_fence();
+            self.arm_fence_on_key();
         }
         self.pg.wait_ready(READY_TIMEOUT).await.map_err(failed)?;
         self.wake.notify_one();

@@ -1,15 +1,15 @@
 //! The governor's hands: [`Governor`] implements the traits the shared action steps are
-//! written against ([`Replication`], [`Promotable`], [`Leading`], [`Member`]) with its
+//! written against ([`Replication`], [`Promotable`], [`Leading`], [`Hands`]) with its
 //! PostgreSQL ([`crate::postgres::Instance`]), fence, failsafe gate and the peers' REST API.
 //! The seeded simulation implements the same traits on its models.
 
-use super::act::Member;
+use super::act::Hands;
 use super::failsafe::Peer;
 use super::leading::Leading;
 use super::promotion::Promotable;
 use super::sync::Replication;
 use super::{ActError, Governor, fence};
-use crate::ha::sync::{Pending, Standby};
+use crate::ha::sync::{Moment, Pending, Standby};
 use crate::ha::{ClusterView, Snapshot};
 use crate::postgres::Upstream;
 use crate::postgres::process::StopMode;
@@ -29,7 +29,7 @@ impl Governor {
     /// Arms the fence with the running postmaster and the lease the leader key is bound to:
     /// from now on, PostgreSQL is stopped at once when that lease is about to end (another
     /// lease of this member does not count) and no failsafe confirmation stands in for it.
-    pub(super) fn arm_fence(&self) {
+    pub(super) fn arm_fence_on_key(&self) {
         let me = &self.loaded.name;
         let lease = self
             .leader_seen
@@ -39,7 +39,7 @@ impl Governor {
         self.arm_fence_with(lease);
     }
 
-    /// [`Self::arm_fence`] with the lease to count, for the bootstrap (which runs its primary
+    /// [`Self::arm_fence_on_key`] with the lease to count, for the bootstrap (which runs its primary
     /// on the lease that claimed `initialize`, before it takes the leader key).
     pub(super) fn arm_fence_with(&self, lease: Option<i64>) {
         let _ = self.fence.send(
@@ -71,8 +71,15 @@ impl Replication for Governor {
         !self.pg.standby_names().is_empty()
     }
 
-    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), ActError> {
-        Ok(self.pg.sql().replication().await?)
+    async fn replication(&mut self) -> Result<(Vec<Standby>, Moment), ActError> {
+        let (standbys, flush) = self.pg.sql().replication().await?;
+        Ok((
+            standbys,
+            Moment {
+                flush,
+                at: Instant::now(),
+            },
+        ))
     }
 
     async fn set_standby_names(&mut self, names: &str) -> Result<bool, ActError> {
@@ -86,7 +93,7 @@ impl Replication for Governor {
 
 impl Promotable for Governor {
     fn arm_fence(&mut self) {
-        Governor::arm_fence(self)
+        self.arm_fence_on_key()
     }
 
     async fn promote(&mut self) -> Result<Option<(TimelineId, Lsn)>, ActError> {
@@ -174,7 +181,7 @@ impl Leading for Governor {
     }
 }
 
-impl Member for Governor {
+impl Hands for Governor {
     async fn apply_cluster_params(
         &mut self,
         params: &BTreeMap<String, String>,

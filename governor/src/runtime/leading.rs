@@ -78,7 +78,7 @@ pub async fn lead(
         tracing::warn!(error = %e, "cannot manage replication slots");
     }
     if let Some(view) = view
-        && let Err(e) = super::sync::manage(dcs, pg, view, now).await
+        && let Err(e) = super::sync::manage(dcs, pg, view).await
     {
         tracing::warn!(error = %e, "cannot manage synchronous replication");
     }

@@ -30,14 +30,12 @@ pub trait Promotable: Replication {
     fn pending_history(&mut self) -> &mut Option<HistoryEntry>;
 }
 
-/// The promotion of this member for `why`, at wall-clock time `now` (written into the history
-/// entry).
+/// The promotion of this member for `why`.
 pub async fn promote(
     dcs: &impl Coordination,
     pg: &mut impl Promotable,
     why: &str,
     view: Option<&ClusterView>,
-    now: SystemTime,
 ) -> Result<(), ActError> {
     sync::prepare_promotion(dcs, pg, view).await?;
     pg.arm_fence();
@@ -54,7 +52,7 @@ pub async fn promote(
             timeline,
             switch_lsn,
             reason: why.to_string(),
-            promoted_at: humantime::format_rfc3339_seconds(now).to_string(),
+            promoted_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             member,
         });
     }

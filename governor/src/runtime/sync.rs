@@ -13,9 +13,8 @@ use super::ActError;
 use crate::dcs::Coordination;
 use crate::ha::ClusterView;
 use crate::ha::sync::{self, Pending, Standby, SyncMode};
-use spilo_model::{Lsn, MemberName, SyncState};
+use spilo_model::{MemberName, SyncState};
 use std::future::Future;
-use std::time::Instant;
 
 /// PostgreSQL's side of synchronous replication on a primary: what `pg_stat_replication`
 /// shows and the `synchronous_standby_names` in force, with what the step remembers. The
@@ -28,9 +27,11 @@ pub trait Replication {
     fn sync_pending(&mut self) -> &mut Pending;
     /// Whether `synchronous_standby_names`, as last written, is set (not empty).
     fn waits_for_standbys(&self) -> bool;
-    /// The standbys streaming from this primary, and its own flush position.
-    fn replication(&mut self)
-    -> impl Future<Output = Result<(Vec<Standby>, Lsn), ActError>> + Send;
+    /// The standbys streaming from this primary, and its own flush position with the time it
+    /// was read.
+    fn replication(
+        &mut self,
+    ) -> impl Future<Output = Result<(Vec<Standby>, sync::Moment), ActError>> + Send;
     /// Sets `synchronous_standby_names`; whether it changed. On an error the setting is not
     /// in force.
     fn set_standby_names(
@@ -42,18 +43,17 @@ pub trait Replication {
 }
 
 /// One pass of the primary: brings the synchronous standbys in line with the cluster's
-/// `config` as `view` shows it, at `now`.
+/// `config` as `view` shows it.
 pub async fn manage(
     dcs: &impl Coordination,
     pg: &mut impl Replication,
     view: &ClusterView,
-    now: Instant,
 ) -> Result<(), ActError> {
     let mode = SyncMode::from_config(view.config.as_ref());
     if mode.is_none() && view.sync.is_none() && !pg.waits_for_standbys() {
         return Ok(());
     }
-    let (standbys, flush_now) = pg.replication().await?;
+    let (standbys, moment) = pg.replication().await?;
     let eligible = |m: &MemberName| sync::eligible(view.members.get(m));
     let me = pg.name().clone();
     let step = sync::step(
@@ -63,10 +63,7 @@ pub async fn manage(
         &standbys,
         &eligible,
         pg.sync_pending(),
-        sync::Moment {
-            flush: flush_now,
-            at: now,
-        },
+        moment,
     );
     if let Some(key) = &step.key {
         if !dcs.write_sync(key.as_ref(), view.sync_revision).await? {

@@ -1,6 +1,6 @@
 //! Carrying out a member's decision in the simulated world with the runtime's own
 //! `runtime::act::act`: the etcd writes go through [`super::coordination`] (the runtime's
-//! `Coordination` trait), and [`SimMember`] implements the runtime's `Member` trait (and the
+//! `Coordination` trait), and [`SimMember`] implements the runtime's `Hands` trait (and the
 //! `Leading`, `Promotable` and `Replication` traits under it) on the PostgreSQL model of
 //! [`super::world`]. The order of the steps (the gate closed before a race, the fence armed
 //! before a promotion, the key released after a clean stop, the switchover's checks) is the
@@ -12,7 +12,7 @@ use super::etcd::Etcd;
 use super::world::{BootstrapFault, Clock, Data, Member, Pg, Standbys};
 use futures::executor::block_on;
 use governor::dcs::Coordination;
-use governor::ha::sync::{Pending, Standby};
+use governor::ha::sync::{Moment, Pending, Standby};
 use governor::ha::{ClusterView, Decision, Snapshot, StartAs};
 use governor::postgres::Upstream;
 use governor::postgres::process::StopMode;
@@ -36,6 +36,15 @@ pub enum Event {
     BootstrapFailed(Cleanup),
 }
 
+/// What carrying out a decision did.
+pub struct Acted {
+    /// What the checker must know.
+    pub event: Event,
+    /// The action failed (the runtime logs it, publishes nothing and tries again after
+    /// `loop_wait`).
+    pub failed: bool,
+}
+
 /// The world's mutable parts an action touches.
 pub struct Ctx<'a> {
     /// The members.
@@ -50,6 +59,8 @@ pub struct Ctx<'a> {
     pub real_now: u64,
     /// Maps it onto instants.
     pub clock: Clock,
+    /// The negative control: arming the fence does nothing.
+    pub fence_never_armed: bool,
 }
 
 impl Ctx<'_> {
@@ -57,7 +68,7 @@ impl Ctx<'_> {
     /// instant (so nothing moved in between), with the runtime's `act`. An error is a failed
     /// action, which the runtime logs before it decides again; a decision the simulated
     /// cluster can never call for, or a step that breaks the model, fails the run.
-    pub fn act(&mut self, i: usize, d: &Decision, s: &Snapshot) -> Result<Event, String> {
+    pub fn act(&mut self, i: usize, d: &Decision, s: &Snapshot) -> Result<Acted, String> {
         let me = self.members[i].name.clone();
         match d {
             Decision::Fatal { why } => return Err(format!("{me} decided fatal: {why}")),
@@ -80,25 +91,29 @@ impl Ctx<'_> {
             _ => {}
         }
         let reaches = self.members[i].reaches_etcd(self.etcd);
+        if reaches {
+            // As `gather`: the leader key as this pass read it.
+            self.members[i].leader_seen = self.etcd.leader.clone();
+        }
         let dcs = SimCoordination::new(self.etcd, &me, self.real_now, TTL).reaching(reaches);
+        let now = self.clock.at(self.now);
         let mut member = SimMember {
             members: self.members,
             i,
             dcs: &dcs,
             next_id: self.next_id,
+            now,
+            fence_never_armed: self.fence_never_armed,
             event: Event::None,
             broken: None,
         };
-        let _ = block_on(runtime::act::act(
-            &dcs,
-            &mut member,
-            d,
-            s,
-            self.clock.at(self.now),
-        ));
+        let done = block_on(runtime::act::act(&dcs, &mut member, d, s, now));
         match member.broken {
             Some(why) => Err(why),
-            None => Ok(member.event),
+            None => Ok(Acted {
+                event: member.event,
+                failed: done.is_err(),
+            }),
         }
     }
 }
@@ -110,6 +125,10 @@ pub struct SimMember<'a, 'e> {
     /// This member's connection to etcd (the same one `act` writes through).
     dcs: &'a SimCoordination<'e>,
     next_id: &'a mut u64,
+    /// This member's clock at this pass.
+    now: Instant,
+    /// The negative control: arming the fence does nothing.
+    fence_never_armed: bool,
     /// What the action did that the checker must know.
     event: Event,
     /// A step broke the model: the run fails with this.
@@ -192,6 +211,7 @@ impl SimMember<'_, '_> {
             return Ok(());
         }
         let fault = self.me().bootstrap_fault.take();
+        let armed = !self.fence_never_armed;
         let m = self.me();
         m.data = Some(Data {
             log: Vec::new(),
@@ -200,7 +220,9 @@ impl SimMember<'_, '_> {
             clean_checkpoint: None,
         });
         m.pg = Pg::Primary;
+        // The bootstrap arms the fence with the lease that claimed `initialize`.
         m.fence_lease = Some(lease);
+        m.fence_armed = armed;
         if !self.dcs.try_acquire_leader(lease).await? {
             return Err(self.broken("the leader key was taken during bootstrap".into()));
         }
@@ -268,7 +290,7 @@ impl runtime::sync::Replication for SimMember<'_, '_> {
 
     /// The members streaming from this one; `synchronous_standby_names` is in force at once,
     /// in every walsender.
-    async fn replication(&mut self) -> Result<(Vec<Standby>, Lsn), ActError> {
+    async fn replication(&mut self) -> Result<(Vec<Standby>, Moment), ActError> {
         let primary = &self.members[self.i];
         let me = &primary.name;
         let standbys = self
@@ -294,7 +316,13 @@ impl runtime::sync::Replication for SimMember<'_, '_> {
                 }
             })
             .collect();
-        Ok((standbys, Lsn(primary.lsn())))
+        Ok((
+            standbys,
+            Moment {
+                flush: Lsn(primary.lsn()),
+                at: self.now,
+            },
+        ))
     }
 
     async fn set_standby_names(&mut self, names: &str) -> Result<bool, ActError> {
@@ -309,10 +337,19 @@ impl runtime::sync::Replication for SimMember<'_, '_> {
 }
 
 impl runtime::promotion::Promotable for SimMember<'_, '_> {
-    /// The simulated fence counts the member's current lease.
+    /// Armed with the lease of the leader key as this member last saw it, when it names this
+    /// member (none otherwise: the fence then stops PostgreSQL at once), as the runtime's.
     fn arm_fence(&mut self) {
+        if self.fence_never_armed {
+            return;
+        }
         let m = self.me();
-        m.fence_lease = m.lease;
+        m.fence_lease = m
+            .leader_seen
+            .as_ref()
+            .filter(|(name, _)| *name == m.name)
+            .map(|(_, lease)| *lease);
+        m.fence_armed = true;
     }
 
     /// Promotes onto the next timeline nobody has used.
@@ -382,7 +419,7 @@ impl runtime::leading::Leading for SimMember<'_, '_> {
     }
 }
 
-impl runtime::act::Member for SimMember<'_, '_> {
+impl runtime::act::Hands for SimMember<'_, '_> {
     /// The model has no PostgreSQL parameters.
     async fn apply_cluster_params(
         &mut self,
@@ -514,6 +551,11 @@ impl runtime::act::Member for SimMember<'_, '_> {
     }
 
     async fn streams_to(&mut self, to: &MemberName) -> Result<bool, ActError> {
+        if self.members[self.i].pg != Pg::Primary {
+            return Err(ActError::Other(
+                "PostgreSQL does not run as the primary".into(),
+            ));
+        }
         let me = self.members[self.i].name.clone();
         Ok(self.index(to).is_some_and(|j| {
             self.members[j].pg == (Pg::Replica { upstream: Some(me) }) && self.members[j].streaming
@@ -549,16 +591,18 @@ impl runtime::act::Member for SimMember<'_, '_> {
         }
     }
 
-    /// The simulated fence guards every running primary, and a simulated stop never fails:
-    /// a disarmed fence would guard nothing that runs.
-    fn disarm_fence(&mut self) {}
+    fn disarm_fence(&mut self) {
+        self.me().fence_armed = false;
+    }
 
     fn gate(&self) -> &Gate {
         &self.members[self.i].gate
     }
 
-    /// The simulated fence counts the member's current lease, which this is.
-    fn took_leader_key(&mut self, _lease: i64) {}
+    fn took_leader_key(&mut self, lease: i64) {
+        let m = self.me();
+        m.leader_seen = Some((m.name.clone(), lease));
+    }
 
     fn is_standby_cluster(&self, _view: Option<&ClusterView>) -> bool {
         false

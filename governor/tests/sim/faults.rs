@@ -54,7 +54,12 @@ impl Sim {
             _ => self.rng.usize(..self.members.len()),
         };
         let m = &self.members[target];
-        if !m.up || m.frozen || m.partitioned || m.etcd_cut {
+        if !m.up
+            || m.frozen
+            || m.partitioned
+            || m.etcd_cut
+            || (matches!(kind, Fault::PostgresCrash) && m.pg == Pg::Stopped)
+        {
             return;
         }
         let len = 1_000 + self.rng.u64(..9_000);
@@ -83,9 +88,6 @@ impl Sim {
                 // a crash loop).
                 let leading = self.etcd.leader.as_ref().is_some_and(|(n, _)| *n == name);
                 let m = &mut self.members[target];
-                if m.pg == Pg::Stopped {
-                    return;
-                }
                 m.stop(None);
                 let local = m.local(self.now);
                 m.crashes.push(local);

@@ -7,6 +7,7 @@ pub mod act;
 pub mod coordination;
 pub mod etcd;
 mod faults;
+mod options;
 pub mod world;
 
 use act::{Ctx, Event};
@@ -14,6 +15,7 @@ use etcd::Etcd;
 use faults::Scheduled;
 use governor::dcs::Coordination;
 use governor::ha::{self, Decision, HaConfig};
+pub use options::Options;
 
 /// How many crashes within the window make a primary hand leadership over (as the runtime).
 pub const MAX_PRIMARY_CRASHES: u32 = 3;
@@ -79,33 +81,10 @@ struct Sim {
     /// The negative control of the quorum rule: members decide as if the `sync` key were a
     /// `FIRST` list.
     quorum_blind: bool,
+    /// The negative control of the fence: `act` arms it, the model ignores it.
+    fence_never_armed: bool,
     stats: Stats,
     trace: Vec<String>,
-}
-
-/// What the world may do beyond the random schedule.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Each member's monotonic clock runs at a rate drawn from this range, in millionths.
-    pub clock_rate_ppm: (u64, u64),
-    /// The negative control of the bootstrap rule: every bootstrap fails after `initialize`
-    /// holds the system identifier and wipes its data anyway.
-    pub wipe_after_initialize: bool,
-    /// The negative control of the quorum rule: every seed runs in quorum mode and the members
-    /// decide as if the `sync` key's voters were each a synchronous standby with every commit.
-    pub quorum_blind: bool,
-}
-
-impl Default for Options {
-    /// Clocks within 5 % of real time: two members' clocks then differ by less than the
-    /// 12.5 % the fence margin absorbs (0.5 s of 4 s), against etcd and against each other.
-    fn default() -> Self {
-        Options {
-            clock_rate_ppm: (950_000, 1_050_000),
-            wipe_after_initialize: false,
-            quorum_blind: false,
-        }
-    }
 }
 
 /// Plays `seed` in the default world.
@@ -159,6 +138,7 @@ pub fn run_with(seed: u64, options: Options) -> Result<Stats, String> {
         failsafe,
         quorum,
         quorum_blind: options.quorum_blind,
+        fence_never_armed: options.fence_never_armed,
         stats: Stats {
             quorum: u64::from(quorum),
             ..Stats::default()
@@ -277,7 +257,8 @@ impl Sim {
         let now = self.now;
         for i in 0..self.members.len() {
             let m = &self.members[i];
-            if m.pg != Pg::Primary || !m.up {
+            // An unarmed fence (and the watchdog it tells) guards nothing.
+            if m.pg != Pg::Primary || !m.up || !m.fence_armed {
                 continue;
             }
             // The runtime's own rules (`runtime::fence`), on this member's clock.
@@ -540,10 +521,11 @@ impl Sim {
                 now: local,
                 real_now: self.now,
                 clock: self.clock,
+                fence_never_armed: self.fence_never_armed,
             };
-            let event = ctx.act(i, &d, &snap)?;
+            let acted = ctx.act(i, &d, &snap)?;
             *self.stats.actions.entry(d.kind()).or_default() += 1;
-            match event {
+            match acted.event {
                 Event::Promoted => {
                     self.stats.failovers += 1;
                     self.stats.quorum_failovers += u64::from(self.quorum);
@@ -568,6 +550,12 @@ impl Sim {
                 self.pending.retain(|(p, ..)| *p != i);
             }
             let m = &mut self.members[i];
+            if acted.failed {
+                // As the runtime's loop: a failed action publishes nothing and backs off.
+                m.next_loop = self.now + LOOP_WAIT;
+                m.last = Some(d);
+                continue;
+            }
             if let (Some(lease), true) = (m.lease, m.reaches_etcd(&self.etcd)) {
                 let status = m.published(self.now);
                 let name = m.name.clone();

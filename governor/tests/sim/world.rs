@@ -170,6 +170,12 @@ pub struct Member {
     pub wall_offset_s: i64,
     /// The lease the fence counts (the one the leader key was bound to when it was armed).
     pub fence_lease: Option<i64>,
+    /// The fence guards this member's PostgreSQL (armed by `act`, disarmed before a stop and
+    /// when PostgreSQL exits).
+    pub fence_armed: bool,
+    /// The leader key as this member last saw it in etcd (the runtime's `leader_seen`): the
+    /// fence counts its lease when it names this member.
+    pub leader_seen: Option<(MemberName, i64)>,
     /// Failsafe: the next round of confirmations.
     pub next_confirm: u64,
     /// Failsafe: since when members of the key have been missing from etcd.
@@ -228,6 +234,8 @@ impl Member {
             failsafe_absent: BTreeMap::new(),
             pending_history: None,
             fence_lease: None,
+            fence_armed: false,
+            leader_seen: None,
             rate_ppm: 1_000_000,
             offset_ms: 0,
             wall_offset_s: 0,
@@ -255,6 +263,8 @@ impl Member {
         self.failsafe_peers = None;
         self.failsafe_absent.clear();
         self.pending_history = None;
+        self.leader_seen = None;
+        self.fence_armed = false;
     }
 
     /// Runs as a writable primary.
@@ -319,6 +329,8 @@ impl Member {
         // `synchronous_standby_names` stays with the governor across a restart in place, as
         // in `postgres::Instance`; a start as a replica clears it.
         self.pg = Pg::Stopped;
+        // The runtime disarms the fence when PostgreSQL exits.
+        self.fence_armed = false;
         self.streaming = false;
         self.not_streaming_since = None;
     }

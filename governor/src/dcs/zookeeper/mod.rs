@@ -27,14 +27,15 @@
 //! (an etcd lease id is usable from any client; tested); a switchover request written or
 //! rewritten between the leader's read and its hand-over makes the hand-over fail (etcd's
 //! removes whatever is there); moving a member key to another of its leases is a delete and
-//! a create, not one put; reads are a `sync` followed by one read per znode, not one
-//! linearizable range. The crate pings a session on its own, which would keep a lease alive
+//! a create, not one put; a read is a `sync`, a listing and one multi-read of the listed keys
+//! (`view`: consistent among them, not one linearizable range; ZooKeeper 3.6 or newer). The crate pings a session on its own, which would keep a lease alive
 //! without renewals: so each lease has a task that closes its session a TTL after the
 //! sending of its last renewal (tested), as etcd ends an unrenewed lease; if the whole
 //! process stalls, that task stalls with it and the server ends the session instead.
 
 pub mod lease;
 mod operations;
+mod view;
 pub mod watch;
 
 use super::{Coordination, DcsError, encode, parse_view};
@@ -278,74 +279,6 @@ impl ZooKeeper {
         }
     }
 
-    /// Every znode of the cluster as `(key, value, lease, revision)`, the shape etcd's range
-    /// read has: an ephemeral znode's lease is its session, the leader's the one it names.
-    async fn read_all(&self) -> Result<Vec<(String, Vec<u8>, i64, i64)>, DcsError> {
-        let prefix = self.keys.prefix();
-        let dir = prefix.trim_end_matches('/');
-        let (members_dir, markers_dir) = (self.keys.members_dir(), self.keys.lease_marker_dir());
-        self.fresh().await?;
-        let main = self.main();
-        // Which keys exist, then every one of them in one multi-read: ZooKeeper answers it
-        // at one point of its history, so the view is never torn (a leader key from before a
-        // hand-over beside a switchover request from after it). Keys created between the two
-        // reads are seen on the next pass.
-        let mut lists = main.new_multi_reader();
-        lists.add_get_children(dir)?;
-        lists.add_get_children(&members_dir)?;
-        let [top, members] = <[zk::MultiReadResult; 2]>::try_from(
-            self.within(lists.commit()).await?,
-        )
-        .map_err(|_| {
-            DcsError::Refused("ZooKeeper answered a multi-read of 2 with another count".into())
-        })?;
-        let mut paths: Vec<String> = children(top)?
-            .into_iter()
-            .map(|c| format!("{prefix}{c}"))
-            .filter(|p| *p != members_dir && *p != markers_dir)
-            .collect();
-        paths.extend(
-            children(members)?
-                .into_iter()
-                .map(|m| format!("{members_dir}/{m}")),
-        );
-        let mut read = main.new_multi_reader();
-        for p in &paths {
-            read.add_get_data(p)?;
-        }
-        read.add_get_children(&markers_dir)?;
-        let mut results = self.within(read.commit()).await?;
-        let live = match results.pop() {
-            Some(markers) => children(markers)?,
-            None => Vec::new(),
-        };
-        let mut out = Vec::new();
-        for (path, result) in paths.into_iter().zip(results) {
-            let (data, stat) = match result {
-                zk::MultiReadResult::Data { data, stat } => (data, stat),
-                zk::MultiReadResult::Error {
-                    err: zk::Error::NoNode,
-                } => continue,
-                zk::MultiReadResult::Error { err } => return Err(err.into()),
-                _ => continue,
-            };
-            if path == self.keys.leader() {
-                // The leader key counts only while the session it names is alive.
-                if let Ok(v) = serde_json::from_slice::<LeaderValue>(&data)
-                    && live.contains(&format!("{:x}", v.lease))
-                {
-                    out.push((path, v.name.into_bytes(), v.lease, stat.mzxid));
-                }
-            } else if path.starts_with(&format!("{members_dir}/")) {
-                out.push((path, data, stat.ephemeral_owner, stat.mzxid));
-            } else if !data.is_empty() || path == self.keys.initialize() {
-                // Written empty rather than deleted (`sync`): absent.
-                out.push((path, data, stat.ephemeral_owner, stat.mzxid));
-            }
-        }
-        Ok(out)
-    }
-
     /// Waits until `lease`'s marker is gone (a closed session's ephemeral znodes go with it,
     /// shortly after the close).
     async fn until_gone(&self, lease: i64) -> Result<(), DcsError> {
@@ -357,20 +290,6 @@ impl ZooKeeper {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
-    }
-}
-
-/// The children a multi-read listed (none when the directory does not exist).
-fn children(r: zk::MultiReadResult) -> Result<Vec<String>, DcsError> {
-    match r {
-        zk::MultiReadResult::Children { children } => Ok(children),
-        zk::MultiReadResult::Error {
-            err: zk::Error::NoNode,
-        } => Ok(Vec::new()),
-        zk::MultiReadResult::Error { err } => Err(err.into()),
-        _ => Err(DcsError::Refused(
-            "ZooKeeper answered a list of children with something else".into(),
-        )),
     }
 }
 
