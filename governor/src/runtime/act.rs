@@ -1,12 +1,14 @@
 //! Carrying out decisions: [`act`] is the I/O behind each [`Decision`], in the order each one
 //! needs (a fence disarmed before PostgreSQL stops, the failsafe gate closed before a race, the
-//! leader key released only after a clean stop, ...).
+//! leader key released only once the stop returned, ...).
 //!
 //! It is written against the store ([`Coordination`]) and this member's hands ([`Hands`]:
 //! PostgreSQL, the fence, the failsafe gate, the peers' REST API), so the governor
 //! ([`super::Governor`]) and the seeded simulation's members run the same function. What a
 //! step does to PostgreSQL (a copy, a rewind, a start) is each implementation's own; the order
-//! of the steps and every write to the store are here.
+//! of the steps and the store writes of the leader key, `sync`, `failsafe`, `history` and the
+//! switchover request are here (the bootstrap, a recovery from the archive and the member key
+//! write through the governor's own handle).
 
 use super::ActError;
 use super::leading::{self, Leading};
